@@ -1,0 +1,172 @@
+"""The ConFiner chain: control stage (Eq. 5) -> structure extraction (Eq. 6) -> refinement (Eq. 8 / Alg. 1).
+
+Configuration is data (:class:`ChainConfig`, defaults from the paper); :func:`validate_chain` rejects bad
+combinations before any expert runs; :func:`run_chain` executes the three stages and times them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import refine as R
+from .experts import Denoiser, check_expert
+from .sampling import Callback, EpsHook, diffuse, randn_like, sample_control
+from .timesteps import SPACINGS, spaced_timesteps
+
+COORDINATED = "coordinated"
+STANDARD = "standard"
+TEMPORAL = "temporal"
+ALTERNATE = "alternate"
+MODES = (COORDINATED, STANDARD, TEMPORAL, ALTERNATE)
+
+
+@dataclass
+class ChainConfig:
+    """Defaults are the paper's "9 steps": 4 control steps (AnimateDiff-Lightning, Euler, trailing), T_e = 100,
+    5 coordinated refinement steps."""
+
+    control_steps: int = 4
+    control_sampler: str = "euler"
+    control_spacing: str = "trailing"
+    control_eta: float = 0.0
+    te: int = 100
+    refine_steps: int = 5
+    refine_spacing: str = "trailing"
+    mode: str = COORDINATED
+    matching: str = R.SAME_INDEX
+    eta: float = 0.0
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.matching not in R.TIMESTEP_MATCHING:
+            raise ValueError(f"matching must be one of {R.TIMESTEP_MATCHING}, got {self.matching!r}")
+        for name in ("control_spacing", "refine_spacing"):
+            if getattr(self, name) not in SPACINGS:
+                raise ValueError(f"{name} must be one of {SPACINGS}, got {getattr(self, name)!r}")
+        if self.control_sampler not in ("euler", "ddim"):
+            raise ValueError(f"control_sampler must be 'euler' or 'ddim', got {self.control_sampler!r}")
+        if self.control_steps < 1 or self.refine_steps < 1:
+            raise ValueError("control_steps and refine_steps must be >= 1")
+        if self.te < 1:
+            raise ValueError(f"te (T_e) must be >= 1, got {self.te}")
+        if self.refine_steps > self.te + 1:
+            raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
+                             f"use at most {self.te + 1} steps or raise T_e")
+        if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.control_eta <= 1.0):
+            raise ValueError("eta values must lie in [0, 1]")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def extraction_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -> Denoiser:
+    """Whose schedule the structure is noised on (Eq. 6): the spatial expert's, except for the temporal-only
+    ablation, which refines on the temporal expert's own schedule."""
+    return temporal if mode == TEMPORAL else spatial
+
+
+def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
+                   config: ChainConfig) -> None:
+    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w]."""
+    config.validate()
+    if len(shape) != 5:
+        raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
+    if config.mode != STANDARD and temporal is None:
+        raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
+    roles = {"control": control, "spatial": spatial, "temporal": temporal}
+    for role, d in roles.items():
+        if d is None:
+            continue
+        e = d.expert
+        check_expert(e)
+        if e.latent_space != spatial.expert.latent_space:
+            raise ValueError(f"{role} expert {e.name!r} works in latent space {e.latent_space!r} but the spatial "
+                             f"expert {spatial.expert.name!r} in {spatial.expert.latent_space!r}; all experts of a chain "
+                             f"must share one VAE latent space: pick experts of the same family")
+        if e.latent_channels != shape[1]:
+            raise ValueError(f"{role} expert {e.name!r} expects {e.latent_channels} latent channels but the latent has "
+                             f"{shape[1]}; use a latent of the experts' family")
+        if e.max_frames is not None and shape[2] > e.max_frames:
+            raise ValueError(f"{role} expert {e.name!r} handles at most {e.max_frames} frames but {shape[2]} were "
+                             f"asked; use fewer frames or ConFiner-Long segments")
+    if config.control_steps > control.schedule.num_timesteps:
+        raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
+                         f"{control.schedule.num_timesteps} timesteps")
+    extraction = extraction_denoiser(spatial, temporal, config.mode).schedule
+    extraction.check_timestep(config.te, "te (T_e)")
+    if temporal is not None and config.mode in (COORDINATED, ALTERNATE) and config.matching == R.SAME_INDEX:
+        temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")
+
+
+@dataclass
+class ChainResult:
+    latent: torch.Tensor
+    structure: torch.Tensor
+    seconds: dict = field(default_factory=dict)
+
+
+def control_timesteps(control: Denoiser, config: ChainConfig) -> list[int]:
+    return spaced_timesteps(config.control_steps, control.schedule.num_timesteps - 1, config.control_spacing,
+                            steps_offset=0)
+
+
+def refine_timesteps(config: ChainConfig) -> list[int]:
+    return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
+
+
+def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
+                       generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
+                       callback: Callback | None = None) -> torch.Tensor:
+    """Stage 1 (Eq. 5): the coarse video V_0."""
+    return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
+                          config.control_eta, generator, eps_hook, callback)
+
+
+def extract_structure(denoiser: Denoiser, structure: torch.Tensor, te: int, generator: torch.Generator) -> torch.Tensor:
+    """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the refining expert's schedule."""
+    return diffuse(denoiser.schedule, structure, te, randn_like(structure, generator))
+
+
+def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
+           generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
+    """Stage 2 in the configured mode, from V'_{T_e} to the refined video."""
+    ts = refine_timesteps(config)
+    if config.mode == COORDINATED:
+        return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
+    if config.mode == STANDARD:
+        return R.refine_standard(spatial, x, ts, config.eta, generator, callback)
+    if config.mode == TEMPORAL:
+        return R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
+    return R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
+
+
+def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
+                     generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
+    """Eq. 6 then stage 2: what the chain does with a finished structure (also used by ConFiner-Long)."""
+    denoiser = extraction_denoiser(spatial, temporal, config.mode)
+    x = extract_structure(denoiser, structure, config.te, generator)
+    return refine(spatial, temporal, x, config, generator, callback)
+
+
+def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
+              config: ChainConfig, generator: torch.Generator, callback: Callback | None = None) -> ChainResult:
+    """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w]."""
+    validate_chain(control, spatial, temporal, tuple(noise.shape), config)
+    log = control.log
+    t0 = time.perf_counter()
+    with _stage(log, "control"):
+        structure = generate_structure(control, noise, config, generator, callback=callback)
+    t1 = time.perf_counter()
+    with _stage(log, "refine"):
+        latent = refine_structure(spatial, temporal, structure, config, generator, callback)
+    t2 = time.perf_counter()
+    return ChainResult(latent, structure, {"control": t1 - t0, "refine": t2 - t1})
+
+
+def _stage(log, name):
+    import contextlib
+    return log.stage(name) if log is not None else contextlib.nullcontext()

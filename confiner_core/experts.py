@@ -1,0 +1,136 @@
+"""The expert interface every backend implements, and the evaluation log.
+
+An :class:`Expert` knows its schedule, prediction type, latent layout and latent space, and returns a raw
+network output for a noisy latent at a timestep. Binding it to a prompt and a guidance scale gives a
+:class:`Denoiser`, the callable the samplers use: ``denoiser(x_t, t) -> Prediction(x0, eps)`` in the core's
+canonical video layout ``[B, C, F, h, w]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from . import layout as L
+from .prediction import PREDICTION_TYPES, to_x0_eps
+from .schedules import NoiseSchedule
+
+
+class Prediction(NamedTuple):
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+
+@dataclass
+class EvaluationLog:
+    """Counts denoiser calls ("expert evaluations", the paper's unit) and network forwards per stage."""
+
+    evaluations: Counter = field(default_factory=Counter)
+    forwards: Counter = field(default_factory=Counter)
+    current: str = "unstaged"
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        previous, self.current = self.current, name
+        try:
+            yield self
+        finally:
+            self.current = previous
+
+    def record(self, forwards: int) -> None:
+        self.evaluations[self.current] += 1
+        self.forwards[self.current] += forwards
+
+    def as_dict(self) -> dict:
+        return {"evaluations": dict(self.evaluations), "forwards": dict(self.forwards),
+                "total_evaluations": sum(self.evaluations.values())}
+
+
+class Expert(ABC):
+    """A diffusion model used as one link of the chain.
+
+    Subclasses set the attributes and implement :meth:`encode` and :meth:`forward`.
+    ``latent_space`` names the VAE latent space (experts can only be chained within one);
+    ``max_frames`` is the longest clip a temporal model accepts (None: any).
+    """
+
+    name: str = "expert"
+    schedule: NoiseSchedule
+    prediction: str = "epsilon"
+    layout: str = L.VIDEO
+    latent_channels: int = 4
+    latent_space: str = "sd15"
+    max_frames: int | None = None
+
+    @abstractmethod
+    def encode(self, prompt: str) -> Any:
+        """Prompt -> this expert's own conditioning (its text encoder, its width)."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
+        """Raw outputs for latent ``x`` (native layout) at timestep ``t``, one per conditioning in ``conds``.
+        Backends may batch the conditionings into one network call."""
+
+    def forwards_per_call(self, n_conds: int) -> int:
+        return n_conds
+
+    def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
+             log: EvaluationLog | None = None) -> "Denoiser":
+        positive = self.encode(prompt)
+        negative = self.encode(negative_prompt) if guidance_scale != 1.0 else None
+        return Denoiser(self, positive, negative, guidance_scale, log)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "class": type(self).__name__, "schedule": self.schedule.name,
+                "prediction": self.prediction, "layout": self.layout, "latent_channels": self.latent_channels,
+                "latent_space": self.latent_space}
+
+
+@dataclass
+class Denoiser:
+    """An expert bound to its conditioning: ``denoiser(x_t, t)`` -> (x0_hat, eps_hat) with classifier-free guidance."""
+
+    expert: Expert
+    positive: Any
+    negative: Any = None
+    guidance_scale: float = 1.0
+    log: EvaluationLog | None = None
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.expert.schedule
+
+    def raw(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """CFG-combined network output in canonical layout."""
+        native = L.from_canonical(x_t, self.expert.layout)
+        if self.negative is None:
+            (out,) = self.expert.forward(native, t, [self.positive])
+            n = 1
+        else:
+            uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
+            out = uncond + self.guidance_scale * (cond - uncond)
+            n = 2
+        if self.log is not None:
+            self.log.record(self.expert.forwards_per_call(n))
+        return L.to_canonical(out, self.expert.layout, batch=x_t.shape[0])
+
+    def __call__(self, x_t: torch.Tensor, t: float) -> Prediction:
+        alpha, sigma = self.schedule.coefficients(t)
+        return Prediction(*to_x0_eps(self.raw(x_t, t), x_t, alpha, sigma, self.expert.prediction))
+
+    def with_prompt(self, prompt: str) -> "Denoiser":
+        """The same expert and guidance with another positive prompt (prompt travel)."""
+        return Denoiser(self.expert, self.expert.encode(prompt), self.negative, self.guidance_scale, self.log)
+
+
+def check_expert(expert: Expert) -> None:
+    if expert.prediction not in PREDICTION_TYPES:
+        raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}; "
+                         f"supported: {PREDICTION_TYPES}")
+    if expert.layout not in L.LAYOUTS:
+        raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")

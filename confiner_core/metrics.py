@@ -1,0 +1,425 @@
+"""Offline video quality metrics: model-free proxies for the VBench dimensions ConFiner reports.
+
+VBench's subject consistency (DINO), motion smoothness (AMT-S) and aesthetic/imaging quality (CLIP, MUSIQ) need
+weights we cannot download, so this module keeps VBench's *protocols* and swaps the learned parts for OpenCV:
+
+* :func:`subject_consistency` -- VBench's prev/first-frame cosine formula over a thumbnail + colour-histogram feature.
+* :func:`motion_smoothness`   -- VBench's drop-odd-frames protocol with Farneback-flow midpoint interpolation.
+* :func:`temporal_flicker`    -- VBench's temporal_flickering (already model-free); :func:`flicker_index` on luma.
+* :func:`sharpness`           -- variance of the Laplacian (a cheap imaging-quality proxy).
+* :func:`color_drift`         -- CIE76 Delta E of each frame's mean Lab colour against frame 0.
+* :func:`seam_score`          -- frame difference across segment/window junctions relative to elsewhere.
+* :func:`distance_to_nearest` -- RMSE to the closest ground-truth video (synthetic worlds).
+
+The numbers are proxies: they rank clips the same way as VBench on gross failures (flicker, jumps, blur, drift),
+but are not comparable with the values in the ConFiner paper.
+
+Frames are ``[F, H, W, 3]`` RGB, uint8 or float in [0, 1]; :func:`as_uint8_frames` converts once, and every
+metric is defined on the 8-bit frames (as VBench, which decodes videos to uint8). Differences are in 0-255 units.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# Farneback parameters of the OpenCV optical-flow tutorial: 3-level pyramid at scale 0.5, 15 px window,
+# 3 iterations, 5-pixel polynomial neighbourhood with sigma 1.2. Good for the few-pixel motions between frames.
+FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input conversion
+
+
+def as_uint8_frames(frames) -> np.ndarray:
+    """Returns frames as a C-contiguous uint8 array [F, H, W, 3].
+
+    Accepts uint8, or float in [0, 1] (scaled by 255 and rounded), and [F, H, W, 1] grey (repeated to RGB).
+    Anything array-like works (lists of frames, CPU torch tensors). Float input outside [0, 1] is an error rather
+    than silently clipped: it usually means 0-255 floats or [-1, 1] model output that needs converting first.
+    """
+    x = np.asarray(frames)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"frames must have shape [F, H, W, 3] (channels last), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("frames is empty (F = 0)")
+    if x.dtype == np.uint8:
+        pass
+    elif np.issubdtype(x.dtype, np.floating):
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ValueError(f"float frames must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        x = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"integer frames must lie in [0, 255], got values in [{x.min()}, {x.max()}]")
+        x = x.astype(np.uint8)
+    else:
+        raise TypeError(f"unsupported frame dtype {x.dtype}")
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.ascontiguousarray(x)
+
+
+def to_gray(frames: np.ndarray) -> np.ndarray:
+    """Returns BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of uint8 RGB frames as uint8 [F, H, W]."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+
+
+def to_lab(frames: np.ndarray) -> np.ndarray:
+    """Returns CIE L*a*b* (D65) of uint8 RGB frames as float32 [F, H, W, 3]: L in [0, 100], a, b about +-127.
+
+    Converting float32 RGB in [0, 1] (not uint8) makes OpenCV return true Lab values, with the sRGB gamma undone.
+    """
+    return np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in frames])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frame differences
+
+
+def consecutive_mae(frames) -> np.ndarray:
+    """Returns d_t = mean |x_t - x_{t-1}| over pixels and channels, for t = 1 .. F-1 (0-255 units, [F-1])."""
+    x = as_uint8_frames(frames).astype(np.float32)
+    return np.abs(np.diff(x, axis=0)).reshape(x.shape[0] - 1, -1).mean(axis=1)
+
+
+def temporal_flicker(frames) -> float:
+    """VBench temporal_flickering: (255 - mean_t d_t) / 255, with d_t the consecutive-frame MAE.
+
+    Range [0, 1], higher is better; exactly 1.0 for a static clip. It charges any change, motion included, so it is
+    meaningful for near-static content (VBench evaluates it on static prompts). NaN for fewer than 2 frames.
+    """
+    d = consecutive_mae(frames)
+    return float((255.0 - d.mean()) / 255.0) if d.size else math.nan
+
+
+def flicker_index(frames) -> float:
+    """Mean |Y_t - Y_{t-1}| of the frames' mean luma Y, t = 1 .. F-1.
+
+    Range [0, 255] grey levels, lower is better. Unlike :func:`temporal_flicker` it ignores motion that keeps the
+    overall brightness (a pan scores ~0) and isolates global brightness pumping. NaN for fewer than 2 frames.
+    """
+    g = to_gray(as_uint8_frames(frames))
+    y = g.reshape(g.shape[0], -1).mean(axis=1)
+    return float(np.abs(np.diff(y)).mean()) if y.size > 1 else math.nan
+
+
+def seam_score(frames, junctions: Iterable[int] | None, eps: float = 1e-3) -> float:
+    """Visibility of junctions: (mean_{j in J} d_j + eps) / (mean_{t not in J} d_t + eps).
+
+    Junction j marks the cut between frames j-1 and j (1 <= j <= F-1), e.g. the first frame of a new segment or
+    context window; d_t is the consecutive-frame MAE. 1.0 means the cuts change the picture no more than ordinary
+    frame-to-frame motion (invisible seams); >1 means visible jumps; lower is better.
+    ``eps`` (grey levels) keeps the ratio finite when nothing moves elsewhere: a static clip gives exactly 1.0, and a
+    jump over frozen content gives a large finite value (e.g. ~1e4 for a 10-level jump).
+    NaN when there is nothing to compare: no junctions, or every transition is a junction.
+    """
+    d = consecutive_mae(frames)
+    j = np.unique(np.asarray(list(junctions) if junctions is not None else [], dtype=np.int64))
+    if j.size and (j.min() < 1 or j.max() > d.size):
+        raise ValueError(f"junctions must lie in [1, {d.size}] for {d.size + 1} frames, got {j.tolist()}")
+    elsewhere = np.ones(d.size, dtype=bool)
+    elsewhere[j - 1] = False
+    if j.size == 0 or not elsewhere.any():
+        return math.nan
+    return float((d[j - 1].mean() + eps) / (d[elsewhere].mean() + eps))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subject consistency
+
+
+def frame_features(frames, size: int = 32, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the two unit-norm halves of the subject feature: structure [F, size*size] and colour [F, 3*bins].
+
+    structure: the grey thumbnail (INTER_AREA, i.e. anti-aliased) minus its own mean, L2-normalised. Centering is
+        what makes the cosine informative: raw non-negative pixel vectors have cosines of ~0.7-0.9 even for
+        unrelated images, so every clip would score near 1; centred, the cosine is the Pearson correlation of the
+        thumbnails, ~0 for unrelated layouts. It is blind to global brightness/contrast, hence the colour half.
+    colour: per-channel RGB histograms (``bins`` bins, each summing to 1) minus the uniform histogram 1/bins,
+        L2-normalised. Centering again removes the shared positive offset; disjoint colours get cosine <= 0.
+    A flat frame has no structure: its structure half is the zero vector (see :func:`feature_cosine`).
+    """
+    x = as_uint8_frames(frames)
+    thumbs = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in to_gray(x)])
+    s = thumbs.reshape(len(x), -1).astype(np.float64)
+    s -= s.mean(axis=1, keepdims=True)
+    hists = [
+        np.concatenate([cv2.calcHist([f], [c], None, [bins], [0, 256]).ravel() for c in range(3)]) for f in x
+    ]
+    h = np.stack(hists).astype(np.float64) / (x.shape[1] * x.shape[2]) - 1.0 / bins
+    return _unit_rows(s), _unit_rows(h)
+
+
+def _unit_rows(v: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    # Rows with (numerically) zero norm stay zero instead of becoming NaN; feature_cosine gives them a meaning.
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.where(n > tol, v / np.maximum(n, tol), 0.0)
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # Cosine of unit-or-zero rows; two zero rows (e.g. two flat frames) are identical (1), zero vs non-zero is 0.
+    zero_a, zero_b = ~a.any(axis=-1), ~b.any(axis=-1)
+    return np.where(zero_a & zero_b, 1.0, np.sum(a * b, axis=-1))
+
+
+def feature_cosine(fa: tuple[np.ndarray, np.ndarray], fb: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Returns (cos(structure) + cos(colour)) / 2, i.e. the cosine of the two halves concatenated at weight 1/sqrt(2)."""
+    return 0.5 * (_row_cosine(fa[0], fb[0]) + _row_cosine(fa[1], fb[1]))
+
+
+def subject_consistency(frames) -> float:
+    """VBench subject consistency with a cheap feature f (:func:`frame_features`) instead of DINO:
+
+        mean_{i=1..F-1} (max(0, cos(f_{i-1}, f_i)) + max(0, cos(f_0, f_i))) / 2.
+
+    Range [0, 1], higher is better; exactly 1.0 for a static clip. NaN for fewer than 2 frames.
+    """
+    s, h = frame_features(frames)
+    if len(s) < 2:
+        return math.nan
+    prev = feature_cosine((s[:-1], h[:-1]), (s[1:], h[1:]))
+    first = feature_cosine((s[:1], h[:1]), (s[1:], h[1:]))
+    return float(np.mean((np.maximum(prev, 0.0) + np.maximum(first, 0.0)) / 2.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Motion smoothness
+
+
+def farneback_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Returns dense flow F_{a->b} [H, W, 2] (x, y) between uint8 grey frames: a(p) ~ b(p + F(p))."""
+    return cv2.calcOpticalFlowFarneback(a, b, None, **FARNEBACK)
+
+
+def backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Returns out(p) = image(p + flow(p)), bilinear, borders replicated (float32)."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(
+        image.astype(np.float32), gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def interpolate_midpoint(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Predicts the frame halfway between uint8 RGB frames x0 and x1 by flow warping (float32 [H, W, 3]).
+
+    With bidirectional Farneback flows F01, F10, the flows from the midpoint t = 1/2 are approximated as in
+    Super SloMo (Jiang et al. 2018, Eq. 4): F_{t->0} = (F10 - F01) / 4, F_{t->1} = (F01 - F10) / 4 (for consistent
+    flows, -F01/2 and +F01/2). Both neighbours are backward-warped to t and averaged.
+    """
+    g0, g1 = cv2.cvtColor(x0, cv2.COLOR_RGB2GRAY), cv2.cvtColor(x1, cv2.COLOR_RGB2GRAY)
+    f01, f10 = farneback_flow(g0, g1), farneback_flow(g1, g0)
+    ft0, ft1 = 0.25 * (f10 - f01), 0.25 * (f01 - f10)
+    return 0.5 * (backward_warp(x0, ft0) + backward_warp(x1, ft1))
+
+
+def motion_smoothness(frames) -> float:
+    """VBench motion smoothness with Farneback midpoint interpolation (:func:`interpolate_midpoint`) for AMT-S:
+    keep the even frames, predict each odd frame i from frames i-1 and i+1, and score
+
+        (255 - mean |pred_i - x_i|) / 255   (mean over odd i with i+1 < F, pixels and channels).
+
+    Range [0, 1], higher is better; ~1 for static or steadily moving content (the odd frames are predictable),
+    lower for jerky or random motion. NaN for fewer than 3 frames.
+    """
+    x = as_uint8_frames(frames)
+    errors = [
+        np.abs(interpolate_midpoint(x[i - 1], x[i + 1]) - x[i].astype(np.float32)).mean()
+        for i in range(1, x.shape[0] - 1, 2)
+    ]
+    return float((255.0 - np.mean(errors)) / 255.0) if errors else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Imaging quality and colour
+
+
+def laplacian_variance(gray: np.ndarray) -> float:
+    """Returns Var(lap(gray)) with the 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]] on a uint8 grey image."""
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def sharpness(frames) -> float:
+    """Mean over frames of the variance of the Laplacian of the luma (grey levels squared).
+
+    Higher is sharper. Unbounded and resolution-dependent (downscaling sharpens, upscaling blurs), so compare only
+    clips of the same size: a flat frame gives 0, blur lowers it, noise raises it.
+    """
+    return float(np.mean([laplacian_variance(g) for g in to_gray(as_uint8_frames(frames))]))
+
+
+def delta_e_from_first(frames) -> np.ndarray:
+    """Returns CIE76 Delta E_t = ||mean Lab(x_t) - mean Lab(x_0)||_2 for every frame t ([F], first entry 0).
+
+    The mean is over the per-pixel Lab values, i.e. the average perceived colour, not the Lab of the mean RGB.
+    """
+    means = to_lab(as_uint8_frames(frames)).reshape(len(frames), -1, 3).mean(axis=1, dtype=np.float64)
+    return np.linalg.norm(means - means[0], axis=1)
+
+
+def color_drift(frames) -> float:
+    """Mean over t = 1 .. F-1 of Delta E_t (:func:`delta_e_from_first`). Lower is better; 0 for a static clip
+    (or a single frame). A Delta E76 of ~2.3 is a just-noticeable difference."""
+    de = delta_e_from_first(frames)
+    return float(de[1:].mean()) if de.size > 1 else 0.0
+
+
+def color_drift_max(frames) -> float:
+    """Max over t of Delta E_t (:func:`delta_e_from_first`): the worst colour departure from frame 0. Lower is better."""
+    return float(delta_e_from_first(frames).max())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def rmse(a, b) -> float:
+    """Returns sqrt(mean (a - b)^2) of two same-shaped videos, in 0-255 units."""
+    a, b = as_uint8_frames(a).astype(np.float64), as_uint8_frames(b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def distance_to_nearest(frames, references: Sequence) -> float:
+    """min over reference videos r of RMSE(frames, r), in 0-255 units; lower is better, 0 for an exact match.
+
+    For synthetic worlds whose possible ground-truth videos are known; every reference must have the frames' shape.
+    ``references`` is a sequence of videos or one array [N, F, H, W, 3].
+    """
+    if len(references) == 0:
+        raise ValueError("references is empty")
+    return min(rmse(frames, r) for r in references)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Everything at once
+
+METRIC_KEYS = (
+    "subject_consistency",
+    "motion_smoothness",
+    "temporal_flicker",
+    "flicker_index",
+    "sharpness",
+    "color_drift",
+    "color_drift_max",
+    "seam_score",
+    "distance_to_nearest",
+)
+
+
+def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequence | None = None) -> dict:
+    """Returns {key: float} for every key in METRIC_KEYS, always all of them and in that order.
+
+    Undefined values are NaN (seam_score without junctions, distance_to_nearest without references, frame-pair
+    metrics on a single frame). ``json.dumps`` writes them as NaN; replace them for strict JSON.
+    """
+    x = as_uint8_frames(frames)
+    out = {
+        "subject_consistency": subject_consistency(x),
+        "motion_smoothness": motion_smoothness(x),
+        "temporal_flicker": temporal_flicker(x),
+        "flicker_index": flicker_index(x),
+        "sharpness": sharpness(x),
+        "color_drift": color_drift(x),
+        "color_drift_max": color_drift_max(x),
+        "seam_score": seam_score(x, junctions) if junctions is not None else math.nan,
+        "distance_to_nearest": distance_to_nearest(x, references) if references is not None else math.nan,
+    }
+    return {k: float(out[k]) for k in METRIC_KEYS}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading videos
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers numerically: frame_2 < frame_10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _rgb3(image: np.ndarray) -> np.ndarray:
+    # Decoders hand back grey [H, W], grey-alpha, RGB or RGBA; keep colour, drop alpha.
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] in (2, 4):
+        image = image[..., :-1]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image
+
+
+def _read_frame_dir(path: str) -> np.ndarray:
+    names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)), key=natural_key)
+    if not names:
+        raise ValueError(f"no image frames ({', '.join(IMAGE_EXTENSIONS)}) in directory {path!r}")
+    frames = []
+    for n in names:
+        bgr = cv2.imread(os.path.join(path, n), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read image {os.path.join(path, n)!r}")
+        if frames and bgr.shape != frames[0].shape:
+            raise ValueError(f"frame {os.path.join(path, n)!r} has shape {bgr.shape}, expected {frames[0].shape}")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def _read_cv2(path: str) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(path)
+    frames = []
+    try:
+        while cap.isOpened():
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    return frames
+
+
+def _read_imageio(path: str) -> list[np.ndarray]:
+    try:
+        import imageio.v3 as iio
+
+        arr = np.asarray(iio.imread(path, index=None))
+    except Exception:
+        return []
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4) and arr.shape[-1] < arr.shape[0]):
+        arr = arr[None]  # a still image: [H, W(, C)] -> one frame
+    return [_rgb3(f) for f in arr]
+
+
+def read_video(path_or_dir) -> np.ndarray:
+    """Reads a video file (mp4, gif, webm, ...) or a directory of image frames into uint8 RGB [F, H, W, 3].
+
+    Files go through cv2.VideoCapture (FFmpeg); when that yields at most one frame -- it cannot open the file, or
+    it decodes animated GIFs as a single frame -- imageio is tried too and the longer result kept. A directory is
+    read as its .png/.jpg/... files in natural order (frame_2 before frame_10). Raises FileNotFoundError for a
+    missing path and ValueError naming the path when nothing decodable is found.
+    """
+    path = os.fspath(path_or_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such video file or frame directory: {path!r}")
+    if os.path.isdir(path):
+        return np.ascontiguousarray(_read_frame_dir(path), dtype=np.uint8)
+    frames = _read_cv2(path)
+    if len(frames) <= 1:
+        fallback = _read_imageio(path)
+        frames = fallback if len(fallback) > len(frames) else frames
+    if not frames:
+        raise ValueError(f"cannot read any frames from {path!r}")
+    if any(f.shape != frames[0].shape for f in frames):
+        raise ValueError(f"frames of {path!r} differ in size")
+    return as_uint8_frames(np.stack(frames))

@@ -1,0 +1,100 @@
+"""Stage 2: refinement of the noised structure from T_e to 0 (one sampler per function).
+
+* :func:`refine_standard` -- Eq. 8, DDIM steps of the spatial expert only;
+* :func:`refine_coordinated` -- Algorithm 1, lines 10-14, built from :func:`coordinated_step`;
+* :func:`refine_naive_alternation` -- Eq. 7, the ablation the paper shows to be ineffective;
+* :func:`refine_temporal_only` -- the "only temporal expert" row of Table 5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .experts import Denoiser, Prediction
+from .sampling import Callback, ddim_step, diffuse, randn_like
+from .schedules import NoiseSchedule
+from .timesteps import with_next
+
+SAME_INDEX = "same_index"
+NEAREST = "nearest"
+CONTINUOUS = "continuous"
+TIMESTEP_MATCHING = (SAME_INDEX, NEAREST, CONTINUOUS)
+
+
+def matched_timestep(source: NoiseSchedule, target: NoiseSchedule, t: float, matching: str = SAME_INDEX) -> float:
+    """The target-schedule timestep used to re-noise a sample that sits at ``t`` on the source schedule.
+
+    ``same_index`` is the paper as written (t on both schedules, although their noise levels differ);
+    ``nearest`` picks the target timestep with the closest noise level sigma/alpha; ``continuous`` the exact
+    fractional timestep of equal noise level (for experts that accept continuous time)."""
+    if matching == SAME_INDEX:
+        return t
+    if matching not in TIMESTEP_MATCHING:
+        raise ValueError(f"timestep matching must be one of {TIMESTEP_MATCHING}, got {matching!r}")
+    alpha, sigma = source.coefficients(t)
+    return target.timestep_for_noise_level(sigma / alpha, continuous=matching == CONTINUOUS)
+
+
+def _step(denoiser: Denoiser, pred: Prediction, t: float, t_prev: float, eta: float, generator) -> torch.Tensor:
+    noise = randn_like(pred.x0, generator) if eta > 0 else None
+    return ddim_step(denoiser.schedule, pred, t, t_prev, eta, noise)
+
+
+def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: float = 0.0,
+                    generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Eq. 8: V'_{t_{k-1}} = Denoising(theta_s, V'_{t_k}, t_k, S_s)."""
+    for i, (t, t_prev) in enumerate(with_next(timesteps)):
+        pred = spatial(x, t)
+        x = _step(spatial, pred, t, t_prev, eta, generator)
+        if callback is not None:
+            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    return x
+
+
+def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: float, generator: torch.Generator,
+                     matching: str = SAME_INDEX) -> tuple[torch.Tensor, Prediction]:
+    """Algorithm 1, lines 10-13: hand the sample from the spatial to the temporal expert and back through x0.
+
+    Returns the new V'_{t_k} (on the spatial schedule) and the temporal expert's prediction."""
+    x0_spatial = spatial(x, t).x0                                              # line 10
+    t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
+    x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x, generator))  # Eq. 9
+    pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
+    x_back = diffuse(spatial.schedule, pred_temporal.x0, t, randn_like(x, generator))          # Eq. 11
+    return x_back, pred_temporal
+
+
+def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, timesteps: list,
+                       generator: torch.Generator, matching: str = SAME_INDEX, eta: float = 0.0,
+                       callback: Callback | None = None) -> torch.Tensor:
+    """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
+    Three expert evaluations per step (two spatial, one temporal)."""
+    for i, (t, t_prev) in enumerate(with_next(timesteps)):
+        x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)
+        pred = spatial(x, t)                                                   # line 14
+        x = _step(spatial, pred, t, t_prev, eta, generator)
+        if callback is not None:
+            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    return x
+
+
+def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, timesteps: list,
+                             eta: float = 0.0, generator: torch.Generator | None = None,
+                             callback: Callback | None = None) -> torch.Tensor:
+    """Eq. 7 (ablation): alternate spatial and temporal DDIM steps on the spatial schedule S_s. The temporal
+    expert reads x as if it were noised on its own schedule at t, which it is not: that mismatch is why the
+    paper finds this ineffective."""
+    for i, (t, t_prev) in enumerate(with_next(timesteps)):
+        expert = spatial if i % 2 == 0 else temporal
+        pred = expert(x, t)
+        x = _step(spatial, pred, t, t_prev, eta, generator)
+        if callback is not None:
+            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    return x
+
+
+def refine_temporal_only(temporal: Denoiser, x: torch.Tensor, timesteps: list, eta: float = 0.0,
+                         generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Table 5 "only temporal expert": standard denoising (Eq. 8) with the temporal expert on its own schedule.
+    The structure must have been noised on the temporal schedule (the chain does this)."""
+    return refine_standard(temporal, x, timesteps, eta, generator, callback)

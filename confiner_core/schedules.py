@@ -1,0 +1,176 @@
+"""Noise schedules as data: x_t = alpha_t * x0 + sigma_t * eps for t = 0 .. N-1.
+
+Variance-preserving (VP) schedules have alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) (Eq. 1);
+flow-matching schedules have alpha_t = 1 - s_t, sigma_t = s_t. Every expert in a ConFiner chain carries its
+own schedule; the chain converts between them through x0 (Eq. 9 and 11), so nothing else needs to know the kind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+VP = "vp"
+FLOW = "flow"
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete schedule of signal and noise coefficients.
+
+    ``alphas[t]`` and ``sigmas[t]`` are float64 tensors of length N. ``final_alpha``/``final_sigma`` describe
+    the sample reached after the last step (``t = -1``): diffusers' ``set_alpha_to_one`` picks (1, 0) or
+    the coefficients of t = 0.
+    """
+
+    alphas: torch.Tensor
+    sigmas: torch.Tensor
+    kind: str = VP
+    final_alpha: float = 1.0
+    final_sigma: float = 0.0
+    name: str = ""
+
+    def __post_init__(self):
+        if self.kind not in (VP, FLOW):
+            raise ValueError(f"schedule kind must be 'vp' or 'flow', got {self.kind!r}")
+        if self.alphas.shape != self.sigmas.shape or self.alphas.ndim != 1:
+            raise ValueError("alphas and sigmas must be 1-D tensors of equal length")
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.alphas.shape[0]
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t for a VP schedule (the quantity diffusers and the paper tabulate)."""
+        return self.alphas**2 / (self.alphas**2 + self.sigmas**2)
+
+    @property
+    def ve_sigmas(self) -> torch.Tensor:
+        """sigma/alpha: the variance-exploding noise level k-diffusion and ComfyUI use (ascending in t)."""
+        return self.sigmas / self.alphas
+
+    def check_timestep(self, t: float, what: str = "timestep") -> None:
+        if not (-1 <= t <= self.num_timesteps - 1):
+            raise ValueError(
+                f"{what}={t} lies outside schedule {self.name or self.kind!r} (valid: 0..{self.num_timesteps - 1}, "
+                f"or -1 for the clean end); choose a value in that range"
+            )
+
+    def coefficients(self, t: float) -> tuple[float, float]:
+        """(alpha_t, sigma_t). Integer t reads the table, t = -1 is the clean end, fractional t interpolates
+        log(sigma/alpha) linearly between neighbours (as ComfyUI's ModelSamplingDiscrete.sigma does)."""
+        self.check_timestep(t)
+        if t < 0:
+            return self.final_alpha, self.final_sigma
+        lo = int(math.floor(t))
+        if t == lo:
+            return float(self.alphas[lo]), float(self.sigmas[lo])
+        log_ve = torch.log(self.ve_sigmas)
+        hi = min(lo + 1, self.num_timesteps - 1)
+        w = t - lo
+        return alpha_sigma_from_ve(math.exp((1 - w) * float(log_ve[lo]) + w * float(log_ve[hi])), self.kind)
+
+    def timestep_for_noise_level(self, ve_sigma: float, continuous: bool = False) -> float:
+        """The timestep whose noise level sigma/alpha matches ``ve_sigma``: the nearest table entry in log space,
+        or (``continuous``) the exact fractional t on the log-linear interpolation, clamped to the table."""
+        log_ve = torch.log(self.ve_sigmas)
+        target = math.log(ve_sigma)
+        if not continuous:
+            return int(torch.argmin((log_ve - target).abs()))
+        if target <= float(log_ve[0]):
+            return 0.0
+        if target >= float(log_ve[-1]):
+            return float(self.num_timesteps - 1)
+        hi = int(torch.searchsorted(log_ve, torch.tensor(target, dtype=log_ve.dtype)))
+        lo = hi - 1
+        return lo + (target - float(log_ve[lo])) / (float(log_ve[hi]) - float(log_ve[lo]))
+
+
+def alpha_sigma_from_ve(ve_sigma: float, kind: str) -> tuple[float, float]:
+    """Invert sigma/alpha for a VP (alpha^2 + sigma^2 = 1) or flow (alpha + sigma = 1) schedule."""
+    if kind == VP:
+        alpha = 1.0 / math.sqrt(1.0 + ve_sigma**2)
+        return alpha, ve_sigma * alpha
+    s = ve_sigma / (1.0 + ve_sigma)
+    return 1.0 - s, s
+
+
+def betas_for(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int) -> torch.Tensor:
+    """Betas exactly as diffusers builds them (float32), so alphas_cumprod match its schedulers bit for bit."""
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), 0.999)
+                 for i in range(num_train_timesteps)]
+        return torch.tensor(betas, dtype=torch.float32)
+    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+
+
+def vp_schedule(alphas_cumprod: torch.Tensor, set_alpha_to_one: bool = True, name: str = "") -> NoiseSchedule:
+    ac = alphas_cumprod.to(torch.float64)
+    final = 1.0 if set_alpha_to_one else float(ac[0])
+    return NoiseSchedule(ac.sqrt(), (1 - ac).sqrt(), VP, math.sqrt(final), math.sqrt(1 - final), name)
+
+
+def from_betas(beta_schedule: str = "scaled_linear", beta_start: float = 0.00085, beta_end: float = 0.012,
+               num_train_timesteps: int = 1000, set_alpha_to_one: bool = False, name: str = "") -> NoiseSchedule:
+    betas = betas_for(beta_schedule, beta_start, beta_end, num_train_timesteps)
+    ac = torch.cumprod(1.0 - betas, dim=0)
+    return vp_schedule(ac, set_alpha_to_one, name or f"{beta_schedule} {beta_start}->{beta_end}")
+
+
+def from_diffusers_config(config: dict, name: str = "") -> NoiseSchedule:
+    """Schedule of a diffusers scheduler config (``scheduler_config.json`` or ``scheduler.config``)."""
+    if config.get("trained_betas") is not None:
+        ac = torch.cumprod(1.0 - torch.tensor(config["trained_betas"], dtype=torch.float32), dim=0)
+        return vp_schedule(ac, config.get("set_alpha_to_one", True), name)
+    if config.get("rescale_betas_zero_snr"):
+        raise NotImplementedError("zero-terminal-SNR schedules are not supported yet")
+    return from_betas(config.get("beta_schedule", "linear"), config.get("beta_start", 0.0001),
+                      config.get("beta_end", 0.02), config.get("num_train_timesteps", 1000),
+                      config.get("set_alpha_to_one", True), name)
+
+
+def from_ve_sigmas(sigmas: torch.Tensor, kind: str = VP, name: str = "") -> NoiseSchedule:
+    """Schedule from an ascending table of noise levels, as a ComfyUI model exposes (``model_sampling.sigmas``).
+
+    For ``kind='vp'`` the table holds sigma/alpha (ComfyUI's discrete EPS/V sigmas, abar = 1/(1+sigma^2));
+    for ``kind='flow'`` it holds the flow time s in (0, 1] (ComfyUI's ModelSamplingDiscreteFlow sigmas).
+    """
+    sig = sigmas.detach().to("cpu", torch.float64)
+    if kind == VP:
+        alphas = 1.0 / torch.sqrt(1.0 + sig**2)
+        return NoiseSchedule(alphas, sig * alphas, VP, 1.0, 0.0, name)
+    if kind == FLOW:
+        return NoiseSchedule(1.0 - sig, sig.clone(), FLOW, 1.0, 0.0, name)
+    raise ValueError(f"kind must be 'vp' or 'flow', got {kind!r}")
+
+
+def flow_schedule(shift: float = 1.0, num_train_timesteps: int = 1000, name: str = "") -> NoiseSchedule:
+    """Rectified-flow schedule with timestep shift (SD3 / Wan / HunyuanVideo): s = shift*u / (1 + (shift-1)*u)."""
+    u = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    s = shift * u / (1 + (shift - 1) * u)
+    return from_ve_sigmas(s, FLOW, name or f"flow shift {shift}")
+
+
+# The experts of the paper, as data (diffusers names; ComfyUI calls scaled_linear "linear").
+SD15 = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+ANIMATEDIFF = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+MODELSCOPE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+LAVIE = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, set_alpha_to_one=True)
+KNOWN_SCHEDULES = {"sd15": SD15, "animatediff": ANIMATEDIFF, "modelscope": MODELSCOPE, "lavie": LAVIE}
+
+
+def named(name: str) -> NoiseSchedule:
+    if name not in KNOWN_SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {sorted(KNOWN_SCHEDULES)}")
+    return from_betas(**KNOWN_SCHEDULES[name], name=name)

@@ -1,0 +1,157 @@
+"""The core's schedule, noising, DDIM and Euler maths against diffusers' own schedulers (to 1e-5)."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from confiner_core import schedules as S
+from confiner_core.experts import Prediction
+from confiner_core.prediction import from_x0_eps, to_x0_eps
+from confiner_core.sampling import ddim_step, diffuse, euler_step, initial_latent
+from confiner_core.timesteps import spaced_timesteps
+
+EXPERTS = {
+    "sd15": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+    "animatediff": dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+    "modelscope": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+}
+
+
+def ddim(name, **kw):
+    return DDIMScheduler(**EXPERTS[name], clip_sample=False, set_alpha_to_one=False, **kw)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_alphas_cumprod_match(name):
+    ours = S.from_diffusers_config(dict(ddim(name).config))
+    ref = ddim(name).alphas_cumprod.double()
+    assert torch.allclose(ours.alphas_cumprod, ref, atol=1e-7)
+    assert ours.final_alpha ** 2 == pytest.approx(float(ref[0]))  # set_alpha_to_one=False
+    assert torch.allclose(S.named(name).alphas_cumprod, ref, atol=1e-7)
+
+
+def test_known_noise_levels():
+    # figures quoted in the method notes: SD t=999 abar .00466, AnimateDiff t=999 .00158
+    assert float(S.named("sd15").alphas_cumprod[999]) == pytest.approx(0.00466, abs=1e-5)
+    assert float(S.named("animatediff").alphas_cumprod[999]) == pytest.approx(0.00158, abs=1e-5)
+    ad, sd = S.named("animatediff"), S.named("sd15")
+    t = ad.timestep_for_noise_level(float(sd.ve_sigmas[999]))
+    assert 900 <= t <= 910  # SD t=999 ~ AnimateDiff t~905
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("n", [1, 4, 5, 7, 50])
+def test_timesteps_match_diffusers(spacing, n):
+    sched = DDIMScheduler(**EXPERTS["sd15"], timestep_spacing=spacing)
+    sched.set_timesteps(n)
+    offset = 1 if spacing == "leading" else 0
+    assert spaced_timesteps(n, 999, spacing, steps_offset=offset) == [int(t) for t in sched.timesteps]
+
+
+def test_refinement_range_starts_at_te():
+    assert spaced_timesteps(5, 100, "trailing") == [100, 80, 60, 39, 19]
+    with pytest.raises(ValueError, match="do not fit"):
+        spaced_timesteps(200, 100)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_step_matches_diffusers(name, prediction, eta):
+    sched = ddim(name, prediction_type=prediction)
+    sched.set_timesteps(10)
+    ours = S.from_diffusers_config(dict(sched.config))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 8, 8, generator=g)
+    out = torch.randn(2, 4, 3, 8, 8, generator=g)
+    z = torch.randn(2, 4, 3, 8, 8, generator=g)
+    for t in [int(v) for v in sched.timesteps]:
+        t_prev = t - 1000 // 10
+        t_prev = t_prev if t_prev >= 0 else -1  # diffusers: prev_t < 0 means final_alpha_cumprod
+        ref = sched.step(out, t, x, eta=eta, variance_noise=z if eta else None)
+        alpha, sigma = ours.coefficients(t)
+        pred = Prediction(*to_x0_eps(out, x, alpha, sigma, prediction))
+        assert torch.allclose(pred.x0, ref.pred_original_sample, atol=1e-5)
+        mine = ddim_step(ours, pred, t, t_prev, eta, z if eta else None)
+        assert torch.allclose(mine, ref.prev_sample, atol=1e-5), (t, (mine - ref.prev_sample).abs().max())
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_add_noise_matches_diffusers(name):
+    sched, ours = ddim(name), S.named(name)
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    for t in [0, 100, 500, 999]:
+        ref = sched.add_noise(x0, eps, torch.tensor([t]))
+        assert torch.allclose(diffuse(ours, x0, t, eps), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["animatediff", "sd15"])
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_euler_trailing_matches_diffusers(name, n):
+    cfg = EXPERTS[name]
+    sched = EulerDiscreteScheduler(**cfg, timestep_spacing="trailing")
+    sched.set_timesteps(n)
+    ours = S.from_betas(cfg["beta_schedule"], cfg["beta_start"], cfg["beta_end"])
+    ts = spaced_timesteps(n, 999, "trailing")
+    assert ts == [int(t) for t in sched.timesteps]
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(1, 4, 2, 8, 8, generator=g)
+    x_ve = noise * sched.init_noise_sigma
+    x_vp = initial_latent(ours, noise, ts[0], "euler")
+    for k, t in enumerate(ts):
+        t_prev = ts[k + 1] if k + 1 < n else -1
+        eps = torch.randn(1, 4, 2, 8, 8, generator=g)
+        alpha, sigma = ours.coefficients(t)
+        # the model sees the same VP input in both worlds
+        assert torch.allclose(sched.scale_model_input(x_ve, sched.timesteps[k]), x_vp, atol=1e-5)
+        x_ve = sched.step(eps, sched.timesteps[k], x_ve).prev_sample
+        x_vp = euler_step(ours, x_vp, Prediction(*to_x0_eps(eps, x_vp, alpha, sigma, "epsilon")), t, t_prev)
+        a_prev = ours.coefficients(t_prev)[0] if t_prev >= 0 else 1.0
+        assert torch.allclose(x_vp / a_prev, x_ve, atol=1e-4 * max(1.0, float(x_ve.abs().max())))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_prediction_round_trip_vp(prediction):
+    sch = S.named("sd15")
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in [10, 400, 999]:
+        a, s = sch.coefficients(t)
+        x_t = a * x0 + s * eps
+        out = from_x0_eps(x0, eps, a, s, prediction)
+        x0_hat, eps_hat = to_x0_eps(out, x_t, a, s, prediction)
+        assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, eps, atol=1e-4)
+
+
+def test_flow_schedule_and_prediction():
+    sch = S.flow_schedule(shift=3.0)
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 16, 2, 4, 4, generator=g)
+    a, s = sch.coefficients(700)
+    assert a + s == pytest.approx(1.0)
+    x_t = a * x0 + s * eps
+    x0_hat, eps_hat = to_x0_eps(eps - x0, x_t, a, s, "flow")
+    assert torch.allclose(x0_hat, x0, atol=1e-5) and torch.allclose(eps_hat, eps, atol=1e-5)
+
+
+def test_ve_sigma_table_round_trip():
+    sd = S.named("sd15")
+    back = S.from_ve_sigmas(sd.ve_sigmas.float())
+    assert torch.allclose(back.alphas_cumprod, sd.alphas_cumprod, atol=1e-6)
+    assert float(sd.ve_sigmas[-1]) == pytest.approx(14.6146, abs=1e-3)
+    assert float(S.named("animatediff").ve_sigmas[-1]) == pytest.approx(25.1461, abs=1e-3)
+
+
+def test_continuous_noise_level_match_is_exact():
+    sd, ad = S.named("sd15"), S.named("animatediff")
+    for t in [20, 100, 600, 999]:
+        a, s = sd.coefficients(t)
+        tc = ad.timestep_for_noise_level(s / a, continuous=True)
+        a2, s2 = ad.coefficients(tc)
+        assert s2 / a2 == pytest.approx(s / a, rel=1e-6)
+
+
+def test_bad_timestep_is_rejected():
+    with pytest.raises(ValueError, match="outside schedule"):
+        S.named("sd15").coefficients(1000)
