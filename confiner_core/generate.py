@@ -1,0 +1,144 @@
+"""One call from settings to files: build the experts, run the chain (or ConFiner-Long), decode, write.
+
+Used by the command line (``python -m confiner_core generate``) and by scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .chain import ChainConfig, run_chain
+from .experts import EvaluationLog
+from .video_io import VideoSink, contact_sheet, write_png
+
+
+@dataclass
+class GenerateRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    seed: int = 0
+    out: str = "out"
+    control: str | None = None
+    spatial: str | None = None
+    temporal: str | None = None
+    base: str | None = None
+    control_cfg: float = 1.0
+    refine_cfg: float | None = None
+    fps: float = 8.0
+    device: str = "cpu"
+    chain: ChainConfig = field(default_factory=ChainConfig)
+
+    @property
+    def embedded(self) -> bool:
+        return not (self.control or self.spatial or self.temporal)
+
+    def validate(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {self.frames}")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v < 64 or v % 8:
+                raise ValueError(f"--{name} must be a multiple of 8 and at least 64, got {v}")
+        given = [p for p in (self.control, self.spatial, self.temporal) if p]
+        if given and not (self.control and self.spatial and (self.temporal or self.chain.mode == "standard")):
+            raise ValueError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
+                             "give none of them to use the embedded default")
+        for p in given + ([self.base] if self.base else []):
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"checkpoint path {p!r} does not exist")
+        self.chain.validate()
+
+
+@dataclass
+class Backend:
+    experts: dict
+    decode: callable  # canonical latent -> uint8 [B, F, H, W, 3]
+    refine_cfg: float
+    description: str
+
+
+def load_backend(req: GenerateRequest) -> Backend:
+    if req.embedded:
+        from .embedded.experts import decode, embedded_experts
+
+        return Backend(embedded_experts(), decode, 1.0 if req.refine_cfg is None else req.refine_cfg,
+                       "embedded default: exact posterior-mean experts over a procedural video world")
+    from .diffusers_backend import load_experts
+
+    loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
+                          device=req.device)
+    return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
+                   "diffusers checkpoints")
+
+
+def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog) -> dict:
+    ex = backend.experts
+    bound = {"control": ex["control"].bind(req.prompt, req.negative_prompt, req.control_cfg, log),
+             "spatial": ex["spatial"].bind(req.prompt, req.negative_prompt, backend.refine_cfg, log)}
+    bound["temporal"] = (ex["temporal"].bind(req.prompt, req.negative_prompt, backend.refine_cfg, log)
+                         if ex.get("temporal") is not None else None)
+    return bound
+
+
+def latent_shape(req: GenerateRequest, channels: int, frames: int) -> tuple:
+    return (1, channels, frames, req.height // 8, req.width // 8)
+
+
+def progress_callback(bar: tqdm):
+    def callback(info: dict) -> None:
+        bar.set_postfix_str(f"{info['stage']} t={info['t']}")
+        bar.update(1)
+    return callback
+
+
+def generate(req: GenerateRequest, show_progress: bool = True) -> dict:
+    """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``.
+    Returns the report."""
+    req.validate()
+    os.makedirs(req.out, exist_ok=True)
+    t_start = time.perf_counter()
+    backend = load_backend(req)
+    log = EvaluationLog()
+    d = bind_experts(backend, req, log)
+    t_loaded = time.perf_counter()
+    generator = torch.Generator().manual_seed(req.seed)
+    shape = latent_shape(req, d["spatial"].expert.latent_channels, req.frames)
+    noise = torch.randn(shape, generator=generator).to(req.device)
+    steps = req.chain.control_steps + req.chain.refine_steps
+    with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
+        result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
+                           progress_callback(bar))
+    t_decode = time.perf_counter()
+    frames = backend.decode(result.latent)[0].cpu().numpy()
+    path = os.path.join(req.out, "video.mp4")
+    with VideoSink(path, req.fps, len(frames)) as sink:
+        sink.write(frames)
+    write_png(os.path.join(req.out, "frames.png"), contact_sheet(sink.sheet))
+    seconds = {"load": t_loaded - t_start, **result.seconds, "decode_and_write": time.perf_counter() - t_decode}
+    seconds["total"] = time.perf_counter() - t_start
+    report = build_report(req, backend, log, seconds)
+    write_report(req.out, report)
+    return report
+
+
+def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
+    settings = {k: v for k, v in asdict(req).items() if k != "chain"}
+    return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
+            "height": req.height, "width": req.width, "backend": backend.description,
+            "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
+            "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
+            "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
+
+
+def write_report(out: str, report: dict) -> None:
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)

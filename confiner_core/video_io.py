@@ -1,0 +1,61 @@
+"""Writing frames as they become final: an mp4 stream plus a contact sheet (OpenCV)."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+
+class VideoSink:
+    """Appends uint8 RGB frames [N, H, W, 3] to ``video.mp4`` and keeps only the frames the contact sheet needs,
+    so memory does not grow with the video's length."""
+
+    def __init__(self, path: str, fps: float, total_frames: int, sheet_frames: int = 8):
+        self.path, self.fps, self.total = path, fps, total_frames
+        self.sheet_index = set(np.linspace(0, max(total_frames - 1, 0), min(sheet_frames, total_frames)).round().astype(int))
+        self.sheet: list[np.ndarray] = []
+        self.written = 0
+        self._writer = None
+
+    def write(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            if self._writer is None:
+                h, w = frame.shape[:2]
+                self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+                if not self._writer.isOpened():
+                    raise OSError(f"cannot open {self.path} for writing an mp4 video")
+            self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            if self.written in self.sheet_index:
+                self.sheet.append(frame.copy())
+            self.written += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def contact_sheet(frames: list, columns: int = 4) -> np.ndarray:
+    """Frames tiled left to right, top to bottom, on a black canvas."""
+    frames = list(frames)
+    rows = -(-len(frames) // columns)
+    h, w = frames[0].shape[:2]
+    sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = f
+    return sheet
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")

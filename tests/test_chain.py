@@ -1,0 +1,141 @@
+"""Algorithm 1 and the chain, checked with recording experts whose predictions are known in closed form."""
+
+import pytest
+import torch
+
+from confiner_core import schedules as S
+from confiner_core.chain import ChainConfig, refine_timesteps, run_chain, validate_chain
+from confiner_core.experts import EvaluationLog, Expert
+from confiner_core.layout import FRAMES, VIDEO
+from confiner_core.prediction import from_x0_eps
+from confiner_core.refine import coordinated_step, matched_timestep, refine_coordinated
+from confiner_core.sampling import ddim_step, randn_like
+from confiner_core.experts import Prediction
+
+SHAPE = (1, 4, 3, 4, 4)
+
+
+class OracleExpert(Expert):
+    """Always 'knows' the clean sample x0*: returns the eps (or v) consistent with it, and records every call."""
+
+    def __init__(self, x0, schedule, layout=VIDEO, prediction="epsilon", name="oracle"):
+        self.x0, self.schedule, self.layout, self.prediction, self.name = x0, schedule, layout, prediction, name
+        self.calls = []
+
+    def encode(self, prompt):
+        return prompt
+
+    def forward(self, x, t, conds):
+        self.calls.append((t, x.clone()))
+        a, s = self.schedule.coefficients(t)
+        x0 = self.x0 if self.layout == VIDEO else self.x0[0].permute(1, 0, 2, 3)
+        eps = (x - a * x0) / s
+        return [from_x0_eps(x0, eps, a, s, self.prediction) for _ in conds]
+
+
+def x0_star():
+    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+
+
+def test_coordinated_step_renoises_on_each_experts_schedule():
+    x0 = x0_star()
+    sd, lavie = S.named("sd15"), S.named("lavie")
+    spatial_e, temporal_e = OracleExpert(x0, sd, FRAMES), OracleExpert(x0, lavie)
+    spatial, temporal = spatial_e.bind(), temporal_e.bind()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    t = 600  # SD t=600 ~ LaVie t=422: far apart here (near t=100 the two schedules happen to cross)
+    x_back, pred_t = coordinated_step(spatial, temporal, x, t, torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    eps, eps2 = randn_like(x, replay), randn_like(x, replay)
+    # Eq. 9: the temporal expert saw x0_s re-noised with the TEMPORAL schedule's coefficients at t
+    (t_seen, x_seen), = temporal_e.calls
+    a_T, s_T = lavie.coefficients(t)
+    assert t_seen == t
+    assert torch.allclose(x_seen, a_T * x0 + s_T * eps, atol=1e-6)
+    a_S, s_S = sd.coefficients(t)
+    assert not torch.allclose(x_seen, a_S * x0 + s_S * eps, atol=1e-3)  # the schedules really differ here
+    # Eq. 11: back on the SPATIAL schedule with fresh noise
+    assert torch.allclose(x_back, a_S * pred_t.x0 + s_S * eps2, atol=1e-6)
+    assert torch.allclose(pred_t.x0, x0, atol=1e-5)
+
+
+def test_noise_level_matching_picks_equal_noise_timestep():
+    x0 = x0_star()
+    sd, lavie = S.named("sd15"), S.named("lavie")
+    temporal_e = OracleExpert(x0, lavie)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    coordinated_step(OracleExpert(x0, sd).bind(), temporal_e.bind(), x, 600, torch.Generator().manual_seed(5),
+                     matching="nearest")
+    t_T = temporal_e.calls[0][0]
+    assert t_T == matched_timestep(sd, lavie, 600, "nearest")
+    assert 415 <= t_T <= 430  # the method notes: SD t=600 ~ LaVie t=422
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_identical_experts_follow_algorithm_1(prediction):
+    """Same expert, same schedule: every refinement step ends at a_prev x0* + s_prev eps', with eps' the
+    Eq. 11 noise of that step, and three evaluations per step."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+    log = EvaluationLog()
+    expert = OracleExpert(x0, sd, prediction=prediction)
+    d = expert.bind(log=log)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    ts = [100, 60, 20]
+    out = refine_coordinated(d, d, x, ts, torch.Generator().manual_seed(9))
+    replay = torch.Generator().manual_seed(9)
+    for k, t in enumerate(ts):
+        randn_like(x, replay)
+        eps2 = randn_like(x, replay)
+    t_prev = -1
+    a_prev, s_prev = sd.coefficients(t_prev)
+    assert torch.allclose(out, a_prev * x0 + s_prev * eps2, atol=1e-5)
+    assert log.evaluations["unstaged"] == 3 * len(ts)
+    assert [t for t, _ in expert.calls] == [t for t in ts for _ in range(3)]
+
+
+def test_run_chain_counts_and_reproduces():
+    x0 = x0_star()
+    make = lambda sch, lay: OracleExpert(x0, S.named(sch), lay)
+    log = EvaluationLog()
+    c, s, t = (make("animatediff", VIDEO).bind(log=log), make("sd15", FRAMES).bind(log=log),
+               make("lavie", VIDEO).bind(log=log))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    r1 = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
+    assert log.evaluations == {"control": 4, "refine": 15}
+    r2 = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
+    assert torch.equal(r1.latent, r2.latent)
+    r3 = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(4))
+    assert not torch.equal(r1.latent, r3.latent)
+    # Euler control with an exact oracle lands on x0* exactly
+    assert torch.allclose(r1.structure, x0, atol=1e-4)
+
+
+def test_validation_rejects_bad_chains():
+    x0 = x0_star()
+    sd = S.named("sd15")
+    good = OracleExpert(x0, sd).bind()
+    with pytest.raises(ValueError, match="T_e"):
+        validate_chain(good, good, good, SHAPE, ChainConfig(te=1000))
+    with pytest.raises(ValueError, match="do not fit"):
+        validate_chain(good, good, good, SHAPE, ChainConfig(te=3, refine_steps=5))
+    other = OracleExpert(x0, sd)
+    other.latent_space = "sdxl"
+    with pytest.raises(ValueError, match="latent space"):
+        validate_chain(good, good, other.bind(), SHAPE, ChainConfig())
+    wide = OracleExpert(x0, sd)
+    wide.latent_channels = 16
+    with pytest.raises(ValueError, match="16 latent channels"):
+        validate_chain(wide.bind(), good, good, SHAPE, ChainConfig())
+    short = OracleExpert(x0, sd)
+    short.max_frames = 2
+    with pytest.raises(ValueError, match="at most 2 frames"):
+        validate_chain(good, good, short.bind(), SHAPE, ChainConfig())
+    with pytest.raises(ValueError, match="needs a temporal expert"):
+        validate_chain(good, good, None, SHAPE, ChainConfig(mode="coordinated"))
+    with pytest.raises(ValueError, match="mode"):
+        ChainConfig(mode="fast").validate()
+
+
+def test_refine_timesteps_default_paper():
+    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 39, 19]

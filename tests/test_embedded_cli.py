@@ -1,0 +1,82 @@
+"""The embedded default end to end through the command line: files, report, reproducibility, clear errors."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from confiner_core import schedules as S
+from confiner_core.cli import main
+from confiner_core.embedded.experts import embedded_experts, posterior_mean
+
+SMALL = ["--frames", "8", "--height", "96", "--width", "96", "--quiet"]
+
+
+def run(tmp_path, name, *args):
+    out = str(tmp_path / name)
+    assert main(["generate", "--out", out, *SMALL, *args]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        return out, json.load(f)
+
+
+def test_generate_writes_video_sheet_and_report(tmp_path):
+    out, report = run(tmp_path, "a", "--prompt", "a blue square sliding over snow", "--seed", "3")
+    cap = cv2.VideoCapture(os.path.join(out, "video.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    ok, frame = cap.read()
+    assert ok and frame.shape == (96, 96, 3)
+    sheet = cv2.imread(os.path.join(out, "frames.png"))
+    assert sheet.shape == (2 * 96, 4 * 96, 3)
+    assert report["expert_evaluations"] == {"control": 4, "refine": 15}
+    assert report["seed"] == 3 and report["frames"] == 8 and report["height"] == 96
+    assert set(report["seconds"]) >= {"control", "refine", "total"}
+    # the prompt chose the content: a blue object over a bright background
+    b, g, r = (sheet[..., i].astype(float) for i in range(3))
+    assert ((b - r) > 60).mean() > 0.005 and sheet.mean() > 150
+
+
+def test_same_seed_same_video_other_seed_differs(tmp_path):
+    a, _ = run(tmp_path, "a", "--seed", "1")
+    b, _ = run(tmp_path, "b", "--seed", "1")
+    c, _ = run(tmp_path, "c", "--seed", "2")
+    read = lambda d: cv2.imread(os.path.join(d, "frames.png"))
+    assert np.array_equal(read(a), read(b))
+    assert not np.array_equal(read(a), read(c))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frames", "0"], "--frames must be >= 1"),
+    (["--height", "70"], "multiple of 8"),
+    (["--te", "1000"], "te (T_e)=1000 lies outside"),
+    (["--te", "3", "--refine-steps", "9"], "do not fit"),
+    (["--spatial", "/nonexistent/sd15"], "need --control and --spatial"),
+    (["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"], "does not exist"),
+])
+def test_bad_arguments_fail_clearly(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), *SMALL, *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x" / "video.mp4")
+
+
+def test_embedded_experts_use_three_different_schedules():
+    ex = embedded_experts()
+    names = {k: e.schedule.name for k, e in ex.items()}
+    assert len(set(names.values())) == 3
+    assert len({e.latent_space for e in ex.values()}) == 1
+
+
+def test_posterior_mean_is_exact_bayes():
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(3, 5, generator=g)
+    x = torch.randn(2, 5, generator=g)
+    a, s = 0.8, 0.6
+    logp = torch.stack([-((x - a * d) ** 2).sum(1) / (2 * s * s) for d in data], 1)
+    expected = torch.softmax(logp, 1) @ data
+    assert torch.allclose(posterior_mean(x, a, s, data), expected, atol=1e-5)
+    # near-zero noise collapses to the nearest datum
+    assert torch.allclose(posterior_mean(a * data[1:2], a, 1e-3, data), data[1:2], atol=1e-4)

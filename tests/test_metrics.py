@@ -1,0 +1,317 @@
+"""Offline video metrics on constructed clips whose answers are known."""
+
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from confiner_core import metrics as m
+
+F, H, W = 16, 64, 96
+
+
+def texture(h=H, w=W, sigma=2.0, seed=0, lo=0, hi=256):
+    """Smooth random RGB texture (blurred noise), uint8 in [lo, hi)."""
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(lo, hi, (h, w, 3)).astype(np.uint8), (0, 0), sigma)
+
+
+def pan(step=3, frames=F, seed=0):
+    """A window sliding right over a wider texture by `step` px per frame (a steady linear pan)."""
+    big = texture(H, W + step * frames, seed=seed)
+    return np.stack([big[:, step * i : step * i + W] for i in range(frames)])
+
+
+def static(seed=0, lo=0, hi=256):
+    return np.repeat(texture(seed=seed, lo=lo, hi=hi)[None], F, axis=0)
+
+
+def srgb_to_lab(rgb):
+    """Independent CIE Lab (D65, 2 deg) reference implementation, rgb float in [0, 1], [..., 3]."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m_xyz = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+    xyz = lin @ m_xyz.T / np.array([0.950456, 1.0, 1.088754])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    L = np.where(xyz[..., 1] > 0.008856, 116 * f[..., 1] - 16, 903.3 * xyz[..., 1])
+    return np.stack([L, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+# --- static clip -------------------------------------------------------------------------------------------------
+
+
+def test_static_clip_is_perfect():
+    x = static()
+    assert m.temporal_flicker(x) == 1.0
+    assert m.flicker_index(x) == 0.0
+    assert m.subject_consistency(x) == pytest.approx(1.0, abs=1e-12)
+    assert m.motion_smoothness(x) > 0.999
+    assert m.color_drift(x) == 0.0 and m.color_drift_max(x) == 0.0
+    assert m.seam_score(x, [8]) == 1.0  # nothing moves anywhere: (0 + eps) / (0 + eps)
+
+
+def test_flat_static_clip_has_defined_consistency():
+    # A flat frame has no structure (zero centred thumbnail); two flat identical frames must still count as equal.
+    x = np.full((4, H, W, 3), 128, np.uint8)
+    assert m.subject_consistency(x) == pytest.approx(1.0)
+    assert m.sharpness(x) == 0.0
+
+
+# --- one flicker frame -------------------------------------------------------------------------------------------
+
+
+def test_flicker_frame_known_values():
+    x = static(lo=40, hi=200)  # room for +40 without clipping
+    y = x.copy()
+    y[8] += 40
+    # d_t = 40 at t = 8 and t = 9, 0 elsewhere: mean over 15 transitions = 80 / 15.
+    assert m.temporal_flicker(y) == pytest.approx((255 - 80 / 15) / 255, abs=1e-7)
+    assert m.temporal_flicker(y) < m.temporal_flicker(x)
+    assert m.flicker_index(y) == pytest.approx(80 / 15, abs=1e-6)  # BT.601 weights sum to 1: luma also +40
+    assert m.subject_consistency(y) < 0.99 < m.subject_consistency(x)
+    assert m.motion_smoothness(y) < m.motion_smoothness(x)
+    # frame 8 is a junction: its jump (40) against elsewhere (the jump back at t=9 among 14 transitions: 40/14).
+    assert m.seam_score(y, [8]) == pytest.approx((40 + 1e-3) / (40 / 14 + 1e-3))
+    assert m.seam_score(y, [8, 9]) > 1e4  # jumps only at the junctions, frozen elsewhere
+    assert m.seam_score(y, [3]) < 0.1  # a junction where nothing happens, while the flicker is elsewhere
+    de = m.delta_e_from_first(y)
+    assert de[8] > 10 and np.all(np.delete(de, 8) == 0)
+
+
+def test_subject_consistency_known_value():
+    # Flat frames A, A, B, B (grey 0 and grey 200). Flat frames carry no structure: structure cosine 1 throughout.
+    # Colour: one-hot histograms e_0, e_12 minus uniform u = 1/16 per channel give cos(A, B) = -(1/16) / (15/16)
+    # = -1/15, so the feature cosine is (1 - 1/15) / 2 = 7/15. Per frame i = 1, 2, 3 (prev, first):
+    # (1, 1) -> 1; (7/15, 7/15) -> 7/15; (1, 7/15) -> 11/15. Mean: 11/15.
+    a, b = np.zeros((2, H, W, 3), np.uint8), np.full((2, H, W, 3), 200, np.uint8)
+    assert m.subject_consistency(np.concatenate([a, b])) == pytest.approx(11 / 15)
+
+
+def test_subject_consistency_orders_clips():
+    still, slow, fast = static(), pan(step=1), pan(step=4)
+    unrelated = np.stack([texture(seed=s) for s in range(F)])
+    scores = [m.subject_consistency(v) for v in (still, slow, fast, unrelated)]
+    assert scores == sorted(scores, reverse=True) and scores[0] - scores[-1] > 0.4
+    # unrelated layouts share only their colour statistics: structure half ~0, colour half ~1
+    assert scores[-1] == pytest.approx(0.5, abs=0.1)
+
+
+# --- seams -------------------------------------------------------------------------------------------------------
+
+
+def test_seam_score_known_ratio():
+    # Flat grey frames stepping by 1 level, with a 10-level jump into frame 5: d = 1 everywhere, 10 at the junction.
+    levels = [0, 1, 2, 3, 4, 14, 15, 16, 17, 18]
+    x = np.stack([np.full((8, 8, 3), v, np.uint8) for v in levels])
+    assert m.seam_score(x, [5]) == pytest.approx((10 + 1e-3) / (1 + 1e-3))
+    # an ordinary step as the junction: 1 against the mean of the rest, (7 * 1 + 10) / 8
+    assert m.seam_score(x, [2]) == pytest.approx((1 + 1e-3) / (17 / 8 + 1e-3))
+    assert m.seam_score(x, np.array([5, 5])) == m.seam_score(x, [5])  # duplicates count once
+
+
+def test_seam_score_cut_in_pan():
+    a, b = pan(step=1, seed=0), pan(step=1, seed=1)
+    x = np.concatenate([a[:8], b[8:]])  # segment boundary at frame 8 with unrelated content
+    assert m.seam_score(x, [8]) > 3
+    assert 0.8 < m.seam_score(a, [8]) < 1.25  # a seamless pan: the junction looks like any other step
+
+
+def test_seam_score_edge_cases():
+    x = static()
+    assert math.isnan(m.seam_score(x, []))
+    assert math.isnan(m.seam_score(x, None))
+    assert math.isnan(m.seam_score(x, range(1, F)))  # nothing left to compare with
+    with pytest.raises(ValueError):
+        m.seam_score(x, [0])
+    with pytest.raises(ValueError):
+        m.seam_score(x, [F])
+
+
+# --- motion ------------------------------------------------------------------------------------------------------
+
+
+def test_motion_smoothness_pan():
+    x = pan(step=3)
+    score = m.motion_smoothness(x)
+    assert score > 0.99
+    shuffled = x[np.random.default_rng(0).permutation(F)]
+    assert m.motion_smoothness(shuffled) < score - 0.02
+    # flow warping must beat plain averaging of the neighbours (fails if the warp direction were wrong)
+    blend = np.mean([np.abs(0.5 * (x[i - 1].astype(float) + x[i + 1]) - x[i]).mean() for i in range(1, F - 1, 2)])
+    assert 1 - score < 0.2 * blend / 255
+
+
+def test_interpolate_midpoint_pan():
+    x = pan(step=3, frames=3)
+    pred = m.interpolate_midpoint(x[0], x[2])
+    inner = (slice(8, -8), slice(8, -8))  # away from borders, where the content enters the window
+    assert np.abs(pred[inner] - x[1][inner]).mean() < 1.0
+    assert np.abs(x[0][inner].astype(float) - x[1][inner]).mean() > 5.0  # i.e. there was real motion
+
+
+def test_motion_smoothness_short_clips():
+    assert math.isnan(m.motion_smoothness(static()[:2]))
+    assert not math.isnan(m.motion_smoothness(static()[:3]))
+
+
+# --- sharpness ---------------------------------------------------------------------------------------------------
+
+
+def test_sharpness_blur():
+    x = np.stack([texture(sigma=0.8, seed=s) for s in range(3)])
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in x])
+    assert m.sharpness(blurred) * 5 < m.sharpness(x)
+
+
+def test_sharpness_known_value():
+    # Single bright pixel (value v) in a flat frame: Laplacian has -4v at the pixel and v at its 4 neighbours.
+    v, n = 100, H * W
+    x = np.zeros((1, H, W, 3), np.uint8)
+    x[0, 20, 30] = v
+    lap = np.array([-4 * v] + [v] * 4 + [0] * (n - 5), float)
+    assert m.sharpness(x) == pytest.approx(lap.var())
+
+
+# --- colour drift ------------------------------------------------------------------------------------------------
+
+
+def test_color_drift_reference_colours():
+    black, white, red = (np.full((1, 4, 4, 3), c, np.uint8) for c in ([0, 0, 0], [255, 255, 255], [255, 0, 0]))
+    assert m.color_drift(np.concatenate([black, white])) == pytest.approx(100.0, abs=1e-3)
+    # published Lab of sRGB red: (53.24, 80.09, 67.20)
+    expected = math.dist((100, 0, 0), (53.24, 80.09, 67.20))
+    assert m.color_drift(np.concatenate([white, red])) == pytest.approx(expected, abs=0.05)
+
+
+def test_color_drift_tinted_sequence():
+    base = texture(lo=30, hi=200)
+    tint = np.array([3, 0, -2])  # per frame: warmer, a steady drift
+    x = np.stack([(base.astype(int) + t * tint).astype(np.uint8) for t in range(8)])
+    labs = np.stack([srgb_to_lab(f / 255.0).reshape(-1, 3).mean(0) for f in x])
+    expected = np.linalg.norm(labs - labs[0], axis=1)
+    de = m.delta_e_from_first(x)
+    # OpenCV's float Lab tabulates the sRGB gamma: ~0.2 off per channel, ~1% of a Delta E; far below a JND (2.3)
+    np.testing.assert_allclose(de, expected, rtol=0.02, atol=0.05)
+    assert np.all(np.diff(de) > 0) and de[-1] > 10
+    assert m.color_drift(x) == pytest.approx(expected[1:].mean(), rel=0.02)
+    assert m.color_drift_max(x) == pytest.approx(expected.max(), rel=0.02)
+    assert m.color_drift(x[:1]) == 0.0
+
+
+# --- ground truth ------------------------------------------------------------------------------------------------
+
+
+def test_distance_to_nearest():
+    x = static(lo=40, hi=200)
+    brighter = [x + 10, x + 20]
+    assert m.distance_to_nearest(x, brighter) == pytest.approx(10.0)
+    assert m.distance_to_nearest(x, brighter + [x]) == 0.0
+    assert m.distance_to_nearest(x, np.stack(brighter)) == pytest.approx(10.0)  # one [N, F, H, W, 3] array
+    with pytest.raises(ValueError):
+        m.distance_to_nearest(x, [x[:-1]])
+    with pytest.raises(ValueError):
+        m.distance_to_nearest(x, [])
+
+
+# --- evaluate and input conversion -------------------------------------------------------------------------------
+
+
+def test_evaluate_keys_and_json():
+    x = pan(step=2)
+    out = m.evaluate(x, junctions=[8], references=[x])
+    assert tuple(out) == m.METRIC_KEYS
+    assert all(type(v) is float for v in out.values())
+    assert out["distance_to_nearest"] == 0.0 and out["seam_score"] == pytest.approx(m.seam_score(x, [8]))
+    assert json.loads(json.dumps(out)) == out
+    bare = m.evaluate(x)
+    assert tuple(bare) == m.METRIC_KEYS
+    assert math.isnan(bare["seam_score"]) and math.isnan(bare["distance_to_nearest"])
+
+
+def test_evaluate_single_frame():
+    out = m.evaluate(static()[:1], junctions=[])
+    assert tuple(out) == m.METRIC_KEYS and out["color_drift"] == 0.0 and out["sharpness"] > 0
+    for k in ("subject_consistency", "motion_smoothness", "temporal_flicker", "flicker_index", "seam_score"):
+        assert math.isnan(out[k])
+
+
+def test_float_input_matches_uint8():
+    x = pan(step=2, frames=6)
+    assert m.evaluate(x / 255.0) == m.evaluate(x)
+    assert m.evaluate(x[..., :1]) == m.evaluate(np.repeat(x[..., :1], 3, axis=-1))  # grey [F, H, W, 1]
+
+
+def test_bad_input_raises():
+    x = pan(step=2, frames=4)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.as_uint8_frames(x.astype(np.float32))  # 0-255 floats
+    with pytest.raises(ValueError, match="shape"):
+        m.as_uint8_frames(x.transpose(0, 3, 1, 2))  # channels first
+    with pytest.raises(ValueError):
+        m.as_uint8_frames(x[:0])
+
+
+# --- reading videos ----------------------------------------------------------------------------------------------
+
+
+def test_read_mp4_round_trip(tmp_path):
+    import imageio
+
+    x = pan(step=2, frames=10)  # H, W multiples of 16: the encoder keeps the size
+    path = tmp_path / "clip.mp4"
+    imageio.mimwrite(path, list(x), fps=8, quality=9)
+    y = m.read_video(path)
+    assert y.shape == x.shape and y.dtype == np.uint8
+    assert np.abs(y.astype(float) - x).mean() < 4  # lossy, but the same pictures in the same order
+    assert m.read_video(str(path)).shape == x.shape
+
+
+def test_read_cv2_mp4v_round_trip(tmp_path):
+    x = pan(step=2, frames=10)
+    path = str(tmp_path / "clip_mp4v.mp4")  # the codec the project's VideoSink writes
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 8, (W, H))
+    for f in x:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    y = m.read_video(path)
+    assert y.shape == x.shape
+    assert np.abs(y.astype(float) - x).mean() < 8
+
+
+def test_read_gif_all_frames(tmp_path):
+    import imageio
+
+    x = pan(step=2, frames=6)
+    path = tmp_path / "clip.gif"
+    imageio.mimwrite(path, list(x))  # with imageio's defaults cv2.VideoCapture decodes only the first frame
+    y = m.read_video(path)
+    assert y.shape == x.shape
+    assert np.abs(y.astype(float) - x).mean() < 6  # palette quantisation only; frames in order
+
+
+def test_read_png_directory_natural_order(tmp_path):
+    n = 12
+    for i in range(n):  # frame_0 .. frame_11, unpadded: lexical order would put frame_10 before frame_2
+        cv2.imwrite(str(tmp_path / f"frame_{i}.png"), np.full((H, W, 3), (10 * i, 0, 255 - 10 * i), np.uint8))
+    (tmp_path / "notes.txt").write_text("not a frame")
+    y = m.read_video(tmp_path)
+    assert y.shape == (n, H, W, 3)
+    np.testing.assert_array_equal(y[:, 0, 0, 2], 10 * np.arange(n))  # BGR on disk -> RGB in memory
+    np.testing.assert_array_equal(y[:, 0, 0, 0], 255 - 10 * np.arange(n))
+    assert sorted(["frame_10", "frame_2", "frame_1"], key=m.natural_key) == ["frame_1", "frame_2", "frame_10"]
+
+
+def test_read_video_errors_name_the_path(tmp_path):
+    missing = tmp_path / "missing.mp4"
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        m.read_video(missing)
+    empty = tmp_path / "empty_dir"
+    os.mkdir(empty)
+    with pytest.raises(ValueError, match="empty_dir"):
+        m.read_video(empty)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video")
+    with pytest.raises(ValueError, match="junk.mp4"):
+        m.read_video(junk)
