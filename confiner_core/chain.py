@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import refine as R
-from .experts import Denoiser, check_expert
+from .experts import Denoiser, check_expert, in_stage
 from .sampling import Callback, EpsHook, diffuse, randn_like, sample_control
 from .timesteps import SPACINGS, spaced_timesteps
 
@@ -158,15 +158,11 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()
-    with _stage(log, "control"):
+    with in_stage(log, "control"):
         structure = generate_structure(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
-    with _stage(log, "refine"):
+    with in_stage(log, "refine"):
         latent = refine_structure(spatial, temporal, structure, config, generator, callback)
     t2 = time.perf_counter()
     return ChainResult(latent, structure, {"control": t1 - t0, "refine": t2 - t1})
 
-
-def _stage(log, name):
-    import contextlib
-    return log.stage(name) if log is not None else contextlib.nullcontext()

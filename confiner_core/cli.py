@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m confiner_core", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a video (embedded default unless checkpoints are given)")
-    g.add_argument("--prompt", default="", help="text prompt (embedded default: 'a red ball bouncing over green grass')")
+    g.add_argument("--prompt", default="", help="text prompt (embedded default: 'a red ball bouncing over green grass'); "
+                   "prompt travel: 'a red ball | 64: a blue ball'")
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--height", type=int, default=256)
@@ -34,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta in refinement")
     g.add_argument("--control-cfg", type=float, default=1.0)
     g.add_argument("--cfg", type=float, default=None, help="refinement guidance (default 7.5; 1.0 for the embedded default)")
+    g.add_argument("--segment-length", type=int, default=16,
+                   help="ConFiner-Long segment length L; longer videos are made of staggered segments")
+    g.add_argument("--noise-init", choices=("shuffle", "freenoise", "independent"), default="shuffle",
+                   help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
+    g.add_argument("--freenoise-window", type=int, default=16)
+    g.add_argument("--freenoise-stride", type=int, default=4)
+    g.add_argument("--gamma", type=float, default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
+    g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--fps", type=float, default=8.0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -42,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(a: argparse.Namespace):
     from .generate import GenerateRequest
+    from .long import LongConfig
 
     chain = ChainConfig(control_steps=a.control_steps, control_sampler=a.control_sampler, te=a.te,
                         refine_steps=a.refine_steps, mode=a.mode, matching=a.matching, eta=a.eta)
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, chain=chain)
+                           device=a.device, chain=chain,
+                           long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
+                                           freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
+                                           gamma=a.gamma, staggered=not a.no_stagger))
 
 
 def main(argv: list[str] | None = None) -> int:

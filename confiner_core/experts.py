@@ -51,6 +51,11 @@ class EvaluationLog:
                 "total_evaluations": sum(self.evaluations.values())}
 
 
+def in_stage(log: "EvaluationLog | None", name: str):
+    """``log.stage(name)``, or nothing when no log is kept."""
+    return log.stage(name) if log is not None else contextlib.nullcontext()
+
+
 class Expert(ABC):
     """A diffusion model used as one link of the chain.
 

@@ -13,8 +13,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+import numpy as np
+
+from . import metrics
 from .chain import ChainConfig, run_chain
 from .experts import EvaluationLog
+from .long import LongConfig, PromptSchedule, generate_long, plan_segments
 from .video_io import VideoSink, contact_sheet, write_png
 
 
@@ -36,6 +40,12 @@ class GenerateRequest:
     fps: float = 8.0
     device: str = "cpu"
     chain: ChainConfig = field(default_factory=ChainConfig)
+    long: LongConfig = field(default_factory=LongConfig)
+
+    @property
+    def is_long(self) -> bool:
+        """Long mode (ConFiner-Long) as soon as the video is longer than one segment, or prompts travel."""
+        return self.frames > self.long.segment_length or "|" in self.prompt
 
     @property
     def embedded(self) -> bool:
@@ -56,6 +66,9 @@ class GenerateRequest:
             if not os.path.exists(p):
                 raise FileNotFoundError(f"checkpoint path {p!r} does not exist")
         self.chain.validate()
+        self.long.validate()
+        if self.is_long:
+            PromptSchedule.parse(self.prompt)
 
 
 @dataclass
@@ -80,11 +93,11 @@ def load_backend(req: GenerateRequest) -> Backend:
                    "diffusers checkpoints")
 
 
-def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog) -> dict:
+def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
     ex = backend.experts
-    bound = {"control": ex["control"].bind(req.prompt, req.negative_prompt, req.control_cfg, log),
-             "spatial": ex["spatial"].bind(req.prompt, req.negative_prompt, backend.refine_cfg, log)}
-    bound["temporal"] = (ex["temporal"].bind(req.prompt, req.negative_prompt, backend.refine_cfg, log)
+    bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log),
+             "spatial": ex["spatial"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)}
+    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
                          if ex.get("temporal") is not None else None)
     return bound
 
@@ -108,26 +121,85 @@ def generate(req: GenerateRequest, show_progress: bool = True) -> dict:
     t_start = time.perf_counter()
     backend = load_backend(req)
     log = EvaluationLog()
-    d = bind_experts(backend, req, log)
-    t_loaded = time.perf_counter()
+    prompt = PromptSchedule.parse(req.prompt).at(0) if req.is_long else req.prompt
+    d = bind_experts(backend, req, log, prompt)
+    seconds = {"load": time.perf_counter() - t_start}
     generator = torch.Generator().manual_seed(req.seed)
-    shape = latent_shape(req, d["spatial"].expert.latent_channels, req.frames)
-    noise = torch.randn(shape, generator=generator).to(req.device)
-    steps = req.chain.control_steps + req.chain.refine_steps
-    with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
-        result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                           progress_callback(bar))
-    t_decode = time.perf_counter()
-    frames = backend.decode(result.latent)[0].cpu().numpy()
-    path = os.path.join(req.out, "video.mp4")
-    with VideoSink(path, req.fps, len(frames)) as sink:
-        sink.write(frames)
+    channels = d["spatial"].expert.latent_channels
+    stats = StreamStats()
+    with VideoSink(os.path.join(req.out, "video.mp4"), req.fps, req.frames) as sink:
+        def emit(latent: torch.Tensor) -> None:
+            t0 = time.perf_counter()
+            frames = backend.decode(latent)[0].cpu().numpy()
+            sink.write(frames)
+            stats.add(frames)
+            seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
+
+        extra = {}
+        if req.is_long:
+            extra = run_long(req, d, channels, generator, emit, show_progress)
+        else:
+            noise = torch.randn(latent_shape(req, channels, req.frames), generator=generator).to(req.device)
+            steps = req.chain.control_steps + req.chain.refine_steps
+            with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
+                result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
+                                   progress_callback(bar))
+            seconds.update(result.seconds)
+            emit(result.latent)
     write_png(os.path.join(req.out, "frames.png"), contact_sheet(sink.sheet))
-    seconds = {"load": t_loaded - t_start, **result.seconds, "decode_and_write": time.perf_counter() - t_decode}
     seconds["total"] = time.perf_counter() - t_start
-    report = build_report(req, backend, log, seconds)
+    extra["metrics"] = stats.summary(extra.get("segment_plan", {}).get("window_junctions"),
+                                     extra.get("segment_plan", {}).get("structure_junctions"))
+    report = build_report(req, backend, log, seconds, **extra)
     write_report(req.out, report)
     return report
+
+
+def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Generator, emit, show_progress: bool) -> dict:
+    """ConFiner-Long: windows are decoded and written as soon as they are final."""
+    plan = plan_segments(req.frames, req.long.segment_length, req.long.staggered)
+    steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
+    frame_shape = (1, channels, req.height // 8, req.width // 8)
+    prompts = PromptSchedule.parse(req.prompt) if "|" in req.prompt else None
+    t0 = time.perf_counter()
+    with tqdm(total=steps, desc="ConFiner-Long", disable=not show_progress) as bar:
+        generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
+                      lambda latent, window: emit(latent), prompts, progress_callback(bar), req.device)
+    return {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
+
+
+class StreamStats:
+    """Quality figures gathered while frames stream past, in memory independent of the video's length:
+    consecutive-frame differences for seam scores, per-window metrics averaged, colour drift against frame 0."""
+
+    def __init__(self):
+        self.diffs: list[float] = []
+        self.last: np.ndarray | None = None
+        self.chunks: list[dict] = []
+        self.first_lab: np.ndarray | None = None
+        self.drift: list[float] = []
+
+    def add(self, frames: np.ndarray) -> None:
+        joined = frames if self.last is None else np.concatenate([self.last[None], frames])
+        self.diffs.extend(metrics.consecutive_mae(joined).tolist())
+        lab = metrics.to_lab(frames).reshape(len(frames), -1, 3).mean(1)
+        if self.first_lab is None:
+            self.first_lab = lab[0]
+        self.drift.extend(np.linalg.norm(lab - self.first_lab, axis=1).tolist())
+        self.chunks.append(metrics.evaluate(frames))
+        self.last = frames[-1]
+
+    def summary(self, window_junctions=None, structure_junctions=None) -> dict:
+        keys = ("subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness")
+        out = {k: float(np.nanmean([c[k] for c in self.chunks])) for k in keys}
+        out["color_drift"] = float(np.mean(self.drift[1:])) if len(self.drift) > 1 else 0.0
+        out["temporal_flicker"] = float((255 - np.mean(self.diffs)) / 255) if self.diffs else 1.0
+        if window_junctions is not None:
+            junctions = sorted(set(window_junctions) | set(structure_junctions or []))
+            out["seam_score"] = metrics.seam_ratio(self.diffs, junctions)
+            out["seam_score_windows"] = metrics.seam_ratio(self.diffs, window_junctions)
+            out["seam_score_structures"] = metrics.seam_ratio(self.diffs, structure_junctions)
+        return out
 
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:

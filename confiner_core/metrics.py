@@ -124,7 +124,13 @@ def seam_score(frames, junctions: Iterable[int] | None, eps: float = 1e-3) -> fl
     jump over frozen content gives a large finite value (e.g. ~1e4 for a 10-level jump).
     NaN when there is nothing to compare: no junctions, or every transition is a junction.
     """
-    d = consecutive_mae(frames)
+    return seam_ratio(consecutive_mae(frames), junctions, eps)
+
+
+def seam_ratio(d: np.ndarray, junctions: Iterable[int] | None, eps: float = 1e-3) -> float:
+    """:func:`seam_score` from precomputed consecutive-frame MAEs ``d`` (d[t-1] between frames t-1 and t), so a
+    long video can be scored while it streams to disk without holding its frames."""
+    d = np.asarray(d, dtype=np.float64)
     j = np.unique(np.asarray(list(junctions) if junctions is not None else [], dtype=np.int64))
     if j.size and (j.min() < 1 or j.max() > d.size):
         raise ValueError(f"junctions must lie in [1, {d.size}] for {d.size + 1} frames, got {j.tolist()}")

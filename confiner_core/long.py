@@ -1,0 +1,275 @@
+"""ConFiner-Long (Section 3.5): many short segments made consistent by three strategies.
+
+* consistency initialization -- every structure's noise is a frame permutation of one base noise
+  (:func:`shuffled_noise`), or FreeNoise-style rescheduling (:func:`freenoise`);
+* coherence guidance, Eq. 12 -- each control step's eps is pulled towards the previous structure's eps at the same
+  step (:func:`coherence_guidance`, :class:`CoherenceGuidance`);
+* staggered refinement, Eq. 13 -- refinement windows straddle every structure junction (:func:`plan_segments`).
+
+:func:`generate_long` runs them while holding at most two structures: each window is refined and handed to a
+callback (decode, write) as soon as it is final, so memory does not grow with the number of frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .chain import ChainConfig, generate_structure, refine_structure, validate_chain
+from .experts import Denoiser, in_stage
+
+SHUFFLE = "shuffle"
+FREENOISE = "freenoise"
+INDEPENDENT = "independent"
+NOISE_INITS = (SHUFFLE, FREENOISE, INDEPENDENT)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Segment plan (Eq. 13)
+
+@dataclass(frozen=True)
+class Window:
+    """One refinement pass: ``parts`` are (structure index, first frame, end frame) pieces concatenated in order;
+    its refined frames become output frames [out_start, out_stop) (the last window may keep only a prefix)."""
+
+    index: int
+    parts: tuple
+    out_start: int
+    out_stop: int
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    frames: int
+    segment_length: int
+    staggered: bool
+    structures: int
+    windows: tuple
+
+    @property
+    def window_junctions(self) -> list[int]:
+        """Output frames where one refinement window hands over to the next."""
+        return [w.out_start for w in self.windows[1:]]
+
+    @property
+    def structure_junctions(self) -> list[int]:
+        """Output frames where one control structure hands over to the next."""
+        half = self.segment_length // 2
+        if not self.staggered:
+            return self.window_junctions
+        return [w.out_start + half for w in self.windows if w.out_start + half < w.out_stop]
+
+    @property
+    def junctions(self) -> list[int]:
+        return sorted(set(self.window_junctions) | set(self.structure_junctions))
+
+    def as_dict(self) -> dict:
+        return {"frames": self.frames, "segment_length": self.segment_length, "staggered": self.staggered,
+                "structures": self.structures,
+                "windows": [{"parts": [list(p) for p in w.parts], "frames": [w.out_start, w.out_stop]}
+                            for w in self.windows],
+                "window_junctions": self.window_junctions, "structure_junctions": self.structure_junctions}
+
+
+def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True) -> SegmentPlan:
+    """Structures of length L and the refinement windows over them.
+
+    Staggered (Eq. 13): window w is S_w[L/2:L] + S_{w+1}[0:L/2], so every structure junction is refined jointly.
+    The plan makes one structure more than windows; the first half of the first structure and the last half of the
+    last are never refined or shown (a 4-step control pass is cheap, and this keeps every window at full length L,
+    the clip length temporal experts are trained on). Window junctions fall mid-structure, where the control expert
+    already made the content continuous. Not staggered: window w is structure w alone.
+    In both cases every output frame comes from exactly one window."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if segment_length < 2 or (staggered and segment_length % 2):
+        raise ValueError(f"segment_length must be an even number >= 2 for staggered refinement, got {segment_length}")
+    n_windows = -(-frames // segment_length)
+    half = segment_length // 2
+    windows = []
+    for w in range(n_windows):
+        parts = ((w, half, segment_length), (w + 1, 0, half)) if staggered else ((w, 0, segment_length),)
+        windows.append(Window(w, parts, w * segment_length, min((w + 1) * segment_length, frames)))
+    return SegmentPlan(frames, segment_length, staggered, n_windows + staggered, tuple(windows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Initial noise
+
+def shuffled_noise(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Consistency initialization: a random permutation of the frame axis (dim 2) of the base noise."""
+    perm = torch.randperm(base.shape[2], generator=generator, device=generator.device).to(base.device)
+    return base[:, :, perm]
+
+
+def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator) -> torch.Tensor:
+    """FreeNoise rescheduling over a whole sequence ``shape`` = [B, C, F, h, w]: fresh noise for the first
+    ``window`` frames; afterwards each block of ``stride`` frames is a shuffled copy of the block ``window`` frames
+    earlier (noise[s+window : s+window+stride] = noise[s : s+stride][perm] for s = 0, stride, ...), so any
+    ``window`` consecutive frames share the same noise content."""
+    if window < 1 or not (1 <= stride <= window):
+        raise ValueError(f"FreeNoise needs window >= 1 and 1 <= stride <= window, got window={window}, stride={stride}")
+    noise = torch.randn(shape, generator=generator, device=generator.device)
+    frames = shape[2]
+    for start in range(0, max(frames - window, 0), stride):
+        end = min(start + window + stride, frames)
+        n = end - (start + window)
+        perm = torch.randperm(stride, generator=generator, device=generator.device)[:n]
+        noise[:, :, start + window:end] = noise[:, :, start:start + stride][:, :, perm]
+    return noise
+
+
+class StructureNoise:
+    """Initial noise per structure for the chosen initialization; draws only from the explicit generator."""
+
+    def __init__(self, kind: str, shape: tuple, structures: int, generator: torch.Generator,
+                 window: int = 16, stride: int = 4):
+        if kind not in NOISE_INITS:
+            raise ValueError(f"noise init must be one of {NOISE_INITS}, got {kind!r}")
+        self.kind, self.shape, self.generator = kind, shape, generator
+        if kind == SHUFFLE:
+            self.base = torch.randn(shape, generator=generator, device=generator.device)
+        elif kind == FREENOISE:
+            b, c, f, h, w = shape
+            self.sequence = freenoise((b, c, f * structures, h, w), window, stride, generator)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        if self.kind == SHUFFLE:
+            return shuffled_noise(self.base, self.generator)
+        if self.kind == FREENOISE:
+            f = self.shape[2]
+            return self.sequence[:, :, i * f:(i + 1) * f]
+        return torch.randn(self.shape, generator=self.generator, device=self.generator.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Coherence guidance (Eq. 12)
+
+def coherence_guidance(eps_hat: torch.Tensor, eps_prev: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 12: eps_t = eps_hat - gamma * grad_{eps_hat} ||eps_hat - eps_prev||^2 = (1 - 2 gamma) eps_hat + 2 gamma eps_prev."""
+    return eps_hat - gamma * 2.0 * (eps_hat - eps_prev)
+
+
+class CoherenceGuidance:
+    """An eps hook for :func:`confiner_core.sampling.sample_control` that keeps only the previous structure's
+    eps per control step (all the next structure needs)."""
+
+    def __init__(self, gamma: float):
+        self.gamma = gamma
+        self.previous: dict[int, torch.Tensor] = {}
+        self.current: dict[int, torch.Tensor] = {}
+
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        if step in self.previous:
+            eps = coherence_guidance(eps, self.previous[step], self.gamma)
+        self.current[step] = eps
+        return eps
+
+    def next_structure(self) -> None:
+        self.previous, self.current = self.current, {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt travel
+
+@dataclass
+class PromptSchedule:
+    """Prompts with the output frame each starts at: ``"a red ball | 64: a blue ball"`` or [(0, p0), (64, p1)]."""
+
+    entries: list = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> "PromptSchedule":
+        entries = []
+        for i, item in enumerate(p.strip() for p in text.split("|")):
+            head, sep, tail = item.partition(":")
+            if sep and head.strip().isdigit():
+                entries.append((int(head), tail.strip()))
+            elif i == 0:
+                entries.append((0, item))
+            else:
+                raise ValueError(f"prompt travel entry {item!r} needs a start frame, e.g. '64: a blue ball'")
+        return cls(entries)
+
+    def __post_init__(self):
+        self.entries = sorted((int(f), p) for f, p in self.entries)
+        if self.entries and self.entries[0][0] != 0:
+            self.entries.insert(0, (0, self.entries[0][1]))
+
+    def at(self, frame: int) -> str:
+        prompt = self.entries[0][1] if self.entries else ""
+        for start, p in self.entries:
+            if start <= frame:
+                prompt = p
+        return prompt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The long loop
+
+@dataclass
+class LongConfig:
+    """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on."""
+
+    segment_length: int = 16
+    noise_init: str = SHUFFLE
+    freenoise_window: int = 16
+    freenoise_stride: int = 4
+    gamma: float = 0.1
+    staggered: bool = True
+
+    def validate(self) -> None:
+        if self.noise_init not in NOISE_INITS:
+            raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
+        if not (0.0 <= self.gamma <= 0.5):
+            raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
+
+
+WindowSink = Callable[[torch.Tensor, Window], None]
+
+
+def structure_centre(plan: SegmentPlan, i: int) -> int:
+    """Output frame at the middle of structure i (for picking its prompt)."""
+    L = plan.segment_length
+    return max(0, min(plan.frames - 1, i * L - (L // 2 if plan.staggered else -L // 2)))
+
+
+def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
+                  frame_shape: tuple, chain: ChainConfig, config: LongConfig, generator: torch.Generator,
+                  sink: WindowSink, prompts: PromptSchedule | None = None,
+                  callback: Callable | None = None, device: str | torch.device = "cpu") -> None:
+    """Generate ``plan`` window by window; ``sink(latent [B, C, n, h, w], window)`` receives each window's final
+    frames. ``frame_shape`` is (B, C, h, w) of one latent frame."""
+    config.validate()
+    b, c, h, w = frame_shape
+    shape = (b, c, plan.segment_length, h, w)
+    validate_chain(control, spatial, temporal, shape, chain)
+    noise = StructureNoise(config.noise_init, shape, plan.structures, generator, config.freenoise_window,
+                           config.freenoise_stride)
+    guidance = CoherenceGuidance(config.gamma) if config.gamma > 0 else None
+    structures: dict[int, torch.Tensor] = {}
+    log = control.log
+
+    def prompted(d: Denoiser | None, frame: int) -> Denoiser | None:
+        return d.with_prompt(prompts.at(frame)) if (d is not None and prompts is not None) else d
+
+    for window in plan.windows:
+        for i, _, _ in window.parts:
+            if i not in structures:
+                with in_stage(log, "control"):
+                    structures[i] = generate_structure(prompted(control, structure_centre(plan, i)),
+                                                       noise(i).to(device), chain, generator, guidance, callback)
+                if guidance is not None:
+                    guidance.next_structure()
+        latent = torch.cat([structures[i][:, :, a:e] for i, a, e in window.parts], dim=2)
+        centre = (window.out_start + window.out_stop) // 2
+        with in_stage(log, "refine"):
+            refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
+                                       generator, callback)
+        sink(refined[:, :, :window.out_stop - window.out_start], window)
+        last = window.parts[-1][0]
+        for i in [k for k in structures if k < last]:
+            del structures[i]  # bounded memory: only the structure the next window starts from survives
+
