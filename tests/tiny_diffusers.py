@@ -157,6 +157,9 @@ def write_motion_module(adapter: MotionAdapter, path: Path, original_layout: boo
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
     if original_layout:
         state = {_animatediff_original_key(k): v for k, v in state.items()}
+        # original modules carry a positional table in both attention blocks; diffusers keeps one
+        state.update({k.replace(".attention_blocks.0.", ".attention_blocks.1."): v
+                      for k, v in state.items() if k.endswith("pos_encoder.pe")})
     save_file(state, str(path))
     return Path(path)
 
