@@ -69,23 +69,17 @@ def extraction_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str)
     return temporal if mode == TEMPORAL else spatial
 
 
-def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
-                   config: ChainConfig) -> None:
-    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w]."""
-    config.validate()
-    if len(shape) != 5:
-        raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
-    if config.mode != STANDARD and temporal is None:
-        raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
-    roles = {"control": control, "spatial": spatial, "temporal": temporal}
+def validate_experts(roles: dict, shape: tuple) -> None:
+    """Experts must share the spatial expert's latent space and channels, and accept the clip length."""
+    reference = roles["spatial"].expert
     for role, d in roles.items():
         if d is None:
             continue
         e = d.expert
         check_expert(e)
-        if e.latent_space != spatial.expert.latent_space:
+        if e.latent_space != reference.latent_space:
             raise ValueError(f"{role} expert {e.name!r} works in latent space {e.latent_space!r} but the spatial "
-                             f"expert {spatial.expert.name!r} in {spatial.expert.latent_space!r}; all experts of a chain "
+                             f"expert {reference.name!r} in {reference.latent_space!r}; all experts of a chain "
                              f"must share one VAE latent space: pick experts of the same family")
         if e.latent_channels != shape[1]:
             raise ValueError(f"{role} expert {e.name!r} expects {e.latent_channels} latent channels but the latent has "
@@ -93,13 +87,30 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
         if e.max_frames is not None and shape[2] > e.max_frames:
             raise ValueError(f"{role} expert {e.name!r} handles at most {e.max_frames} frames but {shape[2]} were "
                              f"asked; use fewer frames or ConFiner-Long segments")
-    if config.control_steps > control.schedule.num_timesteps:
-        raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
-                         f"{control.schedule.num_timesteps} timesteps")
+
+
+def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig) -> None:
+    """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated."""
+    config.validate()
+    if len(shape) != 5:
+        raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
+    if config.mode != STANDARD and temporal is None:
+        raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
+    validate_experts({"spatial": spatial, "temporal": temporal}, shape)
     extraction = extraction_denoiser(spatial, temporal, config.mode).schedule
     extraction.check_timestep(config.te, "te (T_e)")
     if temporal is not None and config.mode in (COORDINATED, ALTERNATE) and config.matching == R.SAME_INDEX:
         temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")
+
+
+def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
+                   config: ChainConfig) -> None:
+    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w]."""
+    validate_refinement(spatial, temporal, shape, config)
+    validate_experts({"control": control, "spatial": spatial}, shape)
+    if config.control_steps > control.schedule.num_timesteps:
+        raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
+                         f"{control.schedule.num_timesteps} timesteps")
 
 
 @dataclass

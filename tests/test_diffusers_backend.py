@@ -105,14 +105,13 @@ def test_cfg_is_one_batched_call_equal_to_separate_calls(loaded, role):
     assert log.as_dict()["evaluations"] == {"unstaged": 1} and log.as_dict()["forwards"] == {"unstaged": 1}
 
 
-def test_forward_casts_to_the_unet_dtype_and_returns_float32(paths):
-    loaded64 = load_experts(control=paths["ad"], spatial=paths["sd"], dtype=torch.float64)
-    loaded32 = load_experts(control=paths["ad"], spatial=paths["sd"])
-    expert64, expert32 = loaded64["spatial"], loaded32["spatial"]
+def test_forward_casts_to_the_unet_dtype_and_returns_float32(paths, loaded):
+    expert64 = load_experts(control=paths["ad"], spatial=paths["sd"], dtype=torch.float64)["spatial"]
     assert expert64.unet.dtype == torch.float64
-    x = native_latent(expert32)
+    x = native_latent(expert64)
     out64 = expert64.forward(x, 100, [expert64.encode("a cat")])[0]
     assert out64.dtype == torch.float32
+    expert32 = loaded["spatial"]
     torch.testing.assert_close(out64, expert32.forward(x, 100, [expert32.encode("a cat")])[0], rtol=1e-4, atol=1e-4)
 
 
@@ -155,17 +154,17 @@ def test_chain_end_to_end_with_all_three_families(loaded):
 
 # --------------------------------------------------------------------------------- (e): single files
 
-def test_sd_single_file_loads_the_same_weights_with_a_local_config(paths):
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sd_single_file_loads_the_same_weights_with_a_local_config(paths, loaded):
     from_file = load_experts(control=paths["ad"], spatial=paths["sd_file"], base=paths["sd_configs"])
-    from_folder = load_experts(control=paths["ad"], spatial=paths["sd"])
-    for get in (lambda le: le["spatial"].unet, lambda le: le["spatial"].prompt_encoder.text_encoder,
-                lambda le: le.decoder.vae):
-        a, b = get(from_file).state_dict(), get(from_folder).state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    x = native_latent(from_file["spatial"])
-    cond = from_file["spatial"].encode("a cat")
-    torch.testing.assert_close(from_file["spatial"].forward(x, 10, [cond])[0],
-                               from_folder["spatial"].forward(x, 10, [cond])[0], rtol=0, atol=0)
+    assert_same_weights(from_file["spatial"].unet, loaded["spatial"].unet)
+    assert_same_weights(from_file["spatial"].prompt_encoder.text_encoder, loaded["spatial"].prompt_encoder.text_encoder)
+    assert_same_weights(from_file.decoder.vae, loaded.decoder.vae)
+    assert from_file["spatial"].scheduler_config["beta_schedule"] == "scaled_linear"
 
 
 def test_sd_single_file_needs_a_local_config(paths, tmp_path):
@@ -178,10 +177,9 @@ def test_sd_single_file_needs_a_local_config(paths, tmp_path):
 
 
 def test_motion_module_layouts_load_identical_weights(paths):
-    reference = T.tiny_motion_adapter().state_dict()
+    reference = T.tiny_motion_adapter()
     for key in ("mm_diffusers", "mm_original"):
-        state = load_motion_file(paths[key], motion_config=paths["adapter"]).state_dict()
-        assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+        assert_same_weights(load_motion_file(paths[key], motion_config=paths["adapter"]), reference)
 
 
 def test_motion_config_is_inferred_from_weights(paths):
@@ -194,14 +192,12 @@ def test_motion_config_is_inferred_from_weights(paths):
     assert infer_motion_config(load_file(str(paths["mm_diffusers"])))["motion_transformer_layers_per_block"] == 1
 
 
-def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded):
-    for key in ("mm_diffusers", "mm_original"):
-        control = load_experts(control=paths[key], spatial=paths["sd"], motion_config=paths["adapter"])["control"]
-        x = native_latent(control)
-        cond = control.encode("a cat")
-        torch.testing.assert_close(control.forward(x, 600, [cond])[0], loaded["control"].forward(x, 600, [cond])[0],
-                                   rtol=1e-5, atol=1e-5)
-        assert control.schedule.name.startswith("control") and control.max_frames == 32
+@pytest.mark.parametrize("key", ["mm_diffusers", "mm_original", "adapter"])
+def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded, key):
+    control = load_experts(control=paths[key], spatial=paths["sd"], motion_config=paths["adapter"])["control"]
+    assert_same_weights(control.unet, loaded["control"].unet)     # the folder was saved from the same parts
+    assert control.max_frames == 32
+    torch.testing.assert_close(control.schedule.alphas, loaded["control"].schedule.alphas)   # linear betas
 
 
 # ----------------------------------------------------------------------------------- (f): mismatches
@@ -247,8 +243,8 @@ def test_decoder_chunks_frames_without_changing_them(loaded):
     loaded.decoder.chunk_frames = 8
     whole = loaded.decode(latent)
     assert chunked.shape == (2, 3, 64, 64, 3) and chunked.dtype == torch.uint8
-    assert torch.equal(chunked, whole)
+    assert (chunked.int() - whole.int()).abs().max() <= 1   # batch size may move a value across a rounding edge
     with torch.no_grad():
         first = loaded.decoder.vae.decode(latent[1, :, 2][None] / 0.18215).sample[0]
     ref = ((first / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
-    assert torch.equal(chunked[1, 2], ref)
+    assert (chunked[1, 2].int() - ref.int()).abs().max() <= 1

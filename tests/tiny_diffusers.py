@@ -158,7 +158,7 @@ def write_motion_module(adapter: MotionAdapter, path: Path, original_layout: boo
     if original_layout:
         state = {_animatediff_original_key(k): v for k, v in state.items()}
         # original modules carry a positional table in both attention blocks; diffusers keeps one
-        state.update({k.replace(".attention_blocks.0.", ".attention_blocks.1."): v
+        state.update({k.replace(".attention_blocks.0.", ".attention_blocks.1."): v.clone()
                       for k, v in state.items() if k.endswith("pos_encoder.pe")})
     save_file(state, str(path))
     return Path(path)

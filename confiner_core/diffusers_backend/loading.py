@@ -281,7 +281,7 @@ def load_adapter(path, kind: str, motion_config=None) -> MotionAdapter:
 def motion_unet(role: str, path, adapter: MotionAdapter, base: Parts, device, dtype) -> UNetMotionModel:
     """The base's 2D UNet with the motion modules inserted (diffusers copies the 2D weights)."""
     checks.check_motion_adapter(role, path, adapter.config, base.unet.config, base.path)
-    return UNetMotionModel.from_unet2d(base.unet, adapter).to(device, dtype).eval()
+    return UNetMotionModel.from_unet2d(base.unet, adapter).to(device).eval()   # already in base.unet's dtype
 
 
 # ---------------------------------------------------------------------------------------- the entry

@@ -589,6 +589,9 @@ def run_prompt(
 
     prompt_id = prompt_id or str(uuid.uuid4())
     extra_data = dict(extra_data or {})
+    # Act like a connected frontend client: NEW (0.8.0) only reports the UI output of nodes
+    # served from cache when server.client_id is set.
+    extra_data.setdefault("client_id", "confiner-harness")
     if validate:
         valid, err, outputs_to_execute, node_errors = validate_prompt(api_prompt, prompt_id)
         if not valid:

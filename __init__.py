@@ -1,0 +1,13 @@
+"""ComfyUI entry point of the ConFiner node pack (V3: ComfyUI calls ``comfy_entrypoint``).
+
+The library lives in ``confiner_core`` (no ComfyUI imports); ``nodes`` translates between ComfyUI and it.
+"""
+
+try:
+    from .nodes import comfy_entrypoint
+except ModuleNotFoundError as e:
+    # Imported outside ComfyUI (pytest collects the repository as a package): only the library is usable then.
+    if e.name not in ("comfy_api", "comfy", "latent_preview"):
+        raise
+
+__all__ = ["comfy_entrypoint"]

@@ -1,0 +1,60 @@
+"""Peak memory and wall time of ConFiner-Long on the embedded default (CPU), 64 vs 600 frames.
+
+Each length runs in a fresh process (`python -m confiner_core generate`), so peak RSS is that run's own
+(resource.getrusage of the child). Usage: python bench/long_memory.py [--frames 64 600] [--json PATH]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def measure(frames: int, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "confiner_core", "generate", "--frames", str(frames), "--out", out, "--quiet",
+               *extra]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        with open(os.path.join(out, "report.json")) as f:
+            report = json.load(f)
+    if peak_kib < before:
+        raise RuntimeError("peak RSS of a later child was not larger; run lengths in ascending order")
+    return {"frames": frames, "wall_s": round(wall, 2), "peak_rss_mib": round(peak_kib / 1024, 1),
+            "generate_s": round(report["seconds"]["total"], 2), "seam_score": report["metrics"].get("seam_score"),
+            "expert_evaluations": report["total_expert_evaluations"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, nargs="+", default=[64, 600])
+    ap.add_argument("--json")
+    ap.add_argument("extra", nargs="*", help="extra generate arguments after --")
+    a = ap.parse_args()
+    # RUSAGE_CHILDREN's maxrss is the max over all children so far: run each length in its own interpreter
+    rows = []
+    for f in a.frames:
+        rows.append(json.loads(subprocess.run([sys.executable, "-c",
+                    f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                    f"import long_memory as m; print(json.dumps(m.measure({f}, {a.extra!r})))"],
+                    check=True, capture_output=True, text=True).stdout))
+    for r in rows:
+        print(f"{r['frames']:>5} frames  wall {r['wall_s']:>7.2f} s  peak RSS {r['peak_rss_mib']:>7.1f} MiB  "
+              f"seam {r['seam_score']:.3f}  evaluations {r['expert_evaluations']}")
+    if len(rows) >= 2:
+        print(f"peak RSS ratio {rows[-1]['frames']}/{rows[0]['frames']} frames: "
+              f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

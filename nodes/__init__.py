@@ -1,0 +1,21 @@
+"""The ConFiner node pack: five V3 nodes, thin layers over confiner_core."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .control_expert import ConFinerControlExpert
+from .coordinated_sampler import ConFinerCoordinatedSampler
+from .long_segmenter import ConFinerLongSegmenter
+from .noise_rescheduler import ConFinerNoiseRescheduler
+from .refine_experts import ConFinerRefineExperts
+
+NODES = [ConFinerControlExpert, ConFinerRefineExperts, ConFinerCoordinatedSampler, ConFinerLongSegmenter,
+         ConFinerNoiseRescheduler]
+
+
+class ConFinerExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> ConFinerExtension:
+    return ConFinerExtension()

@@ -1,0 +1,43 @@
+"""ConFiner Coordinated Sampler: structure extraction (Eq. 6) and refinement (Eq. 8 / Algorithm 1)."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..confiner_core.chain import ChainConfig, refine_structure, validate_refinement
+from ..confiner_core.experts import EvaluationLog
+from . import host
+from .schema import CATEGORY, refine_inputs, seed_input
+from .types import RefineExpertsType
+
+
+class ConFinerCoordinatedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ConFinerCoordinatedSampler",
+            display_name="ConFiner Coordinated Sampler",
+            category=CATEGORY,
+            description="Noises the structure to T_e on the spatial expert's schedule and refines it: coordinated "
+                        "denoising hands the sample between the spatial and temporal experts through the predicted "
+                        "clean latent at every step (3 evaluations per step).",
+            inputs=[
+                RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts."),
+                io.Latent.Input("structure", tooltip="The coarse video from ConFiner Control Expert (or any video "
+                                                     "latent of the experts' family, e.g. a VAE-encoded clip)."),
+                *refine_inputs(),
+                seed_input(),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The refined video.")],
+        )
+
+    @classmethod
+    def execute(cls, experts, structure, te, refine_steps, mode, matching, seed) -> io.NodeOutput:
+        config = ChainConfig(te=te, refine_steps=refine_steps, mode=mode, matching=matching)
+        spatial, temporal = experts.bind(seed, EvaluationLog())
+        x = host.latent_in(experts.spatial_model, structure, "structure")
+        validate_refinement(spatial, temporal, tuple(x.shape), config)
+        progress = host.Progress(experts.spatial_model, refine_steps)
+        latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed), progress)
+        return io.NodeOutput(host.latent_out(experts.spatial_model, latent, structure))

@@ -1,0 +1,70 @@
+"""ConFiner Noise Rescheduler: ConFiner-Long's consistency initialization or FreeNoise, as NOISE and as LATENT."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..confiner_core import layout as L
+from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise
+from .schema import CATEGORY, seed_input
+
+
+def rescheduled_noise(samples: torch.Tensor, kind: str, segment_length: int, stride: int, seed: int) -> torch.Tensor:
+    """Noise shaped like ``samples`` ([F,C,h,w] frame batch or [B,C,T,h,w]): segments of ``segment_length``
+    frames that are frame permutations of one base noise (shuffle), or FreeNoise with window/stride."""
+    layout = L.VIDEO if samples.ndim == 5 else L.FRAMES
+    b, c, f, h, w = L.to_canonical(torch.empty(samples.shape, device="meta"), layout).shape
+    n_segments = -(-f // segment_length)
+    source = StructureNoise(kind, (b, c, segment_length, h, w), n_segments, torch.Generator().manual_seed(seed),
+                            window=segment_length, stride=stride)
+    noise = torch.cat([source(i) for i in range(n_segments)], dim=2)[:, :, :f]
+    return L.from_canonical(noise, layout)
+
+
+class RescheduledNoise:
+    """ComfyUI's NOISE protocol (``seed`` and ``generate_noise(latent)``), so SamplerCustomAdvanced can use it."""
+
+    def __init__(self, seed: int, kind: str, segment_length: int, stride: int):
+        self.seed, self.kind, self.segment_length, self.stride = seed, kind, segment_length, stride
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        samples = input_latent["samples"]
+        return rescheduled_noise(samples, self.kind, self.segment_length, self.stride, self.seed).to(samples.dtype)
+
+
+class ConFinerNoiseRescheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ConFinerNoiseRescheduler",
+            display_name="ConFiner Noise Rescheduler",
+            category=CATEGORY,
+            description="Initial noise for long videos: consistency initialization (every segment a frame "
+                        "shuffle of one base noise, ConFiner-Long) or FreeNoise rescheduling (window/stride).",
+            inputs=[
+                io.Latent.Input("latent", tooltip="Sets the shape: frame batch [F,C,h,w] or video [B,C,T,h,w]."),
+                seed_input(),
+                io.Combo.Input("method", options=[SHUFFLE, FREENOISE], default=SHUFFLE,
+                               tooltip="shuffle: ConFiner consistency initialization; freenoise: FreeNoise."),
+                io.Int.Input("segment_length", default=16, min=1, max=4096,
+                             tooltip="Frames per segment (shuffle) or context window length (freenoise)."),
+                io.Int.Input("stride", default=4, min=1, max=4096,
+                             tooltip="FreeNoise stride: frames between windows (context_length - overlap)."),
+            ],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced."),
+                     io.Latent.Output(display_name="noise_latent",
+                                      tooltip="The same noise as a LATENT, for ConFiner Control Expert "
+                                              "(set latent_is_noise).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, segment_length, stride, method, **kwargs):
+        if method == FREENOISE and stride > segment_length:
+            return f"stride ({stride}) must not exceed segment_length ({segment_length}) for FreeNoise"
+        return True
+
+    @classmethod
+    def execute(cls, latent, seed, method, segment_length, stride) -> io.NodeOutput:
+        noise = RescheduledNoise(seed, method, segment_length, stride)
+        return io.NodeOutput(noise, {"samples": noise.generate_noise(latent)})

@@ -1,0 +1,119 @@
+"""pytest fixtures for ComfyUI host integration tests.
+
+Import the ones you need into a test module (``from comfy_support.fixtures import
+comfy_worker, ...``); nothing here imports torch or ComfyUI into the pytest process.
+
+* ``comfy_path`` (session): the checkout from ``$COMFYUI_PATH``; the test is **skipped**
+  when the variable is unset (``SKIP_REASON``) and **fails** when it names no checkout.
+* ``synthetic_checkpoint`` (session): cached tiny SD1.5-layout checkpoint (built once, in a
+  subprocess, under ``$CONFINER_TEST_CACHE`` or ``~/.cache/confiner-tests``). The recipe
+  can be chosen with ``$CONFINER_TEST_CKPT_RECIPE`` (``tiny`` default, ``sd15``).
+* ``comfy_pack_dirs`` (module): packs to load at boot, default none. Override it in a test
+  module, e.g. ``return [(confiner_pack_dir, "confiner")]``.
+* ``comfy_worker`` (module): a :class:`~comfy_support.worker.ComfyWorker` subprocess booted
+  with ``--cpu --disable-api-nodes``, the checkpoint directory and a temp output directory.
+  Attributes added: ``output_dir``, ``checkpoint_name``, ``comfy_root``.
+* ``confiner_pack_dir`` (session): the repository root, which is the ConFiner pack.
+
+Data files (UI-format workflows) live in the sibling directory ``fixtures/`` (a plain data
+directory, not a package; ``comfy_support.fixtures`` is this module). Use
+:func:`load_workflow` / :func:`with_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from . import harness
+from .synthetic_checkpoint import DEFAULT_RECIPE, ensure_checkpoint
+from .worker import ComfyWorker
+
+SKIP_REASON = "COMFYUI_PATH not set: point it at a ComfyUI checkout to run host integration tests"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW_DIR = Path(__file__).resolve().parent / "fixtures"
+ENV_RECIPE = "CONFINER_TEST_CKPT_RECIPE"
+ENV_TIMEOUT = "CONFINER_COMFY_TIMEOUT"
+
+__all__ = [
+    "SKIP_REASON", "REPO_ROOT", "WORKFLOW_DIR", "load_workflow", "with_checkpoint", "require_comfy_path",
+    "comfy_path", "synthetic_checkpoint", "comfy_pack_dirs", "comfy_worker", "confiner_pack_dir",
+]
+
+
+def load_workflow(name: str) -> dict:
+    """Load ``fixtures/<name>`` (``.ui.json``/``.json`` suffix optional)."""
+    for cand in (name, f"{name}.ui.json", f"{name}.json"):
+        p = WORKFLOW_DIR / cand
+        if p.is_file():
+            return json.loads(p.read_text())
+    raise FileNotFoundError(f"no workflow fixture {name!r} in {WORKFLOW_DIR}")
+
+
+def with_checkpoint(workflow: dict, ckpt_name: str) -> dict:
+    """Copy of a UI workflow with every ``CheckpointLoaderSimple`` set to ``ckpt_name``."""
+    wf = copy.deepcopy(workflow)
+    for n in wf["nodes"]:
+        if n.get("type") == "CheckpointLoaderSimple":
+            vals = n.get("widgets_values")
+            if isinstance(vals, dict):
+                vals["ckpt_name"] = ckpt_name
+            else:
+                n["widgets_values"] = [ckpt_name] + list(vals or [])[1:]
+    return wf
+
+
+def require_comfy_path() -> Path:
+    """The checkout, or skip (unset) / fail (invalid). Usable outside fixtures."""
+    value = os.environ.get(harness.ENV_COMFYUI_PATH, "").strip()
+    if not value:
+        pytest.skip(SKIP_REASON)
+    root = harness.comfy_root()
+    if root is None:
+        pytest.fail(f"COMFYUI_PATH={value!r} is not a ComfyUI checkout (expected nodes.py, execution.py, comfy/)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy_path() -> Path:
+    return require_comfy_path()
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(comfy_path) -> Path:
+    recipe = os.environ.get(ENV_RECIPE, DEFAULT_RECIPE)
+    return ensure_checkpoint(comfy_path, recipe)
+
+
+@pytest.fixture(scope="session")
+def confiner_pack_dir() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def comfy_pack_dirs() -> list:
+    return []
+
+
+@pytest.fixture(scope="module")
+def comfy_worker(comfy_path, synthetic_checkpoint, comfy_pack_dirs, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    timeout = float(os.environ.get(ENV_TIMEOUT, "600"))
+    worker = ComfyWorker(log_path=base / "worker.log", default_timeout=timeout)
+    try:
+        worker.boot(comfy_path, pack_dirs=comfy_pack_dirs, checkpoints_dir=synthetic_checkpoint.parent,
+                    output_dir=base / "output")
+    except BaseException:
+        worker.close()
+        raise
+    worker.output_dir = base / "output"
+    worker.checkpoint_name = synthetic_checkpoint.name
+    worker.comfy_root = comfy_path
+    try:
+        yield worker
+    finally:
+        worker.close()
