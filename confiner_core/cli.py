@@ -46,7 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=8.0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    e = sub.add_parser("evaluate", help="offline quality metrics of a video file or a directory of frames")
+    e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads) or a directory of PNG/JPG frames")
+    e.add_argument("--junctions", type=int, nargs="*", default=None,
+                   help="frame indices where segments meet, for the seam score (e.g. 16 32 48)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+def evaluate_command(a: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from . import metrics
+
+    scores = metrics.evaluate(metrics.read_video(a.video), junctions=a.junctions)
+    if a.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()},
+                         indent=2))
+    else:
+        for k, v in scores.items():
+            print(f"{k:>22}  {v:.4f}")
+    return 0
 
 
 def request_from_args(a: argparse.Namespace):
@@ -67,6 +88,11 @@ def request_from_args(a: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        try:
+            return evaluate_command(args)
+        except (ValueError, FileNotFoundError) as e:
+            parser.exit(2, f"error: {e}\n")
     from .generate import generate
 
     try:

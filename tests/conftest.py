@@ -9,3 +9,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+# --- ComfyUI host integration tests (tests/comfy_support; see tests/test_comfy_harness.py) ---
+# Tests marked `comfyui` need a ComfyUI checkout in $COMFYUI_PATH (skipped when unset). They
+# drive ComfyUI in a per-module worker subprocess, never inside this pytest process.
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "comfyui: needs a ComfyUI checkout in $COMFYUI_PATH (host integration test; skipped when unset)"
+    )

@@ -7,6 +7,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 import tiny_diffusers as T
+from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, run_chain
 from confiner_core.diffusers_backend import (FrameExpert, MotionExpert, PromptEncoder, UNet3DExpert, detect_kind,
                                              infer_motion_config, load_experts, load_motion_file)
@@ -30,6 +31,9 @@ def paths(tmp_path_factory):
     p["sd_file"] = T.write_sd_checkpoint(p["sd"], root / "sd_single.safetensors")
     p["sd_configs"] = root / "sd_configs"           # configs and tokenizer only: weights must come from the file
     shutil.copytree(p["sd"], p["sd_configs"], ignore=shutil.ignore_patterns("*.safetensors"))
+    p["sd_plus_adapter"] = root / "sd_plus_adapter"  # AnimateDiff folder variant: 2D UNet + motion_adapter/
+    shutil.copytree(p["sd"], p["sd_plus_adapter"])
+    shutil.copytree(p["adapter"], p["sd_plus_adapter"] / "motion_adapter")
     return p
 
 
@@ -57,7 +61,8 @@ def direct_embeddings(expert, prompt):
 
 def test_detects_every_path_kind(paths, tmp_path):
     kinds = {"sd": "sd-folder", "ad": "animatediff", "t2v": "t2v-folder", "adapter": "motion-folder",
-             "mm_diffusers": "motion-file", "mm_original": "motion-file", "sd_file": "sd-file"}
+             "mm_diffusers": "motion-file", "mm_original": "motion-file", "sd_file": "sd-file",
+             "sd_plus_adapter": "animatediff"}
     assert {k: detect_kind(paths[k]) for k in kinds} == kinds
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"")
@@ -192,12 +197,27 @@ def test_motion_config_is_inferred_from_weights(paths):
     assert infer_motion_config(load_file(str(paths["mm_diffusers"])))["motion_transformer_layers_per_block"] == 1
 
 
-@pytest.mark.parametrize("key", ["mm_diffusers", "mm_original", "adapter"])
+@pytest.mark.parametrize("key", ["mm_diffusers", "mm_original", "adapter", "sd_plus_adapter"])
 def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded, key):
     control = load_experts(control=paths[key], spatial=paths["sd"], motion_config=paths["adapter"])["control"]
     assert_same_weights(control.unet, loaded["control"].unet)     # the folder was saved from the same parts
     assert control.max_frames == 32
     torch.testing.assert_close(control.schedule.alphas, loaded["control"].schedule.alphas)   # linear betas
+
+
+def test_scheduler_overrides_replace_the_animatediff_default(paths):
+    # the SD-derived folder carries scaled_linear; AnimateDiff experts get linear unless told otherwise
+    kept = load_experts(control=paths["sd_plus_adapter"], spatial=paths["sd"],
+                        scheduler_overrides={"control": {}})["control"]
+    torch.testing.assert_close(kept.schedule.alphas, S.from_diffusers_config(T.sd_scheduler().config).alphas)
+
+
+def test_fp16_variant_weights_are_found(paths, tmp_path):
+    folder = shutil.copytree(paths["t2v"], tmp_path / "t2v_fp16")
+    for weights in folder.glob("*/*.safetensors"):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    temporal = load_experts(control=paths["ad"], spatial=paths["sd"], temporal=folder)["temporal"]
+    assert isinstance(temporal, UNet3DExpert) and temporal.prompt_encoder.width == T.T2V_WIDTH
 
 
 # ----------------------------------------------------------------------------------- (f): mismatches

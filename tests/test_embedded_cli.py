@@ -80,3 +80,17 @@ def test_posterior_mean_is_exact_bayes():
     assert torch.allclose(posterior_mean(x, a, s, data), expected, atol=1e-5)
     # near-zero noise collapses to the nearest datum
     assert torch.allclose(posterior_mean(a * data[1:2], a, 1e-3, data), data[1:2], atol=1e-4)
+
+
+def test_evaluate_command_on_generated_video(tmp_path, capsys):
+    out, report = run(tmp_path, "e")
+    capsys.readouterr()
+    assert main(["evaluate", os.path.join(out, "video.mp4"), "--json", "--junctions", "4"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) >= {"subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness",
+                           "color_drift", "seam_score"}
+    assert 0.5 < scores["motion_smoothness"] <= 1.0 and scores["seam_score"] > 0
+    # generate's report carries the same metrics, measured on the frames before mp4 compression
+    assert report["metrics"]["motion_smoothness"] == pytest.approx(scores["motion_smoothness"], abs=0.02)
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "missing.mp4")])

@@ -118,9 +118,9 @@ def lightning_scheduler() -> EulerDiscreteScheduler:
 
 def save_sd(path: Path, vae_scaling: float = 0.18215) -> Path:
     """A StableDiffusionPipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-    pipe = StableDiffusionPipeline(vae=tiny_vae(vae_scaling), text_encoder=tiny_text_encoder(), tokenizer=tiny_tokenizer(),
-                                   unet=tiny_unet2d(), scheduler=sd_scheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(vae_scaling), text_encoder=tiny_text_encoder(),
+                                   tokenizer=tiny_tokenizer(), unet=tiny_unet2d(), scheduler=sd_scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return Path(path)
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel, UNet3DConditionModel,
-                       UNetMotionModel)
+from diffusers import (AutoencoderKL, ModelMixin, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel,
+                       UNet3DConditionModel, UNetMotionModel)
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -160,15 +160,34 @@ def _transformers_class(folder: Path, component: str, default: str):
     return getattr(importlib.import_module(library), name)
 
 
+def weights_variant(folder: Path, subfolder: str) -> str | None:
+    """``"fp16"`` when a component holds only fp16-variant weights (``*.fp16.safetensors``, as a ModelScope
+    download with ``variant="fp16"`` leaves it), so from_pretrained looks for those files."""
+    names = [p.name for p in (folder / subfolder).iterdir() if p.suffix in (".safetensors", ".bin")]
+    variants = [n for n in names if ".fp16." in n]
+    return "fp16" if variants and len(variants) == len(names) else None
+
+
+def _load_model(cls, folder: Path, subfolder: str, device, dtype) -> torch.nn.Module:
+    """A model from a local folder in ``dtype`` on ``device``. diffusers models load straight into ``dtype``;
+    transformers models are cast afterwards, because transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    variant = weights_variant(folder, subfolder)
+    if issubclass(cls, ModelMixin):
+        model = cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, variant=variant,
+                                    torch_dtype=dtype)
+        return model.to(device).eval()
+    model = cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, variant=variant)
+    return model.to(device, dtype).eval()
+
+
 def load_prompt_encoder(folder: Path, device, dtype) -> PromptEncoder:
     _require(folder, "tokenizer", "the tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
     _require(folder, "text_encoder/config.json", "the text encoder config")
     tokenizer = _transformers_class(folder, "tokenizer", "CLIPTokenizer").from_pretrained(
         folder, subfolder="tokenizer", local_files_only=True)
-    # cast after loading: transformers renamed from_pretrained's torch_dtype to dtype in 4.56
-    text_encoder = _transformers_class(folder, "text_encoder", "CLIPTextModel").from_pretrained(
-        folder, subfolder="text_encoder", local_files_only=True)
-    return PromptEncoder(tokenizer, text_encoder.to(device, dtype).eval())
+    text_encoder = _load_model(_transformers_class(folder, "text_encoder", "CLIPTextModel"), folder, "text_encoder",
+                               device, dtype)
+    return PromptEncoder(tokenizer, text_encoder)
 
 
 def load_folder(path, device, dtype, with_vae: bool) -> Parts:
@@ -176,16 +195,13 @@ def load_folder(path, device, dtype, with_vae: bool) -> Parts:
     folder = Path(path)
     unet_class = UNET_CLASSES[_class_name(_require(folder, "unet/config.json", "the UNet config"))]
     scheduler_config = _read_json(_require(folder, "scheduler/scheduler_config.json", "the scheduler config"))
-    unet = unet_class.from_pretrained(folder, subfolder="unet", local_files_only=True, torch_dtype=dtype)
     vae_config_path = folder / "vae" / "config.json"
     vae_config = _read_json(vae_config_path) if vae_config_path.is_file() else {}
-    vae = None
     if with_vae:
         _require(folder, "vae/config.json", "the VAE config")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, torch_dtype=dtype)
-        vae = vae.to(device).eval()
-    return Parts(str(folder), unet.to(device).eval(), load_prompt_encoder(folder, device, dtype), scheduler_config,
-                 vae_config, vae)
+    vae = _load_model(AutoencoderKL, folder, "vae", device, dtype) if with_vae else None
+    return Parts(str(folder), _load_model(unet_class, folder, "unet", device, dtype),
+                 load_prompt_encoder(folder, device, dtype), scheduler_config, vae_config, vae)
 
 
 SD_CONFIG_PARTS = {"model_index.json": "the pipeline's component list", "unet/config.json": "the UNet config",
@@ -206,8 +222,9 @@ def load_sd_file(path, config_dir, device, dtype) -> Parts:
     pipe = StableDiffusionPipeline.from_single_file(
         str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
-    return Parts(str(path), pipe.unet.to(device).eval(), PromptEncoder(pipe.tokenizer, pipe.text_encoder.to(device).eval()),
-                 dict(pipe.scheduler.config), dict(pipe.vae.config), pipe.vae.to(device).eval())
+    prompt_encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder.to(device).eval())
+    return Parts(str(path), pipe.unet.to(device).eval(), prompt_encoder, dict(pipe.scheduler.config),
+                 dict(pipe.vae.config), pipe.vae.to(device).eval())
 
 
 # ------------------------------------------------------------------------------------ motion modules
@@ -278,7 +295,7 @@ def load_adapter(path, kind: str, motion_config=None) -> MotionAdapter:
     return load_motion_file(path, motion_config)
 
 
-def motion_unet(role: str, path, adapter: MotionAdapter, base: Parts, device, dtype) -> UNetMotionModel:
+def motion_unet(role: str, path, adapter: MotionAdapter, base: Parts, device) -> UNetMotionModel:
     """The base's 2D UNet with the motion modules inserted (diffusers copies the 2D weights)."""
     checks.check_motion_adapter(role, path, adapter.config, base.unet.config, base.path)
     return UNetMotionModel.from_unet2d(base.unet, adapter).to(device).eval()   # already in base.unet's dtype
@@ -352,13 +369,10 @@ class _Loader:
     def with_motion(self, role: str, path, kind: str, base: Parts) -> Parts:
         """The base's parts with the motion module's UNet (text encoder, scheduler and VAE stay the base's)."""
         adapter = load_adapter(path, kind, self.motion_config)
-        return replace(base, path=str(path), unet=motion_unet(role, path, adapter, base, self.device, self.dtype),
-                       vae=None)
+        return replace(base, path=str(path), unet=motion_unet(role, path, adapter, base, self.device), vae=None)
 
     def expert(self, role: str, path) -> DiffusersExpert:
-        kind = detect_kind(path)
-        _check_role_kind(role, path, kind)
-        parts = self.parts(role, path, kind)
+        parts = self.parts(role, path, detect_kind(path))
         checks.check_text_width(role, path, parts.prompt_encoder.width, parts.unet.config)
         scheduler_config = {**parts.scheduler_config, **self._overrides(role, parts.unet)}
         return expert_for(parts.unet, parts.prompt_encoder, scheduler_config, name=role, source=str(path),
@@ -387,6 +401,9 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     naming the role and path."""
     if control is None or spatial is None:
         raise ValueError("load_experts needs a control and a spatial expert (the spatial model's VAE decodes)")
+    if base is not None and not Path(base).is_dir():
+        raise ValueError(f"base={base} must be a local diffusers SD 1.5 pipeline folder (model_index.json, unet/, "
+                         f"text_encoder/, tokenizer/, scheduler/, vae/)")
     dtype = dtype or default_dtype(device)
     loader = _Loader(base, device, dtype, motion_config, scheduler_overrides or {}, spatial)
     roles = {"control": control, "spatial": spatial, "temporal": temporal}

@@ -38,7 +38,8 @@ class PromptEncoder:
         tokens = self.tokenize(prompt)
         device = self.text_encoder.device
         # SD pipelines pass the mask only to encoders trained with one (config.use_attention_mask)
-        mask = tokens.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = tokens.attention_mask.to(device) if use_mask else None
         ids = tokens.input_ids.to(device)
         if self.clip_skip is None:
             return self.text_encoder(ids, attention_mask=mask)[0]

@@ -203,7 +203,7 @@ def boot_info() -> dict:
 
 def boot(
     comfy_root: os.PathLike | str,
-    pack_dirs: Iterable[os.PathLike | str | tuple] = (),
+    pack_dirs: Iterable[os.PathLike | str | tuple | list] = (),
     checkpoints_dir: Optional[os.PathLike | str] = None,
     output_dir: Optional[os.PathLike | str] = None,
     *,
@@ -220,7 +220,7 @@ def boot(
     * ``comfy_root``: the checkout. A second call with the same root only loads further packs;
       another root raises (ComfyUI cannot be unloaded; use a new process).
     * ``pack_dirs``: custom node pack directories; an item may be ``(path, name)``. Each is
-      symlinked as ``<name>`` (default: the directory name) into a private ``custom_nodes``
+      symlinked as ``<name>`` (default: the directory name; an item may be ``(path, name)``) into a private ``custom_nodes``
       directory and loaded with ``nodes.load_custom_node(path, ignore=<built-in ids>,
       module_parent="custom_nodes")``, i.e. like ComfyUI's own scan (packs cannot override
       built-in node ids). A pack that fails to import raises ``RuntimeError``.
@@ -240,7 +240,7 @@ def boot(
         if Path(_STATE["info"]["comfy_root"]) != root:
             raise RuntimeError(f"ComfyUI already booted from {_STATE['info']['comfy_root']}; use a new process for {root}")
         for item in pack_dirs:
-            load_pack(*item) if isinstance(item, tuple) else load_pack(item)
+            load_pack(*item) if isinstance(item, (tuple, list)) else load_pack(item)
         return boot_info()
 
     t0 = time.perf_counter()
@@ -352,8 +352,10 @@ def boot(
             "init_builtin_nodes": round(t_nodes - t_import, 3),
         },
     }
+    t_packs = time.perf_counter()
     for item in pack_dirs:
-        load_pack(*item) if isinstance(item, tuple) else load_pack(item)
+        load_pack(*item) if isinstance(item, (tuple, list)) else load_pack(item)
+    _STATE["info"]["timings_s"]["load_packs"] = round(time.perf_counter() - t_packs, 3)
     _STATE["info"]["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     return boot_info()
 

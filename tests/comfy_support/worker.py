@@ -197,15 +197,11 @@ class ComfyWorker:
 
     # -- API --------------------------------------------------------------------------
     def boot(self, comfy_root, pack_dirs=(), checkpoints_dir=None, output_dir=None, **kwargs) -> dict:
-        packs = [list(p) if isinstance(p, tuple) else str(p) for p in pack_dirs]
-        kw = dict(comfy_root=str(comfy_root), checkpoints_dir=str(checkpoints_dir) if checkpoints_dir else None,
+        packs = [[str(p[0]), p[1]] if isinstance(p, (tuple, list)) else str(p) for p in pack_dirs]
+        kw = dict(comfy_root=str(comfy_root), pack_dirs=packs,
+                  checkpoints_dir=str(checkpoints_dir) if checkpoints_dir else None,
                   output_dir=str(output_dir) if output_dir else None, **kwargs)
         self.boot_info = self.request("boot", kwargs=kw)
-        for p in packs:
-            if isinstance(p, list):
-                self.load_pack(p[0], p[1])
-            else:
-                self.load_pack(p)
         return self.boot_info
 
     def load_pack(self, path, name: Optional[str] = None) -> dict:
