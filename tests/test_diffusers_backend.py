@@ -20,6 +20,16 @@ B, F, H, W = 2, 4, 8, 8
 T_FLOAT = 321.5   # fractional timesteps must reach the UNet unchanged
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spin-waiting doubles
+    this file's run time. Restored for the other test files."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")

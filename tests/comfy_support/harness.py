@@ -615,7 +615,8 @@ def run_prompt(
     if fresh_cache:
         ex.reset()
     srv = _STATE["server"]
-    n_srv = len(getattr(srv, "messages", []))
+    srv_log = srv.messages if isinstance(srv, StubServer) else []
+    n_srv = len(srv_log)
     srv.last_prompt_id = prompt_id
     t0 = time.perf_counter()
     try:
@@ -641,7 +642,7 @@ def run_prompt(
         success, outputs, status, prompt_id=prompt_id, valid=True, validation_error=None,
         node_errors=node_errors, error=error, interrupted=interrupted,
         progress=list(getattr(recorder, "events", [])), elapsed_s=round(elapsed, 3), executed=executed,
-        server_messages=list(getattr(srv, "messages", []))[n_srv:],
+        server_messages=list(srv_log[n_srv:]),
     )
 
 
