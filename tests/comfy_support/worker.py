@@ -22,6 +22,11 @@ Requests: ``{"cmd": ..., ...}`` with cmd in ``ping``, ``boot``, ``load_pack``,
 ``call`` runs ``module:function(*args, **kwargs)`` inside the booted worker (the module is
 imported normally, ``tests/`` is on ``sys.path``); use it for in-process assertions that need
 live ComfyUI objects (return something JSON-serialisable).
+
+The worker runs ``python -m comfy_support.worker`` with cwd ``tests/`` (so ``tests/`` is on
+``sys.path``, behind the ComfyUI root once booted) and never has the repository root on
+``sys.path``: the pack's own ``nodes`` package must not shadow ComfyUI's ``nodes.py``; the
+pack is loaded only through ``nodes.load_custom_node`` (symlinked as ``custom_nodes/<name>``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,151 @@
+"""The ConFiner node pack inside a real ComfyUI (``$COMFYUI_PATH``; skipped when unset).
+
+Runs in a ComfyUI worker subprocess (see comfy_support/fixtures.py) with a random-weight SD 1.5-layout
+checkpoint. Example workflows are read from example_workflows/, converted UI -> API as the frontend does, made
+CPU-sized (64x64, few frames) and executed. AnimateDiff-Evolved is not installed in the test host, so its loader
+nodes are bypassed (mode 4, as a user would with Ctrl+B): the plain SD model then stands in for the control
+and temporal experts, and everything ConFiner does still runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from comfy_support.fixtures import (  # noqa: F401  (pytest fixtures)
+    comfy_path,
+    comfy_worker,
+    confiner_pack_dir,
+    synthetic_checkpoint,
+    with_checkpoint,
+)
+
+pytestmark = pytest.mark.comfyui
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+NODE_IDS = ["ConFinerControlExpert", "ConFinerRefineExperts", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter",
+            "ConFinerNoiseRescheduler"]
+
+
+@pytest.fixture(scope="module")
+def comfy_pack_dirs(confiner_pack_dir):
+    return [(str(confiner_pack_dir), "confiner")]
+
+
+def cpu_sized(workflow: dict, worker, frames: int = 8) -> dict:
+    """The shipped workflow made small enough for a CPU test: 64x64, ``frames`` frames, ADE bypassed if absent."""
+    wf = with_checkpoint(copy.deepcopy(workflow), worker.checkpoint_name)
+    has_ade = worker.input_types("ADE_AnimateDiffLoaderGen1").get("ADE_AnimateDiffLoaderGen1") is not None
+    for n in wf["nodes"]:
+        if n["type"] == "EmptyLatentImage":
+            n["widgets_values"] = [64, 64, frames if n["widgets_values"][2] > 1 else 1]
+        elif n["type"] == "ConFinerLongSegmenter":
+            n["widgets_values"][0:2] = [3 * frames, frames]  # frames, segment length
+            n["widgets_values"][-1] = f"a red ball | {frames}: a blue ball"
+        elif n["type"] == "ADE_AnimateDiffLoaderGen1" and not has_ade:
+            n["mode"] = 4
+    return wf
+
+
+def saved_files(result: dict) -> list:
+    return [str(Path(img.get("subfolder", "")) / img["filename"])
+            for out in result["outputs"].values() for img in out.get("images", [])]
+
+
+def test_pack_registers_five_v3_nodes_with_tooltips(comfy_worker):
+    types = comfy_worker.input_types(*NODE_IDS)
+    for node_id in NODE_IDS:
+        spec = types[node_id]
+        assert spec is not None, f"{node_id} not registered"
+        for group in ("required", "optional"):
+            for name, (typ, *opts) in spec.get(group, {}).items():
+                assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_schedules_equal_comfys_model_sampling(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:schedule_matches_comfy", comfy_worker.checkpoint_name)
+    assert r["max_rel_error"] < 1e-5
+    assert abs(r["sigma_max"] - 14.6146) < 1e-3 and r["layout"] == "frames" and r["latent_space"] == "SD15"
+
+
+@pytest.mark.parametrize("name", ["confiner_basic", "confiner_compare_modes", "confiner_long_128"])
+def test_example_workflow_executes(comfy_worker, name):
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
+    assert result["success"], result.get("error") or result["status_messages"]
+    saves = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
+    assert len(saved_files(result)) == len(saves)
+    # one progress bar per ConFiner node, advancing once per stage step, ending at its total
+    confiner_steps = [e for e in result["progress"] if e.get("total") and e["value"] == e["total"]]
+    assert confiner_steps, result["progress"][:5]
+
+
+def test_progress_counts_every_step(comfy_worker):
+    workflow = json.loads((EXAMPLES / "confiner_basic.json").read_text())
+    result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
+    totals = sorted({e["total"] for e in result["progress"] if e.get("total")})
+    assert 4 in totals and 5 in totals  # 4 control steps, 5 refinement steps
+
+
+def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    first = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert first["success"]
+    stopped = comfy_worker.run_workflow(workflow, fresh_cache=True, interrupt_at_step=2)  # mid control stage (its bar counts 1..4)
+    assert stopped["interrupted"] and not stopped["success"]
+    state = comfy_worker.call("comfy_support.confiner_checks:all_models_unpatched")
+    assert not state["any_current_patcher"]
+    again = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert again["success"]
+    out = Path(comfy_worker.output_dir)
+    a, b = (out / saved_files(r)[0] for r in (first, again))
+    assert a.read_bytes() == b.read_bytes()  # same seed, same video, after an interruption
+
+
+def _noise_prompt(ckpt: str, method: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 8}},
+        "5": {"class_type": "ConFinerNoiseRescheduler",
+              "inputs": {"latent": ["4", 0], "seed": 3, "method": method, "segment_length": 4, "stride": 2}},
+        "6": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "cfg": 4.0}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 2,
+                                                         "denoise": 1.0}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["5", 0], "guider": ["6", 0],
+                                                                "sampler": ["7", 0], "sigmas": ["8", 0],
+                                                                "latent_image": ["4", 0]}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": f"noise_{method}"}},
+    }
+
+
+@pytest.mark.parametrize("method", ["shuffle", "freenoise"])
+def test_noise_rescheduler_drives_sampler_custom_advanced(comfy_worker, method):
+    result = comfy_worker.run_prompt(_noise_prompt(comfy_worker.checkpoint_name, method), fresh_cache=True)
+    assert result["success"], result.get("error") or result["status_messages"]
+    assert len(saved_files(result)) == 8
+
+
+def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    refine = next(n for n in workflow["nodes"] if n["type"] == "ConFinerRefineExperts")
+    temporal = next(i for i in refine["inputs"] if i["name"] == "temporal_model")
+    workflow["links"] = [l for l in workflow["links"] if l[0] != temporal["link"]]
+    temporal["link"] = None
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert not result["success"]
+    assert "needs a temporal expert" in result["error"]["exception_message"]
+
+
+def test_impossible_te_is_rejected_by_validation(comfy_worker):
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
+    sampler["widgets_values"][0] = 5000
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert not result["success"] and not result["valid"]
