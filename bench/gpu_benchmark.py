@@ -248,8 +248,9 @@ class Bench:
         self.h = args.size // 8
 
     def noise(self, frames: int, seed: int = 0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(1, 4, frames, self.h, self.h, generator=g).to(self.device)
+        from confiner_core.sampling import randn_like
+        return randn_like(torch.empty(1, 4, frames, self.h, self.h, device=self.device),
+                          torch.Generator().manual_seed(seed))
 
     # ConFiner 4+5 ----------------------------------------------------------------------------------------------
     def confiner(self, temporal: str, residency: Residency, frames: int = 16):
@@ -326,6 +327,7 @@ def main():
     ap.add_argument("--long", type=int, nargs="*", default=[64, 256, 600])
     ap.add_argument("--decode-chunk", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=None, help="subset of runs by name prefix")
+    ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency run")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -355,7 +357,7 @@ def main():
             continue
         runs[name] = timed(lambda: b.long(frames, resident), dev, 0 if frames > 64 else 1, 1, b.timer)
         print(f"{name}: {runs[name]['wall_s']:.3f} s", flush=True)
-    if dev.type == "cuda" and (not a.only or any(p.startswith("confiner_4+5_modelscope") for p in a.only)):
+    if dev.type == "cuda" and not a.no_staged and (not a.only or any(p.startswith("confiner_4+5_modelscope") for p in a.only)):
         # the memory-lean variant: only the experts in use resident (pinned host copies for the others)
         for m in b.models.values():
             m.to("cpu")

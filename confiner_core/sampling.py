@@ -15,8 +15,14 @@ from .timesteps import with_next
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device, then moved: the same seed gives the same noise on any device."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=generator.device).to(x)
+    """Gaussian noise drawn on the generator's device, then moved: the same seed gives the same noise on any device.
+
+    A CPU draw for a GPU latent goes through pinned memory with a non-blocking copy, so it does not make the
+    host wait for the GPU to drain its queue (which would expose Python overhead between expert calls)."""
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=generator.device)
+    if x.device.type == "cuda" and noise.device.type == "cpu":
+        noise = noise.pin_memory().to(x.device, non_blocking=True)
+    return noise.to(x)
 
 
 def diffuse(schedule: NoiseSchedule, x0: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,10 @@ class DiffusersExpert(Expert):
         rows = self.context_rows(x)
         sample = x.to(device, dtype).repeat(len(conds), *([1] * (x.ndim - 1)))
         context = torch.cat([_repeat_rows(c, rows) for c in conds]).to(device, dtype)
-        timestep = torch.tensor(float(t), device=device, dtype=torch.float32)
+        timestep = torch.tensor(float(t), dtype=torch.float32)
+        if device.type == "cuda":  # a pageable scalar copy would stall the host until the GPU is idle
+            timestep = timestep.pin_memory()
+        timestep = timestep.to(device, non_blocking=True)
         out = self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
         return [o.to(x.device, torch.float32) for o in out.chunk(len(conds))]
 
