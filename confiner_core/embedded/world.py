@@ -90,8 +90,12 @@ def _background(scene: Scene, h: int, w: int) -> torch.Tensor:
     return base * (1 - mix) + tex * mix
 
 
+SHADES = (1.0, 0.7, 1.25)  # appearance variants of the prompt's colour: what segments must agree on
+
+
 def _object(scene: Scene, yy, xx, cy: float, cx: float, radius: float, variant: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rgb [3,h,w], soft mask [h,w]) of the object at (cy, cx); ``variant`` shifts its stripe texture."""
+    """(rgb [3,h,w], soft mask [h,w]) of the object at (cy, cx). ``variant`` picks its appearance: the stripe
+    phase (variant % 2) and the shade of its colour (variant // 2), fixed within a clip, free across clips."""
     dy, dx = yy - cy, xx - cx
     if scene.shape == "square":
         dist = torch.maximum(dy.abs(), dx.abs())
@@ -101,8 +105,8 @@ def _object(scene: Scene, yy, xx, cy: float, cx: float, radius: float, variant: 
         dist = torch.sqrt(dy**2 + dx**2)
     h = yy.shape[0]
     mask = torch.sigmoid((radius - dist) * h * 2.0)
-    stripes = 0.5 + 0.5 * torch.sign(torch.sin(2 * math.pi * ((dy + dx) * h / 4.0 + variant / 2.0)))
-    colour = torch.tensor(scene.colour).view(3, 1, 1)
+    stripes = 0.5 + 0.5 * torch.sign(torch.sin(2 * math.pi * ((dy + dx) * h / 4.0 + (variant % 2) / 2.0)))
+    colour = (torch.tensor(scene.colour) * SHADES[(variant // 2) % len(SHADES)]).clamp(0, 1).view(3, 1, 1)
     shade = 1.0 - 0.35 * stripes - 0.25 * (dist / radius).clamp(0, 1)
     return colour * shade.unsqueeze(0), mask
 
@@ -134,7 +138,7 @@ def blur(latents: torch.Tensor, sigma: float) -> torch.Tensor:
 class World:
     """The data each embedded expert knows, for one prompt at one latent size. Cached per clip length."""
 
-    def __init__(self, prompt: str, h: int, w: int, clips: int = 48, positions: int = 20, variants: int = 2):
+    def __init__(self, prompt: str, h: int, w: int, clips: int = 48, positions: int = 20, variants: int = 6):
         self.scene = Scene.from_prompt(prompt)
         self.h, self.w, self.n_clips, self.positions, self.variants = h, w, clips, positions, variants
         self.background = _background(self.scene, h, w)
