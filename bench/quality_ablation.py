@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from confiner_core import metrics  # noqa: E402
 from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
 from confiner_core.embedded.experts import decode, embedded_experts, world_for  # noqa: E402
-from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 
 PROMPTS = ["a red ball bouncing over green grass", "a blue square sliding over snow",

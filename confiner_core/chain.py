@@ -165,7 +165,8 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
 
 def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
               config: ChainConfig, generator: torch.Generator, callback: Callback | None = None) -> ChainResult:
-    """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w]."""
+    """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w]. Stages are marked on
+    the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage."""
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()

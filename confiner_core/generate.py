@@ -9,11 +9,11 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-
-import torch
-from tqdm.auto import tqdm
+from typing import Callable
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from . import metrics
 from .chain import ChainConfig, run_chain
@@ -74,7 +74,7 @@ class GenerateRequest:
 @dataclass
 class Backend:
     experts: dict
-    decode: callable  # canonical latent -> uint8 [B, F, H, W, 3]
+    decode: Callable  # canonical latent -> uint8 [B, F, H, W, 3]
     refine_cfg: float
     description: str
 

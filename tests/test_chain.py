@@ -9,8 +9,7 @@ from confiner_core.experts import EvaluationLog, Expert
 from confiner_core.layout import FRAMES, VIDEO
 from confiner_core.prediction import from_x0_eps
 from confiner_core.refine import coordinated_step, matched_timestep, refine_coordinated
-from confiner_core.sampling import ddim_step, randn_like
-from confiner_core.experts import Prediction
+from confiner_core.sampling import randn_like
 
 SHAPE = (1, 4, 3, 4, 4)
 

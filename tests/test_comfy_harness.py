@@ -431,7 +431,7 @@ def test_confiner_pack_loads(comfy_worker, confiner_pack_dir):
     if not (confiner_pack_dir / "__init__.py").is_file():
         pytest.skip("the ConFiner pack (repo-root __init__.py) does not exist yet")
     rec = comfy_worker.load_pack(confiner_pack_dir, "confiner")
-    assert rec["node_ids"], f"the pack registered no nodes; log:\n" + "\n".join(rec.get("log", []))
+    assert rec["node_ids"], "the pack registered no nodes; log:\n" + "\n".join(rec.get("log", []))
     nodes = comfy_worker.call("comfy_support.inproc:registered_nodes")
     for nid in rec["node_ids"]:
         assert nodes[nid]["module"] == "custom_nodes.confiner"

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from confiner_core import schedules as S
 from confiner_core.cli import main
 from confiner_core.embedded.experts import embedded_experts, posterior_mean
 

@@ -95,6 +95,17 @@ def experts_graph(g, note):
     return ckpt, pos, neg, control, experts
 
 
+def control_stage(g, control, pos, neg):
+    """A 512x512x16 empty latent into the ConFiner Control Expert (4 Euler steps, cfg 1.0)."""
+    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count", 1, 2)
+    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False], None, 2, 0)
+    g.link(control, "MODEL", ctrl, "model")
+    g.link(pos, "CONDITIONING", ctrl, "positive")
+    g.link(neg, "CONDITIONING", ctrl, "negative")
+    g.link(empty, "LATENT", ctrl, "latent")
+    return ctrl
+
+
 def save_video(g, ckpt, latent, prefix, col, row):
     dec = g.node("VAEDecode", [], None, col, row)
     g.link(latent, "latent", dec, "samples")
@@ -108,11 +119,7 @@ def basic():
     ckpt, pos, neg, control, experts = experts_graph(
         g, "ConFiner basic: AnimateDiff-Lightning lays out a 16-frame structure in 4 steps; it is noised to T_e=100 "
            "and refined in 5 coordinated steps by SD 1.5 (spatial) and AnimateDiff v3 (temporal): 19 evaluations.")
-    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count", 1, 2)
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False], None, 2, 0)
-    for a, b in ((control, "model"), (pos, "positive"), (neg, "negative"), (empty, "latent")):
-        g.link(a, {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent": "LATENT"}[b],
-               ctrl, b)
+    ctrl = control_stage(g, control, pos, neg)
     sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed"], None, 3, 0)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
@@ -125,12 +132,7 @@ def compare_modes():
     ckpt, pos, neg, control, experts = experts_graph(
         g, "One structure, three refinements side by side: coordinated (Algorithm 1), standard (spatial expert "
            "only, Eq. 8) and temporal expert only. Same seed for all three.")
-    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count", 1, 2)
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False], None, 2, 0)
-    g.link(control, "MODEL", ctrl, "model")
-    g.link(pos, "CONDITIONING", ctrl, "positive")
-    g.link(neg, "CONDITIONING", ctrl, "negative")
-    g.link(empty, "LATENT", ctrl, "latent")
+    ctrl = control_stage(g, control, pos, neg)
     for row, mode in enumerate(("coordinated", "standard", "temporal")):
         s = g.node("ConFinerCoordinatedSampler", [100, 5, mode, "same_index", 0, "fixed"], f"Refine: {mode}", 3, row)
         g.link(experts, "experts", s, "experts")

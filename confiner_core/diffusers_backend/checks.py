@@ -27,8 +27,8 @@ def _per_block(value, blocks: int) -> list:
 
 def check_motion_adapter(role: str, path, adapter_config, unet_config, base) -> None:
     """A motion module only fits a 2D UNet with the same blocks, channels and layers per block."""
-    fix = (f"use a motion module made for this base (SD 1.5 AnimateDiff modules need an SD 1.5 base), or "
-           f"pass motion_config=<folder with the module's MotionAdapter config.json>")
+    fix = ("use a motion module made for this base (SD 1.5 AnimateDiff modules need an SD 1.5 base), or "
+           "pass motion_config=<folder with the module's MotionAdapter config.json>")
     channels, unet_channels = list(adapter_config.block_out_channels), list(unet_config.block_out_channels)
     if channels != unet_channels:
         raise ValueError(f"{who(role, path)}: the motion module has blocks with channels {channels} but the base "
