@@ -149,3 +149,16 @@ def test_impossible_te_is_rejected_by_validation(comfy_worker):
     sampler["widgets_values"][0] = 5000
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert not result["success"] and not result["valid"]
+
+
+def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:wrappers_fire_per_evaluation", comfy_worker.checkpoint_name)
+    assert r["finite"] and r["evaluations"] == 3
+    assert r["outer_sample"] == 3  # one CFGGuider.sample per evaluation: ADE's outer wrapper sees each one
+    assert r["apply_model"] == 3   # cond and uncond batched into one apply_model call per evaluation
+
+
+def test_object_patched_schedule_is_used(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:patched_schedule_is_respected", comfy_worker.checkpoint_name)
+    assert abs(r["plain"] - 14.6146) < 1e-3
+    assert abs(r["patched"] - 25.1461) < 1e-3

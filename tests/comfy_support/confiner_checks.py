@@ -38,3 +38,71 @@ def all_models_unpatched() -> dict:
         base = getattr(patcher, "model", None)
         states.append({"current_patcher": getattr(base, "current_patcher", None) is not None})
     return {"models": len(states), "any_current_patcher": any(s["current_patcher"] for s in states)}
+
+
+def _pack_module(suffix: str):
+    import sys
+
+    return next(m for name, m in sys.modules.items() if name.endswith(suffix) and "confiner" in name)
+
+
+def _load(ckpt_name: str):
+    import comfy.sd
+    import folder_paths
+
+    path = folder_paths.get_full_path("checkpoints", ckpt_name)
+    model, clip = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)[:2]
+    tokens = clip.tokenize("a red ball")
+    cond = clip.encode_from_tokens_scheduled(tokens)
+    return model, cond
+
+
+def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
+    """Register OUTER_SAMPLE and APPLY_MODEL wrappers on the MODEL (what ADE, hooks and model patches use) and count
+    their calls while ConFiner's control stage runs: every expert evaluation must pass through them."""
+    import torch
+
+    import comfy.patcher_extension as pe
+
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    log_mod = _pack_module("confiner_core.experts")
+    model, cond = _load(ckpt_name)
+    model = model.clone()
+    calls = {"outer_sample": 0, "apply_model": 0}
+
+    def outer(executor, *args, **kwargs):
+        calls["outer_sample"] += 1
+        return executor(*args, **kwargs)
+
+    def apply(executor, *args, **kwargs):
+        calls["apply_model"] += 1
+        return executor(*args, **kwargs)
+
+    model.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, "confiner-test", outer)
+    model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "confiner-test", apply)
+    log = log_mod.EvaluationLog()
+    d = host.bind(model, cond, cond, 3.0, "control", 0, log)
+    config = chain.ChainConfig(control_steps=3)
+    noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = chain.generate_structure(d, noise, config, torch.Generator().manual_seed(0))
+    return {"evaluations": sum(log.evaluations.values()), **calls, "finite": bool(torch.isfinite(out).all())}
+
+
+def patched_schedule_is_respected(ckpt_name: str) -> dict:
+    """An object-patched model_sampling (what ADE's 'sqrt_linear (AnimateDiff)' beta schedule does) must become the
+    expert's schedule: sigma_max 25.146 instead of SD's 14.615."""
+    import comfy.model_sampling
+
+    host = _pack_module(".nodes.host")
+    model, _ = _load(ckpt_name)
+
+    class SqrtLinear(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    ms = SqrtLinear(model.model.model_config)
+    ms._register_schedule(beta_schedule="sqrt_linear", linear_start=0.00085, linear_end=0.012)
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", ms)
+    return {"plain": float(host.schedule_of(model, "x").ve_sigmas[-1]),
+            "patched": float(host.schedule_of(patched, "x").ve_sigmas[-1])}
