@@ -49,21 +49,15 @@ def ddim_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: float
     return alpha_prev * pred.x0 + max(sigma_prev**2 - s**2, 0.0) ** 0.5 * pred.eps + s * noise
 
 
-def to_d(x_ve: torch.Tensor, ve_sigma: float, denoised: torch.Tensor) -> torch.Tensor:
-    """Karras ODE derivative dx/dsigma in variance-exploding coordinates."""
-    return (x_ve - denoised) / ve_sigma
+def euler_step(schedule: NoiseSchedule, pred: Prediction, t_prev: float) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE in sigma = sigma_t/alpha_t (EulerDiscreteScheduler), the sampler
+    distilled few-step experts such as AnimateDiff-Lightning were trained for.
 
-
-def euler_step(schedule: NoiseSchedule, x_t: torch.Tensor, pred: Prediction, t: float, t_prev: float) -> torch.Tensor:
-    """One Euler step of the probability-flow ODE in sigma = sigma_t/alpha_t (EulerDiscreteScheduler), the
-    sampler distilled few-step experts such as AnimateDiff-Lightning were trained for. Latents stay in the
-    schedule's own (alpha, sigma) scaling outside this function."""
-    alpha, sigma = schedule.coefficients(t)
+    In VE coordinates the step is x' = x + (s' - s) (x - x0)/s = x0 + s' eps; back in the schedule's own scaling that
+    is alpha_prev x0 + sigma_prev eps, computed in that form so it stays finite where alpha_t = 0 (a flow schedule's
+    last timestep). Unlike DDIM, the last step goes all the way to sigma = 0 (final_sigmas_type "zero")."""
     alpha_prev, sigma_prev = schedule.coefficients(t_prev) if t_prev >= 0 else (1.0, 0.0)
-    ve, ve_prev = sigma / alpha, sigma_prev / alpha_prev
-    x_ve = x_t / alpha
-    x_ve_prev = x_ve + (ve_prev - ve) * to_d(x_ve, ve, pred.x0)
-    return x_ve_prev * alpha_prev
+    return alpha_prev * pred.x0 + sigma_prev * pred.eps
 
 
 def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampler: str) -> torch.Tensor:
@@ -101,7 +95,7 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         pred = guided_prediction(denoiser, x, t, i, eps_hook)
         if sampler == "euler":
-            x = euler_step(schedule, x, pred, t, t_prev)
+            x = euler_step(schedule, pred, t_prev)
         elif sampler == "ddim":
             noise = randn_like(x, generator) if eta > 0 else None
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)

@@ -138,3 +138,17 @@ def test_validation_rejects_bad_chains():
 
 def test_refine_timesteps_default_paper():
     assert refine_timesteps(ChainConfig()) == [100, 80, 60, 39, 19]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_flow_expert_control_stage_is_finite_and_exact(sampler):
+    """A flow schedule reaches alpha = 0 at its last timestep (pure noise); the control stage must stay finite."""
+    x0 = x0_star()
+    flow = S.flow_schedule(shift=3.0)
+    assert flow.coefficients(999)[0] == 0.0
+    d = OracleExpert(x0, flow, prediction="flow").bind()
+    from confiner_core.sampling import sample_control
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    out = sample_control(d, noise, [999, 749, 499, 249], sampler)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, x0, atol=1e-4)

@@ -106,7 +106,7 @@ def test_euler_trailing_matches_diffusers(name, n):
         # the model sees the same VP input in both worlds
         assert torch.allclose(sched.scale_model_input(x_ve, sched.timesteps[k]), x_vp, atol=1e-5)
         x_ve = sched.step(eps, sched.timesteps[k], x_ve).prev_sample
-        x_vp = euler_step(ours, x_vp, Prediction(*to_x0_eps(eps, x_vp, alpha, sigma, "epsilon")), t, t_prev)
+        x_vp = euler_step(ours, Prediction(*to_x0_eps(eps, x_vp, alpha, sigma, "epsilon")), t_prev)
         a_prev = ours.coefficients(t_prev)[0] if t_prev >= 0 else 1.0
         assert torch.allclose(x_vp / a_prev, x_ve, atol=1e-4 * max(1.0, float(x_ve.abs().max())))
 
