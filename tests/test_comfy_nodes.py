@@ -82,11 +82,18 @@ def test_example_workflow_executes(comfy_worker, name):
     assert confiner_steps, result["progress"][:5]
 
 
-def test_progress_counts_every_step(comfy_worker):
+def test_progress_counts_every_step_with_previews(comfy_worker):
     workflow = json.loads((EXAMPLES / "confiner_basic.json").read_text())
-    result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
-    totals = sorted({e["total"] for e in result["progress"] if e.get("total")})
-    assert 4 in totals and 5 in totals  # 4 control steps, 5 refinement steps
+    comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
+    try:
+        result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
+    finally:
+        comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
+    assert result["success"]
+    ours = [e for e in result["progress"] if e.get("total") in (4, 5)]
+    assert [e["value"] for e in ours if e["total"] == 4][-4:] == [1, 2, 3, 4]  # 4 control steps
+    assert [e["value"] for e in ours if e["total"] == 5][-5:] == [1, 2, 3, 4, 5]  # 5 refinement steps
+    assert all(e["has_preview"] for e in ours)
 
 
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):

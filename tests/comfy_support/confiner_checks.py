@@ -106,3 +106,15 @@ def patched_schedule_is_respected(ckpt_name: str) -> dict:
     patched.add_object_patch("model_sampling", ms)
     return {"plain": float(host.schedule_of(model, "x").ve_sigmas[-1]),
             "patched": float(host.schedule_of(patched, "x").ve_sigmas[-1])}
+
+
+def use_latent2rgb_previews(enabled: bool = True) -> str:
+    """Turn latent previews on (latent2rgb needs no decoder weights) or back to none, in both ComfyUI versions."""
+    import latent_preview
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    method = LatentPreviewMethod.Latent2RGB if enabled else LatentPreviewMethod.NoPreviews
+    args.preview_method = method
+    if hasattr(latent_preview, "default_preview_method"):  # 0.8.x resets it per prompt from this default
+        latent_preview.default_preview_method = method
+    return str(method)
