@@ -231,9 +231,10 @@ WindowSink = Callable[[torch.Tensor, Window], None]
 
 
 def structure_centre(plan: SegmentPlan, i: int) -> int:
-    """Output frame at the middle of structure i (for picking its prompt)."""
+    """Output frame at the middle of structure i (for picking its prompt). Staggered, structure i covers output
+    frames [i L - L/2, i L + L/2); otherwise [i L, (i + 1) L)."""
     L = plan.segment_length
-    return max(0, min(plan.frames - 1, i * L - (L // 2 if plan.staggered else -L // 2)))
+    return max(0, min(plan.frames - 1, i * L + (0 if plan.staggered else L // 2)))
 
 
 def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
@@ -252,8 +253,15 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     structures: dict[int, torch.Tensor] = {}
     log = control.log
 
+    bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
+
     def prompted(d: Denoiser | None, frame: int) -> Denoiser | None:
-        return d.with_prompt(prompts.at(frame)) if (d is not None and prompts is not None) else d
+        if d is None or prompts is None:
+            return d
+        key = (id(d), prompts.at(frame))
+        if key not in bound:
+            bound[key] = d.with_prompt(key[1])
+        return bound[key]
 
     for window in plan.windows:
         for i, _, _ in window.parts:

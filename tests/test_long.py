@@ -125,6 +125,36 @@ def test_prompt_schedule():
         PromptSchedule.parse("a | b")
 
 
+@pytest.mark.parametrize("staggered", [True, False])
+def test_structure_centre_is_the_middle_of_the_frames_it_covers(staggered):
+    from confiner_core.long import structure_centre
+
+    L = 16
+    plan = plan_segments(200, L, staggered)
+    first_frame = {}  # structure -> output frame its frame 0 would occupy
+    for w in plan.windows:
+        placed = w.out_start
+        for i, a, e in w.parts:
+            first_frame.setdefault(i, placed - a)
+            placed += e - a
+    for i, start in first_frame.items():
+        if 0 <= start + L // 2 < plan.frames:
+            assert structure_centre(plan, i) == start + L // 2
+
+
+def test_prompt_travel_encodes_each_prompt_once_per_expert():
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    experts = [OracleExpert(x0, S.named(n)) for n in ("animatediff", "sd15", "lavie")]
+    encoded = []
+    for e in experts:
+        e.encode = lambda p, _name=e.name: encoded.append(p) or p
+    c, s, t = (e.bind() for e in experts)
+    encoded.clear()
+    generate_long(c, s, t, plan_segments(64, 8, True), (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=8),
+                  torch.Generator().manual_seed(0), lambda lat, w: None, PromptSchedule.parse("a | 32: b"))
+    assert sorted(encoded) == sorted(["a", "b"] * 3)
+
+
 def test_long_loop_keeps_two_structures_and_counts():
     x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
     log = EvaluationLog()
