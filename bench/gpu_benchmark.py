@@ -3,49 +3,62 @@
 Weights do not change compute, so every model is built from its real config with random weights (fp16):
 SD 1.5 UNet (860 M), AnimateDiff UNetMotionModel (SD 1.5 + motion adapter), ModelScope UNet3D (1.4 B), the SD
 VAE, CLIP-L (SD) and the 1024-wide OpenCLIP-H text encoder (ModelScope). At 512x512x16 it times, end to end
-(text encoding, sampling, VAE decode):
+(text encoding, sampling, VAE decode to uint8 frames on the host):
 
 * ConFiner 4+5 coordinated (control cfg 1.0, refinement cfg 7.5) with ModelScope as temporal expert (the paper's
   set-up) and with an AnimateDiff motion model as temporal expert; all experts resident, and "staged" (only the
-  experts in use on the GPU, the others parked in pinned CPU memory);
-* ModelScope T2V at 50 and 100 DDIM steps and AnimateDiff at 25 steps, cfg 7.5;
+  experts in use on the GPU, the others parked in pinned host memory);
+* ModelScope T2V at 100 and 50 DDIM steps and AnimateDiff at 25 steps, cfg 7.5;
 * ConFiner-Long at 64, 256 and 600 frames.
 
-Each figure is the median of repeated runs after warm-up runs (excluded), CUDA synchronised around every run;
-expert, text-encoder and VAE time come from CUDA events around each module call, and "orchestration overhead" is
-the rest of the wall time. ``--settings best`` applies channels_last and torch.compile to every UNet and the VAE
-decoder, for ConFiner and baselines alike. Writes ``results_<settings>.json`` and a markdown table to ``--out``.
+One call times every run under each of ``--settings`` in turn (``eager``: plain fp16 with SDPA; ``best``:
+``confiner_core.diffusers_backend.speed.FAST``, i.e. channels_last, cudnn.benchmark and regional torch.compile,
+applied to every UNet and the VAE decoder, for ConFiner and baselines alike), so both tables come from one
+process on one machine. Each figure is the median of repeated runs after a warm-up run (excluded; for the
+baselines a 2-step run of the same sampler at the same shapes, which is what compiles and autotunes); CUDA is
+synchronised around every run. Expert, text-encoder and VAE time come from CUDA events around each module call;
+"orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on meta-device copies
+(``torch.utils.flop_counter``), which gives the arithmetic ratio and floor. ``--deadline`` trims repeats (never
+below one) and skips what cannot finish, and results are written after every run, so a call that runs out of
+time still returns what it measured. ``--cache-out`` saves torch.compile's artifacts (mega-cache) for
+``--cache-in`` in a later call.
 
-    python bench/gpu_benchmark.py --settings eager --out bench/gpu_eager     # on the GPU machine
-    python bench/gpu_benchmark.py --tiny --device cpu --out /tmp/bench        # a CPU smoke run
+    python bench/gpu_benchmark.py --settings eager best --out $OUT          # on the GPU machine
+    python bench/gpu_benchmark.py --tiny --device cpu --settings eager best --long 32 --out /tmp/bench  # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
+import lzma
 import os
 import sys
 import time
 
-import torch
+T0 = time.perf_counter()
+
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import diffusers  # noqa: E402
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
+from confiner_core.diffusers_backend.speed import EAGER, FAST, SpeedSettings, apply_speed_settings  # noqa: E402
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import VideoDecoder  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
-from confiner_core.sampling import sample_control  # noqa: E402
+from confiner_core.sampling import randn_like, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
 
@@ -87,35 +100,84 @@ SD_SCHED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.01
 AD_SCHED = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
 
 
+SETTINGS = {"eager": EAGER, "best": FAST}
+PRIOR_S = {  # H100 eager figures of an earlier call: used only to skip a run that cannot end before --deadline
+    "confiner_4+5_modelscope": 2.8, "confiner_4+5_animatediff": 2.6, "confiner_4+5_modelscope_staged": 3.2,
+    "modelscope_100": 22.0, "modelscope_50": 11.0, "animatediff_25": 4.7, "long_per_frame": 0.19}
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Timing
+# Timing and counting
+
+def _signature(args, kwargs) -> tuple:
+    """The shapes and dtypes of a module call's tensor arguments: what its FLOPs depend on."""
+    sig = [(i, tuple(a.shape), a.dtype) for i, a in enumerate(args) if torch.is_tensor(a)]
+    sig += [(k, tuple(v.shape), v.dtype) for k, v in sorted(kwargs.items()) if torch.is_tensor(v)]
+    return tuple(sig)
+
 
 class ModuleTimer:
-    """CUDA events around every forward of the registered modules; read once, after a synchronise."""
+    """CUDA events around every call of the watched modules, read once after a synchronise; and the shapes of
+    each call, for FLOP counting."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.events: dict[str, list] = {}
+        self.calls: list[tuple[str, tuple]] = []
 
-    def watch(self, name: str, module: torch.nn.Module) -> None:
-        if not self.enabled:
-            return
-        def pre(mod, args, kwargs=None):
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.events.setdefault(name, []).append([start, None])
+    def watch(self, group: str, name: str, module: torch.nn.Module) -> None:
+        def pre(mod, args, kwargs):
+            self.calls.append((name, _signature(args, kwargs)))
+            if self.enabled:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.events.setdefault(group, []).append([start, None])
+
         def post(mod, args, out):
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.events[name][-1][1] = end
-        module.register_forward_pre_hook(pre)
+            if self.enabled:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self.events[group][-1][1] = end
+
+        module.register_forward_pre_hook(pre, with_kwargs=True)
         module.register_forward_hook(post)
 
     def reset(self) -> None:
-        self.events = {}
+        self.events, self.calls = {}, []
 
     def seconds(self) -> dict:
         return {k: sum(s.elapsed_time(e) for s, e in v) / 1000 for k, v in self.events.items()}
+
+
+class FlopCounter:
+    """FLOPs of a module call, counted once per (module, shapes) on a meta-device copy of the model."""
+
+    def __init__(self, meta_models: dict):
+        self.meta = meta_models
+        self.cache: dict = {}
+
+    def call(self, name: str, sig: tuple) -> float:
+        key = (name, sig)
+        if key not in self.cache:
+            from torch.utils.flop_counter import FlopCounterMode
+            args, kwargs = [], {}
+            for where, shape, dtype in sig:
+                t = torch.zeros(shape, dtype=dtype, device="meta")
+                if isinstance(where, int):
+                    args.append(t)
+                else:
+                    kwargs[where] = t
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                self.meta[name](*args, **kwargs)
+            self.cache[key] = fc.get_total_flops()
+        return self.cache[key]
+
+    def total(self, calls) -> float:
+        return sum(self.call(name, sig) for name, sig in calls)
 
 
 def sync(device):
@@ -123,12 +185,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, warmup: int, repeats: int, timer: ModuleTimer) -> dict:
-    """Median wall time (and the matching module times) over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
+def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, deadline: float, prior_s: float,
+          warmup=None) -> dict | None:
+    """Median of up to ``repeats`` runs of ``fn`` after one run of ``warmup`` (default ``fn``), excluded.
+
+    Skipped (None) when ``prior_s`` no longer fits before ``deadline``; later repeats are dropped when the last run
+    would not fit (at least one run is kept)."""
+    if elapsed() + prior_s > deadline:
+        return None
+    t0 = time.perf_counter()
+    (warmup or fn)()
+    sync(device)
+    warmup_s = time.perf_counter() - t0
     rows = []
     for _ in range(repeats):
+        if rows and elapsed() + rows[-1]["wall_s"] > deadline:
+            break
         timer.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -137,31 +209,33 @@ def timed(fn, device, warmup: int, repeats: int, timer: ModuleTimer) -> dict:
         info = fn() or {}
         sync(device)
         wall = time.perf_counter() - t0
-        modules = timer.seconds()
-        rows.append({"wall_s": wall, "modules_s": modules, **info,
+        rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info,
                      "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None})
+    calls = list(timer.calls)
     rows.sort(key=lambda r: r["wall_s"])
     median = rows[len(rows) // 2]
     inside = sum(median["modules_s"].values())
-    return {**median, "runs_s": [round(r["wall_s"], 4) for r in rows], "warmup_runs": warmup,
-            "module_total_s": inside,
+    tflop = flops.total(calls) / 1e12
+    return {**median, "runs_s": [round(r["wall_s"], 4) for r in rows], "warmup_s": round(warmup_s, 2),
+            "module_total_s": inside, "tflop": tflop, "achieved_tflops": tflop / median["wall_s"],
+            "module_calls": len(calls),
             "overhead_fraction": (median["wall_s"] - inside) / median["wall_s"] if timer.enabled else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Models and residency
 
-def build(cfg: dict, device, dtype):
-    """Every model, random weights, parked in (pinned) CPU memory; ``Residency`` moves them in and out."""
+def build(cfg: dict, dtype, device=None):
+    """Every model, random weights; on ``device`` (``"meta"`` for FLOP counting) or the CPU."""
     torch.manual_seed(0)
-    sd = UNet2DConditionModel(**cfg["sd"])
-    adapter = MotionAdapter(**cfg["adapter"])
-    control = UNetMotionModel.from_unet2d(sd, adapter)                 # AnimateDiff-Lightning's architecture
-    ad_temporal = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))  # a second motion model
-    ms = UNet3DConditionModel(**cfg["ms"])
-    vae = AutoencoderKL(**cfg["vae"])
-    clip_l = CLIPTextModel(CLIPTextConfig(**cfg["clip_l"]))
-    clip_h = CLIPTextModel(CLIPTextConfig(**cfg["clip_h"]))
+    with torch.device(device or "cpu"):
+        sd = UNet2DConditionModel(**cfg["sd"])
+        control = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))  # AnimateDiff-Lightning's
+        ad_temporal = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))  # a second motion model
+        ms = UNet3DConditionModel(**cfg["ms"])
+        vae = AutoencoderKL(**cfg["vae"])
+        clip_l = CLIPTextModel(CLIPTextConfig(**cfg["clip_l"]))
+        clip_h = CLIPTextModel(CLIPTextConfig(**cfg["clip_h"]))
     models = dict(sd=sd, control=control, ad_temporal=ad_temporal, ms=ms, vae=vae, clip_l=clip_l, clip_h=clip_h)
     for m in models.values():
         m.to(dtype).eval().requires_grad_(False)
@@ -180,12 +254,15 @@ class Residency:
         self.on_device: set[str] = set()
         for name, m in models.items():
             if staged:
+                m.to("cpu")
                 self.host[name] = [t.data.pin_memory() if device.type == "cuda" else t.data for t in _tensors(m)]
                 for t, h in zip(_tensors(m), self.host[name]):
                     t.data = h
             else:
                 m.to(device)
                 self.on_device.add(name)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def use(self, *names: str) -> None:
         if not self.staged:
@@ -209,16 +286,6 @@ def params_m(m) -> float:
     return sum(p.numel() for p in m.parameters()) / 1e6
 
 
-def apply_best_settings(models: dict, device, compile_models: bool) -> None:
-    """channels_last (and, optionally, torch.compile) for the UNets and the VAE, for ConFiner and baselines alike."""
-    for name in ("sd", "vae"):  # 4-D convolutions; the video UNets reshape to 5-D and back internally
-        models[name].to(memory_format=torch.channels_last)
-    if compile_models:
-        for name in ("sd", "control", "ad_temporal", "ms"):
-            models[name].forward = torch.compile(models[name].forward, dynamic=False)
-    models["vae"].decoder.forward = torch.compile(models["vae"].decoder.forward, dynamic=False)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The runs
 
@@ -229,13 +296,15 @@ class Bench:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         cfg = TINY if args.tiny else FULL
         t0 = time.perf_counter()
-        self.models = build(cfg, self.device, self.dtype)
+        self.models = build(cfg, self.dtype)
         self.build_s = time.perf_counter() - t0
+        meta = build(cfg, self.dtype, "meta")
+        self.flops = FlopCounter({**meta, "vae": meta["vae"].decoder})
         self.timer = ModuleTimer(self.device.type == "cuda")
         m = self.models
         for name in ("sd", "control", "ad_temporal", "ms", "clip_l", "clip_h"):
-            self.timer.watch({"clip_l": "text", "clip_h": "text"}.get(name, "experts"), m[name])
-        self.timer.watch("vae", m["vae"].decoder)
+            self.timer.watch("text" if name.startswith("clip") else "experts", name, m[name])
+        self.timer.watch("vae", "vae", m["vae"].decoder)
         tok = tiny_tokenizer()
         enc_l, enc_h = PromptEncoder(tok, m["clip_l"]), PromptEncoder(tok, m["clip_h"])
         self.experts = {
@@ -247,8 +316,12 @@ class Bench:
         self.decoder = VideoDecoder(m["vae"], chunk_frames=args.decode_chunk)
         self.h = args.size // 8
 
+    def speed_up(self, settings: SpeedSettings) -> dict:
+        """The same settings for every UNet and the VAE decoder: ConFiner and the baselines alike."""
+        m = self.models
+        return apply_speed_settings([m["sd"], m["control"], m["ad_temporal"], m["ms"], m["vae"].decoder], settings)
+
     def noise(self, frames: int, seed: int = 0) -> torch.Tensor:
-        from confiner_core.sampling import randn_like
         return randn_like(torch.empty(1, 4, frames, self.h, self.h, device=self.device),
                           torch.Generator().manual_seed(seed))
 
@@ -298,93 +371,218 @@ class Bench:
                       torch.Generator().manual_seed(0), lambda x, w: self.decoder.decode(x), device=self.device)
         return {"evaluations": dict(log.evaluations)}
 
+    # CPU issue time against GPU time of one forward: what CUDA graphs could save -------------------------------
+    def launch_probe(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        d, h, dt = self.device, self.h, self.dtype
+        t = torch.tensor(500.0, device=d)
+        cases = {
+            "sd_batch32": (self.models["sd"], (torch.randn(32, 4, h, h, device=d, dtype=dt), t),
+                           {"encoder_hidden_states": torch.randn(32, 77, 768, device=d, dtype=dt)}),
+            "modelscope_2x16": (self.models["ms"], (torch.randn(2, 4, 16, h, h, device=d, dtype=dt), t),
+                                {"encoder_hidden_states": torch.randn(2, 77, 1024, device=d, dtype=dt)}),
+            "animatediff_2x16": (self.models["ad_temporal"], (torch.randn(2, 4, 16, h, h, device=d, dtype=dt), t),
+                                 {"encoder_hidden_states": torch.randn(32, 77, 768, device=d, dtype=dt)}),
+        }
+        out = {}
+        with torch.no_grad():
+            for name, (model, args, kwargs) in cases.items():
+                if kwargs["encoder_hidden_states"].shape[-1] != model.config.cross_attention_dim:
+                    continue  # tiny models
+                for _ in range(3):  # the last of three: warm
+                    sync(d)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    t0 = time.perf_counter()
+                    start.record()
+                    model(*args, **kwargs)
+                    end.record()
+                    cpu = time.perf_counter() - t0
+                    sync(d)
+                out[name] = {"cpu_issue_s": cpu, "gpu_s": start.elapsed_time(end) / 1000}
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compile cache (torch's mega-cache), carried between calls as lzma parts
+
+CACHE_PART_BYTES = 15 * 2**20
+
+
+def load_compile_cache(pattern: str) -> dict:
+    parts = sorted(glob.glob(pattern))
+    if not parts:
+        return {"loaded_bytes": 0}
+    blob = lzma.decompress(b"".join(open(p, "rb").read() for p in parts))
+    torch.compiler.load_cache_artifacts(blob)
+    return {"loaded_bytes": len(blob), "parts": len(parts)}
+
+
+def save_compile_cache(out_dir: str, max_parts: int = 4) -> dict:
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return {"saved_bytes": 0}
+    blob = lzma.compress(saved[0], preset=1)
+    parts = [blob[i:i + CACHE_PART_BYTES] for i in range(0, len(blob), CACHE_PART_BYTES)]
+    if len(parts) > max_parts:
+        return {"saved_bytes": 0, "too_big_bytes": len(blob)}
+    for old in glob.glob(os.path.join(out_dir, "compile_cache.xz.*")):
+        os.remove(old)
+    for i, part in enumerate(parts):
+        with open(os.path.join(out_dir, f"compile_cache.xz.{i}"), "wb") as f:
+            f.write(part)
+    return {"saved_bytes": len(saved[0]), "compressed_bytes": len(blob), "parts": len(parts)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+RUN_LABELS = {
+    "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
+    "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
+    "confiner_4+5_modelscope_staged": "ConFiner 4+5, ModelScope temporal, staged residency",
+    "modelscope_100": "ModelScope T2V, 100 steps",
+    "modelscope_50": "ModelScope T2V, 50 steps",
+    "animatediff_25": "AnimateDiff, 25 steps",
+}
+
+
+def ratios(runs: dict) -> dict:
+    out = {}
+    for c in ("confiner_4+5_modelscope", "confiner_4+5_animatediff"):
+        for base in ("modelscope_100", "modelscope_50", "animatediff_25"):
+            if runs.get(c) and runs.get(base):
+                short = c.replace("confiner_4+5_", "confiner_")
+                out[f"ratio_{short}_to_{base}"] = runs[c]["wall_s"] / runs[base]["wall_s"]
+                out[f"flop_ratio_{short}_to_{base}"] = runs[c]["tflop"] / runs[base]["tflop"]
+    return out
+
 
 def markdown(res: dict) -> str:
-    r = res["runs"]
-    lines = [f"### Settings: {res['settings']} ({res['device_name']}, torch {res['torch']}, {res['date']})", "",
-             "| run | median s | runs (s) | expert evals | network forwards | overhead | peak GPU GiB |",
-             "|---|---|---|---|---|---|---|"]
-    for name, v in r.items():
-        ev = sum(v.get("evaluations", {}).values())
-        fw = sum(v.get("forwards", {}).values()) if v.get("forwards") else ""
-        oh = f"{100 * v['overhead_fraction']:.1f} %" if v.get("overhead_fraction") is not None else ""
-        pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
-        lines.append(f"| {name} | {v['wall_s']:.3f} | {v['runs_s']} | {ev} | {fw} | {oh} | {pk} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in res["ratios"].items()]
+    lines = [f"Device {res['device_name']}, torch {res['torch']}, diffusers {res['diffusers']}, {res['date']}.", ""]
+    for setting, table in res["tables"].items():
+        lines += [f"### {setting}: {table['settings']}", "",
+                  "| run | median s | runs (s) | warm-up s | expert evals | TFLOP | TFLOP/s | overhead | peak GPU GiB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, v in table["runs"].items():
+            if v is None:
+                lines.append(f"| {RUN_LABELS.get(name, name)} | skipped (deadline) | | | | | | | |")
+                continue
+            ev = sum(v.get("evaluations", {}).values())
+            oh = f"{100 * v['overhead_fraction']:.1f} %" if v.get("overhead_fraction") is not None else ""
+            pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
+            lines.append(f"| {RUN_LABELS.get(name, name)} | {v['wall_s']:.3f} | {', '.join(f'{r:.3f}' for r in v['runs_s'])} "
+                         f"| {v['warmup_s']:.1f} | {ev} | {v['tflop']:.1f} | {v['achieved_tflops']:.0f} | {oh} | {pk} |")
+        lines += ["", "| ratio | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
+        if table.get("launch_probe"):
+            lines += ["", "| one forward | CPU issue s | GPU s |", "|---|---|---|"]
+            lines += [f"| {k} | {v['cpu_issue_s']:.4f} | {v['gpu_s']:.4f} |" for k, v in table["launch_probe"].items()]
+        lines.append("")
+    if res["long"]:
+        lines += [f"### ConFiner-Long ({res['long_settings']})", "",
+                  "| frames | wall s | expert evals | s per frame | peak GPU GiB |", "|---|---|---|---|---|"]
+        for frames, v in res["long"].items():
+            if v is None:
+                lines.append(f"| {frames} | skipped (deadline) | | | |")
+                continue
+            pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
+            lines.append(f"| {frames} | {v['wall_s']:.2f} | {sum(v['evaluations'].values())} "
+                         f"| {v['wall_s'] / int(frames):.3f} | {pk} |")
     return "\n".join(lines) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", choices=("eager", "best"), default="eager")
+    ap.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["eager", "best"])
+    ap.add_argument("--compile", choices=("none", "blocks", "full"), default=FAST.compile,
+                    help="torch.compile scope of the 'best' settings")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--long", type=int, nargs="*", default=[64, 256, 600])
+    ap.add_argument("--long-settings", choices=tuple(SETTINGS), default="eager")
     ap.add_argument("--decode-chunk", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=None, help="subset of runs by name prefix")
-    ap.add_argument("--compile", action="store_true", help="with --settings best: torch.compile every UNet "
-                    "(on an H100 compiling the three UNets took over 6 minutes)")
     ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency run")
+    ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
+    ap.add_argument("--cache-in", default=None, help="glob of compile-cache parts from an earlier --cache-out")
+    ap.add_argument("--cache-out", default=None, help="folder for this call's compile-cache parts")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    SETTINGS["best"] = SpeedSettings(**{**FAST.__dict__, "compile": a.compile})
     b = Bench(a)
     dev = b.device
-    if a.settings == "best":
-        apply_best_settings(b.models, dev, a.compile)
-    resident = Residency(b.models, dev, staged=False)
-    warm = a.warmup + (1 if a.compile else 0)
-    jobs = {
-        "confiner_4+5_modelscope": lambda: b.confiner("ms", resident),
-        "confiner_4+5_animatediff": lambda: b.confiner("ad", resident),
-        "modelscope_50": lambda: b.baseline("ms", 50, resident, "leading", 1),
-        "modelscope_100": lambda: b.baseline("ms", 100, resident, "leading", 1),
-        "animatediff_25": lambda: b.baseline("ad", 25, resident, "linspace", 0),
-    }
-    runs = {}
-    for name, fn in jobs.items():
-        if a.only and not any(name.startswith(p) for p in a.only):
-            continue
-        reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
-        runs[name] = timed(fn, dev, warm, reps, b.timer)
-        print(f"{name}: {runs[name]['wall_s']:.3f} s", flush=True)
-    for frames in a.long:
-        name = f"confiner_long_{frames}"
-        if a.only and not any(name.startswith(p) for p in a.only):
-            continue
-        runs[name] = timed(lambda: b.long(frames, resident), dev, 0 if frames > 64 else 1, 1, b.timer)
-        print(f"{name}: {runs[name]['wall_s']:.3f} s", flush=True)
-    if dev.type == "cuda" and not a.no_staged and (not a.only or any(p.startswith("confiner_4+5_modelscope") for p in a.only)):
-        # the memory-lean variant: only the experts in use resident (pinned host copies for the others)
-        for m in b.models.values():
-            m.to("cpu")
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        staged = Residency(b.models, dev, staged=True)
-        runs["confiner_4+5_modelscope_staged"] = timed(lambda: b.confiner("ms", staged), dev, warm, a.repeats,
-                                                       b.timer)
-        print(f"staged: {runs['confiner_4+5_modelscope_staged']['wall_s']:.3f} s", flush=True)
-    ratios = {}
-    for c in ("confiner_4+5_modelscope", "confiner_4+5_animatediff"):
-        for base in ("modelscope_100", "modelscope_50", "animatediff_25"):
-            if c in runs and base in runs:
-                ratios[f"ratio_{c.replace('confiner_4+5_', 'confiner_')}_to_{base}"] = \
-                    runs[c]["wall_s"] / runs[base]["wall_s"]
-    res = {"settings": a.settings + (" + torch.compile" if a.compile else " (channels_last)" if a.settings == "best" else ""), "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-           "torch": torch.__version__, "date": datetime.date.today().isoformat(), "size": a.size, "frames": 16,
-           "tiny": a.tiny, "build_s": b.build_s,
-           "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "runs": runs, "ratios": ratios}
-    with open(os.path.join(a.out, f"results_{a.settings}.json"), "w") as f:
-        json.dump(res, f, indent=2, default=float)
-    md = markdown(res)
-    with open(os.path.join(a.out, f"results_{a.settings}.md"), "w") as f:
-        f.write(md)
-    print(md)
+    res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
+           "frames": 16, "tiny": a.tiny, "build_s": b.build_s, "deadline_s": a.deadline,
+           "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()},
+           "tables": {}, "long": {}, "long_settings": a.long_settings, "compile_cache": {}}
+    if a.cache_in:
+        res["compile_cache"]["in"] = load_compile_cache(a.cache_in)
+
+    def save():
+        res["elapsed_s"] = elapsed()
+        with open(os.path.join(a.out, "results.json"), "w") as f:
+            json.dump(res, f, indent=2, default=float)
+        with open(os.path.join(a.out, "results.md"), "w") as f:
+            f.write(markdown(res))
+
+    def wanted(name):
+        return not a.only or any(name.startswith(p) for p in a.only)
+
+    for setting in a.settings:
+        table = res["tables"][setting] = {"settings": SETTINGS[setting].describe(), "runs": {}, "ratios": {}}
+        table["applied"] = b.speed_up(SETTINGS[setting])
+        resident = Residency(b.models, dev, staged=False)
+        jobs = {
+            "confiner_4+5_modelscope": (lambda: b.confiner("ms", resident), None),
+            "confiner_4+5_animatediff": (lambda: b.confiner("ad", resident), None),
+            "modelscope_100": (lambda: b.baseline("ms", 100, resident, "leading", 1),
+                               lambda: b.baseline("ms", 2, resident, "leading", 1)),
+            "modelscope_50": (lambda: b.baseline("ms", 50, resident, "leading", 1),
+                              lambda: b.baseline("ms", 2, resident, "leading", 1)),
+            "animatediff_25": (lambda: b.baseline("ad", 25, resident, "linspace", 0),
+                               lambda: b.baseline("ad", 2, resident, "linspace", 0)),
+        }
+        for name, (fn, warmup) in jobs.items():
+            if wanted(name):
+                reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
+                table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, PRIOR_S[name], warmup)
+                print(f"[{elapsed():6.0f} s] {setting} {name}: "
+                      f"{table['runs'][name] and round(table['runs'][name]['wall_s'], 3)}", flush=True)
+                table["ratios"] = ratios(table["runs"])
+                if setting != "eager" and a.cache_out and name == "confiner_4+5_modelscope":
+                    res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
+                save()
+        table["launch_probe"] = b.launch_probe()
+        if dev.type == "cuda" and not a.no_staged and wanted("confiner_4+5_modelscope"):
+            # the memory-lean variant: only the experts in use on the GPU, the others in pinned host memory
+            del resident
+            torch.cuda.reset_peak_memory_stats()
+            staged = Residency(b.models, dev, staged=True)
+            name = "confiner_4+5_modelscope_staged"
+            table["runs"][name] = timed(lambda: b.confiner("ms", staged), dev, a.repeats, b.timer, b.flops,
+                                        a.deadline, PRIOR_S[name])
+            print(f"[{elapsed():6.0f} s] {setting} staged: {table['runs'][name] and table['runs'][name]['wall_s']}",
+                  flush=True)
+            del staged
+        if setting != "eager" and a.cache_out:
+            res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
+        save()
+        if setting == a.long_settings:
+            resident = Residency(b.models, dev, staged=False)
+            for frames in a.long:
+                prior = frames * PRIOR_S["long_per_frame"] * (1 if not a.tiny else 0.01)
+                res["long"][str(frames)] = timed(lambda: b.long(frames, resident), dev, 1, b.timer, b.flops,
+                                                 a.deadline, prior, warmup=lambda: None)
+                print(f"[{elapsed():6.0f} s] long {frames}: "
+                      f"{res['long'][str(frames)] and round(res['long'][str(frames)]['wall_s'], 2)}", flush=True)
+                save()
+    print(markdown(res))
 
 
 if __name__ == "__main__":
