@@ -479,10 +479,10 @@ def markdown(res: dict) -> str:
             lines += ["", "| one forward | CPU issue s | GPU s |", "|---|---|---|"]
             lines += [f"| {k} | {v['cpu_issue_s']:.4f} | {v['gpu_s']:.4f} |" for k, v in table["launch_probe"].items()]
         lines.append("")
-    if res["long"]:
-        lines += [f"### ConFiner-Long ({res['long_settings']})", "",
+    for setting, long in res["long"].items():
+        lines += [f"### ConFiner-Long, {setting}: {long['settings']}", "",
                   "| frames | wall s | expert evals | s per frame | peak GPU GiB |", "|---|---|---|---|---|"]
-        for frames, v in res["long"].items():
+        for frames, v in long["runs"].items():
             if v is None:
                 lines.append(f"| {frames} | skipped (deadline) | | | |")
                 continue
@@ -503,10 +503,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=3)
     ap.add_argument("--long", type=int, nargs="*", default=[64, 256, 600])
-    ap.add_argument("--long-settings", choices=tuple(SETTINGS), default="eager")
+    ap.add_argument("--long-settings", nargs="*", choices=tuple(SETTINGS), default=["eager"],
+                    help="the tables after which the long videos run")
     ap.add_argument("--decode-chunk", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=None, help="subset of runs by name prefix")
     ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency run")
+    ap.add_argument("--no-probe", action="store_true", help="skip the launch probe (CPU issue vs GPU time)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     ap.add_argument("--cache-in", default=None, help="glob of compile-cache parts from an earlier --cache-out")
     ap.add_argument("--cache-out", default=None, help="folder for this call's compile-cache parts")
@@ -520,7 +522,7 @@ def main():
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "build_s": b.build_s, "deadline_s": a.deadline,
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()},
-           "tables": {}, "long": {}, "long_settings": a.long_settings, "compile_cache": {}}
+           "tables": {}, "long": {}, "compile_cache": {}}
     if a.cache_in:
         res["compile_cache"]["in"] = load_compile_cache(a.cache_in)
 
@@ -558,7 +560,8 @@ def main():
                 if setting != "eager" and a.cache_out and name == "confiner_4+5_modelscope":
                     res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
                 save()
-        table["launch_probe"] = b.launch_probe()
+        if not a.no_probe:
+            table["launch_probe"] = b.launch_probe()
         if dev.type == "cuda" and not a.no_staged and wanted("confiner_4+5_modelscope"):
             # the memory-lean variant: only the experts in use on the GPU, the others in pinned host memory
             del resident
@@ -573,14 +576,17 @@ def main():
         if setting != "eager" and a.cache_out:
             res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
         save()
-        if setting == a.long_settings:
+        if setting in a.long_settings and a.long:
+            # one run each; the warm-up is a 16-frame ConFiner run, which has every shape a long run uses
             resident = Residency(b.models, dev, staged=False)
+            long = res["long"][setting] = {"settings": SETTINGS[setting].describe(), "runs": {}}
+            warmup = lambda: b.confiner("ms", resident)  # noqa: E731
             for frames in a.long:
                 prior = frames * PRIOR_S["long_per_frame"] * (1 if not a.tiny else 0.01)
-                res["long"][str(frames)] = timed(lambda: b.long(frames, resident), dev, 1, b.timer, b.flops,
-                                                 a.deadline, prior, warmup=lambda: None)
-                print(f"[{elapsed():6.0f} s] long {frames}: "
-                      f"{res['long'][str(frames)] and round(res['long'][str(frames)]['wall_s'], 2)}", flush=True)
+                run = long["runs"][str(frames)] = timed(lambda: b.long(frames, resident), dev, 1, b.timer, b.flops,
+                                                        a.deadline, prior, warmup=warmup)
+                warmup = lambda: None  # noqa: E731
+                print(f"[{elapsed():6.0f} s] {setting} long {frames}: {run and round(run['wall_s'], 2)}", flush=True)
                 save()
     print(markdown(res))
 
