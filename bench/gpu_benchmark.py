@@ -20,8 +20,7 @@ synchronised around every run. Expert, text-encoder and VAE time come from CUDA 
 "orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on meta-device copies
 (``torch.utils.flop_counter``), which gives the arithmetic ratio and floor. ``--deadline`` trims repeats (never
 below one) and skips what cannot finish, and results are written after every run, so a call that runs out of
-time still returns what it measured. ``--cache-out`` saves torch.compile's artifacts (mega-cache) for
-``--cache-in`` in a later call.
+time still returns what it measured.
 
     python bench/gpu_benchmark.py --settings eager best --out $OUT          # on the GPU machine
     python bench/gpu_benchmark.py --tiny --device cpu --settings eager best --long 32 --out /tmp/bench  # CPU smoke
@@ -31,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
-import lzma
 import os
 import sys
 import time
@@ -404,37 +401,6 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Compile cache (torch's mega-cache), carried between calls as lzma parts
-
-CACHE_PART_BYTES = 15 * 2**20
-
-
-def load_compile_cache(pattern: str) -> dict:
-    parts = sorted(glob.glob(pattern))
-    if not parts:
-        return {"loaded_bytes": 0}
-    blob = lzma.decompress(b"".join(open(p, "rb").read() for p in parts))
-    torch.compiler.load_cache_artifacts(blob)
-    return {"loaded_bytes": len(blob), "parts": len(parts)}
-
-
-def save_compile_cache(out_dir: str, max_parts: int = 4) -> dict:
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None:
-        return {"saved_bytes": 0}
-    blob = lzma.compress(saved[0], preset=1)
-    parts = [blob[i:i + CACHE_PART_BYTES] for i in range(0, len(blob), CACHE_PART_BYTES)]
-    if len(parts) > max_parts:
-        return {"saved_bytes": 0, "too_big_bytes": len(blob)}
-    for old in glob.glob(os.path.join(out_dir, "compile_cache.xz.*")):
-        os.remove(old)
-    for i, part in enumerate(parts):
-        with open(os.path.join(out_dir, f"compile_cache.xz.{i}"), "wb") as f:
-            f.write(part)
-    return {"saved_bytes": len(saved[0]), "compressed_bytes": len(blob), "parts": len(parts)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Tables
 
 RUN_LABELS = {
@@ -510,8 +476,6 @@ def main():
     ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency run")
     ap.add_argument("--no-probe", action="store_true", help="skip the launch probe (CPU issue vs GPU time)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
-    ap.add_argument("--cache-in", default=None, help="glob of compile-cache parts from an earlier --cache-out")
-    ap.add_argument("--cache-out", default=None, help="folder for this call's compile-cache parts")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -522,9 +486,7 @@ def main():
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "build_s": b.build_s, "deadline_s": a.deadline,
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()},
-           "tables": {}, "long": {}, "compile_cache": {}}
-    if a.cache_in:
-        res["compile_cache"]["in"] = load_compile_cache(a.cache_in)
+           "tables": {}, "long": {}}
 
     def save():
         res["elapsed_s"] = elapsed()
@@ -557,8 +519,6 @@ def main():
                 print(f"[{elapsed():6.0f} s] {setting} {name}: "
                       f"{table['runs'][name] and round(table['runs'][name]['wall_s'], 3)}", flush=True)
                 table["ratios"] = ratios(table["runs"])
-                if setting != "eager" and a.cache_out and name == "confiner_4+5_modelscope":
-                    res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
                 save()
         if not a.no_probe:
             table["launch_probe"] = b.launch_probe()
@@ -573,8 +533,6 @@ def main():
             print(f"[{elapsed():6.0f} s] {setting} staged: {table['runs'][name] and table['runs'][name]['wall_s']}",
                   flush=True)
             del staged
-        if setting != "eager" and a.cache_out:
-            res["compile_cache"]["out"] = save_compile_cache(a.cache_out)
         save()
         if setting in a.long_settings and a.long:
             # one run each; the warm-up is a 16-frame ConFiner run, which has every shape a long run uses

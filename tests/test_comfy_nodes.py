@@ -169,3 +169,9 @@ def test_object_patched_schedule_is_used(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:patched_schedule_is_respected", comfy_worker.checkpoint_name)
     assert abs(r["plain"] - 14.6146) < 1e-3
     assert abs(r["patched"] - 25.1461) < 1e-3
+
+
+def test_comfys_torch_compile_node_composes(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:torch_compile_node_composes", comfy_worker.checkpoint_name)
+    print(r)
+    assert 0

@@ -89,6 +89,53 @@ def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
     return {"evaluations": sum(log.evaluations.values()), **calls, "finite": bool(torch.isfinite(out).all())}
 
 
+def torch_compile_node_composes(ckpt_name: str) -> dict:
+    """ComfyUI's own TorchCompileModel node (its APPLY_MODEL wrapper swaps in the torch.compile'd diffusion_model) on
+    the control expert: every evaluation must run the compiled graph and give the eager result. The backend is a
+    counting callable that runs the captured FX graph as is (no inductor), so this stays fast on CPU."""
+    import torch
+
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS.get("TorchCompileModel")
+    if node is None:
+        return {"available": False, "reason": "this ComfyUI has no TorchCompileModel node (comfy_extras/nodes_torch_compile.py)"}
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    log_mod = _pack_module("confiner_core.experts")
+    model, cond = _load(ckpt_name)
+    counts = {"graphs": 0, "calls": 0}
+
+    def counting_backend(gm, example_inputs):
+        counts["graphs"] += 1
+
+        def run(*args):
+            counts["calls"] += 1
+            return gm.forward(*args)
+        return run
+
+    def control_stage(m):
+        log = log_mod.EvaluationLog()
+        d = host.bind(m, cond, cond, 3.0, "control", 0, log)
+        noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+        out = chain.generate_structure(d, noise, chain.ChainConfig(control_steps=3), torch.Generator().manual_seed(0))
+        return out, sum(log.evaluations.values())
+
+    torch._dynamo.reset()
+    try:
+        plain, plain_evals = control_stage(model.clone())
+        # exactly what the node does (0.8.x also passes options={"guard_filter_fn": ...}), with our backend callable
+        compiled_model = node.execute(model, backend=counting_backend).result[0]
+        compile_kwargs = compiled_model.model_options.get("torch_compile_kwargs", {})
+        compiled, evals = control_stage(compiled_model)
+    finally:
+        torch._dynamo.reset()  # drop the compiled entries cached on UNetModel.forward for the rest of the worker
+    return {"available": True, "evaluations": evals, "plain_evaluations": plain_evals, **counts,
+            "options_passed": compile_kwargs.get("options") is not None,  # torch.compile pops guard_filter_fn from it
+            "max_abs_diff": float((plain - compiled).abs().max()), "scale": float(plain.abs().max()),
+            "finite": bool(torch.isfinite(compiled).all())}
+
+
 def patched_schedule_is_respected(ckpt_name: str) -> dict:
     """An object-patched model_sampling (what ADE's 'sqrt_linear (AnimateDiff)' beta schedule does) must become the
     expert's schedule: sigma_max 25.146 instead of SD's 14.615."""
