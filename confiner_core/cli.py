@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--fps", type=float, default=8.0)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--speed", choices=("eager", "fast"), default="eager",
+                   help="checkpoints: 'fast' adds channels_last, cuDNN autotuning and regional torch.compile "
+                        "(minutes of compiling on first use, then ~1.5x faster on an H100)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("evaluate", help="offline quality metrics of a video file or a directory of frames")
     e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads) or a directory of PNG/JPG frames")
@@ -79,7 +82,7 @@ def request_from_args(a: argparse.Namespace):
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, chain=chain,
+                           device=a.device, speed=a.speed, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger))

@@ -39,6 +39,7 @@ class GenerateRequest:
     refine_cfg: float | None = None
     fps: float = 8.0
     device: str = "cpu"
+    speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
 
@@ -87,8 +88,10 @@ def load_backend(req: GenerateRequest) -> Backend:
                        "embedded default: exact posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
 
+    from .diffusers_backend.speed import EAGER, FAST
+
     loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                          device=req.device)
+                          device=req.device, speed={"eager": EAGER, "fast": FAST}[req.speed])
     return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
                    "diffusers checkpoints")
 

@@ -9,8 +9,8 @@ from diffusers.utils import logging as diffusers_logging
 import tiny_diffusers as T
 from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, run_chain
-from confiner_core.diffusers_backend import (FrameExpert, MotionExpert, PromptEncoder, UNet3DExpert, detect_kind,
-                                             infer_motion_config, load_experts, load_motion_file)
+from confiner_core.diffusers_backend import (FrameExpert, MotionExpert, PromptEncoder, SpeedSettings, UNet3DExpert,
+                                             detect_kind, infer_motion_config, load_experts, load_motion_file)
 from confiner_core.diffusers_backend.text import final_layer_norm
 from confiner_core.experts import EvaluationLog
 
@@ -118,6 +118,27 @@ def test_cfg_is_one_batched_call_equal_to_separate_calls(loaded, role):
     log = EvaluationLog()
     expert.bind("the dog", "", guidance_scale=5.0, log=log)(torch.randn(B, 4, F, H, W), 500)
     assert log.as_dict()["evaluations"] == {"unstaged": 1} and log.as_dict()["forwards"] == {"unstaged": 1}
+
+
+def test_speed_settings_at_load_compile_every_expert_without_changing_outputs(paths, loaded):
+    from test_speed import CountingBackend
+
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    fast = load_experts(control=paths["ad"], spatial=paths["sd"], temporal=paths["t2v"],
+                        speed=SpeedSettings(channels_last=True, compile="blocks", backend=backend))
+    try:
+        for role in ("control", "spatial", "temporal"):
+            x, cond = native_latent(loaded[role]), [loaded[role].encode("a cat")]
+            calls = backend.calls
+            torch.testing.assert_close(fast[role].forward(x, T_FLOAT, cond)[0], loaded[role].forward(x, T_FLOAT, cond)[0],
+                                       rtol=1e-5, atol=1e-5)
+            assert backend.calls > calls, f"the {role} expert did not run through compiled blocks"
+        latent, calls = torch.randn(1, 4, 2, H, W), backend.calls
+        torch.testing.assert_close(fast.decode(latent), loaded.decode(latent), rtol=0, atol=1)  # uint8 frames
+        assert backend.calls > calls, "the VAE decoder did not run through compiled blocks"
+    finally:
+        torch._dynamo.reset()
 
 
 def test_forward_casts_to_the_unet_dtype_and_returns_float32(paths, loaded):

@@ -42,6 +42,7 @@ from safetensors.torch import load_file
 
 from . import checks
 from .experts import SD_LATENT_SCALING, DiffusersExpert, expert_for
+from .speed import SpeedSettings, apply_speed_settings
 from .text import PromptEncoder
 from .vae import DEFAULT_CHUNK_FRAMES, VideoDecoder
 
@@ -386,14 +387,15 @@ class _Loader:
 
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
-                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> LoadedExperts:
+                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES, speed: SpeedSettings | None = None) -> LoadedExperts:
     """Load the chain's experts from local paths and check that they fit together, before any sampling.
 
     ``control`` and ``temporal`` (optional: ``None`` for the spatial-only mode) accept an AnimateDiff folder, a
     ModelScope T2V folder, a MotionAdapter folder or a motion-module ``.safetensors``; ``spatial`` an SD 1.5
     folder or single-file checkpoint (see the module docstring). ``base``: local diffusers SD 1.5 folder for
     single-file configs and as the motion modules' SD model. ``dtype``: default fp16 on accelerators, fp32 on
-    the CPU. ``motion_config``: MotionAdapter config (folder or json) for motion-module files whose heads or norm
+    the CPU. ``speed``: speed settings (``speed.FAST``: channels_last, cuDNN autotuning, regional
+    torch.compile) for every UNet and the VAE decoder, applied after the checks; default none. ``motion_config``: MotionAdapter config (folder or json) for motion-module files whose heads or norm
     groups differ from AnimateDiff's. ``scheduler_overrides``: role -> scheduler-config entries that replace the
     default override (AnimateDiff experts get linear betas). The decoder is the spatial model's VAE.
 
@@ -413,4 +415,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     experts = {role: loader.expert(role, path) if path is not None else None for role, path in roles.items()}
     decoder = VideoDecoder(loader.sd(spatial).vae, decode_chunk_frames)
     checks.validate_experts(experts, decoder)
+    if speed is not None:
+        unets = {id(e.unet): e.unet for e in experts.values() if e is not None}  # a UNet shared by roles once
+        apply_speed_settings([*unets.values(), decoder.vae.decoder], speed)
     return LoadedExperts(experts, decoder)
