@@ -173,5 +173,13 @@ def test_object_patched_schedule_is_used(comfy_worker):
 
 def test_comfys_torch_compile_node_composes(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:torch_compile_node_composes", comfy_worker.checkpoint_name)
-    print(r)
-    assert 0
+    if not r["available"]:
+        pytest.skip(r["reason"])
+    assert r["finite"] and r["evaluations"] == 3 and r["graphs"] >= 1
+    # one apply_model per evaluation, each running compiled graphs: the same number every time (more than one per
+    # evaluation, as Dynamo splits the UNet at graph breaks in ComfyUI's own code, e.g. its wrapper executors and the
+    # CPU sub-quadratic attention's free-memory query)
+    per_evaluation = [a["calls"] for a in r["per_apply_model"]]
+    assert len(per_evaluation) == r["evaluations"] and per_evaluation[0] >= 1
+    assert per_evaluation == [per_evaluation[0]] * r["evaluations"] and r["calls"] == sum(per_evaluation)
+    assert r["max_abs_diff"] == 0.0  # the backend runs the captured graphs with the eager kernels: bit-identical

@@ -90,11 +90,12 @@ def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
 
 
 def torch_compile_node_composes(ckpt_name: str) -> dict:
-    """ComfyUI's own TorchCompileModel node (its APPLY_MODEL wrapper swaps in the torch.compile'd diffusion_model) on
-    the control expert: every evaluation must run the compiled graph and give the eager result. The backend is a
-    counting callable that runs the captured FX graph as is (no inductor), so this stays fast on CPU."""
+    """ComfyUI's own TorchCompileModel node (an APPLY_MODEL wrapper that swaps in the torch.compile'd diffusion_model)
+    on the control expert: every evaluation must run compiled graphs and give the eager result. The backend is a
+    counting callable that runs Dynamo's captured FX graphs as they are (no inductor), so this stays fast on CPU."""
     import torch
 
+    import comfy.patcher_extension as pe
     import nodes
 
     node = nodes.NODE_CLASS_MAPPINGS.get("TorchCompileModel")
@@ -105,6 +106,7 @@ def torch_compile_node_composes(ckpt_name: str) -> dict:
     log_mod = _pack_module("confiner_core.experts")
     model, cond = _load(ckpt_name)
     counts = {"graphs": 0, "calls": 0}
+    per_apply = []
 
     def counting_backend(gm, example_inputs):
         counts["graphs"] += 1
@@ -113,6 +115,12 @@ def torch_compile_node_composes(ckpt_name: str) -> dict:
             counts["calls"] += 1
             return gm.forward(*args)
         return run
+
+    def per_evaluation(executor, *args, **kwargs):  # added after the node's wrapper, so it runs inside its swap
+        before = dict(counts)
+        out = executor(*args, **kwargs)
+        per_apply.append({k: counts[k] - before[k] for k in counts})
+        return out
 
     def control_stage(m):
         log = log_mod.EvaluationLog()
@@ -123,17 +131,18 @@ def torch_compile_node_composes(ckpt_name: str) -> dict:
 
     torch._dynamo.reset()
     try:
-        plain, plain_evals = control_stage(model.clone())
-        # exactly what the node does (0.8.x also passes options={"guard_filter_fn": ...}), with our backend callable
+        plain, _ = control_stage(model.clone())
+        # the node itself, our callable as its backend: 0.8.x also passes options={"guard_filter_fn": ...}, which
+        # torch.compile pops before building the backend, so a plain (gm, example_inputs) callable works
         compiled_model = node.execute(model, backend=counting_backend).result[0]
-        compile_kwargs = compiled_model.model_options.get("torch_compile_kwargs", {})
-        compiled, evals = control_stage(compiled_model)
+        options = compiled_model.model_options["torch_compile_kwargs"]["options"]
+        compiled_model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "confiner-test", per_evaluation)
+        compiled, evaluations = control_stage(compiled_model)
     finally:
-        torch._dynamo.reset()  # drop the compiled entries cached on UNetModel.forward for the rest of the worker
-    return {"available": True, "evaluations": evals, "plain_evaluations": plain_evals, **counts,
-            "options_passed": compile_kwargs.get("options") is not None,  # torch.compile pops guard_filter_fn from it
-            "max_abs_diff": float((plain - compiled).abs().max()), "scale": float(plain.abs().max()),
-            "finite": bool(torch.isfinite(compiled).all())}
+        torch._dynamo.reset()  # drop the compiled code cached on ComfyUI's module code objects for the rest of the worker
+    return {"available": True, "evaluations": evaluations, **counts, "per_apply_model": per_apply,
+            "options_passed": options is not None, "finite": bool(torch.isfinite(compiled).all()),
+            "max_abs_diff": float((plain - compiled).abs().max()), "scale": float(plain.abs().max())}
 
 
 def patched_schedule_is_respected(ckpt_name: str) -> dict:
