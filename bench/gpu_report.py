@@ -179,7 +179,7 @@ def main():
           "Each figure is the median of 3 runs after one warm-up run, excluded (ConFiner: a full run; baselines: a "
           "2-step run of the same sampler at the same shapes, which is what compiles and autotunes); CUDA is "
           "synchronised around every run. \"Overhead\" is wall time outside the UNet, text-encoder and VAE-decoder "
-          "calls (CUDA events around each call). TFLOP are counted per call on meta-device copies of the models "
+          "calls (CUDA events around each call); in the staged runs it includes the weight uploads. TFLOP are counted per call on meta-device copies of the models "
           "(`torch.utils.flop_counter`); TFLOP/s is that over the wall time.", "",
           f"## Table 1: plain eager fp16 ({e['settings']}: SDPA attention, diffusers defaults)", ""]
     md += run_table(er)
