@@ -13,14 +13,12 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RAW = os.path.join(HERE, "gpu_results")
 sys.path.insert(0, HERE)
+
+import gpu_benchmark as g  # noqa: E402  (the run labels and the FLOP counter)
+
 TABLES = "h100_call1_tables.json"  # both tables, one process
 LONG = {"eager": "h100_call2_long_eager.json", "best": "h100_call3_long_best.json"}
-RUNS = [("confiner_4+5_modelscope", "ConFiner 4+5, ModelScope temporal (paper set-up)"),
-        ("confiner_4+5_animatediff", "ConFiner 4+5, AnimateDiff temporal"),
-        ("confiner_4+5_modelscope_staged", "ConFiner 4+5, ModelScope temporal, staged residency"),
-        ("modelscope_100", "ModelScope T2V, 100 steps"),
-        ("modelscope_50", "ModelScope T2V, 50 steps"),
-        ("animatediff_25", "AnimateDiff, 25 steps")]
+RUNS = list(g.RUN_LABELS.items())  # (key, label) in table order
 TARGET_S, TARGET_RATIO, TARGET_OVERHEAD, TARGET_GB = 1.5, 0.10, 0.03, 8.0
 MATMUL_PEAK_TFLOPS = 798  # 8192^3 bf16 matrix product on this machine kind (device KINDS.md, 2026-11-13)
 
@@ -78,8 +76,6 @@ def figures(tables: dict, longs: dict) -> dict:
 def forward_tflop() -> dict:
     """TFLOP of one forward of each expert at the benchmark's shapes, counted on meta-device copies."""
     import torch
-
-    import gpu_benchmark as g
 
     fc = g.FlopCounter(g.build(g.FULL, torch.float16, "meta"))
     h, f16 = 64, torch.float16
