@@ -29,6 +29,7 @@ time still returns what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -50,7 +51,7 @@ from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
-from confiner_core.diffusers_backend.speed import EAGER, FAST, SpeedSettings, apply_speed_settings  # noqa: E402
+from confiner_core.diffusers_backend.speed import COMPILE_SCOPES, EAGER, FAST, SpeedSettings, apply_speed_settings  # noqa: E402
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import VideoDecoder  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
@@ -461,7 +462,7 @@ def markdown(res: dict) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["eager", "best"])
-    ap.add_argument("--compile", choices=("none", "blocks", "full"), default=FAST.compile,
+    ap.add_argument("--compile", choices=COMPILE_SCOPES, default=FAST.compile,
                     help="torch.compile scope of the 'best' settings")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
@@ -479,7 +480,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    SETTINGS["best"] = SpeedSettings(**{**FAST.__dict__, "compile": a.compile})
+    SETTINGS["best"] = dataclasses.replace(FAST, compile=a.compile)
     b = Bench(a)
     dev = b.device
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -66,6 +66,8 @@ class GenerateRequest:
         for p in given + ([self.base] if self.base else []):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"checkpoint path {p!r} does not exist")
+        if self.speed not in ("eager", "fast"):
+            raise ValueError(f"--speed must be 'eager' or 'fast', got {self.speed!r}")
         self.chain.validate()
         self.long.validate()
         if self.is_long:
@@ -88,10 +90,10 @@ def load_backend(req: GenerateRequest) -> Backend:
                        "embedded default: exact posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
 
-    from .diffusers_backend.speed import EAGER, FAST
+    from .diffusers_backend.speed import PRESETS
 
     loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                          device=req.device, speed={"eager": EAGER, "fast": FAST}[req.speed])
+                          device=req.device, speed=PRESETS[req.speed])
     return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
                    "diffusers checkpoints")
 

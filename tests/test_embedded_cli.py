@@ -62,6 +62,13 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys, args, message):
     assert not os.path.exists(tmp_path / "x" / "video.mp4")
 
 
+def test_unknown_speed_preset_fails_before_loading():
+    from confiner_core.generate import GenerateRequest
+
+    with pytest.raises(ValueError, match="--speed must be 'eager' or 'fast', got 'FAST'"):
+        GenerateRequest(speed="FAST").validate()
+
+
 def test_embedded_experts_use_three_different_schedules():
     ex = embedded_experts()
     names = {k: e.schedule.name for k, e in ex.items()}

@@ -42,6 +42,7 @@ class SpeedSettings:
 
 EAGER = SpeedSettings()
 FAST = SpeedSettings(channels_last=True, cudnn_benchmark=True, compile="blocks")
+PRESETS = {"eager": EAGER, "fast": FAST}  # by name, as the command line takes them
 
 
 def to_channels_last(module: torch.nn.Module) -> int:
@@ -86,11 +87,12 @@ def apply_speed_settings(modules, settings: SpeedSettings) -> dict:
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0}
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
+    if settings.compile == "blocks":
+        allow_recompiles()
     for m in modules:
         if settings.channels_last:
             done["channels_last_tensors"] += to_channels_last(m)
         if settings.compile == "blocks":
-            allow_recompiles()
             done["compiled"] += compile_blocks(m, settings)
         elif settings.compile == "full":
             compile_forward(m, settings)
