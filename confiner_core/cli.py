@@ -1,26 +1,69 @@
-"""``python -m confiner_core generate ...``: the command line over :func:`confiner_core.generate.generate`."""
+"""``python -m confiner_core generate ...``: the command line over :func:`confiner_core.generate.generate`.
+
+Exit codes: 0 done; 2 a usage error (one line naming the option and what it accepts; nothing written);
+1 a failure while running (one line; nothing written); 130 interrupted (Ctrl-C; nothing written).
+``--debug`` or ``CONFINER_DEBUG=1`` adds the full traceback, for bug reports.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from .chain import MODES, ChainConfig
+from .errors import Interrupted, UsageError
 from .refine import TIMESTEP_MATCHING
+
+DEBUG_ENV = "CONFINER_DEBUG"
+PROMPT_HELP = ("text prompt (embedded default: 'a red ball bouncing over green grass'), or a prompt schedule with a "
+               "start key on every entry, in frames or seconds at --fps: '0: a red ball | 64: a blue ball' or "
+               "'0: a red ball | 2.5s: a blue ball'; text not starting with a key is one plain prompt")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def number(option: str):
+    """An argparse type that parses the option's number and names what it accepts when it cannot."""
+    from .generate import NUMBER_BY_OPTION
+
+    spec = NUMBER_BY_OPTION[option]
+
+    def parse(text: str):
+        try:
+            return spec.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {spec.accepted()}, got {text!r}") from None
+    parse.__name__ = spec.kind.__name__
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m confiner_core", description=__doc__)
+    from .generate import CONTROL_SAMPLERS, SPEEDS
+    from .long import NOISE_INITS
+
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
+    p = Parser(prog="python -m confiner_core", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate a video (embedded default unless checkpoints are given)")
-    g.add_argument("--prompt", default="", help="text prompt (embedded default: 'a red ball bouncing over green grass'); "
-                   "prompt travel: 'a red ball | 64: a blue ball'")
+    g = sub.add_parser("generate", parents=[common],
+                       help="generate a video (embedded default unless checkpoints are given)")
+    g.add_argument("--prompt", default="", help=PROMPT_HELP)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--frames", type=int, default=16)
-    g.add_argument("--height", type=int, default=256)
-    g.add_argument("--width", type=int, default=256)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json)")
+    g.add_argument("--frames", type=number("--frames"), default=16)
+    g.add_argument("--height", type=number("--height"), default=256)
+    g.add_argument("--width", type=number("--width"), default=256)
+    g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range)")
+    g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json); outputs "
+                   "are replaced only when a run completes")
     g.add_argument("--control", help="control expert: AnimateDiff(-Lightning) pipeline dir or motion module .safetensors")
     g.add_argument("--spatial", help="spatial expert: SD 1.5 diffusers dir or single-file .safetensors")
     g.add_argument("--temporal", help="temporal expert: ModelScope/AnimateDiff pipeline dir or motion module")
@@ -28,28 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=MODES, default="coordinated")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
-    g.add_argument("--te", type=int, default=100, help="structure noising timestep T_e")
-    g.add_argument("--control-steps", type=int, default=4)
-    g.add_argument("--refine-steps", type=int, default=5)
-    g.add_argument("--control-sampler", choices=("euler", "ddim"), default="euler")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta in refinement")
-    g.add_argument("--control-cfg", type=float, default=1.0)
-    g.add_argument("--cfg", type=float, default=None, help="refinement guidance (default 7.5; 1.0 for the embedded default)")
-    g.add_argument("--segment-length", type=int, default=16,
+    g.add_argument("--te", type=number("--te"), default=100, help="structure noising timestep T_e")
+    g.add_argument("--control-steps", type=number("--control-steps"), default=4)
+    g.add_argument("--refine-steps", type=number("--refine-steps"), default=5)
+    g.add_argument("--control-sampler", choices=CONTROL_SAMPLERS, default="euler")
+    g.add_argument("--eta", type=number("--eta"), default=0.0, help="DDIM eta in refinement")
+    g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0)
+    g.add_argument("--cfg", type=number("--cfg"), default=None,
+                   help="refinement guidance (default 7.5; 1.0 for the embedded default)")
+    g.add_argument("--segment-length", type=number("--segment-length"), default=16,
                    help="ConFiner-Long segment length L; longer videos are made of staggered segments")
-    g.add_argument("--noise-init", choices=("shuffle", "freenoise", "independent"), default="shuffle",
+    g.add_argument("--noise-init", choices=NOISE_INITS, default="shuffle",
                    help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
-    g.add_argument("--freenoise-window", type=int, default=16)
-    g.add_argument("--freenoise-stride", type=int, default=4)
-    g.add_argument("--gamma", type=float, default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
+    g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16)
+    g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=4)
+    g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
-    g.add_argument("--fps", type=float, default=8.0)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--speed", choices=("eager", "fast"), default="eager",
+    g.add_argument("--fps", type=number("--fps"), default=8.0)
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    g.add_argument("--speed", choices=SPEEDS, default="eager",
                    help="checkpoints: 'fast' adds channels_last, cuDNN autotuning and regional torch.compile "
                         "(minutes of compiling on first use, then ~1.5x faster on an H100)")
+    g.add_argument("--resume", action="store_true",
+                   help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
+                        "(same settings; the result is bit-identical to an uninterrupted run)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    e = sub.add_parser("evaluate", help="offline quality metrics of a video file or a directory of frames")
+    e = sub.add_parser("evaluate", parents=[common], help="offline quality metrics of a video file or a directory of frames")
     e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads) or a directory of PNG/JPG frames")
     e.add_argument("--junctions", type=int, nargs="*", default=None,
                    help="frame indices where segments meet, for the seam score (e.g. 16 32 48)")
@@ -59,17 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate_command(a: argparse.Namespace) -> int:
     import json
-    import math
 
     from . import metrics
 
-    scores = metrics.evaluate(metrics.read_video(a.video), junctions=a.junctions)
+    try:
+        frames = metrics.read_video(a.video)
+        scores = metrics.strict_scores(metrics.evaluate(frames, junctions=a.junctions))
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e), "video") from None
     if a.json:
-        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()},
-                         indent=2))
+        print(json.dumps(scores, indent=2, allow_nan=False))
     else:
+        undefined = scores.pop("undefined", {})
         for k, v in scores.items():
-            print(f"{k:>22}  {v:.4f}")
+            print(f"{k:>22}  {v:.4f}" if v is not None else f"{k:>22}  n/a ({undefined[k]})")
     return 0
 
 
@@ -82,32 +132,46 @@ def request_from_args(a: argparse.Namespace):
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, speed=a.speed, chain=chain,
+                           device=a.device, speed=a.speed, resume=a.resume, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        try:
-            return evaluate_command(args)
-        except (ValueError, FileNotFoundError) as e:
-            parser.exit(2, f"error: {e}\n")
+def generate_command(a: argparse.Namespace) -> int:
     from .generate import generate
 
-    try:
-        req = request_from_args(args)
-        report = generate(req, show_progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
+    report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
     s = report["seconds"]
-    print(f"wrote {args.out}/video.mp4, frames.png, report.json  "
+    print(f"wrote {a.out}/video.mp4, frames.png, report.json  "
           f"({report['frames']} frames, {report['total_expert_evaluations']} expert evaluations, {s['total']:.1f} s)")
     return 0
 
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure) or 130 (interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    command = generate_command if args.command == "generate" else evaluate_command
+    try:
+        return command(args)
+    except UsageError as e:
+        error, code, message = e, 2, f"error: {one_line(e)}"
+    except Interrupted as e:
+        error, code, message = e, 130, str(e)
+    except KeyboardInterrupt as e:
+        error, code, message = e, 130, "interrupted; nothing written"
+    except Exception as e:  # a failure while running: one line, the traceback only on request
+        hint = "" if debug else f" (for the traceback: --debug or {DEBUG_ENV}=1)"
+        error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{hint}"
+    if debug:
+        traceback.print_exception(error)
+    parser.exit(code, message + "\n")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import layout as L
+from .errors import NonFiniteError
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import NoiseSchedule
 
@@ -120,6 +121,8 @@ class Denoiser:
             uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
             out = uncond + self.guidance_scale * (cond - uncond)
             n = 2
+        if not bool(torch.isfinite(out).all()):  # one reduction per evaluation, cheap next to a network forward
+            raise NonFiniteError(non_finite_message(self, x_t, t))
         if self.log is not None:
             self.log.record(self.expert.forwards_per_call(n))
         return L.to_canonical(out, self.expert.layout, batch=x_t.shape[0])
@@ -131,6 +134,21 @@ class Denoiser:
     def with_prompt(self, prompt: str) -> "Denoiser":
         """The same expert and guidance with another positive prompt (prompt travel)."""
         return Denoiser(self.expert, self.expert.encode(prompt), self.negative, self.guidance_scale, self.log)
+
+
+def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float) -> str:
+    """Where NaN/inf appeared (stage, step, expert) and the likely cause."""
+    log = denoiser.log
+    stage = log.current if log is not None else "unstaged"
+    evaluation = f", evaluation {log.evaluations[stage] + 1} of the stage" if log is not None else ""
+    where = (f"expert {denoiser.expert.name!r} ({denoiser.expert.describe().get('class')}) at stage {stage!r}, "
+             f"step t={t:g}{evaluation}")
+    if not bool(torch.isfinite(x_t).all()):
+        return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "
+                f"(or the previous step overflowed); nothing was written")
+    return (f"{where} returned NaN or infinity (guidance scale {denoiser.guidance_scale:g}); likely causes: a cfg "
+            f"that is not finite or far too large, or fp16 overflow: load the experts in bfloat16 or float32; "
+            f"nothing was written")
 
 
 def check_expert(expert: Expert) -> None:

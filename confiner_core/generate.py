@@ -1,11 +1,23 @@
-"""One call from settings to files: build the experts, run the chain (or ConFiner-Long), decode, write.
+"""One call from settings to files: check everything, build the experts, run the chain (or ConFiner-Long), decode,
+write.
 
-Used by the command line (``python -m confiner_core generate``) and by scripts.
+Used by the command line (``python -m confiner_core generate``) and by scripts. The order is the promise:
+
+1. :meth:`GenerateRequest.validate` checks every argument, device, path and prompt schedule before anything heavy
+   (no weights load, no sampling) and raises :class:`~confiner_core.errors.UsageError` naming the input;
+2. the experts load and are checked against each other (a mismatch is a ``UsageError`` too);
+3. sampling, with every expert evaluation checked for NaN/inf (:class:`~confiner_core.errors.NonFiniteError`);
+4. outputs are written to temporary files and moved into place together only when complete
+   (:mod:`confiner_core.outputs`); Ctrl-C raises :class:`~confiner_core.errors.Interrupted` and replaces nothing.
+   ConFiner-Long keeps its finished windows in ``<out>/.confiner-resume`` (:mod:`confiner_core.resume`) so
+   ``resume=True`` continues an interrupted run bit-identically.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,10 +28,97 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .chain import ChainConfig, run_chain
+from .chain import ALTERNATE, COORDINATED, MODES, STANDARD, TEMPORAL, ChainConfig, run_chain, validate_chain
+from .errors import Interrupted, NonFiniteError, UsageError
 from .experts import EvaluationLog
-from .long import LongConfig, PromptSchedule, generate_long, plan_segments
+from .long import NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
+from .outputs import AtomicOutputs, check_output_folder
+from .prompts import PromptSchedule, parse_prompt, render_schedule
+from .refine import TIMESTEP_MATCHING
 from .video_io import VideoSink, contact_sheet, write_png
+
+OUTPUTS = ("video.mp4", "frames.png", "report.json")
+LATENT_FACTOR = 8          # pixels per latent cell: the SD 1.5-family VAEs and the embedded world
+MIN_SIZE = 64
+MAX_SEED = 2**64 - 1       # ComfyUI's seed range
+SPEEDS = ("eager", "fast")  # diffusers experts: names of diffusers_backend.speed.PRESETS
+CONTROL_SAMPLERS = ("euler", "ddim")
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+# Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
+REFINE_EVALUATIONS = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments as data: each number's option, where it lives in the request, its type and accepted range
+
+@dataclass(frozen=True)
+class Number:
+    option: str
+    path: str            # attribute path in GenerateRequest, e.g. "chain.te"
+    kind: type           # int or float
+    lo: float
+    hi: float
+    lo_open: bool = False
+    optional: bool = False  # None allowed (use the backend's default)
+
+    def accepted(self) -> str:
+        if self.kind is int:
+            return f"an integer in {self.lo}..{self.hi}"
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+    def check(self, value) -> None:
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
+            raise UsageError(f"{self.option} must be {self.accepted()}, got {value!r}", self.option)
+        if not math.isfinite(value):
+            raise UsageError(f"{self.option} must be a finite number (accepted: {self.accepted()}), got {value}",
+                             self.option)
+        if value < self.lo or (self.lo_open and value == self.lo):
+            bound = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
+            raise UsageError(f"{self.option} must be {bound} (accepted: {self.accepted()}), got {value}",
+                             self.option)
+        if value > self.hi:
+            raise UsageError(f"{self.option} must be <= {self.hi:g} (accepted: {self.accepted()}), got {value}",
+                             self.option)
+
+
+NUMBERS = (
+    Number("--frames", "frames", int, 1, 100_000),
+    Number("--height", "height", int, MIN_SIZE, 8192),
+    Number("--width", "width", int, MIN_SIZE, 8192),
+    Number("--seed", "seed", int, 0, MAX_SEED),
+    Number("--fps", "fps", float, 0, 1000, lo_open=True),
+    Number("--control-cfg", "control_cfg", float, 0, 100),
+    Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
+    Number("--control-steps", "chain.control_steps", int, 1, 1000),
+    Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
+    Number("--te", "chain.te", int, 1, 100_000),
+    Number("--eta", "chain.eta", float, 0, 1),
+    Number("--segment-length", "long.segment_length", int, 2, 4096),
+    Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000),
+    Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000),
+    Number("--gamma", "long.gamma", float, 0, 0.5),
+)
+CHOICES = (
+    ("--mode", "chain.mode", MODES),
+    ("--matching", "chain.matching", TIMESTEP_MATCHING),
+    ("--control-sampler", "chain.control_sampler", CONTROL_SAMPLERS),
+    ("--noise-init", "long.noise_init", NOISE_INITS),
+    ("--speed", "speed", SPEEDS),
+)
+NUMBER_BY_OPTION = {n.option: n for n in NUMBERS}
+
+
+def one_of(choices) -> str:
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def lookup(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 @dataclass
@@ -40,39 +139,212 @@ class GenerateRequest:
     fps: float = 8.0
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
+    resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
 
+    def prompt_schedule(self) -> PromptSchedule:
+        """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`)."""
+        return parse_prompt(self.prompt, self.frames, self.fps, option="--prompt")
+
     @property
     def is_long(self) -> bool:
-        """Long mode (ConFiner-Long) as soon as the video is longer than one segment, or prompts travel."""
-        return self.frames > self.long.segment_length or "|" in self.prompt
+        """Long mode (ConFiner-Long) as soon as the video is longer than one segment, or the prompt travels."""
+        return self.frames > self.long.segment_length or self.prompt_schedule().travels
 
     @property
     def embedded(self) -> bool:
         return not (self.control or self.spatial or self.temporal)
 
+    def plan(self) -> SegmentPlan | None:
+        return plan_segments(self.frames, self.long.segment_length, self.long.staggered) if self.is_long else None
+
     def validate(self) -> None:
-        if self.frames < 1:
-            raise ValueError(f"--frames must be >= 1, got {self.frames}")
+        """Every check that needs no weights, in the order a user would fix them. Raises UsageError."""
+        for number in NUMBERS:
+            number.check(lookup(self, number.path))
+        for option, path, choices in CHOICES:
+            value = lookup(self, path)
+            if value not in choices:
+                raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
         for name in ("height", "width"):
             v = getattr(self, name)
-            if v < 64 or v % 8:
-                raise ValueError(f"--{name} must be a multiple of 8 and at least 64, got {v}")
-        given = [p for p in (self.control, self.spatial, self.temporal) if p]
-        if given and not (self.control and self.spatial and (self.temporal or self.chain.mode == "standard")):
-            raise ValueError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
-                             "give none of them to use the embedded default")
-        for p in given + ([self.base] if self.base else []):
-            if not os.path.exists(p):
-                raise FileNotFoundError(f"checkpoint path {p!r} does not exist")
-        if self.speed not in ("eager", "fast"):
-            raise ValueError(f"--speed must be 'eager' or 'fast', got {self.speed!r}")
-        self.chain.validate()
-        self.long.validate()
-        if self.is_long:
-            PromptSchedule.parse(self.prompt)
+            if v % LATENT_FACTOR:
+                raise UsageError(f"--{name} must be a multiple of {LATENT_FACTOR} (the experts' latent factor) and "
+                                 f"at least {MIN_SIZE}, got {v}", f"--{name}")
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        try:
+            self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
+        except ValueError as e:
+            raise UsageError(f"{e}", "--refine-steps") from None
+        self.prompt_schedule()
+        plan = self.plan()
+        if plan is not None:
+            self._validate_long(plan)
+        elif self.resume:
+            raise UsageError(f"--resume continues an interrupted ConFiner-Long run; this is a single clip "
+                             f"({self.frames} frames <= --segment-length {self.long.segment_length}, one prompt)",
+                             "--resume")
+        check_device(self.device)
+        self._validate_checkpoints()
+        self._validate_schedules()
+        problem = check_output_folder(self.out, OUTPUTS)
+        if problem:
+            raise UsageError(f"--out: {problem}", "--out")
+        if plan is not None:
+            self._validate_resume(plan)
 
+    def _validate_long(self, plan: SegmentPlan) -> None:
+        L = self.long
+        if L.staggered and L.segment_length % 2:
+            raise UsageError(f"--segment-length must be even for staggered refinement (windows take half of two "
+                             f"segments), got {L.segment_length}; use {L.segment_length + 1} or --no-stagger",
+                             "--segment-length")
+        if L.noise_init == "freenoise":
+            noise_frames = plan.structures * L.segment_length
+            if L.freenoise_stride > L.freenoise_window:
+                raise UsageError(f"--freenoise-stride ({L.freenoise_stride}) must be at most --freenoise-window "
+                                 f"({L.freenoise_window})", "--freenoise-stride")
+            if L.freenoise_window >= noise_frames:
+                raise UsageError(f"--freenoise-window ({L.freenoise_window}) must be shorter than the {noise_frames} "
+                                 f"noise frames of this run ({plan.structures} segments of {L.segment_length}), "
+                                 f"else nothing is rescheduled; use the segment length ({L.segment_length})",
+                                 "--freenoise-window")
+
+    def _validate_checkpoints(self) -> None:
+        """Path checks before any weights load: each role's path exists and is a model kind that role accepts
+        (header and folder inspection by the diffusers backend); messages name the role, the path and the fix."""
+        given = [p for p in (self.control, self.spatial, self.temporal) if p]
+        if not given:
+            if self.base:
+                raise UsageError("--base only applies to checkpoints; give --control and --spatial too, or drop it",
+                                 "--base")
+            return
+        if not (self.control and self.spatial and (self.temporal or self.chain.mode == STANDARD)):
+            raise UsageError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
+                             "give none of them to use the embedded default", "--control")
+        for role, path in self.roles().items():
+            if not os.path.exists(path):
+                raise UsageError(f"--{role}: the {role} expert's path {path} does not exist; give a local diffusers "
+                                 f"folder or .safetensors file", f"--{role}")
+        if self.base and not os.path.isdir(self.base):
+            raise UsageError(f"--base: {self.base} must be a local diffusers SD 1.5 pipeline folder", "--base")
+        try:
+            from .diffusers_backend import KIND_DESCRIPTIONS, ROLE_KINDS, detect_kind
+        except ImportError as e:
+            raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
+                               f"requirements-diffusers.txt") from None
+        for role, path in self.roles().items():
+            try:
+                kind = detect_kind(path)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(f"--{role} ({role} expert): {e}", f"--{role}") from None
+            except Exception as e:  # e.g. a truncated or corrupt .safetensors header
+                raise UsageError(f"--{role} ({role} expert): {path} cannot be read ({type(e).__name__}: {e}); the "
+                                 f"file may be truncated or corrupt: download or convert it again", f"--{role}") from None
+            if kind not in ROLE_KINDS[role]:
+                accepted = "; ".join(KIND_DESCRIPTIONS[k] for k in ROLE_KINDS[role])
+                raise UsageError(f"--{role} ({role} expert): {path} is {KIND_DESCRIPTIONS[kind]}, which cannot serve "
+                                 f"as the {role} expert; accepted: {accepted}", f"--{role}")
+
+    def roles(self) -> dict:
+        return {role: path for role, path in
+                (("control", self.control), ("spatial", self.spatial), ("temporal", self.temporal)) if path}
+
+    def _validate_schedules(self) -> None:
+        """T_e and the control steps against every expert's schedule, from the schedules alone (no weights)."""
+        schedules = expert_schedules(self)
+        c = self.chain
+        extraction = "temporal" if c.mode == TEMPORAL else "spatial"
+        roles = [extraction] + (["temporal"] if c.mode in (COORDINATED, ALTERNATE) and c.matching == "same_index"
+                                else [])
+        for role in roles:
+            if role in schedules:
+                try:
+                    schedules[role].check_timestep(c.te, "te (T_e)")
+                except ValueError as e:
+                    raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
+        if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:
+            raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
+                             f"{schedules['control'].num_timesteps} timesteps", "--control-steps")
+
+    def _validate_resume(self, plan: SegmentPlan) -> None:
+        from .resume import ResumeStore
+
+        store = ResumeStore(self.out, self.run_settings())
+        if self.resume and not store.exists():
+            raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
+                             "--resume")
+        if self.resume:
+            store.check()
+        elif store.exists():
+            done = store.info().get("next_window", "?")
+            raise UsageError(f"--out: {self.out} holds an interrupted ConFiner-Long run ({done} of "
+                             f"{len(plan.windows)} windows done); continue it with --resume, or delete "
+                             f"{store.folder} to start over", "--out")
+
+    def run_settings(self) -> dict:
+        """Every setting that changes the result (what a resumed run must share with the interrupted one)."""
+        settings = asdict(self)
+        for k in ("out", "resume"):
+            settings.pop(k)
+        return settings
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu`` and present on this machine, else a UsageError."""
+    accepted = "cpu, cuda, cuda:N or mps"
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device PyTorch knows; use {accepted}", "--device") from None
+    if d.type not in DEVICE_TYPES:
+        raise UsageError(f"--device {device!r} is not supported; use {accepted}", "--device")
+    if d.type == "cpu":
+        return
+    backend = torch.backends.mps if d.type == "mps" else getattr(torch, d.type, None)
+    if backend is None or not backend.is_available():
+        raise UsageError(f"--device {device}: PyTorch sees no {d.type} device on this machine "
+                         f"(torch {torch.__version__}); use --device cpu, or install a PyTorch build for it",
+                         "--device")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})", "--device")
+
+
+def expert_schedules(req: GenerateRequest) -> dict:
+    """role -> NoiseSchedule, known without loading weights: the embedded experts' own, or the diffusers scheduler
+    config of a folder (single files and motion modules use the base's or the spatial folder's)."""
+    if req.embedded:
+        from .embedded.experts import embedded_experts
+
+        return {role: e.schedule for role, e in embedded_experts().items()}
+    from . import schedules as S
+
+    out = {}
+    fallback = [p for p in (req.base, req.spatial) if p and os.path.isdir(p)]
+    for role, path in req.roles().items():
+        for folder in ([path] if os.path.isdir(path) else []) + fallback:
+            config = os.path.join(folder, "scheduler", "scheduler_config.json")
+            if os.path.isfile(config):
+                try:
+                    with open(config, encoding="utf-8") as f:
+                        out[role] = S.from_diffusers_config(json.load(f), name=f"{role} expert ({folder})")
+                except (ValueError, NotImplementedError, OSError):
+                    pass  # the loader reports unreadable or unsupported configs with their path
+                break
+    return out
+
+
+def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) -> int:
+    """Expert evaluations of a run: control steps per structure plus refinement evaluations per window."""
+    structures, windows = (plan.structures, len(plan.windows)) if plan is not None else (1, 1)
+    return structures * chain.control_steps + windows * chain.refine_steps * REFINE_EVALUATIONS[chain.mode]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Experts
 
 @dataclass
 class Backend:
@@ -92,8 +364,11 @@ def load_backend(req: GenerateRequest) -> Backend:
 
     from .diffusers_backend.speed import PRESETS
 
-    loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                          device=req.device, speed=PRESETS[req.speed])
+    try:
+        loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
+                              device=req.device, speed=PRESETS[req.speed])
+    except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
+        raise UsageError(str(e), "--spatial") from e
     return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
                    "diffusers checkpoints")
 
@@ -108,7 +383,7 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
 
 
 def latent_shape(req: GenerateRequest, channels: int, frames: int) -> tuple:
-    return (1, channels, frames, req.height // 8, req.width // 8)
+    return (1, channels, frames, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
 
 
 def progress_callback(bar: tqdm):
@@ -118,59 +393,135 @@ def progress_callback(bar: tqdm):
     return callback
 
 
-def generate(req: GenerateRequest, show_progress: bool = True) -> dict:
-    """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``.
-    Returns the report."""
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+def generate(req: GenerateRequest, show_progress: bool = True, announce: Callable[[str], None] | None = None) -> dict:
+    """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
+    report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).
+
+    Raises UsageError before any work for bad input, NonFiniteError for NaN/inf during sampling and Interrupted
+    on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were."""
     req.validate()
+    schedule = req.prompt_schedule()
+    if announce is not None and schedule.scheduled:
+        announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
+    plan = req.plan()
+    log = EvaluationLog()
+    store = None
+    if plan is not None:
+        from .resume import ResumeStore
+
+        store = ResumeStore(req.out, req.run_settings())
+    created = not os.path.exists(req.out)
     os.makedirs(req.out, exist_ok=True)
+    try:
+        return _generate(req, schedule, plan, log, store, show_progress)
+    except KeyboardInterrupt:
+        hint = ""
+        if store is not None and store.exists():
+            hint = f"{store.info()['next_window']} of {len(plan.windows)} windows kept: rerun with --resume"
+        elif store is not None:
+            store.clear()
+        raise Interrupted(sum(log.evaluations.values()), expected_evaluations(req.chain, plan), hint) from None
+    except BaseException as e:
+        # Finished windows stay resumable after an interrupt (above) or a failure to write (disk full); any
+        # other failure would recur on resume, so its state goes.
+        if store is not None and not (isinstance(e, OSError) and store.exists()):
+            store.clear()
+        raise
+    finally:
+        if created and not os.listdir(req.out):
+            os.rmdir(req.out)
+
+
+def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,
+              store, show_progress: bool) -> dict:
     t_start = time.perf_counter()
     backend = load_backend(req)
-    log = EvaluationLog()
-    prompt = PromptSchedule.parse(req.prompt).at(0) if req.is_long else req.prompt
-    d = bind_experts(backend, req, log, prompt)
+    d = bind_experts(backend, req, log, schedule.first)
+    channels = d["spatial"].expert.latent_channels
+    try:  # the experts against each other and the settings, before the first evaluation
+        validate_chain(d["control"], d["spatial"], d["temporal"],
+                       latent_shape(req, channels, plan.segment_length if plan else req.frames), req.chain)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     seconds = {"load": time.perf_counter() - t_start}
     generator = torch.Generator().manual_seed(req.seed)
-    channels = d["spatial"].expert.latent_channels
     stats = StreamStats()
-    with VideoSink(os.path.join(req.out, "video.mp4"), req.fps, req.frames) as sink:
-        def emit(latent: torch.Tensor) -> None:
-            t0 = time.perf_counter()
-            frames = backend.decode(latent)[0].cpu().numpy()
-            sink.write(frames)
-            stats.add(frames)
-            seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
+    with AtomicOutputs(req.out) as outputs:
+        with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
+            def emit(latent: torch.Tensor) -> None:
+                t0 = time.perf_counter()
+                if not bool(torch.isfinite(latent).all()):
+                    raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
+                frames = backend.decode(latent)[0].cpu().numpy()
+                sink.write(frames)
+                stats.add(frames)
+                seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
 
-        extra = {}
-        if req.is_long:
-            extra = run_long(req, d, channels, generator, emit, show_progress)
-        else:
-            noise = torch.randn(latent_shape(req, channels, req.frames), generator=generator).to(req.device)
-            steps = req.chain.control_steps + req.chain.refine_steps
-            with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
-                result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                                   progress_callback(bar))
-            seconds.update(result.seconds)
-            emit(result.latent)
-    write_png(os.path.join(req.out, "frames.png"), contact_sheet(sink.sheet))
-    seconds["total"] = time.perf_counter() - t_start
-    extra["metrics"] = stats.summary(extra.get("segment_plan", {}).get("window_junctions"),
-                                     extra.get("segment_plan", {}).get("structure_junctions"))
-    report = build_report(req, backend, log, seconds, **extra)
-    write_report(req.out, report)
+            extra = {}
+            if plan is not None:
+                extra = run_long(req, d, channels, generator, emit, show_progress, plan, schedule, store, log)
+            else:
+                noise = torch.randn(latent_shape(req, channels, req.frames), generator=generator).to(req.device)
+                steps = req.chain.control_steps + req.chain.refine_steps
+                with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
+                    result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
+                                       progress_callback(bar))
+                seconds.update(result.seconds)
+                emit(result.latent)
+        write_png(outputs.path("frames.png"), contact_sheet(sink.sheet))
+        seconds["total"] = time.perf_counter() - t_start
+        extra["metrics"] = metrics.strict_scores(
+            stats.summary(extra.get("segment_plan", {}).get("window_junctions"),
+                          extra.get("segment_plan", {}).get("structure_junctions")))
+        report = build_report(req, backend, log, seconds, **extra)
+        write_report(outputs.path("report.json"), report)
+        outputs.commit()
+    if store is not None:
+        store.clear()
     return report
 
 
-def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Generator, emit, show_progress: bool) -> dict:
-    """ConFiner-Long: windows are decoded and written as soon as they are final."""
-    plan = plan_segments(req.frames, req.long.segment_length, req.long.staggered)
+def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Generator, emit, show_progress: bool,
+             plan: SegmentPlan, schedule: PromptSchedule, store, log: EvaluationLog) -> dict:
+    """ConFiner-Long: windows are decoded and written as soon as they are final, and kept in the resume store
+    with the loop state after each one. With ``req.resume`` the stored windows are decoded again and the loop
+    continues from the stored state."""
     steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
-    frame_shape = (1, channels, req.height // 8, req.width // 8)
-    prompts = PromptSchedule.parse(req.prompt) if "|" in req.prompt else None
+    frame_shape = (1, channels, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
+    prompts = schedule if schedule.travels else None
     t0 = time.perf_counter()
-    with tqdm(total=steps, desc="ConFiner-Long", disable=not show_progress) as bar:
+    resume, done_steps = None, 0
+    if req.resume:
+        resume, info = store.load_state()
+        log.evaluations.update(info["evaluations"])
+        log.forwards.update(info["forwards"])
+        finished = plan.windows[:resume.next_window]
+        for window in finished:
+            emit(store.window(window.index).to(req.device))
+        made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
+        done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
+    else:
+        store.start()
+
+    def sink(latent: torch.Tensor, window) -> None:
+        emit(latent)
+        store.save_window(window.index, latent)
+
+    def window_done(state) -> None:
+        store.save_state(state, len(plan.windows), log.evaluations, log.forwards)
+
+    with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", disable=not show_progress) as bar:
         generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
-                      lambda latent, window: emit(latent), prompts, progress_callback(bar), req.device)
-    return {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
+                      sink, prompts, progress_callback(bar), req.device, resume=resume, on_window_done=window_done)
+    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
+    if prompts is not None:
+        extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
+    if resume is not None:
+        extra["resumed_from_window"] = resume.next_window
+    return extra
 
 
 class StreamStats:
@@ -216,6 +567,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
 
 
-def write_report(out: str, report: dict) -> None:
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2, default=str)
+def write_report(path: str, report: dict) -> None:
+    """Strict JSON (no NaN/Infinity: undefined metrics are null with a reason, see metrics.strict_scores)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=str, allow_nan=False)

@@ -19,6 +19,7 @@ import torch
 
 from .chain import ChainConfig, generate_structure, refine_structure, validate_chain
 from .experts import Denoiser, in_stage
+from .prompts import PromptSchedule
 
 SHUFFLE = "shuffle"
 FREENOISE = "freenoise"
@@ -172,41 +173,6 @@ class CoherenceGuidance:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Prompt travel
-
-@dataclass
-class PromptSchedule:
-    """Prompts with the output frame each starts at: ``"a red ball | 64: a blue ball"`` or [(0, p0), (64, p1)]."""
-
-    entries: list = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, text: str) -> "PromptSchedule":
-        entries = []
-        for i, item in enumerate(p.strip() for p in text.split("|")):
-            head, sep, tail = item.partition(":")
-            if sep and head.strip().isdigit():
-                entries.append((int(head), tail.strip()))
-            elif i == 0:
-                entries.append((0, item))
-            else:
-                raise ValueError(f"prompt travel entry {item!r} needs a start frame, e.g. '64: a blue ball'")
-        return cls(entries)
-
-    def __post_init__(self):
-        self.entries = sorted((int(f), p) for f, p in self.entries)
-        if self.entries and self.entries[0][0] != 0:
-            self.entries.insert(0, (0, self.entries[0][1]))
-
-    def at(self, frame: int) -> str:
-        prompt = self.entries[0][1] if self.entries else ""
-        for start, p in self.entries:
-            if start <= frame:
-                prompt = p
-        return prompt
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The long loop
 
 @dataclass
@@ -237,12 +203,31 @@ def structure_centre(plan: SegmentPlan, i: int) -> int:
     return max(0, min(plan.frames - 1, i * L + (0 if plan.staggered else L // 2)))
 
 
+@dataclass
+class LongState:
+    """Everything the long loop carries from one window to the next, taken after a finished window: resuming from
+    it continues bit-identically (the noise source is redrawn from the same seed before the state is restored).
+
+    ``structures``: the control structures still needed (at most one); ``guidance``: coherence guidance's memory
+    (the previous structure's eps per control step; empty when off); ``generator_state``: the seeded generator."""
+
+    next_window: int
+    structures: dict = field(default_factory=dict)
+    guidance: dict = field(default_factory=dict)
+    generator_state: torch.Tensor | None = None
+
+
 def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
                   frame_shape: tuple, chain: ChainConfig, config: LongConfig, generator: torch.Generator,
                   sink: WindowSink, prompts: PromptSchedule | None = None,
-                  callback: Callable | None = None, device: str | torch.device = "cpu") -> None:
+                  callback: Callable | None = None, device: str | torch.device = "cpu",
+                  resume: LongState | None = None,
+                  on_window_done: Callable[[LongState], None] | None = None) -> None:
     """Generate ``plan`` window by window; ``sink(latent [B, C, n, h, w], window)`` receives each window's final
-    frames. ``frame_shape`` is (B, C, h, w) of one latent frame."""
+    frames. ``frame_shape`` is (B, C, h, w) of one latent frame.
+
+    ``on_window_done(state)`` is called after each window's sink with the :class:`LongState` to continue from;
+    passing such a state as ``resume`` (with a generator seeded as for the first run) skips the finished windows."""
     config.validate()
     b, c, h, w = frame_shape
     shape = (b, c, plan.segment_length, h, w)
@@ -263,7 +248,13 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             bound[key] = d.with_prompt(key[1])
         return bound[key]
 
-    for window in plan.windows:
+    if resume is not None:
+        structures = {i: x.to(device) for i, x in resume.structures.items()}
+        if guidance is not None:
+            guidance.previous = {step: eps.to(device) for step, eps in resume.guidance.items()}
+        generator.set_state(resume.generator_state)
+
+    for window in plan.windows[resume.next_window if resume is not None else 0:]:
         for i, _, _ in window.parts:
             if i not in structures:
                 with in_stage(log, "control"):
@@ -280,4 +271,8 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
         last = window.parts[-1][0]
         for i in [k for k in structures if k < last]:
             del structures[i]  # bounded memory: only the structure the next window starts from survives
+        if on_window_done is not None:
+            on_window_done(LongState(window.index + 1, dict(structures),
+                                     dict(guidance.previous) if guidance is not None else {},
+                                     generator.get_state()))
 

@@ -54,6 +54,8 @@ def as_uint8_frames(frames) -> np.ndarray:
     if x.dtype == np.uint8:
         pass
     elif np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():  # NaN would become 0 (black) and score as a perfect static clip
+            raise ValueError(f"float frames hold {int((~np.isfinite(x)).sum())} NaN or infinite values")
         lo, hi = float(np.min(x)), float(np.max(x))
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ValueError(f"float frames must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
@@ -331,7 +333,7 @@ def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequenc
     """Returns {key: float} for every key in METRIC_KEYS, always all of them and in that order.
 
     Undefined values are NaN (seam_score without junctions, distance_to_nearest without references, frame-pair
-    metrics on a single frame). ``json.dumps`` writes them as NaN; replace them for strict JSON.
+    metrics on a single frame); :func:`strict_scores` turns them into null with a reason for JSON.
     """
     x = as_uint8_frames(frames)
     out = {
@@ -346,6 +348,33 @@ def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequenc
         "distance_to_nearest": distance_to_nearest(x, references) if references is not None else math.nan,
     }
     return {k: float(out[k]) for k in METRIC_KEYS}
+
+
+UNDEFINED_REASONS = {
+    "subject_consistency": "needs at least 2 frames",
+    "motion_smoothness": "needs at least 3 frames",
+    "temporal_flicker": "needs at least 2 frames",
+    "flicker_index": "needs at least 2 frames",
+    "seam_score": "needs junctions and ordinary frame pairs besides them",
+    "seam_score_windows": "needs window junctions and ordinary frame pairs besides them",
+    "seam_score_structures": "needs structure junctions and ordinary frame pairs besides them",
+    "distance_to_nearest": "needs reference clips (known for the embedded world only)",
+}
+
+
+def strict_scores(scores: dict) -> dict:
+    """Scores for strict JSON: an undefined (NaN or infinite) score is never passed off as a number; it becomes
+    None, and ``"undefined"`` maps its key to the reason."""
+    out, undefined = {}, {}
+    for k, v in scores.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+            undefined[k] = UNDEFINED_REASONS.get(k, "not defined for this clip")
+        else:
+            out[k] = v
+    if undefined:
+        out["undefined"] = undefined
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import ChainConfig
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import NOISE_INITS, LongConfig, PromptSchedule, generate_long, plan_segments
+from ..confiner_core.long import NOISE_INITS, LongConfig, generate_long, plan_segments
+from ..confiner_core.prompts import parse_prompt
 from . import host
 from .schema import CATEGORY, control_inputs, refine_inputs, seed_input
 from .types import RefineExpertsType
@@ -48,7 +49,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  tooltip="Staggered refinement: refine the second half of each segment together "
                                          "with the first half of the next, so seams are refined jointly."),
                 io.String.Input("segment_prompts", default="", multiline=True, optional=True,
-                                tooltip="Prompt travel: 'prompt | 64: prompt from frame 64 | 128: ...'. Needs "
+                                tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a key on "
+                                        "every entry. Needs "
                                         "'clip'. Empty: the connected conditioning everywhere."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment_prompts (SD 1.5 family)."),
             ],
@@ -65,7 +67,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                           freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered)
         long.validate()
         plan = plan_segments(frames, segment_length, staggered)
-        prompts = PromptSchedule.parse(segment_prompts) if segment_prompts and segment_prompts.strip() else None
+        prompts = (parse_prompt(segment_prompts, frames, option="segment_prompts")
+                   if segment_prompts and segment_prompts.strip() else None)
         if prompts is not None and clip is None:
             raise ValueError("segment_prompts need the 'clip' input to encode them; connect a CLIP or clear the prompts")
         log = EvaluationLog()

@@ -43,7 +43,7 @@ def cpu_sized(workflow: dict, worker, frames: int = 8) -> dict:
             n["widgets_values"] = [64, 64, frames if n["widgets_values"][2] > 1 else 1]
         elif n["type"] == "ConFinerLongSegmenter":
             n["widgets_values"][0:2] = [3 * frames, frames]  # frames, segment length
-            n["widgets_values"][-1] = f"a red ball | {frames}: a blue ball"
+            n["widgets_values"][-1] = f"0: a red ball | {frames}: a blue ball"
         elif n["type"] == "ADE_AnimateDiffLoaderGen1" and not has_ade:
             n["mode"] = 4
     return wf

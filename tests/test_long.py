@@ -10,8 +10,9 @@ from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig
 from confiner_core.cli import main
 from confiner_core.experts import EvaluationLog
-from confiner_core.long import (CoherenceGuidance, LongConfig, PromptSchedule, StructureNoise, coherence_guidance,
-                                freenoise, generate_long, plan_segments, shuffled_noise)
+from confiner_core.long import (CoherenceGuidance, LongConfig, StructureNoise, coherence_guidance, freenoise,
+                                generate_long, plan_segments, shuffled_noise)
+from confiner_core.prompts import parse_prompt
 from confiner_core.sampling import sample_control
 from test_chain import OracleExpert
 
@@ -118,11 +119,12 @@ def test_gamma_zero_equals_no_guidance_and_gamma_pulls_towards_previous():
 
 
 def test_prompt_schedule():
-    p = PromptSchedule.parse("a red ball | 64: a blue ball|128:a green ball")
+    # the grammar of confiner_core.prompts: a key on every entry (tests/test_prompts.py covers the rest)
+    p = parse_prompt("0: a red ball | 64: a blue ball|128: a green ball", frames=501)
     assert [p.at(f) for f in (0, 63, 64, 127, 500)] == ["a red ball", "a red ball", "a blue ball", "a blue ball",
                                                         "a green ball"]
-    with pytest.raises(ValueError, match="start frame"):
-        PromptSchedule.parse("a | b")
+    with pytest.raises(ValueError, match="no start key"):
+        parse_prompt("0: a | b", frames=16)
 
 
 @pytest.mark.parametrize("staggered", [True, False])
@@ -151,7 +153,7 @@ def test_prompt_travel_encodes_each_prompt_once_per_expert():
     c, s, t = (e.bind() for e in experts)
     encoded.clear()
     generate_long(c, s, t, plan_segments(64, 8, True), (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=8),
-                  torch.Generator().manual_seed(0), lambda lat, w: None, PromptSchedule.parse("a | 32: b"))
+                  torch.Generator().manual_seed(0), lambda lat, w: None, parse_prompt("0: a | 32: b", frames=64))
     assert sorted(encoded) == sorted(["a", "b"] * 3)
 
 
@@ -170,7 +172,7 @@ def test_long_loop_keeps_two_structures_and_counts():
 def test_long_cli_reports_plan_and_seams(tmp_path):
     out = str(tmp_path / "long")
     assert main(["generate", "--out", out, "--frames", "40", "--segment-length", "8", "--height", "64",
-                 "--width", "64", "--quiet", "--prompt", "a red ball bouncing | 16: a blue ball bouncing"]) == 0
+                 "--width", "64", "--quiet", "--prompt", "0: a red ball bouncing | 16: a blue ball bouncing"]) == 0
     r = json.load(open(os.path.join(out, "report.json")))
     assert r["segment_plan"]["structures"] == 6 and len(r["segment_plan"]["windows"]) == 5
     assert r["metrics"]["seam_score"] > 0

@@ -149,7 +149,7 @@ def long_video():
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frame count is set on the segmenter)", 1, 2)
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
-                  "a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter"],
+                  "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter"],
                  None, 2, 0)
     g.link(control, "MODEL", seg, "control_model")
     g.link(pos, "CONDITIONING", seg, "control_positive")

@@ -1,0 +1,101 @@
+"""Writing outputs so that nothing is lost: every file goes to a temporary name beside its final one and is moved
+into place (``os.replace``, atomic on one file system) only when the whole run has finished. A failed or
+interrupted run leaves the previous outputs byte-identical and removes its temporary files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+
+TEMP_MARK = ".partial"
+
+
+def temp_name(path: str) -> str:
+    """A unique temporary path beside ``path`` that keeps its extension (writers such as OpenCV pick the format
+    from it): ``out/video.mp4`` -> ``out/.video.<token>.partial.mp4``."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARK}{ext}")
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
+class AtomicOutputs:
+    """A set of output files in one folder, committed together.
+
+    ``path(name)`` gives the temporary path to write ``name`` to; :meth:`commit` moves every file into place;
+    leaving the ``with`` block without a commit (an exception, Ctrl-C) removes the temporary files."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.pending: dict[str, str] = {}  # final path -> temporary path
+
+    def path(self, name: str) -> str:
+        final = os.path.join(self.folder, name)
+        self.pending[final] = temp_name(final)
+        return self.pending[final]
+
+    def commit(self) -> None:
+        for final, temp in self.pending.items():
+            if not os.path.isfile(temp):
+                raise OSError(f"output {final} was never written (expected {temp})")
+        for final, temp in self.pending.items():
+            os.replace(temp, final)
+        self.pending.clear()
+
+    def discard(self) -> None:
+        for temp in self.pending.values():
+            try:
+                os.remove(temp)
+            except FileNotFoundError:
+                pass
+        self.pending.clear()
+
+    def __enter__(self) -> "AtomicOutputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file beside it (never a half-written file at ``path``)."""
+    temp = temp_name(path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def check_output_folder(folder: str, names: tuple) -> str | None:
+    """Why ``folder`` cannot take the outputs ``names`` (None when it can), found without creating anything:
+    it must be a folder or not exist yet, the nearest existing parent must be a writable folder (tried by
+    creating and removing a temporary file, which also catches read-only file systems), and no output name may
+    be taken by a folder."""
+    folder = os.path.abspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder} is an existing file, not a folder; give a folder (it is created if missing)"
+    for name in names:
+        target = os.path.join(folder, name)
+        if os.path.isdir(target):
+            return f"{target} is a folder, so {name} cannot be written there; move it away or choose another --out"
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, so the folder {folder} cannot be created; choose another --out"
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".confiner-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"cannot write in {parent} ({e.strerror or e}); choose a writable folder"
+    return None

@@ -1,0 +1,158 @@
+"""Prompt schedules (prompt travel): the one grammar, parsed here for the command line, the library and the nodes.
+
+A prompt is either **plain text**, used unchanged for every frame, or a **schedule**::
+
+    0: a red ball bouncing | 64: a blue ball bouncing | 128: a green ball bouncing
+
+    0: a corgi on a sunny beach
+    2.5s: a corgi in deep snow
+
+Grammar (``|`` and line breaks separate entries; blank lines are ignored)::
+
+    schedule := entry (("|" | newline) entry)*
+    entry    := key ":" whitespace prompt
+    key      := digits                 an output frame, counted from 0
+              | digits["." digits] "s" seconds at the output fps: frame = round(seconds * fps), halves up
+
+Only explicit syntax makes a schedule: the text must *start* with a key followed by ``:`` and a space. Anything
+else is a plain prompt and is never split or reinterpreted (``"a red ball | 16:9 widescreen"`` stays one prompt:
+``16:9`` has no space after the colon). Plain text that nevertheless holds a schedule-like entry after a separator
+(``"a red ball | 64: a blue ball"``) is ambiguous and refused with the schedule spelled out.
+
+A schedule must start at frame 0 and list its keys in increasing order, each inside the video (``0 <= frame <
+frames``), each with a non-empty prompt; every entry of a schedule needs a key. Errors name the entry.
+Entry ``i`` covers frames ``[start_i, start_{i+1})``; :func:`render_schedule` prints those ranges.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .errors import UsageError
+
+KEY = r"(?P<key>\d+(?:\.\d+)?s|\d+)"
+ENTRY = re.compile(rf"^\s*{KEY}\s*:(?=\s|$)\s*(?P<prompt>.*?)\s*$", re.DOTALL)
+# An entry-like key right after a separator (or at a line start) inside text that is not a schedule.
+EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
+EXAMPLE = "0: a red ball | 64: a blue ball"
+
+
+@dataclass(frozen=True)
+class Entry:
+    start: int      # first output frame of this prompt
+    prompt: str
+    key: str = ""   # the key as written ("64", "2.5s"); empty for a plain prompt
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Resolved prompts over ``frames`` output frames: ``entries`` start at frame 0 and increase strictly."""
+
+    entries: tuple
+    frames: int
+    fps: float | None = None
+    scheduled: bool = False  # written as a schedule (even with one entry), not as a plain prompt
+
+    @property
+    def travels(self) -> bool:
+        """More than one prompt: the video needs ConFiner-Long's per-segment prompts."""
+        return len(self.entries) > 1
+
+    @property
+    def first(self) -> str:
+        return self.entries[0].prompt
+
+    def at(self, frame: int) -> str:
+        """The prompt in force at output frame ``frame`` (frames past the end keep the last prompt)."""
+        prompt = self.entries[0].prompt
+        for entry in self.entries:
+            if entry.start <= frame:
+                prompt = entry.prompt
+        return prompt
+
+    def ranges(self) -> list[tuple[int, int, str]]:
+        """(first frame, end frame exclusive, prompt) per entry."""
+        ends = [e.start for e in self.entries[1:]] + [self.frames]
+        return [(e.start, end, e.prompt) for e, end in zip(self.entries, ends)]
+
+
+def plain(prompt: str, frames: int, fps: float | None = None) -> PromptSchedule:
+    """One prompt for every frame."""
+    return PromptSchedule((Entry(0, prompt.strip()),), frames, fps, scheduled=False)
+
+
+def is_schedule(text: str) -> bool:
+    """Whether ``text`` is written as a schedule (starts with ``<key>: ``)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return ENTRY.match(first.split("|", 1)[0]) is not None
+
+
+def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
+    """Output frame of a key: frames as written, seconds at the output fps rounded to the nearest frame."""
+    if not key.endswith("s"):
+        return int(key)
+    if fps is None:
+        raise UsageError(f"{option}: entry {entry!r} gives its start in seconds, which needs the output fps; "
+                         f"give it in frames instead (e.g. '64: ...')", option)
+    exact = Fraction(key[:-1]) * Fraction(fps)
+    return math.floor(exact + Fraction(1, 2))
+
+
+def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt") -> PromptSchedule:
+    """The schedule written in ``text`` for a video of ``frames`` frames at ``fps`` (needed for seconds keys).
+
+    Raises :class:`~confiner_core.errors.UsageError` naming ``option`` and the offending entry."""
+    text = text or ""
+    if not is_schedule(text):
+        if EMBEDDED_KEY.search(text):
+            raise UsageError(
+                f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
+                f"with one. Write a schedule with a key on every entry, starting at frame 0 (e.g. '{EXAMPLE}', "
+                f"or '2.5s: ...' for seconds), or remove the ': ' after the number to keep one plain prompt", option)
+        return plain(text, frames, fps)
+    pieces = [(piece, line_no) for line_no, line in enumerate(text.splitlines(), 1) if line.strip()
+              for piece in line.split("|")]
+    entries: list[Entry] = []
+    for piece, line_no in pieces:
+        where = f"entry {piece.strip()!r}" if piece.strip() else f"an empty entry (line {line_no}, between '|')"
+        if not piece.strip():
+            raise UsageError(f"{option}: {where}: remove the extra '|' or give it a prompt", option)
+        m = ENTRY.match(piece)
+        if m is None:
+            raise UsageError(f"{option}: {where} has no start key; every entry of a schedule starts with a frame "
+                             f"or seconds key followed by ': ' (e.g. '64: {piece.strip()}' or '2.5s: ...'), as in "
+                             f"'{EXAMPLE}'", option)
+        key, prompt = m.group("key"), m.group("prompt")
+        if not prompt:
+            raise UsageError(f"{option}: {where} has an empty prompt; write one after '{key}: ' or remove the entry",
+                             option)
+        start = resolve_key(key, fps, piece.strip(), option)
+        at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if key.endswith("s") else "")
+        if start >= frames:
+            raise UsageError(f"{option}: {where} starts at {at}, beyond the video's {frames} frames (0..{frames - 1}); "
+                             f"use a smaller key or more --frames", option)
+        if entries and start == entries[-1].start:
+            raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
+                             f"{entries[-1].key}: {entries[-1].prompt!r}; give each entry its own start", option)
+        if entries and start < entries[-1].start:
+            raise UsageError(f"{option}: {where} starts at {at}, before the previous entry (frame "
+                             f"{entries[-1].start}); list the entries in increasing order", option)
+        if not entries and start != 0:
+            raise UsageError(f"{option}: the first entry {piece.strip()!r} starts at {at}; a schedule starts at frame "
+                             f"0 (e.g. '0: {prompt} | ...')", option)
+        entries.append(Entry(start, prompt, key))
+    return PromptSchedule(tuple(entries), frames, fps, scheduled=True)
+
+
+def render_schedule(schedule: PromptSchedule) -> str:
+    """The resolved schedule, one line per entry: frame range (and seconds when the fps is known) -> prompt."""
+    lines = []
+    for start, end, prompt in schedule.ranges():
+        span = f"frames {start}-{end - 1}"
+        if schedule.fps:
+            span += f" ({start / schedule.fps:.2f}-{end / schedule.fps:.2f} s)"
+        lines.append(f"  {span}: {prompt}")
+    return "\n".join(lines)

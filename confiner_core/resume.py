@@ -1,0 +1,126 @@
+"""Resume state of ConFiner-Long runs, so an interrupted long video continues from its last finished window.
+
+Kept in ``<out>/.confiner-resume/`` while a long run is under way and removed when it completes:
+
+* ``window-NNNNN.safetensors`` -- each finished window's refined latent (re-decoded on resume, so the video and
+  its metrics are rebuilt exactly);
+* ``state.safetensors`` -- :class:`~confiner_core.long.LongState`'s tensors: the kept structure, coherence
+  guidance's memory and the generator state;
+* ``state.json`` -- the next window, the evaluation counts so far and the settings the run was started with
+  (a resume with other settings is refused, naming the difference).
+
+Every file is written to a temporary name and moved into place, so an interrupt never leaves a torn state.
+Tensors are stored as safetensors, never pickled: loading a resume folder cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UsageError
+from .long import LongState
+from .outputs import temp_name, write_atomic
+
+RESUME_FOLDER = ".confiner-resume"
+FORMAT = 1
+
+
+def flatten(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class ResumeStore:
+    """The resume folder of one output folder; ``settings`` identify the run (every setting that changes the
+    result, JSON-serialisable)."""
+
+    def __init__(self, out: str, settings: dict):
+        self.folder = os.path.join(out, RESUME_FOLDER)
+        self.settings = flatten(json.loads(json.dumps(settings, default=str)))
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def exists(self) -> bool:
+        return os.path.isfile(self._path("state.json"))
+
+    def info(self) -> dict:
+        with open(self._path("state.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    def check(self) -> dict:
+        """The stored run's info, if it was started with these settings; else a UsageError naming the changes."""
+        try:
+            info = self.info()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--resume: {self._path('state.json')} cannot be read ({e}); delete {self.folder} and "
+                             f"start over", "--resume") from None
+        if info.get("format") != FORMAT:
+            raise UsageError(f"--resume: {self.folder} was written by another version (format "
+                             f"{info.get('format')}); delete it and start over", "--resume")
+        stored = info.get("settings", {})
+        changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items() if stored.get(k) != v]
+        changed += [f"{k}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
+        if changed:
+            raise UsageError(f"--resume: the interrupted run in {self.folder} used other settings ("
+                             f"{'; '.join(changed)}); resume with its settings, or delete the folder to start over",
+                             "--resume")
+        return info
+
+    def start(self) -> None:
+        """A new run: an empty resume folder."""
+        self.clear()
+        os.makedirs(self.folder)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # -- windows ------------------------------------------------------------------------------------------------
+
+    def save_window(self, index: int, latent: torch.Tensor) -> None:
+        self._save_tensors(f"window-{index:05d}.safetensors", {"latent": latent})
+
+    def window(self, index: int) -> torch.Tensor:
+        return load_file(self._path(f"window-{index:05d}.safetensors"))["latent"]
+
+    # -- loop state ---------------------------------------------------------------------------------------------
+
+    def save_state(self, state: LongState, windows: int, evaluations: Counter, forwards: Counter) -> None:
+        tensors = {f"structure.{i}": x for i, x in state.structures.items()}
+        tensors.update({f"guidance.{step}": eps for step, eps in state.guidance.items()})
+        tensors["generator_state"] = state.generator_state
+        self._save_tensors("state.safetensors", tensors)
+        info = {"format": FORMAT, "next_window": state.next_window, "windows": windows,
+                "evaluations": dict(evaluations), "forwards": dict(forwards), "settings": self.settings}
+        write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
+
+    def load_state(self) -> tuple[LongState, dict]:
+        info = self.check()
+        tensors = load_file(self._path("state.safetensors"))
+        state = LongState(info["next_window"],
+                          {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},
+                          {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("guidance.")},
+                          tensors["generator_state"])
+        return state, info
+
+    def _save_tensors(self, name: str, tensors: dict) -> None:
+        path = self._path(name)
+        temp = temp_name(path)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
+            os.replace(temp, path)
+        except BaseException:
+            if os.path.exists(temp):
+                os.remove(temp)
+            raise
