@@ -154,6 +154,8 @@ def one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure) or 130 (interrupted)."""
+    # Library chatter at import (e.g. transformers on optional image processors) would bury the one-line result.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")

@@ -178,7 +178,12 @@ class GenerateRequest:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
             raise UsageError(f"{e}", "--refine-steps") from None
-        self.prompt_schedule()
+        schedule = self.prompt_schedule()
+        L = self.long
+        if (self.frames > L.segment_length or schedule.travels) and L.staggered and L.segment_length % 2:
+            raise UsageError(f"--segment-length must be even for staggered refinement (windows take half of two "
+                             f"segments), got {L.segment_length}; use {L.segment_length + 1} or --no-stagger",
+                             "--segment-length")
         plan = self.plan()
         if plan is not None:
             self._validate_long(plan)
@@ -197,10 +202,6 @@ class GenerateRequest:
 
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
-        if L.staggered and L.segment_length % 2:
-            raise UsageError(f"--segment-length must be even for staggered refinement (windows take half of two "
-                             f"segments), got {L.segment_length}; use {L.segment_length + 1} or --no-stagger",
-                             "--segment-length")
         if L.noise_init == "freenoise":
             noise_frames = plan.structures * L.segment_length
             if L.freenoise_stride > L.freenoise_window:

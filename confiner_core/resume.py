@@ -4,10 +4,10 @@ Kept in ``<out>/.confiner-resume/`` while a long run is under way and removed wh
 
 * ``window-NNNNN.safetensors`` -- each finished window's refined latent (re-decoded on resume, so the video and
   its metrics are rebuilt exactly);
-* ``state.safetensors`` -- :class:`~confiner_core.long.LongState`'s tensors: the kept structure, coherence
+* ``state-NNNNN.safetensors`` -- :class:`~confiner_core.long.LongState`'s tensors: the kept structure, coherence
   guidance's memory and the generator state;
-* ``state.json`` -- the next window, the evaluation counts so far and the settings the run was started with
-  (a resume with other settings is refused, naming the difference).
+* ``state.json`` -- the next window, the name of its tensors file, the evaluation counts so far and the settings
+  the run was started with (a resume with other settings is refused, naming the difference).
 
 Every file is written to a temporary name and moved into place, so an interrupt never leaves a torn state.
 Tensors are stored as safetensors, never pickled: loading a resume folder cannot run code.
@@ -100,14 +100,18 @@ class ResumeStore:
         tensors = {f"structure.{i}": x for i, x in state.structures.items()}
         tensors.update({f"guidance.{step}": eps for step, eps in state.guidance.items()})
         tensors["generator_state"] = state.generator_state
-        self._save_tensors("state.safetensors", tensors)
-        info = {"format": FORMAT, "next_window": state.next_window, "windows": windows,
+        name = f"state-{state.next_window:05d}.safetensors"  # a new name each time: state.json moves in one step
+        self._save_tensors(name, tensors)
+        info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 "evaluations": dict(evaluations), "forwards": dict(forwards), "settings": self.settings}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
+        for old in os.listdir(self.folder):
+            if old.startswith("state-") and old != name:
+                os.remove(self._path(old))
 
     def load_state(self) -> tuple[LongState, dict]:
         info = self.check()
-        tensors = load_file(self._path("state.safetensors"))
+        tensors = load_file(self._path(info["tensors"]))
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("guidance.")},

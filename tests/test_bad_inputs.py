@@ -1,0 +1,275 @@
+"""Bad input, table-driven: every row is refused before any weights load, with a message naming the input, and
+leaves every output file as it was.
+
+Rows are ``Case``s in ``CLI_CASES`` (``python -m confiner_core generate`` in-process: exit code 2, one line on
+stderr, no traceback) and ``API_CASES`` (``generate(GenerateRequest(...))``: the exception type). Add a row to add a
+check; ``{name}`` placeholders in arguments are files made by ``make_inputs`` (node cases live in their own module).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import confiner_core.generate as G
+from confiner_core.chain import ChainConfig
+from confiner_core.cli import main
+from confiner_core.errors import UsageError
+from confiner_core.generate import GenerateRequest, generate
+from confiner_core.long import LongConfig, LongState
+from confiner_core.resume import ResumeStore
+
+SMALL = ["--frames", "8", "--height", "64", "--width", "64", "--quiet"]
+PREVIOUS = {"video.mp4": b"previous video bytes", "frames.png": b"previous sheet", "report.json": b'{"previous": 1}'}
+HAS_CUDA = torch.cuda.is_available()
+
+
+@dataclass
+class Case:
+    id: str
+    args: list | dict        # CLI: extra argv; API: GenerateRequest keyword arguments
+    names: str               # the message must contain this (the option, field, role or path)
+    code: int = 2            # CLI exit code
+    error: type = UsageError  # API exception type
+    defaults: bool = True    # CLI: prepend SMALL
+    marks: list = field(default_factory=list)
+
+
+def make_inputs(tmp) -> dict:
+    """Files the rows refer to: a previous run's outputs in ``prev`` and checkpoint-shaped files that fail."""
+    paths = {"tmp": str(tmp)}
+    motion = tmp / "motion_module.safetensors"  # detected as an AnimateDiff motion module from its keys alone
+    save_file({"down_blocks.0.motion_modules.0.proj_in.weight": torch.zeros(4, 4)}, str(motion))
+    sd = tmp / "sd15_single.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1000)}, str(sd))
+    data = sd.read_bytes()
+    (tmp / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp / "junk.safetensors").write_bytes(b"\x00" * 7)
+    (tmp / "model.ckpt").write_bytes(b"pickle bytes")
+    (tmp / "empty_folder").mkdir()
+    (tmp / "a_file").write_bytes(b"I am a file")
+    (tmp / "clash").mkdir()
+    (tmp / "clash" / "video.mp4").mkdir()  # an output name taken by a folder
+    resumed = tmp / "resumed"  # an interrupted long run's state, started with seed 7
+    resumed.mkdir()
+    store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7,
+                                                      long=LongConfig(segment_length=8)).run_settings())
+    store.start()
+    store.save_state(LongState(1, {}, {}, torch.Generator().manual_seed(7).get_state()), 3, {}, {})
+    paths.update(motion=str(motion), sd=str(sd), truncated=str(tmp / "truncated.safetensors"),
+                 junk=str(tmp / "junk.safetensors"), ckpt=str(tmp / "model.ckpt"), empty=str(tmp / "empty_folder"),
+                 file=str(tmp / "a_file"), clash=str(tmp / "clash"), resumed=str(resumed))
+    return paths
+
+
+LONG = ["--frames", "24", "--segment-length", "8"]
+CKPT = ["--control", "{motion}", "--spatial", "{sd}", "--temporal", "{motion}"]
+
+CLI_CASES = [
+    # numbers
+    Case("frames-zero", ["--frames", "0"], "--frames must be >= 1"),
+    Case("frames-negative", ["--frames", "-5"], "--frames"),
+    Case("frames-huge", ["--frames", "100001"], "--frames"),
+    Case("frames-text", ["--frames", "abc"], "--frames"),
+    Case("frames-float", ["--frames", "1.5"], "--frames"),
+    Case("height-not-multiple", ["--height", "70"], "--height must be a multiple of 8"),
+    Case("height-small", ["--height", "32"], "--height"),
+    Case("width-not-multiple", ["--width", "100"], "--width"),
+    Case("width-zero", ["--width", "0"], "--width"),
+    Case("seed-negative", ["--seed", "-1"], "--seed"),
+    Case("seed-too-big", ["--seed", str(2**64)], "--seed"),
+    Case("seed-text", ["--seed", "x"], "--seed"),
+    Case("fps-zero", ["--fps", "0"], "--fps must be > 0"),
+    Case("fps-negative", ["--fps", "-8"], "--fps"),
+    Case("fps-nan", ["--fps", "nan"], "--fps"),
+    Case("fps-inf", ["--fps", "inf"], "--fps"),
+    Case("cfg-nan", ["--cfg", "nan"], "--cfg must be a finite number"),
+    Case("cfg-inf", ["--cfg", "inf"], "--cfg"),
+    Case("cfg-negative", ["--cfg", "-1"], "--cfg"),
+    Case("cfg-huge", ["--cfg", "1000"], "--cfg"),
+    Case("control-cfg-nan", ["--control-cfg", "nan"], "--control-cfg"),
+    Case("control-steps-zero", ["--control-steps", "0"], "--control-steps"),
+    Case("control-steps-huge", ["--control-steps", "1001"], "--control-steps"),
+    Case("refine-steps-zero", ["--refine-steps", "0"], "--refine-steps"),
+    Case("te-zero", ["--te", "0"], "--te"),
+    Case("te-outside-schedule", ["--te", "1000"], "te (T_e)=1000 lies outside"),
+    Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "do not fit"),
+    Case("eta-above-one", ["--eta", "2"], "--eta"),
+    Case("eta-nan", ["--eta", "nan"], "--eta"),
+    Case("gamma-above-half", ["--gamma", "0.6"], "--gamma"),
+    Case("gamma-nan", ["--gamma", "nan"], "--gamma"),
+    Case("segment-length-one", ["--segment-length", "1"], "--segment-length"),
+    Case("segment-length-odd", ["--frames", "40", "--segment-length", "15"], "--segment-length must be even"),
+    Case("freenoise-stride-over-window", [*LONG, "--noise-init", "freenoise", "--freenoise-stride", "20"],
+         "--freenoise-stride"),
+    Case("freenoise-window-over-frames", [*LONG, "--noise-init", "freenoise", "--freenoise-window", "40"],
+         "--freenoise-window"),
+    Case("freenoise-window-zero", ["--freenoise-window", "0"], "--freenoise-window"),
+    Case("freenoise-stride-zero", ["--freenoise-stride", "0"], "--freenoise-stride"),
+    # choices
+    Case("mode-unknown", ["--mode", "bogus"], "--mode"),
+    Case("matching-unknown", ["--matching", "bogus"], "--matching"),
+    Case("noise-init-unknown", ["--noise-init", "bogus"], "--noise-init"),
+    Case("speed-unknown", ["--speed", "FAST"], "--speed"),
+    Case("control-sampler-unknown", ["--control-sampler", "heun"], "--control-sampler"),
+    # devices
+    Case("device-cuda-without-gpu", ["--device", "cuda"], "--device cuda",
+         marks=[pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")]),
+    Case("device-cuda-index", ["--device", "cuda:7"], "--device cuda:7",
+         marks=[pytest.mark.skipif(HAS_CUDA and torch.cuda.device_count() > 7, reason="has 8 GPUs")]),
+    Case("device-unknown", ["--device", "foo"], "--device 'foo'"),
+    Case("device-meta", ["--device", "meta"], "--device 'meta'"),
+    Case("device-empty", ["--device", ""], "--device"),
+    # files
+    Case("out-is-a-file", ["--out", "{file}"], "--out"),
+    Case("out-below-a-file", ["--out", "{file}/sub"], "--out"),
+    Case("out-not-writable", ["--out", "/proc/confiner-out"], "--out"),
+    Case("out-name-taken-by-folder", ["--out", "{clash}"], "video.mp4"),
+    Case("spatial-without-control", ["--spatial", "{sd}"], "need --control and --spatial"),
+    Case("paths-missing", ["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"],
+         "the control expert's path /nope/c does not exist"),
+    Case("temporal-missing", ["--control", "{motion}", "--spatial", "{sd}", "--temporal", "/nope/t"],
+         "--temporal: the temporal expert's path /nope/t"),
+    Case("control-pickle", ["--control", "{ckpt}", "--spatial", "{sd}", "--temporal", "{motion}"],
+         "--control (control expert)"),
+    Case("spatial-pickle", ["--control", "{motion}", "--spatial", "{ckpt}", "--temporal", "{motion}"],
+         "convert it to .safetensors"),
+    Case("control-empty-folder", ["--control", "{empty}", "--spatial", "{sd}", "--temporal", "{motion}"],
+         "not a recognised diffusers folder"),
+    Case("spatial-truncated", ["--control", "{motion}", "--spatial", "{truncated}", "--temporal", "{motion}"],
+         "truncated.safetensors"),
+    Case("spatial-junk", ["--control", "{motion}", "--spatial", "{junk}", "--temporal", "{motion}"],
+         "--spatial (spatial expert)"),
+    Case("temporal-is-an-image-model", ["--control", "{motion}", "--spatial", "{sd}", "--temporal", "{sd}"],
+         "cannot serve as the temporal expert"),
+    Case("spatial-is-a-motion-module", ["--control", "{motion}", "--spatial", "{motion}", "--temporal", "{motion}"],
+         "cannot serve as the spatial expert"),
+    Case("base-is-a-file", [*CKPT, "--base", "{file}"], "--base"),
+    Case("base-without-checkpoints", ["--base", "{empty}"], "--base"),
+    # prompt schedules
+    Case("prompt-ambiguous", ["--prompt", "a red ball | 4: a blue ball"], "0: a red ball | 64: a blue ball"),
+    Case("prompt-duplicate", ["--prompt", "0: a | 0: b"], "'0: b'"),
+    Case("prompt-beyond-video", ["--prompt", "0: a | 99: b"], "'99: b'"),
+    Case("prompt-unsorted", [*LONG, "--prompt", "0: a | 12: b | 8: c"], "'8: c'"),
+    Case("prompt-empty-entry-prompt", ["--prompt", "0: a | 4:"], "'4:'"),
+    Case("prompt-empty-entry", ["--prompt", "0: a || 4: b"], "empty entry"),
+    Case("prompt-not-from-zero", ["--prompt", "4: a"], "'4: a'"),
+    Case("prompt-seconds-duplicate", [*LONG, "--prompt", "0: a | 1s: b | 8: c"], "'8: c'"),
+    Case("prompt-seconds-beyond-video", ["--prompt", "0: a | 5s: b"], "'5s: b'"),
+    Case("prompt-entry-without-key", ["--prompt", "0: a | b"], "'b'"),
+    # resume
+    Case("resume-single-clip", ["--resume"], "--resume"),
+    Case("resume-nothing-to-resume", [*LONG, "--resume"], "--resume"),
+    Case("resume-other-settings", [*LONG, "--out", "{resumed}", "--resume", "--seed", "8"], "seed: 7 -> 8"),
+    Case("interrupted-run-in-out", [*LONG, "--out", "{resumed}", "--seed", "7"], "continue it with --resume"),
+]
+
+API_CASES = [
+    Case("api-frames-zero", {"frames": 0}, "--frames"),
+    Case("api-frames-float", {"frames": 16.5}, "--frames"),
+    Case("api-frames-bool", {"frames": True}, "--frames"),
+    Case("api-height", {"height": 70}, "--height"),
+    Case("api-seed-too-big", {"seed": 2**64}, "--seed"),
+    Case("api-fps-nan", {"fps": math.nan}, "--fps"),
+    Case("api-cfg-nan", {"refine_cfg": math.nan}, "--cfg"),
+    Case("api-control-cfg-inf", {"control_cfg": math.inf}, "--control-cfg"),
+    Case("api-te-zero", {"chain": ChainConfig(te=0)}, "--te"),
+    Case("api-te-outside", {"chain": ChainConfig(te=5000)}, "--te"),
+    Case("api-mode", {"chain": ChainConfig(mode="diagonal")}, "--mode"),
+    Case("api-steps-as-text", {"chain": ChainConfig(refine_steps="5")}, "--refine-steps"),
+    Case("api-gamma", {"long": LongConfig(gamma=1.0)}, "--gamma"),
+    Case("api-noise-init", {"long": LongConfig(noise_init="pink")}, "--noise-init"),
+    Case("api-device", {"device": "tpu"}, "--device 'tpu'"),
+    Case("api-speed", {"speed": "FAST"}, "--speed must be 'eager' or 'fast', got 'FAST'"),
+    Case("api-prompt-duplicate", {"prompt": "0: a | 0: b"}, "'0: b'"),
+    Case("api-prompt-not-text", {"prompt": 42}, "--prompt"),
+    Case("api-out-file", {"out": "{file}"}, "--out"),
+    Case("api-missing-spatial", {"control": "{motion}", "spatial": "/nope/s", "temporal": "{motion}"}, "/nope/s"),
+    Case("api-pickle-temporal", {"control": "{motion}", "spatial": "{sd}", "temporal": "{ckpt}"}, "model.ckpt"),
+]
+
+
+def snapshot(folder) -> dict:
+    """Every file below ``folder``: relative path -> bytes."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = fh.read()
+    return out
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """The inputs, a previous run's outputs in ``prev`` and a counter of weight loads (every load goes through
+    generate.load_backend)."""
+    paths = make_inputs(tmp_path)
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    for name, data in PREVIOUS.items():
+        (prev / name).write_bytes(data)
+    loads = []
+    real = G.load_backend
+    monkeypatch.setattr(G, "load_backend", lambda req: loads.append(req) or real(req))
+    before = snapshot(tmp_path)
+    yield paths, str(prev), loads
+    assert loads == [], "weights were loaded before the input was refused"
+    assert snapshot(tmp_path) == before, "a refused run changed files"
+
+
+def fill(value, paths):
+    return value.format(**paths) if isinstance(value, str) else value
+
+
+def case_params(cases):
+    return [pytest.param(c, id=c.id, marks=c.marks) for c in cases]
+
+
+def test_table_is_large_enough():
+    assert len(CLI_CASES) + len(API_CASES) >= 60
+    assert len({c.id for c in CLI_CASES + API_CASES}) == len(CLI_CASES) + len(API_CASES)
+
+
+@pytest.mark.parametrize("case", case_params(CLI_CASES))
+def test_cli_refuses_bad_input(case, world, capsys):
+    paths, prev, _ = world
+    args = [fill(a, paths) for a in case.args]
+    argv = ["generate", "--out", prev, *(SMALL if case.defaults else []), *args]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == case.code
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert case.names in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in captured.err
+    assert "wrote" not in captured.out
+
+
+@pytest.mark.parametrize("case", case_params(API_CASES))
+def test_api_refuses_bad_input(case, world):
+    paths, prev, _ = world
+    kwargs = {"out": prev, "frames": 8, "height": 64, "width": 64,
+              **{k: fill(v, paths) for k, v in case.args.items()}}
+    with pytest.raises(case.error) as e:
+        generate(GenerateRequest(**kwargs), show_progress=False)
+    assert case.names in str(e.value)
+    assert isinstance(e.value, ValueError)  # UsageError is a ValueError: older callers catching that still work
+
+
+def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CONFINER_DEBUG", "1")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), *SMALL, "--frames", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "UsageError" in err and err.strip().splitlines()[-1].startswith("error: --frames")
+    monkeypatch.delenv("CONFINER_DEBUG")
+    with pytest.raises(SystemExit):
+        main(["generate", "--debug", "--out", str(tmp_path / "x"), *SMALL, "--frames", "0"])
+    assert "Traceback" in capsys.readouterr().err

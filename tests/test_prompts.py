@@ -1,0 +1,76 @@
+"""The prompt-schedule grammar (confiner_core/prompts.py): plain prompts stay plain, schedules are explicit, every
+mistake is an error naming the entry, seconds resolve at the output fps."""
+
+import pytest
+
+from confiner_core.errors import UsageError
+from confiner_core.prompts import is_schedule, parse_prompt, render_schedule
+
+
+@pytest.mark.parametrize("text", [
+    "a red ball | 16:9 widescreen",           # '16:9' is not a key: no space after the colon
+    "a red ball | a blue ball",               # a lone '|' does not make a schedule
+    "cinematic, 4:3, 35mm | film grain",
+    "a red ball bouncing over green grass",
+    "",
+    "ratio 2.5s:1 | slow motion",
+])
+def test_plain_prompts_are_never_reinterpreted(text):
+    s = parse_prompt(text, frames=64, fps=8)
+    assert not s.scheduled and not s.travels
+    assert [(e.start, e.prompt) for e in s.entries] == [(0, text.strip())]
+    assert s.at(0) == s.at(63) == text.strip()
+    assert not is_schedule(text)
+
+
+def test_schedule_in_frames_and_seconds():
+    s = parse_prompt("0: a red ball | 2.5s: a blue ball\n48: a green ball", frames=64, fps=8)
+    assert s.scheduled and s.travels
+    assert [(e.start, e.key, e.prompt) for e in s.entries] == [(0, "0", "a red ball"), (20, "2.5s", "a blue ball"),
+                                                               (48, "48", "a green ball")]
+    assert [s.at(f) for f in (0, 19, 20, 47, 48, 63)] == ["a red ball", "a red ball", "a blue ball", "a blue ball",
+                                                          "a green ball", "a green ball"]
+    assert s.ranges() == [(0, 20, "a red ball"), (20, 48, "a blue ball"), (48, 64, "a green ball")]
+    assert render_schedule(s).splitlines() == ["  frames 0-19 (0.00-2.50 s): a red ball",
+                                              "  frames 20-47 (2.50-6.00 s): a blue ball",
+                                              "  frames 48-63 (6.00-8.00 s): a green ball"]
+
+
+def test_seconds_round_to_the_nearest_frame_halves_up():
+    # 0.3 s at 25 fps = 7.5 frames -> 8; 0.1 s at 30 fps = 3.0000000000000004 in floats -> exactly 3
+    assert parse_prompt("0: a | 0.3s: b", frames=30, fps=25).entries[1].start == 8
+    assert parse_prompt("0: a | 0.1s: b", frames=30, fps=30).entries[1].start == 3
+    assert parse_prompt("0s: a | 1s: b", frames=30, fps=24).entries[1].start == 24
+
+
+def test_multiline_schedule_with_blank_lines_and_colons_inside_prompts():
+    s = parse_prompt("0: wide shot, 16:9\n\n  8: close-up, 4:3  \n", frames=16)
+    assert [(e.start, e.prompt) for e in s.entries] == [(0, "wide shot, 16:9"), (8, "close-up, 4:3")]
+
+
+def test_one_entry_schedule_does_not_travel():
+    s = parse_prompt("0: a red ball", frames=16)
+    assert s.scheduled and not s.travels and s.at(15) == "a red ball"
+
+
+@pytest.mark.parametrize("text,fps,names", [
+    ("a red ball | 64: a blue ball", 8, "0: a red ball | 64: a blue ball"),   # ambiguous: shows how to write it
+    ("a red ball\n64: a blue ball", 8, "ambiguous"),
+    ("0: a | 0: b", 8, "'0: b'"),                 # duplicate
+    ("0: a | 1s: b | 8: c", 8, "'8: c'"),         # duplicate after resolving seconds
+    ("0: a | 64: b", 8, "'64: b'"),               # beyond 64 frames (0..63)
+    ("0: a | 9s: b", 8, "'9s: b'"),               # 72 > 63
+    ("0: a | 32: b | 16: c", 8, "'16: c'"),       # unsorted
+    ("0: a | 16:", 8, "'16:'"),                   # empty prompt
+    ("0: a || 16: b", 8, "empty entry"),          # empty entry
+    ("0: a | b", 8, "'b'"),                       # an entry without key
+    ("0: a | 16:9 widescreen", 8, "'16:9 widescreen'"),
+    ("8: a | 16: b", 8, "'8: a'"),                # does not start at frame 0
+    ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Segmenter node)
+])
+def test_schedule_errors_name_the_entry(text, fps, names):
+    with pytest.raises(UsageError) as e:
+        parse_prompt(text, frames=64, fps=fps, option="--prompt")
+    message = str(e.value)
+    assert names in message and "--prompt" in message and "\n" not in message
+    assert e.value.option == "--prompt"
