@@ -1,0 +1,205 @@
+"""Nothing lost: Ctrl-C and failures leave the previous outputs byte-identical and no temporary files; an
+interrupted ConFiner-Long run resumes from its last finished window to the same bytes as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from confiner_core.cli import main
+from confiner_core.embedded.experts import PosteriorMeanExpert
+from confiner_core.experts import EvaluationLog
+from confiner_core.outputs import is_temp
+from confiner_core.resume import RESUME_FOLDER
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREVIOUS = {"video.mp4": b"previous video bytes", "frames.png": b"previous sheet", "report.json": b'{"previous": 1}'}
+LONG = ["--frames", "48", "--segment-length", "8", "--height", "64", "--width", "64", "--seed", "5",
+        "--prompt", "0: a red ball bouncing over grass | 24: a blue ball bouncing over snow"]
+
+
+def previous_outputs(folder) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, data in PREVIOUS.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+
+
+def outputs(folder, names=tuple(PREVIOUS)) -> dict:
+    return {name: open(os.path.join(folder, name), "rb").read() for name in names}
+
+
+MEDIA = ("video.mp4", "frames.png")  # a resumed run's report differs in timings and says that it resumed
+
+
+def temp_files(folder) -> list:
+    return [os.path.join(r, f) for r, ds, fs in os.walk(folder) for f in fs + ds if is_temp(f)]
+
+
+class Run:
+    """``python -m confiner_core generate ...`` in a subprocess, its stderr collected as it arrives."""
+
+    def __init__(self, args, cwd):
+        env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+        env.pop("CONFINER_DEBUG", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "confiner_core", "generate", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.err = b""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.err += chunk
+
+    def wait_for(self, ready, what: str, deadline_s: float = 300) -> None:
+        """Poll until ``ready()``; a process that ends first fails the test (it was not interrupted mid-run)."""
+        stop = time.monotonic() + deadline_s
+        while not ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the run ended (rc {self.proc.returncode}) before {what}: {self.err.decode()[-2000:]}")
+            if time.monotonic() > stop:
+                self.proc.kill()
+                pytest.fail(f"no {what} within {deadline_s} s")
+            time.sleep(0.005)
+
+    def interrupt(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGINT)
+        out = self.proc.stdout.read().decode()
+        rc = self.proc.wait(timeout=120)
+        self.reader.join(timeout=10)
+        return rc, out, self.err.decode()
+
+
+def test_ctrl_c_mid_run_exits_130_and_keeps_previous_outputs(tmp_path):
+    out = tmp_path / "out"
+    previous_outputs(out)
+    run = Run(["--out", str(out), "--frames", "16", "--prompt", "a yellow diamond circling over sky"], tmp_path)
+    # tqdm reports finished steps ("| 2/9"): interrupt once sampling is under way, before it ends
+    run.wait_for(lambda: re.search(rb"\| [1-7]/9 ", run.err), "a sampling step")
+    rc, stdout, stderr = run.interrupt()
+    assert rc == 130, stderr
+    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    m = re.fullmatch(r"interrupted after (\d+) of 19 expert evaluations; nothing written", last)
+    assert m and 1 <= int(m.group(1)) < 19, last
+    assert "Traceback" not in stderr and "wrote" not in stdout
+    assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
+
+
+def test_sigint_during_long_run_then_resume_is_bit_identical(tmp_path):
+    full = tmp_path / "full"
+    assert main(["generate", "--out", str(full), "--quiet", *LONG]) == 0
+    reference = outputs(full, MEDIA)
+    part = tmp_path / "part"
+    previous_outputs(part)
+    state = part / RESUME_FOLDER / "state.json"
+    run = Run(["--out", str(part), "--quiet", *LONG], tmp_path)
+    run.wait_for(lambda: state.is_file() and json.loads(state.read_text())["next_window"] >= 2, "two finished windows")
+    rc, stdout, stderr = run.interrupt()
+    assert rc == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    m = re.fullmatch(r"interrupted after (\d+) of (\d+) expert evaluations; nothing written "
+                     r"\((\d) of 6 windows kept: rerun with --resume\)", last)
+    assert m and int(m.group(2)) == 7 * 4 + 6 * 15 and 2 <= int(m.group(3)) < 6, last
+    assert "Traceback" not in stderr
+    assert outputs(part) == PREVIOUS and temp_files(part) == []
+    kept = int(m.group(3))
+
+    assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
+    assert outputs(part, MEDIA) == reference  # byte for byte; the report is compared below
+    assert not (part / RESUME_FOLDER).exists() and temp_files(part) == []
+    a, b = json.load(open(full / "report.json")), json.load(open(part / "report.json"))
+    assert b["resumed_from_window"] == kept
+    assert a["metrics"] == b["metrics"] and a["expert_evaluations"] == b["expert_evaluations"]
+
+
+def _interrupt_at(monkeypatch, evaluation: int):
+    real = EvaluationLog.record
+
+    def record(self, forwards):
+        real(self, forwards)
+        if sum(self.evaluations.values()) == evaluation:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EvaluationLog, "record", record)
+    return real
+
+
+@pytest.mark.parametrize("evaluation,extra", [
+    (29, []),  # inside window 1's control pass (4 + 4 + 15 + 4 + 2): coherence guidance memory restored
+    (70, ["--noise-init", "freenoise", "--freenoise-window", "8", "--freenoise-stride", "2", "--gamma", "0",
+          "--no-stagger"]),  # mid-refinement of window 3 (4 + 15 per window)
+])
+def test_interrupt_inside_a_window_resumes_identically(tmp_path, monkeypatch, capsys, evaluation, extra):
+    args = ["--quiet", *LONG, *extra]
+    assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
+    real = _interrupt_at(monkeypatch, evaluation)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), *args])
+    assert e.value.code == 130
+    assert f"interrupted after {evaluation} of" in capsys.readouterr().err
+    assert sorted(os.listdir(part)) == [RESUME_FOLDER] and temp_files(part) == []
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+    assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
+def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
+    _interrupt_at(monkeypatch, 3)
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(out), "--quiet", *LONG])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted after 3 of 118 expert evaluations; nothing written"
+    assert not out.exists()  # the folder this run created is gone again, resume state included
+
+
+@pytest.mark.parametrize("args,where", [
+    (["--frames", "8"], "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
+                        "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial
+    (LONG, "expert 'embedded-control (coarse clips, AnimateDiff-Lightning schedule)' (PosteriorMeanExpert) at stage "
+           "'control', step t=499, evaluation 7 of the stage"),            # structure 1's third control step
+])
+def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch, capsys, args, where):
+    real = PosteriorMeanExpert.forward
+    calls = []
+
+    def forward(self, x, t, conds):
+        calls.append(1)
+        outs = real(self, x, t, conds)
+        return [o * float("nan") for o in outs] if len(calls) == 7 else outs
+
+    monkeypatch.setattr(PosteriorMeanExpert, "forward", forward)
+    out = tmp_path / "out"
+    previous_outputs(out)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(out), "--quiet", "--height", "64", "--width", "64", *args])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: NonFiniteError:")
+    # stage, step and expert named, a cause suggested
+    assert where in err and "bfloat16" in err
+    assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
+
+
+def test_nan_input_latent_is_named(tmp_path):
+    from confiner_core import schedules as S
+    from confiner_core.errors import NonFiniteError
+    from confiner_core.sampling import sample_control
+    from test_chain import OracleExpert
+
+    x0 = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    d = OracleExpert(x0, S.named("animatediff")).bind(log=EvaluationLog())
+    noise = torch.full_like(x0, float("nan"))
+    with pytest.raises(NonFiniteError, match="initial noise or input latent is not finite"):
+        sample_control(d, noise, [999, 749, 499, 249])
