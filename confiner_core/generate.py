@@ -548,7 +548,8 @@ class StreamStats:
 
     def summary(self, window_junctions=None, structure_junctions=None) -> dict:
         keys = ("subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness")
-        out = {k: float(np.nanmean([c[k] for c in self.chunks])) for k in keys}
+        values = {k: np.array([c[k] for c in self.chunks]) for k in keys}
+        out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in values.items()}
         out["color_drift"] = float(np.mean(self.drift[1:])) if len(self.drift) > 1 else 0.0
         out["temporal_flicker"] = float((255 - np.mean(self.diffs)) / 255) if self.diffs else 1.0
         if window_junctions is not None:
