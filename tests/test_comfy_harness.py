@@ -14,8 +14,8 @@ module that needs the host gets its own worker (~4-6 s boot); share a module to 
 
 Run against both snapshots::
 
-    COMFYUI_PATH=/work/comfy/v0.3.64 python -m pytest tests/test_comfy_harness.py -q
-    COMFYUI_PATH=/work/comfy/v0.8.0  python -m pytest tests/test_comfy_harness.py -q
+    COMFYUI_PATH=~/.cache/confiner/comfyui-0.3.64 python -m pytest tests/test_comfy_harness.py -q
+    COMFYUI_PATH=~/.cache/confiner/comfyui-0.8.0  python -m pytest tests/test_comfy_harness.py -q
 
 The checkpoint is built once into ``$CONFINER_TEST_CACHE`` (default ``~/.cache/confiner-tests``).
 """

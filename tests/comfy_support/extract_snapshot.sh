@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Extract the work tree of a (bare) git snapshot, file by file, into a destination directory.
 #
-# Usage: extract_snapshot.sh GIT_DIR DEST [REV]
+# Usage: extract_snapshot.sh GIT_DIR [DEST [REV]]
 #
-#   GIT_DIR  a bare git directory (e.g. /work/.mirror/Comfy-Org+ComfyUI/repo) or a repo's .git
-#   DEST     destination directory (created; keep it OUTSIDE this repository: ComfyUI is GPL-3.0)
+#   GIT_DIR  a bare git directory of a ComfyUI snapshot, or a repo's .git
+#   DEST     destination directory (created; keep it OUTSIDE this repository: ComfyUI is GPL-3.0). Default: the
+#            per-user cache folder that .ci/run looks in,
+#            ${XDG_CACHE_HOME:-$HOME/.cache}/confiner/comfyui-<version>, <version> from the snapshot's
+#            comfyui_version.py
 #   REV      revision to extract (default HEAD)
 #
 # `git archive` aborts on the first blob that is missing from a partial snapshot
@@ -12,17 +15,26 @@
 # `git ls-tree -r` and writes each blob with `git cat-file`, skipping (and reporting)
 # blobs that cannot be read. Symlinks are recreated; submodules (commit entries) are skipped.
 set -u
-if [ $# -lt 2 ]; then
-    echo "usage: $0 GIT_DIR DEST [REV]" >&2
+if [ $# -lt 1 ]; then
+    echo "usage: $0 GIT_DIR [DEST [REV]]" >&2
     exit 2
 fi
 GIT_DIR_ARG=$1
-DEST=$2
+DEST=${2:-}
 REV=${3:-HEAD}
 
 if ! git --git-dir="$GIT_DIR_ARG" rev-parse --verify -q "$REV^{commit}" >/dev/null; then
     echo "error: $GIT_DIR_ARG has no commit $REV" >&2
     exit 1
+fi
+if [ -z "$DEST" ]; then
+    version=$(git --git-dir="$GIT_DIR_ARG" show "$REV:comfyui_version.py" 2>/dev/null \
+              | sed -n 's/^__version__ *= *["'"'"']\([^"'"'"']*\)["'"'"'].*/\1/p')
+    if [ -z "$version" ]; then
+        echo "error: no comfyui_version.py in $GIT_DIR_ARG@$REV to name the folder; give DEST" >&2
+        exit 2
+    fi
+    DEST="${XDG_CACHE_HOME:-$HOME/.cache}/confiner/comfyui-$version"
 fi
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)

@@ -33,7 +33,9 @@ from . import harness
 from .synthetic_checkpoint import DEFAULT_RECIPE, ensure_checkpoint
 from .worker import ComfyWorker
 
-SKIP_REASON = "COMFYUI_PATH not set: point it at a ComfyUI checkout to run host integration tests"
+SKIP_REASON = ("COMFYUI_PATH not set: point it at a ComfyUI checkout to run host integration tests (made by "
+               "tests/comfy_support/extract_snapshot.sh in ${XDG_CACHE_HOME:-~/.cache}/confiner/comfyui-<version>, "
+               "which .ci/run uses when present)")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_DIR = Path(__file__).resolve().parent / "fixtures"
 ENV_RECIPE = "CONFINER_TEST_CKPT_RECIPE"

@@ -1,0 +1,191 @@
+"""What gets installed: every import is listed in a requirements file, the ComfyUI install stays lean (the nodes
+import nothing ComfyUI does not provide), pyproject.toml agrees with the requirements files and carries complete
+Comfy Registry metadata."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = {"confiner_core", "nodes", "comfy_support", "tiny_diffusers"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+# import name -> distribution name, where they differ
+DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
+# Installed by the README's commands themselves ("pip install torch==2.13.0 -r ...").
+BY_COMMAND = {"torch"}
+NEVER_IN_COMFYUI = {"opencv-python-headless", "opencv-python", "accelerate", "torch", "torchvision", "diffusers",
+                    "transformers", "imageio", "tqdm"}
+
+
+def requirements(name: str) -> set[str]:
+    """Distribution names in a requirements file, following ``-r`` includes."""
+    out = set()
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            out |= requirements(line[2:].strip())
+        elif line:
+            out.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower())
+    return out
+
+
+def own_lines(name: str) -> set[str]:
+    """The file's own entries, without its includes."""
+    lines = [ln.split("#", 1)[0].strip() for ln in (ROOT / name).read_text().splitlines()]
+    return {ln for ln in lines if ln and not ln.startswith("-r")}
+
+
+def imports(path: Path, module_level_only: bool = False) -> list[ast.ImportFrom | ast.Import]:
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    found = []
+    for node in nodes:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif module_level_only and isinstance(node, ast.Try):  # import guards at module level
+            found += [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return found
+
+
+def third_party(path: Path, module_level_only: bool = False) -> set[str]:
+    names = set()
+    for node in imports(path, module_level_only):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            continue
+        for top in ([a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module.split(".")[0]]):
+            if top not in sys.stdlib_module_names and top not in LOCAL and top != "__future__":
+                names.add(top)
+    return names
+
+
+def test_every_import_of_the_tests_and_the_main_job_is_listed():
+    listed = requirements("requirements-test.txt") | BY_COMMAND
+    files = [*(ROOT / "confiner_core").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
+    missing = {}
+    for f in files:
+        for name in third_party(f):
+            if DISTRIBUTION.get(name, name).lower() not in listed:
+                missing.setdefault(name, []).append(str(f.relative_to(ROOT)))
+    # ComfyUI's own modules are imported by test modules only inside the ComfyUI worker
+    missing = {k: v for k, v in missing.items() if k not in {"comfy", "comfy_api", "folder_paths", "nodes"}}
+    assert not missing, f"imports no requirements file lists: {missing}"
+
+
+def test_lean_comfyui_install():
+    lean = requirements("requirements.txt")
+    assert not lean & NEVER_IN_COMFYUI, lean & NEVER_IN_COMFYUI
+    assert "opencv-python-headless" in requirements("requirements-cli.txt")
+    assert {"diffusers", "transformers"} <= requirements("requirements-diffusers.txt")
+
+
+def test_pyproject_matches_the_requirements_files():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert set(project["dependencies"]) == own_lines("requirements.txt")
+    extras = project["optional-dependencies"]
+    assert set(extras["cli"]) == own_lines("requirements-cli.txt")
+    assert set(extras["diffusers"]) == own_lines("requirements-diffusers.txt")
+    assert set(extras["test"]) - {"comfyui-confiner[cli,diffusers]"} == own_lines("requirements-test.txt")
+
+
+def test_comfy_registry_metadata_is_complete():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = pyproject["tool"]["comfy"]
+    for key in ("PublisherId", "DisplayName", "Icon"):
+        assert comfy.get(key), f"[tool.comfy] {key} is empty"
+    assert comfy["includes"] and all((ROOT / p).is_dir() for p in comfy["includes"])
+    icon = comfy["Icon"]
+    assert icon.startswith("https://") and (ROOT / "docs" / icon.rsplit("/", 1)[1]).is_file()
+    assert pyproject["project"]["urls"]["Repository"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pyproject["project"]["version"])
+
+
+def reachable_core_modules() -> set[Path]:
+    """confiner_core modules the nodes import at module level, transitively."""
+    todo = list((ROOT / "nodes").glob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in imports(path, module_level_only=True):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            parts = (node.module or "").split(".") if node.module else []
+            target = base.joinpath(*parts)
+            candidates = [target.with_suffix(".py"), target / "__init__.py"]
+            candidates += [target / f"{a.name}.py" for a in node.names]  # "from ..confiner_core import layout"
+            todo += [c for c in candidates if c.is_file()]
+    return seen
+
+
+def test_nodes_import_nothing_comfyui_does_not_provide():
+    provided = {"torch", "numpy", "einops", "safetensors", "comfy", "comfy_api", "latent_preview", "folder_paths",
+                "node_helpers"}
+    modules = reachable_core_modules()
+    assert ROOT / "confiner_core" / "long.py" in modules and ROOT / "confiner_core" / "prompts.py" in modules
+    outside = {str(p.relative_to(ROOT)): sorted(third_party(p, module_level_only=True) - provided) for p in modules}
+    assert not any(outside.values()), outside
+    # and for real: the core modules the nodes use import with cv2, diffusers, transformers, imageio, tqdm blocked
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                   for p in modules if p.is_relative_to(ROOT / "confiner_core"))
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'cv2', 'diffusers', 'transformers', 'imageio', 'tqdm', 'accelerate'}:\n"
+        "            raise ImportError(f'{name} is blocked: the ComfyUI nodes must not need it')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for m in {names!r}:\n"
+        "    importlib.import_module(m)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", "import importlib\n" + code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def comfy_checkout() -> Path:
+    value = os.environ.get("COMFYUI_PATH", "").strip()
+    if not value or not (Path(value) / "comfy_config").is_dir():
+        pytest.skip("COMFYUI_PATH not set (or a ComfyUI without comfy_config): ComfyUI's own pyproject parser and "
+                    "requirements are checked against a checkout")
+    return Path(value)
+
+
+@pytest.mark.comfyui
+def test_comfyui_provides_everything_requirements_txt_lists():
+    comfy = comfy_checkout()
+    provided = {re.split(r"[<>=!~\[; ]", ln.strip(), maxsplit=1)[0].lower()
+                for ln in (comfy / "requirements.txt").read_text().splitlines() if ln.strip() and ln[0] != "#"}
+    assert requirements("requirements.txt") <= provided, requirements("requirements.txt") - provided
+
+
+@pytest.mark.comfyui
+def test_comfyuis_parser_reads_the_registry_metadata():
+    comfy = comfy_checkout()
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1])\n"
+            "from comfy_config import config_parser\n"
+            "c = config_parser.extract_node_configuration(sys.argv[2])\n"
+            "print(json.dumps({'id': c.tool_comfy.publisher_id, 'name': c.tool_comfy.display_name,\n"
+            "  'icon': c.tool_comfy.icon, 'includes': c.tool_comfy.includes, 'deps': c.project.dependencies,\n"
+            "  'comfyui': c.project.supported_comfyui_version, 'os': c.project.supported_os}))")
+    r = subprocess.run([sys.executable, "-c", code, str(comfy), str(ROOT)], capture_output=True, text=True)
+    if r.returncode and "No module named 'pydantic" in r.stderr:
+        pytest.skip("ComfyUI's runtime packages are not installed (tests/comfy_support/requirements-comfyui.txt)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    c = json.loads(r.stdout)
+    assert c["id"] == "confiner" and c["name"] == "ConFiner" and c["icon"].endswith("docs/icon.png")
+    assert c["includes"] and c["comfyui"] == ">=0.3.64" and c["os"] == ["OS Independent"]
+    assert set(c["deps"]) == own_lines("requirements.txt")
