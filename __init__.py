@@ -3,11 +3,14 @@
 The library lives in ``confiner_core`` (no ComfyUI imports); ``nodes`` translates between ComfyUI and it.
 """
 
-try:
-    from .nodes import comfy_entrypoint
-except ModuleNotFoundError as e:
-    # Imported outside ComfyUI (pytest collects the repository as a package): only the library is usable then.
-    if e.name not in ("comfy_api", "comfy", "latent_preview"):
-        raise
+if __package__:  # imported as a package: by ComfyUI, or by pytest collecting the repository folder
+    try:
+        from .nodes import comfy_entrypoint
+    except ModuleNotFoundError as e:
+        # Imported outside ComfyUI: only the library is usable then.
+        if e.name not in ("comfy_api", "comfy", "latent_preview"):
+            raise
+# else: pytest imported this file as a plain module because the clone's folder name is no identifier
+# (e.g. "comfyui-confiner"): there are no nodes to offer then.
 
 __all__ = ["comfy_entrypoint"]
