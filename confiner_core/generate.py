@@ -280,7 +280,10 @@ class GenerateRequest:
         if self.resume:
             store.check()
         elif store.exists():
-            done = store.info().get("next_window", "?")
+            try:
+                done = store.info().get("next_window", "?")
+            except (OSError, ValueError):
+                done = "?"
             raise UsageError(f"--out: {self.out} holds an interrupted ConFiner-Long run ({done} of "
                              f"{len(plan.windows)} windows done); continue it with --resume, or delete "
                              f"{store.folder} to start over", "--out")
@@ -421,7 +424,7 @@ def generate(req: GenerateRequest, show_progress: bool = True, announce: Callabl
     except KeyboardInterrupt:
         hint = ""
         if store is not None and store.exists():
-            hint = f"{store.info()['next_window']} of {len(plan.windows)} windows kept: rerun with --resume"
+            hint = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
         elif store is not None:
             store.clear()
         raise Interrupted(sum(log.evaluations.values()), expected_evaluations(req.chain, plan), hint) from None
