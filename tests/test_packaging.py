@@ -154,6 +154,28 @@ def test_nodes_import_nothing_comfyui_does_not_provide():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_main_job_needs_only_the_cli_requirements(tmp_path):
+    """The README's first command installs requirements-cli.txt only: the main job must run with everything else
+    the tests install (diffusers, transformers, accelerate, PyAV, pytest) made unimportable."""
+    extra = requirements("requirements-test.txt") - requirements("requirements-cli.txt")
+    blocked = {"av" if d == "av" else d.replace("-", "_") for d in extra}
+    assert {"diffusers", "transformers", "accelerate", "av", "pytest"} <= blocked
+    code = (
+        "import importlib.abc, runpy, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
+        "            raise ImportError(f'{name} is not in requirements-cli.txt')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['confiner_core', 'generate', '--out', sys.argv[1], '--frames', '8', '--height', '64',\n"
+        "            '--width', '64', '--quiet']\n"
+        "runpy.run_module('confiner_core', run_name='__main__')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["frames.png", "report.json", "video.mp4"]
+
+
 def comfy_checkout() -> Path:
     value = os.environ.get("COMFYUI_PATH", "").strip()
     if not value or not (Path(value) / "comfy_config").is_dir():
