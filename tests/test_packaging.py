@@ -107,6 +107,18 @@ def test_comfy_registry_metadata_is_complete():
     assert re.fullmatch(r"\d+\.\d+\.\d+", pyproject["project"]["version"])
 
 
+def run_blocking(modules: set, body: str, *args: str) -> subprocess.CompletedProcess:
+    """Python ``body`` in a fresh interpreter (in the repository root) where importing any of ``modules`` fails,
+    as if they were not installed."""
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name.split('.')[0] in {sorted(modules)!r}:\n"
+            "            raise ImportError(f'{name} is blocked: not installed in this test')\n"
+            "sys.meta_path.insert(0, Block())\n") + body
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
+
+
 def reachable_core_modules() -> set[Path]:
     """confiner_core modules the nodes import at module level, transitively."""
     todo = list((ROOT / "nodes").glob("*.py"))
@@ -140,17 +152,8 @@ def test_nodes_import_nothing_comfyui_does_not_provide():
     # and for real: the core modules the nodes use import with cv2, diffusers, transformers, imageio, tqdm blocked
     names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
                    for p in modules if p.is_relative_to(ROOT / "confiner_core"))
-    code = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in {'cv2', 'diffusers', 'transformers', 'imageio', 'tqdm', 'accelerate'}:\n"
-        "            raise ImportError(f'{name} is blocked: the ComfyUI nodes must not need it')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        f"for m in {names!r}:\n"
-        "    importlib.import_module(m)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", "import importlib\n" + code], cwd=ROOT, capture_output=True, text=True)
+    r = run_blocking({"cv2", "diffusers", "transformers", "imageio", "tqdm", "accelerate"},
+                     f"import importlib\nfor m in {names!r}:\n    importlib.import_module(m)\n")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -160,18 +163,10 @@ def test_main_job_needs_only_the_cli_requirements(tmp_path):
     extra = requirements("requirements-test.txt") - requirements("requirements-cli.txt")
     blocked = {"av" if d == "av" else d.replace("-", "_") for d in extra}
     assert {"diffusers", "transformers", "accelerate", "av", "pytest"} <= blocked
-    code = (
-        "import importlib.abc, runpy, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
-        "            raise ImportError(f'{name} is not in requirements-cli.txt')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "sys.argv = ['confiner_core', 'generate', '--out', sys.argv[1], '--frames', '8', '--height', '64',\n"
-        "            '--width', '64', '--quiet']\n"
-        "runpy.run_module('confiner_core', run_name='__main__')\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    r = run_blocking(blocked, "import runpy\n"
+                              "sys.argv = ['confiner_core', 'generate', '--out', sys.argv[1], '--frames', '8',\n"
+                              "            '--height', '64', '--width', '64', '--quiet']\n"
+                              "runpy.run_module('confiner_core', run_name='__main__')\n", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "out")) == ["frames.png", "report.json", "video.mp4"]
 
