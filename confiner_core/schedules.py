@@ -53,6 +53,19 @@ class NoiseSchedule:
         """sigma/alpha: the variance-exploding noise level k-diffusion and ComfyUI use (ascending in t)."""
         return self.sigmas / self.alphas
 
+    @property
+    def flow_shift(self) -> float | None:
+        """For a flow table s_t = shift*u / (1 + (shift-1)*u), u = (t+1)/N (SD3, Wan, FlowMatchEulerDiscreteScheduler,
+        ComfyUI's ModelSamplingDiscreteFlow), the shift, read back from the table; None for any other table."""
+        if self.kind != FLOW or self.num_timesteps < 3:
+            return None
+        n = self.num_timesteps
+        u = torch.arange(1, n, dtype=torch.float64) / n  # the last entry, s = 1, carries no information
+        s = self.sigmas[:-1]
+        shifts = s * (1 - u) / (u * (1 - s))
+        shift = float(shifts[n // 2])
+        return shift if torch.allclose(shifts, torch.full_like(shifts, shift), rtol=1e-4) else None
+
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):
             raise ValueError(

@@ -137,7 +137,29 @@ def test_validation_rejects_bad_chains():
 
 
 def test_refine_timesteps_default_paper():
-    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 39, 19]
+    # issue 12: the paper's uniform intervals (was [100, 80, 60, 39, 19], diffusers' trailing rule over [0, T_e])
+    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 40, 20]
+    assert refine_timesteps(ChainConfig(te=200, refine_steps=10)) == list(range(200, 0, -20))
+    assert refine_timesteps(ChainConfig(refine_spacing="trailing")) == [100, 80, 60, 39, 19]  # still available
+
+
+def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
+    """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
+    import math
+    from fractions import Fraction
+
+    for te in range(1, 1000):
+        for n in {1, 2, 3, 4, 5, 7, 8, 10, 16, 25, 50, te // 3 or 1, te // 2 or 1, te}:
+            if n > te:
+                continue
+            ts = refine_timesteps(ChainConfig(te=te, refine_steps=n))
+            exact = [Fraction(te * k, n) for k in range(n, 0, -1)]
+            assert ts[0] == te and len(set(ts)) == n and ts == sorted(ts, reverse=True)
+            assert ts == [math.floor(e + Fraction(1, 2)) for e in exact], (te, n)  # nearest, halves up
+            if te % n == 0:
+                assert ts == [te * k // n for k in range(n, 0, -1)]
+    with pytest.raises(ValueError, match="do not fit"):
+        ChainConfig(te=4, refine_steps=5).validate()
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
