@@ -60,11 +60,12 @@ class NoiseSchedule:
         if self.kind != FLOW or self.num_timesteps < 3:
             return None
         n = self.num_timesteps
-        u = torch.arange(1, n, dtype=torch.float64) / n  # the last entry, s = 1, carries no information
-        s = self.sigmas[:-1]
-        shifts = s * (1 - u) / (u * (1 - s))
-        shift = float(shifts[n // 2])
-        return shift if torch.allclose(shifts, torch.full_like(shifts, shift), rtol=1e-4) else None
+        u = torch.arange(1, n + 1, dtype=torch.float64) / n
+        mid = n // 2
+        s_mid = float(self.sigmas[mid - 1])
+        shift = s_mid * (1 - float(u[mid - 1])) / (float(u[mid - 1]) * (1 - s_mid))
+        table = shift * u / (1 + (shift - 1) * u)
+        return shift if float((table - self.sigmas).abs().max()) <= 1e-6 else None  # float32 tables (ComfyUI, diffusers)
 
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):
