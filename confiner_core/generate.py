@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -131,7 +130,7 @@ def generate(req: GenerateRequest, show_progress: bool = True) -> dict:
     seconds = {"load": time.perf_counter() - t_start}
     generator = torch.Generator().manual_seed(req.seed)
     channels = d["spatial"].expert.latent_channels
-    stats = StreamStats()
+    stats = metrics.StreamingMetrics()
     with VideoSink(os.path.join(req.out, "video.mp4"), req.fps, req.frames) as sink:
         def emit(latent: torch.Tensor) -> None:
             t0 = time.perf_counter()
@@ -171,40 +170,6 @@ def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Gene
         generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
                       lambda latent, window: emit(latent), prompts, progress_callback(bar), req.device)
     return {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
-
-
-class StreamStats:
-    """Quality figures gathered while frames stream past, in memory independent of the video's length:
-    consecutive-frame differences for seam scores, per-window metrics averaged, colour drift against frame 0."""
-
-    def __init__(self):
-        self.diffs: list[float] = []
-        self.last: np.ndarray | None = None
-        self.chunks: list[dict] = []
-        self.first_lab: np.ndarray | None = None
-        self.drift: list[float] = []
-
-    def add(self, frames: np.ndarray) -> None:
-        joined = frames if self.last is None else np.concatenate([self.last[None], frames])
-        self.diffs.extend(metrics.consecutive_mae(joined).tolist())
-        lab = metrics.to_lab(frames).reshape(len(frames), -1, 3).mean(1)
-        if self.first_lab is None:
-            self.first_lab = lab[0]
-        self.drift.extend(np.linalg.norm(lab - self.first_lab, axis=1).tolist())
-        self.chunks.append(metrics.evaluate(frames))
-        self.last = frames[-1]
-
-    def summary(self, window_junctions=None, structure_junctions=None) -> dict:
-        keys = ("subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness")
-        out = {k: float(np.nanmean([c[k] for c in self.chunks])) for k in keys}
-        out["color_drift"] = float(np.mean(self.drift[1:])) if len(self.drift) > 1 else 0.0
-        out["temporal_flicker"] = float((255 - np.mean(self.diffs)) / 255) if self.diffs else 1.0
-        if window_junctions is not None:
-            junctions = sorted(set(window_junctions) | set(structure_junctions or []))
-            out["seam_score"] = metrics.seam_ratio(self.diffs, junctions)
-            out["seam_score_windows"] = metrics.seam_ratio(self.diffs, window_junctions)
-            out["seam_score_structures"] = metrics.seam_ratio(self.diffs, structure_junctions)
-        return out
 
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:

@@ -163,6 +163,7 @@ def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker):
     assert r["finite"] and r["evaluations"] == 3
     assert r["outer_sample"] == 3  # one CFGGuider.sample per evaluation: ADE's outer wrapper sees each one
     assert r["apply_model"] == 3   # cond and uncond batched into one apply_model call per evaluation
+    assert r["forwards"] == r["apply_model"]  # network_forwards: the calls of the network, counted where they happen
 
 
 def test_object_patched_schedule_is_used(comfy_worker):
