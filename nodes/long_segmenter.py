@@ -9,7 +9,8 @@ from ..confiner_core.chain import ChainConfig
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import NOISE_INITS, LongConfig, PromptSchedule, generate_long, plan_segments
 from . import host
-from .schema import CATEGORY, control_inputs, refine_inputs, seed_input
+from .schema import (CATEGORY, coherence_memory_input, control_inputs, control_sampling_inputs, refine_inputs,
+                     seed_input, structure_noise_input)
 from .types import RefineExpertsType
 
 
@@ -51,6 +52,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                 tooltip="Prompt travel: 'prompt | 64: prompt from frame 64 | 128: ...'. Needs "
                                         "'clip'. Empty: the connected conditioning everywhere."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment_prompts (SD 1.5 family)."),
+                *control_sampling_inputs("control_"),
+                structure_noise_input(),
+                coherence_memory_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames.")],
         )
@@ -58,11 +62,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
     @classmethod
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
-                freenoise_stride, gamma, staggered, segment_prompts="", clip=None) -> io.NodeOutput:
-        chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler, te=te,
-                            refine_steps=refine_steps, mode=mode, matching=matching)
+                freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
+                control_eta=0.0, structure_noise="spatial", coherence_memory="guided") -> io.NodeOutput:
+        chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
+                            control_spacing=control_spacing, control_eta=control_eta, te=te,
+                            refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
         long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=segment_length,
-                          freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered)
+                          freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
+                          coherence_memory=coherence_memory)
         long.validate()
         plan = plan_segments(frames, segment_length, staggered)
         prompts = PromptSchedule.parse(segment_prompts) if segment_prompts and segment_prompts.strip() else None

@@ -174,3 +174,36 @@ def test_flow_expert_control_stage_is_finite_and_exact(sampler):
     out = sample_control(d, noise, [999, 749, 499, 249], sampler)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_table3_warning_only_where_the_paper_found_collapse():
+    from confiner_core.chain import ConFinerWarning, table3_warning
+
+    assert table3_warning(4, 300) and table3_warning(2, 999) and "Table 3" in table3_warning(4, 300)
+    assert table3_warning(4, 299) is None and table3_warning(8, 600) is None
+    x0 = x0_star()
+    c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, S.named("sd15")).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ConFinerWarning, match="T_e=300 with 4 control steps"):
+        run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
+
+
+def test_structure_noise_control_needs_a_control_schedule():
+    from confiner_core.chain import refine_structure, validate_refinement
+
+    x0 = x0_star()
+    s = OracleExpert(x0, S.named("sd15")).bind()
+    with pytest.raises(ValueError, match="needs the control expert's schedule"):
+        validate_refinement(s, s, SHAPE, ChainConfig(structure_noise="control"))
+    with pytest.raises(ValueError, match="structure_noise"):
+        ChainConfig(structure_noise="temporal").validate()
+    # Algorithm 1 line 4: V'_{T_e} uses the control schedule's coefficients at T_e
+    g = torch.Generator().manual_seed(1)
+    ad = S.named("animatediff")
+    structure = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    seen = OracleExpert(x0, S.named("sd15"))
+    refine_structure(seen.bind(), None, structure, ChainConfig(mode="standard", structure_noise="control"), g,
+                     control_schedule=ad)
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    a, sig = ad.coefficients(100)
+    assert torch.allclose(seen.calls[0][1], a * structure + sig * eps, atol=1e-6)
