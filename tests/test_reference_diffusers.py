@@ -213,10 +213,26 @@ class SpatialStepper:
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 1: the control stage
 
-def euler_reference(e: GaussianExpert, spacing, steps, noise):
-    """diffusers' Euler loop (VP: EulerDiscreteScheduler, steps_offset 1; flow: FlowMatchEulerDiscreteScheduler);
-    returns the model inputs in VP scaling, their (alpha, sigma), and the result."""
+def euler_loop(sched, x, output):
+    """diffusers' Euler sampling loop from x; ``output(k, model_input, alpha, sigma)`` gives what the scheduler steps
+    with. VP: the model sees scale_model_input(x) at alpha = 1/sqrt(sigma^2 + 1); flow: x itself at alpha = 1 - s.
+    Returns the model inputs with their (alpha, sigma), and the result."""
     inputs = []
+    flow = isinstance(sched, FlowMatchEulerDiscreteScheduler)
+    for k, t in enumerate(sched.timesteps):
+        sv = float(sched.sigmas[k])
+        if flow:
+            inp, a, s = x, 1 - sv, sv
+        else:
+            inp, a = sched.scale_model_input(x, t), 1 / math.sqrt(sv**2 + 1)
+            s = sv * a
+        inputs.append((inp, a, s))
+        x = sched.step(output(k, inp, a, s), t, x).prev_sample
+    return inputs, x
+
+
+def euler_reference(e: GaussianExpert, spacing, steps, noise):
+    """diffusers' Euler loop (VP: EulerDiscreteScheduler, steps_offset 1; flow: FlowMatchEulerDiscreteScheduler)."""
     if e.prediction == "flow":
         sched = FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFTS[e.role])
         if spacing == "linspace":
@@ -226,22 +242,12 @@ def euler_reference(e: GaussianExpert, spacing, steps, noise):
             ts.set_timesteps(steps)
             sched.set_timesteps(sigmas=[(int(t) + 1) / N for t in ts.timesteps])
         x = noise  # flow pipelines (SD3, Wan) start from the noise itself: the scheduler has no init_noise_sigma
-        for i, t in enumerate(sched.timesteps):
-            s = float(sched.sigmas[i])
-            inputs.append((x, 1 - s, s))
-            x = sched.step(e.out(x, 1 - s, s), t, x).prev_sample
-        return inputs, x
-    sched = EulerDiscreteScheduler(**VP_CONFIGS[e.role], prediction_type=e.prediction, timestep_spacing=spacing,
-                                   steps_offset=1)
-    sched.set_timesteps(steps)
-    x = noise * sched.init_noise_sigma
-    for i, t in enumerate(sched.timesteps):
-        inp = sched.scale_model_input(x, t)
-        sv = float(sched.sigmas[i])
-        alpha = 1 / math.sqrt(sv**2 + 1)
-        inputs.append((inp, alpha, sv * alpha))
-        x = sched.step(e.out(inp, alpha, sv * alpha), t, x).prev_sample
-    return inputs, x
+    else:
+        sched = EulerDiscreteScheduler(**VP_CONFIGS[e.role], prediction_type=e.prediction, timestep_spacing=spacing,
+                                       steps_offset=1)
+        sched.set_timesteps(steps)
+        x = noise * sched.init_noise_sigma
+    return euler_loop(sched, x, lambda k, inp, a, s: e.out(inp, a, s))
 
 
 def ddim_reference(e: GaussianExpert, spacing, steps, noise, eta, generator):
@@ -430,29 +436,23 @@ def test_coherence_guided_segments_match_diffusers(kind, memory):
     previous: dict[int, torch.Tensor] = {}
     for i, n in enumerate(noises):
         current = {}
+
+        def guided_output(k, inp, a, s):
+            out = e.out(inp, a, s)
+            d = out if kind == "flow" else pair(out, inp, a, s, kind)[1]  # velocity u, or eps (v converted)
+            guided = (1 - 2 * gamma) * d + 2 * gamma * previous[k] if k in previous else d
+            current[k] = guided if memory == "guided" else d
+            return guided
+
         if kind == "flow":
             sched = FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFTS["control"])
             sched.set_timesteps(sigmas=[1.0, 0.75, 0.5, 0.25])
-            x = n
-            for k, t in enumerate(sched.timesteps):
-                s = float(sched.sigmas[k])
-                u = e.out(x, 1 - s, s)
-                guided = (1 - 2 * gamma) * u + 2 * gamma * previous[k] if k in previous else u
-                current[k] = guided if memory == "guided" else u
-                x = sched.step(guided, t, x).prev_sample
+            _, x = euler_loop(sched, n, guided_output)
         else:
             sched = EulerDiscreteScheduler(**VP_CONFIGS["control"], prediction_type="epsilon",
                                            timestep_spacing="trailing", steps_offset=1)
             sched.set_timesteps(steps)
-            x = n * sched.init_noise_sigma
-            for k, t in enumerate(sched.timesteps):
-                inp = sched.scale_model_input(x, t)
-                sv = float(sched.sigmas[k])
-                a = 1 / math.sqrt(sv**2 + 1)
-                eps = pair(e.out(inp, a, sv * a), inp, a, sv * a, kind)[1]
-                guided = (1 - 2 * gamma) * eps + 2 * gamma * previous[k] if k in previous else eps
-                current[k] = guided if memory == "guided" else eps
-                x = sched.step(guided, t, x).prev_sample
+            _, x = euler_loop(sched, n * sched.init_noise_sigma, guided_output)
         previous = current
         agree(f"coherence[{kind}-{memory}] segment {i}", ours[i], x)
     assert not torch.allclose(ours[1], sample_control(d, noises[1], [999, 749, 499, 249], "euler"), atol=1e-3)
