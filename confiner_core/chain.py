@@ -138,8 +138,11 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     validate_experts({"spatial": spatial, "temporal": temporal}, shape)
-    extraction = extraction_schedule(spatial, temporal, config.mode, config.structure_noise, control_schedule)
-    extraction.check_timestep(config.te, "te (T_e)")
+    refining = extraction_schedule(spatial, temporal, config.mode)
+    refining.check_timestep(config.te, "te (T_e)")
+    if config.structure_noise == CONTROL:
+        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_timestep(
+            config.te, "te (T_e) on the control schedule")
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
     if temporal is not None and same_t:
         temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")

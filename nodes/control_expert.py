@@ -44,7 +44,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 spacing="trailing", eta=0.0) -> io.NodeOutput:
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
-        control = host.bind(model, positive, negative, cfg, "control", seed, EvaluationLog())
+        log = EvaluationLog()
+        control = host.bind(model, positive, negative, cfg, "control", seed, log)
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)
@@ -52,4 +53,5 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         progress = host.Progress(model, steps)
         structure = generate_structure(control, noise, config, generator, callback=progress)
+        host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

@@ -42,10 +42,12 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         config = ChainConfig(te=te, refine_steps=refine_steps, mode=mode, matching=matching,
                              structure_noise=structure_noise)
         control_schedule = host.schedule_of(control_model, "control") if control_model is not None else None
-        spatial, temporal = experts.bind(seed, EvaluationLog())
+        log = EvaluationLog()
+        spatial, temporal = experts.bind(seed, log)
         x = host.latent_in(experts.spatial_model, structure, "structure")
         validate_refinement(spatial, temporal, tuple(x.shape), config, control_schedule)
         progress = host.Progress(experts.spatial_model, refine_steps)
         latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed), progress,
                                   control_schedule)
+        host.log_cost("ConFiner Coordinated Sampler", log)
         return io.NodeOutput(host.latent_out(experts.spatial_model, latent, structure))

@@ -9,6 +9,8 @@ so an interruption between evaluations leaves no model patched. The maths stays 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management
@@ -175,3 +177,9 @@ class Progress:
         x = L.from_canonical(info["x"], self.layout)
         self.preview(self.step, x0, x, self.total)
         self.step += 1
+
+
+def log_cost(node: str, log: EvaluationLog) -> None:
+    """One console line per node run: expert evaluations and network forwards (the definition of EvaluationLog)."""
+    logging.info("%s: %d expert evaluations, %d network forwards", node, sum(log.evaluations.values()),
+                 sum(log.forwards.values()))

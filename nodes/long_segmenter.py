@@ -85,4 +85,5 @@ class ConFinerLongSegmenter(io.ComfyNode):
         windows = []
         generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long, torch.Generator().manual_seed(seed),
                       lambda x, window: windows.append(x.cpu()), prompts, progress, frame.device)
+        host.log_cost("ConFiner Long Segmenter", log)
         return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))
