@@ -99,6 +99,9 @@ AD_SCHED = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_
 
 
 SETTINGS = {"eager": EAGER, "best": FAST}
+# The expert networks: network_forwards (confiner_core.experts.EvaluationLog, one call of a network) must equal the
+# calls the module hooks see on these.
+EXPERT_MODULES = ("sd", "control", "ad_temporal", "ms")
 PRIOR_S = {  # H100 eager figures of an earlier call: used only to skip a run that cannot end before --deadline
     "confiner_4+5_modelscope": 2.8, "confiner_4+5_animatediff": 2.6, "confiner_4+5_modelscope_staged": 3.2,
     "modelscope_100": 22.0, "modelscope_50": 11.0, "animatediff_25": 4.7, "long_per_frame": 0.19}
@@ -210,13 +213,17 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
         rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info,
                      "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None})
     calls = list(timer.calls)
+    hooked = sum(1 for name, _ in calls if name in EXPERT_MODULES)  # UNet calls of the last run, seen by hooks
+    counted = sum(rows[-1].get("network_forwards", {}).values())
+    if counted and counted != hooked:
+        print(f"WARNING: network_forwards {counted} != {hooked} hooked UNet calls", flush=True)
     rows.sort(key=lambda r: r["wall_s"])
     median = rows[len(rows) // 2]
     inside = sum(median["modules_s"].values())
     tflop = flops.total(calls) / 1e12
     return {**median, "runs_s": [round(r["wall_s"], 4) for r in rows], "warmup_s": round(warmup_s, 2),
             "module_total_s": inside, "tflop": tflop, "achieved_tflops": tflop / median["wall_s"],
-            "module_calls": len(calls),
+            "module_calls": len(calls), "unet_calls_hooked": hooked,
             "overhead_fraction": (median["wall_s"] - inside) / median["wall_s"] if timer.enabled else None}
 
 
@@ -342,7 +349,7 @@ class Bench:
             latent = refine_structure(spatial, temp, structure, config, generator)
         residency.use("vae")
         self.decoder.decode(latent)
-        return {"evaluations": dict(log.evaluations), "forwards": dict(log.forwards)}
+        return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # Baselines -------------------------------------------------------------------------------------------------
     def baseline(self, expert: str, steps: int, residency: Residency, spacing: str, offset: int, frames: int = 16):
@@ -355,7 +362,7 @@ class Bench:
             latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
         residency.use("vae")
         self.decoder.decode(latent)
-        return {"evaluations": dict(log.evaluations), "forwards": dict(log.forwards)}
+        return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # ConFiner-Long ---------------------------------------------------------------------------------------------
     def long(self, frames: int, residency: Residency):
@@ -367,7 +374,7 @@ class Bench:
         plan = plan_segments(frames, 16, True)
         generate_long(control, spatial, temp, plan, (1, 4, self.h, self.h), ChainConfig(), LongConfig(),
                       torch.Generator().manual_seed(0), lambda x, w: self.decoder.decode(x), device=self.device)
-        return {"evaluations": dict(log.evaluations)}
+        return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # CPU issue time against GPU time of one forward: what CUDA graphs could save -------------------------------
     def launch_probe(self) -> dict:
@@ -429,17 +436,18 @@ def markdown(res: dict) -> str:
     lines = [f"Device {res['device_name']}, torch {res['torch']}, diffusers {res['diffusers']}, {res['date']}.", ""]
     for setting, table in res["tables"].items():
         lines += [f"### {setting}: {table['settings']}", "",
-                  "| run | median s | runs (s) | warm-up s | expert evals | TFLOP | TFLOP/s | overhead | peak GPU GiB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| run | median s | runs (s) | warm-up s | expert evals | network forwards | TFLOP | TFLOP/s | overhead "
+                  "| peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in table["runs"].items():
             if v is None:
-                lines.append(f"| {RUN_LABELS.get(name, name)} | skipped (deadline) | | | | | | | |")
+                lines.append(f"| {RUN_LABELS.get(name, name)} | skipped (deadline) | | | | | | | | |")
                 continue
             ev = sum(v.get("evaluations", {}).values())
+            fw = sum(v.get("network_forwards", v.get("forwards", {})).values())
             oh = f"{100 * v['overhead_fraction']:.1f} %" if v.get("overhead_fraction") is not None else ""
             pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
             lines.append(f"| {RUN_LABELS.get(name, name)} | {v['wall_s']:.3f} | {', '.join(f'{r:.3f}' for r in v['runs_s'])} "
-                         f"| {v['warmup_s']:.1f} | {ev} | {v['tflop']:.1f} | {v['achieved_tflops']:.0f} | {oh} | {pk} |")
+                         f"| {v['warmup_s']:.1f} | {ev} | {fw} | {v['tflop']:.1f} | {v['achieved_tflops']:.0f} | {oh} | {pk} |")
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
         if table.get("launch_probe"):
@@ -448,13 +456,15 @@ def markdown(res: dict) -> str:
         lines.append("")
     for setting, long in res["long"].items():
         lines += [f"### ConFiner-Long, {setting}: {long['settings']}", "",
-                  "| frames | wall s | expert evals | s per frame | peak GPU GiB |", "|---|---|---|---|---|"]
+                  "| frames | wall s | expert evals | network forwards | s per frame | peak GPU GiB |",
+                  "|---|---|---|---|---|---|"]
         for frames, v in long["runs"].items():
             if v is None:
-                lines.append(f"| {frames} | skipped (deadline) | | | |")
+                lines.append(f"| {frames} | skipped (deadline) | | | | |")
                 continue
             pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
             lines.append(f"| {frames} | {v['wall_s']:.2f} | {sum(v['evaluations'].values())} "
+                         f"| {sum(v.get('network_forwards', {}).values())} "
                          f"| {v['wall_s'] / int(frames):.3f} | {pk} |")
     return "\n".join(lines) + "\n"
 

@@ -61,7 +61,7 @@ def figures(tables: dict, longs: dict) -> dict:
         out[f"{setting}_launch_probe"] = table.get("launch_probe", {})
     c = tables["tables"]["eager"]["runs"]["confiner_4+5_modelscope"]
     out["expert_evaluations_confiner"] = c["evaluations"]
-    out["network_forwards_confiner"] = c["forwards"]
+    out["network_forwards_confiner"] = c.get("network_forwards", c.get("forwards"))  # older result files
     out["confiner_tflop"] = c["tflop"]
     out["modelscope100_tflop"] = tables["tables"]["eager"]["runs"]["modelscope_100"]["tflop"]
     out["confiner_floor_s_at_matmul_peak"] = c["tflop"] / MATMUL_PEAK_TFLOPS

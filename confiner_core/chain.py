@@ -7,14 +7,17 @@ combinations before any expert runs; :func:`run_chain` executes the three stages
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from . import refine as R
 from .experts import Denoiser, check_expert, in_stage
-from .sampling import Callback, EpsHook, diffuse, randn_like, sample_control
-from .timesteps import SPACINGS, spaced_timesteps
+from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
+    sample_control
+from .schedules import NoiseSchedule
+from .timesteps import SPACINGS, spaced_timesteps, uniform_timesteps
 
 COORDINATED = "coordinated"
 STANDARD = "standard"
@@ -22,11 +25,36 @@ TEMPORAL = "temporal"
 ALTERNATE = "alternate"
 MODES = (COORDINATED, STANDARD, TEMPORAL, ALTERNATE)
 
+# Which schedule noises the structure to T_e: Eq. 6 (the spatial expert's, the paper's equation and our default)
+# or Algorithm 1, line 4 (the control expert's scheduler).
+SPATIAL = "spatial"
+CONTROL = "control"
+STRUCTURE_NOISES = (SPATIAL, CONTROL)
+
+# Refinement timesteps: the paper's uniform intervals from T_e (default), or one of diffusers' spacings over [0, T_e].
+UNIFORM = "uniform"
+REFINE_SPACINGS = (UNIFORM, *SPACINGS)
+
+
+class ConFinerWarning(UserWarning):
+    """A valid but doubtful setting (e.g. outside what the paper found to work)."""
+
+
+def table3_warning(control_steps: int, te: int) -> str | None:
+    """The paper's Table 3: with 4 control steps T_e = 200 scores best and T_e >= 300 collapses image quality (with
+    8 steps larger T_e only trades temporal for aesthetic scores). Fewer steps give a coarser structure still."""
+    if control_steps <= 4 and te >= 300:
+        return (f"T_e={te} with {control_steps} control steps: the paper's Table 3 finds image quality collapses at "
+                f"T_e >= 300 with 4 control steps (best about 200); lower T_e or use 8 control steps")
+    return None
+
 
 @dataclass
 class ChainConfig:
-    """Defaults are the paper's "9 steps": 4 control steps (AnimateDiff-Lightning, Euler, trailing), T_e = 100,
-    5 coordinated refinement steps."""
+    """Defaults are the paper's "9 steps": 4 control steps (AnimateDiff-Lightning, Euler, trailing), T_e = 100 on the
+    spatial expert's schedule (Eq. 6), 5 coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20).
+
+    ``control_eta`` is DDIM's eta in the control stage (sampler "ddim" only); ``eta`` the same in refinement."""
 
     control_steps: int = 4
     control_sampler: str = "euler"
@@ -34,28 +62,33 @@ class ChainConfig:
     control_eta: float = 0.0
     te: int = 100
     refine_steps: int = 5
-    refine_spacing: str = "trailing"
+    refine_spacing: str = UNIFORM
     mode: str = COORDINATED
     matching: str = R.SAME_INDEX
     eta: float = 0.0
+    structure_noise: str = SPATIAL
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.matching not in R.TIMESTEP_MATCHING:
             raise ValueError(f"matching must be one of {R.TIMESTEP_MATCHING}, got {self.matching!r}")
-        for name in ("control_spacing", "refine_spacing"):
-            if getattr(self, name) not in SPACINGS:
-                raise ValueError(f"{name} must be one of {SPACINGS}, got {getattr(self, name)!r}")
-        if self.control_sampler not in ("euler", "ddim"):
-            raise ValueError(f"control_sampler must be 'euler' or 'ddim', got {self.control_sampler!r}")
+        if self.control_spacing not in SPACINGS:
+            raise ValueError(f"control_spacing must be one of {SPACINGS}, got {self.control_spacing!r}")
+        if self.refine_spacing not in REFINE_SPACINGS:
+            raise ValueError(f"refine_spacing must be one of {REFINE_SPACINGS}, got {self.refine_spacing!r}")
+        if self.control_sampler not in SAMPLERS:
+            raise ValueError(f"control_sampler must be one of {SAMPLERS}, got {self.control_sampler!r}")
+        if self.structure_noise not in STRUCTURE_NOISES:
+            raise ValueError(f"structure_noise must be one of {STRUCTURE_NOISES}, got {self.structure_noise!r}")
         if self.control_steps < 1 or self.refine_steps < 1:
             raise ValueError("control_steps and refine_steps must be >= 1")
         if self.te < 1:
             raise ValueError(f"te (T_e) must be >= 1, got {self.te}")
-        if self.refine_steps > self.te + 1:
+        room = self.te if self.refine_spacing == UNIFORM else self.te + 1
+        if self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
-                             f"use at most {self.te + 1} steps or raise T_e")
+                             f"use at most {room} steps or raise T_e")
         if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.control_eta <= 1.0):
             raise ValueError("eta values must lie in [0, 1]")
 
@@ -63,10 +96,17 @@ class ChainConfig:
         return asdict(self)
 
 
-def extraction_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -> Denoiser:
-    """Whose schedule the structure is noised on (Eq. 6): the spatial expert's, except for the temporal-only
-    ablation, which refines on the temporal expert's own schedule."""
-    return temporal if mode == TEMPORAL else spatial
+def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str, structure_noise: str = SPATIAL,
+                        control_schedule: NoiseSchedule | None = None) -> NoiseSchedule:
+    """The schedule the structure is noised on to T_e. ``spatial`` (Eq. 6): the refining expert's -- the spatial
+    expert's, or the temporal expert's for the temporal-only ablation, which refines on its own schedule.
+    ``control`` (Algorithm 1, line 4): the control expert's."""
+    if structure_noise == CONTROL:
+        if control_schedule is None:
+            raise ValueError("structure_noise 'control' (Algorithm 1, line 4) needs the control expert's schedule; "
+                             "connect the control model or use structure_noise 'spatial' (Eq. 6)")
+        return control_schedule
+    return (temporal if mode == TEMPORAL else spatial).schedule
 
 
 def validate_experts(roles: dict, shape: tuple) -> None:
@@ -89,7 +129,8 @@ def validate_experts(roles: dict, shape: tuple) -> None:
                              f"asked; use fewer frames or ConFiner-Long segments")
 
 
-def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig) -> None:
+def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
+                        control_schedule: NoiseSchedule | None = None) -> None:
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated."""
     config.validate()
     if len(shape) != 5:
@@ -97,20 +138,29 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     validate_experts({"spatial": spatial, "temporal": temporal}, shape)
-    extraction = extraction_denoiser(spatial, temporal, config.mode).schedule
-    extraction.check_timestep(config.te, "te (T_e)")
-    if temporal is not None and config.mode in (COORDINATED, ALTERNATE) and config.matching == R.SAME_INDEX:
+    refining = extraction_schedule(spatial, temporal, config.mode)
+    refining.check_timestep(config.te, "te (T_e)")
+    if config.structure_noise == CONTROL:
+        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_timestep(
+            config.te, "te (T_e) on the control schedule")
+    same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
+    if temporal is not None and same_t:
         temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
                    config: ChainConfig) -> None:
-    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w]."""
-    validate_refinement(spatial, temporal, shape, config)
+    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w].
+    Settings the paper found to fail (Table 3) give a :class:`ConFinerWarning`, not an error."""
+    validate_refinement(spatial, temporal, shape, config, control.schedule)
     validate_experts({"control": control, "spatial": spatial}, shape)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
+    control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
+    message = table3_warning(config.control_steps, config.te)
+    if message:
+        warnings.warn(message, ConFinerWarning, stacklevel=2)
 
 
 @dataclass
@@ -120,12 +170,14 @@ class ChainResult:
     seconds: dict = field(default_factory=dict)
 
 
-def control_timesteps(control: Denoiser, config: ChainConfig) -> list[int]:
-    return spaced_timesteps(config.control_steps, control.schedule.num_timesteps - 1, config.control_spacing,
-                            steps_offset=0)
+def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
+    return sampler_timesteps(control.schedule, config.control_steps, config.control_sampler, config.control_spacing)
 
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
+    """From T_e towards 0: the paper's uniform intervals (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
+    if config.refine_spacing == UNIFORM:
+        return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
 
 
@@ -134,12 +186,14 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0."""
     return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
-                          config.control_eta, generator, eps_hook, callback)
+                          config.control_eta, generator, eps_hook, callback, config.control_spacing)
 
 
-def extract_structure(denoiser: Denoiser, structure: torch.Tensor, te: int, generator: torch.Generator) -> torch.Tensor:
-    """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the refining expert's schedule."""
-    return diffuse(denoiser.schedule, structure, te, randn_like(structure, generator))
+def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
+    (:func:`extraction_schedule`)."""
+    return diffuse(schedule, structure, te, randn_like(structure, generator))
 
 
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
@@ -156,10 +210,12 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
 
 
 def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
-                     generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
-    """Eq. 6 then stage 2: what the chain does with a finished structure (also used by ConFiner-Long)."""
-    denoiser = extraction_denoiser(spatial, temporal, config.mode)
-    x = extract_structure(denoiser, structure, config.te, generator)
+                     generator: torch.Generator, callback: Callback | None = None,
+                     control_schedule: NoiseSchedule | None = None) -> torch.Tensor:
+    """Eq. 6 (or Algorithm 1, line 4) then stage 2: what the chain does with a finished structure (also used by
+    ConFiner-Long). ``control_schedule`` is needed for ``structure_noise='control'`` only."""
+    schedule = extraction_schedule(spatial, temporal, config.mode, config.structure_noise, control_schedule)
+    x = extract_structure(schedule, structure, config.te, generator)
     return refine(spatial, temporal, x, config, generator, callback)
 
 
@@ -174,7 +230,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
         structure = generate_structure(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
     with in_stage(log, "refine"):
-        latent = refine_structure(spatial, temporal, structure, config, generator, callback)
+        latent = refine_structure(spatial, temporal, structure, config, generator, callback, control.schedule)
     t2 = time.perf_counter()
     return ChainResult(latent, structure, {"control": t1 - t0, "refine": t2 - t1})
 

@@ -12,9 +12,11 @@ import os
 import sys
 import traceback
 
-from .chain import MODES, ChainConfig
+from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .errors import Interrupted, UsageError
+from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
+from .timesteps import SPACINGS
 
 DEBUG_ENV = "CONFINER_DEBUG"
 PROMPT_HELP = ("text prompt (embedded default: 'a red ball bouncing over green grass'), or a prompt schedule with a "
@@ -71,10 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=MODES, default="coordinated")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
-    g.add_argument("--te", type=number("--te"), default=100, help="structure noising timestep T_e")
+    g.add_argument("--te", type=number("--te"), default=100, help="structure noising timestep T_e (with 4 control "
+                   "steps the paper's Table 3 finds T_e >= 300 collapses image quality)")
+    g.add_argument("--structure-noise", choices=STRUCTURE_NOISES, default="spatial",
+                   help="schedule that noises the structure to T_e: the spatial expert's (Eq. 6, default) or the "
+                        "control expert's (Algorithm 1, line 4)")
     g.add_argument("--control-steps", type=number("--control-steps"), default=4)
     g.add_argument("--refine-steps", type=number("--refine-steps"), default=5)
-    g.add_argument("--control-sampler", choices=CONTROL_SAMPLERS, default="euler")
+    g.add_argument("--refine-spacing", choices=REFINE_SPACINGS, default="uniform",
+                   help="refinement timesteps: the paper's uniform intervals from T_e (100, 80, 60, 40, 20) or a "
+                        "diffusers spacing over [0, T_e]")
+    g.add_argument("--control-sampler", choices=CONTROL_SAMPLERS, default="euler",
+                   help="euler for distilled few-step control experts (AnimateDiff-Lightning), ddim (the paper's) "
+                        "for undistilled ones")
+    g.add_argument("--control-spacing", choices=SPACINGS, default="trailing",
+                   help="control timesteps as diffusers' schedulers lay them out; flow experts: 'linspace' is "
+                        "FlowMatchEulerDiscreteScheduler, 'trailing' ComfyUI's 'simple'")
+    g.add_argument("--control-eta", type=number("--control-eta"), default=0.0,
+                   help="DDIM eta in the control stage (ddim only)")
     g.add_argument("--eta", type=number("--eta"), default=0.0, help="DDIM eta in refinement")
     g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0)
     g.add_argument("--cfg", type=number("--cfg"), default=None,
@@ -86,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16)
     g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=4)
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
+    g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
+                   help="pull towards the previous segment's guided prediction (Eq. 12 as printed) or its raw one")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--fps", type=number("--fps"), default=8.0)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
@@ -127,15 +145,18 @@ def request_from_args(a: argparse.Namespace):
     from .generate import GenerateRequest
     from .long import LongConfig
 
-    chain = ChainConfig(control_steps=a.control_steps, control_sampler=a.control_sampler, te=a.te,
-                        refine_steps=a.refine_steps, mode=a.mode, matching=a.matching, eta=a.eta)
+    chain = ChainConfig(control_steps=a.control_steps, control_sampler=a.control_sampler,
+                        control_spacing=a.control_spacing, control_eta=a.control_eta, te=a.te,
+                        refine_steps=a.refine_steps, refine_spacing=a.refine_spacing, mode=a.mode,
+                        matching=a.matching, eta=a.eta, structure_noise=a.structure_noise)
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
                            device=a.device, speed=a.speed, resume=a.resume, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
-                                           gamma=a.gamma, staggered=not a.no_stagger))
+                                           gamma=a.gamma, staggered=not a.no_stagger,
+                                           coherence_memory=a.coherence_memory))
 
 
 def generate_command(a: argparse.Namespace) -> int:

@@ -29,7 +29,13 @@ class Prediction(NamedTuple):
 
 @dataclass
 class EvaluationLog:
-    """Counts denoiser calls ("expert evaluations", the paper's unit) and network forwards per stage."""
+    """Counts, per stage, expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction, whatever
+    the guidance) and network forwards.
+
+    A **network forward** is one call of an expert's network, whatever its batch: classifier-free guidance batched
+    with the conditional pass into one call counts 1, computed as two calls counts 2, a context-windowed evaluation
+    counts one per window. Every backend reports it through :meth:`Expert.forwards_per_call`; the report
+    (``network_forwards``), the ComfyUI nodes and ``bench/gpu_benchmark.py`` all use this count."""
 
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
@@ -83,6 +89,9 @@ class Expert(ABC):
         Backends may batch the conditionings into one network call."""
 
     def forwards_per_call(self, n_conds: int) -> int:
+        """Network forwards (see :class:`EvaluationLog`) the last :meth:`forward` made for ``n_conds``
+        conditionings. Default: one call per conditioning; backends that batch them, or that can count the calls
+        where they happen, override it."""
         return n_conds
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,

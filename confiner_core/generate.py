@@ -23,18 +23,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .chain import ALTERNATE, COORDINATED, MODES, STANDARD, TEMPORAL, ChainConfig, run_chain, validate_chain
+from .chain import (ALTERNATE, COORDINATED, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL, ChainConfig,
+                    run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, UsageError
 from .experts import EvaluationLog
-from .long import NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
+from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
 from .outputs import AtomicOutputs, check_output_folder
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
+from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
@@ -95,6 +96,7 @@ NUMBERS = (
     Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
     Number("--te", "chain.te", int, 1, 100_000),
     Number("--eta", "chain.eta", float, 0, 1),
+    Number("--control-eta", "chain.control_eta", float, 0, 1),
     Number("--segment-length", "long.segment_length", int, 2, 4096),
     Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000),
     Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000),
@@ -104,6 +106,10 @@ CHOICES = (
     ("--mode", "chain.mode", MODES),
     ("--matching", "chain.matching", TIMESTEP_MATCHING),
     ("--control-sampler", "chain.control_sampler", CONTROL_SAMPLERS),
+    ("--control-spacing", "chain.control_spacing", SPACINGS),
+    ("--refine-spacing", "chain.refine_spacing", REFINE_SPACINGS),
+    ("--structure-noise", "chain.structure_noise", STRUCTURE_NOISES),
+    ("--coherence-memory", "long.coherence_memory", COHERENCE_MEMORIES),
     ("--noise-init", "long.noise_init", NOISE_INITS),
     ("--speed", "speed", SPEEDS),
 )
@@ -452,7 +458,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         raise UsageError(str(e)) from None
     seconds = {"load": time.perf_counter() - t_start}
     generator = torch.Generator().manual_seed(req.seed)
-    stats = StreamStats()
+    stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
         with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
             def emit(latent: torch.Tensor) -> None:
@@ -526,41 +532,6 @@ def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Gene
     if resume is not None:
         extra["resumed_from_window"] = resume.next_window
     return extra
-
-
-class StreamStats:
-    """Quality figures gathered while frames stream past, in memory independent of the video's length:
-    consecutive-frame differences for seam scores, per-window metrics averaged, colour drift against frame 0."""
-
-    def __init__(self):
-        self.diffs: list[float] = []
-        self.last: np.ndarray | None = None
-        self.chunks: list[dict] = []
-        self.first_lab: np.ndarray | None = None
-        self.drift: list[float] = []
-
-    def add(self, frames: np.ndarray) -> None:
-        joined = frames if self.last is None else np.concatenate([self.last[None], frames])
-        self.diffs.extend(metrics.consecutive_mae(joined).tolist())
-        lab = metrics.to_lab(frames).reshape(len(frames), -1, 3).mean(1)
-        if self.first_lab is None:
-            self.first_lab = lab[0]
-        self.drift.extend(np.linalg.norm(lab - self.first_lab, axis=1).tolist())
-        self.chunks.append(metrics.evaluate(frames))
-        self.last = frames[-1]
-
-    def summary(self, window_junctions=None, structure_junctions=None) -> dict:
-        keys = ("subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness")
-        values = {k: np.array([c[k] for c in self.chunks]) for k in keys}
-        out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for k, v in values.items()}
-        out["color_drift"] = float(np.mean(self.drift[1:])) if len(self.drift) > 1 else 0.0
-        out["temporal_flicker"] = float((255 - np.mean(self.diffs)) / 255) if self.diffs else 1.0
-        if window_junctions is not None:
-            junctions = sorted(set(window_junctions) | set(structure_junctions or []))
-            out["seam_score"] = metrics.seam_ratio(self.diffs, junctions)
-            out["seam_score_windows"] = metrics.seam_ratio(self.diffs, window_junctions)
-            out["seam_score_structures"] = metrics.seam_ratio(self.diffs, structure_junctions)
-        return out
 
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:

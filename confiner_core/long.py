@@ -148,25 +148,39 @@ class StructureNoise:
 # ----------------------------------------------------------------------------------------------------------------
 # Coherence guidance (Eq. 12)
 
+# What the next structure is pulled towards. Eq. 12 writes the previous segment's noise without a hat, eps^prev_t:
+# its *guided* prediction, the eps_t the previous segment really stepped with (the paper's reading, default). The
+# alternative keeps its raw prediction eps_hat^prev_t, so guidance does not compound along the chain of segments.
+GUIDED = "guided"
+UNGUIDED = "unguided"
+COHERENCE_MEMORIES = (GUIDED, UNGUIDED)
+
+
 def coherence_guidance(eps_hat: torch.Tensor, eps_prev: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Eq. 12: eps_t = eps_hat - gamma * grad_{eps_hat} ||eps_hat - eps_prev||^2 = (1 - 2 gamma) eps_hat + 2 gamma eps_prev."""
+    """Eq. 12: eps_t = eps_hat - gamma * grad_{eps_hat} ||eps_hat - eps_prev||^2 = (1 - 2 gamma) eps_hat + 2 gamma eps_prev.
+
+    Applied to the control expert's ODE derivative (:func:`confiner_core.sampling.derivative`): eps for VP experts
+    (eps- and v-prediction), exactly as printed; the velocity u = eps - x0 for flow experts, so that x0 and eps are
+    recomputed from x_t without dividing by alpha (which is 0 at sigma = 1, where their control stage starts)."""
     return eps_hat - gamma * 2.0 * (eps_hat - eps_prev)
 
 
 class CoherenceGuidance:
     """An eps hook for :func:`confiner_core.sampling.sample_control` that keeps only the previous structure's
-    eps per control step (all the next structure needs)."""
+    prediction per control step (all the next structure needs): the guided one (``memory='guided'``, Eq. 12 as
+    printed) or the unguided one (``'unguided'``)."""
 
-    def __init__(self, gamma: float):
-        self.gamma = gamma
+    def __init__(self, gamma: float, memory: str = GUIDED):
+        if memory not in COHERENCE_MEMORIES:
+            raise ValueError(f"coherence memory must be one of {COHERENCE_MEMORIES}, got {memory!r}")
+        self.gamma, self.memory = gamma, memory
         self.previous: dict[int, torch.Tensor] = {}
         self.current: dict[int, torch.Tensor] = {}
 
     def __call__(self, step: int, t: float, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        if step in self.previous:
-            eps = coherence_guidance(eps, self.previous[step], self.gamma)
-        self.current[step] = eps
-        return eps
+        guided = coherence_guidance(eps, self.previous[step], self.gamma) if step in self.previous else eps
+        self.current[step] = guided if self.memory == GUIDED else eps
+        return guided
 
     def next_structure(self) -> None:
         self.previous, self.current = self.current, {}
@@ -177,7 +191,8 @@ class CoherenceGuidance:
 
 @dataclass
 class LongConfig:
-    """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on."""
+    """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on, coherence guidance
+    towards the previous segment's guided prediction (Eq. 12 as printed)."""
 
     segment_length: int = 16
     noise_init: str = SHUFFLE
@@ -185,12 +200,15 @@ class LongConfig:
     freenoise_stride: int = 4
     gamma: float = 0.1
     staggered: bool = True
+    coherence_memory: str = GUIDED
 
     def validate(self) -> None:
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
         if not (0.0 <= self.gamma <= 0.5):
             raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
+        if self.coherence_memory not in COHERENCE_MEMORIES:
+            raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
 
 
 WindowSink = Callable[[torch.Tensor, Window], None]
@@ -234,7 +252,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     validate_chain(control, spatial, temporal, shape, chain)
     noise = StructureNoise(config.noise_init, shape, plan.structures, generator, config.freenoise_window,
                            config.freenoise_stride)
-    guidance = CoherenceGuidance(config.gamma) if config.gamma > 0 else None
+    guidance = CoherenceGuidance(config.gamma, config.coherence_memory) if config.gamma > 0 else None
     structures: dict[int, torch.Tensor] = {}
     log = control.log
 
@@ -266,7 +284,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
         centre = (window.out_start + window.out_stop) // 2
         with in_stage(log, "refine"):
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
-                                       generator, callback)
+                                       generator, callback, control.schedule)
         sink(refined[:, :, :window.out_stop - window.out_start], window)
         last = window.parts[-1][0]
         for i in [k for k in structures if k < last]:

@@ -10,6 +10,11 @@ weights we cannot download, so this module keeps VBench's *protocols* and swaps 
 * :func:`color_drift`         -- CIE76 Delta E of each frame's mean Lab colour against frame 0.
 * :func:`seam_score`          -- frame difference across segment/window junctions relative to elsewhere.
 * :func:`distance_to_nearest` -- RMSE to the closest ground-truth video (synthetic worlds).
+* :class:`StreamingMetrics` -- all of the above (but the last) for a video that arrives in chunks, e.g. while a long
+  video is written window by window; it equals :func:`evaluate` on the whole video.
+
+Each metric is a per-frame (or per-frame-pair) quantity and a score over those; both the one-shot functions and
+:class:`StreamingMetrics` are built from the same two pieces, so every metric has one implementation.
 
 The numbers are proxies: they rank clips the same way as VBench on gross failures (flicker, jumps, blur, drift),
 but are not comparable with the values in the ConFiner paper.
@@ -101,8 +106,19 @@ def temporal_flicker(frames) -> float:
     Range [0, 1], higher is better; exactly 1.0 for a static clip. It charges any change, motion included, so it is
     meaningful for near-static content (VBench evaluates it on static prompts). NaN for fewer than 2 frames.
     """
-    d = consecutive_mae(frames)
+    return flicker_from_mae(consecutive_mae(frames))
+
+
+def flicker_from_mae(d) -> float:
+    """:func:`temporal_flicker` from the consecutive-frame MAEs d_t."""
+    d = np.asarray(d, dtype=np.float64)
     return float((255.0 - d.mean()) / 255.0) if d.size else math.nan
+
+
+def mean_luma(frames) -> np.ndarray:
+    """Returns each frame's mean BT.601 luma Y ([F], grey levels)."""
+    g = to_gray(as_uint8_frames(frames))
+    return g.reshape(g.shape[0], -1).mean(axis=1)
 
 
 def flicker_index(frames) -> float:
@@ -111,8 +127,12 @@ def flicker_index(frames) -> float:
     Range [0, 255] grey levels, lower is better. Unlike :func:`temporal_flicker` it ignores motion that keeps the
     overall brightness (a pan scores ~0) and isolates global brightness pumping. NaN for fewer than 2 frames.
     """
-    g = to_gray(as_uint8_frames(frames))
-    y = g.reshape(g.shape[0], -1).mean(axis=1)
+    return flicker_index_from_luma(mean_luma(frames))
+
+
+def flicker_index_from_luma(y) -> float:
+    """:func:`flicker_index` from the frames' mean luma."""
+    y = np.asarray(y, dtype=np.float64)
     return float(np.abs(np.diff(y)).mean()) if y.size > 1 else math.nan
 
 
@@ -194,10 +214,16 @@ def subject_consistency(frames) -> float:
     Range [0, 1], higher is better; exactly 1.0 for a static clip. NaN for fewer than 2 frames.
     """
     s, h = frame_features(frames)
-    if len(s) < 2:
-        return math.nan
     prev = feature_cosine((s[:-1], h[:-1]), (s[1:], h[1:]))
     first = feature_cosine((s[:1], h[:1]), (s[1:], h[1:]))
+    return consistency_from_cosines(prev, first)
+
+
+def consistency_from_cosines(prev, first) -> float:
+    """:func:`subject_consistency` from cos(f_{i-1}, f_i) and cos(f_0, f_i), i = 1 .. F-1 (NaN if none)."""
+    prev, first = np.asarray(prev, dtype=np.float64), np.asarray(first, dtype=np.float64)
+    if prev.size == 0:
+        return math.nan
     return float(np.mean((np.maximum(prev, 0.0) + np.maximum(first, 0.0)) / 2.0))
 
 
@@ -243,11 +269,17 @@ def motion_smoothness(frames) -> float:
     lower for jerky or random motion. NaN for fewer than 3 frames.
     """
     x = as_uint8_frames(frames)
-    errors = [
-        np.abs(interpolate_midpoint(x[i - 1], x[i + 1]) - x[i].astype(np.float32)).mean()
-        for i in range(1, x.shape[0] - 1, 2)
-    ]
-    return float((255.0 - np.mean(errors)) / 255.0) if errors else math.nan
+    return smoothness_from_errors([midpoint_error(x[i - 1], x[i], x[i + 1]) for i in range(1, x.shape[0] - 1, 2)])
+
+
+def midpoint_error(x_prev: np.ndarray, x: np.ndarray, x_next: np.ndarray) -> float:
+    """Mean |interpolate_midpoint(x_prev, x_next) - x| over pixels and channels (0-255 units)."""
+    return float(np.abs(interpolate_midpoint(x_prev, x_next) - x.astype(np.float32)).mean())
+
+
+def smoothness_from_errors(errors) -> float:
+    """:func:`motion_smoothness` from the odd frames' :func:`midpoint_error` s (NaN if none)."""
+    return float((255.0 - np.mean(errors)) / 255.0) if len(errors) else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,7 +297,12 @@ def sharpness(frames) -> float:
     Higher is sharper. Unbounded and resolution-dependent (downscaling sharpens, upscaling blurs), so compare only
     clips of the same size: a flat frame gives 0, blur lowers it, noise raises it.
     """
-    return float(np.mean([laplacian_variance(g) for g in to_gray(as_uint8_frames(frames))]))
+    return float(np.mean(frame_sharpness(frames)))
+
+
+def frame_sharpness(frames) -> np.ndarray:
+    """Returns :func:`laplacian_variance` of every frame's luma ([F])."""
+    return np.array([laplacian_variance(g) for g in to_gray(as_uint8_frames(frames))])
 
 
 def delta_e_from_first(frames) -> np.ndarray:
@@ -273,14 +310,30 @@ def delta_e_from_first(frames) -> np.ndarray:
 
     The mean is over the per-pixel Lab values, i.e. the average perceived colour, not the Lab of the mean RGB.
     """
-    means = to_lab(as_uint8_frames(frames)).reshape(len(frames), -1, 3).mean(axis=1, dtype=np.float64)
-    return np.linalg.norm(means - means[0], axis=1)
+    means = mean_lab(frames)
+    return delta_e(means, means[0])
+
+
+def mean_lab(frames) -> np.ndarray:
+    """Returns each frame's mean CIE Lab colour ([F, 3], float64): the mean of the per-pixel Lab values."""
+    x = as_uint8_frames(frames)
+    return to_lab(x).reshape(len(x), -1, 3).mean(axis=1, dtype=np.float64)
+
+
+def delta_e(means: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """CIE76 Delta E of mean Lab colours [F, 3] against one reference colour [3]."""
+    return np.linalg.norm(means - reference, axis=1)
 
 
 def color_drift(frames) -> float:
     """Mean over t = 1 .. F-1 of Delta E_t (:func:`delta_e_from_first`). Lower is better; 0 for a static clip
     (or a single frame). A Delta E76 of ~2.3 is a just-noticeable difference."""
-    de = delta_e_from_first(frames)
+    return color_drift_from_delta_e(delta_e_from_first(frames))
+
+
+def color_drift_from_delta_e(de) -> float:
+    """:func:`color_drift` from Delta E_t, t = 0 .. F-1."""
+    de = np.asarray(de, dtype=np.float64)
     return float(de[1:].mean()) if de.size > 1 else 0.0
 
 
@@ -375,6 +428,78 @@ def strict_scores(scores: dict) -> dict:
     if undefined:
         out["undefined"] = undefined
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming
+
+
+class StreamingMetrics:
+    """:func:`evaluate` of a video that arrives in chunks (``add`` each, in order), without holding its frames:
+    it keeps the last two frames and the per-frame quantities each metric scores (a few floats per frame), and
+    gives the same values as :func:`evaluate` on the whole video. ``generate`` scores ConFiner-Long videos with it
+    while their windows stream to disk."""
+
+    def __init__(self):
+        self.frames = 0
+        self.mae: list[float] = []        # d_t, t = 1 .. F-1 (consecutive_mae)
+        self.luma: list[float] = []       # mean_luma
+        self.sharpness: list[float] = []  # frame_sharpness
+        self.delta_e: list[float] = []    # Delta E_t against frame 0
+        self.prev_cos: list[float] = []   # cos(f_{i-1}, f_i), i >= 1
+        self.first_cos: list[float] = []  # cos(f_0, f_i), i >= 1
+        self.midpoint_errors: list[float] = []  # odd frames i with a frame i + 1
+        self._tail: np.ndarray | None = None    # the last two frames
+        self._first_lab: np.ndarray | None = None
+        self._first_features: tuple | None = None
+        self._last_features: tuple | None = None
+
+    def add(self, frames) -> None:
+        x = as_uint8_frames(frames)
+        tail = self._tail if self._tail is not None else x[:0]
+        joined, k = np.concatenate([tail, x]), len(tail)
+        self.mae.extend(consecutive_mae(joined[max(k - 1, 0):]).tolist())
+        self.luma.extend(mean_luma(x).tolist())
+        self.sharpness.extend(frame_sharpness(x).tolist())
+        lab = mean_lab(x)
+        if self._first_lab is None:
+            self._first_lab = lab[0]
+        self.delta_e.extend(delta_e(lab, self._first_lab).tolist())
+        s, h = frame_features(x)
+        if self._first_features is None:
+            self._first_features, s_new, h_new = (s[:1], h[:1]), s[1:], h[1:]
+        else:
+            s_new, h_new = s, h
+        ps, ph = (s, h) if self._last_features is None else (np.concatenate([self._last_features[0], s]),
+                                                              np.concatenate([self._last_features[1], h]))
+        self.prev_cos.extend(feature_cosine((ps[:-1], ph[:-1]), (ps[1:], ph[1:])).tolist())
+        self.first_cos.extend(feature_cosine(self._first_features, (s_new, h_new)).tolist())
+        first_index = self.frames - k  # frame number of joined[0]
+        for j in range(max(1, k - 1), len(joined) - 1):  # triples not scored with the previous chunk
+            if (first_index + j) % 2 == 1:
+                self.midpoint_errors.append(midpoint_error(joined[j - 1], joined[j], joined[j + 1]))
+        self._tail = joined[-2:].copy()
+        self._last_features = (s[-1:], h[-1:])
+        self.frames += len(x)
+
+    def summary(self, window_junctions=None, structure_junctions=None) -> dict:
+        """The :data:`METRIC_KEYS` that are defined here (not distance_to_nearest; seam scores only with junctions):
+        ``seam_score`` over all junctions, ``seam_score_windows`` and ``seam_score_structures`` over each kind."""
+        out = {
+            "subject_consistency": consistency_from_cosines(self.prev_cos, self.first_cos),
+            "motion_smoothness": smoothness_from_errors(self.midpoint_errors),
+            "temporal_flicker": flicker_from_mae(self.mae),
+            "flicker_index": flicker_index_from_luma(self.luma),
+            "sharpness": float(np.mean(self.sharpness)) if self.sharpness else math.nan,
+            "color_drift": color_drift_from_delta_e(self.delta_e),
+            "color_drift_max": float(max(self.delta_e)) if self.delta_e else math.nan,
+        }
+        if window_junctions is not None:
+            junctions = sorted(set(window_junctions) | set(structure_junctions or []))
+            out["seam_score"] = seam_ratio(self.mae, junctions)
+            out["seam_score_windows"] = seam_ratio(self.mae, window_junctions)
+            out["seam_score_structures"] = seam_ratio(self.mae, structure_junctions)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .experts import Denoiser, Prediction
-from .sampling import Callback, ddim_step, diffuse, randn_like
+from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like
 from .schedules import NoiseSchedule
 from .timesteps import with_next
 
@@ -81,12 +81,16 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
 def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, timesteps: list,
                              eta: float = 0.0, generator: torch.Generator | None = None,
                              callback: Callback | None = None) -> torch.Tensor:
-    """Eq. 7 (ablation): alternate spatial and temporal DDIM steps on the spatial schedule S_s. The temporal
-    expert reads x as if it were noised on its own schedule at t, which it is not: that mismatch is why the
-    paper finds this ineffective."""
+    """Eq. 7 (ablation), as printed: V'_{t_{k-1}} = Denoising(theta_X, V'_{t_k}, t_k, S_s), X alternating between
+    the spatial and the temporal expert, starting with the spatial one. Both step on the spatial schedule S_s: the
+    temporal expert's noise prediction (its ODE derivative, :func:`confiner_core.sampling.on_schedule`) is read with
+    S_s's coefficients at t_k, although the temporal expert was never trained on S_s's noise levels -- that mismatch
+    is why the paper finds this ineffective. One evaluation per step."""
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
-        expert = spatial if i % 2 == 0 else temporal
-        pred = expert(x, t)
+        if i % 2 == 0:
+            pred = spatial(x, t)
+        else:
+            pred = on_schedule(temporal(x, t), x, spatial.schedule, t)
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
             callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})

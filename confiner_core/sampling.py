@@ -10,8 +10,11 @@ from typing import Callable
 import torch
 
 from .experts import Denoiser, Prediction
-from .schedules import NoiseSchedule
-from .timesteps import with_next
+from .prediction import from_x0_eps, to_x0_eps
+from .schedules import FLOW, VP, NoiseSchedule
+from .timesteps import STEPS_OFFSET, euler_timesteps, flow_match_timesteps, spaced_timesteps, with_next
+
+SAMPLERS = ("euler", "ddim")
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -34,18 +37,63 @@ def diffuse(schedule: NoiseSchedule, x0: torch.Tensor, t: float, eps: torch.Tens
     return alpha * x0 + sigma * eps
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The ODE derivative: what coherence guidance (Eq. 12) pulls and what naive alternation (Eq. 7) carries across
+
+# The prediction type whose output is the probability-flow ODE's derivative in the schedule's own coordinates:
+# VP, in k-diffusion's VE form x/alpha = x0 + (sigma/alpha) eps: dx/d(sigma/alpha) = eps (k-diffusion's to_d);
+# flow, x = (1 - s) x0 + s eps: dx/ds = eps - x0 (the velocity flow experts predict).
+DERIVATIVE_PREDICTION = {VP: "epsilon", FLOW: "flow"}
+
+
+def derivative(pred: Prediction, kind: str) -> torch.Tensor:
+    """The ODE derivative of a prediction on a schedule of this kind: eps (VP) or u = eps - x0 (flow)."""
+    return from_x0_eps(pred.x0, pred.eps, 1.0, 1.0, DERIVATIVE_PREDICTION[kind])  # neither uses alpha, sigma
+
+
+def from_derivative(x_t: torch.Tensor, d: torch.Tensor, alpha: float, sigma: float, kind: str) -> Prediction:
+    """The (x0, eps) pair with derivative ``d`` that stays consistent with x_t = alpha x0 + sigma eps.
+
+    VP: eps = d, x0 = (x_t - sigma d)/alpha (alpha > 0 on every VP schedule). Flow: x0 = x_t - sigma u,
+    eps = x_t + alpha u, which never divides by alpha, so it stays finite at sigma = 1 (alpha = 0), where
+    a flow expert's control stage starts."""
+    return Prediction(*to_x0_eps(d, x_t, alpha, sigma, DERIVATIVE_PREDICTION[kind]))
+
+
+def on_schedule(pred: Prediction, x_t: torch.Tensor, schedule: NoiseSchedule, t: float) -> Prediction:
+    """An expert's prediction read on another expert's schedule at the same t (Eq. 7): its derivative (its noise
+    prediction eps for a VP schedule) is kept, and x0 recomputed from x_t with that schedule's coefficients."""
+    alpha, sigma = schedule.coefficients(t)
+    return from_derivative(x_t, derivative(pred, schedule.kind), alpha, sigma, schedule.kind)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+def ddim_sigma(alpha_t: float, sigma_t: float, alpha_prev: float, sigma_prev: float, eta: float) -> float:
+    """DDIM's noise scale s (Song et al. Eq. 16) for any Gaussian forward process x_t = alpha_t x0 + sigma_t eps:
+    s = eta * (sigma_prev/sigma_t) * sqrt(sigma_t^2 - (alpha_t/alpha_prev)^2 sigma_prev^2), i.e. eta times the std of
+    the posterior q(x_prev | x_t, x0) of the Markov chain with these marginals. For VP schedules this is
+    eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev) (diffusers' DDIMScheduler); for flow
+    schedules it is the same posterior for alpha = 1 - s, sigma = s, finite at alpha_t = 0 (there s = eta sigma_prev)."""
+    if eta == 0.0 or sigma_prev == 0.0:
+        return 0.0
+    variance = sigma_t**2 - (alpha_t / alpha_prev * sigma_prev) ** 2
+    return eta * sigma_prev / sigma_t * max(variance, 0.0) ** 0.5
+
+
 def ddim_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: float, eta: float = 0.0,
               noise: torch.Tensor | None = None) -> torch.Tensor:
-    """One DDIM step, Eq. 2-4: x_{t_prev} = alpha_prev x0 + sqrt(sigma_prev^2 - s^2) eps + s z,
-    with s = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev) (VP). eta = 0 is deterministic."""
+    """One DDIM step, Eq. 2-4: x_{t_prev} = alpha_prev x0 + sqrt(sigma_prev^2 - s^2) eps + s z, with s from
+    :func:`ddim_sigma`. eta = 0 is deterministic; on a flow schedule it is exactly a flow Euler step,
+    x + (s_prev - s_t) u."""
     alpha_prev, sigma_prev = schedule.coefficients(t_prev)
     if eta == 0.0:
         return alpha_prev * pred.x0 + sigma_prev * pred.eps
-    alpha_t, sigma_t = schedule.coefficients(t)
-    abar_t, abar_prev = alpha_t**2, alpha_prev**2
-    s = eta * ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * (1 - abar_t / abar_prev) ** 0.5
     if noise is None:
         raise ValueError("ddim_step with eta > 0 needs noise drawn from the seeded generator")
+    alpha_t, sigma_t = schedule.coefficients(t)
+    s = ddim_sigma(alpha_t, sigma_t, alpha_prev, sigma_prev, eta)
     return alpha_prev * pred.x0 + max(sigma_prev**2 - s**2, 0.0) ** 0.5 * pred.eps + s * noise
 
 
@@ -60,10 +108,36 @@ def euler_step(schedule: NoiseSchedule, pred: Prediction, t_prev: float) -> torc
     return alpha_prev * pred.x0 + sigma_prev * pred.eps
 
 
-def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampler: str) -> torch.Tensor:
-    """Pure-noise start as the reference schedulers do it: DDIM starts at x_T = noise (init_noise_sigma 1);
-    Euler starts at sigma_max * noise in VE form, which is sigma_T * noise in the schedule's own scaling."""
-    if sampler == "euler":
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1 (Eq. 5)
+
+def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "euler",
+                      spacing: str = "trailing") -> list:
+    """The control stage's timesteps as diffusers lays them out for this sampler and schedule:
+
+    * ddim: DDIMScheduler (integer timesteps, steps_offset 1 for "leading");
+    * euler on a VP schedule: EulerDiscreteScheduler ("linspace" keeps fractional timesteps);
+    * euler on a flow schedule: "linspace" is FlowMatchEulerDiscreteScheduler with the expert's shift; "trailing"
+      takes every (N/n)-th entry of the shifted table from the top (ComfyUI's "simple" scheduler:
+      sigma = 1, .9, .75, .5 for shift 3 and 4 steps), "leading" is DDIM's list on that table."""
+    t_max = schedule.num_timesteps - 1
+    if sampler not in SAMPLERS:
+        raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "ddim":
+        return spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+    if schedule.kind == FLOW and spacing == "linspace":
+        return flow_match_timesteps(schedule, num_steps)
+    return euler_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+
+
+def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampler: str,
+                   spacing: str = "trailing") -> torch.Tensor:
+    """Pure-noise start as diffusers' schedulers do it, in the schedule's own scaling (what the expert is fed after
+    ``scale_model_input``). DDIM: x_T = noise (init_noise_sigma 1). Euler: init_noise_sigma * noise in VE form with
+    init_noise_sigma = sigma_max for "trailing"/"linspace", i.e. sigma_T * noise here; for "leading" diffusers uses
+    sqrt(sigma_max^2 + 1), which is unit-variance noise here. On a flow schedule at sigma = 1 all of these are the
+    noise itself, where flow pipelines (SD3, Wan with FlowMatchEulerDiscreteScheduler) start."""
+    if sampler == "euler" and spacing != "leading":
         return schedule.coefficients(t)[1] * noise
     return noise
 
@@ -73,34 +147,37 @@ Callback = Callable[[dict], None]
 
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: float, step: int, eps_hook: EpsHook | None) -> Prediction:
-    """The denoiser's prediction, with eps optionally replaced by a hook (coherence guidance, Eq. 12) and x0
-    recomputed from the new eps so the pair stays consistent with x_t."""
+    """The denoiser's prediction with its ODE derivative (:func:`derivative`: eps for VP schedules, as Eq. 12 prints
+    it; the velocity u = eps - x0 for flow schedules) replaced by a hook (coherence guidance, Eq. 12), and the pair
+    recomputed so it stays consistent with x_t (:func:`from_derivative`, finite at sigma = 1)."""
     pred = denoiser(x_t, t)
     if eps_hook is None:
         return pred
-    eps = eps_hook(step, t, x_t, pred.eps)
-    alpha, sigma = denoiser.schedule.coefficients(t)
-    return Prediction((x_t - sigma * eps) / alpha, eps)
+    schedule = denoiser.schedule
+    alpha, sigma = schedule.coefficients(t)
+    d = eps_hook(step, t, x_t, derivative(pred, schedule.kind))
+    return from_derivative(x_t, d, alpha, sigma, schedule.kind)
 
 
 def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampler: str = "euler",
                    eta: float = 0.0, generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
-                   callback: Callback | None = None) -> torch.Tensor:
+                   callback: Callback | None = None, spacing: str = "trailing") -> torch.Tensor:
     """Stage 1, Eq. 5: the control expert lays out structure and motion from noise on its own schedule.
 
-    ``x_T`` is unit Gaussian noise (see :func:`initial_latent`). ``sampler`` is "euler" (distilled experts)
-    or "ddim" (with ``eta``). ``eps_hook`` may replace each step's eps (coherence guidance)."""
+    ``x_T`` is unit Gaussian noise, scaled as diffusers does for ``sampler`` and ``spacing`` (see
+    :func:`initial_latent`; ``timesteps`` from :func:`control_timesteps`). ``sampler`` is "euler" (distilled
+    experts) or "ddim" (with ``eta``). ``eps_hook`` may replace each step's derivative (coherence guidance)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
     schedule = denoiser.schedule
-    x = initial_latent(schedule, x_T, timesteps[0], sampler)
+    x = initial_latent(schedule, x_T, timesteps[0], sampler, spacing)
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         pred = guided_prediction(denoiser, x, t, i, eps_hook)
         if sampler == "euler":
             x = euler_step(schedule, pred, t_prev)
-        elif sampler == "ddim":
+        else:
             noise = randn_like(x, generator) if eta > 0 else None
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)
-        else:
-            raise ValueError(f"control sampler must be 'euler' or 'ddim', got {sampler!r}")
         if callback is not None:
             callback({"stage": "control", "i": i, "t": t, "x": x, "denoised": pred.x0})
     return x

@@ -53,6 +53,20 @@ class NoiseSchedule:
         """sigma/alpha: the variance-exploding noise level k-diffusion and ComfyUI use (ascending in t)."""
         return self.sigmas / self.alphas
 
+    @property
+    def flow_shift(self) -> float | None:
+        """For a flow table s_t = shift*u / (1 + (shift-1)*u), u = (t+1)/N (SD3, Wan, FlowMatchEulerDiscreteScheduler,
+        ComfyUI's ModelSamplingDiscreteFlow), the shift, read back from the table; None for any other table."""
+        if self.kind != FLOW or self.num_timesteps < 3:
+            return None
+        n = self.num_timesteps
+        u = torch.arange(1, n + 1, dtype=torch.float64) / n
+        mid = n // 2
+        s_mid = float(self.sigmas[mid - 1])
+        shift = s_mid * (1 - float(u[mid - 1])) / (float(u[mid - 1]) * (1 - s_mid))
+        table = shift * u / (1 + (shift - 1) * u)
+        return shift if float((table - self.sigmas).abs().max()) <= 1e-6 else None  # float32 tables (ComfyUI, diffusers)
+
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):
             raise ValueError(

@@ -1,23 +1,38 @@
-"""Timestep lists at uniform intervals over any range [0, t_max], with diffusers' three spacings.
+"""Timestep lists: diffusers' three spacings over [0, t_max], the paper's evenly spaced refinement timesteps, and
+the control stage's timesteps as diffusers' schedulers lay them out for each sampler and schedule kind.
 
-With t_max = 999 the lists equal DDIMScheduler/EulerDiscreteScheduler.set_timesteps; the refinement stage uses
-the same rules over [0, T_e] ("from T_e to 0 with T_i2 steps at uniform intervals"). Trailing spacing is the
-default because it starts exactly at t_max, i.e. at the structure's noise level T_e.
+* :func:`spaced_timesteps` -- DDIMScheduler.set_timesteps (integer timesteps, any range [0, t_max]);
+* :func:`euler_timesteps` -- EulerDiscreteScheduler.set_timesteps (as DDIM, except that "linspace" keeps its
+  fractional timesteps);
+* :func:`flow_match_timesteps` -- FlowMatchEulerDiscreteScheduler.set_timesteps with the expert's shift;
+* :func:`uniform_timesteps` -- the paper's refinement timesteps, "from T_e to 0 at uniform intervals":
+  T_e, T_e - T_e/n, ..., T_e/n (for T_e = 100 and 5 steps: 100, 80, 60, 40, 20).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .schedules import FLOW, NoiseSchedule
+
 SPACINGS = ("leading", "trailing", "linspace")
+# diffusers' steps_offset as every SD-family scheduler config ships it (SD 1.5, AnimateDiff, ModelScope): it only
+# moves "leading" timesteps, e.g. 4 steps -> [751, 501, 251, 1].
+STEPS_OFFSET = 1
+
+
+def _check_steps(num_steps: int, t_max: int, room: int) -> None:
+    if num_steps < 1:
+        raise ValueError(f"number of steps must be >= 1, got {num_steps}")
+    if num_steps > room:
+        raise ValueError(f"{num_steps} steps do not fit in timesteps 0..{t_max}; use at most {room}")
 
 
 def spaced_timesteps(num_steps: int, t_max: int = 999, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
-    """Descending integer timesteps in [0, t_max]."""
-    if num_steps < 1:
-        raise ValueError(f"number of steps must be >= 1, got {num_steps}")
-    if num_steps > t_max + 1:
-        raise ValueError(f"{num_steps} steps do not fit in timesteps 0..{t_max}; use at most {t_max + 1}")
+    """Descending integer timesteps in [0, t_max], as DDIMScheduler.set_timesteps with t_max + 1 training steps."""
+    _check_steps(num_steps, t_max, t_max + 1)
     n_train = t_max + 1
     if spacing == "leading":
         ts = (np.arange(num_steps) * (n_train // num_steps)).round()[::-1] + steps_offset
@@ -28,6 +43,44 @@ def spaced_timesteps(num_steps: int, t_max: int = 999, spacing: str = "trailing"
     else:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     return [int(t) for t in ts]
+
+
+def euler_timesteps(num_steps: int, t_max: int = 999, spacing: str = "trailing", steps_offset: int = 0) -> list:
+    """EulerDiscreteScheduler.set_timesteps: DDIM's integer lists for "leading" and "trailing"; "linspace" keeps the
+    unrounded float32 values (5 steps: 999, 749.25, 499.5, 249.75, 0), which the expert then sees as fractional
+    timesteps."""
+    if spacing != "linspace":
+        return spaced_timesteps(num_steps, t_max, spacing, steps_offset)
+    _check_steps(num_steps, t_max, t_max + 1)
+    return [float(t) for t in np.linspace(0, t_max, num_steps, dtype=np.float32)[::-1]]
+
+
+def uniform_timesteps(num_steps: int, t_max: int) -> list[int]:
+    """The paper's refinement timesteps, t_k = t_max * k / n for k = n .. 1 (the step from t_max/n goes to the clean
+    end). Exact whenever n divides t_max; otherwise each is the nearest integer (halves round up), computed in
+    integer arithmetic. At most t_max steps, so the timesteps stay distinct."""
+    _check_steps(num_steps, t_max, t_max)
+    return [(2 * t_max * k + num_steps) // (2 * num_steps) for k in range(num_steps, 0, -1)]
+
+
+def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]:
+    """FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps) for a flow expert with the schedule's shift, as
+    (fractional) timesteps of ``schedule``: sigma_k = shift(linspace(sigma_max, sigma_min, n)) with sigma_max, sigma_min
+    the ends of the shifted training table. (diffusers shifts sigma_min a second time: the last step starts at
+    shift(shift(1/N)), not at the table's smallest sigma; reproduced here on purpose.)"""
+    if schedule.kind != FLOW:
+        raise ValueError(f"flow-match timesteps need a flow schedule, got {schedule.kind!r} ({schedule.name})")
+    shift = schedule.flow_shift
+    if shift is None:
+        raise ValueError(f"schedule {schedule.name!r} is not a shifted rectified-flow table "
+                         f"(s = shift*u / (1 + (shift-1)*u)); use 'trailing' spacing for it")
+    _check_steps(num_steps, schedule.num_timesteps - 1, schedule.num_timesteps)
+    s_max, s_min = float(schedule.sigmas[-1]), float(schedule.sigmas[0])
+    ts = []
+    for u in np.linspace(s_max, s_min, num_steps):
+        s = shift * float(u) / (1 + (shift - 1) * float(u))
+        ts.append(schedule.timestep_for_noise_level(s / (1 - s) if s < 1 else math.inf, continuous=True))
+    return ts
 
 
 def with_next(timesteps: list) -> list[tuple]:

@@ -9,7 +9,7 @@ from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import host
-from .schema import CATEGORY, control_inputs, seed_input
+from .schema import CATEGORY, control_inputs, control_sampling_inputs, seed_input
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -34,15 +34,18 @@ class ConFinerControlExpert(io.ComfyNode):
                 io.Boolean.Input("latent_is_noise", default=False,
                                  tooltip="Use the latent as the initial noise (from ConFiner Noise Rescheduler) "
                                          "instead of drawing fresh noise from the seed."),
+                *control_sampling_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video V_0.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False) -> io.NodeOutput:
-        config = ChainConfig(control_steps=steps, control_sampler=sampler)
+    def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False,
+                spacing="trailing", eta=0.0) -> io.NodeOutput:
+        config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
-        control = host.bind(model, positive, negative, cfg, "control", seed, EvaluationLog())
+        log = EvaluationLog()
+        control = host.bind(model, positive, negative, cfg, "control", seed, log)
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)
@@ -50,4 +53,5 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         progress = host.Progress(model, steps)
         structure = generate_structure(control, noise, config, generator, callback=progress)
+        host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

@@ -9,10 +9,14 @@ so an interruption between evaluations leaves no model patched. The maths stays 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -67,8 +71,13 @@ class ComfyExpert(Expert):
         cond = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
         return (cond, self.negative, self.cfg)
 
+    last_network_calls: int = 0
+
     def forwards_per_call(self, n_conds: int) -> int:
-        return 1
+        """Network forwards of the last evaluation, counted where they happen: ComfyUI's ``apply_model`` calls.
+        ComfyUI batches cond and uncond into one call when memory allows, skips uncond at cfg 1, and context
+        windows (native or AnimateDiff-Evolved) call the network once per window; all of that is counted as is."""
+        return self.last_network_calls
 
     def host_sigma(self, t: float) -> float:
         """ComfyUI's sigma for our timestep: sigma/alpha for VP models, the flow time for flow models."""
@@ -83,6 +92,15 @@ class ComfyExpert(Expert):
         guider = comfy.samplers.CFGGuider(self.model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
+        guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
+        calls = [0]
+
+        def count_network_call(executor, *args, **kwargs):
+            calls[0] += 1
+            return executor(*args, **kwargs)
+
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "confiner_forwards",
+                                                     count_network_call, guider.model_options, is_model_options=True)
         captured = {}
 
         @torch.no_grad()
@@ -93,6 +111,7 @@ class ComfyExpert(Expert):
         latent_image = self.latent_format.process_out(x_host)  # the guider applies process_in again
         guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(one_evaluation),
                       torch.tensor([sigma, 0.0]), disable_pbar=True, seed=self.seed)
+        self.last_network_calls = calls[0]
         return [captured["x0"].to(x.device, x.dtype)]
 
 
@@ -158,3 +177,9 @@ class Progress:
         x = L.from_canonical(info["x"], self.layout)
         self.preview(self.step, x0, x, self.total)
         self.step += 1
+
+
+def log_cost(node: str, log: EvaluationLog) -> None:
+    """One console line per node run: expert evaluations and network forwards (the definition of EvaluationLog)."""
+    logging.info("%s: %d expert evaluations, %d network forwards", node, sum(log.evaluations.values()),
+                 sum(log.forwards.values()))

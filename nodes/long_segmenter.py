@@ -10,7 +10,8 @@ from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import NOISE_INITS, LongConfig, generate_long, plan_segments
 from ..confiner_core.prompts import parse_prompt
 from . import host
-from .schema import CATEGORY, control_inputs, refine_inputs, seed_input
+from .schema import (CATEGORY, coherence_memory_input, control_inputs, control_sampling_inputs, refine_inputs,
+                     seed_input, structure_noise_input)
 from .types import RefineExpertsType
 
 
@@ -53,6 +54,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                         "every entry. Needs "
                                         "'clip'. Empty: the connected conditioning everywhere."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment_prompts (SD 1.5 family)."),
+                *control_sampling_inputs("control_"),
+                structure_noise_input(),
+                coherence_memory_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames.")],
         )
@@ -60,11 +64,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
     @classmethod
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
-                freenoise_stride, gamma, staggered, segment_prompts="", clip=None) -> io.NodeOutput:
-        chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler, te=te,
-                            refine_steps=refine_steps, mode=mode, matching=matching)
+                freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
+                control_eta=0.0, structure_noise="spatial", coherence_memory="guided") -> io.NodeOutput:
+        chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
+                            control_spacing=control_spacing, control_eta=control_eta, te=te,
+                            refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
         long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=segment_length,
-                          freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered)
+                          freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
+                          coherence_memory=coherence_memory)
         long.validate()
         plan = plan_segments(frames, segment_length, staggered)
         prompts = (parse_prompt(segment_prompts, frames, option="segment_prompts")
@@ -81,4 +88,5 @@ class ConFinerLongSegmenter(io.ComfyNode):
         windows = []
         generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long, torch.Generator().manual_seed(seed),
                       lambda x, window: windows.append(x.cpu()), prompts, progress, frame.device)
+        host.log_cost("ConFiner Long Segmenter", log)
         return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))

@@ -23,7 +23,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                 io.Conditioning.Input("spatial_positive", tooltip="Spatial expert's prompt (its own text encoder)."),
                 io.Conditioning.Input("spatial_negative", tooltip="Spatial expert's negative prompt."),
                 io.Float.Input("spatial_cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Spatial expert guidance (paper: 7.5)."),
+                               tooltip="Spatial expert guidance. 7.5 is our default (usual for SD 1.5); the paper "
+                                       "states no cfg value."),
                 io.Model.Input("temporal_model", optional=True,
                                tooltip="Temporal expert: keeps frames coherent (text-to-video MODEL). Optional for "
                                        "mode 'standard'."),
@@ -32,7 +33,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                 io.Conditioning.Input("temporal_negative", optional=True,
                                       tooltip="Temporal expert's negative prompt; defaults to the spatial one."),
                 io.Float.Input("temporal_cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Temporal expert guidance (paper: 7.5)."),
+                               tooltip="Temporal expert guidance. 7.5 is our default; the paper states no cfg "
+                                       "value."),
             ],
             outputs=[RefineExpertsType.Output(display_name="experts")],
         )

@@ -137,7 +137,29 @@ def test_validation_rejects_bad_chains():
 
 
 def test_refine_timesteps_default_paper():
-    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 39, 19]
+    # issue 12: the paper's uniform intervals (was [100, 80, 60, 39, 19], diffusers' trailing rule over [0, T_e])
+    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 40, 20]
+    assert refine_timesteps(ChainConfig(te=200, refine_steps=10)) == list(range(200, 0, -20))
+    assert refine_timesteps(ChainConfig(refine_spacing="trailing")) == [100, 80, 60, 39, 19]  # still available
+
+
+def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
+    """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
+    import math
+    from fractions import Fraction
+
+    for te in range(1, 1000):
+        for n in {1, 2, 3, 4, 5, 7, 8, 10, 16, 25, 50, te // 3 or 1, te // 2 or 1, te}:
+            if n > te:
+                continue
+            ts = refine_timesteps(ChainConfig(te=te, refine_steps=n))
+            exact = [Fraction(te * k, n) for k in range(n, 0, -1)]
+            assert ts[0] == te and len(set(ts)) == n and ts == sorted(ts, reverse=True)
+            assert ts == [math.floor(e + Fraction(1, 2)) for e in exact], (te, n)  # nearest, halves up
+            if te % n == 0:
+                assert ts == [te * k // n for k in range(n, 0, -1)]
+    with pytest.raises(ValueError, match="do not fit"):
+        ChainConfig(te=4, refine_steps=5).validate()
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
@@ -152,3 +174,36 @@ def test_flow_expert_control_stage_is_finite_and_exact(sampler):
     out = sample_control(d, noise, [999, 749, 499, 249], sampler)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_table3_warning_only_where_the_paper_found_collapse():
+    from confiner_core.chain import ConFinerWarning, table3_warning
+
+    assert table3_warning(4, 300) and table3_warning(2, 999) and "Table 3" in table3_warning(4, 300)
+    assert table3_warning(4, 299) is None and table3_warning(8, 600) is None
+    x0 = x0_star()
+    c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, S.named("sd15")).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ConFinerWarning, match="T_e=300 with 4 control steps"):
+        run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
+
+
+def test_structure_noise_control_needs_a_control_schedule():
+    from confiner_core.chain import refine_structure, validate_refinement
+
+    x0 = x0_star()
+    s = OracleExpert(x0, S.named("sd15")).bind()
+    with pytest.raises(ValueError, match="needs the control expert's schedule"):
+        validate_refinement(s, s, SHAPE, ChainConfig(structure_noise="control"))
+    with pytest.raises(ValueError, match="structure_noise"):
+        ChainConfig(structure_noise="temporal").validate()
+    # Algorithm 1 line 4: V'_{T_e} uses the control schedule's coefficients at T_e
+    g = torch.Generator().manual_seed(1)
+    ad = S.named("animatediff")
+    structure = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    seen = OracleExpert(x0, S.named("sd15"))
+    refine_structure(seen.bind(), None, structure, ChainConfig(mode="standard", structure_noise="control"), g,
+                     control_schedule=ad)
+    eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    a, sig = ad.coefficients(100)
+    assert torch.allclose(seen.calls[0][1], a * structure + sig * eps, atol=1e-6)

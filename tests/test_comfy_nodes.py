@@ -43,7 +43,8 @@ def cpu_sized(workflow: dict, worker, frames: int = 8) -> dict:
             n["widgets_values"] = [64, 64, frames if n["widgets_values"][2] > 1 else 1]
         elif n["type"] == "ConFinerLongSegmenter":
             n["widgets_values"][0:2] = [3 * frames, frames]  # frames, segment length
-            n["widgets_values"][-1] = f"0: a red ball | {frames}: a blue ball"
+            prompt = next(i for i, v in enumerate(n["widgets_values"]) if isinstance(v, str) and "|" in v)
+            n["widgets_values"][prompt] = f"0: a red ball | {frames}: a blue ball"  # segment_prompts
         elif n["type"] == "ADE_AnimateDiffLoaderGen1" and not has_ade:
             n["mode"] = 4
     return wf
@@ -163,6 +164,7 @@ def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker):
     assert r["finite"] and r["evaluations"] == 3
     assert r["outer_sample"] == 3  # one CFGGuider.sample per evaluation: ADE's outer wrapper sees each one
     assert r["apply_model"] == 3   # cond and uncond batched into one apply_model call per evaluation
+    assert r["forwards"] == r["apply_model"]  # network_forwards: the calls of the network, counted where they happen
 
 
 def test_object_patched_schedule_is_used(comfy_worker):
@@ -183,3 +185,27 @@ def test_comfys_torch_compile_node_composes(comfy_worker):
     assert len(per_evaluation) == r["evaluations"] and per_evaluation[0] >= 1
     assert per_evaluation == [per_evaluation[0]] * r["evaluations"] and r["calls"] == sum(per_evaluation)
     assert r["max_abs_diff"] == 0.0  # the backend runs the captured graphs with the eager kernels: bit-identical
+
+
+def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
+    """Algorithm 1, line 4 as an option: without a control model the sampler says what to connect; with one it noises
+    the structure on that model's schedule (here SD 1.5 rescaled to zero terminal SNR, so it differs from Eq. 6)."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    prompt = comfy_worker.convert(workflow)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "ConFinerCoordinatedSampler")
+    ckpt = next(k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
+    prompt[sampler]["inputs"]["structure_noise"] = "control"
+    missing = comfy_worker.run_prompt(prompt, fresh_cache=True)
+    assert not missing["success"]
+    assert "needs the control expert's schedule" in missing["error"]["exception_message"]
+    prompt["900"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": [ckpt, 0], "sampling": "eps",
+                                                                       "zsnr": True}}
+    prompt[sampler]["inputs"]["control_model"] = ["900", 0]
+    control = comfy_worker.run_prompt(prompt, fresh_cache=True)
+    assert control["success"], control.get("error") or control["status_messages"]
+    prompt[sampler]["inputs"]["structure_noise"] = "spatial"
+    spatial = comfy_worker.run_prompt(prompt, fresh_cache=True)
+    assert spatial["success"]
+    out = Path(comfy_worker.output_dir)
+    a, b = (out / saved_files(r)[0] for r in (control, spatial))
+    assert a.read_bytes() != b.read_bytes()

@@ -100,3 +100,41 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     assert report["metrics"]["motion_smoothness"] == pytest.approx(scores["motion_smoothness"], abs=0.02)
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path / "missing.mp4")])
+
+
+def test_method_options_reach_the_chain_and_the_report(tmp_path):
+    read = lambda d: cv2.imread(os.path.join(d, "frames.png"))
+    base, r0 = run(tmp_path, "base", "--seed", "5")
+    assert {k: r0["chain"][k] for k in ("structure_noise", "control_spacing", "control_eta", "refine_spacing")} == \
+        {"structure_noise": "spatial", "control_spacing": "trailing", "control_eta": 0.0, "refine_spacing": "uniform"}
+    assert r0["settings"]["long"]["coherence_memory"] == "guided"
+    other, r1 = run(tmp_path, "opts", "--seed", "5", "--structure-noise", "control", "--control-sampler", "ddim",
+                    "--control-spacing", "leading", "--control-eta", "0.3", "--refine-spacing", "trailing",
+                    "--coherence-memory", "unguided")
+    assert {k: r1["chain"][k] for k in ("structure_noise", "control_sampler", "control_spacing", "control_eta",
+                                        "refine_spacing")} == \
+        {"structure_noise": "control", "control_sampler": "ddim", "control_spacing": "leading", "control_eta": 0.3,
+         "refine_spacing": "trailing"}
+    assert r1["settings"]["long"]["coherence_memory"] == "unguided"
+    assert not np.array_equal(read(base), read(other))
+
+
+def test_table3_setting_warns_but_runs(tmp_path):
+    from confiner_core.chain import ConFinerWarning
+
+    with pytest.warns(ConFinerWarning, match="Table 3"):
+        run(tmp_path, "te300", "--te", "300")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        run(tmp_path, "te300_8", "--te", "300", "--control-steps", "8")
+        run(tmp_path, "te200", "--te", "200")
+
+
+def test_network_forwards_are_one_per_network_call(tmp_path):
+    """The embedded experts evaluate each conditioning separately: with refinement cfg != 1 every refinement
+    evaluation makes two calls, the cfg-1 control stage one."""
+    _, r = run(tmp_path, "cfg", "--cfg", "2.0")
+    assert r["expert_evaluations"] == {"control": 4, "refine": 15}
+    assert r["network_forwards"] == {"control": 4, "refine": 30}

@@ -177,3 +177,26 @@ def test_long_cli_reports_plan_and_seams(tmp_path):
     assert r["segment_plan"]["structures"] == 6 and len(r["segment_plan"]["windows"]) == 5
     assert r["metrics"]["seam_score"] > 0
     assert r["expert_evaluations"] == {"control": 24, "refine": 75}
+
+
+def test_coherence_guidance_is_finite_for_flow_experts_at_sigma_one():
+    """Eq. 12 on a flow expert guides the velocity u = eps - x0; at sigma = 1 (alpha = 0) x0 = x_t - u_guided and
+    eps = x_t, with no division by alpha (the old eps-guidance divided by alpha = 0: all NaN)."""
+    from confiner_core.sampling import guided_prediction
+
+    x0 = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(7))
+    flow = S.flow_schedule(shift=3.0)
+    assert flow.coefficients(999) == (0.0, 1.0)
+    d = OracleExpert(x0, flow, prediction="flow").bind()
+    ts = [999, 749, 499, 249]
+    n1, n2 = (torch.randn(x0.shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    hook = CoherenceGuidance(0.1)
+    first = sample_control(d, n1, ts, eps_hook=hook)
+    u_prev = hook.current[0]
+    assert torch.allclose(u_prev, n1 - x0, atol=1e-6)  # the oracle's velocity at sigma = 1
+    hook.next_structure()
+    pred = guided_prediction(d, n2, 999, 0, hook)
+    u_guided = 0.8 * (n2 - x0) + 0.2 * u_prev
+    assert torch.allclose(pred.x0, n2 - u_guided, atol=1e-6) and torch.allclose(pred.eps, n2, atol=1e-6)
+    second = sample_control(d, n2, ts, eps_hook=hook)
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()

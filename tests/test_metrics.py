@@ -320,3 +320,26 @@ def test_read_video_errors_name_the_path(tmp_path):
     junk.write_bytes(b"this is not a video")
     with pytest.raises(ValueError, match="junk.mp4"):
         m.read_video(junk)
+
+
+@pytest.mark.parametrize("chunks", [[16], [1] * 16, [3, 5, 8], [2, 1, 7, 6], [8, 8]])
+def test_streaming_metrics_equal_evaluate_on_the_whole_video(chunks):
+    """One implementation per metric: the streaming accumulator gives evaluate()'s values however the video is cut."""
+    rng = np.random.default_rng(3)
+    video = np.concatenate([pan(step=2, frames=8), static(seed=4)[:8]])  # a pan, then a cut to a static shot
+    video[5] = np.clip(video[5].astype(int) + rng.integers(-30, 30, video[5].shape), 0, 255).astype(np.uint8)
+    stream = m.StreamingMetrics()
+    start = 0
+    for n in chunks:
+        stream.add(video[start:start + n])
+        start += n
+    junctions = [8]
+    whole = m.evaluate(video, junctions=junctions)
+    got = stream.summary(window_junctions=junctions, structure_junctions=[4, 12])
+    for key in m.METRIC_KEYS:
+        if key not in ("distance_to_nearest", "seam_score"):
+            assert got[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
+    assert got["seam_score_windows"] == pytest.approx(whole["seam_score"], rel=1e-9)
+    assert got["seam_score_structures"] == pytest.approx(m.seam_score(video, [4, 12]), rel=1e-9)
+    assert got["seam_score"] == pytest.approx(m.seam_score(video, [4, 8, 12]), rel=1e-9)  # every junction
+    assert "seam_score" not in stream.summary() and "distance_to_nearest" not in stream.summary()

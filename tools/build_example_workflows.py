@@ -28,7 +28,8 @@ SOCKETS = {
                                ("spatial_negative", "CONDITIONING"), ("temporal_model", "MODEL"),
                                ("temporal_positive", "CONDITIONING"), ("temporal_negative", "CONDITIONING")],
                               [("experts", "CONFINER_EXPERTS")]),
-    "ConFinerCoordinatedSampler": ([("experts", "CONFINER_EXPERTS"), ("structure", "LATENT")], [("latent", "LATENT")]),
+    "ConFinerCoordinatedSampler": ([("experts", "CONFINER_EXPERTS"), ("structure", "LATENT"),
+                                    ("control_model", "MODEL")], [("latent", "LATENT")]),
     "ConFinerLongSegmenter": ([("control_model", "MODEL"), ("control_positive", "CONDITIONING"),
                                ("control_negative", "CONDITIONING"), ("experts", "CONFINER_EXPERTS"),
                                ("latent", "LATENT"), ("clip", "CLIP")], [("latent", "LATENT")]),
@@ -98,7 +99,7 @@ def experts_graph(g, note):
 def control_stage(g, control, pos, neg):
     """A 512x512x16 empty latent into the ConFiner Control Expert (4 Euler steps, cfg 1.0)."""
     empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count", 1, 2)
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False], None, 2, 0)
+    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0], None, 2, 0)
     g.link(control, "MODEL", ctrl, "model")
     g.link(pos, "CONDITIONING", ctrl, "positive")
     g.link(neg, "CONDITIONING", ctrl, "negative")
@@ -120,7 +121,8 @@ def basic():
         g, "ConFiner basic: AnimateDiff-Lightning lays out a 16-frame structure in 4 steps; it is noised to T_e=100 "
            "and refined in 5 coordinated steps by SD 1.5 (spatial) and AnimateDiff v3 (temporal): 19 evaluations.")
     ctrl = control_stage(g, control, pos, neg)
-    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed"], None, 3, 0)
+    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"],
+                     None, 3, 0)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
     save_video(g, ckpt, sampler, "ConFiner/basic", 3, 1)
@@ -134,7 +136,8 @@ def compare_modes():
            "only, Eq. 8) and temporal expert only. Same seed for all three.")
     ctrl = control_stage(g, control, pos, neg)
     for row, mode in enumerate(("coordinated", "standard", "temporal")):
-        s = g.node("ConFinerCoordinatedSampler", [100, 5, mode, "same_index", 0, "fixed"], f"Refine: {mode}", 3, row)
+        s = g.node("ConFinerCoordinatedSampler", [100, 5, mode, "same_index", 0, "fixed", "spatial"],
+                   f"Refine: {mode}", 3, row)
         g.link(experts, "experts", s, "experts")
         g.link(ctrl, "structure", s, "structure")
         save_video(g, ckpt, s, f"ConFiner/compare_{mode}", 4, row)
@@ -149,7 +152,8 @@ def long_video():
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frame count is set on the segmenter)", 1, 2)
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
-                  "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter"],
+                  "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
+                  "trailing", 0.0, "spatial", "guided"],
                  None, 2, 0)
     g.link(control, "MODEL", seg, "control_model")
     g.link(pos, "CONDITIONING", seg, "control_positive")

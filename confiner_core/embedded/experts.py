@@ -55,11 +55,10 @@ class PosteriorMeanExpert(Expert):
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         alpha, sigma = self.schedule.coefficients(t)
-        samples = x if self.layout == L.VIDEO else x  # video: [B, C, F, h, w]; frames: [F, C, h, w]
-        flat = samples.reshape(samples.shape[0], -1).float()
+        flat = x.reshape(x.shape[0], -1).float()  # one sample per row: a clip [C, F, h, w] or a frame [C, h, w]
         outs = []
-        for prompt in conds:
-            data = self.data(prompt, tuple(samples.shape[1:])).to(flat)
+        for prompt in conds:  # one posterior-mean "network" call per conditioning (forwards_per_call: n_conds)
+            data = self.data(prompt, tuple(x.shape[1:])).to(flat)
             x0 = posterior_mean(flat, alpha, sigma, data.reshape(data.shape[0], -1))
             outs.append(((flat - alpha * x0) / sigma).reshape(x.shape).to(x.dtype))
         return outs

@@ -86,7 +86,8 @@ def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
     config = chain.ChainConfig(control_steps=3)
     noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     out = chain.generate_structure(d, noise, config, torch.Generator().manual_seed(0))
-    return {"evaluations": sum(log.evaluations.values()), **calls, "finite": bool(torch.isfinite(out).all())}
+    return {"evaluations": sum(log.evaluations.values()), "forwards": sum(log.forwards.values()), **calls,
+            "finite": bool(torch.isfinite(out).all())}
 
 
 def torch_compile_node_composes(ckpt_name: str) -> dict:
