@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import layout as L
+from .latent_spaces import SD15, Codec, LatentSpace
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import NoiseSchedule
 
@@ -60,17 +61,23 @@ class Expert(ABC):
     """A diffusion model used as one link of the chain.
 
     Subclasses set the attributes and implement :meth:`encode` and :meth:`forward`.
-    ``latent_space`` names the VAE latent space (experts can only be chained within one);
-    ``max_frames`` is the longest clip a temporal model accepts (None: any).
+    ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE,
+    needed only where the chain bridges it to an expert of another space. ``layout`` says how the expert takes a
+    latent video: whole (``video``) or one (latent) frame at a time (``frames``, image models).
+    ``max_frames`` is the longest clip (in latent frames) a temporal model accepts (None: any).
     """
 
     name: str = "expert"
     schedule: NoiseSchedule
     prediction: str = "epsilon"
     layout: str = L.VIDEO
-    latent_channels: int = 4
-    latent_space: str = "sd15"
+    latent_space: LatentSpace = SD15
+    codec: Codec | None = None
     max_frames: int | None = None
+
+    @property
+    def latent_channels(self) -> int:
+        return self.latent_space.channels
 
     @abstractmethod
     def encode(self, prompt: str) -> Any:
@@ -84,6 +91,10 @@ class Expert(ABC):
     def forwards_per_call(self, n_conds: int) -> int:
         return n_conds
 
+    def guidance_at(self, t: float, default: float) -> float:
+        """The classifier-free guidance scale at timestep ``t`` (an expert pair may use one per member)."""
+        return default
+
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None) -> "Denoiser":
         positive = self.encode(prompt)
@@ -93,7 +104,49 @@ class Expert(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__name__, "schedule": self.schedule.name,
                 "prediction": self.prediction, "layout": self.layout, "latent_channels": self.latent_channels,
-                "latent_space": self.latent_space}
+                "latent_space": self.latent_space.name}
+
+
+class ExpertPair(Expert):
+    """Two networks sharing one role, schedule and latent space, split at a noise level (Wan 2.2 A14B: the
+    high-noise expert where sigma_t >= ``boundary``, the low-noise expert below; diffusers' ``boundary_ratio``
+    0.875 for text-to-video compares the shifted flow sigma). ``guidance``: optional (high, low) CFG scales, like
+    diffusers' ``guidance_scale`` / ``guidance_scale_2``."""
+
+    def __init__(self, high: Expert, low: Expert, boundary: float, guidance: tuple | None = None,
+                 name: str | None = None):
+        for attr in ("prediction", "layout", "latent_space"):
+            if getattr(high, attr) != getattr(low, attr):
+                raise ValueError(f"the experts of a pair must share their {attr}: {getattr(high, attr)!r} vs "
+                                 f"{getattr(low, attr)!r}")
+        if high.schedule.num_timesteps != low.schedule.num_timesteps or \
+                not torch.allclose(high.schedule.sigmas, low.schedule.sigmas):
+            raise ValueError("the experts of a pair must share one noise schedule (same shift)")
+        self.high, self.low, self.boundary, self.guidance = high, low, float(boundary), guidance
+        self.name = name or f"{high.name} + {low.name}"
+        self.schedule, self.prediction, self.layout = low.schedule, low.prediction, low.layout
+        self.latent_space, self.codec = low.latent_space, low.codec or high.codec
+        self.max_frames = low.max_frames
+
+    def member(self, t: float) -> int:
+        """0 (high-noise expert) or 1 (low-noise expert) for timestep ``t``."""
+        return 0 if self.schedule.coefficients(t)[1] >= self.boundary else 1
+
+    def encode(self, prompt: str):
+        return (self.high.encode(prompt), self.low.encode(prompt))
+
+    def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
+        i = self.member(t)
+        return (self.high, self.low)[i].forward(x, t, [c[i] for c in conds])
+
+    def forwards_per_call(self, n_conds: int) -> int:
+        return self.low.forwards_per_call(n_conds)
+
+    def guidance_at(self, t: float, default: float) -> float:
+        return default if self.guidance is None else self.guidance[self.member(t)]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "boundary": self.boundary, "members": [self.high.describe(), self.low.describe()]}
 
 
 @dataclass
@@ -118,7 +171,7 @@ class Denoiser:
             n = 1
         else:
             uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
-            out = uncond + self.guidance_scale * (cond - uncond)
+            out = uncond + self.expert.guidance_at(t, self.guidance_scale) * (cond - uncond)
             n = 2
         if self.log is not None:
             self.log.record(self.expert.forwards_per_call(n))
