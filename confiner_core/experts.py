@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import layout as L
-from .latent_spaces import SD15, Codec, LatentSpace
+from .latent_spaces import SD15, Codec, LatentSpace, bridge
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import NoiseSchedule
 
@@ -29,10 +29,12 @@ class Prediction(NamedTuple):
 
 @dataclass
 class EvaluationLog:
-    """Counts denoiser calls ("expert evaluations", the paper's unit) and network forwards per stage."""
+    """Counts denoiser calls ("expert evaluations", the paper's unit), network forwards and the bridge's VAE calls
+    (encodes + decodes of whole clips between latent spaces) per stage."""
 
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
+    vae_calls: Counter = field(default_factory=Counter)
     current: str = "unstaged"
 
     @contextlib.contextmanager
@@ -47,9 +49,12 @@ class EvaluationLog:
         self.evaluations[self.current] += 1
         self.forwards[self.current] += forwards
 
+    def record_vae(self, calls: int) -> None:
+        self.vae_calls[self.current] += calls
+
     def as_dict(self) -> dict:
         return {"evaluations": dict(self.evaluations), "forwards": dict(self.forwards),
-                "total_evaluations": sum(self.evaluations.values())}
+                "vae_calls": dict(self.vae_calls), "total_evaluations": sum(self.evaluations.values())}
 
 
 def in_stage(log: "EvaluationLog | None", name: str):
@@ -192,3 +197,20 @@ def check_expert(expert: Expert) -> None:
                          f"supported: {PREDICTION_TYPES}")
     if expert.layout not in L.LAYOUTS:
         raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
+
+
+def bridge_end(expert: Expert) -> Codec | LatentSpace:
+    """What the bridge needs of an expert: its codec when it has one, else just its latent space."""
+    return expert.codec if expert.codec is not None else expert.latent_space
+
+
+def hand_off(x0: torch.Tensor, source: Denoiser, target: Denoiser) -> torch.Tensor:
+    """The x0 hand-off between two experts (structure -> refinement, and both ways in every coordinated step):
+    the identity when they share a latent space, else the bridge through their VAEs (counted on the log)."""
+    if source.expert.latent_space == target.expert.latent_space:
+        return x0
+    out = bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
+    log = source.log or target.log
+    if log is not None:
+        log.record_vae(2)   # one decode with the source's VAE, one encode with the target's
+    return out

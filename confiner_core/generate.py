@@ -133,9 +133,9 @@ def generate(req: GenerateRequest, show_progress: bool = True) -> dict:
     channels = d["spatial"].expert.latent_channels
     stats = StreamStats()
     with VideoSink(os.path.join(req.out, "video.mp4"), req.fps, req.frames) as sink:
-        def emit(latent: torch.Tensor) -> None:
+        def emit(latent: torch.Tensor, frames_kept: int | None = None) -> None:
             t0 = time.perf_counter()
-            frames = backend.decode(latent)[0].cpu().numpy()
+            frames = backend.decode(latent)[0, :frames_kept].cpu().numpy()
             sink.write(frames)
             stats.add(frames)
             seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
@@ -169,7 +169,8 @@ def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Gene
     t0 = time.perf_counter()
     with tqdm(total=steps, desc="ConFiner-Long", disable=not show_progress) as bar:
         generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
-                      lambda latent, window: emit(latent), prompts, progress_callback(bar), req.device)
+                      lambda latent, window: emit(latent, plan.window_frames(window)), prompts,
+                      progress_callback(bar), req.device)
     return {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
 
 

@@ -83,6 +83,11 @@ class LatentSpace:
         return (batch, self.channels, self.latent_frames(pixel_frames),
                 height // self.spatial_factor, width // self.spatial_factor)
 
+    def pixel_shape(self, latent_shape: Sequence[int]) -> tuple:
+        """(batch, frames, height, width) of the video a latent [B, C, T, h, w] of this space stands for."""
+        b, _, t, h, w = latent_shape
+        return (b, self.pixel_frames(t), h * self.spatial_factor, w * self.spatial_factor)
+
     # -- normalisation ----------------------------------------------------------------------------------------------
     def process_in(self, raw: torch.Tensor) -> torch.Tensor:
         """VAE latent -> what the diffusion model sees."""
