@@ -373,7 +373,8 @@ class Bench:
         temp = self.experts["ms"].bind(PROMPT, NEGATIVE, 7.5, log)
         plan = plan_segments(frames, 16, True)
         generate_long(control, spatial, temp, plan, (1, 4, self.h, self.h), ChainConfig(), LongConfig(),
-                      torch.Generator().manual_seed(0), lambda x, w: self.decoder.decode(x), device=self.device)
+                      torch.Generator().manual_seed(0), lambda x, w: self.decoder.decode(x[:, :, :plan.window_frames(w)]),
+                      device=self.device)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # CPU issue time against GPU time of one forward: what CUDA graphs could save -------------------------------

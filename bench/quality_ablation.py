@@ -50,7 +50,7 @@ def long_run(prompt, seed, long, frames=64):
     plan = plan_segments(frames, long.segment_length, long.staggered)
     chunks = []
     generate_long(d["control"], d["spatial"], d["temporal"], plan, (1, 4, SIZE, SIZE), ChainConfig(), long,
-                  torch.Generator().manual_seed(seed), lambda x, w: chunks.append(decode(x, SCALE)[0].numpy()))
+                  torch.Generator().manual_seed(seed), lambda x, w: chunks.append(decode(x, SCALE)[0, :plan.window_frames(w)].numpy()))
     video = np.concatenate(chunks)
     scores = metrics.evaluate(video, junctions=plan.junctions)
     return {k: v for k, v in scores.items() if k in LONG_KEYS}

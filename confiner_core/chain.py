@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import refine as R
-from .experts import Denoiser, check_expert, in_stage
+from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
+from .latent_spaces import check_bridgeable
+from .layout import VIDEO
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
 from .schedules import NoiseSchedule
@@ -96,6 +98,12 @@ class ChainConfig:
         return asdict(self)
 
 
+def refining_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -> Denoiser:
+    """Who refines the structure, and so whose latent space the result is in: the spatial expert, or the temporal
+    expert for the temporal-only ablation."""
+    return temporal if mode == TEMPORAL else spatial
+
+
 def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str, structure_noise: str = SPATIAL,
                         control_schedule: NoiseSchedule | None = None) -> NoiseSchedule:
     """The schedule the structure is noised on to T_e. ``spatial`` (Eq. 6): the refining expert's -- the spatial
@@ -106,41 +114,58 @@ def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str,
             raise ValueError("structure_noise 'control' (Algorithm 1, line 4) needs the control expert's schedule; "
                              "connect the control model or use structure_noise 'spatial' (Eq. 6)")
         return control_schedule
-    return (temporal if mode == TEMPORAL else spatial).schedule
+    return refining_denoiser(spatial, temporal, mode).schedule
 
 
-def validate_experts(roles: dict, shape: tuple) -> None:
-    """Experts must share the spatial expert's latent space and channels, and accept the clip length."""
-    reference = roles["spatial"].expert
+def validate_experts(roles: dict, shape: tuple, source: str) -> None:
+    """Every expert must hold the clip that a latent of ``shape`` in the ``source`` role's space stands for (frame
+    count rules of causal spaces, longest clip), and experts that hand samples to each other must share a latent
+    space or have the VAEs that bridge them. ``roles``: role -> Denoiser (or None)."""
+    src = roles[source].expert.latent_space
+    if len(shape) != 5:
+        raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
+    if shape[1] != src.channels:
+        raise ValueError(f"the latent has {shape[1]} channels but the {source} expert's latent space "
+                         f"{src.name!r} has {src.channels}; use a latent of the experts' family")
+    _, frames, _, _ = src.pixel_shape(shape)
     for role, d in roles.items():
         if d is None:
             continue
         e = d.expert
         check_expert(e)
-        if e.latent_space != reference.latent_space:
-            raise ValueError(f"{role} expert {e.name!r} works in latent space {e.latent_space!r} but the spatial "
-                             f"expert {reference.name!r} in {reference.latent_space!r}; all experts of a chain "
-                             f"must share one VAE latent space: pick experts of the same family")
-        if e.latent_channels != shape[1]:
-            raise ValueError(f"{role} expert {e.name!r} expects {e.latent_channels} latent channels but the latent has "
-                             f"{shape[1]}; use a latent of the experts' family")
-        if e.max_frames is not None and shape[2] > e.max_frames:
-            raise ValueError(f"{role} expert {e.name!r} handles at most {e.max_frames} frames but {shape[2]} were "
-                             f"asked; use fewer frames or ConFiner-Long segments")
+        e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.name}")
+        latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
+        if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
+            raise ValueError(f"{role} expert {e.name!r} handles at most {e.max_frames} frames but {latent_frames} "
+                             f"were asked; use fewer frames or ConFiner-Long segments")
+
+
+def check_hand_off(roles: dict, source: str, target: str) -> None:
+    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them."""
+    a, b = roles.get(source), roles.get(target)
+    if a is not None and b is not None:
+        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target)
 
 
 def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
-                        control_schedule: NoiseSchedule | None = None) -> None:
-    """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated."""
+                        source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> None:
+    """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
+    latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source."""
     config.validate()
-    if len(shape) != 5:
-        raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
-    validate_experts({"spatial": spatial, "temporal": temporal}, shape)
+    roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
+    validate_experts(roles, shape, "control")
+    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial")
+    if config.mode == COORDINATED:
+        check_hand_off(roles, "spatial", "temporal")
+    if config.mode == ALTERNATE and temporal.expert.latent_space != spatial.expert.latent_space:
+        raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
+                         "space; use mode 'coordinated' to bridge experts of different spaces")
     refining = extraction_schedule(spatial, temporal, config.mode)
     refining.check_timestep(config.te, "te (T_e)")
     if config.structure_noise == CONTROL:
+        control_schedule = control_schedule or (source.schedule if source is not None else None)
         extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_timestep(
             config.te, "te (T_e) on the control schedule")
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
@@ -150,10 +175,10 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
                    config: ChainConfig) -> None:
-    """Every check that can fail, before any expert is evaluated. ``shape`` is the canonical [B, C, F, h, w].
-    Settings the paper found to fail (Table 3) give a :class:`ConFinerWarning`, not an error."""
-    validate_refinement(spatial, temporal, shape, config, control.schedule)
-    validate_experts({"control": control, "spatial": spatial}, shape)
+    """Every check that can fail, before any expert is evaluated. ``shape`` is the initial noise's canonical
+    [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
+    :class:`ConFinerWarning`, not an error."""
+    validate_refinement(spatial, temporal, shape, config, source=control)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
@@ -165,8 +190,12 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
 
 @dataclass
 class ChainResult:
+    """``latent`` is in the refining expert's latent space (``refiner``: decode it with that expert's codec);
+    ``structure`` in the control expert's."""
+
     latent: torch.Tensor
     structure: torch.Tensor
+    refiner: Denoiser
     seconds: dict = field(default_factory=dict)
 
 
@@ -211,9 +240,16 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
 
 def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
                      generator: torch.Generator, callback: Callback | None = None,
-                     control_schedule: NoiseSchedule | None = None) -> torch.Tensor:
+                     source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Eq. 6 (or Algorithm 1, line 4) then stage 2: what the chain does with a finished structure (also used by
-    ConFiner-Long). ``control_schedule`` is needed for ``structure_noise='control'`` only."""
+    ConFiner-Long). A structure in the ``source`` (control) expert's latent space is handed to the refining expert's
+    first (:func:`~confiner_core.experts.hand_off`); without a source it is already in the refining expert's space,
+    where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
+    default the source's) gives the T_e coefficients."""
+    refiner = refining_denoiser(spatial, temporal, config.mode)
+    if source is not None:
+        structure = hand_off(structure, source, refiner)
+        control_schedule = control_schedule or source.schedule
     schedule = extraction_schedule(spatial, temporal, config.mode, config.structure_noise, control_schedule)
     x = extract_structure(schedule, structure, config.te, generator)
     return refine(spatial, temporal, x, config, generator, callback)
@@ -221,7 +257,8 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
 
 def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
               config: ChainConfig, generator: torch.Generator, callback: Callback | None = None) -> ChainResult:
-    """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w]. Stages are marked on
+    """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
+    latent space. Stages are marked on
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage."""
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
@@ -230,7 +267,8 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
         structure = generate_structure(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
     with in_stage(log, "refine"):
-        latent = refine_structure(spatial, temporal, structure, config, generator, callback, control.schedule)
+        latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
     t2 = time.perf_counter()
-    return ChainResult(latent, structure, {"control": t1 - t0, "refine": t2 - t1})
+    return ChainResult(latent, structure, refining_denoiser(spatial, temporal, config.mode),
+                       {"control": t1 - t0, "refine": t2 - t1})
 

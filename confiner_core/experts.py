@@ -18,6 +18,7 @@ import torch
 
 from . import layout as L
 from .errors import NonFiniteError
+from .latent_spaces import SD15, Codec, LatentSpace, bridge
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import NoiseSchedule
 
@@ -30,7 +31,8 @@ class Prediction(NamedTuple):
 @dataclass
 class EvaluationLog:
     """Counts, per stage, expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction, whatever
-    the guidance) and network forwards.
+    the guidance), network forwards, and the bridge's VAE calls (encodes + decodes of whole clips between latent
+    spaces).
 
     A **network forward** is one call of an expert's network, whatever its batch: classifier-free guidance batched
     with the conditional pass into one call counts 1, computed as two calls counts 2, a context-windowed evaluation
@@ -39,6 +41,7 @@ class EvaluationLog:
 
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
+    vae_calls: Counter = field(default_factory=Counter)
     current: str = "unstaged"
 
     @contextlib.contextmanager
@@ -53,9 +56,12 @@ class EvaluationLog:
         self.evaluations[self.current] += 1
         self.forwards[self.current] += forwards
 
+    def record_vae(self, calls: int) -> None:
+        self.vae_calls[self.current] += calls
+
     def as_dict(self) -> dict:
         return {"evaluations": dict(self.evaluations), "forwards": dict(self.forwards),
-                "total_evaluations": sum(self.evaluations.values())}
+                "vae_calls": dict(self.vae_calls), "total_evaluations": sum(self.evaluations.values())}
 
 
 def in_stage(log: "EvaluationLog | None", name: str):
@@ -67,17 +73,23 @@ class Expert(ABC):
     """A diffusion model used as one link of the chain.
 
     Subclasses set the attributes and implement :meth:`encode` and :meth:`forward`.
-    ``latent_space`` names the VAE latent space (experts can only be chained within one);
-    ``max_frames`` is the longest clip a temporal model accepts (None: any).
+    ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE,
+    needed only where the chain bridges it to an expert of another space. ``layout`` says how the expert takes a
+    latent video: whole (``video``) or one (latent) frame at a time (``frames``, image models).
+    ``max_frames`` is the longest clip (in latent frames) a temporal model accepts (None: any).
     """
 
     name: str = "expert"
     schedule: NoiseSchedule
     prediction: str = "epsilon"
     layout: str = L.VIDEO
-    latent_channels: int = 4
-    latent_space: str = "sd15"
+    latent_space: LatentSpace = SD15
+    codec: Codec | None = None
     max_frames: int | None = None
+
+    @property
+    def latent_channels(self) -> int:
+        return self.latent_space.channels
 
     @abstractmethod
     def encode(self, prompt: str) -> Any:
@@ -94,6 +106,10 @@ class Expert(ABC):
         where they happen, override it."""
         return n_conds
 
+    def guidance_at(self, t: float, default: float) -> float:
+        """The classifier-free guidance scale at timestep ``t`` (an expert pair may use one per member)."""
+        return default
+
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None) -> "Denoiser":
         positive = self.encode(prompt)
@@ -103,7 +119,49 @@ class Expert(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__name__, "schedule": self.schedule.name,
                 "prediction": self.prediction, "layout": self.layout, "latent_channels": self.latent_channels,
-                "latent_space": self.latent_space}
+                "latent_space": self.latent_space.name}
+
+
+class ExpertPair(Expert):
+    """Two networks sharing one role, schedule and latent space, split at a noise level (Wan 2.2 A14B: the
+    high-noise expert where sigma_t >= ``boundary``, the low-noise expert below; diffusers' ``boundary_ratio``
+    0.875 for text-to-video compares the shifted flow sigma). ``guidance``: optional (high, low) CFG scales, like
+    diffusers' ``guidance_scale`` / ``guidance_scale_2``."""
+
+    def __init__(self, high: Expert, low: Expert, boundary: float, guidance: tuple | None = None,
+                 name: str | None = None):
+        for attr in ("prediction", "layout", "latent_space"):
+            if getattr(high, attr) != getattr(low, attr):
+                raise ValueError(f"the experts of a pair must share their {attr}: {getattr(high, attr)!r} vs "
+                                 f"{getattr(low, attr)!r}")
+        if high.schedule.num_timesteps != low.schedule.num_timesteps or \
+                not torch.allclose(high.schedule.sigmas, low.schedule.sigmas):
+            raise ValueError("the experts of a pair must share one noise schedule (same shift)")
+        self.high, self.low, self.boundary, self.guidance = high, low, float(boundary), guidance
+        self.name = name or f"{high.name} + {low.name}"
+        self.schedule, self.prediction, self.layout = low.schedule, low.prediction, low.layout
+        self.latent_space, self.codec = low.latent_space, low.codec or high.codec
+        self.max_frames = low.max_frames
+
+    def member(self, t: float) -> int:
+        """0 (high-noise expert) or 1 (low-noise expert) for timestep ``t``."""
+        return 0 if self.schedule.coefficients(t)[1] >= self.boundary else 1
+
+    def encode(self, prompt: str):
+        return (self.high.encode(prompt), self.low.encode(prompt))
+
+    def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
+        i = self.member(t)
+        return (self.high, self.low)[i].forward(x, t, [c[i] for c in conds])
+
+    def forwards_per_call(self, n_conds: int) -> int:
+        return self.low.forwards_per_call(n_conds)
+
+    def guidance_at(self, t: float, default: float) -> float:
+        return default if self.guidance is None else self.guidance[self.member(t)]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "boundary": self.boundary, "members": [self.high.describe(), self.low.describe()]}
 
 
 @dataclass
@@ -128,7 +186,7 @@ class Denoiser:
             n = 1
         else:
             uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
-            out = uncond + self.guidance_scale * (cond - uncond)
+            out = uncond + self.expert.guidance_at(t, self.guidance_scale) * (cond - uncond)
             n = 2
         if not bool(torch.isfinite(out).all()):  # one reduction per evaluation, cheap next to a network forward
             raise NonFiniteError(non_finite_message(self, x_t, t))
@@ -166,3 +224,20 @@ def check_expert(expert: Expert) -> None:
                          f"supported: {PREDICTION_TYPES}")
     if expert.layout not in L.LAYOUTS:
         raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
+
+
+def bridge_end(expert: Expert) -> Codec | LatentSpace:
+    """What the bridge needs of an expert: its codec when it has one, else just its latent space."""
+    return expert.codec if expert.codec is not None else expert.latent_space
+
+
+def hand_off(x0: torch.Tensor, source: Denoiser, target: Denoiser) -> torch.Tensor:
+    """The x0 hand-off between two experts (structure -> refinement, and both ways in every coordinated step):
+    the identity when they share a latent space, else the bridge through their VAEs (counted on the log)."""
+    if source.expert.latent_space == target.expert.latent_space:
+        return x0
+    out = bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
+    log = source.log or target.log
+    if log is not None:
+        log.record_vae(2)   # one decode with the source's VAE, one encode with the target's
+    return out

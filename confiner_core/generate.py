@@ -461,11 +461,11 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
         with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
-            def emit(latent: torch.Tensor) -> None:
+            def emit(latent: torch.Tensor, frames_kept: int | None = None) -> None:
                 t0 = time.perf_counter()
                 if not bool(torch.isfinite(latent).all()):
                     raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-                frames = backend.decode(latent)[0].cpu().numpy()
+                frames = backend.decode(latent)[0, :frames_kept].cpu().numpy()
                 sink.write(frames)
                 stats.add(frames)
                 seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
@@ -510,14 +510,14 @@ def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Gene
         log.forwards.update(info["forwards"])
         finished = plan.windows[:resume.next_window]
         for window in finished:
-            emit(store.window(window.index).to(req.device))
+            emit(store.window(window.index).to(req.device), plan.window_frames(window))
         made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
         done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
     else:
         store.start()
 
     def sink(latent: torch.Tensor, window) -> None:
-        emit(latent)
+        emit(latent, plan.window_frames(window))
         store.save_window(window.index, latent)
 
     def window_done(state) -> None:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .chain import ChainConfig, generate_structure, refine_structure, validate_chain
+from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
 from .experts import Denoiser, in_stage
 from .prompts import PromptSchedule
 
@@ -49,6 +49,9 @@ class SegmentPlan:
     structures: int
     windows: tuple
 
+    def window_frames(self, window: "Window") -> int:
+        return window.out_stop - window.out_start
+
     @property
     def window_junctions(self) -> list[int]:
         """Output frames where one refinement window hands over to the next."""
@@ -57,10 +60,10 @@ class SegmentPlan:
     @property
     def structure_junctions(self) -> list[int]:
         """Output frames where one control structure hands over to the next."""
-        half = self.segment_length // 2
         if not self.staggered:
             return self.window_junctions
-        return [w.out_start + half for w in self.windows if w.out_start + half < w.out_stop]
+        rest = self.segment_length - self.segment_length // 2   # frames of S_w inside window w
+        return [w.out_start + rest for w in self.windows if w.out_start + rest < w.out_stop]
 
     @property
     def junctions(self) -> list[int]:
@@ -75,9 +78,10 @@ class SegmentPlan:
 
 
 def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True) -> SegmentPlan:
-    """Structures of length L and the refinement windows over them.
+    """Structures of length L (pixel frames) and the refinement windows over them.
 
-    Staggered (Eq. 13): window w is S_w[L/2:L] + S_{w+1}[0:L/2], so every structure junction is refined jointly.
+    Staggered (Eq. 13): window w is S_w[L/2:L] + S_{w+1}[0:L/2] (L/2 rounded down, so causal video spaces can use
+    4k+1 frames), so every structure junction is refined jointly.
     The plan makes one structure more than windows; the first half of the first structure and the last half of the
     last are never refined or shown (a 4-step control pass is cheap, and this keeps every window at full length L,
     the clip length temporal experts are trained on). Window junctions fall mid-structure, where the control expert
@@ -85,13 +89,14 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True)
     In both cases every output frame comes from exactly one window."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    if segment_length < 2 or (staggered and segment_length % 2):
-        raise ValueError(f"segment_length must be an even number >= 2 for staggered refinement, got {segment_length}")
+    if segment_length < 2:
+        raise ValueError(f"segment_length must be >= 2, got {segment_length}")
     n_windows = -(-frames // segment_length)
     half = segment_length // 2
     windows = []
     for w in range(n_windows):
         parts = ((w, half, segment_length), (w + 1, 0, half)) if staggered else ((w, 0, segment_length),)
+        # (structure, first pixel frame, end pixel frame) of each piece
         windows.append(Window(w, parts, w * segment_length, min((w + 1) * segment_length, frames)))
     return SegmentPlan(frames, segment_length, staggered, n_windows + staggered, tuple(windows))
 
@@ -214,6 +219,39 @@ class LongConfig:
 WindowSink = Callable[[torch.Tensor, Window], None]
 
 
+def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
+    """Pieces of clips join by concatenating latent frames only within one space whose latent frames are pixel
+    frames (SD-style VAEs encode frames independently); anything else goes through pixels."""
+    space = source.expert.latent_space
+    return space == target.expert.latent_space and space.temporal_factor == 1
+
+
+def check_window_join(source: Denoiser, target: Denoiser) -> None:
+    """Before anything runs: windows that must be joined through pixels need both experts' VAEs."""
+    if joins_in_latent_space(source, target):
+        return
+    for role, d in (("control", source), ("refining", target)):
+        if d.expert.codec is None:
+            raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.name!r} structures into "
+                             f"{target.expert.latent_space.name!r} windows through pixels (a causal video VAE "
+                             f"cannot cut latents at any frame): the {role} expert needs its VAE")
+
+
+def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Denoiser, pixels: dict) -> torch.Tensor:
+    """Eq. 13's window S_w[L/2:] + S_{w+1}[:L/2] as a clip in the refining expert's latent space. ``parts`` are
+    (structure, first pixel frame, end pixel frame); ``pixels`` caches decoded structures (each is used by two
+    windows). Causal spaces (Wan) cannot be cut in latent frames, so the pieces are decoded, joined as pixel frames
+    and encoded as a fresh clip -- which also hands them to another expert's space when the refiner's differs."""
+    if joins_in_latent_space(source, target):
+        return torch.cat([structures[i][:, :, a:e] for i, a, e in parts], dim=2)
+    decoded = [i for i, _, _ in parts if i not in pixels]
+    for i in decoded:
+        pixels[i] = source.expert.codec.decode(structures[i])
+    if source.log is not None:
+        source.log.record_vae(len(decoded) + 1)
+    return target.expert.codec.encode(torch.cat([pixels[i][:, :, a:e] for i, a, e in parts], dim=2))
+
+
 def structure_centre(plan: SegmentPlan, i: int) -> int:
     """Output frame at the middle of structure i (for picking its prompt). Staggered, structure i covers output
     frames [i L - L/2, i L + L/2); otherwise [i L, (i + 1) L)."""
@@ -241,19 +279,24 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                   callback: Callable | None = None, device: str | torch.device = "cpu",
                   resume: LongState | None = None,
                   on_window_done: Callable[[LongState], None] | None = None) -> None:
-    """Generate ``plan`` window by window; ``sink(latent [B, C, n, h, w], window)`` receives each window's final
-    frames. ``frame_shape`` is (B, C, h, w) of one latent frame.
+    """Generate ``plan`` window by window. ``sink(latent, window)`` receives each finished window as a whole clip
+    in the refining expert's latent space; the first ``window.out_stop - window.out_start`` frames of its decode are
+    output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent frame in the
+    control expert's space.
 
     ``on_window_done(state)`` is called after each window's sink with the :class:`LongState` to continue from;
     passing such a state as ``resume`` (with a generator seeded as for the first run) skips the finished windows."""
     config.validate()
     b, c, h, w = frame_shape
-    shape = (b, c, plan.segment_length, h, w)
+    shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)
+    refiner = refining_denoiser(spatial, temporal, chain.mode)
+    check_window_join(control, refiner)
     noise = StructureNoise(config.noise_init, shape, plan.structures, generator, config.freenoise_window,
                            config.freenoise_stride)
     guidance = CoherenceGuidance(config.gamma, config.coherence_memory) if config.gamma > 0 else None
     structures: dict[int, torch.Tensor] = {}
+    pixels: dict[int, torch.Tensor] = {}
     log = control.log
 
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
@@ -280,15 +323,16 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                                                        noise(i).to(device), chain, generator, guidance, callback)
                 if guidance is not None:
                     guidance.next_structure()
-        latent = torch.cat([structures[i][:, :, a:e] for i, a, e in window.parts], dim=2)
         centre = (window.out_start + window.out_stop) // 2
         with in_stage(log, "refine"):
+            latent = window_latent(structures, window.parts, control, refiner, pixels)
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
-                                       generator, callback, control.schedule)
-        sink(refined[:, :, :window.out_stop - window.out_start], window)
+                                       generator, callback, control_schedule=control.schedule)
+        sink(refined, window)
         last = window.parts[-1][0]
         for i in [k for k in structures if k < last]:
             del structures[i]  # bounded memory: only the structure the next window starts from survives
+            pixels.pop(i, None)
         if on_window_done is not None:
             on_window_done(LongState(window.index + 1, dict(structures),
                                      dict(guidance.previous) if guidance is not None else {},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .experts import Denoiser, Prediction
+from .experts import Denoiser, Prediction, hand_off
 from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like
 from .schedules import NoiseSchedule
 from .timesteps import with_next
@@ -55,12 +55,15 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
                      matching: str = SAME_INDEX) -> tuple[torch.Tensor, Prediction]:
     """Algorithm 1, lines 10-13: hand the sample from the spatial to the temporal expert and back through x0.
 
-    Returns the new V'_{t_k} (on the spatial schedule) and the temporal expert's prediction."""
-    x0_spatial = spatial(x, t).x0                                              # line 10
+    Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
+    their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
+    temporal expert's prediction (in its own space)."""
+    x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
     t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
-    x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x, generator))  # Eq. 9
+    x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
     pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
-    x_back = diffuse(spatial.schedule, pred_temporal.x0, t, randn_like(x, generator))          # Eq. 11
+    x0_back = hand_off(pred_temporal.x0, temporal, spatial)
+    x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
     return x_back, pred_temporal
 
 

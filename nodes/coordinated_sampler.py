@@ -45,9 +45,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         log = EvaluationLog()
         spatial, temporal = experts.bind(seed, log)
         x = host.latent_in(experts.spatial_model, structure, "structure")
-        validate_refinement(spatial, temporal, tuple(x.shape), config, control_schedule)
+        validate_refinement(spatial, temporal, tuple(x.shape), config, control_schedule=control_schedule)
         progress = host.Progress(experts.spatial_model, refine_steps)
         latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed), progress,
-                                  control_schedule)
+                                  control_schedule=control_schedule)
         host.log_cost("ConFiner Coordinated Sampler", log)
         return io.NodeOutput(host.latent_out(experts.spatial_model, latent, structure))

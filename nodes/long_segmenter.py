@@ -87,6 +87,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress = host.Progress(control_model, total)
         windows = []
         generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long, torch.Generator().manual_seed(seed),
-                      lambda x, window: windows.append(x.cpu()), prompts, progress, frame.device)
+                      lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, progress,
+                      frame.device)
         host.log_cost("ConFiner Long Segmenter", log)
         return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))

@@ -1,11 +1,14 @@
 """Algorithm 1 and the chain, checked with recording experts whose predictions are known in closed form."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, refine_timesteps, run_chain, validate_chain
 from confiner_core.experts import EvaluationLog, Expert
+from confiner_core.latent_spaces import SD15, SDXL
 from confiner_core.layout import FRAMES, VIDEO
 from confiner_core.prediction import from_x0_eps
 from confiner_core.refine import coordinated_step, matched_timestep, refine_coordinated
@@ -119,12 +122,12 @@ def test_validation_rejects_bad_chains():
     with pytest.raises(ValueError, match="do not fit"):
         validate_chain(good, good, good, SHAPE, ChainConfig(te=3, refine_steps=5))
     other = OracleExpert(x0, sd)
-    other.latent_space = "sdxl"
+    other.latent_space = SDXL
     with pytest.raises(ValueError, match="latent space"):
         validate_chain(good, good, other.bind(), SHAPE, ChainConfig())
     wide = OracleExpert(x0, sd)
-    wide.latent_channels = 16
-    with pytest.raises(ValueError, match="16 latent channels"):
+    wide.latent_space = replace(SD15, channels=16)
+    with pytest.raises(ValueError, match="latent space"):  # 16 channels: another space, and no VAE to bridge
         validate_chain(wide.bind(), good, good, SHAPE, ChainConfig())
     short = OracleExpert(x0, sd)
     short.max_frames = 2

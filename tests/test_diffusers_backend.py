@@ -89,7 +89,7 @@ def test_loaded_experts_have_their_families_attributes(loaded, paths):
     # AnimateDiff on linear betas, SD / ModelScope on scaled_linear (diffusers-notes §2)
     assert float(control.schedule.alphas_cumprod[999]) == pytest.approx(0.00158, abs=1e-5)
     assert float(spatial.schedule.alphas_cumprod[999]) == pytest.approx(0.00466, abs=1e-5)
-    assert {e.latent_space for e in loaded.experts.values()} == {"sd15"}
+    assert {e.latent_space.name for e in loaded.experts.values()} == {"sd15"}
     assert control.describe()["source"] == str(paths["ad"])
 
 

@@ -18,7 +18,7 @@ from test_chain import OracleExpert
 
 
 @pytest.mark.parametrize("frames", [1, 7, 16, 17, 64, 100, 600])
-@pytest.mark.parametrize("L", [2, 8, 16])
+@pytest.mark.parametrize("L", [2, 5, 8, 16, 17])
 @pytest.mark.parametrize("staggered", [True, False])
 def test_plan_covers_every_frame_once(frames, L, staggered):
     plan = plan_segments(frames, L, staggered)
@@ -30,7 +30,7 @@ def test_plan_covers_every_frame_once(frames, L, staggered):
     assert used == set(range(plan.structures))
 
 
-@pytest.mark.parametrize("frames,L", [(64, 16), (600, 16), (40, 8), (17, 16)])
+@pytest.mark.parametrize("frames,L", [(64, 16), (600, 16), (40, 8), (17, 16), (85, 17), (64, 9)])
 def test_staggered_windows_straddle_every_structure_junction(frames, L):
     plan = plan_segments(frames, L, True)
     for w in plan.windows:
@@ -39,14 +39,14 @@ def test_staggered_windows_straddle_every_structure_junction(frames, L):
     # every junction between consecutive structures lies strictly inside one window
     for i in range(plan.structures - 1):
         assert sum(1 for w in plan.windows if (i, L // 2, L) in w.parts and (i + 1, 0, L // 2) in w.parts) == 1
-    assert all(j % L == L // 2 for j in plan.structure_junctions)
+    assert all(j % L == L - L // 2 for j in plan.structure_junctions)  # S_w[L/2:L] fills the window's start
     assert plan.window_junctions == list(range(L, frames, L))[:len(plan.windows) - 1]
 
 
 def test_plan_rejects_bad_segment_length():
-    with pytest.raises(ValueError, match="even"):
-        plan_segments(64, 15, True)
-    plan_segments(64, 15, False)
+    with pytest.raises(ValueError, match="segment_length must be >= 2"):
+        plan_segments(64, 1, True)
+    assert plan_segments(64, 17, True).windows[0].parts == ((0, 8, 17), (1, 0, 8))  # 4k+1 frames: halves 9 + 8
 
 
 def test_consistency_init_is_deterministic_permutation_of_base():

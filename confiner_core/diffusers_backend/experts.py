@@ -21,17 +21,18 @@ from diffusers import UNet2DConditionModel, UNet3DConditionModel, UNetMotionMode
 
 from .. import layout as L
 from ..experts import Expert
+from ..latent_spaces import SD15, LatentSpace
 from ..schedules import NoiseSchedule, from_diffusers_config
 from .text import PromptEncoder
 
 SD_LATENT_SCALING = 0.18215
 
 
-def latent_space_name(channels: int, scaling_factor: float) -> str:
-    """The core's latent-space tag: SD 1.5, AnimateDiff and ModelScope all live in SD's VAE latent space."""
+def latent_space_of(channels: int, scaling_factor: float) -> LatentSpace:
+    """The core's latent space: SD 1.5, AnimateDiff and ModelScope all live in SD's VAE latent space."""
     if channels == 4 and abs(scaling_factor - SD_LATENT_SCALING) < 1e-6:
-        return "sd15"
-    return f"vae-{channels}ch-x{scaling_factor:g}"
+        return SD15
+    return LatentSpace(f"vae-{channels}ch-x{scaling_factor:g}", channels, 8, scale=scaling_factor)
 
 
 class DiffusersExpert(Expert):
@@ -52,9 +53,8 @@ class DiffusersExpert(Expert):
         self.source = source
         self.schedule: NoiseSchedule = from_diffusers_config(self.scheduler_config, name=f"{name} ({self.family})")
         self.prediction = self.scheduler_config.get("prediction_type", "epsilon")
-        self.latent_channels = int(unet.config.in_channels)
         self.latent_scaling = float(latent_scaling)
-        self.latent_space = latent_space_name(self.latent_channels, self.latent_scaling)
+        self.latent_space = latent_space_of(int(unet.config.in_channels), self.latent_scaling)
 
     def encode(self, prompt: str) -> torch.Tensor:
         return self.prompt_encoder(prompt)

@@ -1,0 +1,227 @@
+"""Latent spaces, the codecs (VAEs) that map pixels into them, and the bridge between two spaces.
+
+A latent space is what one VAE makes of a video, in the spirit of ComfyUI's ``comfy/latent_formats.py``: channels,
+spatial and temporal compression, and the normalisation the diffusion model sees (``process_in`` / ``process_out``).
+Everything the core holds is a *normalised* latent video ``[B, C, T, h, w]`` of some space, and every expert declares
+its space. A :class:`Codec` is a VAE bound to its space: pixels ``[B, P, F, H, W]`` in [-1, 1] <-> normalised
+latents. :func:`bridge` hands a clean-sample estimate x0 from one expert's space to another's, by decoding with one
+codec and encoding with the other; within one space it is the identity. Noisy latents never cross a bridge: ConFiner
+converts between experts through x0 (Eq. 9-11), and so does the bridge.
+
+Causal video VAEs (Wan) encode frame 0 alone and then chunks of ``temporal_factor`` frames, so ``4k + 1`` pixel
+frames make ``k + 1`` latent frames. An image model applied to every pixel frame of such a space works in its
+:meth:`LatentSpace.per_frame` variant: each pixel frame encoded alone as a one-frame video.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+from einops import rearrange
+
+
+def _per_channel(value, ref: torch.Tensor) -> torch.Tensor | float:
+    """A scalar, or a per-channel tuple broadcast over dim 1 of a [B, C, ...] tensor."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    t = torch.tensor(value, dtype=ref.dtype, device=ref.device)
+    return t.view(1, -1, *([1] * (ref.ndim - 2)))
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """One VAE's latent space. ``process_in(raw) = (raw - shift) * scale / std`` is what the diffusion model sees
+    (ComfyUI's latent_format: SD ``scale`` 0.18215; Flux ``shift`` 0.1159, ``scale`` 0.3611; Wan per-channel
+    ``shift`` = latents_mean and ``std`` = latents_std)."""
+
+    name: str
+    channels: int
+    spatial_factor: int = 8
+    temporal_factor: int = 1
+    causal: bool = False
+    scale: float = 1.0
+    shift: float | tuple = 0.0
+    std: float | tuple = 1.0
+
+    # -- frames and sizes -----------------------------------------------------------------------------------------
+    def latent_frames(self, pixel_frames: int) -> int:
+        if self.causal:
+            return (pixel_frames - 1) // self.temporal_factor + 1
+        return pixel_frames // self.temporal_factor
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        if self.causal:
+            return (latent_frames - 1) * self.temporal_factor + 1
+        return latent_frames * self.temporal_factor
+
+    def valid_pixel_frames(self, pixel_frames: int) -> bool:
+        if pixel_frames < 1:
+            return False
+        return self.pixel_frames(self.latent_frames(pixel_frames)) == pixel_frames
+
+    def frames_rule(self) -> str:
+        tf = self.temporal_factor
+        if tf == 1:
+            return "any number of frames"
+        return f"{tf}k+1 frames (1, {tf + 1}, {2 * tf + 1}, ...)" if self.causal else f"a multiple of {tf} frames"
+
+    def check_pixel_frames(self, pixel_frames: int, who: str = "") -> None:
+        """Refuse a frame count this space cannot hold exactly, naming the nearest counts that work."""
+        if self.valid_pixel_frames(pixel_frames):
+            return
+        lower = self.pixel_frames(max(self.latent_frames(pixel_frames), 1))
+        lower = lower if lower <= pixel_frames else None
+        upper = self.pixel_frames(self.latent_frames(pixel_frames) + 1)
+        options = " or ".join(str(n) for n in (lower, upper) if n is not None and n >= 1)
+        raise ValueError(f"{who or self.name} latent space holds {self.frames_rule()}; {pixel_frames} frames would be "
+                         f"cut by its VAE: use {options}")
+
+    def latent_shape(self, batch: int, pixel_frames: int, height: int, width: int) -> tuple:
+        return (batch, self.channels, self.latent_frames(pixel_frames),
+                height // self.spatial_factor, width // self.spatial_factor)
+
+    def pixel_shape(self, latent_shape: Sequence[int]) -> tuple:
+        """(batch, frames, height, width) of the video a latent [B, C, T, h, w] of this space stands for."""
+        b, _, t, h, w = latent_shape
+        return (b, self.pixel_frames(t), h * self.spatial_factor, w * self.spatial_factor)
+
+    # -- normalisation ----------------------------------------------------------------------------------------------
+    def process_in(self, raw: torch.Tensor) -> torch.Tensor:
+        """VAE latent -> what the diffusion model sees."""
+        return (raw - _per_channel(self.shift, raw)) * (self.scale / _per_channel(self.std, raw))
+
+    def process_out(self, z: torch.Tensor) -> torch.Tensor:
+        """What the diffusion model sees -> VAE latent."""
+        return z * (_per_channel(self.std, z) / self.scale) + _per_channel(self.shift, z)
+
+    # -- variants ---------------------------------------------------------------------------------------------------
+    def per_frame(self) -> "LatentSpace":
+        """Every pixel frame encoded alone (a one-frame video): the space of an image model run on each frame of
+        a video in this space. For spaces without temporal compression it is the space itself."""
+        if self.temporal_factor == 1:
+            return self
+        return replace(self, name=f"{self.name}/frames", temporal_factor=1, causal=False)
+
+
+# The spaces of the families the chain supports (numbers as the families' own configs give them). Qwen-Image shares
+# Wan 2.1's space; the Wan 2.2 TI2V-5B space's per-channel statistics come with its VAE config.
+SD15 = LatentSpace("sd15", 4, 8, scale=0.18215)
+SDXL = LatentSpace("sdxl", 4, 8, scale=0.13025)
+FLUX = LatentSpace("flux", 16, 8, scale=0.3611, shift=0.1159)
+WAN21 = LatentSpace(
+    "wan2.1", 16, 8, 4, causal=True,
+    shift=(-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+           0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921),
+    std=(2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+         3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160))
+
+
+def wan22_space(latents_mean: Sequence[float], latents_std: Sequence[float]) -> LatentSpace:
+    """Wan 2.2 TI2V-5B: 48 channels, 16x spatial (8x VAE after a 2x2 patchify), causal 4x temporal."""
+    return LatentSpace("wan2.2", 48, 16, 4, causal=True, shift=tuple(latents_mean), std=tuple(latents_std))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Codecs
+
+class Codec(ABC):
+    """A VAE bound to its latent space. Pixels are ``[B, P, F, H, W]`` floats in [-1, 1] (P = 3 for RGB VAEs);
+    latents are normalised ``[B, C, T, h, w]``. Subclasses implement the raw VAE calls; :attr:`calls` counts them
+    (one encode or decode of a whole clip each), which the report gives as the bridge's cost."""
+
+    space: LatentSpace
+    pixel_channels: int = 3
+
+    def __init__(self):
+        self.calls = {"encode": 0, "decode": 0}
+
+    @abstractmethod
+    def encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the VAE's own (unnormalised) latent."""
+
+    @abstractmethod
+    def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """The VAE's own latent -> pixels."""
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.space.check_pixel_frames(pixels.shape[2], f"{self.space.name} VAE:")
+        self.calls["encode"] += 1
+        return self.space.process_in(self.encode_raw(pixels))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        if latent.ndim != 5 or latent.shape[1] != self.space.channels:
+            raise ValueError(f"the {self.space.name} VAE decodes latents [B, {self.space.channels}, T, h, w], got "
+                             f"shape {tuple(latent.shape)}")
+        self.calls["decode"] += 1
+        return self.decode_raw(self.space.process_out(latent))
+
+
+class PerFrameCodec(Codec):
+    """A video codec applied to every pixel frame alone (frames folded into the batch as one-frame videos): the
+    codec of :meth:`LatentSpace.per_frame`."""
+
+    def __init__(self, video: Codec):
+        super().__init__()
+        self.video = video
+        self.space = video.space.per_frame()
+        self.pixel_channels = video.pixel_channels
+
+    def encode_raw(self, pixels):
+        b = pixels.shape[0]
+        raw = self.video.encode_raw(rearrange(pixels, "b p f h w -> (b f) p 1 h w"))
+        return rearrange(raw, "(b f) c 1 h w -> b c f h w", b=b)
+
+    def decode_raw(self, raw):
+        b = raw.shape[0]
+        pixels = self.video.decode_raw(rearrange(raw, "b c f h w -> (b f) c 1 h w"))
+        return rearrange(pixels, "(b f) p 1 h w -> b p f h w", b=b)
+
+
+def per_frame(codec: Codec) -> Codec:
+    """The codec of ``codec.space.per_frame()`` (the codec itself when the space has no temporal compression)."""
+    return codec if codec.space.temporal_factor == 1 else PerFrameCodec(codec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The bridge
+
+def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | LatentSpace) -> torch.Tensor:
+    """Hand a clean-sample estimate from the source expert's latent space to the target's: the identity within
+    one space, else decode with the source's VAE and encode with the target's."""
+    source_space = source.space if isinstance(source, Codec) else source
+    target_space = target.space if isinstance(target, Codec) else target
+    if source_space == target_space:
+        return x0
+    if not (isinstance(source, Codec) and isinstance(target, Codec)):
+        missing = source_space.name if not isinstance(source, Codec) else target_space.name
+        raise ValueError(f"experts in latent spaces {source_space.name!r} and {target_space.name!r} meet here; the "
+                         f"bridge between them needs both VAEs, and the {missing!r} one is missing: give that "
+                         f"expert its VAE")
+    pixels = source.decode(x0)
+    if pixels.shape[1] != target.pixel_channels:
+        raise ValueError(f"the {source_space.name!r} VAE makes {pixels.shape[1]}-channel pixels but the "
+                         f"{target_space.name!r} VAE encodes {target.pixel_channels}-channel pixels")
+    return target.encode(pixels).to(x0.dtype)
+
+
+def check_bridgeable(source: Codec | LatentSpace | None, target: Codec | LatentSpace | None, source_role: str,
+                     target_role: str, pixel_frames: int | None = None) -> None:
+    """Fail before any sampling when two experts' latent spaces meet without the VAEs to bridge them, or when the
+    clip's frame count does not fit both spaces."""
+    if source is None or target is None:
+        return
+    spaces = {source_role: source.space if isinstance(source, Codec) else source,
+              target_role: target.space if isinstance(target, Codec) else target}
+    if pixel_frames is not None:
+        for role, space in spaces.items():
+            space.check_pixel_frames(pixel_frames, f"the {role} expert's {space.name}")
+    if spaces[source_role] == spaces[target_role]:
+        return
+    for role, side in ((source_role, source), (target_role, target)):
+        if not isinstance(side, Codec):
+            raise ValueError(f"the {source_role} expert works in latent space {spaces[source_role].name!r} and the "
+                             f"{target_role} expert in {spaces[target_role].name!r}; bridging them needs both VAEs, "
+                             f"but the {role} expert has none: give it its VAE")
