@@ -136,20 +136,20 @@ def test_wan_codec_normalisation_equals_pipeline_decode(wan21):
 
 def test_codec_causal_frame_rule(wan21):
     codec = W.WanVAECodec(wan21.vae)
-    pixels = torch.rand(2, 3, 9, 32, 48, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    pixels = torch.rand(2, 3, 9, 16, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
     z = codec.encode(pixels)
-    assert z.shape == (2, 16, 3, 4, 6)                    # 9 <-> 3 latent frames (81 <-> 21 at full size)
-    assert codec.decode(z).shape == (2, 3, 9, 32, 48)
-    assert codec.encode(pixels[:, :, :1]).shape == (2, 16, 1, 4, 6)
+    assert z.shape == (2, 16, 3, 2, 3)                    # 9 <-> 3 latent frames (81 <-> 21 at full size)
+    assert codec.decode(z).shape == (2, 3, 9, 16, 24)
+    assert codec.encode(pixels[:, :, :1]).shape == (2, 16, 1, 2, 3)
     with pytest.raises(ValueError, match=r"4k\+1 frames.*8 frames.*use 5 or 9"):
         codec.encode(pixels[:, :, :8])
     with pytest.raises(ValueError, match="multiples of 8"):
-        codec.encode(pixels[..., :30, :])
+        codec.encode(pixels[..., :12, :])
     # pixel-frames mode: every pixel frame alone, in the per-frame space; chunks of the batch give the same result
     frames = per_frame(W.WanVAECodec(wan21.vae, batch_chunk=4))
     zf = frames.encode(pixels)
-    assert frames.space == WAN21.per_frame() and zf.shape == (2, 16, 9, 4, 6)
-    assert frames.decode(zf).shape == (2, 3, 9, 32, 48)
+    assert frames.space == WAN21.per_frame() and zf.shape == (2, 16, 9, 2, 3)
+    assert frames.decode(zf).shape == (2, 3, 9, 16, 24)
     whole = per_frame(W.WanVAECodec(wan21.vae, batch_chunk=100)).encode(pixels)
     assert (zf - whole).abs().max() < 1e-5
     assert (zf[:, :, :1] - z[:, :, :1]).abs().max() < 1e-5    # frame 0 is encoded alone either way
@@ -260,3 +260,153 @@ def test_qwen_dynamic_shift():
     scheduler.set_timesteps(sigmas=[0.3], mu=mu)
     s = Q.dynamic_shift(config, seq)
     assert abs(float(scheduler.sigmas[0]) - s * 0.3 / (1 + (s - 1) * 0.3)) < 1e-6
+
+
+# ------------------------------------------------------------------------------ families: detect / inspect
+
+from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
+from confiner_core.diffusers_backend import detect, load_experts  # noqa: E402
+from confiner_core.diffusers_backend.families import registry  # noqa: E402
+from confiner_core.diffusers_backend.families.base import Context  # noqa: E402
+from confiner_core.experts import EvaluationLog, ExpertPair  # noqa: E402
+from confiner_core.latent_spaces import PerFrameCodec  # noqa: E402
+
+
+def copy_folder(src, dst, edit: dict | None = None, remove: tuple = ()):
+    """A copy of a tiny folder with JSON configs edited ({relative path: {key: value}}) and entries removed."""
+    import shutil
+    shutil.copytree(src, dst)
+    for relative, changes in (edit or {}).items():
+        config = json.loads((dst / relative).read_text())
+        config.update(changes)
+        (dst / relative).write_text(json.dumps(config))
+    for relative in remove:
+        target = dst / relative
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return dst
+
+
+def test_detection(modern_dirs, tmp_path):
+    kinds = {kind: detect(modern_dirs(kind))[1] for kind in tm.BUILDERS}
+    assert kinds == {"wan21": W.WAN_FOLDER, "wan22_a14b": W.WAN_FOLDER, "wan22_ti2v": W.WAN_FOLDER,
+                     "qwen_image": Q.QWEN_FOLDER}
+    i2v = copy_folder(modern_dirs("wan21"), tmp_path / "i2v",
+                      {"model_index.json": {"_class_name": "WanImageToVideoPipeline"}})
+    assert detect(i2v)[1] == W.WAN_UNSUPPORTED
+    with pytest.raises(ValueError, match=r"control expert \(.*i2v\).*image-to-video.*cannot serve as the control"):
+        load_experts(control=i2v, spatial=modern_dirs("qwen_image"))
+
+
+def test_qwen_image_is_refused_as_temporal_expert(modern_dirs):
+    qwen = modern_dirs("qwen_image")
+    with pytest.raises(ValueError, match=rf"temporal expert \({qwen}\).*spatial expert only.*cannot serve as the "
+                                         r"temporal expert; accepted: .*Wan"):
+        load_experts(control=modern_dirs("wan21"), spatial=qwen, temporal=qwen)
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("no transformer config", FileNotFoundError, r"control expert \(.*\): .* lacks transformer/config.json, which "
+                                                 r"holds the Wan transformer config"),
+    ("text width", ValueError, r"control expert \(.*\): its UMT5 text encoder makes 48-wide embeddings .* text_dim "
+                               r"is 32; use the text encoder of the same Wan release"),
+    ("no boundary", ValueError, r"has transformer_2/ but model_index.json sets no boundary_ratio.*add "
+                                r"\"boundary_ratio\": 0.875"),
+    ("image-to-video", ValueError, r"image-to-video Wan transformer .*use a Wan T2V folder"),
+    ("vae channels", ValueError, r"transformer takes 16-channel latents but its VAE makes 48 .*one Wan release"),
+    ("bad shift", ValueError, r"control expert \(.*\): flow shift must be a positive number"),
+])
+def test_wan_inspection_errors(modern_dirs, tmp_path, case, error, match):
+    wan21, a14b = modern_dirs("wan21"), modern_dirs("wan22_a14b")
+    options = {}
+    if case == "no transformer config":
+        folder = copy_folder(wan21, tmp_path / "w", remove=("transformer/config.json",))
+    elif case == "text width":
+        folder = copy_folder(wan21, tmp_path / "w", {"text_encoder/config.json": {"d_model": 48}})
+    elif case == "no boundary":
+        folder = copy_folder(a14b, tmp_path / "w", {"model_index.json": {"boundary_ratio": None}})
+    elif case == "image-to-video":
+        folder = copy_folder(wan21, tmp_path / "w", {"transformer/config.json": {"in_channels": 36}})
+    elif case == "vae channels":
+        folder = copy_folder(wan21, tmp_path / "w", {"vae/config.json": json.loads(
+            (modern_dirs("wan22_ti2v") / "vae" / "config.json").read_text())})
+    else:
+        folder, options = wan21, {"flow_shift": -1}
+    with pytest.raises(error, match=match):
+        registry.inspect_all({"control": folder}, Context(options=options))
+
+
+def test_qwen_inspection_errors(modern_dirs, tmp_path):
+    folder = copy_folder(modern_dirs("qwen_image"), tmp_path / "q",
+                         {"text_encoder/config.json": {"text_config": {"hidden_size": 64}}})
+    with pytest.raises(ValueError, match=r"spatial expert \(.*\): its Qwen2.5-VL text encoder makes 64-wide .* "
+                                         r"joint_attention_dim is 32"):
+        registry.inspect_all({"spatial": folder}, Context())
+    with pytest.raises(ValueError, match="image_mode='frames': choose one of"):
+        registry.inspect_all({"spatial": modern_dirs("qwen_image")}, Context(options={"image_mode": "frames"}))
+
+
+def test_inspection_reads_shift_space_and_boundary(modern_dirs):
+    found = registry.inspect_all({"control": modern_dirs("wan22_a14b"), "temporal": modern_dirs("wan21"),
+                                  "spatial": modern_dirs("qwen_image")}, Context())
+    assert found["control"].facts["boundary"] == tm.A14B_BOUNDARY and found["control"].facts["shift"] == tm.A14B_SHIFT
+    assert found["temporal"].facts["shift"] == tm.WAN21_SHIFT
+    assert abs(found["spatial"].facts["shift"] - 2.0) < 1e-3          # Qwen-Image's dynamic shift at 1024x1024
+    assert {ins.latent_space for ins in found.values()} == {WAN21}
+    ti2v = registry.inspect_all({"temporal": modern_dirs("wan22_ti2v")}, Context())["temporal"]
+    assert ti2v.latent_space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD) and ti2v.facts["expand_timesteps"]
+
+
+# ---------------------------------------------------------------------------------- families: loading
+
+@pytest.fixture(scope="module")
+def loaded(modern_dirs):
+    return load_experts(control=modern_dirs("wan22_a14b"), spatial=modern_dirs("qwen_image"),
+                        temporal=modern_dirs("wan21"), options={"pair_guidance": (5.0, 2.0)})
+
+
+def test_loaded_experts(loaded, a14b, wan21):
+    control, spatial, temporal = loaded["control"], loaded["spatial"], loaded["temporal"]
+    assert isinstance(control, ExpertPair) and control.boundary == tm.A14B_BOUNDARY
+    assert control.guidance == (5.0, 2.0) and control.high.shift == tm.A14B_SHIFT
+    assert isinstance(temporal, W.WanExpert) and temporal.layout == "video"
+    assert isinstance(spatial, Q.QwenImageExpert) and spatial.layout == "frames"
+    assert spatial.codec is temporal.codec and isinstance(spatial.codec, W.WanVAECodec)   # one space, one VAE
+    # loaded from the folders, they compute what the pipelines compute
+    x = latent((1, 16, 2, 4, 4))
+    theirs = wan_reference_x0(wan21, x, 400, tm.WAN21_SHIFT, 3.0, negative=NEGATIVE)
+    assert (temporal.bind(PROMPT, NEGATIVE, 3.0)(x, 400).x0 - theirs).abs().max() < ATOL
+    theirs = wan_reference_x0(a14b, x, 950, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
+    assert (control.bind(PROMPT, NEGATIVE, 5.0)(x, 950).x0 - theirs).abs().max() < ATOL
+    pixels = loaded.decode(latent((1, 16, 3, 4, 4)))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1, 9, 32, 32, 3)
+
+
+def test_pixel_frames_mode(modern_dirs):
+    experts = load_experts(control=modern_dirs("wan21"), spatial=modern_dirs("wan21"), temporal=modern_dirs("wan21"),
+                           options={"image_mode": "pixel_frames"})
+    spatial, temporal = experts["spatial"], experts["temporal"]
+    assert isinstance(spatial, W.WanImageExpert) and spatial.latent_space == WAN21.per_frame()
+    assert isinstance(spatial.codec, PerFrameCodec) and spatial.codec.space == WAN21.per_frame()
+    assert temporal.codec.space is WAN21 and temporal.latent_space is WAN21
+    assert spatial.transformer is temporal.transformer           # one folder, loaded once
+
+
+@pytest.mark.parametrize("spatial_kind", ["qwen_image", "wan21"])
+def test_chain_runs_with_tiny_modern_experts(loaded, modern_dirs, spatial_kind):
+    """Wan 2.2 A14B control + Wan 2.1 temporal + Qwen-Image (or Wan at one frame) spatial, one latent space."""
+    experts = loaded if spatial_kind == "qwen_image" else load_experts(
+        control=modern_dirs("wan22_a14b"), spatial=modern_dirs("wan21"), temporal=modern_dirs("wan21"))
+    log = EvaluationLog()
+    control = experts["control"].bind(PROMPT, NEGATIVE, 4.0, log)
+    spatial = experts["spatial"].bind(PROMPT, NEGATIVE, 4.0, log)
+    temporal = experts["temporal"].bind(PROMPT, log=log)
+    WAN21.check_pixel_frames(9)
+    noise = latent(WAN21.latent_shape(1, 9, 32, 48), seed=5)
+    config = ChainConfig(control_steps=2, refine_steps=2, te=100)
+    result = run_chain(control, spatial, temporal, noise, config, torch.Generator().manual_seed(0))
+    assert result.latent.shape == (1, 16, 3, 4, 6) and torch.isfinite(result.latent).all()
+    assert torch.isfinite(result.structure).all() and not torch.equal(result.latent, result.structure)
+    assert log.as_dict()["evaluations"] == {"control": 2, "refine": 6}
+    if spatial_kind == "qwen_image":
+        frames = experts.decode(result.latent)
+        assert frames.shape == (1, 9, 32, 48, 3)

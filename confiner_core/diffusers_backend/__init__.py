@@ -6,7 +6,12 @@
 * one module per model family behind one registry (:mod:`.families`): SD 1.5 and SDXL per-frame image experts
   (:class:`FrameExpert`, :class:`SDXLExpert`), AnimateDiff (:class:`MotionExpert`) and ModelScope
   (:class:`UNet3DExpert`) video experts, each with its own text encoder, tokenizer and scheduler config;
+* flow-matching families: Wan 2.1 / 2.2 (:class:`WanExpert` for video roles, :class:`WanImageExpert` at one frame
+  for the spatial role, A14B folders as an :class:`~confiner_core.experts.ExpertPair`) and Qwen-Image
+  (:class:`QwenImageExpert`, spatial), with their prompt encoders (:class:`UMT5PromptEncoder`,
+  :class:`QwenPromptEncoder`); family options in :data:`FLOW_OPTIONS` (``load_experts(..., options=...)``);
 * :class:`AutoencoderKLCodec` -- an image VAE as a :class:`~confiner_core.latent_spaces.Codec`;
+  :class:`WanVAECodec` -- the causal Wan / Qwen-Image video VAE;
 * :mod:`~confiner_core.diffusers_backend.speed` -- optional speed settings (channels_last, cuDNN autotuning,
   regional torch.compile): ``load_experts(..., speed=FAST)``.
 
@@ -16,13 +21,18 @@ Face Hub: every load is local (``local_files_only=True`` with local configs).
 
 from .experts import DiffusersExpert, FrameExpert, MotionExpert, SDXLExpert, UNet3DExpert
 from .families.animatediff import infer_motion_config, load_motion_file
+from .families.qwen_image import QwenImageExpert, QwenPromptEncoder
+from .families.wan import OPTIONS as FLOW_OPTIONS
+from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
 from .families.registry import (FAMILIES, LoadedExperts, detect, detect_kind, inspect_all, kind_descriptions,
                                 load_experts, role_kinds)
 from .speed import EAGER, FAST, SpeedSettings, apply_speed_settings
 from .text import PromptEncoder, SDXLPromptEncoder
 from .vae import AutoencoderKLCodec
 
-__all__ = ["EAGER", "FAMILIES", "FAST", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert", "LoadedExperts",
-           "MotionExpert", "PromptEncoder", "SDXLExpert", "SDXLPromptEncoder", "SpeedSettings", "UNet3DExpert",
+__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert",
+           "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert", "QwenPromptEncoder", "SDXLExpert",
+           "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder", "UNet3DExpert", "WanExpert", "WanImageExpert",
+           "WanVAECodec",
            "apply_speed_settings", "detect", "detect_kind", "infer_motion_config", "inspect_all",
            "kind_descriptions", "load_experts", "load_motion_file", "role_kinds"]

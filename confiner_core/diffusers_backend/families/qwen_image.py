@@ -21,13 +21,18 @@ does, and this expert with it (modern-families.md §3-6):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from einops import rearrange
 
 from ... import layout as L
-from ...latent_spaces import WAN21, LatentSpace
-from .wan import FlowTransformerExpert
+from ...latent_spaces import WAN21, Codec, LatentSpace
+from . import files
+from . import unet_folders as U
+from .base import Context, Family, Inspection
+from .wan import (FlowTransformerExpert, check_shift, image_mode_of, image_space, load_vae, modern_dtype,
+                  option_for, read_component, vae_facts, video_codec)
 
 #: ``QwenImagePipeline.prompt_template_encode`` and ``prompt_template_encode_start_idx``
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
@@ -147,3 +152,83 @@ class QwenImageExpert(FlowTransformerExpert):
         packed, packed_cond = pack(combined), pack(cond)
         rescaled = packed * (packed_cond.norm(dim=-1, keepdim=True) / packed.norm(dim=-1, keepdim=True))
         return unpack(rescaled, height, width)
+
+
+# --------------------------------------------------------------------------------------------- family
+
+QWEN_FOLDER = "qwen-image-folder"
+QWEN_UNSUPPORTED = "qwen-image-other"
+#: the released Qwen-Image scheduler config, for a folder shipped without scheduler/
+RELEASED_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9, "base_image_seq_len": 256,
+                      "max_image_seq_len": 8192, "shift_terminal": 0.02, "time_shift_type": "exponential"}
+
+
+class QwenImage(Family):
+    """Qwen-Image text-to-image diffusers folders (``QwenImagePipeline``): spatial expert only (an image model),
+    per latent frame in Wan 2.1's latent space, or per pixel frame (option ``image_mode="pixel_frames"``)."""
+
+    name = "qwen-image"
+    kinds = {QWEN_FOLDER: "a diffusers Qwen-Image text-to-image folder (QwenImagePipeline; an image model: spatial "
+                          "expert only, use a Wan folder for control and temporal)",
+             QWEN_UNSUPPORTED: "a diffusers Qwen-Image edit / control / layered folder, which ConFiner does not use "
+                               "(use a text-to-image QwenImagePipeline folder as the spatial expert)"}
+    roles = ("spatial",)
+
+    def roles_for(self, kind: str) -> tuple[str, ...]:
+        return self.roles if kind == QWEN_FOLDER else ()
+
+    def detect(self, path: Path) -> str | None:
+        if not path.is_dir():
+            return None
+        pipeline = files.class_name(path / "model_index.json")
+        if pipeline == "QwenImagePipeline":
+            return QWEN_FOLDER
+        if pipeline and pipeline.startswith("QwenImage"):
+            return QWEN_UNSUPPORTED
+        if pipeline is None and files.class_name(path / "transformer" / "config.json") == "QwenImageTransformer2DModel":
+            return QWEN_FOLDER
+        return None
+
+    def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
+        who = files.who(role, path)
+        transformer = read_component(path, "transformer", "Qwen-Image transformer", who)
+        if transformer.get("_class_name") not in (None, "QwenImageTransformer2DModel"):
+            raise ValueError(f"{who}: transformer/config.json names {transformer.get('_class_name')}, not a "
+                             f"QwenImageTransformer2DModel; use a Qwen-Image text-to-image folder")
+        text = read_component(path, "text_encoder", "Qwen2.5-VL text encoder", who)
+        files.require(path, "tokenizer", "the Qwen2 tokenizer files", who)
+        width = int((text.get("text_config") or {}).get("hidden_size") or text.get("hidden_size") or 0)
+        joint = transformer.get("joint_attention_dim", 3584)
+        if width != joint:
+            raise ValueError(f"{who}: its Qwen2.5-VL text encoder makes {width}-wide hidden states "
+                             f"(text_encoder/config.json) but the transformer's joint_attention_dim is {joint}; use "
+                             f"the text encoder of the same Qwen-Image release (Qwen2.5-VL-7B, 3584 wide)")
+        in_channels = int(transformer.get("in_channels", 64))
+        patch = int(transformer.get("patch_size", 2))
+        space, vae, has_vae = vae_facts(path, who, in_channels // (patch * patch), "Qwen-Image")
+        scheduler_file = path / "scheduler" / "scheduler_config.json"
+        scheduler = files.read_json(scheduler_file, who) if scheduler_file.is_file() else dict(RELEASED_SCHEDULER)
+        default_shift = dynamic_shift(scheduler, image_seq_len(*REFERENCE_SIZE, space.spatial_factor))
+        shift = check_shift(option_for(context, "flow_shift", role, default_shift), who)
+        mode = image_mode_of(context, role)
+        facts = {"transformer": transformer, "text_encoder": text, "scheduler": scheduler, "vae": vae,
+                 "shift": shift, "image_mode": mode, "video_space": space}
+        return Inspection(self, kind, role, path, image_space(space, mode), has_vae, facts)
+
+    def load(self, inspection: Inspection, context: Context) -> QwenImageExpert:
+        from diffusers import QwenImageTransformer2DModel
+
+        path, dtype = inspection.path, modern_dtype(context)
+        transformer = context.cached(("qwen-image-transformer", str(path.resolve())), lambda: U.load_model(
+            QwenImageTransformer2DModel, path, "transformer", context.device, dtype))
+        encoder = context.cached(("qwen2.5-vl", str(path.resolve())), lambda: QwenPromptEncoder(
+            U.load_tokenizer(path, default="Qwen2Tokenizer"),
+            U.load_model(U.transformers_class(path, "text_encoder", "Qwen2_5_VLForConditionalGeneration"), path,
+                         "text_encoder", context.device, dtype)))
+        return QwenImageExpert(transformer, encoder, inspection.facts["shift"], inspection.latent_space,
+                               name=inspection.role, source=str(path))
+
+    def load_codec(self, inspection: Inspection, context: Context) -> Codec:
+        from diffusers import AutoencoderKLQwenImage
+
+        return video_codec(inspection, load_vae(inspection.path, AutoencoderKLQwenImage, context), context)

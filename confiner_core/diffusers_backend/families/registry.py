@@ -26,11 +26,13 @@ from . import files
 from .animatediff import AnimateDiff
 from .base import ROLES, Context, Family, Inspection
 from .modelscope import ModelScope
+from .qwen_image import QwenImage
 from .sd15 import SD15
 from .sdxl import SDXL
+from .wan import Wan
 
 #: every family, in detection order (add a family here)
-FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope()]
+FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage()]
 
 
 def kind_descriptions() -> dict[str, str]:
@@ -126,7 +128,7 @@ def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection]
     for space in needed:
         provider = next(inspections[r] for r in ("spatial", "temporal", "control")
                         if r in inspections and inspections[r].latent_space == space and inspections[r].has_vae)
-        key = ("codec", provider.family.name, provider.kind, str(provider.path.resolve()))
+        key = ("codec", provider.family.name, provider.kind, str(provider.path.resolve()), space)
         codecs[space] = context.cached(key, lambda p=provider: p.family.load_codec(p, context))
     for role, expert in experts.items():
         expert.codec = codecs.get(inspections[role].latent_space)
@@ -169,7 +171,8 @@ def default_dtype(device) -> torch.dtype:
 
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
-                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES, speed: SpeedSettings | None = None) -> LoadedExperts:
+                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES, speed: SpeedSettings | None = None,
+                 options: dict | None = None) -> LoadedExperts:
     """Load the chain's experts from local paths, after checking from configs and headers alone that every
     file is sound and that the experts fit together.
 
@@ -181,6 +184,8 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     ``scheduler_overrides``: role -> scheduler-config entries that replace the family's default override
     (motion modules without a scheduler of their own get AnimateDiff's linear betas). ``decode_chunk_frames``:
     frames per image-VAE call. ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
+    ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
+    ``image_mode``, ``pair_guidance``).
 
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
@@ -196,7 +201,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
                       base=Path(base) if base is not None else None,
                       paths={r: Path(p) if p is not None else None for r, p in paths.items()},
                       options={"motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
-                               "decode_chunk_frames": decode_chunk_frames})
+                               "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     inspections = inspect_all(paths, context)
     experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
                for role in ROLES}

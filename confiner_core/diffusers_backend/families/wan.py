@@ -25,14 +25,18 @@ in training; the chain bridges to it by decoding and re-encoding).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ... import layout as L
 from ...experts import Expert, ExpertPair
-from ...latent_spaces import WAN21, Codec, LatentSpace, wan22_space
+from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
 from ...schedules import NoiseSchedule, flow_schedule
+from . import files
+from . import unet_folders as U
+from .base import ROLES, Context, Family, Inspection
 
 #: shift when a folder's scheduler config names none: the Wan 2.1 / 2.2 reference code's T2V default
 #: (``generate.py`` sample_shift 5.0; TI2V-5B and I2V-A14B 5.0). ComfyUI gives every Wan model 8.0, diffusers'
@@ -296,3 +300,193 @@ def wan_pair(high: WanExpert, low: WanExpert, boundary: float, guidance: tuple |
     if not 0.0 < boundary < 1.0:
         raise ValueError(f"boundary_ratio must lie strictly between 0 and 1, got {boundary}")
     return ExpertPair(high, low, boundary, guidance, name=name or high.name)
+
+
+# --------------------------------------------------------------------------------------------- family
+
+WAN_FOLDER = "wan-folder"
+WAN_UNSUPPORTED = "wan-other"
+#: pipelines whose folders hold a text-to-video Wan model (video-to-video reuses the T2V weights)
+T2V_PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
+
+#: family options (``load_experts(..., options={...})``): name -> what it sets
+OPTIONS = {
+    "flow_shift": "shift of the flow experts' schedules: a number, or role -> number (default: scheduler config)",
+    "image_mode": "spatial Wan / Qwen-Image experts: 'latent_frames' (default) or 'pixel_frames'",
+    "pair_guidance": "Wan 2.2 A14B: (guidance_scale, guidance_scale_2) for the high- and low-noise transformers",
+    "vae_tiling": "Wan VAE: spatial tiling for large frames (approximate at tile seams; default off)",
+}
+
+
+def modern_dtype(context: Context) -> torch.dtype:
+    """Wan, UMT5, Qwen-Image and Qwen2.5-VL are released in bfloat16; T5-style encoders and Qwen-Image overflow in
+    float16, so a float16 request (the registry's accelerator default) loads them in bfloat16."""
+    return torch.bfloat16 if context.dtype == torch.float16 else context.dtype
+
+
+def option_for(context: Context, name: str, role: str, default=None):
+    """A family option that may be given once or per role (``{"spatial": ...}``)."""
+    value = context.options.get(name)
+    if isinstance(value, dict):
+        value = value.get(role)
+    return default if value is None else value
+
+
+def image_mode_of(context: Context, role: str) -> str | None:
+    """The image-expert mode for the spatial role (None for the video roles), checked."""
+    if role != "spatial":
+        return None
+    mode = option_for(context, "image_mode", role, LATENT_FRAMES)
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"image_mode={mode!r}: choose one of {IMAGE_MODES}")
+    return mode
+
+
+def read_component(path: Path, sub: str, what: str, who: str, weights: bool = True) -> dict:
+    """``sub/config.json`` of a pipeline folder, with its weight headers checked."""
+    config = files.read_json(files.require(path, f"{sub}/config.json", f"the {what} config", who), who)
+    if weights:
+        files.read_folder_weights(path / sub, who, f"the {what} weights")
+    return config
+
+
+def vae_facts(path: Path, who: str, channels: int, family: str) -> tuple[LatentSpace, dict, bool]:
+    """(latent space, VAE config, VAE weights at hand) of a Wan-style folder, the transformer's channels checked."""
+    file = path / "vae" / "config.json"
+    if not file.is_file():
+        if channels == 16:   # the Wan 2.1 VAE, which Wan 2.1, Wan 2.2 A14B and Qwen-Image share
+            return WAN21, {}, False
+        files.require(path, "vae/config.json", f"the {channels}-channel VAE's config (its latent statistics)", who)
+    config = files.read_json(file, who)
+    try:
+        space = wan_latent_space(config)
+    except ValueError as e:
+        raise ValueError(f"{who}: {path / 'vae' / 'config.json'}: {e}; restore the {family} VAE config") from None
+    if space.channels != channels:
+        raise ValueError(f"{who}: its transformer takes {channels}-channel latents but its VAE makes "
+                         f"{space.channels} (vae/config.json z_dim); use the transformer and VAE of one {family} "
+                         f"release (Wan 2.2 TI2V-5B has the 48-channel VAE, Wan 2.1 / A14B / Qwen-Image the "
+                         f"16-channel one)")
+    has_vae = files.has_weights(path / "vae")
+    if has_vae:
+        files.read_folder_weights(path / "vae", who, "the VAE weights")
+    return space, config, has_vae
+
+
+def load_vae(path: Path, cls, context: Context):
+    return context.cached(("vae", str(path.resolve()), modern_dtype(context)),
+                          lambda: U.load_model(cls, path, "vae", context.device, modern_dtype(context)))
+
+
+def video_codec(inspection: Inspection, vae, context: Context) -> Codec:
+    """The folder's VAE as the codec of the inspected space: the causal video codec, or its per-frame variant
+    for an image expert in "pixel frames" mode."""
+    video = WanVAECodec(vae, inspection.facts["video_space"],
+                        batch_chunk=context.options.get("decode_chunk_frames") or 8,
+                        tiling=bool(context.options.get("vae_tiling")))
+    return per_frame(video) if inspection.facts.get("image_mode") == PIXEL_FRAMES else video
+
+
+class Wan(Family):
+    """Wan 2.1 / Wan 2.2 text-to-video diffusers folders (``WanPipeline``) for every role: video expert for
+    control and temporal, one-frame image expert for spatial. A14B folders (``transformer_2/`` and
+    ``boundary_ratio``) give an expert pair; TI2V-5B folders the 48-channel Wan 2.2 latent space."""
+
+    name = "wan"
+    kinds = {WAN_FOLDER: "a diffusers Wan 2.1 / 2.2 text-to-video folder (WanPipeline; transformer_2/ for Wan 2.2 "
+                         "A14B)",
+             WAN_UNSUPPORTED: "a diffusers Wan image-to-video / VACE / animation folder, which ConFiner does not "
+                              "use (its Wan experts are text-to-video: use a WanPipeline folder)"}
+    roles = ROLES
+
+    def roles_for(self, kind: str) -> tuple[str, ...]:
+        return ROLES if kind == WAN_FOLDER else ()
+
+    def detect(self, path: Path) -> str | None:
+        if not path.is_dir():
+            return None
+        pipeline = files.class_name(path / "model_index.json")
+        if pipeline in T2V_PIPELINES:
+            return WAN_FOLDER
+        if pipeline and pipeline.startswith("Wan"):
+            return WAN_UNSUPPORTED
+        if pipeline is None and files.class_name(path / "transformer" / "config.json") == "WanTransformer3DModel":
+            return WAN_FOLDER
+        return None
+
+    def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
+        who = files.who(role, path)
+        index = files.read_json(path / "model_index.json", who) if (path / "model_index.json").is_file() else {}
+        transformer = read_component(path, "transformer", "Wan transformer", who)
+        self._check_t2v(who, transformer, "transformer")
+        boundary = index.get("boundary_ratio")
+        transformer_2 = None
+        if boundary is not None:
+            if not (isinstance(boundary, (int, float)) and 0 < boundary < 1):
+                raise ValueError(f"{who}: model_index.json boundary_ratio is {boundary!r}; it must lie between 0 "
+                                 f"and 1 (Wan 2.2 T2V-A14B: 0.875); restore the folder's model_index.json")
+            transformer_2 = read_component(path, "transformer_2", "low-noise Wan transformer (Wan 2.2 A14B)", who)
+            self._check_t2v(who, transformer_2, "transformer_2")
+            for key in ("in_channels", "out_channels", "text_dim", "patch_size"):
+                if transformer_2.get(key) != transformer.get(key):
+                    raise ValueError(f"{who}: transformer/ and transformer_2/ differ in {key} ({transformer.get(key)} "
+                                     f"vs {transformer_2.get(key)}); both must come from one Wan 2.2 A14B release")
+        elif (path / "transformer_2").is_dir():
+            raise ValueError(f"{who}: the folder has transformer_2/ but model_index.json sets no boundary_ratio, so "
+                             f"the low-noise transformer would never run; add \"boundary_ratio\": 0.875 (Wan 2.2 "
+                             f"T2V-A14B) to model_index.json or remove transformer_2/")
+        text = read_component(path, "text_encoder", "UMT5 text encoder", who)
+        files.require(path, "tokenizer", "the UMT5 tokenizer files", who)
+        width, text_dim = U.text_width(text), transformer.get("text_dim", 4096)
+        if width != text_dim:
+            raise ValueError(f"{who}: its UMT5 text encoder makes {width}-wide embeddings (text_encoder/config.json "
+                             f"d_model) but the transformer's text_dim is {text_dim}; use the text encoder of the "
+                             f"same Wan release (UMT5-XXL, 4096 wide)")
+        scheduler_file = path / "scheduler" / "scheduler_config.json"
+        scheduler = files.read_json(scheduler_file, who) if scheduler_file.is_file() else None
+        shift = check_shift(option_for(context, "flow_shift", role, flow_shift_of(scheduler)), who)
+        video_space, vae, has_vae = vae_facts(path, who, int(transformer.get("in_channels", 16)), "Wan")
+        mode = image_mode_of(context, role)
+        space = image_space(video_space, mode) if mode else video_space
+        facts = {"index": index, "transformer": transformer, "transformer_2": transformer_2, "text_encoder": text,
+                 "scheduler": scheduler, "vae": vae, "shift": shift, "boundary": boundary, "image_mode": mode,
+                 "video_space": video_space, "expand_timesteps": bool(index.get("expand_timesteps"))}
+        return Inspection(self, kind, role, path, space, has_vae, facts)
+
+    @staticmethod
+    def _check_t2v(who: str, config: dict, sub: str) -> None:
+        if config.get("_class_name") not in (None, "WanTransformer3DModel"):
+            raise ValueError(f"{who}: {sub}/config.json names {config.get('_class_name')}, not a "
+                             f"WanTransformer3DModel; use a Wan text-to-video folder")
+        if config.get("image_dim") is not None or config.get("in_channels") != config.get("out_channels", 16):
+            raise ValueError(f"{who}: {sub}/ is an image-to-video Wan transformer (image_dim / in_channels "
+                             f"{config.get('in_channels')}); ConFiner's Wan experts are text-to-video: use a Wan "
+                             f"T2V folder (Wan2.1-T2V-*, Wan2.2-T2V-A14B, Wan2.2-TI2V-5B)")
+
+    def load(self, inspection: Inspection, context: Context) -> Expert:
+        from diffusers import WanTransformer3DModel
+
+        path, facts, role = inspection.path, inspection.facts, inspection.role
+        dtype = modern_dtype(context)
+        encoder = context.cached(("umt5", str(path.resolve())), lambda: UMT5PromptEncoder(
+            U.load_tokenizer(path, default="AutoTokenizer"),
+            U.load_model(U.transformers_class(path, "text_encoder", "UMT5EncoderModel"), path, "text_encoder",
+                         context.device, dtype)))
+        cls = WanExpert if facts["image_mode"] is None else WanImageExpert
+
+        def expert(sub: str) -> WanExpert:
+            transformer = context.cached(("wan-transformer", str(path.resolve()), sub), lambda: U.load_model(
+                WanTransformer3DModel, path, sub, context.device, dtype))
+            return cls(transformer, encoder, facts["shift"], inspection.latent_space, facts["expand_timesteps"],
+                       name=role, source=str(path))
+
+        if facts["boundary"] is None:
+            return expert("transformer")
+        guidance = option_for(context, "pair_guidance", role)
+        return wan_pair(expert("transformer"), expert("transformer_2"), facts["boundary"],
+                        tuple(guidance) if guidance is not None else None, name=role)
+
+    def load_codec(self, inspection: Inspection, context: Context) -> Codec:
+        from diffusers import AutoencoderKLWan
+
+        return video_codec(inspection, load_vae(inspection.path, AutoencoderKLWan, context), context)
