@@ -10,15 +10,21 @@ shift itself for Wan; Qwen-Image gets the shifted sigma through its ``sigmas`` a
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, WanPipeline
 
+from confiner_core.chain import ChainConfig, run_chain
+from confiner_core.diffusers_backend import detect, load_experts
 from confiner_core.diffusers_backend.families import qwen_image as Q
+from confiner_core.diffusers_backend.families import registry
 from confiner_core.diffusers_backend.families import wan as W
-from confiner_core.latent_spaces import WAN21, per_frame, wan22_space
+from confiner_core.diffusers_backend.families.base import Context
+from confiner_core.experts import EvaluationLog, ExpertPair
+from confiner_core.latent_spaces import WAN21, PerFrameCodec, per_frame, wan22_space
 from confiner_core.schedules import flow_schedule
 from tests import tiny_modern as tm
 from tests.tiny_modern import modern_dirs  # noqa: F401  (session fixture)
@@ -48,23 +54,11 @@ def latent(shape, seed=1) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def wan21(modern_dirs):
-    return WanPipeline.from_pretrained(modern_dirs("wan21"), local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def a14b(modern_dirs):
-    return WanPipeline.from_pretrained(modern_dirs("wan22_a14b"), local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def ti2v(modern_dirs):
-    return WanPipeline.from_pretrained(modern_dirs("wan22_ti2v"), local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def qwen(modern_dirs):
-    return QwenImagePipeline.from_pretrained(modern_dirs("qwen_image"), local_files_only=True)
+def pipes(modern_dirs):
+    """kind -> the pipeline loaded from its tiny folder (once per module)."""
+    cls = {"qwen_image": QwenImagePipeline}
+    return functools.lru_cache(lambda kind: cls.get(kind, WanPipeline).from_pretrained(modern_dirs(kind),
+                                                                                       local_files_only=True))
 
 
 def wan_reference_x0(pipe, x, t, shift, guidance=1.0, guidance_2=None, negative=None):
@@ -86,7 +80,8 @@ def wan_expert(pipe, cls=W.WanExpert, transformer=None, **kwargs):
 
 # ----------------------------------------------------------------------------------------------- text
 
-def test_umt5_encoding_equals_wan_pipeline(wan21):
+def test_umt5_encoding_equals_wan_pipeline(pipes):
+    wan21 = pipes("wan21")
     encoder = W.UMT5PromptEncoder(wan21.tokenizer, wan21.text_encoder)
     for prompt in (PROMPT, "", "  A  cat &amp; a dog,\n at night!  "):
         ours = encoder(prompt)
@@ -98,7 +93,8 @@ def test_umt5_encoding_equals_wan_pipeline(wan21):
         assert ours[:, length:].abs().max() == 0 and ours[:, :length].abs().min() > 0
 
 
-def test_qwen_encoding_equals_qwen_pipeline(qwen):
+def test_qwen_encoding_equals_qwen_pipeline(pipes):
+    qwen = pipes("qwen_image")
     encoder = Q.QwenPromptEncoder(qwen.tokenizer, qwen.text_encoder)
     for prompt in (PROMPT, "a dog"):
         embeds, mask = encoder(prompt)
@@ -115,7 +111,8 @@ def test_qwen_encoding_equals_qwen_pipeline(qwen):
 
 # --------------------------------------------------------------------------------------------- codecs
 
-def test_wan_codec_normalisation_equals_pipeline_decode(wan21):
+def test_wan_codec_normalisation_equals_pipeline_decode(pipes):
+    wan21 = pipes("wan21")
     codec = W.WanVAECodec(wan21.vae)
     assert codec.space is WAN21
     z = latent((1, 16, 3, 4, 4))
@@ -134,7 +131,8 @@ def test_wan_codec_normalisation_equals_pipeline_decode(wan21):
     assert (codec.encode(pixels) - their_z).abs().max() < 1e-5
 
 
-def test_codec_causal_frame_rule(wan21):
+def test_codec_causal_frame_rule(pipes):
+    wan21 = pipes("wan21")
     codec = W.WanVAECodec(wan21.vae)
     pixels = torch.rand(2, 3, 9, 16, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
     z = codec.encode(pixels)
@@ -155,7 +153,8 @@ def test_codec_causal_frame_rule(wan21):
     assert (zf[:, :, :1] - z[:, :, :1]).abs().max() < 1e-5    # frame 0 is encoded alone either way
 
 
-def test_wan22_codec_space(ti2v):
+def test_wan22_codec_space(pipes):
+    ti2v = pipes("wan22_ti2v")
     codec = W.WanVAECodec(ti2v.vae)
     assert codec.space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD)
     assert (codec.space.channels, codec.space.spatial_factor) == (48, 16)
@@ -165,7 +164,9 @@ def test_wan22_codec_space(ti2v):
     assert codec.decode(z).shape == (1, 3, 5, 64, 32)
 
 
-def test_qwen_vae_is_the_wan21_space(qwen, wan21):
+def test_qwen_vae_is_the_wan21_space(pipes):
+    qwen = pipes("qwen_image")
+    wan21 = pipes("wan21")
     codec = W.WanVAECodec(qwen.vae)
     assert codec.space is WAN21
     z = latent((1, 16, 1, 4, 4))
@@ -175,7 +176,8 @@ def test_qwen_vae_is_the_wan21_space(qwen, wan21):
 # -------------------------------------------------------------------------------------------- experts
 
 @pytest.mark.parametrize("t,guidance", [(999, 1.0), (600, 4.0), (100, 4.0)])
-def test_wan_expert_equals_wan_pipeline(wan21, t, guidance):
+def test_wan_expert_equals_wan_pipeline(pipes, t, guidance):
+    wan21 = pipes("wan21")
     expert = wan_expert(wan21)
     assert expert.shift == tm.WAN21_SHIFT and expert.latent_space is WAN21
     x = latent((1, 16, 3, 4, 6))
@@ -185,7 +187,8 @@ def test_wan_expert_equals_wan_pipeline(wan21, t, guidance):
     assert (ours - theirs).abs().max() < ATOL
 
 
-def test_wan_image_expert_equals_one_frame_pipeline(wan21):
+def test_wan_image_expert_equals_one_frame_pipeline(pipes):
+    wan21 = pipes("wan21")
     """Latent-frames mode: every latent frame is a one-frame video."""
     expert = wan_expert(wan21, W.WanImageExpert)
     x = latent((1, 16, 3, 4, 4))
@@ -195,7 +198,8 @@ def test_wan_image_expert_equals_one_frame_pipeline(wan21):
     assert (ours - theirs).abs().max() < ATOL
 
 
-def test_a14b_pair_switches_at_the_boundary(a14b):
+def test_a14b_pair_switches_at_the_boundary(pipes):
+    a14b = pipes("wan22_a14b")
     high = wan_expert(a14b, transformer=a14b.transformer)
     low = wan_expert(a14b, transformer=a14b.transformer_2)
     low.prompt_encoder = high.prompt_encoder
@@ -213,7 +217,8 @@ def test_a14b_pair_switches_at_the_boundary(a14b):
     assert (wrong - wan_reference_x0(a14b, x, 999, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)).abs().max() > 1e-3
 
 
-def test_ti2v_expert_equals_wan_pipeline(ti2v):
+def test_ti2v_expert_equals_wan_pipeline(pipes):
+    ti2v = pipes("wan22_ti2v")
     expert = wan_expert(ti2v, expand_timesteps=True)
     assert expert.latent_space.channels == 48 and expert.latent_space.spatial_factor == 16
     x = latent((1, 48, 2, 4, 4))
@@ -235,7 +240,8 @@ def qwen_reference_x0(pipe, frames, sigma, guidance=1.0, negative=None):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
-def test_qwen_expert_equals_qwen_pipeline(qwen, guidance):
+def test_qwen_expert_equals_qwen_pipeline(pipes, guidance):
+    qwen = pipes("qwen_image")
     encoder = Q.QwenPromptEncoder(qwen.tokenizer, qwen.text_encoder)
     expert = Q.QwenImageExpert(qwen.transformer, encoder, shift=2.0,
                                latent_space=W.wan_latent_space(dict(qwen.vae.config)))
@@ -263,14 +269,6 @@ def test_qwen_dynamic_shift():
 
 
 # ------------------------------------------------------------------------------ families: detect / inspect
-
-from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
-from confiner_core.diffusers_backend import detect, load_experts  # noqa: E402
-from confiner_core.diffusers_backend.families import registry  # noqa: E402
-from confiner_core.diffusers_backend.families.base import Context  # noqa: E402
-from confiner_core.experts import EvaluationLog, ExpertPair  # noqa: E402
-from confiner_core.latent_spaces import PerFrameCodec  # noqa: E402
-
 
 def copy_folder(src, dst, edit: dict | None = None, remove: tuple = ()):
     """A copy of a tiny folder with JSON configs edited ({relative path: {key: value}}) and entries removed."""
@@ -364,7 +362,9 @@ def loaded(modern_dirs):
                         temporal=modern_dirs("wan21"), options={"pair_guidance": (5.0, 2.0)})
 
 
-def test_loaded_experts(loaded, a14b, wan21):
+def test_loaded_experts(pipes, loaded):
+    a14b = pipes("wan22_a14b")
+    wan21 = pipes("wan21")
     control, spatial, temporal = loaded["control"], loaded["spatial"], loaded["temporal"]
     assert isinstance(control, ExpertPair) and control.boundary == tm.A14B_BOUNDARY
     assert control.guidance == (5.0, 2.0) and control.high.shift == tm.A14B_SHIFT

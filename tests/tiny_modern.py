@@ -26,6 +26,8 @@ from diffusers import (AutoencoderKLQwenImage, AutoencoderKLWan, FlowMatchEulerD
 from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, T5Tokenizer,
                           UMT5Config, UMT5EncoderModel)
 
+from tests.tiny_diffusers import _bytes_to_unicode as bytes_to_unicode
+
 SEED = 0
 TEXT_WIDTH = 32          # UMT5 d_model = Wan text_dim; Qwen2.5-VL hidden = Qwen-Image joint_attention_dim
 WAN21_SHIFT = 3.0        # Wan2.1-T2V-1.3B-Diffusers' scheduler flow_shift
@@ -92,18 +94,10 @@ QWEN_TEMPLATE_WORDS = ("system", "user", "assistant", "Describe", " the", " imag
                        " objects", " and", " background")
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 bytes, in byte order (byte-level BPE's alphabet)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
 def qwen_vocab() -> tuple[dict, list]:
     """256 byte symbols, one token per prefix of every template word and prompt word (merged left to right), then
     Qwen's special tokens."""
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     space = symbols[ord(" ")]
     tokens, merges = list(symbols), []
     words = list(QWEN_TEMPLATE_WORDS) + [" " + w for w in WORDS]

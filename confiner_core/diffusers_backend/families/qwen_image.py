@@ -32,7 +32,7 @@ from . import files
 from . import unet_folders as U
 from .base import Context, Family, Inspection
 from .wan import (FlowTransformerExpert, check_shift, image_mode_of, image_space, load_vae, modern_dtype,
-                  option_for, read_component, vae_facts, video_codec)
+                  option_for, pipeline_kind, read_component, vae_facts, video_codec)
 
 #: ``QwenImagePipeline.prompt_template_encode`` and ``prompt_template_encode_start_idx``
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
@@ -178,16 +178,7 @@ class QwenImage(Family):
         return self.roles if kind == QWEN_FOLDER else ()
 
     def detect(self, path: Path) -> str | None:
-        if not path.is_dir():
-            return None
-        pipeline = files.class_name(path / "model_index.json")
-        if pipeline == "QwenImagePipeline":
-            return QWEN_FOLDER
-        if pipeline and pipeline.startswith("QwenImage"):
-            return QWEN_UNSUPPORTED
-        if pipeline is None and files.class_name(path / "transformer" / "config.json") == "QwenImageTransformer2DModel":
-            return QWEN_FOLDER
-        return None
+        return pipeline_kind(path, ("QwenImagePipeline",), "QwenImageTransformer2DModel", QWEN_FOLDER, QWEN_UNSUPPORTED)
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
         who = files.who(role, path)

@@ -34,6 +34,7 @@ from ... import layout as L
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
 from ...schedules import NoiseSchedule, flow_schedule
+from ..experts import _repeat_rows
 from . import files
 from . import unet_folders as U
 from .base import ROLES, Context, Family, Inspection
@@ -230,13 +231,6 @@ class FlowTransformerExpert(Expert):
                 "transformer": type(self.transformer).__name__, "text_width": self.prompt_encoder.width}
 
 
-def _repeat_rows(cond: torch.Tensor, rows: int) -> torch.Tensor:
-    """[b, ...] -> [rows, ...], each of the b prompts repeated for its consecutive rows (its videos or frames)."""
-    if rows % cond.shape[0]:
-        raise ValueError(f"a conditioning batch of {cond.shape[0]} does not divide the {rows} rows the model needs")
-    return cond.repeat_interleave(rows // cond.shape[0], dim=0)
-
-
 class WanExpert(FlowTransformerExpert):
     """``WanTransformer3DModel`` on latent videos ``[B, C, T, h, w]`` (control and temporal expert).
 
@@ -373,6 +367,22 @@ def vae_facts(path: Path, who: str, channels: int, family: str) -> tuple[LatentS
     return space, config, has_vae
 
 
+def pipeline_kind(path: Path, pipelines: tuple, transformer_class: str, kind: str, unsupported: str) -> str | None:
+    """Detection of a transformer pipeline folder: ``kind`` when model_index.json names one of ``pipelines`` (or,
+    without model_index.json, transformer/config.json names ``transformer_class``); ``unsupported`` for another
+    pipeline of the same family (same name stem, e.g. ``WanImageToVideoPipeline``), so that its error names it."""
+    if not path.is_dir():
+        return None
+    pipeline = files.class_name(path / "model_index.json")
+    if pipeline in pipelines:
+        return kind
+    if pipeline and pipeline.startswith(pipelines[0].removesuffix("Pipeline")):
+        return unsupported
+    if pipeline is None and files.class_name(path / "transformer" / "config.json") == transformer_class:
+        return kind
+    return None
+
+
 def load_vae(path: Path, cls, context: Context):
     return context.cached(("vae", str(path.resolve()), modern_dtype(context)),
                           lambda: U.load_model(cls, path, "vae", context.device, modern_dtype(context)))
@@ -403,16 +413,7 @@ class Wan(Family):
         return ROLES if kind == WAN_FOLDER else ()
 
     def detect(self, path: Path) -> str | None:
-        if not path.is_dir():
-            return None
-        pipeline = files.class_name(path / "model_index.json")
-        if pipeline in T2V_PIPELINES:
-            return WAN_FOLDER
-        if pipeline and pipeline.startswith("Wan"):
-            return WAN_UNSUPPORTED
-        if pipeline is None and files.class_name(path / "transformer" / "config.json") == "WanTransformer3DModel":
-            return WAN_FOLDER
-        return None
+        return pipeline_kind(path, T2V_PIPELINES, "WanTransformer3DModel", WAN_FOLDER, WAN_UNSUPPORTED)
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
         who = files.who(role, path)
