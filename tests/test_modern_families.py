@@ -350,6 +350,10 @@ def test_inspection_reads_shift_space_and_boundary(modern_dirs):
     assert found["temporal"].facts["shift"] == tm.WAN21_SHIFT
     assert abs(found["spatial"].facts["shift"] - 2.0) < 1e-3          # Qwen-Image's dynamic shift at 1024x1024
     assert {ins.latent_space for ins in found.values()} == {WAN21}
+    qwen = {"spatial": modern_dirs("qwen_image")}
+    pixel = registry.inspect_all(qwen, Context(options={"image_mode": "pixel_frames"}))["spatial"]
+    assert pixel.latent_space == WAN21.per_frame()
+    assert registry.inspect_all(qwen, Context(options={"flow_shift": {"spatial": 3.1}}))["spatial"].facts["shift"] == 3.1
     ti2v = registry.inspect_all({"temporal": modern_dirs("wan22_ti2v")}, Context())["temporal"]
     assert ti2v.latent_space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD) and ti2v.facts["expand_timesteps"]
 
@@ -368,6 +372,7 @@ def test_loaded_experts(pipes, loaded):
     control, spatial, temporal = loaded["control"], loaded["spatial"], loaded["temporal"]
     assert isinstance(control, ExpertPair) and control.boundary == tm.A14B_BOUNDARY
     assert control.guidance == (5.0, 2.0) and control.high.shift == tm.A14B_SHIFT
+    assert [m["shift"] for m in control.describe()["members"]] == [tm.A14B_SHIFT] * 2
     assert isinstance(temporal, W.WanExpert) and temporal.layout == "video"
     assert isinstance(spatial, Q.QwenImageExpert) and spatial.layout == "frames"
     assert spatial.codec is temporal.codec and isinstance(spatial.codec, W.WanVAECodec)   # one space, one VAE
