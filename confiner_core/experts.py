@@ -110,6 +110,11 @@ class Expert(ABC):
         """The classifier-free guidance scale at timestep ``t`` (an expert pair may use one per member)."""
         return default
 
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float, t: float) -> torch.Tensor:
+        """Classifier-free guidance of two raw outputs (native layout). Families whose pipelines combine them
+        differently (Qwen-Image rescales to the conditional output's norm) override this."""
+        return uncond + scale * (cond - uncond)
+
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None) -> "Denoiser":
         positive = self.encode(prompt)
@@ -160,6 +165,9 @@ class ExpertPair(Expert):
     def guidance_at(self, t: float, default: float) -> float:
         return default if self.guidance is None else self.guidance[self.member(t)]
 
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float, t: float) -> torch.Tensor:
+        return (self.high, self.low)[self.member(t)].combine_guidance(uncond, cond, scale, t)
+
     def describe(self) -> dict:
         return {**super().describe(), "boundary": self.boundary, "members": [self.high.describe(), self.low.describe()]}
 
@@ -186,7 +194,7 @@ class Denoiser:
             n = 1
         else:
             uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
-            out = uncond + self.expert.guidance_at(t, self.guidance_scale) * (cond - uncond)
+            out = self.expert.combine_guidance(uncond, cond, self.expert.guidance_at(t, self.guidance_scale), t)
             n = 2
         if not bool(torch.isfinite(out).all()):  # one reduction per evaluation, cheap next to a network forward
             raise NonFiniteError(non_finite_message(self, x_t, t))

@@ -180,6 +180,12 @@ class PerFrameCodec(Codec):
         return rearrange(pixels, "(b f) p 1 h w -> b p f h w", b=b)
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Codec pixels [B, P, F, H, W] in [-1, 1] -> uint8 RGB frames [B, F, H, W, 3] (channels after RGB dropped)."""
+    rgb = ((pixels[:, :3].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rgb.permute(0, 2, 3, 4, 1).contiguous()
+
+
 def per_frame(codec: Codec) -> Codec:
     """The codec of ``codec.space.per_frame()`` (the codec itself when the space has no temporal compression)."""
     return codec if codec.space.temporal_factor == 1 else PerFrameCodec(codec)

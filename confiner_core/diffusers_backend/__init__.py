@@ -1,25 +1,38 @@
 """diffusers backend: ConFiner experts from local diffusers folders and single ``.safetensors`` files.
 
-* :func:`load_experts` -- control / spatial / temporal experts plus the VAE decoder, checked against each other;
-* :class:`FrameExpert` (SD 1.5 ``UNet2DConditionModel``, per frame), :class:`MotionExpert` (AnimateDiff
-  ``UNetMotionModel``) and :class:`UNet3DExpert` (ModelScope ``UNet3DConditionModel``), each with its own text
-  encoder, tokenizer and scheduler config;
-* :class:`VideoDecoder` -- canonical latent [B, C, F, h, w] -> uint8 frames [B, F, H, W, 3];
+* :func:`load_experts` -- control / spatial / temporal experts, checked from configs and headers before any
+  weights load, each with the codec (VAE) of its latent space where the chain needs one;
+  :meth:`LoadedExperts.decode` turns the spatial expert's latents into uint8 frames;
+* one module per model family behind one registry (:mod:`.families`): SD 1.5 and SDXL per-frame image experts
+  (:class:`FrameExpert`, :class:`SDXLExpert`), AnimateDiff (:class:`MotionExpert`) and ModelScope
+  (:class:`UNet3DExpert`) video experts, each with its own text encoder, tokenizer and scheduler config;
+* flow-matching families: Wan 2.1 / 2.2 (:class:`WanExpert` for video roles, :class:`WanImageExpert` at one frame
+  for the spatial role, A14B folders as an :class:`~confiner_core.experts.ExpertPair`) and Qwen-Image
+  (:class:`QwenImageExpert`, spatial), with their prompt encoders (:class:`UMT5PromptEncoder`,
+  :class:`QwenPromptEncoder`); family options in :data:`FLOW_OPTIONS` (``load_experts(..., options=...)``);
+* :class:`AutoencoderKLCodec` -- an image VAE as a :class:`~confiner_core.latent_spaces.Codec`;
+  :class:`WanVAECodec` -- the causal Wan / Qwen-Image video VAE;
 * :mod:`~confiner_core.diffusers_backend.speed` -- optional speed settings (channels_last, cuDNN autotuning,
   regional torch.compile): ``load_experts(..., speed=FAST)``.
 
-Accepted path kinds per role are listed in :mod:`confiner_core.diffusers_backend.loading`. Nothing here
-touches the Hugging Face Hub: every load is local (``local_files_only=True`` with local configs).
+Accepted path kinds per role: :func:`role_kinds` and :func:`kind_descriptions`. Nothing here touches the Hugging
+Face Hub: every load is local (``local_files_only=True`` with local configs).
 """
 
-from .checks import validate_experts
-from .experts import DiffusersExpert, FrameExpert, MotionExpert, UNet3DExpert, expert_for
-from .loading import (KIND_DESCRIPTIONS, ROLE_KINDS, LoadedExperts, detect_kind, infer_motion_config,
-                      load_experts, load_motion_file)
+from .experts import DiffusersExpert, FrameExpert, MotionExpert, SDXLExpert, UNet3DExpert
+from .families.animatediff import infer_motion_config, load_motion_file
+from .families.qwen_image import QwenImageExpert, QwenPromptEncoder
+from .families.wan import OPTIONS as FLOW_OPTIONS
+from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
+from .families.registry import (FAMILIES, LoadedExperts, detect, detect_kind, inspect_all, kind_descriptions,
+                                load_experts, role_kinds)
 from .speed import EAGER, FAST, SpeedSettings, apply_speed_settings
-from .text import PromptEncoder
-from .vae import VideoDecoder
+from .text import PromptEncoder, SDXLPromptEncoder
+from .vae import AutoencoderKLCodec
 
-__all__ = ["EAGER", "FAST", "DiffusersExpert", "FrameExpert", "KIND_DESCRIPTIONS", "LoadedExperts", "MotionExpert", "PromptEncoder",
-           "ROLE_KINDS", "SpeedSettings", "UNet3DExpert", "VideoDecoder", "apply_speed_settings", "detect_kind", "expert_for", "infer_motion_config",
-           "load_experts", "load_motion_file", "validate_experts"]
+__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert",
+           "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert", "QwenPromptEncoder", "SDXLExpert",
+           "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder", "UNet3DExpert", "WanExpert", "WanImageExpert",
+           "WanVAECodec",
+           "apply_speed_settings", "detect", "detect_kind", "infer_motion_config", "inspect_all",
+           "kind_descriptions", "load_experts", "load_motion_file", "role_kinds"]

@@ -16,7 +16,8 @@ import torch
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
-                 "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D")
+                 "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
+                 "WanTransformerBlock", "QwenImageTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
 
 

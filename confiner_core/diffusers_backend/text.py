@@ -1,11 +1,13 @@
 """Prompt embeddings computed here rather than with a pipeline's ``encode_prompt``.
 
-Each expert owns its tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768), so embeddings are
-never shared between experts. The pipelines' ``clip_skip`` path is broken with transformers >= 5.6, which
+Each expert owns its tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates two
+and adds a pooled embedding), so embeddings are never shared between experts. The pipelines' ``clip_skip`` path is broken with transformers >= 5.6, which
 removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer norm is looked up on either layout.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -45,3 +47,46 @@ class PromptEncoder:
             return self.text_encoder(ids, attention_mask=mask)[0]
         out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
         return final_layer_norm(self.text_encoder)(out.hidden_states[-(self.clip_skip + 1)])
+
+
+class SDXLConditioning(NamedTuple):
+    """One SDXL prompt: ``embeds [1, L, D1 + D2]`` (both encoders' penultimate layers, concatenated) and
+    ``pooled [1, P]`` (the second encoder's projected output)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+
+
+class SDXLPromptEncoder:
+    """SDXL's two CLIP encoders as ``StableDiffusionXLPipeline.encode_prompt`` uses them: every encoder's
+    penultimate hidden states (``clip_skip`` more layers back), concatenated, and the pooled projection of the
+    last encoder that has one. ``zero_empty`` (the pipeline's ``force_zeros_for_empty_prompt``): the empty
+    prompt is all zeros, as SDXL's unconditional branch is when no negative prompt is given."""
+
+    def __init__(self, tokenizers: list, text_encoders: list, zero_empty: bool = True, clip_skip: int | None = None):
+        self.tokenizers, self.text_encoders = list(tokenizers), list(text_encoders)
+        self.zero_empty = zero_empty
+        self.clip_skip = clip_skip
+
+    @property
+    def width(self) -> int:
+        return sum(te.config.hidden_size for te in self.text_encoders)
+
+    @property
+    def pooled_width(self) -> int:
+        return int(self.text_encoders[-1].config.projection_dim)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> SDXLConditioning:
+        hidden, pooled = [], None
+        for tokenizer, text_encoder in zip(self.tokenizers, self.text_encoders):
+            ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(text_encoder.device)
+            out = text_encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:      # CLIPTextModelWithProjection: text_embeds first
+                pooled = out[0]
+            hidden.append(out.hidden_states[-(2 + (self.clip_skip or 0))])
+        embeds = torch.cat(hidden, dim=-1)
+        if self.zero_empty and prompt == "":
+            return SDXLConditioning(torch.zeros_like(embeds), torch.zeros_like(pooled))
+        return SDXLConditioning(embeds, pooled)

@@ -1,52 +1,61 @@
-"""From the chain's canonical latent video to RGB frames with a diffusers ``AutoencoderKL``."""
+"""diffusers image VAEs (``AutoencoderKL``: SD 1.5, SDXL, Flux...) as :class:`~confiner_core.latent_spaces.Codec` s.
+
+An image VAE codes every frame alone, so frames are folded into the batch and coded ``chunk_frames`` at a time:
+an SD VAE decode of 16 frames at 512x512 holds several GB of activations, and chunking bounds memory without
+changing the result. Encoding takes the mean of the latent distribution (deterministic: a bridge draws nothing).
+"""
 
 from __future__ import annotations
 
 import torch
 from einops import rearrange
 
+from ..latent_spaces import Codec, LatentSpace
+
 DEFAULT_CHUNK_FRAMES = 8
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """VAE output in [-1, 1] -> uint8 in [0, 255]."""
-    return ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+class AutoencoderKLCodec(Codec):
+    """A diffusers ``AutoencoderKL`` bound to its latent space (scaling and shift factor live in ``space``).
 
+    Pixels ``[B, 3, F, H, W]`` and latents ``[B, C, F, h, w]`` come and go on the caller's device in float32;
+    the VAE runs on its own device and dtype."""
 
-class VideoDecoder:
-    """``decoder(latent [B, C, F, h, w])`` -> frames ``uint8 [B, F, H, W, 3]``.
-
-    Frames are decoded ``chunk_frames`` at a time: an SD VAE decode of 16 frames at 512x512 holds several GB
-    of activations, and frames are independent for an image VAE, so chunking bounds memory without changing
-    the result."""
-
-    def __init__(self, vae, chunk_frames: int = DEFAULT_CHUNK_FRAMES):
+    def __init__(self, vae, space: LatentSpace, chunk_frames: int = DEFAULT_CHUNK_FRAMES):
+        super().__init__()
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-        self.vae = vae
+        self.vae = vae.eval()
+        self.space = space
+        self.pixel_channels = int(vae.config.in_channels)
         self.chunk_frames = chunk_frames
 
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
-    @property
-    def shift_factor(self) -> float:
-        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+    def _per_frame(self, x: torch.Tensor, code) -> torch.Tensor:
+        batch, device = x.shape[0], x.device
+        flat = rearrange(x, "b c f h w -> (b f) c h w")
+        out = [code(chunk.to(self.vae.device, self.vae.dtype)).to(device, torch.float32)
+               for chunk in flat.split(self.chunk_frames)]
+        return rearrange(torch.cat(out), "(b f) c h w -> b c f h w", b=batch)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
-            raise ValueError(f"the decoder expects a latent video [B, {self.latent_channels}, F, h, w], "
-                             f"got shape {tuple(latent.shape)}")
-        batch = latent.shape[0]
-        flat = rearrange(latent, "b c f h w -> (b f) c h w")
-        flat = (flat / self.scaling_factor + self.shift_factor).to(self.vae.device, self.vae.dtype)
-        images = [to_uint8(self.vae.decode(chunk).sample).cpu() for chunk in flat.split(self.chunk_frames)]
-        return rearrange(torch.cat(images), "(b f) c h w -> b f h w c", b=batch)
+    def encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._per_frame(pixels, lambda chunk: self.vae.encode(chunk).latent_dist.mode())
 
-    __call__ = decode
+    @torch.no_grad()
+    def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        return self._per_frame(raw, lambda chunk: self.vae.decode(chunk).sample)
+
+
+def latent_space_of_vae(vae_config: dict, known: tuple = ()) -> LatentSpace:
+    """The latent space an ``AutoencoderKL`` config describes: one of ``known`` when channels and normalisation
+    match (SD 1.5's 0.18215, SDXL's 0.13025...), else a space named after its numbers."""
+    channels = int(vae_config.get("latent_channels", 4))
+    scale = float(vae_config.get("scaling_factor") or 0.18215)
+    shift = float(vae_config.get("shift_factor") or 0.0)
+    spatial = 2 ** (len(vae_config.get("block_out_channels", (0,) * 4)) - 1)
+    for space in known:
+        if (space.channels, space.spatial_factor, space.temporal_factor) == (channels, spatial, 1) and \
+                abs(space.scale - scale) < 1e-6 and space.shift == shift and space.std == 1.0:
+            return space
+    shifted = f"+{shift:g}" if shift else ""
+    return LatentSpace(f"vae-{channels}ch-x{scale:g}{shifted}", channels, spatial, scale=scale, shift=shift)

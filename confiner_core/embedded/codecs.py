@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..latent_spaces import Codec, LatentSpace
+from ..latent_spaces import Codec, LatentSpace, to_uint8  # noqa: F401  (re-exported)
 
 WORLD = LatentSpace("embedded", 4, 8)
 _SLOT_SHIFT = (0.0, 0.0, 0.0, -0.7)   # per (R, G, B, mask): the world's typical latent statistics
@@ -90,9 +90,3 @@ class CausalWorldCodec(Codec):
 
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         return self.world.decode_raw(unpack_causal(raw))
-
-
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """Codec pixels [B, P, F, H, W] in [-1, 1] -> uint8 RGB frames [B, F, H, W, 3] (alpha dropped)."""
-    rgb = ((pixels[:, :3].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return rgb.permute(0, 2, 3, 4, 1).contiguous()

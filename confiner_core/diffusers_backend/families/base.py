@@ -1,0 +1,120 @@
+"""What every diffusers model family implements, in three steps that never mix:
+
+1. :meth:`Family.detect` -- is this path one of my kinds? From file names, configs and safetensors headers only.
+2. :meth:`Family.inspect` -- what expert would it make for this role: its latent space, whether a VAE is at hand,
+   and every problem found in configs and headers (missing or corrupt files, text width vs cross-attention width,
+   a motion module that does not fit its base...). No weights are loaded. Problems raise ``ValueError`` (or
+   ``FileNotFoundError`` for a missing file) whose message names the role, the path and the fix; start it with
+   ``inspection.who`` / :func:`~.files.who`.
+3. :meth:`Family.load` -- the :class:`~confiner_core.experts.Expert`, and :meth:`Family.load_codec` -- its VAE as
+   a :class:`~confiner_core.latent_spaces.Codec` (asked for only where the video is decoded with it or the chain
+   bridges its latent space to another).
+
+The registry (:mod:`.registry`) runs step 1 and 2 for every role, checks the experts against each other (latent
+spaces that meet need VAEs), and only then runs step 3. A family is one module holding its configuration as data
+(kinds, roles, classes, scheduler defaults); it adds itself to :data:`.registry.FAMILIES`.
+
+Experts a family returns expose ``networks``: the torch modules speed settings apply to (UNets, transformers).
+Codecs with a ``vae`` attribute get speed settings on ``vae.decoder``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ...experts import Expert
+from ...latent_spaces import Codec, LatentSpace
+from .files import who
+
+ROLES = ("control", "spatial", "temporal")
+
+
+@dataclass
+class Inspection:
+    """What a family learned about one role's path without loading weights.
+
+    ``latent_space``: the space the expert denoises in. ``has_vae``: VAE weights are at hand, so
+    :meth:`Family.load_codec` can build its codec. ``facts``: the family's own findings (configs read, header
+    shapes, the base's inspection...), passed back to :meth:`Family.load` so nothing is read twice."""
+
+    family: "Family"
+    kind: str
+    role: str
+    path: Path
+    latent_space: LatentSpace
+    has_vae: bool
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def who(self) -> str:
+        return who(self.role, self.path)
+
+    def describe(self) -> dict:
+        return {"family": self.family.name, "kind": self.kind, "path": str(self.path),
+                "latent_space": self.latent_space.name, "has_vae": self.has_vae}
+
+
+@dataclass
+class Context:
+    """What one ``load_experts`` call shares with every family.
+
+    ``paths``: role -> path of every role in this call (None for an absent role), e.g. for a motion module that
+    goes on the spatial expert's model. ``base``: the user's base folder (configs for single files, a model for
+    motion modules). ``options``: family options by name (``motion_config``, ``scheduler_overrides``,
+    ``decode_chunk_frames``...). ``cache``: components loaded once per call, shared by roles (:meth:`cached`)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    base: Path | None = None
+    paths: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` once per key in this call (key e.g. ``("unet", resolved path)``)."""
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def scheduler_config(self, role: str, config: dict, default_override: dict | None = None) -> dict:
+        """``config`` with the user's ``scheduler_overrides[role]`` applied, or else the family's
+        ``default_override`` (e.g. AnimateDiff's linear betas for a motion module on an SD base)."""
+        overrides = self.options.get("scheduler_overrides") or {}
+        return {**config, **(overrides[role] if role in overrides else default_override or {})}
+
+
+class Family(ABC):
+    """One model family (SD 1.5, SDXL, AnimateDiff, ModelScope, Wan...): its path kinds, roles and loaders."""
+
+    #: short family name, e.g. ``"sd15"``
+    name: str = ""
+    #: path kind -> one-line description ("a diffusers SD 1.5 pipeline folder"), for messages and README
+    kinds: dict[str, str] = {}
+    #: the roles its experts can serve (see :meth:`roles_for` for a per-kind choice)
+    roles: tuple[str, ...] = ()
+
+    def roles_for(self, kind: str) -> tuple[str, ...]:
+        """The roles an expert of this kind can serve (default: :attr:`roles`)."""
+        return self.roles
+
+    @abstractmethod
+    def detect(self, path: Path) -> str | None:
+        """The kind of ``path`` (a key of :attr:`kinds`) when it belongs to this family, else None. Reads file
+        names, configs and headers only; never raises for a path of another family."""
+
+    @abstractmethod
+    def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
+        """Check ``path`` (of ``kind``) for ``role`` from configs and headers; raise on any problem."""
+
+    @abstractmethod
+    def load(self, inspection: Inspection, context: Context) -> Expert:
+        """Load the expert (in ``context.dtype`` on ``context.device``); its ``codec`` is set by the registry."""
+
+    def load_codec(self, inspection: Inspection, context: Context) -> Codec:
+        """The expert's VAE as a codec of ``inspection.latent_space`` (only called when ``has_vae``)."""
+        raise ValueError(f"{inspection.who}: the {self.name} family has no VAE loader")

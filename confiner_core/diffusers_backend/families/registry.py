@@ -1,0 +1,214 @@
+"""The registry of model families, and loading a chain's experts through it.
+
+:data:`FAMILIES` is the ordered list of families; the first whose :meth:`~.base.Family.detect` claims a path owns
+it. :func:`load_experts` runs in three phases so that nothing heavy happens before everything is known to fit:
+
+1. detect every role's path and check that its kind can serve that role;
+2. inspect every path (configs and safetensors headers only) and check the experts against each other: experts in
+   different latent spaces are bridged by the chain through their VAEs, so every space that meets another needs
+   VAE weights, and the spatial expert's space needs them to decode the video;
+3. load the experts, then the codecs that are needed (one per latent space, shared by the experts of that space),
+   then apply speed settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...experts import Expert, ExpertPair
+from ...latent_spaces import Codec, to_uint8
+from ..speed import SpeedSettings, apply_speed_settings
+from ..vae import DEFAULT_CHUNK_FRAMES
+from . import files
+from .animatediff import AnimateDiff
+from .base import ROLES, Context, Family, Inspection
+from .modelscope import ModelScope
+from .qwen_image import QwenImage
+from .sd15 import SD15
+from .sdxl import SDXL
+from .wan import Wan
+
+#: every family, in detection order (add a family here)
+FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage()]
+
+
+def kind_descriptions() -> dict[str, str]:
+    """Every path kind -> its description."""
+    return {kind: text for family in FAMILIES for kind, text in family.kinds.items()}
+
+
+def role_kinds() -> dict[str, tuple]:
+    """Every role -> the path kinds that can serve it."""
+    return {role: tuple(kind for family in FAMILIES for kind in family.kinds if role in family.roles_for(kind))
+            for role in ROLES}
+
+
+def detect(path, who: str | None = None) -> tuple[Family, str]:
+    """The family and kind of the model at ``path``, from its files alone. A missing path raises
+    FileNotFoundError; a pickle, a corrupt or truncated ``.safetensors`` or an unrecognised folder ValueError."""
+    path = Path(path)
+    who = who or str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{who}: {path} does not exist; check the path")
+    if path.is_file():
+        files.refuse_pickle(path, who)
+        if not path.name.endswith(".safetensors"):
+            raise ValueError(f"{who}: only .safetensors single files are accepted, not {path.name}; pass a "
+                             f".safetensors checkpoint or a diffusers folder")
+        files.read_header(path, who)     # readable and complete before any family reads it
+    for family in FAMILIES:
+        kind = family.detect(path)
+        if kind:
+            return family, kind
+    what = "file" if path.is_file() else "folder"
+    accepted = "; ".join(sorted(kind_descriptions().values()))
+    raise ValueError(f"{who}: no model recognised in this {what} (for folders: no unet/config.json or transformer/"
+                     f"config.json naming a supported class, no MotionAdapter config.json); accepted: {accepted}")
+
+
+def detect_kind(path) -> str:
+    """The kind of model at ``path`` (a key of :func:`kind_descriptions`)."""
+    return detect(path)[1]
+
+
+def check_role(role: str, path, family: Family, kind: str) -> None:
+    if role not in family.roles_for(kind):
+        descriptions = kind_descriptions()
+        accepted = "; ".join(descriptions[k] for k in role_kinds()[role])
+        raise ValueError(f"{files.who(role, path)} is {descriptions[kind]}, which cannot serve as the {role} "
+                         f"expert; accepted: {accepted}")
+
+
+def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
+    """Experts in different latent spaces meet through the bridge, which needs a VAE in each space; the video is
+    decoded by a VAE of the spatial expert's space. Raises naming the experts, their spaces and the fix."""
+    spaces = {ins.latent_space for ins in inspections.values()}
+    for space in spaces if len(spaces) > 1 else ():
+        members = [ins for ins in inspections.values() if ins.latent_space == space]
+        if not any(m.has_vae for m in members):
+            other = next(ins for ins in inspections.values() if ins.latent_space != space)
+            raise ValueError(
+                f"{members[0].who} works in latent space {space.name!r} and the {other.role} expert ({other.path}) "
+                f"in {other.latent_space.name!r}; the chain bridges different latent spaces through their VAEs, "
+                f"but no {space.name!r} expert here has VAE weights: give the {members[0].role} expert a model "
+                f"with its VAE (vae/ with weights), or choose experts of one latent space")
+    spatial = inspections.get("spatial")
+    if spatial is not None and not any(i.has_vae for i in inspections.values()
+                                       if i.latent_space == spatial.latent_space):
+        raise ValueError(f"{spatial.who}: no VAE weights to decode the video (vae/ with weights, or a single file "
+                         f"with its first_stage_model); give the spatial expert a model with its VAE")
+
+
+def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
+    """Detect and inspect every given role's path, then check them against each other; no weights load."""
+    inspections = {}
+    for role, path in paths.items():
+        if path is None:
+            continue
+        who = files.who(role, path)
+        family, kind = detect(path, who)
+        check_role(role, path, family, kind)
+        inspections[role] = family.inspect(Path(path), kind, role, context)
+    check_latent_spaces(inspections)
+    return inspections
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection], context: Context) -> Codec:
+    """Load one codec per latent space that needs one (the spatial expert's; every space when there are
+    several), from the spatial, temporal or control expert of that space that has VAE weights, and give it to
+    every expert of that space. Returns the spatial expert's codec."""
+    spaces = {ins.latent_space for ins in inspections.values()}
+    needed = spaces if len(spaces) > 1 else {inspections["spatial"].latent_space}
+    codecs = {}
+    for space in needed:
+        provider = next(inspections[r] for r in ("spatial", "temporal", "control")
+                        if r in inspections and inspections[r].latent_space == space and inspections[r].has_vae)
+        key = ("codec", provider.family.name, provider.kind, str(provider.path.resolve()), space)
+        codecs[space] = context.cached(key, lambda p=provider: p.family.load_codec(p, context))
+    for role, expert in experts.items():
+        expert.codec = codecs.get(inspections[role].latent_space)
+    return codecs[inspections["spatial"].latent_space]
+
+
+def networks(expert: Expert) -> list:
+    """The modules of an expert that speed settings apply to (both members of a pair)."""
+    if isinstance(expert, ExpertPair):
+        return networks(expert.high) + networks(expert.low)
+    return list(getattr(expert, "networks", ()))
+
+
+@dataclass
+class LoadedExperts:
+    """``experts``: role -> expert (``None`` for an absent temporal expert); ``codec``: the VAE of the spatial
+    expert's latent space, which decodes the video; ``inspections``: what was read before loading."""
+
+    experts: dict
+    codec: Codec
+    inspections: dict = field(default_factory=dict)
+
+    @property
+    def decoder(self) -> Codec:
+        """The codec that decodes the video (the spatial expert's)."""
+        return self.codec
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Canonical latent [B, C, F, h, w] of the spatial expert's space -> uint8 frames [B, F, H, W, 3] (CPU)."""
+        return to_uint8(self.codec.decode(latent)).cpu()
+
+    def __getitem__(self, role: str) -> Expert | None:
+        return self.experts[role]
+
+
+def default_dtype(device) -> torch.dtype:
+    """fp16 on accelerators (SD 1.5 family weights are published in fp16), fp32 on the CPU."""
+    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+
+
+def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
+                 motion_config=None, scheduler_overrides: dict | None = None,
+                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES, speed: SpeedSettings | None = None,
+                 options: dict | None = None) -> LoadedExperts:
+    """Load the chain's experts from local paths, after checking from configs and headers alone that every
+    file is sound and that the experts fit together.
+
+    Accepted paths per role: :func:`role_kinds` / :func:`kind_descriptions` (README "accepted paths"). ``base``:
+    a local diffusers folder that gives single-file checkpoints their configs, tokenizer and scheduler (weights
+    may be absent), and is the SD 1.5 model motion modules go on when it holds UNet weights (else the spatial
+    expert's). ``dtype``: default fp16 on accelerators, fp32 on the CPU. ``motion_config``: MotionAdapter config
+    (folder or json) for motion-module files whose heads or norm groups differ from AnimateDiff's.
+    ``scheduler_overrides``: role -> scheduler-config entries that replace the family's default override
+    (motion modules without a scheduler of their own get AnimateDiff's linear betas). ``decode_chunk_frames``:
+    frames per image-VAE call. ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
+    ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
+    ``image_mode``, ``pair_guidance``).
+
+    Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
+    naming the role, the path and the fix; both before any weights load."""
+    if control is None or spatial is None:
+        raise ValueError("load_experts needs a control and a spatial expert (the spatial expert's VAE decodes)")
+    if decode_chunk_frames < 1:
+        raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
+    if base is not None and not Path(base).is_dir():
+        raise ValueError(f"base={base} must be a local diffusers pipeline folder (model_index.json, unet/, "
+                         f"text_encoder/, tokenizer/, scheduler/, vae/)")
+    paths = {"control": control, "spatial": spatial, "temporal": temporal}
+    context = Context(device=torch.device(device), dtype=dtype or default_dtype(device),
+                      base=Path(base) if base is not None else None,
+                      paths={r: Path(p) if p is not None else None for r, p in paths.items()},
+                      options={"motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
+                               "decode_chunk_frames": decode_chunk_frames, **(options or {})})
+    inspections = inspect_all(paths, context)
+    experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
+               for role in ROLES}
+    codec = attach_codecs({r: e for r, e in experts.items() if e is not None}, inspections, context)
+    if speed is not None:
+        modules = {id(m): m for e in experts.values() if e is not None for m in networks(e)}  # shared ones once
+        codecs = {id(e.codec): e.codec for e in experts.values() if e is not None and e.codec is not None}
+        modules.update({id(c.vae.decoder): c.vae.decoder for c in codecs.values() if hasattr(c, "vae")})
+        apply_speed_settings(list(modules.values()), speed)
+    return LoadedExperts(experts, codec, inspections)

@@ -1,0 +1,417 @@
+"""Wan 2.1 / Wan 2.2 / Qwen-Image experts, codecs and text encoders against diffusers' own pipelines (CPU, tiny
+random-weight folders built by tests/tiny_modern.py).
+
+The references are the pipelines themselves: ``WanPipeline`` / ``QwenImagePipeline`` run for one Euler step from
+our noisy latent to sigma 0 with ``output_type="latent"``, which returns ``x_t - sigma * v`` = the x0 estimate of
+the pipeline's own transformer call, guidance and prompt encoding. The pipeline is given our noise level through
+a ``FlowMatchEulerDiscreteScheduler`` whose ``set_timesteps`` takes a fixed sigma list (diffusers applies the
+shift itself for Wan; Qwen-Image gets the shifted sigma through its ``sigmas`` argument).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, WanPipeline
+
+from confiner_core.chain import ChainConfig, run_chain
+from confiner_core.diffusers_backend import detect, load_experts
+from confiner_core.diffusers_backend.families import qwen_image as Q
+from confiner_core.diffusers_backend.families import registry
+from confiner_core.diffusers_backend.families import wan as W
+from confiner_core.diffusers_backend.families.base import Context
+from confiner_core.experts import EvaluationLog, ExpertPair
+from confiner_core.latent_spaces import WAN21, PerFrameCodec, per_frame, wan22_space
+from confiner_core.schedules import flow_schedule
+from tests import tiny_modern as tm
+from tests.tiny_modern import modern_dirs  # noqa: F401  (session fixture)
+
+PROMPT, NEGATIVE = "a red cat runs over the grass", "blurry, low quality"
+ATOL = 2e-5
+
+
+class FixedSigmas(FlowMatchEulerDiscreteScheduler):
+    """FlowMatchEuler whose ``set_timesteps`` (as WanPipeline calls it, with a step count only) uses ``fixed``
+    unshifted sigmas; diffusers shifts them with its ``shift`` config."""
+
+    fixed: list = []
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(sigmas=list(self.fixed), device=device, **kwargs)
+
+
+def fixed_scheduler(shift: float, t: int) -> FixedSigmas:
+    scheduler = FixedSigmas(shift=shift, num_train_timesteps=1000)
+    scheduler.fixed = [(t + 1) / 1000]     # the core's table: u = (t + 1) / 1000, shifted
+    return scheduler
+
+
+def latent(shape, seed=1) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def pipes(modern_dirs):
+    """kind -> the pipeline loaded from its tiny folder (once per module)."""
+    cls = {"qwen_image": QwenImagePipeline}
+    return functools.lru_cache(lambda kind: cls.get(kind, WanPipeline).from_pretrained(modern_dirs(kind),
+                                                                                       local_files_only=True))
+
+
+def wan_reference_x0(pipe, x, t, shift, guidance=1.0, guidance_2=None, negative=None):
+    """x0 of one WanPipeline step at the core's timestep ``t`` (Euler to sigma 0: x - sigma * v)."""
+    pipe.scheduler = fixed_scheduler(shift, t)
+    _, _, frames, h, w = x.shape
+    s = pipe.vae_scale_factor_spatial
+    return pipe(PROMPT, negative_prompt=negative, height=h * s, width=w * s, num_frames=4 * (frames - 1) + 1,
+                num_inference_steps=1, guidance_scale=guidance, guidance_scale_2=guidance_2, latents=x.clone(),
+                output_type="latent").frames
+
+
+def wan_expert(pipe, cls=W.WanExpert, transformer=None, **kwargs):
+    encoder = W.UMT5PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    space = W.wan_latent_space(dict(pipe.vae.config))
+    return cls(transformer or pipe.transformer, encoder, W.flow_shift_of(dict(pipe.scheduler.config)), space,
+               **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+def test_umt5_encoding_equals_wan_pipeline(pipes):
+    wan21 = pipes("wan21")
+    encoder = W.UMT5PromptEncoder(wan21.tokenizer, wan21.text_encoder)
+    for prompt in (PROMPT, "", "  A  cat &amp; a dog,\n at night!  "):
+        ours = encoder(prompt)
+        with torch.no_grad():    # (with autograd on, the encoder takes other kernels: differences of 1e-6)
+            theirs, _ = wan21.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=512)
+        assert ours.shape == (1, 512, tm.TEXT_WIDTH)
+        assert torch.equal(ours, theirs)
+        length = int(wan21.tokenizer([W.prompt_clean(prompt)], return_tensors="pt").attention_mask.sum())
+        assert ours[:, length:].abs().max() == 0 and ours[:, :length].abs().min() > 0
+
+
+def test_qwen_encoding_equals_qwen_pipeline(pipes):
+    qwen = pipes("qwen_image")
+    encoder = Q.QwenPromptEncoder(qwen.tokenizer, qwen.text_encoder)
+    for prompt in (PROMPT, "a dog"):
+        embeds, mask = encoder(prompt)
+        with torch.no_grad():
+            theirs, their_mask = qwen.encode_prompt(prompt, max_sequence_length=512)
+        assert torch.equal(embeds, theirs)
+        assert their_mask is None and bool(mask.all())     # one prompt: nothing padded, the pipeline passes None
+        # the dropped 34 tokens are exactly the template: what is kept starts with the prompt's own tokens
+        ids = qwen.tokenizer(Q.PROMPT_TEMPLATE.format(prompt)).input_ids
+        own = qwen.tokenizer(prompt).input_ids
+        assert ids[Q.TEMPLATE_TOKENS:Q.TEMPLATE_TOKENS + len(own)] == own
+        assert embeds.shape[1] == len(ids) - Q.TEMPLATE_TOKENS
+
+
+# --------------------------------------------------------------------------------------------- codecs
+
+def test_wan_codec_normalisation_equals_pipeline_decode(pipes):
+    wan21 = pipes("wan21")
+    codec = W.WanVAECodec(wan21.vae)
+    assert codec.space is WAN21
+    z = latent((1, 16, 3, 4, 4))
+    vae = wan21.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        theirs = vae.decode(z / inv_std + mean, return_dict=False)[0]          # WanPipeline's decode
+    ours = codec.decode(z)
+    assert ours.shape == (1, 3, 9, 32, 32)
+    assert (ours - theirs).abs().max() < 1e-6
+    # encoding: WanVideoToVideoPipeline's (z - mean) * (1 / std) of the posterior mean
+    pixels = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        their_z = (vae.encode(pixels).latent_dist.mode() - mean) * inv_std
+    assert (codec.encode(pixels) - their_z).abs().max() < 1e-5
+
+
+def test_codec_causal_frame_rule(pipes):
+    wan21 = pipes("wan21")
+    codec = W.WanVAECodec(wan21.vae)
+    pixels = torch.rand(2, 3, 9, 16, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    z = codec.encode(pixels)
+    assert z.shape == (2, 16, 3, 2, 3)                    # 9 <-> 3 latent frames (81 <-> 21 at full size)
+    assert codec.decode(z).shape == (2, 3, 9, 16, 24)
+    assert codec.encode(pixels[:, :, :1]).shape == (2, 16, 1, 2, 3)
+    with pytest.raises(ValueError, match=r"4k\+1 frames.*8 frames.*use 5 or 9"):
+        codec.encode(pixels[:, :, :8])
+    with pytest.raises(ValueError, match="multiples of 8"):
+        codec.encode(pixels[..., :12, :])
+    # pixel-frames mode: every pixel frame alone, in the per-frame space; chunks of the batch give the same result
+    frames = per_frame(W.WanVAECodec(wan21.vae, batch_chunk=4))
+    zf = frames.encode(pixels)
+    assert frames.space == WAN21.per_frame() and zf.shape == (2, 16, 9, 2, 3)
+    assert frames.decode(zf).shape == (2, 3, 9, 16, 24)
+    whole = per_frame(W.WanVAECodec(wan21.vae, batch_chunk=100)).encode(pixels)
+    assert (zf - whole).abs().max() < 1e-5
+    assert (zf[:, :, :1] - z[:, :, :1]).abs().max() < 1e-5    # frame 0 is encoded alone either way
+
+
+def test_wan22_codec_space(pipes):
+    ti2v = pipes("wan22_ti2v")
+    codec = W.WanVAECodec(ti2v.vae)
+    assert codec.space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD)
+    assert (codec.space.channels, codec.space.spatial_factor) == (48, 16)
+    pixels = torch.rand(1, 3, 5, 64, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    z = codec.encode(pixels)
+    assert z.shape == (1, 48, 2, 4, 2)
+    assert codec.decode(z).shape == (1, 3, 5, 64, 32)
+
+
+def test_qwen_vae_is_the_wan21_space(pipes):
+    qwen = pipes("qwen_image")
+    wan21 = pipes("wan21")
+    codec = W.WanVAECodec(qwen.vae)
+    assert codec.space is WAN21
+    z = latent((1, 16, 1, 4, 4))
+    assert (codec.decode(z) - W.WanVAECodec(wan21.vae).decode(z)).abs().max() < 1e-6
+
+
+# -------------------------------------------------------------------------------------------- experts
+
+@pytest.mark.parametrize("t,guidance", [(999, 1.0), (600, 4.0), (100, 4.0)])
+def test_wan_expert_equals_wan_pipeline(pipes, t, guidance):
+    wan21 = pipes("wan21")
+    expert = wan_expert(wan21)
+    assert expert.shift == tm.WAN21_SHIFT and expert.latent_space is WAN21
+    x = latent((1, 16, 3, 4, 6))
+    negative = NEGATIVE if guidance > 1 else None
+    theirs = wan_reference_x0(wan21, x, t, tm.WAN21_SHIFT, guidance, negative=negative)
+    ours = expert.bind(PROMPT, negative or "", guidance).__call__(x, t).x0
+    assert (ours - theirs).abs().max() < ATOL
+
+
+def test_wan_image_expert_equals_one_frame_pipeline(pipes):
+    wan21 = pipes("wan21")
+    """Latent-frames mode: every latent frame is a one-frame video."""
+    expert = wan_expert(wan21, W.WanImageExpert)
+    x = latent((1, 16, 3, 4, 4))
+    ours = expert.bind(PROMPT, NEGATIVE, 3.0)(x, 300).x0
+    theirs = torch.cat([wan_reference_x0(wan21, x[:, :, f:f + 1], 300, tm.WAN21_SHIFT, 3.0, negative=NEGATIVE)
+                        for f in range(3)], dim=2)
+    assert (ours - theirs).abs().max() < ATOL
+
+
+def test_a14b_pair_switches_at_the_boundary(pipes):
+    a14b = pipes("wan22_a14b")
+    high = wan_expert(a14b, transformer=a14b.transformer)
+    low = wan_expert(a14b, transformer=a14b.transformer_2)
+    low.prompt_encoder = high.prompt_encoder
+    pair = W.wan_pair(high, low, a14b.config.boundary_ratio, guidance=(5.0, 2.0))
+    schedule = flow_schedule(tm.A14B_SHIFT)
+    boundary_t = int((schedule.sigmas >= tm.A14B_BOUNDARY).nonzero()[0])   # first t at the boundary
+    assert pair.member(boundary_t) == 0 and pair.member(boundary_t - 1) == 1
+    x = latent((1, 16, 2, 4, 4))
+    denoiser = pair.bind(PROMPT, NEGATIVE, 7.0)                      # the pair's own scales win
+    for t in (999, boundary_t + 5, boundary_t - 5, 100):
+        theirs = wan_reference_x0(a14b, x, t, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
+        assert (denoiser(x, t).x0 - theirs).abs().max() < ATOL, t
+    # the members really differ: the wrong one would not match
+    wrong = low.bind(PROMPT, NEGATIVE, 5.0)(x, 999).x0
+    assert (wrong - wan_reference_x0(a14b, x, 999, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)).abs().max() > 1e-3
+
+
+def test_ti2v_expert_equals_wan_pipeline(pipes):
+    ti2v = pipes("wan22_ti2v")
+    expert = wan_expert(ti2v, expand_timesteps=True)
+    assert expert.latent_space.channels == 48 and expert.latent_space.spatial_factor == 16
+    x = latent((1, 48, 2, 4, 4))
+    theirs = wan_reference_x0(ti2v, x, 500, tm.TI2V_SHIFT, 4.0, negative=NEGATIVE)
+    assert (expert.bind(PROMPT, NEGATIVE, 4.0)(x, 500).x0 - theirs).abs().max() < ATOL
+
+
+def qwen_reference_x0(pipe, frames, sigma, guidance=1.0, negative=None):
+    """x0 of one QwenImagePipeline step per latent frame ``[N, 16, h, w]`` at flow sigma ``sigma``."""
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)          # our sigma passes unchanged
+    _, _, h, w = frames.shape
+    out = []
+    for frame in frames:
+        packed = Q.pack(frame[None])
+        x0 = pipe(PROMPT, negative_prompt=negative, true_cfg_scale=guidance, height=h * 8, width=w * 8,
+                  sigmas=[sigma], num_inference_steps=1, latents=packed, output_type="latent").images
+        out.append(Q.unpack(x0, h, w))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_qwen_expert_equals_qwen_pipeline(pipes, guidance):
+    qwen = pipes("qwen_image")
+    encoder = Q.QwenPromptEncoder(qwen.tokenizer, qwen.text_encoder)
+    expert = Q.QwenImageExpert(qwen.transformer, encoder, shift=2.0,
+                               latent_space=W.wan_latent_space(dict(qwen.vae.config)))
+    assert expert.latent_space is WAN21
+    x = latent((1, 16, 3, 4, 6))
+    t = 250
+    negative = NEGATIVE if guidance > 1 else None
+    ours = expert.bind(PROMPT, negative or "", guidance)(x, t).x0
+    theirs = qwen_reference_x0(qwen, x[0].permute(1, 0, 2, 3), expert.sigma(t), guidance, negative)
+    assert (ours - theirs.permute(1, 0, 2, 3)[None]).abs().max() < ATOL
+
+
+def test_qwen_dynamic_shift():
+    config = dict(tm.qwen_scheduler().config)
+    assert abs(Q.dynamic_shift(config, Q.image_seq_len(*Q.REFERENCE_SIZE)) - 2.0) < 1e-3
+    # the pipeline's own scheduler applies this shift at that token count (its mu, its time_shift)
+    scheduler = tm.qwen_scheduler()
+    scheduler.config.shift_terminal = None
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+    seq = Q.image_seq_len(480, 832)
+    mu = calculate_shift(seq, 256, 8192, 0.5, 0.9)
+    scheduler.set_timesteps(sigmas=[0.3], mu=mu)
+    s = Q.dynamic_shift(config, seq)
+    assert abs(float(scheduler.sigmas[0]) - s * 0.3 / (1 + (s - 1) * 0.3)) < 1e-6
+
+
+# ------------------------------------------------------------------------------ families: detect / inspect
+
+def copy_folder(src, dst, edit: dict | None = None, remove: tuple = ()):
+    """A copy of a tiny folder with JSON configs edited ({relative path: {key: value}}) and entries removed."""
+    import shutil
+    shutil.copytree(src, dst)
+    for relative, changes in (edit or {}).items():
+        config = json.loads((dst / relative).read_text())
+        config.update(changes)
+        (dst / relative).write_text(json.dumps(config))
+    for relative in remove:
+        target = dst / relative
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return dst
+
+
+def test_detection(modern_dirs, tmp_path):
+    kinds = {kind: detect(modern_dirs(kind))[1] for kind in tm.BUILDERS}
+    assert kinds == {"wan21": W.WAN_FOLDER, "wan22_a14b": W.WAN_FOLDER, "wan22_ti2v": W.WAN_FOLDER,
+                     "qwen_image": Q.QWEN_FOLDER}
+    i2v = copy_folder(modern_dirs("wan21"), tmp_path / "i2v",
+                      {"model_index.json": {"_class_name": "WanImageToVideoPipeline"}})
+    assert detect(i2v)[1] == W.WAN_UNSUPPORTED
+    with pytest.raises(ValueError, match=r"control expert \(.*i2v\).*image-to-video.*cannot serve as the control"):
+        load_experts(control=i2v, spatial=modern_dirs("qwen_image"))
+
+
+def test_qwen_image_is_refused_as_temporal_expert(modern_dirs):
+    qwen = modern_dirs("qwen_image")
+    with pytest.raises(ValueError, match=rf"temporal expert \({qwen}\).*spatial expert only.*cannot serve as the "
+                                         r"temporal expert; accepted: .*Wan"):
+        load_experts(control=modern_dirs("wan21"), spatial=qwen, temporal=qwen)
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("no transformer config", FileNotFoundError, r"control expert \(.*\): .* lacks transformer/config.json, which "
+                                                 r"holds the Wan transformer config"),
+    ("text width", ValueError, r"control expert \(.*\): its UMT5 text encoder makes 48-wide embeddings .* text_dim "
+                               r"is 32; use the text encoder of the same Wan release"),
+    ("no boundary", ValueError, r"has transformer_2/ but model_index.json sets no boundary_ratio.*add "
+                                r"\"boundary_ratio\": 0.875"),
+    ("image-to-video", ValueError, r"image-to-video Wan transformer .*use a Wan T2V folder"),
+    ("vae channels", ValueError, r"transformer takes 16-channel latents but its VAE makes 48 .*one Wan release"),
+    ("bad shift", ValueError, r"control expert \(.*\): flow shift must be a positive number"),
+])
+def test_wan_inspection_errors(modern_dirs, tmp_path, case, error, match):
+    wan21, a14b = modern_dirs("wan21"), modern_dirs("wan22_a14b")
+    options = {}
+    if case == "no transformer config":
+        folder = copy_folder(wan21, tmp_path / "w", remove=("transformer/config.json",))
+    elif case == "text width":
+        folder = copy_folder(wan21, tmp_path / "w", {"text_encoder/config.json": {"d_model": 48}})
+    elif case == "no boundary":
+        folder = copy_folder(a14b, tmp_path / "w", {"model_index.json": {"boundary_ratio": None}})
+    elif case == "image-to-video":
+        folder = copy_folder(wan21, tmp_path / "w", {"transformer/config.json": {"in_channels": 36}})
+    elif case == "vae channels":
+        folder = copy_folder(wan21, tmp_path / "w", {"vae/config.json": json.loads(
+            (modern_dirs("wan22_ti2v") / "vae" / "config.json").read_text())})
+    else:
+        folder, options = wan21, {"flow_shift": -1}
+    with pytest.raises(error, match=match):
+        registry.inspect_all({"control": folder}, Context(options=options))
+
+
+def test_qwen_inspection_errors(modern_dirs, tmp_path):
+    folder = copy_folder(modern_dirs("qwen_image"), tmp_path / "q",
+                         {"text_encoder/config.json": {"text_config": {"hidden_size": 64}}})
+    with pytest.raises(ValueError, match=r"spatial expert \(.*\): its Qwen2.5-VL text encoder makes 64-wide .* "
+                                         r"joint_attention_dim is 32"):
+        registry.inspect_all({"spatial": folder}, Context())
+    with pytest.raises(ValueError, match="image_mode='frames': choose one of"):
+        registry.inspect_all({"spatial": modern_dirs("qwen_image")}, Context(options={"image_mode": "frames"}))
+
+
+def test_inspection_reads_shift_space_and_boundary(modern_dirs):
+    found = registry.inspect_all({"control": modern_dirs("wan22_a14b"), "temporal": modern_dirs("wan21"),
+                                  "spatial": modern_dirs("qwen_image")}, Context())
+    assert found["control"].facts["boundary"] == tm.A14B_BOUNDARY and found["control"].facts["shift"] == tm.A14B_SHIFT
+    assert found["temporal"].facts["shift"] == tm.WAN21_SHIFT
+    assert abs(found["spatial"].facts["shift"] - 2.0) < 1e-3          # Qwen-Image's dynamic shift at 1024x1024
+    assert {ins.latent_space for ins in found.values()} == {WAN21}
+    qwen = {"spatial": modern_dirs("qwen_image")}
+    pixel = registry.inspect_all(qwen, Context(options={"image_mode": "pixel_frames"}))["spatial"]
+    assert pixel.latent_space == WAN21.per_frame()
+    assert registry.inspect_all(qwen, Context(options={"flow_shift": {"spatial": 3.1}}))["spatial"].facts["shift"] == 3.1
+    ti2v = registry.inspect_all({"temporal": modern_dirs("wan22_ti2v")}, Context())["temporal"]
+    assert ti2v.latent_space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD) and ti2v.facts["expand_timesteps"]
+
+
+# ---------------------------------------------------------------------------------- families: loading
+
+@pytest.fixture(scope="module")
+def loaded(modern_dirs):
+    return load_experts(control=modern_dirs("wan22_a14b"), spatial=modern_dirs("qwen_image"),
+                        temporal=modern_dirs("wan21"), options={"pair_guidance": (5.0, 2.0)})
+
+
+def test_loaded_experts(pipes, loaded):
+    a14b = pipes("wan22_a14b")
+    wan21 = pipes("wan21")
+    control, spatial, temporal = loaded["control"], loaded["spatial"], loaded["temporal"]
+    assert isinstance(control, ExpertPair) and control.boundary == tm.A14B_BOUNDARY
+    assert control.guidance == (5.0, 2.0) and control.high.shift == tm.A14B_SHIFT
+    assert [m["shift"] for m in control.describe()["members"]] == [tm.A14B_SHIFT] * 2
+    assert isinstance(temporal, W.WanExpert) and temporal.layout == "video"
+    assert isinstance(spatial, Q.QwenImageExpert) and spatial.layout == "frames"
+    assert spatial.codec is temporal.codec and isinstance(spatial.codec, W.WanVAECodec)   # one space, one VAE
+    # loaded from the folders, they compute what the pipelines compute
+    x = latent((1, 16, 2, 4, 4))
+    theirs = wan_reference_x0(wan21, x, 400, tm.WAN21_SHIFT, 3.0, negative=NEGATIVE)
+    assert (temporal.bind(PROMPT, NEGATIVE, 3.0)(x, 400).x0 - theirs).abs().max() < ATOL
+    theirs = wan_reference_x0(a14b, x, 950, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
+    assert (control.bind(PROMPT, NEGATIVE, 5.0)(x, 950).x0 - theirs).abs().max() < ATOL
+    pixels = loaded.decode(latent((1, 16, 3, 4, 4)))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1, 9, 32, 32, 3)
+
+
+def test_pixel_frames_mode(modern_dirs):
+    experts = load_experts(control=modern_dirs("wan21"), spatial=modern_dirs("wan21"), temporal=modern_dirs("wan21"),
+                           options={"image_mode": "pixel_frames"})
+    spatial, temporal = experts["spatial"], experts["temporal"]
+    assert isinstance(spatial, W.WanImageExpert) and spatial.latent_space == WAN21.per_frame()
+    assert isinstance(spatial.codec, PerFrameCodec) and spatial.codec.space == WAN21.per_frame()
+    assert temporal.codec.space is WAN21 and temporal.latent_space is WAN21
+    assert spatial.transformer is temporal.transformer           # one folder, loaded once
+
+
+@pytest.mark.parametrize("spatial_kind", ["qwen_image", "wan21"])
+def test_chain_runs_with_tiny_modern_experts(loaded, modern_dirs, spatial_kind):
+    """Wan 2.2 A14B control + Wan 2.1 temporal + Qwen-Image (or Wan at one frame) spatial, one latent space."""
+    experts = loaded if spatial_kind == "qwen_image" else load_experts(
+        control=modern_dirs("wan22_a14b"), spatial=modern_dirs("wan21"), temporal=modern_dirs("wan21"))
+    log = EvaluationLog()
+    control = experts["control"].bind(PROMPT, NEGATIVE, 4.0, log)
+    spatial = experts["spatial"].bind(PROMPT, NEGATIVE, 4.0, log)
+    temporal = experts["temporal"].bind(PROMPT, log=log)
+    WAN21.check_pixel_frames(9)
+    noise = latent(WAN21.latent_shape(1, 9, 32, 48), seed=5)
+    config = ChainConfig(control_steps=2, refine_steps=2, te=100)
+    result = run_chain(control, spatial, temporal, noise, config, torch.Generator().manual_seed(0))
+    assert result.latent.shape == (1, 16, 3, 4, 6) and torch.isfinite(result.latent).all()
+    assert torch.isfinite(result.structure).all() and not torch.equal(result.latent, result.structure)
+    assert log.as_dict()["evaluations"] == {"control": 2, "refine": 6}
+    if spatial_kind == "qwen_image":
+        frames = experts.decode(result.latent)
+        assert frames.shape == (1, 9, 32, 48, 3)
