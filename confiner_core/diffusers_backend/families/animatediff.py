@@ -29,7 +29,7 @@ from ... import schedules as S
 from ..experts import MotionExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
-from .sd15 import SD15, is_sd_folder
+from .sd15 import SD15
 
 ANIMATEDIFF_FOLDER = "animatediff"
 MOTION_FOLDER = "motion-folder"

@@ -92,7 +92,7 @@ class SD15(Family):
             if not any(k.startswith(prefix) for k in header):
                 raise ValueError(f"{who}: the checkpoint holds no {what} weights ({prefix}*); use a full "
                                  f"checkpoint (UNet, VAE and text encoder in one file) or the diffusers folder")
-        fix = f"pass base= a diffusers folder of this checkpoint's model family"
+        fix = "pass base= a diffusers folder of this checkpoint's model family"
         conv_in = _first(header, UNET_KEYS, "input_blocks.0.0.weight")
         cross = _first(header, UNET_KEYS, "attn2.to_k.weight")
         text = _first(header, TEXT_KEYS, "final_layer_norm.weight") or _first(header, TEXT_KEYS, "ln_final.weight")

@@ -50,7 +50,7 @@ class SDXL(Family):
         facts = U.read_unet_folder(path, who, text_encoders=ENCODERS, tokenizers=TOKENIZERS)
         unet, (te1, te2) = facts["unet"], facts["text_encoders"]
         U.check_text_width(who, U.text_width(te1) + U.text_width(te2), unet,
-                           f"its two text encoders ({U.text_width(te1)} + {U.text_width(te2)} wide) together")
+                           f"its pair of text encoders ({U.text_width(te1)} + {U.text_width(te2)})")
         if unet.get("addition_embed_type") != "text_time":
             raise ValueError(f"{who}: its UNet has addition_embed_type {unet.get('addition_embed_type')!r}, not SDXL's "
                              f"'text_time'; use an SDXL base pipeline folder")
