@@ -60,6 +60,9 @@ def paths(tmp_path_factory):
     shutil.copytree(p["sd"], p["sd_plus_adapter"])
     shutil.copytree(p["adapter"], p["sd_plus_adapter"] / "motion_adapter")
     p["sdxl"] = T.save_sdxl(root / "sdxl")
+    p["sdxl_file"] = T.write_sdxl_checkpoint(p["sdxl"], root / "sdxl_single.safetensors")
+    p["sdxl_configs"] = root / "sdxl_configs"       # configs and tokenizers only
+    shutil.copytree(p["sdxl"], p["sdxl_configs"], ignore=shutil.ignore_patterns("*.safetensors"))
     return p
 
 
@@ -88,7 +91,7 @@ def direct_embeddings(expert, prompt):
 def test_detects_every_path_kind(paths, tmp_path):
     kinds = {"sd": "sd-folder", "ad": "animatediff", "t2v": "t2v-folder", "adapter": "motion-folder",
              "mm_diffusers": "motion-file", "mm_original": "motion-file", "sd_file": "sd-file",
-             "sd_plus_adapter": "animatediff", "sdxl": "sdxl-folder"}
+             "sd_plus_adapter": "animatediff", "sdxl": "sdxl-folder", "sdxl_file": "sdxl-file"}
     assert {k: detect_kind(paths[k]) for k in kinds} == kinds
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"")
@@ -420,6 +423,15 @@ BAD_INPUTS = {
     "single file without base": (lambda p, d: {"spatial": p["sd_file"]}, ValueError,
                                  r"spatial expert \(.*sd_single\.safetensors\): a single-file SD checkpoint needs "
                                  r"base="),
+    "SDXL file without base": (lambda p, d: {"spatial": p["sdxl_file"]}, ValueError,
+                               r"spatial expert \(.*sdxl_single\.safetensors\): a single-file SDXL checkpoint needs "
+                               r"base=<local diffusers SDXL folder>"),
+    "SDXL file on an SD 1.5 base": (lambda p, d: {"spatial": p["sdxl_file"], "base": p["sd_configs"]}, ValueError,
+                                    r"spatial expert \(.*sdxl_single\.safetensors\): base=.*sd_configs is not a "
+                                    r"diffusers SDXL folder"),
+    "SD file on an SDXL base": (lambda p, d: {"spatial": p["sd_file"], "base": p["sdxl_configs"]}, ValueError,
+                                r"spatial expert \(.*sd_single\.safetensors\): base=.*sdxl_configs is not a "
+                                r"diffusers SD 1.5 folder"),
     "single file on a foreign base": (_file_on_a_foreign_base, ValueError,
                                       r"spatial expert \(.*sd_single\.safetensors\): the checkpoint's UNet attends "
                                       r"to 32-wide text but base's unet/config.json has cross_attention_dim 48"),
@@ -591,6 +603,19 @@ def test_one_evaluation_equals_the_familys_diffusers_pipeline(paths, loaded, mot
     x = canonical()
     ours = pick(loaded, motion_on_base, paths).bind("a cat", "the dog", CFG).raw(x, T_FLOAT)
     torch.testing.assert_close(ours, reference(paths, x), rtol=1e-5, atol=1e-5)
+
+
+def test_sdxl_single_file_loads_the_same_weights_and_evaluates_the_same(paths, bridged):
+    from_file = load_experts(control=paths["ad"], spatial=paths["sdxl_file"], base=paths["sdxl_configs"])
+    ours, folder = from_file["spatial"], bridged["spatial"]
+    assert isinstance(ours, SDXLExpert) and ours.latent_space == SDXL
+    assert_same_weights(ours.unet, folder.unet)
+    for a, b in zip(ours.prompt_encoder.text_encoders, folder.prompt_encoder.text_encoders):
+        assert_same_weights(a, b)   # the OpenCLIP layout of the second encoder converted back exactly
+    assert_same_weights(from_file.codec.vae, bridged.codec.vae)
+    x = canonical()
+    torch.testing.assert_close(ours.bind("a cat", "the dog", CFG).raw(x, 500), folder.bind("a cat", "the dog", CFG).raw(x, 500),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("negative", [None, "the dog"])

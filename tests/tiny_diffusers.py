@@ -221,15 +221,59 @@ def _animatediff_original_key(key: str) -> str:
 def write_sd_checkpoint(sd_dir: Path, path: Path) -> Path:
     """The SD pipeline at ``sd_dir`` as one original-layout checkpoint (model.diffusion_model.*,
     first_stage_model.*, cond_stage_model.transformer.text_model.*), like v1-5-pruned-emaonly.safetensors."""
-    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(sd_dir, subfolder="vae", local_files_only=True)
     text = CLIPTextModel.from_pretrained(sd_dir, subfolder="text_encoder", local_files_only=True)
-    state = {}
-    state.update({"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet).items()})
+    return _write_ldm_checkpoint(sd_dir, path, {"cond_stage_model.transformer.text_model.": text.state_dict()})
+
+
+def write_sdxl_checkpoint(sdxl_dir: Path, path: Path) -> Path:
+    """The SDXL pipeline at ``sdxl_dir`` as one original-layout checkpoint (model.diffusion_model.* with
+    label_emb, first_stage_model.*, conditioner.embedders.0.transformer.text_model.* for CLIP-L and
+    conditioner.embedders.1.model.* in OpenCLIP's layout for the second encoder), like sd_xl_base_1.0.safetensors
+    or an Illustrious checkpoint."""
+    text = CLIPTextModel.from_pretrained(sdxl_dir, subfolder="text_encoder", local_files_only=True)
+    text_2 = CLIPTextModelWithProjection.from_pretrained(sdxl_dir, subfolder="text_encoder_2", local_files_only=True)
+    return _write_ldm_checkpoint(sdxl_dir, path, {"conditioner.embedders.0.transformer.text_model.": text.state_dict(),
+                                                  "conditioner.embedders.1.model.": open_clip_to_ldm(text_2)})
+
+
+def _write_ldm_checkpoint(folder: Path, path: Path, text_parts: dict) -> Path:
+    """The folder's UNet and VAE in the original layout plus ``text_parts`` (key prefix -> state), as one file."""
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    state = {"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet).items()}
     state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae).items()})
-    state.update({"cond_stage_model.transformer.text_model." + k: v for k, v in text.state_dict().items()})
+    for prefix, part in text_parts.items():
+        state.update({prefix + k: v for k, v in part.items()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return Path(path)
+
+
+_OPEN_CLIP_LAYER = {"self_attn.out_proj.": "attn.out_proj.", "layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.",
+                    "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
+
+
+def open_clip_to_ldm(text_encoder: CLIPTextModelWithProjection) -> dict:
+    """Inverse of diffusers' ``convert_open_clip_checkpoint``: q/k/v fused into ``in_proj``, the projection
+    transposed, OpenCLIP names."""
+    sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out = {"positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+           "ln_final.weight": sd.pop("final_layer_norm.weight"), "ln_final.bias": sd.pop("final_layer_norm.bias"),
+           "text_projection": sd.pop("text_projection.weight").T}
+    sd.pop("embeddings.position_ids", None)
+    for i in range(text_encoder.config.num_hidden_layers):
+        pre = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [sd.pop(f"{pre}self_attn.{p}_proj.{kind}") for p in "qkv"])
+        for key in [k for k in sd if k.startswith(pre)]:
+            rest = key[len(pre):]
+            for new, old in _OPEN_CLIP_LAYER.items():
+                rest = rest.replace(new, old)
+            out[f"transformer.resblocks.{i}.{rest}"] = sd.pop(key)
+    if sd:
+        raise KeyError(f"no OpenCLIP name for {sorted(sd)}")
+    return out
 
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
@@ -247,7 +291,7 @@ def _rename_part(rest: str, table: dict) -> str:
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict:
     """Inverse of ``convert_ldm_unet_checkpoint`` for any number of blocks and layers per block."""
     per = unet.config.layers_per_block + 1
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    fixed = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
     out = {}
     for key, value in unet.state_dict().items():
         parts = key.split(".")
