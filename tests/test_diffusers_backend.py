@@ -387,6 +387,9 @@ BAD_INPUTS = {
     "missing shard": (_missing_shard, ValueError, r"spatial expert \(.*sd_shards\): .* lacks the shard .*00002"),
     "empty folder": (lambda p, d: {"spatial": d.joinpath("empty").mkdir() or d / "empty"}, ValueError,
                      r"spatial expert \(.*empty\): no model recognised in this folder.*; accepted: "),
+    "component folder": (lambda p, d: {"temporal": p["t2v"] / "unet"}, ValueError,
+                         r"temporal expert \(.*t2v/unet\): this is one component of the pipeline folder .*t2v; pass "
+                         r"that folder"),
     "unknown single file": (_unknown_file, ValueError,
                             r"control expert \(.*unknown\.safetensors\): no model recognised in this file"),
     "folder without weights": (lambda p, d: {"temporal": copy_without(p["t2v"], d / "t2v_empty", "*.safetensors")},
@@ -475,6 +478,8 @@ def test_the_load_counter_sees_a_real_load(paths, weight_loads):
     assert weight_loads["ModelMixin.from_pretrained"] >= 2 and weight_loads["PreTrainedModel.from_pretrained"] >= 1
     assert weight_loads["safetensors.load_file"] == 1 and weight_loads["animatediff.load"] == 1
     assert weight_loads["sd15.load"] == 1 and weight_loads["sd15.load_codec"] == 1
+    load_experts(control=paths["ad"], spatial=paths["sd_file"], base=paths["sd_configs"])
+    assert weight_loads["FromSingleFileMixin.from_single_file"] == 1
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

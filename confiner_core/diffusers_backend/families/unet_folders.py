@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ModelMixin
 
-from ...latent_spaces import SD15, SDXL, LatentSpace
+from ...latent_spaces import FLUX, SD15, SDXL, LatentSpace
 from ..text import PromptEncoder
 from ..vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec, latent_space_of_vae
 from . import files
 from .base import Context, Inspection
 
-#: the image-VAE latent spaces the UNet families are trained in
-KNOWN_SPACES = (SD15, SDXL)
+#: the image-VAE latent spaces a VAE config is recognised as (by channels, spatial factor and normalisation)
+KNOWN_SPACES = (SD15, SDXL, FLUX)
 SD_VAE_CONFIG = {"latent_channels": 4, "scaling_factor": 0.18215, "block_out_channels": (128, 256, 512, 512)}
 
 
