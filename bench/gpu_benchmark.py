@@ -53,7 +53,8 @@ from confiner_core.chain import ChainConfig, generate_structure, refine_structur
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
 from confiner_core.diffusers_backend.speed import COMPILE_SCOPES, EAGER, FAST, SpeedSettings, apply_speed_settings  # noqa: E402
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
-from confiner_core.diffusers_backend.vae import VideoDecoder  # noqa: E402
+from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
+from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.sampling import randn_like, sample_control  # noqa: E402
@@ -318,8 +319,12 @@ class Bench:
             "ms": UNet3DExpert(m["ms"], enc_h, dict(SD_SCHED), "modelscope"),
             "ad": MotionExpert(m["ad_temporal"], enc_l, dict(AD_SCHED), "animatediff-v3"),
         }
-        self.decoder = VideoDecoder(m["vae"], chunk_frames=args.decode_chunk)
+        self.codec = AutoencoderKLCodec(m["vae"], SD15, chunk_frames=args.decode_chunk)
         self.h = args.size // 8
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec)."""
+        return to_uint8(self.codec.decode(latent)).cpu()
 
     def speed_up(self, settings: SpeedSettings) -> dict:
         """The same settings for every UNet and the VAE decoder: ConFiner and the baselines alike."""
@@ -348,7 +353,7 @@ class Bench:
         with log.stage("refine"):
             latent = refine_structure(spatial, temp, structure, config, generator)
         residency.use("vae")
-        self.decoder.decode(latent)
+        self.decode(latent)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # Baselines -------------------------------------------------------------------------------------------------
@@ -361,7 +366,7 @@ class Bench:
         with log.stage("sampling"):
             latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
         residency.use("vae")
-        self.decoder.decode(latent)
+        self.decode(latent)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # ConFiner-Long ---------------------------------------------------------------------------------------------
@@ -373,7 +378,7 @@ class Bench:
         temp = self.experts["ms"].bind(PROMPT, NEGATIVE, 7.5, log)
         plan = plan_segments(frames, 16, True)
         generate_long(control, spatial, temp, plan, (1, 4, self.h, self.h), ChainConfig(), LongConfig(),
-                      torch.Generator().manual_seed(0), lambda x, w: self.decoder.decode(x[:, :, :plan.window_frames(w)]),
+                      torch.Generator().manual_seed(0), lambda x, w: self.decode(x[:, :, :plan.window_frames(w)]),
                       device=self.device)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 

@@ -1,18 +1,33 @@
-"""The diffusers backend on tiny random experts of all three families (CPU, offline; see tiny_diffusers.py)."""
+"""The diffusers backend on tiny random experts of every family (CPU, offline; see tiny_diffusers.py).
 
+Each family's expert evaluation is checked against the family's own diffusers pipeline (its ``encode_prompt`` and
+its UNet, loaded independently), and every bad input is refused before any weights load (counted)."""
+
+import json
 import shutil
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
+from diffusers import (AnimateDiffPipeline, AutoencoderKL, ModelMixin, MotionAdapter, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, TextToVideoSDPipeline)
+from diffusers.loaders.single_file import FromSingleFileMixin
 from diffusers.utils import logging as diffusers_logging
+from einops import rearrange
+from safetensors.torch import save_file
+from transformers import PreTrainedModel
 
 import tiny_diffusers as T
 from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, run_chain
-from confiner_core.diffusers_backend import (FrameExpert, MotionExpert, PromptEncoder, SpeedSettings, UNet3DExpert,
-                                             detect_kind, infer_motion_config, load_experts, load_motion_file)
+from confiner_core.diffusers_backend import (FAMILIES, AutoencoderKLCodec, FrameExpert, MotionExpert, PromptEncoder,
+                                             SDXLExpert, SpeedSettings, UNet3DExpert, detect_kind,
+                                             infer_motion_config, load_experts, load_motion_file)
+from confiner_core.diffusers_backend.families import animatediff as animatediff_family
 from confiner_core.diffusers_backend.text import final_layer_norm
 from confiner_core.experts import EvaluationLog
+from confiner_core.latent_spaces import SD15, SDXL, bridge
 
 diffusers_logging.disable_progress_bar()
 
@@ -44,6 +59,10 @@ def paths(tmp_path_factory):
     p["sd_plus_adapter"] = root / "sd_plus_adapter"  # AnimateDiff folder variant: 2D UNet + motion_adapter/
     shutil.copytree(p["sd"], p["sd_plus_adapter"])
     shutil.copytree(p["adapter"], p["sd_plus_adapter"] / "motion_adapter")
+    p["sdxl"] = T.save_sdxl(root / "sdxl")
+    p["sdxl_file"] = T.write_sdxl_checkpoint(p["sdxl"], root / "sdxl_single.safetensors")
+    p["sdxl_configs"] = root / "sdxl_configs"       # configs and tokenizers only
+    shutil.copytree(p["sdxl"], p["sdxl_configs"], ignore=shutil.ignore_patterns("*.safetensors"))
     return p
 
 
@@ -72,7 +91,7 @@ def direct_embeddings(expert, prompt):
 def test_detects_every_path_kind(paths, tmp_path):
     kinds = {"sd": "sd-folder", "ad": "animatediff", "t2v": "t2v-folder", "adapter": "motion-folder",
              "mm_diffusers": "motion-file", "mm_original": "motion-file", "sd_file": "sd-file",
-             "sd_plus_adapter": "animatediff"}
+             "sd_plus_adapter": "animatediff", "sdxl": "sdxl-folder", "sdxl_file": "sdxl-file"}
     assert {k: detect_kind(paths[k]) for k in kinds} == kinds
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"")
@@ -91,6 +110,9 @@ def test_loaded_experts_have_their_families_attributes(loaded, paths):
     assert float(spatial.schedule.alphas_cumprod[999]) == pytest.approx(0.00466, abs=1e-5)
     assert {e.latent_space.name for e in loaded.experts.values()} == {"sd15"}
     assert control.describe()["source"] == str(paths["ad"])
+    # one latent space: one VAE (the spatial expert's) serves every expert and decodes the video
+    assert all(e.codec is loaded.codec for e in loaded.experts.values())
+    assert isinstance(loaded.codec, AutoencoderKLCodec) and loaded.codec.space == SD15
 
 
 # ------------------------------------------------------------------------------------- (a), (b): forward
@@ -254,29 +276,376 @@ def test_fp16_variant_weights_are_found(paths, tmp_path):
     assert isinstance(temporal, UNet3DExpert) and temporal.prompt_encoder.width == T.T2V_WIDTH
 
 
-# ----------------------------------------------------------------------------------- (f): mismatches
+# ------------------------------------------------------------------ (f): bad inputs, refused before loading
 
-MISMATCHES = {
-    "8 latent channels": (lambda d: {"temporal": T.save_t2v(d / "t2v8", in_channels=8)},
+def copy_without(src, dst, *patterns):
+    return shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*patterns) if patterns else None)
+
+
+def truncate(file, keep: float = 0.5):
+    file = Path(file)
+    data = file.read_bytes()
+    file.write_bytes(data[:int(len(data) * keep)])
+    return file
+
+
+def edit_json(file, **changes):
+    file.write_text(json.dumps({**json.loads(file.read_text()), **changes}))
+
+
+def sd_with_vae(d, scaling):
+    return T.save_sd(d / f"sd_vae_{scaling}", vae_scaling=scaling)
+
+
+def _pickle_folder(p, d):
+    folder = copy_without(p["sd"], d / "sd_pickle")
+    for w in (folder / "unet").glob("*.safetensors"):
+        w.rename(w.with_suffix(".bin"))
+    return {"spatial": folder}
+
+
+def _truncated_folder(p, d):
+    folder = copy_without(p["t2v"], d / "t2v_cut")
+    truncate(next((folder / "unet").glob("*.safetensors")))
+    return {"temporal": folder}
+
+
+def _missing_shard(p, d):
+    folder = copy_without(p["sd"], d / "sd_shards")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"conv_in.weight": "diffusion_pytorch_model-00002-of-00002.safetensors"}}))
+    return {"spatial": folder}
+
+
+def _corrupt_header(p, d):
+    (d / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
+    return {"control": d / "garbage.safetensors"}
+
+
+def _unknown_file(p, d):
+    save_file({"weight": torch.zeros(2, 2)}, str(d / "unknown.safetensors"))
+    return {"control": d / "unknown.safetensors"}
+
+
+def _bad_config(p, d):
+    folder = copy_without(p["sd"], d / "sd_badjson")
+    (folder / "text_encoder" / "config.json").write_text("{ truncated")
+    return {"spatial": folder}
+
+
+def _refiner(p, d):
+    folder = copy_without(p["sdxl"], d / "sdxl_refiner")
+    edit_json(folder / "model_index.json", requires_aesthetics_score=True)
+    return {"spatial": folder}
+
+
+def _file_on_a_foreign_base(p, d):
+    base = copy_without(p["sd_configs"], d / "configs_48")
+    edit_json(base / "unet" / "config.json", cross_attention_dim=48)
+    return {"spatial": p["sd_file"], "base": base}
+
+
+def _motion_config_mismatch(p, d):
+    config = T.save_motion_adapter(d / "adapter2", T.tiny_motion_adapter(layers_per_block=2))
+    return {"control": p["mm_diffusers"], "motion_config": config}
+
+
+def _spaces_without_vaes(p, d):
+    return {"spatial": sd_with_vae(d, 0.13025), "control": copy_without(p["ad"], d / "ad_novae", "vae"),
+            "temporal": copy_without(p["t2v"], d / "t2v_novae", "vae")}
+
+
+def _nothing_to_decode(p, d):
+    spatial = copy_without(p["sd"], d / "sd_novae")
+    for w in (spatial / "vae").glob("*.safetensors"):   # vae/config.json stays: the space is known, no weights
+        w.unlink()
+    return {"spatial": spatial, "control": copy_without(p["ad"], d / "ad_novae", "vae"), "temporal": None}
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+# case -> (inputs replacing the valid set {control: ad, spatial: sd, temporal: t2v}, exception, message). Every
+# message names the role and the path, says what is wrong and how to fix it.
+BAD_INPUTS = {
+    "missing path": (lambda p, d: {"spatial": d / "nowhere"}, FileNotFoundError,
+                     r"spatial expert \(.*nowhere\): .*does not exist; check the path"),
+    "pickle file": (lambda p, d: {"control": write(d / "mm.ckpt", b"\x80\x02")},
+                    ValueError, r"control expert \(.*mm\.ckpt\): mm\.ckpt is a pickled checkpoint.* convert it"),
+    "pickle-only folder": (_pickle_folder, ValueError,
+                           r"spatial expert \(.*sd_pickle\): diffusion_pytorch_model\.bin is a pickled checkpoint"),
+    "other file format": (lambda p, d: {"temporal": write(d / "model.onnx", b"x")},
+                          ValueError, r"temporal expert \(.*model\.onnx\): only \.safetensors single files"),
+    "corrupt header": (_corrupt_header, ValueError,
+                       r"control expert \(.*garbage\.safetensors\): .* unreadable safetensors header; .*download"),
+    "truncated file": (lambda p, d: {"control": truncate(shutil.copy(p["mm_diffusers"], d / "mm_cut.safetensors"))},
+                       ValueError, r"control expert \(.*mm_cut\.safetensors\): .* is truncated: .*download it again"),
+    "truncated weights in a folder": (_truncated_folder, ValueError,
+                                      r"temporal expert \(.*t2v_cut\): .*unet.* is truncated"),
+    "missing shard": (_missing_shard, ValueError, r"spatial expert \(.*sd_shards\): .* lacks the shard .*00002"),
+    "empty folder": (lambda p, d: {"spatial": d.joinpath("empty").mkdir() or d / "empty"}, ValueError,
+                     r"spatial expert \(.*empty\): no model recognised in this folder.*; accepted: "),
+    "component folder": (lambda p, d: {"temporal": p["t2v"] / "unet"}, ValueError,
+                         r"temporal expert \(.*t2v/unet\): this is one component of the pipeline folder .*t2v; pass "
+                         r"that folder"),
+    "unknown single file": (_unknown_file, ValueError,
+                            r"control expert \(.*unknown\.safetensors\): no model recognised in this file"),
+    "folder without weights": (lambda p, d: {"temporal": copy_without(p["t2v"], d / "t2v_empty", "*.safetensors")},
+                               ValueError, r"temporal expert \(.*t2v_empty\): .* holds no weights \(the UNet"),
+    "corrupt config": (_bad_config, ValueError,
+                       r"spatial expert \(.*sd_badjson\): .*config\.json is not a readable JSON config.*restore"),
+    "missing tokenizer": (lambda p, d: {"spatial": copy_without(p["sd"], d / "sd_notok", "tokenizer")},
+                          FileNotFoundError, r"spatial expert \(.*sd_notok\): .*sd_notok lacks tokenizer"),
+    "8 latent channels": (lambda p, d: {"temporal": T.save_t2v(d / "t2v8", in_channels=8)}, ValueError,
                           r"temporal expert \(.*t2v8\): its UNet takes 8 latent channels"),
-    "text width": (lambda d: {"temporal": T.save_t2v(d / "t2v_w", text_width=T.SD_WIDTH)},
+    "text width": (lambda p, d: {"temporal": T.save_t2v(d / "t2v_w", text_width=T.SD_WIDTH)}, ValueError,
                    r"temporal expert \(.*t2v_w\): its text encoder produces 32-wide .* cross_attention_dim is 48"),
-    "vae scaling": (lambda d: {"spatial": T.save_sd(d / "sd_vae", vae_scaling=0.13025)},
-                    r"control expert \(.*\): its VAE scales latents by 0.18215 but the decoding VAE by 0.13025"),
-    "motion layers": (lambda d: {"control": T.write_motion_module(T.tiny_motion_adapter(layers_per_block=2),
-                                                                  d / "mm2.safetensors", original_layout=False)},
-                      r"control expert \(.*mm2.safetensors\): the motion module has \[2, 2\] layers per block"),
-    "role": (lambda d: {"spatial": T.save_t2v(d / "t2v_as_spatial")},
+    "SDXL text widths": (lambda p, d: {"spatial": T.save_sdxl(d / "sdxl_w", second_width=16)}, ValueError,
+                         r"spatial expert \(.*sdxl_w\): its pair of text encoders \(32 \+ 16\) produces 48-wide "
+                         r".*cross_attention_dim is 56"),
+    "SDXL refiner": (_refiner, ValueError, r"spatial expert \(.*sdxl_refiner\): this is an SDXL refiner"),
+    "motion layers": (lambda p, d: {"control": T.write_motion_module(T.tiny_motion_adapter(layers_per_block=2),
+                                                                     d / "mm2.safetensors", original_layout=False)},
+                      ValueError, r"control expert \(.*mm2.safetensors\): the motion module has \[2, 2\] layers per "
+                                  r"block"),
+    "motion config": (_motion_config_mismatch, ValueError,
+                      r"control expert \(.*mm_diffusers\.safetensors\): the motion module does not fit a "
+                      r"MotionAdapter .*motion_config="),
+    "motion module on SDXL": (lambda p, d: {"control": p["mm_diffusers"], "spatial": p["sdxl"]}, ValueError,
+                              r"control expert \(.*mm_diffusers\.safetensors\) is a motion module and goes on "
+                              r".*sdxl, which is not an SD 1.5 model; pass base="),
+    "role": (lambda p, d: {"spatial": T.save_t2v(d / "t2v_as_spatial")}, ValueError,
              r"spatial expert \(.*t2v_as_spatial\) is a diffusers ModelScope .* cannot serve as the spatial expert"),
+    "spaces without VAEs": (_spaces_without_vaes, ValueError,
+                            r"control expert \(.*ad_novae\) works in latent space 'sd15' and the spatial expert "
+                            r"\(.*sd_vae_0.13025\) in 'sdxl'; .* no 'sd15' expert here has VAE weights"),
+    "nothing decodes": (_nothing_to_decode, ValueError,
+                        r"spatial expert \(.*sd_novae\): no VAE weights to decode the video"),
+    "single file without base": (lambda p, d: {"spatial": p["sd_file"]}, ValueError,
+                                 r"spatial expert \(.*sd_single\.safetensors\): a single-file SD checkpoint needs "
+                                 r"base="),
+    "SDXL file without base": (lambda p, d: {"spatial": p["sdxl_file"]}, ValueError,
+                               r"spatial expert \(.*sdxl_single\.safetensors\): a single-file SDXL checkpoint needs "
+                               r"base=<local diffusers SDXL folder>"),
+    "SDXL file on an SD 1.5 base": (lambda p, d: {"spatial": p["sdxl_file"], "base": p["sd_configs"]}, ValueError,
+                                    r"spatial expert \(.*sdxl_single\.safetensors\): base=.*sd_configs is not a "
+                                    r"diffusers SDXL folder"),
+    "SD file on an SDXL base": (lambda p, d: {"spatial": p["sd_file"], "base": p["sdxl_configs"]}, ValueError,
+                                r"spatial expert \(.*sd_single\.safetensors\): base=.*sdxl_configs is not a "
+                                r"diffusers SD 1.5 folder"),
+    "single file on a foreign base": (_file_on_a_foreign_base, ValueError,
+                                      r"spatial expert \(.*sd_single\.safetensors\): the checkpoint's UNet attends "
+                                      r"to 32-wide text but base's unet/config.json has cross_attention_dim 48"),
 }
 
 
-@pytest.mark.parametrize("case", MISMATCHES)
-def test_mismatched_experts_fail_before_sampling(paths, tmp_path, case):
-    build, message = MISMATCHES[case]
-    roles = {"control": paths["ad"], "spatial": paths["sd"], "temporal": paths["t2v"], **build(tmp_path)}
-    with pytest.raises(ValueError, match=message):
-        load_experts(**roles)
+@pytest.fixture
+def weight_loads(monkeypatch):
+    """Counts every way weights can load: diffusers and transformers from_pretrained, single-file loading,
+    safetensors files read whole, and the families' own loaders."""
+    counts = Counter()
+
+    def count_classmethod(owner, name):
+        original = owner.__dict__[name].__func__
+
+        def counted(cls, *args, **kwargs):
+            counts[f"{owner.__name__}.{name}"] += 1
+            return original(cls, *args, **kwargs)
+        monkeypatch.setattr(owner, name, classmethod(counted))
+
+    def count_function(owner, name, label):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            counts[label] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, counted)
+
+    count_classmethod(ModelMixin, "from_pretrained")
+    count_classmethod(PreTrainedModel, "from_pretrained")
+    count_classmethod(FromSingleFileMixin, "from_single_file")
+    count_function(animatediff_family, "load_file", "safetensors.load_file")
+    for family in FAMILIES:
+        count_function(family, "load", f"{family.name}.load")
+        count_function(family, "load_codec", f"{family.name}.load_codec")
+    return counts
+
+
+def test_the_load_counter_sees_a_real_load(paths, weight_loads):
+    load_experts(control=paths["mm_diffusers"], spatial=paths["sd"])
+    assert weight_loads["ModelMixin.from_pretrained"] >= 2 and weight_loads["PreTrainedModel.from_pretrained"] >= 1
+    assert weight_loads["safetensors.load_file"] == 1 and weight_loads["animatediff.load"] == 1
+    assert weight_loads["sd15.load"] == 1 and weight_loads["sd15.load_codec"] == 1
+    load_experts(control=paths["ad"], spatial=paths["sd_file"], base=paths["sd_configs"])
+    assert weight_loads["FromSingleFileMixin.from_single_file"] == 1
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_are_refused_before_any_weights_load(paths, tmp_path, weight_loads, case):
+    build, error, message = BAD_INPUTS[case]
+    inputs = {"control": paths["ad"], "spatial": paths["sd"], "temporal": paths["t2v"], **build(paths, tmp_path)}
+    with pytest.raises(error, match=message):
+        load_experts(**inputs)
+    assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"
+
+
+# ------------------------------------------------------------------------- (g): bridged latent spaces
+
+@pytest.fixture(scope="module")
+def bridged(paths):
+    """SDXL spatial expert (its own latent space and VAE) with SD-space AnimateDiff and ModelScope experts."""
+    return load_experts(control=paths["ad"], spatial=paths["sdxl"], temporal=paths["t2v"])
+
+
+def test_experts_in_two_latent_spaces_get_one_codec_per_space(bridged):
+    control, spatial, temporal = (bridged[r] for r in ("control", "spatial", "temporal"))
+    assert (control.latent_space, spatial.latent_space, temporal.latent_space) == (SD15, SDXL, SD15)
+    assert spatial.codec is bridged.codec and bridged.codec.space == SDXL
+    assert control.codec is temporal.codec and temporal.codec.space == SD15   # one VAE per space, shared
+    assert bridged.inspections["spatial"].describe()["family"] == "sdxl"
+
+
+def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths, bridged):
+    sd_vae = AutoencoderKL.from_pretrained(paths["t2v"], subfolder="vae", local_files_only=True)
+    sdxl_vae = AutoencoderKL.from_pretrained(paths["sdxl"], subfolder="vae", local_files_only=True)
+    x0 = torch.randn(1, 4, 3, H, W, generator=torch.Generator().manual_seed(4))
+    crossed = bridge(x0, bridged["control"].codec, bridged["spatial"].codec)
+    with torch.no_grad():
+        pixels = sd_vae.decode(rearrange(x0, "b c f h w -> (b f) c h w") / 0.18215).sample
+        ref = sdxl_vae.encode(pixels).latent_dist.mode() * T.SDXL_SCALING
+    assert crossed.shape == x0.shape
+    torch.testing.assert_close(crossed, rearrange(ref, "(b f) c h w -> b c f h w", b=1), rtol=1e-4, atol=1e-4)
+    frames = bridged.decode(crossed)                        # the video is decoded by the SDXL VAE
+    with torch.no_grad():
+        own = sdxl_vae.decode(rearrange(crossed, "b c f h w -> (b f) c h w") / T.SDXL_SCALING).sample
+    own = ((own / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert frames.shape == (1, 3, 8 * H, 8 * W, 3) and (frames[0].int() - own.int()).abs().max() <= 1
+
+
+# --------------------------------------------------------------- (h): AnimateDiff scheduler (issue 12 item 8)
+
+def test_a_scheduler_shipped_with_an_animatediff_folder_is_respected(paths, tmp_path):
+    shipped = copy_without(paths["ad"], tmp_path / "ad_scaled")
+    edit_json(shipped / "scheduler" / "scheduler_config.json", beta_schedule="scaled_linear")
+    none = copy_without(paths["ad"], tmp_path / "ad_noscheduler", "scheduler")
+    experts = load_experts(control=shipped, spatial=paths["sd"], temporal=none)
+    sd_schedule = S.from_diffusers_config(T.sd_scheduler().config)
+    torch.testing.assert_close(experts["control"].schedule.alphas, sd_schedule.alphas)
+    animatediff = S.from_diffusers_config(T.lightning_scheduler().config)   # linear 0.00085 -> 0.012
+    torch.testing.assert_close(experts["temporal"].schedule.alphas, animatediff.alphas)
+    assert float(experts["temporal"].schedule.alphas_cumprod[999]) == pytest.approx(0.00158, abs=1e-5)
+
+
+# ----------------------------------------------- (i): one evaluation per family against its diffusers pipeline
+
+CFG = 3.0
+
+
+def cfg_combine(out: torch.Tensor, scale: float) -> torch.Tensor:
+    uncond, cond = out.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def canonical(seed=5):
+    return torch.randn(B, 4, F, H, W, generator=torch.Generator().manual_seed(seed))
+
+
+def frames_of(x):
+    return rearrange(x, "b c f h w -> (b f) c h w")
+
+
+@pytest.fixture(scope="module")
+def motion_on_base(paths):
+    # the tiny adapter has 4 heads, which leave no trace in the weights (real AnimateDiff releases have the default 8)
+    return load_experts(control=paths["mm_original"], spatial=paths["sd"], motion_config=paths["adapter"])["control"]
+
+
+@torch.no_grad()
+def reference_sd(paths, x):
+    pipe = StableDiffusionPipeline.from_pretrained(paths["sd"], safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    pos, neg = pipe.encode_prompt("a cat", "cpu", 1, True, negative_prompt="the dog")
+    n = B * F
+    out = pipe.unet(torch.cat([frames_of(x)] * 2), T_FLOAT,
+                    encoder_hidden_states=torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)])).sample
+    return rearrange(cfg_combine(out, CFG), "(b f) c h w -> b c f h w", b=B)
+
+
+@torch.no_grad()
+def reference_animatediff(pipe, x):
+    pos, neg = pipe.encode_prompt("a cat", "cpu", 1, True, negative_prompt="the dog")
+    context = torch.cat([neg.expand(B, -1, -1), pos.expand(B, -1, -1)]).repeat_interleave(F, dim=0)
+    return cfg_combine(pipe.unet(torch.cat([x, x]), T_FLOAT, encoder_hidden_states=context).sample, CFG)
+
+
+@torch.no_grad()
+def reference_modelscope(paths, x):
+    pipe = TextToVideoSDPipeline.from_pretrained(paths["t2v"], local_files_only=True)
+    pos, neg = pipe.encode_prompt("a cat", "cpu", 1, True, negative_prompt="the dog")
+    context = torch.cat([neg.expand(B, -1, -1), pos.expand(B, -1, -1)])
+    return cfg_combine(pipe.unet(torch.cat([x, x]), T_FLOAT, encoder_hidden_states=context).sample, CFG)
+
+
+FAMILY_REFERENCES = {
+    "sd15 folder": (lambda loaded, motion, paths: loaded["spatial"], reference_sd),
+    "animatediff folder": (lambda loaded, motion, paths: loaded["control"],
+                           lambda paths, x: reference_animatediff(
+                               AnimateDiffPipeline.from_pretrained(paths["ad"], local_files_only=True), x)),
+    "motion module on sd15": (lambda loaded, motion, paths: motion,
+                              lambda paths, x: reference_animatediff(AnimateDiffPipeline.from_pretrained(
+                                  paths["sd"], local_files_only=True,
+                                  motion_adapter=MotionAdapter.from_pretrained(paths["adapter"],
+                                                                               local_files_only=True)), x)),
+    "modelscope": (lambda loaded, motion, paths: loaded["temporal"], reference_modelscope),
+}
+
+
+@pytest.mark.parametrize("family", FAMILY_REFERENCES)
+def test_one_evaluation_equals_the_familys_diffusers_pipeline(paths, loaded, motion_on_base, family):
+    pick, reference = FAMILY_REFERENCES[family]
+    x = canonical()
+    ours = pick(loaded, motion_on_base, paths).bind("a cat", "the dog", CFG).raw(x, T_FLOAT)
+    torch.testing.assert_close(ours, reference(paths, x), rtol=1e-5, atol=1e-5)
+
+
+def test_sdxl_single_file_loads_the_same_weights_and_evaluates_the_same(paths, bridged):
+    from_file = load_experts(control=paths["ad"], spatial=paths["sdxl_file"], base=paths["sdxl_configs"])
+    ours, folder = from_file["spatial"], bridged["spatial"]
+    assert isinstance(ours, SDXLExpert) and ours.latent_space == SDXL
+    assert_same_weights(ours.unet, folder.unet)
+    for a, b in zip(ours.prompt_encoder.text_encoders, folder.prompt_encoder.text_encoders):
+        assert_same_weights(a, b)   # the OpenCLIP layout of the second encoder converted back exactly
+    assert_same_weights(from_file.codec.vae, bridged.codec.vae)
+    x = canonical()
+    torch.testing.assert_close(ours.bind("a cat", "the dog", CFG).raw(x, 500), folder.bind("a cat", "the dog", CFG).raw(x, 500),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("negative", [None, "the dog"])
+def test_one_sdxl_evaluation_equals_the_sdxl_pipeline(paths, bridged, negative):
+    """SDXL: both encoders' penultimate layers, the pooled projection, six time ids; with no negative prompt the
+    pipeline zeroes the unconditional embeddings (force_zeros_for_empty_prompt), as the expert does for ""."""
+    spatial = bridged["spatial"]
+    assert isinstance(spatial, SDXLExpert) and spatial.prompt_encoder.width == sum(T.SDXL_WIDTHS)
+    x = canonical()
+    ours = spatial.bind("a cat", negative or "", CFG).raw(x, T_FLOAT)
+    pipe = StableDiffusionXLPipeline.from_pretrained(paths["sdxl"], local_files_only=True)
+    with torch.no_grad():
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt("a cat", device="cpu", num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=True, negative_prompt=negative)
+        time_ids = pipe._get_add_time_ids((8 * H, 8 * W), (0, 0), (8 * H, 8 * W), pos.dtype,
+                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        n = B * F
+        out = pipe.unet(torch.cat([frames_of(x)] * 2), T_FLOAT,
+                        encoder_hidden_states=torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)]),
+                        added_cond_kwargs={"text_embeds": torch.cat([neg_pooled.expand(n, -1), pooled.expand(n, -1)]),
+                                           "time_ids": time_ids.repeat(2 * n, 1)}).sample
+    if negative is None:
+        assert neg.abs().sum() == 0
+    ref = rearrange(cfg_combine(out, CFG), "(b f) c h w -> b c f h w", b=B)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- text and VAE

@@ -12,14 +12,19 @@ from pathlib import Path
 
 import torch
 from diffusers import (AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, MotionAdapter,
-                       StableDiffusionPipeline, TextToVideoSDPipeline, UNet2DConditionModel, UNet3DConditionModel)
+                       StableDiffusionPipeline, StableDiffusionXLPipeline, TextToVideoSDPipeline, UNet2DConditionModel,
+                       UNet3DConditionModel)
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 SEED = 0
 SD_WIDTH = 32       # SD-style text width (the real SD 1.5 uses 768)
 T2V_WIDTH = 48      # ModelScope-style text width (the real one uses 1024): routing bugs surface as shape errors
+SDXL_WIDTHS = (32, 24)   # SDXL's two encoders (the real ones: CLIP-L 768 + OpenCLIP-bigG 1280 = 2048)
+SDXL_POOLED = 16         # the second encoder's projection (real: 1280)
+SDXL_TIME_DIM = 8        # addition_time_embed_dim (real: 256)
+SDXL_SCALING = 0.13025
 MERGE_WORDS = ("cat", "dog", "the")
 
 
@@ -52,12 +57,22 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def _text_config(width: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(byte_bpe_vocab()[0]), hidden_size=width, intermediate_size=37,
+                          num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
+                          bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_act="quick_gelu", **extra)
+
+
 def tiny_text_encoder(width: int = SD_WIDTH) -> CLIPTextModel:
     torch.manual_seed(SEED)
-    config = CLIPTextConfig(vocab_size=len(byte_bpe_vocab()[0]), hidden_size=width, intermediate_size=37,
-                            num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
-                            bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_act="quick_gelu")
-    return CLIPTextModel(config).eval()
+    return CLIPTextModel(_text_config(width)).eval()
+
+
+def tiny_text_encoder_with_projection(width: int = SDXL_WIDTHS[1], projection: int = SDXL_POOLED) \
+        -> CLIPTextModelWithProjection:
+    """SDXL's second encoder: hidden states plus a pooled, projected ``text_embeds``."""
+    torch.manual_seed(SEED + 4)
+    return CLIPTextModelWithProjection(_text_config(width, projection_dim=projection)).eval()
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -94,9 +109,22 @@ def tiny_unet3d(cross_attention_dim: int = T2V_WIDTH, in_channels: int = 4) -> U
         attention_head_dim=8, norm_num_groups=32).eval()
 
 
-def tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+def tiny_sdxl_unet(cross_attention_dim: int = sum(SDXL_WIDTHS), pooled: int = SDXL_POOLED) -> UNet2DConditionModel:
+    """SDXL's UNet layout: text-time added conditioning (pooled text + 6 time ids), two transformer layers in the
+    deeper block (diffusers' own SDXL test model, with widths of this file)."""
+    torch.manual_seed(SEED + 5)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_DIM, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + pooled, cross_attention_dim=cross_attention_dim,
+        norm_num_groups=32).eval()
+
+
+def tiny_vae(scaling_factor: float = 0.18215, seed: int = SEED + 3) -> AutoencoderKL:
     """SD's 8x spatial ratio: an 8x8 latent decodes to 64x64 pixels."""
-    torch.manual_seed(SEED + 3)
+    torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -121,6 +149,23 @@ def save_sd(path: Path, vae_scaling: float = 0.18215) -> Path:
     pipe = StableDiffusionPipeline(vae=tiny_vae(vae_scaling), text_encoder=tiny_text_encoder(),
                                    tokenizer=tiny_tokenizer(), unet=tiny_unet2d(), scheduler=sd_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return Path(path)
+
+
+def sdxl_scheduler() -> EulerDiscreteScheduler:
+    """The SDXL base release's scheduler config (scaled_linear 0.00085 -> 0.012, leading, steps_offset 1)."""
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  timestep_spacing="leading", steps_offset=1)
+
+
+def save_sdxl(path: Path, second_width: int = SDXL_WIDTHS[1]) -> Path:
+    """A StableDiffusionXLPipeline folder: two CLIP encoders and tokenizers (built here), the text-time UNet and
+    a VAE of its own (other weights than SD's, SDXL's scaling factor), so it lives in another latent space."""
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(SDXL_SCALING, seed=SEED + 6), text_encoder=tiny_text_encoder(SDXL_WIDTHS[0]),
+        text_encoder_2=tiny_text_encoder_with_projection(second_width), tokenizer=tiny_tokenizer(),
+        tokenizer_2=tiny_tokenizer(), unet=tiny_sdxl_unet(), scheduler=sdxl_scheduler())
     pipe.save_pretrained(path)
     return Path(path)
 
@@ -176,15 +221,59 @@ def _animatediff_original_key(key: str) -> str:
 def write_sd_checkpoint(sd_dir: Path, path: Path) -> Path:
     """The SD pipeline at ``sd_dir`` as one original-layout checkpoint (model.diffusion_model.*,
     first_stage_model.*, cond_stage_model.transformer.text_model.*), like v1-5-pruned-emaonly.safetensors."""
-    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(sd_dir, subfolder="vae", local_files_only=True)
     text = CLIPTextModel.from_pretrained(sd_dir, subfolder="text_encoder", local_files_only=True)
-    state = {}
-    state.update({"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet).items()})
+    return _write_ldm_checkpoint(sd_dir, path, {"cond_stage_model.transformer.text_model.": text.state_dict()})
+
+
+def write_sdxl_checkpoint(sdxl_dir: Path, path: Path) -> Path:
+    """The SDXL pipeline at ``sdxl_dir`` as one original-layout checkpoint (model.diffusion_model.* with
+    label_emb, first_stage_model.*, conditioner.embedders.0.transformer.text_model.* for CLIP-L and
+    conditioner.embedders.1.model.* in OpenCLIP's layout for the second encoder), like sd_xl_base_1.0.safetensors
+    or an Illustrious checkpoint."""
+    text = CLIPTextModel.from_pretrained(sdxl_dir, subfolder="text_encoder", local_files_only=True)
+    text_2 = CLIPTextModelWithProjection.from_pretrained(sdxl_dir, subfolder="text_encoder_2", local_files_only=True)
+    return _write_ldm_checkpoint(sdxl_dir, path, {"conditioner.embedders.0.transformer.text_model.": text.state_dict(),
+                                                  "conditioner.embedders.1.model.": open_clip_to_ldm(text_2)})
+
+
+def _write_ldm_checkpoint(folder: Path, path: Path, text_parts: dict) -> Path:
+    """The folder's UNet and VAE in the original layout plus ``text_parts`` (key prefix -> state), as one file."""
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    state = {"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet).items()}
     state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae).items()})
-    state.update({"cond_stage_model.transformer.text_model." + k: v for k, v in text.state_dict().items()})
+    for prefix, part in text_parts.items():
+        state.update({prefix + k: v for k, v in part.items()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return Path(path)
+
+
+_OPEN_CLIP_LAYER = {"self_attn.out_proj.": "attn.out_proj.", "layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.",
+                    "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
+
+
+def open_clip_to_ldm(text_encoder: CLIPTextModelWithProjection) -> dict:
+    """Inverse of diffusers' ``convert_open_clip_checkpoint``: q/k/v fused into ``in_proj``, the projection
+    transposed, OpenCLIP names."""
+    sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out = {"positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+           "ln_final.weight": sd.pop("final_layer_norm.weight"), "ln_final.bias": sd.pop("final_layer_norm.bias"),
+           "text_projection": sd.pop("text_projection.weight").T}
+    sd.pop("embeddings.position_ids", None)
+    for i in range(text_encoder.config.num_hidden_layers):
+        pre = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [sd.pop(f"{pre}self_attn.{p}_proj.{kind}") for p in "qkv"])
+        for key in [k for k in sd if k.startswith(pre)]:
+            rest = key[len(pre):]
+            for new, old in _OPEN_CLIP_LAYER.items():
+                rest = rest.replace(new, old)
+            out[f"transformer.resblocks.{i}.{rest}"] = sd.pop(key)
+    if sd:
+        raise KeyError(f"no OpenCLIP name for {sorted(sd)}")
+    return out
 
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
@@ -202,7 +291,7 @@ def _rename_part(rest: str, table: dict) -> str:
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict:
     """Inverse of ``convert_ldm_unet_checkpoint`` for any number of blocks and layers per block."""
     per = unet.config.layers_per_block + 1
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    fixed = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
     out = {}
     for key, value in unet.state_dict().items():
         parts = key.split(".")

@@ -24,7 +24,6 @@ from .. import layout as L
 from ..experts import Expert
 from ..latent_spaces import SD15, LatentSpace
 from ..schedules import NoiseSchedule, from_diffusers_config
-from .text import PromptEncoder
 
 
 class DiffusersExpert(Expert):

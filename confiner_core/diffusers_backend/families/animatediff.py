@@ -29,7 +29,7 @@ from ... import schedules as S
 from ..experts import MotionExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
-from .sd15 import SD15, is_sd_folder
+from .sd15 import SD15
 
 ANIMATEDIFF_FOLDER = "animatediff"
 MOTION_FOLDER = "motion-folder"
@@ -155,10 +155,7 @@ class AnimateDiff(Family):
                                              and (path / "motion_adapter" / "config.json").is_file()):
                 return ANIMATEDIFF_FOLDER
             return MOTION_FOLDER if files.class_name(path / "config.json") == "MotionAdapter" else None
-        try:
-            keys = files.read_header(path, str(path)).keys()
-        except ValueError:
-            return None
+        keys = files.peek_header(path)
         if any(".motion_modules." in k for k in keys) and not any(k.startswith("model.diffusion_model.") for k in keys):
             return MOTION_FILE
         return None

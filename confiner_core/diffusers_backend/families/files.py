@@ -107,6 +107,17 @@ def read_header(path: Path, who_: str) -> dict[str, TensorInfo]:
     return tensors
 
 
+def peek_header(path: Path) -> dict[str, TensorInfo]:
+    """A safetensors header for detection: ``{}`` when the path is no readable safetensors file (the registry
+    reports those before any family looks)."""
+    if not Path(path).is_file() or not Path(path).name.endswith(".safetensors"):
+        return {}
+    try:
+        return read_header(path, str(path))
+    except ValueError:
+        return {}
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors weight files of one model folder (a diffusers/transformers component): single files,
     variants (``*.fp16.safetensors``) and the shards a ``*.safetensors.index.json`` lists."""

@@ -63,10 +63,14 @@ def detect(path, who: str | None = None) -> tuple[Family, str]:
         kind = family.detect(path)
         if kind:
             return family, kind
-    what = "file" if path.is_file() else "folder"
     accepted = "; ".join(sorted(kind_descriptions().values()))
-    raise ValueError(f"{who}: no model recognised in this {what} (for folders: no unet/config.json or transformer/"
-                     f"config.json naming a supported class, no MotionAdapter config.json); accepted: {accepted}")
+    if path.is_file():
+        raise ValueError(f"{who}: no model recognised in this file (its tensor names match no supported "
+                         f"checkpoint layout); accepted: {accepted}")
+    if (path.parent / "model_index.json").is_file():
+        raise ValueError(f"{who}: this is one component of the pipeline folder {path.parent}; pass that folder")
+    raise ValueError(f"{who}: no model recognised in this folder (no component config naming a supported model "
+                     f"class, e.g. unet/config.json, and no MotionAdapter config.json); accepted: {accepted}")
 
 
 def detect_kind(path) -> str:

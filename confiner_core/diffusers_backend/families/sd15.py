@@ -43,11 +43,6 @@ def is_sd_folder(folder: Path) -> bool:
             and not (folder / "motion_adapter" / "config.json").is_file())
 
 
-def _first(header: dict, prefix: str, suffix: str):
-    return next((info.shape for key, info in header.items() if key.startswith(prefix) and key.endswith(suffix)),
-                None)
-
-
 class SD15(Family):
     name = "sd15"
     kinds = {SD_FOLDER: "a diffusers SD 1.5 pipeline folder",
@@ -58,10 +53,7 @@ class SD15(Family):
     def detect(self, path: Path) -> str | None:
         if path.is_dir():
             return SD_FOLDER if is_sd_folder(path) else None
-        try:
-            keys = files.read_header(path, str(path)).keys()
-        except ValueError:
-            return None
+        keys = files.peek_header(path)
         if any(k.startswith(UNET_KEYS) for k in keys) and not any(k.startswith(SDXL_FILE_KEYS) for k in keys):
             return SD_FILE
         return None
@@ -76,37 +68,15 @@ class SD15(Family):
         return self._inspect_file(path, role, context, who)
 
     def _inspect_file(self, path: Path, role: str, context: Context, who: str) -> Inspection:
-        base = context.base
-        if base is None:
-            raise ValueError(f"{who}: a single-file SD checkpoint needs base=<local diffusers SD 1.5 folder> "
-                             f"(--base) for its configs, tokenizer and scheduler (weights may be absent from that "
-                             f"folder)")
-        for relative, what in CONFIG_PARTS.items():
-            files.require(base, relative, what)
-        if not is_sd_folder(base):
-            raise ValueError(f"{who}: base={base} is not a diffusers SD 1.5 folder (its unet/config.json must name "
-                             f"a UNet2DConditionModel without SDXL's text_encoder_2); pass the matching folder")
+        base = U.single_file_base(who, context, "SD 1.5", CONFIG_PARTS, is_sd_folder)
         facts = U.read_unet_folder(base, f"base ({base})", weights=False)
         header = files.read_header(path, who)
-        for prefix, what in ((VAE_KEYS, "VAE"), (TEXT_KEYS, "text encoder")):
-            if not any(k.startswith(prefix) for k in header):
-                raise ValueError(f"{who}: the checkpoint holds no {what} weights ({prefix}*); use a full "
-                                 f"checkpoint (UNet, VAE and text encoder in one file) or the diffusers folder")
-        fix = f"pass base= a diffusers folder of this checkpoint's model family"
-        conv_in = _first(header, UNET_KEYS, "input_blocks.0.0.weight")
-        cross = _first(header, UNET_KEYS, "attn2.to_k.weight")
-        text = _first(header, TEXT_KEYS, "final_layer_norm.weight") or _first(header, TEXT_KEYS, "ln_final.weight")
-        unet = facts["unet"]
-        if conv_in is not None and conv_in[1] != unet.get("in_channels", 4):
-            raise ValueError(f"{who}: the checkpoint's UNet takes {conv_in[1]} latent channels but base's "
-                             f"unet/config.json says {unet.get('in_channels')}; {fix}")
-        if cross is not None and cross[1] != unet.get("cross_attention_dim"):
-            raise ValueError(f"{who}: the checkpoint's UNet attends to {cross[1]}-wide text but base's "
-                             f"unet/config.json has cross_attention_dim {unet.get('cross_attention_dim')} (an SD 2.x "
-                             f"checkpoint with an SD 1.5 base?); {fix}")
+        U.check_checkpoint(who, header, facts["unet"], {VAE_KEYS: "VAE", TEXT_KEYS: "text encoder"})
+        text = U.first_shape(header, TEXT_KEYS, "final_layer_norm.weight") or \
+            U.first_shape(header, TEXT_KEYS, "ln_final.weight")
         if text is not None:
-            U.check_text_width(who, text[0], unet, "the checkpoint's text encoder")
-        space = U.space_of(who, unet, facts["vae"])
+            U.check_text_width(who, text[0], facts["unet"], "the checkpoint's text encoder")
+        space = U.space_of(who, facts["unet"], facts["vae"])
         return Inspection(self, SD_FILE, role, path, space, True, {**facts, "base": base})
 
     # ------------------------------------------------------------------------------------------ loading

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ModelMixin
 
-from ...latent_spaces import SD15, SDXL, LatentSpace
+from ...latent_spaces import FLUX, SD15, SDXL, LatentSpace
 from ..text import PromptEncoder
 from ..vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec, latent_space_of_vae
 from . import files
 from .base import Context, Inspection
 
-#: the image-VAE latent spaces the UNet families are trained in
-KNOWN_SPACES = (SD15, SDXL)
+#: the image-VAE latent spaces a VAE config is recognised as (by channels, spatial factor and normalisation)
+KNOWN_SPACES = (SD15, SDXL, FLUX)
 SD_VAE_CONFIG = {"latent_channels": 4, "scaling_factor": 0.18215, "block_out_channels": (128, 256, 512, 512)}
 
 
@@ -85,6 +85,48 @@ def space_of(who: str, unet_config: dict, vae_config: dict | None, default_vae: 
                          f"its VAE makes {space.channels} (vae/config.json latent_channels); use the UNet and VAE "
                          f"of one model")
     return space
+
+
+def single_file_base(who: str, context: Context, family: str, parts: dict, is_family) -> Path:
+    """The ``base`` folder a single-file checkpoint takes its configs, tokenizers and scheduler from: given, of
+    the checkpoint's family (``is_family(folder)``), and holding every part in ``parts`` (relative path -> what)."""
+    base = context.base
+    if base is None:
+        raise ValueError(f"{who}: a single-file {family.split()[0]} checkpoint needs base=<local diffusers {family} "
+                         f"folder> (--base) for its configs, tokenizer and scheduler (weights may be absent from "
+                         f"that folder)")
+    if (base / "unet" / "config.json").is_file() and not is_family(base):
+        raise ValueError(f"{who}: base={base} is not a diffusers {family} folder, which this single-file checkpoint "
+                         f"needs for its configs; pass the matching folder")
+    for relative, what in parts.items():
+        files.require(base, relative, what, who)
+    return base
+
+
+def first_shape(header: dict, prefix: str, suffix: str) -> tuple | None:
+    """The shape of the first tensor named ``prefix...suffix`` in a header."""
+    return next((info.shape for key, info in header.items() if key.startswith(prefix) and key.endswith(suffix)),
+                None)
+
+
+def check_checkpoint(who: str, header: dict, unet_config: dict, parts: dict, unet_keys: str = "model.diffusion_model.") \
+        -> None:
+    """An original-layout single file against its base's UNet config: every part present (key prefix -> what),
+    latent channels and cross-attention width as the config says."""
+    for prefix, what in parts.items():
+        if not any(k.startswith(prefix) for k in header):
+            raise ValueError(f"{who}: the checkpoint holds no {what} weights ({prefix}*); use a full checkpoint "
+                             f"(UNet, VAE and text encoders in one file) or the diffusers folder")
+    fix = "pass base= a diffusers folder of this checkpoint's model family"
+    conv_in = first_shape(header, unet_keys, "input_blocks.0.0.weight")
+    cross = first_shape(header, unet_keys, "attn2.to_k.weight")
+    if conv_in is not None and conv_in[1] != unet_config.get("in_channels", 4):
+        raise ValueError(f"{who}: the checkpoint's UNet takes {conv_in[1]} latent channels but base's "
+                         f"unet/config.json says {unet_config.get('in_channels')}; {fix}")
+    if cross is not None and cross[1] != unet_config.get("cross_attention_dim"):
+        raise ValueError(f"{who}: the checkpoint's UNet attends to {cross[1]}-wide text but base's unet/config.json "
+                         f"has cross_attention_dim {unet_config.get('cross_attention_dim')} (an SD 2.x or SDXL "
+                         f"checkpoint with an SD 1.5 base?); {fix}")
 
 
 def transformers_class(folder: Path, component: str, default: str):
