@@ -238,22 +238,20 @@ class GenerateRequest:
         if self.base and not os.path.isdir(self.base):
             raise UsageError(f"--base: {self.base} must be a local diffusers SD 1.5 pipeline folder", "--base")
         try:
-            from .diffusers_backend import KIND_DESCRIPTIONS, ROLE_KINDS, detect_kind
+            from .diffusers_backend import preflight
         except ImportError as e:
             raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
                                f"requirements-diffusers.txt") from None
-        for role, path in self.roles().items():
-            try:
-                kind = detect_kind(path)
-            except (ValueError, FileNotFoundError) as e:
-                raise UsageError(f"--{role} ({role} expert): {e}", f"--{role}") from None
-            except Exception as e:  # e.g. a truncated or corrupt .safetensors header
-                raise UsageError(f"--{role} ({role} expert): {path} cannot be read ({type(e).__name__}: {e}); the "
-                                 f"file may be truncated or corrupt: download or convert it again", f"--{role}") from None
-            if kind not in ROLE_KINDS[role]:
-                accepted = "; ".join(KIND_DESCRIPTIONS[k] for k in ROLE_KINDS[role])
-                raise UsageError(f"--{role} ({role} expert): {path} is {KIND_DESCRIPTIONS[kind]}, which cannot serve "
-                                 f"as the {role} expert; accepted: {accepted}", f"--{role}")
+        try:  # configs and safetensors headers only: no weights load
+            preflight(self.control, self.spatial, self.temporal, self.base)
+        except (ValueError, OSError) as e:
+            role = getattr(e, "role", None)
+            option = f"--{role}" if role else "--control"
+            raise UsageError(f"{option} ({role} expert): {e}" if role else str(e), option) from None
+        except Exception as e:  # a header or config that cannot be parsed at all
+            role = getattr(e, "role", "")
+            raise UsageError(f"--{role}: cannot be read ({type(e).__name__}: {e}); the file may be truncated or "
+                             f"corrupt: download or convert it again", f"--{role}") from None
 
     def roles(self) -> dict:
         return {role: path for role, path in

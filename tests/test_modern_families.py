@@ -26,8 +26,8 @@ from confiner_core.diffusers_backend.families.base import Context
 from confiner_core.experts import EvaluationLog, ExpertPair
 from confiner_core.latent_spaces import WAN21, PerFrameCodec, per_frame, wan22_space
 from confiner_core.schedules import flow_schedule
-from tests import tiny_modern as tm
-from tests.tiny_modern import modern_dirs  # noqa: F401  (session fixture)
+import tiny_modern as tm
+from tiny_modern import modern_dirs  # noqa: F401  (session fixture)
 
 PROMPT, NEGATIVE = "a red cat runs over the grass", "blurry, low quality"
 ATOL = 2e-5

@@ -26,7 +26,7 @@ from diffusers import (AutoencoderKLQwenImage, AutoencoderKLWan, FlowMatchEulerD
 from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, T5Tokenizer,
                           UMT5Config, UMT5EncoderModel)
 
-from tests.tiny_diffusers import _bytes_to_unicode as bytes_to_unicode
+from tiny_diffusers import _bytes_to_unicode as bytes_to_unicode
 
 SEED = 0
 TEXT_WIDTH = 32          # UMT5 d_model = Wan text_dim; Qwen2.5-VL hidden = Qwen-Image joint_attention_dim

@@ -25,7 +25,7 @@ from .families.qwen_image import QwenImageExpert, QwenPromptEncoder
 from .families.wan import OPTIONS as FLOW_OPTIONS
 from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
 from .families.registry import (FAMILIES, LoadedExperts, detect, detect_kind, inspect_all, kind_descriptions,
-                                load_experts, role_kinds)
+                                load_experts, preflight, role_kinds)
 from .speed import EAGER, FAST, SpeedSettings, apply_speed_settings
 from .text import PromptEncoder, SDXLPromptEncoder
 from .vae import AutoencoderKLCodec
@@ -35,4 +35,4 @@ __all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "AutoencoderKLCodec", "D
            "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder", "UNet3DExpert", "WanExpert", "WanImageExpert",
            "WanVAECodec",
            "apply_speed_settings", "detect", "detect_kind", "infer_motion_config", "inspect_all",
-           "kind_descriptions", "load_experts", "load_motion_file", "role_kinds"]
+           "kind_descriptions", "load_experts", "load_motion_file", "preflight", "role_kinds"]

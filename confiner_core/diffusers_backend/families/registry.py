@@ -107,17 +107,48 @@ def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
 
 
 def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
-    """Detect and inspect every given role's path, then check them against each other; no weights load."""
-    inspections = {}
-    for role, path in paths.items():
-        if path is None:
-            continue
-        who = files.who(role, path)
-        family, kind = detect(path, who)
-        check_role(role, path, family, kind)
-        inspections[role] = family.inspect(Path(path), kind, role, context)
+    """Detect and inspect every given role's path, then check them against each other; no weights load. An error
+    about one expert carries its ``role`` as an attribute (callers name the option it came from)."""
+    given = {role: path for role, path in paths.items() if path is not None}
+    detected, inspections = {}, {}
+    for step in ("detect", "inspect"):   # every path's kind first, so the plainest problem is named first
+        for role, path in given.items():
+            try:
+                if step == "detect":
+                    detected[role] = detect(path, files.who(role, path))
+                    check_role(role, path, *detected[role])
+                else:
+                    family, kind = detected[role]
+                    inspections[role] = family.inspect(Path(path), kind, role, context)
+            except (ValueError, OSError) as e:
+                e.role = role
+                raise
     check_latent_spaces(inspections)
     return inspections
+
+
+def make_context(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
+                 options: dict | None = None) -> tuple[dict, Context]:
+    """The role -> path map and the :class:`Context` of one call (shared by :func:`preflight` and
+    :func:`load_experts`)."""
+    if control is None or spatial is None:
+        raise ValueError("load_experts needs a control and a spatial expert (the spatial expert's VAE decodes)")
+    if base is not None and not Path(base).is_dir():
+        raise ValueError(f"base={base} must be a local diffusers pipeline folder (model_index.json, unet/, "
+                         f"text_encoder/, tokenizer/, scheduler/, vae/)")
+    paths = {"control": control, "spatial": spatial, "temporal": temporal}
+    context = Context(device=torch.device(device), dtype=dtype or default_dtype(device),
+                      base=Path(base) if base is not None else None,
+                      paths={r: Path(p) if p is not None else None for r, p in paths.items()},
+                      options=dict(options or {}))
+    return paths, context
+
+
+def preflight(control, spatial, temporal=None, base=None, **options) -> dict[str, Inspection]:
+    """Everything :func:`load_experts` checks before loading, from configs and headers alone: for a command line
+    to refuse bad checkpoints before it does anything else."""
+    paths, context = make_context(control, spatial, temporal, base, options=options)
+    return inspect_all(paths, context)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -193,19 +224,11 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
 
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
-    if control is None or spatial is None:
-        raise ValueError("load_experts needs a control and a spatial expert (the spatial expert's VAE decodes)")
     if decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
-    if base is not None and not Path(base).is_dir():
-        raise ValueError(f"base={base} must be a local diffusers pipeline folder (model_index.json, unet/, "
-                         f"text_encoder/, tokenizer/, scheduler/, vae/)")
-    paths = {"control": control, "spatial": spatial, "temporal": temporal}
-    context = Context(device=torch.device(device), dtype=dtype or default_dtype(device),
-                      base=Path(base) if base is not None else None,
-                      paths={r: Path(p) if p is not None else None for r, p in paths.items()},
-                      options={"motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
-                               "decode_chunk_frames": decode_chunk_frames, **(options or {})})
+    paths, context = make_context(control, spatial, temporal, base, device=device, dtype=dtype, options={
+        "motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
+        "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     inspections = inspect_all(paths, context)
     experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
                for role in ROLES}
