@@ -174,3 +174,34 @@ def use_latent2rgb_previews(enabled: bool = True) -> str:
     if hasattr(latent_preview, "default_preview_method"):  # 0.8.x resets it per prompt from this default
         latent_preview.default_preview_method = method
     return str(method)
+
+
+def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
+    """Run ``api_prompt`` and press Cancel while expert evaluation ``at_evaluation`` runs: the flag is set as that
+    evaluation's sampling call (CFGGuider.sample) returns. Progress updates do not check the flag here, so only the
+    pack's own checks can stop the run. Counts the evaluations that started after Cancel."""
+    import comfy.model_management as mm
+    import comfy.samplers
+
+    from comfy_support import harness
+
+    original = comfy.samplers.CFGGuider.sample
+    calls = {"done": 0, "after": 0}
+
+    def sample(self, *args, **kwargs):
+        if calls["done"] >= at_evaluation:
+            calls["after"] += 1
+        out = original(self, *args, **kwargs)
+        calls["done"] += 1
+        if calls["done"] == at_evaluation:
+            mm.interrupt_current_processing(True)
+        return out
+
+    comfy.samplers.CFGGuider.sample = sample
+    try:
+        res = harness.run_prompt(api_prompt, fresh_cache=True, progress=harness.ProgressRecorder(check_interrupt=False))
+    finally:
+        comfy.samplers.CFGGuider.sample = original
+        mm.interrupt_current_processing(False)
+    return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
+            "evaluations_after_cancel": calls["after"], "error": res.error}
