@@ -96,11 +96,8 @@ _FILTER = _OncePerStage()
 
 
 @contextlib.contextmanager
-def stage_log(key: str | None):
-    """Inside, ADE's INFO lines are shown once per ``key`` (a stage and expert) for the current node run."""
-    if key is None:
-        yield
-        return
+def stage_log(key: str):
+    """Inside, ADE's INFO lines are shown once per ``key`` (a stage and expert) until :func:`new_run`."""
     logger = logging.getLogger(ADE_LOGGER)
     installed = _FILTER not in logger.filters
     if installed:

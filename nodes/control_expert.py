@@ -53,7 +53,7 @@ class ConFinerControlExpert(io.ComfyNode):
         config.validate()
         ade.new_run()
         ade.warn_ignored_noise({"control": model})
-        progress = host.Progress(model, steps, cls.hidden.unique_id)
+        progress = host.Progress(model, steps, host.node_id(cls))
         control = host.bind(model, positive, negative, cfg, "control", seed, EvaluationLog(), progress=progress)
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:

@@ -65,7 +65,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         config = ChainConfig(te=te, refine_steps=refine_steps, mode=mode, matching=matching)
         experts.check_mode(mode)
         ade.new_run()
-        progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), cls.hidden.unique_id)
+        progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), host.node_id(cls))
         spatial, temporal = experts.bind(seed, EvaluationLog(), progress=progress)
         x = host.latent_in(experts.spatial_model, structure, "structure")
         validate_refinement(spatial, temporal, tuple(x.shape), config)

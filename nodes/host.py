@@ -122,7 +122,7 @@ class ComfyExpert(Expert):
             return x_in
 
         latent_image = self.latent_format.process_out(x_host)  # the guider applies process_in again
-        with ade.stage_log(self.progress.log_key(self) if self.progress else None):
+        with ade.stage_log(f"{STAGE_OF_ROLE.get(self.name, self.name)}:{self.name}"):
             guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(one_evaluation),
                           torch.tensor(sigmas), disable_pbar=True, seed=self.seed)
         if self.progress is not None:
@@ -223,9 +223,6 @@ class Progress:
         self.counts: Counter = Counter()  # evaluations so far per role
         self.where = where  # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
 
-    def log_key(self, expert: ComfyExpert) -> str:
-        return STAGE_OF_ROLE.get(expert.name, expert.name) + ":" + expert.name
-
     def evaluated(self, expert: ComfyExpert, x0: torch.Tensor, step: int, steps: int) -> None:
         self.preview(self.done, x0, x0, self.total)
         self.done += 1
@@ -236,6 +233,11 @@ class Progress:
 
     def show(self, text: str) -> None:
         show_text(self.node_id, text)
+
+
+def node_id(node_cls) -> str | None:
+    """The running node's id (V3 hidden input), None when a node class is called outside ComfyUI's executor."""
+    return getattr(getattr(node_cls, "hidden", None), "unique_id", None)
 
 
 def show_text(node_id: str | None, text: str) -> None:

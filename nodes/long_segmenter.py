@@ -116,7 +116,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                              "or clear the prompts")
         schedule_text = resolved_schedule_text(segment_prompts, frames)
         if schedule_text:
-            host.show_text(cls.hidden.unique_id, schedule_text)
+            host.show_text(host.node_id(cls), schedule_text)
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = host.refine_evaluations(chain)
@@ -128,7 +128,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             done = counts["spatial"] + counts["temporal"]
             return f"window {(done - 1) // per_window + 1}/{len(plan.windows)} · "
 
-        progress = host.Progress(control_model, total, cls.hidden.unique_id, where)
+        progress = host.Progress(control_model, total, host.node_id(cls), where)
         log = EvaluationLog()
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
                             clip, progress)
