@@ -10,4 +10,8 @@ except ModuleNotFoundError as e:
     if e.name not in ("comfy_api", "comfy", "latent_preview"):
         raise
 
-__all__ = ["comfy_entrypoint"]
+# Served at /extensions/<pack folder>/: web/docs/<node id>.md are the nodes' help pages in the frontend's node-help
+# panel (with their pictures); there is no frontend JavaScript.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
