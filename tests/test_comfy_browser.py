@@ -82,12 +82,18 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     server, b = frontend
     workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
     nodes = browser.load_template(b, workflow, name)
-    shot = screenshot_dir / f"{name}.png"
-    b.page.screenshot(path=str(shot))
-    print(f"screenshot: {shot}")
+    b.page.screenshot(path=str(screenshot_dir / f"{name}_missing_models.png"))
     dialog = browser.missing_nodes_dialog(b)
+    offered = browser.missing_models_offered(b)
     browser.close_dialogs(b)
+    shot = screenshot_dir / f"{name}.png"
+    b.page.screenshot(path=str(shot))  # the first view an artist gets
+    print(f"screenshot: {shot}")
     assert dialog is None, dialog
+    # the server has no model files: every model the template uses is offered for download, folder and file named
+    used = {(m["directory"], m["name"]) for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
+    assert used and all(f"{folder} / {file}" in offered for folder, file in used), offered
+    assert offered.count("Download") == len(used), offered
     assert len(nodes) == len(workflow["nodes"]) and all(n["registered"] for n in nodes), \
         [n["type"] for n in nodes if not n["registered"]]
     assert browser.overlaps(nodes) == []

@@ -22,11 +22,12 @@ MEASURED = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)
 
 TITLE_H = 30        # LiteGraph draws a node's title bar above its position
 GAP = 36            # between stacked nodes, below the title bar
-COLUMN_GAP = 90     # between stage groups
+COLUMN_GAP = 60     # between stage groups
 GROUP_PAD = 18
 GROUP_TITLE = 46
-VIEW = (1880, 900)  # the canvas area the first view should fill (1920x1080 window less toolbars)
-VIEW_TOP = 96       # below the frontend's menu and tab bars
+VIEW = (1780, 880)  # the canvas area the first view should fill (1920x1080 window less side and top bars)
+VIEW_LEFT = 90      # right of the frontend's side bar
+VIEW_TOP = 120      # below the frontend's tab bar and workflow menu
 
 
 class Model:
@@ -156,9 +157,9 @@ class Graph:
         """Scale and offset that show the whole graph below the toolbars (screen = (pos + offset) * scale)."""
         right = max(g["bounding"][0] + g["bounding"][2] for g in self.groups)
         bottom = max(g["bounding"][1] + g["bounding"][3] for g in self.groups)
-        # whole graph when it fits at a readable scale; else the left part (read-me, models) at that scale
-        scale = round(max(0.55, min(1.0, VIEW[0] / (right + 40), VIEW[1] / (bottom + 40))), 3)
-        return {"scale": scale, "offset": [round(20 / scale, 1), round(VIEW_TOP / scale, 1)]}
+        # whole graph when it fits at a readable scale (the frontend drops node text below 0.6), else the left part
+        scale = round(max(0.65, min(1.0, VIEW[0] / (right + 40), VIEW[1] / (bottom + 40))), 3)
+        return {"scale": scale, "offset": [round(VIEW_LEFT / scale, 1), round(VIEW_TOP / scale, 1)]}
 
     def save(self, name, description):
         self.layout()
@@ -292,7 +293,7 @@ def long_video():
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames are set on the segmenter)")
     g.column("refine", "3 · Refine experts")
     experts = bundle(g, ckpt, temporal, pos, neg)
-    g.column("control", "4 · ConFiner-Long: control + refinement per segment")
+    g.column("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
                   "a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter"],

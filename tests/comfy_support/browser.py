@@ -244,11 +244,19 @@ def load_template(browser: Browser, workflow: dict, name: str) -> list:
 
 
 def missing_nodes_dialog(browser: Browser) -> str | None:
-    """Text of a visible missing-nodes dialog, if the frontend shows one."""
-    dialog = browser.page.locator(".p-dialog").filter(has_text=re.compile("missing", re.I))
-    if dialog.count() and dialog.first.is_visible():
-        return dialog.first.inner_text()[:500]
+    """Text of the frontend's missing-nodes dialog if it is shown ("This workflow has missing nodes")."""
+    for locator in (browser.page.locator(".comfy-missing-nodes"),
+                    browser.page.get_by_text("This workflow has missing nodes")):
+        if locator.count() and locator.first.is_visible():
+            return locator.first.inner_text()[:500]
     return None
+
+
+def missing_models_offered(browser: Browser) -> str:
+    """Text of the frontend's missing-models dialog ('' when not shown): one entry per model, 'folder / file', with
+    a Download button for the links the frontend accepts."""
+    dialog = browser.page.locator(".p-dialog").filter(has=browser.page.locator(".comfy-missing-models"))
+    return dialog.first.inner_text() if dialog.count() and dialog.first.is_visible() else ""
 
 
 def close_dialogs(browser: Browser) -> None:
