@@ -211,3 +211,21 @@ def test_comfys_torch_compile_node_composes(comfy_worker):
     assert len(per_evaluation) == r["evaluations"] and per_evaluation[0] >= 1
     assert per_evaluation == [per_evaluation[0]] * r["evaluations"] and r["calls"] == sum(per_evaluation)
     assert r["max_abs_diff"] == 0.0  # the backend runs the captured graphs with the eager kernels: bit-identical
+
+
+def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy_worker):
+    """Widgets got readable labels (display names) but kept their ids, which saved workflows and API prompts use:
+    the basic template as shipped before (pack 0.1.0) converts to the same inputs and runs unchanged."""
+    from comfy_support.fixtures import load_workflow
+
+    old = load_workflow("confiner_basic_v0.1")
+    new = json.loads((EXAMPLES / "confiner_basic.json").read_text())
+    api_old, api_new = (comfy_worker.convert(cpu_sized(w, comfy_worker)) for w in (old, new))
+    inputs = lambda api, t: next(v["inputs"] for v in api.values() if v["class_type"] == t)  # noqa: E731
+    for node_type in NODE_IDS:
+        if any(v["class_type"] == node_type for v in api_old.values()):
+            assert inputs(api_old, node_type).keys() == inputs(api_new, node_type).keys(), node_type
+            literals = lambda d: {k: v for k, v in d.items() if not isinstance(v, list)}  # noqa: E731
+            assert literals(inputs(api_old, node_type)) == literals(inputs(api_new, node_type)), node_type
+    result = comfy_worker.run_workflow(cpu_sized(old, comfy_worker), fresh_cache=True)
+    assert result["success"], result.get("error") or result["status_messages"]

@@ -205,3 +205,41 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
         mm.interrupt_current_processing(False)
     return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
             "evaluations_after_cancel": calls["after"], "error": res.error}
+
+
+def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dict:
+    """Run ``api_prompt`` and count expert evaluations (CFGGuider.sample calls: one per ConFiner evaluation, one per
+    ordinary sampling run)."""
+    import comfy.samplers
+
+    from comfy_support import harness
+
+    original = comfy.samplers.CFGGuider.sample
+    calls = {"n": 0}
+
+    def sample(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    comfy.samplers.CFGGuider.sample = sample
+    try:
+        res = harness.run_prompt(api_prompt, fresh_cache=fresh_cache)
+    finally:
+        comfy.samplers.CFGGuider.sample = original
+    return {**res.to_json(), "evaluations": calls["n"]}
+
+
+def mixed_latent_spaces_refused(ckpt_name: str) -> dict:
+    """ConFiner Refine Experts given a temporal model in another latent space (an SDXL latent format object-patched
+    onto the model, as a different family would have): the bundle refuses before anything runs."""
+    import comfy.latent_formats
+
+    node = _pack_module(".nodes.refine_experts").ConFinerRefineExperts
+    model, cond = _load(ckpt_name)
+    other = model.clone()
+    other.add_object_patch("latent_format", comfy.latent_formats.SDXL())
+    try:
+        node.execute(model, cond, cond, 7.5, other, cond, cond, 7.5)
+    except ValueError as e:
+        return {"refused": True, "message": str(e)}
+    return {"refused": False, "message": ""}
