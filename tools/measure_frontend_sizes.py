@@ -16,19 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_support import browser, harness  # noqa: E402
+from comfy_support import browser  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 from build_example_workflows import SOCKETS  # noqa: E402
 
 
 def main() -> None:
-    root = harness.comfy_root()
-    if root is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    why = browser.missing(root)
-    if why:
-        sys.exit(why)
+    root = browser.checkout_for_tools()
     ade = Path(os.environ.get("CONFINER_ADE_PATH", Path.home() / ".cache/confiner/ade")).expanduser()
     with browser.ComfyServer(root, [(ROOT, "comfyui-confiner"), (ade, "ComfyUI-AnimateDiff-Evolved")]) as server, \
             browser.Browser(server.url) as b:

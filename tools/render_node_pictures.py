@@ -9,19 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_support import browser, harness  # noqa: E402
+from comfy_support import browser  # noqa: E402
 
 NODE_IDS = ["ConFinerControlExpert", "ConFinerRefineExperts", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter",
             "ConFinerNoiseRescheduler"]
 
 
 def main() -> None:
-    root = harness.comfy_root()
-    if root is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    why = browser.missing(root)
-    if why:
-        sys.exit(why)
+    root = browser.checkout_for_tools()
     out = ROOT / "web" / "docs"
     out.mkdir(parents=True, exist_ok=True)
     with browser.ComfyServer(root, [(ROOT, "comfyui-confiner")]) as server, browser.Browser(server.url) as b:

@@ -64,6 +64,17 @@ def missing(comfy_root) -> str | None:
     return None
 
 
+def checkout_for_tools():
+    """The ComfyUI checkout for a tool script, or exit with the reason the browser cannot run."""
+    root = harness.comfy_root()
+    if root is None:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    why = missing(root)
+    if why:
+        sys.exit(why)
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
