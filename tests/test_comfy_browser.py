@@ -66,6 +66,8 @@ def test_templates_are_listed_with_their_thumbnails(frontend):
 def test_every_node_has_a_help_page_with_a_picture(frontend):
     server, _ = frontend
     for node_id in NODE_IDS:
+        # the frontend looks for a custom node's help at /extensions/<pack from python_module>/docs/<node id>.md
+        assert server.get_json(f"/api/object_info/{node_id}")[node_id]["python_module"] == f"custom_nodes.{PACK}"
         status, _, body = server.get(f"/extensions/{PACK}/docs/{node_id}.md")
         assert status == 200, node_id
         text = body.decode()
