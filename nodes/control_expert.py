@@ -44,8 +44,9 @@ class ConFinerControlExpert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps, cfg):
-        return widget_problem(cls, steps=steps, cfg=cfg) or True
+    def validate_inputs(cls, steps, cfg, sampler):
+        # the combo is named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
+        return widget_problem(cls, steps=steps, cfg=cfg, sampler=sampler) or True
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False) -> io.NodeOutput:

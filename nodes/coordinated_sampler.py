@@ -39,8 +39,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, te, refine_steps):
-        return widget_problem(cls, te=te, refine_steps=refine_steps) or refine_problem(te, refine_steps) or True
+    def validate_inputs(cls, te, refine_steps, mode, matching):
+        # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
+        return (widget_problem(cls, te=te, refine_steps=refine_steps, mode=mode, matching=matching)
+                or refine_problem(te, refine_steps) or True)
 
     @classmethod
     def check_lazy_status(cls, experts, te, refine_steps, mode, matching, seed, structure=None, **kwargs):

@@ -83,10 +83,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_length, control_steps, control_cfg, te, refine_steps, noise_init,
-                        freenoise_stride, gamma, staggered, segment_prompts=None):
+    def validate_inputs(cls, frames, segment_length, control_steps, control_cfg, control_sampler, te, refine_steps,
+                        mode, matching, noise_init, freenoise_stride, gamma, staggered, segment_prompts=None):
+        # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
         problem = widget_problem(cls, frames=frames, segment_length=segment_length, control_steps=control_steps,
-                                 control_cfg=control_cfg, te=te, refine_steps=refine_steps,
+                                 control_cfg=control_cfg, control_sampler=control_sampler, te=te,
+                                 refine_steps=refine_steps, mode=mode, matching=matching, noise_init=noise_init,
                                  freenoise_stride=freenoise_stride, gamma=gamma) or refine_problem(te, refine_steps)
         if problem:
             return problem
