@@ -13,4 +13,8 @@ if __package__:  # imported as a package: by ComfyUI, or by pytest collecting th
 # else: pytest imported this file as a plain module because the clone's folder name is no identifier
 # (e.g. "comfyui-confiner"): there are no nodes to offer then.
 
-__all__ = ["comfy_entrypoint"]
+# Served at /extensions/<pack folder>/: web/docs/<node id>.md are the nodes' help pages in the frontend's node-help
+# panel (with their pictures); there is no frontend JavaScript.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -8,8 +8,8 @@ from comfy_api.latest import io
 from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
-from . import host
-from .schema import CATEGORY, control_inputs, control_sampling_inputs, seed_input
+from . import ade, host
+from .schema import CATEGORY, control_inputs, control_sampling_inputs, seed_input, widget_problem
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -19,39 +19,56 @@ class ConFinerControlExpert(io.ComfyNode):
             node_id="ConFinerControlExpert",
             display_name="ConFiner Control Expert",
             category=CATEGORY,
-            description="Lays out structure and motion with a text-to-video model in a few steps on its own "
-                        "schedule (ConFiner Eq. 5), e.g. AnimateDiff-Lightning through AnimateDiff-Evolved.",
+            description="Stage 1: a text-to-video model lays out structure and motion in a few steps on its own "
+                        "schedule (ConFiner Eq. 5), e.g. SD 1.5 + AnimateDiff-Lightning through AnimateDiff-Evolved. "
+                        "Its output, the structure, goes to ConFiner Refine Sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="The control expert: a text-to-video MODEL (e.g. SD 1.5 + "
                                                 "AnimateDiff-Lightning motion model)."),
                 io.Conditioning.Input("positive", tooltip="What the video shows."),
-                io.Conditioning.Input("negative", tooltip="What to avoid (only used when cfg > 1)."),
+                io.Conditioning.Input("negative", tooltip="What to avoid (only used when control cfg > 1)."),
                 io.Latent.Input("latent", tooltip="Sets size and frame count: an SD-style frame batch [F,4,h,w] "
-                                                  "or a native video latent [B,C,T,h,w]. Its content is ignored "
-                                                  "unless it is a noise latent from ConFiner Noise Rescheduler."),
-                seed_input(),
+                                                  "(Empty Latent Image, batch size = frames) or a native video "
+                                                  "latent [B,C,T,h,w]. Its content is ignored unless 'use latent as "
+                                                  "noise' is on."),
+                seed_input("control"),
                 *control_inputs(),
-                io.Boolean.Input("latent_is_noise", default=False,
-                                 tooltip="Use the latent as the initial noise (from ConFiner Noise Rescheduler) "
-                                         "instead of drawing fresh noise from the seed."),
+                io.Boolean.Input("latent_is_noise", display_name="use latent as noise", default=False,
+                                 tooltip="Use the latent as the initial noise (the noise_latent output of ConFiner "
+                                         "Noise Rescheduler) instead of drawing fresh noise from the seed. An empty "
+                                         "(all-zero) latent is refused."),
                 *control_sampling_inputs(),
             ],
-            outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video V_0.")],
+            outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video V_0, for ConFiner Refine "
+                                                                        "Sampler.")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, steps, cfg, sampler, spacing="trailing", eta=0.0):
+        # the combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
+        return widget_problem(cls, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta) or True
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False,
                 spacing="trailing", eta=0.0) -> io.NodeOutput:
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
+        ade.new_run()
+        ade.warn_ignored_noise({"control": model})
         log = EvaluationLog()
-        control = host.bind(model, positive, negative, cfg, "control", seed, log)
+        progress = host.Progress(model, steps, host.node_id(cls))
+        control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress)
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)
+            if not bool(noise.abs().amax() > 0):
+                raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent is empty (all zeros): "
+                                 "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
         else:
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
-        progress = host.Progress(model, steps)
-        structure = generate_structure(control, noise, config, generator, callback=progress)
+        host.check_frames(control, noise.shape[2])
+        host.plan_control(control, config)
+        structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

@@ -4,12 +4,14 @@ Every expert evaluation runs as one ``CFGGuider.sample`` call with a one-evaluat
 through ComfyUI's own sampling machinery: model loading and patching (LoRA, object patches such as
 AnimateDiff-Evolved's beta schedule), conditioning processing, ControlNet, hooks, every WrappersMP wrapper
 (ADE's motion injection and context windows, native context windows) and CFG. Each call cleans up after itself,
-so an interruption between evaluations leaves no model patched. The maths stays in confiner_core.
+so an interruption between evaluations leaves no model patched. Each node shows one progress bar that moves once
+per expert evaluation. The maths stays in confiner_core.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import torch
 
@@ -24,7 +26,12 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
+from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, ChainConfig, control_timesteps,
+                                   refine_timesteps)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert
+from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, LatentSpace
+from ..confiner_core.refine import matched_timestep
+from . import ade
 
 
 def model_sampling(model):
@@ -45,22 +52,78 @@ def schedule_of(model, role: str) -> S.NoiseSchedule:
     return S.from_ve_sigmas(ms.sigmas, kind, name=f"{role}:{type(ms).__name__}")
 
 
+# Compression of ComfyUI's latent formats, which the formats themselves do not carry (their VAEs do):
+# spatial factor, temporal factor, causal (frame 0 encoded alone).
+COMPRESSION = {"Wan21": (8, 4, True), "Wan22": (16, 4, True), "HunyuanVideo": (8, 4, True),
+               "HunyuanVideo15": (16, 4, True), "Mochi": (8, 6, True), "LTXV": (32, 8, True),
+               "LTXAV": (32, 8, True), "Cosmos1CV8x8x8": (8, 8, True), "Flux2": (16, 1, False)}
+KNOWN_SPACES = (SD15, SDXL, FLUX, WAN21)
+
+
+def _numbers(value, fallback):
+    if value is None:
+        return fallback
+    if isinstance(value, torch.Tensor):
+        flat = value.flatten().tolist()
+        return flat[0] if len(flat) == 1 else tuple(flat)
+    return float(value)
+
+
+def space_of(model) -> LatentSpace:
+    """The core's latent space of a ComfyUI model, read off its ``latent_format`` (normalisation: ``latents_mean``
+    or ``shift_factor``, ``scale_factor``, ``latents_std``) and :data:`COMPRESSION`. Formats that match one of the
+    core's named spaces take its name, so ComfyUI and diffusers experts of one family agree."""
+    fmt = model.get_model_object("latent_format")
+    name = type(fmt).__name__
+    spatial, temporal, causal = COMPRESSION.get(name, (8, 1, False))
+    shift = _numbers(getattr(fmt, "latents_mean", None), _numbers(getattr(fmt, "shift_factor", None), 0.0))
+    space = LatentSpace(name, fmt.latent_channels, spatial, temporal, causal, float(fmt.scale_factor), shift,
+                        _numbers(getattr(fmt, "latents_std", None), 1.0))
+    for known in KNOWN_SPACES:
+        renamed = LatentSpace(known.name, *(getattr(space, f) for f in ("channels", "spatial_factor",
+                                                                         "temporal_factor", "causal", "scale")),
+                              space.shift, space.std)
+        if _close(renamed, known):
+            return known
+    return space
+
+
+def _close(a: LatentSpace, b: LatentSpace) -> bool:
+    def vec(v):
+        return torch.tensor(v if isinstance(v, tuple) else (v,), dtype=torch.float64)
+    same = (a.name, a.channels, a.spatial_factor, a.temporal_factor, a.causal) == \
+        (b.name, b.channels, b.spatial_factor, b.temporal_factor, b.causal)
+    return same and all(vec(getattr(a, f)).shape == vec(getattr(b, f)).shape and
+                        torch.allclose(vec(getattr(a, f)), vec(getattr(b, f)), atol=1e-4)
+                        for f in ("scale", "shift", "std"))
+
+
 class ComfyExpert(Expert):
     """A ComfyUI MODEL as an x0-predicting expert ("sample" prediction: ComfyUI returns the denoised latent, already
     converted from eps/v/flow by the model's own model_sampling). Conditioning is (positive, negative, cfg); CFG is
-    done by ComfyUI's guider, so the core binds it with guidance 1."""
+    done by ComfyUI's guider, so the core binds it with guidance 1.
+
+    Each evaluation is one sampling call that ComfyUI and its extensions see as step k of the stage: ``plan`` holds
+    the timesteps this expert is evaluated at in the current stage, the call gets their sigmas (ComfyUI's
+    ``sample_sigmas``) and, before evaluating at the k-th, k sampler callbacks, as a sampler that had already made k
+    steps would have sent. AnimateDiff-Evolved counts its step from those callbacks and native context windows find
+    theirs in ``sample_sigmas``, so uniform context windows rotate from evaluation to evaluation exactly as under
+    their own samplers."""
 
     prediction = "sample"
 
-    def __init__(self, model, role: str, seed: int = 0, clip=None, negative=None, cfg: float = 1.0):
+    def __init__(self, model, role: str, seed: int = 0, clip=None, negative=None, cfg: float = 1.0,
+                 progress: "Progress | None" = None):
         self.model, self.name, self.seed = model, role, seed
         self.clip, self.negative, self.cfg = clip, negative, cfg  # for prompts given as text (prompt travel)
+        self.progress = progress
         self.schedule = schedule_of(model, role)
         fmt = model.get_model_object("latent_format")
         self.latent_format = fmt
-        self.latent_channels = fmt.latent_channels
-        self.latent_space = type(fmt).__name__
+        self.latent_space = space_of(model)
         self.layout = layout_of(model)
+        self.max_frames = ade.motion_frame_limit(model)
+        self.plan: list = []
 
     def encode(self, prompt):
         """Conditioning triples pass through; text (per-segment prompts) is encoded with the CLIP input."""
@@ -84,11 +147,21 @@ class ComfyExpert(Expert):
         alpha, sigma = self.schedule.coefficients(t)
         return sigma / alpha if self.schedule.kind == S.VP else sigma
 
+    def stage_sigmas(self, t: float) -> tuple[list, int]:
+        """The stage's sigmas (descending, ending in 0) and the step this evaluation is; a timestep outside the plan
+        is a one-step stage of its own."""
+        if t in self.plan:
+            return [self.host_sigma(u) for u in self.plan] + [0.0], self.plan.index(t)
+        return [self.host_sigma(t), 0.0], 0
+
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
+        # Cancel is honoured before every evaluation (ComfyUI 0.3.64 checks nowhere inside one), and nothing is
+        # patched between evaluations, so an interruption here leaves every model clean.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         (positive, negative, cfg), = conds
         alpha, _ = self.schedule.coefficients(t)
         x_host = x / alpha if self.schedule.kind == S.VP else x  # ComfyUI's EPS latents are x0 + sigma*eps
-        sigma = self.host_sigma(t)
+        sigmas, step = self.stage_sigmas(t)
         guider = comfy.samplers.CFGGuider(self.model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
@@ -105,24 +178,61 @@ class ComfyExpert(Expert):
 
         @torch.no_grad()
         def one_evaluation(model, x_in, sigmas, extra_args=None, callback=None, disable=None):
-            captured["x0"] = model(x_host.to(x_in), sigmas[0] * x_in.new_ones([x_in.shape[0]]), **(extra_args or {}))
+            if callback is not None:  # a sampler at step k has sent k callbacks (ADE advances its step on each)
+                for i in range(step):
+                    callback({"i": i, "denoised": x_in, "x": x_in, "sigma": sigmas[i], "sigma_hat": sigmas[i]})
+            captured["x0"] = model(x_host.to(x_in), sigmas[step] * x_in.new_ones([x_in.shape[0]]), **(extra_args or {}))
             return x_in
 
         latent_image = self.latent_format.process_out(x_host)  # the guider applies process_in again
-        guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(one_evaluation),
-                      torch.tensor([sigma, 0.0]), disable_pbar=True, seed=self.seed)
+        with ade.stage_log(f"{STAGE_OF_ROLE.get(self.name, self.name)}:{self.name}"):
+            guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(one_evaluation),
+                          torch.tensor(sigmas), disable_pbar=True, seed=self.seed)
         self.last_network_calls = calls[0]
+        if self.progress is not None:
+            self.progress.evaluated(self, captured["x0"], step, len(sigmas) - 1)
         return [captured["x0"].to(x.device, x.dtype)]
 
 
 def bind(model, positive, negative, cfg: float, role: str, seed: int, log: EvaluationLog | None = None,
-         clip=None) -> Denoiser:
+         clip=None, progress: "Progress | None" = None) -> Denoiser:
     """An expert bound to its ComfyUI conditioning (CFG happens in ComfyUI's guider, so the core sees guidance 1)."""
     if model is None:
         raise ValueError(f"the {role} expert needs a MODEL input")
     negative = negative if negative is not None else positive
-    expert = ComfyExpert(model, role, seed, clip, negative, cfg)
+    expert = ComfyExpert(model, role, seed, clip, negative, cfg, progress)
     return Denoiser(expert, (positive, negative, cfg), None, 1.0, log)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Stage plans: the timesteps each expert is evaluated at in a stage (what its sampling calls are told).
+
+EVALUATIONS_PER_REFINE_STEP = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
+
+
+def plan_control(control: Denoiser, config: ChainConfig) -> None:
+    control.expert.plan = list(control_timesteps(control, config))
+
+
+def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
+    ts = list(refine_timesteps(config))
+    spatial.expert.plan = ts
+    if temporal is not None:
+        temporal.expert.plan = ts if config.mode != COORDINATED else [
+            matched_timestep(spatial.schedule, temporal.schedule, t, config.matching) for t in ts]
+
+
+def check_frames(denoiser: Denoiser, frames: int) -> None:
+    """Refuses, before any evaluation, a clip longer than the expert's motion models can make in one window."""
+    limit = denoiser.expert.max_frames
+    if limit is not None and frames > limit:
+        raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
+                         f"without context windows, but the latent has {frames}: use fewer frames, add "
+                         f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Segmenter")
+
+
+def refine_evaluations(config: ChainConfig) -> int:
+    return EVALUATIONS_PER_REFINE_STEP[config.mode] * config.refine_steps
 
 
 def layout_of(model) -> str:
@@ -163,20 +273,47 @@ def latent_out(model, x: torch.Tensor, template: dict | None = None) -> dict:
     return out
 
 
+STAGE_OF_ROLE = {"control": "control stage", "spatial": "refinement", "temporal": "refinement"}
+
+
 class Progress:
-    """One ComfyUI progress bar across every stage, with latent previews; each update is an interruption check."""
+    """One ComfyUI progress bar per node, advanced once per expert evaluation in every stage, each update with a
+    latent preview of that evaluation's x0 (each update is also the real server's interruption check). The node's
+    progress text shows the stage, the expert and the step."""
 
-    def __init__(self, model, total: int):
-        self.total, self.step = total, 0
+    def __init__(self, model, total: int, node_id: str | None = None, where=None):
+        self.total, self.done, self.node_id = total, 0, node_id
         self.preview = latent_preview.prepare_callback(model, total)
-        self.layout = layout_of(model)
+        self.counts: Counter = Counter()  # evaluations so far per role
+        self.where = where  # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
 
-    def __call__(self, info: dict) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        x0 = L.from_canonical(info["denoised"], self.layout)
-        x = L.from_canonical(info["x"], self.layout)
-        self.preview(self.step, x0, x, self.total)
-        self.step += 1
+    def evaluated(self, expert: ComfyExpert, x0: torch.Tensor, step: int, steps: int) -> None:
+        self.preview(self.done, x0, x0, self.total)
+        self.done += 1
+        self.counts[expert.name] += 1
+        where = self.where(expert.name, self.counts) if self.where else ""
+        self.show(f"{where}{STAGE_OF_ROLE.get(expert.name, expert.name)} · {expert.name} expert · "
+                  f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}")
+
+    def show(self, text: str) -> None:
+        show_text(self.node_id, text)
+
+
+def node_id(node_cls) -> str | None:
+    """The running node's id (V3 hidden input), None when a node class is called outside ComfyUI's executor."""
+    return getattr(getattr(node_cls, "hidden", None), "unique_id", None)
+
+
+def show_text(node_id: str | None, text: str) -> None:
+    """Text under the node in the frontend (ComfyUI's progress text; both supported versions have it)."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # noqa: BLE001 - a status line must never fail a run (e.g. no server in a script)
+        pass
 
 
 def log_cost(node: str, log: EvaluationLog) -> None:

@@ -7,12 +7,34 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import ChainConfig
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import NOISE_INITS, LongConfig, generate_long, plan_segments
-from ..confiner_core.prompts import parse_prompt
-from . import host
-from .schema import (CATEGORY, coherence_memory_input, control_inputs, control_sampling_inputs, refine_inputs,
-                     seed_input, structure_noise_input)
+from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, generate_long, plan_segments
+from ..confiner_core.prompts import parse_prompt, render_schedule
+from . import ade, host
+from .schema import (CATEGORY, advanced, coherence_memory_input, control_inputs, control_sampling_inputs,
+                     refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem)
 from .types import RefineExpertsType
+
+PROMPT_FPS = 8.0  # seconds keys ('2.5s:') in segment prompts count at this frame rate (the templates' video rate)
+
+
+def prompt_schedule_problem(text: str | None, frames: int | None) -> str | None:
+    """A per-segment prompt schedule that cannot be parsed, or has entries past the last frame (which a run would
+    silently ignore)."""
+    if not text or not text.strip() or frames is None:
+        return None
+    try:
+        parse_prompt(text, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def resolved_schedule_text(text: str | None, frames: int) -> str | None:
+    """The resolved schedule (frame ranges -> prompt) the node shows under itself."""
+    if not text or not text.strip():
+        return None
+    return "prompt schedule:\n" + render_schedule(parse_prompt(text, frames, PROMPT_FPS,
+                                                                option="segment prompts (segment_prompts)"))
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -22,44 +44,70 @@ class ConFinerLongSegmenter(io.ComfyNode):
             node_id="ConFinerLongSegmenter",
             display_name="ConFiner Long Segmenter",
             category=CATEGORY,
-            description="ConFiner-Long: generates segments of L frames one after another and keeps them "
-                        "consistent with consistency initialization, coherence guidance (Eq. 12) and staggered "
-                        "refinement (Eq. 13, every seam refined jointly). Each strategy can be switched off.",
+            description="ConFiner-Long: any number of frames as segments of L frames, each made by the control "
+                        "expert and refined by the refine experts, kept consistent by consistency initialization, "
+                        "coherence guidance (Eq. 12) and staggered refinement (Eq. 13, every seam refined jointly). "
+                        "Each strategy can be switched off. Optional prompt travel per segment.",
             inputs=[
                 io.Model.Input("control_model", tooltip="The control expert (text-to-video MODEL)."),
                 io.Conditioning.Input("control_positive", tooltip="Control expert's prompt."),
                 io.Conditioning.Input("control_negative", tooltip="Control expert's negative prompt."),
-                RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts."),
+                RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("latent", tooltip="Sets the frame size and channels (e.g. Empty Latent Image, any "
                                                   "batch size); the frame count comes from 'frames'."),
                 io.Int.Input("frames", default=128, min=1, max=100000, tooltip="Frames to generate."),
-                io.Int.Input("segment_length", default=16, min=2, max=256, step=2,
-                             tooltip="Frames per segment L (16 for AnimateDiff / ModelScope); even when staggered."),
-                seed_input(),
+                io.Int.Input("segment_length", display_name="segment length", default=16, min=2, max=256,
+                             tooltip="Frames per segment L (16 for AnimateDiff / ModelScope; in latent frames for "
+                                     "video latents such as Wan's). Staggered windows join its halves (L/2 rounded "
+                                     "down)."),
+                seed_input("long"),
                 *control_inputs("control_"),
                 *refine_inputs(),
-                io.Combo.Input("noise_init", options=list(NOISE_INITS), default="shuffle",
+                io.Combo.Input("noise_init", display_name="noise init", options=list(NOISE_INITS), default="shuffle",
                                tooltip="shuffle: consistency initialization (frame-shuffled base noise); freenoise: "
                                        "FreeNoise rescheduling; independent: fresh noise per segment (off)."),
-                io.Int.Input("freenoise_stride", default=4, min=1, max=256,
-                             tooltip="FreeNoise stride (window = segment_length)."),
-                io.Float.Input("gamma", default=0.1, min=0.0, max=0.5, step=0.01,
+                advanced(io.Int.Input("freenoise_stride", display_name="FreeNoise stride", default=4, min=1, max=256,
+                                      tooltip="Only for noise init 'freenoise': frames between FreeNoise windows "
+                                              "(window = segment length); at most the segment length.")),
+                io.Float.Input("gamma", display_name="coherence gamma", default=0.1, min=0.0, max=0.5, step=0.01,
                                tooltip="Coherence guidance strength (Eq. 12): pulls each control step's noise "
                                        "prediction towards the previous segment's. 0 switches it off."),
                 io.Boolean.Input("staggered", default=True,
                                  tooltip="Staggered refinement: refine the second half of each segment together "
                                          "with the first half of the next, so seams are refined jointly."),
-                io.String.Input("segment_prompts", default="", multiline=True, optional=True,
-                                tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a key on "
-                                        "every entry. Needs "
-                                        "'clip'. Empty: the connected conditioning everywhere."),
-                io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment_prompts (SD 1.5 family)."),
+                io.String.Input("segment_prompts", display_name="segment prompts", default="", multiline=True,
+                                optional=True,
+                                tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a start "
+                                        "frame (or '2.5s:' seconds at 8 fps) on every entry, each below 'frames'. "
+                                        "Needs 'clip'. Empty: the connected conditioning everywhere."),
+                io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment prompts (SD 1.5 family)."),
                 *control_sampling_inputs("control_"),
                 structure_noise_input(),
                 coherence_memory_input(),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="All frames.")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, frames, segment_length, control_steps, control_cfg, control_sampler, te, refine_steps,
+                        mode, matching, noise_init, freenoise_stride, gamma, staggered, segment_prompts=None,
+                        control_spacing="trailing", control_eta=0.0, structure_noise="spatial",
+                        coherence_memory="guided"):
+        # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
+        problem = widget_problem(cls, frames=frames, segment_length=segment_length, control_steps=control_steps,
+                                 control_cfg=control_cfg, control_sampler=control_sampler, te=te,
+                                 refine_steps=refine_steps, mode=mode, matching=matching, noise_init=noise_init,
+                                 freenoise_stride=freenoise_stride, gamma=gamma, control_spacing=control_spacing,
+                                 control_eta=control_eta, structure_noise=structure_noise,
+                                 coherence_memory=coherence_memory) or refine_problem(te, refine_steps)
+        if problem:
+            return problem
+        if noise_init == FREENOISE and None not in (freenoise_stride, segment_length) and \
+                freenoise_stride > segment_length:
+            return (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the segment length "
+                    f"({segment_length})")
+        return prompt_schedule_problem(segment_prompts, frames) or True
 
     @classmethod
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
@@ -73,21 +121,41 @@ class ConFinerLongSegmenter(io.ComfyNode):
                           freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
                           coherence_memory=coherence_memory)
         long.validate()
+        experts.check_mode(mode)
+        experts.check_latent_spaces(control_model)
         plan = plan_segments(frames, segment_length, staggered)
-        prompts = (parse_prompt(segment_prompts, frames, option="segment_prompts")
+        prompts = (parse_prompt(segment_prompts, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
                    if segment_prompts and segment_prompts.strip() else None)
         if prompts is not None and clip is None:
-            raise ValueError("segment_prompts need the 'clip' input to encode them; connect a CLIP or clear the prompts")
+            raise ValueError("segment prompts (segment_prompts) need the 'clip' input to encode them; connect a CLIP "
+                             "or clear the prompts")
+        schedule_text = resolved_schedule_text(segment_prompts, frames)
+        if schedule_text:
+            host.show_text(host.node_id(cls), schedule_text)
+        ade.new_run()
+        ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
+        per_window = host.refine_evaluations(chain)
+        total = plan.structures * control_steps + len(plan.windows) * per_window
+
+        def where(role, counts):
+            if role == "control":
+                return f"structure {(counts['control'] - 1) // control_steps + 1}/{plan.structures} · "
+            done = counts["spatial"] + counts["temporal"]
+            return f"window {(done - 1) // per_window + 1}/{len(plan.windows)} · "
+
+        progress = host.Progress(control_model, total, host.node_id(cls), where)
         log = EvaluationLog()
-        control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log, clip)
-        spatial, temporal = experts.bind(seed, log, clip)
+        control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
+                            clip, progress)
+        spatial, temporal = experts.bind(seed, log, clip, progress)
+        host.check_frames(control, segment_length)
+        host.plan_control(control, chain)
+        host.plan_refinement(spatial, temporal, chain)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape
-        total = plan.structures * control_steps + len(plan.windows) * refine_steps
-        progress = host.Progress(control_model, total)
         windows = []
         generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long, torch.Generator().manual_seed(seed),
-                      lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, progress,
+                      lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, None,
                       frame.device)
         host.log_cost("ConFiner Long Segmenter", log)
         return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))

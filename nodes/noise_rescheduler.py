@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..confiner_core import layout as L
 from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise
-from .schema import CATEGORY, seed_input
+from .schema import CATEGORY, advanced, widget_problem
 
 
 def rescheduled_noise(samples: torch.Tensor, kind: str, segment_length: int, stride: int, seed: int) -> torch.Tensor:
@@ -41,16 +41,21 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             display_name="ConFiner Noise Rescheduler",
             category=CATEGORY,
             description="Initial noise for long videos: consistency initialization (every segment a frame "
-                        "shuffle of one base noise, ConFiner-Long) or FreeNoise rescheduling (window/stride).",
+                        "shuffle of one base noise, ConFiner-Long) or FreeNoise rescheduling (window/stride). As "
+                        "NOISE for SamplerCustomAdvanced, and as a LATENT for ConFiner Control Expert ('use latent as "
+                        "noise'). This is also how to get FreeNoise with ConFiner: AnimateDiff-Evolved's Sample "
+                        "Settings noise types do not reach ConFiner's samplers.",
             inputs=[
                 io.Latent.Input("latent", tooltip="Sets the shape: frame batch [F,C,h,w] or video [B,C,T,h,w]."),
-                seed_input(),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the base noise; same seed, same noise."),
                 io.Combo.Input("method", options=[SHUFFLE, FREENOISE], default=SHUFFLE,
                                tooltip="shuffle: ConFiner consistency initialization; freenoise: FreeNoise."),
-                io.Int.Input("segment_length", default=16, min=1, max=4096,
+                io.Int.Input("segment_length", display_name="segment length", default=16, min=1, max=4096,
                              tooltip="Frames per segment (shuffle) or context window length (freenoise)."),
-                io.Int.Input("stride", default=4, min=1, max=4096,
-                             tooltip="FreeNoise stride: frames between windows (context_length - overlap)."),
+                advanced(io.Int.Input("stride", display_name="FreeNoise stride", default=4, min=1, max=4096,
+                                      tooltip="Only for method 'freenoise': frames between windows (context_length - "
+                                              "overlap), at most the segment length.")),
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced."),
                      io.Latent.Output(display_name="noise_latent",
@@ -59,9 +64,12 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, segment_length, stride, method, **kwargs):
-        if method == FREENOISE and stride > segment_length:
-            return f"stride ({stride}) must not exceed segment_length ({segment_length}) for FreeNoise"
+    def validate_inputs(cls, segment_length, stride, method):
+        problem = widget_problem(cls, segment_length=segment_length, stride=stride, method=method)
+        if problem:
+            return problem
+        if method == FREENOISE and None not in (stride, segment_length) and stride > segment_length:
+            return f"FreeNoise stride (stride) = {stride} must not exceed the segment length ({segment_length})"
         return True
 
     @classmethod

@@ -68,7 +68,7 @@ def test_pack_registers_five_v3_nodes_with_tooltips(comfy_worker):
 def test_schedules_equal_comfys_model_sampling(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:schedule_matches_comfy", comfy_worker.checkpoint_name)
     assert r["max_rel_error"] < 1e-5
-    assert abs(r["sigma_max"] - 14.6146) < 1e-3 and r["layout"] == "frames" and r["latent_space"] == "SD15"
+    assert abs(r["sigma_max"] - 14.6146) < 1e-3 and r["layout"] == "frames" and r["latent_space"] == "sd15"
 
 
 @pytest.mark.parametrize("name", ["confiner_basic", "confiner_compare_modes", "confiner_long_128"])
@@ -83,7 +83,11 @@ def test_example_workflow_executes(comfy_worker, name):
     assert confiner_steps, result["progress"][:5]
 
 
-def test_progress_counts_every_step_with_previews(comfy_worker):
+def _node_ids(workflow: dict, node_type: str) -> list:
+    return [str(n["id"]) for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
     workflow = json.loads((EXAMPLES / "confiner_basic.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
     try:
@@ -91,10 +95,29 @@ def test_progress_counts_every_step_with_previews(comfy_worker):
     finally:
         comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
     assert result["success"]
-    ours = [e for e in result["progress"] if e.get("total") in (4, 5)]
-    assert [e["value"] for e in ours if e["total"] == 4][-4:] == [1, 2, 3, 4]  # 4 control steps
-    assert [e["value"] for e in ours if e["total"] == 5][-5:] == [1, 2, 3, 4, 5]  # 5 refinement steps
-    assert all(e["has_preview"] for e in ours)
+    (control,), (sampler,) = _node_ids(workflow, "ConFinerControlExpert"), _node_ids(workflow, "ConFinerCoordinatedSampler")
+    by_node = {n: [e for e in result["progress"] if e["node_id"] == n] for n in (control, sampler)}
+    # 4 control evaluations, then 5 coordinated steps x 3 evaluations: 19 updates for 19 evaluations
+    assert [(e["value"], e["total"]) for e in by_node[control]] == [(i, 4) for i in range(1, 5)]
+    assert [(e["value"], e["total"]) for e in by_node[sampler]] == [(i, 15) for i in range(1, 16)]
+    assert all(e["has_preview"] for n in by_node for e in by_node[n])
+    texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
+    sampler_texts = [t["text"] for t in texts if t["node_id"] == sampler]
+    assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
+    assert sampler_texts[1].startswith("refinement · temporal expert · step 1/5")
+    assert sampler_texts[-1].endswith("evaluation 15/15")
+    assert [t["text"] for t in texts if t["node_id"] == control][0].startswith("control stage · control expert")
+
+
+@pytest.mark.parametrize("at_evaluation", [2, 6, 7])  # control stage; a coordinated step's 2nd and 3rd evaluation
+def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evaluation):
+    """Cancel arrives while evaluation N runs (the flag is set when its sampling call returns, before any progress
+    update, and the progress hook itself does not check): no further evaluation may start, on every version."""
+    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker))
+    r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation)
+    assert r["interrupted"] and r["evaluations"] == at_evaluation
+    assert r["evaluations_after_cancel"] == 0
+    assert not comfy_worker.call("comfy_support.confiner_checks:all_models_unpatched")["any_current_patcher"]
 
 
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
@@ -148,7 +171,12 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     temporal["link"] = None
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert not result["success"]
-    assert "needs a temporal expert" in result["error"]["exception_message"]
+    message = result["error"]["exception_message"]
+    assert "needs a temporal expert" in message and "temporal_model" in message
+    assert result["error"]["node_id"] in _node_ids(workflow, "ConFinerCoordinatedSampler")
+    # refused before the structure was made: the Control Expert never ran, no expert was evaluated
+    assert not any(n in result["executed"] for n in _node_ids(workflow, "ConFinerControlExpert"))
+    assert result["progress"] == []
 
 
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
@@ -209,3 +237,24 @@ def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
     out = Path(comfy_worker.output_dir)
     a, b = (out / saved_files(r)[0] for r in (control, spatial))
     assert a.read_bytes() != b.read_bytes()
+
+
+def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy_worker):
+    """Widgets got readable labels (display names) but kept their ids, which saved workflows and API prompts use:
+    the basic template as shipped before (pack 0.1.0) converts to the same inputs and runs unchanged."""
+    from comfy_support.fixtures import load_workflow
+
+    old = load_workflow("confiner_basic_v0.1")
+    new = json.loads((EXAMPLES / "confiner_basic.json").read_text())
+    api_old, api_new = (comfy_worker.convert(cpu_sized(w, comfy_worker)) for w in (old, new))
+    inputs = lambda api, t: next(v["inputs"] for v in api.values() if v["class_type"] == t)  # noqa: E731
+    for node_type in NODE_IDS:
+        if any(v["class_type"] == node_type for v in api_old.values()):
+            old_inputs, new_inputs = inputs(api_old, node_type), inputs(api_new, node_type)
+            # inputs added since (issue 12's options) are optional and trail the old widgets
+            assert old_inputs.keys() <= new_inputs.keys(), node_type
+            literals = lambda d: {k: v for k, v in d.items() if not isinstance(v, list)}  # noqa: E731
+            assert literals(old_inputs) == {k: v for k, v in literals(new_inputs).items() if k in old_inputs}, \
+                node_type
+    result = comfy_worker.run_workflow(cpu_sized(old, comfy_worker), fresh_cache=True)
+    assert result["success"], result.get("error") or result["status_messages"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = {"confiner_core", "nodes", "comfy_support", "tiny_diffusers"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+LOCAL = ({"confiner_core", "nodes", "comfy_support", "tiny_diffusers"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+         | {p.stem for p in (ROOT / "tools").glob("*.py")})
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
 # Installed by the README's commands themselves ("pip install torch==2.13.0 -r ...").
@@ -68,11 +69,13 @@ def third_party(path: Path, module_level_only: bool = False) -> set[str]:
 
 def test_every_import_of_the_tests_and_the_main_job_is_listed():
     listed = requirements("requirements-test.txt") | BY_COMMAND
+    # the developer tools render from the real frontend: they also have what the browser test installs
+    tools = listed | requirements("tests/comfy_support/requirements-browser.txt")
     files = [*(ROOT / "confiner_core").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
     missing = {}
     for f in files:
         for name in third_party(f):
-            if DISTRIBUTION.get(name, name).lower() not in listed:
+            if DISTRIBUTION.get(name, name).lower() not in (tools if f.parent.name == "tools" else listed):
                 missing.setdefault(name, []).append(str(f.relative_to(ROOT)))
     # ComfyUI's own modules are imported by test modules only inside the ComfyUI worker
     missing = {k: v for k, v in missing.items() if k not in {"comfy", "comfy_api", "folder_paths", "nodes"}}

@@ -1,18 +1,58 @@
-"""Writes example_workflows/*.json (ComfyUI UI format) from compact descriptions, so links and widget orders
-stay consistent. The tests convert every file back to an API prompt and execute it in a real ComfyUI.
+"""Writes example_workflows/*.json (ComfyUI UI format) from compact descriptions, so links, widget orders and the
+layout stay consistent. The tests convert every file back to an API prompt and execute it in a real ComfyUI, and a
+browser test loads each into the real frontend and checks that no two nodes overlap at their drawn sizes.
+
+Layout: left to right by stage (models -> prompts and size -> control stage -> refinement -> decode and save), one
+group per stage, nodes stacked in their stage's column. A node is at least as large as the frontend computes it
+(``tools/frontend_node_sizes.json``, measured by ``tools/measure_frontend_sizes.py`` in the real frontend), with
+room for text and for the animated preview of the save nodes. The first view (``extra.ds``) shows the whole graph
+below the frontend's toolbars.
 
 Usage: python tools/build_example_workflows.py
 """
+
+from __future__ import annotations
 
 import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "example_workflows")
+MEASURED = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend_node_sizes.json")))
 
-SD15 = "v1-5-pruned-emaonly.safetensors"
-LIGHTNING = "animatediff_lightning_4step_comfyui.safetensors"
-MOTION = "v3_sd15_mm.ckpt"
+TITLE_H = 30        # LiteGraph draws a node's title bar above its position
+GAP = 36            # between stacked nodes, below the title bar
+COLUMN_GAP = 60     # between stage groups
+GROUP_PAD = 18
+GROUP_TITLE = 46
+VIEW = (1780, 880)  # the canvas area the first view should fill (1920x1080 window less side and top bars)
+VIEW_LEFT = 90      # right of the frontend's side bar
+VIEW_TOP = 120      # below the frontend's tab bar and workflow menu
+
+
+class Model:
+    """A model file a template uses: the loader widget value, where to get it, the models folder."""
+
+    def __init__(self, name, url, directory, what):
+        self.name, self.url, self.directory, self.what = name, url, directory, what
+
+    def entry(self):
+        return {"name": self.name, "url": self.url, "directory": self.directory}
+
+
+# safetensors releases only: the missing-models dialog offers a download only for huggingface.co / civitai.com
+# .safetensors/.sft URLs (a .ckpt motion module never gets a button).
+SD15 = Model("v1-5-pruned-emaonly.safetensors",
+             "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
+             "checkpoints", "SD 1.5: the spatial expert, and the base the motion models run on")
+LIGHTNING = Model("animatediff_lightning_4step_comfyui.safetensors",
+                  "https://huggingface.co/ByteDance/AnimateDiff-Lightning/resolve/main/animatediff_lightning_4step_comfyui.safetensors",
+                  "animatediff_models", "AnimateDiff-Lightning 4-step motion model: the control expert")
+MOTION_V3 = Model("mm_sd15_v3.safetensors",
+                  "https://huggingface.co/conrevo/AnimateDiff-A1111/resolve/main/motion_module/mm_sd15_v3.safetensors",
+                  "animatediff_models", "AnimateDiff v3 motion model (fp16 safetensors): the temporal expert")
+MODELS = (SD15, LIGHTNING, MOTION_V3)
+
 PROMPT = "a corgi running on a sunny beach, waves, golden hour, highly detailed"
 NEGATIVE = "blurry, low quality, watermark, deformed"
 
@@ -36,24 +76,56 @@ SOCKETS = {
     "ConFinerNoiseRescheduler": ([("latent", "LATENT")], [("noise", "NOISE"), ("noise_latent", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveAnimatedWEBP": ([("images", "IMAGE")], []),
-    "Note": ([], []),
+    "MarkdownNote": ([], []),
 }
+
+# the size an artist needs (text, previews); never below what the frontend computes
+WANTED = {
+    "MarkdownNote": (470, 620),
+    "CheckpointLoaderSimple": (380, 100),
+    "ADE_AnimateDiffLoaderGen1": (380, 250),
+    "CLIPTextEncode": (420, 190),
+    "EmptyLatentImage": (380, 110),
+    "ConFinerControlExpert": (380, 240),
+    "ConFinerRefineExperts": (380, 190),
+    "ConFinerCoordinatedSampler": (380, 210),
+    "ConFinerLongSegmenter": (420, 640),
+    "VAEDecode": (220, 50),
+    "SaveAnimatedWEBP": (470, 560),  # room for the animated preview of a 512x512 clip
+}
+STAGE_COLOURS = {"models": "#3f789e", "prompts": "#8a8a3f", "control": "#a1309b", "refine": "#b58b2a",
+                 "output": "#3f8a5a", "readme": "#444444"}
+
+
+def size_of(type_: str) -> list:
+    measured = MEASURED.get(type_) or [0, 0]
+    wanted = WANTED.get(type_, (0, 0))
+    return [int(max(measured[0], wanted[0]) + 0.999), int(max(measured[1], wanted[1]) + 0.999)]
 
 
 class Graph:
     def __init__(self):
-        self.nodes, self.links = [], []
+        self.nodes, self.links, self.groups = [], [], []
+        self.columns: list = []  # (stage, group title, [nodes])
 
-    def node(self, type_, widgets, title=None, col=0, row=0, mode=0):
+    def column(self, stage: str, title: str):
+        self.columns.append((stage, title, []))
+
+    def node(self, type_, widgets, title=None, models=(), align_with=None):
+        """A node in the current column; ``align_with``: start at that node's height (rows across columns)."""
         ins, outs = SOCKETS[type_]
-        n = {"id": len(self.nodes) + 1, "type": type_, "pos": [40 + 360 * col, 40 + 260 * row], "size": [320, 200],
-             "flags": {}, "order": len(self.nodes), "mode": mode,
+        props = {"Node name for S&R": type_}
+        if models:
+            props["models"] = [m.entry() for m in models]
+        n = {"id": len(self.nodes) + 1, "type": type_, "pos": [0, 0], "size": size_of(type_), "flags": {},
+             "order": len(self.nodes), "mode": 0,
              "inputs": [{"name": a, "type": t, "link": None} for a, t in ins],
              "outputs": [{"name": a, "type": t, "links": [], "slot_index": i} for i, (a, t) in enumerate(outs)],
-             "properties": {"Node name for S&R": type_}, "widgets_values": widgets}
+             "properties": props, "widgets_values": widgets}
         if title:
             n["title"] = title
         self.nodes.append(n)
+        self.columns[-1][2].append((n, align_with))
         return n
 
     def link(self, src, out_name, dst, in_name):
@@ -65,41 +137,95 @@ class Graph:
         src["outputs"][o]["links"].append(lid)
         dst["inputs"][i]["link"] = lid
 
+    def layout(self):
+        """Columns left to right, nodes stacked top-down (title bars included), one group per column."""
+        x = 0
+        top = GROUP_TITLE + TITLE_H
+        for stage, title, nodes in self.columns:
+            width = max(n["size"][0] for n, _ in nodes)
+            y = top
+            for n, align in nodes:
+                if align is not None:
+                    y = max(y, align["pos"][1])
+                n["pos"] = [x + GROUP_PAD, y]
+                y += n["size"][1] + GAP + TITLE_H
+            bottom = max(n["pos"][1] + n["size"][1] for n, _ in nodes)
+            self.groups.append({"title": title, "bounding": [x, 0, width + 2 * GROUP_PAD, bottom + GROUP_PAD],
+                                "color": STAGE_COLOURS[stage], "font_size": 22, "flags": {}})
+            x += width + 2 * GROUP_PAD + COLUMN_GAP
+
+    def first_view(self) -> dict:
+        """Scale and offset that show the whole graph below the toolbars (screen = (pos + offset) * scale)."""
+        right = max(g["bounding"][0] + g["bounding"][2] for g in self.groups)
+        bottom = max(g["bounding"][1] + g["bounding"][3] for g in self.groups)
+        # whole graph when it fits at a readable scale (the frontend drops node text below 0.6), else the left part
+        scale = round(max(0.65, min(1.0, VIEW[0] / (right + 40), VIEW[1] / (bottom + 40))), 3)
+        return {"scale": scale, "offset": [round(VIEW_LEFT / scale, 1), round(VIEW_TOP / scale, 1)]}
+
     def save(self, name, description):
+        self.layout()
         wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-              "links": self.links, "groups": [], "config": {},
-              "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "confiner": {"description": description}},
+              "links": self.links, "groups": self.groups, "config": {},
+              "extra": {"ds": self.first_view(), "confiner": {"description": description}},
               "version": 0.4}
         with open(os.path.join(OUT, name + ".json"), "w") as f:
             json.dump(wf, f, indent=1)
 
 
+def note_text(title: str, what: str, change_first: list, models=MODELS) -> str:
+    lines = [f"# {title}", "", what, "", "## Models (file -> folder)"]
+    lines += [f"- `{m.name}` -> `ComfyUI/models/{m.directory}/` ({m.what})" for m in models]
+    lines += ["", "Missing files are offered for download when the template opens (each loader carries its link).",
+              "", "## Custom nodes",
+              "- **ComfyUI-AnimateDiff-Evolved** (required): the two motion-model loaders.",
+              "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4.",
+              "", "## Change first"]
+    lines += [f"{i}. {c}" for i, c in enumerate(change_first, 1)]
+    lines += ["", "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
+              "Every ConFiner node has a help page (the **?** in the node's menu / the node library)."]
+    return "\n".join(lines)
+
+
+CHANGE_FIRST = ["**Positive** prompt (and Negative).",
+                "Frames and size on **Size and frame count** (batch size = frames; AnimateDiff is trained on 16).",
+                "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure."]
+
+
 def experts_graph(g, note):
-    """Loader, prompts, the two AnimateDiff-Evolved motion models and the refine-experts bundle."""
-    g.node("Note", [note], "About this workflow", col=0, row=3)
-    ckpt = g.node("CheckpointLoaderSimple", [SD15], "SD 1.5 checkpoint (spatial expert)", 0, 0)
-    pos = g.node("CLIPTextEncode", [PROMPT], "Positive", 1, 0)
-    neg = g.node("CLIPTextEncode", [NEGATIVE], "Negative", 1, 1)
-    for n in (pos, neg):
-        g.link(ckpt, "CLIP", n, "clip")
-    control = g.node("ADE_AnimateDiffLoaderGen1", [LIGHTNING, "sqrt_linear (AnimateDiff)"],
-                     "Control expert: AnimateDiff-Lightning 4-step", 0, 1)
-    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION, "autoselect"], "Temporal expert: AnimateDiff v3", 0, 2)
+    """Read-me, loaders, prompts and the refine-experts bundle (placed in the refinement column later)."""
+    g.column("readme", "Read me")
+    g.node("MarkdownNote", [note], "About this workflow")
+    g.column("models", "1 · Models")
+    ckpt = g.node("CheckpointLoaderSimple", [SD15.name], "SD 1.5 checkpoint (spatial expert)", models=[SD15])
+    control = g.node("ADE_AnimateDiffLoaderGen1", [LIGHTNING.name, "sqrt_linear (AnimateDiff)"],
+                     "Control expert: AnimateDiff-Lightning 4-step", models=[LIGHTNING])
+    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION_V3.name, "autoselect"], "Temporal expert: AnimateDiff v3",
+                      models=[MOTION_V3])
     g.link(ckpt, "MODEL", control, "model")
     g.link(ckpt, "MODEL", temporal, "model")
-    experts = g.node("ConFinerRefineExperts", [7.5, 7.5], None, 2, 1)
+    g.column("prompts", "2 · Prompts and size")
+    pos = g.node("CLIPTextEncode", [PROMPT], "Positive")
+    neg = g.node("CLIPTextEncode", [NEGATIVE], "Negative")
+    for n in (pos, neg):
+        g.link(ckpt, "CLIP", n, "clip")
+    return ckpt, pos, neg, control, temporal
+
+
+def bundle(g, ckpt, temporal, pos, neg, align_with=None):
+    experts = g.node("ConFinerRefineExperts", [7.5, 7.5], None, align_with=align_with)
     g.link(ckpt, "MODEL", experts, "spatial_model")
     g.link(temporal, "MODEL", experts, "temporal_model")
     for who in ("spatial", "temporal"):
         g.link(pos, "CONDITIONING", experts, f"{who}_positive")
         g.link(neg, "CONDITIONING", experts, f"{who}_negative")
-    return ckpt, pos, neg, control, experts
+    return experts
 
 
 def control_stage(g, control, pos, neg):
     """A 512x512x16 empty latent into the ConFiner Control Expert (4 Euler steps, cfg 1.0)."""
-    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count", 1, 2)
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0], None, 2, 0)
+    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count")
+    g.column("control", "3 · Control stage: structure")
+    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0], None)
     g.link(control, "MODEL", ctrl, "model")
     g.link(pos, "CONDITIONING", ctrl, "positive")
     g.link(neg, "CONDITIONING", ctrl, "negative")
@@ -107,61 +233,81 @@ def control_stage(g, control, pos, neg):
     return ctrl
 
 
-def save_video(g, ckpt, latent, prefix, col, row):
-    dec = g.node("VAEDecode", [], None, col, row)
-    g.link(latent, "latent", dec, "samples")
-    g.link(ckpt, "VAE", dec, "vae")
-    save = g.node("SaveAnimatedWEBP", [prefix, 8.0, False, 90, "default"], None, col + 1, row)
-    g.link(dec, "IMAGE", save, "images")
+def outputs(g, ckpt, latents, prefixes):
+    """VAE Decode then Save Animated WEBP per latent, each pair stacked in the output column."""
+    g.column("output", "5 · Decode and save")
+    for latent, prefix in zip(latents, prefixes):
+        dec = g.node("VAEDecode", [], None)
+        save = g.node("SaveAnimatedWEBP", [prefix, 8.0, False, 90, "default"], None)
+        g.link(latent, "latent", dec, "samples")
+        g.link(ckpt, "VAE", dec, "vae")
+        g.link(dec, "IMAGE", save, "images")
 
 
 def basic():
     g = Graph()
-    ckpt, pos, neg, control, experts = experts_graph(
-        g, "ConFiner basic: AnimateDiff-Lightning lays out a 16-frame structure in 4 steps; it is noised to T_e=100 "
-           "and refined in 5 coordinated steps by SD 1.5 (spatial) and AnimateDiff v3 (temporal): 19 evaluations.")
+    ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
+        "ConFiner basic",
+        "AnimateDiff-Lightning lays out a 16-frame structure in 4 steps (control stage); it is noised to T_e = 100 "
+        "and refined in 5 coordinated steps by SD 1.5 (spatial expert) and AnimateDiff v3 (temporal expert): "
+        "19 expert evaluations in all, the paper's default.", CHANGE_FIRST))
     ctrl = control_stage(g, control, pos, neg)
-    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"],
-                     None, 3, 0)
+    g.column("refine", "4 · Refinement")
+    experts = bundle(g, ckpt, temporal, pos, neg)
+    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
-    save_video(g, ckpt, sampler, "ConFiner/basic", 3, 1)
+    outputs(g, ckpt, [sampler], ["ConFiner/basic"])
     g.save("confiner_basic", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
 
 
 def compare_modes():
     g = Graph()
-    ckpt, pos, neg, control, experts = experts_graph(
-        g, "One structure, three refinements side by side: coordinated (Algorithm 1), standard (spatial expert "
-           "only, Eq. 8) and temporal expert only. Same seed for all three.")
+    ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
+        "ConFiner: compare refinement modes",
+        "One structure, refined three ways side by side with the same seeds: coordinated (the paper's Algorithm 1), "
+        "standard (spatial expert only, Eq. 8) and temporal expert only.", CHANGE_FIRST))
     ctrl = control_stage(g, control, pos, neg)
-    for row, mode in enumerate(("coordinated", "standard", "temporal")):
+    g.column("refine", "4 · Refinement, three modes")
+    experts = bundle(g, ckpt, temporal, pos, neg)
+    samplers = []
+    for mode in ("coordinated", "standard", "temporal"):
         s = g.node("ConFinerCoordinatedSampler", [100, 5, mode, "same_index", 0, "fixed", "spatial"],
-                   f"Refine: {mode}", 3, row)
+                   f"Refine: {mode}")
         g.link(experts, "experts", s, "experts")
         g.link(ctrl, "structure", s, "structure")
-        save_video(g, ckpt, s, f"ConFiner/compare_{mode}", 4, row)
+        samplers.append(s)
+    outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in ("coordinated", "standard", "temporal")])
     g.save("confiner_compare_modes", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
 def long_video():
     g = Graph()
-    ckpt, pos, neg, control, experts = experts_graph(
-        g, "ConFiner-Long: 128 frames as staggered 16-frame segments with consistency initialization, coherence "
-           "guidance (gamma 0.1) and staggered refinement; the prompt travels from the beach to the snow at frame 64.")
-    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frame count is set on the segmenter)", 1, 2)
+    ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
+        "ConFiner-Long, 128 frames",
+        "128 frames as staggered 16-frame segments with consistency initialization, coherence guidance (gamma 0.1) "
+        "and staggered refinement; the prompt travels from the beach to the snow at frame 64. The schedule's start "
+        "frames must stay below **frames** (the node refuses one past the end).",
+        ["**segment prompts** on the Long Segmenter (prompt travel: `0: prompt | 64: prompt from frame 64`), or "
+         "Positive/Negative when segment prompts is empty.",
+         "**frames** on the Long Segmenter (the latent sets only the frame size).",
+         "The seed on the Long Segmenter."]))
+    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames are set on the segmenter)")
+    g.column("refine", "3 · Refine experts")
+    experts = bundle(g, ckpt, temporal, pos, neg)
+    g.column("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
                   "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
                   "trailing", 0.0, "spatial", "guided"],
-                 None, 2, 0)
+                 None)
     g.link(control, "MODEL", seg, "control_model")
     g.link(pos, "CONDITIONING", seg, "control_positive")
     g.link(neg, "CONDITIONING", seg, "control_negative")
     g.link(experts, "experts", seg, "experts")
     g.link(empty, "LATENT", seg, "latent")
     g.link(ckpt, "CLIP", seg, "clip")
-    save_video(g, ckpt, seg, "ConFiner/long", 3, 0)
+    outputs(g, ckpt, [seg], ["ConFiner/long"])
     g.save("confiner_long_128", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
 
@@ -170,4 +316,4 @@ if __name__ == "__main__":
     basic()
     compare_modes()
     long_video()
-    print("wrote", sorted(os.listdir(OUT)))
+    print("wrote", sorted(f for f in os.listdir(OUT) if f.endswith(".json")))

@@ -25,7 +25,7 @@ def schedule_matches_comfy(ckpt_name: str) -> dict:
         worst = max(worst, abs(ours - theirs) / theirs)
         assert int(ms.timestep(torch.tensor(ours))) == t
     return {"max_rel_error": worst, "sigma_max": float(ms.sigma_max), "schedule": expert.schedule.name,
-            "layout": expert.layout, "latent_space": expert.latent_space}
+            "layout": expert.layout, "latent_space": expert.latent_space.name}
 
 
 def all_models_unpatched() -> dict:
@@ -175,3 +175,72 @@ def use_latent2rgb_previews(enabled: bool = True) -> str:
     if hasattr(latent_preview, "default_preview_method"):  # 0.8.x resets it per prompt from this default
         latent_preview.default_preview_method = method
     return str(method)
+
+
+def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
+    """Run ``api_prompt`` and press Cancel while expert evaluation ``at_evaluation`` runs: the flag is set as that
+    evaluation's sampling call (CFGGuider.sample) returns. Progress updates do not check the flag here, so only the
+    pack's own checks can stop the run. Counts the evaluations that started after Cancel."""
+    import comfy.model_management as mm
+    import comfy.samplers
+
+    from comfy_support import harness
+
+    original = comfy.samplers.CFGGuider.sample
+    calls = {"done": 0, "after": 0}
+
+    def sample(self, *args, **kwargs):
+        if calls["done"] >= at_evaluation:
+            calls["after"] += 1
+        out = original(self, *args, **kwargs)
+        calls["done"] += 1
+        if calls["done"] == at_evaluation:
+            mm.interrupt_current_processing(True)
+        return out
+
+    comfy.samplers.CFGGuider.sample = sample
+    try:
+        res = harness.run_prompt(api_prompt, fresh_cache=True, progress=harness.ProgressRecorder(check_interrupt=False))
+    finally:
+        comfy.samplers.CFGGuider.sample = original
+        mm.interrupt_current_processing(False)
+    return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
+            "evaluations_after_cancel": calls["after"], "error": res.error}
+
+
+def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dict:
+    """Run ``api_prompt`` and count expert evaluations (CFGGuider.sample calls: one per ConFiner evaluation, one per
+    ordinary sampling run)."""
+    import comfy.samplers
+
+    from comfy_support import harness
+
+    original = comfy.samplers.CFGGuider.sample
+    calls = {"n": 0}
+
+    def sample(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    comfy.samplers.CFGGuider.sample = sample
+    try:
+        res = harness.run_prompt(api_prompt, fresh_cache=fresh_cache)
+    finally:
+        comfy.samplers.CFGGuider.sample = original
+    return {**res.to_json(), "evaluations": calls["n"]}
+
+
+def mixed_latent_spaces_refused(ckpt_name: str) -> dict:
+    """ConFiner Refine Experts given a temporal model in another latent space (an SDXL latent format object-patched
+    onto the model, as a different family would have): the bundle refuses before anything runs."""
+    import comfy.latent_formats
+
+    node = _pack_module(".nodes.refine_experts").ConFinerRefineExperts
+    model, cond = _load(ckpt_name)
+    other = model.clone()
+    other.add_object_patch("latent_format", comfy.latent_formats.SDXL())
+    try:
+        node.execute(model, cond, cond, 7.5, other, cond, cond, 7.5)
+    except ValueError as e:
+        return {"refused": True, "message": str(e)}
+    return {"refused": False, "message": ""}

@@ -1,0 +1,286 @@
+"""ComfyUI with its real frontend in headless Chromium, for tests and tools (test-only code).
+
+* :class:`ComfyServer` starts ``main.py`` of a ComfyUI checkout as a subprocess on a free loopback port, with a
+  private base directory whose ``custom_nodes`` links the packs to load (the torchvision stub on ``PYTHONPATH``);
+* :func:`open_page` opens the frontend in Chromium (Debian's ``chromium``, driven by Playwright by executable path;
+  Playwright's own browser downloads are never used) and waits for the app;
+* :func:`load_template` loads a template as the template browser does (``app.loadGraphData``) and returns each node's
+  drawn bounding box (title bar included) and the frontend's minimum size for it;
+* :func:`overlaps` lists node pairs whose drawn boxes intersect.
+
+Needs: a ComfyUI checkout, ``comfyui-frontend-package`` at the version the checkout pins, ``playwright`` (Python
+package) and ``/usr/bin/chromium``; :func:`missing` says what is absent. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from . import harness
+
+CHROMIUM = os.environ.get("CONFINER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+VIEWPORT = {"width": 1920, "height": 1080}
+
+
+def pinned_frontend(comfy_root) -> str | None:
+    """The comfyui-frontend-package version the checkout's requirements.txt pins."""
+    try:
+        text = (Path(comfy_root) / "requirements.txt").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^comfyui-frontend-package==([\w.]+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def missing(comfy_root) -> str | None:
+    """Why the browser test cannot run here (None when it can)."""
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        return f"Chromium not found at {CHROMIUM} (Debian: apt-get install -y chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (tests/comfy_support/requirements-browser.txt)"
+    want = pinned_frontend(comfy_root)
+    try:
+        have = metadata.version("comfyui-frontend-package")
+    except metadata.PackageNotFoundError:
+        return f"comfyui-frontend-package is not installed (this ComfyUI pins {want})"
+    if want and have != want:
+        return f"comfyui-frontend-package {have} is installed but this ComfyUI pins {want}"
+    return None
+
+
+def checkout_for_tools():
+    """The ComfyUI checkout for a tool script, or exit with the reason the browser cannot run."""
+    root = harness.comfy_root()
+    if root is None:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    why = missing(root)
+    if why:
+        sys.exit(why)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """``python main.py --cpu`` of ``comfy_root`` with ``packs`` [(dir, name)] as its custom nodes."""
+
+    def __init__(self, comfy_root, packs, log_path=None, timeout: float = 240):
+        self.root = Path(comfy_root)
+        self.base = Path(tempfile.mkdtemp(prefix="confiner-frontend-"))
+        (self.base / "custom_nodes").mkdir()
+        for path, name in packs:
+            (self.base / "custom_nodes" / name).symlink_to(Path(path).resolve(), target_is_directory=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path) if log_path else self.base / "server.log"
+        env = dict(os.environ)
+        if importlib.util.find_spec("torchvision") is None:  # ComfyUI core imports it; the test stub stands in
+            env["PYTHONPATH"] = os.pathsep.join([str(harness.stubs_dir())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--disable-api-nodes", "--base-directory", str(self.base),
+             "--listen", "127.0.0.1", "--port", str(self.port)],
+            cwd=str(self.root), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited (rc={self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/object_info/ConFinerControlExpert", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1.0)
+        self.close()
+        raise TimeoutError(f"ComfyUI did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) of a GET on the server."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), b""
+
+    def get_json(self, path: str):
+        status, _, body = self.get(path)
+        assert status == 200, f"GET {path}: {status}"
+        return json.loads(body)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        self._log.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Browser:
+    """Playwright driving Debian's Chromium (by executable path) on one page of the frontend."""
+
+    def __init__(self, url: str):
+        from playwright.sync_api import sync_playwright
+
+        # a fresh user profile opens the template browser on first start: mark the tutorial as seen
+        request = urllib.request.Request(url + "/api/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=30).close()
+
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file()
+                                                else shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        self.page = self.browser.new_page(viewport=VIEWPORT)
+        self.console: list[str] = []
+        self.responses: list[tuple[int, str]] = []
+        self.page.on("console", lambda m: self.console.append(m.text))
+        self.page.on("response", lambda r: self.responses.append((r.status, r.url)))
+        self.page.goto(url)
+        self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                    "window.LiteGraph.registered_node_types['ConFinerControlExpert']", timeout=180000)
+        self.page.wait_for_timeout(1000)
+
+    def dismiss(self) -> None:
+        """Closes open dialogs, as Escape does for an artist."""
+        for _ in range(2):
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(200)
+
+    def close(self) -> None:
+        self.browser.close()
+        self._pw.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+PICTURE_JS = """(type) => {
+  app.graph.clear();
+  const n = LiteGraph.createNode(type);
+  n.size = [Math.max(n.computeSize()[0], 380), n.computeSize()[1]];
+  n.pos = [0, 0];
+  app.graph.add(n);
+  app.canvas.ds.scale = 1.25;
+  app.canvas.ds.offset = [400 / 1.25, 160 / 1.25];
+  app.canvas.draw(true, true);
+  const s = app.canvas.ds.scale, o = app.canvas.ds.offset;
+  const r = app.canvas.canvas.getBoundingClientRect();
+  return [r.left + (n.pos[0] + o[0] - 10) * s, r.top + (n.pos[1] + o[1] - LiteGraph.NODE_TITLE_HEIGHT - 10) * s,
+          (n.size[0] + 20) * s, (n.size[1] + LiteGraph.NODE_TITLE_HEIGHT + 20) * s];
+}"""
+
+
+def node_picture(browser: Browser, node_type: str, path) -> None:
+    """A PNG of one freshly created node as the frontend draws it."""
+    x, y, w, h = browser.page.evaluate(PICTURE_JS, node_type)
+    browser.page.wait_for_timeout(300)
+    browser.page.screenshot(path=str(path), clip={"x": x, "y": y, "width": w, "height": h})
+
+
+MEASURE_JS = """(types) => {
+  const out = {};
+  for (const t of types) {
+    const n = LiteGraph.createNode(t);
+    out[t] = n ? Array.from(n.computeSize()) : null;
+  }
+  return out;
+}"""
+
+LOAD_JS = """async ([workflow, name]) => {
+  await app.loadGraphData(workflow, true, true, name);
+  app.canvas.draw(true, true);
+  await new Promise(r => setTimeout(r, 300));
+  app.canvas.draw(true, true);
+  const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
+  return app.graph._nodes.map(n => ({
+    id: n.id, type: n.type, title: n.title,
+    registered: !!LiteGraph.registered_node_types[n.type],
+    box: [n.pos[0], n.pos[1] - titleHeight, n.size[0], n.size[1] + titleHeight],
+    size: Array.from(n.size), min: Array.from(n.computeSize()),
+    widgets: (n.widgets || []).map(w => w.label || w.name),
+  }));
+}"""
+
+
+def measure_sizes(browser: Browser, types: list) -> dict:
+    """The frontend's computed (minimum) size of a fresh node of each type."""
+    return browser.page.evaluate(MEASURE_JS, types)
+
+
+def load_template(browser: Browser, workflow: dict, name: str) -> list:
+    return browser.page.evaluate(LOAD_JS, [workflow, name])
+
+
+def missing_nodes_dialog(browser: Browser) -> str | None:
+    """Text of the frontend's missing-nodes dialog if it is shown ("This workflow has missing nodes")."""
+    for locator in (browser.page.locator(".comfy-missing-nodes"),
+                    browser.page.get_by_text("This workflow has missing nodes")):
+        if locator.count() and locator.first.is_visible():
+            return locator.first.inner_text()[:500]
+    return None
+
+
+def missing_models_offered(browser: Browser) -> str:
+    """Text of the frontend's missing-models dialog ('' when not shown): one entry per model, 'folder / file', with
+    a Download button for the links the frontend accepts."""
+    dialog = browser.page.locator(".p-dialog").filter(has=browser.page.locator(".comfy-missing-models"))
+    return dialog.first.inner_text() if dialog.count() and dialog.first.is_visible() else ""
+
+
+def close_dialogs(browser: Browser) -> None:
+    browser.dismiss()
+
+
+def overlaps(nodes: list) -> list:
+    """Pairs of nodes whose drawn boxes (title bar included) intersect with positive area."""
+    found = []
+    for i, a in enumerate(nodes):
+        ax, ay, aw, ah = a["box"]
+        for b in nodes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if min(ax + aw, bx + bw) - max(ax, bx) > 0 and min(ay + ah, by + bh) - max(ay, by) > 0:
+                found.append((f"{a['id']}:{a['title']}", f"{b['id']}:{b['title']}"))
+    return found

@@ -1,0 +1,163 @@
+"""Bad inputs to the ConFiner nodes, refused before any expert evaluation, with a message naming the input.
+
+Table-driven: each case changes one value of a small working graph (tiny SD 1.5-layout checkpoint, 64x64, 4 frames)
+and asserts that the run is refused either by validation (before the queue runs anything) or by the node before its
+first expert evaluation (CFGGuider.sample is counted), and that the message names the input. Runs in a ComfyUI worker
+(``$COMFYUI_PATH``; skipped when unset).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from comfy_support.fixtures import comfy_path, comfy_worker, confiner_pack_dir, synthetic_checkpoint  # noqa: F401
+
+pytestmark = pytest.mark.comfyui
+VALIDATION, EXECUTION = "validation", "execution"
+
+
+@pytest.fixture(scope="module")
+def comfy_pack_dirs(confiner_pack_dir):
+    return [(str(confiner_pack_dir), "confiner")]
+
+
+def chain_prompt(ckpt: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "5": {"class_type": "ConFinerControlExpert", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "seed": 1,
+            "steps": 2, "cfg": 1.0, "sampler": "euler", "latent_is_noise": False}},
+        "6": {"class_type": "ConFinerRefineExperts", "inputs": {
+            "spatial_model": ["1", 0], "spatial_positive": ["2", 0], "spatial_negative": ["3", 0], "spatial_cfg": 2.0,
+            "temporal_model": ["1", 0], "temporal_cfg": 2.0}},
+        "7": {"class_type": "ConFinerCoordinatedSampler", "inputs": {
+            "experts": ["6", 0], "structure": ["5", 0], "te": 100, "refine_steps": 2, "mode": "coordinated",
+            "matching": "same_index", "seed": 2}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bad_inputs"}},
+    }
+
+
+def long_prompt(ckpt: str) -> dict:
+    p = chain_prompt(ckpt)
+    for k in ("5", "7"):
+        del p[k]
+    p["10"] = {"class_type": "ConFinerLongSegmenter", "inputs": {
+        "control_model": ["1", 0], "control_positive": ["2", 0], "control_negative": ["3", 0], "experts": ["6", 0],
+        "latent": ["4", 0], "frames": 8, "segment_length": 4, "seed": 1, "control_steps": 2, "control_cfg": 1.0,
+        "control_sampler": "euler", "te": 100, "refine_steps": 2, "mode": "coordinated", "matching": "same_index",
+        "noise_init": "shuffle", "freenoise_stride": 2, "gamma": 0.1, "staggered": True, "segment_prompts": "",
+        "clip": ["1", 1]}}
+    p["8"]["inputs"]["samples"] = ["10", 0]
+    return p
+
+
+def noise_prompt(ckpt: str) -> dict:
+    return {
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 8}},
+        "11": {"class_type": "ConFinerNoiseRescheduler", "inputs": {
+            "latent": ["4", 0], "seed": 3, "method": "freenoise", "segment_length": 4, "stride": 2}},
+        "12": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["11", 1], "upscale_method": "nearest-exact",
+                                                           "scale_by": 1.0}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "14": {"class_type": "PreviewImage", "inputs": {"images": ["13", 0]}},
+    }
+
+
+GRAPHS = {"chain": chain_prompt, "long": long_prompt, "noise": noise_prompt}
+
+# (case id, graph, node, {input: value} (None removes the input), stage, words the message must contain)
+CASES = [
+    ("control steps 0", "chain", "5", {"steps": 0}, VALIDATION, ["steps"]),
+    ("control steps above max", "chain", "5", {"steps": 5000}, VALIDATION, ["steps"]),
+    ("control cfg nan", "chain", "5", {"cfg": math.nan}, VALIDATION, ["cfg", "finite"]),
+    ("control cfg inf", "chain", "5", {"cfg": math.inf}, VALIDATION, ["cfg", "finite"]),
+    ("control cfg negative", "chain", "5", {"cfg": -1.0}, VALIDATION, ["cfg"]),
+    ("control sampler unknown", "chain", "5", {"sampler": "heun"}, VALIDATION, ["sampler"]),
+    ("control seed negative", "chain", "5", {"seed": -1}, VALIDATION, ["seed"]),
+    ("latent_is_noise on an empty latent", "chain", "5", {"latent_is_noise": True}, EXECUTION, ["latent_is_noise"]),
+    ("te 0", "chain", "7", {"te": 0}, VALIDATION, ["te"]),
+    ("te above the schedule", "chain", "7", {"te": 5000}, VALIDATION, ["te"]),
+    ("refine steps 0", "chain", "7", {"refine_steps": 0}, VALIDATION, ["refine_steps"]),
+    ("refine steps do not fit below te", "chain", "7", {"te": 10, "refine_steps": 50}, VALIDATION, ["refine_steps", "te"]),
+    ("refine mode unknown", "chain", "7", {"mode": "bogus"}, VALIDATION, ["mode"]),
+    ("matching unknown", "chain", "7", {"matching": "bogus"}, VALIDATION, ["matching"]),
+    ("refine seed above 2**64-1", "chain", "7", {"seed": 2 ** 64}, VALIDATION, ["seed"]),
+    ("spatial cfg nan", "chain", "6", {"spatial_cfg": math.nan}, VALIDATION, ["spatial_cfg", "finite"]),
+    ("temporal cfg above max", "chain", "6", {"temporal_cfg": 1e9}, VALIDATION, ["temporal_cfg"]),
+    ("coordinated without a temporal expert", "chain", "6", {"temporal_model": None}, EXECUTION,
+     ["temporal_model", "coordinated"]),
+    ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"]),
+    ("long segment length below 2", "long", "10", {"segment_length": 1}, VALIDATION, ["segment_length"]),
+    ("long FreeNoise stride above segment", "long", "10", {"noise_init": "freenoise", "freenoise_stride": 9},
+     VALIDATION, ["freenoise_stride"]),
+    ("long gamma above 0.5", "long", "10", {"gamma": 0.7}, VALIDATION, ["gamma"]),
+    ("long noise init unknown", "long", "10", {"noise_init": "perlin"}, VALIDATION, ["noise_init"]),
+    ("long refine mode unknown", "long", "10", {"mode": "bogus"}, VALIDATION, ["mode"]),
+    ("long control sampler unknown", "long", "10", {"control_sampler": "heun"}, VALIDATION, ["control_sampler"]),
+    ("long gamma nan", "long", "10", {"gamma": math.nan}, VALIDATION, ["gamma", "finite"]),
+    ("long control cfg inf", "long", "10", {"control_cfg": math.inf}, VALIDATION, ["control_cfg", "finite"]),
+    ("long te above the schedule", "long", "10", {"te": 4000}, VALIDATION, ["te"]),
+    ("long refine steps do not fit", "long", "10", {"te": 3, "refine_steps": 9}, VALIDATION, ["refine_steps"]),
+    ("long prompt schedule past the last frame", "long", "10", {"segment_prompts": "0: a red ball | 64: a blue ball"},
+     VALIDATION, ["segment_prompts", "64"]),
+    ("long prompt schedule ambiguous (no key on its first entry)", "long", "10",
+     {"segment_prompts": "a red ball | 4: a blue ball"}, VALIDATION, ["segment_prompts", "ambiguous"]),
+    ("long segment prompts without clip", "long", "10", {"segment_prompts": "0: a red ball | 4: a blue ball",
+                                                          "clip": None}, EXECUTION, ["segment_prompts", "clip"]),
+    ("long coordinated without a temporal expert", "long", "6", {"temporal_model": None}, EXECUTION,
+     ["temporal_model"]),
+    ("noise segment length 0", "noise", "11", {"segment_length": 0}, VALIDATION, ["segment_length"]),
+    ("noise FreeNoise stride above segment", "noise", "11", {"stride": 6}, VALIDATION, ["stride"]),
+    ("noise method unknown", "noise", "11", {"method": "pink"}, VALIDATION, ["method"]),
+    ("noise seed negative", "noise", "11", {"seed": -5}, VALIDATION, ["seed"]),
+]
+
+
+def _messages(result: dict) -> str:
+    if result["valid"] is False:
+        parts = [json.dumps(result.get("validation_error"))]
+        for errs in (result.get("node_errors") or {}).values():
+            for e in errs.get("errors", []):
+                parts.append(f"{e.get('message')} {e.get('details')} {e.get('extra_info', {}).get('input_name')}")
+        return "\n".join(parts)
+    return (result.get("error") or {}).get("exception_message", "")
+
+
+@pytest.mark.parametrize("case, graph, node, change, stage, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_any_expert_evaluation(comfy_worker, case, graph, node, change, stage, words):
+    prompt = copy.deepcopy(GRAPHS[graph](comfy_worker.checkpoint_name))
+    for name, value in change.items():
+        if value is None:
+            prompt[node]["inputs"].pop(name)
+        else:
+            prompt[node]["inputs"][name] = value
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt)
+    assert not r["success"]
+    assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
+    message = _messages(r)
+    assert (r["valid"] is False) == (stage == VALIDATION), message
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+    if stage == EXECUTION:
+        assert "Traceback" not in message and "\n" not in message.strip()
+
+
+def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):
+    for name, graph in GRAPHS.items():
+        r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", graph(comfy_worker.checkpoint_name))
+        assert r["success"], (name, r.get("error") or r.get("validation_error"))
+        assert r["evaluations"] > 0 or name == "noise"  # the counter sees ConFiner's evaluations
+
+
+def test_experts_in_different_latent_spaces_are_refused_by_the_bundle(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:mixed_latent_spaces_refused", comfy_worker.checkpoint_name)
+    assert r["refused"] and "latent spaces" in r["message"] and "temporal SDXL" in r["message"]

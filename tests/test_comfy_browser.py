@@ -1,0 +1,118 @@
+"""The templates in the real ComfyUI frontend (0.8.x and the comfyui-frontend-package it pins) in headless Chromium.
+
+Starts ComfyUI (``$COMFYUI_PATH``) with this pack, AnimateDiff-Evolved and VideoHelperSuite as custom nodes, opens the
+frontend, loads every template as the template browser does and checks what an artist sees: no missing-nodes dialog,
+no two nodes overlapping at the sizes the frontend draws them (title bars included), every node at least its computed
+size, every template listed with its thumbnail served, every node's help page served. Saves a screenshot per
+template (``$CONFINER_SCREENSHOT_DIR``, default a pytest temp folder; the path is printed).
+
+Skips with its reason when ComfyUI, Chromium, playwright, the pinned frontend package or the two custom-node packs
+are absent. Needs: tests/comfy_support/requirements-browser.txt and Debian's chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from comfy_support.fixtures import comfy_path  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.comfyui
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "example_workflows"
+TEMPLATES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+PACK = "comfyui-confiner"
+CACHE = Path.home() / ".cache" / "confiner"
+ADE = Path(os.environ.get("CONFINER_ADE_PATH", CACHE / "ade")).expanduser()
+VHS = Path(os.environ.get("CONFINER_VHS_PATH", CACHE / "vhs")).expanduser()
+NODE_IDS = ["ConFinerControlExpert", "ConFinerRefineExperts", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter",
+            "ConFinerNoiseRescheduler"]
+
+
+@pytest.fixture(scope="module")
+def frontend(comfy_path):
+    from comfy_support import browser
+
+    why = browser.missing(comfy_path)
+    if why:
+        pytest.skip(why)
+    packs = [(REPO, PACK)]
+    for path, name in ((ADE, "ComfyUI-AnimateDiff-Evolved"), (VHS, "ComfyUI-VideoHelperSuite")):
+        if not (path / "__init__.py").is_file():
+            pytest.skip(f"{name} not found at {path}: the templates need it (set CONFINER_ADE_PATH / CONFINER_VHS_PATH)")
+        packs.append((path, name))
+    with browser.ComfyServer(comfy_path, packs) as server, browser.Browser(server.url) as b:
+        yield server, b
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir(tmp_path_factory):
+    d = Path(os.environ.get("CONFINER_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_templates_are_listed_with_their_thumbnails(frontend):
+    server, _ = frontend
+    assert sorted(server.get_json("/api/workflow_templates")[PACK]) == TEMPLATES
+    for name in TEMPLATES:
+        status, kind, body = server.get(f"/api/workflow_templates/{PACK}/{name}.jpg")
+        assert status == 200 and kind == "image/jpeg" and body[:3] == b"\xff\xd8\xff", (name, status, kind)
+
+
+def test_every_node_has_a_help_page_with_a_picture(frontend):
+    server, _ = frontend
+    for node_id in NODE_IDS:
+        # the frontend looks for a custom node's help at /extensions/<pack from python_module>/docs/<node id>.md
+        assert server.get_json(f"/api/object_info/{node_id}")[node_id]["python_module"] == f"custom_nodes.{PACK}"
+        status, _, body = server.get(f"/extensions/{PACK}/docs/{node_id}.md")
+        assert status == 200, node_id
+        text = body.decode()
+        pictures = [line.split("](", 1)[1].split(")", 1)[0] for line in text.splitlines() if line.startswith("![")]
+        assert pictures, f"{node_id}.md has no picture"
+        for picture in pictures:
+            assert server.get(f"/extensions/{PACK}/docs/{picture}")[0] == 200, (node_id, picture)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+    nodes = browser.load_template(b, workflow, name)
+    b.page.screenshot(path=str(screenshot_dir / f"{name}_missing_models.png"))
+    dialog = browser.missing_nodes_dialog(b)
+    offered = browser.missing_models_offered(b)
+    browser.close_dialogs(b)
+    shot = screenshot_dir / f"{name}.png"
+    b.page.screenshot(path=str(shot))  # the first view an artist gets
+    print(f"screenshot: {shot}")
+    assert dialog is None, dialog
+    # the server has no model files: every model the template uses is offered for download, folder and file named
+    used = {(m["directory"], m["name"]) for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])}
+    assert used and all(f"{folder} / {file}" in offered for folder, file in used), offered
+    assert offered.count("Download") == len(used), offered
+    assert len(nodes) == len(workflow["nodes"]) and all(n["registered"] for n in nodes), \
+        [n["type"] for n in nodes if not n["registered"]]
+    assert browser.overlaps(nodes) == []
+    too_small = [(n["title"], n["size"], n["min"]) for n in nodes
+                 if n["size"][0] + 0.5 < n["min"][0] or n["size"][1] + 0.5 < n["min"][1]]
+    assert too_small == []
+
+
+def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):
+    server, b = frontend
+    b.responses.clear()
+    b.page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    b.page.get_by_text(PACK, exact=False).first.click(timeout=30000)
+    b.page.wait_for_timeout(4000)
+    b.page.screenshot(path=str(screenshot_dir / "template_browser.png"))
+    print(f"screenshot: {screenshot_dir / 'template_browser.png'}")
+    ours = [(status, url) for status, url in b.responses if f"/{PACK}/" in url]
+    assert [r for r in ours if r[0] >= 400] == []
+    for name in TEMPLATES:
+        assert any(status == 200 and url.endswith(f"/{PACK}/{name}.jpg") for status, url in ours), name

@@ -1,0 +1,80 @@
+"""nodes/ade.py reads AnimateDiff-Evolved's settings off a MODEL by duck typing and never imports ADE or ComfyUI, so
+it is tested here on stand-ins shaped like ADE's objects (attribute names as in ADE's model_injection.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("confiner_nodes_ade", Path(__file__).resolve().parents[1] / "nodes" / "ade.py")
+ade = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ade)
+
+
+class FakePatcher:
+    """The two things ADE keeps on a ModelPatcher: additional models under "ADE" and attachments."""
+
+    def __init__(self, motion_lengths=(), context_length=None, noise_type=None):
+        self.additional_models = {"ADE": [SimpleNamespace(model=SimpleNamespace(encoding_max_len=n))
+                                          for n in motion_lengths]} if motion_lengths else {}
+        self.attachments = {
+            "ADE_params": SimpleNamespace(context_options=SimpleNamespace(context_length=context_length)),
+            "ADE_sample_settings": SimpleNamespace(noise_type=noise_type or "default"),
+        }
+
+    def get_attachment(self, key):
+        return self.attachments.get(key)
+
+
+def test_frame_limit_is_the_shortest_motion_model_without_context_windows():
+    assert ade.motion_frame_limit(FakePatcher(motion_lengths=(32, 24))) == 24
+    assert ade.motion_frame_limit(FakePatcher(motion_lengths=(32,), context_length=16)) is None
+    assert ade.motion_frame_limit(FakePatcher()) is None
+    assert ade.motion_frame_limit(SimpleNamespace()) is None  # a MODEL ADE never touched
+
+
+def test_ignored_noise_types_are_warned_once_per_expert():
+    assert ade.ignored_noise_type(FakePatcher()) is None
+    models = {"control": FakePatcher(noise_type="FreeNoise"), "temporal": FakePatcher(), "spatial": None}
+    warnings = ade.warn_ignored_noise(models)
+    assert len(warnings) == 1 and "control" in warnings[0] and "'FreeNoise'" in warnings[0]
+    assert "ConFiner Noise Rescheduler" in warnings[0]
+
+
+def test_ade_info_lines_show_once_per_stage_and_run():
+    logger = logging.getLogger(ade.ADE_LOGGER)
+    seen = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: seen.append((record.levelname, record.getMessage()))
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.DEBUG
+    try:
+        ade.new_run()
+        for _ in range(3):  # three evaluations of the control stage
+            with ade.stage_log("control stage:control"):
+                logger.info("Sliding context window sampling activated")
+                logger.warning("a warning is never dropped")
+        with ade.stage_log("refinement:temporal"):
+            logger.info("Sliding context window sampling activated")
+        logger.info("outside a stage: untouched")
+        logger.info("outside a stage: untouched")
+        ade.new_run()
+        with ade.stage_log("control stage:control"):
+            logger.info("Sliding context window sampling activated")
+    finally:
+        logger.removeHandler(handler)
+        logger.level = old_level
+    infos = [m for level, m in seen if level == "INFO"]
+    assert infos == ["Sliding context window sampling activated"] * 2 + ["outside a stage: untouched"] * 2 + \
+        ["Sliding context window sampling activated"]
+    assert [m for level, m in seen if level == "WARNING"] == ["a warning is never dropped"] * 3
+    assert ade._FILTER not in logger.filters  # removed after each stage
+
+
+@pytest.mark.parametrize("noise_type", [None, "default"])
+def test_default_noise_is_not_warned(noise_type):
+    assert ade.warn_ignored_noise({"control": FakePatcher(noise_type=noise_type)}) == []
