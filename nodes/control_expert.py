@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
-from . import ade, host
+from . import ade, host, sessions
 from .schema import CATEGORY, control_inputs, control_sampling_inputs, seed_input, widget_problem
 
 
@@ -69,6 +69,7 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         host.check_frames(control, noise.shape[2])
         host.plan_control(control, config)
-        structure = generate_structure(control, noise, config, generator)
+        with sessions.stage():  # one sampling call per expert for the stage's evaluations
+            structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

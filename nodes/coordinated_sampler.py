@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import ChainConfig, refine_structure, validate_refinement
 from ..confiner_core.experts import EvaluationLog
-from . import ade, host
+from . import ade, host, sessions
 from .schema import CATEGORY, refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem
 from .types import RefineExpertsType
 
@@ -91,7 +91,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         x = host.latent_in(experts.spatial_model, structure, "structure")
         validate_refinement(spatial, temporal, tuple(x.shape), config, control_schedule=control_schedule)
         host.plan_refinement(spatial, temporal, config)
-        latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
-                                  control_schedule=control_schedule)
+        with sessions.stage():  # one sampling call per expert for the stage's evaluations
+            latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
+                                      control_schedule=control_schedule)
         host.log_cost("ConFiner Refine Sampler", log)
         return io.NodeOutput(host.latent_out(experts.spatial_model, latent, structure))

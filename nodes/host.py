@@ -1,11 +1,13 @@
 """ComfyUI glue: a ComfyUI MODEL as a confiner_core Expert, latents in and out, progress with previews.
 
-Every expert evaluation runs as one ``CFGGuider.sample`` call with a one-evaluation KSAMPLER function, i.e.
+Every expert evaluation runs inside a ``CFGGuider.sample`` call whose KSAMPLER function evaluates the model, i.e.
 through ComfyUI's own sampling machinery: model loading and patching (LoRA, object patches such as
 AnimateDiff-Evolved's beta schedule), conditioning processing, ControlNet, hooks, every WrappersMP wrapper
-(ADE's motion injection and context windows, native context windows) and CFG. Each call cleans up after itself,
-so an interruption between evaluations leaves no model patched. Each node shows one progress bar that moves once
-per expert evaluation. The maths stays in confiner_core.
+(ADE's motion injection and context windows, native context windows) and CFG. Inside a node's
+:func:`nodes.sessions.stage` one such call per expert serves the whole stage (:mod:`nodes.sessions`); elsewhere each
+evaluation is a call of its own. Every call cleans up after itself when it ends, also on Cancel or an error, so no
+model stays patched. Each node shows one progress bar that moves once per expert evaluation. The maths stays in
+confiner_core.
 """
 
 from __future__ import annotations
@@ -16,12 +18,8 @@ from collections import Counter
 import torch
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.model_sampling
-import comfy.patcher_extension
 import comfy.sample
-import comfy.samplers
-import comfy.utils
 import latent_preview
 
 from ..confiner_core import layout as L
@@ -31,7 +29,7 @@ from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, C
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert
 from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, LatentSpace
 from ..confiner_core.refine import matched_timestep
-from . import ade
+from . import ade, sessions
 
 
 def model_sampling(model):
@@ -103,12 +101,13 @@ class ComfyExpert(Expert):
     converted from eps/v/flow by the model's own model_sampling). Conditioning is (positive, negative, cfg); CFG is
     done by ComfyUI's guider, so the core binds it with guidance 1.
 
-    Each evaluation is one sampling call that ComfyUI and its extensions see as step k of the stage: ``plan`` holds
-    the timesteps this expert is evaluated at in the current stage, the call gets their sigmas (ComfyUI's
-    ``sample_sigmas``) and, before evaluating at the k-th, k sampler callbacks, as a sampler that had already made k
-    steps would have sent. AnimateDiff-Evolved counts its step from those callbacks and native context windows find
-    theirs in ``sample_sigmas``, so uniform context windows rotate from evaluation to evaluation exactly as under
-    their own samplers."""
+    ComfyUI and its extensions see each evaluation as step k of the stage: ``plan`` holds the timesteps this expert
+    is evaluated at in the current stage, its sampling call gets their sigmas (ComfyUI's ``sample_sigmas``) and,
+    before evaluating at the k-th, has sent k sampler callbacks, as a sampler at step k would have.
+    AnimateDiff-Evolved counts its step from those callbacks and native context windows find theirs in
+    ``sample_sigmas``, so uniform context windows rotate from evaluation to evaluation exactly as under their own
+    samplers. In a node's stage one long-lived sampling call (session) serves all of the expert's evaluations in the
+    plan (:mod:`nodes.sessions`); a timestep outside the plan is a one-step sampling call of its own."""
 
     prediction = "sample"
 
@@ -155,43 +154,19 @@ class ComfyExpert(Expert):
         return [self.host_sigma(t), 0.0], 0
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
-        # Cancel is honoured before every evaluation (ComfyUI 0.3.64 checks nowhere inside one), and nothing is
-        # patched between evaluations, so an interruption here leaves every model clean.
+        # Cancel is honoured before every evaluation (ComfyUI 0.3.64 checks nowhere inside one); the node's stage
+        # then ends every open sampling call through ComfyUI's clean-up, so no model stays patched.
         comfy.model_management.throw_exception_if_processing_interrupted()
         (positive, negative, cfg), = conds
         alpha, _ = self.schedule.coefficients(t)
         x_host = x / alpha if self.schedule.kind == S.VP else x  # ComfyUI's EPS latents are x0 + sigma*eps
         sigmas, step = self.stage_sigmas(t)
-        guider = comfy.samplers.CFGGuider(self.model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
-        calls = [0]
-
-        def count_network_call(executor, *args, **kwargs):
-            calls[0] += 1
-            return executor(*args, **kwargs)
-
-        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "confiner_forwards",
-                                                     count_network_call, guider.model_options, is_model_options=True)
-        captured = {}
-
-        @torch.no_grad()
-        def one_evaluation(model, x_in, sigmas, extra_args=None, callback=None, disable=None):
-            if callback is not None:  # a sampler at step k has sent k callbacks (ADE advances its step on each)
-                for i in range(step):
-                    callback({"i": i, "denoised": x_in, "x": x_in, "sigma": sigmas[i], "sigma_hat": sigmas[i]})
-            captured["x0"] = model(x_host.to(x_in), sigmas[step] * x_in.new_ones([x_in.shape[0]]), **(extra_args or {}))
-            return x_in
-
-        latent_image = self.latent_format.process_out(x_host)  # the guider applies process_in again
         with ade.stage_log(f"{STAGE_OF_ROLE.get(self.name, self.name)}:{self.name}"):
-            guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(one_evaluation),
-                          torch.tensor(sigmas), disable_pbar=True, seed=self.seed)
-        self.last_network_calls = calls[0]
+            x0, self.last_network_calls = sessions.evaluate(self, x_host, sigmas, step, (positive, negative, cfg),
+                                                            in_plan=t in self.plan)
         if self.progress is not None:
-            self.progress.evaluated(self, captured["x0"], step, len(sigmas) - 1)
-        return [captured["x0"].to(x.device, x.dtype)]
+            self.progress.evaluated(self, x0, step, len(sigmas) - 1)
+        return [x0.to(x.device, x.dtype)]
 
 
 def bind(model, positive, negative, cfg: float, role: str, seed: int, log: EvaluationLog | None = None,

@@ -9,7 +9,7 @@ from ..confiner_core.chain import ChainConfig
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, generate_long, plan_segments
 from ..confiner_core.prompts import parse_prompt, render_schedule
-from . import ade, host
+from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, coherence_memory_input, control_inputs, control_sampling_inputs,
                      refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem)
 from .types import RefineExpertsType
@@ -154,8 +154,10 @@ class ConFinerLongSegmenter(io.ComfyNode):
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape
         windows = []
-        generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long, torch.Generator().manual_seed(seed),
-                      lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, None,
-                      frame.device)
+        with sessions.stage():  # one sampling call per expert and segment stage
+            generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
+                          torch.Generator().manual_seed(seed),
+                          lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, None,
+                          frame.device)
         host.log_cost("ConFiner Long Segmenter", log)
         return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))

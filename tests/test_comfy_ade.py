@@ -26,9 +26,10 @@ def comfy_pack_dirs(confiner_pack_dir):
     return [(str(confiner_pack_dir), "confiner"), (str(ADE_PATH), "ComfyUI-AnimateDiff-Evolved")]
 
 
-@pytest.fixture(scope="module")
-def windows(comfy_worker):
-    return comfy_worker.call("comfy_support.ade_checks:context_windows_per_evaluation", comfy_worker.checkpoint_name)
+@pytest.fixture(scope="module", params=[True, False], ids=["stage-session", "call-per-evaluation"])
+def windows(comfy_worker, request):
+    return comfy_worker.call("comfy_support.ade_checks:context_windows_per_evaluation", comfy_worker.checkpoint_name,
+                             staged=request.param)
 
 
 def test_context_windows_rotate_as_under_ades_own_sampler_in_the_control_stage(windows):
@@ -50,6 +51,16 @@ def test_ade_logs_like_one_sampling_run_per_stage(windows):
     assert windows["control_reference_log"], "ADE logged nothing for its own sampling run"
     assert windows["control_log"] == windows["control_reference_log"]
     assert windows["temporal_log"] == windows["temporal_reference_log"]
+
+
+def test_stage_sessions_give_bit_identical_outputs_with_ade(comfy_worker):
+    """ADE's sliding context windows and its sqrt_linear schedule on the control and temporal experts, the plain SD
+    model (same base) as spatial expert, so the refinement hands the base model between a plain and an ADE clone at
+    every evaluation; ADE's own sampling_function is swapped in only while the ADE expert's session runs."""
+    r = comfy_worker.call("comfy_support.ade_checks:sessions_match_single_calls", comfy_worker.checkpoint_name)
+    assert r["structure_equal"] and r["refined_equal"] and r["finite"]
+    assert abs(r["schedule_sigma_max"] - 25.1461) < 1e-3  # the ADE schedule was in use
+    assert r["sampling_function"] == "comfy.samplers.sampling_function"
 
 
 @pytest.mark.parametrize("noise_type", ["FreeNoise", "repeated_context"])

@@ -111,13 +111,15 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
 
 @pytest.mark.parametrize("at_evaluation", [2, 6, 7])  # control stage; a coordinated step's 2nd and 3rd evaluation
 def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evaluation):
-    """Cancel arrives while evaluation N runs (the flag is set when its sampling call returns, before any progress
-    update, and the progress hook itself does not check): no further evaluation may start, on every version."""
+    """Cancel arrives while evaluation N runs (the flag is set when its model call returns, before any progress
+    update, and the progress hook itself does not check): no further evaluation may start, on every version, and the
+    stage's long-lived sampling calls all end through ComfyUI's clean-up."""
     api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker))
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation)
     assert r["interrupted"] and r["evaluations"] == at_evaluation
     assert r["evaluations_after_cancel"] == 0
-    assert not comfy_worker.call("comfy_support.confiner_checks:all_models_unpatched")["any_current_patcher"]
+    assert not r["any_current_patcher"] and r["session_threads"] == []
+    assert r["sampling_function"] == "comfy.samplers.sampling_function"
 
 
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
@@ -187,12 +189,45 @@ def test_impossible_te_is_rejected_by_validation(comfy_worker):
     assert not result["success"] and not result["valid"]
 
 
-def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker):
-    r = comfy_worker.call("comfy_support.confiner_checks:wrappers_fire_per_evaluation", comfy_worker.checkpoint_name)
+@pytest.mark.parametrize("staged", [False, True], ids=["call-per-evaluation", "stage-session"])
+def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker, staged):
+    r = comfy_worker.call("comfy_support.confiner_checks:wrappers_fire_per_evaluation", comfy_worker.checkpoint_name,
+                          staged)
     assert r["finite"] and r["evaluations"] == 3
-    assert r["outer_sample"] == 3  # one CFGGuider.sample per evaluation: ADE's outer wrapper sees each one
+    # outside a node's stage one CFGGuider.sample per evaluation; in it one for the stage, serving all three
+    assert r["outer_sample"] == (1 if staged else 3)
     assert r["apply_model"] == 3   # cond and uncond batched into one apply_model call per evaluation
     assert r["forwards"] == r["apply_model"]  # network_forwards: the calls of the network, counted where they happen
+
+
+def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage(comfy_worker):
+    """Control stage (3 evaluations) and coordinated refinement (3 steps: 6 spatial + 3 temporal evaluations), the
+    temporal expert a clone of the spatial one's base model with a weight patch and a patched schedule (a LoRA'd
+    AnimateDiff model): bit-identical to one sampling call per evaluation, with 3 sampling calls instead of 12."""
+    r = comfy_worker.call("comfy_support.confiner_checks:stage_sessions_match_single_calls",
+                          comfy_worker.checkpoint_name)
+    assert r["structure_equal"] and r["refined_equal"] and r["finite"]
+    assert r["patches_change_output"]  # the swaps between the two clones had something to get wrong
+    single, staged = r["single"]["calls"], r["staged"]["calls"]
+    assert single["outer_predict_noise"] == staged["outer_predict_noise"] == 12
+    assert single["sample"] == single["pre_run"] == single["cleanup"] == single["cleanup_models"] == 12
+    assert staged["sample"] == staged["pre_run"] == staged["cleanup"] == staged["cleanup_models"] == 3
+    # loading: once per sampling call, plus whenever a session takes the base model back from the other clone (in
+    # S T S S T S S T S, 5 evaluations follow one of the other expert after both sessions opened)
+    assert staged["load_models_gpu"] == 3 + 5 and single["load_models_gpu"] == 12
+    for state in (r["single"], r["staged"]):
+        assert not state["any_current_patcher"] and state["session_threads"] == []
+        assert state["sampling_function"] == "comfy.samplers.sampling_function"
+
+
+def test_an_error_inside_a_served_evaluation_ends_every_session_cleanly(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:error_inside_an_evaluation_ends_the_stage",
+                          comfy_worker.checkpoint_name)
+    assert r["raised"] == "InterruptProcessingException"  # the same exception reaches the node's thread
+    assert r["temporal_calls"] == 2  # raised in the 2nd temporal evaluation, both experts' sessions open
+    assert r["session_threads"] == [] and not r["any_current_patcher"]
+    assert r["sampling_function"] == "comfy.samplers.sampling_function"
+    assert r["rerun_equal"]
 
 
 def test_object_patched_schedule_is_used(comfy_worker):

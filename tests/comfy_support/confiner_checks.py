@@ -57,9 +57,12 @@ def _load(ckpt_name: str):
     return model, cond
 
 
-def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
+def wrappers_fire_per_evaluation(ckpt_name: str, staged: bool = False) -> dict:
     """Register OUTER_SAMPLE and APPLY_MODEL wrappers on the MODEL (what ADE, hooks and model patches use) and count
-    their calls while ConFiner's control stage runs: every expert evaluation must pass through them."""
+    their calls while ConFiner's control stage runs: every expert evaluation must pass through them. ``staged``: in a
+    node's stage (one long-lived sampling call serves the stage), else one sampling call per evaluation."""
+    import contextlib
+
     import torch
 
     import comfy.patcher_extension as pe
@@ -84,8 +87,10 @@ def wrappers_fire_per_evaluation(ckpt_name: str) -> dict:
     log = log_mod.EvaluationLog()
     d = host.bind(model, cond, cond, 3.0, "control", 0, log)
     config = chain.ChainConfig(control_steps=3)
+    host.plan_control(d, config)
     noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    out = chain.generate_structure(d, noise, config, torch.Generator().manual_seed(0))
+    with _pack_module(".nodes.sessions").stage() if staged else contextlib.nullcontext():
+        out = chain.generate_structure(d, noise, config, torch.Generator().manual_seed(0))
     return {"evaluations": sum(log.evaluations.values()), "forwards": sum(log.forwards.values()), **calls,
             "finite": bool(torch.isfinite(out).all())}
 
@@ -179,17 +184,18 @@ def use_latent2rgb_previews(enabled: bool = True) -> str:
 
 def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
     """Run ``api_prompt`` and press Cancel while expert evaluation ``at_evaluation`` runs: the flag is set as that
-    evaluation's sampling call (CFGGuider.sample) returns. Progress updates do not check the flag here, so only the
-    pack's own checks can stop the run. Counts the evaluations that started after Cancel."""
+    evaluation's model call (``CFGGuider.outer_predict_noise``, the same in a stage's long-lived sampling call and in
+    a sampling call of its own) returns. Progress updates do not check the flag here, so only the pack's own checks
+    can stop the run. Counts the evaluations that started after Cancel and the sampling calls still open after."""
     import comfy.model_management as mm
     import comfy.samplers
 
     from comfy_support import harness
 
-    original = comfy.samplers.CFGGuider.sample
+    original = comfy.samplers.CFGGuider.outer_predict_noise
     calls = {"done": 0, "after": 0}
 
-    def sample(self, *args, **kwargs):
+    def predict(self, *args, **kwargs):
         if calls["done"] >= at_evaluation:
             calls["after"] += 1
         out = original(self, *args, **kwargs)
@@ -198,36 +204,192 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
             mm.interrupt_current_processing(True)
         return out
 
-    comfy.samplers.CFGGuider.sample = sample
+    comfy.samplers.CFGGuider.outer_predict_noise = predict
     try:
         res = harness.run_prompt(api_prompt, fresh_cache=True, progress=harness.ProgressRecorder(check_interrupt=False))
     finally:
-        comfy.samplers.CFGGuider.sample = original
+        comfy.samplers.CFGGuider.outer_predict_noise = original
         mm.interrupt_current_processing(False)
     return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
-            "evaluations_after_cancel": calls["after"], "error": res.error}
+            "evaluations_after_cancel": calls["after"], "error": res.error, **sessions_state()}
 
 
 def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dict:
-    """Run ``api_prompt`` and count expert evaluations (CFGGuider.sample calls: one per ConFiner evaluation, one per
-    ordinary sampling run)."""
+    """Run ``api_prompt`` and count expert evaluations (``CFGGuider.outer_predict_noise`` calls: one per ConFiner
+    evaluation, one per step of an ordinary sampler)."""
     import comfy.samplers
 
     from comfy_support import harness
 
-    original = comfy.samplers.CFGGuider.sample
+    original = comfy.samplers.CFGGuider.outer_predict_noise
     calls = {"n": 0}
 
-    def sample(self, *args, **kwargs):
+    def predict(self, *args, **kwargs):
         calls["n"] += 1
         return original(self, *args, **kwargs)
 
-    comfy.samplers.CFGGuider.sample = sample
+    comfy.samplers.CFGGuider.outer_predict_noise = predict
     try:
         res = harness.run_prompt(api_prompt, fresh_cache=fresh_cache)
     finally:
-        comfy.samplers.CFGGuider.sample = original
+        comfy.samplers.CFGGuider.outer_predict_noise = original
     return {**res.to_json(), "evaluations": calls["n"]}
+
+
+def sessions_state() -> dict:
+    """What an ended stage must leave: no session thread alive, no model with a current patcher, ComfyUI's own
+    sampling_function in place (AnimateDiff-Evolved swaps its own in for the length of a sampling call)."""
+    import threading
+
+    import comfy.samplers
+
+    return {"session_threads": [t.name for t in threading.enumerate() if t.name.startswith("ConFiner ")],
+            "sampling_function": f"{comfy.samplers.sampling_function.__module__}."
+                                 f"{comfy.samplers.sampling_function.__name__}",
+            **all_models_unpatched()}
+
+
+class _CallCounter:
+    """Counts calls of ComfyUI functions by name while active (module attributes and methods, looked up at call
+    time by ComfyUI, so replacing them here sees every call)."""
+
+    TARGETS = (("comfy.samplers", "CFGGuider", "sample"), ("comfy.samplers", "CFGGuider", "outer_predict_noise"),
+               ("comfy.model_management", None, "load_models_gpu"), ("comfy.sampler_helpers", None, "cleanup_models"),
+               ("comfy.model_patcher", "ModelPatcher", "pre_run"), ("comfy.model_patcher", "ModelPatcher", "cleanup"))
+
+    def __init__(self):
+        import importlib
+
+        self.counts = {name: 0 for *_, name in self.TARGETS}
+        self.saved = []
+        for module, cls, name in self.TARGETS:
+            owner = importlib.import_module(module)
+            owner = getattr(owner, cls) if cls else owner
+            self.saved.append((owner, name, getattr(owner, name)))
+
+    def __enter__(self):
+        for owner, name, original in self.saved:
+            setattr(owner, name, self._counting(name, original))
+        return self
+
+    def _counting(self, name, original):
+        def counting(*args, **kwargs):
+            self.counts[name] += 1
+            return original(*args, **kwargs)
+        return counting
+
+    def __exit__(self, *exc):
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+
+    def take(self) -> dict:
+        counts, self.counts = self.counts, {k: 0 for k in self.counts}
+        return counts
+
+
+def _patched_clone(model):
+    """A clone of ``model`` with what a LoRA'd AnimateDiff model carries: a weight patch and an object-patched
+    schedule (sqrt_linear, ADE's beta schedule). Sharing the base model with ``model``, it makes ComfyUI swap weights,
+    object patches and the current patcher whenever the two alternate."""
+    import torch
+
+    import comfy.model_sampling
+
+    class SqrtLinear(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    ms = SqrtLinear(model.model.model_config)
+    ms._register_schedule(beta_schedule="sqrt_linear", linear_start=0.00085, linear_end=0.012)
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", ms)
+    key = "diffusion_model.out.2.weight"
+    weight = model.model_state_dict()[key]
+    clone.add_patches({key: (torch.full_like(weight, 0.01),)}, strength_patch=1.0)
+    return clone
+
+
+def _chain_run(host, chain, control_model, spatial_model, temporal_model, cond, staged: bool, frames: int = 3):
+    """The control stage and a coordinated refinement of a few frames, each stage in a node's stage block (sessions)
+    or with one sampling call per evaluation."""
+    import contextlib
+
+    import torch
+
+    sessions = _pack_module(".nodes.sessions")
+    block = sessions.stage if staged else contextlib.nullcontext
+    config = chain.ChainConfig(control_steps=3, refine_steps=3)
+    control = host.bind(control_model, cond, cond, 1.0, "control", 0)
+    host.plan_control(control, config)
+    noise = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
+    with block():
+        structure = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+    spatial = host.bind(spatial_model, cond, cond, 3.0, "spatial", 0)
+    temporal = host.bind(temporal_model, cond, cond, 3.0, "temporal", 0)
+    host.plan_refinement(spatial, temporal, config)
+    with block():
+        refined = chain.refine_structure(spatial, temporal, structure, config, torch.Generator().manual_seed(0))
+    return structure, refined
+
+
+def stage_sessions_match_single_calls(ckpt_name: str) -> dict:
+    """ConFiner's control stage and coordinated refinement with stage sessions and with one sampling call per
+    evaluation: the outputs, and how often ComfyUI set up and tore down a sampling call. The temporal expert shares
+    the base model with the spatial one but carries a weight patch and a patched schedule, as a LoRA'd AnimateDiff
+    model does, so every hand-over between the two swaps them."""
+    import torch
+
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    model, cond = _load(ckpt_name)
+    patched = _patched_clone(model)
+    out = {}
+    with _CallCounter() as counter:
+        runs = {}
+        for staged in (False, True):
+            runs[staged] = _chain_run(host, chain, patched, model, patched, cond, staged)
+            out["staged" if staged else "single"] = {"calls": counter.take(), **sessions_state()}
+    (s0, r0), (s1, r1) = runs[False], runs[True]
+    out.update(structure_equal=torch.equal(s0, s1), refined_equal=torch.equal(r0, r1),
+               finite=bool(torch.isfinite(r1).all()),
+               # the patches matter: without them the refinement differs
+               patches_change_output=not torch.equal(r1, _chain_run(host, chain, model, model, model.clone(), cond,
+                                                                    True)[1]))
+    return out
+
+
+def error_inside_an_evaluation_ends_the_stage(ckpt_name: str, at_call: int = 2) -> dict:
+    """An error raised inside an evaluation that a session serves (as ComfyUI 0.8's Cancel check inside the model
+    does): it reaches the node's thread as the same exception, every session ends through ComfyUI's clean-up, and
+    the same run afterwards gives what a clean run gives."""
+    import torch
+
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
+
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    model, cond = _load(ckpt_name)
+    patched = _patched_clone(model)
+    failing = patched.clone()
+    calls = {"n": 0}
+
+    def interrupt_at(executor, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise mm.InterruptProcessingException()
+        return executor(*args, **kwargs)
+
+    failing.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "confiner-test", interrupt_at)
+    raised = None
+    try:
+        _chain_run(host, chain, patched, model, failing, cond, True)
+    except mm.InterruptProcessingException as e:
+        raised = type(e).__name__
+    after = sessions_state()
+    clean = _chain_run(host, chain, patched, model, patched, cond, True)
+    again = _chain_run(host, chain, patched, model, patched, cond, False)
+    return {"raised": raised, "temporal_calls": calls["n"], **after,
+            "rerun_equal": torch.equal(clean[1], again[1]) and torch.equal(clean[0], again[0])}
 
 
 def mixed_latent_spaces_refused(ckpt_name: str) -> dict:

@@ -214,6 +214,7 @@ def boot(
     extra_argv: Iterable[str] = (),
     real_server: bool = False,
     torchvision_stub: Optional[str] = None,
+    cpu: bool = True,
 ) -> dict:
     """Boot ComfyUI headless in this process (once); load packs. Returns :func:`boot_info`.
 
@@ -228,7 +229,8 @@ def boot(
       ``model_dirs`` maps other folder names ("loras", "vae", ...) to a dir or list of dirs.
     * ``output_dir``/``input_dir``/``temp_dir``/``user_dir``: default to fresh temp dirs, so
       nothing is written into the checkout.
-    * argv is ``--cpu --disable-api-nodes`` plus ``extra_argv``.
+    * argv is ``--cpu --disable-api-nodes`` plus ``extra_argv``; ``cpu=False`` leaves ``--cpu`` out (the GPU
+      benchmark, ``bench/comfy_benchmark.py``).
     * ``real_server``: build a real ``server.PromptServer`` on an unstarted event loop (for
       packs that need ``PromptServer.instance.routes``/``prompt_queue``...); otherwise a
       :class:`StubServer` is installed as ``PromptServer.instance``.
@@ -266,7 +268,8 @@ def boot(
     if root_s in sys.path:
         sys.path.remove(root_s)
     sys.path.insert(0, root_s)
-    argv = [str(root / "main.py"), "--cpu", "--disable-api-nodes", "--front-end-root", str(front_end_root), *extra_argv]
+    argv = [str(root / "main.py"), *(["--cpu"] if cpu else []), "--disable-api-nodes", "--front-end-root",
+            str(front_end_root), *extra_argv]
     saved_argv = sys.argv
     sys.argv = argv
     try:
@@ -278,7 +281,7 @@ def boot(
         from comfy.cli_args import args
     finally:
         sys.argv = saved_argv
-    if not args.cpu:
+    if cpu and not args.cpu:
         raise RuntimeError("comfy.cli_args was parsed before boot() without --cpu; boot in a fresh process")
 
     folder_paths.set_output_directory(str(dirs["output"]))

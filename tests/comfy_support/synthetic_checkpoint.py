@@ -18,6 +18,8 @@ Recipes (``RECIPES``):
   ``comfy/sd1_clip_config.json``).
 * ``"sd15"``: the recipe from the host doc (§8): UNet ``channel_mult=[1,2]`` and the real
   SD ``AutoencoderKL`` (fixed ``ch=128, ch_mult=[1,2,4,4]``), ~630 MB.
+* ``"sd15-full"``: SD 1.5's own UNet layout (860 M parameters), which AnimateDiff motion modules
+  inject into, with the real VAE and CLIP: ~2.1 GB (``bench/comfy_benchmark.py``).
 
 The file is cached outside the repository: ``$CONFINER_TEST_CACHE`` or
 ``~/.cache/confiner-tests`` / ``checkpoints/<name>.safetensors``; building happens once
@@ -60,6 +62,12 @@ RECIPES = {
                      transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1),
         "vae": "kl",
         "file": "confiner-sd15",
+    },
+    "sd15-full": {  # SD 1.5 itself (860 M UNet): what AnimateDiff motion modules inject into; bench/comfy_benchmark.py
+        "unet": dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1),
+        "vae": "kl",
+        "file": "confiner-sd15-full",
     },
 }
 DEFAULT_RECIPE = "tiny"

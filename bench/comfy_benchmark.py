@@ -1,0 +1,536 @@
+"""ConFiner's basic template against its AnimateDiff-25 KSampler counterpart, inside a real ComfyUI, on one GPU.
+
+ComfyUI (``--comfy``, a checkout) boots headless in this process as the host tests boot it
+(``tests/comfy_support/harness.py``), with this repository as the custom node pack and AnimateDiff-Evolved from
+``--ade``. The models are full size with random weights, written by this script in the files the template names: an
+SD 1.5 checkpoint in ComfyUI's layout (``tests/comfy_support/synthetic_checkpoint.py``, recipe ``sd15-full``) and two
+AnimateDiff motion modules in the original key layout, built from ADE's own module classes (a v2-style module with a
+mid block, as AnimateDiff-Lightning is, and a v3 module without). Weights do not change compute.
+
+Runs, each through ComfyUI's executor like a queued prompt (the loaders cached, the prompts re-encoded every run):
+
+* ``example_workflows/confiner_basic.json``, converted UI -> API as the frontend does: 4 control evaluations
+  (AnimateDiff-Lightning, cfg 1) + 15 refinement evaluations (SD 1.5 and AnimateDiff v3, cfg 7.5), decode, save;
+  once per evaluation mechanism of the pack (``session``: one long-lived sampling call per expert and stage;
+  ``per-evaluation``: one sampling call per evaluation, the mechanism before);
+* its AnimateDiff-25 counterpart: the same checkpoint, the v3 motion model through ADE's Gen1 loader, ``KSampler``
+  25 steps cfg 7.5, the template's decode and save nodes.
+
+Per node: wall time (CUDA synchronised at every node boundary), GPU time inside ``BaseModel.apply_model`` (CUDA
+events around every call: the model forward, ADE's motion modules and context windows included) and peak GPU memory.
+**Host overhead** of a sampling node is its wall time minus its forward GPU time, i.e. the time the GPU spends on
+anything but the model: per expert evaluation for ConFiner's two nodes, per step for KSampler. End to end is the
+prompt's wall time without the save node (text encoding, sampling, decode), as ``bench/gpu_benchmark.py`` counts it.
+Counts per node: sampling calls (``CFGGuider.sample``), evaluations (``CFGGuider.outer_predict_noise``),
+``load_models_gpu``, ``prepare_sampling``, ``ModelPatcher.pre_run`` / ``cleanup`` and ``cleanup_models``, with their
+inclusive host times. Last, the decode of one clip's latent by ``VAEDecode`` and by the template's decode node: time
+and peak memory. Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after
+every run (``comfy_results.json``), so a call cut short still returns what it measured.
+
+    # on the GPU machine (ComfyUI + ADE carried in the repo's excluded .comfy_bench/, bench/prepare_comfy_carry.sh)
+    python3 bench/comfy_benchmark.py --comfy .comfy_bench/ComfyUI --ade .comfy_bench/ComfyUI-AnimateDiff-Evolved --out $OUT
+    # CPU smoke (full-size models, tiny clip)
+    python bench/comfy_benchmark.py --comfy ~/.cache/confiner/comfyui-0.8.0 --ade ~/.cache/confiner/ade \\
+        --device cpu --size 64 --frames 4 --repeats 1 --out /tmp/comfy-bench
+    # CPU, tiny models (reduced UNet, TAESD; ADE's evolved sampling without motion models stands in for the loaders)
+    python bench/comfy_benchmark.py ... --device cpu --models tiny --size 64 --frames 8 --repeats 3 --out /tmp/comfy-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+T0 = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from comfy_support import harness  # noqa: E402  (stdlib only until boot)
+
+TEMPLATE = ROOT / "example_workflows" / "confiner_basic.json"
+MECHANISMS = ("session", "per-evaluation")
+CONFINER_NODES = ("ConFinerControlExpert", "ConFinerCoordinatedSampler")
+SAVE_NODES = ("SaveAnimatedWEBP", "SaveImage", "VHS_VideoCombine")
+ADE_LOADER = "ADE_AnimateDiffLoaderGen1"
+TIMED_CALLS = ("load_models_gpu", "prepare_sampling", "pre_run", "cleanup", "cleanup_models")
+AD_STEPS, AD_CFG = 25, 7.5
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+def say(text: str) -> None:
+    print(f"[{elapsed():6.0f} s] {text}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models: full-size random weights in the files the template names
+
+def _loaded_module(suffix: str):
+    return next(m for name, m in sys.modules.items() if name.endswith(suffix))
+
+
+def template_model_files(template: dict) -> dict:
+    """{file name: kind} of the template's loaders: the checkpoint, and each ADE loader's motion module (a v2-style
+    module with mid block for the control expert's loader, AnimateDiff-Lightning's architecture; v3 otherwise)."""
+    files = {}
+    links = {link[0]: link for link in template["links"]}
+    control = next(n for n in template["nodes"] if n["type"] == "ConFinerControlExpert")
+    model_link = next(i["link"] for i in control["inputs"] if i["name"] == "model")
+    control_loader = links[model_link][1]
+    for n in template["nodes"]:
+        if n["type"] == "CheckpointLoaderSimple":
+            files[n["widgets_values"][0]] = "checkpoint"
+        elif n["type"] == ADE_LOADER:
+            files[n["widgets_values"][0]] = "motion-v2" if n["id"] == control_loader else "motion-v3"
+    return files
+
+
+def build_motion_module(path: Path, mid_block: bool, seed: int) -> dict:
+    """A random-weight AnimateDiff motion module (SD 1.5, 32-frame positional tables) in the original key layout,
+    built from ADE's own classes, so every key and shape is what ADE's loader expects."""
+    import torch
+    from safetensors.torch import save_file
+
+    from comfy_support.synthetic_checkpoint import _randomise
+
+    mm = _loaded_module("animatediff.motion_module_ad")
+    # ADE reads a module's structure off its keys: 4 down and 4 up blocks, two attention blocks, 32 positions
+    layout = {"down_blocks.3.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1."
+              "pos_encoder.pe": torch.zeros(1, 32, 320), "up_blocks.3.motion_modules.0.layout": torch.zeros(1)}
+    if mid_block:
+        layout["mid_block.motion_modules.0.layout"] = torch.zeros(1)
+    version = mm.AnimateDiffVersion.V2 if mid_block else mm.AnimateDiffVersion.V3
+    info = mm.AnimateDiffInfo(sd_type=mm.ModelTypeSD.SD1_5, mm_format=mm.AnimateDiffFormat.ANIMATEDIFF,
+                              mm_version=version, mm_name=path.name)
+    module = mm.AnimateDiffModel(mm_state_dict=layout, mm_info=info).float()
+    _randomise(module, torch.Generator().manual_seed(seed))
+    state = {k: v.detach().half().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return {"keys": len(state), "params_m": round(sum(v.numel() for v in state.values()) / 1e6, 1)}
+
+
+def build_models(models_dir: Path, files: dict, tiny: bool) -> dict:
+    from comfy_support.synthetic_checkpoint import build_checkpoint
+
+    built = {}
+    for name, kind in files.items():
+        folder = models_dir / ("checkpoints" if kind == "checkpoint" else "animatediff_models")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        t = time.perf_counter()
+        if path.is_file():  # --models-dir from an earlier call
+            built[name] = {"reused": str(path)}
+            continue
+        if kind == "checkpoint":
+            stats = build_checkpoint(path, "tiny" if tiny else "sd15-full")
+            built[name] = {"params_m": {k: round(v / 1e6, 1) for k, v in stats["params"].items()}}
+        elif not tiny:
+            built[name] = build_motion_module(path, kind == "motion-v2", seed=len(built))
+        else:
+            continue
+        built[name]["build_s"] = round(time.perf_counter() - t, 1)
+        say(f"built {name}: {built[name]}")
+    return built
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts
+
+def confiner_prompt(template: dict, size: int, frames: int, tiny: bool) -> dict:
+    api = harness.workflow_to_api(template)
+    for node in api.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=size, height=size, batch_size=frames)
+        elif node["class_type"] == ADE_LOADER and tiny:
+            # no motion module fits the reduced UNet: ADE's evolved sampling alone (its wrappers, no motion)
+            node["class_type"] = "ADE_UseEvolvedSampling"
+            node["inputs"] = {"model": node["inputs"]["model"], "beta_schedule": node["inputs"]["beta_schedule"]}
+    return api
+
+
+def animatediff_prompt(confiner: dict) -> dict:
+    """AnimateDiff-25 with the template's checkpoint, temporal motion model, prompts, size, decode and save."""
+    by_class = defaultdict(list)
+    for key, node in confiner.items():
+        by_class[node["class_type"]].append(key)
+    sampler = confiner[by_class["ConFinerCoordinatedSampler"][0]]
+    bundle = confiner[sampler["inputs"]["experts"][0]]
+    temporal_loader = bundle["inputs"]["temporal_model"][0]
+    keep = {temporal_loader, bundle["inputs"]["spatial_positive"][0], bundle["inputs"]["spatial_negative"][0],
+            *by_class["CheckpointLoaderSimple"], *by_class["EmptyLatentImage"]}
+    api = {k: copy.deepcopy(confiner[k]) for k in keep}
+    decode_key = next(k for k, n in confiner.items() if n["inputs"].get("samples") == [by_class[
+        "ConFinerCoordinatedSampler"][0], 0])
+    save_key = next(k for k, n in confiner.items() if n["class_type"] in SAVE_NODES)
+    api["900"] = {"class_type": "KSampler", "inputs": {
+        "model": [temporal_loader, 0], "seed": 0, "steps": AD_STEPS, "cfg": AD_CFG, "sampler_name": "ddim",
+        "scheduler": "ddim_uniform", "positive": bundle["inputs"]["spatial_positive"],
+        "negative": bundle["inputs"]["spatial_negative"], "latent_image": [by_class["EmptyLatentImage"][0], 0],
+        "denoise": 1.0}}
+    api[decode_key] = copy.deepcopy(confiner[decode_key])
+    api[decode_key]["inputs"]["samples"] = ["900", 0]
+    api[save_key] = copy.deepcopy(confiner[save_key])
+    return api
+
+
+def retitled(api: dict, take: int) -> dict:
+    """The prompt with every text encode's text changed, so text encoding and everything after it run again while
+    the loaders stay cached, as when an artist edits the prompt and queues again."""
+    out = copy.deepcopy(api)
+    for node in out.values():
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["text"] = f"{node['inputs']['text']}, take {take}"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Instruments
+
+class Probe:
+    """Node boundaries (the executor's "executing" messages), forward GPU time per node (``BaseModel.apply_model``),
+    and counts and host times of the calls that set up and tear down a sampling call."""
+
+    def __init__(self, torch, cuda: bool):
+        self.torch, self.cuda = torch, cuda
+        self.node = None
+        self.node_t0 = self.node_cpu0 = 0.0
+        self.reset()
+
+    def reset(self):
+        self.nodes: list = []        # (node id, wall s, process CPU s, peak GiB)
+        self.forwards: list = []     # (node id, start, end) CUDA events, or (node id, wall s, process CPU s)
+        self.counts: Counter = Counter()
+        self.times: Counter = Counter()
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def boundary(self, node):
+        self.sync()
+        now, cpu = time.perf_counter(), time.process_time()
+        if self.node is not None:
+            peak = self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+            self.nodes.append((self.node, now - self.node_t0, cpu - self.node_cpu0, peak))
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        self.node, self.node_t0, self.node_cpu0 = node, now, cpu
+
+    def install(self, server):
+        import comfy.model_base
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.sampler_helpers
+        import comfy.samplers
+
+        probe, torch = self, self.torch
+        send = server.send_sync
+
+        def send_sync(event, data, sid=None):
+            if event == "executing" and isinstance(data, dict):
+                probe.boundary(data.get("node"))
+            return send(event, data, sid)
+
+        server.send_sync = send_sync
+        apply_model = comfy.model_base.BaseModel.apply_model
+
+        def timed_apply_model(model, *args, **kwargs):
+            if probe.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = apply_model(model, *args, **kwargs)
+                end.record()
+                probe.forwards.append((probe.node, start, end))
+            else:
+                t, cpu = time.perf_counter(), time.process_time()
+                out = apply_model(model, *args, **kwargs)
+                probe.forwards.append((probe.node, time.perf_counter() - t, time.process_time() - cpu))
+            return out
+
+        comfy.model_base.BaseModel.apply_model = timed_apply_model
+
+        def counted(owner, name, label, timed):
+            original = getattr(owner, name)
+
+            def call(*args, **kwargs):
+                probe.counts[(probe.node, label)] += 1
+                t = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    if timed:
+                        probe.times[(probe.node, label)] += time.perf_counter() - t
+            setattr(owner, name, call)
+
+        counted(comfy.samplers.CFGGuider, "sample", "sampling_calls", False)
+        counted(comfy.samplers.CFGGuider, "outer_predict_noise", "evaluations", False)
+        counted(comfy.model_management, "load_models_gpu", "load_models_gpu", True)
+        counted(comfy.sampler_helpers, "prepare_sampling", "prepare_sampling", True)
+        counted(comfy.sampler_helpers, "cleanup_models", "cleanup_models", True)
+        counted(comfy.model_patcher.ModelPatcher, "pre_run", "pre_run", True)
+        counted(comfy.model_patcher.ModelPatcher, "cleanup", "cleanup", True)
+
+    def forward_seconds(self) -> tuple[Counter, Counter]:
+        """Per node: forward time (GPU time on CUDA, wall time on the CPU) and, on the CPU, its process CPU time."""
+        self.sync()
+        wall: Counter = Counter()
+        cpu: Counter = Counter()
+        for node, *t in self.forwards:
+            if self.cuda:
+                wall[node] += t[0].elapsed_time(t[1]) / 1000
+            else:
+                wall[node] += t[0]
+                cpu[node] += t[1]
+        return wall, cpu
+
+    def summary(self, api: dict) -> dict:
+        forward, forward_cpu = self.forward_seconds()
+        calls = Counter(node for node, *_ in self.forwards)
+        nodes = {}
+        for node, wall, cpu, peak in self.nodes:
+            row = nodes.setdefault(node, {"class": api.get(node, {}).get("class_type"), "wall_s": 0.0,
+                                          "cpu_s": 0.0, "peak_gpu_gib": peak, "forward_s": forward.get(node, 0.0),
+                                          "forward_cpu_s": forward_cpu.get(node, 0.0),
+                                          "forwards": calls.get(node, 0)})
+            row["wall_s"] += wall
+            row["cpu_s"] += cpu
+        for (node, label), n in self.counts.items():
+            if node in nodes:
+                nodes[node][label] = n
+        for (node, label), s in self.times.items():
+            if node in nodes:
+                nodes[node][f"{label}_s"] = s
+        return nodes
+
+
+def run_once(api: dict, probe: Probe) -> dict:
+    probe.reset()
+    probe.boundary(None)
+    result = harness.run_prompt(api)
+    probe.boundary(None)
+    if not result.success:
+        raise RuntimeError(f"prompt failed: {result.error or result.status_messages}")
+    nodes = probe.summary(api)
+    save = sum(v["wall_s"] for v in nodes.values() if v["class"] in SAVE_NODES)
+    return {"wall_s": result.elapsed_s, "end_to_end_s": sum(v["wall_s"] for v in nodes.values()) - save,
+            "save_s": save, "nodes": nodes}
+
+
+def sampling_figures(run: dict, classes: tuple) -> dict:
+    """Host overhead of the sampling nodes: wall time outside the model forward, per evaluation (= per step)."""
+    rows = [v for v in run["nodes"].values() if v["class"] in classes]
+    wall, forward = sum(r["wall_s"] for r in rows), sum(r["forward_s"] for r in rows)
+    cpu, forward_cpu = sum(r["cpu_s"] for r in rows), sum(r["forward_cpu_s"] for r in rows)
+    evaluations = sum(r.get("evaluations", 0) for r in rows)
+    counts = {label: sum(r.get(label, 0) for r in rows) for label in ("sampling_calls", *TIMED_CALLS)}
+    times = {f"{label}_ms": 1000 * sum(r.get(f"{label}_s", 0.0) for r in rows) for label in TIMED_CALLS}
+    return {"sampling_s": wall, "forward_s": forward, "evaluations": evaluations,
+            "forwards": sum(r["forwards"] for r in rows),
+            "host_overhead_ms_per_eval": 1000 * (wall - forward) / max(evaluations, 1),
+            # on the CPU only: the process's CPU time outside the forwards, which a busy machine does not inflate
+            "host_cpu_ms_per_eval": 1000 * (cpu - forward_cpu) / max(evaluations, 1) if forward_cpu else None,
+            "peak_gpu_gib": max((r["peak_gpu_gib"] or 0) for r in rows) if rows and rows[0]["peak_gpu_gib"] is not None
+            else None, "counts": counts, "host_ms": times}
+
+
+def median_run(runs: list, key) -> dict:
+    ordered = sorted(runs, key=key)
+    return ordered[len(ordered) // 2]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decode: VAEDecode against the template's decode node, on one clip's latent
+
+def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -> dict:
+    import torch
+
+    import comfy.sd
+    import folder_paths
+    import nodes
+
+    decode_key = next(k for k, n in api.items() if "vae" in n["inputs"] and "samples" in n["inputs"])
+    template_node = api[decode_key]
+    ckpt = next(n["inputs"]["ckpt_name"] for n in api.values() if n["class_type"] == "CheckpointLoaderSimple")
+    vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", ckpt), output_vae=True,
+                                                output_clip=False)[2]
+    latent = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
+    variants = {"VAEDecode": ("VAEDecode", {})}
+    if template_node["class_type"] != "VAEDecode":
+        literals = {k: v for k, v in template_node["inputs"].items() if k not in ("vae", "samples")}
+        variants[template_node["class_type"]] = (template_node["class_type"], literals)
+    out = {}
+    for label, (class_type, literals) in variants.items():
+        node = nodes.NODE_CLASS_MAPPINGS[class_type]()
+        fn = getattr(node, node.FUNCTION)
+        rows = []
+        for _ in range(2):  # the first loads the VAE; the second is timed
+            probe.sync()
+            if probe.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            images = fn(vae=vae, samples=latent, **literals)[0]
+            probe.sync()
+            rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30
+                         if probe.cuda else None, "frames": int(images.shape[0])})
+        out[label] = {**rows[-1], "inputs": literals}
+    del vae
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def pack_module(suffix: str):
+    return next((m for name, m in sys.modules.items() if name.endswith(suffix) and "confiner" in name), None)
+
+
+def set_mechanism(name: str) -> None:
+    sessions = pack_module(".nodes.sessions")
+    if sessions is None:
+        if name != "per-evaluation":
+            raise RuntimeError("this pack has no stage sessions (nodes/sessions.py); run --mechanisms per-evaluation")
+        return
+    sessions.ENABLED = name == "session"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--comfy", required=True, help="ComfyUI checkout")
+    ap.add_argument("--ade", required=True, help="ComfyUI-AnimateDiff-Evolved checkout")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--models", default="full", choices=("full", "tiny"),
+                    help="full: SD 1.5 + two motion modules; tiny: the tests' reduced checkpoint, no motion modules")
+    ap.add_argument("--models-dir", default=None, help="where the random-weight files go (default: a temp folder)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS), choices=MECHANISMS)
+    ap.add_argument("--no-animatediff", action="store_true", help="skip the AnimateDiff-25 counterpart")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
+    ap.add_argument("--null-forward", action="store_true",
+                    help="the UNet forward returns its input: every wrapper, ADE's machinery and ConFiner's maths run, "
+                         "the network does not, so what is measured is host work alone (CPU measurements)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 keeps the host "
+                                                                  "CPU-time figures clean of worker-thread spinning)")
+    ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
+    a = ap.parse_args()
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models_dir = Path(a.models_dir or tempfile.mkdtemp(prefix="confiner-comfy-models-"))
+    template = json.loads(TEMPLATE.read_text())
+    files = template_model_files(template)
+
+    info = harness.boot(a.comfy, pack_dirs=[(str(ROOT), "confiner"), (str(Path(a.ade).resolve()),
+                                                                    "ComfyUI-AnimateDiff-Evolved")],
+                        checkpoints_dir=models_dir / "checkpoints",
+                        model_dirs={"animatediff_models": models_dir / "animatediff_models"},
+                        cpu=a.device == "cpu")
+    import torch
+
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    if a.null_forward:
+        import comfy.model_base
+
+        comfy.model_base.BaseModel._apply_model = lambda model, x, t, *args, **kwargs: x
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    say(f"ComfyUI {info['comfy_version']} on {device}, torch {torch.__version__}, packs "
+        f"{[(p['name'], len(p['node_ids'])) for p in info['packs']]}")
+    res = {"date": datetime.date.today().isoformat(), "comfy_version": info["comfy_version"],
+           "torch": torch.__version__, "device": str(device),
+           "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "models": a.models, "size": a.size, "frames": a.frames, "repeats": a.repeats,
+           "null_forward": a.null_forward, "boot": info,
+           "built": build_models(models_dir, files, a.models == "tiny"), "runs": {}, "figures": {}}
+
+    def save():
+        res["elapsed_s"] = elapsed()
+        with open(out_dir / "comfy_results.json", "w") as f:
+            json.dump(res, f, indent=1, default=str)
+
+    save()
+    probe = Probe(torch, device.type == "cuda")
+    probe.install(harness._STATE["server"])
+    confiner = confiner_prompt(template, a.size, a.frames, a.models == "tiny")
+    jobs = {f"confiner_{m}": (confiner, CONFINER_NODES, m) for m in a.mechanisms}
+    if not a.no_animatediff:
+        jobs["animatediff_25"] = (animatediff_prompt(confiner), ("KSampler",), a.mechanisms[0])
+    take = 0
+    for name, (api, classes, mechanism) in jobs.items():
+        set_mechanism(mechanism)
+        runs = []
+        for i in range(a.repeats + 1):  # the first is the warm-up
+            if runs and elapsed() + runs[-1]["wall_s"] > a.deadline:
+                break
+            take += 1
+            run = run_once(retitled(api, take), probe)
+            run["sampling"] = sampling_figures(run, classes)
+            say(f"{name} {'warm-up' if i == 0 else f'run {i}'}: {run['wall_s']:.3f} s, end to end "
+                f"{run['end_to_end_s']:.3f} s, sampling {run['sampling']['sampling_s']:.3f} s, host "
+                f"{run['sampling']['host_overhead_ms_per_eval']:.2f} ms per evaluation (CPU time "
+                f"{run['sampling']['host_cpu_ms_per_eval']}), counts {run['sampling']['counts']}")
+            if i:
+                runs.append(run)
+            else:
+                res["runs"][f"{name}_warmup"] = run
+        if runs:
+            res["runs"][name] = {**median_run(runs, lambda r: r["end_to_end_s"]),
+                                 "end_to_end_runs_s": [round(r["end_to_end_s"], 4) for r in runs],
+                                 "host_overhead_runs_ms": [round(r["sampling"]["host_overhead_ms_per_eval"], 3)
+                                                           for r in runs],
+                                 "host_overhead_median_ms": statistics.median(
+                                     r["sampling"]["host_overhead_ms_per_eval"] for r in runs),
+                                 "host_cpu_median_ms": statistics.median(
+                                     r["sampling"]["host_cpu_ms_per_eval"] or 0.0 for r in runs)}
+        res["figures"] = figures(res["runs"])
+        save()
+    if not a.no_decode and elapsed() < a.deadline:
+        res["decode"] = decode_comparison(confiner, probe, a.frames, a.size, device)
+        say(f"decode: {res['decode']}")
+    res["figures"] = figures(res["runs"])
+    save()
+    print(json.dumps(res["figures"], indent=1))
+
+
+def figures(runs: dict) -> dict:
+    """The plainly named figures (bench/gpu_report.py puts them into RESULTS.json)."""
+    fig = {}
+    session, before, ad = runs.get("confiner_session"), runs.get("confiner_per-evaluation"), runs.get("animatediff_25")
+    if session:
+        fig["comfy_host_overhead_ms_per_eval"] = session["host_overhead_median_ms"]
+        fig["comfy_confiner_s"] = session["end_to_end_s"]
+        fig["comfy_confiner_sampling_s"] = session["sampling"]["sampling_s"]
+        fig["comfy_confiner_counts"] = session["sampling"]["counts"]
+    if before:
+        fig["comfy_host_overhead_ms_per_eval_per_evaluation_calls"] = before["host_overhead_median_ms"]
+        fig["comfy_confiner_per_evaluation_calls_s"] = before["end_to_end_s"]
+        fig["comfy_confiner_per_evaluation_calls_counts"] = before["sampling"]["counts"]
+    if ad:
+        fig["comfy_ksampler_overhead_ms_per_step"] = ad["host_overhead_median_ms"]
+        fig["comfy_animatediff_25_s"] = ad["end_to_end_s"]
+        fig["comfy_animatediff_25_counts"] = ad["sampling"]["counts"]
+        if session:
+            fig["comfy_ratio_confiner_to_animatediff_25"] = session["end_to_end_s"] / ad["end_to_end_s"]
+        if before:
+            fig["comfy_ratio_confiner_per_evaluation_calls_to_animatediff_25"] = \
+                before["end_to_end_s"] / ad["end_to_end_s"]
+    return fig
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""Stage sessions: the expert evaluations of a stage served by long-lived ComfyUI sampling calls.
+
+ConFiner's core runs its own loops and calls an expert once per evaluation. ComfyUI's sampling machinery (loading
+and patching the model, conditioning, every ``WrappersMP`` wrapper such as AnimateDiff-Evolved's, ControlNet, hooks,
+clean-up) is built around one sampling call (``CFGGuider.sample``) from inside which a sampler function evaluates
+the model. A **session** is such a call held open for one expert across a stage, on a helper thread: its sampler
+function waits for the core's requests and answers each with one evaluation, as a sampler at that step would make
+it. What a call sets up and tears down (``load_models_gpu``, ``pre_run``, ADE's outer wrapper, conditioning,
+``cleanup``) then happens once per expert and stage instead of once per evaluation.
+
+Exactly one thread runs at a time (the node's, or the session serving the current evaluation), so ComfyUI never
+sees two things at once. Where sessions meet:
+
+* **One base model.** SD 1.5 and SD 1.5 + AnimateDiff are clones of one ModelPatcher, and ComfyUI keeps one clone
+  patched at a time. A session resumed after another one has loaded its clone loads itself again as its sampling call
+  did (the recorded ``prepare_sampling`` call: weights, object patches, injections such as ADE's motion modules,
+  ControlNets), becomes the model's current patcher again and re-runs ControlNet's ``pre_run`` for its model.
+* **Module attributes** that wrappers replace for the length of a call (ADE swaps in its own
+  ``comfy.samplers.sampling_function``) belong to the session that replaced them: each session sees its own while it
+  runs; the node's thread and the other sessions see theirs.
+* Two experts on the very same MODEL share its AnimateDiff state, so their sessions are never open together.
+
+A session ends with its stage (the node's :func:`stage` block), when an evaluation would move its step backwards
+(ConFiner-Long's next segment) or brings other conditioning, sigmas or shape, and on any error or Cancel: its
+sampling call then returns through ComfyUI's own clean-up, so no model stays patched and every replaced attribute
+is restored. Outside a :func:`stage` block (scripts, tests, ``CONFINER_STAGE_SESSIONS=0``), and for a timestep
+outside the stage's plan, an evaluation is a sampling call of its own, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+
+import torch
+
+import comfy.k_diffusion.sampling
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
+
+ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+# Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
+# sampling_function (every call), GroupNorm's forwards (v1/v2/PIA motion models) and default_noise_sampler
+# (ancestral options); the others are ComfyUI's hook points that packs patch the same way.
+SWAPPED = ((comfy.samplers, "sampling_function"), (comfy.samplers, "calc_cond_batch"),
+           (comfy.samplers, "cfg_function"), (comfy.k_diffusion.sampling, "default_noise_sampler"),
+           (torch.nn.GroupNorm, "forward"), (comfy.ops.disable_weight_init.GroupNorm, "forward_comfy_cast_weights"))
+SWAPPED_ON_MODEL = ("memory_required",)  # set on the shared BaseModel by ADE's unlimited-area hack
+_MISSING = object()
+_CURRENT: contextvars.ContextVar = contextvars.ContextVar("confiner_stage", default=None)
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stage():
+    """Inside, every expert's in-plan evaluations are served by its session; on exit all sessions end (last opened
+    first) and leave ComfyUI as finished sampling runs do. Nested blocks share the outer one."""
+    if not ENABLED or _CURRENT.get() is not None:
+        yield _CURRENT.get()
+        return
+    current = Stage()
+    token = _CURRENT.set(current)
+    try:
+        yield current
+    except BaseException:
+        _CURRENT.reset(token)
+        current.close(raise_errors=False)  # the error that ended the stage is the one to report
+        raise
+    _CURRENT.reset(token)
+    current.close()
+
+
+def evaluate(expert, x_host: torch.Tensor, sigmas: list, step: int, conds: tuple, in_plan: bool = True):
+    """One evaluation of ``expert`` (a :class:`nodes.host.ComfyExpert`) at ``sigmas[step]`` on ComfyUI's latent
+    ``x_host``: (denoised latent on the model's device, network forwards). In a :func:`stage` and in the stage's
+    plan it is served by the expert's session, otherwise by a sampling call of its own."""
+    current = _CURRENT.get()
+    if current is None or not ENABLED or not in_plan:
+        if current is not None:
+            current.last = None  # this call may load a clone of a session's model
+        return single_evaluation(expert, x_host, sigmas, step, conds)
+    return current.evaluate(expert, x_host, sigmas, step, conds)
+
+
+def single_evaluation(expert, x_host, sigmas, step, conds):
+    """A sampling call that makes one evaluation: the stage's sigmas, and as many sampler callbacks before it as a
+    sampler at ``step`` would have sent."""
+    call = SamplingCall(expert, sigmas, conds)
+    out = {}
+
+    def serve(model, x_in, sigmas_in, extra_args=None, callback=None, disable=None):
+        out["x0"] = call.evaluate(model, x_in, sigmas_in, extra_args, callback, x_host, step)
+        return x_in
+
+    call.run(x_host, serve)
+    return out["x0"], call.network_calls
+
+
+class SamplingCall:
+    """One ``CFGGuider.sample`` call of an expert over a stage's sigmas, with ``serve`` as its sampler function.
+    Counts the network forwards (``apply_model`` calls) and records its ``prepare_sampling`` call, so a session can
+    load its model again the same way."""
+
+    def __init__(self, expert, sigmas: list, conds: tuple):
+        positive, negative, cfg = conds
+        self.expert, self.sigmas = expert, sigmas
+        self.guider = comfy.samplers.CFGGuider(expert.model)
+        self.guider.set_conds(positive, negative)
+        self.guider.set_cfg(cfg)
+        self.guider.model_options = comfy.model_patcher.create_model_options_clone(self.guider.model_options)
+        self.network_calls = 0
+        self.callbacks_sent = 0
+        self.prepare = None
+        add = comfy.patcher_extension.add_wrapper_with_key
+        WrappersMP = comfy.patcher_extension.WrappersMP
+        add(WrappersMP.APPLY_MODEL, "confiner_forwards", self._count, self.guider.model_options, is_model_options=True)
+        add(WrappersMP.PREPARE_SAMPLING, "confiner_sessions", self._record_prepare, self.guider.model_options,
+            is_model_options=True)
+
+    def _count(self, executor, *args, **kwargs):
+        self.network_calls += 1
+        return executor(*args, **kwargs)
+
+    def _record_prepare(self, executor, *args, **kwargs):
+        self.prepare = (args, kwargs)
+        return executor(*args, **kwargs)
+
+    def run(self, x_first: torch.Tensor, serve) -> None:
+        latent_image = self.expert.latent_format.process_out(x_first)  # the guider applies process_in again
+        self.guider.sample(torch.zeros_like(latent_image), latent_image, comfy.samplers.KSAMPLER(serve),
+                           torch.tensor(self.sigmas), disable_pbar=True, seed=self.expert.seed)
+
+    @torch.no_grad()
+    def evaluate(self, model, x_in, sigmas, extra_args, callback, x_host, step: int) -> torch.Tensor:
+        """Inside the sampler function: the callbacks a sampler sends before step ``step`` (AnimateDiff-Evolved
+        advances its step on each; native context windows read the step off ``sample_sigmas``), then the model."""
+        if callback is not None:
+            while self.callbacks_sent < step:
+                i = self.callbacks_sent
+                callback({"i": i, "denoised": x_in, "x": x_in, "sigma": sigmas[i], "sigma_hat": sigmas[i]})
+                self.callbacks_sent += 1
+        return model(x_host.to(x_in), sigmas[step] * x_in.new_ones([x_in.shape[0]]), **(extra_args or {}))
+
+    def reacquire(self) -> None:
+        """Make this call's model the loaded, patched, current one again after another call loaded a clone of it
+        (or evicted it): the recorded ``prepare_sampling`` call, the current patcher, ControlNet's ``pre_run``."""
+        patcher = self.guider.model_patcher
+        base = patcher.model
+        models = [patcher, *getattr(self.guider, "loaded_models", [])]
+        loaded = [lm.model for lm in comfy.model_management.current_loaded_models]
+        if getattr(base, "current_patcher", patcher) is patcher and all(any(m is l for l in loaded) for m in models):
+            return
+        args, kwargs = self.prepare
+        comfy.sampler_helpers.prepare_sampling(*args, **kwargs)
+        if hasattr(base, "current_patcher"):
+            base.current_patcher = patcher
+        for conds in self.guider.conds.values():
+            comfy.samplers.pre_run_control(base, conds)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+def _read(slots) -> dict:
+    return {slot: vars(slot[0]).get(slot[1], _MISSING) for slot in slots}
+
+
+def _write(values: dict) -> None:
+    for (owner, name), value in values.items():
+        if vars(owner).get(name, _MISSING) is value:
+            continue
+        if value is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
+
+
+def _thread_state() -> dict:
+    """What a helper thread must share with the node's thread (torch keeps these per thread)."""
+    state = {"inference": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled(),
+             "threads": torch.get_num_threads()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["device"], state["stream"] = torch.cuda.current_device(), torch.cuda.current_stream()
+    return state
+
+
+@contextlib.contextmanager
+def _entered(state: dict):
+    torch.set_num_threads(state["threads"])
+    with torch.inference_mode(state["inference"]), torch.set_grad_enabled(state["grad"]):
+        if "device" in state:
+            torch.cuda.set_device(state["device"])
+            with torch.cuda.stream(state["stream"]):
+                yield
+        else:
+            yield
+
+
+class Session:
+    """One expert's sampling call held open on a helper thread. The node's thread hands it a request and waits; the
+    helper answers and waits for the next: exactly one of them runs at a time."""
+
+    def __init__(self, expert, sigmas: list, conds: tuple, x_host: torch.Tensor):
+        self.expert, self.sigmas, self.conds = expert, list(sigmas), conds
+        self.shape = (tuple(x_host.shape), x_host.dtype, x_host.device)
+        self.call = SamplingCall(expert, sigmas, conds)
+        self.last_step = -1
+        self.thread = None
+        self.ended = False
+        self.saved = None  # this session's values of the swapped attributes while it waits
+        self.message = None
+        self._to_helper = threading.Semaphore(0)
+        self._to_main = threading.Semaphore(0)
+
+    @property
+    def patcher(self):
+        return self.expert.model
+
+    def serves(self, sigmas: list, conds: tuple, x_host: torch.Tensor, step: int) -> bool:
+        same_conds = all(a is b for a, b in zip(conds[:2], self.conds[:2])) and conds[2] == self.conds[2]
+        return (not self.ended and same_conds and list(sigmas) == self.sigmas and step >= self.last_step
+                and (tuple(x_host.shape), x_host.dtype, x_host.device) == self.shape)
+
+    # -- node's thread -------------------------------------------------------------------------------------------
+    def evaluate(self, x_host, step: int, resumed: bool, slots) -> tuple:
+        reply = self._turn(("evaluate", x_host, step, resumed), slots)
+        if reply[0] == "result":
+            self.last_step = step
+            return reply[1], reply[2]
+        self._join()
+        if reply[0] == "error":
+            raise reply[1]
+        raise RuntimeError(f"ConFiner: the {self.expert.name} expert's sampling call ended before its evaluation "
+                           f"(a sampling wrapper skipped or split it); set CONFINER_STAGE_SESSIONS=0 to run every "
+                           f"evaluation as a sampling call of its own")
+
+    def close(self, slots) -> None:
+        if self.thread is None or self.ended:
+            return
+        reply = self._turn(("close",), slots)
+        self._join()
+        if reply[0] == "error":
+            raise reply[1]
+
+    def _turn(self, message, slots):
+        outside = _read(slots)
+        if self.saved is not None:
+            _write({slot: value for slot, value in self.saved.items() if slot in outside})
+        try:
+            self.message = message
+            if self.thread is None:
+                self.thread = threading.Thread(target=contextvars.copy_context().run,
+                                               args=(self._thread_main, message[1], _thread_state()),
+                                               name=f"ConFiner {self.expert.name} expert session", daemon=True)
+                self.thread.start()
+            else:
+                self._to_helper.release()
+            while not self._to_main.acquire(timeout=1.0):
+                if not self.thread.is_alive() and not self._to_main.acquire(timeout=0.1):
+                    self.ended = True
+                    raise RuntimeError(f"ConFiner: the {self.expert.name} expert's sampling thread ended without "
+                                       f"an answer")
+            return self.message
+        finally:
+            self.saved = _read(slots)
+            _write(outside)
+
+    def _join(self):
+        self.ended = True
+        self.thread.join()
+
+    # -- helper thread -------------------------------------------------------------------------------------------
+    def _thread_main(self, x_first, state):
+        try:
+            with _entered(state):
+                self.call.run(x_first, self._serve)
+            reply = ("closed",)
+        except BaseException as e:  # noqa: BLE001 - handed to the node's thread, which raises it
+            reply = ("error", e)
+        self.ended = True
+        self.message = reply
+        self._to_main.release()
+
+    def _serve(self, model, x_in, sigmas, extra_args=None, callback=None, disable=None):
+        while self.message[0] == "evaluate":
+            _, x_host, step, resumed = self.message
+            if resumed:
+                self.call.reacquire()
+            before = self.call.network_calls
+            x0 = self.call.evaluate(model, x_in, sigmas, extra_args, callback, x_host, step)
+            self.message = ("result", x0, self.call.network_calls - before)
+            self._to_main.release()
+            self._to_helper.acquire()
+        return x_in  # closing: the sampling call returns through ComfyUI's clean-up
+
+
+class Stage:
+    """The open sessions of a node's stage, one per expert, and which of them ran last."""
+
+    def __init__(self):
+        self.sessions: dict = {}  # expert -> Session, in opening order
+        self.last = None
+
+    def slots(self) -> list:
+        bases = {id(s.patcher.model): s.patcher.model for s in self.sessions.values()}
+        return [*SWAPPED, *((base, name) for base in bases.values() for name in SWAPPED_ON_MODEL)]
+
+    def evaluate(self, expert, x_host, sigmas, step, conds) -> tuple:
+        session = self.sessions.get(expert)
+        if session is not None and not session.serves(sigmas, conds, x_host, step):
+            self.end(session)
+            session = None
+        if session is None:
+            for other in [s for s in self.sessions.values() if s.patcher is expert.model]:
+                self.end(other)
+            session = self.sessions[expert] = Session(expert, sigmas, conds, x_host)
+        try:
+            out = session.evaluate(x_host, step, self.last is not session, self.slots())
+        except BaseException:
+            self.sessions.pop(expert, None)
+            self.last = None
+            raise
+        self.last = session
+        return out
+
+    def end(self, session: Session) -> None:
+        self.sessions.pop(session.expert, None)
+        self.last = None  # its clean-up clears the base model's current patcher
+        session.close(self.slots() + [(session.patcher.model, n) for n in SWAPPED_ON_MODEL])
+
+    def close(self, raise_errors: bool = True) -> None:
+        first = None
+        for session in reversed(list(self.sessions.values())):
+            try:
+                self.end(session)
+            except BaseException as e:  # noqa: BLE001 - every session must end; the first error is reported
+                log.debug("ConFiner: ending the %s expert's session failed: %s", session.expert.name, e)
+                first = first or e
+        if first is not None and raise_errors:
+            raise first
