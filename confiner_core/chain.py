@@ -163,14 +163,14 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")
     refining = extraction_schedule(spatial, temporal, config.mode)
-    refining.check_timestep(config.te, "te (T_e)")
+    refining.check_model_timestep(config.te, "te (T_e)")
     if config.structure_noise == CONTROL:
         control_schedule = control_schedule or (source.schedule if source is not None else None)
-        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_timestep(
+        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_model_timestep(
             config.te, "te (T_e) on the control schedule")
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
     if temporal is not None and same_t:
-        temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")
+        temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule")
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
@@ -204,10 +204,17 @@ def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
 
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
-    """From T_e towards 0: the paper's uniform intervals (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
+    """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`): the paper's uniform intervals
+    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
+
+
+def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
+    """The refinement timesteps as positions on the refining expert's schedule table (the same numbers for VP
+    experts; for flow experts where sigma = T / N)."""
+    return [schedule.index(t) for t in refine_timesteps(config)]
 
 
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
@@ -221,14 +228,14 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                       generator: torch.Generator) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
-    (:func:`extraction_schedule`)."""
-    return diffuse(schedule, structure, te, randn_like(structure, generator))
+    (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
+    return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
     """Stage 2 in the configured mode, from V'_{T_e} to the refined video."""
-    ts = refine_timesteps(config)
+    ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
     if config.mode == STANDARD:

@@ -27,7 +27,7 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, ChainConfig, control_timesteps,
-                                   refine_timesteps)
+                                   refine_positions)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert
 from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, LatentSpace
 from ..confiner_core.refine import matched_timestep
@@ -215,11 +215,14 @@ def plan_control(control: Denoiser, config: ChainConfig) -> None:
 
 
 def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
-    ts = list(refine_timesteps(config))
+    if config.mode == TEMPORAL:
+        temporal.expert.plan = refine_positions(temporal.schedule, config)
+        return
+    ts = refine_positions(spatial.schedule, config)
     spatial.expert.plan = ts
     if temporal is not None:
-        temporal.expert.plan = ts if config.mode != COORDINATED else [
-            matched_timestep(spatial.schedule, temporal.schedule, t, config.matching) for t in ts]
+        matching = config.matching if config.mode == COORDINATED else "same_index"
+        temporal.expert.plan = [matched_timestep(spatial.schedule, temporal.schedule, t, matching) for t in ts]
 
 
 def check_frames(denoiser: Denoiser, frames: int) -> None:
