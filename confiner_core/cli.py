@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
                    help="pull towards the previous segment's guided prediction (Eq. 12 as printed) or its raw one")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
+    g.add_argument("--color-anchor", action="store_true",
+                   help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
+                        "the staggered overlap (against colour drift across windows; see report metrics "
+                        "window_color_drift)")
     g.add_argument("--fps", type=number("--fps"), default=8.0)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
@@ -162,7 +166,7 @@ def request_from_args(a: argparse.Namespace):
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger,
-                                           coherence_memory=a.coherence_memory))
+                                           coherence_memory=a.coherence_memory, color_anchor=a.color_anchor))
 
 
 def generate_command(a: argparse.Namespace) -> int:

@@ -235,6 +235,10 @@ class GenerateRequest:
 
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
+        if L.color_anchor and not L.staggered:
+            raise UsageError("--color-anchor anchors each window to the rest of the structure its predecessor ended "
+                             "in, which only staggered refinement has: drop --no-stagger or --color-anchor",
+                             "--color-anchor")
         if L.noise_init == "freenoise":
             noise_frames = plan.structures * self.spaces()["control"].latent_frames(L.segment_length)
             if L.freenoise_stride > L.freenoise_window:

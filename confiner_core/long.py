@@ -206,6 +206,7 @@ class LongConfig:
     gamma: float = 0.1
     staggered: bool = True
     coherence_memory: str = GUIDED
+    color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:
         if self.noise_init not in NOISE_INITS:
@@ -214,6 +215,38 @@ class LongConfig:
             raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
         if self.coherence_memory not in COHERENCE_MEMORIES:
             raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
+        if self.color_anchor and not self.staggered:
+            raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, "
+                             "which only staggered refinement has: switch staggered on or color_anchor off")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Colour anchoring (opt-in): context-window joins are where long videos change their tint
+
+def channel_statistics(latent: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and standard deviation of a latent clip [B, C, T, h, w]: a [2, C] tensor."""
+    dims = (0, 2, 3, 4)
+    return torch.stack([latent.mean(dims), latent.std(dims)])
+
+
+ANCHOR_FRAMES = 2  # latent frames on either side of a window junction whose statistics are matched
+
+
+def anchor_window(latent: torch.Tensor, head: int, reference: torch.Tensor) -> torch.Tensor:
+    """Shift every channel of a refined window so its first ``head`` latent frames have the mean of ``reference``,
+    the statistics of the predecessor's last frames (a shift only: two frames' spread is too noisy to rescale by). Staggered (Eq. 13), a window junction falls inside one structure
+    (S_w[:L/2] ends window w-1, S_w[L/2:] starts window w): the frames on both sides are neighbours of one
+    structure, so their colours should agree, and what differs is drift the refinements introduced."""
+    mean = channel_statistics(latent[:, :, :head])[0]
+    return latent + (reference[0].to(latent) - mean).view(1, -1, 1, 1, 1)
+
+
+def window_split(plan: "SegmentPlan", refiner: Denoiser) -> tuple[int, int]:
+    """(head, tail): the latent frames at the start and at the end of a window whose statistics colour anchoring
+    matches across the junction (:data:`ANCHOR_FRAMES`, fewer for short windows)."""
+    total = refiner.expert.latent_space.latent_frames(plan.segment_length)
+    n = max(1, min(ANCHOR_FRAMES, total // 4))
+    return n, n
 
 
 WindowSink = Callable[[torch.Tensor, Window], None]
@@ -265,12 +298,14 @@ class LongState:
     it continues bit-identically (the noise source is redrawn from the same seed before the state is restored).
 
     ``structures``: the control structures still needed (at most one); ``guidance``: coherence guidance's memory
-    (the previous structure's eps per control step; empty when off); ``generator_state``: the seeded generator."""
+    (the previous structure's eps per control step; empty when off); ``generator_state``: the seeded generator;
+    ``anchor``: colour anchoring's reference statistics (None when off)."""
 
     next_window: int
     structures: dict = field(default_factory=dict)
     guidance: dict = field(default_factory=dict)
     generator_state: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
 
 
 def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
@@ -309,7 +344,10 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             bound[key] = d.with_prompt(key[1])
         return bound[key]
 
+    head, tail = window_split(plan, refiner)
+    anchor = None
     if resume is not None:
+        anchor = resume.anchor
         structures = {i: x.to(device) for i, x in resume.structures.items()}
         if guidance is not None:
             guidance.previous = {step: eps.to(device) for step, eps in resume.guidance.items()}
@@ -328,6 +366,10 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             latent = window_latent(structures, window.parts, control, refiner, pixels)
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
                                        generator, callback, control_schedule=control.schedule)
+        if config.color_anchor:
+            if anchor is not None:
+                refined = anchor_window(refined, head, anchor)
+            anchor = channel_statistics(refined[:, :, refined.shape[2] - tail:])
         sink(refined, window)
         last = window.parts[-1][0]
         for i in [k for k in structures if k < last]:
@@ -336,5 +378,5 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
         if on_window_done is not None:
             on_window_done(LongState(window.index + 1, dict(structures),
                                      dict(guidance.previous) if guidance is not None else {},
-                                     generator.get_state()))
+                                     generator.get_state(), anchor))
 

@@ -100,6 +100,8 @@ class ResumeStore:
         tensors = {f"structure.{i}": x for i, x in state.structures.items()}
         tensors.update({f"guidance.{step}": eps for step, eps in state.guidance.items()})
         tensors["generator_state"] = state.generator_state
+        if state.anchor is not None:
+            tensors["anchor"] = state.anchor
         name = f"state-{state.next_window:05d}.safetensors"  # a new name each time: state.json moves in one step
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
@@ -115,7 +117,7 @@ class ResumeStore:
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("guidance.")},
-                          tensors["generator_state"])
+                          tensors["generator_state"], tensors.get("anchor"))
         return state, info
 
     def _save_tensors(self, name: str, tensors: dict) -> None:
