@@ -18,7 +18,8 @@ from .latent_spaces import check_bridgeable
 from .layout import VIDEO
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
-from .schedules import NoiseSchedule
+from .schedules import VP, NoiseSchedule
+from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, spaced_timesteps, uniform_timesteps
 
 COORDINATED = "coordinated"
@@ -42,12 +43,34 @@ class ConFinerWarning(UserWarning):
     """A valid but doubtful setting (e.g. outside what the paper found to work)."""
 
 
-def table3_warning(control_steps: int, te: int) -> str | None:
-    """The paper's Table 3: with 4 control steps T_e = 200 scores best and T_e >= 300 collapses image quality (with
-    8 steps larger T_e only trades temporal for aesthetic scores). Fewer steps give a coarser structure still."""
-    if control_steps <= 4 and te >= 300:
+# T_e by the refining expert's kind. VP: the paper's 100 (SD 1.5: noise-to-signal sigma/alpha 0.34). A flow expert's
+# T_e is N sigma, and 100 would be a much cleaner 0.11: 250 (0.33) keeps the paper's noise level. On the embedded
+# world the flow experts' results are flat over T_e 50..700 (bench/QUALITY.md), so the noise level decides.
+DEFAULT_TE = {"vp": 100, "flow": 250}
+
+
+def default_te(schedule: NoiseSchedule) -> int:
+    """The structure timestep for a refining expert of this schedule kind (:data:`DEFAULT_TE`)."""
+    return DEFAULT_TE[schedule.kind]
+
+
+def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None = None) -> str | None:
+    """The paper's Table 3 (SD 1.5 spatial expert): with 4 control steps T_e = 200 scores best and T_e >= 300
+    collapses image quality (with 8 steps larger T_e only trades temporal for aesthetic scores). Fewer steps give a
+    coarser structure still. With the refining expert's ``schedule`` the limit is the noise level (sigma/alpha) of
+    SD 1.5's t = 300, so a flow expert's T_e (N sigma) is judged by the same noise, not the same number."""
+    if control_steps > 4:
+        return None
+    if schedule is None or schedule.kind == VP:
+        collapses = te >= 300
+    else:
+        sd_alpha, sd_sigma = _named_schedule("sd15").coefficients(300)
+        alpha, sigma = schedule.coefficients(schedule.index(te))
+        collapses = sigma / max(alpha, 1e-12) >= sd_sigma / sd_alpha
+    if collapses:
         return (f"T_e={te} with {control_steps} control steps: the paper's Table 3 finds image quality collapses at "
-                f"T_e >= 300 with 4 control steps (best about 200); lower T_e or use 8 control steps")
+                f"the noise level of T_e >= 300 on SD 1.5 with 4 control steps (best about 200); lower T_e or use 8 "
+                f"control steps")
     return None
 
 
@@ -183,7 +206,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
-    message = table3_warning(config.control_steps, config.te)
+    message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
 

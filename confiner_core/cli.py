@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -78,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=MODES, default="coordinated")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
-    g.add_argument("--te", type=number("--te"), default=100, help="structure noising timestep T_e (with 4 control "
-                   "steps the paper's Table 3 finds T_e >= 300 collapses image quality)")
+    g.add_argument("--te", type=number("--te"), default=None,
+                   help="structure noising timestep T_e, in the refining expert's own timesteps (default 100, the "
+                        "paper's; 250 for flow experts such as Wan and Qwen-Image, whose timestep is 1000 sigma: the "
+                        "same noise level). With 4 control steps the paper's Table 3 finds T_e >= 300 collapses image "
+                        "quality")
     g.add_argument("--structure-noise", choices=STRUCTURE_NOISES, default="spatial",
                    help="schedule that noises the structure to T_e: the spatial expert's (Eq. 6, default) or the "
                         "control expert's (Algorithm 1, line 4)")
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
+        warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     command = generate_command if args.command == "generate" else evaluate_command
     try:
         return command(args)

@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .chain import (ALTERNATE, COORDINATED, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL, ChainConfig,
-                    refining_denoiser, run_chain, validate_chain)
+from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
+                    ChainConfig, default_te, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
@@ -97,7 +97,7 @@ NUMBERS = (
     Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
     Number("--control-steps", "chain.control_steps", int, 1, 1000),
     Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
-    Number("--te", "chain.te", int, 1, 100_000),
+    Number("--te", "chain.te", int, 1, 100_000, optional=True),
     Number("--eta", "chain.eta", float, 0, 1),
     Number("--control-eta", "chain.control_eta", float, 0, 1),
     Number("--segment-length", "long.segment_length", int, 2, 4096, optional=True),
@@ -180,12 +180,15 @@ class GenerateRequest:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        self._validate_checkpoints()
+        self._validate_spaces()
+        if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
+            self.chain.te = default_te(expert_schedules(self)[refining_role(self.chain.mode)]) \
+                if refining_role(self.chain.mode) in expert_schedules(self) else DEFAULT_TE["vp"]
         try:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
             raise UsageError(f"{e}", "--refine-steps") from None
-        self._validate_checkpoints()
-        self._validate_spaces()
         plan = self.plan()
         if plan is not None:
             self._validate_long(plan)
@@ -330,6 +333,10 @@ class GenerateRequest:
         for k in ("out", "resume"):
             settings.pop(k)
         return settings
+
+
+def refining_role(mode: str) -> str:
+    return "temporal" if mode == TEMPORAL else "spatial"
 
 
 def natural_frames(spaces) -> int:

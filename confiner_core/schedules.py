@@ -174,8 +174,18 @@ def from_betas(beta_schedule: str = "scaled_linear", beta_start: float = 0.00085
     return vp_schedule(ac, set_alpha_to_one, name or f"{beta_schedule} {beta_start}->{beta_end}")
 
 
+def is_flow_config(config: dict) -> bool:
+    """A flow-matching scheduler config: FlowMatch* schedulers, or UniPC / DPM-Solver with flow sigmas (Wan)."""
+    return (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
 def from_diffusers_config(config: dict, name: str = "") -> NoiseSchedule:
-    """Schedule of a diffusers scheduler config (``scheduler_config.json`` or ``scheduler.config``)."""
+    """Schedule of a diffusers scheduler config (``scheduler_config.json`` or ``scheduler.config``): beta schedules,
+    or a flow schedule with the config's ``flow_shift`` / ``shift``."""
+    if is_flow_config(config):
+        shift = config.get("flow_shift") or (config.get("shift") if not config.get("use_dynamic_shifting") else None)
+        return flow_schedule(float(shift or 1.0), config.get("num_train_timesteps", 1000), name)
     if config.get("trained_betas") is not None:
         ac = torch.cumprod(1.0 - torch.tensor(config["trained_betas"], dtype=torch.float32), dim=0)
         return vp_schedule(ac, config.get("set_alpha_to_one", True), name)
