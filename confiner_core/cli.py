@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
+from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .errors import Interrupted, UsageError
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generate a video (embedded default unless checkpoints are given)")
     g.add_argument("--prompt", default="", help=PROMPT_HELP)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--frames", type=number("--frames"), default=16)
+    g.add_argument("--frames", type=number("--frames"), default=None,
+                   help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
     g.add_argument("--height", type=number("--height"), default=256)
     g.add_argument("--width", type=number("--width"), default=256)
     g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range)")
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spatial", help="spatial expert: SD 1.5 diffusers dir or single-file .safetensors")
     g.add_argument("--temporal", help="temporal expert: ModelScope/AnimateDiff pipeline dir or motion module")
     g.add_argument("--base", help="SD 1.5 diffusers dir that motion modules and single files are built on")
+    g.add_argument("--embedded", choices=list(EMBEDDED_PRESETS), default="sd",
+                   help="without checkpoints: which weight-free embedded experts -- " +
+                        "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
     g.add_argument("--mode", choices=MODES, default="coordinated")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
@@ -95,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0)
     g.add_argument("--cfg", type=number("--cfg"), default=None,
                    help="refinement guidance (default 7.5; 1.0 for the embedded default)")
-    g.add_argument("--segment-length", type=number("--segment-length"), default=16,
-                   help="ConFiner-Long segment length L; longer videos are made of staggered segments")
+    g.add_argument("--segment-length", type=number("--segment-length"), default=None,
+                   help="ConFiner-Long segment length L in frames (default: the experts' clip, 16; 17 for causal "
+                        "4k+1 latents); longer videos are made of staggered segments")
     g.add_argument("--noise-init", choices=NOISE_INITS, default="shuffle",
                    help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
     g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16)
@@ -152,7 +158,7 @@ def request_from_args(a: argparse.Namespace):
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, speed=a.speed, resume=a.resume, chain=chain,
+                           device=a.device, speed=a.speed, resume=a.resume, embedded_preset=a.embedded, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger,

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .chain import (ALTERNATE, COORDINATED, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL, ChainConfig,
-                    run_chain, validate_chain)
+                    refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
@@ -37,9 +37,12 @@ from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
+from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
+from .latent_spaces import LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
-LATENT_FACTOR = 8          # pixels per latent cell: the SD 1.5-family VAEs and the embedded world
+NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
+                           # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
 SPEEDS = ("eager", "fast")  # diffusers experts: names of diffusers_backend.speed.PRESETS
@@ -85,7 +88,7 @@ class Number:
 
 
 NUMBERS = (
-    Number("--frames", "frames", int, 1, 100_000),
+    Number("--frames", "frames", int, 1, 100_000, optional=True),
     Number("--height", "height", int, MIN_SIZE, 8192),
     Number("--width", "width", int, MIN_SIZE, 8192),
     Number("--seed", "seed", int, 0, MAX_SEED),
@@ -97,7 +100,7 @@ NUMBERS = (
     Number("--te", "chain.te", int, 1, 100_000),
     Number("--eta", "chain.eta", float, 0, 1),
     Number("--control-eta", "chain.control_eta", float, 0, 1),
-    Number("--segment-length", "long.segment_length", int, 2, 4096),
+    Number("--segment-length", "long.segment_length", int, 2, 4096, optional=True),
     Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000),
     Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000),
     Number("--gamma", "long.gamma", float, 0, 0.5),
@@ -112,6 +115,7 @@ CHOICES = (
     ("--coherence-memory", "long.coherence_memory", COHERENCE_MEMORIES),
     ("--noise-init", "long.noise_init", NOISE_INITS),
     ("--speed", "speed", SPEEDS),
+    ("--embedded", "embedded_preset", tuple(EMBEDDED_PRESETS)),
 )
 NUMBER_BY_OPTION = {n.option: n for n in NUMBERS}
 
@@ -131,7 +135,7 @@ def lookup(obj, path: str):
 class GenerateRequest:
     prompt: str = ""
     negative_prompt: str = ""
-    frames: int = 16
+    frames: int | None = None   # None: the experts' natural clip (16; 17 for causal 4k+1 video latents)
     height: int = 256
     width: int = 256
     seed: int = 0
@@ -146,6 +150,7 @@ class GenerateRequest:
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
+    embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
 
@@ -173,23 +178,14 @@ class GenerateRequest:
             value = lookup(self, path)
             if value not in choices:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
-        for name in ("height", "width"):
-            v = getattr(self, name)
-            if v % LATENT_FACTOR:
-                raise UsageError(f"--{name} must be a multiple of {LATENT_FACTOR} (the experts' latent factor) and "
-                                 f"at least {MIN_SIZE}, got {v}", f"--{name}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
         try:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
             raise UsageError(f"{e}", "--refine-steps") from None
-        schedule = self.prompt_schedule()
-        L = self.long
-        if (self.frames > L.segment_length or schedule.travels) and L.staggered and L.segment_length % 2:
-            raise UsageError(f"--segment-length must be even for staggered refinement (windows take half of two "
-                             f"segments), got {L.segment_length}; use {L.segment_length + 1} or --no-stagger",
-                             "--segment-length")
+        self._validate_checkpoints()
+        self._validate_spaces()
         plan = self.plan()
         if plan is not None:
             self._validate_long(plan)
@@ -198,7 +194,6 @@ class GenerateRequest:
                              f"({self.frames} frames <= --segment-length {self.long.segment_length}, one prompt)",
                              "--resume")
         check_device(self.device)
-        self._validate_checkpoints()
         self._validate_schedules()
         problem = check_output_folder(self.out, OUTPUTS)
         if problem:
@@ -206,10 +201,42 @@ class GenerateRequest:
         if plan is not None:
             self._validate_resume(plan)
 
+    def spaces(self) -> dict[str, LatentSpace]:
+        """role -> latent space of each expert, known without loading weights (the embedded preset's experts, or
+        the checkpoints' inspection)."""
+        if self.embedded:
+            from .embedded.experts import embedded_experts
+
+            return {role: e.latent_space for role, e in embedded_experts(self.embedded_preset).items()}
+        return {role: ins.latent_space for role, ins in self._inspections.items()}
+
+    def _validate_spaces(self) -> None:
+        """Frame counts and sizes every expert's latent space holds; the defaults for --frames and
+        --segment-length (the experts' natural clip) are set here."""
+        spaces = self.spaces()
+        natural = natural_frames(spaces.values())
+        if self.frames is None:
+            self.frames = natural
+        if self.long.segment_length is None:
+            self.long.segment_length = natural
+        multiple = math.lcm(*(s.spatial_factor for s in spaces.values()))
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v % multiple:
+                raise UsageError(f"--{name} must be a multiple of {multiple} (the experts' latent factor) and at "
+                                 f"least {MIN_SIZE}, got {v}", f"--{name}")
+        clip = self.long.segment_length if self.is_long else self.frames
+        option = "--segment-length" if self.is_long else "--frames"
+        for role, space in spaces.items():
+            try:
+                space.check_pixel_frames(clip, f"the {role} expert's {space.name}")
+            except ValueError as e:
+                raise UsageError(f"{option}: {e}", option) from None
+
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
         if L.noise_init == "freenoise":
-            noise_frames = plan.structures * L.segment_length
+            noise_frames = plan.structures * self.spaces()["control"].latent_frames(L.segment_length)
             if L.freenoise_stride > L.freenoise_window:
                 raise UsageError(f"--freenoise-stride ({L.freenoise_stride}) must be at most --freenoise-window "
                                  f"({L.freenoise_window})", "--freenoise-stride")
@@ -222,6 +249,7 @@ class GenerateRequest:
     def _validate_checkpoints(self) -> None:
         """Path checks before any weights load: each role's path exists and is a model kind that role accepts
         (header and folder inspection by the diffusers backend); messages name the role, the path and the fix."""
+        self._inspections = {}
         given = [p for p in (self.control, self.spatial, self.temporal) if p]
         if not given:
             if self.base:
@@ -243,7 +271,7 @@ class GenerateRequest:
             raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
                                f"requirements-diffusers.txt") from None
         try:  # configs and safetensors headers only: no weights load
-            preflight(self.control, self.spatial, self.temporal, self.base)
+            self._inspections = preflight(self.control, self.spatial, self.temporal, self.base)
         except (ValueError, OSError) as e:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
@@ -300,6 +328,15 @@ class GenerateRequest:
         return settings
 
 
+def natural_frames(spaces) -> int:
+    """The clip length the experts are made for: 16 frames, rounded up to the next count every space holds
+    (17 for causal 4k+1 video latents such as Wan's)."""
+    frames = NATURAL_FRAMES
+    while not all(s.valid_pixel_frames(frames) for s in spaces):
+        frames += 1
+    return frames
+
+
 def check_device(device: str) -> None:
     """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu`` and present on this machine, else a UsageError."""
     accepted = "cpu, cuda, cuda:N or mps"
@@ -327,7 +364,7 @@ def expert_schedules(req: GenerateRequest) -> dict:
     if req.embedded:
         from .embedded.experts import embedded_experts
 
-        return {role: e.schedule for role, e in embedded_experts().items()}
+        return {role: e.schedule for role, e in embedded_experts(req.embedded_preset).items()}
     from . import schedules as S
 
     out = {}
@@ -357,17 +394,22 @@ def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) ->
 @dataclass
 class Backend:
     experts: dict
-    decode: Callable  # canonical latent -> uint8 [B, F, H, W, 3]
     refine_cfg: float
     description: str
 
 
+def decode_frames(latent: torch.Tensor, expert) -> torch.Tensor:
+    """A latent in ``expert``'s space -> uint8 frames [B, F, H, W, 3] through that expert's codec (its VAE)."""
+    return to_uint8(expert.codec.decode(latent)).cpu()
+
+
 def load_backend(req: GenerateRequest) -> Backend:
     if req.embedded:
-        from .embedded.experts import decode, embedded_experts
+        from .embedded.experts import PRESET_HELP, embedded_experts
 
-        return Backend(embedded_experts(), decode, 1.0 if req.refine_cfg is None else req.refine_cfg,
-                       "embedded default: exact posterior-mean experts over a procedural video world")
+        return Backend(embedded_experts(req.embedded_preset), 1.0 if req.refine_cfg is None else req.refine_cfg,
+                       f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
+                       f"posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
 
     from .diffusers_backend.speed import PRESETS
@@ -377,8 +419,7 @@ def load_backend(req: GenerateRequest) -> Backend:
                               device=req.device, speed=PRESETS[req.speed])
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(str(e), "--spatial") from e
-    return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
-                   "diffusers checkpoints")
+    return Backend(loaded.experts, 7.5 if req.refine_cfg is None else req.refine_cfg, "diffusers checkpoints")
 
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
@@ -390,8 +431,9 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     return bound
 
 
-def latent_shape(req: GenerateRequest, channels: int, frames: int) -> tuple:
-    return (1, channels, frames, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
+def latent_shape(req: GenerateRequest, control, frames: int) -> tuple:
+    """The initial noise of a clip of ``frames`` frames, in the control expert's latent space."""
+    return control.expert.latent_space.latent_shape(1, frames, req.height, req.width)
 
 
 def progress_callback(bar: tqdm):
@@ -448,10 +490,10 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     t_start = time.perf_counter()
     backend = load_backend(req)
     d = bind_experts(backend, req, log, schedule.first)
-    channels = d["spatial"].expert.latent_channels
+    refiner = refining_denoiser(d["spatial"], d["temporal"], req.chain.mode)
     try:  # the experts against each other and the settings, before the first evaluation
         validate_chain(d["control"], d["spatial"], d["temporal"],
-                       latent_shape(req, channels, plan.segment_length if plan else req.frames), req.chain)
+                       latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
     except ValueError as e:
         raise UsageError(str(e)) from None
     seconds = {"load": time.perf_counter() - t_start}
@@ -463,16 +505,16 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                 t0 = time.perf_counter()
                 if not bool(torch.isfinite(latent).all()):
                     raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-                frames = backend.decode(latent)[0, :frames_kept].cpu().numpy()
+                frames = decode_frames(latent, refiner.expert)[0, :frames_kept].numpy()
                 sink.write(frames)
                 stats.add(frames)
                 seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
 
             extra = {}
             if plan is not None:
-                extra = run_long(req, d, channels, generator, emit, show_progress, plan, schedule, store, log)
+                extra = run_long(req, d, generator, emit, show_progress, plan, schedule, store, log)
             else:
-                noise = torch.randn(latent_shape(req, channels, req.frames), generator=generator).to(req.device)
+                noise = torch.randn(latent_shape(req, d["control"], req.frames), generator=generator).to(req.device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
@@ -492,13 +534,14 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     return report
 
 
-def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Generator, emit, show_progress: bool,
+def run_long(req: GenerateRequest, d: dict, generator: torch.Generator, emit, show_progress: bool,
              plan: SegmentPlan, schedule: PromptSchedule, store, log: EvaluationLog) -> dict:
     """ConFiner-Long: windows are decoded and written as soon as they are final, and kept in the resume store
     with the loop state after each one. With ``req.resume`` the stored windows are decoded again and the loop
     continues from the stored state."""
     steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
-    frame_shape = (1, channels, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
+    b, c, _, h, w = latent_shape(req, d["control"], 1)
+    frame_shape = (b, c, h, w)
     prompts = schedule if schedule.travels else None
     t0 = time.perf_counter()
     resume, done_steps = None, 0
@@ -538,6 +581,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
+            "vae_calls": dict(log.vae_calls),
             "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
 
 

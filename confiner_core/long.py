@@ -199,7 +199,7 @@ class LongConfig:
     """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on, coherence guidance
     towards the previous segment's guided prediction (Eq. 12 as printed)."""
 
-    segment_length: int = 16
+    segment_length: int | None = 16  # None: the caller picks the experts' natural clip (generate: 16 or 17)
     noise_init: str = SHUFFLE
     freenoise_window: int = 16
     freenoise_stride: int = 4
