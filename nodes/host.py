@@ -51,7 +51,17 @@ def schedule_of(model, role: str) -> S.NoiseSchedule:
     else:
         raise ValueError(f"{role} model uses {type(ms).__name__}, a sampling type ConFiner cannot drive yet; "
                          f"use an eps/v-prediction discrete model (SD 1.5, AnimateDiff) or a flow model (Wan, Hunyuan)")
-    return S.from_ve_sigmas(ms.sigmas, kind, name=f"{role}:{type(ms).__name__}")
+    sigmas = ms.sigmas
+    if kind == S.FLOW and len(sigmas) != FLOW_TIMESTEPS:
+        # Flux-style samplings (Qwen-Image, Flux: ModelSamplingFlux) tabulate 10000 flow times; the core counts
+        # timesteps 0..999 like every other family (T_e = 100 is flow time 0.1 before the shift), so read the
+        # model's own shifted flow time at u = (t + 1) / 1000, as ModelSamplingDiscreteFlow's table holds it.
+        u = torch.arange(1, FLOW_TIMESTEPS + 1, dtype=torch.float64) / FLOW_TIMESTEPS
+        sigmas = torch.tensor([float(ms.percent_to_sigma(1.0 - float(x))) for x in u], dtype=torch.float64)
+    return S.from_ve_sigmas(sigmas, kind, name=f"{role}:{type(ms).__name__}")
+
+
+FLOW_TIMESTEPS = 1000
 
 
 # Compression of ComfyUI's latent formats, which the formats themselves do not carry (their VAEs do):

@@ -61,6 +61,8 @@ class RefineExperts:
         """Each connected VAE must be one of its expert's latent space; refused naming the input (nothing runs)."""
         from .host import space_of
 
+        from .host import PIXEL_FRAMES
+
         shelf = self.shelf()
         for role, model in self.models.items():
             if getattr(self, f"{role}_vae") is not None:
@@ -68,6 +70,12 @@ class RefineExperts:
                     raise ValueError(f"{role}_vae on {REFINE_EXPERTS} is connected but {role}_model is not: connect "
                                      f"the {role} expert's MODEL, or remove the VAE")
                 shelf.codec(space_of(model), VAE_INPUTS[role][0])
+        space = space_of(self.spatial_model)
+        if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
+            raise ValueError(f"spatial expert frames (spatial_frames) 'pixel frames' decodes the clip and encodes "
+                             f"every pixel frame with the spatial expert's VAE, but none is connected: connect a VAE "
+                             f"of the {space.name} latent space to spatial_vae on {REFINE_EXPERTS}, or use 'latent "
+                             f"frames'")
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
