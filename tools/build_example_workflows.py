@@ -420,7 +420,7 @@ def wan_qwen_image():
         WAN_CHANGE_FIRST + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
         models, NATIVE_NODES)], "About this workflow")
     g.column("models", "1 · Models")
-    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal expert)")
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     qwen = loader(g, QWEN_IMAGE, "Qwen-Image (spatial expert)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     qwen_vl = loader(g, QWEN_VL, "Qwen2.5-VL text encoder (Qwen-Image)", "CLIPLoader", "qwen_image")
@@ -454,8 +454,8 @@ def sd15_bridge_wan():
                                 "VAE goes to *spatial VAE*; decode with that VAE too)."] + WAN_CHANGE_FIRST[2:],
         models, NATIVE_NODES)], "About this workflow")
     g.column("models", "1 · Models")
-    ckpt = loader(g, SD15, "SD 1.5 checkpoint (spatial expert, its CLIP and VAE)", "CheckpointLoaderSimple")
-    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal expert)")
+    ckpt = loader(g, SD15, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
     g.column("prompts", "2 · Prompts and size")
@@ -486,8 +486,8 @@ def wan22_a14b():
                                 "4-step LoRAs on both models: 4 steps, cfg 1 and 1."],
         models, NATIVE_NODES)], "About this workflow")
     g.column("models", "1 · Models")
-    high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control, sigma >= 0.875)")
-    low = loader(g, WAN22_LOW, "Wan 2.2 A14B low noise (control below 0.875, spatial, temporal)")
+    high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control)")
+    low = loader(g, WAN22_LOW, "Wan 2.2 A14B low noise (all roles)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE (A14B's)", "VAELoader")
     g.column("prompts", "2 · Prompts and size")
