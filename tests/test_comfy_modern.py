@@ -170,12 +170,18 @@ def test_same_space_graph_needs_no_vae_and_calls_none(comfy_worker, modern):
 @pytest.mark.parametrize("spatial, frames", [("sd", "latent frames"), ("qwen", "pixel frames")])
 def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, frames):
     """SD 1.5 spatial + Wan temporal (two latent spaces), and Qwen-Image on pixel frames (Wan's per-frame space): the
-    structure crosses once (2 VAE calls) and every coordinated step twice (4)."""
+    structure crosses once (2 VAE calls) and every coordinated step twice (4). Latent previews are on: each expert's
+    x0 is previewed with its own latent format."""
     prompt = wan_graph(comfy_worker.checkpoint_name, spatial, frames)
     if spatial == "qwen":
         prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]   # one VAE serves both experts of the Wan space
-    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
+    try:
+        r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    finally:
+        comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
     assert r["success"], r.get("error")
+    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame
 

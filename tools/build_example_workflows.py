@@ -392,6 +392,21 @@ def wan_control(g, model, pos, neg, latent, steps=8, cfg=5.0, low_noise=None, lo
     return ctrl
 
 
+def modern_readme(g, title: str, what: str, change_first: list, models: tuple) -> None:
+    g.column("readme", "Read me")
+    g.node("MarkdownNote", [note_text(title, what, change_first, models, NATIVE_NODES)], "About this workflow")
+
+
+def bundle_links(spatial, spatial_prompts, temporal, temporal_prompts, **vaes) -> dict:
+    """The bundle's inputs -> (node, output): each expert's MODEL and prompts, and VAEs (``spatial_vae=(node,
+    output)``)."""
+    links = {}
+    for role, model, (pos, neg) in (("spatial", spatial, spatial_prompts), ("temporal", temporal, temporal_prompts)):
+        links.update({f"{role}_model": (model, "MODEL"), f"{role}_positive": (pos, "CONDITIONING"),
+                      f"{role}_negative": (neg, "CONDITIONING")})
+    return {**links, **vaes}
+
+
 def refinement(g, ctrl, widgets: list, links: dict):
     """The bundle (``links``: input -> (node, output)) and the Refine Sampler on the structure."""
     g.column("refine", "4 · Refinement")
@@ -406,10 +421,8 @@ def refinement(g, ctrl, widgets: list, links: dict):
 
 def wan_qwen_image():
     g = Graph()
-    models = (WAN21, QWEN_IMAGE, UMT5, QWEN_VL, WAN_VAE)
-    g.column("readme", "Read me")
-    g.node("MarkdownNote", [note_text(
-        "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
+    modern_readme(
+        g, "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
         "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 100 and refined in 5 "
         "coordinated steps by Qwen-Image (spatial expert, every frame as an image) and Wan 2.1 (temporal expert). "
         "Qwen-Image shares Wan 2.1's latent space, so no VAE runs between the experts. *spatial expert frames*: "
@@ -418,7 +431,7 @@ def wan_qwen_image():
         "through the Wan VAE on *spatial VAE*): 4x the image work and 4 VAE calls per step, closer to what an image "
         "model was trained on.",
         WAN_CHANGE_FIRST + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
-        models, NATIVE_NODES)], "About this workflow")
+        (WAN21, QWEN_IMAGE, UMT5, QWEN_VL, WAN_VAE))
     g.column("models", "1 · Models")
     wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     qwen = loader(g, QWEN_IMAGE, "Qwen-Image (spatial expert)")
@@ -430,21 +443,16 @@ def wan_qwen_image():
     qwen_pos, qwen_neg = prompts(g, qwen_vl, "Qwen-Image")
     empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
     ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
-    sampler = refinement(g, ctrl, [2.5, 5.0, "latent frames", 5.0, 0.875], {
-        "spatial_model": (qwen, "MODEL"), "spatial_positive": (qwen_pos, "CONDITIONING"),
-        "spatial_negative": (qwen_neg, "CONDITIONING"), "temporal_model": (wan, "MODEL"),
-        "temporal_positive": (wan_pos, "CONDITIONING"), "temporal_negative": (wan_neg, "CONDITIONING"),
-        "spatial_vae": (vae, "VAE")})
+    sampler = refinement(g, ctrl, [2.5, 5.0, "latent frames", 5.0, 0.875],
+                         bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg), spatial_vae=(vae, "VAE")))
     outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode (Wan 2.1 VAE)")
     g.save("confiner_wan_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
 def sd15_bridge_wan():
     g = Graph()
-    models = (SD15, WAN21, UMT5, WAN_VAE)
-    g.column("readme", "Read me")
-    g.node("MarkdownNote", [note_text(
-        "ConFiner: SD 1.5 bridged to Wan 2.1",
+    modern_readme(
+        g, "ConFiner: SD 1.5 bridged to Wan 2.1",
         "Wan 2.1 1.3B makes the 33-frame structure and is the temporal expert; SD 1.5 is the spatial expert. They "
         "work in different latent spaces (SD: 4 channels per frame; Wan: 16 channels, 4 frames per latent frame), "
         "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
@@ -452,7 +460,7 @@ def sd15_bridge_wan():
         "refined video is in SD 1.5's space: decode it with SD 1.5's VAE.",
         WAN_CHANGE_FIRST[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
                                 "VAE goes to *spatial VAE*; decode with that VAE too)."] + WAN_CHANGE_FIRST[2:],
-        models, NATIVE_NODES)], "About this workflow")
+        (SD15, WAN21, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     ckpt = loader(g, SD15, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
     wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
@@ -463,28 +471,24 @@ def sd15_bridge_wan():
     wan_pos, wan_neg = prompts(g, umt5, "Wan")
     empty = g.node("EmptyHunyuanLatentVideo", [512, 512, 33, 1], "Size and frame count")
     ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
-    sampler = refinement(g, ctrl, [7.5, 5.0, "latent frames", 5.0, 0.875], {
-        "spatial_model": (ckpt, "MODEL"), "spatial_positive": (sd_pos, "CONDITIONING"),
-        "spatial_negative": (sd_neg, "CONDITIONING"), "temporal_model": (wan, "MODEL"),
-        "temporal_positive": (wan_pos, "CONDITIONING"), "temporal_negative": (wan_neg, "CONDITIONING"),
-        "spatial_vae": (ckpt, "VAE"), "temporal_vae": (vae, "VAE")})
+    sampler = refinement(g, ctrl, [7.5, 5.0, "latent frames", 5.0, 0.875],
+                         bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
+                                      temporal_vae=(vae, "VAE")))
     outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode (SD 1.5 VAE)")
     g.save("confiner_sd15_bridge_wan", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
 def wan22_a14b():
     g = Graph()
-    models = (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE)
-    g.column("readme", "Read me")
-    g.node("MarkdownNote", [note_text(
-        "ConFiner: Wan 2.2 A14B",
+    modern_readme(
+        g, "ConFiner: Wan 2.2 A14B",
         "Wan 2.2 A14B is two experts: the high-noise model up to the boundary (sigma 0.875), the low-noise model "
         "below. Both make the structure as one control expert (8 steps, the switch inside); refinement starts at "
         "T_e = 100 (sigma 0.1), where only the low-noise model works: it refines as the spatial expert at one frame "
         "(each latent frame an image, 1/9 of the attention of the clip) and as the temporal expert on the whole clip.",
         WAN_CHANGE_FIRST[:3] + ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V "
                                 "4-step LoRAs on both models: 4 steps, cfg 1 and 1."],
-        models, NATIVE_NODES)], "About this workflow")
+        (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control)")
     low = loader(g, WAN22_LOW, "Wan 2.2 A14B low noise (all roles)")
@@ -494,10 +498,8 @@ def wan22_a14b():
     pos, neg = prompts(g, umt5, "Wan")
     empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
     ctrl = wan_control(g, high, pos, neg, empty, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
-    sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875], {
-        "spatial_model": (low, "MODEL"), "spatial_positive": (pos, "CONDITIONING"),
-        "spatial_negative": (neg, "CONDITIONING"), "temporal_model": (low, "MODEL"),
-        "temporal_positive": (pos, "CONDITIONING"), "temporal_negative": (neg, "CONDITIONING")})
+    sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875],
+                         bundle_links(low, (pos, neg), low, (pos, neg)))
     outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode (Wan 2.1 VAE)")
     g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
