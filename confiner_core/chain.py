@@ -163,25 +163,28 @@ def validate_experts(roles: dict, shape: tuple, source: str) -> None:
                              f"were asked; use fewer frames or ConFiner-Long segments")
 
 
-def check_hand_off(roles: dict, source: str, target: str) -> None:
-    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them."""
+def check_hand_off(roles: dict, source: str, target: str, vae_fixes: dict | None = None) -> None:
+    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them. ``vae_fixes``:
+    role -> how to give that expert its VAE (the host's input names), for the error message."""
     a, b = roles.get(source), roles.get(target)
     if a is not None and b is not None:
-        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target)
+        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target, fixes=vae_fixes)
 
 
 def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
-                        source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> None:
+                        source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None,
+                        vae_fixes: dict | None = None) -> None:
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
-    latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source."""
+    latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
+    ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
     config.validate()
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     validate_experts(roles, shape, "control")
-    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial")
+    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial", vae_fixes)
     if config.mode == COORDINATED:
-        check_hand_off(roles, "spatial", "temporal")
+        check_hand_off(roles, "spatial", "temporal", vae_fixes)
     if config.mode == ALTERNATE and temporal.expert.latent_space != spatial.expert.latent_space:
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")

@@ -259,15 +259,18 @@ def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
     return space == target.expert.latent_space and space.temporal_factor == 1
 
 
-def check_window_join(source: Denoiser, target: Denoiser) -> None:
-    """Before anything runs: windows that must be joined through pixels need both experts' VAEs."""
+def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None = None) -> None:
+    """Before anything runs: windows that must be joined through pixels need both experts' VAEs. ``vae_fixes``:
+    role ("control", "refining") -> how the user gives that expert its VAE, for the message."""
     if joins_in_latent_space(source, target):
         return
     for role, d in (("control", source), ("refining", target)):
         if d.expert.codec is None:
+            fix = (vae_fixes or {}).get(role)
             raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.name!r} structures into "
                              f"{target.expert.latent_space.name!r} windows through pixels (a causal video VAE "
-                             f"cannot cut latents at any frame): the {role} expert needs its VAE")
+                             f"cannot cut latents at any frame): the {role} expert needs its VAE"
+                             + (f"; {fix}" if fix else ""))
 
 
 def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Denoiser, pixels: dict) -> torch.Tensor:
