@@ -42,7 +42,7 @@ OUTPUTS = ("video.mp4", "frames.png", "report.json")
 LATENT_FACTOR = 8          # pixels per latent cell: the SD 1.5-family VAEs and the embedded world
 MIN_SIZE = 64
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
-SPEEDS = ("eager", "fast")  # diffusers experts: names of diffusers_backend.speed.PRESETS
+SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 # Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
@@ -144,7 +144,7 @@ class GenerateRequest:
     refine_cfg: float | None = None
     fps: float = 8.0
     device: str = "cpu"
-    speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
+    speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
