@@ -53,7 +53,8 @@ def flops_by_kind(op_flops: dict) -> dict:
     (mm/addmm) and attention (SDPA; bmm/baddbmm, which only attention's QK^T and PV use in these models)."""
     out = {"convolution": 0.0, "gemm": 0.0, "attention": 0.0}
     for op, flops in op_flops.items():
-        name = str(op).split(".")[-1] if "." in str(op) else str(op)
+        parts = str(op).split(".")   # "aten.mm" (FlopCounterMode's packets) or "aten.mm.default"
+        name = parts[1] if parts[0] == "aten" and len(parts) > 1 else parts[-1]
         if "convolution" in name:
             out["convolution"] += flops
         elif name in ("mm", "addmm"):

@@ -257,6 +257,7 @@ def save_compile_cache(path: str) -> dict:
     if artifacts is None:
         return {"path": path, "bytes": 0}
     data, _info = artifacts
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
