@@ -40,7 +40,6 @@ fit; repeats are trimmed (never below one); results are written after every run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -63,6 +62,7 @@ from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3D
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 import profiling as P  # noqa: E402
+from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
@@ -550,14 +550,6 @@ def fits(plan: list, index: int, args) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
-RUN_LABELS = {
-    "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
-    "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
-    "confiner_4+5_modelscope_staged": "ConFiner 4+5, ModelScope temporal, staged residency",
-    "modelscope_100": "ModelScope T2V, 100 steps",
-    "modelscope_50": "ModelScope T2V, 50 steps",
-    "animatediff_25": "AnimateDiff, 25 steps",
-}
 
 
 def ratios(runs: dict) -> dict:

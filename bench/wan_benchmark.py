@@ -52,7 +52,7 @@ from diffusers import AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, Wan
 from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel  # noqa: E402
 
 import tiny_modern as tm  # noqa: E402  (the in-code UMT5 tokenizer: ids only matter for shape)
-from confiner_core.chain import ChainConfig, control_timesteps, generate_structure, refine_structure  # noqa: E402
+from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert  # noqa: E402
 from confiner_core.diffusers_backend.families import wan as W  # noqa: E402
@@ -192,12 +192,7 @@ class WanBench:
         control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)
         temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
-        generator = torch.Generator().manual_seed(0)
-        config = ChainConfig()
-        with log.stage("control"):
-            structure = generate_structure(control, self.noise(), config, generator)
-        with log.stage("refine"):
-            latent = refine_structure(spatial, temporal, structure, config, generator, source=control)
+        latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(), torch.Generator().manual_seed(0)).latent
         frames = self.decode(latent)
         if keep:
             setattr(self, keep, (latent, frames))
@@ -297,7 +292,7 @@ class WanBench:
             return
         c = self.cfg
         dev = self.device if self.device.type == "cuda" else "cpu"
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        dtype = self.dtype  # bf16 like the Wan models (an fp16 VAE at 480x832 risks overflow with random weights)
         self.models["sd"] = build_on(dev, dtype, lambda: UNet2DConditionModel(**c["sd"]))
         self.models["sd_vae"] = build_on(dev, dtype, lambda: AutoencoderKL(**c["sd_vae"]))
         self.models["sd_vae_decoder"] = self.models["sd_vae"].decoder
@@ -328,12 +323,7 @@ class WanBench:
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = self.sd_expert.bind(PROMPT, NEGATIVE, SD_CFG, log)
         temporal = self.experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
-        generator = torch.Generator().manual_seed(0)
-        config = ChainConfig()
-        with log.stage("control"):
-            structure = generate_structure(control, self.noise(), config, generator)
-        with log.stage("refine"):
-            latent = refine_structure(spatial, temporal, structure, config, generator, source=control)
+        latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(), torch.Generator().manual_seed(0)).latent
         to_uint8(self.sd_codec.decode(latent)).cpu()
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
                 "vae_calls": dict(log.vae_calls)}
@@ -591,7 +581,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"**{k}**: `{json.dumps(v, default=float)}`"]
     for k, v in res["runs"].items():
         if k.startswith("profile") and v and "kinds" in v:
-            lines += [""] + P.markdown(v, f"Profile of one ConFiner run with Wan 1.3B experts")
+            lines += [""] + P.markdown(v, "Profile of one ConFiner run with Wan 1.3B experts")
     lines += ["", "Figures: `" + json.dumps(res.get("figures", {}), default=float) + "`"]
     return "\n".join(lines) + "\n"
 
