@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=number("--fps"), default=8.0)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
-                   help="checkpoints: 'fast' adds channels_last, cuDNN autotuning and regional torch.compile "
-                        "(minutes of compiling on first use, then ~1.5x faster on an H100)")
+                   help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, fused QKV, cuDNN attention and "
+                        "autotuning (no compiler, starts in seconds); 'fast' = lean + regional torch.compile "
+                        "(minutes of compiling on first use); 'max' = fast + CUDA graphs")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")

@@ -45,7 +45,7 @@ NATURAL_FRAMES = 16        # the clip length of SD-family video experts (Animate
                            # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
-SPEEDS = ("eager", "fast")  # diffusers experts: names of diffusers_backend.speed.PRESETS
+SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 # Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
@@ -148,7 +148,7 @@ class GenerateRequest:
     refine_cfg: float | None = None
     fps: float = 8.0
     device: str = "cpu"
-    speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
+    speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)

@@ -190,7 +190,7 @@ API_CASES = [
     Case("api-gamma", {"long": LongConfig(gamma=1.0)}, "--gamma"),
     Case("api-noise-init", {"long": LongConfig(noise_init="pink")}, "--noise-init"),
     Case("api-device", {"device": "tpu"}, "--device 'tpu'"),
-    Case("api-speed", {"speed": "FAST"}, "--speed must be 'eager' or 'fast', got 'FAST'"),
+    Case("api-speed", {"speed": "FAST"}, "--speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"),
     Case("api-prompt-duplicate", {"prompt": "0: a | 0: b"}, "'0: b'"),
     Case("api-prompt-not-text", {"prompt": 42}, "--prompt"),
     Case("api-out-file", {"out": "{file}"}, "--out"),
