@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, RankFailed, UsageError
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
@@ -163,6 +163,8 @@ def generate_command(a: argparse.Namespace) -> int:
     from .generate import generate
 
     report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
+    if report is None:   # a worker process of a torchrun run: rank 0 reports
+        return 0
     s = report["seconds"]
     print(f"wrote {a.out}/video.mp4, frames.png, report.json  "
           f"({report['frames']} frames, {report['total_expert_evaluations']} expert evaluations, {s['total']:.1f} s)")
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     command = generate_command if args.command == "generate" else evaluate_command
+    from . import distributed
+
     try:
         return command(args)
     except UsageError as e:
@@ -189,12 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         error, code, message = e, 130, str(e)
     except KeyboardInterrupt as e:
         error, code, message = e, 130, "interrupted; nothing written"
+    except RankFailed as e:  # another process of a torchrun run failed: its line says what and where
+        error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request
         hint = "" if debug else f" (for the traceback: --debug or {DEBUG_ENV}=1)"
         error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{hint}"
     if debug:
         traceback.print_exception(error)
-    parser.exit(code, message + "\n")
+    ranks = distributed.current()
+    # Under torchrun each process prints one line; rank 0 alone prints what all share (a usage error, Ctrl-C).
+    quiet = ranks.rank != 0 and (isinstance(error, (UsageError, KeyboardInterrupt)) or
+                                 (isinstance(error, RankFailed) and error.code in (2, 130)))
+    if not quiet:
+        sys.stderr.write(distributed.prefix(ranks) + message + "\n")
+    distributed.exit_if_failed(code)
+    parser.exit(code)
 
 if __name__ == "__main__":
     sys.exit(main())
