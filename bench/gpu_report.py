@@ -17,6 +17,7 @@ sys.path.insert(0, HERE)
 import gpu_benchmark as g  # noqa: E402  (the run labels and the FLOP counter)
 
 TABLES = "h100_call1_tables.json"  # both tables, one process
+MULTIGPU = "multigpu.json"  # multigpu_benchmark.py on a machine with several GPUs (absent until it has run there)
 LONG = {"eager": "h100_call2_long_eager.json", "best": "h100_call3_long_best.json"}
 RUNS = list(g.RUN_LABELS.items())  # (key, label) in table order
 TARGET_S, TARGET_RATIO, TARGET_OVERHEAD, TARGET_GB = 1.5, 0.10, 0.03, 8.0
@@ -71,6 +72,36 @@ def figures(tables: dict, longs: dict) -> dict:
             out[f"{setting}_long_{frames}_peak_gpu_gib"] = v["peak_gpu_gib"]
             out[f"{setting}_long_{frames}_expert_evaluations"] = sum(v["evaluations"].values())
     return out
+
+
+def multigpu_figures() -> tuple[dict, list[str]]:
+    """RESULTS.json keys and a RESULTS.md section from ``multigpu_benchmark.py``'s ``multigpu.json`` (several GPUs of
+    one host), when it has been run on GPUs: ``multigpu_speedup_N`` / ``multigpu_peak_gib_per_gpu_N`` for the SD
+    600-frame video, ``multigpu_wan_*`` for Wan 1.3B."""
+    path = os.path.join(RAW, MULTIGPU)
+    if not os.path.isfile(path):
+        return {}, []
+    data = load(MULTIGPU)
+    if data.get("tiny"):   # a CPU smoke run is no measurement
+        return {}, []
+    out = {}
+    md = ["## ConFiner-Long on several GPUs (`multigpu_benchmark.py`)", "",
+          "| model | processes | frames | wall s | speed-up | peak GiB per GPU | same video as 1 process |",
+          "|---|---|---|---|---|---|---|"]
+    for model, entry in data["models"].items():
+        key = "multigpu" if model == "sd" else f"multigpu_{model}"
+        for n, run in entry["runs"].items():
+            speedup, same = entry.get("speedup", {}).get(n), entry.get("same_video", {}).get(n)
+            peak = entry["peak_gib_per_gpu"].get(n)
+            out[f"{key}_wall_s_{n}"] = run["wall_s"]
+            out[f"{key}_peak_gib_per_gpu_{n}"] = peak
+            if n != "1" and speedup is not None:
+                out[f"{key}_speedup_{n}"] = speedup
+                out[f"{key}_same_video_{n}"] = same
+            md.append(f"| {model} | {n} | {run['frames']} | {run['wall_s']:.2f} | "
+                      f"{'' if speedup is None else f'{speedup:.2f}×'} | {'' if peak is None else f'{peak:.2f}'} "
+                      f"| {'' if same is None else same} |")
+    return out, md + [""]
 
 
 def forward_tflop() -> dict:
@@ -153,6 +184,8 @@ def main():
     tables = load(TABLES)
     longs = {s: load(f) for s, f in LONG.items()}
     fig = figures(tables, longs)
+    multigpu, multigpu_md = multigpu_figures()
+    fig.update(multigpu)
     with open(os.path.join(HERE, "RESULTS.json"), "w") as f:
         json.dump(fig, f, indent=2)
     e, b = tables["tables"]["eager"], tables["tables"]["best"]
@@ -236,6 +269,7 @@ def main():
            f"{yes(max(staged_e['peak_gpu_gib'], staged_b['peak_gpu_gib']) * 2**30 / 1e9 <= TARGET_GB)} |",
            f"| ConFiner-Long peak memory flat 64 → 600 frames | {le['64']['peak_gpu_gib']:.2f} GiB eager, "
            f"{lb['64']['peak_gpu_gib']:.2f} GiB best, at 64, 256 and 600 | {yes(long_flat)} |", ""]
+    md += multigpu_md
     md += blockers(tables, fig, longs)
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("\n".join(md) + "\n")

@@ -28,6 +28,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
 
     def error(self, message: str):
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
+            self.exit(2)   # under torchrun every process parses the same arguments: rank 0 says what is wrong
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

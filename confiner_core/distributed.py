@@ -95,6 +95,24 @@ def launch_env() -> dict | None:
             "prefix": f"confiner/{env.get('TORCHELASTIC_RUN_ID', 'run')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"}
 
 
+def rank_device(device: str, local_rank: int) -> str:
+    """The device of the process of ``local_rank`` for ``--device``: the GPU of its LOCAL_RANK, or the CPU."""
+    d = torch.device(device)
+    if d.type == "cpu":
+        return "cpu"
+    if d.type != "cuda":
+        raise UsageError(f"--device {device}: a run over several processes supports cpu (gloo) and cuda (NCCL)",
+                         "--device")
+    if d.index is not None:
+        raise UsageError(f"--device {device}: under torchrun every process takes the GPU of its LOCAL_RANK; "
+                         f"give --device cuda", "--device")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UsageError(f"--device cuda: the process of LOCAL_RANK {local_rank} has no GPU of its own (this host "
+                         f"has {count}); use torchrun --nproc-per-node {max(count, 1)} or fewer", "--device")
+    return f"cuda:{local_rank}"
+
+
 class Single(Solo):
     """One process: the normal path. The same interface as :class:`Ranks`."""
 
@@ -190,21 +208,11 @@ class Ranks(Solo):
 
     # -- devices ----------------------------------------------------------------------------------------------
     def device_for(self, device: str) -> str:
-        """This rank's device for ``--device``: the GPU of its LOCAL_RANK, or the CPU."""
-        d = torch.device(device)
-        if d.type == "cpu":
-            return "cpu"
-        if d.type != "cuda":
-            raise UsageError(f"--device {device}: a run over several processes supports cpu (gloo) and cuda (NCCL)",
-                             "--device")
-        if d.index is not None:
-            raise UsageError(f"--device {device}: under torchrun every process takes the GPU of its LOCAL_RANK; "
-                             f"give --device cuda", "--device")
-        count = torch.cuda.device_count()
-        if self.local_rank >= count:
-            raise UsageError(f"--device cuda: the process of LOCAL_RANK {self.local_rank} has no GPU of its own "
-                             f"(this host has {count}); use torchrun --nproc-per-node {count} or fewer", "--device")
-        return f"cuda:{self.local_rank}"
+        """This rank's device; a GPU becomes the current device at once, so nothing lands on GPU 0 by default."""
+        mine = rank_device(device, self.local_rank)
+        if mine.startswith("cuda"):
+            torch.cuda.set_device(torch.device(mine))
+        return mine
 
     def describe(self) -> dict:
         return {"processes": self.world, "backend": self.backend}
@@ -262,7 +270,8 @@ class Ranks(Solo):
             torch.cuda.set_device(self.transport)
         order = [(RING, r, (r + 1) % self.world) for r in range(self.world)]
         order += [(RESULT, q, 0) for q in range(1, self.world)]
-        delta = datetime.timedelta(seconds=self.timeout)
+        # the groups' own timeout (NCCL's watchdog aborts the process) comes after ours, which says what hung
+        delta = datetime.timedelta(seconds=2 * self.timeout + 60)
         for key in order:
             self.links[key] = dist.new_group([key[1], key[2]], timeout=delta, backend=self.backend)
         for channel, src, dst in order:  # first use connects a communicator: both ends, in the same order
