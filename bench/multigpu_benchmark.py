@@ -15,7 +15,8 @@ two-window warm-up (cuDNN/cuBLAS choices, NCCL channels), then the timed video: 
 sunk on rank 0, windows decoded to uint8 on the rank that refined them, as the command line does. Rank 0 hashes the
 frames in order: equal hashes across process counts mean the same video (eager kernels are deterministic per shape;
 ``--speed fast`` autotunes per process and is not used here). Peak memory is ``torch.cuda.max_memory_allocated``
-of each rank during the timed run.
+of each rank during the timed run (PyTorch's allocator); ``device_used_gib_per_gpu`` is the device's used memory
+after it (``mem_get_info``: with the CUDA context and NCCL's buffers).
 
     python bench/multigpu_benchmark.py --nproc 1 2 4 --out $OUT                      # GPU machine, both models
     python bench/multigpu_benchmark.py --tiny --device cpu --nproc 1 2 --out /tmp/mg  # CPU smoke (gloo)
@@ -203,7 +204,9 @@ def worker(a) -> None:
         result = video(experts, codec, guidance, frames, segment, size, device, ranks)
         wall = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        per_rank = gather(ranks, {"peak_gib": peak, "evaluations": result["evaluations"],
+        # the whole device as the driver sees it: PyTorch's pool plus the CUDA context and NCCL's buffers
+        used = (lambda free, total: (total - free) / 2**30)(*torch.cuda.mem_get_info()) if cuda else None
+        per_rank = gather(ranks, {"peak_gib": peak, "device_used_gib": used, "evaluations": result["evaluations"],
                                   "network_forwards": result["network_forwards"], "wall_s": wall})
         if ranks.rank != 0:
             return
@@ -216,7 +219,8 @@ def worker(a) -> None:
                "torch": torch.__version__, "diffusers": diffusers.__version__,
                "date": datetime.date.today().isoformat(), "tiny": a.tiny, "frames": frames, "segment": segment,
                "size": list(size), "dtype": str(dtype), "wall_s": wall, "build_s": build_s, "warmup_s": warmup_s,
-               "peak_gib_per_gpu": [r["peak_gib"] for r in per_rank], "evaluations": total,
+               "peak_gib_per_gpu": [r["peak_gib"] for r in per_rank],
+               "device_used_gib_per_gpu": [r["device_used_gib"] for r in per_rank], "evaluations": total,
                "evaluations_per_rank": [r["evaluations"] for r in per_rank],
                **{k: result[k] for k in ("frames_written", "frames_sha256", "structures", "windows")}}
         with open(os.path.join(a.out, f"multigpu_{a.model}_{ranks.world}.json"), "w") as f:

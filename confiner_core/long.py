@@ -7,7 +7,10 @@
 * staggered refinement, Eq. 13 -- refinement windows straddle every structure junction (:func:`plan_segments`).
 
 :func:`generate_long` runs them while holding at most two structures: each window is refined and handed to a
-callback (decode, write) as soon as it is final, so memory does not grow with the number of frames.
+callback (decode, write) as soon as it is final, so memory does not grow with the number of frames. Every task
+(structure, window) draws from its own generator (:func:`task_generator`), so the loop can also be spread over
+several processes (:mod:`confiner_core.distributed`: structures round-robin, each window refined on its last
+structure's rank) and make the same video.
 """
 
 from __future__ import annotations
