@@ -494,7 +494,10 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         except ValueError as e:
             raise UsageError(str(e)) from None
 
-    ranks.agree(check_experts)
+    if plan is not None:
+        ranks.agree(check_experts)   # every process that shares the work stops on the same UsageError
+    else:
+        check_experts()              # a single clip: rank 0 alone
     seconds = {"load": time.perf_counter() - t_start}
 
     def decode(latent: torch.Tensor, frames_kept: int | None = None) -> torch.Tensor:
