@@ -24,7 +24,8 @@ sys.path.insert(0, HERE)
 
 import profiling as P  # noqa: E402
 
-FILES = {"sd": "h200_sd.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json"}
+FILES = {"sd": "h200_sd.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json",
+         "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
     "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
@@ -122,6 +123,32 @@ def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None
     if wan_long:
         out.update({k: v for k, v in wan_long.get("figures", {}).items() if k.startswith("wan_long") and v is not None})
     return out
+
+
+def multigpu_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """RESULTS.json keys and a RESULTS.md section from ``multigpu_benchmark.py``'s ``multigpu.json`` (several GPUs of
+    one host), when it has been run on GPUs: ``multigpu_speedup_N`` / ``multigpu_peak_gib_per_gpu_N`` for the SD
+    600-frame video, ``multigpu_wan_*`` for Wan 1.3B."""
+    if data is None or data.get("tiny"):   # absent, or a CPU smoke run: no measurement
+        return {}, []
+    out = {}
+    md = ["## ConFiner-Long on several GPUs (`multigpu_benchmark.py`)", "",
+          "| model | processes | frames | wall s | speed-up | peak GiB per GPU | same video as 1 process |",
+          "|---|---|---|---|---|---|---|"]
+    for model, entry in data["models"].items():
+        key = "multigpu" if model == "sd" else f"multigpu_{model}"
+        for n, run in entry["runs"].items():
+            speedup, same = entry.get("speedup", {}).get(n), entry.get("same_video", {}).get(n)
+            peak = entry["peak_gib_per_gpu"].get(n)
+            out[f"{key}_wall_s_{n}"] = run["wall_s"]
+            out[f"{key}_peak_gib_per_gpu_{n}"] = peak
+            if n != "1" and speedup is not None:
+                out[f"{key}_speedup_{n}"] = speedup
+                out[f"{key}_same_video_{n}"] = same
+            md.append(f"| {model} | {n} | {run['frames']} | {run['wall_s']:.2f} | "
+                      f"{'' if speedup is None else f'{speedup:.2f}×'} | {'' if peak is None else f'{peak:.2f}'} "
+                      f"| {'' if same is None else same} |")
+    return out, md + [""]
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -303,10 +330,12 @@ def main():
     if data["sd"] is None:
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
     fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"])
+    multigpu, multigpu_md = multigpu_figures(data["multigpu"])
+    fig.update(multigpu)
     md = sd_markdown(data["sd"], fig, data["warm"])
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    md += targets(fig)
+    md += targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
         with open(os.path.join(a.out, name), "w") as f:

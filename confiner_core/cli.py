@@ -15,7 +15,7 @@ import warnings
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, RankFailed, UsageError
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
@@ -30,6 +30,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
 
     def error(self, message: str):
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
+            self.exit(2)   # under torchrun every process parses the same arguments: rank 0 says what is wrong
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -178,6 +180,8 @@ def generate_command(a: argparse.Namespace) -> int:
     from .generate import generate
 
     report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
+    if report is None:   # a worker process of a torchrun run: rank 0 reports
+        return 0
     s = report["seconds"]
     print(f"wrote {a.out}/video.mp4, frames.png, report.json  "
           f"({report['frames']} frames, {report['total_expert_evaluations']} expert evaluations, {s['total']:.1f} s)")
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
         warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     command = generate_command if args.command == "generate" else evaluate_command
+    from . import distributed
+
     try:
         return command(args)
     except UsageError as e:
@@ -206,12 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         error, code, message = e, 130, str(e)
     except KeyboardInterrupt as e:
         error, code, message = e, 130, "interrupted; nothing written"
+    except RankFailed as e:  # another process of a torchrun run failed: its line says what and where
+        error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request
         hint = "" if debug else f" (for the traceback: --debug or {DEBUG_ENV}=1)"
         error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{hint}"
     if debug:
         traceback.print_exception(error)
-    parser.exit(code, message + "\n")
+    ranks = distributed.current()
+    # Under torchrun each process prints one line; rank 0 alone prints what all share (a usage error, Ctrl-C).
+    quiet = ranks.rank != 0 and (isinstance(error, (UsageError, KeyboardInterrupt)) or
+                                 (isinstance(error, RankFailed) and error.code in (2, 130)))
+    if not quiet:
+        sys.stderr.write(distributed.prefix(ranks) + message + "\n")
+    distributed.exit_if_failed(code)
+    parser.exit(code)
 
 if __name__ == "__main__":
     sys.exit(main())

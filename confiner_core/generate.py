@@ -20,16 +20,16 @@ import math
 import numbers
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
                     ChainConfig, default_te, refining_denoiser, run_chain, validate_chain)
-from .errors import Interrupted, NonFiniteError, UsageError
+from .errors import Interrupted, NonFiniteError, RankFailed, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
 from .outputs import AtomicOutputs, check_output_folder
@@ -457,81 +457,141 @@ def progress_callback(bar: tqdm):
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 
-def generate(req: GenerateRequest, show_progress: bool = True, announce: Callable[[str], None] | None = None) -> dict:
+def generate(req: GenerateRequest, show_progress: bool = True,
+             announce: Callable[[str], None] | None = None) -> dict | None:
     """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
     report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).
 
     Raises UsageError before any work for bad input, NonFiniteError for NaN/inf during sampling and Interrupted
-    on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were."""
-    req.validate()
+    on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were.
+
+    Under torchrun (``torchrun --nproc-per-node N -m confiner_core generate ...``) every process calls this: a
+    ConFiner-Long video is spread over them (:mod:`confiner_core.distributed`), rank 0 writes the files and
+    returns the report, the others return None; a failure anywhere stops every process
+    (:class:`~confiner_core.errors.RankFailed` on the others)."""
+    with distributed.session() as ranks:
+        return _generate_on(ranks, req, show_progress and ranks.rank == 0, announce if ranks.rank == 0 else None)
+
+
+def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> dict | None:
+    ranks.agree(lambda: (req.validate(), ranks.device_for(req.device)))
     schedule = req.prompt_schedule()
+    plan = req.plan()
+    lead = ranks.rank == 0
+    if ranks.world > 1 and plan is None:
+        if not lead:
+            return None
+        if announce is not None:
+            announce(f"a single clip ({req.frames} frames) is not spread over processes: rank 0 makes it alone")
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
-    plan = req.plan()
     log = EvaluationLog()
     store = None
     if plan is not None:
         from .resume import ResumeStore
 
         store = ResumeStore(req.out, req.run_settings())
+    if not lead:   # a worker: its share of the windows, no files
+        try:
+            _generate(req, schedule, plan, log, store, False, ranks)
+        except KeyboardInterrupt:
+            raise (ranks.peer_failure() or Interrupted(sum(log.evaluations.values()),
+                                                       expected_evaluations(req.chain, plan))) from None
+        return None
     created = not os.path.exists(req.out)
     os.makedirs(req.out, exist_ok=True)
+    progress = {"done": None}   # expert evaluations of finished windows, when several processes share the work
     try:
-        return _generate(req, schedule, plan, log, store, show_progress)
-    except KeyboardInterrupt:
-        hint = ""
-        if store is not None and store.exists():
-            hint = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
-        elif store is not None:
-            store.clear()
-        raise Interrupted(sum(log.evaluations.values()), expected_evaluations(req.chain, plan), hint) from None
+        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress)
     except BaseException as e:
-        # Finished windows stay resumable after an interrupt (above) or a failure to write (disk full); any
-        # other failure would recur on resume, so its state goes.
-        if store is not None and not (isinstance(e, OSError) and store.exists()):
+        # another process's failure stopped this one: the watchdog's KeyboardInterrupt, or a broken channel
+        failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else e if isinstance(e, RankFailed) \
+            else None
+        kept = ""
+        if isinstance(e, KeyboardInterrupt) and failure is None:
+            if store is not None and store.exists():
+                kept = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
+            elif store is not None:
+                store.clear()
+            done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
+            raise Interrupted(done, expected_evaluations(req.chain, plan), kept) from None
+        # Finished windows stay resumable after an interrupt (above), a failure to write (disk full) or another
+        # process's interruption or loss; any other failure would recur on resume, so its state goes.
+        keep = store is not None and store.exists() and (isinstance(e, OSError) or
+                                                          (failure is not None and failure.resumable))
+        if store is not None and not keep:
             store.clear()
-        raise
+        if failure is None:
+            raise
+        if keep:
+            kept = f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume)"
+        raise RankFailed(f"{failure}; nothing written{kept}", failure.code, failure.resumable,
+                         failure.origin) from None
     finally:
         if created and not os.listdir(req.out):
             os.rmdir(req.out)
 
 
 def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,
-              store, show_progress: bool) -> dict:
+              store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None) -> dict | None:
     t_start = time.perf_counter()
-    backend = load_backend(req)
+    device = ranks.device_for(req.device)
+    backend = load_backend(replace(req, device=device))
     d = bind_experts(backend, req, log, schedule.first)
     refiner = refining_denoiser(d["spatial"], d["temporal"], req.chain.mode)
-    try:  # the experts against each other and the settings, before the first evaluation
-        validate_chain(d["control"], d["spatial"], d["temporal"],
-                       latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+
+    def check_experts():  # the experts against each other and the settings, before the first evaluation
+        try:
+            validate_chain(d["control"], d["spatial"], d["temporal"],
+                           latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    if plan is not None:
+        ranks.agree(check_experts)   # every process that shares the work stops on the same UsageError
+    else:
+        check_experts()              # a single clip: rank 0 alone
     seconds = {"load": time.perf_counter() - t_start}
-    generator = torch.Generator().manual_seed(req.seed)
+
+    def decode(latent: torch.Tensor, frames_kept: int | None = None) -> torch.Tensor:
+        """A finished latent -> uint8 frames [F, H, W, 3] on the CPU (where it was refined)."""
+        t0 = time.perf_counter()
+        if not bool(torch.isfinite(latent).all()):
+            raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
+        frames = decode_frames(latent, refiner.expert)[0, :frames_kept]
+        seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
+        return frames
+
+    if ranks.rank != 0:
+        ranks.connect(device)
+        run_long(req, d, None, show_progress, plan, schedule, store, log, device, ranks, decode)
+        return None
+    if ranks.world > 1 and plan is not None:
+        ranks.connect(device)
     stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
+        ranks.on_abort(outputs.discard)
         with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
-            def emit(latent: torch.Tensor, frames_kept: int | None = None) -> None:
+            def write(frames: torch.Tensor) -> None:
                 t0 = time.perf_counter()
-                if not bool(torch.isfinite(latent).all()):
-                    raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-                frames = decode_frames(latent, refiner.expert)[0, :frames_kept].numpy()
+                frames = frames.cpu().numpy()
                 sink.write(frames)
                 stats.add(frames)
-                seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
+                seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t0
 
             extra = {}
             if plan is not None:
-                extra = run_long(req, d, generator, emit, show_progress, plan, schedule, store, log)
+                extra = run_long(req, d, write, show_progress, plan, schedule, store, log, device, ranks, decode,
+                                 progress)
             else:
-                noise = torch.randn(latent_shape(req, d["control"], req.frames), generator=generator).to(req.device)
+                generator = torch.Generator().manual_seed(req.seed)
+                noise = torch.randn(latent_shape(req, d["control"], req.frames), generator=generator).to(device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
                                        progress_callback(bar))
                 seconds.update(result.seconds)
-                emit(result.latent)
+                write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet))
         seconds["total"] = time.perf_counter() - t_start
         extra["metrics"] = metrics.strict_scores(
@@ -545,40 +605,55 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     return report
 
 
-def run_long(req: GenerateRequest, d: dict, generator: torch.Generator, emit, show_progress: bool,
-             plan: SegmentPlan, schedule: PromptSchedule, store, log: EvaluationLog) -> dict:
-    """ConFiner-Long: windows are decoded and written as soon as they are final, and kept in the resume store
-    with the loop state after each one. With ``req.resume`` the stored windows are decoded again and the loop
-    continues from the stored state."""
+def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: SegmentPlan, schedule: PromptSchedule,
+             store, log: EvaluationLog, device: str, ranks, decode, progress: dict | None = None) -> dict:
+    """ConFiner-Long: windows are decoded where they were refined and written by rank 0 as soon as they are final,
+    and kept in the resume store with the loop state after each one. With ``req.resume`` the stored windows are
+    decoded again and the loop continues from the stored state (whatever number of processes made them)."""
     steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
     b, c, _, h, w = latent_shape(req, d["control"], 1)
     frame_shape = (b, c, h, w)
     prompts = schedule if schedule.travels else None
+    lead = ranks.rank == 0
     t0 = time.perf_counter()
     resume, done_steps = None, 0
     if req.resume:
-        resume, info = store.load_state()
-        log.evaluations.update(info["evaluations"])
-        log.forwards.update(info["forwards"])
-        finished = plan.windows[:resume.next_window]
-        for window in finished:
-            emit(store.window(window.index).to(req.device), plan.window_frames(window))
-        made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
-        done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
-    else:
+        resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
+        ranks.barrier()
+        if lead:
+            log.evaluations.update(resume.evaluations)
+            log.forwards.update(resume.forwards)
+            finished = plan.windows[:resume.next_window]
+            for window in finished:
+                write(decode(store.window(window.index).to(device), plan.window_frames(window)))
+            made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
+            done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
+    elif lead:
         store.start()
 
-    def sink(latent: torch.Tensor, window) -> None:
-        emit(latent, plan.window_frames(window))
+    def sink(latent: torch.Tensor, window, frames: torch.Tensor) -> None:
+        write(frames)
         store.save_window(window.index, latent)
 
-    def window_done(state) -> None:
-        store.save_state(state, len(plan.windows), log.evaluations, log.forwards)
-
     with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", disable=not show_progress) as bar:
-        generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
-                      sink, prompts, progress_callback(bar), req.device, resume=resume, on_window_done=window_done)
-    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
+        def window_done(state) -> None:
+            store.save_state(state, len(plan.windows))
+            if ranks.world > 1:  # progress from the finished windows' counts (the work is on other processes)
+                done = sum(state.evaluations.values())
+                bar.update(done - bar.n)
+                progress["done"] = done
+
+        final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long,
+                              req.seed, sink, prompts, progress_callback(bar) if ranks.world == 1 else None,
+                              device, resume=resume, on_window_done=window_done if lead else None,
+                              prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
+                              ranks=ranks)
+    if not lead:
+        return {}
+    if ranks.world > 1:   # the report counts every process's evaluations: those of the finished windows
+        log.evaluations, log.forwards = final.evaluations, final.forwards
+    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0,
+             "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
     if resume is not None:

@@ -60,7 +60,7 @@ def make_inputs(tmp) -> dict:
     store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7,
                                                       long=LongConfig(segment_length=8)).run_settings())
     store.start()
-    store.save_state(LongState(1, {}, {}, torch.Generator().manual_seed(7).get_state()), 3, {}, {})
+    store.save_state(LongState(1), 3)
     paths.update(motion=str(motion), sd=str(sd), truncated=str(tmp / "truncated.safetensors"),
                  junk=str(tmp / "junk.safetensors"), ckpt=str(tmp / "model.ckpt"), empty=str(tmp / "empty_folder"),
                  file=str(tmp / "a_file"), clash=str(tmp / "clash"), resumed=str(resumed))
