@@ -1,29 +1,40 @@
 """ConFiner against the baselines it claims to beat, on one GPU, with full-size random-weight experts.
 
-Weights do not change compute, so every model is built from its real config with random weights (fp16):
-SD 1.5 UNet (860 M), AnimateDiff UNetMotionModel (SD 1.5 + motion adapter), ModelScope UNet3D (1.4 B), the SD
-VAE, CLIP-L (SD) and the 1024-wide OpenCLIP-H text encoder (ModelScope). At 512x512x16 it times, end to end
-(text encoding, sampling, VAE decode to uint8 frames on the host):
+Weights do not change compute, so every model is built from its real config with random weights (fp16, or bf16 in
+the ``lean_bf16`` table), directly on the GPU: SD 1.5 UNet (860 M), AnimateDiff UNetMotionModel (SD 1.5 + motion
+adapter), ModelScope UNet3D (1.4 B), the SD VAE, CLIP-L (SD) and the 1024-wide OpenCLIP-H text encoder (ModelScope).
+At 512x512x16 it times, end to end (text encoding, sampling, VAE decode to uint8 frames on the host):
 
 * ConFiner 4+5 coordinated (control cfg 1.0, refinement cfg 7.5) with ModelScope as temporal expert (the paper's
   set-up) and with an AnimateDiff motion model as temporal expert; all experts resident, and "staged" (only the
   experts in use on the GPU, the others parked in pinned host memory);
 * ModelScope T2V at 100 and 50 DDIM steps and AnimateDiff at 25 steps, cfg 7.5;
-* ConFiner-Long at 64, 256 and 600 frames.
+* optionally ConFiner-Long (``--long``).
 
-One call times every run under each of ``--settings`` in turn (``eager``: plain fp16 with SDPA; ``best``:
-``confiner_core.diffusers_backend.speed.FAST``, i.e. channels_last, cudnn.benchmark and regional torch.compile,
-applied to every UNet and the VAE decoder, for ConFiner and baselines alike), so both tables come from one
-process on one machine. Each figure is the median of repeated runs after a warm-up run (excluded; for the
+Tables (``--settings``, applied in this order on top of each other, to every UNet and the VAE decoder, ConFiner and
+baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
+preset: channels_last end to end, fused GroupNorm+SiLU, fused QKV, cuDNN attention first, cuDNN autotuning; no
+compiler), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean + regional torch.compile) and
+``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up run (excluded; for the
 baselines a 2-step run of the same sampler at the same shapes, which is what compiles and autotunes); CUDA is
 synchronised around every run. Expert, text-encoder and VAE time come from CUDA events around each module call;
 "orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on meta-device copies
-(``torch.utils.flop_counter``), which gives the arithmetic ratio and floor. ``--deadline`` trims repeats (never
-below one) and skips what cannot finish, and results are written after every run, so a call that runs out of
-time still returns what it measured.
+(``torch.utils.flop_counter``), per kind (convolution, GEMM, attention) too.
 
-    python bench/gpu_benchmark.py --settings eager best --out $OUT          # on the GPU machine
-    python bench/gpu_benchmark.py --tiny --device cpu --settings eager best --long 32 --out /tmp/bench  # CPU smoke
+``--profile TABLE...`` adds a torch.profiler pass over one ConFiner run (ModelScope temporal) after that table's
+runs (``bench/profiling.py``: kernel time by kind, top kernels, idle gaps, achieved TFLOP/s per kind). The first
+``best`` ConFiner run is the cold start (compile with empty caches): ``cold_start_s`` = imports + that run.
+``--cache-out FILE`` then saves the compiled artifacts (``speed.save_compile_cache``), and a second process
+started with ``--start-probe FILE`` (fresh inductor/Triton cache folders) loads them and times its first run:
+``warm_start_s`` = imports + cache load + first run (the random-weight build, which real checkpoints replace by a
+load, is reported apart).
+
+``--deadline`` keeps the call inside its time limit: a run is skipped when its expected time (``PRIOR_S``) plus
+that of the core runs still ahead (ConFiner ModelScope, ModelScope-100 and the profiles of every table) does not
+fit; repeats are trimmed (never below one); results are written after every run.
+
+    python bench/gpu_benchmark.py --settings eager lean best --profile eager best --out $OUT     # on the GPU
+    python bench/gpu_benchmark.py --tiny --device cpu --settings eager lean best --profile eager --out /tmp/bench
 """
 
 from __future__ import annotations
@@ -43,23 +54,31 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import diffusers  # noqa: E402
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+import profiling as P  # noqa: E402
+from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
+from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
-from confiner_core.diffusers_backend.speed import COMPILE_SCOPES, EAGER, FAST, SpeedSettings, apply_speed_settings  # noqa: E402
+from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, LEAN, MAX, SpeedSettings,  # noqa: E402
+                                                   apply_speed_settings)
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
-from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
+from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.sampling import randn_like, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
+
+IMPORT_S = time.perf_counter() - T0
+diffusers.utils.logging.set_verbosity_error()  # not the "cast with to()" notice for every random-weight model
 
 PROMPT = "a corgi running on a sunny beach, waves, golden hour"
 NEGATIVE = "blurry, low quality"
@@ -99,13 +118,27 @@ SD_SCHED = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.01
 AD_SCHED = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
 
 
-SETTINGS = {"eager": EAGER, "best": FAST}
+# Tables in the only order they can be applied (each on top of the previous ones): name -> (settings, dtype)
+TABLES = {"eager": (EAGER, torch.float16), "lean": (LEAN, torch.float16), "lean_bf16": (LEAN, torch.bfloat16),
+          "best": (FAST, torch.float16), "max": (MAX, torch.float16)}
+RUNS = ("confiner_4+5_modelscope", "modelscope_100", "confiner_4+5_animatediff", "animatediff_25", "modelscope_50",
+        "confiner_4+5_modelscope_staged")
+TABLE_RUNS = {"eager": RUNS, "lean": RUNS[:4], "lean_bf16": RUNS[:2], "best": RUNS, "max": RUNS[:2]}
+# What --deadline keeps room for: ConFiner (ModelScope temporal) and ModelScope-100 in the eager, lean and best
+# tables, ConFiner alone in the others, and every profile.
+CORE = {table: ("confiner_4+5_modelscope", "modelscope_100", "profile") for table in ("eager", "lean", "best")}
+CORE.update(lean_bf16=("confiner_4+5_modelscope", "profile"), max=("confiner_4+5_modelscope", "profile"))
 # The expert networks: network_forwards (confiner_core.experts.EvaluationLog, one call of a network) must equal the
 # calls the module hooks see on these.
 EXPERT_MODULES = ("sd", "control", "ad_temporal", "ms")
-PRIOR_S = {  # H100 eager figures of an earlier call: used only to skip a run that cannot end before --deadline
-    "confiner_4+5_modelscope": 2.8, "confiner_4+5_animatediff": 2.6, "confiner_4+5_modelscope_staged": 3.2,
-    "modelscope_100": 22.0, "modelscope_50": 11.0, "animatediff_25": 4.7, "long_per_frame": 0.19}
+# Expected seconds, used only to skip what cannot end before --deadline: H200 eager medians (issue 15: ConFiner 2.62 s;
+# the rest scaled from the H100 call), a speed factor per table, and the compile of the first compiled runs.
+PRIOR_S = {"confiner_4+5_modelscope": 2.7, "confiner_4+5_animatediff": 2.5, "confiner_4+5_modelscope_staged": 3.0,
+           "modelscope_100": 21.0, "modelscope_50": 10.6, "animatediff_25": 4.4, "long_per_frame": 0.19}
+TABLE_FACTOR = {"eager": 1.0, "lean": 0.85, "lean_bf16": 0.85, "best": 0.7, "max": 0.68}
+COMPILE_PRIOR_S = {("best", "confiner_4+5_modelscope"): 230.0, ("best", "confiner_4+5_animatediff"): 25.0}
+PROFILE_PRIOR_S = 15.0
+SETTINGS = {name: settings for name, (settings, _) in TABLES.items()}
 
 
 def elapsed() -> float:
@@ -156,30 +189,43 @@ class ModuleTimer:
 
 
 class FlopCounter:
-    """FLOPs of a module call, counted once per (module, shapes) on a meta-device copy of the model."""
+    """FLOPs of a module call, counted once per (module, shapes) on a meta-device copy of the model; in total and
+    per operator (for the per-kind rates of a profile)."""
 
     def __init__(self, meta_models: dict):
         self.meta = meta_models
         self.cache: dict = {}
 
-    def call(self, name: str, sig: tuple) -> float:
+    def _count(self, name: str, sig: tuple) -> dict:
         key = (name, sig)
         if key not in self.cache:
             from torch.utils.flop_counter import FlopCounterMode
+            model = self.meta[name]
+            float_dtype = next(model.parameters()).dtype
             args, kwargs = [], {}
             for where, shape, dtype in sig:
-                t = torch.zeros(shape, dtype=dtype, device="meta")
+                t = torch.zeros(shape, dtype=float_dtype if dtype.is_floating_point else dtype, device="meta")
                 if isinstance(where, int):
                     args.append(t)
                 else:
                     kwargs[where] = t
             with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                self.meta[name](*args, **kwargs)
-            self.cache[key] = fc.get_total_flops()
+                model(*args, **kwargs)
+            self.cache[key] = {str(op): n for op, n in fc.get_flop_counts().get("Global", {}).items()}
         return self.cache[key]
+
+    def call(self, name: str, sig: tuple) -> float:
+        return float(sum(self._count(name, sig).values()))
 
     def total(self, calls) -> float:
         return sum(self.call(name, sig) for name, sig in calls)
+
+    def by_kind(self, calls) -> dict:
+        out = {}
+        for name, sig in calls:
+            for kind, n in P.flops_by_kind(self._count(name, sig)).items():
+                out[kind] = out.get(kind, 0.0) + n
+        return out
 
 
 def sync(device):
@@ -231,18 +277,20 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
 # ----------------------------------------------------------------------------------------------------------------
 # Models and residency
 
-def build(cfg: dict, dtype, device=None):
-    """Every model, random weights; on ``device`` (``"meta"`` for FLOP counting) or the CPU."""
+def build(cfg: dict, dtype, device=None, with_ad_temporal: bool = True):
+    """Every model, random weights, built on ``device`` (the GPU: the random initialisation runs there, seconds
+    instead of a minute on the CPU; ``"meta"`` for FLOP counting) in float32, then cast to ``dtype``."""
     torch.manual_seed(0)
     with torch.device(device or "cpu"):
         sd = UNet2DConditionModel(**cfg["sd"])
         control = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))  # AnimateDiff-Lightning's
-        ad_temporal = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))  # a second motion model
-        ms = UNet3DConditionModel(**cfg["ms"])
-        vae = AutoencoderKL(**cfg["vae"])
-        clip_l = CLIPTextModel(CLIPTextConfig(**cfg["clip_l"]))
-        clip_h = CLIPTextModel(CLIPTextConfig(**cfg["clip_h"]))
-    models = dict(sd=sd, control=control, ad_temporal=ad_temporal, ms=ms, vae=vae, clip_l=clip_l, clip_h=clip_h)
+        models = dict(sd=sd, control=control)
+        if with_ad_temporal:
+            models["ad_temporal"] = UNetMotionModel.from_unet2d(sd, MotionAdapter(**cfg["adapter"]))
+        models["ms"] = UNet3DConditionModel(**cfg["ms"])
+        models["vae"] = AutoencoderKL(**cfg["vae"])
+        models["clip_l"] = CLIPTextModel(CLIPTextConfig(**cfg["clip_l"]))
+        models["clip_h"] = CLIPTextModel(CLIPTextConfig(**cfg["clip_h"]))
     for m in models.values():
         m.to(dtype).eval().requires_grad_(False)
     return models
@@ -292,24 +340,30 @@ def params_m(m) -> float:
     return sum(p.numel() for p in m.parameters()) / 1e6
 
 
+def dtype_of(m: torch.nn.Module) -> torch.dtype:
+    return next(m.parameters()).dtype
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The runs
 
 class Bench:
-    def __init__(self, args):
+    def __init__(self, args, with_ad_temporal: bool = True):
         self.args = args
         self.device = torch.device(args.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         cfg = TINY if args.tiny else FULL
         t0 = time.perf_counter()
-        self.models = build(cfg, self.dtype)
+        self.models = build(cfg, self.dtype, self.device if self.device.type == "cuda" else None, with_ad_temporal)
+        sync(self.device)
         self.build_s = time.perf_counter() - t0
-        meta = build(cfg, self.dtype, "meta")
+        meta = build(cfg, self.dtype, "meta", with_ad_temporal)
         self.flops = FlopCounter({**meta, "vae": meta["vae"].decoder})
         self.timer = ModuleTimer(self.device.type == "cuda")
         m = self.models
         for name in ("sd", "control", "ad_temporal", "ms", "clip_l", "clip_h"):
-            self.timer.watch("text" if name.startswith("clip") else "experts", name, m[name])
+            if name in m:
+                self.timer.watch("text" if name.startswith("clip") else "experts", name, m[name])
         self.timer.watch("vae", "vae", m["vae"].decoder)
         tok = tiny_tokenizer()
         enc_l, enc_h = PromptEncoder(tok, m["clip_l"]), PromptEncoder(tok, m["clip_h"])
@@ -317,19 +371,37 @@ class Bench:
             "control": MotionExpert(m["control"], enc_l, dict(AD_SCHED), "animatediff-lightning"),
             "spatial": FrameExpert(m["sd"], enc_l, dict(SD_SCHED), "sd15"),
             "ms": UNet3DExpert(m["ms"], enc_h, dict(SD_SCHED), "modelscope"),
-            "ad": MotionExpert(m["ad_temporal"], enc_l, dict(AD_SCHED), "animatediff-v3"),
         }
+        if "ad_temporal" in m:
+            self.experts["ad"] = MotionExpert(m["ad_temporal"], enc_l, dict(AD_SCHED), "animatediff-v3")
         self.codec = AutoencoderKLCodec(m["vae"], SD15, chunk_frames=args.decode_chunk)
         self.h = args.size // 8
+
+    def networks(self) -> list:
+        m = self.models
+        return [m[k] for k in ("sd", "control", "ad_temporal", "ms") if k in m] + [m["vae"].decoder]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec)."""
         return to_uint8(self.codec.decode(latent)).cpu()
 
     def speed_up(self, settings: SpeedSettings) -> dict:
-        """The same settings for every UNet and the VAE decoder: ConFiner and the baselines alike."""
-        m = self.models
-        return apply_speed_settings([m["sd"], m["control"], m["ad_temporal"], m["ms"], m["vae"].decoder], settings)
+        """The same settings for every UNet and the VAE decoder: ConFiner and the baselines alike. The VAE decoder
+        (4 % of ConFiner's time) is not compiled: its large-image blocks would lengthen the cold start most."""
+        nets = self.networks()
+        done = apply_speed_settings(nets[:-1], settings)
+        vae = apply_speed_settings(nets[-1:], dataclasses.replace(settings, compile="none"),
+                                   done.get("graph_pool"))
+        for key in ("channels_last_tensors", "fused_norms", "graphed"):
+            done[key] += vae[key]
+        pool = done.pop("graph_pool", None)
+        if pool is not None:
+            self.graph_pool = pool
+        return done
+
+    def cast(self, dtype) -> None:
+        for m in self.models.values():
+            m.to(dtype)
 
     def noise(self, frames: int, seed: int = 0) -> torch.Tensor:
         return randn_like(torch.empty(1, 4, frames, self.h, self.h, device=self.device),
@@ -358,6 +430,8 @@ class Bench:
 
     # Baselines -------------------------------------------------------------------------------------------------
     def baseline(self, expert: str, steps: int, residency: Residency, spacing: str, offset: int, frames: int = 16):
+        if self.args.tiny:
+            steps = max(2, steps // 10)  # a CPU smoke run: the code path, not the figure
         log = EvaluationLog()
         model = {"ms": "ms", "ad": "ad_temporal"}[expert]
         residency.use("clip_h" if expert == "ms" else "clip_l")
@@ -382,49 +456,100 @@ class Bench:
                       device=self.device)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
-    # CPU issue time against GPU time of one forward: what CUDA graphs could save -------------------------------
-    def launch_probe(self) -> dict:
-        if self.device.type != "cuda":
-            return {}
-        d, h, dt = self.device, self.h, self.dtype
+    # One forward of each network: CPU issue time against GPU time, per attention backend -----------------------
+    def forward_cases(self) -> dict:
+        d, h = self.device, self.h
         t = torch.tensor(500.0, device=d)
+        m = self.models
         cases = {
-            "sd_batch32": (self.models["sd"], (torch.randn(32, 4, h, h, device=d, dtype=dt), t),
-                           {"encoder_hidden_states": torch.randn(32, 77, 768, device=d, dtype=dt)}),
-            "modelscope_2x16": (self.models["ms"], (torch.randn(2, 4, 16, h, h, device=d, dtype=dt), t),
-                                {"encoder_hidden_states": torch.randn(2, 77, 1024, device=d, dtype=dt)}),
-            "animatediff_2x16": (self.models["ad_temporal"], (torch.randn(2, 4, 16, h, h, device=d, dtype=dt), t),
-                                 {"encoder_hidden_states": torch.randn(32, 77, 768, device=d, dtype=dt)}),
+            "sd_batch32": ("sd", (32, 4, h, h), (32, 77)),
+            "control_1x16": ("control", (1, 4, 16, h, h), (16, 77)),
+            "modelscope_2x16": ("ms", (2, 4, 16, h, h), (2, 77)),
+            "animatediff_2x16": ("ad_temporal", (2, 4, 16, h, h), (32, 77)),
         }
         out = {}
-        with torch.no_grad():
-            for name, (model, args, kwargs) in cases.items():
-                if kwargs["encoder_hidden_states"].shape[-1] != model.config.cross_attention_dim:
-                    continue  # tiny models
-                for _ in range(3):  # the last of three: warm
-                    sync(d)
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    t0 = time.perf_counter()
-                    start.record()
-                    model(*args, **kwargs)
-                    end.record()
-                    cpu = time.perf_counter() - t0
-                    sync(d)
-                out[name] = {"cpu_issue_s": cpu, "gpu_s": start.elapsed_time(end) / 1000}
+        for name, (key, sample, context) in cases.items():
+            if key not in m:
+                continue
+            model, dt = m[key], dtype_of(m[key])
+            width = model.config.cross_attention_dim
+            out[name] = (model, (torch.randn(sample, device=d, dtype=dt), t),
+                         {"encoder_hidden_states": torch.randn(*context, width, device=d, dtype=dt)})
         return out
+
+    def launch_probe(self, backends=("as set",)) -> dict:
+        """GPU and CPU-issue time of one forward of each network (the third of three calls), under each attention
+        backend of ``backends`` ("as set": the table's own setting)."""
+        if self.device.type != "cuda":
+            return {}
+        out = {}
+        with torch.no_grad():
+            for name, (model, args, kwargs) in self.forward_cases().items():
+                previous = model.forward.name if isinstance(model.forward, S.WithAttention) else "default"
+                for backend in backends:
+                    if backend != "as set":
+                        S.set_attention(model, backend)
+                    try:
+                        for _ in range(3):
+                            sync(self.device)
+                            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                            t0 = time.perf_counter()
+                            start.record()
+                            model(*args, **kwargs)
+                            end.record()
+                            cpu = time.perf_counter() - t0
+                            sync(self.device)
+                        out.setdefault(name, {})[backend] = {"cpu_issue_s": cpu,
+                                                             "gpu_s": start.elapsed_time(end) / 1000}
+                    except Exception as e:  # noqa: BLE001 (a backend that cannot run this shape)
+                        out.setdefault(name, {})[backend] = {"error": f"{type(e).__name__}: {e}"[:200]}
+                    finally:
+                        S.set_attention(model, previous)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan and deadline
+
+def run_prior(table: str, name: str, args) -> float:
+    """Expected seconds of one job of the plan (warm-up included)."""
+    scale = 0.02 if args.tiny else 1.0
+    if name == "profile":
+        return scale * (PROFILE_PRIOR_S + 2 * PRIOR_S["confiner_4+5_modelscope"])
+    one = PRIOR_S[name] * TABLE_FACTOR[table]
+    if name.startswith("confiner"):
+        total = one * (1 + args.repeats)
+    else:
+        steps = int(name.split("_")[-1])
+        total = one * (2 / steps + args.baseline_repeats)
+    return scale * (total + COMPILE_PRIOR_S.get((table, name), 0.0))
+
+
+def make_plan(args) -> list[tuple[str, str]]:
+    def wanted(name):
+        return not args.only or any(name.startswith(p) for p in args.only)
+
+    plan = []
+    for table in args.settings:
+        plan += [(table, name) for name in TABLE_RUNS[table] if wanted(name)
+                 and not (name.endswith("staged") and (args.no_staged or args.device == "cpu"))]
+        if table in args.profile:
+            plan.append((table, "profile"))
+    return plan
+
+
+def fits(plan: list, index: int, args) -> bool:
+    """Whether job ``index`` can run and still leave time for the core jobs after it."""
+    table, name = plan[index]
+    need = run_prior(table, name, args)
+    if name not in CORE[table]:
+        need += sum(run_prior(t, n, args) for t, n in plan[index + 1:] if n in CORE[t])
+    return elapsed() + need <= args.deadline
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
-RUN_LABELS = {
-    "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
-    "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
-    "confiner_4+5_modelscope_staged": "ConFiner 4+5, ModelScope temporal, staged residency",
-    "modelscope_100": "ModelScope T2V, 100 steps",
-    "modelscope_50": "ModelScope T2V, 50 steps",
-    "animatediff_25": "AnimateDiff, 25 steps",
-}
 
 
 def ratios(runs: dict) -> dict:
@@ -439,14 +564,18 @@ def ratios(runs: dict) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Device {res['device_name']}, torch {res['torch']}, diffusers {res['diffusers']}, {res['date']}.", ""]
+    lines = [f"Device {res['device_name']}, torch {res['torch']}, diffusers {res['diffusers']}, {res['date']}. "
+             f"Imports {res['import_s']:.1f} s, models built in {res['build_s']:.1f} s.", ""]
     for setting, table in res["tables"].items():
-        lines += [f"### {setting}: {table['settings']}", "",
+        lines += [f"### {setting}: {table['settings']} ({table['dtype']})", "",
                   "| run | median s | runs (s) | warm-up s | expert evals | network forwards | TFLOP | TFLOP/s | overhead "
                   "| peak GPU GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in table["runs"].items():
             if v is None:
                 lines.append(f"| {RUN_LABELS.get(name, name)} | skipped (deadline) | | | | | | | | |")
+                continue
+            if "error" in v:
+                lines.append(f"| {RUN_LABELS.get(name, name)} | failed: {v['error'][:80]} | | | | | | | | |")
                 continue
             ev = sum(v.get("evaluations", {}).values())
             fw = sum(v.get("network_forwards", v.get("forwards", {})).values())
@@ -456,9 +585,18 @@ def markdown(res: dict) -> str:
                          f"| {v['warmup_s']:.1f} | {ev} | {fw} | {v['tflop']:.1f} | {v['achieved_tflops']:.0f} | {oh} | {pk} |")
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
-        if table.get("launch_probe"):
-            lines += ["", "| one forward | CPU issue s | GPU s |", "|---|---|---|"]
-            lines += [f"| {k} | {v['cpu_issue_s']:.4f} | {v['gpu_s']:.4f} |" for k, v in table["launch_probe"].items()]
+        probe = table.get("launch_probe") or {}
+        if probe:
+            lines += ["", "| one forward | backend | CPU issue s | GPU s |", "|---|---|---|---|"]
+            for k, per in probe.items():
+                for backend, v in per.items():
+                    lines.append(f"| {k} | {backend} | {v.get('cpu_issue_s', float('nan')):.4f} | "
+                                 f"{v.get('gpu_s', float('nan')):.4f} |" if "error" not in v else
+                                 f"| {k} | {backend} | failed: {v['error'][:60]} | |")
+        if table.get("profile"):
+            lines += [""] + P.markdown(table["profile"], f"Profile of one ConFiner run ({setting})")
+        if table.get("graph_pool"):
+            lines += ["", f"CUDA graphs: {table['graph_pool']}"]
         lines.append("")
     for setting, long in res["long"].items():
         lines += [f"### ConFiner-Long, {setting}: {long['settings']}", "",
@@ -472,88 +610,195 @@ def markdown(res: dict) -> str:
             lines.append(f"| {frames} | {v['wall_s']:.2f} | {sum(v['evaluations'].values())} "
                          f"| {sum(v.get('network_forwards', {}).values())} "
                          f"| {v['wall_s'] / int(frames):.3f} | {pk} |")
+    starts = {k: res[k] for k in ("cold_start_s", "lean_cold_start_s", "compile_cache") if k in res}
+    if starts:
+        lines += ["", f"Starts: {json.dumps(starts, default=float)}"]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main: the tables, or the warm-start probe
+
+def start_probe(a) -> None:
+    """A second process: load the compiled artifacts, build, apply the best settings, time the first ConFiner run
+    (compilation served from the caches) and a second one."""
+    out = {"import_s": IMPORT_S, "cache_file": a.start_probe, "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"), "settings": SETTINGS["best"].describe()}
+
+    def save():  # after every stage: a probe stopped by its time limit still tells how far it got
+        out["process_s"] = elapsed()
+        with open(os.path.join(a.out, "start_probe.json"), "w") as f:
+            json.dump(out, f, indent=2, default=float)
+
+    t0 = time.perf_counter()
+    out["cache_loaded"] = S.load_compile_cache(a.start_probe)
+    out["load_cache_s"] = time.perf_counter() - t0
+    save()
+    b = Bench(a, with_ad_temporal=False)
+    out["build_s"] = b.build_s
+    b.speed_up(SETTINGS["best"])
+    resident = Residency(b.models, b.device, staged=False)
+    save()
+    for key in ("first_run_s", "second_run_s"):
+        sync(b.device)
+        t0 = time.perf_counter()
+        b.confiner("ms", resident)
+        sync(b.device)
+        out[key] = time.perf_counter() - t0
+        save()
+    out["warm_start_s"] = out["import_s"] + out["load_cache_s"] + out["first_run_s"]
+    out["compile_from_cache_s"] = out["first_run_s"] - out["second_run_s"]
+    save()
+    print(json.dumps(out, indent=2, default=float))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["eager", "best"])
-    ap.add_argument("--compile", choices=COMPILE_SCOPES, default=FAST.compile,
-                    help="torch.compile scope of the 'best' settings")
+    ap.add_argument("--settings", nargs="+", choices=tuple(TABLES), default=["eager", "lean", "best"])
+    ap.add_argument("--profile", nargs="*", choices=tuple(TABLES), default=["eager", "best"],
+                    help="tables after which one ConFiner run is profiled")
+    ap.add_argument("--attention-probe", nargs="*", choices=tuple(TABLES), default=["lean"],
+                    help="tables in which one forward per network is timed under every attention backend")
+    ap.add_argument("--compile", choices=COMPILE_SCOPES, default="blocks",
+                    help="torch.compile scope of the 'best' and 'max' settings")
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend (CPU smoke: 'eager')")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--baseline-repeats", type=int, default=3)
-    ap.add_argument("--long", type=int, nargs="*", default=[64, 256, 600])
-    ap.add_argument("--long-settings", nargs="*", choices=tuple(SETTINGS), default=["eager"],
+    ap.add_argument("--baseline-repeats", type=int, default=2)
+    ap.add_argument("--long", type=int, nargs="*", default=[])
+    ap.add_argument("--long-settings", nargs="*", choices=tuple(TABLES), default=["best"],
                     help="the tables after which the long videos run")
     ap.add_argument("--decode-chunk", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=None, help="subset of runs by name prefix")
-    ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency run")
-    ap.add_argument("--no-probe", action="store_true", help="skip the launch probe (CPU issue vs GPU time)")
+    ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency runs")
+    ap.add_argument("--cache-out", default=None, help="save the compiled artifacts here after the 'best' table")
+    ap.add_argument("--start-probe", default=None, metavar="CACHE_FILE",
+                    help="the warm-start probe: load this compile cache and time the first best-settings run")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    SETTINGS["best"] = dataclasses.replace(FAST, compile=a.compile)
+    order = list(TABLES)
+    if [order.index(s) for s in a.settings] != sorted(order.index(s) for s in a.settings):
+        ap.error(f"--settings are applied on top of each other: give them in the order {order}")
+    for name in ("best", "max"):
+        SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend)
+    if a.start_probe:
+        return start_probe(a)
+
     b = Bench(a)
     dev = b.device
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
-           "frames": 16, "tiny": a.tiny, "build_s": b.build_s, "deadline_s": a.deadline,
-           "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()},
-           "tables": {}, "long": {}}
+           "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
+           "flash_attn_4": S.flash4_function() is not None,
+           "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "tables": {}, "long": {}}
 
     def save():
         res["elapsed_s"] = elapsed()
-        with open(os.path.join(a.out, "results.json"), "w") as f:
-            json.dump(res, f, indent=2, default=float)
-        with open(os.path.join(a.out, "results.md"), "w") as f:
-            f.write(markdown(res))
+        for name, text in (("results.json", json.dumps(res, indent=2, default=str)), ("results.md", markdown(res))):
+            tmp = os.path.join(a.out, name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, os.path.join(a.out, name))
 
-    def wanted(name):
-        return not a.only or any(name.startswith(p) for p in a.only)
+    def probe(setting):
+        if setting in a.attention_probe:
+            return b.launch_probe(["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else []))
+        return b.launch_probe()
 
-    for setting in a.settings:
-        table = res["tables"][setting] = {"settings": SETTINGS[setting].describe(), "runs": {}, "ratios": {}}
-        table["applied"] = b.speed_up(SETTINGS[setting])
-        resident = Residency(b.models, dev, staged=False)
-        jobs = {
-            "confiner_4+5_modelscope": (lambda: b.confiner("ms", resident), None),
-            "confiner_4+5_animatediff": (lambda: b.confiner("ad", resident), None),
-            "modelscope_100": (lambda: b.baseline("ms", 100, resident, "leading", 1),
-                               lambda: b.baseline("ms", 2, resident, "leading", 1)),
-            "modelscope_50": (lambda: b.baseline("ms", 50, resident, "leading", 1),
-                              lambda: b.baseline("ms", 2, resident, "leading", 1)),
-            "animatediff_25": (lambda: b.baseline("ad", 25, resident, "linspace", 0),
-                               lambda: b.baseline("ad", 2, resident, "linspace", 0)),
-        }
-        for name, (fn, warmup) in jobs.items():
-            if wanted(name):
-                reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
-                table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, PRIOR_S[name], warmup)
-                print(f"[{elapsed():6.0f} s] {setting} {name}: "
-                      f"{table['runs'][name] and round(table['runs'][name]['wall_s'], 3)}", flush=True)
-                table["ratios"] = ratios(table["runs"])
-                save()
-        if not a.no_probe:
-            table["launch_probe"] = b.launch_probe()
-        if dev.type == "cuda" and not a.no_staged and wanted("confiner_4+5_modelscope"):
-            # the memory-lean variant: only the experts in use on the GPU, the others in pinned host memory
-            del resident
-            torch.cuda.reset_peak_memory_stats()
-            staged = Residency(b.models, dev, staged=True)
-            name = "confiner_4+5_modelscope_staged"
-            table["runs"][name] = timed(lambda: b.confiner("ms", staged), dev, a.repeats, b.timer, b.flops,
-                                        a.deadline, PRIOR_S[name])
-            print(f"[{elapsed():6.0f} s] {setting} staged: {table['runs'][name] and table['runs'][name]['wall_s']}",
-                  flush=True)
-            del staged
-        save()
-        if setting in a.long_settings and a.long:
-            # one run each; the warm-up is a 16-frame ConFiner run, which has every shape a long run uses
+    plan = make_plan(a)
+    print(f"[{elapsed():6.0f} s] built in {b.build_s:.1f} s; plan: {plan}", flush=True)
+    resident = None
+    current = None
+    for index, (setting, name) in enumerate(plan):
+        if setting != current:
+            current = setting
+            settings, dtype = TABLES[setting]
+            settings = SETTINGS[setting]
+            dtype = dtype if dev.type == "cuda" else torch.float32
+            if dtype != dtype_of(b.models["sd"]):
+                b.cast(dtype)
+            table = res["tables"][setting] = {"settings": settings.describe(), "dtype": str(dtype).replace("torch.", ""),
+                                              "runs": {}, "ratios": {}}
+            t0 = time.perf_counter()
+            table["applied"] = b.speed_up(settings)
+            table["apply_s"] = time.perf_counter() - t0
             resident = Residency(b.models, dev, staged=False)
+            if settings.compile == "none":  # compiled tables probe last, so that their first run is the cold start
+                table["launch_probe"] = probe(setting)
+            save()
+        if not fits(plan, index, a):
+            if name != "profile":
+                table["runs"][name] = None
+            print(f"[{elapsed():6.0f} s] {setting} {name}: skipped (deadline)", flush=True)
+            save()
+            continue
+        prior = run_prior(setting, name, a)
+        try:
+            if name == "profile":
+                b.timer.reset()
+                summary = P.profile_run(lambda: b.confiner("ms", resident), dev)
+                kinds = b.flops.by_kind(b.timer.calls)
+                summary.update(P.rates(summary, kinds))
+                table["profile"] = summary
+            elif name == "confiner_4+5_modelscope_staged":
+                del resident
+                torch.cuda.empty_cache()
+                staged = Residency(b.models, dev, staged=True)
+                table["runs"][name] = timed(lambda: b.confiner("ms", staged), dev, a.repeats, b.timer, b.flops,
+                                            a.deadline, prior)
+                del staged
+                resident = Residency(b.models, dev, staged=False)
+            else:
+                jobs = {
+                    "confiner_4+5_modelscope": (lambda: b.confiner("ms", resident), None),
+                    "confiner_4+5_animatediff": (lambda: b.confiner("ad", resident), None),
+                    "modelscope_100": (lambda: b.baseline("ms", 100, resident, "leading", 1),
+                                       lambda: b.baseline("ms", 2, resident, "leading", 1)),
+                    "modelscope_50": (lambda: b.baseline("ms", 50, resident, "leading", 1),
+                                      lambda: b.baseline("ms", 2, resident, "leading", 1)),
+                    "animatediff_25": (lambda: b.baseline("ad", 25, resident, "linspace", 0),
+                                       lambda: b.baseline("ad", 2, resident, "linspace", 0)),
+                }
+                fn, warmup = jobs[name]
+                reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
+                table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup)
+        except Exception as e:  # noqa: BLE001 (one failing run must not lose the others: recorded, and on we go)
+            import traceback
+            traceback.print_exc()
+            (table.__setitem__("profile", {"error": f"{type(e).__name__}: {e}"[:500]}) if name == "profile" else
+             table["runs"].__setitem__(name, {"error": f"{type(e).__name__}: {e}"[:500]}))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        run = table["runs"].get(name) if name != "profile" else table.get("profile")
+        if name == "confiner_4+5_modelscope" and run and "warmup_s" in run:
+            if setting == "best":
+                res["cold_start_s"] = IMPORT_S + run["warmup_s"]
+                res["cold_compile_s"] = run["warmup_s"] - run["wall_s"]
+            elif setting == "lean":
+                res["lean_cold_start_s"] = IMPORT_S + run["warmup_s"]
+        table["ratios"] = ratios(table["runs"])
+        pool = getattr(b, "graph_pool", None)
+        if pool is not None and setting == "max":
+            table["graph_pool"] = {"captured": pool.captured, "replays": pool.replays, "failures": pool.failures}
+        print(f"[{elapsed():6.0f} s] {setting} {name}: "
+              f"{run and (round(run['wall_s'], 3) if 'wall_s' in run else run.get('error', 'done'))}", flush=True)
+        save()
+        last_of_table = index + 1 == len(plan) or plan[index + 1][0] != setting
+        if last_of_table and SETTINGS[setting].compile != "none":
+            table["launch_probe"] = probe(setting)
+        if last_of_table and setting == "best" and a.cache_out:
+            t0 = time.perf_counter()
+            try:
+                res["compile_cache"] = {**S.save_compile_cache(a.cache_out), "save_s": time.perf_counter() - t0}
+            except Exception as e:  # noqa: BLE001
+                res["compile_cache"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            save()
+        if last_of_table and setting in a.long_settings and a.long:
+            # one run each; the warm-up is a 16-frame ConFiner run, which has every shape a long run uses
             long = res["long"][setting] = {"settings": SETTINGS[setting].describe(), "runs": {}}
             warmup = lambda: b.confiner("ms", resident)  # noqa: E731
             for frames in a.long:
@@ -563,6 +808,7 @@ def main():
                 warmup = lambda: None  # noqa: E731
                 print(f"[{elapsed():6.0f} s] {setting} long {frames}: {run and round(run['wall_s'], 2)}", flush=True)
                 save()
+    save()
     print(markdown(res))
 
 

@@ -3,6 +3,10 @@
 * Table 5 pattern: refinement mode (coordinated / spatial only / temporal only / naive alternation), 4+5 steps.
 * Table 3 pattern: T_e sweep 50..500 with 4 and 8 control steps (coordinated).
 * ConFiner-Long: each strategy switched off in turn (64 frames, segment 16).
+* Latent spaces (issue 14): the embedded presets sd / wan / wan-pixel / bridge (one space, a causal Wan-like space
+  with its image expert on latent or on pixel frames, two spaces joined by the bridge); a T_e sweep with a flow
+  spatial expert (T_e counts the flow expert's network timesteps, sigma = T_e / 1000) to pick its default; colour
+  drift across windows with and without colour anchoring.
 Every cell is mean +- std over prompts x seeds. The embedded world has ground truth, so each row also gives the
 RMSE to the nearest true clip. Usage: python bench/quality_ablation.py [--seeds 0 1 2] [--quick]
 """
@@ -18,42 +22,68 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cv2  # noqa: E402
+
 from confiner_core import metrics  # noqa: E402
-from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
+from confiner_core.chain import ChainConfig, refining_denoiser, run_chain  # noqa: E402
 from confiner_core.embedded.experts import decode, embedded_experts, world_for  # noqa: E402
+from confiner_core.experts import EvaluationLog  # noqa: E402
+from confiner_core.latent_spaces import to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 
 PROMPTS = ["a red ball bouncing over green grass", "a blue square sliding over snow",
            "a yellow diamond circling in the night sky"]
 SHORT_KEYS = ("subject_consistency", "motion_smoothness", "temporal_flicker", "sharpness", "distance_to_nearest")
 LONG_KEYS = ("seam_score", "subject_consistency", "motion_smoothness", "color_drift", "sharpness")
-SIZE = 32  # latent grid
+DRIFT_KEYS = ("window_color_drift", "window_color_drift_max", "window_contrast_change", "seam_score")
+SIZE = 32  # latent grid of the SD-like space (the causal space's is 16 x 16 for the same 256 x 256 frames)
 SCALE = 4  # decoded frames are 128x128: metrics (optical flow) cost 4x less than at 256x256
+NATURAL = {"sd": 16, "wan": 17, "wan-pixel": 17, "bridge": 17}  # each preset's clip (causal spaces hold 4k+1)
 
 
-def bound(prompt):
-    return {k: e.bind(prompt) for k, e in embedded_experts().items()}
+def bound(prompt, preset="sd", log=None):
+    return {k: e.bind(prompt, log=log) for k, e in embedded_experts(preset).items()}
 
 
-def short_run(prompt, seed, config, frames=16):
-    d = bound(prompt)
+def frames_of(latent, denoiser) -> np.ndarray:
+    """A latent of the refining expert's space as 128 x 128 uint8 frames (the SD-like space decodes at 4x directly;
+    the others through their codec, then resized)."""
+    if denoiser.expert.latent_space.name == "embedded":
+        return decode(latent, SCALE)[0].numpy()
+    video = to_uint8(denoiser.expert.codec.decode(latent))[0].numpy()
+    size = SIZE * SCALE
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
+
+
+def short_run(prompt, seed, config, frames=16, preset="sd", extra=None):
+    log = EvaluationLog()
+    d = bound(prompt, preset, log)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(1, 4, frames, SIZE, SIZE, generator=g)
+    noise = torch.randn(d["control"].expert.latent_space.latent_shape(1, frames, SIZE * 8, SIZE * 8), generator=g)
+    t0 = time.perf_counter()
     out = run_chain(d["control"], d["spatial"], d["temporal"], noise, config, g)
-    video = decode(out.latent, SCALE)[0].numpy()
+    seconds = time.perf_counter() - t0
+    video = frames_of(out.latent, refining_denoiser(d["spatial"], d["temporal"], config.mode))
     refs = decode(world_for(prompt, SIZE, SIZE).true_clips(frames), SCALE).numpy()
-    return {k: v for k, v in metrics.evaluate(video, references=refs).items() if k in SHORT_KEYS}
+    scores = {k: v for k, v in metrics.evaluate(video, references=refs).items() if k in SHORT_KEYS}
+    if extra is not None:
+        scores.update(seconds=seconds, vae_calls=float(sum(log.vae_calls.values())))
+    return scores
 
 
-def long_run(prompt, seed, long, frames=64):
-    d = bound(prompt)
+def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
+    d = bound(prompt, preset)
     plan = plan_segments(frames, long.segment_length, long.staggered)
+    refiner = refining_denoiser(d["spatial"], d["temporal"], ChainConfig().mode)
     chunks = []
-    generate_long(d["control"], d["spatial"], d["temporal"], plan, (1, 4, SIZE, SIZE), ChainConfig(), long,
-                  torch.Generator().manual_seed(seed), lambda x, w: chunks.append(decode(x, SCALE)[0, :plan.window_frames(w)].numpy()))
+    shape = d["control"].expert.latent_space.latent_shape(1, 1, SIZE * 8, SIZE * 8)
+    generate_long(d["control"], d["spatial"], d["temporal"], plan, shape[:2] + shape[3:], ChainConfig(), long,
+                  torch.Generator().manual_seed(seed),
+                  lambda x, w: chunks.append(frames_of(x, refiner)[:plan.window_frames(w)]))
     video = np.concatenate(chunks)
     scores = metrics.evaluate(video, junctions=plan.junctions)
-    return {k: v for k, v in scores.items() if k in LONG_KEYS}
+    scores.update(metrics.window_color_drift(video, plan.window_junctions))
+    return {k: v for k, v in scores.items() if k in keys}
 
 
 def aggregate(rows):
@@ -98,6 +128,26 @@ def main():
              "FreeNoise init instead of shuffle": LongConfig(noise_init="freenoise")}
     tl = {name: aggregate([long_run(p, s, cfg) for p, s in samples]) for name, cfg in longs.items()}
     results["long"] = tl
+
+    presets = {"sd: SD-like experts, one space (the paper's setting)": "sd",
+               "wan: Wan-like flow experts, causal space, image expert on latent frames": "wan",
+               "wan-pixel: as wan, image expert on pixel frames (bridge to the per-frame space)": "wan-pixel",
+               "bridge: SD-like spatial bridged to Wan-like control and temporal": "bridge"}
+    spaces = {name: aggregate([short_run(p, s, ChainConfig(), NATURAL[preset], preset, extra=True)
+                               for p, s in samples]) for name, preset in presets.items()}
+    results["latent_spaces"] = spaces
+
+    flow_tes = [100, 250, 500] if a.quick else [50, 100, 150, 250, 400, 550, 700]
+    flow_te = {f"{preset}, T_e={te}": aggregate([short_run(p, s, ChainConfig(te=te), 17, preset) for p, s in samples])
+               for preset in ("wan-pixel", "bridge") for te in flow_tes}
+    results["flow_te"] = flow_te
+
+    anchors = {f"{preset}, colour anchoring {'on' if on else 'off'}": (preset, on)
+               for preset in ("sd", "wan-pixel") for on in (False, True)}
+    drift = {name: aggregate([long_run(p, s, LongConfig(segment_length=NATURAL[preset], color_anchor=on),
+                                       96, preset, DRIFT_KEYS) for p, s in samples])
+             for name, (preset, on) in anchors.items()}
+    results["color_drift"] = drift
     results["seconds"] = round(time.time() - t0, 1)
 
     n = len(samples)
@@ -117,6 +167,22 @@ def main():
               "Coordinated refinement, 5 steps."),
         table("ConFiner-Long ablation", "setting", tl, LONG_KEYS,
               "64 frames, segment length 16, coordinated 4+5, seam score over all window and structure junctions."),
+        table("Latent spaces and the bridge (issue 14)", "embedded preset", spaces,
+              SHORT_KEYS + ("seconds", "vae_calls"),
+              "Coordinated 4+5 at each preset's clip (16 frames; 17 = 4k+1 for the causal space), T_e = 100 as each "
+              "spatial expert's timestep. vae_calls: the bridge's decodes + encodes per run (2 per hand-off). "
+              "wan vs wan-pixel is the image expert refining latent frames (each packs 4 pixel frames, which it "
+              "never saw) vs pixel frames (each frame encoded alone, what it was made for)."),
+        table("T_e by the spatial expert's family: flow (wan-pixel) and VP (bridge, SD-like spatial)", "setting",
+              flow_te, SHORT_KEYS,
+              "Coordinated 4+5, 17 frames. T_e counts each spatial expert's network timesteps: a flow expert's is "
+              "1000 sigma (noise-to-signal sigma/(1-sigma): T_e = 100 is 0.11, 250 is 0.33), a VP expert's its DDPM "
+              "index (SD 1.5's T_e = 100 is 0.34). The default T_e is 100 for VP and 250 for flow spatial experts "
+              "(chain.DEFAULT_TE): the same noise level as the paper's setting."),
+        table("Colour drift across windows, with and without colour anchoring", "setting", drift, DRIFT_KEYS,
+              "96 frames, segment 16 (sd) or 17 (wan-pixel), all three ConFiner-Long strategies. window_color_drift: "
+              "mean CIE76 Delta E of each window's mean colour to the first window's (2.3 is a just-noticeable "
+              "difference)."),
     ]
     with open(a.out, "w") as f:
         f.write("\n".join(doc))

@@ -18,7 +18,8 @@ from .latent_spaces import check_bridgeable
 from .layout import VIDEO
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
-from .schedules import NoiseSchedule
+from .schedules import VP, NoiseSchedule
+from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, spaced_timesteps, uniform_timesteps
 
 COORDINATED = "coordinated"
@@ -42,12 +43,34 @@ class ConFinerWarning(UserWarning):
     """A valid but doubtful setting (e.g. outside what the paper found to work)."""
 
 
-def table3_warning(control_steps: int, te: int) -> str | None:
-    """The paper's Table 3: with 4 control steps T_e = 200 scores best and T_e >= 300 collapses image quality (with
-    8 steps larger T_e only trades temporal for aesthetic scores). Fewer steps give a coarser structure still."""
-    if control_steps <= 4 and te >= 300:
+# T_e by the refining expert's kind. VP: the paper's 100 (SD 1.5: noise-to-signal sigma/alpha 0.34). A flow expert's
+# T_e is N sigma, and 100 would be a much cleaner 0.11: 250 (0.33) keeps the paper's noise level. On the embedded
+# world the flow experts' results are flat over T_e 50..700 (bench/QUALITY.md), so the noise level decides.
+DEFAULT_TE = {"vp": 100, "flow": 250}
+
+
+def default_te(schedule: NoiseSchedule) -> int:
+    """The structure timestep for a refining expert of this schedule kind (:data:`DEFAULT_TE`)."""
+    return DEFAULT_TE[schedule.kind]
+
+
+def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None = None) -> str | None:
+    """The paper's Table 3 (SD 1.5 spatial expert): with 4 control steps T_e = 200 scores best and T_e >= 300
+    collapses image quality (with 8 steps larger T_e only trades temporal for aesthetic scores). Fewer steps give a
+    coarser structure still. With the refining expert's ``schedule`` the limit is the noise level (sigma/alpha) of
+    SD 1.5's t = 300, so a flow expert's T_e (N sigma) is judged by the same noise, not the same number."""
+    if control_steps > 4:
+        return None
+    if schedule is None or schedule.kind == VP:
+        collapses = te >= 300
+    else:
+        sd_alpha, sd_sigma = _named_schedule("sd15").coefficients(300)
+        alpha, sigma = schedule.coefficients(schedule.index(te))
+        collapses = sigma / max(alpha, 1e-12) >= sd_sigma / sd_alpha
+    if collapses:
         return (f"T_e={te} with {control_steps} control steps: the paper's Table 3 finds image quality collapses at "
-                f"T_e >= 300 with 4 control steps (best about 200); lower T_e or use 8 control steps")
+                f"the noise level of T_e >= 300 on SD 1.5 with 4 control steps (best about 200); lower T_e or use 8 "
+                f"control steps")
     return None
 
 
@@ -140,37 +163,40 @@ def validate_experts(roles: dict, shape: tuple, source: str) -> None:
                              f"were asked; use fewer frames or ConFiner-Long segments")
 
 
-def check_hand_off(roles: dict, source: str, target: str) -> None:
-    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them."""
+def check_hand_off(roles: dict, source: str, target: str, vae_fixes: dict | None = None) -> None:
+    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them. ``vae_fixes``:
+    role -> how to give that expert its VAE (the host's input names), for the error message."""
     a, b = roles.get(source), roles.get(target)
     if a is not None and b is not None:
-        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target)
+        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target, fixes=vae_fixes)
 
 
 def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
-                        source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> None:
+                        source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None,
+                        vae_fixes: dict | None = None) -> None:
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
-    latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source."""
+    latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
+    ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
     config.validate()
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     validate_experts(roles, shape, "control")
-    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial")
+    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial", vae_fixes)
     if config.mode == COORDINATED:
-        check_hand_off(roles, "spatial", "temporal")
+        check_hand_off(roles, "spatial", "temporal", vae_fixes)
     if config.mode == ALTERNATE and temporal.expert.latent_space != spatial.expert.latent_space:
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")
     refining = extraction_schedule(spatial, temporal, config.mode)
-    refining.check_timestep(config.te, "te (T_e)")
+    refining.check_model_timestep(config.te, "te (T_e)")
     if config.structure_noise == CONTROL:
         control_schedule = control_schedule or (source.schedule if source is not None else None)
-        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_timestep(
+        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_model_timestep(
             config.te, "te (T_e) on the control schedule")
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
     if temporal is not None and same_t:
-        temporal.schedule.check_timestep(config.te, "te (T_e) on the temporal schedule")
+        temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule")
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
@@ -183,7 +209,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
-    message = table3_warning(config.control_steps, config.te)
+    message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
 
@@ -204,10 +230,17 @@ def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
 
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
-    """From T_e towards 0: the paper's uniform intervals (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
+    """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`): the paper's uniform intervals
+    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
+
+
+def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
+    """The refinement timesteps as positions on the refining expert's schedule table (the same numbers for VP
+    experts; for flow experts where sigma = T / N)."""
+    return [schedule.index(t) for t in refine_timesteps(config)]
 
 
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
@@ -221,14 +254,14 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                       generator: torch.Generator) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
-    (:func:`extraction_schedule`)."""
-    return diffuse(schedule, structure, te, randn_like(structure, generator))
+    (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
+    return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
     """Stage 2 in the configured mode, from V'_{T_e} to the refined video."""
-    ts = refine_timesteps(config)
+    ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
     if config.mode == STANDARD:

@@ -11,9 +11,11 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
-from .errors import Interrupted, UsageError
+from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
+from .errors import Interrupted, RankFailed, UsageError
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
@@ -28,6 +30,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
 
     def error(self, message: str):
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
+            self.exit(2)   # under torchrun every process parses the same arguments: rank 0 says what is wrong
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generate a video (embedded default unless checkpoints are given)")
     g.add_argument("--prompt", default="", help=PROMPT_HELP)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--frames", type=number("--frames"), default=16)
+    g.add_argument("--frames", type=number("--frames"), default=None,
+                   help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
     g.add_argument("--height", type=number("--height"), default=256)
     g.add_argument("--width", type=number("--width"), default=256)
     g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range)")
@@ -70,11 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spatial", help="spatial expert: SD 1.5 diffusers dir or single-file .safetensors")
     g.add_argument("--temporal", help="temporal expert: ModelScope/AnimateDiff pipeline dir or motion module")
     g.add_argument("--base", help="SD 1.5 diffusers dir that motion modules and single files are built on")
+    g.add_argument("--embedded", choices=list(EMBEDDED_PRESETS), default="sd",
+                   help="without checkpoints: which weight-free embedded experts -- " +
+                        "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
     g.add_argument("--mode", choices=MODES, default="coordinated")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
-    g.add_argument("--te", type=number("--te"), default=100, help="structure noising timestep T_e (with 4 control "
-                   "steps the paper's Table 3 finds T_e >= 300 collapses image quality)")
+    g.add_argument("--te", type=number("--te"), default=None,
+                   help="structure noising timestep T_e, in the refining expert's own timesteps (default 100, the "
+                        "paper's; 250 for flow experts such as Wan and Qwen-Image, whose timestep is 1000 sigma: the "
+                        "same noise level). With 4 control steps the paper's Table 3 finds T_e >= 300 collapses image "
+                        "quality")
     g.add_argument("--structure-noise", choices=STRUCTURE_NOISES, default="spatial",
                    help="schedule that noises the structure to T_e: the spatial expert's (Eq. 6, default) or the "
                         "control expert's (Algorithm 1, line 4)")
@@ -95,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0)
     g.add_argument("--cfg", type=number("--cfg"), default=None,
                    help="refinement guidance (default 7.5; 1.0 for the embedded default)")
-    g.add_argument("--segment-length", type=number("--segment-length"), default=16,
-                   help="ConFiner-Long segment length L; longer videos are made of staggered segments")
+    g.add_argument("--segment-length", type=number("--segment-length"), default=None,
+                   help="ConFiner-Long segment length L in frames (default: the experts' clip, 16; 17 for causal "
+                        "4k+1 latents); longer videos are made of staggered segments")
     g.add_argument("--noise-init", choices=NOISE_INITS, default="shuffle",
                    help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
     g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16)
@@ -105,11 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
                    help="pull towards the previous segment's guided prediction (Eq. 12 as printed) or its raw one")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
+    g.add_argument("--color-anchor", action="store_true",
+                   help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
+                        "the staggered overlap (against colour drift across windows; see report metrics "
+                        "window_color_drift)")
     g.add_argument("--fps", type=number("--fps"), default=8.0)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
-                   help="checkpoints: 'fast' adds channels_last, cuDNN autotuning and regional torch.compile "
-                        "(minutes of compiling on first use, then ~1.5x faster on an H100)")
+                   help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, fused QKV, cuDNN attention and "
+                        "autotuning (no compiler, starts in seconds); 'fast' = lean + regional torch.compile "
+                        "(minutes of compiling on first use); 'max' = fast + CUDA graphs")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")
@@ -152,17 +169,19 @@ def request_from_args(a: argparse.Namespace):
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, speed=a.speed, resume=a.resume, chain=chain,
+                           device=a.device, speed=a.speed, resume=a.resume, embedded_preset=a.embedded, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger,
-                                           coherence_memory=a.coherence_memory))
+                                           coherence_memory=a.coherence_memory, color_anchor=a.color_anchor))
 
 
 def generate_command(a: argparse.Namespace) -> int:
     from .generate import generate
 
     report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
+    if report is None:   # a worker process of a torchrun run: rank 0 reports
+        return 0
     s = report["seconds"]
     print(f"wrote {a.out}/video.mp4, frames.png, report.json  "
           f"({report['frames']} frames, {report['total_expert_evaluations']} expert evaluations, {s['total']:.1f} s)")
@@ -180,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
+        warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     command = generate_command if args.command == "generate" else evaluate_command
+    from . import distributed
+
     try:
         return command(args)
     except UsageError as e:
@@ -189,12 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         error, code, message = e, 130, str(e)
     except KeyboardInterrupt as e:
         error, code, message = e, 130, "interrupted; nothing written"
+    except RankFailed as e:  # another process of a torchrun run failed: its line says what and where
+        error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request
         hint = "" if debug else f" (for the traceback: --debug or {DEBUG_ENV}=1)"
         error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{hint}"
     if debug:
         traceback.print_exception(error)
-    parser.exit(code, message + "\n")
+    ranks = distributed.current()
+    # Under torchrun each process prints one line; rank 0 alone prints what all share (a usage error, Ctrl-C).
+    quiet = ranks.rank != 0 and (isinstance(error, (UsageError, KeyboardInterrupt)) or
+                                 (isinstance(error, RankFailed) and error.code in (2, 130)))
+    if not quiet:
+        sys.stderr.write(distributed.prefix(ranks) + message + "\n")
+    distributed.exit_if_failed(code)
+    parser.exit(code)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,8 @@ them by type.
   stage, the step and the expert and suggests the likely cause. Command line: exit code 1.
 * :class:`Interrupted` (a ``KeyboardInterrupt``) -- Ctrl-C during a run, with how far it got; no output was
   replaced. Command line: exit code 130.
+* :class:`RankFailed` -- in a run over several processes, another process failed; this one stopped (exit code 1,
+  or 130 when that process was interrupted).
 """
 
 from __future__ import annotations
@@ -36,3 +38,28 @@ class Interrupted(KeyboardInterrupt):
     def __str__(self) -> str:
         line = f"interrupted after {self.done} of {self.total} expert evaluations; nothing written"
         return f"{line} ({self.resume})" if self.resume else line
+
+
+class RankFailed(RuntimeError):
+    """In a run over several processes (:mod:`confiner_core.distributed`): another process failed, was interrupted
+    or could not be reached, so this one stopped. ``code`` is the exit code (130 when the other process was
+    interrupted), ``resumable`` whether ConFiner-Long's finished windows stay resumable (the cause is not in the
+    settings), ``origin`` the rank whose announced failure this relays (None: noticed here, e.g. a lost
+    connection or a timeout)."""
+
+    def __init__(self, message: str, code: int = 1, resumable: bool = False, origin: int | None = None):
+        super().__init__(message)
+        self.code, self.resumable, self.origin = code, resumable, origin
+
+    @classmethod
+    def announced(cls, rank: int, info: dict) -> "RankFailed":
+        """The failure a rank announced: ``{"kind": "interrupted" | "usage" | "error", "message", "resumable"}``."""
+        kind, message = info.get("kind"), info.get("message", "")
+        if kind == "interrupted":
+            return cls(f"rank {rank} was interrupted", 130, True, rank)
+        if kind == "usage":
+            return cls(message, 2, False, rank)
+        return cls(f"rank {rank} failed: {message}", 1, bool(info.get("resumable")), rank)
+
+    def copy(self) -> "RankFailed":
+        return RankFailed(str(self), self.code, self.resumable, self.origin)

@@ -147,6 +147,7 @@ class ExpertPair(Expert):
         self.schedule, self.prediction, self.layout = low.schedule, low.prediction, low.layout
         self.latent_space, self.codec = low.latent_space, low.codec or high.codec
         self.max_frames = low.max_frames
+        self.last = 1  # the member the last forward used (its network forwards are the ones counted)
 
     def member(self, t: float) -> int:
         """0 (high-noise expert) or 1 (low-noise expert) for timestep ``t``."""
@@ -156,11 +157,11 @@ class ExpertPair(Expert):
         return (self.high.encode(prompt), self.low.encode(prompt))
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
-        i = self.member(t)
+        self.last = i = self.member(t)
         return (self.high, self.low)[i].forward(x, t, [c[i] for c in conds])
 
     def forwards_per_call(self, n_conds: int) -> int:
-        return self.low.forwards_per_call(n_conds)
+        return (self.high, self.low)[self.last].forwards_per_call(n_conds)
 
     def guidance_at(self, t: float, default: float) -> float:
         return default if self.guidance is None else self.guidance[self.member(t)]

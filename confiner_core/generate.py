@@ -20,16 +20,16 @@ import math
 import numbers
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
-from .chain import (ALTERNATE, COORDINATED, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL, ChainConfig,
-                    run_chain, validate_chain)
-from .errors import Interrupted, NonFiniteError, UsageError
+from . import distributed, metrics
+from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
+                    ChainConfig, default_te, refining_denoiser, run_chain, validate_chain)
+from .errors import Interrupted, NonFiniteError, RankFailed, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
 from .outputs import AtomicOutputs, check_output_folder
@@ -37,12 +37,15 @@ from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
+from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
+from .latent_spaces import LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
-LATENT_FACTOR = 8          # pixels per latent cell: the SD 1.5-family VAEs and the embedded world
+NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
+                           # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
-SPEEDS = ("eager", "fast")  # diffusers experts: names of diffusers_backend.speed.PRESETS
+SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 # Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
@@ -85,7 +88,7 @@ class Number:
 
 
 NUMBERS = (
-    Number("--frames", "frames", int, 1, 100_000),
+    Number("--frames", "frames", int, 1, 100_000, optional=True),
     Number("--height", "height", int, MIN_SIZE, 8192),
     Number("--width", "width", int, MIN_SIZE, 8192),
     Number("--seed", "seed", int, 0, MAX_SEED),
@@ -94,10 +97,10 @@ NUMBERS = (
     Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
     Number("--control-steps", "chain.control_steps", int, 1, 1000),
     Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
-    Number("--te", "chain.te", int, 1, 100_000),
+    Number("--te", "chain.te", int, 1, 100_000, optional=True),
     Number("--eta", "chain.eta", float, 0, 1),
     Number("--control-eta", "chain.control_eta", float, 0, 1),
-    Number("--segment-length", "long.segment_length", int, 2, 4096),
+    Number("--segment-length", "long.segment_length", int, 2, 4096, optional=True),
     Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000),
     Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000),
     Number("--gamma", "long.gamma", float, 0, 0.5),
@@ -112,6 +115,7 @@ CHOICES = (
     ("--coherence-memory", "long.coherence_memory", COHERENCE_MEMORIES),
     ("--noise-init", "long.noise_init", NOISE_INITS),
     ("--speed", "speed", SPEEDS),
+    ("--embedded", "embedded_preset", tuple(EMBEDDED_PRESETS)),
 )
 NUMBER_BY_OPTION = {n.option: n for n in NUMBERS}
 
@@ -131,7 +135,7 @@ def lookup(obj, path: str):
 class GenerateRequest:
     prompt: str = ""
     negative_prompt: str = ""
-    frames: int = 16
+    frames: int | None = None   # None: the experts' natural clip (16; 17 for causal 4k+1 video latents)
     height: int = 256
     width: int = 256
     seed: int = 0
@@ -144,8 +148,9 @@ class GenerateRequest:
     refine_cfg: float | None = None
     fps: float = 8.0
     device: str = "cpu"
-    speed: str = "eager"  # diffusers experts: "eager" or "fast" (channels_last, cuDNN autotuning, torch.compile)
+    speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
+    embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
 
@@ -173,23 +178,17 @@ class GenerateRequest:
             value = lookup(self, path)
             if value not in choices:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
-        for name in ("height", "width"):
-            v = getattr(self, name)
-            if v % LATENT_FACTOR:
-                raise UsageError(f"--{name} must be a multiple of {LATENT_FACTOR} (the experts' latent factor) and "
-                                 f"at least {MIN_SIZE}, got {v}", f"--{name}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        self._validate_checkpoints()
+        self._validate_spaces()
+        if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
+            self.chain.te = default_te(expert_schedules(self)[refining_role(self.chain.mode)]) \
+                if refining_role(self.chain.mode) in expert_schedules(self) else DEFAULT_TE["vp"]
         try:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
             raise UsageError(f"{e}", "--refine-steps") from None
-        schedule = self.prompt_schedule()
-        L = self.long
-        if (self.frames > L.segment_length or schedule.travels) and L.staggered and L.segment_length % 2:
-            raise UsageError(f"--segment-length must be even for staggered refinement (windows take half of two "
-                             f"segments), got {L.segment_length}; use {L.segment_length + 1} or --no-stagger",
-                             "--segment-length")
         plan = self.plan()
         if plan is not None:
             self._validate_long(plan)
@@ -198,7 +197,6 @@ class GenerateRequest:
                              f"({self.frames} frames <= --segment-length {self.long.segment_length}, one prompt)",
                              "--resume")
         check_device(self.device)
-        self._validate_checkpoints()
         self._validate_schedules()
         problem = check_output_folder(self.out, OUTPUTS)
         if problem:
@@ -206,10 +204,46 @@ class GenerateRequest:
         if plan is not None:
             self._validate_resume(plan)
 
+    def spaces(self) -> dict[str, LatentSpace]:
+        """role -> latent space of each expert, known without loading weights (the embedded preset's experts, or
+        the checkpoints' inspection)."""
+        if self.embedded:
+            from .embedded.experts import embedded_experts
+
+            return {role: e.latent_space for role, e in embedded_experts(self.embedded_preset).items()}
+        return {role: ins.latent_space for role, ins in self._inspections.items()}
+
+    def _validate_spaces(self) -> None:
+        """Frame counts and sizes every expert's latent space holds; the defaults for --frames and
+        --segment-length (the experts' natural clip) are set here."""
+        spaces = self.spaces()
+        natural = natural_frames(spaces.values())
+        if self.frames is None:
+            self.frames = natural
+        if self.long.segment_length is None:
+            self.long.segment_length = natural
+        multiple = math.lcm(*(s.spatial_factor for s in spaces.values()))
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v % multiple:
+                raise UsageError(f"--{name} must be a multiple of {multiple} (the experts' latent factor) and at "
+                                 f"least {MIN_SIZE}, got {v}", f"--{name}")
+        clip = self.long.segment_length if self.is_long else self.frames
+        option = "--segment-length" if self.is_long else "--frames"
+        for role, space in spaces.items():
+            try:
+                space.check_pixel_frames(clip, f"the {role} expert's {space.name}")
+            except ValueError as e:
+                raise UsageError(f"{option}: {e}", option) from None
+
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
+        if L.color_anchor and not L.staggered:
+            raise UsageError("--color-anchor anchors each window to the rest of the structure its predecessor ended "
+                             "in, which only staggered refinement has: drop --no-stagger or --color-anchor",
+                             "--color-anchor")
         if L.noise_init == "freenoise":
-            noise_frames = plan.structures * L.segment_length
+            noise_frames = plan.structures * self.spaces()["control"].latent_frames(L.segment_length)
             if L.freenoise_stride > L.freenoise_window:
                 raise UsageError(f"--freenoise-stride ({L.freenoise_stride}) must be at most --freenoise-window "
                                  f"({L.freenoise_window})", "--freenoise-stride")
@@ -222,6 +256,7 @@ class GenerateRequest:
     def _validate_checkpoints(self) -> None:
         """Path checks before any weights load: each role's path exists and is a model kind that role accepts
         (header and folder inspection by the diffusers backend); messages name the role, the path and the fix."""
+        self._inspections = {}
         given = [p for p in (self.control, self.spatial, self.temporal) if p]
         if not given:
             if self.base:
@@ -243,7 +278,7 @@ class GenerateRequest:
             raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
                                f"requirements-diffusers.txt") from None
         try:  # configs and safetensors headers only: no weights load
-            preflight(self.control, self.spatial, self.temporal, self.base)
+            self._inspections = preflight(self.control, self.spatial, self.temporal, self.base)
         except (ValueError, OSError) as e:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
@@ -267,7 +302,7 @@ class GenerateRequest:
         for role in roles:
             if role in schedules:
                 try:
-                    schedules[role].check_timestep(c.te, "te (T_e)")
+                    schedules[role].check_model_timestep(c.te, "te (T_e)")
                 except ValueError as e:
                     raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
         if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:
@@ -300,6 +335,19 @@ class GenerateRequest:
         return settings
 
 
+def refining_role(mode: str) -> str:
+    return "temporal" if mode == TEMPORAL else "spatial"
+
+
+def natural_frames(spaces) -> int:
+    """The clip length the experts are made for: 16 frames, rounded up to the next count every space holds
+    (17 for causal 4k+1 video latents such as Wan's)."""
+    frames = NATURAL_FRAMES
+    while not all(s.valid_pixel_frames(frames) for s in spaces):
+        frames += 1
+    return frames
+
+
 def check_device(device: str) -> None:
     """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu`` and present on this machine, else a UsageError."""
     accepted = "cpu, cuda, cuda:N or mps"
@@ -327,7 +375,7 @@ def expert_schedules(req: GenerateRequest) -> dict:
     if req.embedded:
         from .embedded.experts import embedded_experts
 
-        return {role: e.schedule for role, e in embedded_experts().items()}
+        return {role: e.schedule for role, e in embedded_experts(req.embedded_preset).items()}
     from . import schedules as S
 
     out = {}
@@ -357,17 +405,22 @@ def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) ->
 @dataclass
 class Backend:
     experts: dict
-    decode: Callable  # canonical latent -> uint8 [B, F, H, W, 3]
     refine_cfg: float
     description: str
 
 
+def decode_frames(latent: torch.Tensor, expert) -> torch.Tensor:
+    """A latent in ``expert``'s space -> uint8 frames [B, F, H, W, 3] through that expert's codec (its VAE)."""
+    return to_uint8(expert.codec.decode(latent)).cpu()
+
+
 def load_backend(req: GenerateRequest) -> Backend:
     if req.embedded:
-        from .embedded.experts import decode, embedded_experts
+        from .embedded.experts import PRESET_HELP, embedded_experts
 
-        return Backend(embedded_experts(), decode, 1.0 if req.refine_cfg is None else req.refine_cfg,
-                       "embedded default: exact posterior-mean experts over a procedural video world")
+        return Backend(embedded_experts(req.embedded_preset), 1.0 if req.refine_cfg is None else req.refine_cfg,
+                       f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
+                       f"posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
 
     from .diffusers_backend.speed import PRESETS
@@ -377,8 +430,7 @@ def load_backend(req: GenerateRequest) -> Backend:
                               device=req.device, speed=PRESETS[req.speed])
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(str(e), "--spatial") from e
-    return Backend(loaded.experts, loaded.decode, 7.5 if req.refine_cfg is None else req.refine_cfg,
-                   "diffusers checkpoints")
+    return Backend(loaded.experts, 7.5 if req.refine_cfg is None else req.refine_cfg, "diffusers checkpoints")
 
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
@@ -390,8 +442,9 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     return bound
 
 
-def latent_shape(req: GenerateRequest, channels: int, frames: int) -> tuple:
-    return (1, channels, frames, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
+def latent_shape(req: GenerateRequest, control, frames: int) -> tuple:
+    """The initial noise of a clip of ``frames`` frames, in the control expert's latent space."""
+    return control.expert.latent_space.latent_shape(1, frames, req.height, req.width)
 
 
 def progress_callback(bar: tqdm):
@@ -404,81 +457,141 @@ def progress_callback(bar: tqdm):
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 
-def generate(req: GenerateRequest, show_progress: bool = True, announce: Callable[[str], None] | None = None) -> dict:
+def generate(req: GenerateRequest, show_progress: bool = True,
+             announce: Callable[[str], None] | None = None) -> dict | None:
     """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
     report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).
 
     Raises UsageError before any work for bad input, NonFiniteError for NaN/inf during sampling and Interrupted
-    on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were."""
-    req.validate()
+    on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were.
+
+    Under torchrun (``torchrun --nproc-per-node N -m confiner_core generate ...``) every process calls this: a
+    ConFiner-Long video is spread over them (:mod:`confiner_core.distributed`), rank 0 writes the files and
+    returns the report, the others return None; a failure anywhere stops every process
+    (:class:`~confiner_core.errors.RankFailed` on the others)."""
+    with distributed.session() as ranks:
+        return _generate_on(ranks, req, show_progress and ranks.rank == 0, announce if ranks.rank == 0 else None)
+
+
+def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> dict | None:
+    ranks.agree(lambda: (req.validate(), ranks.device_for(req.device)))
     schedule = req.prompt_schedule()
+    plan = req.plan()
+    lead = ranks.rank == 0
+    if ranks.world > 1 and plan is None:
+        if not lead:
+            return None
+        if announce is not None:
+            announce(f"a single clip ({req.frames} frames) is not spread over processes: rank 0 makes it alone")
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
-    plan = req.plan()
     log = EvaluationLog()
     store = None
     if plan is not None:
         from .resume import ResumeStore
 
         store = ResumeStore(req.out, req.run_settings())
+    if not lead:   # a worker: its share of the windows, no files
+        try:
+            _generate(req, schedule, plan, log, store, False, ranks)
+        except KeyboardInterrupt:
+            raise (ranks.peer_failure() or Interrupted(sum(log.evaluations.values()),
+                                                       expected_evaluations(req.chain, plan))) from None
+        return None
     created = not os.path.exists(req.out)
     os.makedirs(req.out, exist_ok=True)
+    progress = {"done": None}   # expert evaluations of finished windows, when several processes share the work
     try:
-        return _generate(req, schedule, plan, log, store, show_progress)
-    except KeyboardInterrupt:
-        hint = ""
-        if store is not None and store.exists():
-            hint = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
-        elif store is not None:
-            store.clear()
-        raise Interrupted(sum(log.evaluations.values()), expected_evaluations(req.chain, plan), hint) from None
+        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress)
     except BaseException as e:
-        # Finished windows stay resumable after an interrupt (above) or a failure to write (disk full); any
-        # other failure would recur on resume, so its state goes.
-        if store is not None and not (isinstance(e, OSError) and store.exists()):
+        # another process's failure stopped this one: the watchdog's KeyboardInterrupt, or a broken channel
+        failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else e if isinstance(e, RankFailed) \
+            else None
+        kept = ""
+        if isinstance(e, KeyboardInterrupt) and failure is None:
+            if store is not None and store.exists():
+                kept = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
+            elif store is not None:
+                store.clear()
+            done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
+            raise Interrupted(done, expected_evaluations(req.chain, plan), kept) from None
+        # Finished windows stay resumable after an interrupt (above), a failure to write (disk full) or another
+        # process's interruption or loss; any other failure would recur on resume, so its state goes.
+        keep = store is not None and store.exists() and (isinstance(e, OSError) or
+                                                          (failure is not None and failure.resumable))
+        if store is not None and not keep:
             store.clear()
-        raise
+        if failure is None:
+            raise
+        if keep:
+            kept = f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume)"
+        raise RankFailed(f"{failure}; nothing written{kept}", failure.code, failure.resumable,
+                         failure.origin) from None
     finally:
         if created and not os.listdir(req.out):
             os.rmdir(req.out)
 
 
 def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,
-              store, show_progress: bool) -> dict:
+              store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None) -> dict | None:
     t_start = time.perf_counter()
-    backend = load_backend(req)
+    device = ranks.device_for(req.device)
+    backend = load_backend(replace(req, device=device))
     d = bind_experts(backend, req, log, schedule.first)
-    channels = d["spatial"].expert.latent_channels
-    try:  # the experts against each other and the settings, before the first evaluation
-        validate_chain(d["control"], d["spatial"], d["temporal"],
-                       latent_shape(req, channels, plan.segment_length if plan else req.frames), req.chain)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    refiner = refining_denoiser(d["spatial"], d["temporal"], req.chain.mode)
+
+    def check_experts():  # the experts against each other and the settings, before the first evaluation
+        try:
+            validate_chain(d["control"], d["spatial"], d["temporal"],
+                           latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    if plan is not None:
+        ranks.agree(check_experts)   # every process that shares the work stops on the same UsageError
+    else:
+        check_experts()              # a single clip: rank 0 alone
     seconds = {"load": time.perf_counter() - t_start}
-    generator = torch.Generator().manual_seed(req.seed)
+
+    def decode(latent: torch.Tensor, frames_kept: int | None = None) -> torch.Tensor:
+        """A finished latent -> uint8 frames [F, H, W, 3] on the CPU (where it was refined)."""
+        t0 = time.perf_counter()
+        if not bool(torch.isfinite(latent).all()):
+            raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
+        frames = decode_frames(latent, refiner.expert)[0, :frames_kept]
+        seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
+        return frames
+
+    if ranks.rank != 0:
+        ranks.connect(device)
+        run_long(req, d, None, show_progress, plan, schedule, store, log, device, ranks, decode)
+        return None
+    if ranks.world > 1 and plan is not None:
+        ranks.connect(device)
     stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
+        ranks.on_abort(outputs.discard)
         with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
-            def emit(latent: torch.Tensor, frames_kept: int | None = None) -> None:
+            def write(frames: torch.Tensor) -> None:
                 t0 = time.perf_counter()
-                if not bool(torch.isfinite(latent).all()):
-                    raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-                frames = backend.decode(latent)[0, :frames_kept].cpu().numpy()
+                frames = frames.cpu().numpy()
                 sink.write(frames)
                 stats.add(frames)
-                seconds["decode_and_write"] = seconds.get("decode_and_write", 0.0) + time.perf_counter() - t0
+                seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t0
 
             extra = {}
             if plan is not None:
-                extra = run_long(req, d, channels, generator, emit, show_progress, plan, schedule, store, log)
+                extra = run_long(req, d, write, show_progress, plan, schedule, store, log, device, ranks, decode,
+                                 progress)
             else:
-                noise = torch.randn(latent_shape(req, channels, req.frames), generator=generator).to(req.device)
+                generator = torch.Generator().manual_seed(req.seed)
+                noise = torch.randn(latent_shape(req, d["control"], req.frames), generator=generator).to(device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
                                        progress_callback(bar))
                 seconds.update(result.seconds)
-                emit(result.latent)
+                write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet))
         seconds["total"] = time.perf_counter() - t_start
         extra["metrics"] = metrics.strict_scores(
@@ -492,39 +605,55 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     return report
 
 
-def run_long(req: GenerateRequest, d: dict, channels: int, generator: torch.Generator, emit, show_progress: bool,
-             plan: SegmentPlan, schedule: PromptSchedule, store, log: EvaluationLog) -> dict:
-    """ConFiner-Long: windows are decoded and written as soon as they are final, and kept in the resume store
-    with the loop state after each one. With ``req.resume`` the stored windows are decoded again and the loop
-    continues from the stored state."""
+def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: SegmentPlan, schedule: PromptSchedule,
+             store, log: EvaluationLog, device: str, ranks, decode, progress: dict | None = None) -> dict:
+    """ConFiner-Long: windows are decoded where they were refined and written by rank 0 as soon as they are final,
+    and kept in the resume store with the loop state after each one. With ``req.resume`` the stored windows are
+    decoded again and the loop continues from the stored state (whatever number of processes made them)."""
     steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
-    frame_shape = (1, channels, req.height // LATENT_FACTOR, req.width // LATENT_FACTOR)
+    b, c, _, h, w = latent_shape(req, d["control"], 1)
+    frame_shape = (b, c, h, w)
     prompts = schedule if schedule.travels else None
+    lead = ranks.rank == 0
     t0 = time.perf_counter()
     resume, done_steps = None, 0
     if req.resume:
-        resume, info = store.load_state()
-        log.evaluations.update(info["evaluations"])
-        log.forwards.update(info["forwards"])
-        finished = plan.windows[:resume.next_window]
-        for window in finished:
-            emit(store.window(window.index).to(req.device), plan.window_frames(window))
-        made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
-        done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
-    else:
+        resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
+        ranks.barrier()
+        if lead:
+            log.evaluations.update(resume.evaluations)
+            log.forwards.update(resume.forwards)
+            finished = plan.windows[:resume.next_window]
+            for window in finished:
+                write(decode(store.window(window.index).to(device), plan.window_frames(window)))
+            made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
+            done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
+    elif lead:
         store.start()
 
-    def sink(latent: torch.Tensor, window) -> None:
-        emit(latent, plan.window_frames(window))
+    def sink(latent: torch.Tensor, window, frames: torch.Tensor) -> None:
+        write(frames)
         store.save_window(window.index, latent)
 
-    def window_done(state) -> None:
-        store.save_state(state, len(plan.windows), log.evaluations, log.forwards)
-
     with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", disable=not show_progress) as bar:
-        generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long, generator,
-                      sink, prompts, progress_callback(bar), req.device, resume=resume, on_window_done=window_done)
-    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0}
+        def window_done(state) -> None:
+            store.save_state(state, len(plan.windows))
+            if ranks.world > 1:  # progress from the finished windows' counts (the work is on other processes)
+                done = sum(state.evaluations.values())
+                bar.update(done - bar.n)
+                progress["done"] = done
+
+        final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long,
+                              req.seed, sink, prompts, progress_callback(bar) if ranks.world == 1 else None,
+                              device, resume=resume, on_window_done=window_done if lead else None,
+                              prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
+                              ranks=ranks)
+    if not lead:
+        return {}
+    if ranks.world > 1:   # the report counts every process's evaluations: those of the finished windows
+        log.evaluations, log.forwards = final.evaluations, final.forwards
+    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0,
+             "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
     if resume is not None:
@@ -538,6 +667,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
+            "vae_calls": dict(log.vae_calls),
             "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
 
 

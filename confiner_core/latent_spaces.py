@@ -214,9 +214,10 @@ def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | Latent
 
 
 def check_bridgeable(source: Codec | LatentSpace | None, target: Codec | LatentSpace | None, source_role: str,
-                     target_role: str, pixel_frames: int | None = None) -> None:
+                     target_role: str, pixel_frames: int | None = None, fixes: dict | None = None) -> None:
     """Fail before any sampling when two experts' latent spaces meet without the VAEs to bridge them, or when the
-    clip's frame count does not fit both spaces."""
+    clip's frame count does not fit both spaces. ``fixes`` maps a role to what the host asks the user to do when that
+    role's VAE is missing (e.g. which input to connect); default "give it its VAE"."""
     if source is None or target is None:
         return
     spaces = {source_role: source.space if isinstance(source, Codec) else source,
@@ -228,6 +229,7 @@ def check_bridgeable(source: Codec | LatentSpace | None, target: Codec | LatentS
         return
     for role, side in ((source_role, source), (target_role, target)):
         if not isinstance(side, Codec):
+            fix = (fixes or {}).get(role, "give it its VAE")
             raise ValueError(f"the {source_role} expert works in latent space {spaces[source_role].name!r} and the "
                              f"{target_role} expert in {spaces[target_role].name!r}; bridging them needs both VAEs, "
-                             f"but the {role} expert has none: give it its VAE")
+                             f"but the {role} expert has none: {fix}")

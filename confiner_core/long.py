@@ -7,14 +7,20 @@
 * staggered refinement, Eq. 13 -- refinement windows straddle every structure junction (:func:`plan_segments`).
 
 :func:`generate_long` runs them while holding at most two structures: each window is refined and handed to a
-callback (decode, write) as soon as it is final, so memory does not grow with the number of frames.
+callback (decode, write) as soon as it is final, so memory does not grow with the number of frames. Every task
+(structure, window) draws from its own generator (:func:`task_generator`), so the loop can also be spread over
+several processes (:mod:`confiner_core.distributed`: structures round-robin, each window refined on its last
+structure's rank) and make the same video.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
@@ -128,7 +134,12 @@ def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator
 
 
 class StructureNoise:
-    """Initial noise per structure for the chosen initialization; draws only from the explicit generator."""
+    """Initial noise per structure for the chosen initialization; draws only from explicit generators.
+
+    What all structures share (the base noise of consistency initialization, FreeNoise's whole sequence) is drawn
+    from ``generator`` when this is made; what is structure i's own (its frame permutation, its independent noise)
+    from the generator passed with ``i`` (ConFiner-Long passes structure i's :func:`task_generator`), else from
+    ``generator`` in call order."""
 
     def __init__(self, kind: str, shape: tuple, structures: int, generator: torch.Generator,
                  window: int = 16, stride: int = 4):
@@ -141,13 +152,41 @@ class StructureNoise:
             b, c, f, h, w = shape
             self.sequence = freenoise((b, c, f * structures, h, w), window, stride, generator)
 
-    def __call__(self, i: int) -> torch.Tensor:
+    def __call__(self, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        generator = generator or self.generator
         if self.kind == SHUFFLE:
-            return shuffled_noise(self.base, self.generator)
+            return shuffled_noise(self.base, generator)
         if self.kind == FREENOISE:
             f = self.shape[2]
             return self.sequence[:, :, i * f:(i + 1) * f]
-        return torch.randn(self.shape, generator=self.generator, device=self.generator.device)
+        return torch.randn(self.shape, generator=generator, device=generator.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random draws per task
+
+# A long run is a set of tasks -- the noise all structures share, each structure (its initial noise, then its control
+# stage), each window (Eq. 6, Eq. 9/11 and DDIM noise of its refinement) -- and each task draws from its own
+# generator. So the draws of a task do not depend on which tasks ran before it or in which process: one process and
+# any number of processes (confiner_core.distributed) make the same video, and a resumed run needs no generator state.
+SHARED_NOISE_TASK, STRUCTURE_TASK, WINDOW_TASK = 0, 1, 2
+
+
+def task_seed(seed: int, kind: int, index: int = 0) -> int:
+    """The rule: the first 64-bit word of numpy's ``SeedSequence(seed, spawn_key=(kind, index))`` (kind 0 shared
+    noise, 1 structure ``index``, 2 window ``index``): NumPy's construction of independent streams from one seed."""
+    return int(np.random.SeedSequence(int(seed), spawn_key=(kind, index)).generate_state(1, dtype=np.uint64)[0])
+
+
+def task_generator(seed: int, kind: int, index: int = 0) -> torch.Generator:
+    """A CPU generator for one task (see :func:`task_seed`); draws are moved to the latents' device, so the
+    same seed gives the same noise on any device."""
+    return torch.Generator().manual_seed(task_seed(seed, kind, index))
+
+
+def root_seed(seed) -> int:
+    """The run's seed: an int, or a ``torch.Generator`` standing for its initial seed (its state is not used)."""
+    return seed.initial_seed() if isinstance(seed, torch.Generator) else int(seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,6 +230,24 @@ class CoherenceGuidance:
         self.previous, self.current = self.current, {}
 
 
+class RelayedGuidance:
+    """Coherence guidance across processes: the previous structure's memory arrives step by step from the process
+    that made it (``receive()``, one tensor per control step, awaited only when that step needs it) and this
+    structure's leaves step by step for the process making the next one (``send(tensor)``). So structure i's step k
+    waits only for structure i-1's step k: a wavefront, and processes making successive structures overlap."""
+
+    def __init__(self, guidance: CoherenceGuidance, receive: Callable | None = None, send: Callable | None = None):
+        self.guidance, self.receive, self.send = guidance, receive, send
+
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        if self.receive is not None and step not in self.guidance.previous:
+            self.guidance.previous[step] = self.receive().to(eps)
+        guided = self.guidance(step, t, x_t, eps)
+        if self.send is not None:
+            self.send(self.guidance.current[step])
+        return guided
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The long loop
 
@@ -199,13 +256,14 @@ class LongConfig:
     """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on, coherence guidance
     towards the previous segment's guided prediction (Eq. 12 as printed)."""
 
-    segment_length: int = 16
+    segment_length: int | None = 16  # None: the caller picks the experts' natural clip (generate: 16 or 17)
     noise_init: str = SHUFFLE
     freenoise_window: int = 16
     freenoise_stride: int = 4
     gamma: float = 0.1
     staggered: bool = True
     coherence_memory: str = GUIDED
+    color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:
         if self.noise_init not in NOISE_INITS:
@@ -214,9 +272,38 @@ class LongConfig:
             raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
         if self.coherence_memory not in COHERENCE_MEMORIES:
             raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
+        if self.color_anchor and not self.staggered:
+            raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, "
+                             "which only staggered refinement has: switch staggered on or color_anchor off")
 
 
-WindowSink = Callable[[torch.Tensor, Window], None]
+# ----------------------------------------------------------------------------------------------------------------
+# Colour anchoring (opt-in): context-window joins are where long videos change their tint
+
+def channel_statistics(latent: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and standard deviation of a latent clip [B, C, T, h, w]: a [2, C] tensor."""
+    dims = (0, 2, 3, 4)
+    return torch.stack([latent.mean(dims), latent.std(dims)])
+
+
+ANCHOR_FRAMES = 2  # latent frames on either side of a window junction whose statistics are matched
+
+
+def anchor_window(latent: torch.Tensor, head: int, reference: torch.Tensor) -> torch.Tensor:
+    """Shift every channel of a refined window so its first ``head`` latent frames have the mean of ``reference``,
+    the statistics of the predecessor's last frames (a shift only: two frames' spread is too noisy to rescale by). Staggered (Eq. 13), a window junction falls inside one structure
+    (S_w[:L/2] ends window w-1, S_w[L/2:] starts window w): the frames on both sides are neighbours of one
+    structure, so their colours should agree, and what differs is drift the refinements introduced."""
+    mean = channel_statistics(latent[:, :, :head])[0]
+    return latent + (reference[0].to(latent) - mean).view(1, -1, 1, 1, 1)
+
+
+def window_split(plan: "SegmentPlan", refiner: Denoiser) -> tuple[int, int]:
+    """(head, tail): the latent frames at the start and at the end of a window whose statistics colour anchoring
+    matches across the junction (:data:`ANCHOR_FRAMES`, fewer for short windows)."""
+    total = refiner.expert.latent_space.latent_frames(plan.segment_length)
+    n = max(1, min(ANCHOR_FRAMES, total // 4))
+    return n, n
 
 
 def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
@@ -226,15 +313,18 @@ def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
     return space == target.expert.latent_space and space.temporal_factor == 1
 
 
-def check_window_join(source: Denoiser, target: Denoiser) -> None:
-    """Before anything runs: windows that must be joined through pixels need both experts' VAEs."""
+def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None = None) -> None:
+    """Before anything runs: windows that must be joined through pixels need both experts' VAEs. ``vae_fixes``:
+    role ("control", "refining") -> how the user gives that expert its VAE, for the message."""
     if joins_in_latent_space(source, target):
         return
     for role, d in (("control", source), ("refining", target)):
         if d.expert.codec is None:
+            fix = (vae_fixes or {}).get(role)
             raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.name!r} structures into "
                              f"{target.expert.latent_space.name!r} windows through pixels (a causal video VAE "
-                             f"cannot cut latents at any frame): the {role} expert needs its VAE")
+                             f"cannot cut latents at any frame): the {role} expert needs its VAE"
+                             + (f"; {fix}" if fix else ""))
 
 
 def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Denoiser, pixels: dict) -> torch.Tensor:
@@ -262,43 +352,135 @@ def structure_centre(plan: SegmentPlan, i: int) -> int:
 @dataclass
 class LongState:
     """Everything the long loop carries from one window to the next, taken after a finished window: resuming from
-    it continues bit-identically (the noise source is redrawn from the same seed before the state is restored).
+    it continues bit-identically (every task's random draws come from its own :func:`task_generator`, so no
+    generator state is needed).
 
-    ``structures``: the control structures still needed (at most one); ``guidance``: coherence guidance's memory
-    (the previous structure's eps per control step; empty when off); ``generator_state``: the seeded generator."""
+    ``structures``: the control structure the next window starts from (the last one made); ``guidance``: coherence
+    guidance's memory of it (its eps per control step; empty when off); ``evaluations`` / ``forwards``: the expert
+    evaluations and network forwards (per stage) that the finished windows and that structure cost; ``anchor``:
+    colour anchoring's reference, the statistics of the last window's end as delivered (None when off)."""
 
     next_window: int
     structures: dict = field(default_factory=dict)
     guidance: dict = field(default_factory=dict)
-    generator_state: torch.Tensor | None = None
+    evaluations: Counter = field(default_factory=Counter)
+    forwards: Counter = field(default_factory=Counter)
+    anchor: torch.Tensor | None = None
+
+
+class Solo:
+    """The place of a single process in a long run: it owns every task and never communicates.
+    :class:`confiner_core.distributed.Ranks` is the same interface for several processes."""
+
+    rank, world = 0, 1
+
+    def send(self, dst: int, channel: str, tensors: list, meta: dict | None = None) -> None:
+        raise RuntimeError("a single process sends nothing")
+
+    def recv(self, src: int, channel: str) -> tuple[list, dict]:
+        raise RuntimeError("a single process receives nothing")
+
+    def flush(self) -> None:
+        pass
+
+
+SOLO = Solo()
+# Message channels between processes (confiner_core.distributed gives each direction of each its own queue):
+RING = "ring"      # rank r -> r+1 (mod N): coherence memory per control step, then finished structures
+RESULT = "result"  # rank q -> 0: finished windows, in window order
+
+
+def structure_owner(i: int, world: int) -> int:
+    """Structures are dealt round-robin: with coherence guidance structure i's step k needs structure i-1's step k,
+    so N processes making N consecutive structures run a wavefront one control step apart."""
+    return i % world
+
+
+def window_refiner(plan: SegmentPlan, w: int, world: int) -> int:
+    """Window w is refined where its last structure was made (staggered: S_{w+1}, which needs S_w's every step
+    first, so S_w is finished by then and arrives from the previous rank along the same ring as the memory)."""
+    return structure_owner(plan.windows[w].parts[-1][0], world)
+
+
+def first_windows(plan: SegmentPlan) -> dict:
+    """structure -> the first window that uses it (whose cost the structure's evaluations are counted with)."""
+    first: dict = {}
+    for window in plan.windows:
+        for i, _, _ in window.parts:
+            first.setdefault(i, window.index)
+    return first
+
+
+def _counts(log) -> tuple[Counter, Counter]:
+    return (Counter(log.evaluations), Counter(log.forwards)) if log is not None else (Counter(), Counter())
+
+
+@contextlib.contextmanager
+def _tally(log, costs: dict, key: tuple):
+    """The evaluations and forwards spent inside the block, kept as ``costs[key]``."""
+    before = _counts(log)
+    yield
+    after = _counts(log)
+    costs[key] = (after[0] - before[0], after[1] - before[1])
+
+
+@dataclass
+class _Finished:
+    latent: torch.Tensor
+    prepared: torch.Tensor | None
+    structure: int
+    kept: torch.Tensor
+    memory: dict
+    evaluations: Counter
+    forwards: Counter
 
 
 def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
-                  frame_shape: tuple, chain: ChainConfig, config: LongConfig, generator: torch.Generator,
-                  sink: WindowSink, prompts: PromptSchedule | None = None,
-                  callback: Callable | None = None, device: str | torch.device = "cpu",
-                  resume: LongState | None = None,
-                  on_window_done: Callable[[LongState], None] | None = None) -> None:
+                  frame_shape: tuple, chain: ChainConfig, config: LongConfig, seed, sink: Callable,
+                  prompts: PromptSchedule | None = None, callback: Callable | None = None,
+                  device: str | torch.device = "cpu", resume: LongState | None = None,
+                  on_window_done: Callable[[LongState], None] | None = None, prepare: Callable | None = None,
+                  ranks=None) -> LongState | None:
     """Generate ``plan`` window by window. ``sink(latent, window)`` receives each finished window as a whole clip
-    in the refining expert's latent space; the first ``window.out_stop - window.out_start`` frames of its decode are
-    output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent frame in the
-    control expert's space.
+    in the refining expert's latent space, in window order; the first ``window.out_stop - window.out_start`` frames
+    of its decode are output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent
+    frame in the control expert's space. ``seed`` (an int, or a generator standing for its initial seed) seeds
+    every task's own generator (:func:`task_generator`).
 
-    ``on_window_done(state)`` is called after each window's sink with the :class:`LongState` to continue from;
-    passing such a state as ``resume`` (with a generator seeded as for the first run) skips the finished windows."""
+    ``prepare(latent, window)``, if given, runs where the window was refined and its tensor is passed on:
+    ``sink(latent, window, prepared)`` (the command line decodes there). With colour anchoring, which shifts each
+    window by what its predecessors became, windows are anchored on rank 0 in window order and prepared there. ``on_window_done(state)`` is called after
+    each window's sink with the :class:`LongState` to continue from; passing such a state as ``resume`` skips the
+    finished windows.
+
+    ``ranks`` (default: one process) spreads the work over processes (:mod:`confiner_core.distributed`): structure
+    i is made by rank i mod N, window w refined by the rank of its last structure, and rank 0 calls ``sink`` and
+    ``on_window_done`` in window order. Every rank calls this with the same arguments (``sink`` matters on rank 0
+    only). Returns, on rank 0, the state after the last window (its counts are the whole video's)."""
     config.validate()
+    ranks = ranks or SOLO
+    me, world = ranks.rank, ranks.world
+    seed = root_seed(seed)
     b, c, h, w = frame_shape
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner)
-    noise = StructureNoise(config.noise_init, shape, plan.structures, generator, config.freenoise_window,
-                           config.freenoise_stride)
-    guidance = CoherenceGuidance(config.gamma, config.coherence_memory) if config.gamma > 0 else None
-    structures: dict[int, torch.Tensor] = {}
-    pixels: dict[int, torch.Tensor] = {}
+    head, tail = window_split(plan, refiner)
+    prepare_where_refined = prepare is not None and not config.color_anchor
+    noise = StructureNoise(config.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),
+                           config.freenoise_window, config.freenoise_stride)
+    guided = config.gamma > 0
     log = control.log
+    first = first_windows(plan)
+    start = resume.next_window if resume is not None else 0
+    remaining = plan.windows[start:]
 
+    structures: dict[int, torch.Tensor] = {}  # structures this rank holds: made here or received
+    memories: dict[int, dict] = {}            # coherence memory of structures made here
+    pixels: dict[int, torch.Tensor] = {}
+    costs: dict[tuple, tuple] = {}             # ("structure", i) / ("window", w) -> (evaluations, forwards)
+    finished: dict[int, _Finished] = {}        # rank 0: refined here, waiting for their turn to be sunk
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
 
     def prompted(d: Denoiser | None, frame: int) -> Denoiser | None:
@@ -309,32 +491,147 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             bound[key] = d.with_prompt(key[1])
         return bound[key]
 
-    if resume is not None:
-        structures = {i: x.to(device) for i, x in resume.structures.items()}
-        if guidance is not None:
-            guidance.previous = {step: eps.to(device) for step, eps in resume.guidance.items()}
-        generator.set_state(resume.generator_state)
+    def owner(i: int) -> int:
+        return structure_owner(i, world)
 
-    for window in plan.windows[resume.next_window if resume is not None else 0:]:
+    def hand_on(i: int) -> None:
+        """Send structure i to the ranks that refine a remaining window with it (always the next rank)."""
+        for window in remaining:
+            if any(j == i for j, _, _ in window.parts) and window_refiner(plan, window.index, world) != me:
+                ranks.send(window_refiner(plan, window.index, world), RING, [structures[i]])
+
+    def make(i: int) -> None:
+        generator = task_generator(seed, STRUCTURE_TASK, i)
+        x_T = noise(i, generator).to(device)
+        hook = None
+        if guided:
+            memory = CoherenceGuidance(config.gamma, config.coherence_memory)
+            receive = send = None
+            if i - 1 in memories:
+                memory.previous = memories[i - 1]
+            elif i > 0:
+                receive = lambda: ranks.recv(owner(i - 1), RING)[0][0]  # noqa: E731
+            if i + 1 < plan.structures and owner(i + 1) != me:
+                send = lambda eps: ranks.send(owner(i + 1), RING, [eps])  # noqa: E731
+            hook = RelayedGuidance(memory, receive, send)
+        with _tally(log, costs, ("structure", i)), in_stage(log, "control"):
+            structures[i] = generate_structure(prompted(control, structure_centre(plan, i)), x_T, chain, generator,
+                                               hook, callback)
+        if guided:
+            memories[i] = hook.guidance.current
+        hand_on(i)
+
+    def refine(window: Window) -> _Finished:
         for i, _, _ in window.parts:
             if i not in structures:
-                with in_stage(log, "control"):
-                    structures[i] = generate_structure(prompted(control, structure_centre(plan, i)),
-                                                       noise(i).to(device), chain, generator, guidance, callback)
-                if guidance is not None:
-                    guidance.next_structure()
+                structures[i] = ranks.recv(owner(i), RING)[0][0].to(device)
+        generator = task_generator(seed, WINDOW_TASK, window.index)
         centre = (window.out_start + window.out_stop) // 2
-        with in_stage(log, "refine"):
+        with _tally(log, costs, ("window", window.index)), in_stage(log, "refine"):
             latent = window_latent(structures, window.parts, control, refiner, pixels)
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
                                        generator, callback, control_schedule=control.schedule)
-        sink(refined, window)
         last = window.parts[-1][0]
-        for i in [k for k in structures if k < last]:
-            del structures[i]  # bounded memory: only the structure the next window starts from survives
-            pixels.pop(i, None)
-        if on_window_done is not None:
-            on_window_done(LongState(window.index + 1, dict(structures),
-                                     dict(guidance.previous) if guidance is not None else {},
-                                     generator.get_state()))
+        evaluations, forwards = costs.pop(("window", window.index))
+        for i in [i for i, v in first.items() if v == window.index and owner(i) == me]:
+            ev, fw = costs.pop(("structure", i))
+            evaluations, forwards = evaluations + ev, forwards + fw
+        return _Finished(refined, prepare(refined, window) if prepare_where_refined else None, last,
+                         structures[last], memories.get(last, {}), evaluations, forwards)
 
+    # -- rank 0: sink the windows in order ------------------------------------------------------------------------
+    totals = (Counter(resume.evaluations), Counter(resume.forwards)) if resume is not None else (Counter(), Counter())
+    state = [None]
+    next_sink = [start]
+    anchor = [resume.anchor if resume is not None else None]
+
+    def receive_finished(w: int) -> _Finished:
+        tensors, meta = ranks.recv(window_refiner(plan, w, world), RESULT)
+        if meta["window"] != w:
+            raise RuntimeError(f"rank 0 expected window {w} but received window {meta['window']}")
+        latent, rest = tensors[0].to(device), tensors[1:]
+        prepared = rest.pop(0) if meta["prepared"] else None
+        kept = rest.pop(0).to(device)
+        memory = dict(zip(meta["steps"], rest.pop(0).to(device).unbind(0))) if meta["steps"] else {}
+        return _Finished(latent, prepared, meta["structure"], kept, memory, Counter(meta["evaluations"]),
+                         Counter(meta["forwards"]))
+
+    def deliver(limit: int) -> None:
+        """Sink windows in order: those refined here as soon as it is their turn, the others' (waiting for them)
+        up to ``limit``."""
+        while next_sink[0] < len(plan.windows):
+            w = next_sink[0]
+            if w in finished:
+                result = finished.pop(w)
+            elif w <= limit and window_refiner(plan, w, world) != me:
+                result = receive_finished(w)
+                for i in [i for i, v in first.items() if v == w and owner(i) == me]:
+                    ev, fw = costs.pop(("structure", i))   # structures made here, counted with another's window
+                    result.evaluations, result.forwards = result.evaluations + ev, result.forwards + fw
+            else:
+                return
+            window = plan.windows[w]
+            if config.color_anchor:  # a scan over the windows in order: each is shifted to what its predecessor became
+                if anchor[0] is not None:
+                    result.latent = anchor_window(result.latent, head, anchor[0].to(result.latent.device))
+                anchor[0] = channel_statistics(result.latent[:, :, result.latent.shape[2] - tail:])
+                if prepare is not None:
+                    result.prepared = prepare(result.latent, window)
+            if prepare is not None:
+                sink(result.latent, window, result.prepared)
+            else:
+                sink(result.latent, window)
+            totals[0].update(result.evaluations)
+            totals[1].update(result.forwards)
+            state[0] = LongState(w + 1, {result.structure: result.kept}, dict(result.memory), Counter(totals[0]),
+                                 Counter(totals[1]), anchor[0])
+            next_sink[0] = w + 1
+            if on_window_done is not None:
+                on_window_done(state[0])
+
+    def send_finished(window: Window, result: _Finished) -> None:
+        steps = sorted(result.memory)
+        tensors = [result.latent] + ([result.prepared] if result.prepared is not None else []) + [result.kept]
+        if steps:
+            tensors.append(torch.stack([result.memory[k] for k in steps]))
+        ranks.send(0, RESULT, tensors, {"window": window.index, "prepared": result.prepared is not None,
+                                        "structure": result.structure, "steps": steps,
+                                        "evaluations": dict(result.evaluations), "forwards": dict(result.forwards)})
+
+    # -- resume: the last structure made before the interruption is its owner's again ------------------------------
+    made = -1
+    if resume is not None and resume.structures:
+        made = max(resume.structures)
+        if owner(made) == me:
+            structures[made] = resume.structures[made].to(device)
+            if guided and resume.guidance:
+                memories[made] = {k: v.to(device) for k, v in resume.guidance.items()}
+                if made + 1 < plan.structures and owner(made + 1) != me:
+                    for k in sorted(memories[made]):
+                        ranks.send(owner(made + 1), RING, [memories[made][k]])
+            hand_on(made)
+
+    # -- the loop: every rank walks the same windows and does its share --------------------------------------------
+    for window in remaining:
+        for i, _, _ in window.parts:
+            if i > made:
+                if owner(i) == me:
+                    make(i)
+                made = i
+        if window_refiner(plan, window.index, world) == me:
+            result = refine(window)
+            if me == 0:
+                finished[window.index] = result
+            else:
+                send_finished(window, result)
+        last = window.parts[-1][0]
+        for store in (structures, memories, pixels):  # bounded memory: nothing before the last structure survives
+            for i in [k for k in store if k < last]:
+                del store[i]
+        if me == 0:
+            # others' windows are awaited a round late (N windows), when they are done: rank 0 never idles for them
+            deliver(window.index - (world if world > 1 else 0))
+    if me == 0:
+        deliver(len(plan.windows))
+    ranks.flush()
+    return state[0]

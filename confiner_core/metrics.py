@@ -337,6 +337,35 @@ def color_drift_from_delta_e(de) -> float:
     return float(de[1:].mean()) if de.size > 1 else 0.0
 
 
+def lab_contrast(frames) -> np.ndarray:
+    """Returns each frame's per-channel standard deviation of its Lab pixels ([F, 3], float64): its contrast."""
+    x = as_uint8_frames(frames)
+    return to_lab(x).reshape(len(x), -1, 3).std(axis=1, dtype=np.float64)
+
+
+def window_color_drift(frames, window_starts: Iterable[int]) -> dict:
+    """Colour drift across refinement windows (what users of long videos see as a tint that changes at every
+    context-window join): :func:`window_color_from_stats` of the frames' mean Lab colours and contrasts."""
+    return window_color_from_stats(mean_lab(frames), lab_contrast(frames), window_starts)
+
+
+def window_color_from_stats(means, contrasts, window_starts: Iterable[int]) -> dict:
+    """Per window (frames split at ``window_starts``): its colour = mean Lab of its frames, its contrast = mean
+    per-channel Lab std. Returns ``window_color_drift`` (mean over windows w >= 1 of the CIE76 Delta E of window w's
+    colour to window 0's), ``window_color_drift_max`` (the largest) and ``window_contrast_change`` (mean over
+    w >= 1 of | |c_w| - |c_0| | / |c_0|). NaN with a single window."""
+    means, contrasts = np.asarray(means, np.float64), np.asarray(contrasts, np.float64)
+    bounds = [0, *sorted(b for b in window_starts if 0 < b < len(means)), len(means)]
+    colour = np.stack([means[a:b].mean(0) for a, b in zip(bounds, bounds[1:]) if b > a])
+    contrast = np.array([np.linalg.norm(contrasts[a:b].mean(0)) for a, b in zip(bounds, bounds[1:]) if b > a])
+    if len(colour) < 2:
+        return {"window_color_drift": math.nan, "window_color_drift_max": math.nan,
+                "window_contrast_change": math.nan}
+    de = delta_e(colour[1:], colour[0])
+    return {"window_color_drift": float(de.mean()), "window_color_drift_max": float(de.max()),
+            "window_contrast_change": float(np.mean(np.abs(contrast[1:] - contrast[0]) / max(contrast[0], 1e-9)))}
+
+
 def color_drift_max(frames) -> float:
     """Max over t of Delta E_t (:func:`delta_e_from_first`): the worst departure from frame 0's colour.
     Lower is better."""
@@ -411,6 +440,9 @@ UNDEFINED_REASONS = {
     "seam_score": "needs junctions and ordinary frame pairs besides them",
     "seam_score_windows": "needs window junctions and ordinary frame pairs besides them",
     "seam_score_structures": "needs structure junctions and ordinary frame pairs besides them",
+    "window_color_drift": "needs at least two refinement windows",
+    "window_color_drift_max": "needs at least two refinement windows",
+    "window_contrast_change": "needs at least two refinement windows",
     "distance_to_nearest": "needs reference clips (known for the embedded world only)",
 }
 
@@ -446,6 +478,8 @@ class StreamingMetrics:
         self.luma: list[float] = []       # mean_luma
         self.sharpness: list[float] = []  # frame_sharpness
         self.delta_e: list[float] = []    # Delta E_t against frame 0
+        self.lab_means: list[np.ndarray] = []     # mean_lab, per chunk
+        self.lab_contrasts: list[np.ndarray] = []  # lab_contrast, per chunk
         self.prev_cos: list[float] = []   # cos(f_{i-1}, f_i), i >= 1
         self.first_cos: list[float] = []  # cos(f_0, f_i), i >= 1
         self.midpoint_errors: list[float] = []  # odd frames i with a frame i + 1
@@ -462,6 +496,8 @@ class StreamingMetrics:
         self.luma.extend(mean_luma(x).tolist())
         self.sharpness.extend(frame_sharpness(x).tolist())
         lab = mean_lab(x)
+        self.lab_means.append(lab)
+        self.lab_contrasts.append(lab_contrast(x))
         if self._first_lab is None:
             self._first_lab = lab[0]
         self.delta_e.extend(delta_e(lab, self._first_lab).tolist())
@@ -499,6 +535,8 @@ class StreamingMetrics:
             out["seam_score"] = seam_ratio(self.mae, junctions)
             out["seam_score_windows"] = seam_ratio(self.mae, window_junctions)
             out["seam_score_structures"] = seam_ratio(self.mae, structure_junctions)
+            out.update(window_color_from_stats(np.concatenate(self.lab_means), np.concatenate(self.lab_contrasts),
+                                               window_junctions))
         return out
 
 

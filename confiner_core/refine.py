@@ -22,13 +22,15 @@ TIMESTEP_MATCHING = (SAME_INDEX, NEAREST, CONTINUOUS)
 
 
 def matched_timestep(source: NoiseSchedule, target: NoiseSchedule, t: float, matching: str = SAME_INDEX) -> float:
-    """The target-schedule timestep used to re-noise a sample that sits at ``t`` on the source schedule.
+    """The target-schedule position used to re-noise a sample that sits at position ``t`` on the source schedule.
 
-    ``same_index`` is the paper as written (t on both schedules, although their noise levels differ);
-    ``nearest`` picks the target timestep with the closest noise level sigma/alpha; ``continuous`` the exact
-    fractional timestep of equal noise level (for experts that accept continuous time)."""
+    ``same_index`` is the paper as written: the same timestep on both schedules, although their noise levels differ
+    (the same table index for two VP experts; a flow expert's timestep is N sigma, see
+    :meth:`NoiseSchedule.index`); ``nearest`` picks the target table entry with the closest noise level
+    sigma/alpha; ``continuous`` the exact fractional position of equal noise level (for experts that accept
+    continuous time). Noise levels compare across VP and flow experts alike (sigma/alpha)."""
     if matching == SAME_INDEX:
-        return t
+        return target.index(source.timestep(t))
     if matching not in TIMESTEP_MATCHING:
         raise ValueError(f"timestep matching must be one of {TIMESTEP_MATCHING}, got {matching!r}")
     alpha, sigma = source.coefficients(t)
@@ -93,7 +95,8 @@ def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Ten
         if i % 2 == 0:
             pred = spatial(x, t)
         else:
-            pred = on_schedule(temporal(x, t), x, spatial.schedule, t)
+            pred = on_schedule(temporal(x, matched_timestep(spatial.schedule, temporal.schedule, t)), x,
+                               spatial.schedule, t)
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
             callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})

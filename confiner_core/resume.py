@@ -4,10 +4,14 @@ Kept in ``<out>/.confiner-resume/`` while a long run is under way and removed wh
 
 * ``window-NNNNN.safetensors`` -- each finished window's refined latent (re-decoded on resume, so the video and
   its metrics are rebuilt exactly);
-* ``state-NNNNN.safetensors`` -- :class:`~confiner_core.long.LongState`'s tensors: the kept structure, coherence
-  guidance's memory and the generator state;
+* ``state-NNNNN.safetensors`` -- :class:`~confiner_core.long.LongState`'s tensors: the kept structure and
+  coherence guidance's memory of it, colour anchoring's reference when on (no generator state: every structure and window draws from its own generator,
+  seeded from the run's seed, :func:`~confiner_core.long.task_generator`);
 * ``state.json`` -- the next window, the name of its tensors file, the evaluation counts so far and the settings
   the run was started with (a resume with other settings is refused, naming the difference).
+
+The state is the same whatever number of processes made the windows (:mod:`confiner_core.distributed`), so a run
+interrupted on N processes may be resumed on any number.
 
 Every file is written to a temporary name and moved into place, so an interrupt never leaves a torn state.
 Tensors are stored as safetensors, never pickled: loading a resume folder cannot run code.
@@ -28,7 +32,7 @@ from .long import LongState
 from .outputs import temp_name, write_atomic
 
 RESUME_FOLDER = ".confiner-resume"
-FORMAT = 1
+FORMAT = 2  # 2: per-task generators, no generator state (format 1 folders are refused)
 
 
 def flatten(settings: dict, prefix: str = "") -> dict:
@@ -96,14 +100,15 @@ class ResumeStore:
 
     # -- loop state ---------------------------------------------------------------------------------------------
 
-    def save_state(self, state: LongState, windows: int, evaluations: Counter, forwards: Counter) -> None:
+    def save_state(self, state: LongState, windows: int) -> None:
         tensors = {f"structure.{i}": x for i, x in state.structures.items()}
         tensors.update({f"guidance.{step}": eps for step, eps in state.guidance.items()})
-        tensors["generator_state"] = state.generator_state
+        if state.anchor is not None:
+            tensors["anchor"] = state.anchor
         name = f"state-{state.next_window:05d}.safetensors"  # a new name each time: state.json moves in one step
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
-                "evaluations": dict(evaluations), "forwards": dict(forwards), "settings": self.settings}
+                "evaluations": dict(state.evaluations), "forwards": dict(state.forwards), "settings": self.settings}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:
@@ -115,7 +120,7 @@ class ResumeStore:
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("guidance.")},
-                          tensors["generator_state"])
+                          Counter(info["evaluations"]), Counter(info["forwards"]), tensors.get("anchor"))
         return state, info
 
     def _save_tensors(self, name: str, tensors: dict) -> None:

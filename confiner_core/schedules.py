@@ -67,6 +67,38 @@ class NoiseSchedule:
         table = shift * u / (1 + (shift - 1) * u)
         return shift if float((table - self.sigmas).abs().max()) <= 1e-6 else None  # float32 tables (ComfyUI, diffusers)
 
+    # -- timesteps as the network sees them ------------------------------------------------------------------------
+    # The core indexes every schedule by table position t = 0 .. N-1. What a network is conditioned on, and what the
+    # method's T_e and refinement timesteps are counted in, is its *timestep*: for a VP (DDPM) expert the table
+    # position itself; for a flow expert T = N sigma, the noise level (what Wan's DiT and diffusers' FlowMatch
+    # schedulers use), whatever the shift -- the shift only lays out a sampler's steps. So T_e = 100 is sigma = 0.1
+    # on every flow expert, and two flow experts at one timestep sit at one noise level.
+
+    def index(self, timestep: float) -> float:
+        """The table position of a network timestep (fractional where it falls between entries)."""
+        if self.kind == VP or timestep < 0:
+            return timestep
+        s = timestep / self.num_timesteps
+        if s <= 0:
+            return -1
+        if s >= 1:
+            return float(self.num_timesteps - 1)
+        return self.timestep_for_noise_level(s / (1 - s), continuous=True)
+
+    def timestep(self, index: float) -> float:
+        """The network timestep at a table position (inverse of :meth:`index`)."""
+        if self.kind == VP or index < 0:
+            return index
+        return self.num_timesteps * self.coefficients(index)[1]
+
+    def check_model_timestep(self, timestep: float, what: str = "timestep") -> None:
+        """A network timestep (T_e) this schedule reaches: 0 .. N-1 (VP), 0 .. N (flow: N sigma)."""
+        top = self.num_timesteps if self.kind == FLOW else self.num_timesteps - 1
+        if not (0 <= timestep <= top):
+            scale = " (flow: N sigma, the noise level)" if self.kind == FLOW else ""
+            raise ValueError(f"{what}={timestep} lies outside schedule {self.name or self.kind!r}{scale}: valid "
+                             f"0..{top}; choose a value in that range")
+
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):
             raise ValueError(
@@ -142,8 +174,18 @@ def from_betas(beta_schedule: str = "scaled_linear", beta_start: float = 0.00085
     return vp_schedule(ac, set_alpha_to_one, name or f"{beta_schedule} {beta_start}->{beta_end}")
 
 
+def is_flow_config(config: dict) -> bool:
+    """A flow-matching scheduler config: FlowMatch* schedulers, or UniPC / DPM-Solver with flow sigmas (Wan)."""
+    return (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
 def from_diffusers_config(config: dict, name: str = "") -> NoiseSchedule:
-    """Schedule of a diffusers scheduler config (``scheduler_config.json`` or ``scheduler.config``)."""
+    """Schedule of a diffusers scheduler config (``scheduler_config.json`` or ``scheduler.config``): beta schedules,
+    or a flow schedule with the config's ``flow_shift`` / ``shift``."""
+    if is_flow_config(config):
+        shift = config.get("flow_shift") or (config.get("shift") if not config.get("use_dynamic_shifting") else None)
+        return flow_schedule(float(shift or 1.0), config.get("num_train_timesteps", 1000), name)
     if config.get("trained_betas") is not None:
         ac = torch.cumprod(1.0 - torch.tensor(config["trained_betas"], dtype=torch.float32), dim=0)
         return vp_schedule(ac, config.get("set_alpha_to_one", True), name)

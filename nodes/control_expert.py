@@ -9,7 +9,7 @@ from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import ade, host, sessions
-from .schema import CATEGORY, control_inputs, control_sampling_inputs, seed_input, widget_problem
+from .schema import CATEGORY, control_inputs, control_sampling_inputs, low_noise_inputs, seed_input, widget_problem
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -20,17 +20,20 @@ class ConFinerControlExpert(io.ComfyNode):
             display_name="ConFiner Control Expert",
             category=CATEGORY,
             description="Stage 1: a text-to-video model lays out structure and motion in a few steps on its own "
-                        "schedule (ConFiner Eq. 5), e.g. SD 1.5 + AnimateDiff-Lightning through AnimateDiff-Evolved. "
-                        "Its output, the structure, goes to ConFiner Refine Sampler.",
+                        "schedule (ConFiner Eq. 5), e.g. SD 1.5 + AnimateDiff-Lightning through AnimateDiff-Evolved, "
+                        "or Wan 2.1 / Wan 2.2 A14B (high- and low-noise models as one expert). Its output, the "
+                        "structure, goes to ConFiner Refine Sampler (it notes its latent space on the LATENT).",
             inputs=[
                 io.Model.Input("model", tooltip="The control expert: a text-to-video MODEL (e.g. SD 1.5 + "
-                                                "AnimateDiff-Lightning motion model)."),
+                                                "AnimateDiff-Lightning motion model, Wan 2.1); with a low-noise "
+                                                "model connected, the high-noise half (Wan 2.2 A14B high noise)."),
                 io.Conditioning.Input("positive", tooltip="What the video shows."),
                 io.Conditioning.Input("negative", tooltip="What to avoid (only used when control cfg > 1)."),
                 io.Latent.Input("latent", tooltip="Sets size and frame count: an SD-style frame batch [F,4,h,w] "
                                                   "(Empty Latent Image, batch size = frames) or a native video "
-                                                  "latent [B,C,T,h,w]. Its content is ignored unless 'use latent as "
-                                                  "noise' is on."),
+                                                  "latent [B,C,T,h,w] (Wan: Empty HunyuanVideo Latent, length 4k+1, "
+                                                  "e.g. 81). Its content is ignored unless 'use latent as noise' is "
+                                                  "on."),
                 seed_input("control"),
                 *control_inputs(),
                 io.Boolean.Input("latent_is_noise", display_name="use latent as noise", default=False,
@@ -38,6 +41,7 @@ class ConFinerControlExpert(io.ComfyNode):
                                          "Noise Rescheduler) instead of drawing fresh noise from the seed. An empty "
                                          "(all-zero) latent is refused."),
                 *control_sampling_inputs(),
+                *low_noise_inputs("", "model", 1.0),
             ],
             outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video V_0, for ConFiner Refine "
                                                                         "Sampler.")],
@@ -45,20 +49,24 @@ class ConFinerControlExpert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps, cfg, sampler, spacing="trailing", eta=0.0):
+    def validate_inputs(cls, steps, cfg, sampler, spacing="trailing", eta=0.0, low_noise_cfg=1.0, boundary=0.875):
         # the combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
-        return widget_problem(cls, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta) or True
+        return widget_problem(cls, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta,
+                              low_noise_cfg=low_noise_cfg, boundary=boundary) or True
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False,
-                spacing="trailing", eta=0.0) -> io.NodeOutput:
+                spacing="trailing", eta=0.0, low_noise_model=None, low_noise_cfg=1.0,
+                boundary=0.875) -> io.NodeOutput:
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()
         ade.warn_ignored_noise({"control": model})
         log = EvaluationLog()
         progress = host.Progress(model, steps, host.node_id(cls))
-        control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress)
+        control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
+                            low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
+                                                       "model"))
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)

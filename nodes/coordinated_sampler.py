@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import ChainConfig, refine_structure, validate_refinement
-from ..confiner_core.experts import EvaluationLog
+from ..confiner_core.chain import ChainConfig, refine_structure, refining_denoiser, validate_refinement
+from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
 from .schema import CATEGORY, refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem
 from .types import RefineExpertsType
+
+NODE = "ConFiner Refine Sampler"
 
 
 class ConFinerCoordinatedSampler(io.ComfyNode):
@@ -35,10 +37,20 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                 seed_input("refine"),
                 structure_noise_input(),
                 io.Model.Input("control_model", optional=True,
-                               tooltip="Only for structure noise schedule 'control': the control expert, whose "
-                                       "schedule noises the structure (Algorithm 1, line 4); not evaluated."),
+                               tooltip="The control expert's MODEL (never evaluated here). Needed for structure "
+                                       "noise schedule 'control' (Algorithm 1, line 4: its schedule noises the "
+                                       "structure); when connected, its latent space is checked against the refine "
+                                       "experts' before the structure is made. Without it the structure's space is "
+                                       "the one ConFiner Control Expert noted on its output."),
+                io.Vae.Input("control_vae", display_name="control VAE", optional=True,
+                             tooltip="Only for a bridge: the control expert's VAE, needed when the structure is in a "
+                                     "latent space none of the refine experts' VAEs belongs to (e.g. an SD 1.5 "
+                                     "structure refined by Wan experts)."),
             ],
-            outputs=[io.Latent.Output(display_name="latent", tooltip="The refined video (decode with VAE Decode).")],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="The refined video in the refining expert's latent space (the spatial "
+                                              "expert's; the temporal one's in mode temporal): decode it with that "
+                                              "expert's VAE (VAE Decode).")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -51,12 +63,18 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, experts, te, refine_steps, mode, matching, seed, structure=None,
-                          structure_noise="spatial", control_model=None, **kwargs):
+                          structure_noise="spatial", control_model=None, control_vae=None, **kwargs):
         """Runs once the experts are bundled and before the structure is computed: a wrong combination (a mode
-        without its temporal expert, mixed latent spaces, T_e outside a schedule) fails here, with 0 evaluations."""
+        without its temporal expert, experts of different latent spaces without the VAEs that bridge them, T_e
+        outside a schedule) fails here, with 0 evaluations."""
         if structure is None:
-            cls.check_experts(experts, cls.config(te, refine_steps, mode, matching, structure_noise), seed,
-                              control_model)
+            config = cls.config(te, refine_steps, mode, matching, structure_noise)
+            experts.check_mode(config.mode)
+            spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
+            # the frame count is not known yet: check everything else on a one-frame shape of the structure's space
+            validate_refinement(spatial, temporal, (1, source.expert.latent_space.channels, 1, 1, 1), config,
+                                source=source, control_schedule=cls.control_schedule(control_model),
+                                vae_fixes=fixes)
             return ["structure"]
         return []
 
@@ -65,34 +83,59 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         return ChainConfig(te=te, refine_steps=refine_steps, mode=mode, matching=matching,
                            structure_noise=structure_noise)
 
-    @classmethod
-    def check_experts(cls, experts, config: ChainConfig, seed, control_model=None):
-        experts.check_mode(config.mode)
-        experts.check_latent_spaces()
-        spatial, temporal = experts.bind(seed)
-        # the frame count is not known yet: check everything else on a one-frame shape of the experts' channels
-        validate_refinement(spatial, temporal, (1, spatial.expert.latent_channels, 1, 1, 1), config,
-                            control_schedule=cls.control_schedule(control_model))
-
     @staticmethod
     def control_schedule(control_model):
         return host.schedule_of(control_model, "control") if control_model is not None else None
 
+    @staticmethod
+    def prepare(experts, config: ChainConfig, seed, control_model=None, control_vae=None, structure_space=None,
+                log=None, progress=None):
+        """The refine experts and the structure's source as core denoisers, each with the codec the bridge needs
+        (its own VAE input, or another of its latent space): the control model when connected (not evaluated),
+        else the structure's space (``structure_space``; before the structure exists: the refining expert's)."""
+        vaes = experts.shelf().add("control_vae", control_vae,
+                                   host.space_of(control_model) if control_model is not None else None)
+        spatial, temporal = experts.bind(seed, log, progress=progress, vaes=vaes)
+        if control_model is not None:
+            source = host.bind(control_model, None, None, 1.0, "control", seed, log, vaes=vaes,
+                               vae_input="control_vae")
+        else:
+            space = structure_space or host.model_space(refining_denoiser(spatial, temporal, config.mode))
+            source = Denoiser(host.StructureSource(space, vaes.codec(space, "control_vae")), None, None, 1.0, log)
+        return spatial, temporal, source, experts.vae_fixes(control=("control_vae", NODE))
+
+    @staticmethod
+    def structure_space(structure: dict, control_model):
+        """The structure's latent space: the control model's when connected (and the structure must be in it), else
+        what ConFiner Control Expert noted on the LATENT, else None (the refining expert's)."""
+        noted = structure.get(host.SPACE_KEY)
+        if control_model is None:
+            return noted
+        space = host.space_of(control_model)
+        if noted is not None and noted != space:
+            raise ValueError(f"the structure is in the {noted.name} latent space but control_model on {NODE} works in "
+                             f"{space.name}: connect the model that made the structure (the Control Expert's)")
+        return space
+
     @classmethod
     def execute(cls, experts, structure, te, refine_steps, mode, matching, seed, structure_noise="spatial",
-                control_model=None) -> io.NodeOutput:
+                control_model=None, control_vae=None) -> io.NodeOutput:
         config = cls.config(te, refine_steps, mode, matching, structure_noise)
         control_schedule = cls.control_schedule(control_model)
         experts.check_mode(mode)
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), host.node_id(cls))
-        spatial, temporal = experts.bind(seed, log, progress=progress)
-        x = host.latent_in(experts.spatial_model, structure, "structure")
-        validate_refinement(spatial, temporal, tuple(x.shape), config, control_schedule=control_schedule)
+        spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
+                                                       cls.structure_space(structure, control_model), log, progress)
+        space = source.expert.latent_space
+        x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()))
+        validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
+                            control_schedule=control_schedule, vae_fixes=fixes)
         host.plan_refinement(spatial, temporal, config)
         with sessions.stage():  # one sampling call per expert for the stage's evaluations
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
-                                      control_schedule=control_schedule)
-        host.log_cost("ConFiner Refine Sampler", log)
-        return io.NodeOutput(host.latent_out(experts.spatial_model, latent, structure))
+                                      source=source, control_schedule=control_schedule)
+        refiner = refining_denoiser(spatial, temporal, mode)
+        host.log_cost(NODE, log)
+        return io.NodeOutput(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))

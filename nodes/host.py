@@ -17,6 +17,7 @@ from collections import Counter
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
@@ -25,11 +26,12 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, ChainConfig, control_timesteps,
-                                   refine_timesteps)
-from ..confiner_core.experts import Denoiser, EvaluationLog, Expert
-from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, LatentSpace
+                                   refine_positions)
+from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair
+from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import matched_timestep
 from . import ade, sessions
+from .codecs import VAEShelf
 
 
 def model_sampling(model):
@@ -47,7 +49,17 @@ def schedule_of(model, role: str) -> S.NoiseSchedule:
     else:
         raise ValueError(f"{role} model uses {type(ms).__name__}, a sampling type ConFiner cannot drive yet; "
                          f"use an eps/v-prediction discrete model (SD 1.5, AnimateDiff) or a flow model (Wan, Hunyuan)")
-    return S.from_ve_sigmas(ms.sigmas, kind, name=f"{role}:{type(ms).__name__}")
+    sigmas = ms.sigmas
+    if kind == S.FLOW and len(sigmas) != FLOW_TIMESTEPS:
+        # Flux-style samplings (Qwen-Image, Flux: ModelSamplingFlux) tabulate 10000 flow times; the core counts
+        # timesteps 0..999 like every other family (T_e = 100 is flow time 0.1 before the shift), so read the
+        # model's own shifted flow time at u = (t + 1) / 1000, as ModelSamplingDiscreteFlow's table holds it.
+        u = torch.arange(1, FLOW_TIMESTEPS + 1, dtype=torch.float64) / FLOW_TIMESTEPS
+        sigmas = torch.tensor([float(ms.percent_to_sigma(1.0 - float(x))) for x in u], dtype=torch.float64)
+    return S.from_ve_sigmas(sigmas, kind, name=f"{role}:{type(ms).__name__}")
+
+
+FLOW_TIMESTEPS = 1000
 
 
 # Compression of ComfyUI's latent formats, which the formats themselves do not carry (their VAEs do):
@@ -96,6 +108,41 @@ def _close(a: LatentSpace, b: LatentSpace) -> bool:
                         for f in ("scale", "shift", "std"))
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Image or video model, and how an expert takes its latents
+
+# Models whose latent format is a video one (latent_dimensions 3) but which are image models: they take one-frame
+# latents [N, C, 1, h, w] (Qwen-Image shares Wan 2.1's format). Named as in comfy.model_base.
+IMAGE_MODELS_IN_VIDEO_FORMATS = ("QwenImage",)
+
+# How an image expert refines a clip of a video latent space (Wan's causal 4x temporal compression):
+LATENT_FRAMES = "latent frames"   # every latent frame as an image, batched (no VAE; frames after the first pack 4
+                                  # pixel frames, which an image model never saw)
+PIXEL_FRAMES = "pixel frames"     # every pixel frame encoded alone (decode -> per-frame expert -> encode, the core's
+                                  # per-frame space; needs the VAE)
+FRAME_MODES = (LATENT_FRAMES, PIXEL_FRAMES)
+
+
+def latent_dimensions(model) -> int:
+    return getattr(model.get_model_object("latent_format"), "latent_dimensions", 2)
+
+
+def is_image_model(model) -> bool:
+    """Image vs video model, from the model class (a video latent format alone does not tell: Qwen-Image uses
+    Wan 2.1's)."""
+    if latent_dimensions(model) == 2:
+        return True
+    classes = tuple(c for c in (getattr(comfy.model_base, n, None) for n in IMAGE_MODELS_IN_VIDEO_FORMATS) if c)
+    return isinstance(getattr(model, "model", None), classes)
+
+
+def evaluates_per_frame(model, role: str) -> bool:
+    """The spatial expert is the chain's image expert: it refines every frame as an image (a video model there runs
+    at one frame, e.g. Wan as a text-to-image model). Image models do so in every role; SD-style models take their
+    frame batch [F, C, h, w] (AnimateDiff-Evolved's video) as they always do."""
+    return role == "spatial" or is_image_model(model)
+
+
 class ComfyExpert(Expert):
     """A ComfyUI MODEL as an x0-predicting expert ("sample" prediction: ComfyUI returns the denoised latent, already
     converted from eps/v/flow by the model's own model_sampling). Conditioning is (positive, negative, cfg); CFG is
@@ -112,15 +159,22 @@ class ComfyExpert(Expert):
     prediction = "sample"
 
     def __init__(self, model, role: str, seed: int = 0, clip=None, negative=None, cfg: float = 1.0,
-                 progress: "Progress | None" = None):
+                 progress: "Progress | None" = None, frames: str = LATENT_FRAMES, codec: Codec | None = None,
+                 label: str | None = None):
         self.model, self.name, self.seed = model, role, seed
+        self.label = label or f"{role} expert"
         self.clip, self.negative, self.cfg = clip, negative, cfg  # for prompts given as text (prompt travel)
         self.progress = progress
         self.schedule = schedule_of(model, role)
         fmt = model.get_model_object("latent_format")
         self.latent_format = fmt
-        self.latent_space = space_of(model)
-        self.layout = layout_of(model)
+        self.model_space = space_of(model)
+        self.layout = L.FRAMES if evaluates_per_frame(model, role) else L.VIDEO
+        # per-frame evaluation of a model with a video latent format: each frame goes in as a one-frame video
+        self.one_frame_videos = self.layout == L.FRAMES and getattr(fmt, "latent_dimensions", 2) == 3
+        pixel = frames == PIXEL_FRAMES and self.layout == L.FRAMES
+        self.latent_space = self.model_space.per_frame() if pixel else self.model_space
+        self.codec = per_frame(codec) if (pixel and codec is not None) else codec
         self.max_frames = ade.motion_frame_limit(model)
         self.plan: list = []
 
@@ -158,6 +212,9 @@ class ComfyExpert(Expert):
         # then ends every open sampling call through ComfyUI's clean-up, so no model stays patched.
         comfy.model_management.throw_exception_if_processing_interrupted()
         (positive, negative, cfg), = conds
+        frames_in = x
+        if self.one_frame_videos:
+            x = x.unsqueeze(2)  # [N, C, h, w] frames -> [N, C, 1, h, w] one-frame videos, as the model takes them
         alpha, _ = self.schedule.coefficients(t)
         x_host = x / alpha if self.schedule.kind == S.VP else x  # ComfyUI's EPS latents are x0 + sigma*eps
         sigmas, step = self.stage_sigmas(t)
@@ -166,17 +223,86 @@ class ComfyExpert(Expert):
                                                             in_plan=t in self.plan)
         if self.progress is not None:
             self.progress.evaluated(self, x0, step, len(sigmas) - 1)
-        return [x0.to(x.device, x.dtype)]
+        return [x0.reshape(frames_in.shape).to(frames_in.device, frames_in.dtype)]
 
 
 def bind(model, positive, negative, cfg: float, role: str, seed: int, log: EvaluationLog | None = None,
-         clip=None, progress: "Progress | None" = None) -> Denoiser:
-    """An expert bound to its ComfyUI conditioning (CFG happens in ComfyUI's guider, so the core sees guidance 1)."""
+         clip=None, progress: "Progress | None" = None, frames: str = LATENT_FRAMES, vaes: VAEShelf | None = None,
+         vae_input: str | None = None, low_noise: "LowNoise | None" = None) -> Denoiser:
+    """An expert bound to its ComfyUI conditioning (CFG happens in ComfyUI's guider, so the core sees guidance 1).
+
+    ``frames``: how a per-frame expert takes a video space's clip (:data:`FRAME_MODES`); ``vaes``: the graph's
+    VAEs, of which the one on ``vae_input`` (or another of the expert's space) becomes its codec for the bridge;
+    ``low_noise``: a second model sharing the role below a noise boundary (Wan 2.2 A14B: ``model`` is then the
+    high-noise expert)."""
     if model is None:
         raise ValueError(f"the {role} expert needs a MODEL input")
     negative = negative if negative is not None else positive
-    expert = ComfyExpert(model, role, seed, clip, negative, cfg, progress)
-    return Denoiser(expert, (positive, negative, cfg), None, 1.0, log)
+    codec = vaes.codec(space_of(model), vae_input) if vaes is not None else None
+    expert = ComfyExpert(model, role, seed, clip, negative, cfg, progress, frames, codec)
+    if low_noise is None:
+        return Denoiser(expert, (positive, negative, cfg), None, 1.0, log)
+    expert.label = f"{role} expert (high noise)"
+    low = ComfyExpert(low_noise.model, role, seed, clip, negative, low_noise.cfg, progress, frames, codec,
+                      label=f"{role} expert (low noise)")
+    try:
+        pair = ExpertPair(expert, low, low_noise.boundary, name=role)
+    except ValueError as e:
+        raise ValueError(f"the {role} expert's high-noise model ({low_noise.high_input}) and low-noise model "
+                         f"({low_noise.input}) {str(e).removeprefix('the experts of a pair ')}: use the two models "
+                         f"of one release (e.g. Wan 2.2 A14B high/low noise) with the same shift") from None
+    return Denoiser(pair, ((positive, negative, cfg), (positive, negative, low_noise.cfg)), None, 1.0, log)
+
+
+class LowNoise:
+    """The low-noise half of an expert pair: its MODEL, its cfg, the boundary (sigma >= boundary: the high-noise
+    model), and the node inputs they came from (for messages)."""
+
+    def __init__(self, model, cfg: float, boundary: float, input: str, high_input: str):
+        self.model, self.cfg, self.boundary, self.input, self.high_input = model, cfg, boundary, input, high_input
+
+    @classmethod
+    def of(cls, model, cfg, boundary, input: str, high_input: str) -> "LowNoise | None":
+        return None if model is None else cls(model, cfg, boundary, input, high_input)
+
+
+def members(expert: Expert) -> list:
+    """The ComfyUI experts behind a role: one, or the two of an expert pair."""
+    return [expert.high, expert.low] if isinstance(expert, ExpertPair) else [expert]
+
+
+def model_of(denoiser: Denoiser):
+    """The MODEL behind a bound expert (a pair's low-noise one: both share the latent format)."""
+    return members(denoiser.expert)[-1].model
+
+
+def model_space(denoiser: Denoiser) -> LatentSpace:
+    """The latent space of the expert's MODEL (its LATENTs), whatever the frames mode it evaluates in."""
+    return members(denoiser.expert)[-1].model_space
+
+
+def model_of_space(space: LatentSpace, *models):
+    """The first of ``models`` whose latent space is ``space`` (its latent format normalises such LATENTs)."""
+    return next((m for m in models if m is not None and space_of(m) == space), None)
+
+
+class StructureSource(Expert):
+    """The space a structure LATENT is in, as the source of the hand-off to the refining expert when the control
+    model itself is not connected to the Refine Sampler: its latent space and, for a bridge, a VAE of that space.
+    It is never evaluated, and has no schedule (structure noise schedule 'control' needs the control model)."""
+
+    prediction = "sample"
+    layout = L.VIDEO
+    schedule = None
+
+    def __init__(self, space: LatentSpace, codec: Codec | None):
+        self.name, self.latent_space, self.codec = "control", space, codec
+
+    def encode(self, prompt):
+        raise RuntimeError("a structure source is not an expert that can be evaluated")
+
+    def forward(self, x, t, conds):
+        raise RuntimeError("a structure source is not an expert that can be evaluated")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -185,16 +311,24 @@ def bind(model, positive, negative, cfg: float, role: str, seed: int, log: Evalu
 EVALUATIONS_PER_REFINE_STEP = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
 
 
+def _set_plan(denoiser: Denoiser, timesteps: list) -> None:
+    for expert in members(denoiser.expert):
+        expert.plan = list(timesteps)
+
+
 def plan_control(control: Denoiser, config: ChainConfig) -> None:
-    control.expert.plan = list(control_timesteps(control, config))
+    _set_plan(control, control_timesteps(control, config))
 
 
 def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
-    ts = list(refine_timesteps(config))
-    spatial.expert.plan = ts
+    if config.mode == TEMPORAL:
+        _set_plan(temporal, refine_positions(temporal.schedule, config))
+        return
+    ts = refine_positions(spatial.schedule, config)
+    _set_plan(spatial, ts)
     if temporal is not None:
-        temporal.expert.plan = ts if config.mode != COORDINATED else [
-            matched_timestep(spatial.schedule, temporal.schedule, t, config.matching) for t in ts]
+        matching = config.matching if config.mode == COORDINATED else "same_index"
+        _set_plan(temporal, [matched_timestep(spatial.schedule, temporal.schedule, t, matching) for t in ts])
 
 
 def check_frames(denoiser: Denoiser, frames: int) -> None:
@@ -211,8 +345,9 @@ def refine_evaluations(config: ChainConfig) -> int:
 
 
 def layout_of(model) -> str:
-    """SD-style models take a frame batch [F, C, h, w]; native video models [B, C, T, h, w]."""
-    return L.VIDEO if getattr(model.get_model_object("latent_format"), "latent_dimensions", 2) == 3 else L.FRAMES
+    """How ComfyUI holds this model's LATENTs: SD-style frame batches [F, C, h, w] (FRAMES) or videos
+    [B, C, T, h, w] (VIDEO; image models of a video format hold one-frame videos [N, C, 1, h, w], read as frames)."""
+    return L.FRAMES if latent_dimensions(model) == 2 else L.VIDEO
 
 
 def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
@@ -226,25 +361,60 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
     return samples.float()
 
 
+def _canonical(model, samples: torch.Tensor) -> torch.Tensor:
+    """A model's LATENT samples -> canonical [B, C, F, h, w]; an image model's one-frame videos are its frames."""
+    if samples.ndim == 5 and samples.shape[2] == 1 and samples.shape[0] > 1 and is_image_model(model):
+        return L.to_canonical(samples[:, :, 0], L.FRAMES)
+    return L.to_canonical(samples, layout_of(model))
+
+
 def latent_in(model, latent: dict, role: str) -> torch.Tensor:
     """LATENT dict -> canonical model-space video [B, C, F, h, w] (process_in applies the VAE scale factor)."""
     samples = _checked_samples(model, latent, role)
-    return L.to_canonical(model.get_model_object("latent_format").process_in(samples), layout_of(model))
+    return _canonical(model, model.get_model_object("latent_format").process_in(samples))
 
 
 def noise_in(model, latent: dict) -> torch.Tensor:
     """A noise LATENT (ConFiner Noise Rescheduler) -> canonical unit noise; noise is not VAE-scaled."""
-    return L.to_canonical(_checked_samples(model, latent, "noise"), layout_of(model))
+    return _canonical(model, _checked_samples(model, latent, "noise"))
 
 
-def latent_out(model, x: torch.Tensor, template: dict | None = None) -> dict:
-    """Canonical model-space video -> LATENT dict in the model's layout."""
+# The key under which the pack notes in a LATENT dict the latent space its samples are in (a core LatentSpace), so
+# the Refine Sampler knows a structure's space without extra wiring.
+SPACE_KEY = "confiner_space"
+
+
+def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "structure") -> torch.Tensor:
+    """A LATENT in ``space`` (a frame batch [F, C, h, w] or a video [B, C, T, h, w]) -> canonical normalised latent.
+    The normalisation is ``model``'s latent format when a model of that space is at hand, else the space's own
+    (the same numbers: :func:`space_of` reads them off the format)."""
+    samples = latent["samples"].float()
+    if samples.ndim not in (4, 5) or samples.shape[1] != space.channels:
+        raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.name} latent space "
+                         f"({space.channels} channels): connect the latent the control expert made")
+    normalised = model.get_model_object("latent_format").process_in(samples) if model is not None else \
+        space.process_in(samples)
+    return L.to_canonical(normalised, L.FRAMES if samples.ndim == 4 else L.VIDEO)
+
+
+def latent_out(model, x: torch.Tensor, template: dict | None = None, space: LatentSpace | None = None) -> dict:
+    """Canonical latent in ``space`` (default: the model's) -> LATENT dict as ComfyUI's nodes for that space read
+    it: SD-style frame batches [F, C, h, w]; video spaces [B, C, T, h, w]; a per-frame space of a video format
+    (pixel frames) as one-frame videos [F, C, 1, h, w], which VAE Decode turns into F images. The space is noted
+    under :data:`SPACE_KEY`."""
     fmt = model.get_model_object("latent_format")
-    layout = layout_of(model)
+    space = space or space_of(model)
     out = dict(template or {})
     out.pop("noise_mask", None)
     out.pop("batch_index", None)
-    out["samples"] = fmt.process_out(L.from_canonical(x, layout)).cpu()
+    if getattr(fmt, "latent_dimensions", 2) == 2:
+        samples = L.from_canonical(x, L.FRAMES)
+    elif space.temporal_factor == 1 and space != space_of(model):
+        samples = L.from_canonical(x, L.FRAMES).unsqueeze(2)
+    else:
+        samples = x
+    out["samples"] = fmt.process_out(samples).cpu()
+    out[SPACE_KEY] = space
     return out
 
 
@@ -258,16 +428,22 @@ class Progress:
 
     def __init__(self, model, total: int, node_id: str | None = None, where=None):
         self.total, self.done, self.node_id = total, 0, node_id
-        self.preview = latent_preview.prepare_callback(model, total)
+        self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
         self.where = where  # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
 
+    def preview(self, model):
+        """Each model's previews use its own latent format (experts of several latent spaces share one bar)."""
+        if id(model) not in self.previews:
+            self.previews[id(model)] = latent_preview.prepare_callback(model, self.total)
+        return self.previews[id(model)]
+
     def evaluated(self, expert: ComfyExpert, x0: torch.Tensor, step: int, steps: int) -> None:
-        self.preview(self.done, x0, x0, self.total)
+        self.preview(expert.model)(self.done, x0, x0, self.total)
         self.done += 1
         self.counts[expert.name] += 1
         where = self.where(expert.name, self.counts) if self.where else ""
-        self.show(f"{where}{STAGE_OF_ROLE.get(expert.name, expert.name)} · {expert.name} expert · "
+        self.show(f"{where}{STAGE_OF_ROLE.get(expert.name, expert.name)} · {expert.label} · "
                   f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}")
 
     def show(self, text: str) -> None:
@@ -291,7 +467,16 @@ def show_text(node_id: str | None, text: str) -> None:
         pass
 
 
-def log_cost(node: str, log: EvaluationLog) -> None:
-    """One console line per node run: expert evaluations and network forwards (the definition of EvaluationLog)."""
-    logging.info("%s: %d expert evaluations, %d network forwards", node, sum(log.evaluations.values()),
-                 sum(log.forwards.values()))
+def cost_line(node: str, log: EvaluationLog) -> str:
+    """Expert evaluations, network forwards (the definitions of EvaluationLog) and, where experts of different latent
+    spaces met, the bridge's VAE calls (whole-clip encodes and decodes)."""
+    line = f"{node}: {sum(log.evaluations.values())} expert evaluations, {sum(log.forwards.values())} network forwards"
+    vae_calls = sum(log.vae_calls.values())
+    return line + (f", {vae_calls} VAE calls (bridge between latent spaces)" if vae_calls else "")
+
+
+def log_cost(node: str, log: EvaluationLog) -> str:
+    """One console line per node run (:func:`cost_line`); returned for the node's text."""
+    line = cost_line(node, log)
+    logging.info(line)
+    return line

@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import ChainConfig
+from ..confiner_core.chain import ChainConfig, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, generate_long, plan_segments
+from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long, plan_segments
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, coherence_memory_input, control_inputs, control_sampling_inputs,
-                     refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem)
-from .types import RefineExpertsType
+                     low_noise_inputs, refine_inputs, refine_problem, seed_input, structure_noise_input,
+                     widget_problem)
+from .types import RefineExpertsType, connect_vae
+
+NODE = "ConFiner Long Segmenter"
 
 PROMPT_FPS = 8.0  # seconds keys ('2.5s:') in segment prompts count at this frame rate (the templates' video rate)
 
@@ -49,17 +52,21 @@ class ConFinerLongSegmenter(io.ComfyNode):
                         "coherence guidance (Eq. 12) and staggered refinement (Eq. 13, every seam refined jointly). "
                         "Each strategy can be switched off. Optional prompt travel per segment.",
             inputs=[
-                io.Model.Input("control_model", tooltip="The control expert (text-to-video MODEL)."),
+                io.Model.Input("control_model", tooltip="The control expert (text-to-video MODEL); with a low-noise "
+                                                        "model connected, the high-noise half (Wan 2.2 A14B)."),
                 io.Conditioning.Input("control_positive", tooltip="Control expert's prompt."),
                 io.Conditioning.Input("control_negative", tooltip="Control expert's negative prompt."),
                 RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("latent", tooltip="Sets the frame size and channels (e.g. Empty Latent Image, any "
-                                                  "batch size); the frame count comes from 'frames'."),
-                io.Int.Input("frames", default=128, min=1, max=100000, tooltip="Frames to generate."),
+                                                  "batch size; for Wan an Empty HunyuanVideo Latent of length 1); "
+                                                  "the frame count comes from 'frames'."),
+                io.Int.Input("frames", default=128, min=1, max=100000,
+                             tooltip="Frames to generate (pixel frames). Refiners in a causal video latent space "
+                                     "(Wan) need 4k+1 (e.g. 161, 321): the windows are joined as one clip."),
                 io.Int.Input("segment_length", display_name="segment length", default=16, min=2, max=256,
-                             tooltip="Frames per segment L (16 for AnimateDiff / ModelScope; in latent frames for "
-                                     "video latents such as Wan's). Staggered windows join its halves (L/2 rounded "
-                                     "down)."),
+                             tooltip="Pixel frames per segment L (16 for AnimateDiff / ModelScope; 4k+1 for Wan, "
+                                     "e.g. 33 or 81). Staggered windows join its halves (L/2 rounded down); with Wan "
+                                     "the halves are joined through the VAE (connect control_vae)."),
                 seed_input("long"),
                 *control_inputs("control_"),
                 *refine_inputs(),
@@ -84,6 +91,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 *control_sampling_inputs("control_"),
                 structure_noise_input(),
                 coherence_memory_input(),
+                io.Vae.Input("control_vae", display_name="control VAE", optional=True,
+                             tooltip="The control expert's VAE: needed when windows are joined through pixels (Wan "
+                                     "and other causal video spaces, whose latents cannot be cut at any frame) or "
+                                     "when the refine experts work in another latent space. It also serves every "
+                                     "refine expert of its latent space that has no VAE of its own."),
+                *low_noise_inputs("control_", "control", 1.0),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
             hidden=[io.Hidden.unique_id],
@@ -93,14 +106,15 @@ class ConFinerLongSegmenter(io.ComfyNode):
     def validate_inputs(cls, frames, segment_length, control_steps, control_cfg, control_sampler, te, refine_steps,
                         mode, matching, noise_init, freenoise_stride, gamma, staggered, segment_prompts=None,
                         control_spacing="trailing", control_eta=0.0, structure_noise="spatial",
-                        coherence_memory="guided"):
+                        coherence_memory="guided", control_low_noise_cfg=1.0, control_boundary=0.875):
         # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
         problem = widget_problem(cls, frames=frames, segment_length=segment_length, control_steps=control_steps,
                                  control_cfg=control_cfg, control_sampler=control_sampler, te=te,
                                  refine_steps=refine_steps, mode=mode, matching=matching, noise_init=noise_init,
                                  freenoise_stride=freenoise_stride, gamma=gamma, control_spacing=control_spacing,
                                  control_eta=control_eta, structure_noise=structure_noise,
-                                 coherence_memory=coherence_memory) or refine_problem(te, refine_steps)
+                                 coherence_memory=coherence_memory, control_low_noise_cfg=control_low_noise_cfg,
+                                 control_boundary=control_boundary) or refine_problem(te, refine_steps)
         if problem:
             return problem
         if noise_init == FREENOISE and None not in (freenoise_stride, segment_length) and \
@@ -113,7 +127,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
-                control_eta=0.0, structure_noise="spatial", coherence_memory="guided") -> io.NodeOutput:
+                control_eta=0.0, structure_noise="spatial", coherence_memory="guided", control_vae=None,
+                control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875) -> io.NodeOutput:
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te,
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
@@ -122,7 +137,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
                           coherence_memory=coherence_memory)
         long.validate()
         experts.check_mode(mode)
-        experts.check_latent_spaces(control_model)
         plan = plan_segments(frames, segment_length, staggered)
         prompts = (parse_prompt(segment_prompts, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
                    if segment_prompts and segment_prompts.strip() else None)
@@ -145,19 +159,61 @@ class ConFinerLongSegmenter(io.ComfyNode):
 
         progress = host.Progress(control_model, total, host.node_id(cls), where)
         log = EvaluationLog()
+        vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
-                            clip, progress)
-        spatial, temporal = experts.bind(seed, log, clip, progress)
+                            clip, progress, vaes=vaes, vae_input="control_vae",
+                            low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
+                                                       control_boundary, "control_low_noise_model", "control_model"))
+        spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
+        refiner = refining_denoiser(spatial, temporal, mode)
+        frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
+        b, c, _, h, w = frame.shape
+        joined_as_pixels = cls.check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length,
+                                      (b, c, h, w))
         host.check_frames(control, segment_length)
         host.plan_control(control, chain)
         host.plan_refinement(spatial, temporal, chain)
-        frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
-        b, c, _, h, w = frame.shape
         windows = []
+        codec = refiner.expert.codec if joined_as_pixels else None  # windows of a causal space are joined as pixels
+
+        def sink(x, window):
+            n = plan.window_frames(window)
+            if codec is None:
+                windows.append(x[:, :, :n].cpu())
+            else:
+                with log.stage("refine"):
+                    windows.append(codec.decode(x)[:, :, :n].cpu())
+                    log.record_vae(1)
+
         with sessions.stage():  # one sampling call per expert and segment stage
             generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
-                          torch.Generator().manual_seed(seed),
-                          lambda x, window: windows.append(x[:, :, :plan.window_frames(window)].cpu()), prompts, None,
-                          frame.device)
-        host.log_cost("ConFiner Long Segmenter", log)
-        return io.NodeOutput(host.latent_out(control_model, torch.cat(windows, dim=2), latent))
+                          torch.Generator().manual_seed(seed), sink, prompts, None, frame.device)
+        out = torch.cat(windows, dim=2)
+        if codec is not None:
+            with log.stage("refine"):
+                out = codec.encode(out)
+                log.record_vae(1)
+        host.log_cost(NODE, log)
+        return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
+
+    @staticmethod
+    def check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length, frame_shape) -> bool:
+        """Before any evaluation: segments and the whole clip fit the experts' latent spaces, and every bridge and
+        pixel join has its VAEs (naming the input to connect). True when the refined windows are joined as pixels
+        (the refiner's space compresses time, e.g. Wan), False when their latents are concatenated."""
+        fixes = experts.vae_fixes(control=("control_vae", NODE))
+        fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
+        control.expert.latent_space.check_pixel_frames(
+            segment_length, f"segment length (segment_length) = {segment_length}: the control expert's "
+                            f"{control.expert.latent_space.name}")
+        b, c, h, w = frame_shape
+        shape = (b, c, control.expert.latent_space.latent_frames(segment_length), h, w)
+        validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)
+        check_window_join(control, refiner, {"control": connect_vae("control_vae", NODE),
+                                             "refining": fixes["refining"]})
+        if refiner.expert.latent_space.temporal_factor == 1:
+            return False
+        refiner.expert.latent_space.check_pixel_frames(
+            frames, f"frames = {frames}: the windows are joined into one clip of the refining expert's "
+                    f"{refiner.expert.latent_space.name}")
+        return True

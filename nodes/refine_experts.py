@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .schema import CATEGORY, widget_problem
+from .host import FRAME_MODES, LATENT_FRAMES
+from .schema import CATEGORY, SPATIAL_FRAMES, low_noise_inputs, widget_problem
 from .types import RefineExperts, RefineExpertsType
 
 
@@ -16,10 +17,11 @@ class ConFinerRefineExperts(io.ComfyNode):
             display_name="ConFiner Refine Experts (bundle)",
             category=CATEGORY,
             description="Only bundles, runs nothing: the spatial expert (a text-to-image model applied per frame, "
-                        "e.g. SD 1.5) and the temporal expert (a text-to-video model, e.g. SD 1.5 + AnimateDiff) "
-                        "with their own prompts and guidance, as one socket for ConFiner Refine Sampler and ConFiner "
-                        "Long Segmenter. Swap an expert here without rewiring. Both must share the control expert's "
-                        "latent space (same VAE family).",
+                        "e.g. SD 1.5, Qwen-Image, or Wan at one frame) and the temporal expert (a text-to-video "
+                        "model, e.g. SD 1.5 + AnimateDiff, Wan 2.1/2.2) with their own prompts and guidance, as one "
+                        "socket for ConFiner Refine Sampler and ConFiner Long Segmenter. Swap an expert here without "
+                        "rewiring. Experts of different latent spaces (e.g. SD 1.5 with Wan) are bridged through "
+                        "their VAEs: connect each one's VAE; experts of one space need none.",
             inputs=[
                 io.Model.Input("spatial_model", tooltip="Spatial expert: adds frame detail (text-to-image MODEL)."),
                 io.Conditioning.Input("spatial_positive", tooltip="Spatial expert's prompt (its own text encoder)."),
@@ -38,21 +40,49 @@ class ConFinerRefineExperts(io.ComfyNode):
                 io.Float.Input("temporal_cfg", display_name="temporal cfg", default=7.5, min=0.0, max=100.0,
                                step=0.1, round=0.01, tooltip="Temporal expert guidance. 7.5 is our default; the "
                                                              "paper states no cfg value."),
+                io.Vae.Input("spatial_vae", display_name="spatial VAE", optional=True,
+                             tooltip="Only for a bridge: the spatial expert's VAE, needed when it works in another "
+                                     "latent space than an expert it hands samples to (e.g. SD 1.5 with Wan), and "
+                                     "for 'pixel frames'. A VAE serves every expert of its latent space."),
+                io.Vae.Input("temporal_vae", display_name="temporal VAE", optional=True,
+                             tooltip="Only for a bridge: the temporal expert's VAE (e.g. the Wan 2.1 VAE when the "
+                                     "spatial expert is SD 1.5). A VAE serves every expert of its latent space."),
+                io.Combo.Input("spatial_frames", display_name=SPATIAL_FRAMES, options=list(FRAME_MODES),
+                               default=LATENT_FRAMES, optional=True,
+                               tooltip="How the spatial (image) expert refines a clip of a video latent space (Wan, "
+                                       "Qwen-Image: 4 pixel frames per latent frame). latent frames: every latent "
+                                       "frame as an image, batched; no VAE calls, the cheapest, but latent frames "
+                                       "after the first pack 4 pixel frames, which an image model never saw. pixel "
+                                       "frames: every pixel frame as an image of its own (decode, refine per frame, "
+                                       "encode; needs a VAE): 4x the frames per spatial evaluation (81 instead of 21) "
+                                       "and 4 VAE calls per coordinated step plus 2 for the structure. SD-style "
+                                       "spaces are per frame anyway."),
+                *low_noise_inputs("temporal_", "temporal", 7.5),
             ],
             outputs=[RefineExpertsType.Output(display_name="experts",
                                               tooltip="For ConFiner Refine Sampler or ConFiner Long Segmenter.")],
         )
 
     @classmethod
-    def validate_inputs(cls, spatial_cfg, temporal_cfg):
-        return widget_problem(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg) or True
+    def validate_inputs(cls, spatial_cfg, temporal_cfg, spatial_frames=LATENT_FRAMES, temporal_low_noise_cfg=7.5,
+                        temporal_boundary=0.875):
+        return widget_problem(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg, spatial_frames=spatial_frames,
+                              temporal_low_noise_cfg=temporal_low_noise_cfg,
+                              temporal_boundary=temporal_boundary) or True
 
     @classmethod
     def execute(cls, spatial_model, spatial_positive, spatial_negative, spatial_cfg, temporal_model=None,
-                temporal_positive=None, temporal_negative=None, temporal_cfg=7.5) -> io.NodeOutput:
+                temporal_positive=None, temporal_negative=None, temporal_cfg=7.5, spatial_vae=None,
+                temporal_vae=None, spatial_frames=LATENT_FRAMES, temporal_low_noise_model=None,
+                temporal_low_noise_cfg=7.5, temporal_boundary=0.875) -> io.NodeOutput:
+        if temporal_low_noise_model is not None and temporal_model is None:
+            raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
+                             "not: connect the high-noise model to temporal_model")
         experts = RefineExperts(
             spatial_model, spatial_positive, spatial_negative, spatial_cfg, temporal_model,
             temporal_positive if temporal_positive is not None else spatial_positive,
-            temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg)
-        experts.check_latent_spaces()
+            temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg,
+            spatial_vae, temporal_vae, spatial_frames, temporal_low_noise_model, temporal_low_noise_cfg,
+            temporal_boundary)
+        experts.check_vaes()
         return io.NodeOutput(experts)

@@ -31,6 +31,10 @@ CONTROL_SPACING = "control spacing"
 CONTROL_ETA = "control eta"
 STRUCTURE_NOISE = "structure noise schedule"
 COHERENCE_MEMORY = "coherence memory"
+LOW_NOISE_MODEL = "low-noise model"
+LOW_NOISE_CFG = "low-noise cfg"
+BOUNDARY = "high/low-noise boundary"
+SPATIAL_FRAMES = "spatial expert frames"
 
 SEED_TOOLTIPS = {
     "control": "Seed of the structure's initial noise (the control stage). Same seed, same structure.",
@@ -103,6 +107,28 @@ def coherence_memory_input() -> io.Combo.Input:
                                    tooltip="Only with gamma > 0: coherence guidance pulls towards the previous "
                                            "segment's guided noise prediction (Eq. 12 as printed, default) or its "
                                            "unguided one (pulls do not compound)."))
+
+
+def low_noise_inputs(prefix: str, role: str, cfg_default: float) -> list:
+    """A second MODEL that shares the role below a noise level (Wan 2.2 A14B's low-noise expert; the role's MODEL
+    input is then the high-noise one), its cfg and the boundary."""
+    return [
+        io.Model.Input(f"{prefix}low_noise_model", display_name=LOW_NOISE_MODEL, optional=True,
+                       tooltip=f"Optional: the low-noise half of a two-expert model (Wan 2.2 A14B low noise). The "
+                               f"{role} MODEL input is then the high-noise half: it evaluates where the noise level "
+                               f"sigma >= the boundary, this model below it, like diffusers' Wan 2.2 pipeline. Both "
+                               f"must share the latent space and schedule (shift)."),
+        advanced(io.Float.Input(f"{prefix}low_noise_cfg", display_name=LOW_NOISE_CFG, default=cfg_default, min=0.0,
+                                max=100.0, step=0.1, round=0.01, optional=True,
+                                tooltip="Only with a low-noise model: its guidance (the other cfg is the high-noise "
+                                        "model's). Wan 2.2 A14B text-to-video: 3.0 low, 4.0 high; distilled "
+                                        "few-step LoRAs: 1.0 both.")),
+        advanced(io.Float.Input(f"{prefix}boundary", display_name=BOUNDARY, default=0.875, min=0.0, max=1.0,
+                                step=0.005, optional=True,
+                                tooltip="Only with a low-noise model: the noise level (flow sigma after the shift, "
+                                        "0..1) where the high-noise model hands over to the low-noise one. Wan 2.2 "
+                                        "A14B: 0.875 text-to-video, 0.9 image-to-video.")),
+    ]
 
 
 def refine_inputs() -> list:

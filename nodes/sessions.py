@@ -19,6 +19,11 @@ sees two things at once. Where sessions meet:
   ``comfy.samplers.sampling_function``) belong to the session that replaced them: each session sees its own while it
   runs; the node's thread and the other sessions see theirs.
 * Two experts on the very same MODEL share its AnimateDiff state, so their sessions are never open together.
+* **Expert pairs** (Wan 2.2 A14B: a high- and a low-noise model in one role) hand over once per stage, at the noise
+  boundary: the high-noise member's session ends when the low-noise one's opens, so its model can be evicted.
+* **Other models in between.** The node's thread may run other models between evaluations (a bridge's or a pixel
+  frame expert's VAE): before every evaluation a session checks that its model is still the loaded, current one and
+  loads it again if not.
 
 A session ends with its stage (the node's :func:`stage` block), when an evaluation would move its step backwards
 (ConFiner-Long's next segment) or brings other conditioning, sigmas or shape, and on any error or Cancel: its
@@ -84,8 +89,6 @@ def evaluate(expert, x_host: torch.Tensor, sigmas: list, step: int, conds: tuple
     plan it is served by the expert's session, otherwise by a sampling call of its own."""
     current = _CURRENT.get()
     if current is None or not ENABLED or not in_plan:
-        if current is not None:
-            current.last = None  # this call may load a clone of a session's model
         return single_evaluation(expert, x_host, sigmas, step, conds)
     return current.evaluate(expert, x_host, sigmas, step, conds)
 
@@ -150,8 +153,9 @@ class SamplingCall:
         return model(x_host.to(x_in), sigmas[step] * x_in.new_ones([x_in.shape[0]]), **(extra_args or {}))
 
     def reacquire(self) -> None:
-        """Make this call's model the loaded, patched, current one again after another call loaded a clone of it
-        (or evicted it): the recorded ``prepare_sampling`` call, the current patcher, ControlNet's ``pre_run``."""
+        """Make this call's model the loaded, patched, current one again if another call loaded a clone of it or
+        another model evicted it (a VAE on the node's thread): the recorded ``prepare_sampling`` call, the current
+        patcher, ControlNet's ``pre_run``. Nothing when the model is still in place."""
         patcher = self.guider.model_patcher
         base = patcher.model
         models = [patcher, *getattr(self.guider, "loaded_models", [])]
@@ -229,8 +233,8 @@ class Session:
                 and (tuple(x_host.shape), x_host.dtype, x_host.device) == self.shape)
 
     # -- node's thread -------------------------------------------------------------------------------------------
-    def evaluate(self, x_host, step: int, resumed: bool, slots) -> tuple:
-        reply = self._turn(("evaluate", x_host, step, resumed), slots)
+    def evaluate(self, x_host, step: int, slots) -> tuple:
+        reply = self._turn(("evaluate", x_host, step), slots)
         if reply[0] == "result":
             self.last_step = step
             return reply[1], reply[2]
@@ -290,9 +294,8 @@ class Session:
 
     def _serve(self, model, x_in, sigmas, extra_args=None, callback=None, disable=None):
         while self.message[0] == "evaluate":
-            _, x_host, step, resumed = self.message
-            if resumed:
-                self.call.reacquire()
+            _, x_host, step = self.message
+            self.call.reacquire()
             before = self.call.network_calls
             x0 = self.call.evaluate(model, x_in, sigmas, extra_args, callback, x_host, step)
             self.message = ("result", x0, self.call.network_calls - before)
@@ -302,11 +305,10 @@ class Session:
 
 
 class Stage:
-    """The open sessions of a node's stage, one per expert, and which of them ran last."""
+    """The open sessions of a node's stage, one per expert."""
 
     def __init__(self):
         self.sessions: dict = {}  # expert -> Session, in opening order
-        self.last = None
 
     def slots(self) -> list:
         bases = {id(s.patcher.model): s.patcher.model for s in self.sessions.values()}
@@ -318,21 +320,19 @@ class Stage:
             self.end(session)
             session = None
         if session is None:
-            for other in [s for s in self.sessions.values() if s.patcher is expert.model]:
+            # the same MODEL (shared AnimateDiff state), or the other member of the expert's pair (same role)
+            for other in [s for s in self.sessions.values()
+                          if s.patcher is expert.model or s.expert.name == expert.name]:
                 self.end(other)
             session = self.sessions[expert] = Session(expert, sigmas, conds, x_host)
         try:
-            out = session.evaluate(x_host, step, self.last is not session, self.slots())
+            return session.evaluate(x_host, step, self.slots())
         except BaseException:
             self.sessions.pop(expert, None)
-            self.last = None
             raise
-        self.last = session
-        return out
 
     def end(self, session: Session) -> None:
         self.sessions.pop(session.expert, None)
-        self.last = None  # its clean-up clears the base model's current patcher
         session.close(self.slots() + [(session.patcher.model, n) for n in SWAPPED_ON_MODEL])
 
     def close(self, raise_errors: bool = True) -> None:

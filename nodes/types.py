@@ -9,15 +9,23 @@ from comfy_api.latest import io
 
 RefineExpertsType = io.Custom("CONFINER_EXPERTS")
 
+# Where an artist connects each expert's VAE (named in the messages of a bridge that lacks one).
+REFINE_EXPERTS = "ConFiner Refine Experts"
+VAE_INPUTS = {"spatial": ("spatial_vae", REFINE_EXPERTS), "temporal": ("temporal_vae", REFINE_EXPERTS)}
 
-def latent_space(model) -> str:
-    return type(model.get_model_object("latent_format")).__name__
+
+def connect_vae(node_input: str, node: str) -> str:
+    return f"connect a VAE of its latent space to {node_input} on {node}"
 
 
 @dataclass
 class RefineExperts:
-    """The spatial and temporal experts with their own conditioning and guidance, carried as one socket so an
-    expert can be swapped by hand without rewiring the samplers."""
+    """The spatial and temporal experts with their own conditioning, guidance and (for a bridge between latent
+    spaces) VAEs, carried as one socket so an expert can be swapped by hand without rewiring the samplers.
+
+    ``spatial_frames``: how the spatial (image) expert takes a clip of a video latent space (``host.FRAME_MODES``);
+    ``temporal_low_noise_model``: with ``temporal_model`` as the high-noise half, an expert pair switching at
+    ``temporal_boundary`` (Wan 2.2 A14B)."""
 
     spatial_model: Any
     spatial_positive: Any
@@ -27,18 +35,47 @@ class RefineExperts:
     temporal_positive: Any = None
     temporal_negative: Any = None
     temporal_cfg: float = 1.0
+    spatial_vae: Any = None
+    temporal_vae: Any = None
+    spatial_frames: str = "latent frames"
+    temporal_low_noise_model: Any = None
+    temporal_low_noise_cfg: float = 1.0
+    temporal_boundary: float = 0.875
 
-    def check_latent_spaces(self, control_model=None) -> None:
-        """Every expert of a chain works in one VAE latent space; checked on the models alone (nothing runs)."""
-        spaces = {"spatial": latent_space(self.spatial_model)}
-        if self.temporal_model is not None:
-            spaces["temporal"] = latent_space(self.temporal_model)
-        if control_model is not None:
-            spaces["control"] = latent_space(control_model)
-        if len(set(spaces.values())) > 1:
-            found = ", ".join(f"{role} {space}" for role, space in spaces.items())
-            raise ValueError(f"the experts work in different latent spaces ({found}): all experts of a chain must "
-                             f"share one VAE latent space; pick experts of the same family")
+    @property
+    def models(self) -> dict:
+        return {"spatial": self.spatial_model, "temporal": self.temporal_model}
+
+    def shelf(self):
+        """The bundle's VAEs, each noted with the latent space of the expert it was connected for."""
+        from .codecs import VAEShelf
+        from .host import space_of
+
+        shelf = VAEShelf()
+        for role, model in self.models.items():
+            vae = getattr(self, f"{role}_vae")
+            shelf.add(VAE_INPUTS[role][0], vae, space_of(model) if model is not None else None)
+        return shelf
+
+    def check_vaes(self) -> None:
+        """Each connected VAE must be one of its expert's latent space; refused naming the input (nothing runs)."""
+        from .host import space_of
+
+        from .host import PIXEL_FRAMES
+
+        shelf = self.shelf()
+        for role, model in self.models.items():
+            if getattr(self, f"{role}_vae") is not None:
+                if model is None:
+                    raise ValueError(f"{role}_vae on {REFINE_EXPERTS} is connected but {role}_model is not: connect "
+                                     f"the {role} expert's MODEL, or remove the VAE")
+                shelf.codec(space_of(model), VAE_INPUTS[role][0])
+        space = space_of(self.spatial_model)
+        if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
+            raise ValueError(f"spatial expert frames (spatial_frames) 'pixel frames' decodes the clip and encodes "
+                             f"every pixel frame with the spatial expert's VAE, but none is connected: connect a VAE "
+                             f"of the {space.name} latent space to spatial_vae on {REFINE_EXPERTS}, or use 'latent "
+                             f"frames'")
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
@@ -47,13 +84,27 @@ class RefineExperts:
                              f"Experts is not connected: connect a text-to-video MODEL (e.g. SD 1.5 + AnimateDiff) "
                              f"or set refine mode to 'standard'")
 
-    def bind(self, seed: int, log=None, clip=None, progress=None):
-        from .host import bind
+    def vae_fixes(self, control: tuple | None = None) -> dict:
+        """Role -> how to give that expert a VAE (for the core's bridge checks); ``control``: (input, node) of the
+        control expert's VAE."""
+        fixes = {role: connect_vae(*where) for role, where in VAE_INPUTS.items()}
+        if control:
+            fixes["control"] = connect_vae(*control)
+        return fixes
 
-        spatial = bind(self.spatial_model, self.spatial_positive, self.spatial_negative, self.spatial_cfg,
-                       "spatial", seed, log, clip, progress)
+    def bind(self, seed: int, log=None, clip=None, progress=None, vaes=None):
+        """The two experts as core denoisers; ``vaes`` (default: the bundle's own) gives them their codecs."""
+        from . import host
+
+        vaes = vaes if vaes is not None else self.shelf()
+        spatial = host.bind(self.spatial_model, self.spatial_positive, self.spatial_negative, self.spatial_cfg,
+                            "spatial", seed, log, clip, progress, frames=self.spatial_frames, vaes=vaes,
+                            vae_input=VAE_INPUTS["spatial"][0])
         temporal = None
         if self.temporal_model is not None:
-            temporal = bind(self.temporal_model, self.temporal_positive, self.temporal_negative, self.temporal_cfg,
-                            "temporal", seed, log, clip, progress)
+            low = host.LowNoise.of(self.temporal_low_noise_model, self.temporal_low_noise_cfg, self.temporal_boundary,
+                                   "temporal_low_noise_model", "temporal_model")
+            temporal = host.bind(self.temporal_model, self.temporal_positive, self.temporal_negative,
+                                 self.temporal_cfg, "temporal", seed, log, clip, progress, vaes=vaes,
+                                 vae_input=VAE_INPUTS["temporal"][0], low_noise=low)
         return spatial, temporal

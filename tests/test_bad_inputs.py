@@ -60,7 +60,7 @@ def make_inputs(tmp) -> dict:
     store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7,
                                                       long=LongConfig(segment_length=8)).run_settings())
     store.start()
-    store.save_state(LongState(1, {}, {}, torch.Generator().manual_seed(7).get_state()), 3, {}, {})
+    store.save_state(LongState(1), 3)
     paths.update(motion=str(motion), sd=str(sd), truncated=str(tmp / "truncated.safetensors"),
                  junk=str(tmp / "junk.safetensors"), ckpt=str(tmp / "model.ckpt"), empty=str(tmp / "empty_folder"),
                  file=str(tmp / "a_file"), clash=str(tmp / "clash"), resumed=str(resumed))
@@ -104,7 +104,12 @@ CLI_CASES = [
     Case("gamma-above-half", ["--gamma", "0.6"], "--gamma"),
     Case("gamma-nan", ["--gamma", "nan"], "--gamma"),
     Case("segment-length-one", ["--segment-length", "1"], "--segment-length"),
-    Case("segment-length-odd", ["--frames", "40", "--segment-length", "15"], "--segment-length must be even"),
+    Case("frames-not-4k+1-causal", ["--embedded", "wan", "--frames", "16"], "use 13 or 17"),
+    Case("segment-length-not-4k+1-causal", ["--embedded", "wan", "--frames", "40", "--segment-length", "16"],
+         "--segment-length: the control expert's embedded-causal latent space holds 4k+1 frames"),
+    Case("size-not-multiple-of-16-causal", ["--embedded", "bridge", "--frames", "9", "--height", "72"],
+         "--height must be a multiple of 16"),
+    Case("embedded-preset-unknown", ["--embedded", "flux"], "--embedded"),
     Case("freenoise-stride-over-window", [*LONG, "--noise-init", "freenoise", "--freenoise-stride", "20"],
          "--freenoise-stride"),
     Case("freenoise-window-over-frames", [*LONG, "--noise-init", "freenoise", "--freenoise-window", "40"],
@@ -185,7 +190,7 @@ API_CASES = [
     Case("api-gamma", {"long": LongConfig(gamma=1.0)}, "--gamma"),
     Case("api-noise-init", {"long": LongConfig(noise_init="pink")}, "--noise-init"),
     Case("api-device", {"device": "tpu"}, "--device 'tpu'"),
-    Case("api-speed", {"speed": "FAST"}, "--speed must be 'eager' or 'fast', got 'FAST'"),
+    Case("api-speed", {"speed": "FAST"}, "--speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"),
     Case("api-prompt-duplicate", {"prompt": "0: a | 0: b"}, "'0: b'"),
     Case("api-prompt-not-text", {"prompt": 42}, "--prompt"),
     Case("api-out-file", {"out": "{file}"}, "--out"),

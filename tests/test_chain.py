@@ -184,6 +184,9 @@ def test_table3_warning_only_where_the_paper_found_collapse():
 
     assert table3_warning(4, 300) and table3_warning(2, 999) and "Table 3" in table3_warning(4, 300)
     assert table3_warning(4, 299) is None and table3_warning(8, 600) is None
+    # a flow refiner's T_e is N sigma: judged at SD 1.5's t = 300 noise level (sigma/alpha 0.83 -> sigma 0.454)
+    flow = S.flow_schedule(5.0)
+    assert table3_warning(4, 450, flow) is None and table3_warning(4, 460, flow) is not None
     x0 = x0_star()
     c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, S.named("sd15")).bind()
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))

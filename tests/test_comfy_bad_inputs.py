@@ -158,6 +158,7 @@ def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):
         assert r["evaluations"] > 0 or name == "noise"  # the counter sees ConFiner's evaluations
 
 
-def test_experts_in_different_latent_spaces_are_refused_by_the_bundle(comfy_worker):
+def test_experts_in_different_latent_spaces_without_vaes_are_refused_before_the_structure(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:mixed_latent_spaces_refused", comfy_worker.checkpoint_name)
-    assert r["refused"] and "latent spaces" in r["message"] and "temporal SDXL" in r["message"]
+    assert r["refused"] and "'sd15'" in r["message"] and "'sdxl'" in r["message"]
+    assert "spatial_vae on ConFiner Refine Experts" in r["message"]

@@ -65,7 +65,7 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys, args, message):
 def test_unknown_speed_preset_fails_before_loading():
     from confiner_core.generate import GenerateRequest
 
-    with pytest.raises(ValueError, match="--speed must be 'eager' or 'fast', got 'FAST'"):
+    with pytest.raises(ValueError, match="--speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"):
         GenerateRequest(speed="FAST").validate()
 
 

@@ -138,6 +138,7 @@ def _interrupt_at(monkeypatch, evaluation: int):
     (29, []),  # inside window 1's control pass (4 + 4 + 15 + 4 + 2): coherence guidance memory restored
     (70, ["--noise-init", "freenoise", "--freenoise-window", "8", "--freenoise-stride", "2", "--gamma", "0",
           "--no-stagger"]),  # mid-refinement of window 3 (4 + 15 per window)
+    (48, ["--color-anchor"]),  # inside window 2: colour anchoring's reference restored
 ])
 def test_interrupt_inside_a_window_resumes_identically(tmp_path, monkeypatch, capsys, evaluation, extra):
     args = ["--quiet", *LONG, *extra]

@@ -200,3 +200,32 @@ def test_coherence_guidance_is_finite_for_flow_experts_at_sigma_one():
     assert torch.allclose(pred.x0, n2 - u_guided, atol=1e-6) and torch.allclose(pred.eps, n2, atol=1e-6)
     second = sample_control(d, n2, ts, eps_hook=hook)
     assert torch.isfinite(first).all() and torch.isfinite(second).all()
+
+
+def test_color_anchor_matches_the_junction_frames_and_is_opt_in():
+    """Colour anchoring shifts each window so its first latent frames have the mean of its predecessor's last ones;
+    off by default, and refused without staggering."""
+    from confiner_core.long import anchor_window, channel_statistics
+
+    g = torch.Generator().manual_seed(0)
+    window = torch.randn(1, 4, 8, 3, 3, generator=g) + torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1, 1)
+    reference = channel_statistics(torch.randn(1, 4, 2, 3, 3, generator=g))
+    anchored = anchor_window(window, 2, reference)
+    assert torch.allclose(channel_statistics(anchored[:, :, :2])[0], reference[0], atol=1e-5)
+    assert torch.allclose(anchored - window, (anchored - window)[:, :, :1].expand_as(window), atol=1e-6)  # a shift
+    assert LongConfig().color_anchor is False
+    with pytest.raises(ValueError, match="staggered"):
+        LongConfig(color_anchor=True, staggered=False).validate()
+
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    plan = plan_segments(32, 8, True)
+    runs = {}
+    for anchor in (False, True):
+        got = []
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=8, color_anchor=anchor),
+                      torch.Generator().manual_seed(0), lambda lat, w: got.append(lat))
+        runs[anchor] = got
+    assert torch.equal(runs[False][0], runs[True][0])  # the first window is the reference
+    for prev, cur in zip(runs[True], runs[True][1:]):
+        assert torch.allclose(channel_statistics(cur[:, :, :2])[0], channel_statistics(prev[:, :, -2:])[0], atol=1e-5)

@@ -343,3 +343,26 @@ def test_streaming_metrics_equal_evaluate_on_the_whole_video(chunks):
     assert got["seam_score_structures"] == pytest.approx(m.seam_score(video, [4, 12]), rel=1e-9)
     assert got["seam_score"] == pytest.approx(m.seam_score(video, [4, 8, 12]), rel=1e-9)  # every junction
     assert "seam_score" not in stream.summary() and "distance_to_nearest" not in stream.summary()
+    drift = m.window_color_drift(video, junctions)  # one implementation, streamed or whole
+    for key, value in drift.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_window_color_drift_against_hand_computed_lab_means():
+    """Two windows, the second a uniformly brighter copy: the drift is the Delta E of the windows' mean Lab colours,
+    computed here with OpenCV's Lab conversion directly (not through the metrics module)."""
+    import cv2
+
+    first = static(seed=1)[:6]
+    second = np.clip(first.astype(int) + 40, 0, 255).astype(np.uint8)
+    video = np.concatenate([first, second])
+
+    def lab_mean(frames):
+        lab = np.stack([cv2.cvtColor(f.astype(np.float32) / 255, cv2.COLOR_RGB2Lab) for f in frames])
+        return lab.reshape(-1, 3).mean(0)
+
+    expected = float(np.linalg.norm(lab_mean(second) - lab_mean(first)))
+    got = m.window_color_drift(video, [6])
+    assert got["window_color_drift"] == pytest.approx(expected, rel=1e-3)
+    assert got["window_color_drift_max"] == got["window_color_drift"] > 2.3  # well above a noticeable difference
+    assert math.isnan(m.window_color_drift(video, [])["window_color_drift"])  # one window: undefined

@@ -11,7 +11,9 @@ Covered, for eps, v and flow experts in every combination:
 * the control stage (Eq. 5): Euler with trailing, leading (steps_offset 1) and linspace spacing, DDIM (eta 0 and
   0.5), flow experts against FlowMatchEulerDiscreteScheduler with their shift;
 * structure extraction on the spatial (Eq. 6) or the control schedule (Algorithm 1, line 4), then coordinated
-  refinement (Algorithm 1) from T_e = 100 in 5 steps at 100, 80, 60, 40, 20, with DDIM eta 0 and 0.5;
+  refinement (Algorithm 1) from T_e = 100 in 5 steps at 100, 80, 60, 40, 20, with DDIM eta 0 and 0.5 (timesteps
+  count as each expert's network sees them: a VP expert's table index, a flow expert's t = N sigma, as diffusers'
+  FlowMatch schedulers pass it);
 * naive alternation (Eq. 7 as printed: both experts step on the spatial schedule);
 * coherence guidance (Eq. 12) over three consecutive segments, guided and unguided memory, flow experts at sigma = 1;
 * same seed twice -> bit-identical, in every mode.
@@ -95,6 +97,16 @@ def ref_coefficients(role: str, kind: str, t: int) -> tuple[float, float]:
         return 1.0 - s, s
     abar = float(vp_table(role)[max(t, 0)])
     return math.sqrt(abar), math.sqrt(1 - abar)
+
+
+def refine_coefficients(role: str, kind: str, t: int) -> tuple[float, float]:
+    """(alpha, sigma) at a refinement timestep. T_e and the refinement timesteps count in each expert's own
+    timesteps: a VP expert's table index, a flow expert's timestep as diffusers' FlowMatch schedulers pass it to
+    the network, t = N sigma (sigma = t / N, whatever the shift)."""
+    if kind == "flow":
+        s = t / N if t >= 0 else 0.0
+        return 1.0 - s, s
+    return ref_coefficients(role, kind, t)
 
 
 def posterior_x0(x, alpha, sigma, mu, std):
@@ -189,8 +201,9 @@ class SpatialStepper:
     def __init__(self, kind, ts, eta):
         self.kind, self.ts, self.eta = kind, ts, eta
         gap = ts[0] - ts[1]
-        if kind == "flow":
-            self.fm = flow_stepper("spatial", ts)
+        if kind == "flow":  # FlowMatchEuler stepping through sigma = t / N (explicit sigmas: no shift applied)
+            self.fm = FlowMatchEulerDiscreteScheduler(shift=1.0)
+            self.fm.set_timesteps(sigmas=[t / N for t in ts])
         else:
             self.ddim = {p: ddim_scheduler("spatial", p, steps=N // gap) for p in ("epsilon", "v_prediction")}
 
@@ -200,8 +213,8 @@ class SpatialStepper:
         if self.kind != "flow":
             r = self.ddim[out_kind].step(out, t, x, eta=self.eta, variance_noise=z)
             return r.prev_sample
-        a_t, s_t = ref_coefficients("spatial", "flow", t)
-        a_p, s_p = ref_coefficients("spatial", "flow", t_prev)
+        a_t, s_t = refine_coefficients("spatial", "flow", t)
+        a_p, s_p = refine_coefficients("spatial", "flow", t_prev)
         assert out_kind == "flow"
         if self.eta == 0:
             self.fm._step_index = k
@@ -329,14 +342,14 @@ TS = [100, 80, 60, 40, 20]
 def extraction_reference(structure, role, kind, noise):
     """Eq. 6 / Algorithm 1 line 4 with diffusers: DDIMScheduler.add_noise, or (1 - s) x0 + s eps for flow."""
     if kind == "flow":
-        s = float(flow_table(role)[TS[0]])
+        s = TS[0] / N
         return (1 - s) * structure + s * noise
     return ddim_scheduler(role).add_noise(structure, noise, torch.tensor([TS[0]]))
 
 
 def renoise(x0, role, kind, t, noise):
     if kind == "flow":
-        s = float(flow_table(role)[t])
+        s = t / N
         return (1 - s) * x0 + s * noise
     return ddim_scheduler(role).add_noise(x0, noise, torch.tensor([t]))
 
@@ -345,7 +358,7 @@ def x0_of(role, kind, out, x, t):
     """The x0 diffusers' schedulers compute: DDIMScheduler.step's pred_original_sample (VP), or
     sample - sigma * model_output (FlowMatchEulerDiscreteScheduler)."""
     if kind == "flow":
-        return x - float(flow_table(role)[t]) * out
+        return x - (t / N) * out
     return ddim_scheduler(role, kind, steps=50).step(out, t, x).pred_original_sample
 
 
@@ -370,10 +383,10 @@ def test_coordinated_refinement_matches_diffusers(spatial_kind, temporal_kind, s
     sk = "flow" if spatial_kind == "flow" else "vp"
     tk = "flow" if temporal_kind == "flow" else "vp"
     for k, t in enumerate(TS):
-        a, s = ref_coefficients("spatial", sk, t)
+        a, s = refine_coefficients("spatial", sk, t)
         x0_s = x0_of("spatial", spatial_kind, se.out(x, a, s), x, t)                      # line 10
         x_t = renoise(x0_s, "temporal", tk, t, replay(g))                                  # Eq. 9
-        a_T, s_T = ref_coefficients("temporal", tk, t)
+        a_T, s_T = refine_coefficients("temporal", tk, t)
         x0_t = x0_of("temporal", temporal_kind, te.out(x_t, a_T, s_T), x_t, t)            # Eq. 10
         x = renoise(x0_t, "spatial", sk, t, replay(g))                                     # Eq. 11
         z = replay(g) if eta > 0 else None
@@ -401,10 +414,10 @@ def test_naive_alternation_matches_eq7_as_printed(spatial_kind, temporal_kind):
     stepper = SpatialStepper(spatial_kind, TS, 0.0)
     for k, t in enumerate(TS):
         if k % 2 == 0:
-            a, s = ref_coefficients("spatial", sk, t)
+            a, s = refine_coefficients("spatial", sk, t)
             x = stepper.step(k, se.out(x, a, s), x, spatial_kind, None)
             continue
-        a_T, s_T = ref_coefficients("temporal", tk, t)  # the temporal network reads x as if on its own schedule
+        a_T, s_T = refine_coefficients("temporal", tk, t)  # the temporal network reads x as if on its own schedule
         x0_T, eps_T = pair(te.out(x, a_T, s_T), x, a_T, s_T, temporal_kind)
         if spatial_kind == "flow":
             x = stepper.step(k, eps_T - x0_T, x, "flow", None)

@@ -27,6 +27,7 @@ from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, 
                           UMT5Config, UMT5EncoderModel)
 
 from tiny_diffusers import _bytes_to_unicode as bytes_to_unicode
+from tiny_tokenizers import WORDS, umt5_spiece_model  # noqa: F401  (re-exported)
 
 SEED = 0
 TEXT_WIDTH = 32          # UMT5 d_model = Wan text_dim; Qwen2.5-VL hidden = Qwen-Image joint_attention_dim
@@ -45,28 +46,7 @@ WAN22_STD = (0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8
              0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
              0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
 
-WORDS = ("a the cat dog fox bird runs walks jumps flies on over under in with and of to grass field river sky "
-         "forest city street night day sunset red blue green golden white black small big slow fast camera video "
-         "image photo cinematic detailed blurry ugly low quality").split()
-
-
 # ------------------------------------------------------------------------------------------------- UMT5 text
-
-@functools.lru_cache(maxsize=None)
-def umt5_spiece_model() -> bytes:
-    """A SentencePiece unigram model (the ``spiece.model`` bytes ComfyUI's UMT5 tokenizer reads) over WORDS plus
-    every printable ASCII character, so no prompt of plain text meets ``<unk>``."""
-    import sentencepiece as spm
-
-    chars = "".join(chr(c) for c in range(33, 127))
-    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + [" ".join(chars)] * 4
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, vocab_size=256,
-                                   model_type="unigram", num_threads=1, character_coverage=1.0,
-                                   hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   minloglevel=2)
-    return model.getvalue()
-
 
 def umt5_tokenizer() -> T5Tokenizer:
     """The SentencePiece model as transformers' (tokenizers-backed) T5Tokenizer: pad 0, eos 1, unk 2."""

@@ -53,26 +53,59 @@ MOTION_V3 = Model("mm_sd15_v3.safetensors",
                   "animatediff_models", "AnimateDiff v3 motion model (fp16 safetensors): the temporal expert")
 MODELS = (SD15, LIGHTNING, MOTION_V3)
 
+# Comfy-Org's repackaged single files of the modern families (ComfyUI's own loaders read them)
+WAN_REPO = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+WAN22_REPO = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+QWEN_REPO = "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files"
+WAN21 = Model("wan2.1_t2v_1.3B_fp16.safetensors", f"{WAN_REPO}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
+              "diffusion_models", "Wan 2.1 text-to-video 1.3B: the control and the temporal expert")
+UMT5 = Model("umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+             f"{WAN_REPO}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders",
+             "UMT5-XXL, Wan's text encoder (CLIPLoader type wan)")
+WAN_VAE = Model("wan_2.1_vae.safetensors", f"{WAN_REPO}/vae/wan_2.1_vae.safetensors", "vae",
+                "Wan 2.1 VAE: the latent space of Wan 2.1, Wan 2.2 A14B and Qwen-Image")
+QWEN_IMAGE = Model("qwen_image_fp8_e4m3fn.safetensors", f"{QWEN_REPO}/diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+                   "diffusion_models", "Qwen-Image: the spatial (image) expert, in Wan 2.1's latent space")
+QWEN_VL = Model("qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                f"{QWEN_REPO}/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders",
+                "Qwen2.5-VL 7B, Qwen-Image's text encoder (CLIPLoader type qwen_image)")
+WAN22_HIGH = Model("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                   f"{WAN22_REPO}/diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                   "diffusion_models", "Wan 2.2 T2V A14B high-noise expert (control stage, sigma >= 0.875)")
+WAN22_LOW = Model("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                  f"{WAN22_REPO}/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                  "diffusion_models", "Wan 2.2 T2V A14B low-noise expert (control below 0.875, spatial at one "
+                                      "frame, temporal)")
+
 PROMPT = "a corgi running on a sunny beach, waves, golden hour, highly detailed"
 NEGATIVE = "blurry, low quality, watermark, deformed"
+WAN_NEGATIVE = "blurry, low quality, static, still frame, watermark, subtitles, deformed, extra limbs"
+WAN_FPS = 16.0
 
 # node type -> (socket inputs [(name, type)], outputs [(name, type)])
 SOCKETS = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
+    "CLIPLoader": ([], [("CLIP", "CLIP")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "ADE_AnimateDiffLoaderGen1": ([("model", "MODEL")], [("MODEL", "MODEL")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
+    "EmptyHunyuanLatentVideo": ([], [("LATENT", "LATENT")]),
     "ConFinerControlExpert": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                               ("latent", "LATENT")], [("structure", "LATENT")]),
+                               ("latent", "LATENT"), ("low_noise_model", "MODEL")], [("structure", "LATENT")]),
     "ConFinerRefineExperts": ([("spatial_model", "MODEL"), ("spatial_positive", "CONDITIONING"),
                                ("spatial_negative", "CONDITIONING"), ("temporal_model", "MODEL"),
-                               ("temporal_positive", "CONDITIONING"), ("temporal_negative", "CONDITIONING")],
+                               ("temporal_positive", "CONDITIONING"), ("temporal_negative", "CONDITIONING"),
+                               ("spatial_vae", "VAE"), ("temporal_vae", "VAE"),
+                               ("temporal_low_noise_model", "MODEL")],
                               [("experts", "CONFINER_EXPERTS")]),
     "ConFinerCoordinatedSampler": ([("experts", "CONFINER_EXPERTS"), ("structure", "LATENT"),
-                                    ("control_model", "MODEL")], [("latent", "LATENT")]),
+                                    ("control_model", "MODEL"), ("control_vae", "VAE")], [("latent", "LATENT")]),
     "ConFinerLongSegmenter": ([("control_model", "MODEL"), ("control_positive", "CONDITIONING"),
                                ("control_negative", "CONDITIONING"), ("experts", "CONFINER_EXPERTS"),
-                               ("latent", "LATENT"), ("clip", "CLIP")], [("latent", "LATENT")]),
+                               ("latent", "LATENT"), ("clip", "CLIP"), ("control_vae", "VAE"),
+                               ("control_low_noise_model", "MODEL")], [("latent", "LATENT")]),
     "ConFinerNoiseRescheduler": ([("latent", "LATENT")], [("noise", "NOISE"), ("noise_latent", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveAnimatedWEBP": ([("images", "IMAGE")], []),
@@ -83,6 +116,10 @@ SOCKETS = {
 WANTED = {
     "MarkdownNote": (470, 620),
     "CheckpointLoaderSimple": (380, 100),
+    "UNETLoader": (380, 82),
+    "CLIPLoader": (380, 106),
+    "VAELoader": (380, 58),
+    "EmptyHunyuanLatentVideo": (380, 130),
     "ADE_AnimateDiffLoaderGen1": (380, 250),
     "CLIPTextEncode": (420, 190),
     "EmptyLatentImage": (380, 110),
@@ -172,14 +209,18 @@ class Graph:
             json.dump(wf, f, indent=1)
 
 
-def note_text(title: str, what: str, change_first: list, models=MODELS) -> str:
+ADE_NODES = ["- **ComfyUI-AnimateDiff-Evolved** (required): the two motion-model loaders.",
+             "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4."]
+NATIVE_NODES = ["- None besides this pack: the models load with ComfyUI's own loaders (Load Diffusion Model, Load "
+                "CLIP, Load VAE, Load Checkpoint).",
+                "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4."]
+
+
+def note_text(title: str, what: str, change_first: list, models=MODELS, custom_nodes=ADE_NODES) -> str:
     lines = [f"# {title}", "", what, "", "## Models (file -> folder)"]
     lines += [f"- `{m.name}` -> `ComfyUI/models/{m.directory}/` ({m.what})" for m in models]
     lines += ["", "Missing files are offered for download when the template opens (each loader carries its link).",
-              "", "## Custom nodes",
-              "- **ComfyUI-AnimateDiff-Evolved** (required): the two motion-model loaders.",
-              "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4.",
-              "", "## Change first"]
+              "", "## Custom nodes", *custom_nodes, "", "## Change first"]
     lines += [f"{i}. {c}" for i, c in enumerate(change_first, 1)]
     lines += ["", "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
               "Every ConFiner node has a help page (the **?** in the node's menu / the node library)."]
@@ -212,7 +253,7 @@ def experts_graph(g, note):
 
 
 def bundle(g, ckpt, temporal, pos, neg, align_with=None):
-    experts = g.node("ConFinerRefineExperts", [7.5, 7.5], None, align_with=align_with)
+    experts = g.node("ConFinerRefineExperts", [7.5, 7.5, "latent frames", 7.5, 0.875], None, align_with=align_with)
     g.link(ckpt, "MODEL", experts, "spatial_model")
     g.link(temporal, "MODEL", experts, "temporal_model")
     for who in ("spatial", "temporal"):
@@ -225,7 +266,7 @@ def control_stage(g, control, pos, neg):
     """A 512x512x16 empty latent into the ConFiner Control Expert (4 Euler steps, cfg 1.0)."""
     empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count")
     g.column("control", "3 · Control stage: structure")
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0], None)
+    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0, 1.0, 0.875], None)
     g.link(control, "MODEL", ctrl, "model")
     g.link(pos, "CONDITIONING", ctrl, "positive")
     g.link(neg, "CONDITIONING", ctrl, "negative")
@@ -233,14 +274,14 @@ def control_stage(g, control, pos, neg):
     return ctrl
 
 
-def outputs(g, ckpt, latents, prefixes):
+def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None):
     """VAE Decode then Save Animated WEBP per latent, each pair stacked in the output column."""
     g.column("output", "5 · Decode and save")
     for latent, prefix in zip(latents, prefixes):
-        dec = g.node("VAEDecode", [], None)
-        save = g.node("SaveAnimatedWEBP", [prefix, 8.0, False, 90, "default"], None)
+        dec = g.node("VAEDecode", [], title)
+        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
         g.link(latent, "latent", dec, "samples")
-        g.link(ckpt, "VAE", dec, "vae")
+        g.link(vae, vae_output, dec, "vae")
         g.link(dec, "IMAGE", save, "images")
 
 
@@ -299,7 +340,7 @@ def long_video():
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
                   "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
-                  "trailing", 0.0, "spatial", "guided"],
+                  "trailing", 0.0, "spatial", "guided", 1.0, 0.875],
                  None)
     g.link(control, "MODEL", seg, "control_model")
     g.link(pos, "CONDITIONING", seg, "control_positive")
@@ -311,9 +352,164 @@ def long_video():
     g.save("confiner_long_128", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Modern experts: Wan 2.1 / 2.2, Qwen-Image, and SD 1.5 bridged to Wan, through ComfyUI's own loaders
+
+WAN_CHANGE_FIRST = ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
+                    "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height "
+                    "multiples of 16. Wan 2.1 1.3B is made for 832x480.",
+                    "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same "
+                    "structure.",
+                    "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA "
+                    "(LightX2V) on the control model use 4 steps, cfg 1."]
+MODERN_SHAPE = [832, 480, 33, 1]
+
+
+def loader(g, model: Model, title: str, kind: str = "UNETLoader", clip_type: str | None = None):
+    widgets = {"UNETLoader": [model.name, "default"], "CLIPLoader": [model.name, clip_type, "default"],
+               "VAELoader": [model.name], "CheckpointLoaderSimple": [model.name]}[kind]
+    return g.node(kind, widgets, title, models=[model])
+
+
+def prompts(g, clip, label: str, output: str = "CLIP", negative: str = WAN_NEGATIVE):
+    pos = g.node("CLIPTextEncode", [PROMPT], f"Positive ({label})")
+    neg = g.node("CLIPTextEncode", [negative], f"Negative ({label})")
+    for n in (pos, neg):
+        g.link(clip, output, n, "clip")
+    return pos, neg
+
+
+def wan_control(g, model, pos, neg, latent, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0):
+    g.column("control", "3 · Control stage: structure")
+    ctrl = g.node("ConFinerControlExpert", [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875],
+                  None)
+    g.link(model, "MODEL", ctrl, "model")
+    if low_noise is not None:
+        g.link(low_noise, "MODEL", ctrl, "low_noise_model")
+    g.link(pos, "CONDITIONING", ctrl, "positive")
+    g.link(neg, "CONDITIONING", ctrl, "negative")
+    g.link(latent, "LATENT", ctrl, "latent")
+    return ctrl
+
+
+def modern_readme(g, title: str, what: str, change_first: list, models: tuple) -> None:
+    g.column("readme", "Read me")
+    g.node("MarkdownNote", [note_text(title, what, change_first, models, NATIVE_NODES)], "About this workflow")
+
+
+def bundle_links(spatial, spatial_prompts, temporal, temporal_prompts, **vaes) -> dict:
+    """The bundle's inputs -> (node, output): each expert's MODEL and prompts, and VAEs (``spatial_vae=(node,
+    output)``)."""
+    links = {}
+    for role, model, (pos, neg) in (("spatial", spatial, spatial_prompts), ("temporal", temporal, temporal_prompts)):
+        links.update({f"{role}_model": (model, "MODEL"), f"{role}_positive": (pos, "CONDITIONING"),
+                      f"{role}_negative": (neg, "CONDITIONING")})
+    return {**links, **vaes}
+
+
+def refinement(g, ctrl, widgets: list, links: dict):
+    """The bundle (``links``: input -> (node, output)) and the Refine Sampler on the structure."""
+    g.column("refine", "4 · Refinement")
+    experts = g.node("ConFinerRefineExperts", widgets, None)
+    for name, (node, out) in links.items():
+        g.link(node, out, experts, name)
+    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
+    g.link(experts, "experts", sampler, "experts")
+    g.link(ctrl, "structure", sampler, "structure")
+    return sampler
+
+
+def wan_qwen_image():
+    g = Graph()
+    modern_readme(
+        g, "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
+        "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 100 and refined in 5 "
+        "coordinated steps by Qwen-Image (spatial expert, every frame as an image) and Wan 2.1 (temporal expert). "
+        "Qwen-Image shares Wan 2.1's latent space, so no VAE runs between the experts. *spatial expert frames*: "
+        "**latent frames** (default) refines each of the 9 latent frames as an image, batched, no VAE calls; "
+        "**pixel frames** refines each of the 33 pixel frames on its own (decode, per-frame Qwen-Image, encode "
+        "through the Wan VAE on *spatial VAE*): 4x the image work and 4 VAE calls per step, closer to what an image "
+        "model was trained on.",
+        WAN_CHANGE_FIRST + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
+        (WAN21, QWEN_IMAGE, UMT5, QWEN_VL, WAN_VAE))
+    g.column("models", "1 · Models")
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
+    qwen = loader(g, QWEN_IMAGE, "Qwen-Image (spatial expert)")
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    qwen_vl = loader(g, QWEN_VL, "Qwen2.5-VL text encoder (Qwen-Image)", "CLIPLoader", "qwen_image")
+    vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
+    g.column("prompts", "2 · Prompts and size")
+    wan_pos, wan_neg = prompts(g, umt5, "Wan")
+    qwen_pos, qwen_neg = prompts(g, qwen_vl, "Qwen-Image")
+    empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
+    ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
+    sampler = refinement(g, ctrl, [2.5, 5.0, "latent frames", 5.0, 0.875],
+                         bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg), spatial_vae=(vae, "VAE")))
+    outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode (Wan 2.1 VAE)")
+    g.save("confiner_wan_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
+
+
+def sd15_bridge_wan():
+    g = Graph()
+    modern_readme(
+        g, "ConFiner: SD 1.5 bridged to Wan 2.1",
+        "Wan 2.1 1.3B makes the 33-frame structure and is the temporal expert; SD 1.5 is the spatial expert. They "
+        "work in different latent spaces (SD: 4 channels per frame; Wan: 16 channels, 4 frames per latent frame), "
+        "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
+        "SD's (2 VAE calls), and every coordinated step hands the clean estimate over and back (4 VAE calls). The "
+        "refined video is in SD 1.5's space: decode it with SD 1.5's VAE.",
+        WAN_CHANGE_FIRST[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
+                                "VAE goes to *spatial VAE*; decode with that VAE too)."] + WAN_CHANGE_FIRST[2:],
+        (SD15, WAN21, UMT5, WAN_VAE))
+    g.column("models", "1 · Models")
+    ckpt = loader(g, SD15, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
+    g.column("prompts", "2 · Prompts and size")
+    sd_pos, sd_neg = prompts(g, ckpt, "SD 1.5", negative=NEGATIVE)
+    wan_pos, wan_neg = prompts(g, umt5, "Wan")
+    empty = g.node("EmptyHunyuanLatentVideo", [512, 512, 33, 1], "Size and frame count")
+    ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
+    sampler = refinement(g, ctrl, [7.5, 5.0, "latent frames", 5.0, 0.875],
+                         bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
+                                      temporal_vae=(vae, "VAE")))
+    outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode (SD 1.5 VAE)")
+    g.save("confiner_sd15_bridge_wan", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
+
+
+def wan22_a14b():
+    g = Graph()
+    modern_readme(
+        g, "ConFiner: Wan 2.2 A14B",
+        "Wan 2.2 A14B is two experts: the high-noise model up to the boundary (sigma 0.875), the low-noise model "
+        "below. Both make the structure as one control expert (8 steps, the switch inside); refinement starts at "
+        "T_e = 100 (sigma 0.1), where only the low-noise model works: it refines as the spatial expert at one frame "
+        "(each latent frame an image, 1/9 of the attention of the clip) and as the temporal expert on the whole clip.",
+        WAN_CHANGE_FIRST[:3] + ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V "
+                                "4-step LoRAs on both models: 4 steps, cfg 1 and 1."],
+        (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE))
+    g.column("models", "1 · Models")
+    high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control)")
+    low = loader(g, WAN22_LOW, "Wan 2.2 A14B low noise (all roles)")
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    vae = loader(g, WAN_VAE, "Wan 2.1 VAE (A14B's)", "VAELoader")
+    g.column("prompts", "2 · Prompts and size")
+    pos, neg = prompts(g, umt5, "Wan")
+    empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
+    ctrl = wan_control(g, high, pos, neg, empty, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
+    sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875],
+                         bundle_links(low, (pos, neg), low, (pos, neg)))
+    outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode (Wan 2.1 VAE)")
+    g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     basic()
     compare_modes()
     long_video()
+    wan_qwen_image()
+    sd15_bridge_wan()
+    wan22_a14b()
     print("wrote", sorted(f for f in os.listdir(OUT) if f.endswith(".json")))

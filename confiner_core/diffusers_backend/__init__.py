@@ -12,8 +12,10 @@
   :class:`QwenPromptEncoder`); family options in :data:`FLOW_OPTIONS` (``load_experts(..., options=...)``);
 * :class:`AutoencoderKLCodec` -- an image VAE as a :class:`~confiner_core.latent_spaces.Codec`;
   :class:`WanVAECodec` -- the causal Wan / Qwen-Image video VAE;
-* :mod:`~confiner_core.diffusers_backend.speed` -- optional speed settings (channels_last, cuDNN autotuning,
-  regional torch.compile): ``load_experts(..., speed=FAST)``.
+* :mod:`~confiner_core.diffusers_backend.speed` -- optional speed settings and the presets ``--speed`` names
+  (``LEAN``: channels_last, fused GroupNorm+SiLU, fused QKV, attention backend, cuDNN autotuning; ``FAST``: + regional
+  torch.compile; ``MAX``: + CUDA graphs): ``load_experts(..., speed=FAST)``; opt-in step caching for Wan refinement
+  experts (``SpeedSettings(step_cache=...)``).
 
 Accepted path kinds per role: :func:`role_kinds` and :func:`kind_descriptions`. Nothing here touches the Hugging
 Face Hub: every load is local (``local_files_only=True`` with local configs).
@@ -26,11 +28,11 @@ from .families.wan import OPTIONS as FLOW_OPTIONS
 from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
 from .families.registry import (FAMILIES, LoadedExperts, detect, detect_kind, inspect_all, kind_descriptions,
                                 load_experts, preflight, role_kinds)
-from .speed import EAGER, FAST, SpeedSettings, apply_speed_settings
+from .speed import EAGER, FAST, LEAN, MAX, PRESETS, SpeedSettings, apply_speed_settings
 from .text import PromptEncoder, SDXLPromptEncoder
 from .vae import AutoencoderKLCodec
 
-__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert",
+__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "LEAN", "MAX", "PRESETS", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert",
            "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert", "QwenPromptEncoder", "SDXLExpert",
            "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder", "UNet3DExpert", "WanExpert", "WanImageExpert",
            "WanVAECodec",

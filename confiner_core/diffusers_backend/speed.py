@@ -1,67 +1,233 @@
-"""Speed settings for diffusers experts: channels_last convolutions, cuDNN autotuning and torch.compile.
+"""Speed settings for diffusers experts, and the presets the command line selects by name (``--speed``).
 
-All optional, none changes the maths. ``compile="blocks"`` is regional compilation (diffusers' advice for short
-cold starts): every ResNet, transformer, temporal and resampling block is compiled on its own, and blocks of one
-class with the same shapes share one compiled graph, also across experts (SD 1.5, AnimateDiff and ModelScope use
-the same ResNet blocks), so each is compiled once. ``"full"`` compiles each model's forward whole: more fusion,
-a much longer cold start (minutes per UNet). Shapes are static (``dynamic=False``): a new batch or resolution
-compiles again, so keep them fixed for the run that matters.
+Each setting is optional and keeps the maths (outputs agree with eager within rounding: ``tests/test_speed.py``
+states the tolerances), except ``step_cache``, which approximates and is off in every preset.
+
+* ``channels_last`` / ``channels_last_3d``: 2-D (and 3-D) convolution weights in channels_last, so cuDNN runs NHWC
+  (NDHWC) kernels and activations follow;
+* ``fused_norm``: GroupNorm + SiLU (+ the time-embedding add) in two Triton kernels that keep the NHWC layout
+  (:mod:`.fused_norm`): with channels_last this removes the NCHW<->NHWC round trips around every norm;
+* ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
+* ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
+  kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
+  CuTe kernels where it is installed, else PyTorch's);
+* ``cudnn_benchmark``: cuDNN autotuning;
+* ``compile``: ``"blocks"`` is regional compilation (diffusers' advice for short cold starts): every ResNet,
+  transformer, temporal and resampling block is compiled on its own, and blocks of one class with the same shapes
+  share one compiled graph, also across experts; ``"full"`` compiles each model's forward whole (more fusion, a
+  much longer cold start). Shapes are static (``dynamic=False``): a new batch or resolution compiles again. Under
+  compilation the fused norm hands inductor the plain ops, which it fuses itself. :func:`save_compile_cache` and
+  :func:`load_compile_cache` carry the compiled artifacts to another process or machine;
+* ``cuda_graphs``: each network's forward captured once per input shape and replayed (:mod:`.cuda_graphs`);
+* ``step_cache``: First-Block-Cache threshold for the refinement experts of flow transformers (Wan), 0 = off
+  (:mod:`.step_cache`; applied by :func:`~.families.registry.load_experts`).
+
+Presets: ``eager`` (nothing), ``lean`` (everything that needs no compiler: starts in seconds), ``fast`` (lean +
+regional compile), ``max`` (fast + CUDA graphs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import functools
+import os
+from dataclasses import dataclass, replace
 
 import torch
+
+from . import fused_norm as FN
+from .cuda_graphs import GraphPool, graph_forwards
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
                  "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
                  "WanTransformerBlock", "QwenImageTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
+#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets and the
+#: image VAE's decoder (not the Wan VAE, whose causal decoder carries a feature cache from call to call, nor
+#: transformers, whose forwards are long enough that launches do not matter and whose step cache syncs)
+GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder")
+ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4")
 
 
 @dataclass(frozen=True)
 class SpeedSettings:
     channels_last: bool = False
+    channels_last_3d: bool = False
     cudnn_benchmark: bool = False
+    fused_norm: bool = False
+    fuse_qkv: bool = False
+    attention: str = "default"
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
     backend: str = "inductor"
+    cuda_graphs: bool = False
+    step_cache: float = 0.0
 
     def __post_init__(self):
         if self.compile not in COMPILE_SCOPES:
             raise ValueError(f"compile={self.compile!r}: choose one of {COMPILE_SCOPES}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r}: choose one of {ATTENTION_BACKENDS}")
+        if not self.step_cache >= 0:
+            raise ValueError(f"step_cache={self.step_cache!r}: a threshold >= 0 (0 = off)")
 
     def describe(self) -> str:
         parts = [name for name, on in (("channels_last", self.channels_last),
-                                       ("cudnn.benchmark", self.cudnn_benchmark)) if on]
+                                       ("channels_last_3d", self.channels_last_3d),
+                                       ("cudnn.benchmark", self.cudnn_benchmark),
+                                       ("fused GroupNorm+SiLU", self.fused_norm),
+                                       ("fused QKV", self.fuse_qkv)) if on]
+        if self.attention != "default":
+            parts.append(f"attention {self.attention}")
         if self.compile != "none":
             parts.append(f"torch.compile ({self.compile}{', ' + self.compile_mode if self.compile_mode else ''})")
+        if self.cuda_graphs:
+            parts.append("CUDA graphs")
+        if self.step_cache:
+            parts.append(f"step cache {self.step_cache:g}")
         return " + ".join(parts) or "eager"
 
 
 EAGER = SpeedSettings()
-FAST = SpeedSettings(channels_last=True, cudnn_benchmark=True, compile="blocks")
-PRESETS = {"eager": EAGER, "fast": FAST}  # by name, as the command line takes them
+LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, fused_norm=True,
+                     fuse_qkv=True, attention="cudnn")
+FAST = replace(LEAN, compile="blocks")
+MAX = replace(FAST, cuda_graphs=True)
+PRESETS = {"eager": EAGER, "lean": LEAN, "fast": FAST, "max": MAX}  # by name, as the command line takes them
 
 
-def to_channels_last(module: torch.nn.Module) -> int:
-    """Every 4-D weight (2-D convolutions) in channels_last; 5-D (3-D convolution) weights stay as they are, so
-    video UNets can be converted whole. cuDNN then picks NHWC kernels, and activations follow. Returns the count."""
+# ----------------------------------------------------------------------------------------------- layouts
+
+def to_channels_last(module: torch.nn.Module, conv3d: bool = False) -> int:
+    """Every 4-D weight (2-D convolutions) in channels_last, and with ``conv3d`` every 5-D one (3-D convolutions)
+    in channels_last_3d; cuDNN then picks NHWC / NDHWC kernels, and activations follow. Returns the count."""
     n = 0
     for t in list(module.parameters()) + list(module.buffers()):
         if t.dim() == 4:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
             n += 1
+        elif t.dim() == 5 and conv3d:
+            t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
+            n += 1
     return n
 
+
+def fuse_qkv(module: torch.nn.Module) -> int:
+    """diffusers' ``fuse_qkv_projections`` where the model has it (UNets); returns 1 if fused."""
+    fuse = getattr(module, "fuse_qkv_projections", None)
+    if fuse is None:
+        return 0
+    try:
+        fuse()
+    except ValueError:  # e.g. models with added KV projections
+        return 0
+    return 1
+
+
+# --------------------------------------------------------------------------------------------- attention
+
+_SDPA = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def sdpa_order(first: str) -> list:
+    """PyTorch SDPA backends, ``first`` first and the others as fallbacks (math last)."""
+    from torch.nn.attention import SDPBackend
+
+    names = [first] + [n for n in ("cudnn", "flash", "efficient", "math") if n != first]
+    return [getattr(SDPBackend, _SDPA[n]) for n in names]
+
+
+@functools.lru_cache(maxsize=None)
+def flash4_function():
+    """``flash_attn.cute.flash_attn_func`` (the ``flash-attn-4`` package), or None when it is not installed."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception:  # noqa: BLE001 (not installed, or its CUDA libraries are missing)
+        return None
+    return flash_attn_func
+
+
+def flash4_sdpa(original, flash_attn_func):
+    """A drop-in ``scaled_dot_product_attention`` that runs FA4 where it applies (no mask, no dropout, fp16/bf16
+    CUDA tensors, head dims equal, multiples of 8 up to 256) and ``original`` elsewhere. FA4 takes and returns
+    [B, S, H, D]; SDPA's layout is [B, H, S, D], so both sides are transposed views (no copies)."""
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        d = query.shape[-1]
+        if (attn_mask is None and dropout_p == 0.0 and not enable_gqa and query.is_cuda and query.dim() == 4
+                and query.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256
+                and key.shape[-1] == d and value.shape[-1] == d and query.shape[1] == key.shape[1]):
+            out = flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                  softmax_scale=scale, causal=is_causal)
+            out = out[0] if isinstance(out, tuple) else out
+            return out.transpose(1, 2)
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
+
+    return sdpa
+
+
+@contextlib.contextmanager
+def flash4_attention():
+    """Route ``torch.nn.functional.scaled_dot_product_attention`` (which diffusers' processors and its "native"
+    dispatch call) through :func:`flash4_sdpa` for the duration; without FA4, nothing changes."""
+    flash = flash4_function()
+    if flash is None:
+        yield
+        return
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+    functional.scaled_dot_product_attention = flash4_sdpa(original, flash)
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original
+
+
+def attention_context(name: str):
+    """The context under which a network runs for attention backend ``name``."""
+    if name == "default":
+        return contextlib.nullcontext()
+    if name == "flash4":
+        return flash4_attention()
+    from torch.nn.attention import sdpa_kernel
+
+    try:
+        return sdpa_kernel(sdpa_order(name), set_priority=True)
+    except TypeError:  # PyTorch before set_priority: the chosen backend with math as the fallback
+        return sdpa_kernel(sdpa_order(name)[:1] + sdpa_order(name)[-1:])
+
+
+class WithAttention:
+    """``module.forward`` run inside :func:`attention_context` (kept as an object so it can be re-set)."""
+
+    def __init__(self, forward, name: str):
+        self.forward, self.name = forward, name
+
+    def __call__(self, *args, **kwargs):
+        with attention_context(self.name):
+            return self.forward(*args, **kwargs)
+
+
+def set_attention(module: torch.nn.Module, name: str) -> None:
+    forward = module.forward
+    if isinstance(forward, WithAttention):
+        forward.name = name
+    elif name != "default":
+        module.forward = WithAttention(forward, name)
+
+
+# ---------------------------------------------------------------------------------------------- compile
 
 def compile_forward(module: torch.nn.Module, settings: SpeedSettings) -> None:
     """Replace ``module.forward`` by its compiled version. Hooks stay outside the graph (they run around
     ``forward``), and every instance of a class shares the compiled code of ``Class.forward``."""
+    if getattr(module, "_confiner_compiled", False):
+        return  # settings applied on top of earlier ones compile nothing twice
     module.forward = torch.compile(module.forward, dynamic=False, mode=settings.compile_mode,
                                    backend=settings.backend)
+    module._confiner_compiled = True
 
 
 def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLOCK_CLASSES) -> int:
@@ -83,19 +249,60 @@ def allow_recompiles(limit: int = 1024) -> None:
             setattr(dynamo_config, name, value)
 
 
-def apply_speed_settings(modules, settings: SpeedSettings) -> dict:
-    """Apply ``settings`` in place to ``modules`` (UNets, a VAE decoder...). Returns what was done."""
-    done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0}
+def save_compile_cache(path: str) -> dict:
+    """Write this process's compiled artifacts (inductor, AOTAutograd, autotuning and Triton kernels: PyTorch's
+    ``torch.compiler.save_cache_artifacts``) to ``path``, atomically. Another process that loads them with
+    :func:`load_compile_cache` before its first compile skips inductor's code generation and autotuning."""
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None:
+        return {"path": path, "bytes": 0}
+    data, _info = artifacts
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return {"path": path, "bytes": len(data)}
+
+
+def load_compile_cache(path: str) -> bool:
+    """Load artifacts written by :func:`save_compile_cache`; False when the file is absent."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        torch.compiler.load_cache_artifacts(f.read())
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ apply
+
+def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool | None = None) -> dict:
+    """Apply ``settings`` in place to ``modules`` (UNets, transformers, a VAE decoder...), in this order: fused
+    norms, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost). Settings can be applied on
+    top of earlier ones (eager -> lean -> fast -> max), never taken back. ``step_cache`` is not applied here (it
+    belongs to experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
+    done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
+            "fused_qkv": 0, "graphed": 0}
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if settings.compile == "blocks":
         allow_recompiles()
+    modules = list(modules)
     for m in modules:
+        if settings.fused_norm:
+            done["fused_norms"] += sum(FN.fuse_group_norms(m).values())
         if settings.channels_last:
-            done["channels_last_tensors"] += to_channels_last(m)
+            done["channels_last_tensors"] += to_channels_last(m, conv3d=settings.channels_last_3d)
+        if settings.fuse_qkv:
+            done["fused_qkv"] += fuse_qkv(m)
         if settings.compile == "blocks":
             done["compiled"] += compile_blocks(m, settings)
         elif settings.compile == "full":
             compile_forward(m, settings)
             done["compiled"] += 1
+        set_attention(m, settings.attention)
+    if settings.cuda_graphs:
+        graphable = [m for m in modules if type(m).__name__ in GRAPHABLE]
+        done["graph_pool"] = graph_forwards(graphable, graph_pool)
+        done["graphed"] = len(graphable)
     return done

@@ -394,15 +394,18 @@ def error_inside_an_evaluation_ends_the_stage(ckpt_name: str, at_call: int = 2) 
 
 def mixed_latent_spaces_refused(ckpt_name: str) -> dict:
     """ConFiner Refine Experts given a temporal model in another latent space (an SDXL latent format object-patched
-    onto the model, as a different family would have): the bundle refuses before anything runs."""
+    onto the model, as a different family would have) and no VAEs: the bundle takes it (a bridge is possible), the
+    Refine Sampler's check before the structure refuses it, naming the VAE input to connect."""
     import comfy.latent_formats
 
-    node = _pack_module(".nodes.refine_experts").ConFinerRefineExperts
+    bundle = _pack_module(".nodes.refine_experts").ConFinerRefineExperts
+    sampler = _pack_module(".nodes.coordinated_sampler").ConFinerCoordinatedSampler
     model, cond = _load(ckpt_name)
     other = model.clone()
     other.add_object_patch("latent_format", comfy.latent_formats.SDXL())
+    experts = bundle.execute(model, cond, cond, 7.5, other, cond, cond, 7.5).result[0]
     try:
-        node.execute(model, cond, cond, 7.5, other, cond, cond, 7.5)
+        sampler.check_lazy_status(experts, 100, 5, "coordinated", "same_index", 0)
     except ValueError as e:
         return {"refused": True, "message": str(e)}
     return {"refused": False, "message": ""}

@@ -21,6 +21,7 @@ import torch
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
+from ..step_cache import attach_step_cache
 from ..vae import DEFAULT_CHUNK_FRAMES
 from . import files
 from .animatediff import AnimateDiff
@@ -177,6 +178,19 @@ def networks(expert: Expert) -> list:
     return list(getattr(expert, "networks", ()))
 
 
+def attach_refinement_caches(experts: dict, threshold: float):
+    """Step caching (``SpeedSettings.step_cache``) for the refinement roles' flow-transformer experts (Wan); the
+    control expert is never cached. Experts without a transformer block list are left as they are."""
+    cache = None
+    for role in ("spatial", "temporal"):
+        expert = experts.get(role)
+        members = [expert.high, expert.low] if isinstance(expert, ExpertPair) else [expert]
+        if all(hasattr(getattr(m, "transformer", None), "blocks") for m in members if m is not None) and \
+                expert is not None:
+            cache = attach_step_cache(expert, threshold, cache)
+    return cache
+
+
 @dataclass
 class LoadedExperts:
     """``experts``: role -> expert (``None`` for an absent temporal expert); ``codec``: the VAE of the spatial
@@ -238,4 +252,6 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         codecs = {id(e.codec): e.codec for e in experts.values() if e is not None and e.codec is not None}
         modules.update({id(c.vae.decoder): c.vae.decoder for c in codecs.values() if hasattr(c, "vae")})
         apply_speed_settings(list(modules.values()), speed)
+        if speed.step_cache:
+            attach_refinement_caches(experts, speed.step_cache)
     return LoadedExperts(experts, codec, inspections)

@@ -185,6 +185,7 @@ class FlowTransformerExpert(Expert):
 
     prediction = "flow"
     family = "flow"
+    step_cache = None  # a step_cache.FirstBlockCache when the refinement stage caches this expert (opt-in)
 
     def __init__(self, transformer, prompt_encoder, shift: float, latent_space: LatentSpace, name: str = "expert",
                  source: str = ""):
@@ -223,7 +224,11 @@ class FlowTransformerExpert(Expert):
         device, dtype = self.transformer.device, self.transformer.dtype
         sample = x.to(device, dtype).repeat(len(conds), *([1] * (x.ndim - 1)))
         timestep = torch.full((sample.shape[0],), self.model_timestep(t), dtype=torch.float32, device=device)
-        out = self.call(sample, timestep, conds)
+        if self.step_cache is None:
+            out = self.call(sample, timestep, conds)
+        else:
+            with self.step_cache.active(self.transformer, (id(self.transformer), self.name, tuple(sample.shape)), t):
+                out = self.call(sample, timestep, conds)
         return [o.to(x.device, torch.float32) for o in out.chunk(len(conds))]
 
     def describe(self) -> dict:

@@ -1,0 +1,176 @@
+"""Where the time of one run goes: torch.profiler over it, kernels sorted into kinds, idle gaps measured.
+
+``profile_run(fn, device)`` runs ``fn`` once under ``torch.profiler`` and returns a JSON-able summary: kernel time
+per kind (attention, convolution, GEMM, norm, elementwise, layout/copy, memcpy, other) and its share, the top
+kernels by time, and the GPU's idle time between the first and last kernel (the union of kernel intervals against
+that span). On the GPU the kernels come from the profiler's trace (``cat`` kernel / gpu_memcpy / gpu_memset); on the
+CPU (smoke runs) the operators' self time stands in. ``rates`` turns kind times and ``flops_by_kind`` (from
+``torch.utils.flop_counter``) into achieved TFLOP/s for the matrix kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+
+import torch
+
+KINDS = ("attention", "convolution", "gemm", "norm", "elementwise", "layout/copy", "memcpy", "other")
+
+# Order matters: the first pattern that matches names the kind (cuDNN's convolution kernels say "gemm" too).
+PATTERNS = (
+    ("memcpy", r"memcpy|memset"),
+    ("layout/copy", r"nchwtonhwc|nhwctonchw|nchw2nhwc|nhwc2nchw"),
+    ("norm", r"^triton_(poi|per|red)_.*(group_norm|layer_norm|rms_norm)"),   # inductor's kernels, by fused ops
+    ("elementwise", r"^triton_(poi|per|red)_"),
+    ("attention", r"flash|fmha|sdpa|attention|_attn|mha_|softmax"),
+    ("convolution", r"conv|implicit_gemm|implicit_convolve|fprop|dgrad|wgrad|winograd|cudnn|xmma_fprop"),
+    ("gemm", r"gemm|gemv|cutlass|cublas|nvjet|matmul|s16816|s1688|wgmma|(^|[^a-z])(mm|addmm|bmm|baddbmm|linear)"
+             r"([^a-z]|$)|triton_tem_fused_mm|tensorop"),
+    ("norm", r"norm|rowwisemoments|computefusedparams|welford|gn_stats|gn_apply|rms"),
+    ("layout/copy", r"nchwtonhwc|nhwctonchw|transpose|permute|copy|contiguous|catarray|(^|[^a-z])cat([^a-z]|$)|"
+                    r"clone|index"),
+    ("elementwise", r"elementwise|vectorized|unrolled|triton_poi|triton_per|triton_red|reduce|silu|gelu|add|mul|"
+                    r"fill|where|sigmoid|exp|div|sub|pow|rsqrt|mean|sum|cast|to_copy|upsample|interp|pad"),
+)
+_COMPILED = [(kind, re.compile(p)) for kind, p in PATTERNS]
+
+
+def kind_of(name: str) -> str:
+    """The kind of a kernel (GPU) or operator (CPU) from its name."""
+    low = name.lower()
+    for kind, pattern in _COMPILED:
+        if pattern.search(low):
+            return kind
+    return "other"
+
+
+def flops_by_kind(op_flops: dict) -> dict:
+    """{aten op name: FLOPs} (FlopCounterMode's 'Global' counts) -> FLOPs per kind: convolutions, matrix products
+    (mm/addmm) and attention (SDPA; bmm/baddbmm, which only attention's QK^T and PV use in these models)."""
+    out = {"convolution": 0.0, "gemm": 0.0, "attention": 0.0}
+    for op, flops in op_flops.items():
+        parts = str(op).split(".")   # "aten.mm" (FlopCounterMode's packets) or "aten.mm.default"
+        name = parts[1] if parts[0] == "aten" and len(parts) > 1 else parts[-1]
+        if "convolution" in name:
+            out["convolution"] += flops
+        elif name in ("mm", "addmm"):
+            out["gemm"] += flops
+        elif name in ("bmm", "baddbmm") or "scaled_dot_product" in name:
+            out["attention"] += flops
+    return out
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (microseconds)."""
+    total, end = 0.0, None
+    for s, e in sorted(intervals):
+        if end is None or s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def summarise(events: list[tuple], wall_s: float, top: int = 15) -> dict:
+    """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured).
+    Returns the profile summary."""
+    by_kind = {k: 0.0 for k in KINDS}
+    by_name: dict[str, list] = {}
+    for name, _start, dur, *calls in events:
+        by_kind[kind_of(name)] += dur
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += dur
+        entry[1] += calls[0] if calls else 1
+    kernel_us = sum(by_kind.values())
+    timed = [(s, d) for _, s, d, *_ in events if s is not None]
+    span = busy = 0.0
+    if timed:
+        span = max(s + d for s, d in timed) - min(s for s, _ in timed)
+        busy = busy_time([(s, s + d) for s, d in timed])
+    out = {
+        "wall_s": wall_s, "kernel_s": kernel_us / 1e6, "kernels": sum(v[1] for v in by_name.values()),
+        "span_s": span / 1e6, "busy_s": busy / 1e6, "idle_fraction_of_span": (span - busy) / span if span else None,
+        "kinds": {k: {"s": v / 1e6, "share": v / kernel_us if kernel_us else 0.0} for k, v in by_kind.items()},
+        "top": [{"name": n[:160], "kind": kind_of(n), "s": v[0] / 1e6, "calls": v[1],
+                 "share": v[0] / kernel_us if kernel_us else 0.0}
+                for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
+    }
+    return out
+
+
+def rates(summary: dict, flops: dict) -> dict:
+    """TFLOP per kind (``flops_by_kind``) and the TFLOP/s its kernels achieved in the profiled run."""
+    kinds = summary["kinds"]
+    return {"tflop_by_kind": {k: v / 1e12 for k, v in flops.items()},
+            "tflops_by_kind": {k: (v / 1e12) / kinds[k]["s"] if kinds.get(k, {}).get("s") else None
+                               for k, v in flops.items()}}
+
+
+def trace_kernels(path: str) -> list[tuple[str, float, float]]:
+    """Kernel, memcpy and memset events of a chrome trace written by ``torch.profiler``."""
+    with open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return [(e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0))) for e in events
+            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+
+
+def cpu_operators(prof) -> list[tuple[str, float, float]]:
+    """CPU stand-in: every leaf-level operator's self time (no start times: gaps are not measured)."""
+    return [(e.key, None, e.self_cpu_time_total, e.count) for e in prof.key_averages()
+            if e.self_cpu_time_total > 0 and e.key.startswith("aten::")]
+
+
+def profile_run(fn, device: torch.device, top: int = 15) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "trace.json")
+            prof.export_chrome_trace(path)
+            events = trace_kernels(path)
+        source = "CUDA kernels (chrome trace)"
+    else:
+        events = cpu_operators(prof)
+        source = "CPU operators' self time (no GPU)"
+    summary = summarise(events, wall, top)
+    summary["source"] = source
+    summary["analysis_s"] = time.perf_counter() - t1
+    return summary
+
+
+def markdown(summary: dict, title: str) -> list[str]:
+    """A profile summary as Markdown tables."""
+    k = summary["kinds"]
+    idle = summary.get("idle_fraction_of_span")
+    lines = [f"**{title}** — {summary['source']}: {summary['kernels']} kernels, {summary['kernel_s']:.3f} s of kernel "
+             f"time in {summary['wall_s']:.3f} s wall" +
+             (f"; GPU idle {100 * idle:.1f} % of the {summary['span_s']:.3f} s between first and last kernel"
+              if idle is not None else ""), "",
+             "| kind | s | share | TFLOP/s |", "|---|---|---|---|"]
+    rates = summary.get("tflops_by_kind", {})
+    for kind in KINDS:
+        rate = rates.get(kind)
+        lines.append(f"| {kind} | {k[kind]['s']:.3f} | {100 * k[kind]['share']:.1f} % | "
+                     f"{'' if rate is None else f'{rate:.0f}'} |")
+    lines += ["", "| top kernel | kind | calls | s | share |", "|---|---|---|---|---|"]
+    for t in summary["top"]:
+        name = t["name"].replace("|", "/")
+        lines.append(f"| `{name[:90]}` | {t['kind']} | {t['calls']} | {t['s']:.3f} | {100 * t['share']:.1f} % |")
+    return lines + [""]

@@ -1,0 +1,102 @@
+"""ComfyUI VAEs as confiner_core codecs: what the bridge between experts of different latent spaces runs on.
+
+A :class:`ComfyVAECodec` binds a ComfyUI ``VAE`` (``comfy.sd.VAE``, e.g. from VAELoader or a checkpoint) to the
+latent space of the expert it serves (:func:`nodes.host.space_of`, read off the model's latent format), so the
+normalisation is the model's own: ``encode`` = the VAE's raw latent through ``process_in``, exactly what a VAE
+Encode node followed by sampling gives the model. The VAE calls are ComfyUI's own ``VAE.encode`` / ``VAE.decode``:
+frames are batched as far as free memory allows and a call that runs out of memory is redone tiled (ComfyUI's own
+fallback), so the bridge's peak memory is bounded like a VAE Decode node's.
+
+Pixels in the core are ``[B, 3, F, H, W]`` in [-1, 1]; ComfyUI's IMAGE is ``[..., H, W, 3]`` in [0, 1].
+Image VAEs (SD, SDXL, Flux) code every frame alone, batched; video VAEs (Wan) code a whole clip causally.
+
+:class:`VAEShelf` gives each expert a VAE: its own input if connected, else any connected VAE of the same latent
+space (one VAE serves every expert of its space), so a graph whose experts share one space needs one VAE wire.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from ..confiner_core.latent_spaces import Codec, LatentSpace
+
+
+def vae_space_problem(vae, space: LatentSpace) -> str | None:
+    """Why ``vae`` cannot be the codec of ``space`` (channels, spatial or temporal compression differ); None if it
+    can."""
+    channels = getattr(vae, "latent_channels", None)
+    spatial = vae.spacial_compression_encode()
+    temporal = vae.temporal_compression_decode() or 1
+    have = f"{channels}-channel latents, {spatial}x spatial" + (f", {temporal}x temporal" if temporal > 1 else "")
+    want = f"{space.channels} channels, {space.spatial_factor}x spatial" + \
+        (f", {space.temporal_factor}x temporal" if space.temporal_factor > 1 else "")
+    if (channels, spatial, temporal) != (space.channels, space.spatial_factor, space.temporal_factor):
+        return f"a VAE of {have}, not of the {space.name} latent space ({want})"
+    return None
+
+
+class ComfyVAECodec(Codec):
+    """A ComfyUI VAE as the codec of ``space`` (checked to match: channels and compression)."""
+
+    def __init__(self, vae, space: LatentSpace, who: str = "the VAE"):
+        super().__init__()
+        problem = vae_space_problem(vae, space)
+        if problem:
+            raise ValueError(f"{who} is {problem}: connect the VAE of that expert's model family")
+        self.vae, self.space, self.who = vae, space, who
+        self.pixel_channels = 3
+        self.video = getattr(vae, "latent_dim", 2) == 3
+
+    def encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        b = images.shape[0]
+        if self.video:   # each clip of the batch is one causal video: [F, H, W, 3] -> [1, C, T, h, w]
+            raw = torch.cat([self.vae.encode(rearrange(images[i], "p f h w -> f h w p")) for i in range(b)])
+        else:            # every frame an image, all frames of all clips in one batched call
+            raw = rearrange(self.vae.encode(rearrange(images, "b p f h w -> (b f) h w p")),
+                            "(b f) c h w -> b c f h w", b=b)
+        return raw.to(pixels.device, pixels.dtype)
+
+    def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.video:   # [B, C, T, h, w] -> [B, F, H, W, 3]
+            images = self.vae.decode(raw)
+            images = images.reshape(raw.shape[0], -1, *images.shape[-3:])
+        else:
+            b = raw.shape[0]
+            images = rearrange(self.vae.decode(rearrange(raw, "b c f h w -> (b f) c h w")),
+                               "(b f) h w p -> b f h w p", b=b)
+        return (rearrange(images, "b f h w p -> b p f h w") * 2.0 - 1.0).to(raw.device, raw.dtype)
+
+
+class VAEShelf:
+    """The VAEs connected to a graph's VAE inputs, each with its input's name and, where known, the latent space of
+    the expert it was connected for; a VAE serves every expert of that space."""
+
+    def __init__(self):
+        self.entries: list = []   # (input label, vae, space or None)
+
+    def add(self, label: str, vae, space: LatentSpace | None = None) -> "VAEShelf":
+        if vae is not None:
+            self.entries.append((label, vae, space))
+        return self
+
+    def extend(self, other: "VAEShelf | None") -> "VAEShelf":
+        for entry in (other.entries if other is not None else ()):
+            self.add(*entry)
+        return self
+
+    def codec(self, space: LatentSpace, own: str | None = None) -> Codec | None:
+        """The codec of ``space``: the VAE on the ``own`` input if connected (it must fit, else the error names the
+        input), else a VAE connected for another expert of the same space, else one of unknown space that fits;
+        None when there is none."""
+        for label, vae, _ in self.entries:
+            if label == own:
+                return ComfyVAECodec(vae, space, label)
+        for label, vae, where in self.entries:
+            if where == space:
+                return ComfyVAECodec(vae, space, label)
+        for label, vae, where in self.entries:
+            if where is None and vae_space_problem(vae, space) is None:
+                return ComfyVAECodec(vae, space, label)
+        return None

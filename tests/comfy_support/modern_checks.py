@@ -1,0 +1,188 @@
+"""In-worker checks of the pack with modern experts: the tiny Wan 2.1 / Wan 2.2 A14B / Qwen-Image files loaded by
+ComfyUI's own loaders (``tiny_modern_files.install()`` first; run through ``ComfyWorker.call``)."""
+
+from __future__ import annotations
+
+from comfy_support.confiner_checks import _pack_module
+from comfy_support.tiny_modern_files import FILES
+
+WAN = "confiner-tiny-wan2.1-t2v.safetensors"
+HIGH = "confiner-tiny-wan2.2-t2v-a14b-high-noise.safetensors"
+LOW = "confiner-tiny-wan2.2-t2v-a14b-low-noise.safetensors"
+QWEN = "confiner-tiny-qwen-image.safetensors"
+WAN_VAE = "confiner-tiny-wan2.1-vae.safetensors"
+UMT5 = "confiner-tiny-umt5-xxl.safetensors"
+QWEN_VL = "confiner-tiny-qwen2.5-vl-7b.safetensors"
+ROLES = ("control", "spatial", "temporal")
+assert {WAN, HIGH, LOW, QWEN, WAN_VAE, UMT5, QWEN_VL} == set(FILES)
+
+
+def _unet(name: str):
+    import nodes
+
+    return nodes.UNETLoader().load_unet(name, "default")[0]
+
+
+def _vae(name: str = WAN_VAE):
+    import nodes
+
+    return nodes.VAELoader().load_vae(name)[0]
+
+
+def _cond(clip_name: str, clip_type: str, text: str = "a red fox runs over the grass"):
+    import nodes
+
+    clip = nodes.CLIPLoader().load_clip(clip_name, clip_type)[0]
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def loaders_detect() -> dict:
+    """What ComfyUI's UNETLoader / VAELoader / CLIPLoader make of the tiny files, and what the pack makes of the
+    models: latent space, image or video model, evaluation layout per role, schedule against ComfyUI's own shift
+    formula (time_snr_shift of (t + 1) / 1000, the table its flow samplers use)."""
+    import torch
+
+    import comfy.model_sampling
+
+    host = _pack_module(".nodes.host")
+    out = {"models": {}}
+    for name in (WAN, HIGH, LOW, QWEN):
+        model = _unet(name)
+        ms = model.get_model_object("model_sampling")
+        experts = {role: host.ComfyExpert(model, role) for role in ROLES}
+        multiplier = getattr(ms, "multiplier", 1.0)
+        worst = max(abs(experts["control"].host_sigma(t) -
+                        float(ms.sigma(torch.tensor((t + 1) / 1000 * multiplier)))) for t in (0, 99, 500, 999))
+        out["models"][name] = {
+            "class": type(model.model).__name__, "latent_format": type(model.model.latent_format).__name__,
+            "flow": isinstance(ms, comfy.model_sampling.CONST), "shift": float(ms.shift),
+            "sampling": type(ms).__mro__[1].__name__,
+            "space": host.space_of(model).name, "image_model": host.is_image_model(model),
+            "layouts": {role: e.layout for role, e in experts.items()},
+            "one_frame_videos": {role: e.one_frame_videos for role, e in experts.items()},
+            "schedule_max_abs_error": worst}
+    vae = _vae()
+    video = torch.rand(5, 32, 32, 3)
+    latent = vae.encode(video)
+    out["vae"] = {"latent_channels": vae.latent_channels, "latent_dim": vae.latent_dim,
+                  "latent_shape": list(latent.shape), "decoded_shape": list(vae.decode(latent).shape)}
+    wan_cond, qwen_cond = _cond(UMT5, "wan"), _cond(QWEN_VL, "qwen_image")
+    out["clip"] = {"wan": list(wan_cond[0][0].shape), "qwen_image": list(qwen_cond[0][0].shape),
+                   "finite": bool(torch.isfinite(wan_cond[0][0]).all() and torch.isfinite(qwen_cond[0][0]).all())}
+    return out
+
+
+def bridge_equals_decode_then_encode(ckpt_name: str) -> dict:
+    """The bridge through ComfyUI VAEs against VAE Decode then VAE Encode done directly with ComfyUI's nodes (and
+    the models' latent formats): Wan -> SD 1.5, SD 1.5 -> Wan, and Wan -> the per-frame Wan space (pixel frames: each
+    decoded frame encoded alone by VAE Encode). Returns the largest differences and the codecs' call counts."""
+    import torch
+
+    import comfy.sd
+    import folder_paths
+    import nodes
+
+    host = _pack_module(".nodes.host")
+    codecs = _pack_module(".nodes.codecs")
+    spaces = _pack_module("confiner_core.latent_spaces")
+    sd_model, _, sd_vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", ckpt_name),
+                                                                output_clip=False)[:3]
+    wan_model, wan_vae = _unet(WAN), _vae()
+    sd_fmt, wan_fmt = sd_model.get_model_object("latent_format"), wan_model.get_model_object("latent_format")
+    sd_codec = codecs.ComfyVAECodec(sd_vae, host.space_of(sd_model), "spatial_vae")
+    wan_codec = codecs.ComfyVAECodec(wan_vae, host.space_of(wan_model), "temporal_vae")
+    g = torch.Generator().manual_seed(0)
+    x_wan = torch.randn(1, 16, 2, 4, 4, generator=g)     # 5 pixel frames of 32x32, normalised
+    x_sd = torch.randn(1, 4, 5, 4, 4, generator=g)
+    decode, encode = nodes.VAEDecode(), nodes.VAEEncode()
+
+    def direct(x, src_fmt, src_vae, dst_fmt, dst_vae, src_frames: bool, dst_frames: bool, alone: bool = False):
+        samples = src_fmt.process_out(x[0].movedim(1, 0) if src_frames else x)
+        images = decode.decode(src_vae, {"samples": samples})[0]           # [F, H, W, 3] in [0, 1]
+        if alone:   # every frame its own one-frame video
+            raw = torch.cat([encode.encode(dst_vae, images[i:i + 1])[0]["samples"] for i in range(len(images))], 2)
+        else:
+            raw = encode.encode(dst_vae, images)[0]["samples"]
+        z = dst_fmt.process_in(raw)
+        return z.movedim(0, 1).unsqueeze(0) if dst_frames else z
+
+    pixel = spaces.per_frame(wan_codec)
+    pairs = {
+        "wan_to_sd": (spaces.bridge(x_wan, wan_codec, sd_codec), direct(x_wan, wan_fmt, wan_vae, sd_fmt, sd_vae,
+                                                                         False, True)),
+        "sd_to_wan": (spaces.bridge(x_sd, sd_codec, wan_codec), direct(x_sd, sd_fmt, sd_vae, wan_fmt, wan_vae,
+                                                                       True, False)),
+        "wan_to_pixel_frames": (spaces.bridge(x_wan, wan_codec, pixel),
+                                direct(x_wan, wan_fmt, wan_vae, wan_fmt, wan_vae, False, False, alone=True)),
+    }
+    return {"max_abs_diff": {k: float((a - b).abs().max()) for k, (a, b) in pairs.items()},
+            "scale": {k: float(b.abs().max()) for k, (a, b) in pairs.items()},
+            "shapes": {k: [list(a.shape), list(b.shape)] for k, (a, b) in pairs.items()},
+            "calls": {"sd": sd_codec.calls, "wan": wan_codec.calls, "pixel_frames": pixel.calls}}
+
+
+def pair_switches_at_boundary(steps: int = 4, boundary: float = 0.875) -> dict:
+    """The Wan 2.2 A14B pair in the control role: which model ComfyUI ran at each evaluation (an APPLY_MODEL wrapper
+    on each model records the sigma it was called with), the evaluation log's forwards, and the sigmas of
+    ComfyUI's own 'simple' schedule for the same steps (what 'trailing' spacing is for flow models)."""
+    import torch
+
+    import comfy.patcher_extension as pe
+    import comfy.samplers
+
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    experts = _pack_module("confiner_core.experts")
+    cond = _cond(UMT5, "wan")
+    calls = []
+
+    def recorder(tag):
+        def wrapper(executor, x, t, *args, **kwargs):
+            calls.append((tag, float(t.flatten()[0])))
+            return executor(x, t, *args, **kwargs)
+        return wrapper
+
+    models = {}
+    for tag, name in (("high", HIGH), ("low", LOW)):
+        models[tag] = _unet(name).clone()
+        models[tag].add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "confiner-test", recorder(tag))
+    log = experts.EvaluationLog()
+    control = host.bind(models["high"], cond, cond, 1.0, "control", 0, log,
+                        low_noise=host.LowNoise(models["low"], 1.0, boundary, "low_noise_model", "model"))
+    config = chain.ChainConfig(control_steps=steps)
+    host.plan_control(control, config)
+    noise = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+    ms = models["high"].get_model_object("model_sampling")
+    simple = [float(s) for s in comfy.samplers.calculate_sigmas(ms, "simple", steps)[:-1]]
+    return {"calls": calls, "simple_sigmas": simple, "evaluations": sum(log.evaluations.values()),
+            "forwards": sum(log.forwards.values()), "finite": bool(torch.isfinite(out).all()),
+            "pair": type(control.expert).__name__}
+
+
+def run_logging_cost(api_prompt: dict) -> dict:
+    """Run ``api_prompt`` (fresh cache), counting expert evaluations (CFGGuider.sample calls) and capturing the
+    ConFiner nodes' cost lines."""
+    import logging
+
+    from comfy_support import confiner_checks
+
+    lines = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("ConFiner "):
+                lines.append(message)
+
+    handler = Capture(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    try:
+        result = confiner_checks.run_counting_evaluations(api_prompt, fresh_cache=True)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return {**result, "cost_lines": lines}

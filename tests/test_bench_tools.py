@@ -1,0 +1,95 @@
+"""The benchmark's profile summary and report (bench/profiling.py, bench/gpu_report.py) on known inputs: kernel names
+as the H200's profiler prints them, intervals with known gaps, a results file with known figures."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import gpu_report as R  # noqa: E402
+import profiling as P  # noqa: E402
+
+KERNELS = {  # names seen in PyTorch / cuDNN / cuBLAS / inductor profiles on Hopper -> kind
+    "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::Half, float>": "norm",
+    "void cudnn::ops::nchwToNhwcKernel<__half, __half, float, false, true, (cudnnKernelDataType_t)0>": "layout/copy",
+    "cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0": "attention",
+    "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "convolution",
+    "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNN": "gemm",
+    "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "gemm",
+    "triton_poi_fused_convolution_silu_3": "elementwise",
+    "triton_red_fused_native_group_norm_silu_2": "norm",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::Half>>": "elementwise",
+    "void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)>":
+        "layout/copy",
+    "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>": "attention",
+    "fmha_cutlassF_f16_aligned_64x128_rf_sm80": "attention",
+    "Memcpy HtoD (Pageable -> Device)": "memcpy",
+    "gn_stats": "norm", "gn_apply": "norm",
+    "aten::addmm": "gemm", "aten::native_group_norm": "norm", "aten::convolution": "convolution",
+    "something_unheard_of": "other",
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_kinds(name):
+    assert P.kind_of(name) == KERNELS[name]
+
+
+def test_summary_shares_gaps_and_rates():
+    events = [("nvjet_hsh_gemm", 0.0, 40.0), ("nvjet_hsh_gemm", 30.0, 20.0),      # overlap 30..40
+              ("sm90_xmma_fprop_implicit_gemm", 60.0, 30.0), ("gn_apply", 100.0, 10.0)]
+    s = P.summarise(events, wall_s=0.001)
+    assert s["kernel_s"] == pytest.approx(100e-6) and s["kernels"] == 4
+    assert s["span_s"] == pytest.approx(110e-6) and s["busy_s"] == pytest.approx(90e-6)
+    assert s["idle_fraction_of_span"] == pytest.approx(20 / 110)
+    assert s["kinds"]["gemm"]["share"] == pytest.approx(0.6) and s["kinds"]["norm"]["share"] == pytest.approx(0.1)
+    assert s["top"][0]["name"] == "nvjet_hsh_gemm" and s["top"][0]["calls"] == 2
+    r = P.rates(s, P.flops_by_kind({"aten.mm.default": 6e9, "aten.convolution.default": 3e9, "aten.bmm.default": 1}))
+    assert r["tflops_by_kind"]["gemm"] == pytest.approx(6e9 / 1e12 / 60e-6)
+    assert r["tflops_by_kind"]["attention"] is None                  # no attention kernel time
+    cpu = P.summarise([("aten::mm", None, 5.0, 3)], wall_s=1.0)       # CPU stand-in: no start times, no gaps
+    assert cpu["idle_fraction_of_span"] is None and cpu["kernels"] == 3
+
+
+def run(wall, tflop, **extra):
+    return {"wall_s": wall, "runs_s": [wall], "warmup_s": wall, "tflop": tflop, "achieved_tflops": tflop / wall,
+            "evaluations": {"refine": 15, "control": 4}, "network_forwards": {}, "overhead_fraction": 0.01,
+            "peak_gpu_gib": 10.0, **extra}
+
+
+def test_report_figures_and_targets(tmp_path):
+    tables = {}
+    for name, factor in (("eager", 1.0), ("best", 0.5)):
+        runs = {"confiner_4+5_modelscope": run(2.4 * factor, 577), "modelscope_100": run(20.0 * factor, 4206),
+                "animatediff_25": None}
+        tables[name] = {"settings": name, "dtype": "float16", "runs": runs,
+                        "ratios": {"ratio_confiner_modelscope_to_modelscope_100": 0.12,
+                                   "flop_ratio_confiner_modelscope_to_modelscope_100": 577 / 4206}}
+    sd = {"device_name": "NVIDIA H200", "torch": "2.11", "diffusers": "0.42.1", "date": "2026-12-01", "size": 512,
+          "frames": 16, "params_m": {"sd": 859.5, "control": 1312.7, "ms": 1411.2}, "import_s": 8.0,
+          "tables": tables, "cold_start_s": 200.0, "cold_compile_s": 190.0}
+    warm = {"warm_start_s": 18.0, "process_s": 30.0, "compile_from_cache_s": 6.0, "cache_loaded": True,
+            "import_s": 8.0, "load_cache_s": 1.0, "first_run_s": 9.0, "build_s": 5.0}
+    wan = {"figures": {"wan_confiner_s": 15.0, "wan_50_s": 62.0, "wan_ratio_confiner_to_wan_50": 15 / 62,
+                       "wan22_a14b_40_s": 260.0}, "attention": "cudnn"}
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for key, data in (("sd", sd), ("warm", warm), ("wan", None)):
+        if data is not None:
+            (raw / R.FILES[key]).write_text(json.dumps(data))
+    fig = R.figures(sd, warm, wan, None)
+    assert fig["best_confiner_modelscope_s"] == 1.2 and fig["best_confiner_tflops"] == pytest.approx(577 / 1.2)
+    assert fig["best_ratio_confiner_modelscope_to_modelscope_100"] == 0.12
+    assert fig["fastest_table"] == "best" and fig["warm_start_s"] == 18.0 and fig["cold_start_s"] == 200.0
+    assert fig["wan_ratio_confiner_to_wan_50"] == pytest.approx(15 / 62) and fig["wan22_a14b_40_s"] == 260.0
+    assert "best_animatediff25_s" not in fig                          # a skipped run gives no figure
+    lines = "\n".join(R.targets(fig))
+    assert "| ConFiner 4+5 ≤ 1.2 s, best settings | 1.200 s (best) | **yes** |" in lines
+    assert "| warm start ≤ 20 s | 18.0 s | **yes** |" in lines
+    sys.argv = ["gpu_report.py", "--raw", str(raw), "--out", str(tmp_path)]
+    R.main()
+    assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
+    assert "skipped (deadline)" in (tmp_path / "RESULTS.md").read_text()

@@ -1,0 +1,158 @@
+"""The bridge between latent spaces: exact codecs round-trip, and a coordinated step across two spaces equals the
+same step written out by hand (codecs, noising, re-noising and the DDIM step spelled out here, not called)."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from confiner_core import schedules as S
+from confiner_core.chain import ChainConfig, run_chain
+from confiner_core.embedded.codecs import CAUSAL, WORLD, CausalWorldCodec, WorldCodec
+from confiner_core.embedded.experts import embedded_experts
+from confiner_core.experts import EvaluationLog, Expert
+from confiner_core.latent_spaces import Codec, LatentSpace, bridge, per_frame
+from confiner_core.layout import FRAMES, VIDEO
+from confiner_core.refine import coordinated_step
+
+BRIDGE_TOL = 1e-5  # float32 codecs; the embedded ones are exact up to rounding
+
+
+def world_latent(frames: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 4, frames, 6, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9])
+def test_embedded_codecs_are_exact_and_the_bridge_round_trips(frames):
+    world, causal = WorldCodec(), CausalWorldCodec()
+    x0 = world_latent(frames)
+    assert (world.encode(world.decode(x0)) - x0).abs().max() < BRIDGE_TOL
+    there = bridge(x0, world, causal)
+    assert there.shape == (1, 64, CAUSAL.latent_frames(frames), 3, 4)  # 16x spatial, 4k+1 -> k+1 latent frames
+    back = bridge(there, causal, world)
+    assert (back - x0).abs().max() < BRIDGE_TOL
+    frames_space = per_frame(causal)  # the per-pixel-frame space of an image expert
+    assert frames_space.space.temporal_factor == 1
+    assert (bridge(bridge(there, causal, frames_space), frames_space, causal) - there).abs().max() < BRIDGE_TOL
+    assert bridge(x0, world, WorldCodec()) is x0  # one space: the identity, no VAE call
+
+
+def test_bridge_refuses_without_vaes_and_checks_frames():
+    with pytest.raises(ValueError, match="needs both VAEs"):
+        bridge(world_latent(5), WORLD, CausalWorldCodec())
+    with pytest.raises(ValueError, match="4k\\+1 frames"):
+        CausalWorldCodec().encode(WorldCodec().decode(world_latent(6)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A coordinated step across two spaces, written out
+
+A = LatentSpace("a", 2, 1, scale=0.5)                   # 2 channels, normalised by 0.5
+B = LatentSpace("b", 4, 1, 2, shift=(0.1, -0.2, 0.3, 0.0), std=(1.5, 0.5, 2.0, 1.0))  # 2 frames -> 1 latent frame
+
+
+class PlainA(Codec):
+    """Pixels [B, 2, F, H, W] are A's raw latents."""
+    space = A
+    pixel_channels = 2
+
+    def encode_raw(self, pixels):
+        return pixels.clone()
+
+    def decode_raw(self, raw):
+        return raw.clone()
+
+
+class PairsB(Codec):
+    """B packs two consecutive frames' 2 channels into 4."""
+    space = B
+    pixel_channels = 2
+
+    def encode_raw(self, pixels):
+        b, p, f, h, w = pixels.shape
+        return pixels.reshape(b, p, f // 2, 2, h, w).permute(0, 3, 1, 2, 4, 5).reshape(b, 2 * p, f // 2, h, w)
+
+    def decode_raw(self, raw):
+        b, c, t, h, w = raw.shape
+        return raw.reshape(b, 2, c // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c // 2, 2 * t, h, w)
+
+
+class Oracle(Expert):
+    """Knows x0* (in its own space) exactly; eps prediction on a VP schedule, flow prediction on a flow one."""
+
+    def __init__(self, x0, schedule, codec, prediction):
+        self.x0, self.schedule, self.codec, self.prediction = x0, schedule, codec, prediction
+        self.latent_space, self.layout, self.name = codec.space, VIDEO, codec.space.name
+        self.seen = []
+
+    def encode(self, prompt):
+        return prompt
+
+    def forward(self, x, t, conds):
+        a, s = self.schedule.coefficients(t)
+        self.seen.append((x.clone(), t))
+        eps = (x - a * self.x0) / s
+        return [eps if self.prediction == "epsilon" else eps - self.x0 for _ in conds]
+
+
+def test_one_coordinated_step_across_two_spaces_matches_the_hand_written_step():
+    g = torch.Generator().manual_seed(1)
+    x0_a = torch.randn(1, 2, 4, 3, 3, generator=g, dtype=torch.float64)      # the spatial expert's belief (space A)
+    x0_b = torch.randn(1, 4, 2, 3, 3, generator=g, dtype=torch.float64)      # the temporal expert's (space B)
+    sd = S.from_betas("scaled_linear", 0.00085, 0.012, set_alpha_to_one=False)
+    flow = S.flow_schedule(5.0)
+    spatial = Oracle(x0_a, sd, PlainA(), "epsilon").bind(log=EvaluationLog())
+    temporal = Oracle(x0_b, flow, PairsB(), "flow").bind()
+    x = torch.randn(1, 2, 4, 3, 3, generator=g, dtype=torch.float64)
+    t = 100
+    ours, pred_t = coordinated_step(spatial, temporal, x, t, torch.Generator().manual_seed(5))
+
+    # by hand: SD's abar from diffusers, the flow timestep t is sigma = t / 1000, the codecs spelled out
+    abar = float(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod[t])
+    a_s, s_s = math.sqrt(abar), math.sqrt(1 - abar)
+    sigma_t = t / 1000
+    replay = torch.Generator().manual_seed(5)
+    raw_a = x0_a / 0.5                                                     # A.process_out: / scale
+    frames = raw_a                                                         # PlainA decode
+    pairs = torch.stack([frames[:, :, 0::2], frames[:, :, 1::2]], dim=1)   # [B, 2 (pair slot), C, T, h, w]
+    raw_b = pairs.reshape(1, 4, 2, 3, 3)
+    shift = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.float64).view(1, 4, 1, 1, 1)
+    std = torch.tensor([1.5, 0.5, 2.0, 1.0], dtype=torch.float64).view(1, 4, 1, 1, 1)
+    x0_in_b = (raw_b - shift) / std                                        # B.process_in
+    eps1 = torch.randn((1, 4, 2, 3, 3), generator=replay, dtype=torch.float32).double()
+    x_t = (1 - sigma_t) * x0_in_b + sigma_t * eps1                         # Eq. 9 on the flow schedule
+    assert torch.allclose(temporal.expert.seen[0][0], x_t, atol=1e-6)
+    back_raw = x0_b * std + shift                                          # B.process_out, then unpack the pairs
+    back = torch.empty(1, 2, 4, 3, 3, dtype=torch.float64)
+    back[:, :, 0::2], back[:, :, 1::2] = back_raw[:, 0:2], back_raw[:, 2:4]
+    x0_back = back * 0.5                                                   # A.process_in
+    eps2 = torch.randn((1, 2, 4, 3, 3), generator=replay, dtype=torch.float32).double()
+    expected = a_s * x0_back + s_s * eps2                                  # Eq. 11 on SD's schedule
+    assert (ours - expected).abs().max() < 1e-6
+    assert torch.allclose(pred_t.x0, x0_b, atol=1e-6)
+    assert spatial.log.vae_calls == {"unstaged": 4}                        # decode + encode, both ways
+
+
+@pytest.mark.parametrize("preset", ["bridge", "wan-pixel"])
+def test_embedded_bridged_chain_runs_and_counts_vae_calls(preset):
+    experts = embedded_experts(preset)
+    log = EvaluationLog()
+    d = {k: e.bind("a red ball bouncing over green grass", log=log) for k, e in experts.items()}
+    shape = experts["control"].latent_space.latent_shape(1, 9, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    result = run_chain(d["control"], d["spatial"], d["temporal"], torch.randn(shape, generator=g), ChainConfig(), g)
+    assert result.latent.shape == experts["spatial"].latent_space.latent_shape(1, 9, 64, 64)
+    assert torch.isfinite(result.latent).all()
+    # 2 for the structure, 2 x 2 per coordinated step (5 steps)
+    assert log.vae_calls == {"refine": 2 + 4 * 5}
+    assert log.evaluations == {"control": 4, "refine": 15}
+
+
+def test_image_expert_latent_frames_vs_pixel_frames_differ_only_in_their_space():
+    """The same image expert refines latent frames (fast) or pixel frames (through the bridge): different spaces,
+    both decode to the same frame count."""
+    lat, pix = embedded_experts("wan")["spatial"], embedded_experts("wan-pixel")["spatial"]
+    assert lat.layout == pix.layout == FRAMES
+    assert lat.latent_space == CAUSAL and pix.latent_space == CAUSAL.per_frame()
+    assert pix.latent_space.latent_frames(9) == 9 and lat.latent_space.latent_frames(9) == 3

@@ -1,0 +1,278 @@
+"""Modern experts in the node pack, inside a real ComfyUI (``$COMFYUI_PATH``; skipped when unset).
+
+Tiny single-file Wan 2.1, Wan 2.2 A14B (high and low noise), Qwen-Image, Wan 2.1 VAE, UMT5 and Qwen2.5-VL models are
+built once per ComfyUI version (``comfy_support/tiny_modern_files.py``, only the sizes ComfyUI hard-codes shrunk in
+the worker) and loaded by ComfyUI's own UNETLoader / VAELoader / CLIPLoader; SD 1.5 is the tiny checkpoint of the
+other host tests. Checked: detection and the pack's reading of the models (image vs video from the model class),
+the bridge through ComfyUI VAEs against VAE Decode + VAE Encode, the A14B pair's switch at its boundary, refusals of
+a missing VAE before any evaluation, every modern template run headless with the tiny files substituted, and
+ConFiner-Long with Wan experts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from comfy_support.fixtures import comfy_path, comfy_worker, confiner_pack_dir, synthetic_checkpoint  # noqa: F401
+from comfy_support.modern_checks import HIGH, LOW, QWEN, QWEN_VL, UMT5, WAN, WAN_VAE
+
+pytestmark = pytest.mark.comfyui
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+MODERN_TEMPLATES = ["confiner_wan_qwen_image", "confiner_sd15_bridge_wan", "confiner_wan22_a14b"]
+REFINE_STEPS = 2
+SIZE, LENGTH = 32, 5   # 32x32 pixels, 5 frames: 2 Wan latent frames of 4x4
+
+
+@pytest.fixture(scope="module")
+def comfy_pack_dirs(confiner_pack_dir):
+    return [(str(confiner_pack_dir), "confiner")]
+
+
+@pytest.fixture(scope="module")
+def modern(comfy_worker):
+    """The tiny modern files, built (once per ComfyUI version) and registered in the worker."""
+    return comfy_worker.call("comfy_support.tiny_modern_files:install")
+
+
+# ------------------------------------------------------------------------------------------------- graphs
+
+def wan_graph(ckpt: str, spatial: str = "qwen", frames: str = "latent frames") -> dict:
+    """Wan control -> spatial (Qwen-Image, Wan at one frame, or SD 1.5) + Wan temporal, no VAE inputs."""
+    p = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": WAN, "weight_dtype": "default"}},
+        "2": {"class_type": "UNETLoader", "inputs": {"unet_name": QWEN, "weight_dtype": "default"}},
+        "3": {"class_type": "CLIPLoader", "inputs": {"clip_name": UMT5, "type": "wan"}},
+        "4": {"class_type": "CLIPLoader", "inputs": {"clip_name": QWEN_VL, "type": "qwen_image"}},
+        "5": {"class_type": "VAELoader", "inputs": {"vae_name": WAN_VAE}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox runs", "clip": ["3", 0]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox runs", "clip": ["4", 0]}},
+        "8": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": SIZE, "height": SIZE, "length": LENGTH,
+                                                                  "batch_size": 1}},
+        "9": {"class_type": "ConFinerControlExpert", "inputs": {
+            "model": ["1", 0], "positive": ["6", 0], "negative": ["6", 0], "latent": ["8", 0], "seed": 1,
+            "steps": 2, "cfg": 1.0, "sampler": "euler", "latent_is_noise": False}},
+        "10": {"class_type": "ConFinerRefineExperts", "inputs": {
+            "spatial_model": ["2", 0], "spatial_positive": ["7", 0], "spatial_negative": ["7", 0], "spatial_cfg": 1.0,
+            "temporal_model": ["1", 0], "temporal_positive": ["6", 0], "temporal_negative": ["6", 0],
+            "temporal_cfg": 1.0, "spatial_frames": frames}},
+        "11": {"class_type": "ConFinerCoordinatedSampler", "inputs": {
+            "experts": ["10", 0], "structure": ["9", 0], "te": 100, "refine_steps": REFINE_STEPS,
+            "mode": "coordinated", "matching": "same_index", "seed": 2}},
+        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["5", 0]}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "modern"}},
+    }
+    if spatial == "wan":
+        p["10"]["inputs"].update(spatial_model=["1", 0], spatial_positive=["6", 0], spatial_negative=["6", 0])
+    elif spatial == "sd":
+        p["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+        p["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
+        p["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0],
+                                 spatial_vae=["20", 2], temporal_vae=["5", 0])
+        p["12"]["inputs"]["vae"] = ["20", 2]   # the refined video is in the spatial expert's (SD) space
+    return p
+
+
+def long_wan_graph(ckpt: str) -> dict:
+    p = wan_graph(ckpt, spatial="wan")
+    del p["9"], p["11"]
+    p["8"]["inputs"]["length"] = 1
+    p["14"] = {"class_type": "ConFinerLongSegmenter", "inputs": {
+        "control_model": ["1", 0], "control_positive": ["6", 0], "control_negative": ["6", 0], "experts": ["10", 0],
+        "latent": ["8", 0], "frames": 9, "segment_length": 5, "seed": 1, "control_steps": 2, "control_cfg": 1.0,
+        "control_sampler": "euler", "te": 100, "refine_steps": REFINE_STEPS, "mode": "coordinated",
+        "matching": "same_index", "noise_init": "shuffle", "freenoise_stride": 2, "gamma": 0.1, "staggered": True,
+        "segment_prompts": "", "control_vae": ["5", 0]}}
+    p["12"]["inputs"]["samples"] = ["14", 0]
+    return p
+
+
+def _cost(result: dict, node: str) -> dict:
+    line = next(l for l in result["cost_lines"] if l.startswith(node))
+    numbers = dict((k, int(v)) for v, k in re.findall(r"(\d+) (expert evaluations|network forwards|VAE calls)", line))
+    return {"evaluations": numbers.get("expert evaluations", 0), "vae_calls": numbers.get("VAE calls", 0)}
+
+
+def _message(result: dict) -> str:
+    if result["valid"] is False:
+        return json.dumps(result.get("node_errors"))
+    return (result.get("error") or {}).get("exception_message", "")
+
+
+def _saved(result: dict) -> list:
+    return [img for out in result["outputs"].values() for img in out.get("images", [])]
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+def test_tiny_files_are_detected_by_comfys_own_loaders(comfy_worker, modern):
+    r = comfy_worker.call("comfy_support.modern_checks:loaders_detect")
+    models = r["models"]
+    for name in (WAN, HIGH, LOW):
+        m = models[name]
+        assert (m["class"], m["latent_format"], m["flow"], m["shift"]) == ("WAN21", "Wan21", True, 8.0)
+        assert m["space"] == "wan2.1" and not m["image_model"]
+        # a video model: the whole clip as control or temporal expert, at one frame as the spatial expert
+        assert m["layouts"] == {"control": "video", "spatial": "frames", "temporal": "video"}
+        assert m["one_frame_videos"]["spatial"]
+        assert m["schedule_max_abs_error"] < 1e-5
+    assert {models[n]["sampling"] for n in (WAN, HIGH, LOW)} == {"ModelSamplingDiscreteFlow"}
+    q = models[QWEN]
+    # Qwen-Image samples as Flux does: exponential shift 1.15 over a 10000-entry table, read at the core's 1000 steps
+    assert (q["class"], q["latent_format"], q["shift"], q["sampling"]) == ("QwenImage", "Wan21", 1.15,
+                                                                           "ModelSamplingFlux")
+    # Qwen-Image: Wan 2.1's latent format (latent_dimensions 3) but an image model, from its model class
+    assert q["space"] == "wan2.1" and q["image_model"]
+    assert set(q["layouts"].values()) == {"frames"} and all(q["one_frame_videos"].values())
+    assert q["schedule_max_abs_error"] < 1e-5
+    assert r["vae"] == {"latent_channels": 16, "latent_dim": 3, "latent_shape": [1, 16, 2, 4, 4],
+                        "decoded_shape": [1, 5, 32, 32, 3]}
+    assert r["clip"]["wan"] == [1, 512, 4096] and r["clip"]["qwen_image"][0] == 1 and r["clip"]["qwen_image"][2] == 64
+    assert r["clip"]["finite"]
+
+
+def test_bridge_through_comfy_vaes_equals_decode_then_encode(comfy_worker, modern):
+    r = comfy_worker.call("comfy_support.modern_checks:bridge_equals_decode_then_encode", comfy_worker.checkpoint_name)
+    assert r["shapes"]["wan_to_sd"][0] == [1, 4, 5, 4, 4] and r["shapes"]["sd_to_wan"][0] == [1, 16, 2, 4, 4]
+    assert r["shapes"]["wan_to_pixel_frames"][0] == [1, 16, 5, 4, 4]
+    for pair, diff in r["max_abs_diff"].items():
+        assert r["shapes"][pair][0] == r["shapes"][pair][1]
+        assert diff <= 1e-4 * max(1.0, r["scale"][pair]), (pair, diff)
+    # one whole-clip decode and one encode per hand-off, whatever the frames inside
+    assert r["calls"] == {"sd": {"encode": 1, "decode": 1}, "wan": {"encode": 1, "decode": 2},
+                          "pixel_frames": {"encode": 1, "decode": 0}}
+
+
+def test_a14b_pair_switches_at_its_boundary(comfy_worker, modern):
+    r = comfy_worker.call("comfy_support.modern_checks:pair_switches_at_boundary", 4, 0.875)
+    assert r["pair"] == "ExpertPair" and r["finite"]
+    calls = r["calls"]
+    assert len(calls) == r["evaluations"] == r["forwards"] == 4   # cfg 1: one network forward per evaluation
+    # the control stage ran at ComfyUI's own 'simple' schedule, the high-noise model exactly where sigma >= 0.875
+    assert [s for _, s in calls] == pytest.approx(r["simple_sigmas"], abs=1e-5)
+    assert [tag for tag, _ in calls] == ["high" if s >= 0.875 else "low" for s in r["simple_sigmas"]]
+    assert {tag for tag, _ in calls} == {"high", "low"}
+
+
+def test_same_space_graph_needs_no_vae_and_calls_none(comfy_worker, modern):
+    """Wan control -> Qwen-Image spatial (latent frames) + Wan temporal: one latent space, no VAE input, no VAE call."""
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", wan_graph(comfy_worker.checkpoint_name))
+    assert r["success"], r.get("error")
+    assert r["evaluations"] == 2 + 3 * REFINE_STEPS
+    assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 0}
+    assert len(_saved(r)) == LENGTH   # VAE Decode of the refined Wan latent: 5 frames
+
+
+@pytest.mark.parametrize("spatial, frames", [("sd", "latent frames"), ("qwen", "pixel frames")])
+def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, frames):
+    """SD 1.5 spatial + Wan temporal (two latent spaces), and Qwen-Image on pixel frames (Wan's per-frame space): the
+    structure crosses once (2 VAE calls) and every coordinated step twice (4). Latent previews are on: each expert's
+    x0 is previewed with its own latent format."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, spatial, frames)
+    if spatial == "qwen":
+        prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]   # one VAE serves both experts of the Wan space
+    comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
+    try:
+        r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    finally:
+        comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
+    assert r["success"], r.get("error")
+    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
+    assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
+    assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame
+
+
+# (case, graph change, words the message must contain)
+MISSING_VAE = [
+    ("SD spatial without its VAE", lambda p: p["10"]["inputs"].pop("spatial_vae"), ["spatial_vae", "sd15", "wan2.1"]),
+    ("Wan temporal without its VAE", lambda p: p["10"]["inputs"].pop("temporal_vae"), ["temporal_vae", "wan2.1"]),
+    ("pixel frames without a VAE", "pixel", ["spatial_vae", "pixel frames"]),
+    ("SD structure into Wan experts without control_vae", "sd-control", ["control_vae", "sd15"]),
+    ("Wan windows joined without control_vae", "long", ["control_vae", "ConFiner Long Segmenter"]),
+]
+
+
+@pytest.mark.parametrize("case, change, words", MISSING_VAE, ids=[c[0] for c in MISSING_VAE])
+def test_missing_vae_is_refused_before_any_evaluation(comfy_worker, modern, case, change, words):
+    ckpt = comfy_worker.checkpoint_name
+    if change == "pixel":
+        prompt = wan_graph(ckpt, "qwen", "pixel frames")
+    elif change == "sd-control":
+        prompt = wan_graph(ckpt, "wan")
+        prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+        prompt["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
+        prompt["22"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE,
+                                                                     "batch_size": LENGTH}}
+        prompt["9"]["inputs"].update(model=["20", 0], positive=["21", 0], negative=["21", 0], latent=["22", 0])
+        prompt["11"]["inputs"]["control_model"] = ["20", 0]
+        prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]
+    elif change == "long":
+        prompt = long_wan_graph(ckpt)
+        prompt["14"]["inputs"].pop("control_vae")
+    else:
+        prompt = wan_graph(ckpt, "sd")
+        change(prompt)
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"]
+    assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
+    message = _message(r)
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+    assert "Traceback" not in message and "\n" not in message.strip()
+
+
+def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
+    """ConFiner-Long with Wan experts: 9 frames as 5-frame segments (3 structures, 2 staggered windows joined as
+    pixels and encoded as one clip); the VAE calls are the joins (3 structure decodes + 2 window encodes), the
+    windows' decodes (2) and the final clip's encode (1)."""
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", long_wan_graph(comfy_worker.checkpoint_name))
+    assert r["success"], r.get("error")
+    assert _cost(r, "ConFiner Long Segmenter") == {"evaluations": 3 * 2 + 2 * 3 * REFINE_STEPS, "vae_calls": 8}
+    assert len(_saved(r)) == 9
+    bad = long_wan_graph(comfy_worker.checkpoint_name)
+    bad["14"]["inputs"]["segment_length"] = 6
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", bad, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0
+    assert "segment_length" in _message(r) and "5 or 9" in _message(r)
+
+
+# ------------------------------------------------------------------------------------------------- templates
+
+TINY = {"wan2.2_t2v_high": HIGH, "wan2.2_t2v_low": LOW, "wan2.1_t2v": WAN, "qwen_image_vae": WAN_VAE, "qwen_image": QWEN,
+        "umt5": UMT5, "qwen_2.5_vl": QWEN_VL, "wan_2.1_vae": WAN_VAE}
+
+
+def tiny_sized(workflow: dict, ckpt: str) -> dict:
+    """A shipped template with the tiny files substituted and CPU-sized: 32x32, 5 frames."""
+    wf = copy.deepcopy(workflow)
+    for n in wf["nodes"]:
+        values = n.get("widgets_values")
+        if n["type"] in ("UNETLoader", "CLIPLoader", "VAELoader"):
+            values[0] = next(tiny for real, tiny in TINY.items() if values[0].startswith(real))
+        elif n["type"] == "CheckpointLoaderSimple":
+            values[0] = ckpt
+        elif n["type"] == "EmptyHunyuanLatentVideo":
+            n["widgets_values"] = [SIZE, SIZE, LENGTH, 1]
+        elif n["type"] == "ConFinerCoordinatedSampler":
+            values[1] = REFINE_STEPS
+    return wf
+
+
+@pytest.mark.parametrize("name", MODERN_TEMPLATES)
+def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, name):
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
+               for n in workflow["nodes"] for m in n.get("properties", {}).get("models", []))
+    api = comfy_worker.convert(tiny_sized(workflow, comfy_worker.checkpoint_name))
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", api)
+    assert r["success"], r.get("error") or r.get("validation_error")
+    control = next(n for n in workflow["nodes"] if n["type"] == "ConFinerControlExpert")
+    assert r["evaluations"] == control["widgets_values"][2] + 3 * REFINE_STEPS
+    saves = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
+    assert len(_saved(r)) == len(saves)
+    bridged = name == "confiner_sd15_bridge_wan"
+    assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)
