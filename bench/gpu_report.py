@@ -7,7 +7,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe``: the warm start of a second process;
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
-* ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts.
+* ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
+* ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI.
 
 Run it on any machine: ``python bench/gpu_report.py`` (``--raw DIR --out DIR`` for other folders).
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, HERE)
 import profiling as P  # noqa: E402
 
 FILES = {"sd": "h200_sd.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json",
-         "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
+         "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
     "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
@@ -38,6 +39,11 @@ TABLE_LABELS = {"eager": "plain eager fp16 (SDPA, diffusers defaults)", "lean": 
                 "lean_bf16": "lean preset, bf16", "best": "fast preset (lean + regional torch.compile), fp16",
                 "max": "max preset (fast + CUDA graphs), fp16"}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
+TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
+LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
+COMFY_RUNS = {"confiner_session": "ConFiner basic template, stage sessions (one sampling call per expert and stage)",
+              "confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation",
+              "animatediff_25": "AnimateDiff v3, KSampler 25 steps (DDIM, cfg 7.5)"}
 MATMUL_PEAK_TFLOPS = 788  # 8192^3 bf16 matrix product on an H200 of this workplace (device KINDS.md, 2026-10-28)
 CONFINER = "confiner_4+5_modelscope"
 
@@ -149,6 +155,52 @@ def multigpu_figures(data: dict | None) -> tuple[dict, list[str]]:
                       f"{'' if speedup is None else f'{speedup:.2f}×'} | {'' if peak is None else f'{peak:.2f}'} "
                       f"| {'' if same is None else same} |")
     return out, md + [""]
+
+
+def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
+    """RESULTS.json keys and a RESULTS.md section from ``comfy_benchmark.py``'s file, when it ran on a GPU:
+    ``comfy_host_overhead_ms_per_eval`` (ConFiner's sampling nodes: wall time outside the model forward per expert
+    evaluation), ``comfy_ksampler_overhead_ms_per_step`` (the same for KSampler, per step),
+    ``comfy_ratio_confiner_to_animatediff_25`` (end to end), compared with the library's ratio in ``library``."""
+    if data is None or not str(data.get("device", "")).startswith("cuda"):  # absent, or a CPU smoke run
+        return {}, []
+    out = {k: v for k, v in data.get("figures", {}).items() if v is not None}
+    for label, row in data.get("decode", {}).items():
+        out[f"comfy_decode_{label}_s"], out[f"comfy_decode_{label}_peak_gib"] = row["s"], row["peak_gpu_gib"]
+    ratio, lib = out.get("comfy_ratio_confiner_to_animatediff_25"), library.get(LIBRARY_AD_RATIO)
+    if ratio is not None and lib:
+        out["comfy_ratio_off_library"] = ratio / lib - 1
+    md = ["## Inside ComfyUI (`comfy_benchmark.py`)", "",
+          f"ComfyUI {data['comfy_version']}, {data['device_name']}, torch {data['torch']}, {data['date']}: "
+          f"`example_workflows/confiner_basic.json` at {data['size']}×{data['size']}×{data['frames']} with full-size "
+          "random-weight SD 1.5 and AnimateDiff motion modules through AnimateDiff-Evolved, run by ComfyUI's executor "
+          "as a queued prompt, against its AnimateDiff-25 KSampler counterpart (same checkpoint, motion model, "
+          "prompts, decode and save nodes). Medians of the runs after one warm-up. Host overhead: a sampling node's "
+          "wall time outside the model forward (CUDA events around every `apply_model`), per expert evaluation or "
+          "KSampler step. End to end: the prompt without the save node.", "",
+          "| run | end to end s | sampling s | evaluations | host ms per evaluation | sampling calls | "
+          "load_models_gpu | peak GPU GiB |", "|---|---|---|---|---|---|---|---|"]
+    for key, label in COMFY_RUNS.items():
+        r = data.get("runs", {}).get(key)
+        if r is None:
+            continue
+        s = r["sampling"]
+        md.append(f"| {label} | **{r['end_to_end_s']:.3f}** | {s['sampling_s']:.3f} | {s['evaluations']} | "
+                  f"{r['host_overhead_median_ms']:.2f} | {s['counts'].get('sampling_calls', '')} | "
+                  f"{s['counts'].get('load_models_gpu', '')} | {fmt(s.get('peak_gpu_gib'), '.2f', '')} |")
+    if data.get("decode"):
+        md += ["", "Decoding one clip's latent (second call, the VAE loaded):", "", "| node | s | peak GPU GiB |",
+               "|---|---|---|"] + [f"| {label} {row.get('inputs') or ''} | {row['s']:.3f} | "
+                                   f"{fmt(row['peak_gpu_gib'], '.2f')} |" for label, row in data["decode"].items()]
+    host, step = out.get("comfy_host_overhead_ms_per_eval"), out.get("comfy_ksampler_overhead_ms_per_step")
+    off = out.get("comfy_ratio_off_library")
+    yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
+    md += ["", "| target | measured | met |", "|---|---|---|",
+           f"| host overhead per evaluation ≤ KSampler's per step | {fmt(host, '.2f')} ms vs {fmt(step, '.2f')} ms | "
+           f"{yes(None if host is None or step is None else host <= step)} |",
+           f"| ConFiner / AnimateDiff-25 in ComfyUI within {TARGET_COMFY_RATIO_OFF:.0%} of the library's (eager) | "
+           f"{fmt(ratio)} vs {fmt(lib)} | {yes(None if off is None else abs(off) <= TARGET_COMFY_RATIO_OFF)} |", ""]
+    return out, md
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -332,10 +384,12 @@ def main():
     fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"])
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
+    comfy, comfy_md = comfy_figures(data["comfy"], fig)
+    fig.update(comfy)
     md = sd_markdown(data["sd"], fig, data["warm"])
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    md += targets(fig) + multigpu_md
+    md += comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
         with open(os.path.join(a.out, name), "w") as f:

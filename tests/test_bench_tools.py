@@ -93,3 +93,32 @@ def test_report_figures_and_targets(tmp_path):
     R.main()
     assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
     assert "skipped (deadline)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def comfy_run(end_to_end: float, sampling: float, evaluations: int, host_ms: float, calls: int) -> dict:
+    """A run as bench/comfy_benchmark.py records it (the median run with its per-run lists)."""
+    return {"end_to_end_s": end_to_end, "host_overhead_median_ms": host_ms,
+            "sampling": {"sampling_s": sampling, "evaluations": evaluations, "peak_gpu_gib": 5.5,
+                         "counts": {"sampling_calls": calls, "load_models_gpu": calls + 2}}}
+
+
+def test_report_reads_the_comfy_benchmark_file(tmp_path):
+    """The ComfyUI benchmark's figures (computed by its own ``figures``) become the RESULTS keys, next to the
+    library's AnimateDiff ratio; a CPU smoke file gives none."""
+    import comfy_benchmark as C
+
+    runs = {"confiner_session": comfy_run(2.2, 1.8, 19, 3.0, 3),
+            "confiner_per-evaluation": comfy_run(2.4, 2.0, 19, 8.0, 19),
+            "animatediff_25": comfy_run(4.4, 4.0, 25, 4.7, 1)}
+    comfy = {"device": "cuda:0", "device_name": "NVIDIA H200", "comfy_version": "0.8.0", "torch": "2.11",
+             "date": "2026-12-01", "size": 512, "frames": 16, "runs": runs, "figures": C.figures(runs),
+             "decode": {"VAEDecode": {"s": 0.4, "peak_gpu_gib": 12.25, "frames": 16, "inputs": {}},
+                        "VAEDecodeTiled": {"s": 1.1, "peak_gpu_gib": 3.1, "frames": 16, "inputs": {"tile_size": 512}}}}
+    fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5})
+    assert fig["comfy_host_overhead_ms_per_eval"] == 3.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
+    assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(0.5)
+    assert fig["comfy_host_overhead_ms_per_eval_per_evaluation_calls"] == 8.0
+    assert fig["comfy_ratio_off_library"] == pytest.approx(0.0) and fig["comfy_decode_VAEDecodeTiled_peak_gib"] == 3.1
+    text = "\n".join(md)
+    assert "| host overhead per evaluation ≤ KSampler's per step | 3.00 ms vs 4.70 ms | **yes** |" in text
+    assert R.comfy_figures({**comfy, "device": "cpu"}, {}) == ({}, [])

@@ -26,10 +26,9 @@ def comfy_pack_dirs(confiner_pack_dir):
     return [(str(confiner_pack_dir), "confiner"), (str(ADE_PATH), "ComfyUI-AnimateDiff-Evolved")]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["stage-session", "call-per-evaluation"])
-def windows(comfy_worker, request):
-    return comfy_worker.call("comfy_support.ade_checks:context_windows_per_evaluation", comfy_worker.checkpoint_name,
-                             staged=request.param)
+@pytest.fixture(scope="module")
+def windows(comfy_worker):
+    return comfy_worker.call("comfy_support.ade_checks:context_windows_per_evaluation", comfy_worker.checkpoint_name)
 
 
 def test_context_windows_rotate_as_under_ades_own_sampler_in_the_control_stage(windows):
@@ -38,6 +37,7 @@ def test_context_windows_rotate_as_under_ades_own_sampler_in_the_control_stage(w
     assert [c["step"] for c in ours] == [0, 1, 2, 3]
     assert [c["windows"] for c in ours] == [c["windows"] for c in theirs]
     assert len({tuple(c["starts"]) for c in ours}) > 1  # uniform windows really move from step to step
+    assert windows["control_per_evaluation"] == ours  # the same with one sampling call per evaluation
 
 
 def test_temporal_expert_windows_rotate_as_under_ades_own_sampler_in_the_refinement(windows):
@@ -45,22 +45,25 @@ def test_temporal_expert_windows_rotate_as_under_ades_own_sampler_in_the_refinem
     assert [c["step"] for c in ours] == list(range(5)) == [c["step"] for c in theirs]
     assert [c["windows"] for c in ours] == [c["windows"] for c in theirs]
     assert len({tuple(c["starts"]) for c in ours}) > 1
+    assert windows["temporal_per_evaluation"] == ours
 
 
 def test_ade_logs_like_one_sampling_run_per_stage(windows):
     assert windows["control_reference_log"], "ADE logged nothing for its own sampling run"
     assert windows["control_log"] == windows["control_reference_log"]
     assert windows["temporal_log"] == windows["temporal_reference_log"]
+    assert windows["control_log_per_evaluation"] == windows["control_log"]
+    assert windows["temporal_log_per_evaluation"] == windows["temporal_log"]
 
 
-def test_stage_sessions_give_bit_identical_outputs_with_ade(comfy_worker):
+def test_stage_sessions_give_bit_identical_outputs_with_ade(windows):
     """ADE's sliding context windows and its sqrt_linear schedule on the control and temporal experts, the plain SD
     model (same base) as spatial expert, so the refinement hands the base model between a plain and an ADE clone at
-    every evaluation; ADE's own sampling_function is swapped in only while the ADE expert's session runs."""
-    r = comfy_worker.call("comfy_support.ade_checks:sessions_match_single_calls", comfy_worker.checkpoint_name)
-    assert r["structure_equal"] and r["refined_equal"] and r["finite"]
-    assert abs(r["schedule_sigma_max"] - 25.1461) < 1e-3  # the ADE schedule was in use
-    assert r["sampling_function"] == "comfy.samplers.sampling_function"
+    every evaluation: stage sessions and one sampling call per evaluation give the same latents, bit for bit; ADE's
+    own sampling_function is swapped in only while the ADE expert's session runs."""
+    assert windows["structure_equal"] and windows["refined_equal"] and windows["finite"]
+    assert abs(windows["schedule_sigma_max"] - 25.1461) < 1e-3  # the ADE schedule was in use
+    assert windows["sampling_function"] == "comfy.samplers.sampling_function"
 
 
 @pytest.mark.parametrize("noise_type", ["FreeNoise", "repeated_context"])

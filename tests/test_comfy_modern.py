@@ -156,6 +156,10 @@ def test_a14b_pair_switches_at_its_boundary(comfy_worker, modern):
     assert [s for _, s in calls] == pytest.approx(r["simple_sigmas"], abs=1e-5)
     assert [tag for tag, _ in calls] == ["high" if s >= 0.875 else "low" for s in r["simple_sigmas"]]
     assert {tag for tag, _ in calls} == {"high", "low"}
+    # stage sessions (as the node runs it): one sampling call per member, the high-noise one ended at the hand-over,
+    # the same evaluations and the same structure, bit for bit, as one sampling call per evaluation
+    assert r["sessions_equal"] and r["same_calls"]
+    assert r["sampling_calls"] == {"session": 2, "per_evaluation": 4}
 
 
 def test_same_space_graph_needs_no_vae_and_calls_none(comfy_worker, modern):
@@ -177,10 +181,15 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
         prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]   # one VAE serves both experts of the Wan space
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
     try:
-        r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+        # the two-space graph also runs with one sampling call per evaluation: the stage sessions, with VAE calls on
+        # the node's thread between their evaluations, must give the same latents bit for bit
+        r = comfy_worker.call("comfy_support.modern_checks:" + ("run_with_and_without_sessions" if spatial == "sd"
+                                                                else "run_logging_cost"), prompt)
     finally:
         comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
     assert r["success"], r.get("error")
+    if spatial == "sd":
+        assert r["per_evaluation_success"] and r["latents"] == 2 and r["sessions_equal"]  # structure, refined
     assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame

@@ -200,12 +200,17 @@ def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker, staged):
     assert r["forwards"] == r["apply_model"]  # network_forwards: the calls of the network, counted where they happen
 
 
-def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage(comfy_worker):
+@pytest.fixture(scope="module")
+def sessions_against_calls(comfy_worker):
+    return comfy_worker.call("comfy_support.confiner_checks:stage_sessions_against_single_calls",
+                             comfy_worker.checkpoint_name)
+
+
+def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage(sessions_against_calls):
     """Control stage (3 evaluations) and coordinated refinement (3 steps: 6 spatial + 3 temporal evaluations), the
     temporal expert a clone of the spatial one's base model with a weight patch and a patched schedule (a LoRA'd
     AnimateDiff model): bit-identical to one sampling call per evaluation, with 3 sampling calls instead of 12."""
-    r = comfy_worker.call("comfy_support.confiner_checks:stage_sessions_match_single_calls",
-                          comfy_worker.checkpoint_name)
+    r = sessions_against_calls
     assert r["structure_equal"] and r["refined_equal"] and r["finite"]
     assert r["patches_change_output"]  # the swaps between the two clones had something to get wrong
     single, staged = r["single"]["calls"], r["staged"]["calls"]
@@ -220,14 +225,13 @@ def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_
         assert state["sampling_function"] == "comfy.samplers.sampling_function"
 
 
-def test_an_error_inside_a_served_evaluation_ends_every_session_cleanly(comfy_worker):
-    r = comfy_worker.call("comfy_support.confiner_checks:error_inside_an_evaluation_ends_the_stage",
-                          comfy_worker.checkpoint_name)
+def test_an_error_inside_a_served_evaluation_ends_every_session_cleanly(sessions_against_calls):
+    r = sessions_against_calls["error"]
     assert r["raised"] == "InterruptProcessingException"  # the same exception reaches the node's thread
     assert r["temporal_calls"] == 2  # raised in the 2nd temporal evaluation, both experts' sessions open
     assert r["session_threads"] == [] and not r["any_current_patcher"]
     assert r["sampling_function"] == "comfy.samplers.sampling_function"
-    assert r["rerun_equal"]
+    assert r["rerun_equal"]  # the same run afterwards gives what the clean runs gave
 
 
 def test_object_patched_schedule_is_used(comfy_worker):

@@ -88,45 +88,59 @@ def _ade_ksampler(model, cond, sigmas, frames: int, seed: int = 0):
 
 
 def context_windows_per_evaluation(ckpt_name: str, frames: int = 12, context_length: int = 4, overlap: int = 1,
-                                   stride: int = 2, control_steps: int = 4, refine_steps: int = 5,
-                                   staged: bool = True) -> dict:
+                                   stride: int = 2, control_steps: int = 4, refine_steps: int = 5) -> dict:
     """Window start positions per evaluation: ConFiner's control stage and its coordinated refinement (ADE model as
-    the temporal expert) against ADE's own sampler over the same sigmas. ``staged``: each ConFiner stage in a node's
-    stage block (one long-lived sampling call per expert, as the nodes run), else one sampling call per evaluation."""
+    the temporal expert, with ADE's sqrt_linear schedule; the plain SD model on the same base as spatial expert, so
+    the base model changes hands at every evaluation) against ADE's own sampler over the same sigmas. ConFiner runs
+    twice: each stage in a node's stage block (stage sessions, as the nodes run), then with one sampling call per
+    evaluation; both runs' windows, logs and outputs are returned, and what ComfyUI's globals look like after."""
     import contextlib
 
     import torch
 
+    import comfy.samplers
+
     host = _pack(".nodes.host")
     chain = _pack("confiner_core.chain")
-    block = _pack(".nodes.sessions").stage if staged else contextlib.nullcontext
-    plain, model, cond = _ade_model(ckpt_name, context_length, overlap, stride)
-    _pack(".nodes.ade").new_run()  # what every ConFiner node does when it starts
+    sessions = _pack(".nodes.sessions")
+    plain, model, cond = _ade_model(ckpt_name, context_length, overlap, stride, beta_schedule="sqrt_linear (AnimateDiff)")
+    config = chain.ChainConfig(control_steps=control_steps, refine_steps=refine_steps)
     out = {}
     with _Recorder() as rec:
-        # control stage: ConFiner, then ADE's sampler on the same sigmas
-        config = chain.ChainConfig(control_steps=control_steps, refine_steps=refine_steps)
-        control = host.bind(model, cond, cond, 1.0, "control", 0)
-        host.plan_control(control, config)
-        sigmas = control.expert.stage_sigmas(control.expert.plan[0])[0]
-        noise = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
-        with block():
-            structure = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
-        out["control"], out["control_log"] = rec.take()
-        _ade_ksampler(model, cond, sigmas, frames)
-        out["control_reference"], out["control_reference_log"] = rec.take()
-        out["control_sigmas"] = [float(s) for s in sigmas]
+        for staged, suffix in ((True, ""), (False, "_per_evaluation")):
+            block = sessions.stage if staged else contextlib.nullcontext
+            _pack(".nodes.ade").new_run()  # what every ConFiner node does when it starts
+            # control stage: ConFiner, then (first run) ADE's sampler on the same sigmas
+            control = host.bind(model, cond, cond, 1.0, "control", 0)
+            host.plan_control(control, config)
+            sigmas = control.expert.stage_sigmas(control.expert.plan[0])[0]
+            noise = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
+            with block():
+                structure = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+            out["control" + suffix], out["control_log" + suffix] = rec.take()
+            if staged:
+                _ade_ksampler(model, cond, sigmas, frames)
+                out["control_reference"], out["control_reference_log"] = rec.take()
+                out["control_sigmas"] = [float(s) for s in sigmas]
 
-        # coordinated refinement: plain SD spatial expert, the ADE model as temporal expert
-        spatial = host.bind(plain, cond, cond, 1.0, "spatial", 0)
-        temporal = host.bind(model, cond, cond, 1.0, "temporal", 0)
-        host.plan_refinement(spatial, temporal, config)
-        with block():
-            chain.refine_structure(spatial, temporal, structure, config, torch.Generator().manual_seed(0))
-        out["temporal"], out["temporal_log"] = rec.take()
-        sigmas = temporal.expert.stage_sigmas(temporal.expert.plan[0])[0]
-        _ade_ksampler(model, cond, sigmas, frames)
-        out["temporal_reference"], out["temporal_reference_log"] = rec.take()
+            # coordinated refinement: plain SD spatial expert, the ADE model as temporal expert
+            spatial = host.bind(plain, cond, cond, 1.0, "spatial", 0)
+            temporal = host.bind(model, cond, cond, 1.0, "temporal", 0)
+            host.plan_refinement(spatial, temporal, config)
+            with block():
+                refined = chain.refine_structure(spatial, temporal, structure, config, torch.Generator().manual_seed(0))
+            out["temporal" + suffix], out["temporal_log" + suffix] = rec.take()
+            out["outputs" + suffix] = (structure, refined)
+            if staged:
+                sigmas = temporal.expert.stage_sigmas(temporal.expert.plan[0])[0]
+                _ade_ksampler(model, cond, sigmas, frames)
+                out["temporal_reference"], out["temporal_reference_log"] = rec.take()
+    (s1, r1), (s0, r0) = out.pop("outputs"), out.pop("outputs_per_evaluation")
+    out.update(structure_equal=torch.equal(s0, s1), refined_equal=torch.equal(r0, r1),
+               finite=bool(torch.isfinite(r1).all()),
+               schedule_sigma_max=float(model.get_model_object("model_sampling").sigma_max),
+               sampling_function=f"{comfy.samplers.sampling_function.__module__}."
+                                 f"{comfy.samplers.sampling_function.__name__}")
     return out
 
 
@@ -146,40 +160,3 @@ def ignored_noise_warning(ckpt_name: str, noise_type: str) -> dict:
     finally:
         logger.removeHandler(handler)
     return {"warnings": records}
-
-
-def sessions_match_single_calls(ckpt_name: str, frames: int = 12) -> dict:
-    """ConFiner's control stage and coordinated refinement with ADE models (sliding context windows and ADE's
-    sqrt_linear schedule patched onto the model, the plain SD model as spatial expert on the same base): stage
-    sessions against one sampling call per evaluation, bit for bit, and what ComfyUI's globals look like after."""
-    import contextlib
-
-    import torch
-
-    import comfy.samplers
-
-    host = _pack(".nodes.host")
-    chain = _pack("confiner_core.chain")
-    sessions = _pack(".nodes.sessions")
-    plain, model, cond = _ade_model(ckpt_name, 4, 1, 2, beta_schedule="sqrt_linear (AnimateDiff)")
-    runs = {}
-    for staged in (False, True):
-        block = sessions.stage if staged else contextlib.nullcontext
-        config = chain.ChainConfig(control_steps=4, refine_steps=3)
-        control = host.bind(model, cond, cond, 1.0, "control", 0)
-        host.plan_control(control, config)
-        noise = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
-        with block():
-            structure = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
-        spatial = host.bind(plain, cond, cond, 3.0, "spatial", 0)
-        temporal = host.bind(model, cond, cond, 3.0, "temporal", 0)
-        host.plan_refinement(spatial, temporal, config)
-        with block():
-            refined = chain.refine_structure(spatial, temporal, structure, config, torch.Generator().manual_seed(0))
-        runs[staged] = (structure, refined)
-    (s0, r0), (s1, r1) = runs[False], runs[True]
-    return {"structure_equal": torch.equal(s0, s1), "refined_equal": torch.equal(r0, r1),
-            "finite": bool(torch.isfinite(r1).all()), "schedule_sigma_max": float(model.get_model_object(
-                "model_sampling").sigma_max),
-            "sampling_function": f"{comfy.samplers.sampling_function.__module__}."
-                                 f"{comfy.samplers.sampling_function.__name__}"}

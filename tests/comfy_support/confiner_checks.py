@@ -331,12 +331,19 @@ def _chain_run(host, chain, control_model, spatial_model, temporal_model, cond, 
     return structure, refined
 
 
-def stage_sessions_match_single_calls(ckpt_name: str) -> dict:
+def stage_sessions_against_single_calls(ckpt_name: str, at_call: int = 2) -> dict:
     """ConFiner's control stage and coordinated refinement with stage sessions and with one sampling call per
     evaluation: the outputs, and how often ComfyUI set up and tore down a sampling call. The temporal expert shares
     the base model with the spatial one but carries a weight patch and a patched schedule, as a LoRA'd AnimateDiff
-    model does, so every hand-over between the two swaps them."""
+    model does, so every hand-over between the two swaps them.
+
+    Then an error raised inside an evaluation that a session serves (as ComfyUI 0.8's Cancel check inside the model
+    does, here in the ``at_call``-th temporal evaluation): it must reach the node's thread as the same exception, every
+    session must end through ComfyUI's clean-up, and the same run afterwards must give what the clean runs gave."""
     import torch
+
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
 
     host = _pack_module(".nodes.host")
     chain = _pack_module("confiner_core.chain")
@@ -354,22 +361,7 @@ def stage_sessions_match_single_calls(ckpt_name: str) -> dict:
                # the patches matter: without them the refinement differs
                patches_change_output=not torch.equal(r1, _chain_run(host, chain, model, model, model.clone(), cond,
                                                                     True)[1]))
-    return out
 
-
-def error_inside_an_evaluation_ends_the_stage(ckpt_name: str, at_call: int = 2) -> dict:
-    """An error raised inside an evaluation that a session serves (as ComfyUI 0.8's Cancel check inside the model
-    does): it reaches the node's thread as the same exception, every session ends through ComfyUI's clean-up, and
-    the same run afterwards gives what a clean run gives."""
-    import torch
-
-    import comfy.model_management as mm
-    import comfy.patcher_extension as pe
-
-    host = _pack_module(".nodes.host")
-    chain = _pack_module("confiner_core.chain")
-    model, cond = _load(ckpt_name)
-    patched = _patched_clone(model)
     failing = patched.clone()
     calls = {"n": 0}
 
@@ -386,10 +378,10 @@ def error_inside_an_evaluation_ends_the_stage(ckpt_name: str, at_call: int = 2) 
     except mm.InterruptProcessingException as e:
         raised = type(e).__name__
     after = sessions_state()
-    clean = _chain_run(host, chain, patched, model, patched, cond, True)
-    again = _chain_run(host, chain, patched, model, patched, cond, False)
-    return {"raised": raised, "temporal_calls": calls["n"], **after,
-            "rerun_equal": torch.equal(clean[1], again[1]) and torch.equal(clean[0], again[0])}
+    again = _chain_run(host, chain, patched, model, patched, cond, True)
+    out["error"] = {"raised": raised, "temporal_calls": calls["n"], **after,
+                    "rerun_equal": torch.equal(again[0], s0) and torch.equal(again[1], r0)}
+    return out
 
 
 def mixed_latent_spaces_refused(ckpt_name: str) -> dict:

@@ -3,7 +3,7 @@ ComfyUI's own loaders (``tiny_modern_files.install()`` first; run through ``Comf
 
 from __future__ import annotations
 
-from comfy_support.confiner_checks import _pack_module
+from comfy_support.confiner_checks import _CallCounter, _pack_module
 from comfy_support.tiny_modern_files import FILES
 
 WAN = "confiner-tiny-wan2.1-t2v.safetensors"
@@ -124,7 +124,11 @@ def bridge_equals_decode_then_encode(ckpt_name: str) -> dict:
 def pair_switches_at_boundary(steps: int = 4, boundary: float = 0.875) -> dict:
     """The Wan 2.2 A14B pair in the control role: which model ComfyUI ran at each evaluation (an APPLY_MODEL wrapper
     on each model records the sigma it was called with), the evaluation log's forwards, and the sigmas of
-    ComfyUI's own 'simple' schedule for the same steps (what 'trailing' spacing is for flow models)."""
+    ComfyUI's own 'simple' schedule for the same steps (what 'trailing' spacing is for flow models). The stage runs
+    in a node's stage block (stage sessions) and again with one sampling call per evaluation: both structures, and
+    the sampling calls each made."""
+    import contextlib
+
     import torch
 
     import comfy.patcher_extension as pe
@@ -152,12 +156,25 @@ def pair_switches_at_boundary(steps: int = 4, boundary: float = 0.875) -> dict:
     config = chain.ChainConfig(control_steps=steps)
     host.plan_control(control, config)
     noise = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+    sessions = _pack_module(".nodes.sessions")
+    runs = {}
+    for staged in (True, False):
+        calls.clear()
+        with _CallCounter() as counter, sessions.stage() if staged else contextlib.nullcontext():
+            out = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+        runs[staged] = (out, list(calls), counter.take()["sample"], sum(log.evaluations.values()),
+                        sum(log.forwards.values()))
+        log.evaluations.clear()
+        log.forwards.clear()
+    (out, calls, staged_calls, evaluations, forwards), (single_out, single_calls, per_evaluation_calls, *_) = \
+        runs[True], runs[False]
     ms = models["high"].get_model_object("model_sampling")
     simple = [float(s) for s in comfy.samplers.calculate_sigmas(ms, "simple", steps)[:-1]]
-    return {"calls": calls, "simple_sigmas": simple, "evaluations": sum(log.evaluations.values()),
-            "forwards": sum(log.forwards.values()), "finite": bool(torch.isfinite(out).all()),
-            "pair": type(control.expert).__name__}
+    return {"calls": calls, "simple_sigmas": simple, "evaluations": evaluations, "forwards": forwards,
+            "finite": bool(torch.isfinite(out).all()),
+            "pair": type(control.expert).__name__, "sessions_equal": torch.equal(out, single_out),
+            "same_calls": calls == single_calls,
+            "sampling_calls": {"session": staged_calls, "per_evaluation": per_evaluation_calls}}
 
 
 def run_logging_cost(api_prompt: dict) -> dict:
@@ -186,3 +203,31 @@ def run_logging_cost(api_prompt: dict) -> dict:
         root.removeHandler(handler)
         root.setLevel(level)
     return {**result, "cost_lines": lines}
+
+
+def run_with_and_without_sessions(api_prompt: dict) -> dict:
+    """:func:`run_logging_cost` of ``api_prompt`` as the nodes run it (stage sessions), then again with one sampling
+    call per evaluation (``sessions.ENABLED`` off, as ``CONFINER_STAGE_SESSIONS=0`` sets it): the first run's result,
+    and whether every LATENT the pack's nodes returned was the same, bit for bit."""
+    import torch
+
+    host = _pack_module(".nodes.host")
+    sessions = _pack_module(".nodes.sessions")
+    original, enabled = host.latent_out, sessions.ENABLED
+    latents = {True: [], False: []}
+    results = {}
+    try:
+        for staged in (True, False):
+            def recording(*args, _into=latents[staged], **kwargs):
+                out = original(*args, **kwargs)
+                _into.append(out["samples"].clone())
+                return out
+
+            host.latent_out, sessions.ENABLED = recording, staged
+            results[staged] = run_logging_cost(api_prompt)
+    finally:
+        host.latent_out, sessions.ENABLED = original, enabled
+    same = len(latents[True]) == len(latents[False]) > 0 and all(
+        torch.equal(a, b) for a, b in zip(latents[True], latents[False]))
+    return {**results[True], "latents": len(latents[True]), "sessions_equal": same,
+            "per_evaluation_success": results[False]["success"]}
