@@ -27,8 +27,10 @@ inclusive host times. Last, the decode of one clip's latent by ``VAEDecode`` and
 and peak memory. Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after
 every run (``comfy_results.json``), so a call cut short still returns what it measured.
 
-    # on the GPU machine (ComfyUI + ADE carried in the repo's excluded .comfy_bench/, bench/prepare_comfy_carry.sh)
-    python3 bench/comfy_benchmark.py --comfy .comfy_bench/ComfyUI --ade .comfy_bench/ComfyUI-AnimateDiff-Evolved --out $OUT
+    # on the GPU machine (ComfyUI + ADE + wheels carried in the repo's excluded .comfy_bench/, made by
+    # bench/prepare_comfy_carry.sh; the whole device command is "Call 4" in bench/README_GPU.md)
+    python3 bench/comfy_benchmark.py --comfy .comfy_bench/ComfyUI --ade .comfy_bench/ComfyUI-AnimateDiff-Evolved \\
+        --deadline 420 --out $OUT/comfy
     # CPU smoke (full-size models, tiny clip)
     python bench/comfy_benchmark.py --comfy ~/.cache/confiner/comfyui-0.8.0 --ade ~/.cache/confiner/ade \\
         --device cpu --size 64 --frames 4 --repeats 1 --out /tmp/comfy-bench

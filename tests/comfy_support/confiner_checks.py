@@ -154,20 +154,26 @@ def torch_compile_node_composes(ckpt_name: str) -> dict:
 def patched_schedule_is_respected(ckpt_name: str) -> dict:
     """An object-patched model_sampling (what ADE's 'sqrt_linear (AnimateDiff)' beta schedule does) must become the
     expert's schedule: sigma_max 25.146 instead of SD's 14.615."""
-    import comfy.model_sampling
-
     host = _pack_module(".nodes.host")
     model, _ = _load(ckpt_name)
+    patched = _sqrt_linear_clone(model)
+    return {"plain": float(host.schedule_of(model, "x").ve_sigmas[-1]),
+            "patched": float(host.schedule_of(patched, "x").ve_sigmas[-1])}
+
+
+def _sqrt_linear_clone(model):
+    """A clone of ``model`` with an object-patched model_sampling on the sqrt_linear beta schedule, as ADE's
+    'sqrt_linear (AnimateDiff)' patches it."""
+    import comfy.model_sampling
 
     class SqrtLinear(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
         pass
 
     ms = SqrtLinear(model.model.model_config)
     ms._register_schedule(beta_schedule="sqrt_linear", linear_start=0.00085, linear_end=0.012)
-    patched = model.clone()
-    patched.add_object_patch("model_sampling", ms)
-    return {"plain": float(host.schedule_of(model, "x").ve_sigmas[-1]),
-            "patched": float(host.schedule_of(patched, "x").ve_sigmas[-1])}
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", ms)
+    return clone
 
 
 def use_latent2rgb_previews(enabled: bool = True) -> str:
@@ -293,15 +299,7 @@ def _patched_clone(model):
     object patches and the current patcher whenever the two alternate."""
     import torch
 
-    import comfy.model_sampling
-
-    class SqrtLinear(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
-        pass
-
-    ms = SqrtLinear(model.model.model_config)
-    ms._register_schedule(beta_schedule="sqrt_linear", linear_start=0.00085, linear_end=0.012)
-    clone = model.clone()
-    clone.add_object_patch("model_sampling", ms)
+    clone = _sqrt_linear_clone(model)
     key = "diffusion_model.out.2.weight"
     weight = model.model_state_dict()[key]
     clone.add_patches({key: (torch.full_like(weight, 0.01),)}, strength_patch=1.0)
