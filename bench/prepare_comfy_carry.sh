@@ -25,9 +25,11 @@ grep -qxF '/.comfy_bench/' "$exclude" 2>/dev/null || echo '/.comfy_bench/' >> "$
 
 rm -rf "$dest"
 mkdir -p "$dest/ComfyUI" "$dest/ComfyUI-AnimateDiff-Evolved" "$dest/whl"
-copy() {  # source tree -> destination, without git data, caches and test suites
+copy() {  # source tree -> destination, without git data, caches, test suites, documentation, frontend files and
+        # ComfyUI's API nodes (the benchmark boots with --disable-api-nodes)
     tar -C "$1" --exclude=.git --exclude=__pycache__ --exclude='*.pyc' --exclude=./tests --exclude=./tests-unit \
-        -cf - . | tar -C "$2" -xf -
+        --exclude=./documentation --exclude=./docs --exclude=./web --exclude=./script_examples \
+        --exclude=./comfy_api_nodes -cf - . | tar -C "$2" -xf -
 }
 copy "$comfy" "$dest/ComfyUI"
 copy "$ade" "$dest/ComfyUI-AnimateDiff-Evolved"
