@@ -307,8 +307,8 @@ def _patched_clone(model):
 
 
 def _chain_run(host, chain, control_model, spatial_model, temporal_model, cond, staged: bool, frames: int = 3):
-    """The control stage and a coordinated refinement of a few frames, each stage in a node's stage block (sessions)
-    or with one sampling call per evaluation."""
+    """The control stage and a coordinated refinement of a few frames (no refinement without ``spatial_model``), each
+    stage in a node's stage block (sessions) or with one sampling call per evaluation."""
     import contextlib
 
     import torch
@@ -321,6 +321,8 @@ def _chain_run(host, chain, control_model, spatial_model, temporal_model, cond, 
     noise = torch.randn(1, 4, frames, 8, 8, generator=torch.Generator().manual_seed(0))
     with block():
         structure = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
+    if spatial_model is None:  # the control stage alone
+        return structure, None
     spatial = host.bind(spatial_model, cond, cond, 3.0, "spatial", 0)
     temporal = host.bind(temporal_model, cond, cond, 3.0, "temporal", 0)
     host.plan_refinement(spatial, temporal, config)
@@ -336,8 +338,9 @@ def stage_sessions_against_single_calls(ckpt_name: str, at_call: int = 2) -> dic
     model does, so every hand-over between the two swaps them.
 
     Then an error raised inside an evaluation that a session serves (as ComfyUI 0.8's Cancel check inside the model
-    does, here in the ``at_call``-th temporal evaluation): it must reach the node's thread as the same exception, every
-    session must end through ComfyUI's clean-up, and the same run afterwards must give what the clean runs gave."""
+    does, here in the ``at_call``-th temporal evaluation): it must reach the node's thread as the same exception and
+    every session must end through ComfyUI's clean-up (that a run after a Cancel gives what a clean run gives is
+    ``test_interruption_ends_cleanly_and_reruns_identically``, through the nodes)."""
     import torch
 
     import comfy.model_management as mm
@@ -356,9 +359,9 @@ def stage_sessions_against_single_calls(ckpt_name: str, at_call: int = 2) -> dic
     (s0, r0), (s1, r1) = runs[False], runs[True]
     out.update(structure_equal=torch.equal(s0, s1), refined_equal=torch.equal(r0, r1),
                finite=bool(torch.isfinite(r1).all()),
-               # the patches matter: without them the refinement differs
-               patches_change_output=not torch.equal(r1, _chain_run(host, chain, model, model, model.clone(), cond,
-                                                                    True)[1]))
+               # the patches matter: without them the control stage alone already gives another structure
+               patches_change_output=not torch.equal(s1, _chain_run(host, chain, model.clone(), None, None, cond,
+                                                                    True)[0]))
 
     failing = patched.clone()
     calls = {"n": 0}
@@ -375,10 +378,7 @@ def stage_sessions_against_single_calls(ckpt_name: str, at_call: int = 2) -> dic
         _chain_run(host, chain, patched, model, failing, cond, True)
     except mm.InterruptProcessingException as e:
         raised = type(e).__name__
-    after = sessions_state()
-    again = _chain_run(host, chain, patched, model, patched, cond, True)
-    out["error"] = {"raised": raised, "temporal_calls": calls["n"], **after,
-                    "rerun_equal": torch.equal(again[0], s0) and torch.equal(again[1], r0)}
+    out["error"] = {"raised": raised, "temporal_calls": calls["n"], **sessions_state()}
     return out
 
 
