@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 
 import profiling as P  # noqa: E402
 
-FILES = {"sd": "h200_sd.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json",
+FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json",
          "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
@@ -65,6 +65,24 @@ def fmt(value, spec=".3f", none="—") -> str:
 
 
 # ------------------------------------------------------------------------------------------------- figures
+
+def fold_extra(sd: dict, extra: dict | None) -> list[str]:
+    """Runs of a follow-up SD call (README_GPU.md's call 1b, ``h200_sd_extra.json``) fill the runs and ratios the
+    main call skipped, table by table; returns which, for the report to say."""
+    filled = []
+    for setting, table in (extra or {}).get("tables", {}).items():
+        target = sd["tables"].setdefault(setting, table)
+        if target is table:
+            filled += [f"{setting}/{name}" for name, run in table["runs"].items() if ok(run)]
+            continue
+        for name, run in table["runs"].items():
+            if ok(run) and not ok(target["runs"].get(name)):
+                target["runs"][name] = run
+                filled.append(f"{setting}/{name}")
+        for key, value in table.get("ratios", {}).items():
+            target["ratios"].setdefault(key, value)
+    return filled
+
 
 def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added)."""
@@ -381,12 +399,16 @@ def main():
     data = {k: load(a.raw, f) for k, f in FILES.items()}
     if data["sd"] is None:
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
+    filled = fold_extra(data["sd"], data["sd_extra"])
     fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"])
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
     comfy, comfy_md = comfy_figures(data["comfy"], fig)
     fig.update(comfy)
     md = sd_markdown(data["sd"], fig, data["warm"])
+    if filled:
+        md += [f"Runs from the follow-up call (`{FILES['sd_extra']}`, same settings, another process): "
+               f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
     md += comfy_md + targets(fig) + multigpu_md
