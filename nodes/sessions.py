@@ -50,7 +50,10 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
-ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
+# Off by default: on an H200 the basic template took 5.47 s end to end with sessions against 3.89 s with one call per
+# evaluation (bench/RESULTS.md: its SD 1.5 and AnimateDiff experts are clones of one model, and every switch between
+# their sessions loads and patches the model again). CONFINER_STAGE_SESSIONS=1 switches them on.
+ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
 # sampling_function (every call), GroupNorm's forwards (v1/v2/PIA motion models) and default_noise_sampler
@@ -65,10 +68,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def stage():
-    """Inside, every expert's in-plan evaluations are served by its session; on exit all sessions end (last opened
-    first) and leave ComfyUI as finished sampling runs do. Nested blocks share the outer one."""
-    if not ENABLED or _CURRENT.get() is not None:
+def stage(force: bool = False):
+    """Inside, every expert's in-plan evaluations are served by its session (when :data:`ENABLED`, or ``force``); on
+    exit all sessions end (last opened first) and leave ComfyUI as finished sampling runs do. Nested blocks share the
+    outer one."""
+    if not (ENABLED or force) or _CURRENT.get() is not None:
         yield _CURRENT.get()
         return
     current = Stage()
@@ -88,7 +92,7 @@ def evaluate(expert, x_host: torch.Tensor, sigmas: list, step: int, conds: tuple
     ``x_host``: (denoised latent on the model's device, network forwards). In a :func:`stage` and in the stage's
     plan it is served by the expert's session, otherwise by a sampling call of its own."""
     current = _CURRENT.get()
-    if current is None or not ENABLED or not in_plan:
+    if current is None or not in_plan:
         return single_evaluation(expert, x_host, sigmas, step, conds)
     return current.evaluate(expert, x_host, sigmas, step, conds)
 

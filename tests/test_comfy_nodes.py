@@ -109,13 +109,14 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert [t["text"] for t in texts if t["node_id"] == control][0].startswith("control stage · control expert")
 
 
-@pytest.mark.parametrize("at_evaluation", [2, 6, 7])  # control stage; a coordinated step's 2nd and 3rd evaluation
-def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evaluation):
+# control stage; a coordinated step's 2nd and 3rd evaluation; with stage sessions (opt-in) and without (default)
+@pytest.mark.parametrize("at_evaluation,staged", [(2, True), (6, False), (7, True)])
+def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evaluation, staged):
     """Cancel arrives while evaluation N runs (the flag is set when its model call returns, before any progress
-    update, and the progress hook itself does not check): no further evaluation may start, on every version, and the
-    stage's long-lived sampling calls all end through ComfyUI's clean-up."""
+    update, and the progress hook itself does not check): no further evaluation may start, on every version, and
+    with stage sessions every long-lived sampling call ends through ComfyUI's clean-up."""
     api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker))
-    r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation)
+    r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation, staged)
     assert r["interrupted"] and r["evaluations"] == at_evaluation
     assert r["evaluations_after_cancel"] == 0
     assert not r["any_current_patcher"] and r["session_threads"] == []

@@ -108,7 +108,7 @@ def context_windows_per_evaluation(ckpt_name: str, frames: int = 12, context_len
     out = {}
     with _Recorder() as rec:
         for staged, suffix in ((True, ""), (False, "_per_evaluation")):
-            block = sessions.stage if staged else contextlib.nullcontext
+            block = (lambda: sessions.stage(force=True)) if staged else contextlib.nullcontext
             _pack(".nodes.ade").new_run()  # what every ConFiner node does when it starts
             # control stage: ConFiner, then (first run) ADE's sampler on the same sigmas
             control = host.bind(model, cond, cond, 1.0, "control", 0)

@@ -188,15 +188,19 @@ def use_latent2rgb_previews(enabled: bool = True) -> str:
     return str(method)
 
 
-def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
+def interrupt_latency(api_prompt: dict, at_evaluation: int, staged: bool = False) -> dict:
     """Run ``api_prompt`` and press Cancel while expert evaluation ``at_evaluation`` runs: the flag is set as that
     evaluation's model call (``CFGGuider.outer_predict_noise``, the same in a stage's long-lived sampling call and in
     a sampling call of its own) returns. Progress updates do not check the flag here, so only the pack's own checks
-    can stop the run. Counts the evaluations that started after Cancel and the sampling calls still open after."""
+    can stop the run. Counts the evaluations that started after Cancel and the sampling calls still open after.
+    ``staged``: with stage sessions switched on (as ``CONFINER_STAGE_SESSIONS=1`` does)."""
     import comfy.model_management as mm
     import comfy.samplers
 
     from comfy_support import harness
+
+    sessions = _pack_module(".nodes.sessions")
+    enabled, sessions.ENABLED = sessions.ENABLED, staged
 
     original = comfy.samplers.CFGGuider.outer_predict_noise
     calls = {"done": 0, "after": 0}
@@ -216,6 +220,7 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int) -> dict:
     finally:
         comfy.samplers.CFGGuider.outer_predict_noise = original
         mm.interrupt_current_processing(False)
+        sessions.ENABLED = enabled
     return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
             "evaluations_after_cancel": calls["after"], "error": res.error, **sessions_state()}
 
@@ -314,7 +319,7 @@ def _chain_run(host, chain, control_model, spatial_model, temporal_model, cond, 
     import torch
 
     sessions = _pack_module(".nodes.sessions")
-    block = sessions.stage if staged else contextlib.nullcontext
+    block = (lambda: sessions.stage(force=True)) if staged else contextlib.nullcontext
     config = chain.ChainConfig(control_steps=3, refine_steps=3)
     control = host.bind(control_model, cond, cond, 1.0, "control", 0)
     host.plan_control(control, config)

@@ -160,7 +160,7 @@ def pair_switches_at_boundary(steps: int = 4, boundary: float = 0.875) -> dict:
     runs = {}
     for staged in (True, False):
         calls.clear()
-        with _CallCounter() as counter, sessions.stage() if staged else contextlib.nullcontext():
+        with _CallCounter() as counter, sessions.stage(force=True) if staged else contextlib.nullcontext():
             out = chain.generate_structure(control, noise, config, torch.Generator().manual_seed(0))
         runs[staged] = (out, list(calls), counter.take()["sample"], sum(log.evaluations.values()),
                         sum(log.forwards.values()))
