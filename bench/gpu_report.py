@@ -23,6 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import comfy_benchmark  # noqa: E402  (its figures: one definition of the comfy_* keys)
 import profiling as P  # noqa: E402
 
 FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json", "wan_long": "h200_wan_long.json",
@@ -41,8 +42,8 @@ TABLE_LABELS = {"eager": "plain eager fp16 (SDPA, diffusers defaults)", "lean": 
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
-COMFY_RUNS = {"confiner_session": "ConFiner basic template, stage sessions (one sampling call per expert and stage)",
-              "confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation",
+COMFY_RUNS = {"confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation (the default)",
+              "confiner_session": "ConFiner basic template, stage sessions (opt-in: one sampling call per expert and stage)",
               "animatediff_25": "AnimateDiff v3, KSampler 25 steps (DDIM, cfg 7.5)"}
 MATMUL_PEAK_TFLOPS = 788  # 8192^3 bf16 matrix product on an H200 of this workplace (device KINDS.md, 2026-10-28)
 CONFINER = "confiner_4+5_modelscope"
@@ -182,7 +183,7 @@ def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
     ``comfy_ratio_confiner_to_animatediff_25`` (end to end), compared with the library's ratio in ``library``."""
     if data is None or not str(data.get("device", "")).startswith("cuda"):  # absent, or a CPU smoke run
         return {}, []
-    out = {k: v for k, v in data.get("figures", {}).items() if v is not None}
+    out = {k: v for k, v in comfy_benchmark.figures(data.get("runs", {})).items() if v is not None}
     for label, row in data.get("decode", {}).items():
         out[f"comfy_decode_{label}_s"], out[f"comfy_decode_{label}_peak_gib"] = row["s"], row["peak_gpu_gib"]
     ratio, lib = out.get("comfy_ratio_confiner_to_animatediff_25"), library.get(LIBRARY_AD_RATIO)

@@ -115,10 +115,13 @@ def test_report_reads_the_comfy_benchmark_file(tmp_path):
              "decode": {"VAEDecode": {"s": 0.4, "peak_gpu_gib": 12.25, "frames": 16, "inputs": {}},
                         "VAEDecodeTiled": {"s": 1.1, "peak_gpu_gib": 3.1, "frames": 16, "inputs": {"tile_size": 512}}}}
     fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5})
-    assert fig["comfy_host_overhead_ms_per_eval"] == 3.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
-    assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(0.5)
-    assert fig["comfy_host_overhead_ms_per_eval_per_evaluation_calls"] == 8.0
-    assert fig["comfy_ratio_off_library"] == pytest.approx(0.0) and fig["comfy_decode_VAEDecodeTiled_peak_gib"] == 3.1
+    # unsuffixed: the pack's default (one sampling call per evaluation); _sessions: the opt-in stage sessions
+    assert fig["comfy_host_overhead_ms_per_eval"] == 8.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
+    assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(2.4 / 4.4)
+    assert fig["comfy_host_overhead_ms_per_eval_sessions"] == 3.0
+    assert fig["comfy_ratio_confiner_to_animatediff_25_sessions"] == pytest.approx(0.5)
+    assert fig["comfy_ratio_off_library"] == pytest.approx(2.4 / 4.4 / 0.5 - 1)
+    assert fig["comfy_decode_VAEDecodeTiled_peak_gib"] == 3.1
     text = "\n".join(md)
-    assert "| host overhead per evaluation ≤ KSampler's per step | 3.00 ms vs 4.70 ms | **yes** |" in text
+    assert "| host overhead per evaluation ≤ KSampler's per step | 8.00 ms vs 4.70 ms | no |" in text
     assert R.comfy_figures({**comfy, "device": "cpu"}, {}) == ({}, [])
