@@ -137,7 +137,8 @@ def refine_inputs() -> list:
                      tooltip="How much of the structure is kept: it is noised to timestep T_e on the spatial "
                              "expert's schedule (Eq. 6) and refined from there. Lower keeps more of the control "
                              "expert's layout and motion; higher lets the refiners change more. Paper: 100 "
-                             "(with 4 control steps, 300+ loses image quality)."),
+                             "(with 4 control steps, 300+ loses image quality). A flow expert (Wan) counts 1000 "
+                             "sigma: 250 is the paper's noise level there."),
         io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=1000,
                      tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5). Coordinated mode "
                              "makes 3 expert evaluations per step, the other modes 1."),

@@ -414,13 +414,14 @@ def bundle_links(spatial, spatial_prompts, temporal, temporal_prompts, **vaes) -
     return {**links, **vaes}
 
 
-def refinement(g, ctrl, widgets: list, links: dict):
-    """The bundle (``links``: input -> (node, output)) and the Refine Sampler on the structure."""
+def refinement(g, ctrl, widgets: list, links: dict, te: int = 100):
+    """The bundle (``links``: input -> (node, output)) and the Refine Sampler on the structure, from T_e = ``te``
+    on the spatial expert's schedule (a flow expert's 1000 sigma: 250 is the paper's noise level, chain.DEFAULT_TE)."""
     g.column("refine", "4 · Refinement")
     experts = g.node("ConFinerRefineExperts", widgets, None)
     for name, (node, out) in links.items():
         g.link(node, out, experts, name)
-    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
+    sampler = g.node("ConFinerCoordinatedSampler", [te, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
     return sampler
@@ -491,7 +492,8 @@ def wan22_a14b():
         g, "ConFiner: Wan 2.2 A14B",
         "Wan 2.2 A14B is two experts: the high-noise model up to the boundary (sigma 0.875), the low-noise model "
         "below. Both make the structure as one control expert (8 steps, the switch inside); refinement starts at "
-        "T_e = 100 (sigma 0.1), where only the low-noise model works: it refines as the spatial expert at one frame "
+        "T_e = 250 (sigma 0.25, the paper's noise level for a flow model; 100 keeps more of the structure), where "
+        "only the low-noise model works: it refines as the spatial expert at one frame "
         "(each latent frame an image, 1/9 of the attention of the clip) and as the temporal expert on the whole clip.",
         WAN_CHANGE_FIRST[:3] + ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V "
                                 "4-step LoRAs on both models: 4 steps, cfg 1 and 1."],
@@ -506,7 +508,7 @@ def wan22_a14b():
     empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
     ctrl = wan_control(g, high, pos, neg, empty, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
     sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875],
-                         bundle_links(low, (pos, neg), low, (pos, neg)))
+                         bundle_links(low, (pos, neg), low, (pos, neg)), te=250)
     outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)")
     g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 

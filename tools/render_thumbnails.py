@@ -65,7 +65,7 @@ def embedded_a14b(prompt: str, frames: int, size: int, seed: int) -> np.ndarray:
     spatial, temporal = image_expert().bind(prompt, "", 1.0, log), wan_temporal().bind(prompt, "", 1.0, log)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(pair.latent_space.latent_shape(1, frames, size, size), generator=generator)
-    result = run_chain(control, spatial, temporal, noise, ChainConfig(control_steps=8, te=100, refine_steps=5),
+    result = run_chain(control, spatial, temporal, noise, ChainConfig(control_steps=8, te=250, refine_steps=5),
                        generator)
     return to_uint8(result.refiner.expert.codec.decode(result.latent))[0].numpy()
 
