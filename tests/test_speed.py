@@ -71,20 +71,22 @@ def sd_call(unet, seed=0):
         return unet(x, 321.5, encoder_hidden_states=c).sample
 
 
-def t2v_call(unet, seed=0):
+def video_call(unet, seed=0, text_width=T.T2V_WIDTH, text_batch=1):
+    """One forward of a video UNet on a 3-frame latent: ModelScope's (one prompt for the clip) or AnimateDiff's
+    (``text_batch`` = frames: a prompt per frame)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 4, 3, 8, 8, generator=g)
-    c = torch.randn(1, 77, T.T2V_WIDTH, generator=g)
+    c = torch.randn(text_batch, 77, text_width, generator=g)
     with torch.no_grad():
         return unet(x, 321.5, encoder_hidden_states=c).sample
+
+
+def t2v_call(unet, seed=0):
+    return video_call(unet, seed)
 
 
 def motion_call(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 4, 3, 8, 8, generator=g)
-    c = torch.randn(3, 77, T.SD_WIDTH, generator=g)
-    with torch.no_grad():
-        return unet(x, 321.5, encoder_hidden_states=c).sample
+    return video_call(unet, seed, T.SD_WIDTH, 3)
 
 
 def vae_call(vae, seed=0):
