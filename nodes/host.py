@@ -3,9 +3,9 @@
 Every expert evaluation runs inside a ``CFGGuider.sample`` call whose KSAMPLER function evaluates the model, i.e.
 through ComfyUI's own sampling machinery: model loading and patching (LoRA, object patches such as
 AnimateDiff-Evolved's beta schedule), conditioning processing, ControlNet, hooks, every WrappersMP wrapper
-(ADE's motion injection and context windows, native context windows) and CFG. Inside a node's
-:func:`nodes.sessions.stage` one such call per expert serves the whole stage (:mod:`nodes.sessions`); elsewhere each
-evaluation is a call of its own. Every call cleans up after itself when it ends, also on Cancel or an error, so no
+(ADE's motion injection and context windows, native context windows) and CFG. Each evaluation is a call of its
+own; with stage sessions switched on (opt-in, :mod:`nodes.sessions`) one such call per expert serves a node's
+whole stage. Every call cleans up after itself when it ends, also on Cancel or an error, so no
 model stays patched. Each node shows one progress bar that moves once per expert evaluation. The maths stays in
 confiner_core.
 """
@@ -153,8 +153,8 @@ class ComfyExpert(Expert):
     before evaluating at the k-th, has sent k sampler callbacks, as a sampler at step k would have.
     AnimateDiff-Evolved counts its step from those callbacks and native context windows find theirs in
     ``sample_sigmas``, so uniform context windows rotate from evaluation to evaluation exactly as under their own
-    samplers. In a node's stage one long-lived sampling call (session) serves all of the expert's evaluations in the
-    plan (:mod:`nodes.sessions`); a timestep outside the plan is a one-step sampling call of its own."""
+    samplers. With stage sessions on (opt-in), one long-lived sampling call serves all of the expert's evaluations in
+    the plan (:mod:`nodes.sessions`); a timestep outside the plan is always a one-step sampling call of its own."""
 
     prediction = "sample"
 
