@@ -28,8 +28,9 @@ sees two things at once. Where sessions meet:
 A session ends with its stage (the node's :func:`stage` block), when an evaluation would move its step backwards
 (ConFiner-Long's next segment) or brings other conditioning, sigmas or shape, and on any error or Cancel: its
 sampling call then returns through ComfyUI's own clean-up, so no model stays patched and every replaced attribute
-is restored. Outside a :func:`stage` block (scripts, tests, ``CONFINER_STAGE_SESSIONS=0``), and for a timestep
-outside the stage's plan, an evaluation is a sampling call of its own, as before.
+is restored. Sessions are opt-in (``CONFINER_STAGE_SESSIONS=1``, see :data:`ENABLED`); without them, outside a
+:func:`stage` block (scripts, tests) and for a timestep outside the stage's plan, an evaluation is a sampling call of
+its own.
 """
 
 from __future__ import annotations
