@@ -190,13 +190,14 @@ def test_impossible_te_is_rejected_by_validation(comfy_worker):
     assert not result["success"] and not result["valid"]
 
 
-def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker):
-    """As the nodes run a stage (stage sessions; one sampling call per evaluation is counted in
-    test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage)."""
+@pytest.mark.parametrize("staged", [False, True], ids=["one call per evaluation", "stage sessions"])
+def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker, staged):
+    """As the nodes run a stage: one sampling call per evaluation (the default), or one for the stage (opt-in stage
+    sessions)."""
     r = comfy_worker.call("comfy_support.confiner_checks:wrappers_fire_per_evaluation", comfy_worker.checkpoint_name,
-                          True)
+                          staged)
     assert r["finite"] and r["evaluations"] == 3
-    assert r["outer_sample"] == 1  # one CFGGuider.sample for the stage, serving all three evaluations
+    assert r["outer_sample"] == (1 if staged else 3)  # CFGGuider.sample calls serving the three evaluations
     assert r["apply_model"] == 3   # cond and uncond batched into one apply_model call per evaluation
     assert r["forwards"] == r["apply_model"]  # network_forwards: the calls of the network, counted where they happen
 

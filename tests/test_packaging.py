@@ -16,7 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ({"confiner_core", "nodes", "comfy_support", "tiny_diffusers"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
-         | {p.stem for p in (ROOT / "tools").glob("*.py")})
+         | {p.stem for p in (ROOT / "tools").glob("*.py")} | {p.stem for p in (ROOT / "bench").glob("*.py")})
+# GPU accelerators used only where installed (their absence is the tested path): flash-attn-4 for the speed presets
+OPTIONAL = {"flash_attn"}
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
 # Installed by the README's commands themselves ("pip install torch==2.13.0 -r ...").
@@ -78,7 +80,7 @@ def test_every_import_of_the_tests_and_the_main_job_is_listed():
             if DISTRIBUTION.get(name, name).lower() not in (tools if f.parent.name == "tools" else listed):
                 missing.setdefault(name, []).append(str(f.relative_to(ROOT)))
     # ComfyUI's own modules are imported by test modules only inside the ComfyUI worker
-    missing = {k: v for k, v in missing.items() if k not in {"comfy", "comfy_api", "folder_paths", "nodes"}}
+    missing = {k: v for k, v in missing.items() if k not in {"comfy", "comfy_api", "folder_paths", "nodes"} | OPTIONAL}
     assert not missing, f"imports no requirements file lists: {missing}"
 
 

@@ -89,7 +89,7 @@ def wrappers_fire_per_evaluation(ckpt_name: str, staged: bool = False) -> dict:
     config = chain.ChainConfig(control_steps=3)
     host.plan_control(d, config)
     noise = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    with _pack_module(".nodes.sessions").stage() if staged else contextlib.nullcontext():
+    with _pack_module(".nodes.sessions").stage(force=True) if staged else contextlib.nullcontext():
         out = chain.generate_structure(d, noise, config, torch.Generator().manual_seed(0))
     return {"evaluations": sum(log.evaluations.values()), "forwards": sum(log.forwards.values()), **calls,
             "finite": bool(torch.isfinite(out).all())}
