@@ -18,3 +18,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "comfyui: needs a ComfyUI checkout in $COMFYUI_PATH (host integration test; skipped when unset)"
     )
+    config.addinivalue_line(
+        "markers", "first_version_only: a host test whose ComfyUI calls other host tests already make on every "
+                   "version; CI runs it on the first ComfyUI checkout only (.ci/run)"
+    )
