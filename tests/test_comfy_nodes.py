@@ -213,6 +213,7 @@ def sessions_against_calls(comfy_worker):
                              comfy_worker.checkpoint_name)
 
 
+@pytest.mark.first_version_only   # stage sessions are opt-in; on every version Cancel with sessions is tested above
 def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage(sessions_against_calls):
     """Control stage (3 evaluations) and coordinated refinement (3 steps: 6 spatial + 3 temporal evaluations), the
     temporal expert a clone of the spatial one's base model with a weight patch and a patched schedule (a LoRA'd
@@ -246,6 +247,7 @@ def test_object_patched_schedule_is_used(comfy_worker):
     assert abs(r["patched"] - 25.1461) < 1e-3
 
 
+@pytest.mark.first_version_only   # an APPLY_MODEL wrapper, as ADE's are on every version
 def test_comfys_torch_compile_node_composes(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:torch_compile_node_composes", comfy_worker.checkpoint_name)
     if not r["available"]:
@@ -285,6 +287,7 @@ def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
     assert a.read_bytes() != b.read_bytes()
 
 
+@pytest.mark.first_version_only   # the pack's widget ids, the same on every version
 def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy_worker):
     """Widgets got readable labels (display names) but kept their ids, which saved workflows and API prompts use:
     the basic template as shipped before (pack 0.1.0) converts to the same inputs and runs unchanged."""
