@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .experts import Denoiser, Prediction, hand_off
+from .experts import Denoiser, Prediction, check_finite, hand_off
 from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like
 from .schedules import NoiseSchedule
 from .timesteps import with_next
@@ -50,6 +50,7 @@ def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: fl
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
             callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    check_finite(spatial)
     return x
 
 
@@ -80,6 +81,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
             callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    check_finite(spatial, temporal)
     return x
 
 
@@ -100,6 +102,7 @@ def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Ten
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
             callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    check_finite(spatial, temporal)
     return x
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from .experts import Denoiser, Prediction
+from .experts import Denoiser, Prediction, check_finite
 from .prediction import from_x0_eps, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
 from .timesteps import STEPS_OFFSET, euler_timesteps, flow_match_timesteps, spaced_timesteps, with_next
@@ -180,4 +180,5 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)
         if callback is not None:
             callback({"stage": "control", "i": i, "t": t, "x": x, "denoised": pred.x0})
+    check_finite(denoiser)
     return x

@@ -204,3 +204,49 @@ def test_nan_input_latent_is_named(tmp_path):
     noise = torch.full_like(x0, float("nan"))
     with pytest.raises(NonFiniteError, match="initial noise or input latent is not finite"):
         sample_control(d, noise, [999, 749, 499, 249])
+
+
+class _LastCallNaN:
+    """An oracle expert whose ``nan_at``-th call (1-based) returns NaN."""
+
+    def __init__(self, expert, nan_at):
+        self.expert, self.nan_at, self.n = expert, nan_at, 0
+        self.real = expert.forward
+        expert.forward = self.forward
+
+    def forward(self, x, t, conds):
+        self.n += 1
+        outs = self.real(x, t, conds)
+        return [o * float("nan") for o in outs] if self.n == self.nan_at else outs
+
+
+def test_nan_in_a_loops_last_evaluation_is_caught_at_the_loops_end():
+    """The finiteness flag is read one evaluation late (no host wait per evaluation on a GPU): the last evaluation
+    of a sampling loop is still checked before the loop returns, and named as itself."""
+    from confiner_core import schedules as S
+    from confiner_core.errors import NonFiniteError
+    from confiner_core.refine import refine_coordinated
+    from confiner_core.sampling import sample_control
+    from test_chain import OracleExpert
+
+    x0 = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    control = OracleExpert(x0, S.named("animatediff"))
+    _LastCallNaN(control, 4)
+    log = EvaluationLog()
+    with pytest.raises(NonFiniteError, match="evaluation 4 of the stage"):
+        sample_control(control.bind(log=log), noise, [999, 749, 499, 249])
+    assert sum(log.evaluations.values()) == 4  # raised at the loop's end, after no further evaluation
+
+    spatial, temporal = OracleExpert(x0, S.named("sd15")), OracleExpert(x0, S.named("sd15"), name="temporal")
+    _LastCallNaN(spatial, 4)  # two steps of spatial, temporal, spatial: the spatial expert's 4th call is the last
+    log = EvaluationLog()
+    with log.stage("refine"), pytest.raises(NonFiniteError, match=r"'oracle' .* step t=100, evaluation 6 of"):
+        refine_coordinated(spatial.bind(log=log), temporal.bind(log=log), noise, [300, 100],
+                           torch.Generator().manual_seed(2))
+    _LastCallNaN(temporal, 2)  # the temporal expert's second call: the last but one evaluation
+    spatial.nan_at = None
+    log = EvaluationLog()
+    with pytest.raises(NonFiniteError, match=r"'temporal' .* evaluation 5 of"):
+        refine_coordinated(spatial.bind(log=log), temporal.bind(log=log), noise, [300, 100],
+                           torch.Generator().manual_seed(2))
