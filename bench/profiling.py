@@ -173,4 +173,31 @@ def markdown(summary: dict, title: str) -> list[str]:
     for t in summary["top"]:
         name = t["name"].replace("|", "/")
         lines.append(f"| `{name[:90]}` | {t['kind']} | {t['calls']} | {t['s']:.3f} | {100 * t['share']:.1f} % |")
+    audit = summary.get("sync_audit")
+    if audit and "error" not in audit:
+        lines += ["", f"Host waits for the GPU in one run (sync debug mode): {audit['syncs']}" +
+                  "".join(f"; `{where}` ×{n}" for where, n in audit["by_line"].items())]
     return lines + [""]
+
+
+def sync_audit(fn, device) -> dict:
+    """The operations that made the host wait for the GPU during one run of ``fn``: PyTorch's sync debug mode warns
+    on each (``.item()``, ``bool(tensor)``, pageable copies, ...); counted by the Python line that called them, so a
+    wait inside the sampling loop shows up next to the line to move. Empty off the GPU."""
+    import warnings
+    if device.type != "cuda":
+        return {}
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where: dict = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{os.path.relpath(w.filename)}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+    return {"syncs": sum(where.values()), "by_line": dict(sorted(where.items(), key=lambda kv: -kv[1])[:15])}
