@@ -89,6 +89,12 @@ def test_report_figures_and_targets(tmp_path):
     lines = "\n".join(R.targets(fig))
     assert "| ConFiner 4+5 ≤ 1.2 s, best settings | 1.200 s (best) | **yes** |" in lines
     assert "| warm start ≤ 20 s | 18.0 s | **yes** |" in lines
+    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.242 eager, — best settings | **yes** |" in lines
+    # the Wan run with the best settings (regional compile) is reported beside the eager one; the target takes the best
+    wan_best = {"figures": {"wan_confiner_s": 14.0, "wan_50_s": 50.0, "wan_ratio_confiner_to_wan_50": 0.28}}
+    fig_best = R.figures(sd, warm, {"figures": {**wan["figures"], "wan_ratio_confiner_to_wan_50": 0.26}}, None, wan_best)
+    assert fig_best["best_wan_ratio_confiner_to_wan_50"] == 0.28 and fig_best["wan_ratio_confiner_to_wan_50"] == 0.26
+    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.260 eager, 0.280 best settings | no |" in "\n".join(R.targets(fig_best))
     sys.argv = ["gpu_report.py", "--raw", str(raw), "--out", str(tmp_path)]
     R.main()
     assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
