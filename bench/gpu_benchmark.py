@@ -478,14 +478,17 @@ class Bench:
                          {"encoder_hidden_states": torch.randn(*context, width, device=d, dtype=dt)})
         return out
 
-    def launch_probe(self, backends=("as set",)) -> dict:
+    def launch_probe(self, backends=("as set",), models=None) -> dict:
         """GPU and CPU-issue time of one forward of each network (the third of three calls), under each attention
-        backend of ``backends`` ("as set": the table's own setting)."""
+        backend of ``backends`` ("as set": the table's own setting); only of ``models`` (keys of ``self.models``)
+        when given: a compiled table probes the networks its runs used, at shapes already compiled."""
         if self.device.type != "cuda":
             return {}
         out = {}
         with torch.no_grad():
             for name, (model, args, kwargs) in self.forward_cases().items():
+                if models is not None and not any(model is self.models[k] for k in models):
+                    continue
                 previous = model.forward.name if isinstance(model.forward, S.WithAttention) else "default"
                 for backend in backends:
                     if backend != "as set":
@@ -715,10 +718,11 @@ def main():
                 f.write(text)
             os.replace(tmp, os.path.join(a.out, name))
 
-    def probe(setting):
+    def probe(setting, models=None):
         if setting in a.attention_probe:
-            return b.launch_probe(["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else []))
-        return b.launch_probe()
+            return b.launch_probe(["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else []),
+                                  models)
+        return b.launch_probe(models=models)
 
     plan = make_plan(a)
     print(f"[{elapsed():6.0f} s] built in {b.build_s:.1f} s; plan: {plan}", flush=True)
@@ -737,6 +741,7 @@ def main():
                                               "runs": {}, "ratios": {}}
             t0 = time.perf_counter()
             table["applied"] = b.speed_up(settings)
+            used = set()  # the networks this table's runs called
             table["apply_s"] = time.perf_counter() - t0
             resident = Residency(b.models, dev, staged=False)
             if settings.compile == "none":  # compiled tables probe last, so that their first run is the cold start
@@ -749,65 +754,66 @@ def main():
                 table["runs"][name] = None
             print(f"[{elapsed():6.0f} s] {setting} {name}: skipped (deadline)", flush=True)
             save()
-            continue
-        prior = run_prior(setting, name, a, first_of_table(plan, index))
-        try:
-            if name == "profile":
-                b.timer.reset()
-                summary = P.profile_run(lambda: b.confiner("ms", resident), dev)
-                kinds = b.flops.by_kind(b.timer.calls)
-                summary.update(P.rates(summary, kinds))
-                try:
-                    summary["sync_audit"] = P.sync_audit(lambda: b.confiner("ms", resident), dev)
-                except Exception as e:  # noqa: BLE001 (a diagnostic: the profile stands without it)
-                    summary["sync_audit"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-                table["profile"] = summary
-            elif name == "confiner_4+5_modelscope_staged":
-                del resident
-                torch.cuda.empty_cache()
-                staged = Residency(b.models, dev, staged=True)
-                table["runs"][name] = timed(lambda: b.confiner("ms", staged), dev, a.repeats, b.timer, b.flops,
-                                            a.deadline, prior)
-                del staged
-                resident = Residency(b.models, dev, staged=False)
-            else:
-                jobs = {
-                    "confiner_4+5_modelscope": (lambda: b.confiner("ms", resident), None),
-                    "confiner_4+5_animatediff": (lambda: b.confiner("ad", resident), None),
-                    "modelscope_100": (lambda: b.baseline("ms", 100, resident, "leading", 1),
-                                       lambda: b.baseline("ms", 2, resident, "leading", 1)),
-                    "modelscope_50": (lambda: b.baseline("ms", 50, resident, "leading", 1),
-                                      lambda: b.baseline("ms", 2, resident, "leading", 1)),
-                    "animatediff_25": (lambda: b.baseline("ad", 25, resident, "linspace", 0),
-                                       lambda: b.baseline("ad", 2, resident, "linspace", 0)),
-                }
-                fn, warmup = jobs[name]
-                reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
-                table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup)
-        except Exception as e:  # noqa: BLE001 (one failing run must not lose the others: recorded, and on we go)
-            import traceback
-            traceback.print_exc()
-            (table.__setitem__("profile", {"error": f"{type(e).__name__}: {e}"[:500]}) if name == "profile" else
-             table["runs"].__setitem__(name, {"error": f"{type(e).__name__}: {e}"[:500]}))
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-        run = table["runs"].get(name) if name != "profile" else table.get("profile")
-        if name == "confiner_4+5_modelscope" and run and "warmup_s" in run:
-            if setting == "best":
-                res["cold_start_s"] = IMPORT_S + run["warmup_s"]
-                res["cold_compile_s"] = run["warmup_s"] - run["wall_s"]
-            elif setting == "lean":
-                res["lean_cold_start_s"] = IMPORT_S + run["warmup_s"]
-        table["ratios"] = ratios(table["runs"])
-        pool = getattr(b, "graph_pool", None)
-        if pool is not None and setting == "max":
-            table["graph_pool"] = {"captured": pool.captured, "replays": pool.replays, "failures": pool.failures}
-        print(f"[{elapsed():6.0f} s] {setting} {name}: "
-              f"{run and (round(run['wall_s'], 3) if 'wall_s' in run else run.get('error', 'done'))}", flush=True)
-        save()
+        else:  # a skipped job still ends its table below: the compile cache of what did run is saved
+            prior = run_prior(setting, name, a, first_of_table(plan, index))
+            try:
+                if name == "profile":
+                    b.timer.reset()
+                    summary = P.profile_run(lambda: b.confiner("ms", resident), dev)
+                    kinds = b.flops.by_kind(b.timer.calls)
+                    summary.update(P.rates(summary, kinds))
+                    try:
+                        summary["sync_audit"] = P.sync_audit(lambda: b.confiner("ms", resident), dev)
+                    except Exception as e:  # noqa: BLE001 (a diagnostic: the profile stands without it)
+                        summary["sync_audit"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                    table["profile"] = summary
+                elif name == "confiner_4+5_modelscope_staged":
+                    del resident
+                    torch.cuda.empty_cache()
+                    staged = Residency(b.models, dev, staged=True)
+                    table["runs"][name] = timed(lambda: b.confiner("ms", staged), dev, a.repeats, b.timer, b.flops,
+                                                a.deadline, prior)
+                    del staged
+                    resident = Residency(b.models, dev, staged=False)
+                else:
+                    jobs = {
+                        "confiner_4+5_modelscope": (lambda: b.confiner("ms", resident), None),
+                        "confiner_4+5_animatediff": (lambda: b.confiner("ad", resident), None),
+                        "modelscope_100": (lambda: b.baseline("ms", 100, resident, "leading", 1),
+                                           lambda: b.baseline("ms", 2, resident, "leading", 1)),
+                        "modelscope_50": (lambda: b.baseline("ms", 50, resident, "leading", 1),
+                                          lambda: b.baseline("ms", 2, resident, "leading", 1)),
+                        "animatediff_25": (lambda: b.baseline("ad", 25, resident, "linspace", 0),
+                                           lambda: b.baseline("ad", 2, resident, "linspace", 0)),
+                    }
+                    fn, warmup = jobs[name]
+                    reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
+                    table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup)
+            except Exception as e:  # noqa: BLE001 (one failing run must not lose the others: recorded, and on we go)
+                import traceback
+                traceback.print_exc()
+                (table.__setitem__("profile", {"error": f"{type(e).__name__}: {e}"[:500]}) if name == "profile" else
+                 table["runs"].__setitem__(name, {"error": f"{type(e).__name__}: {e}"[:500]}))
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            run = table["runs"].get(name) if name != "profile" else table.get("profile")
+            if name == "confiner_4+5_modelscope" and run and "warmup_s" in run:
+                if setting == "best":
+                    res["cold_start_s"] = IMPORT_S + run["warmup_s"]
+                    res["cold_compile_s"] = run["warmup_s"] - run["wall_s"]
+                elif setting == "lean":
+                    res["lean_cold_start_s"] = IMPORT_S + run["warmup_s"]
+            table["ratios"] = ratios(table["runs"])
+            pool = getattr(b, "graph_pool", None)
+            if pool is not None and setting == "max":
+                table["graph_pool"] = {"captured": pool.captured, "replays": pool.replays, "failures": pool.failures}
+            print(f"[{elapsed():6.0f} s] {setting} {name}: "
+                  f"{run and (round(run['wall_s'], 3) if 'wall_s' in run else run.get('error', 'done'))}", flush=True)
+            save()
         last_of_table = index + 1 == len(plan) or plan[index + 1][0] != setting
-        if last_of_table and SETTINGS[setting].compile != "none":
-            table["launch_probe"] = probe(setting)
+        used.update(n for n, _ in b.timer.calls)
+        if last_of_table and SETTINGS[setting].compile != "none" and setting not in skipped:
+            table["launch_probe"] = probe(setting, used)
         if last_of_table and setting == "best" and a.cache_out:
             t0 = time.perf_counter()
             try:
@@ -815,7 +821,7 @@ def main():
             except Exception as e:  # noqa: BLE001
                 res["compile_cache"] = {"error": f"{type(e).__name__}: {e}"[:300]}
             save()
-        if last_of_table and setting in a.long_settings and a.long:
+        if last_of_table and setting in a.long_settings and a.long and setting not in skipped:
             # one run each; the warm-up is a 16-frame ConFiner run, which has every shape a long run uses
             long = res["long"][setting] = {"settings": SETTINGS[setting].describe(), "runs": {}}
             warmup = lambda: b.confiner("ms", resident)  # noqa: E731
