@@ -498,12 +498,13 @@ def main():
 
                 probe.profiler = cProfile.Profile()
                 probe.profiled = {k for k, n in api.items() if n["class_type"] in classes}
+                session_profiles = profile_sessions()
             profiler = probe.profiler
             run = run_once(retitled(api, take), probe)
             run["sampling"] = sampling_figures(run, classes)
             if profiled:  # timed under the profiler: kept apart from the timed runs
-                run["profile"] = profile_summary(profiler, out_dir / f"profile_{name}.pstats",
-                                                 run["sampling"]["evaluations"])
+                run["profile"] = profile_summary([profiler, *session_profiles(None)],
+                                                 out_dir / f"profile_{name}.pstats", run["sampling"]["evaluations"])
                 res["runs"][f"{name}_profile"] = run
                 say(f"{name} profile (ms per evaluation, inclusive / own):\n" + "\n".join(
                     f"  {r['cum_ms']:7.3f} {r['own_ms']:7.3f} {r['calls']:6.1f}x  {r['function']}"
@@ -536,12 +537,45 @@ def main():
     print(json.dumps(res["figures"], indent=1))
 
 
-def profile_summary(profiler, path: Path, evaluations: int, top: int = 80) -> list:
-    """The profiled sampling nodes' functions by inclusive time, per expert evaluation (or KSampler step)."""
+def profile_sessions():
+    """Stage sessions serve evaluations on helper threads, which a profiler enabled on the node's thread does not
+    see: each session's thread gets a profiler of its own for the run. Returns a function that restores the pack
+    and returns those profilers."""
+    import cProfile
+
+    sessions = pack_module(".nodes.sessions")
+    if sessions is None or not hasattr(sessions, "Session"):
+        return lambda _: []
+    original = sessions.Session._thread_main
+    profilers = []
+
+    def profiled(self, *args, **kwargs):
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            profiler.disable()
+
+    sessions.Session._thread_main = profiled
+
+    def finish(_):
+        sessions.Session._thread_main = original
+        return profilers
+    return finish
+
+
+def profile_summary(profilers: list, path: Path, evaluations: int, top: int = 80) -> list:
+    """The profiled functions (the sampling nodes' thread and any session threads) by inclusive time, per expert
+    evaluation (or KSampler step). With sessions the node's thread shows the helpers' work as lock waits."""
     import pstats
 
-    profiler.dump_stats(str(path))
-    stats = pstats.Stats(profiler).stats
+    merged = pstats.Stats(profilers[0])
+    for other in profilers[1:]:
+        merged.add(other)
+    merged.dump_stats(str(path))
+    stats = merged.stats
     n = max(evaluations, 1)
     rows = []
     for (file, line, func), (_, calls, own, cum, _) in stats.items():
