@@ -52,8 +52,9 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 # Off by default: on an H200 the basic template took 5.47 s end to end with sessions against 3.89 s with one call per
-# evaluation (bench/RESULTS.md: its SD 1.5 and AnimateDiff experts are clones of one model, and every switch between
-# their sessions loads and patches the model again). CONFINER_STAGE_SESSIONS=1 switches them on.
+# evaluation (bench/RESULTS.md), measured when every session ran on a fresh thread: the forwards were slower (torch's
+# per-thread cuDNN caches rebuilt every stage), the host time was not. Sessions now run on long-lived workers
+# (_Worker); to be measured again. CONFINER_STAGE_SESSIONS=1 switches them on.
 ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
