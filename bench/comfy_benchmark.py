@@ -209,6 +209,8 @@ class Probe:
         self.torch, self.cuda = torch, cuda
         self.node = None
         self.node_t0 = self.node_cpu0 = 0.0
+        self.profiled: set = set()   # node ids whose execution the profiler records (--profile)
+        self.profiler = None
         self.reset()
 
     def reset(self):
@@ -229,6 +231,11 @@ class Probe:
             self.nodes.append((self.node, now - self.node_t0, cpu - self.node_cpu0, peak))
         if self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
+        if self.profiler is not None:
+            if self.node in self.profiled:
+                self.profiler.disable()
+            if node in self.profiled:
+                self.profiler.enable()
         self.node, self.node_t0, self.node_cpu0 = node, now, cpu
 
     def install(self, server):
@@ -323,6 +330,7 @@ def run_once(api: dict, probe: Probe) -> dict:
     probe.boundary(None)
     result = harness.run_prompt(api)
     probe.boundary(None)
+    probe.profiler = None
     if not result.success:
         raise RuntimeError(f"prompt failed: {result.error or result.status_messages}")
     nodes = probe.summary(api)
@@ -427,6 +435,10 @@ def main():
                          "the network does not, so what is measured is host work alone (CPU measurements)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 keeps the host "
                                                                   "CPU-time figures clean of worker-thread spinning)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the sampling nodes of each job's last run: profile_<job>.pstats in --out and the "
+                         "top host functions per evaluation (ms, inclusive and own time) in comfy_results.json; "
+                         "best with --null-forward --threads 1, where all that is left is host work")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     a = ap.parse_args()
     out_dir = Path(a.out)
@@ -476,12 +488,28 @@ def main():
     for name, (api, classes, mechanism) in jobs.items():
         set_mechanism(mechanism)
         runs = []
-        for i in range(a.repeats + 1):  # the first is the warm-up
+        for i in range(a.repeats + 1 + a.profile):  # the first is the warm-up; the profiled one is extra
+            profiled = a.profile and i == a.repeats + 1
             if runs and elapsed() + runs[-1]["wall_s"] > a.deadline:
                 break
             take += 1
+            if profiled:
+                import cProfile
+
+                probe.profiler = cProfile.Profile()
+                probe.profiled = {k for k, n in api.items() if n["class_type"] in classes}
+                session_profiles = profile_sessions()
+            profiler = probe.profiler
             run = run_once(retitled(api, take), probe)
             run["sampling"] = sampling_figures(run, classes)
+            if profiled:  # timed under the profiler: kept apart from the timed runs
+                run["profile"] = profile_summary([profiler, *session_profiles(None)],
+                                                 out_dir / f"profile_{name}.pstats", run["sampling"]["evaluations"])
+                res["runs"][f"{name}_profile"] = run
+                say(f"{name} profile (ms per evaluation, inclusive / own):\n" + "\n".join(
+                    f"  {r['cum_ms']:7.3f} {r['own_ms']:7.3f} {r['calls']:6.1f}x  {r['function']}"
+                    for r in run["profile"][:40]))
+                continue
             say(f"{name} {'warm-up' if i == 0 else f'run {i}'}: {run['wall_s']:.3f} s, end to end "
                 f"{run['end_to_end_s']:.3f} s, sampling {run['sampling']['sampling_s']:.3f} s, host "
                 f"{run['sampling']['host_overhead_ms_per_eval']:.2f} ms per evaluation (CPU time "
@@ -507,6 +535,55 @@ def main():
     res["figures"] = figures(res["runs"])
     save()
     print(json.dumps(res["figures"], indent=1))
+
+
+def profile_sessions():
+    """Stage sessions serve evaluations on helper threads, which a profiler enabled on the node's thread does not
+    see: each session's thread gets a profiler of its own for the run. Returns a function that restores the pack
+    and returns those profilers."""
+    import cProfile
+
+    sessions = pack_module(".nodes.sessions")
+    if sessions is None or not hasattr(sessions, "Session"):
+        return lambda _: []
+    original = sessions.Session._thread_main
+    profilers = []
+
+    def profiled(self, *args, **kwargs):
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            profiler.disable()
+
+    sessions.Session._thread_main = profiled
+
+    def finish(_):
+        sessions.Session._thread_main = original
+        return profilers
+    return finish
+
+
+def profile_summary(profilers: list, path: Path, evaluations: int, top: int = 80) -> list:
+    """The profiled functions (the sampling nodes' thread and any session threads) by inclusive time, per expert
+    evaluation (or KSampler step). With sessions the node's thread shows the helpers' work as lock waits."""
+    import pstats
+
+    merged = pstats.Stats(profilers[0])
+    for other in profilers[1:]:
+        merged.add(other)
+    merged.dump_stats(str(path))
+    stats = merged.stats
+    n = max(evaluations, 1)
+    rows = []
+    for (file, line, func), (_, calls, own, cum, _) in stats.items():
+        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if line else file
+        rows.append({"function": f"{func} ({where})", "calls": calls / n, "cum_ms": 1000 * cum / n,
+                     "own_ms": 1000 * own / n})
+    rows.sort(key=lambda r: -r["cum_ms"])
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows[:top]]
 
 
 def figures(runs: dict) -> dict:

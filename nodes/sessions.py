@@ -52,8 +52,9 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 # Off by default: on an H200 the basic template took 5.47 s end to end with sessions against 3.89 s with one call per
-# evaluation (bench/RESULTS.md: its SD 1.5 and AnimateDiff experts are clones of one model, and every switch between
-# their sessions loads and patches the model again). CONFINER_STAGE_SESSIONS=1 switches them on.
+# evaluation (bench/RESULTS.md), measured when every session ran on a fresh thread: the forwards were slower (torch's
+# per-thread cuDNN caches rebuilt every stage), the host time was not. Sessions now run on long-lived workers
+# (_Worker); to be measured again. CONFINER_STAGE_SESSIONS=1 switches them on.
 ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
@@ -212,8 +213,51 @@ def _entered(state: dict):
             yield
 
 
+class _Worker(threading.Thread):
+    """A helper thread that serves sessions one after another, kept for the life of the process.
+
+    PyTorch keeps some caches per thread: cuDNN's convolution plans and its attention graphs (SDPA's cuDNN backend)
+    are ``thread_local``. A fresh thread per session started each stage with empty caches and rebuilt every plan on
+    its first forwards, host work that left the GPU idle; workers that live on keep theirs warm from run to run. Idle
+    workers wait in :attr:`idle` (last in, first out, so the same few threads serve every run)."""
+
+    IDLE_NAME = "ConFiner session worker (idle)"
+    idle: list = []
+    lock = threading.Lock()
+
+    def __init__(self):
+        super().__init__(name=self.IDLE_NAME, daemon=True)
+        self.job = None
+        self.ready = threading.Semaphore(0)
+        self.start()
+
+    @classmethod
+    def take(cls) -> "_Worker":
+        with cls.lock:
+            return cls.idle.pop() if cls.idle else cls()
+
+    def serve(self, name: str, context: contextvars.Context, fn, *args) -> None:
+        self.name = name
+        self.job = (context, fn, args)
+        self.ready.release()
+
+    def done(self) -> None:
+        """Called by the job, on this thread, just before it hands its last answer to the node's thread: from then
+        on this worker serves no session and may be taken again (its next job waits for :meth:`serve`)."""
+        self.name = self.IDLE_NAME
+        with self.lock:
+            self.idle.append(self)
+
+    def run(self):
+        while True:
+            self.ready.acquire()
+            context, fn, args = self.job
+            self.job = None
+            context.run(fn, *args)  # fn catches everything and hands it to the node's thread
+
+
 class Session:
-    """One expert's sampling call held open on a helper thread. The node's thread hands it a request and waits; the
+    """One expert's sampling call held open on a helper thread (a :class:`_Worker`). The node's thread hands it a request and waits; the
     helper answers and waits for the next: exactly one of them runs at a time."""
 
     def __init__(self, expert, sigmas: list, conds: tuple, x_host: torch.Tensor):
@@ -221,7 +265,8 @@ class Session:
         self.shape = (tuple(x_host.shape), x_host.dtype, x_host.device)
         self.call = SamplingCall(expert, sigmas, conds)
         self.last_step = -1
-        self.thread = None
+        self.thread = None    # the worker serving this session once it started
+        self.finished = threading.Event()  # the worker is done with this session (answered its last message)
         self.ended = False
         self.saved = None  # this session's values of the swapped attributes while it waits
         self.message = None
@@ -265,14 +310,13 @@ class Session:
         try:
             self.message = message
             if self.thread is None:
-                self.thread = threading.Thread(target=contextvars.copy_context().run,
-                                               args=(self._thread_main, message[1], _thread_state()),
-                                               name=f"ConFiner {self.expert.name} expert session", daemon=True)
-                self.thread.start()
+                self.thread = _Worker.take()
+                self.thread.serve(f"ConFiner {self.expert.name} expert session", contextvars.copy_context(),
+                                  self._thread_main, message[1], _thread_state())
             else:
                 self._to_helper.release()
             while not self._to_main.acquire(timeout=1.0):
-                if not self.thread.is_alive() and not self._to_main.acquire(timeout=0.1):
+                if (self.finished.is_set() or not self.thread.is_alive()) and not self._to_main.acquire(timeout=0.1):
                     self.ended = True
                     raise RuntimeError(f"ConFiner: the {self.expert.name} expert's sampling thread ended without "
                                        f"an answer")
@@ -283,7 +327,8 @@ class Session:
 
     def _join(self):
         self.ended = True
-        self.thread.join()
+        while not self.finished.wait(timeout=1.0) and self.thread.is_alive():
+            pass
 
     # -- helper thread -------------------------------------------------------------------------------------------
     def _thread_main(self, x_first, state):
@@ -295,6 +340,8 @@ class Session:
             reply = ("error", e)
         self.ended = True
         self.message = reply
+        self.thread.done()
+        self.finished.set()
         self._to_main.release()
 
     def _serve(self, model, x_in, sigmas, extra_args=None, callback=None, disable=None):

@@ -231,6 +231,9 @@ def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_
     for state in (r["single"], r["staged"]):
         assert not state["any_current_patcher"] and state["session_threads"] == []
         assert state["sampling_function"] == "comfy.samplers.sampling_function"
+    # the two experts' sessions ran on two session workers, which serve the later runs (the patches check and the
+    # error below) too: torch's per-thread caches (cuDNN plans) stay warm instead of being rebuilt for every stage
+    assert len(r["staged"]["idle_workers"]) == 2 and r["error"]["idle_workers"] == r["staged"]["idle_workers"]
 
 
 def test_an_error_inside_a_served_evaluation_ends_every_session_cleanly(sessions_against_calls):

@@ -248,15 +248,19 @@ def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dic
 
 
 def sessions_state() -> dict:
-    """What an ended stage must leave: no session thread alive, no model with a current patcher, ComfyUI's own
-    sampling_function in place (AnimateDiff-Evolved swaps its own in for the length of a sampling call)."""
+    """What an ended stage must leave: no thread serving a session (the pack's session workers live on, idle, so
+    their per-thread caches stay warm: they are named "ConFiner <role> expert session" only while they serve one),
+    no model with a current patcher, ComfyUI's own sampling_function in place (AnimateDiff-Evolved swaps its own in
+    for the length of a sampling call)."""
     import threading
 
     import comfy.samplers
 
-    return {"session_threads": [t.name for t in threading.enumerate() if t.name.startswith("ConFiner ")],
+    return {"session_threads": [t.name for t in threading.enumerate() if t.name.startswith("ConFiner ")
+                                and t.name.endswith(" expert session")],
             "sampling_function": f"{comfy.samplers.sampling_function.__module__}."
                                  f"{comfy.samplers.sampling_function.__name__}",
+            "idle_workers": sorted(t.ident for t in _pack_module(".nodes.sessions")._Worker.idle),
             **all_models_unpatched()}
 
 
