@@ -15,13 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support.fixtures import (  # noqa: F401  (pytest fixtures)
-    comfy_path,
-    comfy_worker,
-    confiner_pack_dir,
-    synthetic_checkpoint,
-    with_checkpoint,
-)
+from comfy_support.fixtures import with_checkpoint
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -30,8 +24,8 @@ NODE_IDS = ["ConFinerControlExpert", "ConFinerRefineExperts", "ConFinerCoordinat
 
 
 @pytest.fixture(scope="module")
-def comfy_pack_dirs(confiner_pack_dir):
-    return [(str(confiner_pack_dir), "confiner")]
+def comfy_worker(confiner_worker):  # the session's worker with the pack (tests/conftest.py)
+    return confiner_worker
 
 
 def cpu_sized(workflow: dict, worker, frames: int = 8) -> dict:
