@@ -13,7 +13,12 @@ if ROOT not in sys.path:
 
 # --- ComfyUI host integration tests (tests/comfy_support; see tests/test_comfy_harness.py) ---
 # Tests marked `comfyui` need a ComfyUI checkout in $COMFYUI_PATH (skipped when unset). They
-# drive ComfyUI in a per-module worker subprocess, never inside this pytest process.
+# drive ComfyUI in a worker subprocess, never inside this pytest process: one per module, or the
+# session's `confiner_worker`, defined here once (imported into each module, a session fixture
+# would be one per module).
+from comfy_support.fixtures import comfy_path, confiner_pack_dir, confiner_worker, synthetic_checkpoint  # noqa: E402,F401
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "comfyui: needs a ComfyUI checkout in $COMFYUI_PATH (host integration test; skipped when unset)"

@@ -14,15 +14,13 @@ import math
 
 import pytest
 
-from comfy_support.fixtures import comfy_path, comfy_worker, confiner_pack_dir, synthetic_checkpoint  # noqa: F401
-
 pytestmark = pytest.mark.comfyui
 VALIDATION, EXECUTION = "validation", "execution"
 
 
 @pytest.fixture(scope="module")
-def comfy_pack_dirs(confiner_pack_dir):
-    return [(str(confiner_pack_dir), "confiner")]
+def comfy_worker(confiner_worker):  # the session's worker with the pack (tests/conftest.py)
+    return confiner_worker
 
 
 def chain_prompt(ckpt: str) -> dict:

@@ -10,7 +10,8 @@ helper). Booting rewrites ``sys.path`` (ComfyUI root and ``<root>/comfy`` first,
 ``nodes``/``utils``/``model_base`` become ComfyUI's), parses argv and registers nodes
 globally - none of it can be undone, so it must not happen in the process that also runs the
 pack's pure-Python tests, and two ComfyUI versions need two processes anyway. Another test
-module that needs the host gets its own worker (~4-6 s boot); share a module to share it.
+module that needs the host gets its own worker (~4-6 s boot), or shares the session's
+``confiner_worker`` when it needs the ConFiner pack alone (comfy_support/README.md).
 
 Run against both snapshots::
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support.fixtures import comfy_path, comfy_worker, confiner_pack_dir, synthetic_checkpoint  # noqa: F401
 from comfy_support.modern_checks import HIGH, LOW, QWEN, QWEN_VL, UMT5, WAN, WAN_VAE
 
 pytestmark = pytest.mark.comfyui
@@ -29,8 +28,8 @@ SIZE, LENGTH = 32, 5   # 32x32 pixels, 5 frames: 2 Wan latent frames of 4x4
 
 
 @pytest.fixture(scope="module")
-def comfy_pack_dirs(confiner_pack_dir):
-    return [(str(confiner_pack_dir), "confiner")]
+def comfy_worker(confiner_worker):  # the session's worker with the pack (tests/conftest.py)
+    return confiner_worker
 
 
 @pytest.fixture(scope="module")

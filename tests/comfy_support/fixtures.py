@@ -13,6 +13,10 @@ comfy_worker, ...``); nothing here imports torch or ComfyUI into the pytest proc
 * ``comfy_worker`` (module): a :class:`~comfy_support.worker.ComfyWorker` subprocess booted
   with ``--cpu --disable-api-nodes``, the checkpoint directory and a temp output directory.
   Attributes added: ``output_dir``, ``checkpoint_name``, ``comfy_root``.
+* ``confiner_worker`` (session): the same, booted with the ConFiner pack only, once per session and
+  shared by the modules that need nothing else (each boot costs seconds per module and ComfyUI
+  version): such a module overrides ``comfy_worker`` to return it. Their tests run prompts with
+  ``fresh_cache`` where cached outputs matter and restore what they switch.
 * ``confiner_pack_dir`` (session): the repository root, which is the ConFiner pack.
 
 Data files (UI-format workflows) live in the sibling directory ``fixtures/`` (a plain data
@@ -43,7 +47,7 @@ ENV_TIMEOUT = "CONFINER_COMFY_TIMEOUT"
 
 __all__ = [
     "SKIP_REASON", "REPO_ROOT", "WORKFLOW_DIR", "load_workflow", "with_checkpoint", "require_comfy_path",
-    "comfy_path", "synthetic_checkpoint", "comfy_pack_dirs", "comfy_worker", "confiner_pack_dir",
+    "comfy_path", "synthetic_checkpoint", "comfy_pack_dirs", "comfy_worker", "confiner_worker", "confiner_pack_dir",
 ]
 
 
@@ -101,21 +105,30 @@ def comfy_pack_dirs() -> list:
     return []
 
 
-@pytest.fixture(scope="module")
-def comfy_worker(comfy_path, synthetic_checkpoint, comfy_pack_dirs, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy")
+def _booted_worker(comfy_path, checkpoint, pack_dirs, base):
+    """A worker booted on ``comfy_path`` with ``pack_dirs``, its files under ``base``; closed when the generator ends."""
     timeout = float(os.environ.get(ENV_TIMEOUT, "600"))
     worker = ComfyWorker(log_path=base / "worker.log", default_timeout=timeout)
     try:
-        worker.boot(comfy_path, pack_dirs=comfy_pack_dirs, checkpoints_dir=synthetic_checkpoint.parent,
-                    output_dir=base / "output")
+        worker.boot(comfy_path, pack_dirs=pack_dirs, checkpoints_dir=checkpoint.parent, output_dir=base / "output")
     except BaseException:
         worker.close()
         raise
     worker.output_dir = base / "output"
-    worker.checkpoint_name = synthetic_checkpoint.name
+    worker.checkpoint_name = checkpoint.name
     worker.comfy_root = comfy_path
     try:
         yield worker
     finally:
         worker.close()
+
+
+@pytest.fixture(scope="module")
+def comfy_worker(comfy_path, synthetic_checkpoint, comfy_pack_dirs, tmp_path_factory):
+    yield from _booted_worker(comfy_path, synthetic_checkpoint, comfy_pack_dirs, tmp_path_factory.mktemp("comfy"))
+
+
+@pytest.fixture(scope="session")
+def confiner_worker(comfy_path, synthetic_checkpoint, confiner_pack_dir, tmp_path_factory):
+    yield from _booted_worker(comfy_path, synthetic_checkpoint, [(str(confiner_pack_dir), "confiner")],
+                              tmp_path_factory.mktemp("comfy-confiner"))

@@ -6,8 +6,8 @@ Why a subprocess: :func:`comfy_support.harness.boot` permanently rewires the int
 ``comfy.cli_args``; torch and all node modules are loaded; packs are registered globally).
 Doing that inside the pytest process would leak into every other test (e.g. the pack's
 pure-Python tests importing a module called ``nodes`` or ``utils``), and a second ComfyUI
-version cannot be booted next to the first. So each test module that needs the host gets its
-own :class:`ComfyWorker` (module-scoped fixture), boots it once (~4-6 s) and sends it
+version cannot be booted next to the first. So the host tests run in a :class:`ComfyWorker`,
+booted once (~4-6 s) per test module or, with the pack alone, once per session, and send it
 requests; the pytest process itself never imports torch or ComfyUI for these tests.
 
 Protocol: one JSON object per line. Requests go to the worker's stdin; replies come back on
