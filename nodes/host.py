@@ -204,13 +204,8 @@ class ComfyExpert(Expert):
         """The stage's sigmas (descending, ending in 0) and the step this evaluation is; a timestep outside the plan
         is a one-step stage of its own."""
         if t in self.plan:
-            plan = tuple(self.plan)
-            if self._plan_sigmas[0] != plan:  # the same for every evaluation of a stage: computed once per plan
-                self._plan_sigmas = (plan, [self.host_sigma(u) for u in plan] + [0.0])
-            return list(self._plan_sigmas[1]), plan.index(t)
+            return [self.host_sigma(u) for u in self.plan] + [0.0], self.plan.index(t)
         return [self.host_sigma(t), 0.0], 0
-
-    _plan_sigmas: tuple = ((), [])
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         # Cancel is honoured before every evaluation (ComfyUI 0.3.64 checks nowhere inside one); the node's stage
