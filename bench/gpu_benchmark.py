@@ -14,8 +14,9 @@ At 512x512x16 it times, end to end (text encoding, sampling, VAE decode to uint8
 Tables (``--settings``, applied in this order on top of each other, to every UNet and the VAE decoder, ConFiner and
 baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
 preset: channels_last end to end, fused GroupNorm+SiLU, fused QKV, cuDNN attention first, cuDNN autotuning; no
-compiler), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean + regional torch.compile) and
-``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up run (excluded; for the
+compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
+comes last or in a process of its own), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean +
+regional torch.compile) and ``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up run (excluded; for the
 baselines a 2-step run of the same sampler at the same shapes, which is what compiles and autotunes); CUDA is
 synchronised around every run. Expert, text-encoder and VAE time come from CUDA events around each module call;
 "orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on meta-device copies
@@ -25,9 +26,10 @@ synchronised around every run. Expert, text-encoder and VAE time come from CUDA 
 runs (``bench/profiling.py``: kernel time by kind, top kernels, idle gaps, achieved TFLOP/s per kind). The first
 ``best`` ConFiner run is the cold start (compile with empty caches): ``cold_start_s`` = imports + that run.
 ``--cache-out FILE`` then saves the compiled artifacts (``speed.save_compile_cache``), and a second process
-started with ``--start-probe FILE`` (fresh inductor/Triton cache folders) loads them and times its first run:
-``warm_start_s`` = imports + cache load + first run (the random-weight build, which real checkpoints replace by a
-load, is reported apart).
+started with ``--start-probe FILE`` loads them and times its first run: ``warm_start_s`` = imports + cache load +
+first run (the random-weight build, which real checkpoints replace by a load, is reported apart), with the graphs
+dynamo traced again. Run it with fresh inductor/Triton folders for another machine's start, with the first
+process's folders for a second run on the same machine.
 
 ``--deadline`` keeps the call inside its time limit: a run is skipped when its expected time (``PRIOR_S``) plus
 that of the core runs still ahead (ConFiner ModelScope, ModelScope-100 and the profiles of every table) does not
@@ -119,15 +121,18 @@ AD_SCHED = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_
 
 
 # Tables in the only order they can be applied (each on top of the previous ones): name -> (settings, dtype)
-TABLES = {"eager": (EAGER, torch.float16), "lean": (LEAN, torch.float16), "lean_bf16": (LEAN, torch.bfloat16),
-          "best": (FAST, torch.float16), "max": (MAX, torch.float16)}
+TABLES = {"eager": (EAGER, torch.float16), "lean": (LEAN, torch.float16),
+          "lean_graphs": (dataclasses.replace(LEAN, cuda_graphs=True), torch.float16),
+          "lean_bf16": (LEAN, torch.bfloat16), "best": (FAST, torch.float16), "max": (MAX, torch.float16)}
+# CUDA graphs are applied outermost and never taken back: nothing can be applied on top of lean_graphs.
+LAST_ONLY = ("lean_graphs",)
 RUNS = ("confiner_4+5_modelscope", "modelscope_100", "confiner_4+5_animatediff", "animatediff_25", "modelscope_50",
         "confiner_4+5_modelscope_staged")
-TABLE_RUNS = {"eager": RUNS, "lean": RUNS[:4], "lean_bf16": RUNS[:2], "best": RUNS, "max": RUNS[:2]}
+TABLE_RUNS = {"eager": RUNS, "lean": RUNS[:4], "lean_graphs": RUNS[:4], "lean_bf16": RUNS[:2], "best": RUNS, "max": RUNS[:2]}
 # What --deadline keeps room for: ConFiner (ModelScope temporal) and ModelScope-100 in the eager, lean and best
 # tables, ConFiner alone in the others, and every profile.
 CORE = {table: ("confiner_4+5_modelscope", "modelscope_100", "profile") for table in ("eager", "lean", "best")}
-CORE.update(lean_bf16=("confiner_4+5_modelscope", "profile"), max=("confiner_4+5_modelscope", "profile"))
+CORE.update({table: ("confiner_4+5_modelscope", "profile") for table in ("lean_graphs", "lean_bf16", "max")})
 # The expert networks: network_forwards (confiner_core.experts.EvaluationLog, one call of a network) must equal the
 # calls the module hooks see on these.
 EXPERT_MODULES = ("sd", "control", "ad_temporal", "ms")
@@ -135,7 +140,7 @@ EXPERT_MODULES = ("sd", "control", "ad_temporal", "ms")
 # the rest scaled from the H100 call), a speed factor per table, and the compile of the first compiled runs.
 PRIOR_S = {"confiner_4+5_modelscope": 2.7, "confiner_4+5_animatediff": 2.5, "confiner_4+5_modelscope_staged": 3.0,
            "modelscope_100": 21.0, "modelscope_50": 10.6, "animatediff_25": 4.4, "long_per_frame": 0.19}
-TABLE_FACTOR = {"eager": 1.0, "lean": 0.85, "lean_bf16": 0.85, "best": 0.7, "max": 0.68}
+TABLE_FACTOR = {"eager": 1.0, "lean": 0.85, "lean_graphs": 0.8, "lean_bf16": 0.85, "best": 0.7, "max": 0.68}
 # Cold compile of a compiled table, carried by its first job (H200, 2026-12-01: ~280 s for every expert's shapes;
 # max runs after best in one process: only the CUDA-graph captures are new).
 COMPILE_PRIOR_S = {"best": 280.0, "max": 30.0}
@@ -634,6 +639,23 @@ def markdown(res: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Main: the tables, or the warm-start probe
 
+def compile_phases() -> dict:
+    """Where this process's compile time went: dynamo's graph count and its timed phases (tracing, AOTAutograd,
+    inductor or its caches), seconds summed over every compiled frame; phases nest, so they overlap."""
+    from torch._dynamo.utils import compile_times, counters
+
+    seconds = {}
+    for line in compile_times(repr="str", aggregate=True).splitlines():
+        name, _, value = line.rpartition(",")
+        try:
+            seconds[name.strip()] = float(value)
+        except ValueError:
+            continue  # the header line
+    top = dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:15])
+    return {"unique_graphs": counters["stats"].get("unique_graphs", 0), "frames_ok": counters["frames"].get("ok", 0),
+            "seconds": top}
+
+
 def start_probe(a) -> None:
     """A second process: load the compiled artifacts, build, apply the best settings, time the first ConFiner run
     (compilation served from the caches) and a second one."""
@@ -663,6 +685,7 @@ def start_probe(a) -> None:
         save()
     out["warm_start_s"] = out["import_s"] + out["load_cache_s"] + out["first_run_s"]
     out["compile_from_cache_s"] = out["first_run_s"] - out["second_run_s"]
+    out["compile_phases"] = compile_phases()
     save()
     print(json.dumps(out, indent=2, default=float))
 
@@ -698,6 +721,9 @@ def main():
     order = list(TABLES)
     if [order.index(s) for s in a.settings] != sorted(order.index(s) for s in a.settings):
         ap.error(f"--settings are applied on top of each other: give them in the order {order}")
+    if any(s in LAST_ONLY for s in a.settings[:-1]):
+        ap.error(f"--settings: {', '.join(LAST_ONLY)} captures CUDA graphs, which nothing can be applied on top of: "
+                 "give it last")
     for name in ("best", "max"):
         SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend)
     if a.start_probe:

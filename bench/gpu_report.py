@@ -5,7 +5,11 @@ writes which file); the prose around them is this file's. Sections appear for th
 
 * ``h200_sd.json`` -- ``gpu_benchmark.py``: the SD-scale tables (eager, lean, lean_bf16, best, max), profiles, cold
   start (required);
-* ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe``: the warm start of a second process;
+* ``h200_sd_extra.json``, ``h200_sd_graphs.json`` -- follow-up SD calls (best/max, lean_graphs): their tables and
+  the runs the main call skipped are folded in;
+* ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
+  second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
+  folders (a second run on the same machine);
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI.
@@ -26,7 +30,8 @@ sys.path.insert(0, HERE)
 import comfy_benchmark  # noqa: E402  (its figures: one definition of the comfy_* keys)
 import profiling as P  # noqa: E402
 
-FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "warm": "h200_sd_warm.json", "wan": "h200_wan.json",
+FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h200_sd_graphs.json",
+         "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json", "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
          "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -39,6 +44,7 @@ RUN_LABELS = {
     "animatediff_25": "AnimateDiff, 25 steps",
 }
 TABLE_LABELS = {"eager": "plain eager fp16 (SDPA, diffusers defaults)", "lean": "lean preset, fp16 (no compiler)",
+                "lean_graphs": "lean preset + CUDA graphs, fp16 (no compiler; its own process)",
                 "lean_bf16": "lean preset, bf16", "best": "fast preset (lean + regional torch.compile), fp16",
                 "max": "max preset (fast + CUDA graphs), fp16"}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
@@ -71,8 +77,13 @@ def fmt(value, spec=".3f", none="—") -> str:
 
 def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     """Runs of a follow-up SD call (README_GPU.md's call 1b, ``h200_sd_extra.json``) fill the runs and ratios the
-    main call skipped, table by table; returns which, for the report to say."""
+    main call skipped, table by table, and its start figures where the main call has none; returns which runs, for
+    the report to say."""
     filled = []
+    if "cold_start_s" in (extra or {}) and "cold_start_s" not in sd:
+        sd["cold_import_s"] = extra["import_s"]  # the cold start counts that process's imports
+        for key in ("cold_start_s", "cold_compile_s", "compile_cache"):
+            sd[key] = extra.get(key)
     for setting, table in (extra or {}).get("tables", {}).items():
         target = sd["tables"].setdefault(setting, table)
         if target is table:
@@ -87,7 +98,8 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     return filled
 
 
-def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None) -> dict:
+def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
+            warm_dirs: dict | None = None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added); the Wan run with the best
     settings gives its figures again with a ``best_`` prefix."""
     out = {"device": sd["device_name"], "torch": sd["torch"], "diffusers": sd["diffusers"], "date": sd["date"],
@@ -140,11 +152,18 @@ def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None
             out[key] = sd[key]
     if isinstance(sd.get("compile_cache"), dict):
         out["compile_cache_bytes"] = sd["compile_cache"].get("bytes")
-    if warm:
-        out["warm_start_s"] = warm["warm_start_s"]
-        out["warm_start_process_s"] = warm["process_s"]
-        out["warm_start_compile_from_cache_s"] = warm["compile_from_cache_s"]
-        out["warm_start_cache_loaded"] = warm["cache_loaded"]
+    # warm_start_s: the faster of a second process on another machine (portable cache only) and on the same one
+    for suffix, probe in (("_portable", warm), ("_same_machine", warm_dirs)):
+        if probe:
+            out[f"warm_start{suffix}_s"] = probe["warm_start_s"]
+            out[f"warm_start{suffix}_process_s"] = probe["process_s"]
+            out[f"warm_start{suffix}_compile_from_cache_s"] = probe["compile_from_cache_s"]
+            out[f"warm_start{suffix}_cache_loaded"] = probe["cache_loaded"]
+            if "compile_phases" in probe:
+                out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
+    starts = [p["warm_start_s"] for p in (warm, warm_dirs) if p]
+    if starts:
+        out["warm_start_s"] = min(starts)
     if wan:
         out.update({k: v for k, v in wan.get("figures", {}).items() if v is not None})
         out["wan_attention"] = wan.get("attention")
@@ -224,6 +243,11 @@ def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
            f"{yes(None if host is None or step is None else host <= step)} |",
            f"| ConFiner / AnimateDiff-25 in ComfyUI within {TARGET_COMFY_RATIO_OFF:.0%} of the library's (eager) | "
            f"{fmt(ratio)} vs {fmt(lib)} | {yes(None if off is None else abs(off) <= TARGET_COMFY_RATIO_OFF)} |", ""]
+    sampling = out.get("comfy_sampling_ratio_confiner_to_animatediff_25")
+    if sampling is not None and ratio is not None:
+        md += [f"The sampling nodes alone (`comfy_sampling_ratio_confiner_to_animatediff_25`) stand at "
+               f"{sampling:.3f}; the end-to-end ratio is {ratio:.3f} because both prompts also pay the same text "
+               "encoding and decode (the template's decode node is in the table above).", ""]
     return out, md
 
 
@@ -262,7 +286,7 @@ def probe_table(probe: dict) -> list[str]:
     return lines
 
 
-def sd_markdown(sd: dict, fig: dict, warm: dict | None) -> list[str]:
+def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None = None) -> list[str]:
     md = [f"# GPU benchmark: ConFiner against the baselines ({sd['device_name']})", "",
           f"`bench/gpu_benchmark.py`, torch {sd['torch']}, diffusers {sd['diffusers']}, {sd['date']}. Full-size "
           f"models with random weights built on the GPU (weights do not change compute): SD 1.5 UNet "
@@ -297,15 +321,19 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None) -> list[str]:
     md += ["## Starts", "",
            "| start | s | what |", "|---|---|---|",
            f"| cold (best settings, empty caches) | {fmt(fig.get('cold_start_s'), '.1f')} | imports "
-           f"{fmt(sd.get('import_s'), '.1f')} s + first ConFiner run (compile {fmt(fig.get('cold_compile_s'), '.1f')} s"
+           f"{fmt(sd.get('cold_import_s', sd.get('import_s')), '.1f')} s + first ConFiner run (compile {fmt(fig.get('cold_compile_s'), '.1f')} s"
            " + run) |",
            f"| lean preset, first run | {fmt(fig.get('lean_cold_start_s'), '.1f')} | imports + first run (Triton "
            "GroupNorm kernels JIT-compiled, cuDNN autotuning) |"]
-    if warm:
-        md.append(f"| warm (best settings, second process, portable cache only) | {warm['warm_start_s']:.1f} | "
-                  f"imports {warm['import_s']:.1f} s + cache load {warm['load_cache_s']:.1f} s + first run "
-                  f"{warm['first_run_s']:.1f} s (of which compile from cache {warm['compile_from_cache_s']:.1f} s); "
-                  f"random-weight build {warm['build_s']:.1f} s not counted; process {warm['process_s']:.1f} s |")
+    for what, probe in (("portable cache only, empty inductor/Triton folders", warm),
+                        ("same machine: the first process's inductor/Triton folders", warm_dirs)):
+        if probe:
+            graphs = probe.get("compile_phases", {}).get("unique_graphs")
+            md.append(f"| warm (best settings, second process, {what}) | {probe['warm_start_s']:.1f} | "
+                      f"imports {probe['import_s']:.1f} s + cache load {probe['load_cache_s']:.1f} s + first run "
+                      f"{probe['first_run_s']:.1f} s (of which compile from cache {probe['compile_from_cache_s']:.1f} s"
+                      f"{f', {graphs} graphs' if graphs else ''}); random-weight build {probe['build_s']:.1f} s not "
+                      f"counted; process {probe['process_s']:.1f} s |")
     md.append("")
     return md
 
@@ -382,7 +410,8 @@ def targets(fig: dict) -> list[str]:
         return None if value is None else value <= limit
 
     best = fig.get("fastest_confiner_modelscope_s")
-    no_compiler = [fig.get(k) for k in ("eager_confiner_modelscope_s", "lean_confiner_modelscope_s") if fig.get(k)]
+    no_compiler = [fig.get(k) for k in ("eager_confiner_modelscope_s", "lean_confiner_modelscope_s",
+                                        "lean_graphs_confiner_modelscope_s") if fig.get(k)]
     ratio = fig.get("best_ratio_confiner_modelscope_to_modelscope_100")
     flop = fig.get("best_flop_ratio_confiner_modelscope_to_modelscope_100")
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
@@ -391,7 +420,8 @@ def targets(fig: dict) -> list[str]:
             f"| ConFiner 4+5 ≤ {TARGET_BEST_S} s, best settings | {fmt(best)} s ({fig.get('fastest_table')}) | "
             f"{yes(le(best, TARGET_BEST_S))} |",
             f"| ConFiner 4+5 ≤ {TARGET_EAGER_S} s without a compiler | eager {fmt(fig.get('eager_confiner_modelscope_s'))} s, "
-            f"lean {fmt(fig.get('lean_confiner_modelscope_s'))} s | {yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
+            f"lean {fmt(fig.get('lean_confiner_modelscope_s'))} s, lean + CUDA graphs "
+            f"{fmt(fig.get('lean_graphs_confiner_modelscope_s'))} s | {yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
             f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio)} vs {fmt(flop)} | "
             f"{yes(None if ratio is None or flop is None else ratio <= flop)} |",
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s | "
@@ -408,15 +438,15 @@ def main():
     data = {k: load(a.raw, f) for k, f in FILES.items()}
     if data["sd"] is None:
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
-    filled = fold_extra(data["sd"], data["sd_extra"])
-    fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"], data["wan_best"])
+    filled = fold_extra(data["sd"], data["sd_extra"]) + fold_extra(data["sd"], data["sd_graphs"])
+    fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"], data["wan_best"], data["warm_dirs"])
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
     comfy, comfy_md = comfy_figures(data["comfy"], fig)
     fig.update(comfy)
-    md = sd_markdown(data["sd"], fig, data["warm"])
+    md = sd_markdown(data["sd"], fig, data["warm"], data["warm_dirs"])
     if filled:
-        md += [f"Runs from the follow-up call (`{FILES['sd_extra']}`, same settings, another process): "
+        md += [f"Runs from the follow-up calls (`{FILES['sd_extra']}`, `{FILES['sd_graphs']}`, other processes): "
                f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])

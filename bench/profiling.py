@@ -77,6 +77,34 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+GAP_BUCKETS_US = (50.0, 1000.0)  # launch-sized gaps, short host stalls, long waits (syncs, host-side work)
+
+
+def idle_gaps(events: list[tuple], top: int = 8) -> dict:
+    """The GPU's idle time split by gap length (many tiny gaps: the host cannot issue kernels fast enough; a few
+    long ones: host waits, host-side work, transfers), and the longest gaps with the kernels around them and their
+    offset from the first kernel, so each can be placed in the run."""
+    timed = sorted((s, s + d, name) for name, s, d, *_ in events if s is not None)
+    if not timed:
+        return {}
+    first = timed[0][0]
+    gaps, end, before = [], timed[0][1], timed[0][2]
+    for s, e, name in timed[1:]:
+        if s > end:
+            gaps.append((s - end, end, before, name))
+        if e > end:
+            end, before = e, name
+    edges = (0.0,) + GAP_BUCKETS_US + (float("inf"),)
+    buckets = {}
+    for lo, hi in zip(edges, edges[1:]):
+        inside = [g for g, *_ in gaps if lo <= g < hi]
+        label = f"{lo:g}-{hi:g} us" if hi != float("inf") else f">= {lo:g} us"
+        buckets[label] = {"gaps": len(inside), "s": sum(inside) / 1e6}
+    longest = [{"ms": g / 1e3, "at_ms": (at - first) / 1e3, "after": a[:80], "before": b[:80]}
+               for g, at, a, b in sorted(gaps, reverse=True)[:top]]
+    return {"by_length": buckets, "longest": longest}
+
+
 def summarise(events: list[tuple], wall_s: float, top: int = 15) -> dict:
     """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured).
     Returns the profile summary."""
@@ -101,6 +129,8 @@ def summarise(events: list[tuple], wall_s: float, top: int = 15) -> dict:
                  "share": v[0] / kernel_us if kernel_us else 0.0}
                 for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
     }
+    if timed:
+        out["idle_gaps"] = idle_gaps(events)
     return out
 
 
@@ -173,6 +203,13 @@ def markdown(summary: dict, title: str) -> list[str]:
     for t in summary["top"]:
         name = t["name"].replace("|", "/")
         lines.append(f"| `{name[:90]}` | {t['kind']} | {t['calls']} | {t['s']:.3f} | {100 * t['share']:.1f} % |")
+    gaps = summary.get("idle_gaps")
+    if gaps:
+        lines += ["", "GPU idle by gap length: " + "; ".join(f"{label}: {b['gaps']} gaps, {b['s']:.3f} s"
+                                                              for label, b in gaps["by_length"].items()),
+                  "", "| longest gaps ms | at ms | after kernel | before kernel |", "|---|---|---|---|"]
+        lines += [f"| {g['ms']:.2f} | {g['at_ms']:.1f} | `{g['after'][:50]}` | `{g['before'][:50]}` |"
+                  for g in gaps["longest"]]
     audit = summary.get("sync_audit")
     if audit and "error" not in audit:
         lines += ["", f"Host waits for the GPU in one run (sync debug mode): {audit['syncs']}" +

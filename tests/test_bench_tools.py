@@ -51,7 +51,14 @@ def test_summary_shares_gaps_and_rates():
     assert r["tflops_by_kind"]["gemm"] == pytest.approx(6e9 / 1e12 / 60e-6)
     assert r["tflops_by_kind"]["attention"] is None                  # no attention kernel time
     cpu = P.summarise([("aten::mm", None, 5.0, 3)], wall_s=1.0)       # CPU stand-in: no start times, no gaps
-    assert cpu["idle_fraction_of_span"] is None and cpu["kernels"] == 3
+    assert cpu["idle_fraction_of_span"] is None and cpu["kernels"] == 3 and "idle_gaps" not in cpu
+    # the idle time by gap length: 10 us (50..60) and 10 us (90..100), both launch-sized; then a 2 ms wait
+    gaps = P.summarise(events + [("gn_apply", 2110.0, 10.0)], wall_s=0.003)["idle_gaps"]
+    assert gaps["by_length"]["0-50 us"] == {"gaps": 2, "s": pytest.approx(20e-6)}
+    assert gaps["by_length"][">= 1000 us"] == {"gaps": 1, "s": pytest.approx(2000e-6)}
+    assert gaps["longest"][0] == {"ms": pytest.approx(2.0), "at_ms": pytest.approx(0.11), "after": "gn_apply",
+                                  "before": "gn_apply"}
+    assert "GPU idle by gap length" in "\n".join(P.markdown({**s, "idle_gaps": gaps, "source": "trace"}, "t"))
 
 
 def run(wall, tflop, **extra):
@@ -95,10 +102,35 @@ def test_report_figures_and_targets(tmp_path):
     fig_best = R.figures(sd, warm, {"figures": {**wan["figures"], "wan_ratio_confiner_to_wan_50": 0.26}}, None, wan_best)
     assert fig_best["best_wan_ratio_confiner_to_wan_50"] == 0.28 and fig_best["wan_ratio_confiner_to_wan_50"] == 0.26
     assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.260 eager, 0.280 best settings | no |" in "\n".join(R.targets(fig_best))
+    # a second process on the same machine (its inductor folders kept) and one with the portable cache only: both
+    # are reported, and the target takes the faster
+    same = {**warm, "warm_start_s": 25.0, "compile_phases": {"unique_graphs": 96}}
+    fig_two = R.figures(sd, {**warm, "warm_start_s": 40.0}, wan, None, None, same)
+    assert fig_two["warm_start_portable_s"] == 40.0 and fig_two["warm_start_same_machine_s"] == 25.0
+    assert fig_two["warm_start_s"] == 25.0 and fig_two["warm_start_same_machine_graphs"] == 96
     sys.argv = ["gpu_report.py", "--raw", str(raw), "--out", str(tmp_path)]
     R.main()
     assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
     assert "skipped (deadline)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_report_folds_follow_up_calls():
+    """A follow-up call's tables (best/max, lean_graphs) join the main call's, its skipped-there runs are filled,
+    and its cold start (with that process's imports) is taken when the main call had none."""
+    main = {"import_s": 17.0, "tables": {"eager": {"settings": "eager", "runs": {"modelscope_100": None},
+                                                   "ratios": {}}}}
+    extra = {"import_s": 12.0, "cold_start_s": 199.0, "cold_compile_s": 182.0, "compile_cache": {"bytes": 1},
+             "tables": {"eager": {"settings": "eager", "runs": {"modelscope_100": run(20.0, 4206)}, "ratios": {}},
+                        "best": {"settings": "best", "runs": {"confiner_4+5_modelscope": run(1.9, 577)},
+                                 "ratios": {}}}}
+    filled = R.fold_extra(main, extra)
+    assert filled == ["eager/modelscope_100", "best/confiner_4+5_modelscope"]
+    assert main["cold_start_s"] == 199.0 and main["cold_import_s"] == 12.0 and main["import_s"] == 17.0
+    assert R.fold_extra(main, {"cold_start_s": 300.0, "import_s": 9.0, "tables": {}}) == []
+    assert main["cold_start_s"] == 199.0                              # the first cold start measured is kept
+    lines = "\n".join(R.targets({"eager_confiner_modelscope_s": 3.0, "lean_confiner_modelscope_s": 2.5,
+                                  "lean_graphs_confiner_modelscope_s": 2.1}))
+    assert "eager 3.000 s, lean 2.500 s, lean + CUDA graphs 2.100 s | **yes** |" in lines
 
 
 def comfy_run(end_to_end: float, sampling: float, evaluations: int, host_ms: float, calls: int) -> dict:
@@ -128,6 +160,7 @@ def test_report_reads_the_comfy_benchmark_file(tmp_path):
     assert fig["comfy_ratio_confiner_to_animatediff_25_sessions"] == pytest.approx(0.5)
     assert fig["comfy_ratio_off_library"] == pytest.approx(2.4 / 4.4 / 0.5 - 1)
     assert fig["comfy_decode_VAEDecodeTiled_peak_gib"] == 3.1
+    assert fig["comfy_sampling_ratio_confiner_to_animatediff_25"] == pytest.approx(2.0 / 4.0)
     text = "\n".join(md)
     assert "| host overhead per evaluation ≤ KSampler's per step | 8.00 ms vs 4.70 ms | no |" in text
     assert R.comfy_figures({**comfy, "device": "cpu"}, {}) == ({}, [])
