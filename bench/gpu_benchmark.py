@@ -16,11 +16,11 @@ baselines alike, so all come from one process on one machine): ``eager`` (plain 
 preset: channels_last end to end, fused GroupNorm+SiLU, fused QKV, cuDNN attention first, cuDNN autotuning; no
 compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
 comes last or in a process of its own), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean +
-regional torch.compile) and ``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up run (excluded; for the
-baselines a 2-step run of the same sampler at the same shapes, which is what compiles and autotunes); CUDA is
-synchronised around every run. Expert, text-encoder and VAE time come from CUDA events around each module call;
-"orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on meta-device copies
-(``torch.utils.flop_counter``), per kind (convolution, GEMM, attention) too.
+regional torch.compile) and ``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up
+run (excluded; for the baselines a 2-step run of the same sampler at the same shapes, which is what compiles and
+autotunes); CUDA is synchronised around every run. Expert, text-encoder and VAE time come from CUDA events around
+each module call; "orchestration overhead" is the rest of the wall time. FLOPs are counted per module call on
+meta-device copies (``torch.utils.flop_counter``), per kind (convolution, GEMM, attention) too.
 
 ``--profile TABLE...`` adds a torch.profiler pass over one ConFiner run (ModelScope temporal) after that table's
 runs (``bench/profiling.py``: kernel time by kind, top kernels, idle gaps, achieved TFLOP/s per kind). The first
@@ -128,7 +128,8 @@ TABLES = {"eager": (EAGER, torch.float16), "lean": (LEAN, torch.float16),
 LAST_ONLY = ("lean_graphs",)
 RUNS = ("confiner_4+5_modelscope", "modelscope_100", "confiner_4+5_animatediff", "animatediff_25", "modelscope_50",
         "confiner_4+5_modelscope_staged")
-TABLE_RUNS = {"eager": RUNS, "lean": RUNS[:4], "lean_graphs": RUNS[:4], "lean_bf16": RUNS[:2], "best": RUNS, "max": RUNS[:2]}
+TABLE_RUNS = {"eager": RUNS, "lean": RUNS[:4], "lean_graphs": RUNS[:4], "lean_bf16": RUNS[:2], "best": RUNS,
+              "max": RUNS[:2]}
 # What --deadline keeps room for: ConFiner (ModelScope temporal) and ModelScope-100 in the eager, lean and best
 # tables, ConFiner alone in the others, and every profile.
 CORE = {table: ("confiner_4+5_modelscope", "modelscope_100", "profile") for table in ("eager", "lean", "best")}
@@ -641,7 +642,9 @@ def markdown(res: dict) -> str:
 
 def compile_phases() -> dict:
     """Where this process's compile time went: dynamo's graph count and its timed phases (tracing, AOTAutograd,
-    inductor or its caches), seconds summed over every compiled frame; phases nest, so they overlap."""
+    inductor or its caches), seconds summed over every compiled frame; phases nest, so they overlap. The phases
+    come from ``torch._dynamo.utils.compile_times``, which torch 2.11 (the GPU image) left empty; torch 2.13 fills
+    them."""
     from torch._dynamo.utils import compile_times, counters
 
     seconds = {}

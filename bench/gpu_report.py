@@ -321,7 +321,8 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None =
     md += ["## Starts", "",
            "| start | s | what |", "|---|---|---|",
            f"| cold (best settings, empty caches) | {fmt(fig.get('cold_start_s'), '.1f')} | imports "
-           f"{fmt(sd.get('cold_import_s', sd.get('import_s')), '.1f')} s + first ConFiner run (compile {fmt(fig.get('cold_compile_s'), '.1f')} s"
+           f"{fmt(sd.get('cold_import_s', sd.get('import_s')), '.1f')} s + first ConFiner run (compile "
+           f"{fmt(fig.get('cold_compile_s'), '.1f')} s"
            " + run) |",
            f"| lean preset, first run | {fmt(fig.get('lean_cold_start_s'), '.1f')} | imports + first run (Triton "
            "GroupNorm kernels JIT-compiled, cuDNN autotuning) |"]
@@ -421,7 +422,8 @@ def targets(fig: dict) -> list[str]:
             f"{yes(le(best, TARGET_BEST_S))} |",
             f"| ConFiner 4+5 ≤ {TARGET_EAGER_S} s without a compiler | eager {fmt(fig.get('eager_confiner_modelscope_s'))} s, "
             f"lean {fmt(fig.get('lean_confiner_modelscope_s'))} s, lean + CUDA graphs "
-            f"{fmt(fig.get('lean_graphs_confiner_modelscope_s'))} s | {yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
+            f"{fmt(fig.get('lean_graphs_confiner_modelscope_s'))} s | "
+            f"{yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
             f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio)} vs {fmt(flop)} | "
             f"{yes(None if ratio is None or flop is None else ratio <= flop)} |",
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s | "
