@@ -671,3 +671,27 @@ def test_decoder_chunks_frames_without_changing_them(loaded):
         first = loaded.decoder.vae.decode(latent[1, :, 2][None] / 0.18215).sample[0]
     ref = ((first / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
     assert (chunked[1, 2].int() - ref.int()).abs().max() <= 1
+
+
+def test_placement_agrees_with_diffusers_device_and_dtype():
+    """``placement`` (read on every evaluation instead of diffusers' properties, which walk every submodule) gives
+    what ``ModelMixin.device`` / ``.dtype`` give: the compute dtype skips a model's fp32-kept modules (Wan keeps its
+    norms and time embedder in float32 when loaded in bfloat16)."""
+    import tiny_modern as M
+    from confiner_core.diffusers_backend.experts import placement
+
+    wan = M.wan_transformer().to(torch.bfloat16)
+    keep = wan._keep_in_fp32_modules
+    assert keep, "the reference needs a model with fp32-kept modules"
+    for name, param in wan.named_parameters():  # as from_pretrained loads it in bfloat16
+        if any(k in name for k in keep):
+            param.data = param.data.float()
+    first_kept = next(n for n, _ in wan.named_parameters() if any(k in n for k in keep))
+    assert wan.get_parameter(first_kept).dtype == torch.float32
+    for model in (T.tiny_unet2d().half(), T.tiny_unet3d().to(torch.bfloat16), T.tiny_vae(), wan):
+        assert placement(model) == (model.device, model.dtype), type(model).__name__
+    # a model whose first parameters are fp32-kept: the compute dtype is still the first non-kept one's
+    for param in wan.patch_embedding.parameters():
+        param.data = param.data.float()
+    wan._keep_in_fp32_modules = [*keep, "patch_embedding"]
+    assert placement(wan) == (wan.device, wan.dtype) == (torch.device("cpu"), torch.bfloat16)

@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 
 from ..latent_spaces import Codec, LatentSpace
+from .experts import placement
 
 DEFAULT_CHUNK_FRAMES = 8
 
@@ -32,8 +33,9 @@ class AutoencoderKLCodec(Codec):
 
     def _per_frame(self, x: torch.Tensor, code) -> torch.Tensor:
         batch, device = x.shape[0], x.device
+        vae_device, vae_dtype = placement(self.vae)
         flat = rearrange(x, "b c f h w -> (b f) c h w")
-        out = [code(chunk.to(self.vae.device, self.vae.dtype)).to(device, torch.float32)
+        out = [code(chunk.to(vae_device, vae_dtype)).to(device, torch.float32)
                for chunk in flat.split(self.chunk_frames)]
         return rearrange(torch.cat(out), "(b f) c h w -> b c f h w", b=batch)
 

@@ -34,7 +34,7 @@ from ... import layout as L
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
 from ...schedules import NoiseSchedule, flow_schedule
-from ..experts import _repeat_rows
+from ..experts import _repeat_rows, placement
 from . import files
 from . import unet_folders as U
 from .base import ROLES, Context, Family, Inspection
@@ -104,14 +104,14 @@ class WanVAECodec(Codec):
     @torch.no_grad()
     def encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
         self._check_size(*pixels.shape[-2:])
-        device, dtype = self.vae.device, self.vae.dtype
+        device, dtype = placement(self.vae)
         raw = [self.vae.encode(chunk.to(device, dtype)).latent_dist.mode().float()
                for chunk in pixels.split(self.batch_chunk)]
         return torch.cat(raw).to(pixels.device)
 
     @torch.no_grad()
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
-        device, dtype = self.vae.device, self.vae.dtype
+        device, dtype = placement(self.vae)
         pixels = [self.vae.decode(chunk.to(device, dtype)).sample.float() for chunk in raw.split(self.batch_chunk)]
         return torch.cat(pixels).to(raw.device)
 
@@ -221,7 +221,7 @@ class FlowTransformerExpert(Expert):
 
     @torch.no_grad()  # not inference_mode: the core may modify the outputs in place
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = placement(self.transformer)
         sample = x.to(device, dtype).repeat(len(conds), *([1] * (x.ndim - 1)))
         timestep = torch.full((sample.shape[0],), self.model_timestep(t), dtype=torch.float32, device=device)
         if self.step_cache is None:
