@@ -61,6 +61,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import diffusers  # noqa: E402
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 import profiling as P  # noqa: E402
@@ -421,19 +422,21 @@ class Bench:
         temporal_model = {"ms": "ms", "ad": "ad_temporal"}[temporal]
         temporal_text = "clip_h" if temporal == "ms" else "clip_l"
         residency.use("clip_l", temporal_text)
-        control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-        spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)
-        temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log)
+        with record_function("text"):  # the phases a profile splits the GPU's idle time by
+            control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
+            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)
+            temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log)
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()
         residency.use("control")
-        with log.stage("control"):
+        with log.stage("control"), record_function("control"):
             structure = generate_structure(control, self.noise(frames), config, generator)
         residency.use("sd", temporal_model)
-        with log.stage("refine"):
+        with log.stage("refine"), record_function("refine"):
             latent = refine_structure(spatial, temp, structure, config, generator)
         residency.use("vae")
-        self.decode(latent)
+        with record_function("decode"):
+            self.decode(latent)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # Baselines -------------------------------------------------------------------------------------------------

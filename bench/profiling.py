@@ -80,18 +80,23 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
 GAP_BUCKETS_US = (50.0, 1000.0)  # launch-sized gaps, short host stalls, long waits (syncs, host-side work)
 
 
-def idle_gaps(events: list[tuple], top: int = 8) -> dict:
+def idle_gaps(events: list[tuple], top: int = 8, phases: list | None = None) -> dict:
     """The GPU's idle time split by gap length (many tiny gaps: the host cannot issue kernels fast enough; a few
     long ones: host waits, host-side work, transfers), and the longest gaps with the kernels around them and their
-    offset from the first kernel, so each can be placed in the run."""
-    timed = sorted((s, s + d, name) for name, s, d, *_ in events if s is not None)
+    offset from the first kernel, so each can be placed in the run. ``phases`` (one per event: the part of the run
+    the host was in when it launched that kernel, :func:`read_trace`) also splits the idle time by the phase of the
+    kernel each gap waited for."""
+    phases = phases or [None] * len(events)
+    timed = sorted((s, s + d, name, phase) for (name, s, d, *_), phase in zip(events, phases) if s is not None)
     if not timed:
         return {}
     first = timed[0][0]
     gaps, end, before = [], timed[0][1], timed[0][2]
-    for s, e, name in timed[1:]:
+    by_phase: dict = {}
+    for s, e, name, phase in timed[1:]:
         if s > end:
             gaps.append((s - end, end, before, name))
+            by_phase[phase or "(none)"] = by_phase.get(phase or "(none)", 0.0) + (s - end) / 1e6
         if e > end:
             end, before = e, name
     edges = (0.0,) + GAP_BUCKETS_US + (float("inf"),)
@@ -102,12 +107,15 @@ def idle_gaps(events: list[tuple], top: int = 8) -> dict:
         buckets[label] = {"gaps": len(inside), "s": sum(inside) / 1e6}
     longest = [{"ms": g / 1e3, "at_ms": (at - first) / 1e3, "after": a[:80], "before": b[:80]}
                for g, at, a, b in sorted(gaps, reverse=True)[:top]]
-    return {"by_length": buckets, "longest": longest}
+    out = {"by_length": buckets, "longest": longest}
+    if any(phases):
+        out["by_phase_s"] = dict(sorted(by_phase.items(), key=lambda kv: -kv[1]))
+    return out
 
 
-def summarise(events: list[tuple], wall_s: float, top: int = 15) -> dict:
-    """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured).
-    Returns the profile summary."""
+def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | None = None) -> dict:
+    """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured);
+    ``phases``: the run's phase each was launched in (optional). Returns the profile summary."""
     by_kind = {k: 0.0 for k in KINDS}
     by_name: dict[str, list] = {}
     for name, _start, dur, *calls in events:
@@ -130,7 +138,7 @@ def summarise(events: list[tuple], wall_s: float, top: int = 15) -> dict:
                 for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
     }
     if timed:
-        out["idle_gaps"] = idle_gaps(events)
+        out["idle_gaps"] = idle_gaps(events, phases=phases)
     return out
 
 
@@ -142,13 +150,26 @@ def rates(summary: dict, flops: dict) -> dict:
                                for k, v in flops.items()}}
 
 
-def trace_kernels(path: str) -> list[tuple[str, float, float]]:
-    """Kernel, memcpy and memset events of a chrome trace written by ``torch.profiler``."""
+def read_trace(path: str) -> tuple[list[tuple[str, float, float]], list[str | None]]:
+    """Kernel, memcpy and memset events of a chrome trace written by ``torch.profiler``, and for each the innermost
+    ``record_function`` range the host was in when it launched it (found through the launch's correlation id;
+    None outside every range)."""
     with open(path) as f:
         trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    return [(e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0))) for e in events
-            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    events = [e for e in (trace["traceEvents"] if isinstance(trace, dict) else trace) if e.get("ph") == "X"]
+    launches = {e["args"]["correlation"]: float(e["ts"]) for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    ranges = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", ""))
+                    for e in events if e.get("cat") == "user_annotation")
+    kernels, phases = [], []
+    for e in events:
+        if e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        kernels.append((e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0))))
+        at = launches.get(e.get("args", {}).get("correlation"))
+        inside = [r for r in ranges if at is not None and r[0] <= at <= r[1]]
+        phases.append(max(inside)[2] if inside else None)  # innermost: the latest start among those holding it
+    return kernels, phases
 
 
 def cpu_operators(prof) -> list[tuple[str, float, float]]:
@@ -174,12 +195,12 @@ def profile_run(fn, device: torch.device, top: int = 15) -> dict:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "trace.json")
             prof.export_chrome_trace(path)
-            events = trace_kernels(path)
+            events, phases = read_trace(path)
         source = "CUDA kernels (chrome trace)"
     else:
-        events = cpu_operators(prof)
+        events, phases = cpu_operators(prof), None
         source = "CPU operators' self time (no GPU)"
-    summary = summarise(events, wall, top)
+    summary = summarise(events, wall, top, phases)
     summary["source"] = source
     summary["analysis_s"] = time.perf_counter() - t1
     return summary
@@ -210,6 +231,9 @@ def markdown(summary: dict, title: str) -> list[str]:
                   "", "| longest gaps ms | at ms | after kernel | before kernel |", "|---|---|---|---|"]
         lines += [f"| {g['ms']:.2f} | {g['at_ms']:.1f} | `{g['after'][:50]}` | `{g['before'][:50]}` |"
                   for g in gaps["longest"]]
+        if gaps.get("by_phase_s"):
+            lines += ["", "GPU idle by the phase of the kernel it waited for: " +
+                      "; ".join(f"{phase} {s:.3f} s" for phase, s in gaps["by_phase_s"].items())]
     audit = summary.get("sync_audit")
     if audit and "error" not in audit:
         lines += ["", f"Host waits for the GPU in one run (sync debug mode): {audit['syncs']}" +

@@ -49,6 +49,7 @@ import profiling as P  # noqa: E402
 
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel  # noqa: E402
 
 import tiny_modern as tm  # noqa: E402  (the in-code UMT5 tokenizer: ids only matter for shape)
@@ -189,11 +190,15 @@ class WanBench:
         """One ConFiner run; ``keep``: the attribute that keeps its (latent, frames) for output comparisons."""
         experts = experts or self.experts
         log = EvaluationLog()
-        control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-        spatial = experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)
-        temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
-        latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(), torch.Generator().manual_seed(0)).latent
-        frames = self.decode(latent)
+        with record_function("text"):  # the phases a profile splits the GPU's idle time by
+            control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
+            spatial = experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)
+            temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
+        with record_function("chain"):
+            latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(),
+                               torch.Generator().manual_seed(0)).latent
+        with record_function("decode"):
+            frames = self.decode(latent)
         if keep:
             setattr(self, keep, (latent, frames))
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),

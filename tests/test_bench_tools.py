@@ -67,6 +67,34 @@ def run(wall, tflop, **extra):
             "peak_gpu_gib": 10.0, **extra}
 
 
+def test_trace_phases_attribute_idle_gaps(tmp_path):
+    """Each kernel is tied to the ``record_function`` range its launch came from (chrome trace correlation ids), so
+    the idle time before it is booked to that phase; a range nested in another wins."""
+    X = {"ph": "X"}
+    trace = {"traceEvents": [
+        {**X, "cat": "user_annotation", "name": "text", "ts": 0, "dur": 100},
+        {**X, "cat": "user_annotation", "name": "refine", "ts": 100, "dur": 900},
+        {**X, "cat": "user_annotation", "name": "eval", "ts": 155, "dur": 20},          # nested in refine
+        {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 10, "dur": 2, "args": {"correlation": 1}},
+        {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 150, "dur": 2, "args": {"correlation": 2}},
+        {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 160, "dur": 2, "args": {"correlation": 3}},
+        {**X, "cat": "kernel", "name": "gn_apply", "ts": 20, "dur": 30, "args": {"correlation": 1}},
+        {**X, "cat": "kernel", "name": "nvjet_gemm", "ts": 200, "dur": 50, "args": {"correlation": 2}},
+        {**X, "cat": "kernel", "name": "nvjet_gemm", "ts": 260, "dur": 10, "args": {"correlation": 3}},
+        {**X, "cat": "gpu_memcpy", "name": "Memcpy DtoH", "ts": 300, "dur": 5, "args": {}},
+        {"ph": "i", "cat": "kernel", "name": "not a duration event", "ts": 1}]}
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(trace))
+    events, phases = P.read_trace(str(path))
+    assert [e[0] for e in events] == ["gn_apply", "nvjet_gemm", "nvjet_gemm", "Memcpy DtoH"]
+    assert phases == ["text", "refine", "eval", None]
+    gaps = P.summarise(events, wall_s=0.001, phases=phases)["idle_gaps"]
+    assert gaps["by_phase_s"] == {"refine": pytest.approx(150e-6), "(none)": pytest.approx(30e-6),
+                                  "eval": pytest.approx(10e-6)}
+    assert "GPU idle by the phase" in "\n".join(P.markdown({**P.summarise(events, 0.001, phases=phases),
+                                                            "source": "trace"}, "t"))
+
+
 def test_report_figures_and_targets(tmp_path):
     tables = {}
     for name, factor in (("eager", 1.0), ("best", 0.5)):
