@@ -753,8 +753,8 @@ def main():
 
     def probe(setting, models=None):
         if setting in a.attention_probe:
-            return b.launch_probe(["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else []),
-                                  models)
+            backends = ["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else [])
+            return b.launch_probe(backends, models)
         return b.launch_probe(models=models)
 
     plan = make_plan(a)

@@ -4,8 +4,8 @@
 per kind (attention, convolution, GEMM, norm, elementwise, layout/copy, memcpy, other) and its share, the top
 kernels by time, and the GPU's idle time between the first and last kernel (the union of kernel intervals against
 that span), split by gap length and, where the run marks its phases with ``record_function``, by the phase of the
-kernel each gap waited for. On the GPU the kernels come from the profiler's trace (``cat`` kernel / gpu_memcpy / gpu_memset); on the
-CPU (smoke runs) the operators' self time stands in. ``rates`` turns kind times and ``flops_by_kind`` (from
+kernel each gap waited for. On the GPU the kernels come from the profiler's trace (``cat`` kernel / gpu_memcpy /
+gpu_memset); on the CPU (smoke runs) the operators' self time stands in. ``rates`` turns kind times and ``flops_by_kind`` (from
 ``torch.utils.flop_counter``) into achieved TFLOP/s for the matrix kinds.
 """
 

@@ -51,10 +51,10 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
-# Off by default: on an H200 the basic template took 5.47 s end to end with sessions against 3.89 s with one call per
-# evaluation (bench/RESULTS.md), measured when every session ran on a fresh thread: the forwards were slower (torch's
-# per-thread cuDNN caches rebuilt every stage), the host time was not. Sessions now run on long-lived workers
-# (_Worker); to be measured again. CONFINER_STAGE_SESSIONS=1 switches them on.
+# Off by default. On an H200 the basic template first took 5.47 s end to end with sessions against 3.89 s with one call
+# per evaluation, when every session ran on a fresh thread (torch's per-thread cuDNN caches rebuilt every stage); on
+# long-lived workers (_Worker) 3.900 s against 3.913 s (bench/RESULTS.md), a gain inside the runs' spread.
+# CONFINER_STAGE_SESSIONS=1 switches them on.
 ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
@@ -257,8 +257,8 @@ class _Worker(threading.Thread):
 
 
 class Session:
-    """One expert's sampling call held open on a helper thread (a :class:`_Worker`). The node's thread hands it a request and waits; the
-    helper answers and waits for the next: exactly one of them runs at a time."""
+    """One expert's sampling call held open on a helper thread (a :class:`_Worker`). The node's thread hands it a
+    request and waits; the helper answers and waits for the next: exactly one of them runs at a time."""
 
     def __init__(self, expert, sigmas: list, conds: tuple, x_host: torch.Tensor):
         self.expert, self.sigmas, self.conds = expert, list(sigmas), conds
