@@ -358,7 +358,15 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         raise ValueError(f"{role} latent has shape {tuple(samples.shape)} but this model expects {want}; "
                          f"connect a latent made for this model family")
     L.check_latent(samples, layout, model.get_model_object("latent_format").latent_channels, f"{role} latent")
-    return samples.float()
+    return samples.float().to(sampling_device(model))
+
+
+def sampling_device(model=None) -> torch.device:
+    """Where a node's core loop keeps its latents: on the model's device. ComfyUI hands LATENTs over on the CPU
+    (its intermediate device) and :func:`latent_out` returns them there; in between, CPU latents would be copied to
+    the GPU for every evaluation and its output copied back, and each copy makes the host wait for the GPU, so the
+    next evaluation's set-up could never overlap the running forward."""
+    return model.load_device if model is not None else comfy.model_management.get_torch_device()
 
 
 def _canonical(model, samples: torch.Tensor) -> torch.Tensor:
@@ -388,7 +396,7 @@ def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "stru
     """A LATENT in ``space`` (a frame batch [F, C, h, w] or a video [B, C, T, h, w]) -> canonical normalised latent.
     The normalisation is ``model``'s latent format when a model of that space is at hand, else the space's own
     (the same numbers: :func:`space_of` reads them off the format)."""
-    samples = latent["samples"].float()
+    samples = latent["samples"].float().to(sampling_device(model))
     if samples.ndim not in (4, 5) or samples.shape[1] != space.channels:
         raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.name} latent space "
                          f"({space.channels} channels): connect the latent the control expert made")
