@@ -2,14 +2,15 @@
 
 torch.compile runs here with a counting backend that executes dynamo's graphs as they are (no inductor), so the
 tests see which blocks were compiled, how many graphs were made and that outputs are unchanged, in seconds. The
-Triton GroupNorm kernels run under Triton's CPU interpreter (a subprocess with ``TRITON_INTERPRET=1``); CUDA graphs
+Triton GroupNorm and GEGLU kernels run under Triton's CPU interpreter (a subprocess with ``TRITON_INTERPRET=1``); CUDA graphs
 are replayed by an emulated capture (same static-buffer protocol, the forward re-run on replay).
 
 Tolerances (relative L2 error against the unchanged model or a float64 reference):
 * rewrites that keep every operation (fused-norm modules on the CPU path, Transformer2D output view, attention
   backend choice): 1e-5 in float32;
 * channels_last + fused QKV (other reduction orders in the CPU kernels): 1e-4 in float32;
-* the Triton kernels against float64: 1e-5 (float32), 2e-3 (float16), 1e-2 (bfloat16).
+* the Triton GroupNorm kernels against float64: 1e-5 (float32), 2e-3 (float16), 1e-2 (bfloat16); the GEGLU kernel
+  (one rounding, no reduction): 1e-6, 1e-3, 8e-3.
 """
 
 import json
@@ -23,6 +24,7 @@ import torch
 
 import tiny_diffusers as T
 import tiny_modern as tm
+from confiner_core.diffusers_backend import fused_geglu as FG
 from confiner_core.diffusers_backend import fused_norm as FN
 from confiner_core.diffusers_backend import speed as S
 from confiner_core.diffusers_backend.cuda_graphs import GraphPool, graph_forwards
@@ -108,8 +110,8 @@ MODELS = {"sd": (T.tiny_unet2d, sd_call), "modelscope": (T.tiny_unet3d, t2v_call
 
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
-    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + fused GroupNorm+SiLU + fused QKV "
-                               "+ attention cudnn")
+    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + fused GroupNorm+SiLU + fused GEGLU "
+                               "+ fused QKV + attention cudnn")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS
@@ -205,6 +207,7 @@ def test_fused_group_norms_and_the_lean_preset_keep_outputs(name):
     target = model.decoder if name == "vae" else model          # then the rest of the lean preset on top
     done = apply_speed_settings([target], LEAN)
     assert done["channels_last_tensors"] > 0 and done["fused_qkv"] == (name != "vae")
+    assert done["fused_geglu"] == (0 if name == "vae" else sum(type(m).__name__ == "GEGLU" for m in model.modules()))
     assert rel(call(model), before) < 1e-4
 
 
@@ -223,7 +226,8 @@ KERNEL_CHECK = textwrap.dedent("""
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, sys.argv[1])
     import torch
-    from confiner_core.diffusers_backend import fused_norm as FN
+    from confiner_core.diffusers_backend import fused_geglu as FG
+from confiner_core.diffusers_backend import fused_norm as FN
     torch.manual_seed(0)
     cases = [((2, 8, 5, 7), 4, "nchw", "float32", False, False), ((2, 8, 5, 7), 4, "cl", "float32", True, True),
              ((3, 12, 3, 4, 5), 3, "cl", "float16", False, True), ((2, 6, 9), 2, "t", "bfloat16", True, False),
@@ -263,6 +267,58 @@ def test_triton_group_norm_kernels_under_the_interpreter():
     for r in results:
         assert r["finite"] and r["same_layout"] and r["dtype_kept"], r
         assert r["err"] < tolerance[r["case"][2]], r
+
+
+# ------------------------------------------------------------------------------------------- fused GEGLU
+
+@pytest.mark.parametrize("name", ["sd", "modelscope", "animatediff"])
+def test_fused_geglu_rewrite_keeps_outputs(name):
+    build, call = MODELS[name]
+    model = build()
+    before = call(model)
+    geglus = [m for m in model.modules() if type(m).__name__ == "GEGLU"]
+    assert geglus and FG.fuse_geglu(model) == len(geglus)
+    assert all(m.forward.__func__ is FG.fused_geglu_forward for m in geglus)
+    assert rel(call(model), before) < 1e-6  # the CPU path is diffusers' own composition
+    assert model.state_dict().keys() == build().state_dict().keys()
+
+
+def test_geglu_column_blocks():
+    assert [FG.column_block(i) for i in (1280, 2560, 5120, 320, 40, 3000)] == [256, 512, 1024, 64, 64, 1024]
+
+
+GEGLU_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from confiner_core.diffusers_backend import fused_geglu as FG
+    torch.manual_seed(0)
+    out = []
+    for shape, dtype in (((3, 5, 128), "float32"), ((2, 7, 80), "float16"), ((9, 192), "bfloat16"),
+                         ((1, 33, 2560), "float16")):
+        y = (torch.randn(shape, dtype=torch.float64) * 2).to(getattr(torch, dtype))
+        got = FG.geglu_triton(y)
+        ref = FG.geglu_reference(y.double())
+        out.append({"case": [list(shape), dtype], "shape_ok": list(got.shape) == list(ref.shape),
+                    "dtype_kept": got.dtype == y.dtype, "contiguous": got.is_contiguous(),
+                    "err": float((got.double() - ref).norm() / ref.norm())})
+    print(json.dumps(out))
+""")
+
+
+def test_triton_geglu_kernel_under_the_interpreter():
+    """The kernel against diffusers' composition in float64: widths that fill the column blocks and ones that mask
+    them (80 -> 40 gated columns, in a 64-wide block), rows not a multiple of the row block."""
+    pytest.importorskip("triton")
+    run = subprocess.run([sys.executable, "-c", GEGLU_CHECK, ROOT], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    tolerance = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}
+    assert len(results) == 4
+    for r in results:
+        assert r["shape_ok"] and r["dtype_kept"] and r["contiguous"], r
+        assert r["err"] < tolerance[r["case"][1]], r
 
 
 # -------------------------------------------------------------------------------------------- attention

@@ -7,6 +7,8 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
   (NDHWC) kernels and activations follow;
 * ``fused_norm``: GroupNorm + SiLU (+ the time-embedding add) in two Triton kernels that keep the NHWC layout
   (:mod:`.fused_norm`): with channels_last this removes the NCHW<->NHWC round trips around every norm;
+* ``fused_geglu``: the gate of the transformer blocks' GEGLU feed-forward (GELU and product of the projection's two
+  halves) in one Triton kernel instead of two strided passes (:mod:`.fused_geglu`);
 * ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
@@ -36,6 +38,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import fused_norm as FN
+from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
@@ -56,6 +59,7 @@ class SpeedSettings:
     channels_last_3d: bool = False
     cudnn_benchmark: bool = False
     fused_norm: bool = False
+    fused_geglu: bool = False
     fuse_qkv: bool = False
     attention: str = "default"
     compile: str = "none"
@@ -77,6 +81,7 @@ class SpeedSettings:
                                        ("channels_last_3d", self.channels_last_3d),
                                        ("cudnn.benchmark", self.cudnn_benchmark),
                                        ("fused GroupNorm+SiLU", self.fused_norm),
+                                       ("fused GEGLU", self.fused_geglu),
                                        ("fused QKV", self.fuse_qkv)) if on]
         if self.attention != "default":
             parts.append(f"attention {self.attention}")
@@ -91,7 +96,7 @@ class SpeedSettings:
 
 EAGER = SpeedSettings()
 LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, fused_norm=True,
-                     fuse_qkv=True, attention="cudnn")
+                     fused_geglu=True, fuse_qkv=True, attention="cudnn")
 FAST = replace(LEAN, compile="blocks")
 MAX = replace(FAST, cuda_graphs=True)
 PRESETS = {"eager": EAGER, "lean": LEAN, "fast": FAST, "max": MAX}  # by name, as the command line takes them
@@ -278,11 +283,11 @@ def load_compile_cache(path: str) -> bool:
 
 def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool | None = None) -> dict:
     """Apply ``settings`` in place to ``modules`` (UNets, transformers, a VAE decoder...), in this order: fused
-    norms, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost). Settings can be applied on
+    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost). Settings can be applied on
     top of earlier ones (eager -> lean -> fast -> max), never taken back. ``step_cache`` is not applied here (it
     belongs to experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
-            "fused_qkv": 0, "graphed": 0}
+            "fused_geglu": 0, "fused_qkv": 0, "graphed": 0}
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if settings.compile == "blocks":
@@ -291,6 +296,8 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
     for m in modules:
         if settings.fused_norm:
             done["fused_norms"] += sum(FN.fuse_group_norms(m).values())
+        if settings.fused_geglu:
+            done["fused_geglu"] += fuse_geglu(m)
         if settings.channels_last:
             done["channels_last_tensors"] += to_channels_last(m, conv3d=settings.channels_last_3d)
         if settings.fuse_qkv:
