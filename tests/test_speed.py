@@ -2,8 +2,8 @@
 
 torch.compile runs here with a counting backend that executes dynamo's graphs as they are (no inductor), so the
 tests see which blocks were compiled, how many graphs were made and that outputs are unchanged, in seconds. The
-Triton GroupNorm and GEGLU kernels run under Triton's CPU interpreter (a subprocess with ``TRITON_INTERPRET=1``); CUDA graphs
-are replayed by an emulated capture (same static-buffer protocol, the forward re-run on replay).
+Triton GroupNorm and GEGLU kernels run under Triton's CPU interpreter (a subprocess with ``TRITON_INTERPRET=1``);
+CUDA graphs are replayed by an emulated capture (same static-buffer protocol, the forward re-run on replay).
 
 Tolerances (relative L2 error against the unchanged model or a float64 reference):
 * rewrites that keep every operation (fused-norm modules on the CPU path, Transformer2D output view, attention
