@@ -110,8 +110,8 @@ MODELS = {"sd": (T.tiny_unet2d, sd_call), "modelscope": (T.tiny_unet3d, t2v_call
 
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
-    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + fused GroupNorm+SiLU + fused GEGLU "
-                               "+ fused QKV + attention cudnn")
+    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + fused GroupNorm+SiLU "
+                               "+ fused GEGLU + fused QKV + attention cudnn")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS
