@@ -477,3 +477,29 @@ def test_compile_cache_files(tmp_path):
     assert S.load_compile_cache(path) is False
     info = S.save_compile_cache(path)
     assert info["path"] == path and (info["bytes"] == 0 or os.path.getsize(path) == info["bytes"])
+
+
+# ------------------------------------------------------------------------------------------- layouts
+
+@pytest.mark.parametrize("name", ["modelscope", "animatediff"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_temporal_transformers_keep_their_input_layout(name, channels_last):
+    """The temporal transformers' rewritten forward: the same outputs as diffusers', in the input's layout
+    (diffusers returns NCHW whatever it is given)."""
+    build, call = MODELS[name]
+    model = build()
+    before = call(model)
+    temporal = [m for m in model.modules() if type(m).__name__ in S.TEMPORAL_TRANSFORMERS]
+    seen = []
+    for m in temporal:
+        m.register_forward_hook(lambda mod, args, kwargs, out: seen.append(
+            (args[0].is_contiguous(memory_format=torch.channels_last),
+             (out if torch.is_tensor(out) else out[0]).is_contiguous(memory_format=torch.channels_last))),
+            with_kwargs=True)
+    if channels_last:
+        to_channels_last(model, conv3d=True)
+    assert S.keep_temporal_layouts(model) == len(temporal) > 0
+    after = call(model)
+    assert rel(after, before) < (1e-4 if channels_last else 1e-6)
+    assert seen and all(out == inp for inp, out in seen), seen
+    assert any(inp for inp, _ in seen) == channels_last

@@ -4,7 +4,8 @@ Each setting is optional and keeps the maths (outputs agree with eager within ro
 states the tolerances), except ``step_cache``, which approximates and is off in every preset.
 
 * ``channels_last`` / ``channels_last_3d``: 2-D (and 3-D) convolution weights in channels_last, so cuDNN runs NHWC
-  (NDHWC) kernels and activations follow;
+  (NDHWC) kernels and activations follow, also through the temporal transformers (whose diffusers forwards return
+  NCHW);
 * ``fused_norm``: GroupNorm + SiLU (+ the time-embedding add) in two Triton kernels that keep the NHWC layout
   (:mod:`.fused_norm`): with channels_last this removes the NCHW<->NHWC round trips around every norm;
 * ``fused_geglu``: the gate of the transformer blocks' GEGLU feed-forward (GELU and product of the projection's two
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import types
 from dataclasses import dataclass, replace
 
 import torch
@@ -116,6 +118,56 @@ def to_channels_last(module: torch.nn.Module, conv3d: bool = False) -> int:
             t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
             n += 1
     return n
+
+
+#: diffusers' temporal transformers ([B*F, C, H, W] in and out, attention over frames): ModelScope's and AnimateDiff's
+TEMPORAL_TRANSFORMERS = ("TransformerTemporalModel", "AnimateDiffTransformer3D")
+
+
+def temporal_transformer_forward(self, hidden_states: torch.Tensor, encoder_hidden_states=None, timestep=None,
+                                 class_labels=None, num_frames: int = 1, cross_attention_kwargs=None,
+                                 return_dict: bool = True):
+    """``forward`` of diffusers' ``TransformerTemporalModel`` and ``AnimateDiffTransformer3D`` (the same maths), with
+    its output in its input's layout. diffusers writes the output NCHW-contiguous whatever the input, so behind a
+    channels_last input the residual add mixes layouts (PyTorch's slow strided kernel) and every block after it,
+    up to the next convolution, works on NCHW or mixed tensors: in an H200 ``lean`` run these strided adds and the
+    copies they cause were 14 % of kernel time (``bench/README_GPU.md``). Here a channels_last input gives a
+    channels_last output, from the same one copy; any other input gives diffusers' layout."""
+    batch_frames, channel, height, width = hidden_states.shape
+    batch_size = batch_frames // num_frames
+    residual = hidden_states
+    hidden_states = hidden_states.reshape(batch_size, num_frames, channel, height, width).permute(0, 2, 1, 3, 4)
+    hidden_states = self.norm(hidden_states)
+    hidden_states = hidden_states.permute(0, 3, 4, 2, 1).reshape(batch_size * height * width, num_frames, channel)
+    hidden_states = self.proj_in(hidden_states)
+    for block in self.transformer_blocks:
+        hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                              cross_attention_kwargs=cross_attention_kwargs, class_labels=class_labels)
+    hidden_states = self.proj_out(hidden_states).reshape(batch_size, height, width, num_frames, channel)
+    if channel > 1 and residual.is_contiguous(memory_format=torch.channels_last):
+        # [B, H, W, F, C] -> [B, F, H, W, C] in memory, which is [B*F, C, H, W] in channels_last
+        hidden_states = hidden_states.permute(0, 3, 1, 2, 4).contiguous()
+        hidden_states = hidden_states.reshape(batch_frames, height, width, channel).permute(0, 3, 1, 2)
+    else:
+        hidden_states = hidden_states.permute(0, 3, 4, 1, 2).contiguous().reshape(batch_frames, channel, height, width)
+    output = hidden_states + residual
+    if type(self).__name__ == "AnimateDiffTransformer3D":
+        return output
+    if not return_dict:
+        return (output,)
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
+    return TransformerTemporalModelOutput(sample=output)
+
+
+def keep_temporal_layouts(module: torch.nn.Module) -> int:
+    """Give every temporal transformer of ``module`` :func:`temporal_transformer_forward`; returns how many."""
+    done = 0
+    for m in module.modules():
+        if type(m).__name__ in TEMPORAL_TRANSFORMERS and all(
+                hasattr(m, a) for a in ("norm", "proj_in", "proj_out", "transformer_blocks")):
+            m.forward = types.MethodType(temporal_transformer_forward, m)
+            done += 1
+    return done
 
 
 def fuse_qkv(module: torch.nn.Module) -> int:
@@ -287,7 +339,7 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
     applied on top of earlier ones (eager -> lean -> fast -> max), never taken back. ``step_cache`` is not applied
     here (it belongs to experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
-            "fused_geglu": 0, "fused_qkv": 0, "graphed": 0}
+            "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "graphed": 0}
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if settings.compile == "blocks":
@@ -300,6 +352,7 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
             done["fused_geglu"] += fuse_geglu(m)
         if settings.channels_last:
             done["channels_last_tensors"] += to_channels_last(m, conv3d=settings.channels_last_3d)
+            done["temporal_layouts"] += keep_temporal_layouts(m)
         if settings.fuse_qkv:
             done["fused_qkv"] += fuse_qkv(m)
         if settings.compile == "blocks":
