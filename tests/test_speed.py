@@ -226,8 +226,7 @@ KERNEL_CHECK = textwrap.dedent("""
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, sys.argv[1])
     import torch
-    from confiner_core.diffusers_backend import fused_geglu as FG
-from confiner_core.diffusers_backend import fused_norm as FN
+    from confiner_core.diffusers_backend import fused_norm as FN
     torch.manual_seed(0)
     cases = [((2, 8, 5, 7), 4, "nchw", "float32", False, False), ((2, 8, 5, 7), 4, "cl", "float32", True, True),
              ((3, 12, 3, 4, 5), 3, "cl", "float16", False, True), ((2, 6, 9), 2, "t", "bfloat16", True, False),
