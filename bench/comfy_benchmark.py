@@ -23,9 +23,10 @@ anything but the model: per expert evaluation for ConFiner's two nodes, per step
 prompt's wall time without the save node (text encoding, sampling, decode), as ``bench/gpu_benchmark.py`` counts it.
 Counts per node: sampling calls (``CFGGuider.sample``), evaluations (``CFGGuider.outer_predict_noise``),
 ``load_models_gpu``, ``prepare_sampling``, ``ModelPatcher.pre_run`` / ``cleanup`` and ``cleanup_models``, with their
-inclusive host times. Last, the decode of one clip's latent by ``VAEDecode`` and by the template's decode node: time
-and peak memory. Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after
-every run (``comfy_results.json``), so a call cut short still returns what it measured.
+inclusive host times. Last, the decode of one clip's latent by ``VAEDecode``, by the template's decode node and by
+``VAEDecode`` on 1, 2, 4 and 8 frames at a time (what ``LatentRebatch`` before it does): time and peak memory.
+Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after every run
+(``comfy_results.json``), so a call cut short still returns what it measured.
 
     # on the GPU machine (ComfyUI + ADE + wheels carried in the repo's excluded .comfy_bench/, made by
     # bench/prepare_comfy_carry.sh; the whole device command is "Call 4" in bench/README_GPU.md)
@@ -364,6 +365,8 @@ def median_run(runs: list, key) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Decode: VAEDecode against the template's decode node, on one clip's latent
 
+FRAME_BATCHES = (1, 2, 4, 8)  # VAEDecode on a few frames at a time: what bounds its peak without tiling
+
 def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -> dict:
     import torch
 
@@ -377,12 +380,15 @@ def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -
     vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", ckpt), output_vae=True,
                                                 output_clip=False)[2]
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
-    variants = {"VAEDecode": ("VAEDecode", {})}
+    variants = {"VAEDecode": ("VAEDecode", {}, frames)}
     if template_node["class_type"] != "VAEDecode":
         literals = {k: v for k, v in template_node["inputs"].items() if k not in ("vae", "samples")}
-        variants[template_node["class_type"]] = (template_node["class_type"], literals)
+        variants[template_node["class_type"]] = (template_node["class_type"], literals, frames)
+    for batch in FRAME_BATCHES:  # what LatentRebatch -> VAEDecode -> ImageRebatch does: one VAEDecode per batch
+        if batch < frames:
+            variants[f"VAEDecode, {batch}-frame batches"] = ("VAEDecode", {}, batch)
     out = {}
-    for label, (class_type, literals) in variants.items():
+    for label, (class_type, literals, batch) in variants.items():
         node = nodes.NODE_CLASS_MAPPINGS[class_type]()
         fn = getattr(node, node.FUNCTION)
         rows = []
@@ -391,7 +397,8 @@ def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -
             if probe.cuda:
                 torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            images = fn(vae=vae, samples=latent, **literals)[0]
+            images = torch.cat([fn(vae=vae, samples={"samples": latent["samples"][i:i + batch]}, **literals)[0]
+                                for i in range(0, frames, batch)])
             probe.sync()
             rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30
                          if probe.cuda else None, "frames": int(images.shape[0])})

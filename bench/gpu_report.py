@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,6 +75,15 @@ def fmt(value, spec=".3f", none="—") -> str:
 
 
 # ------------------------------------------------------------------------------------------------- figures
+
+def older_settings(probe: dict, sd: dict) -> str:
+    """A note when a warm-start probe ran with other settings than the best table it stands next to (a probe
+    from an earlier call, kept until measured again)."""
+    best = sd["tables"].get("best", {}).get("settings")
+    if best and probe.get("settings") and probe["settings"] != best:
+        return f"; an earlier call, with the settings of then: {probe['settings']}"
+    return ""
+
 
 def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     """Runs of a follow-up SD call (README_GPU.md's call 1b, ``h200_sd_extra.json``) fill the runs and ratios the
@@ -209,7 +219,8 @@ def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
         return {}, []
     out = {k: v for k, v in comfy_benchmark.figures(data.get("runs", {})).items() if v is not None}
     for label, row in data.get("decode", {}).items():
-        out[f"comfy_decode_{label}_s"], out[f"comfy_decode_{label}_peak_gib"] = row["s"], row["peak_gpu_gib"]
+        key = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")  # "VAEDecode, 4-frame batches": VAEDecode_4_frame_batches
+        out[f"comfy_decode_{key}_s"], out[f"comfy_decode_{key}_peak_gib"] = row["s"], row["peak_gpu_gib"]
     ratio, lib = out.get("comfy_ratio_confiner_to_animatediff_25"), library.get(LIBRARY_AD_RATIO)
     if ratio is not None and lib:
         out["comfy_ratio_off_library"] = ratio / lib - 1
@@ -296,9 +307,11 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None =
           "host. ConFiner is 4 control steps (AnimateDiff, Euler trailing, cfg 1.0) + T_e = 100 + 5 coordinated "
           "steps (cfg 7.5): 19 expert evaluations, 19 network forwards (cfg batched). Baselines are DDIM at cfg 7.5 "
           "through the same core samplers and expert classes.", "",
-          "**All tables come from one process on one GPU**, the settings applied in place, one on top of the other, to "
-          "every UNet and the VAE decoder, for ConFiner and baselines alike. Each figure is the median of the runs "
-          "listed after one warm-up run, excluded (ConFiner: a full run; baselines: a 2-step run at the same shapes); "
+          "**Every table comes from one process on one GPU** (which process: the Starts section lists the runs of "
+          "follow-up calls), its settings applied in place on top of the earlier tables' (every UNet and the VAE "
+          "decoder, for ConFiner and baselines alike), so a table's ratios compare runs of one process."
+          " Each figure is the median of the runs listed after one warm-up run, excluded (ConFiner: a full run; "
+          "baselines: a 2-step run at the same shapes); "
           "CUDA is synchronised around every run. \"Overhead\" is wall time outside the UNet, text-encoder and "
           "VAE-decoder calls (CUDA events). TFLOP are counted per call on meta-device copies "
           "(`torch.utils.flop_counter`); TFLOP/s is that over the wall time. A run the deadline skipped says so.", ""]
@@ -325,7 +338,7 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None =
            f"{fmt(fig.get('cold_compile_s'), '.1f')} s"
            " + run) |",
            f"| lean preset, first run | {fmt(fig.get('lean_cold_start_s'), '.1f')} | imports + first run (Triton "
-           "GroupNorm kernels JIT-compiled, cuDNN autotuning) |"]
+           "GroupNorm and GEGLU kernels JIT-compiled, cuDNN autotuning) |"]
     for what, probe in (("portable cache only, empty inductor/Triton folders", warm),
                         ("same machine: the first process's inductor/Triton folders", warm_dirs)):
         if probe:
@@ -334,7 +347,7 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None =
                       f"imports {probe['import_s']:.1f} s + cache load {probe['load_cache_s']:.1f} s + first run "
                       f"{probe['first_run_s']:.1f} s (of which compile from cache {probe['compile_from_cache_s']:.1f} s"
                       f"{f', {graphs} graphs' if graphs else ''}); random-weight build {probe['build_s']:.1f} s not "
-                      f"counted; process {probe['process_s']:.1f} s |")
+                      f"counted; process {probe['process_s']:.1f} s{older_settings(probe, sd)} |")
     md.append("")
     return md
 
