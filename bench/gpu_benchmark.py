@@ -13,8 +13,8 @@ At 512x512x16 it times, end to end (text encoding, sampling, VAE decode to uint8
 
 Tables (``--settings``, applied in this order on top of each other, to every UNet and the VAE decoder, ConFiner and
 baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
-preset: channels_last end to end, fused GroupNorm+SiLU, fused QKV, cuDNN attention first, cuDNN autotuning; no
-compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
+preset: channels_last end to end, fused GroupNorm+SiLU, fused GEGLU gate, fused QKV, cuDNN attention first, cuDNN
+autotuning; no compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
 comes last or in a process of its own), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean +
 regional torch.compile) and ``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up
 run (excluded; for the baselines a 2-step run of the same sampler at the same shapes, which is what compiles and

@@ -34,7 +34,7 @@ PATTERNS = (
     ("norm", r"norm|rowwisemoments|computefusedparams|welford|gn_stats|gn_apply|rms"),
     ("layout/copy", r"nchwtonhwc|nhwctonchw|transpose|permute|copy|contiguous|catarray|(^|[^a-z])cat([^a-z]|$)|"
                     r"clone|index"),
-    ("elementwise", r"elementwise|vectorized|unrolled|triton_poi|triton_per|triton_red|reduce|silu|gelu|add|mul|"
+    ("elementwise", r"elementwise|vectorized|unrolled|triton_poi|triton_per|triton_red|reduce|silu|gelu|geglu|add|mul|"
                     r"fill|where|sigmoid|exp|div|sub|pow|rsqrt|mean|sum|cast|to_copy|upsample|interp|pad"),
 )
 _COMPILED = [(kind, re.compile(p)) for kind, p in PATTERNS]

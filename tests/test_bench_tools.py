@@ -6,10 +6,12 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import gpu_report as R  # noqa: E402
+import layout_audit as A  # noqa: E402
 import profiling as P  # noqa: E402
 
 KERNELS = {  # names seen in PyTorch / cuDNN / cuBLAS / inductor profiles on Hopper -> kind
@@ -27,7 +29,7 @@ KERNELS = {  # names seen in PyTorch / cuDNN / cuBLAS / inductor profiles on Hop
     "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>": "attention",
     "fmha_cutlassF_f16_aligned_64x128_rf_sm80": "attention",
     "Memcpy HtoD (Pageable -> Device)": "memcpy",
-    "gn_stats": "norm", "gn_apply": "norm",
+    "gn_stats": "norm", "gn_apply": "norm", "geglu_kernel": "elementwise",
     "aten::addmm": "gemm", "aten::native_group_norm": "norm", "aten::convolution": "convolution",
     "something_unheard_of": "other",
 }
@@ -192,3 +194,39 @@ def test_report_reads_the_comfy_benchmark_file(tmp_path):
     text = "\n".join(md)
     assert "| host overhead per evaluation ≤ KSampler's per step | 8.00 ms vs 4.70 ms | no |" in text
     assert R.comfy_figures({**comfy, "device": "cpu"}, {}) == ({}, [])
+
+
+# ------------------------------------------------------------------------------------------- layout audit
+
+def test_strided_reasons():
+    out = torch.empty(2, 6, 4, 4)
+    assert A.strided_reason(torch.empty(2, 6, 4, 4), out) is None
+    assert A.strided_reason(torch.tensor(3.0), out) is None
+    assert A.strided_reason(torch.empty(2, 6, 1, 1), out) == "broadcast"
+    assert A.strided_reason(torch.empty(2, 6, 4, 8)[..., ::2], out) == "gapped"
+    assert A.strided_reason(torch.empty(2, 6, 4, 4).contiguous(memory_format=torch.channels_last), out) == \
+        "mixed-layout"
+
+
+def test_layout_audit_finds_what_the_lean_preset_fixes():
+    """On the benchmark's tiny models (CPU): diffusers' GEGLU works on gapped halves, and with channels_last
+    weights diffusers' temporal transformers return NCHW, so their residual add mixes layouts; the temporal
+    rewrite of the lean preset removes those adds."""
+    import gpu_benchmark as G
+    from confiner_core.diffusers_backend.speed import keep_temporal_layouts, to_channels_last
+
+    models = G.build(G.TINY, torch.float32, None, with_ad_temporal=False)
+
+    def temporal_mixed_adds(rows):
+        return [r for r in rows if r["op"] == "add" and r["reason"] == "mixed-layout" and r["network"] in
+                ("ms", "control") and ("transformer_temporal.py" in r["where"] or "speed.py" in r["where"]
+                                       or "unet_motion_model.py:2" in r["where"].split(" <- ")[0])]
+
+    rows = A.audit(models, "cpu", torch.float32, tiny=True)
+    assert any(r["op"] == "gelu" and r["reason"] == "gapped" and "activations.py" in r["where"] for r in rows)
+    for name in ("sd", "control", "ms"):
+        to_channels_last(models[name], conv3d=True)
+    assert temporal_mixed_adds(A.audit(models, "cpu", torch.float32, tiny=True))
+    for name in ("control", "ms"):
+        assert keep_temporal_layouts(models[name]) > 0
+    assert not temporal_mixed_adds(A.audit(models, "cpu", torch.float32, tiny=True))
