@@ -256,11 +256,16 @@ KERNEL_CHECK = textwrap.dedent("""
 """)
 
 
-def test_triton_group_norm_kernels_under_the_interpreter():
+def under_the_interpreter(script: str) -> list:
+    """Run a kernel check in a subprocess with Triton's CPU interpreter; its last line of output, parsed."""
     pytest.importorskip("triton")
-    run = subprocess.run([sys.executable, "-c", KERNEL_CHECK, ROOT], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_triton_group_norm_kernels_under_the_interpreter():
+    results = under_the_interpreter(KERNEL_CHECK)
     tolerance = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
     assert len(results) == 6
     for r in results:
@@ -309,10 +314,7 @@ GEGLU_CHECK = textwrap.dedent("""
 def test_triton_geglu_kernel_under_the_interpreter():
     """The kernel against diffusers' composition in float64: widths that fill the column blocks and ones that mask
     them (80 -> 40 gated columns, in a 64-wide block), rows not a multiple of the row block."""
-    pytest.importorskip("triton")
-    run = subprocess.run([sys.executable, "-c", GEGLU_CHECK, ROOT], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = under_the_interpreter(GEGLU_CHECK)
     tolerance = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}
     assert len(results) == 4
     for r in results:
