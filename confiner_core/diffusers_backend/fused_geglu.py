@@ -4,9 +4,10 @@ Why: diffusers' ``GEGLU`` splits its projection with ``chunk(2, dim=-1)`` into t
 the gate and the product with the other half run as PyTorch's non-vectorised strided kernels, two passes over
 memory. In the H200 profile of a ``lean`` ConFiner run (``bench/RESULTS.md``) they are the second and third
 largest elementwise kernels: GELU 0.113 s and the product 0.100 s for 473 calls each, 10 % of the run's kernel time
-(``bench/README_GPU.md`` says how the strided operations were traced back to this line). :func:`geglu` reads the
-projection once and writes the gated half once: ``value * gelu(gate)``, the exact (erf) GELU diffusers uses,
-computed in float32 and rounded once.
+(``bench/layout_audit.py`` traces such operations back to their source lines). :func:`geglu` reads the projection
+once and writes the gated half once: ``value * gelu(gate)``, the exact (erf) GELU diffusers uses, computed in float32
+and rounded once. On the H200 the kernel takes 0.274 ms where diffusers' two passes take 0.910 ms (32×4096 rows,
+2560 wide), and the two kernels' 0.213 s per run became 0.061 s.
 
 On the CPU, under ``torch.compile`` (inductor fuses the same ops itself) or without Triton, :func:`geglu` is
 diffusers' own composition. :func:`fuse_geglu` rewrites a model's ``GEGLU`` modules in place (same parameters and
