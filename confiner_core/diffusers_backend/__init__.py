@@ -32,9 +32,9 @@ from .speed import EAGER, FAST, LEAN, MAX, PRESETS, SpeedSettings, apply_speed_s
 from .text import PromptEncoder, SDXLPromptEncoder
 from .vae import AutoencoderKLCodec
 
-__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "LEAN", "MAX", "PRESETS", "AutoencoderKLCodec", "DiffusersExpert", "FrameExpert",
-           "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert", "QwenPromptEncoder", "SDXLExpert",
-           "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder", "UNet3DExpert", "WanExpert", "WanImageExpert",
-           "WanVAECodec",
-           "apply_speed_settings", "detect", "detect_kind", "infer_motion_config", "inspect_all",
-           "kind_descriptions", "load_experts", "load_motion_file", "preflight", "role_kinds"]
+__all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "LEAN", "MAX", "PRESETS", "AutoencoderKLCodec",
+           "DiffusersExpert", "FrameExpert", "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert",
+           "QwenPromptEncoder", "SDXLExpert", "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder",
+           "UNet3DExpert", "WanExpert", "WanImageExpert", "WanVAECodec", "apply_speed_settings", "detect",
+           "detect_kind", "infer_motion_config", "inspect_all", "kind_descriptions", "load_experts",
+           "load_motion_file", "preflight", "role_kinds"]

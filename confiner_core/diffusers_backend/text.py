@@ -1,8 +1,9 @@
 """Prompt embeddings computed here rather than with a pipeline's ``encode_prompt``.
 
 Each expert owns its tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates two
-and adds a pooled embedding), so embeddings are never shared between experts. The pipelines' ``clip_skip`` path is broken with transformers >= 5.6, which
-removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer norm is looked up on either layout.
+and adds a pooled embedding), so embeddings are never shared between experts. The pipelines' ``clip_skip`` path is
+broken with transformers >= 5.6, which removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer
+norm is looked up on either layout.
 """
 
 from __future__ import annotations
