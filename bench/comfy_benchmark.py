@@ -367,6 +367,7 @@ def median_run(runs: list, key) -> dict:
 
 FRAME_BATCHES = (1, 2, 4, 8)  # VAEDecode on a few frames at a time: what bounds its peak without tiling
 
+
 def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -> dict:
     import torch
 
