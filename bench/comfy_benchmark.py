@@ -152,10 +152,20 @@ def build_models(models_dir: Path, files: dict, tiny: bool) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts
 
-def confiner_prompt(template: dict, size: int, frames: int, tiny: bool) -> dict:
+DECODE_NODES = {"VAEDecode": {}, "VAEDecodeTiled": {"tile_size": 512, "overlap": 64, "temporal_size": 64,
+                                                   "temporal_overlap": 8}}  # ComfyUI's defaults
+
+
+def confiner_prompt(template: dict, size: int, frames: int, tiny: bool, decode_node: str | None = None) -> dict:
+    """The template as an API prompt at ``size`` and ``frames``; ``decode_node`` replaces its decode node (and so
+    the AnimateDiff-25 counterpart's, which takes it from here)."""
     api = harness.workflow_to_api(template)
     for node in api.values():
-        if node["class_type"] == "EmptyLatentImage":
+        if decode_node and "vae" in node["inputs"] and "samples" in node["inputs"]:
+            node["class_type"] = decode_node
+            node["inputs"] = {"samples": node["inputs"]["samples"], "vae": node["inputs"]["vae"],
+                              **DECODE_NODES[decode_node]}
+        elif node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=size, height=size, batch_size=frames)
         elif node["class_type"] == ADE_LOADER and tiny:
             # no motion module fits the reduced UNet: ADE's evolved sampling alone (its wrappers, no motion)
@@ -381,8 +391,8 @@ def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -
     vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", ckpt), output_vae=True,
                                                 output_clip=False)[2]
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
-    variants = {"VAEDecode": ("VAEDecode", {}, frames)}
-    if template_node["class_type"] != "VAEDecode":
+    variants = {name: (name, literals, frames) for name, literals in DECODE_NODES.items()}
+    if template_node["class_type"] not in variants:
         literals = {k: v for k, v in template_node["inputs"].items() if k not in ("vae", "samples")}
         variants[template_node["class_type"]] = (template_node["class_type"], literals, frames)
     for batch in FRAME_BATCHES:  # what LatentRebatch -> VAEDecode -> ImageRebatch does: one VAEDecode per batch
@@ -404,8 +414,34 @@ def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -
             rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30
                          if probe.cuda else None, "frames": int(images.shape[0])})
         out[label] = {**rows[-1], "inputs": literals}
+        if probe.cuda:  # one more run, untimed, to say what made the peak
+            out[label]["largest_allocation"] = largest_allocation(torch, lambda: [
+                fn(vae=vae, samples={"samples": latent["samples"][i:i + batch]}, **literals)
+                for i in range(0, frames, batch)])
     del vae
     return out
+
+
+def largest_allocation(torch, run) -> dict:
+    """The biggest single CUDA allocation ``run`` makes (the allocator's memory history): its size and the Python
+    frames that asked for it, innermost first, so a peak can be told apart from the work's own tensors."""
+    allocated = torch.cuda.memory_allocated()
+    try:
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
+        run()
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+    except Exception as e:  # noqa: BLE001 - a private API: the timings it accompanies must survive it
+        return {"error": repr(e)}
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    events = [e for trace in snapshot.get("device_traces", []) for e in trace if e.get("action") == "alloc"]
+    if not events:
+        return {}
+    biggest = max(events, key=lambda e: e["size"])
+    frames = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in biggest.get("frames", [])
+              if f.get("filename", "").endswith(".py")]
+    return {"gib": biggest["size"] / 2**30, "allocated_before_gib": allocated / 2**30, "frames": frames[:10]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,6 +474,8 @@ def main():
     ap.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS), choices=MECHANISMS)
     ap.add_argument("--no-animatediff", action="store_true", help="skip the AnimateDiff-25 counterpart")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
+    ap.add_argument("--decode-node", choices=sorted(DECODE_NODES), default=None,
+                    help="run both prompts with this decode node instead of the template's")
     ap.add_argument("--null-forward", action="store_true",
                     help="the UNet forward returns its input: every wrapper, ADE's machinery and ConFiner's maths run, "
                          "the network does not, so what is measured is host work alone (CPU measurements)")
@@ -488,7 +526,9 @@ def main():
     save()
     probe = Probe(torch, device.type == "cuda")
     probe.install(harness._STATE["server"])
-    confiner = confiner_prompt(template, a.size, a.frames, a.models == "tiny")
+    confiner = confiner_prompt(template, a.size, a.frames, a.models == "tiny", a.decode_node)
+    res["decode_node"] = next(n["class_type"] for n in confiner.values() if "vae" in n["inputs"]
+                              and "samples" in n["inputs"])
     jobs = {f"confiner_{m}": (confiner, CONFINER_NODES, m) for m in a.mechanisms}
     if not a.no_animatediff:
         jobs["animatediff_25"] = (animatediff_prompt(confiner), ("KSampler",), a.mechanisms[0])
