@@ -218,6 +218,7 @@ class Probe:
 
     def __init__(self, torch, cuda: bool):
         self.torch, self.cuda = torch, cuda
+        self.held = 0  # bytes a --free-gib filler holds: left out of every peak
         self.node = None
         self.node_t0 = self.node_cpu0 = 0.0
         self.profiled: set = set()   # node ids whose execution the profiler records (--profile)
@@ -234,11 +235,23 @@ class Probe:
         if self.cuda:
             self.torch.cuda.synchronize()
 
+    def peak_gib(self):
+        """The peak GPU memory allocated since the last reset, the filler left out; None on the CPU."""
+        return (self.torch.cuda.max_memory_allocated() - self.held) / 2**30 if self.cuda else None
+
+    def hold_all_but(self, free_gib: float) -> float:
+        """Take all the GPU's free memory but ``free_gib`` with one filler tensor, so ComfyUI (which sizes model
+        loading and VAE batches from the free memory) runs as on a smaller card. Returns the GiB held."""
+        free, _ = self.torch.cuda.mem_get_info()
+        self.held = max(0, free - int(free_gib * 2**30))
+        self.filler = self.torch.empty(self.held, dtype=self.torch.uint8, device="cuda")
+        return self.held / 2**30
+
     def boundary(self, node):
         self.sync()
         now, cpu = time.perf_counter(), time.process_time()
         if self.node is not None:
-            peak = self.torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+            peak = self.peak_gib()
             self.nodes.append((self.node, now - self.node_t0, cpu - self.node_cpu0, peak))
         if self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
@@ -295,6 +308,21 @@ class Probe:
                         probe.times[(probe.node, label)] += time.perf_counter() - t
             setattr(owner, name, call)
 
+        import comfy.ldm.models.autoencoder
+        import comfy.taesd.taesd
+
+        def count_decoder(cls):  # how many frames ComfyUI's VAE batches hand the decoder at once
+            decode = cls.__dict__["decode"]
+
+            def counted_decode(vae, z, *args, **kwargs):
+                probe.counts[(probe.node, "vae_decoder_calls")] += 1
+                probe.counts[(probe.node, "vae_decoder_frames")] += int(z.shape[0])
+                return decode(vae, z, *args, **kwargs)
+            cls.decode = counted_decode
+
+        for cls in (comfy.ldm.models.autoencoder.AutoencodingEngine,  # SD 1.5's VAE (and the Legacy subclass's own)
+                    comfy.ldm.models.autoencoder.AutoencodingEngineLegacy, comfy.taesd.taesd.TAESD):
+            count_decoder(cls)
         counted(comfy.samplers.CFGGuider, "sample", "sampling_calls", False)
         counted(comfy.samplers.CFGGuider, "outer_predict_noise", "evaluations", False)
         counted(comfy.model_management, "load_models_gpu", "load_models_gpu", True)
@@ -407,12 +435,13 @@ def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -
             probe.sync()
             if probe.cuda:
                 torch.cuda.reset_peak_memory_stats()
+            at_start = (torch.cuda.memory_allocated() - probe.held) / 2**30 if probe.cuda else None
             t = time.perf_counter()
             images = torch.cat([fn(vae=vae, samples={"samples": latent["samples"][i:i + batch]}, **literals)[0]
                                 for i in range(0, frames, batch)])
             probe.sync()
-            rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30
-                         if probe.cuda else None, "frames": int(images.shape[0])})
+            rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": probe.peak_gib(),
+                         "allocated_at_start_gib": at_start, "frames": int(images.shape[0])})
         out[label] = {**rows[-1], "inputs": literals}
         if probe.cuda:  # one more run, untimed, to say what made the peak
             out[label]["largest_allocation"] = largest_allocation(torch, lambda: [
@@ -485,6 +514,9 @@ def main():
                     help="cProfile the sampling nodes of each job's last run: profile_<job>.pstats in --out and the "
                          "top host functions per evaluation (ms, inclusive and own time) in comfy_results.json; "
                          "best with --null-forward --threads 1, where all that is left is host work")
+    ap.add_argument("--free-gib", type=float, default=None,
+                    help="GPU: hold all free memory but this many GiB before the runs, so ComfyUI loads models and "
+                         "sizes its VAE batches as on a smaller card (peaks are reported without the held memory)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     a = ap.parse_args()
     out_dir = Path(a.out)
@@ -525,6 +557,9 @@ def main():
 
     save()
     probe = Probe(torch, device.type == "cuda")
+    if a.free_gib is not None and probe.cuda:
+        res["held_gib"], res["free_gib"] = probe.hold_all_but(a.free_gib), a.free_gib
+        say(f"holding {res['held_gib']:.1f} GiB: {a.free_gib} GiB left free for ComfyUI")
     probe.install(harness._STATE["server"])
     confiner = confiner_prompt(template, a.size, a.frames, a.models == "tiny", a.decode_node)
     res["decode_node"] = next(n["class_type"] for n in confiner.values() if "vae" in n["inputs"]
