@@ -23,15 +23,18 @@ anything but the model: per expert evaluation for ConFiner's two nodes, per step
 prompt's wall time without the save node (text encoding, sampling, decode), as ``bench/gpu_benchmark.py`` counts it.
 Counts per node: sampling calls (``CFGGuider.sample``), evaluations (``CFGGuider.outer_predict_noise``),
 ``load_models_gpu``, ``prepare_sampling``, ``ModelPatcher.pre_run`` / ``cleanup`` and ``cleanup_models``, with their
-inclusive host times. Last, the decode of one clip's latent by ``VAEDecode``, by the template's decode node and by
-``VAEDecode`` on 1, 2, 4 and 8 frames at a time (what ``LatentRebatch`` before it does): time and peak memory.
-Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after every run
+inclusive host times, and per decode node how many decoder calls ComfyUI's VAE made and how many frames they took
+(its frame batches, sized from free memory). ``--decode-node`` runs both prompts with another decode node (VAE Decode
+or VAE Decode (Tiled)); ``--free-gib`` holds all free GPU memory but that much before the runs, so ComfyUI loads
+models and sizes its VAE batches as on a smaller card. Medians of ``--repeats`` runs after one warm-up run each (excluded); results are written after every run
 (``comfy_results.json``), so a call cut short still returns what it measured.
 
     # on the GPU machine (ComfyUI + ADE + wheels carried in the repo's excluded .comfy_bench/, made by
     # bench/prepare_comfy_carry.sh; the whole device command is "Call 4" in bench/README_GPU.md)
     python3 bench/comfy_benchmark.py --comfy .comfy_bench/ComfyUI --ade .comfy_bench/ComfyUI-AnimateDiff-Evolved \\
         --deadline 420 --out $OUT/comfy
+    # the same as on an 8 GB card, the template's decode replaced by VAE Decode (Tiled)
+    python3 bench/comfy_benchmark.py ... --free-gib 7 --decode-node VAEDecodeTiled --out $OUT/comfy_tiled_8gb
     # CPU smoke (full-size models, tiny clip)
     python bench/comfy_benchmark.py --comfy ~/.cache/confiner/comfyui-0.8.0 --ade ~/.cache/confiner/ade \\
         --device cpu --size 64 --frames 4 --repeats 1 --out /tmp/comfy-bench
@@ -401,79 +404,6 @@ def median_run(runs: list, key) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Decode: VAEDecode against the template's decode node, on one clip's latent
-
-FRAME_BATCHES = (1, 2, 4, 8)  # VAEDecode on a few frames at a time: what bounds its peak without tiling
-
-
-def decode_comparison(api: dict, probe: Probe, frames: int, size: int, device) -> dict:
-    import torch
-
-    import comfy.sd
-    import folder_paths
-    import nodes
-
-    decode_key = next(k for k, n in api.items() if "vae" in n["inputs"] and "samples" in n["inputs"])
-    template_node = api[decode_key]
-    ckpt = next(n["inputs"]["ckpt_name"] for n in api.values() if n["class_type"] == "CheckpointLoaderSimple")
-    vae = comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", ckpt), output_vae=True,
-                                                output_clip=False)[2]
-    latent = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
-    variants = {name: (name, literals, frames) for name, literals in DECODE_NODES.items()}
-    if template_node["class_type"] not in variants:
-        literals = {k: v for k, v in template_node["inputs"].items() if k not in ("vae", "samples")}
-        variants[template_node["class_type"]] = (template_node["class_type"], literals, frames)
-    for batch in FRAME_BATCHES:  # what LatentRebatch -> VAEDecode -> ImageRebatch does: one VAEDecode per batch
-        if batch < frames:
-            variants[f"VAEDecode, {batch}-frame batches"] = ("VAEDecode", {}, batch)
-    out = {}
-    for label, (class_type, literals, batch) in variants.items():
-        node = nodes.NODE_CLASS_MAPPINGS[class_type]()
-        fn = getattr(node, node.FUNCTION)
-        rows = []
-        for _ in range(2):  # the first loads the VAE; the second is timed
-            probe.sync()
-            if probe.cuda:
-                torch.cuda.reset_peak_memory_stats()
-            at_start = (torch.cuda.memory_allocated() - probe.held) / 2**30 if probe.cuda else None
-            t = time.perf_counter()
-            images = torch.cat([fn(vae=vae, samples={"samples": latent["samples"][i:i + batch]}, **literals)[0]
-                                for i in range(0, frames, batch)])
-            probe.sync()
-            rows.append({"s": time.perf_counter() - t, "peak_gpu_gib": probe.peak_gib(),
-                         "allocated_at_start_gib": at_start, "frames": int(images.shape[0])})
-        out[label] = {**rows[-1], "inputs": literals}
-        if probe.cuda:  # one more run, untimed, to say what made the peak
-            out[label]["largest_allocation"] = largest_allocation(torch, lambda: [
-                fn(vae=vae, samples={"samples": latent["samples"][i:i + batch]}, **literals)
-                for i in range(0, frames, batch)])
-    del vae
-    return out
-
-
-def largest_allocation(torch, run) -> dict:
-    """The biggest single CUDA allocation ``run`` makes (the allocator's memory history): its size and the Python
-    frames that asked for it, innermost first, so a peak can be told apart from the work's own tensors."""
-    allocated = torch.cuda.memory_allocated()
-    try:
-        torch.cuda.memory._record_memory_history(max_entries=200_000)
-        run()
-        torch.cuda.synchronize()
-        snapshot = torch.cuda.memory._snapshot()
-    except Exception as e:  # noqa: BLE001 - a private API: the timings it accompanies must survive it
-        return {"error": repr(e)}
-    finally:
-        torch.cuda.memory._record_memory_history(enabled=None)
-    events = [e for trace in snapshot.get("device_traces", []) for e in trace if e.get("action") == "alloc"]
-    if not events:
-        return {}
-    biggest = max(events, key=lambda e: e["size"])
-    frames = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in biggest.get("frames", [])
-              if f.get("filename", "").endswith(".py")]
-    return {"gib": biggest["size"] / 2**30, "allocated_before_gib": allocated / 2**30, "frames": frames[:10]}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 
 def pack_module(suffix: str):
     return next((m for name, m in sys.modules.items() if name.endswith(suffix) and "confiner" in name), None)
@@ -502,7 +432,6 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS), choices=MECHANISMS)
     ap.add_argument("--no-animatediff", action="store_true", help="skip the AnimateDiff-25 counterpart")
-    ap.add_argument("--no-decode", action="store_true", help="skip the decode comparison")
     ap.add_argument("--decode-node", choices=sorted(DECODE_NODES), default=None,
                     help="run both prompts with this decode node instead of the template's")
     ap.add_argument("--null-forward", action="store_true",
@@ -612,9 +541,6 @@ def main():
                                      r["sampling"]["host_cpu_ms_per_eval"] or 0.0 for r in runs)}
         res["figures"] = figures(res["runs"])
         save()
-    if not a.no_decode and elapsed() < a.deadline:
-        res["decode"] = decode_comparison(confiner, probe, a.frames, a.size, device)
-        say(f"decode: {res['decode']}")
     res["figures"] = figures(res["runs"])
     save()
     print(json.dumps(res["figures"], indent=1))
@@ -694,6 +620,17 @@ def figures(runs: dict) -> dict:
         fig["comfy_ksampler_overhead_ms_per_step"] = ad["host_overhead_median_ms"]
         fig["comfy_animatediff_25_s"] = ad["end_to_end_s"]
         fig["comfy_animatediff_25_counts"] = ad["sampling"]["counts"]
+        fig["comfy_ksampler_peak_gib"] = ad["sampling"]["peak_gpu_gib"]
+    confiner = runs.get("confiner_per-evaluation") or runs.get("confiner_session")
+    if confiner:  # the decode node of the ConFiner prompt against its sampling nodes' peak
+        fig["comfy_sampling_peak_gib"] = confiner["sampling"]["peak_gpu_gib"]
+        decode = next((n for n in confiner["nodes"].values() if n["class"] in DECODE_NODES), None)
+        if decode:
+            fig["comfy_decode_node"] = decode["class"]
+            fig["comfy_decode_s"], fig["comfy_decode_peak_gib"] = decode["wall_s"], decode["peak_gpu_gib"]
+            if decode.get("vae_decoder_calls"):
+                fig["comfy_decoder_calls"] = decode["vae_decoder_calls"]
+                fig["comfy_decoder_frames"] = decode["vae_decoder_frames"]
     return fig
 
 

@@ -12,7 +12,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   folders (a second run on the same machine);
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
-* ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI.
+* ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
+  ``h200_comfy_*.json``: the same with another decode node or less free GPU memory (the decode table).
 
 Run it on any machine: ``python bench/gpu_report.py`` (``--raw DIR --out DIR`` for other folders).
 """
@@ -20,6 +21,7 @@ Run it on any machine: ``python bench/gpu_report.py`` (``--raw DIR --out DIR`` f
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -35,7 +37,8 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json", "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
-         "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
+         "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}
+COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
     "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",
@@ -171,7 +174,9 @@ def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None
             out[f"warm_start{suffix}_cache_loaded"] = probe["cache_loaded"]
             if "compile_phases" in probe:
                 out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
-    starts = [p["warm_start_s"] for p in (warm, warm_dirs) if p]
+    probes = [p for p in (warm, warm_dirs) if p]
+    # a probe of the best table's settings over one from an earlier call, with the settings of then
+    starts = [p["warm_start_s"] for p in probes if not older_settings(p, sd)] or [p["warm_start_s"] for p in probes]
     if starts:
         out["warm_start_s"] = min(starts)
     if wan:
@@ -210,17 +215,36 @@ def multigpu_figures(data: dict | None) -> tuple[dict, list[str]]:
     return out, md + [""]
 
 
-def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
+def on_gpu(data: dict | None) -> bool:
+    return data is not None and str(data.get("device", "")).startswith("cuda")  # not a CPU smoke run
+
+
+def decode_variant(data: dict) -> str:
+    """A ComfyUI benchmark file's decode set-up, as a key: ``VAEDecode_all_free``, ``VAEDecodeTiled_7gib_free``."""
+    node = comfy_benchmark.figures(data.get("runs", {})).get("comfy_decode_node", "decode")
+    free = data.get("free_gib")
+    return f"{node}_{'all' if free is None else re.sub(r'[^0-9]+', '_', f'{free:g}') + 'gib'}_free"
+
+
+def comfy_figures(data: dict | None, library: dict, variants: dict | None = None) -> tuple[dict, list[str]]:
     """RESULTS.json keys and a RESULTS.md section from ``comfy_benchmark.py``'s file, when it ran on a GPU:
     ``comfy_host_overhead_ms_per_eval`` (ConFiner's sampling nodes: wall time outside the model forward per expert
     evaluation), ``comfy_ksampler_overhead_ms_per_step`` (the same for KSampler, per step),
-    ``comfy_ratio_confiner_to_animatediff_25`` (end to end), compared with the library's ratio in ``library``."""
-    if data is None or not str(data.get("device", "")).startswith("cuda"):  # absent, or a CPU smoke run
+    ``comfy_ratio_confiner_to_animatediff_25`` (end to end), compared with the library's ratio in ``library``.
+    ``variants`` (other files of the same benchmark: another decode node, less free memory) fill a decode table and
+    ``comfy_decode_<variant>_*`` keys."""
+    if not on_gpu(data):
         return {}, []
     out = {k: v for k, v in comfy_benchmark.figures(data.get("runs", {})).items() if v is not None}
-    for label, row in data.get("decode", {}).items():
-        key = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")  # "VAEDecode, 4-frame batches": VAEDecode_4_frame_batches
-        out[f"comfy_decode_{key}_s"], out[f"comfy_decode_{key}_peak_gib"] = row["s"], row["peak_gpu_gib"]
+    decode_rows = {}
+    for d in [data, *(v for v in (variants or {}).values() if on_gpu(v))]:
+        f = comfy_benchmark.figures(d.get("runs", {}))
+        if "comfy_decode_s" in f:
+            decode_rows[decode_variant(d)] = (d, f)
+    for key, (_, f) in decode_rows.items():
+        for name in ("decode_s", "decode_peak_gib", "sampling_peak_gib", "ratio_confiner_to_animatediff_25"):
+            if f.get(f"comfy_{name}") is not None:
+                out[f"comfy_decode_{key}_{name}"] = f[f"comfy_{name}"]
     ratio, lib = out.get("comfy_ratio_confiner_to_animatediff_25"), library.get(LIBRARY_AD_RATIO)
     if ratio is not None and lib:
         out["comfy_ratio_off_library"] = ratio / lib - 1
@@ -242,10 +266,24 @@ def comfy_figures(data: dict | None, library: dict) -> tuple[dict, list[str]]:
         md.append(f"| {label} | **{r['end_to_end_s']:.3f}** | {s['sampling_s']:.3f} | {s['evaluations']} | "
                   f"{r['host_overhead_median_ms']:.2f} | {s['counts'].get('sampling_calls', '')} | "
                   f"{s['counts'].get('load_models_gpu', '')} | {fmt(s.get('peak_gpu_gib'), '.2f', '')} |")
-    if data.get("decode"):
-        md += ["", "Decoding one clip's latent (second call, the VAE loaded):", "", "| node | s | peak GPU GiB |",
-               "|---|---|---|"] + [f"| {label} {row.get('inputs') or ''} | {row['s']:.3f} | "
-                                   f"{fmt(row['peak_gpu_gib'], '.2f')} |" for label, row in data["decode"].items()]
+    if decode_rows:
+        md += ["", "The decode node of the prompts (both prompts use the same one), inside the runs above and in runs "
+               "of the same benchmark with another decode node (`--decode-node`) or with all GPU memory but a few "
+               "GiB held by a filler tensor (`--free-gib`: ComfyUI loads models and sizes its VAE frame batches as "
+               "on a smaller card; peaks leave the filler out). Decoder calls: how ComfyUI's VAE split the 16 "
+               "frames.", "",
+               "| decode node | GPU memory free | decoder calls | decode s | decode peak GiB | ConFiner "
+               "sampling peak GiB | KSampler peak GiB | ConFiner s | AnimateDiff-25 s | ratio |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for d, f in decode_rows.values():
+            calls = (f"{f['comfy_decoder_calls']} for {f['comfy_decoder_frames']} frames"
+                     if f.get("comfy_decoder_calls") else "—")
+            free = "all" if d.get("free_gib") is None else f"{d['free_gib']:g} GiB"
+            md.append(f"| {f['comfy_decode_node']} | {free} |"
+                      f" {calls} | {fmt(f['comfy_decode_s'])} | {fmt(f['comfy_decode_peak_gib'], '.2f')} | "
+                      f"{fmt(f.get('comfy_sampling_peak_gib'), '.2f')} | {fmt(f.get('comfy_ksampler_peak_gib'), '.2f')}"
+                      f" | {fmt(f.get('comfy_confiner_s'))} | {fmt(f.get('comfy_animatediff_25_s'))} | "
+                      f"{fmt(f.get('comfy_ratio_confiner_to_animatediff_25'))} |")
     host, step = out.get("comfy_host_overhead_ms_per_eval"), out.get("comfy_ksampler_overhead_ms_per_step")
     off = out.get("comfy_ratio_off_library")
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
@@ -457,7 +495,9 @@ def main():
     fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"], data["wan_best"], data["warm_dirs"])
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
-    comfy, comfy_md = comfy_figures(data["comfy"], fig)
+    variants = {os.path.basename(f): load(a.raw, os.path.basename(f))
+                for f in sorted(glob.glob(os.path.join(a.raw, COMFY_VARIANTS)))}
+    comfy, comfy_md = comfy_figures(data["comfy"], fig, variants)
     fig.update(comfy)
     md = sd_markdown(data["sd"], fig, data["warm"], data["warm_dirs"])
     if filled:

@@ -81,22 +81,34 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
 GAP_BUCKETS_US = (50.0, 1000.0)  # launch-sized gaps, short host stalls, long waits (syncs, host-side work)
 
 
-def idle_gaps(events: list[tuple], top: int = 8, phases: list | None = None) -> dict:
+def host_during(ops: list[tuple], start: float, end: float, top: int = 3) -> list[dict]:
+    """The host operators (``ops``: (start, end, name) of the trace's CPU events) that overlap ``[start, end]`` the
+    most: what the host was busy with while the GPU waited; an empty list means Python outside every operator."""
+    overlap = sorted(((min(e, end) - max(s, start), name) for s, e, name in ops if s < end and e > start),
+                     reverse=True)
+    return [{"op": name[:60], "ms": o / 1e3} for o, name in overlap[:top]]
+
+
+def idle_gaps(events: list[tuple], top: int = 8, phases: list | None = None, host: dict | None = None) -> dict:
     """The GPU's idle time split by gap length (many tiny gaps: the host cannot issue kernels fast enough; a few
     long ones: host waits, host-side work, transfers), and the longest gaps with the kernels around them and their
     offset from the first kernel, so each can be placed in the run. ``phases`` (one per event: the part of the run
     the host was in when it launched that kernel, :func:`read_trace`) also splits the idle time by the phase of the
-    kernel each gap waited for."""
+    kernel each gap waited for. ``host`` (:func:`read_trace`: each kernel's launch time and the host's operators)
+    says for each of the longest gaps how late the kernel after it was launched (after the gap began: the GPU waited
+    for the host) and what the host was doing until then."""
     phases = phases or [None] * len(events)
-    timed = sorted((s, s + d, name, phase) for (name, s, d, *_), phase in zip(events, phases) if s is not None)
+    launches = (host or {}).get("launches") or [None] * len(events)
+    timed = sorted((s, s + d, name, phase, launch)
+                   for (name, s, d, *_), phase, launch in zip(events, phases, launches) if s is not None)
     if not timed:
         return {}
     first = timed[0][0]
     gaps, end, before = [], timed[0][1], timed[0][2]
     by_phase: dict = {}
-    for s, e, name, phase in timed[1:]:
+    for s, e, name, phase, launch in timed[1:]:
         if s > end:
-            gaps.append((s - end, end, before, name))
+            gaps.append((s - end, end, before, name, launch))
             by_phase[phase or "(none)"] = by_phase.get(phase or "(none)", 0.0) + (s - end) / 1e6
         if e > end:
             end, before = e, name
@@ -106,17 +118,24 @@ def idle_gaps(events: list[tuple], top: int = 8, phases: list | None = None) -> 
         inside = [g for g, *_ in gaps if lo <= g < hi]
         label = f"{lo:g}-{hi:g} us" if hi != float("inf") else f">= {lo:g} us"
         buckets[label] = {"gaps": len(inside), "s": sum(inside) / 1e6}
-    longest = [{"ms": g / 1e3, "at_ms": (at - first) / 1e3, "after": a[:80], "before": b[:80]}
-               for g, at, a, b in sorted(gaps, reverse=True)[:top]]
+    longest = []
+    for g, at, a, b, launch in sorted(gaps, key=lambda gap: -gap[0])[:top]:
+        row = {"ms": g / 1e3, "at_ms": (at - first) / 1e3, "after": a[:80], "before": b[:80]}
+        if launch is not None and host:
+            row["launched_late_ms"] = (launch - at) / 1e3
+            row["host"] = host_during(host["ops"], at, max(launch, at))
+        longest.append(row)
     out = {"by_length": buckets, "longest": longest}
     if any(phases):
         out["by_phase_s"] = dict(sorted(by_phase.items(), key=lambda kv: -kv[1]))
     return out
 
 
-def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | None = None) -> dict:
+def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | None = None,
+              host: dict | None = None) -> dict:
     """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured);
-    ``phases``: the run's phase each was launched in (optional). Returns the profile summary."""
+    ``phases``: the run's phase each was launched in, ``host``: launches and host operators (both optional,
+    :func:`read_trace`). Returns the profile summary."""
     by_kind = {k: 0.0 for k in KINDS}
     by_name: dict[str, list] = {}
     for name, _start, dur, *calls in events:
@@ -139,7 +158,7 @@ def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | 
                 for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
     }
     if timed:
-        out["idle_gaps"] = idle_gaps(events, phases=phases)
+        out["idle_gaps"] = idle_gaps(events, phases=phases, host=host)
     return out
 
 
@@ -151,10 +170,11 @@ def rates(summary: dict, flops: dict) -> dict:
                                for k, v in flops.items()}}
 
 
-def read_trace(path: str) -> tuple[list[tuple[str, float, float]], list[str | None]]:
-    """Kernel, memcpy and memset events of a chrome trace written by ``torch.profiler``, and for each the innermost
+def read_trace(path: str) -> tuple[list[tuple[str, float, float]], list[str | None], dict]:
+    """Kernel, memcpy and memset events of a chrome trace written by ``torch.profiler``; for each the innermost
     ``record_function`` range the host was in when it launched it (found through the launch's correlation id;
-    None outside every range)."""
+    None outside every range); and the host side: each event's launch time (``launches``) and the host's operators
+    and runtime calls as (start, end, name) (``ops``)."""
     with open(path) as f:
         trace = json.load(f)
     events = [e for e in (trace["traceEvents"] if isinstance(trace, dict) else trace) if e.get("ph") == "X"]
@@ -162,15 +182,18 @@ def read_trace(path: str) -> tuple[list[tuple[str, float, float]], list[str | No
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     ranges = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", ""))
                     for e in events if e.get("cat") == "user_annotation")
-    kernels, phases = [], []
+    kernels, phases, launched = [], [], []
     for e in events:
         if e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
             continue
         kernels.append((e.get("name", ""), float(e["ts"]), float(e.get("dur", 0.0))))
         at = launches.get(e.get("args", {}).get("correlation"))
+        launched.append(at)
         inside = [r for r in ranges if at is not None and r[0] <= at <= r[1]]
         phases.append(max(inside)[2] if inside else None)  # innermost: the latest start among those holding it
-    return kernels, phases
+    ops = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "")) for e in events
+           if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver")]
+    return kernels, phases, {"launches": launched, "ops": ops}
 
 
 def cpu_operators(prof) -> list[tuple[str, float, float]]:
@@ -196,15 +219,25 @@ def profile_run(fn, device: torch.device, top: int = 15) -> dict:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "trace.json")
             prof.export_chrome_trace(path)
-            events, phases = read_trace(path)
+            events, phases, host = read_trace(path)
         source = "CUDA kernels (chrome trace)"
     else:
-        events, phases = cpu_operators(prof), None
+        events, phases, host = cpu_operators(prof), None, None
         source = "CPU operators' self time (no GPU)"
-    summary = summarise(events, wall, top, phases)
+    summary = summarise(events, wall, top, phases, host)
     summary["source"] = source
     summary["analysis_s"] = time.perf_counter() - t1
     return summary
+
+
+def fmt_late(gap: dict) -> str:
+    return f"{gap['launched_late_ms']:.2f}" if gap.get("launched_late_ms") is not None else ""
+
+
+def fmt_host(gap: dict) -> str:
+    if "host" not in gap:
+        return ""
+    return ", ".join(f"`{h['op']}` {h['ms']:.2f}" for h in gap["host"]) or "Python (no operator)"
 
 
 def markdown(summary: dict, title: str) -> list[str]:
@@ -229,9 +262,10 @@ def markdown(summary: dict, title: str) -> list[str]:
     if gaps:
         lines += ["", "GPU idle by gap length: " + "; ".join(f"{label}: {b['gaps']} gaps, {b['s']:.3f} s"
                                                               for label, b in gaps["by_length"].items()),
-                  "", "| longest gaps ms | at ms | after kernel | before kernel |", "|---|---|---|---|"]
-        lines += [f"| {g['ms']:.2f} | {g['at_ms']:.1f} | `{g['after'][:50]}` | `{g['before'][:50]}` |"
-                  for g in gaps["longest"]]
+                  "", "| longest gaps ms | at ms | after kernel | before kernel | launched late ms | host busy with |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {g['ms']:.2f} | {g['at_ms']:.1f} | `{g['after'][:50]}` | `{g['before'][:50]}` | "
+                  f"{fmt_late(g)} | {fmt_host(g)} |" for g in gaps["longest"]]
         if gaps.get("by_phase_s"):
             lines += ["", "GPU idle by the phase of the kernel it waited for: " +
                       "; ".join(f"{phase} {s:.3f} s" for phase, s in gaps["by_phase_s"].items())]

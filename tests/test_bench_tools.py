@@ -79,6 +79,7 @@ def test_trace_phases_attribute_idle_gaps(tmp_path):
         {**X, "cat": "user_annotation", "name": "eval", "ts": 155, "dur": 20},          # nested in refine
         {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 10, "dur": 2, "args": {"correlation": 1}},
         {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 150, "dur": 2, "args": {"correlation": 2}},
+        {**X, "cat": "cpu_op", "name": "aten::item", "ts": 60, "dur": 80},              # the host, busy
         {**X, "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 160, "dur": 2, "args": {"correlation": 3}},
         {**X, "cat": "kernel", "name": "gn_apply", "ts": 20, "dur": 30, "args": {"correlation": 1}},
         {**X, "cat": "kernel", "name": "nvjet_gemm", "ts": 200, "dur": 50, "args": {"correlation": 2}},
@@ -87,14 +88,20 @@ def test_trace_phases_attribute_idle_gaps(tmp_path):
         {"ph": "i", "cat": "kernel", "name": "not a duration event", "ts": 1}]}
     path = tmp_path / "trace.json"
     path.write_text(json.dumps(trace))
-    events, phases = P.read_trace(str(path))
+    events, phases, host = P.read_trace(str(path))
     assert [e[0] for e in events] == ["gn_apply", "nvjet_gemm", "nvjet_gemm", "Memcpy DtoH"]
     assert phases == ["text", "refine", "eval", None]
-    gaps = P.summarise(events, wall_s=0.001, phases=phases)["idle_gaps"]
+    gaps = P.summarise(events, wall_s=0.001, phases=phases, host=host)["idle_gaps"]
     assert gaps["by_phase_s"] == {"refine": pytest.approx(150e-6), "(none)": pytest.approx(30e-6),
                                   "eval": pytest.approx(10e-6)}
-    assert "GPU idle by the phase" in "\n".join(P.markdown({**P.summarise(events, 0.001, phases=phases),
-                                                            "source": "trace"}, "t"))
+    # the 150 us gap before the first GEMM: launched 100 us after the GPU went idle, the host in aten::item for 80
+    longest = gaps["longest"][0]
+    assert longest["ms"] == pytest.approx(0.15) and longest["launched_late_ms"] == pytest.approx(0.1)
+    assert longest["host"] == [{"op": "aten::item", "ms": pytest.approx(0.08)}]
+    # the DtoH copy has no launch in the trace: nothing said about the host
+    assert "launched_late_ms" not in next(g for g in gaps["longest"] if g["before"] == "Memcpy DtoH")
+    text = "\n".join(P.markdown({**P.summarise(events, 0.001, phases=phases, host=host), "source": "trace"}, "t"))
+    assert "GPU idle by the phase" in text and "| 0.10 | `aten::item` 0.08 |" in text
 
 
 def test_report_figures_and_targets(tmp_path):
@@ -163,11 +170,14 @@ def test_report_folds_follow_up_calls():
     assert "eager 3.000 s, lean 2.500 s, lean + CUDA graphs 2.100 s | **yes** |" in lines
 
 
-def comfy_run(end_to_end: float, sampling: float, evaluations: int, host_ms: float, calls: int) -> dict:
-    """A run as bench/comfy_benchmark.py records it (the median run with its per-run lists)."""
+def comfy_run(end_to_end: float, sampling: float, evaluations: int, host_ms: float, calls: int,
+              decode: dict | None = None) -> dict:
+    """A run as bench/comfy_benchmark.py records it (the median run with its per-run lists); ``decode``: its decode
+    node's row."""
     return {"end_to_end_s": end_to_end, "host_overhead_median_ms": host_ms,
             "sampling": {"sampling_s": sampling, "evaluations": evaluations, "peak_gpu_gib": 5.5,
-                         "counts": {"sampling_calls": calls, "load_models_gpu": calls + 2}}}
+                         "counts": {"sampling_calls": calls, "load_models_gpu": calls + 2}},
+            "nodes": {"11": {"class": "VAEDecode", "wall_s": 0.2, "peak_gpu_gib": 12.3, **(decode or {})}}}
 
 
 def test_report_reads_the_comfy_benchmark_file(tmp_path):
@@ -179,17 +189,24 @@ def test_report_reads_the_comfy_benchmark_file(tmp_path):
             "confiner_per-evaluation": comfy_run(2.4, 2.0, 19, 8.0, 19),
             "animatediff_25": comfy_run(4.4, 4.0, 25, 4.7, 1)}
     comfy = {"device": "cuda:0", "device_name": "NVIDIA H200", "comfy_version": "0.8.0", "torch": "2.11",
-             "date": "2026-12-01", "size": 512, "frames": 16, "runs": runs, "figures": C.figures(runs),
-             "decode": {"VAEDecode": {"s": 0.4, "peak_gpu_gib": 12.25, "frames": 16, "inputs": {}},
-                        "VAEDecodeTiled": {"s": 1.1, "peak_gpu_gib": 3.1, "frames": 16, "inputs": {"tile_size": 512}}}}
-    fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5})
+             "date": "2026-12-01", "size": 512, "frames": 16, "runs": runs, "figures": C.figures(runs)}
+    # the same benchmark as on an 8 GB card: ComfyUI's VAE decoded the 16 frames in 8 calls
+    small = {**comfy, "free_gib": 7.0, "runs": {
+        **runs, "confiner_per-evaluation": comfy_run(2.6, 2.0, 19, 8.0, 19, decode={
+            "wall_s": 0.26, "peak_gpu_gib": 4.7, "vae_decoder_calls": 8, "vae_decoder_frames": 16})}}
+    fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5}, {"h200_comfy_free7.json": small,
+                                                                 "cpu.json": {**small, "device": "cpu"}})
     # unsuffixed: the pack's default (one sampling call per evaluation); _sessions: the opt-in stage sessions
     assert fig["comfy_host_overhead_ms_per_eval"] == 8.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
     assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(2.4 / 4.4)
     assert fig["comfy_host_overhead_ms_per_eval_sessions"] == 3.0
     assert fig["comfy_ratio_confiner_to_animatediff_25_sessions"] == pytest.approx(0.5)
     assert fig["comfy_ratio_off_library"] == pytest.approx(2.4 / 4.4 / 0.5 - 1)
-    assert fig["comfy_decode_VAEDecodeTiled_peak_gib"] == 3.1
+    assert fig["comfy_decode_node"] == "VAEDecode" and fig["comfy_decode_peak_gib"] == 12.3
+    assert fig["comfy_decode_VAEDecode_all_free_decode_s"] == 0.2
+    assert fig["comfy_decode_VAEDecode_7gib_free_decode_peak_gib"] == 4.7
+    assert fig["comfy_decode_VAEDecode_7gib_free_ratio_confiner_to_animatediff_25"] == pytest.approx(2.6 / 4.4)
+    assert "\n".join(md).count("| VAEDecode | 7 GiB | 8 for 16 frames | 0.260 | 4.70 | 5.50 |") == 1  # not the CPU run
     assert fig["comfy_sampling_ratio_confiner_to_animatediff_25"] == pytest.approx(2.0 / 4.0)
     text = "\n".join(md)
     assert "| host overhead per evaluation ≤ KSampler's per step | 8.00 ms vs 4.70 ms | no |" in text

@@ -384,6 +384,7 @@ def emulated_capture(fn, pool):
 
 def test_cuda_graph_protocol_copies_inputs_and_clones_outputs():
     unet = T.tiny_unet2d()
+    unet.conv_in.register_buffer("probe", torch.zeros(1))
     pool = GraphPool(capture=emulated_capture, devices=("cpu",))
     expected = [sd_call(unet, seed) for seed in range(4)]
     graph_forwards([unet], pool)
@@ -394,10 +395,12 @@ def test_cuda_graph_protocol_copies_inputs_and_clones_outputs():
     for p in unet.parameters():                                # weights moved: captured again
         p.data = p.data.clone()
     assert torch.equal(sd_call(unet, 1), expected[1]) and pool.captured == 2
+    unet.conv_in._buffers["probe"] = torch.zeros(1)            # a buffer moved (what .to() does): captured again
+    assert torch.equal(sd_call(unet, 1), expected[1]) and pool.captured == 3
     with torch.enable_grad():                                  # autograd runs eagerly
         x = torch.randn(2, 4, 8, 8, requires_grad=True)
         unet(x, 1.0, encoder_hidden_states=torch.randn(2, 77, T.SD_WIDTH))
-    assert pool.replays == 4
+    assert pool.replays == 5
 
 
 def test_cuda_graph_capture_failure_leaves_that_signature_eager():

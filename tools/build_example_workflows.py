@@ -107,6 +107,7 @@ SOCKETS = {
                                ("latent", "LATENT"), ("clip", "CLIP"), ("control_vae", "VAE"),
                                ("control_low_noise_model", "MODEL")], [("latent", "LATENT")]),
     "ConFinerNoiseRescheduler": ([("latent", "LATENT")], [("noise", "NOISE"), ("noise_latent", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "VAEDecodeTiled": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveAnimatedWEBP": ([("images", "IMAGE")], []),
     "MarkdownNote": ([], []),
@@ -127,6 +128,7 @@ WANTED = {
     "ConFinerRefineExperts": (380, 190),
     "ConFinerCoordinatedSampler": (380, 210),
     "ConFinerLongSegmenter": (420, 640),
+    "VAEDecode": (260, 50),
     "VAEDecodeTiled": (260, 130),
     "SaveAnimatedWEBP": (470, 560),  # room for the animated preview of a 512x512 clip
 }
@@ -274,18 +276,24 @@ def control_stage(g, control, pos, neg):
     return ctrl
 
 
-# VAE Decode (Tiled)'s widgets, ComfyUI's defaults: 512-pixel tiles with 64 pixels of overlap; video VAEs (Wan)
-# decode 64 frames at a time with 8 of overlap. One frame of a frame batch (SD) is decoded at a time, tile by tile,
-# so the decode's peak memory stays below the sampling's (a plain VAE Decode decodes as many frames at once as free
-# memory allows: 12.25 GiB for 16 frames at 512x512 against 5.7 GiB for sampling, issue 15).
-DECODE_TILES = [512, 64, 64, 8]
+# How the templates decode (issue 15, bench/RESULTS.md). Image VAEs (SD 1.5: a clip is a batch of frames): plain
+# VAE Decode, which decodes as many frames at once as fit in free memory by ComfyUI's estimate (2.9 GiB per 512x512
+# SD frame, about five times the 0.54 GiB measured) and retries tiled when a batch runs out of memory. With 7 GiB
+# free (an 8 GB card) it decodes 16 frames two at a time and peaks with the sampling (4.76 against 4.72 GiB); with
+# a whole H200 free, all at once in 0.17 s. VAE Decode (Tiled) would hold the peak down everywhere but decodes every
+# frame three times (three tile layouts, blended): 1.77 s, the clip's largest cost after sampling. Video VAEs
+# (Wan): VAE Decode (Tiled), ComfyUI's defaults (512-pixel tiles, 64 overlap, 64 frames at a time with 8 of
+# overlap), since a video latent is one batch item that a plain decode would take whole.
+IMAGE_DECODE = ("VAEDecode", [])
+VIDEO_DECODE = ("VAEDecodeTiled", [512, 64, 64, 8])
 
 
-def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None):
-    """VAE Decode (Tiled) then Save Animated WEBP per latent, each pair stacked in the output column."""
+def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE):
+    """A decode node (``decode``: class and widgets) then Save Animated WEBP per latent, each pair stacked in the
+    output column."""
     g.column("output", "5 · Decode and save")
     for latent, prefix in zip(latents, prefixes):
-        dec = g.node("VAEDecodeTiled", list(DECODE_TILES), title)
+        dec = g.node(decode[0], list(decode[1]), title)
         save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
         g.link(latent, "latent", dec, "samples")
         g.link(vae, vae_output, dec, "vae")
@@ -453,7 +461,8 @@ def wan_qwen_image():
     ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
     sampler = refinement(g, ctrl, [2.5, 5.0, "latent frames", 5.0, 0.875],
                          bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg), spatial_vae=(vae, "VAE")))
-    outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)")
+    outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)",
+            decode=VIDEO_DECODE)
     g.save("confiner_wan_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
@@ -482,7 +491,7 @@ def sd15_bridge_wan():
     sampler = refinement(g, ctrl, [7.5, 5.0, "latent frames", 5.0, 0.875],
                          bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
                                       temporal_vae=(vae, "VAE")))
-    outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode tiled (SD 1.5 VAE)")
+    outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode (SD 1.5 VAE)")
     g.save("confiner_sd15_bridge_wan", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
@@ -509,7 +518,8 @@ def wan22_a14b():
     ctrl = wan_control(g, high, pos, neg, empty, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
     sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875],
                          bundle_links(low, (pos, neg), low, (pos, neg)), te=250)
-    outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)")
+    outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)",
+            decode=VIDEO_DECODE)
     g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
 

@@ -66,9 +66,15 @@ class GraphedForward:
         self.entries: dict = {}
         self.seen: dict = {}
         self.eager_only: set = set()
+        # the submodules that hold tensors, walked once: module.parameters() walks the whole tree on every call
+        # (6 ms per call for ModelScope's UNet on a slow host core, against 0.3 ms for these dicts)
+        self.holders = [m for m in module.modules() if m._parameters or m._buffers]
 
     def _params(self) -> tuple:
-        return tuple(t.data_ptr() for t in list(self.module.parameters()) + list(self.module.buffers()))
+        """Where every weight and buffer lives now (``.to()`` keeps a Parameter but moves its data, and replaces
+        buffers in their module's dict)."""
+        return tuple(t.data_ptr() for m in self.holders for d in (m._parameters, m._buffers) for t in d.values()
+                     if t is not None)
 
     def _signature(self, leaves: list, spec) -> tuple | None:
         sig = [spec, torch.is_grad_enabled()]
