@@ -17,15 +17,20 @@ from .timesteps import STEPS_OFFSET, euler_timesteps, flow_match_timesteps, spac
 SAMPLERS = ("euler", "ddim")
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device, then moved: the same seed gives the same noise on any device.
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (in host memory) on ``device`` without making the host wait: a copy from pageable memory to a GPU
+    waits until the GPU has drained its queue, which exposes the Python work between expert calls; from pinned
+    memory it is queued like a kernel."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
-    A CPU draw for a GPU latent goes through pinned memory with a non-blocking copy, so it does not make the
-    host wait for the GPU to drain its queue (which would expose Python overhead between expert calls)."""
+
+def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device, then moved: the same seed gives the same noise on any
+    device."""
     noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=generator.device)
-    if x.device.type == "cuda" and noise.device.type == "cpu":
-        noise = noise.pin_memory().to(x.device, non_blocking=True)
-    return noise.to(x)
+    return host_to_device(noise, x.device).to(x)
 
 
 def diffuse(schedule: NoiseSchedule, x0: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from .. import layout as L
 from ..experts import Expert
 from ..latent_spaces import SD15, LatentSpace
+from ..sampling import host_to_device
 from ..schedules import NoiseSchedule, from_diffusers_config
 
 
@@ -87,10 +88,7 @@ class DiffusersExpert(Expert):
         device, dtype = placement(self.unet)
         sample = x.to(device, dtype).repeat(len(conds), *([1] * (x.ndim - 1)))
         inputs = self.unet_inputs(conds, self.context_rows(x), x)
-        timestep = torch.tensor(float(t), dtype=torch.float32)
-        if device.type == "cuda":  # a pageable scalar copy would stall the host until the GPU is idle
-            timestep = timestep.pin_memory()
-        timestep = timestep.to(device, non_blocking=True)
+        timestep = host_to_device(torch.tensor(float(t), dtype=torch.float32), device)
         out = self.unet(sample, timestep, **inputs, return_dict=False)[0]
         return [o.to(x.device, torch.float32) for o in out.chunk(len(conds))]
 

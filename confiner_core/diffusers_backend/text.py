@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..sampling import host_to_device
+
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
     """The CLIP final layer norm: on the model itself in transformers 5, under ``.text_model`` before."""
@@ -42,8 +44,8 @@ class PromptEncoder:
         device = self.text_encoder.device
         # SD pipelines pass the mask only to encoders trained with one (config.use_attention_mask)
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
-        mask = tokens.attention_mask.to(device) if use_mask else None
-        ids = tokens.input_ids.to(device)
+        mask = host_to_device(tokens.attention_mask, device) if use_mask else None
+        ids = host_to_device(tokens.input_ids, device)
         if self.clip_skip is None:
             return self.text_encoder(ids, attention_mask=mask)[0]
         out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
@@ -82,7 +84,8 @@ class SDXLPromptEncoder:
         hidden, pooled = [], None
         for tokenizer, text_encoder in zip(self.tokenizers, self.text_encoders):
             ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(text_encoder.device)
+                            return_tensors="pt").input_ids
+            ids = host_to_device(ids, text_encoder.device)
             out = text_encoder(ids, output_hidden_states=True)
             if out[0].ndim == 2:      # CLIPTextModelWithProjection: text_embeds first
                 pooled = out[0]

@@ -28,6 +28,7 @@ from einops import rearrange
 
 from ... import layout as L
 from ...latent_spaces import WAN21, Codec, LatentSpace
+from ...sampling import host_to_device
 from . import files
 from . import unet_folders as U
 from .base import Context, Family, Inspection
@@ -87,8 +88,8 @@ class QwenPromptEncoder:
         tokens = self.tokenizer([PROMPT_TEMPLATE.format(prompt)], max_length=TOKENIZER_MAX_LENGTH + TEMPLATE_TOKENS,
                                 padding=True, truncation=True, return_tensors="pt")
         device = self.text_encoder.device
-        out = self.text_encoder(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
-                                output_hidden_states=True)
+        out = self.text_encoder(input_ids=host_to_device(tokens.input_ids, device),
+                                attention_mask=host_to_device(tokens.attention_mask, device), output_hidden_states=True)
         embeds = out.hidden_states[-1][:, TEMPLATE_TOKENS:][:, :self.max_sequence_length]
         return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 

@@ -33,6 +33,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from ... import layout as L
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
+from ...sampling import host_to_device
 from ...schedules import NoiseSchedule, flow_schedule
 from ..experts import _repeat_rows, placement
 from . import files
@@ -143,9 +144,9 @@ class UMT5PromptEncoder:
                                 truncation=True, add_special_tokens=True, return_attention_mask=True,
                                 return_tensors="pt")
         device = self.text_encoder.device
-        mask = tokens.attention_mask.to(device)
-        embeds = self.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
-        length = int(mask.gt(0).sum())
+        embeds = self.text_encoder(host_to_device(tokens.input_ids, device),
+                                   host_to_device(tokens.attention_mask, device)).last_hidden_state
+        length = int(tokens.attention_mask.gt(0).sum())  # read on the host: no wait for the GPU
         embeds[:, length:] = 0
         return embeds
 
