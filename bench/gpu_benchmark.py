@@ -164,18 +164,43 @@ def _signature(args, kwargs) -> tuple:
     return tuple(sig)
 
 
-class ModuleTimer:
-    """CUDA events around every call of the watched modules, read once after a synchronise; and the shapes of
-    each call, for FLOP counting."""
+class CudaMemory:
+    """The allocator's peak-memory counter (host-side bookkeeping: reading or resetting it waits for nothing)."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    @staticmethod
+    def peak() -> int:
+        return torch.cuda.max_memory_allocated()
+
+    @staticmethod
+    def reset() -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+
+class ModuleTimer:
+    """CUDA events around every call of the watched modules, read once after a synchronise; the shapes of each
+    call, for FLOP counting; and the peak memory allocated during each group's calls (e.g. the VAE decode against
+    the experts), with the run's overall peak kept (:meth:`peak`)."""
+
+    def __init__(self, enabled: bool, memory=None):
+        self.enabled = enabled  # CUDA events
+        self.memory = memory or (CudaMemory if enabled else None)
         self.events: dict[str, list] = {}
         self.calls: list[tuple[str, tuple]] = []
+        self.peaks: dict[str, int] = {}
+        self.run_peak = 0
+
+    def _fold(self) -> int:
+        """The counter's peak since the last reset, kept in the run's peak; then a fresh counter."""
+        peak = self.memory.peak()
+        self.run_peak = max(self.run_peak, peak)
+        self.memory.reset()
+        return peak
 
     def watch(self, group: str, name: str, module: torch.nn.Module) -> None:
         def pre(mod, args, kwargs):
             self.calls.append((name, _signature(args, kwargs)))
+            if self.memory:
+                self._fold()
             if self.enabled:
                 start = torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -186,15 +211,27 @@ class ModuleTimer:
                 end = torch.cuda.Event(enable_timing=True)
                 end.record()
                 self.events[group][-1][1] = end
+            if self.memory:
+                self.peaks[group] = max(self.peaks.get(group, 0), self._fold())
 
         module.register_forward_pre_hook(pre, with_kwargs=True)
         module.register_forward_hook(post)
 
     def reset(self) -> None:
-        self.events, self.calls = {}, []
+        self.events, self.calls, self.peaks, self.run_peak = {}, [], {}, 0
+        if self.memory:
+            self.memory.reset()
 
     def seconds(self) -> dict:
         return {k: sum(s.elapsed_time(e) for s, e in v) / 1000 for k, v in self.events.items()}
+
+    def peak_gib(self) -> dict:
+        """Per group: the most memory allocated while one of its modules ran (weights resident included)."""
+        return {k: v / 2**30 for k, v in self.peaks.items()}
+
+    def peak(self) -> int | None:
+        """The run's peak, bytes (None without CUDA)."""
+        return max(self.run_peak, self.memory.peak()) if self.memory else None
 
 
 class FlopCounter:
@@ -259,15 +296,15 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
         if rows and elapsed() + rows[-1]["wall_s"] > deadline:
             break
         timer.reset()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         sync(device)
         t0 = time.perf_counter()
         info = fn() or {}
         sync(device)
         wall = time.perf_counter() - t0
+        peak = timer.peak()
         rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info,
-                     "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None})
+                     "peak_gpu_gib": peak / 2**30 if peak is not None else None,
+                     "modules_peak_gib": timer.peak_gib()})
     calls = list(timer.calls)
     hooked = sum(1 for name, _ in calls if name in EXPERT_MODULES)  # UNet calls of the last run, seen by hooks
     counted = sum(rows[-1].get("network_forwards", {}).values())

@@ -302,21 +302,30 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
 
 # ------------------------------------------------------------------------------------------------ markdown
 
+def module_peaks(run: dict) -> str:
+    """The peak while the experts ran against the peak while the VAE decoded (``gpu_benchmark.py``'s groups)."""
+    peaks = run.get("modules_peak_gib") or {}
+    if "experts" not in peaks or "vae" not in peaks:
+        return ""
+    return f"{peaks['experts']:.2f} / {peaks['vae']:.2f}"
+
+
 def run_table(runs: dict) -> list[str]:
-    lines = ["| run | median s | runs (s) | warm-up s | expert evals | TFLOP | TFLOP/s | overhead | peak GPU GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | median s | runs (s) | warm-up s | expert evals | TFLOP | TFLOP/s | overhead | peak GPU GiB | "
+             "peak in the experts / in the VAE decode GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, label in RUN_LABELS.items():
         if key not in runs:
             continue
         v = runs[key]
         if not ok(v):
             why = "skipped (deadline)" if v is None else f"failed: {v.get('error', '?')[:80]}"
-            lines.append(f"| {label} | {why} | | | | | | | |")
+            lines.append(f"| {label} | {why} | | | | | | | | |")
             continue
         oh = fmt(100 * v["overhead_fraction"], ".1f") + " %" if v.get("overhead_fraction") is not None else ""
         lines.append(f"| {label} | **{v['wall_s']:.3f}** | {', '.join(f'{r:.3f}' for r in v['runs_s'])} | "
                      f"{v['warmup_s']:.1f} | {sum(v['evaluations'].values())} | {v['tflop']:.0f} | "
-                     f"{v['achieved_tflops']:.0f} | {oh} | {fmt(v.get('peak_gpu_gib'), '.2f', '')} |")
+                     f"{v['achieved_tflops']:.0f} | {oh} | {fmt(v.get('peak_gpu_gib'), '.2f', '')} | "
+                     f"{module_peaks(v)} |")
     return lines
 
 

@@ -55,7 +55,9 @@ import comfy.samplers
 # per evaluation, when every session ran on a fresh thread (torch's per-thread cuDNN caches rebuilt every stage); on
 # long-lived workers (_Worker) 3.900 s against 3.913 s (bench/RESULTS.md), a gain inside the runs' spread. With the
 # latents kept on the GPU (2026-12-02) the sampling nodes take 2.217 s against 2.262 s (host time 8.3 against 10.4 ms
-# per evaluation), end to end 4.07 against 4.01 s: still inside the spread of the other nodes' time.
+# per evaluation), end to end 4.07 against 4.01 s: still inside the spread of the other nodes' time. With the
+# templates' plain VAE Decode (later that day): 2.383 against 2.451 s end to end, host time 7.5 against 10.1 ms per
+# evaluation, runs 2.37-2.51 against 2.43-2.45 s; kept opt-in until more packs' wrappers are tried with them.
 # CONFINER_STAGE_SESSIONS=1 switches them on.
 ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
 

@@ -247,3 +247,55 @@ def test_layout_audit_finds_what_the_lean_preset_fixes():
     for name in ("control", "ms"):
         assert keep_temporal_layouts(models[name]) > 0
     assert not temporal_mixed_adds(A.audit(models, "cpu", torch.float32, tiny=True))
+
+
+def test_module_timer_books_peak_memory_to_the_module_that_made_it():
+    """Peaks per watched group (a VAE decode against the experts) from the allocator's peak counter, reset around
+    every watched call, and the run's overall peak kept across those resets."""
+    import gpu_benchmark as G
+
+    class Memory:  # the allocator's counter: allocations raise the peak, a reset brings it to what is allocated
+        allocated = top = 0
+
+        @classmethod
+        def alloc(cls, n):
+            cls.allocated += n
+            cls.top = max(cls.top, cls.allocated)
+
+        @classmethod
+        def free(cls, n):
+            cls.allocated -= n
+
+        @classmethod
+        def peak(cls):
+            return cls.top
+
+        @classmethod
+        def reset(cls):
+            cls.top = cls.allocated
+
+    class Net(torch.nn.Module):
+        def __init__(self, working):
+            super().__init__()
+            self.working = working
+
+        def forward(self, x):
+            Memory.alloc(self.working)
+            Memory.free(self.working)
+            return x
+
+    timer = G.ModuleTimer(False, memory=Memory)
+    unet, decoder = Net(5), Net(3)
+    timer.watch("experts", "unet", unet)
+    timer.watch("vae", "decoder", decoder)
+    Memory.alloc(10)                      # weights
+    timer.reset()
+    unet(torch.zeros(1))
+    Memory.alloc(7)                       # the core's own tensors between calls: the run's peak, no group's
+    Memory.free(7)
+    decoder(torch.zeros(1))
+    decoder(torch.zeros(1))
+    assert timer.peaks == {"experts": 15, "vae": 13}
+    assert timer.peak() == 17
+    assert timer.peak_gib() == {"experts": 15 / 2**30, "vae": 13 / 2**30}
+
