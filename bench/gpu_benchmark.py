@@ -396,6 +396,7 @@ def dtype_of(m: torch.nn.Module) -> torch.dtype:
 class Bench:
     def __init__(self, args, with_ad_temporal: bool = True):
         self.args = args
+        self.block_store = None  # speed.SpeedSettings.compile_dir's store, once a setting uses one
         self.device = torch.device(args.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         cfg = TINY if args.tiny else FULL
@@ -443,6 +444,7 @@ class Bench:
         pool = done.pop("graph_pool", None)
         if pool is not None:
             self.graph_pool = pool
+        self.block_store = done.pop("block_store", None) or getattr(self, "block_store", None)
         return done
 
     def cast(self, dtype) -> None:
@@ -703,7 +705,8 @@ def start_probe(a) -> None:
     """A second process: load the compiled artifacts, build, apply the best settings, time the first ConFiner run
     (compilation served from the caches) and a second one."""
     out = {"import_s": IMPORT_S, "cache_file": a.start_probe, "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
-           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"), "settings": SETTINGS["best"].describe()}
+           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"), "settings": SETTINGS["best"].describe(),
+           "compile_dir": a.compile_dir}
 
     def save():  # after every stage: a probe stopped by its time limit still tells how far it got
         out["process_s"] = elapsed()
@@ -725,6 +728,8 @@ def start_probe(a) -> None:
         b.confiner("ms", resident)
         sync(b.device)
         out[key] = time.perf_counter() - t0
+        if b.block_store is not None:  # blocks kept on disk: how many were loaded rather than compiled
+            out["precompiled"] = b.block_store.summary()
         save()
     out["warm_start_s"] = out["import_s"] + out["load_cache_s"] + out["first_run_s"]
     out["compile_from_cache_s"] = out["first_run_s"] - out["second_run_s"]
@@ -757,6 +762,9 @@ def main():
     ap.add_argument("--cache-out", default=None, help="save the compiled artifacts here after the 'best' table")
     ap.add_argument("--start-probe", default=None, metavar="CACHE_FILE",
                     help="the warm-start probe: load this compile cache and time the first best-settings run")
+    ap.add_argument("--compile-dir", default=None,
+                    help="the 'best' and 'max' settings keep their compiled blocks in this folder (compiled ahead of "
+                         "time and saved by the first process, loaded by later ones: speed.SpeedSettings.compile_dir)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -768,7 +776,8 @@ def main():
         ap.error(f"--settings: {', '.join(LAST_ONLY)} captures CUDA graphs, which nothing can be applied on top of: "
                  "give it last")
     for name in ("best", "max"):
-        SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend)
+        SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend,
+                                             compile_dir=a.compile_dir)
     if a.start_probe:
         return start_probe(a)
 
@@ -879,6 +888,8 @@ def main():
                 table["graph_pool"] = {"captured": pool.captured, "replays": pool.replays, "failures": pool.failures}
             print(f"[{elapsed():6.0f} s] {setting} {name}: "
                   f"{run and (round(run['wall_s'], 3) if 'wall_s' in run else run.get('error', 'done'))}", flush=True)
+            if b.block_store is not None and SETTINGS[setting].compile_dir:
+                table["precompiled"] = b.block_store.summary()  # blocks compiled and saved, or loaded, so far
             save()
         last_of_table = index + 1 == len(plan) or plan[index + 1][0] != setting
         used.update(n for n, _ in b.timer.calls)

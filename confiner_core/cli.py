@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, fused QKV, cuDNN attention and "
                         "autotuning (no compiler, starts in seconds); 'fast' = lean + regional torch.compile "
                         "(minutes of compiling on first use); 'max' = fast + CUDA graphs")
+    g.add_argument("--compile-dir", default=None,
+                   help="with --speed fast or max: keep the compiled blocks in this folder; a later run with the same "
+                        "checkpoints and sizes loads them instead of compiling (seconds instead of minutes)")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")
@@ -169,7 +172,8 @@ def request_from_args(a: argparse.Namespace):
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
-                           device=a.device, speed=a.speed, resume=a.resume, embedded_preset=a.embedded, chain=chain,
+                           device=a.device, speed=a.speed, compile_dir=a.compile_dir, resume=a.resume,
+                           embedded_preset=a.embedded, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger,

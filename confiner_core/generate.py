@@ -46,6 +46,7 @@ NATURAL_FRAMES = 16        # the clip length of SD-family video experts (Animate
 MIN_SIZE = 64
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
 SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
+COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
 CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 # Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
@@ -149,6 +150,7 @@ class GenerateRequest:
     fps: float = 8.0
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
+    compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)
@@ -201,6 +203,13 @@ class GenerateRequest:
         problem = check_output_folder(self.out, OUTPUTS)
         if problem:
             raise UsageError(f"--out: {problem}", "--out")
+        if self.compile_dir is not None:
+            if self.speed not in COMPILED_SPEEDS:
+                raise UsageError(f"--compile-dir keeps the blocks that --speed {' or '.join(COMPILED_SPEEDS)} "
+                                 f"compiles; this run is --speed {self.speed}", "--compile-dir")
+            problem = check_output_folder(self.compile_dir, (), "--compile-dir")
+            if problem:
+                raise UsageError(f"--compile-dir: {problem}", "--compile-dir")
         if plan is not None:
             self._validate_resume(plan)
 
@@ -425,9 +434,12 @@ def load_backend(req: GenerateRequest) -> Backend:
 
     from .diffusers_backend.speed import PRESETS
 
+    speed = PRESETS[req.speed]
+    if req.compile_dir:
+        speed = replace(speed, compile_dir=req.compile_dir)
     try:
         loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                              device=req.device, speed=PRESETS[req.speed])
+                              device=req.device, speed=speed)
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(str(e), "--spatial") from e
     return Backend(loaded.experts, 7.5 if req.refine_cfg is None else req.refine_cfg, "diffusers checkpoints")

@@ -75,7 +75,7 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def check_output_folder(folder: str, names: tuple) -> str | None:
+def check_output_folder(folder: str, names: tuple, option: str = "--out") -> str | None:
     """Why ``folder`` cannot take the outputs ``names`` (None when it can), found without creating anything:
     it must be a folder or not exist yet, the nearest existing parent must be a writable folder (tried by
     creating and removing a temporary file, which also catches read-only file systems), and no output name may
@@ -86,12 +86,12 @@ def check_output_folder(folder: str, names: tuple) -> str | None:
     for name in names:
         target = os.path.join(folder, name)
         if os.path.isdir(target):
-            return f"{target} is a folder, so {name} cannot be written there; move it away or choose another --out"
+            return f"{target} is a folder, so {name} cannot be written there; move it away or choose another {option}"
     parent = folder
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        return f"{parent} is a file, so the folder {folder} cannot be created; choose another --out"
+        return f"{parent} is a file, so the folder {folder} cannot be created; choose another {option}"
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".confiner-probe-")
         os.close(fd)

@@ -121,6 +121,9 @@ CLI_CASES = [
     Case("matching-unknown", ["--matching", "bogus"], "--matching"),
     Case("noise-init-unknown", ["--noise-init", "bogus"], "--noise-init"),
     Case("speed-unknown", ["--speed", "FAST"], "--speed"),
+    Case("compile-dir-without-compiling", ["--compile-dir", "{tmp}/compiled"], "--compile-dir"),
+    Case("compile-dir-is-a-file", ["--speed", "fast", "--compile-dir", "{file}"], "--compile-dir"),
+    Case("compile-dir-below-a-file", ["--speed", "max", "--compile-dir", "{file}/sub"], "choose another --compile-dir"),
     Case("control-sampler-unknown", ["--control-sampler", "heun"], "--control-sampler"),
     # devices
     Case("device-cuda-without-gpu", ["--device", "cuda"], "--device cuda",

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import textwrap
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -26,6 +28,7 @@ import tiny_diffusers as T
 import tiny_modern as tm
 from confiner_core.diffusers_backend import fused_geglu as FG
 from confiner_core.diffusers_backend import fused_norm as FN
+from confiner_core.diffusers_backend import precompiled as P
 from confiner_core.diffusers_backend import speed as S
 from confiner_core.diffusers_backend.cuda_graphs import GraphPool, graph_forwards
 from confiner_core.diffusers_backend.families import wan as W
@@ -507,3 +510,63 @@ def test_temporal_transformers_keep_their_input_layout(name, channels_last):
     assert rel(after, before) < (1e-4 if channels_last else 1e-6)
     assert seen and all(out == inp for inp, out in seen), seen
     assert any(inp for inp, _ in seen) == channels_last
+
+
+# -------------------------------------------------------------------------- compiled blocks kept on disk
+
+class TwoBlocks(torch.nn.Module):
+    """A ResNet block and a transformer block of SD's kind (GEGLU feed-forward): the block classes a UNet's
+    regional compilation serves, small enough to compile in seconds."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        from diffusers.models.resnet import ResnetBlock2D
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+        torch.manual_seed(T.SEED)
+        self.resnet = ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=64, groups=8,
+                                    output_scale_factor=scale)
+        self.attention = Transformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=32,
+                                            norm_num_groups=8, cross_attention_dim=24)
+
+    def forward(self, x, temb, context):
+        return self.attention(self.resnet(x, temb), encoder_hidden_states=context, return_dict=False)[0]
+
+
+def two_blocks_call(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return model(torch.randn(2, 32, 8, 8, generator=g), torch.randn(2, 64, generator=g),
+                     torch.randn(2, 5, 24, generator=g))
+
+
+@pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
+def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path):
+    """The first process compiles each block ahead of time and saves it; a later one (a fresh store, dynamo reset)
+    loads every block instead of compiling, onto other instances with other weights; a block whose plain attributes
+    differ (a ResNet's output scale) gets its own artifact; an unreadable artifact is compiled again."""
+    settings = replace(LEAN, compile="blocks", backend="eager", compile_dir=str(tmp_path), attention="default",
+                       cudnn_benchmark=False)
+
+    def fresh_process(model):
+        S.block_store.cache_clear()
+        torch._dynamo.reset()
+        expected = two_blocks_call(model)
+        done = apply_speed_settings([model], settings)
+        assert rel(two_blocks_call(model), expected) < 1e-5
+        store = done["block_store"]
+        assert store.fallbacks == [] and store.compiled + store.loaded == 2, store.summary()
+        return store
+
+    first = fresh_process(TwoBlocks())
+    assert (first.compiled, first.loaded) == (2, 0) and len(os.listdir(tmp_path)) == 2
+    other = TwoBlocks()
+    other.load_state_dict({k: v + 0.01 for k, v in other.state_dict().items()})
+    second = fresh_process(other)                                 # other weights: the same artifacts
+    assert (second.compiled, second.loaded) == (0, 2)
+    third = fresh_process(TwoBlocks(scale=2.0))                   # a ResNet scaled otherwise: compiled on its own
+    assert (third.compiled, third.loaded) == (1, 1) and len(os.listdir(tmp_path)) == 3
+    max(tmp_path.iterdir(), key=lambda f: f.stat().st_mtime_ns).write_bytes(b"not an artifact")  # the third's
+    fourth = fresh_process(TwoBlocks(scale=2.0))                  # one artifact unreadable: that one compiled again
+    assert (fourth.compiled, fourth.loaded) == (1, 1) and len(fourth.unloadable) == 1
+    S.block_store.cache_clear()

@@ -20,7 +20,9 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
   share one compiled graph, also across experts; ``"full"`` compiles each model's forward whole (more fusion, a
   much longer cold start). Shapes are static (``dynamic=False``): a new batch or resolution compiles again. Under
   compilation the fused norm hands inductor the plain ops, which it fuses itself. :func:`save_compile_cache` and
-  :func:`load_compile_cache` carry the compiled artifacts to another process or machine;
+  :func:`load_compile_cache` carry the compiled artifacts to another process or machine; with ``compile_dir`` the
+  blocks are compiled ahead of time and kept in that folder, and a later process loads them without tracing
+  (:mod:`.precompiled`);
 * ``cuda_graphs``: each network's forward captured once per input shape and replayed (:mod:`.cuda_graphs`);
 * ``step_cache``: First-Block-Cache threshold for the refinement experts of flow transformers (Wan), 0 = off
   (:mod:`.step_cache`; applied by :func:`~.families.registry.load_experts`).
@@ -42,6 +44,7 @@ import torch
 from . import fused_norm as FN
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
+from .precompiled import Store, aot_available, precompile_forward
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
@@ -66,6 +69,7 @@ class SpeedSettings:
     attention: str = "default"
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
+    compile_dir: str | None = None  # "blocks" compiled ahead of time and kept here (:mod:`.precompiled`)
     backend: str = "inductor"
     cuda_graphs: bool = False
     step_cache: float = 0.0
@@ -88,7 +92,8 @@ class SpeedSettings:
         if self.attention != "default":
             parts.append(f"attention {self.attention}")
         if self.compile != "none":
-            parts.append(f"torch.compile ({self.compile}{', ' + self.compile_mode if self.compile_mode else ''})")
+            parts.append(f"torch.compile ({self.compile}{', ' + self.compile_mode if self.compile_mode else ''}"
+                         f"{', kept on disk' if self.compile_dir and self.compile == 'blocks' else ''})")
         if self.cuda_graphs:
             parts.append("CUDA graphs")
         if self.step_cache:
@@ -288,12 +293,22 @@ def compile_forward(module: torch.nn.Module, settings: SpeedSettings) -> None:
     module._confiner_compiled = True
 
 
-def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLOCK_CLASSES) -> int:
-    """Compile each block of ``classes`` inside ``module`` (not descending into a compiled one); returns the count."""
+def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLOCK_CLASSES, store=None) -> int:
+    """Compile each block of ``classes`` inside ``module`` (not descending into a compiled one); returns the count.
+    With a :class:`~.precompiled.Store` the blocks' compiled graphs come from (and go to) its folder."""
     if type(module).__name__ in classes:
-        compile_forward(module, settings)
+        if store is not None:
+            precompile_forward(module, store)
+        else:
+            compile_forward(module, settings)
         return 1
-    return sum(compile_blocks(child, settings, classes) for child in module.children())
+    return sum(compile_blocks(child, settings, classes, store) for child in module.children())
+
+
+@functools.lru_cache(maxsize=None)
+def block_store(folder: str, mode: str | None, backend: str) -> Store:
+    """One :class:`~.precompiled.Store` per folder and compiler settings in a process, shared by every expert."""
+    return Store(folder, mode, backend)
 
 
 def allow_recompiles(limit: int = 1024) -> None:
@@ -357,7 +372,11 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
         if settings.fuse_qkv:
             done["fused_qkv"] += fuse_qkv(m)
         if settings.compile == "blocks":
-            done["compiled"] += compile_blocks(m, settings)
+            store = None
+            if settings.compile_dir and aot_available():
+                store = done["block_store"] = block_store(os.path.abspath(settings.compile_dir),
+                                                          settings.compile_mode, settings.backend)
+            done["compiled"] += compile_blocks(m, settings, store=store)
         elif settings.compile == "full":
             compile_forward(m, settings)
             done["compiled"] += 1
