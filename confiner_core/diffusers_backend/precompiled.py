@@ -11,8 +11,8 @@ second process took 6.6 s against 15.4 s: loading 5.6 s against tracing 14.4 s.
 An artifact is kept only with PyTorch's portable guards (tensor metadata and global state:
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
 the block's class and the classes, plain attributes (head counts, scales, flags) and replaced methods of each of its
-submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode and the PyTorch,
-Triton and device versions. Blocks of one class and structure share one artifact, also across experts, as they
+submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode, the attention
+backends allowed and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact, also across experts, as they
 share one graph under regional compilation. A block whose graph cannot be captured whole or saved (a graph break, a
 guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so in :attr:`Store.fallbacks`.
 """
@@ -69,13 +69,21 @@ def structure_key(module: torch.nn.Module) -> str:
 def call_key(args: tuple, kwargs: dict) -> str:
     """A call's arguments as the compiled graph sees them: tensors by metadata, other values as :func:`_describe`."""
     leaves, spec = tree_flatten((args, kwargs))
-    parts = [str(spec), torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
+    parts = [str(spec), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), attention_backends()]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append((tuple(leaf.shape), leaf.stride(), str(leaf.dtype), str(leaf.device), leaf.requires_grad))
         else:
             parts.append(_describe(leaf))
     return repr(parts)
+
+
+def attention_backends() -> tuple:
+    """The scaled-dot-product-attention backends allowed now (the attention speed setting's context): the one a
+    graph was compiled with is part of it."""
+    b = torch.backends.cuda
+    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
+            getattr(b, "cudnn_sdp_enabled", lambda: None)())
 
 
 @functools.lru_cache(maxsize=None)
