@@ -6,7 +6,7 @@ still traces every block again: on an H200 that was 36.9 s of a 52.3 s warm star
 compiled with ``torch.compile(...).aot_compile`` instead and saved in a folder; a process that finds the file loads
 the compiled function and calls it, without tracing (its kernels still come from inductor's cache folder or the
 portable cache). On a 2-core CPU (tiny experts, 32 blocks, the same machine's inductor cache) the first run of a
-second process took 6.6 s against 15.4 s: loading 5.6 s against tracing 14.4 s.
+second process took 6.3-7.1 s against 19.3 s: loading 5.1-6.1 s against tracing 18.2 s.
 
 An artifact is kept only with PyTorch's portable guards (tensor metadata and global state:
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
