@@ -51,8 +51,11 @@ class Run:
     def __init__(self, args, cwd):
         env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
         env.pop("CONFINER_DEBUG", None)
+        # SIGINT handled as in a terminal even when the tests run in a background job, whose children start with
+        # it ignored (Python then installs no KeyboardInterrupt handler and the run would not stop)
         self.proc = subprocess.Popen([sys.executable, "-m", "confiner_core", "generate", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
