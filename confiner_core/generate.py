@@ -339,7 +339,7 @@ class GenerateRequest:
     def run_settings(self) -> dict:
         """Every setting that changes the result (what a resumed run must share with the interrupted one)."""
         settings = asdict(self)
-        for k in ("out", "resume"):
+        for k in ("out", "resume", "compile_dir"):  # where things go, not what they are
             settings.pop(k)
         return settings
 
