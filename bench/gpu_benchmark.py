@@ -444,7 +444,7 @@ class Bench:
         pool = done.pop("graph_pool", None)
         if pool is not None:
             self.graph_pool = pool
-        self.block_store = done.pop("block_store", None) or getattr(self, "block_store", None)
+        self.block_store = done.pop("block_store", None) or self.block_store
         return done
 
     def cast(self, dtype) -> None:

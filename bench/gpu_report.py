@@ -219,9 +219,10 @@ def on_gpu(data: dict | None) -> bool:
     return data is not None and str(data.get("device", "")).startswith("cuda")  # not a CPU smoke run
 
 
-def decode_variant(data: dict) -> str:
-    """A ComfyUI benchmark file's decode set-up, as a key: ``VAEDecode_all_free``, ``VAEDecodeTiled_7gib_free``."""
-    node = comfy_benchmark.figures(data.get("runs", {})).get("comfy_decode_node", "decode")
+def decode_variant(data: dict, figures: dict) -> str:
+    """A ComfyUI benchmark file's decode set-up (``figures``: its ``comfy_benchmark.figures``), as a key:
+    ``VAEDecode_all_free``, ``VAEDecodeTiled_7gib_free``."""
+    node = figures.get("comfy_decode_node", "decode")
     free = data.get("free_gib")
     return f"{node}_{'all' if free is None else re.sub(r'[^0-9]+', '_', f'{free:g}') + 'gib'}_free"
 
@@ -240,7 +241,7 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
     for d in [data, *(v for v in (variants or {}).values() if on_gpu(v))]:
         f = comfy_benchmark.figures(d.get("runs", {}))
         if "comfy_decode_s" in f:
-            decode_rows[decode_variant(d)] = (d, f)
+            decode_rows[decode_variant(d, f)] = (d, f)
     for key, (_, f) in decode_rows.items():
         for name in ("decode_s", "decode_peak_gib", "sampling_peak_gib", "ratio_confiner_to_animatediff_25"):
             if f.get(f"comfy_{name}") is not None:

@@ -104,7 +104,7 @@ class Store:
 
     def __init__(self, folder: str, mode: str | None = None, backend: str = "inductor"):
         self.folder, self.mode, self.backend = folder, mode, backend
-        self.functions: dict = {}  # key -> compiled function (or a fallback's compiled forward)
+        self.functions: dict = {}  # key -> compiled function, or None where the block compiles the ordinary way
         self.compiled = self.loaded = 0
         self.fallbacks: list[str] = []
         self.unloadable: list[str] = []  # artifacts found but not loadable (another PyTorch, a broken file)
@@ -139,7 +139,6 @@ class Store:
                 self.loaded += 1
             except Exception as e:  # noqa: BLE001 - a stale or foreign artifact is compiled again and overwritten
                 self.unloadable.append(f"{os.path.basename(path)}: {type(e).__name__}: {e}"[:300])
-                fn = None
         if fn is None:
             fn = self._compile(forward, module, args, kwargs, path)
         self.functions[key] = fn
