@@ -76,7 +76,7 @@ from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
-from confiner_core.sampling import randn_like, sample_control  # noqa: E402
+from confiner_core.sampling import randn, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
 
@@ -452,8 +452,7 @@ class Bench:
             m.to(dtype)
 
     def noise(self, frames: int, seed: int = 0) -> torch.Tensor:
-        return randn_like(torch.empty(1, 4, frames, self.h, self.h, device=self.device),
-                          torch.Generator().manual_seed(seed))
+        return randn((1, 4, frames, self.h, self.h), torch.Generator().manual_seed(seed), self.device)
 
     # ConFiner 4+5 ----------------------------------------------------------------------------------------------
     def confiner(self, temporal: str, residency: Residency, frames: int = 16):

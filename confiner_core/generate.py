@@ -35,6 +35,7 @@ from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, gene
 from .outputs import AtomicOutputs, check_output_folder
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
+from .sampling import randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -597,7 +598,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                                  progress)
             else:
                 generator = torch.Generator().manual_seed(req.seed)
-                noise = torch.randn(latent_shape(req, d["control"], req.frames), generator=generator).to(device)
+                noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress) as bar:
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,

@@ -22,15 +22,23 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     waits until the GPU has drained its queue, which exposes the Python work between expert calls; from pinned
     memory it is queued like a kernel."""
     if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
     return t.to(device)
 
 
+def randn(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """float32 Gaussian noise of ``shape`` drawn on the generator's device, then moved to ``device``: the same seed
+    gives the same noise on any device. Drawn on the host for a GPU, it is written straight into pinned memory
+    (copying a fresh draw there cost 3-4 ms of host time per draw in H200 profiles, with the GPU idle when the
+    host was behind)."""
+    pin = torch.device(device).type == "cuda" and generator.device.type == "cpu"
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
+    return host_to_device(noise, device)
+
+
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device, then moved: the same seed gives the same noise on any
-    device."""
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=generator.device)
-    return host_to_device(noise, x.device).to(x)
+    """:func:`randn` of ``x``'s shape, on its device and in its dtype."""
+    return randn(x.shape, generator, x.device).to(x)
 
 
 def diffuse(schedule: NoiseSchedule, x0: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:
