@@ -33,7 +33,13 @@ PLAIN = (bool, int, float, str, type(None))
 def aot_available() -> bool:
     """Whether this PyTorch has ahead-of-time compilation of a function to a file (2.9 and later)."""
     return hasattr(torch.compiler, "load_compiled_function") and \
-        hasattr(torch.compiler, "keep_portable_guards_unsafe")
+        hasattr(torch.compiler, "keep_portable_guards_unsafe") and hasattr(torch._dynamo.config, "enable_aot_compile")
+
+
+def aot_enabled():
+    """Dynamo's switch for ahead-of-time compilation, on for the ``with`` block: off by default before PyTorch 2.13
+    (``torch.compile(...)`` then has no ``aot_compile``)."""
+    return torch._dynamo.config.patch(enable_aot_compile=True)
 
 
 def _describe(value) -> str:
@@ -134,7 +140,7 @@ class Store:
         path = self.path(key)
         if os.path.isfile(path):
             try:
-                with open(path, "rb") as f:
+                with open(path, "rb") as f, aot_enabled():
                     fn = torch.compiler.load_compiled_function(f)
                 self.loaded += 1
             except Exception as e:  # noqa: BLE001 - a stale or foreign artifact is compiled again and overwritten
@@ -152,8 +158,9 @@ class Store:
                 raise TypeError(f"its forward is a {type(forward).__name__}, not a method of the block")
             # the function, with the block as its first argument: saved by its importable name, not as a method
             # looked up on the block
-            fn = torch.compile(forward.__func__, fullgraph=True, dynamic=False, backend=self.backend,
-                               options=self._options()).aot_compile(((module, *args), kwargs))
+            with aot_enabled():
+                fn = torch.compile(forward.__func__, fullgraph=True, dynamic=False, backend=self.backend,
+                                   options=self._options()).aot_compile(((module, *args), kwargs))
             os.makedirs(self.folder, exist_ok=True)
             fn.save_compiled_function(path)
             self.compiled += 1
