@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 import types
 
 import torch
@@ -114,9 +115,14 @@ class Store:
         self.compiled = self.loaded = 0
         self.fallbacks: list[str] = []
         self.unloadable: list[str] = []  # artifacts found but not loadable (another PyTorch, a broken file)
+        # host seconds reading artifacts, and in the first call of each loaded function (where its kernels are
+        # loaded, or compiled when no cache has them): what a warm start spends here rather than elsewhere
+        self.load_s = self.first_calls_s = 0.0
+        self.called: set = set()
 
     def summary(self) -> dict:
         return {"folder": self.folder, "compiled": self.compiled, "loaded": self.loaded,
+                "load_s": round(self.load_s, 3), "first_calls_s": round(self.first_calls_s, 3),
                 "fallbacks": list(self.fallbacks), "unloadable": list(self.unloadable)}
 
     def path(self, key: str) -> str:
@@ -139,10 +145,12 @@ class Store:
         fn = None
         path = self.path(key)
         if os.path.isfile(path):
+            t0 = time.perf_counter()
             try:
                 with open(path, "rb") as f, aot_enabled():
                     fn = torch.compiler.load_compiled_function(f)
                 self.loaded += 1
+                self.load_s += time.perf_counter() - t0
             except Exception as e:  # noqa: BLE001 - a stale or foreign artifact is compiled again and overwritten
                 self.unloadable.append(f"{os.path.basename(path)}: {type(e).__name__}: {e}"[:300])
         if fn is None:
@@ -201,7 +209,13 @@ class PrecompiledForward:
             key = self.keys[call] = self.store.key(self.structure, call)
         fn = self.store.function(key, self.forward, self.module, args, kwargs)
         if fn is not None:
-            return fn(self.module, *args, **kwargs)
+            if key in self.store.called:
+                return fn(self.module, *args, **kwargs)
+            t0 = time.perf_counter()
+            out = fn(self.module, *args, **kwargs)
+            self.store.called.add(key)
+            self.store.first_calls_s += time.perf_counter() - t0
+            return out
         if self.fallback is None:
             self.fallback = torch.compile(self.forward, dynamic=False, mode=self.store.mode,
                                           backend=self.store.backend)
