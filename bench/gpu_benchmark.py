@@ -72,7 +72,7 @@ from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, U
 from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, LEAN, MAX, SpeedSettings,  # noqa: E402
                                                    apply_speed_settings)
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
-from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
+from confiner_core.diffusers_backend.vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
@@ -759,7 +759,7 @@ def main():
     ap.add_argument("--long", type=int, nargs="*", default=[])
     ap.add_argument("--long-settings", nargs="*", choices=tuple(TABLES), default=["best"],
                     help="the tables after which the long videos run")
-    ap.add_argument("--decode-chunk", type=int, default=8)
+    ap.add_argument("--decode-chunk", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames the VAE decodes at a time")
     ap.add_argument("--only", nargs="*", default=None, help="subset of runs by name prefix")
     ap.add_argument("--no-staged", action="store_true", help="skip the staged-residency runs")
     ap.add_argument("--cache-out", default=None, help="save the compiled artifacts here after the 'best' table")

@@ -9,7 +9,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   the runs the main call skipped are folded in;
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
   second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
-  folders (a second run on the same machine);
+  folders (a second run on the same machine); ``h200_sd_warm_blocks.json``: the portable cache and the compiled
+  blocks kept on disk (``--compile-dir``);
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
@@ -34,9 +35,11 @@ import comfy_benchmark  # noqa: E402  (its figures: one definition of the comfy_
 import profiling as P  # noqa: E402
 
 FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h200_sd_graphs.json",
-         "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json", "wan": "h200_wan.json",
+         "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json",
+         "warm_blocks": "h200_sd_warm_blocks.json", "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
+         "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 RUN_LABELS = {
@@ -51,6 +54,11 @@ TABLE_LABELS = {"eager": "plain eager fp16 (SDPA, diffusers defaults)", "lean": 
                 "lean_graphs": "lean preset + CUDA graphs, fp16 (no compiler; its own process)",
                 "lean_bf16": "lean preset, bf16", "best": "fast preset (lean + regional torch.compile), fp16",
                 "max": "max preset (fast + CUDA graphs), fp16"}
+# the warm-start probes (a second process's first run): file key -> (RESULTS.json suffix, what it started from)
+WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton folders"),
+               "warm_dirs": ("_same_machine", "same machine: the first process's inductor/Triton folders"),
+               "warm_blocks": ("_blocks", "portable cache and the compiled blocks kept on disk by `--compile-dir`, "
+                                          "empty inductor/Triton folders")}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
@@ -88,6 +96,21 @@ def older_settings(probe: dict, sd: dict) -> str:
     return ""
 
 
+def first_run_split(probe: dict) -> str:
+    """Where a probe's first run spent the time its second did not: blocks loaded from disk (reading them, their
+    first calls), and per module group."""
+    parts = []
+    pre = probe.get("precompiled")
+    if pre and pre.get("loaded"):
+        parts.append(f"{pre['loaded']} compiled blocks loaded from disk: reading {pre.get('load_s', 0):.1f} s, "
+                     f"their first calls {pre.get('first_calls_s', 0):.1f} s")
+    first, second = probe.get("first_modules_s"), probe.get("second_modules_s")
+    if first and second:
+        parts.append("first vs second run per module group: " + ", ".join(
+            f"{k} {first[k]:.1f} vs {second.get(k, 0):.1f} s" for k in first))
+    return "".join(f"; {p}" for p in parts)
+
+
 def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     """Runs of a follow-up SD call (README_GPU.md's call 1b, ``h200_sd_extra.json``) fill the runs and ratios the
     main call skipped, table by table, and its start figures where the main call has none; returns which runs, for
@@ -111,10 +134,10 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     return filled
 
 
-def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
-            warm_dirs: dict | None = None) -> dict:
-    """The plainly named figures of RESULTS.json (today's keys kept, new ones added); the Wan run with the best
-    settings gives its figures again with a ``best_`` prefix."""
+def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None) -> dict:
+    """The plainly named figures of RESULTS.json (today's keys kept, new ones added); ``probes``: the warm-start
+    probes present, by their :data:`WARM_PROBES` key; the Wan run with the best settings gives its figures again with
+    a ``best_`` prefix."""
     out = {"device": sd["device_name"], "torch": sd["torch"], "diffusers": sd["diffusers"], "date": sd["date"],
            "resolution": f"{sd['size']}x{sd['size']}x{sd['frames']}", "params_m": sd["params_m"],
            "import_s": sd.get("import_s"), "flash_attn_4_available": sd.get("flash_attn_4")}
@@ -165,18 +188,21 @@ def figures(sd: dict, warm: dict | None, wan: dict | None, wan_long: dict | None
             out[key] = sd[key]
     if isinstance(sd.get("compile_cache"), dict):
         out["compile_cache_bytes"] = sd["compile_cache"].get("bytes")
-    # warm_start_s: the faster of a second process on another machine (portable cache only) and on the same one
-    for suffix, probe in (("_portable", warm), ("_same_machine", warm_dirs)):
-        if probe:
-            out[f"warm_start{suffix}_s"] = probe["warm_start_s"]
-            out[f"warm_start{suffix}_process_s"] = probe["process_s"]
-            out[f"warm_start{suffix}_compile_from_cache_s"] = probe["compile_from_cache_s"]
-            out[f"warm_start{suffix}_cache_loaded"] = probe["cache_loaded"]
-            if "compile_phases" in probe:
-                out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
-    probes = [p for p in (warm, warm_dirs) if p]
+    # warm_start_s: the fastest second process (on another machine, or the same one)
+    probes = {k: p for k, p in probes.items() if p}
+    for key, probe in probes.items():
+        suffix = WARM_PROBES[key][0]
+        out[f"warm_start{suffix}_s"] = probe["warm_start_s"]
+        out[f"warm_start{suffix}_process_s"] = probe["process_s"]
+        out[f"warm_start{suffix}_compile_from_cache_s"] = probe["compile_from_cache_s"]
+        out[f"warm_start{suffix}_cache_loaded"] = probe["cache_loaded"]
+        if "compile_phases" in probe:
+            out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
+        if "precompiled" in probe:
+            out[f"warm_start{suffix}_blocks_loaded"] = probe["precompiled"]["loaded"]
     # a probe of the best table's settings over one from an earlier call, with the settings of then
-    starts = [p["warm_start_s"] for p in probes if not older_settings(p, sd)] or [p["warm_start_s"] for p in probes]
+    starts = [p["warm_start_s"] for p in probes.values() if not older_settings(p, sd)] or \
+        [p["warm_start_s"] for p in probes.values()]
     if starts:
         out["warm_start_s"] = min(starts)
     if wan:
@@ -345,7 +371,7 @@ def probe_table(probe: dict) -> list[str]:
     return lines
 
 
-def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None = None) -> list[str]:
+def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
     md = [f"# GPU benchmark: ConFiner against the baselines ({sd['device_name']})", "",
           f"`bench/gpu_benchmark.py`, torch {sd['torch']}, diffusers {sd['diffusers']}, {sd['date']}. Full-size "
           f"models with random weights built on the GPU (weights do not change compute): SD 1.5 UNet "
@@ -387,15 +413,15 @@ def sd_markdown(sd: dict, fig: dict, warm: dict | None, warm_dirs: dict | None =
            " + run) |",
            f"| lean preset, first run | {fmt(fig.get('lean_cold_start_s'), '.1f')} | imports + first run (Triton "
            "GroupNorm and GEGLU kernels JIT-compiled, cuDNN autotuning) |"]
-    for what, probe in (("portable cache only, empty inductor/Triton folders", warm),
-                        ("same machine: the first process's inductor/Triton folders", warm_dirs)):
+    for key, probe in probes.items():
         if probe:
             graphs = probe.get("compile_phases", {}).get("unique_graphs")
-            md.append(f"| warm (best settings, second process, {what}) | {probe['warm_start_s']:.1f} | "
+            md.append(f"| warm (best settings, second process, {WARM_PROBES[key][1]}) | {probe['warm_start_s']:.1f} | "
                       f"imports {probe['import_s']:.1f} s + cache load {probe['load_cache_s']:.1f} s + first run "
                       f"{probe['first_run_s']:.1f} s (of which compile from cache {probe['compile_from_cache_s']:.1f} s"
-                      f"{f', {graphs} graphs' if graphs else ''}); random-weight build {probe['build_s']:.1f} s not "
-                      f"counted; process {probe['process_s']:.1f} s{older_settings(probe, sd)} |")
+                      f"{f', {graphs} graphs traced' if graphs else ''}{first_run_split(probe)}); random-weight build "
+                      f"{probe['build_s']:.1f} s not counted; process {probe['process_s']:.1f} s"
+                      f"{older_settings(probe, sd)} |")
     md.append("")
     return md
 
@@ -465,6 +491,30 @@ def wan_markdown(wan: dict, wan_long: dict | None) -> list[str]:
     return md + [""]
 
 
+def decode_chunk_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """The library's VAE decode, ``chunk`` frames at a time, against the sampling's peak memory: RESULTS.json keys
+    for the library's default chunk (``library_default``) and a RESULTS.md table of every chunk measured."""
+    if not data:
+        return {}, []
+    default = data["library_default"]
+    md = ["## The library's VAE decode: frames at a time against peak memory", "",
+          "`gpu_benchmark.py --settings lean --decode-chunk N` (ConFiner 4+5, ModelScope temporal, all models "
+          "resident), one process per N. Peak memory while the experts ran and while the VAE decoded (CUDA "
+          "allocator, weights included).", "",
+          "| frames at a time | decode s | peak in the VAE decode GiB | peak in the experts GiB | decode under sampling |",
+          "|---|---|---|---|---|"]
+    out = {}
+    for chunk, run in sorted(data["chunks"].items(), key=lambda kv: int(kv[0])):
+        peaks = run["modules_peak_gib"]
+        under = peaks["vae"] <= peaks["experts"]
+        md.append(f"| {chunk}{' (default)' if int(chunk) == default else ''} | {run['modules_s']['vae']:.3f} | "
+                  f"{peaks['vae']:.2f} | {peaks['experts']:.2f} | {'**yes**' if under else 'no'} |")
+        if int(chunk) == default:
+            out = {"library_decode_peak_gib": peaks["vae"], "library_sampling_peak_gib": peaks["experts"],
+                   "library_decode_s": run["modules_s"]["vae"], "library_decode_chunk_frames": default}
+    return out, md + [""]
+
+
 def targets(fig: dict) -> list[str]:
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
 
@@ -490,7 +540,11 @@ def targets(fig: dict) -> list[str]:
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s | "
             f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
             f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings | "
-            f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |", ""]
+            f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |",
+            f"| library VAE decode peak ≤ sampling peak | {fmt(fig.get('library_decode_peak_gib'), '.2f')} vs "
+            f"{fmt(fig.get('library_sampling_peak_gib'), '.2f')} GiB | "
+            f"{yes(le(fig.get('library_decode_peak_gib'), fig['library_sampling_peak_gib']) if 'library_sampling_peak_gib' in fig else None)} |",
+            ""]
 
 
 def main():
@@ -502,14 +556,17 @@ def main():
     if data["sd"] is None:
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
     filled = fold_extra(data["sd"], data["sd_extra"]) + fold_extra(data["sd"], data["sd_graphs"])
-    fig = figures(data["sd"], data["warm"], data["wan"], data["wan_long"], data["wan_best"], data["warm_dirs"])
+    probes = {k: data[k] for k in WARM_PROBES}
+    fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"])
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
     variants = {os.path.basename(f): load(a.raw, os.path.basename(f))
                 for f in sorted(glob.glob(os.path.join(a.raw, COMFY_VARIANTS)))}
     comfy, comfy_md = comfy_figures(data["comfy"], fig, variants)
     fig.update(comfy)
-    md = sd_markdown(data["sd"], fig, data["warm"], data["warm_dirs"])
+    decode, decode_md = decode_chunk_figures(data["decode_chunks"])
+    fig.update(decode)
+    md = sd_markdown(data["sd"], fig, probes)
     if filled:
         md += [f"Runs from the follow-up calls (`{FILES['sd_extra']}`, `{FILES['sd_graphs']}`, other processes): "
                f"{', '.join(filled)}.", ""]
@@ -517,7 +574,7 @@ def main():
         md += wan_markdown(data["wan"], data["wan_long"])
     if data["wan_best"]:
         md += wan_markdown(data["wan_best"], None)
-    md += comfy_md + targets(fig) + multigpu_md
+    md += decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
         with open(os.path.join(a.out, name), "w") as f:

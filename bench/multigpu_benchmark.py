@@ -98,7 +98,7 @@ def sd_experts(tiny: bool, dtype, device) -> tuple[dict, object, dict]:
     experts = {"control": MotionExpert(models["control"], enc_l, dict(g.AD_SCHED), "animatediff-lightning"),
                "spatial": FrameExpert(models["sd"], enc_l, dict(g.SD_SCHED), "sd15"),
                "temporal": UNet3DExpert(models["ms"], enc_h, dict(g.SD_SCHED), "modelscope")}
-    codec = AutoencoderKLCodec(models["vae"], SD15, chunk_frames=8)
+    codec = AutoencoderKLCodec(models["vae"], SD15)
     return experts, codec, {"control": 1.0, "spatial": 7.5, "temporal": 7.5}
 
 

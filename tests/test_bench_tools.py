@@ -124,7 +124,7 @@ def test_report_figures_and_targets(tmp_path):
     for key, data in (("sd", sd), ("warm", warm), ("wan", None)):
         if data is not None:
             (raw / R.FILES[key]).write_text(json.dumps(data))
-    fig = R.figures(sd, warm, wan, None)
+    fig = R.figures(sd, {"warm": warm}, wan, None)
     assert fig["best_confiner_modelscope_s"] == 1.2 and fig["best_confiner_tflops"] == pytest.approx(577 / 1.2)
     assert fig["best_ratio_confiner_modelscope_to_modelscope_100"] == 0.12
     assert fig["fastest_table"] == "best" and fig["warm_start_s"] == 18.0 and fig["cold_start_s"] == 200.0
@@ -136,15 +136,24 @@ def test_report_figures_and_targets(tmp_path):
     assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.242 eager, — best settings | **yes** |" in lines
     # the Wan run with the best settings (regional compile) is reported beside the eager one; the target takes the best
     wan_best = {"figures": {"wan_confiner_s": 14.0, "wan_50_s": 50.0, "wan_ratio_confiner_to_wan_50": 0.28}}
-    fig_best = R.figures(sd, warm, {"figures": {**wan["figures"], "wan_ratio_confiner_to_wan_50": 0.26}}, None, wan_best)
+    fig_best = R.figures(sd, {"warm": warm}, {"figures": {**wan["figures"], "wan_ratio_confiner_to_wan_50": 0.26}}, None, wan_best)
     assert fig_best["best_wan_ratio_confiner_to_wan_50"] == 0.28 and fig_best["wan_ratio_confiner_to_wan_50"] == 0.26
     assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.260 eager, 0.280 best settings | no |" in "\n".join(R.targets(fig_best))
     # a second process on the same machine (its inductor folders kept) and one with the portable cache only: both
     # are reported, and the target takes the faster
     same = {**warm, "warm_start_s": 25.0, "compile_phases": {"unique_graphs": 96}}
-    fig_two = R.figures(sd, {**warm, "warm_start_s": 40.0}, wan, None, None, same)
+    fig_two = R.figures(sd, {"warm": {**warm, "warm_start_s": 40.0}, "warm_dirs": same}, wan, None)
     assert fig_two["warm_start_portable_s"] == 40.0 and fig_two["warm_start_same_machine_s"] == 25.0
     assert fig_two["warm_start_s"] == 25.0 and fig_two["warm_start_same_machine_graphs"] == 96
+    # with the compiled blocks kept on disk: its own keys, and the split of its first run in the start table
+    blocks = {**warm, "warm_start_s": 19.0, "precompiled": {"loaded": 68, "load_s": 2.5, "first_calls_s": 4.0},
+              "first_modules_s": {"experts": 9.0, "vae": 3.0}, "second_modules_s": {"experts": 1.5, "vae": 0.2}}
+    fig_three = R.figures(sd, {"warm": warm, "warm_blocks": blocks}, wan, None)
+    assert fig_three["warm_start_blocks_s"] == 19.0 and fig_three["warm_start_blocks_blocks_loaded"] == 68
+    assert fig_three["warm_start_s"] == 18.0
+    row = next(line for line in R.sd_markdown(sd, fig_three, {"warm_blocks": blocks}) if "kept on disk" in line)
+    assert "68 compiled blocks loaded from disk: reading 2.5 s, their first calls 4.0 s" in row
+    assert "experts 9.0 vs 1.5 s, vae 3.0 vs 0.2 s" in row
     sys.argv = ["gpu_report.py", "--raw", str(raw), "--out", str(tmp_path)]
     R.main()
     assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
@@ -299,3 +308,22 @@ def test_module_timer_books_peak_memory_to_the_module_that_made_it():
     assert timer.peak() == 17
     assert timer.peak_gib() == {"experts": 15 / 2**30, "vae": 13 / 2**30}
 
+
+
+def test_decode_chunk_table_and_library_default():
+    """The decode table marks the library's default chunk and says whether each decode stayed under the sampling's
+    peak; the measured file names the default the library actually has."""
+    from confiner_core.diffusers_backend.vae import DEFAULT_CHUNK_FRAMES
+    measured = json.loads(open(os.path.join(os.path.dirname(R.__file__), "gpu_results", R.FILES["decode_chunks"])).read())
+    assert measured["library_default"] == DEFAULT_CHUNK_FRAMES
+
+    def chunk(vae_s, vae_peak, experts_peak):
+        return {"modules_s": {"vae": vae_s}, "modules_peak_gib": {"vae": vae_peak, "experts": experts_peak}}
+    data = {"library_default": 4, "chunks": {"8": chunk(0.17, 14.4, 13.4), "4": chunk(0.167, 12.9, 13.4)}}
+    fig, md = R.decode_chunk_figures(data)
+    assert fig == {"library_decode_peak_gib": 12.9, "library_sampling_peak_gib": 13.4, "library_decode_s": 0.167,
+                   "library_decode_chunk_frames": 4}
+    rows = [line for line in md if line.startswith("| 4") or line.startswith("| 8")]
+    assert rows == ["| 4 (default) | 0.167 | 12.90 | 13.40 | **yes** |", "| 8 | 0.170 | 14.40 | 13.40 | no |"]
+    assert "| library VAE decode peak ≤ sampling peak | 12.90 vs 13.40 GiB | **yes** |" in "\n".join(R.targets(fig))
+    assert R.decode_chunk_figures(None) == ({}, [])
