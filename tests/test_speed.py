@@ -541,10 +541,14 @@ def two_blocks_call(model, seed=0):
 
 
 @pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
-def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path):
+def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path, monkeypatch):
     """The first process compiles each block ahead of time and saves it; a later one (a fresh store, dynamo reset)
     loads every block instead of compiling, onto other instances with other weights; a block whose plain attributes
     differ (a ResNet's output scale) gets its own artifact; an unreadable artifact is compiled again."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the store keeps this one
+
+    def artifacts():
+        return [f for f in tmp_path.iterdir() if f.suffix == ".pt"]
     settings = replace(LEAN, compile="blocks", backend="eager", compile_dir=str(tmp_path), attention="default",
                        cudnn_benchmark=False)
 
@@ -559,14 +563,41 @@ def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path):
         return store
 
     first = fresh_process(TwoBlocks())
-    assert (first.compiled, first.loaded) == (2, 0) and len(os.listdir(tmp_path)) == 2
+    assert (first.compiled, first.loaded) == (2, 0) and len(artifacts()) == 2 and first.kernels is None
     other = TwoBlocks()
     other.load_state_dict({k: v + 0.01 for k, v in other.state_dict().items()})
     second = fresh_process(other)                                 # other weights: the same artifacts
     assert (second.compiled, second.loaded) == (0, 2)
     third = fresh_process(TwoBlocks(scale=2.0))                   # a ResNet scaled otherwise: compiled on its own
-    assert (third.compiled, third.loaded) == (1, 1) and len(os.listdir(tmp_path)) == 3
-    max(tmp_path.iterdir(), key=lambda f: f.stat().st_mtime_ns).write_bytes(b"not an artifact")  # the third's
+    assert (third.compiled, third.loaded) == (1, 1) and len(artifacts()) == 3
+    max(artifacts(), key=lambda f: f.stat().st_mtime_ns).write_bytes(b"not an artifact")  # the third's
     fourth = fresh_process(TwoBlocks(scale=2.0))                  # one artifact unreadable: that one compiled again
     assert (fourth.compiled, fourth.loaded) == (1, 1) and len(fourth.unloadable) == 1
+    S.block_store.cache_clear()
+
+
+@pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
+def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
+    """With ``compile_dir`` inductor's cache (compiled graphs, kernels) lies in the folder as well, so the folder
+    alone serves a later process; a cache folder the user chose is kept. Checked with inductor: the kernels of a
+    compiled block land in the folder."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())     # as an import of inductor leaves it
+    monkeypatch.setenv("TRITON_CACHE_DIR", os.path.join(default_cache_dir(), "triton", "0"))  # derived from it
+    S.block_store.cache_clear()
+    store = S.block_store(str(tmp_path), None, "inductor")
+    assert store.kernels == str(tmp_path / "inductor") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert "TRITON_CACHE_DIR" not in os.environ                             # derived again, inside the folder
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    P.precompile_forward(block, store)
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        block(x)
+    assert store.compiled == 1, store.summary()
+    assert any((tmp_path / "inductor").rglob("*.py")), "inductor wrote its compiled code elsewhere"
+    chosen = tmp_path / "mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(chosen))
+    S.block_store.cache_clear()
+    assert S.block_store(str(tmp_path / "other"), None, "inductor").kernels is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(chosen)
     S.block_store.cache_clear()

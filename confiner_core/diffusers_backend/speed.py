@@ -44,7 +44,7 @@ import torch
 from . import fused_norm as FN
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
-from .precompiled import Store, aot_available, precompile_forward
+from .precompiled import Store, aot_available, keep_kernels_in, precompile_forward
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
@@ -307,8 +307,11 @@ def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLO
 
 @functools.lru_cache(maxsize=None)
 def block_store(folder: str, mode: str | None, backend: str) -> Store:
-    """One :class:`~.precompiled.Store` per folder and compiler settings in a process, shared by every expert."""
-    return Store(folder, mode, backend)
+    """One :class:`~.precompiled.Store` per folder and compiler settings in a process, shared by every expert; the
+    kernels are kept in the folder too (:func:`~.precompiled.keep_kernels_in`)."""
+    store = Store(folder, mode, backend)
+    store.kernels = keep_kernels_in(folder)
+    return store
 
 
 def allow_recompiles(limit: int = 1024) -> None:
