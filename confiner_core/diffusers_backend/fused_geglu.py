@@ -78,8 +78,10 @@ def geglu_reference(projected: torch.Tensor) -> torch.Tensor:
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and x.shape[-1] % 2 == 0
-            and triton_available() and not torch.compiler.is_compiling())
+    # is_compiling first, as in fused_norm.use_triton
+    return (not torch.compiler.is_compiling() and x.is_cuda
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and x.shape[-1] % 2 == 0
+            and triton_available())
 
 
 def geglu(projected: torch.Tensor) -> torch.Tensor:

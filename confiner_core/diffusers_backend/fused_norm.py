@@ -194,8 +194,10 @@ def group_norm_reference(x, num_groups, weight, bias, eps, add=None, silu=False)
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    return (x.is_cuda and x.dim() >= 3 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-            and triton_available() and not torch.compiler.is_compiling())
+    # is_compiling first: under torch.compile the plain ops are traced (inductor fuses them), and dynamo is never
+    # asked to trace into triton_available's lru_cache (it warns on every compiled block)
+    return (not torch.compiler.is_compiling() and x.is_cuda and x.dim() >= 3
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_available())
 
 
 def group_norm_act(x, num_groups, weight, bias, eps, add=None, silu=False) -> torch.Tensor:

@@ -4,9 +4,10 @@ Regional compilation (``compile="blocks"``) compiles every block class at every 
 PyTorch's portable caches (:func:`~.speed.save_compile_cache`) a second process skips inductor's code generation but
 still traces every block again: on an H200 that was 36.9 s of a 52.3 s warm start for 67 graphs. Here each graph is
 compiled with ``torch.compile(...).aot_compile`` instead and saved in a folder; a process that finds the file loads
-the compiled function and calls it, without tracing (its kernels still come from inductor's cache folder or the
-portable cache). On a 2-core CPU (tiny experts, 32 blocks, the same machine's inductor cache) the first run of a
-second process took 6.3-7.1 s against 19.3 s: loading 5.1-6.1 s against tracing 18.2 s.
+the compiled function and calls it, without tracing. A GPU block's file carries its Triton kernels; C++ kernels (CPU)
+stay in inductor's cache folder, which :func:`keep_kernels_in` puts inside the same folder. H200 (68 blocks, empty
+inductor/Triton folders): a second process started in 28.3-38.6 s against 52.3 s from the portable cache alone;
+2-core CPU (tiny experts, 32 blocks): 6.3-7.1 s for the first run of a second process against 19.3 s.
 
 An artifact is kept only with PyTorch's portable guards (tensor metadata and global state:
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
