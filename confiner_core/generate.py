@@ -211,6 +211,9 @@ class GenerateRequest:
             problem = check_output_folder(self.compile_dir, (), "--compile-dir")
             if problem:
                 raise UsageError(f"--compile-dir: {problem}", "--compile-dir")
+        if self.embedded and self.speed != "eager":
+            raise UsageError(f"--speed {self.speed} speeds up the networks of diffusers checkpoints (--control, "
+                             f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
         if plan is not None:
             self._validate_resume(plan)
 

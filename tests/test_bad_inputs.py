@@ -121,6 +121,7 @@ CLI_CASES = [
     Case("matching-unknown", ["--matching", "bogus"], "--matching"),
     Case("noise-init-unknown", ["--noise-init", "bogus"], "--noise-init"),
     Case("speed-unknown", ["--speed", "FAST"], "--speed"),
+    Case("speed-on-the-embedded-default", ["--speed", "fast"], "the embedded default has none: leave --speed out"),
     Case("compile-dir-without-compiling", ["--compile-dir", "{tmp}/compiled"], "--compile-dir"),
     Case("compile-dir-is-a-file", ["--speed", "fast", "--compile-dir", "{file}"], "--compile-dir"),
     Case("compile-dir-below-a-file", ["--speed", "max", "--compile-dir", "{file}/sub"], "choose another --compile-dir"),
