@@ -564,6 +564,7 @@ def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path, mo
 
     first = fresh_process(TwoBlocks())
     assert (first.compiled, first.loaded) == (2, 0) and len(artifacts()) == 2 and first.kernels is None
+    assert not list(tmp_path.glob("*.tmp"))                       # saved whole, through a temporary file
     other = TwoBlocks()
     other.load_state_dict({k: v + 0.01 for k, v in other.state_dict().items()})
     second = fresh_process(other)                                 # other weights: the same artifacts

@@ -195,7 +195,13 @@ class Store:
                 fn = torch.compile(forward.__func__, fullgraph=True, dynamic=False, backend=self.backend,
                                    options=self._options()).aot_compile(((module, *args), kwargs))
             os.makedirs(self.folder, exist_ok=True)
-            fn.save_compiled_function(path)
+            tmp = f"{path}.{os.getpid()}.tmp"  # whole or not at all: an interrupted save leaves no torn artifact
+            try:
+                fn.save_compiled_function(tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
             self.compiled += 1
             return fn
         except Exception as e:  # noqa: BLE001 - compiled the ordinary way instead (PrecompiledForward), and said so
