@@ -602,3 +602,19 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
     assert S.block_store(str(tmp_path / "other"), None, "inductor").kernels is None
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(chosen)
     S.block_store.cache_clear()
+
+
+def test_call_signature_tells_apart_what_the_call_key_does():
+    """The cheap in-memory signature of a block call differs exactly where the artifact's key does (tensor shape,
+    stride, dtype, grad mode, plain values, containers), and gives way to the key for values it cannot describe."""
+    x = torch.randn(2, 4, 8, 8)
+    calls = [((x,), {"scale": 1.0}), ((x.to(memory_format=torch.channels_last),), {"scale": 1.0}),
+             ((x.half(),), {"scale": 1.0}), ((x[:1],), {"scale": 1.0}), ((x,), {"scale": 2.0}),
+             ((x,), {"scale": 1.0, "extra": (x, None)}), ((x, [x]), {"scale": 1.0})]
+    signatures = [P.call_signature(a, k) for a, k in calls]
+    keys = [P.call_key(a, k) for a, k in calls]
+    assert len(set(signatures)) == len(set(keys)) == len(calls)
+    assert P.call_signature((torch.randn(2, 4, 8, 8),), {"scale": 1.0}) == signatures[0]   # other values, same call
+    with torch.no_grad():
+        assert P.call_signature(*calls[0]) != signatures[0]
+    assert P.call_signature((x,), {"fn": object()}) is None
