@@ -69,6 +69,7 @@ from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
+from confiner_core.diffusers_backend.precompiled import keep_kernels_in  # noqa: E402
 from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, LEAN, MAX, SpeedSettings,  # noqa: E402
                                                    apply_speed_settings)
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
@@ -712,6 +713,9 @@ def start_probe(a) -> None:
         with open(os.path.join(a.out, "start_probe.json"), "w") as f:
             json.dump(out, f, indent=2, default=float)
 
+    if a.compile_dir:  # the settings move inductor's cache into the folder: load the portable cache there
+        keep_kernels_in(a.compile_dir)
+        out["inductor_cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     t0 = time.perf_counter()
     out["cache_loaded"] = S.load_compile_cache(a.start_probe)
     out["load_cache_s"] = time.perf_counter() - t0
@@ -819,7 +823,8 @@ def main():
             dtype = dtype if dev.type == "cuda" else torch.float32
             if dtype != dtype_of(b.models["sd"]):
                 b.cast(dtype)
-            table = res["tables"][setting] = {"settings": settings.describe(), "dtype": str(dtype).replace("torch.", ""),
+            table = res["tables"][setting] = {"settings": settings.describe(), "decode_chunk": a.decode_chunk,
+                                              "dtype": str(dtype).replace("torch.", ""),
                                               "runs": {}, "ratios": {}}
             t0 = time.perf_counter()
             table["applied"] = b.speed_up(settings)

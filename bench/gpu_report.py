@@ -9,8 +9,9 @@ writes which file); the prose around them is this file's. Sections appear for th
   the runs the main call skipped are folded in;
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
   second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
-  folders (a second run on the same machine); ``h200_sd_warm_blocks.json``: the portable cache and the compiled
-  blocks kept on disk (``--compile-dir``);
+  folders (a second run on the same machine); ``h200_sd_warm_blocks.json`` (and ``..._call_1c.json``, another
+  machine): the portable cache and the compiled blocks kept on disk (``--compile-dir``);
+* ``h200_decode_chunks.json`` -- ``gpu_benchmark.py --decode-chunk N``: the library's VAE decode peak per chunk;
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
@@ -36,7 +37,8 @@ import profiling as P  # noqa: E402
 
 FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h200_sd_graphs.json",
          "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json",
-         "warm_blocks": "h200_sd_warm_blocks.json", "wan": "h200_wan.json",
+         "warm_blocks": "h200_sd_warm_blocks.json", "warm_blocks_1c": "h200_sd_warm_blocks_call_1c.json",
+         "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
@@ -58,7 +60,9 @@ TABLE_LABELS = {"eager": "plain eager fp16 (SDPA, diffusers defaults)", "lean": 
 WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton folders"),
                "warm_dirs": ("_same_machine", "same machine: the first process's inductor/Triton folders"),
                "warm_blocks": ("_blocks", "portable cache and the compiled blocks kept on disk by `--compile-dir`, "
-                                          "empty inductor/Triton folders")}
+                                          "empty inductor/Triton folders"),
+               "warm_blocks_1c": ("_blocks_call_1c", "the same, an earlier call on another machine (README_GPU call "
+                                                     "1c′)")}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
@@ -102,8 +106,9 @@ def first_run_split(probe: dict) -> str:
     parts = []
     pre = probe.get("precompiled")
     if pre and pre.get("loaded"):
-        parts.append(f"{pre['loaded']} compiled blocks loaded from disk: reading {pre.get('load_s', 0):.1f} s, "
-                     f"their first calls {pre.get('first_calls_s', 0):.1f} s")
+        timed = f": reading {pre['load_s']:.1f} s, their first calls {pre['first_calls_s']:.1f} s" \
+            if "load_s" in pre else ""  # timed since the third session of 2026-12-02
+        parts.append(f"{pre['loaded']} compiled blocks loaded from disk{timed}")
     first, second = probe.get("first_modules_s"), probe.get("second_modules_s")
     if first and second:
         parts.append("first vs second run per module group: " + ", ".join(
@@ -390,7 +395,10 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
           "VAE-decoder calls (CUDA events). TFLOP are counted per call on meta-device copies "
           "(`torch.utils.flop_counter`); TFLOP/s is that over the wall time. A run the deadline skipped says so.", ""]
     for setting, table in sd["tables"].items():
-        md += [f"## {setting}: {TABLE_LABELS.get(setting, setting)}", "", f"Settings: {table['settings']}.", ""]
+        chunk = table.get("decode_chunk")  # absent from the files of before 2026-12-02's third session: 8 then
+        decoded = f"{chunk} frames" if chunk else "8 frames (the default then)"
+        md += [f"## {setting}: {TABLE_LABELS.get(setting, setting)}", "",
+               f"Settings: {table['settings']}. The VAE decoded {decoded} at a time.", ""]
         md += run_table(table["runs"])
         if table["ratios"]:
             md += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]

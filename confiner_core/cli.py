@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "autotuning (no compiler, starts in seconds); 'fast' = lean + regional torch.compile "
                         "(minutes of compiling on first use); 'max' = fast + CUDA graphs")
     g.add_argument("--compile-dir", default=None,
-                   help="with --speed fast or max: keep the compiled blocks in this folder; a later run with the same "
-                        "checkpoints and sizes loads them instead of compiling (seconds instead of minutes)")
+                   help="with --speed fast or max: keep the compiled blocks (and inductor's kernel cache, in "
+                        "DIR/inductor) in this folder; a later run with the same checkpoints and sizes loads them "
+                        "instead of compiling (an H200 started in 28-39 s instead of 2-3 minutes)")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")

@@ -22,7 +22,7 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     waits until the GPU has drained its queue, which exposes the Python work between expert calls; from pinned
     memory it is queued like a kernel."""
     if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+        return t.pin_memory().to(device, non_blocking=True)  # pin_memory() of a pinned tensor is the tensor
     return t.to(device)
 
 

@@ -309,13 +309,16 @@ def test_module_timer_books_peak_memory_to_the_module_that_made_it():
     assert timer.peak_gib() == {"experts": 15 / 2**30, "vae": 13 / 2**30}
 
 
-
 def test_decode_chunk_table_and_library_default():
     """The decode table marks the library's default chunk and says whether each decode stayed under the sampling's
     peak; the measured file names the default the library actually has."""
     from confiner_core.diffusers_backend.vae import DEFAULT_CHUNK_FRAMES
-    measured = json.loads(open(os.path.join(os.path.dirname(R.__file__), "gpu_results", R.FILES["decode_chunks"])).read())
+    raw = os.path.join(os.path.dirname(R.__file__), "gpu_results", R.FILES["decode_chunks"])
+    with open(raw) as f:
+        measured = json.load(f)
     assert measured["library_default"] == DEFAULT_CHUNK_FRAMES
+    figures, _ = R.decode_chunk_figures(measured)      # the default was chosen to keep the decode under sampling
+    assert figures["library_decode_peak_gib"] <= figures["library_sampling_peak_gib"]
 
     def chunk(vae_s, vae_peak, experts_peak):
         return {"modules_s": {"vae": vae_s}, "modules_peak_gib": {"vae": vae_peak, "experts": experts_peak}}

@@ -78,7 +78,7 @@ def geglu_reference(projected: torch.Tensor) -> torch.Tensor:
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    # is_compiling first, as in fused_norm.use_triton
+    # is_compiling first: under torch.compile dynamo never traces triton_available's lru_cache (a warning per block)
     return (not torch.compiler.is_compiling() and x.is_cuda
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and x.shape[-1] % 2 == 0
             and triton_available())

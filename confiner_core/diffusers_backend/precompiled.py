@@ -45,23 +45,25 @@ def aot_enabled():
 
 
 def keep_kernels_in(folder: str) -> str | None:
-    """Point inductor's cache (its compiled graphs and C++/Triton kernels; Triton's own cache lies inside it unless
-    ``TRITON_CACHE_DIR`` is set) at ``folder``/inductor, unless ``TORCHINDUCTOR_CACHE_DIR`` chose another place.
-    A block read from the folder then finds its kernels beside it, also after a reboot or with the folder copied to
-    another machine, instead of compiling them all again (CPU, one SD ResNet block with an empty cache: 22.6 s to
-    load it against 24.3 s to compile it). Returns the folder now used, None when the user's is kept. Changing the
-    variables while running is supported by PyTorch (its compile workers take them with every job)."""
+    """Point inductor's cache (its compiled graphs and C++ kernels) at ``folder``/inductor and Triton's at
+    ``folder``/inductor/triton, unless ``TORCHINDUCTOR_CACHE_DIR`` chose another place (then both are left alone).
+    A block read from the folder then finds what its file does not carry beside it (a GPU block's file carries its
+    Triton kernels; the CPU's C++ kernels stay in inductor's cache), also after a reboot, instead of compiling it all
+    again. Changes the process's environment: inductor's compile workers take both variables with every job.
+    Returns the folder now used, None when the user's is kept."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     from torch._inductor.utils import clear_caches
 
     default = os.path.abspath(default_cache_dir())
+    target = os.path.join(os.path.abspath(folder), "inductor")
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and os.path.abspath(current) == target:
+        return target
     if current is not None and os.path.abspath(current) != default:
         return None
     triton = os.environ.get("TRITON_CACHE_DIR")
-    if triton is not None and os.path.abspath(triton).startswith(default + os.sep):
-        del os.environ["TRITON_CACHE_DIR"]  # derived from the default by an earlier compile: derive it again
-    target = os.path.join(os.path.abspath(folder), "inductor")
+    if triton is None or os.path.abspath(triton).startswith(default + os.sep):  # not the user's: derived from
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(target, "triton")          # the default by an earlier compile
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = target
     clear_caches()  # paths inductor derived from the old folder
     return target
@@ -171,10 +173,10 @@ class Store:
         self.compiled = self.loaded = 0
         self.fallbacks: list[str] = []
         self.unloadable: list[str] = []  # artifacts found but not loadable (another PyTorch, a broken file)
-        # host seconds reading artifacts, and in the first call of each loaded function (where its kernels are
+        # host seconds reading artifacts, and in the first call of each function (where a loaded one's kernels are
         # loaded, or compiled when no cache has them): what a warm start spends here rather than elsewhere
         self.load_s = self.first_calls_s = 0.0
-        self.called: set = set()
+        self.first_called: set = set()  # keys whose function has been called once
 
     def summary(self) -> dict:
         return {"folder": self.folder, "kernels": self.kernels, "compiled": self.compiled, "loaded": self.loaded,
@@ -226,7 +228,8 @@ class Store:
                 fn = torch.compile(forward.__func__, fullgraph=True, dynamic=False, backend=self.backend,
                                    options=self._options()).aot_compile(((module, *args), kwargs))
             os.makedirs(self.folder, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"  # whole or not at all: an interrupted save leaves no torn artifact
+            # whole or not at all (PyTorch 2.11 writes the file in place): an interrupted save leaves no torn artifact
+            tmp = f"{path}.{os.getpid()}.tmp"
             try:
                 fn.save_compiled_function(tmp)
                 os.replace(tmp, path)
@@ -273,11 +276,11 @@ class PrecompiledForward:
                 self.keys[signature] = key
         fn = self.store.function(key, self.forward, self.module, args, kwargs)
         if fn is not None:
-            if key in self.store.called:
+            if key in self.store.first_called:
                 return fn(self.module, *args, **kwargs)
             t0 = time.perf_counter()
             out = fn(self.module, *args, **kwargs)
-            self.store.called.add(key)
+            self.store.first_called.add(key)
             self.store.first_calls_s += time.perf_counter() - t0
             return out
         if self.fallback is None:

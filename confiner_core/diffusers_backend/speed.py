@@ -69,7 +69,9 @@ class SpeedSettings:
     attention: str = "default"
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
-    compile_dir: str | None = None  # "blocks" compiled ahead of time and kept here (:mod:`.precompiled`)
+    # "blocks" compiled ahead of time and kept here (:mod:`.precompiled`), inductor's cache in compile_dir/inductor
+    # (set in the process's environment: :func:`.precompiled.keep_kernels_in`)
+    compile_dir: str | None = None
     backend: str = "inductor"
     cuda_graphs: bool = False
     step_cache: float = 0.0
@@ -307,11 +309,8 @@ def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLO
 
 @functools.lru_cache(maxsize=None)
 def block_store(folder: str, mode: str | None, backend: str) -> Store:
-    """One :class:`~.precompiled.Store` per folder and compiler settings in a process, shared by every expert; the
-    kernels are kept in the folder too (:func:`~.precompiled.keep_kernels_in`)."""
-    store = Store(folder, mode, backend)
-    store.kernels = keep_kernels_in(folder)
-    return store
+    """One :class:`~.precompiled.Store` per folder and compiler settings in a process, shared by every expert."""
+    return Store(folder, mode, backend)
 
 
 def allow_recompiles(limit: int = 1024) -> None:
@@ -342,7 +341,9 @@ def save_compile_cache(path: str) -> dict:
 
 
 def load_compile_cache(path: str) -> bool:
-    """Load artifacts written by :func:`save_compile_cache`; False when the file is absent."""
+    """Load artifacts written by :func:`save_compile_cache` into inductor's current cache folder; False when the file
+    is absent. With ``compile_dir`` call it after :func:`~.precompiled.keep_kernels_in` (settings applied), which
+    moves that folder."""
     if not os.path.isfile(path):
         return False
     with open(path, "rb") as f:
@@ -376,9 +377,12 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
             done["fused_qkv"] += fuse_qkv(m)
         if settings.compile == "blocks":
             store = None
-            if settings.compile_dir and aot_available():
-                store = done["block_store"] = block_store(os.path.abspath(settings.compile_dir),
-                                                          settings.compile_mode, settings.backend)
+            if settings.compile_dir:
+                kernels = keep_kernels_in(settings.compile_dir)  # also for blocks compiled the ordinary way
+                if aot_available():
+                    store = done["block_store"] = block_store(os.path.abspath(settings.compile_dir),
+                                                              settings.compile_mode, settings.backend)
+                    store.kernels = kernels
             done["compiled"] += compile_blocks(m, settings, store=store)
         elif settings.compile == "full":
             compile_forward(m, settings)

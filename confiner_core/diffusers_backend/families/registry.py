@@ -22,7 +22,6 @@ from ...experts import Expert, ExpertPair
 from ...latent_spaces import Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
-from ..vae import DEFAULT_CHUNK_FRAMES
 from . import files
 from .animatediff import AnimateDiff
 from .base import ROLES, Context, Family, Inspection
@@ -220,7 +219,7 @@ def default_dtype(device) -> torch.dtype:
 
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
-                 decode_chunk_frames: int = DEFAULT_CHUNK_FRAMES, speed: SpeedSettings | None = None,
+                 decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
                  options: dict | None = None) -> LoadedExperts:
     """Load the chain's experts from local paths, after checking from configs and headers alone that every
     file is sound and that the experts fit together.
@@ -232,13 +231,14 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     (folder or json) for motion-module files whose heads or norm groups differ from AnimateDiff's.
     ``scheduler_overrides``: role -> scheduler-config entries that replace the family's default override
     (motion modules without a scheduler of their own get AnimateDiff's linear betas). ``decode_chunk_frames``:
-    frames per image-VAE call. ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
+    frames per VAE call (None: each codec's default, :data:`~..vae.DEFAULT_CHUNK_FRAMES` for image VAEs).
+    ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
     ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
     ``image_mode``, ``pair_guidance``).
 
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
-    if decode_chunk_frames < 1:
+    if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
     paths, context = make_context(control, spatial, temporal, base, device=device, dtype=dtype, options={
         "motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},

@@ -74,6 +74,9 @@ def wan_latent_space(vae_config: dict) -> LatentSpace:
                                                     temporal, causal=True, shift=mean, std=std)
 
 
+DEFAULT_BATCH_CHUNK = 8  # videos (or, per frame, frames) per VAE call
+
+
 class WanVAECodec(Codec):
     """A Wan-style causal video VAE (``AutoencoderKLWan``; ``AutoencoderKLQwenImage`` has the same calls) as a
     codec: pixels ``[B, 3, F, H, W]`` in [-1, 1] with ``F = 4k + 1`` <-> normalised latents ``[B, C, k + 1, h, w]``.
@@ -86,7 +89,8 @@ class WanVAECodec(Codec):
 
     pixel_channels = 3
 
-    def __init__(self, vae, space: LatentSpace | None = None, batch_chunk: int = 8, tiling: bool = False):
+    def __init__(self, vae, space: LatentSpace | None = None, batch_chunk: int = DEFAULT_BATCH_CHUNK,
+                 tiling: bool = False):
         super().__init__()
         if batch_chunk < 1:
             raise ValueError(f"batch_chunk must be >= 1, got {batch_chunk}")
@@ -398,7 +402,7 @@ def video_codec(inspection: Inspection, vae, context: Context) -> Codec:
     """The folder's VAE as the codec of the inspected space: the causal video codec, or its per-frame variant
     for an image expert in "pixel frames" mode."""
     video = WanVAECodec(vae, inspection.facts["video_space"],
-                        batch_chunk=context.options.get("decode_chunk_frames") or 8,
+                        batch_chunk=context.options.get("decode_chunk_frames") or DEFAULT_BATCH_CHUNK,
                         tiling=bool(context.options.get("vae_tiling")))
     return per_frame(video) if inspection.facts.get("image_mode") == PIXEL_FRAMES else video
 
