@@ -228,7 +228,7 @@ class Store:
                 fn = torch.compile(forward.__func__, fullgraph=True, dynamic=False, backend=self.backend,
                                    options=self._options()).aot_compile(((module, *args), kwargs))
             os.makedirs(self.folder, exist_ok=True)
-            # whole or not at all (PyTorch 2.11 writes the file in place): an interrupted save leaves no torn artifact
+            # whole or not at all (not every PyTorch writes it atomically): an interrupted save leaves no torn file
             tmp = f"{path}.{os.getpid()}.tmp"
             try:
                 fn.save_compiled_function(tmp)
