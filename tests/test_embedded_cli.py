@@ -138,3 +138,17 @@ def test_network_forwards_are_one_per_network_call(tmp_path):
     _, r = run(tmp_path, "cfg", "--cfg", "2.0")
     assert r["expert_evaluations"] == {"control": 4, "refine": 15}
     assert r["network_forwards"] == {"control": 4, "refine": 30}
+
+
+def test_progress_bar_says_when_the_first_steps_compile(tmp_path):
+    """A compiling preset's progress bar says, until the first step is done, that the first steps compile every
+    block (and where they are kept), or that they load the blocks kept by an earlier run; other presets say nothing."""
+    from confiner_core.generate import GenerateRequest, compile_note
+    assert compile_note(GenerateRequest(speed="lean")) is None
+    assert "--compile-dir DIR keeps them" in compile_note(GenerateRequest(speed="fast"))
+    folder = tmp_path / "blocks"
+    assert "kept in --compile-dir" in compile_note(GenerateRequest(speed="max", compile_dir=str(folder)))
+    folder.mkdir()
+    (folder / "0123abcd.pt").write_bytes(b"")
+    assert compile_note(GenerateRequest(speed="fast", compile_dir=str(folder))) == \
+        f"the first steps load compiled blocks from {folder}"
