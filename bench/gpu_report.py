@@ -42,8 +42,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
-         "comfy": "h200_comfy.json", "multigpu": "multigpu.json"}
-COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
+         "comfy": "h200_comfy.json",
+         "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
+COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
     "confiner_4+5_animatediff": "ConFiner 4+5, AnimateDiff temporal",

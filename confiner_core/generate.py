@@ -469,8 +469,9 @@ def compile_note(req: GenerateRequest) -> str | None:
     --compile-dir."""
     if req.speed not in COMPILED_SPEEDS:
         return None
-    if req.compile_dir and os.path.isdir(req.compile_dir) and \
-            any(name.endswith(".pt") for name in os.listdir(req.compile_dir)):
+    from .diffusers_backend.precompiled import kept_blocks  # loaded with the experts already
+
+    if req.compile_dir and kept_blocks(req.compile_dir):
         return f"the first steps load compiled blocks from {req.compile_dir}"
     keep = "kept in --compile-dir for later runs" if req.compile_dir else "--compile-dir DIR keeps them for later runs"
     return f"the first steps compile every block (minutes; {keep})"

@@ -13,9 +13,10 @@ An artifact is kept only with PyTorch's portable guards (tensor metadata and glo
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
 the block's class and the classes, plain attributes (head counts, scales, flags) and replaced methods of each of its
 submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode, the attention
-backends allowed and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact, also across experts, as they
-share one graph under regional compilation. A block whose graph cannot be captured whole or saved (a graph break, a
-guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so in :attr:`Store.fallbacks`.
+backends allowed and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
+also across experts, as they share one graph under regional compilation. A block whose graph cannot be captured whole
+or saved (a graph break, a guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so
+in :attr:`Store.fallbacks`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 PLAIN = (bool, int, float, str, type(None))
+SUFFIX = ".pt"  # a compiled block's file: <key>.pt
 
 
 def aot_available() -> bool:
@@ -185,7 +187,7 @@ class Store:
                 "fallbacks": list(self.fallbacks), "unloadable": list(self.unloadable)}
 
     def path(self, key: str) -> str:
-        return os.path.join(self.folder, f"{key}.pt")
+        return os.path.join(self.folder, f"{key}{SUFFIX}")
 
     def key(self, structure: str, call: str) -> str:
         tag = repr((structure, call, system_key(), self.mode, self.backend))
@@ -244,6 +246,11 @@ class Store:
             return None
         finally:
             module.forward = served
+
+
+def kept_blocks(folder: str) -> int:
+    """How many compiled blocks ``folder`` holds (0 when it does not exist)."""
+    return sum(name.endswith(SUFFIX) for name in os.listdir(folder)) if os.path.isdir(folder) else 0
 
 
 def name_instance_methods(module: torch.nn.Module) -> None:
