@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import sys
@@ -186,6 +187,7 @@ class ModuleTimer:
         self.enabled = enabled  # CUDA events
         self.memory = memory or (CudaMemory if enabled else None)
         self.events: dict[str, list] = {}
+        self.sequence: list[list] = []  # [name, start event, end event] in call order, with the run's two marks
         self.calls: list[tuple[str, tuple]] = []
         self.peaks: dict[str, int] = {}
         self.run_peak = 0
@@ -206,12 +208,14 @@ class ModuleTimer:
                 start = torch.cuda.Event(enable_timing=True)
                 start.record()
                 self.events.setdefault(group, []).append([start, None])
+                self.sequence.append([name, start, None])
 
         def post(mod, args, out):
             if self.enabled:
                 end = torch.cuda.Event(enable_timing=True)
                 end.record()
                 self.events[group][-1][1] = end
+                self.sequence[-1][2] = end
             if self.memory:
                 self.peaks[group] = max(self.peaks.get(group, 0), self._fold())
 
@@ -219,12 +223,30 @@ class ModuleTimer:
         module.register_forward_hook(post)
 
     def reset(self) -> None:
-        self.events, self.calls, self.peaks, self.run_peak = {}, [], {}, 0
+        self.events, self.calls, self.peaks, self.run_peak, self.sequence = {}, [], {}, 0, []
         if self.memory:
             self.memory.reset()
 
+    def mark(self, name: str) -> None:
+        """An event in the call sequence outside any module (the run's start and end)."""
+        if self.enabled:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.sequence.append([name, event, event])
+
     def seconds(self) -> dict:
         return {k: sum(s.elapsed_time(e) for s, e in v) / 1000 for k, v in self.events.items()}
+
+    def between(self) -> dict:
+        """GPU time from the end of one watched call to the start of the next, summed per pair of names
+        ("sd -> ms"): the sampler's own kernels there and the GPU's idle time, which together make the
+        orchestration overhead. Read after a synchronise."""
+        out: dict = {}
+        for (a, _, end), (b, start, _) in zip(self.sequence, self.sequence[1:]):
+            entry = out.setdefault(f"{a} -> {b}", {"n": 0, "ms": 0.0})
+            entry["n"] += 1
+            entry["ms"] = round(entry["ms"] + end.elapsed_time(start), 3)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
     def peak_gib(self) -> dict:
         """Per group: the most memory allocated while one of its modules ran (weights resident included)."""
@@ -233,6 +255,33 @@ class ModuleTimer:
     def peak(self) -> int | None:
         """The run's peak, bytes (None without CUDA)."""
         return max(self.run_peak, self.memory.peak()) if self.memory else None
+
+
+class GCPauses:
+    """The garbage collector's collections during a run, per generation, and the host time they took (a full
+    collection walks every Python object: a few hundred ms with diffusers and transformers imported on a slow core)."""
+
+    def __init__(self):
+        self.started: float | None = None
+        self.counts, self.seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started is not None:
+            self.counts[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self.started
+            self.started = None
+
+    def reset(self) -> None:
+        self.counts, self.seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+
+    def summary(self) -> dict:
+        return {"collections": list(self.counts), "ms": [round(s * 1e3, 3) for s in self.seconds]}
+
+
+gc_pauses = GCPauses()
 
 
 class FlopCounter:
@@ -298,12 +347,16 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
             break
         timer.reset()
         sync(device)
+        gc_pauses.reset()
         t0 = time.perf_counter()
+        timer.mark("start")
         info = fn() or {}
+        timer.mark("end")
         sync(device)
         wall = time.perf_counter() - t0
         peak = timer.peak()
-        rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info,
+        rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info, "gc": gc_pauses.summary(),
+                     "between_modules_ms": timer.between() if timer.enabled else None,
                      "peak_gpu_gib": peak / 2**30 if peak is not None else None,
                      "modules_peak_gib": timer.peak_gib()})
     calls = list(timer.calls)
@@ -425,6 +478,11 @@ class Bench:
         self.codec = AutoencoderKLCodec(m["vae"], SD15, chunk_frames=args.decode_chunk)
         self.h = args.size // 8
 
+    def forget_prompts(self) -> None:
+        """Every run pays its text encoding as a new process would: the encoders remember recent prompts."""
+        for expert in self.experts.values():
+            expert.prompt_encoder.forget()
+
     def networks(self) -> list:
         m = self.models
         return [m[k] for k in ("sd", "control", "ad_temporal", "ms") if k in m] + [m["vae"].decoder]
@@ -457,6 +515,7 @@ class Bench:
 
     # ConFiner 4+5 ----------------------------------------------------------------------------------------------
     def confiner(self, temporal: str, residency: Residency, frames: int = 16):
+        self.forget_prompts()
         log = EvaluationLog()
         temporal_model = {"ms": "ms", "ad": "ad_temporal"}[temporal]
         temporal_text = "clip_h" if temporal == "ms" else "clip_l"
@@ -482,6 +541,7 @@ class Bench:
     def baseline(self, expert: str, steps: int, residency: Residency, spacing: str, offset: int, frames: int = 16):
         if self.args.tiny:
             steps = max(2, steps // 10)  # a CPU smoke run: the code path, not the figure
+        self.forget_prompts()
         log = EvaluationLog()
         model = {"ms": "ms", "ad": "ad_temporal"}[expert]
         residency.use("clip_h" if expert == "ms" else "clip_l")
@@ -495,6 +555,7 @@ class Bench:
 
     # ConFiner-Long ---------------------------------------------------------------------------------------------
     def long(self, frames: int, residency: Residency):
+        self.forget_prompts()
         log = EvaluationLog()
         residency.use("control", "sd", "ms", "vae", "clip_l", "clip_h")
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)

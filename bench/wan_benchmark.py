@@ -171,6 +171,12 @@ class WanBench:
             e.codec = self.codec
         return out
 
+    def forget_prompts(self) -> None:
+        """Every run pays its text encoding as a new process would: the encoders remember recent prompts."""
+        self.encoder.forget()
+        if getattr(self, "sd_expert", None) is not None:
+            self.sd_expert.prompt_encoder.forget()
+
     def noise(self, frames=None, seed=0) -> torch.Tensor:
         shape = WAN21.latent_shape(1, frames or self.frames, self.h * 8, self.w * 8)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
@@ -189,6 +195,7 @@ class WanBench:
     def confiner(self, experts: dict | None = None, keep: str | None = None) -> dict:
         """One ConFiner run; ``keep``: the attribute that keeps its (latent, frames) for output comparisons."""
         experts = experts or self.experts
+        self.forget_prompts()
         log = EvaluationLog()
         with record_function("text"):  # the phases a profile splits the GPU's idle time by
             control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
@@ -206,6 +213,7 @@ class WanBench:
 
     # Wan 2.1 at 50 steps with cfg -------------------------------------------------------------------------------
     def wan_steps(self, steps: int) -> dict:
+        self.forget_prompts()
         log = EvaluationLog()
         d = self.experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
         with log.stage("sampling"):
@@ -239,6 +247,7 @@ class WanBench:
         return W.wan_pair(high, low, BOUNDARY_A14B, GUIDANCE_A14B, name="a14b")
 
     def a14b_full(self) -> dict:
+        self.forget_prompts()
         log = EvaluationLog()
         pair = self.a14b_pair()
         d = pair.bind(PROMPT, NEGATIVE, GUIDANCE_A14B[0], log)
@@ -315,6 +324,7 @@ class WanBench:
 
     def bridge_warmup(self) -> None:
         """Every new shape of the bridge once (SD UNet at 81 frames x cfg, both VAEs both ways)."""
+        self.forget_prompts()
         log = EvaluationLog()
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = self.sd_expert.bind(PROMPT, NEGATIVE, SD_CFG, log)
@@ -324,6 +334,7 @@ class WanBench:
         hand_off(x, spatial, control)
 
     def bridge(self) -> dict:
+        self.forget_prompts()
         log = EvaluationLog()
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = self.sd_expert.bind(PROMPT, NEGATIVE, SD_CFG, log)
@@ -342,6 +353,7 @@ class WanBench:
 
     # ConFiner-Long -------------------------------------------------------------------------------------------------
     def long(self, frames: int) -> dict:
+        self.forget_prompts()
         log = EvaluationLog()
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)

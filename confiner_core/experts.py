@@ -116,6 +116,11 @@ class Expert(ABC):
     def encode(self, prompt: str) -> Any:
         """Prompt -> this expert's own conditioning (its text encoder, its width)."""
 
+    def encode_all(self, prompts: list[str]) -> list:
+        """The conditionings of several prompts (a prompt and its negative); backends whose text encoders take
+        them as one batch, or remember recent prompts, override this."""
+        return [self.encode(prompt) for prompt in prompts]
+
     @abstractmethod
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         """Raw outputs for latent ``x`` (native layout) at timestep ``t``, one per conditioning in ``conds``.
@@ -138,8 +143,10 @@ class Expert(ABC):
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None) -> "Denoiser":
-        positive = self.encode(prompt)
-        negative = self.encode(negative_prompt) if guidance_scale != 1.0 else None
+        if guidance_scale != 1.0:
+            positive, negative = self.encode_all([prompt, negative_prompt])
+        else:
+            positive, negative = self.encode(prompt), None
         return Denoiser(self, positive, negative, guidance_scale, log)
 
     def describe(self) -> dict:
@@ -176,6 +183,9 @@ class ExpertPair(Expert):
 
     def encode(self, prompt: str):
         return (self.high.encode(prompt), self.low.encode(prompt))
+
+    def encode_all(self, prompts: list[str]) -> list:
+        return list(zip(self.high.encode_all(prompts), self.low.encode_all(prompts)))
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         self.last = i = self.member(t)

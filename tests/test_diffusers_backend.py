@@ -659,6 +659,56 @@ def test_clip_skip_uses_the_final_layer_norm_of_either_transformers_layout(loade
     assert not torch.allclose(skipped, pe("a cat"))
 
 
+def count_calls(module) -> list:
+    """A list that grows by one at every forward of ``module``, and the batch it took."""
+    calls = []
+    module.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_prompt_and_negative_are_one_batch_equal_to_the_pipelines_encoding(paths):
+    """The pipeline encodes a prompt and its negative one at a time: the batch of both gives the same embeddings."""
+    pipe = StableDiffusionPipeline.from_pretrained(paths["sd"], safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt("a cat", "cpu", 1, True, negative_prompt="the dog")
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    calls = count_calls(pipe.text_encoder)
+    ours = encoder.encode_all(["a cat", "the dog"])
+    assert calls == [2]
+    torch.testing.assert_close(ours[0], pos, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours[1], neg, rtol=1e-5, atol=1e-6)
+
+
+def test_experts_sharing_an_encoder_encode_each_prompt_once(paths):
+    loaded = load_experts(control=paths["mm_original"], spatial=paths["sd"], motion_config=paths["adapter"])
+    control, spatial = loaded["control"], loaded["spatial"]
+    encoder = spatial.prompt_encoder
+    assert control.prompt_encoder is encoder           # a motion module on the SD 1.5 base: one text encoder
+    calls = count_calls(encoder.text_encoder)
+    control.bind("a cat", "the dog", 1.0)              # no guidance: the prompt only
+    spatial.bind("a cat", "the dog", 7.5)              # the prompt is remembered: the negative alone
+    assert calls == [1, 1]
+    spatial.bind("a dog", "the dog", 7.5)
+    assert calls == [1, 1, 1]
+    encoder.forget()
+    spatial.bind("a cat", "the dog", 7.5)
+    assert calls == [1, 1, 1, 2]
+
+
+def test_remembered_prompts_keep_the_newest():
+    encoder = PromptEncoder(T.tiny_tokenizer(), T.tiny_text_encoder())
+    encoder.keep = 2
+    calls = count_calls(encoder.text_encoder)
+    first = encoder.encode_all(["a", "b", "a"])
+    assert calls == [2] and first[0] is first[2]
+    encoder("c")                                       # "a", the oldest, makes room
+    encoder("b")
+    assert calls == [2, 1]
+    encoder("a")
+    assert calls == [2, 1, 1]
+
+
 def test_decoder_chunks_frames_without_changing_them(loaded):
     latent = torch.randn(2, 4, 3, H, W, generator=torch.Generator().manual_seed(2))
     loaded.decoder.chunk_frames = 1

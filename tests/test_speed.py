@@ -109,12 +109,40 @@ MODELS = {"sd": (T.tiny_unet2d, sd_call), "modelscope": (T.tiny_unet3d, t2v_call
           "animatediff": (tiny_motion_unet, motion_call), "vae": (T.tiny_vae, vae_call)}
 
 
+# ---------------------------------------------------------------------------------------------- placement
+
+@pytest.mark.parametrize("name", ["sd", "modelscope", "animatediff"])
+def test_quick_placement_reads_what_diffusers_reads(name):
+    from diffusers.models.modeling_utils import get_parameter_device, get_parameter_dtype
+    from confiner_core.diffusers_backend.speed import quick_placement
+    model = MODELS[name][0]()
+    cls = type(model)
+    assert quick_placement(model) == 1 and quick_placement(model) == 0
+    assert isinstance(model, cls) and type(model).__name__ == cls.__name__ and type(model) is not cls
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        assert model.dtype == get_parameter_dtype(model) == dtype
+        assert model.device == get_parameter_device(model)
+    model.to(torch.float32)
+    other = MODELS[name][0]()                           # the class itself is untouched
+    assert type(other) is cls
+
+
+def test_quick_placement_leaves_models_with_casting_hooks_alone():
+    from confiner_core.diffusers_backend.speed import quick_placement
+    model = T.tiny_unet2d()
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    cls = type(model)
+    assert quick_placement(model) == 0 and type(model) is cls
+    assert model.dtype == torch.float32                 # the hook's compute dtype, as diffusers says
+
+
 # ------------------------------------------------------------------------------------------------ presets
 
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
-    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + fused GroupNorm+SiLU "
-                               "+ fused GEGLU + fused QKV + attention cudnn")
+    assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
+                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention cudnn")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS

@@ -71,6 +71,9 @@ class DiffusersExpert(Expert):
     def encode(self, prompt: str):
         return self.prompt_encoder(prompt)
 
+    def encode_all(self, prompts: list[str]) -> list:
+        return self.prompt_encoder.encode_all(prompts)
+
     def context_rows(self, x: torch.Tensor) -> int:
         """Rows of ``encoder_hidden_states`` the UNet expects for one conditioning of latent ``x``."""
         return x.shape[0]

@@ -4,6 +4,10 @@ Each expert owns its tokenizer and text encoder (ModelScope's is 1024 wide, SD 1
 and adds a pooled embedding), so embeddings are never shared between experts. The pipelines' ``clip_skip`` path is
 broken with transformers >= 5.6, which removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer
 norm is looked up on either layout.
+
+Every encoder remembers its last few prompts (:class:`RecentPrompts`): the experts of a chain that share one text
+encoder (AnimateDiff and SD 1.5, the two transformers of a Wan 2.2 pair) encode each prompt once, and an expert's
+prompt and negative prompt go through the encoder as one batch where its outputs do not depend on the batch.
 """
 
 from __future__ import annotations
@@ -20,9 +24,44 @@ def final_layer_norm(text_encoder) -> torch.nn.Module:
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
 
-class PromptEncoder:
+class RecentPrompts:
+    """A prompt encoder that keeps the conditionings of its last ``keep`` prompts: ``encoder(prompt)`` and
+    ``encoder.encode_all(prompts)`` run the text encoder only for prompts it has not seen lately, all of them in one
+    :meth:`encode_batch` call. The prompts are the key: call :meth:`forget` after changing the encoder's weights
+    (benchmarks call it before every timed run, so each run pays its text encoding as a new process would)."""
+
+    keep = 8
+
+    def encode_batch(self, prompts: list[str]) -> list:
+        """The conditionings of ``prompts`` (distinct, not remembered): one text-encoder call where the encoder's
+        outputs do not depend on the batch (prompts padded to one length), else one call per prompt."""
+        return [self.encode(prompt) for prompt in prompts]
+
+    def encode(self, prompt: str):
+        raise NotImplementedError
+
+    def encode_all(self, prompts: list[str]) -> list:
+        recent = self.__dict__.setdefault("_recent", {})
+        new = list(dict.fromkeys(p for p in prompts if p not in recent))
+        found = {p: recent[p] for p in prompts if p in recent}
+        found.update(zip(new, self.encode_batch(new) if new else ()))
+        for prompt in new:
+            if len(recent) >= self.keep:
+                recent.pop(next(iter(recent)))  # the oldest
+            recent[prompt] = found[prompt]
+        return [found[p] for p in prompts]
+
+    def __call__(self, prompt: str):
+        return self.encode_all([prompt])[0]
+
+    def forget(self) -> None:
+        self.__dict__.get("_recent", {}).clear()
+
+
+class PromptEncoder(RecentPrompts):
     """Tokenizer + text encoder: ``encoder(prompt)`` -> embeddings ``[1, L, D]`` as SD pipelines compute them
-    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end)."""
+    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end). Several
+    prompts go through the encoder as one batch: each is padded to the same length and attends only to itself."""
 
     def __init__(self, tokenizer, text_encoder, clip_skip: int | None = None):
         self.tokenizer = tokenizer
@@ -34,22 +73,27 @@ class PromptEncoder:
         """Width of the embeddings, which must equal the UNet's ``cross_attention_dim``."""
         return self.text_encoder.config.hidden_size
 
-    def tokenize(self, prompt: str) -> dict:
-        return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+    def tokenize(self, prompts: str | list[str]) -> dict:
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt")
 
+    def encode(self, prompt: str) -> torch.Tensor:
+        return self.encode_batch([prompt])[0]
+
     @torch.no_grad()
-    def __call__(self, prompt: str) -> torch.Tensor:
-        tokens = self.tokenize(prompt)
+    def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
+        tokens = self.tokenize(list(prompts))
         device = self.text_encoder.device
         # SD pipelines pass the mask only to encoders trained with one (config.use_attention_mask)
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         mask = host_to_device(tokens.attention_mask, device) if use_mask else None
         ids = host_to_device(tokens.input_ids, device)
         if self.clip_skip is None:
-            return self.text_encoder(ids, attention_mask=mask)[0]
-        out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
-        return final_layer_norm(self.text_encoder)(out.hidden_states[-(self.clip_skip + 1)])
+            embeds = self.text_encoder(ids, attention_mask=mask)[0]
+        else:
+            out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+            embeds = final_layer_norm(self.text_encoder)(out.hidden_states[-(self.clip_skip + 1)])
+        return list(embeds.split(1))
 
 
 class SDXLConditioning(NamedTuple):
@@ -60,7 +104,7 @@ class SDXLConditioning(NamedTuple):
     pooled: torch.Tensor
 
 
-class SDXLPromptEncoder:
+class SDXLPromptEncoder(RecentPrompts):
     """SDXL's two CLIP encoders as ``StableDiffusionXLPipeline.encode_prompt`` uses them: every encoder's
     penultimate hidden states (``clip_skip`` more layers back), concatenated, and the pooled projection of the
     last encoder that has one. ``zero_empty`` (the pipeline's ``force_zeros_for_empty_prompt``): the empty
@@ -80,7 +124,7 @@ class SDXLPromptEncoder:
         return int(self.text_encoders[-1].config.projection_dim)
 
     @torch.no_grad()
-    def __call__(self, prompt: str) -> SDXLConditioning:
+    def encode(self, prompt: str) -> SDXLConditioning:
         hidden, pooled = [], None
         for tokenizer, text_encoder in zip(self.tokenizers, self.text_encoders):
             ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

@@ -29,6 +29,7 @@ from einops import rearrange
 from ... import layout as L
 from ...latent_spaces import WAN21, Codec, LatentSpace
 from ...sampling import host_to_device
+from ..text import RecentPrompts
 from . import files
 from . import unet_folders as U
 from .base import Context, Family, Inspection
@@ -67,11 +68,12 @@ def dynamic_shift(scheduler_config: dict, seq_len: int) -> float:
     return math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else float(mu)
 
 
-class QwenPromptEncoder:
+class QwenPromptEncoder(RecentPrompts):
     """Qwen2.5-VL as ``QwenImagePipeline.encode_prompt`` runs it: the prompt in the chat template, the last hidden
     state, the template's 34 tokens dropped, cut to ``max_sequence_length``. ``encoder(prompt)`` ->
     ``(embeddings [1, L, D], mask [1, L])`` (L = the prompt's own tokens, so the mask is all ones until the
-    expert pads prompts of different lengths into one batch)."""
+    expert pads prompts of different lengths into one batch). Prompts are encoded one at a time, as the pipeline
+    does: in a batch the shorter would be padded, and the template drop assumes no padding."""
 
     def __init__(self, tokenizer, text_encoder, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
         self.tokenizer = tokenizer
@@ -84,7 +86,7 @@ class QwenPromptEncoder:
         return int(getattr(getattr(config, "text_config", None), "hidden_size", None) or config.hidden_size)
 
     @torch.no_grad()
-    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer([PROMPT_TEMPLATE.format(prompt)], max_length=TOKENIZER_MAX_LENGTH + TEMPLATE_TOKENS,
                                 padding=True, truncation=True, return_tensors="pt")
         device = self.text_encoder.device

@@ -36,6 +36,7 @@ from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
 from ...sampling import host_to_device
 from ...schedules import NoiseSchedule, flow_schedule
 from ..experts import _repeat_rows, placement
+from ..text import RecentPrompts
 from . import files
 from . import unet_folders as U
 from .base import ROLES, Context, Family, Inspection
@@ -123,46 +124,41 @@ class WanVAECodec(Codec):
 
 # ---------------------------------------------------------------------------------------------- text
 
-class UMT5PromptEncoder:
+class UMT5PromptEncoder(RecentPrompts):
     """UMT5 as ``WanPipeline._get_t5_prompt_embeds`` runs it: the prompt cleaned (``prompt_clean``), padded and
     truncated to ``max_sequence_length`` tokens, encoded with the attention mask, and every embedding past the
-    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``.
+    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``; a prompt and its
+    negative go through the encoder as one batch (each padded to the same length, masked to itself).
 
-    The two transformers of a Wan 2.2 A14B pair share one encoder; the last few prompts are kept, so the pair
-    encodes each prompt once."""
+    The two transformers of a Wan 2.2 A14B pair share one encoder, which remembers its last prompts
+    (:class:`~..text.RecentPrompts`), so the pair encodes each prompt once."""
 
     def __init__(self, tokenizer, text_encoder, max_sequence_length: int = MAX_SEQUENCE_LENGTH, keep: int = 8):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder.eval()
         self.max_sequence_length = max_sequence_length
         self.keep = keep
-        self._recent: dict[str, torch.Tensor] = {}
 
     @property
     def width(self) -> int:
         return int(self.text_encoder.config.d_model)
 
-    @torch.no_grad()
     def encode(self, prompt: str) -> torch.Tensor:
-        tokens = self.tokenizer([prompt_clean(prompt)], padding="max_length", max_length=self.max_sequence_length,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
+        return self.encode_batch([prompt])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
+        tokens = self.tokenizer([prompt_clean(p) for p in prompts], padding="max_length",
+                                max_length=self.max_sequence_length, truncation=True, add_special_tokens=True,
+                                return_attention_mask=True, return_tensors="pt")
         device = self.text_encoder.device
         embeds = self.text_encoder(host_to_device(tokens.input_ids, device),
                                    host_to_device(tokens.attention_mask, device)).last_hidden_state
-        length = int(tokens.attention_mask.gt(0).sum())  # read on the host: no wait for the GPU
-        embeds[:, length:] = 0
-        return embeds
+        lengths = tokens.attention_mask.gt(0).sum(dim=1).tolist()  # read on the host: no wait for the GPU
+        for row, length in enumerate(lengths):
+            embeds[row, length:] = 0
+        return list(embeds.split(1))
 
-    def __call__(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._recent:
-            if len(self._recent) >= self.keep:
-                self._recent.pop(next(iter(self._recent)))
-            self._recent[prompt] = self.encode(prompt)
-        return self._recent[prompt]
-
-
-# ------------------------------------------------------------------------------------------ schedule
 
 def flow_shift_of(scheduler_config: dict | None, default: float = DEFAULT_SHIFT) -> float:
     """The shift a Wan folder's scheduler config gives: ``flow_shift`` (UniPC / DPM-Solver with flow sigmas),
@@ -209,6 +205,9 @@ class FlowTransformerExpert(Expert):
 
     def encode(self, prompt: str):
         return self.prompt_encoder(prompt)
+
+    def encode_all(self, prompts: list[str]) -> list:
+        return self.prompt_encoder.encode_all(prompts)
 
     def forwards_per_call(self, n_conds: int) -> int:
         return 1
