@@ -484,8 +484,10 @@ class Bench:
             expert.prompt_encoder.forget()
 
     def networks(self) -> list:
+        """What speed settings apply to, as the library applies them: the UNets, the text encoders and, last, the
+        VAE decoder."""
         m = self.models
-        return [m[k] for k in ("sd", "control", "ad_temporal", "ms") if k in m] + [m["vae"].decoder]
+        return [m[k] for k in ("sd", "control", "ad_temporal", "ms", "clip_l", "clip_h") if k in m] + [m["vae"].decoder]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec)."""

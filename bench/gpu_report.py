@@ -362,6 +362,22 @@ def run_table(runs: dict) -> list[str]:
     return lines
 
 
+def between_calls(run: dict) -> list[str]:
+    """Where the ConFiner run's time outside the networks went on the GPU (the sampler's kernels and idle time,
+    between consecutive watched calls), and the garbage collector's pauses (files of 2026-12-02's fourth session
+    on)."""
+    between, gc_ = run.get("between_modules_ms"), run.get("gc")
+    if not between:
+        return []
+    total = sum(v["ms"] for v in between.values())
+    top = ", ".join(f"{k} {v['ms']:.1f} ({v['n']}×)" for k, v in list(between.items())[:8])
+    line = f"GPU time between watched calls in the ConFiner run: {total:.1f} ms in all; {top}."
+    if gc_:
+        line += (f" Garbage collections during the run (generations 0/1/2): {'/'.join(map(str, gc_['collections']))}, "
+                 f"{sum(gc_['ms']):.1f} ms.")
+    return ["", line]
+
+
 def probe_table(probe: dict) -> list[str]:
     if not probe:
         return []
@@ -403,6 +419,8 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
         md += run_table(table["runs"])
         if table["ratios"]:
             md += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
+        if ok(table["runs"].get(CONFINER)):
+            md += between_calls(table["runs"][CONFINER])
         if table.get("launch_probe"):
             md += ["", "One forward of each network (third of three calls):", ""] + probe_table(table["launch_probe"])
         if table.get("graph_pool"):

@@ -446,9 +446,23 @@ def test_cuda_graph_capture_failure_leaves_that_signature_eager():
 
 
 def test_only_pure_networks_are_graphed():
-    done = apply_speed_settings([T.tiny_unet2d(), T.tiny_vae().decoder, torch.nn.Linear(2, 2)],
-                                SpeedSettings(cuda_graphs=True))
-    assert done["graphed"] == 2
+    done = apply_speed_settings([T.tiny_unet2d(), T.tiny_vae().decoder, T.tiny_text_encoder(),
+                                 torch.nn.Linear(2, 2)], SpeedSettings(cuda_graphs=True))
+    assert done["graphed"] == 3
+
+
+def test_text_encoder_graphs_replay_its_embeddings():
+    """A CLIP text encoder's forward returns a ModelOutput: graphed, its tensors come back cloned, as encoded."""
+    from confiner_core.diffusers_backend.text import PromptEncoder
+    encoder = PromptEncoder(T.tiny_tokenizer(), T.tiny_text_encoder().eval())
+    expected = [encoder.encode_batch(["a cat", "the dog"]), encoder.encode_batch(["a red ball"])]
+    pool = graph_forwards(encoder.networks, GraphPool(capture=emulated_capture, devices=("cpu",)))
+    for _ in range(3):
+        encoder.forget()
+        got = [encoder.encode_all(["a cat", "the dog"]), encoder.encode_all(["a red ball"])]
+        for ours, ref in zip(sum(got, []), sum(expected, [])):
+            assert torch.equal(ours, ref)
+    assert pool.captured == 2 and pool.replays == 4        # per batch size: eager, then captured and replayed
 
 
 # -------------------------------------------------------------------------------------------- step cache

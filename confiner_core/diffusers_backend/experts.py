@@ -65,8 +65,8 @@ class DiffusersExpert(Expert):
 
     @property
     def networks(self) -> list:
-        """The modules speed settings apply to."""
-        return [self.unet]
+        """The modules speed settings apply to: the UNet and the prompt encoder's (CLIP) text encoders."""
+        return [self.unet, *getattr(self.prompt_encoder, "networks", ())]
 
     def encode(self, prompt: str):
         return self.prompt_encoder(prompt)

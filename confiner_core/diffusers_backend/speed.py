@@ -55,10 +55,12 @@ BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalMode
                  "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
                  "WanTransformerBlock", "QwenImageTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
-#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets and the
-#: image VAE's decoder (not the Wan VAE, whose causal decoder carries a feature cache from call to call, nor
-#: transformers, whose forwards are long enough that launches do not matter and whose step cache syncs)
-GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder")
+#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets, the
+#: image VAE's decoder and the CLIP text encoders (a few hundred launches for a few ms of GPU work) -- not the Wan
+#: VAE, whose causal decoder carries a feature cache from call to call, nor transformers, whose forwards are long
+#: enough that launches do not matter and whose step cache syncs
+GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
+             "CLIPTextModelWithProjection")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4")
 
 
@@ -135,8 +137,8 @@ def quick_placement(module: torch.nn.Module) -> int:
     when no offloading or layerwise-casting hook is attached (then they are left alone). Diffusers walks every
     submodule for such hooks first: 8 ms per forward of AnimateDiff's or ModelScope's UNet on a 2-core CPU, whose
     forwards read ``self.dtype``. Returns 1 when the class was replaced."""
-    if getattr(type(module), "_quick_placement", False) or not hasattr(type(module), "dtype") or \
-            not isinstance(getattr(type(module), "dtype"), property):
+    from diffusers import ModelMixin
+    if not isinstance(module, ModelMixin) or getattr(type(module), "_quick_placement", False):
         return 0
     if any(hasattr(m, "_diffusers_hook") for m in module.modules()):
         return 0

@@ -31,6 +31,7 @@ class RecentPrompts:
     (benchmarks call it before every timed run, so each run pays its text encoding as a new process would)."""
 
     keep = 8
+    networks: list = []  # the text encoders speed settings apply to (CUDA graphs: the CLIP encoders)
 
     def encode_batch(self, prompts: list[str]) -> list:
         """The conditionings of ``prompts`` (distinct, not remembered): one text-encoder call where the encoder's
@@ -67,6 +68,10 @@ class PromptEncoder(RecentPrompts):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.clip_skip = clip_skip
+
+    @property
+    def networks(self) -> list:
+        return [self.text_encoder]
 
     @property
     def width(self) -> int:
@@ -114,6 +119,10 @@ class SDXLPromptEncoder(RecentPrompts):
         self.tokenizers, self.text_encoders = list(tokenizers), list(text_encoders)
         self.zero_empty = zero_empty
         self.clip_skip = clip_skip
+
+    @property
+    def networks(self) -> list:
+        return list(self.text_encoders)
 
     @property
     def width(self) -> int:
