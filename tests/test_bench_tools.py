@@ -309,6 +309,57 @@ def test_module_timer_books_peak_memory_to_the_module_that_made_it():
     assert timer.peak_gib() == {"experts": 15 / 2**30, "vae": 13 / 2**30}
 
 
+class FakeEvent:
+    """A CUDA event at a known time (ms): elapsed_time as torch.cuda.Event computes it."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def elapsed_time(self, later):
+        return later.ms - self.ms
+
+
+def test_time_between_watched_calls_and_its_report_line():
+    import gpu_benchmark as G
+    timer = G.ModuleTimer(False)
+    e = FakeEvent
+    timer.sequence = [["start", e(0), e(0)], ["sd", e(1), e(10)], ["ms", e(13), e(20)], ["sd", e(24), e(30)],
+                      ["ms", e(31), e(40)], ["end", e(42), e(42)]]
+    between = timer.between()
+    assert between == {"sd -> ms": {"n": 2, "ms": 4.0}, "ms -> sd": {"n": 1, "ms": 4.0},
+                       "ms -> end": {"n": 1, "ms": 2.0}, "start -> sd": {"n": 1, "ms": 1.0}}
+    assert list(between)[:2] == ["sd -> ms", "ms -> sd"]          # the largest first
+    line = R.between_calls({"between_modules_ms": between,
+                                     "gc": {"collections": [3, 1, 0], "ms": [1.0, 0.5, 0.0]}})[1]
+    assert line.startswith("GPU time between watched calls in the ConFiner run: 11.0 ms in all; sd -> ms 4.0 (2×)")
+    assert "(generations 0/1/2): 3/1/0, 1.5 ms." in line
+    assert R.between_calls({"between_modules_ms": None}) == []     # files from before the measurement
+
+
+def test_gc_pauses_count_collections_by_generation():
+    import gc
+
+    import gpu_benchmark as G
+    G.gc_pauses.reset()
+    gc.collect(0)
+    gc.collect(2)
+    summary = G.gc_pauses.summary()
+    assert summary["collections"][0] >= 1 and summary["collections"][2] >= 1
+    assert summary["ms"][2] > 0
+    G.gc_pauses.reset()
+    assert G.gc_pauses.summary() == {"collections": [0, 0, 0], "ms": [0.0, 0.0, 0.0]}
+
+
+def test_ratio_target_takes_the_fastest_table():
+    fig = {"fastest_table": "max", "fastest_confiner_modelscope_s": 1.683,
+           "max_ratio_confiner_modelscope_to_modelscope_100": 0.1384,
+           "max_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371,
+           "best_ratio_confiner_modelscope_to_modelscope_100": 0.1412,
+           "best_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371}
+    row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
+    assert row == "| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1384 vs 0.1371 (max; best 0.141) | no |"
+
+
 def test_decode_chunk_table_and_library_default():
     """The decode table marks the library's default chunk and says whether each decode stayed under the sampling's
     peak; the measured file names the default the library actually has."""
