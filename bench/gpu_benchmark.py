@@ -11,8 +11,8 @@ At 512x512x16 it times, end to end (text encoding, sampling, VAE decode to uint8
 * ModelScope T2V at 100 and 50 DDIM steps and AnimateDiff at 25 steps, cfg 7.5;
 * optionally ConFiner-Long (``--long``).
 
-Tables (``--settings``, applied in this order on top of each other, to every UNet and the VAE decoder, ConFiner and
-baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
+Tables (``--settings``, applied in this order on top of each other, to every UNet, text encoder and the VAE
+decoder, ConFiner and baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
 preset: channels_last end to end, fused GroupNorm+SiLU, fused GEGLU gate, fused QKV, cuDNN attention first, cuDNN
 autotuning; no compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
 comes last or in a process of its own), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean +
@@ -484,8 +484,8 @@ class Bench:
             expert.prompt_encoder.forget()
 
     def networks(self) -> list:
-        """What speed settings apply to, as the library applies them: the UNets, the text encoders and, last, the
-        VAE decoder."""
+        """What speed settings apply to, as the library applies them: the UNets, the text encoders and the VAE
+        decoder."""
         m = self.models
         return [m[k] for k in ("sd", "control", "ad_temporal", "ms", "clip_l", "clip_h") if k in m] + [m["vae"].decoder]
 
@@ -494,14 +494,10 @@ class Bench:
         return to_uint8(self.codec.decode(latent)).cpu()
 
     def speed_up(self, settings: SpeedSettings) -> dict:
-        """The same settings for every UNet and the VAE decoder: ConFiner and the baselines alike. The VAE decoder
-        (4 % of ConFiner's time) is not compiled: its large-image blocks would lengthen the cold start most."""
-        nets = self.networks()
-        done = apply_speed_settings(nets[:-1], settings)
-        vae = apply_speed_settings(nets[-1:], dataclasses.replace(settings, compile="none"),
-                                   done.get("graph_pool"))
-        for key in ("channels_last_tensors", "fused_norms", "graphed"):
-            done[key] += vae[key]
+        """The same settings for every UNet, text encoder and the VAE decoder, as ``load_experts(speed=...)`` applies
+        them: ConFiner and the baselines alike. (Until 2026-12-02's fourth session the VAE decoder was left
+        uncompiled here; compiled, its decode of 16 frames takes 0.134 s against 0.167 s, ``vae_decode_probe.py``.)"""
+        done = apply_speed_settings(self.networks(), settings, getattr(self, "graph_pool", None))
         pool = done.pop("graph_pool", None)
         if pool is not None:
             self.graph_pool = pool

@@ -15,6 +15,7 @@ writes which file); the prose around them is this file's. Sections appear for th
   ``h200_sd_warm_blocks_same_machine.json``: the same on the first process's machine, with the inductor/Triton
   caches ``--compile-dir`` keeps in its folder;
 * ``h200_decode_chunks.json`` -- ``gpu_benchmark.py --decode-chunk N``: the library's VAE decode peak per chunk;
+  ``h200_vae_decode_probe.json`` -- ``vae_decode_probe.py``: the decode under ``lean`` and with the decoder compiled;
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
@@ -47,6 +48,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
+         "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
@@ -411,7 +413,7 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
           "steps (cfg 7.5): 19 expert evaluations, 19 network forwards (cfg batched). Baselines are DDIM at cfg 7.5 "
           "through the same core samplers and expert classes.", "",
           "**Every table comes from one process on one GPU** (which process: the Starts section lists the runs of "
-          "follow-up calls), its settings applied in place on top of the earlier tables' (every UNet and the VAE "
+          "follow-up calls), its settings applied in place on top of the earlier tables' (every UNet, text encoder and the VAE "
           "decoder, for ConFiner and baselines alike), so a table's ratios compare runs of one process."
           " Each figure is the median of the runs listed after one warm-up run, excluded (ConFiner: a full run; "
           "baselines: a 2-step run at the same shapes); "
@@ -554,6 +556,31 @@ def decode_chunk_figures(data: dict | None) -> tuple[dict, list[str]]:
     return out, md + [""]
 
 
+def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
+    """``vae_decode_probe.py``: the SD VAE decode under ``lean`` and compiled (``fast``), and what the compiled
+    decode would make of the fastest table's ratio (an estimate: the decoder was uncompiled in those runs)."""
+    if not data:
+        return {}, []
+    lean, fast = data["lean"]["median_s"], data["fast"]["median_s"]
+    out = {"vae_decode_lean_s": lean, "vae_decode_compiled_s": fast, "vae_decode_compile_s": data["fast"]["first_call_s"]}
+    md = ["## The VAE decoder compiled", "",
+          f"`bench/vae_decode_probe.py`, {data['device']}, torch {data['torch']}: the library's decode of one "
+          f"{data['size']}×{data['size']}×{data['frames']} latent video, {data['chunk_frames']} frames at a time, fp16: "
+          f"**{lean:.3f} s** under `lean`, **{fast:.3f} s** with the decoder's blocks compiled as the `fast` preset "
+          f"compiles them (first call {data['fast']['first_call_s']:.0f} s; peak {data['lean']['peak_gib']:.2f} → "
+          f"{data['fast']['peak_gib']:.2f} GiB). The tables above left the decoder uncompiled (the benchmark compiles "
+          "it since, as the library does)."]
+    table = fig.get("fastest_table")
+    c, m = fig.get(f"{table}_confiner_modelscope_s"), fig.get(f"{table}_modelscope100_s")
+    if c and m:
+        saved = lean - fast
+        out["ratio_estimate_with_compiled_vae"] = (c - saved) / (m - saved)
+        md[-1] += (f" Both runs of the `{table}` table decode once: {saved * 1000:.0f} ms less each would make its "
+                   f"ratio ({c:.3f} − {saved:.3f}) / ({m:.3f} − {saved:.3f}) = "
+                   f"**{out['ratio_estimate_with_compiled_vae']:.4f}** — an estimate, not a measured table.")
+    return out, md + [""]
+
+
 def targets(fig: dict) -> list[str]:
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
 
@@ -609,6 +636,9 @@ def main():
     comfy, comfy_md = comfy_figures(data["comfy"], fig, variants)
     fig.update(comfy)
     decode, decode_md = decode_chunk_figures(data["decode_chunks"])
+    vae_probe, vae_probe_md = vae_probe_figures(data["vae_probe"], fig)
+    fig.update(vae_probe)
+    decode_md += vae_probe_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if filled:

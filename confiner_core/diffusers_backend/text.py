@@ -1,7 +1,7 @@
 """Prompt embeddings computed here rather than with a pipeline's ``encode_prompt``.
 
-Each expert owns its tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates two
-and adds a pooled embedding), so embeddings are never shared between experts. The pipelines' ``clip_skip`` path is
+Each expert has its own tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates two
+and adds a pooled embedding); only experts loaded with the same encoder share its embeddings. The pipelines' ``clip_skip`` path is
 broken with transformers >= 5.6, which removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer
 norm is looked up on either layout.
 

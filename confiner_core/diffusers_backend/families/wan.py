@@ -160,6 +160,8 @@ class UMT5PromptEncoder(RecentPrompts):
         return list(embeds.split(1))
 
 
+# ------------------------------------------------------------------------------------------ schedule
+
 def flow_shift_of(scheduler_config: dict | None, default: float = DEFAULT_SHIFT) -> float:
     """The shift a Wan folder's scheduler config gives: ``flow_shift`` (UniPC / DPM-Solver with flow sigmas),
     ``shift`` (FlowMatchEulerDiscreteScheduler without dynamic shifting), else ``default``."""

@@ -1,0 +1,79 @@
+"""The library's SD VAE decode of one 512x512x16 latent video (4 frames at a time) under ``lean`` and then ``fast``
+(the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does and ``gpu_benchmark.py`` does not): median
+seconds, peak memory and the compile time, to decide whether the benchmark should compile the decoder too.
+
+    python bench/vae_decode_probe.py --out $OUT/vae.json          # on the GPU
+    python bench/vae_decode_probe.py --device cpu --tiny          # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+from diffusers import AutoencoderKL  # noqa: E402
+
+from confiner_core.diffusers_backend import speed as S  # noqa: E402
+from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
+from confiner_core.latent_spaces import SD15  # noqa: E402
+from gpu_benchmark import TINY, VAE  # noqa: E402  (the benchmark's VAE config: one definition)
+
+
+def timed(codec, latent, device, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        codec.decode(latent)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**(TINY["vae"] if a.tiny else VAE)).to(device, dtype).eval()
+    codec = AutoencoderKLCodec(vae, SD15)
+    size = 64 if a.tiny else 512
+    latent = torch.randn(1, 4, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(device)
+    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+           "size": size, "frames": 16, "chunk_frames": codec.chunk_frames}
+    for name, settings in (("lean", S.LEAN), ("fast", S.FAST)):
+        S.apply_speed_settings([vae.decoder], settings)
+        t0 = time.perf_counter()
+        timed(codec, latent, device, 1)                     # compiles (fast) or autotunes (lean)
+        first = time.perf_counter() - t0
+        timed(codec, latent, device, 2)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        runs = timed(codec, latent, device, a.repeats)
+        out[name] = {"median_s": statistics.median(runs), "runs_s": [round(r, 4) for r in runs],
+                     "first_call_s": first,
+                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+        print(name, json.dumps(out[name]), flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
