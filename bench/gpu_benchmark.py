@@ -496,7 +496,7 @@ class Bench:
     def speed_up(self, settings: SpeedSettings) -> dict:
         """The same settings for every UNet, text encoder and the VAE decoder, as ``load_experts(speed=...)`` applies
         them: ConFiner and the baselines alike. (Until 2026-12-02's fourth session the VAE decoder was left
-        uncompiled here; compiled, its decode of 16 frames takes 0.134 s against 0.167 s, ``vae_decode_probe.py``.)"""
+        uncompiled here; compiled, its decode of 16 frames takes 0.133 s against 0.167 s, ``vae_decode_probe.py``.)"""
         done = apply_speed_settings(self.networks(), settings, getattr(self, "graph_pool", None))
         pool = done.pop("graph_pool", None)
         if pool is not None:
@@ -519,8 +519,8 @@ class Bench:
         temporal_text = "clip_h" if temporal == "ms" else "clip_l"
         residency.use("clip_l", temporal_text)
         with record_function("text"):  # the phases a profile splits the GPU's idle time by
+            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)  # first, as generate binds them
             control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)
             temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log)
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()

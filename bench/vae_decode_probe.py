@@ -1,6 +1,6 @@
 """The library's SD VAE decode of one 512x512x16 latent video (4 frames at a time) under ``lean`` and then ``fast``
-(the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does and ``gpu_benchmark.py`` does not): median
-seconds, peak memory and the compile time, to decide whether the benchmark should compile the decoder too.
+(the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does; ``gpu_benchmark.py`` left the decoder
+uncompiled until this probe measured what compiling gives): median seconds, peak memory and the compile time.
 
     python bench/vae_decode_probe.py --out $OUT/vae.json          # on the GPU
     python bench/vae_decode_probe.py --device cpu --tiny          # CPU smoke run

@@ -97,7 +97,7 @@ class HostFlag:
             self.flag = torch.empty((), dtype=flag.dtype, pin_memory=True)
             self.flag.copy_(flag, non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(flag.device))  # the flag's GPU, not the current one
         else:
             self.flag = flag
 

@@ -451,8 +451,10 @@ def load_backend(req: GenerateRequest) -> Backend:
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
     ex = backend.experts
-    bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log),
-             "spatial": ex["spatial"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)}
+    # the spatial expert first: its prompt and negative go through the text encoder as one batch, and a control
+    # expert on the same encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
+    spatial = ex["spatial"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
+    bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
     bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
                          if ex.get("temporal") is not None else None)
     return bound

@@ -692,21 +692,29 @@ def test_experts_sharing_an_encoder_encode_each_prompt_once(paths):
     spatial.bind("a dog", "the dog", 7.5)
     assert calls == [1, 1, 1]
     encoder.forget()
-    spatial.bind("a cat", "the dog", 7.5)
+    spatial.bind("a cat", "the dog", 7.5)              # bound first, as generate does: one batch serves both
+    control.bind("a cat", "the dog", 1.0)
     assert calls == [1, 1, 1, 2]
 
 
-def test_remembered_prompts_keep_the_newest():
+def test_remembered_prompts_keep_the_ones_used_last():
     encoder = PromptEncoder(T.tiny_tokenizer(), T.tiny_text_encoder())
     encoder.keep = 2
     calls = count_calls(encoder.text_encoder)
     first = encoder.encode_all(["a", "b", "a"])
     assert calls == [2] and first[0] is first[2]
-    encoder("c")                                       # "a", the oldest, makes room
-    encoder("b")
+    encoder("c")                                       # "a", used longest ago, makes room: b, c
+    encoder("b")                                       # held; now the newest: c, b
     assert calls == [2, 1]
-    encoder("a")
-    assert calls == [2, 1, 1]
+    encoder("a")                                       # c makes room: b, a
+    encoder("b")                                       # held (first in, but used since): a, b
+    encoder("d")                                       # a makes room: b, d
+    encoder("b")
+    assert calls == [2, 1, 1, 1]
+    encoder.keep = 0                                   # nothing held, every call encodes
+    encoder.encode_all(["e", "e"])
+    encoder("e")
+    assert calls == [2, 1, 1, 1, 1, 1]
 
 
 def test_decoder_chunks_frames_without_changing_them(loaded):

@@ -15,6 +15,7 @@ Tolerances (relative L2 error against the unchanged model or a float64 reference
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,9 @@ def test_quick_placement_reads_what_diffusers_reads(name):
     model.to(torch.float32)
     other = MODELS[name][0]()                           # the class itself is untouched
     assert type(other) is cls
+    copied = pickle.loads(pickle.dumps(model))          # a pickle (torch.save) is of the class itself
+    assert type(copied) is cls and type(model) is not cls
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), model.state_dict().values()))
 
 
 def test_quick_placement_leaves_models_with_casting_hooks_alone():

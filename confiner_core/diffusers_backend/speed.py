@@ -121,22 +121,35 @@ PRESETS = {"eager": EAGER, "lean": LEAN, "fast": FAST, "max": MAX}  # by name, a
 
 # --------------------------------------------------------------------------------------------- placement
 
+def _rebuild_module(cls: type, state: dict) -> torch.nn.Module:
+    """A module of ``cls`` with ``state`` (its ``__dict__``): how a model given :func:`quick_placement` pickles."""
+    module = cls.__new__(cls)
+    module.__setstate__(state)
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def _quick_placement_class(cls: type) -> type:
     """``cls`` with ``dtype`` and ``device`` read as :func:`~.experts.placement` reads them; same name, so
-    nothing that goes by the class name (configs, CUDA graphs, compile keys) tells the two apart."""
+    nothing that goes by the class name (configs, CUDA graphs, compile keys) tells the two apart. A copy or a
+    pickle of the model is of ``cls`` itself (this class exists only in the process that made it)."""
+
+    def __reduce_ex__(self, protocol):
+        return _rebuild_module, (cls, self.__getstate__())
+
     return type(cls.__name__, (cls,), {
         "dtype": property(lambda self: placement(self)[1], doc="The first floating parameter's dtype."),
         "device": property(lambda self: placement(self)[0], doc="The first parameter's device."),
-        "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-        "_quick_placement": True})
+        "__reduce_ex__": __reduce_ex__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__, "_quick_placement": True})
 
 
 def quick_placement(module: torch.nn.Module) -> int:
     """Give a diffusers model ``.dtype`` / ``.device`` properties that read its first parameter, as its own do
-    when no offloading or layerwise-casting hook is attached (then they are left alone). Diffusers walks every
-    submodule for such hooks first: 8 ms per forward of AnimateDiff's or ModelScope's UNet on a 2-core CPU, whose
-    forwards read ``self.dtype``. Returns 1 when the class was replaced."""
+    when no offloading or layerwise-casting hook is attached (then they are left alone; attach such hooks before
+    speed settings, which do not look again). Diffusers walks every submodule for such hooks first: 8 ms per forward
+    of AnimateDiff's or ModelScope's UNet on a 2-core CPU, whose forwards read ``self.dtype``. Returns 1 when the
+    class was replaced."""
     from diffusers import ModelMixin
     if not isinstance(module, ModelMixin) or getattr(type(module), "_quick_placement", False):
         return 0

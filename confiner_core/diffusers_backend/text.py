@@ -1,7 +1,7 @@
 """Prompt embeddings computed here rather than with a pipeline's ``encode_prompt``.
 
-Each expert has its own tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates two
-and adds a pooled embedding); only experts loaded with the same encoder share its embeddings. The pipelines' ``clip_skip`` path is
+Each expert has its own tokenizer and text encoder (ModelScope's is 1024 wide, SD 1.5's 768, SDXL concatenates
+two and adds a pooled embedding); only experts loaded with the same encoder share its embeddings. The pipelines' ``clip_skip`` path is
 broken with transformers >= 5.6, which removed ``CLIPTextModel.text_model`` (diffusers-notes §1), so the final layer
 norm is looked up on either layout.
 
@@ -25,10 +25,11 @@ def final_layer_norm(text_encoder) -> torch.nn.Module:
 
 
 class RecentPrompts:
-    """A prompt encoder that keeps the conditionings of its last ``keep`` prompts: ``encoder(prompt)`` and
-    ``encoder.encode_all(prompts)`` run the text encoder only for prompts it has not seen lately, all of them in one
-    :meth:`encode_batch` call. The prompts are the key: call :meth:`forget` after changing the encoder's weights
-    (benchmarks call it before every timed run, so each run pays its text encoding as a new process would)."""
+    """A prompt encoder that keeps the conditionings of the ``keep`` prompts it used last (0: none):
+    ``encoder(prompt)`` and ``encoder.encode_all(prompts)`` run the text encoder only for prompts it does not hold,
+    all of them in one :meth:`encode_batch` call. The prompts are the key: call :meth:`forget` after changing the
+    encoder's weights (benchmarks call it before every timed run, so each run pays its text encoding as a new
+    process would)."""
 
     keep = 8
     networks: list = []  # the text encoders speed settings apply to (CUDA graphs: the CLIP encoders)
@@ -44,12 +45,12 @@ class RecentPrompts:
     def encode_all(self, prompts: list[str]) -> list:
         recent = self.__dict__.setdefault("_recent", {})
         new = list(dict.fromkeys(p for p in prompts if p not in recent))
-        found = {p: recent[p] for p in prompts if p in recent}
+        found = {p: recent.pop(p) for p in dict.fromkeys(prompts) if p in recent}
         found.update(zip(new, self.encode_batch(new) if new else ()))
-        for prompt in new:
-            if len(recent) >= self.keep:
-                recent.pop(next(iter(recent)))  # the oldest
+        for prompt in dict.fromkeys(prompts):  # used now: the newest, in the order asked
             recent[prompt] = found[prompt]
+        while len(recent) > max(self.keep, 0):
+            recent.pop(next(iter(recent)))  # the one used longest ago
         return [found[p] for p in prompts]
 
     def __call__(self, prompt: str):

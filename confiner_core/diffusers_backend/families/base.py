@@ -14,7 +14,8 @@ The registry (:mod:`.registry`) runs step 1 and 2 for every role, checks the exp
 spaces that meet need VAEs), and only then runs step 3. A family is one module holding its configuration as data
 (kinds, roles, classes, scheduler defaults); it adds itself to :data:`.registry.FAMILIES`.
 
-Experts a family returns expose ``networks``: the torch modules speed settings apply to (UNets, transformers).
+Experts a family returns expose ``networks``: the torch modules speed settings apply to (UNets, transformers, the
+CLIP text encoders).
 Codecs with a ``vae`` attribute get speed settings on ``vae.decoder``.
 """
 
