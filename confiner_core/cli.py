@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile-dir", default=None,
                    help="with --speed fast or max: keep the compiled blocks (and inductor's kernel cache, in "
                         "DIR/inductor) in this folder; a later run with the same checkpoints and sizes loads them "
-                        "instead of compiling (an H200 started in 28-39 s instead of 2-3 minutes)")
+                        "instead of compiling (an H200 started in 28-42 s instead of 2-3 minutes)")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")
