@@ -360,15 +360,15 @@ def test_ratio_target_takes_the_fastest_table():
     assert row == "| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1384 vs 0.1371 (max; best 0.141) | no |"
 
 
-def test_compiled_vae_section_estimates_the_fastest_tables_ratio():
+def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():
     probe = {"device": "NVIDIA H200", "torch": "2.11", "size": 512, "frames": 16, "chunk_frames": 4,
              "lean": {"median_s": 0.2, "first_call_s": 8.0, "peak_gib": 1.7},
              "fast": {"median_s": 0.1, "first_call_s": 27.0, "peak_gib": 1.6}}
-    fig = {"fastest_table": "max", "max_confiner_modelscope_s": 1.7, "max_modelscope100_s": 12.1}
+    fig = {"fastest_table": "max", "max_confiner_decode_s": 0.104, "best_confiner_decode_s": 0.3}
     out, md = R.vae_probe_figures(probe, fig)
-    assert out["vae_decode_lean_s"] == 0.2 and out["vae_decode_compiled_s"] == 0.1
-    assert out["ratio_estimate_with_compiled_vae"] == pytest.approx(1.6 / 12.0)
-    assert "**0.1333** — an estimate, not a measured table" in md[2]
+    assert out == {"vae_decode_lean_s": 0.2, "vae_decode_compiled_s": 0.1, "vae_decode_compile_s": 27.0}
+    assert "**0.200 s** under `lean`, **0.100 s** with the decoder's blocks compiled" in md[2]
+    assert md[2].endswith("The decode inside the `max` table's ConFiner run: 0.104 s.")
     assert R.vae_probe_figures(None, fig) == ({}, [])
 
 

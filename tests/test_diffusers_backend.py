@@ -619,8 +619,11 @@ def test_sdxl_single_file_loads_the_same_weights_and_evaluates_the_same(paths, b
         assert_same_weights(a, b)   # the OpenCLIP layout of the second encoder converted back exactly
     assert_same_weights(from_file.codec.vae, bridged.codec.vae)
     x = canonical()
+    # Equal weights, yet not bit-equal outputs on every CPU: a tensor read from the single file can sit at an address
+    # that is not 64-byte aligned, and BLAS then takes another path (seen on AMD EPYC: the projection of the pooled
+    # text, 2e-7 apart). The weights are compared exactly above; the evaluation within float32 rounding.
     torch.testing.assert_close(ours.bind("a cat", "the dog", CFG).raw(x, 500), folder.bind("a cat", "the dog", CFG).raw(x, 500),
-                               rtol=0, atol=0)
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("negative", [None, "the dog"])
