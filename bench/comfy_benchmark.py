@@ -11,8 +11,8 @@ Runs, each through ComfyUI's executor like a queued prompt (the loaders cached, 
 
 * ``example_workflows/confiner_basic.json``, converted UI -> API as the frontend does: 4 control evaluations
   (AnimateDiff-Lightning, cfg 1) + 15 refinement evaluations (SD 1.5 and AnimateDiff v3, cfg 7.5), decode, save;
-  once per evaluation mechanism of the pack (``session``: one long-lived sampling call per expert and stage;
-  ``per-evaluation``: one sampling call per evaluation, the mechanism before);
+  once per evaluation mechanism of the pack (``session``: one long-lived sampling call per expert and stage, the
+  default; ``per-evaluation``: one sampling call per evaluation, ``CONFINER_STAGE_SESSIONS=0``);
 * its AnimateDiff-25 counterpart: the same checkpoint, the v3 motion model through ADE's Gen1 loader, ``KSampler``
   25 steps cfg 7.5, the template's decode and save nodes.
 
@@ -599,10 +599,12 @@ def profile_summary(profilers: list, path: Path, evaluations: int, top: int = 80
 
 def figures(runs: dict) -> dict:
     """The plainly named figures (bench/gpu_report.py puts them into RESULTS.json). The unsuffixed keys are the
-    pack's default, one sampling call per evaluation; ``*_sessions`` are the opt-in stage sessions."""
+    pack's default, stage sessions (one sampling call per expert and stage; before 2026-12-02's fifth session they
+    were opt-in and these keys were the other mechanism's); ``*_per_evaluation_calls`` are one sampling call per
+    evaluation (``CONFINER_STAGE_SESSIONS=0``)."""
     fig = {}
     ad = runs.get("animatediff_25")
-    for run, suffix in (("confiner_per-evaluation", ""), ("confiner_session", "_sessions")):
+    for run, suffix in (("confiner_session", ""), ("confiner_per-evaluation", "_per_evaluation_calls")):
         r = runs.get(run)
         if not r:
             continue
@@ -621,9 +623,12 @@ def figures(runs: dict) -> dict:
         fig["comfy_animatediff_25_s"] = ad["end_to_end_s"]
         fig["comfy_animatediff_25_counts"] = ad["sampling"]["counts"]
         fig["comfy_ksampler_peak_gib"] = ad["sampling"]["peak_gpu_gib"]
-    confiner = runs.get("confiner_per-evaluation") or runs.get("confiner_session")
-    if confiner:  # the decode node of the ConFiner prompt against its sampling nodes' peak
+    confiner = runs.get("confiner_session") or runs.get("confiner_per-evaluation")
+    if confiner:  # the decode node of the ConFiner prompt against its sampling nodes' peak, and that prompt's times
         fig["comfy_sampling_peak_gib"] = confiner["sampling"]["peak_gpu_gib"]
+        fig["comfy_decode_prompt_confiner_s"] = confiner["end_to_end_s"]
+        if ad:
+            fig["comfy_decode_prompt_ratio_confiner_to_animatediff_25"] = confiner["end_to_end_s"] / ad["end_to_end_s"]
         decode = next((n for n in confiner["nodes"].values() if n["class"] in DECODE_NODES), None)
         if decode:
             fig["comfy_decode_node"] = decode["class"]

@@ -49,6 +49,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
+         "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
@@ -76,8 +77,8 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
-COMFY_RUNS = {"confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation (the default)",
-              "confiner_session": "ConFiner basic template, stage sessions (opt-in: one sampling call per expert and stage)",
+COMFY_RUNS = {"confiner_session": "ConFiner basic template, stage sessions (the default: one sampling call per expert and stage)",
+              "confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation (`CONFINER_STAGE_SESSIONS=0`)",
               "animatediff_25": "AnimateDiff v3, KSampler 25 steps (DDIM, cfg 7.5)"}
 MATMUL_PEAK_TFLOPS = 788  # 8192^3 bf16 matrix product on an H200 of this workplace (device KINDS.md, 2026-10-28)
 CONFINER = "confiner_4+5_modelscope"
@@ -286,9 +287,11 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
         if "comfy_decode_s" in f:
             decode_rows[decode_variant(d, f)] = (d, f)
     for key, (_, f) in decode_rows.items():
-        for name in ("decode_s", "decode_peak_gib", "sampling_peak_gib", "ratio_confiner_to_animatediff_25"):
-            if f.get(f"comfy_{name}") is not None:
-                out[f"comfy_decode_{key}_{name}"] = f[f"comfy_{name}"]
+        for name, source in (("decode_s", "decode_s"), ("decode_peak_gib", "decode_peak_gib"),
+                             ("sampling_peak_gib", "sampling_peak_gib"),
+                             ("ratio_confiner_to_animatediff_25", "decode_prompt_ratio_confiner_to_animatediff_25")):
+            if f.get(f"comfy_{source}") is not None:
+                out[f"comfy_decode_{key}_{name}"] = f[f"comfy_{source}"]
     ratio, lib = out.get("comfy_ratio_confiner_to_animatediff_25"), library.get(LIBRARY_AD_RATIO)
     if ratio is not None and lib:
         out["comfy_ratio_off_library"] = ratio / lib - 1
@@ -315,7 +318,8 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
                "of the same benchmark with another decode node (`--decode-node`) or with all GPU memory but a few "
                "GiB held by a filler tensor (`--free-gib`: ComfyUI loads models and sizes its VAE frame batches as "
                "on a smaller card; peaks leave the filler out). Decoder calls: how ComfyUI's VAE split the 16 "
-               "frames.", "",
+               "frames. ConFiner s: the ConFiner prompt that ran the decode (with stage sessions where the file has "
+               "that run, else one sampling call per evaluation).", "",
                "| decode node | GPU memory free | decoder calls | decode s | decode peak GiB | ConFiner "
                "sampling peak GiB | KSampler peak GiB | ConFiner s | AnimateDiff-25 s | ratio |",
                "|---|---|---|---|---|---|---|---|---|---|"]
@@ -326,8 +330,8 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
             md.append(f"| {f['comfy_decode_node']} | {free} |"
                       f" {calls} | {fmt(f['comfy_decode_s'])} | {fmt(f['comfy_decode_peak_gib'], '.2f')} | "
                       f"{fmt(f.get('comfy_sampling_peak_gib'), '.2f')} | {fmt(f.get('comfy_ksampler_peak_gib'), '.2f')}"
-                      f" | {fmt(f.get('comfy_confiner_s'))} | {fmt(f.get('comfy_animatediff_25_s'))} | "
-                      f"{fmt(f.get('comfy_ratio_confiner_to_animatediff_25'))} |")
+                      f" | {fmt(f.get('comfy_decode_prompt_confiner_s'))} | {fmt(f.get('comfy_animatediff_25_s'))} | "
+                      f"{fmt(f.get('comfy_decode_prompt_ratio_confiner_to_animatediff_25'))} |")
     host, step = out.get("comfy_host_overhead_ms_per_eval"), out.get("comfy_ksampler_overhead_ms_per_step")
     off = out.get("comfy_ratio_off_library")
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
@@ -578,6 +582,46 @@ def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
     return out, md + [""]
 
 
+def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """``attention_probe.py``: one call of every SD- and Wan-scale attention shape under every backend the machine
+    had; RESULTS.json gets each shape's fastest backend and its milliseconds, RESULTS.md a table."""
+    if not data:
+        return {}, []
+    names = data["backends"]
+    md = ["## Attention backends", "",
+          f"`bench/attention_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}: one call of each "
+          "attention shape of the benchmarks under each backend alone (milliseconds, median; TFLOP/s of QKᵀ and PV; "
+          "the first call's seconds where it compiled; the largest difference from the reference backend's output). "
+          "`flash4` is `flash-attn-4` through the library's route, `sage` SageAttention (INT8 QKᵀ, an approximation)"
+          f"; installed here: {', '.join(n for n in ('flash4', 'sage') if n in names) or 'neither'}.", "",
+          "| shape [B, H, Nq, Nk, d] | " + " | ".join(names) + " | fastest |",
+          "|---|" + "---|" * (len(names) + 1)]
+    out, notes = {}, []
+    for shape, row in data["shapes"].items():
+        cells = []
+        for n in names:
+            e = row["backends"].get(n, {})
+            if "median_ms" not in e:
+                cells.append("—" if not e else "not taken")
+                if e.get("error"):
+                    notes.append(f"{shape}, {n}: {e['error']}")
+                continue
+            cell = f"{e['median_ms']:.3f} ({e['tflops']:.0f})"
+            if e.get("first_call_s", 0) > 1:
+                cell += f", first {e['first_call_s']:.1f} s"
+            if n != row["reference"]:
+                cell += f", Δ {e['max_abs_diff']:.1e}"
+            cells.append(f"**{cell}**" if n == row["fastest"] else cell)
+        md.append(f"| {shape} {row['shape']} | " + " | ".join(cells) + f" | {row['fastest'] or '—'} |")
+        if row["fastest"]:
+            out[f"attention_fastest {shape}"] = {"backend": row["fastest"],
+                                                 "ms": row["backends"][row["fastest"]]["median_ms"]}
+    md += [""] + ([f"Not taken: {'; '.join(notes)}.", ""] if notes else [])
+    if data.get("skipped"):
+        md += [f"Skipped at the deadline: {', '.join(data['skipped'])}.", ""]
+    return {"attention_probe": out}, md
+
+
 def targets(fig: dict) -> list[str]:
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
 
@@ -645,7 +689,9 @@ def main():
         md += wan_markdown(data["wan"], data["wan_long"])
     if data["wan_best"]:
         md += wan_markdown(data["wan_best"], None)
-    md += decode_md + comfy_md + targets(fig) + multigpu_md
+    attention, attention_md = attention_figures(data["attention"])
+    fig.update(attention)
+    md += attention_md + decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
         with open(os.path.join(a.out, name), "w") as f:

@@ -77,7 +77,7 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         host.check_frames(control, noise.shape[2])
         host.plan_control(control, config)
-        with sessions.stage():  # opt-in: one sampling call per expert for the stage's evaluations
+        with sessions.stage():  # one sampling call per expert for the stage's evaluations (CONFINER_STAGE_SESSIONS)
             structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

@@ -3,9 +3,9 @@
 Every expert evaluation runs inside a ``CFGGuider.sample`` call whose KSAMPLER function evaluates the model, i.e.
 through ComfyUI's own sampling machinery: model loading and patching (LoRA, object patches such as
 AnimateDiff-Evolved's beta schedule), conditioning processing, ControlNet, hooks, every WrappersMP wrapper
-(ADE's motion injection and context windows, native context windows) and CFG. Each evaluation is a call of its
-own; with stage sessions switched on (opt-in, :mod:`nodes.sessions`) one such call per expert serves a node's
-whole stage. Every call cleans up after itself when it ends, also on Cancel or an error, so no
+(ADE's motion injection and context windows, native context windows) and CFG. By default one such call per expert
+serves a node's whole stage (stage sessions, :mod:`nodes.sessions`); with ``CONFINER_STAGE_SESSIONS=0`` each
+evaluation is a call of its own. Every call cleans up after itself when it ends, also on Cancel or an error, so no
 model stays patched. Each node shows one progress bar that moves once per expert evaluation. The maths stays in
 confiner_core.
 """
@@ -153,7 +153,7 @@ class ComfyExpert(Expert):
     before evaluating at the k-th, has sent k sampler callbacks, as a sampler at step k would have.
     AnimateDiff-Evolved counts its step from those callbacks and native context windows find theirs in
     ``sample_sigmas``, so uniform context windows rotate from evaluation to evaluation exactly as under their own
-    samplers. With stage sessions on (opt-in), one long-lived sampling call serves all of the expert's evaluations in
+    samplers. With stage sessions (the default), one long-lived sampling call serves all of the expert's evaluations in
     the plan (:mod:`nodes.sessions`); a timestep outside the plan is always a one-step sampling call of its own."""
 
     prediction = "sample"

@@ -185,7 +185,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                     windows.append(codec.decode(x)[:, :, :n].cpu())
                     log.record_vae(1)
 
-        with sessions.stage():  # opt-in: one sampling call per expert and segment stage
+        with sessions.stage():  # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS)
             generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
                           torch.Generator().manual_seed(seed), sink, prompts, None, frame.device)
         out = torch.cat(windows, dim=2)

@@ -28,9 +28,9 @@ sees two things at once. Where sessions meet:
 A session ends with its stage (the node's :func:`stage` block), when an evaluation would move its step backwards
 (ConFiner-Long's next segment) or brings other conditioning, sigmas or shape, and on any error or Cancel: its
 sampling call then returns through ComfyUI's own clean-up, so no model stays patched and every replaced attribute
-is restored. Sessions are opt-in (``CONFINER_STAGE_SESSIONS=1``, see :data:`ENABLED`); without them, outside a
-:func:`stage` block (scripts, tests) and for a timestep outside the stage's plan, an evaluation is a sampling call of
-its own.
+is restored. Sessions are on by default (``CONFINER_STAGE_SESSIONS=0`` switches them off, see :data:`ENABLED`);
+without them, outside a :func:`stage` block (scripts, tests), for a timestep outside the stage's plan and for an
+expert whose session a wrapper ended early (:class:`SessionEnded`), an evaluation is a sampling call of its own.
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
-# Off by default. On an H200 the basic template first took 5.47 s end to end with sessions against 3.89 s with one call
-# per evaluation, when every session ran on a fresh thread (torch's per-thread cuDNN caches rebuilt every stage); on
-# long-lived workers (_Worker) 3.900 s against 3.913 s (bench/RESULTS.md), a gain inside the runs' spread. With the
-# latents kept on the GPU (2026-12-02) the sampling nodes take 2.217 s against 2.262 s (host time 8.3 against 10.4 ms
-# per evaluation), end to end 4.07 against 4.01 s: still inside the spread of the other nodes' time. With the
-# templates' plain VAE Decode (later that day): 2.383 against 2.451 s end to end, host time 7.5 against 10.1 ms per
-# evaluation, runs 2.37-2.51 against 2.43-2.45 s; kept opt-in until more packs' wrappers are tried with them.
-# CONFINER_STAGE_SESSIONS=1 switches them on.
-ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "0").strip().lower() in ("1", "true", "yes", "on")
+# On by default since 2026-12-02 (fifth session). On an H200 (bench/RESULTS.md, "Inside ComfyUI") the basic template
+# takes 3.20 ms of host time per evaluation with sessions against 6.08 ms with one sampling call per evaluation and
+# 4.08 ms per KSampler step, end to end 2.323 against 2.369 s (runs 2.322-2.331 against 2.352-2.371 s). Earlier,
+# while every evaluation's finiteness check made the host wait for the next forward, the gain stayed inside the runs'
+# spread (2.383 against 2.451 s) and sessions were opt-in; on fresh threads per session (torch's per-thread cuDNN
+# caches rebuilt every stage) they lost (5.47 against 3.89 s), hence the long-lived workers (_Worker). A wrapper that
+# does not run the sampler function once over the sigmas ends its session early: that expert then falls back to one
+# sampling call per evaluation (SessionEnded). CONFINER_STAGE_SESSIONS=0 switches sessions off.
+ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
 # sampling_function (every call), GroupNorm's forwards (v1/v2/PIA motion models) and default_noise_sampler
@@ -295,9 +295,8 @@ class Session:
         self._join()
         if reply[0] == "error":
             raise reply[1]
-        raise RuntimeError(f"ConFiner: the {self.expert.name} expert's sampling call ended before its evaluation "
-                           f"(a sampling wrapper skipped or split it); set CONFINER_STAGE_SESSIONS=0 to run every "
-                           f"evaluation as a sampling call of its own")
+        raise SessionEnded(f"the {self.expert.name} expert's sampling call ended before its evaluation (a sampling "
+                           f"wrapper skipped or split it)")
 
     def close(self, slots) -> None:
         if self.thread is None or self.ended:
@@ -360,17 +359,26 @@ class Session:
         return x_in  # closing: the sampling call returns through ComfyUI's clean-up
 
 
+class SessionEnded(RuntimeError):
+    """A session's sampling call returned before serving the evaluation it was asked for: some wrapper runs the
+    sampler function otherwise than once over the sigmas. The stage then evaluates that expert by sampling calls of
+    its own (the outputs are the same, only slower)."""
+
+
 class Stage:
     """The open sessions of a node's stage, one per expert."""
 
     def __init__(self):
         self.sessions: dict = {}  # expert -> Session, in opening order
+        self.unserved: set = set()  # experts whose session ended early: evaluated one sampling call each
 
     def slots(self) -> list:
         bases = {id(s.patcher.model): s.patcher.model for s in self.sessions.values()}
         return [*SWAPPED, *((base, name) for base in bases.values() for name in SWAPPED_ON_MODEL)]
 
     def evaluate(self, expert, x_host, sigmas, step, conds) -> tuple:
+        if expert in self.unserved:
+            return single_evaluation(expert, x_host, sigmas, step, conds)
         session = self.sessions.get(expert)
         if session is not None and not session.serves(sigmas, conds, x_host, step):
             self.end(session)
@@ -383,6 +391,12 @@ class Stage:
             session = self.sessions[expert] = Session(expert, sigmas, conds, x_host)
         try:
             return session.evaluate(x_host, step, self.slots())
+        except SessionEnded as e:
+            self.sessions.pop(expert, None)
+            self.unserved.add(expert)
+            log.warning("ConFiner: %s; its evaluations in this stage are sampling calls of their own "
+                        "(CONFINER_STAGE_SESSIONS=0 does this for every expert)", e)
+            return single_evaluation(expert, x_host, sigmas, step, conds)
         except BaseException:
             self.sessions.pop(expert, None)
             raise

@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
+import attention_probe as AP  # noqa: E402
 import gpu_report as R  # noqa: E402
 import layout_audit as A  # noqa: E402
 import profiling as P  # noqa: E402
@@ -205,20 +206,24 @@ def test_report_reads_the_comfy_benchmark_file(tmp_path):
             "wall_s": 0.26, "peak_gpu_gib": 4.7, "vae_decoder_calls": 8, "vae_decoder_frames": 16})}}
     fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5}, {"h200_comfy_free7.json": small,
                                                                  "cpu.json": {**small, "device": "cpu"}})
-    # unsuffixed: the pack's default (one sampling call per evaluation); _sessions: the opt-in stage sessions
-    assert fig["comfy_host_overhead_ms_per_eval"] == 8.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
-    assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(2.4 / 4.4)
-    assert fig["comfy_host_overhead_ms_per_eval_sessions"] == 3.0
-    assert fig["comfy_ratio_confiner_to_animatediff_25_sessions"] == pytest.approx(0.5)
-    assert fig["comfy_ratio_off_library"] == pytest.approx(2.4 / 4.4 / 0.5 - 1)
+    # unsuffixed: the pack's default (stage sessions); _per_evaluation_calls: CONFINER_STAGE_SESSIONS=0
+    assert fig["comfy_host_overhead_ms_per_eval"] == 3.0 and fig["comfy_ksampler_overhead_ms_per_step"] == 4.7
+    assert fig["comfy_ratio_confiner_to_animatediff_25"] == pytest.approx(2.2 / 4.4)
+    assert fig["comfy_host_overhead_ms_per_eval_per_evaluation_calls"] == 8.0
+    assert fig["comfy_ratio_confiner_to_animatediff_25_per_evaluation_calls"] == pytest.approx(2.4 / 4.4)
+    assert fig["comfy_ratio_off_library"] == pytest.approx(2.2 / 4.4 / 0.5 - 1)
     assert fig["comfy_decode_node"] == "VAEDecode" and fig["comfy_decode_peak_gib"] == 12.3
     assert fig["comfy_decode_VAEDecode_all_free_decode_s"] == 0.2
+    # the variant ran its ConFiner prompt with one sampling call per evaluation only (--mechanisms per-evaluation)
+    small["runs"].pop("confiner_session")
+    fig, md = R.comfy_figures(comfy, {R.LIBRARY_AD_RATIO: 0.5}, {"h200_comfy_free7.json": small,
+                                                                 "cpu.json": {**small, "device": "cpu"}})
     assert fig["comfy_decode_VAEDecode_7gib_free_decode_peak_gib"] == 4.7
     assert fig["comfy_decode_VAEDecode_7gib_free_ratio_confiner_to_animatediff_25"] == pytest.approx(2.6 / 4.4)
     assert "\n".join(md).count("| VAEDecode | 7 GiB | 8 for 16 frames | 0.260 | 4.70 | 5.50 |") == 1  # not the CPU run
-    assert fig["comfy_sampling_ratio_confiner_to_animatediff_25"] == pytest.approx(2.0 / 4.0)
+    assert fig["comfy_sampling_ratio_confiner_to_animatediff_25"] == pytest.approx(1.8 / 4.0)
     text = "\n".join(md)
-    assert "| host overhead per evaluation ≤ KSampler's per step | 8.00 ms vs 4.70 ms | no |" in text
+    assert "| host overhead per evaluation ≤ KSampler's per step | 3.00 ms vs 4.70 ms | **yes** |" in text
     assert R.comfy_figures({**comfy, "device": "cpu"}, {}) == ({}, [])
 
 
@@ -370,6 +375,53 @@ def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():
     assert "**0.200 s** under `lean`, **0.100 s** with the decoder's blocks compiled" in md[2]
     assert md[2].endswith("The decode inside the `max` table's ConFiner run: 0.104 s.")
     assert R.vae_probe_figures(None, fig) == ({}, [])
+
+
+def test_attention_probe_times_each_backend_against_a_reference_and_reports_what_a_backend_refuses():
+    flop = AP.attention_tflop(32, 8, 4096, 4096, 40)
+    assert flop == pytest.approx(4 * 32 * 8 * 4096 * 4096 * 40 / 1e12)
+
+    def scaled(factor):  # a "backend" whose output is off by a known amount
+        return lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v) * factor
+
+    def refuses(q, k, v):
+        raise RuntimeError("no kernel for this head dim\nsecond line")
+
+    fns = {"math": scaled(1.0), "off": scaled(1.5), "refuses": refuses}
+    row = AP.probe_shape(("s", 1, 2, 8, 8, 16), fns, torch.device("cpu"), torch.float32, repeats=2)
+    assert row["reference"] == "math" and row["backends"]["math"]["max_abs_diff"] == 0
+    # the offset backend's difference is its own output's size, as computed independently here
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=g) for n in (8, 8, 8))
+    expected = (0.5 * torch.nn.functional.scaled_dot_product_attention(q, k, v)).abs().max().item()
+    assert row["backends"]["off"]["max_abs_diff"] == pytest.approx(expected, rel=1e-5)
+    assert row["backends"]["refuses"] == {"error": "RuntimeError: no kernel for this head dim"}
+    assert row["fastest"] in ("math", "off")
+
+
+def test_attention_section_marks_the_fastest_backend_and_lists_refusals():
+    data = {"device": "NVIDIA H200", "torch": "2.11", "dtype": "float16", "backends": ["cudnn", "flash", "flash4"],
+            "skipped": ["wan 14B self (d 128)"],
+            "shapes": {"sd self 64² (d 40)": {
+                "shape": [32, 8, 4096, 4096, 40], "tflop": 0.69, "reference": "flash", "fastest": "flash4",
+                "backends": {"cudnn": {"median_ms": 3.5, "tflops": 197.0, "first_call_s": 0.1, "max_abs_diff": 1e-3},
+                             "flash": {"median_ms": 4.0, "tflops": 172.0, "first_call_s": 0.1, "max_abs_diff": 0.0},
+                             "flash4": {"median_ms": 3.0, "tflops": 230.0, "first_call_s": 12.0,
+                                        "max_abs_diff": 2e-3}}},
+                "temporal 64² (d 40)": {
+                "shape": [8192, 8, 16, 16, 40], "tflop": 0.003, "reference": "cudnn", "fastest": "cudnn",
+                "backends": {"cudnn": {"median_ms": 0.2, "tflops": 15.0, "first_call_s": 0.1, "max_abs_diff": 0.0},
+                             "flash": {"error": "RuntimeError: batch too large"},
+                             "flash4": {"median_ms": 0.3, "tflops": 10.0, "first_call_s": 0.5, "max_abs_diff": 1e-3}}}}}
+    out, md = R.attention_figures(data)
+    assert out == {"attention_probe": {"attention_fastest sd self 64² (d 40)": {"backend": "flash4", "ms": 3.0},
+                                       "attention_fastest temporal 64² (d 40)": {"backend": "cudnn", "ms": 0.2}}}
+    assert "| sd self 64² (d 40) [32, 8, 4096, 4096, 40] | 3.500 (197), Δ 1.0e-03 | 4.000 (172) | " \
+           "**3.000 (230), first 12.0 s, Δ 2.0e-03** | flash4 |" in md
+    assert "| temporal 64² (d 40) [8192, 8, 16, 16, 40] | **0.200 (15)** | not taken | 0.300 (10), Δ 1.0e-03 | cudnn |" in md
+    assert "Not taken: temporal 64² (d 40), flash: RuntimeError: batch too large." in md
+    assert "Skipped at the deadline: wan 14B self (d 128)." in md
+    assert R.attention_figures(None) == ({}, [])
 
 
 def test_decode_chunk_table_and_library_default():

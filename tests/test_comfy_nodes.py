@@ -193,8 +193,8 @@ def test_impossible_te_is_rejected_by_validation(comfy_worker):
 
 @pytest.mark.parametrize("staged", [False, True], ids=["one call per evaluation", "stage sessions"])
 def test_every_evaluation_goes_through_comfys_wrappers(comfy_worker, staged):
-    """As the nodes run a stage: one sampling call per evaluation (the default), or one for the stage (opt-in stage
-    sessions)."""
+    """As the nodes run a stage: one sampling call per evaluation (``CONFINER_STAGE_SESSIONS=0``), or one for the
+    stage (stage sessions, the default)."""
     r = comfy_worker.call("comfy_support.confiner_checks:wrappers_fire_per_evaluation", comfy_worker.checkpoint_name,
                           staged)
     assert r["finite"] and r["evaluations"] == 3
@@ -209,7 +209,7 @@ def sessions_against_calls(comfy_worker):
                              comfy_worker.checkpoint_name)
 
 
-@pytest.mark.first_version_only   # stage sessions are opt-in; on every version Cancel with sessions is tested above
+@pytest.mark.first_version_only   # on every version Cancel with sessions is tested above, and the templates run with them
 def test_stage_sessions_give_the_same_outputs_with_one_sampling_call_per_expert_and_stage(sessions_against_calls):
     """Control stage (3 evaluations) and coordinated refinement (3 steps: 6 spatial + 3 temporal evaluations), the
     temporal expert a clone of the spatial one's base model with a weight patch and a patched schedule (a LoRA'd
@@ -236,6 +236,16 @@ def test_an_error_inside_a_served_evaluation_ends_every_session_cleanly(sessions
     r = sessions_against_calls["error"]
     assert r["raised"] == "InterruptProcessingException"  # the same exception reaches the node's thread
     assert r["temporal_calls"] == 2  # raised in the 2nd temporal evaluation, both experts' sessions open
+    assert r["session_threads"] == [] and not r["any_current_patcher"]
+    assert r["sampling_function"] == "comfy.samplers.sampling_function"
+
+
+def test_a_session_a_wrapper_ends_early_falls_back_to_one_sampling_call_per_evaluation(comfy_worker):
+    r = comfy_worker.call("comfy_support.confiner_checks:session_ended_by_a_wrapper_falls_back",
+                          comfy_worker.checkpoint_name)
+    assert r["refined_equal"]   # bit-identical to a run without sessions (and without the wrapper)
+    assert r["temporal_sampling_calls"] == 1 + 3   # the session's call, then one per temporal evaluation
+    assert len(r["warnings"]) == 1 and "temporal expert's sampling call ended before its evaluation" in r["warnings"][0]
     assert r["session_threads"] == [] and not r["any_current_patcher"]
     assert r["sampling_function"] == "comfy.samplers.sampling_function"
 

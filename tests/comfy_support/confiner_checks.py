@@ -391,6 +391,49 @@ def stage_sessions_against_single_calls(ckpt_name: str, at_call: int = 2) -> dic
     return out
 
 
+def session_ended_by_a_wrapper_falls_back(ckpt_name: str) -> dict:
+    """A wrapper that returns from the temporal expert's first sampling call without running the sampler (as a pack
+    whose wrapper skips or splits the sampling would): that call is the expert's stage session, which so ends before
+    its evaluation. The stage must evaluate the expert by sampling calls of their own from then on, warn once, and
+    give what a run without sessions and without the wrapper gives."""
+    import logging
+
+    import torch
+
+    import comfy.patcher_extension as pe
+
+    host = _pack_module(".nodes.host")
+    chain = _pack_module("confiner_core.chain")
+    sessions = _pack_module(".nodes.sessions")
+    model, cond = _load(ckpt_name)
+    patched = _patched_clone(model)
+    _, reference = _chain_run(host, chain, patched, model, patched, cond, False)
+    skipping = patched.clone()
+    calls = {"outer_sample": 0}
+
+    def skip_first(executor, *args, **kwargs):
+        calls["outer_sample"] += 1
+        if calls["outer_sample"] == 1:
+            return args[1]  # the latent image, untouched: the sampler never ran
+        return executor(*args, **kwargs)
+
+    skipping.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, "confiner-test", skip_first)
+    warnings = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    handler = Recorder(level=logging.WARNING)
+    sessions.log.addHandler(handler)
+    try:
+        _, refined = _chain_run(host, chain, patched, model, skipping, cond, True)
+    finally:
+        sessions.log.removeHandler(handler)
+    return {"refined_equal": torch.equal(refined, reference), "temporal_sampling_calls": calls["outer_sample"],
+            "warnings": warnings, **sessions_state()}
+
+
 def mixed_latent_spaces_refused(ckpt_name: str) -> dict:
     """ConFiner Refine Experts given a temporal model in another latent space (an SDXL latent format object-patched
     onto the model, as a different family would have) and no VAEs: the bundle takes it (a bridge is possible), the
