@@ -596,7 +596,7 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
           f"; installed here: {', '.join(n for n in ('flash4', 'sage') if n in names) or 'neither'}.", "",
           "| shape [B, H, Nq, Nk, d] | " + " | ".join(names) + " | fastest |",
           "|---|" + "---|" * (len(names) + 1)]
-    out, notes = {}, []
+    out, notes = {}, {}
     for shape, row in data["shapes"].items():
         cells = []
         for n in names:
@@ -604,7 +604,7 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
             if "median_ms" not in e:
                 cells.append("—" if not e else "not taken")
                 if e.get("error"):
-                    notes.append(f"{shape}, {n}: {e['error']}")
+                    notes.setdefault(f"{n}: {e['error'].rstrip('.')}", []).append(shape)
                 continue
             cell = f"{e['median_ms']:.3f} ({e['tflops']:.0f})"
             if e.get("first_call_s", 0) > 1:
@@ -616,7 +616,10 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
         if row["fastest"]:
             out[f"attention_fastest {shape}"] = {"backend": row["fastest"],
                                                  "ms": row["backends"][row["fastest"]]["median_ms"]}
-    md += [""] + ([f"Not taken: {'; '.join(notes)}.", ""] if notes else [])
+    md.append("")
+    if notes:
+        refusals = [f"{why} ({', '.join(shapes)})" for why, shapes in notes.items()]
+        md += [f"Not taken: {'; '.join(refusals)}.", ""]
     if data.get("skipped"):
         md += [f"Skipped at the deadline: {', '.join(data['skipped'])}.", ""]
     return {"attention_probe": out}, md

@@ -419,7 +419,7 @@ def test_attention_section_marks_the_fastest_backend_and_lists_refusals():
     assert "| sd self 64² (d 40) [32, 8, 4096, 4096, 40] | 3.500 (197), Δ 1.0e-03 | 4.000 (172) | " \
            "**3.000 (230), first 12.0 s, Δ 2.0e-03** | flash4 |" in md
     assert "| temporal 64² (d 40) [8192, 8, 16, 16, 40] | **0.200 (15)** | not taken | 0.300 (10), Δ 1.0e-03 | cudnn |" in md
-    assert "Not taken: temporal 64² (d 40), flash: RuntimeError: batch too large." in md
+    assert "Not taken: flash: RuntimeError: batch too large (temporal 64² (d 40))." in md
     assert "Skipped at the deadline: wan 14B self (d 128)." in md
     assert R.attention_figures(None) == ({}, [])
 

@@ -146,7 +146,8 @@ def test_quick_placement_leaves_models_with_casting_hooks_alone():
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
     assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
-                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention cudnn")
+                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention cudnn "
+                               "+ efficient attention over frames")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS
@@ -366,6 +367,56 @@ def test_attention_backend_choice_keeps_outputs(backend):
     S.set_attention(unet, backend)
     assert isinstance(unet.forward, S.WithAttention) and unet.forward.name == backend
     assert rel(sd_call(unet), before) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["modelscope", "animatediff"])
+def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(name, monkeypatch):
+    """The presets put cuDNN's kernel first for the spatial attention and the memory-efficient one inside the
+    transformers that attend over frames (ModelScope's temporal transformers, AnimateDiff's motion modules); the
+    outputs stay the same, and compiling the blocks keeps each context outside the compiled code, where it is in
+    force when the graph is traced."""
+    from torch.nn.attention import SDPBackend
+
+    make, call = MODELS[name]
+    model = make().eval()
+    before = call(model)
+    done = apply_speed_settings([model], LEAN)
+    temporal = [m for m in model.modules() if type(m).__name__ in S.TEMPORAL_ATTENTION_CLASSES]
+    assert done["temporal_attention"] == len(temporal) > 0
+    inside, seen = [], []
+    for m in temporal:
+        m.register_forward_pre_hook(lambda *_: inside.append(True) or None)
+        m.register_forward_hook(lambda *_: inside.pop() and None)
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        seen.append((bool(inside), torch._C._get_sdp_priority_order()[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    assert rel(call(model), before) < 1e-4
+    efficient, cudnn = int(SDPBackend.EFFICIENT_ATTENTION), int(SDPBackend.CUDNN_ATTENTION)
+    assert {first for over_frames, first in seen if over_frames} == {efficient}
+    assert {first for over_frames, first in seen if not over_frames} == {cudnn}
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", original)
+    backend = CountingBackend()
+    apply_speed_settings([model], replace(LEAN, compile="blocks", backend=backend))
+    for m in temporal:
+        assert isinstance(m.forward, S.WithAttention) and m.forward.name == "efficient"
+        assert m._confiner_compiled and not isinstance(m.forward.forward, S.WithAttention)
+    assert rel(call(model), before) < 1e-4 and backend.graphs > 0
+
+
+def test_compiled_graphs_are_kept_apart_by_the_attention_backends_order():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from confiner_core.diffusers_backend.precompiled import attention_backends
+
+    keys = set()
+    for first in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        with sdpa_kernel([first] + [b for b in S.sdpa_order("cudnn") if b != first], set_priority=True):
+            keys.add(attention_backends())
+    assert len(keys) == 2
 
 
 def test_fused_qkv_keeps_outputs():

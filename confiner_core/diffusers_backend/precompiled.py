@@ -146,11 +146,13 @@ def call_signature(args: tuple, kwargs: dict):
 
 
 def attention_backends() -> tuple:
-    """The scaled-dot-product-attention backends allowed now (the attention speed setting's context): the one a
-    graph was compiled with is part of it."""
+    """The scaled-dot-product-attention backends allowed now and their order (the attention speed setting's
+    context: ``sdpa_kernel(..., set_priority=True)`` enables them all and orders them), which a compiled graph's
+    choice of kernel depends on."""
     b = torch.backends.cuda
+    order = getattr(torch._C, "_get_sdp_priority_order", lambda: ())()
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
-            getattr(b, "cudnn_sdp_enabled", lambda: None)())
+            getattr(b, "cudnn_sdp_enabled", lambda: None)(), tuple(order))
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,9 +269,10 @@ class PrecompiledForward:
     """``module.forward`` served by the :class:`Store`'s compiled function for its call signature, or compiled the
     ordinary way (per instance) where the store has none."""
 
-    def __init__(self, module: torch.nn.Module, store: Store):
+    def __init__(self, module: torch.nn.Module, store: Store, forward=None):
         self.module, self.store = module, store
-        self.forward = module.forward  # what the artifact compiles: the class's forward or a speed setting's
+        # what the artifact compiles: the class's forward or a speed setting's
+        self.forward = module.forward if forward is None else forward
         self.structure = structure_key(module)
         name_instance_methods(module)  # before any artifact is loaded
         self.keys: dict = {}  # call_signature -> store key

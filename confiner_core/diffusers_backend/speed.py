@@ -13,7 +13,8 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
 * ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
-  CuTe kernels where it is installed, else PyTorch's);
+  CuTe kernels where it is installed, else PyTorch's); ``temporal_attention``: the same for the transformers that
+  attend over the frames of each pixel (16-token sequences, where PyTorch's memory-efficient kernel is fastest);
 * ``cudnn_benchmark``: cuDNN autotuning;
 * ``quick_placement``: a model's ``.dtype`` and ``.device`` read off its first parameter (:func:`quick_placement`):
   diffusers' properties first walk every submodule for offloading and casting hooks, and the AnimateDiff and
@@ -48,7 +49,7 @@ from . import fused_norm as FN
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
 from .experts import placement
-from .precompiled import Store, aot_available, keep_kernels_in, precompile_forward
+from .precompiled import PrecompiledForward, Store, aot_available, keep_kernels_in
 
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
@@ -62,6 +63,9 @@ COMPILE_SCOPES = ("none", "blocks", "full")
 GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
              "CLIPTextModelWithProjection")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4")
+# Transformers that attend over the frames of each pixel (sequences of 16 or so: AnimateDiff's motion modules,
+# ModelScope's temporal transformers), where another kernel than for the spatial attention is fastest
+TEMPORAL_ATTENTION_CLASSES = ("AnimateDiffTransformer3D", "TransformerTemporalModel")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class SpeedSettings:
     fused_geglu: bool = False
     fuse_qkv: bool = False
     attention: str = "default"
+    # the backend of TEMPORAL_ATTENTION_CLASSES' attention; None: ``attention``'s. On an H200 PyTorch's
+    # memory-efficient kernel takes the 16-frame attention of SD-sized motion modules in 0.73 ms where cuDNN's takes
+    # 1.10 ms (bench/RESULTS.md, "Attention backends"), while cuDNN's is fastest on every spatial shape
+    temporal_attention: str | None = None
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
     # "blocks" compiled ahead of time and kept here (:mod:`.precompiled`), inductor's cache in compile_dir/inductor
@@ -88,6 +96,8 @@ class SpeedSettings:
             raise ValueError(f"compile={self.compile!r}: choose one of {COMPILE_SCOPES}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention={self.attention!r}: choose one of {ATTENTION_BACKENDS}")
+        if self.temporal_attention is not None and self.temporal_attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"temporal_attention={self.temporal_attention!r}: None or one of {ATTENTION_BACKENDS}")
         if not self.step_cache >= 0:
             raise ValueError(f"step_cache={self.step_cache!r}: a threshold >= 0 (0 = off)")
 
@@ -101,6 +111,8 @@ class SpeedSettings:
                                        ("fused QKV", self.fuse_qkv)) if on]
         if self.attention != "default":
             parts.append(f"attention {self.attention}")
+        if self.temporal_attention not in (None, self.attention):
+            parts.append(f"{self.temporal_attention} attention over frames")
         if self.compile != "none":
             parts.append(f"torch.compile ({self.compile}{', ' + self.compile_mode if self.compile_mode else ''}"
                          f"{', kept on disk' if self.compile_dir and self.compile == 'blocks' else ''})")
@@ -113,7 +125,8 @@ class SpeedSettings:
 
 EAGER = SpeedSettings()
 LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, quick_placement=True,
-                     fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="cudnn")
+                     fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="cudnn",
+                     temporal_attention="efficient")
 FAST = replace(LEAN, compile="blocks")
 MAX = replace(FAST, cuda_graphs=True)
 PRESETS = {"eager": EAGER, "lean": LEAN, "fast": FAST, "max": MAX}  # by name, as the command line takes them
@@ -333,24 +346,33 @@ def set_attention(module: torch.nn.Module, name: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- compile
 
-def compile_forward(module: torch.nn.Module, settings: SpeedSettings) -> None:
-    """Replace ``module.forward`` by its compiled version. Hooks stay outside the graph (they run around
-    ``forward``), and every instance of a class shares the compiled code of ``Class.forward``."""
-    if getattr(module, "_confiner_compiled", False):
-        return  # settings applied on top of earlier ones compile nothing twice
-    module.forward = torch.compile(module.forward, dynamic=False, mode=settings.compile_mode,
-                                   backend=settings.backend)
+def compile_forward(module: torch.nn.Module, settings: SpeedSettings, store: Store | None = None) -> bool:
+    """Replace ``module.forward`` by its compiled version (served from ``store``'s kept graphs where given); False
+    when it already was (settings applied on top of earlier ones compile nothing twice). Hooks stay outside the graph
+    (they run around ``forward``), every instance of a class shares the compiled code of ``Class.forward``, and an
+    attention setting's context (:class:`WithAttention`) stays outside too, so it is in force when the graph is
+    traced: the kernel it picks is compiled in."""
+    if getattr(module, "_confiner_compiled", False) or isinstance(module.forward, PrecompiledForward):
+        return False
+
+    def compiled(forward):
+        if store is not None:
+            return PrecompiledForward(module, store, forward)
+        return torch.compile(forward, dynamic=False, mode=settings.compile_mode, backend=settings.backend)
+
+    if isinstance(module.forward, WithAttention):
+        module.forward.forward = compiled(module.forward.forward)
+    else:
+        module.forward = compiled(module.forward)
     module._confiner_compiled = True
+    return True
 
 
 def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLOCK_CLASSES, store=None) -> int:
     """Compile each block of ``classes`` inside ``module`` (not descending into a compiled one); returns the count.
     With a :class:`~.precompiled.Store` the blocks' compiled graphs come from (and go to) its folder."""
     if type(module).__name__ in classes:
-        if store is not None:
-            precompile_forward(module, store)
-        else:
-            compile_forward(module, settings)
+        compile_forward(module, settings, store)
         return 1
     return sum(compile_blocks(child, settings, classes, store) for child in module.children())
 
@@ -407,7 +429,8 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
     applied on top of earlier ones (eager -> lean -> fast -> max), never taken back. ``step_cache`` is not applied
     here (it belongs to experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
-            "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "quick_placement": 0, "graphed": 0}
+            "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "quick_placement": 0, "temporal_attention": 0,
+            "graphed": 0}
     if settings.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if settings.compile == "blocks":
@@ -438,6 +461,11 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
             compile_forward(m, settings)
             done["compiled"] += 1
         set_attention(m, settings.attention)
+        if settings.temporal_attention not in (None, settings.attention):
+            for sub in m.modules():
+                if type(sub).__name__ in TEMPORAL_ATTENTION_CLASSES:
+                    set_attention(sub, settings.temporal_attention)
+                    done["temporal_attention"] += 1
     if settings.cuda_graphs:
         graphable = [m for m in modules if type(m).__name__ in GRAPHABLE]
         done["graph_pool"] = graph_forwards(graphable, graph_pool)
