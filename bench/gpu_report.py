@@ -50,6 +50,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
+         # the tables again with the presets' attention over frames (temporal_attention="efficient"), against the
+         # main file's tables measured before that setting
+         "frames": "h200_sd_temporal_attention.json", "frames_best": "h200_sd_temporal_attention_best.json",
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
@@ -625,6 +628,38 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
     return {"attention_probe": out}, md
 
 
+def temporal_attention_figures(sd: dict, after: list) -> tuple[dict, list[str]]:
+    """The tables measured again once the presets ran attention over frames with the memory-efficient kernel
+    (``after``: benchmark files), against the same tables of ``sd`` (measured before); eager, which the setting
+    does not touch, shows the spread from machine to machine."""
+    rows, out = [], {}
+    for data in (d for d in after if d):
+        for setting, table in data["tables"].items():
+            runs, before = table["runs"], sd["tables"].get(setting, {}).get("runs", {})
+            if not (ok(runs.get(CONFINER)) and ok(runs.get("modelscope_100"))):
+                continue
+            new = (runs[CONFINER]["wall_s"], runs["modelscope_100"]["wall_s"])
+            old = ((before[CONFINER]["wall_s"], before["modelscope_100"]["wall_s"])
+                   if ok(before.get(CONFINER)) and ok(before.get("modelscope_100")) else None)
+            out[f"temporal_attention_{setting}_confiner_modelscope_s"] = new[0]
+            out[f"temporal_attention_{setting}_modelscope100_s"] = new[1]
+            out[f"temporal_attention_{setting}_ratio_confiner_modelscope_to_modelscope_100"] = new[0] / new[1]
+            was = (lambda i: f"{old[i]:.3f} → ") if old else (lambda i: "")
+            ratio_was = f"{old[0] / old[1]:.4f} → " if old else ""
+            rows.append(f"| {setting} | {table['settings']} | {was(0)}**{new[0]:.3f}** | {was(1)}**{new[1]:.3f}** | "
+                        f"{ratio_was}**{new[0] / new[1]:.4f}** |")
+    if not rows:
+        return {}, []
+    md = ["## Attention over frames in the presets", "",
+          "The presets run the motion modules' and temporal transformers' attention (over the 16 frames of each "
+          "pixel) with PyTorch's memory-efficient kernel, the fastest there in the attention probe, and cuDNN's "
+          "elsewhere. The tables measured again with that (`h200_sd_temporal_attention*.json`, another process and "
+          "machine) against the tables above, measured before it; eager does not change and shows the spread "
+          "between the two machines.", "",
+          "| table | settings | ConFiner 4+5 s | ModelScope-100 s | ratio |", "|---|---|---|---|---|"] + rows + [""]
+    return out, md
+
+
 def targets(fig: dict) -> list[str]:
     yes = lambda v: "—" if v is None else ("**yes**" if v else "no")  # noqa: E731
 
@@ -640,6 +675,11 @@ def targets(fig: dict) -> list[str]:
     flop = fig.get(f"{fastest}_flop_ratio_confiner_modelscope_to_modelscope_100")
     fast_ratio = fig.get("best_ratio_confiner_modelscope_to_modelscope_100")
     also = f" ({fastest}; best {fmt(fast_ratio)})" if fastest != "best" and fast_ratio is not None else ""
+    since = [(t, fig[f"temporal_attention_{t}_ratio_confiner_modelscope_to_modelscope_100"])
+             for t in ("lean", "lean_graphs", "best", "max")
+             if f"temporal_attention_{t}_ratio_confiner_modelscope_to_modelscope_100" in fig]
+    if since:  # measured with the presets' attention over frames, which the tables above predate
+        also += "; with the presets' attention over frames: " + ", ".join(f"{t} {r:.4f}" for t, r in since)
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
     wan_ratios = [r for r in (wan, wan_best) if r is not None]
     return ["## Targets (H200)", "", "| target | measured | met |", "|---|---|---|",
@@ -694,7 +734,9 @@ def main():
         md += wan_markdown(data["wan_best"], None)
     attention, attention_md = attention_figures(data["attention"])
     fig.update(attention)
-    md += attention_md + decode_md + comfy_md + targets(fig) + multigpu_md
+    frames, frames_md = temporal_attention_figures(data["sd"], [data["frames"], data["frames_best"]])
+    fig.update(frames)
+    md += attention_md + frames_md + decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
         with open(os.path.join(a.out, name), "w") as f:

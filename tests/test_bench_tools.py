@@ -365,6 +365,25 @@ def test_ratio_target_takes_the_fastest_table():
     assert row == "| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1384 vs 0.1371 (max; best 0.141) | no |"
 
 
+def test_tables_measured_again_with_attention_over_frames_stand_beside_the_tables_before():
+    def table(settings, confiner, ms100):
+        return {"settings": settings, "runs": {R.CONFINER: run(confiner, 577.0), "modelscope_100": run(ms100, 4206.0)}}
+
+    sd = {"tables": {"eager": table("eager", 2.568, 19.779), "lean": table("lean", 2.093, 14.497),
+                     "max": table("max", 1.650, 12.085)}}
+    after = {"tables": {"eager": table("eager", 2.553, 19.795), "lean": table("lean + frames", 2.101, 13.995),
+                        "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}}
+    out, md = R.temporal_attention_figures(sd, [after, None])
+    assert out["temporal_attention_lean_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(2.101 / 13.995)
+    assert out["temporal_attention_eager_modelscope100_s"] == 19.795 and "temporal_attention_best_confiner_modelscope_s" not in out
+    assert "| lean | lean + frames | 2.093 → **2.101** | 14.497 → **13.995** | 0.1444 → **0.1501** |" in md
+    fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 0.1365,
+           "max_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371, **out}
+    row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
+    assert "with the presets' attention over frames: lean 0.1501" in row
+    assert R.temporal_attention_figures(sd, [None, None]) == ({}, [])
+
+
 def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():
     probe = {"device": "NVIDIA H200", "torch": "2.11", "size": 512, "frames": 16, "chunk_frames": 4,
              "lean": {"median_s": 0.2, "first_call_s": 8.0, "peak_gib": 1.7},
