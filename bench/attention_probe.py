@@ -29,8 +29,9 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 
 # (name, batch, heads, query tokens, key tokens, head dim): the calls one forward of each network makes at the
-# benchmarks' sizes. SD 1.5 at 512x512x16 with cfg: 32 frames, 8 heads of 40/80/160 channels at 64²/32²/16² tokens;
-# the motion modules attend over the 16 frames of every pixel (AnimateDiff and ModelScope: 8 heads at the top level).
+# benchmarks' sizes. SD 1.5 at 512x512x16 with cfg: 32 frames, 8 heads of 40/80/160 channels at 64²/32²/16² tokens.
+# Attention over the 16 frames of every pixel: AnimateDiff's motion modules with 8 heads of 40/80 channels at 64²/32²,
+# ModelScope's temporal transformers with 5/10 heads of 64 (diffusers passes channels // 64 as the head count).
 # Wan at 480x832x81: 21 latent frames of 30x52 patches = 32,760 tokens, heads of 128; text 512 tokens.
 SHAPES = (  # the largest of each model first, so a deadline cuts the least telling ones
     ("sd self 64² (d 40)", 32, 8, 4096, 4096, 40),
@@ -39,7 +40,10 @@ SHAPES = (  # the largest of each model first, so a deadline cuts the least tell
     ("sd cross 64² (d 40)", 32, 8, 4096, 77, 40),
     ("wan 1.3B cross (d 128)", 1, 12, 32760, 512, 128),
     ("sd self 16² (d 160)", 32, 8, 256, 256, 160),
-    ("temporal 64² (d 40)", 2 * 4096, 8, 16, 16, 40),
+    ("animatediff frames 64² (8 × d 40)", 2 * 4096, 8, 16, 16, 40),
+    ("modelscope frames 64² (5 × d 64)", 2 * 4096, 5, 16, 16, 64),
+    ("animatediff frames 32² (8 × d 80)", 2 * 1024, 8, 16, 16, 80),
+    ("modelscope frames 32² (10 × d 64)", 2 * 1024, 10, 16, 16, 64),
     ("wan 14B self (d 128)", 1, 40, 32760, 32760, 128),
 )
 TINY = tuple((name, 2, 2, min(q, 64), min(k, 64), d) for name, _, _, q, k, d in SHAPES)

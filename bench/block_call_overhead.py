@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 
 from confiner_core.diffusers_backend import precompiled as P  # noqa: E402
+from confiner_core.diffusers_backend import speed as S  # noqa: E402
 
 
 def per_call_us(fn, device, calls: int) -> float:
@@ -69,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = P.Store(folder)
         kept = block()
-        P.precompile_forward(kept, store)
+        S.compile_forward(kept, S.FAST, store)
         us["kept on disk, through PrecompiledForward"] = per_call_us(lambda: kept(x, temb), device, a.calls)
         fn = next(f for f in store.functions.values() if f is not None)
         us["kept on disk, the store's function called directly"] = per_call_us(lambda: fn(kept, x, temb), device,

@@ -627,6 +627,8 @@ def figures(runs: dict) -> dict:
     if confiner:  # the decode node of the ConFiner prompt against its sampling nodes' peak, and that prompt's times
         fig["comfy_sampling_peak_gib"] = confiner["sampling"]["peak_gpu_gib"]
         fig["comfy_decode_prompt_confiner_s"] = confiner["end_to_end_s"]
+        fig["comfy_decode_prompt_mechanism"] = ("stage sessions" if confiner is runs.get("confiner_session")
+                                                else "one sampling call per evaluation")
         if ad:
             fig["comfy_decode_prompt_ratio_confiner_to_animatediff_25"] = confiner["end_to_end_s"] / ad["end_to_end_s"]
         decode = next((n for n in confiner["nodes"].values() if n["class"] in DECODE_NODES), None)

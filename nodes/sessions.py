@@ -53,12 +53,12 @@ import comfy.samplers
 
 # On by default since 2026-12-02 (fifth session). On an H200 (bench/RESULTS.md, "Inside ComfyUI") the basic template
 # takes 3.20 ms of host time per evaluation with sessions against 6.08 ms with one sampling call per evaluation and
-# 4.08 ms per KSampler step, end to end 2.323 against 2.369 s (runs 2.322-2.331 against 2.352-2.371 s). Earlier,
+# 4.08 ms per KSampler step, end to end 2.323 against 2.369 s (runs 2.307-2.331 against 2.352-2.371 s). Earlier,
 # while every evaluation's finiteness check made the host wait for the next forward, the gain stayed inside the runs'
 # spread (2.383 against 2.451 s) and sessions were opt-in; on fresh threads per session (torch's per-thread cuDNN
 # caches rebuilt every stage) they lost (5.47 against 3.89 s), hence the long-lived workers (_Worker). A wrapper that
-# does not run the sampler function once over the sigmas ends its session early: that expert then falls back to one
-# sampling call per evaluation (SessionEnded). CONFINER_STAGE_SESSIONS=0 switches sessions off.
+# returns from a session's sampling call without running the sampler ends that session: the expert then falls back
+# to one sampling call per evaluation (SessionEnded). CONFINER_STAGE_SESSIONS=0 switches sessions off.
 ENABLED = os.environ.get("CONFINER_STAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 # Attributes that sampling-call wrappers replace for the length of a call: AnimateDiff-Evolved swaps
@@ -96,7 +96,8 @@ def stage(force: bool = False):
 def evaluate(expert, x_host: torch.Tensor, sigmas: list, step: int, conds: tuple, in_plan: bool = True):
     """One evaluation of ``expert`` (a :class:`nodes.host.ComfyExpert`) at ``sigmas[step]`` on ComfyUI's latent
     ``x_host``: (denoised latent on the model's device, network forwards). In a :func:`stage` and in the stage's
-    plan it is served by the expert's session, otherwise by a sampling call of its own."""
+    plan it is served by the expert's session, otherwise (and once a wrapper ended the expert's session early,
+    :class:`SessionEnded`) by a sampling call of its own."""
     current = _CURRENT.get()
     if current is None or not in_plan:
         return single_evaluation(expert, x_host, sigmas, step, conds)
@@ -296,7 +297,7 @@ class Session:
         if reply[0] == "error":
             raise reply[1]
         raise SessionEnded(f"the {self.expert.name} expert's sampling call ended before its evaluation (a sampling "
-                           f"wrapper skipped or split it)")
+                           f"wrapper returned without running the sampler)")
 
     def close(self, slots) -> None:
         if self.thread is None or self.ended:
@@ -360,9 +361,9 @@ class Session:
 
 
 class SessionEnded(RuntimeError):
-    """A session's sampling call returned before serving the evaluation it was asked for: some wrapper runs the
-    sampler function otherwise than once over the sigmas. The stage then evaluates that expert by sampling calls of
-    its own (the outputs are the same, only slower)."""
+    """A session's sampling call returned before serving the evaluation it was asked for: a wrapper returned from
+    the sampling call without running the sampler. The stage then evaluates that expert by sampling calls of its own
+    (the outputs are the same, only slower)."""
 
 
 class Stage:
@@ -370,36 +371,42 @@ class Stage:
 
     def __init__(self):
         self.sessions: dict = {}  # expert -> Session, in opening order
-        self.unserved: set = set()  # experts whose session ended early: evaluated one sampling call each
+        self.single_call_experts: set = set()  # experts whose session ended early: one sampling call an evaluation
 
     def slots(self) -> list:
         bases = {id(s.patcher.model): s.patcher.model for s in self.sessions.values()}
         return [*SWAPPED, *((base, name) for base in bases.values() for name in SWAPPED_ON_MODEL)]
 
     def evaluate(self, expert, x_host, sigmas, step, conds) -> tuple:
-        if expert in self.unserved:
+        if expert in self.single_call_experts:
+            self.end_sharing(expert)
             return single_evaluation(expert, x_host, sigmas, step, conds)
         session = self.sessions.get(expert)
         if session is not None and not session.serves(sigmas, conds, x_host, step):
             self.end(session)
             session = None
         if session is None:
-            # the same MODEL (shared AnimateDiff state), or the other member of the expert's pair (same role)
-            for other in [s for s in self.sessions.values()
-                          if s.patcher is expert.model or s.expert.name == expert.name]:
-                self.end(other)
+            self.end_sharing(expert)
             session = self.sessions[expert] = Session(expert, sigmas, conds, x_host)
         try:
             return session.evaluate(x_host, step, self.slots())
         except SessionEnded as e:
             self.sessions.pop(expert, None)
-            self.unserved.add(expert)
+            self.single_call_experts.add(expert)
             log.warning("ConFiner: %s; its evaluations in this stage are sampling calls of their own "
                         "(CONFINER_STAGE_SESSIONS=0 does this for every expert)", e)
+            self.end_sharing(expert)
             return single_evaluation(expert, x_host, sigmas, step, conds)
         except BaseException:
             self.sessions.pop(expert, None)
             raise
+
+    def end_sharing(self, expert) -> None:
+        """End the sessions that must not be open while ``expert`` evaluates: those on the same MODEL (shared
+        AnimateDiff state) and the other member of the expert's pair (same role)."""
+        for other in [s for s in self.sessions.values()
+                      if s.expert is not expert and (s.patcher is expert.model or s.expert.name == expert.name)]:
+            self.end(other)
 
     def end(self, session: Session) -> None:
         self.sessions.pop(session.expert, None)

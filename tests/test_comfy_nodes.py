@@ -109,7 +109,7 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert [t["text"] for t in texts if t["node_id"] == control][0].startswith("control stage · control expert")
 
 
-# control stage; a coordinated step's 2nd and 3rd evaluation; with stage sessions (opt-in) and without (default)
+# control stage; a coordinated step's 2nd and 3rd evaluation; with stage sessions (the default) and without
 @pytest.mark.parametrize("at_evaluation,staged", [(2, True), (6, False), (7, True)])
 def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evaluation, staged):
     """Cancel arrives while evaluation N runs (the flag is set when its model call returns, before any progress

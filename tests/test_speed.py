@@ -381,7 +381,7 @@ def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(nam
     model = make().eval()
     before = call(model)
     done = apply_speed_settings([model], LEAN)
-    temporal = [m for m in model.modules() if type(m).__name__ in S.TEMPORAL_ATTENTION_CLASSES]
+    temporal = [m for m in model.modules() if type(m).__name__ in S.TEMPORAL_TRANSFORMERS]
     assert done["temporal_attention"] == len(temporal) > 0
     inside, seen = [], []
     for m in temporal:
@@ -399,12 +399,29 @@ def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(nam
     assert {first for over_frames, first in seen if over_frames} == {efficient}
     assert {first for over_frames, first in seen if not over_frames} == {cudnn}
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", original)
-    backend = CountingBackend()
-    apply_speed_settings([model], replace(LEAN, compile="blocks", backend=backend))
+
+    class Tracing(CountingBackend):  # the first SDPA backend in force while each block's graph is traced
+        traced_under: list = []
+
+        def __call__(self, gm, example_inputs):
+            self.traced_under.append(torch._C._get_sdp_priority_order()[0])
+            return super().__call__(gm, example_inputs)
+
+    backend = Tracing()
+    fast = replace(LEAN, compile="blocks", backend=backend)
+    apply_speed_settings([model], fast)
     for m in temporal:
         assert isinstance(m.forward, S.WithAttention) and m.forward.name == "efficient"
         assert m._confiner_compiled and not isinstance(m.forward.forward, S.WithAttention)
-    assert rel(call(model), before) < 1e-4 and backend.graphs > 0
+    assert rel(call(model), before) < 1e-4
+    assert set(backend.traced_under) == {efficient, cudnn}   # temporal blocks traced under theirs, the others not
+    graphs, calls = backend.graphs, backend.calls
+    call(model)
+    per_call = backend.calls - calls
+    assert apply_speed_settings([model], fast)["compiled"] == 0   # the same settings again: nothing undone or redone
+    calls = backend.calls
+    assert rel(call(model), before) < 1e-4
+    assert backend.graphs == graphs and backend.calls - calls == per_call   # every block still runs its graph
 
 
 def test_compiled_graphs_are_kept_apart_by_the_attention_backends_order():
@@ -692,7 +709,7 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
         assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "inductor" / "triton")
         assert P.keep_kernels_in(str(tmp_path)) == store.kernels                  # asked again: the same answer
         block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
-        P.precompile_forward(block, store)
+        S.compile_forward(block, S.FAST, store)
         with torch.no_grad():
             block(torch.randn(2, 8, generator=torch.Generator().manual_seed(0)))
         assert store.compiled == 1, store.summary()
@@ -707,6 +724,29 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
         clear_caches()  # inductor's paths derived from tmp_path
 
 
+def block_and_store(tmp_path):
+    """A small block, its input and a store of kept graphs in ``tmp_path`` (Dynamo's caches emptied first)."""
+    torch._dynamo.reset()
+    store = P.Store(str(tmp_path), backend="eager")
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    return store, block, torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
+def test_a_block_kept_on_disk_keeps_its_attention_context_outside(tmp_path):
+    """A block whose forward runs under an attention setting (the temporal transformers') is served from the store
+    inside that context, so the backend it names is in force when the graph is traced; compiled once."""
+    store, block, x = block_and_store(tmp_path)
+    with torch.no_grad():
+        expected = block(x)
+        S.set_attention(block, "efficient")
+        assert S.compile_forward(block, S.FAST, store) and not S.compile_forward(block, S.FAST, store)
+        assert isinstance(block.forward, S.WithAttention) and block.forward.name == "efficient"
+        assert isinstance(block.forward.forward, P.PrecompiledForward)
+        assert rel(block(x), expected) < 1e-6
+    assert store.compiled == 1, store.summary()
+
+
 @pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
 def test_a_failed_save_leaves_no_artifact(tmp_path, monkeypatch):
     """A save that breaks off (disk full, interrupted) leaves neither a torn artifact nor its temporary file; the
@@ -719,13 +759,10 @@ def test_a_failed_save_leaves_no_artifact(tmp_path, monkeypatch):
         raise OSError("No space left on device")
     monkeypatch.setattr(AOTCompiledFunction, "save_compiled_function", torn)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    torch._dynamo.reset()
-    store = P.Store(str(tmp_path), backend="eager")
-    block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
-    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    store, block, x = block_and_store(tmp_path)
     with torch.no_grad():
         expected = block(x)
-        P.precompile_forward(block, store)
+        S.compile_forward(block, S.FAST, store)
         assert rel(block(x), expected) < 1e-6
     assert store.compiled == 0 and "OSError" in store.fallbacks[0], store.summary()
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.tmp"))

@@ -13,7 +13,8 @@ An artifact is kept only with PyTorch's portable guards (tensor metadata and glo
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
 the block's class and the classes, plain attributes (head counts, scales, flags) and replaced methods of each of its
 submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode, the attention
-backends allowed and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
+backends allowed and their priority order (blocks kept before the order was part of the key, 2026-12-02, are
+compiled once more), and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
 also across experts, as they share one graph under regional compilation. A block whose graph cannot be captured whole
 or saved (a graph break, a guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so
 in :attr:`Store.fallbacks`.
@@ -299,11 +300,3 @@ class PrecompiledForward:
                                           backend=self.store.backend)
         return self.fallback(*args, **kwargs)
 
-
-def precompile_forward(module: torch.nn.Module, store: Store) -> bool:
-    """Serve ``module.forward`` from ``store``; False when it already was (settings applied on top of others)."""
-    if isinstance(module.forward, PrecompiledForward) or getattr(module, "_confiner_compiled", False):
-        return False
-    module.forward = PrecompiledForward(module, store)
-    module._confiner_compiled = True
-    return True

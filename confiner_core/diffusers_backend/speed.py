@@ -63,9 +63,6 @@ COMPILE_SCOPES = ("none", "blocks", "full")
 GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
              "CLIPTextModelWithProjection")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4")
-# Transformers that attend over the frames of each pixel (sequences of 16 or so: AnimateDiff's motion modules,
-# ModelScope's temporal transformers), where another kernel than for the spatial attention is fastest
-TEMPORAL_ATTENTION_CLASSES = ("AnimateDiffTransformer3D", "TransformerTemporalModel")
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,10 @@ class SpeedSettings:
     fused_geglu: bool = False
     fuse_qkv: bool = False
     attention: str = "default"
-    # the backend of TEMPORAL_ATTENTION_CLASSES' attention; None: ``attention``'s. On an H200 PyTorch's
-    # memory-efficient kernel takes the 16-frame attention of SD-sized motion modules in 0.73 ms where cuDNN's takes
-    # 1.10 ms (bench/RESULTS.md, "Attention backends"), while cuDNN's is fastest on every spatial shape
+    # the attention backend inside TEMPORAL_TRANSFORMERS (attention over the frames of each pixel); None: no
+    # backend of their own. On an H200 PyTorch's memory-efficient kernel takes the 16-frame attention of
+    # AnimateDiff's top-level motion modules in 0.73 ms where cuDNN's takes 1.10 ms (bench/RESULTS.md, "Attention
+    # backends"), while cuDNN's is the fastest on every spatial shape
     temporal_attention: str | None = None
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
@@ -229,11 +227,13 @@ def temporal_transformer_forward(self, hidden_states: torch.Tensor, encoder_hidd
 
 
 def keep_temporal_layouts(module: torch.nn.Module) -> int:
-    """Give every temporal transformer of ``module`` :func:`temporal_transformer_forward`; returns how many."""
+    """Give every temporal transformer of ``module`` :func:`temporal_transformer_forward`; returns how many. A forward
+    already replaced (by this, or wrapped by an attention context or compiled when settings are applied on top of
+    earlier ones) is left as it is: it already runs :func:`temporal_transformer_forward` inside."""
     done = 0
     for m in module.modules():
-        if type(m).__name__ in TEMPORAL_TRANSFORMERS and all(
-                hasattr(m, a) for a in ("norm", "proj_in", "proj_out", "transformer_blocks")):
+        if (type(m).__name__ in TEMPORAL_TRANSFORMERS and "forward" not in vars(m)
+                and all(hasattr(m, a) for a in ("norm", "proj_in", "proj_out", "transformer_blocks"))):
             m.forward = types.MethodType(temporal_transformer_forward, m)
             done += 1
     return done
@@ -369,11 +369,11 @@ def compile_forward(module: torch.nn.Module, settings: SpeedSettings, store: Sto
 
 
 def compile_blocks(module: torch.nn.Module, settings: SpeedSettings, classes=BLOCK_CLASSES, store=None) -> int:
-    """Compile each block of ``classes`` inside ``module`` (not descending into a compiled one); returns the count.
+    """Compile each block of ``classes`` inside ``module`` (not descending into one); returns how many were compiled
+    now (a block compiled by earlier settings is not compiled again).
     With a :class:`~.precompiled.Store` the blocks' compiled graphs come from (and go to) its folder."""
     if type(module).__name__ in classes:
-        compile_forward(module, settings, store)
-        return 1
+        return int(compile_forward(module, settings, store))
     return sum(compile_blocks(child, settings, classes, store) for child in module.children())
 
 
@@ -458,12 +458,11 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
                     store.kernels = kernels
             done["compiled"] += compile_blocks(m, settings, store=store)
         elif settings.compile == "full":
-            compile_forward(m, settings)
-            done["compiled"] += 1
+            done["compiled"] += compile_forward(m, settings)
         set_attention(m, settings.attention)
         if settings.temporal_attention not in (None, settings.attention):
             for sub in m.modules():
-                if type(sub).__name__ in TEMPORAL_ATTENTION_CLASSES:
+                if type(sub).__name__ in TEMPORAL_TRANSFORMERS:
                     set_attention(sub, settings.temporal_attention)
                     done["temporal_attention"] += 1
     if settings.cuda_graphs:

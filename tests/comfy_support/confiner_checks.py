@@ -193,7 +193,7 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int, staged: bool = False
     evaluation's model call (``CFGGuider.outer_predict_noise``, the same in a stage's long-lived sampling call and in
     a sampling call of its own) returns. Progress updates do not check the flag here, so only the pack's own checks
     can stop the run. Counts the evaluations that started after Cancel and the sampling calls still open after.
-    ``staged``: with stage sessions switched on (as ``CONFINER_STAGE_SESSIONS=1`` does)."""
+    ``staged``: with stage sessions (the default) or without (as ``CONFINER_STAGE_SESSIONS=0`` sets it)."""
     import comfy.model_management as mm
     import comfy.samplers
 
