@@ -81,8 +81,10 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
-COMFY_RUNS = {"confiner_session": "ConFiner basic template, stage sessions (the default: one sampling call per expert and stage)",
-              "confiner_per-evaluation": "ConFiner basic template, one sampling call per evaluation (`CONFINER_STAGE_SESSIONS=0`)",
+COMFY_RUNS = {"confiner_session":
+              "ConFiner basic template, stage sessions (the default: one sampling call per expert and stage)",
+              "confiner_per-evaluation":
+              "ConFiner basic template, one sampling call per evaluation (`CONFINER_STAGE_SESSIONS=0`)",
               "animatediff_25": "AnimateDiff v3, KSampler 25 steps (DDIM, cfg 7.5)"}
 MATMUL_PEAK_TFLOPS = 788  # 8192^3 bf16 matrix product on an H200 of this workplace (device KINDS.md, 2026-10-28)
 CONFINER = "confiner_4+5_modelscope"
@@ -650,8 +652,8 @@ def temporal_attention_figures(sd: dict, after: list) -> tuple[dict, list[str]]:
             out[f"temporal_attention_{setting}_ratio_confiner_modelscope_to_modelscope_100"] = new[0] / new[1]
             was = (lambda i: f"{old[i]:.3f} → ") if old else (lambda i: "")
             ratio_was = f"{old[0] / old[1]:.4f} → " if old else ""
-            rows[setting] = (f"| {setting} | {table['settings']} | {was(0)}**{new[0]:.3f}** | {was(1)}**{new[1]:.3f}** | "
-                             f"{ratio_was}**{new[0] / new[1]:.4f}** |")   # a later file's table wins
+            rows[setting] = (f"| {setting} | {table['settings']} | {was(0)}**{new[0]:.3f}** | "   # a later file wins
+                             f"{was(1)}**{new[1]:.3f}** | {ratio_was}**{new[0] / new[1]:.4f}** |")
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
@@ -699,8 +701,8 @@ def targets(fig: dict) -> list[str]:
             f"lean {fmt(fig.get('lean_confiner_modelscope_s'))} s, lean + CUDA graphs "
             f"{fmt(fig.get('lean_graphs_confiner_modelscope_s'))} s | "
             f"{yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
-            f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio, '.4f')} vs {fmt(flop, '.4f')}{also} | "
-            f"{ratio_verdict} |",
+            f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio, '.4f')} vs {fmt(flop, '.4f')}"
+            f"{also} | {ratio_verdict} |",
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s | "
             f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
             f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings | "

@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
                    help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, fused QKV, cuDNN attention "
-                        "(memory-efficient over frames) and autotuning (no compiler, starts in seconds); 'fast' = lean + regional torch.compile "
-                        "(minutes of compiling on first use); 'max' = fast + CUDA graphs")
+                        "(memory-efficient over frames) and autotuning (no compiler, starts in seconds); 'fast' = "
+                        "lean + regional torch.compile (minutes of compiling on first use); 'max' = fast + CUDA "
+                        "graphs")
     g.add_argument("--compile-dir", default=None,
                    help="with --speed fast or max: keep the compiled blocks (and inductor's kernel cache, in "
                         "DIR/inductor) in this folder; a later run with the same checkpoints and sizes loads them "

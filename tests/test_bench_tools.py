@@ -378,7 +378,8 @@ def test_tables_measured_again_with_attention_over_frames_stand_beside_the_table
     out, md = R.temporal_attention_figures(sd, [after, later])
     assert sum(line.startswith("| lean |") for line in md) == 1
     assert out["temporal_attention_lean_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(2.101 / 13.995)
-    assert out["temporal_attention_eager_modelscope100_s"] == 19.795 and "temporal_attention_best_confiner_modelscope_s" not in out
+    assert out["temporal_attention_eager_modelscope100_s"] == 19.795
+    assert "temporal_attention_best_confiner_modelscope_s" not in out
     assert "| lean | lean + frames | 2.093 → **2.101** | 14.497 → **13.995** | 0.1444 → **0.1501** |" in md
     fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 0.1365,
            "max_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371, **out}
@@ -387,7 +388,8 @@ def test_tables_measured_again_with_attention_over_frames_stand_beside_the_table
     assert row.endswith("| **yes** with the presets of the max table; not measured with today's |")
     fig["temporal_attention_max_ratio_confiner_modelscope_to_modelscope_100"] = 0.1402   # max measured again
     row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
-    assert row.startswith("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1402 vs 0.1371") and row.endswith("| no |")
+    assert row.startswith("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1402 vs 0.1371")
+    assert row.endswith("| no |")
     assert R.temporal_attention_figures(sd, [None, None]) == ({}, [])
 
 
@@ -444,7 +446,8 @@ def test_attention_section_marks_the_fastest_backend_and_lists_refusals():
                                        "attention_fastest temporal 64² (d 40)": {"backend": "cudnn", "ms": 0.2}}}
     assert "| sd self 64² (d 40) [32, 8, 4096, 4096, 40] | 3.500 (197), Δ 1.0e-03 | 4.000 (172) | " \
            "**3.000 (230), first 12.0 s, Δ 2.0e-03** | flash4 |" in md
-    assert "| temporal 64² (d 40) [8192, 8, 16, 16, 40] | **0.200 (15)** | not taken | 0.300 (10), Δ 1.0e-03 | cudnn |" in md
+    assert ("| temporal 64² (d 40) [8192, 8, 16, 16, 40] | **0.200 (15)** | not taken | 0.300 (10), Δ 1.0e-03 | "
+            "cudnn |") in md
     assert "Not taken: flash: RuntimeError: batch too large (temporal 64² (d 40))." in md
     assert "Skipped at the deadline: wan 14B self (d 128)." in md
     assert R.attention_figures(None) == ({}, [])

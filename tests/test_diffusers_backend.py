@@ -622,8 +622,8 @@ def test_sdxl_single_file_loads_the_same_weights_and_evaluates_the_same(paths, b
     # Equal weights, yet not bit-equal outputs on every CPU: a tensor read from the single file can sit at an address
     # that is not 64-byte aligned, and BLAS then takes another path (seen on AMD EPYC: the projection of the pooled
     # text, 2e-7 apart). The weights are compared exactly above; the evaluation within float32 rounding.
-    torch.testing.assert_close(ours.bind("a cat", "the dog", CFG).raw(x, 500), folder.bind("a cat", "the dog", CFG).raw(x, 500),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.bind("a cat", "the dog", CFG).raw(x, 500),
+                               folder.bind("a cat", "the dog", CFG).raw(x, 500), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("negative", [None, "the dog"])
