@@ -336,7 +336,8 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
             md.append(f"| {f['comfy_decode_node']} | {free} |"
                       f" {calls} | {fmt(f['comfy_decode_s'])} | {fmt(f['comfy_decode_peak_gib'], '.2f')} | "
                       f"{fmt(f.get('comfy_sampling_peak_gib'), '.2f')} | {fmt(f.get('comfy_ksampler_peak_gib'), '.2f')}"
-                      f" | {f.get('comfy_decode_prompt_mechanism', '—')} | {fmt(f.get('comfy_decode_prompt_confiner_s'))} | {fmt(f.get('comfy_animatediff_25_s'))} | "
+                      f" | {f.get('comfy_decode_prompt_mechanism', '—')} | "
+                      f"{fmt(f.get('comfy_decode_prompt_confiner_s'))} | {fmt(f.get('comfy_animatediff_25_s'))} | "
                       f"{fmt(f.get('comfy_decode_prompt_ratio_confiner_to_animatediff_25'))} |")
     host, step = out.get("comfy_host_overhead_ms_per_eval"), out.get("comfy_ksampler_overhead_ms_per_step")
     off = out.get("comfy_ratio_off_library")
@@ -650,10 +651,10 @@ def temporal_attention_figures(sd: dict, after: list) -> tuple[dict, list[str]]:
             out[f"temporal_attention_{setting}_confiner_modelscope_s"] = new[0]
             out[f"temporal_attention_{setting}_modelscope100_s"] = new[1]
             out[f"temporal_attention_{setting}_ratio_confiner_modelscope_to_modelscope_100"] = new[0] / new[1]
-            was = (lambda i: f"{old[i]:.3f} → ") if old else (lambda i: "")
-            ratio_was = f"{old[0] / old[1]:.4f} → " if old else ""
-            rows[setting] = (f"| {setting} | {table['settings']} | {was(0)}**{new[0]:.3f}** | "   # a later file wins
-                             f"{was(1)}**{new[1]:.3f}** | {ratio_was}**{new[0] / new[1]:.4f}** |")
+            before_after = [(f"{a:{spec}} → " if old else "") + f"**{b:{spec}}**" for a, b, spec in (
+                (old and old[0], new[0], ".3f"), (old and old[1], new[1], ".3f"),
+                (old and old[0] / old[1], new[0] / new[1], ".4f"))]
+            rows[setting] = f"| {setting} | {table['settings']} | " + " | ".join(before_after) + " |"  # later wins
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
