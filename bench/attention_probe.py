@@ -1,7 +1,8 @@
 """Every attention shape of the SD-scale and Wan-scale benchmarks under every attention backend the machine has:
 PyTorch's SDPA kernels (cuDNN, flash, memory-efficient; each alone, no fallback), ``flash-attn-4`` through the
-library's own ``flash4`` route (``speed.flash4_sdpa``) and SageAttention (``sageattn``, INT8 QK, an approximation)
-where installed. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
+library's own ``flash4`` route (``speed.flash4_sdpa``), the library's Triton kernel for attention over frames
+(``frames``: sequences of up to 64 tokens) and SageAttention (``sageattn``, INT8 QK, an approximation) where
+installed. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
 SageAttention compile their kernels then) and the largest difference from PyTorch's flash kernel's output (cuDNN's
 where flash does not take the shape), so a faster backend is also seen to compute the same attention.
 
@@ -26,6 +27,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+from confiner_core.diffusers_backend import frame_attention as FA  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 
 # (name, batch, heads, query tokens, key tokens, head dim): the calls one forward of each network makes at the
@@ -85,6 +87,12 @@ def backends(device: torch.device) -> dict:
     flash4 = S.flash4_function()
     if flash4 is not None:
         out["flash4"] = S.flash4_sdpa(not_taken, flash4)   # the library's own route, without its SDPA fallback
+    if device.type == "cuda" and FA.triton_available():
+        def frames(q, k, v):
+            if not FA.covers(q, k, v):
+                raise ValueError(f"more than {FA.MAX_TOKENS} tokens or a head dim over {FA.MAX_HEAD_DIM}")
+            return FA.frame_sdpa(q, k, v)
+        out["frames"] = frames   # the library's Triton kernel for attention over frames
     sage = sage_function()
     if sage is not None:
         out["sage"] = lambda q, k, v: sage(q, k, v, tensor_layout="HND", is_causal=False)

@@ -445,6 +445,32 @@ def dtype_of(m: torch.nn.Module) -> torch.dtype:
     return next(m.parameters()).dtype
 
 
+def forward_shapes(h: int) -> dict:
+    """The launch probe's forwards, as the ConFiner and baseline runs call them: name -> (network, latent shape,
+    text-context shape)."""
+    return {"sd_batch32": ("sd", (32, 4, h, h), (32, 77)),
+            "control_1x16": ("control", (1, 4, 16, h, h), (16, 77)),
+            "modelscope_2x16": ("ms", (2, 4, 16, h, h), (2, 77)),
+            "animatediff_2x16": ("ad_temporal", (2, 4, 16, h, h), (32, 77))}
+
+
+def forward_flops(a) -> dict:
+    """FLOPs of each launch-probe forward and of one VAE decode chunk, counted on meta-device copies of the
+    benchmark's networks (no weights, no GPU): with a probe's GPU seconds they give each network's TFLOP/s."""
+    meta = build(TINY if a.tiny else FULL, torch.float16, "meta")
+    counter = FlopCounter({**meta, "vae": meta["vae"].decoder})
+    h, tflop = a.size // 8, {}
+    for name, (key, sample, context) in forward_shapes(h).items():
+        width = meta[key].config.cross_attention_dim
+        sig = ((0, sample, torch.float16), (1, (), torch.float32),
+               ("encoder_hidden_states", (*context, width), torch.float16))
+        tflop[name] = counter.call(key, sig) / 1e12
+    chunk = ((0, (a.decode_chunk, 4, h, h), torch.float16),)
+    tflop[f"vae_decode_{a.decode_chunk}_frames"] = counter.call("vae", chunk) / 1e12
+    return {"size": a.size, "tiny": a.tiny, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "tflop": tflop}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The runs
 
@@ -568,17 +594,9 @@ class Bench:
 
     # One forward of each network: CPU issue time against GPU time, per attention backend -----------------------
     def forward_cases(self) -> dict:
-        d, h = self.device, self.h
-        t = torch.tensor(500.0, device=d)
-        m = self.models
-        cases = {
-            "sd_batch32": ("sd", (32, 4, h, h), (32, 77)),
-            "control_1x16": ("control", (1, 4, 16, h, h), (16, 77)),
-            "modelscope_2x16": ("ms", (2, 4, 16, h, h), (2, 77)),
-            "animatediff_2x16": ("ad_temporal", (2, 4, 16, h, h), (32, 77)),
-        }
+        d, t, m = self.device, torch.tensor(500.0, device=self.device), self.models
         out = {}
-        for name, (key, sample, context) in cases.items():
+        for name, (key, sample, context) in forward_shapes(self.h).items():
             if key not in m:
                 continue
             model, dt = m[key], dtype_of(m[key])
@@ -832,6 +850,10 @@ def main():
     ap.add_argument("--compile-dir", default=None,
                     help="the 'best' and 'max' settings keep their compiled blocks in this folder (compiled ahead of "
                          "time and saved by the first process, loaded by later ones: speed.SpeedSettings.compile_dir)")
+    ap.add_argument("--temporal-attention", default=None, choices=S.ATTENTION_BACKENDS,
+                    help="the attention backend over frames in every table whose preset sets one")
+    ap.add_argument("--forward-flops", default=None, metavar="JSON",
+                    help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -845,8 +867,15 @@ def main():
     for name in ("best", "max"):
         SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend,
                                              compile_dir=a.compile_dir)
+    for name, settings in SETTINGS.items():   # a candidate for the presets' attention over frames, in every table
+        if a.temporal_attention and settings.temporal_attention is not None:
+            SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
     if a.start_probe:
         return start_probe(a)
+    if a.forward_flops:
+        with open(a.forward_flops, "w") as f:
+            json.dump(forward_flops(a), f, indent=2)
+        return None
 
     b = Bench(a)
     dev = b.device

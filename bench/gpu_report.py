@@ -50,10 +50,12 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
-         # the tables again with the presets' attention over frames (temporal_attention="efficient"), against the
-         # main file's tables measured before that setting
-         "temporal_attention": "h200_sd_temporal_attention.json",
-         "temporal_attention_best": "h200_sd_temporal_attention_best.json",
+         # the tables measured before the presets ran attention over frames with the memory-efficient kernel, and
+         # another call's tables with that setting: beside the main tables, which have it
+         "sd_before_temporal_attention": "h200_sd_before_temporal_attention.json",
+         "sd_extra_before_temporal_attention": "h200_sd_extra_before_temporal_attention.json",
+         "temporal_attention_other_call": "h200_sd_temporal_attention.json",
+         "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
@@ -400,18 +402,46 @@ def between_calls(run: dict) -> list[str]:
     return ["", line]
 
 
-def probe_table(probe: dict) -> list[str]:
+def network_rates(sd: dict, flops: dict | None) -> dict:
+    """TFLOP/s of each network's forward in each table (the launch probe's GPU seconds, "as set", against the FLOPs
+    ``gpu_benchmark.py --forward-flops`` counts for that forward) and of the ConFiner run's VAE decode: where a
+    run's time goes against its FLOPs, network by network."""
+    if not flops:
+        return {}
+    tflop, out = flops["tflop"], {}
+    for setting, table in sd["tables"].items():
+        for name, per in (table.get("launch_probe") or {}).items():
+            v = per.get("as set", {})
+            if name in tflop and "gpu_s" in v:
+                out[f"{setting}_tflops_{name}"] = tflop[name] / v["gpu_s"]
+        run, chunk = table["runs"].get(CONFINER), table.get("decode_chunk")
+        per_chunk = tflop.get(f"vae_decode_{chunk}_frames")
+        if ok(run) and per_chunk and "vae" in run.get("modules_s", {}):
+            out[f"{setting}_tflops_confiner_decode"] = per_chunk * sd["frames"] / chunk / run["modules_s"]["vae"]
+    return out
+
+
+def probe_table(probe: dict, setting: str = "", fig: dict | None = None) -> list[str]:
+    """The launch probe's table; with ``fig``'s :func:`network_rates`, the "as set" column's TFLOP/s too."""
     if not probe:
         return []
+    fig = fig or {}
+    rated = any(f"{setting}_tflops_{name}" in fig for name in probe)
     backends = sorted({b for per in probe.values() for b in per}, key=lambda b: (b != "as set", b))
-    lines = ["| one forward (GPU s; CPU issue s) | " + " | ".join(backends) + " |",
-             "|---|" + "---|" * len(backends)]
+    lines = [f"| one forward (GPU s; CPU issue s{'; TFLOP/s as set' if rated else ''}) | " + " | ".join(backends)
+             + " |", "|---|" + "---|" * len(backends)]
     for name, per in probe.items():
         cells = []
         for backend in backends:
             v = per.get(backend)
-            cells.append("" if v is None else ("failed" if "error" in v else f"{v['gpu_s']:.4f}; {v['cpu_issue_s']:.4f}"))
+            rate = fig.get(f"{setting}_tflops_{name}") if backend == "as set" else None
+            cells.append("" if v is None else ("failed" if "error" in v else
+                                               f"{v['gpu_s']:.4f}; {v['cpu_issue_s']:.4f}"
+                                               + (f"; **{rate:.0f}**" if rate else "")))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    decode = fig.get(f"{setting}_tflops_confiner_decode")
+    if decode:
+        lines += ["", f"The ConFiner run's VAE decode: {decode:.0f} TFLOP/s."]
     return lines
 
 
@@ -447,7 +477,7 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
             own = " (each column sets the network's backend; its temporal transformers keep their own)" if (
                 "attention over frames" in table["settings"]) else ""
             md += ["", f"One forward of each network (third of three calls){own}:", ""] + \
-                probe_table(table["launch_probe"])
+                probe_table(table["launch_probe"], setting, fig)
         if table.get("graph_pool"):
             md += ["", f"CUDA graphs: {table['graph_pool']['captured']} captured, {table['graph_pool']['replays']} "
                    f"replays, failures: {table['graph_pool']['failures'] or 'none'}."]
@@ -635,36 +665,42 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
     return {"attention_probe": out}, md
 
 
-def temporal_attention_figures(sd: dict, after: list) -> tuple[dict, list[str]]:
-    """The tables measured again once the presets ran attention over frames with the memory-efficient kernel
-    (``after``: benchmark files), against the same tables of ``sd`` (measured before); eager, which the setting
-    does not touch, shows the spread from machine to machine."""
-    rows, out = {}, {}
-    for data in (d for d in after if d):
-        for setting, table in data["tables"].items():
-            runs, before = table["runs"], sd["tables"].get(setting, {}).get("runs", {})
-            if not (ok(runs.get(CONFINER)) and ok(runs.get("modelscope_100"))):
+def temporal_attention_figures(sd: dict, before: dict | None, other: dict | None = None) -> tuple[dict, list[str]]:
+    """The main tables, whose presets run attention over frames with the memory-efficient kernel, against the same
+    tables measured before that setting (``before``); ``other``: another call's tables with the setting, as rows
+    of their own. Eager, which the setting does not touch, shows the spread from call to call."""
+    if not before:
+        return {}, []
+
+    def pair(table: dict | None):
+        runs = (table or {}).get("runs", {})
+        if ok(runs.get(CONFINER)) and ok(runs.get("modelscope_100")):
+            return runs[CONFINER]["wall_s"], runs["modelscope_100"]["wall_s"]
+        return None
+
+    rows, out = [], {}
+    for label, after in (("", sd), (" (another call)", other or {"tables": {}})):
+        for setting, table in after["tables"].items():
+            old, new = pair(before["tables"].get(setting)), pair(table)
+            if not (old and new):
                 continue
-            new = (runs[CONFINER]["wall_s"], runs["modelscope_100"]["wall_s"])
-            old = ((before[CONFINER]["wall_s"], before["modelscope_100"]["wall_s"])
-                   if ok(before.get(CONFINER)) and ok(before.get("modelscope_100")) else None)
-            out[f"temporal_attention_{setting}_confiner_modelscope_s"] = new[0]
-            out[f"temporal_attention_{setting}_modelscope100_s"] = new[1]
-            out[f"temporal_attention_{setting}_ratio_confiner_modelscope_to_modelscope_100"] = new[0] / new[1]
-            before_after = [(f"{a:{spec}} → " if old else "") + f"**{b:{spec}}**" for a, b, spec in (
-                (old and old[0], new[0], ".3f"), (old and old[1], new[1], ".3f"),
-                (old and old[0] / old[1], new[0] / new[1], ".4f"))]
-            rows[setting] = f"| {setting} | {table['settings']} | " + " | ".join(before_after) + " |"  # later wins
+            if not label:
+                out[f"{setting}_confiner_modelscope_s_before_temporal_attention"] = old[0]
+                out[f"{setting}_modelscope100_s_before_temporal_attention"] = old[1]
+                out[f"{setting}_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention"] = old[0] / old[1]
+            cells = [f"{a:{spec}} → **{b:{spec}}**" for a, b, spec in
+                     ((old[0], new[0], ".3f"), (old[1], new[1], ".3f"), (old[0] / old[1], new[0] / new[1], ".4f"))]
+            rows.append(f"| {setting}{label} | {table['settings']} | " + " | ".join(cells) + " |")
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
           "The presets run the motion modules' and temporal transformers' attention (over the 16 frames of each "
           "pixel) with PyTorch's memory-efficient kernel, the fastest there in the attention probe, and cuDNN's "
-          "elsewhere. The tables measured again with that (`h200_sd_temporal_attention*.json`) against the tables "
-          "above, measured before it; the setting leaves eager alone, so an eager row shows the spread between the "
-          "two calls.", "",
-          "| table | settings | ConFiner 4+5 s | ModelScope-100 s | ratio |", "|---|---|---|---|---|"] + \
-        list(rows.values()) + [""]
+          "elsewhere. The tables above have it; here they stand against the same tables measured before it "
+          "(`h200_sd_before_temporal_attention.json`, `h200_sd_extra_before_temporal_attention.json`). The setting "
+          "leaves eager alone, so an eager row shows the spread between the calls. ModelScope-100 gains more than "
+          "ConFiner: its 100 forwards all run temporal transformers, while half of ConFiner's run SD alone.", "",
+          "| table | settings | ConFiner 4+5 s | ModelScope-100 s | ratio |", "|---|---|---|---|---|"] + rows + [""]
     return out, md
 
 
@@ -682,17 +718,12 @@ def targets(fig: dict) -> list[str]:
     ratio = fig.get(f"{fastest}_ratio_confiner_modelscope_to_modelscope_100")
     flop = fig.get(f"{fastest}_flop_ratio_confiner_modelscope_to_modelscope_100")
     fast_ratio = fig.get("best_ratio_confiner_modelscope_to_modelscope_100")
-    also = f" ({fastest}; best {fmt(fast_ratio)})" if fastest != "best" and fast_ratio is not None else ""
-    remeasured = {t: fig[f"temporal_attention_{t}_ratio_confiner_modelscope_to_modelscope_100"]
-                  for t in ("lean", "lean_graphs", "best", "max")
-                  if f"temporal_attention_{t}_ratio_confiner_modelscope_to_modelscope_100" in fig}
-    if remeasured:  # measured with the presets' attention over frames, which the tables above predate
-        also += "; with the presets' attention over frames: " + ", ".join(f"{t} {r:.4f}" for t, r in remeasured.items())
-        if fastest in remeasured:
-            ratio = remeasured[fastest]
+    notes = [f"{fastest}; best {fmt(fast_ratio)}"] if fastest != "best" and fast_ratio is not None else []
+    before = fig.get(f"{fastest}_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention")
+    if before is not None:
+        notes.append(f"{before:.4f} before the presets' attention over frames")
+    also = f" ({'; '.join(notes)})" if notes else ""
     ratio_verdict = yes(None if ratio is None or flop is None else ratio <= flop)
-    if remeasured and fastest not in remeasured:
-        ratio_verdict += f" with the presets of the {fastest} table; not measured with today's"
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
     wan_ratios = [r for r in (wan, wan_best) if r is not None]
     return ["## Targets (H200)", "", "| target | measured | met |", "|---|---|---|",
@@ -724,8 +755,11 @@ def main():
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
     filled = fold_extra(data["sd"], data["sd_extra"]) + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])
+    if data["sd_before_temporal_attention"]:
+        fold_extra(data["sd_before_temporal_attention"], data["sd_extra_before_temporal_attention"])
     probes = {k: data[k] for k in WARM_PROBES}
     fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"])
+    fig.update(network_rates(data["sd"], data["forward_flops"]))
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
     variants = {os.path.basename(f): load(a.raw, os.path.basename(f))
@@ -747,8 +781,8 @@ def main():
         md += wan_markdown(data["wan_best"], None)
     attention, attention_md = attention_figures(data["attention"])
     fig.update(attention)
-    remeasured, remeasured_md = temporal_attention_figures(data["sd"], [data["temporal_attention"],
-                                                                       data["temporal_attention_best"]])
+    remeasured, remeasured_md = temporal_attention_figures(data["sd"], data["sd_before_temporal_attention"],
+                                                           data["temporal_attention_other_call"])
     fig.update(remeasured)
     md += attention_md + remeasured_md + decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]

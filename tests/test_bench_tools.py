@@ -366,31 +366,47 @@ def test_ratio_target_takes_the_fastest_table():
     assert row == "| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1384 vs 0.1371 (max; best 0.141) | no |"
 
 
-def test_tables_measured_again_with_attention_over_frames_stand_beside_the_tables_before():
+def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_before():
     def table(settings, confiner, ms100):
         return {"settings": settings, "runs": {R.CONFINER: run(confiner, 577.0), "modelscope_100": run(ms100, 4206.0)}}
 
-    sd = {"tables": {"eager": table("eager", 2.568, 19.779), "lean": table("lean", 2.093, 14.497),
-                     "max": table("max", 1.650, 12.085)}}
-    after = {"tables": {"eager": table("eager", 2.553, 19.795), "lean": table("lean + frames", 2.2, 14.0),
-                        "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}}
-    later = {"tables": {"lean": table("lean + frames", 2.101, 13.995)}}   # the same table again: the later wins
-    out, md = R.temporal_attention_figures(sd, [after, later])
-    assert sum(line.startswith("| lean |") for line in md) == 1
-    assert out["temporal_attention_lean_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(2.101 / 13.995)
-    assert out["temporal_attention_eager_modelscope100_s"] == 19.795
-    assert "temporal_attention_best_confiner_modelscope_s" not in out
-    assert "| lean | lean + frames | 2.093 → **2.101** | 14.497 → **13.995** | 0.1444 → **0.1501** |" in md
-    fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 0.1365,
+    before = {"tables": {"eager": table("eager", 2.568, 19.779), "lean": table("lean", 2.093, 14.497),
+                         "max": table("max", 1.650, 12.085)}}
+    sd = {"tables": {"eager": table("eager", 2.567, 19.890), "lean": table("lean + frames", 1.933, 13.870),
+                     "max": table("max + frames", 1.606, 11.523),
+                     "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}}
+    other = {"tables": {"lean": table("lean + frames", 2.101, 13.995)}}
+    out, md = R.temporal_attention_figures(sd, before, other)
+    assert "| lean | lean + frames | 2.093 → **1.933** | 14.497 → **13.870** | 0.1444 → **0.1394** |" in md
+    assert "| lean (another call) | lean + frames | 2.093 → **2.101** | 14.497 → **13.995** | 0.1444 → **0.1501** |" in md
+    assert not any(line.startswith("| best") for line in md)          # not measured: no row
+    assert out["max_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention"] == pytest.approx(1.650 / 12.085)
+    assert out["eager_modelscope100_s_before_temporal_attention"] == 19.779
+    assert not any("another" in key for key in out)                    # the other call adds rows, not figures
+    fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 1.606 / 11.523,
            "max_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371, **out}
     row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
-    assert "with the presets' attention over frames: lean 0.1501" in row
-    assert row.endswith("| **yes** with the presets of the max table; not measured with today's |")
-    fig["temporal_attention_max_ratio_confiner_modelscope_to_modelscope_100"] = 0.1402   # max measured again
-    row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
-    assert row.startswith("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1402 vs 0.1371")
-    assert row.endswith("| no |")
-    assert R.temporal_attention_figures(sd, [None, None]) == ({}, [])
+    assert row == ("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1394 vs 0.1371 (0.1365 before the "
+                   "presets' attention over frames) | no |")
+    assert R.temporal_attention_figures(sd, None, other) == ({}, [])
+
+
+def test_network_rates_set_each_forward_s_flops_against_its_probed_time():
+    flops = {"tflop": {"sd_batch32": 25.7, "control_1x16": 17.75, "vae_decode_4_frames": 10.0}}
+    sd = {"frames": 16, "tables": {"max": {
+        "decode_chunk": 4, "runs": {R.CONFINER: run(1.6, 577.0, modules_s={"vae": 0.125})},
+        "launch_probe": {"sd_batch32": {"as set": {"gpu_s": 0.0647, "cpu_issue_s": 0.002}},
+                         "control_1x16": {"as set": {"error": "failed"}},
+                         "modelscope_2x16": {"as set": {"gpu_s": 0.11, "cpu_issue_s": 0.004}}}}}}
+    fig = R.network_rates(sd, flops)
+    assert fig == {"max_tflops_sd_batch32": pytest.approx(25.7 / 0.0647),
+                   "max_tflops_confiner_decode": pytest.approx(4 * 10.0 / 0.125)}   # 16 frames: four chunks of 4
+    lines = R.probe_table(sd["tables"]["max"]["launch_probe"], "max", fig)
+    assert lines[0].startswith("| one forward (GPU s; CPU issue s; TFLOP/s as set)")
+    assert "| sd_batch32 | 0.0647; 0.0020; **397** |" in lines
+    assert "| modelscope_2x16 | 0.1100; 0.0040 |" in lines                # no FLOP count: no rate
+    assert lines[-1] == "The ConFiner run's VAE decode: 320 TFLOP/s."
+    assert R.network_rates(sd, None) == {}
 
 
 def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():

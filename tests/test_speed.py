@@ -358,6 +358,128 @@ def test_triton_geglu_kernel_under_the_interpreter():
         assert r["err"] < tolerance[r["case"][1]], r
 
 
+# ------------------------------------------------------------------------------- attention over frames
+
+FRAME_ATTENTION_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], "tests")]
+    from dataclasses import replace
+    import torch
+    import torch.nn.functional as F
+    import tiny_diffusers as T
+    from diffusers import UNetMotionModel
+    from confiner_core.diffusers_backend import frame_attention as FA
+    from confiner_core.diffusers_backend import speed as S
+
+    def rel(a, b):
+        return float((a.double() - b.double()).norm() / b.double().norm())
+
+    calls = []
+    kernel = FA.frame_attention_triton
+    FA.frame_attention_triton = lambda *a: calls.append(tuple(a[0].shape)) or kernel(*a)
+    g = torch.Generator().manual_seed(0)
+    out = {"kernel": []}
+    for (b, h, s, d), layout in (((3, 2, 16, 40), "bshd"), ((2, 3, 13, 80), "bhsd"), ((1, 2, 64, 160), "bshd"),
+                                 ((2, 5, 16, 64), "bshd")):
+        def make():
+            x = torch.randn(b, s, h, d, generator=g, dtype=torch.float64).half()
+            return x.transpose(1, 2) if layout == "bshd" else x.transpose(1, 2).contiguous()
+        q, k, v = make(), make(), make()
+        n = len(calls)
+        got = FA.frame_sdpa(q, k, v)
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        out["kernel"].append({"case": [b, h, s, d, layout], "ran": len(calls) == n + 1, "err": rel(got, ref),
+                              "half": got.dtype == torch.float16, "shape": list(got.shape) == [b, h, s, d],
+                              "bshd_memory": got.transpose(1, 2).is_contiguous()})
+    n = len(calls)
+    long = torch.randn(1, 2, 65, 40, generator=g).half()
+    x = torch.randn(1, 2, 16, 40, generator=g).half()
+    for args, kwargs in (((long,) * 3, {}), ((x,) * 3, {"attn_mask": torch.ones(16, 16, dtype=torch.bool)}),
+                         ((x.float(),) * 3, {}), ((x,) * 3, {"is_causal": True})):
+        assert rel(FA.frame_sdpa(*args, **kwargs), F.scaled_dot_product_attention(*args, **kwargs)) < 1e-3
+    out["fallback_calls"] = len(calls) - n
+
+    # a tiny AnimateDiff UNet in half precision: the kernel over frames, against PyTorch's SDPA, both measured
+    # from the float32 model
+    model = UNetMotionModel.from_unet2d(T.tiny_unet2d(), T.tiny_motion_adapter()).eval()
+    x = torch.randn(1, 4, 3, 8, 8, generator=g)
+    c = torch.randn(3, 77, T.SD_WIDTH, generator=g)
+    def call(dtype):
+        with torch.no_grad():
+            return model(x.to(dtype), 321.5, encoder_hidden_states=c.to(dtype)).sample.double()
+    exact = call(torch.float32)
+    model.half()
+    sdpa = call(torch.float16)
+    done = S.apply_speed_settings([model], replace(S.EAGER, temporal_attention="frames"))
+    n = len(calls)
+    frames = call(torch.float16)
+    out["model"] = {"temporal": done["temporal_attention"], "calls": len(calls) - n,
+                    "sdpa_err": rel(sdpa, exact), "frames_err": rel(frames, exact)}
+    print(json.dumps(out))
+""")
+
+
+def test_attention_over_frames_kernel_under_the_interpreter():
+    """The frame kernel against float64 attention: 16 to 64 tokens (13: masked rows), head dims 40 to 160, in the
+    layout diffusers hands it ([B, S, H, D] memory) and contiguous; output in [B, S, H, D] memory. A mask, causal
+    attention, float32 or more than 64 tokens go to PyTorch's SDPA. In a half-precision AnimateDiff UNet the kernel
+    runs once per attention over frames and moves the output no further from the float32 model than SDPA does."""
+    r = under_the_interpreter(FRAME_ATTENTION_CHECK)
+    assert len(r["kernel"]) == 4
+    for case in r["kernel"]:
+        assert case["ran"] and case["half"] and case["shape"] and case["bshd_memory"], case
+        assert case["err"] < 1e-3, case
+    assert r["fallback_calls"] == 0
+    model = r["model"]
+    assert model["temporal"] > 0 and model["calls"] == 2 * model["temporal"]   # two attentions per transformer
+    assert model["frames_err"] < 1.5 * model["sdpa_err"] + 1e-4, model
+
+
+def test_attention_over_frames_leaves_the_cpu_to_pytorch():
+    """Without a GPU (and without Triton's interpreter) the "frames" backend is PyTorch's SDPA: same outputs."""
+    make, call = MODELS["animatediff"]
+    model = make()
+    before = call(model)
+    assert apply_speed_settings([model], replace(EAGER, temporal_attention="frames"))["temporal_attention"] > 0
+    assert torch.equal(call(model), before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the frame kernel's compiled and bfloat16 paths need CUDA")
+def test_attention_over_frames_kernel_on_cuda_eager_and_compiled():
+    """On the GPU: float16 and bfloat16 against float64; a half-precision AnimateDiff UNet with the kernel over frames
+    and its blocks compiled by inductor (the kernel a custom operator inside the graphs) gives the eager kernel's
+    output, and a second call compiles nothing."""
+    from confiner_core.diffusers_backend import frame_attention as FA
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v = (torch.randn(512, 16, 8, 40, device="cuda", generator=g).to(dtype).transpose(1, 2)
+                   for _ in range(3))
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        assert rel(FA.frame_sdpa(q, k, v), ref) < (1e-3 if dtype == torch.float16 else 8e-3)
+    make, _ = MODELS["animatediff"]
+    model = make().cuda().half()
+    x = torch.randn(1, 4, 16, 16, 16, device="cuda", generator=g).half()
+    c = torch.randn(16, 77, T.SD_WIDTH, device="cuda", generator=g).half()
+
+    def call():
+        with torch.no_grad():
+            return model(x, 321.5, encoder_hidden_states=c).sample
+
+    from torch._dynamo.utils import counters
+
+    apply_speed_settings([model], replace(EAGER, temporal_attention="frames"))
+    eager = call()
+    apply_speed_settings([model], replace(EAGER, temporal_attention="frames", compile="blocks"))
+    assert rel(call(), eager) < 2e-3
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    call()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 # -------------------------------------------------------------------------------------------- attention
 
 @pytest.mark.parametrize("backend", ["cudnn", "flash", "efficient", "math"])

@@ -148,12 +148,14 @@ def call_signature(args: tuple, kwargs: dict):
 
 def attention_backends() -> tuple:
     """The scaled-dot-product-attention backends allowed now and their order (the attention speed setting's
-    context: ``sdpa_kernel(..., set_priority=True)`` enables them all and orders them), which a compiled graph's
-    choice of kernel depends on."""
+    context: ``sdpa_kernel(..., set_priority=True)`` enables them all and orders them), and the function
+    ``scaled_dot_product_attention`` names now: a compiled graph's choice of kernel depends on them."""
     b = torch.backends.cuda
     order = getattr(torch._C, "_get_sdp_priority_order", lambda: ())()
+    sdpa = torch.nn.functional.scaled_dot_product_attention   # another function where a context routes it (flash4,
+    routed = f"{sdpa.__module__}.{sdpa.__qualname__}"           # frames): the graph calls that one's kernels
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
-            getattr(b, "cudnn_sdp_enabled", lambda: None)(), tuple(order))
+            getattr(b, "cudnn_sdp_enabled", lambda: None)(), tuple(order), routed)
 
 
 @functools.lru_cache(maxsize=None)

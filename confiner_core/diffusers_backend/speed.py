@@ -13,8 +13,9 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
 * ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
-  CuTe kernels where it is installed, else PyTorch's); ``temporal_attention``: the same for the transformers that
-  attend over the frames of each pixel (16-token sequences, where PyTorch's memory-efficient kernel is fastest);
+  CuTe kernels where it is installed, else PyTorch's; ``"frames"``: one Triton kernel for sequences of up to 64
+  tokens (:mod:`.frame_attention`), PyTorch's for longer ones); ``temporal_attention``: the same for the
+  transformers that attend over the frames of each pixel (16-token sequences);
 * ``cudnn_benchmark``: cuDNN autotuning;
 * ``quick_placement``: a model's ``.dtype`` and ``.device`` read off its first parameter (:func:`quick_placement`):
   diffusers' properties first walk every submodule for offloading and casting hooks, and the AnimateDiff and
@@ -46,6 +47,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import fused_norm as FN
+from .frame_attention import frame_attention_context
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
 from .experts import placement
@@ -62,7 +64,7 @@ COMPILE_SCOPES = ("none", "blocks", "full")
 #: enough that launches do not matter and whose step cache syncs
 GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
              "CLIPTextModelWithProjection")
-ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4")
+ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4", "frames")
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,8 @@ def attention_context(name: str):
         return contextlib.nullcontext()
     if name == "flash4":
         return flash4_attention()
+    if name == "frames":
+        return frame_attention_context()
     from torch.nn.attention import sdpa_kernel
 
     try:

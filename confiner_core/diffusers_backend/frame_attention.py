@@ -1,0 +1,134 @@
+"""Attention over the frames of each pixel (16-64 tokens per sequence) in one Triton kernel.
+
+Why: the motion modules of AnimateDiff and ModelScope's temporal transformers attend over the 16 frames of every
+latent pixel: tens of thousands of sequences of 16 tokens, head dims 40-160. The kernels PyTorch's SDPA offers are
+built for long sequences and tile 64-128 query rows, so at 16 tokens they run far from the memory bound: on the H200
+the memory-efficient kernel, the fastest of them there, takes 0.73 ms for AnimateDiff's top level with cfg
+([8192, 8, 16, 40], 336 MB of reads and writes: 0.1 ms at the memory's rate), and such calls were 4.4 % of a
+``fast`` ConFiner run's kernel time (``bench/RESULTS.md``). Here one program computes one (sequence, head) whole:
+QKᵀ, a float32 softmax and PV, reading Q, K and V once and writing the output once, in the layout that the
+transformer's next reshape reads without a copy ([B, S, H, D] in memory, as SDPA's own kernels write it).
+
+:func:`frame_sdpa` is a drop-in ``scaled_dot_product_attention`` that takes the shapes the kernel covers (no mask,
+no dropout, not causal, query and key of one length up to :data:`MAX_TOKENS`, head dims up to :data:`MAX_HEAD_DIM`,
+half precision, no gradient) and leaves every other call to PyTorch's SDPA. The kernel is a
+``torch.library.triton_op``, so ``torch.compile`` keeps it inside compiled blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+from .fused_norm import triton_available
+
+MAX_TOKENS = 64
+MAX_HEAD_DIM = 256
+_SDPA = torch.nn.functional.scaled_dot_product_attention  # PyTorch's, whatever a context has put in its place
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    """The Triton kernel, defined on first use (so that ``TRITON_INTERPRET=1`` set by a test takes effect)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def frame_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, heads, tokens, head_dim, scale,
+                               sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
+                               BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+        pid = tl.program_id(0)
+        b = (pid // heads).to(tl.int64)
+        h = (pid % heads).to(tl.int64)
+        s = tl.arange(0, BLOCK_S)
+        d = tl.arange(0, BLOCK_D)
+        mask = (s < tokens)[:, None] & (d < head_dim)[None, :]
+        q = tl.load(q_ptr + b * sqb + h * sqh + s[:, None] * sqs + d[None, :], mask=mask, other=0.0)
+        k = tl.load(k_ptr + b * skb + h * skh + s[:, None] * sks + d[None, :], mask=mask, other=0.0)
+        v = tl.load(v_ptr + b * svb + h * svh + s[:, None] * svs + d[None, :], mask=mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
+        scores = tl.where((s < tokens)[None, :], scores, float("-inf"))
+        p = tl.exp(scores - tl.max(scores, axis=1)[:, None])
+        weights = p / tl.sum(p, axis=1)[:, None]
+        out = tl.dot(weights.to(v.dtype), v, out_dtype=tl.float32)
+        tl.store(o_ptr + b * sob + h * soh + s[:, None] * sos + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=mask)
+
+    return frame_attention_kernel
+
+
+def _block(n: int) -> int:
+    """The power of two covering ``n``, at least 16 (``tl.dot``'s smallest tile)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def frame_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(Q Kᵀ · scale) V for [B, H, S, D] inputs (any strides with the last one 1); the output is [B, H, S, D]
+    over [B, S, H, D] memory."""
+    from torch.library import wrap_triton
+
+    batch, heads, tokens, head_dim = query.shape
+    out = torch.empty(batch, tokens, heads, head_dim, device=query.device, dtype=query.dtype).transpose(1, 2)
+    strides = [*query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out.stride()[:3]]
+    wrap_triton(_kernel())[(batch * heads,)](query, key, value, out, heads, tokens, head_dim, scale, *strides,
+                                             BLOCK_S=_block(tokens), BLOCK_D=_block(head_dim), num_warps=4)
+    return out
+
+
+def _frame_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    return frame_attention_triton(query, key, value, scale)
+
+
+# :func:`frame_attention_triton` as the custom operator ``confiner::frame_attention``, which ``torch.compile`` traces
+# as one call and inductor keeps as the user kernel it is; registered on import (dynamo does not trace a
+# registration). PyTorch before 2.6 has no ``triton_op``: there the kernel is not used.
+frame_attention_op = (torch.library.triton_op("confiner::frame_attention", _frame_attention, mutates_args=())
+                      if hasattr(torch.library, "triton_op") else None)
+
+
+def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False) -> bool:
+    """Whether the kernel takes this call: self-length attention over a few tokens, no mask, no dropout, no
+    gradient, half precision (the kernel's products round as
+    flash attention's do)."""
+    tensors = (query, key, value)
+    return (attn_mask is None and dropout_p == 0.0 and not is_causal and not enable_gqa
+            and all(t.dim() == 4 and t.stride(-1) == 1 and t.dtype == query.dtype and t.device == query.device
+                    for t in tensors)
+            and query.shape == key.shape == value.shape and query.shape[2] <= MAX_TOKENS
+            and query.shape[3] <= MAX_HEAD_DIM
+            and query.dtype in (torch.float16, torch.bfloat16)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def frame_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` through the frame kernel where :func:`covers` holds, else PyTorch's."""
+    if (frame_attention_op is not None and covers(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+            and (query.is_cuda or _interpreted())):
+        return frame_attention_op(query, key, value, query.shape[-1] ** -0.5 if scale is None else float(scale))
+    return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                 enable_gqa=enable_gqa)
+
+
+def _interpreted() -> bool:
+    """Triton's interpreter (``TRITON_INTERPRET=1``, the tests' way to run the kernel on the CPU)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and triton_available()
+
+
+@contextlib.contextmanager
+def frame_attention_context():
+    """``torch.nn.functional.scaled_dot_product_attention`` routed through :func:`frame_sdpa` for the duration
+    (diffusers' attention processors look it up at every call). One function object throughout, so a compiled
+    block traced under it does not recompile. Without Triton, nothing changes."""
+    functional = torch.nn.functional
+    if frame_attention_op is None or not triton_available() or functional.scaled_dot_product_attention is frame_sdpa:
+        yield
+        return
+    previous = functional.scaled_dot_product_attention
+    functional.scaled_dot_product_attention = frame_sdpa
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = previous
