@@ -50,11 +50,15 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
+         "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
          # the tables measured before the presets ran attention over frames with the memory-efficient kernel, and
          # another call's tables with that setting: beside the main tables, which have it
          "sd_before_temporal_attention": "h200_sd_before_temporal_attention.json",
          "sd_extra_before_temporal_attention": "h200_sd_extra_before_temporal_attention.json",
          "temporal_attention_other_call": "h200_sd_temporal_attention.json",
+         # the tables with the frame kernel over frames (today's presets), each call's own
+         "sd_frames_lean": "h200_sd_frames_lean.json", "sd_frames": "h200_sd_frames.json",
+         "sd_frames_extra": "h200_sd_frames_extra.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -622,18 +626,37 @@ def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
     return out, md + [""]
 
 
+def merge_probes(data: dict | None, later: dict | None) -> dict | None:
+    """One attention probe from two calls: ``later``'s backends that ``data`` lacks join each shape's row (a
+    backend both measured keeps ``data``'s figures), the fastest is chosen again, and ``added`` names the joined
+    backends."""
+    if not (data and later):
+        return data or later
+    added = [n for n in later["backends"] if n not in data["backends"]]
+    merged = {**data, "backends": data["backends"] + added, "added": added, "shapes": {}}
+    for shape, row in data["shapes"].items():
+        extra = later["shapes"].get(shape, {}).get("backends", {})
+        backends = {**row["backends"], **{n: extra[n] for n in added if n in extra}}
+        timed = {n: e["median_ms"] for n, e in backends.items() if "median_ms" in e}
+        merged["shapes"][shape] = {**row, "backends": backends, "fastest": min(timed, key=timed.get) if timed else None}
+    return merged
+
+
 def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
     """``attention_probe.py``: one call of every SD- and Wan-scale attention shape under every backend the machine
     had; RESULTS.json gets each shape's fastest backend and its milliseconds, RESULTS.md a table."""
     if not data:
         return {}, []
     names = data["backends"]
+    added = (f" The `{'`, `'.join(data['added'])}` column{'s' if len(data['added']) > 1 else ''} came from another "
+             "call (`h200_attention_probe_frames.json`), the others from one." if data.get("added") else "")
     md = ["## Attention backends", "",
           f"`bench/attention_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}: one call of each "
           "attention shape of the benchmarks under each backend alone (milliseconds, median; TFLOP/s of QKᵀ and PV; "
           "the first call's seconds where it compiled; the largest difference from the reference backend's output). "
-          "`flash4` is `flash-attn-4` through the library's route, `sage` SageAttention (INT8 QKᵀ, an approximation)"
-          f"; installed here: {', '.join(n for n in ('flash4', 'sage') if n in names) or 'neither'}.", "",
+          "`flash4` is `flash-attn-4` through the library's route, `frames` the library's Triton kernel for attention "
+          "over frames, `sage` SageAttention (INT8 QKᵀ, an approximation)"
+          f"; installed here: {', '.join(n for n in ('flash4', 'sage') if n in names) or 'neither'}.{added}", "",
           "| shape [B, H, Nq, Nk, d] | " + " | ".join(names) + " | fastest |",
           "|---|" + "---|" * (len(names) + 1)]
     out, notes = {}, {}
@@ -665,12 +688,33 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
     return {"attention_probe": out}, md
 
 
-def temporal_attention_figures(sd: dict, before: dict | None, other: dict | None = None) -> tuple[dict, list[str]]:
-    """The main tables, whose presets run attention over frames with the memory-efficient kernel, against the same
-    tables measured before that setting (``before``); ``other``: another call's tables with the setting, as rows
-    of their own. Eager, which the setting does not touch, shows the spread from call to call."""
-    if not before:
-        return {}, []
+def over_frames(settings: str) -> str:
+    """The kernel a table's settings attend over frames with: the temporal setting's, else the spatial one's."""
+    own = re.search(r"(\w+) attention over frames", settings)
+    spatial = re.search(r"attention (\w+)", settings)
+    return own.group(1) if own else spatial.group(1) if spatial else "default"
+
+
+def newer_tables(sd: dict, newer: dict | None) -> dict:
+    """A later call's tables, measured with today's presets, replace ``sd``'s tables of the same names (and its
+    start figures where that call has them); returns the tables replaced, for the comparison with earlier presets."""
+    replaced = {}
+    for setting, table in (newer or {}).get("tables", {}).items():
+        if setting in sd["tables"]:
+            replaced[setting] = sd["tables"][setting]
+        sd["tables"][setting] = table
+    if newer and "cold_start_s" in newer:
+        sd["cold_import_s"] = newer["import_s"]
+    for key in ("cold_start_s", "cold_compile_s", "compile_cache", "lean_cold_start_s"):
+        if key in (newer or {}):
+            sd[key] = newer[key]
+    return replaced
+
+
+def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]]:
+    """The main tables against the same tables of earlier calls (``earlier``: (files, tables) pairs), which ran the
+    attention over frames with another kernel (or the same: then a row shows the spread from call to call).
+    RESULTS.json gets the earlier kernels' figures as ``{table}_{kernel}_over_frames_...``."""
 
     def pair(table: dict | None):
         runs = (table or {}).get("runs", {})
@@ -679,28 +723,30 @@ def temporal_attention_figures(sd: dict, before: dict | None, other: dict | None
         return None
 
     rows, out = [], {}
-    for label, after in (("", sd), (" (another call)", other or {"tables": {}})):
-        for setting, table in after["tables"].items():
-            old, new = pair(before["tables"].get(setting)), pair(table)
-            if not (old and new):
-                continue
-            if not label:
-                out[f"{setting}_confiner_modelscope_s_before_temporal_attention"] = old[0]
-                out[f"{setting}_modelscope100_s_before_temporal_attention"] = old[1]
-                out[f"{setting}_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention"] = old[0] / old[1]
-            cells = [f"{a:{spec}} → **{b:{spec}}**" for a, b, spec in
-                     ((old[0], new[0], ".3f"), (old[1], new[1], ".3f"), (old[0] / old[1], new[0] / new[1], ".4f"))]
-            rows.append(f"| {setting}{label} | {table['settings']} | " + " | ".join(cells) + " |")
+    for setting, table in sd["tables"].items():
+        now, kernel_now = pair(table), over_frames(table["settings"])
+        seen = [(files, tables[setting]) for files, tables in earlier if pair(tables.get(setting))]
+        if not (now and seen):
+            continue
+        rows.append(f"| {setting} | **{kernel_now}** | **{now[0]:.3f}** | **{now[1]:.3f}** | "
+                    f"**{now[0] / now[1]:.4f}** | the tables above |")
+        for files, old in seen:
+            (c, m), kernel = pair(old), over_frames(old["settings"])
+            rows.append(f"| {setting} | {kernel} | {c:.3f} | {m:.3f} | {c / m:.4f} | {files} |")
+            if kernel != kernel_now:
+                key = f"{setting}_{kernel}_over_frames"
+                out.update({f"{key}_confiner_modelscope_s": c, f"{key}_modelscope100_s": m,
+                            f"{key}_ratio_confiner_modelscope_to_modelscope_100": c / m})
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
-          "The presets run the motion modules' and temporal transformers' attention (over the 16 frames of each "
-          "pixel) with PyTorch's memory-efficient kernel, the fastest there in the attention probe, and cuDNN's "
-          "elsewhere. The tables above have it; here they stand against the same tables measured before it "
-          "(`h200_sd_before_temporal_attention.json`, `h200_sd_extra_before_temporal_attention.json`). The setting "
-          "leaves eager alone, so an eager row shows the spread between the calls. ModelScope-100 gains more than "
-          "ConFiner: its 100 forwards all run temporal transformers, while half of ConFiner's run SD alone.", "",
-          "| table | settings | ConFiner 4+5 s | ModelScope-100 s | ratio |", "|---|---|---|---|---|"] + rows + [""]
+          "The motion modules and temporal transformers attend over the 16 frames of each pixel. The tables above "
+          "run that attention with the kernel in bold; here they stand beside the same tables from earlier calls "
+          "with other kernels (eager, which no setting touches, shows the spread from call to call). A faster "
+          "kernel over frames helps ModelScope-100 more than ConFiner: all its forwards run temporal transformers, "
+          "while half of ConFiner's are SD's alone.", "",
+          "| table | attention over frames | ConFiner 4+5 s | ModelScope-100 s | ratio | call |",
+          "|---|---|---|---|---|---|"] + rows + [""]
     return out, md
 
 
@@ -719,9 +765,9 @@ def targets(fig: dict) -> list[str]:
     flop = fig.get(f"{fastest}_flop_ratio_confiner_modelscope_to_modelscope_100")
     fast_ratio = fig.get("best_ratio_confiner_modelscope_to_modelscope_100")
     notes = [f"{fastest}; best {fmt(fast_ratio)}"] if fastest != "best" and fast_ratio is not None else []
-    before = fig.get(f"{fastest}_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention")
-    if before is not None:
-        notes.append(f"{before:.4f} before the presets' attention over frames")
+    suffix = "_over_frames_ratio_confiner_modelscope_to_modelscope_100"
+    notes += [f"{key[len(fastest) + 1:-len(suffix)]} over frames {value:.4f}" for key, value in fig.items()
+              if key.startswith(f"{fastest}_") and key.endswith(suffix)]
     also = f" ({'; '.join(notes)})" if notes else ""
     ratio_verdict = yes(None if ratio is None or flop is None else ratio <= flop)
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
@@ -755,8 +801,17 @@ def main():
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
     filled = fold_extra(data["sd"], data["sd_extra"]) + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])
+    # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
+    replaced = {}
+    for key in ("sd_frames_lean", "sd_frames", "sd_frames_extra"):
+        replaced.update(newer_tables(data["sd"], data[key]))
+    earlier = [("`h200_sd.json`, `h200_sd_extra.json`", replaced)] if replaced else []
     if data["sd_before_temporal_attention"]:
         fold_extra(data["sd_before_temporal_attention"], data["sd_extra_before_temporal_attention"])
+        earlier.append(("`h200_sd_before_temporal_attention.json`, `h200_sd_extra_before_temporal_attention.json`",
+                        data["sd_before_temporal_attention"]["tables"]))
+    if data["temporal_attention_other_call"]:
+        earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
     fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"])
     fig.update(network_rates(data["sd"], data["forward_flops"]))
@@ -779,10 +834,9 @@ def main():
         md += wan_markdown(data["wan"], data["wan_long"])
     if data["wan_best"]:
         md += wan_markdown(data["wan_best"], None)
-    attention, attention_md = attention_figures(data["attention"])
+    attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))
     fig.update(attention)
-    remeasured, remeasured_md = temporal_attention_figures(data["sd"], data["sd_before_temporal_attention"],
-                                                           data["temporal_attention_other_call"])
+    remeasured, remeasured_md = temporal_attention_figures(data["sd"], earlier)
     fig.update(remeasured)
     md += attention_md + remeasured_md + decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]

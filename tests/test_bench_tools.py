@@ -370,25 +370,35 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     def table(settings, confiner, ms100):
         return {"settings": settings, "runs": {R.CONFINER: run(confiner, 577.0), "modelscope_100": run(ms100, 4206.0)}}
 
-    before = {"tables": {"eager": table("eager", 2.568, 19.779), "lean": table("lean", 2.093, 14.497),
-                         "max": table("max", 1.650, 12.085)}}
-    sd = {"tables": {"eager": table("eager", 2.567, 19.890), "lean": table("lean + frames", 1.933, 13.870),
-                     "max": table("max + frames", 1.606, 11.523),
-                     "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}}
-    other = {"tables": {"lean": table("lean + frames", 2.101, 13.995)}}
-    out, md = R.temporal_attention_figures(sd, before, other)
-    assert "| lean | lean + frames | 2.093 → **1.933** | 14.497 → **13.870** | 0.1444 → **0.1394** |" in md
-    assert "| lean (another call) | lean + frames | 2.093 → **2.101** | 14.497 → **13.995** | 0.1444 → **0.1501** |" in md
+    assert [R.over_frames(s) for s in ("eager", "fused QKV + attention cudnn", "attention cudnn + efficient attention "
+                                       "over frames + torch.compile (blocks)")] == ["default", "cudnn", "efficient"]
+    sd = {"tables": {"eager": table("eager", 2.567, 19.890), "lean": table("attention cudnn", 2.0, 14.0)},
+          "cold_start_s": 180.0, "import_s": 17.0}
+    later = {"tables": {"lean": table("attention cudnn + frames attention over frames", 1.987, 13.272),
+                        "max": table("attention cudnn + frames attention over frames", 1.55, 11.3)},
+             "cold_start_s": 190.0, "import_s": 15.0}
+    replaced = R.newer_tables(sd, later)
+    assert list(replaced) == ["lean"] and sd["tables"]["max"] is later["tables"]["max"]
+    assert (sd["cold_start_s"], sd["cold_import_s"]) == (190.0, 15.0)   # the start figures follow the compiled table
+    before = {"eager": table("eager", 2.568, 19.779), "lean": table("attention cudnn + efficient attention over "
+                                                                     "frames", 1.933, 13.870),
+              "max": table("attention cudnn", 1.650, 12.085),
+              "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}
+    out, md = R.temporal_attention_figures(sd, [("`a.json`", replaced), ("`b.json`", before)])
+    assert "| lean | **frames** | **1.987** | **13.272** | **0.1497** | the tables above |" in md
+    assert "| lean | cudnn | 2.000 | 14.000 | 0.1429 | `a.json` |" in md
+    assert "| lean | efficient | 1.933 | 13.870 | 0.1394 | `b.json` |" in md
+    assert "| eager | default | 2.568 | 19.779 | 0.1298 | `b.json` |" in md   # the spread between calls
     assert not any(line.startswith("| best") for line in md)          # not measured: no row
-    assert out["max_ratio_confiner_modelscope_to_modelscope_100_before_temporal_attention"] == pytest.approx(1.650 / 12.085)
-    assert out["eager_modelscope100_s_before_temporal_attention"] == 19.779
-    assert not any("another" in key for key in out)                    # the other call adds rows, not figures
-    fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 1.606 / 11.523,
+    assert out["max_cudnn_over_frames_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(1.650 / 12.085)
+    assert out["lean_efficient_over_frames_modelscope100_s"] == 13.870
+    assert not any(key.startswith("eager") for key in out)            # the same kernel: a row, no figure
+    fig = {"fastest_table": "max", "max_ratio_confiner_modelscope_to_modelscope_100": 1.55 / 11.3,
            "max_flop_ratio_confiner_modelscope_to_modelscope_100": 0.1371, **out}
     row = next(line for line in R.targets(fig) if line.startswith("| best-settings ratio"))
-    assert row == ("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1394 vs 0.1371 (0.1365 before the "
-                   "presets' attention over frames) | no |")
-    assert R.temporal_attention_figures(sd, None, other) == ({}, [])
+    assert row == ("| best-settings ratio to ModelScope-100 ≤ FLOP ratio | 0.1372 vs 0.1371 (cudnn over frames "
+                   "0.1365) | no |")
+    assert R.temporal_attention_figures(sd, []) == ({}, [])
 
 
 def test_network_rates_set_each_forward_s_flops_against_its_probed_time():
