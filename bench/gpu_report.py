@@ -230,11 +230,13 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
             out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
         if "precompiled" in probe:
             out[f"warm_start{suffix}_blocks_loaded"] = probe["precompiled"]["loaded"]
-    # a probe of the best table's settings over one from an earlier call, with the settings of then
-    starts = [p["warm_start_s"] for p in probes.values() if not older_settings(p, sd)] or \
-        [p["warm_start_s"] for p in probes.values()]
+    # a probe of the best table's settings; else the latest probe (WARM_PROBES's last), with the settings of then
+    starts = [p["warm_start_s"] for p in probes.values() if not older_settings(p, sd)]
     if starts:
         out["warm_start_s"] = min(starts)
+    elif probes:
+        latest = list(probes.values())[-1]
+        out["warm_start_s"], out["warm_start_settings"] = latest["warm_start_s"], latest.get("settings")
     if wan:
         out.update({k: v for k, v in wan.get("figures", {}).items() if v is not None})
         out["wan_attention"] = wan.get("attention")
@@ -717,10 +719,15 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
     RESULTS.json gets the earlier kernels' figures as ``{table}_{kernel}_over_frames_...``."""
 
     def pair(table: dict | None):
+        """(ConFiner s, ModelScope-100 s or None), or None without a ConFiner run."""
         runs = (table or {}).get("runs", {})
-        if ok(runs.get(CONFINER)) and ok(runs.get("modelscope_100")):
-            return runs[CONFINER]["wall_s"], runs["modelscope_100"]["wall_s"]
-        return None
+        if not ok(runs.get(CONFINER)):
+            return None
+        return runs[CONFINER]["wall_s"], runs["modelscope_100"]["wall_s"] if ok(runs.get("modelscope_100")) else None
+
+    def cells(c, m, bold=""):
+        ratio = f"{c / m:.4f}" if m else "—"
+        return " | ".join(f"{bold}{v}{bold}" if v != "—" else v for v in (f"{c:.3f}", f"{m:.3f}" if m else "—", ratio))
 
     rows, out = [], {}
     for setting, table in sd["tables"].items():
@@ -728,15 +735,15 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
         seen = [(files, tables[setting]) for files, tables in earlier if pair(tables.get(setting))]
         if not (now and seen):
             continue
-        rows.append(f"| {setting} | **{kernel_now}** | **{now[0]:.3f}** | **{now[1]:.3f}** | "
-                    f"**{now[0] / now[1]:.4f}** | the tables above |")
+        rows.append(f"| {setting} | **{kernel_now}** | {cells(*now, bold='**')} | the tables above |")
         for files, old in seen:
             (c, m), kernel = pair(old), over_frames(old["settings"])
-            rows.append(f"| {setting} | {kernel} | {c:.3f} | {m:.3f} | {c / m:.4f} | {files} |")
+            rows.append(f"| {setting} | {kernel} | {cells(c, m)} | {files} |")
             if kernel != kernel_now:
                 key = f"{setting}_{kernel}_over_frames"
-                out.update({f"{key}_confiner_modelscope_s": c, f"{key}_modelscope100_s": m,
-                            f"{key}_ratio_confiner_modelscope_to_modelscope_100": c / m})
+                out[f"{key}_confiner_modelscope_s"] = c
+                if m:
+                    out.update({f"{key}_modelscope100_s": m, f"{key}_ratio_confiner_modelscope_to_modelscope_100": c / m})
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
@@ -759,12 +766,17 @@ def targets(fig: dict) -> list[str]:
     best = fig.get("fastest_confiner_modelscope_s")
     no_compiler = [fig.get(k) for k in ("eager_confiner_modelscope_s", "lean_confiner_modelscope_s",
                                         "lean_graphs_confiner_modelscope_s") if fig.get(k)]
-    # the best settings: the fastest table (max, where its process ran), with the fast preset's figure beside it
+    # the best settings: the fastest table (max, where its process ran), with the fast preset's figure beside it;
+    # the fast preset's alone where the fastest table's ModelScope-100 was not measured
     fastest = fig.get("fastest_table", "best")
+    if f"{fastest}_ratio_confiner_modelscope_to_modelscope_100" not in fig:
+        fastest = "best"
     ratio = fig.get(f"{fastest}_ratio_confiner_modelscope_to_modelscope_100")
     flop = fig.get(f"{fastest}_flop_ratio_confiner_modelscope_to_modelscope_100")
     fast_ratio = fig.get("best_ratio_confiner_modelscope_to_modelscope_100")
     notes = [f"{fastest}; best {fmt(fast_ratio)}"] if fastest != "best" and fast_ratio is not None else []
+    if fastest != fig.get("fastest_table", "best"):
+        notes.append(f"best: the {fig['fastest_table']} table's ModelScope-100 was not measured")
     suffix = "_over_frames_ratio_confiner_modelscope_to_modelscope_100"
     notes += [f"{key[len(fastest) + 1:-len(suffix)]} over frames {value:.4f}" for key, value in fig.items()
               if key.startswith(f"{fastest}_") and key.endswith(suffix)]
@@ -781,7 +793,8 @@ def targets(fig: dict) -> list[str]:
             f"{yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
             f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio, '.4f')} vs {fmt(flop, '.4f')}"
             f"{also} | {ratio_verdict} |",
-            f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s | "
+            f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s"
+            f"{' (the latest probe, with the settings of then: ' + fig['warm_start_settings'] + ')' if fig.get('warm_start_settings') else ''} | "
             f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
             f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings | "
             f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |",

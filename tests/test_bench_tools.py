@@ -152,6 +152,12 @@ def test_report_figures_and_targets(tmp_path):
     fig_three = R.figures(sd, {"warm": warm, "warm_blocks": blocks}, wan, None)
     assert fig_three["warm_start_blocks_s"] == 19.0 and fig_three["warm_start_blocks_blocks_loaded"] == 68
     assert fig_three["warm_start_s"] == 18.0
+    # probes of other settings only (the presets changed since): the latest stands, saying which settings it had
+    old = {"warm": {**warm, "settings": "then"}, "warm_blocks": {**blocks, "settings": "later"}}
+    fig_old = R.figures({**sd, "tables": {**tables, "best": {**tables["best"], "settings": "now"}}}, old, wan, None)
+    assert (fig_old["warm_start_s"], fig_old["warm_start_settings"]) == (19.0, "later")
+    assert "| warm start ≤ 20 s | 19.0 s (the latest probe, with the settings of then: later) | **yes** |" in \
+        "\n".join(R.targets(fig_old))
     row = next(line for line in R.sd_markdown(sd, fig_three, {"warm_blocks": blocks}) if "kept on disk" in line)
     assert "68 compiled blocks loaded from disk: reading 2.5 s, their first calls 4.0 s" in row
     assert "experts 9.0 vs 1.5 s, vae 3.0 vs 0.2 s" in row
@@ -375,7 +381,9 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     sd = {"tables": {"eager": table("eager", 2.567, 19.890), "lean": table("attention cudnn", 2.0, 14.0)},
           "cold_start_s": 180.0, "import_s": 17.0}
     later = {"tables": {"lean": table("attention cudnn + frames attention over frames", 1.987, 13.272),
-                        "max": table("attention cudnn + frames attention over frames", 1.55, 11.3)},
+                        "max": table("attention cudnn + frames attention over frames", 1.55, 11.3),
+                        "lean_graphs": {"settings": "attention cudnn + frames attention over frames",
+                                        "runs": {R.CONFINER: run(1.88, 577.0), "modelscope_100": None}}},
              "cold_start_s": 190.0, "import_s": 15.0}
     replaced = R.newer_tables(sd, later)
     assert list(replaced) == ["lean"] and sd["tables"]["max"] is later["tables"]["max"]
@@ -383,6 +391,7 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     before = {"eager": table("eager", 2.568, 19.779), "lean": table("attention cudnn + efficient attention over "
                                                                      "frames", 1.933, 13.870),
               "max": table("attention cudnn", 1.650, 12.085),
+              "lean_graphs": table("attention cudnn + efficient attention over frames", 1.9, 13.9),
               "best": {"settings": "best", "runs": {R.CONFINER: None, "modelscope_100": None}}}
     out, md = R.temporal_attention_figures(sd, [("`a.json`", replaced), ("`b.json`", before)])
     assert "| lean | **frames** | **1.987** | **13.272** | **0.1497** | the tables above |" in md
@@ -390,6 +399,9 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     assert "| lean | efficient | 1.933 | 13.870 | 0.1394 | `b.json` |" in md
     assert "| eager | default | 2.568 | 19.779 | 0.1298 | `b.json` |" in md   # the spread between calls
     assert not any(line.startswith("| best") for line in md)          # not measured: no row
+    assert "| max | **frames** | **1.550** | **11.300** | **0.1372** | the tables above |" in md
+    assert "| lean_graphs | **frames** | **1.880** | — | — | the tables above |" in md   # ConFiner alone measured
+    assert out["lean_graphs_efficient_over_frames_confiner_modelscope_s"] == 1.9
     assert out["max_cudnn_over_frames_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(1.650 / 12.085)
     assert out["lean_efficient_over_frames_modelscope100_s"] == 13.870
     assert not any(key.startswith("eager") for key in out)            # the same kernel: a row, no figure

@@ -147,7 +147,7 @@ def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
     assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
                                "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention cudnn "
-                               "+ efficient attention over frames")
+                               "+ frames attention over frames")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS
@@ -437,6 +437,19 @@ def test_attention_over_frames_kernel_under_the_interpreter():
     assert model["frames_err"] < 1.5 * model["sdpa_err"] + 1e-4, model
 
 
+def test_the_frame_kernel_is_found_by_its_module_and_name():
+    """A compiled block kept on disk names a user Triton kernel by module and name; defined inside a function, the
+    kernel was not found there when an H200 process loaded such blocks (each one compiled again)."""
+    import importlib
+
+    from confiner_core.diffusers_backend import frame_attention as FA
+
+    pytest.importorskip("triton")
+    fn = FA.frame_attention_kernel.fn
+    assert getattr(importlib.import_module(fn.__module__), fn.__name__) is FA.frame_attention_kernel
+    assert FA.frame_attention_op is not None
+
+
 def test_attention_over_frames_leaves_the_cpu_to_pytorch():
     """Without a GPU (and without Triton's interpreter) the "frames" backend is PyTorch's SDPA: same outputs."""
     make, call = MODELS["animatediff"]
@@ -496,16 +509,18 @@ def test_attention_backend_choice_keeps_outputs(backend):
 
 @pytest.mark.parametrize("name", ["modelscope", "animatediff"])
 def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(name, monkeypatch):
-    """The presets put cuDNN's kernel first for the spatial attention and the memory-efficient one inside the
-    transformers that attend over frames (ModelScope's temporal transformers, AnimateDiff's motion modules); the
-    outputs stay the same, and compiling the blocks keeps each context outside the compiled code, where it is in
-    force when the graph is traced."""
+    """A backend of their own for the transformers that attend over frames (ModelScope's temporal transformers,
+    AnimateDiff's motion modules: the presets' frame kernel, here one of PyTorch's, whose choice the CPU shows) and
+    cuDNN's kernel first for the spatial attention; the outputs stay the same, and compiling the blocks keeps each
+    context outside the compiled code, where it is in force when the graph is traced."""
     from torch.nn.attention import SDPBackend
 
+    assert LEAN.temporal_attention == "frames" and LEAN.attention == "cudnn"
+    lean = replace(LEAN, temporal_attention="efficient")
     make, call = MODELS[name]
     model = make().eval()
     before = call(model)
-    done = apply_speed_settings([model], LEAN)
+    done = apply_speed_settings([model], lean)
     temporal = [m for m in model.modules() if type(m).__name__ in S.TEMPORAL_TRANSFORMERS]
     assert done["temporal_attention"] == len(temporal) > 0
     inside, seen = [], []
@@ -533,7 +548,7 @@ def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(nam
             return super().__call__(gm, example_inputs)
 
     backend = Tracing()
-    fast = replace(LEAN, compile="blocks", backend=backend)
+    fast = replace(lean, compile="blocks", backend=backend)
     apply_speed_settings([model], fast)
     for m in temporal:
         assert isinstance(m.forward, S.WithAttention) and m.forward.name == "efficient"

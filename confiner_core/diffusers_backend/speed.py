@@ -78,9 +78,9 @@ class SpeedSettings:
     fuse_qkv: bool = False
     attention: str = "default"
     # the attention backend inside TEMPORAL_TRANSFORMERS (attention over the frames of each pixel); None: no
-    # backend of their own. On an H200 PyTorch's memory-efficient kernel takes the 16-frame attention of
-    # AnimateDiff's top-level motion modules in 0.73 ms where cuDNN's takes 1.10 ms (bench/RESULTS.md, "Attention
-    # backends"), while cuDNN's is the fastest on every spatial shape
+    # backend of their own. On an H200 the 16-frame attention of AnimateDiff's top-level motion modules takes
+    # 0.33 ms in the frame kernel, 0.73 ms in PyTorch's memory-efficient kernel and 1.08 ms in cuDNN's
+    # (bench/RESULTS.md, "Attention backends"), while cuDNN's is the fastest on every spatial shape
     temporal_attention: str | None = None
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
@@ -126,7 +126,7 @@ class SpeedSettings:
 EAGER = SpeedSettings()
 LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, quick_placement=True,
                      fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="cudnn",
-                     temporal_attention="efficient")
+                     temporal_attention="frames")
 FAST = replace(LEAN, compile="blocks")
 MAX = replace(FAST, cuda_graphs=True)
 PRESETS = {"eager": EAGER, "lean": LEAN, "fast": FAST, "max": MAX}  # by name, as the command line takes them
