@@ -87,7 +87,7 @@ def backends(device: torch.device) -> dict:
     flash4 = S.flash4_function()
     if flash4 is not None:
         out["flash4"] = S.flash4_sdpa(not_taken, flash4)   # the library's own route, without its SDPA fallback
-    if device.type == "cuda" and FA.triton_available():
+    if device.type == "cuda" and FA.frame_attention_op is not None:
         def frames(q, k, v):
             if not FA.covers(q, k, v):
                 raise ValueError(f"more than {FA.MAX_TOKENS} tokens or a head dim over {FA.MAX_HEAD_DIM}")

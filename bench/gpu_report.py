@@ -727,7 +727,8 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
 
     def cells(c, m, bold=""):
         ratio = f"{c / m:.4f}" if m else "—"
-        return " | ".join(f"{bold}{v}{bold}" if v != "—" else v for v in (f"{c:.3f}", f"{m:.3f}" if m else "—", ratio))
+        values = (f"{c:.3f}", f"{m:.3f}" if m else "—", ratio)
+        return " | ".join(f"{bold}{v}{bold}" if v != "—" else v for v in values)
 
     rows, out = [], {}
     for setting, table in sd["tables"].items():
@@ -743,7 +744,8 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
                 key = f"{setting}_{kernel}_over_frames"
                 out[f"{key}_confiner_modelscope_s"] = c
                 if m:
-                    out.update({f"{key}_modelscope100_s": m, f"{key}_ratio_confiner_modelscope_to_modelscope_100": c / m})
+                    out[f"{key}_modelscope100_s"] = m
+                    out[f"{key}_ratio_confiner_modelscope_to_modelscope_100"] = c / m
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
@@ -782,6 +784,8 @@ def targets(fig: dict) -> list[str]:
               if key.startswith(f"{fastest}_") and key.endswith(suffix)]
     also = f" ({'; '.join(notes)})" if notes else ""
     ratio_verdict = yes(None if ratio is None or flop is None else ratio <= flop)
+    warm_settings = (f" (the latest probe, with the settings of then: {fig['warm_start_settings']})"
+                     if fig.get("warm_start_settings") else "")
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
     wan_ratios = [r for r in (wan, wan_best) if r is not None]
     return ["## Targets (H200)", "", "| target | measured | met |", "|---|---|---|",
@@ -793,8 +797,7 @@ def targets(fig: dict) -> list[str]:
             f"{yes(le(min(no_compiler), TARGET_EAGER_S) if no_compiler else None)} |",
             f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio, '.4f')} vs {fmt(flop, '.4f')}"
             f"{also} | {ratio_verdict} |",
-            f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s"
-            f"{' (the latest probe, with the settings of then: ' + fig['warm_start_settings'] + ')' if fig.get('warm_start_settings') else ''} | "
+            f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s{warm_settings} | "
             f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
             f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings | "
             f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |",
