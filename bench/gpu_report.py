@@ -153,6 +153,8 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
         if target is table:
             filled += [f"{setting}/{name}" for name, run in table["runs"].items() if ok(run)]
             continue
+        if target["settings"] != table["settings"]:   # another call's settings: its runs are not this table's
+            continue
         for name, run in table["runs"].items():
             if ok(run) and not ok(target["runs"].get(name)):
                 target["runs"][name] = run
@@ -815,12 +817,14 @@ def main():
     data = {k: load(a.raw, f) for k, f in FILES.items()}
     if data["sd"] is None:
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
-    filled = fold_extra(data["sd"], data["sd_extra"]) + fold_extra(data["sd"], data["sd_graphs"]) + \
-        fold_extra(data["sd"], data["sd_animatediff"])
+    filled = fold_extra(data["sd"], data["sd_extra"])
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
-    replaced = {}
+    replaced, later = {}, []
     for key in ("sd_frames_lean", "sd_frames", "sd_frames_extra"):
         replaced.update(newer_tables(data["sd"], data[key]))
+        later += [f"{setting} (`{FILES[key]}`)" for setting in (data[key] or {}).get("tables", {})]
+    filled = [f for f in filled if f.split("/")[0] not in replaced] + fold_extra(data["sd"], data["sd_graphs"]) + \
+        fold_extra(data["sd"], data["sd_animatediff"])
     earlier = [("`h200_sd.json`, `h200_sd_extra.json`", replaced)] if replaced else []
     if data["sd_before_temporal_attention"]:
         fold_extra(data["sd_before_temporal_attention"], data["sd_extra_before_temporal_attention"])
@@ -843,6 +847,8 @@ def main():
     decode_md += vae_probe_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
+    if later:
+        md += [f"Tables from later calls, with today's presets: {', '.join(later)}.", ""]
     if filled:
         md += [f"Runs from other processes (`{FILES['sd_extra']}`, `{FILES['sd_graphs']}`, `{FILES['sd_animatediff']}`): "
                f"{', '.join(filled)}.", ""]

@@ -181,6 +181,8 @@ def test_report_folds_follow_up_calls():
     assert main["cold_start_s"] == 199.0 and main["cold_import_s"] == 12.0 and main["import_s"] == 17.0
     assert R.fold_extra(main, {"cold_start_s": 300.0, "import_s": 9.0, "tables": {}}) == []
     assert main["cold_start_s"] == 199.0                              # the first cold start measured is kept
+    other = {"tables": {"best": {"settings": "best + frames", "runs": {"modelscope_100": run(11.0, 4206)}}}}
+    assert R.fold_extra(main, other) == [] and "modelscope_100" not in main["tables"]["best"]["runs"]
     lines = "\n".join(R.targets({"eager_confiner_modelscope_s": 3.0, "lean_confiner_modelscope_s": 2.5,
                                   "lean_graphs_confiner_modelscope_s": 2.1}))
     assert "eager 3.000 s, lean 2.500 s, lean + CUDA graphs 2.100 s | **yes** |" in lines
