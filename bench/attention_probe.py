@@ -90,7 +90,8 @@ def backends(device: torch.device) -> dict:
     if device.type == "cuda" and FA.frame_attention_op is not None:
         def frames(q, k, v):
             if not FA.covers(q, k, v):
-                raise ValueError(f"more than {FA.MAX_TOKENS} tokens or a head dim over {FA.MAX_HEAD_DIM}")
+                raise ValueError(f"more than {FA.MAX_TOKENS} tokens, a head dim over {FA.MAX_HEAD_DIM} or a tile "
+                                 f"over {FA.MAX_TILE}")
             return FA.frame_sdpa(q, k, v)
         out["frames"] = frames   # the library's Triton kernel for attention over frames
     sage = sage_function()

@@ -414,8 +414,8 @@ def network_rates(sd: dict, flops: dict | None) -> dict:
     """TFLOP/s of each network's forward in each table (the launch probe's GPU seconds, "as set", against the FLOPs
     ``gpu_benchmark.py --forward-flops`` counts for that forward) and of the ConFiner run's VAE decode: where a
     run's time goes against its FLOPs, network by network."""
-    if not flops:
-        return {}
+    if not flops or (flops.get("size"), flops.get("tiny")) != (sd.get("size"), sd.get("tiny")):
+        return {}   # counted for other shapes than the tables ran
     tflop, out = flops["tflop"], {}
     for setting, table in sd["tables"].items():
         for name, per in (table.get("launch_probe") or {}).items():
@@ -631,18 +631,19 @@ def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
 
 
 def merge_probes(data: dict | None, later: dict | None) -> dict | None:
-    """One attention probe from two calls: ``later``'s backends that ``data`` lacks join each shape's row (a
-    backend both measured keeps ``data``'s figures), the fastest is chosen again, and ``added`` names the joined
-    backends."""
+    """One attention probe from two calls: ``data``'s backends that ``later`` lacks (installed only for that call)
+    join each of ``later``'s rows, whose own figures stand (its backends compare within one call), the fastest is
+    chosen again, and ``added`` names the joined backends; a shape only ``data`` measured keeps its row."""
     if not (data and later):
         return data or later
-    added = [n for n in later["backends"] if n not in data["backends"]]
-    merged = {**data, "backends": data["backends"] + added, "added": added, "shapes": {}}
-    for shape, row in data["shapes"].items():
-        extra = later["shapes"].get(shape, {}).get("backends", {})
+    added = [n for n in data["backends"] if n not in later["backends"]]
+    merged = {**later, "backends": later["backends"] + added, "added": added, "shapes": {}}
+    for shape, row in later["shapes"].items():
+        extra = data["shapes"].get(shape, {}).get("backends", {})
         backends = {**row["backends"], **{n: extra[n] for n in added if n in extra}}
         timed = {n: e["median_ms"] for n, e in backends.items() if "median_ms" in e}
         merged["shapes"][shape] = {**row, "backends": backends, "fastest": min(timed, key=timed.get) if timed else None}
+    merged["shapes"].update({n: row for n, row in data["shapes"].items() if n not in later["shapes"]})  # its own
     return merged
 
 
@@ -652,8 +653,9 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
     if not data:
         return {}, []
     names = data["backends"]
-    added = (f" The `{'`, `'.join(data['added'])}` column{'s' if len(data['added']) > 1 else ''} came from another "
-             "call (`h200_attention_probe_frames.json`), the others from one." if data.get("added") else "")
+    added = (f" The `{'`, `'.join(data['added'])}` column{'s' if len(data['added']) > 1 else ''} came from an "
+             f"earlier call (`{FILES['attention']}`, where {'they were' if len(data['added']) > 1 else 'it was'} "
+             f"installed), the others from one (`{FILES['attention_frames']}`)." if data.get("added") else "")
     md = ["## Attention backends", "",
           f"`bench/attention_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}: one call of each "
           "attention shape of the benchmarks under each backend alone (milliseconds, median; TFLOP/s of QKᵀ and PV; "
@@ -707,7 +709,7 @@ def newer_tables(sd: dict, newer: dict | None) -> dict:
         if setting in sd["tables"]:
             replaced[setting] = sd["tables"][setting]
         sd["tables"][setting] = table
-    if newer and "cold_start_s" in newer:
+    if newer and "cold_start_s" in newer and "import_s" in newer:
         sd["cold_import_s"] = newer["import_s"]
     for key in ("cold_start_s", "cold_compile_s", "compile_cache", "lean_cold_start_s"):
         if key in (newer or {}):
@@ -743,11 +745,11 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
             (c, m), kernel = pair(old), over_frames(old["settings"])
             rows.append(f"| {setting} | {kernel} | {cells(c, m)} | {files} |")
             if kernel != kernel_now:
-                key = f"{setting}_{kernel}_over_frames"
-                out[f"{key}_confiner_modelscope_s"] = c
+                key = f"{setting}_{kernel}_over_frames"   # the first call listed (the main one) gives the figure
+                out.setdefault(f"{key}_confiner_modelscope_s", c)
                 if m:
-                    out[f"{key}_modelscope100_s"] = m
-                    out[f"{key}_ratio_confiner_modelscope_to_modelscope_100"] = c / m
+                    out.setdefault(f"{key}_modelscope100_s", m)
+                    out.setdefault(f"{key}_ratio_confiner_modelscope_to_modelscope_100", c / m)
     if not rows:
         return {}, []
     md = ["## Attention over frames in the presets", "",
@@ -821,7 +823,8 @@ def main():
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
     replaced, later = {}, []
     for key in ("sd_frames_lean", "sd_frames", "sd_frames_extra"):
-        replaced.update(newer_tables(data["sd"], data[key]))
+        for setting, table in newer_tables(data["sd"], data[key]).items():
+            replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
         later += [f"{setting} (`{FILES[key]}`)" for setting in (data[key] or {}).get("tables", {})]
     filled = [f for f in filled if f.split("/")[0] not in replaced] + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])

@@ -415,6 +415,29 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     assert R.temporal_attention_figures(sd, []) == ({}, [])
 
 
+def test_two_attention_probes_make_one_table_each_backend_from_one_call():
+    def entry(ms):
+        return {"median_ms": ms, "tflops": 1.0 / ms, "max_abs_diff": 0.0}
+
+    earlier = {"device": "H200", "torch": "2.11", "dtype": "float16", "backends": ["cudnn", "efficient", "flash4"],
+               "shapes": {"frames": {"shape": [1], "reference": "cudnn", "fastest": "efficient", "backends": {
+                   "cudnn": entry(1.10), "efficient": entry(0.73), "flash4": entry(2.3)}},
+                   "wan": {"shape": [2], "reference": "cudnn", "fastest": "flash4", "backends": {
+                       "cudnn": entry(12.1), "flash4": entry(10.4)}}}}
+    later = {**earlier, "backends": ["cudnn", "efficient", "frames"],
+             "shapes": {"frames": {"shape": [1], "reference": "cudnn", "fastest": "frames", "backends": {
+                 "cudnn": entry(1.09), "efficient": entry(0.78), "frames": entry(0.33)}}}}
+    merged = R.merge_probes(earlier, later)
+    assert merged["backends"] == ["cudnn", "efficient", "frames", "flash4"] and merged["added"] == ["flash4"]
+    row = merged["shapes"]["frames"]["backends"]
+    assert (row["efficient"]["median_ms"], row["flash4"]["median_ms"]) == (0.78, 2.3)   # the later call's own first
+    assert merged["shapes"]["frames"]["fastest"] == "frames"
+    assert merged["shapes"]["wan"] is earlier["shapes"]["wan"]       # measured by the earlier call alone
+    assert R.merge_probes(earlier, None) is earlier
+    _, md = R.attention_figures(merged)
+    assert any("The `flash4` column came from an earlier call" in line for line in md)
+
+
 def test_network_rates_set_each_forward_s_flops_against_its_probed_time():
     flops = {"tflop": {"sd_batch32": 25.7, "control_1x16": 17.75, "vae_decode_4_frames": 10.0}}
     sd = {"frames": 16, "tables": {"max": {
@@ -431,6 +454,7 @@ def test_network_rates_set_each_forward_s_flops_against_its_probed_time():
     assert "| modelscope_2x16 | 0.1100; 0.0040 |" in lines                # no FLOP count: no rate
     assert lines[-1] == "The ConFiner run's VAE decode: 320 TFLOP/s."
     assert R.network_rates(sd, None) == {}
+    assert R.network_rates({**sd, "size": 512}, {**flops, "size": 256}) == {}   # counted for other shapes
 
 
 def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():

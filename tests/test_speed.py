@@ -381,22 +381,26 @@ FRAME_ATTENTION_CHECK = textwrap.dedent("""
     FA.frame_attention_triton = lambda *a: calls.append(tuple(a[0].shape)) or kernel(*a)
     g = torch.Generator().manual_seed(0)
     out = {"kernel": []}
-    for (b, h, s, d), layout in (((3, 2, 16, 40), "bshd"), ((2, 3, 13, 80), "bhsd"), ((1, 2, 64, 160), "bshd"),
-                                 ((2, 5, 16, 64), "bshd")):
+    for (b, h, s, d), layout in (((3, 2, 16, 40), "bshd"), ((2, 3, 13, 80), "bhsd"), ((1, 2, 32, 160), "bshd"),
+                                 ((2, 5, 16, 64), "bshd"), ((1, 2, 64, 128), "bhsd")):
         def make():
             x = torch.randn(b, s, h, d, generator=g, dtype=torch.float64).half()
             return x.transpose(1, 2) if layout == "bshd" else x.transpose(1, 2).contiguous()
         q, k, v = make(), make(), make()
         n = len(calls)
-        got = FA.frame_sdpa(q, k, v)
-        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        scale = 0.3 if d == 64 else None   # an explicit scale is the kernel's too
+        got = FA.frame_sdpa(q, k, v, scale=scale)
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
         out["kernel"].append({"case": [b, h, s, d, layout], "ran": len(calls) == n + 1, "err": rel(got, ref),
                               "half": got.dtype == torch.float16, "shape": list(got.shape) == [b, h, s, d],
                               "bshd_memory": got.transpose(1, 2).is_contiguous()})
     n = len(calls)
     long = torch.randn(1, 2, 65, 40, generator=g).half()
+    wide = torch.randn(1, 2, 64, 160, generator=g).half()      # a 64 x 256 tile: over MAX_TILE
     x = torch.randn(1, 2, 16, 40, generator=g).half()
-    for args, kwargs in (((long,) * 3, {}), ((x,) * 3, {"attn_mask": torch.ones(16, 16, dtype=torch.bool)}),
+    text = torch.randn(1, 2, 8, 40, generator=g).half()        # keys of another length: cross-attention
+    for args, kwargs in (((long,) * 3, {}), ((wide,) * 3, {}), ((x, text, text), {}),
+                         ((x,) * 3, {"attn_mask": torch.ones(16, 16, dtype=torch.bool)}),
                          ((x.float(),) * 3, {}), ((x,) * 3, {"is_causal": True})):
         assert rel(FA.frame_sdpa(*args, **kwargs), F.scaled_dot_product_attention(*args, **kwargs)) < 1e-3
     out["fallback_calls"] = len(calls) - n
@@ -427,7 +431,7 @@ def test_attention_over_frames_kernel_under_the_interpreter():
     attention, float32 or more than 64 tokens go to PyTorch's SDPA. In a half-precision AnimateDiff UNet the kernel
     runs once per attention over frames and moves the output no further from the float32 model than SDPA does."""
     r = under_the_interpreter(FRAME_ATTENTION_CHECK)
-    assert len(r["kernel"]) == 4
+    assert len(r["kernel"]) == 5
     for case in r["kernel"]:
         assert case["ran"] and case["half"] and case["shape"] and case["bshd_memory"], case
         assert case["err"] < 1e-3, case
@@ -450,13 +454,40 @@ def test_the_frame_kernel_is_found_by_its_module_and_name():
     assert FA.frame_attention_op is not None
 
 
-def test_attention_over_frames_leaves_the_cpu_to_pytorch():
-    """Without a GPU (and without Triton's interpreter) the "frames" backend is PyTorch's SDPA: same outputs."""
-    make, call = MODELS["animatediff"]
-    model = make()
-    before = call(model)
+def test_the_frames_context_routes_sdpa_with_the_memory_efficient_kernel_behind():
+    """Inside the "frames" context SDPA is the frame route (where Triton and ``triton_op`` are), with PyTorch's
+    memory-efficient kernel first for what the kernel does not cover; both are undone on leaving."""
+    from torch.nn.attention import SDPBackend
+
+    from confiner_core.diffusers_backend import frame_attention as FA
+
+    functional = torch.nn.functional
+    plain, order = functional.scaled_dot_product_attention, torch._C._get_sdp_priority_order()
+    with S.attention_context("frames"):
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.EFFICIENT_ATTENTION)
+        routed = functional.scaled_dot_product_attention is FA.frame_sdpa
+        assert routed == (FA.frame_attention_op is not None)
+    assert functional.scaled_dot_product_attention is plain and torch._C._get_sdp_priority_order() == order
+
+
+def test_attention_over_frames_leaves_the_cpu_to_pytorch(monkeypatch):
+    """Without a GPU (and without Triton's interpreter) the "frames" backend is PyTorch's SDPA, also for the half
+    precision the kernel covers: the kernel never runs, the outputs stay the same."""
+    from confiner_core.diffusers_backend import frame_attention as FA
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(FA, "frame_attention_triton", lambda *a: pytest.fail("the kernel ran on the CPU"))
+    model = tiny_motion_unet().half()
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(1, 4, 3, 8, 8, generator=g).half(), torch.randn(3, 77, T.SD_WIDTH, generator=g).half()
+
+    def call():
+        with torch.no_grad():
+            return model(x, 321.5, encoder_hidden_states=c).sample
+
+    before = call()
     assert apply_speed_settings([model], replace(EAGER, temporal_attention="frames"))["temporal_attention"] > 0
-    assert torch.equal(call(model), before)
+    assert torch.equal(call(), before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the frame kernel's compiled and bfloat16 paths need CUDA")
@@ -469,11 +500,13 @@ def test_attention_over_frames_kernel_on_cuda_eager_and_compiled():
     from confiner_core.diffusers_backend import frame_attention as FA
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    for dtype in (torch.float16, torch.bfloat16):
-        q, k, v = (torch.randn(512, 16, 8, 40, device="cuda", generator=g).to(dtype).transpose(1, 2)
+    for dtype, (tokens, dim) in ((torch.float16, (16, 40)), (torch.bfloat16, (16, 40)), (torch.float16, (32, 160)),
+                                 (torch.float16, (64, 128))):   # the largest tiles too
+        q, k, v = (torch.randn(512, tokens, 8, dim, device="cuda", generator=g).to(dtype).transpose(1, 2)
                    for _ in range(3))
+        assert FA.covers(q, k, v)
         ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
-        assert rel(FA.frame_sdpa(q, k, v), ref) < (1e-3 if dtype == torch.float16 else 8e-3), dtype
+        assert rel(FA.frame_sdpa(q, k, v), ref) < (1e-3 if dtype == torch.float16 else 8e-3), (dtype, tokens, dim)
     make, _ = MODELS["animatediff"]
     x = torch.randn(1, 4, 16, 16, 16, device="cuda", generator=g).half()
     c = torch.randn(16, 77, T.SD_WIDTH, device="cuda", generator=g).half()

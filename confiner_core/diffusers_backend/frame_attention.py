@@ -26,7 +26,12 @@ import torch
 
 MAX_TOKENS = 64
 MAX_HEAD_DIM = 256
-_SDPA = torch.nn.functional.scaled_dot_product_attention  # PyTorch's, whatever a context has put in its place
+# the largest tile (tokens x head dim, each padded to a power of two) one program holds: Q, K and V of 32 x 256 half
+# floats take 48 KB, which consumer GPUs' shared memory also holds; larger tiles go to PyTorch's SDPA
+MAX_TILE = 32 * 256
+# PyTorch's own, taken at import: the calls the kernel does not cover go there, past any other routing of
+# ``scaled_dot_product_attention`` (flash4's), since over frames the kernel choice is the setting's
+_SDPA = torch.nn.functional.scaled_dot_product_attention
 
 try:
     import triton
@@ -91,14 +96,15 @@ frame_attention_op = (torch.library.triton_op("confiner::frame_attention", _fram
 
 
 def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False) -> bool:
-    """Whether the kernel takes this call: self-length attention over a few tokens, no mask, no dropout, no
-    gradient, half precision (its products round as flash attention's do)."""
+    """Whether the kernel takes this call: self-length attention over a few tokens (a tile of at most
+    :data:`MAX_TILE`), no mask, no dropout, no gradient, half precision (its products round as flash attention's
+    do)."""
     tensors = (query, key, value)
     return (attn_mask is None and dropout_p == 0.0 and not is_causal and not enable_gqa
             and all(t.dim() == 4 and t.stride(-1) == 1 and t.dtype == query.dtype and t.device == query.device
                     for t in tensors)
             and query.shape == key.shape == value.shape and query.shape[2] <= MAX_TOKENS
-            and query.shape[3] <= MAX_HEAD_DIM
+            and query.shape[3] <= MAX_HEAD_DIM and _block(query.shape[2]) * _block(query.shape[3]) <= MAX_TILE
             and query.dtype in (torch.float16, torch.bfloat16)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
@@ -118,17 +124,20 @@ def _interpreted() -> bool:
 
 
 @contextlib.contextmanager
-def frame_attention_context():
+def frame_attention_context(fallback):
     """``torch.nn.functional.scaled_dot_product_attention`` routed through :func:`frame_sdpa` for the duration
-    (diffusers' attention processors look it up at every call). One function object throughout, so a compiled
-    block traced under it does not recompile. Without Triton, nothing changes."""
+    (diffusers' attention processors look it up at every call), inside ``fallback`` (a context: the SDPA backends
+    for the calls the kernel does not cover, and for all of them without Triton or ``triton_op``). One function
+    object throughout, so a compiled block traced under it does not recompile. The swap is global, like
+    :func:`~.speed.flash4_attention`'s: one thread at a time (as ComfyUI and the library run the networks)."""
     functional = torch.nn.functional
-    if frame_attention_op is None or functional.scaled_dot_product_attention is frame_sdpa:
-        yield
-        return
-    previous = functional.scaled_dot_product_attention
-    functional.scaled_dot_product_attention = frame_sdpa
-    try:
-        yield
-    finally:
-        functional.scaled_dot_product_attention = previous
+    with fallback:
+        if frame_attention_op is None or functional.scaled_dot_product_attention is frame_sdpa:
+            yield
+            return
+        previous = functional.scaled_dot_product_attention
+        functional.scaled_dot_product_attention = frame_sdpa
+        try:
+            yield
+        finally:
+            functional.scaled_dot_product_attention = previous

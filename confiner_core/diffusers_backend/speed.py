@@ -14,8 +14,9 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
   CuTe kernels where it is installed, else PyTorch's; ``"frames"``: one Triton kernel for sequences of up to 64
-  tokens (:mod:`.frame_attention`), PyTorch's for longer ones); ``temporal_attention``: the same for the
-  transformers that attend over the frames of each pixel (16-token sequences);
+  tokens (:mod:`.frame_attention`), PyTorch's memory-efficient one first for the rest and without Triton);
+  ``temporal_attention``: the same for the transformers that attend over the frames of each pixel (16-token
+  sequences);
 * ``cudnn_benchmark``: cuDNN autotuning;
 * ``quick_placement``: a model's ``.dtype`` and ``.device`` read off its first parameter (:func:`quick_placement`):
   diffusers' properties first walk every submodule for offloading and casting hooks, and the AnimateDiff and
@@ -319,8 +320,8 @@ def attention_context(name: str):
         return contextlib.nullcontext()
     if name == "flash4":
         return flash4_attention()
-    if name == "frames":
-        return frame_attention_context()
+    if name == "frames":  # PyTorch's memory-efficient kernel, the fastest of its own over frames, where it falls back
+        return frame_attention_context(attention_context("efficient"))
     from torch.nn.attention import sdpa_kernel
 
     try:
