@@ -1,6 +1,6 @@
 """Every attention shape of the SD-scale and Wan-scale benchmarks under every attention backend the machine has:
 PyTorch's SDPA kernels (cuDNN, flash, memory-efficient; each alone, no fallback), ``flash-attn-4`` through the
-library's own ``flash4`` route (``speed.flash4_sdpa``), the library's Triton kernel for attention over frames
+library's own ``flash4`` route (``flash4_attention.flash4_sdpa``), the library's Triton kernel for attention over frames
 (``frames``: sequences of up to 64 tokens) and SageAttention (``sageattn``, INT8 QK, an approximation) where
 installed. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
 SageAttention compile their kernels then) and the largest difference from PyTorch's flash kernel's output (cuDNN's
@@ -27,6 +27,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import frame_attention as FA  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 
@@ -80,13 +81,13 @@ def backends(device: torch.device) -> dict:
                 return sdpa(q, k, v)
         return run
 
-    def not_taken(*args, **kwargs):
-        raise ValueError("a shape the flash4 route passes on to SDPA")
-
     out = {name: alone(name) for name in (SDPA_BACKENDS if device.type == "cuda" else ("math",))}
-    flash4 = S.flash4_function()
-    if flash4 is not None:
-        out["flash4"] = S.flash4_sdpa(not_taken, flash4)   # the library's own route, without its SDPA fallback
+    if F4.flash4_function() is not None:
+        def flash4(q, k, v):
+            if not F4.covers(q, k, v):
+                raise ValueError("a shape the flash4 route passes on to SDPA")
+            return F4.flash4_sdpa(q, k, v)
+        out["flash4"] = flash4   # the library's own route, without its SDPA fallback
     if device.type == "cuda" and FA.frame_attention_op is not None:
         def frames(q, k, v):
             if not FA.covers(q, k, v):

@@ -850,6 +850,8 @@ def main():
     ap.add_argument("--compile-dir", default=None,
                     help="the 'best' and 'max' settings keep their compiled blocks in this folder (compiled ahead of "
                          "time and saved by the first process, loaded by later ones: speed.SpeedSettings.compile_dir)")
+    ap.add_argument("--attention", default=None, choices=S.ATTENTION_BACKENDS,
+                    help="the attention backend in every table whose preset sets one (the spatial attention)")
     ap.add_argument("--temporal-attention", default=None, choices=S.ATTENTION_BACKENDS,
                     help="the attention backend over frames in every table whose preset sets one")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
@@ -867,7 +869,9 @@ def main():
     for name in ("best", "max"):
         SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend,
                                              compile_dir=a.compile_dir)
-    for name, settings in SETTINGS.items():   # a candidate for the presets' attention over frames, in every table
+    for name, settings in SETTINGS.items():   # a candidate for the presets' attention backends, in every table
+        if a.attention and settings.attention != "default":
+            settings = SETTINGS[name] = dataclasses.replace(settings, attention=a.attention)
         if a.temporal_attention and settings.temporal_attention is not None:
             SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
     if a.start_probe:
@@ -895,7 +899,8 @@ def main():
 
     def probe(setting, models=None):
         if setting in a.attention_probe:
-            backends = ["default", "cudnn", "flash", "efficient"] + (["flash4"] if res["flash_attn_4"] else [])
+            backends = ["default", "cudnn", "flash", "efficient"] + (["flash4", "fastest"] if res["flash_attn_4"]
+                                                                      else [])
             return b.launch_probe(backends, models)
         return b.launch_probe(models=models)
 

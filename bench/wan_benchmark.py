@@ -377,7 +377,7 @@ class WanBench:
         t = torch.full((1,), 500.0, device=self.device)
         context = torch.randn(1, W.MAX_SEQUENCE_LENGTH if not self.a.tiny else 16, self.cfg["wan13"]["text_dim"],
                               device=self.device, dtype=self.dtype)
-        backends = ["default", "cudnn", "flash", "efficient"] + (["flash4"] if S.flash4_function() else [])
+        backends = ["default", "cudnn", "flash", "efficient"] + (["flash4", "fastest"] if S.flash4_function() else [])
         out = {}
         with torch.no_grad():
             for backend in backends:

@@ -616,28 +616,121 @@ def test_fused_qkv_keeps_outputs():
     assert rel(sd_call(unet), before) < 1e-4
 
 
-def test_flash4_sdpa_passes_bshd_views_and_falls_back(monkeypatch):
-    """FA4 takes [B, S, H, D]; the wrapper hands it transposed views and returns SDPA's layout. Here a reference
-    implementation stands in for the package (which needs a Hopper GPU)."""
-    seen = []
-
-    def fake_fa4(q, k, v, softmax_scale=None, causal=False):
-        seen.append((tuple(q.shape), softmax_scale, causal))
+def fake_fa4(seen):
+    """A reference implementation standing in for ``flash_attn.cute.flash_attn_func`` (which needs a Hopper or
+    Blackwell GPU): [B, S, H, D] in, ``(out, lse)`` out, as the package returns; each call's query shape is noted."""
+    def fa4(q, k, v, softmax_scale=None, causal=False):
+        seen.append((tuple(q.shape), tuple(k.shape), softmax_scale, causal))
         out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                                                v.transpose(1, 2), scale=softmax_scale)
-        return out.transpose(1, 2), None  # (out, lse), as flash_attn.cute returns
+        return out.transpose(1, 2), None
+    return fa4
 
+
+def test_flash4_routes_pass_bshd_views_through_the_operator_and_fall_back(monkeypatch):
+    """FA4 takes [B, S, H, D]: the routes hand the custom operator transposed views and return SDPA's layout; the
+    ``fastest`` route takes only self-attention of at least MIN_TOKENS tokens; masks, CPU tensors and short or
+    cross-attention stay with PyTorch."""
+    from confiner_core.diffusers_backend import flash4_attention as F4
+
+    seen = []
+    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
     original = torch.nn.functional.scaled_dot_product_attention
-    sdpa = S.flash4_sdpa(original, fake_fa4)
-    q, k, v = (torch.randn(2, 3, 10, 16, dtype=torch.bfloat16) for _ in range(3))
-    assert torch.equal(sdpa(q, k, v), original(q, k, v)) and not seen       # CPU tensors: PyTorch's
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 16, generator=g, dtype=torch.bfloat16) for _ in range(3))
+    assert torch.equal(F4.flash4_sdpa(q, k, v), original(q, k, v)) and not seen        # CPU tensors: PyTorch's
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    out = sdpa(q, k, v, scale=0.3)
-    assert seen == [((2, 10, 3, 16), 0.3, False)] and out.shape == q.shape
+    out = F4.flash4_sdpa(q, k, v, scale=0.3)
+    assert seen == [((2, 10, 3, 16), (2, 10, 3, 16), 0.3, False)] and out.shape == q.shape
     assert rel(out, original(q, k, v, scale=0.3)) < 1e-2
-    mask = torch.ones(10, 10, dtype=torch.bool)
-    sdpa(q, k, v, attn_mask=mask)
-    assert len(seen) == 1, "masked attention stays with PyTorch"
+    F4.flash4_sdpa(q, k, v, attn_mask=torch.ones(10, 10, dtype=torch.bool))
+    F4.flash4_sdpa(q.float(), k.float(), v.float())
+    assert len(seen) == 1, "masked and single-precision attention stay with PyTorch"
+    F4.long_flash4_sdpa(q, k, v)
+    assert len(seen) == 1, f"10 tokens are under MIN_TOKENS ({F4.MIN_TOKENS})"
+    monkeypatch.setattr(F4, "MIN_TOKENS", 10)
+    F4.long_flash4_sdpa(q, k, v)
+    assert len(seen) == 2 and seen[-1][2] == 16 ** -0.5                                 # SDPA's default scale
+    F4.long_flash4_sdpa(q, k[:, :, :5], v[:, :, :5])
+    assert len(seen) == 2, "cross-attention with fewer keys than MIN_TOKENS stays with PyTorch"
+    # the operator is one opaque call to torch.compile (fullgraph: no break into the package's Python)
+    torch._dynamo.reset()
+    bshd = [t.transpose(1, 2) for t in (q, k, v)]
+    compiled = torch.compile(lambda a, b, c: F4.flash4_bshd(a, b, c, 0.3) * 2, fullgraph=True)
+    assert torch.equal(compiled(*bshd), F4.flash4_bshd(*bshd, 0.3) * 2) and len(seen) == 4
+
+
+def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(monkeypatch):
+    """Without the package "fastest" is exactly "cudnn" (SDPA untouched, cuDNN first); with it SDPA is the long
+    route inside that order, the frames context nests inside it, and all is undone on leaving."""
+    from torch.nn.attention import SDPBackend
+
+    from confiner_core.diffusers_backend import flash4_attention as F4
+    from confiner_core.diffusers_backend import frame_attention as FA
+
+    functional = torch.nn.functional
+    plain, order = functional.scaled_dot_product_attention, torch._C._get_sdp_priority_order()
+    monkeypatch.setattr(F4, "flash4_function", lambda: None)
+    with S.attention_context("fastest"):
+        assert functional.scaled_dot_product_attention is plain
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4([]))
+    with S.attention_context("fastest"):
+        assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        with S.attention_context("frames"):
+            assert functional.scaled_dot_product_attention is (
+                FA.frame_sdpa if FA.frame_attention_op is not None else F4.long_flash4_sdpa)
+        assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
+    with S.attention_context("flash4"):
+        assert functional.scaled_dot_product_attention is F4.flash4_sdpa
+    assert functional.scaled_dot_product_attention is plain and torch._C._get_sdp_priority_order() == order
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the FA4 routes take CUDA tensors only")
+def test_flash4_route_on_cuda_eager_and_compiled(monkeypatch):
+    """On the GPU: a half-precision SD UNet under "fastest" attention with its blocks compiled (the operator one
+    opaque call in each graph, fullgraph) gives its eager output within compiling's own drift, and a second call
+    compiles nothing. The real package where installed, else the reference stand-in (so any CUDA GPU runs this)."""
+    from torch._dynamo.utils import counters
+
+    from confiner_core.diffusers_backend import flash4_attention as F4
+
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    fake = F4.flash4_function() is None or bool(os.environ.get("CONFINER_FAKE_FA4"))
+    if fake:
+        monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+    monkeypatch.setattr(F4, "MIN_TOKENS", 64)    # the 8x8 latent's top level: 64 tokens, 2 heads of d 32
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 256, 4, 40, device="cuda", generator=g).half().transpose(1, 2) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert F4.covers(q, k, v) and rel(F4.flash4_sdpa(q, k, v), ref) < 1e-3
+    x = torch.randn(2, 4, 8, 8, device="cuda", generator=g).half()
+    c = torch.randn(2, 77, T.SD_WIDTH, device="cuda", generator=g).half()
+    drift = {}
+    for backend in ("cudnn", "fastest"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(64, 128), layers_per_block=1,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    cross_attention_dim=T.SD_WIDTH, attention_head_dim=2).eval().cuda().half()
+
+        def call():
+            with torch.no_grad():
+                return unet(x, 321.5, encoder_hidden_states=c).sample
+
+        apply_speed_settings([unet], replace(EAGER, attention=backend))
+        eager = call()
+        apply_speed_settings([unet], replace(EAGER, attention=backend, compile="blocks"))
+        drift[backend] = rel(call(), eager)
+        graphs = counters["stats"]["unique_graphs"]
+        call()
+        assert counters["stats"]["unique_graphs"] == graphs, backend
+    assert drift["fastest"] < 2 * drift["cudnn"] + 1e-3, drift
+    assert not fake or (seen and all(shape[1] == key[1] == 64 for shape, key, *_ in seen)), seen  # self-attention only
 
 
 # ------------------------------------------------------------------------------------------- CUDA graphs
@@ -861,6 +954,35 @@ def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path, mo
     max(artifacts(), key=lambda f: f.stat().st_mtime_ns).write_bytes(b"not an artifact")  # the third's
     fourth = fresh_process(TwoBlocks(scale=2.0))                  # one artifact unreadable: that one compiled again
     assert (fourth.compiled, fourth.loaded) == (1, 1) and len(fourth.unloadable) == 1
+    S.block_store.cache_clear()
+
+
+@pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
+def test_blocks_kept_on_disk_also_when_fast_is_applied_on_top_of_lean(tmp_path, monkeypatch):
+    """The temporal transformers' forward is a method ``lean`` puts on each instance and then wraps in its attention
+    context; ``fast`` applied on top compiles what is inside the wrapper, and that method too is saved by a name the
+    loading process finds (before, the benchmark's tables, applied in turn, kept none of them: a second process
+    compiled them all again)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    lean = replace(LEAN, temporal_attention="efficient", cudnn_benchmark=False)
+    fast = replace(lean, compile="blocks", backend="eager", compile_dir=str(tmp_path))
+    stores = []
+    for applied in ((lean, fast), (fast,)):           # the benchmark's process, then a user's later one
+        S.block_store.cache_clear()
+        torch._dynamo.reset()
+        model = tiny_motion_unet()
+        g = torch.Generator().manual_seed(0)
+        x, c = torch.randn(1, 4, 3, 8, 8, generator=g), torch.randn(3, 77, T.SD_WIDTH, generator=g)
+        with torch.no_grad():
+            expected = model(x, 321.5, encoder_hidden_states=c).sample
+            for settings in applied:
+                done = apply_speed_settings([model], settings)
+            assert rel(model(x, 321.5, encoder_hidden_states=c).sample, expected) < 1e-5
+        stores.append(done["block_store"])
+        assert stores[-1].fallbacks == [], stores[-1].summary()
+    temporal = sum(type(m).__name__ in S.TEMPORAL_TRANSFORMERS for m in model.modules())
+    assert temporal > 0 and stores[0].compiled > 0 and stores[1].compiled == 0
+    assert stores[1].loaded == stores[0].compiled
     S.block_store.cache_clear()
 
 

@@ -129,7 +129,7 @@ def frame_attention_context(fallback):
     (diffusers' attention processors look it up at every call), inside ``fallback`` (a context: the SDPA backends
     for the calls the kernel does not cover, and for all of them without Triton or ``triton_op``). One function
     object throughout, so a compiled block traced under it does not recompile. The swap is global, like
-    :func:`~.speed.flash4_attention`'s: one thread at a time (as ComfyUI and the library run the networks)."""
+    :func:`~.flash4_attention.flash4_context`'s: one thread at a time (as ComfyUI and the library run the networks)."""
     functional = torch.nn.functional
     with fallback:
         if frame_attention_op is None or functional.scaled_dot_product_attention is frame_sdpa:

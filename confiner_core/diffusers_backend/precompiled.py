@@ -89,13 +89,16 @@ def _describe(value) -> str:
     return f"obj:{type(value).__module__}.{type(value).__qualname__}"
 
 
-def structure_key(module: torch.nn.Module) -> str:
-    """Everything about ``module`` its compiled graph was traced against besides the weights' values."""
-    parts = []
+def structure_key(module: torch.nn.Module, forward) -> str:
+    """Everything about ``module`` its compiled graph was traced against besides the weights' values, ``forward``
+    being the function compiled. The module's own ``forward`` attribute is left out: settings applied on top of
+    earlier ones find there the wrapper an attention setting put around the same function."""
+    parts = [("forward", _describe(forward))]
     for name, m in module.named_modules():
         attrs = sorted((k, _describe(v)) for k, v in vars(m).items()
                        if k not in ("_parameters", "_buffers", "_modules") and not k.endswith("hooks")
-                       and not isinstance(v, torch.Tensor) and not k.startswith("_forward") and k != "training")
+                       and not isinstance(v, torch.Tensor) and not k.startswith("_forward") and k != "training"
+                       and not (m is module and k == "forward"))
         parts.append((name, f"{type(m).__module__}.{type(m).__qualname__}", m.training, tuple(attrs)))
     for name, t in [*module.named_parameters(), *module.named_buffers()]:
         parts.append((name, tuple(t.shape), t.stride(), str(t.dtype), t.device.type, t.requires_grad))
@@ -264,8 +267,14 @@ def name_instance_methods(module: torch.nn.Module) -> None:
     also made findable under that name on the instance's class (a new name: nothing of the class changes)."""
     for m in module.modules():
         for value in vars(m).values():
-            if isinstance(value, types.MethodType) and value.__self__ is m and not hasattr(type(m), value.__name__):
-                setattr(type(m), value.__name__, value.__func__)
+            name_method(value)
+
+
+def name_method(value) -> None:
+    """One method of :func:`name_instance_methods`: a method bound to a module, made findable on its class."""
+    if (isinstance(value, types.MethodType) and isinstance(value.__self__, torch.nn.Module)
+            and not hasattr(type(value.__self__), value.__name__)):
+        setattr(type(value.__self__), value.__name__, value.__func__)
 
 
 class PrecompiledForward:
@@ -276,8 +285,11 @@ class PrecompiledForward:
         self.module, self.store = module, store
         # what the artifact compiles: the class's forward or a speed setting's
         self.forward = module.forward if forward is None else forward
-        self.structure = structure_key(module)
+        self.structure = structure_key(module, self.forward)
         name_instance_methods(module)  # before any artifact is loaded
+        # and the forward compiled, also where the module no longer holds it itself (settings applied on top of
+        # earlier ones: inside the attention wrapper an earlier setting put around it)
+        name_method(self.forward)
         self.keys: dict = {}  # call_signature -> store key
         self.fallback = None
 

@@ -13,10 +13,11 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
 * ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
-  CuTe kernels where it is installed, else PyTorch's; ``"frames"``: one Triton kernel for sequences of up to 64
-  tokens (:mod:`.frame_attention`), PyTorch's memory-efficient one first for the rest and without Triton);
-  ``temporal_attention``: the same for the transformers that attend over the frames of each pixel (16-token
-  sequences);
+  CuTe kernels where it is installed, else PyTorch's (cuDNN first); ``"fastest"``: FA4 for long self-attention, the
+  shapes where it beats cuDNN, and cuDNN for the rest (:mod:`.flash4_attention`), so exactly ``"cudnn"`` where FA4
+  is not installed; ``"frames"``: one Triton kernel for sequences of up to 64 tokens (:mod:`.frame_attention`),
+  PyTorch's memory-efficient one first for the rest and without Triton); ``temporal_attention``: the same for the
+  transformers that attend over the frames of each pixel (16-token sequences);
 * ``cudnn_benchmark``: cuDNN autotuning;
 * ``quick_placement``: a model's ``.dtype`` and ``.device`` read off its first parameter (:func:`quick_placement`):
   diffusers' properties first walk every submodule for offloading and casting hooks, and the AnimateDiff and
@@ -48,6 +49,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import fused_norm as FN
+from .flash4_attention import flash4_context, flash4_function, flash4_sdpa, long_flash4_sdpa  # noqa: F401 (flash4_function: the benchmarks ask it)
 from .frame_attention import frame_attention_context
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
@@ -65,7 +67,7 @@ COMPILE_SCOPES = ("none", "blocks", "full")
 #: enough that launches do not matter and whose step cache syncs
 GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
              "CLIPTextModelWithProjection")
-ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4", "frames")
+ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4", "fastest", "frames")
 
 
 @dataclass(frozen=True)
@@ -267,59 +269,12 @@ def sdpa_order(first: str) -> list:
     return [getattr(SDPBackend, _SDPA[n]) for n in names]
 
 
-@functools.lru_cache(maxsize=None)
-def flash4_function():
-    """``flash_attn.cute.flash_attn_func`` (the ``flash-attn-4`` package), or None when it is not installed."""
-    try:
-        from flash_attn.cute import flash_attn_func
-    except Exception:  # noqa: BLE001 (not installed, or its CUDA libraries are missing)
-        return None
-    return flash_attn_func
-
-
-def flash4_sdpa(original, flash_attn_func):
-    """A drop-in ``scaled_dot_product_attention`` that runs FA4 where it applies (no mask, no dropout, fp16/bf16
-    CUDA tensors, head dims equal, multiples of 8 up to 256) and ``original`` elsewhere. FA4 takes and returns
-    [B, S, H, D]; SDPA's layout is [B, H, S, D], so both sides are transposed views (no copies)."""
-
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        d = query.shape[-1]
-        if (attn_mask is None and dropout_p == 0.0 and not enable_gqa and query.is_cuda and query.dim() == 4
-                and query.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256
-                and key.shape[-1] == d and value.shape[-1] == d and query.shape[1] == key.shape[1]):
-            out = flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                  softmax_scale=scale, causal=is_causal)
-            out = out[0] if isinstance(out, tuple) else out
-            return out.transpose(1, 2)
-        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                        scale=scale, enable_gqa=enable_gqa)
-
-    return sdpa
-
-
-@contextlib.contextmanager
-def flash4_attention():
-    """Route ``torch.nn.functional.scaled_dot_product_attention`` (which diffusers' processors and its "native"
-    dispatch call) through :func:`flash4_sdpa` for the duration; without FA4, nothing changes."""
-    flash = flash4_function()
-    if flash is None:
-        yield
-        return
-    functional = torch.nn.functional
-    original = functional.scaled_dot_product_attention
-    functional.scaled_dot_product_attention = flash4_sdpa(original, flash)
-    try:
-        yield
-    finally:
-        functional.scaled_dot_product_attention = original
-
-
 def attention_context(name: str):
     """The context under which a network runs for attention backend ``name``."""
     if name == "default":
         return contextlib.nullcontext()
-    if name == "flash4":
-        return flash4_attention()
+    if name in ("flash4", "fastest"):  # FA4 (everywhere it applies, or where it is the fastest), cuDNN first elsewhere
+        return flash4_context(flash4_sdpa if name == "flash4" else long_flash4_sdpa, attention_context("cudnn"))
     if name == "frames":  # PyTorch's memory-efficient kernel, the fastest of its own over frames, where it falls back
         return frame_attention_context(attention_context("efficient"))
     from torch.nn.attention import sdpa_kernel

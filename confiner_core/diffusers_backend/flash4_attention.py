@@ -1,0 +1,108 @@
+"""flash-attn-4 (``flash_attn.cute``: CuTe-DSL kernels JIT-compiled for Hopper and Blackwell), where it is installed,
+for the attention shapes where it beats PyTorch's kernels.
+
+Why: on the H200 (``bench/gpu_results/h200_attention_probe.json``) FA4 runs Wan 1.3B's self-attention (32760 tokens,
+d 128) at 636 TFLOP/s against cuDNN's 544, Wan 14B's at 623 against 547, and SD's 64² self-attention (4096 tokens,
+d 40) in 2.14 against 2.36 ms; it is slower at 1024 tokens and below, on cross-attention (77 or 512 keys) and over
+frames (16 tokens). Self-attention is 58 % of a Wan forward. So the ``fastest`` route takes self-attention of at
+least :data:`MIN_TOKENS` query and key tokens and leaves the rest to PyTorch's SDPA (cuDNN first); the ``flash4``
+route takes every shape FA4 supports (the attention probe's way to time it alone).
+
+FA4 is called through the custom operator ``confiner::flash4_attention``, so ``torch.compile`` keeps it inside
+compiled blocks as one opaque call (dynamo cannot trace the CuTe DSL) and a block kept on disk names it by that
+operator, registered when this module is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+#: the fewest query and key tokens the ``fastest`` route hands to FA4 (faster at 4096 and 32760, slower at 1024)
+MIN_TOKENS = 4096
+MAX_HEAD_DIM = 256
+# PyTorch's own, taken at import: the calls the routes do not take go there (inside the SDPA backend order in force)
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+@functools.lru_cache(maxsize=None)
+def flash4_function():
+    """``flash_attn.cute.flash_attn_func`` (the ``flash-attn-4`` package), or None when it is not installed."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception:  # noqa: BLE001 (not installed, or its CUDA libraries are missing)
+        return None
+    return flash_attn_func
+
+
+@torch.library.custom_op("confiner::flash4_attention", mutates_args=())
+def flash4_bshd(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(Q Kᵀ · scale) V by FA4, in its own layout: [B, S, H, D] in, a contiguous [B, S, H, D] out."""
+    out = flash4_function()(query, key, value, softmax_scale=scale, causal=False)
+    out = out[0] if isinstance(out, tuple) else out  # (out, lse) in some releases
+    return out.contiguous()
+
+
+@flash4_bshd.register_fake
+def _(query, key, value, scale):
+    return query.new_empty(query.shape)
+
+
+def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False,
+           min_tokens: int = 0) -> bool:
+    """Whether FA4 takes this call: no mask, no dropout, not causal, one head count and head dim throughout (a
+    multiple of 8 up to :data:`MAX_HEAD_DIM`), half precision on CUDA, no gradient, and at least ``min_tokens``
+    query and key tokens."""
+    tensors = (query, key, value)
+    d = query.shape[-1]
+    return (attn_mask is None and dropout_p == 0.0 and not is_causal and not enable_gqa
+            and all(t.dim() == 4 and t.is_cuda and t.dtype == query.dtype and t.shape[-1] == d
+                    and t.shape[1] == query.shape[1] for t in tensors)
+            and query.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= MAX_HEAD_DIM
+            and key.shape[2] == value.shape[2] and min(query.shape[2], key.shape[2]) >= min_tokens
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def _route(min_tokens, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    if covers(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, min_tokens):
+        # SDPA's [B, H, S, D] as transposed views of FA4's [B, S, H, D] (diffusers' processors make them so: no
+        # copies), and the output back the same way
+        out = flash4_bshd(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                          query.shape[-1] ** -0.5 if scale is None else float(scale))
+        return out.transpose(1, 2)
+    return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                 enable_gqa=enable_gqa)
+
+
+def flash4_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` through FA4 wherever :func:`covers` holds, else PyTorch's."""
+    return _route(0, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def long_flash4_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                     enable_gqa=False):
+    """``scaled_dot_product_attention`` through FA4 for the long shapes where it is the fastest (at least
+    :data:`MIN_TOKENS` query and key tokens), else PyTorch's."""
+    return _route(MIN_TOKENS, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+@contextlib.contextmanager
+def flash4_context(route, fallback):
+    """``torch.nn.functional.scaled_dot_product_attention`` routed through ``route`` (:func:`flash4_sdpa` or
+    :func:`long_flash4_sdpa`) for the duration (diffusers' processors and its "native" dispatch look it up at every
+    call), inside ``fallback`` (the SDPA backends for the calls FA4 does not take); without FA4, ``fallback`` alone.
+    One function object per route, so a compiled block traced under it does not recompile. The swap is global: one
+    thread at a time (as ComfyUI and the library run the networks)."""
+    functional = torch.nn.functional
+    with fallback:
+        if flash4_function() is None:
+            yield
+            return
+        previous = functional.scaled_dot_product_attention
+        functional.scaled_dot_product_attention = route
+        try:
+            yield
+        finally:
+            functional.scaled_dot_product_attention = previous
