@@ -51,14 +51,17 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
-         # the tables measured before the presets ran attention over frames with the memory-efficient kernel, and
-         # another call's tables with that setting: beside the main tables, which have it
+         # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
+         # presets with PyTorch's memory-efficient kernel there, with cuDNN's before that, and another call's
+         # memory-efficient ones
+         "sd_before_frame_kernel": "h200_sd_before_frame_kernel.json",
+         "sd_extra_before_frame_kernel": "h200_sd_extra_before_frame_kernel.json",
          "sd_before_temporal_attention": "h200_sd_before_temporal_attention.json",
          "sd_extra_before_temporal_attention": "h200_sd_extra_before_temporal_attention.json",
          "temporal_attention_other_call": "h200_sd_temporal_attention.json",
-         # the tables with the frame kernel over frames (today's presets), each call's own
-         "sd_frames_lean": "h200_sd_frames_lean.json", "sd_frames": "h200_sd_frames.json",
-         "sd_frames_extra": "h200_sd_frames_extra.json",
+         # best in a process of its own, as a user's (no eager and lean tables applied before): its table and cold
+         # start replace the main call's
+         "sd_best_alone": "h200_sd_best_alone.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -822,17 +825,18 @@ def main():
     filled = fold_extra(data["sd"], data["sd_extra"])
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
     replaced, later = {}, []
-    for key in ("sd_frames_lean", "sd_frames", "sd_frames_extra"):
+    for key in ("sd_best_alone",):
         for setting, table in newer_tables(data["sd"], data[key]).items():
             replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
         later += [f"{setting} (`{FILES[key]}`)" for setting in (data[key] or {}).get("tables", {})]
     filled = [f for f in filled if f.split("/")[0] not in replaced] + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])
     earlier = [("`h200_sd.json`, `h200_sd_extra.json`", replaced)] if replaced else []
-    if data["sd_before_temporal_attention"]:
-        fold_extra(data["sd_before_temporal_attention"], data["sd_extra_before_temporal_attention"])
-        earlier.append(("`h200_sd_before_temporal_attention.json`, `h200_sd_extra_before_temporal_attention.json`",
-                        data["sd_before_temporal_attention"]["tables"]))
+    for main_key, extra_key in (("sd_before_frame_kernel", "sd_extra_before_frame_kernel"),
+                                ("sd_before_temporal_attention", "sd_extra_before_temporal_attention")):
+        if data[main_key]:
+            fold_extra(data[main_key], data[extra_key])
+            earlier.append((f"`{FILES[main_key]}`, `{FILES[extra_key]}`", data[main_key]["tables"]))
     if data["temporal_attention_other_call"]:
         earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
