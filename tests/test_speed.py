@@ -495,8 +495,6 @@ def test_attention_over_frames_kernel_on_cuda_eager_and_compiled():
     """On the GPU: float16 and bfloat16 against float64; a half-precision AnimateDiff UNet with the kernel over frames
     and its blocks compiled by inductor (the kernel a custom operator inside the graphs) moves no further from its
     eager output than compiling moves the model with PyTorch's attention, and a second call compiles nothing."""
-    from torch._dynamo.utils import counters
-
     from confiner_core.diffusers_backend import frame_attention as FA
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -513,20 +511,27 @@ def test_attention_over_frames_kernel_on_cuda_eager_and_compiled():
     drift = {}
     for backend in (None, "frames"):
         torch._dynamo.reset()
-        model = make().cuda().half()
-
-        def call():
-            with torch.no_grad():
-                return model(x, 321.5, encoder_hidden_states=c).sample
-
-        apply_speed_settings([model], replace(EAGER, temporal_attention=backend))
-        eager = call()
-        apply_speed_settings([model], replace(EAGER, temporal_attention=backend, compile="blocks"))
-        drift[backend] = rel(call(), eager)
-        graphs = counters["stats"]["unique_graphs"]
-        call()
-        assert counters["stats"]["unique_graphs"] == graphs, backend
+        drift[backend] = drift_of_compiling(make().cuda().half(), x, c, replace(EAGER, temporal_attention=backend))
     assert drift["frames"] < 2 * drift[None] + 1e-3, drift
+
+
+def drift_of_compiling(model, x, c, settings) -> float:
+    """How far compiling ``model``'s blocks moves its output from eager, both under ``settings``; a second call
+    compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    def call():
+        with torch.no_grad():
+            return model(x, 321.5, encoder_hidden_states=c).sample
+
+    apply_speed_settings([model], settings)
+    eager = call()
+    apply_speed_settings([model], replace(settings, compile="blocks"))
+    drift = rel(call(), eager)
+    graphs = counters["stats"]["unique_graphs"]
+    call()
+    assert counters["stats"]["unique_graphs"] == graphs, settings.describe()
+    return drift
 
 
 # -------------------------------------------------------------------------------------------- attention
@@ -692,8 +697,6 @@ def test_flash4_route_on_cuda_eager_and_compiled(monkeypatch):
     """On the GPU: a half-precision SD UNet under "fastest" attention with its blocks compiled (the operator one
     opaque call in each graph, fullgraph) gives its eager output within compiling's own drift, and a second call
     compiles nothing. The real package where installed, else the reference stand-in (so any CUDA GPU runs this)."""
-    from torch._dynamo.utils import counters
-
     from confiner_core.diffusers_backend import flash4_attention as F4
 
     from diffusers import UNet2DConditionModel
@@ -717,18 +720,7 @@ def test_flash4_route_on_cuda_eager_and_compiled(monkeypatch):
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                                     cross_attention_dim=T.SD_WIDTH, attention_head_dim=2).eval().cuda().half()
-
-        def call():
-            with torch.no_grad():
-                return unet(x, 321.5, encoder_hidden_states=c).sample
-
-        apply_speed_settings([unet], replace(EAGER, attention=backend))
-        eager = call()
-        apply_speed_settings([unet], replace(EAGER, attention=backend, compile="blocks"))
-        drift[backend] = rel(call(), eager)
-        graphs = counters["stats"]["unique_graphs"]
-        call()
-        assert counters["stats"]["unique_graphs"] == graphs, backend
+        drift[backend] = drift_of_compiling(unet, x, c, replace(EAGER, attention=backend))
     assert drift["fastest"] < 2 * drift["cudnn"] + 1e-3, drift
     assert not fake or (seen and all(shape[1] == key[1] == 64 for shape, key, *_ in seen)), seen  # self-attention only
 
