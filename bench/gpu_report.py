@@ -59,9 +59,10 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "sd_before_temporal_attention": "h200_sd_before_temporal_attention.json",
          "sd_extra_before_temporal_attention": "h200_sd_extra_before_temporal_attention.json",
          "temporal_attention_other_call": "h200_sd_temporal_attention.json",
-         # best in a process of its own, as a user's (no eager and lean tables applied before): its table and cold
-         # start replace the main call's
-         "sd_best_alone": "h200_sd_best_alone.json",
+         # a later call's lean and best tables (blocks kept also when best is applied on top of lean; flash-attn-4
+         # installed, which the presets do not take: lean's per-network probe has its columns): they replace the
+         # main call's, and so does its cold start
+         "sd_later": "h200_sd_later.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -825,7 +826,7 @@ def main():
     filled = fold_extra(data["sd"], data["sd_extra"])
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
     replaced, later = {}, []
-    for key in ("sd_best_alone",):
+    for key in ("sd_later",):
         for setting, table in newer_tables(data["sd"], data[key]).items():
             replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
         later += [f"{setting} (`{FILES[key]}`)" for setting in (data[key] or {}).get("tables", {})]

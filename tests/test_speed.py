@@ -146,7 +146,7 @@ def test_quick_placement_leaves_models_with_casting_hooks_alone():
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
     assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
-                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention cudnn "
+                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention fastest "
                                "+ frames attention over frames")
     assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
@@ -536,7 +536,7 @@ def drift_of_compiling(model, x, c, settings) -> float:
 
 # -------------------------------------------------------------------------------------------- attention
 
-@pytest.mark.parametrize("backend", ["cudnn", "flash", "efficient", "math"])
+@pytest.mark.parametrize("backend", ["cudnn", "flash", "efficient", "math", "flash4", "fastest"])
 def test_attention_backend_choice_keeps_outputs(backend):
     unet = T.tiny_unet2d()
     before = sd_call(unet)
@@ -549,11 +549,12 @@ def test_attention_backend_choice_keeps_outputs(backend):
 def test_attention_over_frames_runs_under_its_own_backend_also_once_compiled(name, monkeypatch):
     """A backend of their own for the transformers that attend over frames (ModelScope's temporal transformers,
     AnimateDiff's motion modules: the presets' frame kernel, here one of PyTorch's, whose choice the CPU shows) and
-    cuDNN's kernel first for the spatial attention; the outputs stay the same, and compiling the blocks keeps each
-    context outside the compiled code, where it is in force when the graph is traced."""
+    cuDNN's kernel first for the spatial attention (the presets' "fastest" without flash-attn-4); the outputs stay the
+    same, and compiling the blocks keeps each context outside the compiled code, where it is in force when the graph
+    is traced."""
     from torch.nn.attention import SDPBackend
 
-    assert LEAN.temporal_attention == "frames" and LEAN.attention == "cudnn"
+    assert LEAN.temporal_attention == "frames" and LEAN.attention == "fastest"
     lean = replace(LEAN, temporal_attention="efficient")
     make, call = MODELS[name]
     model = make().eval()
@@ -621,13 +622,16 @@ def test_fused_qkv_keeps_outputs():
     assert rel(sd_call(unet), before) < 1e-4
 
 
+PYTORCH_SDPA = torch.nn.functional.scaled_dot_product_attention   # PyTorch's own, whatever a route puts there later
+
+
 def fake_fa4(seen):
     """A reference implementation standing in for ``flash_attn.cute.flash_attn_func`` (which needs a Hopper or
-    Blackwell GPU): [B, S, H, D] in, ``(out, lse)`` out, as the package returns; each call's query shape is noted."""
+    Blackwell GPU): [B, S, H, D] in, ``(out, lse)`` out, as the package returns; each call's query shape is noted.
+    It calls PyTorch's SDPA itself, not the name a route replaces (that would call the route again)."""
     def fa4(q, k, v, softmax_scale=None, causal=False):
         seen.append((tuple(q.shape), tuple(k.shape), softmax_scale, causal))
-        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                               v.transpose(1, 2), scale=softmax_scale)
+        out = PYTORCH_SDPA(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
         return out.transpose(1, 2), None
     return fa4
 
@@ -679,10 +683,17 @@ def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is plain
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
-    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4([]))
+    seen = []
+    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i)).half() for i in range(3))
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        with monkeypatch.context() as m:   # a call as a network makes it (CUDA tensors, MIN_TOKENS tokens)
+            m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+            m.setattr(F4, "MIN_TOKENS", 16)
+            out = functional.scaled_dot_product_attention(q, k, v)
+        assert len(seen) == 1 and rel(out, plain(q.float(), k.float(), v.float())) < 1e-2
         with S.attention_context("frames"):
             assert functional.scaled_dot_product_attention is (
                 FA.frame_sdpa if FA.frame_attention_op is not None else F4.long_flash4_sdpa)

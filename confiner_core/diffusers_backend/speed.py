@@ -128,7 +128,7 @@ class SpeedSettings:
 
 EAGER = SpeedSettings()
 LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, quick_placement=True,
-                     fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="cudnn",
+                     fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="fastest",
                      temporal_attention="frames")
 FAST = replace(LEAN, compile="blocks")
 MAX = replace(FAST, cuda_graphs=True)
