@@ -7,7 +7,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_extra.json``, ``h200_sd_graphs.json``, ``h200_sd_animatediff.json`` -- other SD processes (max,
   lean_graphs, an earlier call's eager/lean tables with the AnimateDiff runs): their tables and the runs the main
-  call skipped are folded in;
+  call skipped are folded in; ``h200_sd_later.json``: a later call's tables, which replace the main call's (those
+  then stand beside earlier calls' in the comparison of kernels over frames);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
   second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
   folders (a second run on the same machine); ``h200_sd_warm_blocks.json`` (and ``..._call_1c.json``, another
@@ -16,7 +17,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   caches ``--compile-dir`` keeps in its folder;
 * ``h200_decode_chunks.json`` -- ``gpu_benchmark.py --decode-chunk N``: the library's VAE decode peak per chunk;
   ``h200_vae_decode_probe.json`` -- ``vae_decode_probe.py``: the decode under ``lean`` and with the decoder compiled;
-* ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale;
+* ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale; ``h200_wan_best.json``, ``h200_wan_fastest.json``: the same
+  compiled, with cuDNN attention and with flash-attn-4;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
   ``h200_comfy_*.json``: the same with another decode node or less free GPU memory (the decode table).
@@ -46,6 +48,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm_blocks_same": "h200_sd_warm_blocks_same_machine.json",
          "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
+         "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
@@ -168,7 +171,8 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
     return filled
 
 
-def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None) -> dict:
+def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
+            wan_fastest: dict | None = None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added); ``probes``: the warm-start
     probes present, by their :data:`WARM_PROBES` key; the Wan run with the best settings gives its figures again with
     a ``best_`` prefix."""
@@ -246,8 +250,8 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
     if wan:
         out.update({k: v for k, v in wan.get("figures", {}).items() if v is not None})
         out["wan_attention"] = wan.get("attention")
-    if wan_best:
-        out.update({f"best_{k}": v for k, v in wan_best.get("figures", {}).items() if v is not None})
+    for prefix, run in (("best_", wan_best), ("fastest_attention_", wan_fastest)):
+        out.update({f"{prefix}{k}": v for k, v in (run or {}).get("figures", {}).items() if v is not None})
     if wan_long:
         out.update({k: v for k, v in wan_long.get("figures", {}).items() if k.startswith("wan_long") and v is not None})
     return out
@@ -521,7 +525,8 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
 
 
 def wan_markdown(wan: dict, wan_long: dict | None) -> list[str]:
-    title = "## Wan scale" if wan.get("compile", "none") == "none" else f"## Wan scale, compiled ({wan['compile']})"
+    title = "## Wan scale" if wan.get("compile", "none") == "none" else \
+        f"## Wan scale, compiled ({wan['compile']}), attention {wan.get('attention')}"
     md = [title, "",
           f"`bench/wan_benchmark.py`, {wan['device_name']}, torch {wan['torch']}, {wan['date']}: {wan['size']}, "
           f"{wan['dtype']}, random weights built on the GPU from the released configs (Wan 2.1 1.3B, 14B / A14B "
@@ -795,7 +800,8 @@ def targets(fig: dict) -> list[str]:
     warm_settings = (f" (the latest probe, with the settings of then: {fig['warm_start_settings']})"
                      if fig.get("warm_start_settings") else "")
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
-    wan_ratios = [r for r in (wan, wan_best) if r is not None]
+    wan_fastest = fig.get("fastest_attention_wan_ratio_confiner_to_wan_50")
+    wan_ratios = [r for r in (wan, wan_best, wan_fastest) if r is not None]
     return ["## Targets (H200)", "", "| target | measured | met |", "|---|---|---|",
             f"| ConFiner 4+5 ≤ {TARGET_BEST_S} s, best settings | {fmt(best)} s ({fig.get('fastest_table')}) | "
             f"{yes(le(best, TARGET_BEST_S))} |",
@@ -807,7 +813,8 @@ def targets(fig: dict) -> list[str]:
             f"{also} | {ratio_verdict} |",
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s{warm_settings} | "
             f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
-            f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings | "
+            f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings with "
+            f"cuDNN attention, {fmt(wan_fastest)} with flash-attn-4 | "
             f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |",
             f"| library VAE decode peak ≤ sampling peak | {fmt(fig.get('library_decode_peak_gib'), '.2f')} vs "
             f"{fmt(fig.get('library_sampling_peak_gib'), '.2f')} GiB | "
@@ -841,7 +848,7 @@ def main():
     if data["temporal_attention_other_call"]:
         earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
-    fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"])
+    fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"], data["wan_fastest"])
     fig.update(network_rates(data["sd"], data["forward_flops"]))
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
@@ -862,8 +869,9 @@ def main():
                f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    if data["wan_best"]:
-        md += wan_markdown(data["wan_best"], None)
+    for key in ("wan_best", "wan_fastest"):
+        if data[key]:
+            md += wan_markdown(data[key], None)
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))
     fig.update(attention)
     remeasured, remeasured_md = temporal_attention_figures(data["sd"], earlier)

@@ -83,7 +83,7 @@ class SpeedSettings:
     # the attention backend inside TEMPORAL_TRANSFORMERS (attention over the frames of each pixel); None: no
     # backend of their own. On an H200 the 16-frame attention of AnimateDiff's top-level motion modules takes
     # 0.33 ms in the frame kernel, 0.73 ms in PyTorch's memory-efficient kernel and 1.08 ms in cuDNN's
-    # (bench/RESULTS.md, "Attention backends"), while cuDNN's is the fastest on every spatial shape
+    # (bench/RESULTS.md, "Attention backends"), while cuDNN's or flash-attn-4's is the fastest on the spatial shapes
     temporal_attention: str | None = None
     compile: str = "none"
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
