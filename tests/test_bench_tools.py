@@ -134,12 +134,19 @@ def test_report_figures_and_targets(tmp_path):
     lines = "\n".join(R.targets(fig))
     assert "| ConFiner 4+5 ≤ 1.2 s, best settings | 1.200 s (best) | **yes** |" in lines
     assert "| warm start ≤ 20 s | 18.0 s | **yes** |" in lines
-    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.242 eager, — best settings | **yes** |" in lines
+    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.242 eager, — best settings with cuDNN attention, — with flash-attn-4 | **yes** |" in lines
     # the Wan run with the best settings (regional compile) is reported beside the eager one; the target takes the best
     wan_best = {"figures": {"wan_confiner_s": 14.0, "wan_50_s": 50.0, "wan_ratio_confiner_to_wan_50": 0.28}}
     fig_best = R.figures(sd, {"warm": warm}, {"figures": {**wan["figures"], "wan_ratio_confiner_to_wan_50": 0.26}}, None, wan_best)
     assert fig_best["best_wan_ratio_confiner_to_wan_50"] == 0.28 and fig_best["wan_ratio_confiner_to_wan_50"] == 0.26
-    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.260 eager, 0.280 best settings | no |" in "\n".join(R.targets(fig_best))
+    assert "| Wan: ConFiner / Wan-50 ≤ 0.25 | 0.260 eager, 0.280 best settings with cuDNN attention, — with " \
+           "flash-attn-4 | no |" in "\n".join(R.targets(fig_best))
+    # and the one with flash-attn-4 beside them, under keys of its own
+    wan_fa4 = {"figures": {"wan_confiner_s": 12.0, "wan_50_s": 50.0, "wan_ratio_confiner_to_wan_50": 0.24}}
+    fig_fa4 = R.figures(sd, {"warm": warm}, wan, None, wan_best, wan_fa4)
+    assert fig_fa4["fastest_attention_wan_ratio_confiner_to_wan_50"] == 0.24 and fig_fa4["best_wan_confiner_s"] == 14.0
+    assert "0.242 eager, 0.280 best settings with cuDNN attention, 0.240 with flash-attn-4 | **yes** |" in \
+        "\n".join(R.targets(fig_fa4))
     # a second process on the same machine (its inductor folders kept) and one with the portable cache only: both
     # are reported, and the target takes the faster
     same = {**warm, "warm_start_s": 25.0, "compile_phases": {"unique_graphs": 96}}
