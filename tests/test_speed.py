@@ -670,8 +670,9 @@ def test_flash4_routes_pass_bshd_views_through_the_operator_and_fall_back(monkey
 
 
 def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(monkeypatch):
-    """Without the package "fastest" is exactly "cudnn" (SDPA untouched, cuDNN first); with it SDPA is the long
-    route inside that order, the frames context nests inside it, and all is undone on leaving."""
+    """Without the package, or on a GPU it is not built for, "fastest" is exactly "cudnn" (SDPA untouched, cuDNN
+    first); with it SDPA is the long route inside that order, the frames context nests inside it, and all is undone
+    on leaving."""
     from torch.nn.attention import SDPBackend
 
     from confiner_core.diffusers_backend import flash4_attention as F4
@@ -685,6 +686,10 @@ def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
     seen = []
     monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+    monkeypatch.setattr(F4, "gpu_supported", lambda: False)      # the package on a GPU older than Hopper
+    with S.attention_context("fastest"):
+        assert functional.scaled_dot_product_attention is plain
+    monkeypatch.setattr(F4, "gpu_supported", lambda: True)
     q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i)).half() for i in range(3))
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
@@ -714,8 +719,9 @@ def test_flash4_route_on_cuda_eager_and_compiled(monkeypatch):
 
     seen = []
     fake = F4.flash4_function() is None or bool(os.environ.get("CONFINER_FAKE_FA4"))
-    if fake:
+    if fake:   # the stand-in runs on any CUDA GPU
         monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+        monkeypatch.setattr(F4, "gpu_supported", lambda: True)
     monkeypatch.setattr(F4, "MIN_TOKENS", 64)    # the 8x8 latent's top level: 64 tokens, 2 heads of d 32
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 256, 4, 40, device="cuda", generator=g).half().transpose(1, 2) for _ in range(3))

@@ -37,6 +37,13 @@ def flash4_function():
     return flash_attn_func
 
 
+@functools.lru_cache(maxsize=None)
+def gpu_supported() -> bool:
+    """Whether this machine's GPU is one FA4 is built for: Hopper (sm 90) or Blackwell (sm 100, 120). On older
+    GPUs the package may import but its kernels do not run; the routes then leave every call to PyTorch."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
 @torch.library.custom_op("confiner::flash4_attention", mutates_args=())
 def flash4_bshd(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(Q Kᵀ · scale) V by FA4, in its own layout: [B, S, H, D] in, a contiguous [B, S, H, D] out."""
@@ -92,12 +99,13 @@ def long_flash4_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal
 def flash4_context(route, fallback):
     """``torch.nn.functional.scaled_dot_product_attention`` routed through ``route`` (:func:`flash4_sdpa` or
     :func:`long_flash4_sdpa`) for the duration (diffusers' processors and its "native" dispatch look it up at every
-    call), inside ``fallback`` (the SDPA backends for the calls FA4 does not take); without FA4, ``fallback`` alone.
+    call), inside ``fallback`` (the SDPA backends for the calls FA4 does not take); without FA4 or a GPU it is built
+    for, ``fallback`` alone.
     One function object per route, so a compiled block traced under it does not recompile. The swap is global: one
     thread at a time (as ComfyUI and the library run the networks)."""
     functional = torch.nn.functional
     with fallback:
-        if flash4_function() is None:
+        if flash4_function() is None or not gpu_supported():
             yield
             return
         previous = functional.scaled_dot_product_attention

@@ -15,7 +15,7 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
   CuTe kernels where it is installed, else PyTorch's (cuDNN first); ``"fastest"``: FA4 for long self-attention, the
   shapes where it beats cuDNN, and cuDNN for the rest (:mod:`.flash4_attention`), so exactly ``"cudnn"`` where FA4
-  is not installed; ``"frames"``: one Triton kernel for sequences of up to 64 tokens (:mod:`.frame_attention`),
+  is not installed or the GPU is older than Hopper; ``"frames"``: one Triton kernel for sequences of up to 64 tokens (:mod:`.frame_attention`),
   PyTorch's memory-efficient one first for the rest and without Triton); ``temporal_attention``: the same for the
   transformers that attend over the frames of each pixel (16-token sequences);
 * ``cudnn_benchmark``: cuDNN autotuning;
