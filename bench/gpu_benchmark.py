@@ -68,6 +68,7 @@ from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 import profiling as P  # noqa: E402
 from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
+from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
 from confiner_core.diffusers_backend.precompiled import keep_kernels_in  # noqa: E402
@@ -886,7 +887,7 @@ def main():
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
-           "flash_attn_4": S.flash4_function() is not None,
+           "flash_attn_4": F4.flash4_function() is not None,
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "tables": {}, "long": {}}
 
     def save():

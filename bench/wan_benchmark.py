@@ -54,6 +54,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderM
 
 import tiny_modern as tm  # noqa: E402  (the in-code UMT5 tokenizer: ids only matter for shape)
 from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
+from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert  # noqa: E402
 from confiner_core.diffusers_backend.families import wan as W  # noqa: E402
@@ -377,7 +378,8 @@ class WanBench:
         t = torch.full((1,), 500.0, device=self.device)
         context = torch.randn(1, W.MAX_SEQUENCE_LENGTH if not self.a.tiny else 16, self.cfg["wan13"]["text_dim"],
                               device=self.device, dtype=self.dtype)
-        backends = ["default", "cudnn", "flash", "efficient"] + (["flash4", "fastest"] if S.flash4_function() else [])
+        installed = F4.flash4_function() is not None
+        backends = ["default", "cudnn", "flash", "efficient"] + (["flash4", "fastest"] if installed else [])
         out = {}
         with torch.no_grad():
             for backend in backends:
@@ -422,7 +424,7 @@ def main():
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "date": datetime.date.today().isoformat(), "tiny": a.tiny, "import_s": G.IMPORT_S, "build_s": b.build_s,
            "size": f"{b.cfg['height']}x{b.cfg['width']}x{b.frames}", "dtype": str(b.dtype).replace("torch.", ""),
-           "flash_attn_4": S.flash4_function() is not None, "compile": a.compile, "deadline_s": a.deadline,
+           "flash_attn_4": F4.flash4_function() is not None, "compile": a.compile, "deadline_s": a.deadline,
            "params_m": {k: round(G.params_m(m), 1) for k, m in b.models.items()}, "runs": {}, "long": {}}
     scale = 0.02 if a.tiny else 1.0
 

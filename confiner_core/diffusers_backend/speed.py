@@ -15,9 +15,10 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
   CuTe kernels where it is installed, else PyTorch's (cuDNN first); ``"fastest"``: FA4 for long self-attention, the
   shapes where it beats cuDNN, and cuDNN for the rest (:mod:`.flash4_attention`), so exactly ``"cudnn"`` where FA4
-  is not installed or the GPU is older than Hopper; ``"frames"``: one Triton kernel for sequences of up to 64 tokens (:mod:`.frame_attention`),
-  PyTorch's memory-efficient one first for the rest and without Triton); ``temporal_attention``: the same for the
-  transformers that attend over the frames of each pixel (16-token sequences);
+  is not installed or the GPU is older than Hopper; ``"frames"``: one Triton kernel for sequences of up to 64
+  tokens (:mod:`.frame_attention`), PyTorch's memory-efficient one first for the rest and without Triton);
+  ``temporal_attention``: the same for the transformers that attend over the frames of each pixel (16-token
+  sequences);
 * ``cudnn_benchmark``: cuDNN autotuning;
 * ``quick_placement``: a model's ``.dtype`` and ``.device`` read off its first parameter (:func:`quick_placement`):
   diffusers' properties first walk every submodule for offloading and casting hooks, and the AnimateDiff and
@@ -49,7 +50,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import fused_norm as FN
-from .flash4_attention import flash4_context, flash4_function, flash4_sdpa, long_flash4_sdpa  # noqa: F401 (flash4_function: the benchmarks ask it)
+from .flash4_attention import flash4_context, flash4_sdpa, long_flash4_sdpa
 from .frame_attention import frame_attention_context
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
