@@ -71,7 +71,7 @@ from confiner_core.chain import ChainConfig, generate_structure, refine_structur
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
-from confiner_core.diffusers_backend.precompiled import keep_kernels_in  # noqa: E402
+from confiner_core.diffusers_backend.precompiled import FLASH4_CACHE_DIR, keep_kernels_in  # noqa: E402
 from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, LEAN, MAX, SpeedSettings,  # noqa: E402
                                                    apply_speed_settings)
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
@@ -795,6 +795,9 @@ def start_probe(a) -> None:
     if a.compile_dir:  # the settings move inductor's cache into the folder: load the portable cache there
         keep_kernels_in(a.compile_dir)
         out["inductor_cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        flash4 = os.environ.get(FLASH4_CACHE_DIR)  # flash-attn-4's kernels kept by the first process, if any
+        out["flash4_kernels_kept"] = sum(n.endswith(".o") for _, _, names in os.walk(flash4) for n in names) \
+            if flash4 else None
     t0 = time.perf_counter()
     out["cache_loaded"] = S.load_compile_cache(a.start_probe)
     out["load_cache_s"] = time.perf_counter() - t0
@@ -855,6 +858,9 @@ def main():
                     help="the attention backend in every table whose preset sets one (the spatial attention)")
     ap.add_argument("--temporal-attention", default=None, choices=S.ATTENTION_BACKENDS,
                     help="the attention backend over frames in every table whose preset sets one")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true",
+                    help="no cuDNN autotuning in any table (it tunes every new convolution shape at its first call "
+                         "in each process: part of a warm start)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -874,7 +880,9 @@ def main():
         if a.attention and settings.attention != "default":
             settings = SETTINGS[name] = dataclasses.replace(settings, attention=a.attention)
         if a.temporal_attention and settings.temporal_attention is not None:
-            SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
+            settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
+        if a.no_cudnn_benchmark:
+            SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
     if a.start_probe:
         return start_probe(a)
     if a.forward_flops:
@@ -882,6 +890,8 @@ def main():
             json.dump(forward_flops(a), f, indent=2)
         return None
 
+    if a.compile_dir:  # before anything imports flash-attn-4, which reads where to keep its kernels then
+        keep_kernels_in(a.compile_dir)
     b = Bench(a)
     dev = b.device
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,

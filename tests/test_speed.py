@@ -1004,6 +1004,8 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
     from torch._inductor.utils import clear_caches
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())     # as an import of inductor leaves it
     monkeypatch.setenv("TRITON_CACHE_DIR", os.path.join(default_cache_dir(), "triton", "0"))  # derived from it
+    for name in (P.FLASH4_CACHE_ENABLED, P.FLASH4_CACHE_DIR):
+        monkeypatch.delenv(name, raising=False)
     S.block_store.cache_clear()
     settings = replace(LEAN, compile="blocks", backend="inductor", compile_dir=str(tmp_path), attention="default",
                        cudnn_benchmark=False)
@@ -1011,6 +1013,9 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
         store = apply_speed_settings([torch.nn.Linear(2, 2)], settings)["block_store"]
         assert store.kernels == str(tmp_path / "inductor") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
         assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "inductor" / "triton")
+        # flash-attn-4's JIT-compiled kernels too, under the names its cache_utils reads
+        assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+        assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "flash4")
         assert P.keep_kernels_in(str(tmp_path)) == store.kernels                  # asked again: the same answer
         block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
         S.compile_forward(block, S.FAST, store)
@@ -1020,8 +1025,10 @@ def test_compile_dir_keeps_the_kernels_too(tmp_path, monkeypatch):
         assert any((tmp_path / "inductor").rglob("*.py")), "inductor wrote its compiled code elsewhere"
         chosen = tmp_path / "mine"
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(chosen))
+        monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(chosen / "fa4"))
         assert P.keep_kernels_in(str(tmp_path / "other")) is None
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(chosen)
+        assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(chosen / "fa4")
     finally:
         S.block_store.cache_clear()
         monkeypatch.undo()

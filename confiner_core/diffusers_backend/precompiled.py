@@ -47,14 +47,33 @@ def aot_enabled():
     return torch._dynamo.config.patch(enable_aot_compile=True)
 
 
+#: flash-attn-4's switch and folder for its kernels kept on disk, read when ``flash_attn.cute`` is first imported
+FLASH4_CACHE_ENABLED, FLASH4_CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
+
+
+def keep_flash4_kernels_in(folder: str) -> str | None:
+    """Keep flash-attn-4's kernels in ``folder``/flash4, unless the user set either of its cache variables (then
+    they are left alone). FA4 JIT-compiles every kernel variant it runs in each new process; kept on disk, a later
+    process loads them instead. The package reads the variables when it is first imported (this module never imports
+    it), so this takes effect where no attention ran through FA4 yet in this process. Returns the folder, or None."""
+    if FLASH4_CACHE_ENABLED in os.environ or FLASH4_CACHE_DIR in os.environ:
+        return None
+    target = os.path.join(os.path.abspath(folder), "flash4")
+    os.environ[FLASH4_CACHE_ENABLED], os.environ[FLASH4_CACHE_DIR] = "1", target
+    return target
+
+
 def keep_kernels_in(folder: str) -> str | None:
     """Point inductor's cache (its compiled graphs and C++ kernels) at ``folder``/inductor and Triton's at
-    ``folder``/inductor/triton, unless ``TORCHINDUCTOR_CACHE_DIR`` chose another place (then both are left alone).
+    ``folder``/inductor/triton, unless ``TORCHINDUCTOR_CACHE_DIR`` chose another place (then both are left alone);
+    flash-attn-4's kernels go to ``folder``/flash4 (:func:`keep_flash4_kernels_in`).
     A block read from the folder then finds what its file does not carry beside it (a GPU block's file carries its
     Triton kernels; the CPU's C++ kernels stay in inductor's cache), also after a reboot, instead of compiling it all
     again. Changes the process's environment: inductor's compile workers take both variables with every job.
     Returns the folder now used, None when the user's is kept."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    keep_flash4_kernels_in(folder)
     from torch._inductor.utils import clear_caches
 
     default = os.path.abspath(default_cache_dir())
