@@ -897,7 +897,7 @@ def main():
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
-           "flash_attn_4": F4.flash4_function() is not None,
+           "flash_attn_4": F4.installed(),   # found (imported at the first call it takes)
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "tables": {}, "long": {}}
 
     def save():

@@ -143,12 +143,22 @@ def test_quick_placement_leaves_models_with_casting_hooks_alone():
 
 # ------------------------------------------------------------------------------------------------ presets
 
+def test_cudnn_autotuning_follows_the_last_settings_that_name_it(monkeypatch):
+    """lean turns cuDNN's autotuning on, the compiled presets off (also on top of lean), eager leaves it alone."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    net = torch.nn.Linear(2, 2)
+    for settings, expected in ((EAGER, False), (LEAN, True), (EAGER, True), (MAX, False)):
+        apply_speed_settings([net], replace(settings, compile="none", cuda_graphs=False))
+        assert torch.backends.cudnn.benchmark is expected, settings.describe()
+
+
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
     assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
                                "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention fastest "
                                "+ frames attention over frames")
-    assert FAST.describe() == LEAN.describe() + " + torch.compile (blocks)"
+    assert FAST.describe() == LEAN.describe().replace("cudnn.benchmark", "no cudnn.benchmark") + \
+        " + torch.compile (blocks)"
     assert MAX.describe() == FAST.describe() + " + CUDA graphs"
     assert tuple(PRESETS) == SPEEDS
     assert all(p.step_cache == 0 for p in PRESETS.values()), "step caching approximates: never in a preset"
@@ -680,12 +690,13 @@ def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(
 
     functional = torch.nn.functional
     plain, order = functional.scaled_dot_product_attention, torch._C._get_sdp_priority_order()
-    monkeypatch.setattr(F4, "flash4_function", lambda: None)
+    imported = []   # the package is imported at the first call FA4 takes, not on entering the context
+    monkeypatch.setattr(F4, "flash4_function", lambda: imported.append(1))
+    monkeypatch.setattr(F4, "installed", lambda: False)
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is plain
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
-    seen = []
-    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+    monkeypatch.setattr(F4, "installed", lambda: True)
     monkeypatch.setattr(F4, "gpu_supported", lambda: False)      # the package on a GPU older than Hopper
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is plain
@@ -693,6 +704,17 @@ def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(
     q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i)).half() for i in range(3))
     with S.attention_context("fastest"):
         assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
+        functional.scaled_dot_product_attention(q, k, v)     # 16 tokens: PyTorch's
+        assert not imported, "FA4 imported before a call it takes"
+        with monkeypatch.context() as m:   # a call it takes, while the package, found, does not import
+            m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+            m.setattr(F4, "MIN_TOKENS", 16)
+            m.setattr(F4, "flash4_function", lambda: None)
+            assert rel(functional.scaled_dot_product_attention(q, k, v), plain(q.float(), k.float(), v.float())) \
+                < 1e-2
+    seen = []
+    monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+    with S.attention_context("fastest"):
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
         with monkeypatch.context() as m:   # a call as a network makes it (CUDA tensors, MIN_TOKENS tokens)
             m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
@@ -721,6 +743,7 @@ def test_flash4_route_on_cuda_eager_and_compiled(monkeypatch):
     fake = F4.flash4_function() is None or bool(os.environ.get("CONFINER_FAKE_FA4"))
     if fake:   # the stand-in runs on any CUDA GPU
         monkeypatch.setattr(F4, "flash4_function", lambda: fake_fa4(seen))
+        monkeypatch.setattr(F4, "installed", lambda: True)
         monkeypatch.setattr(F4, "gpu_supported", lambda: True)
     monkeypatch.setattr(F4, "MIN_TOKENS", 64)    # the 8x8 latent's top level: 64 tokens, 2 heads of d 32
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -10,26 +10,42 @@ route takes every shape FA4 supports (the attention probe's way to time it alone
 
 FA4 is called through the custom operator ``confiner::flash4_attention``, so ``torch.compile`` keeps it inside
 compiled blocks as one opaque call (dynamo cannot trace the CuTe DSL) and a block kept on disk names it by that
-operator, registered when this module is imported.
+operator, registered when this module is imported. The package itself is imported at the first call it takes, not
+before: importing it (CUTLASS's DSL, quack) took 4-5 s of a process start on the H200's host, so a process whose
+shapes all stay with PyTorch (SD's) never pays it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 
 import torch
 
-#: the fewest query and key tokens the ``fastest`` route hands to FA4 (faster at 4096 and 32760, slower at 1024)
-MIN_TOKENS = 4096
+#: the fewest query and key tokens the ``fastest`` route hands to FA4. Wan's 32760-token self-attention: 636 against
+#: cuDNN's 544 TFLOP/s, 10.6 % off its forward (528.8 -> 472.6 ms). SD's 4096 tokens (d 40): 2.14 against 2.36 ms a
+#: call, 3 ms off a 77 ms batch-32 forward, and no difference in a ConFiner run (best 1.627 s with, 1.622 s without;
+#: max 1.578 against 1.577 s), against the import's seconds at every start: left to cuDNN. Slower at 1024 tokens.
+MIN_TOKENS = 8192
 MAX_HEAD_DIM = 256
 # PyTorch's own, taken at import: the calls the routes do not take go there (inside the SDPA backend order in force)
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
 @functools.lru_cache(maxsize=None)
+def installed() -> bool:
+    """Whether the ``flash-attn-4`` package is installed (found, not imported: :func:`flash4_function` imports it)."""
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except Exception:  # noqa: BLE001 (a ``flash_attn`` of another kind, broken on import)
+        return False
+
+
+@functools.lru_cache(maxsize=None)
 def flash4_function():
-    """``flash_attn.cute.flash_attn_func`` (the ``flash-attn-4`` package), or None when it is not installed."""
+    """``flash_attn.cute.flash_attn_func`` (the ``flash-attn-4`` package), imported at the first call, or None when
+    it is not installed or does not import."""
     try:
         from flash_attn.cute import flash_attn_func
     except Exception:  # noqa: BLE001 (not installed, or its CUDA libraries are missing)
@@ -46,8 +62,13 @@ def gpu_supported() -> bool:
 
 @torch.library.custom_op("confiner::flash4_attention", mutates_args=())
 def flash4_bshd(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(Q Kᵀ · scale) V by FA4, in its own layout: [B, S, H, D] in, a contiguous [B, S, H, D] out."""
-    out = flash4_function()(query, key, value, softmax_scale=scale, causal=False)
+    """softmax(Q Kᵀ · scale) V by FA4, in its own layout: [B, S, H, D] in, a contiguous [B, S, H, D] out; by
+    PyTorch's SDPA where the package, found installed, does not import."""
+    fa4 = flash4_function()
+    if fa4 is None:
+        return _SDPA(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                     scale=scale).transpose(1, 2).contiguous()
+    out = fa4(query, key, value, softmax_scale=scale, causal=False)
     out = out[0] if isinstance(out, tuple) else out  # (out, lse) in some releases
     return out.contiguous()
 
@@ -105,7 +126,7 @@ def flash4_context(route, fallback):
     thread at a time (as ComfyUI and the library run the networks)."""
     functional = torch.nn.functional
     with fallback:
-        if flash4_function() is None or not gpu_supported():
+        if not installed() or not gpu_supported():
             yield
             return
         previous = functional.scaled_dot_product_attention
