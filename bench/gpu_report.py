@@ -7,14 +7,14 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_extra.json``, ``h200_sd_graphs.json``, ``h200_sd_animatediff.json`` -- other SD processes (max,
   lean_graphs, an earlier call's eager/lean tables with the AnimateDiff runs): their tables and the runs the main
-  call skipped are folded in; ``h200_sd_later.json``: a later call's tables, which replace the main call's (those
-  then stand beside earlier calls' in the comparison of kernels over frames);
+  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``: later calls' tables, which
+  replace the main call's (those then stand beside earlier calls' in the comparison of kernels over frames);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
   second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
   folders (a second run on the same machine); ``h200_sd_warm_blocks.json`` (and ``..._call_1c.json``, another
   machine): the portable cache and the compiled blocks kept on disk (``--compile-dir``);
   ``h200_sd_warm_blocks_same_machine.json``: the same on the first process's machine, with the inductor/Triton
-  caches ``--compile-dir`` keeps in its folder;
+  caches ``--compile-dir`` keeps in its folder; ``..._bytecode.json``: that with Python's bytecode caches;
 * ``h200_decode_chunks.json`` -- ``gpu_benchmark.py --decode-chunk N``: the library's VAE decode peak per chunk;
   ``h200_vae_decode_probe.json`` -- ``vae_decode_probe.py``: the decode under ``lean`` and with the decoder compiled;
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale; ``h200_wan_best.json``, ``h200_wan_fastest.json``: the same
@@ -46,6 +46,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm": "h200_sd_warm.json", "warm_dirs": "h200_sd_warm_dirs.json",
          "warm_blocks": "h200_sd_warm_blocks.json", "warm_blocks_1c": "h200_sd_warm_blocks_call_1c.json",
          "warm_blocks_same": "h200_sd_warm_blocks_same_machine.json",
+         "warm_blocks_same_bytecode": "h200_sd_warm_blocks_same_machine_bytecode.json",
          "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
@@ -66,6 +67,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # installed, which the presets do not take: lean's per-network probe has its columns): they replace the
          # main call's, and so does its cold start
          "sd_later": "h200_sd_later.json",
+         # the latest call's best and max tables (compiled presets without cuDNN autotuning, flash-attn-4 for 8192
+         # tokens and more), which replace those of the call before
+         "sd_latest": "h200_sd_latest.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -90,7 +94,13 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
                "warm_blocks_1c": ("_blocks_call_1c", "the same, an earlier call on another machine (README_GPU call "
                                                      "1c′)"),
                "warm_blocks_same": ("_blocks_same_machine", "same machine: the compiled blocks and the inductor/"
-                                                            "Triton caches `--compile-dir` keeps in its folder")}
+                                                            "Triton caches `--compile-dir` keeps in its folder"),
+               # the lent machine's Python runs with PYTHONDONTWRITEBYTECODE=1 over packages shipped without
+               # bytecode, so each process compiles every module it imports from source; an installation has them
+               "warm_blocks_same_bytecode": ("_blocks_same_machine_bytecode",
+                                             "same machine, the folder `--compile-dir` keeps, and Python's bytecode "
+                                             "caches (written by the first process to `PYTHONPYCACHEPREFIX`, as an "
+                                             "installed package has them)")}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
@@ -241,9 +251,10 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
         if "precompiled" in probe:
             out[f"warm_start{suffix}_blocks_loaded"] = probe["precompiled"]["loaded"]
     # a probe of the best table's settings; else the latest probe (WARM_PROBES's last), with the settings of then
-    starts = [p["warm_start_s"] for p in probes.values() if not older_settings(p, sd)]
+    starts = {k: p["warm_start_s"] for k, p in probes.items() if not older_settings(p, sd)}
     if starts:
-        out["warm_start_s"] = min(starts)
+        out["warm_start_from"] = min(starts, key=starts.get)
+        out["warm_start_s"] = starts[out["warm_start_from"]]
     elif probes:
         latest = list(probes.values())[-1]
         out["warm_start_s"], out["warm_start_settings"] = latest["warm_start_s"], latest.get("settings")
@@ -799,6 +810,9 @@ def targets(fig: dict) -> list[str]:
     ratio_verdict = yes(None if ratio is None or flop is None else ratio <= flop)
     warm_settings = (f" (the latest probe, with the settings of then: {fig['warm_start_settings']})"
                      if fig.get("warm_start_settings") else "")
+    if fig.get("warm_start_from") == "warm_blocks_same_bytecode":
+        warm_settings = (" (with Python's bytecode caches, as an installation has them; without, as the lent "
+                         f"machine's Python runs: {fmt(fig.get('warm_start_blocks_same_machine_s'), '.1f')} s)")
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
     wan_fastest = fig.get("fastest_attention_wan_ratio_confiner_to_wan_50")
     wan_ratios = [r for r in (wan, wan_best, wan_fastest) if r is not None]
@@ -832,11 +846,12 @@ def main():
         sys.exit(f"no {FILES['sd']} in {a.raw}: copy the SD call's results.json there (README_GPU.md)")
     filled = fold_extra(data["sd"], data["sd_extra"])
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
-    replaced, later = {}, []
-    for key in ("sd_later",):
+    replaced, later = {}, {}
+    for key in ("sd_later", "sd_latest"):
         for setting, table in newer_tables(data["sd"], data[key]).items():
             replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
-        later += [f"{setting} (`{FILES[key]}`)" for setting in (data[key] or {}).get("tables", {})]
+        later.update({setting: FILES[key] for setting in (data[key] or {}).get("tables", {})})  # the last call's
+    later = [f"{setting} (`{file}`)" for setting, file in later.items()]
     filled = [f for f in filled if f.split("/")[0] not in replaced] + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])
     earlier = [("`h200_sd.json`, `h200_sd_extra.json`", replaced)] if replaced else []
@@ -863,7 +878,7 @@ def main():
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:
-        md += [f"Tables from later calls, with today's presets: {', '.join(later)}.", ""]
+        md += [f"Tables from later calls: {', '.join(later)}.", ""]
     if filled:
         md += [f"Runs from other processes (`{FILES['sd_extra']}`, `{FILES['sd_graphs']}`, `{FILES['sd_animatediff']}`): "
                f"{', '.join(filled)}.", ""]

@@ -11,8 +11,8 @@ route takes every shape FA4 supports (the attention probe's way to time it alone
 FA4 is called through the custom operator ``confiner::flash4_attention``, so ``torch.compile`` keeps it inside
 compiled blocks as one opaque call (dynamo cannot trace the CuTe DSL) and a block kept on disk names it by that
 operator, registered when this module is imported. The package itself is imported at the first call it takes, not
-before: importing it (CUTLASS's DSL, quack) took 4-5 s of a process start on the H200's host, so a process whose
-shapes all stay with PyTorch (SD's) never pays it.
+before: importing it (CUTLASS's DSL, quack) took 4.1 s of a process start on the H200's host (without bytecode
+caches), so a process whose shapes all stay with PyTorch (SD's) never pays it.
 """
 
 from __future__ import annotations
