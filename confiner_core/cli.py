@@ -124,14 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=number("--fps"), default=8.0)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
-                   help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, fused QKV, cuDNN attention "
-                        "(memory-efficient over frames) and autotuning (no compiler, starts in seconds); 'fast' = "
-                        "lean + regional torch.compile (minutes of compiling on first use); 'max' = fast + CUDA "
-                        "graphs")
+                   help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, GEGLU and QKV, the fastest "
+                        "attention (flash-attn-4 for long self-attention where installed, else cuDNN; a Triton "
+                        "kernel over frames) and cuDNN autotuning (no compiler, starts in seconds); 'fast' = lean + "
+                        "regional torch.compile, without autotuning (minutes of compiling on first use); 'max' = "
+                        "fast + CUDA graphs")
     g.add_argument("--compile-dir", default=None,
                    help="with --speed fast or max: keep the compiled blocks (and inductor's kernel cache, in "
                         "DIR/inductor) in this folder; a later run with the same checkpoints and sizes loads them "
-                        "instead of compiling (an H200 started in 28-42 s instead of 2-3 minutes)")
+                        "instead of compiling (an H200 started in 18 s instead of 3 minutes)")
     g.add_argument("--resume", action="store_true",
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is bit-identical to an uninterrupted run)")

@@ -72,9 +72,9 @@ def keep_kernels_in(folder: str) -> str | None:
     again. Changes the process's environment: inductor's compile workers take both variables with every job.
     Returns the folder now used, None when the user's is kept."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from torch._inductor.utils import clear_caches
 
     keep_flash4_kernels_in(folder)
-    from torch._inductor.utils import clear_caches
 
     default = os.path.abspath(default_cache_dir())
     target = os.path.join(os.path.abspath(folder), "inductor")
