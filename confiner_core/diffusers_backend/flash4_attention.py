@@ -11,8 +11,10 @@ route takes every shape FA4 supports (the attention probe's way to time it alone
 FA4 is called through the custom operator ``confiner::flash4_attention``, so ``torch.compile`` keeps it inside
 compiled blocks as one opaque call (dynamo cannot trace the CuTe DSL) and a block kept on disk names it by that
 operator, registered when this module is imported. The package itself is imported at the first call it takes, not
-before: importing it (CUTLASS's DSL, quack) took 4.1 s of a process start on the H200's host (without bytecode
-caches), so a process whose shapes all stay with PyTorch (SD's) never pays it.
+before: importing it (CUTLASS's DSL, quack) took 1.2 s of a process start on the H200's host with bytecode caches,
+5.1 s without, so a process whose shapes all stay with PyTorch (SD's) never pays it. Its kernels, JIT-compiled at
+their first call (2.6 s for Wan's shape), are kept on disk where the settings name a compile folder
+(:func:`~.precompiled.keep_flash4_kernels_in`: 0.01 s in the next process).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 #: the fewest query and key tokens the ``fastest`` route hands to FA4. Wan's 32760-token self-attention: 636 against
 #: cuDNN's 544 TFLOP/s, 10.6 % off its forward (528.8 -> 472.6 ms). SD's 4096 tokens (d 40): 2.14 against 2.36 ms a
 #: call, 3 ms off a 77 ms batch-32 forward, and no difference in a ConFiner run (best 1.627 s with, 1.622 s without;
-#: max 1.578 against 1.577 s), against the import's seconds at every start: left to cuDNN. Slower at 1024 tokens.
+#: max 1.578 against 1.577 s), against 1.2-5.1 s of import at every start: left to cuDNN. Slower at 1024 tokens.
 MIN_TOKENS = 8192
 MAX_HEAD_DIM = 256
 # PyTorch's own, taken at import: the calls the routes do not take go there (inside the SDPA backend order in force)
