@@ -19,7 +19,6 @@ their first call (2.6 s for Wan's shape), are kept on disk where the settings na
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 
@@ -60,6 +59,11 @@ def gpu_supported() -> bool:
     """Whether this machine's GPU is one FA4 is built for: Hopper (sm 90) or Blackwell (sm 100, 120). On older
     GPUs the package may import but its kernels do not run; the routes then leave every call to PyTorch."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def usable() -> bool:
+    """Whether the routes may hand calls to FA4: the package is installed and the GPU is one it is built for."""
+    return installed() and gpu_supported()
 
 
 @torch.library.custom_op("confiner::flash4_attention", mutates_args=())
@@ -116,24 +120,3 @@ def long_flash4_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal
     """``scaled_dot_product_attention`` through FA4 for the long shapes where it is the fastest (at least
     :data:`MIN_TOKENS` query and key tokens), else PyTorch's."""
     return _route(MIN_TOKENS, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-
-
-@contextlib.contextmanager
-def flash4_context(route, fallback):
-    """``torch.nn.functional.scaled_dot_product_attention`` routed through ``route`` (:func:`flash4_sdpa` or
-    :func:`long_flash4_sdpa`) for the duration (diffusers' processors and its "native" dispatch look it up at every
-    call), inside ``fallback`` (the SDPA backends for the calls FA4 does not take); without FA4 or a GPU it is built
-    for, ``fallback`` alone.
-    One function object per route, so a compiled block traced under it does not recompile. The swap is global: one
-    thread at a time (as ComfyUI and the library run the networks)."""
-    functional = torch.nn.functional
-    with fallback:
-        if not installed() or not gpu_supported():
-            yield
-            return
-        previous = functional.scaled_dot_product_attention
-        functional.scaled_dot_product_attention = route
-        try:
-            yield
-        finally:
-            functional.scaled_dot_product_attention = previous

@@ -19,7 +19,6 @@ half precision, no gradient) and leaves every other call to PyTorch's SDPA. The 
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -87,6 +86,7 @@ def frame_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.
 
 
 def _frame_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    # looked up at each call, so the tests can watch the kernel by replacing the module's function
     return frame_attention_triton(query, key, value, scale)
 
 
@@ -123,23 +123,3 @@ def frame_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
 def _interpreted() -> bool:
     """Triton's interpreter (``TRITON_INTERPRET=1``, the tests' way to run the kernel on the CPU)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@contextlib.contextmanager
-def frame_attention_context(fallback):
-    """``torch.nn.functional.scaled_dot_product_attention`` routed through :func:`frame_sdpa` for the duration
-    (diffusers' attention processors look it up at every call), inside ``fallback`` (a context: the SDPA backends
-    for the calls the kernel does not cover, and for all of them without Triton or ``triton_op``). One function
-    object throughout, so a compiled block traced under it does not recompile. The swap is global, like
-    :func:`~.flash4_attention.flash4_context`'s: one thread at a time (as ComfyUI and the library run the networks)."""
-    functional = torch.nn.functional
-    with fallback:
-        if frame_attention_op is None or functional.scaled_dot_product_attention is frame_sdpa:
-            yield
-            return
-        previous = functional.scaled_dot_product_attention
-        functional.scaled_dot_product_attention = frame_sdpa
-        try:
-            yield
-        finally:
-            functional.scaled_dot_product_attention = previous

@@ -51,8 +51,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import fused_norm as FN
-from .flash4_attention import flash4_context, flash4_sdpa, long_flash4_sdpa
-from .frame_attention import frame_attention_context
+from . import flash4_attention as F4
+from . import frame_attention as FA
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
 from .experts import placement
@@ -274,14 +274,37 @@ def sdpa_order(first: str) -> list:
     return [getattr(SDPBackend, _SDPA[n]) for n in names]
 
 
+@contextlib.contextmanager
+def routed_sdpa(route, fallback):
+    """``torch.nn.functional.scaled_dot_product_attention`` routed through ``route`` (a drop-in that takes the calls
+    its kernel covers: :func:`~.flash4_attention.long_flash4_sdpa`, :func:`~.frame_attention.frame_sdpa`) for the
+    duration, inside ``fallback`` (the SDPA backends for the calls it leaves to PyTorch); ``route`` None: ``fallback``
+    alone. diffusers' processors and its "native" dispatch look the function up at every call. One function object
+    per route, so a compiled block traced under it does not recompile. The swap is global: one thread at a time (as
+    ComfyUI and the library run the networks)."""
+    functional = torch.nn.functional
+    with fallback:
+        if route is None or functional.scaled_dot_product_attention is route:
+            yield
+            return
+        previous = functional.scaled_dot_product_attention
+        functional.scaled_dot_product_attention = route
+        try:
+            yield
+        finally:
+            functional.scaled_dot_product_attention = previous
+
+
 def attention_context(name: str):
     """The context under which a network runs for attention backend ``name``."""
     if name == "default":
         return contextlib.nullcontext()
     if name in ("flash4", "fastest"):  # FA4 (everywhere it applies, or where it is the fastest), cuDNN first elsewhere
-        return flash4_context(flash4_sdpa if name == "flash4" else long_flash4_sdpa, attention_context("cudnn"))
+        route = (F4.flash4_sdpa if name == "flash4" else F4.long_flash4_sdpa) if F4.usable() else None
+        return routed_sdpa(route, attention_context("cudnn"))
     if name == "frames":  # PyTorch's memory-efficient kernel, the fastest of its own over frames, where it falls back
-        return frame_attention_context(attention_context("efficient"))
+        return routed_sdpa(FA.frame_sdpa if FA.frame_attention_op is not None else None,
+                           attention_context("efficient"))
     from torch.nn.attention import sdpa_kernel
 
     try:
