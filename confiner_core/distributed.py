@@ -133,6 +133,9 @@ class Single(Solo):
     def peer_failure(self) -> RankFailed | None:
         return None
 
+    def stopping(self) -> None:
+        pass
+
     def on_abort(self, cleanup: Callable[[], None]) -> None:
         pass
 
@@ -423,6 +426,13 @@ class Ranks(Solo):
         except Exception:  # noqa: BLE001
             pass
 
+    def stopping(self) -> None:
+        """This rank is failing and cleaning up: from here on the watchdog and SIGTERM leave its main thread alone.
+        (Else another rank's failure, seen a moment later, could interrupt the clean-up and replace the line this
+        rank is about to print.)"""
+        with self._lock:
+            self.failed = True
+
     def on_abort(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup`` if this process must be ended without its main thread (stuck in a native call)."""
         self.cleanups.append(cleanup)
@@ -557,10 +567,9 @@ def session():
         yield ranks
         ranks.close()
     except BaseException as e:
+        ranks.stopping()
         # a KeyboardInterrupt may be the watchdog stopping this rank for another's failure: report that one
         failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else None
-        with ranks._lock:
-            ranks.failed = True  # from here on the watchdog and SIGTERM leave this thread alone
         relayed = failure is not None or (isinstance(e, RankFailed) and e.origin is not None)
         if not relayed:
             ranks.announce(e)   # this rank's own failure (or a broken channel / timeout it noticed)

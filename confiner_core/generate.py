@@ -536,6 +536,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     try:
         return _generate(req, schedule, plan, log, store, show_progress, ranks, progress)
     except BaseException as e:
+        ranks.stopping()
         # another process's failure stopped this one: the watchdog's KeyboardInterrupt, or a broken channel
         failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else e if isinstance(e, RankFailed) \
             else None

@@ -137,6 +137,33 @@ def test_other_ranks_leave_shared_errors_to_rank_0(monkeypatch, capsys):
         assert e.value.code == code and capsys.readouterr().err == printed
 
 
+def test_a_rank_cleaning_up_after_its_own_failure_is_not_interrupted_by_a_peers():
+    """A rank that fails (e.g. a broken channel: its peer has just died) cleans up and prints its line; the peer's
+    announcement, read by the watchdog a moment later, must not interrupt that clean-up and replace the line (CI
+    once printed rank 1's failure without rank 0's "; nothing written")."""
+    import threading
+
+    def a_rank():   # just what trip() touches; no store, no processes
+        r = distributed.Ranks.__new__(distributed.Ranks)
+        r._lock, r.reason, r.failed, r.in_main, r.waiting = threading.RLock(), None, False, True, False
+        r.store = type("Store", (), {"set": lambda self, *a: None})()
+        r.force_exit = lambda failure: None   # the grace timer must not end pytest
+        return r
+
+    def interrupted(ranks) -> bool:
+        try:
+            ranks.trip(RankFailed("rank 1 failed: RuntimeError: boom", 1, False, 1))
+            time.sleep(0.2)   # a pending interrupt lands here
+        except KeyboardInterrupt:
+            return True
+        return False
+
+    assert interrupted(a_rank())   # a running rank is stopped by its peer's failure
+    cleaning = a_rank()
+    cleaning.stopping()
+    assert not interrupted(cleaning) and cleaning.peer_failure() is None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Same latents: the library on 2 and 3 processes against one
 
