@@ -101,10 +101,12 @@ def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
     return math.floor(exact + Fraction(1, 2))
 
 
-def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt") -> PromptSchedule:
+def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt",
+                 frames_option: str = "frames") -> PromptSchedule:
     """The schedule written in ``text`` for a video of ``frames`` frames at ``fps`` (needed for seconds keys).
 
-    Raises :class:`~confiner_core.errors.UsageError` naming ``option`` and the offending entry."""
+    Raises :class:`~confiner_core.errors.UsageError` naming ``option`` and the offending entry (and
+    ``frames_option``, how the caller names the frame count, when an entry starts past the last frame)."""
     text = text or ""
     if not is_schedule(text):
         if EMBEDDED_KEY.search(text):
@@ -133,7 +135,7 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if key.endswith("s") else "")
         if start >= frames:
             raise UsageError(f"{option}: {where} starts at {at}, beyond the video's {frames} frames (0..{frames - 1}); "
-                             f"use a smaller key or more --frames", option)
+                             f"use a smaller key or more {frames_option}", option)
         if entries and start == entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
                              f"{entries[-1].key}: {entries[-1].prompt!r}; give each entry its own start", option)

@@ -9,7 +9,7 @@ from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import ade, host, sessions
-from .schema import CATEGORY, control_inputs, control_sampling_inputs, low_noise_inputs, seed_input, widget_problem
+from .schema import CATEGORY, check_widgets, control_inputs, control_sampling_inputs, low_noise_inputs, seed_input
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -49,21 +49,18 @@ class ConFinerControlExpert(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps, cfg, sampler, spacing="trailing", eta=0.0, low_noise_cfg=1.0, boundary=0.875):
-        # the combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
-        return widget_problem(cls, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta,
-                              low_noise_cfg=low_noise_cfg, boundary=boundary) or True
-
-    @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False,
                 spacing="trailing", eta=0.0, low_noise_model=None, low_noise_cfg=1.0,
                 boundary=0.875) -> io.NodeOutput:
+        check_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta,
+                      low_noise_cfg=low_noise_cfg, boundary=boundary)
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()
         ade.warn_ignored_noise({"control": model})
         log = EvaluationLog()
         progress = host.Progress(model, steps, host.node_id(cls))
+        progress.warn_frames_alone({"control": model})
         control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
                                                        "model"))

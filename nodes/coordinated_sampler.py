@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import ChainConfig, refine_structure, refining_denoiser, validate_refinement
+from ..confiner_core.chain import STANDARD, ChainConfig, refine_structure, refining_denoiser, validate_refinement
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
-from .schema import CATEGORY, refine_inputs, refine_problem, seed_input, structure_noise_input, widget_problem
+from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
+                     widget_problem)
 from .types import RefineExpertsType
 
 NODE = "ConFiner Refine Sampler"
@@ -36,7 +37,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                 *refine_inputs(),
                 seed_input("refine"),
                 structure_noise_input(),
-                io.Model.Input("control_model", optional=True,
+                io.Model.Input("control_model", display_name="control model", optional=True,
                                tooltip="The control expert's MODEL (never evaluated here). Needed for structure "
                                        "noise schedule 'control' (Algorithm 1, line 4: its schedule noises the "
                                        "structure); when connected, its latent space is checked against the refine "
@@ -55,11 +56,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, te, refine_steps, mode, matching, structure_noise="spatial"):
-        # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
-        return (widget_problem(cls, te=te, refine_steps=refine_steps, mode=mode, matching=matching,
-                               structure_noise=structure_noise)
-                or refine_problem(te, refine_steps) or True)
+    def validate_inputs(cls, te, refine_steps):
+        return widget_problem(cls, te=te, refine_steps=refine_steps) or refine_problem(te, refine_steps) or True
 
     @classmethod
     def check_lazy_status(cls, experts, te, refine_steps, mode, matching, seed, structure=None,
@@ -68,6 +66,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         without its temporal expert, experts of different latent spaces without the VAEs that bridge them, T_e
         outside a schedule) fails here, with 0 evaluations."""
         if structure is None:
+            check_widgets(cls, mode=mode, matching=matching, seed=seed, structure_noise=structure_noise)
             config = cls.config(te, refine_steps, mode, matching, structure_noise)
             experts.check_mode(config.mode)
             spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
@@ -126,6 +125,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), host.node_id(cls))
+        progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None})
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         space = source.expert.latent_space

@@ -136,6 +136,22 @@ def is_image_model(model) -> bool:
     return isinstance(getattr(model, "model", None), classes)
 
 
+# the experts whose role is to relate frames, and where an artist connects them
+VIDEO_ROLES = {"control": "the control model", "temporal": "temporal model on ConFiner Refine Experts"}
+
+
+def frames_alone(model, role: str) -> str | None:
+    """A warning when the expert of a video role (control, temporal) cannot relate frames: an image model with no
+    motion model attached (SD 1.5 whose AnimateDiff loader was bypassed, SDXL, Qwen-Image). Such a graph runs, and
+    silently makes frames that do not belong together. None when the expert is a video model."""
+    if model is None or role not in VIDEO_ROLES or not is_image_model(model) or ade.motion_models(model):
+        return None
+    task = "lays out every frame on its own, so the structure has no motion" if role == "control" else \
+        "refines every frame on its own, so it cannot keep them coherent"
+    return (f"the {role} expert ({VIDEO_ROLES[role]}) is an image model with no motion model attached: it {task}. "
+            f"Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)")
+
+
 def evaluates_per_frame(model, role: str) -> bool:
     """The spatial expert is the chain's image expert: it refines every frame as an image (a video model there runs
     at one frame, e.g. Wan as a text-to-image model). Image models do so in every role; SD-style models take their
@@ -439,6 +455,17 @@ class Progress:
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
         self.where = where  # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
+        self.warnings: list[str] = []  # shown under every update of the node's text
+
+    def warn_frames_alone(self, models: dict) -> None:
+        """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
+        for role, model in models.items():
+            warning = frames_alone(model, role)
+            if warning:
+                logging.warning("ConFiner: %s", warning)
+                self.warnings.append(f"warning: {warning}")
+        if self.warnings:
+            show_text(self.node_id, "\n".join(self.warnings))
 
     def preview(self, model):
         """Each model's previews use its own latent format (experts of several latent spaces share one bar)."""
@@ -455,7 +482,7 @@ class Progress:
                   f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}")
 
     def show(self, text: str) -> None:
-        show_text(self.node_id, text)
+        show_text(self.node_id, "\n".join([text, *self.warnings]))
 
 
 def node_id(node_cls) -> str | None:
@@ -476,11 +503,12 @@ def show_text(node_id: str | None, text: str) -> None:
 
 
 def cost_line(node: str, log: EvaluationLog) -> str:
-    """Expert evaluations, network forwards (the definitions of EvaluationLog) and, where experts of different latent
-    spaces met, the bridge's VAE calls (whole-clip encodes and decodes)."""
+    """Expert evaluations, network forwards (the definitions of EvaluationLog) and the VAE calls made between the
+    experts (whole-clip encodes and decodes: the bridge between latent spaces, pixel frames for an image expert,
+    ConFiner-Long's window joins through pixels)."""
     line = f"{node}: {sum(log.evaluations.values())} expert evaluations, {sum(log.forwards.values())} network forwards"
     vae_calls = sum(log.vae_calls.values())
-    return line + (f", {vae_calls} VAE calls (bridge between latent spaces)" if vae_calls else "")
+    return line + (f", {vae_calls} VAE calls (encodes and decodes between the experts)" if vae_calls else "")
 
 
 def log_cost(node: str, log: EvaluationLog) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import ChainConfig, refining_denoiser, validate_refinement
+from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long, plan_segments
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
-from .schema import (CATEGORY, advanced, coherence_memory_input, control_inputs, control_sampling_inputs,
-                     low_noise_inputs, refine_inputs, refine_problem, seed_input, structure_noise_input,
-                     widget_problem)
+from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
+                     control_sampling_inputs, low_noise_inputs, refine_inputs, refine_problem, seed_input,
+                     structure_noise_input, widget_problem)
 from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Segmenter"
@@ -52,10 +52,13 @@ class ConFinerLongSegmenter(io.ComfyNode):
                         "coherence guidance (Eq. 12) and staggered refinement (Eq. 13, every seam refined jointly). "
                         "Each strategy can be switched off. Optional prompt travel per segment.",
             inputs=[
-                io.Model.Input("control_model", tooltip="The control expert (text-to-video MODEL); with a low-noise "
-                                                        "model connected, the high-noise half (Wan 2.2 A14B)."),
-                io.Conditioning.Input("control_positive", tooltip="Control expert's prompt."),
-                io.Conditioning.Input("control_negative", tooltip="Control expert's negative prompt."),
+                io.Model.Input("control_model", display_name="control model",
+                               tooltip="The control expert (text-to-video MODEL); with a low-noise model connected, "
+                                       "the high-noise half (Wan 2.2 A14B)."),
+                io.Conditioning.Input("control_positive", display_name="control positive",
+                                      tooltip="Control expert's prompt."),
+                io.Conditioning.Input("control_negative", display_name="control negative",
+                                      tooltip="Control expert's negative prompt."),
                 RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("latent", tooltip="Sets the frame size and channels (e.g. Empty Latent Image, any "
                                                   "batch size; for Wan an Empty HunyuanVideo Latent of length 1); "
@@ -103,25 +106,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_length, control_steps, control_cfg, control_sampler, te, refine_steps,
-                        mode, matching, noise_init, freenoise_stride, gamma, staggered, segment_prompts=None,
-                        control_spacing="trailing", control_eta=0.0, structure_noise="spatial",
-                        coherence_memory="guided", control_low_noise_cfg=1.0, control_boundary=0.875):
-        # combos are named too: ComfyUI 0.3.64 does not check a V3 combo's value itself
-        problem = widget_problem(cls, frames=frames, segment_length=segment_length, control_steps=control_steps,
-                                 control_cfg=control_cfg, control_sampler=control_sampler, te=te,
-                                 refine_steps=refine_steps, mode=mode, matching=matching, noise_init=noise_init,
-                                 freenoise_stride=freenoise_stride, gamma=gamma, control_spacing=control_spacing,
-                                 control_eta=control_eta, structure_noise=structure_noise,
-                                 coherence_memory=coherence_memory, control_low_noise_cfg=control_low_noise_cfg,
-                                 control_boundary=control_boundary) or refine_problem(te, refine_steps)
-        if problem:
-            return problem
-        if noise_init == FREENOISE and None not in (freenoise_stride, segment_length) and \
-                freenoise_stride > segment_length:
-            return (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the segment length "
-                    f"({segment_length})")
-        return prompt_schedule_problem(segment_prompts, frames) or True
+    def validate_inputs(cls, frames, segment_prompts=None):
+        return widget_problem(cls, frames=frames) or prompt_schedule_problem(segment_prompts, frames) or True
 
     @classmethod
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
@@ -129,6 +115,18 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
                 control_eta=0.0, structure_noise="spatial", coherence_memory="guided", control_vae=None,
                 control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875) -> io.NodeOutput:
+        check_widgets(cls, segment_length=segment_length, seed=seed, control_steps=control_steps,
+                      control_cfg=control_cfg, control_sampler=control_sampler, te=te, refine_steps=refine_steps,
+                      mode=mode, matching=matching, noise_init=noise_init, freenoise_stride=freenoise_stride,
+                      gamma=gamma, control_spacing=control_spacing, control_eta=control_eta,
+                      structure_noise=structure_noise, coherence_memory=coherence_memory,
+                      control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary)
+        problem = refine_problem(te, refine_steps)
+        if not problem and noise_init == FREENOISE and freenoise_stride > segment_length:
+            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the segment length "
+                       f"({segment_length})")
+        if problem:
+            raise ValueError(problem)
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te,
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
@@ -158,6 +156,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
             return f"window {(done - 1) // per_window + 1}/{len(plan.windows)} · "
 
         progress = host.Progress(control_model, total, host.node_id(cls), where)
+        progress.warn_frames_alone({"control": control_model,
+                                    "temporal": experts.temporal_model if mode != STANDARD else None})
         log = EvaluationLog()
         vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

@@ -59,8 +59,8 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced."),
                      io.Latent.Output(display_name="noise_latent",
-                                      tooltip="The same noise as a LATENT, for ConFiner Control Expert "
-                                              "(set latent_is_noise).")],
+                                      tooltip="The same noise as a LATENT, for ConFiner Control Expert (switch on "
+                                              "its 'use latent as noise').")],
         )
 
     @classmethod

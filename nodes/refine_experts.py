@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .host import FRAME_MODES, LATENT_FRAMES
-from .schema import CATEGORY, SPATIAL_FRAMES, low_noise_inputs, widget_problem
+from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, low_noise_inputs
 from .types import RefineExperts, RefineExpertsType
 
 
@@ -23,19 +23,24 @@ class ConFinerRefineExperts(io.ComfyNode):
                         "rewiring. Experts of different latent spaces (e.g. SD 1.5 with Wan) are bridged through "
                         "their VAEs: connect each one's VAE; experts of one space need none.",
             inputs=[
-                io.Model.Input("spatial_model", tooltip="Spatial expert: adds frame detail (text-to-image MODEL)."),
-                io.Conditioning.Input("spatial_positive", tooltip="Spatial expert's prompt (its own text encoder)."),
-                io.Conditioning.Input("spatial_negative", tooltip="Spatial expert's negative prompt."),
+                io.Model.Input("spatial_model", display_name="spatial model",
+                               tooltip="Spatial expert: adds frame detail (text-to-image MODEL)."),
+                io.Conditioning.Input("spatial_positive", display_name="spatial positive",
+                                      tooltip="Spatial expert's prompt (its own text encoder)."),
+                io.Conditioning.Input("spatial_negative", display_name="spatial negative",
+                                      tooltip="Spatial expert's negative prompt."),
                 io.Float.Input("spatial_cfg", display_name="spatial cfg", default=7.5, min=0.0, max=100.0, step=0.1,
                                round=0.01, tooltip="Spatial expert guidance. 7.5 is our default (usual for SD 1.5); "
                                                    "the paper states no cfg value."),
-                io.Model.Input("temporal_model", optional=True,
+                io.Model.Input("temporal_model", display_name="temporal model", optional=True,
                                tooltip="Temporal expert: keeps frames coherent (text-to-video MODEL, e.g. SD 1.5 + "
                                        "AnimateDiff v3). Needed by refine modes coordinated, temporal and alternate; "
                                        "mode standard works without it."),
-                io.Conditioning.Input("temporal_positive", optional=True,
+                io.Conditioning.Input("temporal_positive", display_name="temporal positive",
+                                      optional=True,
                                       tooltip="Temporal expert's prompt; defaults to the spatial one."),
-                io.Conditioning.Input("temporal_negative", optional=True,
+                io.Conditioning.Input("temporal_negative", display_name="temporal negative",
+                                      optional=True,
                                       tooltip="Temporal expert's negative prompt; defaults to the spatial one."),
                 io.Float.Input("temporal_cfg", display_name="temporal cfg", default=7.5, min=0.0, max=100.0,
                                step=0.1, round=0.01, tooltip="Temporal expert guidance. 7.5 is our default; the "
@@ -54,8 +59,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                                        "frame as an image, batched; no VAE calls, the cheapest, but latent frames "
                                        "after the first pack 4 pixel frames, which an image model never saw. pixel "
                                        "frames: every pixel frame as an image of its own (decode, refine per frame, "
-                                       "encode; needs a VAE): 4x the frames per spatial evaluation (81 instead of 21) "
-                                       "and 4 VAE calls per coordinated step plus 2 for the structure. SD-style "
+                                       "encode; needs a VAE): 4x the frames per spatial evaluation (81 instead of "
+                                       "21 for an 81-frame clip) and 4 VAE calls per coordinated step plus 2 for the structure. SD-style "
                                        "spaces are per frame anyway."),
                 *low_noise_inputs("temporal_", "temporal", 7.5),
             ],
@@ -64,17 +69,12 @@ class ConFinerRefineExperts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, spatial_cfg, temporal_cfg, spatial_frames=LATENT_FRAMES, temporal_low_noise_cfg=7.5,
-                        temporal_boundary=0.875):
-        return widget_problem(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg, spatial_frames=spatial_frames,
-                              temporal_low_noise_cfg=temporal_low_noise_cfg,
-                              temporal_boundary=temporal_boundary) or True
-
-    @classmethod
     def execute(cls, spatial_model, spatial_positive, spatial_negative, spatial_cfg, temporal_model=None,
                 temporal_positive=None, temporal_negative=None, temporal_cfg=7.5, spatial_vae=None,
                 temporal_vae=None, spatial_frames=LATENT_FRAMES, temporal_low_noise_model=None,
                 temporal_low_noise_cfg=7.5, temporal_boundary=0.875) -> io.NodeOutput:
+        check_widgets(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg, spatial_frames=spatial_frames,
+                      temporal_low_noise_cfg=temporal_low_noise_cfg, temporal_boundary=temporal_boundary)
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")

@@ -31,7 +31,7 @@ CONTROL_SPACING = "control spacing"
 CONTROL_ETA = "control eta"
 STRUCTURE_NOISE = "structure noise schedule"
 COHERENCE_MEMORY = "coherence memory"
-LOW_NOISE_MODEL = "low-noise model"
+LOW_NOISE_MODEL = "low-noise model"   # prefixed with the role on nodes with several roles ("temporal low-noise model")
 LOW_NOISE_CFG = "low-noise cfg"
 BOUNDARY = "high/low-noise boundary"
 SPATIAL_FRAMES = "spatial expert frames"
@@ -52,9 +52,13 @@ def advanced(widget: io.Input) -> io.Input:
     return widget
 
 
+SEED_LABELS = {"control": "control seed", "refine": "refine seed", "long": "seed"}
+
+
 def seed_input(kind: str) -> io.Int.Input:
-    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                        tooltip=SEED_TOOLTIPS[kind])
+    """Id ``seed`` on every node (saved workflows); the label says which seed it is where a graph has two."""
+    return io.Int.Input("seed", display_name=SEED_LABELS[kind], default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                        control_after_generate=True, tooltip=SEED_TOOLTIPS[kind])
 
 
 def control_inputs(prefix: str = "") -> list:
@@ -111,19 +115,21 @@ def coherence_memory_input() -> io.Combo.Input:
 
 def low_noise_inputs(prefix: str, role: str, cfg_default: float) -> list:
     """A second MODEL that shares the role below a noise level (Wan 2.2 A14B's low-noise expert; the role's MODEL
-    input is then the high-noise one), its cfg and the boundary."""
+    input is then the high-noise one), its cfg and the boundary. With a ``prefix`` (a node of several roles) the
+    labels name the role too."""
+    label = (lambda text: f"{role} {text}") if prefix else (lambda text: text)
     return [
-        io.Model.Input(f"{prefix}low_noise_model", display_name=LOW_NOISE_MODEL, optional=True,
+        io.Model.Input(f"{prefix}low_noise_model", display_name=label(LOW_NOISE_MODEL), optional=True,
                        tooltip=f"Optional: the low-noise half of a two-expert model (Wan 2.2 A14B low noise). The "
                                f"{role} MODEL input is then the high-noise half: it evaluates where the noise level "
                                f"sigma >= the boundary, this model below it, like diffusers' Wan 2.2 pipeline. Both "
                                f"must share the latent space and schedule (shift)."),
-        advanced(io.Float.Input(f"{prefix}low_noise_cfg", display_name=LOW_NOISE_CFG, default=cfg_default, min=0.0,
-                                max=100.0, step=0.1, round=0.01, optional=True,
+        advanced(io.Float.Input(f"{prefix}low_noise_cfg", display_name=label(LOW_NOISE_CFG), default=cfg_default,
+                                min=0.0, max=100.0, step=0.1, round=0.01, optional=True,
                                 tooltip="Only with a low-noise model: its guidance (the other cfg is the high-noise "
                                         "model's). Wan 2.2 A14B text-to-video: 3.0 low, 4.0 high; distilled "
                                         "few-step LoRAs: 1.0 both.")),
-        advanced(io.Float.Input(f"{prefix}boundary", display_name=BOUNDARY, default=0.875, min=0.0, max=1.0,
+        advanced(io.Float.Input(f"{prefix}boundary", display_name=label(BOUNDARY), default=0.875, min=0.0, max=1.0,
                                 step=0.005, optional=True,
                                 tooltip="Only with a low-noise model: the noise level (flow sigma after the shift, "
                                         "0..1) where the high-noise model hands over to the low-noise one. Wan 2.2 "
@@ -137,8 +143,8 @@ def refine_inputs() -> list:
                      tooltip="How much of the structure is kept: it is noised to timestep T_e on the spatial "
                              "expert's schedule (Eq. 6) and refined from there. Lower keeps more of the control "
                              "expert's layout and motion; higher lets the refiners change more. Paper: 100 "
-                             "(with 4 control steps, 300+ loses image quality). A flow expert (Wan) counts 1000 "
-                             "sigma: 250 is the paper's noise level there."),
+                             "(with 4 control steps, 300+ loses image quality). On a flow model (Wan) T_e is the "
+                             "noise level sigma x 1000: 250 there is about the paper's 100 on SD."),
         io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=1000,
                      tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5). Coordinated mode "
                              "makes 3 expert evaluations per step, the other modes 1."),
@@ -156,8 +162,15 @@ def refine_inputs() -> list:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Validation of widget values (ComfyUI skips its own min/max/combo checks for every input a node's validate_inputs
-# names, so each node runs these on the inputs it names, and adds what spans several widgets).
+# Validation of widget values.
+#
+# ComfyUI files a node's ``validate_inputs`` message once under every input that function names (the frontend lists
+# "te - ...", "mode - ...": five entries for one problem), and skips its own min/max/combo checks for those inputs.
+# So a node's ``validate_inputs`` names exactly the widgets of its one check that spans several widgets, and checks
+# their ranges itself: the message is filed under the widgets it is about. Every other widget is left to the host's
+# own checks when the prompt is queued, and :func:`check_widgets` runs on all of them when the node starts (before
+# any evaluation): what the host does not check (a NaN or infinite float from an API prompt, a V3 combo's value on
+# ComfyUI 0.3.64) and the other multi-widget checks.
 
 def _label(spec) -> str:
     return f"{spec.display_name} ({spec.id})" if spec.display_name and spec.display_name != spec.id else spec.id
@@ -183,6 +196,13 @@ def widget_problem(node_cls, **values) -> str | None:
         elif isinstance(spec, io.Combo.Input) and value not in spec.options:
             return f"{_label(spec)} = {value!r} is not one of {list(spec.options)}"
     return None
+
+
+def check_widgets(node_cls, **values) -> None:
+    """:func:`widget_problem` at the start of ``execute`` (or ``check_lazy_status``): a ValueError naming the input."""
+    problem = widget_problem(node_cls, **values)
+    if problem:
+        raise ValueError(problem)
 
 
 def refine_problem(te, refine_steps) -> str | None:

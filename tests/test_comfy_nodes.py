@@ -59,6 +59,27 @@ def test_pack_registers_five_v3_nodes_with_tooltips(comfy_worker):
         for group in ("required", "optional"):
             for name, (typ, *opts) in spec.get(group, {}).items():
                 assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+                # an artist reads labels, not ids: an id of several words carries a label in words
+                assert "_" not in name or opts[0].get("display_name"), f"{node_id}.{name} has no readable label"
+
+
+def test_templates_show_every_socket_by_the_label_its_node_declares(comfy_worker):
+    """The frontend draws a socket by its ``label`` (a new node's is the input's display_name) and a loaded workflow
+    keeps the label saved with it: the templates must carry the nodes' own."""
+    types = comfy_worker.input_types(*NODE_IDS)
+    checked = 0
+    for path in sorted(EXAMPLES.glob("*.json")):
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] not in types:
+                continue
+            spec = types[node["type"]]
+            declared = {**spec.get("required", {}), **spec.get("optional", {})}
+            for slot in node["inputs"]:
+                _, *opts = declared[slot["name"]]
+                label = (opts[0] if opts else {}).get("display_name") or slot["name"]
+                assert slot.get("label", slot["name"]) == label, (path.name, node["type"], slot["name"])
+                checked += 1
+    assert checked > 50
 
 
 def test_schedules_equal_comfys_model_sampling(comfy_worker):
@@ -102,11 +123,41 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert [(e["value"], e["total"]) for e in by_node[sampler]] == [(i, 15) for i in range(1, 16)]
     assert all(e["has_preview"] for n in by_node for e in by_node[n])
     texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
-    sampler_texts = [t["text"] for t in texts if t["node_id"] == sampler]
+
+    def updates(node):   # the first line of each update (without motion models the node's warnings follow: next test)
+        return [t["text"].split("\n")[0] for t in texts if t["node_id"] == node and not t["text"].startswith("warning:")]
+
+    sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
     assert sampler_texts[1].startswith("refinement · temporal expert · step 1/5")
     assert sampler_texts[-1].endswith("evaluation 15/15")
-    assert [t["text"] for t in texts if t["node_id"] == control][0].startswith("control stage · control expert")
+    assert updates(control)[0].startswith("control stage · control expert")
+    if has_motion_models(comfy_worker):   # video experts in the video roles: nothing to warn about
+        assert not any("warning:" in t["text"] for t in texts), texts
+
+
+def has_motion_models(worker) -> bool:
+    """cpu_sized keeps the templates' AnimateDiff loaders (and their motion models) where ADE is installed."""
+    return worker.input_types("ADE_AnimateDiffLoaderGen1").get("ADE_AnimateDiffLoaderGen1") is not None
+
+
+def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_run(comfy_worker):
+    """The basic template with its AnimateDiff loaders bypassed (what an artist does when the motion models are
+    missing) runs SD 1.5 alone as control and temporal expert: every frame on its own. It still runs, and says so."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    for n in workflow["nodes"]:
+        if n["type"] == "ADE_AnimateDiffLoaderGen1":
+            n["mode"] = 4   # bypassed: the checkpoint's MODEL goes straight through
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert result["success"]
+    texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
+    for node_type, role in (("ConFinerControlExpert", "control"), ("ConFinerCoordinatedSampler", "temporal")):
+        (node,) = _node_ids(workflow, node_type)
+        mine = [t["text"] for t in texts if t["node_id"] == node]
+        warning = f"warning: the {role} expert ("
+        assert mine[0].startswith(warning), mine[0]              # before its first evaluation
+        assert all(warning in t for t in mine), mine             # and under every update until the end
+        assert sum(warning in t for t in mine[-1].split("\n")) == 1 and "motion model" in mine[-1]
 
 
 # control stage; a coordinated step's 2nd and 3rd evaluation; with stage sessions (the default) and without

@@ -4,6 +4,7 @@ mistake is an error naming the entry, seconds resolve at the output fps."""
 import pytest
 
 from confiner_core.errors import UsageError
+from confiner_core.generate import GenerateRequest
 from confiner_core.prompts import is_schedule, parse_prompt, render_schedule
 
 
@@ -74,3 +75,13 @@ def test_schedule_errors_name_the_entry(text, fps, names):
     message = str(e.value)
     assert names in message and "--prompt" in message and "\n" not in message
     assert e.value.option == "--prompt"
+
+
+def test_an_entry_past_the_last_frame_names_the_callers_frame_count():
+    """The command line's message names --frames; a node's (the Long Segmenter's frames widget) does not."""
+    for frames_option in ("--frames", "frames"):
+        with pytest.raises(UsageError, match=f"use a smaller key or more {frames_option}$"):
+            parse_prompt("0: a | 64: b", frames=64, option="--prompt", frames_option=frames_option)
+    with pytest.raises(UsageError) as e:
+        GenerateRequest(prompt="0: a | 64: b", frames=64).prompt_schedule()
+    assert str(e.value).endswith("more --frames")

@@ -82,7 +82,9 @@ NEGATIVE = "blurry, low quality, watermark, deformed"
 WAN_NEGATIVE = "blurry, low quality, static, still frame, watermark, subtitles, deformed, extra limbs"
 WAN_FPS = 16.0
 
-# node type -> (socket inputs [(name, type)], outputs [(name, type)])
+# node type -> (socket inputs [(name, type[, label])], outputs [(name, type)]). The label is the input's
+# display_name where the node declares one (tests/test_comfy_nodes.py checks them against the nodes): the frontend
+# (1.35) draws a socket by its ``label`` and saves it with the workflow, and a loaded workflow keeps the saved one.
 SOCKETS = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "UNETLoader": ([], [("MODEL", "MODEL")]),
@@ -93,19 +95,27 @@ SOCKETS = {
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
     "EmptyHunyuanLatentVideo": ([], [("LATENT", "LATENT")]),
     "ConFinerControlExpert": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                               ("latent", "LATENT"), ("low_noise_model", "MODEL")], [("structure", "LATENT")]),
-    "ConFinerRefineExperts": ([("spatial_model", "MODEL"), ("spatial_positive", "CONDITIONING"),
-                               ("spatial_negative", "CONDITIONING"), ("temporal_model", "MODEL"),
-                               ("temporal_positive", "CONDITIONING"), ("temporal_negative", "CONDITIONING"),
-                               ("spatial_vae", "VAE"), ("temporal_vae", "VAE"),
-                               ("temporal_low_noise_model", "MODEL")],
+                               ("latent", "LATENT"), ("low_noise_model", "MODEL", "low-noise model")],
+                              [("structure", "LATENT")]),
+    "ConFinerRefineExperts": ([("spatial_model", "MODEL", "spatial model"),
+                               ("spatial_positive", "CONDITIONING", "spatial positive"),
+                               ("spatial_negative", "CONDITIONING", "spatial negative"),
+                               ("temporal_model", "MODEL", "temporal model"),
+                               ("temporal_positive", "CONDITIONING", "temporal positive"),
+                               ("temporal_negative", "CONDITIONING", "temporal negative"),
+                               ("spatial_vae", "VAE", "spatial VAE"), ("temporal_vae", "VAE", "temporal VAE"),
+                               ("temporal_low_noise_model", "MODEL", "temporal low-noise model")],
                               [("experts", "CONFINER_EXPERTS")]),
     "ConFinerCoordinatedSampler": ([("experts", "CONFINER_EXPERTS"), ("structure", "LATENT"),
-                                    ("control_model", "MODEL"), ("control_vae", "VAE")], [("latent", "LATENT")]),
-    "ConFinerLongSegmenter": ([("control_model", "MODEL"), ("control_positive", "CONDITIONING"),
-                               ("control_negative", "CONDITIONING"), ("experts", "CONFINER_EXPERTS"),
-                               ("latent", "LATENT"), ("clip", "CLIP"), ("control_vae", "VAE"),
-                               ("control_low_noise_model", "MODEL")], [("latent", "LATENT")]),
+                                    ("control_model", "MODEL", "control model"),
+                                    ("control_vae", "VAE", "control VAE")], [("latent", "LATENT")]),
+    "ConFinerLongSegmenter": ([("control_model", "MODEL", "control model"),
+                               ("control_positive", "CONDITIONING", "control positive"),
+                               ("control_negative", "CONDITIONING", "control negative"),
+                               ("experts", "CONFINER_EXPERTS"), ("latent", "LATENT"), ("clip", "CLIP"),
+                               ("control_vae", "VAE", "control VAE"),
+                               ("control_low_noise_model", "MODEL", "control low-noise model")],
+                              [("latent", "LATENT")]),
     "ConFinerNoiseRescheduler": ([("latent", "LATENT")], [("noise", "NOISE"), ("noise_latent", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "VAEDecodeTiled": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
@@ -158,7 +168,8 @@ class Graph:
             props["models"] = [m.entry() for m in models]
         n = {"id": len(self.nodes) + 1, "type": type_, "pos": [0, 0], "size": size_of(type_), "flags": {},
              "order": len(self.nodes), "mode": 0,
-             "inputs": [{"name": a, "type": t, "link": None} for a, t in ins],
+             "inputs": [{"name": a, "type": t, "localized_name": a, **({"label": label[0]} if label else {}),
+                         "link": None} for a, t, *label in ins],
              "outputs": [{"name": a, "type": t, "links": [], "slot_index": i} for i, (a, t) in enumerate(outs)],
              "properties": props, "widgets_values": widgets}
         if title:

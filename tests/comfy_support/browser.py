@@ -254,6 +254,26 @@ def load_template(browser: Browser, workflow: dict, name: str) -> list:
     return browser.page.evaluate(LOAD_JS, [workflow, name])
 
 
+SOCKET_LABELS_JS = """(prefix) => {
+  const drawn = (slot) => slot.label || slot.localized_name || slot.name;
+  const unlike = [];
+  for (const node of app.graph._nodes.filter((n) => n.type.startsWith(prefix))) {
+    const fresh = LiteGraph.createNode(node.type);
+    for (const slot of node.inputs) {
+      const twin = fresh.inputs.find((s) => s.name === slot.name);
+      if (twin && drawn(twin) !== drawn(slot)) unlike.push([node.type, slot.name, drawn(slot), drawn(twin)]);
+    }
+  }
+  return unlike;
+}"""
+
+
+def socket_labels_unlike_new_nodes(browser: Browser, prefix: str) -> list:
+    """[node type, input, label drawn, label on a new node] for every loaded node of types starting with ``prefix``
+    whose input socket reads otherwise than on a node of that type added fresh."""
+    return browser.page.evaluate(SOCKET_LABELS_JS, prefix)
+
+
 def missing_nodes_dialog(browser: Browser) -> str | None:
     """Text of the frontend's missing-nodes dialog if it is shown ("This workflow has missing nodes")."""
     for locator in (browser.page.locator(".comfy-missing-nodes"),
