@@ -52,7 +52,8 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
          "wan_long": "h200_wan_long.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
-         "vae_probe": "h200_vae_decode_probe.json",  # vae_decode_probe.py: the VAE decode, lean and compiled
+         "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
+                                                       # compiled, each profiled (h200_vae_decode_probe.json: before)
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
          # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
@@ -647,6 +648,11 @@ def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
     decode = fig.get(f"{table}_confiner_decode_s")
     if decode is not None:
         md[-1] += f" The decode inside the `{table}` table's ConFiner run: {decode:.3f} s."
+    for name in ("lean", "fast"):
+        profile = data[name].get("profile")
+        if profile:   # --profile: where the decode's kernel time goes
+            out[f"vae_decode_{name}_norm_share"] = profile["kinds"]["norm"]["share"]
+            md += [""] + P.markdown(profile, f"Profile of one decode ({name})")[:-1]
     return out, md + [""]
 
 

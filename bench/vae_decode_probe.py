@@ -1,9 +1,11 @@
 """The library's SD VAE decode of one 512x512x16 latent video (4 frames at a time) under ``lean`` and then ``fast``
 (the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does; ``gpu_benchmark.py`` left the decoder
 uncompiled until this probe measured what compiling gives): median seconds, peak memory and the compile time.
+With ``--profile``, one decode per setting under torch.profiler: kernel time by kind (convolution, norm, ...) and
+the TFLOP/s the convolutions reached (the decode's FLOPs counted by FlopCounterMode), as for the benchmark's runs.
 
-    python bench/vae_decode_probe.py --out $OUT/vae.json          # on the GPU
-    python bench/vae_decode_probe.py --device cpu --tiny          # CPU smoke run
+    python bench/vae_decode_probe.py --profile --out $OUT/vae.json   # on the GPU
+    python bench/vae_decode_probe.py --device cpu --tiny --profile   # CPU smoke run
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 from diffusers import AutoencoderKL  # noqa: E402
 
+import profiling as P  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
 from confiner_core.latent_spaces import SD15  # noqa: E402
@@ -47,6 +50,7 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="also one profiled decode per setting")
     a = ap.parse_args()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -57,6 +61,14 @@ def main():
     latent = torch.randn(1, 4, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(device)
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "size": size, "frames": 16, "chunk_frames": codec.chunk_frames}
+    flops = None
+    if a.profile:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            codec.decode(latent)
+        flops = P.flops_by_kind(counter.get_flop_counts()["Global"])
+        out["tflop_by_kind"] = {k: v / 1e12 for k, v in flops.items()}
     for name, settings in (("lean", S.LEAN), ("fast", S.FAST)):
         S.apply_speed_settings([vae.decoder], settings)
         t0 = time.perf_counter()
@@ -69,7 +81,12 @@ def main():
         out[name] = {"median_s": statistics.median(runs), "runs_s": [round(r, 4) for r in runs],
                      "first_call_s": first,
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
-        print(name, json.dumps(out[name]), flush=True)
+        if flops is not None:
+            summary = P.profile_run(lambda: codec.decode(latent), device)
+            summary.update(P.rates(summary, flops))
+            out[name]["profile"] = summary
+            print("\n".join(P.markdown(summary, f"VAE decode profile ({name})")), flush=True)
+        print(name, json.dumps({k: v for k, v in out[name].items() if k != "profile"}), flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)

@@ -482,6 +482,15 @@ def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():
     assert "**0.200 s** under `lean`, **0.100 s** with the decoder's blocks compiled" in md[2]
     assert md[2].endswith("The decode inside the `max` table's ConFiner run: 0.104 s.")
     assert R.vae_probe_figures(None, fig) == ({}, [])
+    # with --profile: the share of the decode's kernel time in GroupNorm, and each profile's tables
+    kinds = {k: {"s": 0.0, "share": 0.0} for k in P.KINDS}
+    profile = {"source": "CUDA kernels", "kernels": 900, "kernel_s": 0.128, "wall_s": 0.146, "top": [],
+               "kinds": {**kinds, "norm": {"s": 0.062, "share": 0.48}, "convolution": {"s": 0.054, "share": 0.42}}}
+    probe["fast"]["profile"] = profile
+    out, md = R.vae_probe_figures(probe, fig)
+    assert out["vae_decode_fast_norm_share"] == 0.48 and "vae_decode_lean_norm_share" not in out
+    assert "**Profile of one decode (fast)** — CUDA kernels: 900 kernels" in "\n".join(md)
+    assert "| norm | 0.062 | 48.0 % |  |" in md
 
 
 def test_attention_probe_times_each_backend_against_a_reference_and_reports_what_a_backend_refuses():

@@ -276,7 +276,9 @@ KERNEL_CHECK = textwrap.dedent("""
     torch.manual_seed(0)
     cases = [((2, 8, 5, 7), 4, "nchw", "float32", False, False), ((2, 8, 5, 7), 4, "cl", "float32", True, True),
              ((3, 12, 3, 4, 5), 3, "cl", "float16", False, True), ((2, 6, 9), 2, "t", "bfloat16", True, False),
-             ((1, 32, 40, 40), 8, "cl", "float32", True, True), ((2, 10, 6, 6), 5, "strided", "float16", False, True)]
+             ((1, 32, 40, 40), 8, "cl", "float32", True, True), ((2, 10, 6, 6), 5, "strided", "float16", False, True),
+             ((2, 96, 300), 32, "t", "float32", False, False),   # 3 channels a group, 10 splits of the pixels
+             ((1, 64, 4096), 16, "t", "float32", True, True)]     # 64 splits: their sums read in two chunks
     out = []
     for shape, groups, layout, dtype, add, silu in cases:
         dtype = getattr(torch, dtype)
@@ -291,13 +293,16 @@ KERNEL_CHECK = textwrap.dedent("""
         c = shape[1]
         w, b = torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype)
         a = torch.randn(shape[0], c, *([1] * (len(shape) - 2)), dtype=dtype) if add else None
-        y = FN.group_norm_triton(x, groups, w, b, 1e-5, a, silu)
         ref = FN.group_norm_reference(x.double(), groups, w.double(), b.double(), 1e-5,
                                       None if a is None else a.double(), silu)
-        err = float((y.double() - ref).norm() / ref.norm())
-        same_layout = layout == "strided" or y.stride() == x.stride()
-        out.append({"case": [list(shape), layout, str(dtype), add, silu], "err": err, "same_layout": same_layout,
-                    "finite": bool(torch.isfinite(y).all()), "dtype_kept": y.dtype == dtype})
+        # the row kernels too where the input is channels-last (ROWS_FOR_CHANNELS_LAST picks the default)
+        for rows in ((False, True) if layout in ("cl", "t") else (False,)):
+            y = FN.group_norm_triton(x, groups, w, b, 1e-5, a, silu, rows=rows)
+            err = float((y.double() - ref).norm() / ref.norm())
+            same_layout = layout == "strided" or y.stride() == x.stride()
+            out.append({"case": [list(shape), layout, str(dtype), add, silu, rows], "err": err,
+                        "same_layout": same_layout, "finite": bool(torch.isfinite(y).all()),
+                        "dtype_kept": y.dtype == dtype})
     print(json.dumps(out))
 """)
 
@@ -313,7 +318,7 @@ def under_the_interpreter(script: str) -> list:
 def test_triton_group_norm_kernels_under_the_interpreter():
     results = under_the_interpreter(KERNEL_CHECK)
     tolerance = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
-    assert len(results) == 6
+    assert len(results) == 8 + 6 and sum(r["case"][-1] for r in results) == 6   # 6 with the row kernels
     for r in results:
         assert r["finite"] and r["same_layout"] and r["dtype_kept"], r
         assert r["err"] < tolerance[r["case"][2]], r

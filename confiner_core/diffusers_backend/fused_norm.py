@@ -10,7 +10,15 @@ layout: NCHW-contiguous, or channels-last-like (channel stride 1, the other dims
 
 The statistics are shifted sums in float32 (the shift is the group's first element, so the variance does not cancel
 for activations whose mean is large next to their spread), split over several programs per group and combined by the
-normalising kernel. On the CPU, under ``torch.compile`` (inductor fuses the same ops itself) or without Triton,
+normalising kernel.
+
+A channels-last input has a second pair of kernels, :func:`group_norm_rows` ("rows"): every program reads whole
+pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C (the SD VAE decoder's
+128 channels in 32 groups: 8 bytes of every 256), then one small kernel turns per-channel sums into per-channel
+scale and offset. The H200 profile of the VAE decode that motivates it: GroupNorm 48 % of kernel time, about six
+times its memory traffic at full bandwidth (bench/gpu_results/h200_vae_decode_profile.json). It is not yet measured
+on a GPU, so :data:`ROWS_FOR_CHANNELS_LAST` keeps the measured kernels the default; ``bench/norm_probe.py`` times
+both on the models' shapes. On the CPU, under ``torch.compile`` (inductor fuses the same ops itself) or without Triton,
 :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
@@ -32,6 +40,9 @@ from torch import nn
 TARGET_PROGRAMS = 1024
 MAX_SPLIT = 256
 TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
+ROW_TILE = 4096  # the same for the row kernels (BLOCK_S pixel rows of all channels)
+#: channels-last inputs take the row kernels (False until bench/norm_probe.py has timed them on a GPU)
+ROWS_FOR_CHANNELS_LAST = False
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -119,6 +130,99 @@ def _kernels():
 
 
 @functools.lru_cache(maxsize=None)
+def _row_kernels():
+    """Kernels for a channels-last input [N, S, C] (channel stride 1, pixel stride C): sums per channel over a
+    share of the pixels, per-channel scale and offset from them, then the normalising pass, all over whole rows."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rows_stats(x_ptr, add_ptr, part_ptr, C, S, sN, s_per_prog, SPLIT,
+                   HAS_ADD: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+        n = tl.program_id(0)
+        split = tl.program_id(1)
+        c = tl.arange(0, BLOCK_C)
+        cmask = c < C
+        base = x_ptr + n.to(tl.int64) * sN
+        shift = tl.load(base + c, mask=cmask, other=0.0).to(tl.float32)   # each channel's first pixel
+        if HAS_ADD:
+            b = tl.load(add_ptr + n * C + c, mask=cmask, other=0.0).to(tl.float32)
+            shift += b
+        acc1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        s0 = split * s_per_prog
+        for start in range(0, s_per_prog, BLOCK_S):
+            s = s0 + start + tl.arange(0, BLOCK_S)
+            mask = (s < S)[:, None] & cmask[None, :]
+            x = tl.load(base + s[:, None].to(tl.int64) * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_ADD:
+                x += b[None, :]
+            d = tl.where(mask, x - shift[None, :], 0.0)
+            acc1 += d
+            acc2 += d * d
+        out = part_ptr + ((n * SPLIT + split) * 2).to(tl.int64) * C
+        tl.store(out + c, tl.sum(acc1, axis=0), mask=cmask)
+        tl.store(out + C + c, tl.sum(acc2, axis=0), mask=cmask)
+
+    @triton.jit
+    def rows_scale(x_ptr, add_ptr, w_ptr, b_ptr, part_ptr, coef_ptr, C, S, G, CG, sN, SPLIT, eps,
+                   HAS_ADD: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_SPLIT: tl.constexpr):
+        pid = tl.program_id(0)                     # n * G + g
+        n = pid // G
+        g = pid % G
+        j = tl.arange(0, BLOCK_CG)
+        jmask = j < CG
+        c = g * CG + j
+        shift = tl.load(x_ptr + n.to(tl.int64) * sN + c, mask=jmask, other=0.0).to(tl.float32)
+        if HAS_ADD:
+            shift += tl.load(add_ptr + n * C + c, mask=jmask, other=0.0).to(tl.float32)
+        s1 = tl.zeros([BLOCK_CG], dtype=tl.float32)   # per channel: the sum of (x - shift_c) over every split
+        s2 = tl.zeros([BLOCK_CG], dtype=tl.float32)   # and of its square
+        for i0 in range(0, SPLIT, BLOCK_SPLIT):
+            i = i0 + tl.arange(0, BLOCK_SPLIT)
+            rows = part_ptr + ((n * SPLIT + i) * 2).to(tl.int64)[:, None] * C + c[None, :]
+            m = (i < SPLIT)[:, None] & jmask[None, :]
+            s1 += tl.sum(tl.load(rows, mask=m, other=0.0), axis=0)
+            s2 += tl.sum(tl.load(rows + C, mask=m, other=0.0), axis=0)
+        count = S * CG
+        mean = tl.sum(tl.where(jmask, s1 + S * shift, 0.0)) / count
+        k = tl.where(jmask, shift - mean, 0.0)
+        # sum over the group of (x - mean)^2 = s2 + 2 (shift_c - mean) s1 + S (shift_c - mean)^2, channel by channel
+        var = tl.maximum(tl.sum(tl.where(jmask, s2 + 2 * k * s1 + S * k * k, 0.0)) / count, 0.0)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        w = tl.load(w_ptr + c, mask=jmask, other=0.0).to(tl.float32)
+        scale = w * rstd
+        offset = tl.load(b_ptr + c, mask=jmask, other=0.0).to(tl.float32) - mean * scale
+        if HAS_ADD:
+            offset += tl.load(add_ptr + n * C + c, mask=jmask, other=0.0).to(tl.float32) * scale
+        tl.store(coef_ptr + (n * 2 * C + c), scale, mask=jmask)
+        tl.store(coef_ptr + (n * 2 * C + C + c), offset, mask=jmask)
+
+    @triton.jit
+    def rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+        n = tl.program_id(0)
+        split = tl.program_id(1)
+        c = tl.arange(0, BLOCK_C)
+        cmask = c < C
+        scale = tl.load(coef_ptr + n * 2 * C + c, mask=cmask, other=0.0)
+        offset = tl.load(coef_ptr + n * 2 * C + C + c, mask=cmask, other=0.0)
+        base = n.to(tl.int64) * sN
+        s0 = split * s_per_prog
+        for start in range(0, s_per_prog, BLOCK_S):
+            s = s0 + start + tl.arange(0, BLOCK_S)
+            mask = (s < S)[:, None] & cmask[None, :]
+            offs = base + s[:, None].to(tl.int64) * C + c[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = x * scale[None, :] + offset[None, :]
+            if SILU:
+                y = y * tl.sigmoid(y)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    return rows_stats, rows_scale, rows_apply
+
+
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -159,13 +263,16 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                      add: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
+                      add: torch.Tensor | None = None, silu: bool = False, rows: bool | None = None) -> torch.Tensor:
     """``silu?(group_norm(x + add))`` with the Triton kernels, in ``x``'s layout. ``add``: per (batch, channel),
-    any shape that reshapes to [N, C] (``temb[:, :, None, None]``)."""
+    any shape that reshapes to [N, C] (``temb[:, :, None, None]``). ``rows``: a channels-last ``x`` takes the row
+    kernels (:func:`group_norm_rows`); None: :data:`ROWS_FOR_CHANNELS_LAST`."""
     strides = layout_strides(x)
     if strides is None:
         x = x.contiguous()
         strides = layout_strides(x)
+    if (ROWS_FOR_CHANNELS_LAST if rows is None else rows) and strides[1] == 1 and x.shape[1] > 1:
+        return group_norm_rows(x, num_groups, weight, bias, eps, add, silu)
     n, c = x.shape[:2]
     s = x.numel() // max(1, n * c)
     cg = c // num_groups
@@ -184,6 +291,34 @@ def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bi
     apply[grid](x, add_flat, weight, bias, y, part, c, s, num_groups, cg, *strides, s_per_prog, split,
                 float(eps), 1.0 / (cg * s), HAS_ADD=add is not None, SILU=silu, BLOCK_S=block_s,
                 BLOCK_C=block_c, BLOCK_SPLIT=max(2, _next_pow2(split)), num_warps=4)
+    return y
+
+
+def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    add: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
+    """:func:`group_norm_triton` for a channels-last-like ``x`` (channel stride 1) with the row kernels."""
+    sn, sc, ss = layout_strides(x)
+    n, c = x.shape[:2]
+    assert sc == 1 and ss == c, "the row kernels read channels-last pixel rows"
+    s = x.numel() // max(1, n * c)
+    cg = c // num_groups
+    block_c = max(2, _next_pow2(c))
+    block_s = max(1, ROW_TILE // block_c)
+    split = max(1, min(_cdiv(TARGET_PROGRAMS, n), _cdiv(s, block_s), MAX_SPLIT))
+    s_per_prog = _cdiv(_cdiv(s, split), block_s) * block_s
+    split = _cdiv(s, s_per_prog)
+    add_flat = add.reshape(n, c).contiguous() if add is not None else x
+    y = torch.empty_like(x)
+    part = torch.empty(n * split * 2 * c, device=x.device, dtype=torch.float32)
+    coef = torch.empty(n * 2 * c, device=x.device, dtype=torch.float32)
+    stats, scale, apply = _row_kernels()
+    warps = 8 if block_c * block_s >= 4096 else 4
+    stats[(n, split)](x, add_flat, part, c, s, sn, s_per_prog, split, HAS_ADD=add is not None, BLOCK_S=block_s,
+                      BLOCK_C=block_c, num_warps=warps)
+    scale[(n * num_groups,)](x, add_flat, weight, bias, part, coef, c, s, num_groups, cg, sn, split, float(eps),
+                             HAS_ADD=add is not None, BLOCK_CG=max(2, _next_pow2(cg)),
+                             BLOCK_SPLIT=min(32, max(2, _next_pow2(split))), num_warps=4)
+    apply[(n, split)](x, coef, y, c, s, sn, s_per_prog, SILU=silu, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps)
     return y
 
 
