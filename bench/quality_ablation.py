@@ -133,7 +133,8 @@ def main():
                "wan: Wan-like flow experts, causal space, image expert on latent frames": "wan",
                "wan-pixel: as wan, image expert on pixel frames (bridge to the per-frame space)": "wan-pixel",
                "bridge: SD-like spatial bridged to Wan-like control and temporal": "bridge"}
-    spaces = {name: aggregate([short_run(p, s, ChainConfig(), NATURAL[preset], preset, extra=True)
+    # T_e = 100 as each spatial expert's timestep (QUALITY.md): the flow default (250) would differ per preset
+    spaces = {name: aggregate([short_run(p, s, ChainConfig(te=100), NATURAL[preset], preset, extra=True)
                                for p, s in samples]) for name, preset in presets.items()}
     results["latent_spaces"] = spaces
 

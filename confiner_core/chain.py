@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -79,13 +79,17 @@ class ChainConfig:
     """Defaults are the paper's "9 steps": 4 control steps (AnimateDiff-Lightning, Euler, trailing), T_e = 100 on the
     spatial expert's schedule (Eq. 6), 5 coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20).
 
+    ``te=None`` (the default) is the refining expert's default T_e (:data:`DEFAULT_TE`: 100 for VP experts, 250 for
+    flow experts such as Wan, about the same noise level), settled by :meth:`with_default_te` where the experts are
+    known (:func:`run_chain`, :func:`validate_refinement`, :func:`refine_structure`).
+
     ``control_eta`` is DDIM's eta in the control stage (sampler "ddim" only); ``eta`` the same in refinement."""
 
     control_steps: int = 4
     control_sampler: str = "euler"
     control_spacing: str = "trailing"
     control_eta: float = 0.0
-    te: int = 100
+    te: int | None = None
     refine_steps: int = 5
     refine_spacing: str = UNIFORM
     mode: str = COORDINATED
@@ -108,10 +112,10 @@ class ChainConfig:
             raise ValueError(f"structure_noise must be one of {STRUCTURE_NOISES}, got {self.structure_noise!r}")
         if self.control_steps < 1 or self.refine_steps < 1:
             raise ValueError("control_steps and refine_steps must be >= 1")
-        if self.te < 1:
+        if self.te is not None and self.te < 1:
             raise ValueError(f"te (T_e) must be >= 1, got {self.te}")
-        room = self.te if self.refine_spacing == UNIFORM else self.te + 1
-        if self.refine_steps > room:
+        room = None if self.te is None else self.te if self.refine_spacing == UNIFORM else self.te + 1
+        if room is not None and self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
                              f"use at most {room} steps or raise T_e")
         if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.control_eta <= 1.0):
@@ -119,6 +123,10 @@ class ChainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def with_default_te(self, schedule: NoiseSchedule) -> "ChainConfig":
+        """This config with ``te=None`` made the default T_e of a refining expert on ``schedule``."""
+        return self if self.te is not None else replace(self, te=default_te(schedule))
 
 
 def refining_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -> Denoiser:
@@ -177,6 +185,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
     latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
     ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
+    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
     config.validate()
     if config.mode != STANDARD and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
@@ -204,6 +213,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     """Every check that can fail, before any expert is evaluated. ``shape`` is the initial noise's canonical
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
+    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
     validate_refinement(spatial, temporal, shape, config, source=control)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
@@ -231,7 +241,8 @@ def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
     """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`): the paper's uniform intervals
-    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing."""
+    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing. ``config.te`` must be set (:func:`refine_positions`
+    settles a default one on its schedule)."""
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
@@ -240,7 +251,7 @@ def refine_timesteps(config: ChainConfig) -> list[int]:
 def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
     """The refinement timesteps as positions on the refining expert's schedule table (the same numbers for VP
     experts; for flow experts where sigma = T / N)."""
-    return [schedule.index(t) for t in refine_timesteps(config)]
+    return [schedule.index(t) for t in refine_timesteps(config.with_default_te(schedule))]
 
 
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
@@ -280,6 +291,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
     refiner = refining_denoiser(spatial, temporal, config.mode)
+    config = config.with_default_te(refiner.schedule)
     if source is not None:
         structure = hand_off(structure, source, refiner)
         control_schedule = control_schedule or source.schedule

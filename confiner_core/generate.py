@@ -15,11 +15,13 @@ Used by the command line (``python -m confiner_core generate``) and by scripts. 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
                     ChainConfig, default_te, refining_denoiser, run_chain, validate_chain)
+from .chain import ConFinerWarning
 from .errors import Interrupted, NonFiniteError, RankFailed, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
@@ -621,7 +624,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                 noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress,
-                          postfix=compile_note(req)) as bar:
+                          postfix=compile_note(req)) as bar, warned_already():
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
                                        progress_callback(bar))
                 seconds.update(result.seconds)
@@ -637,6 +640,15 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     if store is not None:
         store.clear()
     return report
+
+
+@contextlib.contextmanager
+def warned_already():
+    """run_chain and generate_long validate the chain again, for library callers; here the experts' check gave its
+    warnings (the paper's Table 3) once already."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConFinerWarning)
+        yield
 
 
 def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: SegmentPlan, schedule: PromptSchedule,
@@ -678,11 +690,13 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
                 bar.update(done - bar.n)
                 progress["done"] = done
 
-        final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain, req.long,
-                              req.seed, sink, prompts, progress_callback(bar) if ranks.world == 1 else None,
-                              device, resume=resume, on_window_done=window_done if lead else None,
-                              prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
-                              ranks=ranks)
+        with warned_already():
+            final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain,
+                                  req.long, req.seed, sink, prompts,
+                                  progress_callback(bar) if ranks.world == 1 else None, device, resume=resume,
+                                  on_window_done=window_done if lead else None,
+                                  prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
+                                  ranks=ranks)
     if not lead:
         return {}
     if ranks.world > 1:   # the report counts every process's evaluations: those of the finished windows

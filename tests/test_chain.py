@@ -141,9 +141,9 @@ def test_validation_rejects_bad_chains():
 
 def test_refine_timesteps_default_paper():
     # issue 12: the paper's uniform intervals (was [100, 80, 60, 39, 19], diffusers' trailing rule over [0, T_e])
-    assert refine_timesteps(ChainConfig()) == [100, 80, 60, 40, 20]
+    assert refine_timesteps(ChainConfig(te=100)) == [100, 80, 60, 40, 20]
     assert refine_timesteps(ChainConfig(te=200, refine_steps=10)) == list(range(200, 0, -20))
-    assert refine_timesteps(ChainConfig(refine_spacing="trailing")) == [100, 80, 60, 39, 19]  # still available
+    assert refine_timesteps(ChainConfig(te=100, refine_spacing="trailing")) == [100, 80, 60, 39, 19]  # still there
 
 
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
@@ -213,3 +213,28 @@ def test_structure_noise_control_needs_a_control_schedule():
     eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     a, sig = ad.coefficients(100)
     assert torch.allclose(seen.calls[0][1], a * structure + sig * eps, atol=1e-6)
+
+
+def test_the_default_te_is_the_refining_experts_in_the_library_as_on_the_command_line():
+    """ChainConfig() leaves T_e to the refining expert (chain.DEFAULT_TE: 100 VP, 250 flow): the library's run with
+    Wan-like flow experts is the command line's (which resolved it for itself), not T_e = 100 on a flow schedule."""
+    from confiner_core.chain import DEFAULT_TE
+    from confiner_core.embedded.experts import embedded_experts
+    from confiner_core.generate import GenerateRequest
+
+    assert ChainConfig().te is None and DEFAULT_TE == {"vp": 100, "flow": 250}
+    for preset, te in (("sd", 100), ("wan", 250)):
+        request = GenerateRequest(embedded_preset=preset, frames=9 if preset == "wan" else 8, height=64, width=64)
+        request.validate()
+        assert request.chain.te == te
+    experts = embedded_experts("wan")
+    bound = {role: experts[role].bind("a red ball", "", 1.0) for role in ("control", "spatial", "temporal")}
+    noise = torch.randn(experts["control"].latent_space.latent_shape(1, 9, 64, 64),
+                        generator=torch.Generator().manual_seed(0))
+
+    def run(config):
+        return run_chain(bound["control"], bound["spatial"], bound["temporal"], noise, config,
+                         torch.Generator().manual_seed(1)).latent
+
+    default = run(ChainConfig())
+    assert torch.equal(default, run(ChainConfig(te=250))) and not torch.equal(default, run(ChainConfig(te=100)))

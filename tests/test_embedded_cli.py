@@ -122,8 +122,9 @@ def test_method_options_reach_the_chain_and_the_report(tmp_path):
 def test_table3_setting_warns_but_runs(tmp_path):
     from confiner_core.chain import ConFinerWarning
 
-    with pytest.warns(ConFinerWarning, match="Table 3"):
+    with pytest.warns(ConFinerWarning, match="Table 3") as caught:
         run(tmp_path, "te300", "--te", "300")
+    assert len([w for w in caught if issubclass(w.category, ConFinerWarning)]) == 1   # once, not per validation
     import warnings
 
     with warnings.catch_warnings():

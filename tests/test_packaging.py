@@ -7,9 +7,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -174,6 +176,31 @@ def test_main_job_needs_only_the_cli_requirements(tmp_path):
                               "runpy.run_module('confiner_core', run_name='__main__')\n", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "out")) == ["frames.png", "report.json", "video.mp4"]
+
+
+def test_the_library_installs_as_a_wheel_of_confiner_core_alone(tmp_path):
+    """`pip install ".[cli]"` (a researcher's way in): the wheel holds the library and its subpackages, not the
+    ComfyUI nodes, tests or benchmarks, and python -m confiner_core runs from it. Built offline from a copy of the
+    files the build reads (setuptools writes build/ beside its input)."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "confiner_core", src / "confiner_core", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"confiner_core"}
+    packages = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "confiner_core").rglob("__init__.py")}
+    assert packages == {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    ran = subprocess.run([sys.executable, "-m", "confiner_core", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=300)
+    assert ran.returncode == 0 and "generate" in ran.stdout, ran.stderr[-2000:]
 
 
 def comfy_checkout() -> Path:

@@ -235,7 +235,9 @@ def note_text(title: str, what: str, change_first: list, models=MODELS, custom_n
     lines += ["", "Missing files are offered for download when the template opens (each loader carries its link).",
               "", "## Custom nodes", *custom_nodes, "", "## Change first"]
     lines += [f"{i}. {c}" for i, c in enumerate(change_first, 1)]
-    lines += ["", "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
+    lines += ["", "Press **.** on the canvas to see the whole graph (it opens at a readable zoom, which a small "
+                  "window cuts on the right).",
+              "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
               "Every ConFiner node has a help page (the **?** in the node's menu / the node library)."]
     return "\n".join(lines)
 
