@@ -150,8 +150,11 @@ def evaluate_command(a: argparse.Namespace) -> int:
 
     from . import metrics
 
+    video = a.video
+    if all(os.path.isfile(os.path.join(video, name)) for name in ("video.mp4", "report.json")):
+        video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
     try:
-        frames = metrics.read_video(a.video)
+        frames = metrics.read_video(video)
         scores = metrics.strict_scores(metrics.evaluate(frames, junctions=a.junctions))
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None

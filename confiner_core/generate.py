@@ -186,6 +186,10 @@ class GenerateRequest:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        if self.chain.control_eta and self.chain.control_sampler != "ddim":   # it would be recorded, not used
+            raise UsageError(f"--control-eta {self.chain.control_eta:g} applies to --control-sampler ddim only (the "
+                             f"{self.chain.control_sampler} sampler draws no noise): drop it or use ddim",
+                             "--control-eta")
         self._validate_checkpoints()
         self._validate_spaces()
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)

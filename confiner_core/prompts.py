@@ -37,6 +37,8 @@ KEY = r"(?P<key>\d+(?:\.\d+)?s|\d+)"
 ENTRY = re.compile(rf"^\s*{KEY}\s*:(?=\s|$)\s*(?P<prompt>.*?)\s*$", re.DOTALL)
 # An entry-like key right after a separator (or at a line start) inside text that is not a schedule.
 EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
+# a key whose ': ' lacks the space ("0:a red ball"; "16:9" is a ratio, not a key: a digit follows)
+UNSPACED_KEY = re.compile(rf"^\s*{KEY}\s*:(?=[^\s\d])")
 EXAMPLE = "0: a red ball | 64: a blue ball"
 
 
@@ -109,6 +111,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
     ``frames_option``, how the caller names the frame count, when an entry starts past the last frame)."""
     text = text or ""
     if not is_schedule(text):
+        pieces = [piece for line in text.splitlines() for piece in line.split("|") if piece.strip()]
+        if len(pieces) > 1 and all(UNSPACED_KEY.match(piece) for piece in pieces):
+            raise UsageError(
+                f"{option} {text!r} looks like a schedule without the space after each key: write "
+                f"'<frame>: prompt' (e.g. '{EXAMPLE}'), or it stays one plain prompt", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "

@@ -100,6 +100,7 @@ CLI_CASES = [
     Case("te-outside-schedule", ["--te", "1000"], "te (T_e)=1000 lies outside"),
     Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "do not fit"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
+    Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     Case("eta-nan", ["--eta", "nan"], "--eta"),
     Case("gamma-above-half", ["--gamma", "0.6"], "--gamma"),
     Case("gamma-nan", ["--gamma", "nan"], "--gamma"),

@@ -100,6 +100,9 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     assert report["metrics"]["motion_smoothness"] == pytest.approx(scores["motion_smoothness"], abs=0.02)
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path / "missing.mp4")])
+    # the output folder itself stands for its video (not for a folder of frames holding the contact sheet)
+    assert main(["evaluate", out, "--json", "--junctions", "4"]) == 0
+    assert json.loads(capsys.readouterr().out) == scores
 
 
 def test_method_options_reach_the_chain_and_the_report(tmp_path):
