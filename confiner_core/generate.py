@@ -70,6 +70,10 @@ class Number:
     lo_open: bool = False
     optional: bool = False  # None allowed (use the backend's default)
 
+    def bound(self, value) -> str:
+        """A limit as a user types it: integers whole (a seed's 18446744073709551615, not 1.84467e+19)."""
+        return str(int(value)) if self.kind is int else f"{value:g}"
+
     def accepted(self) -> str:
         if self.kind is int:
             return f"an integer in {self.lo}..{self.hi}"
@@ -84,12 +88,12 @@ class Number:
             raise UsageError(f"{self.option} must be a finite number (accepted: {self.accepted()}), got {value}",
                              self.option)
         if value < self.lo or (self.lo_open and value == self.lo):
-            bound = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
+            bound = f"> {self.bound(self.lo)}" if self.lo_open else f">= {self.bound(self.lo)}"
             raise UsageError(f"{self.option} must be {bound} (accepted: {self.accepted()}), got {value}",
                              self.option)
         if value > self.hi:
-            raise UsageError(f"{self.option} must be <= {self.hi:g} (accepted: {self.accepted()}), got {value}",
-                             self.option)
+            raise UsageError(f"{self.option} must be <= {self.bound(self.hi)} (accepted: {self.accepted()}), got "
+                             f"{value}", self.option)
 
 
 NUMBERS = (
