@@ -720,7 +720,12 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     settings = {k: v for k, v in asdict(req).items() if k != "chain"}
+    from .embedded.world import DEFAULT_PROMPT
+
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
+            # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
+            "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),
+            "guidance": {"control_cfg": req.control_cfg, "refine_cfg": backend.refine_cfg},
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),

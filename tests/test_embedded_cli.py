@@ -103,6 +103,10 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     # the output folder itself stands for its video (not for a folder of frames holding the contact sheet)
     assert main(["evaluate", out, "--json", "--junctions", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == scores
+    # the report says what the experts were given where the settings left it to the backend
+    assert report["settings"]["prompt"] == "" and report["settings"]["refine_cfg"] is None
+    assert report["prompt_used"] == "a red ball bouncing over green grass"
+    assert report["guidance"] == {"control_cfg": 1.0, "refine_cfg": 1.0}
 
 
 def test_method_options_reach_the_chain_and_the_report(tmp_path):
