@@ -8,6 +8,7 @@ Exit codes: 0 done; 2 a usage error (one line naming the option and what it acce
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import sys
 import traceback
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
-    p = Parser(prog="python -m confiner_core", description=__doc__,
+    description = re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__).replace("``", "")   # the docstring less its markup
+    p = Parser(prog="python -m confiner_core", description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", parents=[common],
@@ -193,8 +195,10 @@ def generate_command(a: argparse.Namespace) -> int:
     if report is None:   # a worker process of a torchrun run: rank 0 reports
         return 0
     s = report["seconds"]
-    print(f"wrote {a.out}/video.mp4, frames.png, report.json  "
-          f"({report['frames']} frames, {report['total_expert_evaluations']} expert evaluations, {s['total']:.1f} s)")
+    before = report.get("evaluations_before_resume")
+    resumed = f" ({before} of them before the resume)" if before is not None else ""
+    print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({report['frames']} frames, "
+          f"{report['total_expert_evaluations']} expert evaluations{resumed}, {s['total']:.1f} s)")
     return 0
 
 
@@ -208,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):   # nor do the libraries' loading bars and notices (read when they load)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
         warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"

@@ -142,6 +142,17 @@ def lookup(obj, path: str):
 
 @dataclass
 class GenerateRequest:
+    """One run of the command line's ``generate``, as data (each field is the option of the same name).
+
+    ``prompt``: text or a prompt schedule (:mod:`confiner_core.prompts`); empty on the embedded experts is their
+    world's default scene. ``control``/``spatial``/``temporal``/``base``: checkpoint paths (all None: the embedded
+    experts of ``embedded_preset``). ``control_cfg`` guides the control expert; ``refine_cfg`` the spatial and
+    temporal experts (None: 1.0 embedded, 7.5 with checkpoints). ``chain`` holds the method's settings
+    (``chain.te=None``: the refining expert's default, see :class:`~confiner_core.chain.ChainConfig`); ``long``
+    ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels. :meth:`validate` settles the
+    defaults and raises :class:`~confiner_core.errors.UsageError` naming the option (its messages use the command
+    line's spelling, e.g. ``--cfg`` for ``refine_cfg``)."""
+
     prompt: str = ""
     negative_prompt: str = ""
     frames: int | None = None   # None: the experts' natural clip (16; 17 for causal 4k+1 video latents)
@@ -713,8 +724,9 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
              "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
-    if resume is not None:
+    if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
+        extra["evaluations_before_resume"] = sum(resume.evaluations.values())
     return extra
 
 

@@ -386,7 +386,9 @@ BAD_INPUTS = {
                                       r"temporal expert \(.*t2v_cut\): .*unet.* is truncated"),
     "missing shard": (_missing_shard, ValueError, r"spatial expert \(.*sd_shards\): .* lacks the shard .*00002"),
     "empty folder": (lambda p, d: {"spatial": d.joinpath("empty").mkdir() or d / "empty"}, ValueError,
-                     r"spatial expert \(.*empty\): no model recognised in this folder.*; accepted: "),
+                     # the kinds the spatial role accepts, not the motion modules or text-to-video pipelines
+                     r"spatial expert \(.*empty\): no model recognised in this folder.*; accepted: "
+                     r"(?!.*(motion-module|text-to-video pipeline)).*SD 1\.5"),
     "component folder": (lambda p, d: {"temporal": p["t2v"] / "unet"}, ValueError,
                          r"temporal expert \(.*t2v/unet\): this is one component of the pipeline folder .*t2v; pass "
                          r"that folder"),

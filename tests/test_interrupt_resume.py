@@ -122,6 +122,8 @@ def test_sigint_during_long_run_then_resume_is_bit_identical(tmp_path):
     assert not (part / RESUME_FOLDER).exists() and temp_files(part) == []
     a, b = json.load(open(full / "report.json")), json.load(open(part / "report.json"))
     assert b["resumed_from_window"] == kept
+    # the report counts the video's evaluations, and says how many the interrupted process had made
+    assert 0 < b["evaluations_before_resume"] < b["total_expert_evaluations"] == a["total_expert_evaluations"]
     assert a["metrics"] == b["metrics"] and a["expert_evaluations"] == b["expert_evaluations"]
 
 

@@ -46,9 +46,10 @@ def role_kinds() -> dict[str, tuple]:
             for role in ROLES}
 
 
-def detect(path, who: str | None = None) -> tuple[Family, str]:
+def detect(path, who: str | None = None, role: str | None = None) -> tuple[Family, str]:
     """The family and kind of the model at ``path``, from its files alone. A missing path raises
-    FileNotFoundError; a pickle, a corrupt or truncated ``.safetensors`` or an unrecognised folder ValueError."""
+    FileNotFoundError; a pickle, a corrupt or truncated ``.safetensors`` or an unrecognised folder ValueError
+    (listing the kinds ``role`` accepts, or every kind without one)."""
     path = Path(path)
     who = who or str(path)
     if not path.exists():
@@ -63,7 +64,9 @@ def detect(path, who: str | None = None) -> tuple[Family, str]:
         kind = family.detect(path)
         if kind:
             return family, kind
-    accepted = "; ".join(sorted(kind_descriptions().values()))
+    descriptions = kind_descriptions()
+    accepted = "; ".join(descriptions[k] for k in role_kinds()[role]) if role else \
+        "; ".join(sorted(descriptions.values()))
     if path.is_file():
         raise ValueError(f"{who}: no model recognised in this file (its tensor names match no supported "
                          f"checkpoint layout); accepted: {accepted}")
@@ -115,7 +118,7 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
         for role, path in given.items():
             try:
                 if step == "detect":
-                    detected[role] = detect(path, files.who(role, path))
+                    detected[role] = detect(path, files.who(role, path), role)
                     check_role(role, path, *detected[role])
                 else:
                     family, kind = detected[role]
