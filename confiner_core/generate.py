@@ -648,7 +648,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                                        progress_callback(bar))
                 seconds.update(result.seconds)
                 write(decode(result.latent))
-        write_png(outputs.path("frames.png"), contact_sheet(sink.sheet))
+        write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
         seconds["total"] = time.perf_counter() - t_start
         extra["metrics"] = metrics.strict_scores(
             stats.summary(extra.get("segment_plan", {}).get("window_junctions"),

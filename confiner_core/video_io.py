@@ -16,6 +16,7 @@ class VideoSink:
         self.path, self.fps, self.total = path, fps, total_frames
         self.sheet_index = set(np.linspace(0, max(total_frames - 1, 0), min(sheet_frames, total_frames)).round().astype(int))
         self.sheet: list[np.ndarray] = []
+        self.sheet_numbers: list[int] = []   # each sheet frame's index in the video, drawn on it
         self.written = 0
         self._writer = None
 
@@ -29,6 +30,7 @@ class VideoSink:
             self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             if self.written in self.sheet_index:
                 self.sheet.append(frame.copy())
+                self.sheet_numbers.append(self.written)
             self.written += 1
 
     def close(self) -> None:
@@ -43,15 +45,22 @@ class VideoSink:
         self.close()
 
 
-def contact_sheet(frames: list, columns: int = 4) -> np.ndarray:
-    """Frames tiled left to right, top to bottom, on a black canvas."""
+def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -> np.ndarray:
+    """Frames tiled left to right, top to bottom, on a black canvas; with ``numbers``, each frame's number in its
+    top-left corner (white on a dark outline, readable on any content)."""
     frames = list(frames)
     rows = -(-len(frames) // columns)
     h, w = frames[0].shape[:2]
     sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
+    scale = max(0.3, w / 320)
     for i, f in enumerate(frames):
         r, c = divmod(i, columns)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = f
+        tile = np.ascontiguousarray(f)
+        if numbers is not None:
+            at = (max(2, round(4 * scale)), max(10, round(22 * scale)))
+            for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+                cv2.putText(tile, str(numbers[i]), at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
     return sheet
 
 

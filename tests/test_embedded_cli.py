@@ -160,3 +160,17 @@ def test_progress_bar_says_when_the_first_steps_compile(tmp_path):
     (folder / "0123abcd.pt").write_bytes(b"")
     assert compile_note(GenerateRequest(speed="fast", compile_dir=str(folder))) == \
         f"the first steps load compiled blocks from {folder}"
+
+
+def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):
+    from confiner_core.video_io import VideoSink, contact_sheet
+
+    frames = np.full((40, 64, 64, 3), 90, np.uint8)
+    with VideoSink(str(tmp_path / "v.mp4"), 8.0, 40) as sink:
+        sink.write(frames)
+    assert sink.sheet_numbers == [0, 6, 11, 17, 22, 28, 33, 39]   # 8 frames evenly spread over 0..39
+    plain, numbered = contact_sheet(sink.sheet), contact_sheet(sink.sheet, numbers=sink.sheet_numbers)
+    changed = np.argwhere((plain != numbered).any(axis=2))
+    assert len(changed) and (changed[:, 0] % 64 < 32).all() and (changed[:, 1] % 64 < 40).all()   # corners only
+    tiles = [numbered[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(4)]
+    assert len({t.tobytes() for t in tiles}) == 8   # same frames, different numbers
