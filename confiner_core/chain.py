@@ -198,14 +198,14 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")
     refining = extraction_schedule(spatial, temporal, config.mode)
-    refining.check_model_timestep(config.te, "te (T_e)")
+    refining.check_model_timestep(config.te, "te (T_e)", low=1)
     if config.structure_noise == CONTROL:
         control_schedule = control_schedule or (source.schedule if source is not None else None)
         extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_model_timestep(
-            config.te, "te (T_e) on the control schedule")
+            config.te, "te (T_e) on the control schedule", low=1)
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
     if temporal is not None and same_t:
-        temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule")
+        temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule", low=1)
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,

@@ -337,7 +337,7 @@ class GenerateRequest:
         for role in roles:
             if role in schedules:
                 try:
-                    schedules[role].check_model_timestep(c.te, "te (T_e)")
+                    schedules[role].check_model_timestep(c.te, "te (T_e)", low=1)
                 except ValueError as e:
                     raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
         if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:

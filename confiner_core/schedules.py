@@ -91,13 +91,14 @@ class NoiseSchedule:
             return index
         return self.num_timesteps * self.coefficients(index)[1]
 
-    def check_model_timestep(self, timestep: float, what: str = "timestep") -> None:
-        """A network timestep (T_e) this schedule reaches: 0 .. N-1 (VP), 0 .. N (flow: N sigma)."""
+    def check_model_timestep(self, timestep: float, what: str = "timestep", low: float = 0) -> None:
+        """A network timestep (T_e) this schedule reaches: ``low`` .. N-1 (VP), ``low`` .. N (flow: N sigma). T_e
+        passes ``low=1``: a structure noised to 0 has nothing to refine."""
         top = self.num_timesteps if self.kind == FLOW else self.num_timesteps - 1
-        if not (0 <= timestep <= top):
+        if not (low <= timestep <= top):
             scale = " (flow: N sigma, the noise level)" if self.kind == FLOW else ""
             raise ValueError(f"{what}={timestep} lies outside schedule {self.name or self.kind!r}{scale}: valid "
-                             f"0..{top}; choose a value in that range")
+                             f"{low:g}..{top}; choose a value in that range")
 
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):
