@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
-                    ChainConfig, default_te, refining_denoiser, run_chain, validate_chain)
-from .chain import ConFinerWarning
+                    ChainConfig, ConFinerWarning, default_te, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, RankFailed, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
@@ -42,6 +41,7 @@ from .sampling import randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
+from .embedded.world import DEFAULT_PROMPT
 from .latent_spaces import LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
@@ -732,8 +732,6 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     settings = {k: v for k, v in asdict(req).items() if k != "chain"}
-    from .embedded.world import DEFAULT_PROMPT
-
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
             "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),

@@ -55,8 +55,9 @@ def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -
     scale = max(0.3, w / 320)
     for i, f in enumerate(frames):
         r, c = divmod(i, columns)
-        tile = np.ascontiguousarray(f)
+        tile = f
         if numbers is not None:
+            tile = np.array(f, dtype=np.uint8, order="C")   # a copy: the caller's frame stays as it was
             at = (max(2, round(4 * scale)), max(10, round(22 * scale)))
             for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
                 cv2.putText(tile, str(numbers[i]), at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)

@@ -60,8 +60,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                                        "after the first pack 4 pixel frames, which an image model never saw. pixel "
                                        "frames: every pixel frame as an image of its own (decode, refine per frame, "
                                        "encode; needs a VAE): 4x the frames per spatial evaluation (81 instead of "
-                                       "21 for an 81-frame clip) and 4 VAE calls per coordinated step plus 2 for the structure. SD-style "
-                                       "spaces are per frame anyway."),
+                                       "21 for an 81-frame clip) and 4 VAE calls per coordinated step plus 2 for the "
+                                       "structure. SD-style spaces are per frame anyway."),
                 *low_noise_inputs("temporal_", "temporal", 7.5),
             ],
             outputs=[RefineExpertsType.Output(display_name="experts",

@@ -174,3 +174,4 @@ def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):
     assert len(changed) and (changed[:, 0] % 64 < 32).all() and (changed[:, 1] % 64 < 40).all()   # corners only
     tiles = [numbered[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(4)]
     assert len({t.tobytes() for t in tiles}) == 8   # same frames, different numbers
+    assert all((f == 90).all() for f in sink.sheet)   # drawn on copies
