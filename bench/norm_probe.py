@@ -19,9 +19,9 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,7 +50,6 @@ def timed(fn, device, repeats: int) -> float:
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
-            import time
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)

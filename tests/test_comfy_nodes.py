@@ -33,7 +33,7 @@ def cpu_sized(workflow: dict, worker, frames: int = 4) -> dict:
     ``frames``), ADE bypassed if absent. What these tests count (evaluations, progress, refusals, identical reruns) does
     not depend on the frame count; a network call's cost does, about in proportion."""
     wf = with_checkpoint(copy.deepcopy(workflow), worker.checkpoint_name)
-    has_ade = worker.input_types("ADE_AnimateDiffLoaderGen1").get("ADE_AnimateDiffLoaderGen1") is not None
+    has_ade = has_motion_models(worker)
     for n in wf["nodes"]:
         if n["type"] == "EmptyLatentImage":
             n["widgets_values"] = [64, 64, frames if n["widgets_values"][2] > 1 else 1]
@@ -137,7 +137,8 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
 
 
 def has_motion_models(worker) -> bool:
-    """cpu_sized keeps the templates' AnimateDiff loaders (and their motion models) where ADE is installed."""
+    """Whether AnimateDiff-Evolved is installed: cpu_sized keeps the templates' loaders (and their motion models)
+    then, and bypasses them otherwise."""
     return worker.input_types("ADE_AnimateDiffLoaderGen1").get("ADE_AnimateDiffLoaderGen1") is not None
 
 
