@@ -69,6 +69,7 @@ import profiling as P  # noqa: E402
 from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
+from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
 from confiner_core.diffusers_backend.precompiled import FLASH4_CACHE_DIR, keep_kernels_in  # noqa: E402
@@ -861,6 +862,9 @@ def main():
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="no cuDNN autotuning in any table (it tunes every new convolution shape at its first call "
                          "in each process: part of a warm start)")
+    ap.add_argument("--norms", choices=("as-set", "rows", "rows-compiled"), default="as-set",
+                    help="GroupNorm kernels for channels-last inputs: as fused_norm sets them; the row kernels "
+                         "(ROWS_FOR_CHANNELS_LAST); those also inside compiled blocks (KERNELS_UNDER_COMPILE)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -883,6 +887,9 @@ def main():
             settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
         if a.no_cudnn_benchmark:
             SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
+    if a.norms != "as-set":
+        FN.ROWS_FOR_CHANNELS_LAST = True
+        FN.KERNELS_UNDER_COMPILE = a.norms == "rows-compiled"
     if a.start_probe:
         return start_probe(a)
     if a.forward_flops:
@@ -897,6 +904,8 @@ def main():
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
+           "norm_kernels": {"rows_for_channels_last": FN.ROWS_FOR_CHANNELS_LAST,
+                            "kernels_under_compile": FN.KERNELS_UNDER_COMPILE},
            "flash_attn_4": F4.installed(),   # found (imported at the first call it takes)
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "tables": {}, "long": {}}
 

@@ -1,6 +1,9 @@
 """The library's SD VAE decode of one 512x512x16 latent video (4 frames at a time) under ``lean`` and then ``fast``
 (the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does; ``gpu_benchmark.py`` left the decoder
 uncompiled until this probe measured what compiling gives): median seconds, peak memory and the compile time.
+Each preset runs twice where Triton is available, with its norms as ``fused_norm`` sets them and with the other
+GroupNorm kernels for channels-last inputs (``lean``: the row kernels; ``fast``: the row kernels as an op inside
+the compiled blocks instead of inductor's fusion), and every decode is compared with the first.
 With ``--profile``, one decode per setting under torch.profiler: kernel time by kind (convolution, norm, ...) and
 the TFLOP/s the convolutions reached (the decode's FLOPs counted by FlopCounterMode), as for the benchmark's runs.
 
@@ -25,6 +28,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 from diffusers import AutoencoderKL  # noqa: E402
 
 import profiling as P  # noqa: E402
+from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
 from confiner_core.latent_spaces import SD15  # noqa: E402
@@ -69,7 +73,13 @@ def main():
             codec.decode(latent)
         flops = P.flops_by_kind(counter.get_flop_counts()["Global"])
         out["tflop_by_kind"] = {k: v / 1e12 for k, v in flops.items()}
-    for name, settings in (("lean", S.LEAN), ("fast", S.FAST)):
+    variants = [("lean", S.LEAN, False, False), ("fast", S.FAST, False, False)]
+    if device.type == "cuda" and FN.triton_available():
+        variants[1:1] = [("lean_rows", S.LEAN, True, False)]
+        variants.append(("fast_rows_op", S.FAST, True, True))
+    first_video = None
+    for name, settings, rows, under_compile in variants:
+        FN.ROWS_FOR_CHANNELS_LAST, FN.KERNELS_UNDER_COMPILE = rows, under_compile  # compiled blocks guard on these
         S.apply_speed_settings([vae.decoder], settings)
         t0 = time.perf_counter()
         timed(codec, latent, device, 1)                     # compiles (fast) or autotunes (lean)
@@ -78,8 +88,11 @@ def main():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         runs = timed(codec, latent, device, a.repeats)
+        video = codec.decode(latent).float()
+        first_video = video if first_video is None else first_video
         out[name] = {"median_s": statistics.median(runs), "runs_s": [round(r, 4) for r in runs],
-                     "first_call_s": first,
+                     "first_call_s": first, "rows_for_channels_last": rows, "kernels_under_compile": under_compile,
+                     "max_abs_diff_from_lean": float((video - first_video).abs().max()),
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
         if flops is not None:
             summary = P.profile_run(lambda: codec.decode(latent), device)

@@ -324,6 +324,53 @@ def test_triton_group_norm_kernels_under_the_interpreter():
         assert r["err"] < tolerance[r["case"][2]], r
 
 
+OP_UNDER_COMPILE_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from torch._dynamo.backends.registry import lookup_backend
+    from confiner_core.diffusers_backend import fused_norm as FN
+    FN.kernels_take = lambda x: x.dim() >= 3          # the interpreter runs the kernels on CPU tensors
+    FN.ROWS_FOR_CHANNELS_LAST = True
+    assert FN.register_op() is FN.register_op() is not None
+    calls, graphs = [], []
+    rows = FN.group_norm_rows
+    FN.group_norm_rows = lambda *a: calls.append(1) or rows(*a)
+
+    def backend(gm, inputs):                            # AOT tracing runs the op's fake implementation
+        graphs.append(gm.code)
+        return lookup_backend("aot_eager")(gm, inputs)
+
+    def f(x, w, b, a):
+        return FN.group_norm_act(x * 2, 8, w, b, 1e-5, a, True) + x
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 32, 6, 5, generator=g) * 3 + 5).contiguous(memory_format=torch.channels_last)
+    w, b, a = torch.randn(32, generator=g), torch.randn(32, generator=g), torch.randn(2, 32, 1, 1, generator=g)
+    ref = FN.group_norm_reference(x.double() * 2, 8, w.double(), b.double(), 1e-5, a.double(), True) + x.double()
+    out = []
+    for under_compile in (True, False):
+        FN.KERNELS_UNDER_COMPILE = under_compile
+        torch._dynamo.reset()
+        del calls[:], graphs[:]
+        y = torch.compile(f, backend=backend, fullgraph=True)(x, w, b, a)
+        out.append({"under_compile": under_compile, "op_in_graph": "confiner.group_norm_act" in graphs[0],
+                    "kernel_calls": len(calls), "err": float((y.double() - ref).norm() / ref.norm()),
+                    "channels_last": y.is_contiguous(memory_format=torch.channels_last)})
+    print(json.dumps(out))
+""")
+
+
+def test_norm_kernels_inside_a_compiled_graph_as_one_op():
+    """With KERNELS_UNDER_COMPILE the compiled graph keeps ``confiner::group_norm_act`` whole and calls the kernels
+    (its fake implementation traced by AOTAutograd); without it the graph holds the plain ops and no kernel runs."""
+    inside, plain = under_the_interpreter(OP_UNDER_COMPILE_CHECK)
+    assert inside["op_in_graph"] and inside["kernel_calls"] == 1 and inside["err"] < 1e-5, inside
+    assert not plain["op_in_graph"] and plain["kernel_calls"] == 0 and plain["err"] < 1e-5, plain
+    assert inside["channels_last"] and plain["channels_last"]
+
+
 # ------------------------------------------------------------------------------------------- fused GEGLU
 
 @pytest.mark.parametrize("name", ["sd", "modelscope", "animatediff"])

@@ -43,6 +43,9 @@ TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
 ROW_TILE = 4096  # the same for the row kernels (BLOCK_S pixel rows of all channels)
 #: channels-last inputs take the row kernels (False until bench/norm_probe.py has timed them on a GPU)
 ROWS_FOR_CHANNELS_LAST = False
+#: inside a graph torch.compile traces, the norms call the kernels as one opaque op (``confiner::group_norm_act``)
+#: instead of letting inductor fuse the plain ops (False until bench/vae_decode_probe.py has timed both)
+KERNELS_UNDER_COMPILE = False
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -328,16 +331,46 @@ def group_norm_reference(x, num_groups, weight, bias, eps, add=None, silu=False)
     return F.silu(y) if silu else y
 
 
-def use_triton(x: torch.Tensor) -> bool:
-    # is_compiling first: under torch.compile the plain ops are traced (inductor fuses them), and dynamo is never
-    # asked to trace into triton_available's lru_cache (it warns on every compiled block)
-    return (not torch.compiler.is_compiling() and x.is_cuda and x.dim() >= 3
-            and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_available())
+#: the kernels as a custom op, registered by :func:`register_op` (None: not registered, or no Triton)
+GROUP_NORM_OP = None
+
+
+def register_op():
+    """Register ``confiner::group_norm_act`` once (where Triton is available): an op torch.compile keeps opaque, so
+    a compiled graph calls the kernels; its fake implementation gives the output's layout without running them."""
+    global GROUP_NORM_OP
+    if GROUP_NORM_OP is None and triton_available():
+        @torch.library.custom_op("confiner::group_norm_act", mutates_args=())
+        def op(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               add: torch.Tensor | None, silu: bool) -> torch.Tensor:
+            return group_norm_triton(x, num_groups, weight, bias, eps, add, silu)
+
+        @op.register_fake
+        def _(x, num_groups, weight, bias, eps, add, silu):
+            return torch.empty_like(x if layout_strides(x) is not None else x.contiguous())  # as the kernels do
+
+        GROUP_NORM_OP = torch.ops.confiner.group_norm_act
+    return GROUP_NORM_OP
+
+
+def compiled_norms() -> tuple:
+    """What a compiled graph's norms depend on beyond its inputs: part of a kept block's key."""
+    return ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None
+
+
+def kernels_take(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dim() >= 3 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
 def group_norm_act(x, num_groups, weight, bias, eps, add=None, silu=False) -> torch.Tensor:
-    if weight is not None and bias is not None and use_triton(x):
-        return group_norm_triton(x, num_groups, weight, bias, eps, add, silu)
+    if weight is not None and bias is not None and kernels_take(x):
+        # is_compiling first: dynamo is never asked to trace into triton_available's lru_cache (it warns on every
+        # compiled block); under torch.compile inductor fuses the plain ops unless the op is asked for
+        if torch.compiler.is_compiling():
+            if KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None:
+                return GROUP_NORM_OP(x, num_groups, weight, bias, eps, add, silu)
+        elif triton_available():
+            return group_norm_triton(x, num_groups, weight, bias, eps, add, silu)
     return group_norm_reference(x, num_groups, weight, bias, eps, add, silu)
 
 
@@ -409,6 +442,7 @@ NORM_ACT_OWNERS = ("UNet2DConditionModel", "UNet3DConditionModel", "UNetMotionMo
 
 def fuse_group_norms(model: nn.Module) -> dict:
     """Rewrite ``model`` in place (see the module docstring). Returns counts of what was changed."""
+    register_op()
     done = {"resnets": 0, "norm_act_pairs": 0, "norms": 0, "transformer_outputs": 0}
     for module in list(model.modules()):
         if fusable_resnet(module):

@@ -13,8 +13,8 @@ An artifact is kept only with PyTorch's portable guards (tensor metadata and glo
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
 the block's class and the classes, plain attributes (head counts, scales, flags) and replaced methods of each of its
 submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode, the attention
-backends allowed and their priority order (blocks kept before the order was part of the key, 2026-12-02, are
-compiled once more), and the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
+backends allowed and their priority order, the GroupNorm kernels chosen (:func:`.fused_norm.compiled_norms`), and
+the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
 also across experts, as they share one graph under regional compilation. A block whose graph cannot be captured whole
 or saved (a graph break, a guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so
 in :attr:`Store.fallbacks`.
@@ -30,6 +30,8 @@ import types
 
 import torch
 from torch.utils._pytree import tree_flatten
+
+from . import fused_norm as FN
 
 PLAIN = (bool, int, float, str, type(None))
 SUFFIX = ".pt"  # a compiled block's file: <key>.pt
@@ -127,7 +129,8 @@ def structure_key(module: torch.nn.Module, forward) -> str:
 def call_key(args: tuple, kwargs: dict) -> str:
     """A call's arguments as the compiled graph sees them: tensors by metadata, other values as :func:`_describe`."""
     leaves, spec = tree_flatten((args, kwargs))
-    parts = [str(spec), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), attention_backends()]
+    parts = [str(spec), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), attention_backends(),
+             FN.compiled_norms()]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append((tuple(leaf.shape), leaf.stride(), str(leaf.dtype), str(leaf.device), leaf.requires_grad))
@@ -163,7 +166,7 @@ def call_signature(args: tuple, kwargs: dict):
     is computed then)."""
     try:
         return (_leaf(args), _leaf(kwargs), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                attention_backends())
+                attention_backends(), FN.compiled_norms())
     except _Unhashable:
         return None
 
