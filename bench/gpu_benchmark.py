@@ -862,9 +862,9 @@ def main():
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="no cuDNN autotuning in any table (it tunes every new convolution shape at its first call "
                          "in each process: part of a warm start)")
-    ap.add_argument("--norms", choices=("as-set", "rows", "rows-compiled"), default="as-set",
-                    help="GroupNorm kernels for channels-last inputs: as fused_norm sets them; the row kernels "
-                         "(ROWS_FOR_CHANNELS_LAST); those also inside compiled blocks (KERNELS_UNDER_COMPILE)")
+    ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
+                    help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
+                         "outside compiled blocks, inductor's inside them; until 2026-12-03)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -887,9 +887,8 @@ def main():
             settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
         if a.no_cudnn_benchmark:
             SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
-    if a.norms != "as-set":
-        FN.ROWS_FOR_CHANNELS_LAST = True
-        FN.KERNELS_UNDER_COMPILE = a.norms == "rows-compiled"
+    if a.norms == "before-rows":
+        FN.ROWS_FOR_CHANNELS_LAST = FN.KERNELS_UNDER_COMPILE = False
     if a.start_probe:
         return start_probe(a)
     if a.forward_flops:

@@ -31,7 +31,7 @@ PATTERNS = (
     ("convolution", r"conv|implicit_gemm|implicit_convolve|fprop|dgrad|wgrad|winograd|cudnn|xmma_fprop"),
     ("gemm", r"gemm|gemv|cutlass|cublas|nvjet|matmul|s16816|s1688|wgmma|(^|[^a-z])(mm|addmm|bmm|baddbmm|linear)"
              r"([^a-z]|$)|triton_tem_fused_mm|tensorop"),
-    ("norm", r"norm|rowwisemoments|computefusedparams|welford|gn_stats|gn_apply|rms"),
+    ("norm", r"norm|rowwisemoments|computefusedparams|welford|gn_stats|gn_apply|gn_rows_|rms"),
     ("layout/copy", r"nchwtonhwc|nhwctonchw|transpose|permute|copy|contiguous|catarray|(^|[^a-z])cat([^a-z]|$)|"
                     r"clone|index"),
     ("elementwise", r"elementwise|vectorized|unrolled|triton_poi|triton_per|triton_red|reduce|silu|gelu|geglu|add|mul|"

@@ -1,9 +1,9 @@
 """The library's SD VAE decode of one 512x512x16 latent video (4 frames at a time) under ``lean`` and then ``fast``
 (the decoder's blocks compiled, as ``load_experts(speed=FAST)`` does; ``gpu_benchmark.py`` left the decoder
 uncompiled until this probe measured what compiling gives): median seconds, peak memory and the compile time.
-Each preset runs twice where Triton is available, with its norms as ``fused_norm`` sets them and with the other
-GroupNorm kernels for channels-last inputs (``lean``: the row kernels; ``fast``: the row kernels as an op inside
-the compiled blocks instead of inductor's fusion), and every decode is compared with the first.
+Each preset runs twice where Triton is available: with the GroupNorm kernels as before the row kernels (``lean``:
+per group; ``fast``: inductor's fusion inside the compiled blocks) and as ``fused_norm`` picks them now (the row
+kernels for narrow groups; the kernels as an op inside the compiled blocks); every decode is compared with the first.
 With ``--profile``, one decode per setting under torch.profiler: kernel time by kind (convolution, norm, ...) and
 the TFLOP/s the convolutions reached (the decode's FLOPs counted by FlopCounterMode), as for the benchmark's runs.
 
@@ -73,10 +73,11 @@ def main():
             codec.decode(latent)
         flops = P.flops_by_kind(counter.get_flop_counts()["Global"])
         out["tflop_by_kind"] = {k: v / 1e12 for k, v in flops.items()}
+    # (name, settings, fused_norm's ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE)
     variants = [("lean", S.LEAN, False, False), ("fast", S.FAST, False, False)]
     if device.type == "cuda" and FN.triton_available():
-        variants[1:1] = [("lean_rows", S.LEAN, True, False)]
-        variants.append(("fast_rows_op", S.FAST, True, True))
+        variants[1:1] = [("lean_rows", S.LEAN, None, False)]
+        variants.append(("fast_rows_op", S.FAST, None, True))
     first_video = None
     for name, settings, rows, under_compile in variants:
         FN.ROWS_FOR_CHANNELS_LAST, FN.KERNELS_UNDER_COMPILE = rows, under_compile  # compiled blocks guard on these

@@ -30,7 +30,8 @@ KERNELS = {  # names seen in PyTorch / cuDNN / cuBLAS / inductor profiles on Hop
     "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>": "attention",
     "fmha_cutlassF_f16_aligned_64x128_rf_sm80": "attention",
     "Memcpy HtoD (Pageable -> Device)": "memcpy",
-    "gn_stats": "norm", "gn_apply": "norm", "geglu_kernel": "elementwise",
+    "gn_stats": "norm", "gn_apply": "norm", "gn_rows_stats": "norm", "gn_rows_scale": "norm",
+    "gn_rows_apply": "norm", "geglu_kernel": "elementwise",
     "aten::addmm": "gemm", "aten::native_group_norm": "norm", "aten::convolution": "convolution",
     "something_unheard_of": "other",
 }

@@ -1,4 +1,4 @@
-"""GroupNorm (+ the SiLU after it, + the time-embedding add before it) in two Triton kernels that keep the layout.
+"""GroupNorm (+ the SiLU after it, + the time-embedding add before it) in Triton kernels that keep the layout.
 
 Why: the profile of an eager ConFiner run on the H200 spends 17.5 % of kernel time in GroupNorm, 29.7 % in
 elementwise work and 8.0 % in NCHW<->NHWC transforms. PyTorch's CUDA GroupNorm makes a channels_last input
@@ -12,14 +12,21 @@ The statistics are shifted sums in float32 (the shift is the group's first eleme
 for activations whose mean is large next to their spread), split over several programs per group and combined by the
 normalising kernel.
 
-A channels-last input has a second pair of kernels, :func:`group_norm_rows` ("rows"): every program reads whole
-pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C (the SD VAE decoder's
-128 channels in 32 groups: 8 bytes of every 256), then one small kernel turns per-channel sums into per-channel
-scale and offset. The H200 profile of the VAE decode that motivates it: GroupNorm 48 % of kernel time, about six
-times its memory traffic at full bandwidth (bench/gpu_results/h200_vae_decode_profile.json). It is not yet measured
-on a GPU, so :data:`ROWS_FOR_CHANNELS_LAST` keeps the measured kernels the default; ``bench/norm_probe.py`` times
-both on the models' shapes. On the CPU, under ``torch.compile`` (inductor fuses the same ops itself) or without Triton,
-:func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within rounding.
+A channels-last input whose groups are narrow takes a second set of kernels, :func:`group_norm_rows` ("rows"):
+every program reads whole pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C,
+then one small kernel turns per-channel sums into per-channel scale and offset. A per-group program reading less than
+one 32-byte memory sector of each pixel wastes the rest of it: the SD VAE decoder's 128 channels in 32 groups are 8
+bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe.json``) the rows normalise the decoder's
+512x512 layers in 0.37 ms against 1.73 ms per group and 1.24 ms by inductor; groups of 16 channels and more are as fast
+or faster per group. :func:`rows_win` is that rule.
+
+Under ``torch.compile`` inductor fuses the plain ops itself, and that wins for the UNets' large layers (64x64 at
+batch 32: 0.17 ms against 0.19 ms in rows). Its norm runs one program per (sample, group), too few at the VAE's batch
+of 4 frames (128 programs for 132 multiprocessors: 1.24 ms against 0.37 ms), and it is slow on few pixels (16x16:
+0.16 ms against 0.08 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
+:func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s. On the CPU
+or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within
+rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
 time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions) and the models'
@@ -41,11 +48,17 @@ TARGET_PROGRAMS = 1024
 MAX_SPLIT = 256
 TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
 ROW_TILE = 4096  # the same for the row kernels (BLOCK_S pixel rows of all channels)
-#: channels-last inputs take the row kernels (False until bench/norm_probe.py has timed them on a GPU)
-ROWS_FOR_CHANNELS_LAST = False
-#: inside a graph torch.compile traces, the norms call the kernels as one opaque op (``confiner::group_norm_act``)
-#: instead of letting inductor fuse the plain ops (False until bench/vae_decode_probe.py has timed both)
-KERNELS_UNDER_COMPILE = False
+SECTOR_BYTES = 32  # the GPU's memory transaction: a per-group program reading less of a pixel wastes the rest
+#: channels-last inputs take the row kernels: None where a group is narrower than a sector (:func:`rows_win`),
+#: True / False always / never (what ``bench/norm_probe.py`` compares)
+ROWS_FOR_CHANNELS_LAST: bool | None = None
+#: inside a graph torch.compile traces, norms that :func:`compiled_take` picks call the kernels as one opaque op
+#: (``confiner::group_norm_act``) instead of inductor's fusion of the plain ops; False: inductor everywhere
+KERNELS_UNDER_COMPILE = True
+#: inductor's norm has one program per (sample, group): fewer than this, and the kernels take the norm
+COMPILED_PROGRAMS_BELOW = 512
+#: and they take it where a sample has at most this many pixels (16x16)
+COMPILED_PIXELS_UP_TO = 256
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -140,7 +153,7 @@ def _row_kernels():
     import triton.language as tl
 
     @triton.jit
-    def rows_stats(x_ptr, add_ptr, part_ptr, C, S, sN, s_per_prog, SPLIT,
+    def gn_rows_stats(x_ptr, add_ptr, part_ptr, C, S, sN, s_per_prog, SPLIT,
                    HAS_ADD: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
@@ -168,7 +181,7 @@ def _row_kernels():
         tl.store(out + C + c, tl.sum(acc2, axis=0), mask=cmask)
 
     @triton.jit
-    def rows_scale(x_ptr, add_ptr, w_ptr, b_ptr, part_ptr, coef_ptr, C, S, G, CG, sN, SPLIT, eps,
+    def gn_rows_scale(x_ptr, add_ptr, w_ptr, b_ptr, part_ptr, coef_ptr, C, S, G, CG, sN, SPLIT, eps,
                    HAS_ADD: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_SPLIT: tl.constexpr):
         pid = tl.program_id(0)                     # n * G + g
         n = pid // G
@@ -202,7 +215,7 @@ def _row_kernels():
         tl.store(coef_ptr + (n * 2 * C + C + c), offset, mask=jmask)
 
     @triton.jit
-    def rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
+    def gn_rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
                    BLOCK_C: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
@@ -222,7 +235,7 @@ def _row_kernels():
                 y = y * tl.sigmoid(y)
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    return rows_stats, rows_scale, rows_apply
+    return gn_rows_stats, gn_rows_scale, gn_rows_apply
 
 
 @functools.lru_cache(maxsize=None)
@@ -269,12 +282,14 @@ def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bi
                       add: torch.Tensor | None = None, silu: bool = False, rows: bool | None = None) -> torch.Tensor:
     """``silu?(group_norm(x + add))`` with the Triton kernels, in ``x``'s layout. ``add``: per (batch, channel),
     any shape that reshapes to [N, C] (``temb[:, :, None, None]``). ``rows``: a channels-last ``x`` takes the row
-    kernels (:func:`group_norm_rows`); None: :data:`ROWS_FOR_CHANNELS_LAST`."""
+    kernels (:func:`group_norm_rows`); None: :data:`ROWS_FOR_CHANNELS_LAST`, else :func:`rows_win`."""
     strides = layout_strides(x)
     if strides is None:
         x = x.contiguous()
         strides = layout_strides(x)
-    if (ROWS_FOR_CHANNELS_LAST if rows is None else rows) and strides[1] == 1 and x.shape[1] > 1:
+    if rows is None:
+        rows = rows_win(x, num_groups) if ROWS_FOR_CHANNELS_LAST is None else ROWS_FOR_CHANNELS_LAST
+    if rows and strides[1] == 1 and x.shape[1] > 1:
         return group_norm_rows(x, num_groups, weight, bias, eps, add, silu)
     n, c = x.shape[:2]
     s = x.numel() // max(1, n * c)
@@ -353,9 +368,25 @@ def register_op():
     return GROUP_NORM_OP
 
 
+def rows_win(x: torch.Tensor, num_groups: int) -> bool:
+    """Whether the row kernels normalise ``x`` faster than the per-group ones: channels-last (channel stride 1)
+    with a group's channels narrower than a memory sector."""
+    strides = layout_strides(x)
+    narrow = x.shape[1] // num_groups * x.element_size() < SECTOR_BYTES
+    return strides is not None and strides[1] == 1 and x.shape[1] > 1 and narrow
+
+
+def compiled_take(x: torch.Tensor, num_groups: int) -> bool:
+    """Whether a compiled graph calls the kernels for this norm rather than fuse the plain ops (module docstring)."""
+    n, c = x.shape[:2]
+    pixels = x.numel() // max(1, n * c)
+    return n * num_groups < COMPILED_PROGRAMS_BELOW or pixels <= COMPILED_PIXELS_UP_TO
+
+
 def compiled_norms() -> tuple:
     """What a compiled graph's norms depend on beyond its inputs: part of a kept block's key."""
-    return ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None
+    return (ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None, COMPILED_PROGRAMS_BELOW,
+            COMPILED_PIXELS_UP_TO)
 
 
 def kernels_take(x: torch.Tensor) -> bool:
@@ -367,7 +398,7 @@ def group_norm_act(x, num_groups, weight, bias, eps, add=None, silu=False) -> to
         # is_compiling first: dynamo is never asked to trace into triton_available's lru_cache (it warns on every
         # compiled block); under torch.compile inductor fuses the plain ops unless the op is asked for
         if torch.compiler.is_compiling():
-            if KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None:
+            if KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None and compiled_take(x, num_groups):
                 return GROUP_NORM_OP(x, num_groups, weight, bias, eps, add, silu)
         elif triton_available():
             return group_norm_triton(x, num_groups, weight, bias, eps, add, silu)
