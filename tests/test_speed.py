@@ -278,7 +278,8 @@ KERNEL_CHECK = textwrap.dedent("""
              ((3, 12, 3, 4, 5), 3, "cl", "float16", False, True), ((2, 6, 9), 2, "t", "bfloat16", True, False),
              ((1, 32, 40, 40), 8, "cl", "float32", True, True), ((2, 10, 6, 6), 5, "strided", "float16", False, True),
              ((2, 96, 300), 32, "t", "float32", False, False),   # 3 channels a group, 10 splits of the pixels
-             ((1, 64, 4096), 16, "t", "float32", True, True)]     # 64 splits: their sums read in two chunks
+             ((1, 64, 4096), 16, "t", "float32", True, True),     # 64 splits: their sums read in two chunks
+             ((3, 8, 5, 7), 4, "cl", "float32", "channel", True)]  # one add per channel (a convolution's bias)
     out = []
     for shape, groups, layout, dtype, add, silu in cases:
         dtype = getattr(torch, dtype)
@@ -292,7 +293,7 @@ KERNEL_CHECK = textwrap.dedent("""
         x = x.to(dtype)
         c = shape[1]
         w, b = torch.randn(c, dtype=dtype), torch.randn(c, dtype=dtype)
-        a = torch.randn(shape[0], c, *([1] * (len(shape) - 2)), dtype=dtype) if add else None
+        a = torch.randn(1 if add == "channel" else shape[0], c, *([1] * (len(shape) - 2)), dtype=dtype) if add else None
         ref = FN.group_norm_reference(x.double(), groups, w.double(), b.double(), 1e-5,
                                       None if a is None else a.double(), silu)
         # the row kernels too where the input is channels-last (rows_win picks one by default)
@@ -318,7 +319,7 @@ def under_the_interpreter(script: str) -> list:
 def test_triton_group_norm_kernels_under_the_interpreter():
     results = under_the_interpreter(KERNEL_CHECK)
     tolerance = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
-    assert len(results) == 8 + 6 and sum(r["case"][-1] for r in results) == 6   # 6 with the row kernels
+    assert len(results) == 9 + 7 and sum(r["case"][-1] for r in results) == 7   # 7 with the row kernels
     for r in results:
         assert r["finite"] and r["same_layout"] and r["dtype_kept"], r
         assert r["err"] < tolerance[r["case"][2]], r

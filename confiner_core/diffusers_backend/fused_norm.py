@@ -278,10 +278,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def per_sample_channel(add: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """``add`` ([N, C, 1...] or [1, C, 1...]: one value per sample and channel, or per channel) as a dense [N, C]."""
+    return add.reshape(-1, c).expand(n, c).contiguous()
+
+
 def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                       add: torch.Tensor | None = None, silu: bool = False, rows: bool | None = None) -> torch.Tensor:
-    """``silu?(group_norm(x + add))`` with the Triton kernels, in ``x``'s layout. ``add``: per (batch, channel),
-    any shape that reshapes to [N, C] (``temb[:, :, None, None]``). ``rows``: a channels-last ``x`` takes the row
+    """``silu?(group_norm(x + add))`` with the Triton kernels, in ``x``'s layout. ``add``: per (batch, channel) or
+    per channel, broadcasting against ``x`` (``temb[:, :, None, None]``, ``conv.bias[None, :, None, None]``). ``rows``: a channels-last ``x`` takes the row
     kernels (:func:`group_norm_rows`); None: :data:`ROWS_FOR_CHANNELS_LAST`, else :func:`rows_win`."""
     strides = layout_strides(x)
     if strides is None:
@@ -299,7 +304,7 @@ def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bi
     split = max(1, min(_cdiv(TARGET_PROGRAMS, n * num_groups), _cdiv(s, block_s), MAX_SPLIT))
     s_per_prog = _cdiv(_cdiv(s, split), block_s) * block_s   # a whole number of tiles per program
     split = _cdiv(s, s_per_prog)
-    add_flat = add.reshape(n, c).contiguous() if add is not None else x  # dummy pointer when unused
+    add_flat = per_sample_channel(add, n, c) if add is not None else x  # dummy pointer when unused
     y = torch.empty_like(x)
     part = torch.empty(n * num_groups * split * 2, device=x.device, dtype=torch.float32)
     stats, apply = _kernels()
@@ -325,7 +330,7 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     split = max(1, min(_cdiv(TARGET_PROGRAMS, n), _cdiv(s, block_s), MAX_SPLIT))
     s_per_prog = _cdiv(_cdiv(s, split), block_s) * block_s
     split = _cdiv(s, s_per_prog)
-    add_flat = add.reshape(n, c).contiguous() if add is not None else x
+    add_flat = per_sample_channel(add, n, c) if add is not None else x
     y = torch.empty_like(x)
     part = torch.empty(n * split * 2 * c, device=x.device, dtype=torch.float32)
     coef = torch.empty(n * 2 * c, device=x.device, dtype=torch.float32)
@@ -437,18 +442,31 @@ class FusedGroupNorm(nn.GroupNorm):
 def fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs):
     """``diffusers.models.resnet.ResnetBlock2D.forward`` for the configuration :func:`fusable_resnet` accepts
     (default time-embedding norm, SiLU, no up/down sampling inside): norm1 and norm2 carry the SiLU, norm2 the
-    time-embedding add, and the division by an ``output_scale_factor`` of 1 is skipped (exact)."""
-    hidden_states = self.conv1(self.norm1(input_tensor))
-    add = None
+    time-embedding add and conv1's bias (conv1's output is read by norm2 alone, so the bias is added where norm2
+    reads it instead of in a pass of its own: a compiled graph adds a convolution's bias in a separate kernel
+    where no fusable op follows, and so does eager PyTorch with cuDNN), and the division by an
+    ``output_scale_factor`` of 1 is skipped (exact)."""
+    conv1 = self.conv1
+    bias_to_norm = conv1.bias is not None and bias_foldable(conv1)
+    h = self.norm1(input_tensor)
+    hidden_states = conv1._conv_forward(h, conv1.weight, None) if bias_to_norm else conv1(h)
+    add = conv1.bias[None, :, None, None] if bias_to_norm else None
     if self.time_emb_proj is not None and temb is not None:
         if not self.skip_time_act:
             temb = self.nonlinearity(temb)
-        add = self.time_emb_proj(temb)[:, :, None, None]
+        temb = self.time_emb_proj(temb)[:, :, None, None]
+        add = temb if add is None else add + temb
     hidden_states = self.conv2(self.dropout(self.norm2(hidden_states, add)))
     if self.conv_shortcut is not None:
         input_tensor = self.conv_shortcut(input_tensor)
     output = input_tensor + hidden_states
     return output if self.output_scale_factor == 1 else output / self.output_scale_factor
+
+
+def bias_foldable(conv: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` with no hooks: calling its ``_conv_forward`` without the bias skips nothing else (a
+    LoRA-wrapped or hooked convolution keeps its own forward)."""
+    return type(conv) is nn.Conv2d and not (conv._forward_hooks or conv._forward_pre_hooks)
 
 
 def fusable_resnet(block: nn.Module) -> bool:
