@@ -242,7 +242,9 @@ def test_fused_group_norms_and_the_lean_preset_keep_outputs(name):
     done = FN.fuse_group_norms(model)
     assert not any(type(m) is torch.nn.GroupNorm for m in model.modules())
     fused = [m for m in model.modules() if isinstance(m, FN.FusedGroupNorm)]
-    assert len(fused) == norms and done["resnets"] > 0 and done["norms"] > 0
+    # every ResnetBlock2D of these models is fused: the VAE's say time_embedding_norm="group" (no time embedding)
+    assert done["resnets"] == sum(type(m).__name__ == "ResnetBlock2D" for m in model.modules()) > 0
+    assert len(fused) == norms and done["norms"] > 0
     assert any(m.silu for m in fused)
     if name == "modelscope":
         assert done["norm_act_pairs"] >= 4 + 1   # temporal convolutions' (GroupNorm, SiLU) + conv_norm_out
@@ -255,6 +257,25 @@ def test_fused_group_norms_and_the_lean_preset_keep_outputs(name):
     assert done["channels_last_tensors"] > 0 and done["fused_qkv"] == (name != "vae")
     assert done["fused_geglu"] == (0 if name == "vae" else sum(type(m).__name__ == "GEGLU" for m in model.modules()))
     assert rel(call(model), before) < 1e-4
+
+
+@pytest.mark.parametrize("time_norm, temb_channels, temb", [("default", 6, True), ("default", None, True),
+                                                             ("default", None, False), ("group", None, True),
+                                                             ("group", None, False)])
+def test_fused_resnet_forward_is_diffusers_forward(time_norm, temb_channels, temb):
+    """diffusers adds a time embedding given to a "default" block without a projection as it is, and a "group"
+    block (the VAEs') ignores it; conv1's bias moves into norm2's add."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=8, out_channels=12, temb_channels=temb_channels, groups=4,
+                          time_embedding_norm=time_norm).eval()
+    x = torch.randn(2, 8, 5, 6)
+    t = (torch.randn(2, 6) if temb_channels else torch.randn(2, 12, 1, 1)) if temb else None
+    with torch.no_grad():
+        before = block(x, t)
+        assert FN.fuse_group_norms(block)["resnets"] == 1
+        assert rel(block(x, t), before) < 1e-6
 
 
 def test_layout_strides():

@@ -440,9 +440,9 @@ class FusedGroupNorm(nn.GroupNorm):
 
 
 def fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs):
-    """``diffusers.models.resnet.ResnetBlock2D.forward`` for the configuration :func:`fusable_resnet` accepts
-    (default time-embedding norm, SiLU, no up/down sampling inside): norm1 and norm2 carry the SiLU, norm2 the
-    time-embedding add and conv1's bias (conv1's output is read by norm2 alone, so the bias is added where norm2
+    """``diffusers.models.resnet.ResnetBlock2D.forward`` for the configurations :func:`fusable_resnet` accepts
+    (SiLU, no up/down sampling inside, no scale-shift time embedding): norm1 and norm2 carry the SiLU, norm2 the
+    time-embedding add (the "default" norm's; any other ignores ``temb``, as diffusers does) and conv1's bias (conv1's output is read by norm2 alone, so the bias is added where norm2
     reads it instead of in a pass of its own: a compiled graph adds a convolution's bias in a separate kernel
     where no fusable op follows, and so does eager PyTorch with cuDNN), and the division by an
     ``output_scale_factor`` of 1 is skipped (exact)."""
@@ -451,10 +451,11 @@ def fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | 
     h = self.norm1(input_tensor)
     hidden_states = conv1._conv_forward(h, conv1.weight, None) if bias_to_norm else conv1(h)
     add = conv1.bias[None, :, None, None] if bias_to_norm else None
-    if self.time_emb_proj is not None and temb is not None:
+    if self.time_emb_proj is not None:
         if not self.skip_time_act:
             temb = self.nonlinearity(temb)
         temb = self.time_emb_proj(temb)[:, :, None, None]
+    if temb is not None and self.time_embedding_norm == "default":
         add = temb if add is None else add + temb
     hidden_states = self.conv2(self.dropout(self.norm2(hidden_states, add)))
     if self.conv_shortcut is not None:
@@ -470,9 +471,14 @@ def bias_foldable(conv: nn.Module) -> bool:
 
 
 def fusable_resnet(block: nn.Module) -> bool:
-    return (type(block).__name__ == "ResnetBlock2D" and block.time_embedding_norm == "default"
-            and block.upsample is None and block.downsample is None and isinstance(block.nonlinearity, nn.SiLU)
-            and type(block.norm1) is nn.GroupNorm and type(block.norm2) is nn.GroupNorm)
+    if type(block).__name__ != "ResnetBlock2D":
+        return False
+    # "default" (the UNets) or no time embedding at all: the VAEs' blocks say "group" and have no projection
+    time_norm_ok = block.time_embedding_norm == "default" or (block.time_embedding_norm != "scale_shift"
+                                                              and block.time_emb_proj is None)
+    return (time_norm_ok and block.upsample is None and block.downsample is None
+            and isinstance(block.nonlinearity, nn.SiLU) and type(block.norm1) is nn.GroupNorm
+            and type(block.norm2) is nn.GroupNorm)
 
 
 def continuous_output_channels_last(self, hidden_states, residual, batch_size, height, width, inner_dim):
