@@ -54,6 +54,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
+         "norm_probe": "h200_norm_probe.json",  # norm_probe.py: GroupNorm + SiLU on the SD shapes, four ways
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
          # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
@@ -631,29 +632,82 @@ def decode_chunk_figures(data: dict | None) -> tuple[dict, list[str]]:
     return out, md + [""]
 
 
+#: vae_decode_probe.py's variants: (the name in its JSON, what the norms were)
+VAE_VARIANTS = (("lean", "lean", "per-group kernels"), ("lean_rows", "lean", "as picked now (row kernels for narrow groups)"),
+                ("fast", "fast", "inductor's fusion in the compiled blocks"),
+                ("fast_rows_op", "fast", "as picked now (the kernels as an op in the compiled blocks)"))
+
+
 def vae_probe_figures(data: dict | None, fig: dict) -> tuple[dict, list[str]]:
-    """``vae_decode_probe.py``: the SD VAE decode under ``lean`` and compiled (``fast``), beside the decode time of the
-    fastest table's ConFiner run (the benchmark compiles the decoder as ``load_experts`` does)."""
+    """``vae_decode_probe.py``: the SD VAE decode under ``lean`` and compiled (``fast``), each with the GroupNorm
+    kernels as before the row kernels and as picked now, beside the decode time of the fastest table's ConFiner run
+    (the benchmark compiles the decoder as ``load_experts`` does)."""
     if not data:
         return {}, []
-    lean, fast = data["lean"]["median_s"], data["fast"]["median_s"]
-    out = {"vae_decode_lean_s": lean, "vae_decode_compiled_s": fast, "vae_decode_compile_s": data["fast"]["first_call_s"]}
+    now = {preset: name for name, preset, _ in VAE_VARIANTS if name in data}  # the last variant of each preset
+    out = {"vae_decode_lean_s": data[now["lean"]]["median_s"], "vae_decode_compiled_s": data[now["fast"]]["median_s"],
+           "vae_decode_compile_s": data[now["fast"]]["first_call_s"]}
     md = ["## The VAE decoder compiled", "",
           f"`bench/vae_decode_probe.py`, {data['device']}, torch {data['torch']}: the library's decode of one "
-          f"{data['size']}×{data['size']}×{data['frames']} latent video, {data['chunk_frames']} frames at a time, fp16: "
-          f"**{lean:.3f} s** under `lean`, **{fast:.3f} s** with the decoder's blocks compiled as the `fast` preset "
-          f"compiles them (first call {data['fast']['first_call_s']:.0f} s; peak {data['lean']['peak_gib']:.2f} → "
-          f"{data['fast']['peak_gib']:.2f} GiB)."]
+          f"{data['size']}×{data['size']}×{data['frames']} latent video, {data['chunk_frames']} frames at a time, "
+          "fp16, under `lean` and with the decoder's blocks compiled as the `fast` preset compiles them; each with the "
+          "GroupNorm kernels as before the row kernels and as `fused_norm` picks them now. Differences are from the "
+          "first decode's output (pixels in [-1, 1]).", "",
+          "| preset | GroupNorm | median s | first call s | peak GiB | norm share of kernel time | max difference |",
+          "|---|---|---|---|---|---|---|"]
+    for name, preset, norms in VAE_VARIANTS:
+        if name not in data:
+            continue
+        row = data[name]
+        share = row.get("profile", {}).get("kinds", {}).get("norm", {}).get("share")
+        out[f"vae_decode_probe_{name}_s"] = row["median_s"]
+        if share is not None:
+            out[f"vae_decode_{name}_norm_share"] = share
+        md.append(f"| {preset} | {norms} | **{row['median_s']:.3f}** | {row['first_call_s']:.1f} | "
+                  f"{fmt(row.get('peak_gib'), '.2f')} | {fmt(share and 100 * share, '.1f')} % | "
+                  f"{fmt(row.get('max_abs_diff_from_lean'), '.1e')} |")
     table = fig.get("fastest_table")
     decode = fig.get(f"{table}_confiner_decode_s")
     if decode is not None:
-        md[-1] += f" The decode inside the `{table}` table's ConFiner run: {decode:.3f} s."
-    for name in ("lean", "fast"):
-        profile = data[name].get("profile")
-        if profile:   # --profile: where the decode's kernel time goes
-            out[f"vae_decode_{name}_norm_share"] = profile["kinds"]["norm"]["share"]
+        md += ["", f"The decode inside the `{table}` table's ConFiner run: {decode:.3f} s."]
+    for name, _, _ in VAE_VARIANTS:
+        profile = data.get(name, {}).get("profile")
+        if profile and name in (now["lean"], now["fast"]):   # --profile: where the decode's kernel time goes now
             md += [""] + P.markdown(profile, f"Profile of one decode ({name})")[:-1]
     return out, md + [""]
+
+
+NORM_WAYS = (("eager", "PyTorch eager"), ("inductor", "inductor"), ("triton_groups", "per-group kernels"),
+             ("triton_rows", "row kernels"))
+
+
+def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """``norm_probe.py``: GroupNorm + SiLU on the SD networks' channels_last shapes, four ways, and the way
+    ``fused_norm`` takes now outside and inside compiled blocks (its rules, applied to each shape)."""
+    if not data:
+        return {}, []
+    import torch  # the rules read a tensor's shape, dtype and strides: a meta tensor of each shape
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from confiner_core.diffusers_backend import fused_norm as FN
+
+    md = ["## GroupNorm kernels", "",
+          f"`bench/norm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}, {data['groups']} groups, "
+          "channels_last, with SiLU: milliseconds (median of 20), and GB/s of the one read and one write a norm needs "
+          "at least. The last two columns name the way `fused_norm` takes for that shape in `lean` and inside the "
+          "compiled blocks of `fast`/`max` (`rows_win`, `compiled_take`).", "",
+          "| where | [N, C, H, W] | " + " | ".join(label for _, label in NORM_WAYS) + " | lean takes | compiled takes |",
+          "|---|---|" + "---|" * (len(NORM_WAYS) + 2)]
+    for row in data["shapes"]:
+        cells = [f"{row[k]['ms']:.3f} ({row[k]['GB_s']:.0f})" if k in row else "—" for k, _ in NORM_WAYS]
+        x = torch.empty(row["shape"], dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
+        kernel = "row kernels" if FN.rows_win(x, data["groups"]) else "per-group kernels"
+        compiled = kernel if FN.compiled_take(x, data["groups"]) else "inductor"
+        md.append(f"| {row['where']} | {row['shape']} | " + " | ".join(cells) + f" | {kernel} | {compiled} |")
+    totals = data.get("total_ms", {})
+    md += ["", "All shapes once: " + ", ".join(f"{label} {totals[k]:.2f} ms" for k, label in NORM_WAYS if k in totals)
+           + ".", ""]
+    return {f"norm_probe_total_{k}_ms": v for k, v in totals.items()}, md
 
 
 def merge_probes(data: dict | None, later: dict | None) -> dict | None:
@@ -880,7 +934,9 @@ def main():
     decode, decode_md = decode_chunk_figures(data["decode_chunks"])
     vae_probe, vae_probe_md = vae_probe_figures(data["vae_probe"], fig)
     fig.update(vae_probe)
-    decode_md += vae_probe_md
+    norms, norms_md = norm_probe_figures(data["norm_probe"])
+    fig.update(norms)
+    decode_md += vae_probe_md + norms_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:

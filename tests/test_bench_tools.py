@@ -479,19 +479,43 @@ def test_compiled_vae_section_sets_the_probe_beside_the_fastest_tables_decode():
              "fast": {"median_s": 0.1, "first_call_s": 27.0, "peak_gib": 1.6}}
     fig = {"fastest_table": "max", "max_confiner_decode_s": 0.104, "best_confiner_decode_s": 0.3}
     out, md = R.vae_probe_figures(probe, fig)
-    assert out == {"vae_decode_lean_s": 0.2, "vae_decode_compiled_s": 0.1, "vae_decode_compile_s": 27.0}
-    assert "**0.200 s** under `lean`, **0.100 s** with the decoder's blocks compiled" in md[2]
-    assert md[2].endswith("The decode inside the `max` table's ConFiner run: 0.104 s.")
+    assert out == {"vae_decode_lean_s": 0.2, "vae_decode_compiled_s": 0.1, "vae_decode_compile_s": 27.0,
+                   "vae_decode_probe_lean_s": 0.2, "vae_decode_probe_fast_s": 0.1}
+    assert "| lean | per-group kernels | **0.200** | 8.0 | 1.70 |" in "\n".join(md)
+    assert "The decode inside the `max` table's ConFiner run: 0.104 s." in md
     assert R.vae_probe_figures(None, fig) == ({}, [])
-    # with --profile: the share of the decode's kernel time in GroupNorm, and each profile's tables
+    # the variants with the norms as picked now: the figures without a suffix are theirs, each preset's last
+    probe["lean_rows"] = {"median_s": 0.15, "first_call_s": 1.0, "peak_gib": 1.7, "max_abs_diff_from_lean": 0.005}
+    probe["fast_rows_op"] = {"median_s": 0.09, "first_call_s": 5.0, "peak_gib": 1.6}
+    out, md = R.vae_probe_figures(probe, fig)
+    assert (out["vae_decode_lean_s"], out["vae_decode_compiled_s"], out["vae_decode_compile_s"]) == (0.15, 0.09, 5.0)
+    assert out["vae_decode_probe_fast_s"] == 0.1 and out["vae_decode_probe_fast_rows_op_s"] == 0.09
+    assert "| lean | as picked now (row kernels for narrow groups) | **0.150** | 1.0 | 1.70 | — % | 5.0e-03 |" in md
+    # with --profile: the share of the decode's kernel time in GroupNorm, and the profiles of the variants of now
     kinds = {k: {"s": 0.0, "share": 0.0} for k in P.KINDS}
     profile = {"source": "CUDA kernels", "kernels": 900, "kernel_s": 0.128, "wall_s": 0.146, "top": [],
                "kinds": {**kinds, "norm": {"s": 0.062, "share": 0.48}, "convolution": {"s": 0.054, "share": 0.42}}}
-    probe["fast"]["profile"] = profile
+    probe["fast"]["profile"] = probe["fast_rows_op"]["profile"] = profile
     out, md = R.vae_probe_figures(probe, fig)
     assert out["vae_decode_fast_norm_share"] == 0.48 and "vae_decode_lean_norm_share" not in out
-    assert "**Profile of one decode (fast)** — CUDA kernels: 900 kernels" in "\n".join(md)
-    assert "| norm | 0.062 | 48.0 % |  |" in md
+    text = "\n".join(md)
+    assert "**Profile of one decode (fast_rows_op)** — CUDA kernels: 900 kernels" in text
+    assert "Profile of one decode (fast)**" not in text and "| norm | 0.062 | 48.0 % |  |" in md
+
+
+def test_norm_section_names_the_way_each_shape_takes():
+    probe = {"device": "NVIDIA H200", "torch": "2.11", "dtype": "torch.float16", "groups": 32,
+             "shapes": [{"where": "vae", "shape": [4, 128, 64, 64]}, {"where": "unet", "shape": [32, 1280, 32, 32]}],
+             "total_ms": {"eager": 3.0, "inductor": 2.0}}
+    for row in probe["shapes"]:
+        row.update({"eager": {"ms": 1.5, "GB_s": 100.0}, "inductor": {"ms": 1.0, "GB_s": 150.0}})
+    out, md = R.norm_probe_figures(probe)
+    assert out == {"norm_probe_total_eager_ms": 3.0, "norm_probe_total_inductor_ms": 2.0}
+    # 4 channels a group at batch 4: the row kernels, also in a compiled graph (128 of inductor's programs);
+    # 40 channels a group at batch 32 and 1024 pixels: per group, and inductor's fusion when compiled
+    assert "| vae | [4, 128, 64, 64] | 1.500 (100) | 1.000 (150) | — | — | row kernels | row kernels |" in md
+    assert "| unet | [32, 1280, 32, 32] | 1.500 (100) | 1.000 (150) | — | — | per-group kernels | inductor |" in md
+    assert R.norm_probe_figures(None) == ({}, [])
 
 
 def test_attention_probe_times_each_backend_against_a_reference_and_reports_what_a_backend_refuses():
