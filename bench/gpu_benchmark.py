@@ -66,9 +66,10 @@ from torch.profiler import record_function  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 import profiling as P  # noqa: E402
-from gpu_report import RUN_LABELS  # noqa: E402  (one table of run names, shared with the report)
+from gpu_report import RUN_LABELS, slowest_runs  # noqa: E402  (run names and notes, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
+from confiner_core.diffusers_backend.cuda_graphs import GraphPool, torch_capture  # noqa: E402
 from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
@@ -333,11 +334,12 @@ def sync(device):
 
 
 def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, deadline: float, prior_s: float,
-          warmup=None) -> dict | None:
+          warmup=None, captures=lambda: 0) -> dict | None:
     """Median of up to ``repeats`` runs of ``fn`` after one run of ``warmup`` (default ``fn``), excluded.
 
     Skipped (None) when ``prior_s`` no longer fits before ``deadline``; later repeats are dropped when the last run
-    would not fit (at least one run is kept)."""
+    would not fit (at least one run is kept). ``captures()`` counts CUDA graphs captured so far: each run says how
+    many it captured, and the slowest run (``slowest``) where its time went."""
     if elapsed() + prior_s > deadline:
         return None
     t0 = time.perf_counter()
@@ -351,6 +353,7 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
         timer.reset()
         sync(device)
         gc_pauses.reset()
+        captured = captures()
         t0 = time.perf_counter()
         timer.mark("start")
         info = fn() or {}
@@ -358,7 +361,8 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
         sync(device)
         wall = time.perf_counter() - t0
         peak = timer.peak()
-        rows.append({"wall_s": wall, "modules_s": timer.seconds(), **info, "gc": gc_pauses.summary(),
+        rows.append({"wall_s": wall, "run": len(rows) + 1, "graph_captures": captures() - captured,
+                     "modules_s": timer.seconds(), **info, "gc": gc_pauses.summary(),
                      "between_modules_ms": timer.between() if timer.enabled else None,
                      "peak_gpu_gib": peak / 2**30 if peak is not None else None,
                      "modules_peak_gib": timer.peak_gib()})
@@ -367,11 +371,14 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
     counted = sum(rows[-1].get("network_forwards", {}).values())
     if counted and counted != hooked:
         print(f"WARNING: network_forwards {counted} != {hooked} hooked UNet calls", flush=True)
+    in_order = [round(r["wall_s"], 4) for r in rows]
     rows.sort(key=lambda r: r["wall_s"])
     median = rows[len(rows) // 2]
     inside = sum(median["modules_s"].values())
     tflop = flops.total(calls) / 1e12
-    return {**median, "runs_s": [round(r["wall_s"], 4) for r in rows], "warmup_s": round(warmup_s, 2),
+    slowest = {k: rows[-1][k] for k in ("run", "wall_s", "graph_captures", "modules_s", "gc", "between_modules_ms")}
+    return {**median, "runs_s": [round(r["wall_s"], 4) for r in rows], "runs_in_order_s": in_order,
+            "slowest": slowest, "warmup_s": round(warmup_s, 2),
             "module_total_s": inside, "tflop": tflop, "achieved_tflops": tflop / median["wall_s"],
             "module_calls": len(calls), "unet_calls_hooked": hooked,
             "overhead_fraction": (median["wall_s"] - inside) / median["wall_s"] if timer.enabled else None}
@@ -726,6 +733,7 @@ def markdown(res: dict) -> str:
             pk = f"{v['peak_gpu_gib']:.2f}" if v.get("peak_gpu_gib") is not None else ""
             lines.append(f"| {RUN_LABELS.get(name, name)} | {v['wall_s']:.3f} | {', '.join(f'{r:.3f}' for r in v['runs_s'])} "
                          f"| {v['warmup_s']:.1f} | {ev} | {fw} | {v['tflop']:.1f} | {v['achieved_tflops']:.0f} | {oh} | {pk} |")
+        lines += slowest_runs(table["runs"])
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
         probe = table.get("launch_probe") or {}
@@ -865,6 +873,10 @@ def main():
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
+    ap.add_argument("--graph-capture", choices=("as-set", "torch"), default="as-set",
+                    help="how max captures its CUDA graphs: as cuda_graphs.cuda_capture does, or through "
+                         "torch.cuda.graph (a device synchronise and an emptied allocator cache before each capture; "
+                         "until 2026-12-03)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -899,10 +911,13 @@ def main():
     if a.compile_dir:  # before anything imports flash-attn-4, which reads where to keep its kernels then
         keep_kernels_in(a.compile_dir)
     b = Bench(a)
+    if a.graph_capture == "torch":
+        b.graph_pool = GraphPool(capture=torch_capture)
     dev = b.device
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
+           "graph_capture": a.graph_capture,
            "norm_kernels": {"rows_for_channels_last": FN.ROWS_FOR_CHANNELS_LAST,
                             "kernels_under_compile": FN.KERNELS_UNDER_COMPILE},
            "flash_attn_4": F4.installed(),   # found (imported at the first call it takes)
@@ -988,7 +1003,8 @@ def main():
                     }
                     fn, warmup = jobs[name]
                     reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
-                    table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup)
+                    table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup,
+                                                lambda: getattr(getattr(b, "graph_pool", None), "captured", 0))
             except Exception as e:  # noqa: BLE001 (one failing run must not lose the others: recorded, and on we go)
                 import traceback
                 traceback.print_exc()

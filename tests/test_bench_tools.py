@@ -366,6 +366,32 @@ def test_time_between_watched_calls_and_its_report_line():
     assert R.between_calls({"between_modules_ms": None}) == []     # files from before the measurement
 
 
+def test_timed_runs_keep_their_order_and_the_slowest_says_what_it_captured():
+    """The median comes from sorted runs; the order they ran in and the slowest run's breakdown (CUDA graphs it
+    captured) are kept, so a one-off cost is found in the run that paid it."""
+    import time
+
+    import gpu_benchmark as G
+    captured, sleeps = [0], iter([0.0, 0.05, 0.0])
+
+    def run():
+        pause = next(sleeps)
+        if pause:                      # the run that captures two graphs is the slow one
+            captured[0] += 2
+            time.sleep(pause)
+
+    class Flops:
+        @staticmethod
+        def total(calls):
+            return 1e12
+
+    res = G.timed(run, torch.device("cpu"), 3, G.ModuleTimer(False), Flops, 1e9, 0.0, warmup=lambda: None,
+                  captures=lambda: captured[0])
+    assert res["runs_in_order_s"][1] == max(res["runs_in_order_s"]) == res["runs_s"][-1]
+    assert res["slowest"]["run"] == 2 and res["slowest"]["graph_captures"] == 2
+    assert res["graph_captures"] == 0 and res["wall_s"] < 0.05      # the median run captured nothing
+
+
 def test_gc_pauses_count_collections_by_generation():
     import gc
 

@@ -910,6 +910,35 @@ def test_cuda_graph_capture_failure_leaves_that_signature_eager():
     assert pool.captured == 0 and len(pool.failures) == 1 and "capturing" in pool.failures[0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures real CUDA graphs")
+def test_cuda_capture_replays_as_eager_and_leaves_the_allocator_cache_alone():
+    """The library's capture gives the eager outputs and, with room on the device, keeps what the caching allocator
+    holds (torch.cuda.graph empties it before every capture: a graph captured mid-run made the rest of the run
+    allocate afresh)."""
+    from confiner_core.diffusers_backend.cuda_graphs import cuda_capture, torch_capture
+    for capture, keeps_cache in ((cuda_capture, True), (torch_capture, False)):
+        unet = T.tiny_unet2d().cuda().eval()
+        gens = [torch.Generator().manual_seed(seed) for seed in range(4)]
+        calls = [(torch.randn(2, 4, 8, 8, generator=g).cuda(), torch.tensor(321.5, device="cuda"),
+                  torch.randn(2, 77, T.SD_WIDTH, generator=g).cuda()) for g in gens]
+        with torch.no_grad():
+            expected = [unet(x, t, encoder_hidden_states=c).sample for x, t, c in calls]
+            pool = graph_forwards([unet], GraphPool(capture=capture))
+            unet(*calls[0][:2], encoder_hidden_states=calls[0][2])       # the warm-up call: eager
+            torch.empty(64 << 20, dtype=torch.uint8, device="cuda")       # 64 MiB freed into the cache
+            torch.cuda.synchronize()
+            cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+            outs = [unet(x, t, encoder_hidden_states=c).sample for x, t, c in calls[1:]]
+            torch.cuda.synchronize()
+        assert pool.captured == 1 and pool.replays == 3 and not pool.failures, capture.__name__
+        for out, ref in zip(outs, expected[1:]):
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        still = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        assert (still >= 64 << 20) == keeps_cache, (capture.__name__, cached, still)
+        del unet, pool, outs
+        torch.cuda.empty_cache()
+
+
 def test_only_pure_networks_are_graphed():
     done = apply_speed_settings([T.tiny_unet2d(), T.tiny_vae().decoder, T.tiny_text_encoder(),
                                  torch.nn.Linear(2, 2)], SpeedSettings(cuda_graphs=True))
