@@ -7,8 +7,9 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_extra.json``, ``h200_sd_graphs.json``, ``h200_sd_animatediff.json`` -- other SD processes (max,
   lean_graphs, an earlier call's eager/lean tables with the AnimateDiff runs): their tables and the runs the main
-  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``: later calls' tables, which
-  replace the main call's (those then stand beside earlier calls' in the comparison of kernels over frames);
+  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``, then ``h200_sd_max_call_p.json``:
+  later calls' tables, which replace the main call's (those then stand beside earlier calls' in the comparison of
+  kernels over frames);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
   second process from the portable cache alone; ``h200_sd_warm_dirs.json``: the same with the first process's
   folders (a second run on the same machine); ``h200_sd_warm_blocks.json`` (and ``..._call_1c.json``, another
@@ -72,6 +73,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # the latest call's best and max tables (compiled presets without cuDNN autotuning, flash-attn-4 for 8192
          # tokens and more), which replace those of the call before
          "sd_latest": "h200_sd_latest.json",
+         # a max table of a call after that (CUDA graphs captured without emptying the allocator's cache), which
+         # replaces the latest call's
+         "sd_latest_max": "h200_sd_max_call_p.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -415,6 +419,22 @@ def run_table(runs: dict) -> list[str]:
     return lines
 
 
+def slowest_runs(runs: dict) -> list[str]:
+    """For each run whose slowest repeat took over 10 % more than its median: which repeat, where its time went and
+    what it did once (CUDA graphs it captured, garbage collections); files of 2026-12-03 on."""
+    lines = []
+    for key, v in runs.items():
+        slow = (v or {}).get("slowest")
+        if not slow or slow["wall_s"] <= 1.1 * v["wall_s"]:
+            continue
+        modules = ", ".join(f"{k} {s:.3f}" for k, s in slow["modules_s"].items())
+        lines += ["", f"{RUN_LABELS.get(key, key)}: the slowest run (run {slow['run']} of {len(v['runs_s'])}, "
+                      f"{slow['wall_s']:.3f} s) spent {modules} s in the watched modules, captured "
+                      f"{slow['graph_captures']} CUDA graphs, collected garbage {slow['gc']['collections']} times "
+                      f"(generations 0/1/2) in {sum(slow['gc']['ms']):.1f} ms."]
+    return lines
+
+
 def between_calls(run: dict) -> list[str]:
     """Where the ConFiner run's time outside the networks went on the GPU (the sampler's kernels and idle time,
     between consecutive watched calls), and the garbage collector's pauses (files of 2026-12-02's fourth session
@@ -497,7 +517,7 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
         decoded = f"{chunk} frames" if chunk else "8 frames (the default then)"
         md += [f"## {setting}: {TABLE_LABELS.get(setting, setting)}", "",
                f"Settings: {table['settings']}. The VAE decoded {decoded} at a time.", ""]
-        md += run_table(table["runs"])
+        md += run_table(table["runs"]) + slowest_runs(table["runs"])
         if table["ratios"]:
             md += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in table["ratios"].items()]
         if ok(table["runs"].get(CONFINER)):
@@ -907,7 +927,7 @@ def main():
     filled = fold_extra(data["sd"], data["sd_extra"])
     # today's presets' tables, measured after the main call, replace its tables; those go to the comparison
     replaced, later = {}, {}
-    for key in ("sd_later", "sd_latest"):
+    for key in ("sd_later", "sd_latest", "sd_latest_max"):
         for setting, table in newer_tables(data["sd"], data[key]).items():
             replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
         later.update({setting: FILES[key] for setting in (data[key] or {}).get("tables", {})})  # the last call's
