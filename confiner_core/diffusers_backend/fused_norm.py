@@ -24,7 +24,8 @@ Under ``torch.compile`` inductor fuses the plain ops itself, and that wins for t
 batch 32: 0.17 ms against 0.19 ms in rows). Its norm runs one program per (sample, group), too few at the VAE's batch
 of 4 frames (128 programs for 132 multiprocessors: 1.24 ms against 0.37 ms), and it is slow on few pixels (16x16:
 0.16 ms against 0.08 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
-:func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s. On the CPU
+:func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s
+once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU
 or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within
 rounding.
 
