@@ -195,6 +195,7 @@ class ModuleTimer:
         self.calls: list[tuple[str, tuple]] = []
         self.peaks: dict[str, int] = {}
         self.run_peak = 0
+        self.ranges: list = []  # under a profiler: a record_function range per watched call (a profile's phases)
 
     def _fold(self) -> int:
         """The counter's peak since the last reset, kept in the run's peak; then a fresh counter."""
@@ -206,6 +207,8 @@ class ModuleTimer:
     def watch(self, group: str, name: str, module: torch.nn.Module) -> None:
         def pre(mod, args, kwargs):
             self.calls.append((name, _signature(args, kwargs)))
+            profiled = torch.autograd.profiler._is_profiler_enabled
+            self.ranges.append(record_function(name).__enter__() if profiled else None)
             if self.memory:
                 self._fold()
             if self.enabled:
@@ -222,6 +225,9 @@ class ModuleTimer:
                 self.sequence[-1][2] = end
             if self.memory:
                 self.peaks[group] = max(self.peaks.get(group, 0), self._fold())
+            rf = self.ranges.pop() if self.ranges else None
+            if rf is not None:
+                rf.__exit__(None, None, None)
 
         module.register_forward_pre_hook(pre, with_kwargs=True)
         module.register_forward_hook(post)

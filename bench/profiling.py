@@ -159,7 +159,25 @@ def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | 
     }
     if timed:
         out["idle_gaps"] = idle_gaps(events, phases=phases, host=host)
+    if phases and any(phases):
+        out["by_phase"] = phase_kinds(events, phases)
     return out
+
+
+def phase_kinds(events: list[tuple], phases: list, top: int = 6) -> dict:
+    """Kernel time per phase of the run (the ``record_function`` range each kernel was launched in): in all, per kind,
+    and the phase's top kernels, so one expert's forwards can be set beside another's."""
+    out: dict = {}
+    for (name, _start, dur, *_), phase in zip(events, phases):
+        entry = out.setdefault(phase or "(none)", {"s": 0.0, "kinds": {k: 0.0 for k in KINDS}, "names": {}})
+        entry["s"] += dur / 1e6
+        entry["kinds"][kind_of(name)] += dur / 1e6
+        entry["names"][name] = entry["names"].get(name, 0.0) + dur / 1e6
+    for entry in out.values():
+        names = entry.pop("names")
+        entry["top"] = [{"name": n[:160], "kind": kind_of(n), "s": t}
+                        for n, t in sorted(names.items(), key=lambda kv: -kv[1])[:top]]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["s"]))
 
 
 def rates(summary: dict, flops: dict) -> dict:
@@ -269,6 +287,14 @@ def markdown(summary: dict, title: str) -> list[str]:
         if gaps.get("by_phase_s"):
             lines += ["", "GPU idle by the phase of the kernel it waited for: " +
                       "; ".join(f"{phase} {s:.3f} s" for phase, s in gaps["by_phase_s"].items())]
+    phases = summary.get("by_phase")
+    if phases:
+        lines += ["", "| phase | kernel s | " + " | ".join(KINDS) + " | top kernels (s) |",
+                  "|---|---|" + "---|" * len(KINDS) + "---|"]
+        for phase, e in phases.items():
+            tops = "; ".join(f"`{t['name'][:40]}` {t['s']:.3f}" for t in e["top"][:3]).replace("|", "/")
+            lines.append(f"| {phase} | {e['s']:.3f} | " + " | ".join(f"{e['kinds'][k]:.3f}" for k in KINDS) +
+                         f" | {tops} |")
     audit = summary.get("sync_audit")
     if audit and "error" not in audit:
         lines += ["", f"Host waits for the GPU in one run (sync debug mode): {audit['syncs']}" +

@@ -102,8 +102,14 @@ def test_trace_phases_attribute_idle_gaps(tmp_path):
     assert longest["host"] == [{"op": "aten::item", "ms": pytest.approx(0.08)}]
     # the DtoH copy has no launch in the trace: nothing said about the host
     assert "launched_late_ms" not in next(g for g in gaps["longest"] if g["before"] == "Memcpy DtoH")
-    text = "\n".join(P.markdown({**P.summarise(events, 0.001, phases=phases, host=host), "source": "trace"}, "t"))
+    summary = P.summarise(events, 0.001, phases=phases, host=host)
+    by_phase = summary["by_phase"]                  # kernel time per phase: a GEMM each in refine and eval
+    assert list(by_phase) == ["refine", "text", "eval", "(none)"]
+    assert by_phase["refine"]["s"] == pytest.approx(50e-6) and by_phase["refine"]["kinds"]["gemm"] == pytest.approx(50e-6)
+    assert by_phase["text"]["kinds"]["norm"] == pytest.approx(30e-6) and by_phase["text"]["top"][0]["name"] == "gn_apply"
+    text = "\n".join(P.markdown({**summary, "source": "trace"}, "t"))
     assert "GPU idle by the phase" in text and "| 0.10 | `aten::item` 0.08 |" in text
+    assert "| refine | 0.000 | 0.000 | 0.000 | 0.000 |" in text and "`nvjet_gemm` 0.000 |" in text
 
 
 def test_report_figures_and_targets(tmp_path):
