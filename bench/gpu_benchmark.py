@@ -69,7 +69,6 @@ import profiling as P  # noqa: E402
 from gpu_report import RUN_LABELS, slowest_runs  # noqa: E402  (run names and notes, shared with the report)
 from confiner_core.chain import ChainConfig, generate_structure, refine_structure  # noqa: E402
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
-from confiner_core.diffusers_backend.cuda_graphs import GraphPool, torch_capture  # noqa: E402
 from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
@@ -879,10 +878,6 @@ def main():
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
-    ap.add_argument("--graph-capture", choices=("as-set", "torch"), default="as-set",
-                    help="how max captures its CUDA graphs: as cuda_graphs.cuda_capture does, or through "
-                         "torch.cuda.graph (a device synchronise and an emptied allocator cache before each capture; "
-                         "until 2026-12-03)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -917,13 +912,10 @@ def main():
     if a.compile_dir:  # before anything imports flash-attn-4, which reads where to keep its kernels then
         keep_kernels_in(a.compile_dir)
     b = Bench(a)
-    if a.graph_capture == "torch":
-        b.graph_pool = GraphPool(capture=torch_capture)
     dev = b.device
     res = {"device_name": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "size": a.size,
            "frames": 16, "tiny": a.tiny, "import_s": IMPORT_S, "build_s": b.build_s, "deadline_s": a.deadline,
-           "graph_capture": a.graph_capture,
            "norm_kernels": {"rows_for_channels_last": FN.ROWS_FOR_CHANNELS_LAST,
                             "kernels_under_compile": FN.KERNELS_UNDER_COMPILE},
            "flash_attn_4": F4.installed(),   # found (imported at the first call it takes)

@@ -7,7 +7,7 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_extra.json``, ``h200_sd_graphs.json``, ``h200_sd_animatediff.json`` -- other SD processes (max,
   lean_graphs, an earlier call's eager/lean tables with the AnimateDiff runs): their tables and the runs the main
-  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``, then ``h200_sd_max_call_p.json``:
+  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``, then ``h200_sd_max_call_s.json``:
   later calls' tables, which replace the main call's (those then stand beside earlier calls' in the comparison of
   kernels over frames);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
@@ -73,9 +73,8 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # the latest call's best and max tables (compiled presets without cuDNN autotuning, flash-attn-4 for 8192
          # tokens and more), which replace those of the call before
          "sd_latest": "h200_sd_latest.json",
-         # a max table of a call after that (CUDA graphs captured without emptying the allocator's cache), which
-         # replaces the latest call's
-         "sd_latest_max": "h200_sd_max_call_p.json",
+         # a max table of a call after that (the norm kernels as set now), which replaces the latest call's
+         "sd_latest_max": "h200_sd_max_call_s.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
@@ -711,15 +710,26 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     sys.path.insert(0, os.path.dirname(HERE))
     from confiner_core.diffusers_backend import fused_norm as FN
 
+    setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS)
+    swept = any("sweep" in row for row in data["shapes"])
+    as_set = " | row kernels as set now" if swept else ""
+    if swept:
+        swept = (f" The row kernels were also timed under {len(data['shapes'][0]['sweep'])} settings of tile size, "
+                 "programs and warps (`--sweep`); the column after the four ways is the setting `fused_norm` uses "
+                 f"now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps; at batch 2 the sweep spread "
+                 "the pixels over more programs than the kernels do).")
     md = ["## GroupNorm kernels", "",
           f"`bench/norm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}, {data['groups']} groups, "
-          "channels_last, with SiLU: milliseconds (median of 20), and GB/s of the one read and one write a norm needs "
+          "channels_last, with SiLU: milliseconds (median), and GB/s of the one read and one write a norm needs "
           "at least. The last two columns name the way `fused_norm` takes for that shape in `lean` and inside the "
-          "compiled blocks of `fast`/`max` (`rows_win`, `compiled_take`).", "",
-          "| where | [N, C, H, W] | " + " | ".join(label for _, label in NORM_WAYS) + " | lean takes | compiled takes |",
-          "|---|---|" + "---|" * (len(NORM_WAYS) + 2)]
+          "compiled blocks of `fast`/`max` (`rows_win`, `compiled_take`)." + swept, "",
+          "| where | [N, C, H, W] | " + " | ".join(label for _, label in NORM_WAYS) + as_set +
+          " | lean takes | compiled takes |", "|---|---|" + "---|" * (len(NORM_WAYS) + 2 + bool(as_set))]
     for row in data["shapes"]:
         cells = [f"{row[k]['ms']:.3f} ({row[k]['GB_s']:.0f})" if k in row else "—" for k, _ in NORM_WAYS]
+        if as_set:
+            now = [r for r in row.get("sweep", []) if (r["tile"], r["programs"], r["warps"]) == setting]
+            cells.append(f"{now[0]['ms']:.3f}" if now else "—")
         x = torch.empty(row["shape"], dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
         kernel = "row kernels" if FN.rows_win(x, data["groups"]) else "per-group kernels"
         compiled = kernel if FN.compiled_take(x, data["groups"]) else "inductor"

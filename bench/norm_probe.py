@@ -1,6 +1,6 @@
 """GroupNorm + SiLU on the shapes the SD-family networks normalise (channels_last, fp16), four ways: PyTorch eager,
-the library's per-group Triton kernels, its row kernels (``fused_norm.group_norm_rows``, the candidate for
-channels-last inputs) and inductor's fusion of the plain ops (what the compiled presets run). Per shape: the median
+the library's per-group Triton kernels, its row kernels (``fused_norm.group_norm_rows``, which channels-last inputs
+with narrow groups take) and inductor's fusion of the plain ops (what the compiled presets run). Per shape: the median
 time, the bandwidth of the one read and one write a norm needs at least, and each result's largest difference from
 an fp32 reference.
 
@@ -33,6 +33,12 @@ SHAPES = [("vae 512x512", 4, 128, 512, 512), ("vae 512x512 in", 4, 256, 512, 512
           ("vae 256x256 in", 4, 512, 256, 256), ("vae 128x128", 4, 512, 128, 128), ("vae 64x64", 4, 512, 64, 64),
           ("unet 64x64", 32, 320, 64, 64), ("unet 32x32", 32, 640, 32, 32), ("unet 16x16", 32, 1280, 16, 16),
           ("unet 8x8", 32, 1280, 8, 8)]
+# the control expert (16 frames, no cfg) and ModelScope's temporal convolutions' norms over (frames, H, W) at cfg 2,
+# as [N, C, frames x H, W]: the same memory as the 5-D tensor
+MORE_SHAPES = [("control 64x64", 16, 320, 64, 64), ("ms temporal 64x64", 2, 320, 16 * 64, 64),
+               ("ms temporal 32x32", 2, 640, 16 * 32, 32)]
+# row-kernel settings the sweep tries: (ROW_TILE, ROW_PROGRAMS, ROW_WARPS)
+SWEEP = [(tile, programs, warps) for tile in (4096, 8192) for programs in (1024, 2048) for warps in (4, 8)]
 TINY = [("tiny", 2, 64, 16, 16)]
 
 
@@ -56,12 +62,28 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def sweep_rows(x, weight, bias, device, repeats: int) -> list[dict]:
+    """The row kernels' time under each setting of SWEEP (module settings restored after)."""
+    saved = FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT
+    rows = []
+    try:
+        for tile, programs, warps in SWEEP:
+            FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT = tile, programs, warps, max(256, programs)
+            s = timed(lambda: FN.group_norm_rows(x, GROUPS, weight, bias, 1e-6, silu=True), device, repeats)
+            rows.append({"tile": tile, "programs": programs, "warps": warps, "ms": s * 1e3})
+    finally:
+        FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT = saved
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the row kernels under every setting of SWEEP, on every shape (GPU)")
     a = ap.parse_args()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -69,7 +91,7 @@ def main():
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype), "groups": GROUPS, "layout": "channels_last", "silu": True, "shapes": []}
     g = torch.Generator().manual_seed(0)
-    for where, n, c, h, w in (TINY if a.tiny else SHAPES):
+    for where, n, c, h, w in (TINY if a.tiny else SHAPES + MORE_SHAPES):
         x = (torch.randn(n, c, h, w, generator=g) * 2 + 1).to(device, dtype).contiguous(
             memory_format=torch.channels_last)
         weight, bias = (torch.randn(c, generator=g).to(device, dtype) for _ in range(2))
@@ -88,6 +110,10 @@ def main():
             s = timed(fn, device, a.repeats)
             err = float((fn().float() - ref).abs().max())
             row[name] = {"ms": s * 1e3, "GB_s": least_bytes / s / 1e9, "max_abs_err": err}
+        if gpu and a.sweep:
+            row["sweep"] = sweep_rows(x, weight, bias, device, a.repeats)
+            best = min(row["sweep"], key=lambda r: r["ms"])
+            print(f"  rows best {best}", flush=True)
         out["shapes"].append(row)
         print(where, json.dumps({k: v for k, v in row.items() if isinstance(v, dict)}), flush=True)
         del x, ref

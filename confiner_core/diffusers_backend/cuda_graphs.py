@@ -20,34 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 def cuda_capture(fn: Callable[[], Any], pool) -> tuple[Any, Any]:
     """Capture ``fn()`` into a CUDA graph (after one run on a side stream, as PyTorch's docs ask). Returns the graph
-    and ``fn``'s output in the graph's memory.
-
-    Unlike ``torch.cuda.graph`` this neither synchronises the device nor empties the caching allocator first, unless
-    the device lacks room: a graph captured in the middle of a run (an expert called once per generation is captured
-    on its second call) would otherwise make every later allocation of that run a fresh ``cudaMalloc``. The capture
-    needs about what the side-stream run just allocated and gave back to the allocator's cache, so the cache is
-    emptied only where the device has less free memory than the cache holds unused."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        free, _ = torch.cuda.mem_get_info()
-        if free < torch.cuda.memory_reserved() - torch.cuda.memory_allocated():
-            stream.synchronize()
-            torch.cuda.empty_cache()
-        graph = torch.cuda.CUDAGraph()
-        graph.capture_begin(pool=pool)
-        try:
-            out = fn()
-        finally:
-            graph.capture_end()
-    torch.cuda.current_stream().wait_stream(stream)
-    return graph, out
-
-
-def torch_capture(fn: Callable[[], Any], pool) -> tuple[Any, Any]:
-    """The same through ``torch.cuda.graph`` (a device synchronise and an emptied allocator cache before each
-    capture): what :func:`cuda_capture` did before, kept for the benchmark's comparison (``--graph-capture torch``)."""
+    and ``fn``'s output in the graph's memory."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

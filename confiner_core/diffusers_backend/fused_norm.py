@@ -49,6 +49,11 @@ TARGET_PROGRAMS = 1024
 MAX_SPLIT = 256
 TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
 ROW_TILE = 4096  # the same for the row kernels (BLOCK_S pixel rows of all channels)
+ROW_PROGRAMS = TARGET_PROGRAMS  # programs the row kernels aim for
+MAX_ROW_BLOCKS = 16  # rows a pixel at most in the row kernels (one unrolled reduction each)
+# warps of a row program: 4 were faster than 8 on 12 of 13 shapes (H200, ``norm_probe.py --sweep``, e.g. the
+# decoder's [4, 128, 512, 512] 0.316 against 0.335 ms)
+ROW_WARPS = 4
 SECTOR_BYTES = 32  # the GPU's memory transaction: a per-group program reading less of a pixel wastes the rest
 #: channels-last inputs take the row kernels: None where a group is narrower than a sector (:func:`rows_win`),
 #: True / False always / never (what ``bench/norm_probe.py`` compares)
@@ -56,8 +61,9 @@ ROWS_FOR_CHANNELS_LAST: bool | None = None
 #: inside a graph torch.compile traces, norms that :func:`compiled_take` picks call the kernels as one opaque op
 #: (``confiner::group_norm_act``) instead of inductor's fusion of the plain ops; False: inductor everywhere
 KERNELS_UNDER_COMPILE = True
-#: inductor's norm has one program per (sample, group): fewer than this, and the kernels take the norm
-COMPILED_PROGRAMS_BELOW = 512
+#: inductor's norm has one program per (sample, group): fewer than this, and the kernels take the norm (the control
+#: expert's 16 frames at 64x64, 512 programs: inductor 0.280 ms, the row kernels 0.106; at 32 frames 0.151 and 0.148)
+COMPILED_PROGRAMS_BELOW = 1024
 #: and they take it where a sample has at most this many pixels (16x16)
 COMPILED_PIXELS_UP_TO = 256
 
@@ -149,37 +155,49 @@ def _kernels():
 @functools.lru_cache(maxsize=None)
 def _row_kernels():
     """Kernels for a channels-last input [N, S, C] (channel stride 1, pixel stride C): sums per channel over a
-    share of the pixels, per-channel scale and offset from them, then the normalising pass, all over whole rows."""
+    share of the pixels, per-channel scale and offset from them, then the normalising pass, all over whole rows.
+
+    A tile is a run of whole pixel rows read as [R, B] (each row B channels: B the largest power of two dividing C,
+    M = C / B rows a pixel), so it is one contiguous range of memory whatever C is, with no lane masked for rounding
+    C up to a power of two (SD's 320 channels in rows of 512 left 37.5 % of the lanes idle). Row r of a tile holds
+    channels (r % M) * B ... + B of the tile's pixel r // M; the last R % M rows are unused."""
     import triton
     import triton.language as tl
 
     @triton.jit
     def gn_rows_stats(x_ptr, add_ptr, part_ptr, C, S, sN, s_per_prog, SPLIT,
-                   HAS_ADD: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                   HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr, B: tl.constexpr, M: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
-        c = tl.arange(0, BLOCK_C)
-        cmask = c < C
+        r = tl.arange(0, BLOCK_R)
+        j = tl.arange(0, B)
+        K = BLOCK_R // M                                     # whole pixels a tile
+        chan = ((r % M) * B)[:, None] + j[None, :]           # [BLOCK_R, B]: each lane's channel, the same every tile
+        used = (r < K * M)[:, None] & (chan < C)             # (chan < C: only where one padded row holds a pixel)
+        offs = ((r // M) * C)[:, None] + chan                # within a tile: contiguous where B * M = C
         base = x_ptr + n.to(tl.int64) * sN
-        shift = tl.load(base + c, mask=cmask, other=0.0).to(tl.float32)   # each channel's first pixel
+        shift = tl.load(base + chan, mask=used, other=0.0).to(tl.float32)   # each channel's first pixel
         if HAS_ADD:
-            b = tl.load(add_ptr + n * C + c, mask=cmask, other=0.0).to(tl.float32)
+            b = tl.load(add_ptr + n * C + chan, mask=used, other=0.0).to(tl.float32)
             shift += b
-        acc1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-        acc2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_R, B], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_R, B], dtype=tl.float32)
         s0 = split * s_per_prog
-        for start in range(0, s_per_prog, BLOCK_S):
-            s = s0 + start + tl.arange(0, BLOCK_S)
-            mask = (s < S)[:, None] & cmask[None, :]
-            x = tl.load(base + s[:, None].to(tl.int64) * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        for start in range(0, s_per_prog, K):
+            pixel = s0 + start + r // M
+            mask = used & (pixel < S)[:, None]
+            x = tl.load(base + (s0 + start).to(tl.int64) * C + offs, mask=mask, other=0.0).to(tl.float32)
             if HAS_ADD:
-                x += b[None, :]
-            d = tl.where(mask, x - shift[None, :], 0.0)
+                x += b
+            d = tl.where(mask, x - shift, 0.0)
             acc1 += d
             acc2 += d * d
         out = part_ptr + ((n * SPLIT + split) * 2).to(tl.int64) * C
-        tl.store(out + c, tl.sum(acc1, axis=0), mask=cmask)
-        tl.store(out + C + c, tl.sum(acc2, axis=0), mask=cmask)
+        for t in tl.static_range(M):                         # the rows of channel block t
+            rows = ((r % M) == t)[:, None]
+            kept = t * B + j < C
+            tl.store(out + t * B + j, tl.sum(tl.where(rows, acc1, 0.0), axis=0), mask=kept)
+            tl.store(out + C + t * B + j, tl.sum(tl.where(rows, acc2, 0.0), axis=0), mask=kept)
 
     @triton.jit
     def gn_rows_scale(x_ptr, add_ptr, w_ptr, b_ptr, part_ptr, coef_ptr, C, S, G, CG, sN, SPLIT, eps,
@@ -216,25 +234,29 @@ def _row_kernels():
         tl.store(coef_ptr + (n * 2 * C + C + c), offset, mask=jmask)
 
     @triton.jit
-    def gn_rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+    def gn_rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_R: tl.constexpr,
+                   B: tl.constexpr, M: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
-        c = tl.arange(0, BLOCK_C)
-        cmask = c < C
-        scale = tl.load(coef_ptr + n * 2 * C + c, mask=cmask, other=0.0)
-        offset = tl.load(coef_ptr + n * 2 * C + C + c, mask=cmask, other=0.0)
+        r = tl.arange(0, BLOCK_R)
+        j = tl.arange(0, B)
+        K = BLOCK_R // M
+        chan = ((r % M) * B)[:, None] + j[None, :]
+        used = (r < K * M)[:, None] & (chan < C)
+        offs = ((r // M) * C)[:, None] + chan
+        scale = tl.load(coef_ptr + n * 2 * C + chan, mask=used, other=0.0)   # per lane, loaded once
+        offset = tl.load(coef_ptr + n * 2 * C + C + chan, mask=used, other=0.0)
         base = n.to(tl.int64) * sN
         s0 = split * s_per_prog
-        for start in range(0, s_per_prog, BLOCK_S):
-            s = s0 + start + tl.arange(0, BLOCK_S)
-            mask = (s < S)[:, None] & cmask[None, :]
-            offs = base + s[:, None].to(tl.int64) * C + c[None, :]
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            y = x * scale[None, :] + offset[None, :]
+        for start in range(0, s_per_prog, K):
+            pixel = s0 + start + r // M
+            mask = used & (pixel < S)[:, None]
+            at = base + (s0 + start).to(tl.int64) * C + offs
+            x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+            y = x * scale + offset
             if SILU:
                 y = y * tl.sigmoid(y)
-            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     return gn_rows_stats, gn_rows_scale, gn_rows_apply
 
@@ -318,6 +340,14 @@ def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bi
     return y
 
 
+def row_blocks(c: int) -> tuple[int, int]:
+    """(B, M): a pixel's C channels as M rows of B, B the largest power of two dividing C (at least 2 lanes)."""
+    b = c & -c
+    if b < 2 or c // b > MAX_ROW_BLOCKS:        # odd or nearly odd channel counts: one padded row a pixel
+        return max(2, _next_pow2(c)), 1
+    return b, c // b
+
+
 def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                     add: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
     """:func:`group_norm_triton` for a channels-last-like ``x`` (channel stride 1) with the row kernels."""
@@ -326,23 +356,25 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     assert sc == 1 and ss == c, "the row kernels read channels-last pixel rows"
     s = x.numel() // max(1, n * c)
     cg = c // num_groups
-    block_c = max(2, _next_pow2(c))
-    block_s = max(1, ROW_TILE // block_c)
-    split = max(1, min(_cdiv(TARGET_PROGRAMS, n), _cdiv(s, block_s), MAX_SPLIT))
-    s_per_prog = _cdiv(_cdiv(s, split), block_s) * block_s
+    blocks, m = row_blocks(c)
+    block_r = max(_next_pow2(m), ROW_TILE // blocks)        # at least one whole pixel a tile
+    k = block_r // m                                         # whole pixels a tile
+    split = max(1, min(_cdiv(ROW_PROGRAMS, n), _cdiv(s, k), MAX_SPLIT))
+    s_per_prog = _cdiv(_cdiv(s, split), k) * k
     split = _cdiv(s, s_per_prog)
     add_flat = per_sample_channel(add, n, c) if add is not None else x
     y = torch.empty_like(x)
     part = torch.empty(n * split * 2 * c, device=x.device, dtype=torch.float32)
     coef = torch.empty(n * 2 * c, device=x.device, dtype=torch.float32)
     stats, scale, apply = _row_kernels()
-    warps = 8 if block_c * block_s >= 4096 else 4
-    stats[(n, split)](x, add_flat, part, c, s, sn, s_per_prog, split, HAS_ADD=add is not None, BLOCK_S=block_s,
-                      BLOCK_C=block_c, num_warps=warps)
+    warps = ROW_WARPS
+    stats[(n, split)](x, add_flat, part, c, s, sn, s_per_prog, split, HAS_ADD=add is not None, BLOCK_R=block_r,
+                      B=blocks, M=m, num_warps=warps)
     scale[(n * num_groups,)](x, add_flat, weight, bias, part, coef, c, s, num_groups, cg, sn, split, float(eps),
                              HAS_ADD=add is not None, BLOCK_CG=max(2, _next_pow2(cg)),
                              BLOCK_SPLIT=min(32, max(2, _next_pow2(split))), num_warps=4)
-    apply[(n, split)](x, coef, y, c, s, sn, s_per_prog, SILU=silu, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps)
+    apply[(n, split)](x, coef, y, c, s, sn, s_per_prog, SILU=silu, BLOCK_R=block_r, B=blocks, M=m,
+                      num_warps=warps)
     return y
 
 
