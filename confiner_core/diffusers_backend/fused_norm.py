@@ -17,13 +17,14 @@ every program reads whole pixel rows (all channels, contiguous) instead of one g
 then one small kernel turns per-channel sums into per-channel scale and offset. A per-group program reading less than
 one 32-byte memory sector of each pixel wastes the rest of it: the SD VAE decoder's 128 channels in 32 groups are 8
 bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe.json``) the rows normalise the decoder's
-512x512 layers in 0.37 ms against 1.73 ms per group and 1.24 ms by inductor; groups of 16 channels and more are as fast
+512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more are as fast
 or faster per group. :func:`rows_win` is that rule.
 
-Under ``torch.compile`` inductor fuses the plain ops itself, and that wins for the UNets' large layers (64x64 at
-batch 32: 0.17 ms against 0.19 ms in rows). Its norm runs one program per (sample, group), too few at the VAE's batch
-of 4 frames (128 programs for 132 multiprocessors: 1.24 ms against 0.37 ms), and it is slow on few pixels (16x16:
-0.16 ms against 0.08 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
+Under ``torch.compile`` inductor fuses the plain ops itself, and that holds its own on the UNets' large layers at 32
+frames (64x64: 0.151 ms against 0.148 in rows; 32x32: 0.092 against 0.118 per group). Its norm runs one program per
+(sample, group), too few at the VAE's batch of 4 frames (128 programs for 132 multiprocessors: 1.11 ms against 0.32
+ms) and at the control expert's 16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against
+0.07 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
 :func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s
 once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU
 or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within
@@ -48,7 +49,7 @@ from torch import nn
 TARGET_PROGRAMS = 1024
 MAX_SPLIT = 256
 TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
-ROW_TILE = 4096  # the same for the row kernels (BLOCK_S pixel rows of all channels)
+ROW_TILE = 4096  # the same for the row kernels (whole pixels, read as rows of channels: :func:`row_blocks`)
 ROW_PROGRAMS = TARGET_PROGRAMS  # programs the row kernels aim for
 MAX_ROW_BLOCKS = 16  # rows a pixel at most in the row kernels (one unrolled reduction each)
 # warps of a row program: 4 were faster than 8 on 12 of 13 shapes (H200, ``norm_probe.py --sweep``, e.g. the
@@ -367,14 +368,13 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     part = torch.empty(n * split * 2 * c, device=x.device, dtype=torch.float32)
     coef = torch.empty(n * 2 * c, device=x.device, dtype=torch.float32)
     stats, scale, apply = _row_kernels()
-    warps = ROW_WARPS
     stats[(n, split)](x, add_flat, part, c, s, sn, s_per_prog, split, HAS_ADD=add is not None, BLOCK_R=block_r,
-                      B=blocks, M=m, num_warps=warps)
+                      B=blocks, M=m, num_warps=ROW_WARPS)
     scale[(n * num_groups,)](x, add_flat, weight, bias, part, coef, c, s, num_groups, cg, sn, split, float(eps),
                              HAS_ADD=add is not None, BLOCK_CG=max(2, _next_pow2(cg)),
                              BLOCK_SPLIT=min(32, max(2, _next_pow2(split))), num_warps=4)
     apply[(n, split)](x, coef, y, c, s, sn, s_per_prog, SILU=silu, BLOCK_R=block_r, B=blocks, M=m,
-                      num_warps=warps)
+                      num_warps=ROW_WARPS)
     return y
 
 
