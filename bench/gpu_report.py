@@ -711,9 +711,10 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     from confiner_core.diffusers_backend import fused_norm as FN
 
     setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS)
-    swept = any("sweep" in row for row in data["shapes"])
-    as_set = " | row kernels as set now" if swept else ""
-    if swept:
+    has_sweep = any("sweep" in row for row in data["shapes"])
+    as_set = " | row kernels as set now" if has_sweep else ""
+    swept = ""
+    if has_sweep:
         swept = (f" The row kernels were also timed under {len(data['shapes'][0]['sweep'])} settings of tile size, "
                  "programs and warps (`--sweep`); the column after the four ways is the setting `fused_norm` uses "
                  f"now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps; at batch 2 the sweep spread "
