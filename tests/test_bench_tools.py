@@ -398,6 +398,24 @@ def test_timed_runs_keep_their_order_and_the_slowest_says_what_it_captured():
     assert res["graph_captures"] == 0 and res["wall_s"] < 0.05      # the median run captured nothing
 
 
+def test_watched_calls_are_profile_phases_only_under_a_profiler():
+    """Each watched call opens a record_function range named after the network while a profiler runs (a profile's
+    phases split the refinement into its experts), and none otherwise."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import gpu_benchmark as G
+    timer = G.ModuleTimer(False)
+    sd, ms = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    timer.watch("experts", "sd", sd)
+    timer.watch("experts", "ms", ms)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ms(sd(torch.randn(2, 4)))
+    names = [e.key for e in prof.key_averages()]
+    assert "sd" in names and "ms" in names and timer.ranges == []
+    sd(torch.randn(2, 4))
+    assert timer.ranges == []                      # without a profiler: nothing left open either
+
+
 def test_gc_pauses_count_collections_by_generation():
     import gc
 
