@@ -338,13 +338,32 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def host_profiled(fn, path: str, top: int = 40):
+    """``fn`` run under cProfile, its top functions by cumulative time written to ``path`` (what the host did)."""
+    import cProfile
+    import io
+    import pstats
+
+    def run():
+        prof = cProfile.Profile()
+        try:
+            return prof.runcall(fn)
+        finally:
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(top)
+            with open(path, "w") as f:
+                f.write(text.getvalue())
+    return run
+
+
 def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, deadline: float, prior_s: float,
-          warmup=None, captures=lambda: 0) -> dict | None:
+          warmup=None, captures=lambda: 0, first_run=None) -> dict | None:
     """Median of up to ``repeats`` runs of ``fn`` after one run of ``warmup`` (default ``fn``), excluded.
 
     Skipped (None) when ``prior_s`` no longer fits before ``deadline``; later repeats are dropped when the last run
     would not fit (at least one run is kept). ``captures()`` counts CUDA graphs captured so far: each run says how
-    many it captured, and the slowest run (``slowest``) where its time went."""
+    many it captured, and the slowest run (``slowest``) where its time went. ``first_run(fn)``: what the first timed
+    run calls instead of ``fn`` (:func:`host_profiled`)."""
     if elapsed() + prior_s > deadline:
         return None
     t0 = time.perf_counter()
@@ -361,7 +380,7 @@ def timed(fn, device, repeats: int, timer: ModuleTimer, flops: FlopCounter, dead
         captured = captures()
         t0 = time.perf_counter()
         timer.mark("start")
-        info = fn() or {}
+        info = (first_run(fn) if first_run and not rows else fn)() or {}
         timer.mark("end")
         sync(device)
         wall = time.perf_counter() - t0
@@ -846,6 +865,9 @@ def main():
     ap.add_argument("--settings", nargs="+", choices=tuple(TABLES), default=["eager", "lean", "best"])
     ap.add_argument("--profile", nargs="*", choices=tuple(TABLES), default=["eager", "best"],
                     help="tables after which one ConFiner run is profiled")
+    ap.add_argument("--host-profile-first-run", default=None, metavar="PREFIX",
+                    help="run the first timed ConFiner run of each table under cProfile and write its top functions "
+                         "to PREFIX.<table>.txt (under max that run captures the text encoders' CUDA graphs)")
     ap.add_argument("--attention-probe", nargs="*", choices=tuple(TABLES), default=["lean"],
                     help="tables in which one forward per network is timed under every attention backend")
     ap.add_argument("--compile", choices=COMPILE_SCOPES, default="blocks",
@@ -1001,8 +1023,13 @@ def main():
                     }
                     fn, warmup = jobs[name]
                     reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
+                    first = None
+                    if a.host_profile_first_run and name == "confiner_4+5_modelscope":
+                        path = f"{a.host_profile_first_run}.{setting}.txt"
+                        first = lambda run, path=path: host_profiled(run, path)  # noqa: E731
                     table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup,
-                                                lambda: getattr(getattr(b, "graph_pool", None), "captured", 0))
+                                                lambda: getattr(getattr(b, "graph_pool", None), "captured", 0),
+                                                first)
             except Exception as e:  # noqa: BLE001 (one failing run must not lose the others: recorded, and on we go)
                 import traceback
                 traceback.print_exc()

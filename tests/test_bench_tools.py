@@ -398,6 +398,28 @@ def test_timed_runs_keep_their_order_and_the_slowest_says_what_it_captured():
     assert res["graph_captures"] == 0 and res["wall_s"] < 0.05      # the median run captured nothing
 
 
+def test_first_timed_run_under_the_host_profiler(tmp_path):
+    """--host-profile-first-run: the first timed run (not the warm-up, not the others) runs under cProfile, and its
+    functions land in the file."""
+    import gpu_benchmark as G
+    calls = []
+
+    def second_generation():
+        calls.append("run")
+
+    class Flops:
+        @staticmethod
+        def total(calls):
+            return 1.0
+
+    path = tmp_path / "host.txt"
+    G.timed(second_generation, torch.device("cpu"), 3, G.ModuleTimer(False), Flops, 1e9, 0.0,
+            warmup=lambda: calls.append("warm-up"), first_run=lambda run: G.host_profiled(run, str(path)))
+    assert calls == ["warm-up", "run", "run", "run"]
+    text = path.read_text()
+    assert "second_generation" in text and "warm-up" not in text
+
+
 def test_watched_calls_are_profile_phases_only_under_a_profiler():
     """Each watched call opens a record_function range named after the network while a profiler runs (a profile's
     phases split the refinement into its experts), and none otherwise."""
