@@ -867,7 +867,8 @@ def main():
                     help="tables after which one ConFiner run is profiled")
     ap.add_argument("--host-profile-first-run", default=None, metavar="PREFIX",
                     help="run the first timed ConFiner run of each table under cProfile and write its top functions "
-                         "to PREFIX.<table>.txt (under max that run captures the text encoders' CUDA graphs)")
+                         "to PREFIX.<table>.txt (under max that run captures the text encoders' CUDA graphs; its "
+                         "time then includes cProfile's own)")
     ap.add_argument("--attention-probe", nargs="*", choices=tuple(TABLES), default=["lean"],
                     help="tables in which one forward per network is timed under every attention backend")
     ap.add_argument("--compile", choices=COMPILE_SCOPES, default="blocks",
