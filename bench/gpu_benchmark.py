@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import os
@@ -1026,8 +1027,7 @@ def main():
                     reps = a.repeats if name.startswith("confiner") else a.baseline_repeats
                     first = None
                     if a.host_profile_first_run and name == "confiner_4+5_modelscope":
-                        path = f"{a.host_profile_first_run}.{setting}.txt"
-                        first = lambda run, path=path: host_profiled(run, path)  # noqa: E731
+                        first = functools.partial(host_profiled, path=f"{a.host_profile_first_run}.{setting}.txt")
                     table["runs"][name] = timed(fn, dev, reps, b.timer, b.flops, a.deadline, prior, warmup,
                                                 lambda: getattr(getattr(b, "graph_pool", None), "captured", 0),
                                                 first)

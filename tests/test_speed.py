@@ -370,7 +370,7 @@ def test_norm_kernel_choice_follows_the_h200_timings(shape):
     # within 10 %: the sector rule's one miss is 256x256 at 16 channels a group (per group 0.330, rows 0.314 ms)
     assert kernel <= min(groups, rows) * 1.1
     compiled = kernel if FN.compiled_take(x, 32) else inductor
-    assert compiled <= min(inductor, kernel) * 1.05  # 64x64 at 32 frames: inductor 0.151, the rows 0.148 ms
+    assert compiled <= min(inductor, kernel) * 1.01
     assert not FN.rows_win(x.contiguous(), 32)      # NCHW: the per-group kernels read whole channel planes
 
 

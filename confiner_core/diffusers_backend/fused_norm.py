@@ -20,11 +20,11 @@ bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe.json`
 512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more are as fast
 or faster per group. :func:`rows_win` is that rule.
 
-Under ``torch.compile`` inductor fuses the plain ops itself, and that holds its own on the UNets' large layers at 32
-frames (64x64: 0.151 ms against 0.148 in rows; 32x32: 0.092 against 0.118 per group). Its norm runs one program per
-(sample, group), too few at the VAE's batch of 4 frames (128 programs for 132 multiprocessors: 1.11 ms against 0.32
-ms) and at the control expert's 16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against
-0.07 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
+Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where groups are wide on the UNets' large
+layers at 32 frames (32x32: 0.092 ms against 0.118 per group). Wherever the row kernels take a norm they beat it
+(64x64 at 32 frames only just: 0.148 against 0.151 ms). Its norm runs one program per (sample, group), too few at the
+VAE's batch of 4 frames (128 programs for 132 multiprocessors: 1.11 ms against 0.32 ms) and at the control expert's
+16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against 0.07 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
 :func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s
 once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU
 or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within
@@ -415,16 +415,17 @@ def rows_win(x: torch.Tensor, num_groups: int) -> bool:
 
 
 def compiled_take(x: torch.Tensor, num_groups: int) -> bool:
-    """Whether a compiled graph calls the kernels for this norm rather than fuse the plain ops (module docstring)."""
+    """Whether a compiled graph calls the kernels for this norm rather than fuse the plain ops (module docstring):
+    where the row kernels take it, where inductor's norm would run too few programs, and on few pixels."""
     n, c = x.shape[:2]
     pixels = x.numel() // max(1, n * c)
-    return n * num_groups < COMPILED_PROGRAMS_BELOW or pixels <= COMPILED_PIXELS_UP_TO
+    return rows_win(x, num_groups) or n * num_groups < COMPILED_PROGRAMS_BELOW or pixels <= COMPILED_PIXELS_UP_TO
 
 
 def compiled_norms() -> tuple:
     """What a compiled graph's norms depend on beyond its inputs: part of a kept block's key."""
-    return (ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None, COMPILED_PROGRAMS_BELOW,
-            COMPILED_PIXELS_UP_TO)
+    return (ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None, SECTOR_BYTES,
+            COMPILED_PROGRAMS_BELOW, COMPILED_PIXELS_UP_TO)
 
 
 def kernels_take(x: torch.Tensor) -> bool:
