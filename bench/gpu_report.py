@@ -710,14 +710,15 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     sys.path.insert(0, os.path.dirname(HERE))
     from confiner_core.diffusers_backend import fused_norm as FN
 
-    setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS)
+    setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES)
     has_sweep = any("sweep" in row for row in data["shapes"])
     as_set = " | row kernels as set now" if has_sweep else ""
     swept = ""
     if has_sweep:
         swept = (f" The row kernels were also timed under {len(data['shapes'][0]['sweep'])} settings of tile size, "
-                 "programs and warps (`--sweep`); the column after the four ways is the setting `fused_norm` uses "
-                 f"now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps; at batch 2 the sweep spread "
+                 "programs, warps and loop stages (`--sweep`); the column after the four ways is the setting `fused_norm` uses "
+                 f"now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps, {setting[3]} loop stages; at batch 2 "
+                 "the sweep spread "
                  "the pixels over more programs than the kernels do).")
     md = ["## GroupNorm kernels", "",
           f"`bench/norm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}, {data['groups']} groups, "
@@ -729,7 +730,7 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     for row in data["shapes"]:
         cells = [f"{row[k]['ms']:.3f} ({row[k]['GB_s']:.0f})" if k in row else "—" for k, _ in NORM_WAYS]
         if as_set:
-            now = [r for r in row.get("sweep", []) if (r["tile"], r["programs"], r["warps"]) == setting]
+            now = [r for r in row.get("sweep", []) if (r["tile"], r["programs"], r["warps"], r.get("stages", 1)) == setting]
             cells.append(f"{now[0]['ms']:.3f}" if now else "—")
         x = torch.empty(row["shape"], dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
         kernel = "row kernels" if FN.rows_win(x, data["groups"]) else "per-group kernels"

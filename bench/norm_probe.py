@@ -37,8 +37,9 @@ SHAPES = [("vae 512x512", 4, 128, 512, 512), ("vae 512x512 in", 4, 256, 512, 512
 # as [N, C, frames x H, W]: the same memory as the 5-D tensor
 MORE_SHAPES = [("control 64x64", 16, 320, 64, 64), ("ms temporal 64x64", 2, 320, 16 * 64, 64),
                ("ms temporal 32x32", 2, 640, 16 * 32, 32)]
-# row-kernel settings the sweep tries: (ROW_TILE, ROW_PROGRAMS, ROW_WARPS)
-SWEEP = [(tile, programs, warps) for tile in (4096, 8192) for programs in (1024, 2048) for warps in (4, 8)]
+# row-kernel settings the sweep tries: (ROW_TILE, ROW_PROGRAMS, ROW_WARPS, ROW_STAGES) (call R, 2026-12-03: tiles of
+# 8192 and 2048 programs lost to 4096 and 1024 on nearly every shape; the loads' pipelining is new)
+SWEEP = [(tile, 1024, warps, stages) for tile in (2048, 4096) for warps in (4, 8) for stages in (1, 2, 3)]
 TINY = [("tiny", 2, 64, 16, 16)]
 
 
@@ -64,15 +65,16 @@ def timed(fn, device, repeats: int) -> float:
 
 def sweep_rows(x, weight, bias, device, repeats: int) -> list[dict]:
     """The row kernels' time under each setting of SWEEP (module settings restored after)."""
-    saved = FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT
+    saved = FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT
     rows = []
     try:
-        for tile, programs, warps in SWEEP:
-            FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT = tile, programs, warps, max(256, programs)
+        for tile, programs, warps, stages in SWEEP:
+            FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT = \
+                tile, programs, warps, stages, max(256, programs)
             s = timed(lambda: FN.group_norm_rows(x, GROUPS, weight, bias, 1e-6, silu=True), device, repeats)
-            rows.append({"tile": tile, "programs": programs, "warps": warps, "ms": s * 1e3})
+            rows.append({"tile": tile, "programs": programs, "warps": warps, "stages": stages, "ms": s * 1e3})
     finally:
-        FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.MAX_SPLIT = saved
+        FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT = saved
     return rows
 
 

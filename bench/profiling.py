@@ -19,6 +19,8 @@ import time
 
 import torch
 
+#: kernels the markdown table lists (the summary keeps more: ``profile_run``'s ``top``)
+TABLE_TOP = 15
 KINDS = ("attention", "convolution", "gemm", "norm", "elementwise", "layout/copy", "memcpy", "other")
 
 # Order matters: the first pattern that matches names the kind (cuDNN's convolution kernels say "gemm" too).
@@ -131,7 +133,7 @@ def idle_gaps(events: list[tuple], top: int = 8, phases: list | None = None, hos
     return out
 
 
-def summarise(events: list[tuple], wall_s: float, top: int = 15, phases: list | None = None,
+def summarise(events: list[tuple], wall_s: float, top: int = 60, phases: list | None = None,
               host: dict | None = None) -> dict:
     """``events``: (name, start_us, duration_us[, calls]) of every kernel (start None: unknown, no gaps measured);
     ``phases``: the run's phase each was launched in, ``host``: launches and host operators (both optional,
@@ -220,7 +222,7 @@ def cpu_operators(prof) -> list[tuple[str, float, float]]:
             if e.self_cpu_time_total > 0 and e.key.startswith("aten::")]
 
 
-def profile_run(fn, device: torch.device, top: int = 15) -> dict:
+def profile_run(fn, device: torch.device, top: int = 60) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -273,7 +275,7 @@ def markdown(summary: dict, title: str) -> list[str]:
         lines.append(f"| {kind} | {k[kind]['s']:.3f} | {100 * k[kind]['share']:.1f} % | "
                      f"{'' if rate is None else f'{rate:.0f}'} |")
     lines += ["", "| top kernel | kind | calls | s | share |", "|---|---|---|---|---|"]
-    for t in summary["top"]:
+    for t in summary["top"][:TABLE_TOP]:
         name = t["name"].replace("|", "/")
         lines.append(f"| `{name[:90]}` | {t['kind']} | {t['calls']} | {t['s']:.3f} | {100 * t['share']:.1f} % |")
     gaps = summary.get("idle_gaps")

@@ -319,9 +319,16 @@ KERNEL_CHECK = textwrap.dedent("""
         a = torch.randn(1 if add == "channel" else shape[0], c, *([1] * (len(shape) - 2)), dtype=dtype) if add else None
         ref = FN.group_norm_reference(x.double(), groups, w.double(), b.double(), 1e-5,
                                       None if a is None else a.double(), silu)
-        # the row kernels too where the input is channels-last (rows_win picks one by default)
-        for rows in ((False, True) if layout in ("cl", "t") else (False,)):
-            y = FN.group_norm_triton(x, groups, w, b, 1e-5, a, silu, rows=rows)
+        # the row kernels too where the input is channels-last (rows_win picks one by default), also "staged":
+        # small tiles (many loop iterations), pipelined loads, and the scale step's partial sums in many chunks
+        for rows in ((False, True, "staged") if layout in ("cl", "t") else (False,)):
+            saved = FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE
+            if rows == "staged":
+                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE = 64, 2, 32
+            try:
+                y = FN.group_norm_triton(x, groups, w, b, 1e-5, a, silu, rows=bool(rows))
+            finally:
+                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE = saved
             err = float((y.double() - ref).norm() / ref.norm())
             same_layout = layout == "strided" or y.stride() == x.stride()
             out.append({"case": [list(shape), layout, str(dtype), add, silu, rows], "err": err,
@@ -342,7 +349,7 @@ def under_the_interpreter(script: str) -> list:
 def test_triton_group_norm_kernels_under_the_interpreter():
     results = under_the_interpreter(KERNEL_CHECK)
     tolerance = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1e-2}
-    assert len(results) == 11 + 9 and sum(r["case"][-1] for r in results) == 9   # 9 with the row kernels
+    assert len(results) == 11 + 2 * 9 and sum(bool(r["case"][-1]) for r in results) == 2 * 9   # 9 with the rows
     for r in results:
         assert r["finite"] and r["same_layout"] and r["dtype_kept"], r
         assert r["err"] < tolerance[r["case"][2]], r

@@ -55,6 +55,13 @@ MAX_ROW_BLOCKS = 16  # rows a pixel at most in the row kernels (one unrolled red
 # warps of a row program: 4 were faster than 8 on 12 of 13 shapes (H200, ``norm_probe.py --sweep``, e.g. the
 # decoder's [4, 128, 512, 512] 0.316 against 0.335 ms)
 ROW_WARPS = 4
+# loop iterations a row program keeps in flight (Triton's software pipelining of the loads; 1: none). A row program
+# holds a few [tile] fp32 tensors, so only two or three fit a multiprocessor: one tile in flight each is less than
+# the ~30 KB a multiprocessor needs in flight to draw the H200's bandwidth
+ROW_STAGES = 1
+# partial sums the row kernels' scale step reads at once (split x channels of a group): all of a norm over 2 samples'
+# ~500 splits in two steps instead of sixteen in turn
+SCALE_TILE = 4096
 SECTOR_BYTES = 32  # the GPU's memory transaction: a per-group program reading less of a pixel wastes the rest
 #: channels-last inputs take the row kernels: None where a group is narrower than a sector (:func:`rows_win`),
 #: True / False always / never (what ``bench/norm_probe.py`` compares)
@@ -167,7 +174,8 @@ def _row_kernels():
 
     @triton.jit
     def gn_rows_stats(x_ptr, add_ptr, part_ptr, C, S, sN, s_per_prog, SPLIT,
-                   HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr, B: tl.constexpr, M: tl.constexpr):
+                   HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr, B: tl.constexpr, M: tl.constexpr,
+                   STAGES: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
         r = tl.arange(0, BLOCK_R)
@@ -184,7 +192,7 @@ def _row_kernels():
         acc1 = tl.zeros([BLOCK_R, B], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_R, B], dtype=tl.float32)
         s0 = split * s_per_prog
-        for start in range(0, s_per_prog, K):
+        for start in tl.range(0, s_per_prog, K, num_stages=STAGES):
             pixel = s0 + start + r // M
             mask = used & (pixel < S)[:, None]
             x = tl.load(base + (s0 + start).to(tl.int64) * C + offs, mask=mask, other=0.0).to(tl.float32)
@@ -236,7 +244,7 @@ def _row_kernels():
 
     @triton.jit
     def gn_rows_apply(x_ptr, coef_ptr, y_ptr, C, S, sN, s_per_prog, SILU: tl.constexpr, BLOCK_R: tl.constexpr,
-                   B: tl.constexpr, M: tl.constexpr):
+                   B: tl.constexpr, M: tl.constexpr, STAGES: tl.constexpr):
         n = tl.program_id(0)
         split = tl.program_id(1)
         r = tl.arange(0, BLOCK_R)
@@ -249,7 +257,7 @@ def _row_kernels():
         offset = tl.load(coef_ptr + n * 2 * C + C + chan, mask=used, other=0.0)
         base = n.to(tl.int64) * sN
         s0 = split * s_per_prog
-        for start in range(0, s_per_prog, K):
+        for start in tl.range(0, s_per_prog, K, num_stages=STAGES):
             pixel = s0 + start + r // M
             mask = used & (pixel < S)[:, None]
             at = base + (s0 + start).to(tl.int64) * C + offs
@@ -369,12 +377,14 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     coef = torch.empty(n * 2 * c, device=x.device, dtype=torch.float32)
     stats, scale, apply = _row_kernels()
     stats[(n, split)](x, add_flat, part, c, s, sn, s_per_prog, split, HAS_ADD=add is not None, BLOCK_R=block_r,
-                      B=blocks, M=m, num_warps=ROW_WARPS)
+                      B=blocks, M=m, STAGES=ROW_STAGES, num_warps=ROW_WARPS)
+    block_cg = max(2, _next_pow2(cg))
     scale[(n * num_groups,)](x, add_flat, weight, bias, part, coef, c, s, num_groups, cg, sn, split, float(eps),
-                             HAS_ADD=add is not None, BLOCK_CG=max(2, _next_pow2(cg)),
-                             BLOCK_SPLIT=min(32, max(2, _next_pow2(split))), num_warps=4)
+                             HAS_ADD=add is not None, BLOCK_CG=block_cg,
+                             BLOCK_SPLIT=min(max(32, SCALE_TILE // block_cg), max(2, _next_pow2(split))),
+                             num_warps=4)
     apply[(n, split)](x, coef, y, c, s, sn, s_per_prog, SILU=silu, BLOCK_R=block_r, B=blocks, M=m,
-                      num_warps=ROW_WARPS)
+                      STAGES=ROW_STAGES, num_warps=ROW_WARPS)
     return y
 
 
