@@ -278,6 +278,27 @@ def test_fused_resnet_forward_is_diffusers_forward(time_norm, temb_channels, tem
         assert rel(block(x, t), before) < 1e-6
 
 
+def test_fused_temporal_conv_forward_is_diffusers_forward():
+    """ModelScope's temporal convolutions: the first three convolutions' biases move into the next norm's add."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    torch.manual_seed(0)
+    block = TemporalConvLayer(8, 8, norm_num_groups=4).eval()
+    for p in block.parameters():  # diffusers zeroes the last convolution: the fold must not rely on it
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2 * 5, 8, 3, 4) * 2 + 1     # 2 videos of 5 frames
+    with torch.no_grad():
+        before = block(x, num_frames=5)
+        done = FN.fuse_group_norms(block)
+        assert done["temporal_convs"] == 1 and done["norm_act_pairs"] == 4
+        seen = []
+        for norm in (block.conv2[0], block.conv3[0], block.conv4[0]):
+            norm.register_forward_hook(lambda m, args, out: seen.append(len(args) == 2 and args[1] is not None))
+        assert rel(block(x, num_frames=5), before) < 1e-6
+        assert seen == [True, True, True]      # each took the bias before it
+        assert FN.fuse_group_norms(block)["temporal_convs"] == 0    # applied once
+
+
 def test_layout_strides():
     x = torch.randn(2, 6, 4, 5)
     assert FN.layout_strides(x) == (120, 20, 1)

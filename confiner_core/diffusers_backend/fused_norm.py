@@ -31,8 +31,8 @@ or without Triton :func:`group_norm_act` is the plain PyTorch composition, so ou
 rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
-time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions) and the models'
-``conv_norm_out`` + ``conv_act`` pairs become one fused norm, every other ``nn.GroupNorm`` a layout-keeping one; and
+time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions, whose norms also
+take the previous convolution's bias) and the models' ``conv_norm_out`` + ``conv_act`` pairs become one fused norm, every other ``nn.GroupNorm`` a layout-keeping one; and
 ``Transformer2DModel`` returns its NHWC result as a channels_last view instead of copying it to NCHW.
 """
 
@@ -509,9 +509,45 @@ def fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | 
 
 
 def bias_foldable(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` with no hooks: calling its ``_conv_forward`` without the bias skips nothing else (a
-    LoRA-wrapped or hooked convolution keeps its own forward)."""
-    return type(conv) is nn.Conv2d and not (conv._forward_hooks or conv._forward_pre_hooks)
+    """A plain ``nn.Conv2d`` / ``nn.Conv3d`` with no hooks: calling its ``_conv_forward`` without the bias skips
+    nothing else (a LoRA-wrapped or hooked convolution keeps its own forward)."""
+    return type(conv) in (nn.Conv2d, nn.Conv3d) and not (conv._forward_hooks or conv._forward_pre_hooks)
+
+
+def fused_temporal_conv_forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+    """``diffusers.models.resnet.TemporalConvLayer.forward`` (ModelScope's four (GroupNorm, SiLU, Conv3d over
+    frames) stages) with the bias of each stage's convolution added where the next stage's fused norm reads it, as
+    conv1's in :func:`fused_resnet_forward`: inside a compiled block the norms are one opaque op
+    (``confiner::group_norm_act``, ModelScope's norms over frames run too few programs for inductor's), so a bias
+    left on the convolution is a pass of its own over the activations. The last stage keeps its bias (the residual
+    add takes it)."""
+    hidden_states = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
+    identity = hidden_states
+    stages = (self.conv1, self.conv2, self.conv3, self.conv4)
+    pending = None                      # the previous convolution's bias, [1, C, 1, 1, 1], for the next norm
+    for i, stage in enumerate(stages):
+        for layer in stage:
+            if isinstance(layer, FusedGroupNorm):
+                hidden_states, pending = layer(hidden_states, pending), None
+            elif (layer is stage[-1] and i + 1 < len(stages) and isinstance(stages[i + 1][0], FusedGroupNorm)
+                  and layer.bias is not None and bias_foldable(layer)):
+                hidden_states = layer._conv_forward(hidden_states, layer.weight, None)
+                pending = layer.bias[None, :, None, None, None]
+            else:
+                hidden_states = layer(hidden_states)
+    hidden_states = identity + hidden_states
+    return hidden_states.permute(0, 2, 1, 3, 4).reshape(
+        (hidden_states.shape[0] * hidden_states.shape[2], -1) + hidden_states.shape[3:])
+
+
+def fusable_temporal_conv(block: nn.Module) -> bool:
+    """diffusers' ``TemporalConvLayer`` as 0.3x-0.4x build it: four ``nn.Sequential`` stages, each a GroupNorm first
+    and a Conv3d last (what :func:`fused_temporal_conv_forward` walks)."""
+    if type(block).__name__ != "TemporalConvLayer":
+        return False
+    stages = [getattr(block, f"conv{i}", None) for i in range(1, 5)]
+    return all(isinstance(st, nn.Sequential) and isinstance(st[0], nn.GroupNorm) and isinstance(st[-1], nn.Conv3d)
+               for st in stages)
 
 
 def fusable_resnet(block: nn.Module) -> bool:
@@ -542,8 +578,11 @@ NORM_ACT_OWNERS = ("UNet2DConditionModel", "UNet3DConditionModel", "UNetMotionMo
 def fuse_group_norms(model: nn.Module) -> dict:
     """Rewrite ``model`` in place (see the module docstring). Returns counts of what was changed."""
     register_op()
-    done = {"resnets": 0, "norm_act_pairs": 0, "norms": 0, "transformer_outputs": 0}
+    done = {"resnets": 0, "norm_act_pairs": 0, "norms": 0, "transformer_outputs": 0, "temporal_convs": 0}
     for module in list(model.modules()):
+        if fusable_temporal_conv(module) and "forward" not in vars(module):
+            module.forward = types.MethodType(fused_temporal_conv_forward, module)  # its stages are fused below
+            done["temporal_convs"] += 1
         if fusable_resnet(module):
             module.norm1 = FusedGroupNorm.replacing(module.norm1, silu=True)
             module.norm2 = FusedGroupNorm.replacing(module.norm2, silu=True)
