@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 import gpu_benchmark as GB  # noqa: E402  (the benchmark's models, shapes and settings tables)
 from confiner_core.diffusers_backend.speed import apply_speed_settings  # noqa: E402
+from confiner_core.diffusers_backend.stream_split import SplitForward, join_outputs, split_args  # noqa: E402
 
 # networks whose batch halves are independent: SD's frames x cfg, ModelScope's cfg halves (not the control expert,
 # one sample whose motion modules mix its frames)
@@ -34,38 +35,15 @@ CASES = ("sd_batch32", "modelscope_2x16")
 WAYS = ("one batch", "halves in turn", "halves on two streams")
 
 
-def halves(args: tuple, kwargs: dict) -> list[tuple[tuple, dict]]:
-    """The forward's batch (dim 0 of the latent and the text context; the timestep is shared) cut in two."""
-    sample, t = args
-    context = kwargs["encoder_hidden_states"]
-    s, c = sample.chunk(2), context.chunk(2)
-    return [((s[i].contiguous(), t), {"encoder_hidden_states": c[i].contiguous()}) for i in range(2)]
-
-
 def way_fn(model, args, kwargs, way: str):
-    """A callable running the forward one ``way``; returns the output (halves concatenated)."""
-    parts = halves(args, kwargs)
-
-    def one():
-        return model(*args, **kwargs).sample
-
-    def in_turn():
-        return torch.cat([model(*a, **k).sample for a, k in parts])
-
-    def two_streams():
-        main = torch.cuda.current_stream()
-        side = STREAMS.setdefault("side", torch.cuda.Stream())
-        side.wait_stream(main)
-        first = model(*parts[0][0], **parts[0][1]).sample
-        with torch.cuda.stream(side):
-            second = model(*parts[1][0], **parts[1][1]).sample
-        main.wait_stream(side)
-        return torch.cat([first, second])
-
-    return {"one batch": one, "halves in turn": in_turn, "halves on two streams": two_streams}[way]
-
-
-STREAMS: dict = {}
+    """A callable running the forward one ``way`` (the halves as ``stream_split`` cuts and joins them)."""
+    plain = model.forward
+    split = SplitForward(plain, model)
+    halves = split_args(args, kwargs)
+    ways = {"one batch": lambda: plain(*args, **kwargs),
+            "halves in turn": lambda: join_outputs(*(plain(*a, **k) for a, k in halves)),
+            "halves on two streams": lambda: split(*args, **kwargs)}
+    return lambda: ways[way]().sample
 
 
 def graphed(fn, pool):
