@@ -46,6 +46,11 @@ def way_fn(model, args, kwargs, way: str):
     return lambda: ways[way]().sample
 
 
+#: every captured graph, alive as long as the process: graphs sharing a memory pool must outlive the next capture
+#: into it (PyTorch asserts when a capture starts in a pool whose graphs are gone)
+GRAPHS: list = []
+
+
 def graphed(fn, pool):
     """``fn`` captured in a CUDA graph (after two runs on a side stream): a callable that replays it, and its output."""
     stream = torch.cuda.Stream()
@@ -57,6 +62,7 @@ def graphed(fn, pool):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
+    GRAPHS.append(graph)
     return graph.replay, out
 
 

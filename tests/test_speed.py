@@ -1005,8 +1005,9 @@ def test_cuda_stream_split_captured_replays_as_eager():
         done = apply_speed_settings([unet], SpeedSettings(split_streams=True, cuda_graphs=True))
         outs = [unet(x, t, encoder_hidden_states=c).sample for x, t, c in calls]
     pool = done["graph_pool"]
-    assert done["split_streams"] == 1 and pool.captured == 1 and pool.replays == 1 and not pool.failures
-    assert unet.forward.forward.splits == 2            # the eager warm-up and the capture
+    # the first call eager, the second captured and replayed, the third replayed
+    assert done["split_streams"] == 1 and pool.captured == 1 and pool.replays == 2 and not pool.failures
+    assert unet.forward.forward.splits == 3            # the eager call, the capture's warm-up run and the capture
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
@@ -1014,7 +1015,7 @@ def test_cuda_stream_split_captured_replays_as_eager():
 def test_only_pure_networks_are_graphed():
     done = apply_speed_settings([T.tiny_unet2d(), T.tiny_vae().decoder, T.tiny_text_encoder(),
                                  torch.nn.Linear(2, 2)], SpeedSettings(cuda_graphs=True))
-    assert done["graphed"] == 3
+    assert done["graphed"] == 2          # not the text encoder: called once a generation, its capture did not pay
 
 
 def test_text_encoder_graphs_replay_its_embeddings():

@@ -56,9 +56,11 @@ MAX_ROW_BLOCKS = 16  # rows a pixel at most in the row kernels (one unrolled red
 # decoder's [4, 128, 512, 512] 0.316 against 0.335 ms)
 ROW_WARPS = 4
 # loop iterations a row program keeps in flight (Triton's software pipelining of the loads; 1: none). A row program
-# holds a few [tile] fp32 tensors, so only two or three fit a multiprocessor: one tile in flight each is less than
-# the ~30 KB a multiprocessor needs in flight to draw the H200's bandwidth
-ROW_STAGES = 1
+# holds a few [tile] fp32 tensors, so only two or three fit a multiprocessor, and one tile in flight each is less
+# than a multiprocessor needs in flight to draw the H200's bandwidth: 3 stages were the fastest or within the
+# probe's spread on 11 of 13 shapes (``norm_probe.py --sweep``, 2026-12-03: the 13 shapes 2.94 ms against 3.21 ms
+# without pipelining; the decoder's [4, 256, 512, 512] 0.559 against 0.648 ms)
+ROW_STAGES = 3
 # partial sums the row kernels' scale step reads at once (split x channels of a group): all of a norm over 2 samples'
 # ~500 splits in two steps instead of sixteen in turn
 SCALE_TILE = 4096

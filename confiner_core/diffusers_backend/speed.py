@@ -66,12 +66,14 @@ BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalMode
                  "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
                  "WanTransformerBlock", "QwenImageTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
-#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets, the
-#: image VAE's decoder and the CLIP text encoders (a few hundred launches for a few ms of GPU work) -- not the Wan
-#: VAE, whose causal decoder carries a feature cache from call to call, nor transformers, whose forwards are long
-#: enough that launches do not matter and whose step cache syncs
-GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
-             "CLIPTextModelWithProjection")
+#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it, and that are called
+#: often enough for their capture to pay: the UNets and the image VAE's decoder -- not the Wan VAE, whose causal
+#: decoder carries a feature cache from call to call, nor transformers, whose forwards are long enough that launches
+#: do not matter and whose step cache syncs. Nor the CLIP text encoders: called once a generation, they were
+#: captured in the second one, and there the capture cost 1.0-1.4 s (H200, a process that had compiled its blocks;
+#: cProfile: PyTorch's scaled_dot_product_attention, 19 ms a call inside the capture) against the 3-5 ms of
+#: launches a graph saves them per generation
+GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4", "fastest", "frames")
 
 
