@@ -407,7 +407,7 @@ def test_triton_group_norm_kernels_under_the_interpreter():
 
 
 # The H200's fp16 timings (ms) of GroupNorm + SiLU on channels_last inputs, 32 groups (bench/gpu_results/
-# h200_norm_probe.json; the row kernels as set: 4 warps, from its sweep, except at batch 2, where the sweep spread
+# h200_norm_probe_call_r.json; the row kernels as set: 4 warps, from its sweep, except at batch 2, where the sweep spread
 # the pixels over more programs than the kernels do): the kernel choice must pick the fastest of the kinds it
 # chooses among. The last three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2.
 NORM_TIMINGS = {  # (N, C, H, W): inductor, per group, rows
@@ -1015,7 +1015,7 @@ def test_cuda_stream_split_captured_replays_as_eager():
 def test_only_pure_networks_are_graphed():
     done = apply_speed_settings([T.tiny_unet2d(), T.tiny_vae().decoder, T.tiny_text_encoder(),
                                  torch.nn.Linear(2, 2)], SpeedSettings(cuda_graphs=True))
-    assert done["graphed"] == 2          # not the text encoder: called once a generation, its capture did not pay
+    assert done["graphed"] == 3
 
 
 def test_text_encoder_graphs_replay_its_embeddings():
@@ -1030,6 +1030,25 @@ def test_text_encoder_graphs_replay_its_embeddings():
         for ours, ref in zip(sum(got, []), sum(expected, [])):
             assert torch.equal(ours, ref)
     assert pool.captured == 2 and pool.replays == 4        # per batch size: eager, then captured and replayed
+
+
+def test_text_encoders_are_captured_at_their_first_call():
+    """Called once a generation, the text encoders are captured at their first call (the capture's side-stream run
+    is their warm-up), the UNets at their second, after an eager warm-up."""
+    from confiner_core.diffusers_backend.text import PromptEncoder
+    encoder = PromptEncoder(T.tiny_tokenizer(), T.tiny_text_encoder().eval())
+    expected = encoder.encode_batch(["a cat", "the dog"])
+    unet = T.tiny_unet2d()
+    pool = GraphPool(capture=emulated_capture, devices=("cpu",))
+    apply_speed_settings([unet, *encoder.networks], SpeedSettings(cuda_graphs=True), pool)
+    encoder.forget()
+    got = encoder.encode_all(["a cat", "the dog"])
+    assert pool.captured == 1 and pool.replays == 1
+    assert all(torch.equal(ours, ref) for ours, ref in zip(got, expected))
+    sd_call(unet)
+    assert pool.captured == 1                                   # the UNet's first call: eager
+    sd_call(unet)
+    assert pool.captured == 2
 
 
 # -------------------------------------------------------------------------------------------- step cache

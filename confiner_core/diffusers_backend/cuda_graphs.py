@@ -63,6 +63,7 @@ class GraphedForward:
 
     def __init__(self, forward: Callable, module: torch.nn.Module, pool: GraphPool):
         self.forward, self.module, self.pool = forward, module, pool
+        self.warmup_calls = pool.warmup_calls   # eager calls per signature before its capture (0: at the first)
         self.entries: dict = {}
         self.seen: dict = {}
         self.eager_only: set = set()
@@ -104,7 +105,7 @@ class GraphedForward:
             entry = None
         if entry is None:
             self.seen[key] = self.seen.get(key, 0) + 1
-            if self.seen[key] <= self.pool.warmup_calls:
+            if self.seen[key] <= self.warmup_calls:
                 return self.forward(*args, **kwargs)
             entry = self._capture(key, leaves, spec)
             if entry is None:

@@ -16,7 +16,7 @@ A channels-last input whose groups are narrow takes a second set of kernels, :fu
 every program reads whole pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C,
 then one small kernel turns per-channel sums into per-channel scale and offset. A per-group program reading less than
 one 32-byte memory sector of each pixel wastes the rest of it: the SD VAE decoder's 128 channels in 32 groups are 8
-bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe.json``) the rows normalise the decoder's
+bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe_call_r.json``) the rows normalise the decoder's
 512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more are as fast
 or faster per group. :func:`rows_win` is that rule.
 

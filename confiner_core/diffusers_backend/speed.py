@@ -66,14 +66,17 @@ BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalMode
                  "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
                  "WanTransformerBlock", "QwenImageTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
-#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it, and that are called
-#: often enough for their capture to pay: the UNets and the image VAE's decoder -- not the Wan VAE, whose causal
-#: decoder carries a feature cache from call to call, nor transformers, whose forwards are long enough that launches
-#: do not matter and whose step cache syncs. Nor the CLIP text encoders: called once a generation, they were
-#: captured in the second one, and there the capture cost 1.0-1.4 s (H200, a process that had compiled its blocks;
-#: cProfile: PyTorch's scaled_dot_product_attention, 19 ms a call inside the capture) against the 3-5 ms of
-#: launches a graph saves them per generation
-GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder")
+#: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets, the
+#: image VAE's decoder and the CLIP text encoders (a few hundred launches for a few ms of GPU work) -- not the Wan
+#: VAE, whose causal decoder carries a feature cache from call to call, nor transformers, whose forwards are long
+#: enough that launches do not matter and whose step cache syncs
+GRAPHABLE = ("UNet2DConditionModel", "UNetMotionModel", "UNet3DConditionModel", "Decoder", "CLIPTextModel",
+             "CLIPTextModelWithProjection")
+#: of those, networks called once a generation: captured at their first call (the capture's own run on a side
+#: stream is their warm-up), not their second. Captured in the second generation, the text encoders made it 1.0-1.4
+#: s slower in a process that had compiled its blocks (H200, cProfile: PyTorch's scaled_dot_product_attention, 19 ms
+#: a call inside the capture), where the first generation already pays for compilation or loading
+CAPTURED_AT_FIRST_CALL = ("CLIPTextModel", "CLIPTextModelWithProjection")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math", "flash4", "fastest", "frames")
 
 
@@ -468,5 +471,8 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
     if settings.cuda_graphs:
         graphable = [m for m in modules if type(m).__name__ in GRAPHABLE]
         done["graph_pool"] = graph_forwards(graphable, graph_pool)
+        for m in graphable:
+            if type(m).__name__ in CAPTURED_AT_FIRST_CALL:
+                m.forward.warmup_calls = 0
         done["graphed"] = len(graphable)
     return done
