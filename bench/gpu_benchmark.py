@@ -902,8 +902,6 @@ def main():
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
-    ap.add_argument("--split-streams", action="store_true",
-                    help="the compiled tables (best, max) with the UNets' batch halves on two CUDA streams")
     ap.add_argument("--row-stages", type=int, default=None,
                     help="loop stages of the row GroupNorm kernels (fused_norm.ROW_STAGES; default as set there)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
@@ -920,7 +918,7 @@ def main():
                  "give it last")
     for name in ("best", "max"):
         SETTINGS[name] = dataclasses.replace(SETTINGS[name], compile=a.compile, backend=a.backend,
-                                             compile_dir=a.compile_dir, split_streams=a.split_streams)
+                                             compile_dir=a.compile_dir)
     for name, settings in SETTINGS.items():   # a candidate for the presets' attention backends, in every table
         if a.attention and settings.attention != "default":
             settings = SETTINGS[name] = dataclasses.replace(settings, attention=a.attention)

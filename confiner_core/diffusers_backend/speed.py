@@ -33,8 +33,6 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
   blocks are compiled ahead of time and kept in that folder, and a later process loads them without tracing
   (:mod:`.precompiled`);
 * ``cuda_graphs``: each network's forward captured once per input shape and replayed (:mod:`.cuda_graphs`);
-* ``split_streams``: a UNet's batch halves (cfg's, or frames) on two CUDA streams, so one half's memory-bound kernels
-  can run beside the other's compute-bound ones (:mod:`.stream_split`; in no preset);
 * ``step_cache``: First-Block-Cache threshold for the refinement experts of flow transformers (Wan), 0 = off
   (:mod:`.step_cache`; applied by :func:`~.families.registry.load_experts`).
 
@@ -57,7 +55,6 @@ from . import flash4_attention as F4
 from . import frame_attention as FA
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
-from .stream_split import split_forwards
 from .experts import placement
 from .precompiled import PrecompiledForward, Store, aot_available, keep_kernels_in
 
@@ -102,8 +99,6 @@ class SpeedSettings:
     compile_dir: str | None = None
     backend: str = "inductor"
     cuda_graphs: bool = False
-    # the UNets' batch halves on two CUDA streams (:mod:`.stream_split`): in no preset until measured
-    split_streams: bool = False
     step_cache: float = 0.0
 
     def __post_init__(self):
@@ -132,8 +127,6 @@ class SpeedSettings:
         if self.compile != "none":
             parts.append(f"torch.compile ({self.compile}{', ' + self.compile_mode if self.compile_mode else ''}"
                          f"{', kept on disk' if self.compile_dir and self.compile == 'blocks' else ''})")
-        if self.split_streams:
-            parts.append("batch halves on two streams")
         if self.cuda_graphs:
             parts.append("CUDA graphs")
         if self.step_cache:
@@ -425,13 +418,13 @@ def load_compile_cache(path: str) -> bool:
 
 def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool | None = None) -> dict:
     """Apply ``settings`` in place to ``modules`` (UNets, transformers, a VAE decoder...), in this order: fused
-    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, stream split, CUDA graphs (outermost).
+    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost).
     Settings can be applied on top of earlier ones (eager -> lean -> fast -> max), never taken back, except the
     process-wide cuDNN autotuning switch, which the last settings that name it set. ``step_cache`` is not applied here (it belongs to
     experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
             "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "quick_placement": 0, "temporal_attention": 0,
-            "split_streams": 0, "graphed": 0}
+            "graphed": 0}
     if settings.cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     if settings.compile == "blocks":
@@ -466,8 +459,6 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
                 if type(sub).__name__ in TEMPORAL_TRANSFORMERS:
                     set_attention(sub, settings.temporal_attention)
                     done["temporal_attention"] += 1
-    if settings.split_streams:
-        done["split_streams"] = split_forwards(modules)
     if settings.cuda_graphs:
         graphable = [m for m in modules if type(m).__name__ in GRAPHABLE]
         done["graph_pool"] = graph_forwards(graphable, graph_pool)
