@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 from confiner_core.diffusers_backend import frame_attention as FA  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 
@@ -175,10 +176,7 @@ def main():
             f"first {e['first_call_s']:.1f} s)" if "median_ms" in e else f"{n} {e['error']}"
             for n, e in row["backends"].items()), flush=True)
         if a.out:
-            tmp = a.out + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(res, f, indent=1)
-            os.replace(tmp, a.out)
+            write_atomic(a.out, json.dumps(res, indent=1).encode())
 
 
 if __name__ == "__main__":

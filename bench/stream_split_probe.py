@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import gpu_benchmark as GB  # noqa: E402  (the benchmark's models, shapes and settings tables)
+from norm_probe import timed  # noqa: E402  (median seconds after three warm-up calls)
 from confiner_core.diffusers_backend.speed import apply_speed_settings  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 
 # networks whose batch halves are independent: SD's frames x cfg, ModelScope's cfg halves (not the control expert,
 # one sample whose motion modules mix its frames)
@@ -93,23 +93,6 @@ def graphed(fn, pool):
     return graph.replay, out
 
 
-def median_s(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", default="lean", choices=tuple(GB.TABLES))
@@ -149,16 +132,13 @@ def main():
                 else:
                     out = fn()
                 reference = out.clone() if reference is None else reference
-                case[way] = {"s": median_s(fn, device, a.repeats),
+                case[way] = {"s": timed(fn, device, a.repeats),
                              "max_abs_diff": float((out.float() - reference.float()).abs().max())}
                 print(f"[{name}] {way}: {case[way]['s'] * 1e3:.2f} ms, differs by {case[way]['max_abs_diff']:.1e}",
                       flush=True)
             res["cases"][name] = case
             del args, kwargs
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, a.out)
+    write_atomic(a.out, json.dumps(res, indent=1).encode())
 
 
 if __name__ == "__main__":
