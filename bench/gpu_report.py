@@ -716,9 +716,9 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     swept = ""
     if has_sweep:
         swept = (f" The row kernels were also timed under {len(data['shapes'][0]['sweep'])} settings of tile size, "
-                 "programs, warps and loop stages (`--sweep`); the column after the four ways is the setting `fused_norm` uses "
-                 f"now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps, {setting[3]} loop stages; at batch 2 "
-                 "the sweep spread "
+                 "programs, warps and loop stages (`--sweep`); the column after the four ways is the setting "
+                 f"`fused_norm` uses now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps, {setting[3]} "
+                 "loop stages; at batch 2 the sweep spread "
                  "the pixels over more programs than the kernels do).")
     md = ["## GroupNorm kernels", "",
           f"`bench/norm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}, {data['groups']} groups, "
@@ -730,7 +730,8 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     for row in data["shapes"]:
         cells = [f"{row[k]['ms']:.3f} ({row[k]['GB_s']:.0f})" if k in row else "—" for k, _ in NORM_WAYS]
         if as_set:
-            now = [r for r in row.get("sweep", []) if (r["tile"], r["programs"], r["warps"], r.get("stages", 1)) == setting]
+            now = [r for r in row.get("sweep", [])
+                   if (r["tile"], r["programs"], r["warps"], r.get("stages", 1)) == setting]
             cells.append(f"{now[0]['ms']:.3f}" if now else "—")
         x = torch.empty(row["shape"], dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
         kernel = "row kernels" if FN.rows_win(x, data["groups"]) else "per-group kernels"

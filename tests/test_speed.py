@@ -380,8 +380,8 @@ def test_triton_group_norm_kernels_under_the_interpreter():
 
 
 # The H200's fp16 timings (ms) of GroupNorm + SiLU on channels_last inputs, 32 groups (bench/gpu_results/
-# h200_norm_probe_call_r.json; the row kernels as set: 4 warps, from its sweep, except at batch 2, where the sweep spread
-# the pixels over more programs than the kernels do): the kernel choice must pick the fastest of the kinds it
+# h200_norm_probe_call_r.json; the row kernels as set then: 4 warps, from its sweep, except at batch 2, where the
+# sweep spread the pixels over more programs than the kernels do): the kernel choice must pick the fastest of the kinds it
 # chooses among. The last three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2.
 NORM_TIMINGS = {  # (N, C, H, W): inductor, per group, rows
     (4, 128, 512, 512): (1.109, 1.608, 0.316), (4, 256, 512, 512): (1.822, 2.076, 0.570),

@@ -16,9 +16,9 @@ A channels-last input whose groups are narrow takes a second set of kernels, :fu
 every program reads whole pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C,
 then one small kernel turns per-channel sums into per-channel scale and offset. A per-group program reading less than
 one 32-byte memory sector of each pixel wastes the rest of it: the SD VAE decoder's 128 channels in 32 groups are 8
-bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe_call_r.json``) the rows normalise the decoder's
-512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more are as fast
-or faster per group. :func:`rows_win` is that rule.
+bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe_call_r.json``) the rows normalise the
+decoder's 512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more
+are as fast or faster per group. :func:`rows_win` is that rule.
 
 Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where groups are wide on the UNets' large
 layers at 32 frames (32x32: 0.092 ms against 0.118 per group). Wherever the row kernels take a norm they beat it
@@ -32,7 +32,8 @@ rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
 time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions, whose norms also
-take the previous convolution's bias) and the models' ``conv_norm_out`` + ``conv_act`` pairs become one fused norm, every other ``nn.GroupNorm`` a layout-keeping one; and
+take the previous convolution's bias) and the models' ``conv_norm_out`` + ``conv_act`` pairs become one fused norm,
+every other ``nn.GroupNorm`` a layout-keeping one; and
 ``Transformer2DModel`` returns its NHWC result as a channels_last view instead of copying it to NCHW.
 """
 

@@ -418,9 +418,9 @@ def load_compile_cache(path: str) -> bool:
 
 def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool | None = None) -> dict:
     """Apply ``settings`` in place to ``modules`` (UNets, transformers, a VAE decoder...), in this order: fused
-    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost).
-    Settings can be applied on top of earlier ones (eager -> lean -> fast -> max), never taken back, except the
-    process-wide cuDNN autotuning switch, which the last settings that name it set. ``step_cache`` is not applied here (it belongs to
+    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost). Settings can be
+    applied on top of earlier ones (eager -> lean -> fast -> max), never taken back, except the process-wide cuDNN
+    autotuning switch, which the last settings that name it set. ``step_cache`` is not applied here (it belongs to
     experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
             "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "quick_placement": 0, "temporal_attention": 0,
