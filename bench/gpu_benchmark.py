@@ -902,8 +902,6 @@ def main():
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
-    ap.add_argument("--row-stages", type=int, default=None,
-                    help="loop stages of the row GroupNorm kernels (fused_norm.ROW_STAGES; default as set there)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -928,8 +926,6 @@ def main():
             SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
     if a.norms == "before-rows":
         FN.ROWS_FOR_CHANNELS_LAST = FN.KERNELS_UNDER_COMPILE = False
-    if a.row_stages is not None:
-        FN.ROW_STAGES = a.row_stages
     if a.start_probe:
         return start_probe(a)
     if a.forward_flops:

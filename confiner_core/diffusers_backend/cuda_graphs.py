@@ -61,9 +61,10 @@ class _Entry:
 class GraphedForward:
     """``module.forward`` replaced by graph replays per input signature (see the module docstring)."""
 
-    def __init__(self, forward: Callable, module: torch.nn.Module, pool: GraphPool):
+    def __init__(self, forward: Callable, module: torch.nn.Module, pool: GraphPool, warmup_calls: int | None = None):
         self.forward, self.module, self.pool = forward, module, pool
-        self.warmup_calls = pool.warmup_calls   # eager calls per signature before its capture (0: at the first)
+        # eager calls per signature before its capture (0: at the first; None: the pool's)
+        self.warmup_calls = pool.warmup_calls if warmup_calls is None else warmup_calls
         self.entries: dict = {}
         self.seen: dict = {}
         self.eager_only: set = set()
@@ -132,11 +133,14 @@ class GraphedForward:
         return entry
 
 
-def graph_forwards(modules, pool: GraphPool | None = None) -> GraphPool:
+def graph_forwards(modules, pool: GraphPool | None = None, first_call: tuple = ()) -> GraphPool:
     """Replace each module's ``forward`` by a :class:`GraphedForward` (outermost: after compilation and attention
-    settings); all share ``pool``. Returns the pool (counts of captures, replays and failures)."""
+    settings); all share ``pool``. Modules whose class is named in ``first_call`` are captured at their first call
+    (networks called once a generation), the rest after ``pool.warmup_calls`` eager calls. Returns the pool (counts
+    of captures, replays and failures)."""
     pool = pool or GraphPool()
     for module in modules:
         if not isinstance(module.forward, GraphedForward):
-            module.forward = GraphedForward(module.forward, module, pool)
+            warmup = 0 if type(module).__name__ in first_call else None
+            module.forward = GraphedForward(module.forward, module, pool, warmup)
     return pool

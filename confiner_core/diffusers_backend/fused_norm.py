@@ -24,11 +24,11 @@ Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where
 layers at 32 frames (32x32: 0.092 ms against 0.118 per group). Wherever the row kernels take a norm they beat it
 (64x64 at 32 frames only just: 0.148 against 0.151 ms). Its norm runs one program per (sample, group), too few at the
 VAE's batch of 4 frames (128 programs for 132 multiprocessors: 1.11 ms against 0.32 ms) and at the control expert's
-16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against 0.07 ms per group). There the graph calls the kernels as one opaque op (``confiner::group_norm_act``,
-:func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s
-once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU
-or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager within
-rounding.
+16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against 0.07 ms per group). There the
+graph calls the kernels as one opaque op (``confiner::group_norm_act``, :func:`compiled_take`): the SD VAE decode
+of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s once the VAE's own resnet blocks were fused
+too (``h200_vae_decode_profile.json``). On the CPU or without Triton :func:`group_norm_act` is the plain PyTorch
+composition, so outputs agree with eager within rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
 time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions, whose norms also
@@ -321,8 +321,9 @@ def per_sample_channel(add: torch.Tensor, n: int, c: int) -> torch.Tensor:
 def group_norm_triton(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                       add: torch.Tensor | None = None, silu: bool = False, rows: bool | None = None) -> torch.Tensor:
     """``silu?(group_norm(x + add))`` with the Triton kernels, in ``x``'s layout. ``add``: per (batch, channel) or
-    per channel, broadcasting against ``x`` (``temb[:, :, None, None]``, ``conv.bias[None, :, None, None]``). ``rows``: a channels-last ``x`` takes the row
-    kernels (:func:`group_norm_rows`); None: :data:`ROWS_FOR_CHANNELS_LAST`, else :func:`rows_win`."""
+    per channel, broadcasting against ``x`` (``temb[:, :, None, None]``, ``conv.bias[None, :, None, None]``).
+    ``rows``: a channels-last ``x`` takes the row kernels (:func:`group_norm_rows`); None:
+    :data:`ROWS_FOR_CHANNELS_LAST`, else :func:`rows_win`."""
     strides = layout_strides(x)
     if strides is None:
         x = x.contiguous()
@@ -489,10 +490,10 @@ class FusedGroupNorm(nn.GroupNorm):
 def fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs):
     """``diffusers.models.resnet.ResnetBlock2D.forward`` for the configurations :func:`fusable_resnet` accepts
     (SiLU, no up/down sampling inside, no scale-shift time embedding): norm1 and norm2 carry the SiLU, norm2 the
-    time-embedding add (the "default" norm's; any other ignores ``temb``, as diffusers does) and conv1's bias (conv1's output is read by norm2 alone, so the bias is added where norm2
-    reads it instead of in a pass of its own: a compiled graph adds a convolution's bias in a separate kernel
-    where no fusable op follows, and so does eager PyTorch with cuDNN), and the division by an
-    ``output_scale_factor`` of 1 is skipped (exact)."""
+    time-embedding add (the "default" norm's; any other ignores ``temb``, as diffusers does) and conv1's bias
+    (conv1's output is read by norm2 alone, so the bias is added where norm2 reads it instead of in a pass of its
+    own: a compiled graph adds a convolution's bias in a separate kernel where no fusable op follows, and so does
+    eager PyTorch with cuDNN), and the division by an ``output_scale_factor`` of 1 is skipped (exact)."""
     conv1 = self.conv1
     bias_to_norm = conv1.bias is not None and bias_foldable(conv1)
     h = self.norm1(input_tensor)

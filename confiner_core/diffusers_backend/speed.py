@@ -461,9 +461,6 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
                     done["temporal_attention"] += 1
     if settings.cuda_graphs:
         graphable = [m for m in modules if type(m).__name__ in GRAPHABLE]
-        done["graph_pool"] = graph_forwards(graphable, graph_pool)
-        for m in graphable:
-            if type(m).__name__ in CAPTURED_AT_FIRST_CALL:
-                m.forward.warmup_calls = 0
+        done["graph_pool"] = graph_forwards(graphable, graph_pool, first_call=CAPTURED_AT_FIRST_CALL)
         done["graphed"] = len(graphable)
     return done
