@@ -79,7 +79,8 @@ from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, 
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
-from confiner_core.latent_spaces import SD15, to_uint8  # noqa: E402
+from confiner_core.generate import decode_frames  # noqa: E402
+from confiner_core.latent_spaces import SD15  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.sampling import randn, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
@@ -552,7 +553,7 @@ class Bench:
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec)."""
-        return to_uint8(self.codec.decode(latent)).cpu()
+        return decode_frames(latent, self.codec)
 
     def speed_up(self, settings: SpeedSettings) -> dict:
         """The same settings for every UNet, text encoder and the VAE decoder, as ``load_experts(speed=...)`` applies

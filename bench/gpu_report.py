@@ -710,19 +710,21 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     sys.path.insert(0, os.path.dirname(HERE))
     from confiner_core.diffusers_backend import fused_norm as FN
 
-    setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES)
+    setting = (FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.ROW_MIN_TILES)
     has_sweep = any("sweep" in row for row in data["shapes"])
     as_set = " | row kernels as set now" if has_sweep else ""
     swept = ""
     if has_sweep:
         swept = (f" The row kernels were also timed under {len(data['shapes'][0]['sweep'])} settings of tile size, "
-                 "programs, warps and loop stages (`--sweep`); the column after the four ways is the setting "
+                 "programs, warps, loop stages and least tiles a program (`--sweep`); the column after the four ways "
+                 "is the setting "
                  f"`fused_norm` uses now (tile {setting[0]}, {setting[1]} programs, {setting[2]} warps, {setting[3]} "
-                 "loop stages; at batch 2 the sweep spread "
+                 f"loop stages, at least {setting[4]} tiles a program; at batch 2 the sweep spread "
                  "the pixels over more programs than the kernels do).")
     md = ["## GroupNorm kernels", "",
           f"`bench/norm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}, {data['groups']} groups, "
-          "channels_last, with SiLU: milliseconds (median), and GB/s of the one read and one write a norm needs "
+          f"channels_last, with SiLU: milliseconds (median, {data.get('timing', 'one call timed from the host')}), "
+          "and GB/s of the one read and one write a norm needs "
           "at least. The last two columns name the way `fused_norm` takes for that shape in `lean` and inside the "
           "compiled blocks of `fast`/`max` (`rows_win`, `compiled_take`)." + swept, "",
           "| where | [N, C, H, W] | " + " | ".join(label for _, label in NORM_WAYS) + as_set +
@@ -731,7 +733,7 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
         cells = [f"{row[k]['ms']:.3f} ({row[k]['GB_s']:.0f})" if k in row else "—" for k, _ in NORM_WAYS]
         if as_set:
             now = [r for r in row.get("sweep", [])
-                   if (r["tile"], r["programs"], r["warps"], r.get("stages", 1)) == setting]
+                   if (r["tile"], r["programs"], r["warps"], r.get("stages", 1), r.get("min_tiles", 1)) == setting]
             cells.append(f"{now[0]['ms']:.3f}" if now else "—")
         x = torch.empty(row["shape"], dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
         kernel = "row kernels" if FN.rows_win(x, data["groups"]) else "per-group kernels"

@@ -1,8 +1,9 @@
 """GroupNorm + SiLU on the shapes the SD-family networks normalise (channels_last, fp16), four ways: PyTorch eager,
 the library's per-group Triton kernels, its row kernels (``fused_norm.group_norm_rows``, which channels-last inputs
 with narrow groups take) and inductor's fusion of the plain ops (what the compiled presets run). Per shape: the median
-time, the bandwidth of the one read and one write a norm needs at least, and each result's largest difference from
-an fp32 reference.
+time of one call inside a CUDA graph (:func:`graph_timed`: as the presets run it, without launch costs), the
+bandwidth of the one read and one write a norm needs at least, and each result's largest difference from an fp32
+reference.
 
 Why: the H200 profile of the VAE decode spends 48 % of its kernel time in GroupNorm, about six times its memory
 traffic at full bandwidth (bench/gpu_results/h200_vae_decode_profile.json); the SD UNet's norms are 18 % of a
@@ -26,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 
 GROUPS = 32
 # (where, N, C, H, W): the SD VAE decoder 4 frames at a time, the SD UNet at cfg x 16 frames, 512x512
@@ -37,9 +39,16 @@ SHAPES = [("vae 512x512", 4, 128, 512, 512), ("vae 512x512 in", 4, 256, 512, 512
 # as [N, C, frames x H, W]: the same memory as the 5-D tensor
 MORE_SHAPES = [("control 64x64", 16, 320, 64, 64), ("ms temporal 64x64", 2, 320, 16 * 64, 64),
                ("ms temporal 32x32", 2, 640, 16 * 32, 32)]
-# row-kernel settings the sweep tries: (ROW_TILE, ROW_PROGRAMS, ROW_WARPS, ROW_STAGES) (call R, 2026-12-03: tiles of
-# 8192 and 2048 programs lost to 4096 and 1024 on nearly every shape; the loads' pipelining is new)
-SWEEP = [(tile, 1024, warps, stages) for tile in (2048, 4096) for warps in (4, 8) for stages in (1, 2, 3)]
+# row-kernel settings the sweep tries: (ROW_TILE, ROW_PROGRAMS, ROW_WARPS, ROW_STAGES, ROW_MIN_TILES) (call R,
+# 2026-12-03: tiles of 8192 and 2048 programs lost to 4096 and 1024 on nearly every shape; call T: 4 warps beat 8 on
+# 11 of 13 shapes, 3 loop stages beat none; the least tiles a program reads are new)
+SWEEP = ([(4096, 1024, 4, stages, tiles) for stages in (1, 3) for tiles in (1, 2, 4, 8, 16)]
+         + [(2048, 1024, 4, 3, tiles) for tiles in (1, 4, 16)])
+ROW_SETTINGS = ("ROW_TILE", "ROW_PROGRAMS", "ROW_WARPS", "ROW_STAGES", "ROW_MIN_TILES")
+# calls of a norm one CUDA graph replays: the benchmark's presets replay every network as a CUDA graph, so a norm's
+# cost there is its kernels' GPU time alone; one call timed from the host also counts launching three kernels
+# (0.1-0.2 ms, more than a small norm's kernels: call T timed [32, 1280, 8, 8] at 0.18-0.20 ms every way)
+GRAPH_CALLS = 10
 TINY = [("tiny", 2, 64, 16, 16)]
 
 
@@ -63,18 +72,40 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def graph_timed(fn, device, repeats: int, calls: int = GRAPH_CALLS) -> float:
+    """Median seconds of one call of ``fn`` as a CUDA graph runs it: ``calls`` calls captured in one graph, the graph
+    replayed ``repeats`` times between CUDA events (warmed up first, as a capture needs). Elsewhere :func:`timed`."""
+    if device.type != "cuda":
+        return timed(fn, device, repeats)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return timed(graph.replay, device, repeats) / calls
+
+
 def sweep_rows(x, weight, bias, device, repeats: int) -> list[dict]:
     """The row kernels' time under each setting of SWEEP (module settings restored after)."""
-    saved = FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT
+    saved = [getattr(FN, name) for name in ROW_SETTINGS] + [FN.MAX_SPLIT]
     rows = []
     try:
-        for tile, programs, warps, stages in SWEEP:
-            FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT = \
-                tile, programs, warps, stages, max(256, programs)
-            s = timed(lambda: FN.group_norm_rows(x, GROUPS, weight, bias, 1e-6, silu=True), device, repeats)
-            rows.append({"tile": tile, "programs": programs, "warps": warps, "stages": stages, "ms": s * 1e3})
+        for setting in SWEEP:
+            for name, value in zip(ROW_SETTINGS, setting):
+                setattr(FN, name, value)
+            FN.MAX_SPLIT = max(256, FN.ROW_PROGRAMS)
+            s = graph_timed(lambda: FN.group_norm_rows(x, GROUPS, weight, bias, 1e-6, silu=True), device, repeats)
+            tile, programs, warps, stages, tiles = setting
+            rows.append({"tile": tile, "programs": programs, "warps": warps, "stages": stages, "min_tiles": tiles,
+                         "ms": s * 1e3})
     finally:
-        FN.ROW_TILE, FN.ROW_PROGRAMS, FN.ROW_WARPS, FN.ROW_STAGES, FN.MAX_SPLIT = saved
+        for name, value in zip(ROW_SETTINGS + ("MAX_SPLIT",), saved):
+            setattr(FN, name, value)
     return rows
 
 
@@ -91,6 +122,7 @@ def main():
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     gpu = device.type == "cuda" and FN.triton_available()
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+           "timing": f"CUDA graph of {GRAPH_CALLS} calls" if device.type == "cuda" else "one call",
            "dtype": str(dtype), "groups": GROUPS, "layout": "channels_last", "silu": True, "shapes": []}
     g = torch.Generator().manual_seed(0)
     for where, n, c, h, w in (TINY if a.tiny else SHAPES + MORE_SHAPES):
@@ -109,7 +141,7 @@ def main():
         least_bytes = 2 * x.numel() * x.element_size()   # read once, write once
         row = {"where": where, "shape": [n, c, h, w], "MB": least_bytes / 2 / 1e6}
         for name, fn in ways.items():
-            s = timed(fn, device, a.repeats)
+            s = graph_timed(fn, device, a.repeats)
             err = float((fn().float() - ref).abs().max())
             row[name] = {"ms": s * 1e3, "GB_s": least_bytes / s / 1e9, "max_abs_err": err}
         if gpu and a.sweep:
@@ -117,14 +149,13 @@ def main():
             best = min(row["sweep"], key=lambda r: r["ms"])
             print(f"  rows best {best}", flush=True)
         out["shapes"].append(row)
+        names = [k for k in ("eager", "inductor", "triton_groups", "triton_rows") if k in out["shapes"][0]]
+        out["total_ms"] = {k: sum(r[k]["ms"] for r in out["shapes"]) for k in names}
+        if a.out:  # after every shape: a run cut short keeps what it measured
+            write_atomic(a.out, json.dumps(out, indent=1).encode())
         print(where, json.dumps({k: v for k, v in row.items() if isinstance(v, dict)}), flush=True)
         del x, ref
-    names = [k for k in ("eager", "inductor", "triton_groups", "triton_rows") if k in out["shapes"][0]]
-    out["total_ms"] = {k: sum(r[k]["ms"] for r in out["shapes"]) for k in names}
     print("total ms", json.dumps(out["total_ms"]))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

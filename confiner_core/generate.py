@@ -37,7 +37,7 @@ from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, gene
 from .outputs import AtomicOutputs, check_output_folder
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
-from .sampling import randn
+from .sampling import device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -444,9 +444,9 @@ class Backend:
     description: str
 
 
-def decode_frames(latent: torch.Tensor, expert) -> torch.Tensor:
-    """A latent in ``expert``'s space -> uint8 frames [B, F, H, W, 3] through that expert's codec (its VAE)."""
-    return to_uint8(expert.codec.decode(latent)).cpu()
+def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
+    """A latent in ``codec``'s space (an expert's VAE) -> uint8 frames [B, F, H, W, 3] in host memory."""
+    return device_to_host(to_uint8(codec.decode(latent)))
 
 
 def load_backend(req: GenerateRequest) -> Backend:
@@ -613,7 +613,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         t0 = time.perf_counter()
         if not bool(torch.isfinite(latent).all()):
             raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-        frames = decode_frames(latent, refiner.expert)[0, :frames_kept]
+        frames = decode_frames(latent, refiner.expert.codec)[0, :frames_kept]
         seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
         return frames
 

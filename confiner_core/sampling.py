@@ -26,6 +26,17 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def device_to_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in host memory. From a GPU it is copied into pinned memory: a copy into pageable memory goes through the
+    driver's staging buffer (the 12.6 MB of 16 decoded 512x512 frames took 8.2 ms in the H200 profile of call U,
+    under 2 GB/s)."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t)  # a blocking copy: done when it returns
+    return host
+
+
 def randn(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """float32 Gaussian noise of ``shape`` drawn on the generator's device, then moved to ``device``: the same seed
     gives the same noise on any device. Drawn on the host for a GPU, it is written straight into pinned memory

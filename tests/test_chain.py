@@ -238,3 +238,13 @@ def test_the_default_te_is_the_refining_experts_in_the_library_as_on_the_command
 
     default = run(ChainConfig())
     assert torch.equal(default, run(ChainConfig(te=250))) and not torch.equal(default, run(ChainConfig(te=100)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="pinned host memory is for copies from a GPU"))])
+def test_device_to_host_copies_into_host_memory(device):
+    from confiner_core.sampling import device_to_host
+    frames = torch.randint(0, 256, (1, 3, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    host = device_to_host(frames.to(device))
+    assert host.device.type == "cpu" and host.dtype == torch.uint8 and torch.equal(host, frames)
+    assert host.is_pinned() == (device == "cuda")     # from a GPU: pinned, not the driver's staged pageable copy

@@ -342,17 +342,17 @@ KERNEL_CHECK = textwrap.dedent("""
         ref = FN.group_norm_reference(x.double(), groups, w.double(), b.double(), 1e-5,
                                       None if a is None else a.double(), silu)
         # the row kernels too where the input is channels-last (rows_win picks one by default), and on three
-        # shapes "staged": small tiles (several loop iterations), pipelined loads, the scale step's partial sums in
-        # several chunks (all of them staged would double the test's time in the interpreter)
+        # shapes "staged": small tiles (several loop iterations), pipelined loads, 3 tiles a program at least (a
+        # split that is not a power of two), the scale step's partial sums in several chunks (all of them staged would double the test's time in the interpreter)
         staged = ("staged",) if shape in STAGED else ()
         for rows in ((False, True, *staged) if layout in ("cl", "t") else (False,)):
-            saved = FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE
+            saved = FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE, FN.ROW_MIN_TILES
             if rows == "staged":
-                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE = 64, 2, 32
+                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE, FN.ROW_MIN_TILES = 64, 2, 32, 3
             try:
                 y = FN.group_norm_triton(x, groups, w, b, 1e-5, a, silu, rows=bool(rows))
             finally:
-                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE = saved
+                FN.ROW_TILE, FN.ROW_STAGES, FN.SCALE_TILE, FN.ROW_MIN_TILES = saved
             err = float((y.double() - ref).norm() / ref.norm())
             same_layout = layout == "strided" or y.stride() == x.stride()
             out.append({"case": [list(shape), layout, str(dtype), add, silu, rows], "err": err,

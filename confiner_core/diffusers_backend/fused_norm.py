@@ -62,6 +62,10 @@ ROW_WARPS = 4
 # probe's spread on 11 of 13 shapes (``norm_probe.py --sweep``, 2026-12-03: the 13 shapes 2.94 ms against 3.21 ms
 # without pipelining; the decoder's [4, 256, 512, 512] 0.559 against 0.648 ms)
 ROW_STAGES = 3
+# tiles a row program reads at least: its statistics end in 2 x M masked sums over a whole tile (M rows a pixel) and
+# C partial sums written per program, which cost as much as a few tiles; on the UNets' 16x16 and 8x8 levels at
+# batch 32 one tile holds 3 pixels and a sample's 64-256 pixels were spread over 22-32 programs of 1-3 tiles
+ROW_MIN_TILES = 8
 # partial sums the row kernels' scale step reads at once (split x channels of a group): all of a norm over 2 samples'
 # ~500 splits in two steps instead of sixteen in turn
 SCALE_TILE = 4096
@@ -372,7 +376,7 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     blocks, m = row_blocks(c)
     block_r = max(_next_pow2(m), ROW_TILE // blocks)        # at least one whole pixel a tile
     k = block_r // m                                         # whole pixels a tile
-    split = max(1, min(_cdiv(ROW_PROGRAMS, n), _cdiv(s, k), MAX_SPLIT))
+    split = max(1, min(_cdiv(ROW_PROGRAMS, n), _cdiv(s, k * ROW_MIN_TILES), MAX_SPLIT))
     s_per_prog = _cdiv(_cdiv(s, split), k) * k
     split = _cdiv(s, s_per_prog)
     add_flat = per_sample_channel(add, n, c) if add is not None else x
