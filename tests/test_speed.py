@@ -379,18 +379,24 @@ def test_triton_group_norm_kernels_under_the_interpreter():
         assert r["err"] < tolerance[r["case"][2]], r
 
 
-# The H200's fp16 timings (ms) of GroupNorm + SiLU on channels_last inputs, 32 groups (bench/gpu_results/
-# h200_norm_probe_call_r.json; the row kernels as set then: 4 warps, from its sweep, except at batch 2, where the
-# sweep spread the pixels over more programs than the kernels do): the kernel choice must pick the fastest of the kinds it
-# chooses among. The last three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2.
+# The H200's fp16 timings (ms) of GroupNorm + SiLU on channels_last inputs, 32 groups, each norm inside a CUDA graph
+# as the presets run it (bench/gpu_results/h200_norm_probe.json, call W; the row kernels as set now: tile 4096, 3
+# stages, 16 tiles a program at least): the kernel choice must pick the fastest of the kinds it chooses among. The last
+# three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2. None: not measured (call W's
+# probe ran eagerly where it meant inductor on the last five shapes: past dynamo's recompile limit).
 NORM_TIMINGS = {  # (N, C, H, W): inductor, per group, rows
-    (4, 128, 512, 512): (1.109, 1.608, 0.316), (4, 256, 512, 512): (1.822, 2.076, 0.570),
-    (4, 256, 256, 256): (0.414, 0.474, 0.194), (4, 512, 256, 256): (1.683, 0.330, 0.314),
-    (4, 512, 128, 128): (0.212, 0.108, 0.137), (4, 512, 64, 64): (0.080, 0.055, 0.064),
-    (32, 320, 64, 64): (0.151, 0.384, 0.148), (32, 640, 32, 32): (0.092, 0.118, 0.130),
-    (32, 1280, 16, 16): (0.154, 0.070, 0.153), (32, 1280, 8, 8): (0.068, 0.051, 0.112),
-    (16, 320, 64, 64): (0.280, 0.191, 0.106), (2, 320, 1024, 64): (1.006, 0.381, 0.148),
-    (2, 640, 512, 32): (0.518, 0.120, 0.129)}
+    (4, 128, 512, 512): (1.065, 1.531, 0.223), (4, 256, 512, 512): (1.781, 2.043, 0.429),
+    (4, 256, 256, 256): (0.375, 0.447, 0.130), (4, 512, 256, 256): (1.639, 0.302, 0.226),
+    (4, 512, 128, 128): (0.172, 0.081, 0.067), (4, 512, 64, 64): (0.025, 0.017, 0.020),
+    (32, 320, 64, 64): (0.118, 0.340, 0.106), (32, 640, 32, 32): (0.059, 0.089, 0.064),
+    (32, 1280, 16, 16): (None, 0.043, 0.056), (32, 1280, 8, 8): (None, 0.013, 0.034),
+    (16, 320, 64, 64): (None, 0.163, 0.058), (2, 320, 1024, 64): (None, 0.338, 0.112),
+    (2, 640, 512, 32): (None, 0.095, 0.068)}
+
+
+def near_fastest(ms: float, *others: float) -> bool:
+    """Within 10 % of the fastest, or 5 us (a probe's spread on a norm of a few MB)."""
+    return ms <= max(min(others) * 1.1, min(others) + 0.005)
 
 
 @pytest.mark.parametrize("shape", sorted(NORM_TIMINGS))
@@ -398,10 +404,10 @@ def test_norm_kernel_choice_follows_the_h200_timings(shape):
     inductor, groups, rows = NORM_TIMINGS[shape]
     x = torch.empty(shape, dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
     kernel = rows if FN.rows_win(x, 32) else groups
-    # within 10 %: the sector rule's one miss is 256x256 at 16 channels a group (per group 0.330, rows 0.314 ms)
-    assert kernel <= min(groups, rows) * 1.1
-    compiled = kernel if FN.compiled_take(x, 32) else inductor
-    assert compiled <= min(inductor, kernel) * 1.01
+    assert near_fastest(kernel, groups, rows)
+    if inductor is not None:
+        compiled = kernel if FN.compiled_take(x, 32) else inductor
+        assert near_fastest(compiled, inductor, kernel)
     assert not FN.rows_win(x.contiguous(), 32)      # NCHW: the per-group kernels read whole channel planes
 
 

@@ -63,15 +63,23 @@ ROW_WARPS = 4
 # without pipelining; the decoder's [4, 256, 512, 512] 0.559 against 0.648 ms)
 ROW_STAGES = 3
 # tiles a row program reads at least: its statistics end in 2 x M masked sums over a whole tile (M rows a pixel) and
-# C partial sums written per program, which cost as much as a few tiles; on the UNets' 16x16 and 8x8 levels at
-# batch 32 one tile holds 3 pixels and a sample's 64-256 pixels were spread over 22-32 programs of 1-3 tiles
-ROW_MIN_TILES = 8
+# C partial sums written per program, which cost as much as a few tiles (at 1280 channels one tile holds 3 pixels:
+# a 16x16 sample's 256 pixels had been spread over 29 programs of 3 tiles). H200, each norm timed inside a CUDA
+# graph (``norm_probe.py --sweep``, call W): the 13 shapes 1.59 ms with 16 tiles, 1.65 with 8, 1.81 with 1; the
+# UNet's [32, 1280, 16, 16] 0.056 against 0.123 ms, the control expert's [16, 320, 64, 64] 0.058 against 0.071
+ROW_MIN_TILES = 16
 # partial sums the row kernels' scale step reads at once (split x channels of a group): all of a norm over 2 samples'
 # ~500 splits in two steps instead of sixteen in turn
 SCALE_TILE = 4096
 SECTOR_BYTES = 32  # the GPU's memory transaction: a per-group program reading less of a pixel wastes the rest
-#: channels-last inputs take the row kernels: None where a group is narrower than a sector (:func:`rows_win`),
-#: True / False always / never (what ``bench/norm_probe.py`` compares)
+#: the row kernels take a channels-last norm whose group holds fewer bytes of a pixel than this (:func:`rows_win`).
+#: H200, each norm timed in a CUDA graph (call W): rows faster at 32 bytes (the VAE's [4, 512, 256, 256] 0.224 against
+#: 0.302 ms per group) and at 40 (ModelScope's temporal norms at 640 channels 0.068 against 0.095), per group faster at
+#: 80 (the UNet's [32, 1280, 16, 16] 0.043 against 0.056). Timed one call at a time from the host (launch costs
+#: included) the rows had lost at 32 bytes, hence a sector until then.
+ROWS_BELOW_GROUP_BYTES = 2 * SECTOR_BYTES
+#: channels-last inputs take the row kernels: None by :func:`rows_win`, True / False always / never (what
+#: ``bench/norm_probe.py`` compares)
 ROWS_FOR_CHANNELS_LAST: bool | None = None
 #: inside a graph torch.compile traces, norms that :func:`compiled_take` picks call the kernels as one opaque op
 #: (``confiner::group_norm_act``) instead of inductor's fusion of the plain ops; False: inductor everywhere
@@ -424,26 +432,33 @@ def register_op():
     return GROUP_NORM_OP
 
 
-def rows_win(x: torch.Tensor, num_groups: int) -> bool:
-    """Whether the row kernels normalise ``x`` faster than the per-group ones: channels-last (channel stride 1)
-    with a group's channels narrower than a memory sector."""
+def narrow_channels_last(x: torch.Tensor, num_groups: int, below_bytes: int) -> bool:
+    """Channels-last (channel stride 1) with a group's channels of a pixel fewer than ``below_bytes`` bytes."""
     strides = layout_strides(x)
-    narrow = x.shape[1] // num_groups * x.element_size() < SECTOR_BYTES
+    narrow = x.shape[1] // num_groups * x.element_size() < below_bytes
     return strides is not None and strides[1] == 1 and x.shape[1] > 1 and narrow
+
+
+def rows_win(x: torch.Tensor, num_groups: int) -> bool:
+    """Whether the row kernels normalise ``x`` faster than the per-group ones (:data:`ROWS_BELOW_GROUP_BYTES`)."""
+    return narrow_channels_last(x, num_groups, ROWS_BELOW_GROUP_BYTES)
 
 
 def compiled_take(x: torch.Tensor, num_groups: int) -> bool:
     """Whether a compiled graph calls the kernels for this norm rather than fuse the plain ops (module docstring):
-    where the row kernels take it, where inductor's norm would run too few programs, and on few pixels."""
+    where a group is narrower than a sector (inductor's norm reads it at a stride of C), where inductor's norm would
+    run too few programs, and on few pixels. (At 40 bytes a group, the UNet's [32, 640, 32, 32], inductor's 0.059 ms
+    beat the rows' 0.064 in call W.)"""
     n, c = x.shape[:2]
     pixels = x.numel() // max(1, n * c)
-    return rows_win(x, num_groups) or n * num_groups < COMPILED_PROGRAMS_BELOW or pixels <= COMPILED_PIXELS_UP_TO
+    return (narrow_channels_last(x, num_groups, SECTOR_BYTES) or n * num_groups < COMPILED_PROGRAMS_BELOW
+            or pixels <= COMPILED_PIXELS_UP_TO)
 
 
 def compiled_norms() -> tuple:
     """What a compiled graph's norms depend on beyond its inputs: part of a kept block's key."""
     return (ROWS_FOR_CHANNELS_LAST, KERNELS_UNDER_COMPILE and GROUP_NORM_OP is not None, SECTOR_BYTES,
-            COMPILED_PROGRAMS_BELOW, COMPILED_PIXELS_UP_TO)
+            ROWS_BELOW_GROUP_BYTES, ROW_MIN_TILES, COMPILED_PROGRAMS_BELOW, COMPILED_PIXELS_UP_TO)
 
 
 def kernels_take(x: torch.Tensor) -> bool:
