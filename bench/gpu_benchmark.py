@@ -82,6 +82,7 @@ from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.generate import decode_frames  # noqa: E402
 from confiner_core.latent_spaces import SD15  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 from confiner_core.sampling import randn, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
@@ -824,8 +825,7 @@ def start_probe(a) -> None:
 
     def save():  # after every stage: a probe stopped by its time limit still tells how far it got
         out["process_s"] = elapsed()
-        with open(os.path.join(a.out, "start_probe.json"), "w") as f:
-            json.dump(out, f, indent=2, default=float)
+        write_atomic(os.path.join(a.out, "start_probe.json"), json.dumps(out, indent=2, default=float).encode())
 
     if a.compile_dir:  # the settings move inductor's cache into the folder: load the portable cache there
         keep_kernels_in(a.compile_dir)
@@ -930,8 +930,7 @@ def main():
     if a.start_probe:
         return start_probe(a)
     if a.forward_flops:
-        with open(a.forward_flops, "w") as f:
-            json.dump(forward_flops(a), f, indent=2)
+        write_atomic(a.forward_flops, json.dumps(forward_flops(a), indent=2).encode())
         return None
 
     if a.compile_dir:  # before anything imports flash-attn-4, which reads where to keep its kernels then
@@ -949,10 +948,7 @@ def main():
     def save():
         res["elapsed_s"] = elapsed()
         for name, text in (("results.json", json.dumps(res, indent=2, default=str)), ("results.md", markdown(res))):
-            tmp = os.path.join(a.out, name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(a.out, name))
+            write_atomic(os.path.join(a.out, name), text.encode())
 
     def probe(setting, models=None):
         if setting in a.attention_probe:
