@@ -73,21 +73,28 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def graph_timed(fn, device, repeats: int, calls: int = GRAPH_CALLS) -> float:
-    """Median seconds of one call of ``fn`` as a CUDA graph runs it: ``calls`` calls captured in one graph, the graph
-    replayed ``repeats`` times between CUDA events (warmed up first, as a capture needs). Elsewhere :func:`timed`."""
-    if device.type != "cuda":
-        return timed(fn, device, repeats)
+def captured(fn, calls: int = 1, pool=None):
+    """``calls`` calls of ``fn`` captured in one CUDA graph, after two runs on a side stream (a capture needs its
+    kernels compiled and its memory settled): the graph and the last call's output."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(2):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         for _ in range(calls):
-            fn()
+            out = fn()
+    return graph, out
+
+
+def graph_timed(fn, device, repeats: int, calls: int = GRAPH_CALLS) -> float:
+    """Median seconds of one call of ``fn`` as a CUDA graph runs it: ``calls`` calls captured in one graph, the graph
+    replayed ``repeats`` times between CUDA events. Elsewhere :func:`timed`."""
+    if device.type != "cuda":
+        return timed(fn, device, repeats)
+    graph, _ = captured(fn, calls)
     return timed(graph.replay, device, repeats) / calls
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import gpu_benchmark as GB  # noqa: E402  (the benchmark's models, shapes and settings tables)
-from norm_probe import timed  # noqa: E402  (median seconds after three warm-up calls)
+from norm_probe import captured, timed  # noqa: E402  (a CUDA graph of calls; median seconds after three warm-ups)
 from confiner_core.diffusers_backend.speed import apply_speed_settings  # noqa: E402
 from confiner_core.outputs import write_atomic  # noqa: E402
 
@@ -79,16 +79,8 @@ GRAPHS: list = []
 
 
 def graphed(fn, pool):
-    """``fn`` captured in a CUDA graph (after two runs on a side stream): a callable that replays it, and its output."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = fn()
+    """``fn`` captured in a CUDA graph: a callable that replays it, and its output."""
+    graph, out = captured(fn, pool=pool)
     GRAPHS.append(graph)
     return graph.replay, out
 

@@ -16,9 +16,9 @@ A channels-last input whose groups are narrow takes a second set of kernels, :fu
 every program reads whole pixel rows (all channels, contiguous) instead of one group's few channels at a stride of C,
 then one small kernel turns per-channel sums into per-channel scale and offset. A per-group program reading less than
 one 32-byte memory sector of each pixel wastes the rest of it: the SD VAE decoder's 128 channels in 32 groups are 8
-bytes of every 256. On the H200 (fp16, ``bench/gpu_results/h200_norm_probe_call_r.json``) the rows normalise the
-decoder's 512x512 layers in 0.32 ms against 1.61 ms per group and 1.11 ms by inductor; groups of 16 channels and more
-are as fast or faster per group. :func:`rows_win` is that rule.
+bytes of every 256. On the H200 (fp16, each norm timed inside a CUDA graph, ``bench/gpu_results/h200_norm_probe.json``)
+the rows normalise the decoder's 512x512 layers in 0.22 ms against 1.53 ms per group and 1.07 ms by inductor, and win
+up to 40 bytes a group; at 80 bytes (1280 channels) the per-group kernels win. :func:`rows_win` is that rule.
 
 Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where groups are wide on the UNets' large
 layers at 32 frames (32x32: 0.092 ms against 0.118 per group). Wherever the row kernels take a norm they beat it
