@@ -7,7 +7,7 @@ writes which file); the prose around them is this file's. Sections appear for th
   start (required);
 * ``h200_sd_extra.json``, ``h200_sd_graphs.json``, ``h200_sd_animatediff.json`` -- other SD processes (max,
   lean_graphs, an earlier call's eager/lean tables with the AnimateDiff runs): their tables and the runs the main
-  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``, then ``h200_sd_max_call_u.json``:
+  call skipped are folded in; ``h200_sd_later.json``, then ``h200_sd_latest.json``, then ``h200_sd_max_call_x.json``:
   later calls' tables, which replace the main call's (those then stand beside earlier calls' in the comparison of
   kernels over frames);
 * ``h200_sd_warm.json`` -- ``gpu_benchmark.py --start-probe`` with empty inductor/Triton folders: the warm start of a
@@ -74,7 +74,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # tokens and more), which replace those of the call before
          "sd_latest": "h200_sd_latest.json",
          # a max table of a call after that (the kernels as set now), which replaces the latest call's
-         "sd_latest_max": "h200_sd_max_call_u.json",
+         "sd_latest_max": "h200_sd_max_call_x.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)

@@ -20,14 +20,15 @@ bytes of every 256. On the H200 (fp16, each norm timed inside a CUDA graph, ``be
 the rows normalise the decoder's 512x512 layers in 0.22 ms against 1.53 ms per group and 1.07 ms by inductor, and win
 up to 40 bytes a group; at 80 bytes (1280 channels) the per-group kernels win. :func:`rows_win` is that rule.
 
-Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where groups are wide on the UNets' large
-layers at 32 frames (32x32: 0.092 ms against 0.118 per group). Wherever the row kernels take a norm they beat it
-(64x64 at 32 frames only just: 0.148 against 0.151 ms). Its norm runs one program per (sample, group), too few at the
-VAE's batch of 4 frames (128 programs for 132 multiprocessors: 1.11 ms against 0.32 ms) and at the control expert's
-16 (0.280 against 0.106 ms), and it is slow on few pixels (16x16: 0.15 ms against 0.07 ms per group). There the
-graph calls the kernels as one opaque op (``confiner::group_norm_act``, :func:`compiled_take`): the SD VAE decode
-of 512x512x16 under ``fast`` took 0.100 s instead of 0.129 s, and 0.091 s once the VAE's own resnet blocks were fused
-too (``h200_vae_decode_profile.json``). On the CPU or without Triton :func:`group_norm_act` is the plain PyTorch
+Under ``torch.compile`` inductor fuses the plain ops itself, and that wins where groups are wide at 32 frames
+(call X, each norm inside a CUDA graph: the UNets' 32x32 0.058 ms against 0.064 in rows and 0.090 per group, their
+16x16 0.029 against 0.040 per group). Where a group is narrower than a sector the row kernels beat it (64x64 at 32
+frames: 0.106 against 0.118 ms). Its norm runs one program per (sample, group), too few at the VAE's batch of 4
+frames (128 programs for 132 multiprocessors: 1.06 ms against 0.22 ms), at the control expert's 16 (0.068 against
+0.057 ms) and at ModelScope's temporal norms over 2 samples (0.148 against 0.102 ms); and on 8x8 the per-group
+kernels beat it (0.013 against 0.016 ms). There the graph calls the kernels as one opaque op
+(``confiner::group_norm_act``, :func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s
+instead of 0.129 s, and 0.091 s once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU or without Triton :func:`group_norm_act` is the plain PyTorch
 composition, so outputs agree with eager within rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
@@ -84,11 +85,12 @@ ROWS_FOR_CHANNELS_LAST: bool | None = None
 #: inside a graph torch.compile traces, norms that :func:`compiled_take` picks call the kernels as one opaque op
 #: (``confiner::group_norm_act``) instead of inductor's fusion of the plain ops; False: inductor everywhere
 KERNELS_UNDER_COMPILE = True
-#: inductor's norm has one program per (sample, group): fewer than this, and the kernels take the norm (the control
-#: expert's 16 frames at 64x64, 512 programs: inductor 0.280 ms, the row kernels 0.106; at 32 frames 0.151 and 0.148)
+#: inductor's norm has one program per (sample, group): fewer than this, and the kernels take the norm (H200, call X,
+#: in CUDA graphs: the control expert's 16 frames at 64x64, 512 programs: inductor 0.068 ms, the row kernels 0.057)
 COMPILED_PROGRAMS_BELOW = 1024
-#: and they take it where a sample has at most this many pixels (16x16)
-COMPILED_PIXELS_UP_TO = 256
+#: and they take it where a sample has at most this many pixels: 8x8 (0.013 against inductor's 0.016 ms at 32
+#: frames); at 16x16 inductor won (0.029 against 0.040; 256 until call X, whose probe first timed inductor there)
+COMPILED_PIXELS_UP_TO = 64
 
 
 # ------------------------------------------------------------------------------------------------- kernels
