@@ -29,7 +29,7 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def device_to_host(t: torch.Tensor) -> torch.Tensor:
     """``t`` in host memory. From a GPU it is copied into pinned memory: a copy into pageable memory goes through the
     driver's staging buffer (the 12.6 MB of 16 decoded 512x512 frames took 8.2 ms in the H200 profile of call U,
-    under 2 GB/s)."""
+    under 2 GB/s; into pinned memory 0.4 ms, call W)."""
     if t.device.type != "cuda":
         return t.cpu()
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)

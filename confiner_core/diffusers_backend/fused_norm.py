@@ -28,8 +28,9 @@ frames (128 programs for 132 multiprocessors: 1.06 ms against 0.22 ms), at the c
 0.057 ms) and at ModelScope's temporal norms over 2 samples (0.148 against 0.102 ms); and on 8x8 the per-group
 kernels beat it (0.013 against 0.016 ms). There the graph calls the kernels as one opaque op
 (``confiner::group_norm_act``, :func:`compiled_take`): the SD VAE decode of 512x512x16 under ``fast`` took 0.100 s
-instead of 0.129 s, and 0.091 s once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``). On the CPU or without Triton :func:`group_norm_act` is the plain PyTorch
-composition, so outputs agree with eager within rounding.
+instead of 0.129 s, and 0.091 s once the VAE's own resnet blocks were fused too (``h200_vae_decode_profile.json``).
+On the CPU or without Triton :func:`group_norm_act` is the plain PyTorch composition, so outputs agree with eager
+within rounding.
 
 :func:`fuse_group_norms` rewrites a diffusers model in place: ``ResnetBlock2D`` norms take the SiLU and the
 time-embedding add, ``nn.Sequential(GroupNorm, SiLU, ...)`` (ModelScope's temporal convolutions, whose norms also
@@ -449,8 +450,8 @@ def rows_win(x: torch.Tensor, num_groups: int) -> bool:
 def compiled_take(x: torch.Tensor, num_groups: int) -> bool:
     """Whether a compiled graph calls the kernels for this norm rather than fuse the plain ops (module docstring):
     where a group is narrower than a sector (inductor's norm reads it at a stride of C), where inductor's norm would
-    run too few programs, and on few pixels. (At 40 bytes a group, the UNet's [32, 640, 32, 32], inductor's 0.059 ms
-    beat the rows' 0.064 in call W.)"""
+    run too few programs, and on few pixels. (At 40 bytes a group, the UNet's [32, 640, 32, 32], inductor's 0.058 ms
+    beat the rows' 0.065 in call X.)"""
     n, c = x.shape[:2]
     pixels = x.numel() // max(1, n * c)
     return (narrow_channels_last(x, num_groups, SECTOR_BYTES) or n * num_groups < COMPILED_PROGRAMS_BELOW
