@@ -394,16 +394,14 @@ NORM_TIMINGS = {  # (N, C, H, W): inductor, per group, rows
     (2, 640, 512, 32): (0.061, 0.093, 0.068)}
 
 
-# where the compiled choice is knowingly off: ModelScope's temporal norms at 640 channels (2 samples, 64 of inductor's
-# programs), inductor 0.061 against the rows' 0.068 ms. No rule on programs, pixels or group width separates it from
-# the shapes where inductor loses (its 320-channel twin: 0.148 against 0.113; the VAE at 128 programs: 1.639 against
-# 0.225), and the miss costs about 0.1 ms of a ModelScope forward.
-COMPILED_MISSES = {(2, 640, 512, 32): 0.010}
-
-
-def near_fastest(ms: float, *others: float, slack: float = 0.005) -> bool:
-    """Within 10 % of the fastest, or ``slack`` ms (5 us: a probe's spread on a norm of a few MB)."""
-    return ms <= max(min(others) * 1.1, min(others) + slack)
+# The rules' known misses, in ms over the margins below (every other shape is held to them exactly): the VAE's
+# [4, 512, 64, 64], where the rows (32 bytes a group) take 0.022 ms against 0.018 per group, 4 us on a norm of 4 MB;
+# and ModelScope's temporal norms at 640 channels (2 samples, 64 of inductor's programs) inside compiled blocks,
+# inductor 0.061 against the rows' 0.068 ms. No rule on programs, pixels or group width separates that one from the
+# shapes where inductor loses (its 320-channel twin: 0.148 against 0.113; the VAE at 128 programs: 1.639 against
+# 0.225), and it costs about 0.1 ms of a ModelScope forward.
+KERNEL_MISSES = {(4, 512, 64, 64): 0.005}
+COMPILED_MISSES = {(2, 640, 512, 32): 0.008}
 
 
 @pytest.mark.parametrize("shape", sorted(NORM_TIMINGS))
@@ -411,9 +409,10 @@ def test_norm_kernel_choice_follows_the_h200_timings(shape):
     inductor, groups, rows = NORM_TIMINGS[shape]
     x = torch.empty(shape, dtype=torch.float16, device="meta").contiguous(memory_format=torch.channels_last)
     kernel = rows if FN.rows_win(x, 32) else groups
-    assert near_fastest(kernel, groups, rows)
+    # within 10 % of the faster kernels (a probe's spread between neighbouring settings)
+    assert kernel <= min(groups, rows) * 1.1 + KERNEL_MISSES.get(shape, 0.0)
     compiled = kernel if FN.compiled_take(x, 32) else inductor
-    assert near_fastest(compiled, inductor, kernel, slack=COMPILED_MISSES.get(shape, 0.005))
+    assert compiled <= min(inductor, kernel) * 1.01 + COMPILED_MISSES.get(shape, 0.0)
     assert not FN.rows_win(x.contiguous(), 32)      # NCHW: the per-group kernels read whole channel planes
 
 
