@@ -588,10 +588,10 @@ class Bench:
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()
         residency.use("control")
-        with log.stage("control"), record_function("control"):
+        with log.stage("control", hand_over=True):  # as run_chain (a stage is a profiler range)
             structure = generate_structure(control, self.noise(frames), config, generator)
         residency.use("sd", temporal_model)
-        with log.stage("refine"), record_function("refine"):
+        with log.stage("refine"):
             latent = refine_structure(spatial, temp, structure, config, generator)
         residency.use("vae")
         with record_function("decode"):

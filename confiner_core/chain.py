@@ -227,7 +227,8 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
 @dataclass
 class ChainResult:
     """``latent`` is in the refining expert's latent space (``refiner``: decode it with that expert's codec);
-    ``structure`` in the control expert's."""
+    ``structure`` in the control expert's. ``seconds`` holds each stage's host time: on a GPU the control stage's
+    last forward, still running when the stage hands over, counts to the refinement."""
 
     latent: torch.Tensor
     structure: torch.Tensor
@@ -308,7 +309,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()
-    with in_stage(log, "control"):
+    with in_stage(log, "control", hand_over=True):  # its last check is read once the refinement's first forward is queued
         structure = generate_structure(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
     with in_stage(log, "refine"):

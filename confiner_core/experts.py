@@ -40,22 +40,31 @@ class EvaluationLog:
     (``network_forwards``), the ComfyUI nodes and ``bench/gpu_benchmark.py`` all use this count.
 
     It also holds the finiteness check of the last evaluation, read one evaluation late (:meth:`defer_finite_check`)
-    and at the end of every stage and sampling loop (:meth:`check_finite`)."""
+    and at the end of every stage and sampling loop (:meth:`check_finite`), except inside a stage that hands its
+    last check over to the next stage (``stage(name, hand_over=True)``)."""
 
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
     vae_calls: Counter = field(default_factory=Counter)
     current: str = "unstaged"
     pending: tuple | None = field(default=None, repr=False, compare=False)
+    handing_over: bool = field(default=False, repr=False, compare=False)
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, hand_over: bool = False):
+        """Count evaluations under ``name`` (also a ``torch.profiler`` range, so a profile splits by stage) and read
+        the last evaluation's finiteness check at the end. With ``hand_over`` that check stays queued until the next
+        stage's first evaluation reads it, its forward already queued: for a stage another follows in the same
+        call (the chain's control stage). Read at the end, the GPU drained between the stages while the host drew
+        Eq. 6's noise (H200, call X: 4.3 ms idle a ConFiner run). The message still names this stage."""
         previous, self.current = self.current, name
+        held, self.handing_over = self.handing_over, hand_over
         try:
-            yield self
-            self.check_finite()
+            with torch.profiler.record_function(name):
+                yield self
+            self.check_finite()  # nothing while handing over
         finally:
-            self.current = previous
+            self.current, self.handing_over = previous, held
 
     def defer_finite_check(self, finite: torch.Tensor, message: Callable[[], str]) -> None:
         """Queue an evaluation's finiteness flag (a 0-d bool, on the GPU for GPU experts) and read the previous one.
@@ -66,11 +75,16 @@ class EvaluationLog:
         forward is already queued when the host waits. The flag is copied to host memory when it is queued, for
         ``bool()`` of a device tensor copies it behind everything queued since, the next forward included: the
         GPU then drained at every evaluation all the same (H200, slow host: 3-4 ms of GPU idle per evaluation)."""
-        self.check_finite()
+        self._read_pending()
         self.pending = (HostFlag(finite), message)
 
     def check_finite(self) -> None:
-        """Raise :class:`NonFiniteError` if the queued evaluation's output was not finite."""
+        """Raise :class:`NonFiniteError` if the queued evaluation's output was not finite (the end of a sampling loop
+        or stage); inside a stage that hands its check over, nothing: the next stage's first evaluation reads it."""
+        if not self.handing_over:
+            self._read_pending()
+
+    def _read_pending(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None and not pending[0].read():
             raise NonFiniteError(pending[1]())
@@ -107,9 +121,9 @@ class HostFlag:
         return bool(self.flag)
 
 
-def in_stage(log: "EvaluationLog | None", name: str):
-    """``log.stage(name)``, or nothing when no log is kept."""
-    return log.stage(name) if log is not None else contextlib.nullcontext()
+def in_stage(log: "EvaluationLog | None", name: str, hand_over: bool = False):
+    """``log.stage(name, hand_over)``, or nothing when no log is kept."""
+    return log.stage(name, hand_over) if log is not None else contextlib.nullcontext()
 
 
 class Expert(ABC):

@@ -211,6 +211,34 @@ def test_nan_input_latent_is_named(tmp_path):
         sample_control(d, noise, [999, 749, 499, 249])
 
 
+def test_nan_at_the_control_stages_end_is_caught_by_the_refinements_first_evaluation():
+    """run_chain's control stage hands its last finiteness check over (no GPU drain between the stages): NaN in
+    the control expert's last evaluation stops the chain at the refinement's first evaluation, named as the control
+    stage's 4th, before any noise beyond Eq. 6's is drawn; a chain whose control stage is finite is unchanged."""
+    from confiner_core import schedules as S
+    from confiner_core.chain import ChainConfig, run_chain
+    from confiner_core.errors import NonFiniteError
+    from test_chain import FRAMES, SHAPE, VIDEO, OracleExpert, x0_star
+
+    x0 = x0_star()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+
+    def chain(nan_at):
+        log = EvaluationLog()
+        control, spatial = OracleExpert(x0, S.named("animatediff"), VIDEO), OracleExpert(x0, S.named("sd15"), FRAMES)
+        _LastCallNaN(control, nan_at)
+        c, s, t = control.bind(log=log), spatial.bind(log=log), OracleExpert(x0, S.named("lavie"), VIDEO).bind(log=log)
+        return log, spatial, lambda: run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
+
+    log, spatial, run = chain(4)
+    with pytest.raises(NonFiniteError, match=r"stage 'control', step t=\S+, evaluation 4 of the stage"):
+        run()
+    # the spatial expert's first forward ran (queued, on a GPU) and raised before it was counted
+    assert len(spatial.calls) == 1 and log.evaluations == {"control": 4} and not log.handing_over
+    log, _, run = chain(None)
+    assert torch.allclose(run().structure, x0, atol=1e-4) and log.evaluations == {"control": 4, "refine": 15}
+
+
 class _LastCallNaN:
     """An oracle expert whose ``nan_at``-th call (1-based) returns NaN."""
 
