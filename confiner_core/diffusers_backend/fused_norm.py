@@ -376,6 +376,18 @@ def row_blocks(c: int) -> tuple[int, int]:
     return b, c // b
 
 
+def row_split(n: int, c: int, s: int) -> tuple[int, int, int]:
+    """How the row kernels cut a norm of ``n`` samples of ``s`` pixels of ``c`` channels: (rows a tile, programs a
+    sample, pixels a program). About :data:`ROW_PROGRAMS` programs in all, each reading at least
+    :data:`ROW_MIN_TILES` tiles of whole pixels."""
+    blocks, m = row_blocks(c)
+    block_r = max(_next_pow2(m), ROW_TILE // blocks)        # at least one whole pixel a tile
+    k = block_r // m                                         # whole pixels a tile
+    split = max(1, min(_cdiv(ROW_PROGRAMS, n), _cdiv(s, k * ROW_MIN_TILES), MAX_SPLIT))
+    s_per_prog = _cdiv(_cdiv(s, split), k) * k
+    return block_r, _cdiv(s, s_per_prog), s_per_prog
+
+
 def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                     add: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
     """:func:`group_norm_triton` for a channels-last-like ``x`` (channel stride 1) with the row kernels."""
@@ -385,11 +397,7 @@ def group_norm_rows(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     s = x.numel() // max(1, n * c)
     cg = c // num_groups
     blocks, m = row_blocks(c)
-    block_r = max(_next_pow2(m), ROW_TILE // blocks)        # at least one whole pixel a tile
-    k = block_r // m                                         # whole pixels a tile
-    split = max(1, min(_cdiv(ROW_PROGRAMS, n), _cdiv(s, k * ROW_MIN_TILES), MAX_SPLIT))
-    s_per_prog = _cdiv(_cdiv(s, split), k) * k
-    split = _cdiv(s, s_per_prog)
+    block_r, split, s_per_prog = row_split(n, c, s)
     add_flat = per_sample_channel(add, n, c) if add is not None else x
     y = torch.empty_like(x)
     part = torch.empty(n * split * 2 * c, device=x.device, dtype=torch.float32)
