@@ -53,7 +53,12 @@ TARGET_PROGRAMS = 1024
 MAX_SPLIT = 256
 TILE = 2048  # elements per program and loop iteration (BLOCK_S x BLOCK_C)
 ROW_TILE = 4096  # the same for the row kernels (whole pixels, read as rows of channels: :func:`row_blocks`)
-ROW_PROGRAMS = TARGET_PROGRAMS  # programs the row kernels aim for
+# programs the row kernels aim for in all: about one wave (2.7 a multiprocessor of an H200, which holds 2-3 row
+# programs at once). H200, each norm timed in a CUDA graph (``norm_probe.py --sweep``, call Y): the 13 shapes 1.546 ms
+# with 352, 1.542 with 396, 1.593 with 528, 1.597 with 1024 (the setting until then), 1.628 with 264; the UNets'
+# [32, 320, 64, 64] 0.094 against 0.106 ms with 1024 (704 launched, two waves), ModelScope's [2, 320, 1024, 64] 0.096
+# against 0.112
+ROW_PROGRAMS = 352
 MAX_ROW_BLOCKS = 16  # rows a pixel at most in the row kernels (one unrolled reduction each)
 # warps of a row program: 4 were faster than 8 on 12 of 13 shapes (H200, ``norm_probe.py --sweep``, e.g. the
 # decoder's [4, 128, 512, 512] 0.316 against 0.335 ms)
