@@ -309,7 +309,8 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()
-    with in_stage(log, "control", hand_over=True):  # its last check is read once the refinement's first forward is queued
+    # the control stage's last finiteness check is read once the refinement's first forward is queued
+    with in_stage(log, "control", hand_over=True):
         structure = generate_structure(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
     with in_stage(log, "refine"):

@@ -382,8 +382,8 @@ def test_triton_group_norm_kernels_under_the_interpreter():
 
 # The H200's fp16 timings (ms) of GroupNorm + SiLU on channels_last inputs, 32 groups, each norm inside a CUDA graph
 # as the presets run it (bench/gpu_results/h200_norm_probe.json, call Y; the row kernels as set now: tile 4096, 3
-# stages, 352 programs in all, 16 tiles a program at least): the kernel choice must pick the fastest of the kinds it chooses among. The last
-# three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2.
+# stages, 352 programs in all, 16 tiles a program at least): the kernel choice must pick the fastest of the kinds it
+# chooses among. The last three: the control expert's 16 frames, ModelScope's norms over (frames, H, W) at cfg 2.
 NORM_TIMINGS = {  # (N, C, H, W): inductor, per group, rows
     (4, 128, 512, 512): (1.062, 1.555, 0.220), (4, 256, 512, 512): (1.782, 2.053, 0.426),
     (4, 256, 256, 256): (0.373, 0.448, 0.121), (4, 512, 256, 256): (1.635, 0.301, 0.221),
