@@ -520,6 +520,105 @@ def test_triton_geglu_kernel_under_the_interpreter():
         assert r["err"] < tolerance[r["case"][1]], r
 
 
+GEGLU_LINEAR_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from torch._dynamo.backends.registry import lookup_backend
+    from confiner_core.diffusers_backend import fused_geglu as FG
+    g = torch.Generator().manual_seed(0)
+    out = []
+    # (rows, width, gated columns, dtype, bias, tiling): full tiles; rows, columns and the reduction all masked;
+    # no bias; groups of row tiles that do not divide the row tiles (bfloat16: the interpreter's dot is wrong there)
+    for rows, k, i, dtype, bias, config in (((4, 16), 64, 64, "float16", True, (32, 32, 32, 2, 4, 2)),
+                                            ((3, 37), 72, 40, "float16", True, (32, 32, 32, 2, 4, 2)),
+                                            ((70,), 96, 24, "float32", False, (32, 16, 64, 2, 4, 2)),
+                                            ((2, 50), 48, 32, "float32", True, (16, 32, 16, 3, 4, 2))):
+        dt = getattr(torch, dtype)
+        x = torch.randn(*rows, k, generator=g, dtype=torch.float64).to(dt)
+        w = (torch.randn(2 * i, k, generator=g, dtype=torch.float64) / k ** 0.5).to(dt)
+        b = torch.randn(2 * i, generator=g, dtype=torch.float64).to(dt) if bias else None
+        got = FG.geglu_linear_triton(x, w, b, FG.LinearConfig(*config))
+        ref = FG.geglu_linear_reference(x.double(), w.double(), None if b is None else b.double())
+        out.append({"case": [list(rows), k, i, dtype, bias], "shape_ok": list(got.shape) == list(ref.shape),
+                    "dtype_kept": got.dtype == dt, "err": float((got.double() - ref).norm() / ref.norm())})
+    # inside a compiled graph: the op, whose kernel runs (AOT tracing runs its fake implementation)
+    FG.gemm_takes = lambda x, proj: True                # the interpreter runs the kernel on CPU tensors
+    FG.triton_available = lambda: True
+    FG.LINEAR_CONFIG = FG.LinearConfig(16, 16, 16, 2, 4, 2)
+    assert FG.register_op() is FG.register_op() is not None
+    graphs, calls = [], []
+    kernel = FG.geglu_linear_triton
+    FG.geglu_linear_triton = lambda *a, **kw: calls.append(1) or kernel(*a, **kw)
+
+    def backend(gm, inputs):
+        graphs.append(gm.code)
+        return lookup_backend("aot_eager")(gm, inputs)
+
+    module = torch.nn.Module()
+    module.proj = torch.nn.Linear(32, 64)
+    x = torch.randn(2, 5, 32, generator=g)
+    f = lambda x: FG.fused_geglu_forward(module, x * 2) + 1
+    with torch.no_grad():
+        y = torch.compile(f, backend=backend, fullgraph=True)(x)
+        ref = FG.geglu_linear_reference(x.double() * 2, module.proj.weight.double(), module.proj.bias.double()) + 1
+    out.append({"op_in_graph": "confiner.geglu_linear" in graphs[0], "kernel_calls": len(calls),
+                "err": float((y.double() - ref).norm() / ref.norm())})
+    print(json.dumps(out))
+""")
+
+
+def test_triton_geglu_projection_kernel_under_the_interpreter():
+    """The projection and gate in one GEMM against diffusers' GEGLU in float64, tiles masked in every direction;
+    inside a compiled graph it stays one op whose kernel runs."""
+    *cases, compiled = under_the_interpreter(GEGLU_LINEAR_CHECK)
+    assert len(cases) == 4
+    for r in cases:
+        assert r["shape_ok"] and r["dtype_kept"], r
+        assert r["err"] < {"float32": 1e-6, "float16": 1e-3}[r["case"][3]], r
+    assert compiled["op_in_graph"] and compiled["kernel_calls"] == 1 and compiled["err"] < 1e-6, compiled
+
+
+def test_geglu_rewrite_leaves_adapters_and_the_cpu_to_diffusers():
+    """The one-GEMM path takes only a plain ``nn.Linear`` projection in half precision on a GPU: a LoRA-wrapped
+    projection (a subclass or another module) and CPU tensors keep diffusers' composition."""
+    proj = torch.nn.Linear(8, 16).half()
+    x = torch.randn(2, 8).half()
+    assert not FG.gemm_takes(x, proj)                                   # on the CPU
+    wrapped = type("LoraLinear", (torch.nn.Linear,), {})(8, 16).half()
+    assert not FG.gemm_takes(x, wrapped)
+    if torch.cuda.is_available():
+        assert FG.gemm_takes(x.cuda(), proj.cuda()) and not FG.gemm_takes(x.cuda().float(), proj.cuda())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GEGLU projection kernel's GPU path needs CUDA")
+def test_geglu_projection_kernel_on_cuda_eager_and_compiled():
+    """On the GPU: float16 and bfloat16 against float64 at the SD shapes' widths; a half-precision SD UNet whose
+    GEGLUs run the one-GEMM kernel and whose blocks are compiled moves no further from eager than compiling moves it
+    with diffusers' GEGLU."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for dtype, (m, k, i) in ((torch.float16, (4096, 320, 1280)), (torch.bfloat16, (1000, 640, 2560)),
+                             (torch.float16, (77, 1280, 5120))):
+        x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+        w = (torch.randn(2 * i, k, device="cuda", generator=g) / k ** 0.5).to(dtype)
+        b = torch.randn(2 * i, device="cuda", generator=g).to(dtype)
+        ref = FG.geglu_linear_reference(x.double(), w.double(), b.double())
+        assert rel(FG.geglu_linear_triton(x, w, b), ref) < (1e-3 if dtype == torch.float16 else 8e-3), (dtype, m)
+    make, _ = MODELS["sd"]
+    x = torch.randn(2, 4, 16, 16, device="cuda", generator=g).half()
+    c = torch.randn(2, 77, T.SD_WIDTH, device="cuda", generator=g).half()
+    drift = {}
+    for in_gemm in (False, True):
+        torch._dynamo.reset()
+        FG.GATE_IN_GEMM = in_gemm
+        try:
+            drift[in_gemm] = drift_of_compiling(make().cuda().half(), x, c, replace(EAGER, fused_geglu=True))
+        finally:
+            FG.GATE_IN_GEMM = True
+    assert drift[True] < 2 * drift[False] + 1e-3, drift
+
+
 # ------------------------------------------------------------------------------- attention over frames
 
 FRAME_ATTENTION_CHECK = textwrap.dedent("""

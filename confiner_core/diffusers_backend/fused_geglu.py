@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import types
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,112 @@ def _kernel():
         tl.store(out_ptr + row * I + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
     return geglu_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_kernel():
+    """The projection and the gate in one Triton GEMM: each program computes a tile of the value half and the same
+    tile of the gate half (two accumulators over one read of the input rows), then writes ``value * gelu(gate)``."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def geglu_linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, I, K, sxm, swn, som,
+                            HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        # programs in groups of GROUP_M row tiles that walk the column tiles together: a group's weight tiles stay
+        # in L2 while its rows are read
+        pid = tl.program_id(0)
+        tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(I, BLOCK_N)
+        in_group = GROUP_M * tiles_n
+        first_m = (pid // in_group) * GROUP_M
+        rows_here = min(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % in_group) % rows_here
+        pid_n = (pid % in_group) // rows_here
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        x_at = x_ptr + rm[:, None].to(tl.int64) * sxm + rk[None, :]
+        v_at = w_ptr + rn[None, :].to(tl.int64) * swn + rk[:, None]  # [BLOCK_K, BLOCK_N] of W's value rows
+        g_at = v_at + I * swn                                         # and of its gate rows
+        m_ok, n_ok = (rm < M)[:, None], (rn < I)[None, :]
+        value = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                a = tl.load(x_at, mask=m_ok, other=0.0)
+                wv = tl.load(v_at, mask=n_ok, other=0.0)
+                wg = tl.load(g_at, mask=n_ok, other=0.0)
+            else:
+                k_ok = rk < K - k * BLOCK_K
+                a = tl.load(x_at, mask=m_ok & k_ok[None, :], other=0.0)
+                wv = tl.load(v_at, mask=n_ok & k_ok[:, None], other=0.0)
+                wg = tl.load(g_at, mask=n_ok & k_ok[:, None], other=0.0)
+            value = tl.dot(a, wv, value)
+            gate = tl.dot(a, wg, gate)
+            x_at += BLOCK_K
+            v_at += BLOCK_K
+            g_at += BLOCK_K
+        if HAS_BIAS:
+            value += tl.load(b_ptr + rn, mask=rn < I, other=0.0).to(tl.float32)[None, :]
+            gate += tl.load(b_ptr + I + rn, mask=rn < I, other=0.0).to(tl.float32)[None, :]
+        out = value * (0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476)))
+        tl.store(out_ptr + rm[:, None].to(tl.int64) * som + rn[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=m_ok & n_ok)
+
+    return geglu_linear_kernel
+
+
+class LinearConfig(NamedTuple):
+    """One tiling of :func:`geglu_linear_triton`: the tile (rows, gated columns, reduction step), the row tiles a
+    group walks together, warps and pipelined loop stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    warps: int = 8
+    stages: int = 3
+
+
+#: the tilings ``bench/geglu_probe.py`` sweeps
+LINEAR_SWEEP = tuple(LinearConfig(bm, bn, bk, 8, warps, stages)
+                     for bm, bn, bk in ((128, 128, 64), (128, 64, 64), (64, 128, 64), (128, 128, 32), (64, 64, 64),
+                                        (128, 256, 32), (256, 64, 32))
+                     for warps in (4, 8) for stages in (3, 4))
+LINEAR_CONFIG = LinearConfig(128, 128, 64)
+
+
+def linear_config(m: int, k: int, i: int) -> LinearConfig:
+    """The tiling for ``m`` rows of width ``k`` into ``i`` gated columns."""
+    return LINEAR_CONFIG
+
+
+def geglu_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        config: LinearConfig | None = None) -> torch.Tensor:
+    """``value * gelu(gate)`` of ``F.linear(x, weight, bias)`` = [..., 2I] in one kernel: float32 accumulation,
+    bias and gate, rounded once to ``x``'s dtype. ``weight`` is [2I, K] (value rows first, as diffusers' GEGLU
+    splits its projection)."""
+    k = x.shape[-1]
+    i = weight.shape[0] // 2
+    rows = x.reshape(-1, k)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    m = rows.shape[0]
+    out = torch.empty(*x.shape[:-1], i, device=x.device, dtype=x.dtype)
+    c = config or linear_config(m, k, i)
+    grid = (-(-m // c.block_m) * -(-i // c.block_n),)
+    _linear_kernel()[grid](rows, weight, bias if bias is not None else weight, out, m, i, k, rows.stride(0),
+                           weight.stride(0), i, HAS_BIAS=bias is not None, EVEN_K=k % c.block_k == 0,
+                           BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
+                           num_warps=c.warps, num_stages=c.stages)
+    return out
+
+
+def geglu_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """diffusers' ``GEGLU``: its projection, then the gate."""
+    return geglu_reference(F.linear(x, weight, bias))
 
 
 def column_block(i: int) -> int:
@@ -88,14 +195,58 @@ def geglu(projected: torch.Tensor) -> torch.Tensor:
     return geglu_triton(projected) if use_triton(projected) else geglu_reference(projected)
 
 
+#: the projection and the gate in one GEMM (:func:`geglu_linear_triton`) wherever the gate kernel would run; inside
+#: compiled blocks too (as ``confiner::geglu_linear``, which inductor keeps whole), else inductor fuses the gate
+#: after its own GEMM
+GATE_IN_GEMM = True
+GEGLU_LINEAR_OP = None
+
+
+def register_op():
+    """Register ``confiner::geglu_linear`` once (where Triton is available): an op torch.compile keeps opaque, so a
+    compiled graph calls the kernel."""
+    global GEGLU_LINEAR_OP
+    if GEGLU_LINEAR_OP is None and triton_available():
+        @torch.library.custom_op("confiner::geglu_linear", mutates_args=())
+        def op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            return geglu_linear_triton(x, weight, bias)
+
+        @op.register_fake
+        def _(x, weight, bias):
+            return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
+
+        GEGLU_LINEAR_OP = torch.ops.confiner.geglu_linear
+    return GEGLU_LINEAR_OP
+
+
+def compiled_geglu() -> tuple:
+    """What a compiled graph's GEGLUs depend on beyond its inputs: part of a kept block's key."""
+    return (GATE_IN_GEMM and GEGLU_LINEAR_OP is not None, LINEAR_CONFIG)
+
+
+def gemm_takes(x: torch.Tensor, proj: nn.Module) -> bool:
+    """Whether :func:`geglu_linear_triton` computes this GEGLU: a plain linear projection (not one wrapped by an
+    adapter), half precision on a GPU."""
+    return (GATE_IN_GEMM and type(proj) is nn.Linear and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+            and proj.weight.dtype == x.dtype and proj.weight.shape[0] % 2 == 0)
+
+
 def fused_geglu_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """``diffusers.models.activations.GEGLU.forward`` with the gate fused (its deprecated ``scale`` is ignored
-    there too)."""
-    return geglu(self.proj(hidden_states))
+    """``diffusers.models.activations.GEGLU.forward`` with the gate fused into the projection's GEMM where
+    :func:`gemm_takes`, else after it (its deprecated ``scale`` is ignored there too)."""
+    proj = self.proj
+    if gemm_takes(hidden_states, proj):
+        if torch.compiler.is_compiling():
+            if GEGLU_LINEAR_OP is not None:
+                return GEGLU_LINEAR_OP(hidden_states, proj.weight, proj.bias)
+        elif triton_available():
+            return geglu_linear_triton(hidden_states, proj.weight, proj.bias)
+    return geglu(proj(hidden_states))
 
 
 def fuse_geglu(model: nn.Module) -> int:
     """Rewrite every diffusers ``GEGLU`` of ``model`` in place; returns how many."""
+    register_op()
     done = 0
     for module in model.modules():
         if type(module).__name__ == "GEGLU" and isinstance(getattr(module, "proj", None), nn.Linear):
