@@ -91,7 +91,7 @@ def main():
               f"{r['cublas_then_gate_kernel']['ms']:.3f}, inductor {r['inductor']['ms']:.3f}, one GEMM "
               f"{best.get('ms', float('nan')):.3f} ({best.get('config')})", flush=True)
         if a.out:
-            write_atomic(a.out, json.dumps(out, indent=1))
+            write_atomic(a.out, json.dumps(out, indent=1).encode())
     if not a.out:
         print(json.dumps(out, indent=1))
 
