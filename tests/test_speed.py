@@ -531,10 +531,14 @@ GEGLU_LINEAR_CHECK = textwrap.dedent("""
     out = []
     # (rows, width, gated columns, dtype, bias, tiling): full tiles; rows, columns and the reduction all masked;
     # no bias; groups of row tiles that do not divide the row tiles (bfloat16: the interpreter's dot is wrong there)
+    # one program a tile, then persistent through tensor descriptors (the store whole and in halves)
     for rows, k, i, dtype, bias, config in (((4, 16), 64, 64, "float16", True, (32, 32, 32, 2, 4, 2)),
                                             ((3, 37), 72, 40, "float16", True, (32, 32, 32, 2, 4, 2)),
                                             ((70,), 96, 24, "float32", False, (32, 16, 64, 2, 4, 2)),
-                                            ((2, 50), 48, 32, "float32", True, (16, 32, 16, 3, 4, 2))):
+                                            ((2, 50), 48, 32, "float32", True, (16, 32, 16, 3, 4, 2)),
+                                            ((3, 37), 72, 40, "float16", True, (32, 32, 32, 2, 4, 2, True, 1, True)),
+                                            ((70,), 96, 24, "float32", False, (32, 16, 64, 2, 4, 2, True, 2)),
+                                            ((2, 50), 48, 32, "float16", True, (16, 32, 16, 3, 4, 2, True, 1))):
         dt = getattr(torch, dtype)
         x = torch.randn(*rows, k, generator=g, dtype=torch.float64).to(dt)
         w = (torch.randn(2 * i, k, generator=g, dtype=torch.float64) / k ** 0.5).to(dt)
@@ -546,7 +550,7 @@ GEGLU_LINEAR_CHECK = textwrap.dedent("""
     # inside a compiled graph: the op, whose kernel runs (AOT tracing runs its fake implementation)
     FG.gemm_takes = lambda x, proj: True                # the interpreter runs the kernel on CPU tensors
     FG.triton_available = lambda: True
-    FG.LINEAR_CONFIG = FG.LinearConfig(16, 16, 16, 2, 4, 2)
+    FG.LINEAR_CONFIG = FG.LinearConfig(16, 16, 16, 2, 4, 2, True)
     assert FG.register_op() is FG.register_op() is not None
     graphs, calls = [], []
     kernel = FG.geglu_linear_triton
@@ -573,7 +577,7 @@ def test_triton_geglu_projection_kernel_under_the_interpreter():
     """The projection and gate in one GEMM against diffusers' GEGLU in float64, tiles masked in every direction;
     inside a compiled graph it stays one op whose kernel runs."""
     *cases, compiled = under_the_interpreter(GEGLU_LINEAR_CHECK)
-    assert len(cases) == 4
+    assert len(cases) == 7
     for r in cases:
         assert r["shape_ok"] and r["dtype_kept"], r
         assert r["err"] < {"float32": 1e-6, "float16": 1e-3}[r["case"][3]], r

@@ -104,9 +104,58 @@ def _linear_kernel():
     return geglu_linear_kernel
 
 
+@functools.lru_cache(maxsize=None)
+def _persistent_kernel():
+    """:func:`_linear_kernel` as a persistent kernel: one program per multiprocessor walks the tiles, reading
+    through tensor descriptors (TMA on Hopper), so one tile's epilogue overlaps the next tile's loads."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def geglu_linear_persistent_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, I, K,
+                                       HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SUBTILE: tl.constexpr,
+                                       WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr):
+        dtype = out_ptr.dtype.element_ty
+        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[2 * I, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
+        o_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, I], strides=[I, 1],
+                                           block_shape=[BLOCK_M, BLOCK_N // 2 if SUBTILE else BLOCK_N])
+        tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(I, BLOCK_N)
+        in_group = GROUP_M * tiles_n
+        for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=FLATTEN,
+                             warp_specialize=WARP_SPECIALIZE):
+            first_m = (tile // in_group) * GROUP_M
+            rows_here = min(tiles_m - first_m, GROUP_M)
+            om = (first_m + (tile % in_group) % rows_here) * BLOCK_M
+            on = ((tile % in_group) // rows_here) * BLOCK_N
+            value = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in range(tl.cdiv(K, BLOCK_K)):
+                a = x_desc.load([om, k * BLOCK_K])
+                # a value tile past column I reads gate rows: its outputs fall outside the output and are not stored
+                value = tl.dot(a, w_desc.load([on, k * BLOCK_K]).T, value)
+                gate = tl.dot(a, w_desc.load([I + on, k * BLOCK_K]).T, gate)
+            if HAS_BIAS:
+                rn = on + tl.arange(0, BLOCK_N)
+                value += tl.load(b_ptr + rn, mask=rn < I, other=0.0).to(tl.float32)[None, :]
+                gate += tl.load(b_ptr + I + rn, mask=rn < I, other=0.0).to(tl.float32)[None, :]
+            out = value * (0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476)))
+            if SUBTILE:  # two half-width stores: half the staging memory
+                left, right = tl.split(tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+                o_desc.store([om, on], left.to(dtype))
+                o_desc.store([om, on + BLOCK_N // 2], right.to(dtype))
+            else:
+                o_desc.store([om, on], out.to(dtype))
+
+    return geglu_linear_persistent_kernel
+
+
 class LinearConfig(NamedTuple):
     """One tiling of :func:`geglu_linear_triton`: the tile (rows, gated columns, reduction step), the row tiles a
-    group walks together, warps and pipelined loop stages."""
+    group walks together, warps and pipelined loop stages; persistent (tensor descriptors, ``per_sm`` programs a
+    multiprocessor, the store in two halves with ``subtile``, Triton's warp specialisation) or one program a
+    tile."""
 
     block_m: int
     block_n: int
@@ -114,19 +163,45 @@ class LinearConfig(NamedTuple):
     group_m: int = 8
     warps: int = 8
     stages: int = 3
+    persistent: bool = False
+    per_sm: int = 1
+    subtile: bool = False
+    warp_specialize: bool = False
 
 
-#: the tilings ``bench/geglu_probe.py`` sweeps
-LINEAR_SWEEP = tuple(LinearConfig(bm, bn, bk, 8, warps, stages)
-                     for bm, bn, bk in ((128, 128, 64), (128, 64, 64), (64, 128, 64), (128, 128, 32), (64, 64, 64),
-                                        (128, 256, 32), (256, 64, 32))
-                     for warps in (4, 8) for stages in (3, 4))
-LINEAR_CONFIG = LinearConfig(128, 128, 64)
+#: the tilings ``bench/geglu_probe.py`` sweeps (H200, call AB: one program a tile lost to cuBLAS + the gate kernel on
+#: all eight shapes, 128x64x64 with 4 warps or 128x128x64 with 8 the fastest)
+LINEAR_SWEEP = (tuple(LinearConfig(bm, bn, bk, 8, warps, 3) for bm, bn, bk, warps in ((128, 64, 64, 4),
+                                                                                    (128, 128, 64, 8),
+                                                                                    (128, 128, 32, 8)))
+                + tuple(LinearConfig(bm, bn, bk, 8, warps, stages, True, per_sm, subtile, ws)
+                        for bm, bn, bk, warps, per_sm in ((128, 128, 64, 8, 1), (128, 64, 64, 4, 1),
+                                                          (128, 64, 64, 4, 2), (128, 128, 32, 8, 1),
+                                                          (128, 64, 64, 8, 1), (64, 128, 64, 4, 2))
+                        for stages in (3, 4) for subtile, ws in ((False, False), (True, False), (True, True))))
+LINEAR_CONFIG = LinearConfig(128, 128, 64, 8, 3, True, 1, True, False)
 
 
 def linear_config(m: int, k: int, i: int) -> LinearConfig:
     """The tiling for ``m`` rows of width ``k`` into ``i`` gated columns."""
     return LINEAR_CONFIG
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+@functools.lru_cache(maxsize=None)
+def _descriptor_scratch() -> None:
+    """Tensor descriptors made inside a kernel need scratch memory: from PyTorch's allocator (also inside a CUDA
+    graph's capture), on the current GPU."""
+    import triton
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+    triton.set_allocator(alloc)
 
 
 def geglu_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -143,11 +218,21 @@ def geglu_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     m = rows.shape[0]
     out = torch.empty(*x.shape[:-1], i, device=x.device, dtype=x.dtype)
     c = config or linear_config(m, k, i)
-    grid = (-(-m // c.block_m) * -(-i // c.block_n),)
-    _linear_kernel()[grid](rows, weight, bias if bias is not None else weight, out, m, i, k, rows.stride(0),
-                           weight.stride(0), i, HAS_BIAS=bias is not None, EVEN_K=k % c.block_k == 0,
-                           BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
-                           num_warps=c.warps, num_stages=c.stages)
+    tiles = -(-m // c.block_m) * -(-i // c.block_n)
+    b = bias if bias is not None else weight
+    if c.persistent:
+        rows, weight = rows.contiguous(), weight.contiguous()   # descriptors: rows of exactly K elements
+        _descriptor_scratch()
+        grid = (min(tiles, c.per_sm * _multiprocessors(x.device)),)
+        _persistent_kernel()[grid](rows, weight, b, out, m, i, k, HAS_BIAS=bias is not None, BLOCK_M=c.block_m,
+                                   BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m, SUBTILE=c.subtile,
+                                   WARP_SPECIALIZE=c.warp_specialize, FLATTEN=c.warp_specialize,
+                                   num_warps=c.warps, num_stages=c.stages)
+    else:
+        _linear_kernel()[(tiles,)](rows, weight, b, out, m, i, k, rows.stride(0), weight.stride(0), i,
+                                   HAS_BIAS=bias is not None, EVEN_K=k % c.block_k == 0, BLOCK_M=c.block_m,
+                                   BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m, num_warps=c.warps,
+                                   num_stages=c.stages)
     return out
 
 
@@ -228,7 +313,8 @@ def gemm_takes(x: torch.Tensor, proj: nn.Module) -> bool:
     """Whether :func:`geglu_linear_triton` computes this GEGLU: a plain linear projection (not one wrapped by an
     adapter), half precision on a GPU."""
     return (GATE_IN_GEMM and type(proj) is nn.Linear and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-            and proj.weight.dtype == x.dtype and proj.weight.shape[0] % 2 == 0)
+            and proj.weight.dtype == x.dtype and proj.weight.shape[0] % 4 == 0 and x.shape[-1] % 8 == 0)
+    # (rows of the input, the weight and the output 16-byte aligned, as tensor descriptors need)
 
 
 def fused_geglu_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
