@@ -31,7 +31,6 @@ import types
 import torch
 from torch.utils._pytree import tree_flatten
 
-from . import fused_geglu as FG
 from . import fused_norm as FN
 
 PLAIN = (bool, int, float, str, type(None))
@@ -131,7 +130,7 @@ def call_key(args: tuple, kwargs: dict) -> str:
     """A call's arguments as the compiled graph sees them: tensors by metadata, other values as :func:`_describe`."""
     leaves, spec = tree_flatten((args, kwargs))
     parts = [str(spec), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), attention_backends(),
-             FN.compiled_norms(), FG.compiled_geglu()]
+             FN.compiled_norms()]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append((tuple(leaf.shape), leaf.stride(), str(leaf.dtype), str(leaf.device), leaf.requires_grad))
@@ -167,7 +166,7 @@ def call_signature(args: tuple, kwargs: dict):
     is computed then)."""
     try:
         return (_leaf(args), _leaf(kwargs), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                attention_backends(), FN.compiled_norms(), FG.compiled_geglu())
+                attention_backends(), FN.compiled_norms())
     except _Unhashable:
         return None
 
