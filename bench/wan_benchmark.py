@@ -94,6 +94,7 @@ TINY = dict(wan13=dict(WAN_13B, num_attention_heads=2, attention_head_dim=12, te
 # Expected seconds on the H200 (issue 14 section 7 anchors: 1.3B forward 0.605 s, batch 2 1.215 s; 14B 3.2 s; VAE
 # decode of 81 frames 1.83 s), used only to skip what cannot end before --deadline.
 PRIOR_S = {"confiner": 17.0, "wan_50": 64.0, "a14b_probe": 60.0, "a14b_full": 270.0, "wan14_probe": 40.0,
+           "wan14_full": 90.0,
            "bridge": 60.0, "step_cache": 17.0, "profile": 35.0, "long_per_window": 19.0, "attention_probe": 12.0}
 
 T0 = G.T0
@@ -258,6 +259,10 @@ class WanBench:
         self.decode(latent)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
+    def confiner_14b(self) -> dict:
+        """One ConFiner run with every expert on the 14B transformer (the shapes :meth:`probe_14b` warms)."""
+        return self.confiner(self.wan_experts(self.models["wan14"], SHIFT_13B))
+
     def time_call(self, fn, repeats: int = 1) -> float:
         """Seconds of ``fn()`` after one untimed call (median of ``repeats``)."""
         fn()
@@ -412,6 +417,8 @@ def main():
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=("confiner", "wan_50", "a14b", "wan14", "bridge", "profile"))
     ap.add_argument("--a14b-full", action="store_true", help="run Wan 2.2 A14B's 40 steps instead of extrapolating")
+    ap.add_argument("--wan14-full", action="store_true",
+                    help="run ConFiner with 14B experts instead of extrapolating")
     ap.add_argument("--step-cache", type=float, nargs="*", default=[0.05, 0.1],
                     help="First-Block-Cache thresholds to measure on the refinement stage")
     ap.add_argument("--long", type=int, nargs="*", default=[], help="ConFiner-Long lengths (frames)")
@@ -496,9 +503,13 @@ def main():
     if "a14b" not in a.skip or "wan14" not in a.skip:
         step("wan14_probe", PRIOR_S["a14b_probe"] + PRIOR_S["wan14_probe"],
              lambda: b.probe_14b(text_s, decode_s, "wan14" not in a.skip))
+        # both measured whole after the probe, whose calls compiled (or warmed) every shape they use
         if a.a14b_full and "a14b" not in a.skip:
             step("wan22_a14b_40", PRIOR_S["a14b_full"],
                  lambda: timed(b, b.a14b_full, 1, 0, a.deadline, warmup=lambda: None))
+        if a.wan14_full and "wan14" not in a.skip:
+            step("confiner_wan14", PRIOR_S["wan14_full"],
+                 lambda: timed(b, b.confiner_14b, 1, 0, a.deadline, warmup=lambda: None))
     if "bridge" not in a.skip:
         def bridge():
             b.build_sd()
@@ -556,6 +567,12 @@ def figures(res: dict) -> dict:
     if out["wan_confiner_s"] and out["wan22_a14b_40_s"]:
         out["wan_ratio_confiner_to_wan22_a14b_40"] = out["wan_confiner_s"] / out["wan22_a14b_40_s"]
     out["wan14_confiner_s_extrapolated"] = probe.get("wan14_confiner_s_extrapolated")
+    out["wan14_confiner_s"] = wall("confiner_wan14")
+    if out["wan14_confiner_s"] and full:
+        out["wan_ratio_confiner_14b_to_wan22_a14b_40"] = out["wan14_confiner_s"] / full
+        c, w = runs["confiner_wan14"], runs["wan22_a14b_40"]
+        if c.get("tflop") and w.get("tflop"):
+            out["wan_flop_ratio_confiner_14b_to_wan22_a14b_40"] = c["tflop"] / w["tflop"]
     out["wan_bridge_confiner_s"] = wall("confiner_bridge_sd15_wan13")
     out["wan_peak_gpu_gib"] = max([r["peak_gpu_gib"] for r in runs.values()
                                    if r and r.get("peak_gpu_gib") is not None] or [None], default=None)
