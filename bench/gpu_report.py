@@ -20,6 +20,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   ``h200_vae_decode_probe.json`` -- ``vae_decode_probe.py``: the decode under ``lean`` and with the decoder compiled;
 * ``h200_wan.json`` -- ``wan_benchmark.py``: Wan scale; ``h200_wan_best.json``, ``h200_wan_fastest.json``: the same
   compiled, with cuDNN attention and with flash-attn-4;
+* ``h200_wan14_full.json`` -- ``wan_benchmark.py --a14b-full --wan14-full``: Wan 2.2 A14B-40 and ConFiner with 14B
+  experts, each measured whole, compiled, cuDNN attention;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
   ``h200_comfy_*.json``: the same with another decode node or less free GPU memory (the decode table).
@@ -52,6 +54,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
          "wan_long": "h200_wan_long.json",
+         # wan_benchmark.py --a14b-full --wan14-full, best settings: Wan 2.2 A14B-40 and ConFiner with 14B experts
+         # measured whole in one process
+         "wan14_full": "h200_wan14_full.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
@@ -187,7 +192,7 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
 
 
 def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
-            wan_fastest: dict | None = None) -> dict:
+            wan_fastest: dict | None = None, wan14_full: dict | None = None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added); ``probes``: the warm-start
     probes present, by their :data:`WARM_PROBES` key; the Wan run with the best settings gives its figures again with
     a ``best_`` prefix."""
@@ -268,6 +273,12 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
         out["wan_attention"] = wan.get("attention")
     for prefix, run in (("best_", wan_best), ("fastest_attention_", wan_fastest)):
         out.update({f"{prefix}{k}": v for k, v in (run or {}).get("figures", {}).items() if v is not None})
+    for k, v in (wan14_full or {}).get("figures", {}).items():   # beside the 1.3B figures, never over them
+        if v is not None:
+            out.setdefault(f"best_{k.replace('wan_peak', 'wan14_peak')}", v)
+    if out.get("best_wan_confiner_s") and wan14_full and out.get("best_wan22_a14b_40_s"):
+        # ConFiner with 1.3B experts against A14B-40, both under the best settings (two processes)
+        out["best_wan_ratio_confiner_to_wan22_a14b_40"] = out["best_wan_confiner_s"] / out["best_wan22_a14b_40_s"]
     if wan_long:
         out.update({k: v for k, v in wan_long.get("figures", {}).items() if k.startswith("wan_long") and v is not None})
     return out
@@ -585,7 +596,20 @@ def wan_markdown(wan: dict, wan_long: dict | None) -> list[str]:
                "run, so the timed runs did not encode (since 2026-12-02's fourth session the benchmark clears them "
                "before every run, as a new process would find them; not remeasured)."]
     probe = wan["runs"].get("wan14_probe")
-    if probe and "error" not in probe:
+    full = {name: r["wall_s"] for name, r in wan["runs"].items()
+            if name in ("wan22_a14b_40", "confiner_wan14") and r and "wall_s" in r}
+    if probe and "error" not in probe and full:
+        md += ["", f"Both 14B runs measured whole, after the per-evaluation probe (which compiled their shapes): "
+               f"Wan 2.2 A14B-40 {full.get('wan22_a14b_40', float('nan')):.1f} s (the probe's "
+               f"{probe['a14b_steps_high']} high-noise steps at {probe['a14b_step_high_s']:.2f} s and "
+               f"{probe['a14b_steps_low']} low-noise at {probe['a14b_step_low_s']:.2f} s predicted "
+               f"{probe['wan22_a14b_40_s_extrapolated']:.1f} s without text and decode), ConFiner with 14B experts "
+               f"{full.get('confiner_wan14', float('nan')):.1f} s (predicted "
+               f"{probe.get('wan14_confiner_s_extrapolated', float('nan')):.1f} s): ratio "
+               f"{fmt((wan.get('figures') or {}).get('wan_ratio_confiner_14b_to_wan22_a14b_40'), '.4f')} against "
+               f"the FLOP ratio "
+               f"{fmt((wan.get('figures') or {}).get('wan_flop_ratio_confiner_14b_to_wan22_a14b_40'), '.4f')}."]
+    elif probe and "error" not in probe:
         md += ["", f"Wan 2.2 A14B, 40 steps with cfg: {probe['a14b_steps_high']} high-noise steps at "
                f"{probe['a14b_step_high_s']:.2f} s and {probe['a14b_steps_low']} low-noise steps at "
                f"{probe['a14b_step_low_s']:.2f} s (one cfg-batched evaluation each, measured) + text "
@@ -958,7 +982,8 @@ def main():
     if data["temporal_attention_other_call"]:
         earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
-    fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"], data["wan_fastest"])
+    fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"], data["wan_fastest"],
+                  data["wan14_full"])
     fig.update(network_rates(data["sd"], data["forward_flops"]))
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
@@ -981,7 +1006,7 @@ def main():
                f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    for key in ("wan_best", "wan_fastest"):
+    for key in ("wan_best", "wan14_full", "wan_fastest"):
         if data[key]:
             md += wan_markdown(data[key], None)
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))

@@ -154,6 +154,15 @@ def test_report_figures_and_targets(tmp_path):
     assert fig_fa4["fastest_attention_wan_ratio_confiner_to_wan_50"] == 0.24 and fig_fa4["best_wan_confiner_s"] == 14.0
     assert "0.242 eager, 0.280 best settings with cuDNN attention, 0.240 with flash-attn-4 | **yes** |" in \
         "\n".join(R.targets(fig_fa4))
+    # the 14B runs measured whole (another process): their figures beside the 1.3B ones, never over them
+    wan14 = {"figures": {"wan22_a14b_40_s": 234.0, "wan14_confiner_s": 72.0, "wan_peak_gpu_gib": 71.0,
+                         "wan_ratio_confiner_14b_to_wan22_a14b_40": 72 / 234}}
+    fig_14b = R.figures(sd, {"warm": warm}, wan, None, {"figures": {**wan_best["figures"], "wan_peak_gpu_gib": 18.0}},
+                        None, wan14)
+    assert fig_14b["best_wan_peak_gpu_gib"] == 18.0 and fig_14b["best_wan14_peak_gpu_gib"] == 71.0
+    assert fig_14b["best_wan22_a14b_40_s"] == 234.0 and fig_14b["wan22_a14b_40_s"] == 260.0   # measured / eager's
+    assert fig_14b["best_wan_ratio_confiner_14b_to_wan22_a14b_40"] == pytest.approx(72 / 234)
+    assert fig_14b["best_wan_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(14 / 234)
     # a second process on the same machine (its inductor folders kept) and one with the portable cache only: both
     # are reported, and the target takes the faster
     same = {**warm, "warm_start_s": 25.0, "compile_phases": {"unique_graphs": 96}}
