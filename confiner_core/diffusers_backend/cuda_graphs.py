@@ -11,11 +11,17 @@ Tensors on other devices, autograd and unhashable arguments run eagerly.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+
+_is_not_none = functools.partial(operator.is_not, None)
 
 
 def cuda_capture(fn: Callable[[], Any], pool) -> tuple[Any, Any]:
@@ -68,15 +74,16 @@ class GraphedForward:
         self.entries: dict = {}
         self.seen: dict = {}
         self.eager_only: set = set()
-        # the submodules that hold tensors, walked once: module.parameters() walks the whole tree on every call
-        # (6 ms per call for ModelScope's UNet on a slow host core, against 0.3 ms for these dicts)
-        self.holders = [m for m in module.modules() if m._parameters or m._buffers]
+        # the dicts of the submodules that hold tensors, walked once: module.parameters() walks the whole tree on
+        # every call (6 ms per call for ModelScope's UNet on a slow host core, against 0.3 ms for these dicts)
+        self.holders = [d for m in module.modules() for d in (m._parameters, m._buffers) if d]
 
     def _params(self) -> tuple:
         """Where every weight and buffer lives now (``.to()`` keeps a Parameter but moves its data, and replaces
-        buffers in their module's dict)."""
-        return tuple(t.data_ptr() for m in self.holders for d in (m._parameters, m._buffers) for t in d.values()
-                     if t is not None)
+        buffers in their module's dict). Built by ``map``/``filter`` rather than a generator: 0.35 against 0.77 ms
+        for ModelScope's 1480 tensors on a 2-core CPU, at every replay."""
+        tensors = filter(_is_not_none, itertools.chain.from_iterable(map(dict.values, self.holders)))
+        return tuple(map(torch.Tensor.data_ptr, tensors))
 
     def _signature(self, leaves: list, spec) -> tuple | None:
         sig = [spec, torch.is_grad_enabled()]
