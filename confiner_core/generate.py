@@ -273,6 +273,11 @@ class GenerateRequest:
 
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
+        if self.frames < L.segment_length:  # a travelling prompt on a clip shorter than one segment
+            raise UsageError(f"--frames {self.frames} is shorter than one segment (--segment-length "
+                             f"{L.segment_length}): ConFiner-Long would make and refine {L.segment_length}-frame "
+                             f"windows and cut them to {self.frames}; lower --segment-length to at most "
+                             f"{self.frames}, or give one prompt for a single clip", "--segment-length")
         if L.color_anchor and not L.staggered:
             raise UsageError("--color-anchor anchors each window to the rest of the structure its predecessor ended "
                              "in, which only staggered refinement has: drop --no-stagger or --color-anchor",

@@ -122,6 +122,11 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       structure_noise=structure_noise, coherence_memory=coherence_memory,
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary)
         problem = refine_problem(te, refine_steps)
+        if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
+            problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
+                       f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
+                       f"to {frames}; lower the segment length to at most {frames} (4k+1 for Wan), or make one clip "
+                       f"with ConFiner Control Expert and ConFiner Refine Sampler")
         if not problem and noise_init == FREENOISE and freenoise_stride > segment_length:
             problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the segment length "
                        f"({segment_length})")

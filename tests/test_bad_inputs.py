@@ -116,6 +116,8 @@ CLI_CASES = [
     Case("freenoise-window-over-frames", [*LONG, "--noise-init", "freenoise", "--freenoise-window", "40"],
          "--freenoise-window"),
     Case("freenoise-window-zero", ["--freenoise-window", "0"], "--freenoise-window"),
+    Case("travel-shorter-than-a-segment", ["--frames", "8", "--segment-length", "16", "--prompt", "0: a | 4: b"],
+         "--frames 8 is shorter than one segment (--segment-length 16)"),
     Case("freenoise-stride-zero", ["--freenoise-stride", "0"], "--freenoise-stride"),
     # choices
     Case("mode-unknown", ["--mode", "bogus"], "--mode"),

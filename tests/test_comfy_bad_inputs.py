@@ -109,6 +109,7 @@ CASES = [
      ["temporal_model", "coordinated"]),
     ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], ["frames", "segment_prompts"]),
     ("long segment length below 2", "long", "10", {"segment_length": 1}, VALIDATION, ["segment_length"]),
+    ("long clip shorter than a segment", "long", "10", {"frames": 3}, EXECUTION, ["segment_length", "frames = 3"]),
     ("long FreeNoise stride above segment", "long", "10", {"noise_init": "freenoise", "freenoise_stride": 9},
      EXECUTION, ["freenoise_stride"]),
     ("long gamma above 0.5", "long", "10", {"gamma": 0.7}, VALIDATION, ["gamma"]),
