@@ -255,7 +255,7 @@ def experts_graph(g, note):
     ckpt = g.node("CheckpointLoaderSimple", [SD15.name], "SD 1.5 checkpoint (spatial expert)", models=[SD15])
     control = g.node("ADE_AnimateDiffLoaderGen1", [LIGHTNING.name, "sqrt_linear (AnimateDiff)"],
                      "Control expert: AnimateDiff-Lightning 4-step", models=[LIGHTNING])
-    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION_V3.name, "autoselect"], "Temporal expert: AnimateDiff v3",
+    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION_V3.name, "sqrt_linear (AnimateDiff)"], "Temporal expert: AnimateDiff v3",
                       models=[MOTION_V3])
     g.link(ckpt, "MODEL", control, "model")
     g.link(ckpt, "MODEL", temporal, "model")
