@@ -255,8 +255,9 @@ def experts_graph(g, note):
     ckpt = g.node("CheckpointLoaderSimple", [SD15.name], "SD 1.5 checkpoint (spatial expert)", models=[SD15])
     control = g.node("ADE_AnimateDiffLoaderGen1", [LIGHTNING.name, "sqrt_linear (AnimateDiff)"],
                      "Control expert: AnimateDiff-Lightning 4-step", models=[LIGHTNING])
-    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION_V3.name, "sqrt_linear (AnimateDiff)"], "Temporal expert: AnimateDiff v3",
-                      models=[MOTION_V3])
+    # both loaders name the schedule autoselect would pick for SD 1.5 motion models, so neither looks set apart
+    temporal = g.node("ADE_AnimateDiffLoaderGen1", [MOTION_V3.name, "sqrt_linear (AnimateDiff)"],
+                      "Temporal expert: AnimateDiff v3", models=[MOTION_V3])
     g.link(ckpt, "MODEL", control, "model")
     g.link(ckpt, "MODEL", temporal, "model")
     g.column("prompts", "2 · Prompts and size")
