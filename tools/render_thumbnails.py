@@ -127,9 +127,10 @@ def compare_modes(tmp: str) -> str:
 
 
 def long_128(tmp: str) -> str:
+    # sand to snow, as the template's prompt travels from a beach to snow
     video = generate(os.path.join(tmp, "long"), "--frames", "128", "--prompt",
-                     f"{BALL} | 64: a red ball bouncing over snow", *SIZE_ARGS)
-    return thumbnail("confiner_long_128", "ConFiner-Long: 128 frames, grass to snow at 64",
+                     "0: a red ball bouncing over desert sand | 64: a red ball bouncing over snow", *SIZE_ARGS)
+    return thumbnail("confiner_long_128", "ConFiner-Long: 128 frames, sand to snow at 64",
                      [video[i] for i in (0, 42, 85, 127)], 2)
 
 
