@@ -214,6 +214,7 @@ class GenerateRequest:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
             raise UsageError(f"{e}", "--refine-steps") from None
+        self.prompt_schedule()  # its grammar and keys, also where a long video would not read the schedule here
         plan = self.plan()
         if plan is not None:
             self._validate_long(plan)

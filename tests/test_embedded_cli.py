@@ -175,3 +175,30 @@ def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):
     tiles = [numbered[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(4)]
     assert len({t.tobytes() for t in tiles}) == 8   # same frames, different numbers
     assert all((f == 90).all() for f in sink.sheet)   # drawn on copies
+
+
+def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, monkeypatch):
+    """``tools/render_thumbnails.py`` drives the CLI with each template's settings; every command it would run passes
+    the CLI's checks (a prompt schedule the grammar refuses stopped the long template's render unnoticed)."""
+    import importlib.util
+
+    from confiner_core.cli import build_parser, request_from_args
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "render_thumbnails.py")
+    spec = importlib.util.spec_from_file_location("render_thumbnails", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    commands = []
+
+    def checked(out_dir, *args):
+        request = request_from_args(build_parser().parse_args(["generate", "--out", str(tmp_path / "o"), *args]))
+        request.validate()                                   # raises UsageError with the CLI's message
+        commands.append(args)
+        return np.zeros((request.frames, 8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(tool, "generate", checked)
+    monkeypatch.setattr(tool, "embedded_a14b", lambda prompt, frames, *a: np.zeros((frames, 8, 8, 3), np.uint8))
+    monkeypatch.setattr(tool, "thumbnail", lambda *a, **k: None)
+    for render in tool.RENDERERS.values():
+        render(str(tmp_path))
+    assert len(commands) == 7                                # basic, three modes, long, wan, bridge
