@@ -22,6 +22,8 @@ writes which file); the prose around them is this file's. Sections appear for th
   compiled, with cuDNN attention and with flash-attn-4;
 * ``h200_wan14_full.json`` -- ``wan_benchmark.py --a14b-full --wan14-full``: Wan 2.2 A14B-40 and ConFiner with 14B
   experts, each measured whole, compiled, cuDNN attention;
+* ``h200_wan_one_run.json`` -- ``wan_benchmark.py --a14b-full --wan14-full`` with the 1.3B runs: all four runs in one
+  process; where it exists its figures are the report's ``best_wan*`` ones;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
   ``h200_comfy_*.json``: the same with another decode node or less free GPU memory (the decode table).
@@ -57,6 +59,9 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # wan_benchmark.py --a14b-full --wan14-full, best settings: Wan 2.2 A14B-40 and ConFiner with 14B experts
          # measured whole in one process
          "wan14_full": "h200_wan14_full.json",
+         # the same settings, ConFiner (1.3B and 14B experts), Wan 2.1-50 and A14B-40 all in one process: its
+         # figures take the place of the two files' above (one machine, one run)
+         "wan_one_run": "h200_wan_one_run.json",
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
@@ -192,7 +197,8 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
 
 
 def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
-            wan_fastest: dict | None = None, wan14_full: dict | None = None) -> dict:
+            wan_fastest: dict | None = None, wan14_full: dict | None = None,
+            wan_one_run: dict | None = None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added); ``probes``: the warm-start
     probes present, by their :data:`WARM_PROBES` key; the Wan run with the best settings gives its figures again with
     a ``best_`` prefix."""
@@ -279,6 +285,8 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
     if out.get("best_wan_confiner_s") and wan14_full and out.get("best_wan22_a14b_40_s"):
         # ConFiner with 1.3B experts against A14B-40, both under the best settings (two processes)
         out["best_wan_ratio_confiner_to_wan22_a14b_40"] = out["best_wan_confiner_s"] / out["best_wan22_a14b_40_s"]
+    # one process for all of them, where it ran: every best_wan* figure it has comes from it
+    out.update({f"best_{k}": v for k, v in (wan_one_run or {}).get("figures", {}).items() if v is not None})
     if wan_long:
         out.update({k: v for k, v in wan_long.get("figures", {}).items() if k.startswith("wan_long") and v is not None})
     return out
@@ -983,7 +991,7 @@ def main():
         earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
     fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"], data["wan_fastest"],
-                  data["wan14_full"])
+                  data["wan14_full"], data["wan_one_run"])
     fig.update(network_rates(data["sd"], data["forward_flops"]))
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
@@ -1006,7 +1014,7 @@ def main():
                f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    for key in ("wan_best", "wan14_full", "wan_fastest"):
+    for key in ("wan_one_run", "wan_best", "wan14_full", "wan_fastest"):
         if data[key]:
             md += wan_markdown(data[key], None)
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))

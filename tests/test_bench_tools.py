@@ -163,6 +163,16 @@ def test_report_figures_and_targets(tmp_path):
     assert fig_14b["best_wan22_a14b_40_s"] == 234.0 and fig_14b["wan22_a14b_40_s"] == 260.0   # measured / eager's
     assert fig_14b["best_wan_ratio_confiner_14b_to_wan22_a14b_40"] == pytest.approx(72 / 234)
     assert fig_14b["best_wan_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(14 / 234)
+    # all four in one process: its figures take the place of the two files' (the 14B peak apart from the 1.3B's)
+    one = {"figures": {"wan_confiner_s": 13.0, "wan_50_s": 52.0, "wan_ratio_confiner_to_wan_50": 0.25,
+                       "wan22_a14b_40_s": 230.0, "wan_ratio_confiner_to_wan22_a14b_40": 13 / 230,
+                       "wan14_confiner_s": 70.0, "wan_peak_gpu_gib": 17.0, "wan14_peak_gpu_gib": 70.0}}
+    fig_one = R.figures(sd, {"warm": warm}, wan, None, {"figures": {**wan_best["figures"], "wan_peak_gpu_gib": 18.0}},
+                        None, wan14, one)
+    assert fig_one["best_wan_confiner_s"] == 13.0 and fig_one["best_wan22_a14b_40_s"] == 230.0
+    assert fig_one["best_wan_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(13 / 230)
+    assert fig_one["best_wan_peak_gpu_gib"] == 17.0 and fig_one["best_wan14_peak_gpu_gib"] == 70.0
+    assert fig_one["best_wan_ratio_confiner_14b_to_wan22_a14b_40"] == pytest.approx(72 / 234)  # not in the one run
     # a second process on the same machine (its inductor folders kept) and one with the portable cache only: both
     # are reported, and the target takes the faster
     same = {**warm, "warm_start_s": 25.0, "compile_phases": {"unique_graphs": 96}}
@@ -196,6 +206,27 @@ def test_report_figures_and_targets(tmp_path):
     R.main()
     assert json.loads((tmp_path / "RESULTS.json").read_text())["best_confiner_tflops"] == pytest.approx(577 / 1.2)
     assert "skipped (deadline)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_wan_figures_split_the_peaks_and_set_each_confiner_against_a14b_by_time_and_flops():
+    import wan_benchmark as W
+
+    runs = {"confiner_wan13": {"wall_s": 13.0, "tflop": 100.0, "peak_gpu_gib": 17.0},
+            "wan21_13b_50": {"wall_s": 52.0, "tflop": 478.0, "peak_gpu_gib": 16.0},
+            "wan14_probe": {"peak_gpu_gib": 60.0},
+            "wan22_a14b_40": {"wall_s": 230.0, "tflop": 4000.0, "peak_gpu_gib": 70.0},
+            "confiner_wan14": {"wall_s": 70.0, "tflop": 1230.0, "peak_gpu_gib": 71.0}}
+    fig = W.figures({"runs": runs, "long": {}})
+    assert fig["wan_peak_gpu_gib"] == 17.0 and fig["wan14_peak_gpu_gib"] == 71.0   # the 14B weights stay loaded
+    assert fig["wan_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(13 / 230)
+    assert fig["wan_flop_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(100 / 4000)
+    assert fig["wan_ratio_confiner_14b_to_wan22_a14b_40"] == pytest.approx(70 / 230)
+    # A14B-40 extrapolated from the probe: a time ratio, but no FLOP ratio (nothing ran whole)
+    probe_only = {k: v for k, v in runs.items() if k != "wan22_a14b_40"}
+    probe_only["wan14_probe"] = {"wan22_a14b_40_s_extrapolated": 240.0}
+    fig = W.figures({"runs": probe_only, "long": {}})
+    assert fig["wan22_a14b_40_extrapolated"] and fig["wan_ratio_confiner_to_wan22_a14b_40"] == pytest.approx(13 / 240)
+    assert "wan_flop_ratio_confiner_to_wan22_a14b_40" not in fig and fig["wan14_peak_gpu_gib"] == 71.0
 
 
 def test_report_folds_follow_up_calls():
