@@ -575,14 +575,16 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
     return md
 
 
-def wan_markdown(wan: dict, wan_long: dict | None) -> list[str]:
-    title = "## Wan scale" if wan.get("compile", "none") == "none" else \
-        f"## Wan scale, compiled ({wan['compile']}), attention {wan.get('attention')}"
+def wan_markdown(wan: dict, wan_long: dict | None, what: str = "") -> list[str]:
+    title = ("## Wan scale" if wan.get("compile", "none") == "none" else
+             f"## Wan scale, compiled ({wan['compile']}), attention {wan.get('attention')}") + (f": {what}" if what else "")
+    probed = "attention_probe" in wan["runs"]
     md = [title, "",
           f"`bench/wan_benchmark.py`, {wan['device_name']}, torch {wan['torch']}, {wan['date']}: {wan['size']}, "
           f"{wan['dtype']}, random weights built on the GPU from the released configs (Wan 2.1 1.3B, 14B / A14B "
           "experts, UMT5-XXL, Wan 2.1 VAE; SD 1.5 for the bridge), the repo's Wan family experts and codec, attention "
-          f"backend {wan.get('attention')} (the fastest on one Wan forward), compile {wan['compile']}. End to end: "
+          f"backend {wan.get('attention')} ({'the fastest on one Wan forward' if probed else 'as set'}), compile "
+          f"{wan['compile']}. End to end: "
           "text encoding, sampling, VAE decode to uint8 frames.", "",
           "| run | s | runs | evals | forwards | VAE calls | TFLOP | TFLOP/s | text s | networks s | VAE dec s | "
           "VAE enc s | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -611,12 +613,20 @@ def wan_markdown(wan: dict, wan_long: dict | None) -> list[str]:
                f"Wan 2.2 A14B-40 {full.get('wan22_a14b_40', float('nan')):.1f} s (the probe's "
                f"{probe['a14b_steps_high']} high-noise steps at {probe['a14b_step_high_s']:.2f} s and "
                f"{probe['a14b_steps_low']} low-noise at {probe['a14b_step_low_s']:.2f} s predicted "
-               f"{probe['wan22_a14b_40_s_extrapolated']:.1f} s without text and decode), ConFiner with 14B experts "
+               f"{probe['wan22_a14b_40_s_extrapolated']:.1f} s "
+               f"{'with' if probe.get('text_s') or probe.get('decode_s') else 'without'} text and decode), ConFiner "
+               f"with 14B experts "
                f"{full.get('confiner_wan14', float('nan')):.1f} s (predicted "
                f"{probe.get('wan14_confiner_s_extrapolated', float('nan')):.1f} s): ratio "
                f"{fmt((wan.get('figures') or {}).get('wan_ratio_confiner_14b_to_wan22_a14b_40'), '.4f')} against "
                f"the FLOP ratio "
                f"{fmt((wan.get('figures') or {}).get('wan_flop_ratio_confiner_14b_to_wan22_a14b_40'), '.4f')}."]
+        fig = wan.get("figures") or {}
+        if fig.get("wan_ratio_confiner_to_wan22_a14b_40") and "wan22_a14b_40" in full:
+            md[-1] += (f" ConFiner with 1.3B experts in the same process: "
+                       f"{fmt(fig.get('wan_ratio_confiner_to_wan22_a14b_40'), '.4f')} of A14B-40's time (FLOP ratio "
+                       f"{fmt(fig.get('wan_flop_ratio_confiner_to_wan22_a14b_40'), '.4f')}: the 1.3B network runs "
+                       "at a lower rate than the 14B ones).")
     elif probe and "error" not in probe:
         md += ["", f"Wan 2.2 A14B, 40 steps with cfg: {probe['a14b_steps_high']} high-noise steps at "
                f"{probe['a14b_step_high_s']:.2f} s and {probe['a14b_steps_low']} low-noise steps at "
@@ -1014,9 +1024,10 @@ def main():
                f"{', '.join(filled)}.", ""]
     if data["wan"]:
         md += wan_markdown(data["wan"], data["wan_long"])
-    for key in ("wan_one_run", "wan_best", "wan14_full", "wan_fastest"):
+    for key, what in (("wan_one_run", "all four runs in one process"), ("wan_best", "the 1.3B runs"),
+                      ("wan14_full", "the 14B runs"), ("wan_fastest", "")):
         if data[key]:
-            md += wan_markdown(data[key], None)
+            md += wan_markdown(data[key], None, what)
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))
     fig.update(attention)
     remeasured, remeasured_md = temporal_attention_figures(data["sd"], earlier)
