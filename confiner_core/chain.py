@@ -20,7 +20,7 @@ from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_
     sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
-from .timesteps import SPACINGS, spaced_timesteps, uniform_timesteps
+from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
 
 COORDINATED = "coordinated"
 STANDARD = "standard"
@@ -114,7 +114,8 @@ class ChainConfig:
             raise ValueError("control_steps and refine_steps must be >= 1")
         if self.te is not None and self.te < 1:
             raise ValueError(f"te (T_e) must be >= 1, got {self.te}")
-        room = None if self.te is None else self.te if self.refine_spacing == UNIFORM else self.te + 1
+        # uniform: distinct timesteps in (0, T_e]; leading: its steps offset must keep the first within T_e
+        room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
         if room is not None and self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
                              f"use at most {room} steps or raise T_e")
@@ -242,11 +243,14 @@ def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
     """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`): the paper's uniform intervals
-    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or a spacing. ``config.te`` must be set (:func:`refine_positions`
-    settles a default one on its schedule)."""
+    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or one of diffusers' spacings over [0, T_e] as the SD family's
+    scheduler configs set them (steps offset 1: "leading" gives 81, 61, 41, 21, 1; "trailing" 100, 80, 60, 39, 19;
+    "linspace" 100, 75, 50, 25, 0, its last step at the clean end as in diffusers). The structure is noised to the
+    first of them (:func:`refine_structure`). ``config.te`` must be set (:func:`refine_positions` settles a default
+    one on its schedule)."""
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
-    return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing)
+    return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing, STEPS_OFFSET)
 
 
 def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
@@ -297,7 +301,9 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
         structure = hand_off(structure, source, refiner)
         control_schedule = control_schedule or source.schedule
     schedule = extraction_schedule(spatial, temporal, config.mode, config.structure_noise, control_schedule)
-    x = extract_structure(schedule, structure, config.te, generator)
+    # to the first refinement timestep, as diffusers' img2img noises to the first timestep it keeps: T_e itself
+    # except under "leading" spacing, whose timesteps start below it
+    x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
     return refine(spatial, temporal, x, config, generator, callback)
 
 

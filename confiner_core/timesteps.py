@@ -31,13 +31,15 @@ def _check_steps(num_steps: int, t_max: int, room: int) -> None:
 
 
 def spaced_timesteps(num_steps: int, t_max: int = 999, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
-    """Descending integer timesteps in [0, t_max], as DDIMScheduler.set_timesteps with t_max + 1 training steps."""
+    """Descending integer timesteps in [0, t_max], as DDIMScheduler.set_timesteps with t_max + 1 training steps,
+    except that "trailing" never has a step more than asked: diffusers' float ``arange`` yields one for some counts
+    (61 steps over 1000: a 62nd at timestep -1), which is dropped here."""
     _check_steps(num_steps, t_max, t_max + 1)
     n_train = t_max + 1
     if spacing == "leading":
         ts = (np.arange(num_steps) * (n_train // num_steps)).round()[::-1] + steps_offset
     elif spacing == "trailing":
-        ts = np.round(np.arange(n_train, 0, -n_train / num_steps)) - 1
+        ts = np.round(np.arange(n_train, 0, -n_train / num_steps))[:num_steps] - 1
     elif spacing == "linspace":
         ts = np.linspace(0, t_max, num_steps).round()[::-1]
     else:

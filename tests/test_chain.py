@@ -146,6 +146,30 @@ def test_refine_timesteps_default_paper():
     assert refine_timesteps(ChainConfig(te=100, refine_spacing="trailing")) == [100, 80, 60, 39, 19]  # still there
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_refine_spacings_are_diffusers_schedulers_over_zero_to_te_and_the_structure_is_noised_to_the_first(spacing):
+    """A spacing is DDIMScheduler's over T_e + 1 training steps as the SD family configures it (steps offset 1);
+    the structure is noised to its first timestep, as diffusers' img2img noises to the first timestep it keeps, so
+    the first evaluation is told the noise level it sees (under "leading" that is 81, not T_e = 100)."""
+    from diffusers import DDIMScheduler
+
+    from confiner_core.chain import refine_structure
+
+    sched = DDIMScheduler(num_train_timesteps=101, timestep_spacing=spacing, steps_offset=1)
+    sched.set_timesteps(5)
+    config = ChainConfig(te=100, refine_spacing=spacing, mode="standard")
+    ts = refine_timesteps(config)
+    assert ts == [int(t) for t in sched.timesteps]
+    structure, sd = x0_star(), S.named("sd15")
+    expert = OracleExpert(structure, sd)
+    refine_structure(expert.bind(), None, structure, config, torch.Generator().manual_seed(3))
+    (t_first, x_first) = expert.calls[0]
+    a, s = sd.coefficients(ts[0])
+    assert t_first == ts[0]
+    assert torch.allclose(x_first, a * structure + s * randn_like(structure, torch.Generator().manual_seed(3)),
+                          atol=1e-6)
+
+
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
     """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
     import math

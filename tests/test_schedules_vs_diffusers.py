@@ -48,6 +48,21 @@ def test_timesteps_match_diffusers(spacing, n):
     assert spaced_timesteps(n, 999, spacing, steps_offset=offset) == [int(t) for t in sched.timesteps]
 
 
+@pytest.mark.parametrize("n", [61, 103, 201])
+def test_trailing_drops_the_step_diffusers_adds_at_minus_one(n):
+    """diffusers' trailing rule takes a float arange that has one element more than asked for these counts; its
+    last timestep is -1, outside the schedule. The rest match diffusers, and no count gives a step below 0."""
+    sched = DDIMScheduler(**EXPERTS["sd15"], timestep_spacing="trailing")
+    sched.set_timesteps(n)
+    theirs = [int(t) for t in sched.timesteps]
+    assert len(theirs) == n + 1 and theirs[-1] == -1
+    assert spaced_timesteps(n, 999, "trailing") == theirs[:n]
+    for t_max in range(1, 200):
+        for steps in range(1, t_max + 2):
+            ts = spaced_timesteps(steps, t_max, "trailing")
+            assert len(ts) == steps and ts[-1] >= 0 and ts[0] == t_max, (t_max, steps)
+
+
 def test_refinement_range_starts_at_te():
     assert spaced_timesteps(5, 100, "trailing") == [100, 80, 60, 39, 19]
     with pytest.raises(ValueError, match="do not fit"):
