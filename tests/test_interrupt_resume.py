@@ -98,6 +98,23 @@ def test_ctrl_c_mid_run_exits_130_and_keeps_previous_outputs(tmp_path):
     assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
 
 
+def test_ctrl_c_while_the_command_imports_torch_is_one_line_and_130(tmp_path):
+    """Ctrl-C in the first seconds lands in the imports (torch, the experts' libraries), before ``main``: the same
+    one line and exit code as later, no traceback. The interrupt is raised by an import hook at torch's import."""
+    hook = ("import sys, runpy\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "sys.argv = ['confiner_core', 'generate', '--out', sys.argv[1]]\n"
+            "runpy.run_module('confiner_core', run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run([sys.executable, "-c", hook, str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "interrupted; nothing written" and not (tmp_path / "out").exists()
+
+
 def test_sigint_during_long_run_then_resume_is_bit_identical(tmp_path):
     full = tmp_path / "full"
     assert main(["generate", "--out", str(full), "--quiet", *LONG]) == 0
