@@ -16,7 +16,7 @@ import warnings
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
-from .errors import Interrupted, RankFailed, UsageError
+from .errors import Interrupted, OutputError, RankFailed, UsageError
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         error, code, message = e, 130, str(e)
     except KeyboardInterrupt as e:
         error, code, message = e, 130, "interrupted; nothing written"
+    except OutputError as e:  # the disk or the folder, not a bug: the line says what to do, no traceback hint
+        error, code, message = e, 1, f"error: {one_line(e)}"
     except RankFailed as e:  # another process of a torchrun run failed: its line says what and where
         error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request

@@ -6,6 +6,8 @@ them by type.
   Command line: exit code 2.
 * :class:`NonFiniteError` (a ``FloatingPointError``) -- an expert returned NaN or infinity. The message names the
   stage, the step and the expert and suggests the likely cause. Command line: exit code 1.
+* :class:`OutputError` (an ``OSError``) -- an output or ConFiner-Long's resume folder could not be written (a full
+  disk, a read-only folder). The message names the file, why and the fix. Command line: exit code 1.
 * :class:`Interrupted` (a ``KeyboardInterrupt``) -- Ctrl-C during a run, with how far it got; no output was
   replaced. Command line: exit code 130.
 * :class:`RankFailed` -- in a run over several processes, another process failed; this one stopped (exit code 1,
@@ -25,6 +27,14 @@ class UsageError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """NaN or infinity in a latent during sampling: the run stops instead of writing a black or noisy video."""
+
+
+class OutputError(OSError):
+    """An output could not be written (:func:`confiner_core.outputs.writing`); the message names the output, the
+    folder, why (e.g. no space left, with the space free) and the fix."""
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class Interrupted(KeyboardInterrupt):

@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
                     ChainConfig, ConFinerWarning, default_te, refining_denoiser, run_chain, validate_chain)
-from .errors import Interrupted, NonFiniteError, RankFailed, UsageError
+from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
-from .outputs import AtomicOutputs, check_output_folder
+from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
 from .sampling import device_to_host, randn
@@ -583,6 +583,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         if store is not None and not keep:
             store.clear()
         if failure is None:
+            if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
+                raise OutputError(f"{e}; {store.info().get('next_window')} of {len(plan.windows)} windows kept: "
+                                  "rerun with --resume once it can write") from e
             raise
         if keep:
             kept = f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume)"
@@ -751,5 +754,5 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
 
 def write_report(path: str, report: dict) -> None:
     """Strict JSON (no NaN/Infinity: undefined metrics are null with a reason, see metrics.strict_scores)."""
-    with open(path, "w", encoding="utf-8") as f:
+    with writing(path), open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, default=str, allow_nan=False)

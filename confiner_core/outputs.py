@@ -5,9 +5,15 @@ interrupted run leaves the previous outputs byte-identical and removes its tempo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import secrets
+import shutil
 import tempfile
+
+from .errors import OutputError
 
 TEMP_MARK = ".partial"
 
@@ -22,6 +28,50 @@ def temp_name(path: str) -> str:
 
 def is_temp(name: str) -> bool:
     return name.startswith(".") and TEMP_MARK in name
+
+
+def final_name(name: str) -> str:
+    """The output a temporary name (:func:`temp_name`) stands for: ``.video.<token>.partial.mp4`` -> ``video.mp4``."""
+    m = re.fullmatch(r"\.(.*)\.\d+-[0-9a-f]+" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", name)
+    return m.group(1) + (m.group(2) or "") if m else name
+
+
+def free_mb(folder: str) -> float:
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder or ".").free / 2**20
+
+
+def write_failure(path: str, cause: BaseException | None = None) -> OutputError:
+    """One line for an output that could not be written: the output's own name (not its temporary one), the
+    folder, why, and what to do."""
+    folder, name = os.path.split(os.path.abspath(path))
+    code, text = getattr(cause, "errno", None), str(cause or "")
+    # a writer that says nothing of why (OpenCV's): a device with under a megabyte free is taken as full
+    if code == errno.ENOSPC or "No space left" in text or (cause is None and free_mb(folder) < 1.0):
+        why, fix = f"no space left on the device ({free_mb(folder):.1f} MB free)", "free some space or choose " \
+            "another output folder (--out)"
+    elif code == errno.EDQUOT or "quota" in text.lower():
+        why, fix = "the disk quota is used up", "free some space or choose another output folder (--out)"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why, fix = "not allowed to write there", "choose a writable output folder (--out)"
+    else:
+        why = (getattr(cause, "strerror", None) or " ".join(text.split()) or "the writer failed") + \
+            f" ({free_mb(folder):.1f} MB free)"
+        fix = "check the folder or choose another output folder (--out)"
+    return OutputError(f"cannot write {final_name(name)} in {folder}: {why}; {fix}")
+
+
+@contextlib.contextmanager
+def writing(path: str, failures: tuple = (OSError,)):
+    """Turns a failure to write ``path`` (``failures``: OSError, or a writer's own error type) into an
+    :class:`~confiner_core.errors.OutputError` that names the output and the fix."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except failures as e:
+        raise write_failure(path, e) from e
 
 
 class AtomicOutputs:
@@ -66,7 +116,7 @@ def write_atomic(path: str, data: bytes) -> None:
     """``data`` to ``path`` through a temporary file beside it (never a half-written file at ``path``)."""
     temp = temp_name(path)
     try:
-        with open(temp, "wb") as f:
+        with writing(temp), open(temp, "wb") as f:
             f.write(data)
         os.replace(temp, path)
     except BaseException:

@@ -25,11 +25,12 @@ import shutil
 from collections import Counter
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UsageError
 from .long import LongState
-from .outputs import temp_name, write_atomic
+from .outputs import temp_name, write_atomic, writing
 
 RESUME_FOLDER = ".confiner-resume"
 FORMAT = 2  # 2: per-task generators, no generator state (format 1 folders are refused)
@@ -127,7 +128,8 @@ class ResumeStore:
         path = self._path(name)
         temp = temp_name(path)
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
+            with writing(temp, (OSError, SafetensorError)):
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temp)
             os.replace(temp, path)
         except BaseException:
             if os.path.exists(temp):

@@ -7,6 +7,8 @@ import os
 import cv2
 import numpy as np
 
+from .outputs import write_failure, writing
+
 
 class VideoSink:
     """Appends uint8 RGB frames [N, H, W, 3] to ``video.mp4`` and keeps only the frames the contact sheet needs,
@@ -26,23 +28,54 @@ class VideoSink:
                 h, w = frame.shape[:2]
                 self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
                 if not self._writer.isOpened():
-                    raise OSError(f"cannot open {self.path} for writing an mp4 video")
+                    raise write_failure(self.path)
             self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             if self.written in self.sheet_index:
                 self.sheet.append(frame.copy())
                 self.sheet_numbers.append(self.written)
             self.written += 1
 
-    def close(self) -> None:
+    def close(self, check: bool = True) -> None:
+        """Finishes the file. OpenCV's writer reports no failure to write: a full disk leaves a file without its
+        index (written last), which no player opens, so ``check`` reads the finished file's structure."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            if check and not mp4_complete(self.path):
+                raise write_failure(self.path)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(check=exc_type is None)   # a run that failed already says why
+
+
+def mp4_complete(path: str) -> bool:
+    """Whether the file is whole as an MP4 (ISO BMFF): its top-level boxes, read by their headers, end exactly at
+    the end of the file, and one of them is the index ('moov')."""
+    try:
+        size = os.path.getsize(path)
+        boxes = set()
+        with open(path, "rb") as f:
+            at = 0
+            while at < size:
+                f.seek(at)
+                header = f.read(16)
+                if len(header) < 8:
+                    return False
+                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if length == 1 and len(header) == 16:   # a 64-bit size follows the type
+                    length = int.from_bytes(header[8:16], "big")
+                elif length == 0:                       # the box runs to the end of the file
+                    length = size - at
+                if length < 8:
+                    return False
+                boxes.add(kind)
+                at += length
+        return at == size and b"moov" in boxes
+    except OSError:
+        return False
 
 
 def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -> np.ndarray:
@@ -66,6 +99,12 @@ def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
+    """Encoded in memory and written by Python, so a failure to write is an OSError with its reason (OpenCV's own
+    writer only returns False, and libpng prints to the terminal)."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} image as PNG")
+    with writing(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data.tobytes())

@@ -187,6 +187,87 @@ def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch,
     assert not out.exists()  # the folder this run created is gone again, resume state included
 
 
+def test_a_full_disk_mid_long_run_keeps_the_windows_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """The resume folder's third window meets a full disk (safetensors' own error, as on a real one): one line
+    naming the file, the reason and the fix, exit 1, the earlier outputs untouched, the finished windows kept; once
+    there is room, --resume finishes the same bytes as a run that never failed."""
+    from safetensors import SafetensorError
+
+    from confiner_core import resume
+
+    assert main(["generate", "--out", str(tmp_path / "full"), "--quiet", *LONG]) == 0
+    real, saved = resume.save_file, []
+
+    def save_file(tensors, path):
+        if os.path.basename(path).startswith(".window-00002."):
+            with open(path, "wb") as f:   # a partial file, as a full disk leaves one
+                f.write(b"partial")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        saved.append(path)
+        real(tensors, path)
+
+    monkeypatch.setattr(resume, "save_file", save_file)
+    part = tmp_path / "part"
+    previous_outputs(part)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--quiet", *LONG])
+    assert e.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"error: cannot write window-00002\.safetensors in \S+: no space left on the device "
+                        r"\(\d+\.\d MB free\); free some space or choose another output folder \(--out\); "
+                        r"2 of 6 windows kept: rerun with --resume once it can write", line), line
+    assert outputs(part) == PREVIOUS and temp_files(part) == []
+    monkeypatch.setattr(resume, "save_file", real)
+    assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
+    assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: no space left)")
+def test_contact_sheet_and_report_on_a_full_device_name_the_output_and_the_fix():
+    import numpy as np
+
+    from confiner_core.errors import OutputError
+    from confiner_core.generate import write_report
+    from confiner_core.video_io import write_png
+
+    for write in (lambda: write_png("/dev/full", np.zeros((8, 8, 3), np.uint8)),
+                  lambda: write_report("/dev/full", {"frames": 8})):
+        with pytest.raises(OutputError, match=r"^cannot write full in /dev: no space left on the device \(.* MB "
+                                              r"free\); free some space or choose another output folder \(--out\)$"):
+            write()
+
+
+def test_a_video_without_its_index_is_not_taken_as_written(tmp_path):
+    """OpenCV's writer reports nothing when the disk fills; the sink reads the finished file's boxes instead."""
+    import numpy as np
+
+    from confiner_core.errors import OutputError
+    from confiner_core.video_io import VideoSink, mp4_complete
+
+    path = str(tmp_path / "v.mp4")
+    with VideoSink(path, 8, 4) as sink:
+        sink.write(np.zeros((4, 32, 32, 3), np.uint8))
+    data = open(path, "rb").read()
+    assert mp4_complete(path) and data[4:8] == b"ftyp"
+    for cut in (len(data) - 1, len(data) // 2, 8):
+        (tmp_path / "cut.mp4").write_bytes(data[:cut])
+        assert not mp4_complete(str(tmp_path / "cut.mp4")), cut
+
+    class Truncating(VideoSink):   # a writer that loses the end of the file, as on a full disk
+        def close(self, check=True):
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
+                with open(self.path, "r+b") as f:
+                    f.truncate(os.path.getsize(self.path) - 100)
+                self._writer = type("Released", (), {"release": lambda s: None})()
+            super().close(check)
+
+    with pytest.raises(OutputError, match=r"^cannot write v2\.mp4 in "):
+        with Truncating(str(tmp_path / "v2.mp4"), 8, 4) as sink:
+            sink.write(np.zeros((4, 32, 32, 3), np.uint8))
+
+
 @pytest.mark.parametrize("args,where", [
     (["--frames", "8"], "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
                         "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial
