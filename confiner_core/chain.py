@@ -295,6 +295,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     first (:func:`~confiner_core.experts.hand_off`); without a source it is already in the refining expert's space,
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
+    check_generator(generator, "refine_structure")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
     if source is not None:
@@ -307,11 +308,21 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     return refine(spatial, temporal, x, config, generator, callback)
 
 
+def check_generator(generator, where: str) -> None:
+    """The refinement draws fresh noise at every step (Eq. 6, 9, 11), so it needs the caller's seeded generator:
+    refused here, before any evaluation, rather than deep inside the first draw."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                        f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
+                        "gives one video")
+
+
 def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
               config: ChainConfig, generator: torch.Generator, callback: Callback | None = None) -> ChainResult:
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
     latent space. Stages are marked on
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage."""
+    check_generator(generator, "run_chain")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()

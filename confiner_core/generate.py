@@ -182,6 +182,9 @@ class GenerateRequest:
     @property
     def is_long(self) -> bool:
         """Long mode (ConFiner-Long) as soon as the video is longer than one segment, or the prompt travels."""
+        if self.frames is None:
+            raise ValueError("GenerateRequest.frames is not set yet: call validate() first, which fills in the "
+                             "defaults (or set frames)")
         return self.frames > self.long.segment_length or self.prompt_schedule().travels
 
     @property

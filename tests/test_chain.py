@@ -111,6 +111,11 @@ def test_run_chain_counts_and_reproduces():
     assert not torch.equal(r1.latent, r3.latent)
     # Euler control with an exact oracle lands on x0* exactly
     assert torch.allclose(r1.structure, x0, atol=1e-4)
+    # no generator (or a seed where the generator goes): refused before any evaluation, saying what to pass
+    for wrong in (None, 3):
+        with pytest.raises(TypeError, match=r"run_chain needs a seeded torch\.Generator"):
+            run_chain(c, s, t, noise, ChainConfig(), wrong)
+    assert sum(log.evaluations.values()) == 3 * 19
 
 
 def test_validation_rejects_bad_chains():

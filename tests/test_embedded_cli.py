@@ -69,6 +69,16 @@ def test_unknown_speed_preset_fails_before_loading():
         GenerateRequest(speed="FAST").validate()
 
 
+def test_a_request_asked_for_its_plan_before_validation_says_to_validate():
+    from confiner_core.generate import GenerateRequest
+
+    request = GenerateRequest(out="unused")
+    with pytest.raises(ValueError, match=r"frames is not set yet: call validate\(\) first"):
+        request.plan()
+    request.validate()
+    assert request.frames == 16 and request.plan() is None
+
+
 def test_embedded_experts_use_three_different_schedules():
     ex = embedded_experts()
     names = {k: e.schedule.name for k, e in ex.items()}
