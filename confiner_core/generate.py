@@ -216,7 +216,7 @@ class GenerateRequest:
         try:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
-            raise UsageError(f"{e}", "--refine-steps") from None
+            raise UsageError(f"--refine-steps: {e} (--te)", "--refine-steps") from None
         self.prompt_schedule()  # its grammar and keys, also where a long video would not read the schedule here
         plan = self.plan()
         if plan is not None:
@@ -307,13 +307,13 @@ class GenerateRequest:
                 raise UsageError("--base only applies to checkpoints; give --control and --spatial too, or drop it",
                                  "--base")
             return
-        if not (self.control and self.spatial and (self.temporal or self.chain.mode == STANDARD)):
-            raise UsageError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
-                             "give none of them to use the embedded default", "--control")
-        for role, path in self.roles().items():
+        for role, path in self.roles().items():   # a wrong path first: it is what the user typed
             if not os.path.exists(path):
                 raise UsageError(f"--{role}: the {role} expert's path {path} does not exist; give a local diffusers "
                                  f"folder or .safetensors file", f"--{role}")
+        if not (self.control and self.spatial and (self.temporal or self.chain.mode == STANDARD)):
+            raise UsageError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
+                             "give none of them to use the embedded default", "--control")
         if self.base and not os.path.isdir(self.base):
             raise UsageError(f"--base: {self.base} must be a local diffusers SD 1.5 pipeline folder", "--base")
         try:

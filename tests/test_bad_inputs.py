@@ -98,7 +98,7 @@ CLI_CASES = [
     Case("refine-steps-zero", ["--refine-steps", "0"], "--refine-steps"),
     Case("te-zero", ["--te", "0"], "--te"),
     Case("te-outside-schedule", ["--te", "1000"], "te (T_e)=1000 lies outside"),
-    Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "do not fit"),
+    Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "--refine-steps: 9 refinement steps do not fit"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     Case("eta-nan", ["--eta", "nan"], "--eta"),
@@ -143,6 +143,7 @@ CLI_CASES = [
     Case("out-not-writable", ["--out", "/proc/confiner-out"], "--out"),
     Case("out-name-taken-by-folder", ["--out", "{clash}"], "video.mp4"),
     Case("spatial-without-control", ["--spatial", "{sd}"], "need --control and --spatial"),
+    Case("control-alone-missing", ["--control", "/nope/c"], "the control expert's path /nope/c does not exist"),
     Case("paths-missing", ["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"],
          "the control expert's path /nope/c does not exist"),
     Case("temporal-missing", ["--control", "{motion}", "--spatial", "{sd}", "--temporal", "/nope/t"],

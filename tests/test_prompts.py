@@ -69,6 +69,8 @@ def test_one_entry_schedule_does_not_travel():
     ("8: a | 16: b", 8, "'8: a'"),                # does not start at frame 0
     ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Segmenter node)
     ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
+    ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key
+    ("0: a | 2.5: b", 8, "starts with '2.5', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s')"),
 ])
 def test_schedule_errors_name_the_entry(text, fps, names):
     with pytest.raises(UsageError) as e:
