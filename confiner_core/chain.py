@@ -112,8 +112,8 @@ class ChainConfig:
             raise ValueError(f"structure_noise must be one of {STRUCTURE_NOISES}, got {self.structure_noise!r}")
         if self.control_steps < 1 or self.refine_steps < 1:
             raise ValueError("control_steps and refine_steps must be >= 1")
-        if self.te is not None and self.te < 1:
-            raise ValueError(f"te (T_e) must be >= 1, got {self.te}")
+        if self.te is not None and (isinstance(self.te, bool) or not float(self.te).is_integer() or self.te < 1):
+            raise ValueError(f"te (T_e) must be a whole timestep >= 1, got {self.te!r}")
         # uniform: distinct timesteps in (0, T_e]; leading: its steps offset must keep the first within T_e
         room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
         if room is not None and self.refine_steps > room:

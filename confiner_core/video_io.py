@@ -82,6 +82,7 @@ def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -
     """Frames tiled left to right, top to bottom, on a black canvas; with ``numbers``, each frame's number in its
     top-left corner (white on a dark outline, readable on any content)."""
     frames = list(frames)
+    columns = min(columns, len(frames))   # a clip shorter than a row: no black tiles
     rows = -(-len(frames) // columns)
     h, w = frames[0].shape[:2]
     sheet = np.zeros((rows * h, columns * w, 3), np.uint8)

@@ -142,6 +142,8 @@ def test_validation_rejects_bad_chains():
         validate_chain(good, good, None, SHAPE, ChainConfig(mode="coordinated"))
     with pytest.raises(ValueError, match="mode"):
         ChainConfig(mode="fast").validate()
+    with pytest.raises(ValueError, match=r"te \(T_e\) must be a whole timestep >= 1, got 100\.5"):
+        ChainConfig(te=100.5).validate()   # the library's own check (the command line's --te is an integer)
 
 
 def test_refine_timesteps_default_paper():

@@ -185,6 +185,8 @@ def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):
     tiles = [numbered[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] for r in range(2) for c in range(4)]
     assert len({t.tobytes() for t in tiles}) == 8   # same frames, different numbers
     assert all((f == 90).all() for f in sink.sheet)   # drawn on copies
+    assert contact_sheet(sink.sheet[:1]).shape == (64, 64, 3)         # one frame: one tile, no black ones
+    assert contact_sheet(sink.sheet[:3]).shape == (64, 192, 3)
 
 
 def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, monkeypatch):
