@@ -51,7 +51,8 @@ def test_same_seed_same_video_other_seed_differs(tmp_path):
     (["--height", "70"], "multiple of 8"),
     (["--te", "1000"], "te (T_e)=1000 lies outside"),
     (["--te", "3", "--refine-steps", "9"], "do not fit"),
-    (["--spatial", "/nonexistent/sd15"], "need --control and --spatial"),
+    (["--spatial", "/nonexistent/sd15"], "--spatial: the spatial expert's path /nonexistent/sd15 does not exist"),
+    (["--spatial", "."], "need --control and --spatial"),   # a path that exists, without the other roles
     (["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"], "does not exist"),
 ])
 def test_bad_arguments_fail_clearly(tmp_path, capsys, args, message):
