@@ -326,7 +326,10 @@ class GenerateRequest:
         except (ValueError, OSError) as e:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
-            raise UsageError(f"{option} ({role} expert): {e}" if role else str(e), option) from None
+            message = str(e)
+            if role and not message.startswith(f"{role} expert"):   # the backend's line names the role and path
+                message = f"{role} expert: {message}"
+            raise UsageError(f"{option}: {message}" if role else message, option) from None
         except Exception as e:  # a header or config that cannot be parsed at all
             role = getattr(e, "role", "")
             raise UsageError(f"--{role}: cannot be read ({type(e).__name__}: {e}); the file may be truncated or "
