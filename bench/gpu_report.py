@@ -577,7 +577,8 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
 
 def wan_markdown(wan: dict, wan_long: dict | None, what: str = "") -> list[str]:
     title = ("## Wan scale" if wan.get("compile", "none") == "none" else
-             f"## Wan scale, compiled ({wan['compile']}), attention {wan.get('attention')}") + (f": {what}" if what else "")
+             f"## Wan scale, compiled ({wan['compile']}), attention {wan.get('attention')}")
+    title += f": {what}" if what else ""
     probed = "attention_probe" in wan["runs"]
     md = [title, "",
           f"`bench/wan_benchmark.py`, {wan['device_name']}, torch {wan['torch']}, {wan['date']}: {wan['size']}, "

@@ -197,7 +197,8 @@ def generate_command(a: argparse.Namespace) -> int:
     s = report["seconds"]
     before = report.get("evaluations_before_resume")
     resumed = f" ({before} of them before the resume)" if before is not None else ""
-    print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({report['frames']} frame{'s' * (report['frames'] != 1)}, "
+    frames = f"{report['frames']} frame{'s' * (report['frames'] != 1)}"
+    print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}, {s['total']:.1f} s)")
     return 0
 
