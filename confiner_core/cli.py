@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--frames", type=number("--frames"), default=None,
                    help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
-    g.add_argument("--height", type=number("--height"), default=256)
-    g.add_argument("--width", type=number("--width"), default=256)
-    g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range)")
+    g.add_argument("--height", type=number("--height"), default=256, help="pixels (default 256)")
+    g.add_argument("--width", type=number("--width"), default=256, help="pixels (default 256)")
+    g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range; default 0)")
     g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json); outputs "
                    "are replaced only when a run completes")
     g.add_argument("--control", help="control expert: AnimateDiff(-Lightning) pipeline dir or motion module .safetensors")
@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--structure-noise", choices=STRUCTURE_NOISES, default="spatial",
                    help="schedule that noises the structure to T_e: the spatial expert's (Eq. 6, default) or the "
                         "control expert's (Algorithm 1, line 4)")
-    g.add_argument("--control-steps", type=number("--control-steps"), default=4)
-    g.add_argument("--refine-steps", type=number("--refine-steps"), default=5)
+    g.add_argument("--control-steps", type=number("--control-steps"), default=4,
+                   help="control expert steps (default 4, the paper's)")
+    g.add_argument("--refine-steps", type=number("--refine-steps"), default=5,
+                   help="refinement steps from T_e (default 5, the paper's)")
     g.add_argument("--refine-spacing", choices=REFINE_SPACINGS, default="uniform",
                    help="refinement timesteps: the paper's uniform intervals from T_e (100, 80, 60, 40, 20) or a "
                         "diffusers spacing over [0, T_e]")
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
                         "the staggered overlap (against colour drift across windows; see report metrics "
                         "window_color_drift)")
-    g.add_argument("--fps", type=number("--fps"), default=8.0)
+    g.add_argument("--fps", type=number("--fps"), default=8.0, help="frames per second of video.mp4 and of "
+                   "seconds keys in --prompt (default 8)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
                    help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, GEGLU and QKV, the fastest "
