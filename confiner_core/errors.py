@@ -33,9 +33,6 @@ class OutputError(OSError):
     """An output could not be written (:func:`confiner_core.outputs.writing`); the message names the output, the
     folder, why (e.g. no space left, with the space free) and the fix."""
 
-    def __str__(self) -> str:
-        return self.args[0]
-
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGINT) during a run. ``done`` of ``total`` expert evaluations had finished; ``resume`` says how

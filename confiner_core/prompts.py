@@ -130,8 +130,8 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if not piece.strip():
             raise UsageError(f"{option}: {where}: remove the extra '|' or give it a prompt", option)
         m = ENTRY.match(piece)
-        bad_key = re.match(r"\s*(-?[\d.]+s?)\s*:", piece)
-        if m is None and bad_key and not re.fullmatch(KEY, bad_key.group(1)):   # negative, a stray dot
+        bad_key = re.match(r"\s*(-?[\d.]+s?)\s*:", piece) if m is None else None
+        if bad_key and not re.fullmatch(KEY, bad_key.group(1)):   # a key, but negative or with a stray dot
             raise UsageError(f"{option}: {where} starts with {bad_key.group(1)!r}, which is not a frame (0, 1, 2, "
                              f"...) or seconds key ('2.5s'); as in '{EXAMPLE}'", option)
         if m is None:
