@@ -844,9 +844,12 @@ def start_probe(a) -> None:
     save()
     for key in ("first_run_s", "second_run_s"):
         b.timer.reset()
+        run = functools.partial(b.confiner, "ms", resident)
+        if key == "first_run_s" and a.host_profile_first_run:  # where the warm start's host time goes
+            run = host_profiled(run, f"{a.host_profile_first_run}.start_probe.txt", top=80)
         sync(b.device)
         t0 = time.perf_counter()
-        b.confiner("ms", resident)
+        run()
         sync(b.device)
         out[key] = time.perf_counter() - t0
         # where a first run's extra time goes (a module's span includes the host work inside it: loading
@@ -870,7 +873,8 @@ def main():
     ap.add_argument("--host-profile-first-run", default=None, metavar="PREFIX",
                     help="run the first timed ConFiner run of each table under cProfile and write its top functions "
                          "to PREFIX.<table>.txt (under max that run captures the text encoders' CUDA graphs; its "
-                         "time then includes cProfile's own)")
+                         "time then includes cProfile's own); with --start-probe, the probe's first run, to "
+                         "PREFIX.start_probe.txt")
     ap.add_argument("--attention-probe", nargs="*", choices=tuple(TABLES), default=["lean"],
                     help="tables in which one forward per network is timed under every attention backend")
     ap.add_argument("--compile", choices=COMPILE_SCOPES, default="blocks",
