@@ -152,6 +152,13 @@ def frames_alone(model, role: str) -> str | None:
             f"Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)")
 
 
+def frames_alone_note(role: str) -> str:
+    """:func:`frames_alone` as the node's text shows it: the frontend neither wraps nor scrolls that text, so two
+    lines that fit a node's width (the console has the whole sentence)."""
+    task = "laid out" if role == "control" else "refined"
+    return f"warning: the {role} expert has no motion model:\nits frames are {task} one by one (see console)"
+
+
 def evaluates_per_frame(model, role: str) -> bool:
     """The spatial expert is the chain's image expert: it refines every frame as an image (a video model there runs
     at one frame, e.g. Wan as a text-to-image model). Image models do so in every role; SD-style models take their
@@ -463,7 +470,7 @@ class Progress:
             warning = frames_alone(model, role)
             if warning:
                 logging.warning("ConFiner: %s", warning)
-                self.warnings.append(f"warning: {warning}")
+                self.warnings.append(frames_alone_note(role))
         if self.warnings:
             show_text(self.node_id, "\n".join(self.warnings))
 
@@ -482,7 +489,8 @@ class Progress:
                   f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}")
 
     def show(self, text: str) -> None:
-        show_text(self.node_id, "\n".join([text, *self.warnings]))
+        # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
+        show_text(self.node_id, "\n".join([*self.warnings, text]))
 
 
 def node_id(node_cls) -> str | None:
