@@ -109,6 +109,52 @@ def _close(a: LatentSpace, b: LatentSpace) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# The text a model reads
+
+# The first layer of a diffusion model that reads the text encoder's output (Wan's text_embedding, Flux's and
+# Qwen-Image's txt_in); SD-style UNets name the width in their config (context_dim, their cross-attention's input).
+TEXT_INPUT_LAYERS = ("text_embedding.0", "txt_in")
+# Where an artist gets a family's text encoder (by the start of ComfyUI's model config name); otherwise the CLIP
+# output of the model's checkpoint loader
+TEXT_ENCODER_LOADERS = (("WAN", "Load CLIP with type wan"), ("QwenImage", "Load CLIP with type qwen_image"),
+                        ("Flux", "DualCLIPLoader with type flux"))
+
+
+def text_width(model) -> int | None:
+    """The width of the text embeddings ``model`` reads, None where the pack cannot tell."""
+    base = getattr(model, "model", None)
+    net = getattr(base, "diffusion_model", None)
+    for path in TEXT_INPUT_LAYERS:
+        try:
+            width = getattr(net.get_submodule(path), "in_features", None)
+        except AttributeError:
+            continue
+        if width:
+            return int(width)
+    width = getattr(getattr(base, "model_config", None), "unet_config", {}).get("context_dim")
+    return width if isinstance(width, int) else None
+
+
+def check_text_width(model, role: str, positive, negative) -> None:
+    """Conditioning from another family's text encoder (an SD 1.5 CLIP's 768-wide prompt for Wan, which reads 4096)
+    fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
+    input."""
+    width = text_width(model)
+    if width is None:
+        return
+    for which, conditioning in (("positive", positive), ("negative", negative)):
+        for entry in conditioning or ():
+            got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
+            if got is not None and got != width:
+                family = type(getattr(model.model, "model_config", model.model)).__name__
+                loader = next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
+                              "the CLIP output of its checkpoint loader")
+                raise ValueError(f"the {role} expert's {which} conditioning is {got} wide, but its model ({family}) "
+                                 f"reads text {width} wide: encode that prompt with this model's own text encoder "
+                                 f"({loader})")
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Image or video model, and how an expert takes its latents
 
 # Models whose latent format is a video one (latent_dimensions 3) but which are image models: they take one-frame
@@ -261,6 +307,9 @@ def bind(model, positive, negative, cfg: float, role: str, seed: int, log: Evalu
     if model is None:
         raise ValueError(f"the {role} expert needs a MODEL input")
     negative = negative if negative is not None else positive
+    for each in (model, low_noise.model if low_noise is not None else None):
+        if each is not None:
+            check_text_width(each, role, positive, negative)
     codec = vaes.codec(space_of(model), vae_input) if vaes is not None else None
     expert = ComfyExpert(model, role, seed, clip, negative, cfg, progress, frames, codec)
     if low_noise is None:

@@ -233,6 +233,40 @@ def test_missing_vae_is_refused_before_any_evaluation(comfy_worker, modern, case
     assert "Traceback" not in message and "\n" not in message.strip()
 
 
+def _sd_prompt_into_wan_control(prompt: dict, ckpt: str) -> None:
+    """What an artist does when swapping the control model of an SD template for Wan: the SD CLIP's prompt stays."""
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+    prompt["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
+    prompt["9"]["inputs"].update(positive=["21", 0])
+
+
+# (case, graph change, words the message must contain)
+OTHER_TEXT_ENCODER = [
+    ("SD 1.5 prompt into the Wan control expert", _sd_prompt_into_wan_control,
+     ["control expert's positive conditioning", "768 wide", "WAN21", "Load CLIP with type wan"]),
+    ("Wan prompt into the SD 1.5 spatial expert",
+     lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0]),
+     ["spatial expert's negative conditioning", "SD15", "checkpoint loader"]),
+]
+
+
+@pytest.mark.parametrize("case, change, words", OTHER_TEXT_ENCODER, ids=[c[0] for c in OTHER_TEXT_ENCODER])
+def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evaluation(comfy_worker, modern, case,
+                                                                                     change, words):
+    """A conditioning as wide as another family's text encoder makes (SD 1.5's CLIP for Wan) used to fail inside
+    the first evaluation with the model's bare shape error; it is now refused first, naming the input."""
+    ckpt = comfy_worker.checkpoint_name
+    prompt = wan_graph(ckpt, "sd")
+    change(prompt, ckpt)
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"]
+    assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
+    message = _message(r)
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+    assert "Traceback" not in message and "\n" not in message.strip() and "mat1" not in message
+
+
 def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
     """ConFiner-Long with Wan experts: 9 frames as 5-frame segments (3 structures, 2 staggered windows joined as
     pixels and encoded as one clip); the VAE calls are the joins (3 structure decodes + 2 window encodes), the
