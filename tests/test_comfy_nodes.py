@@ -136,6 +136,23 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
         assert not any("warning:" in t["text"] for t in texts), texts
 
 
+def help_page_inputs(node_id: str) -> set:
+    """The labels in the first column of a help page's Inputs table (cells like "a / b" or "a, b" list several)."""
+    page = (EXAMPLES.parent / "web" / "docs" / f"{node_id}.md").read_text()
+    table = page.split("## Inputs", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+    return {label.strip() for cell in cells for part in cell.split(" / ") for label in part.split(", ")}
+
+
+def test_every_input_has_a_row_on_its_node_help_page(comfy_worker):
+    """The "?" of a node opens web/docs/<node id>.md: an input added to a node without a row there is an input an
+    artist cannot look up."""
+    labels = comfy_worker.call("comfy_support.confiner_checks:input_labels")
+    assert len(labels) == 5, sorted(labels)
+    missing = {node: [label for label in mine if label not in help_page_inputs(node)] for node, mine in labels.items()}
+    assert not any(missing.values()), missing
+
+
 def has_motion_models(worker) -> bool:
     """Whether AnimateDiff-Evolved is installed: cpu_sized keeps the templates' loaders (and their motion models)
     then, and bypasses them otherwise."""

@@ -208,8 +208,9 @@ PICTURE_JS = """(type) => {
   app.canvas.draw(true, true);
   const s = app.canvas.ds.scale, o = app.canvas.ds.offset;
   const r = app.canvas.canvas.getBoundingClientRect();
-  return [r.left + (n.pos[0] + o[0] - 10) * s, r.top + (n.pos[1] + o[1] - LiteGraph.NODE_TITLE_HEIGHT - 10) * s,
-          (n.size[0] + 20) * s, (n.size[1] + LiteGraph.NODE_TITLE_HEIGHT + 20) * s];
+  // 34 above the title: the frontend draws the node's source badge ("comfyui-confiner") over its top edge
+  return [r.left + (n.pos[0] + o[0] - 10) * s, r.top + (n.pos[1] + o[1] - LiteGraph.NODE_TITLE_HEIGHT - 34) * s,
+          (n.size[0] + 20) * s, (n.size[1] + LiteGraph.NODE_TITLE_HEIGHT + 44) * s];
 }"""
 
 

@@ -451,3 +451,11 @@ def mixed_latent_spaces_refused(ckpt_name: str) -> dict:
     except ValueError as e:
         return {"refused": True, "message": str(e)}
     return {"refused": False, "message": ""}
+
+
+def input_labels(prefix: str = "ConFiner") -> dict:
+    """``{node_id: [label, ...]}``: every input of the pack's nodes as the frontend labels it (display name, else id)."""
+    import nodes
+
+    return {nid: [i.display_name or i.id for i in cls.define_schema().inputs]
+            for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
