@@ -14,7 +14,7 @@ import torch
 
 from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
-from .latent_spaces import check_bridgeable
+from .latent_spaces import check_bridges
 from .layout import VIDEO
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
@@ -172,12 +172,11 @@ def validate_experts(roles: dict, shape: tuple, source: str) -> None:
                              f"were asked; use fewer frames or ConFiner-Long segments")
 
 
-def check_hand_off(roles: dict, source: str, target: str, vae_fixes: dict | None = None) -> None:
-    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them. ``vae_fixes``:
-    role -> how to give that expert its VAE (the host's input names), for the error message."""
-    a, b = roles.get(source), roles.get(target)
-    if a is not None and b is not None:
-        check_bridgeable(bridge_end(a.expert), bridge_end(b.expert), source, target, fixes=vae_fixes)
+def check_hand_offs(roles: dict, hand_offs: list, vae_fixes: dict | None = None) -> None:
+    """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them; every missing
+    VAE is named in one message. ``vae_fixes``: role -> how to give that expert its VAE (the host's input names)."""
+    check_bridges(hand_offs, {role: bridge_end(d.expert) if d is not None else None for role, d in roles.items()},
+                  fixes=vae_fixes)
 
 
 def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
@@ -192,9 +191,10 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     validate_experts(roles, shape, "control")
-    check_hand_off(roles, "control", "temporal" if config.mode == TEMPORAL else "spatial", vae_fixes)
+    hand_offs = [("control", "temporal" if config.mode == TEMPORAL else "spatial")]
     if config.mode == COORDINATED:
-        check_hand_off(roles, "spatial", "temporal", vae_fixes)
+        hand_offs.append(("spatial", "temporal"))
+    check_hand_offs(roles, hand_offs, vae_fixes)
     if config.mode == ALTERNATE and temporal.expert.latent_space != spatial.expert.latent_space:
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")

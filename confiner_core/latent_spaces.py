@@ -213,23 +213,34 @@ def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | Latent
     return target.encode(pixels).to(x0.dtype)
 
 
-def check_bridgeable(source: Codec | LatentSpace | None, target: Codec | LatentSpace | None, source_role: str,
-                     target_role: str, pixel_frames: int | None = None, fixes: dict | None = None) -> None:
-    """Fail before any sampling when two experts' latent spaces meet without the VAEs to bridge them, or when the
-    clip's frame count does not fit both spaces. ``fixes`` maps a role to what the host asks the user to do when that
-    role's VAE is missing (e.g. which input to connect); default "give it its VAE"."""
-    if source is None or target is None:
+def check_bridges(hand_offs: list, ends: dict, pixel_frames: int | None = None, fixes: dict | None = None) -> None:
+    """Every hand-off (source role, target role) between experts of different latent spaces needs both sides'
+    VAEs; ``ends``: role -> its codec, else its latent space (or None: no such expert). One message names every VAE
+    missing, one per latent space, since a VAE serves every expert of its space: the fix of the first role, in the
+    order of ``fixes`` (role -> what the host asks the user to do; default "give it its VAE"), that lacks one."""
+    space = {role: end.space if isinstance(end, Codec) else end for role, end in ends.items() if end is not None}
+    meetings, missing = [], {}   # missing: space name -> roles of that space without a VAE, in order
+    for a, b in hand_offs:
+        if a not in space or b not in space:
+            continue
+        if pixel_frames is not None:
+            for role in (a, b):
+                space[role].check_pixel_frames(pixel_frames, f"the {role} expert's {space[role].name}")
+        if space[a] == space[b]:
+            continue
+        meetings.append(f"{a} {space[a].name!r} -> {b} {space[b].name!r}")
+        for role in (a, b):
+            if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].name, []):
+                missing[space[role].name].append(role)
+    missing = {name: roles for name, roles in missing.items() if roles}
+    if not missing:
         return
-    spaces = {source_role: source.space if isinstance(source, Codec) else source,
-              target_role: target.space if isinstance(target, Codec) else target}
-    if pixel_frames is not None:
-        for role, space in spaces.items():
-            space.check_pixel_frames(pixel_frames, f"the {role} expert's {space.name}")
-    if spaces[source_role] == spaces[target_role]:
-        return
-    for role, side in ((source_role, source), (target_role, target)):
-        if not isinstance(side, Codec):
-            fix = (fixes or {}).get(role, "give it its VAE")
-            raise ValueError(f"the {source_role} expert works in latent space {spaces[source_role].name!r} and the "
-                             f"{target_role} expert in {spaces[target_role].name!r}; bridging them needs both VAEs, "
-                             f"but the {role} expert has none: {fix}")
+    order = list(fixes or {})
+    asks = []
+    for name, roles in missing.items():
+        role = min(roles, key=lambda r: order.index(r) if r in order else len(order))
+        fix = (fixes or {}).get(role, "give it its VAE")
+        asks.append(f"for {name!r} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): {fix}")
+    raise ValueError(f"experts of different latent spaces hand the video over ({'; '.join(meetings)}): bridging "
+                     f"them needs a VAE of each space, and {len(missing)} {'is' if len(missing) == 1 else 'are'} "
+                     f"missing; " + "; ".join(asks))

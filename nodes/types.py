@@ -15,7 +15,8 @@ VAE_INPUTS = {"spatial": ("spatial_vae", REFINE_EXPERTS), "temporal": ("temporal
 
 
 def connect_vae(node_input: str, node: str) -> str:
-    return f"connect a VAE of its latent space to {node_input} on {node}"
+    """How to give an expert its VAE, by the input's label on the node and its id (``spatial_vae``: "spatial VAE")."""
+    return f"connect one to {node_input.replace('_vae', ' VAE')} ({node_input}) on {node}"
 
 
 @dataclass

@@ -12,7 +12,7 @@ from confiner_core.chain import ChainConfig, run_chain
 from confiner_core.embedded.codecs import CAUSAL, WORLD, CausalWorldCodec, WorldCodec
 from confiner_core.embedded.experts import embedded_experts
 from confiner_core.experts import EvaluationLog, Expert
-from confiner_core.latent_spaces import Codec, LatentSpace, bridge, per_frame
+from confiner_core.latent_spaces import Codec, LatentSpace, bridge, check_bridges, per_frame
 from confiner_core.layout import FRAMES, VIDEO
 from confiner_core.refine import coordinated_step
 
@@ -43,6 +43,28 @@ def test_bridge_refuses_without_vaes_and_checks_frames():
         bridge(world_latent(5), WORLD, CausalWorldCodec())
     with pytest.raises(ValueError, match="4k\\+1 frames"):
         CausalWorldCodec().encode(WorldCodec().decode(world_latent(6)))
+
+
+def test_every_missing_vae_is_named_in_one_message_once_per_latent_space():
+    """Structure from a causal-space control expert, refined by a world-space spatial and a causal-space temporal
+    expert, no VAE connected: one message asks for one VAE of each space (an artist used to fix one, run again and
+    meet the next). The causal space's is asked of the temporal expert's input, whose VAE also serves the control
+    expert, as the host's order of fixes says."""
+    fixes = {"spatial": "connect spatial_vae", "temporal": "connect temporal_vae", "control": "connect control_vae"}
+    hand_offs = [("control", "spatial"), ("spatial", "temporal")]
+    ends = {"control": CAUSAL, "spatial": WORLD, "temporal": CAUSAL}
+    with pytest.raises(ValueError) as e:
+        check_bridges(hand_offs, ends, fixes=fixes)
+    message = str(e.value)
+    assert "2 are missing" in message and message.count("connect ") == 2, message
+    assert f"for {WORLD.name!r} (the spatial expert): connect spatial_vae" in message
+    assert f"for {CAUSAL.name!r} (the control and temporal experts): connect temporal_vae" in message
+    ends.update(control=CausalWorldCodec(), temporal=CausalWorldCodec())     # the causal space's VAE, connected
+    with pytest.raises(ValueError, match=rf"1 is missing; for '{WORLD.name}' \(the spatial expert\): connect spatial_vae$"):
+        check_bridges(hand_offs, ends, fixes=fixes)
+    ends["spatial"] = WorldCodec()
+    check_bridges(hand_offs, ends, fixes=fixes)                              # every bridge has its VAEs
+    check_bridges(hand_offs, {"control": WORLD, "spatial": WORLD, "temporal": None})  # one space: none needed
 
 
 # ----------------------------------------------------------------------------------------------------------------
