@@ -303,14 +303,18 @@ VIDEO_DECODE = ("VAEDecodeTiled", [512, 64, 64, 8])
 
 
 def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE):
-    """A decode node (``decode``: class and widgets) then Save Animated WEBP per latent, each pair stacked in the
-    output column."""
+    """A decode node (``decode``: class and widgets) and a Save Animated WEBP per latent in the output column: the
+    decodes stacked first, so the VAE's links from the models column arrive side by side at its top rather than
+    crossing the other stages' groups down to each save's height."""
     g.column("output", "5 · Decode and save")
-    for latent, prefix in zip(latents, prefixes):
+    decodes = []
+    for latent in latents:
         dec = g.node(decode[0], list(decode[1]), title)
-        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
         g.link(latent, "latent", dec, "samples")
         g.link(vae, vae_output, dec, "vae")
+        decodes.append(dec)
+    for dec, prefix in zip(decodes, prefixes):
+        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
         g.link(dec, "IMAGE", save, "images")
 
 
