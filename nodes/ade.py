@@ -67,7 +67,7 @@ def warn_ignored_noise(models: dict) -> list[str]:
                 f"ConFiner: the {role} expert's AnimateDiff-Evolved Sample Settings ask for noise_type "
                 f"'{noise_type}', which applies only to noise ADE draws itself; ConFiner draws its own noise, so it "
                 f"is not used. For FreeNoise or frame-shuffled noise use the ConFiner Noise Rescheduler node "
-                f"(noise_latent -> Control Expert latent with 'use latent as noise'), or ConFiner Long Segmenter's "
+                f"(noise_latent -> Control Expert latent with 'use latent as noise'), or ConFiner Long Video's "
                 f"noise_init.")
     for w in warnings:
         log.warning(w)

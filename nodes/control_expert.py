@@ -19,10 +19,11 @@ class ConFinerControlExpert(io.ComfyNode):
             node_id="ConFinerControlExpert",
             display_name="ConFiner Control Expert",
             category=CATEGORY,
-            description="Stage 1: a text-to-video model lays out structure and motion in a few steps on its own "
-                        "schedule (ConFiner Eq. 5), e.g. SD 1.5 + AnimateDiff-Lightning through AnimateDiff-Evolved, "
-                        "or Wan 2.1 / Wan 2.2 A14B (high- and low-noise models as one expert). Its output, the "
-                        "structure, goes to ConFiner Refine Sampler (it notes its latent space on the LATENT).",
+            description="Makes a rough first version of the video, its layout and motion, in a few quick steps "
+                        "with a text-to-video model: e.g. SD 1.5 + AnimateDiff-Lightning through AnimateDiff-Evolved, "
+                        "or Wan 2.1 / Wan 2.2 A14B (high- and low-noise models as one expert). Connect its output, "
+                        "the structure, to ConFiner Refine Sampler, which turns it into the finished video. "
+                        "(ConFiner's stage 1, Eq. 5.)",
             inputs=[
                 io.Model.Input("model", tooltip="The control expert: a text-to-video MODEL (e.g. SD 1.5 + "
                                                 "AnimateDiff-Lightning motion model, Wan 2.1); with a low-noise "

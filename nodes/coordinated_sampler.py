@@ -23,11 +23,12 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             node_id="ConFinerCoordinatedSampler",
             display_name="ConFiner Refine Sampler",
             category=CATEGORY,
-            description="Stage 2: noises the structure to T_e on the spatial expert's schedule and refines it in "
-                        "the chosen mode. coordinated (the paper's method) hands the sample between the spatial "
-                        "and temporal experts through the predicted clean latent at every step (3 evaluations per "
-                        "step); standard, temporal and alternate are the paper's ablations. The experts are checked "
-                        "before the structure is made, so a wrong combination fails with no model evaluated.",
+            description="Turns the rough structure into the finished video: adds some noise back to it (how much: "
+                        "structure timestep T_e) and removes it again with the refine experts. In mode coordinated "
+                        "(the paper's method) the image expert adds detail and the video expert keeps the motion "
+                        "smooth, taking turns at every step (3 model runs a step); standard, temporal and alternate "
+                        "are the paper's comparisons. The experts are checked before the structure is made, so a "
+                        "wrong combination fails before any model runs. (ConFiner's stage 2: Eq. 6, Algorithm 1.)",
             inputs=[
                 RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("structure", lazy=True,

@@ -409,7 +409,7 @@ def check_frames(denoiser: Denoiser, frames: int) -> None:
     if limit is not None and frames > limit:
         raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
                          f"without context windows, but the latent has {frames}: use fewer frames, add "
-                         f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Segmenter")
+                         f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Video")
 
 
 def refine_evaluations(config: ChainConfig) -> int:

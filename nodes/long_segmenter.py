@@ -1,4 +1,4 @@
-"""ConFiner Long Segmenter: ConFiner-Long (Section 3.5) over any number of frames."""
+"""ConFiner Long Video: ConFiner-Long (Section 3.5) over any number of frames."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, 
                      structure_noise_input, widget_problem)
 from .types import RefineExpertsType, connect_vae
 
-NODE = "ConFiner Long Segmenter"
+NODE = "ConFiner Long Video"
 
 PROMPT_FPS = 8.0  # seconds keys ('2.5s:') in segment prompts count at this frame rate (the templates' video rate)
 
@@ -45,12 +45,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ConFinerLongSegmenter",
-            display_name="ConFiner Long Segmenter",
+            display_name="ConFiner Long Video",
             category=CATEGORY,
-            description="ConFiner-Long: any number of frames as segments of L frames, each made by the control "
-                        "expert and refined by the refine experts, kept consistent by consistency initialization, "
-                        "coherence guidance (Eq. 12) and staggered refinement (Eq. 13, every seam refined jointly). "
-                        "Each strategy can be switched off. Optional prompt travel per segment.",
+            description="Makes long videos, any number of frames, as a chain of short segments, each made and "
+                        "refined as ConFiner makes a clip, and keeps them consistent: the segments share one base "
+                        "noise (noise init), each segment's layout is pulled towards the previous one's (coherence "
+                        "gamma) and every seam is refined across both segments (staggered). Each can be switched "
+                        "off; the prompt can change from segment to segment. (ConFiner-Long: consistency "
+                        "initialization, Eq. 12 and Eq. 13.)",
             inputs=[
                 io.Model.Input("control_model", display_name="control model",
                                tooltip="The control expert (text-to-video MODEL); with a low-noise model connected, "

@@ -40,8 +40,9 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             node_id="ConFinerNoiseRescheduler",
             display_name="ConFiner Noise Rescheduler",
             category=CATEGORY,
-            description="Initial noise for long videos: consistency initialization (every segment a frame "
-                        "shuffle of one base noise, ConFiner-Long) or FreeNoise rescheduling (window/stride). As "
+            description="Starting noise that keeps the segments of a long video alike: every segment a frame "
+                        "shuffle of one base noise (ConFiner-Long's consistency initialization) or FreeNoise "
+                        "rescheduling (window/stride). As "
                         "NOISE for SamplerCustomAdvanced, and as a LATENT for ConFiner Control Expert ('use latent as "
                         "noise'). This is also how to get FreeNoise with ConFiner: AnimateDiff-Evolved's Sample "
                         "Settings noise types do not reach ConFiner's samplers.",

@@ -16,12 +16,13 @@ class ConFinerRefineExperts(io.ComfyNode):
             node_id="ConFinerRefineExperts",
             display_name="ConFiner Refine Experts (bundle)",
             category=CATEGORY,
-            description="Only bundles, runs nothing: the spatial expert (a text-to-image model applied per frame, "
-                        "e.g. SD 1.5, Qwen-Image, or Wan at one frame) and the temporal expert (a text-to-video "
-                        "model, e.g. SD 1.5 + AnimateDiff, Wan 2.1/2.2) with their own prompts and guidance, as one "
-                        "socket for ConFiner Refine Sampler and ConFiner Long Segmenter. Swap an expert here without "
-                        "rewiring. Experts of different latent spaces (e.g. SD 1.5 with Wan) are bridged through "
-                        "their VAEs: connect each one's VAE; experts of one space need none.",
+            description="Collects the two models that refine the video, each with its own prompts and guidance: "
+                        "an image model for detail in every frame (the spatial expert, e.g. SD 1.5, Qwen-Image, or "
+                        "Wan at one frame) and a video model for smooth motion (the temporal expert, e.g. SD 1.5 + "
+                        "AnimateDiff, Wan 2.1/2.2). Runs nothing itself: connect it to ConFiner Refine Sampler or "
+                        "ConFiner Long Video, and swap an expert here without rewiring. Experts of different latent "
+                        "spaces (e.g. SD 1.5 with Wan) are bridged through their VAEs: connect each one's VAE; "
+                        "experts of one space need none.",
             inputs=[
                 io.Model.Input("spatial_model", display_name="spatial model",
                                tooltip="Spatial expert: adds frame detail (text-to-image MODEL)."),
@@ -65,7 +66,7 @@ class ConFinerRefineExperts(io.ComfyNode):
                 *low_noise_inputs("temporal_", "temporal", 7.5),
             ],
             outputs=[RefineExpertsType.Output(display_name="experts",
-                                              tooltip="For ConFiner Refine Sampler or ConFiner Long Segmenter.")],
+                                              tooltip="For ConFiner Refine Sampler or ConFiner Long Video.")],
         )
 
     @classmethod

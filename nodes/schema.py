@@ -62,7 +62,7 @@ def seed_input(kind: str) -> io.Int.Input:
 
 
 def control_inputs(prefix: str = "") -> list:
-    """Ids differ by node (``steps`` on the Control Expert, ``control_steps`` on the Long Segmenter: saved
+    """Ids differ by node (``steps`` on the Control Expert, ``control_steps`` on the Long Video: saved
     workflows use them), labels do not."""
     return [
         io.Int.Input(f"{prefix}steps", display_name=CONTROL_STEPS, default=4, min=1, max=1000,

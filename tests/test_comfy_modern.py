@@ -200,7 +200,7 @@ MISSING_VAE = [
     ("Wan temporal without its VAE", lambda p: p["10"]["inputs"].pop("temporal_vae"), ["temporal_vae", "wan2.1"]),
     ("pixel frames without a VAE", "pixel", ["spatial_vae", "pixel frames"]),
     ("SD structure into Wan experts without control_vae", "sd-control", ["control_vae", "sd15"]),
-    ("Wan windows joined without control_vae", "long", ["control_vae", "ConFiner Long Segmenter"]),
+    ("Wan windows joined without control_vae", "long", ["control_vae", "ConFiner Long Video"]),
 ]
 
 
@@ -273,7 +273,7 @@ def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
     windows' decodes (2) and the final clip's encode (1)."""
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", long_wan_graph(comfy_worker.checkpoint_name))
     assert r["success"], r.get("error")
-    assert _cost(r, "ConFiner Long Segmenter") == {"evaluations": 3 * 2 + 2 * 3 * REFINE_STEPS, "vae_calls": 8}
+    assert _cost(r, "ConFiner Long Video") == {"evaluations": 3 * 2 + 2 * 3 * REFINE_STEPS, "vae_calls": 8}
     assert len(_saved(r)) == 9
     bad = long_wan_graph(comfy_worker.checkpoint_name)
     bad["14"]["inputs"]["segment_length"] = 6

@@ -29,7 +29,7 @@ def comfy_worker(confiner_worker):  # the session's worker with the pack (tests/
 
 
 def cpu_sized(workflow: dict, worker, frames: int = 4) -> dict:
-    """The shipped workflow made small enough for a CPU test: 64x64, ``frames`` frames (a Long Segmenter: 3 segments of
+    """The shipped workflow made small enough for a CPU test: 64x64, ``frames`` frames (a Long Video: 3 segments of
     ``frames``), ADE bypassed if absent. What these tests count (evaluations, progress, refusals, identical reruns) does
     not depend on the frame count; a network call's cost does, about in proportion."""
     wf = with_checkpoint(copy.deepcopy(workflow), worker.checkpoint_name)
@@ -89,7 +89,7 @@ def test_schedules_equal_comfys_model_sampling(comfy_worker):
 
 
 # On further versions the basic template stands for all three: the compare-modes template's nodes are the basic
-# one's, and the Long Segmenter runs on every version in test_comfy_modern and the bad-input tests.
+# one's, and the Long Video runs on every version in test_comfy_modern and the bad-input tests.
 @pytest.mark.parametrize("name", ["confiner_basic",
                                   pytest.param("confiner_compare_modes", marks=pytest.mark.first_version_only),
                                   pytest.param("confiner_long_128", marks=pytest.mark.first_version_only)])

@@ -67,7 +67,7 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | b", 8, "'b'"),                       # an entry without key
     ("0: a | 16:9 widescreen", 8, "'16:9 widescreen'"),
     ("8: a | 16: b", 8, "'8: a'"),                # does not start at frame 0
-    ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Segmenter node)
+    ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Video node)
     ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
     ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key
     ("0: a | 2.5: b", 8, "starts with '2.5', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s')"),
@@ -81,7 +81,7 @@ def test_schedule_errors_name_the_entry(text, fps, names):
 
 
 def test_an_entry_past_the_last_frame_names_the_callers_frame_count():
-    """The command line's message names --frames; a node's (the Long Segmenter's frames widget) does not."""
+    """The command line's message names --frames; a node's (the Long Video's frames widget) does not."""
     for frames_option in ("--frames", "frames"):
         with pytest.raises(UsageError, match=f"use a smaller key or more {frames_option}$"):
             parse_prompt("0: a | 64: b", frames=64, option="--prompt", frames_option=frames_option)
