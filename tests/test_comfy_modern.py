@@ -22,7 +22,7 @@ from comfy_support.modern_checks import HIGH, LOW, QWEN, QWEN_VL, UMT5, WAN, WAN
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
-MODERN_TEMPLATES = ["confiner_wan_qwen_image", "confiner_sd15_bridge_wan", "confiner_wan22_a14b"]
+MODERN_TEMPLATES = ["confiner_wan21_qwen_image", "confiner_sd15_bridge_wan21", "confiner_wan22_a14b"]
 REFINE_STEPS = 2
 SIZE, LENGTH = 32, 5   # 32x32 pixels, 5 frames: 2 Wan latent frames of 4x4
 
@@ -316,5 +316,5 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
     assert r["evaluations"] == control["widgets_values"][2] + 3 * REFINE_STEPS
     saves = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
     assert len(_saved(r)) == len(saves)
-    bridged = name == "confiner_sd15_bridge_wan"
+    bridged = name == "confiner_sd15_bridge_wan21"
     assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)

@@ -90,9 +90,9 @@ def test_schedules_equal_comfys_model_sampling(comfy_worker):
 
 # On further versions the basic template stands for all three: the compare-modes template's nodes are the basic
 # one's, and the Long Video runs on every version in test_comfy_modern and the bad-input tests.
-@pytest.mark.parametrize("name", ["confiner_basic",
-                                  pytest.param("confiner_compare_modes", marks=pytest.mark.first_version_only),
-                                  pytest.param("confiner_long_128", marks=pytest.mark.first_version_only)])
+@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff",
+                                  pytest.param("confiner_compare_modes_sd15", marks=pytest.mark.first_version_only),
+                                  pytest.param("confiner_long_sd15_animatediff", marks=pytest.mark.first_version_only)])
 def test_example_workflow_executes(comfy_worker, name):
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
@@ -109,7 +109,7 @@ def _node_ids(workflow: dict, node_type: str) -> list:
 
 
 def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
-    workflow = json.loads((EXAMPLES / "confiner_basic.json").read_text())
+    workflow = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
     try:
         result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
@@ -162,7 +162,7 @@ def has_motion_models(worker) -> bool:
 def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_run(comfy_worker):
     """The basic template with its AnimateDiff loaders bypassed (what an artist does when the motion models are
     missing) runs SD 1.5 alone as control and temporal expert: every frame on its own. It still runs, and says so."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     for n in workflow["nodes"]:
         if n["type"] == "ADE_AnimateDiffLoaderGen1":
             n["mode"] = 4   # bypassed: the checkpoint's MODEL goes straight through
@@ -187,7 +187,7 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
     """Cancel arrives while evaluation N runs (the flag is set when its model call returns, before any progress
     update, and the progress hook itself does not check): no further evaluation may start, on every version, and
     with stage sessions every long-lived sampling call ends through ComfyUI's clean-up."""
-    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker))
+    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker))
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation, staged)
     assert r["interrupted"] and r["evaluations"] == at_evaluation
     assert r["evaluations_after_cancel"] == 0
@@ -197,7 +197,7 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
 
 @pytest.mark.first_version_only   # Cancel on every version: test_cancel_is_honoured_within_one_expert_evaluation
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     first = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert first["success"]
     stopped = comfy_worker.run_workflow(workflow, fresh_cache=True, interrupt_at_step=2)  # mid control stage (its bar counts 1..4)
@@ -240,7 +240,7 @@ def test_noise_rescheduler_drives_sampler_custom_advanced(comfy_worker, method):
 
 
 def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     refine = next(n for n in workflow["nodes"] if n["type"] == "ConFinerRefineExperts")
     temporal = next(i for i in refine["inputs"] if i["name"] == "temporal_model")
     workflow["links"] = [l for l in workflow["links"] if l[0] != temporal["link"]]
@@ -256,7 +256,7 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
 
 
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
     sampler["widgets_values"][0] = 5000
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
@@ -347,7 +347,7 @@ def test_comfys_torch_compile_node_composes(comfy_worker):
 def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
     """Algorithm 1, line 4 as an option: without a control model the sampler says what to connect; with one it noises
     the structure on that model's schedule (here SD 1.5 rescaled to zero terminal SNR, so it differs from Eq. 6)."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     prompt = comfy_worker.convert(workflow)
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "ConFinerCoordinatedSampler")
     ckpt = next(k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
@@ -378,7 +378,7 @@ def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy
     from comfy_support.fixtures import load_workflow
 
     old = load_workflow("confiner_basic_v0.1")
-    new = json.loads((EXAMPLES / "confiner_basic.json").read_text())
+    new = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
     api_old, api_new = (comfy_worker.convert(cpu_sized(w, comfy_worker)) for w in (old, new))
     inputs = lambda api, t: next(v["inputs"] for v in api.values() if v["class_type"] == t)  # noqa: E731
     for node_type in NODE_IDS:

@@ -332,7 +332,7 @@ def basic():
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
     outputs(g, ckpt, [sampler], ["ConFiner/basic"])
-    g.save("confiner_basic", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
+    g.save("confiner_basic_sd15_animatediff", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
 
 
 def compare_modes():
@@ -352,7 +352,7 @@ def compare_modes():
         g.link(ctrl, "structure", s, "structure")
         samplers.append(s)
     outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in ("coordinated", "standard", "temporal")])
-    g.save("confiner_compare_modes", "Coordinated vs standard vs temporal-only refinement of one structure.")
+    g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
 def long_video():
@@ -382,7 +382,7 @@ def long_video():
     g.link(empty, "LATENT", seg, "latent")
     g.link(ckpt, "CLIP", seg, "clip")
     outputs(g, ckpt, [seg], ["ConFiner/long"])
-    g.save("confiner_long_128", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
+    g.save("confiner_long_sd15_animatediff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ def wan_qwen_image():
                          bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg), spatial_vae=(vae, "VAE")))
     outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)",
             decode=VIDEO_DECODE)
-    g.save("confiner_wan_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
+    g.save("confiner_wan21_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
 def sd15_bridge_wan():
@@ -510,7 +510,7 @@ def sd15_bridge_wan():
                          bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
                                       temporal_vae=(vae, "VAE")))
     outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode (SD 1.5 VAE)")
-    g.save("confiner_sd15_bridge_wan", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
+    g.save("confiner_sd15_bridge_wan21", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
 def wan22_a14b():

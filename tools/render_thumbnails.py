@@ -115,14 +115,14 @@ WAN_PICKS = (0, 11, 22, 32)
 
 def basic(tmp: str) -> str:
     video = generate(os.path.join(tmp, "basic"), "--prompt", BALL, *SIZE_ARGS)
-    return thumbnail("confiner_basic", "ConFiner basic: 4 control + 5 coordinated steps",
+    return thumbnail("confiner_basic_sd15_animatediff", "ConFiner basic: 4 control + 5 coordinated steps",
                      [video[i] for i in (0, 5, 10, 15)], 2)
 
 
 def compare_modes(tmp: str) -> str:
     modes = {m: generate(os.path.join(tmp, m), "--prompt", "a yellow diamond sliding over desert sand",
                          "--mode", m, *SIZE_ARGS) for m in ("coordinated", "standard", "temporal")}
-    return thumbnail("confiner_compare_modes", "One structure, three refinement modes",
+    return thumbnail("confiner_compare_modes_sd15", "One structure, three refinement modes",
                      [modes[m][i] for i in (0, 8) for m in modes], 3, list(modes))
 
 
@@ -130,20 +130,20 @@ def long_128(tmp: str) -> str:
     # sand to snow, as the template's prompt travels from a beach to snow
     video = generate(os.path.join(tmp, "long"), "--frames", "128", "--prompt",
                      "0: a red ball bouncing over desert sand | 64: a red ball bouncing over snow", *SIZE_ARGS)
-    return thumbnail("confiner_long_128", "ConFiner-Long: 128 frames, sand to snow at 64",
+    return thumbnail("confiner_long_sd15_animatediff", "ConFiner-Long: 128 frames, sand to snow at 64",
                      [video[i] for i in (0, 42, 85, 127)], 2)
 
 
 def wan_qwen_image(tmp: str) -> str:
     video = generate(os.path.join(tmp, "wan"), "--embedded", "wan", "--prompt", BALL, *WAN_ARGS)
-    return thumbnail("confiner_wan_qwen_image", "Wan control, image expert, Wan temporal",
+    return thumbnail("confiner_wan21_qwen_image", "Wan control, image expert, Wan temporal",
                      [video[i] for i in WAN_PICKS], 2)
 
 
 def sd15_bridge_wan(tmp: str) -> str:
     video = generate(os.path.join(tmp, "bridge"), "--embedded", "bridge", "--prompt",
                      "a yellow diamond sliding over desert sand", *WAN_ARGS)
-    return thumbnail("confiner_sd15_bridge_wan", "SD-like spatial bridged to Wan-like experts",
+    return thumbnail("confiner_sd15_bridge_wan21", "SD-like spatial bridged to Wan-like experts",
                      [video[i] for i in WAN_PICKS], 2)
 
 
