@@ -847,6 +847,7 @@ def start_probe(a) -> None:
         run = functools.partial(b.confiner, "ms", resident)
         if key == "first_run_s" and a.host_profile_first_run:  # where the warm start's host time goes
             run = host_profiled(run, f"{a.host_profile_first_run}.start_probe.txt", top=80)
+            out["first_run_host_profiled"] = True   # its time, and warm_start_s, then include cProfile's own
         sync(b.device)
         t0 = time.perf_counter()
         run()

@@ -213,34 +213,30 @@ def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | Latent
     return target.encode(pixels).to(x0.dtype)
 
 
-def check_bridges(hand_offs: list, ends: dict, pixel_frames: int | None = None, fixes: dict | None = None) -> None:
+def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None) -> None:
     """Every hand-off (source role, target role) between experts of different latent spaces needs both sides'
     VAEs; ``ends``: role -> its codec, else its latent space (or None: no such expert). One message names every VAE
-    missing, one per latent space, since a VAE serves every expert of its space: the fix of the first role, in the
-    order of ``fixes`` (role -> what the host asks the user to do; default "give it its VAE"), that lacks one."""
+    missing. ``fixes``: role -> what the host asks the user to do for that role's VAE; a host that serves every
+    expert of a space with one VAE (``nodes.codecs.VAEShelf``) gives them, and is asked one VAE per space: the fix
+    of the space's first role in the order of ``fixes``. Without ``fixes`` every role lacking one is asked."""
     space = {role: end.space if isinstance(end, Codec) else end for role, end in ends.items() if end is not None}
     meetings, missing = [], {}   # missing: space name -> roles of that space without a VAE, in order
     for a, b in hand_offs:
-        if a not in space or b not in space:
-            continue
-        if pixel_frames is not None:
-            for role in (a, b):
-                space[role].check_pixel_frames(pixel_frames, f"the {role} expert's {space[role].name}")
-        if space[a] == space[b]:
+        if a not in space or b not in space or space[a] == space[b]:
             continue
         meetings.append(f"{a} {space[a].name!r} -> {b} {space[b].name!r}")
         for role in (a, b):
             if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].name, []):
                 missing[space[role].name].append(role)
-    missing = {name: roles for name, roles in missing.items() if roles}
     if not missing:
         return
-    order = list(fixes or {})
-    asks = []
-    for name, roles in missing.items():
-        role = min(roles, key=lambda r: order.index(r) if r in order else len(order))
-        fix = (fixes or {}).get(role, "give it its VAE")
-        asks.append(f"for {name!r} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): {fix}")
+    if fixes:
+        order = list(fixes)
+        asks = [(name, roles, fixes.get(min(roles, key=lambda r: order.index(r) if r in order else len(order)),
+                                         "give it its VAE")) for name, roles in missing.items()]
+    else:
+        asks = [(name, [role], "give it its VAE") for name, roles in missing.items() for role in roles]
     raise ValueError(f"experts of different latent spaces hand the video over ({'; '.join(meetings)}): bridging "
-                     f"them needs a VAE of each space, and {len(missing)} {'is' if len(missing) == 1 else 'are'} "
-                     f"missing; " + "; ".join(asks))
+                     f"them needs their VAEs, and {len(asks)} {'is' if len(asks) == 1 else 'are'} missing; "
+                     + "; ".join(f"for {name!r} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): "
+                                 f"{fix}" for name, roles, fix in asks))

@@ -13,6 +13,7 @@ confiner_core.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import torch
@@ -117,7 +118,8 @@ TEXT_INPUT_LAYERS = ("text_embedding.0", "txt_in")
 # Where an artist gets a family's text encoder (by the start of ComfyUI's model config name); otherwise the CLIP
 # output of the model's checkpoint loader
 TEXT_ENCODER_LOADERS = (("WAN", "Load CLIP with type wan"), ("QwenImage", "Load CLIP with type qwen_image"),
-                        ("Flux", "DualCLIPLoader with type flux"))
+                        ("Flux2", "Load CLIP with type flux2"), ("Flux", "DualCLIPLoader with type flux"),
+                        ("Chroma", "Load CLIP with type chroma"))
 
 
 def text_width(model) -> int | None:
@@ -135,23 +137,47 @@ def text_width(model) -> int | None:
     return width if isinstance(width, int) else None
 
 
-def check_text_width(model, role: str, positive, negative) -> None:
+def _family(model) -> tuple[str, str]:
+    """The model's family as ComfyUI's model config names it, and where an artist gets its text encoder."""
+    config = getattr(model.model, "model_config", None)
+    family = type(config if config is not None else model.model).__name__
+    return family, next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
+                        "the CLIP output of its checkpoint loader")
+
+
+def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model") -> None:
     """Conditioning from another family's text encoder (an SD 1.5 CLIP's 768-wide prompt for Wan, which reads 4096)
     fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
-    input."""
+    input. The negative only where it is used: at cfg 1 ComfyUI never evaluates it."""
     width = text_width(model)
     if width is None:
         return
-    for which, conditioning in (("positive", positive), ("negative", negative)):
+    prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
+    for which, conditioning in prompts:
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
             if got is not None and got != width:
-                family = type(getattr(model.model, "model_config", model.model)).__name__
-                loader = next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
-                              "the CLIP output of its checkpoint loader")
-                raise ValueError(f"the {role} expert's {which} conditioning is {got} wide, but its model ({family}) "
-                                 f"reads text {width} wide: encode that prompt with this model's own text encoder "
-                                 f"({loader})")
+                family, loader = _family(model)
+                raise ValueError(f"the {role} expert's {which} conditioning is {got} wide, but {which_model} "
+                                 f"({family}) reads text {width} wide: encode that prompt with this model's own text "
+                                 f"encoder ({loader})")
+
+
+def check_clip_width(clip, models: dict, node_input: str) -> None:
+    """Text that one CLIP input encodes for several experts (per-segment prompts): every expert's model must read
+    that encoder's width. ``models``: role -> MODEL (or None)."""
+    got = None
+    for role, model in models.items():
+        width = text_width(model) if model is not None else None
+        if width is None:
+            continue
+        if got is None:   # one short encode, only where there is a width to compare with
+            got = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0].shape[-1]
+        if got != width:
+            family, loader = _family(model)
+            raise ValueError(f"{node_input} encodes text {got} wide, but the {role} expert's model ({family}) reads "
+                             f"{width}: every expert takes the segment prompts from this one CLIP, so connect the "
+                             f"text encoder of their family ({loader}), or clear the segment prompts")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -202,7 +228,7 @@ def frames_alone_note(role: str) -> str:
     """:func:`frames_alone` as the node's text shows it: the frontend neither wraps nor scrolls that text, so two
     lines that fit a node's width (the console has the whole sentence)."""
     task = "laid out" if role == "control" else "refined"
-    return f"warning: the {role} expert has no motion model:\nits frames are {task} one by one (see console)"
+    return f"warning: the {role} expert is an image model:\nits frames are {task} one by one (see console)"
 
 
 def evaluates_per_frame(model, role: str) -> bool:
@@ -307,9 +333,7 @@ def bind(model, positive, negative, cfg: float, role: str, seed: int, log: Evalu
     if model is None:
         raise ValueError(f"the {role} expert needs a MODEL input")
     negative = negative if negative is not None else positive
-    for each in (model, low_noise.model if low_noise is not None else None):
-        if each is not None:
-            check_text_width(each, role, positive, negative)
+    check_text_width(model, role, positive, negative, cfg)
     codec = vaes.codec(space_of(model), vae_input) if vaes is not None else None
     expert = ComfyExpert(model, role, seed, clip, negative, cfg, progress, frames, codec)
     if low_noise is None:
@@ -323,6 +347,9 @@ def bind(model, positive, negative, cfg: float, role: str, seed: int, log: Evalu
         raise ValueError(f"the {role} expert's high-noise model ({low_noise.high_input}) and low-noise model "
                          f"({low_noise.input}) {str(e).removeprefix('the experts of a pair ')}: use the two models "
                          f"of one release (e.g. Wan 2.2 A14B high/low noise) with the same shift") from None
+    # after the pair's own check: a low-noise model of another family is told to take the pair's two models
+    check_text_width(low_noise.model, role, positive, negative, low_noise.cfg,
+                     f"its low-noise model ({low_noise.input})")
     return Denoiser(pair, ((positive, negative, cfg), (positive, negative, low_noise.cfg)), None, 1.0, log)
 
 

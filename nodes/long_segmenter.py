@@ -92,7 +92,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                 tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a start "
                                         "frame (or '2.5s:' seconds at 8 fps) on every entry, each below 'frames'. "
                                         "Needs 'clip'. Empty: the connected conditioning everywhere."),
-                io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment prompts (SD 1.5 family)."),
+                io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment prompts: every expert reads what it "
+                                                          "encodes, so it must be their family's (SD 1.5's CLIP, "
+                                                          "Wan's umt5)."),
                 *control_sampling_inputs("control_"),
                 structure_noise_input(),
                 coherence_memory_input(),
@@ -148,6 +150,10 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if prompts is not None and clip is None:
             raise ValueError("segment prompts (segment_prompts) need the 'clip' input to encode them; connect a CLIP "
                              "or clear the prompts")
+        if prompts is not None:
+            host.check_clip_width(clip, {"control": control_model, "control low-noise": control_low_noise_model,
+                                         **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
+                                  "the clip input (segment prompts)")
         schedule_text = resolved_schedule_text(segment_prompts, frames)
         if schedule_text:
             host.show_text(host.node_id(cls), schedule_text)

@@ -245,8 +245,11 @@ OTHER_TEXT_ENCODER = [
     ("SD 1.5 prompt into the Wan control expert", _sd_prompt_into_wan_control,
      ["control expert's positive conditioning", "768 wide", "WAN21", "Load CLIP with type wan"]),
     ("Wan prompt into the SD 1.5 spatial expert",
-     lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0]),
-     ["spatial expert's negative conditioning", "SD15", "checkpoint loader"]),
+     lambda p, ckpt: p["10"]["inputs"].update(spatial_positive=["6", 0]),
+     ["spatial expert's positive conditioning", "SD15", "checkpoint loader"]),
+    ("Wan negative into the SD 1.5 spatial expert at cfg 2",
+     lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=2.0),
+     ["spatial expert's negative conditioning", "4096 wide", "SD15"]),
 ]
 
 
@@ -265,6 +268,32 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
     assert "Traceback" not in message and "\n" not in message.strip() and "mat1" not in message
+
+
+def test_segment_prompts_through_another_familys_clip_are_refused_before_any_evaluation(comfy_worker, modern):
+    """The Long Video node encodes its segment prompts for every expert with its one clip input: an SD 1.5 CLIP there
+    for Wan experts used to fail inside the first evaluation; it is refused first, naming the input."""
+    ckpt = comfy_worker.checkpoint_name
+    prompt = long_wan_graph(ckpt)
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+    prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 5: a grey fox", clip=["20", 1])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0, r["evaluations"]
+    message = _message(r)
+    for word in ("the clip input (segment prompts)", "768", "WAN21", "Load CLIP with type wan"):
+        assert word in message, (word, message)
+    prompt["14"]["inputs"]["clip"] = ["3", 0]                    # the Wan text encoder: runs
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], _message(r)
+
+
+def test_a_negative_of_another_family_runs_at_cfg_1_where_comfyui_never_evaluates_it(comfy_worker, modern):
+    """At cfg 1 ComfyUI skips the negative prompt, so one left over from another family's template is no error."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=1.0)
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], _message(r)
+    assert r["evaluations"] > 0
 
 
 def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):

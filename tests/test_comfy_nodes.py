@@ -173,7 +173,7 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
                                   ("ConFinerCoordinatedSampler", "temporal", "evaluation 15/15")):
         (node,) = _node_ids(workflow, node_type)
         mine = [t["text"] for t in texts if t["node_id"] == node]
-        warning = f"warning: the {role} expert has no motion model"
+        warning = f"warning: the {role} expert is an image model"
         assert mine[0].startswith(warning), mine[0]              # before its first evaluation
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end
         assert sum(warning in t for t in mine[-1].split("\n")) == 1 and mine[-1].endswith(last)

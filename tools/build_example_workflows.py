@@ -362,11 +362,11 @@ def long_video():
         "128 frames as staggered 16-frame segments with consistency initialization, coherence guidance (gamma 0.1) "
         "and staggered refinement; the prompt travels from the beach to the snow at frame 64. The schedule's start "
         "frames must stay below **frames** (the node refuses one past the end).",
-        ["**segment prompts** on the Long Video (prompt travel: `0: prompt | 64: prompt from frame 64`), or "
+        ["**segment prompts** on ConFiner Long Video (prompt travel: `0: prompt | 64: prompt from frame 64`), or "
          "Positive/Negative when segment prompts is empty.",
-         "**frames** on the Long Video (the latent sets only the frame size).",
-         "The seed on the Long Video."]))
-    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames are set on the segmenter)")
+         "**frames** on ConFiner Long Video (the latent sets only the frame size).",
+         "The seed on ConFiner Long Video."]))
+    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames are set on ConFiner Long Video)")
     g.column("refine", "3 · Refine experts")
     experts = bundle(g, ckpt, temporal, pos, neg)
     g.column("control", "4 · ConFiner-Long (segments)")
