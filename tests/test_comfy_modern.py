@@ -224,13 +224,18 @@ def test_missing_vae_is_refused_before_any_evaluation(comfy_worker, modern, case
     else:
         prompt = wan_graph(ckpt, "sd")
         change(prompt)
+    assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
+
+
+def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, words: list) -> None:
+    """The run fails with no expert evaluated, and its message is one line holding every word of ``words``."""
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert not r["success"]
     assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
     message = _message(r)
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
-    assert "Traceback" not in message and "\n" not in message.strip()
+    assert "Traceback" not in message and "\n" not in message.strip() and "mat1" not in message
 
 
 def _sd_prompt_into_wan_control(prompt: dict, ckpt: str) -> None:
@@ -261,13 +266,7 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     ckpt = comfy_worker.checkpoint_name
     prompt = wan_graph(ckpt, "sd")
     change(prompt, ckpt)
-    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
-    assert not r["success"]
-    assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
-    message = _message(r)
-    for word in words:
-        assert word in message, f"{case}: {word!r} not in {message!r}"
-    assert "Traceback" not in message and "\n" not in message.strip() and "mat1" not in message
+    assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
 
 
 def test_segment_prompts_through_another_familys_clip_are_refused_before_any_evaluation(comfy_worker, modern):
@@ -277,11 +276,8 @@ def test_segment_prompts_through_another_familys_clip_are_refused_before_any_eva
     prompt = long_wan_graph(ckpt)
     prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
     prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 5: a grey fox", clip=["20", 1])
-    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
-    assert not r["success"] and r["evaluations"] == 0, r["evaluations"]
-    message = _message(r)
-    for word in ("the clip input (segment prompts)", "768", "WAN21", "Load CLIP with type wan"):
-        assert word in message, (word, message)
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 CLIP for Wan segment prompts",
+                                         ["the clip input (segment prompts)", "768", "WAN21", "Load CLIP with type wan"])
     prompt["14"]["inputs"]["clip"] = ["3", 0]                    # the Wan text encoder: runs
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)
