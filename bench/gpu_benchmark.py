@@ -78,12 +78,12 @@ from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, 
                                                    apply_speed_settings)
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec  # noqa: E402
-from confiner_core.experts import EvaluationLog  # noqa: E402
+from confiner_core.experts import EvaluationLog, in_stage  # noqa: E402
 from confiner_core.generate import decode_frames  # noqa: E402
 from confiner_core.latent_spaces import SD15  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.outputs import write_atomic  # noqa: E402
-from confiner_core.sampling import randn, sample_control  # noqa: E402
+from confiner_core.sampling import gc_paused, randn, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
 
@@ -552,9 +552,11 @@ class Bench:
         m = self.models
         return [m[k] for k in ("sd", "control", "ad_temporal", "ms", "clip_l", "clip_h") if k in m] + [m["vae"].decoder]
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec)."""
-        return decode_frames(latent, self.codec)
+    def decode(self, latent: torch.Tensor, log: EvaluationLog | None = None) -> torch.Tensor:
+        """Latent video -> uint8 frames on the CPU, as the CLI decodes (the spatial expert's codec): in a ``decode``
+        stage that reads the finiteness check the sampling handed over once the decode is queued."""
+        with in_stage(log, "decode"):
+            return decode_frames(latent, self.codec)
 
     def speed_up(self, settings: SpeedSettings) -> dict:
         """The same settings for every UNet, text encoder and the VAE decoder, as ``load_experts(speed=...)`` applies
@@ -582,20 +584,20 @@ class Bench:
         temporal_text = "clip_h" if temporal == "ms" else "clip_l"
         residency.use("clip_l", temporal_text)
         with record_function("text"):  # the phases a profile splits the GPU's idle time by
-            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)  # first, as generate binds them
+            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)  # as generate binds them: first,
             control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-            temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log)
+            temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log, deferred=True)  # at its first call
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()
         residency.use("control")
-        with log.stage("control", hand_over=True):  # as run_chain (a stage is a profiler range)
-            structure = generate_structure(control, self.noise(frames), config, generator)
-        residency.use("sd", temporal_model)
-        with log.stage("refine"):
-            latent = refine_structure(spatial, temp, structure, config, generator)
-        residency.use("vae")
-        with record_function("decode"):
-            self.decode(latent)
+        with gc_paused():  # as generate and run_chain (stages are profiler ranges)
+            with log.stage("control", hand_over=True):
+                structure = generate_structure(control, self.noise(frames), config, generator)
+            residency.use("sd", temporal_model)
+            with log.stage("refine", hand_over=True):
+                latent = refine_structure(spatial, temp, structure, config, generator)
+            residency.use("vae")
+            self.decode(latent, log)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # Baselines -------------------------------------------------------------------------------------------------
@@ -608,10 +610,11 @@ class Bench:
         residency.use("clip_h" if expert == "ms" else "clip_l")
         d = self.experts[expert].bind(PROMPT, NEGATIVE, 7.5, log)
         residency.use(model)
-        with log.stage("sampling"):
-            latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
-        residency.use("vae")
-        self.decode(latent)
+        with gc_paused():  # as ConFiner's run
+            with log.stage("sampling", hand_over=True):
+                latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
+            residency.use("vae")
+            self.decode(latent, log)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # ConFiner-Long ---------------------------------------------------------------------------------------------

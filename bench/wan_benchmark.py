@@ -202,7 +202,7 @@ class WanBench:
         with record_function("text"):  # the phases a profile splits the GPU's idle time by
             spatial = experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)  # first, as generate binds them
             control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-            temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
+            temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log, deferred=True)  # as generate
         with record_function("chain"):
             latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(),
                                torch.Generator().manual_seed(0)).latent

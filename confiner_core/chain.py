@@ -16,8 +16,8 @@ from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
 from .layout import VIDEO
-from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
-    sample_control
+from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, gc_paused, \
+    randn_like, sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
@@ -318,20 +318,24 @@ def check_generator(generator, where: str) -> None:
 
 
 def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
-              config: ChainConfig, generator: torch.Generator, callback: Callback | None = None) -> ChainResult:
+              config: ChainConfig, generator: torch.Generator, callback: Callback | None = None,
+              hand_over: bool = False) -> ChainResult:
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
     latent space. Stages are marked on
-    the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage."""
+    the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
+    With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
+    to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_generator(generator, "run_chain")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()
-    # the control stage's last finiteness check is read once the refinement's first forward is queued
-    with in_stage(log, "control", hand_over=True):
-        structure = generate_structure(control, noise, config, generator, callback=callback)
-    t1 = time.perf_counter()
-    with in_stage(log, "refine"):
-        latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
+    with gc_paused():
+        # the control stage's last finiteness check is read once the refinement's first forward is queued
+        with in_stage(log, "control", hand_over=True):
+            structure = generate_structure(control, noise, config, generator, callback=callback)
+        t1 = time.perf_counter()
+        with in_stage(log, "refine", hand_over=hand_over and log is not None):
+            latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
     t2 = time.perf_counter()
     return ChainResult(latent, structure, refining_denoiser(spatial, temporal, config.mode),
                        {"control": t1 - t0, "refine": t2 - t1})

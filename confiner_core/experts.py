@@ -178,12 +178,20 @@ class Expert(ABC):
         return uncond + scale * (cond - uncond)
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
-             log: EvaluationLog | None = None) -> "Denoiser":
-        if guidance_scale != 1.0:
-            positive, negative = self.encode_all([prompt, negative_prompt])
-        else:
-            positive, negative = self.encode(prompt), None
-        return Denoiser(self, positive, negative, guidance_scale, log)
+             log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
+        """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1) and a log. With
+        ``deferred`` the prompts are encoded at the denoiser's first evaluation rather than here: an expert first
+        called late in a run (the chain's temporal expert, first called in the refinement) then encodes them while
+        the GPU runs the stages before, not while it waits at the run's start for the host (H200, call AI: the
+        temporal prompt's encode was 2-3 ms of the 8 ms the GPU idled before the control stage)."""
+        def encode() -> tuple:
+            if guidance_scale != 1.0:
+                return tuple(self.encode_all([prompt, negative_prompt]))
+            return self.encode(prompt), None
+
+        if deferred:
+            return Denoiser(self, None, None, guidance_scale, log, encode_later=encode)
+        return Denoiser(self, *encode(), guidance_scale, log)
 
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__name__, "schedule": self.schedule.name,
@@ -249,13 +257,23 @@ class Denoiser:
     negative: Any = None
     guidance_scale: float = 1.0
     log: EvaluationLog | None = None
+    #: the prompts' encoding still to be done (``Expert.bind(deferred=True)``): (positive, negative) at first use
+    encode_later: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
 
     @property
     def schedule(self) -> NoiseSchedule:
         return self.expert.schedule
 
+    def encoded(self) -> "Denoiser":
+        """This denoiser with its conditionings computed (a deferred encoding runs now, once)."""
+        if self.encode_later is not None:
+            encode, self.encode_later = self.encode_later, None
+            self.positive, self.negative = encode()
+        return self
+
     def raw(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """CFG-combined network output in canonical layout."""
+        self.encoded()
         native = L.from_canonical(x_t, self.expert.layout)
         if self.negative is None:
             (out,) = self.expert.forward(native, t, [self.positive])
@@ -280,7 +298,8 @@ class Denoiser:
 
     def with_prompt(self, prompt: str) -> "Denoiser":
         """The same expert and guidance with another positive prompt (prompt travel)."""
-        return Denoiser(self.expert, self.expert.encode(prompt), self.negative, self.guidance_scale, self.log)
+        return Denoiser(self.expert, self.expert.encode(prompt), self.encoded().negative, self.guidance_scale,
+                        self.log)
 
 
 def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage: str, number: int | None) -> str:

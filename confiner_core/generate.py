@@ -32,12 +32,12 @@ from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
                     ChainConfig, ConFinerWarning, default_te, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
-from .experts import EvaluationLog
+from .experts import EvaluationLog, in_stage
 from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
-from .sampling import device_to_host, randn
+from .sampling import device_to_host, gc_paused, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -489,7 +489,8 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     # expert on the same encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
     spatial = ex["spatial"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
     bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
-    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
+    # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
+    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, backend.refine_cfg, log, deferred=True)
                          if ex.get("temporal") is not None else None)
     return bound
 
@@ -624,11 +625,15 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     seconds = {"load": time.perf_counter() - t_start}
 
     def decode(latent: torch.Tensor, frames_kept: int | None = None) -> torch.Tensor:
-        """A finished latent -> uint8 frames [F, H, W, 3] on the CPU (where it was refined)."""
+        """A finished latent -> uint8 frames [F, H, W, 3] on the CPU (where it was refined). The checks that the
+        latent and the refinement's last evaluation (handed over to this stage) are finite are read once the decode
+        is queued behind them, so the GPU goes from the last forward to the decode without waiting for the host."""
         t0 = time.perf_counter()
-        if not bool(torch.isfinite(latent).all()):
+        finite = torch.isfinite(latent).all()
+        with in_stage(log, "decode"):
+            frames = decode_frames(latent, refiner.expert.codec)[0, :frames_kept]
+        if not bool(finite):
             raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
-        frames = decode_frames(latent, refiner.expert.codec)[0, :frames_kept]
         seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
         return frames
 
@@ -655,14 +660,15 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                                  progress)
             else:
                 generator = torch.Generator().manual_seed(req.seed)
-                noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress,
-                          postfix=compile_note(req)) as bar, warned_already():
+                          postfix=compile_note(req)) as bar, warned_already(), gc_paused():
+                    noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                                       progress_callback(bar))
+                                       progress_callback(bar), hand_over=True)
+                    frames = decode(result.latent)
                 seconds.update(result.seconds)
-                write(decode(result.latent))
+                write(frames)
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
         seconds["total"] = time.perf_counter() - t_start
         extra["metrics"] = metrics.strict_scores(

@@ -279,3 +279,64 @@ def test_device_to_host_copies_into_host_memory(device):
     host = device_to_host(frames.to(device))
     assert host.device.type == "cpu" and host.dtype == torch.uint8 and torch.equal(host, frames)
     assert host.is_pinned() == (device == "cuda")     # from a GPU: pinned, not the driver's staged pageable copy
+
+
+def test_a_deferred_binding_encodes_at_its_first_evaluation_to_the_same_output():
+    """``bind(deferred=True)`` (generate binds the temporal expert so) encodes the prompt and its negative at the
+    denoiser's first evaluation, once, and then predicts what an eager binding predicts."""
+    events = []
+
+    class Recording(OracleExpert):
+        def encode(self, prompt):
+            events.append(("encode", prompt))
+            return prompt
+
+        def forward(self, x, t, conds):
+            events.append(("forward", tuple(conds)))
+            return [o + 0.1 * (c == "a cat") for o, c in zip(super().forward(x, t, conds), conds)]  # cfg shows
+
+    expert = Recording(x0_star(), S.named("lavie"))
+    eager = expert.bind("a cat", "the dog", 7.5)
+    assert events == [("encode", "a cat"), ("encode", "the dog")]
+    events.clear()
+    log = EvaluationLog()
+    deferred = expert.bind("a cat", "the dog", 7.5, log, deferred=True)
+    assert events == [] and deferred.positive is None
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    first, second = deferred(x, 500), deferred(x, 300)
+    assert events == [("encode", "a cat"), ("encode", "the dog"), ("forward", ("the dog", "a cat")),
+                      ("forward", ("the dog", "a cat"))]
+    assert torch.equal(first.x0, eager(x, 500).x0) and torch.equal(second.eps, eager(x, 300).eps)
+    assert log.evaluations == {"unstaged": 2}
+    # prompt travel from a binding not yet evaluated keeps its negative
+    travelled = expert.bind("a cat", "the dog", 7.5, deferred=True).with_prompt("a bird")
+    assert (travelled.positive, travelled.negative) == ("a bird", "the dog")
+
+
+def test_the_chain_pauses_the_garbage_collector_and_restores_it():
+    import gc
+    from confiner_core.sampling import gc_paused
+    states = []
+
+    class Watching(OracleExpert):
+        def forward(self, x, t, conds):
+            states.append(gc.isenabled())
+            return super().forward(x, t, conds)
+
+    x0 = x0_star()
+    c, s, t = (Watching(x0, S.named("animatediff")).bind(), Watching(x0, S.named("sd15"), FRAMES).bind(),
+               Watching(x0, S.named("lavie")).bind())
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    assert gc.isenabled()
+    run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
+    assert len(states) == 19 and not any(states) and gc.isenabled()
+    gc.disable()                                       # a caller's own setting is what the block leaves
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), gc_paused():    # restored when the block raises too
+        raise RuntimeError
+    assert gc.isenabled()

@@ -159,6 +159,27 @@ def test_network_forwards_are_one_per_network_call(tmp_path):
     assert r["network_forwards"] == {"control": 4, "refine": 30}
 
 
+def test_the_temporal_expert_encodes_its_prompt_once_the_control_stage_is_queued(tmp_path, monkeypatch):
+    """generate encodes the spatial and control experts' prompts before the first evaluation and the temporal
+    expert's at its first evaluation, in the refinement (on a GPU the control stage is queued by then, so the GPU
+    no longer waits at the start while the host encodes it), once, with its negative."""
+    from confiner_core.embedded.experts import PosteriorMeanExpert
+    events = []
+    encode, forward = PosteriorMeanExpert.encode, PosteriorMeanExpert.forward
+    role = lambda expert: expert.name.split()[0].split("-")[1]   # 'embedded-temporal (...)' -> 'temporal'
+    monkeypatch.setattr(PosteriorMeanExpert, "encode",
+                        lambda self, prompt: events.append(("encode", role(self))) or encode(self, prompt))
+    monkeypatch.setattr(PosteriorMeanExpert, "forward",
+                        lambda self, x, t, conds: events.append(("forward", role(self))) or forward(self, x, t, conds))
+    run(tmp_path, "order", "--cfg", "2.0")
+    first_forward = events.index(("forward", "control"))
+    assert {e for e in events[:first_forward]} == {("encode", "spatial"), ("encode", "control")}
+    temporal = [i for i, e in enumerate(events) if e == ("encode", "temporal")]
+    assert len(temporal) == 2                                      # the prompt and its negative
+    assert events[temporal[-1] + 1] == ("forward", "temporal")     # right before its first forward
+    assert [e for e in events[:temporal[0]] if e[0] == "forward"].count(("forward", "control")) == 4
+
+
 def test_progress_bar_says_when_the_first_steps_compile(tmp_path):
     """A compiling preset's progress bar says, until the first step is done, that the first steps compile every
     block (and where they are kept), or that they load the blocks kept by an earlier run; other presets say nothing."""

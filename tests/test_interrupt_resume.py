@@ -268,20 +268,23 @@ def test_a_video_without_its_index_is_not_taken_as_written(tmp_path):
             sink.write(np.zeros((4, 32, 32, 3), np.uint8))
 
 
-@pytest.mark.parametrize("args,where", [
-    (["--frames", "8"], "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
-                        "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial
-    (LONG, "expert 'embedded-control (coarse clips, AnimateDiff-Lightning schedule)' (PosteriorMeanExpert) at stage "
-           "'control', step t=499, evaluation 7 of the stage"),            # structure 1's third control step
+@pytest.mark.parametrize("args,nan_call,where", [
+    (["--frames", "8"], 7, "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
+                           "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial
+    # the refinement's last evaluation: its check is handed over to the decode, read once the decode is queued
+    (["--frames", "8"], 19, "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at "
+                            "stage 'refine', step t=20, evaluation 15 of the stage"),
+    (LONG, 7, "expert 'embedded-control (coarse clips, AnimateDiff-Lightning schedule)' (PosteriorMeanExpert) at "
+              "stage 'control', step t=499, evaluation 7 of the stage"),            # structure 1's third control step
 ])
-def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch, capsys, args, where):
+def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch, capsys, args, nan_call, where):
     real = PosteriorMeanExpert.forward
     calls = []
 
     def forward(self, x, t, conds):
         calls.append(1)
         outs = real(self, x, t, conds)
-        return [o * float("nan") for o in outs] if len(calls) == 7 else outs
+        return [o * float("nan") for o in outs] if len(calls) == nan_call else outs
 
     monkeypatch.setattr(PosteriorMeanExpert, "forward", forward)
     out = tmp_path / "out"
@@ -335,6 +338,37 @@ def test_nan_at_the_control_stages_end_is_caught_by_the_refinements_first_evalua
     assert len(spatial.calls) == 1 and log.evaluations == {"control": 4} and not log.handing_over
     log, _, run = chain(None)
     assert torch.allclose(run().structure, x0, atol=1e-4) and log.evaluations == {"control": 4, "refine": 15}
+
+
+def test_nan_in_the_refinements_last_evaluation_is_read_where_the_caller_says():
+    """run_chain reads the refinement's last finiteness check before it returns, unless told to hand it over: then
+    it is still queued on the log, and the caller's next stage (generate's decode) raises it, naming the refinement's
+    last evaluation."""
+    from confiner_core import schedules as S
+    from confiner_core.chain import ChainConfig, run_chain
+    from confiner_core.errors import NonFiniteError
+    from test_chain import FRAMES, SHAPE, VIDEO, OracleExpert, x0_star
+
+    x0 = x0_star()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    last = r"stage 'refine', step t=\S+, evaluation 15 of the stage"
+
+    def chain(**kwargs):
+        log = EvaluationLog()
+        spatial = OracleExpert(x0, S.named("sd15"), FRAMES)
+        _LastCallNaN(spatial, 10)  # 5 steps of spatial, temporal, spatial: its 10th call is the last evaluation
+        c = OracleExpert(x0, S.named("animatediff"), VIDEO).bind(log=log)
+        s, t = spatial.bind(log=log), OracleExpert(x0, S.named("lavie"), VIDEO).bind(log=log)
+        return log, lambda: run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3), **kwargs)
+
+    log, run = chain()
+    with pytest.raises(NonFiniteError, match=last):
+        run()
+    log, run = chain(hand_over=True)
+    result = run()
+    assert log.evaluations == {"control": 4, "refine": 15} and log.pending is not None and not log.handing_over
+    with pytest.raises(NonFiniteError, match=last), log.stage("decode"):
+        result.latent.clone()  # the caller's next stage: the check is read at its end
 
 
 class _LastCallNaN:
