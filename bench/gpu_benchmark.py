@@ -83,7 +83,7 @@ from confiner_core.generate import decode_frames  # noqa: E402
 from confiner_core.latent_spaces import SD15  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.outputs import write_atomic  # noqa: E402
-from confiner_core.sampling import gc_paused, randn, sample_control  # noqa: E402
+from confiner_core.sampling import randn, sample_control  # noqa: E402
 from confiner_core.timesteps import spaced_timesteps  # noqa: E402
 from tiny_diffusers import tiny_tokenizer  # noqa: E402  (an in-code tokenizer: ids only matter for shape)
 
@@ -590,14 +590,13 @@ class Bench:
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()
         residency.use("control")
-        with gc_paused():  # as generate and run_chain (stages are profiler ranges)
-            with log.stage("control", hand_over=True):
-                structure = generate_structure(control, self.noise(frames), config, generator)
-            residency.use("sd", temporal_model)
-            with log.stage("refine", hand_over=True):
-                latent = refine_structure(spatial, temp, structure, config, generator)
-            residency.use("vae")
-            self.decode(latent, log)
+        with log.stage("control", hand_over=True):  # as run_chain (a stage is a profiler range)
+            structure = generate_structure(control, self.noise(frames), config, generator)
+        residency.use("sd", temporal_model)
+        with log.stage("refine", hand_over=True):  # as generate: read in the decode stage
+            latent = refine_structure(spatial, temp, structure, config, generator)
+        residency.use("vae")
+        self.decode(latent, log)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # Baselines -------------------------------------------------------------------------------------------------
@@ -610,11 +609,10 @@ class Bench:
         residency.use("clip_h" if expert == "ms" else "clip_l")
         d = self.experts[expert].bind(PROMPT, NEGATIVE, 7.5, log)
         residency.use(model)
-        with gc_paused():  # as ConFiner's run
-            with log.stage("sampling", hand_over=True):
-                latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
-            residency.use("vae")
-            self.decode(latent, log)
+        with log.stage("sampling", hand_over=True):  # as ConFiner's refinement
+            latent = sample_control(d, self.noise(frames), spaced_timesteps(steps, 999, spacing, offset), "ddim")
+        residency.use("vae")
+        self.decode(latent, log)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 
     # ConFiner-Long ---------------------------------------------------------------------------------------------

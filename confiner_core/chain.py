@@ -16,8 +16,8 @@ from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
 from .layout import VIDEO
-from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, gc_paused, \
-    randn_like, sample_control
+from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
+    sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
@@ -329,13 +329,12 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()
-    with gc_paused():
-        # the control stage's last finiteness check is read once the refinement's first forward is queued
-        with in_stage(log, "control", hand_over=True):
-            structure = generate_structure(control, noise, config, generator, callback=callback)
-        t1 = time.perf_counter()
-        with in_stage(log, "refine", hand_over=hand_over and log is not None):
-            latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
+    # the control stage's last finiteness check is read once the refinement's first forward is queued
+    with in_stage(log, "control", hand_over=True):
+        structure = generate_structure(control, noise, config, generator, callback=callback)
+    t1 = time.perf_counter()
+    with in_stage(log, "refine", hand_over=hand_over):
+        latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
     t2 = time.perf_counter()
     return ChainResult(latent, structure, refining_denoiser(spatial, temporal, config.mode),
                        {"control": t1 - t0, "refine": t2 - t1})

@@ -37,7 +37,7 @@ from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, gene
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import TIMESTEP_MATCHING
-from .sampling import device_to_host, gc_paused, randn
+from .sampling import device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -662,7 +662,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                 generator = torch.Generator().manual_seed(req.seed)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress,
-                          postfix=compile_note(req)) as bar, warned_already(), gc_paused():
+                          postfix=compile_note(req)) as bar, warned_already():
                     noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
                                        progress_callback(bar), hand_over=True)

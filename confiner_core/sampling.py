@@ -5,8 +5,6 @@ All latents are canonical ``[B, C, F, h, w]``; all noise comes from an explicit 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from typing import Callable
 
 import torch
@@ -37,21 +35,6 @@ def device_to_host(t: torch.Tensor) -> torch.Tensor:
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     host.copy_(t)  # a blocking copy: done when it returns
     return host
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Python's cyclic garbage collector off inside, as it was after. A collection stops the host for a few ms
-    (H200, call AI: 3 in a 1.5 s ConFiner run, 5.7 ms in all), and where the host is not ahead of the GPU (a run's
-    start, while it encodes the prompts) the GPU waits as long. Reference counting still frees every tensor when it
-    is dropped; only reference cycles wait for the next collection after the block."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def randn(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -312,31 +312,3 @@ def test_a_deferred_binding_encodes_at_its_first_evaluation_to_the_same_output()
     travelled = expert.bind("a cat", "the dog", 7.5, deferred=True).with_prompt("a bird")
     assert (travelled.positive, travelled.negative) == ("a bird", "the dog")
 
-
-def test_the_chain_pauses_the_garbage_collector_and_restores_it():
-    import gc
-    from confiner_core.sampling import gc_paused
-    states = []
-
-    class Watching(OracleExpert):
-        def forward(self, x, t, conds):
-            states.append(gc.isenabled())
-            return super().forward(x, t, conds)
-
-    x0 = x0_star()
-    c, s, t = (Watching(x0, S.named("animatediff")).bind(), Watching(x0, S.named("sd15"), FRAMES).bind(),
-               Watching(x0, S.named("lavie")).bind())
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    assert gc.isenabled()
-    run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
-    assert len(states) == 19 and not any(states) and gc.isenabled()
-    gc.disable()                                       # a caller's own setting is what the block leaves
-    try:
-        with gc_paused():
-            pass
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
-    with pytest.raises(RuntimeError), gc_paused():    # restored when the block raises too
-        raise RuntimeError
-    assert gc.isenabled()
