@@ -340,7 +340,9 @@ def test_nan_at_the_control_stages_end_is_caught_by_the_refinements_first_evalua
     assert torch.allclose(run().structure, x0, atol=1e-4) and log.evaluations == {"control": 4, "refine": 15}
 
 
-def test_nan_in_the_refinements_last_evaluation_is_read_where_the_caller_says():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the flag on its way from a GPU"))])
+def test_nan_in_the_refinements_last_evaluation_is_read_where_the_caller_says(device):
     """run_chain reads the refinement's last finiteness check before it returns, unless told to hand it over: then
     it is still queued on the log, and the caller's next stage (generate's decode) raises it, naming the refinement's
     last evaluation."""
@@ -349,8 +351,8 @@ def test_nan_in_the_refinements_last_evaluation_is_read_where_the_caller_says():
     from confiner_core.errors import NonFiniteError
     from test_chain import FRAMES, SHAPE, VIDEO, OracleExpert, x0_star
 
-    x0 = x0_star()
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    x0 = x0_star().to(device)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
     last = r"stage 'refine', step t=\S+, evaluation 15 of the stage"
 
     def chain(**kwargs):
