@@ -84,7 +84,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # tokens and more), which replace those of the call before
          "sd_latest": "h200_sd_latest.json",
          # a max table of a call after that (the kernels as set now), which replaces the latest call's
-         "sd_latest_max": "h200_sd_max_call_ai.json",
+         "sd_latest_max": "h200_sd_max_call_ak_after_2.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
