@@ -584,9 +584,9 @@ class Bench:
         temporal_text = "clip_h" if temporal == "ms" else "clip_l"
         residency.use("clip_l", temporal_text)
         with record_function("text"):  # the phases a profile splits the GPU's idle time by
-            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)  # as generate binds them: first,
+            spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)  # first, as generate binds them
             control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-            temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log, deferred=True)  # at its first call
+            temp = self.experts[temporal].bind(PROMPT, NEGATIVE, 7.5, log, deferred=True)  # encoded at its first call
         generator = torch.Generator().manual_seed(0)
         config = ChainConfig()
         residency.use("control")

@@ -660,15 +660,14 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                                  progress)
             else:
                 generator = torch.Generator().manual_seed(req.seed)
+                noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 steps = req.chain.control_steps + req.chain.refine_steps
                 with tqdm(total=steps, desc="ConFiner", disable=not show_progress,
                           postfix=compile_note(req)) as bar, warned_already():
-                    noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                                       progress_callback(bar), hand_over=True)
-                    frames = decode(result.latent)
+                                       progress_callback(bar), hand_over=True)  # read by decode()
                 seconds.update(result.seconds)
-                write(frames)
+                write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
         seconds["total"] = time.perf_counter() - t_start
         extra["metrics"] = metrics.strict_scores(
