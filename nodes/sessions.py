@@ -259,6 +259,9 @@ class _Worker(threading.Thread):
             context, fn, args = self.job
             self.job = None
             context.run(fn, *args)  # fn catches everything and hands it to the node's thread
+            # while it waits, this thread's frame must hold nothing of the session it served: its bound method
+            # keeps the session, and through it the expert's models, alive after ComfyUI has let them go
+            del context, fn, args
 
 
 class Session:

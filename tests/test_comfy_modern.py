@@ -343,3 +343,16 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
     assert len(_saved(r)) == len(saves)
     bridged = name == "confiner_sd15_bridge_wan21"
     assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)
+
+
+def test_a_templates_models_are_freed_once_comfyui_lets_them_go(comfy_worker, modern):
+    """After a prompt with Qwen-Image, the next prompt without it leaves no Qwen-Image model alive: the session
+    workers, which live on between prompts, hold nothing of the sessions they served. (They held the last one, and
+    through it the models: an artist switching templates read "WARNING, memory leak with model QwenImage" before
+    every prompt, each after a full garbage collection.)"""
+    for name in ("confiner_wan21_qwen_image", "confiner_wan22_a14b"):
+        workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+        api = comfy_worker.convert(tiny_sized(workflow, comfy_worker.checkpoint_name))
+        assert comfy_worker.call("comfy_support.modern_checks:run_logging_cost", api)["success"]
+    assert comfy_worker.call("comfy_support.modern_checks:models_left_alive", "QwenImage") == \
+        {"alive": 0, "patcher_gone": []}

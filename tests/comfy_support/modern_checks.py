@@ -231,3 +231,19 @@ def run_with_and_without_sessions(api_prompt: dict) -> dict:
         torch.equal(a, b) for a, b in zip(latents[True], latents[False]))
     return {**results[True], "latents": len(latents[True]), "sessions_equal": same,
             "per_evaluation_success": results[False]["success"]}
+
+
+def models_left_alive(class_name: str) -> dict:
+    """After a full garbage collection: how many of ComfyUI's models of class ``class_name`` are still alive, and
+    the loaded models whose patcher is gone while the model lives on (what ComfyUI's ``cleanup_models_gc`` calls a
+    memory leak, and answers with a full collection before every prompt)."""
+    import gc
+
+    import comfy.model_base
+    import comfy.model_management
+
+    gc.collect()
+    alive = sum(1 for o in gc.get_objects()
+                if isinstance(o, comfy.model_base.BaseModel) and type(o).__name__ == class_name)
+    return {"alive": alive, "patcher_gone": [type(m.real_model()).__name__
+                                             for m in comfy.model_management.current_loaded_models if m.is_dead()]}
