@@ -99,6 +99,7 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     assert len(nodes) == len(workflow["nodes"]) and all(n["registered"] for n in nodes), \
         [n["type"] for n in nodes if not n["registered"]]
     assert browser.overlaps(nodes) == []
+    assert browser.notes_cut(b) == []   # the read-me's last lines were cut on two templates
     # every socket of this pack's nodes reads as on a node the artist adds fresh (not by its id)
     assert browser.socket_labels_unlike_new_nodes(b, "ConFiner") == []
     too_small = [(n["title"], n["size"], n["min"]) for n in nodes

@@ -52,6 +52,7 @@ MOTION_V3 = Model("mm_sd15_v3.safetensors",
                   "https://huggingface.co/conrevo/AnimateDiff-A1111/resolve/main/motion_module/mm_sd15_v3.safetensors",
                   "animatediff_models", "AnimateDiff v3 motion model (fp16 safetensors): the temporal expert")
 MODELS = (SD15, LIGHTNING, MOTION_V3)
+SD15_SPATIAL = Model(SD15.name, SD15.url, SD15.directory, "SD 1.5: the spatial expert (its CLIP and VAE too)")
 
 # Comfy-Org's repackaged single files of the modern families (ComfyUI's own loaders read them)
 WAN_REPO = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
@@ -125,7 +126,7 @@ SOCKETS = {
 
 # the size an artist needs (text, previews); never below what the frontend computes
 WANTED = {
-    "MarkdownNote": (470, 620),
+    "MarkdownNote": (470, 720),
     "CheckpointLoaderSimple": (380, 100),
     "UNETLoader": (380, 82),
     "CLIPLoader": (380, 106),
@@ -366,7 +367,7 @@ def long_video():
          "Positive/Negative when segment prompts is empty.",
          "**frames** on ConFiner Long Video (the latent sets only the frame size).",
          "The seed on ConFiner Long Video."]))
-    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames are set on ConFiner Long Video)")
+    empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames: on Long Video)")
     g.column("refine", "3 · Refine experts")
     experts = bundle(g, ckpt, temporal, pos, neg)
     g.column("control", "4 · ConFiner-Long (segments)")
@@ -388,13 +389,15 @@ def long_video():
 # ------------------------------------------------------------------------------------------------------------------
 # Modern experts: Wan 2.1 / 2.2, Qwen-Image, and SD 1.5 bridged to Wan, through ComfyUI's own loaders
 
-WAN_CHANGE_FIRST = ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
-                    "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height "
-                    "multiples of 16. Wan 2.1 1.3B is made for 832x480.",
-                    "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same "
-                    "structure.",
-                    "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA "
-                    "(LightX2V) on the control model use 4 steps, cfg 1."]
+def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.") -> list:
+    return ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
+            "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height multiples of 16 "
+            f"(ComfyUI rounds other values down without a word). {made_for}",
+            "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure.",
+            "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
+            "control model use 4 steps, cfg 1."]
+
+
 MODERN_SHAPE = [832, 480, 33, 1]
 
 
@@ -464,7 +467,7 @@ def wan_qwen_image():
         "**pixel frames** refines each of the 33 pixel frames on its own (decode, per-frame Qwen-Image, encode "
         "through the Wan VAE on *spatial VAE*): 4x the image work and 4 VAE calls per step, closer to what an image "
         "model was trained on.",
-        WAN_CHANGE_FIRST + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
+        wan_change_first() + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
         (WAN21, QWEN_IMAGE, UMT5, QWEN_VL, WAN_VAE))
     g.column("models", "1 · Models")
     wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
@@ -493,11 +496,11 @@ def sd15_bridge_wan():
         "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
         "SD's (2 VAE calls), and every coordinated step hands the clean estimate over and back (4 VAE calls). The "
         "refined video is in SD 1.5's space: decode it with SD 1.5's VAE.",
-        WAN_CHANGE_FIRST[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
-                                "VAE goes to *spatial VAE*; decode with that VAE too)."] + WAN_CHANGE_FIRST[2:],
-        (SD15, WAN21, UMT5, WAN_VAE))
+        wan_change_first()[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
+                                  "VAE goes to *spatial VAE*; decode with that VAE too)."] + wan_change_first()[2:],
+        (SD15_SPATIAL, WAN21, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
-    ckpt = loader(g, SD15, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
+    ckpt = loader(g, SD15_SPATIAL, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
     wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
@@ -522,8 +525,11 @@ def wan22_a14b():
         "T_e = 250 (sigma 0.25, the paper's noise level for a flow model; 100 keeps more of the structure), where "
         "only the low-noise model works: it refines as the spatial expert at one frame "
         "(each latent frame an image, 1/9 of the attention of the clip) and as the temporal expert on the whole clip.",
-        WAN_CHANGE_FIRST[:3] + ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V "
-                                "4-step LoRAs on both models: 4 steps, cfg 1 and 1."],
+        wan_change_first("Wan 2.2 A14B is made for 1280x720 and 832x480.")[:3] +
+        ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V 4-step LoRAs on both "
+         "models: 4 steps, cfg 1 and 1.",
+         "Keep each file on its loader: **high noise** on *high noise (control)*, **low noise** on *low noise (all "
+         "roles)*. The two models have one architecture, so swapped files still run, and nothing can warn."],
         (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control)")

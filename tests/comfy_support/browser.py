@@ -275,6 +275,18 @@ def socket_labels_unlike_new_nodes(browser: Browser, prefix: str) -> list:
     return browser.page.evaluate(SOCKET_LABELS_JS, prefix)
 
 
+NOTES_CUT_JS = """() => app.graph._nodes.filter((n) => n.type === 'MarkdownNote').map((n) => {
+  const box = n.widgets[0].element;                      // the note's markdown, drawn by the frontend as HTML
+  const text = box.querySelector('.ProseMirror') || box;
+  return [n.title, text.scrollHeight, box.clientHeight];
+}).filter(([, needed, shown]) => needed > shown)"""
+
+
+def notes_cut(browser: Browser) -> list:
+    """[title, height its text needs, height shown] of every markdown note whose text the frontend cuts."""
+    return browser.page.evaluate(NOTES_CUT_JS)
+
+
 def missing_nodes_dialog(browser: Browser) -> str | None:
     """Text of the frontend's missing-nodes dialog if it is shown ("This workflow has missing nodes")."""
     for locator in (browser.page.locator(".comfy-missing-nodes"),
