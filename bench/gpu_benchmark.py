@@ -592,7 +592,7 @@ class Bench:
         residency.use("control")
         with log.stage("control", hand_over=True):  # as run_chain (a stage is a profiler range)
             structure = generate_structure(control, self.noise(frames), config, generator)
-        residency.use("sd", temporal_model)
+        residency.use("sd", temporal_model, temporal_text)  # its text encoder too: the deferred encode runs here
         with log.stage("refine", hand_over=True):  # as generate: read in the decode stage
             latent = refine_structure(spatial, temp, structure, config, generator)
         residency.use("vae")
@@ -622,7 +622,7 @@ class Bench:
         residency.use("control", "sd", "ms", "vae", "clip_l", "clip_h")
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
         spatial = self.experts["spatial"].bind(PROMPT, NEGATIVE, 7.5, log)
-        temp = self.experts["ms"].bind(PROMPT, NEGATIVE, 7.5, log)
+        temp = self.experts["ms"].bind(PROMPT, NEGATIVE, 7.5, log, deferred=True)  # as generate binds it
         plan = plan_segments(frames, 16, True)
         generate_long(control, spatial, temp, plan, (1, 4, self.h, self.h), ChainConfig(), LongConfig(),
                       torch.Generator().manual_seed(0), lambda x, w: self.decode(x[:, :, :plan.window_frames(w)]),

@@ -548,6 +548,10 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
         if table.get("graph_pool"):
             md += ["", f"CUDA graphs: {table['graph_pool']['captured']} captured, {table['graph_pool']['replays']} "
                    f"replays, failures: {table['graph_pool']['failures'] or 'none'}."]
+        pre = table.get("precompiled") or {}
+        if pre.get("loaded") and not pre.get("compiled"):
+            md += ["", f"Its process read the {pre['loaded']} compiled blocks an earlier process of the call kept "
+                   f"(`--compile-dir`): its warm-up run was a warm start, not a compilation."]
         prof = table.get("profile")
         if prof and "kinds" in prof:
             md += [""] + P.markdown(prof, f"Profile of one ConFiner run ({setting})")

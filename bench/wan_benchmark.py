@@ -203,10 +203,10 @@ class WanBench:
             spatial = experts["spatial"].bind(PROMPT, NEGATIVE, CFG, log)  # first, as generate binds them
             control = experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
             temporal = experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log, deferred=True)  # as generate
-        with record_function("chain"):
+        with record_function("chain"):  # the refinement's last check read in the decode stage, as generate does
             latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(),
-                               torch.Generator().manual_seed(0)).latent
-        with record_function("decode"):
+                               torch.Generator().manual_seed(0), hand_over=True).latent
+        with log.stage("decode"):
             frames = self.decode(latent)
         if keep:
             setattr(self, keep, (latent, frames))

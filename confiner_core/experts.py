@@ -54,8 +54,9 @@ class EvaluationLog:
     def stage(self, name: str, hand_over: bool = False):
         """Count evaluations under ``name`` (also a ``torch.profiler`` range, so a profile splits by stage) and read
         the last evaluation's finiteness check at the end. With ``hand_over`` that check stays queued until the next
-        stage's first evaluation reads it, its forward already queued: for a stage another follows in the same
-        call (the chain's control stage). Read at the end, the GPU drained between the stages while the host drew
+        stage reads it: at its first evaluation, that evaluation's forward already queued, or at its end (a
+        ``decode`` stage, the decode queued): for a stage another follows in the same call (the chain's control
+        stage; the refinement, where ``generate`` decodes next). Read at the end, the GPU drained between the stages while the host drew
         Eq. 6's noise (H200, call X: 4.3 ms idle a ConFiner run). The message still names this stage."""
         previous, self.current = self.current, name
         held, self.handing_over = self.handing_over, hand_over
@@ -266,9 +267,9 @@ class Denoiser:
 
     def encoded(self) -> "Denoiser":
         """This denoiser with its conditionings computed (a deferred encoding runs now, once)."""
-        if self.encode_later is not None:
-            encode, self.encode_later = self.encode_later, None
-            self.positive, self.negative = encode()
+        if self.encode_later is not None:  # cleared only once it succeeded: a failed encode is tried again
+            self.positive, self.negative = self.encode_later()
+            self.encode_later = None
         return self
 
     def raw(self, x_t: torch.Tensor, t: float) -> torch.Tensor:

@@ -626,8 +626,9 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
 
     def decode(latent: torch.Tensor, frames_kept: int | None = None) -> torch.Tensor:
         """A finished latent -> uint8 frames [F, H, W, 3] on the CPU (where it was refined). The checks that the
-        latent and the refinement's last evaluation (handed over to this stage) are finite are read once the decode
-        is queued behind them, so the GPU goes from the last forward to the decode without waiting for the host."""
+        latent is finite, and for a single clip that the refinement's last evaluation was (handed over to this
+        stage), are read once the decode is queued behind them: the GPU goes from the last forward to the decode
+        without waiting for the host."""
         t0 = time.perf_counter()
         finite = torch.isfinite(latent).all()
         with in_stage(log, "decode"):

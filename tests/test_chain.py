@@ -308,6 +308,23 @@ def test_a_deferred_binding_encodes_at_its_first_evaluation_to_the_same_output()
                       ("forward", ("the dog", "a cat"))]
     assert torch.equal(first.x0, eager(x, 500).x0) and torch.equal(second.eps, eager(x, 300).eps)
     assert log.evaluations == {"unstaged": 2}
+    # an encode that fails (Ctrl-C, out of memory) is tried again at the next evaluation, never skipped
+    failing = expert.bind("a cat", "the dog", 7.5, deferred=True)
+    real, calls = Recording.encode, []
+
+    def interrupted_once(self, prompt):
+        calls.append(prompt)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(self, prompt)
+
+    Recording.encode = interrupted_once
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            failing(x, 500)
+        assert torch.equal(failing(x, 500).x0, eager(x, 500).x0) and failing.negative == "the dog"
+    finally:
+        Recording.encode = real
     # prompt travel from a binding not yet evaluated keeps its negative
     travelled = expert.bind("a cat", "the dog", 7.5, deferred=True).with_prompt("a bird")
     assert (travelled.positive, travelled.negative) == ("a bird", "the dog")

@@ -299,6 +299,22 @@ def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch
     assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
 
 
+def test_a_final_latent_with_nan_is_refused_after_the_decode_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    """The final latent's finiteness is read once its decode is queued (no wait for the GPU before it): NaN there
+    still fails the run with its one line, and the previous outputs stay."""
+    import confiner_core.chain as C
+    refine = C.refine_structure
+    monkeypatch.setattr(C, "refine_structure", lambda *a, **k: refine(*a, **k) * float("nan"))
+    out = tmp_path / "out"
+    previous_outputs(out)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(out), "--quiet", "--height", "64", "--width", "64", "--frames", "8"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the final latent holds NaN or infinity; nothing was written" in err
+    assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
+
+
 def test_nan_input_latent_is_named(tmp_path):
     from confiner_core import schedules as S
     from confiner_core.errors import NonFiniteError
