@@ -56,8 +56,9 @@ class EvaluationLog:
         the last evaluation's finiteness check at the end. With ``hand_over`` that check stays queued until the next
         stage reads it: at its first evaluation, that evaluation's forward already queued, or at its end (a
         ``decode`` stage, the decode queued): for a stage another follows in the same call (the chain's control
-        stage; the refinement, where ``generate`` decodes next). Read at the end, the GPU drained between the stages while the host drew
-        Eq. 6's noise (H200, call X: 4.3 ms idle a ConFiner run). The message still names this stage."""
+        stage; the refinement, where ``generate`` decodes next). Read at the end, the GPU drained between the
+        stages while the host drew Eq. 6's noise (H200, call X: 4.3 ms idle a ConFiner run). The message still
+        names this stage."""
         previous, self.current = self.current, name
         held, self.handing_over = self.handing_over, hand_over
         try:
