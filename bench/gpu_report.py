@@ -66,6 +66,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
          "norm_probe": "h200_norm_probe.json",  # norm_probe.py: GroupNorm + SiLU on the SD shapes, four ways
+         "geglu_gemm": "h200_geglu_gemm_probe.json",  # geglu_gemm_probe.py: the feed-forward's GEMM and gate fused
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
          # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
@@ -792,6 +793,36 @@ def norm_probe_figures(data: dict | None) -> tuple[dict, list[str]]:
     return {f"norm_probe_total_{k}_ms": v for k, v in totals.items()}, md
 
 
+def geglu_gemm_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """``geglu_gemm_probe.py``: the feed-forward's first GEMM and its GEGLU gate, as the presets run them and in one
+    Triton kernel at its fastest tile setting per shape."""
+    if not data:
+        return {}, []
+    md = ["## The feed-forward's GEMM and gate in one kernel", "",
+          f"`bench/geglu_gemm_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}: milliseconds "
+          f"(median, {data['timing']}) of the projection K -> 2 x 4K and the gate, as the compiled presets run them "
+          "(cuBLAS, then inductor's fused gate), as `lean` runs them (cuBLAS, then the library's gate kernel), the "
+          "GEMM alone, and one Triton kernel that computes both halves' tiles and writes only the gated half (the "
+          "fastest of its tile settings); the last column is the compiled presets' time over the fused kernel's.", "",
+          "| where | rows x K | compiled presets | lean | GEMM alone | fused (fastest setting) | presets / fused |",
+          "|---|---|---|---|---|---|---|"]
+    ratios = []
+    for row in data["shapes"]:
+        if "ways" not in row:
+            md.append(f"| {row['where']} | — | {row.get('skipped', '')} | | | | |")
+            continue
+        ms = {r["way"]: r["ms"] for r in row["ways"] if "ms" in r}
+        best = row["best_fused"]
+        ratios.append(row["best_fused_vs_inductor"])
+        md.append(f"| {row['where']} | {row['rows']} x {row['k']} | {ms['cublas + inductor gate']:.3f} | "
+                  f"{ms['cublas + gate kernel']:.3f} | {ms['cublas GEMM alone']:.3f} | {ms[best]:.3f} "
+                  f"(`{best[len('fused '):]}`) | {row['best_fused_vs_inductor']:.2f} |")
+    md += ["", "Tile settings are (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages). The fused kernel was faster "
+           f"on {sum(r > 1 for r in ratios)} of {len(ratios)} shapes.", ""]
+    return ({"geglu_gemm_presets_over_fused_min": min(ratios), "geglu_gemm_presets_over_fused_max": max(ratios)}
+            if ratios else {}), md
+
+
 def merge_probes(data: dict | None, later: dict | None) -> dict | None:
     """One attention probe from two calls: ``data``'s backends that ``later`` lacks (installed only for that call)
     join each of ``later``'s rows, whose own figures stand (its backends compare within one call), the fastest is
@@ -1019,7 +1050,9 @@ def main():
     fig.update(vae_probe)
     norms, norms_md = norm_probe_figures(data["norm_probe"])
     fig.update(norms)
-    decode_md += vae_probe_md + norms_md
+    geglu, geglu_md = geglu_gemm_figures(data["geglu_gemm"])
+    fig.update(geglu)
+    decode_md += vae_probe_md + norms_md + geglu_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:

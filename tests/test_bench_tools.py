@@ -699,3 +699,36 @@ def test_decode_chunk_table_and_library_default():
     assert rows == ["| 4 (default) | 0.167 | 12.90 | 13.40 | **yes** |", "| 8 | 0.170 | 14.40 | 13.40 | no |"]
     assert "| library VAE decode peak ≤ sampling peak | 12.90 vs 13.40 GiB | **yes** |" in "\n".join(R.targets(fig))
     assert R.decode_chunk_figures(None) == ({}, [])
+
+
+def test_geglu_gemm_probe_checks_the_fused_kernel_under_the_interpreter(tmp_path):
+    """The probe's CPU smoke run: its fused GEMM + gate kernel (Triton's interpreter) against an fp32 reference,
+    next to the ways the presets take, on rows that do not fill the last row tile."""
+    import subprocess
+    probe = os.path.join(os.path.dirname(R.__file__), "geglu_gemm_probe.py")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run([sys.executable, probe, "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    data = json.loads((tmp_path / "geglu_gemm.json").read_text())
+    (row,) = data["shapes"]
+    ways = {r["way"]: r for r in row["ways"]}
+    assert row["rows"] == 200 and row["best_fused"].startswith("fused (64,")
+    assert ways[row["best_fused"]]["max_diff"] < 1e-4 and ways["cublas + inductor gate"]["max_diff"] < 1e-4
+    assert ways["cublas GEMM alone"]["max_diff"] is None
+
+
+def test_geglu_gemm_section_sets_each_shape_against_the_presets():
+    def shape(where, presets, fused):
+        return {"where": where, "rows": 64, "k": 320, "ways": [
+            {"way": "cublas + inductor gate", "ms": presets}, {"way": "cublas + gate kernel", "ms": 0.7},
+            {"way": "cublas GEMM alone", "ms": 0.4}, {"way": "fused (128, 64, 64, 8, 4, 4)", "error": "out of memory"},
+            {"way": "fused (128, 128, 64, 8, 8, 3)", "ms": fused}],
+            "best_fused": "fused (128, 128, 64, 8, 8, 3)", "best_fused_vs_inductor": presets / fused}
+    probe = {"device": "NVIDIA H200", "torch": "2.11", "dtype": "torch.float16", "timing": "CUDA graph of 10 calls",
+             "shapes": [shape("a", 0.6, 0.75), shape("b", 0.5, 0.4), {"where": "c", "skipped": "deadline"}]}
+    out, md = R.geglu_gemm_figures(probe)
+    assert out == pytest.approx({"geglu_gemm_presets_over_fused_min": 0.8, "geglu_gemm_presets_over_fused_max": 1.25})
+    assert "| a | 64 x 320 | 0.600 | 0.700 | 0.400 | 0.750 (`(128, 128, 64, 8, 8, 3)`) | 0.80 |" in md
+    assert "| c | — | deadline | | | | |" in md
+    assert any("faster on 1 of 2 shapes" in line for line in md)
+    assert R.geglu_gemm_figures(None) == ({}, [])
