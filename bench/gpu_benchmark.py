@@ -42,6 +42,7 @@ fit; repeats are trimmed (never below one); results are written after every run.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import functools
@@ -909,6 +910,9 @@ def main():
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
+    ap.add_argument("--inductor-config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY to the Python literal VALUE before anything compiles (a "
+                         "candidate for the compiled presets, e.g. coordinate_descent_tuning=True)")
     ap.add_argument("--forward-flops", default=None, metavar="JSON",
                     help="only count the FLOPs of each probed forward (meta device, no GPU) and write them here")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start to stop starting runs")
@@ -931,6 +935,18 @@ def main():
             settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
         if a.no_cudnn_benchmark:
             SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
+    import torch._inductor.config  # noqa: F401 (torch.compile imports it at its first call; the settings go first)
+
+    inductor_config = {}
+    for item in a.inductor_config:
+        key, _, value = item.partition("=")
+        if not hasattr(torch._inductor.config, key):
+            ap.error(f"--inductor-config: torch._inductor.config has no {key!r}")
+        try:
+            inductor_config[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            ap.error(f"--inductor-config {item}: the value must be a Python literal (True, 1, 'x')")
+        setattr(torch._inductor.config, key, inductor_config[key])
     if a.norms == "before-rows":
         FN.ROWS_FOR_CHANNELS_LAST = FN.KERNELS_UNDER_COMPILE = False
     if a.start_probe:
@@ -949,6 +965,7 @@ def main():
            "norm_kernels": {"rows_for_channels_last": FN.ROWS_FOR_CHANNELS_LAST,
                             "kernels_under_compile": FN.KERNELS_UNDER_COMPILE, "row_stages": FN.ROW_STAGES},
            "flash_attn_4": F4.installed(),   # found (imported at the first call it takes)
+           "inductor_config": inductor_config,
            "params_m": {k: round(params_m(v), 1) for k, v in b.models.items()}, "tables": {}, "long": {}}
 
     def save():
