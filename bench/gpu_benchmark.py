@@ -868,6 +868,25 @@ def start_probe(a) -> None:
     print(json.dumps(out, indent=2, default=float))
 
 
+def set_inductor_config(items: list[str]) -> dict:
+    """``KEY=VALUE`` items set on ``torch._inductor.config`` (VALUE a Python literal); returns what was set. Nothing is
+    set unless every item is valid (ValueError names the first that is not)."""
+    import torch._inductor.config as inductor_config  # torch.compile imports it at its first call; these go first
+
+    values = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(inductor_config, key):
+            raise ValueError(f"torch._inductor.config has no {key!r}")
+        try:
+            values[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{item}: the value must be a Python literal (True, 1, 'x')") from None
+    for key, value in values.items():
+        setattr(inductor_config, key, value)
+    return values
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", nargs="+", choices=tuple(TABLES), default=["eager", "lean", "best"])
@@ -935,18 +954,10 @@ def main():
             settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
         if a.no_cudnn_benchmark:
             SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
-    import torch._inductor.config  # noqa: F401 (torch.compile imports it at its first call; the settings go first)
-
-    inductor_config = {}
-    for item in a.inductor_config:
-        key, _, value = item.partition("=")
-        if not hasattr(torch._inductor.config, key):
-            ap.error(f"--inductor-config: torch._inductor.config has no {key!r}")
-        try:
-            inductor_config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            ap.error(f"--inductor-config {item}: the value must be a Python literal (True, 1, 'x')")
-        setattr(torch._inductor.config, key, inductor_config[key])
+    try:
+        inductor_config = set_inductor_config(a.inductor_config)
+    except ValueError as e:
+        ap.error(f"--inductor-config: {e}")
     if a.norms == "before-rows":
         FN.ROWS_FOR_CHANNELS_LAST = FN.KERNELS_UNDER_COMPILE = False
     if a.start_probe:

@@ -732,3 +732,21 @@ def test_geglu_gemm_section_sets_each_shape_against_the_presets():
     assert "| c | — | deadline | | | | |" in md
     assert any("faster on 1 of 2 shapes" in line for line in md)
     assert R.geglu_gemm_figures(None) == ({}, [])
+
+
+def test_inductor_config_items_are_set_only_when_all_are_valid():
+    import torch._inductor.config as C
+
+    import gpu_benchmark as G
+    saved = C.coordinate_descent_tuning, C.epilogue_fusion
+    try:
+        with pytest.raises(ValueError, match="no 'not_a_setting'"):
+            G.set_inductor_config(["coordinate_descent_tuning=True", "not_a_setting=1"])
+        with pytest.raises(ValueError, match="Python literal"):
+            G.set_inductor_config(["coordinate_descent_tuning=True", "epilogue_fusion=yes"])
+        assert (C.coordinate_descent_tuning, C.epilogue_fusion) == saved
+        assert G.set_inductor_config(["coordinate_descent_tuning=True", "epilogue_fusion=False"]) == \
+            {"coordinate_descent_tuning": True, "epilogue_fusion": False}
+        assert C.coordinate_descent_tuning is True and C.epilogue_fusion is False
+    finally:
+        C.coordinate_descent_tuning, C.epilogue_fusion = saved
