@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from confiner_core.diffusers_backend import fused_geglu as FG  # noqa: E402
 from confiner_core.outputs import write_atomic  # noqa: E402
-from norm_probe import graph_timed  # noqa: E402
+from norm_probe import GRAPH_CALLS, graph_timed  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projection and the gate in one Triton kernel: the candidate this probe measures (not in the library: it lost)
@@ -133,7 +133,7 @@ def main():
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "timing": "CUDA graph of 10 calls" if device.type == "cuda" else "one call", "dtype": str(dtype),
+           "timing": f"CUDA graph of {GRAPH_CALLS} calls" if device.type == "cuda" else "one call", "dtype": str(dtype),
            "configs": ["BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages"], "shapes": []}
     g = torch.Generator().manual_seed(0)
     compiled = torch.compile(lambda x, w, b: FG.geglu_reference(F.linear(x, w, b)), dynamic=False)
