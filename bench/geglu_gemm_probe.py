@@ -16,7 +16,6 @@ cuBLAS's (0.433 ms there for the GEMM alone), more than the gate pass it saves. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from confiner_core.diffusers_backend import fused_geglu as FG  # noqa: E402
 from confiner_core.outputs import write_atomic  # noqa: E402
-from norm_probe import GRAPH_CALLS, graph_timed  # noqa: E402
+from norm_probe import graph_timed, probe_header, probe_parser  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projection and the gate in one Triton kernel: the candidate this probe measures (not in the library: it lost)
@@ -122,19 +121,12 @@ TINY_CONFIGS = [(64, 32, 64, 2, 4, 2)]
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds; shapes after it are skipped")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
+    a = probe_parser().parse_args()
     t_start = time.perf_counter()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "timing": f"CUDA graph of {GRAPH_CALLS} calls" if device.type == "cuda" else "one call", "dtype": str(dtype),
-           "configs": ["BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages"], "shapes": []}
+    out = {**probe_header(device, dtype), "configs": ["BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages"],
+           "shapes": []}
     g = torch.Generator().manual_seed(0)
     compiled = torch.compile(lambda x, w, b: FG.geglu_reference(F.linear(x, w, b)), dynamic=False)
     for where, rows, k in (TINY if a.tiny else SHAPES):

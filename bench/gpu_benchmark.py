@@ -13,7 +13,7 @@ At 512x512x16 it times, end to end (text encoding, sampling, VAE decode to uint8
 
 Tables (``--settings``, applied in this order on top of each other, to every UNet, text encoder and the VAE
 decoder, ConFiner and baselines alike, so all come from one process on one machine): ``eager`` (plain SDPA), ``lean`` (the ``lean``
-preset: channels_last end to end, fused GroupNorm+SiLU, fused GEGLU gate, fused QKV, cuDNN attention first, cuDNN
+preset: channels_last end to end, fused GroupNorm+SiLU, fused GEGLU gate, fused QKV, folded upsampling, cuDNN attention first, cuDNN
 autotuning; no compiler), ``lean_graphs`` (lean + CUDA graphs, still no compiler; nothing can be applied on top of it, so it
 comes last or in a process of its own), ``lean_bf16`` (the same in bfloat16), ``best`` (the ``fast`` preset: lean +
 regional torch.compile) and ``max`` (best + CUDA graphs). Each figure is the median of repeated runs after a warm-up
@@ -926,6 +926,9 @@ def main():
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="no cuDNN autotuning in any table (it tunes every new convolution shape at its first call "
                          "in each process: part of a warm start)")
+    ap.add_argument("--no-fold-upsample", action="store_true",
+                    help="upsampling as diffusers runs it (nearest x2, then the 3x3 convolution) in every table, not "
+                         "as one transposed convolution (the presets until 2026-12-04)")
     ap.add_argument("--norms", choices=("as-set", "before-rows"), default="as-set",
                     help="GroupNorm kernels: as fused_norm picks them, or as before the row kernels (per group "
                          "outside compiled blocks, inductor's inside them; until 2026-12-03)")
@@ -953,7 +956,9 @@ def main():
         if a.temporal_attention and settings.temporal_attention is not None:
             settings = SETTINGS[name] = dataclasses.replace(settings, temporal_attention=a.temporal_attention)
         if a.no_cudnn_benchmark:
-            SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
+            settings = SETTINGS[name] = dataclasses.replace(settings, cudnn_benchmark=False)
+        if a.no_fold_upsample:
+            SETTINGS[name] = dataclasses.replace(settings, fold_upsample=False)
     try:
         inductor_config = set_inductor_config(a.inductor_config)
     except ValueError as e:

@@ -67,6 +67,8 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
          "norm_probe": "h200_norm_probe.json",  # norm_probe.py: GroupNorm + SiLU on the SD shapes, four ways
          "geglu_gemm": "h200_geglu_gemm_probe.json",  # geglu_gemm_probe.py: the feed-forward's GEMM and gate fused
+         "upsample": "h200_upsample_probe.json",  # upsample_probe.py: nearest x2 + 3x3 conv, three ways
+         "upsample_bf16": "h200_upsample_probe_bf16.json",  # the same in bfloat16 (--dtype bfloat16)
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
          # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
@@ -84,11 +86,19 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # the latest call's best and max tables (compiled presets without cuDNN autotuning, flash-attn-4 for 8192
          # tokens and more), which replace those of the call before
          "sd_latest": "h200_sd_latest.json",
-         # a max table of a call after that (the kernels as set now), which replaces the latest call's
-         "sd_latest_max": "h200_sd_max_call_ak_after_2.json",
+         # a max table of a call after that (the presets as set now: upsampling folded), which replaces the latest
+         # call's
+         "sd_latest_max": "h200_sd_max_call_av_fold_1.json",
+         # its profile, where that table has none: a process of the same settings in another call (AV profiled none)
+         "sd_latest_max_profile": "h200_sd_max_call_at_fold_2.json",
          "forward_flops": "../cpu_results/sd_forward_flops.json",  # gpu_benchmark.py --forward-flops (CPU)
          "comfy": "h200_comfy.json",
          "multigpu": "multigpu.json"}  # multigpu_benchmark.py on several GPUs of one host (absent until run there)
+# the max preset with its upsampling folded and not (--no-fold-upsample), process after process on one machine per
+# call (README_GPU.md, twentieth session); AT's processes were profiled, AV's ran ModelScope-100 too
+FOLD_AB = ("h200_sd_max_call_at_fold_1.json", "h200_sd_max_call_at_nofold_1.json", "h200_sd_max_call_at_fold_2.json",
+           "h200_sd_max_call_at_nofold_2.json", "h200_sd_max_call_av_fold_1.json", "h200_sd_max_call_av_nofold.json",
+           "h200_sd_max_call_av_fold_2.json")
 COMFY_VARIANTS = "h200_comfy_*.json"  # comfy_benchmark.py with --decode-node / --free-gib: the decode table
 RUN_LABELS = {
     "confiner_4+5_modelscope": "ConFiner 4+5, ModelScope temporal (paper set-up)",
@@ -555,7 +565,9 @@ def sd_markdown(sd: dict, fig: dict, probes: dict) -> list[str]:
                    f"(`--compile-dir`): its warm-up run was a warm start, not a compilation."]
         prof = table.get("profile")
         if prof and "kinds" in prof:
-            md += [""] + P.markdown(prof, f"Profile of one ConFiner run ({setting})")
+            source = (f", from `{table['profile_from']}` (a process of the same settings in another call)"
+                      if table.get("profile_from") else "")
+            md += [""] + P.markdown(prof, f"Profile of one ConFiner run ({setting}){source}")
         elif prof:
             md += ["", f"Profile failed: {prof.get('error')}"]
         md.append("")
@@ -823,6 +835,100 @@ def geglu_gemm_figures(data: dict | None) -> tuple[dict, list[str]]:
             if ratios else {}), md
 
 
+def upsample_speedups(probe: dict) -> tuple[list, list]:
+    """Per measured shape of an ``upsample_probe.py`` file: diffusers' block over the folded one, compiled without
+    cuDNN autotuning (``fast``/``max``) and eager with it (``lean``)."""
+    compiled, lean = [], []
+    for row in probe["shapes"]:
+        way = {(r["way"], r["compiled"], r["cudnn_benchmark"]): r["ms"] for r in row.get("ways", []) if "ms" in r}
+        if way:
+            compiled.append(way[("interpolate + conv", True, False)] / way[("transposed conv", True, False)])
+            lean.append(way[("interpolate + conv", False, True)] / way[("transposed conv", False, True)])
+    return compiled, lean
+
+
+def upsample_figures(probe: dict | None, ab: dict, bf16: dict | None = None) -> tuple[dict, list[str]]:
+    """``upsample_probe.py`` (nearest x2 + 3x3 convolution as diffusers runs it, as one transposed convolution, as
+    four phases and a gather; ``bf16``: the same probe in bfloat16) and the ``max`` preset with its upsampling folded
+    and not (``ab``: file -> results, process after process on one machine per call)."""
+    fig, md = {}, []
+    if probe:
+        md += ["## Upsampling as one transposed convolution", "",
+               f"`bench/upsample_probe.py`, {probe['device']}, torch {probe['torch']}, {probe['dtype']}: milliseconds "
+               f"(median, {probe['timing']}) of diffusers' `Upsample2D` (nearest x2, then the 3x3 convolution), the "
+               "stride-2 transposed convolution with the folded 4x4 kernel it equals (`fold_upsample`, in every preset "
+               "but eager since 2026-12-04) and the same taps as one 2x2 convolution with four output phases and a "
+               "gather; compiled as the compiled presets compile the block (no cuDNN autotuning), and eager with "
+               "cuDNN's autotuning (`lean`). TFLOP/s count the interpolate-and-convolve maths; the difference is the "
+               "largest from an fp32 reference, the transposed convolution's (diffusers' own in brackets).", "",
+               "| where | input [N, C, H, W] -> C_out | compiled: Upsample2D | transposed | phases + gather | "
+               "lean: Upsample2D | transposed | speed-up compiled / lean | difference |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for row in probe["shapes"]:
+            if "ways" not in row:
+                md.append(f"| {row['where']} | {row.get('skipped', '')} | | | | | | | |")
+                continue
+            way = {(r["way"], r["compiled"], r["cudnn_benchmark"]): r for r in row["ways"] if "ms" in r}
+            up_c, tr_c = way[("interpolate + conv", True, False)], way[("transposed conv", True, False)]
+            up_l, tr_l = way[("interpolate + conv", False, True)], way[("transposed conv", False, True)]
+            ph_c = way.get(("phases + gather", True, False))
+            md.append(f"| {row['where']} | {row['input']} -> {row['out_channels']} | {up_c['ms']:.3f} "
+                      f"({up_c['tflops']:.0f}) | **{tr_c['ms']:.3f}** ({tr_c['tflops']:.0f}) | "
+                      f"{ph_c['ms']:.3f} | {up_l['ms']:.3f} | **{tr_l['ms']:.3f}** | "
+                      f"{up_c['ms'] / tr_c['ms']:.2f} / {up_l['ms'] / tr_l['ms']:.2f} | "
+                      f"{tr_c['max_diff']:.1e} ({up_c['max_diff']:.1e}) |")
+        for suffix, data in (("", probe), ("_bf16", bf16)):
+            compiled, lean = upsample_speedups(data) if data else ([], [])
+            if compiled:
+                fig.update({f"upsample_folded_speedup_compiled{suffix}_min": min(compiled),
+                            f"upsample_folded_speedup_compiled{suffix}_max": max(compiled),
+                            f"upsample_folded_speedup_lean{suffix}_min": min(lean),
+                            f"upsample_folded_speedup_lean{suffix}_max": max(lean)})
+        md.append("")
+        if "upsample_folded_speedup_compiled_bf16_min" in fig:
+            md += [f"The same probe in bfloat16 (`{FILES['upsample_bf16']}`, another call): the folded block "
+                   f"{fig['upsample_folded_speedup_compiled_bf16_min']:.2f}-"
+                   f"{fig['upsample_folded_speedup_compiled_bf16_max']:.2f}x faster compiled, "
+                   f"{fig['upsample_folded_speedup_lean_bf16_min']:.2f}-{fig['upsample_folded_speedup_lean_bf16_max']:.2f}x "
+                   "eager.", ""]
+    rows, by_way = [], {}
+    for name, res in ab.items():
+        if not res:
+            continue
+        table = res["tables"]["max"]
+        run, ms = table["runs"].get(CONFINER), table["runs"].get("modelscope_100")
+        if not run:
+            continue
+        folded = "folded upsampling" in table["settings"]
+        call = re.search(r"call_([a-z]+)_", name).group(1).upper()
+        ratio = run["wall_s"] / ms["wall_s"] if ms else None
+        by_way.setdefault(folded, []).append((call, run["wall_s"], ms and ms["wall_s"], ratio))
+        kinds = (table.get("profile") or {}).get("kinds", {})
+        prof = (f"{table['profile']['kernel_s']:.3f} | {kinds['convolution']['s']:.3f} | "
+                f"{kinds['elementwise']['s']:.3f}" if kinds else "— | — | —")
+        rows.append(f"| {call} | `{name}` | {'folded' if folded else 'interpolate + conv'} | **{run['wall_s']:.3f}** "
+                    f"({', '.join(f'{x:.3f}' for x in run['runs_s'])}) | {ms['wall_s']:.3f} | {ratio:.4f} | "
+                    if ms else
+                    f"| {call} | `{name}` | {'folded' if folded else 'interpolate + conv'} | **{run['wall_s']:.3f}** "
+                    f"({', '.join(f'{x:.3f}' for x in run['runs_s'])}) | — | — | ")
+        rows[-1] += f"{run['peak_gpu_gib']:.2f} | {prof} |"
+    if rows:
+        flop = next(res["tables"]["max"]["ratios"]["flop_ratio_confiner_modelscope_to_modelscope_100"]
+                    for res in ab.values() if res and res["tables"]["max"].get("ratios"))
+        md += ["The `max` preset with its upsampling folded and as diffusers runs it (`gpu_benchmark.py "
+               "--no-fold-upsample`), process after process on one machine per call, each reading the compiled "
+               "blocks the first process kept (README_GPU.md, twentieth session). Medians of 5 runs; kernel, "
+               "convolution and elementwise seconds from the profiled run, where the call profiled. The FLOP ratio "
+               f"is {flop:.4f} (FLOPs as diffusers' modules count them, whatever runs them).", "",
+               "| call | file | upsampling | ConFiner 4+5 s (runs) | ModelScope-100 s | ratio | peak GPU GiB | "
+               "kernel s | convolution s | elementwise s |", "|---|---|---|---|---|---|---|---|---|---|"] + rows + [""]
+        for folded, key in ((True, "folded"), (False, "unfolded")):
+            entries = by_way.get(folded, [])
+            fig[f"upsample_{key}_confiner_s"] = [e[1] for e in entries]
+            fig[f"upsample_{key}_ratios"] = [e[3] for e in entries if e[3] is not None]
+    return fig, md
+
+
 def merge_probes(data: dict | None, later: dict | None) -> dict | None:
     """One attention probe from two calls: ``data``'s backends that ``later`` lacks (installed only for that call)
     join each of ``later``'s rows, whose own figures stand (its backends compare within one call), the fastest is
@@ -892,6 +998,16 @@ def over_frames(settings: str) -> str:
     own = re.search(r"(\w+) attention over frames", settings)
     spatial = re.search(r"attention (\w+)", settings)
     return own.group(1) if own else spatial.group(1) if spatial else "default"
+
+
+def lend_profile(table: dict | None, source: dict | None, name: str) -> bool:
+    """Give ``table`` (a ``max`` table without a profile) the ``max`` profile of ``source``, another process of the
+    same settings, marked with its file ``name``; False when either has no such thing or ``table`` has its own."""
+    prof = ((source or {}).get("tables", {}).get("max") or {}).get("profile")
+    if table is None or table.get("profile") or not prof:
+        return False
+    table["profile"], table["profile_from"] = prof, name
+    return True
 
 
 def newer_tables(sd: dict, newer: dict | None) -> dict:
@@ -1025,6 +1141,7 @@ def main():
             replaced.setdefault(setting, table)   # the main call's, not an earlier later call's
         later.update({setting: FILES[key] for setting in (data[key] or {}).get("tables", {})})  # the last call's
     later = [f"{setting} (`{file}`)" for setting, file in later.items()]
+    lend_profile(data["sd"]["tables"].get("max"), data["sd_latest_max_profile"], FILES["sd_latest_max_profile"])
     filled = [f for f in filled if f.split("/")[0] not in replaced] + fold_extra(data["sd"], data["sd_graphs"]) + \
         fold_extra(data["sd"], data["sd_animatediff"])
     earlier = [("`h200_sd.json`, `h200_sd_extra.json`", replaced)] if replaced else []
@@ -1052,7 +1169,10 @@ def main():
     fig.update(norms)
     geglu, geglu_md = geglu_gemm_figures(data["geglu_gemm"])
     fig.update(geglu)
-    decode_md += vae_probe_md + norms_md + geglu_md
+    upsample, upsample_md = upsample_figures(data["upsample"], {name: load(a.raw, name) for name in FOLD_AB},
+                                             data["upsample_bf16"])
+    fig.update(upsample)
+    decode_md += vae_probe_md + norms_md + geglu_md + upsample_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:

@@ -55,6 +55,26 @@ GRAPH_CALLS = 10
 TINY = [("tiny", 2, 64, 16, 16)]
 
 
+def probe_parser(deadline: bool = True) -> argparse.ArgumentParser:
+    """The arguments the kernel probes share: the device, tiny shapes (CPU smoke run), repeats, a deadline in seconds
+    after which shapes are skipped, and the folder the results go to."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--repeats", type=int, default=20)
+    if deadline:
+        ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds; shapes after it are skipped")
+    ap.add_argument("--out", default=None)
+    return ap
+
+
+def probe_header(device: torch.device, dtype: torch.dtype) -> dict:
+    """What a probe's results begin with: the device, PyTorch, how each call was timed and the dtype."""
+    cuda = device.type == "cuda"
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+            "timing": f"CUDA graph of {GRAPH_CALLS} calls" if cuda else "one call", "dtype": str(dtype)}
+
+
 def timed(fn, device, repeats: int) -> float:
     """Median seconds of ``fn`` (CUDA events on a GPU)."""
     for _ in range(3):
@@ -122,20 +142,14 @@ def sweep_rows(x, weight, bias, device, repeats: int) -> list[dict]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--out", default=None)
+    ap = probe_parser(deadline=False)
     ap.add_argument("--sweep", action="store_true",
                     help="also time the row kernels under every setting of SWEEP, on every shape (GPU)")
     a = ap.parse_args()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     gpu = device.type == "cuda" and FN.triton_available()
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "timing": f"CUDA graph of {GRAPH_CALLS} calls" if device.type == "cuda" else "one call",
-           "dtype": str(dtype), "groups": GROUPS, "layout": "channels_last", "silu": True, "shapes": []}
+    out = {**probe_header(device, dtype), "groups": GROUPS, "layout": "channels_last", "silu": True, "shapes": []}
     g = torch.Generator().manual_seed(0)
     for where, n, c, h, w in (TINY if a.tiny else SHAPES + MORE_SHAPES):
         x = (torch.randn(n, c, h, w, generator=g) * 2 + 1).to(device, dtype).contiguous(

@@ -734,6 +734,74 @@ def test_geglu_gemm_section_sets_each_shape_against_the_presets():
     assert R.geglu_gemm_figures(None) == ({}, [])
 
 
+def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path):
+    """The probe's CPU smoke run: diffusers' Upsample2D, the folded transposed convolution and the four phases with
+    their gather, eager and compiled, all against the fp32 reference (a wrong tap or phase would be off by O(1))."""
+    import subprocess
+    probe = os.path.join(os.path.dirname(R.__file__), "upsample_probe.py")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run([sys.executable, probe, "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    (row,) = json.loads((tmp_path / "upsample.json").read_text())["shapes"]
+    ways = {(r["way"], r["compiled"]) for r in row["ways"]}
+    assert ways == {(w, c) for w in ("interpolate + conv", "transposed conv", "phases + gather") for c in (False, True)}
+    assert all(r["max_diff"] < 1e-5 and r["channels_last"] for r in row["ways"]), row["ways"]
+
+
+def test_upsample_section_sets_the_folded_convolution_against_diffusers_and_the_ab_runs():
+    def way(name, compiled, benchmark, ms):
+        return {"way": name, "compiled": compiled, "cudnn_benchmark": benchmark, "ms": ms, "tflops": 100 / ms,
+                "max_diff": 4e-3}
+
+    shape = {"where": "unet 32->64", "input": [32, 640, 32, 32], "out_channels": 640, "ways": [
+        way("interpolate + conv", True, False, 1.6), way("transposed conv", True, False, 0.8),
+        way("phases + gather", True, False, 1.2), way("interpolate + conv", False, True, 2.0),
+        way("transposed conv", False, True, 0.8)]}
+    probe = {"device": "NVIDIA H200", "torch": "2.11", "dtype": "torch.float16", "timing": "CUDA graph of 10 calls",
+             "shapes": [shape, {"where": "vae", "skipped": "deadline"}]}
+
+    def run(settings, confiner, ms100=None):
+        runs = {"confiner_4+5_modelscope": {"wall_s": confiner, "runs_s": [confiner], "peak_gpu_gib": 12.0}}
+        if ms100:
+            runs["modelscope_100"] = {"wall_s": ms100}
+        return {"tables": {"max": {"settings": settings, "runs": runs, "ratios": {
+            "flop_ratio_confiner_modelscope_to_modelscope_100": 0.137}} if ms100 else {"settings": settings,
+                                                                                      "runs": runs}}}
+
+    ab = {"h200_sd_max_call_zz_fold_1.json": run("fused QKV + folded upsampling + CUDA graphs", 1.45, 10.6),
+          "h200_sd_max_call_zz_nofold.json": run("fused QKV + CUDA graphs", 1.49, 10.8),
+          "h200_sd_max_call_zz_fold_2.json": run("fused QKV + folded upsampling + CUDA graphs", 1.46),
+          "h200_sd_max_call_zz_absent.json": None}
+    out, md = R.upsample_figures(probe, ab)
+    assert out["upsample_folded_speedup_compiled_min"] == pytest.approx(2.0)
+    assert out["upsample_folded_speedup_lean_max"] == pytest.approx(2.5)
+    assert out["upsample_folded_confiner_s"] == [1.45, 1.46] and out["upsample_unfolded_confiner_s"] == [1.49]
+    assert out["upsample_folded_ratios"] == pytest.approx([1.45 / 10.6])
+    assert "| unet 32->64 | [32, 640, 32, 32] -> 640 | 1.600 (62) | **0.800** (125) | 1.200 | 2.000 | **0.800** | " \
+        "2.00 / 2.50 | 4.0e-03 (4.0e-03) |" in md
+    assert "| vae | deadline | | | | | | | |" in md
+    assert any(line.startswith("| ZZ | `h200_sd_max_call_zz_nofold.json` | interpolate + conv | **1.490**")
+               and "| 10.800 | 0.1380 |" in line for line in md)
+    assert any("The FLOP ratio is 0.1370" in line for line in md)
+    assert not any("bfloat16" in line for line in md)
+    out, md = R.upsample_figures(probe, {}, bf16=probe)
+    assert out["upsample_folded_speedup_compiled_bf16_max"] == pytest.approx(2.0)
+    assert any("in bfloat16" in line and "2.00-2.00x faster compiled, 2.50-2.50x eager" in line for line in md)
+    assert R.upsample_figures(None, {}) == ({}, [])
+
+
+def test_a_max_table_without_a_profile_borrows_one_from_its_settings_other_process():
+    prof = {"kinds": {"convolution": {"s": 0.4}}, "kernel_s": 1.4}
+    source = {"tables": {"max": {"profile": prof}}}
+    table = {"runs": {}}
+    assert R.lend_profile(table, source, "other.json")
+    assert table["profile"] is prof and table["profile_from"] == "other.json"
+    own = {"profile": {"kinds": {}}}
+    assert not R.lend_profile(own, source, "other.json") and "profile_from" not in own
+    assert not R.lend_profile(None, source, "x") and not R.lend_profile({"runs": {}}, None, "x")
+    assert not R.lend_profile({"runs": {}}, {"tables": {"best": {"profile": prof}}}, "x")
+
+
 def test_inductor_config_items_are_set_only_when_all_are_valid():
     import torch._inductor.config as C
 

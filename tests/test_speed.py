@@ -13,6 +13,7 @@ Tolerances (relative L2 error against the unchanged model or a float64 reference
   (one rounding, no reduction): 1e-6, 1e-3, 8e-3.
 """
 
+import copy
 import json
 import os
 import pickle
@@ -27,6 +28,7 @@ import torch
 
 import tiny_diffusers as T
 import tiny_modern as tm
+from confiner_core.diffusers_backend import folded_upsample as FU
 from confiner_core.diffusers_backend import fused_geglu as FG
 from confiner_core.diffusers_backend import fused_norm as FN
 from confiner_core.diffusers_backend import precompiled as P
@@ -155,7 +157,7 @@ def test_cudnn_autotuning_follows_the_last_settings_that_name_it(monkeypatch):
 def test_presets_describe_themselves_and_match_the_command_line():
     assert EAGER.describe() == "eager"
     assert LEAN.describe() == ("channels_last + channels_last_3d + cudnn.benchmark + quick placement "
-                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + attention fastest "
+                               "+ fused GroupNorm+SiLU + fused GEGLU + fused QKV + folded upsampling + attention fastest "
                                "+ frames attention over frames")
     assert FAST.describe() == LEAN.describe().replace("cudnn.benchmark", "no cudnn.benchmark") + \
         " + torch.compile (blocks)"
@@ -231,6 +233,112 @@ def test_lean_then_fast_keep_outputs():
     assert backend.graphs == graphs and backend.calls > calls
 
 
+# ------------------------------------------------------------------------------------ folded upsampling
+
+@pytest.mark.parametrize("c_in, c_out, h, w", [(6, 6, 5, 7), (4, 10, 1, 1), (8, 3, 2, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_upsampling_is_diffusers_interpolate_then_convolve(c_in, c_out, h, w, channels_last):
+    """Nearest x2 and the 3x3 convolution (diffusers' own Upsample2D, in float64) against the one transposed
+    convolution of the folded kernel, at the borders too (odd and one-pixel sides); explicit sizes that are not
+    twice the input go to diffusers' forward."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    plain = Upsample2D(c_in, use_conv=True, out_channels=c_out).double()
+    folded = Upsample2D(c_in, use_conv=True, out_channels=c_out).double()
+    folded.load_state_dict(plain.state_dict())
+    assert FU.fold_upsamplers(folded) == 1 and FU.fold_upsamplers(folded) == 0  # once only
+    assert folded.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, c_in, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for size in (None, (2 * h, 2 * w), (2 * h + 1, 2 * w - 1)):
+        want, got = plain(x, size), folded(x, size)
+        assert got.shape == want.shape == (2, c_out, *(size or (2 * h, 2 * w)))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if h * w > 1:  # a 1x1 map is both layouts at once
+        assert folded(x).is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's transposed convolutions in half precision")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_upsampling_on_cuda_rounds_no_worse_than_diffusers(dtype):
+    """On the GPU, channels_last, eager and compiled: the folded block's error from a float32 reference is within
+    twice diffusers' own (the interpolate-then-convolve block in the same dtype)."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    ref_block = Upsample2D(64, use_conv=True, out_channels=32).cuda()
+    x32 = torch.randn(4, 64, 24, 40, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = ref_block(x32)
+        plain = copy.deepcopy(ref_block).to(dtype).to(memory_format=torch.channels_last)
+        folded = copy.deepcopy(plain)
+        assert FU.fold_upsamplers(folded) == 1
+        x = x32.to(dtype)
+        own = (plain(x).float() - want).abs().max().item()
+        for block in (folded, torch.compile(folded, dynamic=False)):
+            got = block(x)
+            assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+            assert (got.float() - want).abs().max().item() <= 2 * own + 1e-6
+
+
+def test_folded_kernel_follows_weights_loaded_later_and_wrapped_convolutions_keep_their_forward():
+    """A model whose weights are loaded after the fold (through a parent's load_state_dict) folds them again in
+    place; a convolution replaced by a wrapper after the fold (a LoRA layer) runs diffusers' forward with it."""
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Upsample2D(4, use_conv=True)).double()
+    other = torch.nn.Sequential(Upsample2D(4, use_conv=True)).double()
+    FU.fold_upsamplers(model)
+    buffer = model[0].folded_weight
+    x = torch.randn(1, 4, 3, 5, dtype=torch.float64)
+    model.load_state_dict(other.state_dict())
+    assert model[0].folded_weight is buffer   # the same storage: a captured CUDA graph still reads it
+    torch.testing.assert_close(model(x), other(x), rtol=1e-12, atol=1e-12)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.base = conv
+
+        def forward(self, t):
+            return self.base(t) + 1.0
+
+    model[0].conv = Wrapped(model[0].conv)
+    torch.testing.assert_close(model(x), other(x) + 1.0, rtol=1e-12, atol=1e-12)
+
+
+def test_only_plain_interpolate_then_3x3_upsamplers_are_folded():
+    from diffusers.models.upsampling import Upsample2D
+
+    foldable = Upsample2D(4, use_conv=True)
+    others = [Upsample2D(4), Upsample2D(4, use_conv_transpose=True), Upsample2D(4, use_conv=True, kernel_size=5,
+                                                                               padding=2),
+              Upsample2D(4, use_conv=True, norm_type="ln_norm", eps=1e-5, elementwise_affine=True),
+              Upsample2D(4, use_conv=True, interpolate=False), torch.nn.Upsample(scale_factor=2)]
+    assert FU.foldable(foldable) and not any(FU.foldable(m) for m in others)
+    assert FU.fold_upsamplers(torch.nn.Sequential(foldable, *others)) == 1
+    with pytest.raises(ValueError, match="3x3"):
+        FU.nearest_conv3x3_as_transposed(torch.zeros(4, 4, 5, 5))
+
+
+def test_folded_kernel_keeps_the_weights_dtype_and_layout():
+    from diffusers.models.upsampling import Upsample2D
+
+    torch.manual_seed(0)
+    m = Upsample2D(8, use_conv=True).half()
+    to_channels_last(m)
+    FU.fold_upsamplers(m)
+    assert m.folded_weight.dtype == torch.float16 and m.folded_weight.shape == (8, 8, 4, 4)
+    assert m.folded_weight.is_contiguous(memory_format=torch.channels_last)
+    # each tap rounded once from the float32 sum of the 3x3 taps it gathers (the centre tap gathers four)
+    w = m.conv.weight.float()
+    centre = (w[..., 0:2, 0:2].sum((-2, -1))).t()   # taps (2, 2): rows and columns d = 0, 1
+    assert torch.equal(m.folded_weight[..., 2, 2], centre.half())
+
+
 # ------------------------------------------------------------------------------------------- fused norms
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -256,6 +364,7 @@ def test_fused_group_norms_and_the_lean_preset_keep_outputs(name):
     done = apply_speed_settings([target], LEAN)
     assert done["channels_last_tensors"] > 0 and done["fused_qkv"] == (name != "vae")
     assert done["fused_geglu"] == (0 if name == "vae" else sum(type(m).__name__ == "GEGLU" for m in model.modules()))
+    assert done["folded_upsamplers"] == sum(type(m).__name__ == "Upsample2D" for m in target.modules()) > 0
     assert rel(call(model), before) < 1e-4
 
 

@@ -13,7 +13,7 @@
 * :class:`AutoencoderKLCodec` -- an image VAE as a :class:`~confiner_core.latent_spaces.Codec`;
   :class:`WanVAECodec` -- the causal Wan / Qwen-Image video VAE;
 * :mod:`~confiner_core.diffusers_backend.speed` -- optional speed settings and the presets ``--speed`` names
-  (``LEAN``: channels_last, fused GroupNorm+SiLU, fused QKV, attention backends (spatial and over frames), cuDNN
+  (``LEAN``: channels_last, fused GroupNorm+SiLU, fused GEGLU, fused QKV, folded upsampling, attention backends (spatial and over frames), cuDNN
   autotuning; ``FAST``: + regional torch.compile; ``MAX``: + CUDA graphs): ``load_experts(..., speed=FAST)``;
   opt-in step caching for Wan refinement experts (``SpeedSettings(step_cache=...)``).
 

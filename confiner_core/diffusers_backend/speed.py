@@ -11,6 +11,9 @@ states the tolerances), except ``step_cache``, which approximates and is off in 
 * ``fused_geglu``: the gate of the transformer blocks' GEGLU feed-forward (GELU and product of the projection's two
   halves) in one Triton kernel instead of two strided passes (:mod:`.fused_geglu`);
 * ``fuse_qkv``: one GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
+* ``fold_upsample``: every nearest ×2 upsampling and the 3×3 convolution after it (diffusers' ``Upsample2D``: UNets
+  and VAE decoders) as the one stride-2 transposed convolution they equal (:mod:`.folded_upsample`): 16 instead of
+  36 multiply-adds per output, no upsampled copy;
 * ``attention``: the scaled-dot-product-attention backend tried first (PyTorch's cuDNN, flash or memory-efficient
   kernels, falling back to the others where a shape is not supported; ``"flash4"``: the ``flash-attn-4`` package's
   CuTe kernels where it is installed, else PyTorch's (cuDNN first); ``"fastest"``: FA4 for long self-attention, the
@@ -53,6 +56,7 @@ import torch
 from . import fused_norm as FN
 from . import flash4_attention as F4
 from . import frame_attention as FA
+from .folded_upsample import fold_upsamplers
 from .fused_geglu import fuse_geglu
 from .cuda_graphs import GraphPool, graph_forwards
 from .experts import placement
@@ -86,6 +90,7 @@ class SpeedSettings:
     fused_norm: bool = False
     fused_geglu: bool = False
     fuse_qkv: bool = False
+    fold_upsample: bool = False
     attention: str = "default"
     # the attention backend inside TEMPORAL_TRANSFORMERS (attention over the frames of each pixel); None: no
     # backend of their own. On an H200 the 16-frame attention of AnimateDiff's top-level motion modules takes
@@ -119,7 +124,8 @@ class SpeedSettings:
                                        ("quick placement", self.quick_placement),
                                        ("fused GroupNorm+SiLU", self.fused_norm),
                                        ("fused GEGLU", self.fused_geglu),
-                                       ("fused QKV", self.fuse_qkv)) if on]
+                                       ("fused QKV", self.fuse_qkv),
+                                       ("folded upsampling", self.fold_upsample)) if on]
         if self.attention != "default":
             parts.append(f"attention {self.attention}")
         if self.temporal_attention not in (None, self.attention):
@@ -136,7 +142,7 @@ class SpeedSettings:
 
 EAGER = SpeedSettings()
 LEAN = SpeedSettings(channels_last=True, channels_last_3d=True, cudnn_benchmark=True, quick_placement=True,
-                     fused_norm=True, fused_geglu=True, fuse_qkv=True, attention="fastest",
+                     fused_norm=True, fused_geglu=True, fuse_qkv=True, fold_upsample=True, attention="fastest",
                      temporal_attention="frames")
 # Compiled, without cuDNN's autotuning: on the H200 a warm start's first calls of the kept blocks took 3.2 s
 # without it against 7.0 s with it (the whole warm start 32.6 against 40.0 s), and the next run 1.587 against 1.611 s
@@ -418,13 +424,13 @@ def load_compile_cache(path: str) -> bool:
 
 def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool | None = None) -> dict:
     """Apply ``settings`` in place to ``modules`` (UNets, transformers, a VAE decoder...), in this order: fused
-    norms and GEGLUs, layouts, fused QKV, compilation, attention backend, CUDA graphs (outermost). Settings can be
-    applied on top of earlier ones (eager -> lean -> fast -> max), never taken back, except the process-wide cuDNN
-    autotuning switch, which the last settings that name it set. ``step_cache`` is not applied here (it belongs to
+    norms and GEGLUs, layouts, fused QKV, folded upsampling, compilation, attention backend, CUDA graphs
+    (outermost). Settings can be applied on top of earlier ones (eager -> lean -> fast -> max), never taken back,
+    except the process-wide cuDNN autotuning switch, which the last settings that name it set. ``step_cache`` is not applied here (it belongs to
     experts: :func:`~.step_cache.attach_step_cache`). Returns what was done."""
     done = {"settings": settings.describe(), "channels_last_tensors": 0, "compiled": 0, "fused_norms": 0,
-            "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "quick_placement": 0, "temporal_attention": 0,
-            "graphed": 0}
+            "fused_geglu": 0, "temporal_layouts": 0, "fused_qkv": 0, "folded_upsamplers": 0, "quick_placement": 0,
+            "temporal_attention": 0, "graphed": 0}
     if settings.cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     if settings.compile == "blocks":
@@ -442,6 +448,8 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
             done["temporal_layouts"] += keep_temporal_layouts(m)
         if settings.fuse_qkv:
             done["fused_qkv"] += fuse_qkv(m)
+        if settings.fold_upsample:
+            done["folded_upsamplers"] += fold_upsamplers(m)
         if settings.compile == "blocks":
             store = None
             if settings.compile_dir:
