@@ -1061,12 +1061,17 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
                     out.setdefault(f"{key}_ratio_confiner_modelscope_to_modelscope_100", c / m)
     if not rows:
         return {}, []
+    folded = [name for name, table in sd["tables"].items() if "folded upsampling" in table.get("settings", "")]
+    verb = "folds its" if len(folded) == 1 else "fold their"
+    folded_note = (f" Of the tables above, {', '.join(folded)} also {verb} upsampling into one transposed "
+                   "convolution (since 2026-12-04), which the earlier calls did not: those rows differ by more than "
+                   "the kernel over frames." if folded else "")
     md = ["## Attention over frames in the presets", "",
           "The motion modules and temporal transformers attend over the 16 frames of each pixel. The tables above "
           "run that attention with the kernel in bold; here they stand beside the same tables from earlier calls "
           "with other kernels (eager, which no setting touches, shows the spread from call to call). A faster "
           "kernel over frames helps ModelScope-100 more than ConFiner: all its forwards run temporal transformers, "
-          "while half of ConFiner's are SD's alone.", "",
+          f"while half of ConFiner's are SD's alone.{folded_note}", "",
           "| table | attention over frames | ConFiner 4+5 s | ModelScope-100 s | ratio | call |",
           "|---|---|---|---|---|---|"] + rows + [""]
     return out, md

@@ -531,6 +531,10 @@ def test_tables_with_attention_over_frames_stand_beside_the_tables_measured_befo
     assert not any(line.startswith("| best") for line in md)          # not measured: no row
     assert "| max | **frames** | **1.550** | **11.300** | **0.1372** | the tables above |" in md
     assert "| lean_graphs | **frames** | **1.880** | — | — | the tables above |" in md   # ConFiner alone measured
+    assert not any("fold" in line for line in md)
+    sd["tables"]["max"] = table("attention cudnn + folded upsampling + frames attention over frames", 1.5, 11.0)
+    _, md_folded = R.temporal_attention_figures(sd, [("`b.json`", before)])
+    assert any("Of the tables above, max also folds its upsampling" in line for line in md_folded)
     assert out["lean_graphs_efficient_over_frames_confiner_modelscope_s"] == 1.9
     assert out["max_cudnn_over_frames_ratio_confiner_modelscope_to_modelscope_100"] == pytest.approx(1.650 / 12.085)
     assert out["lean_efficient_over_frames_modelscope100_s"] == 13.870
