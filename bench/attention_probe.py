@@ -2,12 +2,16 @@
 PyTorch's SDPA kernels (cuDNN, flash, memory-efficient; each alone, no fallback), ``flash-attn-4`` through the
 library's own ``flash4`` route (``flash4_attention.flash4_sdpa``), the library's Triton kernel for attention over frames
 (``frames``: sequences of up to 64 tokens) and SageAttention (``sageattn``, INT8 QK, an approximation) where
-installed. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
+installed, and ``shortkeys``: a candidate Triton kernel kept here (not in the library) for attention over at most 128
+keys with any number of queries, as SD's cross-attention over 77 text tokens is (cuDNN took 0.215 ms at 60 TFLOP/s
+for SD's top level, about a fifth of the rate its self-attention reaches): one program per tile of queries and head
+holds every key, so there is no loop over keys to pipeline. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
 SageAttention compile their kernels then) and the largest difference from PyTorch's flash kernel's output (cuDNN's
 where flash does not take the shape), so a faster backend is also seen to compute the same attention.
 
     python bench/attention_probe.py --out $OUT/attention.json          # on the GPU
-    python bench/attention_probe.py --device cpu --tiny                # CPU smoke run (math backend only)
+    python bench/attention_probe.py --device cpu --tiny                # CPU smoke run (math backend; the
+                                                                       # shortkeys kernel under Triton's interpreter)
 
 Written after every shape, so a call cut short keeps what it measured; ``--deadline`` skips the shapes it would
 not finish.
@@ -22,7 +26,10 @@ import statistics
 import sys
 import time
 
-import torch
+if "--tiny" in sys.argv and "--device" in sys.argv and "cpu" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # before Triton is imported: the shortkeys kernel on the CPU
+
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
@@ -46,6 +53,10 @@ SHAPES = (  # the largest of each model first, so a deadline cuts the least tell
     ("wan 1.3B self (d 128)", 1, 12, 32760, 32760, 128),
     ("sd self 32² (d 80)", 32, 8, 1024, 1024, 80),
     ("sd cross 64² (d 40)", 32, 8, 4096, 77, 40),
+    ("sd cross 32² (d 80)", 32, 8, 1024, 77, 80),
+    ("sd cross 16² (d 160)", 32, 8, 256, 77, 160),
+    ("control cross 64² (d 40)", 16, 8, 4096, 77, 40),
+    ("modelscope cross 64² (5 × d 64)", 32, 5, 4096, 77, 64),
     ("wan 1.3B cross (d 128)", 1, 12, 32760, 512, 128),
     ("sd self 16² (d 160)", 32, 8, 256, 256, 160),
     ("animatediff frames 64² (8 × d 40)", 2 * 4096, 8, 16, 16, 40),
@@ -103,7 +114,79 @@ def backends(device: torch.device) -> dict:
     sage = sage_function()
     if sage is not None:
         out["sage"] = lambda q, k, v: sage(q, k, v, tensor_layout="HND", is_causal=False)
+    out.update(short_key_backends(device))
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention over a few keys in one pass: the candidate ``shortkeys`` backend (not in the library until it wins here)
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # noqa: BLE001 (any import failure means: no Triton)
+    triton = None
+
+SHORT_KEYS = 128                              # keys one program holds (K and V tiles of 128 x head dim)
+SHORT_KEY_CONFIGS = ((64, 4), (128, 4), (128, 8))   # (query rows a program, warps)
+SHORT_KEY_TILE = 128 * 64                     # query rows x padded head dim a program holds at most
+
+if triton is not None:
+    @triton.jit
+    def short_key_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, heads, q_len, k_len, head_dim, scale_log2,
+                                   sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
+                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """softmax(Q Kᵀ · scale) V for one tile of BLOCK_M queries of one (batch, head) against all its keys
+        (k_len <= BLOCK_N): QKᵀ and the softmax in float32 (exp2 of log2-scaled scores), PV from the rounded
+        weights as flash attention rounds them, the 1 / sum applied to the output."""
+        bh = tl.program_id(1)
+        b = (bh // heads).to(tl.int64)
+        h = (bh % heads).to(tl.int64)
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.arange(0, BLOCK_N)
+        d = tl.arange(0, BLOCK_D)
+        q_mask = (rm < q_len)[:, None] & (d < head_dim)[None, :]
+        kv_mask = (rn < k_len)[:, None] & (d < head_dim)[None, :]
+        q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None].to(tl.int64) * sqs + d[None, :], mask=q_mask, other=0.0)
+        k = tl.load(k_ptr + b * skb + h * skh + rn[:, None] * sks + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + b * svb + h * svh + rn[:, None] * svs + d[None, :], mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale_log2
+        scores = tl.where((rn < k_len)[None, :], scores, float("-inf"))
+        p = tl.exp2(scores - tl.max(scores, axis=1)[:, None])
+        out = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32) / tl.sum(p, axis=1)[:, None]
+        tl.store(o_ptr + b * sob + h * soh + rm[:, None].to(tl.int64) * sos + d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=q_mask)
+else:
+    short_key_attention_kernel = None
+
+
+def short_key_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_m: int,
+                        warps: int) -> torch.Tensor:
+    """SDPA (no mask, default scale) for [B, H, N, D] inputs with unit last strides and at most SHORT_KEYS keys;
+    the output is [B, H, Nq, D] over [B, Nq, H, D] memory, as PyTorch's kernels write it."""
+    batch, heads, q_len, head_dim = query.shape
+    k_len = key.shape[2]
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    if k_len > SHORT_KEYS or block_m * block_d > SHORT_KEY_TILE:
+        raise ValueError(f"more than {SHORT_KEYS} keys or a query tile over {SHORT_KEY_TILE} "
+                         f"({block_m} x {block_d})")
+    out = torch.empty(batch, q_len, heads, head_dim, device=query.device, dtype=query.dtype).transpose(1, 2)
+    strides = [*query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out.stride()[:3]]
+    grid = (-(-q_len // block_m), batch * heads)
+    short_key_attention_kernel[grid](query, key, value, out, heads, q_len, k_len, head_dim,
+                                     head_dim ** -0.5 * 1.4426950408889634, *strides, BLOCK_M=block_m,
+                                     BLOCK_N=max(16, 1 << (k_len - 1).bit_length()), BLOCK_D=block_d,
+                                     num_warps=warps)
+    return out
+
+
+def short_key_backends(device: torch.device) -> dict:
+    """``shortkeys_m{rows}_w{warps}`` for each of SHORT_KEY_CONFIGS, where Triton runs here (the GPU, or its
+    interpreter on the CPU)."""
+    if short_key_attention_kernel is None or (device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
+        return {}
+    return {f"shortkeys_m{m}_w{w}": (lambda q, k, v, m=m, w=w: short_key_attention(q, k, v, m, w))
+            for m, w in SHORT_KEY_CONFIGS}
 
 
 def timed_ms(fn, args, device: torch.device, repeats: int) -> list[float]:
@@ -162,6 +245,8 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="small shapes (CPU smoke run)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds: later shapes are skipped")
+    ap.add_argument("--only", nargs="*", default=None, metavar="WORD",
+                    help="only the shapes whose name contains one of these words (e.g. cross)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     started = time.perf_counter()
@@ -171,6 +256,8 @@ def main():
     res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).replace("torch.", ""), "backends": list(fns), "shapes": {}, "skipped": []}
     for shape in (TINY if a.tiny else SHAPES):
+        if a.only is not None and not any(word in shape[0] for word in a.only):
+            continue
         if time.perf_counter() - started > a.deadline:
             res["skipped"].append(shape[0])
             continue

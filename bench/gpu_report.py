@@ -961,6 +961,8 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
           "the first call's seconds where it compiled; the largest difference from the reference backend's output). "
           "`flash4` is `flash-attn-4` through the library's route, `frames` the library's Triton kernel for attention "
           "over frames, `sage` SageAttention (INT8 QKᵀ, an approximation)"
+          + ("; `shortkeys_m<rows>_w<warps>` the probe's own candidate kernel for at most 128 keys (not in the "
+             "library)" if any(n.startswith("shortkeys") for n in names) else "") +
           f"; installed here: {', '.join(n for n in ('flash4', 'sage') if n in names) or 'neither'}.{added}", "",
           "| shape [B, H, Nq, Nk, d] | " + " | ".join(names) + " | fastest |",
           "|---|" + "---|" * (len(names) + 1)]

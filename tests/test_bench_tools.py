@@ -4,6 +4,7 @@ as the H200's profiler prints them, intervals with known gaps, a results file wi
 import json
 import os
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -654,6 +655,61 @@ def test_attention_probe_times_each_backend_against_a_reference_and_reports_what
     assert row["backends"]["off"]["max_abs_diff"] == pytest.approx(expected, rel=1e-5)
     assert row["backends"]["refuses"] == {"error": "RuntimeError: no kernel for this head dim"}
     assert row["fastest"] in ("math", "off")
+
+
+SHORT_KEYS_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.path[:0] = [sys.argv[1]]
+    import torch
+    import attention_probe as AP
+    g = torch.Generator().manual_seed(0)
+    out = []
+    # SD's 77 text tokens (a 128-key tile, 51 masked), queries not a multiple of the query tile, head dims 40 and 80
+    for (b, h, nq, nk, d), (m, w) in (((2, 3, 100, 77, 40), (64, 4)), ((1, 2, 33, 16, 80), (32, 4))):
+        q, k, v = (torch.randn(b, h, n, d, generator=g) for n in (nq, nk, nk))
+        got = AP.short_key_attention(q, k, v, m, w)
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        out.append({"err": (got.double() - ref).abs().max().item(), "shape": list(got.shape),
+                    "bshd": got.transpose(1, 2).is_contiguous()})
+    try:
+        AP.short_key_attention(torch.zeros(1, 1, 8, 40), torch.zeros(1, 1, 129, 40), torch.zeros(1, 1, 129, 40),
+                               64, 4)
+        out.append("taken")
+    except ValueError as e:
+        out.append(str(e))
+    print(json.dumps(out))
+""")
+
+
+def test_short_key_attention_kernel_under_the_interpreter():
+    """The probe's candidate kernel for attention over at most 128 keys, against float64 SDPA: masked keys (77 of a
+    128-key tile), a last query tile that is not full, the output in [B, N, H, D] memory; more keys are refused."""
+    import subprocess
+    bench = os.path.dirname(R.__file__)
+    done = subprocess.run([sys.executable, "-c", SHORT_KEYS_CHECK, bench], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second, refused = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first["shape"] == [2, 3, 100, 40] and second["shape"] == [1, 2, 33, 80]
+    assert first["err"] < 1e-5 and second["err"] < 1e-5 and first["bshd"] and second["bshd"]
+    assert refused.startswith("more than 128 keys")
+
+
+def test_attention_section_names_the_short_key_candidate_only_where_it_ran():
+    def data(names):
+        return {"device": "NVIDIA H200", "torch": "2.11", "dtype": "float16", "backends": names, "skipped": [],
+                "shapes": {"sd cross 64² (d 40)": {
+                    "shape": [32, 8, 4096, 77, 40], "tflop": 0.013, "reference": "cudnn", "fastest": names[-1],
+                    "backends": {n: {"median_ms": 0.2 - 0.1 * i, "tflops": 60.0, "first_call_s": 0.1,
+                                     "max_abs_diff": 1e-3 * i} for i, n in enumerate(names)}}}}
+
+    _, md = R.attention_figures(data(["cudnn", "shortkeys_m64_w4"]))
+    assert "candidate kernel for at most 128 keys" in md[2]
+    assert "| sd cross 64² (d 40) [32, 8, 4096, 77, 40] | 0.200 (60) | **0.100 (60), Δ 1.0e-03** | " \
+        "shortkeys_m64_w4 |" in md
+    _, md = R.attention_figures(data(["cudnn", "flash"]))
+    assert "at most 128 keys" not in md[2]
 
 
 def test_attention_section_marks_the_fastest_backend_and_lists_refusals():
