@@ -794,17 +794,15 @@ def test_geglu_gemm_section_sets_each_shape_against_the_presets():
     assert R.geglu_gemm_figures(None) == ({}, [])
 
 
-def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path):
+def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path, monkeypatch):
     """The probe's CPU smoke run: diffusers' Upsample2D, the folded transposed convolution and the four phases with
-    their gather, eager and compiled, all against the fp32 reference (a wrong tap or phase would be off by O(1))."""
-    import subprocess
-    probe = os.path.join(os.path.dirname(R.__file__), "upsample_probe.py")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    subprocess.run([sys.executable, probe, "--device", "cpu", "--tiny", "--repeats", "1", "--out", str(tmp_path)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    their gather, each against the fp32 reference (a wrong tap or phase would be off by O(1))."""
+    import upsample_probe as U
+    monkeypatch.setattr(sys, "argv", ["upsample_probe.py", "--device", "cpu", "--tiny", "--repeats", "1",
+                                      "--out", str(tmp_path)])
+    U.main()
     (row,) = json.loads((tmp_path / "upsample.json").read_text())["shapes"]
-    ways = {(r["way"], r["compiled"]) for r in row["ways"]}
-    assert ways == {(w, c) for w in ("interpolate + conv", "transposed conv", "phases + gather") for c in (False, True)}
+    assert [r["way"] for r in row["ways"]] == ["interpolate + conv", "transposed conv", "phases + gather"]
     assert all(r["max_diff"] < 1e-5 and r["channels_last"] for r in row["ways"]), row["ways"]
 
 
