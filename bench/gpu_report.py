@@ -886,11 +886,10 @@ def upsample_figures(probe: dict | None, ab: dict, bf16: dict | None = None) -> 
                             f"upsample_folded_speedup_lean{suffix}_max": max(lean)})
         md.append("")
         if "upsample_folded_speedup_compiled_bf16_min" in fig:
+            spans = {way: f"{fig[f'upsample_folded_speedup_{way}_bf16_min']:.2f}-"
+                          f"{fig[f'upsample_folded_speedup_{way}_bf16_max']:.2f}x" for way in ("compiled", "lean")}
             md += [f"The same probe in bfloat16 (`{FILES['upsample_bf16']}`, another call): the folded block "
-                   f"{fig['upsample_folded_speedup_compiled_bf16_min']:.2f}-"
-                   f"{fig['upsample_folded_speedup_compiled_bf16_max']:.2f}x faster compiled, "
-                   f"{fig['upsample_folded_speedup_lean_bf16_min']:.2f}-{fig['upsample_folded_speedup_lean_bf16_max']:.2f}x "
-                   "eager.", ""]
+                   f"{spans['compiled']} faster compiled, {spans['lean']} eager.", ""]
     rows, by_way = [], {}
     for name, res in ab.items():
         if not res:
@@ -906,12 +905,10 @@ def upsample_figures(probe: dict | None, ab: dict, bf16: dict | None = None) -> 
         kinds = (table.get("profile") or {}).get("kinds", {})
         prof = (f"{table['profile']['kernel_s']:.3f} | {kinds['convolution']['s']:.3f} | "
                 f"{kinds['elementwise']['s']:.3f}" if kinds else "— | — | —")
+        runs = ", ".join(f"{x:.3f}" for x in run["runs_s"])
+        baseline = f"{ms['wall_s']:.3f} | {ratio:.4f}" if ms else "— | —"
         rows.append(f"| {call} | `{name}` | {'folded' if folded else 'interpolate + conv'} | **{run['wall_s']:.3f}** "
-                    f"({', '.join(f'{x:.3f}' for x in run['runs_s'])}) | {ms['wall_s']:.3f} | {ratio:.4f} | "
-                    if ms else
-                    f"| {call} | `{name}` | {'folded' if folded else 'interpolate + conv'} | **{run['wall_s']:.3f}** "
-                    f"({', '.join(f'{x:.3f}' for x in run['runs_s'])}) | — | — | ")
-        rows[-1] += f"{run['peak_gpu_gib']:.2f} | {prof} |"
+                    f"({runs}) | {baseline} | {run['peak_gpu_gib']:.2f} | {prof} |")
     if rows:
         flop = next(res["tables"]["max"]["ratios"]["flop_ratio_confiner_modelscope_to_modelscope_100"]
                     for res in ab.values() if res and res["tables"]["max"].get("ratios"))
