@@ -5,7 +5,8 @@ library's own ``flash4`` route (``flash4_attention.flash4_sdpa``), the library's
 installed, and ``shortkeys``: a candidate Triton kernel kept here (not in the library) for attention over at most 128
 keys with any number of queries, as SD's cross-attention over 77 text tokens is (cuDNN took 0.215 ms at 60 TFLOP/s
 for SD's top level, about a fifth of the rate its self-attention reaches): one program per tile of queries and head
-holds every key, so there is no loop over keys to pipeline. Per shape and backend: median milliseconds of a call, TFLOP/s, the first call's seconds (FA4 and
+holds every key, so there is no loop over keys to pipeline. Per shape and backend: median milliseconds of a call,
+TFLOP/s, the first call's seconds (FA4 and
 SageAttention compile their kernels then) and the largest difference from PyTorch's flash kernel's output (cuDNN's
 where flash does not take the shape), so a faster backend is also seen to compute the same attention.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -166,7 +168,7 @@ def short_key_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     the output is [B, H, Nq, D] over [B, Nq, H, D] memory, as PyTorch's kernels write it."""
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
-    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    block_d = FA.tile_width(head_dim)
     if k_len > SHORT_KEYS or block_m * block_d > SHORT_KEY_TILE:
         raise ValueError(f"more than {SHORT_KEYS} keys or a query tile over {SHORT_KEY_TILE} "
                          f"({block_m} x {block_d})")
@@ -174,9 +176,8 @@ def short_key_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     strides = [*query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out.stride()[:3]]
     grid = (-(-q_len // block_m), batch * heads)
     short_key_attention_kernel[grid](query, key, value, out, heads, q_len, k_len, head_dim,
-                                     head_dim ** -0.5 * 1.4426950408889634, *strides, BLOCK_M=block_m,
-                                     BLOCK_N=max(16, 1 << (k_len - 1).bit_length()), BLOCK_D=block_d,
-                                     num_warps=warps)
+                                     head_dim ** -0.5 * math.log2(math.e), *strides, BLOCK_M=block_m,
+                                     BLOCK_N=FA.tile_width(k_len), BLOCK_D=block_d, num_warps=warps)
     return out
 
 

@@ -60,8 +60,6 @@ def upsample_by_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def main():
-    from diffusers.models.upsampling import Upsample2D
-
     ap = probe_parser()
     ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16", help="on the GPU (the CPU: float32)")
     a = ap.parse_args()
@@ -69,6 +67,22 @@ def main():
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype) if device.type == "cuda" else torch.float32
     out = {**probe_header(device, dtype), "shapes": []}
+    # cuDNN's autotuning and inductor, each off and on, on the GPU; on the CPU neither says anything about the GPU
+    both = (False, True) if device.type == "cuda" else (False,)
+    autotuning_before = torch.backends.cudnn.benchmark   # a process-wide switch: set back after the probe
+    try:
+        probe_shapes(a, device, dtype, both, out, t_start)
+    finally:
+        torch.backends.cudnn.benchmark = autotuning_before
+    if not a.out:
+        print(json.dumps(out, indent=1))
+
+
+def probe_shapes(a, device, dtype, both: tuple, out: dict, t_start: float) -> None:
+    """Each shape of the run (``a``: the parsed arguments) every way, under each setting in ``both`` of cuDNN's
+    autotuning and of compilation, into ``out["shapes"]``; ``out`` written to ``a.out`` after every shape."""
+    from diffusers.models.upsampling import Upsample2D
+
     g = torch.Generator().manual_seed(0)
     for where, n, cin, cout, h, w in (TINY if a.tiny else SHAPES):
         if time.perf_counter() - t_start > a.deadline:
@@ -89,11 +103,10 @@ def main():
         ways = {"interpolate + conv": plain, "transposed conv": folded,
                 "phases + gather": lambda t: upsample_by_phases(t, pw, bias)}
         rows = []
-        autotuning = (False, True) if device.type == "cuda" else (False,)  # a cuDNN switch: nothing on the CPU
-        for benchmark in autotuning:
+        for benchmark in both:
             torch.backends.cudnn.benchmark = benchmark
             for name, fn in ways.items():
-                for compiled in ((False, True) if device.type == "cuda" else (False,)):  # inductor: the GPU's
+                for compiled in both:
                     call = torch.compile(fn, dynamic=False) if compiled else fn
                     with torch.no_grad():
                         try:
@@ -110,7 +123,7 @@ def main():
         entry = {"where": where, "input": [n, cin, h, w], "out_channels": cout, "ways": rows}
         out["shapes"].append(entry)
         timed = [r for r in rows if "ms" in r]
-        for benchmark in autotuning:
+        for benchmark in both:
             line = ", ".join(f"{r['way']}{' compiled' if r['compiled'] else ''} {r['ms']:.3f}"
                              for r in timed if r["cudnn_benchmark"] is benchmark)
             print(f"[{where}] benchmark {benchmark}: {line}", flush=True)
@@ -118,8 +131,6 @@ def main():
             os.makedirs(a.out, exist_ok=True)
             name = "upsample.json" if dtype != torch.bfloat16 else "upsample_bf16.json"
             write_atomic(os.path.join(a.out, name), json.dumps(out, indent=1).encode())
-    if not a.out:
-        print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

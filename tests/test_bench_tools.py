@@ -800,7 +800,9 @@ def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path, monk
     import upsample_probe as U
     monkeypatch.setattr(sys, "argv", ["upsample_probe.py", "--device", "cpu", "--tiny", "--repeats", "1",
                                       "--out", str(tmp_path)])
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     U.main()
+    assert torch.backends.cudnn.benchmark is True   # the process-wide switch set back as it was
     (row,) = json.loads((tmp_path / "upsample.json").read_text())["shapes"]
     assert [r["way"] for r in row["ways"]] == ["interpolate + conv", "transposed conv", "phases + gather"]
     assert all(r["max_diff"] < 1e-5 and r["channels_last"] for r in row["ways"]), row["ways"]

@@ -64,7 +64,7 @@ else:
     frame_attention_kernel = None
 
 
-def _block(n: int) -> int:
+def tile_width(n: int) -> int:
     """The power of two covering ``n``, at least 16 (``tl.dot``'s smallest tile)."""
     return max(16, 1 << (n - 1).bit_length())
 
@@ -81,7 +81,7 @@ def frame_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.
     # before PyTorch 2.13; it only ever runs eagerly, where wrap_triton would hand back the kernel itself
     kernel = frame_attention_kernel if _interpreted() else wrap_triton(frame_attention_kernel)
     kernel[(batch * heads,)](query, key, value, out, heads, tokens, head_dim, scale, *strides,
-                             BLOCK_S=_block(tokens), BLOCK_D=_block(head_dim), num_warps=4)
+                             BLOCK_S=tile_width(tokens), BLOCK_D=tile_width(head_dim), num_warps=4)
     return out
 
 
@@ -106,7 +106,7 @@ def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, en
             and all(t.dim() == 4 and t.stride(-1) == 1 and t.dtype == query.dtype and t.device == query.device
                     for t in tensors)
             and query.shape == key.shape == value.shape and query.shape[2] <= MAX_TOKENS
-            and query.shape[3] <= MAX_HEAD_DIM and _block(query.shape[2]) * _block(query.shape[3]) <= MAX_TILE
+            and query.shape[3] <= MAX_HEAD_DIM and tile_width(query.shape[2]) * tile_width(query.shape[3]) <= MAX_TILE
             and query.dtype in (torch.float16, torch.bfloat16)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
