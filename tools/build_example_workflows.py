@@ -2,11 +2,15 @@
 layout stay consistent. The tests convert every file back to an API prompt and execute it in a real ComfyUI, and a
 browser test loads each into the real frontend and checks that no two nodes overlap at their drawn sizes.
 
-Layout: left to right by stage (models -> prompts and size -> control stage -> refinement -> decode and save), one
-group per stage, nodes stacked in their stage's column. A node is at least as large as the frontend computes it
-(``tools/frontend_node_sizes.json``, measured by ``tools/measure_frontend_sizes.py`` in the real frontend), with
-room for text and for the animated preview of the save nodes. The first view (``extra.ds``) shows the whole graph
-below the frontend's toolbars.
+Layout: left to right by stage, one group per stage, nodes stacked in columns: the models over two columns (text
+encoders on the left, the loaders of the stages on the right with the prompts below them), then the refine experts
+above the control stage in one column, then the refinement and the output. Every link then reaches the next column
+or the node below in its own, and no link runs under a node (the frontend draws links below nodes, where an artist
+loses them) but an SD 1.5 checkpoint's to stages further on; ``Graph.layout`` moves nodes down where one would, and
+a test checks the files the same way (tests/test_comfy_browser.py). All nodes of a column are as wide as its widest, and at least as large as the
+frontend computes them (``tools/frontend_node_sizes.json``, measured by ``tools/measure_frontend_sizes.py`` in the
+real frontend), with room for text and for the animated preview of the save nodes. The first view (``extra.ds``)
+shows the whole graph below the frontend's toolbars where it fits at a readable zoom.
 
 Usage: python tools/build_example_workflows.py
 """
@@ -25,6 +29,8 @@ GAP = 36            # between stacked nodes, below the title bar
 COLUMN_GAP = 60     # between stage groups
 GROUP_PAD = 18
 GROUP_TITLE = 46
+GROUP_GAP = 30      # between groups stacked in one column
+CLEARANCE = 12      # between a link and a node it passes (the frontend draws links about 3 px wide)
 VIEW = (1780, 880)  # the canvas area the first view should fill (1920x1080 window less side and top bars)
 VIEW_LEFT = 90      # right of the frontend's side bar
 VIEW_TOP = 120      # below the frontend's tab bar and workflow menu
@@ -153,16 +159,77 @@ def size_of(type_: str) -> list:
     return [int(max(measured[0], wanted[0]) + 0.999), int(max(measured[1], wanted[1]) + 0.999)]
 
 
+# Where the frontend (1.35) draws a link: from the output socket (9 left of the node's right edge, rows 20 apart
+# from 14 below its top) to the input socket (10 right of the left edge), as a cubic spline whose control points lie
+# max(30, length / 4) right of the output and left of the input (LinkConnector's calculateControlPoints).
+def socket(node, slot: int, output: bool) -> tuple:
+    x = node["pos"][0] + (node["size"][0] - 9 if output else 10)
+    return x, node["pos"][1] + 14 + 20 * slot
+
+
+def link_path(a: tuple, b: tuple) -> list:
+    """Points along the link from output ``a`` to input ``b``, every 2 px or closer."""
+    length = ((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5
+    reach, steps = max(30.0, length / 4), max(32, int(length / 2))
+    p1, p2 = (a[0] + reach, a[1]), (b[0] - reach, b[1])
+    return [tuple((1 - t) ** 3 * a[k] + 3 * (1 - t) ** 2 * t * p1[k] + 3 * (1 - t) * t * t * p2[k] + t ** 3 * b[k]
+                  for k in (0, 1)) for t in (i / steps for i in range(steps + 1))]
+
+
+def checkpoint_link_past_next_column(link, by_id: dict, column: dict) -> bool:
+    """A link out of a single-file checkpoint (CheckpointLoaderSimple) into a column past the next: the checkpoint is
+    its prompts' text encoder, in the column left of them, and the model or VAE of stages further on, so such a link
+    crosses the prompts' column. Left as the frontend draws it: room for it to pass would stretch that column by
+    several hundred pixels. ``column``: a node's x -> its column's number."""
+    src, dst = by_id[link[1]], by_id[link[3]]
+    return src["type"] == "CheckpointLoaderSimple" and column[dst["pos"][0]] > column[src["pos"][0]] + 1
+
+
+def link_crossings(nodes: list, links: list, clearance: float = 0.0) -> list:
+    """(link, node, highest and lowest y of the link over the node's width) for every link that passes over a node
+    it does not join, or within ``clearance`` above or below it (the node's title bar included): the frontend draws
+    links below nodes, so an artist loses the link there. Nodes of one column share their x (``Graph.stack``); a
+    checkpoint's links past the next column are left out (``checkpoint_link_past_next_column``). The tests check the
+    saved files with this too."""
+    by_id = {n["id"]: n for n in nodes}
+    column = {x: i for i, x in enumerate(sorted({n["pos"][0] for n in nodes}))}
+    found = []
+    for link in links:
+        _, src, out, dst, inp, _ = link
+        if checkpoint_link_past_next_column(link, by_id, column):
+            continue
+        path = link_path(socket(by_id[src], out, True), socket(by_id[dst], inp, False))
+        for n in nodes:
+            if n["id"] in (src, dst):
+                continue
+            x0, x1 = n["pos"][0], n["pos"][0] + n["size"][0]
+            y0, y1 = n["pos"][1] - TITLE_H - clearance, n["pos"][1] + n["size"][1] + clearance
+            over = [y for x, y in path if x0 <= x <= x1]
+            if any(y0 < y < y1 for y in over):
+                found.append((link, n, min(over), max(over)))
+    return found
+
+
 class Graph:
     def __init__(self):
         self.nodes, self.links, self.groups = [], [], []
-        self.columns: list = []  # (stage, group title, [nodes])
+        self.columns: list = []       # per column: [(node, group index)]
+        self.group_specs: list = []   # (stage, title)
+        self.min_y: dict = {}         # node id -> lowest y the layout may start it at (pushed down to clear links)
 
-    def column(self, stage: str, title: str):
-        self.columns.append((stage, title, []))
+    def column(self, stage: str | None = None, title: str | None = None):
+        """A new column to the right; with a title, a new group in it, else the current group goes on into it (a
+        group over several columns, its nodes side by side)."""
+        self.columns.append([])
+        if title:
+            self.group(stage, title)
 
-    def node(self, type_, widgets, title=None, models=(), align_with=None):
-        """A node in the current column; ``align_with``: start at that node's height (rows across columns)."""
+    def group(self, stage: str, title: str):
+        """A new group in the current column, below the one before."""
+        self.group_specs.append((stage, title))
+
+    def node(self, type_, widgets, title=None, models=()):
+        """A node in the current column and group, below the one before."""
         ins, outs = SOCKETS[type_]
         props = {"Node name for S&R": type_}
         if models:
@@ -176,7 +243,7 @@ class Graph:
         if title:
             n["title"] = title
         self.nodes.append(n)
-        self.columns[-1][2].append((n, align_with))
+        self.columns[-1].append((n, len(self.group_specs) - 1))
         return n
 
     def link(self, src, out_name, dst, in_name):
@@ -188,22 +255,63 @@ class Graph:
         src["outputs"][o]["links"].append(lid)
         dst["inputs"][i]["link"] = lid
 
-    def layout(self):
-        """Columns left to right, nodes stacked top-down (title bars included), one group per column."""
-        x = 0
-        top = GROUP_TITLE + TITLE_H
-        for stage, title, nodes in self.columns:
-            width = max(n["size"][0] for n, _ in nodes)
-            y = top
-            for n, align in nodes:
-                if align is not None:
-                    y = max(y, align["pos"][1])
+    def stack(self):
+        """Columns left to right, nodes stacked top-down in each (title bars included), a group's title above its
+        first node; a node no higher than ``min_y``. A group that goes on into the next column starts there at its
+        top; a group that starts below another starts below every column of that one."""
+        x, bottoms, tops = 0, {}, {}
+        for column in self.columns:
+            width = max(n["size"][0] for n, _ in column)
+            y, previous = None, None
+            for row, (n, gi) in enumerate(column):
+                if gi == previous:
+                    y = y + GAP + TITLE_H
+                elif gi in tops:        # a group from the column before, going on here
+                    y = tops[gi] + GROUP_TITLE + TITLE_H
+                else:                   # a new group: below the groups above it in this column, in all their columns
+                    above = [bottoms[g] for _, g in column[:row]]
+                    top = max(above) + GROUP_PAD + GROUP_GAP if above else 0
+                    y = top + GROUP_TITLE + TITLE_H
+                y = max(y, self.min_y.get(n["id"], 0))
+                if gi not in tops:
+                    tops[gi] = y - TITLE_H - GROUP_TITLE
                 n["pos"] = [x + GROUP_PAD, y]
-                y += n["size"][1] + GAP + TITLE_H
-            bottom = max(n["pos"][1] + n["size"][1] for n, _ in nodes)
-            self.groups.append({"title": title, "bounding": [x, 0, width + 2 * GROUP_PAD, bottom + GROUP_PAD],
-                                "color": STAGE_COLOURS[stage], "font_size": 22, "flags": {}})
+                n["size"][0] = width    # one width per column: a link leaves every node at the column's edge
+                y += n["size"][1]
+                bottoms[gi] = max(bottoms.get(gi, 0), y)
+                previous = gi
             x += width + 2 * GROUP_PAD + COLUMN_GAP
+
+    def layout(self):
+        """Stacks the columns; where a link would pass under a node (the frontend draws links under nodes), moves
+        down that node, or the link's two ends where the link needs to come down less than the node would, and
+        stacks again, until every link runs clear of the nodes it does not join."""
+        by_id = {n["id"]: n for n in self.nodes}
+        for _ in range(50):
+            self.stack()
+            crossings = link_crossings(self.nodes, self.links, CLEARANCE)
+            if not crossings:
+                break
+            link, node, highest, lowest = crossings[0]
+            node_down = lowest + CLEARANCE + TITLE_H - node["pos"][1]
+            link_down = node["pos"][1] + node["size"][1] + CLEARANCE - highest
+            for n, down in ([(by_id[link[1]], link_down), (by_id[link[3]], link_down)] if link_down < node_down
+                            else [(node, node_down)]):
+                self.min_y[n["id"]] = n["pos"][1] + int(down) + 1
+        else:
+            raise AssertionError(f"no layout clears the links: {link_crossings(self.nodes, self.links)[:3]}")
+        members = {}
+        for column in self.columns:
+            for n, gi in column:
+                members.setdefault(gi, []).append(n)
+        for gi, (stage, title) in enumerate(self.group_specs):
+            ns = members[gi]
+            left = min(n["pos"][0] for n in ns) - GROUP_PAD
+            right = max(n["pos"][0] + n["size"][0] for n in ns) + GROUP_PAD
+            top = min(n["pos"][1] for n in ns) - TITLE_H - GROUP_TITLE
+            bottom = max(n["pos"][1] + n["size"][1] for n in ns) + GROUP_PAD
+            self.groups.append({"title": title, "bounding": [left, top, right - left, bottom - top],
+                                "color": STAGE_COLOURS[stage], "font_size": 22, "flags": {}})
 
     def first_view(self) -> dict:
         """Scale and offset that show the whole graph below the toolbars (screen = (pos + offset) * scale)."""
@@ -237,7 +345,7 @@ def note_text(title: str, what: str, change_first: list, models=MODELS, custom_n
               "", "## Custom nodes", *custom_nodes, "", "## Change first"]
     lines += [f"{i}. {c}" for i, c in enumerate(change_first, 1)]
     lines += ["", "Press **.** on the canvas to see the whole graph (it opens at a readable zoom, which a small "
-                  "window cuts on the right).",
+                  "window cuts on the right or at the bottom).",
               "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
               "Every ConFiner node has a help page (the **?** in the node's menu / the node library)."]
     return "\n".join(lines)
@@ -248,12 +356,20 @@ CHANGE_FIRST = ["**Positive** prompt (and Negative).",
                 "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure."]
 
 
-def experts_graph(g, note):
-    """Read-me, loaders, prompts and the refine-experts bundle (placed in the refinement column later)."""
+# Every template has the same columns: the read-me; "1 · Models" over two columns, the text encoders on the left
+# (an SD 1.5 checkpoint is one: its CLIP encodes the prompts) and the loaders of the stages on the right, with "2 ·
+# Prompts" below them; the refine experts above the control stage; the refinement and the output. Each link of a
+# loader, a prompt or a stage then reaches the next column, or the node below in its own, with nothing in between.
+# The exception: the SD 1.5 checkpoint's MODEL and VAE, which stages two or more columns on need
+# (checkpoint_link_past_next_column).
+
+def experts_graph(g, note, prompts_title="2 · Prompts"):
+    """Read-me, the checkpoint (text encoder) beside the two motion-model loaders, the prompts below those."""
     g.column("readme", "Read me")
     g.node("MarkdownNote", [note], "About this workflow")
     g.column("models", "1 · Models")
     ckpt = g.node("CheckpointLoaderSimple", [SD15.name], "SD 1.5 checkpoint (spatial expert)", models=[SD15])
+    g.column()
     control = g.node("ADE_AnimateDiffLoaderGen1", [LIGHTNING.name, "sqrt_linear (AnimateDiff)"],
                      "Control expert: AnimateDiff-Lightning 4-step", models=[LIGHTNING])
     # both loaders name the schedule autoselect would pick for SD 1.5 motion models, so neither looks set apart
@@ -261,7 +377,7 @@ def experts_graph(g, note):
                       "Temporal expert: AnimateDiff v3", models=[MOTION_V3])
     g.link(ckpt, "MODEL", control, "model")
     g.link(ckpt, "MODEL", temporal, "model")
-    g.column("prompts", "2 · Prompts and size")
+    g.group("prompts", prompts_title)
     pos = g.node("CLIPTextEncode", [PROMPT], "Positive")
     neg = g.node("CLIPTextEncode", [NEGATIVE], "Negative")
     for n in (pos, neg):
@@ -269,26 +385,40 @@ def experts_graph(g, note):
     return ckpt, pos, neg, control, temporal
 
 
-def bundle(g, ckpt, temporal, pos, neg, align_with=None):
-    experts = g.node("ConFinerRefineExperts", [7.5, 7.5, "latent frames", 7.5, 0.875], None, align_with=align_with)
-    g.link(ckpt, "MODEL", experts, "spatial_model")
-    g.link(temporal, "MODEL", experts, "temporal_model")
-    for who in ("spatial", "temporal"):
-        g.link(pos, "CONDITIONING", experts, f"{who}_positive")
-        g.link(neg, "CONDITIONING", experts, f"{who}_negative")
+def refine_experts(g, widgets: list, links: dict):
+    """The Refine Experts bundle's group in the current column (``links``: input -> (node, output))."""
+    g.group("refine", "3 · Refine experts")
+    experts = g.node("ConFinerRefineExperts", widgets, None)
+    for name, (node, out) in links.items():
+        g.link(node, out, experts, name)
     return experts
+
+
+def bundle(g, ckpt, temporal, pos, neg):
+    return refine_experts(g, [7.5, 7.5, "latent frames", 7.5, 0.875],
+                          {"spatial_model": (ckpt, "MODEL"), "spatial_positive": (pos, "CONDITIONING"),
+                           "spatial_negative": (neg, "CONDITIONING"), "temporal_model": (temporal, "MODEL"),
+                           "temporal_positive": (pos, "CONDITIONING"), "temporal_negative": (neg, "CONDITIONING")})
+
+
+def control_group(g, latent_node, model, pos, neg, widgets: list, low_noise=None):
+    """The control stage's group in the current column: the size and frame count over the Control Expert."""
+    g.group("control", "4 · Control stage: size and structure")
+    latent = g.node(*latent_node, "Size and frame count")
+    ctrl = g.node("ConFinerControlExpert", widgets, None)
+    g.link(model, "MODEL", ctrl, "model")
+    if low_noise is not None:
+        g.link(low_noise, "MODEL", ctrl, "low_noise_model")
+    g.link(pos, "CONDITIONING", ctrl, "positive")
+    g.link(neg, "CONDITIONING", ctrl, "negative")
+    g.link(latent, "LATENT", ctrl, "latent")
+    return ctrl
 
 
 def control_stage(g, control, pos, neg):
     """A 512x512x16 empty latent into the ConFiner Control Expert (4 Euler steps, cfg 1.0)."""
-    empty = g.node("EmptyLatentImage", [512, 512, 16], "Size and frame count")
-    g.column("control", "3 · Control stage: structure")
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0, 1.0, 0.875], None)
-    g.link(control, "MODEL", ctrl, "model")
-    g.link(pos, "CONDITIONING", ctrl, "positive")
-    g.link(neg, "CONDITIONING", ctrl, "negative")
-    g.link(empty, "LATENT", ctrl, "latent")
-    return ctrl
+    return control_group(g, ("EmptyLatentImage", [512, 512, 16]), control, pos, neg,
+                         [0, "fixed", 4, 1.0, "euler", False, "trailing", 0.0, 1.0, 0.875])
 
 
 # How the templates decode (issue 15, bench/RESULTS.md). Image VAEs (SD 1.5: a clip is a batch of frames): plain
@@ -303,17 +433,27 @@ IMAGE_DECODE = ("VAEDecode", [])
 VIDEO_DECODE = ("VAEDecodeTiled", [512, 64, 64, 8])
 
 
+def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", title=None):
+    """The Refine Sampler on the structure, from T_e = ``te`` on the spatial expert's schedule (a flow expert's 1000
+    sigma: 250 is the paper's noise level, chain.DEFAULT_TE)."""
+    sampler = g.node("ConFinerCoordinatedSampler", [te, 5, mode, "same_index", 0, "fixed", "spatial"], title)
+    g.link(experts, "experts", sampler, "experts")
+    g.link(ctrl, "structure", sampler, "structure")
+    return sampler
+
+
 def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE):
-    """A decode node (``decode``: class and widgets) and a Save Animated WEBP per latent in the output column: the
-    decodes stacked first, so the VAE's links from the models column arrive side by side at its top rather than
-    crossing the other stages' groups down to each save's height."""
-    g.column("output", "5 · Decode and save")
+    """A decode node (``decode``: class and widgets) and a Save Animated WEBP per latent, in the current group: one
+    decode over its save; several decodes stacked, their saves in the next column (a link from a decode to its save
+    would otherwise pass the nodes between them)."""
     decodes = []
     for latent in latents:
         dec = g.node(decode[0], list(decode[1]), title)
         g.link(latent, "latent", dec, "samples")
         g.link(vae, vae_output, dec, "vae")
         decodes.append(dec)
+    if len(decodes) > 1:
+        g.column()
     for dec, prefix in zip(decodes, prefixes):
         save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
         g.link(dec, "IMAGE", save, "images")
@@ -326,12 +466,11 @@ def basic():
         "AnimateDiff-Lightning lays out a 16-frame structure in 4 steps (control stage); it is noised to T_e = 100 "
         "and refined in 5 coordinated steps by SD 1.5 (spatial expert) and AnimateDiff v3 (temporal expert): "
         "19 expert evaluations in all, the paper's default.", CHANGE_FIRST))
-    ctrl = control_stage(g, control, pos, neg)
-    g.column("refine", "4 · Refinement")
+    g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
-    sampler = g.node("ConFinerCoordinatedSampler", [100, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
-    g.link(experts, "experts", sampler, "experts")
-    g.link(ctrl, "structure", sampler, "structure")
+    ctrl = control_stage(g, control, pos, neg)
+    g.column("output", "5 · Refine, decode and save")
+    sampler = refine_sampler(g, ctrl, experts)
     outputs(g, ckpt, [sampler], ["ConFiner/basic"])
     g.save("confiner_basic_sd15_animatediff", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
 
@@ -342,16 +481,13 @@ def compare_modes():
         "ConFiner: compare refinement modes",
         "One structure, refined three ways side by side with the same seeds: coordinated (the paper's Algorithm 1), "
         "standard (spatial expert only, Eq. 8) and temporal expert only.", CHANGE_FIRST))
-    ctrl = control_stage(g, control, pos, neg)
-    g.column("refine", "4 · Refinement, three modes")
+    g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
-    samplers = []
-    for mode in ("coordinated", "standard", "temporal"):
-        s = g.node("ConFinerCoordinatedSampler", [100, 5, mode, "same_index", 0, "fixed", "spatial"],
-                   f"Refine: {mode}")
-        g.link(experts, "experts", s, "experts")
-        g.link(ctrl, "structure", s, "structure")
-        samplers.append(s)
+    ctrl = control_stage(g, control, pos, neg)
+    g.column("output", "5 · Refinement, three modes")
+    samplers = [refine_sampler(g, ctrl, experts, mode=mode, title=f"Refine: {mode}")
+                for mode in ("coordinated", "standard", "temporal")]
+    g.column("output", "6 · Decode and save")
     outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in ("coordinated", "standard", "temporal")])
     g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
@@ -366,11 +502,11 @@ def long_video():
         ["**segment prompts** on ConFiner Long Video (prompt travel: `0: prompt | 64: prompt from frame 64`), or "
          "Positive/Negative when segment prompts is empty.",
          "**frames** on ConFiner Long Video (the latent sets only the frame size).",
-         "The seed on ConFiner Long Video."]))
+         "The seed on ConFiner Long Video."]), "2 · Prompts and frame size")
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames: on Long Video)")
-    g.column("refine", "3 · Refine experts")
+    g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
-    g.column("control", "4 · ConFiner-Long (segments)")
+    g.group("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
                   "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
@@ -382,6 +518,7 @@ def long_video():
     g.link(experts, "experts", seg, "experts")
     g.link(empty, "LATENT", seg, "latent")
     g.link(ckpt, "CLIP", seg, "clip")
+    g.column("output", "5 · Decode and save")
     outputs(g, ckpt, [seg], ["ConFiner/long"])
     g.save("confiner_long_sd15_animatediff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
@@ -415,17 +552,10 @@ def prompts(g, clip, label: str, output: str = "CLIP", negative: str = WAN_NEGAT
     return pos, neg
 
 
-def wan_control(g, model, pos, neg, latent, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0):
-    g.column("control", "3 · Control stage: structure")
-    ctrl = g.node("ConFinerControlExpert", [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875],
-                  None)
-    g.link(model, "MODEL", ctrl, "model")
-    if low_noise is not None:
-        g.link(low_noise, "MODEL", ctrl, "low_noise_model")
-    g.link(pos, "CONDITIONING", ctrl, "positive")
-    g.link(neg, "CONDITIONING", ctrl, "negative")
-    g.link(latent, "LATENT", ctrl, "latent")
-    return ctrl
+def wan_control(g, model, pos, neg, shape, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0):
+    """The control stage: a ``shape`` (width, height, length, batch) empty video latent into the Control Expert."""
+    return control_group(g, ("EmptyHunyuanLatentVideo", list(shape)), model, pos, neg,
+                         [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875], low_noise)
 
 
 def modern_readme(g, title: str, what: str, change_first: list, models: tuple) -> None:
@@ -443,17 +573,12 @@ def bundle_links(spatial, spatial_prompts, temporal, temporal_prompts, **vaes) -
     return {**links, **vaes}
 
 
-def refinement(g, ctrl, widgets: list, links: dict, te: int = 100):
-    """The bundle (``links``: input -> (node, output)) and the Refine Sampler on the structure, from T_e = ``te``
-    on the spatial expert's schedule (a flow expert's 1000 sigma: 250 is the paper's noise level, chain.DEFAULT_TE)."""
-    g.column("refine", "4 · Refinement")
-    experts = g.node("ConFinerRefineExperts", widgets, None)
-    for name, (node, out) in links.items():
-        g.link(node, out, experts, name)
-    sampler = g.node("ConFinerCoordinatedSampler", [te, 5, "coordinated", "same_index", 0, "fixed", "spatial"], None)
-    g.link(experts, "experts", sampler, "experts")
-    g.link(ctrl, "structure", sampler, "structure")
-    return sampler
+def refinement(g, ctrl, experts, vae, prefix: str, te: int = 100, vae_output="VAE", title=None,
+               decode=VIDEO_DECODE):
+    """The last column: the Refine Sampler, the decode and the save."""
+    g.column("output", "5 · Refine, decode and save")
+    sampler = refine_sampler(g, ctrl, experts, te)
+    outputs(g, vae, [sampler], [prefix], WAN_FPS, vae_output, title, decode)
 
 
 def wan_qwen_image():
@@ -470,20 +595,21 @@ def wan_qwen_image():
         wan_change_first() + ["Qwen-Image's cfg (*spatial cfg*, 2.5) and Wan's (*temporal cfg*, 5) on the bundle."],
         (WAN21, QWEN_IMAGE, UMT5, QWEN_VL, WAN_VAE))
     g.column("models", "1 · Models")
-    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
-    qwen = loader(g, QWEN_IMAGE, "Qwen-Image (spatial expert)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     qwen_vl = loader(g, QWEN_VL, "Qwen2.5-VL text encoder (Qwen-Image)", "CLIPLoader", "qwen_image")
+    g.column()
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
+    qwen = loader(g, QWEN_IMAGE, "Qwen-Image (spatial expert)")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
-    g.column("prompts", "2 · Prompts and size")
+    g.group("prompts", "2 · Prompts")
     wan_pos, wan_neg = prompts(g, umt5, "Wan")
     qwen_pos, qwen_neg = prompts(g, qwen_vl, "Qwen-Image")
-    empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
-    ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
-    sampler = refinement(g, ctrl, [2.5, 5.0, "latent frames", 5.0, 0.875],
-                         bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg), spatial_vae=(vae, "VAE")))
-    outputs(g, vae, [sampler], ["ConFiner/wan_qwen_image"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)",
-            decode=VIDEO_DECODE)
+    g.column()
+    experts = refine_experts(g, [2.5, 5.0, "latent frames", 5.0, 0.875],
+                             bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg),
+                                          spatial_vae=(vae, "VAE")))
+    ctrl = wan_control(g, wan, wan_pos, wan_neg, MODERN_SHAPE)
+    refinement(g, ctrl, experts, vae, "ConFiner/wan_qwen_image", title="VAE Decode tiled (Wan 2.1 VAE)")
     g.save("confiner_wan21_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
@@ -501,18 +627,20 @@ def sd15_bridge_wan():
         (SD15_SPATIAL, WAN21, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     ckpt = loader(g, SD15_SPATIAL, "SD 1.5 (spatial expert, CLIP, VAE)", "CheckpointLoaderSimple")
-    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    g.column()
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
-    g.column("prompts", "2 · Prompts and size")
+    g.group("prompts", "2 · Prompts")
     sd_pos, sd_neg = prompts(g, ckpt, "SD 1.5", negative=NEGATIVE)
     wan_pos, wan_neg = prompts(g, umt5, "Wan")
-    empty = g.node("EmptyHunyuanLatentVideo", [512, 512, 33, 1], "Size and frame count")
-    ctrl = wan_control(g, wan, wan_pos, wan_neg, empty)
-    sampler = refinement(g, ctrl, [7.5, 5.0, "latent frames", 5.0, 0.875],
-                         bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
-                                      temporal_vae=(vae, "VAE")))
-    outputs(g, ckpt, [sampler], ["ConFiner/sd15_bridge_wan"], WAN_FPS, title="VAE Decode (SD 1.5 VAE)")
+    g.column()
+    experts = refine_experts(g, [7.5, 5.0, "latent frames", 5.0, 0.875],
+                             bundle_links(ckpt, (sd_pos, sd_neg), wan, (wan_pos, wan_neg), spatial_vae=(ckpt, "VAE"),
+                                          temporal_vae=(vae, "VAE")))
+    ctrl = wan_control(g, wan, wan_pos, wan_neg, [512, 512, 33, 1])
+    refinement(g, ctrl, experts, ckpt, "ConFiner/sd15_bridge_wan", title="VAE Decode (SD 1.5 VAE)",
+               decode=IMAGE_DECODE)
     g.save("confiner_sd15_bridge_wan21", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
@@ -532,18 +660,18 @@ def wan22_a14b():
          "roles)*. The two models have one architecture, so swapped files still run, and nothing can warn."],
         (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    g.column()
     high = loader(g, WAN22_HIGH, "Wan 2.2 A14B high noise (control)")
     low = loader(g, WAN22_LOW, "Wan 2.2 A14B low noise (all roles)")
-    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE (A14B's)", "VAELoader")
-    g.column("prompts", "2 · Prompts and size")
+    g.group("prompts", "2 · Prompts")
     pos, neg = prompts(g, umt5, "Wan")
-    empty = g.node("EmptyHunyuanLatentVideo", list(MODERN_SHAPE), "Size and frame count")
-    ctrl = wan_control(g, high, pos, neg, empty, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
-    sampler = refinement(g, ctrl, [3.0, 3.0, "latent frames", 3.0, 0.875],
-                         bundle_links(low, (pos, neg), low, (pos, neg)), te=250)
-    outputs(g, vae, [sampler], ["ConFiner/wan22_a14b"], WAN_FPS, title="VAE Decode tiled (Wan 2.1 VAE)",
-            decode=VIDEO_DECODE)
+    g.column()
+    experts = refine_experts(g, [3.0, 3.0, "latent frames", 3.0, 0.875],
+                             bundle_links(low, (pos, neg), low, (pos, neg)))
+    ctrl = wan_control(g, high, pos, neg, MODERN_SHAPE, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
+    refinement(g, ctrl, experts, vae, "ConFiner/wan22_a14b", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
     g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
 
