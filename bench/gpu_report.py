@@ -52,6 +52,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm_blocks": "h200_sd_warm_blocks.json", "warm_blocks_1c": "h200_sd_warm_blocks_call_1c.json",
          "warm_blocks_same": "h200_sd_warm_blocks_same_machine.json",
          "warm_blocks_same_bytecode": "h200_sd_warm_blocks_same_machine_bytecode.json",
+         "warm_blocks_same_bytecode_az": "h200_sd_warm_blocks_same_machine_bytecode_call_az.json",
          "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
@@ -71,6 +72,10 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "upsample_bf16": "h200_upsample_probe_bf16.json",  # the same in bfloat16 (--dtype bfloat16)
          "attention": "h200_attention_probe.json",  # attention_probe.py: every attention shape under every backend
          "attention_frames": "h200_attention_probe_frames.json",  # the same with the frame kernel (another call)
+         # --only cross frames: a candidate kernel for at most 128 keys (shortkeys) on SD's, the control expert's and
+         # ModelScope's cross-attention and attention over frames
+         "attention_short_keys": "h200_attention_probe_short_keys.json",
+         "fp8_linear": "h200_fp8_linear_probe.json",  # fp8_linear_probe.py: the linear layers in fp16 and fp8
          # earlier calls' tables with other kernels over frames, beside the main tables (the frame kernel): the
          # presets with PyTorch's memory-efficient kernel there, with cuDNN's before that, and another call's
          # memory-efficient ones
@@ -126,7 +131,11 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
                "warm_blocks_same_bytecode": ("_blocks_same_machine_bytecode",
                                              "same machine, the folder `--compile-dir` keeps, and Python's bytecode "
                                              "caches (written by the first process to `PYTHONPYCACHEPREFIX`, as an "
-                                             "installed package has them)")}
+                                             "installed package has them)"),
+               # the same with upsampling folded (call AZ), on a host slower in every host-bound phase (imports,
+               # reading the blocks, the cold compile) than call AI's
+               "warm_blocks_same_bytecode_az": ("_blocks_same_machine_bytecode_call_az",
+                                                "the same, after upsampling was folded (call AZ, another host)")}
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
@@ -158,10 +167,12 @@ def fmt(value, spec=".3f", none="—") -> str:
 # ------------------------------------------------------------------------------------------------- figures
 
 def older_settings(probe: dict, sd: dict) -> str:
-    """A note when a warm-start probe ran with other settings than the best table it stands next to (a probe
-    from an earlier call, kept until measured again)."""
-    best = sd["tables"].get("best", {}).get("settings")
-    if best and probe.get("settings") and probe["settings"] != best:
+    """A note when a warm-start probe ran with other settings than the compiled tables it stands next to (a probe
+    from an earlier call, kept until measured again): the best table's, or the max table's but for the CUDA graphs
+    (a probe compiles and loads blocks; it captures no graphs)."""
+    current = {t["settings"].removesuffix(" + CUDA graphs") for name, t in sd["tables"].items()
+               if name in ("best", "max") and t.get("settings")}
+    if current and probe.get("settings") and probe["settings"] not in current:
         return f"; an earlier call, with the settings of then: {probe['settings']}"
     return ""
 
@@ -275,8 +286,11 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
         out[f"warm_start{suffix}_cache_loaded"] = probe["cache_loaded"]
         if "compile_phases" in probe:
             out[f"warm_start{suffix}_graphs"] = probe["compile_phases"]["unique_graphs"]
+        out[f"warm_start{suffix}_import_s"] = probe["import_s"]
         if "precompiled" in probe:
             out[f"warm_start{suffix}_blocks_loaded"] = probe["precompiled"]["loaded"]
+            if "load_s" in probe["precompiled"]:  # the earliest probes did not time the reading
+                out[f"warm_start{suffix}_blocks_load_s"] = probe["precompiled"]["load_s"]
     # a probe of the best table's settings; else the latest probe (WARM_PROBES's last), with the settings of then
     starts = {k: p["warm_start_s"] for k, p in probes.items() if not older_settings(p, sd)}
     if starts:
@@ -835,6 +849,40 @@ def geglu_gemm_figures(data: dict | None) -> tuple[dict, list[str]]:
             if ratios else {}), md
 
 
+def fp8_linear_figures(data: dict | None) -> tuple[dict, list[str]]:
+    """``fp8_linear_probe.py``: SD's and the control expert's linear layers in fp16 against fp8 (one scale per tensor
+    or per row, the activation's quantisation compiled in front of the GEMM; the fp8 GEMM alone), each with its
+    difference from fp32."""
+    if not data:
+        return {}, []
+    ways = list(data["total_ms"])
+    md = ["## fp8 linear layers", "",
+          f"`bench/fp8_linear_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype'].replace('torch.', '')} "
+          "activations: "
+          f"milliseconds ({data['timing']}, per call) of each linear layer of SD's and the control expert's "
+          "transformers (rows = tokens x batch), and in brackets the largest difference from the fp32 result "
+          "relative to its largest value. `fp8 tensor` and `fp8 row` quantise the fp16 activation (one scale per "
+          "tensor, per row) in a compiled kernel and multiply with `torch._scaled_mm` on weights quantised once; "
+          "`fp8 GEMM alone` is that multiply on activations already in fp8, the bound if producers wrote fp8.", "",
+          "| where | rows x K -> N | " + " | ".join(ways) + " |", "|---|---|" + "---|" * len(ways)]
+    for row in data["shapes"]:
+        by_way = {w["way"]: w for w in row["ways"]}
+        fastest = min(ways, key=lambda w: by_way[w]["ms"])
+        cells = [f"{by_way[w]['ms']:.3f} ({by_way[w]['rel_diff']:.1e})" for w in ways]
+        md.append(f"| {row['where']} | {row['rows']} x {row['k']} -> {row['n']} | "
+                  + " | ".join(f"**{c}**" if w == fastest else c for w, c in zip(ways, cells)) + " |")
+    total = data["total_ms"]
+    faster = {w: sum(1 for row in data["shapes"] for x in row["ways"]
+                     if x["way"] == w and x["ms"] < next(y["ms"] for y in row["ways"] if y["way"] == "fp16"))
+              for w in ways if w != "fp16"}
+    md += [f"| all {len(data['shapes'])} once | | " + " | ".join(f"{total[w]:.2f}" for w in ways) + " |", "",
+           "Faster than fp16 on " + ", ".join(f"{n} of {len(data['shapes'])} shapes ({w})" for w, n in faster.items())
+           + ". With the quantisation, fp8 loses on the whole; only where the layer before wrote fp8 itself would the "
+           f"GEMMs' {total['fp16']:.2f} ms go to {total['fp8 GEMM alone']:.2f} ms, at about a hundred times "
+           "fp16's difference from fp32.", ""]
+    return {f"fp8_linear_total_ms {w}": total[w] for w in ways}, md
+
+
 def upsample_speedups(probe: dict) -> tuple[list, list]:
     """Per measured shape of an ``upsample_probe.py`` file: diffusers' block over the folded one, compiled without
     cuDNN autotuning (``fast``/``max``) and eager with it (``lean``)."""
@@ -943,16 +991,18 @@ def merge_probes(data: dict | None, later: dict | None) -> dict | None:
     return merged
 
 
-def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
+def attention_figures(data: dict | None, title: str = "Attention backends", key: str = "attention_probe",
+                      lead: str = "") -> tuple[dict, list[str]]:
     """``attention_probe.py``: one call of every SD- and Wan-scale attention shape under every backend the machine
-    had; RESULTS.json gets each shape's fastest backend and its milliseconds, RESULTS.md a table."""
+    had; RESULTS.json gets each shape's fastest backend and its milliseconds (under ``key``), RESULTS.md a table
+    under ``title``, ``lead`` before it."""
     if not data:
         return {}, []
     names = data["backends"]
     added = (f" The `{'`, `'.join(data['added'])}` column{'s' if len(data['added']) > 1 else ''} came from an "
              f"earlier call (`{FILES['attention']}`, where {'they were' if len(data['added']) > 1 else 'it was'} "
              f"installed), the others from one (`{FILES['attention_frames']}`)." if data.get("added") else "")
-    md = ["## Attention backends", "",
+    md = [f"## {title}", "", *([lead, ""] if lead else []),
           f"`bench/attention_probe.py`, {data['device']}, torch {data['torch']}, {data['dtype']}: one call of each "
           "attention shape of the benchmarks under each backend alone (milliseconds, median; TFLOP/s of QKᵀ and PV; "
           "the first call's seconds where it compiled; the largest difference from the reference backend's output). "
@@ -989,7 +1039,7 @@ def attention_figures(data: dict | None) -> tuple[dict, list[str]]:
         md += [f"Not taken: {'; '.join(refusals)}.", ""]
     if data.get("skipped"):
         md += [f"Skipped at the deadline: {', '.join(data['skipped'])}.", ""]
-    return {"attention_probe": out}, md
+    return {key: out}, md
 
 
 def over_frames(settings: str) -> str:
@@ -1103,9 +1153,19 @@ def targets(fig: dict) -> list[str]:
     ratio_verdict = yes(None if ratio is None or flop is None else ratio <= flop)
     warm_settings = (f" (the latest probe, with the settings of then: {fig['warm_start_settings']})"
                      if fig.get("warm_start_settings") else "")
+    warm_verdict = yes(le(fig.get("warm_start_s"), TARGET_WARM_S))
     if fig.get("warm_start_from") == "warm_blocks_same_bytecode":
         warm_settings = (" (with Python's bytecode caches, as an installation has them; without, as the lent "
                          f"machine's Python runs: {fmt(fig.get('warm_start_blocks_same_machine_s'), '.1f')} s)")
+        later = fig.get("warm_start_blocks_same_machine_bytecode_call_az_s")
+        if later is not None:
+            was, now = "warm_start_blocks_same_machine_bytecode", "warm_start_blocks_same_machine_bytecode_call_az"
+            warm_settings += (f"; the same after upsampling was folded, on another host: {later:.1f} s (call AZ, a "
+                              f"slower host: imports {fig[now + '_import_s']:.1f} against {fig[was + '_import_s']:.1f}"
+                              f" s, reading the same {fig.get(now + '_blocks_loaded')} blocks "
+                              f"{fig[now + '_blocks_load_s']:.1f} against {fig[was + '_blocks_load_s']:.1f} s)")
+            if (later <= TARGET_WARM_S) != (fig["warm_start_s"] <= TARGET_WARM_S):
+                warm_verdict = "**yes** on one host, no on the other"
     wan, wan_best = fig.get("wan_ratio_confiner_to_wan_50"), fig.get("best_wan_ratio_confiner_to_wan_50")
     wan_fastest = fig.get("fastest_attention_wan_ratio_confiner_to_wan_50")
     wan_ratios = [r for r in (wan, wan_best, wan_fastest) if r is not None]
@@ -1119,7 +1179,7 @@ def targets(fig: dict) -> list[str]:
             f"| best-settings ratio to ModelScope-100 ≤ FLOP ratio | {fmt(ratio, '.4f')} vs {fmt(flop, '.4f')}"
             f"{also} | {ratio_verdict} |",
             f"| warm start ≤ {TARGET_WARM_S:.0f} s | {fmt(fig.get('warm_start_s'), '.1f')} s{warm_settings} | "
-            f"{yes(le(fig.get('warm_start_s'), TARGET_WARM_S))} |",
+            f"{warm_verdict} |",
             f"| Wan: ConFiner / Wan-50 ≤ {TARGET_WAN_RATIO} | {fmt(wan)} eager, {fmt(wan_best)} best settings with "
             f"cuDNN attention, {fmt(wan_fastest)} with flash-attn-4 | "
             f"{yes(le(min(wan_ratios), TARGET_WAN_RATIO) if wan_ratios else None)} |",
@@ -1176,7 +1236,9 @@ def main():
     upsample, upsample_md = upsample_figures(data["upsample"], {name: load(a.raw, name) for name in FOLD_AB},
                                              data["upsample_bf16"])
     fig.update(upsample)
-    decode_md += vae_probe_md + norms_md + geglu_md + upsample_md
+    fp8, fp8_md = fp8_linear_figures(data["fp8_linear"])
+    fig.update(fp8)
+    decode_md += vae_probe_md + norms_md + geglu_md + upsample_md + fp8_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:
@@ -1192,6 +1254,14 @@ def main():
             md += wan_markdown(data[key], None, what)
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))
     fig.update(attention)
+    short_keys, short_keys_md = attention_figures(
+        data["attention_short_keys"], "Attention over at most 128 keys: a candidate kernel", "attention_short_keys",
+        "Whether a kernel that holds all of at most 128 keys at once (no loop over keys) beats cuDNN on the "
+        "cross-attention over 77 text tokens, and the library's frame kernel over 16 frames. It did not route: "
+        "cuDNN stays faster on every cross-attention shape, and over frames the candidate's gains are hundredths of "
+        "a millisecond a call, while it fails on AnimateDiff's largest shape (more rows than a grid takes).")
+    fig.update(short_keys)
+    attention_md += short_keys_md
     remeasured, remeasured_md = temporal_attention_figures(data["sd"], earlier)
     fig.update(remeasured)
     md += attention_md + remeasured_md + decode_md + comfy_md + targets(fig) + multigpu_md
