@@ -136,6 +136,8 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
                # reading the blocks, the cold compile) than call AI's
                "warm_blocks_same_bytecode_az": ("_blocks_same_machine_bytecode_call_az",
                                                 "the same, after upsampling was folded (call AZ, another host)")}
+# gpu_benchmark.py --settings max --inductor-config max_autotune_gemm=True (call AY): its log, inductor's autotuning
+AUTOTUNE_LOG = "h200_sd_max_autotune_gemm_call_ay_log.txt"
 TARGET_BEST_S, TARGET_EAGER_S, TARGET_WARM_S, TARGET_WAN_RATIO = 1.2, 2.2, 20.0, 0.25
 TARGET_COMFY_RATIO_OFF = 0.05  # ConFiner / AnimateDiff-25 in ComfyUI within 5 % of the library's (eager) ratio
 LIBRARY_AD_RATIO = "eager_ratio_confiner_animatediff_to_animatediff_25"
@@ -883,6 +885,49 @@ def fp8_linear_figures(data: dict | None) -> tuple[dict, list[str]]:
     return {f"fp8_linear_total_ms {w}": total[w] for w in ways}, md
 
 
+def autotune_log_figures(log: str | None) -> tuple[dict, list[str]]:
+    """Inductor's autotuning printout (``--inductor-config max_autotune_gemm=True``, call AY's log): per autotuned
+    operation, PyTorch's own kernel (cuBLAS, cuDNN) against the fastest Triton template, and the seconds the
+    choices took to benchmark. Inductor prints the ten fastest choices of each; a library kernel not among them was
+    slower than the tenth (its time is then unknown)."""
+    if not log:
+        return {}, []
+    rows, seconds = [], [0.0, 0.0]
+    for block in log.split("\nAUTOTUNE ")[1:]:
+        head, *lines = block.splitlines()
+        choices = [(m.group(1), float(m.group(2))) for m in (re.match(r"\s+(\S+) ([\d.]+) ms", line) for line in lines)
+                   if m]
+        timing = next((re.search(r"takes ([\d.]+) seconds and ([\d.]+) seconds precompiling", line) for line in lines
+                       if line.startswith("SingleProcess AUTOTUNE")), None)
+        if timing:
+            seconds = [seconds[0] + float(timing.group(1)), seconds[1] + float(timing.group(2))]
+        library = [t for name, t in choices if not name.startswith("triton")]
+        triton = [t for name, t in choices if name.startswith("triton")]
+        rows.append((head.split("(")[0], head, library[0] if library else None, triton[0] if triton else None,
+                     choices[0][0].startswith("triton"), max(t for _, t in choices)))
+    triton_won = [r for r in rows if r[4]]
+    convolutions = [r for r in rows if r[0] == "convolution"]
+    md = ["## Inductor's GEMM autotuning (`max_autotune_gemm`)", "",
+          f"Call AY compiled `max` with `--inductor-config max_autotune_gemm=True`: inductor times Triton templates "
+          f"against PyTorch's own kernel for every matrix multiply and convolution it compiles. Its {len(rows)} "
+          f"autotuned operations took {seconds[0]:.0f} s benchmarking their choices and {seconds[1]:.0f} s "
+          "precompiling them, and the first ConFiner run had not finished compiling when the call's time ran out, "
+          "so the preset's speed with it is unmeasured. Milliseconds per call (`>` : PyTorch's kernel was slower "
+          "than the tenth choice printed):", "",
+          "| operation | PyTorch's kernel | fastest Triton | chosen |", "|---|---|---|---|"]
+    for kind, head, library, triton, won, slowest in rows:
+        lib_cell = f"{library:.4f}" if library is not None else f"> {slowest:.4f}"
+        md.append(f"| `{head}` | {lib_cell} | {fmt(triton, '.4f')} | {'Triton' if won else 'PyTorch'} |")
+    known = [(r[2], min(r[2], r[3] if r[3] is not None else r[2])) for r in rows if r[2] is not None]
+    md += ["", f"Triton's template was chosen for {len(triton_won)} of {len(rows)} operations, and for "
+           f"{sum(r[4] for r in convolutions)} of the {len(convolutions)} convolutions (cuDNN's kernel won the "
+           f"others). Where PyTorch's time is known ({len(known)} operations, one call each), the chosen kernels "
+           f"take {sum(c for _, c in known):.3f} ms against PyTorch's {sum(p for p, _ in known):.3f} ms: the large "
+           "feed-forward and attention projections stay with cuBLAS, Triton wins the small and narrow ones.", ""]
+    return {"autotune_operations": len(rows), "autotune_triton_chosen": len(triton_won),
+            "autotune_benchmark_s": seconds[0]}, md
+
+
 def upsample_speedups(probe: dict) -> tuple[list, list]:
     """Per measured shape of an ``upsample_probe.py`` file: diffusers' block over the folded one, compiled without
     cuDNN autotuning (``fast``/``max``) and eager with it (``lean``)."""
@@ -1238,7 +1283,10 @@ def main():
     fig.update(upsample)
     fp8, fp8_md = fp8_linear_figures(data["fp8_linear"])
     fig.update(fp8)
-    decode_md += vae_probe_md + norms_md + geglu_md + upsample_md + fp8_md
+    log = os.path.join(a.raw, AUTOTUNE_LOG)
+    autotune, autotune_md = autotune_log_figures(open(log).read() if os.path.isfile(log) else None)
+    fig.update(autotune)
+    decode_md += vae_probe_md + norms_md + geglu_md + upsample_md + fp8_md + autotune_md
     fig.update(decode)
     md = sd_markdown(data["sd"], fig, probes)
     if later:

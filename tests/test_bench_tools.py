@@ -842,6 +842,30 @@ def test_fp8_linear_section_counts_the_shapes_each_way_wins():
     assert R.fp8_linear_figures(None) == ({}, [])
 
 
+def test_autotune_section_reads_inductors_printout():
+    """Inductor's autotuning printout: PyTorch's kernel against the fastest Triton choice per operation, a library
+    kernel missing from the ten printed counted as slower than the last, the benchmarking seconds summed."""
+    log = "\n".join([
+        "[    30 s] built in 2.3 s", "Autotune Choices Stats:", "AUTOTUNE addmm(16x320, 16x1280, 1280x320)",
+        "strides: [0, 1], [1280, 1], [1, 1280]", "  triton_mm_31 0.0202 ms 100.0% BLOCK_K=32",
+        "  triton_mm_21 0.0256 ms 78.9% BLOCK_K=128",
+        "SingleProcess AUTOTUNE benchmarking takes 0.5 seconds and 2.0 seconds precompiling for 20 choices",
+        "AUTOTUNE convolution(16x320x64x64, 320x320x3x3)", "  convolution 0.1905 ms 100.0% ",
+        "  triton_convolution2d_1 0.2445 ms 77.9% BLOCK_K=64",
+        "SingleProcess AUTOTUNE benchmarking takes 8.0 seconds and 0.5 seconds precompiling for 18 choices",
+        "AUTOTUNE mm(4096x1280, 1280x1280)", "  triton_mm_9 0.0271 ms 100.0% x", "  mm 0.0426 ms 63.6% ",
+        "SingleProcess AUTOTUNE benchmarking takes 1.5 seconds and 0.0 seconds precompiling for 20 choices"])
+    out, md = R.autotune_log_figures(log)
+    assert out == {"autotune_operations": 3, "autotune_triton_chosen": 2, "autotune_benchmark_s": 10.0}
+    assert "| `addmm(16x320, 16x1280, 1280x320)` | > 0.0256 | 0.0202 | Triton |" in md
+    assert "| `convolution(16x320x64x64, 320x320x3x3)` | 0.1905 | 0.2445 | PyTorch |" in md
+    assert "| `mm(4096x1280, 1280x1280)` | 0.0426 | 0.0271 | Triton |" in md
+    assert any("took 10 s benchmarking their choices and 2 s precompiling" in line for line in md)
+    assert any("for 2 of 3 operations, and for 0 of the 1 convolutions" in line
+               and "take 0.218 ms against PyTorch's 0.233 ms" in line for line in md)
+    assert R.autotune_log_figures(None) == ({}, [])
+
+
 def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path, monkeypatch):
     """The probe's CPU smoke run: diffusers' Upsample2D, the folded transposed convolution and the four phases with
     their gather, each against the fp32 reference (a wrong tap or phase would be off by O(1))."""
