@@ -34,6 +34,7 @@ Run it on any machine: ``python bench/gpu_report.py`` (``--raw DIR --out DIR`` f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -874,14 +875,16 @@ def fp8_linear_figures(data: dict | None) -> tuple[dict, list[str]]:
         md.append(f"| {row['where']} | {row['rows']} x {row['k']} -> {row['n']} | "
                   + " | ".join(f"**{c}**" if w == fastest else c for w, c in zip(ways, cells)) + " |")
     total = data["total_ms"]
+    verdict = "loses" if min(total["fp8 tensor"], total["fp8 row"]) > total["fp16"] else "wins"
+    diff = {w: sum(x["rel_diff"] for row in data["shapes"] for x in row["ways"] if x["way"] == w) for w in ways}
     faster = {w: sum(1 for row in data["shapes"] for x in row["ways"]
                      if x["way"] == w and x["ms"] < next(y["ms"] for y in row["ways"] if y["way"] == "fp16"))
               for w in ways if w != "fp16"}
     md += [f"| all {len(data['shapes'])} once | | " + " | ".join(f"{total[w]:.2f}" for w in ways) + " |", "",
            "Faster than fp16 on " + ", ".join(f"{n} of {len(data['shapes'])} shapes ({w})" for w, n in faster.items())
-           + ". With the quantisation, fp8 loses on the whole; only where the layer before wrote fp8 itself would the "
-           f"GEMMs' {total['fp16']:.2f} ms go to {total['fp8 GEMM alone']:.2f} ms, at about a hundred times "
-           "fp16's difference from fp32.", ""]
+           + f". With the quantisation, fp8 {verdict} on the whole; where the layer before wrote fp8 itself, the "
+           f"GEMMs' {total['fp16']:.2f} ms would go to {total['fp8 GEMM alone']:.2f} ms, at "
+           f"{diff['fp8 GEMM alone'] / diff['fp16']:.0f} times fp16's difference from fp32 (mean over the shapes).", ""]
     return {f"fp8_linear_total_ms {w}": total[w] for w in ways}, md
 
 
@@ -915,7 +918,7 @@ def autotune_log_figures(log: str | None) -> tuple[dict, list[str]]:
           "so the preset's speed with it is unmeasured. Milliseconds per call (`>` : PyTorch's kernel was slower "
           "than the tenth choice printed):", "",
           "| operation | PyTorch's kernel | fastest Triton | chosen |", "|---|---|---|---|"]
-    for kind, head, library, triton, won, slowest in rows:
+    for _, head, library, triton, won, slowest in rows:
         lib_cell = f"{library:.4f}" if library is not None else f"> {slowest:.4f}"
         md.append(f"| `{head}` | {lib_cell} | {fmt(triton, '.4f')} | {'Triton' if won else 'PyTorch'} |")
     known = [(r[2], min(r[2], r[3] if r[3] is not None else r[2])) for r in rows if r[2] is not None]
@@ -1284,7 +1287,8 @@ def main():
     fp8, fp8_md = fp8_linear_figures(data["fp8_linear"])
     fig.update(fp8)
     log = os.path.join(a.raw, AUTOTUNE_LOG)
-    autotune, autotune_md = autotune_log_figures(open(log).read() if os.path.isfile(log) else None)
+    with open(log) if os.path.isfile(log) else contextlib.nullcontext() as f:
+        autotune, autotune_md = autotune_log_figures(f.read() if f else None)
     fig.update(autotune)
     decode_md += vae_probe_md + norms_md + geglu_md + upsample_md + fp8_md + autotune_md
     fig.update(decode)
