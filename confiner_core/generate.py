@@ -33,10 +33,11 @@ from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, 
                     ChainConfig, ConFinerWarning, default_te, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
-from .long import COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, generate_long, plan_segments
+from .long import (COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, generate_long,
+                   plan_segments, render_applied_schedule)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
-from .refine import TIMESTEP_MATCHING
+from .refine import SAME_INDEX, TIMESTEP_MATCHING
 from .sampling import device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
@@ -127,6 +128,16 @@ CHOICES = (
     ("--embedded", "embedded_preset", tuple(EMBEDDED_PRESETS)),
 )
 NUMBER_BY_OPTION = {n.option: n for n in NUMBERS}
+# what ConFiner-Long alone reads (the segment length decides whether a run is long, so it is not among them)
+LONG_ONLY = (("--noise-init", "noise_init"), ("--freenoise-window", "freenoise_window"),
+             ("--freenoise-stride", "freenoise_stride"), ("--gamma", "gamma"), ("--no-stagger", "staggered"),
+             ("--coherence-memory", "coherence_memory"), ("--color-anchor", "color_anchor"))
+
+
+def long_options_set(long: LongConfig) -> list[str]:
+    """The options of ``LONG_ONLY`` whose values differ from LongConfig's defaults."""
+    default = LongConfig()
+    return [option for option, field_name in LONG_ONLY if getattr(long, field_name) != getattr(default, field_name)]
 
 
 def one_of(choices) -> str:
@@ -208,6 +219,14 @@ class GenerateRequest:
             raise UsageError(f"--control-eta {self.chain.control_eta:g} applies to --control-sampler ddim only (the "
                              f"{self.chain.control_sampler} sampler draws no noise): drop it or use ddim",
                              "--control-eta")
+        if self.chain.matching != SAME_INDEX and self.chain.mode != COORDINATED:
+            raise UsageError(f"--matching {self.chain.matching} picks the temporal expert's timestep in coordinated "
+                             f"refinement only; this run is --mode {self.chain.mode}: drop --matching",
+                             "--matching")
+        if not self.embedded and self.embedded_preset != GenerateRequest.embedded_preset:
+            raise UsageError(f"--embedded {self.embedded_preset} picks weight-free experts for a run without "
+                             "checkpoints; this run loads --control/--spatial/--temporal: drop --embedded",
+                             "--embedded")
         self._validate_checkpoints()
         self._validate_spaces()
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
@@ -225,6 +244,13 @@ class GenerateRequest:
             raise UsageError(f"--resume continues an interrupted ConFiner-Long run; this is a single clip "
                              f"({self.frames} frames <= --segment-length {self.long.segment_length}, one prompt)",
                              "--resume")
+        else:
+            unused = long_options_set(self.long)
+            if unused:
+                raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} how ConFiner-Long joins "
+                                 f"segments; this is a single clip ({self.frames} frames <= --segment-length "
+                                 f"{self.long.segment_length}, one prompt): drop {'it' if len(unused) == 1 else 'them'}"
+                                 " or ask for more --frames", unused[0])
         check_device(self.device)
         self._validate_schedules()
         problem = check_output_folder(self.out, OUTPUTS)
@@ -286,6 +312,13 @@ class GenerateRequest:
             raise UsageError("--color-anchor anchors each window to the rest of the structure its predecessor ended "
                              "in, which only staggered refinement has: drop --no-stagger or --color-anchor",
                              "--color-anchor")
+        if L.noise_init != "freenoise":
+            unused = [option for option, field_name in LONG_ONLY if field_name.startswith("freenoise")
+                      and getattr(L, field_name) != getattr(LongConfig(), field_name)]
+            if unused:
+                raise UsageError(f"{' and '.join(unused)} shape{'s' if len(unused) == 1 else ''} FreeNoise's noise; "
+                                 f"this run's --noise-init is {L.noise_init}: drop {'it' if len(unused) == 1 else 'them'} "
+                                 "or use --noise-init freenoise", unused[0])
         if L.noise_init == "freenoise":
             noise_frames = plan.structures * self.spaces()["control"].latent_frames(L.segment_length)
             if L.freenoise_stride > L.freenoise_window:
@@ -344,7 +377,7 @@ class GenerateRequest:
         schedules = expert_schedules(self)
         c = self.chain
         extraction = "temporal" if c.mode == TEMPORAL else "spatial"
-        roles = [extraction] + (["temporal"] if c.mode in (COORDINATED, ALTERNATE) and c.matching == "same_index"
+        roles = [extraction] + (["temporal"] if c.mode in (COORDINATED, ALTERNATE) and c.matching == SAME_INDEX
                                 else [])
         for role in roles:
             if role in schedules:
@@ -552,6 +585,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
             announce(f"a single clip ({req.frames} frames) is not spread over processes: rank 0 makes it alone")
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
+        moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
+        if moved:
+            announce(moved)
     log = EvaluationLog()
     store = None
     if plan is not None:
@@ -745,6 +781,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
              "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
+        extra["prompt_schedule_applied"] = [{"frames": [a, b], "prompt": p}
+                                            for a, b, p in applied_schedule(plan, schedule).ranges()]
     if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())

@@ -25,7 +25,7 @@ import torch
 
 from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
 from .experts import Denoiser, in_stage
-from .prompts import PromptSchedule
+from .prompts import Entry, PromptSchedule, render_schedule
 
 SHUFFLE = "shuffle"
 FREENOISE = "freenoise"
@@ -349,6 +349,39 @@ def structure_centre(plan: SegmentPlan, i: int) -> int:
     return max(0, min(plan.frames - 1, i * L + (0 if plan.staggered else L // 2)))
 
 
+def window_centre(window: Window) -> int:
+    """Output frame at the middle of a window's output frames (for picking the prompt it is refined with)."""
+    return (window.out_start + window.out_stop) // 2
+
+
+def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule:
+    """``schedule`` as the windows apply it: each window refines all its output frames with the prompt in force at
+    its centre (:func:`window_centre`), so a prompt starts at the window junction nearest its key, up to half a
+    window early or late, and an entry whose frames hold no window's centre is not used. Each structure is made with
+    the prompt at its own centre (:func:`structure_centre`): across a change a window may refine a structure made
+    with the prompt before, which makes the change gradual."""
+    entries: list[Entry] = []
+    written = None
+    for window in plan.windows:
+        centre = window_centre(window)
+        index = max(i for i, e in enumerate(schedule.entries) if e.start <= centre)
+        if index != written:
+            entries.append(Entry(window.out_start, schedule.entries[index].prompt, schedule.entries[index].key))
+            written = index
+    return PromptSchedule(tuple(entries), schedule.frames, schedule.fps, scheduled=schedule.scheduled)
+
+
+def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
+    """Where the windows move a schedule's changes (:func:`applied_schedule`), the schedule as applied, to show
+    beside the one written; None where every prompt starts at its key."""
+    applied = applied_schedule(plan, schedule)
+    if [(e.start, e.prompt) for e in applied.entries] == [(e.start, e.prompt) for e in schedule.entries]:
+        return None
+    return (f"as ConFiner-Long applies it (each window of {plan.segment_length} frames is refined with the prompt at "
+            f"its centre frame, so a prompt starts at the nearest window junction: "
+            f"{', '.join(map(str, plan.window_junctions))}):\n{render_schedule(applied)}")
+
+
 @dataclass
 class LongState:
     """Everything the long loop carries from one window to the next, taken after a finished window: resuming from
@@ -526,7 +559,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             if i not in structures:
                 structures[i] = ranks.recv(owner(i), RING)[0][0].to(device)
         generator = task_generator(seed, WINDOW_TASK, window.index)
-        centre = (window.out_start + window.out_stop) // 2
+        centre = window_centre(window)
         with _tally(log, costs, ("window", window.index)), in_stage(log, "refine"):
             latent = window_latent(structures, window.parts, control, refiner, pixels)
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long, plan_segments
+from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long, plan_segments,
+                                  render_applied_schedule)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -32,12 +33,14 @@ def prompt_schedule_problem(text: str | None, frames: int | None) -> str | None:
     return None
 
 
-def resolved_schedule_text(text: str | None, frames: int) -> str | None:
-    """The resolved schedule (frame ranges -> prompt) the node shows under itself."""
+def resolved_schedule_text(text: str | None, frames: int, plan=None) -> str | None:
+    """The resolved schedule (frame ranges -> prompt) the node shows under itself, and with the segment ``plan``,
+    where its windows move a change, the schedule as applied."""
     if not text or not text.strip():
         return None
-    return "prompt schedule:\n" + render_schedule(parse_prompt(text, frames, PROMPT_FPS,
-                                                                option="segment prompts (segment_prompts)"))
+    schedule = parse_prompt(text, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
+    moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
+    return "prompt schedule:\n" + render_schedule(schedule) + (f"\n{moved}" if moved else "")
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -154,7 +157,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             host.check_clip_width(clip, {"control": control_model, "control low-noise": control_low_noise_model,
                                          **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
                                   "the clip input (segment prompts)")
-        schedule_text = resolved_schedule_text(segment_prompts, frames)
+        schedule_text = resolved_schedule_text(segment_prompts, frames, plan)
         if schedule_text:
             host.show_text(host.node_id(cls), schedule_text)
         ade.new_run()

@@ -101,6 +101,15 @@ CLI_CASES = [
     Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "--refine-steps: 9 refinement steps do not fit"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
+    # options the run would not read: refused as --control-eta above, rather than recorded and ignored
+    Case("matching-without-coordinated", ["--matching", "nearest", "--mode", "standard"], "--mode standard"),
+    Case("embedded-with-checkpoints", ["--embedded", "wan", "--control", "{motion}", "--spatial", "{sd}",
+                                       "--temporal", "{motion}"], "--embedded wan"),
+    Case("long-option-on-a-clip", ["--gamma", "0.3", "--coherence-memory", "unguided"],
+         "--gamma, --coherence-memory set how ConFiner-Long joins segments; this is a single clip (8 frames"),
+    Case("no-stagger-on-a-clip", ["--no-stagger"], "--no-stagger sets how ConFiner-Long"),
+    Case("freenoise-window-with-shuffle", ["--frames", "24", "--freenoise-window", "8"],
+         "--freenoise-window shapes FreeNoise's noise; this run's --noise-init is shuffle"),
     Case("eta-nan", ["--eta", "nan"], "--eta"),
     Case("gamma-above-half", ["--gamma", "0.6"], "--gamma"),
     Case("gamma-nan", ["--gamma", "nan"], "--gamma"),

@@ -127,14 +127,17 @@ def test_method_options_reach_the_chain_and_the_report(tmp_path):
         {"structure_noise": "spatial", "control_spacing": "trailing", "control_eta": 0.0, "refine_spacing": "uniform"}
     assert r0["settings"]["long"]["coherence_memory"] == "guided"
     other, r1 = run(tmp_path, "opts", "--seed", "5", "--structure-noise", "control", "--control-sampler", "ddim",
-                    "--control-spacing", "leading", "--control-eta", "0.3", "--refine-spacing", "trailing",
-                    "--coherence-memory", "unguided")
+                    "--control-spacing", "leading", "--control-eta", "0.3", "--refine-spacing", "trailing")
     assert {k: r1["chain"][k] for k in ("structure_noise", "control_sampler", "control_spacing", "control_eta",
                                         "refine_spacing")} == \
         {"structure_noise": "control", "control_sampler": "ddim", "control_spacing": "leading", "control_eta": 0.3,
          "refine_spacing": "trailing"}
-    assert r1["settings"]["long"]["coherence_memory"] == "unguided"
     assert not np.array_equal(read(base), read(other))
+    # a single clip has no segments to join: the Long options are refused there (tests/test_bad_inputs.py), and
+    # reach a long run's report
+    _, r2 = run(tmp_path, "long", "--seed", "5", "--frames", "24", "--segment-length", "8", "--coherence-memory",
+                "unguided")
+    assert r2["settings"]["long"]["coherence_memory"] == "unguided"
 
 
 def test_table3_setting_warns_but_runs(tmp_path):

@@ -157,6 +157,42 @@ def test_prompt_travel_encodes_each_prompt_once_per_expert():
     assert sorted(encoded) == sorted(["a", "b"] * 3)
 
 
+@pytest.mark.parametrize("text, starts", [("0: a | 24: b", [(0, "a"), (16, "b")]),     # 24 is window 1's centre
+                                          ("0: a | 25: b", [(0, "a"), (32, "b")]),
+                                          ("0: a | 20: b | 22: c", [(0, "a"), (16, "c")]),  # b holds no centre
+                                          ("0: a | 16: b | 32: c", [(0, "a"), (16, "b"), (32, "c")])])
+def test_the_applied_schedule_is_the_prompt_each_window_is_refined_with(text, starts):
+    """What the command line prints and reports as applied is what the refinement evaluations were given: each
+    window's spatial and temporal evaluations all see the one prompt the applied schedule gives its frames."""
+    from confiner_core.long import applied_schedule, render_applied_schedule
+
+    seen = []
+
+    class Recording(OracleExpert):
+        def forward(self, x, t, conds):
+            seen.append((self.name, conds[0]))
+            return super().forward(x, t, conds)
+
+    x0 = torch.randn(1, 4, 16, 4, 4, generator=torch.Generator().manual_seed(7))
+    c = OracleExpert(x0, S.named("animatediff")).bind()
+    s, t = (Recording(x0, S.named(n), name=n).bind() for n in ("sd15", "lavie"))
+    plan, schedule = plan_segments(48, 16, True), parse_prompt(text, frames=48)
+    per_window = []
+    generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=16),
+                  torch.Generator().manual_seed(0), lambda lat, w: per_window.append((w, set(seen))) or seen.clear(),
+                  schedule)
+    applied = applied_schedule(plan, schedule)
+    assert [(e.start, e.prompt) for e in applied.entries] == starts
+    for w, used in per_window:
+        expected = applied.at(w.out_start)
+        assert used == {("sd15", expected), ("lavie", expected)}, (w, used)
+        assert all(applied.at(f) == expected for f in range(w.out_start, w.out_stop))
+    moved = render_applied_schedule(plan, schedule)
+    assert (moved is None) == (starts == [(e.start, e.prompt) for e in schedule.entries])
+    if moved:
+        assert "nearest window junction: 16, 32" in moved and f"frames {starts[1][0]}-" in moved
+
+
 def test_long_loop_keeps_two_structures_and_counts():
     x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
     log = EvaluationLog()
