@@ -168,8 +168,17 @@ def validate_experts(roles: dict, shape: tuple, source: str) -> None:
         e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.name}")
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
-            raise ValueError(f"{role} expert {e.name!r} handles at most {e.max_frames} frames but {latent_frames} "
-                             f"were asked; use fewer frames or ConFiner-Long segments")
+            raise TooManyFrames(role, e.name, e.latent_space.pixel_frames(e.max_frames), frames)
+
+
+class TooManyFrames(ValueError):
+    """An expert asked for more (pixel) frames at once than it handles (``max_frames`` latent frames); callers name
+    their own option."""
+
+    def __init__(self, role: str, name: str, limit: int, asked: int):
+        self.role, self.name, self.limit, self.asked = role, name, limit, asked
+        super().__init__(f"{role} expert {name!r} handles at most {limit} frames but {asked} were asked; use fewer "
+                         f"frames or ConFiner-Long segments")
 
 
 def check_hand_offs(roles: dict, hand_offs: list, vae_fixes: dict | None = None) -> None:

@@ -27,6 +27,17 @@ PROMPT_HELP = ("text prompt (embedded default: 'a red ball bouncing over green g
                "'0: a red ball | 2.5s: a blue ball'; text not starting with a key is one plain prompt")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names it (or there is none to name)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        if nothing or "default" in text or not action.option_strings:   # (0 and 0.0 are defaults worth naming)
+            return text
+        return f"{text} (default {action.default})" if text else f"default {action.default}"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
 
@@ -62,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m confiner_core", description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", parents=[common],
+    g = sub.add_parser("generate", parents=[common], formatter_class=DefaultsFormatter,
                        help="generate a video (embedded default unless checkpoints are given)")
     g.add_argument("--prompt", default="", help=PROMPT_HELP)
-    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--negative-prompt", default="", help="what cfg steers away from, in every expert that uses cfg "
+                   "(none by default)")
     g.add_argument("--frames", type=number("--frames"), default=None,
                    help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
     g.add_argument("--height", type=number("--height"), default=256, help="pixels (default 256)")
@@ -73,14 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range; default 0)")
     g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json); outputs "
                    "are replaced only when a run completes")
-    g.add_argument("--control", help="control expert: AnimateDiff(-Lightning) pipeline dir or motion module .safetensors")
-    g.add_argument("--spatial", help="spatial expert: SD 1.5 diffusers dir or single-file .safetensors")
-    g.add_argument("--temporal", help="temporal expert: ModelScope/AnimateDiff pipeline dir or motion module")
-    g.add_argument("--base", help="SD 1.5 diffusers dir that motion modules and single files are built on")
+    g.add_argument("--control", help="control expert (text-to-video), a local diffusers folder or .safetensors: "
+                   "AnimateDiff(-Lightning) pipeline, MotionAdapter or motion module (on the SD 1.5 base), ModelScope "
+                   "T2V, Wan 2.1 / 2.2 (README, 'Real checkpoints', lists every kind)")
+    g.add_argument("--spatial", help="spatial expert (text-to-image): SD 1.5 or SDXL diffusers folder or single-file "
+                   ".safetensors (a single file with --base), Qwen-Image, or Wan 2.1 / 2.2 as an image model")
+    g.add_argument("--temporal", help="temporal expert (text-to-video): any kind --control takes; not needed with "
+                   "--mode standard")
+    g.add_argument("--base", help="local diffusers pipeline folder that supplies configs, tokenizer and scheduler to "
+                   "motion modules and single files: SD 1.5, or SDXL for an SDXL single file")
     g.add_argument("--embedded", choices=list(EMBEDDED_PRESETS), default="sd",
                    help="without checkpoints: which weight-free embedded experts -- " +
                         "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
-    g.add_argument("--mode", choices=MODES, default="coordinated")
+    g.add_argument("--mode", choices=MODES, default="coordinated",
+                   help="refinement: coordinated (Algorithm 1: spatial, temporal, spatial each step), standard (the "
+                        "spatial expert alone, Eq. 8), temporal (the temporal expert alone) or alternate (the experts "
+                        "in turn on the spatial schedule, Eq. 7, an ablation)")
     g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level")
     g.add_argument("--te", type=number("--te"), default=None,
@@ -105,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control timesteps as diffusers' schedulers lay them out; flow experts: 'linspace' is "
                         "FlowMatchEulerDiscreteScheduler, 'trailing' ComfyUI's 'simple'")
     g.add_argument("--control-eta", type=number("--control-eta"), default=0.0,
-                   help="DDIM eta in the control stage (ddim only)")
+                   help="DDIM eta in the control stage, --control-sampler ddim only")
     g.add_argument("--eta", type=number("--eta"), default=0.0, help="DDIM eta in refinement")
-    g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0)
+    g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0,
+                   help="control-stage guidance (1.0: none, as distilled few-step experts want)")
     g.add_argument("--cfg", type=number("--cfg"), default=None,
                    help="refinement guidance (default 7.5; 1.0 for the embedded default)")
     g.add_argument("--segment-length", type=number("--segment-length"), default=None,
@@ -115,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "4k+1 latents); longer videos are made of staggered segments")
     g.add_argument("--noise-init", choices=NOISE_INITS, default="shuffle",
                    help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
-    g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16)
-    g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=4)
+    g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16,
+                   help="--noise-init freenoise: frames of the noise window that is rescheduled")
+    g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=4,
+                   help="--noise-init freenoise: frames between shuffled noise windows")
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
                    help="pull towards the previous segment's guided prediction (Eq. 12 as printed) or its raw one")

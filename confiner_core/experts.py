@@ -312,9 +312,13 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
     if not bool(torch.isfinite(x_t).all()):
         return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "
                 f"(or the previous step overflowed); nothing was written")
+    network = getattr(denoiser.expert, "unet", None)   # the diffusers experts' network (absent for embedded ones)
+    if getattr(network, "dtype", None) == torch.float16:
+        weights = "fp16 overflow: load the experts in bfloat16 or float32"
+    else:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
+        weights = "weights that are not finite: check the checkpoint"
     return (f"{where} returned NaN or infinity (guidance scale {denoiser.guidance_scale:g}); likely causes: a cfg "
-            f"that is not finite or far too large, or fp16 overflow: load the experts in bfloat16 or float32; "
-            f"nothing was written")
+            f"that is not finite or far too large, or {weights}; nothing was written")
 
 
 def check_finite(*denoisers: "Denoiser | None") -> None:

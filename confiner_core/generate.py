@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
-                    ChainConfig, ConFinerWarning, default_te, refining_denoiser, run_chain, validate_chain)
+                    ChainConfig, ConFinerWarning, TooManyFrames, default_te, refining_denoiser, run_chain,
+                    validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, generate_long,
@@ -344,11 +345,17 @@ class GenerateRequest:
             if not os.path.exists(path):
                 raise UsageError(f"--{role}: the {role} expert's path {path} does not exist; give a local diffusers "
                                  f"folder or .safetensors file", f"--{role}")
-        if not (self.control and self.spatial and (self.temporal or self.chain.mode == STANDARD)):
-            raise UsageError("real checkpoints need --control and --spatial, and --temporal unless --mode standard; "
-                             "give none of them to use the embedded default", "--control")
+        missing = [f"--{role}" for role, given in (("control", self.control), ("spatial", self.spatial),
+                                                   ("temporal", self.temporal or self.chain.mode == STANDARD))
+                   if not given]
+        if missing:
+            raise UsageError(f"{' and '.join(missing)} missing: real checkpoints need --control and --spatial, and "
+                             "--temporal unless --mode standard; give none of them to use the embedded default",
+                             missing[0])
         if self.base and not os.path.isdir(self.base):
-            raise UsageError(f"--base: {self.base} must be a local diffusers SD 1.5 pipeline folder", "--base")
+            what = "does not exist" if not os.path.exists(self.base) else "is not a folder"
+            raise UsageError(f"--base: {self.base} {what}; give the local diffusers pipeline folder (SD 1.5, or SDXL "
+                             "for an SDXL single file) that supplies the configs, tokenizer and scheduler", "--base")
         try:
             from .diffusers_backend import preflight
         except ImportError as e:
@@ -651,6 +658,13 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         try:
             validate_chain(d["control"], d["spatial"], d["temporal"],
                            latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
+        except TooManyFrames as e:
+            option = "--segment-length" if plan else "--frames"
+            fix = (f"--segment-length {e.limit} or fewer" if plan else
+                   f"--frames {e.limit} or fewer, or --segment-length {e.limit} or fewer to make them ConFiner-Long "
+                   f"segments")
+            raise UsageError(f"{option}: the {e.role} expert {e.name!r} handles at most {e.limit} frames at once but "
+                             f"{e.asked} were asked; use {fix}", option) from None
         except ValueError as e:
             raise UsageError(str(e)) from None
 

@@ -151,7 +151,8 @@ CLI_CASES = [
     Case("out-below-a-file", ["--out", "{file}/sub"], "--out"),
     Case("out-not-writable", ["--out", "/proc/confiner-out"], "--out"),
     Case("out-name-taken-by-folder", ["--out", "{clash}"], "video.mp4"),
-    Case("spatial-without-control", ["--spatial", "{sd}"], "need --control and --spatial"),
+    Case("spatial-without-control", ["--spatial", "{sd}"], "--control and --temporal missing: real checkpoints need"),
+    Case("control-without-temporal", ["--control", "{motion}", "--spatial", "{sd}"], "--temporal missing"),
     Case("control-alone-missing", ["--control", "/nope/c"], "the control expert's path /nope/c does not exist"),
     Case("paths-missing", ["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"],
          "the control expert's path /nope/c does not exist"),
@@ -172,6 +173,7 @@ CLI_CASES = [
     Case("spatial-is-a-motion-module", ["--control", "{motion}", "--spatial", "{motion}", "--temporal", "{motion}"],
          "cannot serve as the spatial expert"),
     Case("base-is-a-file", [*CKPT, "--base", "{file}"], "--base"),
+    Case("base-missing", [*CKPT, "--base", "/nope/base"], "--base: /nope/base does not exist"),
     Case("base-without-checkpoints", ["--base", "{empty}"], "--base"),
     # prompt schedules
     Case("prompt-ambiguous", ["--prompt", "a red ball | 4: a blue ball"], "0: a red ball | 64: a blue ball"),

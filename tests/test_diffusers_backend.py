@@ -261,6 +261,25 @@ def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded
         torch.testing.assert_close(control.schedule.alphas, loaded["control"].schedule.alphas)
 
 
+@pytest.mark.parametrize("frames, option", [
+    (["--frames", "40", "--segment-length", "40"], "--frames: the control expert"),          # one clip of 40
+    (["--frames", "80", "--segment-length", "40"], "--segment-length: the control expert")])  # segments of 40
+def test_too_many_frames_for_a_motion_module_names_the_option(paths, tmp_path, capsys, frames, option):
+    """AnimateDiff's motion modules hold 32 frames at once: a longer clip or segment is refused, before any
+    evaluation, by the option that sets its length."""
+    from confiner_core.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), "--control", str(paths["ad"]), "--spatial", str(paths["sd"]),
+              "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--quiet", *frames])
+    err = capsys.readouterr().err   # transformers' loading bars too: in-process, it was imported before --quiet
+    assert e.value.code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {option}") and "at most 32 frames at once but 40 were asked" in last, last
+    assert "--segment-length 32 or fewer" in last
+    assert not (tmp_path / "x" / "video.mp4").exists()
+
+
 def test_scheduler_overrides_replace_the_animatediff_default(paths):
     # the SD base carries scaled_linear; a motion module on it gets linear unless told otherwise
     kept = load_experts(control=paths["mm_diffusers"], spatial=paths["sd"],

@@ -1,5 +1,6 @@
 """The embedded default end to end through the command line: files, report, reproducibility, clear errors."""
 
+import argparse
 import json
 import os
 
@@ -61,6 +62,21 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys, args, message):
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "video.mp4")
+
+
+def test_every_generate_option_is_explained_with_its_default(capsys):
+    """--help explains every option and names each default a user would otherwise have to guess."""
+    from confiner_core.cli import build_parser
+
+    generate = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    options = [a for a in generate._actions if a.option_strings and a.dest != "help"]
+    assert [a.option_strings[0] for a in options if not a.help] == []
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default out)", "(default cpu)", "(default eager)", "(default sd)", "(default 0.1)",
+                  "(default shuffle)", "(default coordinated)", "DDIM eta in refinement (default 0.0)"):
+        assert shown in text, shown
 
 
 def test_unknown_speed_preset_fails_before_loading():

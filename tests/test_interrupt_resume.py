@@ -268,6 +268,22 @@ def test_a_video_without_its_index_is_not_taken_as_written(tmp_path):
             sink.write(np.zeros((4, 32, 32, 3), np.uint8))
 
 
+def test_the_non_finite_hint_suggests_another_dtype_only_for_fp16_networks():
+    from types import SimpleNamespace
+
+    from confiner_core import schedules as S
+    from confiner_core.experts import non_finite_message
+    from test_chain import SHAPE, OracleExpert, x0_star
+
+    expert = OracleExpert(x0_star(), S.named("sd15"))
+    x = torch.zeros(SHAPE)
+    for dtype, hint in ((torch.float16, "fp16 overflow: load the experts in bfloat16 or float32"),
+                        (torch.float32, "weights that are not finite: check the checkpoint"),
+                        (torch.bfloat16, "weights that are not finite: check the checkpoint")):
+        expert.unet = SimpleNamespace(dtype=dtype)
+        assert hint in non_finite_message(expert.bind(), x, 500, "refine", 3), dtype
+
+
 @pytest.mark.parametrize("args,nan_call,where", [
     (["--frames", "8"], 7, "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
                            "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial
@@ -294,8 +310,8 @@ def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: NonFiniteError:")
-    # stage, step and expert named, a cause suggested
-    assert where in err and "bfloat16" in err
+    # stage, step and expert named, a cause suggested (these experts have no fp16 network to overflow)
+    assert where in err and "weights that are not finite" in err and "fp16" not in err
     assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
 
 
