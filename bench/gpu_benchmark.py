@@ -74,6 +74,7 @@ from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import fused_norm as FN  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert, MotionExpert, UNet3DExpert  # noqa: E402
+from confiner_core.diffusers_backend import precompiled  # noqa: E402
 from confiner_core.diffusers_backend.precompiled import FLASH4_CACHE_DIR, keep_kernels_in  # noqa: E402
 from confiner_core.diffusers_backend.speed import (COMPILE_SCOPES, EAGER, FAST, LEAN, MAX, SpeedSettings,  # noqa: E402
                                                    apply_speed_settings)
@@ -829,6 +830,9 @@ def start_probe(a) -> None:
         out["process_s"] = elapsed()
         write_atomic(os.path.join(a.out, "start_probe.json"), json.dumps(out, indent=2, default=float).encode())
 
+    if a.load_with_compile_workers:   # the A/B of precompiled.LOAD_COMPILE_THREADS
+        precompiled.LOAD_COMPILE_THREADS = None
+    out["load_compile_threads"] = precompiled.LOAD_COMPILE_THREADS
     if a.compile_dir:  # the settings move inductor's cache into the folder: load the portable cache there
         keep_kernels_in(a.compile_dir)
         out["inductor_cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -916,6 +920,9 @@ def main():
     ap.add_argument("--cache-out", default=None, help="save the compiled artifacts here after the 'best' table")
     ap.add_argument("--start-probe", default=None, metavar="CACHE_FILE",
                     help="the warm-start probe: load this compile cache and time the first best-settings run")
+    ap.add_argument("--load-with-compile-workers", action="store_true",
+                    help="with --start-probe: load the kept blocks with inductor's pool of compile workers, as "
+                         "before precompiled.LOAD_COMPILE_THREADS (its A/B)")
     ap.add_argument("--compile-dir", default=None,
                     help="the 'best' and 'max' settings keep their compiled blocks in this folder (compiled ahead of "
                          "time and saved by the first process, loaded by later ones: speed.SpeedSettings.compile_dir)")

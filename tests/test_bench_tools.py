@@ -200,7 +200,7 @@ def test_report_figures_and_targets(tmp_path):
     assert fig_hosts["warm_start_s"] == 17.5 and fig_hosts["warm_start_blocks_same_machine_bytecode_call_az_s"] == 22.8
     row = next(line for line in R.targets(fig_hosts) if line.startswith("| warm start"))
     assert row.endswith("on another host: 22.8 s (call AZ, a slower host: imports 10.1 against 8.0 s, reading the "
-                        "same 68 blocks 7.0 against 2.5 s) | **yes** on one host, no on the other |"), row
+                        "same 68 blocks 7.0 against 2.5 s) | **yes** on 1 of the 2 hosts measured |"), row
     # a probe of the max table's settings (a probe captures no CUDA graphs) is current too
     tables_max = {**tables, "best": {**tables["best"], "settings": "old"},
                   "max": {**tables["best"], "settings": "new + CUDA graphs"}}
@@ -865,6 +865,23 @@ def test_autotune_section_reads_inductors_printout():
     assert any("for 2 of 3 operations, and for 0 of the 1 convolutions" in line
                and "take 0.218 ms against PyTorch's 0.233 ms" in line for line in md)
     assert R.autotune_log_figures(None) == ({}, [])
+
+
+def test_load_threads_section_sets_the_two_arms_side_by_side():
+    log = "\n".join(["[    34 s] built in 1.5 s", "[   165 s] max confiner_4+5_modelscope: 1.453",
+                     "1 A 15.0 import 7.0 first 8.0 load 4.0 calls 2.0 1",
+                     "2 B 17.0 import 7.5 first 9.5 load 5.0 calls 3.0 None",
+                     "3 B 16.0 import 6.5 first 9.0 load 4.5 calls 2.5 None",
+                     "4 A 14.0 import 6.0 first 7.0 load 3.0 calls 2.0 1"])
+    fig, md = R.load_threads_figures(log)
+    assert fig == pytest.approx({"warm_load_in_process_warm_start_mean_s": 14.5, "warm_load_in_process_first_run_mean_s": 7.5,
+                                 "warm_load_in_process_blocks_load_mean_s": 3.5, "warm_load_in_process_probes": 2,
+                                 "warm_load_compile_workers_warm_start_mean_s": 16.5,
+                                 "warm_load_compile_workers_first_run_mean_s": 9.25,
+                                 "warm_load_compile_workers_blocks_load_mean_s": 4.75, "warm_load_compile_workers_probes": 2})
+    assert "| 2 | compile workers | 17.00 | 7.50 | 9.50 | 5.00 | 3.00 |" in md
+    assert any("spreads over up to 1.0 s (the imports alone 6.0-7.5 s)" in line for line in md)
+    assert R.load_threads_figures(None) == ({}, []) and R.load_threads_figures("no probes") == ({}, [])
 
 
 def test_upsample_probe_checks_each_way_against_diffusers_in_fp32(tmp_path, monkeypatch):

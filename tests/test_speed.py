@@ -1366,6 +1366,30 @@ def block_and_store(tmp_path):
 
 
 @pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
+def test_a_kept_block_is_read_without_inductors_compile_workers(tmp_path, monkeypatch):
+    """Loading a kept block reads its kernels from the cache in this process (compile_threads 1 while it loads: a
+    warm start then does not wait on inductor's pool of compile workers); compiling keeps the workers."""
+    import torch._inductor.config as inductor_config
+
+    store, block, x = block_and_store(tmp_path)
+    S.compile_forward(block, S.FAST, store)
+    with torch.no_grad():
+        block(x)                                   # compiled and saved
+    assert store.compiled == 1
+    threads_while_loading = []
+    load = torch.compiler.load_compiled_function
+    monkeypatch.setattr(torch.compiler, "load_compiled_function",
+                        lambda f: threads_while_loading.append(inductor_config.compile_threads) or load(f))
+    monkeypatch.setattr(inductor_config, "compile_threads", 4)   # as on a machine of many cores
+    fresh, block2, _ = block_and_store(tmp_path)
+    S.compile_forward(block2, S.FAST, fresh)
+    with torch.no_grad():
+        block2(x)
+    assert fresh.loaded == 1 and threads_while_loading == [P.LOAD_COMPILE_THREADS] == [1]
+    assert inductor_config.compile_threads == 4
+
+
+@pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")
 def test_a_block_kept_on_disk_keeps_its_attention_context_outside(tmp_path):
     """A block whose forward runs under an attention setting (the temporal transformers') is served from the store
     inside that context, so the backend it names is in force when the graph is traced; compiled once."""

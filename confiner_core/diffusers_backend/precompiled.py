@@ -195,6 +195,10 @@ def system_key() -> str:
     return repr((torch.__version__, triton_version, device))
 
 
+# inductor's compile_threads while a kept block loads (None: inductor's own setting, a pool of compile workers)
+LOAD_COMPILE_THREADS: int | None = 1
+
+
 class Store:
     """A folder of compiled blocks (one file per block structure and call signature) and what this process did
     with it: ``compiled`` (traced, compiled and saved), ``loaded`` (read from the folder), ``fallbacks``."""
@@ -238,7 +242,10 @@ class Store:
         if os.path.isfile(path):
             t0 = time.perf_counter()
             try:
-                with open(path, "rb") as f, aot_enabled():
+                # its kernels are in the cache it was compiled into: read in this process rather than handed to
+                # inductor's pool of compile workers (LOAD_COMPILE_THREADS; bench/RESULTS.md, "Starts")
+                threads = {} if LOAD_COMPILE_THREADS is None else {"compile_threads": LOAD_COMPILE_THREADS}
+                with open(path, "rb") as f, aot_enabled(), torch._inductor.config.patch(**threads):
                     fn = torch.compiler.load_compiled_function(f)
                 self.loaded += 1
                 self.load_s += time.perf_counter() - t0
