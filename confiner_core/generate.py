@@ -253,6 +253,9 @@ class GenerateRequest:
                                  f"{self.long.segment_length}, one prompt): drop {'it' if len(unused) == 1 else 'them'}"
                                  " or ask for more --frames", unused[0])
         check_device(self.device)
+        if self.speed == "max" and not str(self.device).startswith("cuda"):
+            warnings.warn(f"--speed max adds CUDA graphs to fast, and {self.device} has none: this run is --speed fast "
+                          "(its compile takes minutes on the first run)", ConFinerWarning, stacklevel=2)
         self._validate_schedules()
         problem = check_output_folder(self.out, OUTPUTS)
         if problem:

@@ -5,7 +5,9 @@ its UNet, loaded independently), and every bad input is refused before any weigh
 
 import json
 import shutil
+import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -278,6 +280,20 @@ def test_too_many_frames_for_a_motion_module_names_the_option(paths, tmp_path, c
     assert last.startswith(f"error: {option}") and "at most 32 frames at once but 40 were asked" in last, last
     assert "--segment-length 32 or fewer" in last
     assert not (tmp_path / "x" / "video.mp4").exists()
+
+
+def test_speed_max_off_cuda_says_it_runs_as_fast(paths, tmp_path):
+    """max is fast + CUDA graphs: on a CPU the graphs cannot be captured, which the check says before the compile."""
+    from confiner_core.chain import ConFinerWarning
+    from confiner_core.generate import GenerateRequest
+
+    request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
+                              frames=8, height=64, width=64, out=str(tmp_path / "out"), device="cpu")
+    with pytest.warns(ConFinerWarning, match="--speed max adds CUDA graphs to fast, and cpu has none"):
+        replace(request, speed="max").validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        replace(request, speed="fast").validate()
 
 
 def test_scheduler_overrides_replace_the_animatediff_default(paths):
