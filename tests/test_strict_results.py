@@ -68,10 +68,17 @@ def test_cli_prints_the_resolved_schedule_before_sampling(tmp_path, capsys):
     assert lines[:3] == ["prompt schedule (24 frames at 12 fps):",
                          "  frames 0-11 (0.00-1.00 s): a red ball bouncing",
                          "  frames 12-23 (1.00-2.00 s): a blue ball bouncing"]
-    assert lines[3].startswith("wrote ")
+    # frame 12 is the centre of the window of frames 8-15, which therefore refines with the second prompt
+    assert lines[3:6] == ["as ConFiner-Long applies it (each window of 8 frames is refined with the prompt at its "
+                          "centre frame, so a prompt starts at the nearest window junction: 8, 16):",
+                          "  frames 0-7 (0.00-0.67 s): a red ball bouncing",
+                          "  frames 8-23 (0.67-2.00 s): a blue ball bouncing"]
+    assert lines[6].startswith("wrote ")
     report = strict_load(os.path.join(out, "report.json"))
     assert report["prompt_schedule"] == [{"frames": [0, 12], "prompt": "a red ball bouncing"},
                                          {"frames": [12, 24], "prompt": "a blue ball bouncing"}]
+    assert report["prompt_schedule_applied"] == [{"frames": [0, 8], "prompt": "a red ball bouncing"},
+                                                 {"frames": [8, 24], "prompt": "a blue ball bouncing"}]
 
 
 def test_plain_prompt_with_bar_is_one_short_clip(tmp_path, capsys):
