@@ -716,7 +716,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                 generator = torch.Generator().manual_seed(req.seed)
                 noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 steps = req.chain.control_steps + req.chain.refine_steps
-                with tqdm(total=steps, desc="ConFiner", disable=not show_progress,
+                with tqdm(total=steps, desc="ConFiner", unit="step", disable=not show_progress,
                           postfix=compile_note(req)) as bar, warned_already():
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
                                        progress_callback(bar), hand_over=True)  # read by decode()
@@ -774,7 +774,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         write(frames)
         store.save_window(window.index, latent)
 
-    with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", disable=not show_progress,
+    with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", unit="step", disable=not show_progress,
               postfix=compile_note(req)) as bar:
         def window_done(state) -> None:
             store.save_state(state, len(plan.windows))
