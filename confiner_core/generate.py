@@ -253,9 +253,6 @@ class GenerateRequest:
                                  f"{self.long.segment_length}, one prompt): drop {'it' if len(unused) == 1 else 'them'}"
                                  " or ask for more --frames", unused[0])
         check_device(self.device)
-        if self.speed == "max" and not str(self.device).startswith("cuda"):
-            warnings.warn(f"--speed max adds CUDA graphs to fast, and {self.device} has none: this run is --speed fast "
-                          "(its compile takes minutes on the first run)", ConFinerWarning, stacklevel=2)
         self._validate_schedules()
         problem = check_output_folder(self.out, OUTPUTS)
         if problem:
@@ -272,6 +269,9 @@ class GenerateRequest:
                              f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
         if plan is not None:
             self._validate_resume(plan)
+        if self.speed == "max" and not str(self.device).startswith("cuda"):   # a run that goes ahead, said once
+            warnings.warn(f"--speed max adds CUDA graphs to fast, and {self.device} has none: this run is --speed fast "
+                          "(its compile takes minutes on the first run)", ConFinerWarning, stacklevel=2)
 
     def spaces(self) -> dict[str, LatentSpace]:
         """role -> latent space of each expert, known without loading weights (the embedded preset's experts, or
@@ -317,8 +317,7 @@ class GenerateRequest:
                              "in, which only staggered refinement has: drop --no-stagger or --color-anchor",
                              "--color-anchor")
         if L.noise_init != "freenoise":
-            unused = [option for option, field_name in LONG_ONLY if field_name.startswith("freenoise")
-                      and getattr(L, field_name) != getattr(LongConfig(), field_name)]
+            unused = [option for option in long_options_set(L) if option.startswith("--freenoise")]
             if unused:
                 raise UsageError(f"{' and '.join(unused)} shape{'s' if len(unused) == 1 else ''} FreeNoise's noise; "
                                  f"this run's --noise-init is {L.noise_init}: drop {'it' if len(unused) == 1 else 'them'} "
