@@ -98,6 +98,8 @@ class ChainConfig:
     structure_noise: str = SPATIAL
 
     def validate(self) -> None:
+        """The settings on their own (choices, step counts, T_e, eta), no expert needed; raises ValueError naming the
+        field. :func:`validate_chain` checks them against the experts' schedules."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.matching not in R.TIMESTEP_MATCHING:

@@ -215,9 +215,10 @@ def request_from_args(a: argparse.Namespace):
 
 
 def generate_command(a: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generate import generate, in_command_line_spelling
 
-    report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
+    with in_command_line_spelling():   # messages name the options typed, not GenerateRequest's fields
+        report = generate(request_from_args(a), show_progress=not a.quiet, announce=print)
     if report is None:   # a worker process of a torchrun run: rank 0 reports
         return 0
     s = report["seconds"]

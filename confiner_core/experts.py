@@ -30,9 +30,10 @@ class Prediction(NamedTuple):
 
 @dataclass
 class EvaluationLog:
-    """Counts, per stage, expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction, whatever
-    the guidance), network forwards, and the bridge's VAE calls (encodes + decodes of whole clips between latent
-    spaces).
+    """One run's count, per stage, of expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction,
+    whatever the guidance), network forwards, and the bridge's VAE calls (encodes + decodes of whole clips between
+    latent spaces). Give each run its own: a log shared by several runs adds their counts up, also in the
+    evaluation numbers its NaN messages give.
 
     A **network forward** is one call of an expert's network, whatever its batch: classifier-free guidance batched
     with the conditional pass into one call counts 1, computed as two calls counts 2, a context-windowed evaluation
@@ -162,7 +163,12 @@ class Expert(ABC):
     @abstractmethod
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         """Raw outputs for latent ``x`` (native layout) at timestep ``t``, one per conditioning in ``conds``.
-        Backends may batch the conditionings into one network call."""
+        Backends may batch the conditionings into one network call.
+
+        ``t`` is the core's timestep: an index into this expert's :class:`~confiner_core.schedules.NoiseSchedule`
+        (``schedule.coefficients(t)`` gives its alpha and sigma). For DDPM-trained UNets it is also the network's
+        timestep; a flow expert converts it to what its network takes (Wan: ``1000 * sigma(t)`` with the shifted
+        sigma; Qwen-Image: ``sigma(t)``), as its ``model_timestep`` does."""
 
     def forwards_per_call(self, n_conds: int) -> int:
         """Network forwards (see :class:`EvaluationLog`) the last :meth:`forward` made for ``n_conds``
@@ -311,14 +317,14 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
              f"step t={t:g}{evaluation}")
     if not bool(torch.isfinite(x_t).all()):
         return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "
-                f"(or the previous step overflowed); nothing was written")
+                f"(or the previous step overflowed)")
     network = getattr(denoiser.expert, "unet", None)   # the diffusers experts' network (absent for embedded ones)
     if getattr(network, "dtype", None) == torch.float16:
         weights = "fp16 overflow: load the experts in bfloat16 or float32"
     else:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
         weights = "weights that are not finite: check the checkpoint"
     return (f"{where} returned NaN or infinity (guidance scale {denoiser.guidance_scale:g}); likely causes: a cfg "
-            f"that is not finite or far too large, or {weights}; nothing was written")
+            f"that is not finite or far too large, or {weights}")
 
 
 def check_finite(*denoisers: "Denoiser | None") -> None:

@@ -16,10 +16,12 @@ Used by the command line (``python -m confiner_core generate``) and by scripts. 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import numbers
 import os
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -135,6 +137,47 @@ LONG_ONLY = (("--noise-init", "noise_init"), ("--freenoise-window", "freenoise_w
              ("--coherence-memory", "coherence_memory"), ("--color-anchor", "color_anchor"))
 
 
+# What a Python caller passes for each of the command line's options (GenerateRequest's fields, flags as the value
+# that sets them): messages are written with the options, and generate() and validate() name the fields instead
+# unless the command line runs them (in_command_line_spelling).
+FIELDS = {**{n.option: n.path for n in NUMBERS}, **{option: path for option, path, _ in CHOICES},
+          "--prompt": "prompt", "--negative-prompt": "negative_prompt", "--out": "out", "--control": "control",
+          "--spatial": "spatial", "--temporal": "temporal", "--base": "base", "--device": "device",
+          "--compile-dir": "compile_dir", "--resume": "resume=True", "--no-stagger": "long.staggered=False",
+          "--color-anchor": "long.color_anchor=True"}
+_OPTION = re.compile(r"(?<![\w/.-])--[a-z][a-z0-9-]*")
+_SPELLING = contextvars.ContextVar("confiner_option_spelling", default="python")
+
+
+@contextlib.contextmanager
+def in_command_line_spelling():
+    """Messages of the requests run inside name the command line's options (the command line's own runs)."""
+    token = _SPELLING.set("cli")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def spelled(text: str) -> str:
+    """``text`` with each command-line option as the caller spells it: unchanged for the command line, else the
+    GenerateRequest field (``--cfg`` -> ``refine_cfg``, ``--te`` -> ``chain.te``, ``--resume`` -> ``resume=True``)."""
+    if text is None or _SPELLING.get() == "cli":
+        return text
+    return _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
+
+
+@contextlib.contextmanager
+def caller_spelling():
+    """A UsageError raised inside names the inputs as the caller spells them (:func:`spelled`)."""
+    try:
+        yield
+    except UsageError as e:
+        if _SPELLING.get() == "cli":
+            raise
+        raise UsageError(spelled(str(e)), spelled(e.option)) from None
+
+
 def long_options_set(long: LongConfig) -> list[str]:
     """The options of ``LONG_ONLY`` whose values differ from LongConfig's defaults."""
     default = LongConfig()
@@ -161,9 +204,12 @@ class GenerateRequest:
     experts of ``embedded_preset``). ``control_cfg`` guides the control expert; ``refine_cfg`` the spatial and
     temporal experts (None: 1.0 embedded, 7.5 with checkpoints). ``chain`` holds the method's settings
     (``chain.te=None``: the refining expert's default, see :class:`~confiner_core.chain.ChainConfig`); ``long``
-    ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels. :meth:`validate` settles the
-    defaults and raises :class:`~confiner_core.errors.UsageError` naming the option (its messages use the command
-    line's spelling, e.g. ``--cfg`` for ``refine_cfg``)."""
+    ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels (``long.segment_length=None``, the
+    default here: the experts' natural clip, 16 frames or 17 for Wan-like 4k+1 spaces). The request holds its own
+    copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
+    ``long.segment_length``, ``frames``), never in the objects passed in, so one ``ChainConfig`` can serve several
+    requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
+    ``chain.te``); the command line's runs name its options instead (``--cfg``, ``--te``)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -185,7 +231,10 @@ class GenerateRequest:
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)
-    long: LongConfig = field(default_factory=LongConfig)
+    long: LongConfig = field(default_factory=lambda: LongConfig(segment_length=None))
+
+    def __post_init__(self):
+        self.chain, self.long = replace(self.chain), replace(self.long)   # validate() fills in defaults: ours alone
 
     def prompt_schedule(self) -> PromptSchedule:
         """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`)."""
@@ -208,6 +257,10 @@ class GenerateRequest:
 
     def validate(self) -> None:
         """Every check that needs no weights, in the order a user would fix them. Raises UsageError."""
+        with caller_spelling():
+            self._validate()
+
+    def _validate(self) -> None:
         for number in NUMBERS:
             number.check(lookup(self, number.path))
         for option, path, choices in CHOICES:
@@ -270,8 +323,9 @@ class GenerateRequest:
         if plan is not None:
             self._validate_resume(plan)
         if self.speed == "max" and not str(self.device).startswith("cuda"):   # a run that goes ahead, said once
-            warnings.warn(f"--speed max adds CUDA graphs to fast, and {self.device} has none: this run is --speed fast "
-                          "(its compile takes minutes on the first run)", ConFinerWarning, stacklevel=2)
+            warnings.warn(spelled(f"--speed 'max' adds CUDA graphs to 'fast', and {self.device} has none: this run "
+                                  "is 'fast' (its compile takes minutes on the first run)"), ConFinerWarning,
+                          stacklevel=3)
 
     def spaces(self) -> dict[str, LatentSpace]:
         """role -> latent space of each expert, known without loading weights (the embedded preset's experts, or
@@ -304,6 +358,10 @@ class GenerateRequest:
                 space.check_pixel_frames(clip, f"the {role} expert's {space.name}")
             except ValueError as e:
                 raise UsageError(f"{option}: {e}", option) from None
+        for role, inspection in self._inspections.items():   # a motion module's longest clip
+            limit = inspection.max_frames
+            if limit is not None and spaces[role].latent_frames(clip) > limit:
+                raise too_many_frames(TooManyFrames(role, role, spaces[role].pixel_frames(limit), clip), self.is_long)
 
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
@@ -422,6 +480,16 @@ class GenerateRequest:
         for k in ("out", "resume", "compile_dir"):  # where things go, not what they are
             settings.pop(k)
         return settings
+
+
+def too_many_frames(e: TooManyFrames, long: bool) -> UsageError:
+    """An expert's longest clip exceeded, as the option that sets the clip (a segment of a long video, or the
+    video) and the value to use."""
+    option = "--segment-length" if long else "--frames"
+    fix = (f"--segment-length {e.limit} or fewer" if long else
+           f"--frames {e.limit} or fewer, or --segment-length {e.limit} or fewer to make them ConFiner-Long segments")
+    return UsageError(f"{option}: the {e.role} expert {e.name!r} handles at most {e.limit} frames at once but "
+                      f"{e.asked} were asked; use {fix}", option)
 
 
 def refining_role(mode: str) -> str:
@@ -578,7 +646,7 @@ def generate(req: GenerateRequest, show_progress: bool = True,
     ConFiner-Long video is spread over them (:mod:`confiner_core.distributed`), rank 0 writes the files and
     returns the report, the others return None; a failure anywhere stops every process
     (:class:`~confiner_core.errors.RankFailed` on the others)."""
-    with distributed.session() as ranks:
+    with distributed.session() as ranks, caller_spelling():
         return _generate_on(ranks, req, show_progress and ranks.rank == 0, announce if ranks.rank == 0 else None)
 
 
@@ -623,7 +691,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         kept = ""
         if isinstance(e, KeyboardInterrupt) and failure is None:
             if store is not None and store.exists():
-                kept = f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume"
+                kept = spelled(f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with "
+                               "--resume")
             elif store is not None:
                 store.clear()
             done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
@@ -635,12 +704,15 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         if store is not None and not keep:
             store.clear()
         if failure is None:
+            if isinstance(e, NonFiniteError):   # where it happened and why; here also that the outputs are intact
+                raise NonFiniteError(f"{e}; nothing was written") from None
             if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
-                raise OutputError(f"{e}; {store.info().get('next_window')} of {len(plan.windows)} windows kept: "
-                                  "rerun with --resume once it can write") from e
+                raise OutputError(spelled(f"{e}; {store.info().get('next_window')} of {len(plan.windows)} windows "
+                                          "kept: rerun with --resume once it can write")) from e
             raise
         if keep:
-            kept = f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with --resume)"
+            kept = spelled(f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with "
+                           "--resume)")
         raise RankFailed(f"{failure}; nothing written{kept}", failure.code, failure.resumable,
                          failure.origin) from None
     finally:
@@ -661,12 +733,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
             validate_chain(d["control"], d["spatial"], d["temporal"],
                            latent_shape(req, d["control"], plan.segment_length if plan else req.frames), req.chain)
         except TooManyFrames as e:
-            option = "--segment-length" if plan else "--frames"
-            fix = (f"--segment-length {e.limit} or fewer" if plan else
-                   f"--frames {e.limit} or fewer, or --segment-length {e.limit} or fewer to make them ConFiner-Long "
-                   f"segments")
-            raise UsageError(f"{option}: the {e.role} expert {e.name!r} handles at most {e.limit} frames at once but "
-                             f"{e.asked} were asked; use {fix}", option) from None
+            raise too_many_frames(e, plan is not None) from None
         except ValueError as e:
             raise UsageError(str(e)) from None
 
@@ -686,7 +753,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         with in_stage(log, "decode"):
             frames = decode_frames(latent, refiner.expert.codec)[0, :frames_kept]
         if not bool(finite):
-            raise NonFiniteError("the final latent holds NaN or infinity; nothing was written")
+            raise NonFiniteError("the final latent holds NaN or infinity")
         seconds["decode"] = seconds.get("decode", 0.0) + time.perf_counter() - t0
         return frames
 

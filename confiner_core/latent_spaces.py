@@ -80,8 +80,22 @@ class LatentSpace:
                          f"cut by its VAE: use {options}")
 
     def latent_shape(self, batch: int, pixel_frames: int, height: int, width: int) -> tuple:
+        """The latent ``[B, C, T, h, w]`` of a video of ``pixel_frames`` frames of ``height`` x ``width`` pixels (e.g.
+        the initial noise). Refuses a frame count this space does not hold exactly (Wan: 4k+1) and a size that is not
+        a multiple of the spatial factor, rather than round them down to a shorter or smaller video."""
+        self.check_pixel_frames(pixel_frames)
+        for name, pixels in (("height", height), ("width", width)):
+            if pixels % self.spatial_factor or pixels < self.spatial_factor:
+                raise ValueError(f"{self.name} latent space: {name} {pixels} is not a positive multiple of its "
+                                 f"spatial factor {self.spatial_factor}; use {self.nearest_size(pixels)}")
         return (batch, self.channels, self.latent_frames(pixel_frames),
                 height // self.spatial_factor, width // self.spatial_factor)
+
+    def nearest_size(self, pixels: int) -> str:
+        """The multiples of the spatial factor around ``pixels`` (for a message)."""
+        f = self.spatial_factor
+        lower, upper = pixels // f * f, (pixels // f + 1) * f
+        return f"{lower} or {upper}" if lower >= f else str(upper)
 
     def pixel_shape(self, latent_shape: Sequence[int]) -> tuple:
         """(batch, frames, height, width) of the video a latent [B, C, T, h, w] of this space stands for."""
@@ -147,11 +161,15 @@ class Codec(ABC):
         """The VAE's own latent -> pixels."""
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, P, F, H, W]`` in [-1, 1] -> the normalised latent ``[B, C, T, h, w]`` (``process_in``); F
+        must be a count the space holds exactly."""
         self.space.check_pixel_frames(pixels.shape[2], f"{self.space.name} VAE:")
         self.calls["encode"] += 1
         return self.space.process_in(self.encode_raw(pixels))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """A normalised latent ``[B, C, T, h, w]`` -> pixels ``[B, P, F, H, W]`` in about [-1, 1] (``process_out``, then
+        the VAE)."""
         if latent.ndim != 5 or latent.shape[1] != self.space.channels:
             raise ValueError(f"the {self.space.name} VAE decodes latents [B, {self.space.channels}, T, h, w], got "
                              f"shape {tuple(latent.shape)}")

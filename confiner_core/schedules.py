@@ -170,6 +170,8 @@ def vp_schedule(alphas_cumprod: torch.Tensor, set_alpha_to_one: bool = True, nam
 
 def from_betas(beta_schedule: str = "scaled_linear", beta_start: float = 0.00085, beta_end: float = 0.012,
                num_train_timesteps: int = 1000, set_alpha_to_one: bool = False, name: str = "") -> NoiseSchedule:
+    """A VP schedule from a diffusers-style beta schedule (``DDPMScheduler``/``DDIMScheduler`` arguments; the defaults
+    are SD 1.5's): abar_t is the cumulative product of 1 - beta."""
     betas = betas_for(beta_schedule, beta_start, beta_end, num_train_timesteps)
     ac = torch.cumprod(1.0 - betas, dim=0)
     return vp_schedule(ac, set_alpha_to_one, name or f"{beta_schedule} {beta_start}->{beta_end}")

@@ -30,6 +30,7 @@ from confiner_core.diffusers_backend.families import animatediff as animatediff_
 from confiner_core.diffusers_backend.text import final_layer_norm
 from confiner_core.experts import EvaluationLog
 from confiner_core.latent_spaces import SD15, SDXL, bridge
+from confiner_core.long import LongConfig
 
 diffusers_logging.disable_progress_bar()
 
@@ -289,7 +290,7 @@ def test_speed_max_off_cuda_says_it_runs_as_fast(paths, tmp_path):
 
     request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
                               frames=8, height=64, width=64, out=str(tmp_path / "out"), device="cpu")
-    with pytest.warns(ConFinerWarning, match="--speed max adds CUDA graphs to fast, and cpu has none"):
+    with pytest.warns(ConFinerWarning, match="^speed 'max' adds CUDA graphs to 'fast', and cpu has none: this run is 'fast'"):
         replace(request, speed="max").validate()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConFinerWarning)
@@ -526,6 +527,41 @@ def test_bad_inputs_are_refused_before_any_weights_load(paths, tmp_path, weight_
     with pytest.raises(error, match=message):
         load_experts(**inputs)
     assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"
+
+
+@pytest.mark.parametrize("control", ["ad", "sd_plus_adapter", "adapter", "mm_diffusers", "mm_original"])
+def test_a_motion_modules_frame_limit_is_refused_before_any_weights_load(paths, tmp_path, weight_loads, control):
+    """Every kind of AnimateDiff expert gives its longest clip (the tiny adapter's motion_max_seq_length, 32) from its
+    config or header: a longer clip is refused by validate(), by the field a Python caller set; 32 frames pass."""
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+
+    request = GenerateRequest(control=str(paths[control]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
+                              frames=40, height=64, width=64, out=str(tmp_path / "out"),
+                              long=LongConfig(segment_length=40))   # one clip of 40 frames
+    with pytest.raises(UsageError, match=r"^frames: the control expert 'control' handles at most 32 frames at once "
+                                         r"but 40 were asked; use frames 32 or fewer, or long.segment_length 32 or "
+                                         r"fewer to make them ConFiner-Long segments$") as e:
+        replace(request).validate()
+    assert e.value.option == "frames"
+    with pytest.raises(UsageError, match=r"^long.segment_length: the control expert 'control' handles at most 32 "):
+        replace(request, frames=80).validate()                          # segments of 40
+    replace(request, frames=32, long=LongConfig(segment_length=32)).validate()
+    assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"
+
+
+def test_a_missing_vae_is_refused_by_the_role_that_needs_it(paths, tmp_path):
+    """The expert to give a VAE is the input the error names (the spatial expert, whose VAE decodes the video; none
+    of the experts here has one)."""
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+
+    inputs = _nothing_to_decode(paths, tmp_path)
+    request = GenerateRequest(control=str(inputs["control"]), spatial=str(inputs["spatial"]), frames=8, height=64,
+                              width=64, out=str(tmp_path / "out"), chain=ChainConfig(mode="standard"))
+    with pytest.raises(UsageError, match=r"^spatial: spatial expert \(.*sd_novae\): no VAE weights") as e:
+        request.validate()
+    assert e.value.option == "spatial"
 
 
 # ------------------------------------------------------------------------- (g): bridged latent spaces

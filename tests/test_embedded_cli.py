@@ -82,7 +82,7 @@ def test_every_generate_option_is_explained_with_its_default(capsys):
 def test_unknown_speed_preset_fails_before_loading():
     from confiner_core.generate import GenerateRequest
 
-    with pytest.raises(ValueError, match="--speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"):
+    with pytest.raises(ValueError, match="^speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"):
         GenerateRequest(speed="FAST").validate()
 
 
@@ -94,6 +94,42 @@ def test_a_request_asked_for_its_plan_before_validation_says_to_validate():
         request.plan()
     request.validate()
     assert request.frames == 16 and request.plan() is None
+
+
+def test_a_python_request_takes_the_experts_natural_clip_and_leaves_the_configs_passed_in_alone(tmp_path):
+    """From Python as from the command line: no frame count gives the experts' natural clip (17 frames in one
+    segment for a 4k+1 space), and settling the defaults fills in the request's own copies, so one ChainConfig
+    serves an SD-like (T_e 100) and a flow request (T_e 250) alike."""
+    from confiner_core.chain import DEFAULT_TE, ChainConfig
+    from confiner_core.generate import GenerateRequest
+    from confiner_core.long import LongConfig
+
+    chain, long = ChainConfig(), LongConfig(segment_length=None)
+    sd = GenerateRequest(chain=chain, long=long, out=str(tmp_path / "sd"))
+    wan = GenerateRequest(chain=chain, long=long, embedded_preset="wan", height=64, width=64,
+                          out=str(tmp_path / "wan"))
+    default_wan = GenerateRequest(embedded_preset="wan", height=64, width=64, out=str(tmp_path / "wan"))
+    for request in (sd, wan, default_wan):
+        request.validate()
+    assert (sd.frames, sd.long.segment_length, sd.chain.te) == (16, 16, DEFAULT_TE["vp"])
+    assert (wan.frames, wan.long.segment_length, wan.chain.te) == (17, 17, DEFAULT_TE["flow"])
+    assert (default_wan.frames, default_wan.long.segment_length) == (17, 17) and not default_wan.is_long
+    assert chain == ChainConfig() and long == LongConfig(segment_length=None)
+
+
+def test_a_latent_shape_is_refused_for_a_video_its_space_cannot_hold():
+    """Rounding 16 frames down to a 4k+1 space's 13, or 70 pixels down to 64, would make another video than asked."""
+    from confiner_core.latent_spaces import SD15, WAN21
+
+    assert WAN21.latent_shape(1, 17, 64, 48) == (1, 16, 5, 8, 6)
+    assert SD15.latent_shape(2, 16, 64, 48) == (2, 4, 16, 8, 6)
+    with pytest.raises(ValueError, match="wan2.1 latent space holds 4k\\+1 frames .* use 13 or 17"):
+        WAN21.latent_shape(1, 16, 64, 64)
+    with pytest.raises(ValueError, match="sd15 latent space: height 70 is not a positive multiple of its spatial "
+                                         "factor 8; use 64 or 72"):
+        SD15.latent_shape(1, 16, 70, 64)
+    with pytest.raises(ValueError, match="width 4 .* use 8$"):
+        SD15.latent_shape(1, 16, 64, 4)
 
 
 def test_embedded_experts_use_three_different_schedules():

@@ -15,8 +15,6 @@ one-layer vision tower. The Qwen-Image VAE carries the tiny Wan 2.1 VAE's weight
 
 from __future__ import annotations
 
-import functools
-import io
 from pathlib import Path
 
 import pytest

@@ -18,6 +18,8 @@ or a folder lacking ``scheduler/``) gets AnimateDiff's training schedule, linear
 
 from __future__ import annotations
 
+import inspect
+import logging
 from pathlib import Path
 
 import torch
@@ -38,6 +40,18 @@ MOTION_FILE = "motion-file"
 ANIMATEDIFF_SCHEDULE = S.ANIMATEDIFF
 
 _SD = SD15()
+
+
+class _NoEmptyFloat32Notice(logging.Filter):
+    """diffusers (0.42) warns that "modules ... should be kept in float32: []" whenever a model is cast to a dtype,
+    also when the list is empty, as ``UNetMotionModel.from_unet2d`` does with every motion module: a notice about
+    nothing, dropped. A non-empty list still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32Notice())
 
 
 # ------------------------------------------------------------------------------------ motion-module configs
@@ -118,6 +132,15 @@ def load_motion_file(path, motion_config=None) -> MotionAdapter:
     return adapter.eval()
 
 
+def motion_max_frames(config: dict, model_class) -> int:
+    """The most frames a motion module attends over (its positional table), from a MotionAdapter or UNetMotionModel
+    config; a config that leaves it out gets ``model_class``'s own default, as loading it would."""
+    value = config.get("motion_max_seq_length")
+    if value is None:
+        value = inspect.signature(model_class.__init__).parameters["motion_max_seq_length"].default
+    return int(value)
+
+
 def _per_block(value, blocks: int) -> list:
     return [value] * blocks if isinstance(value, int) else list(value)
 
@@ -171,7 +194,9 @@ class AnimateDiff(Family):
                 check_motion_adapter(who, adapter, facts["unet"], path)
                 facts["adapter"] = adapter
             space = U.space_of(who, facts["unet"], facts["vae"])
-            return Inspection(self, kind, role, path, space, facts["has_vae"], facts)
+            limit = motion_max_frames(facts["adapter"], MotionAdapter) if "adapter" in facts else \
+                motion_max_frames(facts["unet"], UNetMotionModel)
+            return Inspection(self, kind, role, path, space, facts["has_vae"], facts, limit)
         if kind == MOTION_FOLDER:
             adapter = files.read_json(path / "config.json", who)
             files.read_folder_weights(path, who, "the motion adapter weights")
@@ -181,7 +206,8 @@ class AnimateDiff(Family):
         base = self.base_inspection(who, role, context)
         check_motion_adapter(who, adapter, base.facts["unet"], base.path)
         facts = {"adapter": adapter, "base": base}
-        return Inspection(self, kind, role, path, base.latent_space, base.has_vae, facts)
+        return Inspection(self, kind, role, path, base.latent_space, base.has_vae, facts,
+                          motion_max_frames(adapter, MotionAdapter))
 
     def base_inspection(self, who: str, role: str, context: Context) -> Inspection:
         """The SD 1.5 model a motion module goes on: ``base`` when it holds UNet weights, else the spatial expert."""

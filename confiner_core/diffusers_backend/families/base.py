@@ -40,8 +40,10 @@ class Inspection:
     """What a family learned about one role's path without loading weights.
 
     ``latent_space``: the space the expert denoises in. ``has_vae``: VAE weights are at hand, so
-    :meth:`Family.load_codec` can build its codec. ``facts``: the family's own findings (configs read, header
-    shapes, the base's inspection...), passed back to :meth:`Family.load` so nothing is read twice."""
+    :meth:`Family.load_codec` can build its codec. ``max_frames``: the most latent frames the model takes at once
+    (a motion module's positional table; None: any), the loaded expert's ``max_frames``. ``facts``: the family's own
+    findings (configs read, header shapes, the base's inspection...), passed back to :meth:`Family.load` so nothing
+    is read twice."""
 
     family: "Family"
     kind: str
@@ -50,6 +52,7 @@ class Inspection:
     latent_space: LatentSpace
     has_vae: bool
     facts: dict = field(default_factory=dict)
+    max_frames: int | None = None
 
     @property
     def who(self) -> str:

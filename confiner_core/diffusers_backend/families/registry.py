@@ -91,22 +91,30 @@ def check_role(role: str, path, family: Family, kind: str) -> None:
 
 def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
     """Experts in different latent spaces meet through the bridge, which needs a VAE in each space; the video is
-    decoded by a VAE of the spatial expert's space. Raises naming the experts, their spaces and the fix."""
+    decoded by a VAE of the spatial expert's space. Raises naming the experts, their spaces and the fix; the error's
+    ``role`` is the expert the fix is about."""
     spaces = {ins.latent_space for ins in inspections.values()}
     for space in spaces if len(spaces) > 1 else ():
         members = [ins for ins in inspections.values() if ins.latent_space == space]
         if not any(m.has_vae for m in members):
             other = next(ins for ins in inspections.values() if ins.latent_space != space)
-            raise ValueError(
+            raise role_error(members[0].role, ValueError(
                 f"{members[0].who} works in latent space {space.name!r} and the {other.role} expert ({other.path}) "
                 f"in {other.latent_space.name!r}; the chain bridges different latent spaces through their VAEs, "
                 f"but no {space.name!r} expert here has VAE weights: give the {members[0].role} expert a model "
-                f"with its VAE (vae/ with weights), or choose experts of one latent space")
+                f"with its VAE (vae/ with weights), or choose experts of one latent space"))
     spatial = inspections.get("spatial")
     if spatial is not None and not any(i.has_vae for i in inspections.values()
                                        if i.latent_space == spatial.latent_space):
-        raise ValueError(f"{spatial.who}: no VAE weights to decode the video (vae/ with weights, or a single file "
-                         f"with its first_stage_model); give the spatial expert a model with its VAE")
+        raise role_error("spatial", ValueError(
+            f"{spatial.who}: no VAE weights to decode the video (vae/ with weights, or a single file with its "
+            f"first_stage_model); give the spatial expert a model with its VAE"))
+
+
+def role_error(role: str, error: Exception) -> Exception:
+    """``error`` marked with the role it is about (callers name that role's input)."""
+    error.role = role
+    return error
 
 
 def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
@@ -124,8 +132,7 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
                     family, kind = detected[role]
                     inspections[role] = family.inspect(Path(path), kind, role, context)
             except (ValueError, OSError) as e:
-                e.role = role
-                raise
+                raise role_error(role, e)
     check_latent_spaces(inspections)
     return inspections
 
