@@ -4,6 +4,7 @@ Each family's expert evaluation is checked against the family's own diffusers pi
 its UNet, loaded independently), and every bad input is refused before any weights load (counted)."""
 
 import json
+import logging
 import shutil
 import warnings
 from collections import Counter
@@ -548,6 +549,23 @@ def test_a_motion_modules_frame_limit_is_refused_before_any_weights_load(paths, 
         replace(request, frames=80).validate()                          # segments of 40
     replace(request, frames=32, long=LongConfig(segment_length=32)).validate()
     assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"
+
+
+def test_a_motion_module_loads_without_a_notice_about_no_modules(paths):
+    """diffusers warns of float32 modules on every cast of a UNetMotionModel, also when the list is empty: dropped
+    (diffusers' warnings are let through here: other test files silence them)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library, verbosity = logging.getLogger("diffusers"), diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_warning()
+    library.addHandler(handler)
+    try:
+        load_experts(control=paths["adapter"], spatial=paths["sd"])
+    finally:
+        library.removeHandler(handler)
+        diffusers_logging.set_verbosity(verbosity)
+    assert not any("kept in float32" in r.getMessage() for r in records), records
 
 
 def test_a_missing_vae_is_refused_by_the_role_that_needs_it(paths, tmp_path):
