@@ -54,6 +54,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm_blocks_same": "h200_sd_warm_blocks_same_machine.json",
          "warm_blocks_same_bytecode": "h200_sd_warm_blocks_same_machine_bytecode.json",
          "warm_blocks_same_bytecode_az": "h200_sd_warm_blocks_same_machine_bytecode_call_az.json",
+         "warm_blocks_same_bytecode_bd": "h200_sd_warm_blocks_same_machine_bytecode_call_bd.json",
          "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
@@ -136,7 +137,13 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
                # the same with upsampling folded (call AZ), on a host slower in every host-bound phase (imports,
                # reading the blocks, the cold compile) than call AI's
                "warm_blocks_same_bytecode_az": ("_blocks_same_machine_bytecode_call_az",
-                                                "the same, after upsampling was folded (call AZ, another host)")}
+                                                "the same, after upsampling was folded (call AZ, another host)"),
+               # the same, the kept blocks read in-process (call BD, another host)
+               "warm_blocks_same_bytecode_bd": ("_blocks_same_machine_bytecode_call_bd",
+                                                "the same, the kept blocks read in-process (call BD, another host)")}
+# the probes above taken on further hosts, each the same probe as warm_blocks_same_bytecode's (call AI): the warm
+# target counts every host it was met on
+OTHER_HOSTS = {"warm_blocks_same_bytecode_az": "call AZ, a slower host", "warm_blocks_same_bytecode_bd": "call BD"}
 # gpu_benchmark.py --settings max --inductor-config max_autotune_gemm=True (call AY): its log, inductor's autotuning
 AUTOTUNE_LOG = "h200_sd_max_autotune_gemm_call_ay_log.txt"
 # warm-start probes reading the kept blocks in-process or with inductor's compile workers (call BC): its log
@@ -1242,17 +1249,22 @@ def targets(fig: dict) -> list[str]:
     warm_settings = (f" (the latest probe, with the settings of then: {fig['warm_start_settings']})"
                      if fig.get("warm_start_settings") else "")
     warm_verdict = yes(le(fig.get("warm_start_s"), TARGET_WARM_S))
-    if fig.get("warm_start_from") == "warm_blocks_same_bytecode":
-        warm_settings = (" (with Python's bytecode caches, as an installation has them; without, as the lent "
+    if fig.get("warm_start_from") in ("warm_blocks_same_bytecode", *OTHER_HOSTS):
+        was = "warm_start" + WARM_PROBES["warm_blocks_same_bytecode"][0]
+        hosts = [fig.get(was + "_s")]
+        lead = "" if fig["warm_start_from"] == "warm_blocks_same_bytecode" else \
+            f"the fastest host, named below; call AI's {fmt(hosts[0], '.1f')} s, "
+        warm_settings = (f" ({lead}with Python's bytecode caches, as an installation has them; without, as the lent "
                          f"machine's Python runs: {fmt(fig.get('warm_start_blocks_same_machine_s'), '.1f')} s)")
-        later = fig.get("warm_start_blocks_same_machine_bytecode_call_az_s")
-        if later is not None:
-            was, now = "warm_start_blocks_same_machine_bytecode", "warm_start_blocks_same_machine_bytecode_call_az"
-            warm_settings += (f"; the same after upsampling was folded, on another host: {later:.1f} s (call AZ, a "
-                              f"slower host: imports {fig[now + '_import_s']:.1f} against {fig[was + '_import_s']:.1f}"
-                              f" s, reading the same {fig.get(now + '_blocks_loaded')} blocks "
-                              f"{fig[now + '_blocks_load_s']:.1f} against {fig[was + '_blocks_load_s']:.1f} s)")
-        hosts = [fig["warm_start_s"], later]
+        for key, call in OTHER_HOSTS.items():
+            now = "warm_start" + WARM_PROBES[key][0]
+            if fig.get(now + "_s") is None:
+                continue
+            hosts.append(fig[now + "_s"])
+            warm_settings += (f"; on another host: {hosts[-1]:.1f} s ({call}: imports {fig[now + '_import_s']:.1f} "
+                              f"against {fig[was + '_import_s']:.1f} s, reading the same "
+                              f"{fig.get(now + '_blocks_loaded')} blocks {fig[now + '_blocks_load_s']:.1f} against "
+                              f"{fig[was + '_blocks_load_s']:.1f} s)")
         if "warm_load_in_process_warm_start_mean_s" in fig:
             hosts.append(fig["warm_load_in_process_warm_start_mean_s"])
             warm_settings += (f"; the kept blocks read in-process (call BC, another host): mean "
