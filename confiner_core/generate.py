@@ -238,7 +238,8 @@ class GenerateRequest:
 
     def prompt_schedule(self) -> PromptSchedule:
         """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`)."""
-        return parse_prompt(self.prompt, self.frames, self.fps, option="--prompt", frames_option="--frames")
+        with caller_spelling():
+            return parse_prompt(self.prompt, self.frames, self.fps, option="--prompt", frames_option="--frames")
 
     @property
     def is_long(self) -> bool:

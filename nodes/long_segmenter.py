@@ -91,7 +91,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  tooltip="Staggered refinement: refine the second half of each segment together "
                                          "with the first half of the next, so seams are refined jointly."),
                 io.String.Input("segment_prompts", display_name="segment prompts", default="", multiline=True,
-                                optional=True,
+                                optional=True, placeholder="segment prompts, e.g. 0: a red ball | 64: a blue ball",
                                 tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a start "
                                         "frame (or '2.5s:' seconds at 8 fps) on every entry, each below 'frames'. "
                                         "Needs 'clip'. Empty: the connected conditioning everywhere."),
@@ -158,8 +158,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                          **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
                                   "the clip input (segment prompts)")
         schedule_text = resolved_schedule_text(segment_prompts, frames, plan)
-        if schedule_text:
-            host.show_text(host.node_id(cls), schedule_text)
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = host.refine_evaluations(chain)
@@ -174,6 +172,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress = host.Progress(control_model, total, host.node_id(cls), where)
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None})
+        if schedule_text:   # under every progress update, and on the console
+            progress.note(NODE, schedule_text)
         log = EvaluationLog()
         vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

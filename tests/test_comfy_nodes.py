@@ -102,6 +102,12 @@ def test_example_workflow_executes(comfy_worker, name):
     # one progress bar per ConFiner node, advancing once per stage step, ending at its total
     confiner_steps = [e for e in result["progress"] if e.get("total") and e["value"] == e["total"]]
     assert confiner_steps, result["progress"][:5]
+    if name == "confiner_long_sd15_animatediff":   # its resolved prompt schedule stays under every update
+        (node,) = _node_ids(workflow, "ConFinerLongSegmenter")
+        mine = [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == node]
+        steps = [t for t in mine if "\nstep " in t]
+        assert steps and all("prompt schedule:\n" in t for t in steps), mine
+        assert max(len(line) for t in steps for line in t.split("\n") if "step " in line) <= 60, steps[-1]
 
 
 def _node_ids(workflow: dict, node_type: str) -> list:
@@ -124,8 +130,8 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert all(e["has_preview"] for n in by_node for e in by_node[n])
     texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
 
-    def updates(node):   # the step line of each update (without motion models the node's warnings come first)
-        return [t["text"].split("\n")[-1] for t in texts if t["node_id"] == node and "step" in t["text"]]
+    def updates(node):   # each update's stage and step lines (without motion models the node's warnings come first)
+        return [" · ".join(t["text"].split("\n")[-2:]) for t in texts if t["node_id"] == node and "step" in t["text"]]
 
     sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")

@@ -1,6 +1,9 @@
 """The prompt-schedule grammar (confiner_core/prompts.py): plain prompts stay plain, schedules are explicit, every
 mistake is an error naming the entry, seconds resolve at the output fps."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from confiner_core.errors import UsageError
@@ -85,6 +88,16 @@ def test_an_entry_past_the_last_frame_names_the_callers_frame_count():
     for frames_option in ("--frames", "frames"):
         with pytest.raises(UsageError, match=f"use a smaller key or more {frames_option}$"):
             parse_prompt("0: a | 64: b", frames=64, option="--prompt", frames_option=frames_option)
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(UsageError) as e:   # a Python caller's request names its field
         GenerateRequest(prompt="0: a | 64: b", frames=64).prompt_schedule()
-    assert str(e.value).endswith("more --frames")
+    assert str(e.value).endswith("more frames") and e.value.option == "prompt"
+
+
+def test_the_help_pages_example_schedules_are_schedules():
+    """What the Long Video's help page shows an artist to type is read as the schedule it means."""
+    page = (Path(__file__).parent.parent / "web" / "docs" / "ConFinerLongSegmenter.md").read_text()
+    examples = [span.replace("\\|", "|") for span in re.findall(r"`([^`]*\\\|[^`]*)`", page)]
+    assert examples
+    for text in examples:
+        schedule = parse_prompt(text, frames=128, fps=8)
+        assert schedule.scheduled and schedule.travels, text

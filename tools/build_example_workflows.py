@@ -153,10 +153,16 @@ STAGE_COLOURS = {"models": "#3f789e", "prompts": "#8a8a3f", "control": "#a1309b"
                  "output": "#3f8a5a", "readme": "#444444"}
 
 
+# below their widgets, the sampling nodes draw their progress text (two lines, the Long Video's prompt schedule
+# under them) and each evaluation's live preview: a node without that room draws them over the node below it
+PREVIEW_ROOM = {"ConFinerControlExpert": 240, "ConFinerCoordinatedSampler": 240, "ConFinerLongSegmenter": 380}
+
+
 def size_of(type_: str) -> list:
     measured = MEASURED.get(type_) or [0, 0]
     wanted = WANTED.get(type_, (0, 0))
-    return [int(max(measured[0], wanted[0]) + 0.999), int(max(measured[1], wanted[1]) + 0.999)]
+    return [int(max(measured[0], wanted[0]) + 0.999),
+            int(max(measured[1], wanted[1]) + PREVIEW_ROOM.get(type_, 0) + 0.999)]
 
 
 # Where the frontend (1.35) draws a link: from the output socket (9 left of the node's right edge, rows 20 apart
