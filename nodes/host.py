@@ -532,15 +532,15 @@ class Progress:
     """One ComfyUI progress bar per node, advanced once per expert evaluation in every stage, each update with a
     latent preview of that evaluation's x0 (each update is also the real server's interruption check). The node's
     progress text shows the stage and the expert, then the step on a line of its own (the frontend wraps a long line
-    anywhere, also inside "42/42"), under any warnings and above any notes (:meth:`note`)."""
+    anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
 
-    def __init__(self, model, total: int, node_id: str | None = None, where=None):
+    def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None):
         self.total, self.done, self.node_id = total, 0, node_id
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
-        self.where = where  # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
+        self.where = where    # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
+        self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
-        self.notes: list[str] = []     # shown below it
 
     def warn_frames_alone(self, models: dict) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
@@ -563,19 +563,13 @@ class Progress:
         self.done += 1
         self.counts[expert.name] += 1
         where = self.where(expert.name, self.counts) if self.where else ""
+        detail = self.detail(expert.name, self.counts) if self.detail else ""
         self.show(f"{where}{STAGE_OF_ROLE.get(expert.name, expert.name)} · {expert.label}\n"
-                  f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}")
-
-    def note(self, node: str, text: str) -> None:
-        """A note kept under the node's text for the whole run (e.g. the Long Video's prompt schedule: each update
-        would replace it otherwise), and logged once on the console."""
-        logging.info("%s: %s", node, text)
-        self.notes.append(text)
-        show_text(self.node_id, "\n".join([*self.warnings, *self.notes]))
+                  f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}" + (f"\n{detail}" if detail else ""))
 
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
-        show_text(self.node_id, "\n".join([*self.warnings, text, *self.notes]))
+        show_text(self.node_id, "\n".join([*self.warnings, text]))
 
 
 def node_id(node_cls) -> str | None:

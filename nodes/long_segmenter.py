@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
 from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long, plan_segments,
-                                  render_applied_schedule)
+from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, applied_schedule, check_window_join,
+                                  generate_long, plan_segments, render_applied_schedule, structure_centre,
+                                  window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -34,13 +37,22 @@ def prompt_schedule_problem(text: str | None, frames: int | None) -> str | None:
 
 
 def resolved_schedule_text(text: str | None, frames: int, plan=None) -> str | None:
-    """The resolved schedule (frame ranges -> prompt) the node shows under itself, and with the segment ``plan``,
-    where its windows move a change, the schedule as applied."""
+    """The resolved schedule (frame ranges -> prompt) for the console, and with the segment ``plan``, where its
+    windows move a change, the schedule as applied."""
     if not text or not text.strip():
         return None
     schedule = parse_prompt(text, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
     moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
     return "prompt schedule:\n" + render_schedule(schedule) + (f"\n{moved}" if moved else "")
+
+
+def node_schedule_text(schedule, plan) -> str:
+    """The schedule the video follows, as the node shows it before and after a run (its box holds about four
+    lines): the frames each prompt covers as the windows apply it."""
+    applied = applied_schedule(plan, schedule) if schedule.travels else schedule
+    moved = "" if [(e.start, e.prompt) for e in applied.entries] == [(e.start, e.prompt) for e in schedule.entries] \
+        else " as applied (see console)"
+    return f"prompts{moved}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in applied.ranges())
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -157,23 +169,33 @@ class ConFinerLongSegmenter(io.ComfyNode):
             host.check_clip_width(clip, {"control": control_model, "control low-noise": control_low_noise_model,
                                          **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
                                   "the clip input (segment prompts)")
-        schedule_text = resolved_schedule_text(segment_prompts, frames, plan)
+        if prompts is not None:   # the whole schedule on the console; on the node until the first evaluation
+            logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan))
+            host.show_text(host.node_id(cls), node_schedule_text(prompts, plan))
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = host.refine_evaluations(chain)
         total = plan.structures * control_steps + len(plan.windows) * per_window
 
+        def index(role, counts) -> int:   # the structure (control stage) or window this evaluation is in
+            if role == "control":
+                return (counts["control"] - 1) // control_steps
+            return (counts["spatial"] + counts["temporal"] - 1) // per_window
+
         def where(role, counts):
             if role == "control":
-                return f"structure {(counts['control'] - 1) // control_steps + 1}/{plan.structures} · "
-            done = counts["spatial"] + counts["temporal"]
-            return f"window {(done - 1) // per_window + 1}/{len(plan.windows)} · "
+                return f"structure {index(role, counts) + 1}/{plan.structures} · "
+            return f"window {index(role, counts) + 1}/{len(plan.windows)} · "
 
-        progress = host.Progress(control_model, total, host.node_id(cls), where)
+        def prompt_now(role, counts):   # the prompt generate_long gives this structure or window (its centre's)
+            i = index(role, counts)
+            centre = structure_centre(plan, i) if role == "control" else window_centre(plan.windows[i])
+            return f"prompt: {prompts.at(centre)}"
+
+        progress = host.Progress(control_model, total, host.node_id(cls), where,
+                                 prompt_now if prompts is not None and prompts.travels else None)
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None})
-        if schedule_text:   # under every progress update, and on the console
-            progress.note(NODE, schedule_text)
         log = EvaluationLog()
         vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
@@ -210,6 +232,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 out = codec.encode(out)
                 log.record_vae(1)
         host.log_cost(NODE, log)
+        if prompts is not None:   # what the video followed, once the progress is over
+            host.show_text(host.node_id(cls), node_schedule_text(prompts, plan))
         return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
 
     @staticmethod

@@ -102,12 +102,18 @@ def test_example_workflow_executes(comfy_worker, name):
     # one progress bar per ConFiner node, advancing once per stage step, ending at its total
     confiner_steps = [e for e in result["progress"] if e.get("total") and e["value"] == e["total"]]
     assert confiner_steps, result["progress"][:5]
-    if name == "confiner_long_sd15_animatediff":   # its resolved prompt schedule stays under every update
+    if name == "confiner_long_sd15_animatediff":   # the prompt of each structure and window, then the schedule
         (node,) = _node_ids(workflow, "ConFinerLongSegmenter")
         mine = [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == node]
-        steps = [t for t in mine if "\nstep " in t]
-        assert steps and all("prompt schedule:\n" in t for t in steps), mine
-        assert max(len(line) for t in steps for line in t.split("\n") if "step " in line) <= 60, steps[-1]
+        steps = [t.split("\n")[-3:] for t in mine if "\nstep " in t]
+        # 0: a red ball | 4: a blue ball over 12 frames in segments of 4: structures 1-4 centred on frames 0, 4, 8,
+        # 11, windows 1-3 on frames 2, 6, 10
+        prompts = {s[0].split(" · ")[0]: s[2] for s in steps}
+        red, blue = "prompt: a red ball", "prompt: a blue ball"
+        assert prompts == {"structure 1/4": red, "structure 2/4": blue, "structure 3/4": blue, "structure 4/4": blue,
+                           "window 1/3": red, "window 2/3": blue, "window 3/3": blue}, prompts
+        assert all(len(line) <= 60 for s in steps for line in s[:2]), steps
+        assert mine[0] == mine[-1] == "prompts:\n0-3: a red ball\n4-11: a blue ball", (mine[0], mine[-1])
 
 
 def _node_ids(workflow: dict, node_type: str) -> list:

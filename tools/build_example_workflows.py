@@ -152,9 +152,10 @@ STAGE_COLOURS = {"models": "#3f789e", "prompts": "#8a8a3f", "control": "#a1309b"
                  "output": "#3f8a5a", "readme": "#444444"}
 
 
-# below their widgets, the sampling nodes draw their progress text (two lines, the Long Video's prompt schedule
-# under them) and each evaluation's live preview: a node without that room draws them over the node below it
-PREVIEW_ROOM = {"ConFinerControlExpert": 240, "ConFinerCoordinatedSampler": 240, "ConFinerLongSegmenter": 380}
+# below their widgets, the sampling nodes draw their progress text (two lines; three on the Long Video, whose
+# prompt schedule shows there before and after a run) and each evaluation's live preview: a node without that room
+# draws them over the node below it, and the frontend grows a node by 30 px when its first progress arrives
+PREVIEW_ROOM = {"ConFinerControlExpert": 280, "ConFinerCoordinatedSampler": 280, "ConFinerLongSegmenter": 400}
 
 
 def size_of(type_: str) -> list:
