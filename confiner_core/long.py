@@ -185,8 +185,18 @@ def task_generator(seed: int, kind: int, index: int = 0) -> torch.Generator:
 
 
 def root_seed(seed) -> int:
-    """The run's seed: an int, or a ``torch.Generator`` standing for its initial seed (its state is not used)."""
-    return seed.initial_seed() if isinstance(seed, torch.Generator) else int(seed)
+    """The run's seed: an int, or a ``torch.Generator`` standing for its initial seed. Every task's generator comes
+    from it (:func:`task_generator`, so that a resumed or spread run is identical), never from the generator's state:
+    a generator that has drawn since it was seeded is refused rather than quietly read as its seed (``run_chain``
+    does continue from a generator's state)."""
+    if not isinstance(seed, torch.Generator):
+        return int(seed)
+    fresh = torch.Generator(device=seed.device).manual_seed(seed.initial_seed())
+    if not torch.equal(seed.get_state(), fresh.get_state()):
+        raise ValueError(f"ConFiner-Long derives each structure's and window's generator from the run's seed, but "
+                         f"this generator has drawn numbers since it was seeded with {seed.initial_seed()}; pass that "
+                         f"seed as an int, or a freshly seeded generator")
+    return seed.initial_seed()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -205,6 +205,27 @@ def test_long_loop_keeps_two_structures_and_counts():
     assert log.evaluations == {"control": 4 * plan.structures, "refine": 15 * len(plan.windows)}
 
 
+def test_a_seed_generator_stands_for_its_seed_and_one_that_has_drawn_is_refused():
+    """Every task's generator comes from the run's seed (so a resumed run is identical): a freshly seeded generator
+    gives the int seed's video; one that has drawn since would be read as its seed all the same, so it is refused."""
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    plan = plan_segments(16, 8, True)
+
+    def video(seed):
+        got = []
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=8), seed,
+                      lambda lat, w: got.append(lat))
+        return torch.cat(got, dim=2)
+
+    assert torch.equal(video(5), video(torch.Generator().manual_seed(5)))
+    assert not torch.equal(video(5), video(6))
+    drawn = torch.Generator().manual_seed(5)
+    torch.randn(1, generator=drawn)
+    with pytest.raises(ValueError, match="has drawn numbers since it was seeded with 5; pass that seed as an int"):
+        video(drawn)
+
+
 def test_long_cli_reports_plan_and_seams(tmp_path):
     out = str(tmp_path / "long")
     assert main(["generate", "--out", out, "--frames", "40", "--segment-length", "8", "--height", "64",
