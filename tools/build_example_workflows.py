@@ -154,7 +154,7 @@ STAGE_COLOURS = {"models": "#3f789e", "prompts": "#8a8a3f", "control": "#a1309b"
 
 # below their widgets, the sampling nodes draw their progress text (two lines; three on the Long Video, whose
 # prompt schedule shows there before and after a run) and each evaluation's live preview: a node without that room
-# draws them over the node below it, and the frontend grows a node by 30 px when its first progress arrives
+# draws them over the node below it (and the frontend then grows it by 30 px, out of its group)
 PREVIEW_ROOM = {"ConFinerControlExpert": 280, "ConFinerCoordinatedSampler": 280, "ConFinerLongSegmenter": 400}
 
 
