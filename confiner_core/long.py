@@ -381,11 +381,19 @@ def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSched
     return PromptSchedule(tuple(entries), schedule.frames, schedule.fps, scheduled=schedule.scheduled)
 
 
-def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
-    """Where the windows move a schedule's changes (:func:`applied_schedule`), the schedule as applied, to show
-    beside the one written; None where every prompt starts at its key."""
+def moved_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule | None:
+    """The schedule as applied (:func:`applied_schedule`) where the windows move a change; None where every prompt
+    starts at its key."""
     applied = applied_schedule(plan, schedule)
-    if [(e.start, e.prompt) for e in applied.entries] == [(e.start, e.prompt) for e in schedule.entries]:
+    same = [(e.start, e.prompt) for e in applied.entries] == [(e.start, e.prompt) for e in schedule.entries]
+    return None if same else applied
+
+
+def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
+    """Where the windows move a schedule's changes (:func:`moved_schedule`), the schedule as applied, to show
+    beside the one written; None where every prompt starts at its key."""
+    applied = moved_schedule(plan, schedule)
+    if applied is None:
         return None
     return (f"as ConFiner-Long applies it (each window of {plan.segment_length} frames is refined with the prompt at "
             f"its centre frame, so a prompt starts at the nearest window junction: "

@@ -9,8 +9,8 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
-from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, applied_schedule, check_window_join,
-                                  generate_long, plan_segments, render_applied_schedule, structure_centre,
+from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
+                                  moved_schedule, plan_segments, render_applied_schedule, structure_centre,
                                   window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
@@ -49,10 +49,9 @@ def resolved_schedule_text(text: str | None, frames: int, plan=None) -> str | No
 def node_schedule_text(schedule, plan) -> str:
     """The schedule the video follows, as the node shows it before and after a run (its box holds about four
     lines): the frames each prompt covers as the windows apply it."""
-    applied = applied_schedule(plan, schedule) if schedule.travels else schedule
-    moved = "" if [(e.start, e.prompt) for e in applied.entries] == [(e.start, e.prompt) for e in schedule.entries] \
-        else " as applied (see console)"
-    return f"prompts{moved}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in applied.ranges())
+    moved = moved_schedule(plan, schedule)
+    shown, title = (schedule, "prompts") if moved is None else (moved, "prompts as applied (see console)")
+    return f"{title}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges())
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
