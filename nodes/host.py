@@ -52,9 +52,10 @@ def schedule_of(model, role: str) -> S.NoiseSchedule:
                          f"use an eps/v-prediction discrete model (SD 1.5, AnimateDiff) or a flow model (Wan, Hunyuan)")
     sigmas = ms.sigmas
     if kind == S.FLOW and len(sigmas) != FLOW_TIMESTEPS:
-        # Flux-style samplings (Qwen-Image, Flux: ModelSamplingFlux) tabulate 10000 flow times; the core counts
-        # timesteps 0..999 like every other family (T_e = 100 is flow time 0.1 before the shift), so read the
-        # model's own shifted flow time at u = (t + 1) / 1000, as ModelSamplingDiscreteFlow's table holds it.
+        # Flux-style samplings (Qwen-Image, Flux: ModelSamplingFlux) tabulate 10000 flow times; the core's tables
+        # have 1000 positions like every other family, so read the model's own shifted flow time at
+        # u = (t + 1) / 1000, as ModelSamplingDiscreteFlow's table holds it. (A T_e names a noise level, not a
+        # position: sigma = T_e / 1000 whatever the shift, NoiseSchedule.index.)
         u = torch.arange(1, FLOW_TIMESTEPS + 1, dtype=torch.float64) / FLOW_TIMESTEPS
         sigmas = torch.tensor([float(ms.percent_to_sigma(1.0 - float(x))) for x in u], dtype=torch.float64)
     return S.from_ve_sigmas(sigmas, kind, name=f"{role}:{type(ms).__name__}")

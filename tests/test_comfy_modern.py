@@ -345,6 +345,35 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
     assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)
 
 
+def _linked_node(workflow: dict, node: dict, input_name: str) -> dict:
+    """The node whose output feeds ``input_name`` of ``node`` (UI-format links: id, from, slot, to, slot, type)."""
+    link = next(i["link"] for i in node["inputs"] if i["name"] == input_name)
+    source = next(l[1] for l in workflow["links"] if l[0] == link)
+    return next(n for n in workflow["nodes"] if n["id"] == source)
+
+
+@pytest.mark.parametrize("name", MODERN_TEMPLATES)
+def test_modern_templates_refine_from_the_default_te_of_their_spatial_experts_kind(comfy_worker, modern, name):
+    """T_e counts a flow expert's noise level (sigma = T_e / 1000), so a template refining with a flow spatial expert
+    starts at the flow default (250, sigma 0.25) and one with SD 1.5 at 100 (chain.DEFAULT_TE). The Qwen-Image
+    template refined from 100, sigma 0.1: a third of the paper's noise level. The kind is ComfyUI's model sampling
+    of the loaded tiny file."""
+    from confiner_core.chain import DEFAULT_TE
+
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    bundle = next(n for n in workflow["nodes"] if n["type"] == "ConFinerRefineExperts")
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
+    loader = _linked_node(workflow, bundle, "spatial_model")
+    if loader["type"] == "CheckpointLoaderSimple":
+        kind = "vp" if not comfy_worker.call("comfy_support.modern_checks:checkpoint_is_flow",
+                                             comfy_worker.checkpoint_name) else "flow"
+    else:
+        tiny = next(t for real, t in TINY.items() if loader["widgets_values"][0].startswith(real))
+        kind = "flow" if comfy_worker.call("comfy_support.modern_checks:loaders_detect")["models"][tiny]["flow"] \
+            else "vp"
+    assert sampler["widgets_values"][0] == DEFAULT_TE[kind], (loader["widgets_values"][0], kind)
+
+
 def test_a_templates_models_are_freed_once_comfyui_lets_them_go(comfy_worker, modern):
     """After a prompt with Qwen-Image, the next prompt without it leaves no Qwen-Image model alive: the session
     workers, which live on between prompts, hold nothing of the sessions they served. (They held the last one, and

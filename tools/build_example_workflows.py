@@ -590,8 +590,8 @@ def wan_qwen_image():
     g = Graph()
     modern_readme(
         g, "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
-        "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 100 and refined in 5 "
-        "coordinated steps by Qwen-Image (spatial expert, every frame as an image) and Wan 2.1 (temporal expert). "
+        "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 250 (sigma 0.25, the "
+        "paper's noise level for a flow model) and refined in 5 coordinated steps by Qwen-Image (spatial expert, every frame as an image) and Wan 2.1 (temporal expert). "
         "Qwen-Image shares Wan 2.1's latent space, so no VAE runs between the experts. *spatial expert frames*: "
         "**latent frames** (default) refines each of the 9 latent frames as an image, batched, no VAE calls; "
         "**pixel frames** refines each of the 33 pixel frames on its own (decode, per-frame Qwen-Image, encode "
@@ -614,7 +614,7 @@ def wan_qwen_image():
                              bundle_links(qwen, (qwen_pos, qwen_neg), wan, (wan_pos, wan_neg),
                                           spatial_vae=(vae, "VAE")))
     ctrl = wan_control(g, wan, wan_pos, wan_neg, MODERN_SHAPE)
-    refinement(g, ctrl, experts, vae, "ConFiner/wan_qwen_image", title="VAE Decode tiled (Wan 2.1 VAE)")
+    refinement(g, ctrl, experts, vae, "ConFiner/wan_qwen_image", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
     g.save("confiner_wan21_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 

@@ -72,6 +72,15 @@ def loaders_detect() -> dict:
     return out
 
 
+def checkpoint_is_flow(ckpt_name: str) -> bool:
+    """Whether ComfyUI samples the checkpoint's model as a flow model (CONST model sampling)."""
+    import comfy.model_sampling
+    import nodes
+
+    model = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[0]
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+
+
 def bridge_equals_decode_then_encode(ckpt_name: str) -> dict:
     """The bridge through ComfyUI VAEs against VAE Decode then VAE Encode done directly with ComfyUI's nodes (and
     the models' latent formats): Wan -> SD 1.5, SD 1.5 -> Wan, and Wan -> the per-frame Wan space (pixel frames: each
