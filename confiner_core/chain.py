@@ -6,6 +6,7 @@ combinations before any expert runs; :func:`run_chain` executes the three stages
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -76,8 +77,10 @@ def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None =
 
 @dataclass
 class ChainConfig:
-    """Defaults are the paper's "9 steps": 4 control steps (AnimateDiff-Lightning, Euler, trailing), T_e = 100 on the
-    spatial expert's schedule (Eq. 6), 5 coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20).
+    """Defaults are the paper's "9 steps": 4 control steps, T_e = 100 on the spatial expert's schedule (Eq. 6), 5
+    coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20). One is not the paper's: the control
+    stage samples with Euler at trailing spacing, what its control expert AnimateDiff-Lightning was distilled for,
+    where the paper writes DDIM (``control_sampler="ddim"``).
 
     ``te=None`` (the default) is the refining expert's default T_e (:data:`DEFAULT_TE`: 100 for VP experts, 250 for
     flow experts such as Wan, about the same noise level), settled by :meth:`with_default_te` where the experts are
@@ -112,17 +115,20 @@ class ChainConfig:
             raise ValueError(f"control_sampler must be one of {SAMPLERS}, got {self.control_sampler!r}")
         if self.structure_noise not in STRUCTURE_NOISES:
             raise ValueError(f"structure_noise must be one of {STRUCTURE_NOISES}, got {self.structure_noise!r}")
-        if self.control_steps < 1 or self.refine_steps < 1:
-            raise ValueError("control_steps and refine_steps must be >= 1")
-        if self.te is not None and (isinstance(self.te, bool) or not float(self.te).is_integer() or self.te < 1):
-            raise ValueError(f"te (T_e) must be a whole timestep >= 1, got {self.te!r}")
+        for name in ("control_steps", "refine_steps", "te"):
+            value = getattr(self, name)
+            if (value is not None or name != "te") and \
+                    (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{'te (T_e)' if name == 'te' else name} must be an integer >= 1, got {value!r}")
+        for name in ("eta", "control_eta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         # uniform: distinct timesteps in (0, T_e]; leading: its steps offset must keep the first within T_e
         room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
         if room is not None and self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
                              f"use at most {room} steps or raise T_e")
-        if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.control_eta <= 1.0):
-            raise ValueError("eta values must lie in [0, 1]")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -273,7 +279,10 @@ def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
                        generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:
-    """Stage 1 (Eq. 5): the coarse video V_0."""
+    """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
+    check_latent(noise, "noise", "generate_structure")
+    if generator is not None:
+        check_generator(generator, "generate_structure")
     return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                           config.control_eta, generator, eps_hook, callback, config.control_spacing)
 
@@ -282,6 +291,8 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                       generator: torch.Generator) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
+    check_latent(structure, "structure", "extract_structure")
+    check_generator(generator, "extract_structure")
     return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 
@@ -306,6 +317,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     first (:func:`~confiner_core.experts.hand_off`); without a source it is already in the refining expert's space,
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
+    check_latent(structure, "structure", "refine_structure")
     check_generator(generator, "refine_structure")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
@@ -319,9 +331,15 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     return refine(spatial, temporal, x, config, generator, callback)
 
 
+def check_latent(x, name: str, where: str) -> None:
+    """A latent argument is a tensor: refused by name here rather than deep inside the first operation on it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor latent [B, C, F, h, w], got {type(x).__name__}")
+
+
 def check_generator(generator, where: str) -> None:
-    """The refinement draws fresh noise at every step (Eq. 6, 9, 11), so it needs the caller's seeded generator:
-    refused here, before any evaluation, rather than deep inside the first draw."""
+    """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
+    here, before any evaluation, rather than deep inside the first draw."""
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
                         f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
@@ -336,6 +354,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
+    check_latent(noise, "noise", "run_chain")
     check_generator(generator, "run_chain")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log

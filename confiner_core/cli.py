@@ -1,4 +1,5 @@
-"""``python -m confiner_core generate ...``: the command line over :func:`confiner_core.generate.generate`.
+"""``python -m confiner_core generate ...`` makes a video (:func:`confiner_core.generate.generate`);
+``python -m confiner_core evaluate VIDEO`` scores one (:mod:`confiner_core.metrics`).
 
 Exit codes: 0 done; 2 a usage error (one line naming the option and what it accepts; nothing written);
 1 a failure while running (one line; nothing written); 130 interrupted (Ctrl-C; nothing written).
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--noise-init freenoise: frames between shuffled noise windows")
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
-                   help="pull towards the previous segment's guided prediction (Eq. 12 as printed) or its raw one")
+                   help="guided: pull towards the previous segment's guided prediction (Eq. 12 as printed); unguided: towards "
+                        "its raw prediction")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--color-anchor", action="store_true",
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "window_color_drift)")
     g.add_argument("--fps", type=number("--fps"), default=8.0, help="frames per second of video.mp4 and of "
                    "seconds keys in --prompt (default 8)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or xpu")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
                    help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, GEGLU and QKV, the fastest "
                         "attention (flash-attn-4 for long self-attention where installed, else cuDNN; a Triton "
@@ -166,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(same settings; the result is bit-identical to an uninterrupted run)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("evaluate", parents=[common], help="offline quality metrics of a video file or a directory of frames")
-    e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads) or a directory of PNG/JPG frames")
+    e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads), a directory of PNG/JPG frames, or a "
+                                 "generate output folder (its video.mp4 is read)")
     e.add_argument("--junctions", type=int, nargs="*", default=None,
                    help="frame indices where segments meet, for the seam score (e.g. 16 32 48)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -183,6 +186,9 @@ def evaluate_command(a: argparse.Namespace) -> int:
         video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
     try:
         frames = metrics.read_video(video)
+        if len(frames) < 2:   # e.g. a generate folder's frames.png, the contact sheet
+            raise ValueError(f"{video!r} holds {len(frames)} frame: the metrics score a video (2 frames or more); "
+                             f"for a generate output pass its folder or its video.mp4")
         scores = metrics.strict_scores(metrics.evaluate(frames, junctions=a.junctions))
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None

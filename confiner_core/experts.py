@@ -9,6 +9,8 @@ canonical video layout ``[B, C, F, h, w]``.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -192,6 +194,13 @@ class Expert(ABC):
         called late in a run (the chain's temporal expert, first called in the refinement) then encodes them while
         the GPU runs the stages before, not while it waits at the run's start for the host (H200, call AI: the
         temporal prompt's encode was 2-3 ms of the 8 ms the GPU idled before the control stage)."""
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise TypeError(f"bind: prompt and negative_prompt must be text, got {type(prompt).__name__} and "
+                            f"{type(negative_prompt).__name__}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or \
+                not math.isfinite(guidance_scale):
+            raise TypeError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
+
         def encode() -> tuple:
             if guidance_scale != 1.0:
                 return tuple(self.encode_all([prompt, negative_prompt]))

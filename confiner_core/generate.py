@@ -36,8 +36,8 @@ from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, 
                     validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
-from .long import (COHERENCE_MEMORIES, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, generate_long,
-                   plan_segments, render_applied_schedule)
+from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
+                   generate_long, plan_segments, render_applied_schedule)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX, TIMESTEP_MATCHING
@@ -52,7 +52,6 @@ OUTPUTS = ("video.mp4", "frames.png", "report.json")
 NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
                            # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64
-MAX_SEED = 2**64 - 1       # ComfyUI's seed range
 SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
 CONTROL_SAMPLERS = ("euler", "ddim")
@@ -234,6 +233,10 @@ class GenerateRequest:
     long: LongConfig = field(default_factory=lambda: LongConfig(segment_length=None))
 
     def __post_init__(self):
+        for name, kind in (("chain", ChainConfig), ("long", LongConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise UsageError(f"{name} must be a {kind.__name__} (e.g. {kind.__name__}(...) from confiner_core), "
+                                 f"got {type(getattr(self, name)).__name__}", name)
         self.chain, self.long = replace(self.chain), replace(self.long)   # validate() fills in defaults: ours alone
 
     def prompt_schedule(self) -> PromptSchedule:
@@ -262,6 +265,9 @@ class GenerateRequest:
             self._validate()
 
     def _validate(self) -> None:
+        if isinstance(self.seed, torch.Generator):   # the request is settings (kept for --resume): seeds are ints
+            raise UsageError(f"--seed must be an integer, got a torch.Generator: pass its seed, "
+                             f"{self.seed.initial_seed()} (generator.initial_seed())", "--seed")
         for number in NUMBERS:
             number.check(lookup(self, number.path))
         for option, path, choices in CHOICES:
@@ -402,10 +408,11 @@ class GenerateRequest:
                 raise UsageError("--base only applies to checkpoints; give --control and --spatial too, or drop it",
                                  "--base")
             return
-        for role, path in self.roles().items():   # a wrong path first: it is what the user typed
-            if not os.path.exists(path):
-                raise UsageError(f"--{role}: the {role} expert's path {path} does not exist; give a local diffusers "
-                                 f"folder or .safetensors file", f"--{role}")
+        absent = [(role, path) for role, path in self.roles().items() if not os.path.exists(path)]
+        if absent:   # a wrong path first: it is what the user typed; every one of them, to fix in one go
+            said = "; ".join(f"the {role} expert's path {path} does not exist" for role, path in absent)
+            raise UsageError(f"--{absent[0][0]}: {said}; give a local diffusers folder or .safetensors file",
+                             f"--{absent[0][0]}")
         missing = [f"--{role}" for role, given in (("control", self.control), ("spatial", self.spatial),
                                                    ("temporal", self.temporal or self.chain.mode == STANDARD))
                    if not given]
@@ -625,10 +632,12 @@ def compile_note(req: GenerateRequest) -> str | None:
     return f"the first steps compile every block (minutes; {keep})"
 
 
-def progress_callback(bar: tqdm):
+def progress_callback(bar: tqdm, log: EvaluationLog):
+    """The bar at the run's expert evaluations after each step (the unit of every other count: the report, the
+    final line, an interrupt's message): a control step is one, a coordinated refinement step three."""
     def callback(info: dict) -> None:
         bar.set_postfix_str(f"{info['stage']} t={info['t']}")
-        bar.update(1)
+        bar.update(sum(log.evaluations.values()) - bar.n)
     return callback
 
 
@@ -782,11 +791,10 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
             else:
                 generator = torch.Generator().manual_seed(req.seed)
                 noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
-                steps = req.chain.control_steps + req.chain.refine_steps
-                with tqdm(total=steps, desc="ConFiner", unit="step", disable=not show_progress,
-                          postfix=compile_note(req)) as bar, warned_already():
+                with tqdm(total=expected_evaluations(req.chain), desc="ConFiner", unit=" evaluations",
+                          disable=not show_progress, postfix=compile_note(req)) as bar, warned_already():
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                                       progress_callback(bar), hand_over=True)  # read by decode()
+                                       progress_callback(bar, log), hand_over=True)  # read by decode()
                 seconds.update(result.seconds)
                 write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
@@ -816,13 +824,12 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     """ConFiner-Long: windows are decoded where they were refined and written by rank 0 as soon as they are final,
     and kept in the resume store with the loop state after each one. With ``req.resume`` the stored windows are
     decoded again and the loop continues from the stored state (whatever number of processes made them)."""
-    steps = plan.structures * req.chain.control_steps + len(plan.windows) * req.chain.refine_steps
     b, c, _, h, w = latent_shape(req, d["control"], 1)
     frame_shape = (b, c, h, w)
     prompts = schedule if schedule.travels else None
     lead = ranks.rank == 0
     t0 = time.perf_counter()
-    resume, done_steps = None, 0
+    resume = None
     if req.resume:
         resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
@@ -832,8 +839,6 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
             finished = plan.windows[:resume.next_window]
             for window in finished:
                 write(decode(store.window(window.index).to(device), plan.window_frames(window)))
-            made = {i for w in finished for i, _, _ in w.parts} | set(resume.structures)
-            done_steps = len(made) * req.chain.control_steps + len(finished) * req.chain.refine_steps
     elif lead:
         store.start()
 
@@ -841,8 +846,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         write(frames)
         store.save_window(window.index, latent)
 
-    with tqdm(total=steps, initial=done_steps, desc="ConFiner-Long", unit="step", disable=not show_progress,
-              postfix=compile_note(req)) as bar:
+    with tqdm(total=expected_evaluations(req.chain, plan), initial=sum(log.evaluations.values()),
+              desc="ConFiner-Long", unit=" evaluations", disable=not show_progress, postfix=compile_note(req)) as bar:
         def window_done(state) -> None:
             store.save_state(state, len(plan.windows))
             if ranks.world > 1:  # progress from the finished windows' counts (the work is on other processes)
@@ -853,7 +858,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         with warned_already():
             final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain,
                                   req.long, req.seed, sink, prompts,
-                                  progress_callback(bar) if ranks.world == 1 else None, device, resume=resume,
+                                  progress_callback(bar, log) if ranks.world == 1 else None, device, resume=resume,
                                   on_window_done=window_done if lead else None,
                                   prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
                                   ranks=ranks)

@@ -16,6 +16,7 @@ structure's rank) and make the same video.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -184,12 +185,18 @@ def task_generator(seed: int, kind: int, index: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(task_seed(seed, kind, index))
 
 
+MAX_SEED = 2**64 - 1       # ComfyUI's seed range
+
+
 def root_seed(seed) -> int:
     """The run's seed: an int, or a ``torch.Generator`` standing for its initial seed. Every task's generator comes
     from it (:func:`task_generator`, so that a resumed or spread run is identical), never from the generator's state:
     a generator that has drawn since it was seeded is refused rather than quietly read as its seed (``run_chain``
     does continue from a generator's state)."""
     if not isinstance(seed, torch.Generator):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (ComfyUI's range) or a freshly seeded "
+                             f"torch.Generator, got {seed!r}")
         return int(seed)
     fresh = torch.Generator(device=seed.device).manual_seed(seed.initial_seed())
     if not torch.equal(seed.get_state(), fresh.get_state()):
@@ -364,21 +371,32 @@ def window_centre(window: Window) -> int:
     return (window.out_start + window.out_stop) // 2
 
 
+def window_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
+    """Per window, the index of the schedule entry it is refined with: the one in force at its centre
+    (:func:`window_centre`)."""
+    return [max(i for i, e in enumerate(schedule.entries) if e.start <= window_centre(w)) for w in plan.windows]
+
+
 def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule:
     """``schedule`` as the windows apply it: each window refines all its output frames with the prompt in force at
-    its centre (:func:`window_centre`), so a prompt starts at the window junction nearest its key, up to half a
-    window early or late, and an entry whose frames hold no window's centre is not used. Each structure is made with
-    the prompt at its own centre (:func:`structure_centre`): across a change a window may refine a structure made
-    with the prompt before, which makes the change gradual."""
+    its centre (:func:`window_entries`), so a prompt starts at the window junction nearest its key, up to half a
+    window early or late, and an entry whose frames hold no window's centre is not used (:func:`unused_entries`).
+    Each structure is made with the prompt at its own centre (:func:`structure_centre`): across a change a window
+    may refine a structure made with the prompt before, which makes the change gradual."""
     entries: list[Entry] = []
     written = None
-    for window in plan.windows:
-        centre = window_centre(window)
-        index = max(i for i, e in enumerate(schedule.entries) if e.start <= centre)
+    for window, index in zip(plan.windows, window_entries(plan, schedule)):
         if index != written:
             entries.append(Entry(window.out_start, schedule.entries[index].prompt, schedule.entries[index].key))
             written = index
     return PromptSchedule(tuple(entries), schedule.frames, schedule.fps, scheduled=schedule.scheduled)
+
+
+def unused_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
+    """The entries no window is refined with, as (first frame, end frame, prompt) as written: their frames hold no
+    window's centre, so the video never shows them (:func:`applied_schedule`)."""
+    used = set(window_entries(plan, schedule))
+    return [r for i, r in enumerate(schedule.ranges()) if i not in used]
 
 
 def moved_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule | None:
@@ -389,15 +407,33 @@ def moved_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedul
     return None if same else applied
 
 
+def unused_entries_text(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
+    """A warning naming the entries the video never shows (:func:`unused_entries`) and the fix; None if none."""
+    unused = unused_entries(plan, schedule)
+    if not unused:
+        return None
+    listed = "; ".join(f"frames {a}-{b - 1}: {p!r}" for a, b, p in unused)
+    which = "1 prompt of the schedule is" if len(unused) == 1 else f"{len(unused)} prompts of the schedule are"
+    return (f"warning: {which} not used, since no refinement window of {plan.segment_length} frames is centred in "
+            f"its frames: {listed}. Give each prompt at least {plan.segment_length} frames, or use a shorter segment "
+            f"length")
+
+
 def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
     """Where the windows move a schedule's changes (:func:`moved_schedule`), the schedule as applied, to show
-    beside the one written; None where every prompt starts at its key."""
+    beside the one written, and the entries left unused (:func:`unused_entries_text`); None where every prompt
+    starts at its key."""
     applied = moved_schedule(plan, schedule)
     if applied is None:
         return None
-    return (f"as ConFiner-Long applies it (each window of {plan.segment_length} frames is refined with the prompt at "
-            f"its centre frame, so a prompt starts at the nearest window junction: "
-            f"{', '.join(map(str, plan.window_junctions))}):\n{render_schedule(applied)}")
+    if plan.window_junctions:
+        how = (f"each window of {plan.segment_length} frames is refined with the prompt at its centre frame, so a "
+               f"prompt starts at the nearest window junction: {', '.join(map(str, plan.window_junctions))}")
+    else:
+        how = (f"the one window of {plan.segment_length} frames is refined with the prompt at its centre frame, "
+               f"{window_centre(plan.windows[0])}")
+    unused = unused_entries_text(plan, schedule)
+    return f"as ConFiner-Long applies it ({how}):\n{render_schedule(applied)}" + (f"\n{unused}" if unused else "")
 
 
 @dataclass
@@ -512,6 +548,12 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     ranks = ranks or SOLO
     me, world = ranks.rank, ranks.world
     seed = root_seed(seed)
+    if len(frame_shape) != 4:
+        raise ValueError(f"frame_shape is (B, C, h, w) of one latent frame in the control expert's space, got "
+                         f"{tuple(frame_shape)}")
+    if prompts is not None and prompts.frames != plan.frames:
+        raise ValueError(f"prompts cover {prompts.frames} frames but the plan has {plan.frames}: parse the schedule "
+                         f"for the plan's frames (parse_prompt(text, {plan.frames}))")
     b, c, h, w = frame_shape
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)

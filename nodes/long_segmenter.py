@@ -11,7 +11,7 @@ from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, vali
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
-                                  window_centre)
+                                  unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -51,7 +51,8 @@ def node_schedule_text(schedule, plan) -> str:
     lines): the frames each prompt covers as the windows apply it."""
     moved = moved_schedule(plan, schedule)
     shown, title = (schedule, "prompts") if moved is None else (moved, "prompts as applied (see console)")
-    return f"{title}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges())
+    unused = [f"not used: {p}" for _, _, p in unused_entries(plan, schedule)]
+    return f"{title}:\n" + "\n".join([f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges()] + unused)
 
 
 class ConFinerLongSegmenter(io.ComfyNode):

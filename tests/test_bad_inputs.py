@@ -155,7 +155,8 @@ CLI_CASES = [
     Case("control-without-temporal", ["--control", "{motion}", "--spatial", "{sd}"], "--temporal missing"),
     Case("control-alone-missing", ["--control", "/nope/c"], "the control expert's path /nope/c does not exist"),
     Case("paths-missing", ["--control", "/nope/c", "--spatial", "/nope/s", "--temporal", "/nope/t"],
-         "the control expert's path /nope/c does not exist"),
+         "the control expert's path /nope/c does not exist; the spatial expert's path /nope/s does not exist; the "
+         "temporal expert's path /nope/t does not exist"),
     Case("temporal-missing", ["--control", "{motion}", "--spatial", "{sd}", "--temporal", "/nope/t"],
          "--temporal: the temporal expert's path /nope/t"),
     Case("control-pickle", ["--control", "{ckpt}", "--spatial", "{sd}", "--temporal", "{motion}"],

@@ -1,5 +1,6 @@
 """Algorithm 1 and the chain, checked with recording experts whose predictions are known in closed form."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -142,7 +143,7 @@ def test_validation_rejects_bad_chains():
         validate_chain(good, good, None, SHAPE, ChainConfig(mode="coordinated"))
     with pytest.raises(ValueError, match="mode"):
         ChainConfig(mode="fast").validate()
-    with pytest.raises(ValueError, match=r"te \(T_e\) must be a whole timestep >= 1, got 100\.5"):
+    with pytest.raises(ValueError, match=r"te \(T_e\) must be an integer >= 1, got 100\.5"):
         ChainConfig(te=100.5).validate()   # the library's own check (the command line's --te is an integer)
 
 
@@ -329,3 +330,36 @@ def test_a_deferred_binding_encodes_at_its_first_evaluation_to_the_same_output()
     travelled = expert.bind("a cat", "the dog", 7.5, deferred=True).with_prompt("a bird")
     assert (travelled.positive, travelled.negative) == ("a bird", "the dog")
 
+
+
+def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
+    """The stage-by-stage functions (the README's second snippet) refuse what run_chain refuses, by name: an int
+    where the generator goes (AttributeError: 'int' object has no attribute 'device'), a NumPy array as noise, T_e
+    as text or a float (ChainConfig.validate compared '100' < 1; GenerateRequest refused 100.0, it accepted it), a
+    cfg as text (bind evaluated the expert, then failed converting the string)."""
+    import numpy as np
+
+    from confiner_core.chain import extract_structure, generate_structure
+
+    x0 = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(7))
+    log = EvaluationLog()
+    expert = OracleExpert(x0, S.named("sd15"))
+    control = expert.bind(log=log)
+    with pytest.raises(TypeError, match="extract_structure needs a seeded torch.Generator"):
+        extract_structure(S.named("sd15"), x0, 100, 0)
+    with pytest.raises(TypeError, match=r"generate_structure: noise must be a torch.Tensor latent .* got ndarray"):
+        generate_structure(control, x0.numpy(), ChainConfig(), torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="generate_structure needs a seeded torch.Generator"):
+        generate_structure(control, x0, ChainConfig(), 3)
+    for te in ("100", 100.0, True, 0):
+        with pytest.raises(ValueError, match=re.escape(f"te (T_e) must be an integer >= 1, got {te!r}")):
+            ChainConfig(te=te).validate()
+    with pytest.raises(ValueError, match="refine_steps must be an integer >= 1, got 5.0"):
+        ChainConfig(refine_steps=5.0).validate()
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\], got '0'"):
+        ChainConfig(eta="0").validate()
+    with pytest.raises(TypeError, match="bind: guidance_scale must be a finite number"):
+        expert.bind("x", "", "7.5", log)
+    with pytest.raises(TypeError, match="bind: prompt and negative_prompt must be text"):
+        expert.bind(None, "", 7.5, log)
+    assert sum(log.evaluations.values()) == 0

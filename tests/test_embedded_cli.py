@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -86,6 +87,19 @@ def test_unknown_speed_preset_fails_before_loading():
         GenerateRequest(speed="FAST").validate()
 
 
+def test_a_request_names_a_generator_seed_and_a_dict_config_with_their_fix():
+    """A seeded generator where the request's int seed goes says which int to pass (it printed the generator's
+    repr); a dict for ``long``/``chain`` names the field and its class (dataclasses' replace() failed inside)."""
+    from confiner_core.generate import GenerateRequest
+
+    with pytest.raises(ValueError, match=r"^seed must be an integer, got a torch.Generator: pass its seed, 7 "
+                                         r"\(generator.initial_seed\(\)\)"):
+        GenerateRequest(out="unused", seed=torch.Generator().manual_seed(7)).validate()
+    for name, cls in (("long", "LongConfig"), ("chain", "ChainConfig")):
+        with pytest.raises(ValueError, match=f"^{name} must be a {cls} .* got dict"):
+            GenerateRequest(out="unused", **{name: {"gamma": 0.2}})
+
+
 def test_a_request_asked_for_its_plan_before_validation_says_to_validate():
     from confiner_core.generate import GenerateRequest
 
@@ -166,10 +180,27 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     # the output folder itself stands for its video (not for a folder of frames holding the contact sheet)
     assert main(["evaluate", out, "--json", "--junctions", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == scores
+    # its contact sheet is one image, not a video: refused with where the video is
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", os.path.join(out, "frames.png")])
+    assert e.value.code == 2 and "holds 1 frame" in capsys.readouterr().err
     # the report says what the experts were given where the settings left it to the backend
     assert report["settings"]["prompt"] == "" and report["settings"]["refine_cfg"] is None
     assert report["prompt_used"] == "a red ball bouncing over green grass"
     assert report["guidance"] == {"control_cfg": 1.0, "refine_cfg": 1.0}
+
+
+@pytest.mark.parametrize("extra, evaluations", [([], 19),   # 4 control + 5 coordinated steps of 3
+                                               (["--frames", "24", "--prompt", "0: a | 12: b"], 3 * 4 + 2 * 15)])
+def test_the_progress_bar_counts_expert_evaluations_as_the_report_does(tmp_path, capsys, extra, evaluations):
+    """One unit throughout: the bar ends at the report's expert evaluations (it counted steps, 9/9, where the final
+    line and an interrupt's message said 19), for a clip and for ConFiner-Long."""
+    out = str(tmp_path / "bar")
+    assert main(["generate", "--out", out, *[a for a in SMALL if a != "--quiet"], *extra]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert sum(report["expert_evaluations"].values()) == evaluations
+    assert re.search(rf"\| {evaluations}/{evaluations} \[", bar), bar[-600:]
 
 
 def test_method_options_reach_the_chain_and_the_report(tmp_path):

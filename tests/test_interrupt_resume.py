@@ -87,8 +87,9 @@ def test_ctrl_c_mid_run_exits_130_and_keeps_previous_outputs(tmp_path):
     out = tmp_path / "out"
     previous_outputs(out)
     run = Run(["--out", str(out), "--frames", "16", "--prompt", "a yellow diamond circling over sky"], tmp_path)
-    # tqdm reports finished steps ("| 2/9"): interrupt once sampling is under way, before it ends
-    run.wait_for(lambda: re.search(rb"\| [1-7]/9 ", run.err), "a sampling step")
+    # tqdm reports finished expert evaluations ("| 2/19"), the unit of the interrupt's message: interrupt once
+    # sampling is under way, before it ends
+    run.wait_for(lambda: re.search(rb"\| ([1-9]|1[0-5])/19 ", run.err), "a sampling step")
     rc, stdout, stderr = run.interrupt()
     assert rc == 130, stderr
     last = stderr.replace("\r", "\n").strip().splitlines()[-1]

@@ -193,6 +193,51 @@ def test_the_applied_schedule_is_the_prompt_each_window_is_refined_with(text, st
         assert "nearest window junction: 16, 32" in moved and f"frames {starts[1][0]}-" in moved
 
 
+@pytest.mark.parametrize("text, frames, segment, unused", [
+    ("0: a | 8: b", 16, 16, ["a"]),                  # one window, centred at 8: b from frame 0
+    ("0: a | 8: b | 40: c", 48, 16, ["a"]),          # window 0 is centred at 8 too
+    ("0: a | 20: b | 22: c", 48, 16, ["b"]),
+    ("0: a | 16: b | 32: c", 48, 16, [])])
+def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, segment, unused):
+    """An entry whose frames hold no window's centre never reaches the video: the applied schedule names it with
+    the fix (a run that dropped it used to say nothing, and a one-window plan listed its junctions as '')."""
+    from confiner_core.long import applied_schedule, render_applied_schedule, unused_entries
+
+    plan, schedule = plan_segments(frames, segment, True), parse_prompt(text, frames=frames)
+    shown = {e.prompt for e in applied_schedule(plan, schedule).entries}
+    assert [p for _, _, p in unused_entries(plan, schedule)] == unused
+    assert shown | set(unused) == {e.prompt for e in schedule.entries} and not shown & set(unused)
+    text = render_applied_schedule(plan, schedule)
+    if unused:
+        assert f"not used, since no refinement window of {segment} frames is centred in its frames" in text
+        assert all(f"'{p}'" in text for p in unused) and "junction: )" not in text
+    if len(plan.windows) == 1:
+        assert f"the one window of {segment} frames is refined with the prompt at its centre frame, 8" in text
+
+
+def test_generate_long_refuses_bad_arguments_before_any_evaluation():
+    """A library caller's mistakes name the argument: a seed outside ComfyUI's range or not an integer (7.9 was
+    read as 7, "7" as 7, True as 1, -3 failed in numpy), a schedule parsed for other frames (its late entries were
+    never used), a frame shape with a frame axis."""
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    log = EvaluationLog()
+    c, s, t = (OracleExpert(x0, S.named(n)).bind(log=log) for n in ("animatediff", "sd15", "lavie"))
+    plan = plan_segments(32, 16, True)
+
+    def run(seed=0, shape=(1, 4, 4, 4), prompts=None):
+        generate_long(c, s, t, plan, shape, ChainConfig(), LongConfig(segment_length=16), seed, lambda lat, w: None,
+                      prompts)
+
+    for seed in (7.9, "7", True, -3, 2**64):
+        with pytest.raises(ValueError, match=r"seed must be an integer in 0\.\.18446744073709551615"):
+            run(seed)
+    with pytest.raises(ValueError, match=r"prompts cover 48 frames but the plan has 32: .*parse_prompt\(text, 32\)"):
+        run(prompts=parse_prompt("0: a | 32: b", frames=48))
+    with pytest.raises(ValueError, match=r"frame_shape is \(B, C, h, w\) of one latent frame.*\(1, 4, 16, 4, 4\)"):
+        run(shape=(1, 4, 16, 4, 4))
+    assert sum(log.evaluations.values()) == 0
+
+
 def test_long_loop_keeps_two_structures_and_counts():
     x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
     log = EvaluationLog()

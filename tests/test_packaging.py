@@ -10,7 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10 (pyproject's requires-python): tomli, as requirements-test.txt lists
+    import tomli as tomllib
 import zipfile
 from pathlib import Path
 
