@@ -337,7 +337,6 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     where the generator goes (AttributeError: 'int' object has no attribute 'device'), a NumPy array as noise, T_e
     as text or a float (ChainConfig.validate compared '100' < 1; GenerateRequest refused 100.0, it accepted it), a
     cfg as text (bind evaluated the expert, then failed converting the string)."""
-    import numpy as np
 
     from confiner_core.chain import extract_structure, generate_structure
 
