@@ -20,7 +20,9 @@ else is a plain prompt and is never split or reinterpreted (``"a red ball | 16:9
 (``"a red ball | 64: a blue ball"``) is ambiguous and refused with the schedule spelled out.
 
 A schedule must start at frame 0 and list its keys in increasing order, each inside the video (``0 <= frame <
-frames``), each with a non-empty prompt; every entry of a schedule needs a key. Errors name the entry.
+frames``), each with a non-empty prompt; every entry of a schedule needs a key. Two near misses are refused with
+the schedule spelled out: an entry holding another key after a comma (``"0: a cat, 16: a dog"``) and a
+FizzNodes/JSON schedule (``'"0": "a cat", "16": "a dog"'``). Errors name the entry.
 Entry ``i`` covers frames ``[start_i, start_{i+1})``; :func:`render_schedule` prints those ranges.
 """
 
@@ -39,6 +41,10 @@ ENTRY = re.compile(rf"^\s*{KEY}\s*:(?=\s|$)\s*(?P<prompt>.*?)\s*$", re.DOTALL)
 EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
 # a key whose ': ' lacks the space ("0:a red ball"; "16:9" is a ratio, not a key: a digit follows)
 UNSPACED_KEY = re.compile(rf"^\s*{KEY}\s*:(?=[^\s\d])")
+# inside a schedule's entry, a key after a comma or semicolon: an entry separator mistyped ("0: a, 16: b")
+STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
+# FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
+QUOTED_ENTRY = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 EXAMPLE = "0: a red ball | 64: a blue ball"
 
 
@@ -116,6 +122,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(
                 f"{option} {text!r} looks like a schedule without the space after each key: write "
                 f"'<frame>: prompt' (e.g. '{EXAMPLE}'), or it stays one plain prompt", option)
+        quoted = QUOTED_ENTRY.findall(text)
+        if quoted and text.strip().startswith(('"', "{")):
+            spelled = " | ".join(f"{k}: {p}" for k, p in quoted)
+            raise UsageError(f"{option} is written as a FizzNodes/JSON schedule ('\"0\": \"...\"'); ConFiner's "
+                             f"schedules are '<frame>: prompt' entries separated by ' | ': '{spelled}'", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
@@ -139,6 +150,12 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
                              f"or seconds key followed by ': ' (e.g. '64: {piece.strip()}' or '2.5s: ...'), as in "
                              f"'{EXAMPLE}'", option)
         key, prompt = m.group("key"), m.group("prompt")
+        stray = STRAY_KEY.search(prompt)
+        if stray:
+            first, rest = prompt[:stray.start()].strip(), prompt[stray.start() + 1:].strip()
+            raise UsageError(f"{option}: {where} holds another key ('{stray.group('key')}:') after a "
+                             f"'{stray.group(0)[0]}': separate entries with ' | ' or a line break ('{key}: {first} | "
+                             f"{rest}'), or drop the ': ' after the number to keep it in the prompt", option)
         if not prompt:
             raise UsageError(f"{option}: {where} has an empty prompt; write one after '{key}: ' or remove the entry",
                              option)

@@ -75,7 +75,8 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         host.check_frames(control, noise.shape[2])
         host.plan_control(control, config)
-        with sessions.stage():  # one sampling call per expert for the stage's evaluations (CONFINER_STAGE_SESSIONS)
+        # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
+        with progress.running(), sessions.stage():
             structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log)
         return io.NodeOutput(host.latent_out(model, structure, latent))

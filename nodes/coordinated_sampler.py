@@ -134,7 +134,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
         host.plan_refinement(spatial, temporal, config)
-        with sessions.stage():  # one sampling call per expert for the stage's evaluations (CONFINER_STAGE_SESSIONS)
+        # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
+        with progress.running(), sessions.stage():
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
                                       source=source, control_schedule=control_schedule)
         refiner = refining_denoiser(spatial, temporal, mode)

@@ -12,6 +12,7 @@ confiner_core.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import Counter
@@ -431,13 +432,19 @@ def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainC
         _set_plan(temporal, [matched_timestep(spatial.schedule, temporal.schedule, t, matching) for t in ts])
 
 
-def check_frames(denoiser: Denoiser, frames: int) -> None:
-    """Refuses, before any evaluation, a clip longer than the expert's motion models can make in one window."""
+def check_frames(denoiser: Denoiser, frames: int, segment: bool = False) -> None:
+    """Refuses, before any evaluation, a clip longer than the expert's motion models can make in one window: the
+    latent's frames, or (``segment``) the Long Video's segment length, which sets the clips it makes."""
     limit = denoiser.expert.max_frames
-    if limit is not None and frames > limit:
-        raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
-                         f"without context windows, but the latent has {frames}: use fewer frames, add "
-                         f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Video")
+    if limit is None or frames <= limit:
+        return
+    if segment:
+        raise ValueError(f"segment length (segment_length) = {frames} is above the {denoiser.expert.name} expert's "
+                         f"AnimateDiff motion model's limit of {limit} frames: use a segment length of at most {limit} "
+                         f"(the video's length is frames)")
+    raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
+                     f"without context windows, but the latent has {frames}: use fewer frames, add "
+                     f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Video")
 
 
 def refine_evaluations(config: ChainConfig) -> int:
@@ -571,6 +578,19 @@ class Progress:
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
         show_text(self.node_id, "\n".join([*self.warnings, text]))
+
+    @contextlib.contextmanager
+    def running(self):
+        """Around the node's sampling: a run that stops early says so on the node in place of its last step (the
+        frontend keeps a node's last text, and a cancelled run's read as if it were paused)."""
+        try:
+            yield
+        except comfy.model_management.InterruptProcessingException:
+            self.show(f"cancelled after evaluation {self.done}/{self.total}")
+            raise
+        except Exception:
+            self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
+            raise
 
 
 def node_id(node_cls) -> str | None:

@@ -208,7 +208,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         b, c, _, h, w = frame.shape
         joined_as_pixels = cls.check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length,
                                       (b, c, h, w))
-        host.check_frames(control, segment_length)
+        host.check_frames(control, segment_length, segment=True)
         host.plan_control(control, chain)
         host.plan_refinement(spatial, temporal, chain)
         windows = []
@@ -223,7 +223,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                     windows.append(codec.decode(x)[:, :, :n].cpu())
                     log.record_vae(1)
 
-        with sessions.stage():  # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS)
+        # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS); the text says if it stops early
+        with progress.running(), sessions.stage():
             generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
                           torch.Generator().manual_seed(seed), sink, prompts, None, frame.device)
         out = torch.cat(windows, dim=2)

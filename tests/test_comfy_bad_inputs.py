@@ -125,6 +125,11 @@ CASES = [
     ("long prompt schedule ambiguous (no key on its first entry)", "long", "10",
      {"segment_prompts": "a red ball | 4: a blue ball"}, VALIDATION, ["segment_prompts", "ambiguous"],
      ["frames", "segment_prompts"]),
+    ("long prompt schedule with a comma for a separator", "long", "10",
+     {"segment_prompts": "0: a red ball, 4: a blue ball"}, VALIDATION, ["segment_prompts", "'0: a red ball | 4: a blue "
+                                                                        "ball'"], ["frames", "segment_prompts"]),
+    ("long prompt schedule in FizzNodes' format", "long", "10", {"segment_prompts": '"0": "a red ball", "4": "a dog"'},
+     VALIDATION, ["segment_prompts", "FizzNodes", "'0: a red ball | 4: a dog'"], ["frames", "segment_prompts"]),
     ("long segment prompts without clip", "long", "10", {"segment_prompts": "0: a red ball | 4: a blue ball",
                                                           "clip": None}, EXECUTION, ["segment_prompts", "clip"]),
     ("long coordinated without a temporal expert", "long", "6", {"temporal_model": None}, EXECUTION,
@@ -176,6 +181,20 @@ def test_bad_input_is_refused_before_any_expert_evaluation(comfy_worker, host_ch
         assert _filed_under(r) == set(filed[0] if filed else change), message
     else:
         assert "Traceback" not in message and "\n" not in message.strip()
+
+
+@pytest.mark.parametrize("graph, words", [
+    ("chain", "makes at most 2 frames without context windows, but the latent has 4"),
+    # the Long Video's segments are the clips: its message names segment length, not frames or another node
+    ("long", "segment length (segment_length) = 4 is above the control expert's AnimateDiff motion model's limit of "
+             "2 frames: use a segment length of at most 2")])
+def test_a_clip_above_the_motion_models_frame_limit_names_the_widget_that_sets_it(comfy_worker, graph, words):
+    r = comfy_worker.call("comfy_support.confiner_checks:run_with_motion_frame_limit",
+                          GRAPHS[graph](comfy_worker.checkpoint_name), 2)
+    assert not r["success"] and r["evaluations"] == 0
+    message = _messages(r)
+    assert words in message, message
+    assert "use ConFiner Long Video" not in message or graph == "chain"
 
 
 def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):

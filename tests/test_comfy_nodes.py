@@ -203,6 +203,11 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation, staged)
     assert r["interrupted"] and r["evaluations"] == at_evaluation
     assert r["evaluations_after_cancel"] == 0
+    # the node says the run was cancelled (its last step's text stayed, as if the run were paused): the control
+    # stage counts its own 4 evaluations, the refinement its 15
+    done = at_evaluation if at_evaluation <= 4 else at_evaluation - 4
+    assert r["last_text"].endswith(f"cancelled after evaluation {done}/{4 if at_evaluation <= 4 else 15}"), \
+        r["last_text"]
     assert not r["any_current_patcher"] and r["session_threads"] == []
     assert r["sampling_function"] == "comfy.samplers.sampling_function"
 

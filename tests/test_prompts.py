@@ -18,6 +18,8 @@ from confiner_core.prompts import is_schedule, parse_prompt, render_schedule
     "a red ball bouncing over green grass",
     "",
     "ratio 2.5s:1 | slow motion",
+    "a cat, 16: a dog",                       # a comma is no separator, and this is no schedule (no key first)
+    'a sign that reads "0": "open"',          # quotes, but not a FizzNodes schedule: the text does not start so
 ])
 def test_plain_prompts_are_never_reinterpreted(text):
     s = parse_prompt(text, frames=64, fps=8)
@@ -52,6 +54,11 @@ def test_multiline_schedule_with_blank_lines_and_colons_inside_prompts():
     assert [(e.start, e.prompt) for e in s.entries] == [(0, "wide shot, 16:9"), (8, "close-up, 4:3")]
 
 
+def test_a_ratio_after_a_comma_stays_in_its_entry():
+    s = parse_prompt("0: a cat, 16:9 widescreen | 32: a dog", frames=64, fps=8)
+    assert [(e.start, e.prompt) for e in s.entries] == [(0, "a cat, 16:9 widescreen"), (32, "a dog")]
+
+
 def test_one_entry_schedule_does_not_travel():
     s = parse_prompt("0: a red ball", frames=16)
     assert s.scheduled and not s.travels and s.at(15) == "a red ball"
@@ -74,6 +81,15 @@ def test_one_entry_schedule_does_not_travel():
     ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
     ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key
     ("0: a | 2.5: b", 8, "starts with '2.5', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s')"),
+    # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
+    ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "
+                                                     "' | ' or a line break ('0: a corgi on a beach | 16: a corgi in "
+                                                     "snow')"),
+    ("0: a; 2.5s: b", 8, "('0: a | 2.5s: b')"),
+    # FizzNodes' / JSON's schedule (it was one plain prompt, quotes and all)
+    ('"0": "a cat", "16": "a dog"', 8, "FizzNodes/JSON schedule ('\"0\": \"...\"'); ConFiner's schedules are "
+                                       "'<frame>: prompt' entries separated by ' | ': '0: a cat | 16: a dog'"),
+    ('{"0": "a cat",\n "16": "a dog"}', 8, "'0: a cat | 16: a dog'"),
 ])
 def test_schedule_errors_name_the_entry(text, fps, names):
     with pytest.raises(UsageError) as e:

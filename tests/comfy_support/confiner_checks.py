@@ -221,8 +221,10 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int, staged: bool = False
         comfy.samplers.CFGGuider.outer_predict_noise = original
         mm.interrupt_current_processing(False)
         sessions.ENABLED = enabled
+    texts = [d["text"] for e, d in res.server_messages if e == "progress_text"]
     return {"interrupted": bool(res.interrupted), "success": bool(res.success), "evaluations": calls["done"],
-            "evaluations_after_cancel": calls["after"], "error": res.error, **sessions_state()}
+            "evaluations_after_cancel": calls["after"], "error": res.error, "last_text": texts[-1] if texts else None,
+            **sessions_state()}
 
 
 def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dict:
@@ -245,6 +247,18 @@ def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dic
     finally:
         comfy.samplers.CFGGuider.outer_predict_noise = original
     return {**res.to_json(), "evaluations": calls["n"]}
+
+
+def run_with_motion_frame_limit(api_prompt: dict, limit: int) -> dict:
+    """:func:`run_counting_evaluations` with every model's motion frame limit read as ``limit``, as an AnimateDiff
+    motion model of that context length would give it (AnimateDiff-Evolved is not loaded in these tests)."""
+    ade = _pack_module(".nodes.ade")
+    original = ade.motion_frame_limit
+    ade.motion_frame_limit = lambda model: limit
+    try:
+        return run_counting_evaluations(api_prompt, fresh_cache=True)
+    finally:
+        ade.motion_frame_limit = original
 
 
 def sessions_state() -> dict:
