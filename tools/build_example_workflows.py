@@ -447,13 +447,13 @@ def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", t
     return sampler
 
 
-def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE):
+def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE, titles=None):
     """A decode node (``decode``: class and widgets) and a Save Animated WEBP per latent, in the current group: one
     decode over its save; several decodes stacked, their saves in the next column (a link from a decode to its save
-    would otherwise pass the nodes between them)."""
+    would otherwise pass the nodes between them). ``titles``: one per decode, where several need telling apart."""
     decodes = []
-    for latent in latents:
-        dec = g.node(decode[0], list(decode[1]), title)
+    for i, latent in enumerate(latents):
+        dec = g.node(decode[0], list(decode[1]), titles[i] if titles else title)
         g.link(latent, "latent", dec, "samples")
         g.link(vae, vae_output, dec, "vae")
         decodes.append(dec)
@@ -493,7 +493,8 @@ def compare_modes():
     samplers = [refine_sampler(g, ctrl, experts, mode=mode, title=f"Refine: {mode}")
                 for mode in ("coordinated", "standard", "temporal")]
     g.column("output", "6 · Decode and save")
-    outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in ("coordinated", "standard", "temporal")])
+    modes = ("coordinated", "standard", "temporal")
+    outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in modes], titles=[f"VAE Decode ({m})" for m in modes])
     g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
