@@ -14,7 +14,8 @@ if __package__:  # imported as a package: by ComfyUI, or by pytest collecting th
 # (e.g. "comfyui-confiner"): there are no nodes to offer then.
 
 # Served at /extensions/<pack folder>/: web/docs/<node id>.md are the nodes' help pages in the frontend's node-help
-# panel (with their pictures); there is no frontend JavaScript.
+# panel (with their pictures); web/confiner.js, the one frontend extension, keeps the Long Video's prompt-schedule
+# box at one height while progress text and previews arrive.
 WEB_DIRECTORY = "./web"
 
 __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -132,6 +132,31 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     assert too_small == []
 
 
+def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview_arrive(frontend, screenshot_dir):
+    """The frontend shares a node's free height among its growable widgets: the Long Video's segment-prompts box took
+    all of it before a run (442 px on the template), then shrank to 207 px when the progress text arrived and to
+    75 px with the first preview, and every widget below it jumped up. web/confiner.js holds it at one height."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_long_sd15_animatediff.json")
+    browser.load_template(b, workflow, "long")
+    browser.close_dialogs(b)
+    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()).decode()
+    text = "structure 1/3 · control stage · control expert\nstep 1/4 · evaluation 1/42\nprompt: a corgi"
+    h = browser.progress_arrives(b, "ConFinerLongSegmenter", text, png)
+    b.page.screenshot(path=str(screenshot_dir / "long_progress_arrived.png"))
+    box = [h[when]["segment_prompts"] for when in ("before", "text", "preview")]
+    assert box[0] >= 150 and box == [box[0]] * 3, box   # about ten lines, before and during the run
+    assert h["text"]["$$node-text-preview"] > 0 and h["preview"]["$$canvas-image-preview"] > 0, h["preview"]
+    assert h["size_after"] == h["size"]   # the text and the preview fit the room the template leaves them
+
+
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):
     server, b = frontend
     b.responses.clear()

@@ -246,6 +246,36 @@ LOAD_JS = """async ([workflow, name]) => {
 }"""
 
 
+# A run's progress text and live preview arriving on a node, as the frontend receives them from the server (the
+# progress_text event; a preview image on node.imgs), and the heights of the node's widgets at each point.
+PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
+  const node = app.graph._nodes.find((n) => n.type === type);
+  const heights = () => {
+    app.canvas.draw(true, true);
+    return Object.fromEntries(node.widgets.map((w) => [w.name, w.computedHeight ?? null]));
+  };
+  const out = {size: Array.from(node.size), before: heights()};
+  window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+  await new Promise((r) => setTimeout(r, 300));
+  out.text = heights();
+  const img = new Image();
+  img.src = "data:image/png;base64," + png;
+  await new Promise((r) => { img.onload = r; });
+  node.imgs = [img];
+  node.setDirtyCanvas(true, true);
+  await new Promise((r) => setTimeout(r, 300));
+  out.preview = heights();
+  out.size_after = Array.from(node.size);
+  return out;
+}"""
+
+
+def progress_arrives(browser: Browser, node_type: str, text: str, png_base64: str) -> dict:
+    """Widget heights of the loaded graph's first ``node_type`` node before a run, once its progress text arrived,
+    and once a preview arrived too (:data:`PROGRESS_ARRIVES_JS`)."""
+    return browser.page.evaluate(PROGRESS_ARRIVES_JS, [node_type, text, png_base64])
+
+
 def measure_sizes(browser: Browser, types: list) -> dict:
     """The frontend's computed (minimum) size of a fresh node of each type."""
     return browser.page.evaluate(MEASURE_JS, types)
