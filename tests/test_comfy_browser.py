@@ -46,14 +46,16 @@ def template_builder():
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_no_link_passes_under_a_node_it_does_not_join(name):
     """An artist follows the links: one that runs under a node (the Wan templates' prompts once went to the
-    refinement under the Control Expert) is lost there. The files are checked as saved (a hand edit included), with
-    the links where the frontend 1.35 draws them: sockets measured with getInputPos/getOutputPos on the templates,
-    LinkConnector's spline."""
+    refinement under the Control Expert; the SD 1.5 checkpoint's VAE looked plugged into the control expert's
+    motion_lora) is lost there. The files are checked as saved (a hand edit included), every link, with the links
+    where the frontend 1.35 draws them: sockets measured with getInputPos/getOutputPos on the templates,
+    LinkConnector's spline, or straight runs through the link's reroutes."""
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     label = lambda n: n.get("title") or n["type"]  # noqa: E731
     by_id = {n["id"]: n for n in workflow["nodes"]}
     under = [(label(by_id[link[1]]), f"{label(by_id[link[3]])}.{by_id[link[3]]['inputs'][link[4]]['name']}",
-              label(node)) for link, node, _, _ in template_builder().link_crossings(workflow["nodes"], workflow["links"])]
+              label(node)) for link, node, _, _ in template_builder().link_crossings(workflow["nodes"], workflow["links"],
+                                                                                       extra=workflow["extra"])]
     assert under == []
 
 

@@ -31,6 +31,8 @@ GROUP_PAD = 18
 GROUP_TITLE = 46
 GROUP_GAP = 30      # between groups stacked in one column
 CLEARANCE = 12      # between a link and a node it passes (the frontend draws links about 3 px wide)
+CHANNEL_Y = -40     # the row above every group where rerouted links run (checkpoint_link_past_next_column)
+CHANNEL_STEP = 14   # between two rerouted links, across and along
 VIEW_LEFT = 90      # right of the frontend's side bar
 VIEW_TOP = 120      # below the frontend's tab bar and workflow menu
 
@@ -185,26 +187,69 @@ def link_path(a: tuple, b: tuple) -> list:
 def checkpoint_link_past_next_column(link, by_id: dict, column: dict) -> bool:
     """A link out of a single-file checkpoint (CheckpointLoaderSimple) into a column past the next: the checkpoint is
     its prompts' text encoder, in the column left of them, and the model or VAE of stages further on, so such a link
-    crosses the prompts' column. Left as the frontend draws it: room for it to pass would stretch that column by
-    several hundred pixels. ``column``: a node's x -> its column's number."""
+    would cross the columns between (an artist trial read the VAE as plugged into the control expert's motion_lora).
+    It is rerouted above the groups (:func:`reroutes`). ``column``: a node's x -> its column's number."""
     src, dst = by_id[link[1]], by_id[link[3]]
     return src["type"] == "CheckpointLoaderSimple" and column[dst["pos"][0]] > column[src["pos"][0]] + 1
 
 
-def link_crossings(nodes: list, links: list, clearance: float = 0.0) -> list:
+def reroutes(nodes: list, links: list) -> tuple[list, list]:
+    """The frontend's own link reroutes (``extra.reroutes``, ``extra.linkExtensions`` of a 0.4 workflow) for every
+    checkpoint link past the next column: up in the gap right of the checkpoint, along a row above every group,
+    down the gap left of the target and into it; each such link on its own row and in its own lane."""
+    by_id = {n["id"]: n for n in nodes}
+    column = {x: i for i, x in enumerate(sorted({n["pos"][0] for n in nodes}))}
+    half_gap = GROUP_PAD + COLUMN_GAP // 2
+    points, extensions = [], []
+    for k, link in enumerate(l for l in links if checkpoint_link_past_next_column(l, by_id, column)):
+        src, dst = by_id[link[1]], by_id[link[3]]
+        shift = CHANNEL_STEP * k
+        up_x = src["pos"][0] + src["size"][0] + half_gap - shift
+        down_x = dst["pos"][0] - half_gap + shift
+        row = CHANNEL_Y - shift
+        chain = [(up_x, row), (down_x, row), (down_x, socket(dst, link[4], False)[1])]
+        for i, pos in enumerate(chain):
+            rid = len(points) + 1
+            points.append({"id": rid, "pos": [pos[0], pos[1]], "linkIds": [link[0]],
+                           **({"parentId": rid - 1} if i else {})})
+        extensions.append({"id": link[0], "parentId": len(points)})
+    return points, extensions
+
+
+def link_points(link, by_id: dict, extra: dict | None = None) -> list:
+    """Points along a link where the frontend draws it: a spline from socket to socket, or through its reroutes
+    (``extra``: a workflow's) as straight runs between them."""
+    a, b = socket(by_id[link[1]], link[2], True), socket(by_id[link[3]], link[4], False)
+    parent = {e["id"]: e["parentId"] for e in (extra or {}).get("linkExtensions") or []}.get(link[0])
+    if parent is None:
+        return link_path(a, b)
+    reroute = {r["id"]: r for r in (extra or {}).get("reroutes") or []}
+    via = []
+    while parent is not None:
+        via.insert(0, tuple(reroute[parent]["pos"]))
+        parent = reroute[parent].get("parentId")
+    corners, path = [a, *via, b], []
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):
+        steps = max(1, int(max(abs(x1 - x0), abs(y1 - y0)) / 2))
+        path += [(x0 + (x1 - x0) * t / steps, y0 + (y1 - y0) * t / steps) for t in range(steps + 1)]
+    return path
+
+
+def link_crossings(nodes: list, links: list, clearance: float = 0.0, extra: dict | None = None,
+                   rerouted_later: bool = False) -> list:
     """(link, node, highest and lowest y of the link over the node's width) for every link that passes over a node
     it does not join, or within ``clearance`` above or below it (the node's title bar included): the frontend draws
-    links below nodes, so an artist loses the link there. Nodes of one column share their x (``Graph.stack``); a
-    checkpoint's links past the next column are left out (``checkpoint_link_past_next_column``). The tests check the
-    saved files with this too."""
+    links below nodes, so an artist loses the link there. Nodes of one column share their x (``Graph.stack``). Links
+    go through their reroutes in ``extra`` (a workflow's); ``rerouted_later`` leaves out the links :func:`reroutes`
+    will route (while the layout is still moving nodes). The tests check the saved files with this too."""
     by_id = {n["id"]: n for n in nodes}
     column = {x: i for i, x in enumerate(sorted({n["pos"][0] for n in nodes}))}
     found = []
     for link in links:
         _, src, out, dst, inp, _ = link
-        if checkpoint_link_past_next_column(link, by_id, column):
+        if rerouted_later and checkpoint_link_past_next_column(link, by_id, column):
             continue
-        path = link_path(socket(by_id[src], out, True), socket(by_id[dst], inp, False))
+        path = link_points(link, by_id, extra)
         for n in nodes:
             if n["id"] in (src, dst):
                 continue
@@ -295,7 +340,7 @@ class Graph:
         by_id = {n["id"]: n for n in self.nodes}
         for _ in range(50):
             self.stack()
-            crossings = link_crossings(self.nodes, self.links, CLEARANCE)
+            crossings = link_crossings(self.nodes, self.links, CLEARANCE, rerouted_later=True)
             if not crossings:
                 break
             link, node, highest, lowest = crossings[0]
@@ -305,7 +350,8 @@ class Graph:
                             else [(node, node_down)]):
                 self.min_y[n["id"]] = n["pos"][1] + int(down) + 1
         else:
-            raise AssertionError(f"no layout clears the links: {link_crossings(self.nodes, self.links)[:3]}")
+            raise AssertionError(f"no layout clears the links: "
+                                 f"{link_crossings(self.nodes, self.links, rerouted_later=True)[:3]}")
         members = {}
         for column in self.columns:
             for n, gi in column:
@@ -328,10 +374,14 @@ class Graph:
 
     def save(self, name, description):
         self.layout()
+        points, extensions = reroutes(self.nodes, self.links)
+        extra = {"ds": self.first_view(), "confiner": {"description": description}}
+        if points:
+            extra.update(reroutes=points, linkExtensions=extensions)
+        crossings = link_crossings(self.nodes, self.links, CLEARANCE, extra)
+        assert not crossings, f"{name}: links under nodes: {[(c[0], c[1]['type']) for c in crossings]}"
         wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-              "links": self.links, "groups": self.groups, "config": {},
-              "extra": {"ds": self.first_view(), "confiner": {"description": description}},
-              "version": 0.4}
+              "links": self.links, "groups": self.groups, "config": {}, "extra": extra, "version": 0.4}
         with open(os.path.join(OUT, name + ".json"), "w") as f:
             json.dump(wf, f, indent=1)
 
@@ -365,8 +415,8 @@ CHANGE_FIRST = ["**Positive** prompt (and Negative).",
 # (an SD 1.5 checkpoint is one: its CLIP encodes the prompts) and the loaders of the stages on the right, with "2 ·
 # Prompts" below them; the refine experts above the control stage; the refinement and the output. Each link of a
 # loader, a prompt or a stage then reaches the next column, or the node below in its own, with nothing in between.
-# The exception: the SD 1.5 checkpoint's MODEL and VAE, which stages two or more columns on need
-# (checkpoint_link_past_next_column).
+# The exception: the SD 1.5 checkpoint's MODEL and VAE, which stages two or more columns on need: rerouted above the
+# groups (checkpoint_link_past_next_column, reroutes).
 
 def experts_graph(g, note, prompts_title="2 · Prompts"):
     """Read-me, the checkpoint (text encoder) beside the two motion-model loaders, the prompts below those."""
