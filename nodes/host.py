@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections import Counter
 
 import torch
@@ -549,6 +550,7 @@ class Progress:
         self.where = where    # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
+        self.summary = ""              # how the run ended (:meth:`running`)
 
     def warn_frames_alone(self, models: dict) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
@@ -581,8 +583,10 @@ class Progress:
 
     @contextlib.contextmanager
     def running(self):
-        """Around the node's sampling: a run that stops early says so on the node in place of its last step (the
-        frontend keeps a node's last text, and a cancelled run's read as if it were paused)."""
+        """Around the node's sampling: the node's text ends the run with how it ended, in place of its last step
+        (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
+        with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
+        start = time.perf_counter()
         try:
             yield
         except comfy.model_management.InterruptProcessingException:
@@ -591,6 +595,8 @@ class Progress:
         except Exception:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
             raise
+        self.summary = f"done · {self.done} expert evaluations in {time.perf_counter() - start:.1f} s"
+        self.show(self.summary)
 
 
 def node_id(node_cls) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,9 @@ def test_example_workflow_executes(comfy_worker, name):
         assert prompts == {"structure 1/4": red, "structure 2/4": blue, "structure 3/4": blue, "structure 4/4": blue,
                            "window 1/3": red, "window 2/3": blue, "window 3/3": blue}, prompts
         assert all(len(line) <= 60 for s in steps for line in s[:2]), steps
-        assert mine[0] == mine[-1] == "prompts:\n0-3: a red ball\n4-11: a blue ball", (mine[0], mine[-1])
+        assert mine[0] == "prompts:\n0-3: a red ball\n4-11: a blue ball", mine[0]
+        done = rf"done · {4 * 4 + 3 * 15} expert evaluations in \d+\.\d s\n"   # 4 structures, 3 windows
+        assert re.fullmatch(done + re.escape(mine[0]), mine[-1]), mine[-1]
 
 
 def _node_ids(workflow: dict, node_type: str) -> list:
@@ -143,6 +146,9 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
     assert sampler_texts[1].startswith("refinement · temporal expert · step 1/5")
     assert sampler_texts[-1].endswith("evaluation 15/15")
+    # then how the run ended, in place of its last step
+    last = [t["text"] for t in texts if t["node_id"] == sampler][-1]
+    assert re.fullmatch(r"(.*\n)?done · 15 expert evaluations in \d+\.\d s", last, re.S), last
     assert updates(control)[0].startswith("control stage · control expert")
     if has_motion_models(comfy_worker):   # video experts in the video roles: nothing to warn about
         assert not any("warning:" in t["text"] for t in texts), texts
