@@ -100,17 +100,21 @@ def control_sampling_inputs(prefix: str = "") -> list:
 def structure_noise_input() -> io.Combo.Input:
     return advanced(io.Combo.Input("structure_noise", display_name=STRUCTURE_NOISE, options=list(STRUCTURE_NOISES),
                                    default="spatial", optional=True,
-                                   tooltip="Schedule that noises the structure to T_e: spatial = the spatial "
-                                           "expert's (Eq. 6, paper default); control = the control expert's "
-                                           "(Algorithm 1, line 4; needs the control model)."))
+                                   tooltip="Whose noise schedule adds the noise to the structure before refining. "
+                                           "spatial (default): the spatial expert's, so T_e means the same noise "
+                                           "level as on its own sampler; control: the control expert's, which "
+                                           "adds more noise on AnimateDiff-style (linear) schedules, so the "
+                                           "refiners change more (needs the control model). Paper: Eq. 6 / Algorithm 1, line 4."))
 
 
 def coherence_memory_input() -> io.Combo.Input:
     return advanced(io.Combo.Input("coherence_memory", display_name=COHERENCE_MEMORY, options=list(COHERENCE_MEMORIES),
                                    default="guided", optional=True,
-                                   tooltip="Only with gamma > 0: coherence guidance pulls towards the previous "
-                                           "segment's guided noise prediction (Eq. 12 as printed, default) or its "
-                                           "unguided one (pulls do not compound)."))
+                                   tooltip="Only with gamma > 0: what each segment's layout is pulled towards. "
+                                           "guided (default): the previous segment as it was really made, so a "
+                                           "look carries on from segment to segment; unguided: the previous "
+                                           "segment's own prediction, so the pulls do not add up along a long "
+                                           "video. Paper: Eq. 12 as printed = guided."))
 
 
 def low_noise_inputs(prefix: str, role: str, cfg_default: float) -> list:
@@ -140,24 +144,27 @@ def low_noise_inputs(prefix: str, role: str, cfg_default: float) -> list:
 def refine_inputs() -> list:
     return [
         io.Int.Input("te", display_name=STRUCTURE_TIMESTEP, default=100, min=1, max=999,
-                     tooltip="How much of the structure is kept: it is noised to timestep T_e on the spatial "
-                             "expert's schedule (Eq. 6) and refined from there. Lower keeps more of the control "
-                             "expert's layout and motion; higher lets the refiners change more. Paper: 100 "
-                             "(with 4 control steps, 300+ loses image quality). On a flow model (Wan) T_e is the "
-                             "noise level sigma x 1000: 250 there is about the paper's 100 on SD."),
+                     tooltip="How much of the control expert's video is kept. Lower keeps more of its layout "
+                             "and motion; higher lets the refiners change more. The video is noised to timestep "
+                             "T_e and refined from there. 100 for SD-family spatial experts (the paper's; with 4 "
+                             "control steps, 300 and more loses image quality); on a flow model (Wan, Qwen-Image) "
+                             "T_e is the noise level sigma x 1000, and 250 there is about SD's 100."),
         io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=1000,
                      tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5). Coordinated mode "
                              "makes 3 expert evaluations per step, the other modes 1."),
         io.Combo.Input("mode", display_name=REFINE_MODE, options=list(MODES), default="coordinated",
-                       tooltip="coordinated: Algorithm 1, spatial and temporal experts hand the sample over through "
-                               "x0 at every step (needs a temporal expert); standard: spatial expert only (Eq. 8); "
-                               "temporal: temporal expert only, on its own schedule; alternate: naive alternation "
-                               "(Eq. 7, the paper's ablation)."),
+                       tooltip="Who refines. coordinated (default): the image expert adds frame detail and the "
+                               "video expert keeps the frames coherent, both at every step (needs a temporal "
+                               "expert); standard: the image expert alone (sharp frames, may flicker); temporal: "
+                               "the video expert alone; alternate: the two take turns (the paper's weaker "
+                               "baseline). Paper: Algorithm 1, Eq. 8, Eq. 7."),
         advanced(io.Combo.Input("matching", display_name=MATCHING, options=list(TIMESTEP_MATCHING),
                                 default="same_index",
-                                tooltip="Only for modes coordinated and alternate: the timestep at which the "
-                                        "temporal expert re-noises. same_index as the paper writes it; nearest / "
-                                        "continuous: the temporal timestep of equal noise level.")),
+                                tooltip="Only for modes coordinated and alternate: how much noise the video expert "
+                                        "sees at each step. same_index (default, the paper's): the same timestep "
+                                        "number as the image expert, which is more noise on AnimateDiff-style "
+                                        "(linear) schedules; nearest / continuous: the same noise level. Leave as is "
+                                        "unless the video expert's frames look under- or over-smoothed.")),
     ]
 
 
