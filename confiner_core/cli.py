@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--noise-init freenoise: frames between shuffled noise windows")
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
-                   help="guided: pull towards the previous segment's guided prediction (Eq. 12 as printed); unguided: towards "
-                        "its raw prediction")
+                   help="guided: pull towards the previous segment's guided prediction (Eq. 12 as printed); "
+                        "unguided: towards its raw prediction")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--color-anchor", action="store_true",
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "

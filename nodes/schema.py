@@ -104,7 +104,8 @@ def structure_noise_input() -> io.Combo.Input:
                                            "spatial (default): the spatial expert's, so T_e means the same noise "
                                            "level as on its own sampler; control: the control expert's, which "
                                            "adds more noise on AnimateDiff-style (linear) schedules, so the "
-                                           "refiners change more (needs the control model). Paper: Eq. 6 / Algorithm 1, line 4."))
+                                           "refiners change more (needs the control model). Paper: Eq. 6 / "
+                                           "Algorithm 1, line 4."))
 
 
 def coherence_memory_input() -> io.Combo.Input:

@@ -642,7 +642,8 @@ def wan_qwen_image():
     modern_readme(
         g, "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
         "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 250 (sigma 0.25, the "
-        "paper's noise level for a flow model) and refined in 5 coordinated steps by Qwen-Image (spatial expert, every frame as an image) and Wan 2.1 (temporal expert). "
+        "paper's noise level for a flow model) and refined in 5 coordinated steps by Qwen-Image (spatial expert, "
+        "every frame as an image) and Wan 2.1 (temporal expert). "
         "Qwen-Image shares Wan 2.1's latent space, so no VAE runs between the experts. *spatial expert frames*: "
         "**latent frames** (default) refines each of the 9 latent frames as an image, batched, no VAE calls; "
         "**pixel frames** refines each of the 33 pixel frames on its own (decode, per-frame Qwen-Image, encode "
