@@ -55,6 +55,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          "warm_blocks_same_bytecode": "h200_sd_warm_blocks_same_machine_bytecode.json",
          "warm_blocks_same_bytecode_az": "h200_sd_warm_blocks_same_machine_bytecode_call_az.json",
          "warm_blocks_same_bytecode_bd": "h200_sd_warm_blocks_same_machine_bytecode_call_bd.json",
+         "warm_blocks_same_bytecode_be": "h200_sd_warm_blocks_same_machine_bytecode_call_be.json",
          "wan": "h200_wan.json",
          "wan_best": "h200_wan_best.json",  # wan_benchmark.py --compile blocks: the best settings (absent until run)
          "wan_fastest": "h200_wan_fastest.json",  # the same with flash-attn-4 installed (--attention auto: fastest)
@@ -140,11 +141,13 @@ WARM_PROBES = {"warm": ("_portable", "portable cache only, empty inductor/Triton
                                                 "the same, after upsampling was folded (call AZ, another host)"),
                # the same, the kept blocks read in-process (call BD, another host)
                "warm_blocks_same_bytecode_bd": ("_blocks_same_machine_bytecode_call_bd",
-                                                "the same, the kept blocks read in-process (call BD, another host)")}
+                                                "the same, the kept blocks read in-process (call BD, another host)"),
+               "warm_blocks_same_bytecode_be": ("_blocks_same_machine_bytecode_call_be",
+                                                "the same (call BE, another host)")}
 # the same probe (the kept blocks, Python's bytecode caches) on each host it was taken on, by call; the warm target
 # counts every host it was met on (call BC's hosts figure is the mean of its in-process probes, WARM_LOAD_MEAN)
 WARM_HOSTS = {"warm_blocks_same_bytecode": "AI", "warm_blocks_same_bytecode_az": "AZ",
-              "warm_blocks_same_bytecode_bd": "BD"}
+              "warm_blocks_same_bytecode_bd": "BD", "warm_blocks_same_bytecode_be": "BE"}
 WARM_LOAD_MEAN = "warm_load_in_process_warm_start_mean_s"
 # gpu_benchmark.py --settings max --inductor-config max_autotune_gemm=True (call AY): its log, inductor's autotuning
 AUTOTUNE_LOG = "h200_sd_max_autotune_gemm_call_ay_log.txt"
