@@ -185,10 +185,11 @@ def evaluate_command(a: argparse.Namespace) -> int:
     if all(os.path.isfile(os.path.join(video, name)) for name in ("video.mp4", "report.json")):
         video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
     try:
+        folder = os.path.dirname(os.path.abspath(video))
+        if os.path.basename(video) == "frames.png" and os.path.isfile(os.path.join(folder, "report.json")):
+            raise ValueError(f"{video!r} is a generate output's contact sheet, one image of a few frames side by side: "
+                             f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)
-        if len(frames) < 2:   # e.g. a generate folder's frames.png, the contact sheet
-            raise ValueError(f"{video!r} holds {len(frames)} frame: the metrics score a video (2 frames or more); "
-                             f"for a generate output pass its folder or its video.mp4")
         scores = metrics.strict_scores(metrics.evaluate(frames, junctions=a.junctions))
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None

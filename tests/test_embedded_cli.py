@@ -183,7 +183,7 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     # its contact sheet is one image, not a video: refused with where the video is
     with pytest.raises(SystemExit) as e:
         main(["evaluate", os.path.join(out, "frames.png")])
-    assert e.value.code == 2 and "holds 1 frame" in capsys.readouterr().err
+    assert e.value.code == 2 and "is a generate output's contact sheet" in capsys.readouterr().err
     # the report says what the experts were given where the settings left it to the backend
     assert report["settings"]["prompt"] == "" and report["settings"]["refine_cfg"] is None
     assert report["prompt_used"] == "a red ball bouncing over green grass"
