@@ -164,8 +164,8 @@ def refine_inputs() -> list:
                                 tooltip="Only for modes coordinated and alternate: how much noise the video expert "
                                         "sees at each step. same_index (default, the paper's): the same timestep "
                                         "number as the image expert, which is more noise on AnimateDiff-style "
-                                        "(linear) schedules; nearest / continuous: the same noise level. Leave as is "
-                                        "unless the video expert's frames look under- or over-smoothed.")),
+                                        "(linear) schedules; nearest / continuous: the same noise level (an "
+                                        "alternative reading of the paper, for comparing the two).")),
     ]
 
 
