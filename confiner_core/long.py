@@ -427,8 +427,10 @@ def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str 
     if applied is None:
         return None
     if plan.window_junctions:
+        junctions = plan.window_junctions
+        listed = ", ".join(map(str, junctions if len(junctions) <= 6 else junctions[:2] + ["…"] + junctions[-1:]))
         how = (f"each window of {plan.segment_length} frames is refined with the prompt at its centre frame, so a "
-               f"prompt starts at the nearest window junction: {', '.join(map(str, plan.window_junctions))}")
+               f"prompt starts at the nearest window junction: {listed}")
     else:
         how = (f"the one window of {plan.segment_length} frames is refined with the prompt at its centre frame, "
                f"{window_centre(plan.windows[0])}")

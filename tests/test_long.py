@@ -215,6 +215,14 @@ def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, seg
         assert f"the one window of {segment} frames is refined with the prompt at its centre frame, 8" in text
 
 
+def test_a_long_videos_junctions_are_elided_in_the_applied_schedule():
+    """1000 frames in 16-frame windows have 62 junctions: the console listed them all on one line."""
+    from confiner_core.long import render_applied_schedule
+
+    text = render_applied_schedule(plan_segments(1000, 16, True), parse_prompt("0: a | 500: b", frames=1000))
+    assert "nearest window junction: 16, 32, …, 992):" in text and "48" not in text.split("\n")[0]
+
+
 def test_generate_long_refuses_bad_arguments_before_any_evaluation():
     """A library caller's mistakes name the argument: a seed outside ComfyUI's range or not an integer (7.9 was
     read as 7, "7" as 7, True as 1, -3 failed in numpy), a schedule parsed for other frames (its late entries were
