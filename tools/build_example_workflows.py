@@ -5,9 +5,11 @@ browser test loads each into the real frontend and checks that no two nodes over
 Layout: left to right by stage, one group per stage, nodes stacked in columns: the models over two columns (text
 encoders on the left, the loaders of the stages on the right with the prompts below them), then the refine experts
 above the control stage in one column, then the refinement and the output. Every link then reaches the next column
-or the node below in its own, and no link runs under a node (the frontend draws links below nodes, where an artist
-loses them) but an SD 1.5 checkpoint's to stages further on; ``Graph.layout`` moves nodes down where one would, and
-a test checks the files the same way (tests/test_comfy_browser.py). All nodes of a column are as wide as its widest, and at least as large as the
+or the node below in its own, and no link runs under a node, not even one it joins (the frontend draws links below
+nodes, where an artist loses them): ``Graph.layout`` moves nodes down where one would, an SD 1.5 checkpoint's links
+to stages further on run through the frontend's own reroutes above the groups, and a link to the node below loops
+round through reroutes beside its column (``reroutes``); a test checks the files the same way
+(tests/test_comfy_browser.py). All nodes of a column are as wide as its widest, and at least as large as the
 frontend computes them (``tools/frontend_node_sizes.json``, measured by ``tools/measure_frontend_sizes.py`` in the
 real frontend), with room for text and for the previews of the sampling and save nodes. The first view
 (``extra.ds``) shows the graph at 100 % below the frontend's toolbars, from the read-me note on the left.
@@ -31,10 +33,12 @@ GROUP_PAD = 18
 GROUP_TITLE = 46
 GROUP_GAP = 30      # between groups stacked in one column
 CLEARANCE = 12      # between a link and a node it passes (the frontend draws links about 3 px wide)
-CHANNEL_Y = -40     # the row above every group where rerouted links run (checkpoint_link_past_next_column)
-CHANNEL_STEP = 14   # between two rerouted links, across and along
+CHANNEL_Y = -24     # the lowest row above every group where rerouted links run (checkpoint_link_past_next_column)
+CHANNEL_STEP = 12   # between two lanes of rerouted links, across and along
+LANE_OFFSET = 20    # from a column's edge to the lane beside it
+STUB = 15           # of a link at its socket: drawn over the node it joins
 VIEW_LEFT = 90      # right of the frontend's side bar
-VIEW_TOP = 120      # below the frontend's tab bar and workflow menu
+VIEW_TOP = 170      # below the frontend's tab bar, workflow menu and run toolbar, with the lanes above the groups
 
 
 class Model:
@@ -188,32 +192,67 @@ def checkpoint_link_past_next_column(link, by_id: dict, column: dict) -> bool:
     """A link out of a single-file checkpoint (CheckpointLoaderSimple) into a column past the next: the checkpoint is
     its prompts' text encoder, in the column left of them, and the model or VAE of stages further on, so such a link
     would cross the columns between (an artist trial read the VAE as plugged into the control expert's motion_lora).
-    It is rerouted above the groups (:func:`reroutes`). ``column``: a node's x -> its column's number."""
+    ``column``: a node's x -> its column's number."""
     src, dst = by_id[link[1]], by_id[link[3]]
     return src["type"] == "CheckpointLoaderSimple" and column[dst["pos"][0]] > column[src["pos"][0]] + 1
 
 
+def back_loop(link, by_id: dict, column: dict) -> bool:
+    """A link to a node stacked below its source in one column: from the source's right edge back to the left edge
+    below, which the frontend draws behind the two nodes it joins."""
+    return column[by_id[link[1]]["pos"][0]] == column[by_id[link[3]]["pos"][0]]
+
+
+def rerouted(link, by_id: dict, column: dict) -> bool:
+    """The links drawn through the frontend's own reroutes (:func:`reroutes`) rather than as one spline."""
+    return checkpoint_link_past_next_column(link, by_id, column) or back_loop(link, by_id, column)
+
+
 def reroutes(nodes: list, links: list) -> tuple[list, list]:
-    """The frontend's own link reroutes (``extra.reroutes``, ``extra.linkExtensions`` of a 0.4 workflow) for every
-    checkpoint link past the next column: up in the gap right of the checkpoint, along a row above every group,
-    down the gap left of the target and into it; each such link on its own row and in its own lane."""
+    """The frontend's own link reroutes (``extra.reroutes``, ``extra.linkExtensions`` of a 0.4 workflow):
+
+    * a checkpoint's links past the next column (one lane per output and target column, its links branching at the
+      end): out of the socket, up in the gap right of the checkpoint, along a row above every group, down the gap
+      left of the target column and into each target. The lane of a higher socket turns up nearer and runs higher,
+      so two lanes leaving one checkpoint do not cross;
+    * a back-loop (:func:`back_loop`): out to the right of the column, across the gap just below the source, down
+      the left of the column and into the target."""
     by_id = {n["id"]: n for n in nodes}
     column = {x: i for i, x in enumerate(sorted({n["pos"][0] for n in nodes}))}
-    half_gap = GROUP_PAD + COLUMN_GAP // 2
-    points, extensions = [], []
-    for k, link in enumerate(l for l in links if checkpoint_link_past_next_column(l, by_id, column)):
-        src, dst = by_id[link[1]], by_id[link[3]]
-        shift = CHANNEL_STEP * k
-        up_x = src["pos"][0] + src["size"][0] + half_gap - shift
-        down_x = dst["pos"][0] - half_gap + shift
-        row = CHANNEL_Y - shift
-        chain = [(up_x, row), (down_x, row), (down_x, socket(dst, link[4], False)[1])]
-        for i, pos in enumerate(chain):
-            rid = len(points) + 1
-            points.append({"id": rid, "pos": [pos[0], pos[1]], "linkIds": [link[0]],
-                           **({"parentId": rid - 1} if i else {})})
-        extensions.append({"id": link[0], "parentId": len(points)})
-    return points, extensions
+    points, parent_of = [], {}
+
+    def add(x, y, link_ids, parent=None) -> int:
+        points.append({"id": len(points) + 1, "pos": [x, y], "linkIds": list(link_ids),
+                       **({"parentId": parent} if parent else {})})
+        return len(points)
+
+    lanes = {}
+    for link in links:
+        if checkpoint_link_past_next_column(link, by_id, column):
+            lanes.setdefault((link[1], link[2], column[by_id[link[3]]["pos"][0]]), []).append(link)
+    order = sorted(lanes, key=lambda key: (key[0], key[1], key[2]))
+    for k, key in enumerate(order):
+        group = lanes[key]
+        src, first = by_id[key[0]], by_id[group[0][3]]
+        ids = [link[0] for link in group]
+        turn = src["pos"][0] + src["size"][0] + LANE_OFFSET + CHANNEL_STEP * k
+        row = CHANNEL_Y - CHANNEL_STEP * (len(order) - 1 - k)
+        down = first["pos"][0] - LANE_OFFSET - CHANNEL_STEP * k
+        last = add(down, row, ids, add(turn, row, ids, add(turn, socket(src, key[1], True)[1], ids)))
+        for link in group:
+            parent_of[link[0]] = add(down, socket(by_id[link[3]], link[4], False)[1], [link[0]], last)
+    for link in links:
+        if back_loop(link, by_id, column):
+            src, dst = by_id[link[1]], by_id[link[3]]
+            right, left = src["pos"][0] + src["size"][0] + LANE_OFFSET, dst["pos"][0] - LANE_OFFSET
+            below = src["pos"][1] + src["size"][1] + GAP // 2   # clear of both nodes by more than CLEARANCE
+            chain = [(right, socket(src, link[2], True)[1]), (right, below), (left, below),
+                     (left, socket(dst, link[4], False)[1])]
+            parent = None
+            for x, y in chain:
+                parent = add(x, y, [link[0]], parent)
+            parent_of[link[0]] = parent
+    return points, [{"id": lid, "parentId": rid} for lid, rid in sorted(parent_of.items())]
 
 
 def link_points(link, by_id: dict, extra: dict | None = None) -> list:
@@ -237,25 +276,26 @@ def link_points(link, by_id: dict, extra: dict | None = None) -> list:
 
 def link_crossings(nodes: list, links: list, clearance: float = 0.0, extra: dict | None = None,
                    rerouted_later: bool = False) -> list:
-    """(link, node, highest and lowest y of the link over the node's width) for every link that passes over a node
-    it does not join, or within ``clearance`` above or below it (the node's title bar included): the frontend draws
-    links below nodes, so an artist loses the link there. Nodes of one column share their x (``Graph.stack``). Links
-    go through their reroutes in ``extra`` (a workflow's); ``rerouted_later`` leaves out the links :func:`reroutes`
-    will route (while the layout is still moving nodes). The tests check the saved files with this too."""
+    """(link, node, highest and lowest y of the link over the node's width) for every link that passes over a node,
+    or within ``clearance`` above or below it (the node's title bar included): the frontend draws links below nodes,
+    so an artist loses the link there. The nodes a link joins count too, but for its stub at their socket
+    (``STUB`` wide). Nodes of one column share their x (``Graph.stack``). Links go through their reroutes in
+    ``extra`` (a workflow's); ``rerouted_later`` leaves out the links :func:`reroutes` will route (while the layout
+    is still moving nodes). The tests check the saved files with this too."""
     by_id = {n["id"]: n for n in nodes}
     column = {x: i for i, x in enumerate(sorted({n["pos"][0] for n in nodes}))}
     found = []
     for link in links:
         _, src, out, dst, inp, _ = link
-        if rerouted_later and checkpoint_link_past_next_column(link, by_id, column):
+        if rerouted_later and rerouted(link, by_id, column):
             continue
         path = link_points(link, by_id, extra)
+        ends = (path[0][0], path[-1][0])
         for n in nodes:
-            if n["id"] in (src, dst):
-                continue
             x0, x1 = n["pos"][0], n["pos"][0] + n["size"][0]
             y0, y1 = n["pos"][1] - TITLE_H - clearance, n["pos"][1] + n["size"][1] + clearance
-            over = [y for x, y in path if x0 <= x <= x1]
+            stub = [end for end, joined in zip(ends, (n["id"] == src, n["id"] == dst)) if joined]
+            over = [y for x, y in path if x0 <= x <= x1 and all(abs(x - end) > STUB for end in stub)]
             if any(y0 < y < y1 for y in over):
                 found.append((link, n, min(over), max(over)))
     return found
@@ -416,7 +456,7 @@ CHANGE_FIRST = ["**Positive** prompt (and Negative).",
 # Prompts" below them; the refine experts above the control stage; the refinement and the output. Each link of a
 # loader, a prompt or a stage then reaches the next column, or the node below in its own, with nothing in between.
 # The exception: the SD 1.5 checkpoint's MODEL and VAE, which stages two or more columns on need: rerouted above the
-# groups (checkpoint_link_past_next_column, reroutes).
+# groups; a link to the node below in its own column loops through reroutes too (rerouted, reroutes).
 
 def experts_graph(g, note, prompts_title="2 · Prompts"):
     """Read-me, the checkpoint (text encoder) beside the two motion-model loaders, the prompts below those."""
