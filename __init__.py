@@ -15,7 +15,7 @@ if __package__:  # imported as a package: by ComfyUI, or by pytest collecting th
 
 # Served at /extensions/<pack folder>/: web/docs/<node id>.md are the nodes' help pages in the frontend's node-help
 # panel (with their pictures); web/confiner.js, the one frontend extension, keeps the Long Video's prompt-schedule
-# box at one height while progress text and previews arrive.
+# box at one height while progress text and previews arrive, and the progress text out of saved workflows.
 WEB_DIRECTORY = "./web"
 
 __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

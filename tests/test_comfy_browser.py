@@ -137,7 +137,8 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
 def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview_arrive(frontend, screenshot_dir):
     """The frontend shares a node's free height among its growable widgets: the Long Video's segment-prompts box took
     all of it before a run (442 px on the template), then shrank to 207 px when the progress text arrived and to
-    75 px with the first preview, and every widget below it jumped up. web/confiner.js holds it at one height."""
+    75 px with the first preview, and every widget below it jumped up. web/confiner.js holds it at one height, and
+    keeps the progress text out of the saved workflow."""
     import base64
 
     import cv2
@@ -157,6 +158,8 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     assert box[0] >= 150 and box == [box[0]] * 3, box   # about ten lines, before and during the run
     assert h["text"]["$$node-text-preview"] > 0 and h["preview"]["$$canvas-image-preview"] > 0, h["preview"]
     assert h["size_after"] == h["size"]   # the text and the preview fit the room the template leaves them
+    # and the progress text is not saved with the workflow (a file kept the run before's "cancelled ..." text)
+    assert h["saved_after"] == h["saved_before"], (h["saved_before"], h["saved_after"])
 
 
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):

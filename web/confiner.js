@@ -1,23 +1,32 @@
-// The one frontend extension of the pack: the Long Video's prompt-schedule box keeps its height.
+// The pack's one frontend extension: how its sampling nodes show a run.
 //
-// The frontend shares a node's free height among its growable widgets: before a run the segment-prompts box takes
-// all of it (440 px on the template), then gives it up to the progress text and the live preview as they arrive
-// (75 px), and every widget below it jumps up while an artist may be about to click one. A fixed height (about ten
-// lines) leaves the rest of the node to the text and the preview from the start. tests/test_comfy_browser.py checks
-// the box's height before and after both arrive.
+// * The Long Video's prompt-schedule box keeps its height. The frontend shares a node's free height among its
+//   growable widgets: before a run the box took all of it (440 px on the template), then gave it up to the progress
+//   text and the live preview as they arrived (75 px), and every widget below it jumped up while an artist may have
+//   been about to click one. A fixed height (about ten lines) leaves the rest of the node to the text and preview.
+// * A run's progress text is not saved with the workflow. The frontend keeps it as a widget value, so a file written
+//   by one run carried the text of the run before it ("cancelled after evaluation 3/15" beside a finished video).
+//
+// tests/test_comfy_browser.py checks both with the progress text and a preview dispatched as the server sends them.
 import { app } from "../../scripts/app.js";
 
-const NODE = "ConFinerLongSegmenter";
-const WIDGET = "segment_prompts";
-const SCHEDULE_BOX_HEIGHT = 160;
+const SAMPLING_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter"]);
+const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
+const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 
 app.registerExtension({
-  name: "ConFiner.ScheduleBoxHeight",
+  name: "ConFiner.SamplingNodes",
   nodeCreated(node) {
-    if (node.comfyClass !== NODE) return;
-    const box = node.widgets?.find((w) => w.name === WIDGET);
+    if (!SAMPLING_NODES.has(node.comfyClass)) return;
+    const addCustomWidget = node.addCustomWidget;
+    node.addCustomWidget = function (widget, ...rest) {
+      if (widget?.name === PROGRESS_TEXT) widget.serialize = false;
+      return addCustomWidget.call(this, widget, ...rest);
+    };
+    if (node.comfyClass !== SCHEDULE_BOX.node) return;
+    const box = node.widgets?.find((w) => w.name === SCHEDULE_BOX.widget);
     if (!box?.options) return;
-    box.options.getMinHeight = () => SCHEDULE_BOX_HEIGHT;
-    box.options.getMaxHeight = () => SCHEDULE_BOX_HEIGHT;
+    box.options.getMinHeight = () => SCHEDULE_BOX.height;
+    box.options.getMaxHeight = () => SCHEDULE_BOX.height;
   },
 });

@@ -254,7 +254,8 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
     app.canvas.draw(true, true);
     return Object.fromEntries(node.widgets.map((w) => [w.name, w.computedHeight ?? null]));
   };
-  const out = {size: Array.from(node.size), before: heights()};
+  const saved = () => node.serialize().widgets_values.length;
+  const out = {size: Array.from(node.size), before: heights(), saved_before: saved()};
   window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
   await new Promise((r) => setTimeout(r, 300));
   out.text = heights();
@@ -266,6 +267,7 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
   await new Promise((r) => setTimeout(r, 300));
   out.preview = heights();
   out.size_after = Array.from(node.size);
+  out.saved_after = saved();
   return out;
 }"""
 
