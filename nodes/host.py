@@ -442,7 +442,7 @@ def check_frames(denoiser: Denoiser, frames: int, segment: bool = False) -> None
     if segment:
         raise ValueError(f"segment length (segment_length) = {frames} is above the {denoiser.expert.name} expert's "
                          f"AnimateDiff motion model's limit of {limit} frames: use a segment length of at most {limit} "
-                         f"(the video's length is frames)")
+                         f"(frames sets the video's length)")
     raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
                      f"without context windows, but the latent has {frames}: use fewer frames, add "
                      f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Video")
