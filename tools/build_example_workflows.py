@@ -6,8 +6,9 @@ Layout: left to right by stage, one group per stage, nodes stacked in columns: t
 encoders on the left, the loaders of the stages on the right with the prompts below them), then the refine experts
 above the control stage in one column, then the refinement and the output. Every link then reaches the next column
 or the node below in its own, and no link runs under a node, not even one it joins (the frontend draws links below
-nodes, where an artist loses them): ``Graph.layout`` moves nodes down where one would, an SD 1.5 checkpoint's links
-to stages further on run through the frontend's own reroutes above the groups, and a link to the node below loops
+nodes, where an artist loses them): ``Graph.layout`` moves nodes down where one would, a loader's links to stages
+further on (an SD 1.5 checkpoint's model and VAE, Wan's VAE) run through the frontend's own reroutes above the
+groups, and a link to the node below loops
 round through reroutes beside its column (``reroutes``); a test checks the files the same way
 (tests/test_comfy_browser.py). All nodes of a column are as wide as its widest, and at least as large as the
 frontend computes them (``tools/frontend_node_sizes.json``, measured by ``tools/measure_frontend_sizes.py`` in the
@@ -33,7 +34,7 @@ GROUP_PAD = 18
 GROUP_TITLE = 46
 GROUP_GAP = 30      # between groups stacked in one column
 CLEARANCE = 12      # between a link and a node it passes (the frontend draws links about 3 px wide)
-CHANNEL_Y = -24     # the lowest row above every group where rerouted links run (checkpoint_link_past_next_column)
+CHANNEL_Y = -24     # the lowest row above every group where rerouted links run (link_past_next_column)
 CHANNEL_STEP = 12   # between two lanes of rerouted links, across and along
 LANE_OFFSET = 20    # from a column's edge to the lane beside it
 STUB = 15           # of a link at its socket: drawn over the node it joins
@@ -188,13 +189,12 @@ def link_path(a: tuple, b: tuple) -> list:
                   for k in (0, 1)) for t in (i / steps for i in range(steps + 1))]
 
 
-def checkpoint_link_past_next_column(link, by_id: dict, column: dict) -> bool:
-    """A link out of a single-file checkpoint (CheckpointLoaderSimple) into a column past the next: the checkpoint is
-    its prompts' text encoder, in the column left of them, and the model or VAE of stages further on, so such a link
-    would cross the columns between (an artist trial read the VAE as plugged into the control expert's motion_lora).
+def link_past_next_column(link, by_id: dict, column: dict) -> bool:
+    """A link into a column past the next: a loader's model or VAE for a stage further on (an SD 1.5 checkpoint is
+    also its prompts' text encoder, in the column left of them), which would cross the columns between (an artist
+    trial read the VAE as plugged into the control expert's motion_lora; Wan's VAE ran across a group's title).
     ``column``: a node's x -> its column's number."""
-    src, dst = by_id[link[1]], by_id[link[3]]
-    return src["type"] == "CheckpointLoaderSimple" and column[dst["pos"][0]] > column[src["pos"][0]] + 1
+    return column[by_id[link[3]]["pos"][0]] > column[by_id[link[1]]["pos"][0]] + 1
 
 
 def back_loop(link, by_id: dict, column: dict) -> bool:
@@ -205,16 +205,16 @@ def back_loop(link, by_id: dict, column: dict) -> bool:
 
 def rerouted(link, by_id: dict, column: dict) -> bool:
     """The links drawn through the frontend's own reroutes (:func:`reroutes`) rather than as one spline."""
-    return checkpoint_link_past_next_column(link, by_id, column) or back_loop(link, by_id, column)
+    return link_past_next_column(link, by_id, column) or back_loop(link, by_id, column)
 
 
 def reroutes(nodes: list, links: list) -> tuple[list, list]:
     """The frontend's own link reroutes (``extra.reroutes``, ``extra.linkExtensions`` of a 0.4 workflow):
 
-    * a checkpoint's links past the next column (one lane per output and target column, its links branching at the
-      end): out of the socket, up in the gap right of the checkpoint, along a row above every group, down the gap
-      left of the target column and into each target. The lane of a higher socket turns up nearer and runs higher,
-      so two lanes leaving one checkpoint do not cross;
+    * links past the next column (one lane per output and target column, its links branching at the end): out of
+      the socket, up in the gap right of the source, along a row above every group, down the gap left of the target
+      column and into each target. The lane of a higher socket turns up nearer and runs higher, so two lanes leaving
+      one loader do not cross;
     * a back-loop (:func:`back_loop`): out to the right of the column, across the gap just below the source, down
       the left of the column and into the target."""
     by_id = {n["id"]: n for n in nodes}
@@ -228,7 +228,7 @@ def reroutes(nodes: list, links: list) -> tuple[list, list]:
 
     lanes = {}
     for link in links:
-        if checkpoint_link_past_next_column(link, by_id, column):
+        if link_past_next_column(link, by_id, column):
             lanes.setdefault((link[1], link[2], column[by_id[link[3]]["pos"][0]]), []).append(link)
     order = sorted(lanes, key=lambda key: (key[0], key[1], key[2]))
     for k, key in enumerate(order):
@@ -245,7 +245,8 @@ def reroutes(nodes: list, links: list) -> tuple[list, list]:
         if back_loop(link, by_id, column):
             src, dst = by_id[link[1]], by_id[link[3]]
             right, left = src["pos"][0] + src["size"][0] + LANE_OFFSET, dst["pos"][0] - LANE_OFFSET
-            below = src["pos"][1] + src["size"][1] + GAP // 2   # clear of both nodes by more than CLEARANCE
+            # just clear of the source: the frontend draws a node's badges in the gap above the next one's title
+            below = src["pos"][1] + src["size"][1] + CLEARANCE + 1
             chain = [(right, socket(src, link[2], True)[1]), (right, below), (left, below),
                      (left, socket(dst, link[4], False)[1])]
             parent = None
@@ -455,8 +456,9 @@ CHANGE_FIRST = ["**Positive** prompt (and Negative).",
 # (an SD 1.5 checkpoint is one: its CLIP encodes the prompts) and the loaders of the stages on the right, with "2 ·
 # Prompts" below them; the refine experts above the control stage; the refinement and the output. Each link of a
 # loader, a prompt or a stage then reaches the next column, or the node below in its own, with nothing in between.
-# The exception: the SD 1.5 checkpoint's MODEL and VAE, which stages two or more columns on need: rerouted above the
-# groups; a link to the node below in its own column loops through reroutes too (rerouted, reroutes).
+# The exception: a loader's links to stages two or more columns on (the SD 1.5 checkpoint's MODEL and VAE, Wan's
+# VAE): rerouted above the groups; a link to the node below in its own column loops through reroutes too (rerouted,
+# reroutes).
 
 def experts_graph(g, note, prompts_title="2 · Prompts"):
     """Read-me, the checkpoint (text encoder) beside the two motion-model loaders, the prompts below those."""
