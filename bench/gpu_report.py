@@ -1226,21 +1226,20 @@ def temporal_attention_figures(sd: dict, earlier: list) -> tuple[dict, list[str]
     return out, md
 
 
-def warm_host_keys(fig: dict) -> list[str]:
-    """The RESULTS.json keys of the warm-start probe on each host measured, by call (the order they were taken)."""
+def warm_host_keys(fig: dict) -> list[tuple[str, str]]:
+    """(call, RESULTS.json key) of the warm-start probe on each host measured, by call (the order they were taken)."""
     keys = {call: "warm_start" + WARM_PROBES[key][0] + "_s" for key, call in WARM_HOSTS.items()}
     keys["BC"] = WARM_LOAD_MEAN
-    return [keys[call] for call in sorted(keys) if fig.get(keys[call]) is not None]
+    return [(call, keys[call]) for call in sorted(keys) if fig.get(keys[call]) is not None]
 
 
 def warm_start_hosts(fig: dict) -> list[str]:
     """One entry a host: its call, warm start, and the two host-bound phases that differ most between hosts."""
     out = []
-    for key in warm_host_keys(fig):
+    for call, key in warm_host_keys(fig):
         if key == WARM_LOAD_MEAN:
-            out.append(f"BC {fig[key]:.1f} s: the mean of {fig['warm_load_in_process_probes']} probes")
+            out.append(f"{call} {fig[key]:.1f} s: the mean of {fig['warm_load_in_process_probes']} probes")
             continue
-        call = next(c for k, c in WARM_HOSTS.items() if key == "warm_start" + WARM_PROBES[k][0] + "_s")
         stem = key[:-len("_s")]
         out.append(f"{call} {fig[key]:.1f} s: imports {fig[stem + '_import_s']:.1f} s, reading the "
                    f"{fig.get(stem + '_blocks_loaded')} kept blocks {fig[stem + '_blocks_load_s']:.1f} s")
@@ -1281,7 +1280,7 @@ def targets(fig: dict) -> list[str]:
         warm_settings = (f" (by host: {'; '.join(hosts)}; all with Python's bytecode caches, as an installation has them"
                          + (f"; without, as the lent machine's Python runs: {without:.1f} s on AI" if without else "")
                          + ")")
-        seconds = [fig[key] for key in warm_host_keys(fig)]
+        seconds = [fig[key] for _, key in warm_host_keys(fig)]
         met = sum(s <= TARGET_WARM_S for s in seconds)
         if 0 < met < len(seconds):
             warm_verdict = f"**yes** on {met} of the {len(seconds)} hosts measured"

@@ -16,7 +16,7 @@ import torch
 from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
-from .layout import VIDEO
+from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
 from .schedules import VP, NoiseSchedule
@@ -280,7 +280,7 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
                        generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
-    check_latent(noise, "noise", "generate_structure")
+    check_latent(noise, VIDEO, name="generate_structure: noise")
     if generator is not None:
         check_generator(generator, "generate_structure")
     return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
@@ -291,7 +291,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                       generator: torch.Generator) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
-    check_latent(structure, "structure", "extract_structure")
+    check_latent(structure, VIDEO, name="extract_structure: structure")
     check_generator(generator, "extract_structure")
     return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
@@ -317,7 +317,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     first (:func:`~confiner_core.experts.hand_off`); without a source it is already in the refining expert's space,
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
-    check_latent(structure, "structure", "refine_structure")
+    check_latent(structure, VIDEO, name="refine_structure: structure")
     check_generator(generator, "refine_structure")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
@@ -329,12 +329,6 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     # except under "leading" spacing, whose timesteps start below it
     x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
     return refine(spatial, temporal, x, config, generator, callback)
-
-
-def check_latent(x, name: str, where: str) -> None:
-    """A latent argument is a tensor: refused by name here rather than deep inside the first operation on it."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: {name} must be a torch.Tensor latent [B, C, F, h, w], got {type(x).__name__}")
 
 
 def check_generator(generator, where: str) -> None:
@@ -354,7 +348,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
-    check_latent(noise, "noise", "run_chain")
+    check_latent(noise, VIDEO, name="run_chain: noise")
     check_generator(generator, "run_chain")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log

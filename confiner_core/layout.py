@@ -32,10 +32,12 @@ def from_canonical(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def check_latent(x: torch.Tensor, layout: str, channels: int | None = None, name: str = "latent") -> None:
-    """Fail early, naming the input and the fix, when a latent does not have the expected shape."""
+    """Fail early, naming the input and the fix, when a latent is not a tensor of the expected shape."""
     want = {FRAMES: 4, VIDEO: 5}[layout]
+    hint = ("a frame batch [F, C, h, w]" if layout == FRAMES else "a video [B, C, F, h, w]")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor ({hint}), got {type(x).__name__}")
     if x.ndim != want:
-        hint = ("a frame batch [F, C, h, w]" if layout == FRAMES else "a video [B, C, F, h, w]")
         raise ValueError(f"{name} has shape {tuple(x.shape)} but must be {hint}; "
                          f"pass a latent of that layout (got {x.ndim}-D)")
     c = x.shape[1]

@@ -346,7 +346,8 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     control = expert.bind(log=log)
     with pytest.raises(TypeError, match="extract_structure needs a seeded torch.Generator"):
         extract_structure(S.named("sd15"), x0, 100, 0)
-    with pytest.raises(TypeError, match=r"generate_structure: noise must be a torch.Tensor latent .* got ndarray"):
+    with pytest.raises(TypeError, match=r"generate_structure: noise must be a torch.Tensor \(a video \[B, C, F, h, w\]\), got "
+                                         r"ndarray"):
         generate_structure(control, x0.numpy(), ChainConfig(), torch.Generator().manual_seed(0))
     with pytest.raises(TypeError, match="generate_structure needs a seeded torch.Generator"):
         generate_structure(control, x0, ChainConfig(), 3)

@@ -230,7 +230,7 @@ def reroutes(nodes: list, links: list) -> tuple[list, list]:
     for link in links:
         if link_past_next_column(link, by_id, column):
             lanes.setdefault((link[1], link[2], column[by_id[link[3]]["pos"][0]]), []).append(link)
-    order = sorted(lanes, key=lambda key: (key[0], key[1], key[2]))
+    order = sorted(lanes)   # by source, then socket (the higher first), then target column
     for k, key in enumerate(order):
         group = lanes[key]
         src, first = by_id[key[0]], by_id[group[0][3]]
