@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "AnimateDiff(-Lightning) pipeline, MotionAdapter or motion module (on the SD 1.5 base), ModelScope "
                    "T2V, Wan 2.1 / 2.2 (README, 'Real checkpoints', lists every kind)")
     g.add_argument("--spatial", help="spatial expert (text-to-image): SD 1.5 or SDXL diffusers folder or single-file "
-                   ".safetensors (a single file with --base), Qwen-Image, or Wan 2.1 / 2.2 as an image model")
+                   ".safetensors (a single file with --base), Qwen-Image, FLUX.1-dev / schnell (bridged through "
+                   "the VAEs; --cfg is dev's distilled guidance), or Wan 2.1 / 2.2 as an image model")
     g.add_argument("--temporal", help="temporal expert (text-to-video): any kind --control takes; not needed with "
                    "--mode standard")
     g.add_argument("--base", help="local diffusers pipeline folder that supplies configs, tokenizer and scheduler to "

@@ -148,6 +148,10 @@ class Expert(ABC):
     latent_space: LatentSpace = SD15
     codec: Codec | None = None
     max_frames: int | None = None
+    #: the network takes the guidance scale as an input (guidance-distilled models, FLUX.1-dev: diffusers'
+    #: ``guidance_scale``, ComfyUI's FluxGuidance): one forward per evaluation and no negative prompt, and
+    #: :meth:`forward` gets ``(conditioning, scale)`` pairs
+    distilled_guidance: bool = False
 
     @property
     def latent_channels(self) -> int:
@@ -189,7 +193,8 @@ class Expert(ABC):
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
-        """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1) and a log. With
+        """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1 and the expert does
+        not take the scale as an input, :attr:`distilled_guidance`) and a log. With
         ``deferred`` the prompts are encoded at the denoiser's first evaluation rather than here: an expert first
         called late in a run (the chain's temporal expert, first called in the refinement) then encodes them while
         the GPU runs the stages before, not while it waits at the run's start for the host (H200, call AI: the
@@ -202,7 +207,7 @@ class Expert(ABC):
             raise TypeError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
 
         def encode() -> tuple:
-            if guidance_scale != 1.0:
+            if guidance_scale != 1.0 and not self.distilled_guidance:
                 return tuple(self.encode_all([prompt, negative_prompt]))
             return self.encode(prompt), None
 
@@ -292,7 +297,10 @@ class Denoiser:
         """CFG-combined network output in canonical layout."""
         self.encoded()
         native = L.from_canonical(x_t, self.expert.layout)
-        if self.negative is None:
+        if self.expert.distilled_guidance:
+            (out,) = self.expert.forward(native, t, [(self.positive, self.guidance_scale)])
+            n = 1
+        elif self.negative is None:
             (out,) = self.expert.forward(native, t, [self.positive])
             n = 1
         else:

@@ -1,11 +1,12 @@
-"""Wan 2.1 / Wan 2.2 / Qwen-Image experts, codecs and text encoders against diffusers' own pipelines (CPU, tiny
-random-weight folders built by tests/tiny_modern.py).
+"""Wan 2.1 / Wan 2.2 / Qwen-Image / FLUX.1 experts, codecs and text encoders against diffusers' own pipelines (CPU,
+tiny random-weight folders built by tests/tiny_modern.py).
 
-The references are the pipelines themselves: ``WanPipeline`` / ``QwenImagePipeline`` run for one Euler step from
+The references are the pipelines themselves: ``WanPipeline`` / ``QwenImagePipeline`` / ``FluxPipeline`` run for one
+Euler step from
 our noisy latent to sigma 0 with ``output_type="latent"``, which returns ``x_t - sigma * v`` = the x0 estimate of
 the pipeline's own transformer call, guidance and prompt encoding. The pipeline is given our noise level through
 a ``FlowMatchEulerDiscreteScheduler`` whose ``set_timesteps`` takes a fixed sigma list (diffusers applies the
-shift itself for Wan; Qwen-Image gets the shifted sigma through its ``sigmas`` argument).
+shift itself for Wan; Qwen-Image and Flux get the shifted sigma through their ``sigmas`` argument).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import json
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, WanPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, QwenImagePipeline, WanPipeline
 
 from confiner_core.chain import ChainConfig, run_chain
 from confiner_core.diffusers_backend import detect, load_experts
+from confiner_core.diffusers_backend.families import flux as F
 from confiner_core.diffusers_backend.families import qwen_image as Q
 from confiner_core.diffusers_backend.families import registry
 from confiner_core.diffusers_backend.families import wan as W
 from confiner_core.diffusers_backend.families.base import Context
 from confiner_core.experts import EvaluationLog, ExpertPair
-from confiner_core.latent_spaces import WAN21, PerFrameCodec, per_frame, wan22_space
+from confiner_core.latent_spaces import FLUX, WAN21, PerFrameCodec, per_frame, wan22_space
 from confiner_core.schedules import flow_schedule
 import tiny_modern as tm
 from tiny_modern import modern_dirs  # noqa: F401  (session fixture)
@@ -56,7 +58,7 @@ def latent(shape, seed=1) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def pipes(modern_dirs):
     """kind -> the pipeline loaded from its tiny folder (once per module)."""
-    cls = {"qwen_image": QwenImagePipeline}
+    cls = {"qwen_image": QwenImagePipeline, "flux_dev": FluxPipeline, "flux_schnell": FluxPipeline}
     return functools.lru_cache(lambda kind: cls.get(kind, WanPipeline).from_pretrained(modern_dirs(kind),
                                                                                        local_files_only=True))
 
@@ -305,7 +307,7 @@ def copy_folder(src, dst, edit: dict | None = None, remove: tuple = ()):
 def test_detection(modern_dirs, tmp_path):
     kinds = {kind: detect(modern_dirs(kind))[1] for kind in tm.BUILDERS}
     assert kinds == {"wan21": W.WAN_FOLDER, "wan22_a14b": W.WAN_FOLDER, "wan22_ti2v": W.WAN_FOLDER,
-                     "qwen_image": Q.QWEN_FOLDER}
+                     "qwen_image": Q.QWEN_FOLDER, "flux_dev": F.FLUX_FOLDER, "flux_schnell": F.FLUX_FOLDER}
     i2v = copy_folder(modern_dirs("wan21"), tmp_path / "i2v",
                       {"model_index.json": {"_class_name": "WanImageToVideoPipeline"}})
     assert detect(i2v)[1] == W.WAN_UNSUPPORTED
@@ -433,3 +435,125 @@ def test_chain_runs_with_tiny_modern_experts(loaded, modern_dirs, spatial_kind):
     if spatial_kind == "qwen_image":
         frames = experts.decode(result.latent)
         assert frames.shape == (1, 9, 32, 48, 3)
+
+
+# ------------------------------------------------------------------------------------------------ FLUX.1
+
+def test_flux_encoding_equals_flux_pipeline(pipes):
+    flux = pipes("flux_dev")
+    encoder = F.FluxPromptEncoder(flux.tokenizer, flux.text_encoder, flux.tokenizer_2, flux.text_encoder_2)
+    prompts = [PROMPT, "", "a dog"]
+    ours = encoder.encode_all(prompts)                      # one batch through each encoder
+    for prompt, text in zip(prompts, ours):
+        with torch.no_grad():
+            embeds, pooled, _ = flux.encode_prompt(prompt, prompt_2=None, max_sequence_length=512)
+        torch.testing.assert_close(text.embeds, embeds, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(text.pooled, pooled, rtol=1e-5, atol=1e-6)
+
+
+def flux_reference_x0(pipe, frames, sigma, guidance=3.5, true_cfg=1.0, negative=None):
+    """x0 of one FluxPipeline step per latent frame ``[N, 16, h, w]`` at flow sigma ``sigma``, packed and unpacked
+    by the pipeline's own static methods."""
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)          # our sigma passes unchanged
+    _, c, h, w = frames.shape
+    out = []
+    for frame in frames:
+        packed = FluxPipeline._pack_latents(frame[None], 1, c, h, w)
+        x0 = pipe(PROMPT, negative_prompt=negative, guidance_scale=guidance, true_cfg_scale=true_cfg,
+                  height=h * 8, width=w * 8, sigmas=[sigma], num_inference_steps=1, latents=packed,
+                  output_type="latent").images
+        out.append(FluxPipeline._unpack_latents(x0, h * 8, w * 8, 8))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("kind,scale", [("flux_dev", 1.0), ("flux_dev", 3.5), ("flux_schnell", 1.0),
+                                        ("flux_schnell", 4.0)])
+def test_flux_expert_equals_flux_pipeline(pipes, kind, scale):
+    """dev: the bound scale is the network's guidance input, one forward (the pipeline's ``guidance_scale``);
+    schnell: no guidance input, a scale is classifier-free guidance (the pipeline's ``true_cfg_scale``)."""
+    flux = pipes(kind)
+    encoder = F.FluxPromptEncoder(flux.tokenizer, flux.text_encoder, flux.tokenizer_2, flux.text_encoder_2)
+    expert = F.FluxExpert(flux.transformer, encoder, shift=3.0)
+    assert expert.latent_space is FLUX and expert.distilled_guidance == (kind == "flux_dev")
+    x = latent((1, 16, 2, 4, 6))
+    t = 400
+    log = EvaluationLog()
+    ours = expert.bind(PROMPT, NEGATIVE, scale, log)(x, t).x0
+    if kind == "flux_dev":
+        theirs = flux_reference_x0(flux, x[0].permute(1, 0, 2, 3), expert.sigma(t), guidance=scale)
+        assert log.forwards["unstaged"] == 1                                  # no negative pass at any scale
+    else:
+        negative = NEGATIVE if scale > 1 else None
+        theirs = flux_reference_x0(flux, x[0].permute(1, 0, 2, 3), expert.sigma(t), true_cfg=scale,
+                                   negative=negative)
+    assert (ours - theirs.permute(1, 0, 2, 3)[None]).abs().max() < ATOL
+    if kind == "flux_dev":      # the guidance reaches the network
+        other = expert.bind(PROMPT, NEGATIVE, scale + 2.0)(x, t).x0
+        assert (other - ours).abs().max() > 1e-4
+
+
+def test_flux_shift_is_the_pipelines_at_1024(modern_dirs):
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    found = registry.inspect_all({"spatial": modern_dirs("flux_dev")}, Context())["spatial"]
+    scheduler = tm.flux_scheduler()
+    seq = (1024 // 16) ** 2                              # packed tokens of a 1024x1024 image
+    scheduler.set_timesteps(sigmas=[0.3], mu=calculate_shift(seq, 256, 4096, 0.5, 1.15))
+    s = found.facts["shift"]
+    assert abs(float(scheduler.sigmas[0]) - s * 0.3 / (1 + (s - 1) * 0.3)) < 1e-6
+    assert found.latent_space is FLUX and found.has_vae
+    schnell = registry.inspect_all({"spatial": modern_dirs("flux_schnell")}, Context())["spatial"]
+    assert schnell.facts["shift"] == 1.0
+
+
+@pytest.mark.parametrize("case,match", [
+    ("fill", r"spatial expert \(.*\).*Flux Fill / Control / Kontext / FLUX.2 folder, which ConFiner does not "
+             r"use.*cannot serve as the spatial expert"),
+    ("t5 width", r"spatial expert \(.*\): its T5-XXL text encoder is 48 wide but the transformer's "
+                 r"joint_attention_dim is 32"),
+    ("vae channels", r"its VAE makes 4-channel latents .* FLUX.1 takes 16"),
+    ("temporal", r"temporal expert \(.*\).*spatial expert only.*cannot serve as the temporal expert"),
+])
+def test_flux_inspection_errors(modern_dirs, tmp_path, case, match):
+    dev = modern_dirs("flux_dev")
+    roles = {"control": modern_dirs("wan21"), "spatial": dev}
+    if case == "fill":
+        roles["spatial"] = copy_folder(dev, tmp_path / "f", {"model_index.json": {"_class_name": "FluxFillPipeline"}})
+    elif case == "t5 width":
+        roles["spatial"] = copy_folder(dev, tmp_path / "f", {"text_encoder_2/config.json": {"d_model": 48}})
+    elif case == "vae channels":
+        roles["spatial"] = copy_folder(dev, tmp_path / "f", {"vae/config.json": {"latent_channels": 4}})
+    else:
+        roles["temporal"] = dev
+    with pytest.raises(ValueError, match=match):
+        load_experts(**roles)
+
+
+def test_chain_bridges_flux_to_wan_through_the_vaes(modern_dirs):
+    """Wan 2.1 control and temporal experts with a FLUX.1-dev spatial expert: two latent spaces, each with its VAE;
+    every coordinated step crosses between them (decode + encode each way)."""
+    experts = load_experts(control=modern_dirs("wan21"), spatial=modern_dirs("flux_dev"),
+                           temporal=modern_dirs("wan21"))
+    spatial, temporal = experts["spatial"], experts["temporal"]
+    assert isinstance(spatial, F.FluxExpert) and spatial.latent_space is FLUX and temporal.latent_space is WAN21
+    assert spatial.codec is not temporal.codec and spatial.codec.space is FLUX
+
+    def run(guidance: float):
+        log = EvaluationLog()
+        bound = {"control": experts["control"].bind(PROMPT, log=log),
+                 "spatial": experts["spatial"].bind(PROMPT, NEGATIVE, guidance, log),
+                 "temporal": experts["temporal"].bind(PROMPT, log=log)}
+        noise = latent(WAN21.latent_shape(1, 5, 32, 32), seed=5)
+        result = run_chain(bound["control"], bound["spatial"], bound["temporal"], noise,
+                           ChainConfig(control_steps=2, refine_steps=2, te=250), torch.Generator().manual_seed(0))
+        return result, log
+
+    result, log = run(3.5)
+    assert result.latent.shape == (1, 16, 5, 4, 4) and torch.isfinite(result.latent).all()
+    counts = log.as_dict()
+    assert counts["evaluations"] == {"control": 2, "refine": 6}
+    assert counts["forwards"]["refine"] == 6                   # FLUX.1-dev: one forward per evaluation
+    assert counts["vae_calls"]["refine"] > 0
+    frames = experts.decode(result.latent)
+    assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype == torch.uint8
+    assert not torch.equal(run(1.0)[0].latent, result.latent)  # the guidance reaches the refinement

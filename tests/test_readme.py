@@ -23,3 +23,18 @@ def test_the_readmes_library_example_runs(tmp_path):
     printed = run.stdout.strip().splitlines()[-1]
     assert printed == re.search(r"print\(dict\(log\.evaluations\)\)\s*# (\{.*?\})", code).group(1)
     assert sorted(os.listdir(tmp_path / "out_lib")) == ["frames.png", "report.json", "video.mp4"]
+
+
+def test_the_readmes_checkpoint_table_lists_every_kind_with_its_roles():
+    """Section "Real checkpoints": one row per path kind the registry accepts for some role, with those roles."""
+    from confiner_core.diffusers_backend import role_kinds
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Real checkpoints"):text.index("### Speed settings")]
+    rows = {kind: set(roles.split(", ")) for roles, kind in re.findall(r"^\| ([a-z, ]+) \| `([a-z0-9-]+)` \|", section,
+                                                                        re.M)}
+    expected: dict = {}
+    for role, kinds in role_kinds().items():
+        for kind in kinds:
+            expected.setdefault(kind, set()).add(role)
+    assert rows == expected

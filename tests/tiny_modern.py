@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import (AutoencoderKLQwenImage, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                       QwenImageTransformer2DModel, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
-from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, T5Tokenizer,
-                          UMT5Config, UMT5EncoderModel)
+from diffusers import (AutoencoderKL, AutoencoderKLQwenImage, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
+                       FluxPipeline, FluxTransformer2DModel, QwenImagePipeline, QwenImageTransformer2DModel,
+                       UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, T5Config,
+                          T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel)
 
+from tiny_diffusers import SD_WIDTH, tiny_text_encoder, tiny_tokenizer
 from tiny_diffusers import _bytes_to_unicode as bytes_to_unicode
 from tiny_tokenizers import WORDS, umt5_spiece_model  # noqa: F401  (re-exported)
 
@@ -33,6 +35,7 @@ WAN21_SHIFT = 3.0        # Wan2.1-T2V-1.3B-Diffusers' scheduler flow_shift
 A14B_SHIFT = 12.0        # Wan 2.2 T2V-A14B sample_shift
 A14B_BOUNDARY = 0.875    # Wan 2.2 T2V-A14B boundary_ratio
 TI2V_SHIFT = 5.0         # Wan 2.2 TI2V-5B sample_shift
+FLUX_SCALE, FLUX_SHIFT = 0.3611, 0.1159   # the FLUX.1 VAE config's scaling_factor and shift_factor
 
 # ComfyUI comfy/latent_formats.py Wan22 (the TI2V-5B VAE's per-channel statistics)
 WAN22_MEAN = (-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
@@ -164,6 +167,41 @@ def qwen_scheduler() -> FlowMatchEulerDiscreteScheduler:
                                            time_shift_type="exponential", num_train_timesteps=1000)
 
 
+def t5_encoder(width: int = TEXT_WIDTH) -> T5EncoderModel:
+    """Flux's T5-XXL layout (gated GELU, relative attention) at width 32, on the UMT5 tokenizer's vocabulary."""
+    torch.manual_seed(SEED + 5)
+    config = T5Config(vocab_size=len(umt5_tokenizer()), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                      feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    return T5EncoderModel(config).eval()
+
+
+def flux_vae() -> AutoencoderKL:
+    """The Flux VAE's layout (16 channels, 8x spatial, no quant convs) with its scaling and shift factors."""
+    torch.manual_seed(SEED + 6)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 32, 32),
+                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=16, sample_size=64,
+                         scaling_factor=FLUX_SCALE, shift_factor=FLUX_SHIFT, use_quant_conv=False,
+                         use_post_quant_conv=False).eval()
+
+
+def flux_transformer(guidance_embeds: bool = True) -> FluxTransformer2DModel:
+    torch.manual_seed(SEED + 7)
+    return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_WIDTH,
+                                  pooled_projection_dim=SD_WIDTH, guidance_embeds=guidance_embeds,
+                                  axes_dims_rope=(4, 6, 6)).eval()
+
+
+def flux_scheduler(dynamic: bool = True) -> FlowMatchEulerDiscreteScheduler:
+    """FLUX.1-dev's scheduler config (exponential dynamic shift); schnell's does not shift."""
+    if not dynamic:
+        return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False, num_train_timesteps=1000)
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                           base_image_seq_len=256, max_image_seq_len=4096, num_train_timesteps=1000)
+
+
 # --------------------------------------------------------------------------------------------- pipelines
 
 def wan21_pipeline(shift: float = WAN21_SHIFT) -> WanPipeline:
@@ -190,8 +228,16 @@ def qwen_image_pipeline() -> QwenImagePipeline:
                              tokenizer=qwen_tokenizer(), transformer=qwen_transformer())
 
 
+def flux_pipeline(dev: bool = True) -> FluxPipeline:
+    """FLUX.1-dev (guidance-distilled: ``guidance_embeds``) or, with ``dev=False``, schnell."""
+    return FluxPipeline(scheduler=flux_scheduler(dev), vae=flux_vae(), text_encoder=tiny_text_encoder(),
+                        tokenizer=tiny_tokenizer(), text_encoder_2=t5_encoder(), tokenizer_2=umt5_tokenizer(),
+                        transformer=flux_transformer(dev))
+
+
 BUILDERS = {"wan21": wan21_pipeline, "wan22_a14b": wan22_a14b_pipeline, "wan22_ti2v": wan22_ti2v_pipeline,
-            "qwen_image": qwen_image_pipeline}
+            "qwen_image": qwen_image_pipeline, "flux_dev": flux_pipeline,
+            "flux_schnell": lambda: flux_pipeline(dev=False)}
 
 
 def save(kind: str, path: Path) -> Path:

@@ -25,6 +25,7 @@ from ..step_cache import attach_step_cache
 from . import files
 from .animatediff import AnimateDiff
 from .base import ROLES, Context, Family, Inspection
+from .flux import Flux
 from .modelscope import ModelScope
 from .qwen_image import QwenImage
 from .sd15 import SD15
@@ -32,7 +33,7 @@ from .sdxl import SDXL
 from .wan import Wan
 
 #: every family, in detection order (add a family here)
-FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage()]
+FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage(), Flux()]
 
 
 def kind_descriptions() -> dict[str, str]:
