@@ -25,6 +25,8 @@ writes which file); the prose around them is this file's. Sections appear for th
 * ``h200_wan_one_run.json`` -- ``wan_benchmark.py --a14b-full --wan14-full`` with the 1.3B runs: all four runs in one
   process; where it exists its figures are the report's ``best_wan*`` ones;
 * ``h200_wan_long.json`` -- ``wan_benchmark.py --long``: ConFiner-Long with Wan experts;
+* ``h200_wan_flux.json`` -- ``wan_benchmark.py`` with the bridges only: a FLUX.1-dev spatial expert bridged to the
+  Wan 1.3B experts (and the SD 1.5 bridge again, in the same process);
 * ``h200_comfy.json`` -- ``comfy_benchmark.py``: the basic template against AnimateDiff-25 inside ComfyUI;
   ``h200_comfy_*.json``: the same with another decode node or less free GPU memory (the decode table).
 
@@ -66,6 +68,7 @@ FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h
          # the same settings, ConFiner (1.3B and 14B experts), Wan 2.1-50 and A14B-40 all in one process: its
          # figures take the place of the two files' above (one machine, one run)
          "wan_one_run": "h200_wan_one_run.json",
+         "wan_flux": "h200_wan_flux.json",  # wan_benchmark.py with the bridges only: FLUX.1-dev (and SD 1.5) spatial
          "decode_chunks": "h200_decode_chunks.json",  # gpu_benchmark.py --decode-chunk N, one process per N
          "vae_probe": "h200_vae_decode_profile.json",  # vae_decode_probe.py --profile: the VAE decode, lean and
                                                        # compiled, each profiled (h200_vae_decode_probe.json: before)
@@ -237,7 +240,7 @@ def fold_extra(sd: dict, extra: dict | None) -> list[str]:
 
 def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan_best: dict | None = None,
             wan_fastest: dict | None = None, wan14_full: dict | None = None,
-            wan_one_run: dict | None = None) -> dict:
+            wan_one_run: dict | None = None, wan_flux: dict | None = None) -> dict:
     """The plainly named figures of RESULTS.json (today's keys kept, new ones added); ``probes``: the warm-start
     probes present, by their :data:`WARM_PROBES` key; the Wan run with the best settings gives its figures again with
     a ``best_`` prefix."""
@@ -331,6 +334,9 @@ def figures(sd: dict, probes: dict, wan: dict | None, wan_long: dict | None, wan
     out.update({f"best_{k}": v for k, v in (wan_one_run or {}).get("figures", {}).items() if v is not None})
     if wan_long:
         out.update({k: v for k, v in wan_long.get("figures", {}).items() if k.startswith("wan_long") and v is not None})
+    if wan_flux:   # its own process: only its Flux figures (the SD bridge's stay h200_wan.json's)
+        out.update({k: v for k, v in wan_flux.get("figures", {}).items() if k.startswith("wan_bridge_flux")
+                    and v is not None})
     return out
 
 
@@ -631,7 +637,8 @@ def wan_markdown(wan: dict, wan_long: dict | None, what: str = "") -> list[str]:
     md = [title, "",
           f"`bench/wan_benchmark.py`, {wan['device_name']}, torch {wan['torch']}, {wan['date']}: {wan['size']}, "
           f"{wan['dtype']}, random weights built on the GPU from the released configs (Wan 2.1 1.3B, 14B / A14B "
-          "experts, UMT5-XXL, Wan 2.1 VAE; SD 1.5 for the bridge), the repo's Wan family experts and codec, attention "
+          "experts, UMT5-XXL, Wan 2.1 VAE; SD 1.5 and FLUX.1-dev with CLIP-L, T5-XXL and its VAE for the bridges), "
+          "the repo's Wan and Flux family experts and codecs, attention "
           f"backend {wan.get('attention')} ({'the fastest on one Wan forward' if probed else 'as set'}), compile "
           f"{wan['compile']}. End to end: "
           "text encoding, sampling, VAE decode to uint8 frames.", "",
@@ -1336,7 +1343,7 @@ def main():
         earlier.append(("`h200_sd_temporal_attention.json`", data["temporal_attention_other_call"]["tables"]))
     probes = {k: data[k] for k in WARM_PROBES}
     fig = figures(data["sd"], probes, data["wan"], data["wan_long"], data["wan_best"], data["wan_fastest"],
-                  data["wan14_full"], data["wan_one_run"])
+                  data["wan14_full"], data["wan_one_run"], data["wan_flux"])
     fig.update(network_rates(data["sd"], data["forward_flops"]))
     multigpu, multigpu_md = multigpu_figures(data["multigpu"])
     fig.update(multigpu)
@@ -1379,6 +1386,8 @@ def main():
                       ("wan14_full", "the 14B runs"), ("wan_fastest", "")):
         if data[key]:
             md += wan_markdown(data[key], None, what)
+    if data["wan_flux"]:
+        md += wan_markdown(data["wan_flux"], None, "a FLUX.1-dev spatial expert bridged to the Wan 1.3B experts")
     attention, attention_md = attention_figures(merge_probes(data["attention"], data["attention_frames"]))
     fig.update(attention)
     short_keys, short_keys_md = attention_figures(

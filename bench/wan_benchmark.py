@@ -48,27 +48,30 @@ import gpu_benchmark as G  # noqa: E402  (timing, FLOP counting, the SD 1.5 conf
 import profiling as P  # noqa: E402
 
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel  # noqa: E402
+from diffusers import (AutoencoderKL, AutoencoderKLWan, FluxTransformer2DModel, UNet2DConditionModel,  # noqa: E402
+                       WanTransformer3DModel)
 from torch.profiler import record_function  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel  # noqa: E402
+from transformers import (CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config,  # noqa: E402
+                          UMT5EncoderModel)
 
 import tiny_modern as tm  # noqa: E402  (the in-code UMT5 tokenizer: ids only matter for shape)
 from confiner_core.chain import ChainConfig, run_chain  # noqa: E402
 from confiner_core.diffusers_backend import flash4_attention as F4  # noqa: E402
 from confiner_core.diffusers_backend import speed as S  # noqa: E402
 from confiner_core.diffusers_backend.experts import FrameExpert  # noqa: E402
+from confiner_core.diffusers_backend.families import flux as FX  # noqa: E402
 from confiner_core.diffusers_backend.families import wan as W  # noqa: E402
 from confiner_core.diffusers_backend.step_cache import attach_step_cache  # noqa: E402
 from confiner_core.diffusers_backend.text import PromptEncoder  # noqa: E402
 from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
 from confiner_core.experts import EvaluationLog, hand_off  # noqa: E402
-from confiner_core.latent_spaces import SD15, WAN21, to_uint8  # noqa: E402
+from confiner_core.latent_spaces import FLUX, SD15, WAN21, to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 from confiner_core.sampling import control_timesteps as sampler_timesteps, sample_control  # noqa: E402
 
 PROMPT = "a corgi running on a sunny beach, waves, golden hour, cinematic camera"
 NEGATIVE = "blurry, low quality, static"
-CFG, SD_CFG = 5.0, 7.5
+CFG, SD_CFG, FLUX_GUIDANCE = 5.0, 7.5, 3.5   # FLUX_GUIDANCE: FluxPipeline's default guidance_scale (FLUX.1-dev)
 SHIFT_13B, SHIFT_A14B, BOUNDARY_A14B, GUIDANCE_A14B = 3.0, 12.0, 0.875, (4.0, 3.0)
 
 WAN_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -79,8 +82,18 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
                 relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
                 dropout_rate=0.0)
 WAN_VAE = dict()  # AutoencoderKLWan's defaults are the Wan 2.1 VAE
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))   # black-forest-labs/FLUX.1-dev transformer/config.json
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              dropout_rate=0.0)                # FLUX.1-dev text_encoder_2/config.json (T5 v1.1 XXL)
+FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=FLUX.scale,
+                shift_factor=FLUX.shift, use_quant_conv=False, use_post_quant_conv=False)
 FULL = dict(wan13=WAN_13B, wan14=WAN_14B, umt5=UMT5_XXL, wan_vae=WAN_VAE, sd=G.SD_UNET, sd_vae=G.VAE, clip_l=G.CLIP_L,
-            height=480, width=832, frames=81)
+            flux=FLUX_DEV, t5=T5_XXL, flux_vae=FLUX_VAE, height=480, width=832, frames=81)
 TINY = dict(wan13=dict(WAN_13B, num_attention_heads=2, attention_head_dim=12, text_dim=32, ffn_dim=32, num_layers=2,
                        rope_max_seq_len=32),
             wan14=dict(WAN_13B, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=48, num_layers=3,
@@ -89,16 +102,23 @@ TINY = dict(wan13=dict(WAN_13B, num_attention_heads=2, attention_head_dim=12, te
                       relative_attention_max_distance=16),
             wan_vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                          temperal_downsample=[False, True, True]),
-            sd=G.TINY["sd"], sd_vae=G.TINY["vae"], clip_l=G.TINY["clip_l"], height=64, width=96, frames=9)
+            sd=G.TINY["sd"], sd_vae=G.TINY["vae"], clip_l=G.TINY["clip_l"],
+            flux=dict(FLUX_DEV, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                      joint_attention_dim=32, pooled_projection_dim=G.TINY["clip_l"]["hidden_size"],
+                      axes_dims_rope=(4, 6, 6)),
+            t5=dict(T5_XXL, vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                    relative_attention_num_buckets=8, relative_attention_max_distance=16),
+            flux_vae=dict(FLUX_VAE, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=16),
+            height=64, width=96, frames=9)
 
 # Expected seconds on the H200 (issue 14 section 7 anchors: 1.3B forward 0.605 s, batch 2 1.215 s; 14B 3.2 s; VAE
 # decode of 81 frames 1.83 s), used only to skip what cannot end before --deadline.
 PRIOR_S = {"confiner": 17.0, "wan_50": 64.0, "a14b_probe": 60.0, "a14b_full": 270.0, "wan14_probe": 40.0,
            "wan14_full": 90.0,
-           "bridge": 60.0, "step_cache": 17.0, "profile": 35.0, "long_per_window": 19.0, "attention_probe": 12.0}
+           "bridge": 60.0, "flux_bridge": 330.0, "step_cache": 17.0, "profile": 35.0, "long_per_window": 19.0, "attention_probe": 12.0}
 
 T0 = G.T0
-G.EXPERT_MODULES = ("wan13", "wan14", "wan14_low", "sd")  # the networks whose calls count as network forwards
+G.EXPERT_MODULES = ("wan13", "wan14", "wan14_low", "sd", "flux")  # the networks whose calls count as network forwards
 
 
 def elapsed() -> float:
@@ -176,8 +196,9 @@ class WanBench:
     def forget_prompts(self) -> None:
         """Every run pays its text encoding as a new process would: the encoders remember recent prompts."""
         self.encoder.forget()
-        if getattr(self, "sd_expert", None) is not None:
-            self.sd_expert.prompt_encoder.forget()
+        for name in ("sd_expert", "flux_expert"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).prompt_encoder.forget()
 
     def noise(self, frames=None, seed=0) -> torch.Tensor:
         shape = WAN21.latent_shape(1, frames or self.frames, self.h * 8, self.w * 8)
@@ -188,7 +209,7 @@ class WanBench:
 
     def set_attention(self, name: str) -> None:
         self.attention = name
-        for key in ("wan13", "wan14", "wan14_low", "sd", "sd_vae_decoder"):
+        for key in ("wan13", "wan14", "wan14_low", "sd", "sd_vae_decoder", "flux"):
             module = self.models.get(key)
             if module is not None:
                 S.set_attention(module, name)
@@ -328,25 +349,54 @@ class WanBench:
                                      dict(G.SD_SCHED), "sd15", latent_space=SD15)
         self.sd_expert.codec = self.sd_codec
 
-    def bridge_warmup(self) -> None:
-        """Every new shape of the bridge once (SD UNet at 81 frames x cfg, both VAEs both ways)."""
+    def build_flux(self) -> None:
+        """FLUX.1-dev (12B transformer, CLIP-L, T5-XXL, its 16-channel VAE) as the library's Flux expert."""
+        if "flux" in self.models:
+            return
+        c = self.cfg
+        dev = self.device if self.device.type == "cuda" else "cpu"
+        t0 = time.perf_counter()
+        self.models["flux"] = build_on(dev, self.dtype, lambda: FluxTransformer2DModel(**c["flux"]))
+        self.models["flux_vae"] = build_on(dev, self.dtype, lambda: AutoencoderKL(**c["flux_vae"]))
+        self.models["flux_clip_l"] = build_on(dev, self.dtype, lambda: CLIPTextModel(CLIPTextConfig(**c["clip_l"])))
+        self.models["t5"] = build_on(dev, self.dtype, lambda: T5EncoderModel(T5Config(**c["t5"])))
+        sync(self.device)
+        self.build_s["flux+t5+clip_l+vae"] = time.perf_counter() - t0
+        self.meta["flux"] = build_on("meta", self.dtype, lambda: FluxTransformer2DModel(**c["flux"]))
+        S.apply_speed_settings([self.models["flux"], self.models["flux_vae"].decoder, self.models["flux_vae"].encoder],
+                               S.SpeedSettings(**{**S.LEAN.__dict__, "attention": self.attention,
+                                                  "compile": self.a.compile}))
+        self.timer.watch("transformer", "flux", self.models["flux"])
+        self.timer.watch("text", "t5", self.models["t5"])
+        self.timer.watch("vae_decode", "flux_vae_decoder", self.models["flux_vae"].decoder)
+        self.timer.watch("vae_encode", "flux_vae_encoder", self.models["flux_vae"].encoder)
+        encoder = FX.FluxPromptEncoder(G.tiny_tokenizer(), self.models["flux_clip_l"], tm.umt5_tokenizer(),
+                                       self.models["t5"])
+        shift = FX.dynamic_shift(FX.RELEASED_SCHEDULER, FX.image_seq_len(*FX.REFERENCE_SIZE))  # the family's default
+        self.flux_expert = FX.FluxExpert(self.models["flux"], encoder, shift, FLUX, name="spatial")
+        self.flux_expert.codec = AutoencoderKLCodec(self.models["flux_vae"], FLUX)
+
+    def bridge_warmup(self, spatial_expert, guidance: float) -> None:
+        """Every new shape of the bridge once (the image expert at every frame, both VAEs both ways)."""
         self.forget_prompts()
         log = EvaluationLog()
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-        spatial = self.sd_expert.bind(PROMPT, NEGATIVE, SD_CFG, log)
+        spatial = spatial_expert.bind(PROMPT, NEGATIVE, guidance, log)
         x = hand_off(torch.zeros(WAN21.latent_shape(1, self.frames, self.h * 8, self.w * 8), device=self.device)
                      + 0.1, control, spatial)
         spatial(x, 100)
         hand_off(x, spatial, control)
 
-    def bridge(self) -> dict:
+    def bridge(self, spatial_expert, guidance: float) -> dict:
+        """ConFiner with an image expert of another latent space (SD 1.5, FLUX.1) and Wan control and temporal
+        experts: every hand-off crosses through both VAEs; the video is decoded by the spatial expert's VAE."""
         self.forget_prompts()
         log = EvaluationLog()
         control = self.experts["control"].bind(PROMPT, NEGATIVE, 1.0, log)
-        spatial = self.sd_expert.bind(PROMPT, NEGATIVE, SD_CFG, log)
+        spatial = spatial_expert.bind(PROMPT, NEGATIVE, guidance, log)
         temporal = self.experts["temporal"].bind(PROMPT, NEGATIVE, CFG, log)
         latent = run_chain(control, spatial, temporal, self.noise(), ChainConfig(), torch.Generator().manual_seed(0)).latent
-        to_uint8(self.sd_codec.decode(latent)).cpu()
+        to_uint8(spatial_expert.codec.decode(latent)).cpu()
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
                 "vae_calls": dict(log.vae_calls)}
 
@@ -415,7 +465,7 @@ def main():
     ap.add_argument("--compile", default="none", choices=S.COMPILE_SCOPES,
                     help="regional torch.compile of every network (same for all runs)")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=("confiner", "wan_50", "a14b", "wan14", "bridge", "profile"))
+                    choices=("confiner", "wan_50", "a14b", "wan14", "bridge", "flux", "profile"))
     ap.add_argument("--a14b-full", action="store_true", help="run Wan 2.2 A14B's 40 steps instead of extrapolating")
     ap.add_argument("--wan14-full", action="store_true",
                     help="run ConFiner with 14B experts instead of extrapolating")
@@ -510,16 +560,22 @@ def main():
         if a.wan14_full and "wan14" not in a.skip:
             step("confiner_wan14", PRIOR_S["wan14_full"],
                  lambda: timed(b, b.confiner_14b, 1, 0, a.deadline, warmup=lambda: None))
+    def bridge(build, expert, guidance):
+        build()
+        t0 = time.perf_counter()
+        b.bridge_warmup(expert(), guidance)
+        sync(dev)
+        warm = time.perf_counter() - t0
+        run = G.timed(lambda: b.bridge(expert(), guidance), dev, 1, b.timer, b.flops, a.deadline, 0,
+                      warmup=lambda: None)
+        return {**run, "bridge_warmup_s": warm}
+
     if "bridge" not in a.skip:
-        def bridge():
-            b.build_sd()
-            t0 = time.perf_counter()
-            b.bridge_warmup()
-            sync(dev)
-            warm = time.perf_counter() - t0
-            run = G.timed(b.bridge, dev, 1, b.timer, b.flops, a.deadline, 0, warmup=lambda: None)
-            return {**run, "bridge_warmup_s": warm}
-        step("confiner_bridge_sd15_wan13", PRIOR_S["bridge"], bridge)
+        step("confiner_bridge_sd15_wan13", PRIOR_S["bridge"],
+             lambda: bridge(b.build_sd, lambda: b.sd_expert, SD_CFG))
+    if "flux" not in a.skip:
+        step("confiner_bridge_flux_wan13", PRIOR_S["flux_bridge"],
+             lambda: bridge(b.build_flux, lambda: b.flux_expert, FLUX_GUIDANCE))
     if a.long:
         windows = lambda frames: len(plan_segments(frames, b.frames, True).windows)  # noqa: E731
         for frames in a.long:
@@ -581,6 +637,9 @@ def figures(res: dict) -> dict:
         if c.get("tflop") and w.get("tflop"):
             out["wan_flop_ratio_confiner_14b_to_wan22_a14b_40"] = c["tflop"] / w["tflop"]
     out["wan_bridge_confiner_s"] = wall("confiner_bridge_sd15_wan13")
+    out["wan_bridge_flux_confiner_s"] = wall("confiner_bridge_flux_wan13")
+    flux = runs.get("confiner_bridge_flux_wan13") or {}
+    out["wan_bridge_flux_peak_gpu_gib"] = flux.get("peak_gpu_gib")
     # the 1.3B runs' peak and the 14B runs' apart: one process may hold both (the 14B weights stay after their runs)
     for key, names in (("wan_peak_gpu_gib", [n for n in runs if n not in WAN14_RUNS]),
                        ("wan14_peak_gpu_gib", WAN14_RUNS)):

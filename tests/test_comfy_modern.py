@@ -1,12 +1,13 @@
 """Modern experts in the node pack, inside a real ComfyUI (``$COMFYUI_PATH``; skipped when unset).
 
-Tiny single-file Wan 2.1, Wan 2.2 A14B (high and low noise), Qwen-Image, Wan 2.1 VAE, UMT5 and Qwen2.5-VL models are
-built once per ComfyUI version (``comfy_support/tiny_modern_files.py``, only the sizes ComfyUI hard-codes shrunk in
-the worker) and loaded by ComfyUI's own UNETLoader / VAELoader / CLIPLoader; SD 1.5 is the tiny checkpoint of the
-other host tests. Checked: detection and the pack's reading of the models (image vs video from the model class),
-the bridge through ComfyUI VAEs against VAE Decode + VAE Encode, the A14B pair's switch at its boundary, refusals of
-a missing VAE before any evaluation, every modern template run headless with the tiny files substituted, and
-ConFiner-Long with Wan experts.
+Tiny single-file Wan 2.1, Wan 2.2 A14B (high and low noise), Qwen-Image, Wan 2.1 VAE, UMT5, Qwen2.5-VL, Flux.1-dev,
+Flux VAE, T5-XXL and CLIP-L models are built once per ComfyUI version (``comfy_support/tiny_modern_files.py``, only
+the sizes ComfyUI hard-codes shrunk in the worker) and loaded by ComfyUI's own UNETLoader / VAELoader / CLIPLoader /
+DualCLIPLoader; SD 1.5 is the tiny checkpoint of the other host tests. Checked: detection and the pack's reading of
+the models (image vs video from the model class), the bridge through ComfyUI VAEs against VAE Decode + VAE Encode,
+the A14B pair's switch at its boundary, Flux.1-dev as the spatial expert of Wan experts (bridged through the two
+VAEs, its distilled guidance from FluxGuidance), refusals of a missing VAE before any evaluation, every modern
+template run headless with the tiny files substituted, and ConFiner-Long with Wan experts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_support.modern_checks import HIGH, LOW, QWEN, QWEN_VL, UMT5, WAN, WAN_VAE
+from comfy_support.modern_checks import CLIP_L, FLUX, FLUX_VAE, HIGH, LOW, QWEN, QWEN_VL, T5XXL, UMT5, WAN, WAN_VAE
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -40,8 +41,9 @@ def modern(comfy_worker):
 
 # ------------------------------------------------------------------------------------------------- graphs
 
-def wan_graph(ckpt: str, spatial: str = "qwen", frames: str = "latent frames") -> dict:
-    """Wan control -> spatial (Qwen-Image, Wan at one frame, or SD 1.5) + Wan temporal, no VAE inputs."""
+def wan_graph(ckpt: str, spatial: str = "qwen", frames: str = "latent frames", guidance: float = 3.5) -> dict:
+    """Wan control -> spatial (Qwen-Image, Wan at one frame, SD 1.5 or Flux.1-dev) + Wan temporal; VAE inputs only
+    where two latent spaces meet (SD 1.5, Flux: ``guidance`` is FluxGuidance's on the spatial positive)."""
     p = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": WAN, "weight_dtype": "default"}},
         "2": {"class_type": "UNETLoader", "inputs": {"unet_name": QWEN, "weight_dtype": "default"}},
@@ -73,6 +75,16 @@ def wan_graph(ckpt: str, spatial: str = "qwen", frames: str = "latent frames") -
         p["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0],
                                  spatial_vae=["20", 2], temporal_vae=["5", 0])
         p["12"]["inputs"]["vae"] = ["20", 2]   # the refined video is in the spatial expert's (SD) space
+    elif spatial == "flux":
+        p["30"] = {"class_type": "UNETLoader", "inputs": {"unet_name": FLUX, "weight_dtype": "default"}}
+        p["31"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": T5XXL, "clip_name2": CLIP_L,
+                                                              "type": "flux"}}
+        p["32"] = {"class_type": "VAELoader", "inputs": {"vae_name": FLUX_VAE}}
+        p["33"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["31", 0]}}
+        p["34"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["33", 0], "guidance": guidance}}
+        p["10"]["inputs"].update(spatial_model=["30", 0], spatial_positive=["34", 0], spatial_negative=["33", 0],
+                                 spatial_vae=["32", 0], temporal_vae=["5", 0])
+        p["12"]["inputs"]["vae"] = ["32", 0]   # the refined video is in the spatial expert's (Flux) space
     return p
 
 
@@ -94,6 +106,11 @@ def _cost(result: dict, node: str) -> dict:
     line = next(l for l in result["cost_lines"] if l.startswith(node))
     numbers = dict((k, int(v)) for v, k in re.findall(r"(\d+) (expert evaluations|network forwards|VAE calls)", line))
     return {"evaluations": numbers.get("expert evaluations", 0), "vae_calls": numbers.get("VAE calls", 0)}
+
+
+def _forwards(result: dict, node: str) -> int:
+    line = next(l for l in result["cost_lines"] if l.startswith(node))
+    return int(re.search(r"(\d+) network forwards", line).group(1))
 
 
 def _message(result: dict) -> str:
@@ -132,6 +149,77 @@ def test_tiny_files_are_detected_by_comfys_own_loaders(comfy_worker, modern):
                         "decoded_shape": [1, 5, 32, 32, 3]}
     assert r["clip"]["wan"] == [1, 512, 4096] and r["clip"]["qwen_image"][0] == 1 and r["clip"]["qwen_image"][2] == 64
     assert r["clip"]["finite"]
+
+
+def test_tiny_flux_files_are_detected_by_comfys_own_loaders(comfy_worker, modern):
+    """UNETLoader reads the tiny file as Flux.1-dev (guidance_in: distilled guidance), VAELoader the ae.safetensors
+    layout as Flux's 16-channel image VAE, DualCLIPLoader (type flux) the T5-XXL and CLIP-L files; the pack reads
+    an image model of the Flux latent space, flow, whose schedule is ComfyUI's."""
+    r = comfy_worker.call("comfy_support.modern_checks:flux_detect")
+    assert (r["class"], r["config"], r["model_type"], r["latent_format"], r["sampling"]) == \
+        ("Flux", "Flux", "FLUX", "Flux", "ModelSamplingFlux")
+    assert r["flow"] and r["shift"] == pytest.approx(1.15) and r["guidance_embed"]
+    # an image model in every role (a 2-D latent format), of the core's Flux space (shift 0.1159, scale 0.3611)
+    assert r["space"] == "flux" and r["image_model"]
+    assert set(r["layouts"].values()) == {"frames"} and not any(r["one_frame_videos"].values())
+    assert r["text_width"] == 64 and r["schedule_max_abs_error"] < 1e-5
+    assert r["vae"] == {"latent_channels": 16, "latent_dim": 2, "latent_shape": [5, 16, 4, 4],
+                        "decoded_shape": [5, 32, 32, 3], "fits_flux_space": "flux"}
+    assert r["clip"] == {"cond": [1, 256, 64], "pooled": [1, 32], "finite": True}   # T5 tokens, CLIP-L pooled
+
+
+def _spatial_evaluations(result: dict) -> list:
+    return [e for e in result["expert_evaluations"] if e["role"] == "spatial"]
+
+
+def test_flux_spatial_expert_with_wan_experts_runs_through_the_bridge(comfy_worker, modern):
+    """Wan control and temporal experts with Flux.1-dev as the spatial expert, the Flux VAE on *spatial VAE*: two
+    latent spaces, so the structure crosses once (2 VAE calls) and every coordinated step twice (4). Flux refines
+    every pixel frame as an image, one network forward per evaluation at spatial cfg 1 (the conditional pass only,
+    all 5 frames in one batch), with FluxGuidance's value in the model's guidance input. Latent previews are on:
+    the Flux expert's x0 is previewed with Flux's latent format."""
+    comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
+    try:
+        r = comfy_worker.call("comfy_support.modern_checks:run_recording_flux",
+                              wan_graph(comfy_worker.checkpoint_name, "flux", guidance=4.0))
+    finally:
+        comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
+    assert r["success"], r.get("error")
+    assert sum(e["node_id"] == "11" for e in r["progress"]) >= 3 * REFINE_STEPS
+    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
+    assert r["evaluations"] == 2 + 3 * REFINE_STEPS
+    assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
+    assert _forwards(r, "ConFiner Refine Sampler") == 3 * REFINE_STEPS   # every expert at cfg 1
+    spatial = _spatial_evaluations(r)
+    assert len(spatial) == 2 * REFINE_STEPS and {e["model"] for e in spatial} == {"Flux"}
+    assert [e["forwards"] for e in spatial] == [1] * len(spatial)
+    assert r["flux_calls"] == [{"batch": LENGTH, "guidance": [4.0] * LENGTH}] * len(spatial)
+    assert len(_saved(r)) == LENGTH   # VAE Decode (Flux VAE) of the refined Flux frames
+    assert len(r["latents"][-1]) == LENGTH   # the Refine Sampler's LATENT: a batch of 5 Flux frames
+
+
+def test_flux_guidance_reaches_the_spatial_expert(comfy_worker, modern):
+    """Flux.1-dev's distilled guidance is an input of the model, not CFG: FluxGuidance on the spatial positive
+    changes the refinement (same seeds, guidance 1 against 4), not the structure, and costs no extra forward."""
+    runs = {g: comfy_worker.call("comfy_support.modern_checks:run_recording_flux",
+                                 wan_graph(comfy_worker.checkpoint_name, "flux", guidance=g)) for g in (1.0, 4.0)}
+    for g, r in runs.items():
+        assert r["success"], r.get("error")
+        assert {v for call in r["flux_calls"] for v in call["guidance"]} == {g}
+        assert len(r["flux_calls"]) == len(_spatial_evaluations(r)) == sum(e["forwards"] for e in
+                                                                          _spatial_evaluations(r))
+    (structure_1, *_, refined_1), (structure_4, *_, refined_4) = runs[1.0]["latents"], runs[4.0]["latents"]
+    assert structure_1 == structure_4
+    assert refined_1 != refined_4
+
+
+def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluation(comfy_worker, modern):
+    """Flux reads its text width off its own txt_in layer; the message names Flux's text encoder loader."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    prompt["10"]["inputs"]["spatial_positive"] = ["6", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan prompt into Flux",
+                                         ["spatial expert's positive conditioning", "4096 wide", "Flux",
+                                          "DualCLIPLoader with type flux"])
 
 
 def test_bridge_through_comfy_vaes_equals_decode_then_encode(comfy_worker, modern):
@@ -197,6 +285,7 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
 # (case, graph change, words the message must contain)
 MISSING_VAE = [
     ("SD spatial without its VAE", lambda p: p["10"]["inputs"].pop("spatial_vae"), ["spatial_vae", "sd15", "wan2.1"]),
+    ("Flux spatial without its VAE", "flux", ["spatial_vae", "flux", "wan2.1"]),
     ("Wan temporal without its VAE", lambda p: p["10"]["inputs"].pop("temporal_vae"), ["temporal_vae", "wan2.1"]),
     ("pixel frames without a VAE", "pixel", ["spatial_vae", "pixel frames"]),
     ("SD structure into Wan experts without control_vae", "sd-control", ["control_vae", "sd15"]),
@@ -209,6 +298,9 @@ def test_missing_vae_is_refused_before_any_evaluation(comfy_worker, modern, case
     ckpt = comfy_worker.checkpoint_name
     if change == "pixel":
         prompt = wan_graph(ckpt, "qwen", "pixel frames")
+    elif change == "flux":
+        prompt = wan_graph(ckpt, "flux")
+        prompt["10"]["inputs"].pop("spatial_vae")
     elif change == "sd-control":
         prompt = wan_graph(ckpt, "wan")
         prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}

@@ -1,5 +1,5 @@
-"""In-worker checks of the pack with modern experts: the tiny Wan 2.1 / Wan 2.2 A14B / Qwen-Image files loaded by
-ComfyUI's own loaders (``tiny_modern_files.install()`` first; run through ``ComfyWorker.call``)."""
+"""In-worker checks of the pack with modern experts: the tiny Wan 2.1 / Wan 2.2 A14B / Qwen-Image / Flux.1 files loaded
+by ComfyUI's own loaders (``tiny_modern_files.install()`` first; run through ``ComfyWorker.call``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ QWEN = "confiner-tiny-qwen-image.safetensors"
 WAN_VAE = "confiner-tiny-wan2.1-vae.safetensors"
 UMT5 = "confiner-tiny-umt5-xxl.safetensors"
 QWEN_VL = "confiner-tiny-qwen2.5-vl-7b.safetensors"
+FLUX = "confiner-tiny-flux1-dev.safetensors"
+FLUX_VAE = "confiner-tiny-flux-ae.safetensors"
+T5XXL = "confiner-tiny-t5-xxl.safetensors"
+CLIP_L = "confiner-tiny-clip-l.safetensors"
 ROLES = ("control", "spatial", "temporal")
-assert {WAN, HIGH, LOW, QWEN, WAN_VAE, UMT5, QWEN_VL} == set(FILES)
+assert {WAN, HIGH, LOW, QWEN, WAN_VAE, UMT5, QWEN_VL, FLUX, FLUX_VAE, T5XXL, CLIP_L} == set(FILES)
 
 
 def _unet(name: str):
@@ -70,6 +74,81 @@ def loaders_detect() -> dict:
     out["clip"] = {"wan": list(wan_cond[0][0].shape), "qwen_image": list(qwen_cond[0][0].shape),
                    "finite": bool(torch.isfinite(wan_cond[0][0]).all() and torch.isfinite(qwen_cond[0][0]).all())}
     return out
+
+
+def flux_detect() -> dict:
+    """What ComfyUI's UNETLoader / VAELoader / DualCLIPLoader (type flux) make of the tiny Flux.1-dev files, and what
+    the pack makes of the model (as :func:`loaders_detect`)."""
+    import torch
+
+    import comfy.model_sampling
+    import nodes
+
+    host = _pack_module(".nodes.host")
+    model = _unet(FLUX)
+    ms = model.get_model_object("model_sampling")
+    experts = {role: host.ComfyExpert(model, role) for role in ROLES}
+    worst = max(abs(experts["spatial"].host_sigma(t) - float(ms.sigma(torch.tensor((t + 1) / 1000))))
+                for t in (0, 99, 500, 999))
+    config = model.model.model_config
+    out = {"class": type(model.model).__name__, "config": type(config).__name__,
+           "model_type": model.model.model_type.name,
+           "latent_format": type(model.get_model_object("latent_format")).__name__,
+           "sampling": type(ms).__mro__[1].__name__, "flow": isinstance(ms, comfy.model_sampling.CONST),
+           "shift": float(ms.shift), "guidance_embed": config.unet_config["guidance_embed"],
+           "space": host.space_of(model).name, "image_model": host.is_image_model(model),
+           "layouts": {role: e.layout for role, e in experts.items()},
+           "one_frame_videos": {role: e.one_frame_videos for role, e in experts.items()},
+           "text_width": host.text_width(model), "schedule_max_abs_error": worst}
+    vae = _vae(FLUX_VAE)
+    latent = vae.encode(torch.rand(5, 32, 32, 3))
+    out["vae"] = {"latent_channels": vae.latent_channels, "latent_dim": vae.latent_dim,
+                  "latent_shape": list(latent.shape), "decoded_shape": list(vae.decode(latent).shape),
+                  "fits_flux_space": host.space_of(model).name if
+                  _pack_module(".nodes.codecs").vae_space_problem(vae, host.space_of(model)) is None else None}
+    clip = nodes.DualCLIPLoader().load_clip(CLIP_L, T5XXL, "flux")[0]
+    cond = nodes.CLIPTextEncode().encode(clip, "a red fox runs over the grass")[0]
+    tokens, pooled = cond[0][0], cond[0][1]["pooled_output"]
+    out["clip"] = {"cond": list(tokens.shape), "pooled": list(pooled.shape),
+                   "finite": bool(torch.isfinite(tokens).all() and torch.isfinite(pooled).all())}
+    return out
+
+
+def run_recording_flux(api_prompt: dict) -> dict:
+    """:func:`run_logging_cost` of ``api_prompt``, recording every call of ComfyUI's Flux network (its batch and the
+    guidance it got), the pack's reported network forwards per expert evaluation by role (``last_network_calls``),
+    and the LATENTs the pack's nodes returned (as lists)."""
+    import comfy.ldm.flux.model
+
+    host = _pack_module(".nodes.host")
+    flux_forward, expert_forward, latent_out = comfy.ldm.flux.model.Flux.forward, host.ComfyExpert.forward, \
+        host.latent_out
+    calls, evaluations, latents = [], [], []
+
+    def recording_flux(self, x, timestep, context, y=None, guidance=None, *args, **kwargs):
+        calls.append({"batch": int(x.shape[0]),
+                      "guidance": None if guidance is None else [float(g) for g in guidance.flatten()]})
+        return flux_forward(self, x, timestep, context, y, guidance, *args, **kwargs)
+
+    def recording_expert(self, *args, **kwargs):
+        out = expert_forward(self, *args, **kwargs)
+        evaluations.append({"role": self.name, "forwards": int(self.last_network_calls),
+                            "model": type(self.model.model).__name__})
+        return out
+
+    def recording_latent(*args, **kwargs):
+        out = latent_out(*args, **kwargs)
+        latents.append(out["samples"].tolist())
+        return out
+
+    comfy.ldm.flux.model.Flux.forward = recording_flux
+    host.ComfyExpert.forward, host.latent_out = recording_expert, recording_latent
+    try:
+        result = run_logging_cost(api_prompt)
+    finally:
+        comfy.ldm.flux.model.Flux.forward = flux_forward
+        host.ComfyExpert.forward, host.latent_out = expert_forward, latent_out
+    return {**result, "flux_calls": calls, "expert_evaluations": evaluations, "latents": latents}
 
 
 def checkpoint_is_flow(ckpt_name: str) -> bool:

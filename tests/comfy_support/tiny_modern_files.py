@@ -1,5 +1,6 @@
 """Tiny random-weight single files of Wan 2.1, Wan 2.2 A14B (high and low noise), Qwen-Image, the Wan 2.1 VAE, UMT5
-and Qwen2.5-VL, for ComfyUI's own UNETLoader / VAELoader / CLIPLoader in the host tests (test-only code).
+and Qwen2.5-VL, and of Flux.1-dev (DiT, VAE, T5-XXL and CLIP-L), for ComfyUI's own UNETLoader / VAELoader /
+CLIPLoader / DualCLIPLoader in the host tests (test-only code).
 
 ComfyUI detects every file from its keys, unmodified (modern-families.md §2): the Wan DiT and (in 0.8.x) the Wan VAE
 read their sizes from the state dict, so those files are simply small. A few sizes are fixed in ComfyUI's code;
@@ -13,6 +14,17 @@ formats, samplers and nodes stay ComfyUI's own):
 * Qwen2.5-VL-7B (``llama.Qwen25_7BVLI_Config`` and its vision tower): hidden 64, 2 layers, 4 (KV) heads x 128 (the
   detection key's 512 rows), the real 152064-token vocabulary (ComfyUI's bundled tokenizer); vision 1 layer x 32;
 * ComfyUI 0.3.64 only: the Wan 2.1 VAE's width (96 in its code; 0.8.x reads it from the file).
+* Flux.1 (``model_detection``: 24 heads of 128, whose rotary axes [16, 56, 56] fix the head width at 128): 1 head
+  (``supported_models.Flux.unet_extra_config``), so the file's width is 128; ComfyUI 0.3.64 also hard-codes the width
+  (3072) and the text width (4096), which 0.8.x reads from ``txt_in``: set there too. The file has ``guidance_in``
+  (Flux.1-dev's distilled guidance), 1 double and 1 single block;
+* the Flux VAE (``ae.safetensors`` layout: ``encoder.*`` / ``decoder.*``, no quant convs; ``comfy.sd.VAE`` fixes its
+  width at 128): width 32 for 16-channel VAEs of that class (``diffusionmodules.model.Encoder`` / ``Decoder``);
+* T5-XXL (``t5_config_xxl.json``): 2 layers of width 64 (Flux reads its text width from the file), d_ff 8, 2 heads x
+  4, the real 32128-token vocabulary (ComfyUI's bundled tokenizer), block 23's ``wi_1`` as the detection marker;
+* CLIP-L inside Flux's text encoder only (``text_encoders.flux.FluxClipModel``; the SD 1.5 checkpoint's CLIP-L keeps
+  ``sd1_clip_config.json``): 2 layers of width 32, the real vocabulary; its pooled output is the file's
+  ``vector_in`` width.
 
 Files are built inside a booted worker (ComfyUI's own module classes, so keys and shapes are what its loaders expect),
 randomised deterministically like ``synthetic_checkpoint`` (``randn / sqrt(fan_in)``, norms 1, biases 0), saved
@@ -27,7 +39,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 UMT5_VOCAB = 256         # >= the SentencePiece model's pieces (tiny_tokenizers.umt5_spiece_model)
 UMT5 = {"d_ff": 8, "d_kv": 4, "d_model": 4096, "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True,
         "layer_norm_epsilon": 1e-6, "model_type": "umt5", "num_heads": 2, "num_layers": 2,
@@ -39,6 +51,13 @@ QWEN_IMAGE_LAYERS = 1
 QWEN_VL = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 4}
 QWEN_VISION = {"hidden_size": 32, "intermediate_size": 32, "num_heads": 1, "num_layers": 1}
+FLUX_DIT = {"hidden_size": 128, "num_heads": 1, "depth": 1, "depth_single_blocks": 1}
+FLUX_VAE_WIDTH = 32      # GroupNorm's 32 groups: a multiple of 32
+T5 = {"d_ff": 8, "d_kv": 4, "d_model": 64, "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True,
+      "layer_norm_epsilon": 1e-6, "model_type": "t5", "num_heads": 2, "num_layers": 2,
+      "relative_attention_num_buckets": 32, "vocab_size": 32128}
+CLIP_L = {"hidden_size": 32, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+          "projection_dim": 32}
 
 # file name -> (models folder, builder name, seed)
 FILES = {
@@ -49,8 +68,14 @@ FILES = {
     "confiner-tiny-wan2.1-vae.safetensors": ("vae", "wan_vae", 5),
     "confiner-tiny-umt5-xxl.safetensors": ("text_encoders", "umt5", 6),
     "confiner-tiny-qwen2.5-vl-7b.safetensors": ("text_encoders", "qwen_vl", 7),
+    "confiner-tiny-flux1-dev.safetensors": ("diffusion_models", "flux_dit", 8),
+    "confiner-tiny-flux-ae.safetensors": ("vae", "flux_vae", 9),
+    "confiner-tiny-t5-xxl.safetensors": ("text_encoders", "t5xxl", 10),
+    "confiner-tiny-clip-l.safetensors": ("text_encoders", "clip_l", 11),
 }
 _UMT5_FILE = "umt5_config_xxl.json"
+_T5_FILE = "t5_config_xxl.json"
+_IN_FLUX_CLIP = [0]   # > 0 while ComfyUI builds Flux's text encoder (its CLIP-L is then the tiny one)
 _SHRUNK = False
 
 
@@ -58,14 +83,17 @@ def shrink() -> dict:
     """Replace the size constants ComfyUI hard-codes for these families with the tiny ones (idempotent). Returns
     what was changed."""
     global _SHRUNK
+    import comfy.ldm.modules.diffusionmodules.model
     import comfy.ldm.wan.vae
     import comfy.sd1_clip
     import comfy.supported_models
+    import comfy.text_encoders.flux
     import comfy.text_encoders.llama
     import comfy.text_encoders.qwen_vl
 
     changed = {"umt5": dict(UMT5), "qwen_image": dict(QWEN_IMAGE), "qwen25_vl": dict(QWEN_VL),
-               "qwen_vision": dict(QWEN_VISION)}
+               "qwen_vision": dict(QWEN_VISION), "flux": flux_extra_config(), "flux_vae_width": FLUX_VAE_WIDTH,
+               "t5xxl": dict(T5), "flux_clip_l": dict(CLIP_L)}
     if not _wan_vae_width_from_file():
         changed["wan_vae_dim"] = WAN_VAE_DIM
     if _SHRUNK:
@@ -73,13 +101,41 @@ def shrink() -> dict:
 
     clip_init = comfy.sd1_clip.SDClipModel.__init__
 
-    def tiny_umt5(self, *args, textmodel_json_config=None, **kwargs):
-        if isinstance(textmodel_json_config, str) and os.path.basename(textmodel_json_config) == _UMT5_FILE:
+    def tiny_text_encoders(self, *args, textmodel_json_config=None, **kwargs):
+        name = os.path.basename(textmodel_json_config) if isinstance(textmodel_json_config, str) else None
+        if name == _UMT5_FILE:
             textmodel_json_config = dict(UMT5)
+        elif name == _T5_FILE:
+            textmodel_json_config = dict(T5)
+        elif textmodel_json_config is None and _IN_FLUX_CLIP[0]:
+            textmodel_json_config = clip_l_config()
         clip_init(self, *args, textmodel_json_config=textmodel_json_config, **kwargs)
 
-    comfy.sd1_clip.SDClipModel.__init__ = tiny_umt5
+    comfy.sd1_clip.SDClipModel.__init__ = tiny_text_encoders
+
+    flux_clip_init = comfy.text_encoders.flux.FluxClipModel.__init__
+
+    def tiny_flux_clip(self, *args, **kwargs):
+        _IN_FLUX_CLIP[0] += 1
+        try:
+            flux_clip_init(self, *args, **kwargs)
+        finally:
+            _IN_FLUX_CLIP[0] -= 1
+
+    comfy.text_encoders.flux.FluxClipModel.__init__ = tiny_flux_clip
     comfy.supported_models.QwenImage.unet_extra_config = dict(QWEN_IMAGE)
+    comfy.supported_models.Flux.unet_extra_config = flux_extra_config()
+
+    model = comfy.ldm.modules.diffusionmodules.model
+    for cls_name in ("Encoder", "Decoder"):
+        base_cls = getattr(model, cls_name)
+
+        def tiny_init(self, *args, ch, z_channels, _base=base_cls, **kwargs):
+            # ComfyUI's 16-channel KL VAE (Flux's ae.safetensors, SD3's) at width 128, read nowhere from the file
+            ch = FLUX_VAE_WIDTH if (ch, z_channels) == (128, 16) else ch
+            _base.__init__(self, *args, ch=ch, z_channels=z_channels, **kwargs)
+
+        setattr(model, cls_name, type(cls_name, (base_cls,), {"__init__": tiny_init}))
 
     base = comfy.text_encoders.llama.Qwen25_7BVLI_Config
     TinyConfig = dataclass(type("Qwen25_7BVLI_Config", (base,), {
@@ -104,6 +160,29 @@ def shrink() -> dict:
         comfy.ldm.wan.vae.WanVAE = TinyWanVAE
     _SHRUNK = True
     return changed
+
+
+def flux_extra_config() -> dict:
+    """What Flux's model config sets over detection: the head count, and on ComfyUI 0.3.64 (which hard-codes them)
+    the width and the text width."""
+    import inspect
+
+    import comfy.model_detection
+
+    extra = {"num_heads": FLUX_DIT["num_heads"]}
+    if "txt_in.weight" not in inspect.getsource(comfy.model_detection.detect_unet_config):
+        extra.update(hidden_size=FLUX_DIT["hidden_size"], context_in_dim=T5["d_model"])
+    return extra
+
+
+def clip_l_config() -> dict:
+    """ComfyUI's CLIP-L config (``sd1_clip_config.json``) at the tiny sizes."""
+    import json
+
+    import comfy.sd1_clip
+
+    path = Path(comfy.sd1_clip.__file__).with_name("sd1_clip_config.json")
+    return {**json.loads(path.read_text()), **CLIP_L}
 
 
 def _wan_vae_width_from_file() -> bool:
@@ -181,6 +260,54 @@ def qwen_vl(seed: int) -> dict:
     import comfy.text_encoders.llama
 
     return _randomise(comfy.text_encoders.llama.Qwen25_7BVLI({}, torch.float32, "cpu", _ops()), seed)
+
+
+def flux_dit(seed: int) -> dict:
+    """Flux.1-dev's DiT (``comfy.ldm.flux.model.Flux``) as ComfyUI's detection configures it, at the tiny sizes."""
+    import dataclasses
+
+    import torch
+    from comfy.ldm.flux.model import Flux, FluxParams
+
+    config = {"in_channels": 16, "out_channels": 16, "vec_in_dim": CLIP_L["hidden_size"],
+              "context_in_dim": T5["d_model"], "mlp_ratio": 4.0, "axes_dim": [16, 56, 56], "theta": 10000,
+              "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": [], **FLUX_DIT}
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    return _randomise(Flux(image_model="flux", device="cpu", dtype=torch.float32, operations=_ops(),
+                           **{k: v for k, v in config.items() if k in fields}), seed)
+
+
+def flux_vae(seed: int) -> dict:
+    """Flux's VAE as ``comfy.sd.VAE`` builds it for an ``ae.safetensors`` (16 latent channels, no quant convs)."""
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": FLUX_VAE_WIDTH, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+                "dropout": 0.0}
+    model = "comfy.ldm.modules.diffusionmodules.model."
+    return _randomise(AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config={"target": model + "Encoder", "params": ddconfig},
+        decoder_config={"target": model + "Decoder", "params": ddconfig}), seed)
+
+
+def t5xxl(seed: int) -> dict:
+    import torch
+    from comfy.text_encoders.t5 import T5 as T5Model
+
+    sd = _randomise(T5Model(dict(T5), torch.float32, "cpu", _ops()), seed)
+    sd["encoder.block.23.layer.1.DenseReluDense.wi_1.weight"] = torch.zeros(T5["d_ff"], 4096)  # detection marker
+    return sd
+
+
+def clip_l(seed: int) -> dict:
+    """CLIP-L as ``synthetic_checkpoint`` builds it (ComfyUI's ``CLIPTextModel`` from its config), at the tiny
+    sizes; keys as in a ``clip_l.safetensors`` (``text_model.*``, ``text_projection.weight``)."""
+    import torch
+
+    import comfy.clip_model
+
+    return _randomise(comfy.clip_model.CLIPTextModel(clip_l_config(), torch.float32, "cpu", _ops()), seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
