@@ -23,7 +23,9 @@ from comfy_support.modern_checks import CLIP_L, FLUX, FLUX_VAE, HIGH, LOW, QWEN,
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
-MODERN_TEMPLATES = ["confiner_wan21_qwen_image", "confiner_sd15_bridge_wan21", "confiner_wan22_a14b"]
+MODERN_TEMPLATES = ["confiner_wan21_qwen_image", "confiner_sd15_bridge_wan21", "confiner_wan21_flux1_dev",
+                    "confiner_wan22_a14b"]
+BRIDGED_TEMPLATES = ("confiner_sd15_bridge_wan21", "confiner_wan21_flux1_dev")
 REFINE_STEPS = 2
 SIZE, LENGTH = 32, 5   # 32x32 pixels, 5 frames: 2 Wan latent frames of 4x4
 
@@ -402,7 +404,8 @@ def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
 # ------------------------------------------------------------------------------------------------- templates
 
 TINY = {"wan2.2_t2v_high": HIGH, "wan2.2_t2v_low": LOW, "wan2.1_t2v": WAN, "qwen_image_vae": WAN_VAE, "qwen_image": QWEN,
-        "umt5": UMT5, "qwen_2.5_vl": QWEN_VL, "wan_2.1_vae": WAN_VAE}
+        "umt5": UMT5, "qwen_2.5_vl": QWEN_VL, "wan_2.1_vae": WAN_VAE, "flux1-dev": FLUX, "ae.safetensors": FLUX_VAE,
+        "clip_l": CLIP_L, "t5xxl": T5XXL}
 
 
 def tiny_sized(workflow: dict, ckpt: str) -> dict:
@@ -410,8 +413,9 @@ def tiny_sized(workflow: dict, ckpt: str) -> dict:
     wf = copy.deepcopy(workflow)
     for n in wf["nodes"]:
         values = n.get("widgets_values")
-        if n["type"] in ("UNETLoader", "CLIPLoader", "VAELoader"):
-            values[0] = next(tiny for real, tiny in TINY.items() if values[0].startswith(real))
+        if n["type"] in ("UNETLoader", "CLIPLoader", "VAELoader", "DualCLIPLoader"):
+            for i in range(2 if n["type"] == "DualCLIPLoader" else 1):
+                values[i] = next(tiny for real, tiny in TINY.items() if values[i].startswith(real))
         elif n["type"] == "CheckpointLoaderSimple":
             values[0] = ckpt
         elif n["type"] == "EmptyHunyuanLatentVideo":
@@ -433,7 +437,7 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
     assert r["evaluations"] == control["widgets_values"][2] + 3 * REFINE_STEPS
     saves = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
     assert len(_saved(r)) == len(saves)
-    bridged = name == "confiner_sd15_bridge_wan21"
+    bridged = name in BRIDGED_TEMPLATES
     assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)
 
 
@@ -461,8 +465,9 @@ def test_modern_templates_refine_from_the_default_te_of_their_spatial_experts_ki
                                              comfy_worker.checkpoint_name) else "flow"
     else:
         tiny = next(t for real, t in TINY.items() if loader["widgets_values"][0].startswith(real))
-        kind = "flow" if comfy_worker.call("comfy_support.modern_checks:loaders_detect")["models"][tiny]["flow"] \
-            else "vp"
+        detected = comfy_worker.call("comfy_support.modern_checks:flux_detect") if tiny == FLUX else \
+            comfy_worker.call("comfy_support.modern_checks:loaders_detect")["models"][tiny]
+        kind = "flow" if detected["flow"] else "vp"
     assert sampler["widgets_values"][0] == DEFAULT_TE[kind], (loader["widgets_values"][0], kind)
 
 

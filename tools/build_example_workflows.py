@@ -89,6 +89,18 @@ WAN22_LOW = Model("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
                   f"{WAN22_REPO}/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
                   "diffusion_models", "Wan 2.2 T2V A14B low-noise expert (control below 0.875, spatial at one "
                                       "frame, temporal)")
+# the files of ComfyUI's own FLUX.1-dev template (comfyui-workflow-templates, flux_dev_full_text_to_image)
+FLUX_DEV = Model("flux1-dev.safetensors", "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors",
+                 "diffusion_models", "FLUX.1-dev: the spatial (image) expert, in a latent space of its own")
+FLUX_CLIP_L = Model("clip_l.safetensors",
+                    "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+                    "text_encoders", "CLIP-L, half of Flux's text encoder (DualCLIPLoader type flux)")
+FLUX_T5 = Model("t5xxl_fp16.safetensors",
+                "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+                "text_encoders", "T5-XXL, the other half of Flux's text encoder")
+FLUX_VAE = Model("ae.safetensors",
+                 "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
+                 "vae", "the FLUX.1 VAE: Flux's latent space (16 channels per frame)")
 
 PROMPT = "a corgi running on a sunny beach, waves, golden hour, highly detailed"
 NEGATIVE = "blurry, low quality, watermark, deformed"
@@ -102,8 +114,10 @@ SOCKETS = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "UNETLoader": ([], [("MODEL", "MODEL")]),
     "CLIPLoader": ([], [("CLIP", "CLIP")]),
+    "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
     "VAELoader": ([], [("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
     "ADE_AnimateDiffLoaderGen1": ([("model", "MODEL")], [("MODEL", "MODEL")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
     "EmptyHunyuanLatentVideo": ([], [("LATENT", "LATENT")]),
@@ -142,6 +156,8 @@ WANTED = {
     "CheckpointLoaderSimple": (380, 100),
     "UNETLoader": (380, 82),
     "CLIPLoader": (380, 106),
+    "DualCLIPLoader": (380, 130),
+    "FluxGuidance": (420, 60),
     "VAELoader": (380, 58),
     "EmptyHunyuanLatentVideo": (380, 130),
     "ADE_AnimateDiffLoaderGen1": (380, 250),
@@ -482,9 +498,9 @@ def experts_graph(g, note, prompts_title="2 · Prompts"):
     return ckpt, pos, neg, control, temporal
 
 
-def refine_experts(g, widgets: list, links: dict):
+def refine_experts(g, widgets: list, links: dict, title: str = "3 · Refine experts"):
     """The Refine Experts bundle's group in the current column (``links``: input -> (node, output))."""
-    g.group("refine", "3 · Refine experts")
+    g.group("refine", title)
     experts = g.node("ConFinerRefineExperts", widgets, None)
     for name, (node, out) in links.items():
         g.link(node, out, experts, name)
@@ -498,9 +514,10 @@ def bundle(g, ckpt, temporal, pos, neg):
                            "temporal_positive": (pos, "CONDITIONING"), "temporal_negative": (neg, "CONDITIONING")})
 
 
-def control_group(g, latent_node, model, pos, neg, widgets: list, low_noise=None):
+def control_group(g, latent_node, model, pos, neg, widgets: list, low_noise=None,
+                  title: str = "4 · Control stage: size and structure"):
     """The control stage's group in the current column: the size and frame count over the Control Expert."""
-    g.group("control", "4 · Control stage: size and structure")
+    g.group("control", title)
     latent = g.node(*latent_node, "Size and frame count")
     ctrl = g.node("ConFinerControlExpert", widgets, None)
     g.link(model, "MODEL", ctrl, "model")
@@ -642,6 +659,10 @@ def loader(g, model: Model, title: str, kind: str = "UNETLoader", clip_type: str
     return g.node(kind, widgets, title, models=[model])
 
 
+def dual_clip_loader(g, first: Model, second: Model, clip_type: str, title: str):
+    return g.node("DualCLIPLoader", [first.name, second.name, clip_type, "default"], title, models=[first, second])
+
+
 def prompts(g, clip, label: str, output: str = "CLIP", negative: str = WAN_NEGATIVE):
     pos = g.node("CLIPTextEncode", [PROMPT], f"Positive ({label})")
     neg = g.node("CLIPTextEncode", [negative], f"Negative ({label})")
@@ -650,10 +671,10 @@ def prompts(g, clip, label: str, output: str = "CLIP", negative: str = WAN_NEGAT
     return pos, neg
 
 
-def wan_control(g, model, pos, neg, shape, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0):
+def wan_control(g, model, pos, neg, shape, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0, **title):
     """The control stage: a ``shape`` (width, height, length, batch) empty video latent into the Control Expert."""
     return control_group(g, ("EmptyHunyuanLatentVideo", list(shape)), model, pos, neg,
-                         [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875], low_noise)
+                         [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875], low_noise, **title)
 
 
 def modern_readme(g, title: str, what: str, change_first: list, models: tuple) -> None:
@@ -743,6 +764,44 @@ def sd15_bridge_wan():
     g.save("confiner_sd15_bridge_wan21", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
+def wan21_flux_dev():
+    g = Graph()
+    modern_readme(
+        g, "ConFiner: FLUX.1-dev bridged to Wan 2.1",
+        "Wan 2.1 1.3B makes the 33-frame structure and is the temporal expert; FLUX.1-dev, the spatial expert, "
+        "refines each of the 33 frames as an image. Flux has a latent space of its own, so ConFiner bridges the "
+        "experts through their VAEs (2 VAE calls for the structure, 4 per step); decode with the Flux VAE. "
+        "Refinement starts at T_e = 250 (sigma 0.25). Flux-dev's guidance is an input of the model "
+        "(*FluxGuidance*, 3.5), so *spatial cfg* stays 1: one Flux pass per step. Flux is most of the cost (91 s "
+        "for 81 frames on an H200).",
+        wan_change_first()[:3] + ["*FluxGuidance* 3.5 is Flux-dev's usual value. Any FLUX.1-dev fine-tune or fp8 "
+                                  "file works on *Load Diffusion Model*."] +
+        wan_change_first()[3:],
+        (FLUX_DEV, FLUX_CLIP_L, FLUX_T5, FLUX_VAE, WAN21, UMT5, WAN_VAE))
+    g.column("models", "1 · Models")
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (control + temporal)")
+    flux = loader(g, FLUX_DEV, "FLUX.1-dev (spatial expert)")
+    vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
+    flux_vae = loader(g, FLUX_VAE, "FLUX.1 VAE", "VAELoader")
+    g.column()
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    flux_text = dual_clip_loader(g, FLUX_CLIP_L, FLUX_T5, "flux", "CLIP-L + T5-XXL text encoder (Flux)")
+    g.group("prompts", "2 · Prompts")
+    wan_pos, wan_neg = prompts(g, umt5, "Wan")
+    flux_pos, flux_neg = prompts(g, flux_text, "Flux", negative="")
+    guided = g.node("FluxGuidance", [3.5], "FluxGuidance (Flux-dev's guidance)")
+    g.link(flux_pos, "CONDITIONING", guided, "conditioning")
+    g.column()   # the control stage above the bundle: every link into this column then runs clear of the nodes
+    ctrl = wan_control(g, wan, wan_pos, wan_neg, MODERN_SHAPE, title="3 · Control stage: size and structure")
+    experts = refine_experts(g, [1.0, 5.0, "latent frames", 5.0, 0.875],
+                             bundle_links(flux, (guided, flux_neg), wan, (wan_pos, wan_neg),
+                                          spatial_vae=(flux_vae, "VAE"), temporal_vae=(vae, "VAE")),
+                             title="4 · Refine experts")
+    refinement(g, ctrl, experts, flux_vae, "ConFiner/wan_flux_dev", te=250, title="VAE Decode (FLUX.1 VAE)",
+               decode=IMAGE_DECODE)
+    g.save("confiner_wan21_flux1_dev", "Wan 2.1 control and temporal, FLUX.1-dev spatial: two latent spaces bridged.")
+
+
 def wan22_a14b():
     g = Graph()
     modern_readme(
@@ -781,5 +840,6 @@ if __name__ == "__main__":
     long_video()
     wan_qwen_image()
     sd15_bridge_wan()
+    wan21_flux_dev()
     wan22_a14b()
     print("wrote", sorted(f for f in os.listdir(OUT) if f.endswith(".json")))

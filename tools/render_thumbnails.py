@@ -147,13 +147,21 @@ def sd15_bridge_wan(tmp: str) -> str:
                      [video[i] for i in WAN_PICKS], 2)
 
 
+def wan21_flux1_dev(tmp: str) -> str:
+    video = generate(os.path.join(tmp, "flux"), "--embedded", "bridge", "--prompt",
+                     "a red ball rolling across green grass", "--seed", "4", *WAN_ARGS)
+    return thumbnail("confiner_wan21_flux1_dev", "Image expert bridged to Wan-like experts",
+                     [video[i] for i in WAN_PICKS], 2)
+
+
 def wan22_a14b(tmp: str) -> str:
     video = embedded_a14b("a red ball bouncing over snow", 33, 256, 3)
     return thumbnail("confiner_wan22_a14b", "High/low-noise pair as control, low noise refines",
                      [video[i] for i in WAN_PICKS], 2)
 
 
-RENDERERS = {f.__name__: f for f in (basic, compare_modes, long_128, wan_qwen_image, sd15_bridge_wan, wan22_a14b)}
+RENDERERS = {f.__name__: f for f in (basic, compare_modes, long_128, wan_qwen_image, sd15_bridge_wan, wan21_flux1_dev,
+                                      wan22_a14b)}
 
 
 def main() -> None:
