@@ -321,4 +321,4 @@ def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, mon
     monkeypatch.setattr(tool, "thumbnail", lambda *a, **k: None)
     for render in tool.RENDERERS.values():
         render(str(tmp_path))
-    assert len(commands) == 7                                # basic, three modes, long, wan, bridge
+    assert len(commands) == 8                                # basic, three modes, long, wan, two bridges

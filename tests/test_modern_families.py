@@ -557,3 +557,13 @@ def test_chain_bridges_flux_to_wan_through_the_vaes(modern_dirs):
     frames = experts.decode(result.latent)
     assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype == torch.uint8
     assert not torch.equal(run(1.0)[0].latent, result.latent)  # the guidance reaches the refinement
+
+
+def test_regional_compile_takes_the_flux_blocks():
+    """The ``fast`` preset compiles FLUX.1's double- and single-stream blocks one by one (as Wan's and Qwen-Image's)."""
+    from confiner_core.diffusers_backend import speed as S
+
+    transformer = tm.flux_transformer()
+    done = S.apply_speed_settings([transformer], S.FAST)
+    blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    assert done["compiled"] == blocks == 2 and done["fused_qkv"] == 1

@@ -65,7 +65,8 @@ from .precompiled import PrecompiledForward, Store, aot_available, keep_kernels_
 #: diffusers block classes compiled one by one under ``compile="blocks"``
 BLOCK_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer",
                  "AnimateDiffTransformer3D", "Downsample2D", "Upsample2D", "UNetMidBlock2D",
-                 "WanTransformerBlock", "QwenImageTransformerBlock")
+                 "WanTransformerBlock", "QwenImageTransformerBlock", "FluxTransformerBlock",
+                 "FluxSingleTransformerBlock")
 COMPILE_SCOPES = ("none", "blocks", "full")
 #: networks whose forward is a pure function of its tensor inputs, so CUDA graphs may replay it: the UNets, the
 #: image VAE's decoder and the CLIP text encoders (a few hundred launches for a few ms of GPU work) -- not the Wan

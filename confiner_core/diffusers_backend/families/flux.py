@@ -55,8 +55,9 @@ class FluxText(NamedTuple):
 
 class FluxPromptEncoder(RecentPrompts):
     """CLIP-L and T5-XXL as ``FluxPipeline.encode_prompt`` runs them (the same prompt to both): CLIP padded to its
-    tokenizer's length (77), its pooled output; T5 padded and truncated to ``max_sequence_length`` tokens, its last hidden state,
-    unmasked. A batch of prompts gives each one the same rows it gets alone (fixed padding, no mask across rows)."""
+    tokenizer's length (77), its pooled output; T5 padded and truncated to ``max_sequence_length`` tokens, its last
+    hidden state, unmasked. A batch of prompts gives each one the same rows it gets alone (fixed padding, no mask
+    across rows)."""
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH):
@@ -116,10 +117,11 @@ class FluxExpert(FlowTransformerExpert):
             raise ValueError(f"{self.name} expert ({self.source}): Flux packs 2x2 latent patches, so the latent height "
                              f"and width must be even (pixel multiples of {2 * f}), got {height}x{width}")
         guidance = None
-        if self.distilled_guidance:
+        if self.distilled_guidance:   # (conditioning, scale) pairs: the scale is the network's guidance input
             conds, scales = zip(*conds)
-            guidance = torch.tensor(scales, dtype=torch.float32, device=sample.device).repeat_interleave(n // len(conds))
         rows = n // len(conds)
+        if self.distilled_guidance:
+            guidance = torch.tensor(scales, dtype=torch.float32).repeat_interleave(rows).to(sample.device)
         pooled = torch.cat([c.pooled.repeat_interleave(rows, dim=0) for c in conds])
         embeds = torch.cat([c.embeds.repeat_interleave(rows, dim=0) for c in conds])
         out = self.transformer(hidden_states=pack(sample), timestep=timestep, guidance=guidance,
