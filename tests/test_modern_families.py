@@ -567,3 +567,15 @@ def test_regional_compile_takes_the_flux_blocks():
     done = S.apply_speed_settings([transformer], S.FAST)
     blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
     assert done["compiled"] == blocks == 2 and done["fused_qkv"] == 1
+
+
+@pytest.mark.parametrize("kind", ["flux_dev", "qwen_image"])
+def test_packed_image_experts_name_an_odd_latent_size(pipes, kind):
+    pipe = pipes(kind)
+    if kind == "flux_dev":
+        expert = F.FluxExpert(pipe.transformer, F.FluxPromptEncoder(pipe.tokenizer, pipe.text_encoder,
+                                                                     pipe.tokenizer_2, pipe.text_encoder_2), 3.0)
+    else:
+        expert = Q.QwenImageExpert(pipe.transformer, Q.QwenPromptEncoder(pipe.tokenizer, pipe.text_encoder), 2.0)
+    with pytest.raises(ValueError, match=r"packs 2x2 latent patches.*pixel multiples of 16\), got 3x4"):
+        expert.bind(PROMPT)(latent((1, 16, 1, 3, 4)), 500)

@@ -30,7 +30,7 @@ import torch
 
 from ...experts import Expert
 from ...latent_spaces import Codec, LatentSpace
-from .files import who
+from .files import pipeline_kind, who
 
 ROLES = ("control", "spatial", "temporal")
 
@@ -122,3 +122,23 @@ class Family(ABC):
     def load_codec(self, inspection: Inspection, context: Context) -> Codec:
         """The expert's VAE as a codec of ``inspection.latent_space`` (only called when ``has_vae``)."""
         raise ValueError(f"{inspection.who}: the {self.name} family has no VAE loader")
+
+
+class ImagePipelineFamily(Family):
+    """A family of text-to-image transformer pipeline folders (Qwen-Image, FLUX.1): an image model, so the spatial
+    expert only. Detection is data: ``pipelines``, the model_index.json classes of its usable folders;
+    ``transformer_class``, transformer/config.json's for a folder without model_index.json; ``folder_kind`` and
+    ``other_kind``, the kinds of a usable folder and of another pipeline of the same name stem (an edit or control
+    model, refused by name)."""
+
+    roles = ("spatial",)
+    pipelines: tuple[str, ...] = ()
+    transformer_class: str = ""
+    folder_kind: str = ""
+    other_kind: str = ""
+
+    def roles_for(self, kind: str) -> tuple[str, ...]:
+        return self.roles if kind == self.folder_kind else ()
+
+    def detect(self, path: Path) -> str | None:
+        return pipeline_kind(path, self.pipelines, self.transformer_class, self.folder_kind, self.other_kind)

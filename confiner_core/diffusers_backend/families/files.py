@@ -60,6 +60,22 @@ def class_name(config: Path) -> str | None:
     return peek_json(config).get("_class_name")
 
 
+def pipeline_kind(path: Path, pipelines: tuple, transformer_class: str, kind: str, unsupported: str) -> str | None:
+    """Detection of a transformer pipeline folder: ``kind`` when model_index.json names one of ``pipelines`` (or,
+    without model_index.json, transformer/config.json names ``transformer_class``); ``unsupported`` for another
+    pipeline of the same family (same name stem, e.g. ``WanImageToVideoPipeline``), so that its error names it."""
+    if not path.is_dir():
+        return None
+    pipeline = class_name(path / "model_index.json")
+    if pipeline in pipelines:
+        return kind
+    if pipeline and pipeline.startswith(pipelines[0].removesuffix("Pipeline")):
+        return unsupported
+    if pipeline is None and class_name(path / "transformer" / "config.json") == transformer_class:
+        return kind
+    return None
+
+
 def refuse_pickle(path: Path, who_: str) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"{who_}: {path.name} is a pickled checkpoint, which can run code when loaded; only "

@@ -33,9 +33,9 @@ from ..text import RecentPrompts
 from ..vae import latent_space_of_vae
 from . import files
 from . import unet_folders as U
-from .base import Context, Family, Inspection
-from .qwen_image import dynamic_shift, image_seq_len, pack, unpack
-from .wan import FlowTransformerExpert, check_shift, modern_dtype, option_for, pipeline_kind, read_component
+from .base import Context, ImagePipelineFamily, Inspection
+from .qwen_image import check_packable, dynamic_shift, image_seq_len, pack, unpack
+from .wan import FlowTransformerExpert, check_shift, modern_dtype, option_for, read_component
 
 #: ``FluxPipeline.__call__`` default ``max_sequence_length`` (schnell's model card uses 256)
 MAX_SEQUENCE_LENGTH = 512
@@ -112,10 +112,7 @@ class FluxExpert(FlowTransformerExpert):
 
     def call(self, sample: torch.Tensor, timestep: torch.Tensor, conds: list) -> torch.Tensor:
         n, _, height, width = sample.shape
-        if height % 2 or width % 2:
-            f = self.latent_space.spatial_factor
-            raise ValueError(f"{self.name} expert ({self.source}): Flux packs 2x2 latent patches, so the latent height "
-                             f"and width must be even (pixel multiples of {2 * f}), got {height}x{width}")
+        check_packable(self, height, width, "Flux")
         guidance = None
         if self.distilled_guidance:   # (conditioning, scale) pairs: the scale is the network's guidance input
             conds, scales = zip(*conds)
@@ -145,7 +142,7 @@ T2I_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline")
 PACKED_CHANNELS = 64    # 16 latent channels x 2x2 patch: text-to-image (Fill and Control transformers take more)
 
 
-class Flux(Family):
+class Flux(ImagePipelineFamily):
     """Flux.1 text-to-image diffusers folders (``FluxPipeline``: dev, schnell): spatial expert only (an image model)
     in its own latent space, bridged to the video experts through the VAEs."""
 
@@ -154,13 +151,8 @@ class Flux(Family):
                           "spatial expert only, bridged to the video experts through the VAEs)",
              FLUX_UNSUPPORTED: "a diffusers Flux Fill / Control / Kontext / FLUX.2 folder, which ConFiner does not use "
                                "(use a FLUX.1-dev or schnell FluxPipeline folder as the spatial expert)"}
-    roles = ("spatial",)
-
-    def roles_for(self, kind: str) -> tuple[str, ...]:
-        return self.roles if kind == FLUX_FOLDER else ()
-
-    def detect(self, path: Path) -> str | None:
-        return pipeline_kind(path, T2I_PIPELINES, "FluxTransformer2DModel", FLUX_FOLDER, FLUX_UNSUPPORTED)
+    pipelines, transformer_class = T2I_PIPELINES, "FluxTransformer2DModel"
+    folder_kind, other_kind = FLUX_FOLDER, FLUX_UNSUPPORTED
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
         who = files.who(role, path)

@@ -32,9 +32,9 @@ from ...sampling import host_to_device
 from ..text import RecentPrompts
 from . import files
 from . import unet_folders as U
-from .base import Context, Family, Inspection
+from .base import Context, ImagePipelineFamily, Inspection
 from .wan import (FlowTransformerExpert, check_shift, image_mode_of, image_space, load_vae, modern_dtype,
-                  option_for, pipeline_kind, read_component, vae_facts, video_codec)
+                  option_for, read_component, vae_facts, video_codec)
 
 #: ``QwenImagePipeline.prompt_template_encode`` and ``prompt_template_encode_start_idx``
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
@@ -101,6 +101,15 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return rearrange(latents, "n c (h ph) (w pw) -> n (h w) (c ph pw)", ph=2, pw=2)
 
 
+def check_packable(expert, height: int, width: int, family: str) -> None:
+    """A latent of ``height x width`` packs into 2x2 patches only when both are even: else a message naming the
+    expert and the pixel multiple to use."""
+    if height % 2 or width % 2:
+        f = expert.latent_space.spatial_factor
+        raise ValueError(f"{expert.name} expert ({expert.source}): {family} packs 2x2 latent patches, so the latent "
+                         f"height and width must be even (pixel multiples of {2 * f}), got {height}x{width}")
+
+
 def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The inverse of :func:`pack` (``_unpack_latents``) for a latent of ``height x width``."""
     return rearrange(tokens, "n (h w) (c ph pw) -> n c (h ph) (w pw)", h=height // 2, w=width // 2, ph=2, pw=2)
@@ -136,10 +145,7 @@ class QwenImageExpert(FlowTransformerExpert):
 
     def call(self, sample: torch.Tensor, timestep: torch.Tensor, conds: list) -> torch.Tensor:
         n, _, height, width = sample.shape
-        if height % 2 or width % 2:
-            f = self.latent_space.spatial_factor
-            raise ValueError(f"{self.name} expert ({self.source}): Qwen-Image packs 2x2 latent patches, so the latent "
-                             f"height and width must be even (pixel multiples of {2 * f}), got {height}x{width}")
+        check_packable(self, height, width, "Qwen-Image")
         embeds, mask = pad_conditionings(conds, n // len(conds))
         out = self.transformer(hidden_states=pack(sample), timestep=timestep,
                                encoder_hidden_states=embeds.to(sample.device, sample.dtype),
@@ -166,7 +172,7 @@ RELEASED_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shif
                       "max_image_seq_len": 8192, "shift_terminal": 0.02, "time_shift_type": "exponential"}
 
 
-class QwenImage(Family):
+class QwenImage(ImagePipelineFamily):
     """Qwen-Image text-to-image diffusers folders (``QwenImagePipeline``): spatial expert only (an image model),
     per latent frame in Wan 2.1's latent space, or per pixel frame (option ``image_mode="pixel_frames"``)."""
 
@@ -175,13 +181,8 @@ class QwenImage(Family):
                           "expert only, use a Wan folder for control and temporal)",
              QWEN_UNSUPPORTED: "a diffusers Qwen-Image edit / control / layered folder, which ConFiner does not use "
                                "(use a text-to-image QwenImagePipeline folder as the spatial expert)"}
-    roles = ("spatial",)
-
-    def roles_for(self, kind: str) -> tuple[str, ...]:
-        return self.roles if kind == QWEN_FOLDER else ()
-
-    def detect(self, path: Path) -> str | None:
-        return pipeline_kind(path, ("QwenImagePipeline",), "QwenImageTransformer2DModel", QWEN_FOLDER, QWEN_UNSUPPORTED)
+    pipelines, transformer_class = ("QwenImagePipeline",), "QwenImageTransformer2DModel"
+    folder_kind, other_kind = QWEN_FOLDER, QWEN_UNSUPPORTED
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
         who = files.who(role, path)

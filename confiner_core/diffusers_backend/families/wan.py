@@ -378,22 +378,6 @@ def vae_facts(path: Path, who: str, channels: int, family: str) -> tuple[LatentS
     return space, config, has_vae
 
 
-def pipeline_kind(path: Path, pipelines: tuple, transformer_class: str, kind: str, unsupported: str) -> str | None:
-    """Detection of a transformer pipeline folder: ``kind`` when model_index.json names one of ``pipelines`` (or,
-    without model_index.json, transformer/config.json names ``transformer_class``); ``unsupported`` for another
-    pipeline of the same family (same name stem, e.g. ``WanImageToVideoPipeline``), so that its error names it."""
-    if not path.is_dir():
-        return None
-    pipeline = files.class_name(path / "model_index.json")
-    if pipeline in pipelines:
-        return kind
-    if pipeline and pipeline.startswith(pipelines[0].removesuffix("Pipeline")):
-        return unsupported
-    if pipeline is None and files.class_name(path / "transformer" / "config.json") == transformer_class:
-        return kind
-    return None
-
-
 def load_vae(path: Path, cls, context: Context):
     return context.cached(("vae", str(path.resolve()), modern_dtype(context)),
                           lambda: U.load_model(cls, path, "vae", context.device, modern_dtype(context)))
@@ -424,7 +408,7 @@ class Wan(Family):
         return ROLES if kind == WAN_FOLDER else ()
 
     def detect(self, path: Path) -> str | None:
-        return pipeline_kind(path, T2V_PIPELINES, "WanTransformer3DModel", WAN_FOLDER, WAN_UNSUPPORTED)
+        return files.pipeline_kind(path, T2V_PIPELINES, "WanTransformer3DModel", WAN_FOLDER, WAN_UNSUPPORTED)
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:
         who = files.who(role, path)
