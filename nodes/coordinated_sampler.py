@@ -52,7 +52,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="The refined video in the refining expert's latent space (the spatial "
                                               "expert's; the temporal one's in mode temporal): decode it with that "
-                                              "expert's VAE (VAE Decode).")],
+                                              "expert's VAE (VAE Decode). Swapping the spatial expert for one of "
+                                              "another family (Flux for SD 1.5) changes the VAE to decode with.")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -127,6 +128,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), host.node_id(cls))
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None})
+        progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         space = source.expert.latent_space

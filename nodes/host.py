@@ -140,6 +140,14 @@ def text_width(model) -> int | None:
     return width if isinstance(width, int) else None
 
 
+def pooled_width(model) -> int | None:
+    """The width of the pooled text vector the model reads beside the text tokens (Flux's and HunyuanVideo's
+    ``vector_in``: CLIP-L's 768), None where it reads none."""
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    width = getattr(getattr(getattr(net, "vector_in", None), "in_layer", None), "in_features", None)
+    return int(width) if width else None
+
+
 def _family(model) -> tuple[str, str]:
     """The model's family as ComfyUI's model config names it, and where an artist gets its text encoder."""
     config = getattr(model.model, "model_config", None)
@@ -151,19 +159,27 @@ def _family(model) -> tuple[str, str]:
 def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model") -> None:
     """Conditioning from another family's text encoder (an SD 1.5 CLIP's 768-wide prompt for Wan, which reads 4096)
     fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
-    input. The negative only where it is used: at cfg 1 ComfyUI never evaluates it."""
-    width = text_width(model)
-    if width is None:
-        return
+    input. The negative only where it is used: at cfg 1 ComfyUI never evaluates it. A model that also reads a pooled
+    vector (Flux: CLIP-L's) gets zeros in its place from ComfyUI when the prompt has none, without a word: a UMT5
+    prompt (Wan's, 4096 wide like Flux's T5) would run and ignore half the text encoder, so that is refused too."""
+    width, pooled = text_width(model), pooled_width(model)
     prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
     for which, conditioning in prompts:
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
-            if got is not None and got != width:
+            if width is not None and got is not None and got != width:
                 family, loader = _family(model)
                 raise ValueError(f"the {role} expert's {which} conditioning is {got} wide, but {which_model} "
                                  f"({family}) reads text {width} wide: encode that prompt with this model's own text "
                                  f"encoder ({loader})")
+            vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
+            got_pooled = vector.shape[-1] if isinstance(vector, torch.Tensor) else None
+            if pooled is not None and got_pooled != pooled:
+                family, loader = _family(model)
+                has = "no pooled text vector" if got_pooled is None else f"a {got_pooled}-wide pooled text vector"
+                raise ValueError(f"the {role} expert's {which} conditioning carries {has}, but {which_model} "
+                                 f"({family}) reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
+                                 f"with this model's own text encoder ({loader})")
 
 
 def check_clip_width(clip, models: dict, node_input: str) -> None:
@@ -232,6 +248,24 @@ def frames_alone_note(role: str) -> str:
     lines that fit a node's width (the console has the whole sentence)."""
     task = "laid out" if role == "control" else "refined"
     return f"warning: the {role} expert is an image model:\nits frames are {task} one by one (see console)"
+
+
+def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
+    """A warning when a guidance-distilled spatial model (FLUX.1-dev: its guidance is an input, set with FluxGuidance
+    on the positive) gets a spatial cfg other than 1: ComfyUI then also evaluates the negative at every step, twice
+    the cost, with classifier-free guidance on top of the distilled one (which Flux's pipelines leave off). It runs,
+    as it may be meant; None otherwise."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if model is None or math.isclose(cfg, 1.0) or not (getattr(config, "unet_config", None) or {}).get("guidance_embed"):
+        return None
+    return (f"the spatial expert ({type(config).__name__}) takes its guidance as an input (FluxGuidance on its "
+            f"positive), but spatial cfg is {cfg:g}: every spatial evaluation also runs the negative prompt (twice "
+            f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
+
+
+def cfg_on_distilled_guidance_note(cfg: float) -> str:
+    """:func:`cfg_on_distilled_guidance` in two lines the node's width shows (the console has the sentence)."""
+    return f"warning: spatial cfg {cfg:g} on a guidance-distilled\nmodel: 1 and FluxGuidance are usual (see console)"
 
 
 def evaluates_per_frame(model, role: str) -> bool:
@@ -555,11 +589,16 @@ class Progress:
     def warn_frames_alone(self, models: dict) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
         for role, model in models.items():
-            warning = frames_alone(model, role)
-            if warning:
-                logging.warning("ConFiner: %s", warning)
-                self.warnings.append(frames_alone_note(role))
-        if self.warnings:
+            self._warn(frames_alone(model, role), frames_alone_note(role))
+
+    def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
+        """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
+        self._warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
+
+    def _warn(self, warning: str | None, note: str) -> None:
+        if warning:
+            logging.warning("ConFiner: %s", warning)
+            self.warnings.append(note)
             show_text(self.node_id, "\n".join(self.warnings))
 
     def preview(self, model):

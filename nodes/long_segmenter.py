@@ -196,6 +196,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  prompt_now if prompts is not None and prompts.travels else None)
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None})
+        progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         log = EvaluationLog()
         vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

@@ -17,7 +17,7 @@ class ConFinerRefineExperts(io.ComfyNode):
             display_name="ConFiner Refine Experts (bundle)",
             category=CATEGORY,
             description="Collects the two models that refine the video, each with its own prompts and guidance: "
-                        "an image model for detail in every frame (the spatial expert, e.g. SD 1.5, Qwen-Image, or "
+                        "an image model for detail in every frame (the spatial expert, e.g. SD 1.5, Qwen-Image, FLUX.1, or "
                         "Wan at one frame) and a video model for smooth motion (the temporal expert, e.g. SD 1.5 + "
                         "AnimateDiff, Wan 2.1/2.2). Runs nothing itself: connect it to ConFiner Refine Sampler or "
                         "ConFiner Long Video, and swap an expert here without rewiring. Experts of different latent "
@@ -32,7 +32,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                                       tooltip="Spatial expert's negative prompt."),
                 io.Float.Input("spatial_cfg", display_name="spatial cfg", default=7.5, min=0.0, max=100.0, step=0.1,
                                round=0.01, tooltip="Spatial expert guidance. 7.5 is our default (usual for SD 1.5); "
-                                                   "the paper states no cfg value."),
+                                                   "the paper states no cfg value. FLUX.1-dev: 1, with its guidance "
+                                                   "on FluxGuidance (above 1 also runs the negative: twice the cost)."),
                 io.Model.Input("temporal_model", display_name="temporal model", optional=True,
                                tooltip="Temporal expert: keeps frames coherent (text-to-video MODEL, e.g. SD 1.5 + "
                                        "AnimateDiff v3). Needed by refine modes coordinated, temporal and alternate; "
@@ -48,8 +49,9 @@ class ConFinerRefineExperts(io.ComfyNode):
                                                              "paper states no cfg value."),
                 io.Vae.Input("spatial_vae", display_name="spatial VAE", optional=True,
                              tooltip="Only for a bridge: the spatial expert's VAE, needed when it works in another "
-                                     "latent space than an expert it hands samples to (e.g. SD 1.5 with Wan), and "
-                                     "for 'pixel frames'. A VAE serves every expert of its latent space."),
+                                     "latent space than an expert it hands samples to (e.g. SD 1.5 or FLUX.1 with "
+                                     "Wan: Flux's space is its own, so it always needs its VAE), and for 'pixel "
+                                     "frames'. A VAE serves every expert of its latent space."),
                 io.Vae.Input("temporal_vae", display_name="temporal VAE", optional=True,
                              tooltip="Only for a bridge: the temporal expert's VAE (e.g. the Wan 2.1 VAE when the "
                                      "spatial expert is SD 1.5). A VAE serves every expert of its latent space."),
@@ -62,7 +64,7 @@ class ConFinerRefineExperts(io.ComfyNode):
                                        "frames: every pixel frame as an image of its own (decode, refine per frame, "
                                        "encode; needs a VAE): 4x the frames per spatial evaluation (81 instead of "
                                        "21 for an 81-frame clip) and 4 VAE calls per coordinated step plus 2 for the "
-                                       "structure. SD-style spaces are per frame anyway."),
+                                       "structure. SD-style and Flux spaces are per frame anyway."),
                 *low_noise_inputs("temporal_", "temporal", 7.5),
             ],
             outputs=[RefineExpertsType.Output(display_name="experts",

@@ -148,7 +148,7 @@ def refine_inputs() -> list:
                      tooltip="How much of the control expert's video is kept. Lower keeps more of its layout "
                              "and motion; higher lets the refiners change more. The video is noised to timestep "
                              "T_e and refined from there. 100 for SD-family spatial experts (the paper's; with 4 "
-                             "control steps, 300 and more loses image quality); on a flow model (Wan, Qwen-Image) "
+                             "control steps, 300 and more loses image quality); on a flow model (Wan, Qwen-Image, Flux) "
                              "T_e is the noise level sigma x 1000, and 250 there is about SD's 100."),
         io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=1000,
                      tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5). Coordinated mode "

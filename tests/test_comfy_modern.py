@@ -215,6 +215,22 @@ def test_flux_guidance_reaches_the_spatial_expert(comfy_worker, modern):
     assert refined_1 != refined_4
 
 
+@pytest.mark.parametrize("cfg", [1.0, 3.5])
+def test_a_spatial_cfg_on_flux_dev_is_warned_under_the_node(comfy_worker, modern, cfg):
+    """FLUX.1-dev takes its guidance as an input (FluxGuidance): a spatial cfg other than 1, as an SD user sets it,
+    runs (it may be meant) at twice the spatial cost, and the Refine Sampler says so for the whole run; at 1, nothing."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    prompt["10"]["inputs"]["spatial_cfg"] = cfg
+    r = comfy_worker.call("comfy_support.modern_checks:run_recording_flux", prompt)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    warned = [t.startswith("warning: spatial cfg 3.5 on a guidance-distilled") for t in texts]
+    assert all(warned) if cfg != 1.0 else not any(warned), texts[:2]
+    assert max(len(line) for t in texts for line in t.split("\n")) <= 60
+    spatial = _spatial_evaluations(r)
+    assert [c["batch"] for c in r["flux_calls"]] == [LENGTH * (2 if cfg != 1.0 else 1)] * len(spatial)
+
+
 def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluation(comfy_worker, modern):
     """Flux reads its text width off its own txt_in layer; the message names Flux's text encoder loader."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
@@ -222,6 +238,18 @@ def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluat
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan prompt into Flux",
                                          ["spatial expert's positive conditioning", "4096 wide", "Flux",
                                           "DualCLIPLoader with type flux"])
+
+
+def test_a_prompt_without_clip_ls_pooled_vector_into_flux_is_refused_before_any_evaluation(comfy_worker, modern):
+    """A T5-only prompt is as wide as Flux's text input (so is a real Wan prompt: UMT5-XXL and Flux's T5-XXL are both
+    4096 wide), but carries no CLIP-L pooled vector, which ComfyUI would replace with zeros without a word."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    prompt["35"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": T5XXL, "type": "ltxv"}}
+    prompt["36"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["35", 0]}}
+    prompt["10"]["inputs"]["spatial_positive"] = ["36", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "T5-only prompt into Flux",
+                                         ["spatial expert's positive conditioning carries no pooled text vector",
+                                          "reads one 32 wide", "Flux", "DualCLIPLoader with type flux"])
 
 
 def test_bridge_through_comfy_vaes_equals_decode_then_encode(comfy_worker, modern):

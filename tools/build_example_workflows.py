@@ -445,8 +445,7 @@ class Graph:
 
 ADE_NODES = ["- **ComfyUI-AnimateDiff-Evolved** (required): the two motion-model loaders.",
              "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4."]
-NATIVE_NODES = ["- None besides this pack: the models load with ComfyUI's own loaders (Load Diffusion Model, Load "
-                "CLIP, Load VAE, Load Checkpoint).",
+NATIVE_NODES = ["- None besides this pack: the models load with ComfyUI's own loaders.",
                 "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4."]
 
 
@@ -644,7 +643,7 @@ def long_video():
 def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.") -> list:
     return ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
             "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height multiples of 16 "
-            f"(ComfyUI rounds other values down without a word). {made_for}",
+            f"(ComfyUI rounds other values to the nearest one without a word). {made_for}",
             "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure.",
             "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
             "control model use 4 steps, cfg 1."]
@@ -774,8 +773,10 @@ def wan21_flux_dev():
         "Refinement starts at T_e = 250 (sigma 0.25). Flux-dev's guidance is an input of the model "
         "(*FluxGuidance*, 3.5), so *spatial cfg* stays 1: one Flux pass per step. Flux is most of the cost (91 s "
         "for 81 frames on an H200).",
-        wan_change_first()[:3] + ["*FluxGuidance* 3.5 is Flux-dev's usual value. Any FLUX.1-dev fine-tune or fp8 "
-                                  "file works on *Load Diffusion Model*."] +
+        wan_change_first()[:3] + ["*FluxGuidance* 3.5 is Flux-dev's usual value. With 24 GB or less, the fp8 files "
+                                  "(flux1-dev-fp8, t5xxl_fp8_e4m3fn) work on the same loaders.",
+                                  "Another spatial expert (SD 1.5...) comes with its own VAE: on *spatial VAE* and "
+                                  "on the decode."] +
         wan_change_first()[3:],
         (FLUX_DEV, FLUX_CLIP_L, FLUX_T5, FLUX_VAE, WAN21, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
@@ -789,6 +790,7 @@ def wan21_flux_dev():
     g.group("prompts", "2 · Prompts")
     wan_pos, wan_neg = prompts(g, umt5, "Wan")
     flux_pos, flux_neg = prompts(g, flux_text, "Flux", negative="")
+    flux_neg["title"] = "Negative (Flux: used only if spatial cfg > 1)"
     guided = g.node("FluxGuidance", [3.5], "FluxGuidance (Flux-dev's guidance)")
     g.link(flux_pos, "CONDITIONING", guided, "conditioning")
     g.column()   # the control stage above the bundle: every link into this column then runs clear of the nodes
