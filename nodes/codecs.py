@@ -43,7 +43,9 @@ class ComfyVAECodec(Codec):
         super().__init__()
         problem = vae_space_problem(vae, space)
         if problem:
-            raise ValueError(f"{who} is {problem}: connect the VAE of that expert's model family")
+            shown = f"{who.replace('_vae', ' VAE')} ({who})" if who.endswith("_vae") else who
+            raise ValueError(f"{shown} is {problem}: connect that expert's own VAE (its checkpoint loader's VAE "
+                             f"output, or its family's VAE file)")
         self.vae, self.space, self.who = vae, space, who
         self.pixel_channels = 3
         self.video = getattr(vae, "latent_dim", 2) == 3

@@ -231,6 +231,18 @@ def test_a_spatial_cfg_on_flux_dev_is_warned_under_the_node(comfy_worker, modern
     assert [c["batch"] for c in r["flux_calls"]] == [LENGTH * (2 if cfg != 1.0 else 1)] * len(spatial)
 
 
+def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker, modern):
+    """An artist puts SD 1.5 (model and prompts) where Flux was but leaves the Flux VAE on *spatial VAE*."""
+    ckpt = comfy_worker.checkpoint_name
+    prompt = wan_graph(ckpt, "flux")
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+    prompt["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
+    prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0])
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with the Flux VAE",
+                                         ["spatial VAE (spatial_vae) is a VAE of 16-channel latents", "sd15",
+                                          "connect that expert's own VAE"])
+
+
 def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluation(comfy_worker, modern):
     """Flux reads its text width off its own txt_in layer; the message names Flux's text encoder loader."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
