@@ -352,12 +352,14 @@ class GenerateRequest:
             self.frames = natural
         if self.long.segment_length is None:
             self.long.segment_length = natural
-        multiple = math.lcm(*(s.spatial_factor for s in spaces.values()))
+        # the spaces' factors, and where a network packs latent patches (Wan, Qwen-Image, Flux: 2x2) its multiple
+        multiple = math.lcm(*(s.spatial_factor for s in spaces.values()),
+                            *(ins.pixel_multiple for ins in self._inspections.values()))
         for name in ("height", "width"):
             v = getattr(self, name)
             if v % multiple:
-                raise UsageError(f"--{name} must be a multiple of {multiple} (the experts' latent factor) and at "
-                                 f"least {MIN_SIZE}, got {v}", f"--{name}")
+                raise UsageError(f"--{name} must be a multiple of {multiple} (the experts' latent factor and "
+                                 f"patch) and at least {MIN_SIZE}, got {v}", f"--{name}")
         clip = self.long.segment_length if self.is_long else self.frames
         option = "--segment-length" if self.is_long else "--frames"
         for role, space in spaces.items():

@@ -579,3 +579,19 @@ def test_packed_image_experts_name_an_odd_latent_size(pipes, kind):
         expert = Q.QwenImageExpert(pipe.transformer, Q.QwenPromptEncoder(pipe.tokenizer, pipe.text_encoder), 2.0)
     with pytest.raises(ValueError, match=r"packs 2x2 latent patches.*pixel multiples of 16\), got 3x4"):
         expert.bind(PROMPT)(latent((1, 16, 1, 3, 4)), 500)
+
+
+@pytest.mark.parametrize("spatial", ["flux_dev", "qwen_image", "wan21"])
+def test_a_size_the_transformers_cannot_patch_is_refused_before_loading(modern_dirs, tmp_path, spatial):
+    """Wan, Qwen-Image and FLUX.1 take 2x2 latent patches: at 8x VAEs sizes must be multiples of 16, which the
+    request checks from the configs (72 used to reach the first evaluation and fail there with a traceback)."""
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+
+    wan = str(modern_dirs("wan21"))
+    request = GenerateRequest(control=wan, spatial=str(modern_dirs(spatial)), temporal=wan, frames=9, height=72,
+                              width=64, out=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match=r"height must be a multiple of 16 \(the experts' latent factor and patch\)"):
+        request.validate()
+    registry_patch = registry.inspect_all({"spatial": modern_dirs(spatial)}, Context())["spatial"]
+    assert registry_patch.pixel_multiple == 16

@@ -41,7 +41,9 @@ class Inspection:
 
     ``latent_space``: the space the expert denoises in. ``has_vae``: VAE weights are at hand, so
     :meth:`Family.load_codec` can build its codec. ``max_frames``: the most latent frames the model takes at once
-    (a motion module's positional table; None: any), the loaded expert's ``max_frames``. ``facts``: the family's own
+    (a motion module's positional table; None: any), the loaded expert's ``max_frames``. ``patch``: the latent
+    pixels a network token covers along each side (2 for Wan, Qwen-Image and FLUX.1, whose transformers take 2x2
+    patches), so pixel sizes must be multiples of ``patch x`` the space's spatial factor. ``facts``: the family's own
     findings (configs read, header shapes, the base's inspection...), passed back to :meth:`Family.load` so nothing
     is read twice."""
 
@@ -53,10 +55,16 @@ class Inspection:
     has_vae: bool
     facts: dict = field(default_factory=dict)
     max_frames: int | None = None
+    patch: int = 1
 
     @property
     def who(self) -> str:
         return who(self.role, self.path)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """The pixel sizes this expert takes are multiples of this: its space's factor times its patch."""
+        return self.latent_space.spatial_factor * self.patch
 
     def describe(self) -> dict:
         return {"family": self.family.name, "kind": self.kind, "path": str(self.path),

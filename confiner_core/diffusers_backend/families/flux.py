@@ -90,9 +90,9 @@ class FluxPromptEncoder(RecentPrompts):
 def latent_image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
     """Position ids ``(0, row, column)`` of the packed tokens of a ``height x width`` latent
     (``FluxPipeline._prepare_latent_image_ids`` at half the latent size)."""
-    rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
-    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
-    return ids.to(device=device, dtype=dtype)
+    rows, cols = torch.meshgrid(torch.arange(height // 2, device=device, dtype=dtype),
+                                torch.arange(width // 2, device=device, dtype=dtype), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
 
 
 class FluxExpert(FlowTransformerExpert):
@@ -116,9 +116,9 @@ class FluxExpert(FlowTransformerExpert):
         guidance = None
         if self.distilled_guidance:   # (conditioning, scale) pairs: the scale is the network's guidance input
             conds, scales = zip(*conds)
+            guidance = host_to_device(torch.tensor(scales, dtype=torch.float32).repeat_interleave(n // len(conds)),
+                                      sample.device)
         rows = n // len(conds)
-        if self.distilled_guidance:
-            guidance = torch.tensor(scales, dtype=torch.float32).repeat_interleave(rows).to(sample.device)
         pooled = torch.cat([c.pooled.repeat_interleave(rows, dim=0) for c in conds])
         embeds = torch.cat([c.embeds.repeat_interleave(rows, dim=0) for c in conds])
         out = self.transformer(hidden_states=pack(sample), timestep=timestep, guidance=guidance,
@@ -187,7 +187,7 @@ class Flux(ImagePipelineFamily):
         default_shift = dynamic_shift(scheduler, image_seq_len(*REFERENCE_SIZE, space.spatial_factor))
         shift = check_shift(option_for(context, "flow_shift", role, default_shift), who)
         facts = {"transformer": transformer, "vae": vae, "scheduler": scheduler, "shift": shift}
-        return Inspection(self, kind, role, path, space, has_vae, facts)
+        return Inspection(self, kind, role, path, space, has_vae, facts, patch=2)   # FluxPipeline packs 2x2
 
     def load(self, inspection: Inspection, context: Context) -> FluxExpert:
         from diffusers import FluxTransformer2DModel

@@ -208,7 +208,7 @@ class QwenImage(ImagePipelineFamily):
         mode = image_mode_of(context, role)
         facts = {"transformer": transformer, "text_encoder": text, "scheduler": scheduler, "vae": vae,
                  "shift": shift, "image_mode": mode, "video_space": space}
-        return Inspection(self, kind, role, path, image_space(space, mode), has_vae, facts)
+        return Inspection(self, kind, role, path, image_space(space, mode), has_vae, facts, patch=patch)
 
     def load(self, inspection: Inspection, context: Context) -> QwenImageExpert:
         from diffusers import QwenImageTransformer2DModel

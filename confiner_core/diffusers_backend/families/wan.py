@@ -447,7 +447,8 @@ class Wan(Family):
         facts = {"index": index, "transformer": transformer, "transformer_2": transformer_2, "text_encoder": text,
                  "scheduler": scheduler, "vae": vae, "shift": shift, "boundary": boundary, "image_mode": mode,
                  "video_space": video_space, "expand_timesteps": bool(index.get("expand_timesteps"))}
-        return Inspection(self, kind, role, path, space, has_vae, facts)
+        return Inspection(self, kind, role, path, space, has_vae, facts,
+                          patch=int((transformer.get("patch_size") or (1, 2, 2))[1]))
 
     @staticmethod
     def _check_t2v(who: str, config: dict, sub: str) -> None:
