@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0,
                    help="control-stage guidance (1.0: none, as distilled few-step experts want)")
     g.add_argument("--cfg", type=number("--cfg"), default=None,
-                   help="refinement guidance (default 7.5; 1.0 for the embedded default)")
+                   help="refinement guidance for the spatial and temporal experts (default: each its own: SD 1.5, AnimateDiff "
+                        "and ModelScope 7.5, SDXL and Wan 5, Qwen-Image 4, FLUX.1-dev 3.5 as its distilled guidance, "
+                        "schnell and the embedded default 1)")
     g.add_argument("--segment-length", type=number("--segment-length"), default=None,
                    help="ConFiner-Long segment length L in frames (default: the experts' clip, 16; 17 for causal "
                         "4k+1 latents); longer videos are made of staggered segments")

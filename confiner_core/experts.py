@@ -152,6 +152,9 @@ class Expert(ABC):
     #: ``guidance_scale``, ComfyUI's FluxGuidance): one forward per evaluation and no negative prompt, and
     #: :meth:`forward` gets ``(conditioning, scale)`` pairs
     distilled_guidance: bool = False
+    #: the refinement's guidance scale where the user gives none: SD 1.5's usual 7.5 for the UNet families (ours,
+    #: not the paper's: it states none), else the family's own pipeline default in diffusers
+    default_guidance: float = 7.5
 
     @property
     def latent_channels(self) -> int:
@@ -241,6 +244,7 @@ class ExpertPair(Expert):
         self.schedule, self.prediction, self.layout = low.schedule, low.prediction, low.layout
         self.latent_space, self.codec = low.latent_space, low.codec or high.codec
         self.max_frames = low.max_frames
+        self.default_guidance = high.default_guidance
         self.last = 1  # the member the last forward used (its network forwards are the ones counted)
 
     def member(self, t: float) -> int:

@@ -201,7 +201,7 @@ class GenerateRequest:
     ``prompt``: text or a prompt schedule (:mod:`confiner_core.prompts`); empty on the embedded experts is their
     world's default scene. ``control``/``spatial``/``temporal``/``base``: checkpoint paths (all None: the embedded
     experts of ``embedded_preset``). ``control_cfg`` guides the control expert; ``refine_cfg`` the spatial and
-    temporal experts (None: 1.0 embedded, 7.5 with checkpoints). ``chain`` holds the method's settings
+    temporal experts (None: each its own ``default_guidance``, see :func:`refine_guidance`). ``chain`` holds the method's settings
     (``chain.te=None``: the refining expert's default, see :class:`~confiner_core.chain.ChainConfig`); ``long``
     ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels (``long.segment_length=None``, the
     default here: the experts' natural clip, 16 frames or 17 for Wan-like 4k+1 spaces). The request holds its own
@@ -572,7 +572,7 @@ def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) ->
 @dataclass
 class Backend:
     experts: dict
-    refine_cfg: float
+    refine_cfg: float | None   # None: each refining expert's own default_guidance
     description: str
 
 
@@ -585,7 +585,7 @@ def load_backend(req: GenerateRequest) -> Backend:
     if req.embedded:
         from .embedded.experts import PRESET_HELP, embedded_experts
 
-        return Backend(embedded_experts(req.embedded_preset), 1.0 if req.refine_cfg is None else req.refine_cfg,
+        return Backend(embedded_experts(req.embedded_preset), req.refine_cfg,
                        f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
                        f"posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
@@ -600,18 +600,25 @@ def load_backend(req: GenerateRequest) -> Backend:
                               device=req.device, speed=speed)
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(str(e), "--spatial") from e
-    return Backend(loaded.experts, 7.5 if req.refine_cfg is None else req.refine_cfg, "diffusers checkpoints")
+    return Backend(loaded.experts, req.refine_cfg, "diffusers checkpoints")
+
+
+def refine_guidance(backend: Backend) -> dict:
+    """Each refining expert's guidance scale: ``--cfg`` for both, else each its own default (FLUX.1-dev 3.5 as its
+    distilled guidance, Wan 5, SD 1.5 7.5)."""
+    return {role: expert.default_guidance if backend.refine_cfg is None else backend.refine_cfg
+            for role in ("spatial", "temporal") if (expert := backend.experts.get(role)) is not None}
 
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
-    ex = backend.experts
+    ex, cfg = backend.experts, refine_guidance(backend)
     # the spatial expert first: its prompt and negative go through the text encoder as one batch, and a control
     # expert on the same encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
-    spatial = ex["spatial"].bind(prompt, req.negative_prompt, backend.refine_cfg, log)
+    spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log)
     bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
     # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
-    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, backend.refine_cfg, log, deferred=True)
-                         if ex.get("temporal") is not None else None)
+    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, cfg["temporal"], log, deferred=True)
+                         if "temporal" in cfg else None)
     return bound
 
 
@@ -885,7 +892,8 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
             "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),
-            "guidance": {"control_cfg": req.control_cfg, "refine_cfg": backend.refine_cfg},
+            "guidance": {"control_cfg": req.control_cfg,
+                         **{f"{role}_cfg": scale for role, scale in refine_guidance(backend).items()}},
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),

@@ -577,7 +577,7 @@ class Progress:
     progress text shows the stage and the expert, then the step on a line of its own (the frontend wraps a long line
     anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
 
-    def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None):
+    def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None, opening: bool = True):
         self.total, self.done, self.node_id = total, 0, node_id
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
@@ -585,6 +585,10 @@ class Progress:
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.summary = ""              # how the run ended (:meth:`running`)
+        # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
+        # through the seconds before it (a structure crossing the bridge between VAEs). A node that shows something
+        # of its own until then (the Long Video's prompt schedule) opens without it.
+        self.opening = f"starting · {total} expert evaluations" if opening else None
 
     def warn_frames_alone(self, models: dict) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
@@ -599,7 +603,7 @@ class Progress:
         if warning:
             logging.warning("ConFiner: %s", warning)
             self.warnings.append(note)
-            show_text(self.node_id, "\n".join(self.warnings))
+            show_text(self.node_id, "\n".join([*self.warnings, *filter(None, [self.opening])]))
 
     def preview(self, model):
         """Each model's previews use its own latent format (experts of several latent spaces share one bar)."""
@@ -626,6 +630,8 @@ class Progress:
         (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
+        if self.opening:
+            self.show(self.opening)
         try:
             yield
         except comfy.model_management.InterruptProcessingException:

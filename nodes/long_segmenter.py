@@ -193,7 +193,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
             return f"prompt: {prompts.at(centre)}"
 
         progress = host.Progress(control_model, total, host.node_id(cls), where,
-                                 prompt_now if prompts is not None and prompts.travels else None)
+                                 prompt_now if prompts is not None and prompts.travels else None,
+                                 opening=prompts is None)   # else the schedule stays until the first evaluation
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None})
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)

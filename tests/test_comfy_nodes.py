@@ -142,6 +142,8 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     def updates(node):   # each update's stage and step lines (without motion models the node's warnings come first)
         return [" · ".join(t["text"].split("\n")[-2:]) for t in texts if t["node_id"] == node and "step" in t["text"]]
 
+    # before the first evaluation, the run's start in place of the previous run's end
+    assert [t["text"] for t in texts if t["node_id"] == sampler][0].endswith("starting · 15 expert evaluations")
     sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
     assert sampler_texts[1].startswith("refinement · temporal expert · step 1/5")

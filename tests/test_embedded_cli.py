@@ -187,7 +187,7 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     # the report says what the experts were given where the settings left it to the backend
     assert report["settings"]["prompt"] == "" and report["settings"]["refine_cfg"] is None
     assert report["prompt_used"] == "a red ball bouncing over green grass"
-    assert report["guidance"] == {"control_cfg": 1.0, "refine_cfg": 1.0}
+    assert report["guidance"] == {"control_cfg": 1.0, "spatial_cfg": 1.0, "temporal_cfg": 1.0}
 
 
 @pytest.mark.parametrize("extra, evaluations", [([], 19),   # 4 control + 5 coordinated steps of 3

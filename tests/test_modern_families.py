@@ -595,3 +595,25 @@ def test_a_size_the_transformers_cannot_patch_is_refused_before_loading(modern_d
         request.validate()
     registry_patch = registry.inspect_all({"spatial": modern_dirs(spatial)}, Context())["spatial"]
     assert registry_patch.pixel_multiple == 16
+
+
+@pytest.mark.parametrize("cfg,scales", [(None, {"spatial": 3.5, "temporal": 5.0}),
+                                        (2.0, {"spatial": 2.0, "temporal": 2.0})])
+def test_refinement_guidance_defaults_to_each_experts_own(modern_dirs, tmp_path, cfg, scales):
+    """Without ``--cfg`` each refining expert takes its own pipeline's default: FluxPipeline's guidance_scale 3.5
+    reaches FLUX.1-dev's guidance input, WanPipeline's 5 guides the Wan expert (both used to get SD 1.5's 7.5);
+    ``--cfg`` sets both."""
+    from confiner_core import generate as G
+
+    wan = str(modern_dirs("wan21"))
+    request = G.GenerateRequest(control=wan, spatial=str(modern_dirs("flux_dev")), temporal=wan, frames=5,
+                                height=32, width=32, refine_cfg=cfg, out=str(tmp_path / "o"))
+    backend = G.load_backend(request)
+    assert G.refine_guidance(backend) == scales
+    bound = G.bind_experts(backend, request, EvaluationLog(), PROMPT)
+    assert bound["temporal"].guidance_scale == scales["temporal"]
+    seen = []
+    backend.experts["spatial"].transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["guidance"].tolist()), with_kwargs=True)
+    bound["spatial"](latent((1, 16, 1, 4, 4)), 500)
+    assert seen == [[scales["spatial"]]]

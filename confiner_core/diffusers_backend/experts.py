@@ -120,6 +120,7 @@ class SDXLExpert(FrameExpert):
     output size, no crop), so the output size is read off the latent through the space's spatial factor."""
 
     family = "sdxl-frames"
+    default_guidance = 5.0   # StableDiffusionXLPipeline's guidance_scale
 
     def unet_inputs(self, conds: list, rows: int, x: torch.Tensor) -> dict:
         device, dtype = placement(self.unet)

@@ -52,6 +52,8 @@ class PosteriorMeanExpert(Expert):
     ``knowledge`` is "frames" (sharp single frames) or "clips" (the world's clips, blurred by ``detail_blur``);
     the data is encoded into the expert's latent space, so the same world serves every space."""
 
+    default_guidance = 1.0   # the exact posterior mean needs no guidance
+
     def __init__(self, name: str, schedule: S.NoiseSchedule, layout: str, knowledge: str, detail_blur: float = 0.0,
                  codec: Codec | None = None, prediction: str = "epsilon"):
         self.name, self.schedule, self.layout, self.prediction = name, schedule, layout, prediction

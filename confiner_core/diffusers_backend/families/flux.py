@@ -106,6 +106,8 @@ class FluxExpert(FlowTransformerExpert):
                  name: str = "expert", source: str = ""):
         super().__init__(transformer, prompt_encoder, shift, latent_space, name, source)
         self.distilled_guidance = bool(transformer.config.guidance_embeds)
+        # FluxPipeline's guidance_scale for dev; schnell is distilled to sample without guidance
+        self.default_guidance = 3.5 if self.distilled_guidance else 1.0
 
     def model_timestep(self, t: float) -> float:
         return self.sigma(t)

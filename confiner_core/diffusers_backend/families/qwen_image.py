@@ -134,6 +134,7 @@ class QwenImageExpert(FlowTransformerExpert):
 
     family = "qwen-image"
     layout = L.FRAMES
+    default_guidance = 4.0   # QwenImagePipeline's true_cfg_scale
 
     def __init__(self, transformer, prompt_encoder, shift: float, latent_space: LatentSpace = WAN21,
                  cfg_renorm: bool = True, name: str = "expert", source: str = ""):

@@ -250,6 +250,7 @@ class WanExpert(FlowTransformerExpert):
 
     family = "wan"
     layout = L.VIDEO
+    default_guidance = 5.0   # WanPipeline's guidance_scale
 
     def __init__(self, transformer, prompt_encoder, shift: float, latent_space: LatentSpace = WAN21,
                  expand_timesteps: bool = False, name: str = "expert", source: str = ""):
