@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(none by default)")
     g.add_argument("--frames", type=number("--frames"), default=None,
                    help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
-    g.add_argument("--height", type=number("--height"), default=256, help="pixels (default 256)")
-    g.add_argument("--width", type=number("--width"), default=256, help="pixels (default 256)")
+    g.add_argument("--height", type=number("--height"), default=256,
+                   help="pixels, at least 64, a multiple of 8 (16 for Wan, Qwen-Image, FLUX.1; default 256)")
+    g.add_argument("--width", type=number("--width"), default=256, help="pixels, as --height (default 256)")
     g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range; default 0)")
     g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json); outputs "
                    "are replaced only when a run completes")
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refinement guidance for the spatial and temporal experts (default: each its own: SD 1.5, AnimateDiff "
                         "and ModelScope 7.5, SDXL and Wan 5, Qwen-Image 4, FLUX.1-dev 3.5 as its distilled guidance, "
                         "schnell and the embedded default 1)")
+    g.add_argument("--spatial-cfg", type=number("--spatial-cfg"), default=None,
+                   help="the spatial expert's guidance alone, over --cfg (FLUX.1-dev: its distilled guidance)")
+    g.add_argument("--temporal-cfg", type=number("--temporal-cfg"), default=None,
+                   help="the temporal expert's guidance alone, over --cfg")
     g.add_argument("--segment-length", type=number("--segment-length"), default=None,
                    help="ConFiner-Long segment length L in frames (default: the experts' clip, 16; 17 for causal "
                         "4k+1 latents); longer videos are made of staggered segments")
@@ -215,7 +220,8 @@ def request_from_args(a: argparse.Namespace):
                         matching=a.matching, eta=a.eta, structure_noise=a.structure_noise)
     return GenerateRequest(prompt=a.prompt, negative_prompt=a.negative_prompt, frames=a.frames, height=a.height,
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
-                           temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg, fps=a.fps,
+                           temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg,
+                           spatial_cfg=a.spatial_cfg, temporal_cfg=a.temporal_cfg, fps=a.fps,
                            device=a.device, speed=a.speed, compile_dir=a.compile_dir, resume=a.resume,
                            embedded_preset=a.embedded, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,

@@ -194,6 +194,11 @@ class Expert(ABC):
         differently (Qwen-Image rescales to the conditional output's norm) override this."""
         return uncond + scale * (cond - uncond)
 
+    def uses_negative(self, guidance_scale: float) -> bool:
+        """Whether a denoiser bound at ``guidance_scale`` evaluates the negative prompt: classifier-free guidance
+        other than 1, on a network that does not take the scale as an input."""
+        return guidance_scale != 1.0 and not self.distilled_guidance
+
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
         """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1 and the expert does
@@ -205,12 +210,13 @@ class Expert(ABC):
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise TypeError(f"bind: prompt and negative_prompt must be text, got {type(prompt).__name__} and "
                             f"{type(negative_prompt).__name__}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or \
-                not math.isfinite(guidance_scale):
-            raise TypeError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise TypeError(f"bind: guidance_scale must be a number (1 = no cfg), got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
 
         def encode() -> tuple:
-            if guidance_scale != 1.0 and not self.distilled_guidance:
+            if self.uses_negative(guidance_scale):
                 return tuple(self.encode_all([prompt, negative_prompt]))
             return self.encode(prompt), None
 
@@ -335,7 +341,7 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
     """Where NaN/inf appeared (expert, stage, step, the evaluation's number in its stage) and the likely cause."""
     evaluation = f", evaluation {number} of the stage" if number is not None else ""
     where = (f"expert {denoiser.expert.name!r} ({denoiser.expert.describe().get('class')}) at stage {stage!r}, "
-             f"step t={t:g}{evaluation}")
+             f"step t={denoiser.schedule.timestep(t):.4g}{evaluation}")
     if not bool(torch.isfinite(x_t).all()):
         return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "
                 f"(or the previous step overflowed)")

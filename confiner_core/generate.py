@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
-                    ChainConfig, ConFinerWarning, TooManyFrames, default_te, refining_denoiser, run_chain,
-                    validate_chain)
+                    ChainConfig, ConFinerWarning, TooManyFrames, default_te, refine_timesteps, refining_denoiser,
+                    run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -107,6 +107,8 @@ NUMBERS = (
     Number("--fps", "fps", float, 0, 1000, lo_open=True),
     Number("--control-cfg", "control_cfg", float, 0, 100),
     Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
+    Number("--spatial-cfg", "spatial_cfg", float, 0, 100, optional=True),
+    Number("--temporal-cfg", "temporal_cfg", float, 0, 100, optional=True),
     Number("--control-steps", "chain.control_steps", int, 1, 1000),
     Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
     Number("--te", "chain.te", int, 1, 100_000, optional=True),
@@ -196,12 +198,14 @@ def lookup(obj, path: str):
 
 @dataclass
 class GenerateRequest:
-    """One run of the command line's ``generate``, as data (each field is the option of the same name).
+    """One run of the command line's ``generate``, as data: each field is the option of the same name, but for
+    ``refine_cfg`` (``--cfg``), ``embedded_preset`` (``--embedded``) and ``long.staggered`` (``--no-stagger``); the
+    chain's and ConFiner-Long's options are fields of ``chain`` and ``long`` (:data:`FIELDS` maps them all).
 
     ``prompt``: text or a prompt schedule (:mod:`confiner_core.prompts`); empty on the embedded experts is their
     world's default scene. ``control``/``spatial``/``temporal``/``base``: checkpoint paths (all None: the embedded
     experts of ``embedded_preset``). ``control_cfg`` guides the control expert; ``refine_cfg`` the spatial and
-    temporal experts (None: each its own ``default_guidance``, see :func:`refine_guidance`). ``chain`` holds the method's settings
+    temporal experts, ``spatial_cfg`` / ``temporal_cfg`` one of them (None: see :func:`refine_guidance`). ``chain`` holds the method's settings
     (``chain.te=None``: the refining expert's default, see :class:`~confiner_core.chain.ChainConfig`); ``long``
     ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels (``long.segment_length=None``, the
     default here: the experts' natural clip, 16 frames or 17 for Wan-like 4k+1 spaces). The request holds its own
@@ -223,6 +227,8 @@ class GenerateRequest:
     base: str | None = None
     control_cfg: float = 1.0
     refine_cfg: float | None = None
+    spatial_cfg: float | None = None    # each over refine_cfg for its expert (FLUX.1-dev's distilled guidance and
+    temporal_cfg: float | None = None   # a Wan expert's cfg want different scales)
     fps: float = 8.0
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
@@ -235,7 +241,8 @@ class GenerateRequest:
     def __post_init__(self):
         for name, kind in (("chain", ChainConfig), ("long", LongConfig)):
             if not isinstance(getattr(self, name), kind):
-                raise UsageError(f"{name} must be a {kind.__name__} (e.g. {kind.__name__}(...) from confiner_core), "
+                raise UsageError(f"{name} must be a {kind.__name__} (e.g. {kind.__name__}(...) from "
+                                 f"{kind.__module__}), "
                                  f"got {type(getattr(self, name)).__name__}", name)
         self.chain, self.long = replace(self.chain), replace(self.long)   # validate() fills in defaults: ours alone
 
@@ -329,6 +336,10 @@ class GenerateRequest:
                              f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
         if plan is not None:
             self._validate_resume(plan)
+        if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
+            warnings.warn(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
+                                  "samples); give --prompt \"...\" to describe the video"), ConFinerWarning,
+                          stacklevel=3)
         if self.speed == "max" and not str(self.device).startswith("cuda"):   # a run that goes ahead, said once
             warnings.warn(spelled(f"--speed 'max' adds CUDA graphs to 'fast', and {self.device} has none: this run "
                                   "is 'fast' (its compile takes minutes on the first run)"), ConFinerWarning,
@@ -437,7 +448,8 @@ class GenerateRequest:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
             message = str(e)
-            if role and not message.startswith(f"{role} expert"):   # the backend's line names the role and path
+            # an expert's line names its role and path (a role "base" error names base itself)
+            if role in ("control", "spatial", "temporal") and not message.startswith(f"{role} expert"):
                 message = f"{role} expert: {message}"
             raise UsageError(f"{option}: {message}" if role else message, option) from None
         except Exception as e:  # a header or config that cannot be parsed at all
@@ -572,7 +584,6 @@ def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) ->
 @dataclass
 class Backend:
     experts: dict
-    refine_cfg: float | None   # None: each refining expert's own default_guidance
     description: str
 
 
@@ -585,7 +596,7 @@ def load_backend(req: GenerateRequest) -> Backend:
     if req.embedded:
         from .embedded.experts import PRESET_HELP, embedded_experts
 
-        return Backend(embedded_experts(req.embedded_preset), req.refine_cfg,
+        return Backend(embedded_experts(req.embedded_preset),
                        f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
                        f"posterior-mean experts over a procedural video world")
     from .diffusers_backend import load_experts
@@ -600,18 +611,24 @@ def load_backend(req: GenerateRequest) -> Backend:
                               device=req.device, speed=speed)
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(str(e), "--spatial") from e
-    return Backend(loaded.experts, req.refine_cfg, "diffusers checkpoints")
+    return Backend(loaded.experts, "diffusers checkpoints")
 
 
-def refine_guidance(backend: Backend) -> dict:
-    """Each refining expert's guidance scale: ``--cfg`` for both, else each its own default (FLUX.1-dev 3.5 as its
-    distilled guidance, Wan 5, SD 1.5 7.5)."""
-    return {role: expert.default_guidance if backend.refine_cfg is None else backend.refine_cfg
-            for role in ("spatial", "temporal") if (expert := backend.experts.get(role)) is not None}
+def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
+    """Each refining expert's guidance scale: its own option (``--spatial-cfg``, ``--temporal-cfg``), else
+    ``--cfg``, else the expert's own default (FLUX.1-dev 3.5 as its distilled guidance, Wan 5, SD 1.5 7.5)."""
+    def scale(role: str, expert) -> float:
+        for given in (getattr(req, f"{role}_cfg"), req.refine_cfg):
+            if given is not None:
+                return given
+        return expert.default_guidance
+
+    return {role: scale(role, expert) for role in ("spatial", "temporal")
+            if (expert := backend.experts.get(role)) is not None}
 
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
-    ex, cfg = backend.experts, refine_guidance(backend)
+    ex, cfg = backend.experts, refine_guidance(backend, req)
     # the spatial expert first: its prompt and negative go through the text encoder as one batch, and a control
     # expert on the same encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
     spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log)
@@ -619,6 +636,11 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
     bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, cfg["temporal"], log, deferred=True)
                          if "temporal" in cfg else None)
+    if req.negative_prompt.strip() and not any(d.expert.uses_negative(d.guidance_scale)
+                                               for d in bound.values() if d is not None):
+        warnings.warn(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
+                              "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"),
+                      ConFinerWarning, stacklevel=2)
     return bound
 
 
@@ -645,7 +667,7 @@ def progress_callback(bar: tqdm, log: EvaluationLog):
     """The bar at the run's expert evaluations after each step (the unit of every other count: the report, the
     final line, an interrupt's message): a control step is one, a coordinated refinement step three."""
     def callback(info: dict) -> None:
-        bar.set_postfix_str(f"{info['stage']} t={info['t']}")
+        bar.set_postfix_str(f"{info['stage']} t={info['timestep']:.4g}")   # in T_e's units (flow: 1000 sigma)
         bar.update(sum(log.evaluations.values()) - bar.n)
     return callback
 
@@ -890,10 +912,11 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     settings = {k: v for k, v in asdict(req).items() if k != "chain"}
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
+            "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
             "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),
             "guidance": {"control_cfg": req.control_cfg,
-                         **{f"{role}_cfg": scale for role, scale in refine_guidance(backend).items()}},
+                         **{f"{role}_cfg": scale for role, scale in refine_guidance(backend, req).items()}},
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),

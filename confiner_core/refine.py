@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .experts import Denoiser, Prediction, check_finite, hand_off
-from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like
+from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like, step_info
 from .schedules import NoiseSchedule
 from .timesteps import with_next
 
@@ -49,7 +49,7 @@ def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: fl
         pred = spatial(x, t)
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
-            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+            callback(step_info("refine", i, t, spatial, x, pred.x0))
     check_finite(spatial)
     return x
 
@@ -80,7 +80,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
         pred = spatial(x, t)                                                   # line 14
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
-            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+            callback(step_info("refine", i, t, spatial, x, pred.x0))
     check_finite(spatial, temporal)
     return x
 
@@ -101,7 +101,7 @@ def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Ten
                                spatial.schedule, t)
         x = _step(spatial, pred, t, t_prev, eta, generator)
         if callback is not None:
-            callback({"stage": "refine", "i": i, "t": t, "x": x, "denoised": pred.x0})
+            callback(step_info("refine", i, t, spatial, x, pred.x0))
     check_finite(spatial, temporal)
     return x
 

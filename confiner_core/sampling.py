@@ -167,7 +167,15 @@ def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampl
 
 
 EpsHook = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor]
+#: called after each step with :func:`step_info`'s dict
 Callback = Callable[[dict], None]
+
+
+def step_info(stage: str, i: int, t: float, denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor) -> dict:
+    """What a :data:`Callback` gets after step ``i`` of ``stage``: ``t`` the table position, ``timestep`` the
+    network timestep the user's T_e counts in (a flow expert's 1000 sigma, :meth:`NoiseSchedule.timestep`), the new
+    sample ``x`` and the step's x0 estimate ``denoised``."""
+    return {"stage": stage, "i": i, "t": t, "timestep": denoiser.schedule.timestep(t), "x": x, "denoised": denoised}
 
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: float, step: int, eps_hook: EpsHook | None) -> Prediction:
@@ -203,6 +211,6 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
             noise = randn_like(x, generator) if eta > 0 else None
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)
         if callback is not None:
-            callback({"stage": "control", "i": i, "t": t, "x": x, "denoised": pred.x0})
+            callback(step_info("control", i, t, denoiser, x, pred.x0))
     check_finite(denoiser)
     return x

@@ -358,8 +358,10 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         ChainConfig(refine_steps=5.0).validate()
     with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\], got '0'"):
         ChainConfig(eta="0").validate()
-    with pytest.raises(TypeError, match="bind: guidance_scale must be a finite number"):
+    with pytest.raises(TypeError, match="bind: guidance_scale must be a number"):
         expert.bind("x", "", "7.5", log)
+    with pytest.raises(ValueError, match="bind: guidance_scale must be a finite number"):   # a value, not a type
+        expert.bind("x", "", float("nan"), log)
     with pytest.raises(TypeError, match="bind: prompt and negative_prompt must be text"):
         expert.bind(None, "", 7.5, log)
     assert sum(log.evaluations.values()) == 0

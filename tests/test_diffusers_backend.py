@@ -26,7 +26,7 @@ from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, run_chain
 from confiner_core.diffusers_backend import (FAMILIES, AutoencoderKLCodec, FrameExpert, MotionExpert, PromptEncoder,
                                              SDXLExpert, SpeedSettings, UNet3DExpert, detect_kind,
-                                             infer_motion_config, load_experts, load_motion_file)
+                                             infer_motion_config, load_experts, load_motion_file, preflight)
 from confiner_core.diffusers_backend.families import animatediff as animatediff_family
 from confiner_core.diffusers_backend.text import final_layer_norm
 from confiner_core.experts import EvaluationLog
@@ -265,6 +265,20 @@ def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded
         torch.testing.assert_close(control.schedule.alphas, loaded["control"].schedule.alphas)
 
 
+@pytest.mark.parametrize("control, base", [("mm_diffusers", "sd_configs"), ("ad", "sd"), ("ad", "t2v")])
+def test_a_base_no_expert_takes_is_refused(paths, control, base):
+    """base serves a motion module (an SD 1.5 folder with UNet weights to go on) or a single-file checkpoint (its
+    configs). Where no expert takes it (a configs-only folder under a motion module, which then goes on the spatial
+    expert; any base under pipeline folders) it would change nothing, and was accepted without a word."""
+    roles = {"control": paths[control], "spatial": paths["sd"], "temporal": paths["t2v"],
+             "motion_config": paths["adapter"]}
+    taken = preflight(**roles, base=paths["sd"]) if control == "mm_diffusers" else None
+    assert taken is None or taken["control"].facts["base"].path == paths["sd"]   # the same module takes a real one
+    with pytest.raises(ValueError, match=r"base=.* would change nothing: it serves a motion module") as e:
+        preflight(**roles, base=paths[base])
+    assert e.value.role == "base"
+
+
 @pytest.mark.parametrize("frames, option", [
     (["--frames", "40", "--segment-length", "40"], "--frames: the control expert"),          # one clip of 40
     (["--frames", "80", "--segment-length", "40"], "--segment-length: the control expert")])  # segments of 40
@@ -290,7 +304,8 @@ def test_speed_max_off_cuda_says_it_runs_as_fast(paths, tmp_path):
     from confiner_core.generate import GenerateRequest
 
     request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
-                              frames=8, height=64, width=64, out=str(tmp_path / "out"), device="cpu")
+                              frames=8, height=64, width=64, out=str(tmp_path / "out"), device="cpu",
+                              prompt="a cat")
     with pytest.warns(ConFinerWarning, match="^speed 'max' adds CUDA graphs to 'fast', and cpu has none: this run is 'fast'"):
         replace(request, speed="max").validate()
     with warnings.catch_warnings():
@@ -429,6 +444,9 @@ BAD_INPUTS = {
     "component folder": (lambda p, d: {"temporal": p["t2v"] / "unet"}, ValueError,
                          r"temporal expert \(.*t2v/unet\): this is one component of the pipeline folder .*t2v; pass "
                          r"that folder"),
+    "component weights file": (lambda p, d: {"temporal": next((p["t2v"] / "unet").glob("*.safetensors"))},
+                               ValueError, r"temporal expert \(.*t2v/unet/.*\.safetensors\): this is one component "
+                               r"of the pipeline folder .*t2v; pass that folder"),
     "unknown single file": (_unknown_file, ValueError,
                             r"control expert \(.*unknown\.safetensors\): no model recognised in this file"),
     "folder without weights": (lambda p, d: {"temporal": copy_without(p["t2v"], d / "t2v_empty", "*.safetensors")},

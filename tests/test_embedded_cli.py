@@ -203,6 +203,19 @@ def test_the_progress_bar_counts_expert_evaluations_as_the_report_does(tmp_path,
     assert re.search(rf"\| {evaluations}/{evaluations} \[", bar), bar[-600:]
 
 
+def test_the_bar_and_the_report_count_timesteps_in_te_units_on_a_flow_expert(tmp_path, capsys):
+    """On a flow expert T_e = 250 is sigma 0.25: the bar shows the refinement at t=250, 200, ... (it showed the
+    shifted table's positions, 94.47, 72.35, ..., as if --te were ignored) and the report lists them."""
+    out = str(tmp_path / "flow")
+    assert main(["generate", "--out", out, "--embedded", "wan", "--height", "64", "--width", "64"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["chain"]["te"] == 250 and report["refine_timesteps"] == [250, 200, 150, 100, 50]
+    shown = re.findall(r"refine t=([\d.]+)", bar)
+    assert shown and {float(t) for t in shown} <= {250, 200, 150, 100, 50}, bar[-600:]
+    assert re.search(r"control t=1000\b", bar), bar[-600:]   # the control stage starts at sigma 1
+
+
 def test_method_options_reach_the_chain_and_the_report(tmp_path):
     read = lambda d: cv2.imread(os.path.join(d, "frames.png"))
     base, r0 = run(tmp_path, "base", "--seed", "5")

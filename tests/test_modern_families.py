@@ -18,7 +18,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, QwenImagePipeline, WanPipeline
 
-from confiner_core.chain import ChainConfig, run_chain
+from confiner_core.chain import ChainConfig, ConFinerWarning, run_chain
 from confiner_core.diffusers_backend import detect, load_experts
 from confiner_core.diffusers_backend.families import flux as F
 from confiner_core.diffusers_backend.families import qwen_image as Q
@@ -597,19 +597,21 @@ def test_a_size_the_transformers_cannot_patch_is_refused_before_loading(modern_d
     assert registry_patch.pixel_multiple == 16
 
 
-@pytest.mark.parametrize("cfg,scales", [(None, {"spatial": 3.5, "temporal": 5.0}),
-                                        (2.0, {"spatial": 2.0, "temporal": 2.0})])
-def test_refinement_guidance_defaults_to_each_experts_own(modern_dirs, tmp_path, cfg, scales):
+@pytest.mark.parametrize("given,scales", [({}, {"spatial": 3.5, "temporal": 5.0}),
+                                          ({"refine_cfg": 2.0}, {"spatial": 2.0, "temporal": 2.0}),
+                                          ({"refine_cfg": 2.0, "temporal_cfg": 6.0}, {"spatial": 2.0, "temporal": 6.0}),
+                                          ({"spatial_cfg": 4.0}, {"spatial": 4.0, "temporal": 5.0})])
+def test_refinement_guidance_defaults_to_each_experts_own(modern_dirs, tmp_path, given, scales):
     """Without ``--cfg`` each refining expert takes its own pipeline's default: FluxPipeline's guidance_scale 3.5
     reaches FLUX.1-dev's guidance input, WanPipeline's 5 guides the Wan expert (both used to get SD 1.5's 7.5);
-    ``--cfg`` sets both."""
+    ``--cfg`` sets both, ``--spatial-cfg`` / ``--temporal-cfg`` one over it."""
     from confiner_core import generate as G
 
     wan = str(modern_dirs("wan21"))
     request = G.GenerateRequest(control=wan, spatial=str(modern_dirs("flux_dev")), temporal=wan, frames=5,
-                                height=32, width=32, refine_cfg=cfg, out=str(tmp_path / "o"))
+                                height=32, width=32, out=str(tmp_path / "o"), **given)
     backend = G.load_backend(request)
-    assert G.refine_guidance(backend) == scales
+    assert G.refine_guidance(backend, request) == scales
     bound = G.bind_experts(backend, request, EvaluationLog(), PROMPT)
     assert bound["temporal"].guidance_scale == scales["temporal"]
     seen = []
@@ -617,3 +619,26 @@ def test_refinement_guidance_defaults_to_each_experts_own(modern_dirs, tmp_path,
         lambda module, args, kwargs: seen.append(kwargs["guidance"].tolist()), with_kwargs=True)
     bound["spatial"](latent((1, 16, 1, 4, 4)), 500)
     assert seen == [[scales["spatial"]]]
+
+
+def test_a_run_warns_of_an_empty_prompt_and_a_negative_prompt_nothing_reads(modern_dirs, tmp_path, recwarn):
+    """With real experts an empty prompt samples unconditionally, and a negative prompt is read only under
+    classifier-free guidance: FLUX.1-dev's guidance is an input and the Wan expert here is at cfg 1. Both used to
+    pass without a word (the video was byte-identical to the run without the negative)."""
+    from confiner_core.cli import main
+
+    wan = str(modern_dirs("wan21"))
+    args = ["generate", "--control", wan, "--spatial", str(modern_dirs("flux_dev")), "--temporal", wan,
+            "--frames", "5", "--height", "64", "--width", "64", "--control-steps", "1", "--refine-steps", "1",
+            "--quiet", "--out"]
+    def warned() -> list[str]:
+        said = [str(w.message) for w in recwarn if w.category is ConFinerWarning]
+        recwarn.clear()
+        return said
+
+    assert main([*args, str(tmp_path / "a"), "--negative-prompt", "blurry", "--temporal-cfg", "1"]) == 0
+    said = warned()
+    assert len(said) == 2 and said[0].startswith("no --prompt: the experts are conditioned on the empty prompt")
+    assert said[1].startswith("--negative-prompt changes nothing here")
+    assert main([*args, str(tmp_path / "b"), "--negative-prompt", "blurry", "--prompt", "a cat"]) == 0
+    assert warned() == []   # Wan at its cfg 5 reads the negative

@@ -212,7 +212,7 @@ class AnimateDiff(Family):
     def base_inspection(self, who: str, role: str, context: Context) -> Inspection:
         """The SD 1.5 model a motion module goes on: ``base`` when it holds UNet weights, else the spatial expert."""
         if context.base is not None and files.has_weights(context.base / "unet"):
-            path = context.base
+            path = context.take_base()
         elif context.paths.get("spatial") is not None:
             path = context.paths["spatial"]
         else:

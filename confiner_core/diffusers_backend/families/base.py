@@ -86,6 +86,12 @@ class Context:
     paths: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    base_used: bool = False   # a family took ``base`` (:meth:`take_base`); given and never taken, it is refused
+
+    def take_base(self) -> Path | None:
+        """``base``, for a family that builds an expert on it (marked used)."""
+        self.base_used = self.base_used or self.base is not None
+        return self.base
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """``make()`` once per key in this call (key e.g. ``("unet", resolved path)``)."""

@@ -68,11 +68,13 @@ def detect(path, who: str | None = None, role: str | None = None) -> tuple[Famil
     descriptions = kind_descriptions()
     accepted = "; ".join(descriptions[k] for k in role_kinds()[role]) if role else \
         "; ".join(sorted(descriptions.values()))
+    # a component of a pipeline folder (unet/, or a weights file inside it): the folder is what was meant
+    pipeline = path.parent.parent if path.is_file() else path.parent
+    if (pipeline / "model_index.json").is_file():
+        raise ValueError(f"{who}: this is one component of the pipeline folder {pipeline}; pass that folder")
     if path.is_file():
         raise ValueError(f"{who}: no model recognised in this file (its tensor names match no supported "
                          f"checkpoint layout); accepted: {accepted}")
-    if (path.parent / "model_index.json").is_file():
-        raise ValueError(f"{who}: this is one component of the pipeline folder {path.parent}; pass that folder")
     raise ValueError(f"{who}: no model recognised in this folder (no component config naming a supported model "
                      f"class, e.g. unet/config.json, and no MotionAdapter config.json); accepted: {accepted}")
 
@@ -134,6 +136,11 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
                     inspections[role] = family.inspect(Path(path), kind, role, context)
             except (ValueError, OSError) as e:
                 raise role_error(role, e)
+    if context.base is not None and not context.base_used:   # a base that changes nothing is a mistake to name
+        raise role_error("base", ValueError(
+            f"base={context.base} would change nothing: it serves a motion module as the SD 1.5 model it goes on (a "
+            f"folder with UNet weights) or a single-file SD 1.5 or SDXL checkpoint as its configs, and none of these "
+            f"experts takes it; leave it out"))
     check_latent_spaces(inspections)
     return inspections
 

@@ -90,7 +90,7 @@ def space_of(who: str, unet_config: dict, vae_config: dict | None, default_vae: 
 def single_file_base(who: str, context: Context, family: str, parts: dict, is_family) -> Path:
     """The ``base`` folder a single-file checkpoint takes its configs, tokenizers and scheduler from: given, of
     the checkpoint's family (``is_family(folder)``), and holding every part in ``parts`` (relative path -> what)."""
-    base = context.base
+    base = context.take_base()
     if base is None:
         raise ValueError(f"{who}: a single-file {family.split()[0]} checkpoint needs base=<local diffusers {family} "
                          f"folder> (--base) for its configs, tokenizer and scheduler (weights may be absent from "
