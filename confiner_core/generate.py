@@ -518,6 +518,11 @@ def refining_role(mode: str) -> str:
     return "temporal" if mode == TEMPORAL else "spatial"
 
 
+#: mode -> the experts its refinement evaluates (a temporal-only run still decodes with the spatial expert's VAE)
+EVALUATED_IN = {COORDINATED: ("spatial", "temporal"), ALTERNATE: ("spatial", "temporal"), STANDARD: ("spatial",),
+                TEMPORAL: ("temporal",)}
+
+
 def natural_frames(spaces) -> int:
     """The clip length the experts are made for: 16 frames, rounded up to the next count every space holds
     (17 for causal 4k+1 video latents such as Wan's)."""
@@ -915,8 +920,9 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
             "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),
-            "guidance": {"control_cfg": req.control_cfg,
-                         **{f"{role}_cfg": scale for role, scale in refine_guidance(backend, req).items()}},
+            "guidance": {"control_cfg": req.control_cfg,   # the experts the refinement evaluates in this mode
+                         **{f"{role}_cfg": scale for role, scale in refine_guidance(backend, req).items()
+                            if role in EVALUATED_IN[req.chain.mode]}},
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),

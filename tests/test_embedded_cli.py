@@ -216,6 +216,13 @@ def test_the_bar_and_the_report_count_timesteps_in_te_units_on_a_flow_expert(tmp
     assert re.search(r"control t=1000\b", bar), bar[-600:]   # the control stage starts at sigma 1
 
 
+@pytest.mark.parametrize("mode, guided", [("temporal", {"temporal_cfg": 2.0}), ("standard", {"spatial_cfg": 3.0})])
+def test_the_report_names_the_guidance_of_the_experts_the_mode_evaluates(tmp_path, mode, guided):
+    """A temporal-only run binds the spatial expert for its VAE alone: its cfg is not reported as if it had guided."""
+    _, report = run(tmp_path, mode, "--mode", mode, "--spatial-cfg", "3", "--temporal-cfg", "2")
+    assert report["guidance"] == {"control_cfg": 1.0, **guided}
+
+
 def test_method_options_reach_the_chain_and_the_report(tmp_path):
     read = lambda d: cv2.imread(os.path.join(d, "frames.png"))
     base, r0 = run(tmp_path, "base", "--seed", "5")
