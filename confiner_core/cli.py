@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-cfg", type=number("--control-cfg"), default=1.0,
                    help="control-stage guidance (1.0: none, as distilled few-step experts want)")
     g.add_argument("--cfg", type=number("--cfg"), default=None,
-                   help="refinement guidance for the spatial and temporal experts (default: each its own: SD 1.5, AnimateDiff "
-                        "and ModelScope 7.5, SDXL and Wan 5, Qwen-Image 4, FLUX.1-dev 3.5 as its distilled guidance, "
-                        "schnell and the embedded default 1)")
+                   help="refinement guidance for the spatial and temporal experts (default: each its own: SD 1.5, "
+                        "AnimateDiff and ModelScope 7.5, SDXL and Wan 5, Qwen-Image 4, FLUX.1-dev 3.5 as its distilled "
+                        "guidance, schnell and the embedded default 1)")
     g.add_argument("--spatial-cfg", type=number("--spatial-cfg"), default=None,
                    help="the spatial expert's guidance alone, over --cfg (FLUX.1-dev: its distilled guidance)")
     g.add_argument("--temporal-cfg", type=number("--temporal-cfg"), default=None,

@@ -205,10 +205,11 @@ class GenerateRequest:
     ``prompt``: text or a prompt schedule (:mod:`confiner_core.prompts`); empty on the embedded experts is their
     world's default scene. ``control``/``spatial``/``temporal``/``base``: checkpoint paths (all None: the embedded
     experts of ``embedded_preset``). ``control_cfg`` guides the control expert; ``refine_cfg`` the spatial and
-    temporal experts, ``spatial_cfg`` / ``temporal_cfg`` one of them (None: see :func:`refine_guidance`). ``chain`` holds the method's settings
-    (``chain.te=None``: the refining expert's default, see :class:`~confiner_core.chain.ChainConfig`); ``long``
-    ConFiner-Long's, used once ``frames`` exceeds a segment or the prompt travels (``long.segment_length=None``, the
-    default here: the experts' natural clip, 16 frames or 17 for Wan-like 4k+1 spaces). The request holds its own
+    temporal experts, ``spatial_cfg`` / ``temporal_cfg`` one of them (None: see :func:`refine_guidance`). ``chain``
+    holds the method's settings (``chain.te=None``: the refining expert's default, see
+    :class:`~confiner_core.chain.ChainConfig`); ``long`` ConFiner-Long's, used once ``frames`` exceeds a segment or
+    the prompt travels (``long.segment_length=None``, the default here: the experts' natural clip, 16 frames or 17
+    for Wan-like 4k+1 spaces). The request holds its own
     copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
     ``long.segment_length``, ``frames``), never in the objects passed in, so one ``ChainConfig`` can serve several
     requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
