@@ -50,6 +50,7 @@ class ConFinerControlExpert(io.ComfyNode):
         )
 
     @classmethod
+    @host.shows_refusals
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler, latent_is_noise=False,
                 spacing="trailing", eta=0.0, low_noise_model=None, low_noise_cfg=1.0,
                 boundary=0.875) -> io.NodeOutput:
@@ -79,4 +80,4 @@ class ConFinerControlExpert(io.ComfyNode):
         with progress.running(), sessions.stage():
             structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log)
-        return io.NodeOutput(host.latent_out(model, structure, latent))
+        return io.NodeOutput({**host.latent_out(model, structure, latent), host.CONTROL_STEPS_KEY: steps})

@@ -62,6 +62,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         return widget_problem(cls, te=te, refine_steps=refine_steps) or refine_problem(te, refine_steps) or True
 
     @classmethod
+    @host.shows_refusals
     def check_lazy_status(cls, experts, te, refine_steps, mode, matching, seed, structure=None,
                           structure_noise="spatial", control_model=None, control_vae=None, **kwargs):
         """Runs once the experts are bundled and before the structure is computed: a wrong combination (a mode
@@ -76,6 +77,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             validate_refinement(spatial, temporal, (1, source.expert.latent_space.channels, 1, 1, 1), config,
                                 source=source, control_schedule=cls.control_schedule(control_model),
                                 vae_fixes=fixes)
+            # the frontend marks this node running from here, through the control stage: not the last run's "done"
+            host.show_text(host.node_id(cls), "waiting for the structure\n(the control stage runs first)")
             return ["structure"]
         return []
 
@@ -119,6 +122,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         return space
 
     @classmethod
+    @host.shows_refusals
     def execute(cls, experts, structure, te, refine_steps, mode, matching, seed, structure_noise="spatial",
                 control_model=None, control_vae=None) -> io.NodeOutput:
         config = cls.config(te, refine_steps, mode, matching, structure_noise)
@@ -131,6 +135,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
+        progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), te, spatial, temporal, mode)
         space = source.expert.latent_space
         x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()))
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,

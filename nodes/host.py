@@ -13,6 +13,7 @@ confiner_core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -29,7 +30,7 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, ChainConfig, control_timesteps,
-                                   refine_positions)
+                                   extraction_schedule, refine_positions, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair
 from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import matched_timestep
@@ -261,6 +262,12 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
     return (f"the spatial expert ({type(config).__name__}) takes its guidance as an input (FluxGuidance on its "
             f"positive), but spatial cfg is {cfg:g}: every spatial evaluation also runs the negative prompt (twice "
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
+
+
+def table3_note(control_steps: int, te: int) -> str:
+    """:func:`~confiner_core.chain.table3_warning` in two lines the node's width shows."""
+    return (f"warning: T_e {te} after {control_steps} control steps:\n"
+            f"Table 3 finds image quality collapsing (see console)")
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
@@ -532,6 +539,8 @@ def noise_in(model, latent: dict) -> torch.Tensor:
 # The key under which the pack notes in a LATENT dict the latent space its samples are in (a core LatentSpace), so
 # the Refine Sampler knows a structure's space without extra wiring.
 SPACE_KEY = "confiner_space"
+# ... and, on a structure, the control steps that made it (for the paper's Table 3 warning on T_e)
+CONTROL_STEPS_KEY = "confiner_control_steps"
 
 
 def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "structure") -> torch.Tensor:
@@ -599,6 +608,14 @@ class Progress:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
         self._warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
 
+    def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
+                    mode: str) -> None:
+        """The paper's Table 3 (:func:`~confiner_core.chain.table3_warning`): T_e at a noise level that collapses
+        image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
+        if control_steps is not None:
+            warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
+            self._warn(warning, table3_note(control_steps, te))
+
     def _warn(self, warning: str | None, note: str) -> None:
         if warning:
             logging.warning("ConFiner: %s", warning)
@@ -634,14 +651,34 @@ class Progress:
             self.show(self.opening)
         try:
             yield
-        except comfy.model_management.InterruptProcessingException:
+        except comfy.model_management.InterruptProcessingException as e:
             self.show(f"cancelled after evaluation {self.done}/{self.total}")
+            e.confiner_text_shown = True   # for :func:`shows_refusals`
             raise
-        except Exception:
+        except Exception as e:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
+            e.confiner_text_shown = True
             raise
         self.summary = f"done · {self.done} expert evaluations in {time.perf_counter() - start:.1f} s"
         self.show(self.summary)
+
+
+def shows_refusals(method):
+    """For a node's ``execute`` or ``check_lazy_status`` (under ``@classmethod``): an error before any evaluation
+    (an input refused, a cancel while the node prepares) also replaces the node's text. Else the previous run's
+    "done" stays under a node the frontend marks failed. Errors during sampling have their own line
+    (:meth:`Progress.running`)."""
+    @functools.wraps(method)
+    def wrapper(cls, *args, **kwargs):
+        try:
+            return method(cls, *args, **kwargs)
+        except Exception as e:
+            if not getattr(e, "confiner_text_shown", False):
+                cancelled = isinstance(e, comfy.model_management.InterruptProcessingException)
+                show_text(node_id(cls), "cancelled before any evaluation" if cancelled else
+                          "stopped before any evaluation (see the error)")
+            raise
+    return wrapper
 
 
 def node_id(node_cls) -> str | None:

@@ -129,6 +129,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         return widget_problem(cls, frames=frames) or prompt_schedule_problem(segment_prompts, frames) or True
 
     @classmethod
+    @host.shows_refusals
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
@@ -205,6 +206,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
+        progress.warn_table3(control_steps, te, spatial, temporal, mode)
         refiner = refining_denoiser(spatial, temporal, mode)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape

@@ -81,9 +81,9 @@ class RefineExperts:
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
         if mode != "standard" and self.temporal_model is None:
-            raise ValueError(f"refine mode '{mode}' needs a temporal expert, but temporal_model on ConFiner Refine "
-                             f"Experts is not connected: connect a text-to-video MODEL (e.g. SD 1.5 + AnimateDiff) "
-                             f"or set refine mode to 'standard'")
+            raise ValueError(f"refine mode '{mode}' needs a temporal expert, but temporal model (temporal_model) on "
+                             f"ConFiner Refine Experts is not connected: connect a text-to-video MODEL (e.g. SD 1.5 + "
+                             f"AnimateDiff) or set refine mode to 'standard'")
 
     def vae_fixes(self, control: tuple | None = None) -> dict:
         """Role -> how to give that expert a VAE (for the core's bridge checks); ``control``: (input, node) of the

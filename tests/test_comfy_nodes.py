@@ -142,8 +142,11 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     def updates(node):   # each update's stage and step lines (without motion models the node's warnings come first)
         return [" · ".join(t["text"].split("\n")[-2:]) for t in texts if t["node_id"] == node and "step" in t["text"]]
 
-    # before the first evaluation, the run's start in place of the previous run's end
-    assert [t["text"] for t in texts if t["node_id"] == sampler][0].endswith("starting · 15 expert evaluations")
+    # from the moment the frontend marks it running (its lazy check, before the control stage) to its first
+    # evaluation, the run's start in place of the previous run's end
+    before = [t["text"] for t in texts if t["node_id"] == sampler][:2]
+    assert before[0].endswith("waiting for the structure\n(the control stage runs first)"), before
+    assert before[1].endswith("starting · 15 expert evaluations"), before
     sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
     assert sampler_texts[1].startswith("refinement · temporal expert · step 1/5")
@@ -192,7 +195,8 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
     for node_type, role, last in (("ConFinerControlExpert", "control", "done · 4 expert evaluations"),
                                   ("ConFinerCoordinatedSampler", "temporal", "done · 15 expert evaluations")):
         (node,) = _node_ids(workflow, node_type)
-        mine = [t["text"] for t in texts if t["node_id"] == node]
+        # (the Refine Sampler's lazy check says it waits for the structure before the node's own run begins)
+        mine = [t["text"] for t in texts if t["node_id"] == node and not t["text"].startswith("waiting for the")]
         warning = f"warning: the {role} expert is an image model"
         assert mine[0].startswith(warning), mine[0]              # before its first evaluation
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end
@@ -273,11 +277,30 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert not result["success"]
     message = result["error"]["exception_message"]
-    assert "needs a temporal expert" in message and "temporal_model" in message
-    assert result["error"]["node_id"] in _node_ids(workflow, "ConFinerCoordinatedSampler")
+    assert "needs a temporal expert" in message and "temporal model (temporal_model)" in message
+    (sampler,) = _node_ids(workflow, "ConFinerCoordinatedSampler")
+    assert result["error"]["node_id"] == sampler
+    # the node's text says it stopped, in place of a previous run's "done"
+    texts = [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == sampler]
+    assert texts == ["stopped before any evaluation (see the error)"], texts
     # refused before the structure was made: the Control Expert never ran, no expert was evaluated
     assert not any(n in result["executed"] for n in _node_ids(workflow, "ConFinerControlExpert"))
     assert result["progress"] == []
+
+
+@pytest.mark.parametrize("te, warned", [(300, True), (200, False)])
+def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_worker, te, warned):
+    """The paper's Table 3: after 4 control steps T_e >= 300 collapses image quality. The library warns; the Refine
+    Sampler knows the structure's control steps from the Control Expert and says so under the node for the run."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
+    sampler["widgets_values"][0] = te
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert result["success"]
+    texts = [m[1]["text"] for m in result["server_messages"]
+             if m[0] == "progress_text" and m[1]["node_id"] == str(sampler["id"]) and "\nstep " in m[1]["text"]]
+    note = f"warning: T_e {te} after 4 control steps:\nTable 3 finds image quality collapsing (see console)"
+    assert len(texts) == 15 and all((note in t) == warned for t in texts), texts[:2]
 
 
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
