@@ -664,10 +664,10 @@ class Progress:
 
 
 def shows_refusals(method):
-    """For a node's ``execute`` or ``check_lazy_status`` (under ``@classmethod``): an error before any evaluation
-    (an input refused, a cancel while the node prepares) also replaces the node's text. Else the previous run's
-    "done" stays under a node the frontend marks failed. Errors during sampling have their own line
-    (:meth:`Progress.running`)."""
+    """For a node's ``execute`` or ``check_lazy_status`` (under ``@classmethod``): an error outside the sampling (an
+    input refused before any evaluation, a cancel while the node prepares, a failed join after it) also replaces the
+    node's text. Else the previous run's "done" stays under a node the frontend marks failed. Errors during sampling
+    have their own line, with the evaluation they stopped at (:meth:`Progress.running`)."""
     @functools.wraps(method)
     def wrapper(cls, *args, **kwargs):
         try:
@@ -675,8 +675,7 @@ def shows_refusals(method):
         except Exception as e:
             if not getattr(e, "confiner_text_shown", False):
                 cancelled = isinstance(e, comfy.model_management.InterruptProcessingException)
-                show_text(node_id(cls), "cancelled before any evaluation" if cancelled else
-                          "stopped before any evaluation (see the error)")
+                show_text(node_id(cls), "cancelled" if cancelled else "stopped by an error (see the error)")
             raise
     return wrapper
 

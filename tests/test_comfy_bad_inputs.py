@@ -159,6 +159,9 @@ def _filed_under(result: dict) -> set:
             for e in errs.get("errors", [])}
 
 
+SAMPLING_NODES = ("ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_before_any_expert_evaluation(comfy_worker, host_checks_v3_combos, case):
     name, graph, node, change, stage, words, *filed = case
@@ -181,6 +184,10 @@ def test_bad_input_is_refused_before_any_expert_evaluation(comfy_worker, host_ch
         assert _filed_under(r) == set(filed[0] if filed else change), message
     else:
         assert "Traceback" not in message and "\n" not in message.strip()
+        failed = r["error"]["node_id"]
+        if prompt[failed]["class_type"] in SAMPLING_NODES:   # its text says so, not a previous run's "done"
+            texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == failed]
+            assert texts and texts[-1] == "stopped by an error (see the error)", (name, texts)
 
 
 @pytest.mark.parametrize("graph, words", [

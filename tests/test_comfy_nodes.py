@@ -282,7 +282,7 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     assert result["error"]["node_id"] == sampler
     # the node's text says it stopped, in place of a previous run's "done"
     texts = [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == sampler]
-    assert texts == ["stopped before any evaluation (see the error)"], texts
+    assert texts == ["stopped by an error (see the error)"], texts
     # refused before the structure was made: the Control Expert never ran, no expert was evaluated
     assert not any(n in result["executed"] for n in _node_ids(workflow, "ConFinerControlExpert"))
     assert result["progress"] == []
