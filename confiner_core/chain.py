@@ -16,7 +16,7 @@ import torch
 from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
-from .layout import VIDEO, check_latent
+from .layout import FRAMES, VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
 from .schedules import VP, NoiseSchedule
@@ -240,6 +240,19 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
+    for message in frames_alone_warnings(control, temporal if config.mode != STANDARD else None):
+        warnings.warn(message, ConFinerWarning, stacklevel=2)
+
+
+def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[str]:
+    """An image expert (``layout`` frames) in a role that relates frames runs, since it may be meant, but makes or
+    refines every frame on its own (also what experts passed to :func:`run_chain` in another order give)."""
+    tasks = {"control": "lays out every frame on its own, so the structure has no motion",
+             "temporal": "refines every frame on its own, so it cannot keep them coherent"}
+    return [f"the {role} expert {denoiser.expert.name!r} takes one frame at a time (an image model): it {tasks[role]}; "
+            f"give it a video expert (run_chain takes control, spatial, temporal in that order)"
+            for role, denoiser in (("control", control), ("temporal", temporal))
+            if denoiser is not None and denoiser.expert.layout == FRAMES]
 
 
 @dataclass

@@ -226,6 +226,29 @@ def test_table3_warning_only_where_the_paper_found_collapse():
         run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
 
 
+@pytest.mark.parametrize("mode, warned", [("coordinated", ["control", "temporal"]), ("standard", ["control"])])
+def test_an_image_expert_in_a_role_that_relates_frames_is_warned(mode, warned):
+    """Experts passed in another order (the image expert as control, or as temporal expert where the mode evaluates
+    it) run, as they may be meant, and say that every frame is made or refined on its own."""
+    import warnings
+
+    from confiner_core.chain import ConFinerWarning
+
+    x0 = x0_star()
+    image = OracleExpert(x0, S.named("sd15"), layout=FRAMES, name="image").bind()
+    video = OracleExpert(x0, S.named("animatediff"), name="video").bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_chain(image, image, image, noise, ChainConfig(mode=mode), torch.Generator().manual_seed(0))
+        said = [str(w.message) for w in caught if w.category is ConFinerWarning]
+        assert [m.split()[1] for m in said] == warned, said
+        assert all("takes one frame at a time (an image model)" in m for m in said)
+        caught.clear()
+        run_chain(video, image, video, noise, ChainConfig(mode=mode), torch.Generator().manual_seed(0))
+        assert not [w for w in caught if w.category is ConFinerWarning]   # the roles as meant: nothing to say
+
+
 def test_structure_noise_control_needs_a_control_schedule():
     from confiner_core.chain import refine_structure, validate_refinement
 
