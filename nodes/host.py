@@ -264,10 +264,11 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
 
 
-def table3_note(control_steps: int, te: int) -> str:
-    """:func:`~confiner_core.chain.table3_warning` in two lines the node's width shows."""
-    return (f"warning: T_e {te} after {control_steps} control steps:\n"
-            f"Table 3 finds image quality collapsing (see console)")
+def table3_note(te: int) -> str:
+    """:func:`~confiner_core.chain.table3_warning` in one line the node's width shows: with a preview the frontend
+    gives the Refine Sampler's text two lines, and two lines of this advice hid every step (the console has the
+    sentence)."""
+    return f"warning: T_e {te} collapses image quality (Table 3; console)"
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
@@ -614,7 +615,7 @@ class Progress:
         image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
         if control_steps is not None:
             warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
-            self._warn(warning, table3_note(control_steps, te))
+            self._warn(warning, table3_note(te))
 
     def _warn(self, warning: str | None, note: str) -> None:
         if warning:

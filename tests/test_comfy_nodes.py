@@ -299,8 +299,9 @@ def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_
     assert result["success"]
     texts = [m[1]["text"] for m in result["server_messages"]
              if m[0] == "progress_text" and m[1]["node_id"] == str(sampler["id"]) and "\nstep " in m[1]["text"]]
-    note = f"warning: T_e {te} after 4 control steps:\nTable 3 finds image quality collapsing (see console)"
-    assert len(texts) == 15 and all((note in t) == warned for t in texts), texts[:2]
+    note = f"warning: T_e {te} collapses image quality (Table 3; console)"
+    assert len(texts) == 15 and all((note in t.split("\n")) == warned for t in texts), texts[:2]
+    assert all(len(line) <= 60 for t in texts for line in t.split("\n"))
 
 
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
