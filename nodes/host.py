@@ -245,10 +245,11 @@ def frames_alone(model, role: str) -> str | None:
 
 
 def frames_alone_note(role: str) -> str:
-    """:func:`frames_alone` as the node's text shows it: the frontend neither wraps nor scrolls that text, so two
-    lines that fit a node's width (the console has the whole sentence)."""
-    task = "laid out" if role == "control" else "refined"
-    return f"warning: the {role} expert is an image model:\nits frames are {task} one by one (see console)"
+    """:func:`frames_alone` as the node's text shows it: one line that fits a node's width (the frontend neither wraps
+    nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console has the
+    whole sentence)."""
+    effect = "no motion" if role == "control" else "no coherence"
+    return f"warning: the {role} expert is an image model: {effect}"
 
 
 def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
@@ -272,8 +273,8 @@ def table3_note(te: int) -> str:
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
-    """:func:`cfg_on_distilled_guidance` in two lines the node's width shows (the console has the sentence)."""
-    return f"warning: spatial cfg {cfg:g} on a guidance-distilled\nmodel: 1 and FluxGuidance are usual (see console)"
+    """:func:`cfg_on_distilled_guidance` in one line, as :func:`frames_alone_note` (the console has the sentence)."""
+    return f"warning: spatial cfg {cfg:g} on a distilled model: use 1"
 
 
 def evaluates_per_frame(model, role: str) -> bool:
