@@ -28,6 +28,9 @@ STANDARD = "standard"
 TEMPORAL = "temporal"
 ALTERNATE = "alternate"
 MODES = (COORDINATED, STANDARD, TEMPORAL, ALTERNATE)
+#: mode -> the experts its refinement evaluates (the temporal-only ablation still decodes with the spatial one's VAE)
+EVALUATED_IN = {COORDINATED: ("spatial", "temporal"), STANDARD: ("spatial",), TEMPORAL: ("temporal",),
+                ALTERNATE: ("spatial", "temporal")}
 
 # Which schedule noises the structure to T_e: Eq. 6 (the spatial expert's, the paper's equation and our default)
 # or Algorithm 1, line 4 (the control expert's scheduler).
@@ -204,7 +207,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
     config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
     config.validate()
-    if config.mode != STANDARD and temporal is None:
+    if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     validate_experts(roles, shape, "control")
@@ -240,7 +243,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
-    for message in frames_alone_warnings(control, temporal if config.mode != STANDARD else None):
+    for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
         warnings.warn(message, ConFinerWarning, stacklevel=2)
 
 

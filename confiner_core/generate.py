@@ -31,9 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, metrics
-from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, MODES, REFINE_SPACINGS, STANDARD, STRUCTURE_NOISES, TEMPORAL,
-                    ChainConfig, ConFinerWarning, TooManyFrames, default_te, refine_timesteps, refining_denoiser,
-                    run_chain, validate_chain)
+from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
+                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
+                    refine_timesteps, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -517,11 +517,6 @@ def too_many_frames(e: TooManyFrames, long: bool) -> UsageError:
 
 def refining_role(mode: str) -> str:
     return "temporal" if mode == TEMPORAL else "spatial"
-
-
-#: mode -> the experts its refinement evaluates (a temporal-only run still decodes with the spatial expert's VAE)
-EVALUATED_IN = {COORDINATED: ("spatial", "temporal"), ALTERNATE: ("spatial", "temporal"), STANDARD: ("spatial",),
-                TEMPORAL: ("temporal",)}
 
 
 def natural_frames(spaces) -> int:
