@@ -66,10 +66,6 @@ class FluxPromptEncoder(RecentPrompts):
         self.max_sequence_length = max_sequence_length
 
     @property
-    def networks(self) -> list:
-        return [self.text_encoder]
-
-    @property
     def width(self) -> int:
         return int(self.text_encoder_2.config.d_model)
 
