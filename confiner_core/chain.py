@@ -31,6 +31,8 @@ MODES = (COORDINATED, STANDARD, TEMPORAL, ALTERNATE)
 #: mode -> the experts its refinement evaluates (the temporal-only ablation still decodes with the spatial one's VAE)
 EVALUATED_IN = {COORDINATED: ("spatial", "temporal"), STANDARD: ("spatial",), TEMPORAL: ("temporal",),
                 ALTERNATE: ("spatial", "temporal")}
+#: mode -> expert evaluations per refinement step (Algorithm 1: two spatial and one temporal when coordinated)
+EVALUATIONS_PER_REFINE_STEP = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
 
 # Which schedule noises the structure to T_e: Eq. 6 (the spatial expert's, the paper's equation and our default)
 # or Algorithm 1, line 4 (the control expert's scheduler).
@@ -323,6 +325,11 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     if config.mode == TEMPORAL:
         return R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
     return R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
+
+
+def refine_evaluations(config: ChainConfig) -> int:
+    """Expert evaluations one refinement (one window) makes: what progress bars and reports count."""
+    return EVALUATIONS_PER_REFINE_STEP[config.mode] * config.refine_steps
 
 
 def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,

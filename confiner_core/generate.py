@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
-                    refine_timesteps, refining_denoiser, run_chain, validate_chain)
+                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -56,8 +56,6 @@ SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffuse
 COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
 CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-# Expert evaluations per refinement step of each mode (Algorithm 1: two spatial + one temporal when coordinated).
-REFINE_EVALUATIONS = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -576,7 +574,7 @@ def expert_schedules(req: GenerateRequest) -> dict:
 def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) -> int:
     """Expert evaluations of a run: control steps per structure plus refinement evaluations per window."""
     structures, windows = (plan.structures, len(plan.windows)) if plan is not None else (1, 1)
-    return structures * chain.control_steps + windows * chain.refine_steps * REFINE_EVALUATIONS[chain.mode]
+    return structures * chain.control_steps + windows * refine_evaluations(chain)
 
 
 # ----------------------------------------------------------------------------------------------------------------

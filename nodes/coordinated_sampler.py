@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import STANDARD, ChainConfig, refine_structure, refining_denoiser, validate_refinement
+from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, refine_structure, refining_denoiser,
+                                   validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
 from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
@@ -130,7 +131,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         experts.check_mode(mode)
         ade.new_run()
         log = EvaluationLog()
-        progress = host.Progress(experts.spatial_model, host.refine_evaluations(config), host.node_id(cls))
+        progress = host.Progress(experts.spatial_model, refine_evaluations(config), host.node_id(cls))
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None})
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,

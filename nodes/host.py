@@ -29,8 +29,8 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
-from ..confiner_core.chain import (ALTERNATE, COORDINATED, STANDARD, TEMPORAL, ChainConfig, control_timesteps,
-                                   extraction_schedule, refine_positions, table3_warning)
+from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_timesteps, extraction_schedule,
+                                   refine_positions, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair
 from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import matched_timestep
@@ -453,9 +453,6 @@ class StructureSource(Expert):
 # ------------------------------------------------------------------------------------------------------------------
 # Stage plans: the timesteps each expert is evaluated at in a stage (what its sampling calls are told).
 
-EVALUATIONS_PER_REFINE_STEP = {COORDINATED: 3, STANDARD: 1, TEMPORAL: 1, ALTERNATE: 1}
-
-
 def _set_plan(denoiser: Denoiser, timesteps: list) -> None:
     for expert in members(denoiser.expert):
         expert.plan = list(timesteps)
@@ -489,10 +486,6 @@ def check_frames(denoiser: Denoiser, frames: int, segment: bool = False) -> None
     raise ValueError(f"the {denoiser.expert.name} expert's AnimateDiff motion model makes at most {limit} frames "
                      f"without context windows, but the latent has {frames}: use fewer frames, add "
                      f"AnimateDiff-Evolved context options to that model, or use ConFiner Long Video")
-
-
-def refine_evaluations(config: ChainConfig) -> int:
-    return EVALUATIONS_PER_REFINE_STEP[config.mode] * config.refine_steps
 
 
 def layout_of(model) -> str:

@@ -7,7 +7,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import STANDARD, ChainConfig, refining_denoiser, validate_refinement
+from ..confiner_core.chain import STANDARD, ChainConfig, refine_evaluations, refining_denoiser, validate_refinement
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
@@ -175,7 +175,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             host.show_text(host.node_id(cls), node_schedule_text(prompts, plan))
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
-        per_window = host.refine_evaluations(chain)
+        per_window = refine_evaluations(chain)
         total = plan.structures * control_steps + len(plan.windows) * per_window
 
         def index(role, counts) -> int:   # the structure (control stage) or window this evaluation is in
