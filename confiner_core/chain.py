@@ -247,6 +247,28 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
         warnings.warn(message, ConFinerWarning, stacklevel=2)
     for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
         warnings.warn(message, ConFinerWarning, stacklevel=2)
+    for name in unused_settings(config):
+        warnings.warn(f"{name}={getattr(config, name)!r} {UNUSED_BECAUSE[name](config)}, so it changes nothing",
+                      ConFinerWarning, stacklevel=2)
+
+
+#: setting -> why a config leaves it unread (:func:`unused_settings`)
+UNUSED_BECAUSE = {
+    "control_eta": lambda c: f"applies to the DDIM control sampler only (control_sampler {c.control_sampler!r} "
+                             f"draws no noise)",
+    "matching": lambda c: f"picks the temporal expert's timestep in coordinated refinement only (mode {c.mode!r})",
+}
+
+
+def unused_settings(config: ChainConfig) -> list[str]:
+    """Settings ``config`` holds that its sampler or mode never reads: the command line refuses them, the library
+    warns (:func:`validate_chain`); a run with them is the run without them."""
+    unused = []
+    if config.control_eta and config.control_sampler != "ddim":
+        unused.append("control_eta")
+    if config.matching != R.SAME_INDEX and config.mode != COORDINATED:
+        unused.append("matching")
+    return unused
 
 
 def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[str]:
@@ -299,8 +321,9 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
     check_latent(noise, VIDEO, name="generate_structure: noise")
-    if generator is not None:
-        check_generator(generator, "generate_structure")
+    if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
+        check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
+                        if generator is None else "generate_structure")
     return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                           config.control_eta, generator, eps_hook, callback, config.control_spacing)
 
@@ -317,6 +340,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
     """Stage 2 in the configured mode, from V'_{T_e} to the refined video."""
+    check_generator(generator, "refine")
     ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)

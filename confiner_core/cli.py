@@ -145,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "4k+1 latents); longer videos are made of staggered segments")
     g.add_argument("--noise-init", choices=NOISE_INITS, default="shuffle",
                    help="long videos: consistency initialization (frame-shuffled base noise), FreeNoise, or none")
-    g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=16,
-                   help="--noise-init freenoise: frames of the noise window that is rescheduled")
-    g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=4,
-                   help="--noise-init freenoise: frames between shuffled noise windows")
+    g.add_argument("--freenoise-window", type=number("--freenoise-window"), default=None,
+                   help="--noise-init freenoise: latent frames of the noise window that is rescheduled (default: one "
+                        "segment's, 16 for SD's 16-frame segments; a Wan latent frame holds 4 video frames)")
+    g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=None,
+                   help="--noise-init freenoise: latent frames between shuffled noise windows (default: a quarter of "
+                        "the window)")
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
                    help="guided: pull towards the previous segment's guided prediction (Eq. 12 as printed); "
@@ -190,11 +192,12 @@ def evaluate_command(a: argparse.Namespace) -> int:
     from . import metrics
 
     video = a.video
-    if all(os.path.isfile(os.path.join(video, name)) for name in ("video.mp4", "report.json")):
+    if os.path.isdir(video) and os.path.isfile(os.path.join(video, "video.mp4")):
         video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
     try:
         folder = os.path.dirname(os.path.abspath(video))
-        if os.path.basename(video) == "frames.png" and os.path.isfile(os.path.join(folder, "report.json")):
+        if os.path.basename(video) == "frames.png" and any(os.path.isfile(os.path.join(folder, name))
+                                                           for name in ("video.mp4", "report.json")):
             raise ValueError(f"{video!r} is a generate output's contact sheet, one image of a few frames side by side: "
                              f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)

@@ -30,6 +30,10 @@ class Prediction(NamedTuple):
     eps: torch.Tensor
 
 
+#: what an :class:`EvaluationLog` counts, per stage (a long run carries these with each window and in its resume state)
+COUNTERS = ("evaluations", "forwards", "vae_calls")
+
+
 @dataclass
 class EvaluationLog:
     """One run's count, per stage, of expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction,
@@ -100,6 +104,15 @@ class EvaluationLog:
 
     def record_vae(self, calls: int) -> None:
         self.vae_calls[self.current] += calls
+
+    def counts(self) -> dict[str, Counter]:
+        """A copy of the counters (:data:`COUNTERS`), per stage."""
+        return {name: Counter(getattr(self, name)) for name in COUNTERS}
+
+    def add_counts(self, counts: dict) -> None:
+        """Add counts made elsewhere: by another process, or before a resumed run was interrupted."""
+        for name in COUNTERS:
+            getattr(self, name).update(counts.get(name, {}))
 
     def as_dict(self) -> dict:
         return {"evaluations": dict(self.evaluations), "forwards": dict(self.forwards),

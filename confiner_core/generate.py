@@ -33,11 +33,13 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
-                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, validate_chain)
+                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
+                    validate_chain)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
-from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
-                   generate_long, plan_segments, render_applied_schedule)
+from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, freenoise_span,
+                   generate_long, plan_segments, render_applied_schedule, unused_entries,
+                   unused_entries_text)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX, TIMESTEP_MATCHING
@@ -113,8 +115,8 @@ NUMBERS = (
     Number("--eta", "chain.eta", float, 0, 1),
     Number("--control-eta", "chain.control_eta", float, 0, 1),
     Number("--segment-length", "long.segment_length", int, 2, 4096, optional=True),
-    Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000),
-    Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000),
+    Number("--freenoise-window", "long.freenoise_window", int, 1, 100_000, optional=True),
+    Number("--freenoise-stride", "long.freenoise_stride", int, 1, 100_000, optional=True),
     Number("--gamma", "long.gamma", float, 0, 0.5),
 )
 CHOICES = (
@@ -235,7 +237,7 @@ class GenerateRequest:
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     chain: ChainConfig = field(default_factory=ChainConfig)
-    long: LongConfig = field(default_factory=lambda: LongConfig(segment_length=None))
+    long: LongConfig = field(default_factory=LongConfig)
 
     def __post_init__(self):
         for name, kind in (("chain", ChainConfig), ("long", LongConfig)):
@@ -275,18 +277,23 @@ class GenerateRequest:
             raise UsageError(f"--seed must be an integer, got a torch.Generator: pass its seed, "
                              f"{self.seed.initial_seed()} (generator.initial_seed())", "--seed")
         for number in NUMBERS:
-            number.check(lookup(self, number.path))
+            value = lookup(self, number.path)
+            number.check(value)
+            if value is not None and type(value) is not number.kind:   # NumPy's numbers: kept as Python's (the seed
+                *owner, name = number.path.split(".")                  # seeds torch, the report is JSON)
+                setattr(lookup(self, ".".join(owner)) if owner else self, name, number.kind(value))
         for option, path, choices in CHOICES:
             value = lookup(self, path)
             if value not in choices:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
-        if self.chain.control_eta and self.chain.control_sampler != "ddim":   # it would be recorded, not used
+        unused = unused_settings(self.chain)   # they would be recorded, not used
+        if "control_eta" in unused:
             raise UsageError(f"--control-eta {self.chain.control_eta:g} applies to --control-sampler ddim only (the "
                              f"{self.chain.control_sampler} sampler draws no noise): drop it or use ddim",
                              "--control-eta")
-        if self.chain.matching != SAME_INDEX and self.chain.mode != COORDINATED:
+        if "matching" in unused:
             raise UsageError(f"--matching {self.chain.matching} picks the temporal expert's timestep in coordinated "
                              f"refinement only; this run is --mode {self.chain.mode}: drop --matching",
                              "--matching")
@@ -333,8 +340,7 @@ class GenerateRequest:
         if self.embedded and self.speed != "eager":
             raise UsageError(f"--speed {self.speed} speeds up the networks of diffusers checkpoints (--control, "
                              f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
-        if plan is not None:
-            self._validate_resume(plan)
+        self._validate_resume()
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
             warnings.warn(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
                                   "samples); give --prompt \"...\" to describe the video"), ConFinerWarning,
@@ -399,16 +405,22 @@ class GenerateRequest:
                 raise UsageError(f"{' and '.join(unused)} shape{'s' if len(unused) == 1 else ''} FreeNoise's noise; "
                                  f"this run's --noise-init is {L.noise_init}: drop {'it' if len(unused) == 1 else 'them'} "
                                  "or use --noise-init freenoise", unused[0])
-        if L.noise_init == "freenoise":
-            noise_frames = plan.structures * self.spaces()["control"].latent_frames(L.segment_length)
-            if L.freenoise_stride > L.freenoise_window:
-                raise UsageError(f"--freenoise-stride ({L.freenoise_stride}) must be at most --freenoise-window "
-                                 f"({L.freenoise_window})", "--freenoise-stride")
-            if L.freenoise_window >= noise_frames:
-                raise UsageError(f"--freenoise-window ({L.freenoise_window}) must be shorter than the {noise_frames} "
-                                 f"noise frames of this run ({plan.structures} segments of {L.segment_length}), "
-                                 f"else nothing is rescheduled; use the segment length ({L.segment_length})",
+        if L.noise_init == "freenoise":   # in latent frames, the noise's (a Wan latent frame holds 4 video frames)
+            segment = self.spaces()["control"].latent_frames(L.segment_length)
+            window, stride = freenoise_span(L, segment)
+            frames = (f"{segment} latent frames = {L.segment_length} video frames" if segment != L.segment_length
+                      else f"{segment} frames")
+            if stride > window:
+                raise UsageError(f"--freenoise-stride ({stride}) must be at most the FreeNoise window ({window}"
+                                 f"{'' if L.freenoise_window else ': one segment'})", "--freenoise-stride")
+            if window >= plan.structures * segment:
+                raise UsageError(f"--freenoise-window ({window}) must be shorter than this run's noise "
+                                 f"({plan.structures} structures of {frames}, {plan.structures * segment} in all), "
+                                 f"else nothing is rescheduled; leave it out for one segment ({frames})",
                                  "--freenoise-window")
+        if L.gamma == 0 and L.coherence_memory != LongConfig.coherence_memory:
+            raise UsageError(f"--coherence-memory {L.coherence_memory} chooses what coherence guidance pulls towards; "
+                             f"this run's --gamma is 0 (off): drop it or set --gamma above 0", "--coherence-memory")
 
     def _validate_checkpoints(self) -> None:
         """Path checks before any weights load: each role's path exists and is a model kind that role accepts
@@ -477,7 +489,9 @@ class GenerateRequest:
             raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
                              f"{schedules['control'].num_timesteps} timesteps", "--control-steps")
 
-    def _validate_resume(self, plan: SegmentPlan) -> None:
+    def _validate_resume(self) -> None:
+        """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
+        run or a single clip) is refused, so that the interrupted run's windows are not lost."""
         from .resume import ResumeStore
 
         store = ResumeStore(self.out, self.run_settings())
@@ -488,11 +502,12 @@ class GenerateRequest:
             store.check()
         elif store.exists():
             try:
-                done = store.info().get("next_window", "?")
+                info = store.info()
+                done = f"{info.get('next_window', '?')} of {info.get('windows', '?')}"
             except (OSError, ValueError):
-                done = "?"
-            raise UsageError(f"--out: {self.out} holds an interrupted ConFiner-Long run ({done} of "
-                             f"{len(plan.windows)} windows done); continue it with --resume, or delete "
+                done = "some"
+            raise UsageError(f"--out: {self.out} holds an interrupted ConFiner-Long run ({done} windows done); "
+                             f"continue it with --resume (and its settings), write elsewhere, or delete "
                              f"{store.folder} to start over", "--out")
 
     def run_settings(self) -> dict:
@@ -704,7 +719,11 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
         if moved:
-            announce(moved)
+            announce(moved)   # with the entries left unused
+    if announce is None and lead and plan is not None and schedule.travels:   # a script: as a warning
+        unused = unused_entries_text(plan, schedule)
+        if unused:
+            warnings.warn(unused.removeprefix("warning: "), ConFinerWarning, stacklevel=3)
     log = EvaluationLog()
     store = None
     if plan is not None:
@@ -864,8 +883,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
         if lead:
-            log.evaluations.update(resume.evaluations)
-            log.forwards.update(resume.forwards)
+            log.add_counts(resume.counts())
             finished = plan.windows[:resume.next_window]
             for window in finished:
                 write(decode(store.window(window.index).to(device), plan.window_frames(window)))
@@ -894,14 +912,15 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
                                   ranks=ranks)
     if not lead:
         return {}
-    if ranks.world > 1:   # the report counts every process's evaluations: those of the finished windows
-        log.evaluations, log.forwards = final.evaluations, final.forwards
+    if ranks.world > 1:   # the report counts every process's work: what the finished windows cost
+        log.evaluations, log.forwards, log.vae_calls = final.evaluations, final.forwards, final.vae_calls
     extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0,
              "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
         extra["prompt_schedule_applied"] = [{"frames": [a, b], "prompt": p}
                                             for a, b, p in applied_schedule(plan, schedule).ranges()]
+        extra["prompt_schedule_unused"] = [{"frames": [a, b], "prompt": p} for a, b, p in unused_entries(plan, schedule)]
     if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())

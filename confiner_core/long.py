@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
-from .experts import Denoiser, in_stage
+from .experts import COUNTERS, Denoiser, in_stage
 from .prompts import Entry, PromptSchedule, render_schedule
 
 SHUFFLE = "shuffle"
@@ -115,6 +115,13 @@ def shuffled_noise(base: torch.Tensor, generator: torch.Generator) -> torch.Tens
     """Consistency initialization: a random permutation of the frame axis (dim 2) of the base noise."""
     perm = torch.randperm(base.shape[2], generator=generator, device=generator.device).to(base.device)
     return base[:, :, perm]
+
+
+def freenoise_span(config: LongConfig, segment_latent_frames: int) -> tuple[int, int]:
+    """FreeNoise's (window, stride) in latent frames: the config's, or its defaults for segments of
+    ``segment_latent_frames`` (see :class:`LongConfig`)."""
+    window = config.freenoise_window or segment_latent_frames
+    return window, config.freenoise_stride or max(1, window // 4)
 
 
 def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator) -> torch.Tensor:
@@ -270,13 +277,19 @@ class RelayedGuidance:
 
 @dataclass
 class LongConfig:
-    """Defaults: L = 16 (the clip length of AnimateDiff/ModelScope), all three strategies on, coherence guidance
-    towards the previous segment's guided prediction (Eq. 12 as printed)."""
+    """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
+    AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies
+    on, coherence guidance towards the previous segment's guided prediction (Eq. 12 as printed).
 
-    segment_length: int | None = 16  # None: the caller picks the experts' natural clip (generate: 16 or 17)
+    FreeNoise's window and stride count the noise's frames, which are latent frames: video frames for SD-family
+    experts, while a Wan latent frame holds 4 (a 17-frame segment is 5). By default the window is one segment's
+    latent frames (FreeNoise's window is the clip length the model makes: 16 for AnimateDiff) and the stride a
+    quarter of it (FreeNoise's 16 and 4 for SD's 16-frame segments)."""
+
+    segment_length: int | None = None  # None: the experts' natural clip (generate: 16 or 17), or the plan's
     noise_init: str = SHUFFLE
-    freenoise_window: int = 16
-    freenoise_stride: int = 4
+    freenoise_window: int | None = None   # latent frames; None: one segment's
+    freenoise_stride: int | None = None   # latent frames; None: a quarter of the window, at least 1
     gamma: float = 0.1
     staggered: bool = True
     coherence_memory: str = GUIDED
@@ -445,16 +458,35 @@ class LongState:
     generator state is needed).
 
     ``structures``: the control structure the next window starts from (the last one made); ``guidance``: coherence
-    guidance's memory of it (its eps per control step; empty when off); ``evaluations`` / ``forwards``: the expert
-    evaluations and network forwards (per stage) that the finished windows and that structure cost; ``anchor``:
-    colour anchoring's reference, the statistics of the last window's end as delivered (None when off)."""
+    guidance's memory of it (its eps per control step; empty when off); ``anchor``: colour anchoring's reference, the
+    statistics of the last window's end as delivered (None when off); ``evaluations`` / ``forwards`` /
+    ``vae_calls``: the expert evaluations, network forwards and VAE calls between experts (per stage) that the
+    finished windows and that structure cost (:meth:`counts`, as :class:`~confiner_core.experts.EvaluationLog`'s)."""
 
     next_window: int
     structures: dict = field(default_factory=dict)
     guidance: dict = field(default_factory=dict)
+    anchor: torch.Tensor | None = None
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
-    anchor: torch.Tensor | None = None
+    vae_calls: Counter = field(default_factory=Counter)
+
+    def counts(self) -> dict[str, Counter]:
+        return {name: Counter(getattr(self, name)) for name in COUNTERS}
+
+
+def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple) -> None:
+    """A state from another plan or other experts would fail deep in the loop (or finish nothing): refused first."""
+    if not isinstance(state, LongState):
+        raise TypeError(f"resume must be the LongState that on_window_done received, got {type(state).__name__}")
+    if not 0 <= state.next_window <= len(plan.windows):
+        raise ValueError(f"resume continues at window {state.next_window}, but this plan has {len(plan.windows)} "
+                         f"windows: resume with the state of this plan's run")
+    for i, x in state.structures.items():
+        if tuple(x.shape) != tuple(structure_shape) or not 0 <= i < plan.structures:
+            raise ValueError(f"resume holds structure {i} of shape {list(x.shape)}, but this plan makes "
+                             f"{plan.structures} structures of shape {list(structure_shape)}: resume with the state "
+                             f"of this plan's run (the same frames, segment length and experts)")
 
 
 class Solo:
@@ -500,17 +532,21 @@ def first_windows(plan: SegmentPlan) -> dict:
     return first
 
 
-def _counts(log) -> tuple[Counter, Counter]:
-    return (Counter(log.evaluations), Counter(log.forwards)) if log is not None else (Counter(), Counter())
+def no_counts() -> dict[str, Counter]:
+    return {name: Counter() for name in COUNTERS}
+
+
+def add_counts(a: dict, b: dict) -> dict[str, Counter]:
+    return {name: a[name] + Counter(b.get(name, {})) for name in COUNTERS}
 
 
 @contextlib.contextmanager
 def _tally(log, costs: dict, key: tuple):
-    """The evaluations and forwards spent inside the block, kept as ``costs[key]``."""
-    before = _counts(log)
+    """What the block cost (the log's counts, per stage), kept as ``costs[key]``."""
+    before = log.counts() if log is not None else no_counts()
     yield
-    after = _counts(log)
-    costs[key] = (after[0] - before[0], after[1] - before[1])
+    after = log.counts() if log is not None else no_counts()
+    costs[key] = {name: after[name] - before[name] for name in COUNTERS}
 
 
 @dataclass
@@ -520,8 +556,7 @@ class _Finished:
     structure: int
     kept: torch.Tensor
     memory: dict
-    evaluations: Counter
-    forwards: Counter
+    counts: dict   # what the window and the structures counted with it cost: name -> Counter per stage
 
 
 def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
@@ -547,6 +582,10 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     ``on_window_done`` in window order. Every rank calls this with the same arguments (``sink`` matters on rank 0
     only). Returns, on rank 0, the state after the last window (its counts are the whole video's)."""
     config.validate()
+    if config.segment_length is not None and config.segment_length != plan.segment_length:
+        raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
+                         f"{plan.segment_length} frames: plan with plan_segments(frames, {config.segment_length}), or "
+                         f"leave segment_length None")
     ranks = ranks or SOLO
     me, world = ranks.rank, ranks.world
     seed = root_seed(seed)
@@ -564,17 +603,21 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     head, tail = window_split(plan, refiner)
     prepare_where_refined = prepare is not None and not config.color_anchor
     noise = StructureNoise(config.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),
-                           config.freenoise_window, config.freenoise_stride)
+                           *freenoise_span(config, shape[2]))
     guided = config.gamma > 0
     log = control.log
     first = first_windows(plan)
     start = resume.next_window if resume is not None else 0
+    if resume is not None:
+        check_resume(resume, plan, shape)
+        if start == len(plan.windows):   # every window was finished: nothing to do, the state is the whole video's
+            return resume if me == 0 else None
     remaining = plan.windows[start:]
 
     structures: dict[int, torch.Tensor] = {}  # structures this rank holds: made here or received
     memories: dict[int, dict] = {}            # coherence memory of structures made here
     pixels: dict[int, torch.Tensor] = {}
-    costs: dict[tuple, tuple] = {}             # ("structure", i) / ("window", w) -> (evaluations, forwards)
+    costs: dict[tuple, dict] = {}              # ("structure", i) / ("window", w) -> what it cost (no_counts())
     finished: dict[int, _Finished] = {}        # rank 0: refined here, waiting for their turn to be sunk
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
 
@@ -627,15 +670,14 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
                                        generator, callback, control_schedule=control.schedule)
         last = window.parts[-1][0]
-        evaluations, forwards = costs.pop(("window", window.index))
+        counts = costs.pop(("window", window.index))
         for i in [i for i, v in first.items() if v == window.index and owner(i) == me]:
-            ev, fw = costs.pop(("structure", i))
-            evaluations, forwards = evaluations + ev, forwards + fw
+            counts = add_counts(counts, costs.pop(("structure", i)))
         return _Finished(refined, prepare(refined, window) if prepare_where_refined else None, last,
-                         structures[last], memories.get(last, {}), evaluations, forwards)
+                         structures[last], memories.get(last, {}), counts)
 
     # -- rank 0: sink the windows in order ------------------------------------------------------------------------
-    totals = (Counter(resume.evaluations), Counter(resume.forwards)) if resume is not None else (Counter(), Counter())
+    totals = [resume.counts() if resume is not None else no_counts()]
     state = [None]
     next_sink = [start]
     anchor = [resume.anchor if resume is not None else None]
@@ -648,8 +690,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
         prepared = rest.pop(0) if meta["prepared"] else None
         kept = rest.pop(0).to(device)
         memory = dict(zip(meta["steps"], rest.pop(0).to(device).unbind(0))) if meta["steps"] else {}
-        return _Finished(latent, prepared, meta["structure"], kept, memory, Counter(meta["evaluations"]),
-                         Counter(meta["forwards"]))
+        return _Finished(latent, prepared, meta["structure"], kept, memory, add_counts(no_counts(), meta["counts"]))
 
     def deliver(limit: int) -> None:
         """Sink windows in order: those refined here as soon as it is their turn, the others' (waiting for them)
@@ -661,8 +702,8 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             elif w <= limit and window_refiner(plan, w, world) != me:
                 result = receive_finished(w)
                 for i in [i for i, v in first.items() if v == w and owner(i) == me]:
-                    ev, fw = costs.pop(("structure", i))   # structures made here, counted with another's window
-                    result.evaluations, result.forwards = result.evaluations + ev, result.forwards + fw
+                    # structures made here, counted with another's window
+                    result.counts = add_counts(result.counts, costs.pop(("structure", i)))
             else:
                 return
             window = plan.windows[w]
@@ -676,10 +717,9 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                 sink(result.latent, window, result.prepared)
             else:
                 sink(result.latent, window)
-            totals[0].update(result.evaluations)
-            totals[1].update(result.forwards)
-            state[0] = LongState(w + 1, {result.structure: result.kept}, dict(result.memory), Counter(totals[0]),
-                                 Counter(totals[1]), anchor[0])
+            totals[0] = add_counts(totals[0], result.counts)
+            state[0] = LongState(w + 1, {result.structure: result.kept}, dict(result.memory), anchor[0],
+                                 **add_counts(no_counts(), totals[0]))
             next_sink[0] = w + 1
             if on_window_done is not None:
                 on_window_done(state[0])
@@ -691,7 +731,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
             tensors.append(torch.stack([result.memory[k] for k in steps]))
         ranks.send(0, RESULT, tensors, {"window": window.index, "prepared": result.prepared is not None,
                                         "structure": result.structure, "steps": steps,
-                                        "evaluations": dict(result.evaluations), "forwards": dict(result.forwards)})
+                                        "counts": {name: dict(c) for name, c in result.counts.items()}})
 
     # -- resume: the last structure made before the interruption is its owner's again ------------------------------
     made = -1

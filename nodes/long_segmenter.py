@@ -94,8 +94,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                tooltip="shuffle: consistency initialization (frame-shuffled base noise); freenoise: "
                                        "FreeNoise rescheduling; independent: fresh noise per segment (off)."),
                 advanced(io.Int.Input("freenoise_stride", display_name="FreeNoise stride", default=4, min=1, max=256,
-                                      tooltip="Only for noise init 'freenoise': frames between FreeNoise windows "
-                                              "(window = segment length); at most the segment length.")),
+                                      tooltip="Only for noise init 'freenoise': latent frames between FreeNoise "
+                                              "windows (window = one segment's latent frames; a Wan latent frame "
+                                              "holds 4 video frames, so an 81-frame segment is 21).")),
                 io.Float.Input("gamma", display_name="coherence gamma", default=0.1, min=0.0, max=0.5, step=0.01,
                                tooltip="Coherence guidance strength (Eq. 12): pulls each control step's noise "
                                        "prediction towards the previous segment's. 0 switches it off."),
@@ -147,15 +148,17 @@ class ConFinerLongSegmenter(io.ComfyNode):
                        f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
                        f"to {frames}; lower the segment length to at most {frames} (4k+1 for Wan), or make one clip "
                        f"with ConFiner Control Expert and ConFiner Refine Sampler")
-        if not problem and noise_init == FREENOISE and freenoise_stride > segment_length:
-            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the segment length "
-                       f"({segment_length})")
+        window = host.space_of(control_model).latent_frames(segment_length)   # FreeNoise's, in latent frames
+        if not problem and noise_init == FREENOISE and freenoise_stride > window:
+            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise window, "
+                       f"one segment's {window} latent frames" + (f" ({segment_length} frames)"
+                                                                  if window != segment_length else ""))
         if problem:
             raise ValueError(problem)
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te,
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
-        long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=segment_length,
+        long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=window,
                           freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
                           coherence_memory=coherence_memory)
         long.validate()

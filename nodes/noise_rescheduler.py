@@ -53,10 +53,12 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                 io.Combo.Input("method", options=[SHUFFLE, FREENOISE], default=SHUFFLE,
                                tooltip="shuffle: ConFiner consistency initialization; freenoise: FreeNoise."),
                 io.Int.Input("segment_length", display_name="segment length", default=16, min=1, max=4096,
-                             tooltip="Frames per segment (shuffle) or context window length (freenoise)."),
+                             tooltip="Latent frames per segment (shuffle) or FreeNoise's window (freenoise), "
+                                     "counted in the LATENT's frames: video frames for SD latents, while a Wan "
+                                     "latent frame holds 4 (21 for 81 video frames)."),
                 advanced(io.Int.Input("stride", display_name="FreeNoise stride", default=4, min=1, max=4096,
-                                      tooltip="Only for method 'freenoise': frames between windows (context_length - "
-                                              "overlap), at most the segment length.")),
+                                      tooltip="Only for method 'freenoise': latent frames between windows "
+                                              "(context_length - overlap), at most the segment length.")),
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced."),
                      io.Latent.Output(display_name="noise_latent",

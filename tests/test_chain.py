@@ -249,6 +249,25 @@ def test_an_image_expert_in_a_role_that_relates_frames_is_warned(mode, warned):
         assert not [w for w in caught if w.category is ConFinerWarning]   # the roles as meant: nothing to say
 
 
+@pytest.mark.parametrize("config, unused", [
+    (ChainConfig(control_eta=0.7), "control_eta=0.7 applies to the DDIM control sampler only"),
+    (ChainConfig(mode="standard", matching="nearest"), "matching='nearest' picks the temporal expert's timestep in "
+                                                       "coordinated refinement only (mode 'standard')"),
+    (ChainConfig(mode="alternate", matching="continuous"), "matching='continuous'"),
+])
+def test_a_setting_the_chain_never_reads_is_warned_and_changes_nothing(config, unused):
+    """The command line refuses these; a script is warned, and gets the run without them."""
+    from confiner_core.chain import ConFinerWarning
+
+    x0 = x0_star()
+    c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, S.named("sd15")).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ConFinerWarning, match=re.escape(unused) + ".*so it changes nothing"):
+        with_it = run_chain(c, s, s, noise, config, torch.Generator().manual_seed(0)).latent
+    without = replace(config, control_eta=0.0, matching="same_index")
+    assert torch.equal(with_it, run_chain(c, s, s, noise, without, torch.Generator().manual_seed(0)).latent)
+
+
 def test_structure_noise_control_needs_a_control_schedule():
     from confiner_core.chain import refine_structure, validate_refinement
 
@@ -361,7 +380,7 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     as text or a float (ChainConfig.validate compared '100' < 1; GenerateRequest refused 100.0, it accepted it), a
     cfg as text (bind evaluated the expert, then failed converting the string)."""
 
-    from confiner_core.chain import extract_structure, generate_structure
+    from confiner_core.chain import extract_structure, generate_structure, refine
 
     x0 = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(7))
     log = EvaluationLog()
@@ -374,6 +393,14 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         generate_structure(control, x0.numpy(), ChainConfig(), torch.Generator().manual_seed(0))
     with pytest.raises(TypeError, match="generate_structure needs a seeded torch.Generator"):
         generate_structure(control, x0, ChainConfig(), 3)
+    # no generator is fine where nothing is drawn, and named where DDIM's eta draws (AttributeError on None before)
+    ddim_eta = ChainConfig(control_sampler="ddim", control_eta=0.5)
+    with pytest.raises(TypeError, match=r"generate_structure \(DDIM with control_eta > 0 draws noise\) needs a "
+                                        r"seeded torch.Generator"):
+        generate_structure(control, x0, ddim_eta)
+    for generator in (None, 0):
+        with pytest.raises(TypeError, match="refine needs a seeded torch.Generator"):
+            refine(control, control, x0, ChainConfig(), generator)
     for te in ("100", 100.0, True, 0):
         with pytest.raises(ValueError, match=re.escape(f"te (T_e) must be an integer >= 1, got {te!r}")):
             ChainConfig(te=te).validate()

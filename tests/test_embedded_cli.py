@@ -100,6 +100,38 @@ def test_a_request_names_a_generator_seed_and_a_dict_config_with_their_fix():
             GenerateRequest(out="unused", **{name: {"gamma": 0.2}})
 
 
+def test_a_numpy_seed_is_a_seed(tmp_path):
+    """NumPy's integers pass as numbers (a seed from a NumPy sweep): validation keeps them as Python's, so torch
+    takes the seed, the report holds a number, and the video is the int seed's."""
+    from confiner_core.chain import ChainConfig
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(out=str(tmp_path / "np"), frames=8, height=64, width=64, seed=np.int64(5),
+                              chain=ChainConfig(refine_steps=np.int32(5)))
+    request.validate()
+    assert type(request.seed) is int and type(request.chain.refine_steps) is int
+    report = generate(request, show_progress=False)
+    assert report["seed"] == 5 and type(report["seed"]) is int
+    assert main(["generate", "--out", str(tmp_path / "int"), "--frames", "8", "--height", "64", "--width", "64",
+                 "--seed", "5", "--quiet"]) == 0
+    assert cv2.imread(str(tmp_path / "np" / "frames.png")).tobytes() == \
+        cv2.imread(str(tmp_path / "int" / "frames.png")).tobytes()
+
+
+def test_a_script_is_warned_of_a_prompt_the_video_never_shows(tmp_path):
+    """The command line prints the unused entry with the applied schedule; a script gets a ConFinerWarning, and
+    the report lists it."""
+    from confiner_core.chain import ConFinerWarning
+    from confiner_core.generate import GenerateRequest, generate
+    from confiner_core.long import LongConfig
+
+    request = GenerateRequest(out=str(tmp_path / "o"), frames=32, height=64, width=64, long=LongConfig(8),
+                              prompt="0: a red ball | 10: a blue ball | 12: a yellow ball")
+    with pytest.warns(ConFinerWarning, match=r"1 prompt of the schedule is not used.*'a blue ball'"):
+        report = generate(request, show_progress=False)
+    assert report["prompt_schedule_unused"] == [{"frames": [10, 12], "prompt": "a blue ball"}]
+
+
 def test_a_request_asked_for_its_plan_before_validation_says_to_validate():
     from confiner_core.generate import GenerateRequest
 
@@ -181,6 +213,13 @@ def test_evaluate_command_on_generated_video(tmp_path, capsys):
     assert main(["evaluate", out, "--json", "--junctions", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == scores
     # its contact sheet is one image, not a video: refused with where the video is
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", os.path.join(out, "frames.png")])
+    assert e.value.code == 2 and "is a generate output's contact sheet" in capsys.readouterr().err
+    # the same without its report (copied elsewhere, or deleted): still the folder's video
+    os.remove(os.path.join(out, "report.json"))
+    assert main(["evaluate", out, "--json", "--junctions", "4"]) == 0
+    assert json.loads(capsys.readouterr().out) == scores
     with pytest.raises(SystemExit) as e:
         main(["evaluate", os.path.join(out, "frames.png")])
     assert e.value.code == 2 and "is a generate output's contact sheet" in capsys.readouterr().err

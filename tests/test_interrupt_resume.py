@@ -178,6 +178,25 @@ def test_interrupt_inside_a_window_resumes_identically(tmp_path, monkeypatch, ca
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
 
 
+def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeypatch):
+    """The report of a resumed run counts the whole video: the finished windows' evaluations, forwards and VAE calls
+    between the experts come back from the resume state (the embedded ``bridge`` experts cross latent spaces at
+    every window)."""
+    args = ["--quiet", "--embedded", "bridge", "--frames", "45", "--segment-length", "9", "--height", "64", "--width",
+            "64", "--seed", "5"]
+    assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
+    real = _interrupt_at(monkeypatch, 50)   # in the third of five windows
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(tmp_path / "part"), *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    assert main(["generate", "--out", str(tmp_path / "part"), "--resume", *args]) == 0
+    a, b = (json.load(open(tmp_path / run / "report.json")) for run in ("full", "part"))
+    assert b["resumed_from_window"] == 2
+    assert b["expert_evaluations"] == a["expert_evaluations"] and b["network_forwards"] == a["network_forwards"]
+    # the calls made for the video: the resumed run decodes the structure it continues from once more
+    assert b["vae_calls"] == {"refine": a["vae_calls"]["refine"] + 1} and a["vae_calls"]["refine"] > 10
+
+
 def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 3)
     out = tmp_path / "new"

@@ -279,6 +279,35 @@ def test_a_seed_generator_stands_for_its_seed_and_one_that_has_drawn_is_refused(
         video(drawn)
 
 
+def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
+    """A segment length that disagrees with the plan was ignored; a state from another plan failed deep in the
+    loop (a tensor size mismatch) or finished nothing. Both are refused before any evaluation; a state whose every
+    window is done is the whole video's, returned as it is."""
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    log = EvaluationLog()
+    c, s, t = (OracleExpert(x0, S.named(n)).bind(log=log) for n in ("animatediff", "sd15", "lavie"))
+    plan, states = plan_segments(24, 8, True), []
+
+    def run(config=LongConfig(), plan=plan, resume=None):
+        return generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), config, 0, lambda lat, w: None,
+                             resume=resume, on_window_done=states.append)
+
+    with pytest.raises(ValueError, match=r"config.segment_length is 16 but the plan's segments have 8 frames: plan "
+                                         r"with plan_segments\(frames, 16\)"):
+        run(LongConfig(segment_length=16))
+    final = run()   # segment_length None: the plan's
+    assert final.next_window == 3 and states[-1] is final and sum(final.evaluations.values()) == 4 * 4 + 3 * 15
+    assert run(resume=final) is final   # nothing left to do
+    evaluated = sum(log.evaluations.values())
+    with pytest.raises(ValueError, match="resume continues at window 3, but this plan has 2 windows"):
+        run(plan=plan_segments(16, 8, True), resume=final)
+    with pytest.raises(ValueError, match=r"resume holds structure 1 of shape \[1, 4, 8, 4, 4\], but this plan makes "
+                                         r"5 structures of shape \[1, 4, 16, 4, 4\]"):
+        generate_long(c, s, t, plan_segments(64, 16, True), (1, 4, 4, 4), ChainConfig(), LongConfig(), 0,
+                      lambda lat, w: None, resume=states[0])
+    assert sum(log.evaluations.values()) == evaluated
+
+
 def test_long_cli_reports_plan_and_seams(tmp_path):
     out = str(tmp_path / "long")
     assert main(["generate", "--out", out, "--frames", "40", "--segment-length", "8", "--height", "64",
