@@ -258,6 +258,21 @@ def test_three_processes_write_the_same_files(tmp_path, single_process_files):
     assert sorted(os.listdir(out)) == sorted(PREVIOUS)   # no resume folder, no temporary files
 
 
+def test_processes_of_a_bridged_run_report_their_vae_calls(tmp_path):
+    """The report of a multi-process run counts what the finished windows cost, VAE calls included (they were
+    left out: about half the one-process count). Each process decodes again the structures it did not make, so
+    the count is at least the one-process run's; the video is the same."""
+    bridged = ["--quiet", "--embedded", "bridge", "--frames", "27", "--segment-length", "9", "--height", "64",
+               "--width", "64", "--seed", "5", "--refine-steps", "2"]
+    assert main(["generate", "--out", str(tmp_path / "one"), *bridged]) == 0
+    code, lines, _ = torchrun(2, tmp_path / "two", *bridged, tmp=tmp_path)
+    assert code == 0, lines
+    a, b = (json.load(open(tmp_path / run / "report.json")) for run in ("one", "two"))
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    assert b["expert_evaluations"] == a["expert_evaluations"] and b["network_forwards"] == a["network_forwards"]
+    assert b["vae_calls"]["refine"] >= a["vae_calls"]["refine"] > 0
+
+
 @pytest.mark.parametrize("nproc,inject,rank_0_says", [
     (3, "raise@1:6", "error: rank 1 failed: RuntimeError: injected failure at evaluation 6; nothing written"),
     (2, "die@1:6", None),   # vanished without a word: a lost connection or torchrun's SIGTERM, whichever is first
