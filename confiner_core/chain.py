@@ -6,6 +6,7 @@ combinations before any expert runs; :func:`run_chain` executes the three stages
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import time
 import warnings
@@ -16,7 +17,7 @@ import torch
 from . import refine as R
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
-from .layout import FRAMES, VIDEO, check_latent
+from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
     sample_control
 from .schedules import VP, NoiseSchedule
@@ -47,6 +48,15 @@ REFINE_SPACINGS = (UNIFORM, *SPACINGS)
 
 class ConFinerWarning(UserWarning):
     """A valid but doubtful setting (e.g. outside what the paper found to work)."""
+
+
+@contextlib.contextmanager
+def warned_already():
+    """run_chain and generate_long validate the chain again, for library callers; a caller whose own check gave
+    its warnings (the command line, the ComfyUI nodes, under the node) runs them inside this, so none is said twice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConFinerWarning)
+        yield
 
 
 # T_e by the refining expert's kind. VP: the paper's 100 (SD 1.5: noise-to-signal sigma/alpha 0.34). A flow expert's
@@ -279,7 +289,7 @@ def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[
     return [f"the {role} expert {denoiser.expert.name!r} takes one frame at a time (an image model): it {tasks[role]}; "
             f"give it a video expert (run_chain takes control, spatial, temporal in that order)"
             for role, denoiser in (("control", control), ("temporal", temporal))
-            if denoiser is not None and denoiser.expert.layout == FRAMES]
+            if denoiser is not None and not denoiser.expert.relates_frames]
 
 
 @dataclass

@@ -173,6 +173,12 @@ class Expert(ABC):
     def latent_channels(self) -> int:
         return self.latent_space.channels
 
+    @property
+    def relates_frames(self) -> bool:
+        """Whether the network relates a clip's frames: a video model; an image model evaluated frame by frame makes
+        or refines every frame on its own (backends whose image models carry motion modules say so here)."""
+        return self.layout == L.VIDEO
+
     @abstractmethod
     def encode(self, prompt: str) -> Any:
         """Prompt -> this expert's own conditioning (its text encoder, its width)."""

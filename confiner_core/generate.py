@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
-                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
-                    validate_chain)
+                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings, validate_chain,
+                    warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, freenoise_span,
@@ -859,15 +859,6 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     return report
 
 
-@contextlib.contextmanager
-def warned_already():
-    """run_chain and generate_long validate the chain again, for library callers; here the experts' check gave its
-    warnings (the paper's Table 3) once already."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConFinerWarning)
-        yield
-
-
 def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: SegmentPlan, schedule: PromptSchedule,
              store, log: EvaluationLog, device: str, ranks, decode, progress: dict | None = None) -> dict:
     """ConFiner-Long: windows are decoded where they were refined and written by rank 0 as soon as they are final,
@@ -920,7 +911,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
         extra["prompt_schedule_applied"] = [{"frames": [a, b], "prompt": p}
                                             for a, b, p in applied_schedule(plan, schedule).ranges()]
-        extra["prompt_schedule_unused"] = [{"frames": [a, b], "prompt": p} for a, b, p in unused_entries(plan, schedule)]
+        extra["prompt_schedule_unused"] = [{"frames": [a, b], "prompt": p}
+                                           for a, b, p in unused_entries(plan, schedule)]
     if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())

@@ -170,10 +170,12 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if entries and start < entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, before the previous entry (frame "
                              f"{entries[-1].start}); list the entries in increasing order", option)
-        if not entries and start != 0:
-            raise UsageError(f"{option}: the first entry {piece.strip()!r} starts at {at}; a schedule starts at frame "
-                             f"0 (e.g. '0: {prompt} | ...')", option)
         entries.append(Entry(start, prompt, key))
+        if len(entries) == 1:
+            first = (piece.strip(), at)
+    if entries[0].start != 0:   # checked last: "16: a | 0: b" is out of order, and the fix is the order
+        raise UsageError(f"{option}: the first entry {first[0]!r} starts at {first[1]}; a schedule starts at frame 0 "
+                         f"(e.g. '0: {entries[0].prompt} | ...')", option)
     return PromptSchedule(tuple(entries), frames, fps, scheduled=True)
 
 

@@ -42,10 +42,15 @@ class ComfyVAECodec(Codec):
     def __init__(self, vae, space: LatentSpace, who: str = "the VAE"):
         super().__init__()
         problem = vae_space_problem(vae, space)
+        if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
+            model = who.replace("_vae", "_model")
+            raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
+                             f"({model}) works in: if that model is the one meant, connect its own VAE (its "
+                             f"checkpoint loader's VAE output, or its family's VAE file); else load the model this "
+                             f"VAE belongs to")
         if problem:
-            shown = f"{who.replace('_vae', ' VAE')} ({who})" if who.endswith("_vae") else who
-            raise ValueError(f"{shown} is {problem}: connect that expert's own VAE (its checkpoint loader's VAE "
-                             f"output, or its family's VAE file)")
+            raise ValueError(f"{who} is {problem}: connect that expert's own VAE (its checkpoint loader's VAE output, "
+                             f"or its family's VAE file)")
         self.vae, self.space, self.who = vae, space, who
         self.pixel_channels = 3
         self.video = getattr(vae, "latent_dim", 2) == 3

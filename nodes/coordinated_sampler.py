@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, refine_structure, refining_denoiser,
-                                   validate_refinement)
+from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
+                                   refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
 from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
@@ -142,6 +142,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
         host.plan_refinement(spatial, temporal, config)
+        first = (temporal if mode == TEMPORAL else spatial).expert.latent_space
+        if first != space:   # the seconds (minutes on a CPU) of decoding and encoding before the first evaluation
+            progress.opening += f"\nfirst: the structure through the VAEs ({space.name} → {first.name})"
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),

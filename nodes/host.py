@@ -319,6 +319,11 @@ class ComfyExpert(Expert):
         self.max_frames = ade.motion_frame_limit(model)
         self.plan: list = []
 
+    @property
+    def relates_frames(self) -> bool:
+        # an SD frame batch relates its frames through the motion modules AnimateDiff-Evolved attached
+        return not is_image_model(self.model) or bool(ade.motion_models(self.model))
+
     def encode(self, prompt):
         """Conditioning triples pass through; text (per-segment prompts) is encoded with the CLIP input."""
         if not isinstance(prompt, str):
@@ -495,13 +500,22 @@ def layout_of(model) -> str:
 
 
 def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    raw = latent["samples"]
+    what = role if role.endswith("latent") else f"{role} latent"
+    if raw.ndim == 4 and raw.shape[0] > 1 and latent_dimensions(model) == 3 and not is_image_model(model):
+        # ComfyUI would read SD's frame batch as that many one-frame videos, each made alone: stills, no motion
+        n = raw.shape[0]
+        raise ValueError(f"{what} is a batch of {n} images {list(raw.shape)} (Empty Latent Image's batch size "
+                         f"is SD's frame count), but {type(model.model).__name__} is a video model: it would make "
+                         f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo Latent with "
+                         f"length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch size 1")
+    samples = comfy.sample.fix_empty_latent_channels(model, raw)
     layout = layout_of(model)
     if samples.ndim != (5 if layout == L.VIDEO else 4):
         want = "[B, C, T, h, w]" if layout == L.VIDEO else "[F, C, h, w] (one frame per batch entry)"
-        raise ValueError(f"{role} latent has shape {tuple(samples.shape)} but this model expects {want}; "
+        raise ValueError(f"{what} has shape {tuple(samples.shape)} but this model expects {want}; "
                          f"connect a latent made for this model family")
-    L.check_latent(samples, layout, model.get_model_object("latent_format").latent_channels, f"{role} latent")
+    L.check_latent(samples, layout, model.get_model_object("latent_format").latent_channels, what)
     return samples.float().to(sampling_device(model))
 
 

@@ -7,7 +7,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import STANDARD, ChainConfig, refine_evaluations, refining_denoiser, validate_refinement
+from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, refining_denoiser, validate_refinement,
+                                   warned_already)
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
@@ -150,9 +151,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                        f"with ConFiner Control Expert and ConFiner Refine Sampler")
         window = host.space_of(control_model).latent_frames(segment_length)   # FreeNoise's, in latent frames
         if not problem and noise_init == FREENOISE and freenoise_stride > window:
-            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise window, "
-                       f"one segment's {window} latent frames" + (f" ({segment_length} frames)"
-                                                                  if window != segment_length else ""))
+            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
+                       f"window, one segment's {window} latent frames"
+                       + (f" ({segment_length} frames)" if window != segment_length else ""))
         if problem:
             raise ValueError(problem)
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
@@ -230,8 +231,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                     windows.append(codec.decode(x)[:, :, :n].cpu())
                     log.record_vae(1)
 
-        # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS); the text says if it stops early
-        with progress.running(), sessions.stage():
+        # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS); the text says if it stops early;
+        # the chain's warnings were given under the node and on the console above
+        with progress.running(), sessions.stage(), warned_already():
             generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
                           torch.Generator().manual_seed(seed), sink, prompts, None, frame.device)
         out = torch.cat(windows, dim=2)
@@ -261,7 +263,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                              "refining": fixes["refining"]})
         if refiner.expert.latent_space.temporal_factor == 1:
             return False
-        refiner.expert.latent_space.check_pixel_frames(
-            frames, f"frames = {frames}: the windows are joined into one clip of the refining expert's "
-                    f"{refiner.expert.latent_space.name}")
+        try:
+            refiner.expert.latent_space.check_pixel_frames(frames)
+        except ValueError as e:   # "<space> latent space holds 4k+1 frames ...; use 37 or 41"
+            raise ValueError(f"frames = {frames}: the windows are joined into one clip of the refining expert's "
+                             f"latent space, and the {e}") from None
         return True

@@ -162,6 +162,25 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     assert h["saved_after"] == h["saved_before"], (h["saved_before"], h["saved_after"])
 
 
+def test_a_run_start_clears_the_last_runs_error_text_but_keeps_its_done(frontend):
+    """A Refine Sampler refused in one run kept "stopped by an error (see the error)" through the next run, in which
+    an upstream node failed and it never ran. web/confiner.js clears such an ending when a run starts; a node that
+    runs says how it goes at once, and a "done" stays (a node served from the cache did finish)."""
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
+    browser.load_template(b, workflow, "basic")
+    browser.close_dialogs(b)
+    done = "done · 4 expert evaluations in 1.2 s"
+    after = browser.run_starts(b, {"ConFinerControlExpert": done,
+                                   "ConFinerCoordinatedSampler": "warning: the temporal expert is an image model: no "
+                                                                 "coherence\nstopped by an error (see the error)"})
+    assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, after
+    after = browser.run_starts(b, {"ConFinerCoordinatedSampler": "cancelled after evaluation 3/15"})
+    assert after == {"ConFinerCoordinatedSampler": ""}, after
+
+
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):
     server, b = frontend
     b.responses.clear()

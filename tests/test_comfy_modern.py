@@ -198,6 +198,11 @@ def test_flux_spatial_expert_with_wan_experts_runs_through_the_bridge(comfy_work
     assert r["flux_calls"] == [{"batch": LENGTH, "guidance": [4.0] * LENGTH}] * len(spatial)
     assert len(_saved(r)) == LENGTH   # VAE Decode (Flux VAE) of the refined Flux frames
     assert len(r["latents"][-1]) == LENGTH   # the Refine Sampler's LATENT: a batch of 5 Flux frames
+    # until its first evaluation, the node says what its first seconds do (minutes on a CPU at the template's size)
+    texts = [m[1]["text"] for m in r["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == "11"]
+    opening = next(t for t in texts if t.startswith("starting"))
+    assert opening == f"starting · {3 * REFINE_STEPS} expert evaluations\nfirst: the structure through the VAEs " \
+                      f"(wan2.1 → flux)", opening
 
 
 def test_flux_guidance_reaches_the_spatial_expert(comfy_worker, modern):
@@ -241,7 +246,38 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
     prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0])
     assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with the Flux VAE",
                                          ["spatial VAE (spatial_vae) is a VAE of 16-channel latents", "sd15",
-                                          "connect that expert's own VAE"])
+                                          "spatial model (spatial_model) works in", "connect its own VAE"])
+
+
+def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy_worker, modern):
+    """An artist picks the Flux file in the Wan loader of a template (control and temporal): the temporal VAE is
+    right, the model is not, and the message said only to change the VAE."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    prompt["1"]["inputs"]["unet_name"] = FLUX
+    prompt["10"]["inputs"]["temporal_vae"] = ["5", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux in the Wan loader",
+                                         ["temporal VAE (temporal_vae)", "not of the flux latent space",
+                                          "temporal model (temporal_model) works in",
+                                          "else load the model this VAE belongs to"])
+
+
+def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one_sentence(comfy_worker, modern):
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"]["frames"] = 8
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 8 frames",
+                                         ["frames = 8: the windows are joined into one clip of the refining expert's "
+                                          "latent space, and the wan2.1 latent space holds 4k+1 frames (1, 5, 9, ...); "
+                                          "8 frames would be cut by its VAE: use 5 or 9"])
+
+
+def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern):
+    """Empty Latent Image with batch size = frames (the SD way) into a Wan control expert became 16 one-frame
+    videos, each made alone: 16 stills and no warning. It is refused, with the Wan latent to use."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "wan")
+    prompt["8"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 16}}
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "image batch into Wan",
+                                         ["control latent is a batch of 16 images", "one-frame videos",
+                                          "Empty HunyuanVideo Latent", "length 17"])
 
 
 def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluation(comfy_worker, modern):

@@ -119,6 +119,17 @@ def test_example_workflow_executes(comfy_worker, name):
         assert re.fullmatch(done + re.escape(mine[0]), mine[-1]), mine[-1]
 
 
+def test_animatediffs_motion_modules_make_sd_a_video_expert_for_the_core_too(comfy_worker):
+    """SD 1.5 with AnimateDiff's motion modules takes frame batches but relates them: the core's check, which
+    generate_long runs inside the Long Video, said "the control expert takes one frame at a time (an image model)"
+    on the console of every first Long Video run of the AnimateDiff template (the node's own check knew better)."""
+    r = comfy_worker.call("comfy_support.confiner_checks:motion_models_make_a_video_expert", comfy_worker.checkpoint_name)
+    assert r["bare"]["layout"] == r["with_motion_models"]["layout"] == "frames"
+    assert r["with_motion_models"]["relates_frames"] and r["with_motion_models"]["warnings"] == []
+    assert not r["bare"]["relates_frames"] and len(r["bare"]["warnings"]) == 1
+    assert "takes one frame at a time (an image model)" in r["bare"]["warnings"][0]
+
+
 def _node_ids(workflow: dict, node_type: str) -> list:
     return [str(n["id"]) for n in workflow["nodes"] if n["type"] == node_type]
 

@@ -77,6 +77,8 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | b", 8, "'b'"),                       # an entry without key
     ("0: a | 16:9 widescreen", 8, "'16:9 widescreen'"),
     ("8: a | 16: b", 8, "'8: a'"),                # does not start at frame 0
+    ("16: b | 0: a", 8, "'0: a' starts at frame 0, before the previous entry (frame 16); list the entries in "
+                        "increasing order"),       # out of order, frame 0 last: the fix is the order, not a new 0
     ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Video node)
     ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
     ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key

@@ -7,15 +7,33 @@
 // * A run's progress text is not saved with the workflow. The frontend keeps it as a widget value, so a file written
 //   by one run carried the text of the run before it ("cancelled after evaluation 3/15" beside a finished video).
 //
-// tests/test_comfy_browser.py checks both with the progress text and a preview dispatched as the server sends them.
+// * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
+//   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
+//   "done" stays: a node served from the cache did finish.
+//
+// tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
+// sends them.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 const SAMPLING_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter"]);
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
+const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
 
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
+  setup() {
+    api.addEventListener("execution_start", () => {
+      for (const node of app.graph?._nodes ?? []) {
+        const text = SAMPLING_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+        if (text && ENDED_BADLY.test(text.value ?? "")) {
+          text.value = "";
+          node.setDirtyCanvas?.(true, true);
+        }
+      }
+    });
+  },
   nodeCreated(node) {
     if (!SAMPLING_NODES.has(node.comfyClass)) return;
     const addCustomWidget = node.addCustomWidget;

@@ -272,6 +272,28 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
 }"""
 
 
+# Each node's progress text as the server sends it, then a run's start: what each node shows after it.
+RUN_STARTS_JS = """async (texts) => {
+  const api = window.comfyAPI.api.api;
+  for (const [type, text] of Object.entries(texts)) {
+    const node = app.graph._nodes.find((n) => n.type === type);
+    api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  api.dispatchCustomEvent("execution_start", {prompt_id: "confiner-test", timestamp: Date.now()});
+  await new Promise((r) => setTimeout(r, 200));
+  return Object.fromEntries(Object.keys(texts).map((type) => {
+    const node = app.graph._nodes.find((n) => n.type === type);
+    return [type, node.widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null];
+  }));
+}"""
+
+
+def run_starts(browser: Browser, texts: dict) -> dict:
+    """node type -> its text after ``texts`` arrived and then a run started (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, texts)
+
+
 def progress_arrives(browser: Browser, node_type: str, text: str, png_base64: str) -> dict:
     """Widget heights of the loaded graph's first ``node_type`` node before a run, once its progress text arrived,
     and once a preview arrived too (:data:`PROGRESS_ARRIVES_JS`)."""

@@ -249,6 +249,24 @@ def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dic
     return {**res.to_json(), "evaluations": calls["n"]}
 
 
+def motion_models_make_a_video_expert(ckpt_name: str) -> dict:
+    """SD 1.5 takes frame batches; with AnimateDiff's motion modules attached (where AnimateDiff-Evolved keeps them:
+    the patcher's additional models under "ADE"; a stand-in here, as no tiny motion model exists) it relates them.
+    What the core's image-expert check (``chain.frames_alone_warnings``) says of each, as control expert."""
+    from types import SimpleNamespace
+
+    host, chain = _pack_module(".nodes.host"), _pack_module(".confiner_core.chain")
+    model, _ = _load(ckpt_name)
+    animated = model.clone()
+    animated.additional_models = {**animated.additional_models, "ADE": [SimpleNamespace(model=None)]}
+    said = {}
+    for name, m in (("bare", model), ("with_motion_models", animated)):
+        expert = host.ComfyExpert(m, "control")
+        said[name] = {"layout": expert.layout, "relates_frames": expert.relates_frames,
+                      "warnings": chain.frames_alone_warnings(SimpleNamespace(expert=expert), None)}
+    return said
+
+
 def run_with_motion_frame_limit(api_prompt: dict, limit: int) -> dict:
     """:func:`run_counting_evaluations` with every model's motion frame limit read as ``limit``, as an AnimateDiff
     motion model of that context length would give it (AnimateDiff-Evolved is not loaded in these tests)."""
