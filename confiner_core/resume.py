@@ -110,7 +110,7 @@ class ResumeStore:
         name = f"state-{state.next_window:05d}.safetensors"  # a new name each time: state.json moves in one step
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
-                **{name: dict(c) for name, c in state.counts().items()}, "settings": self.settings}
+                **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:
@@ -122,7 +122,7 @@ class ResumeStore:
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("guidance.")},
-                          tensors.get("anchor"), **{name: Counter(info.get(name, {})) for name in COUNTERS})
+                          tensors.get("anchor"), **{counter: Counter(info.get(counter, {})) for counter in COUNTERS})
         return state, info
 
     def _save_tensors(self, name: str, tensors: dict) -> None:
