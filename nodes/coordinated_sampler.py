@@ -144,7 +144,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         host.plan_refinement(spatial, temporal, config)
         first = (temporal if mode == TEMPORAL else spatial).expert.latent_space
         if first != space:   # the seconds (minutes on a CPU) of decoding and encoding before the first evaluation
-            progress.opening += f"\nfirst: the structure through the VAEs ({space.name} → {first.name})"
+            line = "first: the structure through the VAEs"
+            named = f"{line} ({space.name} → {first.name})"
+            progress.opening += "\n" + (named if len(named) <= host.LINE_WIDTH else line)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),

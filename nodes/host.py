@@ -244,6 +244,11 @@ def frames_alone(model, role: str) -> str | None:
             f"Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)")
 
 
+#: the characters of one line of a node's text that the frontend shows at the templates' node widths (it neither
+#: wraps nor scrolls that text)
+LINE_WIDTH = 60
+
+
 def frames_alone_note(role: str) -> str:
     """:func:`frames_alone` as the node's text shows it: one line that fits a node's width (the frontend neither wraps
     nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console has the

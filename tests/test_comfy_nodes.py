@@ -123,7 +123,8 @@ def test_animatediffs_motion_modules_make_sd_a_video_expert_for_the_core_too(com
     """SD 1.5 with AnimateDiff's motion modules takes frame batches but relates them: the core's check, which
     generate_long runs inside the Long Video, said "the control expert takes one frame at a time (an image model)"
     on the console of every first Long Video run of the AnimateDiff template (the node's own check knew better)."""
-    r = comfy_worker.call("comfy_support.confiner_checks:motion_models_make_a_video_expert", comfy_worker.checkpoint_name)
+    r = comfy_worker.call("comfy_support.confiner_checks:motion_models_make_a_video_expert",
+                          comfy_worker.checkpoint_name)
     assert r["bare"]["layout"] == r["with_motion_models"]["layout"] == "frames"
     assert r["with_motion_models"]["relates_frames"] and r["with_motion_models"]["warnings"] == []
     assert not r["bare"]["relates_frames"] and len(r["bare"]["warnings"]) == 1
