@@ -29,7 +29,7 @@ class ConFinerControlExpert(io.ComfyNode):
                                                 "AnimateDiff-Lightning motion model, Wan 2.1); with a low-noise "
                                                 "model connected, the high-noise half (Wan 2.2 A14B high noise)."),
                 io.Conditioning.Input("positive", tooltip="What the video shows."),
-                io.Conditioning.Input("negative", tooltip="What to avoid (only used when control cfg > 1)."),
+                io.Conditioning.Input("negative", tooltip="What to avoid (only used when control cfg is not 1)."),
                 io.Latent.Input("latent", tooltip="Sets size and frame count: an SD-style frame batch [F,4,h,w] "
                                                   "(Empty Latent Image, batch size = frames) or a native video "
                                                   "latent [B,C,T,h,w] (Wan: Empty HunyuanVideo Latent, length 4k+1, "
@@ -79,5 +79,5 @@ class ConFinerControlExpert(io.ComfyNode):
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
             structure = generate_structure(control, noise, config, generator)
-        host.log_cost("ConFiner Control Expert", log)
+        host.log_cost("ConFiner Control Expert", log, host.node_id(cls))
         return io.NodeOutput({**host.latent_out(model, structure, latent), host.CONTROL_STEPS_KEY: steps})

@@ -78,8 +78,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             validate_refinement(spatial, temporal, (1, source.expert.latent_space.channels, 1, 1, 1), config,
                                 source=source, control_schedule=cls.control_schedule(control_model),
                                 vae_fixes=fixes)
-            # the frontend marks this node running from here, through the control stage: not the last run's "done"
-            host.show_text(host.node_id(cls), "waiting for the structure\n(the control stage runs first)")
+            # the frontend marks this node running from here, through the control stage and any node the queue runs
+            # before this one (the other samplers of the compare template): not the last run's "done"
+            host.show_text(host.node_id(cls), "waiting for its turn\n(the structure's control stage runs first)")
             return ["structure"]
         return []
 
@@ -152,5 +153,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
                                       source=source, control_schedule=control_schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
-        host.log_cost(NODE, log)
+        host.log_cost(NODE, log, host.node_id(cls))
+        if refiner.expert.latent_space != spatial.expert.latent_space:   # temporal-only refinement: the temporal
+            out = refiner.expert.latent_space.name                      # expert's latents, not the spatial one's
+            note = f"output in {out} latents: decode with the temporal VAE"
+            progress.show(f"{progress.summary}\n"
+                          + (note if len(note) <= host.LINE_WIDTH else "output in the temporal expert's latents"))
         return io.NodeOutput(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))

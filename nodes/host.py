@@ -673,7 +673,8 @@ class Progress:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
             e.confiner_text_shown = True
             raise
-        self.summary = f"done · {self.done} expert evaluations in {time.perf_counter() - start:.1f} s"
+        self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'} in "
+                        f"{time.perf_counter() - start:.1f} s")
         self.show(self.summary)
 
 
@@ -720,8 +721,9 @@ def cost_line(node: str, log: EvaluationLog) -> str:
     return line + (f", {vae_calls} VAE calls (encodes and decodes between the experts)" if vae_calls else "")
 
 
-def log_cost(node: str, log: EvaluationLog) -> str:
-    """One console line per node run (:func:`cost_line`); returned for the node's text."""
-    line = cost_line(node, log)
+def log_cost(node: str, log: EvaluationLog, node_id: str | None = None) -> str:
+    """One console line per node run (:func:`cost_line`), naming the node by its id where several of a kind run (the
+    compare template's three Refine Samplers); returned for the node's text."""
+    line = cost_line(f"{node} #{node_id}" if node_id is not None else node, log)
     logging.info(line)
     return line

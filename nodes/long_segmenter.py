@@ -241,7 +241,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             with log.stage("refine"):
                 out = codec.encode(out)
                 log.record_vae(1)
-        host.log_cost(NODE, log)
+        host.log_cost(NODE, log, host.node_id(cls))
         if prompts is not None:   # what the video followed, once the progress is over
             host.show_text(host.node_id(cls), f"{progress.summary}\n{node_schedule_text(prompts, plan)}")
         return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))

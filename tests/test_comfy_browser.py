@@ -162,7 +162,7 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     assert h["saved_after"] == h["saved_before"], (h["saved_before"], h["saved_after"])
 
 
-def test_a_run_start_clears_the_last_runs_error_text_but_keeps_its_done(frontend):
+def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_never_ended(frontend):
     """A Refine Sampler refused in one run kept "stopped by an error (see the error)" through the next run, in which
     an upstream node failed and it never ran. web/confiner.js clears such an ending when a run starts; a node that
     runs says how it goes at once, and a "done" stays (a node served from the cache did finish)."""
@@ -179,6 +179,13 @@ def test_a_run_start_clears_the_last_runs_error_text_but_keeps_its_done(frontend
     assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, after
     after = browser.run_starts(b, {"ConFinerCoordinatedSampler": "cancelled after evaluation 3/15"})
     assert after == {"ConFinerCoordinatedSampler": ""}, after
+    # a sampler whose turn never came (Cancel during another node, an upstream error): its lazy check's "waiting"
+    # goes when the run ends, whichever way
+    waiting = "waiting for its turn\n(the structure's control stage runs first)"
+    for end in ("execution_interrupted", "execution_error", "execution_success"):
+        after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end)
+        assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (end, after)
+    assert browser.run_starts(b, {"ConFinerCoordinatedSampler": waiting}) == {"ConFinerCoordinatedSampler": waiting}
 
 
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):

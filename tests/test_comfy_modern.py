@@ -192,6 +192,9 @@ def test_flux_spatial_expert_with_wan_experts_runs_through_the_bridge(comfy_work
     assert r["evaluations"] == 2 + 3 * REFINE_STEPS
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     assert _forwards(r, "ConFiner Refine Sampler") == 3 * REFINE_STEPS   # every expert at cfg 1
+    # the console names each node's line by its id (the compare template runs three Refine Samplers)
+    assert sorted(line.split(":")[0] for line in r["cost_lines"]) == ["ConFiner Control Expert #9",
+                                                                      "ConFiner Refine Sampler #11"]
     spatial = _spatial_evaluations(r)
     assert len(spatial) == 2 * REFINE_STEPS and {e["model"] for e in spatial} == {"Flux"}
     assert [e["forwards"] for e in spatial] == [1] * len(spatial)
@@ -229,7 +232,8 @@ def test_a_spatial_cfg_on_flux_dev_is_warned_under_the_node(comfy_worker, modern
     r = comfy_worker.call("comfy_support.modern_checks:run_recording_flux", prompt)
     assert r["success"], r.get("error")
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
-    assert texts[0] == "waiting for the structure\n(the control stage runs first)"   # its lazy check, then its run
+    # its lazy check, then its run
+    assert texts[0] == "waiting for its turn\n(the structure's control stage runs first)"
     warned = [t.startswith("warning: spatial cfg 3.5 on a distilled model: use 1") for t in texts[1:]]
     assert all(warned) if cfg != 1.0 else not any(warned), texts[:2]
     assert max(len(line) for t in texts for line in t.split("\n")) <= 60
@@ -268,6 +272,19 @@ def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one
                                          ["frames = 8: the windows are joined into one clip of the refining expert's "
                                           "latent space, and the wan2.1 latent space holds 4k+1 frames (1, 5, 9, ...); "
                                           "8 frames would be cut by its VAE: use 5 or 9"])
+
+
+def test_temporal_only_refinement_of_a_bridged_graph_says_its_output_is_the_temporal_experts(comfy_worker, modern):
+    """The SD bridge template switched to refine mode 'temporal' returns Wan latents (the temporal expert's space);
+    its SD VAE Decode then failed with a bare channel error. The node says which VAE decodes its output."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["11"]["inputs"]["mode"] = "temporal"
+    prompt["12"]["inputs"]["vae"] = ["5", 0]   # the Wan VAE: what the note says
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    assert texts[-1].split("\n")[-1] == "output in wan2.1 latents: decode with the temporal VAE", texts[-1]
+    assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
 def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern):

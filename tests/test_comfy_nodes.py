@@ -157,7 +157,7 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     # from the moment the frontend marks it running (its lazy check, before the control stage) to its first
     # evaluation, the run's start in place of the previous run's end
     before = [t["text"] for t in texts if t["node_id"] == sampler][:2]
-    assert before[0].endswith("waiting for the structure\n(the control stage runs first)"), before
+    assert before[0].endswith("waiting for its turn\n(the structure's control stage runs first)"), before
     assert before[1].endswith("starting · 15 expert evaluations"), before
     sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
@@ -207,8 +207,8 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
     for node_type, role, last in (("ConFinerControlExpert", "control", "done · 4 expert evaluations"),
                                   ("ConFinerCoordinatedSampler", "temporal", "done · 15 expert evaluations")):
         (node,) = _node_ids(workflow, node_type)
-        # (the Refine Sampler's lazy check says it waits for the structure before the node's own run begins)
-        mine = [t["text"] for t in texts if t["node_id"] == node and not t["text"].startswith("waiting for the")]
+        # (the Refine Sampler's lazy check says it waits for its turn before the node's own run begins)
+        mine = [t["text"] for t in texts if t["node_id"] == node and not t["text"].startswith("waiting for its")]
         warning = f"warning: the {role} expert is an image model"
         assert mine[0].startswith(warning), mine[0]              # before its first evaluation
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end

@@ -555,10 +555,12 @@ def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", t
     return sampler
 
 
-def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE, titles=None):
+def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, decode=IMAGE_DECODE, titles=None,
+            save_titles=None):
     """A decode node (``decode``: class and widgets) and a Save Animated WEBP per latent, in the current group: one
     decode over its save; several decodes stacked, their saves in the next column (a link from a decode to its save
-    would otherwise pass the nodes between them). ``titles``: one per decode, where several need telling apart."""
+    would otherwise pass the nodes between them). ``titles`` / ``save_titles``: one per decode / save, where several
+    need telling apart."""
     decodes = []
     for i, latent in enumerate(latents):
         dec = g.node(decode[0], list(decode[1]), titles[i] if titles else title)
@@ -567,8 +569,8 @@ def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, de
         decodes.append(dec)
     if len(decodes) > 1:
         g.column()
-    for dec, prefix in zip(decodes, prefixes):
-        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], None)
+    for i, (dec, prefix) in enumerate(zip(decodes, prefixes)):
+        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], save_titles[i] if save_titles else None)
         g.link(dec, "IMAGE", save, "images")
 
 
@@ -602,7 +604,8 @@ def compare_modes():
                 for mode in ("coordinated", "standard", "temporal")]
     g.column("output", "6 · Decode and save")
     modes = ("coordinated", "standard", "temporal")
-    outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in modes], titles=[f"VAE Decode ({m})" for m in modes])
+    outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in modes], titles=[f"VAE Decode ({m})" for m in modes],
+            save_titles=[f"Save ({m})" for m in modes])
     g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 

@@ -10,6 +10,8 @@
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
 //   "done" stays: a node served from the cache did finish.
+// * A run's end (finished, failed or cancelled) clears a "waiting for its turn" the Refine Sampler showed from its
+//   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
 // sends them.
@@ -20,19 +22,26 @@ const SAMPLING_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSam
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
+const WAITING = /^waiting for its turn/m;
+
+// Empties the progress text of every sampling node whose text matches ``pattern``.
+function clearTexts(pattern) {
+  for (const node of app.graph?._nodes ?? []) {
+    const text = SAMPLING_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    if (text && pattern.test(text.value ?? "")) {
+      text.value = "";
+      node.setDirtyCanvas?.(true, true);
+    }
+  }
+}
 
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
-    api.addEventListener("execution_start", () => {
-      for (const node of app.graph?._nodes ?? []) {
-        const text = SAMPLING_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-        if (text && ENDED_BADLY.test(text.value ?? "")) {
-          text.value = "";
-          node.setDirtyCanvas?.(true, true);
-        }
-      }
-    });
+    api.addEventListener("execution_start", () => clearTexts(ENDED_BADLY));
+    for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
+      api.addEventListener(end, () => clearTexts(WAITING));
+    }
   },
   nodeCreated(node) {
     if (!SAMPLING_NODES.has(node.comfyClass)) return;

@@ -272,15 +272,15 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
 }"""
 
 
-# Each node's progress text as the server sends it, then a run's start: what each node shows after it.
-RUN_STARTS_JS = """async (texts) => {
+# Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
+RUN_STARTS_JS = """async ([texts, event]) => {
   const api = window.comfyAPI.api.api;
   for (const [type, text] of Object.entries(texts)) {
     const node = app.graph._nodes.find((n) => n.type === type);
     api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
   }
   await new Promise((r) => setTimeout(r, 200));
-  api.dispatchCustomEvent("execution_start", {prompt_id: "confiner-test", timestamp: Date.now()});
+  api.dispatchCustomEvent(event, {prompt_id: "confiner-test", timestamp: Date.now()});
   await new Promise((r) => setTimeout(r, 200));
   return Object.fromEntries(Object.keys(texts).map((type) => {
     const node = app.graph._nodes.find((n) => n.type === type);
@@ -289,9 +289,10 @@ RUN_STARTS_JS = """async (texts) => {
 }"""
 
 
-def run_starts(browser: Browser, texts: dict) -> dict:
-    """node type -> its text after ``texts`` arrived and then a run started (:data:`RUN_STARTS_JS`)."""
-    return browser.page.evaluate(RUN_STARTS_JS, texts)
+def run_starts(browser: Browser, texts: dict, event: str = "execution_start") -> dict:
+    """node type -> its text after ``texts`` arrived and then the server's ``event`` (a run's start, or its end:
+    execution_success / _error / _interrupted) (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, [texts, event])
 
 
 def progress_arrives(browser: Browser, node_type: str, text: str, png_base64: str) -> dict:
