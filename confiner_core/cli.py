@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spatial", help="spatial expert (text-to-image): SD 1.5 or SDXL diffusers folder or single-file "
                    ".safetensors (a single file with --base), Qwen-Image, FLUX.1-dev / schnell (bridged through "
                    "the VAEs; --cfg is dev's distilled guidance), or Wan 2.1 / 2.2 as an image model")
-    g.add_argument("--temporal", help="temporal expert (text-to-video): any kind --control takes; not needed with "
+    g.add_argument("--temporal", help="temporal expert (text-to-video): any kind --control takes; left out with "
                    "--mode standard")
     g.add_argument("--base", help="local diffusers pipeline folder that supplies configs, tokenizer and scheduler to "
                    "motion modules and single files: SD 1.5, or SDXL for an SDXL single file")

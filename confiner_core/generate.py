@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import json
 import math
 import numbers
@@ -166,6 +167,11 @@ def spelled(text: str) -> str:
     if text is None or _SPELLING.get() == "cli":
         return text
     return _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
+
+
+def from_the_backend(text: str) -> str:
+    """A diffusers-backend message names its keyword arguments (``base=``); on the command line, the options."""
+    return text.replace("base=", "--base ") if _SPELLING.get() == "cli" else text
 
 
 @contextlib.contextmanager
@@ -444,6 +450,9 @@ class GenerateRequest:
             raise UsageError(f"{' and '.join(missing)} missing: real checkpoints need --control and --spatial, and "
                              "--temporal unless --mode standard; give none of them to use the embedded default",
                              missing[0])
+        if self.temporal and "temporal" not in EVALUATED_IN[self.chain.mode]:   # it would be inspected, loaded, unused
+            raise UsageError(f"--temporal is not evaluated by --mode {self.chain.mode} (the spatial expert refines "
+                             f"alone): drop it, or use --mode coordinated", "--temporal")
         if self.base and not os.path.isdir(self.base):
             what = "does not exist" if not os.path.exists(self.base) else "is not a folder"
             raise UsageError(f"--base: {self.base} {what}; give the local diffusers pipeline folder (SD 1.5, or SDXL "
@@ -458,7 +467,7 @@ class GenerateRequest:
         except (ValueError, OSError) as e:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
-            message = str(e)
+            message = from_the_backend(str(e))
             # an expert's line names its role and path (a role "base" error names base itself)
             if role in ("control", "spatial", "temporal") and not message.startswith(f"{role} expert"):
                 message = f"{role} expert: {message}"
@@ -543,7 +552,7 @@ def natural_frames(spaces) -> int:
 
 def check_device(device: str) -> None:
     """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu`` and present on this machine, else a UsageError."""
-    accepted = "cpu, cuda, cuda:N or mps"
+    accepted = "cpu, cuda, cuda:N, mps or xpu"
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -606,6 +615,24 @@ def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
     return device_to_host(to_uint8(codec.decode(latent)))
 
 
+@contextlib.contextmanager
+def loading_bars(shown: bool):
+    """diffusers' own progress bars while experts load (a single file's "Loading pipeline components"), off with
+    ``--quiet`` as the run's bar is."""
+    if shown or importlib.util.find_spec("diffusers") is None:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            diffusers_logging.enable_progress_bar()
+
+
 def load_backend(req: GenerateRequest) -> Backend:
     if req.embedded:
         from .embedded.experts import PRESET_HELP, embedded_experts
@@ -624,7 +651,7 @@ def load_backend(req: GenerateRequest) -> Backend:
         loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
                               device=req.device, speed=speed)
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
-        raise UsageError(str(e), "--spatial") from e
+        raise UsageError(from_the_backend(str(e)), "--spatial") from e
     return Backend(loaded.experts, "diffusers checkpoints")
 
 
@@ -783,7 +810,8 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
               store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None) -> dict | None:
     t_start = time.perf_counter()
     device = ranks.device_for(req.device)
-    backend = load_backend(replace(req, device=device))
+    with loading_bars(show_progress or req.embedded):   # (the embedded experts load nothing)
+        backend = load_backend(replace(req, device=device))
     d = bind_experts(backend, req, log, schedule.first)
     refiner = refining_denoiser(d["spatial"], d["temporal"], req.chain.mode)
 

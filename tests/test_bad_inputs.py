@@ -105,6 +105,8 @@ CLI_CASES = [
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     # options the run would not read: refused as --control-eta above, rather than recorded and ignored
     Case("matching-without-coordinated", ["--matching", "nearest", "--mode", "standard"], "--mode standard"),
+    # a temporal expert standard mode never evaluates: its frame rule refused valid runs (a Wan one, 8 frames)
+    Case("temporal-without-its-mode", [*CKPT, "--mode", "standard"], "--temporal is not evaluated by --mode standard"),
     Case("embedded-with-checkpoints", ["--embedded", "wan", "--control", "{motion}", "--spatial", "{sd}",
                                        "--temporal", "{motion}"], "--embedded wan"),
     Case("long-option-on-a-clip", ["--gamma", "0.3", "--coherence-memory", "unguided"],

@@ -226,6 +226,21 @@ def test_table3_warning_only_where_the_paper_found_collapse():
         run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
 
 
+def test_same_index_across_schedules_of_other_noise_levels_is_warned_with_its_fix():
+    """The paper's same-index re-noising assumes experts of one schedule; SD 1.5 and a flow expert (Wan, shift 3)
+    put T_e = 100 at noise-to-signal 0.34 and 0.11. Warned, with 'nearest', which matches the level; not warned for
+    SD-family experts (SD 1.5 and AnimateDiff's linear betas differ by less than 1.5x) nor with 'nearest'."""
+    from confiner_core.chain import same_index_mismatch_warning
+
+    sd, wan, ad = S.named("sd15"), S.flow_schedule(3.0), S.named("animatediff")
+    message = same_index_mismatch_warning(sd, wan, 100)
+    assert message and "noise-to-signal is 0.34" in message and "expert's 0.11" in message and "'nearest'" in message
+    assert same_index_mismatch_warning(sd, ad, 100) is None and same_index_mismatch_warning(sd, sd, 400) is None
+    alpha, sigma = wan.coefficients(matched_timestep(sd, wan, 100, "nearest"))
+    sd_alpha, sd_sigma = sd.coefficients(100)
+    assert sigma / alpha == pytest.approx(sd_sigma / sd_alpha, rel=0.05)   # what 'nearest' gives instead
+
+
 @pytest.mark.parametrize("mode, warned", [("coordinated", ["control", "temporal"]), ("standard", ["control"])])
 def test_an_image_expert_in_a_role_that_relates_frames_is_warned(mode, warned):
     """Experts passed in another order (the image expert as control, or as temporal expert where the mode evaluates

@@ -311,7 +311,10 @@ def test_detection(modern_dirs, tmp_path):
     i2v = copy_folder(modern_dirs("wan21"), tmp_path / "i2v",
                       {"model_index.json": {"_class_name": "WanImageToVideoPipeline"}})
     assert detect(i2v)[1] == W.WAN_UNSUPPORTED
-    with pytest.raises(ValueError, match=r"control expert \(.*i2v\).*image-to-video.*cannot serve as the control"):
+    # a variant no role takes: said once, with what to use ("…, which cannot serve as the control expert" read as
+    # if another role could take it)
+    with pytest.raises(ValueError, match=r"control expert \(.*i2v\).*image-to-video.*which ConFiner does not use "
+                                         r"\(its Wan experts are text-to-video: use a WanPipeline folder\)$"):
         load_experts(control=i2v, spatial=modern_dirs("qwen_image"))
 
 
@@ -508,7 +511,7 @@ def test_flux_shift_is_the_pipelines_at_1024(modern_dirs):
 
 @pytest.mark.parametrize("case,match", [
     ("fill", r"spatial expert \(.*\).*Flux Fill / Control / Kontext / FLUX.2 folder, which ConFiner does not "
-             r"use.*cannot serve as the spatial expert"),
+             r"use \(use a FLUX.1-dev or schnell FluxPipeline folder as the spatial expert\)$"),
     ("t5 width", r"spatial expert \(.*\): its T5-XXL text encoder is 48 wide but the transformer's "
                  r"joint_attention_dim is 32"),
     ("vae channels", r"its VAE makes 4-channel latents .* FLUX.1 takes 16"),

@@ -87,6 +87,8 @@ def detect_kind(path) -> str:
 def check_role(role: str, path, family: Family, kind: str) -> None:
     if role not in family.roles_for(kind):
         descriptions = kind_descriptions()
+        if not family.roles_for(kind):   # a variant no role takes: its description says why and what to use
+            raise ValueError(f"{files.who(role, path)} is {descriptions[kind]}")
         accepted = "; ".join(descriptions[k] for k in role_kinds()[role])
         raise ValueError(f"{files.who(role, path)} is {descriptions[kind]}, which cannot serve as the {role} "
                          f"expert; accepted: {accepted}")
