@@ -166,11 +166,14 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
     width, pooled = text_width(model), pooled_width(model)
     prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
     for which, conditioning in prompts:
+        # the Refine Experts input it came from: an unconnected temporal prompt is the spatial one
+        came = {"spatial": f" (spatial_{which})",
+                "temporal": f" (temporal_{which}, or spatial_{which} where that is unconnected)"}.get(role, "")
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
             if width is not None and got is not None and got != width:
                 family, loader = _family(model)
-                raise ValueError(f"the {role} expert's {which} conditioning is {got} wide, but {which_model} "
+                raise ValueError(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model} "
                                  f"({family}) reads text {width} wide: encode that prompt with this model's own text "
                                  f"encoder ({loader})")
             vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
@@ -178,7 +181,7 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
             if pooled is not None and got_pooled != pooled:
                 family, loader = _family(model)
                 has = "no pooled text vector" if got_pooled is None else f"a {got_pooled}-wide pooled text vector"
-                raise ValueError(f"the {role} expert's {which} conditioning carries {has}, but {which_model} "
+                raise ValueError(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model} "
                                  f"({family}) reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
                                  f"with this model's own text encoder ({loader})")
 

@@ -314,7 +314,7 @@ def test_a_prompt_without_clip_ls_pooled_vector_into_flux_is_refused_before_any_
     prompt["36"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["35", 0]}}
     prompt["10"]["inputs"]["spatial_positive"] = ["36", 0]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "T5-only prompt into Flux",
-                                         ["spatial expert's positive conditioning carries no pooled text vector",
+                                         ["spatial expert's positive conditioning (spatial_positive) carries no pooled text vector",
                                           "reads one 32 wide", "Flux", "DualCLIPLoader with type flux"])
 
 
@@ -442,7 +442,12 @@ OTHER_TEXT_ENCODER = [
      ["spatial expert's positive conditioning", "SD15", "checkpoint loader"]),
     ("Wan negative into the SD 1.5 spatial expert at cfg 2",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=2.0),
-     ["spatial expert's negative conditioning", "4096 wide", "SD15"]),
+     ["spatial expert's negative conditioning (spatial_negative)", "4096 wide", "SD15"]),
+    # the temporal prompts unconnected: the spatial (Qwen) ones go to Wan, and the message says where they came from
+    ("Unconnected temporal prompts take the spatial ones",
+     lambda p, ckpt: [p["10"]["inputs"].pop(k) for k in ("temporal_positive", "temporal_negative")],
+     ["temporal expert's positive conditioning (temporal_positive, or spatial_positive where that is "
+      "unconnected)", "WAN21"]),
 ]
 
 

@@ -364,6 +364,11 @@ def test_qwen_inspection_errors(modern_dirs, tmp_path):
         registry.inspect_all({"spatial": folder}, Context())
     with pytest.raises(ValueError, match="image_mode='frames': choose one of"):
         registry.inspect_all({"spatial": modern_dirs("qwen_image")}, Context(options={"image_mode": "frames"}))
+    # a misspelt option name was ignored: the run was made in latent frames, as if it had not been given
+    with pytest.raises(ValueError, match=r"^options: 'imagemode' \(did you mean 'image_mode'\?\) is not a family "
+                                         r"option; known: flow_shift, image_mode, pair_guidance, vae_tiling$"):
+        registry.load_experts(modern_dirs("wan21"), modern_dirs("qwen_image"), modern_dirs("wan21"),
+                              options={"imagemode": "pixel_frames"})
 
 
 def test_inspection_reads_shift_space_and_boundary(modern_dirs):

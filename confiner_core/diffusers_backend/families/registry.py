@@ -13,6 +13,7 @@ it. :func:`load_experts` runs in three phases so that nothing heavy happens befo
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .modelscope import ModelScope
 from .qwen_image import QwenImage
 from .sd15 import SD15
 from .sdxl import SDXL
+from .wan import OPTIONS as FAMILY_OPTIONS
 from .wan import Wan
 
 #: every family, in detection order (add a family here)
@@ -260,6 +262,12 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     naming the role, the path and the fix; both before any weights load."""
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
+    unknown = sorted(set(options or {}) - set(FAMILY_OPTIONS))
+    if unknown:   # a misspelt option would be ignored, and the run made without it
+        close = {name: difflib.get_close_matches(name, FAMILY_OPTIONS, n=1) for name in unknown}
+        hints = "; ".join(f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "")
+                          for name in unknown)
+        raise ValueError(f"options: {hints} is not a family option; known: {', '.join(FAMILY_OPTIONS)}")
     paths, context = make_context(control, spatial, temporal, base, device=device, dtype=dtype, options={
         "motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
