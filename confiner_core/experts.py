@@ -34,6 +34,12 @@ class Prediction(NamedTuple):
 COUNTERS = ("evaluations", "forwards", "vae_calls")
 
 
+def counts_of(holder=None) -> dict[str, Counter]:
+    """A copy of the :data:`COUNTERS` of ``holder`` (an :class:`EvaluationLog`, a long run's state), per stage;
+    empty ones for None."""
+    return {name: Counter(getattr(holder, name) if holder is not None else {}) for name in COUNTERS}
+
+
 @dataclass
 class EvaluationLog:
     """One run's count, per stage, of expert evaluations (denoiser calls, the paper's unit: one (x0, eps) prediction,
@@ -106,8 +112,7 @@ class EvaluationLog:
         self.vae_calls[self.current] += calls
 
     def counts(self) -> dict[str, Counter]:
-        """A copy of the counters (:data:`COUNTERS`), per stage."""
-        return {name: Counter(getattr(self, name)) for name in COUNTERS}
+        return counts_of(self)
 
     def add_counts(self, counts: dict) -> None:
         """Add counts made elsewhere: by another process, or before a resumed run was interrupted."""

@@ -932,7 +932,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     if not lead:
         return {}
     if ranks.world > 1:   # the report counts every process's work: what the finished windows cost
-        log.evaluations, log.forwards, log.vae_calls = final.evaluations, final.forwards, final.vae_calls
+        for name, counter in final.counts().items():
+            setattr(log, name, counter)
     extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0,
              "processes": ranks.describe()}
     if prompts is not None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
-from .experts import COUNTERS, Denoiser, in_stage
+from .experts import COUNTERS, Denoiser, counts_of, in_stage
 from .prompts import Entry, PromptSchedule, render_schedule
 
 SHUFFLE = "shuffle"
@@ -472,7 +472,7 @@ class LongState:
     vae_calls: Counter = field(default_factory=Counter)
 
     def counts(self) -> dict[str, Counter]:
-        return {name: Counter(getattr(self, name)) for name in COUNTERS}
+        return counts_of(self)
 
 
 def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple) -> None:
@@ -532,10 +532,6 @@ def first_windows(plan: SegmentPlan) -> dict:
     return first
 
 
-def no_counts() -> dict[str, Counter]:
-    return {name: Counter() for name in COUNTERS}
-
-
 def add_counts(a: dict, b: dict) -> dict[str, Counter]:
     return {name: a[name] + Counter(b.get(name, {})) for name in COUNTERS}
 
@@ -543,9 +539,9 @@ def add_counts(a: dict, b: dict) -> dict[str, Counter]:
 @contextlib.contextmanager
 def _tally(log, costs: dict, key: tuple):
     """What the block cost (the log's counts, per stage), kept as ``costs[key]``."""
-    before = log.counts() if log is not None else no_counts()
+    before = counts_of(log)
     yield
-    after = log.counts() if log is not None else no_counts()
+    after = counts_of(log)
     costs[key] = {name: after[name] - before[name] for name in COUNTERS}
 
 
@@ -617,7 +613,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     structures: dict[int, torch.Tensor] = {}  # structures this rank holds: made here or received
     memories: dict[int, dict] = {}            # coherence memory of structures made here
     pixels: dict[int, torch.Tensor] = {}
-    costs: dict[tuple, dict] = {}              # ("structure", i) / ("window", w) -> what it cost (no_counts())
+    costs: dict[tuple, dict] = {}              # ("structure", i) / ("window", w) -> what it cost (counts_of())
     finished: dict[int, _Finished] = {}        # rank 0: refined here, waiting for their turn to be sunk
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
 
@@ -677,7 +673,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                          structures[last], memories.get(last, {}), counts)
 
     # -- rank 0: sink the windows in order ------------------------------------------------------------------------
-    totals = [resume.counts() if resume is not None else no_counts()]
+    totals = [counts_of(resume)]
     state = [None]
     next_sink = [start]
     anchor = [resume.anchor if resume is not None else None]
@@ -690,7 +686,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
         prepared = rest.pop(0) if meta["prepared"] else None
         kept = rest.pop(0).to(device)
         memory = dict(zip(meta["steps"], rest.pop(0).to(device).unbind(0))) if meta["steps"] else {}
-        return _Finished(latent, prepared, meta["structure"], kept, memory, add_counts(no_counts(), meta["counts"]))
+        return _Finished(latent, prepared, meta["structure"], kept, memory, add_counts(counts_of(), meta["counts"]))
 
     def deliver(limit: int) -> None:
         """Sink windows in order: those refined here as soon as it is their turn, the others' (waiting for them)
@@ -719,7 +715,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                 sink(result.latent, window)
             totals[0] = add_counts(totals[0], result.counts)
             state[0] = LongState(w + 1, {result.structure: result.kept}, dict(result.memory), anchor[0],
-                                 **add_counts(no_counts(), totals[0]))
+                                 **totals[0])
             next_sink[0] = w + 1
             if on_window_done is not None:
                 on_window_done(state[0])
