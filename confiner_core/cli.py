@@ -18,6 +18,7 @@ import warnings
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .errors import Interrupted, OutputError, RankFailed, UsageError
+from .latent_spaces import IMAGE_MODES, LATENT_FRAMES
 from .long import COHERENCE_MEMORIES
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
@@ -97,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--mode standard")
     g.add_argument("--base", help="local diffusers pipeline folder that supplies configs, tokenizer and scheduler to "
                    "motion modules and single files: SD 1.5, or SDXL for an SDXL single file")
+    g.add_argument("--image-mode", choices=IMAGE_MODES, default=LATENT_FRAMES,
+                   help="a Wan or Qwen-Image --spatial (an image model on Wan's video latents) refines every latent "
+                        "frame as an image (latent_frames: fast; a latent frame after the first packs 4 video frames) "
+                        "or every video frame encoded alone (pixel_frames: 2 VAE passes per step, keeps the motion "
+                        "inside each 4 frames)")
     g.add_argument("--embedded", choices=list(EMBEDDED_PRESETS), default="sd",
                    help="without checkpoints: which weight-free embedded experts -- " +
                         "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
@@ -226,7 +232,7 @@ def request_from_args(a: argparse.Namespace):
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg,
                            spatial_cfg=a.spatial_cfg, temporal_cfg=a.temporal_cfg, fps=a.fps,
                            device=a.device, speed=a.speed, compile_dir=a.compile_dir, resume=a.resume,
-                           embedded_preset=a.embedded, chain=chain,
+                           embedded_preset=a.embedded, image_mode=a.image_mode, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
                                            gamma=a.gamma, staggered=not a.no_stagger,

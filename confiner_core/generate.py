@@ -49,7 +49,7 @@ from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .embedded.world import DEFAULT_PROMPT
-from .latent_spaces import LatentSpace, to_uint8
+from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
 NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
@@ -131,6 +131,7 @@ CHOICES = (
     ("--noise-init", "long.noise_init", NOISE_INITS),
     ("--speed", "speed", SPEEDS),
     ("--embedded", "embedded_preset", tuple(EMBEDDED_PRESETS)),
+    ("--image-mode", "image_mode", IMAGE_MODES),
 )
 NUMBER_BY_OPTION = {n.option: n for n in NUMBERS}
 # what ConFiner-Long alone reads (the segment length decides whether a run is long, so it is not among them)
@@ -215,7 +216,8 @@ class GenerateRequest:
     holds the method's settings (``chain.te=None``: the refining expert's default, see
     :class:`~confiner_core.chain.ChainConfig`); ``long`` ConFiner-Long's, used once ``frames`` exceeds a segment or
     the prompt travels (``long.segment_length=None``, the default here: the experts' natural clip, 16 frames or 17
-    for Wan-like 4k+1 spaces). The request holds its own
+    for Wan-like 4k+1 spaces); ``image_mode`` is how a Wan or Qwen-Image spatial expert refines the video
+    (``latent_frames`` or ``pixel_frames``, README "Image experts on video latents"). The request holds its own
     copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
     ``long.segment_length``, ``frames``), never in the objects passed in, so one ``ChainConfig`` can serve several
     requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
@@ -242,6 +244,7 @@ class GenerateRequest:
     compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
+    image_mode: str = LATENT_FRAMES  # a Wan / Qwen-Image spatial expert: every latent frame, or every pixel frame
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
 
@@ -437,6 +440,10 @@ class GenerateRequest:
             if self.base:
                 raise UsageError("--base only applies to checkpoints; give --control and --spatial too, or drop it",
                                  "--base")
+            if self.image_mode != LATENT_FRAMES:
+                raise UsageError(f"--image-mode {self.image_mode} applies to a Wan or Qwen-Image spatial expert "
+                                 f"checkpoint; the embedded experts refine pixel frames with --embedded wan-pixel",
+                                 "--image-mode")
             return
         absent = [(role, path) for role, path in self.roles().items() if not os.path.exists(path)]
         if absent:   # a wrong path first: it is what the user typed; every one of them, to fix in one go
@@ -463,7 +470,8 @@ class GenerateRequest:
             raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
                                f"requirements-diffusers.txt") from None
         try:  # configs and safetensors headers only: no weights load
-            self._inspections = preflight(self.control, self.spatial, self.temporal, self.base)
+            self._inspections = preflight(self.control, self.spatial, self.temporal, self.base,
+                                          image_mode=self.image_mode)
         except (ValueError, OSError) as e:
             role = getattr(e, "role", None)
             option = f"--{role}" if role else "--control"
@@ -476,6 +484,12 @@ class GenerateRequest:
             role = getattr(e, "role", "")
             raise UsageError(f"--{role}: cannot be read ({type(e).__name__}: {e}); the file may be truncated or "
                              f"corrupt: download or convert it again", f"--{role}") from None
+        spatial = self._inspections["spatial"]
+        if self.image_mode != LATENT_FRAMES and spatial.facts.get("image_mode") is None:
+            raise UsageError(f"--image-mode {self.image_mode} applies to a Wan or Qwen-Image spatial expert, an image "
+                             f"model on Wan's video latents; the spatial expert {self.spatial} is not one (an image "
+                             f"model of another latent space refines every pixel frame through the VAEs anyway): "
+                             f"drop --image-mode", "--image-mode")
 
     def roles(self) -> dict:
         return {role: path for role, path in
@@ -649,7 +663,7 @@ def load_backend(req: GenerateRequest) -> Backend:
         speed = replace(speed, compile_dir=req.compile_dir)
     try:
         loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                              device=req.device, speed=speed)
+                              device=req.device, speed=speed, options={"image_mode": req.image_mode})
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(from_the_backend(str(e)), "--spatial") from e
     return Backend(loaded.experts, "diffusers checkpoints")
@@ -948,8 +962,14 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     return extra
 
 
+def report_elsewhere(req: GenerateRequest) -> tuple:
+    """The request's fields a report's ``settings`` leave out: given top-level (``chain``; ``long``, for long runs
+    only), or not read by this run (the embedded preset of a checkpoint run, the image mode of an embedded one)."""
+    return ("chain", "long", "image_mode" if req.embedded else "embedded_preset")
+
+
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
-    settings = {k: v for k, v in asdict(req).items() if k != "chain"}
+    settings = {k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)}
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
             "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)

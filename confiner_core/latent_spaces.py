@@ -23,6 +23,13 @@ import torch
 from einops import rearrange
 
 
+#: How an image expert refines a video of a temporally compressed space (Wan's 4 pixel frames per latent frame):
+#: every latent frame as an image (the space itself), or every pixel frame encoded alone (:meth:`LatentSpace.per_frame`)
+LATENT_FRAMES = "latent_frames"
+PIXEL_FRAMES = "pixel_frames"
+IMAGE_MODES = (LATENT_FRAMES, PIXEL_FRAMES)
+
+
 def _per_channel(value, ref: torch.Tensor) -> torch.Tensor | float:
     """A scalar, or a per-channel tuple broadcast over dim 1 of a [B, C, ...] tensor."""
     if isinstance(value, (int, float)):

@@ -259,6 +259,9 @@ def test_motion_module_on_an_sd_base_equals_the_animatediff_folder(paths, loaded
     control = load_experts(control=paths[key], spatial=paths["sd"], motion_config=paths["adapter"])["control"]
     assert_same_weights(control.unet, loaded["control"].unet)     # the folder was saved from the same parts
     assert control.max_frames == 32
+    # the report names the SD 1.5 model a motion module went on (the output depends on it); a pipeline has none
+    assert control.describe().get("base") == (None if key == "sd_plus_adapter" else str(paths["sd"]))
+    assert "base" not in loaded["control"].describe()
     if key == "sd_plus_adapter":   # a pipeline folder: its own scheduler config (SD's scaled_linear) is respected
         torch.testing.assert_close(control.schedule.alphas, S.from_diffusers_config(T.sd_scheduler().config).alphas)
     else:                          # motion modules ship no scheduler: AnimateDiff's linear betas

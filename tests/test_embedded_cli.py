@@ -267,7 +267,8 @@ def test_method_options_reach_the_chain_and_the_report(tmp_path):
     base, r0 = run(tmp_path, "base", "--seed", "5")
     assert {k: r0["chain"][k] for k in ("structure_noise", "control_spacing", "control_eta", "refine_spacing")} == \
         {"structure_noise": "spatial", "control_spacing": "trailing", "control_eta": 0.0, "refine_spacing": "uniform"}
-    assert r0["settings"]["long"]["coherence_memory"] == "guided"
+    assert "long" not in r0 and "long" not in r0["settings"]   # a single clip: ConFiner-Long's settings unread
+    assert r0["settings"]["embedded_preset"] == "sd" and "image_mode" not in r0["settings"]
     other, r1 = run(tmp_path, "opts", "--seed", "5", "--structure-noise", "control", "--control-sampler", "ddim",
                     "--control-spacing", "leading", "--control-eta", "0.3", "--refine-spacing", "trailing")
     assert {k: r1["chain"][k] for k in ("structure_noise", "control_sampler", "control_spacing", "control_eta",
@@ -279,7 +280,7 @@ def test_method_options_reach_the_chain_and_the_report(tmp_path):
     # reach a long run's report
     _, r2 = run(tmp_path, "long", "--seed", "5", "--frames", "24", "--segment-length", "8", "--coherence-memory",
                 "unguided")
-    assert r2["settings"]["long"]["coherence_memory"] == "unguided"
+    assert r2["long"]["coherence_memory"] == "unguided" and "long" not in r2["settings"]
 
 
 def test_table3_setting_warns_but_runs(tmp_path):

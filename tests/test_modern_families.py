@@ -650,3 +650,36 @@ def test_a_run_warns_of_an_empty_prompt_and_a_negative_prompt_nothing_reads(mode
     assert said[1].startswith("--negative-prompt changes nothing here")
     assert main([*args, str(tmp_path / "b"), "--negative-prompt", "blurry", "--prompt", "a cat"]) == 0
     assert warned() == []   # Wan at its cfg 5 reads the negative
+
+
+def test_command_line_refines_pixel_frames(modern_dirs, tmp_path):
+    """``--image-mode pixel_frames`` (README: "Use pixel frames" for an image expert) reached only the library's
+    ``options`` before: the command line and ``GenerateRequest`` now choose it. The spatial Qwen-Image expert then
+    works in the per-frame space, and each coordinated step's two hand-offs cross the bridge (README: 22 VAE calls for
+    4+5 steps); an image expert of its own latent space, or the embedded experts, refuse it before loading."""
+    import json
+
+    from confiner_core.cli import main
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+
+    wan, qwen = str(modern_dirs("wan21")), str(modern_dirs("qwen_image"))
+    args = ["generate", "--control", wan, "--spatial", qwen, "--temporal", wan, "--frames", "5", "--height", "64",
+            "--width", "64", "--quiet", "--out"]
+    reports = {}
+    for mode in ("latent_frames", "pixel_frames"):
+        assert main([*args, str(tmp_path / mode), "--image-mode", mode]) == 0
+        reports[mode] = json.loads((tmp_path / mode / "report.json").read_text())
+    assert reports["latent_frames"]["vae_calls"] == {}
+    assert reports["pixel_frames"]["vae_calls"] == {"refine": 22}
+    assert reports["pixel_frames"]["experts"]["spatial"]["latent_space"] == "wan2.1/frames"
+    assert reports["pixel_frames"]["settings"]["image_mode"] == "pixel_frames"
+    assert "embedded_preset" not in reports["pixel_frames"]["settings"]   # read by embedded runs alone
+    with pytest.raises(UsageError, match=r"^image_mode pixel_frames applies to a Wan or Qwen-Image spatial expert, "
+                                         r".* the spatial expert .*flux_dev is not one .*: drop image_mode$"):
+        GenerateRequest(control=wan, spatial=str(modern_dirs("flux_dev")), temporal=wan, frames=5, height=64,
+                        width=64, image_mode="pixel_frames", out=str(tmp_path / "flux")).validate()
+    with pytest.raises(UsageError, match=r"^image_mode must be 'latent_frames' or 'pixel_frames', got 'pixel'$"):
+        GenerateRequest(image_mode="pixel").validate()
+    with pytest.raises(UsageError, match=r"embedded experts refine pixel frames with embedded_preset wan-pixel"):
+        GenerateRequest(image_mode="pixel_frames", out=str(tmp_path / "e")).validate()

@@ -139,9 +139,13 @@ class MotionExpert(DiffusersExpert):
     family = "animatediff"
     layout = L.VIDEO
 
-    def __init__(self, unet, *args, **kwargs):
+    def __init__(self, unet, *args, base: str | None = None, **kwargs):
         super().__init__(unet, *args, **kwargs)
         self.max_frames = int(unet.config.motion_max_seq_length)
+        self.base = base   # a motion module's SD 1.5 model (its 2-D weights, text encoder and VAE); None: a pipeline
+
+    def describe(self) -> dict:
+        return {**super().describe(), **({"base": self.base} if self.base else {})}
 
     def context_rows(self, x: torch.Tensor) -> int:
         return x.shape[0] * x.shape[2]

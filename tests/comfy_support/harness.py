@@ -26,11 +26,13 @@ Typical use (inside the worker or a script)::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
 import importlib.util
 import inspect
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -249,6 +251,8 @@ def boot(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     tmp = Path(tempfile.mkdtemp(prefix="confiner-comfy-"))
+    # The process keeps ComfyUI booted until it exits; its scratch folders go with it.
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     dirs = {
         "output": Path(output_dir) if output_dir else tmp / "output",
         "input": Path(input_dir) if input_dir else tmp / "input",

@@ -257,7 +257,8 @@ class AnimateDiff(Family):
             encoder = base["prompt_encoder"]
             scheduler = context.scheduler_config(inspection.role, base["scheduler"], ANIMATEDIFF_SCHEDULE)
         return MotionExpert(unet, encoder, scheduler, name=inspection.role, source=str(path),
-                            latent_space=inspection.latent_space)
+                            latent_space=inspection.latent_space,
+                            base=None if inspection.kind == ANIMATEDIFF_FOLDER else str(facts["base"].path))
 
     def load_codec(self, inspection: Inspection, context: Context):
         if inspection.kind == ANIMATEDIFF_FOLDER:

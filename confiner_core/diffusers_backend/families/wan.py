@@ -32,7 +32,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ... import layout as L
 from ...experts import Expert, ExpertPair
-from ...latent_spaces import WAN21, Codec, LatentSpace, per_frame, wan22_space
+from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, PIXEL_FRAMES, WAN21, Codec, LatentSpace, per_frame, wan22_space
 from ...sampling import host_to_device
 from ...schedules import NoiseSchedule, flow_schedule
 from ..experts import _repeat_rows, placement
@@ -47,11 +47,6 @@ from .base import ROLES, Context, Family, Inspection
 DEFAULT_SHIFT = 5.0
 #: ``WanPipeline.__call__`` default ``max_sequence_length``: UMT5 embeddings are padded to this many tokens
 MAX_SEQUENCE_LENGTH = 512
-
-LATENT_FRAMES = "latent_frames"
-PIXEL_FRAMES = "pixel_frames"
-IMAGE_MODES = (LATENT_FRAMES, PIXEL_FRAMES)
-
 
 # ----------------------------------------------------------------------------------------- latent space
 
