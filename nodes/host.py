@@ -30,10 +30,10 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_timesteps, extraction_schedule,
-                                   refine_positions, table3_warning)
+                                   refine_positions, same_index_mismatch_warning, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair
 from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace, per_frame
-from ..confiner_core.refine import matched_timestep
+from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, sessions
 from .codecs import VAEShelf
 
@@ -632,6 +632,13 @@ class Progress:
         if control_steps is not None:
             warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
             self._warn(warning, table3_note(te))
+
+    def warn_same_index(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
+        """:func:`~confiner_core.chain.same_index_mismatch_warning`: matching "same_index" between experts whose
+        schedules put T_e at different noise levels (SD 1.5 and Wan)."""
+        if temporal is not None and config.mode == COORDINATED and config.matching == SAME_INDEX:
+            warning = same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
+            self._warn(warning, "warning: experts at unequal noise: matching nearest")
 
     def _warn(self, warning: str | None, note: str) -> None:
         if warning:

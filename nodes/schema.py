@@ -165,7 +165,10 @@ def refine_inputs() -> list:
                                         "sees at each step. same_index (default, the paper's): the same timestep "
                                         "number as the image expert, which is more noise on AnimateDiff-style "
                                         "(linear) schedules; nearest / continuous: the same noise level (an "
-                                        "alternative reading of the paper, for comparing the two).")),
+                                        "alternative reading of the paper, for comparing the two). Use nearest "
+                                        "when one expert is a flow model (Wan, Qwen-Image, Flux) and the other "
+                                        "is not (SD 1.5): one timestep number is a very different noise level "
+                                        "there, and the node warns.")),
     ]
 
 

@@ -287,6 +287,22 @@ def test_temporal_only_refinement_of_a_bridged_graph_says_its_output_is_the_temp
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
+@pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False)])
+def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sampler(comfy_worker, modern, matching,
+                                                                                     warned):
+    """SD 1.5 spatial and Wan temporal put T_e 100 at noise-to-signal 0.34 and 0.11: 'same_index' re-noises the
+    temporal expert far below the spatial expert's level. The library and command line warned; the node said
+    nothing. The bridge template uses 'nearest', which is not warned."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["11"]["inputs"]["matching"] = matching
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    note = "warning: experts at unequal noise: matching nearest"
+    steps = [t for t in texts if "\nstep " in t]
+    assert steps and all((note in t.split("\n")) == warned for t in steps), texts[:3]
+
+
 def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern):
     """Empty Latent Image with batch size = frames (the SD way) into a Wan control expert became 16 one-frame
     videos, each made alone: 16 stills and no warning. It is refused, with the Wan latent to use."""
