@@ -133,7 +133,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, refine_evaluations(config), host.node_id(cls))
-        progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None})
+        progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None},
+                                   experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)

@@ -235,16 +235,24 @@ def is_image_model(model) -> bool:
 VIDEO_ROLES = {"control": "the control model", "temporal": "temporal model on ConFiner Refine Experts"}
 
 
-def frames_alone(model, role: str) -> str | None:
+def relates_frames(model) -> bool:
+    """A video model, or an image model with motion models attached (AnimateDiff-Evolved's)."""
+    return not is_image_model(model) or bool(ade.motion_models(model))
+
+
+def frames_alone(model, role: str, swapped: bool = False) -> str | None:
     """A warning when the expert of a video role (control, temporal) cannot relate frames: an image model with no
     motion model attached (SD 1.5 whose AnimateDiff loader was bypassed, SDXL, Qwen-Image). Such a graph runs, and
-    silently makes frames that do not belong together. None when the expert is a video model."""
-    if model is None or role not in VIDEO_ROLES or not is_image_model(model) or ade.motion_models(model):
+    silently makes frames that do not belong together. None when the expert is a video model. ``swapped``: the
+    spatial model beside this temporal one is a video model, so the two were likely connected the other way round."""
+    if model is None or role not in VIDEO_ROLES or relates_frames(model):
         return None
     task = "lays out every frame on its own, so the structure has no motion" if role == "control" else \
         "refines every frame on its own, so it cannot keep them coherent"
-    return (f"the {role} expert ({VIDEO_ROLES[role]}) is an image model with no motion model attached: it {task}. "
-            f"Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)")
+    fix = ("The spatial model is the video model: connect the two the other way round (spatial_model <-> "
+           "temporal_model)") if swapped else \
+        "Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)"
+    return f"the {role} expert ({VIDEO_ROLES[role]}) is an image model with no motion model attached: it {task}. {fix}"
 
 
 #: the characters of one line of a node's text that the frontend shows at the templates' node widths (it neither
@@ -252,10 +260,12 @@ def frames_alone(model, role: str) -> str | None:
 LINE_WIDTH = 60
 
 
-def frames_alone_note(role: str) -> str:
+def frames_alone_note(role: str, swapped: bool = False) -> str:
     """:func:`frames_alone` as the node's text shows it: one line that fits a node's width (the frontend neither wraps
     nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console has the
     whole sentence)."""
+    if swapped:
+        return "warning: image model as temporal, video as spatial: swap"
     effect = "no motion" if role == "control" else "no coherence"
     return f"warning: the {role} expert is an image model: {effect}"
 
@@ -330,7 +340,7 @@ class ComfyExpert(Expert):
     @property
     def relates_frames(self) -> bool:
         # an SD frame batch relates its frames through the motion modules AnimateDiff-Evolved attached
-        return not is_image_model(self.model) or bool(ade.motion_models(self.model))
+        return relates_frames(self.model)
 
     def encode(self, prompt):
         """Conditioning triples pass through; text (per-segment prompts) is encoded with the CLIP input."""
@@ -616,10 +626,12 @@ class Progress:
         # of its own until then (the Long Video's prompt schedule) opens without it.
         self.opening = f"starting · {total} expert evaluations" if opening else None
 
-    def warn_frames_alone(self, models: dict) -> None:
-        """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run."""
+    def warn_frames_alone(self, models: dict, spatial_model=None) -> None:
+        """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run. A
+        ``spatial_model`` that relates frames beside an image temporal model is named as the swap it likely is."""
         for role, model in models.items():
-            self._warn(frames_alone(model, role), frames_alone_note(role))
+            swapped = role == "temporal" and spatial_model is not None and relates_frames(spatial_model)
+            self._warn(frames_alone(model, role, swapped), frames_alone_note(role, swapped))
 
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""

@@ -201,7 +201,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  prompt_now if prompts is not None and prompts.travels else None,
                                  opening=prompts is None)   # else the schedule stays until the first evaluation
         progress.warn_frames_alone({"control": control_model,
-                                    "temporal": experts.temporal_model if mode != STANDARD else None})
+                                    "temporal": experts.temporal_model if mode != STANDARD else None},
+                                   experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         log = EvaluationLog()
         vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))

@@ -150,9 +150,9 @@ def refine_inputs() -> list:
                              "T_e and refined from there. 100 for SD-family spatial experts (the paper's; with 4 "
                              "control steps, 300 and more loses image quality); on a flow model (Wan, Qwen-Image, Flux) "
                              "T_e is the noise level sigma x 1000, and 250 there is about SD's 100."),
-        io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=1000,
-                     tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5). Coordinated mode "
-                             "makes 3 expert evaluations per step, the other modes 1."),
+        io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=999,   # at most T_e
+                     tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5), at most T_e. "
+                             "Coordinated mode makes 3 expert evaluations per step, the other modes 1."),
         io.Combo.Input("mode", display_name=REFINE_MODE, options=list(MODES), default="coordinated",
                        tooltip="Who refines. coordinated (default): the image expert adds frame detail and the "
                                "video expert keeps the frames coherent, both at every step (needs a temporal "

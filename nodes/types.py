@@ -80,10 +80,15 @@ class RefineExperts:
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
+        from .host import SD15, space_of
+
         if mode != "standard" and self.temporal_model is None:
+            # the video model an artist has at hand: AnimateDiff beside SD 1.5, else the Wan of the control stage
+            example = "SD 1.5 + AnimateDiff" if space_of(self.spatial_model) == SD15 else \
+                "Wan, e.g. the control expert's model"
             raise ValueError(f"refine mode '{mode}' needs a temporal expert, but temporal model (temporal_model) on "
-                             f"ConFiner Refine Experts is not connected: connect a text-to-video MODEL (e.g. SD 1.5 + "
-                             f"AnimateDiff) or set refine mode to 'standard'")
+                             f"ConFiner Refine Experts is not connected: connect a text-to-video MODEL ({example}) "
+                             f"or set refine mode to 'standard'")
 
     def vae_fixes(self, control: tuple | None = None) -> dict:
         """Role -> how to give that expert a VAE (for the core's bridge checks); ``control``: (input, node) of the

@@ -303,6 +303,29 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
     assert steps and all((note in t.split("\n")) == warned for t in steps), texts[:3]
 
 
+def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them(comfy_worker, modern):
+    """Qwen-Image on temporal_model and Wan on spatial_model (the two connected the other way round) ran with "the
+    temporal expert is an image model: no coherence" and advice to attach a motion model; the fix is the swap."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    bundle = prompt["10"]["inputs"]
+    for suffix in ("model", "positive", "negative"):
+        bundle[f"spatial_{suffix}"], bundle[f"temporal_{suffix}"] = bundle[f"temporal_{suffix}"], \
+            bundle[f"spatial_{suffix}"]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    assert texts[-1].split("\n")[0] == "warning: image model as temporal, video as spatial: swap", texts[-1]
+
+
+def test_a_missing_temporal_model_in_a_wan_graph_suggests_a_wan_model(comfy_worker, modern):
+    """The refusal for an unconnected temporal model suggested SD 1.5 + AnimateDiff also inside a Wan graph."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    for suffix in ("model", "positive", "negative"):
+        del prompt["10"]["inputs"][f"temporal_{suffix}"]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "no temporal model beside Qwen-Image",
+                                         ["needs a temporal expert", "(Wan, e.g. the control expert's model)"])
+
+
 def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern):
     """Empty Latent Image with batch size = frames (the SD way) into a Wan control expert became 16 one-frame
     videos, each made alone: 16 stills and no warning. It is refused, with the Wan latent to use."""

@@ -290,6 +290,7 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     assert not result["success"]
     message = result["error"]["exception_message"]
     assert "needs a temporal expert" in message and "temporal model (temporal_model)" in message
+    assert "(SD 1.5 + AnimateDiff)" in message   # beside an SD 1.5 spatial expert (a Wan graph suggests Wan)
     (sampler,) = _node_ids(workflow, "ConFinerCoordinatedSampler")
     assert result["error"]["node_id"] == sampler
     # the node's text says it stopped, in place of a previous run's "done"

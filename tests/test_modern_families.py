@@ -683,3 +683,16 @@ def test_command_line_refines_pixel_frames(modern_dirs, tmp_path):
         GenerateRequest(image_mode="pixel").validate()
     with pytest.raises(UsageError, match=r"embedded experts refine pixel frames with embedded_preset wan-pixel"):
         GenerateRequest(image_mode="pixel_frames", out=str(tmp_path / "e")).validate()
+
+
+def test_two_experts_given_the_other_way_round_are_told_to_swap(modern_dirs):
+    """An image model as the temporal expert beside a video model as the spatial one was refused with the seven kinds
+    the role accepts; the fix is to swap the two paths, which the refusal now says (no model loads)."""
+    wan, qwen = modern_dirs("wan21"), modern_dirs("qwen_image")
+    with pytest.raises(ValueError, match=r"^temporal expert \(.*qwen_image\) is a diffusers Qwen-Image .*, a spatial "
+                                         r"expert, and the spatial expert \(.*wan21\) would serve as the temporal "
+                                         r"expert: swap the temporal and spatial experts' paths$") as e:
+        registry.preflight(control=wan, spatial=wan, temporal=qwen)
+    assert e.value.role == "temporal"
+    with pytest.raises(ValueError, match="cannot serve as the temporal expert; accepted: "):
+        registry.preflight(control=wan, spatial=qwen, temporal=qwen)   # no swap makes these fit: the kinds

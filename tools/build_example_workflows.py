@@ -596,7 +596,9 @@ def compare_modes():
     ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
         "ConFiner: compare refinement modes",
         "One structure, refined three ways side by side with the same seeds: coordinated (the paper's Algorithm 1), "
-        "standard (spatial expert only, Eq. 8) and temporal expert only.", CHANGE_FIRST))
+        "standard (spatial expert only, Eq. 8) and temporal expert only.",
+        CHANGE_FIRST[:2] + ["The seeds: **control** seed = a new structure; each Refine Sampler has its own **refine** "
+                            "seed (all 0 here): keep them equal to compare the modes on the same noise."]))
     g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
     ctrl = control_stage(g, control, pos, neg)

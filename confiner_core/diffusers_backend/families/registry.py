@@ -96,6 +96,16 @@ def check_role(role: str, path, family: Family, kind: str) -> None:
                          f"expert; accepted: {accepted}")
 
 
+def swapped_with(role: str, detected: dict) -> str | None:
+    """The other role whose model this role's would fit while this one's fits there (``--spatial`` and
+    ``--temporal`` given the other way round), for the refusal's hint; None if no swap makes both fit."""
+    def fits(r: str, found) -> bool:
+        return r in found[0].roles_for(found[1])
+
+    return next((other for other in detected if other != role and fits(role, detected[other])
+                 and fits(other, detected[role])), None)
+
+
 def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
     """Experts in different latent spaces meet through the bridge, which needs a VAE in each space; the video is
     decoded by a VAE of the spatial expert's space. Raises naming the experts, their spaces and the fix; the error's
@@ -129,16 +139,24 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
     about one expert carries its ``role`` as an attribute (callers name the option it came from)."""
     given = {role: path for role, path in paths.items() if path is not None}
     detected, inspections = {}, {}
-    for step in ("detect", "inspect"):   # every path's kind first, so the plainest problem is named first
+    for step in ("detect", "check", "inspect"):   # every path's kind first, so the plainest problem is named first
         for role, path in given.items():
             try:
                 if step == "detect":
                     detected[role] = detect(path, files.who(role, path), role)
+                elif step == "check":
                     check_role(role, path, *detected[role])
                 else:
                     family, kind = detected[role]
                     inspections[role] = family.inspect(Path(path), kind, role, context)
-            except (ValueError, OSError) as e:
+            except ValueError as e:
+                other = swapped_with(role, detected) if step == "check" else None
+                if other:   # two paths the other way round: the fix is to swap them, not to find other models
+                    e = ValueError(f"{files.who(role, path)} is {kind_descriptions()[detected[role][1]]}, a "
+                                   f"{other} expert, and the {other} expert ({given[other]}) would serve as the "
+                                   f"{role} expert: swap the {role} and {other} experts' paths")
+                raise role_error(role, e)
+            except OSError as e:
                 raise role_error(role, e)
     if context.base is not None and not context.base_used:   # a base that changes nothing is a mistake to name
         raise role_error("base", ValueError(
