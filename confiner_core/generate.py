@@ -203,6 +203,11 @@ def lookup(obj, path: str):
     return obj
 
 
+#: fields added after the resume folders' FORMAT 2, with the default that reproduces the runs made before them: a run
+#: interrupted by an earlier version (which stored no such setting) resumes while they are at it
+ADDED_SETTINGS = {"image_mode": LATENT_FRAMES}
+
+
 @dataclass
 class GenerateRequest:
     """One run of the command line's ``generate``, as data: each field is the option of the same name, but for
@@ -538,6 +543,9 @@ class GenerateRequest:
         settings = asdict(self)
         for k in ("out", "resume", "compile_dir"):  # where things go, not what they are
             settings.pop(k)
+        for k, default in ADDED_SETTINGS.items():   # at its default, as runs interrupted before it existed stored it
+            if settings[k] == default:
+                settings.pop(k)
         return settings
 
 

@@ -197,6 +197,30 @@ def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeyp
     assert b["vae_calls"] == {"refine": a["vae_calls"]["refine"] + 1} and a["vae_calls"]["refine"] > 10
 
 
+def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_default(tmp_path, monkeypatch):
+    """A setting added later (``image_mode``, this version's) is absent from a state an earlier version stored: at
+    its default the run resumes (it would otherwise be refused as "other settings"); set to another value, refused."""
+    from confiner_core.cli import build_parser, request_from_args
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import ADDED_SETTINGS
+    from confiner_core.resume import ResumeStore
+
+    args = ["--quiet", *LONG]
+    real = _interrupt_at(monkeypatch, 29)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    state = json.loads((part / RESUME_FOLDER / "state.json").read_text())
+    assert not set(ADDED_SETTINGS) & set(state["settings"])    # what an earlier version wrote, too
+    other = request_from_args(build_parser().parse_args(["generate", "--out", str(tmp_path / "new"), *args]))
+    other.validate()
+    other.image_mode = "pixel_frames"   # (which the embedded experts refuse: the stored settings alone are compared)
+    with pytest.raises(UsageError, match=r"used other settings \(image_mode: None -> 'pixel_frames'\)"):
+        ResumeStore(str(part), other.run_settings()).check()
+    assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+
+
 def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 3)
     out = tmp_path / "new"
