@@ -165,6 +165,7 @@ def check_motion_adapter(who: str, adapter_config: dict, unet_config: dict, base
 
 class AnimateDiff(Family):
     name = "animatediff"
+    label = "AnimateDiff (pipeline, MotionAdapter or motion module)"
     kinds = {ANIMATEDIFF_FOLDER: "a diffusers AnimateDiff pipeline folder",
              MOTION_FOLDER: "a diffusers MotionAdapter folder (put on the SD base)",
              MOTION_FILE: "an AnimateDiff motion-module .safetensors, original or diffusers key layout (put on the "

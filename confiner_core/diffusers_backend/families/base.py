@@ -111,6 +111,8 @@ class Family(ABC):
 
     #: short family name, e.g. ``"sd15"``
     name: str = ""
+    #: the family as users call it, e.g. ``"SD 1.5"`` (a role's accepted families, in its refusals)
+    label: str = ""
     #: path kind -> one-line description ("a diffusers SD 1.5 pipeline folder"), for messages and README
     kinds: dict[str, str] = {}
     #: the roles its experts can serve (see :meth:`roles_for` for a per-kind choice)

@@ -145,6 +145,7 @@ class Flux(ImagePipelineFamily):
     in its own latent space, bridged to the video experts through the VAEs."""
 
     name = "flux"
+    label = "FLUX.1 dev / schnell"
     kinds = {FLUX_FOLDER: "a diffusers FLUX.1 text-to-image folder (FluxPipeline, dev or schnell; an image model: "
                           "spatial expert only, bridged to the video experts through the VAEs)",
              FLUX_UNSUPPORTED: "a diffusers Flux Fill / Control / Kontext / FLUX.2 folder, which ConFiner does not use "

@@ -21,6 +21,7 @@ T2V_FOLDER = "t2v-folder"
 
 class ModelScope(Family):
     name = "modelscope"
+    label = "ModelScope T2V"
     kinds = {T2V_FOLDER: "a diffusers ModelScope text-to-video pipeline folder (UNet3DConditionModel)"}
     roles = ("control", "temporal")
 

@@ -178,6 +178,7 @@ class QwenImage(ImagePipelineFamily):
     per latent frame in Wan 2.1's latent space, or per pixel frame (option ``image_mode="pixel_frames"``)."""
 
     name = "qwen-image"
+    label = "Qwen-Image"
     kinds = {QWEN_FOLDER: "a diffusers Qwen-Image text-to-image folder (QwenImagePipeline; an image model: spatial "
                           "expert only, use a Wan folder for control and temporal)",
              QWEN_UNSUPPORTED: "a diffusers Qwen-Image edit / control / layered folder, which ConFiner does not use "

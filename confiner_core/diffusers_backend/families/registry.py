@@ -91,9 +91,9 @@ def check_role(role: str, path, family: Family, kind: str) -> None:
         descriptions = kind_descriptions()
         if not family.roles_for(kind):   # a variant no role takes: its description says why and what to use
             raise ValueError(f"{files.who(role, path)} is {descriptions[kind]}")
-        accepted = "; ".join(descriptions[k] for k in role_kinds()[role])
+        accepted = ", ".join(dict.fromkeys(f.label for f in FAMILIES if any(role in f.roles_for(k) for k in f.kinds)))
         raise ValueError(f"{files.who(role, path)} is {descriptions[kind]}, which cannot serve as the {role} "
-                         f"expert; accepted: {accepted}")
+                         f"expert; accepted: {accepted} (README, 'Real checkpoints', lists each kind)")
 
 
 def swapped_with(role: str, detected: dict) -> str | None:

@@ -45,6 +45,7 @@ def is_sd_folder(folder: Path) -> bool:
 
 class SD15(Family):
     name = "sd15"
+    label = "SD 1.5 (a folder, or a single file with a base folder)"
     kinds = {SD_FOLDER: "a diffusers SD 1.5 pipeline folder",
              SD_FILE: "a single-file SD 1.5 .safetensors checkpoint (with base=<diffusers SD 1.5 folder> for its "
                       "configs)"}

@@ -69,6 +69,7 @@ def check_configs(who: str, unet: dict, te1: dict, te2: dict, what: str = "its")
 
 class SDXL(Family):
     name = "sdxl"
+    label = "SDXL (a folder, or a single file with a base folder)"
     kinds = {SDXL_FOLDER: "a diffusers SDXL (base) pipeline folder (two text encoders)",
              SDXL_FILE: "a single-file SDXL .safetensors checkpoint, e.g. an Illustrious or Pony model (with "
                         "base=<diffusers SDXL folder> for its configs)"}

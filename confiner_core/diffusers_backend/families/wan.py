@@ -394,6 +394,7 @@ class Wan(Family):
     ``boundary_ratio``) give an expert pair; TI2V-5B folders the 48-channel Wan 2.2 latent space."""
 
     name = "wan"
+    label = "Wan 2.1 / 2.2 T2V"
     kinds = {WAN_FOLDER: "a diffusers Wan 2.1 / 2.2 text-to-video folder (WanPipeline; transformer_2/ for Wan 2.2 "
                          "A14B)",
              WAN_UNSUPPORTED: "a diffusers Wan image-to-video / VACE / animation folder, which ConFiner does not "
