@@ -28,6 +28,7 @@ from confiner_core import metrics  # noqa: E402
 from confiner_core.chain import ChainConfig, refining_denoiser, run_chain  # noqa: E402
 from confiner_core.embedded.experts import decode, embedded_experts, world_for  # noqa: E402
 from confiner_core.experts import EvaluationLog  # noqa: E402
+from confiner_core.generate import natural_frames  # noqa: E402
 from confiner_core.latent_spaces import to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
 
@@ -39,7 +40,11 @@ LONG_KEYS = ("seam_score", "seam_score_windows", "seam_score_structures", "subje
 DRIFT_KEYS = ("window_color_drift", "window_color_drift_max", "window_contrast_change", "seam_score")
 SIZE = 32  # latent grid of the SD-like space (the causal space's is 16 x 16 for the same 256 x 256 frames)
 SCALE = 4  # decoded frames are 128x128: metrics (optical flow) cost 4x less than at 256x256
-NATURAL = {"sd": 16, "wan": 17, "wan-pixel": 17, "bridge": 17}  # each preset's clip (causal spaces hold 4k+1)
+
+
+def natural(preset: str) -> int:
+    """The preset's clip, as the command line picks it (16; 17 where a causal space holds 4k+1 frames)."""
+    return natural_frames({e.latent_space for e in embedded_experts(preset).values() if e is not None})
 
 
 def bound(prompt, preset="sd", log=None):
@@ -74,7 +79,7 @@ def short_run(prompt, seed, config, frames=16, preset="sd", extra=None):
 
 def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
     d = bound(prompt, preset)
-    plan = plan_segments(frames, long.segment_length, long.staggered)
+    plan = plan_segments(frames, long.segment_length or natural(preset), long.staggered)
     refiner = refining_denoiser(d["spatial"], d["temporal"], ChainConfig().mode)
     chunks = []
     shape = d["control"].expert.latent_space.latent_shape(1, 1, SIZE * 8, SIZE * 8)
@@ -139,7 +144,7 @@ def main():
                "wan-pixel: as wan, image expert on pixel frames (bridge to the per-frame space)": "wan-pixel",
                "bridge: SD-like spatial bridged to Wan-like control and temporal": "bridge"}
     # T_e = 100 as each spatial expert's timestep (QUALITY.md): the flow default (250) would differ per preset
-    spaces = {name: aggregate([short_run(p, s, ChainConfig(te=100), NATURAL[preset], preset, extra=True)
+    spaces = {name: aggregate([short_run(p, s, ChainConfig(te=100), natural(preset), preset, extra=True)
                                for p, s in samples]) for name, preset in presets.items()}
     results["latent_spaces"] = spaces
 
@@ -150,7 +155,7 @@ def main():
 
     anchors = {f"{preset}, colour anchoring {'on' if on else 'off'}": (preset, on)
                for preset in ("sd", "wan-pixel") for on in (False, True)}
-    drift = {name: aggregate([long_run(p, s, LongConfig(segment_length=NATURAL[preset], color_anchor=on),
+    drift = {name: aggregate([long_run(p, s, LongConfig(segment_length=natural(preset), color_anchor=on),
                                        96, preset, DRIFT_KEYS) for p, s in samples])
              for name, (preset, on) in anchors.items()}
     results["color_drift"] = drift

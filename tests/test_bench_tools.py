@@ -983,3 +983,14 @@ def test_inductor_config_items_are_set_only_when_all_are_valid():
         assert C.coordinate_descent_tuning is True and C.epilogue_fusion is False
     finally:
         C.coordinate_descent_tuning, C.epilogue_fusion = saved
+
+
+def test_the_quality_ablation_runs_long_videos_at_the_presets_clip():
+    """bench/quality_ablation.py regenerates bench/QUALITY.md; its long runs took ``LongConfig().segment_length``
+    as a number, and crashed once that default became None (the experts' clip, settled by the request)."""
+    import quality_ablation as Q
+    from confiner_core.long import LongConfig
+
+    assert (Q.natural("sd"), Q.natural("wan")) == (16, 17)
+    scores = Q.long_run("a red ball bouncing over green grass", 0, LongConfig(), frames=34, preset="wan")
+    assert set(scores) == set(Q.LONG_KEYS) and all(v == v for v in scores.values())
