@@ -613,7 +613,8 @@ class Progress:
     progress text shows the stage and the expert, then the step on a line of its own (the frontend wraps a long line
     anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
 
-    def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None, opening: bool = True):
+    def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None,
+                 opening: bool | str = True):
         self.total, self.done, self.node_id = total, 0, node_id
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
@@ -622,20 +623,21 @@ class Progress:
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.summary = ""              # how the run ended (:meth:`running`)
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
-        # through the seconds before it (a structure crossing the bridge between VAEs). A node that shows something
-        # of its own until then (the Long Video's prompt schedule) opens without it.
-        self.opening = f"starting · {total} expert evaluations" if opening else None
+        # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
+        # its own instead (the Long Video's prompt schedule), or with none.
+        self.opening = opening if isinstance(opening, str) else \
+            (f"starting · {total} expert evaluations" if opening else None)
 
     def warn_frames_alone(self, models: dict, spatial_model=None) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run. A
         ``spatial_model`` that relates frames beside an image temporal model is named as the swap it likely is."""
         for role, model in models.items():
             swapped = role == "temporal" and spatial_model is not None and relates_frames(spatial_model)
-            self._warn(frames_alone(model, role, swapped), frames_alone_note(role, swapped))
+            self.warn(frames_alone(model, role, swapped), frames_alone_note(role, swapped))
 
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
-        self._warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
+        self.warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
 
     def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
                     mode: str) -> None:
@@ -643,19 +645,20 @@ class Progress:
         image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
         if control_steps is not None:
             warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
-            self._warn(warning, table3_note(te))
+            self.warn(warning, table3_note(te))
 
     def warn_same_index(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
         """:func:`~confiner_core.chain.same_index_mismatch_warning`: matching "same_index" between experts whose
         schedules put T_e at different noise levels (SD 1.5 and Wan)."""
         if temporal is not None and config.mode == COORDINATED and config.matching == SAME_INDEX:
             warning = same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
-            self._warn(warning, "warning: experts at unequal noise: matching nearest")
+            self.warn(warning, "warning: experts at unequal noise: matching nearest")
 
-    def _warn(self, warning: str | None, note: str) -> None:
+    def warn(self, warning: str | None, *notes: str) -> None:
+        """``warning`` on the console, and its one-line ``notes`` above the node's text for the rest of the run."""
         if warning:
             logging.warning("ConFiner: %s", warning)
-            self.warnings.append(note)
+            self.warnings.extend(notes)
             show_text(self.node_id, "\n".join([*self.warnings, *filter(None, [self.opening])]))
 
     def preview(self, model):
@@ -723,13 +726,16 @@ def node_id(node_cls) -> str | None:
 
 
 def show_text(node_id: str | None, text: str) -> None:
-    """Text under the node in the frontend (ComfyUI's progress text; both supported versions have it)."""
+    """Text under the node in the frontend (ComfyUI's progress text; both supported versions have it), sent to the
+    client that queued the run, as ComfyUI sends its progress: broadcast, it landed on the node of the same id in
+    every open workflow tab and was saved with it."""
     if node_id is None:
         return
     try:
         from server import PromptServer
 
-        PromptServer.instance.send_progress_text(text, node_id)
+        server = PromptServer.instance
+        server.send_progress_text(text, node_id, server.client_id)
     except Exception:  # noqa: BLE001 - a status line must never fail a run (e.g. no server in a script)
         pass
 

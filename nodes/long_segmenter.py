@@ -12,7 +12,7 @@ from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, re
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
-                                  unused_entries, window_centre)
+                                  unused_entries, unused_entries_text, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -52,8 +52,13 @@ def node_schedule_text(schedule, plan) -> str:
     lines): the frames each prompt covers as the windows apply it."""
     moved = moved_schedule(plan, schedule)
     shown, title = (schedule, "prompts") if moved is None else (moved, "prompts as applied (see console)")
-    unused = [f"not used: {p}" for _, _, p in unused_entries(plan, schedule)]
-    return f"{title}:\n" + "\n".join([f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges()] + unused)
+    return f"{title}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges())
+
+
+def unused_prompt_notes(schedule, plan) -> list[str]:
+    """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`), for the top of the
+    node's text: under a preview the frontend shows its first two lines only, and below the schedule they were hidden."""
+    return [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -176,7 +181,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                   "the clip input (segment prompts)")
         if prompts is not None:   # the whole schedule on the console; on the node until the first evaluation
             logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan))
-            host.show_text(host.node_id(cls), node_schedule_text(prompts, plan))
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = refine_evaluations(chain)
@@ -199,7 +203,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
 
         progress = host.Progress(control_model, total, host.node_id(cls), where,
                                  prompt_now if prompts is not None and prompts.travels else None,
-                                 opening=prompts is None)   # else the schedule stays until the first evaluation
+                                 opening=True if prompts is None else node_schedule_text(prompts, plan))
+        if prompts is not None:   # above the schedule, and above every step and the summary until the next run
+            progress.warn(unused_entries_text(plan, prompts), *unused_prompt_notes(prompts, plan))
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
@@ -244,7 +250,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 log.record_vae(1)
         host.log_cost(NODE, log, host.node_id(cls))
         if prompts is not None:   # what the video followed, once the progress is over
-            host.show_text(host.node_id(cls), f"{progress.summary}\n{node_schedule_text(prompts, plan)}")
+            progress.show(f"{progress.summary}\n{node_schedule_text(prompts, plan)}")
         return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
 
     @staticmethod

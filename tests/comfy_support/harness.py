@@ -183,7 +183,7 @@ class StubServer:
             self.messages.append((event, data if isinstance(data, dict) else None))
 
     def send_progress_text(self, text, node_id, sid=None):
-        self.messages.append(("progress_text", {"text": text, "node_id": node_id}))
+        self.messages.append(("progress_text", {"text": text, "node_id": node_id, "sid": sid}))
 
     def queue_updated(self):
         pass
