@@ -22,27 +22,32 @@ from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
 
-PROMPT_FPS = 8.0  # seconds keys ('2.5s:') in segment prompts count at this frame rate (the templates' video rate)
+PROMPT_FPS = 8.0  # the fps input's default: the SD 1.5 / AnimateDiff templates' video rate (Wan's is 16)
 
 
-def prompt_schedule_problem(text: str | None, frames: int | None) -> str | None:
+def segment_schedule(text: str, frames: int, fps: float):
+    """The segment prompts parsed over ``frames`` frames, seconds keys ('2.5s:') at ``fps``."""
+    return parse_prompt(text, frames, fps, option="segment prompts (segment_prompts)")
+
+
+def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | None = PROMPT_FPS) -> str | None:
     """A per-segment prompt schedule that cannot be parsed, or has entries past the last frame (which a run would
     silently ignore)."""
     if not text or not text.strip() or frames is None:
         return None
     try:
-        parse_prompt(text, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
+        segment_schedule(text, frames, fps or PROMPT_FPS)
     except ValueError as e:
         return str(e)
     return None
 
 
-def resolved_schedule_text(text: str | None, frames: int, plan=None) -> str | None:
+def resolved_schedule_text(text: str | None, frames: int, plan=None, fps: float = PROMPT_FPS) -> str | None:
     """The resolved schedule (frame ranges -> prompt) for the console, and with the segment ``plan``, where its
     windows move a change, the schedule as applied."""
     if not text or not text.strip():
         return None
-    schedule = parse_prompt(text, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
+    schedule = segment_schedule(text, frames, fps)
     moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
     return "prompt schedule:\n" + render_schedule(schedule) + (f"\n{moved}" if moved else "")
 
@@ -112,8 +117,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 io.String.Input("segment_prompts", display_name="segment prompts", default="", multiline=True,
                                 optional=True, placeholder="segment prompts, e.g. 0: a red ball | 64: a blue ball",
                                 tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a start "
-                                        "frame (or '2.5s:' seconds at 8 fps) on every entry, each below 'frames'. "
-                                        "Needs 'clip'. Empty: the connected conditioning everywhere."),
+                                        "frame (or '2.5s:' seconds, at the 'fps' input's rate) on every entry, each "
+                                        "below 'frames'. Needs 'clip'. Empty: the connected conditioning everywhere."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder for segment prompts: every expert reads what it "
                                                           "encodes, so it must be their family's (SD 1.5's CLIP, "
                                                           "Wan's umt5)."),
@@ -126,14 +131,21 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                      "when the refine experts work in another latent space. It also serves every "
                                      "refine expert of its latent space that has no VAE of its own."),
                 *low_noise_inputs("control_", "control", 1.0),
+                # last: a workflow saved before it existed keeps its widget values in place
+                # optional: API-format prompts written before it existed lack it
+                advanced(io.Float.Input("fps", default=PROMPT_FPS, min=1.0, max=240.0, step=1.0, optional=True,
+                                        tooltip="Only for seconds keys ('2.5s:') in segment prompts: the frame rate "
+                                                "they count at. Set your save node's: 8 for AnimateDiff, 16 for "
+                                                "Wan.")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_prompts=None):
-        return widget_problem(cls, frames=frames) or prompt_schedule_problem(segment_prompts, frames) or True
+    def validate_inputs(cls, frames, segment_prompts=None, fps=PROMPT_FPS):
+        return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
+            or True
 
     @classmethod
     @host.shows_refusals
@@ -141,7 +153,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
                 control_eta=0.0, structure_noise="spatial", coherence_memory="guided", control_vae=None,
-                control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875) -> io.NodeOutput:
+                control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875,
+                fps=PROMPT_FPS) -> io.NodeOutput:
         check_widgets(cls, segment_length=segment_length, seed=seed, control_steps=control_steps,
                       control_cfg=control_cfg, control_sampler=control_sampler, te=te, refine_steps=refine_steps,
                       mode=mode, matching=matching, noise_init=noise_init, freenoise_stride=freenoise_stride,
@@ -152,8 +165,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
             problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
                        f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
-                       f"to {frames}; lower the segment length to at most {frames} (4k+1 for Wan), or make one clip "
-                       f"with ConFiner Control Expert and ConFiner Refine Sampler")
+                       f"to {frames}; "
+                       + (f"lower the segment length to at most {frames} (4k+1 for Wan), or " if frames >= 2 else "")
+                       + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
         window = host.space_of(control_model).latent_frames(segment_length)   # FreeNoise's, in latent frames
         if not problem and noise_init == FREENOISE and freenoise_stride > window:
             problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
@@ -170,7 +184,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         long.validate()
         experts.check_mode(mode)
         plan = plan_segments(frames, segment_length, staggered)
-        prompts = (parse_prompt(segment_prompts, frames, PROMPT_FPS, option="segment prompts (segment_prompts)")
+        prompts = (segment_schedule(segment_prompts, frames, fps)
                    if segment_prompts and segment_prompts.strip() else None)
         if prompts is not None and clip is None:
             raise ValueError("segment prompts (segment_prompts) need the 'clip' input to encode them; connect a CLIP "
@@ -180,7 +194,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                          **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
                                   "the clip input (segment prompts)")
         if prompts is not None:   # the whole schedule on the console; on the node until the first evaluation
-            logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan))
+            logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan, fps))
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = refine_evaluations(chain)

@@ -529,6 +529,19 @@ def test_a_segment_prompt_the_video_never_shows_is_warned_at_the_top_of_the_long
     assert last[1].startswith("done · ") and "not used" not in "\n".join(last[2:]), last
 
 
+def test_seconds_keys_in_segment_prompts_count_at_the_fps_input(comfy_worker, modern):
+    """Seconds keys counted at a fixed 8 fps, while the Wan templates save at 16: '1s:' began at frame 8, half a
+    second into the saved video. The Long Video's fps input sets the rate (default 8, the SD templates')."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 1s: a grey fox", clip=["3", 0])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], _message(r)                  # 1 s at 8 fps: frame 8 of 9
+    prompt["14"]["inputs"]["fps"] = 16.0
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0
+    assert "starts at frame 16 (1s at 16 fps), beyond the video's 9 frames" in _message(r), _message(r)
+
+
 def test_a_negative_of_another_family_runs_at_cfg_1_where_comfyui_never_evaluates_it(comfy_worker, modern):
     """At cfg 1 ComfyUI skips the negative prompt, so one left over from another family's template is no error."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
