@@ -47,12 +47,15 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                         "noise'). This is also how to get FreeNoise with ConFiner: AnimateDiff-Evolved's Sample "
                         "Settings noise types do not reach ConFiner's samplers.",
             inputs=[
-                io.Latent.Input("latent", tooltip="Sets the shape: frame batch [F,C,h,w] or video [B,C,T,h,w]."),
+                io.Latent.Input("latent", tooltip="Sets the shape of noise_latent: frame batch [F,C,h,w] or video "
+                                                  "[B,C,T,h,w]. The NOISE output takes the shape of the latent its "
+                                                  "sampler is given (SamplerCustomAdvanced's latent_image)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the base noise; same seed, same noise."),
                 io.Combo.Input("method", options=[SHUFFLE, FREENOISE], default=SHUFFLE,
                                tooltip="shuffle: ConFiner consistency initialization; freenoise: FreeNoise."),
-                io.Int.Input("segment_length", display_name="segment length", default=16, min=1, max=4096,
+                # not "segment length": the Long Video's counts video frames, this one latent frames
+                io.Int.Input("segment_length", display_name="segment latent frames", default=16, min=1, max=4096,
                              tooltip="Latent frames per segment (shuffle) or FreeNoise's window (freenoise), "
                                      "counted in the LATENT's frames: video frames for SD latents, while a Wan "
                                      "latent frame holds 4 (21 for 81 video frames)."),
