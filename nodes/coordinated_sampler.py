@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
                                    refining_denoiser, validate_refinement)
-from ..confiner_core.experts import Denoiser, EvaluationLog
+from ..confiner_core.experts import Denoiser, EvaluationLog, hand_off
 from . import ade, host, sessions
 from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
                      widget_problem)
@@ -51,10 +51,12 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                                      "structure refined by Wan experts)."),
             ],
             outputs=[io.Latent.Output(display_name="latent",
-                                      tooltip="The refined video in the refining expert's latent space (the spatial "
-                                              "expert's; the temporal one's in mode temporal): decode it with that "
-                                              "expert's VAE (VAE Decode). Swapping the spatial expert for one of "
-                                              "another family (Flux for SD 1.5) changes the VAE to decode with.")],
+                                      tooltip="The refined video in the spatial expert's latent space: decode it "
+                                              "with that expert's VAE (VAE Decode). Mode temporal in a graph of two "
+                                              "latent spaces converts its output there through the VAEs (without a "
+                                              "spatial VAE it stays in the temporal expert's, and the node says so). "
+                                              "Swapping the spatial expert for one of another family (Flux for SD "
+                                              "1.5) changes the VAE to decode with.")],
             hidden=[io.Hidden.unique_id],
         )
 
@@ -155,9 +157,15 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
                                       source=source, control_schedule=control_schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
+        if refiner.expert.latent_space != spatial.expert.latent_space and None not in (refiner.expert.codec,
+                                                                                       spatial.expert.codec):
+            # temporal-only refinement of a bridged graph: its output goes to the spatial expert's space, as in every
+            # other mode, so the graph's decoder reads it (a Flux VAE made one frame of Wan latents, without a word)
+            with log.stage("refine"):
+                latent, refiner = hand_off(latent, refiner, spatial), spatial
         host.log_cost(NODE, log, host.node_id(cls))
-        if refiner.expert.latent_space != spatial.expert.latent_space:   # temporal-only refinement: the temporal
-            out = refiner.expert.latent_space.name                      # expert's latents, not the spatial one's
+        if refiner.expert.latent_space != spatial.expert.latent_space:   # no spatial VAE: the temporal expert's
+            out = refiner.expert.latent_space.name                      # latents, not the spatial one's
             note = f"output in {out} latents: decode with the temporal VAE"
             progress.show(f"{progress.summary}\n"
                           + (note if len(note) <= host.LINE_WIDTH else "output in the temporal expert's latents"))

@@ -274,20 +274,36 @@ def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one
                                           "8 frames would be cut by its VAE: use 5 or 9"])
 
 
-def test_temporal_only_refinement_of_a_bridged_graph_says_its_output_is_the_temporal_experts(comfy_worker, modern):
-    """The SD bridge template switched to refine mode 'temporal' returns Wan latents (the temporal expert's space);
-    its SD VAE Decode then failed with a bare channel error. The node says which VAE decodes its output."""
+@pytest.mark.parametrize("spatial", ["sd", "flux"])
+def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts_latents(comfy_worker, modern, spatial):
+    """The bridge templates switched to refine mode 'temporal' returned the temporal expert's (Wan) latents, which
+    their spatial-VAE decode read as one frame (Flux VAE, no error) or refused with a bare channel error (SD). The
+    output goes to the spatial expert's space through the bridge (2 VAE calls), as in every other mode."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, spatial)
+    prompt["11"]["inputs"]["mode"] = "temporal"
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    assert len(_saved(r)) == LENGTH   # the template's decode (the spatial VAE): every frame
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    assert texts[-1].split("\n")[-1].startswith(f"done · {REFINE_STEPS} expert evaluations in "), texts[-1]
+    assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": REFINE_STEPS, "vae_calls": 2}
+
+
+def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_temporal_experts(comfy_worker, modern):
+    """Without the spatial expert's VAE (temporal mode needs none) the output stays in the temporal expert's space,
+    and the node says which VAE decodes it."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
     prompt["11"]["inputs"]["mode"] = "temporal"
+    del prompt["10"]["inputs"]["spatial_vae"]
     prompt["12"]["inputs"]["vae"] = ["5", 0]   # the Wan VAE: what the note says
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], r.get("error")
+    assert len(_saved(r)) == LENGTH
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
     assert texts[-1].split("\n")[-1] == "output in wan2.1 latents: decode with the temporal VAE", texts[-1]
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
-@pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False)])
 def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sampler(comfy_worker, modern, matching,
                                                                                      warned):
     """SD 1.5 spatial and Wan temporal put T_e 100 at noise-to-signal 0.34 and 0.11: 'same_index' re-noises the
