@@ -127,6 +127,10 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             spelled = " | ".join(f"{k}: {p}" for k, p in quoted)
             raise UsageError(f"{option} is written as a FizzNodes/JSON schedule ('\"0\": \"...\"'); ConFiner's "
                              f"schedules are '<frame>: prompt' entries separated by ' | ': '{spelled}'", option)
+        negative = re.match(r"\s*(-\d+(?:\.\d+)?s?)\s*:(?=\s)", text)
+        if negative:   # a schedule whose first key is below 0 read as one plain prompt
+            raise UsageError(f"{option} {text!r} starts with the key {negative.group(1)!r}, before the first frame: "
+                             f"a schedule starts at frame 0 (e.g. '{EXAMPLE}')", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
