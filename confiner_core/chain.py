@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from . import refine as R
+from .errors import NonFiniteError
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
@@ -188,15 +189,16 @@ def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str,
     return refining_denoiser(spatial, temporal, mode).schedule
 
 
-def validate_experts(roles: dict, shape: tuple, source: str) -> None:
+def validate_experts(roles: dict, shape: tuple, source: str, source_label: str | None = None) -> None:
     """Every expert must hold the clip that a latent of ``shape`` in the ``source`` role's space stands for (frame
     count rules of causal spaces, longest clip), and experts that hand samples to each other must share a latent
-    space or have the VAEs that bridge them. ``roles``: role -> Denoiser (or None)."""
+    space or have the VAEs that bridge them. ``roles``: role -> Denoiser (or None); ``source_label``: how messages
+    name the source expert (default its role)."""
     src = roles[source].expert.latent_space
     if len(shape) != 5:
         raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
     if shape[1] != src.channels:
-        raise ValueError(f"the latent has {shape[1]} channels but the {source} expert's latent space "
+        raise ValueError(f"the latent has {shape[1]} channels but the {source_label or source} expert's latent space "
                          f"{src.name!r} has {src.channels}; use a latent of the experts' family")
     _, frames, _, _ = src.pixel_shape(shape)
     for role, d in roles.items():
@@ -238,7 +240,8 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
-    validate_experts(roles, shape, "control")
+    refining = source is None or source is spatial or source is temporal   # (refine(): x in the refiner's space)
+    validate_experts(roles, shape, "control", "refining" if refining else "control")
     hand_offs = [("control", "temporal" if config.mode == TEMPORAL else "spatial")]
     if config.mode == COORDINATED:
         hand_offs.append(("spatial", "temporal"))
@@ -351,6 +354,7 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
     check_latent(noise, VIDEO, name="generate_structure: noise")
+    check_config(config, "generate_structure")
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
                         if generator is None else "generate_structure")
@@ -369,9 +373,13 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
 
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
-    """Stage 2 in the configured mode, from V'_{T_e} to the refined video."""
+    """Stage 2 in the configured mode, from V'_{T_e} to the refined video (``x`` in the refining expert's space)."""
+    check_latent(x, VIDEO, name="refine: x")
+    check_config(config, "refine")
     check_generator(generator, "refine")
-    ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
+    refiner = refining_denoiser(spatial, temporal, config.mode)
+    validate_refinement(spatial, temporal, tuple(x.shape), config.with_default_te(refiner.schedule), source=refiner)
+    ts = refine_positions(refiner.schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
     if config.mode == STANDARD:
@@ -395,6 +403,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
     check_latent(structure, VIDEO, name="refine_structure: structure")
+    check_config(config, "refine_structure")
     check_generator(generator, "refine_structure")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
@@ -406,6 +415,13 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     # except under "leading" spacing, whose timesteps start below it
     x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
     return refine(spatial, temporal, x, config, generator, callback)
+
+
+def check_config(config, where: str) -> None:
+    """The method's settings as a :class:`ChainConfig` (a dict of them fails later, inside, without naming this)."""
+    if not isinstance(config, ChainConfig):
+        raise TypeError(f"{where}: config must be a ChainConfig (e.g. ChainConfig(te=100) from "
+                        f"confiner_core.chain), got {type(config).__name__}")
 
 
 def check_generator(generator, where: str) -> None:
@@ -426,7 +442,10 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_latent(noise, VIDEO, name="run_chain: noise")
+    check_config(config, "run_chain")
     check_generator(generator, "run_chain")
+    if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
+        raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     log = control.log
     t0 = time.perf_counter()

@@ -79,6 +79,9 @@ class LatentSpace:
         """Refuse a frame count this space cannot hold exactly, naming the nearest counts that work."""
         if self.valid_pixel_frames(pixel_frames):
             return
+        if pixel_frames < 1:
+            raise ValueError(f"{who or self.name} latent space: {pixel_frames} frames; a video has at least 1 "
+                             f"({self.frames_rule()})")
         lower = self.pixel_frames(max(self.latent_frames(pixel_frames), 1))
         lower = lower if lower <= pixel_frames else None
         upper = self.pixel_frames(self.latent_frames(pixel_frames) + 1)

@@ -8,6 +8,7 @@ import torch
 
 from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, refine_timesteps, run_chain, validate_chain
+from confiner_core.errors import NonFiniteError
 from confiner_core.experts import EvaluationLog, Expert
 from confiner_core.latent_spaces import SD15, SDXL
 from confiner_core.layout import FRAMES, VIDEO
@@ -429,4 +430,23 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         expert.bind("x", "", float("nan"), log)
     with pytest.raises(TypeError, match="bind: prompt and negative_prompt must be text"):
         expert.bind(None, "", 7.5, log)
+    # noise that is not float (int64 noise was run, 68 % of it zeros; float16 ran the whole chain in half precision),
+    # empty sizes, a dict for the config, a refine input of the wrong layout or channels (an EinopsError, a matmul
+    # error), NaN noise (named only after the first evaluation)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(TypeError, match=r"^run_chain: noise is int64; the chain takes float32 latents: initial noise "
+                                        r"is Gaussian: torch.randn\(shape, generator=g\)$"):
+        run_chain(control, control, control, x0.long(), ChainConfig(), g)
+    with pytest.raises(TypeError, match=r"^generate_structure: noise is float16; .*: pass x.float\(\)$"):
+        generate_structure(control, x0.half(), ChainConfig(), g)
+    with pytest.raises(ValueError, match=r"noise has shape \(1, 4, 4, 0, 4\), with no elements along a dimension"):
+        run_chain(control, control, control, x0[..., :0, :], ChainConfig(), g)
+    with pytest.raises(TypeError, match=r"^run_chain: config must be a ChainConfig .*, got dict$"):
+        run_chain(control, control, control, x0, {"te": 100}, g)
+    with pytest.raises(ValueError, match=r"^refine: x has shape \(4, 4, 4, 4\) but must be a video"):
+        refine(control, control, x0[0], ChainConfig(), g)
+    with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space"):
+        refine(control, control, x0[:, :2], ChainConfig(), g)
+    with pytest.raises(NonFiniteError, match=r"^run_chain: noise holds NaN or infinity"):
+        run_chain(control, control, control, x0.clone().fill_(float("nan")), ChainConfig(), g)
     assert sum(log.evaluations.values()) == 0

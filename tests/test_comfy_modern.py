@@ -249,7 +249,8 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
     prompt["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
     prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0])
     assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with the Flux VAE",
-                                         ["spatial VAE (spatial_vae) is a VAE of 16-channel latents", "sd15",
+                                         ["spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x spatial "
+                                          "(the flux latent space's), not of the sd15", "sd15",
                                           "spatial model (spatial_model) works in", "connect its own VAE"])
 
 
@@ -260,7 +261,8 @@ def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy
     prompt["1"]["inputs"]["unet_name"] = FLUX
     prompt["10"]["inputs"]["temporal_vae"] = ["5", 0]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux in the Wan loader",
-                                         ["temporal VAE (temporal_vae)", "not of the flux latent space",
+                                         ["temporal VAE (temporal_vae)", "4x temporal (the wan2.1 latent space's), "
+                                          "not of the flux latent space",
                                           "temporal model (temporal_model) works in",
                                           "else load the model this VAE belongs to"])
 
