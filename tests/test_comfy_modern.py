@@ -306,6 +306,7 @@ def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_t
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
+@pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False)])
 def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sampler(comfy_worker, modern, matching,
                                                                                      warned):
     """SD 1.5 spatial and Wan temporal put T_e 100 at noise-to-signal 0.34 and 0.11: 'same_index' re-noises the
