@@ -235,13 +235,13 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
     latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
     ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
-    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
-    config.validate()
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
+    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
+    config.validate()
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
-    refining = source is None or source is spatial or source is temporal   # (refine(): x in the refiner's space)
-    validate_experts(roles, shape, "control", "refining" if refining else "control")
+    source_is_refiner = source is None or source is spatial or source is temporal   # refine(): x in its space
+    validate_experts(roles, shape, "control", "refining" if source_is_refiner else "control")
     hand_offs = [("control", "temporal" if config.mode == TEMPORAL else "spatial")]
     if config.mode == COORDINATED:
         hand_offs.append(("spatial", "temporal"))
@@ -265,8 +265,8 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     """Every check that can fail, before any expert is evaluated. ``shape`` is the initial noise's canonical
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
+    validate_refinement(spatial, temporal, shape, config, source=control)   # first: a missing temporal expert
     config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
-    validate_refinement(spatial, temporal, shape, config, source=control)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
@@ -377,9 +377,9 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     check_latent(x, VIDEO, name="refine: x")
     check_config(config, "refine")
     check_generator(generator, "refine")
-    refiner = refining_denoiser(spatial, temporal, config.mode)
-    validate_refinement(spatial, temporal, tuple(x.shape), config.with_default_te(refiner.schedule), source=refiner)
-    ts = refine_positions(refiner.schedule, config)
+    validate_refinement(spatial, temporal, tuple(x.shape), config, source=refining_denoiser(spatial, temporal,
+                                                                                             config.mode))
+    ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
     if config.mode == STANDARD:

@@ -203,8 +203,8 @@ def lookup(obj, path: str):
     return obj
 
 
-#: fields added after the resume folders' FORMAT 2, with the default that reproduces the runs made before them: a run
-#: interrupted by an earlier version (which stored no such setting) resumes while they are at it
+#: fields added after the resume folders' FORMAT 2, with the value that reproduces the runs made before them: a run
+#: interrupted by an earlier version (which stored no such setting) resumes while they are at it (ResumeStore)
 ADDED_SETTINGS = {"image_mode": LATENT_FRAMES}
 
 
@@ -447,8 +447,8 @@ class GenerateRequest:
                                  "--base")
             if self.image_mode != LATENT_FRAMES:
                 raise UsageError(f"--image-mode {self.image_mode} applies to a Wan or Qwen-Image spatial expert "
-                                 f"checkpoint; the embedded experts refine pixel frames with --embedded wan-pixel",
-                                 "--image-mode")
+                                 f"checkpoint; the embedded experts refine pixel frames with --embedded wan-pixel: "
+                                 f"drop --image-mode", "--image-mode")
             return
         absent = [(role, path) for role, path in self.roles().items() if not os.path.exists(path)]
         if absent:   # a wrong path first: it is what the user typed; every one of them, to fix in one go
@@ -492,9 +492,9 @@ class GenerateRequest:
         spatial = self._inspections["spatial"]
         if self.image_mode != LATENT_FRAMES and spatial.facts.get("image_mode") is None:
             raise UsageError(f"--image-mode {self.image_mode} applies to a Wan or Qwen-Image spatial expert, an image "
-                             f"model on Wan's video latents; the spatial expert {self.spatial} is not one (an image "
-                             f"model of another latent space refines every pixel frame through the VAEs anyway): "
-                             f"drop --image-mode", "--image-mode")
+                             f"model on Wan's video latents (4 frames in a latent frame); the spatial expert "
+                             f"{self.spatial} is not one (its own latent space holds every frame already): drop "
+                             f"--image-mode", "--image-mode")
 
     def roles(self) -> dict:
         return {role: path for role, path in
@@ -522,7 +522,7 @@ class GenerateRequest:
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
         from .resume import ResumeStore
 
-        store = ResumeStore(self.out, self.run_settings())
+        store = ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS)
         if self.resume and not store.exists():
             raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
                              "--resume")
@@ -543,9 +543,6 @@ class GenerateRequest:
         settings = asdict(self)
         for k in ("out", "resume", "compile_dir"):  # where things go, not what they are
             settings.pop(k)
-        for k, default in ADDED_SETTINGS.items():   # at its default, as runs interrupted before it existed stored it
-            if settings[k] == default:
-                settings.pop(k)
         return settings
 
 
@@ -778,7 +775,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     if plan is not None:
         from .resume import ResumeStore
 
-        store = ResumeStore(req.out, req.run_settings())
+        store = ResumeStore(req.out, req.run_settings(), ADDED_SETTINGS)
     if not lead:   # a worker: its share of the windows, no files
         try:
             _generate(req, schedule, plan, log, store, False, ranks)

@@ -143,6 +143,10 @@ WAN21 = LatentSpace(
          3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160))
 
 
+#: the named spaces of fixed statistics (Wan 2.2's come with each VAE's config)
+KNOWN_SPACES = (SD15, SDXL, FLUX, WAN21)
+
+
 def wan22_space(latents_mean: Sequence[float], latents_std: Sequence[float]) -> LatentSpace:
     """Wan 2.2 TI2V-5B: 48 channels, 16x spatial (8x VAE after a 2x2 patchify), causal 4x temporal."""
     return LatentSpace("wan2.2", 48, 16, 4, causal=True, shift=tuple(latents_mean), std=tuple(latents_std))

@@ -41,9 +41,8 @@ def check_latent(x: torch.Tensor, layout: str, channels: int | None = None, name
         raise ValueError(f"{name} has shape {tuple(x.shape)} but must be {hint}; "
                          f"pass a latent of that layout (got {x.ndim}-D)")
     if x.dtype not in (torch.float32, torch.float64):   # the chain's arithmetic (Eq. 6, 9-11) is float32
-        fix = "pass x.float()" if x.dtype.is_floating_point and not x.dtype.is_complex else \
-            "initial noise is Gaussian: torch.randn(shape, generator=g)"
-        raise TypeError(f"{name} is {str(x.dtype).removeprefix('torch.')}; the chain takes float32 latents: {fix}")
+        raise TypeError(f"{name} is {str(x.dtype).removeprefix('torch.')}; the chain computes in float32 (float64 "
+                        f"also works): pass x.float() (initial noise is Gaussian: torch.randn(shape, generator=g))")
     if 0 in x.shape:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, with no elements along a dimension; every size of "
                          f"{hint} must be at least 1")

@@ -43,6 +43,8 @@ EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
 UNSPACED_KEY = re.compile(rf"^\s*{KEY}\s*:(?=[^\s\d])")
 # inside a schedule's entry, a key after a comma or semicolon: an entry separator mistyped ("0: a, 16: b")
 STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
+# a start that looks like a key but is none: negative, or a stray dot ("-3: ...", "2.5: ..."; see misspelt_key)
+KEY_LIKE = re.compile(r"\s*(-?[\d.]+s?)\s*:(?=\s|$)")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
 QUOTED_ENTRY = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 EXAMPLE = "0: a red ball | 64: a blue ball"
@@ -98,6 +100,12 @@ def is_schedule(text: str) -> bool:
     return ENTRY.match(first.split("|", 1)[0]) is not None
 
 
+def misspelt_key(piece: str) -> str | None:
+    """The start of ``piece`` where it is written as a key but is no frame or seconds key ('-3', '2.5'), else None."""
+    m = KEY_LIKE.match(piece)
+    return m.group(1) if m and not re.fullmatch(KEY, m.group(1)) else None
+
+
 def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
     """Output frame of a key: frames as written, seconds at the output fps rounded to the nearest frame."""
     if not key.endswith("s"):
@@ -127,10 +135,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             spelled = " | ".join(f"{k}: {p}" for k, p in quoted)
             raise UsageError(f"{option} is written as a FizzNodes/JSON schedule ('\"0\": \"...\"'); ConFiner's "
                              f"schedules are '<frame>: prompt' entries separated by ' | ': '{spelled}'", option)
-        negative = re.match(r"\s*(-\d+(?:\.\d+)?s?)\s*:(?=\s)", text)
-        if negative:   # a schedule whose first key is below 0 read as one plain prompt
-            raise UsageError(f"{option} {text!r} starts with the key {negative.group(1)!r}, before the first frame: "
-                             f"a schedule starts at frame 0 (e.g. '{EXAMPLE}')", option)
+        bad = misspelt_key(text)
+        if bad:   # a schedule whose first key is negative or has a stray dot: it was read as one plain prompt
+            raise UsageError(f"{option} {text!r} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
+                             f"key ('2.5s'): a schedule starts at frame 0 (e.g. '{EXAMPLE}'), or drop the ': ' after "
+                             f"the number to keep one plain prompt", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
@@ -145,10 +154,10 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if not piece.strip():
             raise UsageError(f"{option}: {where}: remove the extra '|' or give it a prompt", option)
         m = ENTRY.match(piece)
-        bad_key = re.match(r"\s*(-?[\d.]+s?)\s*:", piece) if m is None else None
-        if bad_key and not re.fullmatch(KEY, bad_key.group(1)):   # a key, but negative or with a stray dot
-            raise UsageError(f"{option}: {where} starts with {bad_key.group(1)!r}, which is not a frame (0, 1, 2, "
-                             f"...) or seconds key ('2.5s'); as in '{EXAMPLE}'", option)
+        bad = misspelt_key(piece) if m is None else None
+        if bad:
+            raise UsageError(f"{option}: {where} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
+                             f"key ('2.5s'); as in '{EXAMPLE}'", option)
         if m is None:
             raise UsageError(f"{option}: {where} has no start key; every entry of a schedule starts with a frame "
                              f"or seconds key followed by ': ' (e.g. '64: {piece.strip()}' or '2.5s: ...'), as in "

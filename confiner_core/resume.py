@@ -51,9 +51,12 @@ class ResumeStore:
     """The resume folder of one output folder; ``settings`` identify the run (every setting that changes the
     result, JSON-serialisable)."""
 
-    def __init__(self, out: str, settings: dict):
+    def __init__(self, out: str, settings: dict, added: dict | None = None):
+        """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
+        made before it: a state stored without one was made with that value."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.settings = flatten(json.loads(json.dumps(settings, default=str)))
+        self.added = flatten(added or {})
 
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -75,7 +78,7 @@ class ResumeStore:
         if info.get("format") != FORMAT:
             raise UsageError(f"--resume: {self.folder} was written by another version (format "
                              f"{info.get('format')}); delete it and start over", "--resume")
-        stored = info.get("settings", {})
+        stored = {**self.added, **info.get("settings", {})}
         changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items() if stored.get(k) != v]
         changed += [f"{k}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
         if changed:

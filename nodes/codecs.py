@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace
+from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace
 
 
 def vae_space_problem(vae, space: LatentSpace) -> str | None:
@@ -29,7 +29,7 @@ def vae_space_problem(vae, space: LatentSpace) -> str | None:
     spatial = vae.spacial_compression_encode()
     temporal = vae.temporal_compression_decode() or 1
     have = f"{channels}-channel latents, {spatial}x spatial" + (f", {temporal}x temporal" if temporal > 1 else "")
-    likely = [k.name for k in (SD15, SDXL, FLUX, WAN21)   # the family it likely is (SD 1.5 and SDXL look alike)
+    likely = [k.name for k in KNOWN_SPACES   # the family it likely is (SD 1.5 and SDXL look alike)
               if (k.channels, k.spatial_factor, k.temporal_factor) == (channels, spatial, temporal)]
     have += f" (the {' or '.join(likely)} latent space's)" if likely else ""
     want = f"{space.channels} channels, {space.spatial_factor}x spatial" + \

@@ -69,6 +69,9 @@ class ConFinerControlExpert(io.ComfyNode):
         generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)
+            if not bool(torch.isfinite(noise).all()):
+                raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent holds NaN or infinity: "
+                                 "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
             if not bool(noise.abs().amax() > 0):
                 raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent is empty (all zeros): "
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
                                    refining_denoiser, validate_refinement)
-from ..confiner_core.experts import Denoiser, EvaluationLog, hand_off
+from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
 from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
                      widget_problem)
@@ -156,17 +156,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         with progress.running(), sessions.stage():
             latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
                                       source=source, control_schedule=control_schedule)
-        refiner = refining_denoiser(spatial, temporal, mode)
-        if refiner.expert.latent_space != spatial.expert.latent_space and None not in (refiner.expert.codec,
-                                                                                       spatial.expert.codec):
-            # temporal-only refinement of a bridged graph: its output goes to the spatial expert's space, as in every
-            # other mode, so the graph's decoder reads it (a Flux VAE made one frame of Wan latents, without a word)
-            with log.stage("refine"):
-                latent, refiner = hand_off(latent, refiner, spatial), spatial
+            latent, refiner = host.to_spatial_space(latent, refining_denoiser(spatial, temporal, mode), spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
-        if refiner.expert.latent_space != spatial.expert.latent_space:   # no spatial VAE: the temporal expert's
-            out = refiner.expert.latent_space.name                      # latents, not the spatial one's
-            note = f"output in {out} latents: decode with the temporal VAE"
-            progress.show(f"{progress.summary}\n"
-                          + (note if len(note) <= host.LINE_WIDTH else "output in the temporal expert's latents"))
+        note = host.output_space_note(refiner, spatial)
+        if note:
+            progress.show(f"{progress.summary}\n{note}")
         return io.NodeOutput(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))

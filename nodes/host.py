@@ -31,8 +31,8 @@ from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_timesteps, extraction_schedule,
                                    refine_positions, same_index_mismatch_warning, table3_warning)
-from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair
-from ..confiner_core.latent_spaces import FLUX, SD15, SDXL, WAN21, Codec, LatentSpace, per_frame
+from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
+from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, sessions
 from .codecs import VAEShelf
@@ -72,7 +72,6 @@ FLOW_TIMESTEPS = 1000
 COMPRESSION = {"Wan21": (8, 4, True), "Wan22": (16, 4, True), "HunyuanVideo": (8, 4, True),
                "HunyuanVideo15": (16, 4, True), "Mochi": (8, 6, True), "LTXV": (32, 8, True),
                "LTXAV": (32, 8, True), "Cosmos1CV8x8x8": (8, 8, True), "Flux2": (16, 1, False)}
-KNOWN_SPACES = (SD15, SDXL, FLUX, WAN21)
 
 
 def _numbers(value, fallback):
@@ -533,8 +532,9 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         want = "[B, C, T, h, w]" if layout == L.VIDEO else "[F, C, h, w] (one frame per batch entry)"
         raise ValueError(f"{what} has shape {tuple(samples.shape)} but this model expects {want}; "
                          f"connect a latent made for this model family")
+    samples = samples.float()   # a half-precision LATENT (a saved one, another pack's) is read as float32
     L.check_latent(samples, layout, model.get_model_object("latent_format").latent_channels, what)
-    return samples.float().to(sampling_device(model))
+    return samples.to(sampling_device(model))
 
 
 def sampling_device(model=None) -> torch.device:
@@ -604,6 +604,27 @@ def latent_out(model, x: torch.Tensor, template: dict | None = None, space: Late
     return out
 
 
+def to_spatial_space(latent: torch.Tensor, refiner: Denoiser, spatial: Denoiser,
+                     log: EvaluationLog) -> tuple[torch.Tensor, Denoiser]:
+    """A temporal-only refinement of a graph of two latent spaces, handed to the spatial expert's space through
+    the VAEs (2 calls), where every other mode's output is, so the graph's decode reads it (the Flux template's
+    Flux VAE made one frame of Wan latents, without an error). Unchanged where a VAE is missing
+    (:func:`output_space_note` then says which VAE decodes it)."""
+    if refiner.expert.latent_space == spatial.expert.latent_space or \
+            refiner.expert.codec is None or spatial.expert.codec is None:
+        return latent, refiner
+    with log.stage("refine"):
+        return hand_off(latent, refiner, spatial), spatial
+
+
+def output_space_note(refiner: Denoiser, spatial: Denoiser) -> str | None:
+    """The node's last line where its output is not in the spatial expert's space (:func:`to_spatial_space`)."""
+    if refiner.expert.latent_space == spatial.expert.latent_space:
+        return None
+    note = f"output in {refiner.expert.latent_space.name} latents: decode with the temporal VAE"
+    return note if len(note) <= LINE_WIDTH else "output in the temporal expert's latents"
+
+
 STAGE_OF_ROLE = {"control": "control stage", "spatial": "refinement", "temporal": "refinement"}
 
 
@@ -654,10 +675,15 @@ class Progress:
             warning = same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
             self.warn(warning, "warning: experts at unequal noise: matching nearest")
 
-    def warn(self, warning: str | None, *notes: str) -> None:
-        """``warning`` on the console, and its one-line ``notes`` above the node's text for the rest of the run."""
+    def warn(self, warning: str | None, note: str) -> None:
+        """``warning`` on the console, and its one-line ``note`` above the node's text for the rest of the run."""
         if warning:
             logging.warning("ConFiner: %s", warning)
+            self.note(note)
+
+    def note(self, *notes: str) -> None:
+        """One-line ``notes`` above the node's text for the rest of the run (the console says why)."""
+        if notes:
             self.warnings.extend(notes)
             show_text(self.node_id, "\n".join([*self.warnings, *filter(None, [self.opening])]))
 

@@ -12,7 +12,7 @@ from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, re
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
-                                  unused_entries, unused_entries_text, window_centre)
+                                  unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -32,11 +32,11 @@ def segment_schedule(text: str, frames: int, fps: float):
 
 def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | None = PROMPT_FPS) -> str | None:
     """A per-segment prompt schedule that cannot be parsed, or has entries past the last frame (which a run would
-    silently ignore)."""
-    if not text or not text.strip() or frames is None:
+    silently ignore). Linked values (None) are checked when the node runs."""
+    if not text or not text.strip() or frames is None or fps is None:
         return None
     try:
-        segment_schedule(text, frames, fps or PROMPT_FPS)
+        segment_schedule(text, frames, fps)
     except ValueError as e:
         return str(e)
     return None
@@ -62,8 +62,10 @@ def node_schedule_text(schedule, plan) -> str:
 
 def unused_prompt_notes(schedule, plan) -> list[str]:
     """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`), for the top of the
-    node's text: under a preview the frontend shows its first two lines only, and below the schedule they were hidden."""
-    return [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
+    node's text: under a preview the frontend shows its first two lines only, and below the schedule they were
+    hidden. Each fits a line (the frontend neither wraps nor scrolls it)."""
+    lines = [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
+    return [line if len(line) <= host.LINE_WIDTH else line[:host.LINE_WIDTH - 1] + "…" for line in lines]
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -160,13 +162,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       mode=mode, matching=matching, noise_init=noise_init, freenoise_stride=freenoise_stride,
                       gamma=gamma, control_spacing=control_spacing, control_eta=control_eta,
                       structure_noise=structure_noise, coherence_memory=coherence_memory,
-                      control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary)
+                      control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
         problem = refine_problem(te, refine_steps)
         if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
+            space = host.space_of(control_model)
+            fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
             problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
                        f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
-                       f"to {frames}; "
-                       + (f"lower the segment length to at most {frames} (4k+1 for Wan), or " if frames >= 2 else "")
+                       f"to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
                        + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
         window = host.space_of(control_model).latent_frames(segment_length)   # FreeNoise's, in latent frames
         if not problem and noise_init == FREENOISE and freenoise_stride > window:
@@ -193,7 +196,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             host.check_clip_width(clip, {"control": control_model, "control low-noise": control_low_noise_model,
                                          **experts.models, "temporal low-noise": experts.temporal_low_noise_model},
                                   "the clip input (segment prompts)")
-        if prompts is not None:   # the whole schedule on the console; on the node until the first evaluation
+        if prompts is not None:   # the whole schedule on the console (the node opens its run with it)
             logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan, fps))
         ade.new_run()
         ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
@@ -218,8 +221,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress = host.Progress(control_model, total, host.node_id(cls), where,
                                  prompt_now if prompts is not None and prompts.travels else None,
                                  opening=True if prompts is None else node_schedule_text(prompts, plan))
-        if prompts is not None:   # above the schedule, and above every step and the summary until the next run
-            progress.warn(unused_entries_text(plan, prompts), *unused_prompt_notes(prompts, plan))
+        if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
+            progress.note(*unused_prompt_notes(prompts, plan))
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
@@ -232,6 +235,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
         progress.warn_table3(control_steps, te, spatial, temporal, mode)
+        progress.warn_same_index(spatial, temporal, chain)
         refiner = refining_denoiser(spatial, temporal, mode)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape
@@ -262,9 +266,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
             with log.stage("refine"):
                 out = codec.encode(out)
                 log.record_vae(1)
+        out, refiner = host.to_spatial_space(out, refiner, spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
-        if prompts is not None:   # what the video followed, once the progress is over
-            progress.show(f"{progress.summary}\n{node_schedule_text(prompts, plan)}")
+        lines = [progress.summary, host.output_space_note(refiner, spatial),
+                 node_schedule_text(prompts, plan) if prompts is not None else None]
+        if lines[1] or lines[2]:   # what the video followed and where its output is, once the progress is over
+            progress.show("\n".join(filter(None, lines)))
         return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
 
     @staticmethod

@@ -61,7 +61,7 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                                      "latent frame holds 4 (21 for 81 video frames)."),
                 advanced(io.Int.Input("stride", display_name="FreeNoise stride", default=4, min=1, max=4096,
                                       tooltip="Only for method 'freenoise': latent frames between windows "
-                                              "(context_length - overlap), at most the segment length.")),
+                                              "(context_length - overlap), at most segment latent frames.")),
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced."),
                      io.Latent.Output(display_name="noise_latent",
@@ -75,7 +75,8 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
         if problem:
             return problem
         if method == FREENOISE and None not in (stride, segment_length) and stride > segment_length:
-            return f"FreeNoise stride (stride) = {stride} must not exceed the segment length ({segment_length})"
+            return (f"FreeNoise stride (stride) = {stride} must not exceed segment latent frames (segment_length) = "
+                    f"{segment_length}")
         return True
 
     @classmethod

@@ -7,6 +7,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..confiner_core.latent_spaces import SD15, WAN21
+
 RefineExpertsType = io.Custom("CONFINER_EXPERTS")
 
 # Where an artist connects each expert's VAE (named in the messages of a bridge that lacks one).
@@ -80,12 +82,13 @@ class RefineExperts:
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
-        from .host import SD15, space_of
+        from .host import space_of
 
         if mode != "standard" and self.temporal_model is None:
-            # the video model an artist has at hand: AnimateDiff beside SD 1.5, else the Wan of the control stage
-            example = "SD 1.5 + AnimateDiff" if space_of(self.spatial_model) == SD15 else \
-                "Wan, e.g. the control expert's model"
+            # the video model an artist has at hand: AnimateDiff beside SD 1.5, the Wan of the control stage beside
+            # a model of Wan's space (Qwen-Image), else the control stage's
+            example = {SD15: "SD 1.5 + AnimateDiff", WAN21: "Wan, e.g. the control expert's model"}.get(
+                space_of(self.spatial_model), "a video model, e.g. the control expert's")
             raise ValueError(f"refine mode '{mode}' needs a temporal expert, but temporal model (temporal_model) on "
                              f"ConFiner Refine Experts is not connected: connect a text-to-video MODEL ({example}) "
                              f"or set refine mode to 'standard'")

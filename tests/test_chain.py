@@ -434,10 +434,11 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     # empty sizes, a dict for the config, a refine input of the wrong layout or channels (an EinopsError, a matmul
     # error), NaN noise (named only after the first evaluation)
     g = torch.Generator().manual_seed(0)
-    with pytest.raises(TypeError, match=r"^run_chain: noise is int64; the chain takes float32 latents: initial noise "
-                                        r"is Gaussian: torch.randn\(shape, generator=g\)$"):
+    with pytest.raises(TypeError, match=r"^run_chain: noise is int64; the chain computes in float32 \(float64 also "
+                                        r"works\): pass x.float\(\) \(initial noise is Gaussian: torch.randn\(shape, "
+                                        r"generator=g\)\)$"):
         run_chain(control, control, control, x0.long(), ChainConfig(), g)
-    with pytest.raises(TypeError, match=r"^generate_structure: noise is float16; .*: pass x.float\(\)$"):
+    with pytest.raises(TypeError, match=r"^generate_structure: noise is float16; .*: pass x.float\(\) "):
         generate_structure(control, x0.half(), ChainConfig(), g)
     with pytest.raises(ValueError, match=r"noise has shape \(1, 4, 4, 0, 4\), with no elements along a dimension"):
         run_chain(control, control, control, x0[..., :0, :], ChainConfig(), g)
@@ -447,6 +448,10 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         refine(control, control, x0[0], ChainConfig(), g)
     with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space"):
         refine(control, control, x0[:, :2], ChainConfig(), g)
+    for call in (lambda: refine(control, None, x0, ChainConfig(mode="temporal"), g),   # (an AttributeError on None)
+                 lambda: run_chain(control, control, None, x0, ChainConfig(mode="temporal"), g)):
+        with pytest.raises(ValueError, match=r"^mode 'temporal' needs a temporal expert"):
+            call()
     with pytest.raises(NonFiniteError, match=r"^run_chain: noise holds NaN or infinity"):
         run_chain(control, control, control, x0.clone().fill_(float("nan")), ChainConfig(), g)
     assert sum(log.evaluations.values()) == 0

@@ -267,6 +267,16 @@ def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy
                                           "else load the model this VAE belongs to"])
 
 
+def test_a_wan_long_video_shorter_than_a_segment_is_told_only_what_is_possible(comfy_worker, modern):
+    """frames 4 below Wan segments of 5: it was told to lower the segment length to at most 4 (4k+1 for Wan), and
+    no 4k+1 length from 2 to 4 exists."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"]["frames"] = 4
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 4 frames",
+                                         ["frames = 4 is shorter than one segment", "cut to 4; make one clip with "
+                                          "ConFiner Control Expert and ConFiner Refine Sampler"])
+
+
 def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one_sentence(comfy_worker, modern):
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
     prompt["14"]["inputs"]["frames"] = 8
@@ -289,6 +299,19 @@ def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
     assert texts[-1].split("\n")[-1].startswith(f"done · {REFINE_STEPS} expert evaluations in "), texts[-1]
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": REFINE_STEPS, "vae_calls": 2}
+
+
+def test_the_long_videos_temporal_only_output_is_the_spatial_experts_latents_too(comfy_worker, modern):
+    """The Long Video in mode temporal with an SD 1.5 spatial expert beside Wan: its output, decoded with the SD VAE
+    as after every other mode, holds every frame."""
+    sd = wan_graph(comfy_worker.checkpoint_name, "sd")
+    long = long_wan_graph(comfy_worker.checkpoint_name)
+    long["20"], long["21"], long["10"] = sd["20"], sd["21"], sd["10"]
+    long["14"]["inputs"]["mode"] = "temporal"
+    long["12"]["inputs"]["vae"] = ["20", 2]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", long, fresh_cache=True)
+    assert r["success"], r.get("error")
+    assert len(_saved(r)) == long["14"]["inputs"]["frames"]
 
 
 def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_temporal_experts(comfy_worker, modern):
@@ -320,6 +343,15 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
     note = "warning: experts at unequal noise: matching nearest"
     steps = [t for t in texts if "\nstep " in t]
     assert steps and all((note in t.split("\n")) == warned for t in steps), texts[:3]
+    if matching == "same_index":   # the Long Video refines with the same experts, and says so too
+        long = long_wan_graph(comfy_worker.checkpoint_name)
+        long["20"], long["21"] = prompt["20"], prompt["21"]
+        long["10"] = prompt["10"]
+        long["12"]["inputs"]["vae"] = ["20", 2]   # the refined video is in the spatial expert's (SD) space
+        r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", long, fresh_cache=True)
+        assert r["success"], r.get("error")
+        texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
+        assert texts and all(note in t.split("\n") for t in texts if "\nstep " in t), texts[:3]
 
 
 def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them(comfy_worker, modern):

@@ -322,6 +322,13 @@ def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_
     assert all(len(line) <= 60 for t in texts for line in t.split("\n"))
 
 
+def test_half_precision_latents_are_read_as_float32(comfy_worker):
+    """The core refuses half-precision latents (its arithmetic is float32); a node's LATENT input converts them first:
+    a float16 latent into the Control Expert was refused with the library's "pass x.float()"."""
+    r = comfy_worker.call("comfy_support.confiner_checks:half_precision_latents_are_read", comfy_worker.checkpoint_name)
+    assert r == {d: ["torch.float32", "torch.float32", [1, 4, 4, 8, 8]] for d in ("torch.float16", "torch.bfloat16")}
+
+
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
     workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")

@@ -199,7 +199,7 @@ def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeyp
 
 def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_default(tmp_path, monkeypatch):
     """A setting added later (``image_mode``, this version's) is absent from a state an earlier version stored: at
-    its default the run resumes (it would otherwise be refused as "other settings"); set to another value, refused."""
+    the value those runs were made with the run resumes (it was refused as "other settings"); at another, refused."""
     from confiner_core.cli import build_parser, request_from_args
     from confiner_core.errors import UsageError
     from confiner_core.generate import ADDED_SETTINGS
@@ -211,13 +211,16 @@ def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_d
     with pytest.raises(SystemExit):
         main(["generate", "--out", str(part), *args])
     monkeypatch.setattr(EvaluationLog, "record", real)
-    state = json.loads((part / RESUME_FOLDER / "state.json").read_text())
-    assert not set(ADDED_SETTINGS) & set(state["settings"])    # what an earlier version wrote, too
+    path = part / RESUME_FOLDER / "state.json"
+    state = json.loads(path.read_text())
+    for name in ADDED_SETTINGS:   # as an earlier version wrote it
+        del state["settings"][name]
+    path.write_text(json.dumps(state))
     other = request_from_args(build_parser().parse_args(["generate", "--out", str(tmp_path / "new"), *args]))
     other.validate()
     other.image_mode = "pixel_frames"   # (which the embedded experts refuse: the stored settings alone are compared)
-    with pytest.raises(UsageError, match=r"used other settings \(image_mode: None -> 'pixel_frames'\)"):
-        ResumeStore(str(part), other.run_settings()).check()
+    with pytest.raises(UsageError, match=r"used other settings \(image_mode: 'latent_frames' -> 'pixel_frames'\)"):
+        ResumeStore(str(part), other.run_settings(), ADDED_SETTINGS).check()
     assert main(["generate", "--out", str(part), "--resume", *args]) == 0
 
 

@@ -82,8 +82,10 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Video node)
     ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
     ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key
-    ("-1: a | 16: b", 8, "starts with the key '-1', before the first frame: a schedule starts at frame 0"),
-    ("-2.5s: a", 8, "starts with the key '-2.5s'"),   # (a text not starting with a key was one plain prompt)
+    ("-1: a | 16: b", 8, "starts with '-1', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): a schedule "
+                         "starts at frame 0"),    # (a text not starting with a key was one plain prompt)
+    ("-2.5s: a", 8, "starts with '-2.5s'"),
+    ("2.5: a | 5s: b", 8, "starts with '2.5', which is not a frame"),
     ("0: a | 2.5: b", 8, "starts with '2.5', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s')"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
     ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "

@@ -491,3 +491,18 @@ def input_labels(prefix: str = "ConFiner") -> dict:
 
     return {nid: [i.display_name or i.id for i in cls.define_schema().inputs]
             for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
+
+
+def half_precision_latents_are_read(ckpt_name: str) -> dict:
+    """A float16 / bfloat16 LATENT (a saved one, another pack's) into the nodes' latent inputs: read as float32."""
+    import torch
+
+    host = _pack_module(".nodes.host")
+    model, _ = _load(ckpt_name)
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        samples = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+        x = host.latent_in(model, {"samples": samples}, "control")
+        noise = host.noise_in(model, {"samples": samples})
+        out[str(dtype)] = [str(x.dtype), str(noise.dtype), list(x.shape)]
+    return out
