@@ -19,7 +19,7 @@ from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .errors import Interrupted, OutputError, RankFailed, UsageError
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES
-from .long import COHERENCE_MEMORIES
+from .long import COHERENCE_MEMORIES, LongConfig
 from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
 
@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--noise-init freenoise: latent frames between shuffled noise windows (default: a quarter of "
                         "the window)")
     g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength (Eq. 12); 0 = off")
-    g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default="guided",
-                   help="guided: pull towards the previous segment's guided prediction (Eq. 12 as printed); "
-                        "unguided: towards its raw prediction")
+    g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default=LongConfig.coherence_memory,
+                   help="unguided (default): pull towards the previous segment's own noise prediction (the "
+                        "specification's stored eps-hat); guided: towards the guided prediction it stepped with")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--color-anchor", action="store_true",
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
@@ -221,7 +221,6 @@ def evaluate_command(a: argparse.Namespace) -> int:
 
 def request_from_args(a: argparse.Namespace):
     from .generate import GenerateRequest
-    from .long import LongConfig
 
     chain = ChainConfig(control_steps=a.control_steps, control_sampler=a.control_sampler,
                         control_spacing=a.control_spacing, control_eta=a.control_eta, te=a.te,

@@ -235,10 +235,11 @@ def coherence_guidance(eps_hat: torch.Tensor, eps_prev: torch.Tensor, gamma: flo
 
 class CoherenceGuidance:
     """An eps hook for :func:`confiner_core.sampling.sample_control` that keeps only the previous structure's
-    prediction per control step (all the next structure needs): the guided one (``memory='guided'``, Eq. 12 as
-    printed) or the unguided one (``'unguided'``)."""
+    prediction per control step (all the next structure needs): its raw prediction ε̂ (``memory='unguided'``, the
+    specification's "store the previous segment's ε̂ per timestep") or the guided one it stepped with (``'guided'``,
+    Eq. 12's ε^prev read as the previous segment's final ε)."""
 
-    def __init__(self, gamma: float, memory: str = GUIDED):
+    def __init__(self, gamma: float, memory: str = UNGUIDED):
         if memory not in COHERENCE_MEMORIES:
             raise ValueError(f"coherence memory must be one of {COHERENCE_MEMORIES}, got {memory!r}")
         self.gamma, self.memory = gamma, memory
@@ -279,7 +280,7 @@ class RelayedGuidance:
 class LongConfig:
     """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
     AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies
-    on, coherence guidance towards the previous segment's guided prediction (Eq. 12 as printed).
+    on, coherence guidance towards the previous segment's noise prediction ε̂ (the specification's memory).
 
     FreeNoise's window and stride count the noise's frames, which are latent frames: video frames for SD-family
     experts, while a Wan latent frame holds 4 (a 17-frame segment is 5). By default the window is one segment's
@@ -292,7 +293,7 @@ class LongConfig:
     freenoise_stride: int | None = None   # latent frames; None: a quarter of the window, at least 1
     gamma: float = 0.1
     staggered: bool = True
-    coherence_memory: str = GUIDED
+    coherence_memory: str = UNGUIDED   # the specification: "store the previous segment's ε̂ per timestep"
     color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:

@@ -154,7 +154,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
     def execute(cls, control_model, control_positive, control_negative, experts, latent, frames, segment_length,
                 seed, control_steps, control_cfg, control_sampler, te, refine_steps, mode, matching, noise_init,
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
-                control_eta=0.0, structure_noise="spatial", coherence_memory="guided", control_vae=None,
+                control_eta=0.0, structure_noise="spatial", coherence_memory="unguided", control_vae=None,
                 control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875,
                 fps=PROMPT_FPS) -> io.NodeOutput:
         check_widgets(cls, segment_length=segment_length, seed=seed, control_steps=control_steps,

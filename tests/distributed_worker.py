@@ -19,12 +19,12 @@ import time
 import torch
 
 CASES = {
-    # the defaults: staggered windows, consistency initialization, coherence guidance towards the guided memory
+    # the defaults: staggered windows, consistency initialization, coherence guidance towards the unguided memory
     "default": {},
-    # every random draw of the chain: DDIM control and refinement with eta, FreeNoise, the unguided memory
+    # every random draw of the chain: DDIM control and refinement with eta, FreeNoise, the guided memory
     "ddim-eta-freenoise": {"chain": {"control_sampler": "ddim", "control_eta": 0.5, "eta": 0.5},
                            "long": {"noise_init": "freenoise", "freenoise_window": 8, "freenoise_stride": 2,
-                                    "coherence_memory": "unguided"}},
+                                    "coherence_memory": "guided"}},
     # no dependency between structures, windows of one structure each
     "independent": {"long": {"gamma": 0.0, "staggered": False, "noise_init": "independent"}},
     # colour anchoring: a scan over the windows in order, on rank 0, whoever refined them

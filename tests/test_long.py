@@ -105,7 +105,7 @@ def test_gamma_zero_equals_no_guidance_and_gamma_pulls_towards_previous():
     sample_control(d, noise1, ts, eps_hook=hook0)
     hook0.next_structure()
     assert torch.equal(sample_control(d, noise2, ts, eps_hook=hook0), plain)
-    hook = CoherenceGuidance(0.3)
+    hook = CoherenceGuidance(0.3, "guided")   # keeps what it stepped with: the pulled eps can be read back
     sample_control(d, noise1, ts, eps_hook=hook)
     prev = dict(hook.current)
     hook.next_structure()
@@ -116,6 +116,13 @@ def test_gamma_zero_equals_no_guidance_and_gamma_pulls_towards_previous():
     eps_hat = (x_T - a * x0) / s
     assert torch.allclose(hook.current[0], 0.4 * eps_hat + 0.6 * prev[0], atol=1e-5)
     assert (hook.current[0] - prev[0]).norm() < 0.5 * (eps_hat - prev[0]).norm()
+    # the default memory is the specification's: the previous segment's eps-hat, not the eps it stepped with
+    default = CoherenceGuidance(0.3)
+    assert default.memory == "unguided"
+    sample_control(d, noise1, ts, eps_hook=default)
+    default.next_structure()
+    sample_control(d, noise2, ts, eps_hook=default)
+    assert torch.allclose(default.current[0], eps_hat, atol=1e-5)
 
 
 def test_prompt_schedule():

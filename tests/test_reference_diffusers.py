@@ -435,8 +435,8 @@ def test_naive_alternation_matches_eq7_as_printed(spatial_kind, temporal_kind):
 def test_coherence_guided_segments_match_diffusers(kind, memory):
     """Three consecutive control stages (Euler, trailing, 4 steps) with gamma = 0.1. At each step the expert's
     noise prediction eps (VP; v experts converted to eps) or velocity u (flow) is replaced by
-    (1 - 2 gamma) d + 2 gamma d_prev and handed to the scheduler's step; d_prev is the previous segment's guided
-    (Eq. 12 as printed) or unguided value. Flow experts start at sigma = 1, where alpha = 0."""
+    (1 - 2 gamma) d + 2 gamma d_prev and handed to the scheduler's step; d_prev is the previous segment's unguided
+    value (the specification's stored eps-hat) or its guided one. Flow experts start at sigma = 1, where alpha = 0."""
     gamma, steps = 0.1, 4
     e, d = expert("control", kind)
     noises = [replay(torch.Generator().manual_seed(40 + i)) for i in range(3)]

@@ -630,7 +630,7 @@ def long_video():
     seg = g.node("ConFinerLongSegmenter",
                  [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
                   "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
-                  "trailing", 0.0, "spatial", "guided", 1.0, 0.875],
+                  "trailing", 0.0, "spatial", "unguided", 1.0, 0.875, 8.0],
                  None)
     g.link(control, "MODEL", seg, "control_model")
     g.link(pos, "CONDITIONING", seg, "control_positive")
