@@ -107,9 +107,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         if control_model is not None:
             source = host.bind(control_model, None, None, 1.0, "control", seed, log, vaes=vaes,
                                vae_input="control_vae")
-        else:
+        else:   # before the structure exists (lazy check) its space is unknown: control_vae is checked against it once
             space = structure_space or host.model_space(refining_denoiser(spatial, temporal, config.mode))
-            source = Denoiser(host.StructureSource(space, vaes.codec(space, "control_vae")), None, None, 1.0, log)
+            own = "control_vae" if structure_space is not None else None   # it does (it was refused as the refiner's)
+            source = Denoiser(host.StructureSource(space, vaes.codec(space, own)), None, None, 1.0, log)
         return spatial, temporal, source, experts.vae_fixes(control=("control_vae", NODE))
 
     @staticmethod

@@ -254,6 +254,20 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
                                           "spatial model (spatial_model) works in", "connect its own VAE"])
 
 
+def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):
+    """Flux refining alone (mode standard) a Wan structure: the bridge needs the Wan VAE, which the node asks for on
+    control VAE; connected there, it was refused by the check before the structure exists (which took the
+    structure to be in the refining expert's space) as "not of the flux latent space that control model works in",
+    with control model unconnected."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    for name in ("temporal_model", "temporal_positive", "temporal_negative", "temporal_vae"):
+        del prompt["10"]["inputs"][name]
+    prompt["11"]["inputs"].update(mode="standard", control_vae=["5", 0])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], _message(r)
+    assert len(_saved(r)) == LENGTH
+
+
 def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy_worker, modern):
     """An artist picks the Flux file in the Wan loader of a template (control and temporal): the temporal VAE is
     right, the model is not, and the message said only to change the VAE."""
