@@ -365,6 +365,10 @@ def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Deno
     and encoded as a fresh clip -- which also hands them to another expert's space when the refiner's differs."""
     if joins_in_latent_space(source, target):
         return torch.cat([structures[i][:, :, a:e] for i, a, e in parts], dim=2)
+    (first, a, e), space = parts[0], source.expert.latent_space
+    if len(parts) == 1 and space == target.expert.latent_space and \
+            (a, e) == (0, space.pixel_frames(structures[first].shape[2])):
+        return structures[first]   # a whole structure (no staggering): nothing to join, no VAE round trip
     decoded = [i for i, _, _ in parts if i not in pixels]
     for i in decoded:
         pixels[i] = source.expert.codec.decode(structures[i])

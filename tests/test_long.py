@@ -325,6 +325,20 @@ def test_long_cli_reports_plan_and_seams(tmp_path):
     assert r["expert_evaluations"] == {"control": 24, "refine": 75}
 
 
+def test_unstaggered_windows_of_a_causal_space_need_no_vae(tmp_path):
+    """Without staggering a window is one whole structure, already in the refiner's space: in a causal (Wan-like)
+    space each went through a decode and an encode it did not need (10 VAE calls for 5 windows); staggered windows
+    join two half-structures through pixels (one decode per structure, one encode per window)."""
+    reports = {}
+    for name, extra in (("staggered", []), ("unstaggered", ["--no-stagger"])):
+        out = str(tmp_path / name)
+        assert main(["generate", "--out", out, "--embedded", "wan", "--frames", "85", "--height", "64", "--width",
+                     "64", "--quiet", *extra]) == 0
+        reports[name] = json.load(open(os.path.join(out, "report.json")))
+    assert reports["staggered"]["vae_calls"] == {"refine": 6 + 5}
+    assert reports["unstaggered"]["vae_calls"] == {}
+
+
 def test_coherence_guidance_is_finite_for_flow_experts_at_sigma_one():
     """Eq. 12 on a flow expert guides the velocity u = eps - x0; at sigma = 1 (alpha = 0) x0 = x_t - u_guided and
     eps = x_t, with no division by alpha (the old eps-guidance divided by alpha = 0: all NaN)."""
