@@ -148,6 +148,8 @@ FIELDS = {**{n.option: n.path for n in NUMBERS}, **{option: path for option, pat
           "--spatial": "spatial", "--temporal": "temporal", "--base": "base", "--device": "device",
           "--compile-dir": "compile_dir", "--resume": "resume=True", "--no-stagger": "long.staggered=False",
           "--color-anchor": "long.color_anchor=True"}
+# ... and the other way: a setting's option, to name it in messages (flags set to a value, e.g. --no-stagger, are not)
+OPTION_OF = {path: option for option, path in FIELDS.items() if "=" not in path}
 _OPTION = re.compile(r"(?<![\w/.-])--[a-z][a-z0-9-]*")
 _SPELLING = contextvars.ContextVar("confiner_option_spelling", default="python")
 
@@ -522,7 +524,7 @@ class GenerateRequest:
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
         from .resume import ResumeStore
 
-        store = ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS)
+        store = ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF)
         if self.resume and not store.exists():
             raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
                              "--resume")
@@ -775,7 +777,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     if plan is not None:
         from .resume import ResumeStore
 
-        store = ResumeStore(req.out, req.run_settings(), ADDED_SETTINGS)
+        store = ResumeStore(req.out, req.run_settings(), ADDED_SETTINGS, OPTION_OF)
     if not lead:   # a worker: its share of the windows, no files
         try:
             _generate(req, schedule, plan, log, store, False, ranks)

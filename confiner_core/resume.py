@@ -51,12 +51,14 @@ class ResumeStore:
     """The resume folder of one output folder; ``settings`` identify the run (every setting that changes the
     result, JSON-serialisable)."""
 
-    def __init__(self, out: str, settings: dict, added: dict | None = None):
+    def __init__(self, out: str, settings: dict, added: dict | None = None, names: dict | None = None):
         """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
-        made before it: a state stored without one was made with that value."""
+        made before it: a state stored without one was made with that value. ``names``: how messages name a
+        setting (its flattened key, e.g. ``long.gamma``, by default)."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.settings = flatten(json.loads(json.dumps(settings, default=str)))
         self.added = flatten(added or {})
+        self.names = names or {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -79,8 +81,9 @@ class ResumeStore:
             raise UsageError(f"--resume: {self.folder} was written by another version (format "
                              f"{info.get('format')}); delete it and start over", "--resume")
         stored = {**self.added, **info.get("settings", {})}
-        changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items() if stored.get(k) != v]
-        changed += [f"{k}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
+        name = lambda k: self.names.get(k, k)  # noqa: E731
+        changed = [f"{name(k)}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items() if stored.get(k) != v]
+        changed += [f"{name(k)}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
         if changed:
             raise UsageError(f"--resume: the interrupted run in {self.folder} used other settings ("
                              f"{'; '.join(changed)}); resume with its settings, or delete the folder to start over",

@@ -194,7 +194,7 @@ CLI_CASES = [
     # resume
     Case("resume-single-clip", ["--resume"], "--resume"),
     Case("resume-nothing-to-resume", [*LONG, "--resume"], "--resume"),
-    Case("resume-other-settings", [*LONG, "--out", "{resumed}", "--resume", "--seed", "8"], "seed: 7 -> 8"),
+    Case("resume-other-settings", [*LONG, "--out", "{resumed}", "--resume", "--seed", "8"], "used other settings (--seed: 7 -> 8"),
     Case("interrupted-run-in-out", [*LONG, "--out", "{resumed}", "--seed", "7"], "continue it with --resume"),
     Case("single-clip-into-interrupted-run", ["--out", "{resumed}"], "holds an interrupted ConFiner-Long run (1 of 3"),
 ]
