@@ -109,7 +109,7 @@ CLI_CASES = [
     Case("temporal-without-its-mode", [*CKPT, "--mode", "standard"], "--temporal is not evaluated by --mode standard"),
     Case("embedded-with-checkpoints", ["--embedded", "wan", "--control", "{motion}", "--spatial", "{sd}",
                                        "--temporal", "{motion}"], "--embedded wan"),
-    Case("long-option-on-a-clip", ["--gamma", "0.3", "--coherence-memory", "unguided"],
+    Case("long-option-on-a-clip", ["--gamma", "0.3", "--coherence-memory", "guided"],
          "--gamma, --coherence-memory set how ConFiner-Long joins segments; this is a single clip (8 frames"),
     Case("no-stagger-on-a-clip", ["--no-stagger"], "--no-stagger sets how ConFiner-Long"),
     Case("freenoise-window-with-shuffle", ["--frames", "24", "--freenoise-window", "8"],
