@@ -120,8 +120,8 @@ def shuffled_noise(base: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def freenoise_span(config: LongConfig, segment_latent_frames: int) -> tuple[int, int]:
     """FreeNoise's (window, stride) in latent frames: the config's, or its defaults for segments of
     ``segment_latent_frames`` (see :class:`LongConfig`)."""
-    window = config.freenoise_window or segment_latent_frames
-    return window, config.freenoise_stride or max(1, window // 4)
+    window = config.freenoise_window if config.freenoise_window is not None else segment_latent_frames
+    return window, config.freenoise_stride if config.freenoise_stride is not None else max(1, window // 4)
 
 
 def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator) -> torch.Tensor:
@@ -297,6 +297,15 @@ class LongConfig:
     color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:
+        for name in ("staggered", "color_anchor"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"LongConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("segment_length", "freenoise_window", "freenoise_stride"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
+                                      value < 1):
+                raise ValueError(f"LongConfig.{name} must be a whole number >= 1 (latent frames for FreeNoise), or "
+                                 f"None for the default, got {value!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
         if not (0.0 <= self.gamma <= 0.5):
@@ -582,6 +591,13 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     i is made by rank i mod N, window w refined by the rank of its last structure, and rank 0 calls ``sink`` and
     ``on_window_done`` in window order. Every rank calls this with the same arguments (``sink`` matters on rank 0
     only). Returns, on rank 0, the state after the last window (its counts are the whole video's)."""
+    for name, value, kind in (("plan", plan, SegmentPlan), ("config", config, LongConfig),
+                              ("chain", chain, ChainConfig)):
+        if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
+            raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
+    if resume is not None and not isinstance(resume, LongState):
+        raise TypeError(f"generate_long: resume must be the LongState that on_window_done received, got "
+                        f"{type(resume).__name__}")
     config.validate()
     if config.segment_length is not None and config.segment_length != plan.segment_length:
         raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "

@@ -250,6 +250,23 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
         run(prompts=parse_prompt("0: a | 32: b", frames=48))
     with pytest.raises(ValueError, match=r"frame_shape is \(B, C, h, w\) of one latent frame.*\(1, 4, 16, 4, 4\)"):
         run(shape=(1, 4, 16, 4, 4))
+    # settings as dicts, a resume that is no LongState, LongConfig fields of the wrong kind: each was an
+    # AttributeError or TypeError from inside (freenoise_window=0 ran with the default window, without a word)
+    sink = lambda lat, w: None   # noqa: E731
+    for args, message in (((plan, (1, 4, 4, 4), ChainConfig(), {"gamma": 0.1}), "config must be a LongConfig"),
+                          ((plan, (1, 4, 4, 4), {"mode": "standard"}, LongConfig()), "chain must be a ChainConfig"),
+                          ((40, (1, 4, 4, 4), ChainConfig(), LongConfig()), "plan must be a SegmentPlan, got int")):
+        with pytest.raises(TypeError, match=f"^generate_long: {message}"):
+            generate_long(c, s, t, *args, 0, sink)
+    with pytest.raises(TypeError, match="^generate_long: resume must be the LongState that on_window_done received"):
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, resume={"next_window": 1})
+    with pytest.raises(TypeError, match=r"^LongConfig.staggered must be True or False, got 'no'$"):
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(staggered="no"), 0, sink)
+    for window in (0, 4.5):
+        with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_window must be a whole number >= 1 .*got "
+                                             rf"{window}$"):
+            generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(),
+                          LongConfig(noise_init="freenoise", freenoise_window=window), 0, sink)
     assert sum(log.evaluations.values()) == 0
 
 
