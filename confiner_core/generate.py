@@ -38,8 +38,8 @@ from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REF
                     warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
 from .experts import EvaluationLog, in_stage
-from .long import (COHERENCE_MEMORIES, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule, freenoise_span,
-                   generate_long, plan_segments, render_applied_schedule, unused_entries,
+from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
+                   freenoise_span, generate_long, plan_segments, render_applied_schedule, unused_entries,
                    unused_entries_text)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
@@ -955,7 +955,11 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     if ranks.world > 1:   # the report counts every process's work: what the finished windows cost
         for name, counter in final.counts().items():
             setattr(log, name, counter)
-    extra = {"segment_plan": plan.as_dict(), "long": asdict(req.long), "long_seconds": time.perf_counter() - t0,
+    long = asdict(req.long)
+    if req.long.noise_init == FREENOISE:   # the window and stride used, where the settings left them to the segment
+        window, stride = freenoise_span(req.long, d["control"].expert.latent_space.latent_frames(plan.segment_length))
+        long.update(freenoise_window=window, freenoise_stride=stride)
+    extra = {"segment_plan": plan.as_dict(), "long": long, "long_seconds": time.perf_counter() - t0,
              "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
@@ -975,12 +979,21 @@ def report_elsewhere(req: GenerateRequest) -> tuple:
     return ("chain", "long", "image_mode" if req.embedded else "embedded_preset")
 
 
+def prompt_used(req: GenerateRequest) -> str | list:
+    """The text the experts were given: the prompt (keys of a one-entry schedule dropped; the embedded world's
+    default scene for an empty prompt), or a travelling schedule's prompts in order."""
+    prompts = [entry.prompt for entry in req.prompt_schedule().entries]
+    if len(prompts) > 1:
+        return prompts
+    return prompts[0] if prompts and prompts[0] else (DEFAULT_PROMPT if req.embedded else "")
+
+
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     settings = {k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)}
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
             "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
-            "prompt_used": req.prompt or (DEFAULT_PROMPT if req.embedded else ""),
+            "prompt_used": prompt_used(req),
             "guidance": {"control_cfg": req.control_cfg,   # the experts the refinement evaluates in this mode
                          **{f"{role}_cfg": scale for role, scale in refine_guidance(backend, req).items()
                             if role in EVALUATED_IN[req.chain.mode]}},

@@ -340,6 +340,15 @@ def test_long_cli_reports_plan_and_seams(tmp_path):
     assert r["segment_plan"]["structures"] == 6 and len(r["segment_plan"]["windows"]) == 5
     assert r["metrics"]["seam_score"] > 0
     assert r["expert_evaluations"] == {"control": 24, "refine": 75}
+    # what the experts were given: the schedule's prompts (the schedule's text was reported as a prompt)
+    assert r["prompt_used"] == ["a red ball bouncing", "a blue ball bouncing"]
+    out = str(tmp_path / "freenoise")
+    assert main(["generate", "--out", out, "--frames", "40", "--segment-length", "8", "--height", "64", "--width",
+                 "64", "--quiet", "--noise-init", "freenoise", "--prompt", "0: a red ball"]) == 0
+    r = json.load(open(os.path.join(out, "report.json")))
+    assert r["prompt_used"] == "a red ball"
+    # FreeNoise's window and stride as used: one segment's latent frames and a quarter of it (None in the settings)
+    assert (r["long"]["freenoise_window"], r["long"]["freenoise_stride"]) == (8, 2)
 
 
 def test_unstaggered_windows_of_a_causal_space_need_no_vae(tmp_path):
