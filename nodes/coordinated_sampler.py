@@ -159,7 +159,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                                       source=source, control_schedule=control_schedule)
             latent, refiner = host.to_spatial_space(latent, refining_denoiser(spatial, temporal, mode), spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
-        note = host.output_space_note(refiner, spatial)
+        note = host.output_space_note(refiner, spatial, source.expert.latent_space)
         if note:
             progress.show(f"{progress.summary}\n{note}")
         return io.NodeOutput(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))

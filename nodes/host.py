@@ -617,12 +617,16 @@ def to_spatial_space(latent: torch.Tensor, refiner: Denoiser, spatial: Denoiser,
         return hand_off(latent, refiner, spatial), spatial
 
 
-def output_space_note(refiner: Denoiser, spatial: Denoiser) -> str | None:
-    """The node's last line where its output is not in the spatial expert's space (:func:`to_spatial_space`)."""
-    if refiner.expert.latent_space == spatial.expert.latent_space:
+def output_space_note(refiner: Denoiser, spatial: Denoiser, structure_space: LatentSpace) -> str | None:
+    """The node's last line in a graph of two latent spaces, which has two VAEs: the one that decodes the output
+    (the spatial expert's; the temporal one's where :func:`to_spatial_space` had no VAE). A Wan VAE Decode of a
+    Flux spatial expert's output failed with "tuple index out of range"."""
+    space = refiner.expert.latent_space
+    role = "spatial" if space == spatial.expert.latent_space else "temporal"
+    if role == "spatial" and space in (structure_space, structure_space.per_frame()):   # (pixel frames: one VAE)
         return None
-    note = f"output in {refiner.expert.latent_space.name} latents: decode with the temporal VAE"
-    return note if len(note) <= LINE_WIDTH else "output in the temporal expert's latents"
+    note = f"output in {space.name} latents: decode with the {role} VAE"
+    return note if len(note) <= LINE_WIDTH else f"output in the {role} expert's latents"
 
 
 STAGE_OF_ROLE = {"control": "control stage", "spatial": "refinement", "temporal": "refinement"}

@@ -268,7 +268,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 log.record_vae(1)
         out, refiner = host.to_spatial_space(out, refiner, spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
-        lines = [progress.summary, host.output_space_note(refiner, spatial),
+        lines = [progress.summary, host.output_space_note(refiner, spatial, control.expert.latent_space),
                  node_schedule_text(prompts, plan) if prompts is not None else None]
         if lines[1] or lines[2]:   # what the video followed and where its output is, once the progress is over
             progress.show("\n".join(filter(None, lines)))

@@ -311,7 +311,10 @@ def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts
     assert r["success"], r.get("error")
     assert len(_saved(r)) == LENGTH   # the template's decode (the spatial VAE): every frame
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
-    assert texts[-1].split("\n")[-1].startswith(f"done · {REFINE_STEPS} expert evaluations in "), texts[-1]
+    assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in "), texts[-1]
+    # a graph of two latent spaces has two VAEs: the node says which decodes its output
+    assert texts[-1].split("\n")[-1] == f"output in {'sd15' if spatial == 'sd' else 'flux'} latents: decode with the " \
+                                        f"spatial VAE", texts[-1]
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": REFINE_STEPS, "vae_calls": 2}
 
 
@@ -326,6 +329,8 @@ def test_the_long_videos_temporal_only_output_is_the_spatial_experts_latents_too
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", long, fresh_cache=True)
     assert r["success"], r.get("error")
     assert len(_saved(r)) == long["14"]["inputs"]["frames"]
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
+    assert texts[-1].split("\n")[-1] == "output in sd15 latents: decode with the spatial VAE", texts[-1]
 
 
 def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_temporal_experts(comfy_worker, modern):
