@@ -75,8 +75,9 @@ class LatentSpace:
             return "any number of frames"
         return f"{tf}k+1 frames (1, {tf + 1}, {2 * tf + 1}, ...)" if self.causal else f"a multiple of {tf} frames"
 
-    def check_pixel_frames(self, pixel_frames: int, who: str = "") -> None:
-        """Refuse a frame count this space cannot hold exactly, naming the nearest counts that work."""
+    def check_pixel_frames(self, pixel_frames: int, who: str = "", least: int = 1) -> None:
+        """Refuse a frame count this space cannot hold exactly, naming the nearest counts that work (from
+        ``least``: a segment has 2 frames or more)."""
         if self.valid_pixel_frames(pixel_frames):
             return
         if pixel_frames < 1:
@@ -85,7 +86,7 @@ class LatentSpace:
         lower = self.pixel_frames(max(self.latent_frames(pixel_frames), 1))
         lower = lower if lower <= pixel_frames else None
         upper = self.pixel_frames(self.latent_frames(pixel_frames) + 1)
-        options = " or ".join(str(n) for n in (lower, upper) if n is not None and n >= 1)
+        options = " or ".join(str(n) for n in (lower, upper) if n is not None and n >= least)
         raise ValueError(f"{who or self.name} latent space holds {self.frames_rule()}; {pixel_frames} frames would be "
                          f"cut by its VAE: use {options}")
 

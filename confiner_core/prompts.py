@@ -176,7 +176,9 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if key.endswith("s") else "")
         if start >= frames:
             raise UsageError(f"{option}: {where} starts at {at}, beyond the video's {frames} frames (0..{frames - 1}); "
-                             f"use a smaller key or more {frames_option}", option)
+                             f"use a smaller key or more {frames_option}"
+                             + (f" (or a lower fps, if {fps:g} is not the video's)" if key.endswith("s") else ""),
+                             option)
         if entries and start == entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
                              f"{entries[-1].key}: {entries[-1].prompt!r}; give each entry its own start", option)

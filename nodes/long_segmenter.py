@@ -283,7 +283,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
         control.expert.latent_space.check_pixel_frames(
             segment_length, f"segment length (segment_length) = {segment_length}: the control expert's "
-                            f"{control.expert.latent_space.name}")
+                            f"{control.expert.latent_space.name}", least=2)
         b, c, h, w = frame_shape
         shape = (b, c, control.expert.latent_space.latent_frames(segment_length), h, w)
         validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)

@@ -55,7 +55,8 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                 io.Combo.Input("method", options=[SHUFFLE, FREENOISE], default=SHUFFLE,
                                tooltip="shuffle: ConFiner consistency initialization; freenoise: FreeNoise."),
                 # not "segment length": the Long Video's counts video frames, this one latent frames
-                io.Int.Input("segment_length", display_name="segment latent frames", default=16, min=1, max=4096,
+                # at least 2: segments of one frame would all be the same base frame (a frozen video)
+                io.Int.Input("segment_length", display_name="segment latent frames", default=16, min=2, max=4096,
                              tooltip="Latent frames per segment (shuffle) or FreeNoise's window (freenoise), "
                                      "counted in the LATENT's frames: video frames for SD latents, while a Wan "
                                      "latent frame holds 4 (21 for 81 video frames)."),

@@ -70,8 +70,8 @@ class RefineExperts:
         for role, model in self.models.items():
             if getattr(self, f"{role}_vae") is not None:
                 if model is None:
-                    raise ValueError(f"{role}_vae on {REFINE_EXPERTS} is connected but {role}_model is not: connect "
-                                     f"the {role} expert's MODEL, or remove the VAE")
+                    raise ValueError(f"{role} VAE ({role}_vae) on {REFINE_EXPERTS} is connected but {role} model "
+                                     f"({role}_model) is not: connect the {role} expert's MODEL, or remove the VAE")
                 shelf.codec(space_of(model), VAE_INPUTS[role][0])
         space = space_of(self.spatial_model)
         if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:

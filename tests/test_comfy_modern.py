@@ -281,6 +281,16 @@ def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy
                                           "else load the model this VAE belongs to"])
 
 
+def test_a_wan_segment_length_it_cannot_hold_is_told_the_lengths_the_widget_takes(comfy_worker, modern):
+    """Segment length 4 was told "use 1 or 5", and the widget's minimum is 2."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"].update(segment_length=4, frames=9)
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan segment length 4",
+                                         ["segment length (segment_length) = 4", "would be cut by its VAE: use 5"])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert "use 1 or 5" not in _message(r)
+
+
 def test_a_wan_long_video_shorter_than_a_segment_is_told_only_what_is_possible(comfy_worker, modern):
     """frames 4 below Wan segments of 5: it was told to lower the segment length to at most 4 (4k+1 for Wan), and
     no 4k+1 length from 2 to 4 exists."""

@@ -70,7 +70,7 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | 0: b", 8, "'0: b'"),                 # duplicate
     ("0: a | 1s: b | 8: c", 8, "'8: c'"),         # duplicate after resolving seconds
     ("0: a | 64: b", 8, "'64: b'"),               # beyond 64 frames (0..63)
-    ("0: a | 9s: b", 8, "'9s: b'"),               # 72 > 63
+    ("0: a | 9s: b", 8, "use a smaller key or more frames (or a lower fps, if 8 is not the video's)"),   # 72 > 63
     ("0: a | 32: b | 16: c", 8, "'16: c'"),       # unsorted
     ("0: a | 16:", 8, "'16:'"),                   # empty prompt
     ("0: a || 16: b", 8, "empty entry"),          # empty entry
