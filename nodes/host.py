@@ -187,7 +187,16 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
 
 def check_clip_width(clip, models: dict, node_input: str) -> None:
     """Text that one CLIP input encodes for several experts (per-segment prompts): every expert's model must read
-    that encoder's width. ``models``: role -> MODEL (or None)."""
+    that encoder's width. ``models``: role -> MODEL (or None). Experts that read text of different widths can never
+    share one encoder: said as such (the message for one expert sent the artist to an encoder the next refused)."""
+    widths = {role: text_width(model) for role, model in models.items() if model is not None}
+    widths = {role: width for role, width in widths.items() if width is not None}
+    if len(set(widths.values())) > 1:
+        said = "; ".join(f"{role} {width}" for role, width in widths.items())
+        raise ValueError(f"{node_input}: the experts read text of different widths ({said}), and every expert takes "
+                         f"the segment prompts from this one CLIP, which no single text encoder can serve: clear the "
+                         f"segment prompts (each expert then reads its own connected prompts), or use experts of one "
+                         f"text-encoder family")
     got = None
     for role, model in models.items():
         width = text_width(model) if model is not None else None

@@ -581,6 +581,16 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
 
 
+def test_segment_prompts_for_experts_of_two_text_encoders_are_refused_as_such(comfy_worker, modern):
+    """Qwen-Image spatial beside Wan experts: no one CLIP serves both, and each refusal named the other's encoder
+    (the Wan CLIP was refused for Qwen-Image, the Qwen CLIP then for Wan)."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["10"]["inputs"].update(spatial_model=["2", 0], spatial_positive=["7", 0], spatial_negative=["7", 0])
+    prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 5: a grey fox", clip=["3", 0])
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image with Wan, segment prompts",
+                                         ["the experts read text of different widths", "clear the segment prompts"])
+
+
 def test_segment_prompts_through_another_familys_clip_are_refused_before_any_evaluation(comfy_worker, modern):
     """The Long Video node encodes its segment prompts for every expert with its one clip input: an SD 1.5 CLIP there
     for Wan experts used to fail inside the first evaluation; it is refused first, naming the input."""
