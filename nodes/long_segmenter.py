@@ -239,6 +239,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
         refiner = refining_denoiser(spatial, temporal, mode)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape
+        if b != 1:   # the windows of b videos were joined into one: b videos back to back, one after the other
+            raise ValueError(f"latent is a batch of {b} videos; the Long Video makes one (its frames come from "
+                             f"'frames'): use batch size 1")
         joined_as_pixels = cls.check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length,
                                       (b, c, h, w))
         host.check_frames(control, segment_length, segment=True)

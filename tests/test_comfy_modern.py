@@ -581,6 +581,14 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
 
 
+def test_a_batch_of_videos_into_the_long_video_is_refused(comfy_worker, modern):
+    """Empty HunyuanVideo Latent with batch size 2 made two videos, joined back to back as one."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["8"]["inputs"]["batch_size"] = 2
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Long Video of a batch of 2",
+                                         ["latent is a batch of 2 videos", "use batch size 1"])
+
+
 def test_segment_prompts_for_experts_of_two_text_encoders_are_refused_as_such(comfy_worker, modern):
     """Qwen-Image spatial beside Wan experts: no one CLIP serves both, and each refusal named the other's encoder
     (the Wan CLIP was refused for Qwen-Image, the Qwen CLIP then for Wan)."""
