@@ -107,6 +107,14 @@ def same_index_mismatch_warning(spatial: NoiseSchedule, temporal: NoiseSchedule,
             f"expert's {there:.2f}; matching 'nearest' gives both the same noise level")
 
 
+def same_index_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig") -> str | None:
+    """:func:`same_index_mismatch_warning` where the run re-noises at the same index (coordinated, ``same_index``):
+    what :func:`validate_chain` and the ComfyUI nodes warn of."""
+    if temporal is None or config.mode != COORDINATED or config.matching != R.SAME_INDEX:
+        return None
+    return same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
+
+
 @dataclass
 class ChainConfig:
     """Defaults are the paper's "9 steps": 4 control steps, T_e = 100 on the spatial expert's schedule (Eq. 6), 5
@@ -274,10 +282,9 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
-    if config.mode == COORDINATED and config.matching == R.SAME_INDEX and temporal is not None:
-        message = same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
-        if message:
-            warnings.warn(message, ConFinerWarning, stacklevel=2)
+    message = same_index_warning(spatial, temporal, config)
+    if message:
+        warnings.warn(message, ConFinerWarning, stacklevel=2)
     for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
         warnings.warn(message, ConFinerWarning, stacklevel=2)
     for name in unused_settings(config):
@@ -377,9 +384,9 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     check_latent(x, VIDEO, name="refine: x")
     check_config(config, "refine")
     check_generator(generator, "refine")
-    validate_refinement(spatial, temporal, tuple(x.shape), config, source=refining_denoiser(spatial, temporal,
-                                                                                             config.mode))
-    ts = refine_positions(refining_denoiser(spatial, temporal, config.mode).schedule, config)
+    refiner = refining_denoiser(spatial, temporal, config.mode)
+    validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
+    ts = refine_positions(refiner.schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
     if config.mode == STANDARD:

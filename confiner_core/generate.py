@@ -519,12 +519,16 @@ class GenerateRequest:
             raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
                              f"{schedules['control'].num_timesteps} timesteps", "--control-steps")
 
+    def resume_store(self):
+        """The resume folder of ``out``, for this run's settings (named by their options in its messages)."""
+        from .resume import ResumeStore
+
+        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF)
+
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
-        from .resume import ResumeStore
-
-        store = ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF)
+        store = self.resume_store()
         if self.resume and not store.exists():
             raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
                              "--resume")
@@ -775,9 +779,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     log = EvaluationLog()
     store = None
     if plan is not None:
-        from .resume import ResumeStore
-
-        store = ResumeStore(req.out, req.run_settings(), ADDED_SETTINGS, OPTION_OF)
+        store = req.resume_store()
     if not lead:   # a worker: its share of the windows, no files
         try:
             _generate(req, schedule, plan, log, store, False, ranks)

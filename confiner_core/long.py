@@ -492,7 +492,8 @@ class LongState:
 def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple) -> None:
     """A state from another plan or other experts would fail deep in the loop (or finish nothing): refused first."""
     if not isinstance(state, LongState):
-        raise TypeError(f"resume must be the LongState that on_window_done received, got {type(state).__name__}")
+        raise TypeError(f"generate_long: resume must be the LongState that on_window_done received, got "
+                        f"{type(state).__name__}")
     if not 0 <= state.next_window <= len(plan.windows):
         raise ValueError(f"resume continues at window {state.next_window}, but this plan has {len(plan.windows)} "
                          f"windows: resume with the state of this plan's run")
@@ -595,9 +596,6 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
                               ("chain", chain, ChainConfig)):
         if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
             raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
-    if resume is not None and not isinstance(resume, LongState):
-        raise TypeError(f"generate_long: resume must be the LongState that on_window_done received, got "
-                        f"{type(resume).__name__}")
     config.validate()
     if config.segment_length is not None and config.segment_length != plan.segment_length:
         raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
@@ -624,9 +622,10 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     guided = config.gamma > 0
     log = control.log
     first = first_windows(plan)
-    start = resume.next_window if resume is not None else 0
     if resume is not None:
         check_resume(resume, plan, shape)
+    start = resume.next_window if resume is not None else 0
+    if resume is not None:
         if start == len(plan.windows):   # every window was finished: nothing to do, the state is the whole video's
             return resume if me == 0 else None
     remaining = plan.windows[start:]

@@ -30,10 +30,10 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_timesteps, extraction_schedule,
-                                   refine_positions, same_index_mismatch_warning, table3_warning)
+                                   refine_positions, same_index_warning, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
-from ..confiner_core.refine import SAME_INDEX, matched_timestep
+from ..confiner_core.refine import matched_timestep
 from . import ade, sessions
 from .codecs import VAEShelf
 
@@ -684,9 +684,7 @@ class Progress:
     def warn_same_index(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
         """:func:`~confiner_core.chain.same_index_mismatch_warning`: matching "same_index" between experts whose
         schedules put T_e at different noise levels (SD 1.5 and Wan)."""
-        if temporal is not None and config.mode == COORDINATED and config.matching == SAME_INDEX:
-            warning = same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
-            self.warn(warning, "warning: experts at unequal noise: matching nearest")
+        self.warn(same_index_warning(spatial, temporal, config), "warning: experts at unequal noise: matching nearest")
 
     def warn(self, warning: str | None, note: str) -> None:
         """``warning`` on the console, and its one-line ``note`` above the node's text for the rest of the run."""

@@ -164,14 +164,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       structure_noise=structure_noise, coherence_memory=coherence_memory,
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
         problem = refine_problem(te, refine_steps)
+        space = host.space_of(control_model)
         if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
-            space = host.space_of(control_model)
             fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
             problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
                        f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
                        f"to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
                        + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
-        window = host.space_of(control_model).latent_frames(segment_length)   # FreeNoise's, in latent frames
+        window = space.latent_frames(segment_length)   # FreeNoise's, in latent frames
         if not problem and noise_init == FREENOISE and freenoise_stride > window:
             problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
                        f"window, one segment's {window} latent frames"
