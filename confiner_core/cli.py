@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "
                         "the staggered overlap (against colour drift across windows; see report metrics "
                         "window_color_drift)")
-    g.add_argument("--fps", type=number("--fps"), default=8.0, help="frames per second of video.mp4 and of "
-                   "seconds keys in --prompt (default 8)")
+    g.add_argument("--fps", type=number("--fps"), default=None, help="frames per second of video.mp4 and of "
+                   "seconds keys in --prompt (default: the video experts' own: 16 for Wan 2.1 and 2.2 A14B, 24 for "
+                   "Wan 2.2 TI2V-5B, 8 for AnimateDiff, ModelScope and the embedded experts)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or xpu")
     g.add_argument("--speed", choices=SPEEDS, default="eager",
                    help="checkpoints: 'lean' = channels_last, fused GroupNorm+SiLU, GEGLU and QKV, the fastest "

@@ -52,6 +52,8 @@ from .embedded.world import DEFAULT_PROMPT
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
+DEFAULT_FPS = 8.0          # the output's frame rate where no expert gives one (the embedded experts' 16-frame clips
+                           # of 2 s, as AnimateDiff's)
 NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
                            # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64
@@ -105,7 +107,7 @@ NUMBERS = (
     Number("--height", "height", int, MIN_SIZE, 8192),
     Number("--width", "width", int, MIN_SIZE, 8192),
     Number("--seed", "seed", int, 0, MAX_SEED),
-    Number("--fps", "fps", float, 0, 1000, lo_open=True),
+    Number("--fps", "fps", float, 0, 1000, lo_open=True, optional=True),
     Number("--control-cfg", "control_cfg", float, 0, 100),
     Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
     Number("--spatial-cfg", "spatial_cfg", float, 0, 100, optional=True),
@@ -245,7 +247,7 @@ class GenerateRequest:
     refine_cfg: float | None = None
     spatial_cfg: float | None = None    # each over refine_cfg for its expert (FLUX.1-dev's distilled guidance and
     temporal_cfg: float | None = None   # a Wan expert's cfg want different scales)
-    fps: float = 8.0
+    fps: float | None = None   # None: the video experts' own (video_fps: Wan 16, AnimateDiff and ModelScope 8)
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
     compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
@@ -379,6 +381,8 @@ class GenerateRequest:
         """Frame counts and sizes every expert's latent space holds; the defaults for --frames and
         --segment-length (the experts' natural clip) are set here."""
         spaces = self.spaces()
+        if self.fps is None:
+            self.fps = video_fps(self._inspections)
         natural = natural_frames(spaces.values())
         if self.frames is None:
             self.frames = natural
@@ -573,6 +577,16 @@ def natural_frames(spaces) -> int:
     while not all(s.valid_pixel_frames(frames) for s in spaces):
         frames += 1
     return frames
+
+
+def video_fps(inspections: dict) -> float:
+    """The output's frame rate: the temporal expert's video rate, else the control expert's (the video experts';
+    an image model has none), else :data:`DEFAULT_FPS` (the embedded experts)."""
+    for role in ("temporal", "control"):
+        fps = inspections[role].fps if role in inspections else None
+        if fps is not None:
+            return fps
+    return DEFAULT_FPS
 
 
 def check_device(device: str) -> None:

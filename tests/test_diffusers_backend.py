@@ -316,6 +316,22 @@ def test_speed_max_off_cuda_says_it_runs_as_fast(paths, tmp_path):
         replace(request, speed="fast").validate()
 
 
+def test_output_fps_of_sd_family_experts_and_the_embedded_ones(paths, tmp_path):
+    """AnimateDiff and ModelScope make 16-frame clips of 2 s: 8 fps, as the embedded experts' videos."""
+    from confiner_core.generate import GenerateRequest
+
+    request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
+                              frames=8, height=64, width=64, out=str(tmp_path / "out"), prompt="a cat")
+    request.validate()
+    assert request.fps == 8.0
+    standard = replace(request, temporal=None, chain=replace(request.chain, mode="standard"))
+    standard.validate()                               # no temporal expert: the control expert's rate
+    assert standard.fps == 8.0
+    embedded = GenerateRequest(frames=8, height=64, width=64, out=str(tmp_path / "e"))
+    embedded.validate()
+    assert embedded.fps == 8.0
+
+
 def test_scheduler_overrides_replace_the_animatediff_default(paths):
     # the SD base carries scaled_linear; a motion module on it gets linear unless told otherwise
     kept = load_experts(control=paths["mm_diffusers"], spatial=paths["sd"],

@@ -12,6 +12,7 @@ shift itself for Wan; Qwen-Image and Flux get the shifted sigma through their ``
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import json
 
 import pytest
@@ -384,6 +385,25 @@ def test_inspection_reads_shift_space_and_boundary(modern_dirs):
     assert registry.inspect_all(qwen, Context(options={"flow_shift": {"spatial": 3.1}}))["spatial"].facts["shift"] == 3.1
     ti2v = registry.inspect_all({"temporal": modern_dirs("wan22_ti2v")}, Context())["temporal"]
     assert ti2v.latent_space == wan22_space(tm.WAN22_MEAN, tm.WAN22_STD) and ti2v.facts["expand_timesteps"]
+
+
+def test_output_fps_is_the_video_experts_own(modern_dirs, tmp_path):
+    """The video's frame rate (video.mp4, seconds keys) defaults to the releases': Wan 2.1 and 2.2 A14B make 81
+    frames of 5 s (16 fps), TI2V-5B 121 frames of 5 s (24 fps); an image model has none. It was 8 for every
+    expert, so a Wan video played at half speed and '1s:' fell at frame 8."""
+    from confiner_core.generate import GenerateRequest
+
+    found = registry.inspect_all({"control": modern_dirs("wan22_a14b"), "temporal": modern_dirs("wan22_ti2v"),
+                                  "spatial": modern_dirs("flux_dev")}, Context())
+    assert (found["control"].fps, found["temporal"].fps, found["spatial"].fps) == (16.0, 24.0, None)
+    wan = str(modern_dirs("wan21"))
+    request = GenerateRequest(control=wan, spatial=str(modern_dirs("qwen_image")), temporal=wan, frames=33,
+                              height=64, width=64, prompt="0: a fox | 1s: a cat", out=str(tmp_path / "o"))
+    request.validate()
+    assert request.fps == 16.0 and [e.start for e in request.prompt_schedule().entries] == [0, 16]
+    given = replace(request, fps=12.0, prompt="0: a fox | 1s: a cat")
+    given.validate()
+    assert given.fps == 12.0 and [e.start for e in given.prompt_schedule().entries] == [0, 12]
 
 
 # ---------------------------------------------------------------------------------- families: loading

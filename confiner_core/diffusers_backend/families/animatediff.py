@@ -166,6 +166,7 @@ def check_motion_adapter(who: str, adapter_config: dict, unet_config: dict, base
 class AnimateDiff(Family):
     name = "animatediff"
     label = "AnimateDiff (pipeline, MotionAdapter or motion module)"
+    fps = 8.0   # 16-frame clips of 2 s (AnimateDiff-Evolved's and Video Helper Suite's default frame rate)
     kinds = {ANIMATEDIFF_FOLDER: "a diffusers AnimateDiff pipeline folder",
              MOTION_FOLDER: "a diffusers MotionAdapter folder (put on the SD base)",
              MOTION_FILE: "an AnimateDiff motion-module .safetensors, original or diffusers key layout (put on the "

@@ -62,6 +62,12 @@ class Inspection:
         return who(self.role, self.path)
 
     @property
+    def fps(self) -> float | None:
+        """Frames per second of the videos this model makes (its release's, else its family's; None: an image
+        model)."""
+        return self.facts.get("fps", self.family.fps)
+
+    @property
     def pixel_multiple(self) -> int:
         """The pixel sizes this expert takes are multiples of this: its space's factor times its patch."""
         return self.latent_space.spatial_factor * self.patch
@@ -117,6 +123,9 @@ class Family(ABC):
     kinds: dict[str, str] = {}
     #: the roles its experts can serve (see :meth:`roles_for` for a per-kind choice)
     roles: tuple[str, ...] = ()
+    #: frames per second of the videos its models were trained to make (None: image models); an inspection's
+    #: ``facts["fps"]`` overrides it for one release. The output video's default rate (:attr:`Inspection.fps`)
+    fps: float | None = None
 
     def roles_for(self, kind: str) -> tuple[str, ...]:
         """The roles an expert of this kind can serve (default: :attr:`roles`)."""

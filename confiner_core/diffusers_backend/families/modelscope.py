@@ -22,6 +22,7 @@ T2V_FOLDER = "t2v-folder"
 class ModelScope(Family):
     name = "modelscope"
     label = "ModelScope T2V"
+    fps = 8.0   # 16-frame clips of 2 s, as AnimateDiff's
     kinds = {T2V_FOLDER: "a diffusers ModelScope text-to-video pipeline folder (UNet3DConditionModel)"}
     roles = ("control", "temporal")
 
