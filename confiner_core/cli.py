@@ -263,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure) or 130 (interrupted)."""
     # Library chatter at import (e.g. transformers on optional image processors) would bury the one-line result.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:   # Ctrl-C while the arguments are read: nothing has started
+        sys.stderr.write("interrupted; nothing written\n")
+        raise SystemExit(130) from None
     if getattr(args, "quiet", False):   # nor do the libraries' loading bars and notices (read when they load)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

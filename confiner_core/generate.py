@@ -36,7 +36,7 @@ from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REF
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
                     refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings, validate_chain,
                     warned_already)
-from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError
+from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, plan_segments, render_applied_schedule, unused_entries,
@@ -476,7 +476,8 @@ class GenerateRequest:
             raise UsageError(f"--base: {self.base} {what}; give the local diffusers pipeline folder (SD 1.5, or SDXL "
                              "for an SDXL single file) that supplies the configs, tokenizer and scheduler", "--base")
         try:
-            from .diffusers_backend import preflight
+            with interrupts_held():   # Ctrl-C while diffusers imports: raised once it is in (errors.py)
+                from .diffusers_backend import preflight
         except ImportError as e:
             raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
                                f"requirements-diffusers.txt") from None
