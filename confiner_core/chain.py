@@ -266,6 +266,12 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
     if temporal is not None and same_t:
         temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule", low=1)
+    evaluated = {"temporal": temporal.schedule} if temporal is not None and same_t else {}
+    evaluated["temporal" if config.mode == TEMPORAL else "spatial"] = refining_denoiser(spatial, temporal,
+                                                                                        config.mode).schedule
+    problem = clean_end_problem(config, evaluated)
+    if problem:
+        raise ValueError(problem)
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
@@ -348,6 +354,24 @@ def refine_timesteps(config: ChainConfig) -> list[int]:
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing, STEPS_OFFSET)
+
+
+def clean_end_problem(config: ChainConfig, schedules: dict) -> str | None:
+    """Where the refinement's last timestep is 0 (``linspace``, or few timesteps for many steps) and an expert
+    evaluated at it is a flow expert: there its sigma is 0, the clean sample itself, which a flow model was never
+    trained at (an evaluation that changes nothing, or divides by zero). ``schedules``: who is evaluated at the
+    refinement's own timesteps (role -> schedule): the refining expert, and the temporal expert where it is
+    re-noised at the same index. A VP schedule's t = 0 is a noise level (SD 1.5: sigma 0.03)."""
+    last = refine_timesteps(config)[-1]
+    flow = [role for role, schedule in schedules.items() if schedule is not None and schedule.kind != VP]
+    if last >= 1 or not flow:
+        return None
+    fix = ("use refine spacing 'uniform' or 'trailing'" if config.refine_spacing == "linspace" else
+           f"use fewer than {config.refine_steps} refinement steps or a larger T_e")
+    whose = f"{' and '.join(flow)} experts'" if len(flow) > 1 else f"{flow[0]} expert's"
+    return (f"the refinement's last timestep is 0 ({config.refine_spacing} spacing, {config.refine_steps} steps from "
+            f"T_e {config.te}), where the {whose} flow noise level is 0: the clean sample, at which a flow model is "
+            f"never evaluated; {fix}")
 
 
 def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:

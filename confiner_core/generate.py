@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
-                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, default_te,
+                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, clean_end_problem, default_te,
                     refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings, validate_chain,
                     warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held
@@ -520,6 +520,10 @@ class GenerateRequest:
                     schedules[role].check_model_timestep(c.te, "te (T_e)", low=1)
                 except ValueError as e:
                     raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
+        problem = clean_end_problem(c, {role: schedules.get(role) for role in roles})
+        if problem:
+            option = "--refine-spacing" if c.refine_spacing == "linspace" else "--refine-steps"
+            raise UsageError(f"{option}: {problem}", option)
         if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:
             raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
                              f"{schedules['control'].num_timesteps} timesteps", "--control-steps")

@@ -101,6 +101,14 @@ CLI_CASES = [
     Case("te-zero", ["--te", "0"], "--te"),
     Case("te-outside-schedule", ["--te", "1000"], "te (T_e)=1000 lies outside"),
     Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "--refine-steps: 9 refinement steps do not fit"),
+    # flow experts are never evaluated at sigma 0 (linspace ended there: NaN from the embedded Wan-like experts)
+    Case("linspace-ends-at-flow-sigma-0", ["--embedded", "wan", "--frames", "9", "--refine-spacing", "linspace"],
+         "--refine-spacing: the refinement's last timestep is 0 (linspace spacing, 5 steps from T_e 250), where the "
+         "spatial and temporal experts' flow noise level is 0"),
+    Case("trailing-ends-at-flow-sigma-0", ["--embedded", "bridge", "--frames", "9", "--te", "4", "--refine-steps", "5",
+                                           "--refine-spacing", "trailing"],
+         "--refine-steps: the refinement's last timestep is 0 (trailing spacing, 5 steps from T_e 4), where the "
+         "temporal expert's flow noise level is 0"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     # options the run would not read: refused as --control-eta above, rather than recorded and ignored

@@ -179,6 +179,25 @@ def test_refine_spacings_are_diffusers_schedulers_over_zero_to_te_and_the_struct
                           atol=1e-6)
 
 
+def test_a_flow_expert_is_never_evaluated_at_sigma_zero():
+    """linspace ends at timestep 0: a VP expert's t = 0 is a noise level (DDIMScheduler's own last step), a flow
+    expert's is sigma 0, the clean sample (the embedded Wan-like experts returned NaN there; checkpoints spent a step
+    that changed nothing). Refused before any evaluation, naming the fix."""
+    from confiner_core.chain import refine
+
+    structure, g = x0_star(), torch.Generator().manual_seed(0)
+    config = ChainConfig(te=250, refine_spacing="linspace", mode="standard")
+    flow = OracleExpert(structure, S.flow_schedule(5.0), prediction="flow")
+    with pytest.raises(ValueError, match=r"^the refinement's last timestep is 0 \(linspace spacing, 5 steps from "
+                                         r"T_e 250\), where the spatial expert's flow noise level is 0.*'uniform'"):
+        refine(flow.bind(), None, structure, config, g)
+    assert flow.calls == []
+    refine(flow.bind(), None, structure, replace(config, refine_spacing="trailing"), g)   # ends at 50
+    vp = OracleExpert(structure, S.named("sd15"))
+    refine(vp.bind(), None, structure, replace(config, te=100), g)
+    assert [t for t, _ in vp.calls] == [100, 75, 50, 25, 0]
+
+
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
     """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
     import math
