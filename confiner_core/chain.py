@@ -243,6 +243,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
     latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
     ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
+    config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)

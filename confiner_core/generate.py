@@ -771,9 +771,15 @@ def generate(req: GenerateRequest, show_progress: bool = True,
     Under torchrun (``torchrun --nproc-per-node N -m confiner_core generate ...``) every process calls this: a
     ConFiner-Long video is spread over them (:mod:`confiner_core.distributed`), rank 0 writes the files and
     returns the report, the others return None; a failure anywhere stops every process
-    (:class:`~confiner_core.errors.RankFailed` on the others)."""
+    (:class:`~confiner_core.errors.RankFailed` on the others). ``req`` itself is left as it was: the run settles
+    its defaults (frames, fps, T_e...) in a copy, so one request can be varied for several runs; the report holds
+    the settled values, ``req.validate()`` settles them in ``req``."""
+    if not isinstance(req, GenerateRequest):
+        raise UsageError(f"generate() takes a GenerateRequest (from confiner_core.generate), got "
+                         f"{type(req).__name__}: GenerateRequest(frames=16, ...)", "req")
     with distributed.session() as ranks, caller_spelling():
-        return _generate_on(ranks, req, show_progress and ranks.rank == 0, announce if ranks.rank == 0 else None)
+        return _generate_on(ranks, replace(req), show_progress and ranks.rank == 0,
+                            announce if ranks.rank == 0 else None)
 
 
 def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> dict | None:

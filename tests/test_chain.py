@@ -198,6 +198,22 @@ def test_a_flow_expert_is_never_evaluated_at_sigma_zero():
     assert [t for t, _ in vp.calls] == [100, 75, 50, 25, 0]
 
 
+def test_a_misspelt_mode_is_named_by_every_stage_function():
+    """run_chain, refine and validate_chain looked the mode up before checking it: a bare KeyError: 'coord'."""
+    from confiner_core.chain import refine
+
+    structure, g = x0_star(), torch.Generator().manual_seed(0)
+    expert = OracleExpert(structure, S.named("sd15"))
+    config = ChainConfig(mode="coord")
+    message = r"^mode must be one of \('coordinated', 'standard', 'temporal', 'alternate'\), got 'coord'$"
+    for call in (lambda: refine(expert.bind(), expert.bind(), structure, config, g),
+                 lambda: run_chain(expert.bind(), expert.bind(), expert.bind(), structure, config, g),
+                 lambda: validate_chain(expert.bind(), expert.bind(), expert.bind(), tuple(structure.shape), config)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert expert.calls == []
+
+
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
     """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
     import math

@@ -382,3 +382,21 @@ def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, mon
     for render in tool.RENDERERS.values():
         render(str(tmp_path))
     assert len(commands) == 8                                # basic, three modes, long, wan, two bridges
+
+
+def test_generate_leaves_the_request_as_it_was(tmp_path):
+    """generate() settled frames, fps, T_e and the segment length in the caller's request: reused for a flow preset
+    it kept the VP run's T_e 100 (its default is 250) or failed on the first run's 16 frames (Wan-like: 4k+1)."""
+    from dataclasses import replace
+
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(height=64, width=64, out=str(tmp_path / "sd"))
+    first = generate(request, show_progress=False)
+    assert (request.frames, request.fps, request.chain.te, request.long.segment_length) == (None, None, None, None)
+    assert (first["frames"], first["settings"]["fps"], first["chain"]["te"]) == (16, 8.0, 100)
+    flow = generate(replace(request, embedded_preset="wan-pixel", out=str(tmp_path / "w")), show_progress=False)
+    assert (flow["frames"], flow["chain"]["te"]) == (17, 250)
+    with pytest.raises(UsageError, match=r"^generate\(\) takes a GenerateRequest .*got dict"):
+        generate({"frames": 16})
