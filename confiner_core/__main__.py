@@ -1,3 +1,4 @@
+import signal
 import sys
 
 from .errors import interrupts_held
@@ -10,4 +11,8 @@ except KeyboardInterrupt:  # nothing has started yet
     sys.stderr.write("interrupted; nothing written\n")
     raise SystemExit(130) from None
 
-raise SystemExit(main())
+try:
+    code = main()
+finally:   # the run is over (its files written or left as they were): a Ctrl-C now could only break Python's exit,
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # as a traceback from an atexit callback or a silent kill
+raise SystemExit(code)

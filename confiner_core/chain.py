@@ -400,6 +400,12 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
     check_latent(structure, VIDEO, name="extract_structure: structure")
     check_generator(generator, "extract_structure")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"extract_structure: schedule must be a NoiseSchedule (an expert's, e.g. spatial.schedule, "
+                        f"or extraction_schedule(...)), got {type(schedule).__name__}")
+    if isinstance(te, bool) or not isinstance(te, numbers.Integral):
+        raise TypeError(f"extract_structure: te (T_e) must be an integer network timestep, got {te!r}")
+    schedule.check_model_timestep(te, "te (T_e)", low=1)
     return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 

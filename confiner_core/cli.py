@@ -273,8 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    python_format = warnings.formatwarning   # put back at the end: main() may run inside a notebook or a test
     if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
         warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return run_command(args, parser, debug)
+    finally:
+        warnings.formatwarning = python_format
+
+
+def run_command(args, parser, debug: bool) -> int:
+    """The command, its failures as one line and an exit code (:func:`main`)."""
     command = generate_command if args.command == "generate" else evaluate_command
     from . import distributed
 

@@ -265,17 +265,23 @@ class GenerateRequest:
                                  f"got {type(getattr(self, name)).__name__}", name)
         self.chain, self.long = replace(self.chain), replace(self.long)   # validate() fills in defaults: ours alone
 
+    def _settled(self, *names: str) -> None:
+        """Defaults :meth:`validate` settles from the experts, as the helpers below need them."""
+        unset = [name for name in names if lookup(self, name) is None]
+        if unset:
+            raise ValueError(f"GenerateRequest.{unset[0]} is not set yet: call validate() first, which settles the "
+                             f"defaults from the experts (or set {', '.join(unset)})")
+
     def prompt_schedule(self) -> PromptSchedule:
-        """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`)."""
+        """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`); seconds keys need ``fps``."""
+        self._settled("frames")
         with caller_spelling():
             return parse_prompt(self.prompt, self.frames, self.fps, option="--prompt", frames_option="--frames")
 
     @property
     def is_long(self) -> bool:
         """Long mode (ConFiner-Long) as soon as the video is longer than one segment, or the prompt travels."""
-        if self.frames is None:
-            raise ValueError("GenerateRequest.frames is not set yet: call validate() first, which fills in the "
-                             "defaults (or set frames)")
+        self._settled("frames", "long.segment_length")
         return self.frames > self.long.segment_length or self.prompt_schedule().travels
 
     @property

@@ -216,9 +216,10 @@ def root_seed(seed) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Coherence guidance (Eq. 12)
 
-# What the next structure is pulled towards. Eq. 12 writes the previous segment's noise without a hat, eps^prev_t:
-# its *guided* prediction, the eps_t the previous segment really stepped with (the paper's reading, default). The
-# alternative keeps its raw prediction eps_hat^prev_t, so guidance does not compound along the chain of segments.
+# What the next structure is pulled towards. The specification stores the previous segment's raw prediction
+# eps_hat^prev_t (unguided, the default), so guidance does not compound along the chain of segments. Eq. 12 writes
+# the previous segment's noise without a hat, eps^prev_t, which can also be read as its *guided* prediction, the
+# eps_t the previous segment really stepped with (guided).
 GUIDED = "guided"
 UNGUIDED = "unguided"
 COHERENCE_MEMORIES = (GUIDED, UNGUIDED)

@@ -130,6 +130,8 @@ def check_output_folder(folder: str, names: tuple, option: str = "--out") -> str
     it must be a folder or not exist yet, the nearest existing parent must be a writable folder (tried by
     creating and removing a temporary file, which also catches read-only file systems), and no output name may
     be taken by a folder."""
+    if not isinstance(folder, (str, os.PathLike)) or not str(folder).strip():
+        return f"give a folder name (got {folder!r}); it is created if missing"
     folder = os.path.abspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         return f"{folder} is an existing file, not a folder; give a folder (it is created if missing)"

@@ -214,6 +214,23 @@ def test_a_misspelt_mode_is_named_by_every_stage_function():
     assert expert.calls == []
 
 
+def test_extract_structure_checks_te_and_its_schedule():
+    """Eq. 6's entry point took T_e 0, 100.5 and, on a flow schedule, 1500 (clamped to pure noise: the structure
+    discarded), as refine() and ChainConfig refuse them."""
+    from confiner_core.chain import extract_structure
+
+    structure, g = x0_star(), torch.Generator().manual_seed(0)
+    for schedule, te, error, message in ((S.named("sd15"), 0, ValueError, r"te \(T_e\)=0 lies outside"),
+                                         (S.flow_schedule(5.0), 1500, ValueError, r"te \(T_e\)=1500 lies outside"),
+                                         (S.named("sd15"), 100.5, TypeError, "must be an integer network timestep"),
+                                         ("sd15", 100, TypeError, "schedule must be a NoiseSchedule")):
+        with pytest.raises(error, match=message):
+            extract_structure(schedule, structure, te, g)
+    a, s = S.named("sd15").coefficients(100)
+    noised = extract_structure(S.named("sd15"), structure, 100, torch.Generator().manual_seed(1))
+    assert torch.allclose(noised, a * structure + s * randn_like(structure, torch.Generator().manual_seed(1)))
+
+
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
     """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
     import math
