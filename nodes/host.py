@@ -248,6 +248,29 @@ def relates_frames(model) -> bool:
     return not is_image_model(model) or bool(ade.motion_models(model))
 
 
+def takes_no_motion_model(model) -> bool:
+    """An image model that no motion model attaches to (AnimateDiff-Evolved's go on SD-style UNets): a transformer
+    image model such as FLUX.1 or Qwen-Image."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    return is_image_model(model) and not isinstance(getattr(getattr(model, "model", None), "diffusion_model", None),
+                                                    UNetModel)
+
+
+def check_video_role(model, role: str, swapped: bool = False) -> None:
+    """Refuses, before any other check, an image model that cannot relate frames in a video role (control,
+    temporal): the command line refuses such a family there, and in a graph the first problem found used to be its
+    text encoder, VAE or latent layout, whose fixes led nowhere. An SD-style image model is warned instead
+    (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model."""
+    if model is None or role not in VIDEO_ROLES or not takes_no_motion_model(model):
+        return
+    name = type(getattr(model.model, "model_config", model.model)).__name__
+    fix = ("the spatial model is the video model: connect the two the other way round (spatial_model <-> "
+           "temporal_model)") if swapped else "pick the video model's file (Wan) in its loader"
+    raise ValueError(f"the {role} expert ({VIDEO_ROLES[role]}) is {name}, an image model: it makes every frame on "
+                     f"its own, with no motion, and no motion model attaches to it; {fix}")
+
+
 def frames_alone(model, role: str, swapped: bool = False) -> str | None:
     """A warning when the expert of a video role (control, temporal) cannot relate frames: an image model with no
     motion model attached (SD 1.5 whose AnimateDiff loader was bypassed, SDXL, Qwen-Image). Such a graph runs, and

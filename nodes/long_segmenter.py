@@ -163,6 +163,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       gamma=gamma, control_spacing=control_spacing, control_eta=control_eta,
                       structure_noise=structure_noise, coherence_memory=coherence_memory,
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
+        for video_model in (control_model, control_low_noise_model):
+            host.check_video_role(video_model, "control")
         problem = refine_problem(te, refine_steps)
         space = host.space_of(control_model)
         if not problem and frames < segment_length:  # every window is made and refined at full length, then cut

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from . import host
 from .host import FRAME_MODES, LATENT_FRAMES
 from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, low_noise_inputs
 from .types import RefineExperts, RefineExpertsType
@@ -78,6 +79,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                 temporal_low_noise_cfg=7.5, temporal_boundary=0.875) -> io.NodeOutput:
         check_widgets(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg, spatial_frames=spatial_frames,
                       temporal_low_noise_cfg=temporal_low_noise_cfg, temporal_boundary=temporal_boundary)
+        for video_model in (temporal_model, temporal_low_noise_model):
+            host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model))
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")

@@ -268,19 +268,6 @@ def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_
     assert len(_saved(r)) == LENGTH
 
 
-def test_a_flux_model_loaded_where_wan_goes_names_the_model_beside_its_vae(comfy_worker, modern):
-    """An artist picks the Flux file in the Wan loader of a template (control and temporal): the temporal VAE is
-    right, the model is not, and the message said only to change the VAE."""
-    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
-    prompt["1"]["inputs"]["unet_name"] = FLUX
-    prompt["10"]["inputs"]["temporal_vae"] = ["5", 0]
-    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux in the Wan loader",
-                                         ["temporal VAE (temporal_vae)", "4x temporal (the wan2.1 latent space's), "
-                                          "not of the flux latent space",
-                                          "temporal model (temporal_model) works in",
-                                          "else load the model this VAE belongs to"])
-
-
 def test_a_wan_segment_length_it_cannot_hold_is_told_the_lengths_the_widget_takes(comfy_worker, modern):
     """Segment length 4 was told "use 1 or 5", and the widget's minimum is 2."""
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
@@ -385,16 +372,29 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
 
 def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them(comfy_worker, modern):
     """Qwen-Image on temporal_model and Wan on spatial_model (the two connected the other way round) ran with "the
-    temporal expert is an image model: no coherence" and advice to attach a motion model; the fix is the swap."""
+    temporal expert is an image model: no coherence" and advice to attach a motion model; the fix is the swap, and
+    as on the command line a transformer image model is refused in a video role."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
     bundle = prompt["10"]["inputs"]
     for suffix in ("model", "positive", "negative"):
         bundle[f"spatial_{suffix}"], bundle[f"temporal_{suffix}"] = bundle[f"temporal_{suffix}"], \
             bundle[f"spatial_{suffix}"]
-    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
-    assert r["success"], r.get("error")
-    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
-    assert texts[-1].split("\n")[0] == "warning: image model as temporal, video as spatial: swap", texts[-1]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image as temporal, Wan as spatial",
+                                         ["the temporal expert (temporal model on ConFiner Refine Experts) is "
+                                          "QwenImage, an image model", "the spatial model is the video model: "
+                                          "connect the two the other way round"])
+
+
+@pytest.mark.parametrize("loader", ["1", "2"], ids=["flux_in_the_wan_loader", "qwen_image_in_the_wan_loader"])
+def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_vae(comfy_worker, modern, loader):
+    """An artist picks an image model's file in the Wan loader of a template (control and temporal): the first
+    refusal was its text width, its VAE or '[F, C, h, w]', whose fixes led nowhere; now it is the model."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux" if loader == "1" else "qwen")
+    prompt["1"]["inputs"]["unet_name"] = FLUX if loader == "1" else QWEN
+    name = "Flux" if loader == "1" else "QwenImage"
+    assert_refused_before_any_evaluation(comfy_worker, prompt, f"{name} in the Wan loader",
+                                         [f"is {name}, an image model: it makes every frame on its own, with no "
+                                          "motion", "pick the video model's file (Wan) in its loader"])
 
 
 def test_a_missing_temporal_model_in_a_wan_graph_suggests_a_wan_model(comfy_worker, modern):
