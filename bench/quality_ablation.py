@@ -90,8 +90,8 @@ def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
     scores = metrics.evaluate(video, junctions=plan.junctions)
     # each kind of junction alone: without staggering they coincide; with it a window junction lies inside a
     # structure (two refinement passes meet) and a structure junction inside a window (two structures, refined as one)
-    scores["seam_score_windows"] = metrics.seam_score(video, plan.window_junctions)
-    scores["seam_score_structures"] = metrics.seam_score(video, plan.structure_junctions)
+    scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(video), plan.window_junctions,
+                                              plan.structure_junctions))
     scores.update(metrics.window_color_drift(video, plan.window_junctions))
     return {k: v for k, v in scores.items() if k in keys}
 

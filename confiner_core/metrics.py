@@ -149,18 +149,35 @@ def seam_score(frames, junctions: Iterable[int] | None, eps: float = 1e-3) -> fl
     return seam_ratio(consecutive_mae(frames), junctions, eps)
 
 
-def seam_ratio(d: np.ndarray, junctions: Iterable[int] | None, eps: float = 1e-3) -> float:
+def seam_ratio(d: np.ndarray, junctions: Iterable[int] | None, eps: float = 1e-3,
+               other_junctions: Iterable[int] = ()) -> float:
     """:func:`seam_score` from precomputed consecutive-frame MAEs ``d`` (d[t-1] between frames t-1 and t), so a
-    long video can be scored while it streams to disk without holding its frames."""
+    long video can be scored while it streams to disk without holding its frames. ``other_junctions``: cuts of
+    another kind, left out of the ordinary transitions, so a score of one kind compares its cuts with motion alone
+    (:func:`seam_scores_by_kind`)."""
     d = np.asarray(d, dtype=np.float64)
     j = np.unique(np.asarray(list(junctions) if junctions is not None else [], dtype=np.int64))
-    if j.size and (j.min() < 1 or j.max() > d.size):
-        raise ValueError(f"junctions must lie in [1, {d.size}] for {d.size + 1} frames, got {j.tolist()}")
+    other = np.unique(np.asarray(list(other_junctions), dtype=np.int64))
+    for cuts in (j, other):
+        if cuts.size and (cuts.min() < 1 or cuts.max() > d.size):
+            raise ValueError(f"junctions must lie in [1, {d.size}] for {d.size + 1} frames, got {cuts.tolist()}")
     elsewhere = np.ones(d.size, dtype=bool)
     elsewhere[j - 1] = False
+    elsewhere[other - 1] = False
     if j.size == 0 or not elsewhere.any():
         return math.nan
     return float((d[j - 1].mean() + eps) / (d[elsewhere].mean() + eps))
+
+
+def seam_scores_by_kind(d: np.ndarray, window_junctions: Iterable[int], structure_junctions: Iterable[int]) -> dict:
+    """A ConFiner-Long video's seam scores (:func:`seam_ratio` of its consecutive-frame MAEs ``d``): ``seam_score``
+    over every junction, ``seam_score_windows`` where separately refined windows meet and ``seam_score_structures``
+    between structures (inside a window when refinement is staggered), each against the transitions that are no
+    junction of either kind (the other kind's cuts are no ordinary motion)."""
+    windows, structures = sorted(set(window_junctions)), sorted(set(structure_junctions))
+    return {"seam_score": seam_ratio(d, sorted(set(windows) | set(structures))),
+            "seam_score_windows": seam_ratio(d, windows, other_junctions=structures),
+            "seam_score_structures": seam_ratio(d, structures, other_junctions=windows)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -531,10 +548,7 @@ class StreamingMetrics:
             "color_drift_max": float(max(self.delta_e)) if self.delta_e else math.nan,
         }
         if window_junctions is not None:
-            junctions = sorted(set(window_junctions) | set(structure_junctions or []))
-            out["seam_score"] = seam_ratio(self.mae, junctions)
-            out["seam_score_windows"] = seam_ratio(self.mae, window_junctions)
-            out["seam_score_structures"] = seam_ratio(self.mae, structure_junctions)
+            out.update(seam_scores_by_kind(self.mae, window_junctions, structure_junctions or []))
             out.update(window_color_from_stats(np.concatenate(self.lab_means), np.concatenate(self.lab_contrasts),
                                                window_junctions))
         return out

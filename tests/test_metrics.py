@@ -339,8 +339,11 @@ def test_streaming_metrics_equal_evaluate_on_the_whole_video(chunks):
     for key in m.METRIC_KEYS:
         if key not in ("distance_to_nearest", "seam_score"):
             assert got[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
-    assert got["seam_score_windows"] == pytest.approx(whole["seam_score"], rel=1e-9)
-    assert got["seam_score_structures"] == pytest.approx(m.seam_score(video, [4, 12]), rel=1e-9)
+    d = np.abs(np.diff(video.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))   # d[t-1]: frames t-1 -> t
+    ordinary = np.delete(d, [3, 7, 11]).mean()                    # no junction of either kind
+    assert got["seam_score_windows"] == pytest.approx((d[7] + 1e-3) / (ordinary + 1e-3), rel=1e-6)   # (the
+    assert got["seam_score_structures"] == pytest.approx((d[[3, 11]].mean() + 1e-3) / (ordinary + 1e-3),  # metric
+                                                         rel=1e-6)                     # averages in float32)
     assert got["seam_score"] == pytest.approx(m.seam_score(video, [4, 8, 12]), rel=1e-9)  # every junction
     assert "seam_score" not in stream.summary() and "distance_to_nearest" not in stream.summary()
     drift = m.window_color_drift(video, junctions)  # one implementation, streamed or whole
@@ -366,3 +369,18 @@ def test_window_color_drift_against_hand_computed_lab_means():
     assert got["window_color_drift"] == pytest.approx(expected, rel=1e-3)
     assert got["window_color_drift_max"] == got["window_color_drift"] > 2.3  # well above a noticeable difference
     assert math.isnan(m.window_color_drift(video, [])["window_color_drift"])  # one window: undefined
+
+
+def test_seam_scores_of_each_kind_compare_their_cuts_with_motion_alone():
+    """Every junction a 10-level jump, every other transition 1 level: each kind's score is the same 10/1 as the
+    whole. Counting the other kind's cuts as ordinary motion gave 6.25 (windows) and 7.09 (structures) against
+    9.99 for the whole, a trial found."""
+    d = np.ones(47)
+    windows, structures = [16, 32], [8, 24, 40]
+    d[[j - 1 for j in windows + structures]] = 10.0
+    scores = m.seam_scores_by_kind(d, windows, structures)
+    expected = (10 + 1e-3) / (1 + 1e-3)
+    assert scores == pytest.approx({"seam_score": expected, "seam_score_windows": expected,
+                                    "seam_score_structures": expected}, rel=1e-12)
+    with pytest.raises(ValueError, match="junctions must lie in"):
+        m.seam_ratio(d, windows, other_junctions=[48])
