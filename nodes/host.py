@@ -610,6 +610,9 @@ def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "stru
     if samples.ndim not in (4, 5) or samples.shape[1] != space.channels:
         raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.name} latent space "
                          f"({space.channels} channels): connect the latent the control expert made")
+    if not bool(samples.abs().amax() > 0):   # an empty latent (e.g. the size-and-length one) wired here by mistake
+        raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine: connect the "
+                         f"structure output of ConFiner Control Expert")
     normalised = model.get_model_object("latent_format").process_in(samples) if model is not None else \
         space.process_in(samples)
     return L.to_canonical(normalised, L.FRAMES if samples.ndim == 4 else L.VIDEO)
