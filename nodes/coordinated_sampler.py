@@ -81,8 +81,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                                 source=source, control_schedule=cls.control_schedule(control_model),
                                 vae_fixes=fixes)
             # the frontend marks this node running from here, through the control stage and any node the queue runs
-            # before this one (the other samplers of the compare template): not the last run's "done"
-            host.show_text(host.node_id(cls), "waiting for its turn\n(the structure's control stage runs first)")
+            # before this one (the other samplers of the compare template, after the structure is done: a reason
+            # naming the control stage alone went stale there): not the last run's "done"
+            host.show_text(host.node_id(cls),
+                           "waiting for its turn\n(after the structure and the nodes queued before it)")
             return ["structure"]
         return []
 

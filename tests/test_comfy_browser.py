@@ -181,7 +181,7 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
     assert after == {"ConFinerCoordinatedSampler": ""}, after
     # a sampler whose turn never came (Cancel during another node, an upstream error): its lazy check's "waiting"
     # goes when the run ends, whichever way
-    waiting = "waiting for its turn\n(the structure's control stage runs first)"
+    waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
     for end in ("execution_interrupted", "execution_error", "execution_success"):
         after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end)
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (end, after)

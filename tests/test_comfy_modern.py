@@ -233,7 +233,7 @@ def test_a_spatial_cfg_on_flux_dev_is_warned_under_the_node(comfy_worker, modern
     assert r["success"], r.get("error")
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
     # its lazy check, then its run
-    assert texts[0] == "waiting for its turn\n(the structure's control stage runs first)"
+    assert texts[0] == "waiting for its turn\n(after the structure and the nodes queued before it)"
     warned = [t.startswith("warning: spatial cfg 3.5 on a distilled model: use 1") for t in texts[1:]]
     assert all(warned) if cfg != 1.0 else not any(warned), texts[:2]
     assert max(len(line) for t in texts for line in t.split("\n")) <= 60

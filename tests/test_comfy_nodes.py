@@ -159,7 +159,7 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     # from the moment the frontend marks it running (its lazy check, before the control stage) to its first
     # evaluation, the run's start in place of the previous run's end
     before = [t["text"] for t in texts if t["node_id"] == sampler][:2]
-    assert before[0].endswith("waiting for its turn\n(the structure's control stage runs first)"), before
+    assert before[0].endswith("waiting for its turn\n(after the structure and the nodes queued before it)"), before
     assert before[1].endswith("starting · 15 expert evaluations"), before
     sampler_texts = updates(sampler)
     assert len(sampler_texts) == 15 and sampler_texts[0].startswith("refinement · spatial expert · step 1/5")
