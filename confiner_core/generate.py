@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, clean_end_problem,
-                    default_te,
-                    refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings, validate_chain,
-                    warned_already)
+                    default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
+                    validate_chain, warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
