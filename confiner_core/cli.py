@@ -17,7 +17,7 @@ import warnings
 
 from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
-from .errors import Interrupted, OutputError, RankFailed, UsageError
+from .errors import Interrupted, OutputError, RankFailed, UsageError, one_line
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES
 from .long import COHERENCE_MEMORIES, LongConfig
 from .refine import TIMESTEP_MATCHING
@@ -253,10 +253,6 @@ def generate_command(a: argparse.Namespace) -> int:
     print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}, {s['total']:.1f} s)")
     return 0
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from .errors import RankFailed, UsageError
+from .errors import RankFailed, UsageError, one_line
 from .long import RESULT, RING, Solo
 
 TIMEOUT_ENV = "CONFINER_DIST_TIMEOUT"
@@ -57,10 +57,6 @@ MAX_TENSORS, MAX_DIMS = 6, 6
 HEADER = 2 + MAX_TENSORS * (2 + MAX_DIMS)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int64, torch.int32,
           torch.bool)
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def timeout_s() -> float:

@@ -23,6 +23,11 @@ import threading
 from contextlib import contextmanager
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none), as the command line prints it."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 class UsageError(ValueError):
     """A bad argument or input; ``option`` names it (``"--frames"``, ``"prompt"``, ``"spatial"``)."""
 

@@ -25,10 +25,10 @@ import shutil
 from collections import Counter
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .experts import COUNTERS
 from .long import LongState
 from .outputs import temp_name, write_atomic, writing
@@ -88,7 +88,24 @@ class ResumeStore:
             raise UsageError(f"--resume: the interrupted run in {self.folder} used other settings ("
                              f"{'; '.join(changed)}); resume with its settings, or delete the folder to start over",
                              "--resume")
+        self._check_files(info)
         return info
+
+    def _check_files(self, info: dict) -> None:
+        """Every file the state names (its tensors, each finished window's latent) is there and readable, so that
+        a damaged folder is refused before any sampling (headers only: no tensor is read)."""
+        names = [(str(info.get("tensors")), None)] + [(f"window-{i:05d}.safetensors", "latent")
+                                                      for i in range(int(info.get("next_window", 0)))]
+        for name, key in names:
+            path = self._path(name)
+            try:
+                with safe_open(path, "pt") as f:
+                    if key is not None and key not in f.keys():
+                        raise ValueError(f"it holds no {key!r}")
+            except (OSError, SafetensorError, ValueError) as e:
+                problem = "is missing" if not os.path.exists(path) else f"cannot be read ({one_line(e)})"
+                raise UsageError(f"--resume: {path} {problem}: the interrupted run's state is damaged; delete "
+                                 f"{self.folder} and start over", "--resume") from None
 
     def start(self) -> None:
         """A new run: an empty resume folder."""

@@ -57,7 +57,7 @@ def make_inputs(tmp) -> dict:
     (tmp / "clash" / "video.mp4").mkdir()  # an output name taken by a folder
     resumed = tmp / "resumed"  # an interrupted long run's state, started with seed 7
     resumed.mkdir()
-    store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7,
+    store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7, fps=8.0,
                                                       long=LongConfig(segment_length=8)).run_settings())
     store.start()
     store.save_state(LongState(1), 3)
@@ -203,6 +203,9 @@ CLI_CASES = [
     Case("resume-single-clip", ["--resume"], "--resume"),
     Case("resume-nothing-to-resume", [*LONG, "--resume"], "--resume"),
     Case("resume-other-settings", [*LONG, "--out", "{resumed}", "--resume", "--seed", "8"], "used other settings (--seed: 7 -> 8"),
+    # the state names a finished window whose file is gone: refused before sampling, naming it (it failed mid-run)
+    Case("resume-damaged-state", [*LONG, "--out", "{resumed}", "--resume", "--seed", "7"],
+         "window-00000.safetensors is missing: the interrupted run's state is damaged; delete"),
     Case("interrupted-run-in-out", [*LONG, "--out", "{resumed}", "--seed", "7"], "continue it with --resume"),
     Case("single-clip-into-interrupted-run", ["--out", "{resumed}"], "holds an interrupted ConFiner-Long run (1 of 3"),
 ]
