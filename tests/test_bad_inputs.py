@@ -57,8 +57,10 @@ def make_inputs(tmp) -> dict:
     (tmp / "clash" / "video.mp4").mkdir()  # an output name taken by a folder
     resumed = tmp / "resumed"  # an interrupted long run's state, started with seed 7
     resumed.mkdir()
-    store = ResumeStore(str(resumed), GenerateRequest(frames=24, height=64, width=64, seed=7, fps=8.0,
-                                                      long=LongConfig(segment_length=8)).run_settings())
+    request = GenerateRequest(frames=24, height=64, width=64, seed=7, long=LongConfig(segment_length=8),
+                              out=str(resumed))
+    request.validate()   # settled as the command line's run is (T_e, fps)
+    store = ResumeStore(str(resumed), request.run_settings())
     store.start()
     store.save_state(LongState(1), 3)
     paths.update(motion=str(motion), sd=str(sd), truncated=str(tmp / "truncated.safetensors"),
