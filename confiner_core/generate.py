@@ -544,6 +544,10 @@ class GenerateRequest:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
         store = self.resume_store()
+        busy = store.working_process()
+        if busy is not None:   # its folder is in use: resuming or starting over there would break both runs
+            raise UsageError(f"--out: a run is in progress in {self.out} (process {busy}); wait for it to finish, or "
+                             f"choose another --out", "--out")
         if self.resume and not store.exists():
             raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
                              "--resume")
@@ -956,6 +960,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
         if lead:
+            store.claim()
             log.add_counts(resume.counts())
             finished = plan.windows[:resume.next_window]
             for window in finished:

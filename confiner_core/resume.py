@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections import Counter
 
 import torch
@@ -35,6 +36,7 @@ from .outputs import temp_name, write_atomic, writing
 
 RESUME_FOLDER = ".confiner-resume"
 FORMAT = 2  # 2: per-task generators, no generator state (format 1 folders are refused)
+OWNER = "owner.json"   # the host and process id of the run working in the folder (ResumeStore.working_process)
 
 
 def flatten(settings: dict, prefix: str = "") -> dict:
@@ -108,9 +110,34 @@ class ResumeStore:
                                  f"{self.folder} and start over", "--resume") from None
 
     def start(self) -> None:
-        """A new run: an empty resume folder."""
+        """A new run: an empty resume folder, this process working in it."""
         self.clear()
         os.makedirs(self.folder)
+        self.claim()
+
+    def claim(self) -> None:
+        """This process works in the folder now (a new run, or a resumed one): :meth:`working_process`."""
+        write_atomic(self._path(OWNER), json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+
+    def working_process(self) -> int | None:
+        """The process id of another live process of this host that works in the folder (a run in progress: a
+        second run must not resume it or start over in it), else None. POSIX only (elsewhere: None)."""
+        try:
+            with open(self._path(OWNER), encoding="utf-8") as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            return None
+        pid = owner.get("pid") if isinstance(owner, dict) else None
+        if os.name != "posix" or owner.get("host") != socket.gethostname() or not isinstance(pid, int) \
+                or pid == os.getpid():
+            return None
+        try:
+            os.kill(pid, 0)   # signal 0: is it alive (no signal is sent)
+        except PermissionError:
+            return pid        # alive, another user's
+        except OSError:
+            return None
+        return pid
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -516,3 +516,29 @@ def test_ctrl_c_during_held_imports_arrives_after_them():
             time.sleep(0.05)
     finally:
         signal.signal(signal.SIGINT, ignored)
+
+
+def test_a_run_into_the_folder_of_a_run_in_progress_is_refused(tmp_path, capsys):
+    """A second run into the --out of a long run in progress was told the folder held an interrupted run and to
+    --resume it, which set two processes on one resume state (the second failed when the first cleared it)."""
+    import socket
+
+    from confiner_core.resume import OWNER, ResumeStore
+
+    folder = tmp_path / "busy" / RESUME_FOLDER
+    folder.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        for extra in ([], ["--resume"]):
+            with pytest.raises(SystemExit) as e:
+                main(["generate", "--frames", "24", "--segment-length", "8", "--height", "64", "--width", "64",
+                      "--quiet", "--out", str(tmp_path / "busy"), *extra])
+            assert e.value.code == 2
+            assert capsys.readouterr().err.strip() == (f"error: --out: a run is in progress in {tmp_path / 'busy'} "
+                                                       f"(process {other.pid}); wait for it to finish, or choose "
+                                                       f"another --out")
+    finally:
+        other.kill()
+        other.wait()
+    assert ResumeStore(str(tmp_path / "busy"), {}).working_process() is None   # it ended: an interrupted run's folder
