@@ -39,8 +39,8 @@ from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REF
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
-                   freenoise_span, generate_long, plan_segments, render_applied_schedule, unused_entries,
-                   unused_entries_text)
+                   freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
+                   render_applied_schedule, unused_entries, unused_entries_text)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX, TIMESTEP_MATCHING
@@ -1005,6 +1005,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
                                             for a, b, p in applied_schedule(plan, schedule).ranges()]
         extra["prompt_schedule_unused"] = [{"frames": [a, b], "prompt": p}
                                            for a, b, p in unused_entries(plan, schedule)]
+        extra["prompt_schedule_layout_only"] = [{"frames": [a, b], "prompt": p}
+                                                for a, b, p in layout_only_entries(plan, schedule)]
     if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())
@@ -1019,10 +1021,12 @@ def report_elsewhere(req: GenerateRequest) -> tuple:
 
 def prompt_used(req: GenerateRequest) -> str | list:
     """The text the experts were given: the prompt (keys of a one-entry schedule dropped; the embedded world's
-    default scene for an empty prompt), or a travelling schedule's prompts in order."""
-    prompts = [entry.prompt for entry in req.prompt_schedule().entries]
+    default scene for an empty prompt), or the prompts of a travelling schedule some structure or window was given,
+    in order (:func:`~confiner_core.long.given_entries`)."""
+    schedule, plan = req.prompt_schedule(), req.plan()
+    prompts = [entry.prompt for entry in schedule.entries]
     if len(prompts) > 1:
-        return prompts
+        return [prompts[i] for i in given_entries(plan, schedule)] if plan is not None else prompts
     return prompts[0] if prompts and prompts[0] else (DEFAULT_PROMPT if req.embedded else "")
 
 

@@ -420,11 +420,33 @@ def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSched
     return PromptSchedule(tuple(entries), schedule.frames, schedule.fps, scheduled=schedule.scheduled)
 
 
+def structure_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
+    """Per structure, the index of the schedule entry its control stage is given: the one in force at its centre
+    (:func:`structure_centre`)."""
+    return [max(i for i, e in enumerate(schedule.entries) if e.start <= structure_centre(plan, s))
+            for s in range(plan.structures)]
+
+
+def given_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
+    """The indices of the entries some expert is given (a structure laid out or a window refined with it), in
+    schedule order."""
+    return sorted(set(window_entries(plan, schedule)) | set(structure_entries(plan, schedule)))
+
+
 def unused_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
-    """The entries no window is refined with, as (first frame, end frame, prompt) as written: their frames hold no
-    window's centre, so the video never shows them (:func:`applied_schedule`)."""
-    used = set(window_entries(plan, schedule))
+    """The entries no expert is given, as (first frame, end frame, prompt) as written: their frames hold no
+    window's centre and no structure's, so the video never shows them (:func:`applied_schedule`)."""
+    used = set(given_entries(plan, schedule))
     return [r for i, r in enumerate(schedule.ranges()) if i not in used]
+
+
+def layout_only_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
+    """The entries a structure is laid out with but no window is refined with: they shape that structure's motion
+    and composition only (staggered, structure 0 is centred at frame 0, so a first entry shorter than half a
+    segment is one)."""
+    refined = set(window_entries(plan, schedule))
+    laid_out = set(structure_entries(plan, schedule)) - refined
+    return [r for i, r in enumerate(schedule.ranges()) if i in laid_out]
 
 
 def moved_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule | None:
@@ -436,15 +458,24 @@ def moved_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedul
 
 
 def unused_entries_text(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:
-    """A warning naming the entries the video never shows (:func:`unused_entries`) and the fix; None if none."""
-    unused = unused_entries(plan, schedule)
-    if not unused:
+    """A warning naming the entries the video never shows (:func:`unused_entries`), those that only lay out a
+    structure (:func:`layout_only_entries`), and the fix; None if none."""
+    listed = lambda entries: "; ".join(f"frames {a}-{b - 1}: {p!r}" for a, b, p in entries)  # noqa: E731
+    parts = []
+    unused, layout = unused_entries(plan, schedule), layout_only_entries(plan, schedule)
+    if unused:
+        which = "1 prompt of the schedule is" if len(unused) == 1 else f"{len(unused)} prompts of the schedule are"
+        parts.append(f"{which} not used, since no structure or refinement window of {plan.segment_length} frames is "
+                     f"centred in its frames: {listed(unused)}")
+    if layout:
+        which = "1 prompt of the schedule" if len(layout) == 1 else f"{len(layout)} prompts of the schedule"
+        parts.append(f"{which} only {'lays' if len(layout) == 1 else 'lay'} out a structure (its motion and "
+                     f"composition), since no refinement window of {plan.segment_length} frames is centred in "
+                     f"{'its' if len(layout) == 1 else 'their'} frames: {listed(layout)}")
+    if not parts:
         return None
-    listed = "; ".join(f"frames {a}-{b - 1}: {p!r}" for a, b, p in unused)
-    which = "1 prompt of the schedule is" if len(unused) == 1 else f"{len(unused)} prompts of the schedule are"
-    return (f"warning: {which} not used, since no refinement window of {plan.segment_length} frames is centred in "
-            f"its frames: {listed}. Give each prompt at least {plan.segment_length} frames, or use a shorter segment "
-            f"length")
+    return (f"warning: {'; '.join(parts)}. Give each prompt at least {plan.segment_length} frames, or use a shorter "
+            f"segment length")
 
 
 def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str | None:

@@ -11,8 +11,8 @@ from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, re
                                    warned_already)
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
-                                  moved_schedule, plan_segments, render_applied_schedule, structure_centre,
-                                  unused_entries, window_centre)
+                                  layout_only_entries, moved_schedule, plan_segments, render_applied_schedule,
+                                  structure_centre, unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -61,10 +61,12 @@ def node_schedule_text(schedule, plan) -> str:
 
 
 def unused_prompt_notes(schedule, plan) -> list[str]:
-    """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`), for the top of the
+    """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`) or shows in a structure's
+    layout alone (:func:`~confiner_core.long.layout_only_entries`), for the top of the
     node's text: under a preview the frontend shows its first two lines only, and below the schedule they were
     hidden. Each fits a line (the frontend neither wraps nor scrolls it)."""
     lines = [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
+    lines += [f"warning: prompt only lays out a structure: {p}" for _, _, p in layout_only_entries(plan, schedule)]
     return [line if len(line) <= host.LINE_WIDTH else line[:host.LINE_WIDTH - 1] + "…" for line in lines]
 
 

@@ -200,24 +200,36 @@ def test_the_applied_schedule_is_the_prompt_each_window_is_refined_with(text, st
         assert "nearest window junction: 16, 32" in moved and f"frames {starts[1][0]}-" in moved
 
 
-@pytest.mark.parametrize("text, frames, segment, unused", [
-    ("0: a | 8: b", 16, 16, ["a"]),                  # one window, centred at 8: b from frame 0
-    ("0: a | 8: b | 40: c", 48, 16, ["a"]),          # window 0 is centred at 8 too
-    ("0: a | 20: b | 22: c", 48, 16, ["b"]),
-    ("0: a | 16: b | 32: c", 48, 16, [])])
-def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, segment, unused):
-    """An entry whose frames hold no window's centre never reaches the video: the applied schedule names it with
-    the fix (a run that dropped it used to say nothing, and a one-window plan listed its junctions as '')."""
-    from confiner_core.long import applied_schedule, render_applied_schedule, unused_entries
+@pytest.mark.parametrize("text, frames, segment, unused, layout", [
+    ("0: a | 8: b", 16, 16, [], ["a"]),              # one window, centred at 8: b from frame 0; structure 0 (at 0): a
+    ("0: a | 8: b | 40: c", 48, 16, [], ["a"]),      # window 0 is centred at 8 too
+    ("0: a | 20: b | 22: c", 48, 16, ["b"], []),     # frames 20-21 hold no structure's centre and no window's
+    ("0: a | 16: b | 18: c", 64, 16, [], ["b"]),     # structure 1 (at 16) is laid out with b, no window refines it
+    ("0: a | 16: b | 32: c", 48, 16, [], [])])
+def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, segment, unused, layout):
+    """An entry whose frames hold no window's centre is not refined into the video: the applied schedule names it
+    with the fix (a run that dropped it used to say nothing, and a one-window plan listed its junctions as ''); one
+    a structure is laid out with still shapes the video's motion, and is named as such, not as unused."""
+    from confiner_core.long import (applied_schedule, layout_only_entries, render_applied_schedule,
+                                    structure_centre, unused_entries, window_centre)
 
     plan, schedule = plan_segments(frames, segment, True), parse_prompt(text, frames=frames)
     shown = {e.prompt for e in applied_schedule(plan, schedule).entries}
-    assert [p for _, _, p in unused_entries(plan, schedule)] == unused
-    assert shown | set(unused) == {e.prompt for e in schedule.entries} and not shown & set(unused)
+    laid_out = {schedule.at(structure_centre(plan, i)) for i in range(plan.structures)}
+    refined = {schedule.at(window_centre(w)) for w in plan.windows}
+    assert refined == shown
+    assert [p for _, _, p in unused_entries(plan, schedule)] == unused == \
+        [e.prompt for e in schedule.entries if e.prompt not in refined | laid_out]
+    assert [p for _, _, p in layout_only_entries(plan, schedule)] == layout == \
+        [e.prompt for e in schedule.entries if e.prompt in laid_out - refined]
     text = render_applied_schedule(plan, schedule)
     if unused:
-        assert f"not used, since no refinement window of {segment} frames is centred in its frames" in text
+        assert f"not used, since no structure or refinement window of {segment} frames is centred in its frames" \
+            in text
         assert all(f"'{p}'" in text for p in unused) and "junction: )" not in text
+    if layout:
+        assert "only lays out a structure (its motion and composition), since no refinement window of " \
+            f"{segment} frames is centred in its frames" in text and all(f"'{p}'" in text for p in layout)
     if len(plan.windows) == 1:
         assert f"the one window of {segment} frames is refined with the prompt at its centre frame, 8" in text
 
