@@ -705,6 +705,27 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
     assert _cost(r, "ConFiner Refine Sampler")["vae_calls"] == (2 + 4 * REFINE_STEPS if bridged else 0)
 
 
+def test_the_wan_long_video_template_runs_headless_with_tiny_models(comfy_worker, modern):
+    """The Wan ConFiner-Long template (an artist built it by hand and met the SD defaults: segment 16, 128 frames,
+    T_e 100, fps 8): Wan lengths, T_e 250, and seconds keys at the save node's 16 fps. Run CPU-sized: 17 frames in
+    segments of 9, 2 control and 2 refinement steps, the prompt travelling at 0.5 s (frame 8)."""
+    workflow = json.loads((EXAMPLES / "confiner_long_wan21.json").read_text())
+    long = next(n for n in workflow["nodes"] if n["type"] == "ConFinerLongSegmenter")
+    values = long["widgets_values"]
+    (save,) = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
+    assert (values[0], values[1], values[7], values[-1], save["widgets_values"][1]) == (161, 33, 250, 16.0, 16.0)
+    assert "| 5s: " in values[15]
+    values[0], values[1], values[4], values[8] = 17, 9, 2, REFINE_STEPS
+    values[15] = "0: a red fox runs | 0.5s: a grey fox runs"
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", comfy_worker.convert(
+        tiny_sized(workflow, comfy_worker.checkpoint_name)))
+    assert r["success"], r.get("error") or r.get("validation_error")
+    assert len(_saved(r)) == 1
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == str(long["id"])]
+    # 0.5 s is frame 8 at the template's 16 fps (4 at 8), applied at the window junction after it
+    assert "prompts as applied (see console):\n0-8: a red fox runs\n9-16: a grey fox runs" in texts[0], texts[0]
+
+
 def _linked_node(workflow: dict, node: dict, input_name: str) -> dict:
     """The node whose output feeds ``input_name`` of ``node`` (UI-format links: id, from, slot, to, slot, type)."""
     link = next(i["link"] for i in node["inputs"] if i["name"] == input_name)

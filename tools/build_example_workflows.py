@@ -843,6 +843,55 @@ def wan22_a14b():
     g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
 
+def long_wan21():
+    g = Graph()
+    modern_readme(
+        g, "ConFiner-Long: Wan 2.1, 161 frames",
+        "161 frames (10 s at 16 fps) as staggered 33-frame segments of Wan 2.1 1.3B, which is all three experts "
+        "(control; spatial at one frame, each latent frame an image; temporal), with consistency initialization, "
+        "coherence guidance (gamma 0.1) and staggered refinement from T_e = 250 (sigma 0.25, a flow model's "
+        "default). The prompt travels from the beach to the snow at 5 s: seconds keys count at the node's *fps*, "
+        "16 as the save node's. One text encoder serves every expert, so the segment prompts need one CLIP; with an "
+        "image model of another text encoder as the spatial expert (Qwen-Image, FLUX.1) leave them empty.",
+        ["**segment prompts** on ConFiner Long Video (`0: prompt | 5s: prompt from 5 s`), or Positive/Negative when "
+         "segment prompts is empty.",
+         "**frames** (4k+1: 161, 321) and **segment length** (4k+1: 33, 81) on ConFiner Long Video; the latent sets "
+         "only the frame size (width and height multiples of 16; Wan 2.1 1.3B is made for 832x480).",
+         "**fps** on ConFiner Long Video and on the save node together (Wan makes 16).",
+         "The seed on ConFiner Long Video.",
+         "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
+         "control model use 4 steps, cfg 1."],
+        (WAN21, UMT5, WAN_VAE))
+    g.column("models", "1 · Models")
+    umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
+    g.column()
+    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (all three experts)")
+    vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
+    g.group("prompts", "2 · Prompts and frame size")
+    pos, neg = prompts(g, umt5, "Wan")
+    size = g.node("EmptyHunyuanLatentVideo", [MODERN_SHAPE[0], MODERN_SHAPE[1], 1, 1],
+                  "Frame size (frames: on Long Video)")
+    g.column()
+    experts = refine_experts(g, [5.0, 5.0, "latent frames", 5.0, 0.875],
+                             bundle_links(wan, (pos, neg), wan, (pos, neg)))
+    g.group("control", "4 · ConFiner-Long (segments)")
+    seg = g.node("ConFinerLongSegmenter",
+                 [161, 33, 0, "fixed", 8, 5.0, "euler", 250, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
+                  "0: a corgi running on a sunny beach, golden hour | 5s: a corgi running through deep snow, winter",
+                  "trailing", 0.0, "spatial", "unguided", 1.0, 0.875, WAN_FPS],
+                 None)
+    g.link(wan, "MODEL", seg, "control_model")
+    g.link(pos, "CONDITIONING", seg, "control_positive")
+    g.link(neg, "CONDITIONING", seg, "control_negative")
+    g.link(experts, "experts", seg, "experts")
+    g.link(size, "LATENT", seg, "latent")
+    g.link(umt5, "CLIP", seg, "clip")
+    g.link(vae, "VAE", seg, "control_vae")
+    g.column("output", "5 · Decode and save")
+    outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
+    g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 161 frames, all three strategies, prompt travel.")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     basic()
@@ -852,4 +901,5 @@ if __name__ == "__main__":
     sd15_bridge_wan()
     wan21_flux_dev()
     wan22_a14b()
+    long_wan21()
     print("wrote", sorted(f for f in os.listdir(OUT) if f.endswith(".json")))
