@@ -61,9 +61,9 @@ class ConFinerControlExpert(io.ComfyNode):
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()
-        ade.warn_ignored_noise({"control": model})
         log = EvaluationLog()
         progress = host.Progress(model, steps, host.node_id(cls))
+        progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",

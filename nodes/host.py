@@ -695,6 +695,15 @@ class Progress:
             swapped = role == "temporal" and spatial_model is not None and relates_frames(spatial_model)
             self.warn(frames_alone(model, role, swapped), frames_alone_note(role, swapped))
 
+    def warn_ignored_noise(self, models: dict) -> None:
+        """AnimateDiff-Evolved noise types ConFiner does not draw (:func:`~.ade.warn_ignored_noise`): on the
+        console, and one line each on the node (an artist who set FreeNoise there saw only "done")."""
+        ade.warn_ignored_noise(models)
+        for model in models.values():
+            noise_type = ade.ignored_noise_type(model) if model is not None else None
+            if noise_type:
+                self.note(f"warning: ADE noise_type '{noise_type}' not used (console)")
+
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
         self.warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))

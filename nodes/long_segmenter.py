@@ -203,7 +203,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if prompts is not None:   # the whole schedule on the console (the node opens its run with it)
             logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan, fps))
         ade.new_run()
-        ade.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         per_window = refine_evaluations(chain)
         total = plan.structures * control_steps + len(plan.windows) * per_window
 
@@ -227,6 +226,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  opening=True if prompts is None else node_schedule_text(prompts, plan))
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
             progress.note(*unused_prompt_notes(prompts, plan))
+        progress.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)

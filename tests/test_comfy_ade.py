@@ -71,3 +71,6 @@ def test_ignored_ade_noise_type_is_warned_once_pointing_to_the_noise_rescheduler
     r = comfy_worker.call("comfy_support.ade_checks:ignored_noise_warning", comfy_worker.checkpoint_name, noise_type)
     assert len(r["warnings"]) == 1
     assert noise_type in r["warnings"][0] and "ConFiner Noise Rescheduler" in r["warnings"][0]
+    # and on the node, above every update of its text (an artist saw only "done")
+    assert r["texts"] and all(t.startswith(f"warning: ADE noise_type '{noise_type}' not used (console)")
+                              for t in r["texts"]), r["texts"][:2]

@@ -155,8 +155,13 @@ def ignored_noise_warning(ckpt_name: str, noise_type: str) -> dict:
     handler.emit = lambda record: records.append(record.getMessage())
     logger = logging.getLogger(_pack(".nodes.ade").__name__)
     logger.addHandler(handler)
+    host = _pack(".nodes.host")
+    texts = []
+    show_text = host.show_text
+    host.show_text = lambda node_id, text: texts.append(text)
     try:
         control_node.execute(model, cond, cond, {"samples": torch.zeros(6, 4, 8, 8)}, 0, 2, 1.0, "euler")
     finally:
         logger.removeHandler(handler)
-    return {"warnings": records}
+        host.show_text = show_text
+    return {"warnings": records, "texts": texts}
