@@ -612,6 +612,21 @@ def compare_modes():
     g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
+def long_video_node(g, frames: int, segment_length: int, control_steps: int, control_cfg: float, te: int,
+                    segment_prompts: str, fps: float, links: dict):
+    """The ConFiner Long Video node in its group (``links``: input -> (node, output)): all three strategies, 5
+    coordinated steps, a fixed seed."""
+    g.group("control", "4 · ConFiner-Long (segments)")
+    seg = g.node("ConFinerLongSegmenter",
+                 [frames, segment_length, 0, "fixed", control_steps, control_cfg, "euler", te, 5, "coordinated",
+                  "same_index", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
+                  0.875, fps],
+                 None)
+    for name, (node, out) in links.items():
+        g.link(node, out, seg, name)
+    return seg
+
+
 def long_video():
     g = Graph()
     ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
@@ -626,18 +641,11 @@ def long_video():
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames: on Long Video)")
     g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
-    g.group("control", "4 · ConFiner-Long (segments)")
-    seg = g.node("ConFinerLongSegmenter",
-                 [128, 16, 0, "fixed", 4, 1.0, "euler", 100, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
-                  "0: a corgi running on a sunny beach, golden hour | 64: a corgi running through deep snow, winter",
-                  "trailing", 0.0, "spatial", "unguided", 1.0, 0.875, 8.0],
-                 None)
-    g.link(control, "MODEL", seg, "control_model")
-    g.link(pos, "CONDITIONING", seg, "control_positive")
-    g.link(neg, "CONDITIONING", seg, "control_negative")
-    g.link(experts, "experts", seg, "experts")
-    g.link(empty, "LATENT", seg, "latent")
-    g.link(ckpt, "CLIP", seg, "clip")
+    seg = long_video_node(g, 128, 16, 4, 1.0, 100, "0: a corgi running on a sunny beach, golden hour | 64: a corgi "
+                          "running through deep snow, winter", 8.0,
+                          dict(control_model=(control, "MODEL"), control_positive=(pos, "CONDITIONING"),
+                               control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
+                               latent=(empty, "LATENT"), clip=(ckpt, "CLIP")))
     g.column("output", "5 · Decode and save")
     outputs(g, ckpt, [seg], ["ConFiner/long"])
     g.save("confiner_long_sd15_animatediff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
@@ -874,19 +882,11 @@ def long_wan21():
     g.column()
     experts = refine_experts(g, [5.0, 5.0, "latent frames", 5.0, 0.875],
                              bundle_links(wan, (pos, neg), wan, (pos, neg)))
-    g.group("control", "4 · ConFiner-Long (segments)")
-    seg = g.node("ConFinerLongSegmenter",
-                 [161, 33, 0, "fixed", 8, 5.0, "euler", 250, 5, "coordinated", "same_index", "shuffle", 4, 0.1, True,
-                  "0: a corgi running on a sunny beach, golden hour | 5s: a corgi running through deep snow, winter",
-                  "trailing", 0.0, "spatial", "unguided", 1.0, 0.875, WAN_FPS],
-                 None)
-    g.link(wan, "MODEL", seg, "control_model")
-    g.link(pos, "CONDITIONING", seg, "control_positive")
-    g.link(neg, "CONDITIONING", seg, "control_negative")
-    g.link(experts, "experts", seg, "experts")
-    g.link(size, "LATENT", seg, "latent")
-    g.link(umt5, "CLIP", seg, "clip")
-    g.link(vae, "VAE", seg, "control_vae")
+    seg = long_video_node(g, 161, 33, 8, 5.0, 250, "0: a corgi running on a sunny beach, golden hour | 5s: a corgi "
+                          "running through deep snow, winter", WAN_FPS,
+                          dict(control_model=(wan, "MODEL"), control_positive=(pos, "CONDITIONING"),
+                               control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
+                               latent=(size, "LATENT"), clip=(umt5, "CLIP"), control_vae=(vae, "VAE")))
     g.column("output", "5 · Decode and save")
     outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
     g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 161 frames, all three strategies, prompt travel.")
