@@ -91,16 +91,27 @@ def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None =
     return None
 
 
+def noise_to_signal(schedule: NoiseSchedule, position: float) -> float:
+    """sigma / alpha at a position of ``schedule``'s table (x_t = alpha x0 + sigma eps): the noise level two
+    schedules are compared by."""
+    alpha, sigma = schedule.coefficients(position)
+    return sigma / max(alpha, 1e-12)
+
+
+def unequal_noise(a: float, b: float) -> bool:
+    """Two noise-to-signal ratios apart by more than a factor of 1.5 (SD 1.5 and AnimateDiff's schedules are not)."""
+    return max(a, b) > 1.5 * min(a, b)
+
+
 def same_index_mismatch_warning(spatial: NoiseSchedule, temporal: NoiseSchedule, te: int) -> str | None:
     """Coordinated refinement re-noises the temporal expert at the spatial expert's timestep (``same_index``, the
     paper's, whose experts share SD's schedule). Experts of other schedules (a flow and a VP expert) put that
     timestep at other noise levels (SD 1.5 and Wan at T_e 100: noise-to-signal 0.34 and 0.11): the run goes ahead,
     said, with the fix (``nearest`` matches the noise level). None within a factor of 1.5."""
     t = spatial.index(te)
-    alpha, sigma = spatial.coefficients(t)
-    t_alpha, t_sigma = temporal.coefficients(R.matched_timestep(spatial, temporal, t, R.SAME_INDEX))
-    here, there = sigma / max(alpha, 1e-12), t_sigma / max(t_alpha, 1e-12)
-    if max(here, there) <= 1.5 * min(here, there):
+    here = noise_to_signal(spatial, t)
+    there = noise_to_signal(temporal, R.matched_timestep(spatial, temporal, t, R.SAME_INDEX))
+    if not unequal_noise(here, there):
         return None
     return (f"matching 'same_index' re-noises the temporal expert at the spatial expert's timestep, but their "
             f"schedules differ: at T_e={te} the spatial expert's noise-to-signal is {here:.2f} and the temporal "
@@ -113,6 +124,25 @@ def same_index_warning(spatial: Denoiser, temporal: Denoiser | None, config: "Ch
     if temporal is None or config.mode != COORDINATED or config.matching != R.SAME_INDEX:
         return None
     return same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
+
+
+def control_noise_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig",
+                          control_schedule: NoiseSchedule | None) -> str | None:
+    """``structure_noise`` "control" (Algorithm 1, line 4) noises the structure to T_e on the control expert's
+    schedule, and the refining expert reads it as its own T_e: where the two schedules put T_e at other noise levels
+    (a flow control expert, a VP spatial one: Wan and SD 1.5 at 100, noise-to-signal 0.11 and 0.34) the run goes
+    ahead, said, with the fix (Eq. 6's "spatial"). None where they agree within a factor of 1.5."""
+    if config.structure_noise != CONTROL or control_schedule is None or config.te is None:
+        return None
+    refining = refining_denoiser(spatial, temporal, config.mode).schedule
+    here, there = noise_to_signal(control_schedule, control_schedule.index(config.te)), \
+        noise_to_signal(refining, refining.index(config.te))
+    if not unequal_noise(here, there):
+        return None
+    return (f"structure_noise 'control' noises the structure on the control expert's schedule, but the refining "
+            f"expert reads it as its own T_e: at T_e={config.te} the control expert's noise-to-signal is {here:.2f} "
+            f"and the refining expert's {there:.2f}; structure_noise 'spatial' (Eq. 6) noises it at the refining "
+            f"expert's level")
 
 
 @dataclass
@@ -289,9 +319,10 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warnings.warn(message, ConFinerWarning, stacklevel=2)
-    message = same_index_warning(spatial, temporal, config)
-    if message:
-        warnings.warn(message, ConFinerWarning, stacklevel=2)
+    for message in (same_index_warning(spatial, temporal, config),
+                    control_noise_warning(spatial, temporal, config, control.schedule)):
+        if message:
+            warnings.warn(message, ConFinerWarning, stacklevel=2)
     for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
         warnings.warn(message, ConFinerWarning, stacklevel=2)
     for name in unused_settings(config):

@@ -144,7 +144,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), te, spatial, temporal, mode)
-        progress.warn_same_index(spatial, temporal, config)
+        progress.warn_unequal_noise(spatial, temporal, config, control_schedule)
         space = source.expert.latent_space
         x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()))
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,

@@ -29,8 +29,8 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
-from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_timesteps, extraction_schedule,
-                                   refine_positions, same_index_warning, table3_warning)
+from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_noise_warning, control_timesteps,
+                                   extraction_schedule, refine_positions, same_index_warning, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import matched_timestep
@@ -716,10 +716,14 @@ class Progress:
             warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
             self.warn(warning, table3_note(te))
 
-    def warn_same_index(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
-        """:func:`~confiner_core.chain.same_index_mismatch_warning`: matching "same_index" between experts whose
-        schedules put T_e at different noise levels (SD 1.5 and Wan)."""
+    def warn_unequal_noise(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig,
+                           control_schedule=None) -> None:
+        """Experts whose schedules put T_e at different noise levels (SD 1.5 and Wan): matching "same_index"
+        (:func:`~confiner_core.chain.same_index_mismatch_warning`), and structure noise "control" when the control
+        expert's schedule is another than the refining expert's (:func:`~confiner_core.chain.control_noise_warning`)."""
         self.warn(same_index_warning(spatial, temporal, config), "warning: experts at unequal noise: matching nearest")
+        self.warn(control_noise_warning(spatial, temporal, config, control_schedule),
+                  "warning: unequal noise: structure noise schedule spatial")
 
     def warn(self, warning: str | None, note: str) -> None:
         """``warning`` on the console, and its one-line ``note`` above the node's text for the rest of the run."""

@@ -239,7 +239,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
         progress.warn_table3(control_steps, te, spatial, temporal, mode)
-        progress.warn_same_index(spatial, temporal, chain)
+        progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape

@@ -231,6 +231,26 @@ def test_extract_structure_checks_te_and_its_schedule():
     assert torch.allclose(noised, a * structure + s * randn_like(structure, torch.Generator().manual_seed(1)))
 
 
+def test_structure_noise_on_a_control_schedule_of_another_noise_level_is_warned():
+    """structure_noise 'control' across a flow control expert and a VP spatial one noised the structure at
+    noise-to-signal 0.11 and refined it as 0.34 without a word (the same_index mismatch was warned)."""
+    import warnings as w
+
+    from confiner_core.chain import ConFinerWarning
+
+    structure = x0_star()
+    flow, sd = OracleExpert(structure, S.flow_schedule(1.0), prediction="flow"), OracleExpert(structure, S.named("sd15"))
+    config = ChainConfig(te=100, mode="standard", structure_noise="control")
+    with pytest.warns(ConFinerWarning, match=r"^structure_noise 'control' noises the structure on the control "
+                                             r"expert's schedule, .* noise-to-signal is 0\.11 and the refining "
+                                             r"expert's 0\.34; structure_noise 'spatial'"):
+        validate_chain(flow.bind(), sd.bind(), None, tuple(structure.shape), config)
+    with w.catch_warnings():
+        w.simplefilter("error", ConFinerWarning)   # Eq. 6's default, or schedules that agree: nothing to say
+        validate_chain(flow.bind(), sd.bind(), None, tuple(structure.shape), replace(config, structure_noise="spatial"))
+        validate_chain(sd.bind(), sd.bind(), None, tuple(structure.shape), config)
+
+
 def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
     """t_k = T_e k / n for k = n..1, to the nearest integer (halves up): exact whenever n divides T_e."""
     import math

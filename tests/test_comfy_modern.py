@@ -370,6 +370,19 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
         assert texts and all(note in t.split("\n") for t in texts if "\nstep " in t), texts[:3]
 
 
+def test_structure_noise_on_a_wan_control_schedule_before_an_sd_spatial_expert_is_warned(comfy_worker, modern):
+    """structure noise 'control' noises the structure on Wan's schedule (T_e 100: noise-to-signal 0.11) for SD 1.5 to
+    read as its own T_e (0.34): said under the Refine Sampler, as the library and command line say it."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["11"]["inputs"].update(matching="nearest", structure_noise="control", control_model=["1", 0])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    steps = [t for t in texts if "\nstep " in t]
+    assert steps and all("warning: unequal noise: structure noise schedule spatial" in t.split("\n")
+                         for t in steps), texts[:3]
+
+
 def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them(comfy_worker, modern):
     """Qwen-Image on temporal_model and Wan on spatial_model (the two connected the other way round) ran with "the
     temporal expert is an image model: no coherence" and advice to attach a motion model; the fix is the swap, and
