@@ -239,7 +239,8 @@ def test_structure_noise_on_a_control_schedule_of_another_noise_level_is_warned(
     from confiner_core.chain import ConFinerWarning
 
     structure = x0_star()
-    flow, sd = OracleExpert(structure, S.flow_schedule(1.0), prediction="flow"), OracleExpert(structure, S.named("sd15"))
+    flow = OracleExpert(structure, S.flow_schedule(1.0), prediction="flow")
+    sd = OracleExpert(structure, S.named("sd15"))
     config = ChainConfig(te=100, mode="standard", structure_noise="control")
     with pytest.warns(ConFinerWarning, match=r"^structure_noise 'control' noises the structure on the control "
                                              r"expert's schedule, .* noise-to-signal is 0\.11 and the refining "
