@@ -332,6 +332,22 @@ def test_output_fps_of_sd_family_experts_and_the_embedded_ones(paths, tmp_path):
     assert embedded.fps == 8.0
 
 
+def test_image_mode_is_refused_where_no_spatial_expert_reads_it(paths):
+    """load_experts ignored image_mode for an SD spatial expert, whatever its value ('pixels' too); the command
+    line refused it. Refused before any weights load; the default value is harmless anywhere."""
+    from confiner_core.diffusers_backend.families.base import Context
+    from confiner_core.diffusers_backend.families.registry import check_image_mode, inspect_all
+
+    roles = {"control": paths["ad"], "spatial": paths["sd"], "temporal": paths["t2v"]}
+    for mode, message in (("pixel_frames", r"image_mode='pixel_frames' applies to a Wan or Qwen-Image spatial "
+                                           r"expert .*: drop the option"),
+                          ("pixels", r"image_mode='pixels': choose one of")):
+        with pytest.raises(ValueError, match=message):
+            load_experts(**roles, options={"image_mode": mode})
+    context = Context(options={"image_mode": "latent_frames"})
+    check_image_mode(context, inspect_all(roles, context))
+
+
 def test_scheduler_overrides_replace_the_animatediff_default(paths):
     # the SD base carries scaled_linear; a motion module on it gets linear unless told otherwise
     kept = load_experts(control=paths["mm_diffusers"], spatial=paths["sd"],

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ...experts import Expert, ExpertPair
-from ...latent_spaces import Codec, to_uint8
+from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
 from . import files
@@ -32,7 +32,7 @@ from .qwen_image import QwenImage
 from .sd15 import SD15
 from .sdxl import SDXL
 from .wan import OPTIONS as FAMILY_OPTIONS
-from .wan import Wan
+from .wan import Wan, option_for
 
 #: every family, in detection order (add a family here)
 FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage(), Flux()]
@@ -257,6 +257,21 @@ def default_dtype(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
 
 
+def check_image_mode(context: Context, inspections: dict) -> None:
+    """The ``image_mode`` option is read by a Wan or Qwen-Image spatial expert alone (its facts hold the mode):
+    given for any other spatial expert, or with a value no family takes, it would be ignored, so it is refused."""
+    mode = option_for(context, "image_mode", "spatial")
+    if mode is None:
+        return
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"options: image_mode={mode!r}: choose one of {IMAGE_MODES}")
+    spatial = inspections.get("spatial")
+    if mode != LATENT_FRAMES and (spatial is None or spatial.facts.get("image_mode") is None):
+        raise ValueError(f"options: image_mode={mode!r} applies to a Wan or Qwen-Image spatial expert (an image model "
+                         f"on Wan's video latents); the spatial expert "
+                         f"{spatial.path if spatial is not None else '(none)'} is not one: drop the option")
+
+
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
@@ -290,6 +305,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         "motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     inspections = inspect_all(paths, context)
+    check_image_mode(context, inspections)
     experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
                for role in ROLES}
     codec = attach_codecs({r: e for r, e in experts.items() if e is not None}, inspections, context)
