@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads), a directory of PNG/JPG frames, or a "
                                  "generate output folder (its video.mp4 is read)")
     e.add_argument("--junctions", type=int, nargs="*", default=None,
-                   help="frame indices where segments meet, for the seam score (e.g. 16 32 48)")
+                   help="frame indices where segments meet, for the seam score (e.g. 16 32 48); by default a "
+                        "ConFiner-Long output folder's own, from its report.json (with a seam score per kind)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -208,7 +209,14 @@ def evaluate_command(a: argparse.Namespace) -> int:
             raise ValueError(f"{video!r} is a generate output's contact sheet, one image of a few frames side by side: "
                              f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)
-        scores = metrics.strict_scores(metrics.evaluate(frames, junctions=a.junctions))
+        plan = plan_of(folder) if a.junctions is None else None   # a long run's own junctions, from its report
+        junctions = a.junctions if plan is None else sorted(set(plan["window_junctions"]) |
+                                                            set(plan["structure_junctions"]))
+        scores = metrics.evaluate(frames, junctions=junctions)
+        if plan is not None:
+            scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(frames), plan["window_junctions"],
+                                                      plan["structure_junctions"]))
+        scores = metrics.strict_scores(scores)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None
     if a.json:
@@ -218,6 +226,20 @@ def evaluate_command(a: argparse.Namespace) -> int:
         for k, v in scores.items():
             print(f"{k:>22}  {v:.4f}" if v is not None else f"{k:>22}  n/a ({undefined[k]})")
     return 0
+
+
+def plan_of(folder: str) -> dict | None:
+    """The segment plan a ConFiner-Long run wrote to ``folder``'s report.json (its junctions), else None."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
+            plan = json.load(f).get("segment_plan")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(plan, dict) and all(isinstance(plan.get(k), list) for k in ("window_junctions",
+                                                                              "structure_junctions"))
+    return plan if ok else None
 
 
 def request_from_args(a: argparse.Namespace):

@@ -400,3 +400,23 @@ def test_generate_leaves_the_request_as_it_was(tmp_path):
     assert (flow["frames"], flow["chain"]["te"]) == (17, 250)
     with pytest.raises(UsageError, match=r"^generate\(\) takes a GenerateRequest .*got dict"):
         generate({"frames": 16})
+
+
+def test_evaluate_reads_a_long_runs_junctions_from_its_report(tmp_path, capsys):
+    """`evaluate OUT` of a ConFiner-Long output gave no seam score unless --junctions was typed: the report holds
+    them. Given, --junctions still wins."""
+    out = tmp_path / "long"
+    assert main(["generate", "--frames", "40", "--height", "64", "--width", "64", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    plan = json.loads((out / "report.json").read_text())["segment_plan"]
+    assert main(["evaluate", str(out), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert all(scores[k] is not None for k in ("seam_score", "seam_score_windows", "seam_score_structures"))
+    from confiner_core import metrics
+
+    frames = metrics.read_video(str(out / "video.mp4"))
+    every = sorted(set(plan["window_junctions"]) | set(plan["structure_junctions"]))
+    assert scores["seam_score"] == pytest.approx(metrics.seam_score(frames, every))
+    assert main(["evaluate", str(out), "--json", "--junctions", "8"]) == 0
+    typed = json.loads(capsys.readouterr().out)
+    assert typed["seam_score"] == pytest.approx(metrics.seam_score(frames, [8])) and "seam_score_windows" not in typed
