@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -83,4 +85,10 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
     @classmethod
     def execute(cls, latent, seed, method, segment_length, stride) -> io.NodeOutput:
         noise = RescheduledNoise(seed, method, segment_length, stride)
+        samples = latent["samples"]
+        frames = samples.shape[0] if samples.ndim == 4 else samples.shape[2]   # [F,C,h,w] or [B,C,T,h,w]
+        if segment_length >= frames:   # one segment of base noise: nothing rescheduled (the node has no text)
+            logging.warning("ConFiner Noise Rescheduler: segment latent frames = %d covers the latent's %d frames, so "
+                            "the noise is one segment of base noise and nothing is rescheduled; use fewer segment "
+                            "latent frames (a Wan latent frame holds 4 video frames)", segment_length, frames)
         return io.NodeOutput(noise, {"samples": noise.generate_noise(latent)})

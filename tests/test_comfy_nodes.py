@@ -465,3 +465,11 @@ def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy
                 node_type
     result = comfy_worker.run_workflow(cpu_sized(old, comfy_worker), fresh_cache=True)
     assert result["success"], result.get("error") or result["status_messages"]
+
+
+def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker):
+    """Its default 16 segment latent frames on a 9-latent-frame Wan clip made one segment of base noise, silently
+    (the node has no text of its own: the console says it)."""
+    (warning,) = comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_warnings", 9, 16)
+    assert "segment latent frames = 16 covers the latent's 9 frames" in warning and "nothing is rescheduled" in warning
+    assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_warnings", 32, 16) == []

@@ -506,3 +506,21 @@ def half_precision_latents_are_read(ckpt_name: str) -> dict:
         noise = host.noise_in(model, {"samples": samples})
         out[str(dtype)] = [str(x.dtype), str(noise.dtype), list(x.shape)]
     return out
+
+
+def noise_rescheduler_warnings(frames: int, segment_length: int) -> list:
+    """The Noise Rescheduler on an SD latent of ``frames`` frames: the warnings it logs."""
+    import logging
+
+    import torch
+
+    node = _pack_module(".nodes.noise_rescheduler").ConFinerNoiseRescheduler
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        node.execute({"samples": torch.zeros(frames, 4, 8, 8)}, 0, "shuffle", segment_length, 2)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return [r for r in records if "Noise Rescheduler" in r]
