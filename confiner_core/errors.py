@@ -88,9 +88,9 @@ def interrupts_held():
     """Ctrl-C held back while the block runs and raised again when it ends, for the handler in place before
     (Python's raises KeyboardInterrupt there). For imports of third-party libraries: an interrupt inside one left
     numpy half-imported (an AttributeError later), aborted the process from torch's C++ (pybind11's ``terminate
-    called``) or printed a traceback, in 6 of 40 tries in the first seconds of a run. A Python-level handler runs in the main thread
-    whichever thread the signal reached, so it only notes the key press. Off the main thread, or where the handler
-    in place was set outside Python, the block runs as it is."""
+    called``) or printed a traceback, in 6 of 40 tries in the first seconds of a run. A Python-level handler runs
+    in the main thread whichever thread the signal reached, so it only notes the key press. Off the main thread, or
+    where the handler in place was set outside Python, the block runs as it is."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
