@@ -381,7 +381,7 @@ def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, mon
     monkeypatch.setattr(tool, "thumbnail", lambda *a, **k: None)
     for render in tool.RENDERERS.values():
         render(str(tmp_path))
-    assert len(commands) == 8                                # basic, three modes, long, wan, two bridges
+    assert len(commands) == 9                                # basic, three modes, two long, wan, two bridges
 
 
 def test_generate_leaves_the_request_as_it_was(tmp_path):
