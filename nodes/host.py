@@ -561,8 +561,11 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
     samples = comfy.sample.fix_empty_latent_channels(model, raw)
     layout = layout_of(model)
     if samples.ndim != (5 if layout == L.VIDEO else 4):
-        want = "[B, C, T, h, w]" if layout == L.VIDEO else "[F, C, h, w] (one frame per batch entry)"
-        raise ValueError(f"{what} has shape {tuple(samples.shape)} but this model expects {want}; "
+        want = ("a video latent [B, C, T, h, w] (e.g. Empty HunyuanVideo Latent: its length is the frame count)"
+                if layout == L.VIDEO else
+                "an image-batch latent [F, C, h, w] (Empty Latent Image: its batch size is the frame count)")
+        name = type(getattr(model.model, "model_config", model.model)).__name__
+        raise ValueError(f"{what} has shape {tuple(samples.shape)}, but {name} takes {want}; "
                          f"connect a latent made for this model family")
     samples = samples.float()   # a half-precision LATENT (a saved one, another pack's) is read as float32
     L.check_latent(samples, layout, model.get_model_object("latent_format").latent_channels, what)

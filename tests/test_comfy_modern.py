@@ -429,6 +429,16 @@ def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluati
                                           "Empty HunyuanVideo Latent", "length 17"])
 
 
+def test_a_video_latent_into_an_sd_control_expert_names_the_latent_it_takes(comfy_worker, modern):
+    """Wan's video latent into an SD 1.5 Control Expert was told "this model expects [F, C, h, w] (one frame per
+    batch entry)": tensor notation an artist cannot act on. The message names the latent node to use."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["9"]["inputs"].update(model=["20", 0], positive=["21", 0], negative=["21", 0])
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "a Wan latent into SD 1.5",
+                                         ["control latent has shape", "but SD15 takes an image-batch latent",
+                                          "Empty Latent Image: its batch size is the frame count"])
+
+
 def test_a_wan_prompt_into_the_flux_spatial_expert_is_refused_before_any_evaluation(comfy_worker, modern):
     """Flux reads its text width off its own txt_in layer; the message names Flux's text encoder loader."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
