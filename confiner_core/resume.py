@@ -127,9 +127,10 @@ class ResumeStore:
                 owner = json.load(f)
         except (OSError, ValueError):
             return None
-        pid = owner.get("pid") if isinstance(owner, dict) else None
-        if os.name != "posix" or owner.get("host") != socket.gethostname() or not isinstance(pid, int) \
-                or pid == os.getpid():
+        if not isinstance(owner, dict) or os.name != "posix":
+            return None
+        pid = owner.get("pid")
+        if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
             return None
         try:
             os.kill(pid, 0)   # signal 0: is it alive (no signal is sent)
