@@ -210,6 +210,8 @@ def evaluate_command(a: argparse.Namespace) -> int:
                              f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)
         plan = plan_of(folder) if a.junctions is None else None   # a long run's own junctions, from its report
+        if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
+            plan = None
         junctions = a.junctions if plan is None else sorted(set(plan["window_junctions"]) |
                                                             set(plan["structure_junctions"]))
         scores = metrics.evaluate(frames, junctions=junctions)
