@@ -147,6 +147,11 @@ WAN21 = LatentSpace(
 #: the named spaces of fixed statistics (Wan 2.2's come with each VAE's config)
 KNOWN_SPACES = (SD15, SDXL, FLUX, WAN21)
 
+#: frames per second of the videos the video models of a space make (by space name): AnimateDiff's and ModelScope's
+#: 16-frame clips of 2 s in SD 1.5's space, Wan 2.1's and 2.2 A14B's 81 frames of 5 s, TI2V-5B's 121 frames of 5 s in
+#: the Wan 2.2 VAE's. The model families read it (``Family.fps``), and the Long Video node for its seconds keys.
+VIDEO_FPS = {"sd15": 8.0, "wan2.1": 16.0, "wan2.2": 24.0}
+
 
 def wan22_space(latents_mean: Sequence[float], latents_std: Sequence[float]) -> LatentSpace:
     """Wan 2.2 TI2V-5B: 48 channels, 16x spatial (8x VAE after a 2x2 patchify), causal 4x temporal."""

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, refining_denoiser, validate_refinement,
                                    warned_already)
 from ..confiner_core.experts import EvaluationLog
+from ..confiner_core.latent_spaces import VIDEO_FPS
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   layout_only_entries, moved_schedule, plan_segments, render_applied_schedule,
                                   structure_centre, unused_entries, window_centre)
@@ -68,6 +69,18 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
     lines = [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
     lines += [f"warning: prompt only lays out a structure: {p}" for _, _, p in layout_only_entries(plan, schedule)]
     return [line if len(line) <= host.LINE_WIDTH else line[:host.LINE_WIDTH - 1] + "…" for line in lines]
+
+
+def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
+    """Seconds keys counted at an ``fps`` other than the rate of the control model's videos (the widget defaults to
+    8, AnimateDiff's; Wan makes 16): an artist's "1s:" then started at half a second of a 16 fps save. A warning and
+    its one-line note (no warning: None), for :meth:`~.host.Progress.warn`."""
+    native = VIDEO_FPS.get(space.name)
+    if native is None or native == fps or not any(e.key.endswith("s") for e in schedule.entries):
+        return None, ""
+    return (f"the segment prompts' seconds keys count at fps {fps:g}, but {space.name} video models make {native:g} "
+            f"frames a second: set fps on ConFiner Long Video to your save node's rate"), \
+        f"warning: seconds at fps {fps:g}; {space.name} video is {native:g} fps"
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -225,6 +238,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  prompt_now if prompts is not None and prompts.travels else None,
                                  opening=True if prompts is None else node_schedule_text(prompts, plan))
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
+            progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))
         progress.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
         progress.warn_frames_alone({"control": control_model,

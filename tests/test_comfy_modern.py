@@ -658,6 +658,10 @@ def test_seconds_keys_in_segment_prompts_count_at_the_fps_input(comfy_worker, mo
     prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 1s: a grey fox", clip=["3", 0])
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)                  # 1 s at 8 fps: frame 8 of 9
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
+    # the widget's 8 is not Wan's rate: said on the node from the start (an artist's '1s:' fell at half a second)
+    assert texts and all("warning: seconds at fps 8; wan2.1 video is 16 fps" in t.split("\n") for t in texts), \
+        texts[:2]
     prompt["14"]["inputs"]["fps"] = 16.0
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert not r["success"] and r["evaluations"] == 0

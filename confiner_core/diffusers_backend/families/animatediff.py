@@ -28,6 +28,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from safetensors.torch import load_file
 
 from ... import schedules as S
+from ...latent_spaces import VIDEO_FPS
 from ..experts import MotionExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
@@ -166,7 +167,7 @@ def check_motion_adapter(who: str, adapter_config: dict, unet_config: dict, base
 class AnimateDiff(Family):
     name = "animatediff"
     label = "AnimateDiff (pipeline, MotionAdapter or motion module)"
-    fps = 8.0   # 16-frame clips of 2 s (AnimateDiff-Evolved's and Video Helper Suite's default frame rate)
+    fps = VIDEO_FPS["sd15"]   # (AnimateDiff-Evolved's and Video Helper Suite's default frame rate too)
     kinds = {ANIMATEDIFF_FOLDER: "a diffusers AnimateDiff pipeline folder",
              MOTION_FOLDER: "a diffusers MotionAdapter folder (put on the SD base)",
              MOTION_FILE: "an AnimateDiff motion-module .safetensors, original or diffusers key layout (put on the "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from diffusers import UNet3DConditionModel
 
+from ...latent_spaces import VIDEO_FPS
 from ..experts import UNet3DExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
@@ -22,7 +23,7 @@ T2V_FOLDER = "t2v-folder"
 class ModelScope(Family):
     name = "modelscope"
     label = "ModelScope T2V"
-    fps = 8.0   # 16-frame clips of 2 s, as AnimateDiff's
+    fps = VIDEO_FPS["sd15"]
     kinds = {T2V_FOLDER: "a diffusers ModelScope text-to-video pipeline folder (UNet3DConditionModel)"}
     roles = ("control", "temporal")
 

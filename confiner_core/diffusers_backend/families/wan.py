@@ -32,7 +32,8 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ... import layout as L
 from ...experts import Expert, ExpertPair
-from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, PIXEL_FRAMES, WAN21, Codec, LatentSpace, per_frame, wan22_space
+from ...latent_spaces import (IMAGE_MODES, LATENT_FRAMES, PIXEL_FRAMES, VIDEO_FPS, WAN21, Codec, LatentSpace,
+                              per_frame, wan22_space)
 from ...sampling import host_to_device
 from ...schedules import NoiseSchedule, flow_schedule
 from ..experts import _repeat_rows, placement
@@ -47,8 +48,8 @@ from .base import ROLES, Context, Family, Inspection
 DEFAULT_SHIFT = 5.0
 #: frames per second of the videos Wan makes: 81 frames are 5 s (Wan 2.1, Wan 2.2 A14B); the TI2V-5B release
 #: (the 48-channel Wan 2.2 VAE) makes 121 frames of 5 s
-FPS = 16.0
-FPS_TI2V_5B = 24.0
+FPS = VIDEO_FPS[WAN21.name]
+FPS_TI2V_5B = VIDEO_FPS["wan2.2"]
 #: ``WanPipeline.__call__`` default ``max_sequence_length``: UMT5 embeddings are padded to this many tokens
 MAX_SEQUENCE_LENGTH = 512
 
