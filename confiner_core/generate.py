@@ -671,20 +671,21 @@ def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
 
 @contextlib.contextmanager
 def loading_bars(shown: bool):
-    """diffusers' own progress bars while experts load (a single file's "Loading pipeline components"), off with
-    ``--quiet`` as the run's bar is."""
-    if shown or importlib.util.find_spec("diffusers") is None:
-        yield
-        return
-    from diffusers.utils import logging as diffusers_logging
-
-    was = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
+    """diffusers' and transformers' own progress bars while experts load (a single file's "Loading pipeline
+    components", a text encoder's "Loading weights"), off with ``--quiet`` (``show_progress=False``) as the run's bar
+    is; each library's setting is put back after."""
+    libraries = [] if shown else [name for name in ("diffusers", "transformers") if importlib.util.find_spec(name)]
+    switched = []
     try:
+        for name in libraries:
+            logging_ = importlib.import_module(f"{name}.utils.logging")
+            if logging_.is_progress_bar_enabled():
+                logging_.disable_progress_bar()
+                switched.append(logging_)
         yield
     finally:
-        if was:
-            diffusers_logging.enable_progress_bar()
+        for logging_ in switched:
+            logging_.enable_progress_bar()
 
 
 def load_backend(req: GenerateRequest) -> Backend:

@@ -348,6 +348,30 @@ def test_image_mode_is_refused_where_no_spatial_expert_reads_it(paths):
     check_image_mode(context, inspect_all(roles, context))
 
 
+def test_a_quiet_run_shows_no_loading_bars_and_leaves_the_libraries_settings(paths, tmp_path, capfd):
+    """generate(show_progress=False) still printed transformers' "Loading weights" bars (3 a run): the command
+    line's --quiet hid them through environment variables only."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from confiner_core.generate import GenerateRequest, generate
+
+    libraries = (diffusers_logging, transformers_logging)
+    was = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in libraries:   # as a fresh process has them (an in-process --quiet run elsewhere may have set them off)
+        lib.enable_progress_bar()
+    try:
+        generate(GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
+                                 frames=8, height=64, width=64, prompt="a cat", out=str(tmp_path / "q")),
+                 show_progress=False)
+        err = capfd.readouterr().err
+        assert "Loading" not in err and "%|" not in err, err[-500:]
+        assert all(lib.is_progress_bar_enabled() for lib in libraries)   # put back
+    finally:
+        for lib, on in zip(libraries, was):
+            lib.enable_progress_bar() if on else lib.disable_progress_bar()
+
+
 def test_scheduler_overrides_replace_the_animatediff_default(paths):
     # the SD base carries scaled_linear; a motion module on it gets linear unless told otherwise
     kept = load_experts(control=paths["mm_diffusers"], spatial=paths["sd"],
