@@ -94,6 +94,9 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True)
     the clip length temporal experts are trained on). Window junctions fall mid-structure, where the control expert
     already made the content continuous. Not staggered: window w is structure w alone.
     In both cases every output frame comes from exactly one window."""
+    for name, value in (("frames", frames), ("segment_length", segment_length)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"plan_segments: {name} must be an integer, got {value!r}")
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if segment_length < 2:

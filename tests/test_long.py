@@ -427,3 +427,10 @@ def test_color_anchor_matches_the_junction_frames_and_is_opt_in():
     assert torch.equal(runs[False][0], runs[True][0])  # the first window is the reference
     for prev, cur in zip(runs[True], runs[True][1:]):
         assert torch.allclose(channel_statistics(cur[:, :, :2])[0], channel_statistics(prev[:, :, -2:])[0], atol=1e-5)
+
+
+def test_plan_segments_names_a_count_of_the_wrong_type():
+    """plan_segments("40", 16) and plan_segments(40, 16.0) raised Python's own TypeError from a comparison."""
+    for frames, segment, name in (("40", 16, "frames"), (40, 16.0, "segment_length"), (True, 16, "frames")):
+        with pytest.raises(TypeError, match=f"^plan_segments: {name} must be an integer, got "):
+            plan_segments(frames, segment)
