@@ -387,8 +387,8 @@ class GenerateRequest:
         """Frame counts and sizes every expert's latent space holds; the defaults for --frames and
         --segment-length (the experts' natural clip) are set here."""
         spaces = self.spaces()
-        if self.fps is None:
-            self.fps = video_fps(self._inspections)
+        if self.fps is None:   # a resumed run keeps the rate it started with (a default that has changed since)
+            self.fps = (self.stored_setting("fps") if self.resume else None) or video_fps(self._inspections)
         natural = natural_frames(spaces.values())
         if self.frames is None:
             self.frames = natural
@@ -533,6 +533,15 @@ class GenerateRequest:
         if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:
             raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
                              f"{schedules['control'].num_timesteps} timesteps", "--control-steps")
+
+    def stored_setting(self, name: str):
+        """The value of setting ``name`` the interrupted run in ``out`` stored, else None."""
+        from .resume import ResumeStore
+
+        try:
+            return ResumeStore(self.out, {}).info().get("settings", {}).get(name)
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def resume_store(self):
         """The resume folder of ``out``, for this run's settings (named by their options in its messages)."""

@@ -225,6 +225,28 @@ def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_d
     assert main(["generate", "--out", str(part), "--resume", *args]) == 0
 
 
+def test_a_resumed_run_keeps_the_frame_rate_it_started_with(tmp_path, monkeypatch, capsys):
+    """The frame rate's default comes from the experts since 2026-12-05 (a Wan run's was 8, now 16): a run
+    interrupted under another default resumes without --fps (it was refused as "other settings"), at its own rate;
+    an --fps given is compared as every setting is."""
+    args = ["--quiet", *LONG]
+    real = _interrupt_at(monkeypatch, 29)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    path = part / RESUME_FOLDER / "state.json"
+    state = json.loads(path.read_text())
+    assert state["settings"]["fps"] == 8.0
+    state["settings"]["fps"] = 12.0   # as a run made under another default stored it
+    path.write_text(json.dumps(state))
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--fps", "8", *args])
+    assert e.value.code == 2 and "(--fps: 12.0 -> 8.0)" in capsys.readouterr().err
+    assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+    assert json.loads((part / "report.json").read_text())["settings"]["fps"] == 12.0
+
+
 def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 3)
     out = tmp_path / "new"
