@@ -198,6 +198,18 @@ def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeyp
     assert b["vae_calls"] == {"refine": a["vae_calls"]["refine"] + 1} and a["vae_calls"]["refine"] > 10
 
 
+def _interrupted_state(tmp_path, monkeypatch, args: list) -> tuple:
+    """A long run of ``args`` interrupted at evaluation 29 into tmp_path/part: the folder, its state.json's path and
+    the state read from it (to edit as another version would have written it)."""
+    real = _interrupt_at(monkeypatch, 29)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    path = part / RESUME_FOLDER / "state.json"
+    return part, path, json.loads(path.read_text())
+
+
 def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_default(tmp_path, monkeypatch):
     """A setting added later (``image_mode``, this version's) is absent from a state an earlier version stored: at
     the value those runs were made with the run resumes (it was refused as "other settings"); at another, refused."""
@@ -207,13 +219,7 @@ def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_d
     from confiner_core.resume import ResumeStore
 
     args = ["--quiet", *LONG]
-    real = _interrupt_at(monkeypatch, 29)
-    part = tmp_path / "part"
-    with pytest.raises(SystemExit):
-        main(["generate", "--out", str(part), *args])
-    monkeypatch.setattr(EvaluationLog, "record", real)
-    path = part / RESUME_FOLDER / "state.json"
-    state = json.loads(path.read_text())
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
     for name in ADDED_SETTINGS:   # as an earlier version wrote it
         del state["settings"][name]
     path.write_text(json.dumps(state))
@@ -230,13 +236,7 @@ def test_a_resumed_run_keeps_the_frame_rate_it_started_with(tmp_path, monkeypatc
     interrupted under another default resumes without --fps (it was refused as "other settings"), at its own rate;
     an --fps given is compared as every setting is."""
     args = ["--quiet", *LONG]
-    real = _interrupt_at(monkeypatch, 29)
-    part = tmp_path / "part"
-    with pytest.raises(SystemExit):
-        main(["generate", "--out", str(part), *args])
-    monkeypatch.setattr(EvaluationLog, "record", real)
-    path = part / RESUME_FOLDER / "state.json"
-    state = json.loads(path.read_text())
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
     assert state["settings"]["fps"] == 8.0
     state["settings"]["fps"] = 12.0   # as a run made under another default stored it
     path.write_text(json.dumps(state))
