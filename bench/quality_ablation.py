@@ -87,8 +87,8 @@ def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
                   torch.Generator().manual_seed(seed),
                   lambda x, w: chunks.append(frames_of(x, refiner)[:plan.window_frames(w)]))
     video = np.concatenate(chunks)
-    scores = metrics.evaluate(video, junctions=plan.junctions)
-    # each kind of junction alone: without staggering they coincide; with it a window junction lies inside a
+    scores = metrics.evaluate(video)
+    # every junction, and each kind alone: without staggering they coincide; with it a window junction lies inside a
     # structure (two refinement passes meet) and a structure junction inside a window (two structures, refined as one)
     scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(video), plan.window_junctions,
                                               plan.structure_junctions))

@@ -212,10 +212,8 @@ def evaluate_command(a: argparse.Namespace) -> int:
         plan = plan_of(folder) if a.junctions is None else None   # a long run's own junctions, from its report
         if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
             plan = None
-        junctions = a.junctions if plan is None else sorted(set(plan["window_junctions"]) |
-                                                            set(plan["structure_junctions"]))
-        scores = metrics.evaluate(frames, junctions=junctions)
-        if plan is not None:
+        scores = metrics.evaluate(frames, junctions=a.junctions)
+        if plan is not None:   # every junction and each kind (seam_score over both, as evaluate() would give it)
             scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(frames), plan["window_junctions"],
                                                       plan["structure_junctions"]))
         scores = metrics.strict_scores(scores)

@@ -49,11 +49,11 @@ from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .embedded.world import DEFAULT_PROMPT
-from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, LatentSpace, to_uint8
+from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, LatentSpace, to_uint8
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
-DEFAULT_FPS = 8.0          # the output's frame rate where no expert gives one (the embedded experts' 16-frame clips
-                           # of 2 s, as AnimateDiff's)
+DEFAULT_FPS = VIDEO_FPS["sd15"]   # the output's frame rate where no expert gives one (the embedded experts' 16-frame
+                                  # clips of 2 s, as AnimateDiff's)
 NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
                            # spaces (Wan: 4k+1) round it up to the next count they hold
 MIN_SIZE = 64

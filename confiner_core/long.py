@@ -405,7 +405,7 @@ def window_centre(window: Window) -> int:
 def window_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
     """Per window, the index of the schedule entry it is refined with: the one in force at its centre
     (:func:`window_centre`)."""
-    return [max(i for i, e in enumerate(schedule.entries) if e.start <= window_centre(w)) for w in plan.windows]
+    return [schedule.index_at(window_centre(w)) for w in plan.windows]
 
 
 def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSchedule:
@@ -426,8 +426,7 @@ def applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> PromptSched
 def structure_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
     """Per structure, the index of the schedule entry its control stage is given: the one in force at its centre
     (:func:`structure_centre`)."""
-    return [max(i for i, e in enumerate(schedule.entries) if e.start <= structure_centre(plan, s))
-            for s in range(plan.structures)]
+    return [schedule.index_at(structure_centre(plan, s)) for s in range(plan.structures)]
 
 
 def given_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:

@@ -75,13 +75,13 @@ class PromptSchedule:
     def first(self) -> str:
         return self.entries[0].prompt
 
+    def index_at(self, frame: int) -> int:
+        """The index of the entry in force at output frame ``frame`` (frames past the end keep the last one)."""
+        return max((i for i, e in enumerate(self.entries) if e.start <= frame), default=0)
+
     def at(self, frame: int) -> str:
         """The prompt in force at output frame ``frame`` (frames past the end keep the last prompt)."""
-        prompt = self.entries[0].prompt
-        for entry in self.entries:
-            if entry.start <= frame:
-                prompt = entry.prompt
-        return prompt
+        return self.entries[self.index_at(frame)].prompt
 
     def ranges(self) -> list[tuple[int, int, str]]:
         """(first frame, end frame exclusive, prompt) per entry."""

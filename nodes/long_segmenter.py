@@ -23,7 +23,7 @@ from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
 
-PROMPT_FPS = 8.0  # the fps input's default: the SD 1.5 / AnimateDiff templates' video rate (Wan's is 16)
+PROMPT_FPS = VIDEO_FPS["sd15"]  # the fps input's default: the SD 1.5 / AnimateDiff templates' video rate
 
 
 def segment_schedule(text: str, frames: int, fps: float):

@@ -46,10 +46,6 @@ from .base import ROLES, Context, Family, Inspection
 #: (``generate.py`` sample_shift 5.0; TI2V-5B and I2V-A14B 5.0). ComfyUI gives every Wan model 8.0, diffusers'
 #: docstring 5.0 for 720p and 3.0 for 480p, and T2V-A14B's own config 12.0.
 DEFAULT_SHIFT = 5.0
-#: frames per second of the videos Wan makes: 81 frames are 5 s (Wan 2.1, Wan 2.2 A14B); the TI2V-5B release
-#: (the 48-channel Wan 2.2 VAE) makes 121 frames of 5 s
-FPS = VIDEO_FPS[WAN21.name]
-FPS_TI2V_5B = VIDEO_FPS["wan2.2"]
 #: ``WanPipeline.__call__`` default ``max_sequence_length``: UMT5 embeddings are padded to this many tokens
 MAX_SEQUENCE_LENGTH = 512
 
@@ -405,7 +401,7 @@ class Wan(Family):
              WAN_UNSUPPORTED: "a diffusers Wan image-to-video / VACE / animation folder, which ConFiner does not "
                               "use (its Wan experts are text-to-video: use a WanPipeline folder)"}
     roles = ROLES
-    fps = FPS
+    fps = VIDEO_FPS[WAN21.name]   # Wan 2.1 and 2.2 A14B; a release of another VAE's space (TI2V-5B) has its own
 
     def roles_for(self, kind: str) -> tuple[str, ...]:
         return ROLES if kind == WAN_FOLDER else ()
@@ -450,8 +446,8 @@ class Wan(Family):
         facts = {"index": index, "transformer": transformer, "transformer_2": transformer_2, "text_encoder": text,
                  "scheduler": scheduler, "vae": vae, "shift": shift, "boundary": boundary, "image_mode": mode,
                  "video_space": video_space, "expand_timesteps": bool(index.get("expand_timesteps"))}
-        if video_space.name == "wan2.2":   # the TI2V-5B release
-            facts["fps"] = FPS_TI2V_5B
+        if video_space.name in VIDEO_FPS:   # the TI2V-5B release: 24 in the Wan 2.2 VAE's space
+            facts["fps"] = VIDEO_FPS[video_space.name]
         return Inspection(self, kind, role, path, space, has_vae, facts,
                           patch=int((transformer.get("patch_size") or (1, 2, 2))[1]))
 
