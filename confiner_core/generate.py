@@ -210,6 +210,8 @@ def lookup(obj, path: str):
 #: fields added after the resume folders' FORMAT 2, with the value that reproduces the runs made before them: a run
 #: interrupted by an earlier version (which stored no such setting) resumes while they are at it (ResumeStore)
 ADDED_SETTINGS = {"image_mode": LATENT_FRAMES}
+#: fields whose None means the loaded experts' own default (refine_guidance): a resume compares the scales used
+SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg")
 
 
 @dataclass
@@ -547,7 +549,7 @@ class GenerateRequest:
         """The resume folder of ``out``, for this run's settings (named by their options in its messages)."""
         from .resume import ResumeStore
 
-        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF)
+        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF, SETTLED_BY_EXPERTS)
 
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
@@ -855,6 +857,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         # process's interruption or loss; any other failure would recur on resume, so its state goes.
         keep = store is not None and store.exists() and (isinstance(e, OSError) or
                                                           (failure is not None and failure.resumable))
+        if req.resume and isinstance(e, UsageError):   # refused before a window ran: the state waits for its rerun
+            raise
         if store is not None and not keep:
             store.clear()
         if failure is None:
@@ -891,6 +895,9 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
             raise too_many_frames(e, plan is not None) from None
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if store is not None:   # the guidance the experts are given, against the interrupted run's on --resume
+            store.settle({f"the {role} expert's cfg": scale for role, scale in refine_guidance(backend, req).items()},
+                         req.resume)
 
     if plan is not None:
         ranks.agree(check_experts)   # every process that shares the work stops on the same UsageError

@@ -53,14 +53,19 @@ class ResumeStore:
     """The resume folder of one output folder; ``settings`` identify the run (every setting that changes the
     result, JSON-serialisable)."""
 
-    def __init__(self, out: str, settings: dict, added: dict | None = None, names: dict | None = None):
+    def __init__(self, out: str, settings: dict, added: dict | None = None, names: dict | None = None,
+                 settled_later: tuple[str, ...] = ()):
         """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
         made before it: a state stored without one was made with that value. ``names``: how messages name a
-        setting (its flattened key, e.g. ``long.gamma``, by default)."""
+        setting (its flattened key, e.g. ``long.gamma``, by default). ``settled_later``: settings whose None means
+        a default only the loaded experts know (a guidance scale): :meth:`check` compares them where both runs
+        gave one, :meth:`settle` compares the values the experts were given."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.settings = flatten(json.loads(json.dumps(settings, default=str)))
         self.added = flatten(added or {})
         self.names = names or {}
+        self.settled_later = settled_later
+        self.settled: dict = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -84,14 +89,37 @@ class ResumeStore:
                              f"{info.get('format')}); delete it and start over", "--resume")
         stored = {**self.added, **info.get("settings", {})}
         name = lambda k: self.names.get(k, k)  # noqa: E731
-        changed = [f"{name(k)}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items() if stored.get(k) != v]
+        later = lambda k, v: k in self.settled_later and None in (v, stored.get(k))  # noqa: E731
+        changed = [f"{name(k)}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items()
+                   if stored.get(k) != v and not later(k, v)]
         changed += [f"{name(k)}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
+        self._refuse_changes(changed)
+        self._check_files(info)
+        return info
+
+    def settle(self, values: dict, resuming: bool) -> None:
+        """The values the loaded experts settled ``settled_later``'s settings to (e.g. ``{"cfg": {"spatial":
+        7.5}}``): kept with the state, and for a resumed run compared with the interrupted run's, so that a
+        default given explicitly (``--cfg 7.5`` where the run had left it out) resumes and a changed one does not.
+        A state kept before these values were (none stored) is compared as :meth:`check` would have."""
+        self.settled = flatten(json.loads(json.dumps(values)))
+        if not resuming:
+            return
+        info = self.info()
+        if "settled" in info:
+            stored = info["settled"]
+            changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settled.items() if stored.get(k) != v]
+        else:
+            stored = info.get("settings", {})
+            changed = [f"{self.names.get(k, k)}: {stored.get(k)!r} -> {self.settings.get(k)!r}"
+                       for k in self.settled_later if stored.get(k) != self.settings.get(k)]
+        self._refuse_changes(changed)
+
+    def _refuse_changes(self, changed: list[str]) -> None:
         if changed:
             raise UsageError(f"--resume: the interrupted run in {self.folder} used other settings ("
                              f"{'; '.join(changed)}); resume with its settings, or delete the folder to start over",
                              "--resume")
-        self._check_files(info)
-        return info
 
     def _check_files(self, info: dict) -> None:
         """Every file the state names (its tensors, each finished window's latent) is there and readable, so that
@@ -161,7 +189,8 @@ class ResumeStore:
         name = f"state-{state.next_window:05d}.safetensors"  # a new name each time: state.json moves in one step
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
-                **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings}
+                **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
+                "settled": self.settled}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:

@@ -23,7 +23,14 @@ from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
 
-PROMPT_FPS = VIDEO_FPS["sd15"]  # the fps input's default: the SD 1.5 / AnimateDiff templates' video rate
+AUTO_FPS = 0.0   # the fps input's default: the control model's video rate (prompt_fps)
+SLOWEST_FPS = min(VIDEO_FPS.values())   # an automatic rate before the model is known: no key falls later than at it
+
+
+def prompt_fps(fps: float, space) -> float:
+    """The rate the segment prompts' seconds keys count at: ``fps`` as set, or (0, automatic) the rate of the
+    control model's videos (:data:`~confiner_core.latent_spaces.VIDEO_FPS`: Wan 2.1 16, AnimateDiff 8)."""
+    return fps or VIDEO_FPS.get(space.name, SLOWEST_FPS)
 
 
 def segment_schedule(text: str, frames: int, fps: float):
@@ -31,19 +38,20 @@ def segment_schedule(text: str, frames: int, fps: float):
     return parse_prompt(text, frames, fps, option="segment prompts (segment_prompts)")
 
 
-def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | None = PROMPT_FPS) -> str | None:
+def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | None = AUTO_FPS) -> str | None:
     """A per-segment prompt schedule that cannot be parsed, or has entries past the last frame (which a run would
-    silently ignore). Linked values (None) are checked when the node runs."""
+    silently ignore). Linked values (None) are checked when the node runs, and seconds keys at the automatic rate
+    as far as the slowest rate shows (the run checks them at the model's)."""
     if not text or not text.strip() or frames is None or fps is None:
         return None
     try:
-        segment_schedule(text, frames, fps)
+        segment_schedule(text, frames, fps or SLOWEST_FPS)
     except ValueError as e:
         return str(e)
     return None
 
 
-def resolved_schedule_text(text: str | None, frames: int, plan=None, fps: float = PROMPT_FPS) -> str | None:
+def resolved_schedule_text(text: str | None, frames: int, plan, fps: float) -> str | None:
     """The resolved schedule (frame ranges -> prompt) for the console, and with the segment ``plan``, where its
     windows move a change, the schedule as applied."""
     if not text or not text.strip():
@@ -72,9 +80,9 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
-    """Seconds keys counted at an ``fps`` other than the rate of the control model's videos (the widget defaults to
-    8, AnimateDiff's; Wan makes 16): an artist's "1s:" then started at half a second of a 16 fps save. A warning and
-    its one-line note (no warning: None), for :meth:`~.host.Progress.warn`."""
+    """Seconds keys counted at an ``fps`` set to other than the rate of the control model's videos (a workflow saved
+    when the widget's default was 8, AnimateDiff's, on Wan, which makes 16): an artist's "1s:" then started at half a
+    second of a 16 fps save. A warning and its one-line note (no warning: None), for :meth:`~.host.Progress.warn`."""
     native = VIDEO_FPS.get(space.name)
     if native is None or native == fps or not any(e.key.endswith("s") for e in schedule.entries):
         return None, ""
@@ -150,17 +158,18 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 *low_noise_inputs("control_", "control", 1.0),
                 # last: a workflow saved before it existed keeps its widget values in place
                 # optional: API-format prompts written before it existed lack it
-                advanced(io.Float.Input("fps", default=PROMPT_FPS, min=1.0, max=240.0, step=1.0, optional=True,
+                advanced(io.Float.Input("fps", default=AUTO_FPS, min=0.0, max=240.0, step=1.0, optional=True,
                                         tooltip="Only for seconds keys ('2.5s:') in segment prompts: the frame rate "
-                                                "they count at. Set your save node's: 8 for AnimateDiff, 16 for "
-                                                "Wan.")),
+                                                "they count at. 0: the control model's video rate (16 for Wan 2.1, "
+                                                "24 for Wan 2.2 5B, 8 for AnimateDiff); set your save node's rate "
+                                                "if it differs.")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_prompts=None, fps=PROMPT_FPS):
+    def validate_inputs(cls, frames, segment_prompts=None, fps=AUTO_FPS):
         return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
             or True
 
@@ -171,7 +180,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 freenoise_stride, gamma, staggered, segment_prompts="", clip=None, control_spacing="trailing",
                 control_eta=0.0, structure_noise="spatial", coherence_memory="unguided", control_vae=None,
                 control_low_noise_model=None, control_low_noise_cfg=1.0, control_boundary=0.875,
-                fps=PROMPT_FPS) -> io.NodeOutput:
+                fps=AUTO_FPS) -> io.NodeOutput:
         check_widgets(cls, segment_length=segment_length, seed=seed, control_steps=control_steps,
                       control_cfg=control_cfg, control_sampler=control_sampler, te=te, refine_steps=refine_steps,
                       mode=mode, matching=matching, noise_init=noise_init, freenoise_stride=freenoise_stride,
@@ -182,6 +191,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             host.check_video_role(video_model, "control")
         problem = refine_problem(te, refine_steps)
         space = host.space_of(control_model)
+        fps = prompt_fps(fps, space)
         if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
             fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
             problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "

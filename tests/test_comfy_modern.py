@@ -651,21 +651,21 @@ def test_a_segment_prompt_the_video_never_shows_is_warned_at_the_top_of_the_long
     assert last[1].startswith("done · ") and "not used" not in "\n".join(last[2:]), last
 
 
-def test_seconds_keys_in_segment_prompts_count_at_the_fps_input(comfy_worker, modern):
+def test_seconds_keys_in_segment_prompts_count_at_the_models_rate_or_the_fps_input(comfy_worker, modern):
     """Seconds keys counted at a fixed 8 fps, while the Wan templates save at 16: '1s:' began at frame 8, half a
-    second into the saved video. The Long Video's fps input sets the rate (default 8, the SD templates')."""
+    second into the saved video. The Long Video's fps input: 0 (its default) counts at the control model's video
+    rate, Wan's 16; a rate set is used, and where it is not the model's, said on the node."""
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
     prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 1s: a grey fox", clip=["3", 0])
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0   # the default: Wan's 16 fps
+    assert "starts at frame 16 (1s at 16 fps), beyond the video's 9 frames" in _message(r), _message(r)
+    prompt["14"]["inputs"]["fps"] = 8.0   # as a workflow saved when the widget's default was 8
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)                  # 1 s at 8 fps: frame 8 of 9
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
-    # the widget's 8 is not Wan's rate: said on the node from the start (an artist's '1s:' fell at half a second)
     assert texts and all("warning: seconds at fps 8; wan2.1 video is 16 fps" in t.split("\n") for t in texts), \
         texts[:2]
-    prompt["14"]["inputs"]["fps"] = 16.0
-    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
-    assert not r["success"] and r["evaluations"] == 0
-    assert "starts at frame 16 (1s at 16 fps), beyond the video's 9 frames" in _message(r), _message(r)
 
 
 def test_a_negative_of_another_family_runs_at_cfg_1_where_comfyui_never_evaluates_it(comfy_worker, modern):
@@ -734,13 +734,14 @@ def test_modern_template_runs_headless_with_tiny_models(comfy_worker, modern, na
 
 def test_the_wan_long_video_template_runs_headless_with_tiny_models(comfy_worker, modern):
     """The Wan ConFiner-Long template (an artist built it by hand and met the SD defaults: segment 16, 128 frames,
-    T_e 100, fps 8): Wan lengths, T_e 250, and seconds keys at the save node's 16 fps. Run CPU-sized: 17 frames in
-    segments of 9, 2 control and 2 refinement steps, the prompt travelling at 0.5 s (frame 8)."""
+    T_e 100, fps 8): Wan lengths, T_e 250, and seconds keys at the model's rate (fps 0), the save node's 16 fps. Run
+    CPU-sized: 17 frames in segments of 9, 2 control and 2 refinement steps, the prompt travelling at 0.5 s (frame
+    8)."""
     workflow = json.loads((EXAMPLES / "confiner_long_wan21.json").read_text())
     long = next(n for n in workflow["nodes"] if n["type"] == "ConFinerLongSegmenter")
     values = long["widgets_values"]
     (save,) = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
-    assert (values[0], values[1], values[7], values[-1], save["widgets_values"][1]) == (161, 33, 250, 16.0, 16.0)
+    assert (values[0], values[1], values[7], values[-1], save["widgets_values"][1]) == (161, 33, 250, 0.0, 16.0)
     assert "| 5s: " in values[15]
     values[0], values[1], values[4], values[8] = 17, 9, 2, REFINE_STEPS
     values[15] = "0: a red fox runs | 0.5s: a grey fox runs"
@@ -749,7 +750,7 @@ def test_the_wan_long_video_template_runs_headless_with_tiny_models(comfy_worker
     assert r["success"], r.get("error") or r.get("validation_error")
     assert len(_saved(r)) == 1
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == str(long["id"])]
-    # 0.5 s is frame 8 at the template's 16 fps (4 at 8), applied at the window junction after it
+    # 0.5 s is frame 8 at Wan 2.1's 16 fps (4 at 8), applied at the window junction after it
     assert "prompts as applied (see console):\n0-8: a red fox runs\n9-16: a grey fox runs" in texts[0], texts[0]
 
 

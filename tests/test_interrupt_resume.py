@@ -247,6 +247,29 @@ def test_a_resumed_run_keeps_the_frame_rate_it_started_with(tmp_path, monkeypatc
     assert json.loads((part / "report.json").read_text())["settings"]["fps"] == 12.0
 
 
+def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_given(tmp_path, monkeypatch, capsys):
+    """A run that left --cfg to the experts' default resumes with that default given explicitly (it was refused as
+    "refine_cfg: None -> 1.0"), and is refused with another scale, named as the expert's cfg; a state kept before
+    the scales were stored compares the options as given."""
+    args = ["--quiet", *LONG]
+    assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
+    assert state["settled"] == {"the spatial expert's cfg": 1.0, "the temporal expert's cfg": 1.0}  # their default
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--spatial-cfg", "2", *args])
+    assert e.value.code == 2
+    assert "used other settings (the spatial expert's cfg: 1.0 -> 2.0)" in capsys.readouterr().err
+    del state["settled"]   # as the version before wrote it
+    path.write_text(json.dumps(state))
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--cfg", "1", *args])
+    assert e.value.code == 2 and "(--cfg: None -> 1.0)" in capsys.readouterr().err
+    state["settled"] = {"the spatial expert's cfg": 1.0, "the temporal expert's cfg": 1.0}
+    path.write_text(json.dumps(state))
+    assert main(["generate", "--out", str(part), "--resume", "--cfg", "1", *args]) == 0
+    assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
 def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 3)
     out = tmp_path / "new"

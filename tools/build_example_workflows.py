@@ -613,14 +613,14 @@ def compare_modes():
 
 
 def long_video_node(g, frames: int, segment_length: int, control_steps: int, control_cfg: float, te: int,
-                    segment_prompts: str, fps: float, links: dict):
+                    segment_prompts: str, links: dict):
     """The ConFiner Long Video node in its group (``links``: input -> (node, output)): all three strategies, 5
-    coordinated steps, a fixed seed."""
+    coordinated steps, a fixed seed, seconds keys at the control model's video rate (fps 0)."""
     g.group("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [frames, segment_length, 0, "fixed", control_steps, control_cfg, "euler", te, 5, "coordinated",
                   "same_index", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
-                  0.875, fps],
+                  0.875, 0.0],
                  None)
     for name, (node, out) in links.items():
         g.link(node, out, seg, name)
@@ -642,7 +642,7 @@ def long_video():
     g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
     seg = long_video_node(g, 128, 16, 4, 1.0, 100, "0: a corgi running on a sunny beach, golden hour | 64: a corgi "
-                          "running through deep snow, winter", 8.0,
+                          "running through deep snow, winter",
                           dict(control_model=(control, "MODEL"), control_positive=(pos, "CONDITIONING"),
                                control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
                                latent=(empty, "LATENT"), clip=(ckpt, "CLIP")))
@@ -859,13 +859,14 @@ def long_wan21():
         "(control; spatial at one frame, each latent frame an image; temporal), with consistency initialization, "
         "coherence guidance (gamma 0.1) and staggered refinement from T_e = 250 (sigma 0.25, a flow model's "
         "default). The prompt travels from the beach to the snow at 5 s: seconds keys count at the node's *fps*, "
-        "16 as the save node's. One text encoder serves every expert, so the segment prompts need one CLIP; with an "
+        "0 for the control model's rate (Wan's 16, as the save node's). One text encoder serves every expert, so the segment prompts need one CLIP; with an "
         "image model of another text encoder as the spatial expert (Qwen-Image, FLUX.1) leave them empty.",
         ["**segment prompts** on ConFiner Long Video (`0: prompt | 5s: prompt from 5 s`), or Positive/Negative when "
          "segment prompts is empty.",
          "**frames** (4k+1: 161, 321) and **segment length** (4k+1: 33, 81) on ConFiner Long Video; the latent sets "
          "only the frame size (width and height multiples of 16; Wan 2.1 1.3B is made for 832x480).",
-         "**fps** on ConFiner Long Video and on the save node together (Wan makes 16).",
+         "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate) only if the "
+         "save node's differs.",
          "The seed on ConFiner Long Video.",
          "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
          "control model use 4 steps, cfg 1."],
@@ -883,7 +884,7 @@ def long_wan21():
     experts = refine_experts(g, [5.0, 5.0, "latent frames", 5.0, 0.875],
                              bundle_links(wan, (pos, neg), wan, (pos, neg)))
     seg = long_video_node(g, 161, 33, 8, 5.0, 250, "0: a corgi running on a sunny beach, golden hour | 5s: a corgi "
-                          "running through deep snow, winter", WAN_FPS,
+                          "running through deep snow, winter",
                           dict(control_model=(wan, "MODEL"), control_positive=(pos, "CONDITIONING"),
                                control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
                                latent=(size, "LATENT"), clip=(umt5, "CLIP"), control_vae=(vae, "VAE")))
