@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from . import refine as R
-from .errors import NonFiniteError
+from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
 from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
@@ -45,10 +45,6 @@ STRUCTURE_NOISES = (SPATIAL, CONTROL)
 # Refinement timesteps: the paper's uniform intervals from T_e (default), or one of diffusers' spacings over [0, T_e].
 UNIFORM = "uniform"
 REFINE_SPACINGS = (UNIFORM, *SPACINGS)
-
-
-class ConFinerWarning(UserWarning):
-    """A valid but doubtful setting (e.g. outside what the paper found to work)."""
 
 
 @contextlib.contextmanager
@@ -318,16 +314,15 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
-        warnings.warn(message, ConFinerWarning, stacklevel=2)
+        warn_doubtful(message)
     for message in (same_index_warning(spatial, temporal, config),
                     control_noise_warning(spatial, temporal, config, control.schedule)):
         if message:
-            warnings.warn(message, ConFinerWarning, stacklevel=2)
+            warn_doubtful(message)
     for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
-        warnings.warn(message, ConFinerWarning, stacklevel=2)
+        warn_doubtful(message)
     for name in unused_settings(config):
-        warnings.warn(f"{name}={getattr(config, name)!r} {UNUSED_BECAUSE[name](config)}, so it changes nothing",
-                      ConFinerWarning, stacklevel=2)
+        warn_doubtful(f"{name}={getattr(config, name)!r} {UNUSED_BECAUSE[name](config)}, so it changes nothing")
 
 
 #: setting -> why a config leaves it unread (:func:`unused_settings`)

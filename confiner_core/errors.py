@@ -13,14 +13,35 @@ them by type.
 * :class:`RankFailed` -- in a run over several processes, another process failed; this one stopped (exit code 1,
   or 130 when that process was interrupted).
 
+A valid but doubtful setting is no error: :func:`warn_doubtful` gives a :class:`ConFinerWarning` at the caller's
+line (the command line prints it as one line).
+
 :func:`interrupts_held` keeps Ctrl-C out of third-party imports, so that it always arrives as a KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import warnings
 from contextlib import contextmanager
+
+PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class ConFinerWarning(UserWarning):
+    """A valid but doubtful setting (e.g. outside what the paper found to work)."""
+
+
+def warn_doubtful(message: str) -> None:
+    """A :class:`ConFinerWarning`, attributed to the first line outside this package that led to it (a script's
+    ``generate(...)`` or ``run_chain(...)`` call), however deep in the library the setting was checked."""
+    frame, level = sys._getframe(1), 2   # stacklevel 2: this function's caller
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ConFinerWarning, stacklevel=level)
 
 
 def one_line(e: BaseException) -> str:

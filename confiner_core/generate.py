@@ -24,7 +24,6 @@ import numbers
 import os
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -33,10 +32,10 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
-                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, ConFinerWarning, TooManyFrames, clean_end_problem,
+                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
                     validate_chain, warned_already)
-from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held
+from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
@@ -368,13 +367,11 @@ class GenerateRequest:
                              f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
         self._validate_resume()
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
-            warnings.warn(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
-                                  "samples); give --prompt \"...\" to describe the video"), ConFinerWarning,
-                          stacklevel=3)
+            warn_doubtful(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
+                                  "samples); give --prompt \"...\" to describe the video"))
         if self.speed == "max" and not str(self.device).startswith("cuda"):   # a run that goes ahead, said once
-            warnings.warn(spelled(f"--speed 'max' adds CUDA graphs to 'fast', and {self.device} has none: this run "
-                                  "is 'fast' (its compile takes minutes on the first run)"), ConFinerWarning,
-                          stacklevel=3)
+            warn_doubtful(spelled(f"--speed 'max' adds CUDA graphs to 'fast', and {self.device} has none: this run "
+                                  "is 'fast' (its compile takes minutes on the first run)"))
 
     def spaces(self) -> dict[str, LatentSpace]:
         """role -> latent space of each expert, known without loading weights (the embedded preset's experts, or
@@ -745,9 +742,8 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
                          if "temporal" in cfg else None)
     if req.negative_prompt.strip() and not any(d.expert.uses_negative(d.guidance_scale)
                                                for d in bound.values() if d is not None):
-        warnings.warn(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
-                              "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"),
-                      ConFinerWarning, stacklevel=2)
+        warn_doubtful(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
+                              "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"))
     return bound
 
 
@@ -822,7 +818,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     if announce is None and lead and plan is not None and schedule.travels:   # a script: as a warning
         unused = unused_entries_text(plan, schedule)
         if unused:
-            warnings.warn(unused.removeprefix("warning: "), ConFinerWarning, stacklevel=3)
+            warn_doubtful(unused.removeprefix("warning: "))
     log = EvaluationLog()
     store = None
     if plan is not None:

@@ -297,6 +297,26 @@ def test_table3_setting_warns_but_runs(tmp_path):
         run(tmp_path, "te200", "--te", "200")
 
 
+def test_a_doubtful_setting_is_warned_at_the_scripts_own_line(tmp_path):
+    """A script's warnings point at its generate() call, wherever the library checked the setting (they named a
+    line of generate.py or chain.py, which a warnings filter by module or a traceback reader cannot use)."""
+    import inspect
+    import warnings
+
+    from confiner_core.chain import ChainConfig, ConFinerWarning
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(frames=8, height=64, width=64, out=str(tmp_path / "out"), chain=ChainConfig(te=300),
+                              negative_prompt="blurry")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        generate(request, show_progress=False)
+    said = [(w.filename, w.lineno, str(w.message)[:30]) for w in caught if w.category is ConFinerWarning]
+    # Table 3 (found by chain.validate_chain), a negative prompt no expert reads at cfg 1 (by generate.bind_experts)
+    assert len(said) == 2 and all((file, at) == (__file__, line) for file, at, _ in said), said
+
+
 def test_network_forwards_are_one_per_network_call(tmp_path):
     """The embedded experts evaluate each conditioning separately: with refinement cfg != 1 every refinement
     evaluation makes two calls, the cfg-1 control stage one."""
