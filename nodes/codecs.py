@@ -12,6 +12,8 @@ Image VAEs (SD, SDXL, Flux) code every frame alone, batched; video VAEs (Wan) co
 
 :class:`VAEShelf` gives each expert a VAE: its own input if connected, else any connected VAE of the same latent
 space (one VAE serves every expert of its space), so a graph whose experts share one space needs one VAE wire.
+Each VAE call is said on the node's text (:meth:`VAEShelf.reporting_to`): a Wan VAE's pass over a clip takes seconds
+to minutes, during which an evaluation's step count would stand still.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def vae_space_problem(vae, space: LatentSpace) -> str | None:
 class ComfyVAECodec(Codec):
     """A ComfyUI VAE as the codec of ``space`` (checked to match: channels and compression)."""
 
-    def __init__(self, vae, space: LatentSpace, who: str = "the VAE"):
+    def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None):
+        """``progress``: told of each call (:meth:`~.host.Progress.coding`), None for none."""
         super().__init__()
         problem = vae_space_problem(vae, space)
         if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
@@ -54,11 +57,16 @@ class ComfyVAECodec(Codec):
         if problem:
             raise ValueError(f"{who} is {problem}: connect that expert's own VAE (its checkpoint loader's VAE output, "
                              f"or its family's VAE file)")
-        self.vae, self.space, self.who = vae, space, who
+        self.vae, self.space, self.who, self.progress = vae, space, who, progress
         self.pixel_channels = 3
         self.video = getattr(vae, "latent_dim", 2) == 3
 
+    def _said(self, action: str, frames: int) -> None:
+        if self.progress is not None:
+            self.progress.coding(action, frames, self.who.replace("_vae", " VAE"))
+
     def encode_raw(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._said("encoding", pixels.shape[0] * pixels.shape[2])
         images = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         b = images.shape[0]
         if self.video:   # each clip of the batch is one causal video: [F, H, W, 3] -> [1, C, T, h, w]
@@ -69,6 +77,7 @@ class ComfyVAECodec(Codec):
         return raw.to(pixels.device, pixels.dtype)
 
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        self._said("decoding", raw.shape[0] * self.space.pixel_frames(raw.shape[2]))
         if self.video:   # [B, C, T, h, w] -> [B, F, H, W, 3]
             images = self.vae.decode(raw)
             images = images.reshape(raw.shape[0], -1, *images.shape[-3:])
@@ -85,6 +94,12 @@ class VAEShelf:
 
     def __init__(self):
         self.entries: list = []   # (input label, vae, space or None)
+        self.progress = None
+
+    def reporting_to(self, progress) -> "VAEShelf":
+        """The codecs this shelf gives say each VAE call on ``progress`` (a :class:`~.host.Progress`, or None)."""
+        self.progress = progress
+        return self
 
     def add(self, label: str, vae, space: LatentSpace | None = None) -> "VAEShelf":
         if vae is not None:
@@ -102,11 +117,11 @@ class VAEShelf:
         None when there is none."""
         for label, vae, _ in self.entries:
             if label == own:
-                return ComfyVAECodec(vae, space, label)
+                return ComfyVAECodec(vae, space, label, self.progress)
         for label, vae, where in self.entries:
             if where == space:
-                return ComfyVAECodec(vae, space, label)
+                return ComfyVAECodec(vae, space, label, self.progress)
         for label, vae, where in self.entries:
             if where is None and vae_space_problem(vae, space) is None:
-                return ComfyVAECodec(vae, space, label)
+                return ComfyVAECodec(vae, space, label, self.progress)
         return None

@@ -103,7 +103,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         """The refine experts and the structure's source as core denoisers, each with the codec the bridge needs
         (its own VAE input, or another of its latent space): the control model when connected (not evaluated),
         else the structure's space (``structure_space``; before the structure exists: the refining expert's)."""
-        vaes = experts.shelf().add("control_vae", control_vae,
+        vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae,
                                    host.space_of(control_model) if control_model is not None else None)
         spatial, temporal = experts.bind(seed, log, progress=progress, vaes=vaes)
         if control_model is not None:

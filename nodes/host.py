@@ -755,6 +755,13 @@ class Progress:
         self.show(f"{where}{STAGE_OF_ROLE.get(expert.name, expert.name)} · {expert.label}\n"
                   f"step {step + 1}/{steps} · evaluation {self.done}/{self.total}" + (f"\n{detail}" if detail else ""))
 
+    def coding(self, action: str, frames: int, vae: str) -> None:
+        """A VAE call between the experts (the bridge between latent spaces, pixel frames for an image expert, a long
+        video's joins), said in place of the step: with a Wan VAE it takes seconds to minutes, while the step stood
+        still."""
+        self.show(f"between experts · {action} {frames} frames\nwith the {vae} · after evaluation "
+                  f"{self.done}/{self.total}")
+
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
         show_text(self.node_id, "\n".join([*self.warnings, text]))

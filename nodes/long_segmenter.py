@@ -256,7 +256,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         log = EvaluationLog()
-        vaes = experts.shelf().add("control_vae", control_vae, host.space_of(control_model))
+        vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
                             clip, progress, vaes=vaes, vae_input="control_vae",
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,

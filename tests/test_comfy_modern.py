@@ -518,6 +518,13 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
     assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame
+    # each VAE call is said on the node in place of the step, which stood still meanwhile (seconds to minutes for a
+    # Wan VAE): the structure's decode with the Wan VAE first (connected as temporal_vae, or spatial_vae for Qwen)
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    said = [t.split("\n")[-2:] for t in texts if "between experts · " in t]
+    assert len(said) == 2 + 4 * REFINE_STEPS, texts
+    assert said[0] == ["between experts · decoding 5 frames", f"with the {'temporal' if spatial == 'sd' else 'spatial'} "
+                       f"VAE · after evaluation 0/{3 * REFINE_STEPS}"], said[0]
 
 
 # (case, graph change, words the message must contain)
