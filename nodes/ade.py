@@ -6,6 +6,8 @@ imported. ADE keeps its settings on the MODEL (ModelPatcher): motion models as a
   frame count they cannot make is refused before any evaluation;
 * :func:`warn_ignored_noise` -- ADE's Sample Settings noise types act on noise ADE draws itself; ConFiner draws its
   own, so they would be silently ignored: say so once per run and point to the ConFiner Noise Rescheduler;
+* :func:`motion_model_problems` -- a motion model in the other role than the one it was made for (AnimateDiff-Lightning
+  as the temporal expert at cfg 7.5, v3 as the 4-step control expert): both run, so the video is bad without a word;
 * :func:`stage_log` -- every ConFiner evaluation is a sampling call, and ADE logs two INFO lines per sampling call;
   inside a ConFiner stage each distinct line is shown once, as for one sampling run.
 """
@@ -72,6 +74,51 @@ def warn_ignored_noise(models: dict) -> list[str]:
     for w in warnings:
         log.warning(w)
     return warnings
+
+
+#: marks of motion models distilled for a few steps at cfg about 1, in the names they are published under
+#: (animatediff_lightning_4step_comfyui.safetensors, AnimateLCM_sd15_t2v.ckpt)
+FEW_STEP_MARKS = ("lightning", "lcm")
+FEW_STEPS = 8       # at most this many control steps is a few-step structure (the paper: 4 or 8)
+DISTILLED_CFG = 2.0  # above it, a few-step model's guidance burns (they are distilled for cfg 1; AnimateLCM 1-2)
+
+
+def motion_model_names(model) -> list[str]:
+    """The file names of the motion models ADE applied to ``model`` (its ``mm_info.mm_name``)."""
+    infos = (getattr(getattr(m, "model", None), "mm_info", None) for m in motion_models(model))
+    return [name for info in infos if isinstance(name := getattr(info, "mm_name", None), str)]
+
+
+def few_step(name: str) -> bool:
+    return any(mark in name.lower() for mark in FEW_STEP_MARKS)
+
+
+def motion_model_problems(control_model=None, control_steps: int | None = None, temporal_model=None,
+                          temporal_cfg: float | None = None) -> list[tuple[str, str]]:
+    """Motion models in the role the other one is made for, as (console warning, one-line note) pairs: an undistilled
+    one sampling the control stage's few steps (its structure stays a blur), a few-step one refining at a cfg it
+    burns at; both at once as the swapped pair they likely are. Names ADE did not record say nothing."""
+    slow = [n for n in motion_model_names(control_model) if not few_step(n)] \
+        if control_model is not None and control_steps is not None and control_steps <= FEW_STEPS else []
+    fast = [n for n in motion_model_names(temporal_model) if few_step(n)] \
+        if temporal_model is not None and temporal_cfg is not None and temporal_cfg > DISTILLED_CFG else []
+    if slow and fast:
+        return [(f"the control expert's motion model '{slow[0]}' is not distilled for few steps and the temporal "
+                 f"expert's '{fast[0]}' is: the two motion model loaders look swapped (the control expert samples "
+                 f"{control_steps} steps, the temporal one refines at cfg {temporal_cfg:g}); swap the files",
+                 "warning: motion models look swapped (console)")]
+    problems = []
+    if slow:
+        problems.append((f"the control expert's motion model '{slow[0]}' is not distilled for few steps "
+                         f"(AnimateDiff-Lightning, AnimateLCM) and samples {control_steps}: its structure stays "
+                         f"blurred; load a few-step motion model for the control expert, or give it 20 steps or more",
+                         "warning: control motion model not few-step (console)"))
+    if fast:
+        problems.append((f"the temporal expert's motion model '{fast[0]}' is distilled for a few steps at cfg 1 and "
+                         f"refines at cfg {temporal_cfg:g}, where its colours burn: load an undistilled motion model "
+                         f"(e.g. AnimateDiff v3) for the temporal expert, or set its cfg to 1",
+                         "warning: temporal motion model is few-step (console)"))
+    return problems
 
 
 class _OncePerStage(logging.Filter):

@@ -65,6 +65,7 @@ class ConFinerControlExpert(io.ComfyNode):
         progress = host.Progress(model, steps, host.node_id(cls))
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
+        progress.warn_motion_models(control_model=model, control_steps=steps)
         control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
                                                        "model"))

@@ -141,6 +141,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
+        if mode != STANDARD:
+            progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), te, spatial, temporal, mode)

@@ -707,6 +707,11 @@ class Progress:
             if noise_type:
                 self.note(f"warning: ADE noise_type '{noise_type}' not used (console)")
 
+    def warn_motion_models(self, **roles) -> None:
+        """Motion models in each other's roles (:func:`~.ade.motion_model_problems`; ``roles``: its arguments)."""
+        for warning, note in ade.motion_model_problems(**roles):
+            self.warn(warning, note)
+
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
         self.warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))

@@ -255,6 +255,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
+        progress.warn_motion_models(control_model=control_model, control_steps=control_steps,
+                                    **(dict(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
+                                       if mode != STANDARD else {}))
         log = EvaluationLog()
         vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

@@ -206,6 +206,29 @@ def test_a_clip_above_the_motion_models_frame_limit_names_the_widget_that_sets_i
     assert "use ConFiner Long Video" not in message or graph == "chain"
 
 
+@pytest.mark.parametrize("graph, names, temporal_cfg, said", [
+    # AnimateDiff v3 sampling the control stage's 2 steps: on the control stage's node (the Long Video's)
+    ("chain", ["mm_sd15_v3.safetensors"], 2.0, {"5": "warning: control motion model not few-step (console)"}),
+    ("long", ["mm_sd15_v3.safetensors"], 2.0, {"10": "warning: control motion model not few-step (console)"}),
+    # AnimateDiff-Lightning refining at cfg 7.5: on the refining node
+    ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 7.5,
+     {"7": "warning: temporal motion model is few-step (console)"}),
+    # each in its role, or a few-step one refining at cfg 2 (AnimateLCM's range): nothing said
+    ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 2.0, {}),
+    ("long", ["AnimateLCM_sd15_t2v.ckpt"], 2.0, {}),
+])
+def test_a_motion_model_in_the_other_ones_role_is_said_on_its_node(comfy_worker, graph, names, temporal_cfg, said):
+    """Lightning as the temporal expert, v3 as the 4-step control expert: both run, so the video was bad without a
+    word. Read off ADE's record of the files it loaded (``mm_info.mm_name``)."""
+    prompt = GRAPHS[graph](comfy_worker.checkpoint_name)
+    prompt["6"]["inputs"]["temporal_cfg"] = temporal_cfg
+    r = comfy_worker.call("comfy_support.confiner_checks:run_with_motion_model_names", prompt, names)
+    assert r["success"], r.get("error")
+    warned = {node: line for node, text in r["texts"].items() for line in text.split("\n")
+              if "motion model" in line}
+    assert warned == said, r["texts"]
+
+
 def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):
     for name, graph in GRAPHS.items():
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", graph(comfy_worker.checkpoint_name))

@@ -78,3 +78,35 @@ def test_ade_info_lines_show_once_per_stage_and_run():
 @pytest.mark.parametrize("noise_type", [None, "default"])
 def test_default_noise_is_not_warned(noise_type):
     assert ade.warn_ignored_noise({"control": FakePatcher(noise_type=noise_type)}) == []
+
+
+def _with_motion_models(*names):
+    """A MODEL with ADE motion models loaded from files of these names (ADE keeps them as ``mm_info.mm_name``)."""
+    model = FakePatcher()
+    model.additional_models = {"ADE": [SimpleNamespace(model=SimpleNamespace(mm_info=SimpleNamespace(mm_name=n)))
+                                       for n in names]}
+    return model
+
+
+def test_motion_models_in_each_others_roles_are_named_with_the_fix():
+    v3, lightning = _with_motion_models("mm_sd15_v3.safetensors"), \
+        _with_motion_models("animatediff_lightning_4step_comfyui.safetensors")
+    assert ade.motion_model_names(lightning) == ["animatediff_lightning_4step_comfyui.safetensors"]
+    assert ade.motion_model_names(SimpleNamespace()) == []   # a MODEL ADE never touched
+    # the basic template with its two loaders swapped: one message, naming both files
+    (swapped,) = ade.motion_model_problems(v3, 4, lightning, 7.5)
+    assert "'mm_sd15_v3.safetensors' is not distilled for few steps" in swapped[0]
+    assert "'animatediff_lightning_4step_comfyui.safetensors' is" in swapped[0] and "swap the files" in swapped[0]
+    assert swapped[1] == "warning: motion models look swapped (console)"
+    # one of them alone
+    assert [n for _, n in ade.motion_model_problems(v3, 4, v3, 7.5)] == [
+        "warning: control motion model not few-step (console)"]
+    assert [n for _, n in ade.motion_model_problems(lightning, 4, lightning, 7.5)] == [
+        "warning: temporal motion model is few-step (console)"]
+    # each in its role; v3 given a full structure's steps; Lightning refining at cfg 1
+    assert ade.motion_model_problems(lightning, 4, v3, 7.5) == []
+    assert ade.motion_model_problems(v3, 25, lightning, 1.0) == []
+    assert ade.motion_model_problems(_with_motion_models("AnimateLCM_sd15_t2v.ckpt"), 8) == []
+    assert ade.motion_model_problems(FakePatcher(), 4, FakePatcher(), 7.5) == []   # no names recorded: nothing
+    assert all(len(note) <= 60 for _, note in ade.motion_model_problems(v3, 4, lightning, 7.5) +
+               ade.motion_model_problems(v3, 4, v3, 7.5) + ade.motion_model_problems(lightning, 4, lightning, 7.5))

@@ -279,7 +279,21 @@ def run_with_motion_frame_limit(api_prompt: dict, limit: int) -> dict:
         ade.motion_frame_limit = original
 
 
-def sessions_state() -> dict:
+def run_with_motion_model_names(api_prompt: dict, names: list) -> dict:
+    """:func:`run_counting_evaluations` with every model's ADE motion models named ``names`` (as ADE records the
+    files it loaded; AnimateDiff-Evolved is not loaded in these tests), and each node's last progress text."""
+    ade = _pack_module(".nodes.ade")
+    original = ade.motion_model_names
+    ade.motion_model_names = lambda model: list(names)
+    try:
+        r = run_counting_evaluations(api_prompt, fresh_cache=True)
+    finally:
+        ade.motion_model_names = original
+    texts = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
+    return {**r, "texts": texts}
+
+
+
     """What an ended stage must leave: no thread serving a session (the pack's session workers live on, idle, so
     their per-thread caches stay warm: they are named "ConFiner <role> expert session" only while they serve one),
     no model with a current patcher, ComfyUI's own sampling_function in place (AnimateDiff-Evolved swaps its own in
