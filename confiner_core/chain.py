@@ -217,8 +217,9 @@ def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str,
     ``control`` (Algorithm 1, line 4): the control expert's."""
     if structure_noise == CONTROL:
         if control_schedule is None:
-            raise ValueError("structure_noise 'control' (Algorithm 1, line 4) needs the control expert's schedule; "
-                             "connect the control model or use structure_noise 'spatial' (Eq. 6)")
+            raise ValueError("structure_noise 'control' noises the structure on the control expert's schedule, "
+                             "which is unknown here: connect the control model, or use structure_noise 'spatial' "
+                             "(the refining expert's, the default)")
         return control_schedule
     return refining_denoiser(spatial, temporal, mode).schedule
 

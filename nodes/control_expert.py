@@ -44,8 +44,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 *control_sampling_inputs(),
                 *low_noise_inputs("", "model", 1.0),
             ],
-            outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video V_0, for ConFiner Refine "
-                                                                        "Sampler.")],
+            outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video (layout and motion) for "
+                                                                        "ConFiner Refine Sampler's structure input.")],
             hidden=[io.Hidden.unique_id],
         )
 

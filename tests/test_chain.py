@@ -362,7 +362,7 @@ def test_structure_noise_control_needs_a_control_schedule():
 
     x0 = x0_star()
     s = OracleExpert(x0, S.named("sd15")).bind()
-    with pytest.raises(ValueError, match="needs the control expert's schedule"):
+    with pytest.raises(ValueError, match="on the control expert's schedule, which is unknown here"):
         validate_refinement(s, s, SHAPE, ChainConfig(structure_noise="control"))
     with pytest.raises(ValueError, match="structure_noise"):
         ChainConfig(structure_noise="temporal").validate()
