@@ -685,6 +685,7 @@ class Progress:
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.summary = ""              # how the run ended (:meth:`running`)
+        self.clip = ""                 # what the run makes, e.g. "13 frames", said after the opening and the summary
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
         # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
         # its own instead (the Long Video's prompt schedule), or with none.
@@ -777,8 +778,9 @@ class Progress:
         (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
+        clip = f" · {self.clip}" if self.clip else ""
         if self.opening:
-            self.show(self.opening)
+            self.show(self.opening + clip)
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
@@ -790,7 +792,7 @@ class Progress:
             e.confiner_text_shown = True
             raise
         self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'} in "
-                        f"{time.perf_counter() - start:.1f} s")
+                        f"{time.perf_counter() - start:.1f} s{clip}")
         self.show(self.summary)
 
 

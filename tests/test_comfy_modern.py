@@ -675,6 +675,22 @@ def test_seconds_keys_in_segment_prompts_count_at_the_models_rate_or_the_fps_inp
         texts[:2]
 
 
+def test_the_control_expert_says_how_many_frames_its_clip_holds(comfy_worker, modern):
+    """A Wan latent's length is 4k+1 frames: EmptyHunyuanLatentVideo's length 16 makes 13, which passed silently in a
+    single-clip graph. The Control Expert's text says the frames, from the start to "done"."""
+    prompt = wan_graph(comfy_worker.checkpoint_name)
+    prompt["8"]["inputs"]["length"] = 8   # 2 latent frames: 5 video frames
+    del prompt["11"], prompt["12"], prompt["13"]
+    prompt["12"] = {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["5", 0]}}
+    prompt["13"] = {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "frames"}}
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], _message(r)
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "9"]
+    assert texts[0] == "starting · 2 expert evaluations · 5 frames", texts
+    assert re.fullmatch(r"done · 2 expert evaluations in \d+\.\d s · 5 frames", texts[-1]), texts[-1]
+    assert len(_saved(r)) == 5
+
+
 def test_a_negative_of_another_family_runs_at_cfg_1_where_comfyui_never_evaluates_it(comfy_worker, modern):
     """At cfg 1 ComfyUI skips the negative prompt, so one left over from another family's template is no error."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")

@@ -293,7 +293,7 @@ def run_with_motion_model_names(api_prompt: dict, names: list) -> dict:
     return {**r, "texts": texts}
 
 
-
+def sessions_state() -> dict:
     """What an ended stage must leave: no thread serving a session (the pack's session workers live on, idle, so
     their per-thread caches stay warm: they are named "ConFiner <role> expert session" only while they serve one),
     no model with a current patcher, ComfyUI's own sampling_function in place (AnimateDiff-Evolved swaps its own in
