@@ -200,3 +200,26 @@ def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_di
     assert [r for r in ours if r[0] >= 400] == []
     for name in TEMPLATES:
         assert any(status == 200 and url.endswith(f"/{PACK}/{name}.jpg") for status, url in ours), name
+
+
+
+def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, screenshot_dir):
+    """The frontend gives a node's progress text two lines' room whatever it holds: under a preview, on a node added
+    by hand, the Long Video's applied prompts and a Refine Sampler's third line were cut. web/confiner.js asks room
+    for every line (up to ten), and the node grows to hold them."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from comfy_support import browser
+
+    server, b = frontend
+    png = base64.b64encode(cv2.imencode(".png", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()).decode()
+    text = ("warning: prompt not used: a blue ball\ndone · 61 expert evaluations in 12.8 s\nprompts as applied (see "
+            "console):\n0-8: a red fox runs\n9-16: a grey fox runs")
+    boxes = browser.fresh_nodes_show_text(b, ["ConFinerLongSegmenter", "ConFinerCoordinatedSampler",
+                                              "ConFinerControlExpert"], text, png)
+    b.page.screenshot(path=str(screenshot_dir / "fresh_nodes_text.png"))
+    assert all(box["preview"] for box in boxes.values()), boxes   # under a preview
+    assert {t: box["needed"] <= box["shown"] for t, box in boxes.items()} == dict.fromkeys(boxes, True), boxes

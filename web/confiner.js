@@ -4,6 +4,8 @@
 //   growable widgets: before a run the box took all of it (440 px on the template), then gave it up to the progress
 //   text and the live preview as they arrived (75 px), and every widget below it jumped up while an artist may have
 //   been about to click one. A fixed height (about ten lines) leaves the rest of the node to the text and preview.
+// * A run's progress text gets room for every line (textHeight): the frontend gave it two lines, and under a preview
+//   the rest was cut on a node added by hand.
 // * A run's progress text is not saved with the workflow. The frontend keeps it as a widget value, so a file written
 //   by one run carried the text of the run before it ("cancelled after evaluation 3/15" beside a finished video).
 //
@@ -23,6 +25,18 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+
+// The height a node's progress text needs at the node's width: its lines as the frontend wraps them, at most
+// TEXT.maxLines (its box scrolls above 200 px). The frontend gives the text 58 px (two lines) whatever it holds, so
+// under a preview the lines after the second were cut: the Long Video's applied prompts, a Refine Sampler's "output in
+// flux latents: decode with the spatial VAE" under a warning. The frontend's box: 12 px text on 16 px lines, 8 px
+// above and below, 16 px each side, in a widget 10 px in from the node's edges.
+const TEXT = { lineHeight: 16, vertical: 2 * 8 + 2 * 10, sides: 2 * 16 + 2 * 10, charWidth: 6.2, minLines: 2, maxLines: 10 };
+function textHeight(node, value) {
+  const perLine = Math.max(20, Math.floor((node.size[0] - TEXT.sides) / TEXT.charWidth));
+  const lines = String(value ?? "").split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0);
+  return TEXT.vertical + TEXT.lineHeight * Math.min(TEXT.maxLines, Math.max(TEXT.minLines, lines));
+}
 
 // Empties the progress text of every sampling node whose text matches ``pattern``.
 function clearTexts(pattern) {
@@ -47,7 +61,10 @@ app.registerExtension({
     if (!SAMPLING_NODES.has(node.comfyClass)) return;
     const addCustomWidget = node.addCustomWidget;
     node.addCustomWidget = function (widget, ...rest) {
-      if (widget?.name === PROGRESS_TEXT) widget.serialize = false;
+      if (widget?.name === PROGRESS_TEXT) {
+        widget.serialize = false;
+        if (widget.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
+      }
       return addCustomWidget.call(this, widget, ...rest);
     };
     if (node.comfyClass !== SCHEDULE_BOX.node) return;

@@ -295,6 +295,42 @@ def run_starts(browser: Browser, texts: dict, event: str = "execution_start") ->
     return browser.page.evaluate(RUN_STARTS_JS, [texts, event])
 
 
+# A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
+# the text's box needs (its scroll height) and the height it is shown at.
+FRESH_TEXT_JS = """async ([types, text, png]) => {
+  app.graph.clear();
+  const out = {};
+  let x = 80;
+  for (const type of types) {
+    const node = LiteGraph.createNode(type);
+    node.pos = [x, 10];
+    x += node.size[0] + 30;
+    app.graph.add(node);
+    window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+    await new Promise((r) => setTimeout(r, 300));
+    const img = new Image();
+    img.src = "data:image/png;base64," + png;
+    await new Promise((r) => { img.onload = r; });
+    node.imgs = [img];
+    node.setDirtyCanvas(true, true);
+    await new Promise((r) => setTimeout(r, 500));
+    app.canvas.draw(true, true);
+    const last = text.split("\\n").at(-1);
+    const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
+      .find((e) => (e.innerText || "").includes(last));
+    out[type] = {needed: box?.scrollHeight ?? null, shown: box?.clientHeight ?? null, preview: !!node.imgs?.length,
+                 size: Array.from(node.size)};
+  }
+  return out;
+}"""
+
+
+def fresh_nodes_show_text(browser: Browser, types: list, text: str, png_base64: str) -> dict:
+    """node type -> the height its progress text needs and is shown at, on a fresh node under a preview
+    (:data:`FRESH_TEXT_JS`)."""
+    return browser.page.evaluate(FRESH_TEXT_JS, [types, text, png_base64])
+
+
 def progress_arrives(browser: Browser, node_type: str, text: str, png_base64: str) -> dict:
     """Widget heights of the loaded graph's first ``node_type`` node before a run, once its progress text arrived,
     and once a preview arrived too (:data:`PROGRESS_ARRIVES_JS`)."""
