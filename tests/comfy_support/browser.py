@@ -247,8 +247,23 @@ LOAD_JS = """async ([workflow, name]) => {
 
 
 # A run's progress text and live preview arriving on a node, as the frontend receives them from the server (the
-# progress_text event; a preview image on node.imgs), and the heights of the node's widgets at each point.
-PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
+# progress_text event; a preview image on node.imgs): functions the scripts below begin with.
+ARRIVALS_JS = """
+  const sendText = async (node, text) => {
+    window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+    await new Promise((r) => setTimeout(r, 300));
+  };
+  const sendPreview = async (node, png) => {
+    const img = new Image();
+    img.src = "data:image/png;base64," + png;
+    await new Promise((r) => { img.onload = r; });
+    node.imgs = [img];
+    node.setDirtyCanvas(true, true);
+    await new Promise((r) => setTimeout(r, 300));
+  };"""
+
+# The heights of a node's widgets before a run, once its progress text arrived and once a preview did.
+PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {""" + ARRIVALS_JS + """
   const node = app.graph._nodes.find((n) => n.type === type);
   const heights = () => {
     app.canvas.draw(true, true);
@@ -256,15 +271,9 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {
   };
   const saved = () => node.serialize().widgets_values.length;
   const out = {size: Array.from(node.size), before: heights(), saved_before: saved()};
-  window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
-  await new Promise((r) => setTimeout(r, 300));
+  await sendText(node, text);
   out.text = heights();
-  const img = new Image();
-  img.src = "data:image/png;base64," + png;
-  await new Promise((r) => { img.onload = r; });
-  node.imgs = [img];
-  node.setDirtyCanvas(true, true);
-  await new Promise((r) => setTimeout(r, 300));
+  await sendPreview(node, png);
   out.preview = heights();
   out.size_after = Array.from(node.size);
   out.saved_after = saved();
@@ -297,7 +306,7 @@ def run_starts(browser: Browser, texts: dict, event: str = "execution_start") ->
 
 # A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
 # the text's box needs (its scroll height) and the height it is shown at.
-FRESH_TEXT_JS = """async ([types, text, png]) => {
+FRESH_TEXT_JS = """async ([types, text, png]) => {""" + ARRIVALS_JS + """
   app.graph.clear();
   const out = {};
   let x = 80;
@@ -306,14 +315,8 @@ FRESH_TEXT_JS = """async ([types, text, png]) => {
     node.pos = [x, 10];
     x += node.size[0] + 30;
     app.graph.add(node);
-    window.comfyAPI.api.api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
-    await new Promise((r) => setTimeout(r, 300));
-    const img = new Image();
-    img.src = "data:image/png;base64," + png;
-    await new Promise((r) => { img.onload = r; });
-    node.imgs = [img];
-    node.setDirtyCanvas(true, true);
-    await new Promise((r) => setTimeout(r, 500));
+    await sendText(node, text);
+    await sendPreview(node, png);
     app.canvas.draw(true, true);
     const last = text.split("\\n").at(-1);
     const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
