@@ -98,8 +98,8 @@ class ResumeStore:
         return info
 
     def settle(self, values: dict, resuming: bool) -> None:
-        """The values the loaded experts settled ``settled_later``'s settings to (e.g. ``{"cfg": {"spatial":
-        7.5}}``): kept with the state, and for a resumed run compared with the interrupted run's, so that a
+        """The values the loaded experts settled ``settled_later``'s settings to, by the name messages give them
+        (e.g. ``{"the spatial expert's cfg": 7.5}``): kept with the state, and for a resumed run compared with the interrupted run's, so that a
         default given explicitly (``--cfg 7.5`` where the run had left it out) resumes and a changed one does not.
         A state kept before these values were (none stored) is compared as :meth:`check` would have."""
         self.settled = flatten(json.loads(json.dumps(values)))
