@@ -16,7 +16,8 @@ them by type.
 A valid but doubtful setting is no error: :func:`warn_doubtful` gives a :class:`ConFinerWarning` at the caller's
 line (the command line prints it as one line).
 
-:func:`interrupts_held` keeps Ctrl-C out of third-party imports, so that it always arrives as a KeyboardInterrupt.
+:func:`interrupts_held` keeps Ctrl-C out of third-party imports, so that it always arrives as a KeyboardInterrupt;
+:func:`sigterm_as_interrupt` stops a run on SIGTERM (``timeout``, ``kill``, a batch scheduler) as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -123,3 +124,25 @@ def interrupts_held():
         signal.signal(signal.SIGINT, before)
     if pressed:   # once more, to the handler in place again (Python's raises KeyboardInterrupt from this call)
         signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while inside, so that a run stopped by ``timeout``, ``kill``
+    or a batch scheduler cleans up as after Ctrl-C (temporary files removed, ConFiner-Long's finished windows kept)
+    instead of dying on the spot. Yields a list that holds the signal once it came (the command line then exits 143).
+    Elsewhere than in the main thread: nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_sigterm(signum, frame):
+        if not received:   # once: a second SIGTERM while cleaning up waits for the cleanup
+            received.append(signum)
+            raise KeyboardInterrupt
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, before)

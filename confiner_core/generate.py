@@ -555,7 +555,8 @@ class GenerateRequest:
         busy = store.working_process()
         if busy is not None:   # its folder is in use: resuming or starting over there would break both runs
             raise UsageError(f"--out: a run is in progress in {self.out} (process {busy}); wait for it to finish, or "
-                             f"choose another --out", "--out")
+                             f"choose another --out (if process {busy} is no ConFiner run, delete "
+                             f"{store.owner_file})", "--out")
         if self.resume and not store.exists():
             raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
                              "--resume")

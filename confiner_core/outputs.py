@@ -1,6 +1,7 @@
 """Writing outputs so that nothing is lost: every file goes to a temporary name beside its final one and is moved
 into place (``os.replace``, atomic on one file system) only when the whole run has finished. A failed or
-interrupted run leaves the previous outputs byte-identical and removes its temporary files.
+interrupted run leaves the previous outputs byte-identical and removes its temporary files; the temporary files of a
+process that was killed outright (SIGKILL, a power cut) are removed by the next run into the folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,53 @@ def temp_name(path: str) -> str:
 
 def is_temp(name: str) -> bool:
     return name.startswith(".") and TEMP_MARK in name
+
+
+def temp_owner(name: str) -> int | None:
+    """The process id a temporary name (:func:`temp_name`) was made by, None for another name."""
+    m = re.fullmatch(r"\..*\.(\d+)-[0-9a-f]+" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", name)
+    return int(m.group(1)) if m else None
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (POSIX; elsewhere: assumed alive)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)   # signal 0: is it there (no signal is sent)
+    except PermissionError:
+        return True       # another user's
+    except OSError:
+        return False
+    return True
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` from a later one given the same id (after it ended, or after a reboot): this boot's
+    id and the process's start time (Linux ``/proc``); None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]   # field 22, after the command name in parentheses
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{started}"
+
+
+def remove_orphans(folder: str) -> list[str]:
+    """Removes the temporary files in ``folder`` whose process has ended without removing them (killed outright:
+    SIGKILL, a power cut). Returns their names."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    orphans = [n for n in names if is_temp(n) and (pid := temp_owner(n)) is not None and pid != os.getpid()
+               and not alive(pid)]
+    for name in orphans:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+    return orphans
 
 
 def final_name(name: str) -> str:
@@ -83,6 +131,7 @@ class AtomicOutputs:
     def __init__(self, folder: str):
         self.folder = folder
         self.pending: dict[str, str] = {}  # final path -> temporary path
+        remove_orphans(folder)
 
     def path(self, name: str) -> str:
         final = os.path.join(self.folder, name)

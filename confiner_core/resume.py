@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from .errors import UsageError, one_line
 from .experts import COUNTERS
 from .long import LongState
-from .outputs import temp_name, write_atomic, writing
+from .outputs import alive, process_identity, temp_name, write_atomic, writing
 
 RESUME_FOLDER = ".confiner-resume"
 FORMAT = 2  # 2: per-task generators, no generator state (format 1 folders are refused)
@@ -145,26 +145,29 @@ class ResumeStore:
 
     def claim(self) -> None:
         """This process works in the folder now (a new run, or a resumed one): :meth:`working_process`."""
-        write_atomic(self._path(OWNER), json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        write_atomic(self.owner_file, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                    "identity": process_identity(os.getpid())}).encode())
+
+    @property
+    def owner_file(self) -> str:
+        return self._path(OWNER)
 
     def working_process(self) -> int | None:
         """The process id of another live process of this host that works in the folder (a run in progress: a
         second run must not resume it or start over in it), else None. POSIX only (elsewhere: None)."""
         try:
-            with open(self._path(OWNER), encoding="utf-8") as f:
+            with open(self.owner_file, encoding="utf-8") as f:
                 owner = json.load(f)
         except (OSError, ValueError):
             return None
         if not isinstance(owner, dict) or os.name != "posix":
             return None
         pid = owner.get("pid")
-        if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid() \
+                or not alive(pid):
             return None
-        try:
-            os.kill(pid, 0)   # signal 0: is it alive (no signal is sent)
-        except PermissionError:
-            return pid        # alive, another user's
-        except OSError:
+        identity = owner.get("identity")   # a later process given the same id (after a reboot) is not the run
+        if identity is not None and process_identity(pid) not in (None, identity):
             return None
         return pid
 

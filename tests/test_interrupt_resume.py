@@ -76,8 +76,8 @@ class Run:
                 pytest.fail(f"no {what} within {deadline_s} s")
             time.sleep(0.005)
 
-    def interrupt(self) -> tuple[int, str, str]:
-        self.proc.send_signal(signal.SIGINT)
+    def interrupt(self, sig: int = signal.SIGINT) -> tuple[int, str, str]:
+        self.proc.send_signal(sig)
         out = self.proc.stdout.read().decode()
         rc = self.proc.wait(timeout=120)
         self.reader.join(timeout=10)
@@ -117,7 +117,11 @@ def test_ctrl_c_while_the_command_imports_torch_is_one_line_and_130(tmp_path):
     assert proc.stderr.strip() == "interrupted; nothing written" and not (tmp_path / "out").exists()
 
 
-def test_sigint_during_long_run_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             # timeout, kill, a batch scheduler: it died on the spot, its
+                                             # temporary video left in --out for good
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_a_signal_during_long_run_then_resume_is_bit_identical(tmp_path, sig, code, said):
     full = tmp_path / "full"
     assert main(["generate", "--out", str(full), "--quiet", *LONG]) == 0
     reference = outputs(full, MEDIA)
@@ -126,15 +130,18 @@ def test_sigint_during_long_run_then_resume_is_bit_identical(tmp_path):
     state = part / RESUME_FOLDER / "state.json"
     run = Run(["--out", str(part), "--quiet", *LONG], tmp_path)
     run.wait_for(lambda: state.is_file() and json.loads(state.read_text())["next_window"] >= 2, "two finished windows")
-    rc, stdout, stderr = run.interrupt()
-    assert rc == 130, stderr
+    rc, stdout, stderr = run.interrupt(sig)
+    assert rc == code, stderr
     last = stderr.strip().splitlines()[-1]
-    m = re.fullmatch(r"interrupted after (\d+) of (\d+) expert evaluations; nothing written "
+    m = re.fullmatch(said + r" after (\d+) of (\d+) expert evaluations; nothing written "
                      r"\((\d) of 6 windows kept: rerun with --resume\)", last)
     assert m and int(m.group(2)) == 7 * 4 + 6 * 15 and 2 <= int(m.group(3)) < 6, last
     assert "Traceback" not in stderr
     assert outputs(part) == PREVIOUS and temp_files(part) == []
     kept = int(m.group(3))
+    # and what a process killed outright leaves (SIGKILL): the next run into the folder removes it
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (part / f".video.{int(ended.stdout)}-0123abcd.partial.mp4").write_bytes(b"half a video")
 
     assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
     assert outputs(part, MEDIA) == reference  # byte for byte; the report is compared below
@@ -568,6 +575,7 @@ def test_a_run_into_the_folder_of_a_run_in_progress_is_refused(tmp_path, capsys)
     --resume it, which set two processes on one resume state (the second failed when the first cleared it)."""
     import socket
 
+    from confiner_core.outputs import process_identity
     from confiner_core.resume import OWNER, ResumeStore
 
     folder = tmp_path / "busy" / RESUME_FOLDER
@@ -582,7 +590,14 @@ def test_a_run_into_the_folder_of_a_run_in_progress_is_refused(tmp_path, capsys)
             assert e.value.code == 2
             assert capsys.readouterr().err.strip() == (f"error: --out: a run is in progress in {tmp_path / 'busy'} "
                                                        f"(process {other.pid}); wait for it to finish, or choose "
-                                                       f"another --out")
+                                                       f"another --out (if process {other.pid} is no ConFiner run, "
+                                                       f"delete {folder / OWNER})")
+        # the owner's start time and boot: a later process given the same id (a reboot) is not the run
+        store = ResumeStore(str(tmp_path / "busy"), {})
+        for identity, busy in ((process_identity(other.pid), other.pid), ("another-boot:1", None)):
+            (folder / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                                    "identity": identity}))
+            assert store.working_process() == busy, identity
     finally:
         other.kill()
         other.wait()
