@@ -286,20 +286,26 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
         raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
                          "space; use mode 'coordinated' to bridge experts of different spaces")
     refining = extraction_schedule(spatial, temporal, config.mode)
-    refining.check_model_timestep(config.te, "te (T_e)", low=1)
+    refining.check_te(config.te)
     if config.structure_noise == CONTROL:
         control_schedule = control_schedule or (source.schedule if source is not None else None)
-        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_model_timestep(
-            config.te, "te (T_e) on the control schedule", low=1)
+        extraction_schedule(spatial, temporal, config.mode, CONTROL, control_schedule).check_te(
+            config.te, "te (T_e) on the control schedule")
+    if "temporal" in evaluated_schedules(spatial, temporal, config):   # re-noised at the refiner's timesteps
+        temporal.schedule.check_te(config.te, "te (T_e) on the temporal schedule")
+    problem = clean_end_problem(config, evaluated_schedules(spatial, temporal, config))
+    if problem:
+        raise ValueError(problem)
+
+
+def evaluated_schedules(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> dict:
+    """Who is evaluated at the refinement's own timesteps (role -> schedule): the refining expert, and the temporal
+    expert where it is re-noised at the same index (alternation, coordinated with matching 'same_index')."""
     same_t = config.mode == ALTERNATE or (config.mode == COORDINATED and config.matching == R.SAME_INDEX)
-    if temporal is not None and same_t:
-        temporal.schedule.check_model_timestep(config.te, "te (T_e) on the temporal schedule", low=1)
     evaluated = {"temporal": temporal.schedule} if temporal is not None and same_t else {}
     evaluated["temporal" if config.mode == TEMPORAL else "spatial"] = refining_denoiser(spatial, temporal,
                                                                                         config.mode).schedule
-    problem = clean_end_problem(config, evaluated)
-    if problem:
-        raise ValueError(problem)
+    return evaluated
 
 
 def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
@@ -317,7 +323,8 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     if message:
         warn_doubtful(message)
     for message in (same_index_warning(spatial, temporal, config),
-                    control_noise_warning(spatial, temporal, config, control.schedule)):
+                    control_noise_warning(spatial, temporal, config, control.schedule),
+                    noise_floor_warning(config, evaluated_schedules(spatial, temporal, config))):
         if message:
             warn_doubtful(message)
     for message in frames_alone_warnings(control, temporal if "temporal" in EVALUATED_IN[config.mode] else None):
@@ -402,6 +409,23 @@ def clean_end_problem(config: ChainConfig, schedules: dict) -> str | None:
             f"never evaluated; {fix}")
 
 
+def noise_floor_warning(config: ChainConfig, schedules: dict) -> str | None:
+    """Refinement timesteps below a flow expert's smallest trained noise level (its table's first sigma: 0.003 for
+    Wan 2.1's shift 3, 0.005 at shift 5), where it is evaluated at that level instead: two or more of them repeat one
+    noise level, steps that lower nothing (a tiny T_e for its steps). ``schedules`` as :func:`clean_end_problem`."""
+    timesteps = refine_timesteps(config)
+    for role, schedule in schedules.items():
+        if schedule is None or schedule.kind == VP:
+            continue
+        floor = float(schedule.sigmas[0]) * schedule.num_timesteps   # the timestep of the smallest sigma
+        below = [t for t in timesteps if 0 < t < floor]              # (0: clean_end_problem)
+        if len(below) >= 2:
+            return (f"refinement timesteps {below} lie below the {role} expert's smallest noise level (sigma "
+                    f"{float(schedule.sigmas[0]):.3g}, timestep {floor:.3g}): it is evaluated at that level for "
+                    f"each, so those steps lower no noise; raise T_e or use fewer refinement steps")
+    return None
+
+
 def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
     """The refinement timesteps as positions on the refining expert's schedule table (the same numbers for VP
     experts; for flow experts where sigma = T / N)."""
@@ -432,7 +456,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                         f"or extraction_schedule(...)), got {type(schedule).__name__}")
     if isinstance(te, bool) or not isinstance(te, numbers.Integral):
         raise TypeError(f"extract_structure: te (T_e) must be an integer network timestep, got {te!r}")
-    schedule.check_model_timestep(te, "te (T_e)", low=1)
+    schedule.check_te(te)
     return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 

@@ -522,7 +522,7 @@ class GenerateRequest:
         for role in roles:
             if role in schedules:
                 try:
-                    schedules[role].check_model_timestep(c.te, "te (T_e)", low=1)
+                    schedules[role].check_te(c.te)
                 except ValueError as e:
                     raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
         problem = clean_end_problem(c, {role: schedules.get(role) for role in roles})
@@ -652,8 +652,11 @@ def expert_schedules(req: GenerateRequest) -> dict:
                 try:
                     with open(config, encoding="utf-8") as f:
                         out[role] = S.from_diffusers_config(json.load(f), name=f"{role} expert ({folder})")
-                except (ValueError, NotImplementedError, OSError):
-                    pass  # the loader reports unreadable or unsupported configs with their path
+                except NotImplementedError as e:   # found here, before any weights load
+                    raise UsageError(f"--{role}: {config}: {e}; use another checkpoint for the {role} expert",
+                                     f"--{role}") from None
+                except (ValueError, OSError):
+                    pass  # the loader reports unreadable configs with their path
                 break
     return out
 

@@ -1,6 +1,7 @@
 """Algorithm 1 and the chain, checked with recording experts whose predictions are known in closed form."""
 
 import re
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -196,6 +197,31 @@ def test_a_flow_expert_is_never_evaluated_at_sigma_zero():
     vp = OracleExpert(structure, S.named("sd15"))
     refine(vp.bind(), None, structure, replace(config, te=100), g)
     assert [t for t, _ in vp.calls] == [100, 75, 50, 25, 0]
+
+
+def test_a_flow_te_at_pure_noise_is_refused_and_steps_below_the_noise_floor_are_warned():
+    """T_e = N is sigma 1 on a flow schedule: Eq. 6 returns pure noise, so 4 and 8 control steps gave the same bytes
+    (a VP table's last entry keeps sqrt(abar) 0.07 of the structure). Below a flow table's smallest sigma (shift 5:
+    0.00498) every timestep is evaluated at that sigma: T_e 5 spent four of five steps lowering no noise."""
+    from confiner_core.chain import ConFinerWarning, refine
+
+    structure, g = x0_star(), torch.Generator().manual_seed(0)
+    flow = OracleExpert(structure, S.flow_schedule(5.0), prediction="flow")
+    with pytest.raises(ValueError, match=r"^te \(T_e\)=1000 is sigma 1 on schedule 'flow shift 5.0', pure noise: "
+                                         r"nothing of the structure would survive; choose a value in 1..999$"):
+        refine(flow.bind(), None, structure, ChainConfig(te=1000, mode="standard"), g)
+    S.named("sd15").check_te(999)   # VP: its last entry keeps some of the structure
+    assert flow.calls == []
+    # the table's floor as the schedule's own coefficients show it: sigma(t) stops falling below timestep 4.98
+    assert [round(flow.bind().expert.schedule.coefficients(flow.bind().expert.schedule.index(t))[1], 5)
+            for t in (5, 4, 2)] == [0.005, 0.00498, 0.00498]
+    with pytest.warns(ConFinerWarning, match=r"refinement timesteps \[4, 3, 2, 1\] lie below the spatial expert's "
+                                             r"smallest noise level \(sigma 0.00498, timestep 4.98\)"):
+        validate_chain(flow.bind(), flow.bind(), None, tuple(structure.shape), ChainConfig(te=5, mode="standard"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)   # one step below (leading's last, 1): nothing to say
+        validate_chain(flow.bind(), flow.bind(), None, tuple(structure.shape),
+                       ChainConfig(te=250, mode="standard", refine_spacing="leading"))
 
 
 def test_a_misspelt_mode_is_named_by_every_stage_function():

@@ -692,6 +692,26 @@ def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths,
     assert frames.shape == (1, 3, 8 * H, 8 * W, 3) and (frames[0].int() - own.int()).abs().max() <= 1
 
 
+def test_a_zero_terminal_snr_scheduler_is_refused_before_the_weights_load(paths, tmp_path, capsys, monkeypatch):
+    """v-prediction SD 1.5 fine-tunes ship rescale_betas_zero_snr, which ConFiner does not support yet: it failed
+    after the weights loaded, exit 1, naming neither the role, the path nor a fix."""
+    import confiner_core.diffusers_backend as backend
+    from confiner_core.cli import main
+
+    zsnr = copy_without(paths["sd"], tmp_path / "sd_zsnr")
+    edit_json(zsnr / "scheduler" / "scheduler_config.json", prediction_type="v_prediction",
+              rescale_betas_zero_snr=True)
+    monkeypatch.setattr(backend, "load_experts", None)   # the refusal must come before any loading
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), "--control", str(paths["ad"]), "--spatial", str(zsnr),
+              "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--quiet"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and last == (
+        f"error: --spatial: {zsnr / 'scheduler' / 'scheduler_config.json'}: its schedule is zero-terminal-SNR "
+        f"(rescale_betas_zero_snr), which ConFiner does not support yet; use another checkpoint for the spatial "
+        f"expert"), last
+
+
 # --------------------------------------------------------------- (h): AnimateDiff scheduler (issue 12 item 8)
 
 def test_a_scheduler_shipped_with_an_animatediff_folder_is_respected(paths, tmp_path):
