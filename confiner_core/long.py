@@ -73,6 +73,19 @@ class SegmentPlan:
         return [w.out_start + rest for w in self.windows if w.out_start + rest < w.out_stop]
 
     @property
+    def shown_structures(self) -> list[int]:
+        """The structures some output frame comes from. Staggered, the last structure of a video that ends early in
+        its window is laid out and refined with it, then cut away (40 frames of 16: structure 3 is frames 40-55)."""
+        shown = set()
+        for w in self.windows:
+            at = w.out_start
+            for s, a, b in w.parts:
+                if at < w.out_stop:
+                    shown.add(s)
+                at += b - a
+        return sorted(shown)
+
+    @property
     def junctions(self) -> list[int]:
         return sorted(set(self.window_junctions) | set(self.structure_junctions))
 
@@ -429,25 +442,30 @@ def structure_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
     return [schedule.index_at(structure_centre(plan, s)) for s in range(plan.structures)]
 
 
+def shown_structure_entries(plan: SegmentPlan, schedule: PromptSchedule) -> set[int]:
+    """The indices of the entries the shown structures (:attr:`SegmentPlan.shown_structures`) are laid out with."""
+    entries = structure_entries(plan, schedule)
+    return {entries[s] for s in plan.shown_structures}
+
+
 def given_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
-    """The indices of the entries some expert is given (a structure laid out or a window refined with it), in
-    schedule order."""
-    return sorted(set(window_entries(plan, schedule)) | set(structure_entries(plan, schedule)))
+    """The indices of the entries that reach the video (a window refined with it, or a structure laid out with it
+    whose frames are shown), in schedule order."""
+    return sorted(set(window_entries(plan, schedule)) | shown_structure_entries(plan, schedule))
 
 
 def unused_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
-    """The entries no expert is given, as (first frame, end frame, prompt) as written: their frames hold no
-    window's centre and no structure's, so the video never shows them (:func:`applied_schedule`)."""
+    """The entries that never reach the video, as (first frame, end frame, prompt) as written: their frames hold no
+    window's centre and no shown structure's (:func:`applied_schedule`)."""
     used = set(given_entries(plan, schedule))
     return [r for i, r in enumerate(schedule.ranges()) if i not in used]
 
 
 def layout_only_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
-    """The entries a structure is laid out with but no window is refined with: they shape that structure's motion
-    and composition only (staggered, structure 0 is centred at frame 0, so a first entry shorter than half a
+    """The entries a shown structure is laid out with but no window is refined with: they shape that structure's
+    motion and composition only (staggered, structure 0 is centred at frame 0, so a first entry shorter than half a
     segment is one)."""
-    refined = set(window_entries(plan, schedule))
-    laid_out = set(structure_entries(plan, schedule)) - refined
+    laid_out = shown_structure_entries(plan, schedule) - set(window_entries(plan, schedule))
     return [r for i, r in enumerate(schedule.ranges()) if i in laid_out]
 
 
@@ -467,8 +485,8 @@ def unused_entries_text(plan: SegmentPlan, schedule: PromptSchedule) -> str | No
     unused, layout = unused_entries(plan, schedule), layout_only_entries(plan, schedule)
     if unused:
         which = "1 prompt of the schedule is" if len(unused) == 1 else f"{len(unused)} prompts of the schedule are"
-        parts.append(f"{which} not used, since no structure or refinement window of {plan.segment_length} frames is "
-                     f"centred in its frames: {listed(unused)}")
+        parts.append(f"{which} not used, since no refinement window or shown structure of {plan.segment_length} "
+                     f"frames is centred in its frames: {listed(unused)}")
     if layout:
         which = "1 prompt of the schedule" if len(layout) == 1 else f"{len(layout)} prompts of the schedule"
         parts.append(f"{which} only {'lays' if len(layout) == 1 else 'lay'} out a structure (its motion and "

@@ -205,7 +205,9 @@ def test_the_applied_schedule_is_the_prompt_each_window_is_refined_with(text, st
     ("0: a | 8: b | 40: c", 48, 16, [], ["a"]),      # window 0 is centred at 8 too
     ("0: a | 20: b | 22: c", 48, 16, ["b"], []),     # frames 20-21 hold no structure's centre and no window's
     ("0: a | 16: b | 18: c", 64, 16, [], ["b"]),     # structure 1 (at 16) is laid out with b, no window refines it
-    ("0: a | 16: b | 32: c", 48, 16, [], [])])
+    ("0: a | 16: b | 32: c", 48, 16, [], []),
+    # structure 3 (frames 40-55, centred at 48: at 39 in the video) is laid out with b and cut away: b never shows
+    ("0: a | 39: b", 40, 16, ["b"], [])])
 def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, segment, unused, layout):
     """An entry whose frames hold no window's centre is not refined into the video: the applied schedule names it
     with the fix (a run that dropped it used to say nothing, and a one-window plan listed its junctions as ''); one
@@ -215,7 +217,9 @@ def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, seg
 
     plan, schedule = plan_segments(frames, segment, True), parse_prompt(text, frames=frames)
     shown = {e.prompt for e in applied_schedule(plan, schedule).entries}
-    laid_out = {schedule.at(structure_centre(plan, i)) for i in range(plan.structures)}
+    # the structures of which some frame is shown: staggered, structure i is output frames [i L - L/2, i L + L/2)
+    laid_out = {schedule.at(structure_centre(plan, i)) for i in range(plan.structures) if i * segment - segment // 2 <
+                frames}
     refined = {schedule.at(window_centre(w)) for w in plan.windows}
     assert refined == shown
     assert [p for _, _, p in unused_entries(plan, schedule)] == unused == \
@@ -224,7 +228,7 @@ def test_a_prompt_no_window_is_refined_with_is_named_as_unused(text, frames, seg
         [e.prompt for e in schedule.entries if e.prompt in laid_out - refined]
     text = render_applied_schedule(plan, schedule)
     if unused:
-        assert f"not used, since no structure or refinement window of {segment} frames is centred in its frames" \
+        assert f"not used, since no refinement window or shown structure of {segment} frames is centred in its frames" \
             in text
         assert all(f"'{p}'" in text for p in unused) and "junction: )" not in text
     if layout:
