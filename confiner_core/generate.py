@@ -106,7 +106,7 @@ NUMBERS = (
     Number("--height", "height", int, MIN_SIZE, 8192),
     Number("--width", "width", int, MIN_SIZE, 8192),
     Number("--seed", "seed", int, 0, MAX_SEED),
-    Number("--fps", "fps", float, 0, 1000, lo_open=True, optional=True),
+    Number("--fps", "fps", float, 0.01, 1000, optional=True),   # (OpenCV's mp4v writer fails below 0.002)
     Number("--control-cfg", "control_cfg", float, 0, 100),
     Number("--cfg", "refine_cfg", float, 0, 100, optional=True),
     Number("--spatial-cfg", "spatial_cfg", float, 0, 100, optional=True),

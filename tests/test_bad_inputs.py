@@ -86,7 +86,8 @@ CLI_CASES = [
     Case("seed-negative", ["--seed", "-1"], "--seed"),
     Case("seed-too-big", ["--seed", str(2**64)], "--seed"),
     Case("seed-text", ["--seed", "x"], "--seed"),
-    Case("fps-zero", ["--fps", "0"], "--fps must be > 0"),
+    Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
+    Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling
     Case("fps-negative", ["--fps", "-8"], "--fps"),
     Case("fps-nan", ["--fps", "nan"], "--fps"),
     Case("fps-inf", ["--fps", "inf"], "--fps"),
