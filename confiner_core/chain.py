@@ -282,9 +282,10 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     if config.mode == COORDINATED:
         hand_offs.append(("spatial", "temporal"))
     check_hand_offs(roles, hand_offs, vae_fixes)
-    if config.mode == ALTERNATE and temporal.expert.latent_space != spatial.expert.latent_space:
-        raise ValueError("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent "
-                         "space; use mode 'coordinated' to bridge experts of different spaces")
+    problem = alternation_problem(config.mode, spatial.expert.latent_space,
+                                  temporal.expert.latent_space if temporal is not None else None)
+    if problem:
+        raise ValueError(problem)
     refining = extraction_schedule(spatial, temporal, config.mode)
     refining.check_te(config.te)
     if config.structure_noise == CONTROL:
@@ -296,6 +297,14 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     problem = clean_end_problem(config, evaluated_schedules(spatial, temporal, config))
     if problem:
         raise ValueError(problem)
+
+
+def alternation_problem(mode: str, spatial_space, temporal_space) -> str | None:
+    """Naive alternation (Eq. 7) across latent spaces: it steps both experts on one sample, so there is no bridge."""
+    if mode == ALTERNATE and temporal_space is not None and temporal_space != spatial_space:
+        return ("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent space; use "
+                "mode 'coordinated' to bridge experts of different spaces")
+    return None
 
 
 def evaluated_schedules(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> dict:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
-                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, clean_end_problem,
+                    STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
                     validate_chain, warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
@@ -173,6 +173,21 @@ def spelled(text: str) -> str:
     return _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
 
 
+#: a chain or long setting as the library's messages name it, with its value (``mode 'coordinated'``)
+_SETTING_VALUE = re.compile(r"\b(" + "|".join(sorted({path.split(".")[-1] for path in OPTION_OF
+                                                      if path.startswith(("chain.", "long."))}, key=len, reverse=True))
+                            + r") '([^'\s]*)'")
+
+
+def as_options(text: str) -> str:
+    """A library message's settings (``use mode 'coordinated'``) as the command line spells them (``use --mode
+    coordinated``) where it runs; unchanged for library callers."""
+    if _SPELLING.get() != "cli":
+        return text
+    options = {path.split(".")[-1]: option for path, option in OPTION_OF.items() if path.startswith(("chain.", "long."))}
+    return _SETTING_VALUE.sub(lambda m: f"{options[m.group(1)]} {m.group(2)}", text)
+
+
 def from_the_backend(text: str) -> str:
     """A diffusers-backend message names its keyword arguments (``base=``); on the command line, the options."""
     return text.replace("base=", "--base ") if _SPELLING.get() == "cli" else text
@@ -186,7 +201,7 @@ def caller_spelling():
     except UsageError as e:
         if _SPELLING.get() == "cli":
             raise
-        raise UsageError(spelled(str(e)), spelled(e.option)) from None
+        raise UsageError(spelled(str(e)), spelled(e.option).split("=")[0] if e.option else e.option) from None
 
 
 def long_options_set(long: LongConfig) -> list[str]:
@@ -386,6 +401,9 @@ class GenerateRequest:
         """Frame counts and sizes every expert's latent space holds; the defaults for --frames and
         --segment-length (the experts' natural clip) are set here."""
         spaces = self.spaces()
+        problem = alternation_problem(self.chain.mode, spaces.get("spatial"), spaces.get("temporal"))
+        if problem:
+            raise UsageError(as_options(problem), "--mode")
         if self.fps is None:   # a resumed run keeps the rate it started with (a default that has changed since)
             self.fps = (self.stored_setting("fps") if self.resume else None) or video_fps(self._inspections)
         natural = natural_frames(spaces.values())
@@ -894,7 +912,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
         except TooManyFrames as e:
             raise too_many_frames(e, plan is not None) from None
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(as_options(str(e))) from None
         if store is not None:   # the guidance the experts are given, against the interrupted run's on --resume
             store.settle({f"the {role} expert's cfg": scale for role, scale in refine_guidance(backend, req).items()},
                          req.resume)

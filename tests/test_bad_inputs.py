@@ -86,6 +86,9 @@ CLI_CASES = [
     Case("seed-negative", ["--seed", "-1"], "--seed"),
     Case("seed-too-big", ["--seed", str(2**64)], "--seed"),
     Case("seed-text", ["--seed", "x"], "--seed"),
+    # a library message's setting in the command line's spelling (it said "use mode 'coordinated'")
+    Case("alternate-across-spaces", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
+         "they must share a latent space; use --mode coordinated to bridge experts of different spaces"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
     Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling
     Case("fps-negative", ["--fps", "-8"], "--fps"),
@@ -220,6 +223,7 @@ API_CASES = [
     Case("api-height", {"height": 70}, "height must be a multiple of 8"),
     Case("api-seed-too-big", {"seed": 2**64}, "seed must be <="),
     Case("api-fps-nan", {"fps": math.nan}, "fps must be a finite number"),
+    Case("api-resume-single-clip", {"resume": True}, "resume=True continues an interrupted ConFiner-Long run"),
     Case("api-cfg-nan", {"refine_cfg": math.nan}, "refine_cfg must be a finite number"),
     Case("api-temporal-cfg-inf", {"temporal_cfg": math.inf}, "temporal_cfg must be a finite number"),
     Case("api-control-cfg-inf", {"control_cfg": math.inf}, "control_cfg must be"),
@@ -307,6 +311,8 @@ def test_api_refuses_bad_input(case, world):
     assert isinstance(e.value, ValueError)  # UsageError is a ValueError: older callers catching that still work
     # named as a Python caller set it (GenerateRequest's fields), not by the command line's options
     assert "--" not in str(e.value) and not (e.value.option or "").startswith("--"), (str(e.value), e.value.option)
+    # and .option is the field itself, for a caller that keys on it (it read 'resume=True')
+    assert e.value.option is None or "=" not in e.value.option, e.value.option
 
 
 def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
