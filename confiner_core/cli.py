@@ -42,7 +42,12 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (the option and what it accepts), exit code 2."""
+    """argparse with one-line usage errors (the option and what it accepts), exit code 2, and no abbreviated
+    options (``--fram 3`` ran 3 frames: an option added later with that prefix would change old command lines)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":

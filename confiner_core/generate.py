@@ -641,6 +641,9 @@ def check_device(device: str) -> None:
     if d.type not in DEVICE_TYPES:
         raise UsageError(f"--device {device!r} is not supported; use {accepted}", "--device")
     if d.type == "cpu":
+        if d.index is not None:   # torch takes cpu:1 as the one CPU device: a typo for cuda:1, most likely
+            raise UsageError(f"--device {device}: the CPU device has no index; use --device cpu (or cuda:"
+                             f"{d.index} for a GPU)", "--device")
         return
     backend = torch.backends.mps if d.type == "mps" else getattr(torch, d.type, None)
     if backend is None or not backend.is_available():
@@ -1066,7 +1069,10 @@ def prompt_used(req: GenerateRequest) -> str | list:
 
 
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
-    settings = {k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)}
+    # as report.json holds them: a caller's Path (out) or torch.device (device) as text, so the returned report
+    # goes through json.dumps as the file's does
+    settings = json.loads(json.dumps({k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)},
+                                     default=str))
     return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
             "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)

@@ -89,6 +89,8 @@ CLI_CASES = [
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'")
     Case("alternate-across-spaces", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
          "they must share a latent space; use --mode coordinated to bridge experts of different spaces"),
+    Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3"),   # it ran 3 frames
+    Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU device has no index"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
     Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling
     Case("fps-negative", ["--fps", "-8"], "--fps"),

@@ -317,6 +317,18 @@ def test_a_doubtful_setting_is_warned_at_the_scripts_own_line(tmp_path):
     assert len(said) == 2 and all((file, at) == (__file__, line) for file, at, _ in said), said
 
 
+def test_the_returned_report_is_the_json_written(tmp_path):
+    """A caller's Path (out) and torch.device stayed objects in the returned report: json.dumps(generate(...))
+    failed where report.json held text."""
+    from confiner_core.generate import GenerateRequest, generate
+
+    report = generate(GenerateRequest(frames=4, height=64, width=64, out=tmp_path / "out", device=torch.device("cpu")),
+                      show_progress=False)
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert json.loads(json.dumps(report))["settings"] == written["settings"] == report["settings"]
+    assert report["settings"]["out"] == str(tmp_path / "out") and report["settings"]["device"] == "cpu"
+
+
 def test_network_forwards_are_one_per_network_call(tmp_path):
     """The embedded experts evaluate each conditioning separately: with refinement cfg != 1 every refinement
     evaluation makes two calls, the cfg-1 control stage one."""

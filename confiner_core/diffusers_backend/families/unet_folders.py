@@ -93,7 +93,7 @@ def single_file_base(who: str, context: Context, family: str, parts: dict, is_fa
     base = context.take_base()
     if base is None:
         raise ValueError(f"{who}: a single-file {family.split()[0]} checkpoint needs base=<local diffusers {family} "
-                         f"folder> (--base) for its configs, tokenizer and scheduler (weights may be absent from "
+                         f"folder> for its configs, tokenizer and scheduler (weights may be absent from "
                          f"that folder)")
     if (base / "unet" / "config.json").is_file() and not is_family(base):
         raise ValueError(f"{who}: base={base} is not a diffusers {family} folder, which this single-file checkpoint "
