@@ -301,10 +301,14 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
 
 def alternation_problem(mode: str, spatial_space, temporal_space) -> str | None:
     """Naive alternation (Eq. 7) across latent spaces: it steps both experts on one sample, so there is no bridge."""
-    if mode == ALTERNATE and temporal_space is not None and temporal_space != spatial_space:
-        return ("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent space; use "
-                "mode 'coordinated' to bridge experts of different spaces")
-    return None
+    if mode != ALTERNATE or temporal_space is None or temporal_space == spatial_space:
+        return None
+    if spatial_space == temporal_space.per_frame():   # one model, its image expert on pixel frames
+        return ("naive alternation (Eq. 7) steps both experts on one sample, and an image expert on pixel frames "
+                f"refines each frame encoded alone, another latent space than the temporal expert's "
+                f"{temporal_space.name}: use latent frames for the image expert, or mode 'coordinated'")
+    return ("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent space; use "
+            "mode 'coordinated' to bridge experts of different spaces")
 
 
 def evaluated_schedules(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> dict:

@@ -86,9 +86,13 @@ CLI_CASES = [
     Case("seed-negative", ["--seed", "-1"], "--seed"),
     Case("seed-too-big", ["--seed", str(2**64)], "--seed"),
     Case("seed-text", ["--seed", "x"], "--seed"),
-    # a library message's setting in the command line's spelling (it said "use mode 'coordinated'")
-    Case("alternate-across-spaces", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
+    # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
+    # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
+    Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
          "they must share a latent space; use --mode coordinated to bridge experts of different spaces"),
+    Case("alternate-on-pixel-frames", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
+         "an image expert on pixel frames refines each frame encoded alone, another latent space than the temporal "
+         "expert's embedded-causal: use latent frames for the image expert, or --mode coordinated"),
     Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3"),   # it ran 3 frames
     Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU device has no index"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
