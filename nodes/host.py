@@ -686,6 +686,7 @@ class Progress:
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.summary = ""              # how the run ended (:meth:`running`)
         self.clip = ""                 # what the run makes, e.g. "13 frames", said after the opening and the summary
+        self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
         # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
         # its own instead (the Long Video's prompt schedule), or with none.
@@ -765,6 +766,7 @@ class Progress:
         """A VAE call between the experts (the bridge between latent spaces, pixel frames for an image expert, a long
         video's joins), said in place of the step: with a Wan VAE it takes seconds to minutes, while the step stood
         still."""
+        self.vae_calls += 1
         self.show(f"between experts · {action} {frames} frames\nwith the {vae} · after evaluation "
                   f"{self.done}/{self.total}")
 
@@ -784,14 +786,16 @@ class Progress:
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
-            self.show(f"cancelled after evaluation {self.done}/{self.total}")
+            self.show(f"cancelled after evaluation {self.done}/{self.total}" if self.done else
+                      f"cancelled before the first of {self.total} evaluations")
             e.confiner_text_shown = True   # for :func:`shows_refusals`
             raise
         except Exception as e:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
             e.confiner_text_shown = True
             raise
-        self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'} in "
+        vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
+        self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
                         f"{time.perf_counter() - start:.1f} s{clip}")
         self.show(self.summary)
 
