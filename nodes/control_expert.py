@@ -66,6 +66,10 @@ class ConFinerControlExpert(io.ComfyNode):
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps)
+        if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
+            progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "
+                          "(latent_is_noise) is off: only its size is used and the noise is drawn from the seed; "
+                          "switch it on", "warning: noise latent read for its size only")
         control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
                                                        "model"))

@@ -603,6 +603,8 @@ def noise_in(model, latent: dict) -> torch.Tensor:
 SPACE_KEY = "confiner_space"
 # ... and, on a structure, the control steps that made it (for the paper's Table 3 warning on T_e)
 CONTROL_STEPS_KEY = "confiner_control_steps"
+# ... and on ConFiner Noise Rescheduler's noise_latent, that it is noise (read for its size only, it was ignored)
+NOISE_KEY = "confiner_noise"
 
 
 def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "structure") -> torch.Tensor:

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..confiner_core import layout as L
 from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise
+from . import host
 from .schema import CATEGORY, advanced, widget_problem
 
 
@@ -70,6 +71,7 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                      io.Latent.Output(display_name="noise_latent",
                                       tooltip="The same noise as a LATENT, for ConFiner Control Expert (switch on "
                                               "its 'use latent as noise').")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -87,8 +89,12 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
         noise = RescheduledNoise(seed, method, segment_length, stride)
         samples = latent["samples"]
         frames = samples.shape[0] if samples.ndim == 4 else samples.shape[2]   # [F,C,h,w] or [B,C,T,h,w]
-        if segment_length >= frames:   # one segment of base noise: nothing rescheduled (the node has no text)
+        if segment_length >= frames:   # one segment of base noise: nothing rescheduled
             logging.warning("ConFiner Noise Rescheduler: segment latent frames = %d covers the latent's %d frames, so "
                             "the noise is one segment of base noise and nothing is rescheduled; use fewer segment "
                             "latent frames (a Wan latent frame holds 4 video frames)", segment_length, frames)
-        return io.NodeOutput(noise, {"samples": noise.generate_noise(latent)})
+            host.show_text(host.node_id(cls), f"warning: one segment covers all {frames} latent frames:\nnothing "
+                                              f"rescheduled (console)")
+        else:
+            host.show_text(host.node_id(cls), "")
+        return io.NodeOutput(noise, {"samples": noise.generate_noise(latent), host.NOISE_KEY: True})

@@ -468,6 +468,29 @@ def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy
     assert result["success"], result.get("error") or result["status_messages"]
 
 
+def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_worker):
+    """The Noise Rescheduler's noise_latent into a Control Expert whose 'use latent as noise' is off was read for its
+    size alone, silently; one segment covering the whole latent was said on the console only."""
+    prompt = {**_noise_prompt(comfy_worker.checkpoint_name, "shuffle")}
+    for k in ("6", "7", "8", "9", "10", "11"):
+        del prompt[k]
+    prompt["5"]["inputs"]["segment_length"] = 16   # the 8 frames in one segment: nothing rescheduled
+    prompt["12"] = {"class_type": "ConFinerControlExpert", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 1], "seed": 1, "steps": 2,
+        "cfg": 1.0, "sampler": "euler", "latent_is_noise": False}}
+    prompt["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}}
+    prompt["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "noise_size"}}
+    texts = {}
+    for is_noise in (False, True):
+        prompt["12"]["inputs"]["latent_is_noise"] = is_noise
+        r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+        assert r["success"], r.get("error")
+        texts[is_noise] = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
+    assert texts[False]["5"] == "warning: one segment covers all 8 latent frames:\nnothing rescheduled (console)"
+    assert "\nwarning: noise latent read for its size only\ndone · 2 expert" in texts[False]["12"], texts[False]
+    assert "noise latent" not in texts[True]["12"], texts[True]["12"]
+
+
 def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker):
     """Its default 16 segment latent frames on a 9-latent-frame Wan clip made one segment of base noise, silently
     (the node has no text of its own: the console says it)."""
