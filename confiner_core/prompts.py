@@ -43,8 +43,11 @@ EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
 UNSPACED_KEY = re.compile(rf"^\s*{KEY}\s*:(?=[^\s\d])")
 # inside a schedule's entry, a key after a comma or semicolon: an entry separator mistyped ("0: a, 16: b")
 STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
-# a start that looks like a key but is none: negative, or a stray dot ("-3: ...", "2.5: ..."; see misspelt_key)
-KEY_LIKE = re.compile(r"\s*(-?[\d.]+s?)\s*:(?=\s|$)")
+# a start that looks like a key but is none: signed, a stray dot, an exponent or a space before the s ("-3: ...",
+# "2.5: ...", "+8: ...", "1e1: ...", "1.5 s: ..."; see misspelt_key). "4k: ..." stays a prompt.
+KEY_LIKE = re.compile(r"\s*([-+]?[\d.]+(?:e[-+]?\d+)?(?:\s*s)?)\s*:(?=\s|$)")
+# a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
+TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
 QUOTED_ENTRY = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 EXAMPLE = "0: a red ball | 64: a blue ball"
@@ -115,6 +118,16 @@ def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
                          f"give it in frames instead (e.g. '64: ...')", option)
     exact = Fraction(key[:-1]) * Fraction(fps)
     return math.floor(exact + Fraction(1, 2))
+
+
+def unkeyed_entries(text: str, option: str = "prompt") -> str | None:
+    """Where text that is meant as a schedule (the Long Video's segment prompts) separates entries with '|' but
+    keys none, why it is refused; None otherwise. A plain prompt may hold a '|' ("35mm | film grain"): only a field
+    that exists for schedules reads it as a mistake (it ran as one prompt, the '|' and all)."""
+    if text and not is_schedule(text) and not EMBEDDED_KEY.search(text) and TOP_LEVEL_BAR.search(text):
+        return (f"{option} {text!r} separates entries with '|' but gives none a start key: write a frame or seconds "
+                f"key on every entry, starting at 0 (e.g. '{EXAMPLE}'), or remove the '|' for one prompt")
+    return None
 
 
 def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt",

@@ -14,7 +14,7 @@ from ..confiner_core.latent_spaces import VIDEO_FPS
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
                                   layout_only_entries, moved_schedule, plan_segments, render_applied_schedule,
                                   structure_centre, unused_entries, window_centre)
-from ..confiner_core.prompts import parse_prompt, render_schedule
+from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
                      control_sampling_inputs, low_noise_inputs, refine_inputs, refine_problem, seed_input,
@@ -34,8 +34,14 @@ def prompt_fps(fps: float, space) -> float:
 
 
 def segment_schedule(text: str, frames: int, fps: float):
-    """The segment prompts parsed over ``frames`` frames, seconds keys ('2.5s:') at ``fps``."""
-    return parse_prompt(text, frames, fps, option="segment prompts (segment_prompts)")
+    """The segment prompts parsed over ``frames`` frames, seconds keys ('2.5s:') at ``fps``; entries separated by
+    '|' without keys are refused (:func:`~confiner_core.prompts.unkeyed_entries`)."""
+    option = "segment prompts (segment_prompts)"
+    schedule = parse_prompt(text, frames, fps, option=option)   # first: its own messages are the more precise
+    problem = unkeyed_entries(text, option)
+    if problem:
+        raise ValueError(problem)
+    return schedule
 
 
 def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | None = AUTO_FPS) -> str | None:

@@ -130,6 +130,9 @@ CASES = [
     ("long prompt schedule with a comma for a separator", "long", "10",
      {"segment_prompts": "0: a red ball, 4: a blue ball"}, VALIDATION, ["segment_prompts", "'0: a red ball | 4: a blue "
                                                                         "ball'"], ["frames", "segment_prompts"]),
+    # entries without keys ran as one prompt, the '|' and all
+    ("long prompt schedule without keys", "long", "10", {"segment_prompts": "a red ball | a blue ball"}, VALIDATION,
+     ["segment_prompts", "separates entries with '|' but gives none a start key"], ["frames", "segment_prompts"]),
     ("long prompt schedule in FizzNodes' format", "long", "10", {"segment_prompts": '"0": "a red ball", "4": "a dog"'},
      VALIDATION, ["segment_prompts", "FizzNodes", "'0: a red ball | 4: a dog'"], ["frames", "segment_prompts"]),
     ("long segment prompts without clip", "long", "10", {"segment_prompts": "0: a red ball | 4: a blue ball",

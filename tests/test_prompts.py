@@ -29,6 +29,29 @@ def test_plain_prompts_are_never_reinterpreted(text):
     assert not is_schedule(text)
 
 
+@pytest.mark.parametrize("text, refused", [
+    ("a corgi on a beach | a corgi in snow", True),   # a schedule without keys: it ran as one prompt, '|' and all
+    ("a red ball\n| a blue ball", True),
+    ("a [red|blue] ball", False),                      # A1111's alternation, inside brackets
+    ("0: a | 16: b", False), ("a red ball", False), ("", False),
+    ("a red ball | 4: a blue ball", False)])           # one key: parse_prompt's 'ambiguous' says more
+def test_a_field_for_schedules_refuses_entries_without_keys(text, refused):
+    from confiner_core.prompts import unkeyed_entries
+
+    problem = unkeyed_entries(text, "segment prompts")
+    assert (problem is not None) == refused
+    assert problem is None or problem.startswith(f"segment prompts {text!r} separates entries with '|' but gives "
+                                                 f"none a start key")
+
+
+@pytest.mark.parametrize("text, key", [("0: a | 1e1: b", "1e1"), ("0: a | +8: b", "+8"), ("0: a | 1.5 s: b", "1.5 s")])
+def test_a_malformed_key_is_named_as_such(text, key):
+    """They were told to put another key in front ('64: 1e1: b')."""
+    with pytest.raises(ValueError, match=rf"entry '{re.escape(key)}: b' starts with '{re.escape(key)}', which is not "
+                                         r"a frame \(0, 1, 2, ...\) or seconds key"):
+        parse_prompt(text, frames=64, fps=8)
+
+
 def test_schedule_in_frames_and_seconds():
     s = parse_prompt("0: a red ball | 2.5s: a blue ball\n48: a green ball", frames=64, fps=8)
     assert s.scheduled and s.travels
