@@ -11,7 +11,7 @@ from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evalu
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
 from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
-                     widget_problem)
+                     te_setting, widget_problem)
 from .types import RefineExpertsType
 
 NODE = "ConFiner Refine Sampler"
@@ -90,7 +90,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
 
     @staticmethod
     def config(te, refine_steps, mode, matching, structure_noise) -> ChainConfig:
-        return ChainConfig(te=te, refine_steps=refine_steps, mode=mode, matching=matching,
+        return ChainConfig(te=te_setting(te), refine_steps=refine_steps, mode=mode, matching=matching,
                            structure_noise=structure_noise)
 
     @staticmethod
@@ -145,7 +145,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
-        progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), te, spatial, temporal, mode)
+        progress.clip = "" if config.te is not None else "T_e {}"   # automatic: the node says which
+        config = config.with_default_te(refining_denoiser(spatial, temporal, mode).schedule)
+        progress.clip = progress.clip.format(config.te)
+        progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), config.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, config, control_schedule)
         space = source.expert.latent_space
         x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()))

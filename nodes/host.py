@@ -783,8 +783,8 @@ class Progress:
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
         clip = f" · {self.clip}" if self.clip else ""
-        if self.opening:
-            self.show(self.opening + clip)
+        if self.opening:   # (a schedule's lines are not followed by it: the summary has it)
+            self.show(self.opening + (clip if "\n" not in self.opening else ""))
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:

@@ -18,7 +18,7 @@ from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entri
 from . import ade, host, sessions
 from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
                      control_sampling_inputs, low_noise_inputs, refine_inputs, refine_problem, seed_input,
-                     structure_noise_input, widget_problem)
+                     structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
@@ -212,7 +212,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if problem:
             raise ValueError(problem)
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
-                            control_spacing=control_spacing, control_eta=control_eta, te=te,
+                            control_spacing=control_spacing, control_eta=control_eta, te=te_setting(te),
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
         long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=window,
                           freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
@@ -271,7 +271,10 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
-        progress.warn_table3(control_steps, te, spatial, temporal, mode)
+        progress.clip = "" if chain.te is not None else "T_e {}"   # automatic: the node says which
+        chain = chain.with_default_te(refining_denoiser(spatial, temporal, mode).schedule)
+        progress.clip = progress.clip.format(chain.te)
+        progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]

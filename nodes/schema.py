@@ -143,14 +143,23 @@ def low_noise_inputs(prefix: str, role: str, cfg_default: float) -> list:
     ]
 
 
+AUTO_TE = 0   # the te widgets' default: the refining expert's own T_e (chain.DEFAULT_TE: 100 SD-family, 250 flow)
+
+
+def te_setting(te: int) -> int | None:
+    """A te widget's value as ChainConfig takes it: 0 (automatic) is None, the refining expert's default."""
+    return te or None
+
+
 def refine_inputs() -> list:
     return [
-        io.Int.Input("te", display_name=STRUCTURE_TIMESTEP, default=100, min=1, max=999,
+        io.Int.Input("te", display_name=STRUCTURE_TIMESTEP, default=AUTO_TE, min=0, max=999,
                      tooltip="How much of the control expert's video is kept. Lower keeps more of its layout "
                              "and motion; higher lets the refiners change more. The video is noised to timestep "
-                             "T_e and refined from there. 100 for SD-family spatial experts (the paper's; with 4 "
-                             "control steps, 300 and more loses image quality); on a flow model (Wan, Qwen-Image, Flux) "
-                             "T_e is the noise level sigma x 1000, and 250 there is about SD's 100."),
+                             "T_e and refined from there. 0 (default): the refining model's own, 100 for SD-family "
+                             "models (the paper's; with 4 control steps, 300 and more loses image quality) and 250 "
+                             "for flow models (Wan, Qwen-Image, Flux), whose T_e is the noise level sigma x 1000: "
+                             "250 there is about SD's 100."),
         io.Int.Input("refine_steps", display_name=REFINE_STEPS, default=5, min=1, max=999,   # at most T_e
                      tooltip="Refinement steps from T_e to 0 at uniform intervals (paper: 5), at most T_e. "
                              "Coordinated mode makes 3 expert evaluations per step, the other modes 1."),
@@ -218,7 +227,8 @@ def check_widgets(node_cls, **values) -> None:
 
 
 def refine_problem(te, refine_steps) -> str | None:
-    if te is not None and refine_steps is not None and refine_steps > te:
+    """Steps that do not fit below a T_e set (0, automatic, is checked once the refining model is known)."""
+    if te and refine_steps is not None and refine_steps > te:
         return (f"refine steps (refine_steps) = {refine_steps} do not fit between T_e = {te} and 0: use at most "
                 f"{te} steps or raise the structure timestep T_e (te)")
     return None

@@ -96,7 +96,7 @@ CASES = [
     ("control sampler unknown", "chain", "5", {"sampler": "heun"}, COMBO, ["sampler"]),
     ("control seed negative", "chain", "5", {"seed": -1}, VALIDATION, ["seed"]),
     ("latent_is_noise on an empty latent", "chain", "5", {"latent_is_noise": True}, EXECUTION, ["latent_is_noise"]),
-    ("te 0", "chain", "7", {"te": 0}, VALIDATION, ["te"], ["te", "refine_steps"]),
+    ("te below 0", "chain", "7", {"te": -1}, VALIDATION, ["te"], ["te", "refine_steps"]),   # (0: the model's own)
     ("te above the schedule", "chain", "7", {"te": 5000}, VALIDATION, ["te"], ["te", "refine_steps"]),
     ("refine steps 0", "chain", "7", {"refine_steps": 0}, VALIDATION, ["refine_steps"], ["te", "refine_steps"]),
     ("refine steps do not fit below te", "chain", "7", {"te": 10, "refine_steps": 50}, VALIDATION, ["refine_steps", "te"]),

@@ -679,6 +679,27 @@ def test_seconds_keys_in_segment_prompts_count_at_the_models_rate_or_the_fps_inp
         texts[:2]
 
 
+def test_te_0_is_the_refining_models_own_and_the_node_says_which(comfy_worker, modern):
+    """A Wan graph built from new nodes ran at T_e 100 (sigma 0.1, a third of the paper's noise level), the SD
+    default, without a word. T_e 0 (the widgets' default) is the refining model's own: 250 for flow models."""
+    import cv2
+
+    prompt = wan_graph(comfy_worker.checkpoint_name, spatial="wan")
+    prompt["11"]["inputs"]["te"] = 0
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], _message(r)
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
+    assert re.fullmatch(rf"done · {3 * REFINE_STEPS} expert evaluations in \d+\.\d s · T_e 250", texts[-1]), texts[-1]
+    prompt["11"]["inputs"]["te"] = 250   # the same run, byte for byte
+    again = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert again["success"], again.get("error")
+    pixels = lambda result: [cv2.imread(str(Path(comfy_worker.output_dir) / i.get("subfolder", "") / i["filename"]))
+                             .tobytes() for i in _saved(result)]   # (the PNGs' metadata holds the te widget)
+    assert pixels(r) == pixels(again) and len(pixels(r)) == LENGTH
+    prompt["11"]["inputs"]["te"] = 100   # and another T_e is another run
+    assert pixels(comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)) != pixels(r)
+
+
 def test_the_control_expert_says_how_many_frames_its_clip_holds(comfy_worker, modern):
     """A Wan latent's length is 4k+1 frames: EmptyHunyuanLatentVideo's length 16 makes 13, which passed silently in a
     single-clip graph. The Control Expert's text says the frames, from the start to "done"."""

@@ -692,6 +692,26 @@ def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths,
     assert frames.shape == (1, 3, 8 * H, 8 * W, 3) and (frames[0].int() - own.int()).abs().max() <= 1
 
 
+def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):
+    """CLIP reads 77 tokens: a longer prompt was cut without a word (diffusers' pipelines log the part cut)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from confiner_core.chain import ConFinerWarning
+    from confiner_core.diffusers_backend.text import PromptEncoder
+
+    tokenizer = CLIPTokenizer.from_pretrained(paths["sd"], subfolder="tokenizer", local_files_only=True)
+    encoder = PromptEncoder(tokenizer, CLIPTextModel.from_pretrained(paths["sd"], subfolder="text_encoder",
+                                                                    local_files_only=True))
+    short, long = "a red ball", " ".join(["a red ball bouncing"] * 30)
+    assert len(tokenizer(long).input_ids) > tokenizer.model_max_length > len(tokenizer(short).input_ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        encoder(short)
+    with pytest.warns(ConFinerWarning, match=rf"^a prompt is {len(tokenizer(long).input_ids)} tokens and CLIPTextModel "
+                                             r"reads 77: the end is not read"):
+        encoder(long)
+
+
 def test_a_zero_terminal_snr_scheduler_is_refused_before_the_weights_load(paths, tmp_path, capsys, monkeypatch):
     """v-prediction SD 1.5 fine-tunes ship rescale_betas_zero_snr, which ConFiner does not support yet: it failed
     after the weights loaded, exit 1, naming neither the role, the path nor a fix."""

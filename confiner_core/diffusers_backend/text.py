@@ -16,7 +16,22 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import warn_doubtful
 from ..sampling import host_to_device
+
+
+def warn_if_truncated(tokenizer, prompts: list[str], max_length: int, reader) -> None:
+    """A prompt longer than its text encoder reads is cut (as diffusers' pipelines cut it, saying so in their log):
+    a :class:`~confiner_core.errors.ConFinerWarning` names the encoder and what it does not read. ``reader``: the
+    text encoder. (Tokenized without the ids, which would make transformers warn of its own.)"""
+    room = max_length - tokenizer.num_special_tokens_to_add()
+    for prompt in prompts:
+        tokens = tokenizer.tokenize(prompt)
+        if len(tokens) > room:
+            lost = tokenizer.convert_tokens_to_string(tokens[room:]).strip()
+            warn_doubtful(f"a prompt is {len(tokens) + max_length - room} tokens and {type(reader).__name__} reads "
+                          f"{max_length}: the end is not read ({lost[:60]!r}{'…' if len(lost) > 60 else ''}); shorten "
+                          f"it: {prompt[:40]!r}{'…' if len(prompt) > 40 else ''}")
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
@@ -88,6 +103,7 @@ class PromptEncoder(RecentPrompts):
 
     @torch.no_grad()
     def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
+        warn_if_truncated(self.tokenizer, prompts, self.tokenizer.model_max_length, self.text_encoder)
         tokens = self.tokenize(list(prompts))
         device = self.text_encoder.device
         # SD pipelines pass the mask only to encoders trained with one (config.use_attention_mask)
@@ -137,6 +153,7 @@ class SDXLPromptEncoder(RecentPrompts):
     def encode(self, prompt: str) -> SDXLConditioning:
         hidden, pooled = [], None
         for tokenizer, text_encoder in zip(self.tokenizers, self.text_encoders):
+            warn_if_truncated(tokenizer, [prompt], tokenizer.model_max_length, text_encoder)
             ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt").input_ids
             ids = host_to_device(ids, text_encoder.device)

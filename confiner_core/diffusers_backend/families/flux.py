@@ -29,7 +29,7 @@ import torch
 from ... import layout as L
 from ...latent_spaces import FLUX, Codec, LatentSpace
 from ...sampling import host_to_device
-from ..text import RecentPrompts
+from ..text import RecentPrompts, warn_if_truncated
 from ..vae import latent_space_of_vae
 from . import files
 from . import unet_folders as U
@@ -74,6 +74,8 @@ class FluxPromptEncoder(RecentPrompts):
 
     @torch.no_grad()
     def encode_batch(self, prompts: list[str]) -> list[FluxText]:
+        # (the CLIP encoder gives only the pooled vector: T5 reads the prompt, and its cut is what is lost)
+        warn_if_truncated(self.tokenizer_2, prompts, self.max_sequence_length, self.text_encoder_2)
         clip = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt")
         pooled = self.text_encoder(host_to_device(clip.input_ids, self.text_encoder.device)).pooler_output

@@ -37,7 +37,7 @@ from ...latent_spaces import (IMAGE_MODES, LATENT_FRAMES, PIXEL_FRAMES, VIDEO_FP
 from ...sampling import host_to_device
 from ...schedules import NoiseSchedule, flow_schedule
 from ..experts import _repeat_rows, placement
-from ..text import RecentPrompts
+from ..text import RecentPrompts, warn_if_truncated
 from . import files
 from . import unet_folders as U
 from .base import ROLES, Context, Family, Inspection
@@ -144,6 +144,8 @@ class UMT5PromptEncoder(RecentPrompts):
 
     @torch.no_grad()
     def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
+        warn_if_truncated(self.tokenizer, [prompt_clean(p) for p in prompts], self.max_sequence_length,
+                          self.text_encoder)
         tokens = self.tokenizer([prompt_clean(p) for p in prompts], padding="max_length",
                                 max_length=self.max_sequence_length, truncation=True, add_special_tokens=True,
                                 return_attention_mask=True, return_tensors="pt")
