@@ -7,8 +7,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import (STANDARD, ChainConfig, refine_evaluations, refining_denoiser, validate_refinement,
-                                   warned_already)
+from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refining_denoiser,
+                                   validate_refinement, warned_already)
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.latent_spaces import VIDEO_FPS
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
@@ -195,22 +195,39 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
         for video_model in (control_model, control_low_noise_model):
             host.check_video_role(video_model, "control")
-        problem = refine_problem(te, refine_steps)
         space = host.space_of(control_model)
         fps = prompt_fps(fps, space)
-        if not problem and frames < segment_length:  # every window is made and refined at full length, then cut
+        # every problem the widgets alone show, in one message: one per run cost a model load each
+        problems = [refine_problem(te, refine_steps)]
+        try:
+            space.check_pixel_frames(segment_length, f"segment length (segment_length) = {segment_length}: the "
+                                                     f"control expert's {space.name}", least=2)
+        except ValueError as e:
+            problems.append(str(e))
+        if frames < segment_length:  # every window is made and refined at full length, then cut
             fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
-            problem = (f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
-                       f"{segment_length}): its windows would be made and refined at {segment_length} frames and cut "
-                       f"to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
-                       + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+            problems.append(f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
+                            f"{segment_length}): its windows would be made and refined at {segment_length} frames "
+                            f"and cut to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
+                            + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+        refining = experts.temporal_model if mode == TEMPORAL else experts.spatial_model
+        if refining is not None and (mode == TEMPORAL or experts.spatial_frames != host.PIXEL_FRAMES):
+            problems.append(cls.joined_frames_problem(frames, host.space_of(refining)))   # (pixel frames: any count)
         window = space.latent_frames(segment_length)   # FreeNoise's, in latent frames
-        if not problem and noise_init == FREENOISE and freenoise_stride > window:
-            problem = (f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
-                       f"window, one segment's {window} latent frames"
-                       + (f" ({segment_length} frames)" if window != segment_length else ""))
-        if problem:
-            raise ValueError(problem)
+        if noise_init == FREENOISE and freenoise_stride > window:
+            problems.append(f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
+                            f"window, one segment's {window} latent frames"
+                            + (f" ({segment_length} frames)" if window != segment_length else ""))
+        try:
+            prompts = (segment_schedule(segment_prompts, frames, fps)
+                       if segment_prompts and segment_prompts.strip() else None)
+        except ValueError as e:
+            problems.append(str(e))
+        problems = [p for p in problems if p]
+        if len(problems) > 1:
+            raise ValueError(f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+        if problems:
+            raise ValueError(problems[0])
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te_setting(te),
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
@@ -220,8 +237,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
         long.validate()
         experts.check_mode(mode)
         plan = plan_segments(frames, segment_length, staggered)
-        prompts = (segment_schedule(segment_prompts, frames, fps)
-                   if segment_prompts and segment_prompts.strip() else None)
         if prompts is not None and clip is None:
             raise ValueError("segment prompts (segment_prompts) need the 'clip' input to encode them; connect a CLIP "
                              "or clear the prompts")
@@ -334,9 +349,17 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                              "refining": fixes["refining"]})
         if refiner.expert.latent_space.temporal_factor == 1:
             return False
-        try:
-            refiner.expert.latent_space.check_pixel_frames(frames)
-        except ValueError as e:   # "<space> latent space holds 4k+1 frames ...; use 37 or 41"
-            raise ValueError(f"frames = {frames}: the windows are joined into one clip of the refining expert's "
-                             f"latent space, and the {e}") from None
+        problem = ConFinerLongSegmenter.joined_frames_problem(frames, refiner.expert.latent_space)
+        if problem:
+            raise ValueError(problem)
         return True
+
+    @staticmethod
+    def joined_frames_problem(frames: int, refining_space) -> str | None:
+        """Windows joined into one clip of a refining space that compresses time (Wan) need a frame count it holds."""
+        try:
+            refining_space.check_pixel_frames(frames)
+        except ValueError as e:   # "<space> latent space holds 4k+1 frames ...; use 37 or 41"
+            return (f"frames = {frames}: the windows are joined into one clip of the refining expert's latent space, "
+                    f"and the {e}")
+        return None

@@ -716,6 +716,22 @@ def test_the_control_expert_says_how_many_frames_its_clip_holds(comfy_worker, mo
     assert len(_saved(r)) == 5
 
 
+def test_the_long_videos_problems_come_in_one_message_before_any_model_runs(comfy_worker, modern):
+    """An artist's 48 frames in segments of 16 with a '5s:' key on Wan met three refusals in three runs (the key
+    past the video at 16 fps, then the segment length, then the frame count), each after the models loaded."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"].update(frames=48, segment_length=16, segment_prompts="0: a red fox | 5s: a grey fox",
+                                  clip=["3", 0])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0
+    message = _message(r)
+    assert message.startswith("3 problems: (1) segment length (segment_length) = 16: the control expert's wan2.1 "
+                              "latent space holds"), message
+    assert "use 13 or 17; (2) frames = 48: the windows are joined into one clip" in message and "use 45 or 49" in \
+        message and "(3) segment prompts (segment_prompts): entry '5s: a grey fox' starts at frame 80 (5s at 16 fps)" \
+        in message, message
+
+
 def test_a_negative_of_another_family_runs_at_cfg_1_where_comfyui_never_evaluates_it(comfy_worker, modern):
     """At cfg 1 ComfyUI skips the negative prompt, so one left over from another family's template is no error."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
