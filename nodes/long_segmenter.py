@@ -286,9 +286,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
-        progress.clip = "" if chain.te is not None else "T_e {}"   # automatic: the node says which
+        automatic = chain.te is None
         chain = chain.with_default_te(refining_denoiser(spatial, temporal, mode).schedule)
-        progress.clip = progress.clip.format(chain.te)
+        progress.clip = f"T_e {chain.te}" if automatic else ""   # the node says which
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
