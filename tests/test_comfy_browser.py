@@ -186,6 +186,11 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
         after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end)
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (end, after)
     assert browser.run_starts(b, {"ConFinerCoordinatedSampler": waiting}) == {"ConFinerCoordinatedSampler": waiting}
+    # a node muted or bypassed is left out of the run: its last "done" read as if it had run
+    for mode in (2, 4):
+        after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": done},
+                                   modes={"ConFinerCoordinatedSampler": mode})
+        assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (mode, after)
 
 
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):

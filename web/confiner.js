@@ -11,7 +11,8 @@
 //
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
-//   "done" stays: a node served from the cache did finish.
+//   "done" stays: a node served from the cache did finish, but not on a node muted or bypassed, which the run leaves
+//   out (its last "done" read as if it had run).
 // * A run's end (finished, failed or cancelled) clears a "waiting for its turn" the Refine Sampler showed from its
 //   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty.
 //
@@ -25,6 +26,7 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 
 // The height a node's progress text needs at the node's width: its lines as the frontend wraps them, at most
 // TEXT.maxLines (its box scrolls above 200 px). The frontend gives the text 58 px (two lines) whatever it holds, so
@@ -38,11 +40,11 @@ function textHeight(node, value) {
   return TEXT.vertical + TEXT.lineHeight * Math.min(TEXT.maxLines, Math.max(TEXT.minLines, lines));
 }
 
-// Empties the progress text of every sampling node whose text matches ``pattern``.
-function clearTexts(pattern) {
+// Empties the progress text of every sampling node whose text matches ``pattern``, or for which ``also(node)``.
+function clearTexts(pattern, also = () => false) {
   for (const node of app.graph?._nodes ?? []) {
     const text = SAMPLING_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-    if (text && pattern.test(text.value ?? "")) {
+    if (text && text.value && (pattern.test(text.value) || also(node))) {
       text.value = "";
       node.setDirtyCanvas?.(true, true);
     }
@@ -52,7 +54,7 @@ function clearTexts(pattern) {
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
-    api.addEventListener("execution_start", () => clearTexts(ENDED_BADLY));
+    api.addEventListener("execution_start", () => clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode)));
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(end, () => clearTexts(WAITING));
     }

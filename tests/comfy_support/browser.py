@@ -282,10 +282,11 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {""" + ARRIVALS_JS + """
 
 
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
-RUN_STARTS_JS = """async ([texts, event]) => {
+RUN_STARTS_JS = """async ([texts, event, modes]) => {
   const api = window.comfyAPI.api.api;
   for (const [type, text] of Object.entries(texts)) {
     const node = app.graph._nodes.find((n) => n.type === type);
+    node.mode = modes[type] ?? 0;
     api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
   }
   await new Promise((r) => setTimeout(r, 200));
@@ -298,10 +299,11 @@ RUN_STARTS_JS = """async ([texts, event]) => {
 }"""
 
 
-def run_starts(browser: Browser, texts: dict, event: str = "execution_start") -> dict:
+def run_starts(browser: Browser, texts: dict, event: str = "execution_start", modes: dict | None = None) -> dict:
     """node type -> its text after ``texts`` arrived and then the server's ``event`` (a run's start, or its end:
-    execution_success / _error / _interrupted) (:data:`RUN_STARTS_JS`)."""
-    return browser.page.evaluate(RUN_STARTS_JS, [texts, event])
+    execution_success / _error / _interrupted), each node in LiteGraph mode ``modes[type]`` (0 always, 2 never, 4
+    bypass; default 0) (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}])
 
 
 # A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
