@@ -17,6 +17,8 @@ import tempfile
 from .errors import OutputError
 
 TEMP_MARK = ".partial"
+# temp_name's names: ".<stem>.<pid>-<token>.partial<ext>"
+TEMP_NAME = re.compile(r"\.(?P<stem>.*)\.(?P<pid>\d+)-[0-9a-f]+" + re.escape(TEMP_MARK) + r"(?P<ext>\.[^.]*)?")
 
 
 def temp_name(path: str) -> str:
@@ -33,8 +35,8 @@ def is_temp(name: str) -> bool:
 
 def temp_owner(name: str) -> int | None:
     """The process id a temporary name (:func:`temp_name`) was made by, None for another name."""
-    m = re.fullmatch(r"\..*\.(\d+)-[0-9a-f]+" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", name)
-    return int(m.group(1)) if m else None
+    m = TEMP_NAME.fullmatch(name)
+    return int(m.group("pid")) if m else None
 
 
 def alive(pid: int) -> bool:
@@ -80,8 +82,8 @@ def remove_orphans(folder: str) -> list[str]:
 
 def final_name(name: str) -> str:
     """The output a temporary name (:func:`temp_name`) stands for: ``.video.<token>.partial.mp4`` -> ``video.mp4``."""
-    m = re.fullmatch(r"\.(.*)\.\d+-[0-9a-f]+" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", name)
-    return m.group(1) + (m.group(2) or "") if m else name
+    m = TEMP_NAME.fullmatch(name)
+    return m.group("stem") + (m.group("ext") or "") if m else name
 
 
 def free_mb(folder: str) -> float:
