@@ -224,8 +224,9 @@ def lookup(obj, path: str):
 #: fields added after the resume folders' FORMAT 2, with the value that reproduces the runs made before them: a run
 #: interrupted by an earlier version (which stored no such setting) resumes while they are at it (ResumeStore)
 ADDED_SETTINGS = {"image_mode": LATENT_FRAMES}
-#: fields whose None means the loaded experts' own default (refine_guidance): a resume compares the scales used
-SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg")
+#: fields that matter as the loaded experts take them (a scale left to their default, refine_guidance; a negative
+#: prompt only where an expert uses classifier-free guidance): a resume compares what the experts were given
+SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_prompt")
 
 
 @dataclass
@@ -756,6 +757,12 @@ def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
             if (expert := backend.experts.get(role)) is not None}
 
 
+def reads_negative(bound: dict) -> bool:
+    """Whether an expert of ``bound`` (role -> Denoiser or None) reads the negative prompt (classifier-free guidance
+    above 1; FLUX.1-dev takes its guidance as an input and reads none)."""
+    return any(d.expert.uses_negative(d.guidance_scale) for d in bound.values() if d is not None)
+
+
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
     ex, cfg = backend.experts, refine_guidance(backend, req)
     # the spatial expert first: its prompt and negative go through the text encoder as one batch, and a control
@@ -765,8 +772,7 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
     bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, cfg["temporal"], log, deferred=True)
                          if "temporal" in cfg else None)
-    if req.negative_prompt.strip() and not any(d.expert.uses_negative(d.guidance_scale)
-                                               for d in bound.values() if d is not None):
+    if req.negative_prompt.strip() and not reads_negative(bound):
         warn_doubtful(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
                               "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"))
     return bound
@@ -916,9 +922,9 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
             raise too_many_frames(e, plan is not None) from None
         except ValueError as e:
             raise UsageError(as_options(str(e))) from None
-        if store is not None:   # the guidance the experts are given, against the interrupted run's on --resume
-            store.settle({f"the {role} expert's cfg": scale for role, scale in refine_guidance(backend, req).items()},
-                         req.resume)
+        if store is not None:   # what the experts are given, against the interrupted run's on --resume
+            store.settle({**{f"the {role} expert's cfg": scale for role, scale in refine_guidance(backend, req).items()},
+                          "the negative prompt": req.negative_prompt if reads_negative(d) else None}, req.resume)
 
     if plan is not None:
         ranks.agree(check_experts)   # every process that shares the work stops on the same UsageError

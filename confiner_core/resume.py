@@ -57,9 +57,9 @@ class ResumeStore:
                  settled_later: tuple[str, ...] = ()):
         """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
         made before it: a state stored without one was made with that value. ``names``: how messages name a
-        setting (its flattened key, e.g. ``long.gamma``, by default). ``settled_later``: settings whose None means
-        a default only the loaded experts know (a guidance scale): :meth:`check` compares them where both runs
-        gave one, :meth:`settle` compares the values the experts were given."""
+        setting (its flattened key, e.g. ``long.gamma``, by default). ``settled_later``: settings that matter only as
+        the loaded experts take them (a guidance scale left to the expert's default, a negative prompt no expert
+        reads at cfg 1): :meth:`settle` compares what the experts were given, :meth:`check` leaves them out."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.settings = flatten(json.loads(json.dumps(settings, default=str)))
         self.added = flatten(added or {})
@@ -89,31 +89,27 @@ class ResumeStore:
                              f"{info.get('format')}); delete it and start over", "--resume")
         stored = {**self.added, **info.get("settings", {})}
         name = lambda k: self.names.get(k, k)  # noqa: E731
-        later = lambda k, v: k in self.settled_later and None in (v, stored.get(k))  # noqa: E731
+        later = "settled" in info   # the settings the experts settle are compared as settled (:meth:`settle`)
         changed = [f"{name(k)}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items()
-                   if stored.get(k) != v and not later(k, v)]
+                   if stored.get(k) != v and not (later and k in self.settled_later)]
         changed += [f"{name(k)}: {v!r} -> (unset)" for k, v in stored.items() if k not in self.settings]
         self._refuse_changes(changed)
         self._check_files(info)
         return info
 
     def settle(self, values: dict, resuming: bool) -> None:
-        """The values the loaded experts settled ``settled_later``'s settings to, by the name messages give them
-        (e.g. ``{"the spatial expert's cfg": 7.5}``): kept with the state, and for a resumed run compared with the interrupted run's, so that a
-        default given explicitly (``--cfg 7.5`` where the run had left it out) resumes and a changed one does not.
-        A state kept before these values were (none stored) is compared as :meth:`check` would have."""
+        """What the loaded experts were given for ``settled_later``'s settings, by the names messages give them
+        (e.g. ``{"the spatial expert's cfg": 7.5}``): kept with the state, and for a resumed run compared with the
+        interrupted run's, so that a default given explicitly (``--cfg 7.5`` where the run had left it out) or a
+        setting no expert reads (a negative prompt at cfg 1) resumes, and a changed one does not. (A state kept
+        before these values were had those settings compared as given, by :meth:`check`.)"""
         self.settled = flatten(json.loads(json.dumps(values)))
         if not resuming:
             return
-        info = self.info()
-        if "settled" in info:
-            stored = info["settled"]
-            changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settled.items() if stored.get(k) != v]
-        else:
-            stored = info.get("settings", {})
-            changed = [f"{self.names.get(k, k)}: {stored.get(k)!r} -> {self.settings.get(k)!r}"
-                       for k in self.settled_later if stored.get(k) != self.settings.get(k)]
-        self._refuse_changes(changed)
+        stored = self.info().get("settled")
+        if stored is not None:
+            self._refuse_changes([f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in self.settled.items()
+                                  if stored.get(k) != v])
 
     def _refuse_changes(self, changed: list[str]) -> None:
         if changed:

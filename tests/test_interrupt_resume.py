@@ -261,11 +261,13 @@ def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_gi
     args = ["--quiet", *LONG]
     assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
     part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
-    assert state["settled"] == {"the spatial expert's cfg": 1.0, "the temporal expert's cfg": 1.0}  # their default
+    # the embedded experts' default cfg, and no negative prompt read (at cfg 1 no expert reads one)
+    assert state["settled"] == {"the spatial expert's cfg": 1.0, "the temporal expert's cfg": 1.0,
+                                "the negative prompt": None}
     with pytest.raises(SystemExit) as e:
         main(["generate", "--out", str(part), "--resume", "--spatial-cfg", "2", *args])
     assert e.value.code == 2
-    assert "used other settings (the spatial expert's cfg: 1.0 -> 2.0)" in capsys.readouterr().err
+    assert "used other settings (the spatial expert's cfg: 1.0 -> 2.0" in capsys.readouterr().err
     del state["settled"]   # as the version before wrote it
     path.write_text(json.dumps(state))
     with pytest.raises(SystemExit) as e:
@@ -274,6 +276,20 @@ def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_gi
     state["settled"] = {"the spatial expert's cfg": 1.0, "the temporal expert's cfg": 1.0}
     path.write_text(json.dumps(state))
     assert main(["generate", "--out", str(part), "--resume", "--cfg", "1", *args]) == 0
+    assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
+def test_a_negative_prompt_no_expert_reads_does_not_stop_a_resume(tmp_path, monkeypatch, capsys):
+    """At cfg 1 no expert reads the negative prompt (the command line says so): a resume that adds one was refused as
+    "--negative-prompt: '' -> 'blurry'". Read (cfg 2), it is the change it is."""
+    args = ["--quiet", *LONG]
+    assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
+    part, _, _ = _interrupted_state(tmp_path, monkeypatch, args)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--cfg", "2", "--negative-prompt", "blurry", *args])
+    assert e.value.code == 2
+    assert "the negative prompt: None -> 'blurry'" in capsys.readouterr().err
+    assert main(["generate", "--out", str(part), "--resume", "--negative-prompt", "blurry", *args]) == 0
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
 
 
