@@ -228,3 +228,14 @@ def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, 
     b.page.screenshot(path=str(screenshot_dir / "fresh_nodes_text.png"))
     assert all(box["preview"] for box in boxes.values()), boxes   # under a preview
     assert {t: box["needed"] <= box["shown"] for t, box in boxes.items()} == dict.fromkeys(boxes, True), boxes
+
+
+
+def test_a_fresh_node_holds_all_its_widgets(frontend):
+    """A Long Video added fresh was sized before web/confiner.js fixed its schedule box's height, and ended above its
+    last widgets (fps and the low-noise inputs drawn below the node, 12 px short)."""
+    server, b = frontend
+    sizes = b.page.evaluate("""(types) => { app.graph.clear(); return Object.fromEntries(types.map((t) => {
+        const n = LiteGraph.createNode(t); app.graph.add(n); app.canvas.draw(true, true);
+        return [t, [n.size[1], n.computeSize()[1]]]; })); }""", NODE_IDS)
+    assert {t: size >= needed for t, (size, needed) in sizes.items()} == dict.fromkeys(NODE_IDS, True), sizes

@@ -74,5 +74,7 @@ app.registerExtension({
     if (!box?.options) return;
     box.options.getMinHeight = () => SCHEDULE_BOX.height;
     box.options.getMaxHeight = () => SCHEDULE_BOX.height;
+    // the node was sized with the box's own minimum: a node added fresh ended above its last widgets
+    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
   },
 });
