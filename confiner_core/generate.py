@@ -173,10 +173,11 @@ def spelled(text: str) -> str:
     return _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
 
 
-#: a chain or long setting as the library's messages name it, with its value (``mode 'coordinated'``)
-_SETTING_VALUE = re.compile(r"\b(" + "|".join(sorted({path.split(".")[-1] for path in OPTION_OF
-                                                      if path.startswith(("chain.", "long."))}, key=len, reverse=True))
-                            + r") '([^'\s]*)'")
+#: a chain or long setting as the library's messages name it (``mode``) -> its option, and the setting with its value
+#: in a message (``mode 'coordinated'``)
+_SETTING_OPTION = {path.split(".")[-1]: option for path, option in OPTION_OF.items()
+                   if path.startswith(("chain.", "long."))}
+_SETTING_VALUE = re.compile(r"\b(" + "|".join(sorted(_SETTING_OPTION, key=len, reverse=True)) + r") '([^'\s]*)'")
 
 
 def as_options(text: str) -> str:
@@ -184,8 +185,7 @@ def as_options(text: str) -> str:
     coordinated``) where it runs; unchanged for library callers."""
     if _SPELLING.get() != "cli":
         return text
-    options = {path.split(".")[-1]: option for path, option in OPTION_OF.items() if path.startswith(("chain.", "long."))}
-    return _SETTING_VALUE.sub(lambda m: f"{options[m.group(1)]} {m.group(2)}", text)
+    return _SETTING_VALUE.sub(lambda m: f"{_SETTING_OPTION[m.group(1)]} {m.group(2)}", text)
 
 
 def from_the_backend(text: str) -> str:

@@ -86,7 +86,7 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(host.latent_in(model, latent, "control"), generator)
         host.check_frames(control, noise.shape[2])
         # the frames the clip holds: a video latent's length rounds down to the space's (Wan: 4k+1, 16 -> 13)
-        progress.clip = f"{control.expert.latent_space.pixel_frames(noise.shape[2])} frames"
+        progress.about = f"{control.expert.latent_space.pixel_frames(noise.shape[2])} frames"
         host.plan_control(control, config)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():

@@ -30,7 +30,8 @@ import latent_preview
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_noise_warning, control_timesteps,
-                                   extraction_schedule, refine_positions, same_index_warning, table3_warning)
+                                   extraction_schedule, refine_positions, refining_denoiser, same_index_warning,
+                                   table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import matched_timestep
@@ -687,7 +688,7 @@ class Progress:
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.summary = ""              # how the run ended (:meth:`running`)
-        self.clip = ""                 # what the run makes, e.g. "13 frames", said after the opening and the summary
+        self.about = ""                # a fact of the run ("13 frames", "T_e 250"), after the opening and the summary
         self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
         # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
@@ -710,6 +711,14 @@ class Progress:
             noise_type = ade.ignored_noise_type(model) if model is not None else None
             if noise_type:
                 self.note(f"warning: ADE noise_type '{noise_type}' not used (console)")
+
+    def settled_te(self, config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
+        """``config`` with its T_e settled: as set, or (None: the widget's 0) the refining expert's own, which the
+        node's text then names ("· T_e 250")."""
+        settled = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
+        if config.te is None:
+            self.about = f"T_e {settled.te}"
+        return settled
 
     def warn_motion_models(self, **roles) -> None:
         """Motion models in each other's roles (:func:`~.ade.motion_model_problems`; ``roles``: its arguments)."""
@@ -782,9 +791,9 @@ class Progress:
         (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
-        clip = f" · {self.clip}" if self.clip else ""
+        about = f" · {self.about}" if self.about else ""
         if self.opening:   # (a schedule's lines are not followed by it: the summary has it)
-            self.show(self.opening + (clip if "\n" not in self.opening else ""))
+            self.show(self.opening + (about if "\n" not in self.opening else ""))
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
@@ -798,7 +807,7 @@ class Progress:
             raise
         vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
         self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
-                        f"{time.perf_counter() - start:.1f} s{clip}")
+                        f"{time.perf_counter() - start:.1f} s{about}")
         self.show(self.summary)
 
 

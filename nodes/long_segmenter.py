@@ -286,9 +286,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
-        automatic = chain.te is None
-        chain = chain.with_default_te(refining_denoiser(spatial, temporal, mode).schedule)
-        progress.clip = f"T_e {chain.te}" if automatic else ""   # the node says which
+        chain = progress.settled_te(chain, spatial, temporal)
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)

@@ -144,9 +144,9 @@ class UMT5PromptEncoder(RecentPrompts):
 
     @torch.no_grad()
     def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
-        warn_if_truncated(self.tokenizer, [prompt_clean(p) for p in prompts], self.max_sequence_length,
-                          self.text_encoder)
-        tokens = self.tokenizer([prompt_clean(p) for p in prompts], padding="max_length",
+        prompts = [prompt_clean(p) for p in prompts]
+        warn_if_truncated(self.tokenizer, prompts, self.max_sequence_length, self.text_encoder)
+        tokens = self.tokenizer(prompts, padding="max_length",
                                 max_length=self.max_sequence_length, truncation=True, add_special_tokens=True,
                                 return_attention_mask=True, return_tensors="pt")
         device = self.text_encoder.device
