@@ -43,7 +43,7 @@ from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongCon
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX, TIMESTEP_MATCHING
-from .sampling import device_to_host, randn
+from .sampling import SAMPLERS as CONTROL_SAMPLERS, device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -58,7 +58,6 @@ NATURAL_FRAMES = 16        # the clip length of SD-family video experts (Animate
 MIN_SIZE = 64
 SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
-CONTROL_SAMPLERS = ("euler", "ddim")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 
 from .experts import Denoiser, Prediction, check_finite
 from .prediction import from_x0_eps, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
-from .timesteps import STEPS_OFFSET, euler_timesteps, flow_match_timesteps, spaced_timesteps, with_next
+from .timesteps import STEPS_OFFSET, dpm_solver_timesteps, euler_timesteps, flow_match_timesteps, spaced_timesteps, \
+    with_next
 
-SAMPLERS = ("euler", "ddim")
+#: the control stage's samplers, by ComfyUI's names for them
+SAMPLERS = ("euler", "ddim", "dpmpp_2m")
 
 
 def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -132,6 +136,40 @@ def euler_step(schedule: NoiseSchedule, pred: Prediction, t_prev: float) -> torc
     return alpha_prev * pred.x0 + sigma_prev * pred.eps
 
 
+def log_snr(alpha: float, sigma: float) -> float:
+    """lambda = log(alpha/sigma), DPM-Solver's time variable: -inf at pure noise (alpha = 0, a flow schedule's
+    top), +inf at the clean end."""
+    if alpha == 0.0:
+        return -math.inf
+    if sigma == 0.0:
+        return math.inf
+    return math.log(alpha / sigma)
+
+
+def dpmpp_2m_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: float,
+                  previous: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; diffusers' DPMSolverMultistepScheduler with
+    solver_order 2 and the midpoint solver, k-diffusion's sample_dpmpp_2m), ``previous`` the (x0, t) of the step
+    before.
+
+    Its first-order update, (sigma_prev/sigma_t) x_t - alpha_prev (e^-h - 1) x0 with h = lambda_prev - lambda_t, is
+    exactly the deterministic DDIM step alpha_prev x0 + sigma_prev eps; the second order adds
+    alpha_prev (1 - e^-h) (x0 - x0_last) / 2r, r = h_last / h. Written that way it stays finite where alpha_t = 0
+    (a flow schedule's sigma 1: there h is infinite, e^-h = 0, and the next step's r too, so it is first order).
+    The first step has no ``previous`` and the last, to sigma 0 (final_sigmas_type "zero"), is first order."""
+    alpha_t, sigma_t = schedule.coefficients(t)
+    alpha_prev, sigma_prev = schedule.coefficients(t_prev) if t_prev >= 0 else (1.0, 0.0)
+    x = alpha_prev * pred.x0 + sigma_prev * pred.eps
+    if previous is None or sigma_prev == 0.0:
+        return x
+    x0_last, t_last = previous
+    h = log_snr(alpha_prev, sigma_prev) - log_snr(alpha_t, sigma_t)
+    r = (log_snr(alpha_t, sigma_t) - log_snr(*schedule.coefficients(t_last))) / h
+    if not math.isfinite(r):
+        return x
+    return x + alpha_prev * -math.expm1(-h) / (2 * r) * (pred.x0 - x0_last)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 1 (Eq. 5)
 
@@ -143,12 +181,16 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
     * euler on a VP schedule: EulerDiscreteScheduler ("linspace" keeps fractional timesteps);
     * euler on a flow schedule: "linspace" is FlowMatchEulerDiscreteScheduler with the expert's shift; "trailing"
       takes every (N/n)-th entry of the shifted table from the top (ComfyUI's "simple" scheduler:
-      sigma = 1, .9, .75, .5 for shift 3 and 4 steps), "leading" is DDIM's list on that table."""
+      sigma = 1, .9, .75, .5 for shift 3 and 4 steps), "leading" is DDIM's list on that table;
+    * dpmpp_2m: DPMSolverMultistepScheduler (:func:`dpm_solver_timesteps`; on a flow schedule "linspace" is its flow
+      sigmas with the expert's shift, the others its lists on the shifted table)."""
     t_max = schedule.num_timesteps - 1
     if sampler not in SAMPLERS:
         raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "ddim":
         return spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+    if sampler == "dpmpp_2m":
+        return dpm_solver_timesteps(schedule, num_steps, spacing, STEPS_OFFSET)
     if schedule.kind == FLOW and spacing == "linspace":
         return flow_match_timesteps(schedule, num_steps)
     return euler_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
@@ -159,7 +201,7 @@ def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampl
     """Pure-noise start as diffusers' schedulers do it, in the schedule's own scaling (what the expert is fed after
     ``scale_model_input``). DDIM: x_T = noise (init_noise_sigma 1). Euler: init_noise_sigma * noise in VE form with
     init_noise_sigma = sigma_max for "trailing"/"linspace", i.e. sigma_T * noise here; for "leading" diffusers uses
-    sqrt(sigma_max^2 + 1), which is unit-variance noise here. On a flow schedule at sigma = 1 all of these are the
+    sqrt(sigma_max^2 + 1), which is unit-variance noise here. DPM-Solver: x_T = noise, as DDIM. On a flow schedule at sigma = 1 all of these are the
     noise itself, where flow pipelines (SD3, Wan with FlowMatchEulerDiscreteScheduler) start."""
     if sampler == "euler" and spacing != "leading":
         return schedule.coefficients(t)[1] * noise
@@ -198,15 +240,20 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
 
     ``x_T`` is unit Gaussian noise, scaled as diffusers does for ``sampler`` and ``spacing`` (see
     :func:`initial_latent`; ``timesteps`` from :func:`control_timesteps`). ``sampler`` is "euler" (distilled
-    experts) or "ddim" (with ``eta``). ``eps_hook`` may replace each step's derivative (coherence guidance)."""
+    experts), "ddim" (with ``eta``) or "dpmpp_2m" (second order: undistilled experts in few steps).
+    ``eps_hook`` may replace each step's derivative (coherence guidance)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
     schedule = denoiser.schedule
     x = initial_latent(schedule, x_T, timesteps[0], sampler, spacing)
+    previous = None
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         pred = guided_prediction(denoiser, x, t, i, eps_hook)
         if sampler == "euler":
             x = euler_step(schedule, pred, t_prev)
+        elif sampler == "dpmpp_2m":
+            x = dpmpp_2m_step(schedule, pred, t, t_prev, previous)
+            previous = (pred.x0, t)
         else:
             noise = randn_like(x, generator) if eta > 0 else None
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)

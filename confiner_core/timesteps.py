@@ -5,6 +5,8 @@ the control stage's timesteps as diffusers' schedulers lay them out for each sam
 * :func:`euler_timesteps` -- EulerDiscreteScheduler.set_timesteps (as DDIM, except that "linspace" keeps its
   fractional timesteps);
 * :func:`flow_match_timesteps` -- FlowMatchEulerDiscreteScheduler.set_timesteps with the expert's shift;
+* :func:`dpm_solver_timesteps` -- DPMSolverMultistepScheduler.set_timesteps (its own three spacings, and its flow
+  sigmas with the expert's shift);
 * :func:`uniform_timesteps` -- the paper's refinement timesteps, "from T_e to 0 at uniform intervals":
   T_e, T_e - T_e/n, ..., T_e/n (for T_e = 100 and 5 steps: 100, 80, 60, 40, 20).
 """
@@ -65,6 +67,14 @@ def uniform_timesteps(num_steps: int, t_max: int) -> list[int]:
     return [(2 * t_max * k + num_steps) // (2 * num_steps) for k in range(num_steps, 0, -1)]
 
 
+def _flow_shift(schedule: NoiseSchedule) -> float:
+    shift = schedule.flow_shift
+    if shift is None:
+        raise ValueError(f"schedule {schedule.name!r} is not a shifted rectified-flow table "
+                         f"(s = shift*u / (1 + (shift-1)*u)); use 'trailing' spacing for it")
+    return shift
+
+
 def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]:
     """FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps) for a flow expert with the schedule's shift, as
     (fractional) timesteps of ``schedule``: sigma_k = shift(linspace(sigma_max, sigma_min, n)) with sigma_max, sigma_min
@@ -72,10 +82,7 @@ def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]
     shift(shift(1/N)), not at the table's smallest sigma; reproduced here on purpose.)"""
     if schedule.kind != FLOW:
         raise ValueError(f"flow-match timesteps need a flow schedule, got {schedule.kind!r} ({schedule.name})")
-    shift = schedule.flow_shift
-    if shift is None:
-        raise ValueError(f"schedule {schedule.name!r} is not a shifted rectified-flow table "
-                         f"(s = shift*u / (1 + (shift-1)*u)); use 'trailing' spacing for it")
+    shift = _flow_shift(schedule)
     _check_steps(num_steps, schedule.num_timesteps - 1, schedule.num_timesteps)
     s_max, s_min = float(schedule.sigmas[-1]), float(schedule.sigmas[0])
     ts = []
@@ -83,6 +90,34 @@ def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]
         s = shift * float(u) / (1 + (shift - 1) * float(u))
         ts.append(schedule.timestep_for_noise_level(s / (1 - s) if s < 1 else math.inf, continuous=True))
     return ts
+
+
+def dpm_solver_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "linspace",
+                         steps_offset: int = 0) -> list:
+    """DPMSolverMultistepScheduler.set_timesteps, which lays out n + 1 points and drops the last (the clean end is
+    sigma 0, final_sigmas_type "zero"): "linspace" rounds linspace(0, N-1, n+1) (4 steps: 999, 749, 500, 250),
+    "leading" steps by N // (n+1) from 0 plus ``steps_offset`` (801, 601, 401, 201), "trailing" is DDIM's list.
+    On a flow schedule "linspace" is its flow sigmas (``use_flow_sigmas``, as diffusers' Wan configurations run
+    it): shift(1 - u) for u = linspace(1, 1/N, n+1), the first just below sigma 1, as (fractional) timesteps of
+    ``schedule``. (diffusers passes the network int(N sigma); the core passes N sigma itself, as FlowMatchEuler
+    does.)"""
+    t_max = schedule.num_timesteps - 1
+    _check_steps(num_steps, t_max, t_max)
+    n_train = t_max + 1
+    if schedule.kind == FLOW and spacing == "linspace":
+        shift = _flow_shift(schedule)
+        ts = []
+        for u in np.linspace(1.0, 1.0 / n_train, num_steps + 1)[1:][::-1]:
+            s = shift * (1 - float(u)) / (1 + (shift - 1) * (1 - float(u)))
+            ts.append(schedule.timestep_for_noise_level(s / (1 - s), continuous=True))
+        return ts
+    if spacing == "linspace":
+        ts = np.linspace(0, t_max, num_steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(num_steps + 1) * (n_train // (num_steps + 1))).round()[::-1][:-1] + steps_offset
+    else:
+        return spaced_timesteps(num_steps, t_max, spacing, steps_offset)
+    return [int(t) for t in ts]
 
 
 def with_next(timesteps: list) -> list[tuple]:

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from ..confiner_core.chain import MODES, STRUCTURE_NOISES
 from ..confiner_core.long import COHERENCE_MEMORIES
 from ..confiner_core.refine import TIMESTEP_MATCHING
+from ..confiner_core.sampling import SAMPLERS
 from ..confiner_core.timesteps import SPACINGS
 
 CATEGORY = "ConFiner"
@@ -72,10 +73,11 @@ def control_inputs(prefix: str = "") -> list:
                        round=0.01, tooltip="Guidance of the control expert. 1.0 is our default, right for distilled "
                                            "Lightning models (the paper states no cfg value); undistilled experts "
                                            "want ~7.5. Above 1.0 the negative prompt is used too."),
-        io.Combo.Input(f"{prefix}sampler", display_name=CONTROL_SAMPLER, options=["euler", "ddim"], default="euler",
+        io.Combo.Input(f"{prefix}sampler", display_name=CONTROL_SAMPLER, options=list(SAMPLERS), default="euler",
                        tooltip="euler: for distilled few-step experts (AnimateDiff-Lightning), what they were trained "
                                "for; ddim: the paper's control sampler, for undistilled experts (AnimateDiff v1-3, "
-                               "ModelScope)."),
+                               "ModelScope); dpmpp_2m (DPM-Solver++ 2M, ComfyUI's dpmpp_2m): second order, for "
+                               "undistilled experts (Wan, AnimateDiff v3) in few steps."),
     ]
 
 

@@ -538,3 +538,47 @@ def noise_rescheduler_warnings(frames: int, segment_length: int) -> list:
     finally:
         logging.getLogger().removeHandler(handler)
     return [r for r in records if "Noise Rescheduler" in r]
+
+
+def control_expert_against_comfys_sampler(ckpt_name: str, sampler: str, steps: int, seed: int = 4) -> dict:
+    """The Control Expert (cfg 1, trailing) against ComfyUI's own sampler of that name (``comfy.sample.sample_custom``,
+    k-diffusion's code) over the same sigmas: ComfyUI's model_sampling at DPMSolverMultistepScheduler's trailing
+    timesteps, then 0. The noise is the seed's draw in the core's layout ([1, C, F, h, w], float32), replayed here."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    import comfy.sample
+    import comfy.samplers
+    import folder_paths
+
+    from comfy_support import harness
+
+    frames, size = 4, 64
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": frames}},
+        "5": {"class_type": "ConFinerControlExpert", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "seed": seed,
+            "steps": steps, "cfg": 1.0, "sampler": sampler, "latent_is_noise": False}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"against_{sampler}"}},
+    }
+    res = harness.run_prompt(prompt, fresh_cache=True)
+    assert res.success, res.to_json()
+    saved = res.outputs["6"]["latents"][0]
+    ours = load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))
+    ours = ours["latent_tensor"].to(torch.float64)
+
+    model, cond = _load(ckpt_name)
+    timesteps = torch.arange(1000, 0, -1000 / steps).round() - 1          # diffusers' "trailing"
+    ms = model.get_model_object("model_sampling")
+    sigmas = torch.cat([ms.sigma(timesteps), torch.zeros(1)])
+    noise = torch.randn(1, 4, frames, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
+    noise = noise[0].transpose(0, 1).contiguous()                         # [F, C, h, w], ComfyUI's frame batch
+    ref = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object(sampler), sigmas, cond, cond,
+                                     torch.zeros_like(noise), disable_pbar=True, seed=seed).to(torch.float64)
+    return {"max_abs_diff": float((ours - ref).abs().max()), "max_abs": float(ref.abs().max()),
+            "sigmas": [float(s) for s in sigmas], "shape": list(ours.shape)}
