@@ -42,6 +42,12 @@ SPATIAL = "spatial"
 CONTROL = "control"
 STRUCTURE_NOISES = (SPATIAL, CONTROL)
 
+# How coordinated refinement picks the temporal expert's timestep (refine.TIMESTEP_MATCHING), or "auto" (the
+# default): the paper's same index where both schedules put T_e at one noise level (the paper's experts share SD's
+# schedule), the nearest noise level where they do not (a flow and a VP expert). :func:`settled` decides.
+AUTO = "auto"
+MATCHINGS = (AUTO, *R.TIMESTEP_MATCHING)
+
 # Refinement timesteps: the paper's uniform intervals from T_e (default), or one of diffusers' spacings over [0, T_e].
 UNIFORM = "uniform"
 REFINE_SPACINGS = (UNIFORM, *SPACINGS)
@@ -114,6 +120,13 @@ def same_index_mismatch_warning(spatial: NoiseSchedule, temporal: NoiseSchedule,
             f"expert's {there:.2f}; matching 'nearest' gives both the same noise level")
 
 
+def auto_matching(spatial: NoiseSchedule, temporal: NoiseSchedule, te: int) -> str:
+    """What matching "auto" is for these refining schedules at ``te``: ``same_index`` (the paper's) where they put
+    T_e at noise levels within a factor of 1.5 (SD 1.5 with AnimateDiff or ModelScope), else ``nearest`` (SD 1.5 with
+    Wan: 0.34 and 0.11 at T_e 100)."""
+    return R.SAME_INDEX if same_index_mismatch_warning(spatial, temporal, te) is None else R.NEAREST
+
+
 def same_index_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig") -> str | None:
     """:func:`same_index_mismatch_warning` where the run re-noises at the same index (coordinated, ``same_index``):
     what :func:`validate_chain` and the ComfyUI nodes warn of."""
@@ -149,8 +162,10 @@ class ChainConfig:
     where the paper writes DDIM (``control_sampler="ddim"``).
 
     ``te=None`` (the default) is the refining expert's default T_e (:data:`DEFAULT_TE`: 100 for VP experts, 250 for
-    flow experts such as Wan, about the same noise level), settled by :meth:`with_default_te` where the experts are
-    known (:func:`run_chain`, :func:`validate_refinement`, :func:`refine_structure`).
+    flow experts such as Wan, about the same noise level), and ``matching="auto"`` (the default) the paper's
+    ``same_index`` unless the spatial and temporal schedules put T_e at other noise levels (:func:`auto_matching`);
+    both are settled by :func:`settled` where the experts are known (:func:`run_chain`, :func:`validate_refinement`,
+    :func:`refine_structure`, :func:`refine`).
 
     ``control_eta`` is DDIM's eta in the control stage (sampler "ddim" only); ``eta`` the same in refinement."""
 
@@ -162,7 +177,7 @@ class ChainConfig:
     refine_steps: int = 5
     refine_spacing: str = UNIFORM
     mode: str = COORDINATED
-    matching: str = R.SAME_INDEX
+    matching: str = AUTO
     eta: float = 0.0
     structure_noise: str = SPATIAL
 
@@ -171,8 +186,8 @@ class ChainConfig:
         field. :func:`validate_chain` checks them against the experts' schedules."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.matching not in R.TIMESTEP_MATCHING:
-            raise ValueError(f"matching must be one of {R.TIMESTEP_MATCHING}, got {self.matching!r}")
+        if self.matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
         if self.control_spacing not in SPACINGS:
             raise ValueError(f"control_spacing must be one of {SPACINGS}, got {self.control_spacing!r}")
         if self.refine_spacing not in REFINE_SPACINGS:
@@ -202,6 +217,26 @@ class ChainConfig:
     def with_default_te(self, schedule: NoiseSchedule) -> "ChainConfig":
         """This config with ``te=None`` made the default T_e of a refining expert on ``schedule``."""
         return self if self.te is not None else replace(self, te=default_te(schedule))
+
+    def with_matching(self, spatial: NoiseSchedule, temporal: NoiseSchedule | None) -> "ChainConfig":
+        """This config (T_e settled) with ``matching="auto"`` made :func:`auto_matching`'s choice for these
+        schedules; without a temporal expert, or outside coordinated refinement, where nothing is matched, the
+        paper's ``same_index``."""
+        if self.matching != AUTO:
+            return self
+        if temporal is None or self.mode != COORDINATED:
+            return replace(self, matching=R.SAME_INDEX)
+        try:
+            return replace(self, matching=auto_matching(spatial, temporal, self.te))
+        except ValueError:   # T_e outside a schedule: left undecided, for the validation to name
+            return self
+
+
+def settled(config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
+    """``config`` with the defaults the experts decide made concrete: T_e (``None``: the refining expert's
+    :func:`default_te`) and the timestep matching ("auto": :meth:`ChainConfig.with_matching`)."""
+    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
+    return config.with_matching(spatial.schedule, temporal.schedule if temporal is not None else None)
 
 
 def refining_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -> Denoiser:
@@ -273,7 +308,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
-    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
+    config = settled(config, spatial, temporal)
     config.validate()
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     source_is_refiner = source is None or source is spatial or source is temporal   # refine(): x in its space
@@ -327,7 +362,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
     validate_refinement(spatial, temporal, shape, config, source=control)   # first: a missing temporal expert
-    config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
+    config = settled(config, spatial, temporal)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
@@ -360,7 +395,7 @@ def unused_settings(config: ChainConfig) -> list[str]:
     unused = []
     if config.control_eta and config.control_sampler != "ddim":
         unused.append("control_eta")
-    if config.matching != R.SAME_INDEX and config.mode != COORDINATED:
+    if config.matching not in (AUTO, R.SAME_INDEX) and config.mode != COORDINATED:
         unused.append("matching")
     return unused
 
@@ -481,6 +516,7 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     check_generator(generator, "refine")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
+    config = settled(config, spatial, temporal)
     ts = refine_positions(refiner.schedule, config)
     if config.mode == COORDINATED:
         return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)

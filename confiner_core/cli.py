@@ -16,12 +16,11 @@ import sys
 import traceback
 import warnings
 
-from .chain import MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
+from .chain import MATCHINGS, MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .errors import Interrupted, OutputError, RankFailed, UsageError, one_line, sigterm_as_interrupt
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES
 from .long import COHERENCE_MEMORIES, LongConfig
-from .refine import TIMESTEP_MATCHING
 from .timesteps import SPACINGS
 
 DEBUG_ENV = "CONFINER_DEBUG"
@@ -116,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refinement: coordinated (Algorithm 1: spatial, temporal, spatial each step), standard (the "
                         "spatial expert alone, Eq. 8), temporal (the temporal expert alone) or alternate (the experts "
                         "in turn on the spatial schedule, Eq. 7, an ablation)")
-    g.add_argument("--matching", choices=TIMESTEP_MATCHING, default="same_index",
-                   help="temporal re-noising timestep: the paper's same index, or matched noise level")
+    g.add_argument("--matching", choices=MATCHINGS, default="auto",
+                   help="temporal re-noising timestep: the paper's same index, or matched noise level (nearest, "
+                        "continuous); auto (default): same_index, unless the spatial and temporal experts' schedules "
+                        "put T_e at noise levels more than 1.5x apart (a flow and a VP expert: SD 1.5 and Wan), "
+                        "then nearest")
     g.add_argument("--te", type=number("--te"), default=None,
                    help="structure noising timestep T_e, in the refining expert's own timesteps (default 100, the "
                         "paper's; 250 for flow experts such as Wan and Qwen-Image, whose timestep is 1000 sigma: the "

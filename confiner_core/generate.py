@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, metrics
-from .chain import (ALTERNATE, COORDINATED, DEFAULT_TE, EVALUATED_IN, MODES, REFINE_SPACINGS, STANDARD,
+from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
                     validate_chain, warned_already)
@@ -42,7 +42,7 @@ from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongCon
                    render_applied_schedule, unused_entries, unused_entries_text)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
-from .refine import SAME_INDEX, TIMESTEP_MATCHING
+from .refine import SAME_INDEX
 from .sampling import SAMPLERS as CONTROL_SAMPLERS, device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
@@ -122,7 +122,7 @@ NUMBERS = (
 )
 CHOICES = (
     ("--mode", "chain.mode", MODES),
-    ("--matching", "chain.matching", TIMESTEP_MATCHING),
+    ("--matching", "chain.matching", MATCHINGS),
     ("--control-sampler", "chain.control_sampler", CONTROL_SAMPLERS),
     ("--control-spacing", "chain.control_spacing", SPACINGS),
     ("--refine-spacing", "chain.refine_spacing", REFINE_SPACINGS),
@@ -244,8 +244,8 @@ class GenerateRequest:
     for Wan-like 4k+1 spaces); ``image_mode`` is how a Wan or Qwen-Image spatial expert refines the video
     (``latent_frames`` or ``pixel_frames``, README "Image experts on video latents"). The request holds its own
     copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
-    ``long.segment_length``, ``frames``), never in the objects passed in, so one ``ChainConfig`` can serve several
-    requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
+    ``long.segment_length``, ``frames``, and ``chain.matching`` "auto" where the schedules are known before
+    loading), never in the objects passed in, so one ``ChainConfig`` can serve several requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
     ``chain.te``); the command line's runs name its options instead (``--cfg``, ``--te``)."""
 
     prompt: str = ""
@@ -343,9 +343,12 @@ class GenerateRequest:
                              "--embedded")
         self._validate_checkpoints()
         self._validate_spaces()
+        schedules = expert_schedules(self)
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
-            self.chain.te = default_te(expert_schedules(self)[refining_role(self.chain.mode)]) \
-                if refining_role(self.chain.mode) in expert_schedules(self) else DEFAULT_TE["vp"]
+            self.chain.te = default_te(schedules[refining_role(self.chain.mode)]) \
+                if refining_role(self.chain.mode) in schedules else DEFAULT_TE["vp"]
+        if "spatial" in schedules:   # "auto" matching, where the schedules are known before loading; else run_chain
+            self.chain = self.chain.with_matching(schedules["spatial"], schedules.get("temporal"))
         try:
             self.chain.validate()  # cross-field: the refinement steps must fit between T_e and 0
         except ValueError as e:
@@ -535,8 +538,8 @@ class GenerateRequest:
         schedules = expert_schedules(self)
         c = self.chain
         extraction = "temporal" if c.mode == TEMPORAL else "spatial"
-        roles = [extraction] + (["temporal"] if c.mode in (COORDINATED, ALTERNATE) and c.matching == SAME_INDEX
-                                else [])
+        same_index = c.mode == ALTERNATE or (c.mode == COORDINATED and c.matching in (AUTO, SAME_INDEX))
+        roles = [extraction] + (["temporal"] if same_index else [])
         for role in roles:
             if role in schedules:
                 try:

@@ -145,7 +145,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
-        config = progress.settled_te(config, spatial, temporal)
+        config = progress.settled(config, spatial, temporal)
         progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), config.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, config, control_schedule)
         space = source.expert.latent_space

@@ -29,12 +29,12 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
-from ..confiner_core.chain import (COORDINATED, TEMPORAL, ChainConfig, control_noise_warning, control_timesteps,
-                                   extraction_schedule, refine_positions, refining_denoiser, same_index_warning,
-                                   table3_warning)
+from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, ChainConfig, control_noise_warning,
+                                   control_timesteps, extraction_schedule, refine_positions, same_index_warning,
+                                   settled, table3_warning)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
-from ..confiner_core.refine import matched_timestep
+from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, sessions
 from .codecs import VAEShelf
 
@@ -524,7 +524,7 @@ def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainC
     ts = refine_positions(spatial.schedule, config)
     _set_plan(spatial, ts)
     if temporal is not None:
-        matching = config.matching if config.mode == COORDINATED else "same_index"
+        matching = config.matching if config.mode == COORDINATED else SAME_INDEX
         _set_plan(temporal, [matched_timestep(spatial.schedule, temporal.schedule, t, matching) for t in ts])
 
 
@@ -712,13 +712,18 @@ class Progress:
             if noise_type:
                 self.note(f"warning: ADE noise_type '{noise_type}' not used (console)")
 
-    def settled_te(self, config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
-        """``config`` with its T_e settled: as set, or (None: the widget's 0) the refining expert's own, which the
-        node's text then names ("· T_e 250")."""
-        settled = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
-        if config.te is None:
-            self.about = f"T_e {settled.te}"
-        return settled
+    def settled(self, config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
+        """``config`` with the defaults the experts decide settled (:func:`~confiner_core.chain.settled`): T_e as
+        set, or (None: the widget's 0) the refining expert's own, and matching "auto" as the schedules want it. The
+        node's text names what was chosen for it ("· T_e 250", "· matching nearest" where auto is not the paper's
+        same index)."""
+        done = settled(config, spatial, temporal)
+        chosen = [f"T_e {done.te}"] if config.te is None else []
+        if config.matching == AUTO and done.matching != SAME_INDEX:
+            chosen.append(f"matching {done.matching}")
+        if chosen:
+            self.about = " · ".join(chosen)
+        return done
 
     def warn_motion_models(self, **roles) -> None:
         """Motion models in each other's roles (:func:`~.ade.motion_model_problems`; ``roles``: its arguments)."""

@@ -286,7 +286,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,
                                                        control_boundary, "control_low_noise_model", "control_model"))
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
-        chain = progress.settled_te(chain, spatial, temporal)
+        chain = progress.settled(chain, spatial, temporal)
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)

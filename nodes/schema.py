@@ -12,9 +12,8 @@ import math
 
 from comfy_api.latest import io
 
-from ..confiner_core.chain import MODES, STRUCTURE_NOISES
+from ..confiner_core.chain import AUTO, MATCHINGS, MODES, STRUCTURE_NOISES
 from ..confiner_core.long import COHERENCE_MEMORIES
-from ..confiner_core.refine import TIMESTEP_MATCHING
 from ..confiner_core.sampling import SAMPLERS
 from ..confiner_core.timesteps import SPACINGS
 
@@ -171,16 +170,15 @@ def refine_inputs() -> list:
                                "expert); standard: the image expert alone (sharp frames, may flicker); temporal: "
                                "the video expert alone; alternate: the two take turns (the paper's weaker "
                                "baseline). Paper: Algorithm 1, Eq. 8, Eq. 7."),
-        advanced(io.Combo.Input("matching", display_name=MATCHING, options=list(TIMESTEP_MATCHING),
-                                default="same_index",
-                                tooltip="Only for modes coordinated and alternate: how much noise the video expert "
-                                        "sees at each step. same_index (default, the paper's): the same timestep "
-                                        "number as the image expert, which is more noise on AnimateDiff-style "
-                                        "(linear) schedules; nearest / continuous: the same noise level (an "
-                                        "alternative reading of the paper, for comparing the two). Use nearest "
-                                        "when one expert is a flow model (Wan, Qwen-Image, Flux) and the other "
-                                        "is not (SD 1.5): one timestep number is a very different noise level "
-                                        "there, and the node warns.")),
+        advanced(io.Combo.Input("matching", display_name=MATCHING, options=list(MATCHINGS), default=AUTO,
+                                tooltip="Only for mode coordinated: how much noise the video expert sees at each "
+                                        "step. same_index (the paper's): the same timestep number as the image "
+                                        "expert, which is more noise on AnimateDiff-style (linear) schedules; "
+                                        "nearest / continuous: the same noise level (an alternative reading of the "
+                                        "paper, for comparing the two). auto (default): same_index, or nearest "
+                                        "where one expert is a flow model (Wan, Qwen-Image, Flux) and the other is "
+                                        "not (SD 1.5), whose one timestep number is a very different noise level; "
+                                        "the node's text then says 'matching nearest'.")),
     ]
 
 

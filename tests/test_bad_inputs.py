@@ -118,7 +118,7 @@ CLI_CASES = [
          "--refine-spacing: the refinement's last timestep is 0 (linspace spacing, 5 steps from T_e 250), where the "
          "spatial and temporal experts' flow noise level is 0"),
     Case("trailing-ends-at-flow-sigma-0", ["--embedded", "bridge", "--frames", "9", "--te", "4", "--refine-steps", "5",
-                                           "--refine-spacing", "trailing"],
+                                           "--refine-spacing", "trailing", "--matching", "same_index"],
          "--refine-steps: the refinement's last timestep is 0 (trailing spacing, 5 steps from T_e 4), where the "
          "temporal expert's flow noise level is 0"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),

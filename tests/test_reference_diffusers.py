@@ -410,7 +410,8 @@ def test_coordinated_refinement_matches_diffusers(spatial_kind, temporal_kind, s
     te, td = expert("temporal", temporal_kind)
     ce, _ = expert("control", "flow" if spatial_kind == "flow" else "epsilon")
     structure = f64(torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)))
-    config = ChainConfig(te=100, refine_steps=5, mode="coordinated", eta=eta, structure_noise=structure_noise)
+    config = ChainConfig(te=100, refine_steps=5, mode="coordinated", eta=eta, structure_noise=structure_noise,
+                         matching="same_index")   # Algorithm 1 as printed (the default "auto" is below)
     ours = refine_structure(sd, td, structure, config, torch.Generator().manual_seed(9), control_schedule=ce.schedule)
 
     g = torch.Generator().manual_seed(9)
@@ -431,6 +432,26 @@ def test_coordinated_refinement_matches_diffusers(spatial_kind, temporal_kind, s
         assert len(se.calls) >= 2 * (k + 1)
     agree(f"coordinated[{spatial_kind}-{temporal_kind}-{structure_noise}-{eta}]", ours, x)
     assert len(se.calls) == 10 and len(te.calls) == 5
+
+
+@pytest.mark.parametrize("spatial_kind", KINDS)
+@pytest.mark.parametrize("temporal_kind", KINDS)
+def test_auto_matching_is_the_same_index_where_the_noise_levels_agree(spatial_kind, temporal_kind):
+    """The default matching "auto" runs as "same_index" where both experts' schedules put T_e = 100 at noise levels
+    (sigma/alpha, from diffusers' tables) within a factor of 1.5, else as "nearest"."""
+    _, sd = expert("spatial", spatial_kind)
+    _, td = expert("temporal", temporal_kind)
+    levels = []
+    for role, kind in (("spatial", spatial_kind), ("temporal", temporal_kind)):
+        a, s = refine_coefficients(role, "flow" if kind == "flow" else "vp", 100)
+        levels.append(s / a)
+    expected = "same_index" if max(levels) <= 1.5 * min(levels) else "nearest"
+    structure = f64(torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)))
+    runs = {m: refine_structure(sd, td, structure, ChainConfig(te=100, matching=m), torch.Generator().manual_seed(9))
+            for m in ("auto", "same_index", "nearest")}
+    assert torch.equal(runs["auto"], runs[expected])
+    if not torch.equal(runs["same_index"], runs["nearest"]):
+        assert not torch.equal(runs["auto"], runs["same_index" if expected == "nearest" else "nearest"])
 
 
 @pytest.mark.parametrize("spatial_kind", KINDS)

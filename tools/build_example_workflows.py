@@ -546,10 +546,11 @@ IMAGE_DECODE = ("VAEDecode", [])
 VIDEO_DECODE = ("VAEDecodeTiled", [512, 64, 64, 8])
 
 
-def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", title=None, matching="same_index"):
+def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", title=None, matching="auto"):
     """The Refine Sampler on the structure, from T_e = ``te`` on the spatial expert's schedule (a flow expert's 1000
-    sigma: 250 is the paper's noise level, chain.DEFAULT_TE); ``matching`` "nearest" where the experts' schedules
-    put one timestep at different noise levels (a VP and a flow expert)."""
+    sigma: 250 is the paper's noise level, chain.DEFAULT_TE); ``matching`` "auto": the paper's same index, or the
+    nearest noise level where the experts' schedules put one timestep at different noise levels (a VP and a flow
+    expert)."""
     sampler = g.node("ConFinerCoordinatedSampler", [te, 5, mode, matching, 0, "fixed", "spatial"], title)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
@@ -619,7 +620,7 @@ def long_video_node(g, frames: int, segment_length: int, control_steps: int, con
     g.group("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [frames, segment_length, 0, "fixed", control_steps, control_cfg, "euler", te, 5, "coordinated",
-                  "same_index", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
+                  "auto", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
                   0.875, 0.0],
                  None)
     for name, (node, out) in links.items():
@@ -706,7 +707,7 @@ def bundle_links(spatial, spatial_prompts, temporal, temporal_prompts, **vaes) -
 
 
 def refinement(g, ctrl, experts, vae, prefix: str, te: int = 100, vae_output="VAE", title=None,
-               decode=VIDEO_DECODE, matching="same_index"):
+               decode=VIDEO_DECODE, matching="auto"):
     """The last column: the Refine Sampler, the decode and the save."""
     g.column("output", "5 · Refine, decode and save")
     sampler = refine_sampler(g, ctrl, experts, te, matching=matching)
@@ -754,9 +755,10 @@ def sd15_bridge_wan():
         "work in different latent spaces (SD: 4 channels per frame; Wan: 16 channels, 4 frames per latent frame), "
         "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
         "SD's (2 VAE calls), and every coordinated step hands the clean estimate over and back (4 VAE calls). The "
-        "refined video is in SD 1.5's space: decode it with SD 1.5's VAE. The Refine Sampler's *matching* is "
-        "**nearest**: at one timestep SD 1.5 and Wan are at different noise levels (T_e 100: noise-to-signal 0.34 "
-        "and 0.11), so the temporal expert is re-noised at the level of the spatial expert's step, not at its index.",
+        "refined video is in SD 1.5's space: decode it with SD 1.5's VAE. At one timestep SD 1.5 and Wan are at "
+        "different noise levels (T_e 100: noise-to-signal 0.34 and 0.11), so the Refine Sampler's *matching* "
+        "(**auto**) re-noises the temporal expert at the level of the spatial expert's step, not at its index: its "
+        "text says \"matching nearest\".",
         wan_change_first()[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
                                   "VAE goes to *spatial VAE*; decode with that VAE too)."] + wan_change_first()[2:],
         (SD15_SPATIAL, WAN21, UMT5, WAN_VAE))
@@ -775,7 +777,7 @@ def sd15_bridge_wan():
                                           temporal_vae=(vae, "VAE")))
     ctrl = wan_control(g, wan, wan_pos, wan_neg, [512, 512, 33, 1])
     refinement(g, ctrl, experts, ckpt, "ConFiner/sd15_bridge_wan", title="VAE Decode (SD 1.5 VAE)",
-               decode=IMAGE_DECODE, matching="nearest")
+               decode=IMAGE_DECODE)
     g.save("confiner_sd15_bridge_wan21", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 

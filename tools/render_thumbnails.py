@@ -142,7 +142,7 @@ def wan_qwen_image(tmp: str) -> str:
 
 def sd15_bridge_wan(tmp: str) -> str:
     video = generate(os.path.join(tmp, "bridge"), "--embedded", "bridge", "--prompt",
-                     "a yellow diamond sliding over desert sand", "--matching", "nearest", *WAN_ARGS)
+                     "a yellow diamond sliding over desert sand", *WAN_ARGS)   # matching auto: nearest
     return thumbnail("confiner_sd15_bridge_wan21", "SD-like spatial bridged to Wan-like experts",
                      [video[i] for i in WAN_PICKS], 2)
 
