@@ -308,6 +308,9 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
+    for d in (source, spatial, temporal):   # before their schedules are read
+        if d is not None:
+            check_expert(d.expert)
     config = settled(config, spatial, temporal)
     config.validate()
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-spacing", choices=SPACINGS, default="trailing",
                    help="control timesteps as diffusers' schedulers lay them out; flow experts: 'linspace' is "
                         "FlowMatchEulerDiscreteScheduler (dpmpp_2m: DPMSolverMultistepScheduler's flow sigmas), "
-                        "'trailing' ComfyUI's 'simple'")
+                        "'trailing' diffusers' trailing (ComfyUI's 'simple' when the steps divide 1000)")
     g.add_argument("--control-eta", type=number("--control-eta"), default=0.0,
                    help="DDIM eta in the control stage, --control-sampler ddim only")
     g.add_argument("--eta", type=number("--eta"), default=0.0, help="DDIM eta in refinement")

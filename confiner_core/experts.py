@@ -22,7 +22,7 @@ from . import layout as L
 from .errors import NonFiniteError
 from .latent_spaces import SD15, Codec, LatentSpace, bridge
 from .prediction import PREDICTION_TYPES, to_x0_eps
-from .schedules import NoiseSchedule
+from .schedules import FLOW, VP, NoiseSchedule
 
 
 class Prediction(NamedTuple):
@@ -332,13 +332,13 @@ class Denoiser:
         self.encoded()
         native = L.from_canonical(x_t, self.expert.layout)
         if self.expert.distilled_guidance:
-            (out,) = self.expert.forward(native, t, [(self.positive, self.guidance_scale)])
+            (out,) = self._forward(native, t, [(self.positive, self.guidance_scale)])
             n = 1
         elif self.negative is None:
-            (out,) = self.expert.forward(native, t, [self.positive])
+            (out,) = self._forward(native, t, [self.positive])
             n = 1
         else:
-            uncond, cond = self.expert.forward(native, t, [self.negative, self.positive])
+            uncond, cond = self._forward(native, t, [self.negative, self.positive])
             out = self.expert.combine_guidance(uncond, cond, self.expert.guidance_at(t, self.guidance_scale), t)
             n = 2
         finite = torch.isfinite(out).all()  # one reduction per evaluation, cheap next to a network forward
@@ -350,6 +350,18 @@ class Denoiser:
             self.log.defer_finite_check(finite, lambda: non_finite_message(self, x_t, t, stage, number))
             self.log.record(self.expert.forwards_per_call(n))
         return L.to_canonical(out, self.expert.layout, batch=x_t.shape[0])
+
+    def _forward(self, native: torch.Tensor, t: float, conds: list) -> list:
+        """:meth:`Expert.forward`, held to its contract: one output per conditioning, each of the input's shape."""
+        outs = self.expert.forward(native, t, conds)
+        if not isinstance(outs, (list, tuple)) or len(outs) != len(conds) or \
+                any(not isinstance(o, torch.Tensor) or o.shape != native.shape for o in outs):
+            got = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs] \
+                if isinstance(outs, (list, tuple)) else type(outs).__name__
+            raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned {got} for "
+                             f"{len(conds)} conditioning(s) and an input of shape {tuple(native.shape)}: it must "
+                             f"return a list of one tensor of the input's shape per conditioning")
+        return outs
 
     def __call__(self, x_t: torch.Tensor, t: float) -> Prediction:
         alpha, sigma = self.schedule.coefficients(t)
@@ -385,10 +397,28 @@ def check_finite(*denoisers: "Denoiser | None") -> None:
             denoiser.log.check_finite()
 
 
+#: prediction types that hold on one kind of schedule only: v = alpha eps - sigma x0 assumes alpha^2 + sigma^2 = 1,
+#: the velocity u = eps - x0 assumes alpha = 1 - sigma (eps and x0 hold on any Gaussian schedule)
+PREDICTION_KIND = {"v_prediction": VP, "flow": FLOW}
+
+
 def check_expert(expert: Expert) -> None:
+    """What the chain needs of an expert before evaluating it: a :class:`NoiseSchedule`, a prediction type that
+    holds on that schedule's kind, a known layout. Raises ValueError naming the expert and the fix."""
+    schedule = getattr(expert, "schedule", None)
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"expert {expert.name!r} ({type(expert).__name__}) has no noise schedule: set its "
+                         f"'schedule' attribute to a NoiseSchedule (schedules.from_diffusers_config, flow_schedule, "
+                         f"named), got {type(schedule).__name__}")
     if expert.prediction not in PREDICTION_TYPES:
         raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}; "
                          f"supported: {PREDICTION_TYPES}")
+    kind = PREDICTION_KIND.get(expert.prediction)
+    if kind is not None and schedule.kind != kind:
+        names = {VP: "VP (variance-preserving)", FLOW: "flow-matching"}
+        raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}, which holds on a "
+                         f"{names[kind]} schedule only, but its schedule is {names[schedule.kind]}: give it a "
+                         f"{names[kind]} schedule, or the prediction type its network was trained for")
     if expert.layout not in L.LAYOUTS:
         raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
 

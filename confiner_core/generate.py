@@ -43,7 +43,7 @@ from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongCon
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX
-from .sampling import SAMPLERS as CONTROL_SAMPLERS, device_to_host, randn
+from .sampling import SAMPLERS as CONTROL_SAMPLERS, control_timesteps, device_to_host, randn
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
@@ -553,6 +553,11 @@ class GenerateRequest:
         if "control" in schedules and c.control_steps > schedules["control"].num_timesteps:
             raise UsageError(f"--control-steps ({c.control_steps}) exceeds the control expert's "
                              f"{schedules['control'].num_timesteps} timesteps", "--control-steps")
+        if "control" in schedules:
+            try:
+                control_timesteps(schedules["control"], c.control_steps, c.control_sampler, c.control_spacing)
+            except ValueError as e:
+                raise UsageError(f"--control-spacing: {e}", "--control-spacing") from None
 
     def stored_setting(self, name: str):
         """The value of setting ``name`` the interrupted run in ``out`` stored, else None."""
@@ -644,9 +649,11 @@ def check_device(device: str) -> None:
     if d.type not in DEVICE_TYPES:
         raise UsageError(f"--device {device!r} is not supported; use {accepted}", "--device")
     if d.type == "cpu":
-        if d.index is not None:   # torch takes cpu:1 as the one CPU device: a typo for cuda:1, most likely
-            raise UsageError(f"--device {device}: the CPU device has no index; use --device cpu (or cuda:"
-                             f"{d.index} for a GPU)", "--device")
+        # torch takes cpu:1 as the one CPU device: a typo for cuda:1, most likely; cpu:0 is the CPU as a script's
+        # f"{type}:{index}" spells it
+        if d.index:
+            raise UsageError(f"--device {device}: the CPU has one device, cpu (or cpu:0); use --device cpu (or "
+                             f"cuda:{d.index} for a GPU)", "--device")
         return
     backend = torch.backends.mps if d.type == "mps" else getattr(torch, d.type, None)
     if backend is None or not backend.is_available():

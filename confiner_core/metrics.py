@@ -17,7 +17,11 @@ Each metric is a per-frame (or per-frame-pair) quantity and a score over those; 
 :class:`StreamingMetrics` are built from the same two pieces, so every metric has one implementation.
 
 The numbers are proxies: they rank clips the same way as VBench on gross failures (flicker, jumps, blur, drift),
-but are not comparable with the values in the ConFiner paper.
+but are not comparable with the values in the ConFiner paper. One difference is by construction: DINO features
+barely move under a small translation, the subject feature's thumbnail correlation does, so subject consistency
+here scores layout stability: a camera pan lowers it (1 px/frame at 128 px, 8 px features: 0.80) as much as a cut
+to another scene of the same colours does (0.84). Compare it between clips of similar motion (the chain's
+ablations), not across a pan and a static shot.
 
 Frames are ``[F, H, W, 3]`` RGB, uint8 or float in [0, 1]; :func:`as_uint8_frames` converts once, and every
 metric is defined on the 8-bit frames (as VBench, which decodes videos to uint8). Differences are in 0-255 units.
@@ -194,6 +198,7 @@ def frame_features(frames, size: int = 32, bins: int = 16) -> tuple[np.ndarray, 
     colour: per-channel RGB histograms (``bins`` bins, each summing to 1) minus the uniform histogram 1/bins,
         L2-normalised. Centering again removes the shared positive offset; disjoint colours get cosine <= 0.
     A flat frame has no structure: its structure half is the zero vector (see :func:`feature_cosine`).
+    The structure half moves with the layout: a shift by a few thumbnail pixels decorrelates it (module docstring).
     """
     x = as_uint8_frames(frames)
     thumbs = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in to_gray(x)])

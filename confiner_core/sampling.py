@@ -180,20 +180,27 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
     * ddim: DDIMScheduler (integer timesteps, steps_offset 1 for "leading");
     * euler on a VP schedule: EulerDiscreteScheduler ("linspace" keeps fractional timesteps);
     * euler on a flow schedule: "linspace" is FlowMatchEulerDiscreteScheduler with the expert's shift; "trailing"
-      takes every (N/n)-th entry of the shifted table from the top (ComfyUI's "simple" scheduler:
-      sigma = 1, .9, .75, .5 for shift 3 and 4 steps), "leading" is DDIM's list on that table;
+      takes every (N/n)-th entry of the shifted table from the top, rounded as diffusers rounds (ComfyUI's "simple"
+      scheduler truncates: the same where n divides N, e.g. sigma = 1, .9, .75, .5 for shift 3 and 4 steps),
+      "leading" is DDIM's list on that table;
     * dpmpp_2m: DPMSolverMultistepScheduler (:func:`dpm_solver_timesteps`; on a flow schedule "linspace" is its flow
       sigmas with the expert's shift, the others its lists on the shifted table)."""
     t_max = schedule.num_timesteps - 1
     if sampler not in SAMPLERS:
         raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "ddim":
-        return spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
-    if sampler == "dpmpp_2m":
-        return dpm_solver_timesteps(schedule, num_steps, spacing, STEPS_OFFSET)
-    if schedule.kind == FLOW and spacing == "linspace":
-        return flow_match_timesteps(schedule, num_steps)
-    return euler_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+        ts = spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+    elif sampler == "dpmpp_2m":
+        ts = dpm_solver_timesteps(schedule, num_steps, spacing, STEPS_OFFSET)
+    elif schedule.kind == FLOW and spacing == "linspace":
+        ts = flow_match_timesteps(schedule, num_steps)
+    else:
+        ts = euler_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
+    if ts[0] == 0:   # diffusers' linspace of one point: np.linspace(0, t_max, 1) = [0]
+        raise ValueError(f"{num_steps} control step with {spacing!r} spacing is timestep 0, where the sample counts as "
+                         f"clean: the control expert would lay out nothing and the structure would be the noise; "
+                         f"use 'trailing' spacing or more steps")
+    return ts
 
 
 def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampler: str,

@@ -89,7 +89,8 @@ def control_sampling_inputs(prefix: str = "") -> list:
                                 default="trailing", optional=True,
                                 tooltip="Control timesteps as diffusers lays them out: trailing (AnimateDiff-"
                                         "Lightning), leading (SD-style configs: 751, 501, 251, 1 for 4 steps) or "
-                                        "linspace. Flow models: trailing is ComfyUI's 'simple' schedule, linspace "
+                                        "linspace. Flow models: trailing is ComfyUI's 'simple' schedule when the "
+                                        "steps divide 1000 (4, 5, 8...; one timestep apart otherwise), linspace "
                                         "diffusers' FlowMatchEuler.")),
         advanced(io.Float.Input(f"{prefix}eta", display_name=CONTROL_ETA, default=0.0, min=0.0, max=1.0, step=0.05,
                                 optional=True,

@@ -94,7 +94,7 @@ CLI_CASES = [
          "an image expert on pixel frames refines each frame encoded alone, another latent space than the temporal "
          "expert's embedded-causal: use latent frames for the image expert, or --mode coordinated"),
     Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3"),   # it ran 3 frames
-    Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU device has no index"),
+    Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU has one device, cpu (or cpu:0)"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
     Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling
     Case("fps-negative", ["--fps", "-8"], "--fps"),
@@ -121,6 +121,9 @@ CLI_CASES = [
                                            "--refine-spacing", "trailing", "--matching", "same_index"],
          "--refine-steps: the refinement's last timestep is 0 (trailing spacing, 5 steps from T_e 4), where the "
          "temporal expert's flow noise level is 0"),
+    Case("one-control-step-at-timestep-0", ["--control-steps", "1", "--control-spacing", "linspace",
+                                            "--control-sampler", "ddim"],
+         "--control-spacing: 1 control step with 'linspace' spacing is timestep 0, where the sample counts as clean"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     # options the run would not read: refused as --control-eta above, rather than recorded and ignored
@@ -332,3 +335,11 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["generate", "--debug", "--out", str(tmp_path / "x"), *SMALL, "--frames", "0"])
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_cpu_0_is_the_cpu():
+    """torch.device("cpu:0") is the CPU as scripts spell it (f"{type}:{index}"); cpu:1 is refused above."""
+    from confiner_core.generate import check_device
+
+    check_device("cpu:0")
+    check_device("cpu")

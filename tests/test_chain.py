@@ -554,3 +554,36 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     with pytest.raises(NonFiniteError, match=r"^run_chain: noise holds NaN or infinity"):
         run_chain(control, control, control, x0.clone().fill_(float("nan")), ChainConfig(), g)
     assert sum(log.evaluations.values()) == 0
+
+
+@pytest.mark.parametrize("prediction,schedule", [("v_prediction", "flow"), ("flow", "vp")])
+def test_a_prediction_type_of_another_schedule_kind_is_refused(prediction, schedule):
+    """v = alpha eps - sigma x0 holds where alpha^2 + sigma^2 = 1, u = eps - x0 where alpha = 1 - sigma: either on the
+    other kind of schedule gave a wrong x0 without a word (0.82 off at t = 500 on unit data)."""
+    x0 = x0_star()
+    sched = S.flow_schedule(shift=3.0) if schedule == "flow" else S.named("sd15")
+    good = OracleExpert(x0, S.named("sd15")).bind()
+    bad = OracleExpert(x0, sched, prediction=prediction, name="mine").bind()
+    with pytest.raises(ValueError, match=f"expert 'mine' has prediction type '{prediction}', which holds on a"):
+        run_chain(good, bad, good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
+
+
+def test_an_expert_breaking_the_interface_is_named():
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    class NoSchedule(OracleExpert):
+        schedule = None
+
+    class Cropped(OracleExpert):
+        def forward(self, x, t, conds):
+            return [out[..., :2] for out in super().forward(x, t, conds)]
+
+    good = OracleExpert(x0, sd).bind()
+    with pytest.raises(ValueError, match="expert 'late' .NoSchedule. has no noise schedule: set its 'schedule'"):
+        run_chain(good, NoSchedule(x0, None, name="late").bind(), good, torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"expert 'crop' \(Cropped\).forward returned \[\(1, 4, 3, 4, 2\)\] for 1 "
+                                         r"conditioning\(s\) and an input of shape \(1, 4, 3, 4, 4\)"):
+        run_chain(good, Cropped(x0, sd, name="crop").bind(), good, torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))

@@ -177,6 +177,14 @@ def test_forward_casts_to_the_unet_dtype_and_returns_float32(paths, loaded):
     torch.testing.assert_close(out64, expert32.forward(x, 100, [expert32.encode("a cat")])[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["bf16", torch.int8])
+def test_a_dtype_that_is_not_a_float_dtype_is_refused_before_loading(paths, dtype):
+    """'bf16' gave transformers' "torch.float32 is not a torch.dtype" warning, then a raw TypeError from a model's
+    .to() after a text encoder had loaded."""
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch.dtype \(torch.float32, torch.bfloat16"):
+        load_experts(control=paths["ad"], spatial=paths["sd"], dtype=dtype)
+
+
 # --------------------------------------------------------------------------- (c): motion vs per-frame 2D
 
 def test_motion_expert_with_identity_motion_modules_equals_per_frame_unet(paths, tmp_path):

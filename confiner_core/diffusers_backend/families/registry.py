@@ -295,6 +295,9 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     naming the role, the path and the fix; both before any weights load."""
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, torch.float16) or None "
+                         f"(fp16 on accelerators, fp32 on the CPU), got {dtype!r}")
     unknown = sorted(set(options or {}) - set(FAMILY_OPTIONS))
     if unknown:   # a misspelt option would be ignored, and the run made without it
         close = {name: difflib.get_close_matches(name, FAMILY_OPTIONS, n=1) for name in unknown}
