@@ -275,7 +275,7 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
         if d is None:
             continue
         e = d.expert
-        check_expert(e)
+        check_expert(e, evaluated=False)   # schedules: validate_refinement, validate_chain (a source has none)
         e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.name}")
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
@@ -308,7 +308,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
-    for d in (source, spatial, temporal):   # before their schedules are read
+    for d in (spatial, temporal):   # the refinement's experts, before their schedules are read
         if d is not None:
             check_expert(d.expert)
     config = settled(config, spatial, temporal)
@@ -365,6 +365,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | No
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
     validate_refinement(spatial, temporal, shape, config, source=control)   # first: a missing temporal expert
+    check_expert(control.expert)
     config = settled(config, spatial, temporal)
     if config.control_steps > control.schedule.num_timesteps:
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "

@@ -402,25 +402,28 @@ def check_finite(*denoisers: "Denoiser | None") -> None:
 PREDICTION_KIND = {"v_prediction": VP, "flow": FLOW}
 
 
-def check_expert(expert: Expert) -> None:
-    """What the chain needs of an expert before evaluating it: a :class:`NoiseSchedule`, a prediction type that
-    holds on that schedule's kind, a known layout. Raises ValueError naming the expert and the fix."""
+def check_expert(expert: Expert, evaluated: bool = True) -> None:
+    """What the chain needs of an expert: a known prediction type and layout, and of one it evaluates
+    (``evaluated``; not the source a structure is handed off from) a :class:`NoiseSchedule` on which that prediction
+    type holds. Raises ValueError naming the expert and the fix."""
+    if expert.prediction not in PREDICTION_TYPES:
+        raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}; "
+                         f"supported: {PREDICTION_TYPES}")
+    if expert.layout not in L.LAYOUTS:
+        raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
+    if not evaluated:
+        return
     schedule = getattr(expert, "schedule", None)
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"expert {expert.name!r} ({type(expert).__name__}) has no noise schedule: set its "
                          f"'schedule' attribute to a NoiseSchedule (schedules.from_diffusers_config, flow_schedule, "
                          f"named), got {type(schedule).__name__}")
-    if expert.prediction not in PREDICTION_TYPES:
-        raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}; "
-                         f"supported: {PREDICTION_TYPES}")
     kind = PREDICTION_KIND.get(expert.prediction)
     if kind is not None and schedule.kind != kind:
         names = {VP: "VP (variance-preserving)", FLOW: "flow-matching"}
         raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}, which holds on a "
                          f"{names[kind]} schedule only, but its schedule is {names[schedule.kind]}: give it a "
                          f"{names[kind]} schedule, or the prediction type its network was trained for")
-    if expert.layout not in L.LAYOUTS:
-        raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
 
 
 def bridge_end(expert: Expert) -> Codec | LatentSpace:

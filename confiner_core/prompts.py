@@ -131,11 +131,14 @@ def unkeyed_entries(text: str, option: str = "prompt") -> str | None:
 
 
 def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt",
-                 frames_option: str = "frames") -> PromptSchedule:
+                 frames_option: str = "frames", slowest_fps: bool = False) -> PromptSchedule:
     """The schedule written in ``text`` for a video of ``frames`` frames at ``fps`` (needed for seconds keys).
 
     Raises :class:`~confiner_core.errors.UsageError` naming ``option`` and the offending entry (and
-    ``frames_option``, how the caller names the frame count, when an entry starts past the last frame)."""
+    ``frames_option``, how the caller names the frame count, when an entry starts past the last frame).
+    ``slowest_fps``: the rate is not known yet and ``fps`` is the slowest it can be (a node whose rate is its
+    model's): a seconds key starts at least where it says, so only what holds at every faster rate is refused (a
+    seconds key past the end, not one that falls on or before a frame key at this rate)."""
     text = text or ""
     if not is_schedule(text):
         pieces = [piece for line in text.splitlines() for piece in line.split("|") if piece.strip()]
@@ -186,12 +189,19 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option}: {where} has an empty prompt; write one after '{key}: ' or remove the entry",
                              option)
         start = resolve_key(key, fps, piece.strip(), option)
-        at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if key.endswith("s") else "")
+        seconds = key.endswith("s")
+        at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if seconds else "")
+        if seconds and slowest_fps:
+            at = (f"frame {start} or later ({key} at {fps:g} fps, the slowest video rate: the model's own may be "
+                  f"faster)")
         if start >= frames:
             raise UsageError(f"{option}: {where} starts at {at}, beyond the video's {frames} frames (0..{frames - 1}); "
                              f"use a smaller key or more {frames_option}"
-                             + (f" (or a lower fps, if {fps:g} is not the video's)" if key.endswith("s") else ""),
-                             option)
+                             + (f" (or a lower fps, if {fps:g} is not the video's)" if seconds and not slowest_fps
+                                else ""), option)
+        if slowest_fps and seconds and entries and not entries[-1].key.endswith("s") and start <= entries[-1].start:
+            entries.append(Entry(start, prompt, key))   # after a frame key: at the model's rate it may fall later
+            continue
         if entries and start == entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
                              f"{entries[-1].key}: {entries[-1].prompt!r}; give each entry its own start", option)

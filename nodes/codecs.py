@@ -44,12 +44,20 @@ def vae_space_problem(vae, space: LatentSpace) -> str | None:
 class ComfyVAECodec(Codec):
     """A ComfyUI VAE as the codec of ``space`` (checked to match: channels and compression)."""
 
-    def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None):
-        """``progress``: told of each call (:meth:`~.host.Progress.coding`), None for none."""
+    def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None, fits: tuple = ()):
+        """``progress``: told of each call (:meth:`~.host.Progress.coding`), None for none. ``fits``: the other VAE
+        inputs of the graph whose experts' space this VAE is of (where it belongs, if it is on the wrong one)."""
         super().__init__()
         problem = vae_space_problem(vae, space)
         if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
             model = who.replace("_vae", "_model")
+            if fits:   # e.g. the Wan VAE a template wired to spatial VAE, after the spatial model became Flux
+                other = fits[0]
+                raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
+                                 f"({model}) works in; it is the VAE of {other.replace('_vae', ' model')}'s space: "
+                                 f"connect it to {other.replace('_vae', ' VAE')} ({other}) if that input is free, "
+                                 f"and {model.replace('_', ' ')}'s own VAE (its checkpoint loader's VAE output, or its "
+                                 f"family's VAE file) to {who}")
             raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
                              f"({model}) works in: if that model is the one meant, connect its own VAE (its "
                              f"checkpoint loader's VAE output, or its family's VAE file); else load the model this "
@@ -94,6 +102,7 @@ class VAEShelf:
 
     def __init__(self):
         self.entries: list = []   # (input label, vae, space or None)
+        self.spaces: dict = {}    # input label -> the latent space of the expert it is for, connected or not
         self.progress = None
 
     def reporting_to(self, progress) -> "VAEShelf":
@@ -102,6 +111,8 @@ class VAEShelf:
         return self
 
     def add(self, label: str, vae, space: LatentSpace | None = None) -> "VAEShelf":
+        if space is not None:
+            self.spaces[label] = space
         if vae is not None:
             self.entries.append((label, vae, space))
         return self
@@ -109,6 +120,7 @@ class VAEShelf:
     def extend(self, other: "VAEShelf | None") -> "VAEShelf":
         for entry in (other.entries if other is not None else ()):
             self.add(*entry)
+        self.spaces.update(other.spaces if other is not None else {})
         return self
 
     def codec(self, space: LatentSpace, own: str | None = None) -> Codec | None:
@@ -117,7 +129,9 @@ class VAEShelf:
         None when there is none."""
         for label, vae, _ in self.entries:
             if label == own:
-                return ComfyVAECodec(vae, space, label, self.progress)
+                fits = tuple(other for other, where in self.spaces.items()
+                             if other != own and where != space and vae_space_problem(vae, where) is None)
+                return ComfyVAECodec(vae, space, label, self.progress, fits)
         for label, vae, where in self.entries:
             if where == space:
                 return ComfyVAECodec(vae, space, label, self.progress)

@@ -518,6 +518,7 @@ def plan_control(control: Denoiser, config: ChainConfig) -> None:
 
 
 def plan_refinement(spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig) -> None:
+    config = settled(config, spatial, temporal)
     if config.mode == TEMPORAL:
         _set_plan(temporal, refine_positions(temporal.schedule, config))
         return
@@ -783,8 +784,8 @@ class Progress:
         video's joins), said in place of the step: with a Wan VAE it takes seconds to minutes, while the step stood
         still."""
         self.vae_calls += 1
-        self.show(f"between experts · {action} {frames} frames\nwith the {vae} · after evaluation "
-                  f"{self.done}/{self.total}")
+        when = f"after evaluation {self.done}/{self.total}" if self.done else f"before evaluation 1/{self.total}"
+        self.show(f"between experts · {action} {frames} frames\nwith the {vae} · {when}")
 
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step

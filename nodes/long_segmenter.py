@@ -34,10 +34,12 @@ def prompt_fps(fps: float, space) -> float:
 
 
 def segment_schedule(text: str, frames: int, fps: float):
-    """The segment prompts parsed over ``frames`` frames, seconds keys ('2.5s:') at ``fps``; entries separated by
-    '|' without keys are refused (:func:`~confiner_core.prompts.unkeyed_entries`)."""
+    """The segment prompts parsed over ``frames`` frames, seconds keys ('2.5s:') at ``fps`` (:data:`AUTO_FPS`:
+    checked as far as the slowest video rate shows, before the model is known); entries separated by '|' without
+    keys are refused (:func:`~confiner_core.prompts.unkeyed_entries`)."""
     option = "segment prompts (segment_prompts)"
-    schedule = parse_prompt(text, frames, fps, option=option)   # first: its own messages are the more precise
+    # first: its own messages are the more precise
+    schedule = parse_prompt(text, frames, fps or SLOWEST_FPS, option=option, slowest_fps=fps == AUTO_FPS)
     problem = unkeyed_entries(text, option)
     if problem:
         raise ValueError(problem)
@@ -51,7 +53,7 @@ def prompt_schedule_problem(text: str | None, frames: int | None, fps: float | N
     if not text or not text.strip() or frames is None or fps is None:
         return None
     try:
-        segment_schedule(text, frames, fps or SLOWEST_FPS)
+        segment_schedule(text, frames, fps)
     except ValueError as e:
         return str(e)
     return None

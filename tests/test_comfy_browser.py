@@ -228,6 +228,19 @@ def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, 
     b.page.screenshot(path=str(screenshot_dir / "fresh_nodes_text.png"))
     assert all(box["preview"] for box in boxes.values()), boxes   # under a preview
     assert {t: box["needed"] <= box["shown"] for t, box in boxes.items()} == dict.fromkeys(boxes, True), boxes
+    assert not any(box["saved"] for box in boxes.values()), boxes
+
+
+def test_the_noise_reschedulers_warning_is_shown_whole_and_never_saved(frontend):
+    """The Noise Rescheduler's warning was written into exported workflows and the next output's embedded one (the
+    pack kept only the sampling nodes' text out of files), and its second line was cut at the node's size."""
+    from comfy_support import browser
+
+    server, b = frontend
+    text = "warning: one segment, nothing rescheduled (console)\nsecond line"
+    (box,) = browser.fresh_nodes_show_text(b, ["ConFinerNoiseRescheduler"], text, None).values()
+    assert box["needed"] is not None and box["needed"] <= box["shown"], box
+    assert not box["saved"], box
 
 
 

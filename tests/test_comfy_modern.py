@@ -254,6 +254,19 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
                                           "spatial model (spatial_model) works in", "connect its own VAE"])
 
 
+def test_the_wan_vae_left_on_spatial_vae_after_a_swap_to_flux_is_told_where_it_belongs(comfy_worker, modern):
+    """The Qwen-Image template wires the Wan VAE to *spatial VAE* (Qwen shares Wan's space); an artist who swapped
+    the spatial model for Flux was told to connect Flux's VAE there, and only in the next run that the Wan VAE was
+    missing on *temporal VAE*, where it belonged."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
+    prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]
+    del prompt["10"]["inputs"]["temporal_vae"]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux with the Wan VAE on spatial_vae",
+                                         ["spatial VAE (spatial_vae) is a VAE of", "not of the flux latent space",
+                                          "it is the VAE of temporal model's space: connect it to temporal VAE "
+                                          "(temporal_vae) if that input is free", "to spatial_vae"])
+
+
 def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):
     """Flux refining alone (mode standard) a Wan structure: the bridge needs the Wan VAE, which the node asks for on
     control VAE; connected there, it was refused by the check before the structure exists (which took the
@@ -528,7 +541,8 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
     assert any(line.startswith(f"done · {3 * REFINE_STEPS} expert evaluations, {len(said)} VAE calls in ")
                for line in texts[-1].split("\n")), texts[-1]
     assert said[0] == ["between experts · decoding 5 frames", f"with the {'temporal' if spatial == 'sd' else 'spatial'} "
-                       f"VAE · after evaluation 0/{3 * REFINE_STEPS}"], said[0]
+                       f"VAE · before evaluation 1/{3 * REFINE_STEPS}"], said[0]
+    assert said[2][1].endswith(f"VAE · after evaluation 1/{3 * REFINE_STEPS}"), said[2]   # the first step's hand-off
 
 
 # (case, graph change, words the message must contain)

@@ -241,3 +241,14 @@ def test_comfyuis_parser_reads_the_registry_metadata():
     assert c["id"] == "confiner" and c["name"] == "ConFiner" and c["icon"].endswith("docs/icon.png")
     assert c["includes"] and c["comfyui"] == ">=0.3.64" and c["os"] == ["OS Independent"]
     assert set(c["deps"]) == own_lines("requirements.txt")
+
+
+def test_importing_the_diffusers_backend_says_nothing():
+    """Without torchvision, transformers said once per process that CLIP's and SigLIP's image processors fall back
+    to PIL (diffusers names them at import): the only output a library user saw on importing the backend."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    done = subprocess.run([sys.executable, "-c", "import confiner_core.diffusers_backend"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "requires torchvision" not in done.stderr + done.stdout, done.stderr

@@ -146,3 +146,19 @@ def test_the_help_pages_example_schedules_are_schedules():
     for text in examples:
         schedule = parse_prompt(text, frames=128, fps=8)
         assert schedule.scheduled and schedule.travels, text
+
+
+def test_seconds_keys_before_the_rate_is_known_refuse_only_what_every_faster_rate_refuses():
+    """The Long Video's fps 0 counts at its model's rate, unknown at queue time, so the check runs at the slowest
+    (8): a Wan graph was told "frame 40 (5s at 8 fps) ... or a lower fps", then the run said frame 80 (16 fps)."""
+    with pytest.raises(UsageError) as e:
+        parse_prompt("0: a | 5s: b", 17, 8, slowest_fps=True)
+    assert "starts at frame 40 or later (5s at 8 fps, the slowest video rate" in str(e.value)
+    assert "lower fps" not in str(e.value)
+    # on or before a frame key at 8 fps, but after it at Wan's 16: left to the run, which knows the rate
+    parse_prompt("0: a | 16: b | 2s: c", 64, 8, slowest_fps=True)
+    with pytest.raises(UsageError, match="the same frame as entry 16"):
+        parse_prompt("0: a | 16: b | 2s: c", 64, 8)
+    # a frame key on or before a seconds key at the slowest rate is before it at every rate
+    with pytest.raises(UsageError, match="before the previous entry"):
+        parse_prompt("0: a | 2s: b | 10: c", 64, 8, slowest_fps=True)

@@ -462,9 +462,15 @@ def note_text(title: str, what: str, change_first: list, models=MODELS, custom_n
     return "\n".join(lines)
 
 
+# the refine seed draws again on every Run (new detail on the kept, cached structure), as ComfyUI's own templates do;
+# the control seed stays until changed (a Run with nothing changed would otherwise give a new video's structure)
+SEEDS = ("The seeds: **control** seed (fixed) = a new structure when changed; **refine** seed (randomize) = new "
+         "detail on the same structure at every Run.")
+LONG_SEED = ("The seed on ConFiner Long Video: fixed, so a Run with nothing changed returns the video made before; "
+             "set its *control after generate* to randomize for a new one at every Run.")
 CHANGE_FIRST = ["**Positive** prompt (and Negative).",
                 "Frames and size on **Size and frame count** (batch size = frames; AnimateDiff is trained on 16).",
-                "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure."]
+                SEEDS]
 
 
 # Every template has the same columns: the read-me; "1 · Models" over two columns, the text encoders on the left
@@ -546,12 +552,13 @@ IMAGE_DECODE = ("VAEDecode", [])
 VIDEO_DECODE = ("VAEDecodeTiled", [512, 64, 64, 8])
 
 
-def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", title=None, matching="auto"):
+def refine_sampler(g, ctrl, experts, te: int = 100, mode: str = "coordinated", title=None, matching="auto",
+                   seed_after="randomize"):
     """The Refine Sampler on the structure, from T_e = ``te`` on the spatial expert's schedule (a flow expert's 1000
     sigma: 250 is the paper's noise level, chain.DEFAULT_TE); ``matching`` "auto": the paper's same index, or the
     nearest noise level where the experts' schedules put one timestep at different noise levels (a VP and a flow
     expert)."""
-    sampler = g.node("ConFinerCoordinatedSampler", [te, 5, mode, matching, 0, "fixed", "spatial"], title)
+    sampler = g.node("ConFinerCoordinatedSampler", [te, 5, mode, matching, 0, seed_after, "spatial"], title)
     g.link(experts, "experts", sampler, "experts")
     g.link(ctrl, "structure", sampler, "structure")
     return sampler
@@ -604,7 +611,7 @@ def compare_modes():
     experts = bundle(g, ckpt, temporal, pos, neg)
     ctrl = control_stage(g, control, pos, neg)
     g.column("output", "5 · Refinement, three modes")
-    samplers = [refine_sampler(g, ctrl, experts, mode=mode, title=f"Refine: {mode}")
+    samplers = [refine_sampler(g, ctrl, experts, mode=mode, title=f"Refine: {mode}", seed_after="fixed")
                 for mode in ("coordinated", "standard", "temporal")]
     g.column("output", "6 · Decode and save")
     modes = ("coordinated", "standard", "temporal")
@@ -638,7 +645,7 @@ def long_video():
         ["**segment prompts** on ConFiner Long Video (prompt travel: `0: prompt | 64: prompt from frame 64`), or "
          "Positive/Negative when segment prompts is empty.",
          "**frames** on ConFiner Long Video (the latent sets only the frame size).",
-         "The seed on ConFiner Long Video."]), "2 · Prompts and frame size")
+         LONG_SEED]), "2 · Prompts and frame size")
     empty = g.node("EmptyLatentImage", [512, 512, 1], "Frame size (frames: on Long Video)")
     g.column()
     experts = bundle(g, ckpt, temporal, pos, neg)
@@ -659,7 +666,7 @@ def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.") -> lis
     return ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
             "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height multiples of 16 "
             f"(ComfyUI rounds other values to the nearest one without a word). {made_for}",
-            "The seeds: **control** seed = a new structure, **refine** seed = new detail on the same structure.",
+            SEEDS,
             "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
             "control model use 4 steps, cfg 1."]
 
@@ -869,7 +876,7 @@ def long_wan21():
          "only the frame size (width and height multiples of 16; Wan 2.1 1.3B is made for 832x480).",
          "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate) only if the "
          "save node's differs.",
-         "The seed on ConFiner Long Video.",
+         LONG_SEED,
          "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
          "control model use 4 steps, cfg 1."],
         (WAN21, UMT5, WAN_VAE))

@@ -1,4 +1,5 @@
-// The pack's one frontend extension: how its sampling nodes show a run.
+// The pack's one frontend extension: how its nodes that write text (the sampling nodes, and the Noise Rescheduler's
+// warning) show a run.
 //
 // * The Long Video's prompt-schedule box keeps its height. The frontend shares a node's free height among its
 //   growable widgets: before a run the box took all of it (440 px on the template), then gave it up to the progress
@@ -21,7 +22,10 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const SAMPLING_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter"]);
+// the nodes that show a progress text: the three sampling nodes and the Noise Rescheduler (a warning; it was saved
+// into workflows and output files, and its second line was cut)
+const TEXT_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter",
+                            "ConFinerNoiseRescheduler"]);
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
@@ -40,10 +44,10 @@ function textHeight(node, value) {
   return TEXT.vertical + TEXT.lineHeight * Math.min(TEXT.maxLines, Math.max(TEXT.minLines, lines));
 }
 
-// Empties the progress text of every sampling node whose text matches ``pattern``, or for which ``also(node)``.
+// Empties the progress text of every node of the pack whose text matches ``pattern``, or for which ``also(node)``.
 function clearTexts(pattern, also = () => false) {
   for (const node of app.graph?._nodes ?? []) {
-    const text = SAMPLING_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    const text = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
     if (text && text.value && (pattern.test(text.value) || also(node))) {
       text.value = "";
       node.setDirtyCanvas?.(true, true);
@@ -60,7 +64,7 @@ app.registerExtension({
     }
   },
   nodeCreated(node) {
-    if (!SAMPLING_NODES.has(node.comfyClass)) return;
+    if (!TEXT_NODES.has(node.comfyClass)) return;
     const addCustomWidget = node.addCustomWidget;
     node.addCustomWidget = function (widget, ...rest) {
       if (widget?.name === PROGRESS_TEXT) {
