@@ -149,12 +149,29 @@ def pooled_width(model) -> int | None:
     return int(width) if width else None
 
 
+# ComfyUI's model config class names (comfy/supported_models.py) by prefix, first match, as artists name the
+# families (Wan 2.2 A14B loads as WAN21_T2V, its 5B as WAN22_T2V)
+FAMILY_NAMES = (("WAN22_T2V", "Wan 2.2 5B"), ("WAN22", "Wan 2.2"), ("WAN21_T2V", "Wan 2.1 / 2.2 A14B"),
+                ("WAN21", "Wan 2.1"), ("QwenImage", "Qwen-Image"), ("FluxSchnell", "FLUX.1-schnell"),
+                ("Flux2", "FLUX.2"), ("Flux", "FLUX.1"), ("SDXLRefiner", "SDXL refiner"), ("SDXL", "SDXL"),
+                ("SD15", "SD 1.5"), ("SD20", "SD 2"), ("SD3", "SD 3"), ("HunyuanVideo", "HunyuanVideo"))
+
+
+def family_name(model) -> str:
+    """The model's family as artists name it, with ComfyUI's model config name ("Wan 2.1 (WAN21_T2V)"); the config
+    name alone for a family not listed in :data:`FAMILY_NAMES`."""
+    config = getattr(model.model, "model_config", None)
+    name = type(config if config is not None else model.model).__name__
+    friendly = next((said for start, said in FAMILY_NAMES if name.startswith(start)), None)
+    return f"{friendly} ({name})" if friendly else name
+
+
 def _family(model) -> tuple[str, str]:
-    """The model's family as ComfyUI's model config names it, and where an artist gets its text encoder."""
+    """The model's family (:func:`family_name`), and where an artist gets its text encoder."""
     config = getattr(model.model, "model_config", None)
     family = type(config if config is not None else model.model).__name__
-    return family, next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
-                        "the CLIP output of its checkpoint loader")
+    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
+                                    "the CLIP output of its checkpoint loader")
 
 
 def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model") -> None:
@@ -265,9 +282,10 @@ def check_video_role(model, role: str, swapped: bool = False) -> None:
     (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model."""
     if model is None or role not in VIDEO_ROLES or not takes_no_motion_model(model):
         return
-    name = type(getattr(model.model, "model_config", model.model)).__name__
+    name = family_name(model)
     fix = ("the spatial model is the video model: connect the two the other way round (spatial_model <-> "
-           "temporal_model)") if swapped else "pick the video model's file (Wan) in its loader"
+           "temporal_model)") if swapped else ("pick the video model's file (Wan) in its loader, or connect a video "
+                                                "model there if that loader serves another expert too")
     raise ValueError(f"the {role} expert ({VIDEO_ROLES[role]}) is {name}, an image model: it makes every frame on "
                      f"its own, with no motion, and no motion model attaches to it; {fix}")
 
@@ -310,7 +328,7 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
     config = getattr(getattr(model, "model", None), "model_config", None)
     if model is None or math.isclose(cfg, 1.0) or not (getattr(config, "unet_config", None) or {}).get("guidance_embed"):
         return None
-    return (f"the spatial expert ({type(config).__name__}) takes its guidance as an input (FluxGuidance on its "
+    return (f"the spatial expert ({family_name(model)}) takes its guidance as an input (FluxGuidance on its "
             f"positive), but spatial cfg is {cfg:g}: every spatial evaluation also runs the negative prompt (twice "
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
 
@@ -557,7 +575,7 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         # ComfyUI would read SD's frame batch as that many one-frame videos, each made alone: stills, no motion
         n = raw.shape[0]
         raise ValueError(f"{what} is a batch of {n} images {list(raw.shape)} (Empty Latent Image's batch size "
-                         f"is SD's frame count), but {type(model.model).__name__} is a video model: it would make "
+                         f"is SD's frame count), but {family_name(model)} is a video model: it would make "
                          f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo Latent with "
                          f"length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch size 1")
     samples = comfy.sample.fix_empty_latent_channels(model, raw)
@@ -566,7 +584,7 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         want = ("a video latent [B, C, T, h, w] (e.g. Empty HunyuanVideo Latent: its length is the frame count)"
                 if layout == L.VIDEO else
                 "an image-batch latent [F, C, h, w] (Empty Latent Image: its batch size is the frame count)")
-        name = type(getattr(model.model, "model_config", model.model)).__name__
+        name = family_name(model)
         raise ValueError(f"{what} has shape {tuple(samples.shape)}, but {name} takes {want}; "
                          f"connect a latent made for this model family")
     samples = samples.float()   # a half-precision LATENT (a saved one, another pack's) is read as float32

@@ -193,6 +193,33 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (mode, after)
 
 
+def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(frontend, screenshot_dir):
+    """A tab switch reloads the graph from its saved state, which holds no progress text: every warning and "done"
+    line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id."""
+    from comfy_support import browser
+
+    server, b = frontend
+    texts = {"ConFinerControlExpert": "done · 2 expert evaluations in 0.2 s · 5 frames",
+             "ConFinerCoordinatedSampler": "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert "
+                                           "evaluations in 0.5 s"}
+    for tab in ("switch_a", "switch_b"):   # the same template twice: the same node ids in two graphs
+        workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
+        browser.load_template(b, workflow, tab)
+        browser.close_dialogs(b)
+    shown_b = browser.node_texts(b)
+    browser.switch_tab(b, "switch_a")
+    shown_a = browser.node_texts(b, texts)
+    assert sorted(t for t in shown_a.values() if t) == sorted(texts.values()), shown_a
+    browser.switch_tab(b, "switch_b")
+    assert browser.node_texts(b) == shown_b, "a text of another tab's node of the same id"
+    browser.switch_tab(b, "switch_a")
+    back = browser.node_texts(b)
+    b.page.screenshot(path=str(screenshot_dir / "tab_switched_back.png"))
+    assert back == shown_a, (back, shown_a)
+    saved = b.page.evaluate("() => JSON.stringify(app.graph.serialize())")
+    assert not any(line in saved for text in texts.values() for line in text.split("\n")), "text saved"
+
+
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):
     server, b = frontend
     b.responses.clear()

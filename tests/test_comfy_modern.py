@@ -409,8 +409,8 @@ def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them
             bundle[f"spatial_{suffix}"]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image as temporal, Wan as spatial",
                                          ["the temporal expert (temporal model on ConFiner Refine Experts) is "
-                                          "QwenImage, an image model", "the spatial model is the video model: "
-                                          "connect the two the other way round"])
+                                          "Qwen-Image (QwenImage), an image model",
+                                          "the spatial model is the video model: connect the two the other way round"])
 
 
 @pytest.mark.parametrize("loader", ["1", "2"], ids=["flux_in_the_wan_loader", "qwen_image_in_the_wan_loader"])
@@ -419,7 +419,7 @@ def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_va
     refusal was its text width, its VAE or '[F, C, h, w]', whose fixes led nowhere; now it is the model."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux" if loader == "1" else "qwen")
     prompt["1"]["inputs"]["unet_name"] = FLUX if loader == "1" else QWEN
-    name = "Flux" if loader == "1" else "QwenImage"
+    name = "FLUX.1 (Flux)" if loader == "1" else "Qwen-Image (QwenImage)"
     assert_refused_before_any_evaluation(comfy_worker, prompt, f"{name} in the Wan loader",
                                          [f"is {name}, an image model: it makes every frame on its own, with no "
                                           "motion", "pick the video model's file (Wan) in its loader"])
@@ -450,7 +450,7 @@ def test_a_video_latent_into_an_sd_control_expert_names_the_latent_it_takes(comf
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
     prompt["9"]["inputs"].update(model=["20", 0], positive=["21", 0], negative=["21", 0])
     assert_refused_before_any_evaluation(comfy_worker, prompt, "a Wan latent into SD 1.5",
-                                         ["control latent has shape", "but SD15 takes an image-batch latent",
+                                         ["control latent has shape", "but SD 1.5 (SD15) takes an image-batch latent",
                                           "Empty Latent Image: its batch size is the frame count"])
 
 

@@ -9,6 +9,10 @@
 //   the rest was cut on a node added by hand.
 // * A run's progress text is not saved with the workflow. The frontend keeps it as a widget value, so a file written
 //   by one run carried the text of the run before it ("cancelled after evaluation 3/15" beside a finished video).
+// * ... but it survives a switch of workflow tabs: the frontend reloads a tab's graph from its saved state, which
+//   holds no text, and every warning and "done" line was gone (the console was the only record). The page keeps
+//   each node's last text in memory, by graph and node id (a tab keeps its graph's id; two tabs of one template
+//   have two), and shows it again when that graph is loaded.
 //
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
@@ -44,12 +48,34 @@ function textHeight(node, value) {
   return TEXT.vertical + TEXT.lineHeight * Math.min(TEXT.maxLines, Math.max(TEXT.minLines, lines));
 }
 
+// A node's last progress text in this page, by graph and node id: "<graph id> <node id>" -> text.
+const KEPT = new Map();
+const keptKey = (nodeId) => `${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
+
+function keepText(event) {
+  const { nodeId, text } = event.detail ?? {};
+  const node = nodeId && app.graph?.getNodeById?.(nodeId);
+  if (node && TEXT_NODES.has(node.comfyClass) && text) KEPT.set(keptKey(nodeId), text);
+}
+
+// The kept texts of the graph just loaded (a tab switched back to), sent as the server sends them.
+function showKeptTexts() {
+  const prefix = keptKey("");
+  for (const [key, text] of KEPT) {
+    const nodeId = key.slice(prefix.length);
+    if (key.startsWith(prefix) && app.graph?.getNodeById?.(nodeId)) {
+      api.dispatchCustomEvent("progress_text", { nodeId, text });
+    }
+  }
+}
+
 // Empties the progress text of every node of the pack whose text matches ``pattern``, or for which ``also(node)``.
 function clearTexts(pattern, also = () => false) {
   for (const node of app.graph?._nodes ?? []) {
     const text = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
     if (text && text.value && (pattern.test(text.value) || also(node))) {
       text.value = "";
+      KEPT.delete(keptKey(node.id));
       node.setDirtyCanvas?.(true, true);
     }
   }
@@ -58,10 +84,14 @@ function clearTexts(pattern, also = () => false) {
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
+    api.addEventListener("progress_text", keepText);
     api.addEventListener("execution_start", () => clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode)));
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(end, () => clearTexts(WAITING));
     }
+  },
+  afterConfigureGraph() {
+    showKeptTexts();
   },
   nodeCreated(node) {
     if (!TEXT_NODES.has(node.comfyClass)) return;

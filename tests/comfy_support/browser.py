@@ -351,6 +351,30 @@ def load_template(browser: Browser, workflow: dict, name: str) -> list:
     return browser.page.evaluate(LOAD_JS, [workflow, name])
 
 
+# The progress text of the loaded graph's nodes of the pack, by node id; ``send``: type -> text to send first.
+TEXTS_JS = """async (send) => {""" + ARRIVALS_JS + """
+  for (const [type, text] of Object.entries(send)) {
+    await sendText(app.graph._nodes.find((n) => n.type === type), text);
+  }
+  const out = {};
+  for (const node of app.graph._nodes.filter((n) => n.type.startsWith("ConFiner"))) {
+    out[node.id] = node.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? "";
+  }
+  return out;
+}"""
+
+
+def node_texts(browser: Browser, send: dict | None = None) -> dict:
+    """The loaded graph's ConFiner nodes' progress texts by node id, after sending ``send`` (type -> text)."""
+    return browser.page.evaluate(TEXTS_JS, send or {})
+
+
+def switch_tab(browser: Browser, name: str) -> None:
+    """Clicks the workflow tab ``name`` (as an artist switches between open workflows)."""
+    browser.page.get_by_text(name, exact=True).first.click()
+    browser.page.wait_for_timeout(800)
+
+
 SOCKET_LABELS_JS = """(prefix) => {
   const drawn = (slot) => slot.label || slot.localized_name || slot.name;
   const unlike = [];
