@@ -174,6 +174,25 @@ def _family(model) -> tuple[str, str]:
                                     "the CLIP output of its checkpoint loader")
 
 
+def refuse_all(problems: list) -> None:
+    """Raises every problem found before anything ran in one message ("2 problems: (1) ...; (2) ..."): an artist
+    who swapped a model met them one run at a time, each after the fix of the one before. Nothing if none."""
+    problems = [p for p in problems if p]
+    if len(problems) > 1:
+        raise ValueError(f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+    if problems:
+        raise ValueError(problems[0])
+
+
+def problem_of(check, *args, **kwargs) -> str | None:
+    """The message of the ValueError ``check(*args, **kwargs)`` raises, None if it passes (for :func:`refuse_all`)."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model") -> None:
     """Conditioning from another family's text encoder (an SD 1.5 CLIP's 768-wide prompt for Wan, which reads 4096)
     fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
@@ -190,16 +209,16 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
             if width is not None and got is not None and got != width:
                 family, loader = _family(model)
-                raise ValueError(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model} "
-                                 f"({family}) reads text {width} wide: encode that prompt with this model's own text "
+                raise ValueError(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model}, "
+                                 f"{family}, reads text {width} wide: encode that prompt with this model's own text "
                                  f"encoder ({loader})")
             vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
             got_pooled = vector.shape[-1] if isinstance(vector, torch.Tensor) else None
             if pooled is not None and got_pooled != pooled:
                 family, loader = _family(model)
                 has = "no pooled text vector" if got_pooled is None else f"a {got_pooled}-wide pooled text vector"
-                raise ValueError(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model} "
-                                 f"({family}) reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
+                raise ValueError(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model}, "
+                                 f"{family}, reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
                                  f"with this model's own text encoder ({loader})")
 
 
@@ -224,7 +243,7 @@ def check_clip_width(clip, models: dict, node_input: str) -> None:
             got = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0].shape[-1]
         if got != width:
             family, loader = _family(model)
-            raise ValueError(f"{node_input} encodes text {got} wide, but the {role} expert's model ({family}) reads "
+            raise ValueError(f"{node_input} encodes text {got} wide, but the {role} expert's model, {family}, reads "
                              f"{width}: every expert takes the segment prompts from this one CLIP, so connect the "
                              f"text encoder of their family ({loader}), or clear the segment prompts")
 

@@ -146,7 +146,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                        "prediction towards the previous segment's. 0 switches it off."),
                 io.Boolean.Input("staggered", default=True,
                                  tooltip="Staggered refinement: refine the second half of each segment together "
-                                         "with the first half of the next, so seams are refined jointly."),
+                                         "with the first half of the next, so seams are refined jointly. It lays out "
+                                         "one structure more than segments (the node counts 'structure 1/3' for "
+                                         "2 segments): the last window reaches into it."),
                 io.String.Input("segment_prompts", display_name="segment prompts", default="", multiline=True,
                                 optional=True, placeholder="segment prompts, e.g. 0: a red ball | 64: a blue ball",
                                 tooltip="Prompt travel: '0: prompt | 64: prompt from frame 64 | 128: ...', a start "
@@ -225,11 +227,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                        if segment_prompts and segment_prompts.strip() else None)
         except ValueError as e:
             problems.append(str(e))
-        problems = [p for p in problems if p]
-        if len(problems) > 1:
-            raise ValueError(f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
-        if problems:
-            raise ValueError(problems[0])
+        host.refuse_all(problems)
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te_setting(te),
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)

@@ -90,5 +90,17 @@ class ConFinerRefineExperts(io.ComfyNode):
             temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg,
             spatial_vae, temporal_vae, spatial_frames, temporal_low_noise_model, temporal_low_noise_cfg,
             temporal_boundary)
-        experts.check_vaes()
+        # what this node's inputs decide, in one message: an artist who swapped the spatial model's family met its
+        # VAE here, then its text encoder on the Refine Sampler, a run each
+        problems = [host.problem_of(experts.check_vaes)]
+        for role, model, positive, negative, cfg, which in (
+                ("spatial", spatial_model, spatial_positive, spatial_negative, spatial_cfg, "its model"),
+                ("temporal", temporal_model, experts.temporal_positive, experts.temporal_negative, temporal_cfg,
+                 "its model"),
+                ("temporal", temporal_low_noise_model, experts.temporal_positive, experts.temporal_negative,
+                 temporal_low_noise_cfg, "its low-noise model (temporal_low_noise_model)")):
+            if model is not None:
+                negative = negative if negative is not None else positive
+                problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which))
+        host.refuse_all(problems)
         return io.NodeOutput(experts)

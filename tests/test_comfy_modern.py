@@ -254,17 +254,21 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
                                           "spatial model (spatial_model) works in", "connect its own VAE"])
 
 
-def test_the_wan_vae_left_on_spatial_vae_after_a_swap_to_flux_is_told_where_it_belongs(comfy_worker, modern):
-    """The Qwen-Image template wires the Wan VAE to *spatial VAE* (Qwen shares Wan's space); an artist who swapped
-    the spatial model for Flux was told to connect Flux's VAE there, and only in the next run that the Wan VAE was
-    missing on *temporal VAE*, where it belonged."""
+def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, modern):
+    """The Qwen-Image template wires the Wan VAE to *spatial VAE* (Qwen shares Wan's space). An artist who swapped
+    the spatial model for Flux met one problem a run: Flux's VAE on spatial VAE, then its text encoder, then the Wan
+    VAE missing on *temporal VAE*, where the first message had not said it belonged."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
-    prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]
+    prompt["10"]["inputs"].update(spatial_vae=["5", 0], spatial_positive=["7", 0], spatial_negative=["7", 0])
     del prompt["10"]["inputs"]["temporal_vae"]
-    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux with the Wan VAE on spatial_vae",
-                                         ["spatial VAE (spatial_vae) is a VAE of", "not of the flux latent space",
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux with Qwen's prompts and the Wan VAE",
+                                         ["2 problems: (1) spatial VAE (spatial_vae) is a VAE of",
+                                          "not of the flux latent space",
                                           "it is the VAE of temporal model's space: connect it to temporal VAE "
-                                          "(temporal_vae) if that input is free", "to spatial_vae"])
+                                          "(temporal_vae) if that input is free", "to spatial_vae",
+                                          "; (2) the spatial expert's positive conditioning (spatial_positive) "
+                                          "carries no pooled text vector, but its model, FLUX.1 (Flux), reads one",
+                                          "(DualCLIPLoader with type flux)"])
 
 
 def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):
