@@ -52,10 +52,22 @@ function textHeight(node, value) {
 const KEPT = new Map();
 const keptKey = (nodeId) => `${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
 
+// Keeps a node's text as it arrives. An empty text, which the frontend ignores, clears it: the Noise Rescheduler
+// sends one when its last run's warning no longer holds.
 function keepText(event) {
   const { nodeId, text } = event.detail ?? {};
   const node = nodeId && app.graph?.getNodeById?.(nodeId);
-  if (node && TEXT_NODES.has(node.comfyClass) && text) KEPT.set(keptKey(nodeId), text);
+  if (!node || !TEXT_NODES.has(node.comfyClass)) return;
+  if (text) {
+    KEPT.set(keptKey(nodeId), text);
+    return;
+  }
+  KEPT.delete(keptKey(nodeId));
+  const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+  if (widget?.value) {
+    widget.value = "";
+    node.setDirtyCanvas?.(true, true);
+  }
 }
 
 // The kept texts of the graph just loaded (a tab switched back to), sent as the server sends them.
