@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "diffusers spacing over [0, T_e]")
     g.add_argument("--control-sampler", choices=CONTROL_SAMPLERS, default="euler",
                    help="euler for distilled few-step control experts (AnimateDiff-Lightning), ddim (the paper's) "
-                        "for undistilled ones, dpmpp_2m (DPM-Solver++ 2M, second order) for undistilled ones in "
-                        "few steps (Wan, AnimateDiff v3)")
+                        "for undistilled ones, dpmpp_2m (DPM-Solver++ 2M) or unipc (UniPC, Wan's own), second "
+                        "order, for undistilled ones in few steps (Wan, AnimateDiff v3)")
     g.add_argument("--control-spacing", choices=SPACINGS, default="trailing",
                    help="control timesteps as diffusers' schedulers lay them out; flow experts: 'linspace' is "
                         "FlowMatchEulerDiscreteScheduler (dpmpp_2m: DPMSolverMultistepScheduler's flow sigmas), "

@@ -15,10 +15,10 @@ from .experts import Denoiser, Prediction, check_finite
 from .prediction import from_x0_eps, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
 from .timesteps import STEPS_OFFSET, dpm_solver_timesteps, euler_timesteps, flow_match_timesteps, spaced_timesteps, \
-    with_next
+    unipc_timesteps, with_next
 
 #: the control stage's samplers, by ComfyUI's names for them
-SAMPLERS = ("euler", "ddim", "dpmpp_2m")
+SAMPLERS = ("euler", "ddim", "dpmpp_2m", "unipc")
 
 
 def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -170,6 +170,42 @@ def dpmpp_2m_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: f
     return x + alpha_prev * -math.expm1(-h) / (2 * r) * (pred.x0 - x0_last)
 
 
+def unipc_b(hh: float, order: int) -> list[float]:
+    """UniPC's b_i, i = 1..order, for B(h) = e^h - 1 (its "bh2" variant) at hh = -h (data prediction): phi_1 =
+    e^hh - 1, phi_{k+1} = phi_k / hh - 1/(k+1)!, b_i = i! phi_{i+1} / B(h), as UniPCMultistepScheduler computes them
+    (finite at hh = -inf, a step from sigma 1)."""
+    b_h = math.expm1(hh)
+    phi, factorial, out = b_h / hh - 1, 1, []
+    for i in range(1, order + 1):
+        out.append(phi * factorial / b_h)
+        factorial *= i + 1
+        phi = phi / hh - 1 / factorial
+    return out
+
+
+def unipc_correct(schedule: NoiseSchedule, x_last: torch.Tensor, x0_last: torch.Tensor, t_last: float,
+                  x0: torch.Tensor, t: float, before: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """UniC, UniPC's corrector (Zhao et al. 2023; UniPCMultistepScheduler's ``multistep_uni_c_bh_update``, bh2):
+    the sample at t predicted from ``x_last`` (the sample the step from ``t_last`` started at) made again with the
+    x0 estimate at t itself, ``x0``, which that sample's evaluation gave; no extra evaluation. Order 1 without
+    ``before`` (x0, t) of the step before ``t_last``, else order 2."""
+    alpha_t, sigma_t = schedule.coefficients(t)
+    alpha_s, sigma_s = schedule.coefficients(t_last)
+    lam_s = log_snr(alpha_s, sigma_s)
+    h = log_snr(alpha_t, sigma_t) - lam_s
+    b_h = math.expm1(-h)
+    x = sigma_t / sigma_s * x_last - alpha_t * b_h * x0_last   # the first-order step from x_last
+    if before is None:
+        return x - alpha_t * b_h * 0.5 * (x0 - x0_last)
+    x0_before, t_before = before
+    rk = (log_snr(*schedule.coefficients(t_before)) - lam_s) / h
+    b1, b2 = unipc_b(-h, 2)
+    rho1 = (b1 - b2) / (1 - rk)   # [[1, 1], [rk, 1]] rho = b; rk = -inf (a step from sigma 1): rho1 = 0
+    rho2 = b1 - rho1
+    d1 = (x0_before - x0_last) / rk if math.isfinite(rk) else torch.zeros_like(x0)
+    return x - alpha_t * b_h * (rho1 * d1 + rho2 * (x0 - x0_last))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 1 (Eq. 5)
 
@@ -184,7 +220,8 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
       scheduler truncates: the same where n divides N, e.g. sigma = 1, .9, .75, .5 for shift 3 and 4 steps),
       "leading" is DDIM's list on that table;
     * dpmpp_2m: DPMSolverMultistepScheduler (:func:`dpm_solver_timesteps`; on a flow schedule "linspace" is its flow
-      sigmas with the expert's shift, the others its lists on the shifted table)."""
+      sigmas with the expert's shift, the others its lists on the shifted table);
+    * unipc: UniPCMultistepScheduler (:func:`unipc_timesteps`: DPM-Solver's, but its flow sigmas start at 1)."""
     t_max = schedule.num_timesteps - 1
     if sampler not in SAMPLERS:
         raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -192,6 +229,8 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
         ts = spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
     elif sampler == "dpmpp_2m":
         ts = dpm_solver_timesteps(schedule, num_steps, spacing, STEPS_OFFSET)
+    elif sampler == "unipc":
+        ts = unipc_timesteps(schedule, num_steps, spacing, STEPS_OFFSET)
     elif schedule.kind == FLOW and spacing == "linspace":
         ts = flow_match_timesteps(schedule, num_steps)
     else:
@@ -208,7 +247,7 @@ def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampl
     """Pure-noise start as diffusers' schedulers do it, in the schedule's own scaling (what the expert is fed after
     ``scale_model_input``). DDIM: x_T = noise (init_noise_sigma 1). Euler: init_noise_sigma * noise in VE form with
     init_noise_sigma = sigma_max for "trailing"/"linspace", i.e. sigma_T * noise here; for "leading" diffusers uses
-    sqrt(sigma_max^2 + 1), which is unit-variance noise here. DPM-Solver: x_T = noise, as DDIM. On a flow schedule at sigma = 1 all of these are the
+    sqrt(sigma_max^2 + 1), which is unit-variance noise here. DPM-Solver and UniPC: x_T = noise, as DDIM. On a flow schedule at sigma = 1 all of these are the
     noise itself, where flow pipelines (SD3, Wan with FlowMatchEulerDiscreteScheduler) start."""
     if sampler == "euler" and spacing != "leading":
         return schedule.coefficients(t)[1] * noise
@@ -247,13 +286,14 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
 
     ``x_T`` is unit Gaussian noise, scaled as diffusers does for ``sampler`` and ``spacing`` (see
     :func:`initial_latent`; ``timesteps`` from :func:`control_timesteps`). ``sampler`` is "euler" (distilled
-    experts), "ddim" (with ``eta``) or "dpmpp_2m" (second order: undistilled experts in few steps).
+    experts), "ddim" (with ``eta``), "dpmpp_2m" or "unipc" (second order: undistilled experts in few steps; UniPC,
+    Wan's own sampler, is DPM-Solver++ 2M corrected by UniC at every step after the first).
     ``eps_hook`` may replace each step's derivative (coherence guidance)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
     schedule = denoiser.schedule
     x = initial_latent(schedule, x_T, timesteps[0], sampler, spacing)
-    previous = None
+    previous, history, x_last = None, [], None
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         pred = guided_prediction(denoiser, x, t, i, eps_hook)
         if sampler == "euler":
@@ -261,6 +301,15 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
         elif sampler == "dpmpp_2m":
             x = dpmpp_2m_step(schedule, pred, t, t_prev, previous)
             previous = (pred.x0, t)
+        elif sampler == "unipc":
+            if history:   # UniC with this evaluation, of the order the step here was predicted at
+                before = history[-2] if len(history) > 1 else None
+                x = unipc_correct(schedule, x_last, *history[-1], pred.x0, t, before)
+                alpha, sigma = schedule.coefficients(t)
+                pred = Prediction(pred.x0, (x - alpha * pred.x0) / sigma)   # the corrected sample's
+            x_last = x
+            x = dpmpp_2m_step(schedule, pred, t, t_prev, history[-1] if history else None)   # the predictor, UniP
+            history = [*history[-1:], (pred.x0, t)]
         else:
             noise = randn_like(x, generator) if eta > 0 else None
             x = ddim_step(schedule, pred, t, t_prev, eta, noise)

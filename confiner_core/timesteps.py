@@ -6,7 +6,8 @@ the control stage's timesteps as diffusers' schedulers lay them out for each sam
   fractional timesteps);
 * :func:`flow_match_timesteps` -- FlowMatchEulerDiscreteScheduler.set_timesteps with the expert's shift;
 * :func:`dpm_solver_timesteps` -- DPMSolverMultistepScheduler.set_timesteps (its own three spacings, and its flow
-  sigmas with the expert's shift);
+  sigmas with the expert's shift); :func:`unipc_timesteps` -- UniPCMultistepScheduler's (the same, but for its
+  flow sigmas, which start at sigma 1);
 * :func:`uniform_timesteps` -- the paper's refinement timesteps, "from T_e to 0 at uniform intervals":
   T_e, T_e - T_e/n, ..., T_e/n (for T_e = 100 and 5 steps: 100, 80, 60, 40, 20).
 """
@@ -118,6 +119,25 @@ def dpm_solver_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str =
     else:
         return spaced_timesteps(num_steps, t_max, spacing, steps_offset)
     return [int(t) for t in ts]
+
+
+def unipc_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "linspace",
+                    steps_offset: int = 0) -> list:
+    """UniPCMultistepScheduler.set_timesteps: DPM-Solver's lists (:func:`dpm_solver_timesteps`), except that its flow
+    sigmas ("linspace" on a flow schedule, as diffusers' Wan pipelines run it) are shift(u) for u = linspace(1, 1/N,
+    n+1) without the last, starting at sigma 1 (4 steps, shift 3: 1, .938, .858, .750). (diffusers moves that
+    sigma 1 down by 1e-6, to keep its log(alpha) finite: a point the table, whose top is sigma 1, cannot hold, and
+    the core's update is finite at sigma 1 itself.)"""
+    if schedule.kind != FLOW or spacing != "linspace":
+        return dpm_solver_timesteps(schedule, num_steps, spacing, steps_offset)
+    t_max = schedule.num_timesteps - 1
+    _check_steps(num_steps, t_max, t_max)
+    shift = _flow_shift(schedule)
+    ts = []
+    for u in np.linspace(1.0, 1.0 / schedule.num_timesteps, num_steps + 1)[:-1]:
+        s = shift * float(u) / (1 + (shift - 1) * float(u))
+        ts.append(schedule.timestep_for_noise_level(s / (1 - s), continuous=True) if s < 1 else float(t_max))
+    return ts
 
 
 def with_next(timesteps: list) -> list[tuple]:

@@ -75,8 +75,8 @@ def control_inputs(prefix: str = "") -> list:
         io.Combo.Input(f"{prefix}sampler", display_name=CONTROL_SAMPLER, options=list(SAMPLERS), default="euler",
                        tooltip="euler: for distilled few-step experts (AnimateDiff-Lightning), what they were trained "
                                "for; ddim: the paper's control sampler, for undistilled experts (AnimateDiff v1-3, "
-                               "ModelScope); dpmpp_2m (DPM-Solver++ 2M, ComfyUI's dpmpp_2m): second order, for "
-                               "undistilled experts (Wan, AnimateDiff v3) in few steps."),
+                               "ModelScope); dpmpp_2m (DPM-Solver++ 2M) and unipc (UniPC, Wan's own sampler): "
+                               "second order, for undistilled experts (Wan, AnimateDiff v3) in few steps."),
     ]
 
 

@@ -297,7 +297,7 @@ def test_refine_timesteps_are_evenly_spaced_for_every_te_and_step_count():
         ChainConfig(te=4, refine_steps=5).validate()
 
 
-@pytest.mark.parametrize("sampler", ["euler", "ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["euler", "ddim", "dpmpp_2m", "unipc"])
 def test_flow_expert_control_stage_is_finite_and_exact(sampler):
     """A flow schedule reaches alpha = 0 at its last timestep (pure noise); the control stage must stay finite."""
     x0 = x0_star()

@@ -10,7 +10,8 @@ them calls the ``confiner_core`` function under test. Everything runs in float64
 Covered, for eps, v and flow experts in every combination:
 * the control stage (Eq. 5): Euler with trailing, leading (steps_offset 1) and linspace spacing, DDIM (eta 0 and
   0.5), flow experts against FlowMatchEulerDiscreteScheduler with their shift; DPM-Solver++(2M) against
-  DPMSolverMultistepScheduler in its three spacings (flow experts: its flow sigmas with their shift);
+  DPMSolverMultistepScheduler in its three spacings (flow experts: its flow sigmas with their shift); UniPC (bh2)
+  against UniPCMultistepScheduler the same way;
 * structure extraction on the spatial (Eq. 6) or the control schedule (Algorithm 1, line 4), then coordinated
   refinement (Algorithm 1) from T_e = 100 in 5 steps at 100, 80, 60, 40, 20, with DDIM eta 0 and 0.5 (timesteps
   count as each expert's network sees them: a VP expert's table index, a flow expert's t = N sigma, as diffusers'
@@ -30,7 +31,7 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, \
-    FlowMatchEulerDiscreteScheduler
+    FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from confiner_core import schedules as S
@@ -295,23 +296,25 @@ def ddim_reference(e: GaussianExpert, spacing, steps, noise, eta, generator):
     return inputs, x
 
 
-def dpm_reference(e: GaussianExpert, spacing, steps, noise):
-    """DPMSolverMultistepScheduler's loop (DPM-Solver++, order 2, midpoint, final sigma 0) from x_T = noise, the
-    model fed x itself. VP: the expert's betas; flow, "linspace": its flow sigmas with the expert's shift (as
-    diffusers' Wan configurations use it); flow, other spacings: the same scheduler stepping through the table's
-    sigmas at the timesteps a VP scheduler of that spacing lists."""
+def multistep_reference(scheduler, e: GaussianExpert, spacing, steps, noise):
+    """The loop of diffusers' multistep ``scheduler`` class (DPMSolverMultistepScheduler: DPM-Solver++, order 2,
+    midpoint; UniPCMultistepScheduler: order 2, bh2; both with final sigma 0) from x_T = noise, the model fed x
+    itself. VP: the expert's betas; flow, "linspace": the class's flow sigmas with the expert's shift (as diffusers'
+    Wan configurations use them); flow, other spacings: the same scheduler stepping through the table's sigmas at
+    the timesteps a VP scheduler of that spacing lists."""
     if e.prediction == "flow":
-        sched = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=FLOW_SHIFTS[e.role],
-                                            prediction_type="flow_prediction")
+        sched = scheduler(use_flow_sigmas=True, flow_shift=FLOW_SHIFTS[e.role], prediction_type="flow_prediction")
         sched.set_timesteps(steps)
+        if scheduler is UniPCMultistepScheduler and spacing == "linspace":   # it moves sigma 1 down by 1e-6, to
+            sched.sigmas[0] = 1.0                                            # a point the table cannot hold
         if spacing != "linspace":
-            vp = DPMSolverMultistepScheduler(timestep_spacing=spacing, steps_offset=1)
+            vp = scheduler(timestep_spacing=spacing, steps_offset=1)
             vp.set_timesteps(steps)
             table = flow_table(e.role)
             sched.sigmas = torch.tensor([float(table[int(t)]) for t in vp.timesteps] + [0.0])
     else:
-        sched = DPMSolverMultistepScheduler(**VP_CONFIGS[e.role], prediction_type=e.prediction,
-                                            timestep_spacing=spacing, steps_offset=1)
+        sched = scheduler(**VP_CONFIGS[e.role], prediction_type=e.prediction, timestep_spacing=spacing,
+                          steps_offset=1)
         sched.set_timesteps(steps)
     inputs, x = [], noise
     for k, t in enumerate(sched.timesteps):
@@ -328,7 +331,8 @@ def dpm_reference(e: GaussianExpert, spacing, steps, noise):
 
 CONTROL_CASES = [("euler", sp, 0.0, n) for sp in ("trailing", "leading", "linspace") for n in (4, 5, 8)] + \
                 [("ddim", sp, eta, 4) for sp in ("trailing", "leading") for eta in (0.0, 0.5)] + \
-                [("dpmpp_2m", sp, 0.0, n) for sp in ("trailing", "leading", "linspace") for n in (2, 4, 8)]
+                [(sampler, sp, 0.0, n) for sampler in ("dpmpp_2m", "unipc")
+                 for sp in ("trailing", "leading", "linspace") for n in (2, 3, 4, 8)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -340,8 +344,9 @@ def test_control_stage_matches_diffusers_step_by_step(kind, sampler, spacing, et
     ours = generate_structure(d, noise, config, torch.Generator().manual_seed(6))
     if sampler == "euler":
         inputs, ref = euler_reference(e, spacing, steps, noise)
-    elif sampler == "dpmpp_2m":
-        inputs, ref = dpm_reference(e, spacing, steps, noise)
+    elif sampler in ("dpmpp_2m", "unipc"):
+        scheduler = DPMSolverMultistepScheduler if sampler == "dpmpp_2m" else UniPCMultistepScheduler
+        inputs, ref = multistep_reference(scheduler, e, spacing, steps, noise)
     else:
         inputs, ref = ddim_reference(e, spacing, steps, noise, eta, torch.Generator().manual_seed(6))
     name = f"control {sampler}[{kind}-{spacing}-{steps}-{eta}]"
@@ -588,18 +593,20 @@ def exact_ode_solution(e: GaussianExpert, x_start: torch.Tensor, t: float) -> to
 
 @pytest.mark.parametrize("kind", ["epsilon", "flow"])
 @pytest.mark.parametrize("steps", [8, 16])
-def test_dpmpp_2m_lands_nearer_the_exact_ode_solution_than_euler(kind, steps):
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+def test_second_order_samplers_land_nearer_the_exact_ode_solution_than_euler(kind, steps, sampler):
     """The point of a second-order control sampler: at the same step count it ends nearer the ODE's own endpoint
-    (measured: 8 steps 0.35 against Euler's 0.52 for eps, 0.33 against 0.58 for flow; 16 steps 0.13 / 0.28 and
-    0.05 / 0.30). What remains is the last step's jump to sigma 0, first order in every diffusers sampler."""
+    (measured, DPM-Solver++ 2M / UniPC / Euler: 8 steps 0.35 / 0.33 / 0.52 for eps, 0.33 / 0.31 / 0.58 for flow;
+    16 steps 0.13 / 0.13 / 0.28 and 0.05 / 0.05 / 0.30). What remains is the last step's jump to sigma 0, first
+    order in every diffusers sampler."""
     from confiner_core.sampling import control_timesteps, initial_latent
 
     e, d = expert("control", kind)
     noise = replay(torch.Generator().manual_seed(5))
     errors = {}
-    for sampler in ("euler", "dpmpp_2m"):
-        ts = control_timesteps(e.schedule, steps, sampler, "trailing")
-        out = sample_control(d, noise, ts, sampler)
-        exact = exact_ode_solution(e, initial_latent(e.schedule, noise, ts[0], sampler), ts[0])
-        errors[sampler] = float((out - exact).abs().max())
-    assert errors["dpmpp_2m"] < 0.75 * errors["euler"], errors
+    for name in ("euler", sampler):
+        ts = control_timesteps(e.schedule, steps, name, "trailing")
+        out = sample_control(d, noise, ts, name)
+        exact = exact_ode_solution(e, initial_latent(e.schedule, noise, ts[0], name), ts[0])
+        errors[name] = float((out - exact).abs().max())
+    assert errors[sampler] < 0.75 * errors["euler"], errors
