@@ -364,12 +364,12 @@ def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_t
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
-@pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False)])
+@pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False), ("auto", False)])
 def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sampler(comfy_worker, modern, matching,
                                                                                      warned):
     """SD 1.5 spatial and Wan temporal put T_e 100 at noise-to-signal 0.34 and 0.11: 'same_index' re-noises the
     temporal expert far below the spatial expert's level. The library and command line warned; the node said
-    nothing. The bridge template uses 'nearest', which is not warned."""
+    nothing. 'nearest' is not warned, nor 'auto' (the default), which is nearest here and says so."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
     prompt["11"]["inputs"]["matching"] = matching
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
@@ -378,6 +378,7 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
     note = "warning: experts at unequal noise: matching nearest"
     steps = [t for t in texts if "\nstep " in t]
     assert steps and all((note in t.split("\n")) == warned for t in steps), texts[:3]
+    assert (" · matching nearest" in texts[-1]) == (matching == "auto"), texts[-1]
     if matching == "same_index":   # the Long Video refines with the same experts, and says so too
         long = long_wan_graph(comfy_worker.checkpoint_name)
         long["20"], long["21"] = prompt["20"], prompt["21"]
