@@ -43,8 +43,8 @@ CONTROL = "control"
 STRUCTURE_NOISES = (SPATIAL, CONTROL)
 
 # How coordinated refinement picks the temporal expert's timestep (refine.TIMESTEP_MATCHING), or "auto" (the
-# default): the paper's same index where both schedules put T_e at one noise level (the paper's experts share SD's
-# schedule), the nearest noise level where they do not (a flow and a VP expert). :func:`settled` decides.
+# default): the paper's same index where both schedules are of one kind and put T_e at one noise level (the paper's
+# experts share SD's schedule), the nearest noise level where not (a flow and a VP expert). :func:`settled` decides.
 AUTO = "auto"
 MATCHINGS = (AUTO, *R.TIMESTEP_MATCHING)
 
@@ -121,10 +121,13 @@ def same_index_mismatch_warning(spatial: NoiseSchedule, temporal: NoiseSchedule,
 
 
 def auto_matching(spatial: NoiseSchedule, temporal: NoiseSchedule, te: int) -> str:
-    """What matching "auto" is for these refining schedules at ``te``: ``same_index`` (the paper's) where they put
-    T_e at noise levels within a factor of 1.5 (SD 1.5 with AnimateDiff or ModelScope), else ``nearest`` (SD 1.5 with
-    Wan: 0.34 and 0.11 at T_e 100)."""
-    return R.SAME_INDEX if same_index_mismatch_warning(spatial, temporal, te) is None else R.NEAREST
+    """What matching "auto" is for these refining schedules at ``te``: ``nearest`` for a flow and a VP expert (SD 1.5
+    with Wan: 0.34 and 0.11 at T_e 100; at T_e 627..939 close, but 2.8x apart at the later steps) or schedules that
+    put T_e at noise levels more than 1.5x apart; else the paper's ``same_index`` (SD 1.5 with AnimateDiff or
+    ModelScope, and with LaVie, the paper's own pair, though it parts lower down: 1.74x at t = 20)."""
+    if spatial.kind != temporal.kind or same_index_mismatch_warning(spatial, temporal, te) is not None:
+        return R.NEAREST
+    return R.SAME_INDEX
 
 
 def same_index_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig") -> str | None:
@@ -163,7 +166,8 @@ class ChainConfig:
 
     ``te=None`` (the default) is the refining expert's default T_e (:data:`DEFAULT_TE`: 100 for VP experts, 250 for
     flow experts such as Wan, about the same noise level), and ``matching="auto"`` (the default) the paper's
-    ``same_index`` unless the spatial and temporal schedules put T_e at other noise levels (:func:`auto_matching`);
+    ``same_index`` unless the spatial and temporal schedules are of two kinds or put T_e at other noise levels
+    (:func:`auto_matching`);
     both are settled by :func:`settled` where the experts are known (:func:`run_chain`, :func:`validate_refinement`,
     :func:`refine_structure`, :func:`refine`).
 

@@ -117,9 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in turn on the spatial schedule, Eq. 7, an ablation)")
     g.add_argument("--matching", choices=MATCHINGS, default="auto",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level (nearest, "
-                        "continuous); auto (default): same_index, unless the spatial and temporal experts' schedules "
-                        "put T_e at noise levels more than 1.5x apart (a flow and a VP expert: SD 1.5 and Wan), "
-                        "then nearest")
+                        "continuous); auto (default): same_index, unless the spatial and temporal experts are a flow "
+                        "and a VP one (SD 1.5 and Wan) or put T_e at noise levels more than 1.5x apart, then nearest")
     g.add_argument("--te", type=number("--te"), default=None,
                    help="structure noising timestep T_e, in the refining expert's own timesteps (default 100, the "
                         "paper's; 250 for flow experts such as Wan and Qwen-Image, whose timestep is 1000 sigma: the "

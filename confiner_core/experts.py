@@ -424,6 +424,10 @@ def check_expert(expert: Expert, evaluated: bool = True) -> None:
         raise ValueError(f"expert {expert.name!r} has prediction type {expert.prediction!r}, which holds on a "
                          f"{names[kind]} schedule only, but its schedule is {names[schedule.kind]}: give it a "
                          f"{names[kind]} schedule, or the prediction type its network was trained for")
+    if expert.prediction == "epsilon" and schedule.kind == FLOW:   # NaN at the control stage's first step
+        raise ValueError(f"expert {expert.name!r} predicts epsilon on a flow-matching schedule, where x0 = (x - sigma "
+                         f"eps) / alpha is undefined at sigma 1 (alpha 0), the top a flow expert's control stage "
+                         f"starts at: flow models predict the velocity (prediction type 'flow')")
 
 
 def bridge_end(expert: Expert) -> Codec | LatentSpace:

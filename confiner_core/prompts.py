@@ -130,6 +130,13 @@ def unkeyed_entries(text: str, option: str = "prompt") -> str | None:
     return None
 
 
+def later_at_some_rate(key: str, before: str) -> bool:
+    """Whether a seconds ``key`` can start after the entry keyed ``before`` at some frame rate faster than the
+    slowest: after a frame key (a faster rate moves it later), or after a smaller seconds key (rounding to frames
+    merges them at a slow rate: 1s and 1.05s are frame 8 at 8 fps, 16 and 17 at 16)."""
+    return not before.endswith("s") or float(key[:-1]) > float(before[:-1])
+
+
 def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt",
                  frames_option: str = "frames", slowest_fps: bool = False) -> PromptSchedule:
     """The schedule written in ``text`` for a video of ``frames`` frames at ``fps`` (needed for seconds keys).
@@ -199,8 +206,9 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
                              f"use a smaller key or more {frames_option}"
                              + (f" (or a lower fps, if {fps:g} is not the video's)" if seconds and not slowest_fps
                                 else ""), option)
-        if slowest_fps and seconds and entries and not entries[-1].key.endswith("s") and start <= entries[-1].start:
-            entries.append(Entry(start, prompt, key))   # after a frame key: at the model's rate it may fall later
+        if slowest_fps and seconds and entries and start <= entries[-1].start and \
+                later_at_some_rate(key, entries[-1].key):
+            entries.append(Entry(start, prompt, key))   # at the model's rate it may fall after the entry before
             continue
         if entries and start == entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
@@ -211,6 +219,8 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         entries.append(Entry(start, prompt, key))
         if len(entries) == 1:
             first = (piece.strip(), at)
+    if slowest_fps:   # entries left to the run's check may be out of order at the slowest rate
+        entries.sort(key=lambda e: e.start)
     if entries[0].start != 0:   # checked last: "16: a | 0: b" is out of order, and the fix is the order
         raise UsageError(f"{option}: the first entry {first[0]!r} starts at {first[1]}; a schedule starts at frame 0 "
                          f"(e.g. '0: {entries[0].prompt} | ...')", option)

@@ -235,10 +235,12 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
         ts = flow_match_timesteps(schedule, num_steps)
     else:
         ts = euler_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
-    if ts[0] == 0:   # diffusers' linspace of one point: np.linspace(0, t_max, 1) = [0]
-        raise ValueError(f"{num_steps} control step with {spacing!r} spacing is timestep 0, where the sample counts as "
-                         f"clean: the control expert would lay out nothing and the structure would be the noise; "
-                         f"use 'trailing' spacing or more steps")
+    # diffusers' one step: linspace's np.linspace(0, t_max, 1) = [0], leading's [0 + steps_offset]
+    if schedule.timestep(ts[0]) <= schedule.num_timesteps // 100:
+        raise ValueError(f"{num_steps} control step{'s' * (num_steps != 1)} with {spacing!r} spacing start"
+                         f"{'s' * (num_steps == 1)} at timestep {schedule.timestep(ts[0]):g}, where the sample counts "
+                         f"as nearly clean: the control expert would lay out nothing and the structure would be the "
+                         f"noise; use 'trailing' spacing or more steps")
     return ts
 
 

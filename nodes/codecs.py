@@ -57,7 +57,9 @@ class ComfyVAECodec(Codec):
                                  f"({model}) works in; it is the VAE of {other.replace('_vae', ' model')}'s space: "
                                  f"connect it to {other.replace('_vae', ' VAE')} ({other}) if that input is free, "
                                  f"and {model.replace('_', ' ')}'s own VAE (its checkpoint loader's VAE output, or its "
-                                 f"family's VAE file) to {who}")
+                                 f"family's VAE file) to {who}"
+                                 + (f"; the refined video is then in {space.name} latents: decode it with that VAE "
+                                    f"too" if who == "spatial_vae" else ""))
             raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
                              f"({model}) works in: if that model is the one meant, connect its own VAE (its "
                              f"checkpoint loader's VAE output, or its family's VAE file); else load the model this "

@@ -9,7 +9,8 @@ from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import ade, host, sessions
-from .schema import CATEGORY, check_widgets, control_inputs, control_sampling_inputs, low_noise_inputs, seed_input
+from .schema import (CATEGORY, CONTROL_ETA, check_widgets, control_inputs, control_sampling_inputs, low_noise_inputs,
+                     seed_input)
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -66,6 +67,7 @@ class ConFinerControlExpert(io.ComfyNode):
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps)
+        progress.warn_unused(config, {"control_eta": CONTROL_ETA})
         if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
             progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "
                           "(latent_is_noise) is off: only its size is used and the noise is drawn from the seed; "

@@ -10,8 +10,8 @@ from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evalu
                                    refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
-from .schema import (CATEGORY, check_widgets, refine_inputs, refine_problem, seed_input, structure_noise_input,
-                     te_setting, widget_problem)
+from .schema import (CATEGORY, MATCHING, check_widgets, refine_inputs, refine_problem, seed_input,
+                     structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType
 
 NODE = "ConFiner Refine Sampler"
@@ -141,6 +141,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
+        progress.warn_unused(config, {"matching": MATCHING})
         if mode != STANDARD:
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,

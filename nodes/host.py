@@ -29,9 +29,9 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
-from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, ChainConfig, control_noise_warning,
+from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNUSED_BECAUSE, ChainConfig, control_noise_warning,
                                    control_timesteps, extraction_schedule, refine_positions, same_index_warning,
-                                   settled, table3_warning)
+                                   settled, table3_warning, unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
@@ -788,6 +788,14 @@ class Progress:
         self.warn(same_index_warning(spatial, temporal, config), "warning: experts at unequal noise: matching nearest")
         self.warn(control_noise_warning(spatial, temporal, config, control_schedule),
                   "warning: unequal noise: structure noise schedule spatial")
+
+    def warn_unused(self, config: ChainConfig, inputs: dict) -> None:
+        """Settings the node's config leaves unread (:func:`~confiner_core.chain.unused_settings`: a control eta
+        beside a sampler other than ddim), which the command line refuses; ``inputs``: setting -> the widget's name."""
+        for name in unused_settings(config):
+            widget = inputs.get(name, name)
+            self.warn(f"{widget} is not used: it {UNUSED_BECAUSE[name](config)}", f"warning: {widget} not used "
+                      f"(console)")
 
     def warn(self, warning: str | None, note: str) -> None:
         """``warning`` on the console, and its one-line ``note`` above the node's text for the rest of the run."""

@@ -16,7 +16,7 @@ from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_wind
                                   structure_centre, unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
-from .schema import (CATEGORY, advanced, check_widgets, coherence_memory_input, control_inputs,
+from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
                      control_sampling_inputs, low_noise_inputs, refine_inputs, refine_problem, seed_input,
                      structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType, connect_vae
@@ -272,6 +272,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))
         progress.warn_ignored_noise({"control": control_model, "temporal": experts.temporal_model})
+        progress.warn_unused(chain, {"control_eta": CONTROL_ETA, "matching": MATCHING})
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
@@ -317,12 +318,14 @@ class ConFinerLongSegmenter(io.ComfyNode):
         with progress.running(), sessions.stage(), warned_already():
             generate_long(control, spatial, temporal, plan, (b, c, h, w), chain, long,
                           torch.Generator().manual_seed(seed), sink, prompts, None, frame.device)
-        out = torch.cat(windows, dim=2)
-        if codec is not None:
-            with log.stage("refine"):
-                out = codec.encode(out)
-                log.record_vae(1)
-        out, refiner = host.to_spatial_space(out, refiner, spatial, log)
+            # inside the run's text: its "done" line counted the VAE calls before this encode (7 where the console
+            # said 8), and the node showed "done" while it ran
+            out = torch.cat(windows, dim=2)
+            if codec is not None:
+                with log.stage("refine"):
+                    out = codec.encode(out)
+                    log.record_vae(1)
+            out, refiner = host.to_spatial_space(out, refiner, spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
         lines = [progress.summary, host.output_space_note(refiner, spatial, control.expert.latent_space),
                  node_schedule_text(prompts, plan) if prompts is not None else None]

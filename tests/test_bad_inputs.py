@@ -123,7 +123,10 @@ CLI_CASES = [
          "temporal expert's flow noise level is 0"),
     Case("one-control-step-at-timestep-0", ["--control-steps", "1", "--control-spacing", "linspace",
                                             "--control-sampler", "ddim"],
-         "--control-spacing: 1 control step with 'linspace' spacing is timestep 0, where the sample counts as clean"),
+         "--control-spacing: 1 control step with 'linspace' spacing starts at timestep 0, where the sample counts as "
+         "nearly clean"),
+    Case("one-control-step-at-timestep-1", ["--control-steps", "1", "--control-spacing", "leading"],
+         "--control-spacing: 1 control step with 'leading' spacing starts at timestep 1, where"),
     Case("eta-above-one", ["--eta", "2"], "--eta"),
     Case("control-eta-without-ddim", ["--control-eta", "0.5"], "--control-sampler ddim"),   # Euler draws no noise
     # options the run would not read: refused as --control-eta above, rather than recorded and ignored

@@ -556,7 +556,7 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     assert sum(log.evaluations.values()) == 0
 
 
-@pytest.mark.parametrize("prediction,schedule", [("v_prediction", "flow"), ("flow", "vp")])
+@pytest.mark.parametrize("prediction,schedule", [("v_prediction", "flow"), ("flow", "vp"), ("epsilon", "flow")])
 def test_a_prediction_type_of_another_schedule_kind_is_refused(prediction, schedule):
     """v = alpha eps - sigma x0 holds where alpha^2 + sigma^2 = 1, u = eps - x0 where alpha = 1 - sigma: either on the
     other kind of schedule gave a wrong x0 without a word (0.82 off at t = 500 on unit data)."""
@@ -564,7 +564,9 @@ def test_a_prediction_type_of_another_schedule_kind_is_refused(prediction, sched
     sched = S.flow_schedule(shift=3.0) if schedule == "flow" else S.named("sd15")
     good = OracleExpert(x0, S.named("sd15")).bind()
     bad = OracleExpert(x0, sched, prediction=prediction, name="mine").bind()
-    with pytest.raises(ValueError, match=f"expert 'mine' has prediction type '{prediction}', which holds on a"):
+    said = "predicts epsilon on a flow-matching schedule" if prediction == "epsilon" else \
+        f"has prediction type '{prediction}', which holds on a"
+    with pytest.raises(ValueError, match=f"expert 'mine' {said}"):
         run_chain(good, bad, good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
 
 
@@ -587,3 +589,15 @@ def test_an_expert_breaking_the_interface_is_named():
                                          r"conditioning\(s\) and an input of shape \(1, 4, 3, 4, 4\)"):
         run_chain(good, Cropped(x0, sd, name="crop").bind(), good, torch.randn(SHAPE), ChainConfig(),
                   torch.Generator().manual_seed(0))
+
+
+def test_auto_matching_matches_noise_levels_across_schedule_kinds_even_where_they_meet_at_te():
+    """SD 1.5 and a Wan-like flow schedule (shift 5) are at about one noise level at T_e 700, but 2.8x apart lower
+    down the refinement: "auto" compared them at T_e alone and chose same_index there."""
+    from confiner_core.chain import auto_matching, noise_to_signal
+
+    sd, flow = S.named("sd15"), S.flow_schedule(shift=5.0)
+    here, there = noise_to_signal(sd, 700), noise_to_signal(flow, flow.index(700))
+    assert max(here, there) < 1.5 * min(here, there)   # they meet at T_e
+    assert auto_matching(sd, flow, 700) == "nearest"
+    assert auto_matching(sd, S.named("lavie"), 100) == "same_index"   # the paper's own pair, as printed

@@ -183,8 +183,18 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
     # goes when the run ends, whichever way
     waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
     for end in ("execution_interrupted", "execution_error", "execution_success"):
-        after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end)
+        browser.run_starts(b, {}, "execution_start")
+        after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end,
+                                   ran=("ConFinerControlExpert",))
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (end, after)
+    # a run that failed or was cancelled before a node ran: that node's text was of another run (the warnings of
+    # another model, after the artist switched back), so it goes; a finished run leaves a node it did not need
+    warned = "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert evaluations in 0.5 s"
+    for end, kept in (("execution_error", ""), ("execution_interrupted", ""), ("execution_success", warned)):
+        browser.run_starts(b, {}, "execution_start")
+        after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": warned}, end,
+                                   ran=("ConFinerControlExpert",))
+        assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": kept}, (end, after)
     assert browser.run_starts(b, {"ConFinerCoordinatedSampler": waiting}) == {"ConFinerCoordinatedSampler": waiting}
     # a node muted or bypassed is left out of the run: its last "done" read as if it had run
     for mode in (2, 4):
@@ -264,12 +274,24 @@ def test_the_noise_reschedulers_warning_is_shown_whole_and_never_saved(frontend)
     from comfy_support import browser
 
     server, b = frontend
-    text = "warning: one segment, nothing rescheduled (console)\nsecond line"
+    text = "warning: nothing rescheduled (console)\nsecond line"
     (box,) = browser.fresh_nodes_show_text(b, ["ConFinerNoiseRescheduler"], text, None).values()
     assert box["needed"] is not None and box["needed"] <= box["shown"], box
     assert not box["saved"], box
     # its next run, whose segments fit, sends an empty text: the frontend ignored it and the warning stayed
     assert list(browser.node_texts(b, {"ConFinerNoiseRescheduler": ""}).values()) == [""]
+    # added fresh, it keeps its seed (its noise lays out the structure); a saved workflow's "randomize" stays
+    after = b.page.evaluate("""async () => {
+      const fresh = LiteGraph.createNode("ConFinerNoiseRescheduler");
+      app.graph.add(fresh);
+      const value = (n) => n.widgets.find((w) => w.name === "control_after_generate").value;
+      const saved = fresh.serialize();
+      saved.widgets_values = saved.widgets_values.map((v) => (v === "fixed" ? "randomize" : v));
+      const loaded = LiteGraph.createNode("ConFinerNoiseRescheduler");
+      loaded.configure(saved);
+      return [value(fresh), value(loaded)];
+    }""")
+    assert after == ["fixed", "randomize"], after
 
 
 

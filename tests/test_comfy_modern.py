@@ -265,7 +265,8 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                          ["2 problems: (1) spatial VAE (spatial_vae) is a VAE of",
                                           "not of the flux latent space",
                                           "it is the VAE of temporal model's space: connect it to temporal VAE "
-                                          "(temporal_vae) if that input is free", "to spatial_vae",
+                                          "(temporal_vae) if that input is free", "to spatial_vae; the refined video "
+                                          "is then in flux latents: decode it with that VAE too",
                                           "; (2) the spatial expert's positive conditioning (spatial_positive) "
                                           "carries no pooled text vector, but its model, FLUX.1 (Flux), reads one",
                                           "(DualCLIPLoader with type flux)"])
@@ -767,6 +768,10 @@ def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", long_wan_graph(comfy_worker.checkpoint_name))
     assert r["success"], r.get("error")
     assert _cost(r, "ConFiner Long Video") == {"evaluations": 3 * 2 + 2 * 3 * REFINE_STEPS, "vae_calls": 8}
+    done = [line for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"
+            for line in d["text"].split("\n") if line.startswith("done · ")]
+    assert done and done[-1].startswith(f"done · {3 * 2 + 2 * 3 * REFINE_STEPS} expert evaluations, 8 VAE calls in "), \
+        done   # the console's count: the node's missed the final encode
     assert len(_saved(r)) == 9
     bad = long_wan_graph(comfy_worker.checkpoint_name)
     bad["14"]["inputs"]["segment_length"] = 6

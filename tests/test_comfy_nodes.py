@@ -487,7 +487,7 @@ def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
         assert r["success"], r.get("error")
         texts[is_noise] = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
-    assert texts[False]["5"] == "warning: one segment, nothing rescheduled (console)"
+    assert texts[False]["5"] == "warning: nothing rescheduled (console)"
     assert "\nwarning: noise latent read for its size only\ndone · 2 expert" in texts[False]["12"], texts[False]
     assert "noise latent" not in texts[True]["12"], texts[True]["12"]
 
@@ -510,3 +510,18 @@ def test_control_expert_equals_comfys_own_sampler_of_that_name(comfy_worker, sam
                           comfy_worker.checkpoint_name, sampler, steps)
     assert r["shape"] == [4, 4, 8, 8]
     assert r["max_abs_diff"] <= 1e-4 * max(1.0, r["max_abs"]), r
+
+
+def test_a_control_eta_beside_another_sampler_than_ddim_is_said_unused(comfy_worker):
+    """The command line refuses --control-eta without ddim; the node ran it silently with dpmpp_2m or unipc."""
+    prompt = {**_noise_prompt(comfy_worker.checkpoint_name, "shuffle")}
+    for k in ("5", "6", "7", "8", "9", "10", "11"):
+        del prompt[k]
+    prompt["12"] = {"class_type": "ConFinerControlExpert", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "seed": 1, "steps": 2,
+        "cfg": 1.0, "sampler": "unipc", "latent_is_noise": False, "eta": 0.5}}
+    prompt["13"] = {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "eta_unused"}}
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+    last = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "12"][-1]
+    assert "\nwarning: control eta not used (console)\ndone · 2 expert evaluations" in last, last

@@ -162,3 +162,15 @@ def test_seconds_keys_before_the_rate_is_known_refuse_only_what_every_faster_rat
     # a frame key on or before a seconds key at the slowest rate is before it at every rate
     with pytest.raises(UsageError, match="before the previous entry"):
         parse_prompt("0: a | 2s: b | 10: c", 64, 8, slowest_fps=True)
+
+
+def test_seconds_keys_apart_in_seconds_but_on_one_frame_at_the_slowest_rate_are_left_to_the_run():
+    """1s and 1.05s are frame 8 at 8 fps but 16 and 17 at 16: refused before the model (and its rate) was known."""
+    schedule = parse_prompt("0: a | 1s: b | 1.05s: c", 64, 8, slowest_fps=True)
+    assert [e.start for e in schedule.entries] == [0, 8, 8]
+    with pytest.raises(UsageError, match="the same frame as entry 1s"):
+        parse_prompt("0: a | 1s: b | 1.05s: c", 64, 8)
+    with pytest.raises(UsageError, match="before the previous entry"):   # smaller seconds: before at every rate
+        parse_prompt("0: a | 2s: b | 1s: c", 64, 8, slowest_fps=True)
+    # left to the run, entries come back in order
+    assert [e.key for e in parse_prompt("0: a | 16: b | 1s: c", 64, 8, slowest_fps=True).entries] == ["0", "1s", "16"]

@@ -621,12 +621,12 @@ def compare_modes():
 
 
 def long_video_node(g, frames: int, segment_length: int, control_steps: int, control_cfg: float, te: int,
-                    segment_prompts: str, links: dict):
+                    segment_prompts: str, links: dict, sampler: str = "euler"):
     """The ConFiner Long Video node in its group (``links``: input -> (node, output)): all three strategies, 5
     coordinated steps, a fixed seed, seconds keys at the control model's video rate (fps 0)."""
     g.group("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
-                 [frames, segment_length, 0, "fixed", control_steps, control_cfg, "euler", te, 5, "coordinated",
+                 [frames, segment_length, 0, "fixed", control_steps, control_cfg, sampler, te, 5, "coordinated",
                   "auto", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
                   0.875, 0.0],
                  None)
@@ -662,13 +662,17 @@ def long_video():
 # ------------------------------------------------------------------------------------------------------------------
 # Modern experts: Wan 2.1 / 2.2, Qwen-Image, and SD 1.5 bridged to Wan, through ComfyUI's own loaders
 
+# the control stage of the Wan templates: the undistilled base model with UniPC, Wan's own sampler
+WAN_CONTROL = ("Control steps/cfg/sampler: 8 steps at cfg 5 with unipc (UniPC, Wan's own sampler) for the base model; "
+               "with a distilled 4-step LoRA (LightX2V) on the control model use 4 steps, cfg 1, euler.")
+
+
 def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.") -> list:
     return ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
             "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height multiples of 16 "
             f"(ComfyUI rounds other values to the nearest one without a word). {made_for}",
             SEEDS,
-            "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
-            "control model use 4 steps, cfg 1."]
+            WAN_CONTROL]
 
 
 MODERN_SHAPE = [832, 480, 33, 1]
@@ -695,7 +699,7 @@ def prompts(g, clip, label: str, output: str = "CLIP", negative: str = WAN_NEGAT
 def wan_control(g, model, pos, neg, shape, steps=8, cfg=5.0, low_noise=None, low_cfg=1.0, **title):
     """The control stage: a ``shape`` (width, height, length, batch) empty video latent into the Control Expert."""
     return control_group(g, ("EmptyHunyuanLatentVideo", list(shape)), model, pos, neg,
-                         [0, "fixed", steps, cfg, "euler", False, "trailing", 0.0, low_cfg, 0.875], low_noise, **title)
+                         [0, "fixed", steps, cfg, "unipc", False, "trailing", 0.0, low_cfg, 0.875], low_noise, **title)
 
 
 def modern_readme(g, title: str, what: str, change_first: list, models: tuple) -> None:
@@ -877,8 +881,7 @@ def long_wan21():
          "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate) only if the "
          "save node's differs.",
          LONG_SEED,
-         "Control steps/cfg: 8 steps at cfg 5 for the base model; with a distilled 4-step LoRA (LightX2V) on the "
-         "control model use 4 steps, cfg 1."],
+         WAN_CONTROL],
         (WAN21, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
@@ -896,7 +899,8 @@ def long_wan21():
                           "running through deep snow, winter",
                           dict(control_model=(wan, "MODEL"), control_positive=(pos, "CONDITIONING"),
                                control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
-                               latent=(size, "LATENT"), clip=(umt5, "CLIP"), control_vae=(vae, "VAE")))
+                               latent=(size, "LATENT"), clip=(umt5, "CLIP"), control_vae=(vae, "VAE")),
+                          sampler="unipc")
     g.column("output", "5 · Decode and save")
     outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
     g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 161 frames, all three strategies, prompt travel.")

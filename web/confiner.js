@@ -19,7 +19,12 @@
 //   "done" stays: a node served from the cache did finish, but not on a node muted or bypassed, which the run leaves
 //   out (its last "done" read as if it had run).
 // * A run's end (finished, failed or cancelled) clears a "waiting for its turn" the Refine Sampler showed from its
-//   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty.
+//   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty. A run
+//   that failed or was cancelled also clears the text of the pack's nodes it neither ran nor took from the cache:
+//   after a failure upstream, a Refine Sampler went on showing the warnings of a run with another model.
+// * A Noise Rescheduler added fresh keeps its seed (control after generate "fixed", where the frontend's default
+//   is "randomize"): its noise is the control stage's, and the structure changed at every Run beside a fixed
+//   control seed. A workflow's saved value stays.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
 // sends them.
@@ -35,6 +40,8 @@ const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts",
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
+const NEVER = /$^/;
+const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
 
 // The height a node's progress text needs at the node's width: its lines as the frontend wraps them, at most
 // TEXT.maxLines (its box scrolls above 200 px). The frontend gives the text 58 px (two lines) whatever it holds, so
@@ -97,9 +104,21 @@ app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
     api.addEventListener("progress_text", keepText);
-    api.addEventListener("execution_start", () => clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode)));
+    api.addEventListener("execution_start", () => {
+      RAN.clear();
+      clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode));
+    });
+    api.addEventListener("execution_cached", (event) => {
+      for (const id of event.detail?.nodes ?? []) RAN.add(String(id));
+    });
+    api.addEventListener("executing", (event) => {
+      if (event.detail != null) RAN.add(String(event.detail?.node ?? event.detail));
+    });
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(end, () => clearTexts(WAITING));
+    }
+    for (const end of ["execution_error", "execution_interrupted"]) {
+      api.addEventListener(end, () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
     }
   },
   afterConfigureGraph() {
@@ -107,6 +126,10 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (!TEXT_NODES.has(node.comfyClass)) return;
+    if (node.comfyClass === "ConFinerNoiseRescheduler") {
+      const after = node.widgets?.find((w) => w.name === "control_after_generate");
+      if (after) after.value = "fixed";
+    }
     const addCustomWidget = node.addCustomWidget;
     node.addCustomWidget = function (widget, ...rest) {
       if (widget?.name === PROGRESS_TEXT) {

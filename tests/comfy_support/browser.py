@@ -282,12 +282,13 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {""" + ARRIVALS_JS + """
 
 
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
-RUN_STARTS_JS = """async ([texts, event, modes]) => {
+RUN_STARTS_JS = """async ([texts, event, modes, ran]) => {
   const api = window.comfyAPI.api.api;
   for (const [type, text] of Object.entries(texts)) {
     const node = app.graph._nodes.find((n) => n.type === type);
     node.mode = modes[type] ?? 0;
     api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+    if (ran.includes(type)) api.dispatchCustomEvent("executing", String(node.id));
   }
   await new Promise((r) => setTimeout(r, 200));
   api.dispatchCustomEvent(event, {prompt_id: "confiner-test", timestamp: Date.now()});
@@ -299,11 +300,12 @@ RUN_STARTS_JS = """async ([texts, event, modes]) => {
 }"""
 
 
-def run_starts(browser: Browser, texts: dict, event: str = "execution_start", modes: dict | None = None) -> dict:
+def run_starts(browser: Browser, texts: dict, event: str = "execution_start", modes: dict | None = None,
+               ran: tuple = ()) -> dict:
     """node type -> its text after ``texts`` arrived and then the server's ``event`` (a run's start, or its end:
     execution_success / _error / _interrupted), each node in LiteGraph mode ``modes[type]`` (0 always, 2 never, 4
-    bypass; default 0) (:data:`RUN_STARTS_JS`)."""
-    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}])
+    bypass; default 0), the types in ``ran`` executed by the run (the server's "executing") (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}, list(ran)])
 
 
 # A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
