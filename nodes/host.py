@@ -157,21 +157,24 @@ FAMILY_NAMES = (("WAN22_T2V", "Wan 2.2 5B"), ("WAN22", "Wan 2.2"), ("WAN21_T2V",
                 ("SD15", "SD 1.5"), ("SD20", "SD 2"), ("SD3", "SD 3"), ("HunyuanVideo", "HunyuanVideo"))
 
 
+def config_name(model) -> str:
+    """The model's family as ComfyUI's model config names it (``WAN21_T2V``, ``Flux``)."""
+    config = getattr(model.model, "model_config", None)
+    return type(config if config is not None else model.model).__name__
+
+
 def family_name(model) -> str:
     """The model's family as artists name it, with ComfyUI's model config name ("Wan 2.1 (WAN21_T2V)"); the config
     name alone for a family not listed in :data:`FAMILY_NAMES`."""
-    config = getattr(model.model, "model_config", None)
-    name = type(config if config is not None else model.model).__name__
+    name = config_name(model)
     friendly = next((said for start, said in FAMILY_NAMES if name.startswith(start)), None)
     return f"{friendly} ({name})" if friendly else name
 
 
 def _family(model) -> tuple[str, str]:
     """The model's family (:func:`family_name`), and where an artist gets its text encoder."""
-    config = getattr(model.model, "model_config", None)
-    family = type(config if config is not None else model.model).__name__
-    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS if family.startswith(start)),
-                                    "the CLIP output of its checkpoint loader")
+    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS
+                                     if config_name(model).startswith(start)), "the CLIP output of its checkpoint loader")
 
 
 def refuse_all(problems: list) -> None:
