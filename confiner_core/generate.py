@@ -245,8 +245,9 @@ class GenerateRequest:
     (``latent_frames`` or ``pixel_frames``, README "Image experts on video latents"). The request holds its own
     copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
     ``long.segment_length``, ``frames``, and ``chain.matching`` "auto" where the schedules are known before
-    loading), never in the objects passed in, so one ``ChainConfig`` can serve several requests. It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
-    ``chain.te``); the command line's runs name its options instead (``--cfg``, ``--te``)."""
+    loading), never in the objects passed in, so one ``ChainConfig`` can serve several requests. It raises
+    :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``, ``chain.te``); the
+    command line's runs name its options instead (``--cfg``, ``--te``)."""
 
     prompt: str = ""
     negative_prompt: str = ""

@@ -249,8 +249,9 @@ def initial_latent(schedule: NoiseSchedule, noise: torch.Tensor, t: float, sampl
     """Pure-noise start as diffusers' schedulers do it, in the schedule's own scaling (what the expert is fed after
     ``scale_model_input``). DDIM: x_T = noise (init_noise_sigma 1). Euler: init_noise_sigma * noise in VE form with
     init_noise_sigma = sigma_max for "trailing"/"linspace", i.e. sigma_T * noise here; for "leading" diffusers uses
-    sqrt(sigma_max^2 + 1), which is unit-variance noise here. DPM-Solver and UniPC: x_T = noise, as DDIM. On a flow schedule at sigma = 1 all of these are the
-    noise itself, where flow pipelines (SD3, Wan with FlowMatchEulerDiscreteScheduler) start."""
+    sqrt(sigma_max^2 + 1), which is unit-variance noise here. DPM-Solver and UniPC: x_T = noise, as DDIM. On a flow
+    schedule at sigma = 1 all of these are the noise itself, where flow pipelines (SD3, Wan with
+    FlowMatchEulerDiscreteScheduler) start."""
     if sampler == "euler" and spacing != "leading":
         return schedule.coefficients(t)[1] * noise
     return noise

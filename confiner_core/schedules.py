@@ -64,7 +64,7 @@ class NoiseSchedule:
         mid = n // 2
         s_mid = float(self.sigmas[mid - 1])
         shift = s_mid * (1 - float(u[mid - 1])) / (float(u[mid - 1]) * (1 - s_mid))
-        table = shift * u / (1 + (shift - 1) * u)
+        table = shifted(u, shift)
         return shift if float((table - self.sigmas).abs().max()) <= 1e-6 else None  # float32 tables (ComfyUI, diffusers)
 
     # -- timesteps as the network sees them ------------------------------------------------------------------------
@@ -219,11 +219,16 @@ def from_ve_sigmas(sigmas: torch.Tensor, kind: str = VP, name: str = "") -> Nois
     raise ValueError(f"kind must be 'vp' or 'flow', got {kind!r}")
 
 
+def shifted(u, shift: float):
+    """The timestep shift of rectified-flow schedules (SD3 / Wan / HunyuanVideo, diffusers' flow_shift): the noise
+    level s = shift*u / (1 + (shift-1)*u) of an unshifted u in [0, 1] (a float or a tensor)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def flow_schedule(shift: float = 1.0, num_train_timesteps: int = 1000, name: str = "") -> NoiseSchedule:
-    """Rectified-flow schedule with timestep shift (SD3 / Wan / HunyuanVideo): s = shift*u / (1 + (shift-1)*u)."""
+    """Rectified-flow schedule with timestep shift (:func:`shifted`) over u = (t+1)/N."""
     u = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
-    s = shift * u / (1 + (shift - 1) * u)
-    return from_ve_sigmas(s, FLOW, name or f"flow shift {shift}")
+    return from_ve_sigmas(shifted(u, shift), FLOW, name or f"flow shift {shift}")
 
 
 # The experts of the paper, as data (diffusers names; ComfyUI calls scaled_linear "linear").

@@ -14,11 +14,9 @@ the control stage's timesteps as diffusers' schedulers lay them out for each sam
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .schedules import FLOW, NoiseSchedule
+from .schedules import FLOW, NoiseSchedule, shifted
 
 SPACINGS = ("leading", "trailing", "linspace")
 # diffusers' steps_offset as every SD-family scheduler config ships it (SD 1.5, AnimateDiff, ModelScope): it only
@@ -68,12 +66,16 @@ def uniform_timesteps(num_steps: int, t_max: int) -> list[int]:
     return [(2 * t_max * k + num_steps) // (2 * num_steps) for k in range(num_steps, 0, -1)]
 
 
-def _flow_shift(schedule: NoiseSchedule) -> float:
+def flow_positions(schedule: NoiseSchedule, us) -> list[float]:
+    """The (fractional) table positions of the noise levels shifted(u) for each unshifted ``u``, with the schedule's
+    own shift; sigma 1 is the table's top. Refused for a flow table that has no shift to read back."""
     shift = schedule.flow_shift
     if shift is None:
         raise ValueError(f"schedule {schedule.name!r} is not a shifted rectified-flow table "
                          f"(s = shift*u / (1 + (shift-1)*u)); use 'trailing' spacing for it")
-    return shift
+    top = float(schedule.num_timesteps - 1)
+    return [schedule.timestep_for_noise_level(s / (1 - s), continuous=True) if s < 1 else top
+            for s in (shifted(float(u), shift) for u in us)]
 
 
 def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]:
@@ -83,14 +85,9 @@ def flow_match_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[float]
     shift(shift(1/N)), not at the table's smallest sigma; reproduced here on purpose.)"""
     if schedule.kind != FLOW:
         raise ValueError(f"flow-match timesteps need a flow schedule, got {schedule.kind!r} ({schedule.name})")
-    shift = _flow_shift(schedule)
     _check_steps(num_steps, schedule.num_timesteps - 1, schedule.num_timesteps)
     s_max, s_min = float(schedule.sigmas[-1]), float(schedule.sigmas[0])
-    ts = []
-    for u in np.linspace(s_max, s_min, num_steps):
-        s = shift * float(u) / (1 + (shift - 1) * float(u))
-        ts.append(schedule.timestep_for_noise_level(s / (1 - s) if s < 1 else math.inf, continuous=True))
-    return ts
+    return flow_positions(schedule, np.linspace(s_max, s_min, num_steps))
 
 
 def dpm_solver_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "linspace",
@@ -106,12 +103,7 @@ def dpm_solver_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str =
     _check_steps(num_steps, t_max, t_max)
     n_train = t_max + 1
     if schedule.kind == FLOW and spacing == "linspace":
-        shift = _flow_shift(schedule)
-        ts = []
-        for u in np.linspace(1.0, 1.0 / n_train, num_steps + 1)[1:][::-1]:
-            s = shift * (1 - float(u)) / (1 + (shift - 1) * (1 - float(u)))
-            ts.append(schedule.timestep_for_noise_level(s / (1 - s), continuous=True))
-        return ts
+        return flow_positions(schedule, 1 - np.linspace(1.0, 1.0 / n_train, num_steps + 1)[1:][::-1])
     if spacing == "linspace":
         ts = np.linspace(0, t_max, num_steps + 1).round()[::-1][:-1]
     elif spacing == "leading":
@@ -132,12 +124,7 @@ def unipc_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "lin
         return dpm_solver_timesteps(schedule, num_steps, spacing, steps_offset)
     t_max = schedule.num_timesteps - 1
     _check_steps(num_steps, t_max, t_max)
-    shift = _flow_shift(schedule)
-    ts = []
-    for u in np.linspace(1.0, 1.0 / schedule.num_timesteps, num_steps + 1)[:-1]:
-        s = shift * float(u) / (1 + (shift - 1) * float(u))
-        ts.append(schedule.timestep_for_noise_level(s / (1 - s), continuous=True) if s < 1 else float(t_max))
-    return ts
+    return flow_positions(schedule, np.linspace(1.0, 1.0 / schedule.num_timesteps, num_steps + 1)[:-1])
 
 
 def with_next(timesteps: list) -> list[tuple]:

@@ -173,8 +173,9 @@ def family_name(model) -> str:
 
 def _family(model) -> tuple[str, str]:
     """The model's family (:func:`family_name`), and where an artist gets its text encoder."""
-    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS
-                                     if config_name(model).startswith(start)), "the CLIP output of its checkpoint loader")
+    name = config_name(model)
+    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS if name.startswith(start)),
+                                    "the CLIP output of its checkpoint loader")
 
 
 def refuse_all(problems: list) -> None:

@@ -503,9 +503,9 @@ def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker)
 @pytest.mark.parametrize("sampler,steps", [("dpmpp_2m", 4), ("dpmpp_2m", 7)])
 def test_control_expert_equals_comfys_own_sampler_of_that_name(comfy_worker, sampler, steps):
     """The Control Expert's dpmpp_2m against ComfyUI's (k-diffusion's sample_dpmpp_2m) over the same sigmas, on an
-    SD expert. (Its unipc is diffusers' UniPCMultistepScheduler, order 2; ComfyUI's uni_pc_bh2 is of order 3 from 5
-    steps and ends at sigma 0.001.) (Its euler is diffusers' EulerDiscreteScheduler, which starts from sigma_max times the noise where
-    ComfyUI starts from sqrt(1 + sigma_max^2) times it: 0.2 % apart on SD.)"""
+    SD expert. Not the others: its unipc is diffusers' UniPCMultistepScheduler, order 2, where ComfyUI's uni_pc_bh2
+    is of order 3 from 5 steps and ends at sigma 0.001; its euler is diffusers' EulerDiscreteScheduler, which starts
+    from sigma_max times the noise where ComfyUI starts from sqrt(1 + sigma_max^2) times it (0.2 % apart on SD)."""
     r = comfy_worker.call("comfy_support.confiner_checks:control_expert_against_comfys_sampler",
                           comfy_worker.checkpoint_name, sampler, steps)
     assert r["shape"] == [4, 4, 8, 8]
