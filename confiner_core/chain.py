@@ -157,7 +157,7 @@ def control_noise_warning(spatial: Denoiser, temporal: Denoiser | None, config: 
             f"expert's level")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChainConfig:
     """Defaults are the paper's "9 steps": 4 control steps, T_e = 100 on the spatial expert's schedule (Eq. 6), 5
     coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20). One is not the paper's: the control
@@ -171,7 +171,10 @@ class ChainConfig:
     both are settled by :func:`settled` where the experts are known (:func:`run_chain`, :func:`validate_refinement`,
     :func:`refine_structure`, :func:`refine`).
 
-    ``control_eta`` is DDIM's eta in the control stage (sampler "ddim" only); ``eta`` the same in refinement."""
+    ``control_eta`` is DDIM's eta in the control stage (sampler "ddim" only); ``eta`` the same in refinement.
+
+    Frozen, so that a request or a run never sees it change after it was passed: a sweep makes one per setting
+    (``dataclasses.replace(config, te=50)``)."""
 
     control_steps: int = 4
     control_sampler: str = "euler"
@@ -257,8 +260,8 @@ def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str,
     if structure_noise == CONTROL:
         if control_schedule is None:
             raise ValueError("structure_noise 'control' noises the structure on the control expert's schedule, "
-                             "which is unknown here: connect the control model, or use structure_noise 'spatial' "
-                             "(the refining expert's, the default)")
+                             "which is unknown here: pass it (control_schedule=control.schedule), or use "
+                             "structure_noise 'spatial' (the refining expert's, the default)")
         return control_schedule
     return refining_denoiser(spatial, temporal, mode).schedule
 
@@ -280,7 +283,7 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
             continue
         e = d.expert
         check_expert(e, evaluated=False)   # schedules: validate_refinement, validate_chain (a source has none)
-        e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.name}")
+        e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.title}")
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
             raise TooManyFrames(role, e.name, e.latent_space.pixel_frames(e.max_frames), frames)
@@ -348,7 +351,7 @@ def alternation_problem(mode: str, spatial_space, temporal_space) -> str | None:
     if spatial_space == temporal_space.per_frame():   # one model, its image expert on pixel frames
         return ("naive alternation (Eq. 7) steps both experts on one sample, and an image expert on pixel frames "
                 f"refines each frame encoded alone, another latent space than the temporal expert's "
-                f"{temporal_space.name}: use latent frames for the image expert, or mode 'coordinated'")
+                f"{temporal_space.title}: use latent frames for the image expert, or mode 'coordinated'")
     return ("naive alternation (Eq. 7) steps both experts on one sample: they must share a latent space; use "
             "mode 'coordinated' to bridge experts of different spaces")
 
@@ -518,7 +521,9 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
 
 def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
-    """Stage 2 in the configured mode, from V'_{T_e} to the refined video (``x`` in the refining expert's space)."""
+    """Stage 2 in the configured mode, from the structure noised to the first refinement timestep (T_e, or 81 for
+    T_e 100 at ``refine_spacing`` "leading": ``refine_timesteps(config)[0]``) to the refined video (``x`` in the
+    refining expert's space)."""
     check_latent(x, VIDEO, name="refine: x")
     check_config(config, "refine")
     check_generator(generator, "refine")

@@ -156,7 +156,8 @@ class Expert(ABC):
     ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE,
     needed only where the chain bridges it to an expert of another space. ``layout`` says how the expert takes a
     latent video: whole (``video``) or one (latent) frame at a time (``frames``, image models).
-    ``max_frames`` is the longest clip (in latent frames) a temporal model accepts (None: any).
+    ``max_frames`` is the longest clip (in latent frames) a temporal model accepts (None: any). The chain calls
+    :meth:`forward` under ``torch.no_grad()``.
     """
 
     name: str = "expert"
@@ -189,8 +190,8 @@ class Expert(ABC):
         """Prompt -> this expert's own conditioning (its text encoder, its width)."""
 
     def encode_all(self, prompts: list[str]) -> list:
-        """The conditionings of several prompts (a prompt and its negative); backends whose text encoders take
-        them as one batch, or remember recent prompts, override this."""
+        """The conditionings of several prompts (a prompt and its negative); backends whose text encoders
+        remember recent prompts override this."""
         return [self.encode(prompt) for prompt in prompts]
 
     @abstractmethod
@@ -352,8 +353,11 @@ class Denoiser:
         return L.to_canonical(out, self.expert.layout, batch=x_t.shape[0])
 
     def _forward(self, native: torch.Tensor, t: float, conds: list) -> list:
-        """:meth:`Expert.forward`, held to its contract: one output per conditioning, each of the input's shape."""
-        outs = self.expert.forward(native, t, conds)
+        """:meth:`Expert.forward`, held to its contract: one output per conditioning, each of the input's shape.
+        Without autograd, as diffusers' pipelines run: a custom expert's module with trainable weights kept one
+        graph over every evaluation of the chain (a UNet's activations: out of memory)."""
+        with torch.no_grad():
+            outs = self.expert.forward(native, t, conds)
         if not isinstance(outs, (list, tuple)) or len(outs) != len(conds) or \
                 any(not isinstance(o, torch.Tensor) or o.shape != native.shape for o in outs):
             got = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs] \

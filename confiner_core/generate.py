@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from . import distributed, metrics
 from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
-                    default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, unused_settings,
-                    validate_chain, warned_already)
+                    default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
+                    unused_settings, validate_chain, warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -242,12 +242,12 @@ class GenerateRequest:
     :class:`~confiner_core.chain.ChainConfig`); ``long`` ConFiner-Long's, used once ``frames`` exceeds a segment or
     the prompt travels (``long.segment_length=None``, the default here: the experts' natural clip, 16 frames or 17
     for Wan-like 4k+1 spaces); ``image_mode`` is how a Wan or Qwen-Image spatial expert refines the video
-    (``latent_frames`` or ``pixel_frames``, README "Image experts on video latents"). The request holds its own
-    copies of ``chain`` and ``long``: :meth:`validate` settles their defaults there (``chain.te``,
-    ``long.segment_length``, ``frames``, and ``chain.matching`` "auto" where the schedules are known before
-    loading), never in the objects passed in, so one ``ChainConfig`` can serve several requests. It raises
-    :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``, ``chain.te``); the
-    command line's runs name its options instead (``--cfg``, ``--te``)."""
+    (``latent_frames`` or ``pixel_frames``, README "Image experts on video latents"). Both configs are frozen:
+    :meth:`validate` settles their defaults (``chain.te``, ``long.segment_length``, and ``chain.matching`` "auto"
+    where the schedules are known before loading) in new ones it puts in the request, never in the objects passed
+    in, so one ``ChainConfig`` can serve several requests; a sweep passes ``dataclasses.replace(chain, te=...)``.
+    It raises :class:`~confiner_core.errors.UsageError` naming the input by its field (``refine_cfg``,
+    ``chain.te``); the command line's runs name its options instead (``--cfg``, ``--te``)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -280,7 +280,6 @@ class GenerateRequest:
                 raise UsageError(f"{name} must be a {kind.__name__} (e.g. {kind.__name__}(...) from "
                                  f"{kind.__module__}), "
                                  f"got {type(getattr(self, name)).__name__}", name)
-        self.chain, self.long = replace(self.chain), replace(self.long)   # validate() fills in defaults: ours alone
 
     def _settled(self, *names: str) -> None:
         """Defaults :meth:`validate` settles from the experts, as the helpers below need them."""
@@ -322,7 +321,10 @@ class GenerateRequest:
             number.check(value)
             if value is not None and type(value) is not number.kind:   # NumPy's numbers: kept as Python's (the seed
                 *owner, name = number.path.split(".")                  # seeds torch, the report is JSON)
-                setattr(lookup(self, ".".join(owner)) if owner else self, name, number.kind(value))
+                if owner:   # a field of the frozen chain or long config: a new config
+                    setattr(self, owner[0], replace(getattr(self, owner[0]), **{name: number.kind(value)}))
+                else:
+                    setattr(self, name, number.kind(value))
         for option, path, choices in CHOICES:
             value = lookup(self, path)
             if value not in choices:
@@ -346,8 +348,8 @@ class GenerateRequest:
         self._validate_spaces()
         schedules = expert_schedules(self)
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
-            self.chain.te = default_te(schedules[refining_role(self.chain.mode)]) \
-                if refining_role(self.chain.mode) in schedules else DEFAULT_TE["vp"]
+            self.chain = replace(self.chain, te=default_te(schedules[refining_role(self.chain.mode)])
+                                 if refining_role(self.chain.mode) in schedules else DEFAULT_TE["vp"])
         if "spatial" in schedules:   # "auto" matching, where the schedules are known before loading; else run_chain
             self.chain = self.chain.with_matching(schedules["spatial"], schedules.get("temporal"))
         try:
@@ -414,7 +416,7 @@ class GenerateRequest:
         if self.frames is None:
             self.frames = natural
         if self.long.segment_length is None:
-            self.long.segment_length = natural
+            self.long = replace(self.long, segment_length=natural)
         # the spaces' factors, and where a network packs latent patches (Wan, Qwen-Image, Flux: 2x2) its multiple
         multiple = math.lcm(*(s.spatial_factor for s in spaces.values()),
                             *(ins.pixel_multiple for ins in self._inspections.values()))
@@ -427,7 +429,7 @@ class GenerateRequest:
         option = "--segment-length" if self.is_long else "--frames"
         for role, space in spaces.items():
             try:
-                space.check_pixel_frames(clip, f"the {role} expert's {space.name}")
+                space.check_pixel_frames(clip, f"the {role} expert's {space.title}")
             except ValueError as e:
                 raise UsageError(f"{option}: {e}", option) from None
         for role, inspection in self._inspections.items():   # a motion module's longest clip
@@ -775,8 +777,8 @@ def reads_negative(bound: dict) -> bool:
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
     ex, cfg = backend.experts, refine_guidance(backend, req)
-    # the spatial expert first: its prompt and negative go through the text encoder as one batch, and a control
-    # expert on the same encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
+    # the spatial expert first (its prompt, and its negative where it guides), and a control expert on the same
+    # encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
     spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log)
     bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
     # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
@@ -922,6 +924,9 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     with loading_bars(show_progress or req.embedded):   # (the embedded experts load nothing)
         backend = load_backend(replace(req, device=device))
     d = bind_experts(backend, req, log, schedule.first)
+    # "auto" matching decided by the loaded experts where their schedules were unknown before loading (single
+    # files without a scheduler config): the report records the choice the run makes
+    req.chain = settled(req.chain, d["spatial"], d["temporal"])
     refiner = refining_denoiser(d["spatial"], d["temporal"], req.chain.mode)
 
     def check_experts():  # the experts against each other and the settings, before the first evaluation

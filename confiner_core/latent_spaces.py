@@ -53,6 +53,14 @@ class LatentSpace:
     shift: float | tuple = 0.0
     std: float | tuple = 1.0
 
+    @property
+    def title(self) -> str:
+        """The space as artists name it, by the family whose VAE makes it ("SD 1.5", "Wan 2.1", "Wan 2.1 (pixel
+        frames)"); the name for spaces :data:`TITLES` does not list."""
+        base, per_frame, _ = self.name.partition("/")
+        said = TITLES.get(base, base)
+        return f"{said} (pixel frames)" if per_frame else said
+
     # -- frames and sizes -----------------------------------------------------------------------------------------
     def latent_frames(self, pixel_frames: int) -> int:
         if self.causal:
@@ -81,13 +89,13 @@ class LatentSpace:
         if self.valid_pixel_frames(pixel_frames):
             return
         if pixel_frames < 1:
-            raise ValueError(f"{who or self.name} latent space: {pixel_frames} frames; a video has at least 1 "
+            raise ValueError(f"{who or self.title} latent space: {pixel_frames} frames; a video has at least 1 "
                              f"({self.frames_rule()})")
         lower = self.pixel_frames(max(self.latent_frames(pixel_frames), 1))
         lower = lower if lower <= pixel_frames else None
         upper = self.pixel_frames(self.latent_frames(pixel_frames) + 1)
         options = " or ".join(str(n) for n in (lower, upper) if n is not None and n >= least)
-        raise ValueError(f"{who or self.name} latent space holds {self.frames_rule()}; {pixel_frames} frames would be "
+        raise ValueError(f"{who or self.title} latent space holds {self.frames_rule()}; {pixel_frames} frames would be "
                          f"cut by its VAE: use {options}")
 
     def latent_shape(self, batch: int, pixel_frames: int, height: int, width: int) -> tuple:
@@ -97,7 +105,7 @@ class LatentSpace:
         self.check_pixel_frames(pixel_frames)
         for name, pixels in (("height", height), ("width", width)):
             if pixels % self.spatial_factor or pixels < self.spatial_factor:
-                raise ValueError(f"{self.name} latent space: {name} {pixels} is not a positive multiple of its "
+                raise ValueError(f"{self.title} latent space: {name} {pixels} is not a positive multiple of its "
                                  f"spatial factor {self.spatial_factor}; use {self.nearest_size(pixels)}")
         return (batch, self.channels, self.latent_frames(pixel_frames),
                 height // self.spatial_factor, width // self.spatial_factor)
@@ -144,6 +152,9 @@ WAN21 = LatentSpace(
          3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160))
 
 
+#: what messages call the named spaces: the family whose VAE makes them (Qwen-Image and Wan 2.2 A14B share Wan 2.1's)
+TITLES = {"sd15": "SD 1.5", "sdxl": "SDXL", "flux": "FLUX.1", "wan2.1": "Wan 2.1", "wan2.2": "Wan 2.2 5B"}
+
 #: the named spaces of fixed statistics (Wan 2.2's come with each VAE's config)
 KNOWN_SPACES = (SD15, SDXL, FLUX, WAN21)
 
@@ -183,7 +194,7 @@ class Codec(ABC):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, P, F, H, W]`` in [-1, 1] -> the normalised latent ``[B, C, T, h, w]`` (``process_in``); F
         must be a count the space holds exactly."""
-        self.space.check_pixel_frames(pixels.shape[2], f"{self.space.name} VAE:")
+        self.space.check_pixel_frames(pixels.shape[2], f"{self.space.title} VAE:")
         self.calls["encode"] += 1
         return self.space.process_in(self.encode_raw(pixels))
 
@@ -191,7 +202,7 @@ class Codec(ABC):
         """A normalised latent ``[B, C, T, h, w]`` -> pixels ``[B, P, F, H, W]`` in about [-1, 1] (``process_out``, then
         the VAE)."""
         if latent.ndim != 5 or latent.shape[1] != self.space.channels:
-            raise ValueError(f"the {self.space.name} VAE decodes latents [B, {self.space.channels}, T, h, w], got "
+            raise ValueError(f"the {self.space.title} VAE decodes latents [B, {self.space.channels}, T, h, w], got "
                              f"shape {tuple(latent.shape)}")
         self.calls["decode"] += 1
         return self.decode_raw(self.space.process_out(latent))
@@ -240,14 +251,14 @@ def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | Latent
     if source_space == target_space:
         return x0
     if not (isinstance(source, Codec) and isinstance(target, Codec)):
-        missing = source_space.name if not isinstance(source, Codec) else target_space.name
-        raise ValueError(f"experts in latent spaces {source_space.name!r} and {target_space.name!r} meet here; the "
-                         f"bridge between them needs both VAEs, and the {missing!r} one is missing: give that "
-                         f"expert its VAE")
+        missing = source_space.title if not isinstance(source, Codec) else target_space.title
+        raise ValueError(f"experts in the {source_space.title} and {target_space.title} latent spaces meet here; the "
+                         f"bridge between them needs both VAEs, and the {missing} one is missing: give that expert "
+                         f"its VAE")
     pixels = source.decode(x0)
     if pixels.shape[1] != target.pixel_channels:
-        raise ValueError(f"the {source_space.name!r} VAE makes {pixels.shape[1]}-channel pixels but the "
-                         f"{target_space.name!r} VAE encodes {target.pixel_channels}-channel pixels")
+        raise ValueError(f"the {source_space.title} VAE makes {pixels.shape[1]}-channel pixels but the "
+                         f"{target_space.title} VAE encodes {target.pixel_channels}-channel pixels")
     return target.encode(pixels).to(x0.dtype)
 
 
@@ -258,14 +269,14 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None) -> Non
     expert of a space with one VAE (``nodes.codecs.VAEShelf``) gives them, and is asked one VAE per space: the fix
     of the space's first role in the order of ``fixes``. Without ``fixes`` every role lacking one is asked."""
     space = {role: end.space if isinstance(end, Codec) else end for role, end in ends.items() if end is not None}
-    meetings, missing = [], {}   # missing: space name -> roles of that space without a VAE, in order
+    meetings, missing = [], {}   # missing: space title -> roles of that space without a VAE, in order
     for a, b in hand_offs:
         if a not in space or b not in space or space[a] == space[b]:
             continue
-        meetings.append(f"{a} {space[a].name!r} -> {b} {space[b].name!r}")
+        meetings.append(f"{a} {space[a].title} -> {b} {space[b].title}")
         for role in (a, b):
-            if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].name, []):
-                missing[space[role].name].append(role)
+            if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].title, []):
+                missing[space[role].title].append(role)
     if not missing:
         return
     if fixes:
@@ -273,8 +284,10 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None) -> Non
         asks = [(name, roles, fixes.get(min(roles, key=lambda r: order.index(r) if r in order else len(order)),
                                          "give it its VAE")) for name, roles in missing.items()]
     else:
-        asks = [(name, [role], "give it its VAE") for name, roles in missing.items() for role in roles]
+        # (an expert of one's own keeps Expert's default space, SD 1.5's, unless it declares the one it works in)
+        asks = [(name, [role], "give it its VAE, or set its latent_space if it works in the other expert's space")
+                for name, roles in missing.items() for role in roles]
     raise ValueError(f"experts of different latent spaces hand the video over ({'; '.join(meetings)}): bridging "
                      f"them needs their VAEs, and {len(asks)} {'is' if len(asks) == 1 else 'are'} missing; "
-                     + "; ".join(f"for {name!r} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): "
+                     + "; ".join(f"for {name} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): "
                                  f"{fix}" for name, roles, fix in asks))

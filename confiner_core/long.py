@@ -293,7 +293,7 @@ class RelayedGuidance:
 # ----------------------------------------------------------------------------------------------------------------
 # The long loop
 
-@dataclass
+@dataclass(frozen=True)
 class LongConfig:
     """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
     AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies
@@ -302,7 +302,9 @@ class LongConfig:
     FreeNoise's window and stride count the noise's frames, which are latent frames: video frames for SD-family
     experts, while a Wan latent frame holds 4 (a 17-frame segment is 5). By default the window is one segment's
     latent frames (FreeNoise's window is the clip length the model makes: 16 for AnimateDiff) and the stride a
-    quarter of it (FreeNoise's 16 and 4 for SD's 16-frame segments)."""
+    quarter of it (FreeNoise's 16 and 4 for SD's 16-frame segments).
+
+    Frozen, as :class:`~confiner_core.chain.ChainConfig`: ``dataclasses.replace(config, gamma=0.2)`` for another."""
 
     segment_length: int | None = None  # None: the experts' natural clip (generate: 16 or 17), or the plan's
     noise_init: str = SHUFFLE
@@ -378,8 +380,8 @@ def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None
     for role, d in (("control", source), ("refining", target)):
         if d.expert.codec is None:
             fix = (vae_fixes or {}).get(role)
-            raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.name!r} structures into "
-                             f"{target.expert.latent_space.name!r} windows through pixels (a causal video VAE "
+            raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.title} structures into "
+                             f"{target.expert.latent_space.title} windows through pixels (a causal video VAE "
                              f"cannot cut latents at any frame): the {role} expert needs its VAE"
                              + (f"; {fix}" if fix else ""))
 

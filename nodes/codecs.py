@@ -31,13 +31,13 @@ def vae_space_problem(vae, space: LatentSpace) -> str | None:
     spatial = vae.spacial_compression_encode()
     temporal = vae.temporal_compression_decode() or 1
     have = f"{channels}-channel latents, {spatial}x spatial" + (f", {temporal}x temporal" if temporal > 1 else "")
-    likely = [k.name for k in KNOWN_SPACES   # the family it likely is (SD 1.5 and SDXL look alike)
+    likely = [k.title for k in KNOWN_SPACES   # the family it likely is (SD 1.5 and SDXL look alike)
               if (k.channels, k.spatial_factor, k.temporal_factor) == (channels, spatial, temporal)]
     have += f" (the {' or '.join(likely)} latent space's)" if likely else ""
     want = f"{space.channels} channels, {space.spatial_factor}x spatial" + \
         (f", {space.temporal_factor}x temporal" if space.temporal_factor > 1 else "")
     if (channels, spatial, temporal) != (space.channels, space.spatial_factor, space.temporal_factor):
-        return f"a VAE of {have}, not of the {space.name} latent space ({want})"
+        return f"a VAE of {have}, not of the {space.title} latent space ({want})"
     return None
 
 
@@ -58,7 +58,7 @@ class ComfyVAECodec(Codec):
                                  f"connect it to {other.replace('_vae', ' VAE')} ({other}) if that input is free, "
                                  f"and {model.replace('_', ' ')}'s own VAE (its checkpoint loader's VAE output, or its "
                                  f"family's VAE file) to {who}"
-                                 + (f"; the refined video is then in {space.name} latents: decode it with that VAE "
+                                 + (f"; the refined video is then in {space.title} latents: decode it with that VAE "
                                     f"too" if who == "spatial_vae" else ""))
             raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
                              f"({model}) works in: if that model is the one meant, connect its own VAE (its "

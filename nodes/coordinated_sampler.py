@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
+from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
                                    refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, sessions
-from .schema import (CATEGORY, MATCHING, check_widgets, refine_inputs, refine_problem, seed_input,
+from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, refine_inputs, refine_problem, seed_input,
                      structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType
 
@@ -73,6 +73,10 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         outside a schedule) fails here, with 0 evaluations."""
         if structure is None:
             check_widgets(cls, mode=mode, matching=matching, seed=seed, structure_noise=structure_noise)
+            if structure_noise == CONTROL and control_model is None:
+                raise ValueError(f"{STRUCTURE_NOISE} (structure_noise) 'control' noises the structure on the control "
+                                 f"expert's schedule: connect the control model (control_model) on {NODE}, or use "
+                                 f"'spatial' (the refining expert's, the default)")
             config = cls.config(te, refine_steps, mode, matching, structure_noise)
             experts.check_mode(config.mode)
             spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
@@ -124,8 +128,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             return noted
         space = host.space_of(control_model)
         if noted is not None and noted != space:
-            raise ValueError(f"the structure is in the {noted.name} latent space but control_model on {NODE} works in "
-                             f"{space.name}: connect the model that made the structure (the Control Expert's)")
+            raise ValueError(f"the structure is in the {noted.title} latent space but control_model on {NODE} works in "
+                             f"{space.title}: connect the model that made the structure (the Control Expert's)")
         return space
 
     @classmethod
@@ -157,7 +161,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         first = (temporal if mode == TEMPORAL else spatial).expert.latent_space
         if first != space:   # the seconds (minutes on a CPU) of decoding and encoding before the first evaluation
             line = "first: the structure through the VAEs"
-            named = f"{line} ({space.name} → {first.name})"
+            named = f"{line} ({space.title} → {first.title})"
             progress.opening += "\n" + (named if len(named) <= host.LINE_WIDTH else line)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():

@@ -656,7 +656,7 @@ def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "stru
     (the same numbers: :func:`space_of` reads them off the format)."""
     samples = latent["samples"].float().to(sampling_device(model))
     if samples.ndim not in (4, 5) or samples.shape[1] != space.channels:
-        raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.name} latent space "
+        raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.title} latent space "
                          f"({space.channels} channels): connect the latent the control expert made")
     if not bool(samples.abs().amax() > 0):   # an empty latent (e.g. the size-and-length one) wired here by mistake
         raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine: connect the "
@@ -708,7 +708,7 @@ def output_space_note(refiner: Denoiser, spatial: Denoiser, structure_space: Lat
     role = "spatial" if space == spatial.expert.latent_space else "temporal"
     if role == "spatial" and space in (structure_space, structure_space.per_frame()):   # (pixel frames: one VAE)
         return None
-    note = f"output in {space.name} latents: decode with the {role} VAE"
+    note = f"output in {space.title} latents: decode with the {role} VAE"
     return note if len(note) <= LINE_WIDTH else f"output in the {role} expert's latents"
 
 

@@ -94,9 +94,9 @@ def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, st
     native = VIDEO_FPS.get(space.name)
     if native is None or native == fps or not any(e.key.endswith("s") for e in schedule.entries):
         return None, ""
-    return (f"the segment prompts' seconds keys count at fps {fps:g}, but {space.name} video models make {native:g} "
+    return (f"the segment prompts' seconds keys count at fps {fps:g}, but {space.title} video models make {native:g} "
             f"frames a second: set fps on ConFiner Long Video to your save node's rate"), \
-        f"warning: seconds at fps {fps:g}; {space.name} video is {native:g} fps"
+        f"warning: seconds at fps {fps:g}; {space.title} video is {native:g} fps"
 
 
 class ConFinerLongSegmenter(io.ComfyNode):
@@ -205,7 +205,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         problems = [refine_problem(te, refine_steps)]
         try:
             space.check_pixel_frames(segment_length, f"segment length (segment_length) = {segment_length}: the "
-                                                     f"control expert's {space.name}", least=2)
+                                                     f"control expert's {space.title}", least=2)
         except ValueError as e:
             problems.append(str(e))
         if frames < segment_length:  # every window is made and refined at full length, then cut
@@ -342,7 +342,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
         control.expert.latent_space.check_pixel_frames(
             segment_length, f"segment length (segment_length) = {segment_length}: the control expert's "
-                            f"{control.expert.latent_space.name}", least=2)
+                            f"{control.expert.latent_space.title}", least=2)
         b, c, h, w = frame_shape
         shape = (b, c, control.expert.latent_space.latent_frames(segment_length), h, w)
         validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)

@@ -77,7 +77,7 @@ class RefineExperts:
         if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
             raise ValueError(f"spatial expert frames (spatial_frames) 'pixel frames' decodes the clip and encodes "
                              f"every pixel frame with the spatial expert's VAE, but none is connected: connect a VAE "
-                             f"of the {space.name} latent space to spatial_vae on {REFINE_EXPERTS}, or use 'latent "
+                             f"of the {space.title} latent space to spatial_vae on {REFINE_EXPERTS}, or use 'latent "
                              f"frames'")
 
     def check_mode(self, mode: str) -> None:

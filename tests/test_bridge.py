@@ -57,13 +57,13 @@ def test_every_missing_vae_is_named_in_one_message_once_per_latent_space():
         check_bridges(hand_offs, ends, fixes=fixes)
     message = str(e.value)
     assert "2 are missing" in message and message.count("connect ") == 2, message
-    assert f"for {WORLD.name!r} (the spatial expert): connect spatial_vae" in message
-    assert f"for {CAUSAL.name!r} (the control and temporal experts): connect temporal_vae" in message
+    assert f"for {WORLD.title} (the spatial expert): connect spatial_vae" in message
+    assert f"for {CAUSAL.title} (the control and temporal experts): connect temporal_vae" in message
     with pytest.raises(ValueError, match="3 are missing") as e:             # no host fixes: each expert its own
         check_bridges(hand_offs, ends)
     assert str(e.value).count("give it its VAE") == 3
     ends.update(control=CausalWorldCodec(), temporal=CausalWorldCodec())     # the causal space's VAE, connected
-    with pytest.raises(ValueError, match=rf"1 is missing; for '{WORLD.name}' \(the spatial expert\): connect spatial_vae$"):
+    with pytest.raises(ValueError, match=rf"1 is missing; for {WORLD.title} \(the spatial expert\): connect spatial_vae$"):
         check_bridges(hand_offs, ends, fixes=fixes)
     ends["spatial"] = WorldCodec()
     check_bridges(hand_offs, ends, fixes=fixes)                              # every bridge has its VAEs

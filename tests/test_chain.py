@@ -591,6 +591,27 @@ def test_an_expert_breaking_the_interface_is_named():
                   torch.Generator().manual_seed(0))
 
 
+def test_experts_are_evaluated_without_autograd():
+    """A custom expert calling a module with trainable weights: the chain kept one autograd graph over all 19
+    evaluations (a real UNet's activations: out of memory). Experts are evaluated under no_grad, as diffusers'
+    pipelines run."""
+    x0 = x0_star()
+    weight = torch.nn.Parameter(torch.ones(()))
+    kept = []
+
+    class Trainable(OracleExpert):
+        def forward(self, x, t, conds):
+            outs = [out * weight for out in super().forward(x, t, conds)]
+            kept.extend(out.requires_grad for out in outs)
+            return outs
+
+    sd = S.named("sd15")
+    experts = [Trainable(x0, sd).bind() for _ in range(3)]
+    result = run_chain(*experts, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
+    assert len(kept) == 19 and not any(kept) and not result.latent.requires_grad
+    assert torch.is_grad_enabled()   # and left on for the caller
+
+
 def test_auto_matching_matches_noise_levels_across_schedule_kinds_even_where_they_meet_at_te():
     """SD 1.5 and a Wan-like flow schedule (shift 5) are at about one noise level at T_e 700, but 2.8x apart lower
     down the refinement: "auto" compared them at T_e alone and chose same_index there."""

@@ -241,7 +241,7 @@ def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):
 
 def test_experts_in_different_latent_spaces_without_vaes_are_refused_before_the_structure(comfy_worker):
     r = comfy_worker.call("comfy_support.confiner_checks:mixed_latent_spaces_refused", comfy_worker.checkpoint_name)
-    assert r["refused"] and "'sd15'" in r["message"] and "'sdxl'" in r["message"]
+    assert r["refused"] and "SD 1.5" in r["message"] and "SDXL" in r["message"]
     # both VAEs asked for in one message, by the inputs' labels on the node
     assert "spatial VAE (spatial_vae) on ConFiner Refine Experts" in r["message"]
     assert "temporal VAE (temporal_vae) on ConFiner Refine Experts" in r["message"]

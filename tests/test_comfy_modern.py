@@ -205,7 +205,7 @@ def test_flux_spatial_expert_with_wan_experts_runs_through_the_bridge(comfy_work
     texts = [m[1]["text"] for m in r["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == "11"]
     opening = next(t for t in texts if t.startswith("starting"))
     assert opening == f"starting · {3 * REFINE_STEPS} expert evaluations\nfirst: the structure through the VAEs " \
-                      f"(wan2.1 → flux)", opening
+                      f"(Wan 2.1 → FLUX.1)", opening
 
 
 def test_flux_guidance_reaches_the_spatial_expert(comfy_worker, modern):
@@ -250,7 +250,7 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
     prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_positive=["21", 0], spatial_negative=["21", 0])
     assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with the Flux VAE",
                                          ["spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x spatial "
-                                          "(the flux latent space's), not of the sd15", "sd15",
+                                          "(the FLUX.1 latent space's), not of the SD 1.5", "SD 1.5",
                                           "spatial model (spatial_model) works in", "connect its own VAE"])
 
 
@@ -263,10 +263,10 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
     del prompt["10"]["inputs"]["temporal_vae"]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux with Qwen's prompts and the Wan VAE",
                                          ["2 problems: (1) spatial VAE (spatial_vae) is a VAE of",
-                                          "not of the flux latent space",
+                                          "not of the FLUX.1 latent space",
                                           "it is the VAE of temporal model's space: connect it to temporal VAE "
                                           "(temporal_vae) if that input is free", "to spatial_vae; the refined video "
-                                          "is then in flux latents: decode it with that VAE too",
+                                          "is then in FLUX.1 latents: decode it with that VAE too",
                                           "; (2) the spatial expert's positive conditioning (spatial_positive) "
                                           "carries no pooled text vector, but its model, FLUX.1 (Flux), reads one",
                                           "(DualCLIPLoader with type flux)"])
@@ -311,7 +311,7 @@ def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one
     prompt["14"]["inputs"]["frames"] = 8
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 8 frames",
                                          ["frames = 8: the windows are joined into one clip of the refining expert's "
-                                          "latent space, and the wan2.1 latent space holds 4k+1 frames (1, 5, 9, ...); "
+                                          "latent space, and the Wan 2.1 latent space holds 4k+1 frames (1, 5, 9, ...); "
                                           "8 frames would be cut by its VAE: use 5 or 9"])
 
 
@@ -330,7 +330,7 @@ def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations, 2 VAE calls in "), \
         texts[-1]
     # a graph of two latent spaces has two VAEs: the node says which decodes its output
-    assert texts[-1].split("\n")[-1] == f"output in {'sd15' if spatial == 'sd' else 'flux'} latents: decode with the " \
+    assert texts[-1].split("\n")[-1] == f"output in {'SD 1.5' if spatial == 'sd' else 'FLUX.1'} latents: decode with the " \
                                         f"spatial VAE", texts[-1]
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": REFINE_STEPS, "vae_calls": 2}
 
@@ -347,7 +347,7 @@ def test_the_long_videos_temporal_only_output_is_the_spatial_experts_latents_too
     assert r["success"], r.get("error")
     assert len(_saved(r)) == long["14"]["inputs"]["frames"]
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
-    assert texts[-1].split("\n")[-1] == "output in sd15 latents: decode with the spatial VAE", texts[-1]
+    assert texts[-1].split("\n")[-1] == "output in SD 1.5 latents: decode with the spatial VAE", texts[-1]
 
 
 def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_temporal_experts(comfy_worker, modern):
@@ -361,7 +361,7 @@ def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_t
     assert r["success"], r.get("error")
     assert len(_saved(r)) == LENGTH
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
-    assert texts[-1].split("\n")[-1] == "output in wan2.1 latents: decode with the temporal VAE", texts[-1]
+    assert texts[-1].split("\n")[-1] == "output in Wan 2.1 latents: decode with the temporal VAE", texts[-1]
     assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
 
 
@@ -553,11 +553,11 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
 
 # (case, graph change, words the message must contain)
 MISSING_VAE = [
-    ("SD spatial without its VAE", lambda p: p["10"]["inputs"].pop("spatial_vae"), ["spatial_vae", "sd15", "wan2.1"]),
-    ("Flux spatial without its VAE", "flux", ["spatial_vae", "flux", "wan2.1"]),
-    ("Wan temporal without its VAE", lambda p: p["10"]["inputs"].pop("temporal_vae"), ["temporal_vae", "wan2.1"]),
+    ("SD spatial without its VAE", lambda p: p["10"]["inputs"].pop("spatial_vae"), ["spatial_vae", "SD 1.5", "Wan 2.1"]),
+    ("Flux spatial without its VAE", "flux", ["spatial_vae", "FLUX.1", "Wan 2.1"]),
+    ("Wan temporal without its VAE", lambda p: p["10"]["inputs"].pop("temporal_vae"), ["temporal_vae", "Wan 2.1"]),
     ("pixel frames without a VAE", "pixel", ["spatial_vae", "pixel frames"]),
-    ("SD structure into Wan experts without control_vae", "sd-control", ["control_vae", "sd15"]),
+    ("SD structure into Wan experts without control_vae", "sd-control", ["control_vae", "SD 1.5"]),
     ("Wan windows joined without control_vae", "long", ["control_vae", "ConFiner Long Video"]),
 ]
 
@@ -695,7 +695,7 @@ def test_seconds_keys_in_segment_prompts_count_at_the_models_rate_or_the_fps_inp
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)                  # 1 s at 8 fps: frame 8 of 9
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
-    assert texts and all("warning: seconds at fps 8; wan2.1 video is 16 fps" in t.split("\n") for t in texts), \
+    assert texts and all("warning: seconds at fps 8; Wan 2.1 video is 16 fps" in t.split("\n") for t in texts), \
         texts[:2]
 
 
@@ -745,7 +745,7 @@ def test_the_long_videos_problems_come_in_one_message_before_any_model_runs(comf
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert not r["success"] and r["evaluations"] == 0
     message = _message(r)
-    assert message.startswith("3 problems: (1) segment length (segment_length) = 16: the control expert's wan2.1 "
+    assert message.startswith("3 problems: (1) segment length (segment_length) = 16: the control expert's Wan 2.1 "
                               "latent space holds"), message
     assert "use 13 or 17; (2) frames = 48: the windows are joined into one clip" in message and "use 45 or 49" in \
         message and "(3) segment prompts (segment_prompts): entry '5s: a grey fox' starts at frame 80 (5s at 16 fps)" \

@@ -428,7 +428,8 @@ def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
     prompt[sampler]["inputs"]["structure_noise"] = "control"
     missing = comfy_worker.run_prompt(prompt, fresh_cache=True)
     assert not missing["success"]
-    assert "on the control expert's schedule, which is unknown here: connect the control model" in \
+    assert "structure noise schedule (structure_noise) 'control' noises the structure on the control expert's " \
+           "schedule: connect the control model (control_model) on ConFiner Refine Sampler" in \
         missing["error"]["exception_message"]
     prompt["900"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": [ckpt, 0], "sampling": "eps",
                                                                        "zsnr": True}}

@@ -163,15 +163,33 @@ def test_a_python_request_takes_the_experts_natural_clip_and_leaves_the_configs_
     assert chain == ChainConfig() and long == LongConfig(segment_length=None)
 
 
+def test_a_config_cannot_change_under_a_request_holding_it(tmp_path):
+    """A sweep that set ``config.te`` between generate() calls ran T_e 100 each time (the request had copied the
+    config), with no word: the configs are frozen, and a sweep replaces them."""
+    import dataclasses
+
+    from confiner_core.chain import ChainConfig
+    from confiner_core.generate import GenerateRequest, generate
+    from confiner_core.long import LongConfig
+
+    config = ChainConfig()
+    request = GenerateRequest(frames=8, height=64, width=64, chain=config, out=str(tmp_path / "a"))
+    for frozen, field in ((config, "te"), (request.chain, "te"), (LongConfig(), "gamma")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(frozen, field, 50)
+    request.chain = dataclasses.replace(config, te=50)
+    assert generate(request, show_progress=False)["refine_timesteps"] == [50, 40, 30, 20, 10]
+
+
 def test_a_latent_shape_is_refused_for_a_video_its_space_cannot_hold():
     """Rounding 16 frames down to a 4k+1 space's 13, or 70 pixels down to 64, would make another video than asked."""
     from confiner_core.latent_spaces import SD15, WAN21
 
     assert WAN21.latent_shape(1, 17, 64, 48) == (1, 16, 5, 8, 6)
     assert SD15.latent_shape(2, 16, 64, 48) == (2, 4, 16, 8, 6)
-    with pytest.raises(ValueError, match="wan2.1 latent space holds 4k\\+1 frames .* use 13 or 17"):
+    with pytest.raises(ValueError, match="Wan 2.1 latent space holds 4k\\+1 frames .* use 13 or 17"):
         WAN21.latent_shape(1, 16, 64, 64)
-    with pytest.raises(ValueError, match="sd15 latent space: height 70 is not a positive multiple of its spatial "
+    with pytest.raises(ValueError, match="SD 1.5 latent space: height 70 is not a positive multiple of its spatial "
                                          "factor 8; use 64 or 72"):
         SD15.latent_shape(1, 16, 70, 64)
     with pytest.raises(ValueError, match="width 4 .* use 8$"):
@@ -281,6 +299,22 @@ def test_method_options_reach_the_chain_and_the_report(tmp_path):
     _, r2 = run(tmp_path, "long", "--seed", "5", "--frames", "24", "--segment-length", "8", "--coherence-memory",
                 "unguided")
     assert r2["long"]["coherence_memory"] == "unguided" and "long" not in r2["settings"]
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_the_report_records_the_matching_auto_chose(tmp_path, monkeypatch, known):
+    """``matching auto`` is reported as what it chose: SD-like spatial with Wan-like temporal experts re-noise at
+    the nearest noise level. Where the schedules are unknown before loading (single files without a scheduler
+    config), it was recorded as "auto"."""
+    import confiner_core.generate as G
+
+    if not known:
+        monkeypatch.setattr(G, "expert_schedules", lambda req: {})
+    out = str(tmp_path / "bridge")
+    assert main(["generate", "--out", out, "--embedded", "bridge", "--frames", "5", "--height", "64", "--width",
+                 "64", "--quiet"]) == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["chain"]["matching"] == "nearest"
 
 
 def test_table3_setting_warns_but_runs(tmp_path):

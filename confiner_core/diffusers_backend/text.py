@@ -6,8 +6,10 @@ broken with transformers >= 5.6, which removed ``CLIPTextModel.text_model`` (dif
 norm is looked up on either layout.
 
 Every encoder remembers its last few prompts (:class:`RecentPrompts`): the experts of a chain that share one text
-encoder (AnimateDiff and SD 1.5, the two transformers of a Wan 2.2 pair) encode each prompt once, and an expert's
-prompt and negative prompt go through the encoder as one batch where its outputs do not depend on the batch.
+encoder (AnimateDiff and SD 1.5, the two transformers of a Wan 2.2 pair) encode each prompt once. Each prompt goes
+through the encoder alone, as diffusers' pipelines encode a prompt and its negative: in a batch its embedding
+changes in the last bits (the encoder's matrix products pick kernels by the batch's rows), so a prompt remembered
+from an earlier call, its negative then encoded alone, gave one process another video for the same seed.
 """
 
 from __future__ import annotations
@@ -42,17 +44,12 @@ def final_layer_norm(text_encoder) -> torch.nn.Module:
 class RecentPrompts:
     """A prompt encoder that keeps the conditionings of the ``keep`` prompts it used last (0: none):
     ``encoder(prompt)`` and ``encoder.encode_all(prompts)`` run the text encoder only for prompts it does not hold,
-    all of them in one :meth:`encode_batch` call. The prompts are the key: call :meth:`forget` after changing the
-    encoder's weights (benchmarks call it before every timed run, so each run pays its text encoding as a new
-    process would)."""
+    one :meth:`encode` call each (an embedding is a function of its text alone). The prompts are the key: call
+    :meth:`forget` after changing the encoder's weights (benchmarks call it before every timed run, so each run pays
+    its text encoding as a new process would)."""
 
     keep = 8
     networks: list = []  # the text encoders speed settings apply to (CUDA graphs: the CLIP encoders)
-
-    def encode_batch(self, prompts: list[str]) -> list:
-        """The conditionings of ``prompts`` (distinct, not remembered): one text-encoder call where the encoder's
-        outputs do not depend on the batch (prompts padded to one length), else one call per prompt."""
-        return [self.encode(prompt) for prompt in prompts]
 
     def encode(self, prompt: str):
         raise NotImplementedError
@@ -61,7 +58,7 @@ class RecentPrompts:
         recent = self.__dict__.setdefault("_recent", {})
         new = list(dict.fromkeys(p for p in prompts if p not in recent))
         found = {p: recent.pop(p) for p in dict.fromkeys(prompts) if p in recent}
-        found.update(zip(new, self.encode_batch(new) if new else ()))
+        found.update((prompt, self.encode(prompt)) for prompt in new)
         for prompt in dict.fromkeys(prompts):  # used now: the newest, in the order asked
             recent[prompt] = found[prompt]
         while len(recent) > max(self.keep, 0):
@@ -77,8 +74,9 @@ class RecentPrompts:
 
 class PromptEncoder(RecentPrompts):
     """Tokenizer + text encoder: ``encoder(prompt)`` -> embeddings ``[1, L, D]`` as SD pipelines compute them
-    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end). Several
-    prompts go through the encoder as one batch: each is padded to the same length and attends only to itself."""
+    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end).
+    :meth:`encode_batch` takes several prompts in one call (each padded to the same length, attending only to
+    itself): the same embeddings up to the last bits."""
 
     def __init__(self, tokenizer, text_encoder, clip_skip: int | None = None):
         self.tokenizer = tokenizer

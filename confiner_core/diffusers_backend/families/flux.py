@@ -56,8 +56,8 @@ class FluxText(NamedTuple):
 class FluxPromptEncoder(RecentPrompts):
     """CLIP-L and T5-XXL as ``FluxPipeline.encode_prompt`` runs them (the same prompt to both): CLIP padded to its
     tokenizer's length (77), its pooled output; T5 padded and truncated to ``max_sequence_length`` tokens, its last
-    hidden state, unmasked. A batch of prompts gives each one the same rows it gets alone (fixed padding, no mask
-    across rows)."""
+    hidden state, unmasked. :meth:`encode_batch` takes several prompts in one call (fixed padding, no mask across
+    rows): the same rows as alone, up to the last bits."""
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH):

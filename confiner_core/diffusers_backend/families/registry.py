@@ -116,10 +116,10 @@ def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
         if not any(m.has_vae for m in members):
             other = next(ins for ins in inspections.values() if ins.latent_space != space)
             raise role_error(members[0].role, ValueError(
-                f"{members[0].who} works in latent space {space.name!r} and the {other.role} expert ({other.path}) "
-                f"in {other.latent_space.name!r}; the chain bridges different latent spaces through their VAEs, "
-                f"but no {space.name!r} expert here has VAE weights: give the {members[0].role} expert a model "
-                f"with its VAE (vae/ with weights), or choose experts of one latent space"))
+                f"{members[0].who} works in the {space.title} latent space and the {other.role} expert "
+                f"({other.path}) in the {other.latent_space.title} one; the chain bridges different latent spaces "
+                f"through their VAEs, but no {space.title} expert here has VAE weights: give the {members[0].role} "
+                f"expert a model with its VAE (vae/ with weights), or choose experts of one latent space"))
     spatial = inspections.get("spatial")
     if spatial is not None and not any(i.has_vae for i in inspections.values()
                                        if i.latent_space == spatial.latent_space):

@@ -100,7 +100,7 @@ class WanVAECodec(Codec):
     def _check_size(self, height: int, width: int) -> None:
         f = self.space.spatial_factor
         if height % f or width % f:
-            raise ValueError(f"the {self.space.name} VAE takes frames whose height and width are multiples of {f}, "
+            raise ValueError(f"the {self.space.title} VAE takes frames whose height and width are multiples of {f}, "
                              f"got {height}x{width}: resize or crop the video")
 
     @torch.no_grad()
@@ -123,8 +123,8 @@ class WanVAECodec(Codec):
 class UMT5PromptEncoder(RecentPrompts):
     """UMT5 as ``WanPipeline._get_t5_prompt_embeds`` runs it: the prompt cleaned (``prompt_clean``), padded and
     truncated to ``max_sequence_length`` tokens, encoded with the attention mask, and every embedding past the
-    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``; a prompt and its
-    negative go through the encoder as one batch (each padded to the same length, masked to itself).
+    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``; :meth:`encode_batch`
+    takes several in one call (each padded to the same length, masked to itself).
 
     The two transformers of a Wan 2.2 A14B pair share one encoder, which remembers its last prompts
     (:class:`~..text.RecentPrompts`), so the pair encodes each prompt once."""
