@@ -134,6 +134,24 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     assert too_small == []
 
 
+@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_sd15_animatediff"])
+def test_a_file_saved_before_sockets_were_labelled_reads_as_fresh_nodes(frontend, name):
+    """Files of the first release carry no socket labels: their nodes showed raw ids (control_model) beside the
+    worded labels of sockets added since (control VAE)."""
+    import copy
+
+    from comfy_support import browser
+
+    server, b = frontend
+    old = copy.deepcopy(server.get_json(f"/api/workflow_templates/{PACK}/{name}.json"))
+    for node in old["nodes"]:
+        for slot in node.get("inputs", []):
+            slot.pop("label", None)
+    browser.load_template(b, old, f"{name}_old")
+    browser.close_dialogs(b)
+    assert browser.socket_labels_unlike_new_nodes(b, "ConFiner") == []
+
+
 def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview_arrive(frontend, screenshot_dir):
     """The frontend shares a node's free height among its growable widgets: the Long Video's segment-prompts box took
     all of it before a run (442 px on the template), then shrank to 207 px when the progress text arrived and to

@@ -190,6 +190,27 @@ def test_every_input_has_a_row_on_its_node_help_page(comfy_worker):
     assert not any(missing.values()), missing
 
 
+def test_every_choice_of_a_combo_is_explained_on_its_help_page(comfy_worker):
+    """The Control Expert's help listed euler and ddim while the combo (and the Wan templates) offered unipc, and
+    the Refine Sampler's never named matching 'auto', its default. A row that defers to another node's page ("as on
+    **...**") is checked there."""
+    options = comfy_worker.call("comfy_support.confiner_checks:combo_options")
+    unexplained = {}
+    for node, combos in options.items():
+        page = (EXAMPLES.parent / "web" / "docs" / f"{node}.md").read_text()
+        rows = [line for line in page.split("## Inputs", 1)[1].split("\n## ", 1)[0].splitlines()
+                if line.startswith("| ")]
+        for label, choices in combos.items():
+            row = next(r for r in rows if label in {p.strip() for c in r.split("|")[1].split(" / ")
+                                                    for p in c.split(", ")})
+            if "see below" in row:   # a table of its own further down (refine modes), a row per choice
+                firsts = {line.split("|")[1].strip().strip("*") for line in page.splitlines() if line.startswith("| ")}
+                unexplained.update({(node, label, c): row[:60] for c in choices if c not in firsts})
+            elif "as on **" not in row:
+                unexplained.update({(node, label, c): row[:60] for c in choices if f"*{c}*" not in row})
+    assert not unexplained, unexplained
+
+
 def has_motion_models(worker) -> bool:
     """Whether AnimateDiff-Evolved is installed: cpu_sized keeps the templates' loaders (and their motion models)
     then, and bypasses them otherwise."""

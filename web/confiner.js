@@ -22,6 +22,9 @@
 //   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty. A run
 //   that failed or was cancelled also clears the text of the pack's nodes it neither ran nor took from the cache:
 //   after a failure upstream, a Refine Sampler went on showing the warnings of a run with another model.
+// * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
+//   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
+//   which had none, so one node mixed raw ids with worded labels.
 // * A Noise Rescheduler added fresh keeps its seed (control after generate "fixed", where the frontend's default
 //   is "randomize"): its noise is the control stage's, and the structure changed at every Run beside a fixed
 //   control seed. A workflow's saved value stays.
@@ -53,6 +56,21 @@ function textHeight(node, value) {
   const perLine = Math.max(20, Math.floor((node.size[0] - TEXT.sides) / TEXT.charWidth));
   const lines = String(value ?? "").split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0);
   return TEXT.vertical + TEXT.lineHeight * Math.min(TEXT.maxLines, Math.max(TEXT.minLines, lines));
+}
+
+// The worded label of each input socket of the pack's nodes, from their definitions: type -> input id -> label.
+const SOCKET_LABELS = new Map();
+
+// Labels the sockets of the loaded graph's nodes of the pack that a file left unlabelled (saved before the pack
+// labelled them): as on a node added fresh.
+function labelOldSockets() {
+  for (const node of app.graph?._nodes ?? []) {
+    const labels = SOCKET_LABELS.get(node.comfyClass);
+    for (const slot of (labels && node.inputs) || []) {
+      // (a widget's socket reads by its id on a fresh node too: the widget beside it shows the words)
+      if (!slot.label && !slot.widget && labels.has(slot.name)) slot.label = labels.get(slot.name);
+    }
+  }
 }
 
 // A node's last progress text in this page, by graph and node id: "<graph id> <node id>" -> text.
@@ -121,7 +139,19 @@ app.registerExtension({
       api.addEventListener(end, () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
     }
   },
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData?.name?.startsWith("ConFiner")) return;
+    const labels = new Map();
+    for (const inputs of [nodeData.input?.required, nodeData.input?.optional]) {
+      for (const [name, spec] of Object.entries(inputs ?? {})) {
+        const label = spec?.[1]?.display_name;
+        if (label && label !== name) labels.set(name, label);
+      }
+    }
+    SOCKET_LABELS.set(nodeData.name, labels);
+  },
   afterConfigureGraph() {
+    labelOldSockets();
     showKeptTexts();
   },
   nodeCreated(node) {

@@ -507,6 +507,15 @@ def input_labels(prefix: str = "ConFiner") -> dict:
             for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
 
 
+def combo_options(prefix: str = "ConFiner") -> dict:
+    """``{node_id: {label: [option, ...]}}``: the choices of every combo input of the pack's nodes."""
+    import nodes
+
+    return {nid: {i.display_name or i.id: list(i.options) for i in cls.define_schema().inputs
+                  if getattr(i, "options", None) is not None}
+            for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
+
+
 def half_precision_latents_are_read(ckpt_name: str) -> dict:
     """A float16 / bfloat16 LATENT (a saved one, another pack's) into the nodes' latent inputs: read as float32."""
     import torch
