@@ -16,7 +16,7 @@ import torch
 
 from . import refine as R
 from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
-from .experts import Denoiser, bridge_end, check_expert, hand_off, in_stage
+from .experts import Denoiser, bridge_end, check_expert, declares_latent_space, hand_off, in_stage
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
@@ -303,7 +303,8 @@ def check_hand_offs(roles: dict, hand_offs: list, vae_fixes: dict | None = None)
     """Experts that hand x0 to each other share a latent space, or have the VAEs that bridge them; every missing
     VAE is named in one message. ``vae_fixes``: role -> how to give that expert its VAE (the host's input names)."""
     check_bridges(hand_offs, {role: bridge_end(d.expert) if d is not None else None for role, d in roles.items()},
-                  fixes=vae_fixes)
+                  fixes=vae_fixes, undeclared=frozenset(role for role, d in roles.items()
+                                                        if d is not None and not declares_latent_space(d.expert)))
 
 
 def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
@@ -495,7 +496,7 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
                        generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
-    check_latent(noise, VIDEO, name="generate_structure: noise")
+    check_input(noise, "generate_structure: noise")
     check_config(config, "generate_structure")
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
@@ -508,7 +509,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
                       generator: torch.Generator) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
-    check_latent(structure, VIDEO, name="extract_structure: structure")
+    check_input(structure, "extract_structure: structure")
     check_generator(generator, "extract_structure")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"extract_structure: schedule must be a NoiseSchedule (an expert's, e.g. spatial.schedule, "
@@ -524,7 +525,7 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     """Stage 2 in the configured mode, from the structure noised to the first refinement timestep (T_e, or 81 for
     T_e 100 at ``refine_spacing`` "leading": ``refine_timesteps(config)[0]``) to the refined video (``x`` in the
     refining expert's space)."""
-    check_latent(x, VIDEO, name="refine: x")
+    check_input(x, "refine: x")
     check_config(config, "refine")
     check_generator(generator, "refine")
     refiner = refining_denoiser(spatial, temporal, config.mode)
@@ -553,7 +554,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     first (:func:`~confiner_core.experts.hand_off`); without a source it is already in the refining expert's space,
     where the result is. With ``structure_noise='control'`` the control expert's schedule (``control_schedule``,
     default the source's) gives the T_e coefficients."""
-    check_latent(structure, VIDEO, name="refine_structure: structure")
+    check_input(structure, "refine_structure: structure")
     check_config(config, "refine_structure")
     check_generator(generator, "refine_structure")
     refiner = refining_denoiser(spatial, temporal, config.mode)
@@ -566,6 +567,17 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     # except under "leading" spacing, whose timesteps start below it
     x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
     return refine(spatial, temporal, x, config, generator, callback)
+
+
+def check_input(x, name: str) -> None:
+    """A latent video given to the chain: its shape (:func:`~confiner_core.layout.check_latent`), and no autograd
+    graph. The experts are evaluated without one (as diffusers' pipelines run), so a gradient of the output would
+    leave every expert out: refused rather than silently wrong (noise optimisation, say)."""
+    check_latent(x, VIDEO, name=name)
+    if x.requires_grad:
+        raise ValueError(f"{name} requires grad, but the chain evaluates its experts without autograd: a gradient "
+                         f"through it would leave them out; pass it detached (.detach()), or take gradients inside "
+                         f"an expert's forward (torch.enable_grad())")
 
 
 def check_config(config, where: str) -> None:
@@ -592,7 +604,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
-    check_latent(noise, VIDEO, name="run_chain: noise")
+    check_input(noise, "run_chain: noise")
     check_config(config, "run_chain")
     check_generator(generator, "run_chain")
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it

@@ -434,6 +434,13 @@ def check_expert(expert: Expert, evaluated: bool = True) -> None:
                          f"starts at: flow models predict the velocity (prediction type 'flow')")
 
 
+def declares_latent_space(expert: Expert) -> bool:
+    """Whether the expert, or a class of it below :class:`Expert`, sets ``latent_space`` (an expert of one's own
+    may keep the base class's default, SD 1.5's, beside experts of another space)."""
+    return "latent_space" in vars(expert) or any("latent_space" in vars(k) for k in type(expert).__mro__
+                                                  if k not in (Expert, object))
+
+
 def bridge_end(expert: Expert) -> Codec | LatentSpace:
     """What the bridge needs of an expert: its codec when it has one, else just its latent space."""
     return expert.codec if expert.codec is not None else expert.latent_space

@@ -285,8 +285,11 @@ class GenerateRequest:
         """Defaults :meth:`validate` settles from the experts, as the helpers below need them."""
         unset = [name for name in names if lookup(self, name) is None]
         if unset:
+            owner, _, field_name = unset[0].rpartition(".")
+            given = f"request.{owner} = dataclasses.replace(request.{owner}, {field_name}=...)" if owner else \
+                f"request.{unset[0]} = ..."
             raise ValueError(f"GenerateRequest.{unset[0]} is not set yet: call validate() first, which settles the "
-                             f"defaults from the experts (or set {', '.join(unset)})")
+                             f"defaults from the experts (or give it: {given})")
 
     def prompt_schedule(self) -> PromptSchedule:
         """The prompt, resolved over the output frames (:mod:`confiner_core.prompts`); seconds keys need ``fps``."""

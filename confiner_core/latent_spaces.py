@@ -194,7 +194,7 @@ class Codec(ABC):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, P, F, H, W]`` in [-1, 1] -> the normalised latent ``[B, C, T, h, w]`` (``process_in``); F
         must be a count the space holds exactly."""
-        self.space.check_pixel_frames(pixels.shape[2], f"{self.space.title} VAE:")
+        self.space.check_pixel_frames(pixels.shape[2], f"the {self.space.title} VAE's")
         self.calls["encode"] += 1
         return self.space.process_in(self.encode_raw(pixels))
 
@@ -262,12 +262,14 @@ def bridge(x0: torch.Tensor, source: Codec | LatentSpace, target: Codec | Latent
     return target.encode(pixels).to(x0.dtype)
 
 
-def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None) -> None:
+def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None, undeclared: frozenset = frozenset()) -> None:
     """Every hand-off (source role, target role) between experts of different latent spaces needs both sides'
     VAEs; ``ends``: role -> its codec, else its latent space (or None: no such expert). One message names every VAE
     missing. ``fixes``: role -> what the host asks the user to do for that role's VAE; a host that serves every
     expert of a space with one VAE (``nodes.codecs.VAEShelf``) gives them, and is asked one VAE per space: the fix
-    of the space's first role in the order of ``fixes``. Without ``fixes`` every role lacking one is asked."""
+    of the space's first role in the order of ``fixes``. Without ``fixes`` every role lacking one is asked;
+    ``undeclared``: the roles whose expert kept :class:`~confiner_core.experts.Expert`'s default space, which may be
+    one of one's own that forgot to declare the space it works in."""
     space = {role: end.space if isinstance(end, Codec) else end for role, end in ends.items() if end is not None}
     meetings, missing = [], {}   # missing: space title -> roles of that space without a VAE, in order
     for a, b in hand_offs:
@@ -284,8 +286,8 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None) -> Non
         asks = [(name, roles, fixes.get(min(roles, key=lambda r: order.index(r) if r in order else len(order)),
                                          "give it its VAE")) for name, roles in missing.items()]
     else:
-        # (an expert of one's own keeps Expert's default space, SD 1.5's, unless it declares the one it works in)
-        asks = [(name, [role], "give it its VAE, or set its latent_space if it works in the other expert's space")
+        asks = [(name, [role], "give it its VAE" + (", or declare its latent_space (it kept the Expert class's "
+                                                   "default, SD 1.5's)" if role in undeclared else ""))
                 for name, roles in missing.items() for role in roles]
     raise ValueError(f"experts of different latent spaces hand the video over ({'; '.join(meetings)}): bridging "
                      f"them needs their VAEs, and {len(asks)} {'is' if len(asks) == 1 else 'are'} missing; "

@@ -45,6 +45,37 @@ def test_bridge_refuses_without_vaes_and_checks_frames():
         CausalWorldCodec().encode(WorldCodec().decode(world_latent(6)))
 
 
+def test_only_an_expert_that_kept_the_default_latent_space_is_told_to_declare_one():
+    """An expert of one's own keeps Expert's default space (SD 1.5's) unless it declares its own: beside the embedded
+    experts it is asked for a VAE, or to declare its space. The library's own experts (here the embedded bridge
+    preset's, their codecs taken away) were given that hint too, where following it would skip the bridge."""
+    experts = embedded_experts("bridge")
+
+    class Mine(Expert):   # an exact expert of the embedded world, its space left undeclared
+        name, schedule, layout = "mine", experts["spatial"].schedule, experts["spatial"].layout
+
+        def encode(self, prompt):
+            return experts["spatial"].encode(prompt)
+
+        def forward(self, x, t, conds):
+            return experts["spatial"].forward(x, t, conds)
+
+    log = EvaluationLog()
+    control, temporal = (experts[r].bind("a red ball", "", 1.0, log) for r in ("control", "temporal"))
+    noise = torch.randn(control.expert.latent_space.latent_shape(1, 5, 64, 64), generator=torch.Generator())
+    with pytest.raises(ValueError) as e:
+        run_chain(control, Mine().bind("a red ball", "", 1.0, log), temporal, noise, ChainConfig(),
+                  torch.Generator().manual_seed(0))
+    assert "for SD 1.5 (the spatial expert): give it its VAE, or declare its latent_space" in str(e.value)
+    for role in ("control", "spatial", "temporal"):
+        experts[role].codec = None
+    bound = {r: experts[r].bind("a red ball", "", 1.0, log) for r in ("control", "spatial", "temporal")}
+    with pytest.raises(ValueError, match="give it its VAE") as e:
+        run_chain(bound["control"], bound["spatial"], bound["temporal"], noise, ChainConfig(),
+                  torch.Generator().manual_seed(0))
+    assert "declare" not in str(e.value)
+
+
 def test_every_missing_vae_is_named_in_one_message_once_per_latent_space():
     """Structure from a causal-space control expert, refined by a world-space spatial and a causal-space temporal
     expert, no VAE connected: one message asks for one VAE of each space (an artist used to fix one, run again and

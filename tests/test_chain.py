@@ -610,6 +610,12 @@ def test_experts_are_evaluated_without_autograd():
     result = run_chain(*experts, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
     assert len(kept) == 19 and not any(kept) and not result.latent.requires_grad
     assert torch.is_grad_enabled()   # and left on for the caller
+    # noise that requires grad (noise optimisation) got a gradient through the sampler's algebra alone, every
+    # expert left out: refused, before any evaluation
+    noise = torch.randn(SHAPE).requires_grad_()
+    with pytest.raises(ValueError, match=r"run_chain: noise requires grad, .* pass it detached"):
+        run_chain(*experts, noise, ChainConfig(), torch.Generator().manual_seed(0))
+    assert len(kept) == 19
 
 
 def test_auto_matching_matches_noise_levels_across_schedule_kinds_even_where_they_meet_at_te():
