@@ -43,9 +43,10 @@ EMBEDDED_KEY = re.compile(rf"(?:\||\n)\s*{KEY}\s*:(?=\s|$)")
 UNSPACED_KEY = re.compile(rf"^\s*{KEY}\s*:(?=[^\s\d])")
 # inside a schedule's entry, a key after a comma or semicolon: an entry separator mistyped ("0: a, 16: b")
 STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
-# a start that looks like a key but is none: signed, a stray dot, an exponent or a space before the s ("-3: ...",
-# "2.5: ...", "+8: ...", "1e1: ...", "1.5 s: ..."; see misspelt_key). "4k: ..." stays a prompt.
-KEY_LIKE = re.compile(r"\s*([-+]?[\d.]+(?:e[-+]?\d+)?(?:\s*s)?)\s*:(?=\s|$)")
+# a start that looks like a key but is none: signed, a stray dot, a decimal comma, an exponent or a space before the
+# s ("-3: ...", "2.5: ...", "1,5s: ...", "+8: ...", "1e1: ...", "1.5 s: ..."; see misspelt_key). "4k: ..." stays a
+# prompt.
+KEY_LIKE = re.compile(r"\s*([-+]?(?:\d[\d.,]*|\.[\d.,]+)(?:e[-+]?\d+)?(?:\s*s)?)\s*:(?=\s|$)")
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
@@ -109,6 +110,12 @@ def misspelt_key(piece: str) -> str | None:
     return m.group(1) if m and not re.fullmatch(KEY, m.group(1)) else None
 
 
+def key_fix(bad: str) -> str:
+    """The key a misspelt one meant, where that is plain: a decimal comma ('1,5s' -> ": write '1.5s'")."""
+    meant = bad.replace(",", ".").replace(" ", "")
+    return f": write {meant!r}" if "," in bad and re.fullmatch(KEY, meant) else ""
+
+
 def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
     """Output frame of a key: frames as written, seconds at the output fps rounded to the nearest frame."""
     if not key.endswith("s"):
@@ -161,8 +168,8 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         bad = misspelt_key(text)
         if bad:   # a schedule whose first key is negative or has a stray dot: it was read as one plain prompt
             raise UsageError(f"{option} {text!r} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
-                             f"key ('2.5s'): a schedule starts at frame 0 (e.g. '{EXAMPLE}'), or drop the ': ' after "
-                             f"the number to keep one plain prompt", option)
+                             f"key ('2.5s'){key_fix(bad)}: a schedule starts at frame 0 (e.g. '{EXAMPLE}'), or drop "
+                             f"the ': ' after the number to keep one plain prompt", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
@@ -180,7 +187,7 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         bad = misspelt_key(piece) if m is None else None
         if bad:
             raise UsageError(f"{option}: {where} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
-                             f"key ('2.5s'); as in '{EXAMPLE}'", option)
+                             f"key ('2.5s'){key_fix(bad) or f'; as in {EXAMPLE!r}'}", option)
         if m is None:
             raise UsageError(f"{option}: {where} has no start key; every entry of a schedule starts with a frame "
                              f"or seconds key followed by ': ' (e.g. '64: {piece.strip()}' or '2.5s: ...'), as in "

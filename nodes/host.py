@@ -732,6 +732,7 @@ class Progress:
         self.summary = ""              # how the run ended (:meth:`running`)
         self.about = ""                # a fact of the run ("13 frames", "T_e 250"), after the opening and the summary
         self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
+        self.cancel_note = ""          # under a Cancel's line: what a rerun does (the Long Video starts over)
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
         # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
         # its own instead (the Long Video's prompt schedule), or with none.
@@ -852,8 +853,8 @@ class Progress:
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
-            self.show(f"cancelled after evaluation {self.done}/{self.total}" if self.done else
-                      f"cancelled before the first of {self.total} evaluations")
+            self.show((f"cancelled after evaluation {self.done}/{self.total}" if self.done else
+                       f"cancelled before the first of {self.total} evaluations") + self.cancel_note)
             e.confiner_text_shown = True   # for :func:`shows_refusals`
             raise
         except Exception as e:

@@ -82,8 +82,10 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
     layout alone (:func:`~confiner_core.long.layout_only_entries`), for the top of the
     node's text: under a preview the frontend shows its first two lines only, and below the schedule they were
     hidden. Each fits a line (the frontend neither wraps nor scrolls it)."""
-    lines = [f"warning: prompt not used: {p}" for _, _, p in unused_entries(plan, schedule)]
-    lines += [f"warning: prompt only lays out a structure: {p}" for _, _, p in layout_only_entries(plan, schedule)]
+    # each named by its first frame too: cut to the line, two prompts of one subject read alike ("a corgi running…")
+    lines = [f"warning: prompt from frame {a} not used: {p}" for a, _, p in unused_entries(plan, schedule)]
+    lines += [f"warning: prompt from frame {a} only lays out a structure: {p}"
+              for a, _, p in layout_only_entries(plan, schedule)]
     return [line if len(line) <= host.LINE_WIDTH else line[:host.LINE_WIDTH - 1] + "…" for line in lines]
 
 
@@ -268,6 +270,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress = host.Progress(control_model, total, host.node_id(cls), where,
                                  prompt_now if prompts is not None and prompts.travels else None,
                                  opening=True if prompts is None else node_schedule_text(prompts, plan))
+        # ComfyUI caches a node's result, not its finished windows: an artist who cancelled expected a rerun to go on
+        progress.cancel_note = "\nqueued again, it starts over (no window is kept)"
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
             progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))

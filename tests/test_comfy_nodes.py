@@ -262,6 +262,18 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
     assert r["sampling_function"] == "comfy.samplers.sampling_function"
 
 
+def test_a_cancelled_long_video_says_a_rerun_starts_over(comfy_worker):
+    """The Long Video keeps none of its finished windows when cancelled (ComfyUI caches a node's result alone): its
+    text said only "cancelled after evaluation 9/42", and the artist expected the next run to go on."""
+    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_long_sd15_animatediff.json").read_text()),
+                                         comfy_worker))
+    r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, 3, True)
+    assert r["interrupted"] and r["evaluations_after_cancel"] == 0
+    last = r["last_text"].split("\n")
+    assert last[-2].startswith("cancelled after evaluation 3/") and \
+        last[-1] == "queued again, it starts over (no window is kept)", last
+
+
 @pytest.mark.first_version_only   # Cancel on every version: test_cancel_is_honoured_within_one_expert_evaluation
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
     workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)

@@ -110,6 +110,11 @@ def test_one_entry_schedule_does_not_travel():
     ("-2.5s: a", 8, "starts with '-2.5s'"),
     ("2.5: a | 5s: b", 8, "starts with '2.5', which is not a frame"),
     ("0: a | 2.5: b", 8, "starts with '2.5', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s')"),
+    # a decimal comma: its fix was "'64: 1,5s: ...'", the typo kept inside the prompt
+    ("0: a | 1,5s: b", 8, "starts with '1,5s', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): write "
+                          "'1.5s'"),
+    ("1,5s: a | 16: b", 8, "starts with '1,5s', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): write "
+                           "'1.5s'"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
     ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "
                                                      "' | ' or a line break ('0: a corgi on a beach | 16: a corgi in "

@@ -872,7 +872,9 @@ def long_wan21():
         "(control; spatial at one frame, each latent frame an image; temporal), with consistency initialization, "
         "coherence guidance (gamma 0.1) and staggered refinement from T_e = 250 (sigma 0.25, a flow model's "
         "default). The prompt travels from the beach to the snow at 5 s: seconds keys count at the node's *fps*, "
-        "0 for the control model's rate (Wan's 16, as the save node's). One text encoder serves every expert, so the segment prompts need one CLIP; with an "
+        "0 for the control model's rate (Wan's 16, as the save node's), and each prompt is refined from the window "
+        "junction nearest its key (frame 66, 4.1 s here: the node's text lists the prompts as applied). One text "
+        "encoder serves every expert, so the segment prompts need one CLIP; with an "
         "image model of another text encoder as the spatial expert (Qwen-Image, FLUX.1) leave them empty.",
         ["**segment prompts** on ConFiner Long Video (`0: prompt | 5s: prompt from 5 s`), or Positive/Negative when "
          "segment prompts is empty.",
