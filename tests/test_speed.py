@@ -1105,14 +1105,16 @@ def test_text_encoder_graphs_replay_its_embeddings():
     """A CLIP text encoder's forward returns a ModelOutput: graphed, its tensors come back cloned, as encoded."""
     from confiner_core.diffusers_backend.text import PromptEncoder
     encoder = PromptEncoder(T.tiny_tokenizer(), T.tiny_text_encoder().eval())
-    expected = [encoder.encode("a cat"), encoder.encode("the dog"), encoder.encode_batch(["a red ball", "a cat"])[0]]
+    pair = encoder.tokenize(["a red ball", "a cat"]).input_ids   # another input shape: a batch of two
+    encode_pair = torch.no_grad()(lambda: encoder.text_encoder(pair)[0])   # (as encode calls the network)
+    expected = [encoder.encode("a cat"), encoder.encode("the dog"), encode_pair()]
     pool = graph_forwards(encoder.networks, GraphPool(capture=emulated_capture, devices=("cpu",)))
     for _ in range(3):
         encoder.forget()
-        got = [*encoder.encode_all(["a cat", "the dog"]), encoder.encode_batch(["a red ball", "a cat"])[0]]
+        got = [*encoder.encode_all(["a cat", "the dog"]), encode_pair()]
         for ours, ref in zip(got, expected):
             assert torch.equal(ours, ref)
-    # per batch size (1: every prompt the chain encodes; 2: a batch): eager, then captured and replayed; of the 9
+    # per batch size (1: every prompt the chain encodes; 2: the pair): eager, then captured and replayed; of the 9
     # calls, all but each size's first replay
     assert pool.captured == 2 and pool.replays == 9 - 2
 

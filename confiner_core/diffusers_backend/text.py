@@ -74,9 +74,7 @@ class RecentPrompts:
 
 class PromptEncoder(RecentPrompts):
     """Tokenizer + text encoder: ``encoder(prompt)`` -> embeddings ``[1, L, D]`` as SD pipelines compute them
-    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end).
-    :meth:`encode_batch` takes several prompts in one call (each padded to the same length, attending only to
-    itself): the same embeddings up to the last bits."""
+    (padded to the tokenizer's max length, truncated beyond it; ``clip_skip`` counts layers from the end)."""
 
     def __init__(self, tokenizer, text_encoder, clip_skip: int | None = None):
         self.tokenizer = tokenizer
@@ -96,13 +94,10 @@ class PromptEncoder(RecentPrompts):
         return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt")
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        return self.encode_batch([prompt])[0]
-
     @torch.no_grad()
-    def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
-        warn_if_truncated(self.tokenizer, prompts, self.tokenizer.model_max_length, self.text_encoder)
-        tokens = self.tokenize(list(prompts))
+    def encode(self, prompt: str) -> torch.Tensor:
+        warn_if_truncated(self.tokenizer, [prompt], self.tokenizer.model_max_length, self.text_encoder)
+        tokens = self.tokenize([prompt])
         device = self.text_encoder.device
         # SD pipelines pass the mask only to encoders trained with one (config.use_attention_mask)
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
@@ -113,7 +108,7 @@ class PromptEncoder(RecentPrompts):
         else:
             out = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
             embeds = final_layer_norm(self.text_encoder)(out.hidden_states[-(self.clip_skip + 1)])
-        return list(embeds.split(1))
+        return embeds
 
 
 class SDXLConditioning(NamedTuple):

@@ -56,8 +56,7 @@ class FluxText(NamedTuple):
 class FluxPromptEncoder(RecentPrompts):
     """CLIP-L and T5-XXL as ``FluxPipeline.encode_prompt`` runs them (the same prompt to both): CLIP padded to its
     tokenizer's length (77), its pooled output; T5 padded and truncated to ``max_sequence_length`` tokens, its last
-    hidden state, unmasked. :meth:`encode_batch` takes several prompts in one call (fixed padding, no mask across
-    rows): the same rows as alone, up to the last bits."""
+    hidden state, unmasked."""
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH):
@@ -69,11 +68,9 @@ class FluxPromptEncoder(RecentPrompts):
     def width(self) -> int:
         return int(self.text_encoder_2.config.d_model)
 
-    def encode(self, prompt: str) -> FluxText:
-        return self.encode_batch([prompt])[0]
-
     @torch.no_grad()
-    def encode_batch(self, prompts: list[str]) -> list[FluxText]:
+    def encode(self, prompt: str) -> FluxText:
+        prompts = [prompt]
         # (the CLIP encoder gives only the pooled vector: T5 reads the prompt, and its cut is what is lost)
         warn_if_truncated(self.tokenizer_2, prompts, self.max_sequence_length, self.text_encoder_2)
         clip = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -82,7 +79,7 @@ class FluxPromptEncoder(RecentPrompts):
         t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                               return_tensors="pt")
         embeds = self.text_encoder_2(host_to_device(t5.input_ids, self.text_encoder_2.device))[0]
-        return [FluxText(p, e) for p, e in zip(pooled.split(1), embeds.split(1))]
+        return FluxText(pooled, embeds)
 
 
 def latent_image_ids(height: int, width: int, device, dtype) -> torch.Tensor:

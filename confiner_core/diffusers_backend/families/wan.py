@@ -123,8 +123,7 @@ class WanVAECodec(Codec):
 class UMT5PromptEncoder(RecentPrompts):
     """UMT5 as ``WanPipeline._get_t5_prompt_embeds`` runs it: the prompt cleaned (``prompt_clean``), padded and
     truncated to ``max_sequence_length`` tokens, encoded with the attention mask, and every embedding past the
-    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``; :meth:`encode_batch`
-    takes several in one call (each padded to the same length, masked to itself).
+    prompt's length set to zero. ``encoder(prompt)`` -> ``[1, max_sequence_length, d_model]``.
 
     The two transformers of a Wan 2.2 A14B pair share one encoder, which remembers its last prompts
     (:class:`~..text.RecentPrompts`), so the pair encodes each prompt once."""
@@ -139,12 +138,9 @@ class UMT5PromptEncoder(RecentPrompts):
     def width(self) -> int:
         return int(self.text_encoder.config.d_model)
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        return self.encode_batch([prompt])[0]
-
     @torch.no_grad()
-    def encode_batch(self, prompts: list[str]) -> list[torch.Tensor]:
-        prompts = [prompt_clean(p) for p in prompts]
+    def encode(self, prompt: str) -> torch.Tensor:
+        prompts = [prompt_clean(prompt)]
         warn_if_truncated(self.tokenizer, prompts, self.max_sequence_length, self.text_encoder)
         tokens = self.tokenizer(prompts, padding="max_length",
                                 max_length=self.max_sequence_length, truncation=True, add_special_tokens=True,
@@ -152,10 +148,9 @@ class UMT5PromptEncoder(RecentPrompts):
         device = self.text_encoder.device
         embeds = self.text_encoder(host_to_device(tokens.input_ids, device),
                                    host_to_device(tokens.attention_mask, device)).last_hidden_state
-        lengths = tokens.attention_mask.gt(0).sum(dim=1).tolist()  # read on the host: no wait for the GPU
-        for row, length in enumerate(lengths):
-            embeds[row, length:] = 0
-        return list(embeds.split(1))
+        length = int(tokens.attention_mask.gt(0).sum())  # read on the host: no wait for the GPU
+        embeds[:, length:] = 0
+        return embeds
 
 
 # ------------------------------------------------------------------------------------------ schedule
