@@ -10,7 +10,7 @@ import contextlib
 import numbers
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import FrozenInstanceError, asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -157,7 +157,23 @@ def control_noise_warning(spatial: Denoiser, temporal: Denoiser | None, config: 
             f"expert's level")
 
 
-@dataclass(frozen=True)
+def frozen_settings(cls):
+    """``cls`` as a frozen dataclass whose assignment says how to change a setting: a run keeps the settings it was
+    given, so a sweep makes one per value (``dataclasses.replace``); Python's own message says only "cannot assign
+    to field"."""
+    cls = dataclass(frozen=True)(cls)
+
+    def refuse(self, name, value):
+        settings = [f.name for f in fields(cls)]
+        if name not in settings:
+            raise AttributeError(f"{cls.__name__} has no setting {name!r}; its settings: {', '.join(settings)}")
+        raise FrozenInstanceError(f"{type(self).__name__} is frozen, so a run keeps the settings it was given: "
+                                  f"make another with dataclasses.replace(config, {name}={value!r})")
+    cls.__setattr__ = refuse
+    return cls
+
+
+@frozen_settings
 class ChainConfig:
     """Defaults are the paper's "9 steps": 4 control steps, T_e = 100 on the spatial expert's schedule (Eq. 6), 5
     coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20). One is not the paper's: the control

@@ -549,9 +549,9 @@ class GenerateRequest:
         for role in roles:
             if role in schedules:
                 try:
-                    schedules[role].check_te(c.te)
+                    schedules[role].check_te(c.te, owner=f"the {role} expert's schedule")
                 except ValueError as e:
-                    raise UsageError(f"--te: {e} (the {role} expert's schedule)", "--te") from None
+                    raise UsageError(f"--te: {e}", "--te") from None
         problem = clean_end_problem(c, {role: schedules.get(role) for role in roles})
         if problem:
             option = "--refine-spacing" if c.refine_spacing == "linspace" else "--refine-steps"

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .chain import ChainConfig, refining_denoiser, generate_structure, refine_structure, validate_chain
+from .chain import ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure, validate_chain
 from .experts import COUNTERS, Denoiser, counts_of, in_stage
 from .prompts import Entry, PromptSchedule, render_schedule
 
@@ -293,7 +293,7 @@ class RelayedGuidance:
 # ----------------------------------------------------------------------------------------------------------------
 # The long loop
 
-@dataclass(frozen=True)
+@frozen_settings
 class LongConfig:
     """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
     AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies

@@ -91,18 +91,19 @@ class NoiseSchedule:
             return index
         return self.num_timesteps * self.coefficients(index)[1]
 
-    def check_te(self, te: float, what: str = "te (T_e)") -> None:
+    def check_te(self, te: float, what: str = "te (T_e)", owner: str | None = None) -> None:
         """T_e, the structure's noise level (Eq. 6), as a network timestep of this schedule: 1 .. N-1. At 0 the
         structure has no noise to refine; a flow expert's N is sigma 1, pure noise, where nothing of the structure
-        survives (a VP table's last entry keeps a little of it: SD 1.5's sqrt(abar) 0.07)."""
+        survives (a VP table's last entry keeps a little of it: SD 1.5's sqrt(abar) 0.07). ``owner`` names the
+        schedule in the message ("the spatial expert's schedule"); by default its name."""
         top = self.num_timesteps - 1
+        owner = owner or f"schedule {self.name or self.kind!r}"
         if self.kind == FLOW and te == self.num_timesteps:
-            raise ValueError(f"{what}={te} is sigma 1 on schedule {self.name or self.kind!r}, pure noise: nothing of "
-                             f"the structure would survive; choose a value in 1..{top}")
+            raise ValueError(f"{what}={te} is sigma 1 on {owner}, pure noise: nothing of the structure would "
+                             f"survive; choose a value in 1..{top}")
         if not (1 <= te <= top):
             scale = " (flow: N sigma, the noise level)" if self.kind == FLOW else ""
-            raise ValueError(f"{what}={te} lies outside schedule {self.name or self.kind!r}{scale}: valid 1..{top}; "
-                             f"choose a value in that range")
+            raise ValueError(f"{what}={te} lies outside {owner}{scale}: valid 1..{top}; choose a value in that range")
 
     def check_timestep(self, t: float, what: str = "timestep") -> None:
         if not (-1 <= t <= self.num_timesteps - 1):

@@ -111,7 +111,8 @@ CLI_CASES = [
     Case("control-steps-huge", ["--control-steps", "1001"], "--control-steps"),
     Case("refine-steps-zero", ["--refine-steps", "0"], "--refine-steps"),
     Case("te-zero", ["--te", "0"], "--te"),
-    Case("te-outside-schedule", ["--te", "1000"], "te (T_e)=1000 lies outside"),
+    Case("te-outside-schedule", ["--te", "1000"],   # the expert by its role (it said "schedule 'sd15'" too)
+         "--te: te (T_e)=1000 lies outside the spatial expert's schedule: valid 1..999; choose a value in that range"),
     Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "--refine-steps: 9 refinement steps do not fit"),
     # flow experts are never evaluated at sigma 0 (linspace ended there: NaN from the embedded Wan-like experts)
     Case("linspace-ends-at-flow-sigma-0", ["--embedded", "wan", "--frames", "9", "--refine-spacing", "linspace"],

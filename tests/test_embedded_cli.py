@@ -175,8 +175,11 @@ def test_a_config_cannot_change_under_a_request_holding_it(tmp_path):
     config = ChainConfig()
     request = GenerateRequest(frames=8, height=64, width=64, chain=config, out=str(tmp_path / "a"))
     for frozen, field in ((config, "te"), (request.chain, "te"), (LongConfig(), "gamma")):
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(dataclasses.FrozenInstanceError,
+                           match=rf"^{type(frozen).__name__} is frozen.*dataclasses\.replace\(config, {field}=50\)$"):
             setattr(frozen, field, 50)
+    with pytest.raises(AttributeError, match="ChainConfig has no setting 'T_e'; its settings: control_steps, .* te, "):
+        config.T_e = 50
     request.chain = dataclasses.replace(config, te=50)
     assert generate(request, show_progress=False)["refine_timesteps"] == [50, 40, 30, 20, 10]
 
