@@ -205,9 +205,14 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         start = resolve_key(key, fps, piece.strip(), option)
         seconds = key.endswith("s")
         at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if seconds else "")
+        if seconds and slowest_fps and start >= frames:
+            # the model's rate is not known yet: say it in seconds, true at every rate (its frame at the slowest
+            # rate, 40 for '5s', was no frame the video would have on a 16 fps Wan graph)
+            raise UsageError(f"{option}: {where} starts at {key[:-1]} s, after the video's end: {frames} frames "
+                             f"last at most {frames / fps:.3g} s (at {fps:g} fps, the slowest model rate; less at a "
+                             f"faster one); use a smaller key or more {frames_option}", option)
         if seconds and slowest_fps:
-            at = (f"frame {start} or later ({key} at {fps:g} fps, the slowest video rate: the model's own may be "
-                  f"faster)")
+            at = f"frame {start} or later ({key} at {fps:g} fps, the slowest model rate)"
         if start >= frames:
             raise UsageError(f"{option}: {where} starts at {at}, beyond the video's {frames} frames (0..{frames - 1}); "
                              f"use a smaller key or more {frames_option}"

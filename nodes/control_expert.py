@@ -47,7 +47,7 @@ class ConFinerControlExpert(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video (layout and motion) for "
                                                                         "ConFiner Refine Sampler's structure input.")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the models' file names (model_files)
         )
 
     @classmethod
@@ -67,6 +67,8 @@ class ConFinerControlExpert(io.ComfyNode):
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps)
+        progress.warn_halves("control", "ConFiner Control Expert", "model", "low-noise model (low_noise_model)",
+                             host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"))
         progress.warn_unused(config, {"control_eta": CONTROL_ETA})
         if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
             progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "

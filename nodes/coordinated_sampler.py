@@ -148,6 +148,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_unused(config, {"matching": MATCHING})
         if mode != STANDARD:
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
+            experts.warn_halves(progress)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         config = progress.settled(config, spatial, temporal)

@@ -35,7 +35,7 @@ from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNUSED_BECAUSE, 
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
-from . import ade, sessions
+from . import ade, model_files, sessions
 from .codecs import VAEShelf
 
 
@@ -773,6 +773,13 @@ class Progress:
         for warning, note in ade.motion_model_problems(**roles):
             self.warn(warning, note)
 
+    def warn_halves(self, role: str, node: str, high_input: str, low_input: str, high_file: str | None,
+                    low_file: str | None) -> None:
+        """A Wan 2.2 A14B half where the other belongs, by the loaders' file names
+        (:func:`~.model_files.pair_problems`)."""
+        for warning, note in model_files.pair_problems(role, node, high_input, low_input, high_file, low_file):
+            self.warn(warning, note)
+
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
         self.warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
@@ -887,6 +894,13 @@ def shows_refusals(method):
 def node_id(node_cls) -> str | None:
     """The running node's id (V3 hidden input), None when a node class is called outside ComfyUI's executor."""
     return getattr(getattr(node_cls, "hidden", None), "unique_id", None)
+
+
+def input_file(node_cls, input_name: str) -> str | None:
+    """The file of the model reaching the running node's ``input_name``, from the queued prompt (V3 hidden input;
+    :func:`~.model_files.model_file`); None outside ComfyUI's executor or where the graph does not say."""
+    return model_files.model_file(getattr(getattr(node_cls, "hidden", None), "prompt", None), node_id(node_cls),
+                                  input_name)
 
 
 def show_text(node_id: str | None, text: str) -> None:

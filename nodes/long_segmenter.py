@@ -177,7 +177,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                 "if it differs.")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the control models' file names
         )
 
     @classmethod
@@ -284,6 +284,11 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress.warn_motion_models(control_model=control_model, control_steps=control_steps,
                                     **(dict(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
                                        if mode != STANDARD else {}))
+        progress.warn_halves("control", "ConFiner Long Video", "control model (control_model)",
+                             "control low-noise model (control_low_noise_model)",
+                             host.input_file(cls, "control_model"), host.input_file(cls, "control_low_noise_model"))
+        if mode != STANDARD:
+            experts.warn_halves(progress)
         log = EvaluationLog()
         vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

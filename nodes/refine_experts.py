@@ -70,6 +70,7 @@ class ConFinerRefineExperts(io.ComfyNode):
             ],
             outputs=[RefineExpertsType.Output(display_name="experts",
                                               tooltip="For ConFiner Refine Sampler or ConFiner Long Video.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],   # the temporal models' file names (model_files)
         )
 
     @classmethod
@@ -89,7 +90,7 @@ class ConFinerRefineExperts(io.ComfyNode):
             temporal_positive if temporal_positive is not None else spatial_positive,
             temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg,
             spatial_vae, temporal_vae, spatial_frames, temporal_low_noise_model, temporal_low_noise_cfg,
-            temporal_boundary)
+            temporal_boundary, (host.input_file(cls, "temporal_model"), host.input_file(cls, "temporal_low_noise_model")))
         # what this node's inputs decide, in one message: an artist who swapped the spatial model's family met its
         # VAE here, then its text encoder on the Refine Sampler, a run each
         problems = [host.problem_of(experts.check_vaes)]

@@ -298,18 +298,31 @@ def test_the_noise_reschedulers_warning_is_shown_whole_and_never_saved(frontend)
     assert not box["saved"], box
     # its next run, whose segments fit, sends an empty text: the frontend ignored it and the warning stayed
     assert list(browser.node_texts(b, {"ConFinerNoiseRescheduler": ""}).values()) == [""]
-    # added fresh, it keeps its seed (its noise lays out the structure); a saved workflow's "randomize" stays
-    after = b.page.evaluate("""async () => {
-      const fresh = LiteGraph.createNode("ConFinerNoiseRescheduler");
-      app.graph.add(fresh);
+
+def test_the_nodes_whose_seed_lays_out_the_structure_keep_it_when_added_fresh(frontend):
+    """A Control Expert added by hand redrew its seed at every Run (the frontend's "randomize"): the structure changed
+    each time, where the templates teach "control seed fixed, refine seed randomize". So do the Long Video and the
+    Noise Rescheduler, whose noise is the control stage's; the Refine Sampler keeps "randomize". A saved workflow's
+    value stays."""
+    _, b = frontend
+    after = b.page.evaluate("""async (types) => {
       const value = (n) => n.widgets.find((w) => w.name === "control_after_generate").value;
-      const saved = fresh.serialize();
-      saved.widgets_values = saved.widgets_values.map((v) => (v === "fixed" ? "randomize" : v));
-      const loaded = LiteGraph.createNode("ConFinerNoiseRescheduler");
-      loaded.configure(saved);
-      return [value(fresh), value(loaded)];
-    }""")
-    assert after == ["fixed", "randomize"], after
+      const out = {};
+      for (const type of types) {
+        const fresh = LiteGraph.createNode(type);
+        app.graph.add(fresh);
+        const saved = fresh.serialize();
+        saved.widgets_values = saved.widgets_values.map((v) => (v === "fixed" ? "increment" : v));
+        const loaded = LiteGraph.createNode(type);
+        loaded.configure(saved);
+        out[type] = [value(fresh), value(loaded)];
+        app.graph.remove(fresh);
+      }
+      return out;
+    }""", ["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler", "ConFinerCoordinatedSampler"])
+    assert after == {"ConFinerControlExpert": ["fixed", "increment"], "ConFinerLongSegmenter": ["fixed", "increment"],
+                     "ConFinerNoiseRescheduler": ["fixed", "increment"],
+                     "ConFinerCoordinatedSampler": ["randomize", "randomize"]}, after
 
 
 

@@ -508,6 +508,44 @@ def test_a14b_pair_switches_at_its_boundary(comfy_worker, modern):
     assert r["sampling_calls"] == {"session": 2, "per_evaluation": 4}
 
 
+def _texts(r: dict) -> dict:
+    """node id -> every progress text it showed, in order."""
+    texts = {}
+    for event, data in r["server_messages"]:
+        if event == "progress_text":
+            texts.setdefault(data["node_id"], []).append(data["text"])
+    return texts
+
+
+def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_worker, modern):
+    """An artist picked Wan 2.2 A14B's high-noise file where Wan 2.1's was ("newer, just swap the file"): the
+    temporal expert refined from T_e 250, far below the boundary the half was trained above, and the control stage
+    sampled across it, without a word (the halves are one architecture: only the loader's file name tells them
+    apart). Through a LoRA-like patch node too; the pair wired as the A14B template wires it says nothing."""
+    prompt = wan_graph(comfy_worker.checkpoint_name)
+    prompt["1"]["inputs"]["unet_name"] = HIGH
+    prompt["15"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 8.0}}
+    prompt["10"]["inputs"]["temporal_model"] = ["15", 0]
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    texts = _texts(r)
+    assert texts["9"][-1].startswith("warning: one Wan 2.2 half samples: add the other\n"), texts["9"][-1]
+    assert texts["11"][-1].startswith("warning: high-noise half refines: add the low-noise\n"), texts["11"][-1]
+    assert max(len(line) for t in texts["9"] + texts["11"] for line in t.split("\n")) <= 60
+    # the pair as the template wires it: high-noise model, low-noise model beside it
+    prompt["16"] = {"class_type": "UNETLoader", "inputs": {"unet_name": LOW, "weight_dtype": "default"}}
+    prompt["9"]["inputs"]["low_noise_model"] = ["16", 0]
+    prompt["10"]["inputs"]["temporal_low_noise_model"] = ["16", 0]
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    assert not any("Wan 2.2" in t or "half" in t for ts in _texts(r).values() for t in ts), _texts(r)
+    # ... and swapped
+    prompt["9"]["inputs"].update(model=["16", 0], low_noise_model=["1", 0])
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
+
+
 def test_same_space_graph_needs_no_vae_and_calls_none(comfy_worker, modern):
     """Wan control -> Qwen-Image spatial (latent frames) + Wan temporal: one latent space, no VAE input, no VAE call."""
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", wan_graph(comfy_worker.checkpoint_name))

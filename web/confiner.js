@@ -25,9 +25,11 @@
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
 //   which had none, so one node mixed raw ids with worded labels.
-// * A Noise Rescheduler added fresh keeps its seed (control after generate "fixed", where the frontend's default
-//   is "randomize"): its noise is the control stage's, and the structure changed at every Run beside a fixed
-//   control seed. A workflow's saved value stays.
+// * The nodes whose seed lays out the structure keep it when added fresh (control after generate "fixed", where the
+//   frontend's default is "randomize"): the Control Expert, the Long Video and the Noise Rescheduler. The templates
+//   teach "control seed fixed, refine seed randomize: new detail on the same structure", and in a graph built by
+//   hand the structure changed at every Run. The Refine Sampler keeps the frontend's "randomize". A workflow's saved
+//   value stays.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
 // sends them.
@@ -42,6 +44,8 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+// the nodes whose seed lays out the structure: "fixed" when added fresh
+const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 const NEVER = /$^/;
 const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
@@ -156,7 +160,7 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (!TEXT_NODES.has(node.comfyClass)) return;
-    if (node.comfyClass === "ConFinerNoiseRescheduler") {
+    if (STRUCTURE_SEED.has(node.comfyClass)) {
       const after = node.widgets?.find((w) => w.name === "control_after_generate");
       if (after) after.value = "fixed";
     }

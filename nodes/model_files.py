@@ -1,0 +1,71 @@
+"""The files a queued graph loads its models from, and what their names tell: which half of a two-expert model
+(Wan 2.2 A14B) a file is. ComfyUI keeps no file name on a MODEL, and the two halves share one architecture, so their
+weights do not say which is which; the queued prompt does, through the loader's file name. (AnimateDiff-Evolved
+records its motion model's name itself: :func:`~.ade.motion_model_names`.)"""
+
+from __future__ import annotations
+
+import re
+
+#: loaders of diffusion models (ComfyUI's own and ComfyUI-GGUF's) -> the input that names the file
+LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "CheckpointLoaderSimple": "ckpt_name",
+           "CheckpointLoader": "ckpt_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
+HIGH, LOW = "high-noise", "low-noise"
+BOUNDARY_NOTE = "its boundary, sigma 0.875 for text-to-video"
+
+
+def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str | None:
+    """The file of the model that reaches ``input_name`` of node ``node_id`` in the queued ``prompt`` (API format),
+    followed back through the nodes that patch a model on its way (LoRA loaders, ModelSampling*, ...: their input
+    ``model``); None where the graph does not say (a node with no such input, an unknown loader)."""
+    if not prompt or node_id is None:
+        return None
+    link = (prompt.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    seen = set()
+    while isinstance(link, list) and len(link) == 2 and str(link[0]) not in seen:
+        seen.add(str(link[0]))
+        node = prompt.get(str(link[0])) or {}
+        inputs = node.get("inputs", {})
+        if node.get("class_type") in LOADERS:
+            name = inputs.get(LOADERS[node["class_type"]])
+            return name if isinstance(name, str) else None
+        link = inputs.get("model")
+    return None
+
+
+def noise_half(name: str | None) -> str | None:
+    """HIGH or LOW for a file named as one half of a two-expert model ("wan2.2_t2v_high_noise_14B_fp16",
+    "Wan2.2-T2V-A14B-LowNoise-Q8_0.gguf"), else None."""
+    letters = re.sub(r"[^a-z]", "", (name or "").lower())
+    return HIGH if "highnoise" in letters else LOW if "lownoise" in letters else None
+
+
+def pair_problems(role: str, node: str, high_input: str, low_input: str, high_file: str | None,
+                  low_file: str | None) -> list[tuple[str, str]]:
+    """A Wan 2.2 A14B half where its other half belongs, as (console warning, one-line note) pairs, from the file
+    names of the role's MODEL input (``high_input``: the high-noise half, or the only model) and its low-noise input.
+
+    * temporal, the high-noise half alone: the refinement runs from T_e (sigma 0.25) down, far below the boundary it
+      was trained above (an artist swapped Wan 2.1's file for it; the run said nothing);
+    * control, one half alone: the control stage runs from pure noise to clean, across the boundary;
+    * either role, the two halves in each other's inputs."""
+    high, low = noise_half(high_file), noise_half(low_file)
+    if low_file is not None:
+        if high == LOW and low == HIGH:
+            return [(f"the {role} model '{high_file}' is Wan 2.2 A14B's low-noise half and its low-noise model "
+                     f"'{low_file}' the high-noise one: swap the two files on {node} ({high_input}, {low_input})",
+                     f"warning: {role} high/low-noise files swapped")]
+        return []
+    if role == "temporal" and high == HIGH:
+        return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
+                 f"{BOUNDARY_NOTE}, and refines alone far below it: connect its low-noise half to {low_input} on "
+                 f"{node} (the refinement then runs on it), or load the low-noise file as {high_input}",
+                 "warning: high-noise half refines: add the low-noise")]
+    if role == "control" and high in (HIGH, LOW):
+        fix = (f"connect its low-noise half to {low_input}" if high == HIGH else
+               f"load the high-noise half as {high_input} and this file as {low_input}")
+        other = LOW if high == HIGH else HIGH
+        return [(f"the control model '{high_file}' is Wan 2.2 A14B's {high} half alone: the control stage samples "
+                 f"from pure noise to clean, across {BOUNDARY_NOTE}, and the {other} half is trained for the other "
+                 f"side: {fix} on {node}", "warning: one Wan 2.2 half samples: add the other")]
+    return []
