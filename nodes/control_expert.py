@@ -57,8 +57,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 boundary=0.875) -> io.NodeOutput:
         check_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta,
                       low_noise_cfg=low_noise_cfg, boundary=boundary)
-        for video_model in (model, low_noise_model):
-            host.check_video_role(video_model, "control")
+        for video_model, name in ((model, "model"), (low_noise_model, "low_noise_model")):
+            host.check_video_role(video_model, "control", file=host.input_file(cls, name))
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()

@@ -298,17 +298,30 @@ def takes_no_motion_model(model) -> bool:
                                                     UNetModel)
 
 
-def check_video_role(model, role: str, swapped: bool = False) -> None:
+def check_video_role(model, role: str, swapped: bool = False, file: str | None = None,
+                     spatial_file: str | None = None) -> None:
     """Refuses, before any other check, an image model that cannot relate frames in a video role (control,
     temporal): the command line refuses such a family there, and in a graph the first problem found used to be its
     text encoder, VAE or latent layout, whose fixes led nowhere. An SD-style image model is warned instead
-    (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model."""
+    (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model;
+    ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`).
+
+    Files picked in each other's loaders are told as such first: an artist told only to swap the two links did, and
+    the Wan loader, which fed the Control Expert too, still held the image model (a second refusal, there)."""
     if model is None or role not in VIDEO_ROLES or not takes_no_motion_model(model):
         return
-    name = family_name(model)
-    fix = ("the spatial model is the video model: connect the two the other way round (spatial_model <-> "
-           "temporal_model)") if swapped else ("pick the video model's file (Wan) in its loader, or connect a video "
-                                                "model there if that loader serves another expert too")
+    name = family_name(model) + (f", file '{file}'" if file else "")
+    if swapped and file and spatial_file:
+        fix = (f"the spatial model is the video model: pick '{spatial_file}' in the loader of the temporal model "
+               f"(it may feed the Control Expert too) and '{file}' in the spatial model's, or, if the links were "
+               f"swapped rather than the files, connect the two the other way round (spatial model <-> temporal model)")
+    elif swapped:
+        fix = ("the spatial model is the video model: pick each file in the other's loader (the temporal model's "
+               "may feed the Control Expert too), or, if the links were swapped rather than the files, connect the "
+               "two the other way round (spatial model <-> temporal model)")
+    else:
+        fix = ("pick the video model's file (Wan) in its loader, or connect a video model there if that loader serves "
+               "another expert too")
     raise ValueError(f"the {role} expert ({VIDEO_ROLES[role]}) is {name}, an image model: it makes every frame on "
                      f"its own, with no motion, and no motion model attaches to it; {fix}")
 

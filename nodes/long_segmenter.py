@@ -199,8 +199,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       gamma=gamma, control_spacing=control_spacing, control_eta=control_eta,
                       structure_noise=structure_noise, coherence_memory=coherence_memory,
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
-        for video_model in (control_model, control_low_noise_model):
-            host.check_video_role(video_model, "control")
+        for video_model, name in ((control_model, "control_model"),
+                                  (control_low_noise_model, "control_low_noise_model")):
+            host.check_video_role(video_model, "control", file=host.input_file(cls, name))
         space = host.space_of(control_model)
         fps = prompt_fps(fps, space)
         # every problem the widgets alone show, in one message: one per run cost a model load each

@@ -80,8 +80,12 @@ class ConFinerRefineExperts(io.ComfyNode):
                 temporal_low_noise_cfg=7.5, temporal_boundary=0.875) -> io.NodeOutput:
         check_widgets(cls, spatial_cfg=spatial_cfg, temporal_cfg=temporal_cfg, spatial_frames=spatial_frames,
                       temporal_low_noise_cfg=temporal_low_noise_cfg, temporal_boundary=temporal_boundary)
-        for video_model in (temporal_model, temporal_low_noise_model):
-            host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model))
+        files = {name: host.input_file(cls, name) for name in ("spatial_model", "temporal_model",
+                                                                 "temporal_low_noise_model")}
+        for video_model, name in ((temporal_model, "temporal_model"),
+                                  (temporal_low_noise_model, "temporal_low_noise_model")):
+            host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model),
+                                  file=files[name], spatial_file=files["spatial_model"])
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")
@@ -90,7 +94,7 @@ class ConFinerRefineExperts(io.ComfyNode):
             temporal_positive if temporal_positive is not None else spatial_positive,
             temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg,
             spatial_vae, temporal_vae, spatial_frames, temporal_low_noise_model, temporal_low_noise_cfg,
-            temporal_boundary, (host.input_file(cls, "temporal_model"), host.input_file(cls, "temporal_low_noise_model")))
+            temporal_boundary, (files["temporal_model"], files["temporal_low_noise_model"]))
         # what this node's inputs decide, in one message: an artist who swapped the spatial model's family met its
         # VAE here, then its text encoder on the Refine Sampler, a run each
         problems = [host.problem_of(experts.check_vaes)]

@@ -415,8 +415,28 @@ def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them
             bundle[f"spatial_{suffix}"]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image as temporal, Wan as spatial",
                                          ["the temporal expert (temporal model on ConFiner Refine Experts) is "
-                                          "Qwen-Image (QwenImage), an image model",
-                                          "the spatial model is the video model: connect the two the other way round"])
+                                          f"Qwen-Image (QwenImage), file '{QWEN}', an image model",
+                                          f"the spatial model is the video model: pick '{WAN}' in the loader of the "
+                                          f"temporal model (it may feed the Control Expert too) and '{QWEN}' in the "
+                                          "spatial model's, or, if the links were swapped rather than the files, "
+                                          "connect the two the other way round (spatial model <-> temporal model)"])
+
+
+def test_files_picked_in_each_others_loaders_are_told_to_go_back_in_one_refusal(comfy_worker, modern):
+    """An artist picked Qwen-Image's file in the Wan loader and Wan's in Qwen-Image's, was told to swap the two links
+    on the bundle, did, and met a second refusal on the Control Expert, which the Wan loader feeds too. The refusal
+    names the files to pick in each loader (the Refine Experts bundle runs first: the Control Expert's structure is
+    not needed before the Refine Sampler's lazy check)."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    prompt["1"]["inputs"]["unet_name"], prompt["2"]["inputs"]["unet_name"] = QWEN, WAN
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, True)
+    assert not r["success"] and r["evaluations"] == 0
+    message = _message(r)
+    assert (f"pick '{WAN}' in the loader of the temporal model (it may feed the Control Expert too) and '{QWEN}' in "
+            "the spatial model's") in message, message
+    # following it fixes the graph: the files back in their loaders
+    prompt["1"]["inputs"]["unet_name"], prompt["2"]["inputs"]["unet_name"] = WAN, QWEN
+    assert comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, True)["success"]
 
 
 @pytest.mark.parametrize("loader", ["1", "2"], ids=["flux_in_the_wan_loader", "qwen_image_in_the_wan_loader"])
@@ -425,7 +445,7 @@ def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_va
     refusal was its text width, its VAE or '[F, C, h, w]', whose fixes led nowhere; now it is the model."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux" if loader == "1" else "qwen")
     prompt["1"]["inputs"]["unet_name"] = FLUX if loader == "1" else QWEN
-    name = "FLUX.1 (Flux)" if loader == "1" else "Qwen-Image (QwenImage)"
+    name = f"FLUX.1 (Flux), file '{FLUX}'" if loader == "1" else f"Qwen-Image (QwenImage), file '{QWEN}'"
     assert_refused_before_any_evaluation(comfy_worker, prompt, f"{name} in the Wan loader",
                                          [f"is {name}, an image model: it makes every frame on its own, with no "
                                           "motion", "pick the video model's file (Wan) in its loader"])
