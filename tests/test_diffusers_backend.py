@@ -540,6 +540,23 @@ BAD_INPUTS = {
     "motion module on SDXL": (lambda p, d: {"control": p["mm_diffusers"], "spatial": p["sdxl"]}, ValueError,
                               r"control expert \(.*mm_diffusers\.safetensors\) is a motion module and goes on "
                               r".*sdxl, which is not an SD 1.5 model; pass base="),
+    # the motion module's base is the spatial single file: its refusal named the control expert as if the SD 1.5
+    # file were the control expert's
+    "motion module on a single SD file": (lambda p, d: {"control": p["mm_diffusers"], "spatial": p["sd_file"]},
+                                          ValueError, r"control expert \(.*mm_diffusers\.safetensors\) is a motion "
+                                                      r"module and goes on the spatial expert's single-file checkpoint "
+                                                      r".*sd_single\.safetensors, which needs base="),
+    # one base for a motion module (SD 1.5) and an SDXL single file: each refusal alone pointed at the other's
+    "one base for SD 1.5 and SDXL (SDXL)": (lambda p, d: {"control": p["mm_diffusers"], "spatial": p["sdxl_file"],
+                                                          "base": p["sdxl_configs"]}, ValueError,
+                                            r"control expert .* not an SD 1.5 model; pass base=.*one base cannot "
+                                            r"serve both: give the spatial expert as a diffusers folder .* or the "
+                                            r"control expert as an AnimateDiff pipeline folder"),
+    "one base for SD 1.5 and SDXL (SD 1.5)": (lambda p, d: {"control": p["mm_diffusers"], "spatial": p["sdxl_file"],
+                                                            "base": p["sd"]}, ValueError,
+                                              r"spatial expert \(.*sdxl_single\.safetensors\): base=.* is not a "
+                                              r"diffusers SDXL folder.*one base cannot serve both: give this expert "
+                                              r"as a diffusers SDXL folder"),
     "role": (lambda p, d: {"spatial": T.save_t2v(d / "t2v_as_spatial")}, ValueError,
              r"spatial expert \(.*t2v_as_spatial\) is a diffusers ModelScope .* cannot serve as the spatial expert"),
     "spaces without VAEs": (_spaces_without_vaes, ValueError,

@@ -32,7 +32,7 @@ from ...latent_spaces import VIDEO_FPS
 from ..experts import MotionExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
-from .sd15 import SD15
+from .sd15 import SD15, SD_FILE
 
 ANIMATEDIFF_FOLDER = "animatediff"
 MOTION_FOLDER = "motion-folder"
@@ -221,10 +221,24 @@ class AnimateDiff(Family):
         else:
             raise ValueError(f"{who} is a motion module and needs an SD 1.5 model to go on: pass base=<diffusers SD "
                              f"1.5 folder with weights> or an SD 1.5 spatial expert")
+        spatial = context.paths.get("spatial")
+        spatial_file = spatial is not None and Path(spatial).is_file()
         kind = _SD.detect(path) if Path(path).exists() else None
         if kind is None:
+            # a single-file spatial expert of another family takes base= for its own configs (SDXL), and one base
+            # cannot serve both: each refusal alone pointed at the other's
+            both = (f"; but the spatial expert's single file {spatial} is not SD 1.5 and takes base= for its own "
+                    f"configs, and one base cannot serve both: give the spatial expert as a diffusers folder (base= "
+                    f"is then the SD 1.5 folder), or the {role} expert as an AnimateDiff pipeline folder") \
+                if spatial_file else ""
             raise ValueError(f"{who} is a motion module and goes on {path}, which is not an SD 1.5 model; pass "
-                             f"base=<diffusers SD 1.5 folder with weights>")
+                             f"base=<diffusers SD 1.5 folder with weights>{both}")
+        if spatial_file and Path(path) == Path(spatial) and kind == SD_FILE and context.base is None:
+            # the spatial file's own refusal, said of the motion module that goes on it (it named the control
+            # expert as if the SD 1.5 file were the control expert's)
+            raise ValueError(f"{who} is a motion module and goes on the spatial expert's single-file checkpoint "
+                             f"{path}, which needs base=<local diffusers SD 1.5 folder> for its configs, tokenizer "
+                             f"and scheduler (weights may be absent from that folder)")
         return _SD.inspect(Path(path), kind, role, context)
 
     # ------------------------------------------------------------------------------------------ loading

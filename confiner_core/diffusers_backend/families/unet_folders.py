@@ -90,14 +90,18 @@ def space_of(who: str, unet_config: dict, vae_config: dict | None, default_vae: 
 def single_file_base(who: str, context: Context, family: str, parts: dict, is_family) -> Path:
     """The ``base`` folder a single-file checkpoint takes its configs, tokenizers and scheduler from: given, of
     the checkpoint's family (``is_family(folder)``), and holding every part in ``parts`` (relative path -> what)."""
+    shared = context.base_used   # an expert inspected before took base= too (a motion module goes on it)
     base = context.take_base()
     if base is None:
         raise ValueError(f"{who}: a single-file {family.split()[0]} checkpoint needs base=<local diffusers {family} "
                          f"folder> for its configs, tokenizer and scheduler (weights may be absent from "
                          f"that folder)")
     if (base / "unet" / "config.json").is_file() and not is_family(base):
+        both = (f"; base= serves a motion module of another expert too, which needs SD 1.5, and one base cannot "
+                f"serve both: give this expert as a diffusers {family} folder, or the motion module's expert as an "
+                f"AnimateDiff pipeline folder") if shared else ""
         raise ValueError(f"{who}: base={base} is not a diffusers {family} folder, which this single-file checkpoint "
-                         f"needs for its configs; pass the matching folder")
+                         f"needs for its configs; pass the matching folder{both}")
     for relative, what in parts.items():
         files.require(base, relative, what, who)
     return base
