@@ -430,11 +430,24 @@ class GenerateRequest:
                                  f"patch) and at least {MIN_SIZE}, got {v}", f"--{name}")
         clip = self.long.segment_length if self.is_long else self.frames
         option = "--segment-length" if self.is_long else "--frames"
+        # an image model on a video VAE's latents (Qwen-Image, Wan at one frame) between video experts of a per-frame
+        # space (SD 1.5): on latent frames it refines 4 of their frames packed in each; pixel frames take each alone
+        packs_their_frames = self.image_mode == LATENT_FRAMES and \
+            self._inspections["spatial"].facts.get("image_mode") is not None and \
+            all(space.temporal_factor == 1 for role, space in spaces.items() if role != "spatial")
+        pixel_frames_fix = (", or --image-mode pixel_frames: the spatial expert then refines every frame as an image "
+                            "of its own, with no such limit, as the video experts beside it take their frames")
         for role, space in spaces.items():
             try:
                 space.check_pixel_frames(clip, f"the {role} expert's {space.title}")
             except ValueError as e:
-                raise UsageError(f"{option}: {e}", option) from None
+                fix = pixel_frames_fix if role == "spatial" and packs_their_frames else ""
+                raise UsageError(f"{option}: {e}{fix}", option) from None
+        if packs_their_frames:
+            warn_doubtful(spelled(f"the spatial expert refines {spaces['spatial'].title} latents (--image-mode "
+                                  f"latent_frames, the default), whose latent frames after the first pack "
+                                  f"{spaces['spatial'].temporal_factor} of the video experts' frames each; "
+                                  f"--image-mode pixel_frames refines every frame alone"))
         for role, inspection in self._inspections.items():   # a motion module's longest clip
             limit = inspection.max_frames
             if limit is not None and spaces[role].latent_frames(clip) > limit:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 import json
+import warnings
 
 import pytest
 import torch
@@ -703,6 +704,31 @@ def test_command_line_refines_pixel_frames(modern_dirs, tmp_path):
         GenerateRequest(image_mode="pixel").validate()
     with pytest.raises(UsageError, match=r"embedded experts refine pixel frames with embedded_preset wan-pixel"):
         GenerateRequest(image_mode="pixel_frames", out=str(tmp_path / "e")).validate()
+
+
+def test_qwen_image_between_sd_video_experts_is_pointed_to_pixel_frames(modern_dirs, tmp_path):
+    """Qwen-Image as the spatial expert beside AnimateDiff and ModelScope: on latent frames (the default) it refined
+    Wan latents packing 4 of their frames each, and a frame count its VAE cannot hold was refused with no word of
+    pixel frames, the mode that takes every frame alone and has no 4k+1 limit."""
+    import tiny_diffusers as T
+
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+
+    ad, t2v = T.save_animatediff(tmp_path / "ad"), T.save_t2v(tmp_path / "t2v")
+    request = dict(control=str(ad), spatial=str(modern_dirs("qwen_image")), temporal=str(t2v), height=64, width=64,
+                   prompt="a red fox runs", out=str(tmp_path / "out"))
+    with pytest.raises(UsageError, match=r"^frames: the spatial expert's Wan 2.1 latent space holds 4k\+1 frames .* "
+                                         r"use 5 or 9, or image_mode pixel_frames: the spatial expert then refines "
+                                         r"every frame as an image of its own"):
+        GenerateRequest(frames=8, **request).validate()
+    with pytest.warns(ConFinerWarning, match=r"the spatial expert refines Wan 2.1 latents \(image_mode "
+                                             r"latent_frames, the default\), whose latent frames after the first "
+                                             r"pack 4 of the video experts' frames each"):
+        GenerateRequest(frames=9, **request).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GenerateRequest(frames=8, image_mode="pixel_frames", **request).validate()
 
 
 def test_two_experts_given_the_other_way_round_are_told_to_swap(modern_dirs):
