@@ -508,6 +508,14 @@ def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float
     return [schedule.index(t) for t in refine_timesteps(config.with_default_te(schedule))]
 
 
+def temporal_timesteps(spatial: NoiseSchedule, temporal: NoiseSchedule, config: ChainConfig) -> list[float]:
+    """The temporal expert's network timesteps at each coordinated step (Algorithm 1, line 6): the refinement's on
+    the spatial expert's schedule, matched by ``config.matching`` (settled), as :func:`~confiner_core.refine
+    .coordinated_step` evaluates it."""
+    return [temporal.timestep(R.matched_timestep(spatial, temporal, t, config.matching))
+            for t in refine_positions(spatial, config)]
+
+
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
                        generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:

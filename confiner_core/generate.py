@@ -30,11 +30,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, metrics
+from . import __version__, distributed, metrics
 from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS, STANDARD,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
-                    unused_settings, validate_chain, warned_already)
+                    temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -432,7 +432,7 @@ class GenerateRequest:
         option = "--segment-length" if self.is_long else "--frames"
         # an image model on a video VAE's latents (Qwen-Image, Wan at one frame) between video experts of a per-frame
         # space (SD 1.5): on latent frames it refines 4 of their frames packed in each; pixel frames take each alone
-        packs_their_frames = self.image_mode == LATENT_FRAMES and \
+        packs_their_frames = self.image_mode == LATENT_FRAMES and "spatial" in self._inspections and \
             self._inspections["spatial"].facts.get("image_mode") is not None and \
             all(space.temporal_factor == 1 for role, space in spaces.items() if role != "spatial")
         pixel_frames_fix = (", or --image-mode pixel_frames: the spatial expert then refines every frame as an image "
@@ -1105,13 +1105,35 @@ def prompt_used(req: GenerateRequest) -> str | list:
     return prompts[0] if prompts and prompts[0] else (DEFAULT_PROMPT if req.embedded else "")
 
 
+def environment(req: GenerateRequest) -> dict:
+    """What a video's last bits depend on beyond its settings: the versions, the device and the CPU threads (the
+    same request at another thread count differs by a few values of 1 in 255, README "Reproducibility")."""
+    import sys
+
+    versions = {"confiner_core": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
+    for name in ("diffusers", "transformers"):
+        module = sys.modules.get(name)   # the backend imported it, or the run did not need it
+        if module is not None:
+            versions[name] = getattr(module, "__version__", None)
+    return {**versions, "device": str(req.device), "cpu_threads": torch.get_num_threads()}
+
+
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     # as report.json holds them: a caller's Path (out) or torch.device (device) as text, so the returned report
     # goes through json.dumps as the file's does
     settings = json.loads(json.dumps({k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)},
                                      default=str))
-    return {"settings": settings, "chain": req.chain.as_dict(), "seed": req.seed, "frames": req.frames,
+    chain = req.chain.as_dict()
+    spatial, temporal = backend.experts.get("spatial"), backend.experts.get("temporal")
+    matched = {}
+    if req.chain.mode == COORDINATED and temporal is not None:   # what the matching chose for the temporal expert
+        matched["temporal_timesteps"] = [round(t, 3) for t in temporal_timesteps(spatial.schedule, temporal.schedule,
+                                                                                  req.chain)]
+    else:
+        chain["matching"] = None   # no mode but coordinated matches timesteps between two experts
+    return {"settings": settings, "chain": chain, "seed": req.seed, "frames": req.frames,
             "refine_timesteps": refine_timesteps(req.chain),   # the network timesteps T_e counts in
+            **matched, "environment": environment(req),
             # what the experts were given where the settings leave it to the backend (an empty prompt, --cfg)
             "prompt_used": prompt_used(req),
             "guidance": {"control_cfg": req.control_cfg,   # the experts the refinement evaluates in this mode

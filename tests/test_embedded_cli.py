@@ -320,6 +320,17 @@ def test_the_report_records_the_matching_auto_chose(tmp_path, monkeypatch, known
     assert report["chain"]["matching"] == "nearest"
 
 
+@pytest.mark.parametrize("mode", ["standard", "temporal", "alternate"])
+def test_a_mode_that_matches_no_timesteps_reports_no_matching(tmp_path, mode):
+    """Only coordinated refinement evaluates two experts at one step, on matched timesteps: the others reported the
+    paper's "same_index" all the same, which a researcher's ablation read as a setting that applied."""
+    out = str(tmp_path / mode)
+    assert main(["generate", "--out", out, "--frames", "5", "--mode", mode, "--quiet"]) == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["chain"]["matching"] is None and "temporal_timesteps" not in report
+    assert report["chain"]["mode"] == mode
+
+
 def test_table3_setting_warns_but_runs(tmp_path):
     from confiner_core.chain import ConFinerWarning
 

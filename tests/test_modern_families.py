@@ -626,6 +626,36 @@ def test_a_size_the_transformers_cannot_patch_is_refused_before_loading(modern_d
     assert registry_patch.pixel_multiple == 16
 
 
+def test_the_report_records_the_temporal_experts_matched_timesteps_and_the_environment(modern_dirs, tmp_path):
+    """SD 1.5 refining beside a Wan temporal expert: matching auto chose nearest, but the report held only the SD
+    timesteps, so what the matching changed appeared nowhere; nor did the versions and threads a video's last bits
+    depend on. The reference is diffusers' own tables: SD's DDIM alphas_cumprod and FlowMatchEuler's shifted sigmas
+    at Wan's flow_shift, the Wan entry of the nearest noise-to-signal ratio (its network timestep N sigma)."""
+    import json
+
+    import diffusers
+    import numpy as np
+    import tiny_diffusers as T
+
+    from confiner_core.generate import GenerateRequest, generate
+
+    wan, sd = str(modern_dirs("wan21")), T.save_sd(tmp_path / "sd")
+    request = GenerateRequest(control=wan, spatial=str(sd), temporal=wan, frames=5, height=64, width=64,
+                              prompt="a red fox", out=str(tmp_path / "o"))
+    generate(request, show_progress=False)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["chain"]["matching"] == "nearest"
+    abar = T.sd_scheduler().alphas_cumprod.double().numpy()
+    sigmas = diffusers.FlowMatchEulerDiscreteScheduler(shift=tm.WAN21_SHIFT).sigmas.double().numpy()[::-1]
+    wan_ratio = sigmas / (1 - sigmas)
+    expected = [1000 * sigmas[np.abs(wan_ratio - np.sqrt((1 - abar[t]) / abar[t])).argmin()]
+                for t in report["refine_timesteps"]]
+    assert report["temporal_timesteps"] == pytest.approx(expected, abs=1e-3)
+    assert report["environment"]["torch"] == torch.__version__
+    assert report["environment"]["diffusers"] == diffusers.__version__
+    assert report["environment"]["cpu_threads"] == torch.get_num_threads()
+
+
 @pytest.mark.parametrize("given,scales", [({}, {"spatial": 3.5, "temporal": 5.0}),
                                           ({"refine_cfg": 2.0}, {"spatial": 2.0, "temporal": 2.0}),
                                           ({"refine_cfg": 2.0, "temporal_cfg": 6.0}, {"spatial": 2.0, "temporal": 6.0}),
