@@ -902,8 +902,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
         kept = ""
         if isinstance(e, KeyboardInterrupt) and failure is None:
             if store is not None and store.exists():
-                kept = spelled(f"{store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with "
-                               "--resume")
+                kept = spelled(f"{windows_kept(store, plan)}: rerun with --resume")
             elif store is not None:
                 store.clear()
             done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
@@ -920,12 +919,11 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
             if isinstance(e, NonFiniteError):   # where it happened and why; here also that the outputs are intact
                 raise NonFiniteError(f"{e}; nothing was written") from None
             if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
-                raise OutputError(spelled(f"{e}; {store.info().get('next_window')} of {len(plan.windows)} windows "
-                                          "kept: rerun with --resume once it can write")) from e
+                raise OutputError(spelled(f"{e}; {windows_kept(store, plan)}: rerun with --resume once it can "
+                                          f"write")) from e
             raise
         if keep:
-            kept = spelled(f" ({store.info().get('next_window')} of {len(plan.windows)} windows kept: rerun with "
-                           "--resume)")
+            kept = spelled(f" ({windows_kept(store, plan)}: rerun with --resume)")
         raise RankFailed(f"{failure}; nothing written{kept}", failure.code, failure.resumable,
                          failure.origin) from None
     finally:
@@ -1086,6 +1084,15 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())
     return extra
+
+
+def windows_kept(store: ResumeStore, plan: SegmentPlan) -> str:
+    """What an interrupted or failed ConFiner-Long run leaves for ``--resume``: its finished windows and the expert
+    evaluations they hold (an unfinished window's or structure's are made again, so a resumed run counts fewer
+    before the resume than the interruption said were done)."""
+    info = store.info()
+    return (f"{info.get('next_window')} of {len(plan.windows)} windows kept, with "
+            f"{sum(info.get('evaluations', {}).values())} expert evaluations")
 
 
 def report_elsewhere(req: GenerateRequest) -> tuple:

@@ -134,7 +134,7 @@ def test_a_signal_during_long_run_then_resume_is_bit_identical(tmp_path, sig, co
     assert rc == code, stderr
     last = stderr.strip().splitlines()[-1]
     m = re.fullmatch(said + r" after (\d+) of (\d+) expert evaluations; nothing written "
-                     r"\((\d) of 6 windows kept: rerun with --resume\)", last)
+                     r"\((\d) of 6 windows kept, with (\d+) expert evaluations: rerun with --resume\)", last)
     assert m and int(m.group(2)) == 7 * 4 + 6 * 15 and 2 <= int(m.group(3)) < 6, last
     assert "Traceback" not in stderr
     assert outputs(part) == PREVIOUS and temp_files(part) == []
@@ -148,6 +148,9 @@ def test_a_signal_during_long_run_then_resume_is_bit_identical(tmp_path, sig, co
     assert not (part / RESUME_FOLDER).exists() and temp_files(part) == []
     a, b = json.load(open(full / "report.json")), json.load(open(part / "report.json"))
     assert b["resumed_from_window"] == kept
+    # the evaluations the interruption said were kept are the ones the resumed report counts before it (an unfinished
+    # window's are made again: the two counts disagreed without a word)
+    assert b["evaluations_before_resume"] == int(m.group(4)) <= int(m.group(1))
     # the report counts the video's evaluations, and says how many the interrupted process had made
     assert 0 < b["evaluations_before_resume"] < b["total_expert_evaluations"] == a["total_expert_evaluations"]
     assert a["metrics"] == b["metrics"] and a["expert_evaluations"] == b["expert_evaluations"]
@@ -331,7 +334,8 @@ def test_a_full_disk_mid_long_run_keeps_the_windows_and_says_so_in_one_line(tmp_
     line = capsys.readouterr().err.strip()
     assert re.fullmatch(r"error: cannot write window-00002\.safetensors in \S+: no space left on the device "
                         r"\(\d+\.\d MB free\); free some space or choose another output folder \(--out\); "
-                        r"2 of 6 windows kept: rerun with --resume once it can write", line), line
+                        r"2 of 6 windows kept, with \d+ expert evaluations: rerun with --resume once it can write",
+                        line), line
     assert outputs(part) == PREVIOUS and temp_files(part) == []
     monkeypatch.setattr(resume, "save_file", real)
     assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
