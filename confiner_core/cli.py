@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=number("--frames"), default=None,
                    help="frames of the video (default: the experts' clip, 16; 17 for causal 4k+1 latents)")
     g.add_argument("--height", type=number("--height"), default=256,
-                   help="pixels, at least 64, a multiple of 8 (16 for Wan, Qwen-Image, FLUX.1; default 256)")
+                   help="pixels, at least 64, a multiple of 8 (16 for Wan 2.1 and 2.2 A14B, Qwen-Image, FLUX.1; 32 "
+                        "for Wan 2.2 TI2V-5B; default 256)")
     g.add_argument("--width", type=number("--width"), default=256, help="pixels, as --height (default 256)")
     g.add_argument("--seed", type=number("--seed"), default=0, help="0 .. 2**64-1 (ComfyUI's range; default 0)")
     g.add_argument("--out", default="out", help="output directory (video.mp4, frames.png, report.json); outputs "

@@ -73,12 +73,15 @@ class Number:
     hi: float
     lo_open: bool = False
     optional: bool = False  # None allowed (use the backend's default)
+    range_said: str | None = None  # the range in words, where the true limit is another input's (T_e: a schedule's)
 
     def bound(self, value) -> str:
         """A limit as a user types it: integers whole (a seed's 18446744073709551615, not 1.84467e+19)."""
         return str(int(value)) if self.kind is int else f"{value:g}"
 
     def accepted(self) -> str:
+        if self.range_said:
+            return self.range_said
         if self.kind is int:
             return f"an integer in {self.lo}..{self.hi}"
         return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
@@ -112,7 +115,8 @@ NUMBERS = (
     Number("--temporal-cfg", "temporal_cfg", float, 0, 100, optional=True),
     Number("--control-steps", "chain.control_steps", int, 1, 1000),
     Number("--refine-steps", "chain.refine_steps", int, 1, 1000),
-    Number("--te", "chain.te", int, 1, 100_000, optional=True),
+    Number("--te", "chain.te", int, 1, 100_000, optional=True,
+           range_said="an integer from 1 to the refining expert's last timestep, 999 for SD-family and flow experts"),
     Number("--eta", "chain.eta", float, 0, 1),
     Number("--control-eta", "chain.control_eta", float, 0, 1),
     Number("--segment-length", "long.segment_length", int, 2, 4096, optional=True),

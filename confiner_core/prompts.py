@@ -46,7 +46,11 @@ STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
 # a start that looks like a key but is none: signed, a stray dot, a decimal comma, an exponent or a space before the
 # s ("-3: ...", "2.5: ...", "1,5s: ...", "+8: ...", "1e1: ...", "1.5 s: ..."; see misspelt_key). "4k: ..." stays a
 # prompt.
-KEY_LIKE = re.compile(r"\s*([-+]?(?:\d[\d.,]*|\.[\d.,]+)(?:e[-+]?\d+)?(?:\s*s)?)\s*:(?=\s|$)")
+KEY_LIKE = re.compile(r"\s*([-+]?(?:\d[\d.,]*|\.[\d.,]+)(?:e[-+]?\d+)?(?:\s*(?:seconds?|secs?|s))?)\s*:(?=\s|$)")
+# a seconds key's unit spelled out ("2sec", "2 seconds"): the key is written '2s'
+SECONDS_WORD = re.compile(r"\s*(?:seconds?|secs?)$")
+# an entry whose frame key lacks its colon ("16 a blue ball")
+NUMBER_FIRST = re.compile(r"^\s*(\d+(?:\.\d+)?s?)\s+(?=\D)(.+)$", re.DOTALL)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
@@ -111,9 +115,10 @@ def misspelt_key(piece: str) -> str | None:
 
 
 def key_fix(bad: str) -> str:
-    """The key a misspelt one meant, where that is plain: a decimal comma ('1,5s' -> ": write '1.5s'")."""
-    meant = bad.replace(",", ".").replace(" ", "")
-    return f": write {meant!r}" if "," in bad and re.fullmatch(KEY, meant) else ""
+    """The key a misspelt one meant, where that is plain: a decimal comma ('1,5s' -> ": write '1.5s'"), the unit
+    spelled out ('2sec', '2 seconds' -> ": write '2s'")."""
+    meant = SECONDS_WORD.sub("s", bad).replace(",", ".").replace(" ", "")
+    return f": write {meant!r}" if meant != bad and re.fullmatch(KEY, meant) else ""
 
 
 def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
@@ -189,9 +194,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option}: {where} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
                              f"key ('2.5s'){key_fix(bad) or f'; as in {EXAMPLE!r}'}", option)
         if m is None:
+            number = NUMBER_FIRST.match(piece)   # '16 a blue ball': the key is there, its colon is not
+            example = f"'{number.group(1)}: {number.group(2).strip()}'" if number else \
+                f"'64: {piece.strip()}' or '2.5s: ...'"
             raise UsageError(f"{option}: {where} has no start key; every entry of a schedule starts with a frame "
-                             f"or seconds key followed by ': ' (e.g. '64: {piece.strip()}' or '2.5s: ...'), as in "
-                             f"'{EXAMPLE}'", option)
+                             f"or seconds key followed by ': ' (e.g. {example}), as in '{EXAMPLE}'", option)
         key, prompt = m.group("key"), m.group("prompt")
         stray = STRAY_KEY.search(prompt)
         if stray:

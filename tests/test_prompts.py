@@ -115,6 +115,15 @@ def test_one_entry_schedule_does_not_travel():
                           "'1.5s'"),
     ("1,5s: a | 16: b", 8, "starts with '1,5s', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): write "
                            "'1.5s'"),
+    # the unit spelled out, or a space before it: the fix offered was "'64: 2sec: b'"
+    ("0: a | 2sec: b", 8, "starts with '2sec', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): write "
+                          "'2s'"),
+    ("0: a | 2 seconds: b", 8, "starts with '2 seconds', which is not a frame (0, 1, 2, ...) or seconds key "
+                               "('2.5s'): write '2s'"),
+    ("0: a | 2.5 s: b", 8, "write '2.5s'"),
+    # a frame key without its colon: the fix offered was "'64: 16 b'"
+    ("0: a | 16 b", 8, "'16 b' has no start key; every entry of a schedule starts with a frame or seconds key "
+                       "followed by ': ' (e.g. '16: b')"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
     ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "
                                                      "' | ' or a line break ('0: a corgi on a beach | 16: a corgi in "
