@@ -210,19 +210,21 @@ class Expert(ABC):
         where they happen, override it."""
         return n_conds
 
-    def guidance_at(self, t: float, default: float) -> float:
-        """The classifier-free guidance scale at timestep ``t`` (an expert pair may use one per member)."""
-        return default
+    def guidance_at(self, t: float, scale: float) -> float:
+        """The classifier-free guidance scale at timestep ``t`` of a denoiser bound at ``scale`` (an expert pair's
+        may be one per member)."""
+        return scale
 
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float, t: float) -> torch.Tensor:
         """Classifier-free guidance of two raw outputs (native layout). Families whose pipelines combine them
         differently (Qwen-Image rescales to the conditional output's norm) override this."""
         return uncond + scale * (cond - uncond)
 
-    def uses_negative(self, guidance_scale: float) -> bool:
-        """Whether a denoiser bound at ``guidance_scale`` evaluates the negative prompt: classifier-free guidance
-        other than 1, on a network that does not take the scale as an input."""
-        return guidance_scale != 1.0 and not self.distilled_guidance
+    def uses_negative(self, guidance_scale: float | tuple) -> bool:
+        """Whether a denoiser bound at ``guidance_scale`` (an expert pair's: one per member) evaluates the negative
+        prompt: classifier-free guidance other than 1, on a network that does not take the scale as an input."""
+        scales = guidance_scale if isinstance(guidance_scale, tuple) else (guidance_scale,)
+        return any(s != 1.0 for s in scales) and not self.distilled_guidance
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
@@ -235,10 +237,14 @@ class Expert(ABC):
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise TypeError(f"bind: prompt and negative_prompt must be text, got {type(prompt).__name__} and "
                             f"{type(negative_prompt).__name__}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-            raise TypeError(f"bind: guidance_scale must be a number (1 = no cfg), got {guidance_scale!r}")
-        if not math.isfinite(guidance_scale):
+        pair = isinstance(self, ExpertPair) and isinstance(guidance_scale, (tuple, list)) and len(guidance_scale) == 2
+        scales = tuple(guidance_scale) if pair else (guidance_scale,)
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Real) for s in scales):
+            what = "a number, or (high, low) for an expert pair," if isinstance(self, ExpertPair) else "a number"
+            raise TypeError(f"bind: guidance_scale must be {what} (1 = no cfg), got {guidance_scale!r}")
+        if not all(math.isfinite(s) for s in scales):
             raise ValueError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
+        guidance_scale = scales if pair else guidance_scale
 
         def encode() -> tuple:
             if self.uses_negative(guidance_scale):
@@ -259,7 +265,9 @@ class ExpertPair(Expert):
     """Two networks sharing one role, schedule and latent space, split at a noise level (Wan 2.2 A14B: the
     high-noise expert where sigma_t >= ``boundary``, the low-noise expert below; diffusers' ``boundary_ratio``
     0.875 for text-to-video compares the shifted flow sigma). ``guidance``: optional (high, low) CFG scales, like
-    diffusers' ``guidance_scale`` / ``guidance_scale_2``."""
+    diffusers' ``guidance_scale`` / ``guidance_scale_2``: the pair's own default (:attr:`default_guidance`, what
+    ``generate`` binds a refining expert at without a cfg given). One rule decides: the scale a denoiser is bound
+    at, one number for both members or (high, low); it once replaced a bound scale silently."""
 
     def __init__(self, high: Expert, low: Expert, boundary: float, guidance: tuple | None = None,
                  name: str | None = None):
@@ -275,7 +283,7 @@ class ExpertPair(Expert):
         self.schedule, self.prediction, self.layout = low.schedule, low.prediction, low.layout
         self.latent_space, self.codec = low.latent_space, low.codec or high.codec
         self.max_frames = low.max_frames
-        self.default_guidance = high.default_guidance
+        self.default_guidance = tuple(guidance) if guidance is not None else high.default_guidance
         self.last = 1  # the member the last forward used (its network forwards are the ones counted)
 
     def member(self, t: float) -> int:
@@ -295,8 +303,8 @@ class ExpertPair(Expert):
     def forwards_per_call(self, n_conds: int) -> int:
         return (self.high, self.low)[self.last].forwards_per_call(n_conds)
 
-    def guidance_at(self, t: float, default: float) -> float:
-        return default if self.guidance is None else self.guidance[self.member(t)]
+    def guidance_at(self, t: float, scale: float | tuple) -> float:
+        return scale[self.member(t)] if isinstance(scale, tuple) else scale
 
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float, t: float) -> torch.Tensor:
         return (self.high, self.low)[self.member(t)].combine_guidance(uncond, cond, scale, t)
@@ -390,7 +398,9 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
         weights = "fp16 overflow: load the experts in bfloat16 or float32"
     else:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
         weights = "weights that are not finite: check the checkpoint"
-    return (f"{where} returned NaN or infinity (guidance scale {denoiser.guidance_scale:g}); likely causes: a cfg "
+    scale = denoiser.guidance_scale
+    scale = "/".join(f"{s:g}" for s in scale) if isinstance(scale, tuple) else f"{scale:g}"
+    return (f"{where} returned NaN or infinity (guidance scale {scale}); likely causes: a cfg "
             f"that is not finite or far too large, or {weights}")
 
 

@@ -230,7 +230,7 @@ def test_a14b_pair_switches_at_the_boundary(pipes):
     boundary_t = int((schedule.sigmas >= tm.A14B_BOUNDARY).nonzero()[0])   # first t at the boundary
     assert pair.member(boundary_t) == 0 and pair.member(boundary_t - 1) == 1
     x = latent((1, 16, 2, 4, 4))
-    denoiser = pair.bind(PROMPT, NEGATIVE, 7.0)                      # the pair's own scales win
+    denoiser = pair.bind(PROMPT, NEGATIVE, pair.default_guidance)    # the pair's own scales, (5, 2)
     for t in (999, boundary_t + 5, boundary_t - 5, 100):
         theirs = wan_reference_x0(a14b, x, t, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
         assert (denoiser(x, t).x0 - theirs).abs().max() < ATOL, t
@@ -431,6 +431,13 @@ def test_loaded_experts(pipes, loaded):
     assert (temporal.bind(PROMPT, NEGATIVE, 3.0)(x, 400).x0 - theirs).abs().max() < ATOL
     theirs = wan_reference_x0(a14b, x, 950, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
     assert (control.bind(PROMPT, NEGATIVE, 5.0)(x, 950).x0 - theirs).abs().max() < ATOL
+    # pair_guidance is the pair's own default (guidance_scale, guidance_scale_2); a scale given to bind() wins for
+    # both members: bound at 3, the low-noise member ran at pair_guidance's 2, without a word
+    assert control.default_guidance == (5.0, 2.0)
+    theirs = wan_reference_x0(a14b, x, 400, tm.A14B_SHIFT, 5.0, 2.0, negative=NEGATIVE)
+    assert (control.bind(PROMPT, NEGATIVE, control.default_guidance)(x, 400).x0 - theirs).abs().max() < ATOL
+    theirs = wan_reference_x0(a14b, x, 400, tm.A14B_SHIFT, 3.0, 3.0, negative=NEGATIVE)
+    assert (control.bind(PROMPT, NEGATIVE, 3.0)(x, 400).x0 - theirs).abs().max() < ATOL
     pixels = loaded.decode(latent((1, 16, 3, 4, 4)))
     assert pixels.dtype == torch.uint8 and pixels.shape == (1, 9, 32, 32, 3)
 

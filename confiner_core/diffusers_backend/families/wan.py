@@ -312,7 +312,8 @@ T2V_PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
 OPTIONS = {
     "flow_shift": "shift of the flow experts' schedules: a number, or role -> number (default: scheduler config)",
     "image_mode": "spatial Wan / Qwen-Image experts: 'latent_frames' (default) or 'pixel_frames'",
-    "pair_guidance": "Wan 2.2 A14B: (guidance_scale, guidance_scale_2) for the high- and low-noise transformers",
+    "pair_guidance": "Wan 2.2 A14B: (guidance_scale, guidance_scale_2) for the high- and low-noise transformers, "
+                     "the pair's own default guidance (a scale given to bind(), --cfg / --temporal-cfg, wins)",
     "vae_tiling": "Wan VAE: spatial tiling for large frames (approximate at tile seams; default off)",
 }
 
