@@ -285,6 +285,7 @@ class ExpertPair(Expert):
         self.max_frames = low.max_frames
         self.default_guidance = tuple(guidance) if guidance is not None else high.default_guidance
         self.last = 1  # the member the last forward used (its network forwards are the ones counted)
+        self.member_calls = [0, 0]   # evaluations per member (high, low), for the report: which one ran where
 
     def member(self, t: float) -> int:
         """0 (high-noise expert) or 1 (low-noise expert) for timestep ``t``."""
@@ -298,6 +299,7 @@ class ExpertPair(Expert):
 
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
         self.last = i = self.member(t)
+        self.member_calls[i] += 1
         return (self.high, self.low)[i].forward(x, t, [c[i] for c in conds])
 
     def forwards_per_call(self, n_conds: int) -> int:
@@ -310,7 +312,9 @@ class ExpertPair(Expert):
         return (self.high, self.low)[self.member(t)].combine_guidance(uncond, cond, scale, t)
 
     def describe(self) -> dict:
-        return {**super().describe(), "boundary": self.boundary, "members": [self.high.describe(), self.low.describe()]}
+        return {**super().describe(), "boundary": self.boundary,
+                "members": [{"member": member, **expert.describe(), "evaluations": calls} for member, expert, calls
+                            in zip(("high-noise", "low-noise"), (self.high, self.low), self.member_calls)]}
 
 
 @dataclass

@@ -663,6 +663,25 @@ def test_the_report_records_the_temporal_experts_matched_timesteps_and_the_envir
     assert report["environment"]["cpu_threads"] == torch.get_num_threads()
 
 
+def test_the_report_names_each_a14b_member_and_counts_its_evaluations(modern_dirs, tmp_path):
+    """The report listed an A14B pair's two transformers identically (same name, class and source), with no count
+    of which ran where: now each member is named and counted. The refinement from T_e 250 (sigma 0.25) lies below
+    the boundary (0.875): only the low-noise member refines; the control stage from sigma 1 crosses it."""
+    import json
+
+    from confiner_core.generate import GenerateRequest, generate
+
+    a14b = str(modern_dirs("wan22_a14b"))
+    generate(GenerateRequest(control=a14b, spatial=str(modern_dirs("wan21")), temporal=a14b, frames=5, height=64,
+                             width=64, prompt="a red fox", out=str(tmp_path / "o")), show_progress=False)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    control, temporal = (report["experts"][role]["members"] for role in ("control", "temporal"))
+    assert [m["member"] for m in control] == ["high-noise", "low-noise"]
+    assert [m["evaluations"] for m in temporal] == [0, report["expert_evaluations"]["refine"] // 3]
+    assert sum(m["evaluations"] for m in control) == report["expert_evaluations"]["control"] == 4
+    assert all(m["evaluations"] > 0 for m in control)
+
+
 @pytest.mark.parametrize("given,scales", [({}, {"spatial": 3.5, "temporal": 5.0}),
                                           ({"refine_cfg": 2.0}, {"spatial": 2.0, "temporal": 2.0}),
                                           ({"refine_cfg": 2.0, "temporal_cfg": 6.0}, {"spatial": 2.0, "temporal": 6.0}),
