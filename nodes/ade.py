@@ -106,18 +106,18 @@ def motion_model_problems(control_model=None, control_steps: int | None = None, 
         return [(f"the control expert's motion model '{slow[0]}' is not distilled for few steps and the temporal "
                  f"expert's '{fast[0]}' is: the two motion model loaders look swapped (the control expert samples "
                  f"{control_steps} steps, the temporal one refines at cfg {temporal_cfg:g}); swap the files",
-                 "warning: motion models look swapped (console)")]
+                 "warning: motion models look swapped: swap the two files")]
     problems = []
     if slow:
         problems.append((f"the control expert's motion model '{slow[0]}' is not distilled for few steps "
                          f"(AnimateDiff-Lightning, AnimateLCM) and samples {control_steps}: its structure stays "
                          f"blurred; load a few-step motion model for the control expert, or give it 20 steps or more",
-                         "warning: control motion model not few-step (console)"))
+                         "warning: control motion model not few-step: load Lightning"))
     if fast:
         problems.append((f"the temporal expert's motion model '{fast[0]}' is distilled for a few steps at cfg 1 and "
                          f"refines at cfg {temporal_cfg:g}, where its colours burn: load an undistilled motion model "
                          f"(e.g. AnimateDiff v3) for the temporal expert, or set its cfg to 1",
-                         "warning: temporal motion model is few-step (console)"))
+                         "warning: temporal motion model is few-step: set cfg 1"))
     return problems
 
 

@@ -369,11 +369,11 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
 
 
-def table3_note(te: int) -> str:
+def table3_note(te: int, control_steps: int) -> str:
     """:func:`~confiner_core.chain.table3_warning` in one line the node's width shows: with a preview the frontend
     gives the Refine Sampler's text two lines, and two lines of this advice hid every step (the console has the
-    sentence)."""
-    return f"warning: T_e {te} collapses image quality (Table 3; console)"
+    sentence, with the paper's table, which the line named to artists who do not know it)."""
+    return f"warning: T_e {te} too high for {control_steps} control steps: lower it"
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
@@ -766,7 +766,7 @@ class Progress:
         for model in models.values():
             noise_type = ade.ignored_noise_type(model) if model is not None else None
             if noise_type:
-                self.note(f"warning: ADE noise_type '{noise_type}' not used (console)")
+                self.note(f"warning: ADE noise_type '{noise_type}' unused: use Noise Rescheduler")
 
     def settled(self, config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
         """``config`` with the defaults the experts decide settled (:func:`~confiner_core.chain.settled`): T_e as
@@ -803,7 +803,7 @@ class Progress:
         image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
         if control_steps is not None:
             warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
-            self.warn(warning, table3_note(te))
+            self.warn(warning, table3_note(te, control_steps))
 
     def warn_unequal_noise(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig,
                            control_schedule=None) -> None:

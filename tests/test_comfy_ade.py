@@ -72,5 +72,5 @@ def test_ignored_ade_noise_type_is_warned_once_pointing_to_the_noise_rescheduler
     assert len(r["warnings"]) == 1
     assert noise_type in r["warnings"][0] and "ConFiner Noise Rescheduler" in r["warnings"][0]
     # and on the node, above every update of its text (an artist saw only "done")
-    assert r["texts"] and all(t.startswith(f"warning: ADE noise_type '{noise_type}' not used (console)")
+    assert r["texts"] and all(t.startswith(f"warning: ADE noise_type '{noise_type}' unused: use Noise Rescheduler")
                               for t in r["texts"]), r["texts"][:2]

@@ -211,11 +211,11 @@ def test_a_clip_above_the_motion_models_frame_limit_names_the_widget_that_sets_i
 
 @pytest.mark.parametrize("graph, names, temporal_cfg, said", [
     # AnimateDiff v3 sampling the control stage's 2 steps: on the control stage's node (the Long Video's)
-    ("chain", ["mm_sd15_v3.safetensors"], 2.0, {"5": "warning: control motion model not few-step (console)"}),
-    ("long", ["mm_sd15_v3.safetensors"], 2.0, {"10": "warning: control motion model not few-step (console)"}),
+    ("chain", ["mm_sd15_v3.safetensors"], 2.0, {"5": "warning: control motion model not few-step: load Lightning"}),
+    ("long", ["mm_sd15_v3.safetensors"], 2.0, {"10": "warning: control motion model not few-step: load Lightning"}),
     # AnimateDiff-Lightning refining at cfg 7.5: on the refining node
     ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 7.5,
-     {"7": "warning: temporal motion model is few-step (console)"}),
+     {"7": "warning: temporal motion model is few-step: set cfg 1"}),
     # each in its role, or a few-step one refining at cfg 2 (AnimateLCM's range): nothing said
     ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 2.0, {}),
     ("long", ["AnimateLCM_sd15_t2v.ckpt"], 2.0, {}),

@@ -97,12 +97,12 @@ def test_motion_models_in_each_others_roles_are_named_with_the_fix():
     (swapped,) = ade.motion_model_problems(v3, 4, lightning, 7.5)
     assert "'mm_sd15_v3.safetensors' is not distilled for few steps" in swapped[0]
     assert "'animatediff_lightning_4step_comfyui.safetensors' is" in swapped[0] and "swap the files" in swapped[0]
-    assert swapped[1] == "warning: motion models look swapped (console)"
+    assert swapped[1] == "warning: motion models look swapped: swap the two files"
     # one of them alone
     assert [n for _, n in ade.motion_model_problems(v3, 4, v3, 7.5)] == [
-        "warning: control motion model not few-step (console)"]
+        "warning: control motion model not few-step: load Lightning"]
     assert [n for _, n in ade.motion_model_problems(lightning, 4, lightning, 7.5)] == [
-        "warning: temporal motion model is few-step (console)"]
+        "warning: temporal motion model is few-step: set cfg 1"]
     # each in its role; v3 given a full structure's steps; Lightning refining at cfg 1
     assert ade.motion_model_problems(lightning, 4, v3, 7.5) == []
     assert ade.motion_model_problems(v3, 25, lightning, 1.0) == []
