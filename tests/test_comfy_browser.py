@@ -213,6 +213,16 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
         after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": warned}, end,
                                    ran=("ConFinerControlExpert",))
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": kept}, (end, after)
+    # ... and where the error's node is known (the server names it), each node the run never reached says who
+    # stopped it: the bundle has no text of its own, and once the dialog closed the canvas told nothing of it
+    browser.run_starts(b, {}, "execution_start")
+    after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": warned},
+                               "execution_error", ran=("ConFinerControlExpert",), failed="ConFinerRefineExperts")
+    assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": "not run: ConFiner Refine Experts "
+                     "(bundle) stopped the run (see the error)"}, after
+    # the next run's start clears it, as an error's own line
+    assert browser.run_starts(b, {"ConFinerCoordinatedSampler": "not run: X stopped the run (see the error)"}) == \
+        {"ConFinerCoordinatedSampler": ""}
     assert browser.run_starts(b, {"ConFinerCoordinatedSampler": waiting}) == {"ConFinerCoordinatedSampler": waiting}
     # a node muted or bypassed is left out of the run: its last "done" read as if it had run
     for mode in (2, 4):

@@ -21,7 +21,10 @@
 // * A run's end (finished, failed or cancelled) clears a "waiting for its turn" the Refine Sampler showed from its
 //   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty. A run
 //   that failed or was cancelled also clears the text of the pack's nodes it neither ran nor took from the cache:
-//   after a failure upstream, a Refine Sampler went on showing the warnings of a run with another model.
+//   after a failure upstream, a Refine Sampler went on showing the warnings of a run with another model. After a
+//   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
+//   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
+//   canvas told of it.
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
 //   which had none, so one node mixed raw ids with worded labels.
@@ -42,7 +45,7 @@ const TEXT_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler
                             "ConFinerNoiseRescheduler"]);
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
-const ENDED_BADLY = /^(stopped by an error|cancelled)/m; // under any warning lines
+const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
@@ -122,6 +125,20 @@ function clearTexts(pattern, also = () => false) {
   }
 }
 
+// After a failed run, each of the pack's nodes it never reached says which node stopped it: a failure in a node
+// without text of its own (the Refine Experts bundle, a loader) left the canvas blank once the dialog was closed.
+function notRun(detail) {
+  const failed = detail?.node_id != null ? app.graph?.getNodeById?.(detail.node_id) : null;
+  const name = failed?.title || detail?.node_type;
+  if (!name) return;
+  for (const node of app.graph?._nodes ?? []) {
+    const id = String(node.id);
+    if (TEXT_NODES.has(node.comfyClass) && !RAN.has(id) && !WILL_NOT_RUN.has(node.mode) && node !== failed) {
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text: `not run: ${name} stopped the run (see the error)` });
+    }
+  }
+}
+
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
@@ -139,9 +156,11 @@ app.registerExtension({
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(end, () => clearTexts(WAITING));
     }
-    for (const end of ["execution_error", "execution_interrupted"]) {
-      api.addEventListener(end, () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
-    }
+    api.addEventListener("execution_interrupted", () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
+    api.addEventListener("execution_error", (event) => {
+      clearTexts(NEVER, (node) => !RAN.has(String(node.id)));
+      notRun(event.detail);
+    });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("ConFiner")) return;

@@ -282,7 +282,7 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {""" + ARRIVALS_JS + """
 
 
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
-RUN_STARTS_JS = """async ([texts, event, modes, ran]) => {
+RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
   const api = window.comfyAPI.api.api;
   for (const [type, text] of Object.entries(texts)) {
     const node = app.graph._nodes.find((n) => n.type === type);
@@ -291,7 +291,9 @@ RUN_STARTS_JS = """async ([texts, event, modes, ran]) => {
     if (ran.includes(type)) api.dispatchCustomEvent("executing", String(node.id));
   }
   await new Promise((r) => setTimeout(r, 200));
-  api.dispatchCustomEvent(event, {prompt_id: "confiner-test", timestamp: Date.now()});
+  const stopper = failed && app.graph._nodes.find((n) => n.type === failed);
+  api.dispatchCustomEvent(event, {prompt_id: "confiner-test", timestamp: Date.now(),
+                                  ...(stopper ? {node_id: String(stopper.id), node_type: failed} : {})});
   await new Promise((r) => setTimeout(r, 200));
   return Object.fromEntries(Object.keys(texts).map((type) => {
     const node = app.graph._nodes.find((n) => n.type === type);
@@ -301,11 +303,12 @@ RUN_STARTS_JS = """async ([texts, event, modes, ran]) => {
 
 
 def run_starts(browser: Browser, texts: dict, event: str = "execution_start", modes: dict | None = None,
-               ran: tuple = ()) -> dict:
+               ran: tuple = (), failed: str | None = None) -> dict:
     """node type -> its text after ``texts`` arrived and then the server's ``event`` (a run's start, or its end:
     execution_success / _error / _interrupted), each node in LiteGraph mode ``modes[type]`` (0 always, 2 never, 4
-    bypass; default 0), the types in ``ran`` executed by the run (the server's "executing") (:data:`RUN_STARTS_JS`)."""
-    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}, list(ran)])
+    bypass; default 0), the types in ``ran`` executed by the run (the server's "executing"), an error's event naming
+    the first node of type ``failed`` as the server names the node that raised (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}, list(ran), failed])
 
 
 # A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
