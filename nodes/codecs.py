@@ -24,6 +24,18 @@ from einops import rearrange
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace
 
 
+#: where an artist finds the VAE of a latent space: the checkpoint's own, or the file ComfyUI's repackaged releases
+#: ship (the names the templates' notes give); the messages named only "its family's VAE file"
+VAE_FILES = {"sd15": "the SD 1.5 checkpoint loader's VAE output", "sdxl": "the SDXL checkpoint loader's VAE output",
+             "flux": "ae.safetensors in Load VAE", "wan2.1": "wan_2.1_vae.safetensors in Load VAE",
+             "wan2.2": "wan2.2_vae.safetensors in Load VAE"}
+
+
+def vae_file(space: LatentSpace) -> str:
+    """Where the VAE of ``space`` comes from, in an artist's words (:data:`VAE_FILES`)."""
+    return VAE_FILES.get(space.name.partition("/")[0], "its checkpoint loader's VAE output, or its family's VAE file")
+
+
 def vae_space_problem(vae, space: LatentSpace) -> str | None:
     """Why ``vae`` cannot be the codec of ``space`` (channels, spatial or temporal compression differ); None if it
     can."""
@@ -56,17 +68,15 @@ class ComfyVAECodec(Codec):
                 raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
                                  f"({model}) works in; it is the VAE of {other.replace('_vae', ' model')}'s space: "
                                  f"connect it to {other.replace('_vae', ' VAE')} ({other}) if that input is free, "
-                                 f"and {model.replace('_', ' ')}'s own VAE (its checkpoint loader's VAE output, or its "
-                                 f"family's VAE file) to {who}"
+                                 f"and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
+                                 f"{who.replace('_vae', ' VAE')} ({who})"
                                  + (f"; the refined video is then in {space.title} latents: decode it with that VAE "
                                     f"too" if who == "spatial_vae" else ""))
             raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
-                             f"({model}) works in: if that model is the one meant, connect its own VAE (its "
-                             f"checkpoint loader's VAE output, or its family's VAE file); else load the model this "
-                             f"VAE belongs to")
+                             f"({model}) works in: if that model is the one meant, connect its own VAE "
+                             f"({vae_file(space)}); else load the model this VAE belongs to")
         if problem:
-            raise ValueError(f"{who} is {problem}: connect that expert's own VAE (its checkpoint loader's VAE output, "
-                             f"or its family's VAE file)")
+            raise ValueError(f"{who} is {problem}: connect that expert's own VAE ({vae_file(space)})")
         self.vae, self.space, self.who, self.progress = vae, space, who, progress
         self.pixel_channels = 3
         self.video = getattr(vae, "latent_dim", 2) == 3

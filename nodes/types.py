@@ -68,9 +68,8 @@ class RefineExperts:
 
     def check_vaes(self) -> None:
         """Each connected VAE must be one of its expert's latent space; refused naming the input (nothing runs)."""
-        from .host import space_of
-
-        from .host import PIXEL_FRAMES
+        from .codecs import vae_file
+        from .host import PIXEL_FRAMES, space_of
 
         shelf = self.shelf()
         for role, model in self.models.items():
@@ -83,8 +82,8 @@ class RefineExperts:
         if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
             raise ValueError(f"spatial expert frames (spatial_frames) 'pixel frames' decodes the clip and encodes "
                              f"every pixel frame with the spatial expert's VAE, but none is connected: connect a VAE "
-                             f"of the {space.title} latent space to spatial_vae on {REFINE_EXPERTS}, or use 'latent "
-                             f"frames'")
+                             f"of the {space.title} latent space ({vae_file(space)}) to spatial VAE (spatial_vae) on "
+                             f"{REFINE_EXPERTS}, or use 'latent frames'")
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""

@@ -251,7 +251,9 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
     assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with the Flux VAE",
                                          ["spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x spatial "
                                           "(the FLUX.1 latent space's), not of the SD 1.5", "SD 1.5",
-                                          "spatial model (spatial_model) works in", "connect its own VAE"])
+                                          "spatial model (spatial_model) works in",
+                                          # where that VAE is: the message said only "its family's VAE file"
+                                          "connect its own VAE (the SD 1.5 checkpoint loader's VAE output)"])
 
 
 def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, modern):
@@ -265,8 +267,9 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                          ["2 problems: (1) spatial VAE (spatial_vae) is a VAE of",
                                           "not of the FLUX.1 latent space",
                                           "it is the VAE of temporal model's space: connect it to temporal VAE "
-                                          "(temporal_vae) if that input is free", "to spatial_vae; the refined video "
-                                          "is then in FLUX.1 latents: decode it with that VAE too",
+                                          "(temporal_vae) if that input is free", "and spatial model's own VAE "
+                                          "(ae.safetensors in Load VAE) to spatial VAE (spatial_vae); the refined "
+                                          "video is then in FLUX.1 latents: decode it with that VAE too",
                                           "; (2) the spatial expert's positive conditioning (spatial_positive) "
                                           "carries no pooled text vector, but its model, FLUX.1 (Flux), reads one",
                                           "(DualCLIPLoader with type flux)"])
