@@ -344,3 +344,12 @@ def test_a_fresh_node_holds_all_its_widgets(frontend):
         const n = LiteGraph.createNode(t); app.graph.add(n); app.canvas.draw(true, true);
         return [t, [n.size[1], n.computeSize()[1]]]; })); }""", NODE_IDS)
     assert {t: size >= needed for t, (size, needed) in sizes.items()} == dict.fromkeys(NODE_IDS, True), sizes
+    # and wide enough for its labels (at the frontend's 210 px: "control after genera…"), where a loaded node keeps
+    # the width its file gives it
+    widths = b.page.evaluate("""(types) => { app.graph.clear(); return Object.fromEntries(types.map((t) => {
+        const fresh = LiteGraph.createNode(t); app.graph.add(fresh);
+        const saved = fresh.serialize(); saved.size = [250, saved.size[1]];
+        const loaded = LiteGraph.createNode(t); loaded.configure(saved);
+        return [t, [fresh.size[0], loaded.size[0]]]; })); }""", NODE_IDS)
+    assert {t: fresh >= 360 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
+        dict.fromkeys(NODE_IDS, True), widths

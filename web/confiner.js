@@ -25,6 +25,7 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
+// * A node added fresh is 360 px wide: at the frontend's 210 its labels were cut ("control after genera…").
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
 //   which had none, so one node mixed raw ids with worded labels.
@@ -47,6 +48,8 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+// a node added fresh: its width (templates: 380 px and more)
+const FRESH_WIDTH = 360;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
@@ -178,6 +181,10 @@ app.registerExtension({
     showKeptTexts();
   },
   nodeCreated(node) {
+    if (!node.comfyClass?.startsWith("ConFiner")) return;
+    // wide enough for its labels: the frontend's 210 px cut "control after genera…" and "temporal timestep
+    // matchi…" on a node added by hand (the templates' are 380 px or more; a loaded node keeps its saved size)
+    if (node.size?.[0] < FRESH_WIDTH) node.setSize?.([FRESH_WIDTH, node.size[1]]);
     if (!TEXT_NODES.has(node.comfyClass)) return;
     if (STRUCTURE_SEED.has(node.comfyClass)) {
       const after = node.widgets?.find((w) => w.name === "control_after_generate");
