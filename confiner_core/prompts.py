@@ -150,14 +150,17 @@ def later_at_some_rate(key: str, before: str) -> bool:
 
 
 def parse_prompt(text: str, frames: int, fps: float | None = None, option: str = "prompt",
-                 frames_option: str = "frames", slowest_fps: bool = False) -> PromptSchedule:
+                 frames_option: str = "frames", slowest_fps: bool = False,
+                 rates: dict | None = None) -> PromptSchedule:
     """The schedule written in ``text`` for a video of ``frames`` frames at ``fps`` (needed for seconds keys).
 
     Raises :class:`~confiner_core.errors.UsageError` naming ``option`` and the offending entry (and
     ``frames_option``, how the caller names the frame count, when an entry starts past the last frame).
     ``slowest_fps``: the rate is not known yet and ``fps`` is the slowest it can be (a node whose rate is its
     model's): a seconds key starts at least where it says, so only what holds at every faster rate is refused (a
-    seconds key past the end, not one that falls on or before a frame key at this rate)."""
+    seconds key past the end, not one that falls on or before a frame key at this rate). ``rates`` (with
+    ``slowest_fps``): the rates the model may have, by the models that make them ({"Wan 2.1": 16.0}), so that a key
+    past the end is told how long the video lasts at each."""
     text = text or ""
     if not is_schedule(text):
         pieces = [piece for line in text.splitlines() for piece in line.split("|") if piece.strip()]
@@ -214,10 +217,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         at = f"frame {start}" + (f" ({key} at {fps:g} fps)" if seconds else "")
         if seconds and slowest_fps and start >= frames:
             # the model's rate is not known yet: say it in seconds, true at every rate (its frame at the slowest
-            # rate, 40 for '5s', was no frame the video would have on a 16 fps Wan graph)
+            # rate, 40 for '5s', was no frame the video would have on a 16 fps Wan graph), at each model's rate
+            lasts = ", ".join(f"{frames / r:.3g} s at {name}'s {r:g} fps" for name, r in rates.items()) if rates \
+                else f"at most {frames / fps:.3g} s (at {fps:g} fps, the slowest model rate; less at a faster one)"
             raise UsageError(f"{option}: {where} starts at {key[:-1]} s, after the video's end: {frames} frames "
-                             f"last at most {frames / fps:.3g} s (at {fps:g} fps, the slowest model rate; less at a "
-                             f"faster one); use a smaller key or more {frames_option}", option)
+                             f"last {lasts}; use a smaller key or more {frames_option}", option)
         if seconds and slowest_fps:
             at = f"frame {start} or later ({key} at {fps:g} fps, the slowest model rate)"
         if start >= frames:

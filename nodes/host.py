@@ -31,7 +31,7 @@ from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNUSED_BECAUSE, ChainConfig, control_noise_warning,
                                    control_timesteps, extraction_schedule, refine_positions, same_index_warning,
-                                   settled, table3_warning, unused_settings)
+                                   settled, table3_best_te, table3_warning, unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
@@ -369,11 +369,11 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
 
 
-def table3_note(te: int, control_steps: int) -> str:
+def table3_note(te: int, control_steps: int, best: int) -> str:
     """:func:`~confiner_core.chain.table3_warning` in one line the node's width shows: with a preview the frontend
     gives the Refine Sampler's text two lines, and two lines of this advice hid every step (the console has the
     sentence, with the paper's table, which the line named to artists who do not know it)."""
-    return f"warning: T_e {te} too high for {control_steps} control steps: lower it"
+    return f"warning: T_e {te} too high for {control_steps} control steps: use about {best}"
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
@@ -728,6 +728,11 @@ def output_space_note(refiner: Denoiser, spatial: Denoiser, structure_space: Lat
 STAGE_OF_ROLE = {"control": "control stage", "spatial": "refinement", "temporal": "refinement"}
 
 
+#: a node's line for each setting :meth:`Progress.warn_unused` may find unread: what reads it (it said "(console)")
+UNUSED_NOTE = {"control_eta": "warning: control eta unused: only ddim reads it",
+               "matching": "warning: matching unused: only coordinated mode reads it"}
+
+
 class Progress:
     """One ComfyUI progress bar per node, advanced once per expert evaluation in every stage, each update with a
     latent preview of that evaluation's x0 (each update is also the real server's interruption check). The node's
@@ -802,8 +807,9 @@ class Progress:
         """The paper's Table 3 (:func:`~confiner_core.chain.table3_warning`): T_e at a noise level that collapses
         image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
         if control_steps is not None:
-            warning = table3_warning(control_steps, te, extraction_schedule(spatial, temporal, mode))
-            self.warn(warning, table3_note(te, control_steps))
+            schedule = extraction_schedule(spatial, temporal, mode)
+            self.warn(table3_warning(control_steps, te, schedule), table3_note(te, control_steps,
+                                                                               table3_best_te(schedule)))
 
     def warn_unequal_noise(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig,
                            control_schedule=None) -> None:
@@ -816,11 +822,11 @@ class Progress:
 
     def warn_unused(self, config: ChainConfig, inputs: dict) -> None:
         """Settings the node's config leaves unread (:func:`~confiner_core.chain.unused_settings`: a control eta
-        beside a sampler other than ddim), which the command line refuses; ``inputs``: setting -> the widget's name."""
+        beside a sampler other than ddim), which the command line refuses; ``inputs``: setting -> the widget's name.
+        The node's line says what reads it (:data:`UNUSED_NOTE`), as the console's sentence does."""
         for name in unused_settings(config):
             widget = inputs.get(name, name)
-            self.warn(f"{widget} is not used: it {UNUSED_BECAUSE[name](config)}", f"warning: {widget} not used "
-                      f"(console)")
+            self.warn(f"{widget} is not used: it {UNUSED_BECAUSE[name](config)}", UNUSED_NOTE[name])
 
     def warn(self, warning: str | None, note: str) -> None:
         """``warning`` on the console, and its one-line ``note`` above the node's text for the rest of the run."""

@@ -25,6 +25,10 @@ NODE = "ConFiner Long Video"
 
 AUTO_FPS = 0.0   # the fps input's default: the control model's video rate (prompt_fps)
 SLOWEST_FPS = min(VIDEO_FPS.values())   # an automatic rate before the model is known: no key falls later than at it
+#: the video rates by the models that make them, for a seconds key refused before the model (its rate) is known:
+#: "33 frames last ... 2.06 s at Wan 2.1 and 2.2 A14B's 16 fps" gives a Wan graph its number (it was told 8 fps)
+MODEL_RATES = {"AnimateDiff": VIDEO_FPS["sd15"], "Wan 2.1 and 2.2 A14B": VIDEO_FPS["wan2.1"],
+               "Wan 2.2 5B": VIDEO_FPS["wan2.2"]}
 
 
 def prompt_fps(fps: float, space) -> float:
@@ -39,7 +43,8 @@ def segment_schedule(text: str, frames: int, fps: float):
     keys are refused (:func:`~confiner_core.prompts.unkeyed_entries`)."""
     option = "segment prompts (segment_prompts)"
     # first: its own messages are the more precise
-    schedule = parse_prompt(text, frames, fps or SLOWEST_FPS, option=option, slowest_fps=fps == AUTO_FPS)
+    schedule = parse_prompt(text, frames, fps or SLOWEST_FPS, option=option, slowest_fps=fps == AUTO_FPS,
+                            rates=MODEL_RATES)
     problem = unkeyed_entries(text, option)
     if problem:
         raise ValueError(problem)

@@ -93,7 +93,7 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             logging.warning("ConFiner Noise Rescheduler: segment latent frames = %d covers the latent's %d frames, so "
                             "the noise is one segment of base noise and nothing is rescheduled; use fewer segment "
                             "latent frames (a Wan latent frame holds 4 video frames)", segment_length, frames)
-            host.show_text(host.node_id(cls), "warning: nothing rescheduled (console)")
+            host.show_text(host.node_id(cls), "warning: nothing rescheduled: lower segment latent frames")
         else:
             host.show_text(host.node_id(cls), "")
         return io.NodeOutput(noise, {"samples": noise.generate_noise(latent), host.NOISE_KEY: True})

@@ -326,6 +326,20 @@ def test_table3_warning_only_where_the_paper_found_collapse():
         run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
 
 
+def test_table3_best_te_is_sd15s_200_at_the_same_noise_level_on_a_flow_schedule():
+    """The node's line says how far to lower T_e ("use about 200"); a flow refiner's T_e of that noise level, from
+    diffusers' own SD 1.5 table: sigma/alpha at t = 200 is sigma / (1 - sigma) on the flow side, T_e = N sigma."""
+    from diffusers import DDIMScheduler
+
+    from confiner_core.chain import table3_best_te
+
+    abar = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod[200]
+    ratio = float(((1 - abar) / abar).sqrt())
+    assert table3_best_te(S.named("sd15")) == table3_best_te() == 200
+    for shift in (3.0, 8.0):   # T_e counts sigma itself, whatever the shift
+        assert table3_best_te(S.flow_schedule(shift)) == round(1000 * ratio / (1 + ratio))
+
+
 def test_same_index_across_schedules_of_other_noise_levels_is_warned_with_its_fix():
     """The paper's same-index re-noising assumes experts of one schedule; SD 1.5 and a flow expert (Wan, shift 3)
     put T_e = 100 at noise-to-signal 0.34 and 0.11. Warned, with 'nearest', which matches the level; not warned for

@@ -220,6 +220,13 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
                                "execution_error", ran=("ConFinerControlExpert",), failed="ConFinerRefineExperts")
     assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": "not run: ConFiner Refine Experts "
                      "(bundle) stopped the run (see the error)"}, after
+    # ... also a Refine Sampler whose lazy check ran ("waiting for its turn") when the Control Expert failed: its
+    # sampling never ran, and its text was left blank
+    browser.run_starts(b, {}, "execution_start")
+    after = browser.run_starts(b, {"ConFinerCoordinatedSampler": waiting}, "execution_error",
+                               ran=("ConFinerCoordinatedSampler",), failed="ConFinerControlExpert")
+    assert after == {"ConFinerCoordinatedSampler": "not run: ConFiner Control Expert stopped the run (see the "
+                     "error)"}, after
     # the next run's start clears it, as an error's own line
     assert browser.run_starts(b, {"ConFinerCoordinatedSampler": "not run: X stopped the run (see the error)"}) == \
         {"ConFinerCoordinatedSampler": ""}

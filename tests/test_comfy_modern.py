@@ -569,6 +569,15 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
 
 
+def test_a_matching_outside_coordinated_refinement_is_said_unused_with_what_reads_it(comfy_worker, modern):
+    """The Refine Sampler said "warning: temporal timestep matching not used (console)": now what reads it."""
+    prompt = wan_graph(comfy_worker.checkpoint_name)
+    prompt["11"]["inputs"].update(mode="standard", matching="nearest")
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    assert _texts(r)["11"][-1].startswith("warning: matching unused: only coordinated mode reads it\n")
+
+
 def test_same_space_graph_needs_no_vae_and_calls_none(comfy_worker, modern):
     """Wan control -> Qwen-Image spatial (latent frames) + Wan temporal: one latent space, no VAE input, no VAE call."""
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", wan_graph(comfy_worker.checkpoint_name))
@@ -753,7 +762,16 @@ def test_seconds_keys_in_segment_prompts_count_at_the_models_rate_or_the_fps_inp
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert not r["success"] and r["evaluations"] == 0   # the default: Wan's 16 fps
     assert "starts at frame 16 (1s at 16 fps), beyond the video's 9 frames" in _message(r), _message(r)
-    prompt["14"]["inputs"]["fps"] = 8.0   # as a workflow saved when the widget's default was 8
+    # past the end at every rate, it is refused when queued, before the model (its rate) is known: in seconds at
+    # each model's rate (it said "frame 40 or later (5s at 8 fps ...)" on a 16 fps Wan graph, where 5s is frame 80)
+    prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 5s: a grey fox")
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["valid"] is False and r["evaluations"] == 0
+    assert "entry '5s: a grey fox' starts at 5 s, after the video's end: 9 frames last 1.12 s at AnimateDiff's 8 " \
+           "fps, 0.562 s at Wan 2.1 and 2.2 A14B's 16 fps, 0.375 s at Wan 2.2 5B's 24 fps; use a smaller key or " \
+           "more frames" in _message(r), _message(r)
+    prompt["14"]["inputs"].update(segment_prompts="0: a red fox | 1s: a grey fox",
+                                  fps=8.0)   # as a workflow saved when the widget's default was 8
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)                  # 1 s at 8 fps: frame 8 of 9
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]

@@ -350,7 +350,7 @@ def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_
     assert result["success"]
     texts = [m[1]["text"] for m in result["server_messages"]
              if m[0] == "progress_text" and m[1]["node_id"] == str(sampler["id"]) and "\nstep " in m[1]["text"]]
-    note = f"warning: T_e {te} too high for 4 control steps: lower it"   # no "Table 3" an artist cannot look up
+    note = f"warning: T_e {te} too high for 4 control steps: use about 200"   # no "Table 3" an artist cannot look up
     assert len(texts) == 15 and all((note in t.split("\n")) == warned for t in texts), texts[:2]
     assert all(len(line) <= 60 for t in texts for line in t.split("\n"))
 
@@ -521,7 +521,7 @@ def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
         assert r["success"], r.get("error")
         texts[is_noise] = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
-    assert texts[False]["5"] == "warning: nothing rescheduled (console)"
+    assert texts[False]["5"] == "warning: nothing rescheduled: lower segment latent frames"
     assert "\nwarning: noise latent read for its size only\ndone · 2 expert" in texts[False]["12"], texts[False]
     assert "noise latent" not in texts[True]["12"], texts[True]["12"]
 
@@ -558,4 +558,4 @@ def test_a_control_eta_beside_another_sampler_than_ddim_is_said_unused(comfy_wor
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], r.get("error")
     last = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "12"][-1]
-    assert "\nwarning: control eta not used (console)\ndone · 2 expert evaluations" in last, last
+    assert "\nwarning: control eta unused: only ddim reads it\ndone · 2 expert evaluations" in last, last

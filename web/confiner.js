@@ -55,6 +55,7 @@ const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter"
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 const NEVER = /$^/;
 const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
+const WAITED = new Set(); // ... of those whose lazy check said "waiting for its turn" and that have not run since
 
 // The height a node's progress text needs at the node's width: its lines as the frontend wraps them, at most
 // TEXT.maxLines (its box scrolls above 200 px). The frontend gives the text 58 px (two lines) whatever it holds, so
@@ -93,6 +94,8 @@ function keepText(event) {
   const { nodeId, text } = event.detail ?? {};
   const node = nodeId && app.graph?.getNodeById?.(nodeId);
   if (!node || !TEXT_NODES.has(node.comfyClass)) return;
+  if (WAITING.test(text ?? "")) WAITED.add(String(nodeId));
+  else WAITED.delete(String(nodeId));
   if (text) {
     KEPT.set(keptKey(nodeId), text);
     return;
@@ -136,7 +139,9 @@ function notRun(detail) {
   if (!name) return;
   for (const node of app.graph?._nodes ?? []) {
     const id = String(node.id);
-    if (TEXT_NODES.has(node.comfyClass) && !RAN.has(id) && !WILL_NOT_RUN.has(node.mode) && node !== failed) {
+    // (a Refine Sampler whose lazy check ran, "waiting for its turn", never ran its sampling either)
+    const reached = RAN.has(id) && !WAITED.has(id);
+    if (TEXT_NODES.has(node.comfyClass) && !reached && !WILL_NOT_RUN.has(node.mode) && node !== failed) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text: `not run: ${name} stopped the run (see the error)` });
     }
   }
@@ -148,6 +153,7 @@ app.registerExtension({
     api.addEventListener("progress_text", keepText);
     api.addEventListener("execution_start", () => {
       RAN.clear();
+      WAITED.clear();
       clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode));
     });
     api.addEventListener("execution_cached", (event) => {
