@@ -25,7 +25,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -49,6 +49,9 @@ from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .embedded.world import DEFAULT_PROMPT
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, LatentSpace, to_uint8
+
+if TYPE_CHECKING:   # resume's safetensors is imported where a resume folder is used
+    from .resume import ResumeStore
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
 DEFAULT_FPS = VIDEO_FPS["sd15"]   # the output's frame rate where no expert gives one (the embedded experts' 16-frame
