@@ -56,16 +56,18 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
                      f"'{low_file}' the high-noise one: swap the two files on {node} ({high_input}, {low_input})",
                      f"warning: {role} high/low-noise files swapped")]
         return []
+    low_label = low_input.split(" (")[0]   # the input as the node shows it
     if role == "temporal" and high == HIGH:
         return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
                  f"{BOUNDARY_NOTE}, and refines alone far below it: connect its low-noise half to {low_input} on "
                  f"{node} (the refinement then runs on it), or load the low-noise file as {high_input}",
-                 "warning: high-noise half refines: add the low-noise")]
+                 f"warning: high-noise half alone: add {low_label}")]
     if role == "control" and high in (HIGH, LOW):
         fix = (f"connect its low-noise half to {low_input}" if high == HIGH else
                f"load the high-noise half as {high_input} and this file as {low_input}")
         other = LOW if high == HIGH else HIGH
         return [(f"the control model '{high_file}' is Wan 2.2 A14B's {high} half alone: the control stage samples "
                  f"from pure noise to clean, across {BOUNDARY_NOTE}, and the {other} half is trained for the other "
-                 f"side: {fix} on {node}", "warning: one Wan 2.2 half samples: add the other")]
+                 f"side: {fix} on {node}", f"warning: high-noise half alone: add {low_label}" if high == HIGH
+                 else "warning: low-noise half alone: add the high-noise one")]
     return []

@@ -552,8 +552,10 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert r["success"], r.get("error")
     texts = _texts(r)
-    assert texts["9"][-1].startswith("warning: one Wan 2.2 half samples: add the other\n"), texts["9"][-1]
-    assert texts["11"][-1].startswith("warning: high-noise half refines: add the low-noise\n"), texts["11"][-1]
+    # (the input to connect by its label: the Refine Sampler's warning is about the bundle's input)
+    assert texts["9"][-1].startswith("warning: high-noise half alone: add low-noise model\n"), texts["9"][-1]
+    assert texts["11"][-1].startswith("warning: high-noise half alone: add temporal low-noise model\n"), \
+        texts["11"][-1]
     assert max(len(line) for t in texts["9"] + texts["11"] for line in t.split("\n")) <= 60
     # the pair as the template wires it: high-noise model, low-noise model beside it
     prompt["16"] = {"class_type": "UNETLoader", "inputs": {"unet_name": LOW, "weight_dtype": "default"}}
@@ -567,6 +569,10 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert r["success"], r.get("error")
     assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
+    # the low-noise half alone as the control model
+    del prompt["9"]["inputs"]["low_noise_model"]
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert _texts(r)["9"][-1].startswith("warning: low-noise half alone: add the high-noise one\n")
 
 
 def test_a_matching_outside_coordinated_refinement_is_said_unused_with_what_reads_it(comfy_worker, modern):
