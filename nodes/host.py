@@ -299,19 +299,23 @@ def takes_no_motion_model(model) -> bool:
 
 
 def check_video_role(model, role: str, swapped: bool = False, file: str | None = None,
-                     spatial_file: str | None = None) -> None:
+                     spatial_file: str | None = None, shared: bool | None = None) -> None:
     """Refuses, before any other check, an image model that cannot relate frames in a video role (control,
     temporal): the command line refuses such a family there, and in a graph the first problem found used to be its
     text encoder, VAE or latent layout, whose fixes led nowhere. An SD-style image model is warned instead
     (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model;
-    ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`).
+    ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`);
+    ``shared``: whether this model's loader feeds the control expert too (None: the graph does not say).
 
     Files picked in each other's loaders are told as such first: an artist told only to swap the two links did, and
     the Wan loader, which fed the Control Expert too, still held the image model (a second refusal, there)."""
     if model is None or role not in VIDEO_ROLES or not takes_no_motion_model(model):
         return
     name = family_name(model) + (f", file '{file}'" if file else "")
-    if swapped and file and spatial_file:
+    if swapped and shared is False:   # its loader serves this role alone: the links were swapped, not the files
+        fix = ("the spatial model is the video model: connect the two the other way round (spatial model <-> "
+               "temporal model)")
+    elif swapped and file and spatial_file:
         fix = (f"the spatial model is the video model: pick '{spatial_file}' in the loader of the temporal model "
                f"(it may feed the Control Expert too) and '{file}' in the spatial model's, or, if the links were "
                f"swapped rather than the files, connect the two the other way round (spatial model <-> temporal model)")
@@ -918,8 +922,21 @@ def node_id(node_cls) -> str | None:
 def input_file(node_cls, input_name: str) -> str | None:
     """The file of the model reaching the running node's ``input_name``, from the queued prompt (V3 hidden input;
     :func:`~.model_files.model_file`); None outside ComfyUI's executor or where the graph does not say."""
-    return model_files.model_file(getattr(getattr(node_cls, "hidden", None), "prompt", None), node_id(node_cls),
-                                  input_name)
+    return model_files.model_file(queued_prompt(node_cls), node_id(node_cls), input_name)
+
+
+def input_feeds_control(node_cls, input_name: str) -> bool | None:
+    """Whether the loader of the model at the running node's ``input_name`` feeds a control expert too
+    (:func:`~.model_files.feeds_control`); None where the graph does not say."""
+    prompt = queued_prompt(node_cls)
+    if model_files.model_loader(prompt, node_id(node_cls), input_name) is None:
+        return None
+    return model_files.feeds_control(prompt, node_id(node_cls), input_name)
+
+
+def queued_prompt(node_cls) -> dict | None:
+    """The queued prompt (API format) of the running node (V3 hidden input), None outside ComfyUI's executor."""
+    return getattr(getattr(node_cls, "hidden", None), "prompt", None)
 
 
 def show_text(node_id: str | None, text: str) -> None:

@@ -14,10 +14,14 @@ HIGH, LOW = "high-noise", "low-noise"
 BOUNDARY_NOTE = "its boundary, sigma 0.875 for text-to-video"
 
 
-def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str | None:
-    """The file of the model that reaches ``input_name`` of node ``node_id`` in the queued ``prompt`` (API format),
-    followed back through the nodes that patch a model on its way (LoRA loaders, ModelSampling*, ...: their input
-    ``model``); None where the graph does not say (a node with no such input, an unknown loader)."""
+#: the inputs a control expert's model arrives on (node type -> input)
+CONTROL_INPUTS = {"ConFinerControlExpert": "model", "ConFinerLongSegmenter": "control_model"}
+
+
+def model_loader(prompt: dict | None, node_id: str | None, input_name: str) -> tuple[str, str] | None:
+    """(loader node id, file) of the model that reaches ``input_name`` of node ``node_id`` in the queued ``prompt``
+    (API format), followed back through the nodes that patch a model on its way (LoRA loaders, ModelSampling*, ...:
+    their input ``model``); None where the graph does not say (a node with no such input, an unknown loader)."""
     if not prompt or node_id is None:
         return None
     link = (prompt.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
@@ -28,9 +32,24 @@ def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str
         inputs = node.get("inputs", {})
         if node.get("class_type") in LOADERS:
             name = inputs.get(LOADERS[node["class_type"]])
-            return name if isinstance(name, str) else None
+            return (str(link[0]), name) if isinstance(name, str) else None
         link = inputs.get("model")
     return None
+
+
+def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str | None:
+    """The file of :func:`model_loader`."""
+    found = model_loader(prompt, node_id, input_name)
+    return found[1] if found else None
+
+
+def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> bool:
+    """Whether the loader of the model at ``input_name`` of ``node_id`` also feeds a control expert: one file in it
+    serves two roles, so a wrong file there is fixed in the loader, not by swapping links."""
+    found = model_loader(prompt, node_id, input_name)
+    return found is not None and any(
+        (model_loader(prompt, other, CONTROL_INPUTS[node.get("class_type")]) or (None,))[0] == found[0]
+        for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
 
 def noise_half(name: str | None) -> str | None:

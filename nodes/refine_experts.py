@@ -85,7 +85,8 @@ class ConFinerRefineExperts(io.ComfyNode):
         for video_model, name in ((temporal_model, "temporal_model"),
                                   (temporal_low_noise_model, "temporal_low_noise_model")):
             host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model),
-                                  file=files[name], spatial_file=files["spatial_model"])
+                                  file=files[name], spatial_file=files["spatial_model"],
+                                  shared=host.input_feeds_control(cls, name))
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")

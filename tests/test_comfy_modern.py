@@ -419,10 +419,10 @@ def test_an_image_temporal_model_beside_a_video_spatial_one_is_told_to_swap_them
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image as temporal, Wan as spatial",
                                          ["the temporal expert (temporal model on ConFiner Refine Experts) is "
                                           f"Qwen-Image (QwenImage), file '{QWEN}', an image model",
-                                          f"the spatial model is the video model: pick '{WAN}' in the loader of the "
-                                          f"temporal model (it may feed the Control Expert too) and '{QWEN}' in the "
-                                          "spatial model's, or, if the links were swapped rather than the files, "
-                                          "connect the two the other way round (spatial model <-> temporal model)"])
+                                          # the image model's loader feeds no control expert: the links were
+                                          # swapped, not the files (the files' advice moved the error there)
+                                          "the spatial model is the video model: connect the two the other way "
+                                          "round (spatial model <-> temporal model)"])
 
 
 def test_files_picked_in_each_others_loaders_are_told_to_go_back_in_one_refusal(comfy_worker, modern):
