@@ -358,5 +358,5 @@ def test_a_fresh_node_holds_all_its_widgets(frontend):
         const saved = fresh.serialize(); saved.size = [250, saved.size[1]];
         const loaded = LiteGraph.createNode(t); loaded.configure(saved);
         return [t, [fresh.size[0], loaded.size[0]]]; })); }""", NODE_IDS)
-    assert {t: fresh >= 360 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
+    assert {t: fresh >= 400 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
         dict.fromkeys(NODE_IDS, True), widths

@@ -25,7 +25,8 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
-// * A node added fresh is 360 px wide: at the frontend's 210 its labels were cut ("control after genera…").
+// * A node added fresh is 400 px wide: at the frontend's 210 its labels were cut ("control after genera…"), and a
+//   line of its text (at most 60 characters) wrapped inside a word (the frontend breaks its text anywhere).
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
 //   which had none, so one node mixed raw ids with worded labels.
@@ -49,7 +50,7 @@ const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts",
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
 // a node added fresh: its width (templates: 380 px and more)
-const FRESH_WIDTH = 360;
+const FRESH_WIDTH = 400;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
