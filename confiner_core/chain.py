@@ -534,8 +534,16 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
                         if generator is None else "generate_structure")
-    return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
-                          config.control_eta, generator, eps_hook, callback, config.control_spacing)
+    with own_stage(control, "control"):
+        return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
+                              config.control_eta, generator, eps_hook, callback, config.control_spacing)
+
+
+def own_stage(denoiser: Denoiser, name: str):
+    """The stage a chain function called on its own counts its evaluations under (its log's, where no caller has
+    set one: a script running the chain stage by stage counted them "unstaged")."""
+    log = denoiser.log
+    return in_stage(log, name) if log is not None and log.current == "unstaged" else contextlib.nullcontext()
 
 
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
@@ -565,13 +573,14 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
     config = settled(config, spatial, temporal)
     ts = refine_positions(refiner.schedule, config)
-    if config.mode == COORDINATED:
-        return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
-    if config.mode == STANDARD:
-        return R.refine_standard(spatial, x, ts, config.eta, generator, callback)
-    if config.mode == TEMPORAL:
-        return R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
-    return R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
+    with own_stage(refiner, "refine"):
+        if config.mode == COORDINATED:
+            return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
+        if config.mode == STANDARD:
+            return R.refine_standard(spatial, x, ts, config.eta, generator, callback)
+        if config.mode == TEMPORAL:
+            return R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
+        return R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
 
 
 def refine_evaluations(config: ChainConfig) -> int:

@@ -642,3 +642,21 @@ def test_auto_matching_matches_noise_levels_across_schedule_kinds_even_where_the
     assert max(here, there) < 1.5 * min(here, there)   # they meet at T_e
     assert auto_matching(sd, flow, 700) == "nearest"
     assert auto_matching(sd, S.named("lavie"), 100) == "same_index"   # the paper's own pair, as printed
+
+
+def test_the_chain_run_stage_by_stage_counts_its_evaluations_by_stage():
+    """generate_structure and refine called on their own counted their evaluations "unstaged" (a researcher's
+    control-only baseline read as none spent on the control stage); run_chain's stages are unchanged."""
+    from confiner_core.chain import extract_structure, generate_structure, refine
+
+    x0, log = x0_star(), EvaluationLog()
+    control = OracleExpert(x0, S.named("animatediff")).bind(log=log)
+    spatial, temporal = (OracleExpert(x0, S.named("sd15"), layout).bind(log=log) for layout in (FRAMES, VIDEO))
+    noise, config = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)), ChainConfig()
+    structure = generate_structure(control, noise, config)
+    assert dict(log.evaluations) == {"control": 4}
+    x = extract_structure(spatial.expert.schedule, structure, 100, torch.Generator().manual_seed(1))
+    refine(spatial, temporal, x, config, torch.Generator().manual_seed(2))
+    assert dict(log.evaluations) == {"control": 4, "refine": 15}
+    run_chain(control, spatial, temporal, noise, config, torch.Generator().manual_seed(3))
+    assert dict(log.evaluations) == {"control": 8, "refine": 30}

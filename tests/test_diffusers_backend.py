@@ -715,6 +715,13 @@ def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths,
         own = sdxl_vae.decode(rearrange(crossed, "b c f h w -> (b f) c h w") / T.SDXL_SCALING).sample
     own = ((own / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     assert frames.shape == (1, 3, 8 * H, 8 * W, 3) and (frames[0].int() - own.int()).abs().max() <= 1
+    # a structure (the control expert's space) is decoded by its own VAE with decode(..., "control"): the
+    # researcher's control-only baseline decoded it with the SDXL VAE, 4 channels alike, without a word
+    structure = bridged.decode(x0, "control")
+    with torch.no_grad():
+        sd_own = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert (structure[0].int() - sd_own.int()).abs().max() <= 1
+    assert (bridged.decode(x0)[0].int() - sd_own.int()).abs().max() > 1   # the SDXL VAE reads it as another video
 
 
 def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):

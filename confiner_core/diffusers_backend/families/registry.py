@@ -244,9 +244,18 @@ class LoadedExperts:
         """The codec that decodes the video (the spatial expert's)."""
         return self.codec
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Canonical latent [B, C, F, h, w] of the spatial expert's space -> uint8 frames [B, F, H, W, 3] (CPU)."""
-        return to_uint8(self.codec.decode(latent)).cpu()
+    def decode(self, latent: torch.Tensor, role: str = "spatial") -> torch.Tensor:
+        """Canonical latent [B, C, F, h, w] of ``role``'s expert's latent space -> uint8 frames [B, F, H, W, 3]
+        (CPU). The refined video is in the spatial expert's space; a structure (``generate_structure``) in the
+        control expert's: ``decode(structure, "control")`` shows the control stage alone (decoded with the spatial
+        expert's VAE it read as another space's latents wherever the channels agreed, with no error)."""
+        if role == "spatial":
+            return to_uint8(self.codec.decode(latent)).cpu()
+        expert = self.experts.get(role)
+        if expert is None or expert.codec is None:
+            raise ValueError(f"decode(..., {role!r}): the {role} expert " + ("is absent" if expert is None else
+                             "has no VAE weights: decode its latent after hand_off to the spatial expert's space"))
+        return to_uint8(expert.codec.decode(latent)).cpu()
 
     def __getitem__(self, role: str) -> Expert | None:
         return self.experts[role]
