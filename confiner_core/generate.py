@@ -23,6 +23,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
@@ -1122,8 +1123,6 @@ def prompt_used(req: GenerateRequest) -> str | list:
 def environment(req: GenerateRequest) -> dict:
     """What a video's last bits depend on beyond its settings: the versions, the device and the CPU threads (the
     same request at another thread count differs by a few values of 1 in 255, README "Reproducibility")."""
-    import sys
-
     versions = {"confiner_core": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     for name in ("diffusers", "transformers"):
         module = sys.modules.get(name)   # the backend imported it, or the run did not need it

@@ -307,18 +307,18 @@ def check_video_role(model, role: str, swapped: bool = False, file: str | None =
     ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`);
     ``shared``: whether this model's loader feeds the control expert too (None: the graph does not say).
 
-    Files picked in each other's loaders are told as such first: an artist told only to swap the two links did, and
-    the Wan loader, which fed the Control Expert too, still held the image model (a second refusal, there)."""
+    Files picked in each other's loaders (the loader feeds the control expert too) are told as such: an artist told
+    to swap the two links did, and the Wan loader, which fed the Control Expert too, still held the image model (a
+    second refusal, there). Where the graph does not say, both fixes are offered."""
     if model is None or role not in VIDEO_ROLES or not takes_no_motion_model(model):
         return
     name = family_name(model) + (f", file '{file}'" if file else "")
     if swapped and shared is False:   # its loader serves this role alone: the links were swapped, not the files
         fix = ("the spatial model is the video model: connect the two the other way round (spatial model <-> "
                "temporal model)")
-    elif swapped and file and spatial_file:
+    elif swapped and shared and spatial_file:   # swapping the links would move the refusal to the control expert
         fix = (f"the spatial model is the video model: pick '{spatial_file}' in the loader of the temporal model "
-               f"(it may feed the Control Expert too) and '{file}' in the spatial model's, or, if the links were "
-               f"swapped rather than the files, connect the two the other way round (spatial model <-> temporal model)")
+               f"(it feeds the Control Expert too) and '{file}' in the spatial model's")
     elif swapped:
         fix = ("the spatial model is the video model: pick each file in the other's loader (the temporal model's "
                "may feed the Control Expert too), or, if the links were swapped rather than the files, connect the "
@@ -928,10 +928,7 @@ def input_file(node_cls, input_name: str) -> str | None:
 def input_feeds_control(node_cls, input_name: str) -> bool | None:
     """Whether the loader of the model at the running node's ``input_name`` feeds a control expert too
     (:func:`~.model_files.feeds_control`); None where the graph does not say."""
-    prompt = queued_prompt(node_cls)
-    if model_files.model_loader(prompt, node_id(node_cls), input_name) is None:
-        return None
-    return model_files.feeds_control(prompt, node_id(node_cls), input_name)
+    return model_files.feeds_control(queued_prompt(node_cls), node_id(node_cls), input_name)
 
 
 def queued_prompt(node_cls) -> dict | None:

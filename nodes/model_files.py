@@ -43,11 +43,14 @@ def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str
     return found[1] if found else None
 
 
-def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> bool:
+def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> bool | None:
     """Whether the loader of the model at ``input_name`` of ``node_id`` also feeds a control expert: one file in it
-    serves two roles, so a wrong file there is fixed in the loader, not by swapping links."""
+    serves two roles, so a wrong file there is fixed in the loader, not by swapping links. None where the graph does
+    not say which loader it is."""
     found = model_loader(prompt, node_id, input_name)
-    return found is not None and any(
+    if found is None:
+        return None
+    return any(
         (model_loader(prompt, other, CONTROL_INPUTS[node.get("class_type")]) or (None,))[0] == found[0]
         for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
