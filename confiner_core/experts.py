@@ -226,6 +226,15 @@ class Expert(ABC):
         scales = guidance_scale if isinstance(guidance_scale, tuple) else (guidance_scale,)
         return any(s != 1.0 for s in scales) and not self.distilled_guidance
 
+    def checked_scale(self, guidance_scale, what: str = "a number"):
+        """``guidance_scale`` as :meth:`bind` takes it: a finite number (an expert pair's may be a pair, see
+        :meth:`ExpertPair.checked_scale`); raises naming it."""
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise TypeError(f"bind: guidance_scale must be {what} (1 = no cfg), got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
+        return guidance_scale
+
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
         """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1 and the expert does
@@ -237,14 +246,7 @@ class Expert(ABC):
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise TypeError(f"bind: prompt and negative_prompt must be text, got {type(prompt).__name__} and "
                             f"{type(negative_prompt).__name__}")
-        pair = isinstance(self, ExpertPair) and isinstance(guidance_scale, (tuple, list)) and len(guidance_scale) == 2
-        scales = tuple(guidance_scale) if pair else (guidance_scale,)
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Real) for s in scales):
-            what = "a number, or (high, low) for an expert pair," if isinstance(self, ExpertPair) else "a number"
-            raise TypeError(f"bind: guidance_scale must be {what} (1 = no cfg), got {guidance_scale!r}")
-        if not all(math.isfinite(s) for s in scales):
-            raise ValueError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
-        guidance_scale = scales if pair else guidance_scale
+        guidance_scale = self.checked_scale(guidance_scale)
 
         def encode() -> tuple:
             if self.uses_negative(guidance_scale):
@@ -307,6 +309,12 @@ class ExpertPair(Expert):
 
     def guidance_at(self, t: float, scale: float | tuple) -> float:
         return scale[self.member(t)] if isinstance(scale, tuple) else scale
+
+    def checked_scale(self, guidance_scale, what: str = "a number, or (high, low) for an expert pair,"):
+        """One number for both members, or (high, low) (a list is taken as a tuple)."""
+        if isinstance(guidance_scale, (tuple, list)) and len(guidance_scale) == 2:
+            return tuple(super(ExpertPair, self).checked_scale(s, what) for s in guidance_scale)
+        return super().checked_scale(guidance_scale, what)
 
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float, t: float) -> torch.Tensor:
         return (self.high, self.low)[self.member(t)].combine_guidance(uncond, cond, scale, t)

@@ -438,6 +438,12 @@ def test_loaded_experts(pipes, loaded):
     assert (control.bind(PROMPT, NEGATIVE, control.default_guidance)(x, 400).x0 - theirs).abs().max() < ATOL
     theirs = wan_reference_x0(a14b, x, 400, tm.A14B_SHIFT, 3.0, 3.0, negative=NEGATIVE)
     assert (control.bind(PROMPT, NEGATIVE, 3.0)(x, 400).x0 - theirs).abs().max() < ATOL
+    with pytest.raises(TypeError, match=r"guidance_scale must be a number, or \(high, low\) for an expert pair"):
+        control.bind(PROMPT, NEGATIVE, (5.0, 2.0, 1.0))
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        control.bind(PROMPT, NEGATIVE, (5.0, float("nan")))
+    with pytest.raises(TypeError, match=r"guidance_scale must be a number \(1 = no cfg\)"):   # one member alone
+        temporal.bind(PROMPT, NEGATIVE, (5.0, 2.0))
     pixels = loaded.decode(latent((1, 16, 3, 4, 4)))
     assert pixels.dtype == torch.uint8 and pixels.shape == (1, 9, 32, 32, 3)
 
