@@ -360,3 +360,45 @@ def test_a_fresh_node_holds_all_its_widgets(frontend):
         return [t, [fresh.size[0], loaded.size[0]]]; })); }""", NODE_IDS)
     assert {t: fresh >= 400 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
         dict.fromkeys(NODE_IDS, True), widths
+
+
+def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(frontend):
+    """The frontend 1.35 read the pack's "advanced" flag into widget.options but hides by widget.advanced: every
+    node showed every advanced widget (low-noise cfg, boundary, matching, eta, ...). A fresh node now hides them until
+    its menu's "Show Advanced"; a loaded node shows them where its file does not say and one differs from its default
+    (a value someone set), and keeps what its file says."""
+    server, b = frontend
+    info = server.get_json("/object_info")
+    declared = {t: sorted(name for part in ("required", "optional")
+                          for name, spec in info[t]["input"].get(part, {}).items()
+                          if isinstance(spec, list) and len(spec) > 1 and spec[1].get("advanced"))
+                for t in NODE_IDS}
+    assert all(declared.values()), declared
+    fresh = b.page.evaluate("""(types) => { app.graph.clear(); return Object.fromEntries(types.map((t) => {
+        const n = LiteGraph.createNode(t); app.graph.add(n);
+        const hidden = n.widgets.filter((w) => !n.isWidgetVisible(w)).map((w) => w.name).sort();
+        const height = n.size[1]; n.toggleAdvanced();
+        return [t, [hidden, n.widgets.every((w) => n.isWidgetVisible(w)), height < n.size[1]]]; })); }""", NODE_IDS)
+    assert fresh == {t: [declared[t], True, True] for t in NODE_IDS}, fresh
+    # from a file: boundary set (shown), boundary set but the file says hidden, defaults only (hidden)
+    shown = b.page.evaluate("""async () => {
+        app.graph.clear();
+        const nodes = [0, 1, 2].map(() => { const n = LiteGraph.createNode("ConFinerControlExpert"); app.graph.add(n); return n; });
+        nodes[0].widgets.find((w) => w.name === "boundary").value = 0.9;
+        nodes[1].widgets.find((w) => w.name === "boundary").value = 0.9;
+        const saved = app.graph.serialize();
+        for (const n of saved.nodes) delete n.showAdvanced;
+        saved.nodes[1].showAdvanced = false;
+        await app.loadGraphData(saved);
+        return app.graph._nodes.map((n) => [n.id, !!n.showAdvanced, n.isWidgetVisible(n.widgets.find((w) => w.name === "boundary"))]);
+      }""")
+    assert [s[1:] for s in sorted(shown)] == [[True, True], [False, False], [False, False]], shown
+    # the A14B template's Control Expert, whose note names its low-noise cfg, shows it; its other nodes do not
+    from comfy_support import browser
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_wan22_a14b.json")
+    browser.load_template(b, workflow, "confiner_wan22_a14b")
+    browser.close_dialogs(b)
+    a14b = b.page.evaluate("""() => Object.fromEntries(app.graph._nodes.filter((n) => n.comfyClass?.startsWith("ConFiner"))
+        .map((n) => [n.comfyClass, n.widgets.filter((w) => w.advanced && n.isWidgetVisible(w)).map((w) => w.name)]))""")
+    assert a14b == {"ConFinerControlExpert": ["spacing", "eta", "low_noise_cfg", "boundary"],
+                    "ConFinerRefineExperts": [], "ConFinerCoordinatedSampler": []}, a14b

@@ -190,6 +190,21 @@ def test_every_input_has_a_row_on_its_node_help_page(comfy_worker):
     assert not any(missing.values()), missing
 
 
+SHOW_ADVANCED = "Hidden until **Show Advanced** in the node's right-click menu: "
+
+
+def test_every_help_page_names_the_inputs_hidden_until_show_advanced(comfy_worker):
+    """The frontend hides a node's advanced inputs (web/confiner.js): an artist who reads of *low-noise cfg* on the
+    help page and finds no such widget learns there where it is."""
+    labels = comfy_worker.call("comfy_support.confiner_checks:advanced_labels")
+    said = {}
+    for node in labels:
+        page = (EXAMPLES.parent / "web" / "docs" / f"{node}.md").read_text()
+        line = next((line for line in page.splitlines() if line.startswith(SHOW_ADVANCED)), "")
+        said[node] = line[len(SHOW_ADVANCED):].rstrip(".").split(", ") if line else []
+    assert said == labels
+
+
 def test_every_choice_of_a_combo_is_explained_on_its_help_page(comfy_worker):
     """The Control Expert's help listed euler and ddim while the combo (and the Wan templates) offered unipc, and
     the Refine Sampler's never named matching 'auto', its default. A row that defers to another node's page ("as on

@@ -336,8 +336,10 @@ class Graph:
         """A new group in the current column, below the one before."""
         self.group_specs.append((stage, title))
 
-    def node(self, type_, widgets, title=None, models=()):
-        """A node in the current column and group, below the one before."""
+    def node(self, type_, widgets, title=None, models=(), show_advanced=False):
+        """A node in the current column and group, below the one before. ``show_advanced``: whether a ConFiner
+        node opens with its advanced widgets shown (a template whose note names one); said either way, so the
+        frontend does not guess from the values (web/confiner.js)."""
         ins, outs = SOCKETS[type_]
         props = {"Node name for S&R": type_}
         if models:
@@ -350,6 +352,8 @@ class Graph:
              "properties": props, "widgets_values": widgets}
         if title:
             n["title"] = title
+        if type_.startswith("ConFiner"):
+            n["showAdvanced"] = show_advanced
         self.nodes.append(n)
         self.columns[-1].append((n, len(self.group_specs) - 1))
         return n
@@ -524,7 +528,8 @@ def control_group(g, latent_node, model, pos, neg, widgets: list, low_noise=None
     """The control stage's group in the current column: the size and frame count over the Control Expert."""
     g.group("control", title)
     latent = g.node(*latent_node, "Size and frame count")
-    ctrl = g.node("ConFinerControlExpert", widgets, None)
+    # a low-noise model's cfg is an advanced widget the A14B note names
+    ctrl = g.node("ConFinerControlExpert", widgets, None, show_advanced=low_noise is not None)
     g.link(model, "MODEL", ctrl, "model")
     if low_noise is not None:
         g.link(low_noise, "MODEL", ctrl, "low_noise_model")
@@ -768,7 +773,7 @@ def sd15_bridge_wan():
         "SD's (2 VAE calls), and every coordinated step hands the clean estimate over and back (4 VAE calls). The "
         "refined video is in SD 1.5's space: decode it with SD 1.5's VAE. At one timestep SD 1.5 and Wan are at "
         "different noise levels (T_e 100: noise-to-signal 0.34 and 0.11), so the Refine Sampler's *matching* "
-        "(**auto**) re-noises the temporal expert at the level of the spatial expert's step, not at its index: its "
+        "(**auto**; an advanced input: *Show Advanced* in the node's menu) re-noises the temporal expert at the level of the spatial expert's step, not at its index: its "
         "text says \"matching nearest\".",
         wan_change_first()[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
                                   "VAE goes to *spatial VAE*; decode with that VAE too)."] + wan_change_first()[2:],
@@ -846,7 +851,8 @@ def wan22_a14b():
         ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V 4-step LoRAs on both "
          "models: 4 steps, cfg 1 and 1.",
          "Keep each file on its loader: **high noise** on *high noise (control)*, **low noise** on *low noise (all "
-         "roles)*. The two models have one architecture, so swapped files still run, and nothing can warn."],
+         "roles)*. The two models have one architecture, so swapped files still run: the nodes warn when the file "
+         "names say high and low noise are swapped."],
         (WAN22_HIGH, WAN22_LOW, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
@@ -880,8 +886,8 @@ def long_wan21():
          "segment prompts is empty.",
          "**frames** (4k+1: 161, 321) and **segment length** (4k+1: 33, 81) on ConFiner Long Video; the latent sets "
          "only the frame size (width and height multiples of 16; Wan 2.1 1.3B is made for 832x480).",
-         "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate) only if the "
-         "save node's differs.",
+         "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate; *Show Advanced* in "
+         "its menu) only if the save node's differs.",
          LONG_SEED,
          WAN_CONTROL],
         (WAN21, UMT5, WAN_VAE))

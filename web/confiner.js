@@ -53,6 +53,19 @@ const WAITING = /^waiting for its turn/m;
 const FRESH_WIDTH = 400;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
+// the widgets each node type declares advanced (nodes/schema.py), name -> default: hidden until the node menu's
+// "Show Advanced". The frontend 1.35 copies the declaration into widget.options.advanced but hides by widget.advanced,
+// so every one showed on every node (boundary, low-noise cfg, matching, ...)
+const ADVANCED = new Map();
+// An advanced widget: hidden until its node's "Show Advanced". widget.advanced gives the menu item, the outline and
+// the hiding; the frontend 1.35 lays widgets out by widget.hidden alone, so a hidden advanced widget left a gap where
+// it would be (the Refine Sampler's matching, between refine mode and refine seed): there it is out of the layout as
+// long as its node hides them. A frontend that lays out by visibility (isWidgetRowVisible, 1.4x) needs only the flag.
+function hideUntilShown(node, widget) {
+  widget.advanced = true;
+  if (node.isWidgetRowVisible) return;
+  Object.defineProperty(widget, "hidden", { get: () => !node.showAdvanced, set() {}, configurable: true });
+}
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 const NEVER = /$^/;
 const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
@@ -175,13 +188,27 @@ app.registerExtension({
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("ConFiner")) return;
     const labels = new Map();
+    const advanced = new Map();
     for (const inputs of [nodeData.input?.required, nodeData.input?.optional]) {
       for (const [name, spec] of Object.entries(inputs ?? {})) {
         const label = spec?.[1]?.display_name;
         if (label && label !== name) labels.set(name, label);
+        if (spec?.[1]?.advanced) advanced.set(name, spec[1].default);
       }
     }
     SOCKET_LABELS.set(nodeData.name, labels);
+    ADVANCED.set(nodeData.name, advanced);
+  },
+  loadedGraphNode(node) {
+    // a value someone set is not hidden: a node from a file that does not say whether to show them (saved before
+    // the frontend had the toggle, or by hand) opens with its advanced widgets shown where one differs from its
+    // default. The templates say (tools/build_example_workflows.py).
+    const advanced = ADVANCED.get(node.comfyClass);
+    if (advanced?.size && node.showAdvanced === undefined &&
+        node.widgets?.some((w) => advanced.has(w.name) && w.value !== advanced.get(w.name))) {
+      node.showAdvanced = true;
+      node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    }
   },
   afterConfigureGraph() {
     labelOldSockets();
@@ -189,9 +216,12 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (!node.comfyClass?.startsWith("ConFiner")) return;
+    const advanced = ADVANCED.get(node.comfyClass);
+    for (const widget of node.widgets ?? []) if (advanced?.has(widget.name)) hideUntilShown(node, widget);
     // wide enough for its labels: the frontend's 210 px cut "control after genera…" and "temporal timestep
     // matchi…" on a node added by hand (the templates' are 380 px or more; a loaded node keeps its saved size)
-    if (node.size?.[0] < FRESH_WIDTH) node.setSize?.([FRESH_WIDTH, node.size[1]]);
+    // and as tall as its shown widgets (it was sized with the advanced ones)
+    if (node.computeSize) node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1]]);
     if (!TEXT_NODES.has(node.comfyClass)) return;
     if (STRUCTURE_SEED.has(node.comfyClass)) {
       const after = node.widgets?.find((w) => w.name === "control_after_generate");

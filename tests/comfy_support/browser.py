@@ -200,6 +200,7 @@ class Browser:
 PICTURE_JS = """(type) => {
   app.graph.clear();
   const n = LiteGraph.createNode(type);
+  n.showAdvanced = true;   // the help page lists every input: the picture shows them all, advanced ones outlined
   n.size = [Math.max(n.computeSize()[0], 380), n.computeSize()[1]];
   n.pos = [0, 0];
   app.graph.add(n);
@@ -215,7 +216,7 @@ PICTURE_JS = """(type) => {
 
 
 def node_picture(browser: Browser, node_type: str, path) -> None:
-    """A PNG of one freshly created node as the frontend draws it."""
+    """A PNG of one freshly created node as the frontend draws it after "Show Advanced"."""
     x, y, w, h = browser.page.evaluate(PICTURE_JS, node_type)
     browser.page.wait_for_timeout(300)
     browser.page.screenshot(path=str(path), clip={"x": x, "y": y, "width": w, "height": h})

@@ -507,6 +507,14 @@ def input_labels(prefix: str = "ConFiner") -> dict:
             for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
 
 
+def advanced_labels(prefix: str = "ConFiner") -> dict:
+    """``{node_id: [label, ...]}``: the inputs the pack's nodes flag advanced (hidden until "Show Advanced")."""
+    import nodes
+
+    return {nid: [i.display_name or i.id for i in cls.define_schema().inputs if (i.extra_dict or {}).get("advanced")]
+            for nid, cls in nodes.NODE_CLASS_MAPPINGS.items() if nid.startswith(prefix)}
+
+
 def combo_options(prefix: str = "ConFiner") -> dict:
     """``{node_id: {label: [option, ...]}}``: the choices of every combo input of the pack's nodes."""
     import nodes
