@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,30 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
         .map((n) => [n.comfyClass, n.widgets.filter((w) => w.advanced && n.isWidgetVisible(w)).map((w) => w.name)]))""")
     assert a14b == {"ConFinerControlExpert": ["spacing", "eta", "low_noise_cfg", "boundary"],
                     "ConFinerRefineExperts": [], "ConFinerCoordinatedSampler": []}, a14b
+
+
+def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
+    """A Run the server refuses when queued (here: the template's checkpoint is not on the server) starts nothing,
+    and the nodes kept the last run's "done" as if this Run had made it. Queued through the frontend for real."""
+    server, b = frontend
+    from comfy_support import browser
+
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
+    browser.load_template(b, workflow, "basic")
+    browser.close_dialogs(b)
+    done = "done · 4 expert evaluations in 1.2 s"
+    texts = b.page.evaluate("""async (done) => {
+      const api = window.comfyAPI.api.api;
+      const ours = app.graph._nodes.filter((n) => ["ConFinerControlExpert", "ConFinerCoordinatedSampler"].includes(n.type));
+      for (const n of ours) api.dispatchCustomEvent("progress_text", {nodeId: String(n.id), text: done});
+      await app.queuePrompt(0);
+      await new Promise((r) => setTimeout(r, 300));
+      return Object.fromEntries(ours.map((n) => [n.type, n.widgets.find((w) => w.name === "$$node-text-preview")?.value]));
+    }""", done)
+    browser.close_dialogs(b)
+    # the server names each loader whose file it lacks; the text names one of them and counts the others
+    loaders = {n.get("title") or n["type"] for n in workflow["nodes"] if n.get("properties", {}).get("models")}
+    said = re.fullmatch(r"not run: the Run was refused at (.+?)(?: and (\d+) more)? \(see the error\)",
+                        texts["ConFinerControlExpert"])
+    assert said and said[1] in loaders and int(said[2] or 0) + 1 == len(loaders), (texts, loaders)
+    assert texts["ConFinerCoordinatedSampler"] == texts["ConFinerControlExpert"]

@@ -161,9 +161,33 @@ function notRun(detail) {
   }
 }
 
+// A Run the server refused when queued (an input failed its check): nothing ran, and each of the pack's nodes says so
+// where its last run's "done" text stood as if this Run had made it.
+function refused(response) {
+  const ids = Object.keys(response?.node_errors ?? {});
+  const first = ids.length ? app.graph?.getNodeById?.(ids[0]) : null;
+  const more = ids.length > 1 ? ` and ${ids.length - 1} more` : "";
+  const name = (first?.title || response?.node_errors?.[ids[0]]?.class_type) + more;
+  for (const node of app.graph?._nodes ?? []) {
+    if (!TEXT_NODES.has(node.comfyClass) || WILL_NOT_RUN.has(node.mode)) continue;
+    const text = ids.includes(String(node.id)) ? "not run: an input of this node was refused (see the error)"
+      : ids.length ? `not run: the Run was refused at ${name} (see the error)` : "not run: the Run was refused (see the error)";
+    api.dispatchCustomEvent("progress_text", { nodeId: String(node.id), text });
+  }
+}
+
 app.registerExtension({
   name: "ConFiner.SamplingNodes",
   setup() {
+    const queuePrompt = api.queuePrompt;
+    api.queuePrompt = async function (...args) {
+      try {
+        return await queuePrompt.apply(this, args);
+      } catch (error) {
+        if (error?.response) refused(error.response);
+        throw error;
+      }
+    };
     api.addEventListener("progress_text", keepText);
     api.addEventListener("execution_start", () => {
       RAN.clear();
