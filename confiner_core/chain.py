@@ -264,9 +264,10 @@ class ChainConfig:
             return self
 
 
-def settled(config: ChainConfig, spatial: Denoiser, temporal: Denoiser | None) -> ChainConfig:
+def settled(config: ChainConfig, spatial: Denoiser | None, temporal: Denoiser | None) -> ChainConfig:
     """``config`` with the defaults the experts decide made concrete: T_e (``None``: the refining expert's
     :func:`default_te`) and the timestep matching ("auto": :meth:`ChainConfig.with_matching`)."""
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     config = config.with_default_te(refining_denoiser(spatial, temporal, config.mode).schedule)
     return config.with_matching(spatial.schedule, temporal.schedule if temporal is not None else None)
 
@@ -275,6 +276,17 @@ def refining_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -
     """Who refines the structure, and so whose latent space the result is in: the spatial expert, or the temporal
     expert for the temporal-only ablation."""
     return temporal if mode == TEMPORAL else spatial
+
+
+def stand_in_spatial(spatial: Denoiser | None, temporal: Denoiser | None, mode: str) -> Denoiser:
+    """The spatial expert, or for the temporal-only ablation, which evaluates none, the temporal expert in its place
+    when it is left out (``None``): it then refines in its own space on its own schedule, as it does with one given.
+    Any other mode needs a spatial expert."""
+    if spatial is not None:
+        return spatial
+    if mode == TEMPORAL and temporal is not None:
+        return temporal
+    raise ValueError(f"mode {mode!r} needs a spatial expert (None given); only mode 'temporal' refines without one")
 
 
 def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str, structure_noise: str = SPATIAL,
@@ -332,7 +344,7 @@ def check_hand_offs(roles: dict, hand_offs: list, vae_fixes: dict | None = None)
                                                         if d is not None and not declares_latent_space(d.expert)))
 
 
-def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
+def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
                         source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None,
                         vae_fixes: dict | None = None) -> None:
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
@@ -341,6 +353,7 @@ def validate_refinement(spatial: Denoiser, temporal: Denoiser | None, shape: tup
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     for d in (spatial, temporal):   # the refinement's experts, before their schedules are read
         if d is not None:
             check_expert(d.expert)
@@ -392,12 +405,13 @@ def evaluated_schedules(spatial: Denoiser, temporal: Denoiser | None, config: Ch
     return evaluated
 
 
-def validate_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, shape: tuple,
+def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, shape: tuple,
                    config: ChainConfig) -> None:
     """Every check that can fail, before any expert is evaluated. ``shape`` is the initial noise's canonical
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
     validate_refinement(spatial, temporal, shape, config, source=control)   # first: a missing temporal expert
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     check_expert(control.expert)
     config = settled(config, spatial, temporal)
     if config.control_steps > control.schedule.num_timesteps:
@@ -561,7 +575,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
     return diffuse(schedule, structure, schedule.index(te), randn_like(structure, generator))
 
 
-def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
+def refine(spatial: Denoiser | None, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
            generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
     """Stage 2 in the configured mode, from the structure noised to the first refinement timestep (T_e, or 81 for
     T_e 100 at ``refine_spacing`` "leading": ``refine_timesteps(config)[0]``) to the refined video (``x`` in the
@@ -571,6 +585,7 @@ def refine(spatial: Denoiser, temporal: Denoiser | None, x: torch.Tensor, config
     check_generator(generator, "refine")
     refiner = refining_denoiser(spatial, temporal, config.mode)
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     config = settled(config, spatial, temporal)
     ts = refine_positions(refiner.schedule, config)
     with own_stage(refiner, "refine"):
@@ -588,7 +603,7 @@ def refine_evaluations(config: ChainConfig) -> int:
     return EVALUATIONS_PER_REFINE_STEP[config.mode] * config.refine_steps
 
 
-def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
+def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
                      generator: torch.Generator, callback: Callback | None = None,
                      source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Eq. 6 (or Algorithm 1, line 4) then stage 2: what the chain does with a finished structure (also used by
@@ -599,6 +614,7 @@ def refine_structure(spatial: Denoiser, temporal: Denoiser | None, structure: to
     check_input(structure, "refine_structure: structure")
     check_config(config, "refine_structure")
     check_generator(generator, "refine_structure")
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
     if source is not None:
@@ -638,7 +654,7 @@ def check_generator(generator, where: str) -> None:
                         "gives one video")
 
 
-def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, noise: torch.Tensor,
+def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, noise: torch.Tensor,
               config: ChainConfig, generator: torch.Generator, callback: Callback | None = None,
               hand_over: bool = False) -> ChainResult:
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
@@ -652,6 +668,7 @@ def run_chain(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, n
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
         raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
+    spatial = stand_in_spatial(spatial, temporal, config.mode)
     log = control.log
     t0 = time.perf_counter()
     # the control stage's last finiteness check is read once the refinement's first forward is queued

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "T2V, Wan 2.1 / 2.2 (README, 'Real checkpoints', lists every kind)")
     g.add_argument("--spatial", help="spatial expert (text-to-image): SD 1.5 or SDXL diffusers folder or single-file "
                    ".safetensors (a single file with --base), Qwen-Image, FLUX.1-dev / schnell (bridged through "
-                   "the VAEs; --cfg is dev's distilled guidance), or Wan 2.1 / 2.2 as an image model")
+                   "the VAEs; --cfg is dev's distilled guidance), or Wan 2.1 / 2.2 as an image model; left out with "
+                   "--mode temporal")
     g.add_argument("--temporal", help="temporal expert (text-to-video): any kind --control takes; left out with "
                    "--mode standard")
     g.add_argument("--base", help="local diffusers pipeline folder that supplies configs, tokenizer and scheduler to "
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
     g.add_argument("--mode", choices=MODES, default="coordinated",
                    help="refinement: coordinated (Algorithm 1: spatial, temporal, spatial each step), standard (the "
-                        "spatial expert alone, Eq. 8), temporal (the temporal expert alone) or alternate (the experts "
+                        "spatial expert alone, Eq. 8; no --temporal), temporal (the temporal expert alone; no --spatial) or alternate (the experts "
                         "in turn on the spatial schedule, Eq. 7, an ablation)")
     g.add_argument("--matching", choices=MATCHINGS, default="auto",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level (nearest, "

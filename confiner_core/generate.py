@@ -351,6 +351,10 @@ class GenerateRequest:
             raise UsageError(f"--matching {self.chain.matching} picks the temporal expert's timestep in coordinated "
                              f"refinement only; this run is --mode {self.chain.mode}: drop --matching",
                              "--matching")
+        for role in ("spatial", "temporal"):
+            if getattr(self, f"{role}_cfg") is not None and role not in EVALUATED_IN[self.chain.mode]:
+                raise UsageError(f"--{role}-cfg guides the {role} expert, which --mode {self.chain.mode} does not "
+                                 f"evaluate: drop it", f"--{role}-cfg")
         if not self.embedded and self.embedded_preset != GenerateRequest.embedded_preset:
             raise UsageError(f"--embedded {self.embedded_preset} picks weight-free experts for a run without "
                              "checkpoints; this run loads --control/--spatial/--temporal: drop --embedded",
@@ -514,16 +518,19 @@ class GenerateRequest:
             said = "; ".join(f"the {role} expert's path {path} does not exist" for role, path in absent)
             raise UsageError(f"--{absent[0][0]}: {said}; give a local diffusers folder or .safetensors file",
                              f"--{absent[0][0]}")
+        evaluated = EVALUATED_IN[self.chain.mode]
         missing = [f"--{role}" for role, given in (("control", self.control), ("spatial", self.spatial),
-                                                   ("temporal", self.temporal or self.chain.mode == STANDARD))
-                   if not given]
+                                                   ("temporal", self.temporal)) if not given and
+                   (role == "control" or role in evaluated)]
         if missing:
             raise UsageError(f"{' and '.join(missing)} missing: real checkpoints need --control and --spatial, and "
-                             "--temporal unless --mode standard; give none of them to use the embedded default",
-                             missing[0])
-        if self.temporal and "temporal" not in EVALUATED_IN[self.chain.mode]:   # it would be inspected, loaded, unused
-            raise UsageError(f"--temporal is not evaluated by --mode {self.chain.mode} (the spatial expert refines "
-                             f"alone): drop it, or use --mode coordinated", "--temporal")
+                             "--temporal unless --mode standard (--mode temporal: --control and --temporal); give "
+                             "none of them to use the embedded default", missing[0])
+        for role, given, alone in (("temporal", self.temporal, "the spatial expert refines alone"),
+                                   ("spatial", self.spatial, "the temporal expert refines alone")):
+            if given and role not in evaluated:   # it would be inspected, loaded, unused
+                raise UsageError(f"--{role} is not evaluated by --mode {self.chain.mode} ({alone}): drop it, or use "
+                                 f"--mode coordinated", f"--{role}")
         if self.base and not os.path.isdir(self.base):
             what = "does not exist" if not os.path.exists(self.base) else "is not a folder"
             raise UsageError(f"--base: {self.base} {what}; give the local diffusers pipeline folder (SD 1.5, or SDXL "
@@ -549,12 +556,13 @@ class GenerateRequest:
             role = getattr(e, "role", "")
             raise UsageError(f"--{role}: cannot be read ({type(e).__name__}: {e}); the file may be truncated or "
                              f"corrupt: download or convert it again", f"--{role}") from None
-        spatial = self._inspections["spatial"]
-        if self.image_mode != LATENT_FRAMES and spatial.facts.get("image_mode") is None:
+        spatial = self._inspections.get("spatial")
+        if self.image_mode != LATENT_FRAMES and (spatial is None or spatial.facts.get("image_mode") is None):
+            which = "this run has none" if spatial is None else (f"the spatial expert {self.spatial} is not one (its "
+                                                                 f"own latent space holds every frame already)")
             raise UsageError(f"--image-mode {self.image_mode} applies to a Wan or Qwen-Image spatial expert, an image "
-                             f"model on Wan's video latents (4 frames in a latent frame); the spatial expert "
-                             f"{self.spatial} is not one (its own latent space holds every frame already): drop "
-                             f"--image-mode", "--image-mode")
+                             f"model on Wan's video latents (4 frames in a latent frame); {which}: drop --image-mode",
+                             "--image-mode")
 
     def roles(self) -> dict:
         return {role: path for role, path in
@@ -803,7 +811,7 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     ex, cfg = backend.experts, refine_guidance(backend, req)
     # the spatial expert first (its prompt, and its negative where it guides), and a control expert on the same
     # encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
-    spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log)
+    spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log) if "spatial" in cfg else None
     bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
     # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
     bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, cfg["temporal"], log, deferred=True)

@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .chain import ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure, validate_chain
+from .chain import (ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure,
+                    stand_in_spatial, validate_chain)
 from .experts import COUNTERS, Denoiser, counts_of, in_stage
 from .prompts import Entry, PromptSchedule, render_schedule
 
@@ -624,7 +625,7 @@ class _Finished:
     counts: dict   # what the window and the structures counted with it cost: name -> Counter per stage
 
 
-def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | None, plan: SegmentPlan,
+def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, plan: SegmentPlan,
                   frame_shape: tuple, chain: ChainConfig, config: LongConfig, seed, sink: Callable,
                   prompts: PromptSchedule | None = None, callback: Callable | None = None,
                   device: str | torch.device = "cpu", resume: LongState | None = None,
@@ -667,6 +668,7 @@ def generate_long(control: Denoiser, spatial: Denoiser, temporal: Denoiser | Non
     b, c, h, w = frame_shape
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)
+    spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner)
     head, tail = window_split(plan, refiner)

@@ -134,6 +134,16 @@ CLI_CASES = [
     Case("matching-without-coordinated", ["--matching", "nearest", "--mode", "standard"], "--mode standard"),
     # a temporal expert standard mode never evaluates: its frame rule refused valid runs (a Wan one, 8 frames)
     Case("temporal-without-its-mode", [*CKPT, "--mode", "standard"], "--temporal is not evaluated by --mode standard"),
+    # ... and the spatial expert the temporal-only ablation never evaluates (it once had to be given)
+    Case("spatial-without-its-mode", [*CKPT, "--mode", "temporal"], "--spatial is not evaluated by --mode temporal "
+         "(the temporal expert refines alone): drop it"),
+    Case("spatial-cfg-without-its-mode", ["--mode", "temporal", "--spatial-cfg", "3"],
+         "--spatial-cfg guides the spatial expert, which --mode temporal does not evaluate: drop it"),
+    Case("temporal-cfg-without-its-mode", ["--mode", "standard", "--temporal-cfg", "3"],
+         "--temporal-cfg guides the temporal expert, which --mode standard does not evaluate: drop it"),
+    Case("temporal-mode-without-temporal", ["--mode", "temporal", "--control", "{motion}", "--spatial", "{sd}"],
+         "--temporal missing: real checkpoints need --control and --spatial, and --temporal unless --mode standard "
+         "(--mode temporal: --control and --temporal)"),
     Case("embedded-with-checkpoints", ["--embedded", "wan", "--control", "{motion}", "--spatial", "{sd}",
                                        "--temporal", "{motion}"], "--embedded wan"),
     Case("long-option-on-a-clip", ["--gamma", "0.3", "--coherence-memory", "guided"],

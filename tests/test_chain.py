@@ -121,6 +121,28 @@ def test_run_chain_counts_and_reproduces():
     assert sum(log.evaluations.values()) == 3 * 19
 
 
+def test_the_temporal_only_ablation_needs_no_spatial_expert_and_makes_the_same_video():
+    """Mode 'temporal' evaluates no spatial expert: left out (None), the video is the one made with a spatial expert
+    given (which is never called); every other mode refuses None by name, before any evaluation."""
+    x0 = x0_star()
+    log = EvaluationLog()
+    c, s, t = (OracleExpert(x0, S.named("animatediff")).bind(log=log),
+               OracleExpert(x0, S.named("sd15"), FRAMES, name="spatial"),
+               OracleExpert(x0, S.named("lavie")).bind(log=log))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    config = ChainConfig(mode="temporal")
+    given = run_chain(c, s.bind(log=log), t, noise, config, torch.Generator().manual_seed(3))
+    alone = run_chain(c, None, t, noise, config, torch.Generator().manual_seed(3))
+    assert torch.equal(given.latent, alone.latent) and s.calls == []
+    assert log.evaluations == {"control": 8, "refine": 10}
+    g = torch.Generator().manual_seed(3)
+    for mode in ("coordinated", "standard", "alternate"):
+        with pytest.raises(ValueError, match=rf"^mode '{mode}' needs a spatial expert \(None given\); only mode "
+                                             r"'temporal' refines without one$"):
+            run_chain(c, None, t, noise, ChainConfig(mode=mode), g)
+    assert sum(log.evaluations.values()) == 18
+
+
 def test_validation_rejects_bad_chains():
     x0 = x0_star()
     sd = S.named("sd15")

@@ -222,6 +222,38 @@ def test_chain_end_to_end_with_all_three_families(loaded):
     assert frames.shape == (1, F, 8 * H, 8 * W, 3) and frames.dtype == torch.uint8
 
 
+def test_the_temporal_only_ablation_loads_and_decodes_without_a_spatial_expert(paths, loaded, tmp_path):
+    """Mode 'temporal' evaluates no spatial expert, yet one had to be given, inspected and loaded (--spatial on the
+    command line). Left out, the same video comes out, decoded by the temporal expert's VAE; the command line runs
+    it with --control and --temporal alone, and the report lists no spatial expert."""
+    from confiner_core.generate import GenerateRequest, generate
+
+    alone = load_experts(control=paths["ad"], spatial=None, temporal=paths["t2v"])
+    assert alone.experts["spatial"] is None
+
+    def temporal_only(experts, spatial):
+        log = EvaluationLog()
+        bound = {role: experts[role].bind("a cat", "", 1.0 if role == "control" else 2.0, log)
+                 for role in ("control", "temporal")}
+        generator = torch.Generator().manual_seed(3)
+        noise = torch.randn(1, 4, F, H, W, generator=generator)
+        config = ChainConfig(control_steps=4, refine_steps=5, mode="temporal")
+        s = experts["spatial"].bind("a cat", "", 2.0, log) if spatial else None
+        return run_chain(bound["control"], s, bound["temporal"], noise, config, generator).latent
+
+    latent = temporal_only(alone, spatial=False)
+    assert torch.equal(latent, temporal_only(loaded, spatial=True))
+    frames = alone.decode(latent)
+    assert torch.equal(frames, alone.decode(latent, "temporal"))
+    assert torch.equal(frames, loaded.decode(latent, "temporal"))   # the temporal expert's own VAE
+    request = GenerateRequest(control=str(paths["ad"]), temporal=str(paths["t2v"]), frames=F, height=8 * H,
+                              width=8 * W, out=str(tmp_path / "out"), prompt="a cat")
+    request.chain = replace(request.chain, mode="temporal")
+    report = generate(request, show_progress=False)
+    assert sorted(report["experts"]) == ["control", "temporal"]
+    assert report["expert_evaluations"] == {"control": 4, "refine": 5}
+
+
 # --------------------------------------------------------------------------------- (e): single files
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):

@@ -276,10 +276,11 @@ def test_the_bar_and_the_report_count_timesteps_in_te_units_on_a_flow_expert(tmp
     assert re.search(r"control t=1000\b", bar), bar[-600:]   # the control stage starts at sigma 1
 
 
-@pytest.mark.parametrize("mode, guided", [("temporal", {"temporal_cfg": 2.0}), ("standard", {"spatial_cfg": 3.0})])
+@pytest.mark.parametrize("mode, guided", [("temporal", {"temporal_cfg": 3.0}), ("standard", {"spatial_cfg": 3.0})])
 def test_the_report_names_the_guidance_of_the_experts_the_mode_evaluates(tmp_path, mode, guided):
-    """A temporal-only run binds the spatial expert for its VAE alone: its cfg is not reported as if it had guided."""
-    _, report = run(tmp_path, mode, "--mode", mode, "--spatial-cfg", "3", "--temporal-cfg", "2")
+    """A one-expert refinement guides that expert alone: --cfg (both refiners') is not reported for the other as if
+    it had guided (a cfg of the other alone is refused, tests/test_bad_inputs.py)."""
+    _, report = run(tmp_path, mode, "--mode", mode, "--cfg", "3")
     assert report["guidance"] == {"control_cfg": 1.0, **guided}
 
 

@@ -120,12 +120,12 @@ def check_latent_spaces(inspections: dict[str, Inspection]) -> None:
                 f"({other.path}) in the {other.latent_space.title} one; the chain bridges different latent spaces "
                 f"through their VAEs, but no {space.title} expert here has VAE weights: give the {members[0].role} "
                 f"expert a model with its VAE (vae/ with weights), or choose experts of one latent space"))
-    spatial = inspections.get("spatial")
-    if spatial is not None and not any(i.has_vae for i in inspections.values()
-                                       if i.latent_space == spatial.latent_space):
-        raise role_error("spatial", ValueError(
-            f"{spatial.who}: no VAE weights to decode the video (vae/ with weights, or a single file with its "
-            f"first_stage_model); give the spatial expert a model with its VAE"))
+    refining = inspections.get("spatial") or inspections.get("temporal")
+    if refining is not None and not any(i.has_vae for i in inspections.values()
+                                        if i.latent_space == refining.latent_space):
+        raise role_error(refining.role, ValueError(
+            f"{refining.who}: no VAE weights to decode the video (vae/ with weights, or a single file with its "
+            f"first_stage_model); give the {refining.role} expert a model with its VAE"))
 
 
 def role_error(role: str, error: Exception) -> Exception:
@@ -171,8 +171,9 @@ def make_context(control, spatial, temporal=None, base=None, *, device="cpu", dt
                  options: dict | None = None) -> tuple[dict, Context]:
     """The role -> path map and the :class:`Context` of one call (shared by :func:`preflight` and
     :func:`load_experts`)."""
-    if control is None or spatial is None:
-        raise ValueError("load_experts needs a control and a spatial expert (the spatial expert's VAE decodes)")
+    if control is None or (spatial is None and temporal is None):
+        raise ValueError("load_experts needs a control and a spatial expert (the spatial expert's VAE decodes), or "
+                         "for the temporal-only ablation (mode 'temporal') a control and a temporal expert")
     if base is not None and not Path(base).is_dir():
         raise ValueError(f"base={base} must be a local diffusers pipeline folder (model_index.json, unet/, "
                          f"text_encoder/, tokenizer/, scheduler/, vae/)")
@@ -196,9 +197,11 @@ def preflight(control, spatial, temporal=None, base=None, **options) -> dict[str
 def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection], context: Context) -> Codec:
     """Load one codec per latent space that needs one (the spatial expert's; every space when there are
     several), from the spatial, temporal or control expert of that space that has VAE weights, and give it to
-    every expert of that space. Returns the spatial expert's codec."""
+    every expert of that space. Returns the spatial expert's codec (the temporal expert's where there is no spatial
+    expert: the temporal-only ablation)."""
+    refining = decoding_role(inspections)
     spaces = {ins.latent_space for ins in inspections.values()}
-    needed = spaces if len(spaces) > 1 else {inspections["spatial"].latent_space}
+    needed = spaces if len(spaces) > 1 else {inspections[refining].latent_space}
     codecs = {}
     for space in needed:
         provider = next(inspections[r] for r in ("spatial", "temporal", "control")
@@ -207,7 +210,13 @@ def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection]
         codecs[space] = context.cached(key, lambda p=provider: p.family.load_codec(p, context))
     for role, expert in experts.items():
         expert.codec = codecs.get(inspections[role].latent_space)
-    return codecs[inspections["spatial"].latent_space]
+    return codecs[inspections[refining].latent_space]
+
+
+def decoding_role(experts: dict) -> str:
+    """The role whose latent space the video is in: the spatial expert's, or the temporal expert's where there is
+    none (the temporal-only ablation refines without one)."""
+    return "spatial" if experts.get("spatial") is not None else "temporal"
 
 
 def networks(expert: Expert) -> list:
@@ -232,8 +241,9 @@ def attach_refinement_caches(experts: dict, threshold: float):
 
 @dataclass
 class LoadedExperts:
-    """``experts``: role -> expert (``None`` for an absent temporal expert); ``codec``: the VAE of the spatial
-    expert's latent space, which decodes the video; ``inspections``: what was read before loading."""
+    """``experts``: role -> expert (``None`` for an absent temporal expert, or spatial expert: the temporal-only
+    ablation); ``codec``: the VAE of the spatial expert's latent space (the temporal expert's without one), which
+    decodes the video; ``inspections``: what was read before loading."""
 
     experts: dict
     codec: Codec
@@ -241,15 +251,16 @@ class LoadedExperts:
 
     @property
     def decoder(self) -> Codec:
-        """The codec that decodes the video (the spatial expert's)."""
+        """The codec that decodes the video (the spatial expert's, else the temporal expert's)."""
         return self.codec
 
     def decode(self, latent: torch.Tensor, role: str = "spatial") -> torch.Tensor:
         """Canonical latent [B, C, F, h, w] of ``role``'s expert's latent space -> uint8 frames [B, F, H, W, 3]
         (CPU). The refined video is in the spatial expert's space; a structure (``generate_structure``) in the
         control expert's: ``decode(structure, "control")`` shows the control stage alone (decoded with the spatial
-        expert's VAE it read as another space's latents wherever the channels agreed, with no error)."""
-        if role == "spatial":
+        expert's VAE it read as another space's latents wherever the channels agreed, with no error). Without a
+        spatial expert, "spatial" decodes the video: the temporal expert's space."""
+        if role in ("spatial", decoding_role(self.experts)):
             return to_uint8(self.codec.decode(latent)).cpu()
         expert = self.experts.get(role)
         if expert is None or expert.codec is None:
@@ -288,7 +299,9 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     """Load the chain's experts from local paths, after checking from configs and headers alone that every
     file is sound and that the experts fit together.
 
-    Accepted paths per role: :func:`role_kinds` / :func:`kind_descriptions` (README "accepted paths"). ``base``:
+    Accepted paths per role: :func:`role_kinds` / :func:`kind_descriptions` (README "accepted paths"); ``spatial``
+    None with a ``temporal`` expert: the temporal-only ablation (mode 'temporal'), whose video is decoded by the
+    temporal expert's VAE. ``base``:
     a local diffusers folder that gives single-file checkpoints their configs, tokenizer and scheduler (weights
     may be absent), and is the SD 1.5 model motion modules go on when it holds UNet weights (else the spatial
     expert's). ``dtype``: default fp16 on accelerators, fp32 on the CPU. ``motion_config``: MotionAdapter config
