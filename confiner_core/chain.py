@@ -16,7 +16,8 @@ import torch
 
 from . import refine as R
 from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
-from .experts import Denoiser, bridge_end, check_expert, declares_latent_space, hand_off, in_stage
+from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
+                      in_stage)
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
@@ -351,6 +352,7 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
     latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
     ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
+    check_denoisers("validate_refinement", spatial=spatial, temporal=temporal, source=source)
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
         raise ValueError(f"mode {config.mode!r} needs a temporal expert; pass one or use mode 'standard'")
     spatial = stand_in_spatial(spatial, temporal, config.mode)
@@ -410,6 +412,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
     """Every check that can fail, before any expert is evaluated. ``shape`` is the initial noise's canonical
     [B, C, F, h, w] in the control expert's latent space. Settings the paper found to fail (Table 3) give a
     :class:`ConFinerWarning`, not an error."""
+    check_denoisers("validate_chain", control=control)
     validate_refinement(spatial, temporal, shape, config, source=control)   # first: a missing temporal expert
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     check_expert(control.expert)
@@ -545,6 +548,7 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
     check_input(noise, "generate_structure: noise")
     check_config(config, "generate_structure")
+    check_denoisers("generate_structure", control=control)
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
                         if generator is None else "generate_structure")
@@ -583,6 +587,7 @@ def refine(spatial: Denoiser | None, temporal: Denoiser | None, x: torch.Tensor,
     check_input(x, "refine: x")
     check_config(config, "refine")
     check_generator(generator, "refine")
+    check_denoisers("refine", spatial=spatial, temporal=temporal)
     refiner = refining_denoiser(spatial, temporal, config.mode)
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
@@ -614,6 +619,7 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     check_input(structure, "refine_structure: structure")
     check_config(config, "refine_structure")
     check_generator(generator, "refine_structure")
+    check_denoisers("refine_structure", spatial=spatial, temporal=temporal, source=source)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     refiner = refining_denoiser(spatial, temporal, config.mode)
     config = config.with_default_te(refiner.schedule)
@@ -665,6 +671,7 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     check_input(noise, "run_chain: noise")
     check_config(config, "run_chain")
     check_generator(generator, "run_chain")
+    check_denoisers("run_chain", control=control, spatial=spatial, temporal=temporal)
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
         raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)

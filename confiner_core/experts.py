@@ -428,6 +428,20 @@ def check_finite(*denoisers: "Denoiser | None") -> None:
 PREDICTION_KIND = {"v_prediction": VP, "flow": FLOW}
 
 
+def check_denoisers(where: str, **denoisers) -> None:
+    """The experts a chain function is given (name -> value; None where the role is absent) as it evaluates them:
+    bound to their prompts (:class:`Denoiser`). An Expert not yet bound, or a plain function, failed inside with an
+    AttributeError ('Toy' object has no attribute 'expert') that named neither the argument nor the fix."""
+    for name, d in denoisers.items():
+        if d is None or isinstance(d, Denoiser):
+            continue
+        how = ("bind it first: expert.bind(prompt, negative_prompt, guidance_scale, log)" if isinstance(d, Expert)
+               else "make it an Expert (confiner_core.experts.Expert: encode, forward, schedule, latent_space) and "
+                    "bind it: expert.bind(prompt, negative_prompt, guidance_scale, log)")
+        raise TypeError(f"{where}: {name} must be an expert bound to its prompt (a Denoiser), got "
+                        f"{type(d).__name__}: {how}")
+
+
 def check_expert(expert: Expert, evaluated: bool = True) -> None:
     """What the chain needs of an expert: a known prediction type and layout, and of one it evaluates
     (``evaluated``; not the source a structure is handed off from) a :class:`NoiseSchedule` on which that prediction

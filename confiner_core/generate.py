@@ -36,6 +36,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
                     temporal_timesteps, unused_settings, validate_chain, warned_already)
+from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -62,7 +63,6 @@ NATURAL_FRAMES = 16        # the clip length of SD-family video experts (Animate
 MIN_SIZE = 64
 SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -672,32 +672,6 @@ def video_fps(inspections: dict) -> float:
         if fps is not None:
             return fps
     return DEFAULT_FPS
-
-
-def check_device(device: str) -> None:
-    """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu`` and present on this machine, else a UsageError."""
-    accepted = "cpu, cuda, cuda:N, mps or xpu"
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise UsageError(f"--device {device!r} is not a device PyTorch knows; use {accepted}", "--device") from None
-    if d.type not in DEVICE_TYPES:
-        raise UsageError(f"--device {device!r} is not supported; use {accepted}", "--device")
-    if d.type == "cpu":
-        # torch takes cpu:1 as the one CPU device: a typo for cuda:1, most likely; cpu:0 is the CPU as a script's
-        # f"{type}:{index}" spells it
-        if d.index:
-            raise UsageError(f"--device {device}: the CPU has one device, cpu (or cpu:0); use --device cpu (or "
-                             f"cuda:{d.index} for a GPU)", "--device")
-        return
-    backend = torch.backends.mps if d.type == "mps" else getattr(torch, d.type, None)
-    if backend is None or not backend.is_available():
-        raise UsageError(f"--device {device}: PyTorch sees no {d.type} device on this machine "
-                         f"(torch {torch.__version__}); use --device cpu, or install a PyTorch build for it",
-                         "--device")
-    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices "
-                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})", "--device")
 
 
 def expert_schedules(req: GenerateRequest) -> dict:

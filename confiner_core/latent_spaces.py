@@ -289,7 +289,10 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None, undecl
         asks = [(name, [role], "give it its VAE" + (", or declare its latent_space (it kept the Expert class's "
                                                    "default, SD 1.5's)" if role in undeclared else ""))
                 for name, roles in missing.items() for role in roles]
+    # the library's own experts: what "its VAE" is in code (a host's fixes say which of its inputs to connect)
+    how = "" if fixes else (" (an expert's VAE is its codec: expert.codec = a Codec of its latent space, such as the "
+                            ".codec of an expert load_experts loaded in that space)")
     raise ValueError(f"experts of different latent spaces hand the video over ({'; '.join(meetings)}): bridging "
                      f"them needs their VAEs, and {len(asks)} {'is' if len(asks) == 1 else 'are'} missing; "
                      + "; ".join(f"for {name} (the {' and '.join(roles)} expert{'s' if len(roles) > 1 else ''}): "
-                                 f"{fix}" for name, roles, fix in asks))
+                                 f"{fix}" for name, roles, fix in asks) + how)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .experts import Denoiser, Prediction, check_finite, hand_off
+from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off
 from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like, step_info
 from .schedules import NoiseSchedule
 from .timesteps import with_next
@@ -45,6 +45,7 @@ def _step(denoiser: Denoiser, pred: Prediction, t: float, t_prev: float, eta: fl
 def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: float = 0.0,
                     generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Eq. 8: V'_{t_{k-1}} = Denoising(theta_s, V'_{t_k}, t_k, S_s)."""
+    check_denoisers("refine_standard", spatial=spatial)
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         pred = spatial(x, t)
         x = _step(spatial, pred, t, t_prev, eta, generator)
@@ -56,11 +57,14 @@ def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: fl
 
 def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: float, generator: torch.Generator,
                      matching: str = SAME_INDEX) -> tuple[torch.Tensor, Prediction]:
-    """Algorithm 1, lines 10-13: hand the sample from the spatial to the temporal expert and back through x0.
+    """Algorithm 1, lines 10-13 (Eq. 9-11): hand the sample from the spatial to the temporal expert and back through
+    x0: the spatial expert's x0 re-noised on the temporal schedule (Eq. 9), the temporal expert's x0 there (Eq. 10),
+    re-noised on the spatial schedule (Eq. 11).
 
     Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
     temporal expert's prediction (in its own space)."""
+    check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
     t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
     x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
@@ -75,6 +79,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
                        callback: Callback | None = None) -> torch.Tensor:
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal)."""
+    check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)
         pred = spatial(x, t)                                                   # line 14
@@ -93,6 +98,7 @@ def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Ten
     temporal expert's noise prediction (its ODE derivative, :func:`confiner_core.sampling.on_schedule`) is read with
     S_s's coefficients at t_k, although the temporal expert was never trained on S_s's noise levels -- that mismatch
     is why the paper finds this ineffective. One evaluation per step."""
+    check_denoisers("refine_naive_alternation", spatial=spatial, temporal=temporal)
     for i, (t, t_prev) in enumerate(with_next(timesteps)):
         if i % 2 == 0:
             pred = spatial(x, t)

@@ -353,7 +353,7 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
 
 def test_cpu_0_is_the_cpu():
     """torch.device("cpu:0") is the CPU as scripts spell it (f"{type}:{index}"); cpu:1 is refused above."""
-    from confiner_core.generate import check_device
+    from confiner_core.devices import check_device
 
     check_device("cpu:0")
     check_device("cpu")

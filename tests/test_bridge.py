@@ -93,6 +93,9 @@ def test_every_missing_vae_is_named_in_one_message_once_per_latent_space():
     with pytest.raises(ValueError, match="3 are missing") as e:             # no host fixes: each expert its own
         check_bridges(hand_offs, ends)
     assert str(e.value).count("give it its VAE") == 3
+    # ... and what "its VAE" is in code, for one's own experts (the host's fixes name its inputs instead)
+    assert str(e.value).endswith("(an expert's VAE is its codec: expert.codec = a Codec of its latent space, such as "
+                                 "the .codec of an expert load_experts loaded in that space)")
     ends.update(control=CausalWorldCodec(), temporal=CausalWorldCodec())     # the causal space's VAE, connected
     with pytest.raises(ValueError, match=rf"1 is missing; for {WORLD.title} \(the spatial expert\): connect spatial_vae$"):
         check_bridges(hand_offs, ends, fixes=fixes)

@@ -525,6 +525,30 @@ def test_a_deferred_binding_encodes_at_its_first_evaluation_to_the_same_output()
 
 
 
+def test_an_expert_not_bound_to_its_prompt_is_named_with_the_fix():
+    """Forgetting .bind() (or passing a plain function) failed inside every chain function with an AttributeError
+    ('Toy' object has no attribute 'expert') that named neither the argument nor the fix."""
+    from confiner_core.chain import generate_structure, refine
+
+    x0 = x0_star()
+    expert = OracleExpert(x0, S.named("sd15"))
+    bound = expert.bind()
+    g = torch.Generator().manual_seed(0)
+    bind = r"must be an expert bound to its prompt \(a Denoiser\), got OracleExpert: bind it first: expert\.bind\("
+    plain = (r"must be an expert bound to its prompt \(a Denoiser\), got \w+: make it an Expert "
+             r"\(confiner_core\.experts\.Expert: .*\) and bind it")
+    calls = {f"run_chain: control {bind}": lambda: run_chain(expert, bound, bound, x0, ChainConfig(), g),
+             f"run_chain: temporal {bind}": lambda: run_chain(bound, bound, expert, x0, ChainConfig(), g),
+             f"refine: spatial {plain}": lambda: refine(lambda x, t: x, bound, x0, ChainConfig(), g),
+             f"generate_structure: control {bind}": lambda: generate_structure(expert, x0, ChainConfig(), g),
+             f"validate_chain: control {bind}": lambda: validate_chain(expert, bound, bound, SHAPE, ChainConfig()),
+             f"coordinated_step: temporal {plain}": lambda: coordinated_step(bound, print, x0, 100, g)}
+    for message, call in calls.items():
+        with pytest.raises(TypeError, match="^" + message):
+            call()
+    assert expert.calls == []
+
+
 def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     """The stage-by-stage functions (the README's second snippet) refuse what run_chain refuses, by name: an int
     where the generator goes (AttributeError: 'int' object has no attribute 'device'), a NumPy array as noise, T_e

@@ -185,6 +185,18 @@ def test_a_dtype_that_is_not_a_float_dtype_is_refused_before_loading(paths, dtyp
         load_experts(control=paths["ad"], spatial=paths["sd"], dtype=dtype)
 
 
+@pytest.mark.parametrize("device, message", [
+    ("gpu", r"^load_experts: device 'gpu' is not a device PyTorch knows; use cpu, cuda, cuda:N, mps or xpu$"),
+    ("cpu:1", r"^load_experts: device cpu:1: the CPU has one device, cpu \(or cpu:0\); use device='cpu'"),
+    pytest.param("cuda", r"^load_experts: device cuda: PyTorch sees no cuda device on this machine \(torch .*\); "
+                         r"use device='cpu'", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"))])
+def test_a_device_this_machine_lacks_is_named_before_loading(paths, device, message):
+    """torch's own errors named neither the argument nor the fix: "Torch not compiled with CUDA enabled" (an
+    AssertionError), or its list of every device type for 'gpu'. The command line's check, in the library's words."""
+    with pytest.raises(ValueError, match=message):
+        load_experts(control=paths["ad"], spatial=paths["sd"], device=device)
+
+
 # --------------------------------------------------------------------------- (c): motion vs per-frame 2D
 
 def test_motion_expert_with_identity_motion_modules_equals_per_frame_unet(paths, tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ...devices import check_device
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
@@ -315,6 +316,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
 
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
+    check_device(device, "load_experts: device")   # before torch's "Torch not compiled with CUDA enabled"
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
