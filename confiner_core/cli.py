@@ -284,8 +284,10 @@ def generate_command(a: argparse.Namespace) -> int:
     before = report.get("evaluations_before_resume")
     resumed = f" ({before} of them before the resume)" if before is not None else ""
     frames = f"{report['frames']} frame{'s' * (report['frames'] != 1)}"
+    vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
+    vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them" if vae_calls else ""
     print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({frames}, "
-          f"{report['total_expert_evaluations']} expert evaluations{resumed}, {s['total']:.1f} s)")
+          f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s)")
     return 0
 
 

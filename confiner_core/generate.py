@@ -365,6 +365,8 @@ class GenerateRequest:
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
             self.chain = replace(self.chain, te=default_te(schedules[refining_role(self.chain.mode)])
                                  if refining_role(self.chain.mode) in schedules else DEFAULT_TE["vp"])
+        if "_matching_requested" not in vars(self):   # before "auto" is settled: the report says which was asked
+            self._matching_requested = self.chain.matching
         if "spatial" in schedules:   # "auto" matching, where the schedules are known before loading; else run_chain
             self.chain = self.chain.with_matching(schedules["spatial"], schedules.get("temporal"))
         try:
@@ -655,6 +657,23 @@ def refining_role(mode: str) -> str:
     return "temporal" if mode == TEMPORAL else "spatial"
 
 
+def bridges(spaces: dict, mode: str) -> list[str]:
+    """The hand-offs of this run between experts of different latent spaces (``spaces``: role -> LatentSpace), each
+    through the two VAEs: the structure to the refining expert, and in coordinated mode the clean estimate between
+    the spatial and the temporal expert at every step."""
+    pairs = [("control", refining_role(mode))] + ([("spatial", "temporal")] if mode == COORDINATED else [])
+    return [f"{a} {spaces[a].title} {'->' if a == 'control' else '<->'} {b} {spaces[b].title}" for a, b in pairs
+            if a in spaces and b in spaces and spaces[a] != spaces[b]]
+
+
+def bridge_line(spaces: dict, mode: str) -> str | None:
+    """What crosses between latent spaces, and its VAE calls: the command line says it before sampling (it took
+    most of a tiny run's seconds, and a report's 20 or 22 VAE calls had to be worked out)."""
+    said = {"->": "the structure: 2 VAE calls", "<->": "the clean estimate over and back: 4 VAE calls a step"}
+    crossings = [f"{crossing} ({said['<->' if '<->' in crossing else '->']})" for crossing in bridges(spaces, mode)]
+    return "bridged through the VAEs: " + "; ".join(crossings) if crossings else None
+
+
 def natural_frames(spaces) -> int:
     """The clip length the experts are made for: 16 frames, rounded up to the next count every space holds
     (17 for causal 4k+1 video latents such as Wan's)."""
@@ -859,6 +878,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
             return None
         if announce is not None:
             announce(f"a single clip ({req.frames} frames) is not spread over processes: rank 0 makes it alone")
+    if announce is not None and bridge_line(req.spaces(), req.chain.mode):
+        announce(bridge_line(req.spaces(), req.chain.mode))
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
@@ -1122,6 +1143,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
     spatial, temporal = backend.experts.get("spatial"), backend.experts.get("temporal")
     matched = {}
     if req.chain.mode == COORDINATED and temporal is not None:   # what the matching chose for the temporal expert
+        chain["matching_requested"] = vars(req).get("_matching_requested", req.chain.matching)
         matched["temporal_timesteps"] = [round(t, 3) for t in temporal_timesteps(spatial.schedule, temporal.schedule,
                                                                                   req.chain)]
     else:
@@ -1137,7 +1159,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
-            "vae_calls": dict(log.vae_calls),
+            "vae_calls": dict(log.vae_calls), "bridges": bridges(req.spaces(), req.chain.mode),
             "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
 
 

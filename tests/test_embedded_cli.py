@@ -319,6 +319,30 @@ def test_the_report_records_the_matching_auto_chose(tmp_path, monkeypatch, known
                  "64", "--quiet"]) == 0
     report = json.load(open(os.path.join(out, "report.json")))
     assert report["chain"]["matching"] == "nearest"
+    assert report["chain"]["matching_requested"] == "auto"   # (an explicit same_index read as auto's choice)
+
+
+def test_a_bridged_run_says_what_crosses_the_vaes_and_counts_the_calls(tmp_path, capsys):
+    """A run of experts in different latent spaces said only "19 expert evaluations": nothing told that the
+    structure and every step's clean estimate crossed the VAEs (most of a tiny run's seconds), and the report's 22
+    VAE calls had to be worked out. Said before sampling, counted in the last line, and named in the report."""
+    out = str(tmp_path / "bridge")
+    assert main(["generate", "--out", out, "--embedded", "bridge", "--frames", "5", "--height", "64", "--width",
+                 "64", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert printed[0] == ("bridged through the VAEs: control embedded-causal -> spatial embedded (the structure: 2 VAE "
+                          "calls); spatial embedded <-> temporal embedded-causal (the clean estimate over and back: 4 "
+                          "VAE calls a step)")
+    assert report["vae_calls"] == {"refine": 2 + 4 * 5}
+    assert printed[-1].endswith("(5 frames, 19 expert evaluations, 22 VAE calls between them, "
+                                f"{report['seconds']['total']:.1f} s)")
+    assert report["bridges"] == ["control embedded-causal -> spatial embedded",
+                                 "spatial embedded <-> temporal embedded-causal"]
+    # one latent space: nothing said, nothing counted
+    assert main(["generate", "--out", str(tmp_path / "one"), *SMALL, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "VAE" not in printed and json.load(open(tmp_path / "one" / "report.json"))["bridges"] == []
 
 
 @pytest.mark.parametrize("mode", ["standard", "temporal", "alternate"])
