@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -759,26 +760,83 @@ def loading_bars(shown: bool):
             logging_.enable_progress_bar()
 
 
-def load_backend(req: GenerateRequest) -> Backend:
+def load_backend(req: GenerateRequest, experts=None) -> Backend:
+    """The request's experts: the embedded ones, the checkpoints it names loaded now, or ``experts`` loaded before
+    (:func:`load_request_experts`) when they are what the request would load."""
     if req.embedded:
+        if experts is not None:
+            raise UsageError("experts= are loaded checkpoints, and this request names none (the embedded default): "
+                             "leave experts out, or give the request control, spatial and temporal", "experts")
         from .embedded.experts import PRESET_HELP, embedded_experts
 
         return Backend(embedded_experts(req.embedded_preset),
                        f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
                        f"posterior-mean experts over a procedural video world")
-    from .diffusers_backend import load_experts
+    if experts is None:
+        experts = loaded_experts(req)
+    else:
+        check_loaded_for(experts, req)
+    return Backend(experts.experts, "diffusers checkpoints")
 
+
+def load_arguments(req: GenerateRequest) -> dict:
+    """The arguments of :func:`~.diffusers_backend.load_experts` for a checkpoint request."""
     from .diffusers_backend.speed import PRESETS
 
     speed = PRESETS[req.speed]
     if req.compile_dir:
         speed = replace(speed, compile_dir=req.compile_dir)
+    return {"control": req.control, "spatial": req.spatial, "temporal": req.temporal, "base": req.base,
+            "device": req.device, "speed": speed, "options": {"image_mode": req.image_mode}}
+
+
+def load_request_experts(req: GenerateRequest):
+    """The experts a checkpoint request loads, loaded once: ``generate(request, experts=...)`` then runs any
+    request that loads the same ones (the chain's settings, prompt, seed, frames, output may vary) without loading
+    them again, as a sweep over settings wants. Checked as :func:`generate` checks the request first."""
+    checked = replace(req)
+    with caller_spelling():
+        checked.validate()
+        if checked.embedded:
+            raise UsageError("the request names no checkpoints (the embedded default): there is nothing to load",
+                             "req")
+        return loaded_experts(checked)
+
+
+def loaded_experts(req: GenerateRequest):
+    """A checkpoint request's experts, loaded (a LoadedExperts)."""
+    from .diffusers_backend import load_experts
+
     try:
-        loaded = load_experts(control=req.control, spatial=req.spatial, temporal=req.temporal, base=req.base,
-                              device=req.device, speed=speed, options={"image_mode": req.image_mode})
+        return load_experts(**load_arguments(req))
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(from_the_backend(str(e)), "--spatial") from e
-    return Backend(loaded.experts, "diffusers checkpoints")
+
+
+def check_loaded_for(experts, req: GenerateRequest) -> None:
+    """``experts`` (a LoadedExperts) must be what ``req`` loads: the same paths, device, speed and options, as
+    :func:`load_experts` recorded them. Another checkpoint or device would run, and be reported, as this one."""
+    asked = load_arguments(req)
+    had = getattr(experts, "arguments", None)
+    if had is None:
+        raise UsageError(f"experts= must come from load_request_experts(request) or load_experts, got "
+                         f"{type(experts).__name__}", "experts")
+    for name, value in asked.items():
+        if normalised(name, value) != normalised(name, had.get(name)):
+            raise UsageError(f"experts= were loaded with {name}={had.get(name)!r}, and this request loads "
+                             f"{name}={value!r}: load its own with load_request_experts(request), or leave experts "
+                             f"out", "experts")
+
+
+def normalised(name: str, value):
+    """A load argument as compared: a path resolved, a device as torch names it (cuda -> cuda:0 is not done)."""
+    if value is None:
+        return None
+    if name in ("control", "spatial", "temporal", "base"):
+        return str(Path(value).resolve())
+    if name == "device":
+        return str(torch.device(value))
+    return value
 
 
 def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
@@ -847,9 +905,11 @@ def progress_callback(bar: tqdm, log: EvaluationLog):
 # The run
 
 def generate(req: GenerateRequest, show_progress: bool = True,
-             announce: Callable[[str], None] | None = None) -> dict | None:
+             announce: Callable[[str], None] | None = None, experts=None) -> dict | None:
     """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
     report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).
+    ``experts``: the request's checkpoints loaded before, by :func:`load_request_experts` (refused where they are
+    not what the request loads): a sweep over the chain's settings loads them once.
 
     Raises UsageError before any work for bad input, NonFiniteError for NaN/inf during sampling and Interrupted
     on Ctrl-C; in every such case the previous outputs in ``req.out`` are left as they were.
@@ -864,11 +924,14 @@ def generate(req: GenerateRequest, show_progress: bool = True,
         raise UsageError(f"generate() takes a GenerateRequest (from confiner_core.generate), got "
                          f"{type(req).__name__}: GenerateRequest(frames=16, ...)", "req")
     with distributed.session() as ranks, caller_spelling():
+        if experts is not None and ranks.world > 1:
+            raise UsageError("experts= are loaded in this process, and a run over several processes loads them in "
+                             "each: leave experts out under torchrun", "experts")
         return _generate_on(ranks, replace(req), show_progress and ranks.rank == 0,
-                            announce if ranks.rank == 0 else None)
+                            announce if ranks.rank == 0 else None, experts)
 
 
-def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> dict | None:
+def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, experts=None) -> dict | None:
     ranks.agree(lambda: (req.validate(), ranks.device_for(req.device)))
     schedule = req.prompt_schedule()
     plan = req.plan()
@@ -904,7 +967,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
     os.makedirs(req.out, exist_ok=True)
     progress = {"done": None}   # expert evaluations of finished windows, when several processes share the work
     try:
-        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress)
+        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress, experts)
     except BaseException as e:
         ranks.stopping()
         # another process's failure stopped this one: the watchdog's KeyboardInterrupt, or a broken channel
@@ -943,11 +1006,12 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce) -> 
 
 
 def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,
-              store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None) -> dict | None:
+              store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None,
+              experts=None) -> dict | None:
     t_start = time.perf_counter()
     device = ranks.device_for(req.device)
     with loading_bars(show_progress or req.embedded):   # (the embedded experts load nothing)
-        backend = load_backend(replace(req, device=device))
+        backend = load_backend(replace(req, device=device), experts)
     d = bind_experts(backend, req, log, schedule.first)
     # "auto" matching decided by the loaded experts where their schedules were unknown before loading (single
     # files without a scheduler config): the report records the choice the run makes

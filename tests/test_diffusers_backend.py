@@ -266,6 +266,36 @@ def test_the_temporal_only_ablation_loads_and_decodes_without_a_spatial_expert(p
     assert report["expert_evaluations"] == {"control": 4, "refine": 5}
 
 
+def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_path, monkeypatch):
+    """generate() loaded every expert at every call: 30-60 % of a researcher's sweep over Table 3's settings went on
+    reloading the same folders. load_request_experts(request) loads them once; generate(request, experts=...) runs
+    any request that loads the same ones, and makes the video it makes when it loads them itself."""
+    import confiner_core.diffusers_backend as backend
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest, generate, load_request_experts
+
+    base = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]), frames=F,
+                           height=8 * H, width=8 * W, prompt="a cat")
+    grid = [replace(base, chain=replace(base.chain, control_steps=steps, te=te), out=str(tmp_path / f"{steps}_{te}"))
+            for steps, te in ((4, 100), (8, 200))]
+    own = [generate(replace(r, out=r.out + "_own"), show_progress=False) for r in grid]
+    experts = load_request_experts(base)
+    monkeypatch.setattr(backend, "load_experts", lambda **kw: pytest.fail("loaded again"))
+    swept = [generate(r, show_progress=False, experts=experts) for r in grid]
+    for r, a, b in zip(grid, own, swept):
+        assert (Path(r.out) / "frames.png").read_bytes() == (Path(r.out + "_own") / "frames.png").read_bytes()
+        assert a["expert_evaluations"] == b["expert_evaluations"] and a["chain"] == b["chain"]
+    # experts of another request are refused, naming what differs, before anything runs
+    other = replace(grid[0], spatial=str(shutil.copytree(paths["sd"], tmp_path / "sd_copy")),
+                    out=str(tmp_path / "other"))
+    with pytest.raises(UsageError, match=r"^experts= were loaded with spatial='.*/sd', and this request loads "
+                                         r"spatial='.*/sd_copy': load its own with load_request_experts"):
+        generate(other, show_progress=False, experts=experts)
+    with pytest.raises(UsageError, match=r"^experts= are loaded checkpoints, and this request names none"):
+        generate(GenerateRequest(frames=8, out=str(tmp_path / "embedded")), show_progress=False, experts=experts)
+    assert not (tmp_path / "other").exists() and not (tmp_path / "embedded").exists()
+
+
 # --------------------------------------------------------------------------------- (e): single files
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):

@@ -249,6 +249,8 @@ class LoadedExperts:
     experts: dict
     codec: Codec
     inspections: dict = field(default_factory=dict)
+    #: what load_experts was called with (``generate(request, experts=...)`` checks them against the request's)
+    arguments: dict = field(default_factory=dict)
 
     @property
     def decoder(self) -> Codec:
@@ -343,4 +345,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         apply_speed_settings(list(modules.values()), speed)
         if speed.step_cache:
             attach_refinement_caches(experts, speed.step_cache)
-    return LoadedExperts(experts, codec, inspections)
+    return LoadedExperts(experts, codec, inspections, arguments={
+        "control": control, "spatial": spatial, "temporal": temporal, "base": base, "device": device, "dtype": dtype,
+        "motion_config": motion_config, "scheduler_overrides": scheduler_overrides,
+        "decode_chunk_frames": decode_chunk_frames, "speed": speed, "options": dict(options or {})})
