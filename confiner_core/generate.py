@@ -161,6 +161,7 @@ FIELDS = {**{n.option: n.path for n in NUMBERS}, **{option: path for option, pat
 OPTION_OF = {path: option for option, path in FIELDS.items() if "=" not in path}
 _OPTION = re.compile(r"(?<![\w/.-])--[a-z][a-z0-9-]*")
 _SPELLING = contextvars.ContextVar("confiner_option_spelling", default="python")
+_DROP = re.compile(r"\bdrop (" + "|".join(re.escape(p) for p in sorted(OPTION_OF, key=len, reverse=True)) + r")\b")
 
 
 @contextlib.contextmanager
@@ -178,7 +179,9 @@ def spelled(text: str) -> str:
     GenerateRequest field (``--cfg`` -> ``refine_cfg``, ``--te`` -> ``chain.te``, ``--resume`` -> ``resume=True``)."""
     if text is None or _SPELLING.get() == "cli":
         return text
-    return _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
+    text = _OPTION.sub(lambda m: FIELDS.get(m.group(0), m.group(0)), text)
+    # "drop --matching" is not something a frozen ChainConfig field can do: its default is what leaves it unset
+    return _DROP.sub(lambda m: f"leave {m.group(1)} at {lookup(GenerateRequest(), m.group(1))!r}", text)
 
 
 #: a chain or long setting as the library's messages name it (``mode``) -> its option, and the setting with its value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -253,6 +254,8 @@ API_CASES = [
     Case("api-te-zero", {"chain": ChainConfig(te=0)}, "chain.te must be >= 1"),
     Case("api-te-outside", {"chain": ChainConfig(te=5000)}, "chain.te: te (T_e)=5000 lies outside"),
     Case("api-mode", {"chain": ChainConfig(mode="diagonal")}, "chain.mode must be"),
+    Case("api-matching-unread", {"chain": ChainConfig(mode="standard", matching="nearest")},
+         "this run is chain.mode standard: leave chain.matching at 'auto'"),
     Case("api-steps-as-text", {"chain": ChainConfig(refine_steps="5")}, "chain.refine_steps must be an integer"),
     Case("api-gamma", {"long": LongConfig(gamma=1.0)}, "long.gamma must be <= 0.5"),
     Case("api-noise-init", {"long": LongConfig(noise_init="pink")}, "long.noise_init must be"),
@@ -334,6 +337,9 @@ def test_api_refuses_bad_input(case, world):
     assert isinstance(e.value, ValueError)  # UsageError is a ValueError: older callers catching that still work
     # named as a Python caller set it (GenerateRequest's fields), not by the command line's options
     assert "--" not in str(e.value) and not (e.value.option or "").startswith("--"), (str(e.value), e.value.option)
+    # a setting of a frozen config is not dropped: its default leaves it unset ("drop chain.matching" could not be
+    # done to a ChainConfig)
+    assert not re.search(r"\bdrop (chain|long)\.", str(e.value)), str(e.value)
     # and .option is the field itself, for a caller that keys on it (it read 'resume=True')
     assert e.value.option is None or "=" not in e.value.option, e.value.option
 

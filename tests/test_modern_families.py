@@ -759,7 +759,8 @@ def test_command_line_refines_pixel_frames(modern_dirs, tmp_path):
     assert reports["pixel_frames"]["settings"]["image_mode"] == "pixel_frames"
     assert "embedded_preset" not in reports["pixel_frames"]["settings"]   # read by embedded runs alone
     with pytest.raises(UsageError, match=r"^image_mode pixel_frames applies to a Wan or Qwen-Image spatial expert, "
-                                         r".* the spatial expert .*flux_dev is not one .*: drop image_mode$"):
+                                         r".* the spatial expert .*flux_dev is not one .*: leave image_mode at "
+                                         r"'latent_frames'$"):
         GenerateRequest(control=wan, spatial=str(modern_dirs("flux_dev")), temporal=wan, frames=5, height=64,
                         width=64, image_mode="pixel_frames", out=str(tmp_path / "flux")).validate()
     with pytest.raises(UsageError, match=r"^image_mode must be 'latent_frames' or 'pixel_frames', got 'pixel'$"):
