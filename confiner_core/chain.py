@@ -148,6 +148,19 @@ def same_index_warning(spatial: Denoiser, temporal: Denoiser | None, config: "Ch
     return same_index_mismatch_warning(spatial.schedule, temporal.schedule, config.te)
 
 
+def moot_matching_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig") -> str | None:
+    """Matching by noise level asked for where the spatial and temporal experts share one schedule (SD 1.5 and
+    ModelScope): it picks the timesteps 'same_index' picks, so a sweep over matchings made one video three times and
+    read the option as broken."""
+    if temporal is None or config.mode != COORDINATED or config.matching in (AUTO, R.SAME_INDEX):
+        return None
+    a, b = spatial.schedule, temporal.schedule
+    if a.kind == b.kind and torch.equal(a.alphas, b.alphas) and torch.equal(a.sigmas, b.sigmas):
+        return (f"matching={config.matching!r} changes nothing here: the spatial and temporal experts share one "
+                f"schedule, on which it picks the timesteps 'same_index' picks")
+    return None
+
+
 def control_noise_warning(spatial: Denoiser, temporal: Denoiser | None, config: "ChainConfig",
                           control_schedule: NoiseSchedule | None) -> str | None:
     """``structure_noise`` "control" (Algorithm 1, line 4) noises the structure to T_e on the control expert's
@@ -424,7 +437,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
     message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
     if message:
         warn_doubtful(message)
-    for message in (same_index_warning(spatial, temporal, config),
+    for message in (same_index_warning(spatial, temporal, config), moot_matching_warning(spatial, temporal, config),
                     control_noise_warning(spatial, temporal, config, control.schedule),
                     noise_floor_warning(config, evaluated_schedules(spatial, temporal, config))):
         if message:

@@ -9,7 +9,7 @@ import torch
 
 from confiner_core import schedules as S
 from confiner_core.chain import ChainConfig, refine_timesteps, run_chain, validate_chain
-from confiner_core.errors import NonFiniteError
+from confiner_core.errors import ConFinerWarning, NonFiniteError
 from confiner_core.experts import EvaluationLog, Expert
 from confiner_core.latent_spaces import SD15, SDXL
 from confiner_core.layout import FRAMES, VIDEO
@@ -346,6 +346,24 @@ def test_table3_warning_only_where_the_paper_found_collapse():
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     with pytest.warns(ConFinerWarning, match="T_e=300 with 4 control steps"):
         run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("matching", ["nearest", "continuous"])
+def test_matching_by_noise_level_on_one_shared_schedule_is_said_to_change_nothing(matching):
+    """SD 1.5 and ModelScope share one schedule: a sweep over matchings made one video three times, and the option
+    read as broken. Said, and true: the video is same_index's, bit for bit."""
+    x0 = x0_star()
+    c, s, t = (OracleExpert(x0, S.named(name)).bind() for name in ("animatediff", "sd15", "modelscope"))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ConFinerWarning, match=rf"^matching='{matching}' changes nothing here: the spatial and temporal "
+                                             r"experts share one schedule"):
+        moot = run_chain(c, s, t, noise, ChainConfig(matching=matching), torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)   # same_index, and schedules of their own: nothing said
+        paper = run_chain(c, s, t, noise, ChainConfig(matching="same_index"), torch.Generator().manual_seed(0))
+        run_chain(c, s, OracleExpert(x0, S.named("lavie")).bind(), noise, ChainConfig(matching=matching),
+                  torch.Generator().manual_seed(0))
+    assert torch.equal(moot.latent, paper.latent)
 
 
 def test_table3_best_te_is_sd15s_200_at_the_same_noise_level_on_a_flow_schedule():
