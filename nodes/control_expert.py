@@ -68,7 +68,8 @@ class ConFinerControlExpert(io.ComfyNode):
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps)
         progress.warn_halves("control", "ConFiner Control Expert", "model", "low-noise model (low_noise_model)",
-                             host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"))
+                             host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"),
+                             host.loaded_files(cls))
         progress.warn_unused(config, {"control_eta": CONTROL_ETA})
         if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
             progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "

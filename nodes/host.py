@@ -796,10 +796,11 @@ class Progress:
             self.warn(warning, note)
 
     def warn_halves(self, role: str, node: str, high_input: str, low_input: str, high_file: str | None,
-                    low_file: str | None) -> None:
+                    low_file: str | None, loaded: tuple = ()) -> None:
         """A Wan 2.2 A14B half where the other belongs, by the loaders' file names
-        (:func:`~.model_files.pair_problems`)."""
-        for warning, note in model_files.pair_problems(role, node, high_input, low_input, high_file, low_file):
+        (:func:`~.model_files.pair_problems`; ``loaded``: :func:`~.model_files.loaded_files`)."""
+        for warning, note in model_files.pair_problems(role, node, high_input, low_input, high_file, low_file,
+                                                       loaded):
             self.warn(warning, note)
 
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
@@ -929,6 +930,12 @@ def input_feeds_control(node_cls, input_name: str) -> bool | None:
     """Whether the loader of the model at the running node's ``input_name`` feeds a control expert too
     (:func:`~.model_files.feeds_control`); None where the graph does not say."""
     return model_files.feeds_control(queued_prompt(node_cls), node_id(node_cls), input_name)
+
+
+def loaded_files(node_cls) -> tuple:
+    """(loader title, file) of every diffusion-model loader of the running node's queued graph
+    (:func:`~.model_files.loaded_files`); empty outside ComfyUI's executor."""
+    return model_files.loaded_files(queued_prompt(node_cls))
 
 
 def queued_prompt(node_cls) -> dict | None:

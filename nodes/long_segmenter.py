@@ -292,7 +292,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                        if mode != STANDARD else {}))
         progress.warn_halves("control", "ConFiner Long Video", "control model (control_model)",
                              "control low-noise model (control_low_noise_model)",
-                             host.input_file(cls, "control_model"), host.input_file(cls, "control_low_noise_model"))
+                             host.input_file(cls, "control_model"), host.input_file(cls, "control_low_noise_model"),
+                             host.loaded_files(cls))
         if mode != STANDARD:
             experts.warn_halves(progress)
         log = EvaluationLog()

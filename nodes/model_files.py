@@ -55,6 +55,14 @@ def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> 
         for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
 
+def loaded_files(prompt: dict | None) -> tuple[tuple[str, str], ...]:
+    """(loader title, file) of every diffusion-model loader in the queued ``prompt``: where a file two nodes need
+    went instead (the other half of a pair in another loader)."""
+    return tuple((node.get("_meta", {}).get("title") or node["class_type"], node["inputs"][LOADERS[node["class_type"]]])
+                 for node in (prompt or {}).values() if node.get("class_type") in LOADERS and
+                 isinstance(node.get("inputs", {}).get(LOADERS[node["class_type"]]), str))
+
+
 def noise_half(name: str | None) -> str | None:
     """HIGH or LOW for a file named as one half of a two-expert model ("wan2.2_t2v_high_noise_14B_fp16",
     "Wan2.2-T2V-A14B-LowNoise-Q8_0.gguf"), else None."""
@@ -63,23 +71,37 @@ def noise_half(name: str | None) -> str | None:
 
 
 def pair_problems(role: str, node: str, high_input: str, low_input: str, high_file: str | None,
-                  low_file: str | None) -> list[tuple[str, str]]:
+                  low_file: str | None, loaded: tuple = ()) -> list[tuple[str, str]]:
     """A Wan 2.2 A14B half where its other half belongs, as (console warning, one-line note) pairs, from the file
-    names of the role's MODEL input (``high_input``: the high-noise half, or the only model) and its low-noise input.
+    names of the role's MODEL input (``high_input``: the high-noise half, or the only model) and its low-noise input;
+    ``loaded``: (loader title, file) of the graph's loaders (:func:`loaded_files`), where the other half may be.
 
     * temporal, the high-noise half alone: the refinement runs from T_e (sigma 0.25) down, far below the boundary it
-      was trained above (an artist swapped Wan 2.1's file for it; the run said nothing);
+      was trained above (an artist swapped Wan 2.1's file for it; the run said nothing); with the low-noise file in
+      another loader, the two loaders' files were swapped (a trial was told to add a low-noise model instead);
     * control, one half alone: the control stage runs from pure noise to clean, across the boundary;
-    * either role, the two halves in each other's inputs."""
+    * either role, the two halves in each other's inputs, or one half in both."""
     high, low = noise_half(high_file), noise_half(low_file)
+    high_label, low_label = (name.split(" (")[0] for name in (high_input, low_input))   # as the node shows them
     if low_file is not None:
         if high == LOW and low == HIGH:
             return [(f"the {role} model '{high_file}' is Wan 2.2 A14B's low-noise half and its low-noise model "
                      f"'{low_file}' the high-noise one: swap the two files on {node} ({high_input}, {low_input})",
                      f"warning: {role} high/low-noise files swapped")]
+        if high is not None and high == low:   # one half in both inputs: the other side of the boundary has none
+            other, fix = (LOW, low_input) if high == HIGH else (HIGH, high_input)
+            return [(f"the {role} model '{high_file}' and its low-noise model '{low_file}' are both Wan 2.2 A14B's "
+                     f"{high} half: load the {other} file as {fix} on {node}",
+                     f"warning: both halves {high}: load {other} file")]
         return []
-    low_label = low_input.split(" (")[0]   # the input as the node shows it
     if role == "temporal" and high == HIGH:
+        elsewhere = [(title, name) for title, name in loaded if noise_half(name) == LOW]
+        if elsewhere:
+            title, name = elsewhere[0]
+            return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
+                     f"{BOUNDARY_NOTE}, and the low-noise file '{name}' is in {title}: the two loaders' files look "
+                     f"swapped; swap them (the refinement runs below the boundary, on the low-noise half)",
+                     "warning: high/low-noise files swapped in loaders")]
         return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
                  f"{BOUNDARY_NOTE}, and refines alone far below it: connect its low-noise half to {low_input} on "
                  f"{node} (the refinement then runs on it), or load the low-noise file as {high_input}",
@@ -91,5 +113,5 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
         return [(f"the control model '{high_file}' is Wan 2.2 A14B's {high} half alone: the control stage samples "
                  f"from pure noise to clean, across {BOUNDARY_NOTE}, and the {other} half is trained for the other "
                  f"side: {fix} on {node}", f"warning: high-noise half alone: add {low_label}" if high == HIGH
-                 else "warning: low-noise half alone: add the high-noise one")]
+                 else f"warning: low-noise half as {high_label}: load high-noise")]
     return []

@@ -45,11 +45,13 @@ class RefineExperts:
     temporal_low_noise_cfg: float = 1.0
     temporal_boundary: float = 0.875
     temporal_files: tuple = (None, None)   # the loaders' file names of temporal_model and its low-noise model
+    loaded_files: tuple = ()               # (title, file) of the graph's model loaders (model_files.loaded_files)
 
     def warn_halves(self, progress) -> None:
         """A Wan 2.2 A14B half in the temporal role where the other belongs (:meth:`~.host.Progress.warn_halves`)."""
         progress.warn_halves("temporal", "ConFiner Refine Experts", "temporal model (temporal_model)",
-                             "temporal low-noise model (temporal_low_noise_model)", *self.temporal_files)
+                             "temporal low-noise model (temporal_low_noise_model)", *self.temporal_files,
+                             self.loaded_files)
 
     @property
     def models(self) -> dict:

@@ -570,10 +570,25 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert r["success"], r.get("error")
     assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
-    # the low-noise half alone as the control model
+    # ... as a trial swapped them, in the two loaders of the A14B template ("high noise (control)" feeds the control
+    # model, "low noise (all roles)" its low-noise model and the temporal one): the Refine Sampler said "add temporal
+    # low-noise model", which wires around the swap instead of undoing it
+    prompt["10"]["inputs"]["temporal_model"] = ["1", 0]
+    del prompt["10"]["inputs"]["temporal_low_noise_model"]
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
+    assert _texts(r)["11"][-1].startswith("warning: high/low-noise files swapped in loaders\n"), _texts(r)["11"][-1]
+    # one half in both inputs: the control stage ran with no word
+    prompt["9"]["inputs"].update(model=["1", 0], low_noise_model=["1", 0])
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert _texts(r)["9"][-1].startswith("warning: both halves high-noise: load low-noise file\n")
+    # the low-noise half alone as the control model: the input to load the other into, by its label
+    prompt["9"]["inputs"]["model"] = ["16", 0]
     del prompt["9"]["inputs"]["low_noise_model"]
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
-    assert _texts(r)["9"][-1].startswith("warning: low-noise half alone: add the high-noise one\n")
+    assert _texts(r)["9"][-1].startswith("warning: low-noise half as model: load high-noise\n")
+    assert max(len(line) for ts in _texts(r).values() for t in ts for line in t.split("\n")
+               if line.startswith("warning")) <= 60
 
 
 def test_a_matching_outside_coordinated_refinement_is_said_unused_with_what_reads_it(comfy_worker, modern):
