@@ -94,18 +94,26 @@ def few_step(name: str) -> bool:
 
 
 def motion_model_problems(control_model=None, control_steps: int | None = None, temporal_model=None,
-                          temporal_cfg: float | None = None) -> list[tuple[str, str]]:
+                          temporal_cfg: float | None = None, loaded: tuple = ()) -> list[tuple[str, str]]:
     """Motion models in the role the other one is made for, as (console warning, one-line note) pairs: an undistilled
     one sampling the control stage's few steps (its structure stays a blur), a few-step one refining at a cfg it
-    burns at; both at once as the swapped pair they likely are. Names ADE did not record say nothing."""
+    burns at; both at once as the swapped pair they likely are. Names ADE did not record say nothing. ``loaded``:
+    the motion model files of the graph's loaders (:func:`~.model_files.motion_model_files`): a node that sees one
+    role (the Control Expert, the Refine Sampler) tells a swap from the other loader's file, where it said "load
+    Lightning" and "set cfg 1", and the second kept the wrong model."""
     slow = [n for n in motion_model_names(control_model) if not few_step(n)] \
         if control_model is not None and control_steps is not None and control_steps <= FEW_STEPS else []
     fast = [n for n in motion_model_names(temporal_model) if few_step(n)] \
         if temporal_model is not None and temporal_cfg is not None and temporal_cfg > DISTILLED_CFG else []
+    if slow and not fast and temporal_model is None:   # the temporal role's file, from the graph
+        fast = [n for n in loaded if few_step(n) and n not in slow]
+    if fast and not slow and control_model is None:
+        slow = [n for n in loaded if not few_step(n) and n not in fast]
     if slow and fast:
         return [(f"the control expert's motion model '{slow[0]}' is not distilled for few steps and the temporal "
                  f"expert's '{fast[0]}' is: the two motion model loaders look swapped (the control expert samples "
-                 f"{control_steps} steps, the temporal one refines at cfg {temporal_cfg:g}); swap the files",
+                 f"{control_steps or 'few'} steps, the temporal one refines at "
+                 f"{'cfg above 1' if temporal_cfg is None else f'cfg {temporal_cfg:g}'}); swap the files",
                  "warning: motion models look swapped: swap the two files")]
     problems = []
     if slow:

@@ -147,7 +147,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         progress.warn_unused(config, {"matching": MATCHING})
         if mode != STANDARD:
-            progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
+            progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg,
+                                        loaded=host.motion_model_files(cls))
             experts.warn_halves(progress)
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)

@@ -932,6 +932,11 @@ def input_feeds_control(node_cls, input_name: str) -> bool | None:
     return model_files.feeds_control(queued_prompt(node_cls), node_id(node_cls), input_name)
 
 
+def motion_model_files(node_cls) -> tuple:
+    """The motion model files of the running node's queued graph (:func:`~.model_files.motion_model_files`)."""
+    return model_files.motion_model_files(queued_prompt(node_cls))
+
+
 def loaded_files(node_cls) -> tuple:
     """(loader title, file) of every diffusion-model loader of the running node's queued graph
     (:func:`~.model_files.loaded_files`); empty outside ComfyUI's executor."""

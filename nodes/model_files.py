@@ -63,6 +63,13 @@ def loaded_files(prompt: dict | None) -> tuple[tuple[str, str], ...]:
                  isinstance(node.get("inputs", {}).get(LOADERS[node["class_type"]]), str))
 
 
+def motion_model_files(prompt: dict | None) -> tuple[str, ...]:
+    """The motion model files of the queued ``prompt``'s AnimateDiff-Evolved loaders (their ``model_name``)."""
+    return tuple(node["inputs"]["model_name"] for node in (prompt or {}).values()
+                 if str(node.get("class_type", "")).startswith("ADE_")
+                 and isinstance(node.get("inputs", {}).get("model_name"), str))
+
+
 def noise_half(name: str | None) -> str | None:
     """HIGH or LOW for a file named as one half of a two-expert model ("wan2.2_t2v_high_noise_14B_fp16",
     "Wan2.2-T2V-A14B-LowNoise-Q8_0.gguf"), else None."""

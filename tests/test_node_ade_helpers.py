@@ -108,5 +108,39 @@ def test_motion_models_in_each_others_roles_are_named_with_the_fix():
     assert ade.motion_model_problems(v3, 25, lightning, 1.0) == []
     assert ade.motion_model_problems(_with_motion_models("AnimateLCM_sd15_t2v.ckpt"), 8) == []
     assert ade.motion_model_problems(FakePatcher(), 4, FakePatcher(), 7.5) == []   # no names recorded: nothing
+    # a node that sees one role (the Control Expert, the Refine Sampler) tells the swap from the other loader's file
+    # in the graph, where it said "load Lightning" and "set cfg 1", and the second kept the wrong model
+    loaded = ("mm_sd15_v3.safetensors", "animatediff_lightning_4step_comfyui.safetensors")
+    for one_role in (dict(control_model=v3, control_steps=4), dict(temporal_model=lightning, temporal_cfg=7.5)):
+        (swapped,) = ade.motion_model_problems(**one_role, loaded=loaded)
+        assert swapped[1] == "warning: motion models look swapped: swap the two files", one_role
+        assert "'mm_sd15_v3.safetensors'" in swapped[0] and "'animatediff_lightning_4step_comfyui" in swapped[0]
+    # ... and only then: the graph's other motion model of the same kind, or none, is not a swap
+    assert [n for _, n in ade.motion_model_problems(v3, 4, loaded=("mm_sd15_v3.safetensors",))] == [
+        "warning: control motion model not few-step: load Lightning"]
+    assert [n for _, n in ade.motion_model_problems(temporal_model=lightning, temporal_cfg=7.5,
+                                                    loaded=loaded[1:])] == [
+        "warning: temporal motion model is few-step: set cfg 1"]
     assert all(len(note) <= 60 for _, note in ade.motion_model_problems(v3, 4, lightning, 7.5) +
                ade.motion_model_problems(v3, 4, v3, 7.5) + ade.motion_model_problems(lightning, 4, lightning, 7.5))
+
+
+def test_the_queued_graph_names_its_loaders_files():
+    """nodes/model_files.py reads a queued prompt (API format): the motion model files of ADE's loaders (the swap a
+    node that sees one role tells), and (title, file) of the model loaders (the other half of a Wan 2.2 pair)."""
+    spec = importlib.util.spec_from_file_location("confiner_nodes_model_files",
+                                                  Path(__file__).resolve().parents[1] / "nodes" / "model_files.py")
+    model_files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_files)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5.safetensors"}},
+        "2": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model": ["1", 0], "model_name": "mm_v3.ckpt"},
+              "_meta": {"title": "Temporal expert"}},
+        "3": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model": ["1", 0], "model_name": ["9", 0]}},
+        "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_low_noise.safetensors"},
+              "_meta": {"title": "low noise (all roles)"}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0]}}}
+    assert model_files.motion_model_files(prompt) == ("mm_v3.ckpt",)   # a name from a link is not a file name
+    assert model_files.loaded_files(prompt) == (("CheckpointLoaderSimple", "v1-5.safetensors"),
+                                                ("low noise (all roles)", "wan2.2_low_noise.safetensors"))
+    assert model_files.motion_model_files(None) == model_files.loaded_files(None) == ()
