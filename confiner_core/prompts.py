@@ -46,9 +46,12 @@ STRAY_KEY = re.compile(rf"[,;]\s*{KEY}\s*:(?=\s|$)")
 # a start that looks like a key but is none: signed, a stray dot, a decimal comma, an exponent or a space before the
 # s ("-3: ...", "2.5: ...", "1,5s: ...", "+8: ...", "1e1: ...", "1.5 s: ..."; see misspelt_key). "4k: ..." stays a
 # prompt.
-KEY_LIKE = re.compile(r"\s*([-+]?(?:\d[\d.,]*|\.[\d.,]+)(?:e[-+]?\d+)?(?:\s*(?:seconds?|secs?|s))?)\s*:(?=\s|$)")
+KEY_LIKE = re.compile(r"\s*([-+]?(?:\d[\d.,]*|\.[\d.,]+)(?:e[-+]?\d+)?(?:\s*(?:seconds?|secs?|s))?)\s*:(?=\s|$)",
+                      re.IGNORECASE)   # ("2S: ..." too: its fix was "'64: 2S: ...'", the typo kept in the prompt)
 # a seconds key's unit spelled out ("2sec", "2 seconds"): the key is written '2s'
-SECONDS_WORD = re.compile(r"\s*(?:seconds?|secs?)$")
+SECONDS_WORD = re.compile(r"\s*(?:seconds?|secs?)$", re.IGNORECASE)
+# a video timecode as the key ("00:02: a blue ball", "0:01.5: ..."): the key is written in seconds
+TIMECODE = re.compile(r"^\s*(?:(\d+):)?(\d+):(\d\d(?:\.\d+)?)\s*:(?=\s|$)")
 # an entry whose frame key lacks its colon ("16 a blue ball")
 NUMBER_FIRST = re.compile(r"^\s*(\d+(?:\.\d+)?s?)\s+(?=\D)(.+)$", re.DOTALL)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
@@ -117,8 +120,19 @@ def misspelt_key(piece: str) -> str | None:
 def key_fix(bad: str) -> str:
     """The key a misspelt one meant, where that is plain: a decimal comma ('1,5s' -> ": write '1.5s'"), the unit
     spelled out ('2sec', '2 seconds' -> ": write '2s'")."""
-    meant = SECONDS_WORD.sub("s", bad).replace(",", ".").replace(" ", "")
+    meant = SECONDS_WORD.sub("s", bad).replace(",", ".").replace(" ", "").lower()
     return f": write {meant!r}" if meant != bad and re.fullmatch(KEY, meant) else ""
+
+
+def timecode_fix(piece: str) -> str | None:
+    """A timecode written as the key ('00:02: b' -> ": timecodes are not read: write '2s'"), else None."""
+    m = TIMECODE.match(piece)
+    if m is None:
+        return None
+    hours, minutes, seconds = int(m.group(1) or 0), int(m.group(2)), float(m.group(3))
+    total = f"{hours * 3600 + minutes * 60 + seconds:g}s"
+    return f"{piece.strip()[:m.end()].strip().rstrip(':').strip()!r}, a timecode, which schedules do not read: " \
+           f"write {total!r}"
 
 
 def resolve_key(key: str, fps: float | None, entry: str, option: str) -> int:
@@ -178,6 +192,9 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option} {text!r} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
                              f"key ('2.5s'){key_fix(bad)}: a schedule starts at frame 0 (e.g. '{EXAMPLE}'), or drop "
                              f"the ': ' after the number to keep one plain prompt", option)
+        if timecode_fix(text) and len(pieces) > 1 and \
+                any(ENTRY.match(p) or TIMECODE.match(p) for p in pieces[1:]):   # a schedule keyed by timecodes
+            raise UsageError(f"{option} {text!r} starts with {timecode_fix(text)}", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
@@ -196,6 +213,8 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if bad:
             raise UsageError(f"{option}: {where} starts with {bad!r}, which is not a frame (0, 1, 2, ...) or seconds "
                              f"key ('2.5s'){key_fix(bad) or f'; as in {EXAMPLE!r}'}", option)
+        if m is None and timecode_fix(piece):
+            raise UsageError(f"{option}: {where} starts with {timecode_fix(piece)}", option)
         if m is None:
             number = NUMBER_FIRST.match(piece)   # '16 a blue ball': the key is there, its colon is not
             example = f"'{number.group(1)}: {number.group(2).strip()}'" if number else \
@@ -237,8 +256,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
                              f"{entries[-1].key}: {entries[-1].prompt!r}; give each entry its own start", option)
         if entries and start < entries[-1].start:
-            raise UsageError(f"{option}: {where} starts at {at}, before the previous entry (frame "
-                             f"{entries[-1].start}); list the entries in increasing order", option)
+            before = entries[-1]   # a seconds key before the model's rate is known: in seconds (its frame at the
+            # slowest rate, 8 for '1s', was no frame of a 16 fps Wan video)
+            said = f"{before.key[:-1]} s" if slowest_fps and before.key.endswith("s") else f"frame {before.start}"
+            raise UsageError(f"{option}: {where} starts at {at}, before the previous entry ({said}); list the "
+                             f"entries in increasing order", option)
         entries.append(Entry(start, prompt, key))
         if len(entries) == 1:
             first = (piece.strip(), at)

@@ -121,6 +121,13 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | 2 seconds: b", 8, "starts with '2 seconds', which is not a frame (0, 1, 2, ...) or seconds key "
                                "('2.5s'): write '2s'"),
     ("0: a | 2.5 s: b", 8, "write '2.5s'"),
+    # an upper-case unit, a timecode: the fix offered kept the typo in the prompt ("'64: 2S: b'", "'64: 00:02: b'")
+    ("0: a | 2S: b", 8, "starts with '2S', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): write '2s'"),
+    ("0: a | 2 Sec: b", 8, "write '2s'"),
+    ("0: a | 00:02: b", 8, "entry '00:02: b' starts with '00:02', a timecode, which schedules do not read: write "
+                           "'2s'"),
+    ("0: a | 1:30.5: b", 8, "starts with '1:30.5', a timecode, which schedules do not read: write '90.5s'"),
+    ("00:00: a | 00:02: b", 8, "starts with '00:00', a timecode, which schedules do not read: write '0s'"),
     # a frame key without its colon: the fix offered was "'64: 16 b'"
     ("0: a | 16 b", 8, "'16 b' has no start key; every entry of a schedule starts with a frame or seconds key "
                        "followed by ': ' (e.g. '16: b')"),
@@ -176,8 +183,11 @@ def test_seconds_keys_before_the_rate_is_known_refuse_only_what_every_faster_rat
     with pytest.raises(UsageError, match="the same frame as entry 16"):
         parse_prompt("0: a | 16: b | 2s: c", 64, 8)
     # a frame key on or before a seconds key at the slowest rate is before it at every rate
-    with pytest.raises(UsageError, match="before the previous entry"):
+    with pytest.raises(UsageError, match=r"before the previous entry \(2 s\)"):
         parse_prompt("0: a | 2s: b | 10: c", 64, 8, slowest_fps=True)
+    # ... named in seconds there: its frame at the slowest rate (8 for '1s') is no frame of a 16 fps Wan video
+    with pytest.raises(UsageError, match=r"'0: a' starts at frame 0, before the previous entry \(1 s\); list"):
+        parse_prompt("1s: b | 0: a", 64, 8, slowest_fps=True)
 
 
 def test_seconds_keys_apart_in_seconds_but_on_one_frame_at_the_slowest_rate_are_left_to_the_run():
