@@ -86,12 +86,13 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
     """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`) or shows in a structure's
     layout alone (:func:`~confiner_core.long.layout_only_entries`), for the top of the
     node's text: under a preview the frontend shows its first two lines only, and below the schedule they were
-    hidden. Each fits a line (the frontend neither wraps nor scrolls it)."""
-    # each named by its first frame too: cut to the line, two prompts of one subject read alike ("a corgi running…")
-    lines = [f"warning: prompt from frame {a} not used: {p}" for a, _, p in unused_entries(plan, schedule)]
-    lines += [f"warning: prompt from frame {a} only lays out a structure: {p}"
-              for a, _, p in layout_only_entries(plan, schedule)]
-    return [line if len(line) <= host.LINE_WIDTH else line[:host.LINE_WIDTH - 1] + "…" for line in lines]
+    hidden. Each fits a line (the frontend neither wraps nor scrolls it), with its fix: a prompt needs a segment's
+    frames (the console says it whole, and that a shorter segment length also does). Named by its frames, which the
+    schedule under it lists: cut to the line, the prompt itself was lost ("...lays out a structure: a …")."""
+    fix = f"give it {plan.segment_length}+ frames"
+    lines = [f"warning: prompt {a}-{b - 1} unused: {fix}" for a, b, _ in unused_entries(plan, schedule)]
+    lines += [f"warning: prompt {a}-{b - 1} only lays out: {fix}" for a, b, _ in layout_only_entries(plan, schedule)]
+    return lines
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:

@@ -768,8 +768,8 @@ def test_a_segment_prompt_the_video_never_shows_is_warned_at_the_top_of_the_long
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
-    # (named by its first frame too: cut to the node's width, prompts of one subject read alike)
-    assert texts and all(t.split("\n")[0] == "warning: prompt from frame 0 only lays out a structure: a r…"
+    # (named by its frames, with the fix: cut to the node's width, the prompt and the fix were lost, "... a r…")
+    assert texts and all(t.split("\n")[0] == "warning: prompt 0-0 only lays out: give it 5+ frames"
                          for t in texts), texts[:2]
     last = texts[-1].split("\n")
     assert last[1].startswith("done · ") and "not used" not in "\n".join(last[2:]), last
