@@ -178,14 +178,23 @@ def _family(model) -> tuple[str, str]:
                                     "the CLIP output of its checkpoint loader")
 
 
-def refuse_all(problems: list) -> None:
+def refuse_all(problems: list, model: str | None = None) -> None:
     """Raises every problem found before anything ran in one message ("2 problems: (1) ...; (2) ..."): an artist
-    who swapped a model met them one run at a time, each after the fix of the one before. Nothing if none."""
+    who swapped a model met them one run at a time, each after the fix of the one before. Nothing if none.
+
+    ``model``: the one model they all concern, with its file ("the spatial model, FLUX.1, file 'flux1-dev...'"):
+    its prompt and VAE then differ from it because the file may be the mistake, so that fix leads. An artist who
+    picked the FLUX file in the Qwen-Image loader was told to rewire FLUX's VAE and text encoder, never to pick the
+    Qwen-Image file."""
     problems = [p for p in problems if p]
-    if len(problems) > 1:
-        raise ValueError(f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
-    if problems:
-        raise ValueError(problems[0])
+    if not problems:
+        return
+    said = f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) \
+        if len(problems) > 1 else problems[0]
+    if model:
+        said = (f"{model}, does not fit the prompt or VAE connected for it: if another model was meant, pick its "
+                f"file there; if this one is, {said}")
+    raise ValueError(said)
 
 
 def problem_of(check, *args, **kwargs) -> str | None:
@@ -202,7 +211,9 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
     fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
     input. The negative only where it is used: at cfg 1 ComfyUI never evaluates it. A model that also reads a pooled
     vector (Flux: CLIP-L's) gets zeros in its place from ComfyUI when the prompt has none, without a word: a UMT5
-    prompt (Wan's, 4096 wide like Flux's T5) would run and ignore half the text encoder, so that is refused too."""
+    prompt (Wan's, 4096 wide like Flux's T5) would run and ignore half the text encoder, so that is refused too. A
+    wrong file in a loader meets this check first (an SD 1.5 file in the Wan loader): the bundle's
+    :func:`refuse_all` then leads with the file."""
     width, pooled = text_width(model), pooled_width(model)
     prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
     for which, conditioning in prompts:
@@ -918,6 +929,17 @@ def shows_refusals(method):
 def node_id(node_cls) -> str | None:
     """The running node's id (V3 hidden input), None when a node class is called outside ComfyUI's executor."""
     return getattr(getattr(node_cls, "hidden", None), "unique_id", None)
+
+
+def input_loader(node_cls, input_name: str) -> str | None:
+    """The title of the loader of the model reaching the running node's ``input_name`` (as the canvas shows it), from
+    the queued prompt; None where the graph does not say."""
+    prompt = queued_prompt(node_cls)
+    found = model_files.model_loader(prompt, node_id(node_cls), input_name)
+    if found is None:
+        return None
+    node = prompt.get(found[0], {})
+    return node.get("_meta", {}).get("title") or node.get("class_type")
 
 
 def input_file(node_cls, input_name: str) -> str | None:

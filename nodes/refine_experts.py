@@ -108,5 +108,12 @@ class ConFinerRefineExperts(io.ComfyNode):
             if model is not None:
                 negative = negative if negative is not None else positive
                 problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which))
-        host.refuse_all(problems)
+        # one model all of them concern, whose file the graph names: the file may be the mistake
+        roles = {min(("spatial", "temporal"), key=lambda r: (problem.find(r) + 1 or len(problem) + 1))
+                 for problem in problems if problem}   # each about the expert it names first
+        role = next(iter(roles)) if len(roles) == 1 else None
+        file = files.get(f"{role}_model") if role else None
+        loader = host.input_loader(cls, f"{role}_model") if file else None
+        host.refuse_all(problems, f"the {role} model, {host.family_name(experts.models[role])}, file '{file}' in "
+                                  f"{loader}" if file else None)
         return io.NodeOutput(experts)

@@ -264,7 +264,12 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
     prompt["10"]["inputs"].update(spatial_vae=["5", 0], spatial_positive=["7", 0], spatial_negative=["7", 0])
     del prompt["10"]["inputs"]["temporal_vae"]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux with Qwen's prompts and the Wan VAE",
-                                         ["2 problems: (1) spatial VAE (spatial_vae) is a VAE of",
+                                         # the file first: the FLUX file in the Qwen-Image loader was told to
+                                         # rewire FLUX's VAE and text encoder, never to pick the Qwen-Image file
+                                         ["the spatial model, FLUX.1 (Flux), file 'confiner-tiny-flux1-dev"
+                                          ".safetensors' in ", "does not fit the prompt or VAE connected for it: if "
+                                          "another model was meant, pick its file there; if this one is, 2 problems: "
+                                          "(1) spatial VAE (spatial_vae) is a VAE of",
                                           "not of the FLUX.1 latent space",
                                           "it is the VAE of temporal model's space: connect it to temporal VAE "
                                           "(temporal_vae) if that input is free", "and spatial model's own VAE "
