@@ -359,7 +359,7 @@ def test_a_fresh_node_holds_all_its_widgets(frontend):
         const saved = fresh.serialize(); saved.size = [250, saved.size[1]];
         const loaded = LiteGraph.createNode(t); loaded.configure(saved);
         return [t, [fresh.size[0], loaded.size[0]]]; })); }""", NODE_IDS)
-    assert {t: fresh >= 400 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
+    assert {t: fresh >= 430 and loaded == 250 for t, (fresh, loaded) in widths.items()} == \
         dict.fromkeys(NODE_IDS, True), widths
 
 
@@ -430,3 +430,41 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
                         texts["ConFinerControlExpert"])
     assert said and said[1] in loaders and int(said[2] or 0) + 1 == len(loaders), (texts, loaders)
     assert texts["ConFinerCoordinatedSampler"] == texts["ConFinerControlExpert"]
+
+
+@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_wan21"])
+def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(frontend, name):
+    """The nodes' lines are at most 60 characters (nodes/host.py LINE_WIDTH) so that each fits one line of the box:
+    on the templates' 380 px nodes, a trial read "load Lightnin / g" and "stopped the ru / n". A node added fresh is
+    as wide (web/confiner.js)."""
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+    browser.load_template(b, workflow, name)
+    browser.close_dialogs(b)
+    line = "warning: control motion model not few-step: load Lightning.."   # 60 characters, as the longest
+    assert len(line) == 60
+    lines = b.page.evaluate("""async ([line, types]) => {
+      const api = window.comfyAPI.api.api;
+      const fresh = types.map((t) => { const n = LiteGraph.createNode(t); n.pos = [5000, 5000]; app.graph.add(n); return n; });
+      const ours = app.graph._nodes.filter((n) => types.includes(n.type));
+      const out = [];
+      for (const n of ours) {
+        app.canvas.ds.scale = 1;   // the node in view: the frontend hides the boxes of nodes out of it
+        app.canvas.ds.offset = [300 - n.pos[0], 300 - n.pos[1]];
+        api.dispatchCustomEvent("progress_text", {nodeId: String(n.id), text: line});
+        await new Promise((r) => setTimeout(r, 300));
+        app.canvas.draw(true, true);
+        await new Promise((r) => setTimeout(r, 100));
+        const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
+          .find((e) => (e.innerText || "").includes(line.slice(0, 40)) && !e.dataset.measured);
+        if (!box) { out.push([n.type, fresh.includes(n), null]); continue; }
+        box.dataset.measured = "1";
+        const range = document.createRange(); range.selectNodeContents(box);
+        out.push([n.type, fresh.includes(n), new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top))).size]);
+      }
+      for (const n of fresh) app.graph.remove(n);
+      return out;
+    }""", [line, NODE_IDS[:4]])
+    assert lines and all(count == 1 for _, _, count in lines), lines

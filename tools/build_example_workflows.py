@@ -151,6 +151,8 @@ SOCKETS = {
 }
 
 # the size an artist needs (text, previews); never below what the frontend computes
+# The pack's nodes: 430 px, where a 60-character line of their text (nodes/host.py LINE_WIDTH) fits the frontend's
+# box unbroken (at 380 "load Lightning" broke inside the word)
 WANTED = {
     "MarkdownNote": (470, 720),
     "CheckpointLoaderSimple": (380, 100),
@@ -163,10 +165,10 @@ WANTED = {
     "ADE_AnimateDiffLoaderGen1": (380, 250),
     "CLIPTextEncode": (420, 190),
     "EmptyLatentImage": (380, 110),
-    "ConFinerControlExpert": (380, 240),
-    "ConFinerRefineExperts": (380, 190),
-    "ConFinerCoordinatedSampler": (380, 210),
-    "ConFinerLongSegmenter": (420, 640),
+    "ConFinerControlExpert": (430, 240),
+    "ConFinerRefineExperts": (430, 190),
+    "ConFinerCoordinatedSampler": (430, 210),
+    "ConFinerLongSegmenter": (430, 640),
     "VAEDecode": (260, 50),
     "VAEDecodeTiled": (260, 130),
     "SaveAnimatedWEBP": (470, 560),  # room for the animated preview of a 512x512 clip

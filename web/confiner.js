@@ -49,8 +49,8 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
-// a node added fresh: its width (templates: 380 px and more)
-const FRESH_WIDTH = 400;
+// a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
+const FRESH_WIDTH = 430;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 // the widgets each node type declares advanced (nodes/schema.py), name -> default: hidden until the node menu's
