@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib.util
 import json
 import math
 import numbers
@@ -38,6 +37,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
                     temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
+from .library_bars import loading_bars
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -742,25 +742,6 @@ class Backend:
 def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
     """A latent in ``codec``'s space (an expert's VAE) -> uint8 frames [B, F, H, W, 3] in host memory."""
     return device_to_host(to_uint8(codec.decode(latent)))
-
-
-@contextlib.contextmanager
-def loading_bars(shown: bool):
-    """diffusers' and transformers' own progress bars while experts load (a single file's "Loading pipeline
-    components", a text encoder's "Loading weights"), off with ``--quiet`` (``show_progress=False``) as the run's bar
-    is; each library's setting is put back after."""
-    libraries = [] if shown else [name for name in ("diffusers", "transformers") if importlib.util.find_spec(name)]
-    switched = []
-    try:
-        for name in libraries:
-            logging_ = importlib.import_module(f"{name}.utils.logging")
-            if logging_.is_progress_bar_enabled():
-                logging_.disable_progress_bar()
-                switched.append(logging_)
-        yield
-    finally:
-        for logging_ in switched:
-            logging_.enable_progress_bar()
 
 
 def load_backend(req: GenerateRequest, experts=None) -> Backend:

@@ -449,6 +449,13 @@ def test_a_quiet_run_shows_no_loading_bars_and_leaves_the_libraries_settings(pat
         err = capfd.readouterr().err
         assert "Loading" not in err and "%|" not in err, err[-500:]
         assert all(lib.is_progress_bar_enabled() for lib in libraries)   # put back
+        # ... and the library's own load, which had no switch (a researcher's sweep printed three bars a point)
+        load_experts(control=paths["ad"], spatial=paths["sd"], temporal=paths["t2v"], show_progress=False)
+        err = capfd.readouterr().err
+        assert "Loading" not in err and "%|" not in err, err[-500:]
+        assert all(lib.is_progress_bar_enabled() for lib in libraries)
+        load_experts(control=paths["ad"], spatial=paths["sd"], temporal=paths["t2v"])
+        assert "Loading weights" in capfd.readouterr().err   # shown by default: the check above can fail
     finally:
         for lib, on in zip(libraries, was):
             lib.enable_progress_bar() if on else lib.disable_progress_bar()

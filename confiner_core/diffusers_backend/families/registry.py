@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ...devices import check_device
+from ...library_bars import loading_bars
 from ...experts import Expert, ExpertPair
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
@@ -298,7 +299,7 @@ def check_image_mode(context: Context, inspections: dict) -> None:
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
-                 options: dict | None = None) -> LoadedExperts:
+                 options: dict | None = None, show_progress: bool = True) -> LoadedExperts:
     """Load the chain's experts from local paths, after checking from configs and headers alone that every
     file is sound and that the experts fit together.
 
@@ -314,7 +315,8 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     frames per VAE call (None: each codec's default, :data:`~..vae.DEFAULT_CHUNK_FRAMES` for image VAEs).
     ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
     ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
-    ``image_mode``, ``pair_guidance``).
+    ``image_mode``, ``pair_guidance``). ``show_progress``: diffusers' and transformers' own loading bars
+    (:func:`~confiner_core.library_bars.loading_bars`).
 
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
@@ -335,9 +337,10 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     inspections = inspect_all(paths, context)
     check_image_mode(context, inspections)
-    experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
-               for role in ROLES}
-    codec = attach_codecs({r: e for r, e in experts.items() if e is not None}, inspections, context)
+    with loading_bars(show_progress):
+        experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
+                   for role in ROLES}
+        codec = attach_codecs({r: e for r, e in experts.items() if e is not None}, inspections, context)
     if speed is not None:
         modules = {id(m): m for e in experts.values() if e is not None for m in networks(e)}  # shared ones once
         codecs = {id(e.codec): e.codec for e in experts.values() if e is not None and e.codec is not None}

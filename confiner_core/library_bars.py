@@ -1,0 +1,29 @@
+"""The progress bars diffusers and transformers draw while experts load (a single file's "Loading pipeline
+components", a text encoder's "Loading weights"): shown or not as the run's own bar is, by the command line's
+``--quiet``, ``generate(show_progress=False)`` and ``load_experts(show_progress=False)``. Imports neither library
+where it is absent (the embedded default needs neither)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+
+
+@contextlib.contextmanager
+def loading_bars(shown: bool):
+    """diffusers' and transformers' own progress bars while experts load (a single file's "Loading pipeline
+    components", a text encoder's "Loading weights"), off with ``--quiet`` (``show_progress=False``) as the run's bar
+    is; each library's setting is put back after."""
+    libraries = [] if shown else [name for name in ("diffusers", "transformers") if importlib.util.find_spec(name)]
+    switched = []
+    try:
+        for name in libraries:
+            logging_ = importlib.import_module(f"{name}.utils.logging")
+            if logging_.is_progress_bar_enabled():
+                logging_.disable_progress_bar()
+                switched.append(logging_)
+        yield
+    finally:
+        for logging_ in switched:
+            logging_.enable_progress_bar()
