@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "; ".join(f"{k}: {v}" for k, v in EMBEDDED_PRESETS.items()))
     g.add_argument("--mode", choices=MODES, default="coordinated",
                    help="refinement: coordinated (Algorithm 1: spatial, temporal, spatial each step), standard (the "
-                        "spatial expert alone, Eq. 8; no --temporal), temporal (the temporal expert alone; no --spatial) or alternate (the experts "
-                        "in turn on the spatial schedule, Eq. 7, an ablation)")
+                        "spatial expert alone, Eq. 8; no --temporal), temporal (the temporal expert alone; no "
+                        "--spatial) or alternate (the experts in turn on the spatial schedule, Eq. 7, an ablation)")
     g.add_argument("--matching", choices=MATCHINGS, default="auto",
                    help="temporal re-noising timestep: the paper's same index, or matched noise level (nearest, "
                         "continuous); auto (default): same_index, unless the spatial and temporal experts are a flow "

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, distributed, metrics
-from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS, STANDARD,
+from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
                     temporal_timesteps, unused_settings, validate_chain, warned_already)

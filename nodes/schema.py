@@ -46,8 +46,9 @@ SEED_TOOLTIPS = {
 
 
 def advanced(widget: io.Input) -> io.Input:
-    """Marks a widget the frontend hides until 'Show Advanced' (frontend 1.3x; older frontends show it, and its
-    tooltip says when it applies). Set after construction: ComfyUI 0.3.64's widget inputs take no extra_dict."""
+    """Marks a widget hidden until its node's 'Show Advanced' (right-click menu): web/confiner.js hides it (the
+    frontend 1.35 keeps the flag in widget.options and hides by widget.advanced, which it never sets); its tooltip
+    says when it applies. Set after construction: ComfyUI 0.3.64's widget inputs take no extra_dict."""
     widget.extra_dict = {**(widget.extra_dict or {}), "advanced": True}
     return widget
 

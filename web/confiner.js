@@ -171,7 +171,8 @@ function refused(response) {
   for (const node of app.graph?._nodes ?? []) {
     if (!TEXT_NODES.has(node.comfyClass) || WILL_NOT_RUN.has(node.mode)) continue;
     const text = ids.includes(String(node.id)) ? "not run: an input of this node was refused (see the error)"
-      : ids.length ? `not run: the Run was refused at ${name} (see the error)` : "not run: the Run was refused (see the error)";
+      : ids.length ? `not run: the Run was refused at ${name} (see the error)`
+      : "not run: the Run was refused (see the error)";
     api.dispatchCustomEvent("progress_text", { nodeId: String(node.id), text });
   }
 }
@@ -243,7 +244,7 @@ app.registerExtension({
     const advanced = ADVANCED.get(node.comfyClass);
     for (const widget of node.widgets ?? []) if (advanced?.has(widget.name)) hideUntilShown(node, widget);
     // wide enough for its labels: the frontend's 210 px cut "control after genera…" and "temporal timestep
-    // matchi…" on a node added by hand (the templates' are 380 px or more; a loaded node keeps its saved size)
+    // matchi…" on a node added by hand (the templates' are 430 px; a loaded node keeps its saved size)
     // and as tall as its shown widgets (it was sized with the advanced ones)
     if (node.computeSize) node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1]]);
     if (!TEXT_NODES.has(node.comfyClass)) return;
