@@ -426,7 +426,7 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
     browser.close_dialogs(b)
     # the server names each loader whose file it lacks; the text names one of them and counts the others
     loaders = {n.get("title") or n["type"] for n in workflow["nodes"] if n.get("properties", {}).get("models")}
-    said = re.fullmatch(r"not run: the Run was refused at (.+?)(?: and (\d+) more)? \(see the error\)",
+    said = re.fullmatch(r"not run: the Run was refused \(see the error\)\nat (.+?)(?: and (\d+) more)?",
                         texts["ConFinerControlExpert"])
     assert said and said[1] in loaders and int(said[2] or 0) + 1 == len(loaders), (texts, loaders)
     assert texts["ConFinerCoordinatedSampler"] == texts["ConFinerControlExpert"]

@@ -170,9 +170,9 @@ function refused(response) {
   const name = (first?.title || response?.node_errors?.[ids[0]]?.class_type) + more;
   for (const node of app.graph?._nodes ?? []) {
     if (!TEXT_NODES.has(node.comfyClass) || WILL_NOT_RUN.has(node.mode)) continue;
+    // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
     const text = ids.includes(String(node.id)) ? "not run: an input of this node was refused (see the error)"
-      : ids.length ? `not run: the Run was refused at ${name} (see the error)`
-      : "not run: the Run was refused (see the error)";
+      : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: String(node.id), text });
   }
 }
