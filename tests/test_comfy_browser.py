@@ -468,3 +468,27 @@ def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(front
       return out;
     }""", [line, NODE_IDS[:4]])
     assert lines and all(count == 1 for _, _, count in lines), lines
+
+
+def test_a_node_served_from_the_cache_says_so_where_it_showed_nothing(frontend):
+    """A workflow opened afresh whose result ComfyUI had cached ran in 0.01 s, and the pack's nodes stayed blank (a
+    cached node sends no text). A node that shows the text of its own last run keeps it."""
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
+    browser.load_template(b, workflow, "basic")
+    browser.close_dialogs(b)
+    done = "done · 4 expert evaluations in 1.2 s"
+    texts = b.page.evaluate("""async (done) => {
+      const api = window.comfyAPI.api.api;
+      const node = (type) => app.graph._nodes.find((n) => n.type === type);
+      api.dispatchCustomEvent("progress_text", {nodeId: String(node("ConFinerControlExpert").id), text: done});
+      api.dispatchCustomEvent("execution_start", {prompt_id: "cached", timestamp: Date.now()});
+      api.dispatchCustomEvent("execution_cached", {prompt_id: "cached", timestamp: Date.now(),
+        nodes: app.graph._nodes.map((n) => String(n.id))});
+      await new Promise((r) => setTimeout(r, 300));
+      const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+      return [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts")];
+    }""", done)
+    assert texts == [done, "done · from the cache (an earlier run made it)", None], texts

@@ -49,6 +49,7 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+const CACHED = "done · from the cache (an earlier run made it)";
 // a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
 const FRESH_WIDTH = 430;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
@@ -196,7 +197,16 @@ app.registerExtension({
       clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode));
     });
     api.addEventListener("execution_cached", (event) => {
-      for (const id of event.detail?.nodes ?? []) RAN.add(String(id));
+      for (const id of event.detail?.nodes ?? []) {
+        RAN.add(String(id));
+        // a node served from ComfyUI's cache sends no text: in a page that never ran it (a workflow opened afresh,
+        // its result cached), the pack's nodes stayed blank while the video appeared in 0.01 s
+        const node = app.graph?.getNodeById?.(id);
+        const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+        if (node && TEXT_NODES.has(node.comfyClass) && !text?.value) {
+          api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: CACHED });
+        }
+      }
     });
     api.addEventListener("executing", (event) => {
       if (event.detail != null) RAN.add(String(event.detail?.node ?? event.detail));
