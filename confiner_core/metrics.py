@@ -465,7 +465,8 @@ UNDEFINED_REASONS = {
     "window_color_drift": "needs at least two refinement windows",
     "window_color_drift_max": "needs at least two refinement windows",
     "window_contrast_change": "needs at least two refinement windows",
-    "distance_to_nearest": "needs reference clips (known for the embedded world only)",
+    "distance_to_nearest": "needs the ground-truth clips, which only a run on the embedded world knows: its "
+                           "report.json has it",
 }
 
 
