@@ -17,7 +17,7 @@ import torch
 from . import refine as R
 from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
 from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
-                      in_stage)
+                      in_stage, own_stage)
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
@@ -568,13 +568,6 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
     with own_stage(control, "control"):
         return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                               config.control_eta, generator, eps_hook, callback, config.control_spacing)
-
-
-def own_stage(denoiser: Denoiser, name: str):
-    """The stage a chain function called on its own counts its evaluations under (its log's, where no caller has
-    set one: a script running the chain stage by stage counted them "unstaged")."""
-    log = denoiser.log
-    return in_stage(log, name) if log is not None and log.current == "unstaged" else contextlib.nullcontext()
 
 
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,

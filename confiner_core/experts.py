@@ -149,6 +149,14 @@ def in_stage(log: "EvaluationLog | None", name: str, hand_over: bool = False):
     return log.stage(name, hand_over) if log is not None else contextlib.nullcontext()
 
 
+def own_stage(denoiser: "Denoiser", name: str):
+    """The stage a chain function called on its own counts its evaluations under (its log's, where no caller has
+    set one: a script running the chain stage by stage, or calling ``refine_coordinated`` itself, counted them
+    "unstaged")."""
+    log = denoiser.log
+    return in_stage(log, name) if log is not None and log.current == "unstaged" else contextlib.nullcontext()
+
+
 class Expert(ABC):
     """A diffusion model used as one link of the chain.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off
+from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off, own_stage
 from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like, step_info
 from .schedules import NoiseSchedule
 from .timesteps import with_next
@@ -46,12 +46,13 @@ def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: fl
                     generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Eq. 8: V'_{t_{k-1}} = Denoising(theta_s, V'_{t_k}, t_k, S_s)."""
     check_denoisers("refine_standard", spatial=spatial)
-    for i, (t, t_prev) in enumerate(with_next(timesteps)):
-        pred = spatial(x, t)
-        x = _step(spatial, pred, t, t_prev, eta, generator)
-        if callback is not None:
-            callback(step_info("refine", i, t, spatial, x, pred.x0))
-    check_finite(spatial)
+    with own_stage(spatial, "refine"):
+        for i, (t, t_prev) in enumerate(with_next(timesteps)):
+            pred = spatial(x, t)
+            x = _step(spatial, pred, t, t_prev, eta, generator)
+            if callback is not None:
+                callback(step_info("refine", i, t, spatial, x, pred.x0))
+        check_finite(spatial)
     return x
 
 
@@ -65,12 +66,13 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
     temporal expert's prediction (in its own space)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
-    x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
-    t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
-    x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
-    pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
-    x0_back = hand_off(pred_temporal.x0, temporal, spatial)
-    x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
+    with own_stage(spatial, "refine"):
+        x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
+        t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
+        x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
+        pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
+        x0_back = hand_off(pred_temporal.x0, temporal, spatial)
+        x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
     return x_back, pred_temporal
 
 
@@ -80,13 +82,14 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal)."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
-    for i, (t, t_prev) in enumerate(with_next(timesteps)):
-        x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)
-        pred = spatial(x, t)                                                   # line 14
-        x = _step(spatial, pred, t, t_prev, eta, generator)
-        if callback is not None:
-            callback(step_info("refine", i, t, spatial, x, pred.x0))
-    check_finite(spatial, temporal)
+    with own_stage(spatial, "refine"):
+        for i, (t, t_prev) in enumerate(with_next(timesteps)):
+            x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)
+            pred = spatial(x, t)                                                   # line 14
+            x = _step(spatial, pred, t, t_prev, eta, generator)
+            if callback is not None:
+                callback(step_info("refine", i, t, spatial, x, pred.x0))
+        check_finite(spatial, temporal)
     return x
 
 
@@ -99,16 +102,17 @@ def refine_naive_alternation(spatial: Denoiser, temporal: Denoiser, x: torch.Ten
     S_s's coefficients at t_k, although the temporal expert was never trained on S_s's noise levels -- that mismatch
     is why the paper finds this ineffective. One evaluation per step."""
     check_denoisers("refine_naive_alternation", spatial=spatial, temporal=temporal)
-    for i, (t, t_prev) in enumerate(with_next(timesteps)):
-        if i % 2 == 0:
-            pred = spatial(x, t)
-        else:
-            pred = on_schedule(temporal(x, matched_timestep(spatial.schedule, temporal.schedule, t)), x,
-                               spatial.schedule, t)
-        x = _step(spatial, pred, t, t_prev, eta, generator)
-        if callback is not None:
-            callback(step_info("refine", i, t, spatial, x, pred.x0))
-    check_finite(spatial, temporal)
+    with own_stage(spatial, "refine"):
+        for i, (t, t_prev) in enumerate(with_next(timesteps)):
+            if i % 2 == 0:
+                pred = spatial(x, t)
+            else:
+                pred = on_schedule(temporal(x, matched_timestep(spatial.schedule, temporal.schedule, t)), x,
+                                   spatial.schedule, t)
+            x = _step(spatial, pred, t, t_prev, eta, generator)
+            if callback is not None:
+                callback(step_info("refine", i, t, spatial, x, pred.x0))
+        check_finite(spatial, temporal)
     return x
 
 

@@ -190,7 +190,7 @@ def test_one_coordinated_step_across_two_spaces_matches_the_hand_written_step():
     expected = a_s * x0_back + s_s * eps2                                  # Eq. 11 on SD's schedule
     assert (ours - expected).abs().max() < 1e-6
     assert torch.allclose(pred_t.x0, x0_b, atol=1e-6)
-    assert spatial.log.vae_calls == {"unstaged": 4}                        # decode + encode, both ways
+    assert spatial.log.vae_calls == {"refine": 4}      # decode + encode, both ways; a step is refinement
 
 
 @pytest.mark.parametrize("preset", ["bridge", "wan-pixel"])
