@@ -57,7 +57,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                                               "spatial VAE it stays in the temporal expert's, and the node says so). "
                                               "Swapping the spatial expert for one of another family (Flux for SD "
                                               "1.5) changes the VAE to decode with.")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the graph's model files (model_files)
         )
 
     @classmethod
@@ -149,7 +149,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         if mode != STANDARD:
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg,
                                         loaded=host.motion_model_files(cls))
-            experts.warn_halves(progress)
+            experts.warn_halves(progress, host.loaded_files(cls))
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)
         config = progress.settled(config, spatial, temporal)

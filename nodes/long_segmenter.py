@@ -296,7 +296,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                              host.input_file(cls, "control_model"), host.input_file(cls, "control_low_noise_model"),
                              host.loaded_files(cls))
         if mode != STANDARD:
-            experts.warn_halves(progress)
+            experts.warn_halves(progress, host.loaded_files(cls))
         log = EvaluationLog()
         vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,

@@ -45,13 +45,14 @@ class RefineExperts:
     temporal_low_noise_cfg: float = 1.0
     temporal_boundary: float = 0.875
     temporal_files: tuple = (None, None)   # the loaders' file names of temporal_model and its low-noise model
-    loaded_files: tuple = ()               # (title, file) of the graph's model loaders (model_files.loaded_files)
 
-    def warn_halves(self, progress) -> None:
-        """A Wan 2.2 A14B half in the temporal role where the other belongs (:meth:`~.host.Progress.warn_halves`)."""
+    def warn_halves(self, progress, loaded: tuple = ()) -> None:
+        """A Wan 2.2 A14B half in the temporal role where the other belongs (:meth:`~.host.Progress.warn_halves`).
+        ``loaded``: the graph's loaders as the sampling node reads them at its run
+        (:func:`~.host.loaded_files`): the bundle's result is reused from ComfyUI's cache when only another loader
+        changed, and a list it kept named a low-noise file in a loader that no longer held it."""
         progress.warn_halves("temporal", "ConFiner Refine Experts", "temporal model (temporal_model)",
-                             "temporal low-noise model (temporal_low_noise_model)", *self.temporal_files,
-                             self.loaded_files)
+                             "temporal low-noise model (temporal_low_noise_model)", *self.temporal_files, loaded)
 
     @property
     def models(self) -> dict:

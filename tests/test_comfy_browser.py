@@ -381,6 +381,12 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
         const height = n.size[1]; n.toggleAdvanced();
         return [t, [hidden, n.widgets.every((w) => n.isWidgetVisible(w)), height < n.size[1]]]; })); }""", NODE_IDS)
     assert fresh == {t: [declared[t], True, True] for t in NODE_IDS}, fresh
+    # "Hide Advanced" gives the room back: the node kept its grown height, empty under the widgets
+    heights = b.page.evaluate("""(types) => { app.graph.clear(); return Object.fromEntries(types.map((t) => {
+        const n = LiteGraph.createNode(t); app.graph.add(n); const h = n.size[1];
+        n.toggleAdvanced(); const shown = n.size[1]; n.toggleAdvanced();
+        return [t, [shown > h, n.size[1] === h]]; })); }""", NODE_IDS)
+    assert heights == {t: [True, True] for t in NODE_IDS}, heights
     # from a file: boundary set (shown), boundary set but the file says hidden, defaults only (hidden)
     shown = b.page.evaluate("""async () => {
         app.graph.clear();

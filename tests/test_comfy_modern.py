@@ -583,6 +583,16 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
     assert _texts(r)["11"][-1].startswith("warning: high/low-noise files swapped in loaders\n"), _texts(r)["11"][-1]
+    # ... then only the control loader fixed to the high-noise file (both loaders now hold it): the bundle, whose
+    # inputs did not change, comes from ComfyUI's cache, and the Refine Sampler said "swapped" still, naming a
+    # low-noise file in a loader that no longer held it. It reads the graph at its own run.
+    partly = copy.deepcopy(prompt)
+    partly["16"]["inputs"]["unet_name"] = HIGH
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", partly)   # (cache kept)
+    assert r["success"], r.get("error")
+    assert "10" not in {d["node"] for e, d in r["server_messages"] if e == "executing" and d and d.get("node")}
+    assert _texts(r)["11"][-1].startswith("warning: high-noise half alone: add temporal low-noise model\n"), \
+        _texts(r)["11"][-1]
     # one half in both inputs: the control stage ran with no word
     prompt["9"]["inputs"].update(model=["1", 0], low_noise_model=["1", 0])
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)

@@ -253,6 +253,20 @@ app.registerExtension({
     if (!node.comfyClass?.startsWith("ConFiner")) return;
     const advanced = ADVANCED.get(node.comfyClass);
     for (const widget of node.widgets ?? []) if (advanced?.has(widget.name)) hideUntilShown(node, widget);
+    // "Hide Advanced" gives back the room "Show Advanced" took (the frontend grows the node and never shrinks it: a
+    // trial found 50-200 px of empty node under the widgets); the room under them (preview, text) stays
+    const toggleAdvanced = node.toggleAdvanced;
+    if (advanced?.size && toggleAdvanced) {
+      node.toggleAdvanced = function (...args) {
+        const before = this.computeSize()[1];
+        const result = toggleAdvanced.apply(this, args);
+        const after = this.computeSize()[1];
+        if (!this.showAdvanced && after < before) {
+          this.setSize([this.size[0], Math.max(after, this.size[1] - (before - after))]);
+        }
+        return result;
+      };
+    }
     // wide enough for its labels: the frontend's 210 px cut "control after genera…" and "temporal timestep
     // matchi…" on a node added by hand (the templates' are 430 px; a loaded node keeps its saved size)
     // and as tall as its shown widgets (it was sized with the advanced ones)
