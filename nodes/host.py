@@ -175,7 +175,8 @@ def _family(model) -> tuple[str, str]:
     """The model's family (:func:`family_name`), and where an artist gets its text encoder."""
     name = config_name(model)
     return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS if name.startswith(start)),
-                                    "the CLIP output of its checkpoint loader")
+                                    "the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its "
+                                    "type")   # (Load Diffusion Model has no CLIP output: a trial read it so)
 
 
 def refuse_all(problems: list, model: str | None = None) -> None:
