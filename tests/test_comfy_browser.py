@@ -76,6 +76,18 @@ def frontend(comfy_path):
         yield server, b
 
 
+def open_template(frontend, name: str, tab: str | None = None) -> dict:
+    """Loads template ``name`` into a tab (``tab``, default its name) as the template browser does and closes the
+    missing-models dialog; returns the workflow as served."""
+    from comfy_support import browser
+
+    server, b = frontend
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+    browser.load_template(b, workflow, tab or name)
+    browser.close_dialogs(b)
+    return workflow
+
+
 @pytest.fixture(scope="module")
 def screenshot_dir(tmp_path_factory):
     d = Path(os.environ.get("CONFINER_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
@@ -166,9 +178,7 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     from comfy_support import browser
 
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_long_sd15_animatediff.json")
-    browser.load_template(b, workflow, "long")
-    browser.close_dialogs(b)
+    open_template(frontend, "confiner_long_sd15_animatediff", "long")
     png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()).decode()
     text = "structure 1/3 · control stage · control expert\nstep 1/4 · evaluation 1/42\nprompt: a corgi"
     h = browser.progress_arrives(b, "ConFinerLongSegmenter", text, png)
@@ -188,9 +198,7 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
     from comfy_support import browser
 
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
-    browser.load_template(b, workflow, "basic")
-    browser.close_dialogs(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     after = browser.run_starts(b, {"ConFinerControlExpert": done,
                                    "ConFinerCoordinatedSampler": "warning: the temporal expert is an image model: no "
@@ -249,9 +257,7 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
              "ConFinerCoordinatedSampler": "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert "
                                            "evaluations in 0.5 s"}
     for tab in ("switch_a", "switch_b"):   # the same template twice: the same node ids in two graphs
-        workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
-        browser.load_template(b, workflow, tab)
-        browser.close_dialogs(b)
+        open_template(frontend, "confiner_basic_sd15_animatediff", tab)
     shown_b = browser.node_texts(b)
     browser.switch_tab(b, "switch_a")
     shown_a = browser.node_texts(b, texts)
@@ -401,10 +407,7 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
       }""")
     assert [s[1:] for s in sorted(shown)] == [[True, True], [False, False], [False, False]], shown
     # the A14B template's Control Expert, whose note names its low-noise cfg, shows it; its other nodes do not
-    from comfy_support import browser
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_wan22_a14b.json")
-    browser.load_template(b, workflow, "confiner_wan22_a14b")
-    browser.close_dialogs(b)
+    open_template(frontend, "confiner_wan22_a14b")
     a14b = b.page.evaluate("""() => Object.fromEntries(app.graph._nodes.filter((n) => n.comfyClass?.startsWith("ConFiner"))
         .map((n) => [n.comfyClass, n.widgets.filter((w) => w.advanced && n.isWidgetVisible(w)).map((w) => w.name)]))""")
     assert a14b == {"ConFinerControlExpert": ["spacing", "eta", "low_noise_cfg", "boundary"],
@@ -414,12 +417,10 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
 def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
     """A Run the server refuses when queued (here: the template's checkpoint is not on the server) starts nothing,
     and the nodes kept the last run's "done" as if this Run had made it. Queued through the frontend for real."""
-    server, b = frontend
     from comfy_support import browser
 
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
-    browser.load_template(b, workflow, "basic")
-    browser.close_dialogs(b)
+    server, b = frontend
+    workflow = open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     texts = b.page.evaluate("""async (done) => {
       const api = window.comfyAPI.api.api;
@@ -443,12 +444,8 @@ def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(front
     """The nodes' lines are at most 60 characters (nodes/host.py LINE_WIDTH) so that each fits one line of the box:
     on the templates' 380 px nodes, a trial read "load Lightnin / g" and "stopped the ru / n". A node added fresh is
     as wide (web/confiner.js)."""
-    from comfy_support import browser
-
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
-    browser.load_template(b, workflow, name)
-    browser.close_dialogs(b)
+    open_template(frontend, name)
     line = "warning: control motion model not few-step: load Lightning.."   # 60 characters, as the longest
     assert len(line) == 60
     lines = b.page.evaluate("""async ([line, types]) => {
@@ -479,12 +476,8 @@ def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(front
 def test_a_node_served_from_the_cache_says_so_where_it_showed_nothing(frontend):
     """A workflow opened afresh whose result ComfyUI had cached ran in 0.01 s, and the pack's nodes stayed blank (a
     cached node sends no text). A node that shows the text of its own last run keeps it."""
-    from comfy_support import browser
-
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/confiner_basic_sd15_animatediff.json")
-    browser.load_template(b, workflow, "basic")
-    browser.close_dialogs(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     texts = b.page.evaluate("""async (done) => {
       const api = window.comfyAPI.api.api;
