@@ -47,8 +47,8 @@ SEED_TOOLTIPS = {
 
 def advanced(widget: io.Input) -> io.Input:
     """Marks a widget hidden until its node's 'Show Advanced' (right-click menu): web/confiner.js hides it (the
-    frontend 1.35 keeps the flag in widget.options and hides by widget.advanced, which it never sets); its tooltip
-    says when it applies. Set after construction: ComfyUI 0.3.64's widget inputs take no extra_dict."""
+    frontend 1.35 keeps the flag in widget.options and hides by widget.advanced, which it never sets; 1.27 keeps a
+    row for a hidden widget, so there it stays shown); its tooltip says when it applies. Set after construction: ComfyUI 0.3.64's widget inputs take no extra_dict."""
     widget.extra_dict = {**(widget.extra_dict or {}), "advanced": True}
     return widget
 

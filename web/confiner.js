@@ -62,10 +62,27 @@ const ADVANCED = new Map();
 // the hiding; the frontend 1.35 lays widgets out by widget.hidden alone, so a hidden advanced widget left a gap where
 // it would be (the Refine Sampler's matching, between refine mode and refine seed): there it is out of the layout as
 // long as its node hides them. A frontend that lays out by visibility (isWidgetRowVisible, 1.4x) needs only the flag.
-function hideUntilShown(node, widget) {
-  widget.advanced = true;
-  if (node.isWidgetRowVisible) return;
-  Object.defineProperty(widget, "hidden", { get: () => !node.showAdvanced, set() {}, configurable: true });
+// The frontend 1.27 (ComfyUI 0.3.64's) keeps a row for every widget, hidden or not: there they all stay shown, as a
+// node with blank rows between its widgets read as broken.
+function hideUntilShown(node, widgets) {
+  for (const widget of widgets) {
+    widget.advanced = true;
+    if (!node.isWidgetRowVisible) {
+      Object.defineProperty(widget, "hidden", { get: () => !node.showAdvanced, set() {}, configurable: true });
+    }
+  }
+  if (node.isWidgetRowVisible || !widgets.length) return;
+  try {
+    node.arrange?.();   // lays the rows out now: a hidden widget given a row's height keeps one
+  } catch {
+    // (a node not in a graph yet: the heights are set before the frontend asks for the graph)
+  }
+  if (widgets.some((widget) => (widget.computedHeight ?? 0) > 0)) {
+    for (const widget of widgets) {
+      delete widget.hidden;
+      widget.advanced = false;
+    }
+  }
 }
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 const NEVER = /$^/;
@@ -252,7 +269,7 @@ app.registerExtension({
   nodeCreated(node) {
     if (!node.comfyClass?.startsWith("ConFiner")) return;
     const advanced = ADVANCED.get(node.comfyClass);
-    for (const widget of node.widgets ?? []) if (advanced?.has(widget.name)) hideUntilShown(node, widget);
+    hideUntilShown(node, (node.widgets ?? []).filter((widget) => advanced?.has(widget.name)));
     // "Hide Advanced" gives back the room "Show Advanced" took (the frontend grows the node and never shrinks it: a
     // trial found 50-200 px of empty node under the widgets); the room under them (preview, text) stays
     const toggleAdvanced = node.toggleAdvanced;
