@@ -661,20 +661,30 @@ def refining_role(mode: str) -> str:
     return "temporal" if mode == TEMPORAL else "spatial"
 
 
-def bridges(spaces: dict, mode: str) -> list[str]:
-    """The hand-offs of this run between experts of different latent spaces (``spaces``: role -> LatentSpace), each
-    through the two VAEs: the structure to the refining expert, and in coordinated mode the clean estimate between
-    the spatial and the temporal expert at every step."""
+#: what crosses each hand-off between latent spaces, and its VAE calls: the structure once (to the refining expert),
+#: the clean estimate at every coordinated step (spatial to temporal and back)
+CROSSINGS = {"control": ("->", "the structure: 2 VAE calls"),
+             "spatial": ("<->", "the clean estimate over and back: 4 VAE calls a step")}
+
+
+def bridged_hand_offs(spaces: dict, mode: str) -> list[tuple[str, str]]:
+    """The (source, target) roles of this run's hand-offs between experts of different latent spaces (``spaces``:
+    role -> LatentSpace), each through the two VAEs."""
     pairs = [("control", refining_role(mode))] + ([("spatial", "temporal")] if mode == COORDINATED else [])
-    return [f"{a} {spaces[a].title} {'->' if a == 'control' else '<->'} {b} {spaces[b].title}" for a, b in pairs
-            if a in spaces and b in spaces and spaces[a] != spaces[b]]
+    return [(a, b) for a, b in pairs if a in spaces and b in spaces and spaces[a] != spaces[b]]
+
+
+def bridges(spaces: dict, mode: str) -> list[str]:
+    """The bridged hand-offs in words, as ``report.json`` lists them ("control Wan 2.1 -> spatial SD 1.5")."""
+    return [f"{a} {spaces[a].title} {CROSSINGS[a][0]} {b} {spaces[b].title}"
+            for a, b in bridged_hand_offs(spaces, mode)]
 
 
 def bridge_line(spaces: dict, mode: str) -> str | None:
     """What crosses between latent spaces, and its VAE calls: the command line says it before sampling (it took
     most of a tiny run's seconds, and a report's 20 or 22 VAE calls had to be worked out)."""
-    said = {"->": "the structure: 2 VAE calls", "<->": "the clean estimate over and back: 4 VAE calls a step"}
-    crossings = [f"{crossing} ({said['<->' if '<->' in crossing else '->']})" for crossing in bridges(spaces, mode)]
+    crossings = [f"{bridge} ({CROSSINGS[a][1]})"
+                 for (a, _), bridge in zip(bridged_hand_offs(spaces, mode), bridges(spaces, mode))]
     return "bridged through the VAEs: " + "; ".join(crossings) if crossings else None
 
 
@@ -925,8 +935,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
             return None
         if announce is not None:
             announce(f"a single clip ({req.frames} frames) is not spread over processes: rank 0 makes it alone")
-    if announce is not None and bridge_line(req.spaces(), req.chain.mode):
-        announce(bridge_line(req.spaces(), req.chain.mode))
+    bridged = bridge_line(req.spaces(), req.chain.mode) if announce is not None else None
+    if bridged:
+        announce(bridged)
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None

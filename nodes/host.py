@@ -939,8 +939,7 @@ def input_loader(node_cls, input_name: str) -> str | None:
     found = model_files.model_loader(prompt, node_id(node_cls), input_name)
     if found is None:
         return None
-    node = prompt.get(found[0], {})
-    return node.get("_meta", {}).get("title") or node.get("class_type")
+    return model_files.title(prompt.get(found[0], {}))
 
 
 def input_file(node_cls, input_name: str) -> str | None:

@@ -55,10 +55,15 @@ def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> 
         for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
 
+def title(node: dict) -> str:
+    """A queued prompt's node as the canvas names it: its title, else its type."""
+    return node.get("_meta", {}).get("title") or node.get("class_type")
+
+
 def loaded_files(prompt: dict | None) -> tuple[tuple[str, str], ...]:
     """(loader title, file) of every diffusion-model loader in the queued ``prompt``: where a file two nodes need
     went instead (the other half of a pair in another loader)."""
-    return tuple((node.get("_meta", {}).get("title") or node["class_type"], node["inputs"][LOADERS[node["class_type"]]])
+    return tuple((title(node), node["inputs"][LOADERS[node["class_type"]]])
                  for node in (prompt or {}).values() if node.get("class_type") in LOADERS and
                  isinstance(node.get("inputs", {}).get(LOADERS[node["class_type"]]), str))
 
