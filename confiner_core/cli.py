@@ -70,7 +70,7 @@ def number(option: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .generate import CONTROL_SAMPLERS, SPEEDS
+    from .generate import CONTROL_SAMPLERS, DTYPES, SPEEDS
     from .long import NOISE_INITS
 
     common = Parser(add_help=False)
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernel over frames) and cuDNN autotuning (no compiler, starts in seconds); 'fast' = lean + "
                         "regional torch.compile, without autotuning (minutes of compiling on first use); 'max' = "
                         "fast + CUDA graphs")
+    g.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="checkpoints: the dtype their weights load and compute in (default auto: float16 on a GPU, "
+                        "float32 on the CPU); bfloat16 where float16 overflows (a run stopped by NaN says so)")
     g.add_argument("--compile-dir", default=None,
                    help="with --speed fast or max: keep the compiled blocks (and inductor's kernel cache, in "
                         "DIR/inductor) in this folder; a later run with the same checkpoints and sizes loads them "
@@ -265,7 +268,7 @@ def request_from_args(a: argparse.Namespace):
                            width=a.width, seed=a.seed, out=a.out, control=a.control, spatial=a.spatial,
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg,
                            spatial_cfg=a.spatial_cfg, temporal_cfg=a.temporal_cfg, fps=a.fps,
-                           device=a.device, speed=a.speed, compile_dir=a.compile_dir, resume=a.resume,
+                           device=a.device, speed=a.speed, dtype=a.dtype, compile_dir=a.compile_dir, resume=a.resume,
                            embedded_preset=a.embedded, image_mode=a.image_mode, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,

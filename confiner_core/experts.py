@@ -405,6 +405,10 @@ class Denoiser:
                         self.log)
 
 
+#: the likely cause of NaN from fp16 weights (load_experts(dtype=...); generate() names its own setting)
+FP16_OVERFLOW = "fp16 overflow: load the experts in bfloat16 or float32"
+
+
 def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage: str, number: int | None) -> str:
     """Where NaN/inf appeared (expert, stage, step, the evaluation's number in its stage) and the likely cause."""
     evaluation = f", evaluation {number} of the stage" if number is not None else ""
@@ -415,7 +419,7 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
                 f"(or the previous step overflowed)")
     network = getattr(denoiser.expert, "unet", None)   # the diffusers experts' network (absent for embedded ones)
     if getattr(network, "dtype", None) == torch.float16:
-        weights = "fp16 overflow: load the experts in bfloat16 or float32"
+        weights = FP16_OVERFLOW
     else:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
         weights = "weights that are not finite: check the checkpoint"
     scale = denoiser.guidance_scale

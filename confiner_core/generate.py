@@ -39,7 +39,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
 from .devices import check_device
 from .library_bars import loading_bars
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
-from .experts import EvaluationLog, in_stage
+from .experts import FP16_OVERFLOW, EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
                    render_applied_schedule, unused_entries, unused_entries_text)
@@ -64,6 +64,8 @@ NATURAL_FRAMES = 16        # the clip length of SD-family video experts (Animate
 MIN_SIZE = 64
 SPEEDS = ("eager", "lean", "fast", "max")  # diffusers experts: names of diffusers_backend.speed.PRESETS
 COMPILED_SPEEDS = ("fast", "max")  # the presets that compile (regional torch.compile)
+#: diffusers experts: the weights' and activations' dtype; auto: fp16 on accelerators, fp32 on the CPU (load_experts)
+DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ CHOICES = (
     ("--coherence-memory", "long.coherence_memory", COHERENCE_MEMORIES),
     ("--noise-init", "long.noise_init", NOISE_INITS),
     ("--speed", "speed", SPEEDS),
+    ("--dtype", "dtype", DTYPES),
     ("--embedded", "embedded_preset", tuple(EMBEDDED_PRESETS)),
     ("--image-mode", "image_mode", IMAGE_MODES),
 )
@@ -199,6 +202,12 @@ def as_options(text: str) -> str:
     return _SETTING_VALUE.sub(lambda m: f"{_SETTING_OPTION[m.group(1)]} {m.group(2)}", text)
 
 
+def with_dtype_option(text: str) -> str:
+    """A NaN message's fp16 advice (:data:`~.experts.FP16_OVERFLOW`) with the setting that acts on it."""
+    setting = "--dtype bfloat16" if _SPELLING.get() == "cli" else "dtype='bfloat16'"
+    return text.replace(FP16_OVERFLOW, f"{FP16_OVERFLOW} ({setting})")
+
+
 def from_the_backend(text: str) -> str:
     """A diffusers-backend message names its keyword arguments (``base=``); on the command line, the options."""
     return text.replace("base=", "--base ") if _SPELLING.get() == "cli" else text
@@ -234,7 +243,7 @@ def lookup(obj, path: str):
 
 #: fields added after the resume folders' FORMAT 2, with the value that reproduces the runs made before them: a run
 #: interrupted by an earlier version (which stored no such setting) resumes while they are at it (ResumeStore)
-ADDED_SETTINGS = {"image_mode": LATENT_FRAMES}
+ADDED_SETTINGS = {"image_mode": LATENT_FRAMES, "dtype": "auto"}
 #: fields that matter as the loaded experts take them (a scale left to their default, refine_guidance; a negative
 #: prompt only where an expert uses classifier-free guidance): a resume compares what the experts were given
 SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_prompt")
@@ -279,6 +288,7 @@ class GenerateRequest:
     fps: float | None = None   # None: the video experts' own (video_fps: Wan 16, AnimateDiff and ModelScope 8)
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
+    dtype: str = "auto"   # diffusers experts: a name of DTYPES (auto: fp16 on accelerators, fp32 on the CPU)
     compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
@@ -407,6 +417,10 @@ class GenerateRequest:
         if self.embedded and self.speed != "eager":
             raise UsageError(f"--speed {self.speed} speeds up the networks of diffusers checkpoints (--control, "
                              f"--spatial, --temporal); the embedded default has none: leave --speed out", "--speed")
+        if self.embedded and self.dtype != "auto":
+            raise UsageError(f"--dtype {self.dtype} loads diffusers checkpoints (--control, --spatial, --temporal) in "
+                             f"that dtype; the embedded default has no weights (it computes in float32): leave "
+                             f"--dtype out", "--dtype")
         self._validate_resume()
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
             warn_doubtful(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
@@ -754,9 +768,10 @@ def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
     return device_to_host(to_uint8(codec.decode(latent)))
 
 
-def load_backend(req: GenerateRequest, experts=None) -> Backend:
-    """The request's experts: the embedded ones, the checkpoints it names loaded now, or ``experts`` loaded before
-    (:func:`load_request_experts`) when they are what the request would load."""
+def load_backend(req: GenerateRequest, experts=None, show_progress: bool = True) -> Backend:
+    """The request's experts: the embedded ones, the checkpoints it names loaded now (with diffusers' loading bars
+    where ``show_progress``), or ``experts`` loaded before (:func:`load_request_experts`) when they are what the
+    request would load."""
     if req.embedded:
         if experts is not None:
             raise UsageError("experts= are loaded checkpoints, and this request names none (the embedded default): "
@@ -767,7 +782,7 @@ def load_backend(req: GenerateRequest, experts=None) -> Backend:
                        f"embedded default ({req.embedded_preset}: {PRESET_HELP[req.embedded_preset]}): exact "
                        f"posterior-mean experts over a procedural video world")
     if experts is None:
-        experts = loaded_experts(req)
+        experts = loaded_experts(req, show_progress)
     else:
         check_loaded_for(experts, req)
     return Backend(experts.experts, "diffusers checkpoints")
@@ -781,28 +796,30 @@ def load_arguments(req: GenerateRequest) -> dict:
     if req.compile_dir:
         speed = replace(speed, compile_dir=req.compile_dir)
     return {"control": req.control, "spatial": req.spatial, "temporal": req.temporal, "base": req.base,
-            "device": req.device, "speed": speed, "options": {"image_mode": req.image_mode}}
+            "device": req.device, "dtype": None if req.dtype == "auto" else getattr(torch, req.dtype),
+            "speed": speed, "options": {"image_mode": req.image_mode}}
 
 
-def load_request_experts(req: GenerateRequest):
+def load_request_experts(req: GenerateRequest, show_progress: bool = True):
     """The experts a checkpoint request loads, loaded once: ``generate(request, experts=...)`` then runs any
     request that loads the same ones (the chain's settings, prompt, seed, frames, output may vary) without loading
-    them again, as a sweep over settings wants. Checked as :func:`generate` checks the request first."""
+    them again, as a sweep over settings wants. Checked as :func:`generate` checks the request first.
+    ``show_progress``: diffusers' and transformers' loading bars."""
     checked = replace(req)
     with caller_spelling():
         checked.validate()
         if checked.embedded:
             raise UsageError("the request names no checkpoints (the embedded default): there is nothing to load",
                              "req")
-        return loaded_experts(checked)
+        return loaded_experts(checked, show_progress)
 
 
-def loaded_experts(req: GenerateRequest):
+def loaded_experts(req: GenerateRequest, show_progress: bool = True):
     """A checkpoint request's experts, loaded (a LoadedExperts)."""
     from .diffusers_backend import load_experts
 
     try:
-        return load_experts(**load_arguments(req))
+        return load_experts(**load_arguments(req), show_progress=show_progress)
     except (ValueError, FileNotFoundError) as e:  # unusable or mismatched checkpoints: named by role and path
         raise UsageError(from_the_backend(str(e)), "--spatial") from e
 
@@ -986,7 +1003,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
             store.clear()
         if failure is None:
             if isinstance(e, NonFiniteError):   # where it happened and why; here also that the outputs are intact
-                raise NonFiniteError(f"{e}; nothing was written") from None
+                raise NonFiniteError(f"{with_dtype_option(str(e))}; nothing was written") from None
             if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
                 raise OutputError(spelled(f"{e}; {windows_kept(store, plan)}: rerun with --resume once it can "
                                           f"write")) from e
@@ -1006,7 +1023,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     t_start = time.perf_counter()
     device = ranks.device_for(req.device)
     with loading_bars(show_progress or req.embedded):   # (the embedded experts load nothing)
-        backend = load_backend(replace(req, device=device), experts)
+        backend = load_backend(replace(req, device=device), experts, show_progress)
     d = bind_experts(backend, req, log, schedule.first)
     # "auto" matching decided by the loaded experts where their schedules were unknown before loading (single
     # files without a scheduler config): the report records the choice the run makes
@@ -1167,8 +1184,9 @@ def windows_kept(store: ResumeStore, plan: SegmentPlan) -> str:
 
 def report_elsewhere(req: GenerateRequest) -> tuple:
     """The request's fields a report's ``settings`` leave out: given top-level (``chain``; ``long``, for long runs
-    only), or not read by this run (the embedded preset of a checkpoint run, the image mode of an embedded one)."""
-    return ("chain", "long", "image_mode" if req.embedded else "embedded_preset")
+    only), or not read by this run (the embedded preset of a checkpoint run, the image mode and dtype of an embedded
+    one)."""
+    return ("chain", "long", *(("image_mode", "dtype") if req.embedded else ("embedded_preset",)))
 
 
 def prompt_used(req: GenerateRequest) -> str | list:

@@ -296,6 +296,26 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
     assert not (tmp_path / "other").exists() and not (tmp_path / "embedded").exists()
 
 
+def test_a_request_loads_its_checkpoints_in_the_dtype_it_names(paths, tmp_path):
+    """A NaN run's hint said to load the experts in bfloat16, which only load_experts(dtype=) could: the request
+    (and --dtype) names it, the report says what each expert ran in, and experts loaded in another are refused."""
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest, generate, load_request_experts
+
+    request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]), frames=F,
+                              height=8 * H, width=8 * W, prompt="a cat", dtype="bfloat16", out=str(tmp_path / "bf16"))
+    experts = load_request_experts(request, show_progress=False)
+    assert {e.unet.dtype for e in experts.experts.values()} == {torch.bfloat16}
+    report = generate(request, show_progress=False, experts=experts)
+    assert report["settings"]["dtype"] == "bfloat16"
+    assert {e["dtype"] for e in report["experts"].values()} == {"bfloat16"}
+    with pytest.raises(UsageError, match=r"^experts= were loaded with dtype=torch.bfloat16, and this request loads "
+                                         r"dtype=None: load its own"):
+        generate(replace(request, dtype="auto", out=str(tmp_path / "auto")), show_progress=False, experts=experts)
+    assert generate(replace(request, dtype="auto", out=str(tmp_path / "auto")),
+                    show_progress=False)["experts"]["spatial"]["dtype"] == "float32"   # auto on the CPU
+
+
 # --------------------------------------------------------------------------------- (e): single files
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):

@@ -404,6 +404,18 @@ def test_the_non_finite_hint_suggests_another_dtype_only_for_fp16_networks():
         assert hint in non_finite_message(expert.bind(), x, 500, "refine", 3), dtype
 
 
+def test_the_fp16_hint_names_the_setting_that_loads_another_dtype():
+    """The hint said "load the experts in bfloat16", which the command line and GenerateRequest had no way to do."""
+    from confiner_core.experts import FP16_OVERFLOW
+    from confiner_core.generate import in_command_line_spelling, with_dtype_option
+
+    message = f"expert 'spatial' returned NaN or infinity; likely causes: a cfg too large, or {FP16_OVERFLOW}"
+    assert with_dtype_option(message).endswith(f"{FP16_OVERFLOW} (dtype='bfloat16')")
+    with in_command_line_spelling():
+        assert with_dtype_option(message).endswith(f"{FP16_OVERFLOW} (--dtype bfloat16)")
+    assert with_dtype_option("weights that are not finite") == "weights that are not finite"
+
+
 @pytest.mark.parametrize("args,nan_call,where", [
     (["--frames", "8"], 7, "expert 'embedded-spatial (sharp frames, SD 1.5 schedule)' (PosteriorMeanExpert) at stage "
                            "'refine', step t=100, evaluation 3 of the stage"),  # 4 control + spatial, temporal, spatial

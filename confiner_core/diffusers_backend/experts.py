@@ -97,7 +97,8 @@ class DiffusersExpert(Expert):
 
     def describe(self) -> dict:
         return {**super().describe(), "family": self.family, "source": self.source,
-                "unet": type(self.unet).__name__, "text_width": self.prompt_encoder.width}
+                "unet": type(self.unet).__name__, "dtype": str(self.unet.dtype).removeprefix("torch."),
+                "text_width": self.prompt_encoder.width}
 
 
 def _repeat_rows(cond: torch.Tensor, rows: int) -> torch.Tensor:

@@ -232,7 +232,8 @@ class FlowTransformerExpert(Expert):
 
     def describe(self) -> dict:
         return {**super().describe(), "family": self.family, "source": self.source, "shift": self.shift,
-                "transformer": type(self.transformer).__name__, "text_width": self.prompt_encoder.width}
+                "transformer": type(self.transformer).__name__,
+                "dtype": str(self.transformer.dtype).removeprefix("torch."), "text_width": self.prompt_encoder.width}
 
 
 class WanExpert(FlowTransformerExpert):
