@@ -228,9 +228,12 @@ def evaluate_command(a: argparse.Namespace) -> int:
         if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
             plan = None
         scores = metrics.evaluate(frames, junctions=a.junctions)
-        if plan is not None:   # every junction and each kind (seam_score over both, as evaluate() would give it)
+        del scores["distance_to_nearest"]   # (needs reference clips, which a video file has none of)
+        if plan is not None:   # each kind of junction, where a travelling prompt changes apart, as generate gives it
+            changes = plan.get("prompt_change_junctions", [])
             scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(frames), plan["window_junctions"],
-                                                      plan["structure_junctions"]))
+                                                      plan["structure_junctions"], changes))
+            scores.update(metrics.window_color_drift(frames, plan["window_junctions"], changes))
         scores = metrics.strict_scores(scores)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None
@@ -238,8 +241,9 @@ def evaluate_command(a: argparse.Namespace) -> int:
         print(json.dumps(scores, indent=2, allow_nan=False))
     else:
         undefined = scores.pop("undefined", {})
+        width = max(map(len, scores))
         for k, v in scores.items():
-            print(f"{k:>22}  {v:.4f}" if v is not None else f"{k:>22}  n/a ({undefined[k]})")
+            print(f"{k:>{width}}  {v:.4f}" if v is not None else f"{k:>{width}}  n/a ({undefined[k]})")
     return 0
 
 

@@ -42,7 +42,7 @@ from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageE
 from .experts import FP16_OVERFLOW, EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
-                   render_applied_schedule, unused_entries, unused_entries_text)
+                   prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX
@@ -1094,9 +1094,10 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                 write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
         seconds["total"] = time.perf_counter() - t_start
+        segments = extra.get("segment_plan", {})
         extra["metrics"] = metrics.strict_scores(
-            stats.summary(extra.get("segment_plan", {}).get("window_junctions"),
-                          extra.get("segment_plan", {}).get("structure_junctions")))
+            stats.summary(segments.get("window_junctions"), segments.get("structure_junctions"),
+                          segments.get("prompt_change_junctions", ())))
         report = build_report(req, backend, log, seconds, **extra)
         write_report(outputs.path("report.json"), report)
         outputs.commit()
@@ -1157,8 +1158,9 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     if req.long.noise_init == FREENOISE:   # the window and stride used, where the settings left them to the segment
         window, stride = freenoise_span(req.long, d["control"].expert.latent_space.latent_frames(plan.segment_length))
         long.update(freenoise_window=window, freenoise_stride=stride)
-    extra = {"segment_plan": plan.as_dict(), "long": long, "long_seconds": time.perf_counter() - t0,
-             "processes": ranks.describe()}
+    extra = {"segment_plan": {**plan.as_dict(), "prompt_change_junctions":
+                              prompt_change_junctions(plan, schedule) if prompts is not None else []},
+             "long": long, "long_seconds": time.perf_counter() - t0, "processes": ranks.describe()}
     if prompts is not None:
         extra["prompt_schedule"] = [{"frames": [a, b], "prompt": p} for a, b, p in schedule.ranges()]
         extra["prompt_schedule_applied"] = [{"frames": [a, b], "prompt": p}

@@ -457,6 +457,32 @@ def given_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
     return sorted(set(window_entries(plan, schedule)) | shown_structure_entries(plan, schedule))
 
 
+def structure_at(plan: SegmentPlan, frame: int) -> int:
+    """The structure output frame ``frame`` comes from (its window's parts, in order)."""
+    window = next(w for w in plan.windows if w.out_start <= frame < w.out_stop)
+    at = window.out_start
+    for structure, first, end in window.parts:
+        at += end - first
+        if frame < at:
+            return structure
+    raise ValueError(f"frame {frame} lies past the parts of window {window.index}")
+
+
+def prompt_change_junctions(plan: SegmentPlan, schedule: PromptSchedule) -> list[int]:
+    """The junctions where the prompt changes: between windows refined with different prompts
+    (:func:`window_entries`) or structures laid out with different ones (:func:`structure_entries`). The video
+    changes there because the schedule asks it to, so seam scores leave them out and score them apart
+    (:func:`~confiner_core.metrics.seam_scores_by_kind`)."""
+    prompt = [e.prompt for e in schedule.entries]
+    by_window = [prompt[i] for i in window_entries(plan, schedule)]
+    by_structure = [prompt[i] for i in structure_entries(plan, schedule)]
+    changes = {junction for w, junction in enumerate(plan.window_junctions, start=1)
+               if by_window[w] != by_window[w - 1]}
+    changes |= {junction for junction in plan.structure_junctions
+                if by_structure[structure_at(plan, junction)] != by_structure[structure_at(plan, junction - 1)]}
+    return sorted(changes)
+
+
 def unused_entries(plan: SegmentPlan, schedule: PromptSchedule) -> list[tuple[int, int, str]]:
     """The entries that never reach the video, as (first frame, end frame, prompt) as written: their frames hold no
     window's centre and no shown structure's (:func:`applied_schedule`)."""

@@ -173,15 +173,23 @@ def seam_ratio(d: np.ndarray, junctions: Iterable[int] | None, eps: float = 1e-3
     return float((d[j - 1].mean() + eps) / (d[elsewhere].mean() + eps))
 
 
-def seam_scores_by_kind(d: np.ndarray, window_junctions: Iterable[int], structure_junctions: Iterable[int]) -> dict:
+def seam_scores_by_kind(d: np.ndarray, window_junctions: Iterable[int], structure_junctions: Iterable[int],
+                        prompt_changes: Iterable[int] = ()) -> dict:
     """A ConFiner-Long video's seam scores (:func:`seam_ratio` of its consecutive-frame MAEs ``d``): ``seam_score``
     over every junction, ``seam_score_windows`` where separately refined windows meet and ``seam_score_structures``
     between structures (inside a window when refinement is staggered), each against the transitions that are no
-    junction of either kind (the other kind's cuts are no ordinary motion)."""
-    windows, structures = sorted(set(window_junctions)), sorted(set(structure_junctions))
-    return {"seam_score": seam_ratio(d, sorted(set(windows) | set(structures))),
-            "seam_score_windows": seam_ratio(d, windows, other_junctions=structures),
-            "seam_score_structures": seam_ratio(d, structures, other_junctions=windows)}
+    junction of either kind (the other kind's cuts are no ordinary motion). Junctions in ``prompt_changes``
+    (:func:`~confiner_core.long.prompt_change_junctions`), where a travelling prompt asks the video to change, are
+    left out of all three and scored apart as ``seam_score_prompt_changes`` (a key only where there are some)."""
+    changes = sorted(set(prompt_changes))
+    windows = sorted(set(window_junctions) - set(changes))
+    structures = sorted(set(structure_junctions) - set(changes))
+    scores = {"seam_score": seam_ratio(d, sorted(set(windows) | set(structures)), other_junctions=changes),
+              "seam_score_windows": seam_ratio(d, windows, other_junctions=[*structures, *changes]),
+              "seam_score_structures": seam_ratio(d, structures, other_junctions=[*windows, *changes])}
+    if changes:
+        scores["seam_score_prompt_changes"] = seam_ratio(d, changes, other_junctions=[*windows, *structures])
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,27 +373,38 @@ def lab_contrast(frames) -> np.ndarray:
     return to_lab(x).reshape(len(x), -1, 3).std(axis=1, dtype=np.float64)
 
 
-def window_color_drift(frames, window_starts: Iterable[int]) -> dict:
+def window_color_drift(frames, window_starts: Iterable[int], prompt_changes: Iterable[int] = ()) -> dict:
     """Colour drift across refinement windows (what users of long videos see as a tint that changes at every
     context-window join): :func:`window_color_from_stats` of the frames' mean Lab colours and contrasts."""
-    return window_color_from_stats(mean_lab(frames), lab_contrast(frames), window_starts)
+    return window_color_from_stats(mean_lab(frames), lab_contrast(frames), window_starts, prompt_changes)
 
 
-def window_color_from_stats(means, contrasts, window_starts: Iterable[int]) -> dict:
+def window_color_from_stats(means, contrasts, window_starts: Iterable[int], prompt_changes: Iterable[int] = ()) -> dict:
     """Per window (frames split at ``window_starts``): its colour = mean Lab of its frames, its contrast = mean
     per-channel Lab std. Returns ``window_color_drift`` (mean over windows w >= 1 of the CIE76 Delta E of window w's
     colour to window 0's), ``window_color_drift_max`` (the largest) and ``window_contrast_change`` (mean over
-    w >= 1 of | |c_w| - |c_0| | / |c_0|). NaN with a single window."""
+    w >= 1 of | |c_w| - |c_0| | / |c_0|). NaN with a single window. Window starts in ``prompt_changes`` (a travelling
+    prompt's, :func:`~confiner_core.long.prompt_change_junctions`) begin a new reference: each window is compared with
+    the first window of its prompt, and those first windows are not scored (NaN where every window is one)."""
     means, contrasts = np.asarray(means, np.float64), np.asarray(contrasts, np.float64)
     bounds = [0, *sorted(b for b in window_starts if 0 < b < len(means)), len(means)]
-    colour = np.stack([means[a:b].mean(0) for a, b in zip(bounds, bounds[1:]) if b > a])
-    contrast = np.array([np.linalg.norm(contrasts[a:b].mean(0)) for a, b in zip(bounds, bounds[1:]) if b > a])
-    if len(colour) < 2:
+    spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    colour = np.stack([means[a:b].mean(0) for a, b in spans])
+    contrast = np.array([np.linalg.norm(contrasts[a:b].mean(0)) for a, b in spans])
+    changes = set(prompt_changes)
+    first = 0   # the window each one is compared with: the first of its prompt
+    reference = []
+    for w, (a, _) in enumerate(spans):
+        first = w if w == 0 or a in changes else first
+        reference.append(first)
+    scored = [w for w in range(len(spans)) if reference[w] != w]
+    if not scored:
         return {"window_color_drift": math.nan, "window_color_drift_max": math.nan,
                 "window_contrast_change": math.nan}
-    de = delta_e(colour[1:], colour[0])
+    de = np.array([np.linalg.norm(colour[w] - colour[reference[w]]) for w in scored])
+    change = [abs(contrast[w] - contrast[reference[w]]) / max(contrast[reference[w]], 1e-9) for w in scored]
     return {"window_color_drift": float(de.mean()), "window_color_drift_max": float(de.max()),
-            "window_contrast_change": float(np.mean(np.abs(contrast[1:] - contrast[0]) / max(contrast[0], 1e-9)))}
+            "window_contrast_change": float(np.mean(change))}
 
 
 def color_drift_max(frames) -> float:
@@ -462,11 +481,12 @@ UNDEFINED_REASONS = {
     "seam_score": "needs junctions and ordinary frame pairs besides them",
     "seam_score_windows": "needs window junctions and ordinary frame pairs besides them",
     "seam_score_structures": "needs structure junctions and ordinary frame pairs besides them",
-    "window_color_drift": "needs at least two refinement windows",
-    "window_color_drift_max": "needs at least two refinement windows",
-    "window_contrast_change": "needs at least two refinement windows",
-    "distance_to_nearest": "needs the ground-truth clips, which only a run on the embedded world knows: its "
-                           "report.json has it",
+    "seam_score_prompt_changes": "needs junctions where the prompt changes and ordinary frame pairs besides them",
+    "window_color_drift": "needs at least two refinement windows of one prompt",
+    "window_color_drift_max": "needs at least two refinement windows of one prompt",
+    "window_contrast_change": "needs at least two refinement windows of one prompt",
+    "distance_to_nearest": "needs reference clips, passed to metrics.evaluate as references=: the embedded "
+                           "world's true clips, as bench/quality_ablation.py passes them",
 }
 
 
@@ -541,9 +561,10 @@ class StreamingMetrics:
         self._last_features = (s[-1:], h[-1:])
         self.frames += len(x)
 
-    def summary(self, window_junctions=None, structure_junctions=None) -> dict:
+    def summary(self, window_junctions=None, structure_junctions=None, prompt_changes=()) -> dict:
         """The :data:`METRIC_KEYS` that are defined here (not distance_to_nearest; seam scores only with junctions):
-        ``seam_score`` over all junctions, ``seam_score_windows`` and ``seam_score_structures`` over each kind."""
+        ``seam_score`` over all junctions, ``seam_score_windows`` and ``seam_score_structures`` over each kind, the
+        junctions where a travelling prompt changes apart (:func:`seam_scores_by_kind`)."""
         out = {
             "subject_consistency": consistency_from_cosines(self.prev_cos, self.first_cos),
             "motion_smoothness": smoothness_from_errors(self.midpoint_errors),
@@ -554,9 +575,9 @@ class StreamingMetrics:
             "color_drift_max": float(max(self.delta_e)) if self.delta_e else math.nan,
         }
         if window_junctions is not None:
-            out.update(seam_scores_by_kind(self.mae, window_junctions, structure_junctions or []))
+            out.update(seam_scores_by_kind(self.mae, window_junctions, structure_junctions or [], prompt_changes))
             out.update(window_color_from_stats(np.concatenate(self.lab_means), np.concatenate(self.lab_contrasts),
-                                               window_junctions))
+                                               window_junctions, prompt_changes))
         return out
 
 

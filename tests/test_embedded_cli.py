@@ -525,3 +525,30 @@ def test_evaluate_reads_a_long_runs_junctions_from_its_report(tmp_path, capsys):
     assert main(["evaluate", str(out), "--json", "--junctions", "8"]) == 0
     typed = json.loads(capsys.readouterr().out)
     assert typed["seam_score"] == pytest.approx(metrics.seam_score(frames, [8])) and "seam_score_windows" not in typed
+
+
+def test_a_travelling_prompts_changes_are_scored_apart_in_the_report_and_by_evaluate(tmp_path, capsys):
+    """The report names the junctions where the prompt changes, and both the report's metrics and `evaluate OUT`
+    score the seams without them: the seam scores equal those of the seams alone, computed here from the
+    consecutive-frame differences of the frames read back."""
+    from confiner_core import metrics
+
+    out = tmp_path / "travel"
+    assert main(["generate", "--frames", "64", "--height", "64", "--width", "64", "--quiet", "--out", str(out),
+                 "--prompt", "0: a red ball bouncing | 32: a blue ball bouncing"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    plan = report["segment_plan"]
+    assert plan["prompt_change_junctions"] == [24, 32]
+    assert report["metrics"]["seam_score_prompt_changes"] is not None
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    frames = metrics.read_video(str(out / "video.mp4"))
+    d = np.abs(frames[1:].astype(np.float64) - frames[:-1]).mean(axis=(1, 2, 3))
+    changes = {24, 32}
+    seams = sorted((set(plan["window_junctions"]) | set(plan["structure_junctions"])) - changes)
+    motion = [t for t in range(1, len(frames)) if t not in set(seams) | changes]
+    ratio = lambda cuts: (d[[t - 1 for t in cuts]].mean() + 1e-3) / (d[[t - 1 for t in motion]].mean() + 1e-3)
+    assert scores["seam_score"] == pytest.approx(ratio(seams))
+    assert scores["seam_score_prompt_changes"] == pytest.approx(ratio(sorted(changes)))
+    assert set(report["metrics"]) - {"undefined"} == set(scores) - {"undefined"}   # evaluate gives the report's

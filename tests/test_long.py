@@ -164,6 +164,34 @@ def test_prompt_travel_encodes_each_prompt_once_per_expert():
     assert sorted(encoded) == sorted(["a", "b"] * 3)
 
 
+@pytest.mark.parametrize("text, staggered, changes", [
+    ("0: a | 24: b", True, [16, 24]),    # window 1 (centre 24) is b; structure 2 (centre 32) is b, from frame 24
+    ("0: a | 24: b", False, [16]),       # unstaggered, a structure is its window
+    ("0: a | 24: a", True, []),          # the same text again is no change
+    ("0: a | 16: b | 40: a", True, [8, 16, 32, 40]),   # structure 1 (centre 16) is b: from frame 8
+    ("a", True, []),
+])
+def test_the_junctions_where_the_prompt_changes(text, staggered, changes):
+    """Seam scores leave these out (a change the schedule asked for is no seam): the window junctions between
+    windows refined with different prompts, and the structure junctions between structures laid out with
+    different ones, read here off each output frame's window and structure as the plan lays them out."""
+    from confiner_core.long import prompt_change_junctions, structure_entries, window_entries
+
+    plan, schedule = plan_segments(64, 16, staggered), parse_prompt(text, frames=64)
+    assert prompt_change_junctions(plan, schedule) == changes
+    # the same from the plan's windows directly: the prompt of each output frame's window and structure
+    prompts = [e.prompt for e in schedule.entries]
+    window_prompt, structure_prompt = [], []
+    for w, window in enumerate(plan.windows):
+        pieces = [s for s, a, b in window.parts for _ in range(b - a)]
+        for k in range(window.out_stop - window.out_start):
+            window_prompt.append(prompts[window_entries(plan, schedule)[w]])
+            structure_prompt.append(prompts[structure_entries(plan, schedule)[pieces[k]]])
+    seen = [t for t in plan.junctions if (window_prompt[t], structure_prompt[t]) !=
+            (window_prompt[t - 1], structure_prompt[t - 1])]
+    assert seen == changes
+
+
 @pytest.mark.parametrize("text, starts", [("0: a | 24: b", [(0, "a"), (16, "b")]),     # 24 is window 1's centre
                                           ("0: a | 25: b", [(0, "a"), (32, "b")]),
                                           ("0: a | 20: b | 22: c", [(0, "a"), (16, "c")]),  # b holds no centre

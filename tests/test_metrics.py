@@ -384,3 +384,39 @@ def test_seam_scores_of_each_kind_compare_their_cuts_with_motion_alone():
                                     "seam_score_structures": expected}, rel=1e-12)
     with pytest.raises(ValueError, match="junctions must lie in"):
         m.seam_ratio(d, windows, other_junctions=[48])
+
+
+def test_junctions_where_the_prompt_changes_are_scored_apart():
+    """A researcher's three-prompt run scored seam_score_windows 18.9 against 1.5 with one prompt: every change the
+    schedule asked for counted as a seam. Seams: a 3-level jump; prompt changes: a 30-level jump; motion: 1 level.
+    The three seam scores stay 3/1, and the changes are scored apart, each against motion alone."""
+    d = np.ones(63)
+    windows, structures, changes = [16, 32, 48], [8, 24, 40, 56], [24, 32]
+    d[[j - 1 for j in windows + structures]] = 3.0
+    d[[j - 1 for j in changes]] = 30.0
+    scores = m.seam_scores_by_kind(d, windows, structures, changes)
+    seam, change = (3 + 1e-3) / (1 + 1e-3), (30 + 1e-3) / (1 + 1e-3)
+    assert scores == pytest.approx({"seam_score": seam, "seam_score_windows": seam, "seam_score_structures": seam,
+                                    "seam_score_prompt_changes": change}, rel=1e-12)
+    assert "seam_score_prompt_changes" not in m.seam_scores_by_kind(d, windows, structures)   # one prompt
+
+
+def test_window_color_drift_restarts_at_each_prompt():
+    """Each window against the first window of its prompt: a travelling prompt's new colour is not drift. Windows
+    of 4 frames; prompt a: grey 100, 100, 104; prompt b (from frame 12): grey 200, 200."""
+    levels = [100, 100, 104, 200, 200]
+    video = np.concatenate([np.full((4, 8, 8, 3), v, np.uint8) for v in levels])
+    starts = [4, 8, 12, 16]
+
+    def lab(v):
+        import cv2
+        return cv2.cvtColor(np.full((1, 1, 3), v / 255, np.float32), cv2.COLOR_RGB2Lab)[0, 0]
+
+    got = m.window_color_drift(video, starts, prompt_changes=[12])
+    expected = [0.0, float(np.linalg.norm(lab(104) - lab(100))), 0.0]   # windows 1, 2 against 0; window 4 against 3
+    assert got["window_color_drift"] == pytest.approx(np.mean(expected), rel=1e-4)
+    assert got["window_color_drift_max"] == pytest.approx(max(expected), rel=1e-4)
+    across = m.window_color_drift(video, starts)["window_color_drift_max"]
+    assert across > 10 * got["window_color_drift_max"]   # across the change, grey 200 against 100
+    only_firsts = m.window_color_drift(video[:16], [4, 8, 12], prompt_changes=[4, 8, 12])
+    assert math.isnan(only_firsts["window_color_drift"])   # every window is its prompt's first

@@ -33,8 +33,9 @@ def test_strict_scores_turn_undefined_into_null_with_reason():
     assert strict["subject_consistency"] is None and strict["motion_smoothness"] is None
     assert strict["undefined"]["motion_smoothness"] == "needs at least 3 frames"
     # (no parentheses inside: the command line prints it as "n/a (...)", which read "n/a (... (...))")
-    assert strict["undefined"]["distance_to_nearest"].startswith("needs the ground-truth clips, which only a run on "
-                                                                 "the embedded world knows")
+    # (it said "only a run on the embedded world knows: its report.json has it", which no report has)
+    assert strict["undefined"]["distance_to_nearest"].startswith("needs reference clips, passed to metrics.evaluate "
+                                                                 "as references=")
     assert "(" not in "".join(strict["undefined"].values())
     assert strict["sharpness"] == scores["sharpness"] == 0.0  # defined values are kept as they are
     json.dumps(strict, allow_nan=False)
