@@ -20,8 +20,8 @@ from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, decla
                       in_stage, own_stage)
 from .latent_spaces import check_bridges
 from .layout import VIDEO, check_latent
-from .sampling import SAMPLERS, Callback, EpsHook, control_timesteps as sampler_timesteps, diffuse, randn_like, \
-    sample_control
+from .sampling import SAMPLERS, Callback, EpsHook, check_generator, control_timesteps as sampler_timesteps, diffuse, \
+    randn_like, sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
@@ -501,6 +501,9 @@ def refine_timesteps(config: ChainConfig) -> list[int]:
     "linspace" 100, 75, 50, 25, 0, its last step at the clean end as in diffusers). The structure is noised to the
     first of them (:func:`refine_structure`). ``config.te`` must be set (:func:`refine_positions` settles a default
     one on its schedule)."""
+    if config.te is None:   # (it failed with "'>' not supported between ... 'NoneType'")
+        raise ValueError("refine_timesteps: config.te is None, the refining expert's default: settle it first, "
+                         "config.with_default_te(expert.schedule), or set ChainConfig(te=...)")
     if config.refine_spacing == UNIFORM:
         return uniform_timesteps(config.refine_steps, config.te)
     return spaced_timesteps(config.refine_steps, config.te, config.refine_spacing, STEPS_OFFSET)
@@ -655,15 +658,6 @@ def check_config(config, where: str) -> None:
     if not isinstance(config, ChainConfig):
         raise TypeError(f"{where}: config must be a ChainConfig (e.g. ChainConfig(te=100) from "
                         f"confiner_core.chain), got {type(config).__name__}")
-
-
-def check_generator(generator, where: str) -> None:
-    """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
-    here, before any evaluation, rather than deep inside the first draw."""
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
-                        f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
-                        "gives one video")
 
 
 def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, noise: torch.Tensor,

@@ -396,6 +396,9 @@ class Denoiser:
         return outs
 
     def __call__(self, x_t: torch.Tensor, t: float) -> Prediction:
+        if not isinstance(x_t, torch.Tensor):   # (a NumPy array failed inside with "'float' has no attribute ...")
+            raise TypeError(f"expert {self.expert.name!r}: the sample must be a torch.Tensor, got "
+                            f"{type(x_t).__name__}: torch.as_tensor(x, dtype=torch.float32)")
         alpha, sigma = self.schedule.coefficients(t)
         return Prediction(*to_x0_eps(self.raw(x_t, t), x_t, alpha, sigma, self.expert.prediction))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off, own_stage
-from .sampling import Callback, ddim_step, diffuse, on_schedule, randn_like, step_info
+from .sampling import Callback, check_generator, ddim_step, diffuse, on_schedule, randn_like, step_info
 from .schedules import NoiseSchedule
 from .timesteps import with_next
 
@@ -66,6 +66,7 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
     temporal expert's prediction (in its own space)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
+    check_generator(generator, "coordinated_step")   # (before the spatial evaluation it would follow)
     with own_stage(spatial, "refine"):
         x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
         t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)

@@ -41,11 +41,21 @@ def device_to_host(t: torch.Tensor) -> torch.Tensor:
     return host
 
 
+def check_generator(generator, where: str) -> None:
+    """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
+    here, before any evaluation, rather than deep inside the first draw."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                        f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
+                        "gives one video")
+
+
 def randn(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """float32 Gaussian noise of ``shape`` drawn on the generator's device, then moved to ``device``: the same seed
     gives the same noise on any device. Drawn on the host for a GPU, it is written straight into pinned memory
     (copying a fresh draw there cost 3-4 ms of host time per draw in H200 profiles, with the GPU idle when the
     host was behind)."""
+    check_generator(generator, "drawing noise")   # (None failed here: "'NoneType' has no attribute 'device'")
     pin = torch.device(device).type == "cuda" and generator.device.type == "cpu"
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
     return host_to_device(noise, device)

@@ -598,6 +598,17 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     for te in ("100", 100.0, True, 0):
         with pytest.raises(ValueError, match=re.escape(f"te (T_e) must be an integer >= 1, got {te!r}")):
             ChainConfig(te=te).validate()
+    # the small functions of a loop of one's own (a researcher's 20 lines): named, with the fix
+    with pytest.raises(TypeError, match=r"^coordinated_step needs a seeded torch.Generator"):
+        coordinated_step(control, control, x0, 100, None)
+    with pytest.raises(TypeError, match=r"^expert 'oracle.*': the sample must be a torch.Tensor, got ndarray: "
+                                        r"torch.as_tensor\(x, dtype=torch.float32\)"):
+        control(x0.numpy(), 100)
+    with pytest.raises(ValueError, match=r"^refine_timesteps: config.te is None, the refining expert's default: "
+                                         r"settle it first, config.with_default_te\(expert.schedule\)"):
+        refine_timesteps(ChainConfig())
+    assert refine_timesteps(ChainConfig().with_default_te(S.named("sd15"))) == [100, 80, 60, 40, 20]
+    assert sum(log.evaluations.values()) == 0   # all refused before any evaluation
     with pytest.raises(ValueError, match="refine_steps must be an integer >= 1, got 5.0"):
         ChainConfig(refine_steps=5.0).validate()
     with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\], got '0'"):
