@@ -1,9 +1,16 @@
-"""Writes the tiny random-weight model folders the device calls' command-line checks load (``.whl/tiny/``, ignored
-by git; bench/README_GPU.md): SD 1.5, AnimateDiff, ModelScope, Wan 2.1, FLUX.1-dev and Qwen-Image, built by the
-tests' own builders. Usage, from the repository root: ``HF_HUB_OFFLINE=1 python bench/prepare_tiny_carry.py``."""
+"""Writes tiny random-weight model folders: SD 1.5, AnimateDiff, ModelScope, Wan 2.1, FLUX.1-dev and Qwen-Image,
+built by the tests' own builders (local tokenizers included), for trying checkpoint runs without weights (README
+"Real checkpoints") and for the device calls' command-line checks (``.whl/tiny/``, the default folder, ignored by
+git; bench/README_GPU.md). Usage, from the repository root:
+``HF_HUB_OFFLINE=1 python bench/prepare_tiny_carry.py [FOLDER]``."""
 
+import os
 import sys
 from pathlib import Path
+
+for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                    ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):   # (before the libraries read them: one line of output)
+    os.environ.setdefault(name, value)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -23,4 +30,4 @@ def main(out: Path = ROOT / ".whl" / "tiny") -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*(Path(a) for a in sys.argv[1:2]))

@@ -491,6 +491,8 @@ class ChainResult:
 
 
 def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
+    """The control stage's timesteps on the control expert's schedule, for ``config``'s steps, sampler and spacing
+    (:func:`~confiner_core.sampling.control_timesteps`, as diffusers' schedulers lay them out)."""
     return sampler_timesteps(control.schedule, config.control_steps, config.control_sampler, config.control_spacing)
 
 

@@ -2,7 +2,8 @@
 ``python -m confiner_core evaluate VIDEO`` scores one (:mod:`confiner_core.metrics`).
 
 Exit codes: 0 done; 2 a usage error (one line naming the option and what it accepts; nothing written);
-1 a failure while running (one line; nothing written); 130 interrupted (Ctrl-C; nothing written).
+1 a failure while running (one line; nothing written); 130 interrupted (Ctrl-C; nothing written); 143 stopped by
+SIGTERM (timeout, kill, a batch scheduler, torchrun; nothing written).
 ``--debug`` or ``CONFINER_DEBUG=1`` adds the full traceback, for bug reports.
 """
 
@@ -215,6 +216,8 @@ def evaluate_command(a: argparse.Namespace) -> int:
 
     from . import metrics
 
+    # FFmpeg's own lines ("moov atom not found") came before the one-line error; read when OpenCV opens its first video
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     video = a.video
     if os.path.isdir(video) and os.path.isfile(os.path.join(video, "video.mp4")):
         video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
@@ -300,7 +303,8 @@ def generate_command(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure) or 130 (interrupted)."""
+    """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure), 130 (interrupted) or 143
+    (SIGTERM)."""
     # Library chatter at import (e.g. transformers on optional image processors) would bury the one-line result.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
@@ -350,7 +354,7 @@ def run_command(args, parser, debug: bool) -> int:
     ranks = distributed.current()
     # Under torchrun each process prints one line; rank 0 alone prints what all share (a usage error, Ctrl-C).
     quiet = ranks.rank != 0 and (isinstance(error, (UsageError, KeyboardInterrupt)) or
-                                 (isinstance(error, RankFailed) and error.code in (2, 130)))
+                                 (isinstance(error, RankFailed) and error.code in (2, 130, 128 + signal.SIGTERM)))
     if not quiet:
         sys.stderr.write(distributed.prefix(ranks) + message + "\n")
     distributed.exit_if_failed(code)

@@ -555,7 +555,8 @@ def session():
                 if ranks.reason is not None or ranks.failed:
                     return   # already stopping (torchrun stops every process once one has ended)
                 ranks.reason = ranks.announced() or RankFailed(   # origin -1: the launcher (nothing to announce)
-                    "stopped by SIGTERM (torchrun stops every process when one fails or on Ctrl-C)", code=130,
+                    "stopped by SIGTERM: torchrun stops every process once one fails (its report below names "
+                    "which) or on Ctrl-C", code=128 + signal.SIGTERM,
                     resumable=True, origin=-1)
             raise KeyboardInterrupt
         previous = signal.signal(signal.SIGTERM, on_sigterm)

@@ -660,7 +660,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     """Generate ``plan`` window by window. ``sink(latent, window)`` receives each finished window as a whole clip
     in the refining expert's latent space, in window order; the first ``window.out_stop - window.out_start`` frames
     of its decode are output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent
-    frame in the control expert's space. ``seed`` (an int, or a generator standing for its initial seed) seeds
+    frame in the control expert's space, or a latent video's (B, C, F, h, w) there, e.g. its latent space's
+    ``latent_shape(...)`` (the plan decides the frames). ``seed`` (an int, or a generator standing for its initial seed) seeds
     every task's own generator (:func:`task_generator`).
 
     ``prepare(latent, window)``, if given, runs where the window was refined and its tensor is passed on:
@@ -685,13 +686,13 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     ranks = ranks or SOLO
     me, world = ranks.rank, ranks.world
     seed = root_seed(seed)
-    if len(frame_shape) != 4:
-        raise ValueError(f"frame_shape is (B, C, h, w) of one latent frame in the control expert's space, got "
-                         f"{tuple(frame_shape)}")
+    if len(frame_shape) not in (4, 5):
+        raise ValueError(f"frame_shape is (B, C, h, w) of one latent frame in the control expert's space, or "
+                         f"(B, C, F, h, w) of a latent video there, got {tuple(frame_shape)}")
     if prompts is not None and prompts.frames != plan.frames:
         raise ValueError(f"prompts cover {prompts.frames} frames but the plan has {plan.frames}: parse the schedule "
                          f"for the plan's frames (parse_prompt(text, {plan.frames}))")
-    b, c, h, w = frame_shape
+    b, c, h, w = (*frame_shape[:2], *frame_shape[-2:])   # (a video shape's frames: the plan's)
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)
     spatial = stand_in_spatial(spatial, temporal, chain.mode)

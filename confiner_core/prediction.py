@@ -14,6 +14,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 
 def to_x0_eps(output: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: float,
               prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A network's ``output`` at ``x_t = alpha x0 + sigma eps`` as the pair (x0, eps) every step and hand-off of the
+    chain works with: ``prediction`` "epsilon" (eps = output), "v_prediction" (v = alpha eps - sigma x0), "sample"
+    (x0 = output) or "flow" (velocity u = eps - x0, on alpha = 1 - sigma)."""
     if prediction == "epsilon":
         eps = output
         return (x_t - sigma * eps) / alpha, eps

@@ -507,6 +507,21 @@ def test_generate_leaves_the_request_as_it_was(tmp_path):
         generate({"frames": 16})
 
 
+def test_evaluate_of_a_truncated_video_says_one_line(tmp_path):
+    """FFmpeg's own "moov atom not found" came on the terminal before evaluate's one-line error (a process of its
+    own: FFmpeg writes to the file descriptor, and reads its log level when OpenCV opens its first video)."""
+    import subprocess
+    import sys
+
+    out, _ = run(tmp_path, "whole")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(open(os.path.join(out, "video.mp4"), "rb").read()[:3000])
+    done = subprocess.run([sys.executable, "-m", "confiner_core", "evaluate", str(cut)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == f"error: cannot read any frames from {str(cut)!r}\n"
+
+
 def test_evaluate_reads_a_long_runs_junctions_from_its_report(tmp_path, capsys):
     """`evaluate OUT` of a ConFiner-Long output gave no seam score unless --junctions was typed: the report holds
     them. Given, --junctions still wins."""

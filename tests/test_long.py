@@ -292,8 +292,16 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
             run(seed)
     with pytest.raises(ValueError, match=r"prompts cover 48 frames but the plan has 32: .*parse_prompt\(text, 32\)"):
         run(prompts=parse_prompt("0: a | 32: b", frames=48))
-    with pytest.raises(ValueError, match=r"frame_shape is \(B, C, h, w\) of one latent frame.*\(1, 4, 16, 4, 4\)"):
-        run(shape=(1, 4, 16, 4, 4))
+    with pytest.raises(ValueError, match=r"frame_shape is \(B, C, h, w\) of one latent frame.*, got \(4, 4, 4\)"):
+        run(shape=(4, 4, 4))
+    # a latent video's shape, as latent_shape() gives it, stands for its frames' (a researcher sliced it by hand)
+    windows = {}
+    x16 = torch.randn(1, 4, 16, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x16, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    for shape in ((1, 4, 4, 4), (1, 4, 16, 4, 4)):
+        generate_long(c, s, t, plan, shape, ChainConfig(), LongConfig(segment_length=16), 0,
+                      lambda lat, w, shape=shape: windows.setdefault(shape, []).append(lat))
+    assert all(torch.equal(a, b) for a, b in zip(*windows.values())) and len(windows[(1, 4, 4, 4)]) == 2
     # settings as dicts, a resume that is no LongState, LongConfig fields of the wrong kind: each was an
     # AttributeError or TypeError from inside (freenoise_window=0 ran with the default window, without a word)
     sink = lambda lat, w: None   # noqa: E731
