@@ -37,7 +37,6 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
                     temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
-from .library_bars import loading_bars
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import FP16_OVERFLOW, EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
@@ -1022,8 +1021,7 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
               experts=None) -> dict | None:
     t_start = time.perf_counter()
     device = ranks.device_for(req.device)
-    with loading_bars(show_progress or req.embedded):   # (the embedded experts load nothing)
-        backend = load_backend(replace(req, device=device), experts, show_progress)
+    backend = load_backend(replace(req, device=device), experts, show_progress)
     d = bind_experts(backend, req, log, schedule.first)
     # "auto" matching decided by the loaded experts where their schedules were unknown before loading (single
     # files without a scheduler config): the report records the choice the run makes

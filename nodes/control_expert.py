@@ -33,8 +33,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="What to avoid (only used when control cfg is not 1)."),
                 io.Latent.Input("latent", tooltip="Sets size and frame count: an SD-style frame batch [F,4,h,w] "
                                                   "(Empty Latent Image, batch size = frames) or a native video "
-                                                  "latent [B,C,T,h,w] (Wan: Empty HunyuanVideo Latent, length 4k+1, "
-                                                  "e.g. 81). Its content is ignored unless 'use latent as noise' is "
+                                                  "latent [B,C,T,h,w] (Wan: Empty HunyuanVideo 1.0 Latent, "
+                                                  "length 4k+1, e.g. 81). Its content is ignored unless 'use latent as noise' is "
                                                   "on."),
                 seed_input("control"),
                 *control_inputs(),
@@ -63,7 +63,7 @@ class ConFinerControlExpert(io.ComfyNode):
         config.validate()
         ade.new_run()
         log = EvaluationLog()
-        progress = host.Progress(model, steps, host.node_id(cls))
+        progress = host.Progress(model, steps, host.node_id(cls), seed=seed)
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps, loaded=host.motion_model_files(cls))

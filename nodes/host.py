@@ -628,13 +628,13 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         n = raw.shape[0]
         raise ValueError(f"{what} is a batch of {n} images {list(raw.shape)} (Empty Latent Image's batch size "
                          f"is SD's frame count), but {family_name(model)} is a video model: it would make "
-                         f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo Latent with "
-                         f"length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch size 1")
+                         f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo 1.0 Latent "
+                         f"(EmptyHunyuanLatentVideo) with length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch size 1")
     samples = comfy.sample.fix_empty_latent_channels(model, raw)
     layout = layout_of(model)
     if samples.ndim != (5 if layout == L.VIDEO else 4):
-        want = ("a video latent [B, C, T, h, w] (e.g. Empty HunyuanVideo Latent: its length is the frame count)"
-                if layout == L.VIDEO else
+        want = ("a video latent [B, C, T, h, w] (e.g. Empty HunyuanVideo 1.0 Latent, EmptyHunyuanLatentVideo: its "
+                "length is the frame count)" if layout == L.VIDEO else
                 "an image-batch latent [F, C, h, w] (Empty Latent Image: its batch size is the frame count)")
         name = family_name(model)
         raise ValueError(f"{what} has shape {tuple(samples.shape)}, but {name} takes {want}; "
@@ -756,8 +756,11 @@ class Progress:
     anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
 
     def __init__(self, model, total: int, node_id: str | None = None, where=None, detail=None,
-                 opening: bool | str = True):
+                 opening: bool | str = True, seed: int | None = None):
         self.total, self.done, self.node_id = total, 0, node_id
+        # said under "done": with the frontend's "randomize" the widget shows the next seed once the run is queued,
+        # and an artist who liked a video and switched to "fixed" got another one
+        self.seed = seed
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
         self.counts: Counter = Counter()  # evaluations so far per role
         self.where = where    # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
@@ -906,7 +909,8 @@ class Progress:
             raise
         vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
         self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
-                        f"{time.perf_counter() - start:.1f} s{about}")
+                        f"{time.perf_counter() - start:.1f} s{about}" +
+                        (f"\nseed {self.seed}" if self.seed is not None else ""))
         self.show(self.summary)
 
 

@@ -130,7 +130,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                       tooltip="Control expert's negative prompt."),
                 RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("latent", tooltip="Sets the frame size and channels (e.g. Empty Latent Image, any "
-                                                  "batch size; for Wan an Empty HunyuanVideo Latent of length 1); "
+                                                  "batch size; for Wan an Empty HunyuanVideo 1.0 Latent of length 1); "
                                                   "the frame count comes from 'frames'."),
                 io.Int.Input("frames", default=128, min=1, max=100000,
                              tooltip="Frames to generate (pixel frames). Refiners in a causal video latent space "
@@ -187,9 +187,11 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_prompts=None, fps=AUTO_FPS):
-        return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
-            or True
+    def validate_inputs(cls, frames, segment_prompts=None):
+        # fps is not named: ComfyUI files the message under every input named here, and an artist who shortened a
+        # template's frames was shown it three times, once under the hidden fps they never set. Seconds keys are
+        # checked at the slowest video rate here, and at the rate the run uses when the node starts.
+        return widget_problem(cls, frames=frames) or prompt_schedule_problem(segment_prompts, frames) or True
 
     @classmethod
     @host.shows_refusals
@@ -276,7 +278,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
 
         progress = host.Progress(control_model, total, host.node_id(cls), where,
                                  prompt_now if prompts is not None and prompts.travels else None,
-                                 opening=True if prompts is None else node_schedule_text(prompts, plan))
+                                 opening=True if prompts is None else node_schedule_text(prompts, plan), seed=seed)
         # ComfyUI caches a node's result, not its finished windows: an artist who cancelled expected a rerun to go on
         progress.cancel_note = "\nqueued again, it starts over (no window is kept)"
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)

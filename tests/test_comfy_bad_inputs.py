@@ -124,6 +124,10 @@ CASES = [
     ("long refine steps do not fit", "long", "10", {"te": 3, "refine_steps": 9}, EXECUTION, ["refine_steps"]),
     ("long prompt schedule past the last frame", "long", "10", {"segment_prompts": "0: a red ball | 64: a blue ball"},
      VALIDATION, ["segment_prompts", "64"], ["frames", "segment_prompts"]),
+    # filed under the two inputs it is about: also under the hidden fps when the graph had one (an artist saw it 3x)
+    ("long prompt schedule past the last frame, fps in the graph", "long", "10",
+     {"segment_prompts": "0: a red ball | 64: a blue ball", "fps": 0.0}, VALIDATION, ["segment_prompts", "64"],
+     ["frames", "segment_prompts"]),
     ("long prompt schedule ambiguous (no key on its first entry)", "long", "10",
      {"segment_prompts": "a red ball | 4: a blue ball"}, VALIDATION, ["segment_prompts", "ambiguous"],
      ["frames", "segment_prompts"]),

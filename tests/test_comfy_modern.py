@@ -335,8 +335,10 @@ def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts
     assert len(_saved(r)) == LENGTH   # the template's decode (the spatial VAE): every frame
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
     # the VAE calls counted where the time went (a Wan VAE's take minutes on long clips)
-    assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations, 2 VAE calls in "), \
+    assert texts[-1].split("\n")[-3].startswith(f"done · {REFINE_STEPS} expert evaluations, 2 VAE calls in "), \
         texts[-1]
+    # the seed it used, which the widget no longer shows once "randomize" has drawn the next one
+    assert texts[-1].split("\n")[-2] == f"seed {prompt['11']['inputs']['seed']}", texts[-1]
     # a graph of two latent spaces has two VAEs: the node says which decodes its output
     assert texts[-1].split("\n")[-1] == f"output in {'SD 1.5' if spatial == 'sd' else 'FLUX.1'} latents: decode with the " \
                                         f"spatial VAE", texts[-1]
@@ -370,7 +372,8 @@ def test_temporal_only_refinement_without_a_spatial_vae_says_its_output_is_the_t
     assert len(_saved(r)) == LENGTH
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
     assert texts[-1].split("\n")[-1] == "output in Wan 2.1 latents: decode with the temporal VAE", texts[-1]
-    assert texts[-1].split("\n")[-2].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
+    assert texts[-1].split("\n")[-3].startswith(f"done · {REFINE_STEPS} expert evaluations in ")
+    assert texts[-1].split("\n")[-2] == f"seed {prompt['11']['inputs']['seed']}", texts[-1]
 
 
 @pytest.mark.parametrize("matching, warned", [("same_index", True), ("nearest", False), ("auto", False)])
@@ -476,7 +479,7 @@ def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluati
     prompt["8"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 16}}
     assert_refused_before_any_evaluation(comfy_worker, prompt, "image batch into Wan",
                                          ["control latent is a batch of 16 images", "one-frame videos",
-                                          "Empty HunyuanVideo Latent", "length 17"])
+                                          "Empty HunyuanVideo 1.0 Latent (EmptyHunyuanLatentVideo)", "length 17"])
 
 
 def test_a_video_latent_into_an_sd_control_expert_names_the_latent_it_takes(comfy_worker, modern):
@@ -826,7 +829,8 @@ def test_te_0_is_the_refining_models_own_and_the_node_says_which(comfy_worker, m
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert r["success"], _message(r)
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "11"]
-    assert re.fullmatch(rf"done · {3 * REFINE_STEPS} expert evaluations in \d+\.\d s · T_e 250", texts[-1]), texts[-1]
+    assert re.fullmatch(rf"done · {3 * REFINE_STEPS} expert evaluations in \d+\.\d s · T_e 250\n"
+                        rf"seed {prompt['11']['inputs']['seed']}", texts[-1]), texts[-1]
     prompt["11"]["inputs"]["te"] = 250   # the same run, byte for byte
     again = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert again["success"], again.get("error")
@@ -849,7 +853,8 @@ def test_the_control_expert_says_how_many_frames_its_clip_holds(comfy_worker, mo
     assert r["success"], _message(r)
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "9"]
     assert texts[0] == "starting · 2 expert evaluations · 5 frames", texts
-    assert re.fullmatch(r"done · 2 expert evaluations in \d+\.\d s · 5 frames", texts[-1]), texts[-1]
+    assert re.fullmatch(rf"done · 2 expert evaluations in \d+\.\d s · 5 frames\nseed {prompt['9']['inputs']['seed']}",
+                        texts[-1]), texts[-1]
     assert len(_saved(r)) == 5
 
 

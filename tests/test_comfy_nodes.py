@@ -117,7 +117,7 @@ def test_example_workflow_executes(comfy_worker, name):
         # the run opens with the schedule, under any warnings (an image model, where AnimateDiff is not installed)
         opening = "prompts:\n0-3: a red ball\n4-11: a blue ball"
         assert re.fullmatch(r"(warning: [^\n]*\n)*" + re.escape(opening), mine[0]), mine[0]
-        done = rf"done · {4 * 4 + 3 * 15} expert evaluations in \d+\.\d s\n"   # 4 structures, 3 windows
+        done = rf"done · {4 * 4 + 3 * 15} expert evaluations in \d+\.\d s\nseed \d+\n"   # 4 structures, 3 windows
         assert re.fullmatch(r"(warning: [^\n]*\n)*" + done + re.escape(opening), mine[-1]), mine[-1]
 
 
@@ -167,7 +167,7 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     assert sampler_texts[-1].endswith("evaluation 15/15")
     # then how the run ended, in place of its last step
     last = [t["text"] for t in texts if t["node_id"] == sampler][-1]
-    assert re.fullmatch(r"(.*\n)?done · 15 expert evaluations in \d+\.\d s", last, re.S), last
+    assert re.fullmatch(r"(.*\n)?done · 15 expert evaluations in \d+\.\d s\nseed \d+", last, re.S), last
     assert updates(control)[0].startswith("control stage · control expert")
     if has_motion_models(comfy_worker):   # video experts in the video roles: nothing to warn about
         assert not any("warning:" in t["text"] for t in texts), texts
@@ -250,7 +250,8 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
         warning = f"warning: the {role} expert is an image model"
         assert mine[0].startswith(warning), mine[0]              # before its first evaluation
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end
-        assert sum(warning in t for t in mine[-1].split("\n")) == 1 and mine[-1].split("\n")[-1].startswith(last)
+        assert sum(warning in t for t in mine[-1].split("\n")) == 1 and mine[-1].split("\n")[-2].startswith(last)
+        assert re.fullmatch(r"seed \d+", mine[-1].split("\n")[-1]), mine[-1]
         # the frontend neither wraps nor scrolls this text: every line fits a node as the templates draw it
         assert max(len(line) for t in mine for line in t.split("\n")) <= 60, mine[-1]
     # to the client that queued the run (the harness's), as ComfyUI's own progress: broadcast, a text reached the node
