@@ -187,11 +187,11 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_prompts=None):
-        # fps is not named: ComfyUI files the message under every input named here, and an artist who shortened a
-        # template's frames was shown it three times, once under the hidden fps they never set. Seconds keys are
-        # checked at the slowest video rate here, and at the rate the run uses when the node starts.
-        return widget_problem(cls, frames=frames) or prompt_schedule_problem(segment_prompts, frames) or True
+    def validate_inputs(cls, frames, segment_prompts=None, fps=AUTO_FPS):
+        # fps is read (ComfyUI then files the message under it too, hidden as it is): seconds keys count at it, and
+        # checked at the slowest model rate instead, '5s:' on 32 frames was refused at fps 4, where it is frame 20
+        return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
+            or True
 
     @classmethod
     @host.shows_refusals

@@ -124,10 +124,15 @@ CASES = [
     ("long refine steps do not fit", "long", "10", {"te": 3, "refine_steps": 9}, EXECUTION, ["refine_steps"]),
     ("long prompt schedule past the last frame", "long", "10", {"segment_prompts": "0: a red ball | 64: a blue ball"},
      VALIDATION, ["segment_prompts", "64"], ["frames", "segment_prompts"]),
-    # filed under the two inputs it is about: also under the hidden fps when the graph had one (an artist saw it 3x)
-    ("long prompt schedule past the last frame, fps in the graph", "long", "10",
-     {"segment_prompts": "0: a red ball | 64: a blue ball", "fps": 0.0}, VALIDATION, ["segment_prompts", "64"],
-     ["frames", "segment_prompts"]),
+    # a seconds key counts at the fps set: at 4 fps '5s' is frame 20 of 32 (checked at 8 fps, the slowest model
+    # rate, it was refused when an artist set fps 4); and past the end at the rate set, refused when queued
+    ("long seconds key inside the video at the fps set (queued; refused for the clip it lacks)", "long", "10",
+     {"frames": 32, "segment_prompts": "0: a red ball | 5s: a blue ball", "fps": 4.0, "clip": None}, EXECUTION,
+     ["segment_prompts", "clip"]),
+    ("long seconds key past the end at the fps set", "long", "10",
+     {"frames": 12, "segment_prompts": "0: a red ball | 2s: a blue ball", "fps": 6.0}, VALIDATION,
+     ["segment_prompts", "starts at frame 12 (2s at 6 fps), beyond the video's 12 frames"],
+     ["frames", "segment_prompts", "fps"]),
     ("long prompt schedule ambiguous (no key on its first entry)", "long", "10",
      {"segment_prompts": "a red ball | 4: a blue ball"}, VALIDATION, ["segment_prompts", "ambiguous"],
      ["frames", "segment_prompts"]),
