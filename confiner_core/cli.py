@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--freenoise-stride", type=number("--freenoise-stride"), default=None,
                    help="--noise-init freenoise: latent frames between shuffled noise windows (default: a quarter of "
                         "the window)")
-    g.add_argument("--gamma", type=number("--gamma"), default=0.1, help="coherence guidance strength γ (Eq. 12; the paper gives no value: 0.1 is ours); "
-                        "0 = off")
+    g.add_argument("--gamma", type=number("--gamma"), default=0.1,
+                   help="coherence guidance strength γ (Eq. 12; the paper gives no value: 0.1 is ours); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default=LongConfig.coherence_memory,
                    help="unguided (default): pull towards the previous segment's own noise prediction (the "
                         "specification's stored eps-hat); guided: towards the guided prediction it stepped with")

@@ -661,8 +661,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     in the refining expert's latent space, in window order; the first ``window.out_stop - window.out_start`` frames
     of its decode are output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent
     frame in the control expert's space, or a latent video's (B, C, F, h, w) there, e.g. its latent space's
-    ``latent_shape(...)`` (the plan decides the frames). ``seed`` (an int, or a generator standing for its initial seed) seeds
-    every task's own generator (:func:`task_generator`).
+    ``latent_shape(...)`` (the plan decides the frames). ``seed`` (an int, or a generator standing for its initial
+    seed) seeds every task's own generator (:func:`task_generator`).
 
     ``prepare(latent, window)``, if given, runs where the window was refined and its tensor is passed on:
     ``sink(latent, window, prepared)`` (the command line decodes there). With colour anchoring, which shifts each

@@ -351,7 +351,7 @@ def mean_lab(frames) -> np.ndarray:
 
 
 def delta_e(means: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """CIE76 Delta E of mean Lab colours [F, 3] against one reference colour [3]."""
+    """CIE76 Delta E of mean Lab colours [F, 3] against one reference colour [3] (or one per row, [F, 3])."""
     return np.linalg.norm(means - reference, axis=1)
 
 
@@ -379,7 +379,8 @@ def window_color_drift(frames, window_starts: Iterable[int], prompt_changes: Ite
     return window_color_from_stats(mean_lab(frames), lab_contrast(frames), window_starts, prompt_changes)
 
 
-def window_color_from_stats(means, contrasts, window_starts: Iterable[int], prompt_changes: Iterable[int] = ()) -> dict:
+def window_color_from_stats(means, contrasts, window_starts: Iterable[int],
+                            prompt_changes: Iterable[int] = ()) -> dict:
     """Per window (frames split at ``window_starts``): its colour = mean Lab of its frames, its contrast = mean
     per-channel Lab std. Returns ``window_color_drift`` (mean over windows w >= 1 of the CIE76 Delta E of window w's
     colour to window 0's), ``window_color_drift_max`` (the largest) and ``window_contrast_change`` (mean over
@@ -392,19 +393,18 @@ def window_color_from_stats(means, contrasts, window_starts: Iterable[int], prom
     colour = np.stack([means[a:b].mean(0) for a, b in spans])
     contrast = np.array([np.linalg.norm(contrasts[a:b].mean(0)) for a, b in spans])
     changes = set(prompt_changes)
-    first = 0   # the window each one is compared with: the first of its prompt
-    reference = []
-    for w, (a, _) in enumerate(spans):
-        first = w if w == 0 or a in changes else first
-        reference.append(first)
+    reference: list[int] = []   # per window, the window it is compared with: the first of its prompt
+    for w, (start, _) in enumerate(spans):
+        reference.append(w if w == 0 or start in changes else reference[-1])
     scored = [w for w in range(len(spans)) if reference[w] != w]
     if not scored:
         return {"window_color_drift": math.nan, "window_color_drift_max": math.nan,
                 "window_contrast_change": math.nan}
-    de = np.array([np.linalg.norm(colour[w] - colour[reference[w]]) for w in scored])
-    change = [abs(contrast[w] - contrast[reference[w]]) / max(contrast[reference[w]], 1e-9) for w in scored]
+    first = [reference[w] for w in scored]
+    de = delta_e(colour[scored], colour[first])
+    change = np.abs(contrast[scored] - contrast[first]) / np.maximum(contrast[first], 1e-9)
     return {"window_color_drift": float(de.mean()), "window_color_drift_max": float(de.max()),
-            "window_contrast_change": float(np.mean(change))}
+            "window_contrast_change": float(change.mean())}
 
 
 def color_drift_max(frames) -> float:
