@@ -832,14 +832,19 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
         raise UsageError(f"experts= must come from load_request_experts(request) or load_experts, got "
                          f"{type(experts).__name__}", "experts")
     for name, value in asked.items():
-        if normalised(name, value) != normalised(name, had.get(name)):
-            raise UsageError(f"experts= were loaded with {name}={had.get(name)!r}, and this request loads "
-                             f"{name}={value!r}: load its own with load_request_experts(request), or leave experts "
-                             f"out", "experts")
+        if normalised(name, value, asked["device"]) != normalised(name, had.get(name), had.get("device")):
+            raise UsageError(f"experts= were loaded with {name}={shown(name, had.get(name))}, and this request loads "
+                             f"{name}={shown(name, value)}: load its own with load_request_experts(request), or leave "
+                             f"experts out", "experts")
 
 
-def normalised(name: str, value):
-    """A load argument as compared: a path resolved, a device as torch names it (cuda -> cuda:0 is not done)."""
+def normalised(name: str, value, device):
+    """A load argument as compared: a path resolved, a device as torch names it (cuda -> cuda:0 is not done), a
+    dtype as it loads (None, the request's 'auto': the device's default, float32 on the CPU)."""
+    if name == "dtype":
+        from .diffusers_backend.families.registry import default_dtype
+
+        return value if value is not None else default_dtype(device)
     if value is None:
         return None
     if name in ("control", "spatial", "temporal", "base"):
@@ -847,6 +852,13 @@ def normalised(name: str, value):
     if name == "device":
         return str(torch.device(value))
     return value
+
+
+def shown(name: str, value) -> str:
+    """A load argument as a request spells it (``dtype='bfloat16'``, ``dtype='auto'``; torch printed torch.bfloat16)."""
+    if name == "dtype":
+        return repr("auto" if value is None else str(value).removeprefix("torch."))
+    return repr(value)
 
 
 def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:

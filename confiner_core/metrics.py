@@ -660,7 +660,8 @@ def read_video(path_or_dir) -> np.ndarray:
         fallback = _read_imageio(path)
         frames = fallback if len(fallback) > len(frames) else frames
     if not frames:
-        raise ValueError(f"cannot read any frames from {path!r}")
+        raise ValueError(f"cannot read any frames from {path!r}: it is no video OpenCV or imageio can decode (not "
+                         f"a video, or one cut short: an mp4 whose writing stopped has no index)")
     if any(f.shape != frames[0].shape for f in frames):
         raise ValueError(f"frames of {path!r} differ in size")
     return as_uint8_frames(np.stack(frames))

@@ -83,6 +83,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal)."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
+    check_generator(generator, "refine_coordinated")
     with own_stage(spatial, "refine"):
         for i, (t, t_prev) in enumerate(with_next(timesteps)):
             x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)

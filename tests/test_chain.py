@@ -601,6 +601,8 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     # the small functions of a loop of one's own (a researcher's 20 lines): named, with the fix
     with pytest.raises(TypeError, match=r"^coordinated_step needs a seeded torch.Generator"):
         coordinated_step(control, control, x0, 100, None)
+    with pytest.raises(TypeError, match=r"^refine_coordinated needs a seeded torch.Generator"):   # (named its step)
+        refine_coordinated(control, control, x0, [100, 50], None)
     with pytest.raises(TypeError, match=r"^expert 'oracle.*': the sample must be a torch.Tensor, got ndarray: "
                                         r"torch.as_tensor\(x, dtype=torch.float32\)"):
         control(x0.numpy(), 100)
