@@ -34,8 +34,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="Sets size and frame count: an SD-style frame batch [F,4,h,w] "
                                                   "(Empty Latent Image, batch size = frames) or a native video "
                                                   "latent [B,C,T,h,w] (Wan: Empty HunyuanVideo 1.0 Latent, "
-                                                  "length 4k+1, e.g. 81). Its content is ignored unless 'use latent as noise' is "
-                                                  "on."),
+                                                  "length 4k+1, e.g. 81). Its content is ignored unless 'use latent "
+                                                  "as noise' is on."),
                 seed_input("control"),
                 *control_inputs(),
                 io.Boolean.Input("latent_is_noise", display_name="use latent as noise", default=False,

@@ -629,7 +629,8 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         raise ValueError(f"{what} is a batch of {n} images {list(raw.shape)} (Empty Latent Image's batch size "
                          f"is SD's frame count), but {family_name(model)} is a video model: it would make "
                          f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo 1.0 Latent "
-                         f"(EmptyHunyuanLatentVideo) with length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch size 1")
+                         f"(EmptyHunyuanLatentVideo) with length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch "
+                         f"size 1")
     samples = comfy.sample.fix_empty_latent_channels(model, raw)
     layout = layout_of(model)
     if samples.ndim != (5 if layout == L.VIDEO else 4):

@@ -130,7 +130,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                       tooltip="Control expert's negative prompt."),
                 RefineExpertsType.Input("experts", tooltip="From ConFiner Refine Experts (bundle)."),
                 io.Latent.Input("latent", tooltip="Sets the frame size and channels (e.g. Empty Latent Image, any "
-                                                  "batch size; for Wan an Empty HunyuanVideo 1.0 Latent of length 1); "
+                                                  "batch size; for Wan an Empty HunyuanVideo 1.0 Latent of length "
+                                                  "1); "
                                                   "the frame count comes from 'frames'."),
                 io.Int.Input("frames", default=128, min=1, max=100000,
                              tooltip="Frames to generate (pixel frames). Refiners in a causal video latent space "
