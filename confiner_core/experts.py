@@ -399,6 +399,10 @@ class Denoiser:
         if not isinstance(x_t, torch.Tensor):   # (a NumPy array failed inside with "'float' has no attribute ...")
             raise TypeError(f"expert {self.expert.name!r}: the sample must be a torch.Tensor, got "
                             f"{type(x_t).__name__}: torch.as_tensor(x, dtype=torch.float32)")
+        if x_t.ndim != 5:   # (4 dims failed inside, in einops: "expected 5 dims")
+            raise ValueError(f"expert {self.expert.name!r}: the sample must be a latent video [B, C, F, h, w], got "
+                             f"shape {tuple(x_t.shape)}: one clip [C, F, h, w] is x[None], a batch of images "
+                             f"[B, C, h, w] is x[:, :, None]")
         alpha, sigma = self.schedule.coefficients(t)
         return Prediction(*to_x0_eps(self.raw(x_t, t), x_t, alpha, sigma, self.expert.prediction))
 

@@ -606,6 +606,9 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     with pytest.raises(TypeError, match=r"^expert 'oracle.*': the sample must be a torch.Tensor, got ndarray: "
                                         r"torch.as_tensor\(x, dtype=torch.float32\)"):
         control(x0.numpy(), 100)
+    with pytest.raises(ValueError, match=r"^expert 'oracle.*': the sample must be a latent video \[B, C, F, h, w\], "
+                                         r"got shape \(4, 4, 4, 4\): one clip \[C, F, h, w\] is x\[None\]"):
+        control(x0[0], 100)
     with pytest.raises(ValueError, match=r"^refine_timesteps: config.te is None, the refining expert's default: "
                                          r"settle it first, config.with_default_te\(expert.schedule\)"):
         refine_timesteps(ChainConfig())
