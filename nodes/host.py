@@ -25,6 +25,7 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
+import comfy.utils
 import latent_preview
 
 from ..confiner_core import layout as L
@@ -752,7 +753,9 @@ UNUSED_NOTE = {"control_eta": "warning: control eta unused: only ddim reads it",
 
 class Progress:
     """One ComfyUI progress bar per node, advanced once per expert evaluation in every stage, each update with a
-    latent preview of that evaluation's x0 (each update is also the real server's interruption check). The node's
+    latent preview of that evaluation's x0, and once per VAE call between the experts, which the bar counts as it
+    comes (its total grows by one: a Wan VAE's call takes seconds to minutes, and the bar stood still through it).
+    Each update is also the real server's interruption check. The node's
     progress text shows the stage and the expert, then the step on a line of its own (the frontend wraps a long line
     anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
 
@@ -763,6 +766,7 @@ class Progress:
         # and an artist who liked a video and switched to "fixed" got another one
         self.seed = seed
         self.previews = {id(model): latent_preview.prepare_callback(model, total)}
+        self.bar = comfy.utils.ProgressBar(total)   # the VAE calls' updates (the previews' bars have a preview each)
         self.counts: Counter = Counter()  # evaluations so far per role
         self.where = where    # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
@@ -868,7 +872,7 @@ class Progress:
         return self.previews[id(model)]
 
     def evaluated(self, expert: ComfyExpert, x0: torch.Tensor, step: int, steps: int) -> None:
-        self.preview(expert.model)(self.done, x0, x0, self.total)
+        self.preview(expert.model)(self.done + self.vae_calls, x0, x0, self.total + self.vae_calls)
         self.done += 1
         self.counts[expert.name] += 1
         where = self.where(expert.name, self.counts) if self.where else ""
@@ -883,6 +887,7 @@ class Progress:
         self.vae_calls += 1
         when = f"after evaluation {self.done}/{self.total}" if self.done else f"before evaluation 1/{self.total}"
         self.show(f"between experts · {action} {frames} frames\nwith the {vae} · {when}")
+        self.bar.update_absolute(self.done + self.vae_calls, self.total + self.vae_calls)
 
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step

@@ -187,8 +187,9 @@ def test_flux_spatial_expert_with_wan_experts_runs_through_the_bridge(comfy_work
     finally:
         comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", False)
     assert r["success"], r.get("error")
-    assert sum(e["node_id"] == "11" for e in r["progress"]) >= 3 * REFINE_STEPS
-    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
+    # a preview at every evaluation (the bar also moves at each of the bridge's VAE calls, without one)
+    assert sum(e["has_preview"] for e in r["progress"] if e["node_id"] == "11") == 3 * REFINE_STEPS
+    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] == "9")
     assert r["evaluations"] == 2 + 3 * REFINE_STEPS
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     assert _forwards(r, "ConFiner Refine Sampler") == 3 * REFINE_STEPS   # every expert at cfg 1
@@ -646,8 +647,15 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
     assert r["success"], r.get("error")
     if spatial == "sd":
         assert r["per_evaluation_success"] and r["latents"] == 2 and r["sessions_equal"]  # structure, refined
-    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] in ("9", "11"))
+    assert all(e["has_preview"] for e in r["progress"] if e["node_id"] == "9")
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
+    # the bar moves at every evaluation, with its preview, and at every VAE call, its total growing as they come: it
+    # stood still through each VAE call before (seconds to minutes with a Wan VAE)
+    bar = [e for e in r["progress"] if e["node_id"] == "11"]
+    assert sum(e["has_preview"] for e in bar) == 3 * REFINE_STEPS and len(bar) == 3 * REFINE_STEPS + 2 + 4 * REFINE_STEPS
+    assert [e["value"] for e in bar] == list(range(1, len(bar) + 1)) and bar[-1]["total"] == len(bar), bar[-3:]
+    assert all(e["total"] - e["value"] == 3 * REFINE_STEPS - sum(p["has_preview"] for p in bar[:i + 1])
+               for i, e in enumerate(bar)), bar   # what is left is the evaluations left
     assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame
     # each VAE call is said on the node in place of the step, which stood still meanwhile (seconds to minutes for a
     # Wan VAE): the structure's decode with the Wan VAE first (connected as temporal_vae, or spatial_vae for Qwen)
