@@ -231,13 +231,15 @@ def evaluate_command(a: argparse.Namespace) -> int:
         plan = plan_of(folder) if a.junctions is None else None   # a long run's own junctions, from its report
         if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
             plan = None
-        scores = metrics.evaluate(frames, junctions=a.junctions)
-        del scores["distance_to_nearest"]   # (needs reference clips, which a video file has none of)
-        if plan is not None:   # each kind of junction, where a travelling prompt changes apart, as generate gives it
-            changes = plan.get("prompt_change_junctions", [])
-            scores.update(metrics.seam_scores_by_kind(metrics.consecutive_mae(frames), plan["window_junctions"],
-                                                      plan["structure_junctions"], changes))
-            scores.update(metrics.window_color_drift(frames, plan["window_junctions"], changes))
+        if plan is not None:   # a long run's own metrics, as generate scores them: each kind of junction, where a
+            # travelling prompt changes apart, and the windows' colour drift
+            stats = metrics.StreamingMetrics()
+            stats.add(frames)
+            scores = stats.summary(plan["window_junctions"], plan["structure_junctions"],
+                                   plan.get("prompt_change_junctions", []))
+        else:
+            scores = metrics.evaluate(frames, junctions=a.junctions)
+            del scores["distance_to_nearest"]   # (needs reference clips, which a video file has none of)
         scores = metrics.strict_scores(scores)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e), "video") from None

@@ -459,14 +459,15 @@ def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequenc
     metrics on a single frame); :func:`strict_scores` turns them into null with a reason for JSON.
     """
     x = as_uint8_frames(frames)
+    de = delta_e_from_first(x)   # (both colour drifts read it)
     out = {
         "subject_consistency": subject_consistency(x),
         "motion_smoothness": motion_smoothness(x),
         "temporal_flicker": temporal_flicker(x),
         "flicker_index": flicker_index(x),
         "sharpness": sharpness(x),
-        "color_drift": color_drift(x),
-        "color_drift_max": color_drift_max(x),
+        "color_drift": color_drift_from_delta_e(de),
+        "color_drift_max": float(de.max()),
         "seam_score": seam_score(x, junctions) if junctions is not None else math.nan,
         "distance_to_nearest": distance_to_nearest(x, references) if references is not None else math.nan,
     }
