@@ -14,7 +14,7 @@ import secrets
 import shutil
 import tempfile
 
-from .errors import OutputError
+from .errors import OutputError, warn_doubtful
 
 TEMP_MARK = ".partial"
 # temp_name's names: ".<stem>.<pid>-<token>.partial<ext>"
@@ -97,7 +97,10 @@ def write_failure(path: str, cause: BaseException | None = None) -> OutputError:
     folder, why, and what to do."""
     folder, name = os.path.split(os.path.abspath(path))
     code, text = getattr(cause, "errno", None), str(cause or "")
-    # a writer that says nothing of why (OpenCV's): a device with under a megabyte free is taken as full
+    # a writer that says nothing of why (OpenCV's): a folder it may not write in, or a device with under a megabyte
+    # free taken as full
+    if cause is None and not os.access(folder, os.W_OK):
+        code = errno.EACCES
     if code == errno.ENOSPC or "No space left" in text or (cause is None and free_mb(folder) < 1.0):
         why, fix = f"no space left on the device ({free_mb(folder):.1f} MB free)", "free some space or choose " \
             "another output folder (--out)"
@@ -150,10 +153,7 @@ class AtomicOutputs:
 
     def discard(self) -> None:
         for temp in self.pending.values():
-            try:
-                os.remove(temp)
-            except FileNotFoundError:
-                pass
+            remove_temp(temp)
         self.pending.clear()
 
     def __enter__(self) -> "AtomicOutputs":
@@ -171,9 +171,21 @@ def write_atomic(path: str, data: bytes) -> None:
             f.write(data)
         os.replace(temp, path)
     except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
+        remove_temp(temp)
         raise
+
+
+def remove_temp(temp: str) -> None:
+    """Removes a temporary file on the way out of a failed write. A file that cannot be removed (the folder became
+    read-only) gives a warning, never an error: the error that ended the write is the one to report, and the next
+    run into the folder removes the file (:func:`remove_orphans`)."""
+    try:
+        os.remove(temp)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        warn_doubtful(f"the temporary file {temp} could not be removed ({e.strerror or e}); the next run into "
+                      f"{os.path.dirname(temp) or '.'} removes it")
 
 
 def check_output_folder(folder: str, names: tuple, option: str = "--out") -> str | None:

@@ -17,7 +17,7 @@ import torch
 
 from confiner_core.cli import main
 from confiner_core.embedded.experts import PosteriorMeanExpert
-from confiner_core.errors import interrupts_held
+from confiner_core.errors import ConFinerWarning, interrupts_held
 from confiner_core.experts import EvaluationLog
 from confiner_core.outputs import is_temp
 from confiner_core.resume import RESUME_FOLDER
@@ -340,6 +340,53 @@ def test_a_full_disk_mid_long_run_keeps_the_windows_and_says_so_in_one_line(tmp_
     monkeypatch.setattr(resume, "save_file", real)
     assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
+def test_a_folder_turned_read_only_mid_run_gives_the_write_error_and_warns_of_the_temporary_file_left(
+        tmp_path, monkeypatch, capsys):
+    """The folder turns read-only after video.mp4's temporary file is written: the contact sheet's write fails, and
+    so does removing the video's temporary file on the way out. The line is still the contact sheet's (exit 1, the
+    earlier outputs untouched), with a warning naming the file left (the next run into the folder removes it, once this process has ended)."""
+    import errno
+
+    from confiner_core import generate as generate_module
+    from confiner_core.outputs import write_failure
+
+    real_remove = os.remove
+
+    def write_png(path, *args, **kwargs):
+        raise write_failure(path, PermissionError(errno.EACCES, "Permission denied", path))
+
+    def remove(path, *args, **kwargs):
+        if is_temp(os.path.basename(path)) and os.path.exists(path):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "write_png", write_png)
+    monkeypatch.setattr(os, "remove", remove)
+    out = tmp_path / "out"
+    previous_outputs(out)
+    with pytest.warns(ConFinerWarning) as warned, pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(out), "--frames", "4", "--height", "64", "--width", "64", "--quiet"])
+    assert e.value.code == 1
+    left = temp_files(out)
+    assert len(left) == 1 and left[0].endswith(".partial.mp4"), left
+    assert [str(w.message) for w in warned] == [f"the temporary file {left[0]} could not be removed (Permission "
+                                                f"denied); the next run into {out} removes it"]
+    assert capsys.readouterr().err.strip() == f"error: cannot write frames.png in {out}: not allowed to write " \
+                                              f"there; choose a writable output folder (--out)"
+    assert outputs(out) == PREVIOUS
+
+
+def test_a_silent_writer_in_a_folder_it_may_not_write_is_told_so(tmp_path, monkeypatch):
+    """OpenCV's writer gives no reason: a folder without write access is named as such, not as a disk question."""
+    from confiner_core.outputs import write_failure
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert str(write_failure(str(tmp_path / "video.mp4"))) == \
+        f"cannot write video.mp4 in {tmp_path}: not allowed to write there; choose a writable output folder (--out)"
+    monkeypatch.undo()
+    assert "MB free" in str(write_failure(str(tmp_path / "video.mp4")))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: no space left)")
