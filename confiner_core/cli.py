@@ -26,12 +26,22 @@ from .timesteps import SPACINGS
 
 DEBUG_ENV = "CONFINER_DEBUG"
 PROMPT_HELP = ("text prompt (embedded default: 'a red ball bouncing over green grass'), or a prompt schedule with a "
-               "start key on every entry, in frames or seconds at --fps: '0: a red ball | 64: a blue ball' or "
-               "'0: a red ball | 2.5s: a blue ball'; text not starting with a key is one plain prompt")
+               "start key on every entry, in frames or seconds at --fps, inside the video: '0: a red ball | 64: a blue "
+               "ball' or '0: a red ball | 2.5s: a blue ball' (with --frames 128); text not starting with a key is one "
+               "plain prompt")
+# runnable as written, on the embedded default (tests/test_embedded_cli.py runs them)
+GENERATE_EXAMPLES = """examples (the embedded default: no downloads):
+  python -m confiner_core generate --out out
+  python -m confiner_core generate --frames 128 --prompt '0: a red ball bouncing over green grass | 64: a blue ball bouncing over snow' --out long
+  python -m confiner_core evaluate long
+
+With checkpoints, name one per role (README, 'Real checkpoints'):
+  python -m confiner_core generate --control PIPELINE --spatial PIPELINE --temporal PIPELINE --prompt 'a corgi runs' --device cuda"""
 
 
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless the help already names it (or there is none to name)."""
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already names it (or there is none to name);
+    the examples after the options keep their lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -81,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m confiner_core", description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", parents=[common], formatter_class=DefaultsFormatter,
+    g = sub.add_parser("generate", parents=[common], formatter_class=DefaultsFormatter, epilog=GENERATE_EXAMPLES,
                        help="generate a video (embedded default unless checkpoints are given)")
     g.add_argument("--prompt", default="", help=PROMPT_HELP)
     g.add_argument("--negative-prompt", default="", help="what cfg steers away from, in every expert that uses cfg "

@@ -747,6 +747,19 @@ def expert_schedules(req: GenerateRequest) -> dict:
     return out
 
 
+def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:
+    """What a video longer than one segment becomes (ConFiner-Long), and what a last window cut short costs: it is
+    refined at full length for the frames it shows."""
+    line = (f"ConFiner-Long: {plan.frames} frames in {len(plan.windows)} windows of {plan.segment_length} on "
+            f"{plan.structures} structures ({expected_evaluations(chain, plan)} expert evaluations)")
+    last = plan.window_frames(plan.windows[-1])
+    if last < plan.segment_length:
+        shorter, longer = plan.frames - last, plan.frames - last + plan.segment_length
+        line += (f"; the last window is refined whole for its {last} frame{'s' * (last > 1)}: --frames {shorter} "
+                 f"or {longer} would use every refined frame")
+    return line
+
+
 def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) -> int:
     """Expert evaluations of a run: control steps per structure plus refinement evaluations per window."""
     structures, windows = (plan.structures, len(plan.windows)) if plan is not None else (1, 1)
@@ -966,6 +979,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
     bridged = bridge_line(req.spaces(), req.chain.mode) if announce is not None else None
     if bridged:
         announce(bridged)
+    if announce is not None and plan is not None:
+        announce(plan_line(plan, req.chain))
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None

@@ -23,6 +23,43 @@ def run(tmp_path, name, *args):
         return out, json.load(f)
 
 
+def test_the_help_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    """``generate --help`` ends with examples on the embedded default: each runs (at 64 x 64 pixels here, for time;
+    the size changes no check they pass), and the travelling prompt's keys fall inside its video."""
+    import shlex
+
+    from confiner_core.cli import GENERATE_EXAMPLES
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert GENERATE_EXAMPLES in capsys.readouterr().out
+    block = GENERATE_EXAMPLES.split("\n\n")[0]
+    commands = [shlex.split(line) for line in block.splitlines()[1:]]
+    assert [c[:3] for c in commands] == [["python", "-m", "confiner_core"]] * 3
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        extra = ["--height", "64", "--width", "64", "--quiet"] if command[3] == "generate" else []
+        assert main(command[3:] + extra) == 0, command
+    assert sorted(os.listdir(tmp_path)) == ["long", "out"]
+    with open(tmp_path / "long" / "report.json") as f:
+        assert json.load(f)["frames"] == 128
+
+
+def test_a_video_longer_than_one_segment_says_it_runs_confiner_long_and_what_a_cut_window_costs(tmp_path, capsys):
+    """``--frames 17`` at segment length 16 costs 42 expert evaluations against 16 frames' 19: the command line says
+    so before the run, with the lengths that would use every refined frame; a whole number of windows needs no
+    such note, and one clip gets no line at all."""
+    for frames in (16, 17, 48):
+        assert main(["generate", "--out", str(tmp_path / str(frames)), "--frames", str(frames), "--height", "64",
+                     "--width", "64", "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ConFiner-Long")]
+    assert lines == ["ConFiner-Long: 17 frames in 2 windows of 16 on 3 structures (42 expert evaluations); the last "
+                     "window is refined whole for its 1 frame: --frames 16 or 32 would use every refined frame",
+                     "ConFiner-Long: 48 frames in 3 windows of 16 on 4 structures (61 expert evaluations)"]
+    with open(tmp_path / "17" / "report.json") as f:
+        assert json.load(f)["total_expert_evaluations"] == 42
+
+
 def test_generate_writes_video_sheet_and_report(tmp_path):
     out, report = run(tmp_path, "a", "--prompt", "a blue square sliding over snow", "--seed", "3")
     cap = cv2.VideoCapture(os.path.join(out, "video.mp4"))
