@@ -88,9 +88,11 @@ def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None =
         alpha, sigma = schedule.coefficients(schedule.index(te))
         collapses = sigma / max(alpha, 1e-12) >= sd_sigma / sd_alpha
     if collapses:
+        best = table3_best_te(schedule)
+        here = "" if best == 200 else f", here {best}: the same noise level on this expert's schedule"
         return (f"T_e={te} with {control_steps} control steps: the paper's Table 3 finds image quality collapses at "
-                f"the noise level of T_e >= 300 on SD 1.5 with 4 control steps (best about 200, here "
-                f"{table3_best_te(schedule)}); lower T_e or use 8 control steps")
+                f"the noise level of T_e >= 300 on SD 1.5 with 4 control steps (best about 200{here}); lower T_e or "
+                f"use 8 control steps")
     return None
 
 
@@ -668,6 +670,9 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
     latent space. Stages are marked on
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
+    ``callback(info)`` is called after every control and refinement step with
+    :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,
+    the step's x0 ``denoised``; in coordinated refinement also ``temporal_denoised`` and ``renoised``).
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")

@@ -309,7 +309,7 @@ def generate_command(a: argparse.Namespace) -> int:
     frames = f"{report['frames']} frame{'s' * (report['frames'] != 1)}"
     vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
     vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them" if vae_calls else ""
-    print(f"wrote {a.out}/video.mp4, frames.png, report.json  ({frames}, "
+    print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, report.json  ({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s)")
     return 0
 

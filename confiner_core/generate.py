@@ -49,7 +49,7 @@ from .sampling import SAMPLERS as CONTROL_SAMPLERS, control_timesteps, device_to
 from .timesteps import SPACINGS
 from .video_io import VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
-from .embedded.world import DEFAULT_PROMPT
+from .embedded.world import DEFAULT_PROMPT, read_prompt
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, LatentSpace, to_uint8
 
 if TYPE_CHECKING:   # resume's safetensors is imported where a resume folder is used
@@ -248,6 +248,9 @@ ADDED_SETTINGS = {"image_mode": LATENT_FRAMES, "dtype": "auto"}
 SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_prompt")
 
 
+PATHS = ("out", "control", "spatial", "temporal", "base", "compile_dir")   # fields naming files or folders
+
+
 @dataclass
 class GenerateRequest:
     """One run of the command line's ``generate``, as data: each field is the option of the same name, but for
@@ -337,6 +340,9 @@ class GenerateRequest:
             self._validate()
 
     def _validate(self) -> None:
+        for name in PATHS:   # "~/videos" quoted in a shell, or written in Python, is the home folder's
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
         if isinstance(self.seed, torch.Generator):   # the request is settings (kept for --resume): seeds are ints
             raise UsageError(f"--seed must be an integer, got a torch.Generator: pass its seed, "
                              f"{self.seed.initial_seed()} (generator.initial_seed())", "--seed")
@@ -457,8 +463,10 @@ class GenerateRequest:
         for name in ("height", "width"):
             v = getattr(self, name)
             if v % multiple:
+                nearest = [n for n in (v - v % multiple, v - v % multiple + multiple) if n >= MIN_SIZE]
                 raise UsageError(f"--{name} must be a multiple of {multiple} (the experts' latent factor and "
-                                 f"patch) and at least {MIN_SIZE}, got {v}", f"--{name}")
+                                 f"patch) and at least {MIN_SIZE}, got {v}: use {' or '.join(map(str, nearest))}",
+                                 f"--{name}")
         clip = self.long.segment_length if self.is_long else self.frames
         option = "--segment-length" if self.is_long else "--frames"
         # an image model on a video VAE's latents (Qwen-Image, Wan at one frame) between video experts of a per-frame
@@ -927,12 +935,16 @@ def compile_note(req: GenerateRequest) -> str | None:
     return f"the first steps compile every block (minutes; {keep})"
 
 
-def progress_callback(bar: tqdm, log: EvaluationLog):
+def progress_callback(bar: tqdm | None, log: EvaluationLog, user: Callable[[dict], None] | None = None):
     """The bar at the run's expert evaluations after each step (the unit of every other count: the report, the
-    final line, an interrupt's message): a control step is one, a coordinated refinement step three."""
+    final line, an interrupt's message): a control step is one, a coordinated refinement step three. Then the
+    caller's own ``user`` callback, if any, with the step's dict."""
     def callback(info: dict) -> None:
-        bar.set_postfix_str(f"{info['stage']} t={info['timestep']:.4g}")   # in T_e's units (flow: 1000 sigma)
-        bar.update(sum(log.evaluations.values()) - bar.n)
+        if bar is not None:
+            bar.set_postfix_str(f"{info['stage']} t={info['timestep']:.4g}")   # in T_e's units (flow: 1000 sigma)
+            bar.update(sum(log.evaluations.values()) - bar.n)
+        if user is not None:
+            user(info)
     return callback
 
 
@@ -940,9 +952,13 @@ def progress_callback(bar: tqdm, log: EvaluationLog):
 # The run
 
 def generate(req: GenerateRequest, show_progress: bool = True,
-             announce: Callable[[str], None] | None = None, experts=None) -> dict | None:
+             announce: Callable[[str], None] | None = None, experts=None,
+             callback: Callable[[dict], None] | None = None) -> dict | None:
     """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
     report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).
+    ``callback(info)`` is called after every control and refinement step, as :func:`~confiner_core.chain.run_chain`'s
+    (intermediate latents: ``info["x"]``, ``info["denoised"]``; in ConFiner-Long also the ``structure`` or
+    ``window``).
     ``experts``: the request's checkpoints loaded before, by :func:`load_request_experts` (refused where they are
     not what the request loads): a sweep over the chain's settings loads them once.
 
@@ -963,10 +979,11 @@ def generate(req: GenerateRequest, show_progress: bool = True,
             raise UsageError("experts= are loaded in this process, and a run over several processes loads them in "
                              "each: leave experts out under torchrun", "experts")
         return _generate_on(ranks, replace(req), show_progress and ranks.rank == 0,
-                            announce if ranks.rank == 0 else None, experts)
+                            announce if ranks.rank == 0 else None, experts, callback)
 
 
-def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, experts=None) -> dict | None:
+def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, experts=None,
+                 callback=None) -> dict | None:
     ranks.agree(lambda: (req.validate(), ranks.device_for(req.device)))
     schedule = req.prompt_schedule()
     plan = req.plan()
@@ -981,6 +998,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
         announce(bridged)
     if announce is not None and plan is not None:
         announce(plan_line(plan, req.chain))
+    unread = unread_words_line(req) if announce is not None and req.embedded else None
+    if unread:
+        announce(unread)
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None
@@ -996,7 +1016,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
         store = req.resume_store()
     if not lead:   # a worker: its share of the windows, no files
         try:
-            _generate(req, schedule, plan, log, store, False, ranks)
+            _generate(req, schedule, plan, log, store, False, ranks, callback=callback)
         except KeyboardInterrupt:
             raise (ranks.peer_failure() or Interrupted(sum(log.evaluations.values()),
                                                        expected_evaluations(req.chain, plan))) from None
@@ -1005,7 +1025,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
     os.makedirs(req.out, exist_ok=True)
     progress = {"done": None}   # expert evaluations of finished windows, when several processes share the work
     try:
-        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress, experts)
+        return _generate(req, schedule, plan, log, store, show_progress, ranks, progress, experts, callback)
     except BaseException as e:
         ranks.stopping()
         # another process's failure stopped this one: the watchdog's KeyboardInterrupt, or a broken channel
@@ -1045,7 +1065,7 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
 
 def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,
               store, show_progress: bool, ranks=distributed.SINGLE, progress: dict | None = None,
-              experts=None) -> dict | None:
+              experts=None, callback=None) -> dict | None:
     t_start = time.perf_counter()
     device = ranks.device_for(req.device)
     backend = load_backend(replace(req, device=device), experts, show_progress)
@@ -1107,14 +1127,14 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
             extra = {}
             if plan is not None:
                 extra = run_long(req, d, write, show_progress, plan, schedule, store, log, device, ranks, decode,
-                                 progress)
+                                 progress, callback)
             else:
                 generator = torch.Generator().manual_seed(req.seed)
                 noise = randn(latent_shape(req, d["control"], req.frames), generator, device)
                 with tqdm(total=expected_evaluations(req.chain), desc="ConFiner", unit=" evaluations",
                           disable=not show_progress, postfix=compile_note(req)) as bar, warned_already():
                     result = run_chain(d["control"], d["spatial"], d["temporal"], noise, req.chain, generator,
-                                       progress_callback(bar, log), hand_over=True)  # read by decode()
+                                       progress_callback(bar, log, callback), hand_over=True)  # read by decode()
                 seconds.update(result.seconds)
                 write(decode(result.latent))
         write_png(outputs.path("frames.png"), contact_sheet(sink.sheet, numbers=sink.sheet_numbers))
@@ -1132,7 +1152,8 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
 
 
 def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: SegmentPlan, schedule: PromptSchedule,
-             store, log: EvaluationLog, device: str, ranks, decode, progress: dict | None = None) -> dict:
+             store, log: EvaluationLog, device: str, ranks, decode, progress: dict | None = None,
+             callback=None) -> dict:
     """ConFiner-Long: windows are decoded where they were refined and written by rank 0 as soon as they are final,
     and kept in the resume store with the loop state after each one. With ``req.resume`` the stored windows are
     decoded again and the loop continues from the stored state (whatever number of processes made them)."""
@@ -1170,7 +1191,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         with warned_already():
             final = generate_long(d["control"], d["spatial"], d["temporal"], plan, frame_shape, req.chain,
                                   req.long, req.seed, sink, prompts,
-                                  progress_callback(bar, log) if ranks.world == 1 else None, device, resume=resume,
+                                  progress_callback(bar if ranks.world == 1 else None, log, callback), device,
+                                  resume=resume,
                                   on_window_done=window_done if lead else None,
                                   prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
                                   ranks=ranks)
@@ -1264,7 +1286,26 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
             "vae_calls": dict(log.vae_calls), "bridges": bridges(req.spaces(), req.chain.mode),
-            "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds, **extra}
+            "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds,
+            **({"embedded_world": embedded_world(req)} if req.embedded else {}), **extra}
+
+
+def embedded_world(req: GenerateRequest) -> list[dict]:
+    """Per prompt of the run, what the embedded world draws for it and the words it did not read."""
+    return [{"prompt": entry.prompt or DEFAULT_PROMPT, "draws": drawn, "unknown_words": unknown}
+            for entry in req.prompt_schedule().entries for drawn, unknown in [read_prompt(entry.prompt)]]
+
+
+def unread_words_line(req: GenerateRequest) -> str | None:
+    """The command line's note where the embedded world met words it does not know (it drew a red ball for "a
+    purple elephant dancing", without a word)."""
+    unread = [(entry, *read_prompt(entry.prompt)) for entry in req.prompt_schedule().entries]
+    unread = [f"'{e.prompt}' is drawn as {drawn} ({', '.join(unknown)} not read)" for e, drawn, unknown in unread
+              if unknown]
+    if not unread:
+        return None
+    return (f"embedded world: {'; '.join(unread)}. It knows a few colours, shapes, motions and backgrounds (README, "
+            f"'The embedded default'); checkpoints read any prompt")
 
 
 def write_report(path: str, report: dict) -> None:

@@ -203,6 +203,11 @@ def task_seed(seed: int, kind: int, index: int = 0) -> int:
     return int(np.random.SeedSequence(int(seed), spawn_key=(kind, index)).generate_state(1, dtype=np.uint64)[0])
 
 
+def tagged(callback: Callable | None, **tags) -> Callable | None:
+    """``callback`` with the structure or window each step belongs to added to its step's dict."""
+    return None if callback is None else (lambda info: callback({**info, **tags}))
+
+
 def task_generator(seed: int, kind: int, index: int = 0) -> torch.Generator:
     """A CPU generator for one task (see :func:`task_seed`); draws are moved to the latents' device, so the
     same seed gives the same noise on any device."""
@@ -664,6 +669,9 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     ``latent_shape(...)`` (the plan decides the frames). ``seed`` (an int, or a generator standing for its initial
     seed) seeds every task's own generator (:func:`task_generator`).
 
+    ``callback(info)`` is called after every step, as :func:`~confiner_core.chain.run_chain`'s, with the
+    ``structure`` or ``window`` the step belongs to added (on the process that made it).
+
     ``prepare(latent, window)``, if given, runs where the window was refined and its tensor is passed on:
     ``sink(latent, window, prepared)`` (the command line decodes there). With colour anchoring, which shifts each
     window by what its predecessors became, windows are anchored on rank 0 in window order and prepared there. ``on_window_done(state)`` is called after
@@ -753,7 +761,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
             hook = RelayedGuidance(memory, receive, send)
         with _tally(log, costs, ("structure", i)), in_stage(log, "control"):
             structures[i] = generate_structure(prompted(control, structure_centre(plan, i)), x_T, chain, generator,
-                                               hook, callback)
+                                               hook, tagged(callback, structure=i))
         if guided:
             memories[i] = hook.guidance.current
         hand_on(i)
@@ -767,7 +775,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         with _tally(log, costs, ("window", window.index)), in_stage(log, "refine"):
             latent = window_latent(structures, window.parts, control, refiner, pixels)
             refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
-                                       generator, callback, control_schedule=control.schedule)
+                                       generator, tagged(callback, window=window.index),
+                                       control_schedule=control.schedule)
         last = window.parts[-1][0]
         counts = costs.pop(("window", window.index))
         for i in [i for i, v in first.items() if v == window.index and owner(i) == me]:

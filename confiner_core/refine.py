@@ -81,16 +81,19 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
                        generator: torch.Generator, matching: str = SAME_INDEX, eta: float = 0.0,
                        callback: Callback | None = None) -> torch.Tensor:
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
-    Three expert evaluations per step (two spatial, one temporal)."""
+    Three expert evaluations per step (two spatial, one temporal). ``callback`` gets, besides :func:`step_info`'s
+    keys (``denoised``: the spatial x0 of line 14), the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its
+    own latent space) and ``renoised``, V''_{t_k} re-noised on the spatial schedule (Eq. 11)."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     check_generator(generator, "refine_coordinated")
     with own_stage(spatial, "refine"):
         for i, (t, t_prev) in enumerate(with_next(timesteps)):
-            x, _ = coordinated_step(spatial, temporal, x, t, generator, matching)
-            pred = spatial(x, t)                                                   # line 14
+            renoised, pred_temporal = coordinated_step(spatial, temporal, x, t, generator, matching)
+            pred = spatial(renoised, t)                                            # line 14
             x = _step(spatial, pred, t, t_prev, eta, generator)
             if callback is not None:
-                callback(step_info("refine", i, t, spatial, x, pred.x0))
+                callback(step_info("refine", i, t, spatial, x, pred.x0, temporal_denoised=pred_temporal.x0,
+                                   renoised=renoised))
         check_finite(spatial, temporal)
     return x
 

@@ -272,11 +272,15 @@ EpsHook = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
 
 
-def step_info(stage: str, i: int, t: float, denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor) -> dict:
+def step_info(stage: str, i: int, t: float, denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor,
+              **extra) -> dict:
     """What a :data:`Callback` gets after step ``i`` of ``stage``: ``t`` the table position, ``timestep`` the
     network timestep the user's T_e counts in (a flow expert's 1000 sigma, :meth:`NoiseSchedule.timestep`), the new
-    sample ``x`` and the step's x0 estimate ``denoised``."""
-    return {"stage": stage, "i": i, "t": t, "timestep": denoiser.schedule.timestep(t), "x": x, "denoised": denoised}
+    sample ``x`` and the step's x0 estimate ``denoised``. A coordinated refinement step adds the hand-over's
+    tensors (:func:`~confiner_core.refine.refine_coordinated`); ConFiner-Long adds the ``structure`` or ``window``
+    the step belongs to."""
+    return {"stage": stage, "i": i, "t": t, "timestep": denoiser.schedule.timestep(t), "x": x, "denoised": denoised,
+            **extra}
 
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: float, step: int, eps_hook: EpsHook | None) -> Prediction:

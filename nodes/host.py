@@ -294,7 +294,7 @@ def is_image_model(model) -> bool:
 
 
 # the experts whose role is to relate frames, and where an artist connects them
-VIDEO_ROLES = {"control": "the control model", "temporal": "temporal model on ConFiner Refine Experts"}
+VIDEO_ROLES = {"control": "model on ConFiner Control Expert", "temporal": "temporal model on ConFiner Refine Experts"}
 
 
 def relates_frames(model) -> bool:
@@ -364,13 +364,14 @@ LINE_WIDTH = 60
 
 
 def frames_alone_note(role: str, swapped: bool = False) -> str:
-    """:func:`frames_alone` as the node's text shows it: one line that fits a node's width (the frontend neither wraps
-    nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console has the
-    whole sentence)."""
+    """:func:`frames_alone` as the node's text shows it: one line that fits a node's width, with the fix (the frontend
+    neither wraps nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console
+    has the whole sentence)."""
     if swapped:
         return "warning: image model as temporal, video as spatial: swap"
-    effect = "no motion" if role == "control" else "no coherence"
-    return f"warning: the {role} expert is an image model: {effect}"
+    if role == "control":   # the Control Expert has one model: its effect, then the fix
+        return "warning: image model, no motion: add AnimateDiff or use Wan"
+    return "warning: temporal is an image model: add AnimateDiff or Wan"   # (the sampler refines with two)
 
 
 def cfg_on_distilled_guidance(model, cfg: float) -> str | None:

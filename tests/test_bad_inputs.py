@@ -80,7 +80,8 @@ CLI_CASES = [
     Case("frames-huge", ["--frames", "100001"], "--frames"),
     Case("frames-text", ["--frames", "abc"], "--frames"),
     Case("frames-float", ["--frames", "1.5"], "--frames"),
-    Case("height-not-multiple", ["--height", "70"], "--height must be a multiple of 8"),
+    Case("height-not-multiple", ["--height", "70"], "--height must be a multiple of 8 (the experts' latent factor and "
+         "patch) and at least 64, got 70: use 64 or 72"),
     Case("height-small", ["--height", "32"], "--height"),
     Case("width-not-multiple", ["--width", "100"], "--width"),
     Case("width-zero", ["--width", "0"], "--width"),

@@ -122,6 +122,30 @@ def test_run_chain_counts_and_reproduces():
     assert sum(log.evaluations.values()) == 3 * 19
 
 
+def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
+    """``callback`` gets each control and refinement step; a coordinated step also its V'' (``renoised``: what line
+    14's spatial evaluation read, Eq. 11) and the temporal expert's x0 (Eq. 10); the last step's ``x`` is the
+    result, and the callback changes nothing."""
+    x0 = x0_star()
+    control_e, spatial_e, temporal_e = (OracleExpert(x0, S.named("animatediff")), OracleExpert(x0, S.named("sd15")),
+                                        OracleExpert(x0 * 0.5, S.named("lavie")))
+    c, s, t = control_e.bind(), spatial_e.bind(), temporal_e.bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    infos = []
+    result = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3), callback=infos.append)
+    assert [(i["stage"], i["i"]) for i in infos] == [("control", k) for k in range(4)] + [("refine", k)
+                                                                                          for k in range(5)]
+    assert [i["timestep"] for i in infos[4:]] == [100, 80, 60, 40, 20]
+    refine_calls = spatial_e.calls   # two spatial evaluations per step: line 10, then line 14 on V''
+    for k, info in enumerate(infos[4:]):
+        assert torch.equal(info["renoised"], refine_calls[2 * k + 1][1])
+        assert torch.allclose(info["temporal_denoised"], x0 * 0.5, atol=1e-5)   # the temporal oracle's own x0
+        assert torch.allclose(info["denoised"], x0, atol=1e-5)                   # line 14: the spatial one's
+    assert "renoised" not in infos[0] and torch.equal(infos[-1]["x"], result.latent)
+    again = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
+    assert torch.equal(again.latent, result.latent)
+
+
 def test_the_temporal_only_ablation_needs_no_spatial_expert_and_makes_the_same_video():
     """Mode 'temporal' evaluates no spatial expert: left out (None), the video is the one made with a spatial expert
     given (which is never called); every other mode refuses None by name, before any evaluation."""
@@ -335,13 +359,17 @@ def test_flow_expert_control_stage_is_finite_and_exact(sampler):
 
 
 def test_table3_warning_only_where_the_paper_found_collapse():
-    from confiner_core.chain import ConFinerWarning, table3_warning
+    from confiner_core.chain import ConFinerWarning, table3_best_te, table3_warning
 
     assert table3_warning(4, 300) and table3_warning(2, 999) and "Table 3" in table3_warning(4, 300)
     assert table3_warning(4, 299) is None and table3_warning(8, 600) is None
     # a flow refiner's T_e is N sigma: judged at SD 1.5's t = 300 noise level (sigma/alpha 0.83 -> sigma 0.454)
     flow = S.flow_schedule(5.0)
     assert table3_warning(4, 450, flow) is None and table3_warning(4, 460, flow) is not None
+    # the best T_e in the expert's own units only where they differ from SD 1.5's ("here 200" repeated it)
+    assert "(best about 200); lower T_e" in table3_warning(4, 300)
+    assert f"(best about 200, here {table3_best_te(flow)}: the same noise level on this expert's schedule)" in \
+        table3_warning(4, 460, flow)
     x0 = x0_star()
     c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, S.named("sd15")).bind()
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))

@@ -464,6 +464,15 @@ def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_va
                                           "motion", "pick the video model's file (Wan) in its loader"])
 
 
+def test_an_image_model_wired_into_the_control_expert_is_named_by_that_nodes_socket(comfy_worker, modern):
+    """Qwen-Image's MODEL into the Control Expert: the refusal named "the control model", which is a socket of the
+    Refine Sampler; the Control Expert's socket is "model"."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    prompt["9"]["inputs"]["model"] = ["2", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image into the Control Expert",
+                                         ["the control expert (model on ConFiner Control Expert) is Qwen-Image"])
+
+
 def test_a_missing_temporal_model_in_a_wan_graph_suggests_a_wan_model(comfy_worker, modern):
     """The refusal for an unconnected temporal model suggested SD 1.5 + AnimateDiff also inside a Wan graph."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")

@@ -242,12 +242,14 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert result["success"]
     texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
-    for node_type, role, last in (("ConFinerControlExpert", "control", "done · 4 expert evaluations"),
-                                  ("ConFinerCoordinatedSampler", "temporal", "done · 15 expert evaluations")):
+    for node_type, warning, last in (
+            ("ConFinerControlExpert", "warning: image model, no motion: add AnimateDiff or use Wan",
+             "done · 4 expert evaluations"),
+            ("ConFinerCoordinatedSampler", "warning: temporal is an image model: add AnimateDiff or Wan",
+             "done · 15 expert evaluations")):
         (node,) = _node_ids(workflow, node_type)
         # (the Refine Sampler's lazy check says it waits for its turn before the node's own run begins)
         mine = [t["text"] for t in texts if t["node_id"] == node and not t["text"].startswith("waiting for its")]
-        warning = f"warning: the {role} expert is an image model"
         assert mine[0].startswith(warning), mine[0]              # before its first evaluation
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end
         assert sum(warning in t for t in mine[-1].split("\n")) == 1 and mine[-1].split("\n")[-2].startswith(last)

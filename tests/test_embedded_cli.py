@@ -60,6 +60,37 @@ def test_a_video_longer_than_one_segment_says_it_runs_confiner_long_and_what_a_c
         assert json.load(f)["total_expert_evaluations"] == 42
 
 
+def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_what_it_renders(tmp_path, capsys):
+    """"a purple elephant dancing" was drawn as a purple ball bouncing, without a word: the command line names the
+    words not read and the report keeps them; the scene it names renders as the prompt does."""
+    from confiner_core.embedded.world import Scene, read_prompt
+
+    out, report = run(tmp_path, "elephant", "--prompt", "a purple elephant dancing")
+    assert "embedded world: 'a purple elephant dancing' is drawn as a purple ball bouncing over grass (elephant, " \
+           "dancing not read)" in capsys.readouterr().out
+    assert report["embedded_world"] == [{"prompt": "a purple elephant dancing",
+                                         "draws": "a purple ball bouncing over grass",
+                                         "unknown_words": ["elephant", "dancing"]}]
+    run(tmp_path, "default")
+    assert "embedded world" not in capsys.readouterr().out
+    for prompt in ("a purple elephant dancing", "", "a blue cube sliding left across the snow at night",
+                   "Green kite, drifting over the desert!", "一个红色的球"):
+        drawn, unknown = read_prompt(prompt)
+        assert unknown == [] or prompt.strip(), prompt
+        a, b = Scene.from_prompt(prompt), Scene.from_prompt(drawn)
+        assert (a.colour, a.shape, a.background, a.motion) == (b.colour, b.shape, b.background, b.motion), prompt
+
+
+def test_a_quoted_tilde_is_the_home_folder_and_a_trailing_slash_prints_once(tmp_path, monkeypatch, capsys):
+    """``--out "~/videos"`` (quoted: the shell leaves the tilde) made a folder named "~" in the working folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--out", "~/videos/", *SMALL]) == 0
+    assert sorted(os.listdir(tmp_path / "home" / "videos")) == ["frames.png", "report.json", "video.mp4"]
+    assert not (tmp_path / "~").exists()
+    assert "wrote ~/videos/video.mp4, frames.png, report.json" in capsys.readouterr().out
+
+
 def test_generate_writes_video_sheet_and_report(tmp_path):
     out, report = run(tmp_path, "a", "--prompt", "a blue square sliding over snow", "--seed", "3")
     cap = cv2.VideoCapture(os.path.join(out, "video.mp4"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -474,3 +475,22 @@ def test_plan_segments_names_a_count_of_the_wrong_type():
     for frames, segment, name in (("40", 16, "frames"), (40, 16.0, "segment_length"), (True, 16, "frames")):
         with pytest.raises(TypeError, match=f"^plan_segments: {name} must be an integer, got "):
             plan_segments(frames, segment)
+
+
+def test_generate_passes_each_step_to_a_callback_with_its_structure_or_window(tmp_path):
+    """``generate(request, callback=f)`` on a ConFiner-Long run: 4 control steps per structure, tagged with it, and
+    5 refinement steps per window, tagged with it; the files are those of a run without a callback."""
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(frames=40, height=64, width=64, seed=2, out=str(tmp_path / "a"))
+    infos = []
+    report = generate(request, show_progress=False, callback=infos.append)
+    plan = report["segment_plan"]
+    structures, windows = 1 + max(p[0] for w in plan["windows"] for p in w["parts"]), len(plan["windows"])
+    control = [i["structure"] for i in infos if i["stage"] == "control"]
+    refine = [i["window"] for i in infos if i["stage"] == "refine"]
+    assert sorted(control) == [s for s in range(structures) for _ in range(4)]
+    assert refine == [w for w in range(windows) for _ in range(5)]
+    generate(replace(request, out=str(tmp_path / "b")), show_progress=False)
+    for name in ("video.mp4", "frames.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -35,6 +35,27 @@ MOTIONS = {"bouncing": "bounce", "bounces": "bounce", "jumping": "bounce", "roll
            "right": "horizontal", "falling": "vertical", "rising": "vertical", "sinking": "vertical",
            "circling": "orbit", "orbiting": "orbit", "spinning": "orbit", "drifting": "diagonal"}
 DEFAULT_PROMPT = "a red ball bouncing over green grass"
+# words that describe nothing the world could draw differently: not worth telling a user they were not read
+FILLER = {"a", "an", "the", "over", "on", "in", "into", "through", "across", "along", "with", "of", "and", "at", "to",
+          "from", "under", "above", "by", "around", "is", "its"}
+
+
+def prompt_words(prompt: str) -> list[str]:
+    return [w.strip(".,;:!?") for w in (prompt or DEFAULT_PROMPT).lower().split()]
+
+
+def read_prompt(prompt: str) -> tuple[str, list[str]]:
+    """What the world draws for ``prompt``, in words (``'a purple ball bouncing over grass'``: the first colour,
+    shape, motion and background it names, the default for each it does not), and the words it does not know."""
+    words = prompt_words(prompt)
+
+    def named(table, default):
+        return next((w for w in words if w in table), default)
+
+    drawn = (f"a {named(COLOURS, 'red')} {named(SHAPES, 'ball')} {named(MOTIONS, 'bouncing')} over "
+             f"{named(BACKGROUNDS, 'grass')}")
+    known = COLOURS.keys() | SHAPES.keys() | MOTIONS.keys() | BACKGROUNDS.keys() | FILLER
+    return drawn, list(dict.fromkeys(w for w in words if w and w not in known))
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,7 @@ class Scene:
 
     @classmethod
     def from_prompt(cls, prompt: str) -> "Scene":
-        words = [w.strip(".,;:!?") for w in (prompt or DEFAULT_PROMPT).lower().split()]
+        words = prompt_words(prompt)
 
         def first(table, default):
             return next((table[w] for w in words if w in table), default)
