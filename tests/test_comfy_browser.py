@@ -256,6 +256,7 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
     texts = {"ConFinerControlExpert": "done · 2 expert evaluations in 0.2 s · 5 frames",
              "ConFinerCoordinatedSampler": "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert "
                                            "evaluations in 0.5 s"}
+    queue_empty(b)
     for tab in ("switch_a", "switch_b"):   # the same template twice: the same node ids in two graphs
         open_template(frontend, "confiner_basic_sd15_animatediff", tab)
     shown_b = browser.node_texts(b)
@@ -268,6 +269,7 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
     back = browser.node_texts(b)
     b.page.screenshot(path=str(screenshot_dir / "tab_switched_back.png"))
     assert back == shown_a, (back, shown_a)
+    assert loading_bars(b) == 0, "loading bars beside the texts shown again"
     saved = b.page.evaluate("() => JSON.stringify(app.graph.serialize())")
     assert not any(line in saved for text in texts.values() for line in text.split("\n")), "text saved"
 
@@ -414,12 +416,28 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
                     "ConFinerRefineExperts": [], "ConFinerCoordinatedSampler": []}, a14b
 
 
+def queue_empty(b) -> None:
+    """The server's status as it sends it when its queue empties (earlier tests here sent runs' starts alone)."""
+    b.page.evaluate("""() => window.comfyAPI.api.api.dispatchCustomEvent("status",
+                                                                     {exec_info: {queue_remaining: 0}})""")
+
+
+def loading_bars(b) -> int:
+    """The loading bars shown (PrimeVue skeletons), a moment after the last text came: the frontend's text box draws
+    one until it sees the running nodes change, so a box made while nothing runs kept it for good."""
+    return b.page.evaluate("""async () => {
+      await new Promise((r) => setTimeout(r, 600));
+      return [...document.querySelectorAll(".p-skeleton")].filter((e) => e.offsetParent !== null).length;
+    }""")
+
+
 def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
     """A Run the server refuses when queued (here: the template's checkpoint is not on the server) starts nothing,
     and the nodes kept the last run's "done" as if this Run had made it. Queued through the frontend for real."""
     from comfy_support import browser
 
     server, b = frontend
+    queue_empty(b)
     workflow = open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     texts = b.page.evaluate("""async (done) => {
@@ -437,6 +455,9 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
                         texts["ConFinerControlExpert"])
     assert said and said[1] in loaders and int(said[2] or 0) + 1 == len(loaders), (texts, loaders)
     assert texts["ConFinerCoordinatedSampler"] == texts["ConFinerControlExpert"]
+    # the frontend's text box draws a loading bar until it sees the running nodes change: a box made while nothing
+    # runs (these texts came with the queue idle) kept it for good beside its text
+    assert loading_bars(b) == 0, "loading bars beside the texts of a Run that never started"
 
 
 @pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_wan21"])

@@ -25,6 +25,8 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
+// * A text shown while no run goes on (a refused Run's "not run", a tab switched back to) has no loading bar beside
+//   it: the frontend drew one until the next run.
 // * A node added fresh is 400 px wide: at the frontend's 210 its labels were cut ("control after genera…"), and a
 //   line of its text (at most 60 characters) wrapped inside a word (the frontend breaks its text anywhere).
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
@@ -116,6 +118,21 @@ function labelOldSockets() {
   }
 }
 
+// The frontend's text box draws a loading bar from when it is made until it sees the running nodes change (its watch
+// is not immediate): a box made while no run goes on (a refused Run's "not run", a text shown again after a tab
+// switch) kept the bar for good beside its text, as if something still worked. An empty progress state, what the
+// server sends when no node runs, is such a change; only the execution store listens to it, and it keeps this one
+// under an id of its own.
+let running = false;
+let settling = null;
+function settleLoadingBars() {
+  if (running || settling) return;
+  settling = setTimeout(() => {   // once the boxes just made are mounted
+    settling = null;
+    if (!running) api.dispatchCustomEvent("progress_state", { prompt_id: "confiner-idle", nodes: {} });
+  }, 100);
+}
+
 // A node's last progress text in this page, by graph and node id: "<graph id> <node id>" -> text.
 const KEPT = new Map();
 const keptKey = (nodeId) => `${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
@@ -130,6 +147,7 @@ function keepText(event) {
   else WAITED.delete(String(nodeId));
   if (text) {
     KEPT.set(keptKey(nodeId), text);
+    settleLoadingBars();
     return;
   }
   KEPT.delete(keptKey(nodeId));
@@ -208,7 +226,14 @@ app.registerExtension({
       }
     };
     api.addEventListener("progress_text", keepText);
+    // (the server's queue status also says it, on connecting and whenever the queue changes: a run whose end this
+    // page missed, a lost connection, does not leave it "running")
+    api.addEventListener("status", (event) => {
+      const remaining = event.detail?.exec_info?.queue_remaining;
+      if (remaining != null) running = remaining > 0;
+    });
     api.addEventListener("execution_start", () => {
+      running = true;
       RAN.clear();
       WAITED.clear();
       clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode));
@@ -229,7 +254,10 @@ app.registerExtension({
       if (event.detail != null) RAN.add(String(event.detail?.node ?? event.detail));
     });
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
-      api.addEventListener(end, () => clearTexts(WAITING));
+      api.addEventListener(end, () => {
+        running = false;
+        clearTexts(WAITING);
+      });
     }
     api.addEventListener("execution_interrupted", () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
     api.addEventListener("execution_error", (event) => {
