@@ -386,10 +386,11 @@ def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None
     for role, d in (("control", source), ("refining", target)):
         if d.expert.codec is None:
             fix = (vae_fixes or {}).get(role)
-            raise ValueError(f"ConFiner-Long joins pieces of {source.expert.latent_space.title} structures into "
-                             f"{target.expert.latent_space.title} windows through pixels (a causal video VAE "
-                             f"cannot cut latents at any frame): the {role} expert needs its VAE"
-                             + (f"; {fix}" if fix else ""))
+            # the fix first: the why is for those who ask (an artist read method words before "connect one")
+            raise ValueError(f"the {role} expert needs its VAE" + (f": {fix}" if fix else "") +
+                             f" (ConFiner-Long joins pieces of {source.expert.latent_space.title} structures into "
+                             f"{target.expert.latent_space.title} windows through pixels: a causal video VAE "
+                             f"cannot cut latents at any frame)")
 
 
 def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Denoiser, pixels: dict) -> torch.Tensor:

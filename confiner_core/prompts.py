@@ -54,6 +54,8 @@ SECONDS_WORD = re.compile(r"\s*(?:seconds?|secs?)$", re.IGNORECASE)
 TIMECODE = re.compile(r"^\s*(?:(\d+):)?(\d+):(\d\d(?:\.\d+)?)\s*:(?=\s|$)")
 # an entry whose frame key lacks its colon ("16 a blue ball")
 NUMBER_FIRST = re.compile(r"^\s*(\d+(?:\.\d+)?s?)\s+(?=\D)(.+)$", re.DOTALL)
+# a word where the key belongs ('abc: a corgi', 'start: ...'): the prompt after it, to show with a key in its place
+WORD_KEY = re.compile(r"^\s*[^\W\d]\w*\s*:\s+(.+)$", re.DOTALL)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
@@ -217,8 +219,9 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option}: {where} starts with {timecode_fix(piece)}", option)
         if m is None:
             number = NUMBER_FIRST.match(piece)   # '16 a blue ball': the key is there, its colon is not
+            word = WORD_KEY.match(piece)         # 'abc: a corgi': a word where the key goes (not '64: abc: ...')
             example = f"'{number.group(1)}: {number.group(2).strip()}'" if number else \
-                f"'64: {piece.strip()}' or '2.5s: ...'"
+                f"'64: {word.group(1).strip()}' or '2.5s: ...'" if word else f"'64: {piece.strip()}' or '2.5s: ...'"
             raise UsageError(f"{option}: {where} has no start key; every entry of a schedule starts with a frame "
                              f"or seconds key followed by ': ' (e.g. {example}), as in '{EXAMPLE}'", option)
         key, prompt = m.group("key"), m.group("prompt")

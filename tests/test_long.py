@@ -494,3 +494,19 @@ def test_generate_passes_each_step_to_a_callback_with_its_structure_or_window(tm
     generate(replace(request, out=str(tmp_path / "b")), show_progress=False)
     for name in ("video.mp4", "frames.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_window_join_without_a_vae_says_the_fix_first():
+    """Staggered windows of a causal space join through pixels: an expert without its VAE is refused with what to
+    connect first, then why (an artist read "ConFiner-Long joins pieces of ... structures" before the fix)."""
+    from confiner_core.embedded.experts import embedded_experts
+    from confiner_core.long import check_window_join
+
+    experts = embedded_experts("wan")
+    control, refiner = experts["control"].bind(), experts["temporal"].bind()
+    check_window_join(control, refiner)   # both VAEs: joined
+    control.expert.codec = None
+    with pytest.raises(ValueError, match=r"^the control expert needs its VAE: connect one to control VAE \(ConFiner-Long "
+                                         r"joins pieces of .+ structures into .+ windows through pixels: a causal "
+                                         r"video VAE cannot cut latents at any frame\)$"):
+        check_window_join(control, refiner, {"control": "connect one to control VAE"})

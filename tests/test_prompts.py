@@ -131,6 +131,10 @@ def test_one_entry_schedule_does_not_travel():
     # a frame key without its colon: the fix offered was "'64: 16 b'"
     ("0: a | 16 b", 8, "'16 b' has no start key; every entry of a schedule starts with a frame or seconds key "
                        "followed by ': ' (e.g. '16: b')"),
+    # a word where the key goes: the fix offered was "'64: abc: a corgi in snow'"
+    ("0: a | abc: a corgi in snow", 8, "entry 'abc: a corgi in snow' has no start key; every entry of a schedule "
+                                      "starts with a frame or seconds key followed by ': ' (e.g. '64: a corgi in "
+                                      "snow' or '2.5s: ...')"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
     ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "
                                                      "' | ' or a line break ('0: a corgi on a beach | 16: a corgi in "
