@@ -68,7 +68,8 @@ def test_cli_prints_the_resolved_schedule_before_sampling(tmp_path, capsys):
     out = str(tmp_path / "s")
     assert main(["generate", "--out", out, "--frames", "24", "--segment-length", "8", "--height", "64", "--width",
                  "64", "--quiet", "--fps", "12", "--prompt", "0: a red ball bouncing | 1s: a blue ball bouncing"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    plan, *lines = capsys.readouterr().out.splitlines()
+    assert plan == "ConFiner-Long: 24 frames in 3 windows of 8 on 4 structures (61 expert evaluations)"
     assert lines[:3] == ["prompt schedule (24 frames at 12 fps):",
                          "  frames 0-11 (0.00-1.00 s): a red ball bouncing",
                          "  frames 12-23 (1.00-2.00 s): a blue ball bouncing"]
