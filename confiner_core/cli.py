@@ -258,8 +258,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
     else:
         undefined = scores.pop("undefined", {})
         width = max(map(len, scores))
+        print(f"{'metric':>{width}}  {'value':>9}  better")
         for k, v in scores.items():
-            print(f"{k:>{width}}  {v:.4f}" if v is not None else f"{k:>{width}}  n/a ({undefined[k]})")
+            print(f"{k:>{width}}  {v:9.4f}  {metrics.BETTER[k]}" if v is not None else
+                  f"{k:>{width}}  {'n/a':>9}  {metrics.BETTER[k]} ({undefined[k]})")
     return 0
 
 

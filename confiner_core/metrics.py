@@ -474,6 +474,16 @@ def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequenc
     return {k: float(out[k]) for k in METRIC_KEYS}
 
 
+# which way each score is better (README, "Quality metrics and evaluation"): evaluate's table prints it
+BETTER = {
+    "subject_consistency": "higher", "motion_smoothness": "higher", "temporal_flicker": "higher",
+    "flicker_index": "lower", "sharpness": "higher", "color_drift": "lower", "color_drift_max": "lower",
+    "seam_score": "-> 1", "seam_score_windows": "-> 1", "seam_score_structures": "-> 1",
+    "seam_score_prompt_changes": "-> 1", "window_color_drift": "lower", "window_color_drift_max": "lower",
+    "window_contrast_change": "lower", "distance_to_nearest": "lower",
+}
+
+
 UNDEFINED_REASONS = {
     "subject_consistency": "needs at least 2 frames",
     "motion_smoothness": "needs at least 3 frames",

@@ -575,6 +575,27 @@ def test_generate_leaves_the_request_as_it_was(tmp_path):
         generate({"frames": 16})
 
 
+def test_evaluates_table_says_which_way_each_score_is_better(tmp_path, capsys):
+    """The table gave numbers alone: a reader had to know that seam scores aim at 1 and color drift at 0. Each row
+    says it, as README's metrics table does (and an undefined score says why it is missing)."""
+    out, _ = run(tmp_path, "long", "--frames", "24", "--segment-length", "8")
+    capsys.readouterr()
+    assert main(["evaluate", out]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["metric", "value", "better"]
+    said = {row.split()[0]: row.split(None, 2)[2] for row in rows}
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    for name, better in re.findall(r"^\| (\w+) \| .* \| (higher|lower|→ 1) \|$", readme, re.M):
+        if name in said:
+            assert said[name].replace("->", "→") == better, (name, said[name])
+    assert said["seam_score"] == "-> 1" and said["color_drift"] == "lower" and len(said) >= 10
+    clip, _ = run(tmp_path, "clip")   # one clip: no junctions for a seam score
+    capsys.readouterr()
+    assert main(["evaluate", clip]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split(None, 2)[1:] == \
+        ["n/a", "-> 1 (needs junctions and ordinary frame pairs besides them)"]
+
+
 def test_evaluate_of_a_truncated_video_says_one_line(tmp_path):
     """FFmpeg's own "moov atom not found" came on the terminal before evaluate's one-line error (a process of its
     own: FFmpeg writes to the file descriptor, and reads its log level when OpenCV opens its first video)."""
