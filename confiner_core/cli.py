@@ -2,8 +2,9 @@
 ``python -m confiner_core evaluate VIDEO`` scores one (:mod:`confiner_core.metrics`).
 
 Exit codes: 0 done; 2 a usage error (one line naming the option and what it accepts; nothing written);
-1 a failure while running (one line; nothing written); 130 interrupted (Ctrl-C; nothing written); 143 stopped by
-SIGTERM (timeout, kill, a batch scheduler, torchrun; nothing written).
+1 a failure while running (one line; no output replaced); 130 interrupted (Ctrl-C; no output replaced); 143 stopped
+by SIGTERM (timeout, kill, a batch scheduler, torchrun; no output replaced). After 1, 130 or 143 a ConFiner-Long run
+keeps its finished windows for --resume.
 ``--debug`` or ``CONFINER_DEBUG=1`` adds the full traceback, for bug reports.
 """
 

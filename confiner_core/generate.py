@@ -758,8 +758,9 @@ def expert_schedules(req: GenerateRequest) -> dict:
 def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:
     """What a video longer than one segment becomes (ConFiner-Long), and what a last window cut short costs: it is
     refined at full length for the frames it shows."""
-    line = (f"ConFiner-Long: {plan.frames} frames in {len(plan.windows)} windows of {plan.segment_length} on "
-            f"{plan.structures} structures ({expected_evaluations(chain, plan)} expert evaluations)")
+    windows = len(plan.windows)
+    line = (f"ConFiner-Long: {plan.frames} frames in {windows} window{'s' * (windows > 1)} of {plan.segment_length} "
+            f"on {plan.structures} structures ({expected_evaluations(chain, plan)} expert evaluations)")
     last = plan.window_frames(plan.windows[-1])
     if last < plan.segment_length:
         shorter, longer = plan.frames - last, plan.frames - last + plan.segment_length

@@ -58,6 +58,11 @@ def test_a_video_longer_than_one_segment_says_it_runs_confiner_long_and_what_a_c
                      "ConFiner-Long: 48 frames in 3 windows of 16 on 4 structures (61 expert evaluations)"]
     with open(tmp_path / "17" / "report.json") as f:
         assert json.load(f)["total_expert_evaluations"] == 42
+    # one window, on two structures: a travelling prompt on one segment's frames
+    assert main(["generate", "--out", str(tmp_path / "travel"), "--frames", "16", "--height", "64", "--width", "64",
+                 "--quiet", "--prompt", "0: a red ball | 8: a blue ball"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == \
+        "ConFiner-Long: 16 frames in 1 window of 16 on 2 structures (23 expert evaluations)"
 
 
 def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_what_it_renders(tmp_path, capsys):
