@@ -758,9 +758,10 @@ def expert_schedules(req: GenerateRequest) -> dict:
 def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:
     """What a video longer than one segment becomes (ConFiner-Long), and what a last window cut short costs: it is
     refined at full length for the frames it shows."""
-    windows = len(plan.windows)
+    windows, structures = len(plan.windows), plan.structures
     line = (f"ConFiner-Long: {plan.frames} frames in {windows} window{'s' * (windows > 1)} of {plan.segment_length} "
-            f"on {plan.structures} structures ({expected_evaluations(chain, plan)} expert evaluations)")
+            f"on {structures} structure{'s' * (structures > 1)} ({expected_evaluations(chain, plan)} expert "
+            f"evaluations)")
     last = plan.window_frames(plan.windows[-1])
     if last < plan.segment_length:
         shorter, longer = plan.frames - last, plan.frames - last + plan.segment_length
