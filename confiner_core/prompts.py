@@ -54,6 +54,9 @@ SECONDS_WORD = re.compile(r"\s*(?:seconds?|secs?)$", re.IGNORECASE)
 TIMECODE = re.compile(r"^\s*(?:(\d+):)?(\d+):(\d\d(?:\.\d+)?)\s*:(?=\s|$)")
 # an entry whose frame key lacks its colon ("16 a blue ball")
 NUMBER_FIRST = re.compile(r"^\s*(\d+(?:\.\d+)?s?)\s+(?=\D)(.+)$", re.DOTALL)
+# minutes as a schedule entry's key ("1m: ...", "2 min: ..."): written in seconds (in a plain prompt, "2m: a tall
+# giraffe" stays text)
+MINUTE_KEY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:minutes?|mins?|m)\s*:(?=\s|$)", re.IGNORECASE)
 # a word where the key belongs ('abc: a corgi', 'start: ...'): the prompt after it, to show with a key in its place
 WORD_KEY = re.compile(r"^\s*[^\W\d]\w*\s*:\s+(.+)$", re.DOTALL)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
@@ -197,6 +200,12 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if timecode_fix(text) and len(pieces) > 1 and \
                 any(ENTRY.match(p) or TIMECODE.match(p) for p in pieces[1:]):   # a schedule keyed by timecodes
             raise UsageError(f"{option} {text!r} starts with {timecode_fix(text)}", option)
+        first = WORD_KEY.match(pieces[0]) if pieces else None
+        if first and EMBEDDED_KEY.search(text):   # 'abc: a corgi | 32: ...': a word where the first key goes
+            word = pieces[0].strip()[:pieces[0].strip().index(":")]
+            meant = " | ".join(["0: " + first.group(1).strip(), *(p.strip() for p in pieces[1:])])
+            raise UsageError(f"{option} {text!r} starts with {word + ':'!r}, which is not a frame (0, 1, 2, ...) or "
+                             f"seconds key ('2.5s'): a schedule starts at frame 0, as in {meant!r}", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "
@@ -217,6 +226,10 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
                              f"key ('2.5s'){key_fix(bad) or f'; as in {EXAMPLE!r}'}", option)
         if m is None and timecode_fix(piece):
             raise UsageError(f"{option}: {where} starts with {timecode_fix(piece)}", option)
+        minutes = MINUTE_KEY.match(piece) if m is None else None
+        if minutes:
+            raise UsageError(f"{option}: {where} starts with {piece[:minutes.end() - 1].strip()!r}, minutes, which "
+                             f"schedules do not read: write '{float(minutes.group(1)) * 60:g}s'", option)
         if m is None:
             number = NUMBER_FIRST.match(piece)   # '16 a blue ball': the key is there, its colon is not
             word = WORD_KEY.match(piece)         # 'abc: a corgi': a word where the key goes (not '64: abc: ...')

@@ -20,6 +20,8 @@ from confiner_core.prompts import is_schedule, parse_prompt, render_schedule
     "ratio 2.5s:1 | slow motion",
     "a cat, 16: a dog",                       # a comma is no separator, and this is no schedule (no key first)
     'a sign that reads "0": "open"',          # quotes, but not a FizzNodes schedule: the text does not start so
+    "2m: a tall giraffe",                     # minutes are refused as a schedule entry's key only
+    "style: anime, a corgi | film grain",     # a word and a colon first, but no key anywhere
 ])
 def test_plain_prompts_are_never_reinterpreted(text):
     s = parse_prompt(text, frames=64, fps=8)
@@ -131,6 +133,14 @@ def test_one_entry_schedule_does_not_travel():
     # a frame key without its colon: the fix offered was "'64: 16 b'"
     ("0: a | 16 b", 8, "'16 b' has no start key; every entry of a schedule starts with a frame or seconds key "
                        "followed by ': ' (e.g. '16: b')"),
+    # minutes as a key: the fix offered was "'64: 1m: a corgi in snow'"
+    ("0: a | 1m: a corgi in snow", 8, "entry '1m: a corgi in snow' starts with '1m', minutes, which schedules do not "
+                                     "read: write '60s'"),
+    ("0: a | 1.5 min: b", 8, "starts with '1.5 min', minutes, which schedules do not read: write '90s'"),
+    # a word where the first key goes: told to "remove the ': ' after the number", where there is none
+    ("abc: a corgi on a beach | 32: a dog", 64, "starts with 'abc:', which is not a frame (0, 1, 2, ...) or seconds "
+                                               "key ('2.5s'): a schedule starts at frame 0, as in '0: a corgi on a "
+                                               "beach | 32: a dog'"),
     # a word where the key goes: the fix offered was "'64: abc: a corgi in snow'"
     ("0: a | abc: a corgi in snow", 8, "entry 'abc: a corgi in snow' has no start key; every entry of a schedule "
                                       "starts with a frame or seconds key followed by ': ' (e.g. '64: a corgi in "
