@@ -189,8 +189,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, frames, segment_prompts=None, fps=AUTO_FPS):
-        # fps is read (ComfyUI then files the message under it too, hidden as it is): seconds keys count at it, and
-        # checked at the slowest model rate instead, '5s:' on 32 frames was refused at fps 4, where it is frame 20
+        # fps is read (ComfyUI then files the message under it too, hidden as it is; web/confiner.js keeps it once,
+        # under the input it names): seconds keys count at it, and checked at the slowest model rate instead, '5s:'
+        # on 32 frames was refused at fps 4, where it is frame 20
         return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
             or True
 

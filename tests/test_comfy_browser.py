@@ -460,6 +460,29 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
     assert loading_bars(b) == 0, "loading bars beside the texts of a Run that never started"
 
 
+def test_a_check_filed_under_every_input_it_reads_is_shown_once(frontend, screenshot_dir):
+    """ComfyUI files a failed check under each input the check reads: the Long Video's schedule message came three
+    times in the dialog (under frames, segment prompts and the hidden fps). Queued through the frontend for real."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_long_sd15_animatediff", "long_refused")
+    browser.close_dialogs(b)
+    filed = b.page.evaluate("""async () => {
+      const node = app.graph._nodes.find((n) => n.type === "ConFinerLongSegmenter");
+      node.widgets.find((w) => w.name === "segment_prompts").value = "0: a corgi on a beach | abc: a corgi in snow";
+      await app.queuePrompt(0);
+      await new Promise((r) => setTimeout(r, 500));
+      const dialogs = [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText);
+      return {dialog: dialogs.find((text) => text.includes("failed validation")) ?? dialogs.join("\\n")};
+    }""")
+    b.page.screenshot(path=str(screenshot_dir / "long_video_refused_once.png"))
+    browser.close_dialogs(b)
+    assert filed["dialog"].count("has no start key") == 1, filed["dialog"]
+    assert "segment_prompts - " in filed["dialog"] and "frames - segment prompts" not in filed["dialog"], \
+        filed["dialog"]
+
+
 @pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_wan21"])
 def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(frontend, name):
     """The nodes' lines are at most 60 characters (nodes/host.py LINE_WIDTH) so that each fits one line of the box:

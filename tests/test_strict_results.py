@@ -61,7 +61,7 @@ def test_evaluate_json_is_strict(tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert scores["seam_score"] is None and "seam_score" in scores["undefined"]
     assert main(["evaluate", str(frame)]) == 0
-    assert "n/a (needs at least 3 frames)" in capsys.readouterr().out
+    assert "n/a  higher (needs at least 3 frames)" in capsys.readouterr().out   # motion_smoothness
 
 
 def test_cli_prints_the_resolved_schedule_before_sampling(tmp_path, capsys):

@@ -25,6 +25,8 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
+// * A message of the pack's nodes that ComfyUI files under every input its check reads is shown once, under the input
+//   it names: the Long Video's schedule messages came three times in one dialog.
 // * A text shown while no run goes on (a refused Run's "not run", a tab switched back to) has no loading bar beside
 //   it: the frontend drew one until the next run.
 // * A node added fresh is 400 px wide: at the frontend's 210 its labels were cut ("control after genera…"), and a
@@ -197,6 +199,35 @@ function notRun(detail) {
   }
 }
 
+// ComfyUI files a node's failed check under every input the check reads: the Long Video's schedule message came three
+// times in one dialog (under frames, segment prompts and the hidden fps). Each message of the pack's nodes is kept
+// once, under the input it names (else the first it was filed under), before the dialog and the node outlines read it.
+function fileOnce(response) {
+  for (const entry of Object.values(response?.node_errors ?? {})) {
+    if (!entry?.class_type?.startsWith("ConFiner") || !Array.isArray(entry.errors)) continue;
+    const kept = new Map(); // message -> the error it is kept as
+    const errors = [];
+    for (const error of entry.errors) {
+      const input = error?.extra_info?.input_name;
+      const details = String(error?.details ?? "");
+      const said = input && details.startsWith(`${input} - `) ? details.slice(input.length + 3) : null;
+      if (error?.type !== "custom_validation_failed" || said == null) {
+        errors.push(error);
+        continue;
+      }
+      const first = kept.get(said);
+      if (!first) {
+        kept.set(said, error);
+        errors.push(error);
+      } else if (said.includes(`(${input})`) && !said.includes(`(${first.extra_info.input_name})`)) {
+        errors[errors.indexOf(first)] = error;   // the input the message names
+        kept.set(said, error);
+      }
+    }
+    entry.errors = errors;
+  }
+}
+
 // A Run the server refused when queued (an input failed its check): nothing ran, and each of the pack's nodes says so
 // where its last run's "done" text stood as if this Run had made it.
 function refused(response) {
@@ -221,7 +252,10 @@ app.registerExtension({
       try {
         return await queuePrompt.apply(this, args);
       } catch (error) {
-        if (error?.response) refused(error.response);
+        if (error?.response) {
+          fileOnce(error.response);
+          refused(error.response);
+        }
         throw error;
       }
     };
