@@ -33,7 +33,8 @@ PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class ConFinerWarning(UserWarning):
-    """A valid but doubtful setting (e.g. outside what the paper found to work)."""
+    """A valid but doubtful setting (e.g. outside what the paper found to work), or what a user should know that
+    stops nothing (a temporary file a read-only folder keeps)."""
 
 
 def warn_doubtful(message: str) -> None:

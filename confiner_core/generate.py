@@ -1301,9 +1301,8 @@ def embedded_world(req: GenerateRequest) -> list[dict]:
 def unread_words_line(req: GenerateRequest) -> str | None:
     """The command line's note where the embedded world met words it does not know (it drew a red ball for "a
     purple elephant dancing", without a word)."""
-    unread = [(entry, *read_prompt(entry.prompt)) for entry in req.prompt_schedule().entries]
-    unread = [f"'{e.prompt}' is drawn as {drawn} ({', '.join(unknown)} not read)" for e, drawn, unknown in unread
-              if unknown]
+    unread = [f"'{w['prompt']}' is drawn as {w['draws']} ({', '.join(w['unknown_words'])} not read)"
+              for w in embedded_world(req) if w["unknown_words"]]
     if not unread:
         return None
     return (f"embedded world: {'; '.join(unread)}. It knows a few colours, shapes, motions and backgrounds (README, "
