@@ -57,8 +57,11 @@ NUMBER_FIRST = re.compile(r"^\s*(\d+(?:\.\d+)?s?)\s+(?=\D)(.+)$", re.DOTALL)
 # minutes as a schedule entry's key ("1m: ...", "2 min: ..."): written in seconds (in a plain prompt, "2m: a tall
 # giraffe" stays text)
 MINUTE_KEY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:minutes?|mins?|m)\s*:(?=\s|$)", re.IGNORECASE)
-# a word where the key belongs ('abc: a corgi', 'start: ...'): the prompt after it, to show with a key in its place
-WORD_KEY = re.compile(r"^\s*[^\W\d]\w*\s*:\s+(.+)$", re.DOTALL)
+# a word where the key belongs ('abc: a corgi', 'start: ...'), or a numbered label ('scene 2: ...', 'shot two: ...',
+# 'part II: ...'): the prompt after it, to show with a key in its place. Two words of prose ('a corgi: running') are
+# no label: they stay in the prompt the fix shows.
+WORD_KEY = re.compile(r"^\s*[^\W\d]\w*(?:\s+(?:\d+|[ivx]+|one|two|three|four|five|six|seven|eight|nine|ten))?"
+                      r"\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import UsageError, one_line
+from .errors import UsageError, one_line, warn_doubtful
 from .experts import COUNTERS
 from .long import LongState
 from .outputs import alive, process_identity, temp_name, write_atomic, writing
@@ -168,7 +168,16 @@ class ResumeStore:
         return pid
 
     def clear(self) -> None:
+        """Removes the folder. One that cannot be removed (its output folder became read-only) gives a warning, never
+        an error: the error that ended the run is the one to report, and the next run into the folder removes it."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            os.rmdir(self.folder)   # gone already (FileNotFoundError), else the reason it stays
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            warn_doubtful(f"the resume folder {self.folder} could not be removed ({e.strerror or e}); the next run "
+                          f"into {os.path.dirname(self.folder)} removes it")
 
     # -- windows ------------------------------------------------------------------------------------------------
 

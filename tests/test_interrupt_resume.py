@@ -378,6 +378,57 @@ def test_a_folder_turned_read_only_mid_run_gives_the_write_error_and_warns_of_th
     assert outputs(out) == PREVIOUS
 
 
+def test_a_folder_turned_read_only_before_the_first_window_warns_of_the_resume_folder_left(
+        tmp_path, monkeypatch, capsys):
+    """The output folder turns read-only after the resume folder was made: the first window cannot be kept, and
+    the resume folder cannot be removed on the way out. The line is the write's (exit 1, nothing kept to resume),
+    with a warning naming the folder left; the next run into the folder removes it."""
+    import errno
+    import shutil
+
+    from confiner_core import resume
+    from confiner_core.outputs import write_failure
+
+    real_rmtree, real_rmdir, real_save = shutil.rmtree, os.rmdir, resume.save_file
+    locked = {"on": True}
+
+    def save_file(tensors, path):
+        if locked["on"]:
+            raise write_failure(path, PermissionError(errno.EACCES, "Permission denied", path))
+        real_save(tensors, path)
+
+    def rmtree(path, *args, **kwargs):   # the folder's files go, the folder stays (its parent is read-only)
+        if locked["on"] and str(path).endswith(resume.RESUME_FOLDER) and os.path.isdir(path):
+            for name in os.listdir(path):
+                os.remove(os.path.join(path, name))
+            return None
+        return real_rmtree(path, *args, **kwargs)
+
+    def rmdir(path, *args, **kwargs):
+        if locked["on"] and str(path).endswith(resume.RESUME_FOLDER) and os.path.isdir(path):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(resume, "save_file", save_file)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    out = tmp_path / "out"
+    previous_outputs(out)
+    folder = out / resume.RESUME_FOLDER
+    with pytest.warns(ConFinerWarning) as warned, pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(out), "--quiet", *LONG])
+    assert e.value.code == 1
+    assert [str(w.message) for w in warned] == [f"the resume folder {folder} could not be removed (Permission "
+                                                f"denied); the next run into {out} removes it"]
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: cannot write window-00000.safetensors in ") and "not allowed to write there" \
+        in line and "windows kept" not in line, line
+    assert folder.is_dir() and os.listdir(folder) == [] and outputs(out) == PREVIOUS
+    locked["on"] = False   # writable again: the next run removes the folder left
+    assert main(["generate", "--out", str(out), "--quiet", *LONG]) == 0
+    assert not folder.exists()
+
+
 def test_a_silent_writer_in_a_folder_it_may_not_write_is_told_so(tmp_path, monkeypatch):
     """OpenCV's writer gives no reason: a folder without write access is named as such, not as a disk question."""
     from confiner_core.outputs import write_failure

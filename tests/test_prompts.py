@@ -145,6 +145,15 @@ def test_one_entry_schedule_does_not_travel():
     ("0: a | abc: a corgi in snow", 8, "entry 'abc: a corgi in snow' has no start key; every entry of a schedule "
                                       "starts with a frame or seconds key followed by ': ' (e.g. '64: a corgi in "
                                       "snow' or '2.5s: ...')"),
+    # a numbered label where the key goes: the fix offered was "'64: scene two: a corgi in snow'"
+    ("0: a | scene two: a corgi in snow", 8, "(e.g. '64: a corgi in snow' or '2.5s: ...')"),
+    ("0: a | Shot 2: a corgi in snow", 8, "(e.g. '64: a corgi in snow' or '2.5s: ...')"),
+    ("0: a | part II: a corgi in snow", 8, "(e.g. '64: a corgi in snow' or '2.5s: ...')"),
+    ("scene 1: a corgi on a beach | 32: a dog", 64, "starts with 'scene 1:', which is not a frame (0, 1, 2, ...) or "
+                                                   "seconds key ('2.5s'): a schedule starts at frame 0, as in '0: a "
+                                                   "corgi on a beach | 32: a dog'"),
+    # two words of prose are no label: they stay in the prompt the fix shows
+    ("0: a | a corgi: running in snow", 8, "(e.g. '64: a corgi: running in snow' or '2.5s: ...')"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
     ("0: a corgi on a beach, 16: a corgi in snow", 8, "holds another key ('16:') after a ',': separate entries with "
                                                      "' | ' or a line break ('0: a corgi on a beach | 16: a corgi in "
