@@ -311,9 +311,11 @@ def generate_command(a: argparse.Namespace) -> int:
     resumed = f" ({before} of them before the resume)" if before is not None else ""
     frames = f"{report['frames']} frame{'s' * (report['frames'] != 1)}"
     vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
-    vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them" if vae_calls else ""
+    vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them in " \
+          f"{sum(report['vae_seconds'].values()):.1f} s" if vae_calls else ""
     print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, report.json  ({frames}, "
-          f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s)")
+          f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s"
+          f"{' in all' * bool(vae)})")
     return 0
 
 

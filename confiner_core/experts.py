@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class EvaluationLog:
     forwards: Counter = field(default_factory=Counter)
     vae_calls: Counter = field(default_factory=Counter)
     current: str = "unstaged"
+    vae_spans: list = field(default_factory=list, repr=False, compare=False)   # (stage, start, end) of VAE calls
     pending: tuple | None = field(default=None, repr=False, compare=False)
     handing_over: bool = field(default=False, repr=False, compare=False)
 
@@ -110,6 +112,34 @@ class EvaluationLog:
 
     def record_vae(self, calls: int) -> None:
         self.vae_calls[self.current] += calls
+
+    @contextlib.contextmanager
+    def vae(self, calls: int, device: torch.device):
+        """Count ``calls`` VAE calls and time them (:meth:`vae_seconds`): on a GPU between two CUDA events, for
+        the host only issues the kernels (waiting for them here would drain the GPU between calls)."""
+        self.record_vae(calls)
+        stage = self.current
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self.vae_spans.append((stage, start, end))
+
+    def vae_seconds(self) -> dict[str, float]:
+        """Seconds spent in the VAE calls between experts, per stage (a GPU's are read once its work is done)."""
+        out: Counter = Counter()
+        for stage, start, end in self.vae_spans:
+            if isinstance(start, float):
+                out[stage] += end - start
+            else:
+                end.synchronize()
+                out[stage] += start.elapsed_time(end) / 1000
+        return {stage: round(seconds, 4) for stage, seconds in out.items()}
 
     def counts(self) -> dict[str, Counter]:
         return counts_of(self)
@@ -506,8 +536,8 @@ def hand_off(x0: torch.Tensor, source: Denoiser, target: Denoiser) -> torch.Tens
     the identity when they share a latent space, else the bridge through their VAEs (counted on the log)."""
     if source.expert.latent_space == target.expert.latent_space:
         return x0
-    out = bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
     log = source.log or target.log
-    if log is not None:
-        log.record_vae(2)   # one decode with the source's VAE, one encode with the target's
-    return out
+    if log is None:
+        return bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
+    with log.vae(2, x0.device):   # one decode with the source's VAE, one encode with the target's
+        return bridge(x0, bridge_end(source.expert), bridge_end(target.expert))

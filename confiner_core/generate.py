@@ -1287,7 +1287,8 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
             "height": req.height, "width": req.width, "backend": backend.description,
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
-            "vae_calls": dict(log.vae_calls), "bridges": bridges(req.spaces(), req.chain.mode),
+            "vae_calls": dict(log.vae_calls), "vae_seconds": log.vae_seconds(),   # this process's (of several)
+            "bridges": bridges(req.spaces(), req.chain.mode),
             "total_expert_evaluations": sum(log.evaluations.values()), "seconds": seconds,
             **({"embedded_world": embedded_world(req)} if req.embedded else {}), **extra}
 

@@ -405,11 +405,11 @@ def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Deno
             (a, e) == (0, space.pixel_frames(structures[first].shape[2])):
         return structures[first]   # a whole structure (no staggering): nothing to join, no VAE round trip
     decoded = [i for i, _, _ in parts if i not in pixels]
-    for i in decoded:
-        pixels[i] = source.expert.codec.decode(structures[i])
-    if source.log is not None:
-        source.log.record_vae(len(decoded) + 1)
-    return target.expert.codec.encode(torch.cat([pixels[i][:, :, a:e] for i, a, e in parts], dim=2))
+    with source.log.vae(len(decoded) + 1, structures[first].device) if source.log is not None \
+            else contextlib.nullcontext():
+        for i in decoded:
+            pixels[i] = source.expert.codec.decode(structures[i])
+        return target.expert.codec.encode(torch.cat([pixels[i][:, :, a:e] for i, a, e in parts], dim=2))
 
 
 def structure_centre(plan: SegmentPlan, i: int) -> int:

@@ -999,10 +999,12 @@ def show_text(node_id: str | None, text: str) -> None:
 def cost_line(node: str, log: EvaluationLog) -> str:
     """Expert evaluations, network forwards (the definitions of EvaluationLog) and the VAE calls made between the
     experts (whole-clip encodes and decodes: the bridge between latent spaces, pixel frames for an image expert,
-    ConFiner-Long's window joins through pixels)."""
+    ConFiner-Long's window joins through pixels) with the seconds they took."""
     line = f"{node}: {sum(log.evaluations.values())} expert evaluations, {sum(log.forwards.values())} network forwards"
     vae_calls = sum(log.vae_calls.values())
-    return line + (f", {vae_calls} VAE calls (encodes and decodes between the experts)" if vae_calls else "")
+    seconds = sum(log.vae_seconds().values())
+    return line + (f", {vae_calls} VAE calls (encodes and decodes between the experts, {seconds:.1f} s)"
+                   if vae_calls else "")
 
 
 def log_cost(node: str, log: EvaluationLog, node_id: str | None = None) -> str:

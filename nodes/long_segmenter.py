@@ -330,9 +330,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
             if codec is None:
                 windows.append(x[:, :, :n].cpu())
             else:
-                with log.stage("refine"):
+                with log.stage("refine"), log.vae(1, x.device):
                     windows.append(codec.decode(x)[:, :, :n].cpu())
-                    log.record_vae(1)
 
         # one sampling call per expert and segment stage (CONFINER_STAGE_SESSIONS); the text says if it stops early;
         # the chain's warnings were given under the node and on the console above
@@ -343,9 +342,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
             # said 8), and the node showed "done" while it ran
             out = torch.cat(windows, dim=2)
             if codec is not None:
-                with log.stage("refine"):
+                with log.stage("refine"), log.vae(1, out.device):
                     out = codec.encode(out)
-                    log.record_vae(1)
             out, refiner = host.to_spatial_space(out, refiner, spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
         lines = [progress.summary, host.output_space_note(refiner, spatial, control.expert.latent_space),
