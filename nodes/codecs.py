@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace
+from .types import Mismatch
 
 
 #: where an artist finds the VAE of a latent space: the checkpoint's own, or the file ComfyUI's repackaged releases
@@ -36,21 +37,40 @@ def vae_file(space: LatentSpace) -> str:
     return VAE_FILES.get(space.name.partition("/")[0], "its checkpoint loader's VAE output, or its family's VAE file")
 
 
+def vae_shape(vae) -> tuple[int | None, int, int]:
+    """A ComfyUI VAE's latent channels, spatial and temporal compression."""
+    return (getattr(vae, "latent_channels", None), vae.spacial_compression_encode(),
+            vae.temporal_compression_decode() or 1)
+
+
+def likely_spaces(shape: tuple) -> list[str]:
+    """The latent spaces a VAE of ``shape`` likely serves (SD 1.5 and SDXL look alike), by title."""
+    return [k.title for k in KNOWN_SPACES if (k.channels, k.spatial_factor, k.temporal_factor) == shape]
+
+
+def shape_said(shape: tuple) -> str:
+    channels, spatial, temporal = shape
+    return f"{channels}-channel latents, {spatial}x spatial" + (f", {temporal}x temporal" if temporal > 1 else "")
+
+
+def vae_family(vae) -> str:
+    """The VAE as an artist knows it: its latent space's family where its shape tells ("Wan 2.1's VAE"), else its
+    shape ("a VAE of 16-channel latents, 8x spatial")."""
+    likely = likely_spaces(vae_shape(vae))
+    return f"{' or '.join(likely)}'s VAE" if likely else f"a VAE of {shape_said(vae_shape(vae))}"
+
+
 def vae_space_problem(vae, space: LatentSpace) -> str | None:
     """Why ``vae`` cannot be the codec of ``space`` (channels, spatial or temporal compression differ); None if it
     can."""
-    channels = getattr(vae, "latent_channels", None)
-    spatial = vae.spacial_compression_encode()
-    temporal = vae.temporal_compression_decode() or 1
-    have = f"{channels}-channel latents, {spatial}x spatial" + (f", {temporal}x temporal" if temporal > 1 else "")
-    likely = [k.title for k in KNOWN_SPACES   # the family it likely is (SD 1.5 and SDXL look alike)
-              if (k.channels, k.spatial_factor, k.temporal_factor) == (channels, spatial, temporal)]
-    have += f" (the {' or '.join(likely)} latent space's)" if likely else ""
+    shape = vae_shape(vae)
+    if shape == (space.channels, space.spatial_factor, space.temporal_factor):
+        return None
+    likely = likely_spaces(shape)
+    have = shape_said(shape) + (f" (the {' or '.join(likely)} latent space's)" if likely else "")
     want = f"{space.channels} channels, {space.spatial_factor}x spatial" + \
         (f", {space.temporal_factor}x temporal" if space.temporal_factor > 1 else "")
-    if (channels, spatial, temporal) != (space.channels, space.spatial_factor, space.temporal_factor):
-        return f"a VAE of {have}, not of the {space.title} latent space ({want})"
-    return None
+    return f"a VAE of {have}, not of the {space.title} latent space ({want})"
 
 
 class ComfyVAECodec(Codec):
@@ -63,18 +83,22 @@ class ComfyVAECodec(Codec):
         problem = vae_space_problem(vae, space)
         if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
             model = who.replace("_vae", "_model")
+            label = f"{who.replace('_vae', ' VAE')} ({who})"
+            held = f"{label} holds {vae_family(vae)}"
+            decode_too = f"; the refined video is then in {space.title} latents: decode it with that VAE too" \
+                if who == "spatial_vae" else ""
+            own_vae = f"connect its own VAE ({vae_file(space)}) to {label}" + \
+                (" and decode the video with it" if who == "spatial_vae" else "")
             if fits:   # e.g. the Wan VAE a template wired to spatial VAE, after the spatial model became Flux
-                other = fits[0]
-                raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
-                                 f"({model}) works in; it is the VAE of {other.replace('_vae', ' model')}'s space: "
-                                 f"connect it to {other.replace('_vae', ' VAE')} ({other}) if that input is free, "
-                                 f"and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
-                                 f"{who.replace('_vae', ' VAE')} ({who})"
-                                 + (f"; the refined video is then in {space.title} latents: decode it with that VAE "
-                                    f"too" if who == "spatial_vae" else ""))
-            raise ValueError(f"{who.replace('_vae', ' VAE')} ({who}) is {problem} that {model.replace('_', ' ')} "
-                             f"({model}) works in: if that model is the one meant, connect its own VAE "
-                             f"({vae_file(space)}); else load the model this VAE belongs to")
+                other = f"{fits[0].replace('_vae', ' VAE')} ({fits[0]})"
+                raise Mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in; it is the "
+                               f"VAE of {fits[0].replace('_vae', ' model')}'s space: connect it to {other} if that "
+                               f"input is free, and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
+                               f"{label}{decode_too}",
+                               f"{held}, which belongs on {other}", own_vae)
+            raise Mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in: if that model "
+                           f"is the one meant, connect its own VAE ({vae_file(space)}); else load the model this VAE "
+                           f"belongs to", held, own_vae)
         if problem:
             raise ValueError(f"{who} is {problem}: connect that expert's own VAE ({vae_file(space)})")
         self.vae, self.space, self.who, self.progress = vae, space, who, progress

@@ -38,6 +38,7 @@ from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, model_files, sessions
 from .codecs import VAEShelf
+from .types import Mismatch
 
 
 def model_sampling(model):
@@ -192,19 +193,26 @@ def refuse_all(problems: list, model: str | None = None) -> None:
     if not problems:
         return
     said = f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) \
-        if len(problems) > 1 else problems[0]
+        if len(problems) > 1 else str(problems[0])
+    if model and len(problems) > 1 and all(isinstance(p, Mismatch) for p in problems):
+        # several inputs of another family (a swapped model): each said short, the whole story on the console
+        # (a trial's dialog held 7 lines for an SD 1.5 file in the Wan + Qwen-Image graph's spatial loader)
+        logging.warning("ConFiner: %s, does not fit the prompt or VAE connected for it: %s", model, said)
+        raise ValueError(f"{model}, does not fit what is connected for it: {'; '.join(p.brief for p in problems)}. "
+                         f"If another model was meant, pick its file there; if this one is, "
+                         f"{'; '.join(p.fix for p in problems)}. The console says more.")
     if model:
         said = (f"{model}, does not fit the prompt or VAE connected for it: if another model was meant, pick its "
                 f"file there; if this one is, {said}")
     raise ValueError(said)
 
 
-def problem_of(check, *args, **kwargs) -> str | None:
-    """The message of the ValueError ``check(*args, **kwargs)`` raises, None if it passes (for :func:`refuse_all`)."""
+def problem_of(check, *args, **kwargs) -> ValueError | None:
+    """The ValueError ``check(*args, **kwargs)`` raises, None if it passes (for :func:`refuse_all`)."""
     try:
         check(*args, **kwargs)
     except ValueError as e:
-        return str(e)
+        return e
     return None
 
 
@@ -224,19 +232,24 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
                 "temporal": f" (temporal_{which}, or spatial_{which} where that is unconnected)"}.get(role, "")
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
+            name = f"{role}_{which}" if role in ("spatial", "temporal") else which
             if width is not None and got is not None and got != width:
                 family, loader = _family(model)
-                raise ValueError(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model}, "
-                                 f"{family}, reads text {width} wide: encode that prompt with this model's own text "
-                                 f"encoder ({loader})")
+                raise Mismatch(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model}, "
+                               f"{family}, reads text {width} wide: encode that prompt with this model's own text "
+                               f"encoder ({loader})",
+                               f"its {which} prompt ({name}) is {got} wide where it reads {width}",
+                               f"encode the {which} prompt with its own text encoder ({loader})")
             vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
             got_pooled = vector.shape[-1] if isinstance(vector, torch.Tensor) else None
             if pooled is not None and got_pooled != pooled:
                 family, loader = _family(model)
                 has = "no pooled text vector" if got_pooled is None else f"a {got_pooled}-wide pooled text vector"
-                raise ValueError(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model}, "
-                                 f"{family}, reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
-                                 f"with this model's own text encoder ({loader})")
+                raise Mismatch(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model}, "
+                               f"{family}, reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
+                               f"with this model's own text encoder ({loader})",
+                               f"its {which} prompt ({name}) carries {has} where it reads one {pooled} wide",
+                               f"encode the {which} prompt with its own text encoder ({loader})")
 
 
 def check_clip_width(clip, models: dict, node_input: str) -> None:

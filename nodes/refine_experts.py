@@ -109,8 +109,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                 negative = negative if negative is not None else positive
                 problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which))
         # one model all of them concern, whose file the graph names: the file may be the mistake
-        roles = {min(("spatial", "temporal"), key=lambda r: problem.find(r) if r in problem else len(problem))
-                 for problem in problems if problem}   # each about the expert it names first
+        roles = {min(("spatial", "temporal"), key=lambda r: str(problem).find(r) if r in str(problem)
+                     else len(str(problem))) for problem in problems if problem}   # each about the expert it names first
         role = next(iter(roles)) if len(roles) == 1 else None
         file = files.get(f"{role}_model") if role else None
         loader = host.input_loader(cls, f"{role}_model") if file else None

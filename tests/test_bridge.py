@@ -215,3 +215,25 @@ def test_image_expert_latent_frames_vs_pixel_frames_differ_only_in_their_space()
     assert lat.layout == pix.layout == FRAMES
     assert lat.latent_space == CAUSAL and pix.latent_space == CAUSAL.per_frame()
     assert pix.latent_space.latent_frames(9) == 9 and lat.latent_space.latent_frames(9) == 3
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: a GPU's VAE calls are timed by CUDA events"))])
+def test_the_log_times_vae_calls_per_stage_without_waiting_on_the_device(device):
+    """``EvaluationLog.vae`` counts the calls and their seconds under the stage they ran in; on a GPU the host does
+    not wait inside the call (the kernels' time is read from events at the end)."""
+    import time
+
+    log = EvaluationLog()
+    x = torch.randn(512, 512, device=device)
+    with log.stage("refine"):
+        with log.vae(2, x.device):
+            for _ in range(20):
+                x = x @ x / 512
+            if device == "cpu":
+                time.sleep(0.05)
+    with log.stage("control"), log.vae(1, x.device):
+        pass
+    seconds = log.vae_seconds()
+    assert log.vae_calls == {"refine": 2, "control": 1} and set(seconds) == {"refine", "control"}
+    assert seconds["refine"] > seconds["control"] >= 0 and (device == "cuda" or seconds["refine"] >= 0.05)

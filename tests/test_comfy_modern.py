@@ -268,17 +268,38 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                          # the file first: the FLUX file in the Qwen-Image loader was told to
                                          # rewire FLUX's VAE and text encoder, never to pick the Qwen-Image file
                                          ["the spatial model, FLUX.1 (Flux), file 'confiner-tiny-flux1-dev"
-                                          ".safetensors' in ", "does not fit the prompt or VAE connected for it: if "
-                                          "another model was meant, pick its file there; if this one is, 2 problems: "
-                                          "(1) spatial VAE (spatial_vae) is a VAE of",
-                                          "not of the FLUX.1 latent space",
-                                          "it is the VAE of temporal model's space: connect it to temporal VAE "
-                                          "(temporal_vae) if that input is free", "and spatial model's own VAE "
-                                          "(ae.safetensors in Load VAE) to spatial VAE (spatial_vae); the refined "
-                                          "video is then in FLUX.1 latents: decode it with that VAE too",
-                                          "; (2) the spatial expert's positive conditioning (spatial_positive) "
-                                          "carries no pooled text vector, but its model, FLUX.1 (Flux), reads one",
-                                          "(DualCLIPLoader with type flux)"])
+                                          ".safetensors' in ", "does not fit what is connected for it: spatial VAE "
+                                          "(spatial_vae) holds Wan 2.1's VAE, which belongs on temporal VAE "
+                                          "(temporal_vae); its positive prompt (spatial_positive) carries no pooled "
+                                          "text vector where it reads one", "If another model was meant, pick its "
+                                          "file there; if this one is, connect its own VAE (ae.safetensors in Load "
+                                          "VAE) to spatial VAE (spatial_vae) and decode the video with it; encode "
+                                          "the positive prompt with its own text encoder (DualCLIPLoader with type "
+                                          "flux). The console says more."])
+
+
+def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, modern):
+    """An SD 1.5 checkpoint where Qwen-Image was: its VAE and prompt are both another family's. The dialog held 7
+    lines (each problem in full); it says each short, and the console has the whole story."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": comfy_worker.checkpoint_name}}
+    prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_vae=["5", 0], temporal_vae=["5", 0])
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    message = _message(r)
+    assert r["evaluations"] == 0 and message.strip() == (
+        "the spatial model, SD 1.5 (SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, does "
+        "not fit what is connected for it: spatial VAE (spatial_vae) holds Wan 2.1's VAE, which belongs on temporal "
+        "VAE (temporal_vae); its positive prompt (spatial_positive) is 64 wide where it reads 768. If another model "
+        "was meant, pick its file there; if this one is, connect its own VAE (the SD 1.5 checkpoint loader's VAE "
+        "output) to spatial VAE (spatial_vae) and decode the video with it; encode the positive prompt with its own "
+        "text encoder (the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type). The console "
+        "says more.")
+    said = [line for line in r["console"] if "does not fit the prompt or VAE" in line]
+    assert len(said) == 1 and len(message) < 0.75 * len(said[0])   # the dialog short, the console whole
+    assert len(said) == 1 and "2 problems: (1) spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x " \
+        "spatial, 4x temporal (the Wan 2.1 latent space's), not of the SD 1.5 latent space" in said[0] and \
+        "(2) the spatial expert's positive conditioning (spatial_positive) is 64 wide, but its model, SD 1.5 " \
+        "(SD15), reads text 768 wide" in said[0]
 
 
 def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):

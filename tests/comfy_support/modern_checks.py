@@ -267,18 +267,20 @@ def pair_switches_at_boundary(steps: int = 4, boundary: float = 0.875) -> dict:
 
 def run_logging_cost(api_prompt: dict) -> dict:
     """Run ``api_prompt`` (fresh cache), counting expert evaluations (CFGGuider.sample calls) and capturing the
-    ConFiner nodes' cost lines."""
+    ConFiner nodes' cost lines (``cost_lines``) and every console line of the pack (``console``)."""
     import logging
 
     from comfy_support import confiner_checks
 
-    lines = []
+    lines, console = [], []
 
     class Capture(logging.Handler):
         def emit(self, record):
             message = record.getMessage()
             if message.startswith("ConFiner "):
                 lines.append(message)
+            if message.startswith("ConFiner"):
+                console.append(message)
 
     handler = Capture(logging.INFO)
     root = logging.getLogger()
@@ -290,7 +292,7 @@ def run_logging_cost(api_prompt: dict) -> dict:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-    return {**result, "cost_lines": lines}
+    return {**result, "cost_lines": lines, "console": console}
 
 
 def run_with_and_without_sessions(api_prompt: dict) -> dict:
