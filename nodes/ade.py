@@ -9,7 +9,9 @@ imported. ADE keeps its settings on the MODEL (ModelPatcher): motion models as a
 * :func:`motion_model_problems` -- a motion model in the other role than the one it was made for (AnimateDiff-Lightning
   as the temporal expert at cfg 7.5, v3 as the 4-step control expert): both run, so the video is bad without a word;
 * :func:`stage_log` -- every ConFiner evaluation is a sampling call, and ADE logs two INFO lines per sampling call;
-  inside a ConFiner stage each distinct line is shown once, as for one sampling run.
+  inside a ConFiner stage each distinct line is shown once, as for one sampling run;
+* :func:`injection_failure` -- a motion model that does not fit the checkpoint's UNet fails inside ADE's injection
+  with a bare "index 2 is out of range": said as the mismatch it is.
 """
 
 from __future__ import annotations
@@ -169,3 +171,23 @@ def stage_log(key: str):
 def new_run() -> None:
     """A node run starts: every ADE line may be shown once again."""
     _FILTER.seen.clear()
+
+
+def injection_failure(error: BaseException) -> str | None:
+    """What to say where ``error`` was raised while ADE attached a motion model to the UNet (its ``inject``
+    methods, found in the traceback): the motion model does not fit the checkpoint. A trial's artist who picked
+    another SD 1.5 file got only "index 2 is out of range". None for any other error."""
+    tb, inside, name = error.__traceback__, False, None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "inject" in code.co_name and "animatediff" in code.co_filename.lower():
+            inside = True
+            info = getattr(tb.tb_frame.f_locals.get("self"), "mm_info", None)
+            name = getattr(info, "mm_name", None) or name
+        tb = tb.tb_next
+    if not inside:
+        return None
+    which = f"the motion model '{name}'" if isinstance(name, str) else "a motion model"
+    return (f"AnimateDiff-Evolved could not attach {which} to the checkpoint's UNet ({type(error).__name__}: "
+            f"{error}): they do not fit each other; load a checkpoint of the family the motion model was made for "
+            f"(SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this checkpoint")

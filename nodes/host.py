@@ -926,7 +926,12 @@ class Progress:
         except Exception as e:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
             e.confiner_text_shown = True
-            raise
+            said = ade.injection_failure(e)
+            if said is None:
+                raise
+            mismatch = ValueError(said)
+            mismatch.confiner_text_shown = True
+            raise mismatch from e
         vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
         self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
                         f"{time.perf_counter() - start:.1f} s{about}" +

@@ -274,6 +274,28 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
     assert not any(line in saved for text in texts.values() for line in text.split("\n")), "text saved"
 
 
+def test_a_shared_copy_of_a_workflow_opens_without_the_originals_texts(frontend, screenshot_dir):
+    """An exported workflow keeps its graph id: opened in a new tab, its Long Video node read the other tab's "done ·
+    77 expert evaluations" before it had run there (a trial). The texts are kept by workflow tab, not graph id."""
+    from comfy_support import browser
+
+    server, b = frontend
+    queue_empty(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "share_original")
+    shown = browser.node_texts(b, {"ConFinerControlExpert": "done · 2 expert evaluations in 0.2 s · 5 frames"})
+    assert "done · 2 expert evaluations in 0.2 s · 5 frames" in shown.values(), shown
+    exported = json.loads(b.page.evaluate("() => JSON.stringify(app.graph.serialize())"))   # as Export writes it
+    assert exported.get("id"), "the export carries the graph id (what made the two tabs share texts)"
+    browser.load_template(b, exported, "share_copy.json")
+    browser.close_dialogs(b)
+    copy = browser.node_texts(b)
+    b.page.screenshot(path=str(screenshot_dir / "shared_copy.png"))
+    assert b.page.evaluate("() => app.graph.id") == exported["id"]
+    assert not any(copy.values()), copy
+    browser.switch_tab(b, "share_original")
+    assert browser.node_texts(b) == shown   # the original tab keeps its own
+
+
 def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_dir):
     server, b = frontend
     b.responses.clear()

@@ -144,3 +144,35 @@ def test_the_queued_graph_names_its_loaders_files():
     assert model_files.loaded_files(prompt) == (("CheckpointLoaderSimple", "v1-5.safetensors"),
                                                 ("low noise (all roles)", "wan2.2_low_noise.safetensors"))
     assert model_files.motion_model_files(None) == model_files.loaded_files(None) == ()
+
+
+def test_a_motion_model_that_does_not_fit_the_unet_is_said_as_such(tmp_path):
+    """A motion model of 4 blocks injected into a UNet of 2 fails inside ADE's ``_inject`` with "index 2 is out of
+    range" (a trial's dialog said only that): the traceback's ADE frames give the mismatch and the motion model's
+    name. The stand-in module sits where ADE's does and fails as ADE's code does (indexing the UNet's blocks)."""
+    folder = tmp_path / "ComfyUI-AnimateDiff-Evolved" / "animatediff"
+    folder.mkdir(parents=True)
+    (folder / "motion_module_ad.py").write_text(
+        "class AnimateDiffModel:\n"
+        "    def __init__(self, name, blocks):\n"
+        "        self.mm_info = type('Info', (), {'mm_name': name})()\n"
+        "        self.blocks = blocks\n"
+        "    def inject(self, unet_blocks):\n"
+        "        self._inject(unet_blocks, self.blocks)\n"
+        "    def _inject(self, unet_blocks, mm_blocks):\n"
+        "        for i in range(len(mm_blocks)):\n"
+        "            unet_blocks[i].append(mm_blocks[i])\n")
+    spec = importlib.util.spec_from_file_location("motion_module_ad", folder / "motion_module_ad.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mm = module.AnimateDiffModel("mm_sd15_v3.safetensors", ["a", "b", "c", "d"])
+    with pytest.raises(IndexError) as e:
+        mm.inject([[], []])
+    assert ade.injection_failure(e.value) == (
+        "AnimateDiff-Evolved could not attach the motion model 'mm_sd15_v3.safetensors' to the checkpoint's UNet "
+        "(IndexError: list index out of range): they do not fit each other; load a checkpoint of the family the "
+        "motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this "
+        "checkpoint")
+    with pytest.raises(IndexError) as other:   # the same error anywhere else is not ADE's injection
+        [][2]
+    assert ade.injection_failure(other.value) is None

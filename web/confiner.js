@@ -135,9 +135,12 @@ function settleLoadingBars() {
   }, 100);
 }
 
-// A node's last progress text in this page, by graph and node id: "<graph id> <node id>" -> text.
+// A node's last progress text in this page, by workflow tab, graph and node id: "<tab> <graph id> <node id>" ->
+// text. The tab too: an exported workflow keeps its graph id, and its copy opened in a new tab showed the other
+// tab's "done" line before it had run (a trial).
 const KEPT = new Map();
-const keptKey = (nodeId) => `${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
+const keptKey = (nodeId) =>
+  `${app.extensionManager?.workflow?.activeWorkflow?.key ?? ""} ${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
 
 // Keeps a node's text as it arrives. An empty text, which the frontend ignores, clears it: the Noise Rescheduler
 // sends one when its last run's warning no longer holds.
@@ -160,7 +163,8 @@ function keepText(event) {
   }
 }
 
-// The kept texts of the graph just loaded (a tab switched back to), sent as the server sends them.
+// The kept texts of the graph just loaded (a tab switched back to, once it is the active tab), sent as the server
+// sends them.
 function showKeptTexts() {
   const prefix = keptKey("");
   for (const [key, text] of KEPT) {
@@ -260,6 +264,14 @@ app.registerExtension({
       }
     };
     api.addEventListener("progress_text", keepText);
+    // the kept texts of a graph come back once it is loaded: only then is its tab the active one (afterConfigureGraph
+    // runs before the switch, under the tab left)
+    const loadGraphData = app.loadGraphData;
+    app.loadGraphData = async function (...args) {
+      const loaded = await loadGraphData.apply(this, args);
+      showKeptTexts();
+      return loaded;
+    };
     // (the server's queue status also says it, on connecting and whenever the queue changes: a run whose end this
     // page missed, a lost connection, does not leave it "running")
     api.addEventListener("status", (event) => {
@@ -326,7 +338,6 @@ app.registerExtension({
   },
   afterConfigureGraph() {
     labelOldSockets();
-    showKeptTexts();
   },
   nodeCreated(node) {
     if (!node.comfyClass?.startsWith("ConFiner")) return;
