@@ -378,11 +378,13 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
     config.validate()
     roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
     source_is_refiner = source is None or source is spatial or source is temporal   # refine(): x in its space
-    validate_experts(roles, shape, "control", "refining" if source_is_refiner else "control")
     hand_offs = [("control", "temporal" if config.mode == TEMPORAL else "spatial")]
     if config.mode == COORDINATED:
         hand_offs.append(("spatial", "temporal"))
+    # experts of spaces no VAE bridges first: a frame count one of them cannot hold ("use 5 or 9") hid that they
+    # could never work together
     check_hand_offs(roles, hand_offs, vae_fixes)
+    validate_experts(roles, shape, "control", "refining" if source_is_refiner else "control")
     problem = alternation_problem(config.mode, spatial.expert.latent_space,
                                   temporal.expert.latent_space if temporal is not None else None)
     if problem:

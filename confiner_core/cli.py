@@ -11,6 +11,7 @@ keeps its finished windows for --resume.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import os
 import signal
@@ -63,7 +64,27 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
             self.exit(2)   # under torchrun every process parses the same arguments: rank 0 says what is wrong
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)} (see --help)\n")
+
+    def suggestion(self, message: str) -> str:
+        """For options it does not know, the ones likely meant: ``--refine_steps`` is ``--refine-steps``, ``--seeds``
+        ``--seed`` (argparse said only "unrecognized arguments")."""
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                            for p in a.choices.values()]
+        known = sorted({option for p in parsers for option in p._option_string_actions if option.startswith("--")})
+        meant = []
+        for word in message.split(": ", 1)[1].split():
+            name = word.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            dashed = name.replace("_", "-")
+            guess = dashed if dashed in known else next(iter(difflib.get_close_matches(dashed, known, n=1,
+                                                                                      cutoff=0.8)), None)
+            if guess:
+                meant.append(f"{guess} for {name}")
+        return f": did you mean {', '.join(meant)}?" if meant else ""
 
 
 def number(option: str):

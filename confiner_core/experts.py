@@ -190,7 +190,10 @@ def own_stage(denoiser: "Denoiser", name: str):
 class Expert(ABC):
     """A diffusion model used as one link of the chain.
 
-    Subclasses set the attributes and implement :meth:`encode` and :meth:`forward`.
+    Subclasses set the attributes and implement :meth:`encode` and :meth:`forward`. ``name`` is what messages
+    call it; ``schedule`` (required) its :class:`~confiner_core.schedules.NoiseSchedule`, e.g.
+    ``schedules.named("sd15")`` or ``schedules.flow_schedule(shift=5.0)``; ``prediction`` what :meth:`forward`
+    returns (``epsilon``, ``v_prediction``, ``flow`` or ``sample``, x0 itself; it must fit the schedule's kind).
     ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE,
     needed only where the chain bridges it to an expert of another space. ``layout`` says how the expert takes a
     latent video: whole (``video``) or one (latent) frame at a time (``frames``, image models).
@@ -414,8 +417,13 @@ class Denoiser:
         """:meth:`Expert.forward`, held to its contract: one output per conditioning, each of the input's shape.
         Without autograd, as diffusers' pipelines run: a custom expert's module with trainable weights kept one
         graph over every evaluation of the chain (a UNet's activations: out of memory)."""
-        with torch.no_grad():
-            outs = self.expert.forward(native, t, conds)
+        try:
+            with torch.no_grad():
+                outs = self.expert.forward(native, t, conds)
+        except Exception as e:
+            if hasattr(e, "add_note"):   # (Python 3.11+) which expert and call failed: the network's own error
+                e.add_note(self.failed_call(native, t))   # names neither (e.g. a conv of the wrong channels)
+            raise
         if not isinstance(outs, (list, tuple)) or len(outs) != len(conds) or \
                 any(not isinstance(o, torch.Tensor) or o.shape != native.shape for o in outs):
             got = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs] \
@@ -423,7 +431,21 @@ class Denoiser:
             raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned {got} for "
                              f"{len(conds)} conditioning(s) and an input of shape {tuple(native.shape)}: it must "
                              f"return a list of one tensor of the input's shape per conditioning")
-        return outs
+        if any(not o.is_floating_point() for o in outs):
+            raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned "
+                             f"{[str(o.dtype) for o in outs]} for an input of {native.dtype}: it must return "
+                             f"floating-point tensors (the input's dtype)")
+        # another float dtype is taken in the input's: a float64 output made the whole chain float64
+        return [o.to(native.dtype) for o in outs]
+
+    def failed_call(self, native: torch.Tensor, t: float) -> str:
+        """Which expert and call raised (a note on the network's own error)."""
+        stage = self.log.current if self.log is not None else "unstaged"
+        stage = f" at stage {stage!r}," if stage != "unstaged" else " at"
+        space = self.expert.latent_space
+        return (f"raised by expert {self.expert.name!r} ({type(self.expert).__name__}){stage} step "
+                f"t={self.schedule.timestep(t):.4g}, on an input of shape {tuple(native.shape)} ({native.dtype}, "
+                f"layout {self.expert.layout}): it declares latent space {space.name!r} ({space.channels} channels)")
 
     def __call__(self, x_t: torch.Tensor, t: float) -> Prediction:
         if not isinstance(x_t, torch.Tensor):   # (a NumPy array failed inside with "'float' has no attribute ...")

@@ -430,7 +430,7 @@ class GenerateRequest:
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
             warn_doubtful(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
                                   "samples); give --prompt \"...\" to describe the video"))
-        if self.speed == "max" and not str(self.device).startswith("cuda"):   # a run that goes ahead, said once
+        if speed_used(self) != self.speed:   # a run that goes ahead, said once
             warn_doubtful(spelled(f"--speed 'max' adds CUDA graphs to 'fast', and {self.device} has none: this run "
                                   "is 'fast' (its compile takes minutes on the first run)"))
 
@@ -1251,6 +1251,11 @@ def prompt_used(req: GenerateRequest) -> str | list:
     return prompts[0] if prompts and prompts[0] else (DEFAULT_PROMPT if req.embedded else "")
 
 
+def speed_used(req: GenerateRequest) -> str:
+    """The speed preset the run takes: ``max`` without a CUDA device is ``fast`` (CUDA graphs need one)."""
+    return "fast" if req.speed == "max" and not str(req.device).startswith("cuda") else req.speed
+
+
 def environment(req: GenerateRequest) -> dict:
     """What a video's last bits depend on beyond its settings: the versions, the device and the CPU threads (the
     same request at another thread count differs by a few values of 1 in 255, README "Reproducibility")."""
@@ -1285,6 +1290,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
                          **{f"{role}_cfg": scale for role, scale in refine_guidance(backend, req).items()
                             if role in EVALUATED_IN[req.chain.mode]}},
             "height": req.height, "width": req.width, "backend": backend.description,
+            "speed_used": speed_used(req),   # settings.speed as asked; max without CUDA runs as fast
             "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
             "vae_calls": dict(log.vae_calls), "vae_seconds": log.vae_seconds(),   # this process's (of several)

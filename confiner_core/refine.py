@@ -83,7 +83,8 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal). ``callback`` gets, besides :func:`step_info`'s
     keys (``denoised``: the spatial x0 of line 14), the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its
-    own latent space) and ``renoised``, V''_{t_k} re-noised on the spatial schedule (Eq. 11)."""
+    own latent space) and ``renoised``, V'_{t_k}: that x0 re-noised on the spatial schedule (Eq. 11), the input of
+    line 14. (The temporal expert's input, V''_{t_k} of Eq. 9, stays inside :func:`coordinated_step`.)"""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     check_generator(generator, "refine_coordinated")
     with own_stage(spatial, "refine"):

@@ -241,6 +241,8 @@ KNOWN_SCHEDULES = {"sd15": SD15, "animatediff": ANIMATEDIFF, "modelscope": MODEL
 
 
 def named(name: str) -> NoiseSchedule:
+    """A known model family's beta schedule by name (:data:`KNOWN_SCHEDULES`: ``sd15``, ``animatediff``,
+    ``modelscope``, ``lavie``); flow-matching experts take :func:`flow_schedule` instead."""
     if name not in KNOWN_SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; known: {sorted(KNOWN_SCHEDULES)}")
     return from_betas(**KNOWN_SCHEDULES[name], name=name)

@@ -15,6 +15,10 @@ class VideoSink:
     so memory does not grow with the video's length."""
 
     def __init__(self, path: str, fps: float, total_frames: int, sheet_frames: int = 8):
+        if os.path.isdir(path) or not str(path).lower().endswith(".mp4"):   # (OpenCV printed an assertion dump,
+            raise ValueError(f"VideoSink writes one .mp4 file: give its path, e.g. "   # then a free-space error)
+                             f"{os.path.join(path, 'video.mp4') if os.path.isdir(path) else 'out/video.mp4'}, "
+                             f"got {path!r}")
         self.path, self.fps, self.total = path, fps, total_frames
         self.sheet_index = set(np.linspace(0, max(total_frames - 1, 0), min(sheet_frames, total_frames)).round().astype(int))
         self.sheet: list[np.ndarray] = []

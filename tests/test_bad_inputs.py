@@ -95,7 +95,12 @@ CLI_CASES = [
     Case("alternate-on-pixel-frames", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
          "an image expert on pixel frames refines each frame encoded alone, another latent space than the temporal "
          "expert's embedded-causal: use latent frames for the image expert, or --mode coordinated"),
-    Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3"),   # it ran 3 frames
+    Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3: did you mean --frames for "
+                                                "--fram?"),   # it ran 3 frames
+    # a Python keyword's spelling, a plural: argparse named no option
+    Case("underscored-option", ["--refine_steps", "3", "--seeds", "4"], "unrecognized arguments: --refine_steps 3 "
+         "--seeds 4: did you mean --refine-steps for --refine_steps, --seed for --seeds?"),
+    Case("unknown-option", ["--banana", "3"], "unrecognized arguments: --banana 3 (see --help)"),
     Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU has one device, cpu (or cpu:0)"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
     Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling

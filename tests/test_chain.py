@@ -714,6 +714,70 @@ def test_an_expert_breaking_the_interface_is_named():
                   torch.Generator().manual_seed(0))
 
 
+def test_an_experts_output_dtype_is_held_to_the_latents():
+    """``forward``'s dtype was never checked: float64 made the whole chain's result float64, int64 ran to the end.
+    Another float dtype is taken in the latent's (the same result as the expert computing in it), an integer one is
+    refused before any harm, naming the expert."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    def returning(dtype):
+        class Typed(OracleExpert):
+            def forward(self, x, t, conds):
+                return [out.to(dtype) for out in super().forward(x, t, conds)]
+        return Typed(x0, sd, name=str(dtype)).bind()
+
+    good = OracleExpert(x0, sd).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    plain = run_chain(good, good, good, noise, ChainConfig(), torch.Generator().manual_seed(0)).latent
+    wide = run_chain(good, returning(torch.float64), good, noise, ChainConfig(), torch.Generator().manual_seed(0))
+    assert wide.latent.dtype == torch.float32 and torch.allclose(wide.latent, plain, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^expert 'torch.int64' \(Typed\).forward returned \['torch.int64'\] for an "
+                                         r"input of torch.float32: it must return floating-point tensors"):
+        run_chain(good, returning(torch.int64), good, noise, ChainConfig(), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+def test_an_error_inside_an_experts_network_is_noted_with_the_expert_and_call():
+    """A network of other channels than the latent space its expert declares failed with PyTorch's bare "expected
+    input[1, 4, 8, 8, 8] to have 16 channels", naming no expert, role or step."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    class WrongNet(OracleExpert):
+        net = torch.nn.Conv3d(16, 16, 1)
+
+        def forward(self, x, t, conds):
+            return [self.net(x) for _ in conds]
+
+    log = EvaluationLog()
+    good = OracleExpert(x0, sd).bind(log=log)
+    with pytest.raises(RuntimeError, match="channels") as e:
+        run_chain(good, good, WrongNet(x0, sd, name="mine").bind(log=log), torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
+    assert e.value.__notes__ == ["raised by expert 'mine' (WrongNet) at stage 'refine', step t=100, on an input of "
+                                 "shape (1, 4, 3, 4, 4) (torch.float32, layout video): it declares latent space "
+                                 "'sd15' (4 channels)"]
+
+
+def test_experts_no_vae_bridges_are_told_so_before_a_frame_count_one_of_them_cannot_hold():
+    """A temporal expert declaring Wan 2.1's space beside SD 1.5 experts, at 3 frames: it was refused for the frame
+    count ("4k+1 frames ... use 1 or 5"), and only at a count Wan holds was the real cause named."""
+    from confiner_core.latent_spaces import WAN21
+
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    class WanLike(OracleExpert):
+        latent_space = WAN21
+
+    good = OracleExpert(x0, sd).bind()
+    with pytest.raises(ValueError, match=r"^experts of different latent spaces hand the video over \(spatial SD 1.5 "
+                                         r"-> temporal Wan 2.1\): bridging them needs their VAEs"):
+        run_chain(good, good, WanLike(x0, sd, name="wan").bind(), torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
+
+
 def test_experts_are_evaluated_without_autograd():
     """A custom expert calling a module with trainable weights: the chain kept one autograd graph over all 19
     evaluations (a real UNet's activations: out of memory). Experts are evaluated under no_grad, as diffusers'

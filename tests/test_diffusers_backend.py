@@ -418,6 +418,12 @@ def test_speed_max_off_cuda_says_it_runs_as_fast(paths, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConFinerWarning)
         replace(request, speed="fast").validate()
+    # and report.json's speed_used says what ran (settings.speed stays as asked)
+    from confiner_core.generate import speed_used
+
+    assert [speed_used(replace(request, speed=s)) for s in ("eager", "lean", "fast", "max")] == \
+        ["eager", "lean", "fast", "fast"]
+    assert speed_used(replace(request, speed="max", device="cuda:1")) == "max"
 
 
 def test_output_fps_of_sd_family_experts_and_the_embedded_ones(paths, tmp_path):

@@ -667,6 +667,7 @@ def test_the_report_records_the_temporal_experts_matched_timesteps_and_the_envir
     assert report["environment"]["torch"] == torch.__version__
     assert report["environment"]["diffusers"] == diffusers.__version__
     assert report["environment"]["cpu_threads"] == torch.get_num_threads()
+    assert report["settings"]["speed"] == report["speed_used"] == "eager"
 
 
 def test_the_report_names_each_a14b_member_and_counts_its_evaluations(modern_dirs, tmp_path):
