@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ConFiner-Long: continue the interrupted run in --out from its last finished window "
                         "(same settings; the result is byte-identical to an uninterrupted run at the same CPU "
                         "thread count)")
+    g.add_argument("--save-frames", action="store_true",
+                   help="also write frames.npy: every frame as uint8 [frames, height, width, 3], lossless "
+                        "(numpy.load reads it; video.mp4's codec moves pixels by tens of grey levels), for comparing "
+                        "runs; evaluate reads it in place of video.mp4")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("evaluate", parents=[common], help="offline quality metrics of a video file or a directory of frames")
     e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads), a directory of PNG/JPG frames, or a "
@@ -252,7 +256,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     video = a.video
     if os.path.isdir(video) and os.path.isfile(os.path.join(video, "video.mp4")):
-        video = os.path.join(video, "video.mp4")   # a generate output folder: its video, not its contact sheet
+        # a generate output folder: its lossless frames where its run saved them, else its video (not its contact
+        # sheet); a frames.npy its report does not name is an earlier run's
+        saved = (read_report(video) or {}).get("settings", {}).get("save_frames")
+        video = os.path.join(video, "frames.npy" if saved else "video.mp4")
     try:
         folder = os.path.dirname(os.path.abspath(video))
         if os.path.basename(video) == "frames.png" and any(os.path.isfile(os.path.join(folder, name))
@@ -287,15 +294,21 @@ def evaluate_command(a: argparse.Namespace) -> int:
     return 0
 
 
-def plan_of(folder: str) -> dict | None:
-    """The segment plan a ConFiner-Long run wrote to ``folder``'s report.json (its junctions), else None."""
+def read_report(folder: str) -> dict | None:
+    """``folder``'s report.json (a generate output's), None where there is none or it cannot be read."""
     import json
 
     try:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as f:
-            plan = json.load(f).get("segment_plan")
-    except (OSError, ValueError, AttributeError):
+            report = json.load(f)
+    except (OSError, ValueError):
         return None
+    return report if isinstance(report, dict) else None
+
+
+def plan_of(folder: str) -> dict | None:
+    """The segment plan a ConFiner-Long run wrote to ``folder``'s report.json (its junctions), else None."""
+    plan = (read_report(folder) or {}).get("segment_plan")
     ok = isinstance(plan, dict) and all(isinstance(plan.get(k), list) for k in ("window_junctions",
                                                                               "structure_junctions"))
     return plan if ok else None
@@ -313,6 +326,7 @@ def request_from_args(a: argparse.Namespace):
                            temporal=a.temporal, base=a.base, control_cfg=a.control_cfg, refine_cfg=a.cfg,
                            spatial_cfg=a.spatial_cfg, temporal_cfg=a.temporal_cfg, fps=a.fps,
                            device=a.device, speed=a.speed, dtype=a.dtype, compile_dir=a.compile_dir, resume=a.resume,
+                           save_frames=a.save_frames,
                            embedded_preset=a.embedded, image_mode=a.image_mode, chain=chain,
                            long=LongConfig(segment_length=a.segment_length, noise_init=a.noise_init,
                                            freenoise_window=a.freenoise_window, freenoise_stride=a.freenoise_stride,
@@ -334,7 +348,8 @@ def generate_command(a: argparse.Namespace) -> int:
     vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
     vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them in " \
           f"{sum(report['vae_seconds'].values()):.1f} s" if vae_calls else ""
-    print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, report.json  ({frames}, "
+    print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, {'frames.npy, ' * a.save_frames}report.json  "
+          f"({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s"
           f"{' in all' * bool(vae)})")
     return 0

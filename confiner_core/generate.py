@@ -47,7 +47,7 @@ from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX
 from .sampling import SAMPLERS as CONTROL_SAMPLERS, control_timesteps, device_to_host, randn
 from .timesteps import SPACINGS
-from .video_io import VideoSink, contact_sheet, write_png
+from .video_io import FramesFile, VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .embedded.world import DEFAULT_PROMPT, read_prompt
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, LatentSpace, to_uint8
@@ -56,6 +56,7 @@ if TYPE_CHECKING:   # resume's safetensors is imported where a resume folder is 
     from .resume import ResumeStore
 
 OUTPUTS = ("video.mp4", "frames.png", "report.json")
+FRAMES_FILE = "frames.npy"   # save_frames: every frame as uint8 [F, H, W, 3], lossless
 DEFAULT_FPS = VIDEO_FPS["sd15"]   # the output's frame rate where no expert gives one (the embedded experts' 16-frame
                                   # clips of 2 s, as AnimateDiff's)
 NATURAL_FRAMES = 16        # the clip length of SD-family video experts (AnimateDiff, ModelScope); causal video
@@ -157,7 +158,8 @@ LONG_ONLY = (("--noise-init", "noise_init"), ("--freenoise-window", "freenoise_w
 FIELDS = {**{n.option: n.path for n in NUMBERS}, **{option: path for option, path, _ in CHOICES},
           "--prompt": "prompt", "--negative-prompt": "negative_prompt", "--out": "out", "--control": "control",
           "--spatial": "spatial", "--temporal": "temporal", "--base": "base", "--device": "device",
-          "--compile-dir": "compile_dir", "--resume": "resume=True", "--no-stagger": "long.staggered=False",
+          "--compile-dir": "compile_dir", "--resume": "resume=True", "--save-frames": "save_frames=True",
+          "--no-stagger": "long.staggered=False",
           "--color-anchor": "long.color_anchor=True"}
 # ... and the other way: a setting's option, to name it in messages (flags set to a value, e.g. --no-stagger, are not)
 OPTION_OF = {path: option for option, path in FIELDS.items() if "=" not in path}
@@ -293,6 +295,7 @@ class GenerateRequest:
     dtype: str = "auto"   # diffusers experts: a name of DTYPES (auto: fp16 on accelerators, fp32 on the CPU)
     compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
+    save_frames: bool = False  # also frames.npy: every frame, lossless (video.mp4's codec moves pixels)
     embedded_preset: str = "sd"  # which embedded experts when no checkpoints are given (embedded.experts.PRESETS)
     image_mode: str = LATENT_FRAMES  # a Wan / Qwen-Image spatial expert: every latent frame, or every pixel frame
     chain: ChainConfig = field(default_factory=ChainConfig)
@@ -361,6 +364,9 @@ class GenerateRequest:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        for flag in ("resume", "save_frames"):   # (a "no" string is true: it would have resumed, saved)
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}", flag)
         unused = unused_settings(self.chain)   # they would be recorded, not used
         if "control_eta" in unused:
             raise UsageError(f"--control-eta {self.chain.control_eta:g} applies to --control-sampler ddim only (the "
@@ -409,7 +415,7 @@ class GenerateRequest:
                                  " or ask for more --frames", unused[0])
         check_device(self.device)
         self._validate_schedules()
-        problem = check_output_folder(self.out, OUTPUTS)
+        problem = check_output_folder(self.out, self.outputs())
         if problem:
             raise UsageError(f"--out: {problem}", "--out")
         if self.compile_dir is not None:
@@ -660,10 +666,14 @@ class GenerateRequest:
                              f"continue it with --resume (and its settings), write elsewhere, or delete "
                              f"{store.folder} to start over", "--out")
 
+    def outputs(self) -> tuple:
+        """The files the run writes in ``out``."""
+        return OUTPUTS + ((FRAMES_FILE,) if self.save_frames else ())
+
     def run_settings(self) -> dict:
         """Every setting that changes the result (what a resumed run must share with the interrupted one)."""
         settings = asdict(self)
-        for k in ("out", "resume", "compile_dir"):  # where things go, not what they are
+        for k in ("out", "resume", "compile_dir", "save_frames"):  # where things go, not what they are
             settings.pop(k)
         return settings
 
@@ -1118,11 +1128,14 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
         ranks.on_abort(outputs.discard)
-        with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink:
+        lossless = FramesFile(outputs.path(FRAMES_FILE), req.frames) if req.save_frames else contextlib.nullcontext()
+        with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink, lossless as lossless:
             def write(frames: torch.Tensor) -> None:
                 t0 = time.perf_counter()
                 frames = frames.cpu().numpy()
                 sink.write(frames)
+                if lossless is not None:
+                    lossless.write(frames)
                 stats.add(frames)
                 seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t0
 

@@ -654,7 +654,8 @@ def _read_imageio(path: str) -> list[np.ndarray]:
 
 
 def read_video(path_or_dir) -> np.ndarray:
-    """Reads a video file (mp4, gif, webm, ...) or a directory of image frames into uint8 RGB [F, H, W, 3].
+    """Reads a video file (mp4, gif, webm, ...), a directory of image frames or a ``frames.npy`` (generate
+    ``--save-frames``) into uint8 RGB [F, H, W, 3].
 
     Files go through cv2.VideoCapture (FFmpeg); when that yields at most one frame -- it cannot open the file, or
     it decodes animated GIFs as a single frame -- imageio is tried too and the longer result kept. A directory is
@@ -666,6 +667,11 @@ def read_video(path_or_dir) -> np.ndarray:
         raise FileNotFoundError(f"no such video file or frame directory: {path!r}")
     if os.path.isdir(path):
         return np.ascontiguousarray(_read_frame_dir(path), dtype=np.uint8)
+    if path.endswith(".npy"):   # generate --save-frames: every frame, lossless
+        frames = np.load(path, allow_pickle=False)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"{path!r} holds {frames.dtype} {frames.shape}, not frames: uint8 [F, H, W, 3]")
+        return frames
     frames = _read_cv2(path)
     if len(frames) <= 1:
         fallback = _read_imageio(path)

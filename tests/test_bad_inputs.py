@@ -270,6 +270,8 @@ API_CASES = [
     Case("api-noise-init", {"long": LongConfig(noise_init="pink")}, "long.noise_init must be"),
     Case("api-device", {"device": "tpu"}, "device 'tpu' is not"),
     Case("api-speed", {"speed": "FAST"}, "speed must be 'eager', 'lean', 'fast' or 'max', got 'FAST'"),
+    Case("api-save-frames-text", {"save_frames": "no"}, "save_frames must be True or False, got 'no'"),
+    Case("api-resume-number", {"resume": 1}, "resume must be True or False, got 1"),
     Case("api-prompt-duplicate", {"prompt": "0: a | 0: b"}, "'0: b'"),
     Case("api-prompt-not-text", {"prompt": 42}, "prompt and negative_prompt must be text"),
     Case("api-out-file", {"out": "{file}"}, "out: "),

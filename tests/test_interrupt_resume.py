@@ -189,6 +189,46 @@ def test_interrupt_inside_a_window_resumes_identically(tmp_path, monkeypatch, ca
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
 
 
+def test_saved_frames_are_lossless_resume_whole_and_read_by_evaluate(tmp_path, monkeypatch, capsys):
+    """``--save-frames`` writes every frame lossless: video.mp4's codec moves pixels by tens of grey levels, so
+    two runs compared through it differ where they do not. The file's frames score exactly the report's metrics
+    (computed on the frames before the encoder), a run interrupted and resumed adds it as --resume rewrites the
+    video, and ``evaluate`` reads it in place of the mp4 where the folder's report says the run saved it."""
+    import json
+
+    import numpy as np
+
+    from confiner_core.metrics import evaluate as metrics_of, read_video
+
+    args = ["--quiet", *LONG]
+    full = tmp_path / "full"
+    assert main(["generate", "--out", str(full), "--save-frames", *args]) == 0
+    assert ", frames.png, frames.npy, report.json  (48 frames" in capsys.readouterr().out
+    frames = np.load(full / "frames.npy")
+    report = json.loads((full / "report.json").read_text())
+    assert frames.shape == (48, 64, 64, 3) and frames.dtype == np.uint8 and report["settings"]["save_frames"]
+    assert np.abs(read_video(str(full / "video.mp4")).astype(int) - frames).max() > 5   # the codec moved pixels
+    assert main(["evaluate", "--json", str(full)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {k: scores[k] for k in report["metrics"] if k in scores} == \
+        {k: v for k, v in report["metrics"].items() if k in scores and k != "undefined"}
+    real = _interrupt_at(monkeypatch, 50)
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    assert main(["generate", "--out", str(part), "--resume", "--save-frames", *args]) == 0
+    assert (part / "frames.npy").read_bytes() == (full / "frames.npy").read_bytes()
+    # a later run without it leaves the old file, which its report does not name: evaluate reads the video
+    assert main(["generate", "--out", str(part), *args, "--seed", "6"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--json", str(part)]) == 0
+    from_mp4 = json.loads(capsys.readouterr().out)
+    assert (part / "frames.npy").exists() and not json.loads((part / "report.json").read_text())["settings"][
+        "save_frames"]
+    assert from_mp4["sharpness"] == pytest.approx(metrics_of(read_video(str(part / "video.mp4")))["sharpness"])
+
+
 def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeypatch):
     """The report of a resumed run counts the whole video: the finished windows' evaluations, forwards and VAE calls
     between the experts come back from the resume state (the embedded ``bridge`` experts cross latent spaces at
