@@ -78,7 +78,7 @@ def node_schedule_text(schedule, plan) -> str:
     """The schedule the video follows, as the node shows it before and after a run (its box holds about four
     lines): the frames each prompt covers as the windows apply it."""
     moved = moved_schedule(plan, schedule)
-    shown, title = (schedule, "prompts") if moved is None else (moved, "prompts as applied (see console)")
+    shown, title = (schedule, "prompts") if moved is None else (moved, "prompts as applied (each from a window junction)")
     return f"{title}:\n" + "\n".join(f"{a}-{b - 1}: {p}" for a, b, p in shown.ranges())
 
 

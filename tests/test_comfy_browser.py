@@ -324,8 +324,8 @@ def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, 
 
     server, b = frontend
     png = base64.b64encode(cv2.imencode(".png", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()).decode()
-    text = ("warning: prompt not used: a blue ball\ndone · 61 expert evaluations in 12.8 s\nprompts as applied (see "
-            "console):\n0-8: a red fox runs\n9-16: a grey fox runs")
+    text = ("warning: prompt not used: a blue ball\ndone · 61 expert evaluations in 12.8 s\nprompts as applied (each from "
+            "a window junction):\n0-8: a red fox runs\n9-16: a grey fox runs")
     boxes = browser.fresh_nodes_show_text(b, ["ConFinerLongSegmenter", "ConFinerCoordinatedSampler",
                                               "ConFinerControlExpert"], text, png)
     b.page.screenshot(path=str(screenshot_dir / "fresh_nodes_text.png"))
