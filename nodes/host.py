@@ -228,17 +228,18 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
     prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
     for which, conditioning in prompts:
         # the Refine Experts input it came from: an unconnected temporal prompt is the spatial one
-        came = {"spatial": f" (spatial_{which})",
-                "temporal": f" (temporal_{which}, or spatial_{which} where that is unconnected)"}.get(role, "")
+        came = {"spatial": f" (spatial {which}, spatial_{which})",
+                "temporal": f" (temporal {which}, temporal_{which}; spatial {which} where that is unconnected)"
+                }.get(role, "")
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
-            name = f"{role}_{which}" if role in ("spatial", "temporal") else which
+            name = f"{role} {which} ({role}_{which})" if role in ("spatial", "temporal") else which
             if width is not None and got is not None and got != width:
                 family, loader = _family(model)
                 raise Mismatch(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model}, "
                                f"{family}, reads text {width} wide: encode that prompt with this model's own text "
                                f"encoder ({loader})",
-                               f"its {which} prompt ({name}) is {got} wide where it reads {width}",
+                               f"its prompt on {name} is {got} wide where it reads {width}",
                                f"encode the {which} prompt with its own text encoder ({loader})")
             vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
             got_pooled = vector.shape[-1] if isinstance(vector, torch.Tensor) else None
@@ -248,7 +249,7 @@ def check_text_width(model, role: str, positive, negative, cfg: float, which_mod
                 raise Mismatch(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model}, "
                                f"{family}, reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
                                f"with this model's own text encoder ({loader})",
-                               f"its {which} prompt ({name}) carries {has} where it reads one {pooled} wide",
+                               f"its prompt on {name} carries {has} where it reads one {pooled} wide",
                                f"encode the {which} prompt with its own text encoder ({loader})")
 
 

@@ -139,7 +139,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 io.Int.Input("segment_length", display_name="segment length", default=16, min=2, max=256,
                              tooltip="Pixel frames per segment L (16 for AnimateDiff / ModelScope; 4k+1 for Wan, "
                                      "e.g. 33 or 81). Staggered windows join its halves (L/2 rounded down); with Wan "
-                                     "the halves are joined through the VAE (connect control_vae)."),
+                                     "the halves are joined through the VAE (connect control VAE)."),
                 seed_input("long"),
                 *control_inputs("control_"),
                 *refine_inputs(),

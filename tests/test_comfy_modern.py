@@ -270,8 +270,8 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                          ["the spatial model, FLUX.1 (Flux), file 'confiner-tiny-flux1-dev"
                                           ".safetensors' in ", "does not fit what is connected for it: spatial VAE "
                                           "(spatial_vae) holds Wan 2.1's VAE, which belongs on temporal VAE "
-                                          "(temporal_vae); its positive prompt (spatial_positive) carries no pooled "
-                                          "text vector where it reads one", "If another model was meant, pick its "
+                                          "(temporal_vae); its prompt on spatial positive (spatial_positive) carries "
+                                          "no pooled text vector where it reads one", "If another model was meant, pick its "
                                           "file there; if this one is, connect its own VAE (ae.safetensors in Load "
                                           "VAE) to spatial VAE (spatial_vae) and decode the video with it; encode "
                                           "the positive prompt with its own text encoder (DualCLIPLoader with type "
@@ -289,16 +289,16 @@ def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, mo
     assert r["evaluations"] == 0 and message.strip() == (
         "the spatial model, SD 1.5 (SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, does "
         "not fit what is connected for it: spatial VAE (spatial_vae) holds Wan 2.1's VAE, which belongs on temporal "
-        "VAE (temporal_vae); its positive prompt (spatial_positive) is 64 wide where it reads 768. If another model "
-        "was meant, pick its file there; if this one is, connect its own VAE (the SD 1.5 checkpoint loader's VAE "
-        "output) to spatial VAE (spatial_vae) and decode the video with it; encode the positive prompt with its own "
-        "text encoder (the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type). The console "
-        "says more.")
+        "VAE (temporal_vae); its prompt on spatial positive (spatial_positive) is 64 wide where it reads 768. If "
+        "another model was meant, pick its file there; if this one is, connect its own VAE (the SD 1.5 checkpoint "
+        "loader's VAE output) to spatial VAE (spatial_vae) and decode the video with it; encode the positive prompt "
+        "with its own text encoder (the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type). "
+        "The console says more.")
     said = [line for line in r["console"] if "does not fit the prompt or VAE" in line]
     assert len(said) == 1 and len(message) < 0.75 * len(said[0])   # the dialog short, the console whole
     assert len(said) == 1 and "2 problems: (1) spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x " \
         "spatial, 4x temporal (the Wan 2.1 latent space's), not of the SD 1.5 latent space" in said[0] and \
-        "(2) the spatial expert's positive conditioning (spatial_positive) is 64 wide, but its model, SD 1.5 " \
+        "(2) the spatial expert's positive conditioning (spatial positive, spatial_positive) is 64 wide, but its model, SD 1.5 " \
         "(SD15), reads text 768 wide" in said[0]
 
 
@@ -540,7 +540,8 @@ def test_a_prompt_without_clip_ls_pooled_vector_into_flux_is_refused_before_any_
     prompt["36"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["35", 0]}}
     prompt["10"]["inputs"]["spatial_positive"] = ["36", 0]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "T5-only prompt into Flux",
-                                         ["spatial expert's positive conditioning (spatial_positive) carries no pooled text vector",
+                                         ["spatial expert's positive conditioning (spatial positive, "
+                                          "spatial_positive) carries no pooled text vector",
                                           "reads one 32 wide", "Flux", "DualCLIPLoader with type flux"])
 
 
@@ -763,12 +764,12 @@ OTHER_TEXT_ENCODER = [
      ["spatial expert's positive conditioning", "SD15", "checkpoint loader"]),
     ("Wan negative into the SD 1.5 spatial expert at cfg 2",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=2.0),
-     ["spatial expert's negative conditioning (spatial_negative)", "4096 wide", "SD15"]),
+     ["spatial expert's negative conditioning (spatial negative, spatial_negative)", "4096 wide", "SD15"]),
     # the temporal prompts unconnected: the spatial (Qwen) ones go to Wan, and the message says where they came from
     ("Unconnected temporal prompts take the spatial ones",
      lambda p, ckpt: [p["10"]["inputs"].pop(k) for k in ("temporal_positive", "temporal_negative")],
-     ["temporal expert's positive conditioning (temporal_positive, or spatial_positive where that is "
-      "unconnected)", "WAN21"]),
+     ["temporal expert's positive conditioning (temporal positive, temporal_positive; spatial positive where that "
+      "is unconnected)", "WAN21"]),
 ]
 
 
