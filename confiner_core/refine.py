@@ -57,20 +57,23 @@ def refine_standard(spatial: Denoiser, x: torch.Tensor, timesteps: list, eta: fl
 
 
 def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: float, generator: torch.Generator,
-                     matching: str = SAME_INDEX) -> tuple[torch.Tensor, Prediction]:
+                     matching: str = SAME_INDEX, seen: dict | None = None) -> tuple[torch.Tensor, Prediction]:
     """Algorithm 1, lines 10-13 (Eq. 9-11): hand the sample from the spatial to the temporal expert and back through
     x0: the spatial expert's x0 re-noised on the temporal schedule (Eq. 9), the temporal expert's x0 there (Eq. 10),
     re-noised on the spatial schedule (Eq. 11).
 
     Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
-    temporal expert's prediction (in its own space)."""
+    temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the temporal
+    expert's input V''_{t_k} (Eq. 9) as ``temporal_input``."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     check_generator(generator, "coordinated_step")   # (before the spatial evaluation it would follow)
     with own_stage(spatial, "refine"):
         x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
         t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
         x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
+        if seen is not None:
+            seen["temporal_input"] = x_temporal
         pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
         x0_back = hand_off(pred_temporal.x0, temporal, spatial)
         x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
@@ -83,18 +86,20 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal). ``callback`` gets, besides :func:`step_info`'s
     keys (``denoised``: the spatial x0 of line 14), the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its
-    own latent space) and ``renoised``, V'_{t_k}: that x0 re-noised on the spatial schedule (Eq. 11), the input of
-    line 14. (The temporal expert's input, V''_{t_k} of Eq. 9, stays inside :func:`coordinated_step`.)"""
+    own latent space), its input ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule
+    (Eq. 9, in the temporal expert's space), and ``renoised``, V'_{t_k}: the temporal x0 re-noised on the spatial
+    schedule (Eq. 11), the input of line 14."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     check_generator(generator, "refine_coordinated")
     with own_stage(spatial, "refine"):
         for i, (t, t_prev) in enumerate(with_next(timesteps)):
-            renoised, pred_temporal = coordinated_step(spatial, temporal, x, t, generator, matching)
+            seen = {} if callback is not None else None
+            renoised, pred_temporal = coordinated_step(spatial, temporal, x, t, generator, matching, seen)
             pred = spatial(renoised, t)                                            # line 14
             x = _step(spatial, pred, t, t_prev, eta, generator)
             if callback is not None:
                 callback(step_info("refine", i, t, spatial, x, pred.x0, temporal_denoised=pred_temporal.x0,
-                                   renoised=renoised))
+                                   renoised=renoised, **seen))
         check_finite(spatial, temporal)
     return x
 

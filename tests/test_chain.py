@@ -123,9 +123,9 @@ def test_run_chain_counts_and_reproduces():
 
 
 def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
-    """``callback`` gets each control and refinement step; a coordinated step also its V'' (``renoised``: what line
-    14's spatial evaluation read, Eq. 11) and the temporal expert's x0 (Eq. 10); the last step's ``x`` is the
-    result, and the callback changes nothing."""
+    """``callback`` gets each control and refinement step; a coordinated step also its V' (``renoised``: what line
+    14's spatial evaluation read, Eq. 11), the temporal expert's input V'' (``temporal_input``, Eq. 9) and its x0
+    (Eq. 10); the last step's ``x`` is the result, and the callback changes nothing."""
     x0 = x0_star()
     control_e, spatial_e, temporal_e = (OracleExpert(x0, S.named("animatediff")), OracleExpert(x0, S.named("sd15")),
                                         OracleExpert(x0 * 0.5, S.named("lavie")))
@@ -136,9 +136,10 @@ def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
     assert [(i["stage"], i["i"]) for i in infos] == [("control", k) for k in range(4)] + [("refine", k)
                                                                                           for k in range(5)]
     assert [i["timestep"] for i in infos[4:]] == [100, 80, 60, 40, 20]
-    refine_calls = spatial_e.calls   # two spatial evaluations per step: line 10, then line 14 on V''
+    refine_calls = spatial_e.calls   # two spatial evaluations per step: line 10, then line 14 on V'
     for k, info in enumerate(infos[4:]):
         assert torch.equal(info["renoised"], refine_calls[2 * k + 1][1])
+        assert torch.equal(info["temporal_input"], temporal_e.calls[k][1])      # what the temporal oracle read
         assert torch.allclose(info["temporal_denoised"], x0 * 0.5, atol=1e-5)   # the temporal oracle's own x0
         assert torch.allclose(info["denoised"], x0, atol=1e-5)                   # line 14: the spatial one's
     assert "renoised" not in infos[0] and torch.equal(infos[-1]["x"], result.latent)
