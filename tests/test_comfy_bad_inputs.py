@@ -241,6 +241,20 @@ def test_a_motion_model_in_the_other_ones_role_is_said_on_its_node(comfy_worker,
     assert warned == said, r["texts"]
 
 
+def test_a_motion_model_that_does_not_fit_the_checkpoint_is_said_as_such(comfy_worker):
+    """An SD 1.5 file whose UNet has fewer blocks than the motion model: AnimateDiff-Evolved's injection failed with
+    "index 2 is out of range" alone in the dialog (a trial). The pack names the motion model and the mismatch."""
+    r = comfy_worker.call("comfy_support.confiner_checks:run_with_failing_motion_injection",
+                          GRAPHS["chain"](comfy_worker.checkpoint_name), "mm_sd15_v3.safetensors")
+    assert not r["success"] and r["evaluations"] == 0
+    assert _messages(r).strip() == (
+        "AnimateDiff-Evolved could not attach the motion model 'mm_sd15_v3.safetensors' to the checkpoint's UNet "
+        "(IndexError: list index out of range): they do not fit each other; load a checkpoint of the family the "
+        "motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this "
+        "checkpoint")
+    assert r["texts"][r["error"]["node_id"]].endswith("stopped by an error after evaluation 0/2 (see the error)")
+
+
 def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):
     for name, graph in GRAPHS.items():
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", graph(comfy_worker.checkpoint_name))

@@ -293,6 +293,46 @@ def run_with_motion_model_names(api_prompt: dict, names: list) -> dict:
     return {**r, "texts": texts}
 
 
+# AnimateDiff-Evolved's injection as it fails on a UNet of fewer blocks than its motion model (compiled under ADE's
+# file name: the pack recognises ADE's frames in a traceback by their file and function names)
+_ADE_INJECT = """
+class AnimateDiffModel:
+    def __init__(self, name):
+        self.mm_info = type("Info", (), {"mm_name": name})()
+    def inject(self, model):
+        self._inject([[], []], ["down 0", "down 1", "down 2", "down 3"])
+    def _inject(self, unet_blocks, mm_blocks):
+        for i, block in enumerate(mm_blocks):
+            unet_blocks[i].append(block)
+"""
+
+
+def run_with_failing_motion_injection(api_prompt: dict, name: str) -> dict:
+    """:func:`run_counting_evaluations` where loading a model for sampling fails inside ADE's motion-model injection
+    (a motion model that does not fit the checkpoint's UNet; AnimateDiff-Evolved is not loaded in these tests), and
+    each node's last progress text."""
+    import comfy.model_base
+    import comfy.model_management as mm
+
+    space: dict = {}
+    exec(compile(_ADE_INJECT, "custom_nodes/ComfyUI-AnimateDiff-Evolved/animatediff/motion_module_ad.py", "exec"),
+         space)
+    original = mm.load_models_gpu
+
+    def load_models_gpu(models, *args, **kwargs):   # a diffusion model loaded for sampling (not a text encoder)
+        if any(isinstance(getattr(m, "model", None), comfy.model_base.BaseModel) for m in models):
+            space["AnimateDiffModel"](name).inject(None)
+        return original(models, *args, **kwargs)
+
+    mm.load_models_gpu = load_models_gpu
+    try:
+        r = run_counting_evaluations(api_prompt, fresh_cache=True)
+    finally:
+        mm.load_models_gpu = original
+    texts = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
+    return {**r, "texts": texts}
+
+
 def sessions_state() -> dict:
     """What an ended stage must leave: no thread serving a session (the pack's session workers live on, idle, so
     their per-thread caches stay warm: they are named "ConFiner <role> expert session" only while they serve one),
