@@ -608,7 +608,8 @@ def test_evaluates_table_says_which_way_each_score_is_better(tmp_path, capsys):
     out, _ = run(tmp_path, "long", "--frames", "24", "--segment-length", "8")
     capsys.readouterr()
     assert main(["evaluate", out]) == 0
-    header, *rows = capsys.readouterr().out.splitlines()
+    source, header, *rows = capsys.readouterr().out.splitlines()
+    assert source == f"{os.path.join(out, 'video.mp4')}: 24 frames"   # what was read: the run's video
     assert header.split() == ["metric", "value", "better"]
     said = {row.split()[0]: row.split(None, 2)[2] for row in rows}
     readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()

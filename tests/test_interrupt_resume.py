@@ -208,6 +208,9 @@ def test_saved_frames_are_lossless_resume_whole_and_read_by_evaluate(tmp_path, m
     report = json.loads((full / "report.json").read_text())
     assert frames.shape == (48, 64, 64, 3) and frames.dtype == np.uint8 and report["settings"]["save_frames"]
     assert np.abs(read_video(str(full / "video.mp4")).astype(int) - frames).max() > 5   # the codec moved pixels
+    assert main(["evaluate", str(full)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{full / 'frames.npy'}: 48 frames (lossless, as the run " \
+                                                      f"saved them)"
     assert main(["evaluate", "--json", str(full)]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert {k: scores[k] for k in report["metrics"] if k in scores} == \
