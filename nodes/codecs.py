@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace
-from .types import Mismatch
+from .types import mismatch
 
 
 #: where an artist finds the VAE of a latent space: the checkpoint's own, or the file ComfyUI's repackaged releases
@@ -91,12 +91,12 @@ class ComfyVAECodec(Codec):
                 (" and decode the video with it" if who == "spatial_vae" else "")
             if fits:   # e.g. the Wan VAE a template wired to spatial VAE, after the spatial model became Flux
                 other = f"{fits[0].replace('_vae', ' VAE')} ({fits[0]})"
-                raise Mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in; it is the "
+                raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in; it is the "
                                f"VAE of {fits[0].replace('_vae', ' model')}'s space: connect it to {other} if that "
                                f"input is free, and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
                                f"{label}{decode_too}",
                                f"{held}, which belongs on {other}", own_vae)
-            raise Mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in: if that model "
+            raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in: if that model "
                            f"is the one meant, connect its own VAE ({vae_file(space)}); else load the model this VAE "
                            f"belongs to", held, own_vae)
         if problem:

@@ -38,7 +38,7 @@ from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, model_files, sessions
 from .codecs import VAEShelf
-from .types import Mismatch
+from .types import mismatch
 
 
 def model_sampling(model):
@@ -165,11 +165,19 @@ def config_name(model) -> str:
     return type(config if config is not None else model.model).__name__
 
 
+# Wan 2.1's text-to-video releases by their transformer's width: the 1.3B is no A14B half, which loads as WAN21_T2V
+# too (a trial's 1.3B file was called "Wan 2.1 / 2.2 A14B")
+WAN21_T2V_BY_WIDTH = {1536: "Wan 2.1 1.3B", 5120: "Wan 2.1 14B / 2.2 A14B"}
+
+
 def family_name(model) -> str:
     """The model's family as artists name it, with ComfyUI's model config name ("Wan 2.1 (WAN21_T2V)"); the config
     name alone for a family not listed in :data:`FAMILY_NAMES`."""
     name = config_name(model)
     friendly = next((said for start, said in FAMILY_NAMES if name.startswith(start)), None)
+    if name == "WAN21_T2V":
+        width = getattr(getattr(model.model, "diffusion_model", None), "dim", None)
+        friendly = WAN21_T2V_BY_WIDTH.get(width, friendly)
     return f"{friendly} ({name})" if friendly else name
 
 
@@ -194,7 +202,7 @@ def refuse_all(problems: list, model: str | None = None) -> None:
         return
     said = f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) \
         if len(problems) > 1 else str(problems[0])
-    if model and len(problems) > 1 and all(isinstance(p, Mismatch) for p in problems):
+    if model and len(problems) > 1 and all(getattr(p, "brief", None) for p in problems):
         # several inputs of another family (a swapped model): each said short, the whole story on the console
         # (a trial's dialog held 7 lines for an SD 1.5 file in the Wan + Qwen-Image graph's spatial loader)
         logging.warning("ConFiner: %s, does not fit the prompt or VAE connected for it: %s", model, said)
@@ -216,41 +224,55 @@ def problem_of(check, *args, **kwargs) -> ValueError | None:
     return None
 
 
-def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model") -> None:
+def check_text_width(model, role: str, positive, negative, cfg: float, which_model: str = "its model",
+                     sources: dict | None = None) -> None:
     """Conditioning from another family's text encoder (an SD 1.5 CLIP's 768-wide prompt for Wan, which reads 4096)
     fails in the model's first layer with a bare shape error; refused here, before any evaluation, naming the
     input. The negative only where it is used: at cfg 1 ComfyUI never evaluates it. A model that also reads a pooled
     vector (Flux: CLIP-L's) gets zeros in its place from ComfyUI when the prompt has none, without a word: a UMT5
-    prompt (Wan's, 4096 wide like Flux's T5) would run and ignore half the text encoder, so that is refused too. A
+    prompt (Wan's, 4096 wide like Flux's T5) would run and ignore half the text encoder, so that is refused too.
+    Both prompts in one message (a trial's artist fixed the positive and met the negative on the next Run). A
     wrong file in a loader meets this check first (an SD 1.5 file in the Wan loader): the bundle's
-    :func:`refuse_all` then leads with the file."""
+    :func:`refuse_all` then leads with the file. ``sources``: "positive"/"negative" -> the input each came from,
+    where not the role's own (an unconnected temporal prompt is the spatial one)."""
     width, pooled = text_width(model), pooled_width(model)
     prompts = (("positive", positive),) + ((("negative", negative),) if not math.isclose(cfg, 1.0) else ())
+    found, needs = [], []   # found: (which, " (its input)", what it is); needs: what the model reads
     for which, conditioning in prompts:
-        # the Refine Experts input it came from: an unconnected temporal prompt is the spatial one
-        came = {"spatial": f" (spatial {which}, spatial_{which})",
-                "temporal": f" (temporal {which}, temporal_{which}; spatial {which} where that is unconnected)"
-                }.get(role, "")
+        source = (sources or {}).get(which) or \
+            (f"{role} {which}, {role}_{which}" if role in ("spatial", "temporal") else None)
+        source = f" ({source})" if source else ""
         for entry in conditioning or ():
             got = entry[0].shape[-1] if isinstance(entry[0], torch.Tensor) else None
-            name = f"{role} {which} ({role}_{which})" if role in ("spatial", "temporal") else which
-            if width is not None and got is not None and got != width:
-                family, loader = _family(model)
-                raise Mismatch(f"the {role} expert's {which} conditioning{came} is {got} wide, but {which_model}, "
-                               f"{family}, reads text {width} wide: encode that prompt with this model's own text "
-                               f"encoder ({loader})",
-                               f"its prompt on {name} is {got} wide where it reads {width}",
-                               f"encode the {which} prompt with its own text encoder ({loader})")
             vector = entry[1].get("pooled_output") if len(entry) > 1 and isinstance(entry[1], dict) else None
             got_pooled = vector.shape[-1] if isinstance(vector, torch.Tensor) else None
+            if width is not None and got is not None and got != width:
+                found.append((which, source, "is", f"{got} wide"))
+                needs.append(f"text {width} wide")
+                break
             if pooled is not None and got_pooled != pooled:
-                family, loader = _family(model)
                 has = "no pooled text vector" if got_pooled is None else f"a {got_pooled}-wide pooled text vector"
-                raise Mismatch(f"the {role} expert's {which} conditioning{came} carries {has}, but {which_model}, "
-                               f"{family}, reads one {pooled} wide (CLIP-L's) beside the text: encode that prompt "
-                               f"with this model's own text encoder ({loader})",
-                               f"its prompt on {name} carries {has} where it reads one {pooled} wide",
-                               f"encode the {which} prompt with its own text encoder ({loader})")
+                found.append((which, source, "carries", has))
+                needs.append(f"a pooled text vector {pooled} wide (CLIP-L's) beside the text")
+                break
+    if not found:
+        return
+    family, loader = _family(model)
+    reads = " and ".join(dict.fromkeys(needs))
+    said = " and ".join(f"the {role} expert's {which} conditioning{source} {verb} {what}"
+                        for which, source, verb, what in found)
+    whichs = " and ".join(which for which, *_ in found)
+    if len(found) == 2 and found[0][2:] == found[1][2:]:   # both prompts alike: said once
+        sources = "; ".join(source.strip(" ()") for _, source, _, _ in found if source)
+        verb, what = {"is": "are", "carries": "carry"}[found[0][2]], found[0][3]
+        brief = f"its {whichs} prompts{f' ({sources})' if sources else ''} {verb} {what} where it reads {reads}"
+    else:
+        brief = "; ".join(f"its {which} prompt{source} {verb} {what} where it reads {reads}"
+                          for which, source, verb, what in found)
+    raise mismatch(f"{said}, but {which_model}, {family}, reads {reads}: encode "
+                   f"{'that prompt' if len(found) == 1 else 'those prompts'} with this model's own text encoder "
+                   f"({loader})", brief,
+                   f"encode the {whichs} prompt{'s' * (len(found) > 1)} with its own text encoder ({loader})")
 
 
 def check_clip_width(clip, models: dict, node_input: str) -> None:

@@ -99,15 +99,20 @@ class ConFinerRefineExperts(io.ComfyNode):
         # what this node's inputs decide, in one message: an artist who swapped the spatial model's family met its
         # VAE here, then its text encoder on the Refine Sampler, a run each
         problems = [host.problem_of(experts.check_vaes)]
-        for role, model, positive, negative, cfg, which in (
-                ("spatial", spatial_model, spatial_positive, spatial_negative, spatial_cfg, "its model"),
+        # an unconnected temporal prompt is the spatial one: named as such
+        borrowed = {which: f"spatial {which}, spatial_{which}: temporal {which} is unconnected"
+                    for which, given in (("positive", temporal_positive), ("negative", temporal_negative))
+                    if given is None}
+        for role, model, positive, negative, cfg, which, sources in (
+                ("spatial", spatial_model, spatial_positive, spatial_negative, spatial_cfg, "its model", None),
                 ("temporal", temporal_model, experts.temporal_positive, experts.temporal_negative, temporal_cfg,
-                 "its model"),
+                 "its model", borrowed),
                 ("temporal", temporal_low_noise_model, experts.temporal_positive, experts.temporal_negative,
-                 temporal_low_noise_cfg, "its low-noise model (temporal_low_noise_model)")):
+                 temporal_low_noise_cfg, "its low-noise model (temporal_low_noise_model)", borrowed)):
             if model is not None:
                 negative = negative if negative is not None else positive
-                problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which))
+                problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which,
+                                                sources))
         # one model all of them concern, whose file the graph names: the file may be the mistake
         roles = {min(("spatial", "temporal"), key=lambda r: str(problem).find(r) if r in str(problem)
                      else len(str(problem))) for problem in problems if problem}   # each about the expert it names first

@@ -21,14 +21,14 @@ def connect_vae(node_input: str, node: str) -> str:
     return f"connect one to {node_input.replace('_vae', ' VAE')} ({node_input}) on {node}"
 
 
-class Mismatch(ValueError):
-    """A connected input that does not fit the model it is connected for (another family's VAE or prompt), with the
-    same said short for :func:`refuse_all`: ``brief``, what is connected ("spatial VAE (spatial_vae) holds Wan
-    2.1's VAE"), and ``fix``, what to connect instead."""
-
-    def __init__(self, message: str, brief: str, fix: str):
-        super().__init__(message)
-        self.brief, self.fix = brief, fix
+def mismatch(message: str, brief: str, fix: str) -> ValueError:
+    """A connected input that does not fit the model it is connected for (another family's VAE or prompt): a
+    ValueError (ComfyUI's dialog names a class of the pack by its file path) carrying the same said short for
+    :func:`~.host.refuse_all`: ``brief``, what is connected ("spatial VAE (spatial_vae) holds Wan 2.1's VAE"), and
+    ``fix``, what to connect instead."""
+    error = ValueError(message)
+    error.brief, error.fix = brief, fix
+    return error
 
 
 @dataclass

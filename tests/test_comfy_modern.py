@@ -270,8 +270,9 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                          ["the spatial model, FLUX.1 (Flux), file 'confiner-tiny-flux1-dev"
                                           ".safetensors' in ", "does not fit what is connected for it: spatial VAE "
                                           "(spatial_vae) holds Wan 2.1's VAE, which belongs on temporal VAE "
-                                          "(temporal_vae); its prompt on spatial positive (spatial_positive) carries "
-                                          "no pooled text vector where it reads one", "If another model was meant, pick its "
+                                          "(temporal_vae); its positive prompt (spatial positive, spatial_positive) "
+                                          "carries no pooled text vector where it reads a pooled text vector 32 wide "
+                                          "(CLIP-L's) beside the text.", "If another model was meant, pick its "
                                           "file there; if this one is, connect its own VAE (ae.safetensors in Load "
                                           "VAE) to spatial VAE (spatial_vae) and decode the video with it; encode "
                                           "the positive prompt with its own text encoder (DualCLIPLoader with type "
@@ -279,27 +280,41 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
 
 
 def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, modern):
-    """An SD 1.5 checkpoint where Qwen-Image was: its VAE and prompt are both another family's. The dialog held 7
-    lines (each problem in full); it says each short, and the console has the whole story."""
+    """An SD 1.5 checkpoint where Qwen-Image was: its VAE and prompts are another family's. The dialog held 7 lines
+    (each problem in full); it says each short, and the console has the whole story. Both prompts at once: a trial's
+    artist fixed the positive and met the negative on the next Run. A ValueError: the dialog named the pack's own
+    exception class by its file path."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
     prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": comfy_worker.checkpoint_name}}
-    prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_vae=["5", 0], temporal_vae=["5", 0])
+    prompt["10"]["inputs"].update(spatial_model=["20", 0], spatial_vae=["5", 0], temporal_vae=["5", 0],
+                                  spatial_cfg=2.0)   # the negative read too: both prompts named at once
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     message = _message(r)
     assert r["evaluations"] == 0 and message.strip() == (
         "the spatial model, SD 1.5 (SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, does "
         "not fit what is connected for it: spatial VAE (spatial_vae) holds Wan 2.1's VAE, which belongs on temporal "
-        "VAE (temporal_vae); its prompt on spatial positive (spatial_positive) is 64 wide where it reads 768. If "
-        "another model was meant, pick its file there; if this one is, connect its own VAE (the SD 1.5 checkpoint "
-        "loader's VAE output) to spatial VAE (spatial_vae) and decode the video with it; encode the positive prompt "
-        "with its own text encoder (the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type). "
-        "The console says more.")
+        "VAE (temporal_vae); its positive and negative prompts (spatial positive, spatial_positive; spatial negative, "
+        "spatial_negative) are 64 wide where it reads text 768 wide. If another model was meant, pick its file "
+        "there; if this one is, connect its own VAE (the SD 1.5 checkpoint loader's VAE output) to spatial VAE "
+        "(spatial_vae) and decode the video with it; encode the positive and negative prompts with its own text "
+        "encoder (the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type). The console says "
+        "more.")
+    assert r["error"]["exception_type"] == "ValueError"
     said = [line for line in r["console"] if "does not fit the prompt or VAE" in line]
     assert len(said) == 1 and len(message) < 0.75 * len(said[0])   # the dialog short, the console whole
     assert len(said) == 1 and "2 problems: (1) spatial VAE (spatial_vae) is a VAE of 16-channel latents, 8x " \
         "spatial, 4x temporal (the Wan 2.1 latent space's), not of the SD 1.5 latent space" in said[0] and \
-        "(2) the spatial expert's positive conditioning (spatial positive, spatial_positive) is 64 wide, but its model, SD 1.5 " \
-        "(SD15), reads text 768 wide" in said[0]
+        "(2) the spatial expert's positive conditioning (spatial positive, spatial_positive) is 64 wide and the " \
+        "spatial expert's negative conditioning (spatial negative, spatial_negative) is 64 wide, but its model, SD " \
+        "1.5 (SD15), reads text 768 wide" in said[0]
+
+
+def test_a_wan21_t2v_model_is_named_by_its_size(comfy_worker, modern):
+    """ComfyUI loads Wan 2.1 1.3B, 14B and each Wan 2.2 A14B half as WAN21_T2V: a trial's 1.3B file was called
+    "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release keeps the family's name."""
+    assert comfy_worker.call("comfy_support.modern_checks:wan21_t2v_names") == {
+        "1536": "Wan 2.1 1.3B (WAN21_T2V)", "5120": "Wan 2.1 14B / 2.2 A14B (WAN21_T2V)",
+        "64": "Wan 2.1 / 2.2 A14B (WAN21_T2V)"}
 
 
 def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):
@@ -542,7 +557,8 @@ def test_a_prompt_without_clip_ls_pooled_vector_into_flux_is_refused_before_any_
     assert_refused_before_any_evaluation(comfy_worker, prompt, "T5-only prompt into Flux",
                                          ["spatial expert's positive conditioning (spatial positive, "
                                           "spatial_positive) carries no pooled text vector",
-                                          "reads one 32 wide", "Flux", "DualCLIPLoader with type flux"])
+                                          "reads a pooled text vector 32 wide (CLIP-L's) beside the text", "Flux",
+                                          "DualCLIPLoader with type flux"])
 
 
 def test_bridge_through_comfy_vaes_equals_decode_then_encode(comfy_worker, modern):
@@ -768,8 +784,8 @@ OTHER_TEXT_ENCODER = [
     # the temporal prompts unconnected: the spatial (Qwen) ones go to Wan, and the message says where they came from
     ("Unconnected temporal prompts take the spatial ones",
      lambda p, ckpt: [p["10"]["inputs"].pop(k) for k in ("temporal_positive", "temporal_negative")],
-     ["temporal expert's positive conditioning (temporal positive, temporal_positive; spatial positive where that "
-      "is unconnected)", "WAN21"]),
+     ["temporal expert's positive conditioning (spatial positive, spatial_positive: temporal positive is "
+      "unconnected) is", "WAN21"]),
 ]
 
 

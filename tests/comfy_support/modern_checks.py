@@ -337,3 +337,14 @@ def models_left_alive(class_name: str) -> dict:
                 if isinstance(o, comfy.model_base.BaseModel) and type(o).__name__ == class_name)
     return {"alive": alive, "patcher_gone": [type(m.real_model()).__name__
                                              for m in comfy.model_management.current_loaded_models if m.is_dead()]}
+
+
+def wan21_t2v_names() -> dict:
+    """How the pack names a model ComfyUI loads as WAN21_T2V, by its transformer's width (Wan 2.1 1.3B: 1536; 14B
+    and each Wan 2.2 A14B half: 5120; the tiny test file's)."""
+    from types import SimpleNamespace
+
+    host = _pack_module(".nodes.host")
+    config = type("WAN21_T2V", (), {})()
+    return {width: host.family_name(SimpleNamespace(model=SimpleNamespace(
+        model_config=config, diffusion_model=SimpleNamespace(dim=width)))) for width in (1536, 5120, 64)}
