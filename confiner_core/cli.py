@@ -60,6 +60,11 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.argv: list = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.argv = list(sys.argv[1:] if args is None else args)   # the command, for :meth:`suggestion`
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
@@ -71,10 +76,12 @@ class Parser(argparse.ArgumentParser):
         ``--seed`` (argparse said only "unrecognized arguments")."""
         if not message.startswith("unrecognized arguments: "):
             return ""
-        parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction)
-                            for p in a.choices.values()]
-        known = sorted({option for p in parsers for option in p._option_string_actions if option.startswith("--")})
-        meant = []
+        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                    for name, p in a.choices.items()}
+        command = next((word for word in self.argv if word in commands), None)
+        options = lambda p: sorted(o for o in p._option_string_actions if o.startswith("--"))  # noqa: E731
+        known = options(commands[command]) if command else []
+        meant, elsewhere = [], []
         for word in message.split(": ", 1)[1].split():
             name = word.split("=", 1)[0]
             if not name.startswith("--"):
@@ -84,7 +91,11 @@ class Parser(argparse.ArgumentParser):
                                                                                       cutoff=0.8)), None)
             if guess:
                 meant.append(f"{guess} for {name}")
-        return f": did you mean {', '.join(meant)}?" if meant else ""
+            else:   # an option of another command ("generate --junctions")
+                elsewhere += [f"{dashed} is an option of {other}" for other, p in commands.items()
+                              if other != command and dashed in options(p)][:1]
+        said = [f"did you mean {', '.join(meant)}?"] if meant else []
+        return "".join(f": {part}" for part in said + elsewhere)
 
 
 def number(option: str):
@@ -348,8 +359,8 @@ def generate_command(a: argparse.Namespace) -> int:
     resumed = f" ({before} of them before the resume)" if before is not None else ""
     frames = f"{report['frames']} frame{'s' * (report['frames'] != 1)}"
     vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
-    vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them in " \
-          f"{sum(report['vae_seconds'].values()):.1f} s" if vae_calls else ""
+    timed = f"{sum(report['vae_seconds'].values()):.1f} s" + (" after the resume" if before is not None else "")
+    vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them in {timed}" if vae_calls else ""
     print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, {'frames.npy, ' * a.save_frames}report.json  "
           f"({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s"
@@ -401,7 +412,8 @@ def run_command(args, parser, debug: bool) -> int:
         error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request
         hint = "" if debug else f" (for the traceback: --debug or {DEBUG_ENV}=1)"
-        error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{hint}"
+        notes = "".join(f" ({' '.join(note.split())})" for note in getattr(e, "__notes__", ()))   # which expert
+        error, code, message = e, 1, f"error: {type(e).__name__}: {one_line(e)}{notes}{hint}"
     if terminated and isinstance(error, KeyboardInterrupt):   # stopped by SIGTERM, cleaned up as after Ctrl-C
         code, message = 128 + signal.SIGTERM, "stopped by SIGTERM" + message.removeprefix("interrupted")
     if debug:

@@ -279,7 +279,9 @@ class Expert(ABC):
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
              log: EvaluationLog | None = None, deferred: bool = False) -> "Denoiser":
         """This expert bound to a prompt, its negative (used where ``guidance_scale`` is not 1 and the expert does
-        not take the scale as an input, :attr:`distilled_guidance`) and a log. With
+        not take the scale as an input, :attr:`distilled_guidance`) and a log. ``guidance_scale`` is 1 (no cfg)
+        unless given, not :attr:`default_guidance`, which is what ``generate`` binds a refining expert at: pass
+        ``expert.default_guidance`` for the same. With
         ``deferred`` the prompts are encoded at the denoiser's first evaluation rather than here: an expert first
         called late in a run (the chain's temporal expert, first called in the refinement) then encodes them while
         the GPU runs the stages before, not while it waits at the run's start for the host (H200, call AI: the

@@ -797,6 +797,9 @@ class Backend:
 
 def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
     """A latent in ``codec``'s space (an expert's VAE) -> uint8 frames [B, F, H, W, 3] in host memory."""
+    if not callable(getattr(codec, "decode", None)):
+        raise TypeError(f"decode_frames needs the VAE of the latent's space, a Codec (an expert's .codec, e.g. of an "
+                        f"expert load_experts loaded), got {codec!r}")
     return device_to_host(to_uint8(codec.decode(latent)))
 
 
@@ -1128,6 +1131,8 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
     stats = metrics.StreamingMetrics()
     with AtomicOutputs(req.out) as outputs:
         ranks.on_abort(outputs.discard)
+        if not req.save_frames:   # an earlier run's frames.npy would pass for this run's
+            outputs.drop(FRAMES_FILE)
         lossless = FramesFile(outputs.path(FRAMES_FILE), req.frames) if req.save_frames else contextlib.nullcontext()
         with VideoSink(outputs.path("video.mp4"), req.fps, req.frames) as sink, lossless as lossless:
             def write(frames: torch.Tensor) -> None:

@@ -668,7 +668,10 @@ def read_video(path_or_dir) -> np.ndarray:
     if os.path.isdir(path):
         return np.ascontiguousarray(_read_frame_dir(path), dtype=np.uint8)
     if path.endswith(".npy"):   # generate --save-frames: every frame, lossless
-        frames = np.load(path, allow_pickle=False)
+        try:
+            frames = np.load(path, allow_pickle=False)
+        except ValueError as e:   # (an array of Python objects: numpy's own words)
+            raise ValueError(f"{path!r} holds no frames (uint8 [F, H, W, 3]): {e}") from None
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"{path!r} holds {frames.dtype} {frames.shape}, not frames: uint8 [F, H, W, 3]")
         return frames

@@ -99,7 +99,9 @@ def write_failure(path: str, cause: BaseException | None = None) -> OutputError:
     code, text = getattr(cause, "errno", None), str(cause or "")
     # a writer that says nothing of why (OpenCV's): a folder it may not write in, or a device with under a megabyte
     # free taken as full
-    if cause is None and not os.access(folder, os.W_OK):
+    if cause is None and not os.path.isdir(folder):   # (a library caller's path: generate makes its folder)
+        code = errno.ENOENT
+    elif cause is None and not os.access(folder, os.W_OK):
         code = errno.EACCES
     if code == errno.ENOSPC or "No space left" in text or (cause is None and free_mb(folder) < 1.0):
         why, fix = f"no space left on the device ({free_mb(folder):.1f} MB free)", "free some space or choose " \
@@ -108,6 +110,8 @@ def write_failure(path: str, cause: BaseException | None = None) -> OutputError:
         why, fix = "the disk quota is used up", "free some space or choose another output folder (--out)"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         why, fix = "not allowed to write there", "choose a writable output folder (--out)"
+    elif code == errno.ENOENT and not os.path.isdir(folder):
+        why, fix = "the folder does not exist", "create it first, or choose an existing folder"
     else:
         why = (getattr(cause, "strerror", None) or " ".join(text.split()) or "the writer failed") + \
             f" ({free_mb(folder):.1f} MB free)"
@@ -136,7 +140,12 @@ class AtomicOutputs:
     def __init__(self, folder: str):
         self.folder = folder
         self.pending: dict[str, str] = {}  # final path -> temporary path
+        self.dropped: list[str] = []       # earlier outputs the commit removes (another run's, which this one lacks)
         remove_orphans(folder)
+
+    def drop(self, name: str) -> None:
+        """On :meth:`commit`, remove ``name`` if an earlier run left it: the folder's files are then one run's."""
+        self.dropped.append(os.path.join(self.folder, name))
 
     def path(self, name: str) -> str:
         final = os.path.join(self.folder, name)
@@ -150,6 +159,14 @@ class AtomicOutputs:
         for final, temp in self.pending.items():
             os.replace(temp, final)
         self.pending.clear()
+        for final in self.dropped:
+            try:
+                os.remove(final)
+            except FileNotFoundError:
+                pass
+            except OSError as e:   # the run's own outputs are in place: said, not raised
+                warn_doubtful(f"{final} of an earlier run could not be removed ({e.strerror or e}); it is not "
+                              f"this run's")
 
     def discard(self) -> None:
         for temp in self.pending.values():

@@ -60,8 +60,11 @@ MINUTE_KEY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:minutes?|mins?|m)\s*:(?=\s|$)
 # a word where the key belongs ('abc: a corgi', 'start: ...'), or a numbered label ('scene 2: ...', 'shot two: ...',
 # 'part II: ...'): the prompt after it, to show with a key in its place. Two words of prose ('a corgi: running') are
 # no label: they stay in the prompt the fix shows.
-WORD_KEY = re.compile(r"^\s*[^\W\d]\w*(?:\s+(?:\d+|[ivx]+|one|two|three|four|five|six|seven|eight|nine|ten))?"
-                      r"\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
+NUMBER_WORD = r"(?:\d+|[ivx]+|one|two|three|four|five|six|seven|eight|nine|ten)"
+WORD_KEY = re.compile(rf"^\s*[^\W\d]\w*(?:\s+{NUMBER_WORD})?\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
+# a numbered label alone ('scene 2: ...'): every entry of "scene 1: a cat | scene 2: a dog" (a schedule, its keys
+# labels) starts with one; "style: anime | film grain" stays a plain prompt
+NUMBERED_LABEL = re.compile(rf"^\s*([^\W\d]\w*\s+{NUMBER_WORD})\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
 # a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
@@ -209,6 +212,12 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             meant = " | ".join(["0: " + first.group(1).strip(), *(p.strip() for p in pieces[1:])])
             raise UsageError(f"{option} {text!r} starts with {word + ':'!r}, which is not a frame (0, 1, 2, ...) or "
                              f"seconds key ('2.5s'): a schedule starts at frame 0, as in {meant!r}", option)
+        labelled = [NUMBERED_LABEL.match(piece) for piece in pieces]
+        if len(pieces) > 1 and all(labelled):   # 'scene 1: a cat | scene 2: a dog' ran as one plain prompt
+            meant = " | ".join(f"{i * frames // len(pieces)}: {m.group(2).strip()}" for i, m in enumerate(labelled))
+            raise UsageError(f"{option} {text!r} looks like a schedule with labels where its keys go "
+                             f"({labelled[0].group(1).strip() + ':'!r}): every entry starts with a frame or seconds "
+                             f"key, as in {meant!r}; or drop the labels' ':' to keep one plain prompt", option)
         if EMBEDDED_KEY.search(text):
             raise UsageError(
                 f"{option} {text!r} is ambiguous: it holds a schedule entry ('<frame>: prompt') but does not start "

@@ -101,6 +101,9 @@ CLI_CASES = [
     Case("underscored-option", ["--refine_steps", "3", "--seeds", "4"], "unrecognized arguments: --refine_steps 3 "
          "--seeds 4: did you mean --refine-steps for --refine_steps, --seed for --seeds?"),
     Case("unknown-option", ["--banana", "3"], "unrecognized arguments: --banana 3 (see --help)"),
+    # another command's option: said so (it was "did you mean --junctions for --junctions?")
+    Case("evaluate-option", ["--junctions", "8"], "unrecognized arguments: --junctions 8: --junctions is an option "
+                                                  "of evaluate (see --help)"),
     Case("device-cpu-with-index", ["--device", "cpu:1"], "--device cpu:1: the CPU has one device, cpu (or cpu:0)"),
     Case("fps-zero", ["--fps", "0"], "--fps must be >= 0.01"),
     Case("fps-too-slow-for-the-writer", ["--fps", "0.001"], "--fps must be >= 0.01"),   # it failed after sampling
@@ -366,6 +369,26 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["generate", "--debug", "--out", str(tmp_path / "x"), *SMALL, "--frames", "0"])
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+def test_a_failure_inside_an_experts_network_names_the_expert_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """The library notes which expert and call raised (a network's own error names neither); the one-line error
+    dropped that note."""
+    from confiner_core.embedded import experts as embedded
+
+    def forward(self, x, t, conds):
+        raise RuntimeError("expected input to have 16 channels")
+
+    monkeypatch.setattr(embedded.PosteriorMeanExpert, "forward", forward)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), *SMALL])
+    assert e.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: RuntimeError: expected input to have 16 channels \(raised by expert '[^']+' "
+                        r"\(PosteriorMeanExpert\) at stage 'control', step t=\d+, on an input of shape \(.*\) "
+                        r"\(torch.float32, layout video\): it declares latent space 'embedded' \(4 channels\)\) "
+                        r"\(for the traceback: --debug or CONFINER_DEBUG=1\)", line), line
 
 
 def test_cpu_0_is_the_cpu():

@@ -685,3 +685,14 @@ def test_a_travelling_prompts_changes_are_scored_apart_in_the_report_and_by_eval
     assert scores["seam_score"] == pytest.approx(ratio(seams))
     assert scores["seam_score_prompt_changes"] == pytest.approx(ratio(sorted(changes)))
     assert set(report["metrics"]) - {"undefined"} == set(scores) - {"undefined"}   # evaluate gives the report's
+
+
+def test_decode_frames_without_a_codec_says_what_it_needs():
+    """An expert of one's own has no VAE unless given one: decode_frames raised a bare AttributeError."""
+    import torch
+
+    from confiner_core.generate import decode_frames
+
+    with pytest.raises(TypeError, match=r"^decode_frames needs the VAE of the latent's space, a Codec \(an expert's "
+                                        r"\.codec.*got None$"):
+        decode_frames(torch.zeros(1, 4, 2, 8, 8), None)

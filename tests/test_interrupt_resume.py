@@ -222,20 +222,25 @@ def test_saved_frames_are_lossless_resume_whole_and_read_by_evaluate(tmp_path, m
     monkeypatch.setattr(EvaluationLog, "record", real)
     assert main(["generate", "--out", str(part), "--resume", "--save-frames", *args]) == 0
     assert (part / "frames.npy").read_bytes() == (full / "frames.npy").read_bytes()
-    # a later run without it leaves the old file, which its report does not name: evaluate reads the video
+    # a later run without it removes the old file (it would pass for this run's frames); evaluate reads the video
     assert main(["generate", "--out", str(part), *args, "--seed", "6"]) == 0
     capsys.readouterr()
+    assert not (part / "frames.npy").exists()
     assert main(["evaluate", "--json", str(part)]) == 0
     from_mp4 = json.loads(capsys.readouterr().out)
-    assert (part / "frames.npy").exists() and not json.loads((part / "report.json").read_text())["settings"][
-        "save_frames"]
     assert from_mp4["sharpness"] == pytest.approx(metrics_of(read_video(str(part / "video.mp4")))["sharpness"])
+    # an interrupted run without it leaves the earlier run's outputs as they were, its frames.npy included
+    saved = (full / "frames.npy").read_bytes()
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(full), *args, "--seed", "7"])
+    assert (full / "frames.npy").read_bytes() == saved
 
 
-def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeypatch):
+def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeypatch, capsys):
     """The report of a resumed run counts the whole video: the finished windows' evaluations, forwards and VAE calls
     between the experts come back from the resume state (the embedded ``bridge`` experts cross latent spaces at
-    every window)."""
+    every window). Their seconds are this process's: the last line says so."""
     args = ["--quiet", "--embedded", "bridge", "--frames", "45", "--segment-length", "9", "--height", "64", "--width",
             "64", "--seed", "5"]
     assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
@@ -243,8 +248,11 @@ def test_a_resumed_bridged_run_reports_the_whole_videos_counts(tmp_path, monkeyp
     with pytest.raises(SystemExit):
         main(["generate", "--out", str(tmp_path / "part"), *args])
     monkeypatch.setattr(EvaluationLog, "record", real)
+    capsys.readouterr()
     assert main(["generate", "--out", str(tmp_path / "part"), "--resume", *args]) == 0
     a, b = (json.load(open(tmp_path / run / "report.json")) for run in ("full", "part"))
+    assert f"VAE calls between them in {b['vae_seconds']['refine']:.1f} s after the resume, " in \
+        capsys.readouterr().out.splitlines()[-1]
     assert b["resumed_from_window"] == 2
     assert b["expert_evaluations"] == a["expert_evaluations"] and b["network_forwards"] == a["network_forwards"]
     # the calls made for the video: the resumed run decodes the structure it continues from once more
@@ -481,6 +489,10 @@ def test_a_silent_writer_in_a_folder_it_may_not_write_is_told_so(tmp_path, monke
         f"cannot write video.mp4 in {tmp_path}: not allowed to write there; choose a writable output folder (--out)"
     monkeypatch.undo()
     assert "MB free" in str(write_failure(str(tmp_path / "video.mp4")))
+    # a library caller's path in a folder not made yet (generate makes its own): it was "not allowed to write there"
+    assert str(write_failure(str(tmp_path / "new" / "v.mp4"))) == \
+        f"cannot write v.mp4 in {tmp_path / 'new'}: the folder does not exist; create it first, or choose an " \
+        f"existing folder"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: no space left)")

@@ -420,3 +420,21 @@ def test_window_color_drift_restarts_at_each_prompt():
     assert across > 10 * got["window_color_drift_max"]   # across the change, grey 200 against 100
     only_firsts = m.window_color_drift(video[:16], [4, 8, 12], prompt_changes=[4, 8, 12])
     assert math.isnan(only_firsts["window_color_drift"])   # every window is its prompt's first
+
+
+def test_frames_files_are_read_and_anything_else_in_one_is_named(tmp_path):
+    """A generate --save-frames file reads back as it was written; an array of objects (numpy's own message was all
+    the command line said) or of other shape names the file and what a frames file holds."""
+    import numpy as np
+
+    from confiner_core.metrics import read_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    assert np.array_equal(read_video(str(tmp_path / "frames.npy")), frames)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects\.npy' holds no frames \(uint8 \[F, H, W, 3\]\): "):
+        read_video(str(tmp_path / "objects.npy"))
+    np.save(tmp_path / "flat.npy", np.zeros((3, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"flat\.npy' holds uint8 \(3, 8\), not frames"):
+        read_video(str(tmp_path / "flat.npy"))

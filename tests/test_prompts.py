@@ -152,6 +152,11 @@ def test_one_entry_schedule_does_not_travel():
     ("scene 1: a corgi on a beach | 32: a dog", 64, "starts with 'scene 1:', which is not a frame (0, 1, 2, ...) or "
                                                    "seconds key ('2.5s'): a schedule starts at frame 0, as in '0: a "
                                                    "corgi on a beach | 32: a dog'"),
+    # every entry a numbered label: it ran as one plain prompt, labels and all
+    ("scene 1: a cat | scene 2: a dog", 8, "--prompt 'scene 1: a cat | scene 2: a dog' looks like a schedule with "
+                                          "labels where its keys go ('scene 1:'): every entry starts with a frame or "
+                                          "seconds key, as in '0: a cat | 32: a dog'"),
+    ("Shot one: a cat\nshot two: a dog\nshot three: a bird", 8, "as in '0: a cat | 21: a dog | 42: a bird'"),
     # two words of prose are no label: they stay in the prompt the fix shows
     ("0: a | a corgi: running in snow", 8, "(e.g. '64: a corgi: running in snow' or '2.5s: ...')"),
     # a separator mistyped as a comma: refused with the schedule it meant (it was one prompt, its second key inside)
