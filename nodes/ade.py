@@ -173,10 +173,11 @@ def new_run() -> None:
     _FILTER.seen.clear()
 
 
-def injection_failure(error: BaseException) -> str | None:
+def injection_failure(error: BaseException, checkpoints: tuple = ()) -> str | None:
     """What to say where ``error`` was raised while ADE attached a motion model to the UNet (its ``inject``
     methods, found in the traceback): the motion model does not fit the checkpoint. A trial's artist who picked
-    another SD 1.5 file got only "index 2 is out of range". None for any other error."""
+    another SD 1.5 file got only "index 2 is out of range". ``checkpoints``: the files of the models the node ran
+    (named where known). None for any other error."""
     tb, inside, name = error.__traceback__, False, None
     while tb is not None:
         code = tb.tb_frame.f_code
@@ -188,6 +189,8 @@ def injection_failure(error: BaseException) -> str | None:
     if not inside:
         return None
     which = f"the motion model '{name}'" if isinstance(name, str) else "a motion model"
-    return (f"AnimateDiff-Evolved could not attach {which} to the checkpoint's UNet ({type(error).__name__}: "
+    files = [f"'{f}'" for f in dict.fromkeys(checkpoints) if f]
+    unet = f"the UNet of {' or '.join(files)}" if files else "the checkpoint's UNet"
+    return (f"AnimateDiff-Evolved could not attach {which} to {unet} ({type(error).__name__}: "
             f"{error}): they do not fit each other; load a checkpoint of the family the motion model was made for "
             f"(SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this checkpoint")

@@ -64,6 +64,7 @@ class ConFinerControlExpert(io.ComfyNode):
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(model, steps, host.node_id(cls), seed=seed)
+        progress.files = (host.input_file(cls, "model"),)
         progress.warn_ignored_noise({"control": model})
         progress.warn_frames_alone({"control": model})
         progress.warn_motion_models(control_model=model, control_steps=steps, loaded=host.motion_model_files(cls))

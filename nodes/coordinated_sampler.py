@@ -142,6 +142,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, refine_evaluations(config), host.node_id(cls), seed=seed)
+        progress.files = experts.temporal_files
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)

@@ -812,6 +812,7 @@ class Progress:
         self.about = ""                # a fact of the run ("13 frames", "T_e 250"), after the opening and the summary
         self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
         self.cancel_note = ""          # under a Cancel's line: what a rerun does (the Long Video starts over)
+        self.files: tuple = ()         # the files of the models the node runs, for its messages (where known)
         # from the warnings or the run's start until the first evaluation: else the previous run's "done" stays up
         # through the seconds before it (a structure crossing the bridge between VAEs). A node may open with text of
         # its own instead (the Long Video's prompt schedule), or with none.
@@ -949,7 +950,7 @@ class Progress:
         except Exception as e:
             self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
             e.confiner_text_shown = True
-            said = ade.injection_failure(e)
+            said = ade.injection_failure(e, self.files)
             if said is None:
                 raise
             mismatch = ValueError(said)

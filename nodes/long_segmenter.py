@@ -283,6 +283,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                  opening=True if prompts is None else node_schedule_text(prompts, plan), seed=seed)
         # ComfyUI caches a node's result, not its finished windows: an artist who cancelled expected a rerun to go on
         progress.cancel_note = "\nqueued again, it starts over (no window is kept)"
+        progress.files = (host.input_file(cls, "control_model"), *experts.temporal_files)
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
             progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))

@@ -248,10 +248,10 @@ def test_a_motion_model_that_does_not_fit_the_checkpoint_is_said_as_such(comfy_w
                           GRAPHS["chain"](comfy_worker.checkpoint_name), "mm_sd15_v3.safetensors")
     assert not r["success"] and r["evaluations"] == 0
     assert _messages(r).strip() == (
-        "AnimateDiff-Evolved could not attach the motion model 'mm_sd15_v3.safetensors' to the checkpoint's UNet "
-        "(IndexError: list index out of range): they do not fit each other; load a checkpoint of the family the "
-        "motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this "
-        "checkpoint")
+        f"AnimateDiff-Evolved could not attach the motion model 'mm_sd15_v3.safetensors' to the UNet of "
+        f"'{comfy_worker.checkpoint_name}' (IndexError: list index out of range): they do not fit each other; load a "
+        f"checkpoint of the family the motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the "
+        f"motion model made for this checkpoint")
     assert r["texts"][r["error"]["node_id"]].endswith("stopped by an error after evaluation 0/2 (see the error)")
 
 

@@ -173,6 +173,7 @@ def test_a_motion_model_that_does_not_fit_the_unet_is_said_as_such(tmp_path):
         "(IndexError: list index out of range): they do not fit each other; load a checkpoint of the family the "
         "motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the motion model made for this "
         "checkpoint")
+    assert "to the UNet of 'tiny.safetensors' (IndexError" in ade.injection_failure(e.value, (None, "tiny.safetensors"))
     with pytest.raises(IndexError) as other:   # the same error anywhere else is not ADE's injection
         [][2]
     assert ade.injection_failure(other.value) is None
