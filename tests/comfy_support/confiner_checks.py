@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def schedule_matches_comfy(ckpt_name: str) -> dict:
     """The ConFiner expert's schedule against ComfyUI's own model_sampling, timestep by timestep."""
@@ -283,14 +285,8 @@ def run_with_motion_model_names(api_prompt: dict, names: list) -> dict:
     """:func:`run_counting_evaluations` with every model's ADE motion models named ``names`` (as ADE records the
     files it loaded; AnimateDiff-Evolved is not loaded in these tests), and each node's last progress text."""
     ade = _pack_module(".nodes.ade")
-    original = ade.motion_model_names
-    ade.motion_model_names = lambda model: list(names)
-    try:
-        r = run_counting_evaluations(api_prompt, fresh_cache=True)
-    finally:
-        ade.motion_model_names = original
-    texts = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
-    return {**r, "texts": texts}
+    with _replaced(ade, "motion_model_names", lambda model: list(names)):
+        return _with_texts(run_counting_evaluations(api_prompt, fresh_cache=True))
 
 
 # AnimateDiff-Evolved's injection as it fails on a UNet of fewer blocks than its motion model (compiled under ADE's
@@ -324,13 +320,25 @@ def run_with_failing_motion_injection(api_prompt: dict, name: str) -> dict:
             space["AnimateDiffModel"](name).inject(None)
         return original(models, *args, **kwargs)
 
-    mm.load_models_gpu = load_models_gpu
+    with _replaced(mm, "load_models_gpu", load_models_gpu):
+        return _with_texts(run_counting_evaluations(api_prompt, fresh_cache=True))
+
+
+@contextlib.contextmanager
+def _replaced(owner, name: str, value):
+    """``owner.name`` is ``value`` inside, what it was after."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
     try:
-        r = run_counting_evaluations(api_prompt, fresh_cache=True)
+        yield
     finally:
-        mm.load_models_gpu = original
-    texts = {d["node_id"]: d["text"] for e, d in r["server_messages"] if e == "progress_text"}
-    return {**r, "texts": texts}
+        setattr(owner, name, original)
+
+
+def _with_texts(result: dict) -> dict:
+    """A run's result with each node's last progress text (``texts``, by node id)."""
+    return {**result, "texts": {d["node_id"]: d["text"] for e, d in result["server_messages"]
+                                if e == "progress_text"}}
 
 
 def sessions_state() -> dict:
