@@ -265,12 +265,12 @@ def evaluate_command(a: argparse.Namespace) -> int:
 
     # FFmpeg's own lines ("moov atom not found") came before the one-line error; read when OpenCV opens its first video
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    video = a.video
+    video, report = a.video, None
     if os.path.isdir(video) and os.path.isfile(os.path.join(video, "video.mp4")):
         # a generate output folder: its lossless frames where its run saved them, else its video (not its contact
         # sheet); a frames.npy its report does not name is an earlier run's
-        saved = (read_report(video) or {}).get("settings", {}).get("save_frames")
-        video = os.path.join(video, "frames.npy" if saved else "video.mp4")
+        report = read_report(video) or {}
+        video = os.path.join(video, "frames.npy" if report.get("settings", {}).get("save_frames") else "video.mp4")
     try:
         folder = os.path.dirname(os.path.abspath(video))
         if os.path.basename(video) == "frames.png" and any(os.path.isfile(os.path.join(folder, name))
@@ -278,7 +278,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
             raise ValueError(f"{video!r} is a generate output's contact sheet, one image of a few frames side by side: "
                              f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)
-        plan = plan_of(folder) if a.junctions is None else None   # a long run's own junctions, from its report
+        if a.junctions is None:   # a long run's own junctions, from its report (read once)
+            plan = plan_of(report if report is not None else read_report(folder) or {})
+        else:
+            plan = None
         if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
             plan = None
         if plan is not None:   # a long run's own metrics, as generate scores them: each kind of junction, where a
@@ -319,9 +322,9 @@ def read_report(folder: str) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
-def plan_of(folder: str) -> dict | None:
-    """The segment plan a ConFiner-Long run wrote to ``folder``'s report.json (its junctions), else None."""
-    plan = (read_report(folder) or {}).get("segment_plan")
+def plan_of(report: dict) -> dict | None:
+    """The segment plan a ConFiner-Long run wrote to its report (its junctions), else None."""
+    plan = report.get("segment_plan")
     ok = isinstance(plan, dict) and all(isinstance(plan.get(k), list) for k in ("window_junctions",
                                                                               "structure_junctions"))
     return plan if ok else None

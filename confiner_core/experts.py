@@ -555,13 +555,16 @@ def bridge_end(expert: Expert) -> Codec | LatentSpace:
     return expert.codec if expert.codec is not None else expert.latent_space
 
 
+def counted_vae(log: EvaluationLog | None, calls: int, device: torch.device):
+    """``log.vae(calls, device)`` (counted and timed), or nothing without a log."""
+    return log.vae(calls, device) if log is not None else contextlib.nullcontext()
+
+
 def hand_off(x0: torch.Tensor, source: Denoiser, target: Denoiser) -> torch.Tensor:
     """The x0 hand-off between two experts (structure -> refinement, and both ways in every coordinated step):
     the identity when they share a latent space, else the bridge through their VAEs (counted on the log)."""
     if source.expert.latent_space == target.expert.latent_space:
         return x0
-    log = source.log or target.log
-    if log is None:
-        return bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
-    with log.vae(2, x0.device):   # one decode with the source's VAE, one encode with the target's
+    # one decode with the source's VAE, one encode with the target's
+    with counted_vae(source.log or target.log, 2, x0.device):
         return bridge(x0, bridge_end(source.expert), bridge_end(target.expert))

@@ -26,7 +26,7 @@ import torch
 
 from .chain import (ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure,
                     stand_in_spatial, validate_chain)
-from .experts import COUNTERS, Denoiser, counts_of, in_stage
+from .experts import COUNTERS, Denoiser, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
 
 SHUFFLE = "shuffle"
@@ -405,8 +405,7 @@ def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Deno
             (a, e) == (0, space.pixel_frames(structures[first].shape[2])):
         return structures[first]   # a whole structure (no staggering): nothing to join, no VAE round trip
     decoded = [i for i, _, _ in parts if i not in pixels]
-    with source.log.vae(len(decoded) + 1, structures[first].device) if source.log is not None \
-            else contextlib.nullcontext():
+    with counted_vae(source.log, len(decoded) + 1, structures[first].device):
         for i in decoded:
             pixels[i] = source.expert.codec.decode(structures[i])
         return target.expert.codec.encode(torch.cat([pixels[i][:, :, a:e] for i, a, e in parts], dim=2))

@@ -56,8 +56,9 @@ def shape_said(shape: tuple) -> str:
 def vae_family(vae) -> str:
     """The VAE as an artist knows it: its latent space's family where its shape tells ("Wan 2.1's VAE"), else its
     shape ("a VAE of 16-channel latents, 8x spatial")."""
-    likely = likely_spaces(vae_shape(vae))
-    return f"{' or '.join(likely)}'s VAE" if likely else f"a VAE of {shape_said(vae_shape(vae))}"
+    shape = vae_shape(vae)
+    likely = likely_spaces(shape)
+    return f"{' or '.join(likely)}'s VAE" if likely else f"a VAE of {shape_said(shape)}"
 
 
 def vae_space_problem(vae, space: LatentSpace) -> str | None:
