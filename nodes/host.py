@@ -194,9 +194,10 @@ def refuse_all(problems: list, model: str | None = None) -> None:
     who swapped a model met them one run at a time, each after the fix of the one before. Nothing if none.
 
     ``model``: the one model they all concern, with its file ("the spatial model, FLUX.1, file 'flux1-dev...'"):
-    its prompt and VAE then differ from it because the file may be the mistake, so that fix leads. An artist who
-    picked the FLUX file in the Qwen-Image loader was told to rewire FLUX's VAE and text encoder, never to pick the
-    Qwen-Image file."""
+    its prompt and VAE then differ from it because the file may be the mistake, so where several do, that fix
+    leads. An artist who picked the FLUX file in the Qwen-Image loader was told to rewire FLUX's VAE and text
+    encoder, never to pick the Qwen-Image file. One mismatch alone is more likely the prompt or VAE: it leads, and
+    the file comes after."""
     problems = [p for p in problems if p]
     if not problems:
         return
@@ -209,9 +210,11 @@ def refuse_all(problems: list, model: str | None = None) -> None:
         raise ValueError(f"{model}, does not fit what is connected for it: {'; '.join(p.brief for p in problems)}. "
                          f"If another model was meant, pick its file there; if this one is, "
                          f"{'; '.join(p.fix for p in problems)}. The console says more.")
-    if model:
+    if model and len(problems) > 1:
         said = (f"{model}, does not fit the prompt or VAE connected for it: if another model was meant, pick its "
                 f"file there; if this one is, {said}")
+    elif model:   # one mismatch alone: more likely the prompt or VAE than the file, so the problem leads
+        said = f"{said}; or, if {model}, is not the model meant, pick the file meant there"
     raise ValueError(said)
 
 

@@ -775,9 +775,12 @@ def _sd_prompt_into_wan_control(prompt: dict, ckpt: str) -> None:
 OTHER_TEXT_ENCODER = [
     ("SD 1.5 prompt into the Wan control expert", _sd_prompt_into_wan_control,
      ["control expert's positive conditioning", "768 wide", "WAN21", "Load CLIP with type wan"]),
+    # one mismatch: the prompt more likely than the file, so it leads (the file's way out comes after)
     ("Wan prompt into the SD 1.5 spatial expert",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_positive=["6", 0]),
-     ["spatial expert's positive conditioning", "SD15", "checkpoint loader"]),
+     ["the spatial expert's positive conditioning", "SD15", "checkpoint loader", "; or, if the spatial model, SD 1.5 "
+      "(SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, is not the model meant, pick the "
+      "file meant there"]),
     ("Wan negative into the SD 1.5 spatial expert at cfg 2",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=2.0),
      ["spatial expert's negative conditioning (spatial negative, spatial_negative)", "4096 wide", "SD15"]),
@@ -798,6 +801,18 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     prompt = wan_graph(ckpt, "sd")
     change(prompt, ckpt)
     assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
+
+
+def test_one_prompt_of_another_family_leads_its_message_before_the_file(comfy_worker, modern):
+    """One mismatch alone (a Wan prompt on the SD 1.5 spatial expert) is more likely the prompt than the file: the
+    message led with "if another model was meant, pick its file there" all the same."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["10"]["inputs"].update(spatial_positive=["6", 0])
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    message = _message(r).strip()
+    assert r["evaluations"] == 0 and message.startswith("the spatial expert's positive conditioning (spatial "
+                                                        "positive, spatial_positive) is 4096 wide"), message
+    assert message.endswith("is not the model meant, pick the file meant there"), message
 
 
 def test_a_batch_of_videos_into_the_long_video_is_refused(comfy_worker, modern):
