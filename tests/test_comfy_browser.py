@@ -247,6 +247,31 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
         assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (mode, after)
 
 
+def test_a_sampler_waiting_for_its_turn_shows_no_preview_of_the_run_before(frontend, screenshot_dir):
+    """The frontend keeps a node's last preview until a new one comes: through the whole control stage the Refine
+    Sampler, "waiting for its turn", showed the run before's video as this run's. A preview of its own shows again."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 200, np.uint8))[1].tobytes()).decode()
+    waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
+    seen = browser.preview_then_text(b, "ConFinerCoordinatedSampler", waiting, png)
+    assert seen["first"] == {"images": 1, "widget": True}, seen   # the preview as the server sends it
+    assert seen["text"] == {"images": 0, "widget": False}, seen
+    assert seen["next"] == {"images": 1, "widget": True}, seen
+    # any other text leaves the preview where it is
+    assert browser.preview_then_text(b, "ConFinerCoordinatedSampler", "step 2/5 · evaluation 3/15", png)["text"] == \
+        {"images": 1, "widget": True}
+    browser.node_texts(b, {"ConFinerCoordinatedSampler": waiting})
+    b.page.screenshot(path=str(screenshot_dir / "waiting_without_preview.png"))
+
+
 def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(frontend, screenshot_dir):
     """A tab switch reloads the graph from its saved state, which holds no progress text: every warning and "done"
     line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id."""

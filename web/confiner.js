@@ -25,6 +25,8 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
+// * A Refine Sampler "waiting for its turn" shows no preview: the frontend keeps a node's last preview until a new one
+//   comes, and through the whole control stage the waiting sampler showed the run before's video as this run's.
 // * A message of the pack's nodes that ComfyUI files under every input its check reads is shown once, under the input
 //   it names: the Long Video's schedule messages came three times in one dialog.
 // * A text shown while no run goes on (a refused Run's "not run", a tab switched back to) has no loading bar beside
@@ -53,6 +55,7 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+const CANVAS_PREVIEW = "$$canvas-image-preview"; // the frontend's widget that draws a node's preview images
 const CACHED = "done · from the cache (an earlier run made it)";
 // a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
 const FRESH_WIDTH = 430;
@@ -142,14 +145,29 @@ const KEPT = new Map();
 const keptKey = (nodeId) =>
   `${app.extensionManager?.workflow?.activeWorkflow?.key ?? ""} ${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
 
+// Takes a node's preview off the canvas (the next preview that arrives shows as ever).
+function dropPreview(node) {
+  if (node.imgs?.length) node.imgs = [];
+  const at = node.widgets?.findIndex((w) => w.name === CANVAS_PREVIEW) ?? -1;
+  if (at > -1) {
+    node.widgets[at].onRemove?.();
+    node.widgets.splice(at, 1);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
 // Keeps a node's text as it arrives. An empty text, which the frontend ignores, clears it: the Noise Rescheduler
 // sends one when its last run's warning no longer holds.
 function keepText(event) {
   const { nodeId, text } = event.detail ?? {};
   const node = nodeId && app.graph?.getNodeById?.(nodeId);
   if (!node || !TEXT_NODES.has(node.comfyClass)) return;
-  if (WAITING.test(text ?? "")) WAITED.add(String(nodeId));
-  else WAITED.delete(String(nodeId));
+  if (WAITING.test(text ?? "")) {
+    WAITED.add(String(nodeId));
+    dropPreview(node);
+  } else {
+    WAITED.delete(String(nodeId));
+  }
   if (text) {
     KEPT.set(keptKey(nodeId), text);
     settleLoadingBars();

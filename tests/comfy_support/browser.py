@@ -282,6 +282,45 @@ PROGRESS_ARRIVES_JS = """async ([type, text, png]) => {""" + ARRIVALS_JS + """
 }"""
 
 
+# A preview arrives for a node as the server sends it (a binary message the frontend turns into this event), then
+# ``text``, then another preview: whether the node draws a preview after each (its images and preview widget).
+PREVIEW_THEN_TEXT_JS = """async ([type, text, png]) => {
+  const api = window.comfyAPI.api.api;
+  const node = app.graph._nodes.find((n) => n.type === type);
+  app.canvas.ds.scale = 1;   // in view: the frontend takes a node's previews when it draws the node
+  app.canvas.ds.offset = [-node.pos[0] + 100, -node.pos[1] + 100];
+  const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+  const preview = async () => {
+    const blob = new Blob([bytes], {type: "image/png"});
+    api.dispatchCustomEvent("b_preview_with_metadata", {blob, nodeId: String(node.id), displayNodeId: String(node.id),
+                                                        promptId: "confiner-test"});
+    await new Promise((r) => setTimeout(r, 500));
+  };
+  const drawn = async () => {   // (a drawn node takes its new preview, whose image then loads, and is drawn again)
+    for (let i = 0; i < 2; i++) {
+      app.canvas.draw(true, true);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    return {images: node.imgs?.length ?? 0,
+            widget: (node.widgets ?? []).some((w) => w.name === "$$canvas-image-preview")};
+  };
+  await preview();
+  const out = {first: await drawn()};
+  api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text});
+  await new Promise((r) => setTimeout(r, 300));
+  out.text = await drawn();
+  await preview();
+  out.next = await drawn();
+  return out;
+}"""
+
+
+def preview_then_text(browser: Browser, node_type: str, text: str, png_base64: str) -> dict:
+    """What the loaded graph's first ``node_type`` node draws once a preview arrived, then ``text``, then another
+    preview (:data:`PREVIEW_THEN_TEXT_JS`)."""
+    return browser.page.evaluate(PREVIEW_THEN_TEXT_JS, [node_type, text, png_base64])
+
+
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
 RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
   const api = window.comfyAPI.api.api;
