@@ -248,6 +248,8 @@ ADDED_SETTINGS = {"image_mode": LATENT_FRAMES, "dtype": "auto"}
 #: fields that matter as the loaded experts take them (a scale left to their default, refine_guidance; a negative
 #: prompt only where an expert uses classifier-free guidance): a resume compares what the experts were given
 SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_prompt")
+#: defaults :meth:`GenerateRequest.validate` settles from the experts (None, or matching "auto", as written)
+SETTLED_DEFAULTS = ("frames", "fps", "chain.te", "chain.matching", "long.segment_length")
 
 
 PATHS = ("out", "control", "spatial", "temporal", "base", "compile_dir")   # fields naming files or folders
@@ -300,6 +302,10 @@ class GenerateRequest:
     image_mode: str = LATENT_FRAMES  # a Wan / Qwen-Image spatial expert: every latent frame, or every pixel frame
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
+    # what validate() settled, path -> (as given, as settled). A field, so dataclasses.replace() copies it: a copy
+    # with other experts settles those defaults anew (a notebook validated an SD request, swapped in Wan checkpoints
+    # by replace() and ran at SD's T_e 100 and 8 fps)
+    _defaults: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         for name, kind in (("chain", ChainConfig), ("long", LongConfig)):
@@ -338,9 +344,30 @@ class GenerateRequest:
         return plan_segments(self.frames, self.long.segment_length, self.long.staggered) if self.is_long else None
 
     def validate(self) -> None:
-        """Every check that needs no weights, in the order a user would fix them. Raises UsageError."""
+        """Every check that needs no weights, in the order a user would fix them. Raises UsageError. Settles the
+        defaults the experts decide (:data:`SETTLED_DEFAULTS`) in the request; one settled by an earlier call and
+        unchanged since counts as unset, so a copy by ``dataclasses.replace`` with other experts gets theirs."""
         with caller_spelling():
-            self._validate()
+            for path, (given, settled) in self._defaults.items():
+                if lookup(self, path) == settled:
+                    self._assign(path, given)
+            given = {path: lookup(self, path) for path in SETTLED_DEFAULTS}
+            try:
+                self._validate()
+            finally:
+                self._defaults = {path: (given[path], lookup(self, path)) for path in SETTLED_DEFAULTS}
+
+    def requested(self, path: str):
+        """A settled default's value as the request gave it (``chain.matching``: "auto" where validate() chose)."""
+        return self._defaults.get(path, (lookup(self, path),))[0]
+
+    def _assign(self, path: str, value) -> None:
+        """Sets a field by its path; a field of the frozen chain or long config gets a new config."""
+        owner, _, name = path.rpartition(".")
+        if owner:
+            setattr(self, owner, replace(getattr(self, owner), **{name: value}))
+        else:
+            setattr(self, name, value)
 
     def _validate(self) -> None:
         for name in PATHS:   # "~/videos" quoted in a shell, or written in Python, is the home folder's
@@ -353,11 +380,7 @@ class GenerateRequest:
             value = lookup(self, number.path)
             number.check(value)
             if value is not None and type(value) is not number.kind:   # NumPy's numbers: kept as Python's (the seed
-                *owner, name = number.path.split(".")                  # seeds torch, the report is JSON)
-                if owner:   # a field of the frozen chain or long config: a new config
-                    setattr(self, owner[0], replace(getattr(self, owner[0]), **{name: number.kind(value)}))
-                else:
-                    setattr(self, name, number.kind(value))
+                self._assign(number.path, number.kind(value))          # seeds torch, the report is JSON)
         for option, path, choices in CHOICES:
             value = lookup(self, path)
             if value not in choices:
@@ -390,8 +413,6 @@ class GenerateRequest:
         if self.chain.te is None:  # the refining expert's kind sets the default (chain.DEFAULT_TE)
             self.chain = replace(self.chain, te=default_te(schedules[refining_role(self.chain.mode)])
                                  if refining_role(self.chain.mode) in schedules else DEFAULT_TE["vp"])
-        if "_matching_requested" not in vars(self):   # before "auto" is settled: the report says which was asked
-            self._matching_requested = self.chain.matching
         if "spatial" in schedules:   # "auto" matching, where the schedules are known before loading; else run_chain
             self.chain = self.chain.with_matching(schedules["spatial"], schedules.get("temporal"))
         try:
@@ -672,10 +693,14 @@ class GenerateRequest:
 
     def run_settings(self) -> dict:
         """Every setting that changes the result (what a resumed run must share with the interrupted one)."""
-        settings = asdict(self)
+        settings = self.fields()
         for k in ("out", "resume", "compile_dir", "save_frames"):  # where things go, not what they are
             settings.pop(k)
         return settings
+
+    def fields(self) -> dict:
+        """The request's fields as a dict (asdict's), without what validate() keeps for itself."""
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 def too_many_frames(e: TooManyFrames, long: bool) -> UsageError:
@@ -1288,13 +1313,13 @@ def environment(req: GenerateRequest) -> dict:
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     # as report.json holds them: a caller's Path (out) or torch.device (device) as text, so the returned report
     # goes through json.dumps as the file's does
-    settings = json.loads(json.dumps({k: v for k, v in asdict(req).items() if k not in report_elsewhere(req)},
+    settings = json.loads(json.dumps({k: v for k, v in req.fields().items() if k not in report_elsewhere(req)},
                                      default=str))
     chain = req.chain.as_dict()
     spatial, temporal = backend.experts.get("spatial"), backend.experts.get("temporal")
     matched = {}
     if req.chain.mode == COORDINATED and temporal is not None:   # what the matching chose for the temporal expert
-        chain["matching_requested"] = vars(req).get("_matching_requested", req.chain.matching)
+        chain["matching_requested"] = req.requested("chain.matching")
         matched["temporal_timesteps"] = [round(t, 3) for t in temporal_timesteps(spatial.schedule, temporal.schedule,
                                                                                   req.chain)]
     else:

@@ -236,6 +236,35 @@ def test_a_python_request_takes_the_experts_natural_clip_and_leaves_the_configs_
     assert chain == ChainConfig() and long == LongConfig(segment_length=None)
 
 
+def test_a_copy_of_a_validated_request_with_other_experts_settles_their_defaults(tmp_path):
+    """A notebook validated an SD request, swapped in Wan experts with dataclasses.replace() and ran at SD's T_e 100
+    (and its segment length, refused as one the Wan VAE cuts): validate() had settled them in the request, and the
+    copy took them as given. A default validate() settled and nobody changed counts as unset; given values stay."""
+    from dataclasses import replace
+
+    from confiner_core.chain import DEFAULT_TE
+    from confiner_core.generate import GenerateRequest, generate
+
+    sd = GenerateRequest(out=str(tmp_path / "sd"), height=64, width=64)
+    sd.validate()
+    assert (sd.frames, sd.long.segment_length, sd.chain.te, sd.chain.matching) == (16, 16, DEFAULT_TE["vp"],
+                                                                                  "same_index")
+    wan = replace(sd, embedded_preset="wan", out=str(tmp_path / "wan"))
+    wan.validate()
+    assert (wan.frames, wan.long.segment_length, wan.chain.te) == (17, 17, DEFAULT_TE["flow"])
+    assert wan.requested("chain.matching") == "auto"
+    # given values are kept: a frame count, and a T_e given on the copied chain
+    given = replace(sd, embedded_preset="wan", frames=33, chain=replace(sd.chain, te=120))
+    given.validate()
+    assert (given.frames, given.long.segment_length, given.chain.te) == (33, 17, 120) and given.is_long
+    # the request validated again keeps what it settled; generate() runs the copy as a fresh Wan request
+    sd.validate()
+    assert (sd.frames, sd.chain.te) == (16, DEFAULT_TE["vp"])
+    report = generate(replace(sd, embedded_preset="wan", out=str(tmp_path / "run")), show_progress=False)
+    assert (report["frames"], report["chain"]["te"]) == (17, DEFAULT_TE["flow"])
+    assert "_defaults" not in report["settings"]
+
+
 def test_a_config_cannot_change_under_a_request_holding_it(tmp_path):
     """A sweep that set ``config.te`` between generate() calls ran T_e 100 each time (the request had copied the
     config), with no word: the configs are frozen, and a sweep replaces them."""
