@@ -845,7 +845,8 @@ def load_backend(req: GenerateRequest, experts=None, show_progress: bool = True)
         experts = loaded_experts(req, show_progress)
     else:
         check_loaded_for(experts, req)
-    return Backend(experts.experts, "diffusers checkpoints")
+    return Backend({role: expert if role in req.roles() else None for role, expert in experts.experts.items()},
+                   "diffusers checkpoints")
 
 
 def load_arguments(req: GenerateRequest) -> dict:
@@ -893,6 +894,8 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
         raise UsageError(f"experts= must come from load_request_experts(request) or load_experts, got "
                          f"{type(experts).__name__}", "experts")
     for name, value in asked.items():
+        if name in ("spatial", "temporal") and value is None:
+            continue   # loaded and left unused: a sweep over --mode (standard, the ablation) keeps its experts
         if normalised(name, value, asked["device"]) != normalised(name, had.get(name), had.get("device")):
             raise UsageError(f"experts= were loaded with {name}={shown(name, had.get(name))}, and this request loads "
                              f"{name}={shown(name, value)}: load its own with load_request_experts(request), or leave "

@@ -278,6 +278,10 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
                            height=8 * H, width=8 * W, prompt="a cat")
     grid = [replace(base, chain=replace(base.chain, control_steps=steps, te=te), out=str(tmp_path / f"{steps}_{te}"))
             for steps, te in ((4, 100), (8, 200))]
+    # ... and over the refinement modes (Table 5's ablation): a mode that leaves an expert out runs without it (the
+    # request without the standard mode's temporal expert was refused as loading other experts)
+    grid += [replace(base, chain=replace(base.chain, mode=mode), out=str(tmp_path / mode), **{unused: None})
+             for mode, unused in (("standard", "temporal"), ("temporal", "spatial"))]
     own = [generate(replace(r, out=r.out + "_own"), show_progress=False) for r in grid]
     experts = load_request_experts(base)
     monkeypatch.setattr(backend, "load_experts", lambda **kw: pytest.fail("loaded again"))
@@ -285,6 +289,7 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
     for r, a, b in zip(grid, own, swept):
         assert (Path(r.out) / "frames.png").read_bytes() == (Path(r.out + "_own") / "frames.png").read_bytes()
         assert a["expert_evaluations"] == b["expert_evaluations"] and a["chain"] == b["chain"]
+        assert a["experts"] == b["experts"] and sorted(b["experts"]) == sorted(r.roles())
     # experts of another request are refused, naming what differs, before anything runs
     other = replace(grid[0], spatial=str(shutil.copytree(paths["sd"], tmp_path / "sd_copy")),
                     out=str(tmp_path / "other"))
