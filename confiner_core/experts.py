@@ -207,6 +207,9 @@ class Expert(ABC):
     layout: str = L.VIDEO
     latent_space: LatentSpace = SD15
     codec: Codec | None = None
+    #: where ``codec`` was loaded from, where a loader knows (report.json's ``vae``): another expert's folder of
+    #: the same latent space serves one without VAE weights
+    vae_source: str | None = None
     max_frames: int | None = None
     #: the network takes the guidance scale as an input (guidance-distilled models, FLUX.1-dev: diffusers'
     #: ``guidance_scale``, ComfyUI's FluxGuidance): one forward per evaluation and no negative prompt, and
@@ -303,7 +306,7 @@ class Expert(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "class": type(self).__name__, "schedule": self.schedule.name,
                 "prediction": self.prediction, "layout": self.layout, "latent_channels": self.latent_channels,
-                "latent_space": self.latent_space.name}
+                "latent_space": self.latent_space.name, **({"vae": self.vae_source} if self.vae_source else {})}
 
 
 class ExpertPair(Expert):

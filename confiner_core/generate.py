@@ -1039,6 +1039,11 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
     bridged = bridge_line(req.spaces(), req.chain.mode) if announce is not None else None
     if bridged:
         announce(bridged)
+    if announce is not None and not req.embedded:
+        from .diffusers_backend import borrowed_vaes
+
+        for line in borrowed_vaes(req._inspections):
+            announce(line)
     if announce is not None and plan is not None:
         announce(plan_line(plan, req.chain))
     unread = unread_words_line(req) if announce is not None and req.embedded else None

@@ -878,6 +878,26 @@ def test_a_zero_terminal_snr_scheduler_is_refused_before_the_weights_load(paths,
         f"expert"), last
 
 
+def test_an_expert_without_vae_weights_is_told_whose_vae_serves_it(paths, tmp_path, capsys):
+    """A spatial folder missing vae/ was decoded by the temporal expert's VAE (one VAE serves a latent space) without
+    a word, and the report said nothing of it either."""
+    from confiner_core.cli import main
+
+    novae = copy_without(paths["sd"], tmp_path / "sd_novae", "vae")
+    out = tmp_path / "x"
+    assert main(["generate", "--out", str(out), "--control", str(paths["ad"]), "--spatial", str(novae),
+                 "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--frames", "8", "--quiet"]) == 0
+    assert f"the spatial expert ({novae}) has no VAE weights: the VAE of the temporal expert ({paths['t2v']}), of " \
+        f"the same SD 1.5 latent space, serves it\n" in capsys.readouterr().out
+    experts = json.loads((out / "report.json").read_text())["experts"]
+    assert experts["spatial"]["vae"] == experts["temporal"]["vae"] == str(paths["t2v"])
+    # an expert with its own VAE: nothing said, its own folder reported
+    assert main(["generate", "--out", str(out), "--control", str(paths["ad"]), "--spatial", str(paths["sd"]),
+                 "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--frames", "8", "--quiet"]) == 0
+    assert "no VAE weights" not in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["experts"]["spatial"]["vae"] == str(paths["sd"])
+
+
 # --------------------------------------------------------------- (h): AnimateDiff scheduler (issue 12 item 8)
 
 def test_a_scheduler_shipped_with_an_animatediff_folder_is_respected(paths, tmp_path):

@@ -47,8 +47,8 @@ with _torchvision_fallback_unsaid():
     from .families.qwen_image import QwenImageExpert, QwenPromptEncoder
     from .families.wan import OPTIONS as FLOW_OPTIONS
     from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
-    from .families.registry import (FAMILIES, LoadedExperts, detect, detect_kind, inspect_all, kind_descriptions,
-                                    load_experts, preflight, role_kinds)
+    from .families.registry import (FAMILIES, LoadedExperts, borrowed_vaes, detect, detect_kind, inspect_all,
+                                    kind_descriptions, load_experts, preflight, role_kinds)
     from .speed import EAGER, FAST, LEAN, MAX, PRESETS, SpeedSettings, apply_speed_settings
     from .text import PromptEncoder, SDXLPromptEncoder
     from .vae import AutoencoderKLCodec
@@ -56,6 +56,6 @@ with _torchvision_fallback_unsaid():
 __all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "LEAN", "MAX", "PRESETS", "AutoencoderKLCodec",
            "DiffusersExpert", "FrameExpert", "LoadedExperts", "MotionExpert", "PromptEncoder", "QwenImageExpert",
            "QwenPromptEncoder", "SDXLExpert", "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder",
-           "UNet3DExpert", "WanExpert", "WanImageExpert", "WanVAECodec", "apply_speed_settings", "detect",
-           "detect_kind", "infer_motion_config", "inspect_all", "kind_descriptions", "load_experts",
+           "UNet3DExpert", "WanExpert", "WanImageExpert", "WanVAECodec", "apply_speed_settings", "borrowed_vaes",
+           "detect", "detect_kind", "infer_motion_config", "inspect_all", "kind_descriptions", "load_experts",
            "load_motion_file", "preflight", "role_kinds"]

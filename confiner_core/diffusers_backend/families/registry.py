@@ -201,18 +201,36 @@ def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection]
     several), from the spatial, temporal or control expert of that space that has VAE weights, and give it to
     every expert of that space. Returns the spatial expert's codec (the temporal expert's where there is no spatial
     expert: the temporal-only ablation)."""
-    refining = decoding_role(inspections)
-    spaces = {ins.latent_space for ins in inspections.values()}
-    needed = spaces if len(spaces) > 1 else {inspections[refining].latent_space}
     codecs = {}
-    for space in needed:
-        provider = next(inspections[r] for r in ("spatial", "temporal", "control")
-                        if r in inspections and inspections[r].latent_space == space and inspections[r].has_vae)
+    for space, provider in vae_providers(inspections).items():
         key = ("codec", provider.family.name, provider.kind, str(provider.path.resolve()), space)
         codecs[space] = context.cached(key, lambda p=provider: p.family.load_codec(p, context))
     for role, expert in experts.items():
         expert.codec = codecs.get(inspections[role].latent_space)
-    return codecs[inspections[refining].latent_space]
+        if expert.codec is not None:
+            expert.vae_source = str(vae_providers(inspections)[inspections[role].latent_space].path)
+    return codecs[inspections[decoding_role(inspections)].latent_space]
+
+
+def vae_providers(inspections: dict[str, Inspection]) -> dict:
+    """latent space -> the inspection whose VAE serves every expert of that space: the spatial expert's, else the
+    temporal or control expert's with VAE weights. Only the spaces that need one: the decoded video's, and every
+    space where there are several (the bridge)."""
+    spaces = {ins.latent_space for ins in inspections.values()}
+    needed = spaces if len(spaces) > 1 else {inspections[decoding_role(inspections)].latent_space}
+    return {space: next(inspections[r] for r in ("spatial", "temporal", "control")
+                        if r in inspections and inspections[r].latent_space == space and inspections[r].has_vae)
+            for space in needed}
+
+
+def borrowed_vaes(inspections: dict[str, Inspection]) -> list[str]:
+    """Each expert without VAE weights of its own, and whose VAE serves it instead (the same latent space): a
+    folder missing vae/ was decoded by another model's VAE without a word."""
+    providers = vae_providers(inspections)
+    return [f"the {role} expert ({ins.path}) has no VAE weights: the VAE of the {provider.role} expert "
+            f"({provider.path}), of the same {ins.latent_space.title} latent space, serves it"
+            for role, ins in inspections.items() if not ins.has_vae
+            for provider in [providers.get(ins.latent_space)] if provider is not None]
 
 
 def decoding_role(experts: dict) -> str:
