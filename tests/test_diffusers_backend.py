@@ -386,7 +386,11 @@ def test_a_base_no_expert_takes_is_refused(paths, control, base):
              "motion_config": paths["adapter"]}
     taken = preflight(**roles, base=paths["sd"]) if control == "mm_diffusers" else None
     assert taken is None or taken["control"].facts["base"].path == paths["sd"]   # the same module takes a real one
-    with pytest.raises(ValueError, match=r"base=.* would change nothing: it serves a motion module") as e:
+    # beside a motion module, why it does not take this one ("none of these experts takes it" was said there too)
+    why = (rf"it holds no SD 1.5 UNet weights \(unet/\), so the control expert's motion module goes on the spatial "
+           rf"expert \({paths['sd']}\); give base= an SD 1.5 folder with unet/ weights" if control == "mm_diffusers"
+           else r"it serves a motion module .* and none of these experts takes it")
+    with pytest.raises(ValueError, match=rf"base=.* would change nothing: {why}") as e:
         preflight(**roles, base=paths[base])
     assert e.value.role == "base"
 

@@ -161,6 +161,12 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
             except OSError as e:
                 raise role_error(role, e)
     if context.base is not None and not context.base_used:   # a base that changes nothing is a mistake to name
+        motion = next((ins for ins in inspections.values() if "adapter" in ins.facts and "base" in ins.facts), None)
+        if motion is not None:   # ("none of these experts takes it" was said beside a motion module, which does)
+            raise role_error("base", ValueError(
+                f"base={context.base} would change nothing: it holds no SD 1.5 UNet weights (unet/), so the "
+                f"{motion.role} expert's motion module goes on the spatial expert ({motion.facts['base'].path}); give "
+                f"base= an SD 1.5 folder with unet/ weights, or leave it out"))
         raise role_error("base", ValueError(
             f"base={context.base} would change nothing: it serves a motion module as the SD 1.5 model it goes on (a "
             f"folder with UNet weights) or a single-file SD 1.5 or SDXL checkpoint as its configs, and none of these "
