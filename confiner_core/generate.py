@@ -1101,6 +1101,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
             if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
                 raise OutputError(spelled(f"{e}; {windows_kept(store, plan)}: rerun with --resume once it can "
                                           f"write")) from e
+            if out_of_memory(e) and hasattr(e, "add_note"):   # (Python 3.11+) the options that size the work
+                e.add_note(spelled(memory_note(req, plan)))
             raise
         if keep:
             kept = spelled(f" ({windows_kept(store, plan)}: rerun with --resume)")
@@ -1109,6 +1111,22 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
     finally:
         if created and not os.listdir(req.out):
             os.rmdir(req.out)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory error of an accelerator, or a host allocation that failed (a RuntimeError on the CPU:
+    "[enforce fail at alloc_cpu.cpp] ... you tried to allocate ...")."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and re.search(r"out of memory|tried to allocate|can't allocate memory", str(e),
+                                                  re.IGNORECASE) is not None)
+
+
+def memory_note(req: GenerateRequest, plan: SegmentPlan | None) -> str:
+    """What sizes a run's memory, said with its options (an out-of-memory error named none)."""
+    clip = plan.segment_length if plan is not None else req.frames
+    return (f"out of memory on {req.device} at --height {req.height} --width {req.width} with {clip} frames at once"
+            f"{' (a segment of the long video)' if plan is not None else ''}: lower --height and --width, or "
+            f"{'--segment-length' if plan is not None else '--frames'}")
 
 
 def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan | None, log: EvaluationLog,

@@ -391,6 +391,27 @@ def test_a_failure_inside_an_experts_network_names_the_expert_on_the_command_lin
                         r"\(for the traceback: --debug or CONFINER_DEBUG=1\)", line), line
 
 
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+@pytest.mark.parametrize("error, frames, fix", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: you tried to "
+                  "allocate 268435456 bytes."), [], "with 8 frames at once: lower --height and --width, or --frames"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), ["--frames", "24"],
+     "with 8 frames at once (a segment of the long video): lower --height and --width, or --segment-length")])
+def test_out_of_memory_names_the_options_that_size_the_run(tmp_path, capsys, monkeypatch, error, frames, fix):
+    """An out-of-memory error at an accepted size ("you tried to allocate 268435456 bytes") named no option."""
+    from confiner_core.embedded import experts as embedded
+
+    def forward(self, x, t, conds):
+        raise error
+
+    monkeypatch.setattr(embedded.PosteriorMeanExpert, "forward", forward)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path / "x"), *SMALL, *frames, "--segment-length", "8"])
+    assert e.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"(out of memory on cpu at --height 64 --width 64 {fix}) (for the traceback" in line, line
+
+
 def test_cpu_0_is_the_cpu():
     """torch.device("cpu:0") is the CPU as scripts spell it (f"{type}:{index}"); cpu:1 is refused above."""
     from confiner_core.devices import check_device
