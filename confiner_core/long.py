@@ -540,10 +540,13 @@ def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str 
     if applied is None:
         return None
     if plan.window_junctions:
-        junctions = plan.window_junctions
-        listed = ", ".join(map(str, junctions if len(junctions) <= 6 else junctions[:2] + ["…"] + junctions[-1:]))
+        written = iter(schedule.entries)   # the applied entries are the written ones, in order, some left out
+        moves = [(given.start, e.start) for e in applied.entries
+                 for given in [next(g for g in written if g.prompt == e.prompt)] if given.start != e.start]
+        # the keys it moved (every junction was listed: "16, 32, …, 592", where one key had moved)
         how = (f"each window of {plan.segment_length} frames is refined with the prompt at its centre frame, so a "
-               f"prompt starts at the nearest window junction: {listed}")
+               f"prompt starts at the nearest window junction"
+               + (": " + ", ".join(f"frame {a} → {b}" for a, b in moves) if moves else ""))
     else:
         how = (f"the one window of {plan.segment_length} frames is refined with the prompt at its centre frame, "
                f"{window_centre(plan.windows[0])}")

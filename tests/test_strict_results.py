@@ -75,7 +75,7 @@ def test_cli_prints_the_resolved_schedule_before_sampling(tmp_path, capsys):
                          "  frames 12-23 (1.00-2.00 s): a blue ball bouncing"]
     # frame 12 is the centre of the window of frames 8-15, which therefore refines with the second prompt
     assert lines[3:6] == ["as ConFiner-Long applies it (each window of 8 frames is refined with the prompt at its "
-                          "centre frame, so a prompt starts at the nearest window junction: 8, 16):",
+                          "centre frame, so a prompt starts at the nearest window junction: frame 12 → 8):",
                           "  frames 0-7 (0.00-0.67 s): a red ball bouncing",
                           "  frames 8-23 (0.67-2.00 s): a blue ball bouncing"]
     assert lines[6].startswith("wrote ")
