@@ -371,28 +371,36 @@ def generate_command(a: argparse.Namespace) -> int:
     return 0
 
 
+#: the environment variables main() sets for its run where they are unset (the libraries' chatter and loading bars)
+QUIETING = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "DIFFUSERS_VERBOSITY")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Returns 0 on success; raises SystemExit with 2 (usage), 1 (runtime failure), 130 (interrupted) or 143
     (SIGTERM)."""
+    # what main() sets for the run is put back at its end: it may run inside a notebook or a test (a notebook kept
+    # the libraries' verbosity and loading bars switched off after one call with --quiet)
+    python_format, unset = warnings.formatwarning, [name for name in QUIETING if name not in os.environ]
     # Library chatter at import (e.g. transformers on optional image processors) would bury the one-line result.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-    except KeyboardInterrupt:   # Ctrl-C while the arguments are read: nothing has started
-        sys.stderr.write("interrupted; nothing written\n")
-        raise SystemExit(130) from None
-    if getattr(args, "quiet", False):   # nor do the libraries' loading bars and notices (read when they load)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
-    python_format = warnings.formatwarning   # put back at the end: main() may run inside a notebook or a test
-    if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
-        warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
-    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt:   # Ctrl-C while the arguments are read: nothing has started
+            sys.stderr.write("interrupted; nothing written\n")
+            raise SystemExit(130) from None
+        if getattr(args, "quiet", False):   # nor do the libraries' loading bars and notices (read when they load)
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+        if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
+            warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
         return run_command(args, parser, debug)
     finally:
         warnings.formatwarning = python_format
+        for name in unset:
+            os.environ.pop(name, None)
 
 
 def run_command(args, parser, debug: bool) -> int:

@@ -412,6 +412,24 @@ def test_out_of_memory_names_the_options_that_size_the_run(tmp_path, capsys, mon
     assert f"(out of memory on cpu at --height 64 --width 64 {fix}) (for the traceback" in line, line
 
 
+def test_main_puts_back_the_environment_it_quietened(tmp_path, monkeypatch):
+    """main(["generate", ..., "--quiet"]) called from a notebook left the libraries' verbosity and loading bars
+    switched off for the rest of the session; a value the user had set stays."""
+    import os
+
+    from confiner_core.cli import QUIETING
+
+    for name in QUIETING:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DIFFUSERS_VERBOSITY", "info")
+    assert main(["generate", "--out", str(tmp_path / "x"), *SMALL]) == 0
+    assert {name: os.environ.get(name) for name in QUIETING} == \
+        {"TRANSFORMERS_VERBOSITY": None, "HF_HUB_DISABLE_PROGRESS_BARS": None, "DIFFUSERS_VERBOSITY": "info"}
+    with pytest.raises(SystemExit):   # and after a refused run
+        main(["generate", "--out", str(tmp_path / "y"), *SMALL, "--frames", "0"])
+    assert os.environ.get("TRANSFORMERS_VERBOSITY") is None and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None
+
+
 def test_cpu_0_is_the_cpu():
     """torch.device("cpu:0") is the CPU as scripts spell it (f"{type}:{index}"); cpu:1 is refused above."""
     from confiner_core.devices import check_device
