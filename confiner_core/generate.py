@@ -900,6 +900,20 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
             raise UsageError(f"experts= were loaded with {name}={shown(name, had.get(name))}, and this request loads "
                              f"{name}={shown(name, value)}: load its own with load_request_experts(request), or leave "
                              f"experts out", "experts")
+    # an expert left unused may have lent its VAE to the others (one serves a latent space): this request's own
+    # load would take another's, and its video would differ
+    from .diffusers_backend.families.registry import vae_providers
+
+    inspections = getattr(experts, "inspections", {})
+    kept = {role: ins for role, ins in inspections.items() if role == "control" or role in req.roles()}
+    if kept != inspections:
+        own, loaded = vae_providers(kept), vae_providers(inspections)
+        for space, provider in own.items():
+            if space in loaded and loaded[space].path != provider.path:
+                raise UsageError(f"experts= decode {space.title} latents with the {loaded[space].role} expert's VAE "
+                                 f"({loaded[space].path}), and this request, without that expert, would load the "
+                                 f"{provider.role} expert's ({provider.path}): load its own with "
+                                 f"load_request_experts(request), or leave experts out", "experts")
 
 
 def normalised(name: str, value, device):
@@ -922,6 +936,13 @@ def shown(name: str, value) -> str:
     """A load argument as a request spells it (``dtype='bfloat16'``, ``dtype='auto'``; torch printed torch.bfloat16)."""
     if name == "dtype":
         return repr("auto" if value is None else str(value).removeprefix("torch."))
+    if name == "speed" and hasattr(value, "compile_dir"):   # the preset's name (its repr: 700 characters)
+        from .diffusers_backend.speed import PRESETS
+
+        named = next((n for n, preset in PRESETS.items() if replace(preset, compile_dir=value.compile_dir) == value),
+                     None)
+        if named is not None:
+            return repr(named) + (f" (compile_dir={value.compile_dir!r})" if value.compile_dir else "")
     return repr(value)
 
 

@@ -278,10 +278,9 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
                            height=8 * H, width=8 * W, prompt="a cat")
     grid = [replace(base, chain=replace(base.chain, control_steps=steps, te=te), out=str(tmp_path / f"{steps}_{te}"))
             for steps, te in ((4, 100), (8, 200))]
-    # ... and over the refinement modes (Table 5's ablation): a mode that leaves an expert out runs without it (the
-    # request without the standard mode's temporal expert was refused as loading other experts)
-    grid += [replace(base, chain=replace(base.chain, mode=mode), out=str(tmp_path / mode), **{unused: None})
-             for mode, unused in (("standard", "temporal"), ("temporal", "spatial"))]
+    # ... and over the refinement modes (Table 5's ablation): standard without the temporal expert runs without it
+    # (it was refused as loading other experts)
+    grid.append(replace(base, chain=replace(base.chain, mode="standard"), temporal=None, out=str(tmp_path / "std")))
     own = [generate(replace(r, out=r.out + "_own"), show_progress=False) for r in grid]
     experts = load_request_experts(base)
     monkeypatch.setattr(backend, "load_experts", lambda **kw: pytest.fail("loaded again"))
@@ -296,6 +295,15 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
     with pytest.raises(UsageError, match=r"^experts= were loaded with spatial='.*/sd', and this request loads "
                                          r"spatial='.*/sd_copy': load its own with load_request_experts"):
         generate(other, show_progress=False, experts=experts)
+    # the temporal mode without the spatial expert, whose VAE served the SD 1.5 space: its own load takes the
+    # temporal expert's VAE, so its video may differ
+    with pytest.raises(UsageError, match=r"^experts= decode SD 1.5 latents with the spatial expert's VAE \(.*/sd\), "
+                                         r"and this request, without that expert, would load the temporal expert's"):
+        generate(replace(base, chain=replace(base.chain, mode="temporal"), spatial=None, out=str(tmp_path / "other")),
+                 show_progress=False, experts=experts)
+    with pytest.raises(UsageError, match=r"^experts= were loaded with speed='eager', and this request loads "
+                                         r"speed='lean': load its own"):   # (each preset's whole repr was printed)
+        generate(replace(grid[0], speed="lean", out=str(tmp_path / "other")), show_progress=False, experts=experts)
     with pytest.raises(UsageError, match=r"^experts= are loaded checkpoints, and this request names none"):
         generate(GenerateRequest(frames=8, out=str(tmp_path / "embedded")), show_progress=False, experts=experts)
     assert not (tmp_path / "other").exists() and not (tmp_path / "embedded").exists()
