@@ -30,7 +30,9 @@ def warn_if_truncated(tokenizer, prompts: list[str], max_length: int, reader) ->
     for prompt in prompts:
         tokens = tokenizer.tokenize(prompt)
         if len(tokens) > room:
-            lost = tokenizer.convert_tokens_to_string(tokens[room:]).strip()
+            # decode, not convert_tokens_to_string: transformers 5's CLIP tokenizer leaves its word ends in the
+            # latter ('d</w>word</w>...')
+            lost = tokenizer.decode(tokenizer.convert_tokens_to_ids(tokens[room:])).strip()
             warn_doubtful(f"a prompt is {len(tokens) + max_length - room} tokens and {type(reader).__name__} reads "
                           f"{max_length}: the end is not read ({lost[:60]!r}{'…' if len(lost) > 60 else ''}); shorten "
                           f"it: {prompt[:40]!r}{'…' if len(prompt) > 40 else ''}")
