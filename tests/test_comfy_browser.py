@@ -272,6 +272,25 @@ def test_a_sampler_waiting_for_its_turn_shows_no_preview_of_the_run_before(front
     b.page.screenshot(path=str(screenshot_dir / "waiting_without_preview.png"))
 
 
+def test_the_texts_of_nodes_in_a_subgraph_show_when_it_is_opened(frontend, screenshot_dir):
+    """ComfyUI runs a subgraph's nodes under ids "<subgraph node>:<node>": no text of the pack's nodes in a subgraph
+    ever showed (the frontend's lookup of such an id throws), and after a failure the sampler named the class id
+    ("ConFinerControlExpert"), not the node nor the subgraph, the one node an artist sees."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "subgraph")
+    seen = browser.subgraph_texts(b)
+    b.page.evaluate("() => { app.canvas.ds.scale = 0.6; app.canvas.ds.offset = [0, 0]; app.canvas.fitViewToSelectionAnimated?.(); app.canvas.setDirty(true, true); }")
+    b.page.wait_for_timeout(600)
+    b.page.screenshot(path=str(screenshot_dir / "subgraph_texts.png"))
+    browser.leave_subgraph(b)
+    assert seen["opened"] == "done · 15 expert evaluations in 1.0 s", seen   # came at the top, shown once opened
+    assert seen["live"] == "step 2/4 · evaluation 2/4", seen
+    assert seen["not_run"] == f"not run: ConFiner Control Expert (in {seen['holder']}) stopped the run (see the " \
+        "error)", seen
+
+
 def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(frontend, screenshot_dir):
     """A tab switch reloads the graph from its saved state, which holds no progress text: every warning and "done"
     line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id."""
@@ -502,6 +521,18 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
                         texts["ConFinerControlExpert"])
     assert said and said[1] in loaders and int(said[2] or 0) + 1 == len(loaders), (texts, loaders)
     assert texts["ConFinerCoordinatedSampler"] == texts["ConFinerControlExpert"]
+    # a node the next Run leaves out (muted) keeps no text of this one: a muted sampler went on saying its input was
+    # refused when another node's was
+    muted = b.page.evaluate("""async () => {
+      const sampler = app.graph._nodes.find((n) => n.type === "ConFinerCoordinatedSampler");
+      sampler.mode = 2;
+      await app.queuePrompt(0);
+      await new Promise((r) => setTimeout(r, 300));
+      sampler.mode = 0;
+      return sampler.widgets.find((w) => w.name === "$$node-text-preview")?.value;
+    }""")
+    browser.close_dialogs(b)
+    assert muted == "", muted
     # the frontend's text box draws a loading bar until it sees the running nodes change: a box made while nothing
     # runs (these texts came with the queue idle) kept it for good beside its text
     assert loading_bars(b) == 0, "loading bars beside the texts of a Run that never started"

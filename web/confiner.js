@@ -17,7 +17,7 @@
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
 //   "done" stays: a node served from the cache did finish, but not on a node muted or bypassed, which the run leaves
-//   out (its last "done" read as if it had run).
+//   out (its last "done" read as if it had run), nor on one a refused Run would have left out.
 // * A run's end (finished, failed or cancelled) clears a "waiting for its turn" the Refine Sampler showed from its
 //   lazy check: its turn never came (Cancel, or an upstream error), and the text stayed with the queue empty. A run
 //   that failed or was cancelled also clears the text of the pack's nodes it neither ran nor took from the cache:
@@ -41,6 +41,12 @@
 //   teach "control seed fixed, refine seed randomize: new detail on the same structure", and in a graph built by
 //   hand the structure changed at every Run. The Refine Sampler keeps the frontend's "randomize". A workflow's saved
 //   value stays.
+//
+// * All of it holds for the pack's nodes inside subgraphs: ComfyUI runs them under ids "<subgraph node>:<node>", which
+//   the frontend 1.35 could not look up (it threw "Subgraph not found"), so none of their texts ever showed. Such an
+//   id now reaches its node where the canvas shows the subgraph, and texts that came while it showed another graph
+//   appear when the subgraph is opened. A failure inside one is named with the subgraph ("ConFiner Control Expert
+//   (in New Subgraph)"), where it was the class id.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
 // sends them.
@@ -93,6 +99,62 @@ function hideUntilShown(node, widgets) {
 }
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
 const NEVER = /$^/;
+
+// The nodes by the ids a run gives them: ComfyUI runs a subgraph's nodes as "<subgraph node id>:<node id>" (nested:
+// "a:b:c"), and the frontend, its text among them, knew only the top graph's ids (the pack's texts never showed on
+// nodes in a subgraph, and its clean-ups skipped them).
+const rootGraph = () => app.rootGraph ?? app.graph;
+// The subgraph nodes an id passes through, outermost first, and the node it names (null where there is none).
+function nodePath(id) {
+  const parts = String(id).split(":");
+  const holders = [];
+  let graph = rootGraph();
+  for (const part of parts.slice(0, -1)) {
+    const holder = graph?.getNodeById?.(part);
+    if (!holder?.isSubgraphNode?.()) return { holders, node: null };
+    holders.push(holder);
+    graph = holder.subgraph;
+  }
+  return { holders, node: graph?.getNodeById?.(parts.at(-1)) ?? null };
+}
+const nodeById = (id) => nodePath(id).node;
+// Every node with its run id, and whether a run leaves it out (it, or a subgraph node holding it, muted or bypassed).
+function* allNodes(graph = rootGraph(), prefix = "", out = false) {
+  for (const node of graph?._nodes ?? graph?.nodes ?? []) {
+    const id = prefix + String(node.id);
+    const left = out || WILL_NOT_RUN.has(node.mode);
+    yield [id, node, left];
+    if (node.isSubgraphNode?.()) yield* allNodes(node.subgraph, `${id}:`, left);
+  }
+}
+// A node as an artist finds it: its title, and the subgraph nodes it sits in ("ConFiner Control Expert (in New
+// Subgraph)"); ``fallback`` where the id names no node.
+function nodeName(id, fallback) {
+  const { holders, node } = nodePath(id);
+  const title = node?.title || fallback;
+  return holders.length ? `${title} (in ${holders.map((h) => h.title).join(" › ")})` : title;
+}
+// The frontend's id lookup for texts and previews (1.35: executionIdToCurrentId) throws "Subgraph not found" on any
+// subgraph node's id: ids it does not resolve are resolved here, to the node's own id where the canvas shows its
+// graph.
+function resolveSubgraphIds() {
+  const workflows = app.extensionManager?.workflow;
+  const resolve = workflows?.executionIdToCurrentId;
+  if (typeof resolve !== "function" || resolve.confiner) return;
+  const patched = function (id) {
+    let found;
+    try {
+      found = resolve.call(this, id);
+    } catch {
+      found = undefined;
+    }
+    if (found !== undefined || !String(id).includes(":")) return found;
+    const node = nodeById(id);
+    return node && node.graph === app.canvas?.graph ? String(node.id) : undefined;
+  };
+  patched.confiner = true;
+  workflows.executionIdToCurrentId = patched;
+}
 const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
 const WAITED = new Set(); // ... of those whose lazy check said "waiting for its turn" and that have not run since
 
@@ -114,7 +176,7 @@ const SOCKET_LABELS = new Map();
 // Labels the sockets of the loaded graph's nodes of the pack that a file left unlabelled (saved before the pack
 // labelled them): as on a node added fresh.
 function labelOldSockets() {
-  for (const node of app.graph?._nodes ?? []) {
+  for (const [, node] of allNodes()) {
     const labels = SOCKET_LABELS.get(node.comfyClass);
     for (const slot of (labels && node.inputs) || []) {
       // (a widget's socket reads by its id on a fresh node too: the widget beside it shows the words)
@@ -160,7 +222,7 @@ function dropPreview(node) {
 // sends one when its last run's warning no longer holds.
 function keepText(event) {
   const { nodeId, text } = event.detail ?? {};
-  const node = nodeId && app.graph?.getNodeById?.(nodeId);
+  const node = nodeId && nodeById(nodeId);
   if (!node || !TEXT_NODES.has(node.comfyClass)) return;
   if (WAITING.test(text ?? "")) {
     WAITED.add(String(nodeId));
@@ -187,19 +249,20 @@ function showKeptTexts() {
   const prefix = keptKey("");
   for (const [key, text] of KEPT) {
     const nodeId = key.slice(prefix.length);
-    if (key.startsWith(prefix) && app.graph?.getNodeById?.(nodeId)) {
+    if (key.startsWith(prefix) && nodeById(nodeId)) {
       api.dispatchCustomEvent("progress_text", { nodeId, text });
     }
   }
 }
 
-// Empties the progress text of every node of the pack whose text matches ``pattern``, or for which ``also(node)``.
+// Empties the progress text of every node of the pack whose text matches ``pattern``, or for which
+// ``also(id, out)`` (its run id; whether a run leaves it out).
 function clearTexts(pattern, also = () => false) {
-  for (const node of app.graph?._nodes ?? []) {
+  for (const [id, node, out] of allNodes()) {
     const text = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-    if (text && text.value && (pattern.test(text.value) || also(node))) {
+    if (text && text.value && (pattern.test(text.value) || also(id, out))) {
       text.value = "";
-      KEPT.delete(keptKey(node.id));
+      KEPT.delete(keptKey(id));
       node.setDirtyCanvas?.(true, true);
     }
   }
@@ -208,14 +271,13 @@ function clearTexts(pattern, also = () => false) {
 // After a failed run, each of the pack's nodes it never reached says which node stopped it: a failure in a node
 // without text of its own (the Refine Experts bundle, a loader) left the canvas blank once the dialog was closed.
 function notRun(detail) {
-  const failed = detail?.node_id != null ? app.graph?.getNodeById?.(detail.node_id) : null;
-  const name = failed?.title || detail?.node_type;
+  const failed = detail?.node_id != null ? nodeById(detail.node_id) : null;
+  const name = detail?.node_id != null ? nodeName(detail.node_id, detail?.node_type) : detail?.node_type;
   if (!name) return;
-  for (const node of app.graph?._nodes ?? []) {
-    const id = String(node.id);
+  for (const [id, node, out] of allNodes()) {
     // (a Refine Sampler whose lazy check ran, "waiting for its turn", never ran its sampling either)
     const reached = RAN.has(id) && !WAITED.has(id);
-    if (TEXT_NODES.has(node.comfyClass) && !reached && !WILL_NOT_RUN.has(node.mode) && node !== failed) {
+    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && node !== failed) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text: `not run: ${name} stopped the run (see the error)` });
     }
   }
@@ -254,15 +316,15 @@ function fileOnce(response) {
 // where its last run's "done" text stood as if this Run had made it.
 function refused(response) {
   const ids = Object.keys(response?.node_errors ?? {});
-  const first = ids.length ? app.graph?.getNodeById?.(ids[0]) : null;
   const more = ids.length > 1 ? ` and ${ids.length - 1} more` : "";
-  const name = (first?.title || response?.node_errors?.[ids[0]]?.class_type) + more;
-  for (const node of app.graph?._nodes ?? []) {
-    if (!TEXT_NODES.has(node.comfyClass) || WILL_NOT_RUN.has(node.mode)) continue;
+  const name = ids.length ? nodeName(ids[0], response?.node_errors?.[ids[0]]?.class_type) + more : "";
+  for (const [id, node, out] of allNodes()) {
+    if (!TEXT_NODES.has(node.comfyClass)) continue;
+    // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
-    const text = ids.includes(String(node.id)) ? "not run: an input of this node was refused (see the error)"
+    const text = out ? "" : ids.includes(id) ? "not run: an input of this node was refused (see the error)"
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
-    api.dispatchCustomEvent("progress_text", { nodeId: String(node.id), text });
+    api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   }
 }
 
@@ -282,6 +344,9 @@ app.registerExtension({
       }
     };
     api.addEventListener("progress_text", keepText);
+    resolveSubgraphIds();
+    // a subgraph opened (or left): its nodes' kept texts, which came while the canvas showed another graph
+    app.canvas?.canvas?.addEventListener("litegraph:set-graph", () => setTimeout(showKeptTexts, 0));
     // the kept texts of a graph come back once it is loaded: only then is its tab the active one (afterConfigureGraph
     // runs before the switch, under the tab left)
     const loadGraphData = app.loadGraphData;
@@ -300,14 +365,14 @@ app.registerExtension({
       running = true;
       RAN.clear();
       WAITED.clear();
-      clearTexts(ENDED_BADLY, (node) => WILL_NOT_RUN.has(node.mode));
+      clearTexts(ENDED_BADLY, (id, out) => out);
     });
     api.addEventListener("execution_cached", (event) => {
       for (const id of event.detail?.nodes ?? []) {
         RAN.add(String(id));
         // a node served from ComfyUI's cache sends no text: in a page that never ran it (a workflow opened afresh,
         // its result cached), the pack's nodes stayed blank while the video appeared in 0.01 s
-        const node = app.graph?.getNodeById?.(id);
+        const node = nodeById(id);
         const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
         if (node && TEXT_NODES.has(node.comfyClass) && !text?.value) {
           api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: CACHED });
@@ -323,9 +388,9 @@ app.registerExtension({
         clearTexts(WAITING);
       });
     }
-    api.addEventListener("execution_interrupted", () => clearTexts(NEVER, (node) => !RAN.has(String(node.id))));
+    api.addEventListener("execution_interrupted", () => clearTexts(NEVER, (id) => !RAN.has(id)));
     api.addEventListener("execution_error", (event) => {
-      clearTexts(NEVER, (node) => !RAN.has(String(node.id)));
+      clearTexts(NEVER, (id) => !RAN.has(id));
       notRun(event.detail);
     });
   },

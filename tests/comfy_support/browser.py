@@ -321,6 +321,50 @@ def preview_then_text(browser: Browser, node_type: str, text: str, png_base64: s
     return browser.page.evaluate(PREVIEW_THEN_TEXT_JS, [node_type, text, png_base64])
 
 
+# The basic template's ConFiner nodes made a subgraph (as "Convert to Subgraph" does), then texts sent under the ids
+# a run gives its nodes ("<subgraph node>:<node>"): what each inner node shows, at the top graph and inside.
+SUBGRAPH_TEXTS_JS = """async () => {
+  const api = window.comfyAPI.api.api;
+  const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+  const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
+  const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
+  await wait(300);
+  const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
+  const id = (type) => `${holder.id}:${inner(type).id}`;
+  const text = (type) => inner(type).widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+  const send = async (type, value) => {
+    api.dispatchCustomEvent("progress_text", {nodeId: id(type), text: value});
+    await wait(300);
+  };
+  const out = {holder: holder.title};
+  await send("ConFinerCoordinatedSampler", "done · 15 expert evaluations in 1.0 s");   // at the top graph
+  out.at_top = text("ConFinerCoordinatedSampler");
+  app.canvas.setGraph(holder.subgraph);   // the subgraph opened
+  await wait(500);
+  out.opened = text("ConFinerCoordinatedSampler");
+  await send("ConFinerControlExpert", "step 2/4 · evaluation 2/4");   // while it is open
+  out.live = text("ConFinerControlExpert");
+  // a run that failed in the Control Expert: the sampler it never reached says who stopped it
+  api.dispatchCustomEvent("execution_start", {prompt_id: "confiner-test"});
+  await wait(200);
+  api.dispatchCustomEvent("execution_error", {prompt_id: "confiner-test", node_id: id("ConFinerControlExpert"),
+                                              node_type: "ConFinerControlExpert"});
+  await wait(400);
+  out.not_run = text("ConFinerCoordinatedSampler");
+  return out;   // (the subgraph left open: the caller takes its picture, then leaves it)
+}"""
+
+
+def subgraph_texts(browser: Browser) -> dict:
+    """:data:`SUBGRAPH_TEXTS_JS` on the loaded (basic) template; the subgraph stays open."""
+    return browser.page.evaluate(SUBGRAPH_TEXTS_JS)
+
+
+def leave_subgraph(browser: Browser) -> None:
+    browser.page.evaluate("() => app.canvas.setGraph(app.rootGraph)")
+    browser.page.wait_for_timeout(300)
+
+
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
 RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
   const api = window.comfyAPI.api.api;
