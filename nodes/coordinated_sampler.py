@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
                                    refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
-from . import ade, host, sessions
+from . import ade, host, model_files, sessions
 from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, refine_inputs, refine_problem, seed_input,
                      structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType
@@ -157,7 +157,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_table3(structure.get(host.CONTROL_STEPS_KEY), config.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, config, control_schedule)
         space = source.expert.latent_space
-        x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()))
+        x = host.structure_in(structure, space, host.model_of_space(space, control_model, *experts.models.values()),
+                              source=model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "structure"))
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
         host.plan_refinement(spatial, temporal, config)

@@ -721,17 +721,24 @@ CONTROL_STEPS_KEY = "confiner_control_steps"
 NOISE_KEY = "confiner_noise"
 
 
-def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "structure") -> torch.Tensor:
+def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "structure",
+                 source: dict | None = None) -> torch.Tensor:
     """A LATENT in ``space`` (a frame batch [F, C, h, w] or a video [B, C, T, h, w]) -> canonical normalised latent.
     The normalisation is ``model``'s latent format when a model of that space is at hand, else the space's own
-    (the same numbers: :func:`space_of` reads them off the format)."""
+    (the same numbers: :func:`space_of` reads them off the format). ``source``: the queued prompt's node it came
+    from (:func:`~.model_files.input_source`), named where it is not a Control Expert."""
     samples = latent["samples"].float().to(sampling_device(model))
     if samples.ndim not in (4, 5) or samples.shape[1] != space.channels:
         raise ValueError(f"the {role} latent has shape {tuple(samples.shape)} but is in the {space.title} latent space "
                          f"({space.channels} channels): connect the latent the control expert made")
     if not bool(samples.abs().amax() > 0):   # an empty latent (e.g. the size-and-length one) wired here by mistake
-        raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine: connect the "
-                         f"structure output of ConFiner Control Expert")
+        # a bypassed Control Expert passes its empty latent on: "connect the structure output" was said of one
+        # connected (the queued prompt leaves a bypassed node out and wires its input on)
+        came = f" (it comes from {model_files.title(source)})" if source and \
+            source.get("class_type") != "ConFinerControlExpert" else ""
+        raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine{came}: connect the "
+                         f"structure output of ConFiner Control Expert" + (", and un-bypass or unmute it if it is "
+                                                                          "connected" if came else ""))
     normalised = model.get_model_object("latent_format").process_in(samples) if model is not None else \
         space.process_in(samples)
     return L.to_canonical(normalised, L.FRAMES if samples.ndim == 4 else L.VIDEO)

@@ -55,6 +55,15 @@ def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> 
         for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
 
+def input_source(prompt: dict | None, node_id: str | None, input_name: str) -> dict | None:
+    """The queued ``prompt``'s node whose output reaches ``input_name`` of node ``node_id`` (API format: a node
+    bypassed on the canvas is left out, its input wired on in its place); None where the graph does not say."""
+    link = ((prompt or {}).get(str(node_id)) or {}).get("inputs", {}).get(input_name) if node_id is not None else None
+    if isinstance(link, list) and len(link) == 2:
+        return (prompt or {}).get(str(link[0]))
+    return None
+
+
 def title(node: dict) -> str:
     """A queued prompt's node as the canvas names it: its title, else its type."""
     return node.get("_meta", {}).get("title") or node.get("class_type")

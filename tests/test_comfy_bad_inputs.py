@@ -105,8 +105,10 @@ CASES = [
     ("refine seed above 2**64-1", "chain", "7", {"seed": 2 ** 64}, VALIDATION, ["seed"]),
     ("spatial cfg nan", "chain", "6", {"spatial_cfg": math.nan}, EXECUTION, ["spatial_cfg", "finite"]),
     ("temporal cfg above max", "chain", "6", {"temporal_cfg": 1e9}, VALIDATION, ["temporal_cfg"]),
+    # (also what a bypassed Control Expert passes on: "connect the structure output" was said of one connected)
     ("an empty latent as the structure", "chain", "7", {"structure": ["4", 0]}, EXECUTION,
-     ["structure latent is empty (all zeros)", "structure output of ConFiner Control Expert"]),
+     ["structure latent is empty (all zeros)", "(it comes from EmptyLatentImage)",
+      "structure output of ConFiner Control Expert, and un-bypass or unmute it if it is connected"]),
     ("coordinated without a temporal expert", "chain", "6", {"temporal_model": None}, EXECUTION,
      ["temporal_model", "coordinated"]),
     ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], ["frames", "segment_prompts"]),
