@@ -72,7 +72,11 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         without its temporal expert, experts of different latent spaces without the VAEs that bridge them, T_e
         outside a schedule) fails here, with 0 evaluations."""
         if structure is None:
-            check_widgets(cls, mode=mode, matching=matching, seed=seed, structure_noise=structure_noise)
+            # te and refine steps too: validate_inputs reads typed values only, and one driven by another node (an
+            # Int node on T_e) met the chain's own check in other words, naming no widget
+            check_widgets(cls, mode=mode, matching=matching, seed=seed, structure_noise=structure_noise, te=te,
+                          refine_steps=refine_steps)
+            host.refuse_all([refine_problem(te, refine_steps)])
             if structure_noise == CONTROL and control_model is None:
                 raise ValueError(f"{STRUCTURE_NOISE} (structure_noise) 'control' noises the structure on the control "
                                  f"expert's schedule: connect the control model (control_model) on {NODE}, or use "
