@@ -190,9 +190,11 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
     if not is_schedule(text):
         pieces = [piece for line in text.splitlines() for piece in line.split("|") if piece.strip()]
         if len(pieces) > 1 and all(UNSPACED_KEY.match(piece) for piece in pieces):
-            raise UsageError(
-                f"{option} {text!r} looks like a schedule without the space after each key: write "
-                f"'<frame>: prompt' (e.g. '{EXAMPLE}'), or it stays one plain prompt", option)
+            # the text as meant ("or it stays one plain prompt" read as if it would be taken as one)
+            spaced = " | ".join(UNSPACED_KEY.sub(lambda m: m.group(0).strip() + " ", piece.strip(), count=1)
+                                for piece in pieces)
+            raise UsageError(f"{option} {text!r} looks like a schedule without the space after each key: write "
+                             f"'{spaced}'", option)
         quoted = QUOTED_ENTRY.findall(text)
         if quoted and text.strip().startswith(('"', "{")):
             spelled = " | ".join(f"{k}: {p}" for k, p in quoted)

@@ -105,7 +105,8 @@ def test_one_entry_schedule_does_not_travel():
     ("16: b | 0: a", 8, "'0: a' starts at frame 0, before the previous entry (frame 16); list the entries in "
                         "increasing order"),       # out of order, frame 0 last: the fix is the order, not a new 0
     ("0: a | 2s: b", None, "'2s: b'"),            # seconds without an fps (the Long Video node)
-    ("0:a red ball | 16:a blue ball", 8, "without the space after each key"),   # a schedule typed without spaces
+    # a schedule typed without spaces: the text as meant ("or it stays one plain prompt" read as if it were taken)
+    ("0:a red ball | 16:a blue ball", 8, "without the space after each key: write '0: a red ball | 16: a blue ball'"),
     ("0: a | -3: b", 8, "starts with '-3', which is not a frame"),             # a negative key
     ("-1: a | 16: b", 8, "starts with '-1', which is not a frame (0, 1, 2, ...) or seconds key ('2.5s'): a schedule "
                          "starts at frame 0"),    # (a text not starting with a key was one plain prompt)
