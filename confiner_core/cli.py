@@ -19,6 +19,7 @@ import sys
 import traceback
 import warnings
 
+from . import __version__
 from .chain import MATCHINGS, MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .errors import Interrupted, OutputError, RankFailed, UsageError, one_line, sigterm_as_interrupt
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     description = re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__).replace("``", "")   # the docstring less its markup
     p = Parser(prog="python -m confiner_core", description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"confiner_core {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", parents=[common], formatter_class=DefaultsFormatter, epilog=GENERATE_EXAMPLES,
                        help="generate a video (embedded default unless checkpoints are given)")

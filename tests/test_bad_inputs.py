@@ -412,6 +412,22 @@ def test_out_of_memory_names_the_options_that_size_the_run(tmp_path, capsys, mon
     assert f"(out of memory on cpu at --height 64 --width 64 {fix}) (for the traceback" in line, line
 
 
+def test_the_command_line_says_its_version(capsys):
+    """There was no --version: a bug report could not say which library made a video (report.json's environment
+    holds it, but only of a run)."""
+    from pathlib import Path
+
+    from confiner_core import __version__
+
+    tomllib = pytest.importorskip("tomllib")   # (Python 3.11+)
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"confiner_core {__version__}\n"
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
+
+
 def test_main_puts_back_the_environment_it_quietened(tmp_path, monkeypatch):
     """main(["generate", ..., "--quiet"]) called from a notebook left the libraries' verbosity and loading bars
     switched off for the rest of the session; a value the user had set stays."""
