@@ -906,7 +906,7 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
 
     inspections = getattr(experts, "inspections", {})
     kept = {role: ins for role, ins in inspections.items() if role == "control" or role in req.roles()}
-    if kept != inspections:
+    if kept.keys() != inspections.keys():
         own, loaded = vae_providers(kept), vae_providers(inspections)
         for space, provider in own.items():
             if space in loaded and loaded[space].path != provider.path:

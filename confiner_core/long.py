@@ -542,7 +542,7 @@ def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str 
     if plan.window_junctions:
         written = iter(schedule.entries)   # the applied entries are the written ones, in order, some left out
         moves = [(given.start, e.start) for e in applied.entries
-                 for given in [next(g for g in written if g.prompt == e.prompt)] if given.start != e.start]
+                 for given in [next((g for g in written if g.prompt == e.prompt), e)] if given.start != e.start]
         # the keys it moved (every junction was listed: "16, 32, …, 592", where one key had moved)
         how = (f"each window of {plan.segment_length} frames is refined with the prompt at its centre frame, so a "
                f"prompt starts at the nearest window junction"

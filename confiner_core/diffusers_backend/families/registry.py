@@ -207,14 +207,15 @@ def attach_codecs(experts: dict[str, Expert], inspections: dict[str, Inspection]
     several), from the spatial, temporal or control expert of that space that has VAE weights, and give it to
     every expert of that space. Returns the spatial expert's codec (the temporal expert's where there is no spatial
     expert: the temporal-only ablation)."""
-    codecs = {}
-    for space, provider in vae_providers(inspections).items():
+    providers, codecs = vae_providers(inspections), {}
+    for space, provider in providers.items():
         key = ("codec", provider.family.name, provider.kind, str(provider.path.resolve()), space)
         codecs[space] = context.cached(key, lambda p=provider: p.family.load_codec(p, context))
     for role, expert in experts.items():
-        expert.codec = codecs.get(inspections[role].latent_space)
-        if expert.codec is not None:
-            expert.vae_source = str(vae_providers(inspections)[inspections[role].latent_space].path)
+        space = inspections[role].latent_space
+        expert.codec = codecs.get(space)
+        if space in providers:
+            expert.vae_source = str(providers[space].path)
     return codecs[inspections[decoding_role(inspections)].latent_space]
 
 
