@@ -464,7 +464,7 @@ def note_text(title: str, what: str, change_first: list, models=MODELS, custom_n
     lines += ["", "The template opens at 100 % on this note and the models; press **.** on the canvas to see the "
                   "whole graph.",
               "The thumbnail is a run of this template's settings on ConFiner's embedded test world.",
-              "Every ConFiner node has a help page (the **?** in the node's menu / the node library)."]
+              "Every ConFiner node has a help page: the **?** beside it in the **Nodes** library (search \"ConFiner\")."]
     return "\n".join(lines)
 
 
