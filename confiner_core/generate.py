@@ -252,6 +252,28 @@ SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_pro
 SETTLED_DEFAULTS = ("frames", "fps", "chain.te", "chain.matching", "long.segment_length")
 
 
+class Settled:
+    """The mark of a value :meth:`GenerateRequest.validate` settled: :func:`marked_settled` makes it a subclass of the
+    value's type, equal to it and written as it, so a copy by ``dataclasses.replace`` keeps the mark and a value the
+    user writes has none (the same number given in the replace() that swapped the experts is theirs to keep)."""
+
+
+_SETTLED_KINDS: dict = {}
+
+
+def marked_settled(value):
+    """``value`` marked :class:`Settled` (int, float or str)."""
+    kind = type(value)
+    if isinstance(value, Settled) or value is None:
+        return value
+    if kind not in _SETTLED_KINDS:
+        _SETTLED_KINDS[kind] = type(f"Settled{kind.__name__.capitalize()}", (Settled, kind),
+                                    {"__slots__": (), "__repr__": kind.__repr__, "__str__": kind.__str__,
+                                     # pickled and deep-copied as the plain value (the class is made here)
+                                     "__reduce__": lambda self: (kind, (kind(self),))})
+    return _SETTLED_KINDS[kind](value)
+
+
 PATHS = ("out", "control", "spatial", "temporal", "base", "compile_dir")   # fields naming files or folders
 
 
@@ -302,9 +324,10 @@ class GenerateRequest:
     image_mode: str = LATENT_FRAMES  # a Wan / Qwen-Image spatial expert: every latent frame, or every pixel frame
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
-    # what validate() settled, path -> (as given, as settled). A field, so dataclasses.replace() copies it: a copy
-    # with other experts settles those defaults anew (a notebook validated an SD request, swapped in Wan checkpoints
-    # by replace() and ran at SD's T_e 100 and 8 fps)
+    # what validate() settled, path -> (as given, as settled); the settled values themselves are marked
+    # (:func:`marked_settled`). A field, so dataclasses.replace() copies it: a copy with other experts settles those
+    # defaults anew (a notebook validated an SD request, swapped in Wan checkpoints by replace() and ran at SD's
+    # T_e 100 and 8 fps)
     _defaults: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -345,16 +368,20 @@ class GenerateRequest:
 
     def validate(self) -> None:
         """Every check that needs no weights, in the order a user would fix them. Raises UsageError. Settles the
-        defaults the experts decide (:data:`SETTLED_DEFAULTS`) in the request; one settled by an earlier call and
-        unchanged since counts as unset, so a copy by ``dataclasses.replace`` with other experts gets theirs."""
+        defaults the experts decide (:data:`SETTLED_DEFAULTS`) in the request; one settled by an earlier call counts
+        as unset (unless the user wrote a value there since), so a copy by ``dataclasses.replace`` with other
+        experts gets theirs."""
         with caller_spelling():
-            for path, (given, settled) in self._defaults.items():
-                if lookup(self, path) == settled:
+            for path, (given, _) in self._defaults.items():
+                if isinstance(lookup(self, path), Settled):
                     self._assign(path, given)
             given = {path: lookup(self, path) for path in SETTLED_DEFAULTS}
             try:
                 self._validate()
             finally:
+                for path in SETTLED_DEFAULTS:
+                    if lookup(self, path) != given[path]:
+                        self._assign(path, marked_settled(lookup(self, path)))
                 self._defaults = {path: (given[path], lookup(self, path)) for path in SETTLED_DEFAULTS}
 
     def requested(self, path: str):

@@ -867,8 +867,8 @@ def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):
         encoder(short)
     # the end as words (it read 'd</w>word</w>...' through transformers 5's CLIP tokenizer)
     with pytest.warns(ConFinerWarning, match=rf"^a prompt is {len(tokenizer(long).input_ids)} tokens and CLIPTextModel "
-                                             r"reads 77: the end is not read \('(a )?(red )?(ball )?bouncing a red "
-                                             r"ball bouncing a red"):
+                                             r"reads 77: the end is not read \('[a-z]* ?a red ball bouncing a red "
+                                             r"ball"):   # (the cut falls between tokens, here inside a word)
         encoder(long)
 
 

@@ -253,10 +253,20 @@ def test_a_copy_of_a_validated_request_with_other_experts_settles_their_defaults
     wan.validate()
     assert (wan.frames, wan.long.segment_length, wan.chain.te) == (17, 17, DEFAULT_TE["flow"])
     assert wan.requested("chain.matching") == "auto"
-    # given values are kept: a frame count, and a T_e given on the copied chain
+    # given values are kept: a frame count, and a T_e given on the copied chain, also one equal to the SD default
+    # (a trial's T_e 100 written in the replace() that swapped the experts ran at 250)
     given = replace(sd, embedded_preset="wan", frames=33, chain=replace(sd.chain, te=120))
     given.validate()
     assert (given.frames, given.long.segment_length, given.chain.te) == (33, 17, 120) and given.is_long
+    same = replace(sd, embedded_preset="wan", chain=replace(sd.chain, te=DEFAULT_TE["vp"]), fps=sd.fps)
+    same.validate()
+    assert (same.chain.te, same.fps, same.frames) == (DEFAULT_TE["vp"], sd.fps, 17)
+    # ... and a chain derived for another setting keeps nothing settled for SD
+    derived = replace(sd, embedded_preset="wan", chain=replace(sd.chain, refine_steps=3))
+    derived.validate()
+    assert (derived.chain.te, derived.chain.refine_steps) == (DEFAULT_TE["flow"], 3)
+    import pickle
+    assert pickle.loads(pickle.dumps(sd)) == sd   # (the settled values' mark pickles as the plain value)
     # the request validated again keeps what it settled; generate() runs the copy as a fresh Wan request
     sd.validate()
     assert (sd.frames, sd.chain.te) == (16, DEFAULT_TE["vp"])
