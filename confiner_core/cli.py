@@ -374,7 +374,10 @@ def generate_command(a: argparse.Namespace) -> int:
 
 
 #: the environment variables main() sets for its run where they are unset (the libraries' chatter and loading bars)
-QUIETING = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "DIFFUSERS_VERBOSITY")
+#: (the loading bars are switched off and on again around the loading: library_bars.loading_bars)
+QUIETING = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")
+#: the libraries that read them at import: library -> its variable (their default level: WARNING)
+QUIETED_LIBRARIES = {"transformers": "TRANSFORMERS_VERBOSITY", "diffusers": "DIFFUSERS_VERBOSITY"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     # what main() sets for the run is put back at its end: it may run inside a notebook or a test (a notebook kept
     # the libraries' verbosity and loading bars switched off after one call with --quiet)
     python_format, unset = warnings.formatwarning, [name for name in QUIETING if name not in os.environ]
+    imported = {name for name in QUIETED_LIBRARIES if name in sys.modules}
     # Library chatter at import (e.g. transformers on optional image processors) would bury the one-line result.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
@@ -392,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:   # Ctrl-C while the arguments are read: nothing has started
             sys.stderr.write("interrupted; nothing written\n")
             raise SystemExit(130) from None
-        if getattr(args, "quiet", False):   # nor do the libraries' loading bars and notices (read when they load)
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if getattr(args, "quiet", False):   # nor do the libraries' notices (read when they load)
             os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
         if not debug:  # a doubtful setting (ConFinerWarning) is one line, like an error, not Python's warning format
@@ -403,6 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = python_format
         for name in unset:
             os.environ.pop(name, None)
+        libraries_as_by_default(unset, imported)
+
+
+def libraries_as_by_default(unset: list, imported: set) -> None:
+    """A library first imported during main() read its quieting at import, and kept it (a notebook's first call with
+    --quiet left transformers and diffusers logging errors only): put back at its default, where main() set the
+    variable. ``unset``: the variables main() set; ``imported``: the libraries imported before it."""
+    for library, variable in QUIETED_LIBRARIES.items():
+        if library not in imported and library in sys.modules and variable in unset:
+            sys.modules[library].utils.logging.set_verbosity_warning()
 
 
 def run_command(args, parser, debug: bool) -> int:

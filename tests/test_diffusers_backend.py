@@ -912,6 +912,25 @@ def test_an_expert_without_vae_weights_is_told_whose_vae_serves_it(paths, tmp_pa
     assert json.loads((out / "report.json").read_text())["experts"]["spatial"]["vae"] == str(paths["sd"])
 
 
+def test_a_quiet_run_leaves_the_libraries_it_imported_at_their_default_verbosity(paths, tmp_path):
+    """main([..., "--quiet"]) as a notebook's first call imported transformers and diffusers under the variables
+    that quieten them, which they read at import and kept: they logged errors only for the rest of the session."""
+    import os
+    import subprocess
+    import sys
+
+    argv = ["generate", "--quiet", "--height", "64", "--width", "64", "--frames", "8", "--control", str(paths["ad"]),
+            "--spatial", str(paths["sd"]), "--temporal", str(paths["t2v"]), "--out", str(tmp_path / "x")]
+    code = (f"import sys\nfrom confiner_core.cli import main\nassert 'transformers' not in sys.modules\n"
+            f"assert main({argv!r}) == 0\nimport diffusers, transformers\n"
+            f"print(transformers.utils.logging.get_verbosity(), diffusers.utils.logging.get_verbosity())")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == [str(logging.WARNING)] * 2, done.stdout
+
+
 # --------------------------------------------------------------- (h): AnimateDiff scheduler (issue 12 item 8)
 
 def test_a_scheduler_shipped_with_an_animatediff_folder_is_respected(paths, tmp_path):
