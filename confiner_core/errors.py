@@ -37,11 +37,17 @@ class ConFinerWarning(UserWarning):
     stops nothing (a temporary file a read-only folder keeps)."""
 
 
+#: the decorators' and context managers' frames between the library's code and its caller (a warning from a
+#: torch.no_grad() method was attributed to torch/utils/_contextlib.py)
+PASSED_THROUGH = (os.path.join("torch", "utils", "_contextlib.py"), f"{os.sep}contextlib.py")
+
+
 def warn_doubtful(message: str) -> None:
     """A :class:`ConFinerWarning`, attributed to the first line outside this package that led to it (a script's
     ``generate(...)`` or ``run_chain(...)`` call), however deep in the library the setting was checked."""
     frame, level = sys._getframe(1), 2   # stacklevel 2: this function's caller
-    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
+    while frame is not None and (frame.f_code.co_filename.startswith(PACKAGE) or
+                                 frame.f_code.co_filename.endswith(PASSED_THROUGH)):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ConFinerWarning, stacklevel=level)
 

@@ -851,7 +851,9 @@ def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths,
 
 
 def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):
-    """CLIP reads 77 tokens: a longer prompt was cut without a word (diffusers' pipelines log the part cut)."""
+    """CLIP reads 77 tokens: a longer prompt was cut without a word (diffusers' pipelines log the part cut). The
+    warning is the caller's line's (it was torch's no_grad decorator's), and transformers' own line on the length
+    (once per expert) is not said beside it."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from confiner_core.chain import ConFinerWarning
@@ -861,15 +863,26 @@ def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):
     encoder = PromptEncoder(tokenizer, CLIPTextModel.from_pretrained(paths["sd"], subfolder="text_encoder",
                                                                     local_files_only=True))
     short, long = "a red ball", " ".join(["a red ball bouncing"] * 30)
-    assert len(tokenizer(long).input_ids) > tokenizer.model_max_length > len(tokenizer(short).input_ids)
+    assert tokenizer.model_max_length > len(tokenizer(short).input_ids)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConFinerWarning)
         encoder(short)
+    # (counted on a tokenizer of its own: transformers says its line once per tokenizer)
+    count = len(CLIPTokenizer.from_pretrained(paths["sd"], subfolder="tokenizer", local_files_only=True)(long).input_ids)
+    said_by_transformers = []   # (its logger does not propagate to the root's)
+    listener = logging.Handler()
+    listener.emit = lambda record: said_by_transformers.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(listener)
     # the end as words (it read 'd</w>word</w>...' through transformers 5's CLIP tokenizer)
-    with pytest.warns(ConFinerWarning, match=rf"^a prompt is {len(tokenizer(long).input_ids)} tokens and CLIPTextModel "
-                                             r"reads 77: the end is not read \('[a-z]* ?a red ball bouncing a red "
-                                             r"ball"):   # (the cut falls between tokens, here inside a word)
-        encoder(long)
+    try:
+        with pytest.warns(ConFinerWarning, match=rf"^a prompt is {count} tokens and CLIPTextModel "
+                                                 r"reads 77: the end is not read \('[a-z]* ?a red ball bouncing a red "
+                                                 r"ball") as said:   # (the cut falls between tokens, inside a word)
+            encoder(long)
+    finally:
+        logging.getLogger("transformers").removeHandler(listener)
+    assert count > tokenizer.model_max_length and said[0].filename == __file__, said[0].filename
+    assert not [m for m in said_by_transformers if "Token indices sequence length" in m], said_by_transformers
 
 
 def test_a_zero_terminal_snr_scheduler_is_refused_before_the_weights_load(paths, tmp_path, capsys, monkeypatch):
@@ -901,14 +914,14 @@ def test_an_expert_without_vae_weights_is_told_whose_vae_serves_it(paths, tmp_pa
     out = tmp_path / "x"
     assert main(["generate", "--out", str(out), "--control", str(paths["ad"]), "--spatial", str(novae),
                  "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--frames", "8", "--quiet"]) == 0
-    assert f"the spatial expert ({novae}) has no VAE weights: the VAE of the temporal expert ({paths['t2v']}), of " \
-        f"the same SD 1.5 latent space, serves it\n" in capsys.readouterr().out
+    assert f"the spatial expert ({novae}) has no VAE of its own (its config and weights): the VAE of the temporal " \
+        f"expert ({paths['t2v']}), of the same SD 1.5 latent space, serves it\n" in capsys.readouterr().out
     experts = json.loads((out / "report.json").read_text())["experts"]
     assert experts["spatial"]["vae"] == experts["temporal"]["vae"] == str(paths["t2v"])
     # an expert with its own VAE: nothing said, its own folder reported
     assert main(["generate", "--out", str(out), "--control", str(paths["ad"]), "--spatial", str(paths["sd"]),
                  "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--frames", "8", "--quiet"]) == 0
-    assert "no VAE weights" not in capsys.readouterr().out
+    assert "no VAE of its own" not in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["experts"]["spatial"]["vae"] == str(paths["sd"])
 
 

@@ -25,14 +25,15 @@ from ..sampling import host_to_device
 def warn_if_truncated(tokenizer, prompts: list[str], max_length: int, reader) -> None:
     """A prompt longer than its text encoder reads is cut (as diffusers' pipelines cut it, saying so in their log):
     a :class:`~confiner_core.errors.ConFinerWarning` names the encoder and what it does not read. ``reader``: the
-    text encoder. (Tokenized without the ids, which would make transformers warn of its own.)"""
+    text encoder."""
     room = max_length - tokenizer.num_special_tokens_to_add()
     for prompt in prompts:
-        tokens = tokenizer.tokenize(prompt)
+        # (verbose=False: transformers' own "Token indices sequence length ..." came once per expert beside this)
+        tokens = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
         if len(tokens) > room:
-            # decode, not convert_tokens_to_string: transformers 5's CLIP tokenizer leaves its word ends in the
-            # latter ('d</w>word</w>...')
-            lost = tokenizer.decode(tokenizer.convert_tokens_to_ids(tokens[room:])).strip()
+            # decoded, as words (transformers 5's CLIP tokenizer leaves its word ends in convert_tokens_to_string:
+            # 'd</w>word</w>...')
+            lost = tokenizer.decode(tokens[room:]).strip()
             warn_doubtful(f"a prompt is {len(tokens) + max_length - room} tokens and {type(reader).__name__} reads "
                           f"{max_length}: the end is not read ({lost[:60]!r}{'…' if len(lost) > 60 else ''}); shorten "
                           f"it: {prompt[:40]!r}{'…' if len(prompt) > 40 else ''}")

@@ -234,7 +234,8 @@ def borrowed_vaes(inspections: dict[str, Inspection]) -> list[str]:
     """Each expert without VAE weights of its own, and whose VAE serves it instead (the same latent space): a
     folder missing vae/ was decoded by another model's VAE without a word."""
     providers = vae_providers(inspections)
-    return [f"the {role} expert ({ins.path}) has no VAE weights: the VAE of the {provider.role} expert "
+    return [f"the {role} expert ({ins.path}) has no VAE of its own (its config and weights): the VAE of the "
+            f"{provider.role} expert "
             f"({provider.path}), of the same {ins.latent_space.title} latent space, serves it"
             for role, ins in inspections.items() if not ins.has_vae
             for provider in [providers.get(ins.latent_space)] if provider is not None]
