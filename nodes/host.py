@@ -737,7 +737,7 @@ def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "stru
         came = f" (it comes from {model_files.title(source)})" if source and \
             source.get("class_type") != "ConFinerControlExpert" else ""
         raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine{came}: connect the "
-                         f"structure output of ConFiner Control Expert" + (", and un-bypass or unmute it if it is "
+                         f"structure output of ConFiner Control Expert" + (", and un-bypass it if it is "
                                                                           "connected" if came else ""))
     normalised = model.get_model_object("latent_format").process_in(samples) if model is not None else \
         space.process_in(samples)

@@ -108,7 +108,7 @@ CASES = [
     # (also what a bypassed Control Expert passes on: "connect the structure output" was said of one connected)
     ("an empty latent as the structure", "chain", "7", {"structure": ["4", 0]}, EXECUTION,
      ["structure latent is empty (all zeros)", "(it comes from EmptyLatentImage)",
-      "structure output of ConFiner Control Expert, and un-bypass or unmute it if it is connected"]),
+      "structure output of ConFiner Control Expert, and un-bypass it if it is connected"]),
     ("coordinated without a temporal expert", "chain", "6", {"temporal_model": None}, EXECUTION,
      ["temporal_model", "coordinated"]),
     ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], ["frames", "segment_prompts"]),

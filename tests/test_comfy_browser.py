@@ -291,6 +291,19 @@ def test_the_texts_of_nodes_in_a_subgraph_show_when_it_is_opened(frontend, scree
         "error)", seen
 
 
+def test_the_packs_texts_stay_on_screen_after_a_subgraph_was_opened(frontend, screenshot_dir):
+    """On a switch of graph the frontend 1.35 keeps only its HTML-element widgets active: once a subgraph had been
+    opened, every text of the pack's nodes stayed hidden, on the top graph and in the subgraph opened again, until a
+    switch of workflow tabs (a trial)."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "round trip")
+    seen = browser.subgraph_round_trip(b)
+    b.page.screenshot(path=str(screenshot_dir / "subgraph_round_trip.png"))
+    assert seen == {"top": True, "inside": True, "top_again": True, "inside_again": True}, seen
+
+
 def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(frontend, screenshot_dir):
     """A tab switch reloads the graph from its saved state, which holds no progress text: every warning and "done"
     line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id."""

@@ -45,7 +45,8 @@
 // * All of it holds for the pack's nodes inside subgraphs: ComfyUI runs them under ids "<subgraph node>:<node>", which
 //   the frontend 1.35 could not look up (it threw "Subgraph not found"), so none of their texts ever showed. Such an
 //   id now reaches its node where the canvas shows the subgraph, and texts that came while it showed another graph
-//   appear when the subgraph is opened. A failure inside one is named with the subgraph ("ConFiner Control Expert
+//   appear when the subgraph is opened. A graph shown again shows its text boxes: the frontend hid them all once a
+//   subgraph had been opened, the top graph's too. A failure inside one is named with the subgraph ("ConFiner Control Expert
 //   (in New Subgraph)"), where it was the class id.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
@@ -255,6 +256,25 @@ function showKeptTexts() {
   }
 }
 
+// The frontend's store of the widgets it draws as HTML (1.35: "domWidget"), reached through the page's Vue app; null
+// where there is none.
+function domWidgetStore() {
+  return document.getElementById("vue-app")?.__vue_app__?.config?.globalProperties?.$pinia?._s?.get?.("domWidget") ??
+    null;
+}
+
+// The text boxes of the pack's nodes in a graph shown again. On a switch of graph the frontend 1.35 keeps active only
+// the widgets that are HTML elements (DOMWidgetImpl): a progress text is a component, so once a subgraph had been
+// opened every text of the pack's nodes stayed hidden, also on the top graph, until a switch of workflow tabs.
+function showTextBoxes(graph) {
+  const states = domWidgetStore()?.widgetStates;
+  for (const node of (states && (graph?._nodes ?? graph?.nodes)) || []) {
+    const widget = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    const state = widget && states.get(widget.id);
+    if (state && !state.active) state.active = true;
+  }
+}
+
 // Empties the progress text of every node of the pack whose text matches ``pattern``, or for which
 // ``also(id, out)`` (its run id; whether a run leaves it out).
 function clearTexts(pattern, also = () => false) {
@@ -345,8 +365,12 @@ app.registerExtension({
     };
     api.addEventListener("progress_text", keepText);
     resolveSubgraphIds();
-    // a subgraph opened (or left): its nodes' kept texts, which came while the canvas showed another graph
-    app.canvas?.canvas?.addEventListener("litegraph:set-graph", () => setTimeout(showKeptTexts, 0));
+    // a subgraph opened (or left): its nodes' text boxes, and their kept texts, which came while the canvas showed
+    // another graph (after the frontend's own handling of the switch)
+    app.canvas?.canvas?.addEventListener("litegraph:set-graph", (event) => setTimeout(() => {
+      showTextBoxes(event.detail?.newGraph ?? app.canvas.graph);
+      showKeptTexts();
+    }, 0));
     // the kept texts of a graph come back once it is loaded: only then is its tab the active one (afterConfigureGraph
     // runs before the switch, under the tab left)
     const loadGraphData = app.loadGraphData;

@@ -355,6 +355,48 @@ SUBGRAPH_TEXTS_JS = """async () => {
 }"""
 
 
+# The basic template's Control Expert made a subgraph; a text on the top graph's sampler and one on the expert inside:
+# whether each is on screen (an element showing it, not hidden) as the canvas goes into the subgraph and out again.
+SUBGRAPH_ROUND_TRIP_JS = """async () => {
+  const api = window.comfyAPI.api.api;
+  const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+  const view = async (graph, node) => {
+    if (app.canvas.graph !== graph) app.canvas.setGraph(graph);
+    await wait(300);
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [-node.pos[0] + 60, -node.pos[1] + 60];
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    await wait(400);
+  };
+  const shown = (text) => Array.from(document.querySelectorAll("textarea, div, span, p")).some(
+    (e) => e.offsetParent !== null && (e.value ?? e.innerText ?? "").trim() === text && e.getBoundingClientRect().height > 0);
+  const sampler = app.rootGraph.nodes.find((n) => n.type === "ConFinerCoordinatedSampler");
+  const {node: holder} = app.rootGraph.convertToSubgraph(
+    new Set([app.rootGraph.nodes.find((n) => n.type === "ConFinerControlExpert")]));
+  const inner = holder.subgraph.nodes.find((n) => n.type === "ConFinerControlExpert");
+  await view(app.rootGraph, sampler);
+  api.dispatchCustomEvent("progress_text", {nodeId: String(sampler.id), text: "done · on the top graph"});
+  await view(app.rootGraph, sampler);
+  const out = {top: shown("done · on the top graph")};
+  await view(holder.subgraph, inner);
+  api.dispatchCustomEvent("progress_text", {nodeId: `${holder.id}:${inner.id}`, text: "done · in the subgraph"});
+  await view(holder.subgraph, inner);
+  out.inside = shown("done · in the subgraph");
+  await view(app.rootGraph, sampler);
+  out.top_again = shown("done · on the top graph");
+  await view(holder.subgraph, inner);
+  out.inside_again = shown("done · in the subgraph");
+  await view(app.rootGraph, sampler);
+  return out;
+}"""
+
+
+def subgraph_round_trip(browser: Browser) -> dict:
+    """:data:`SUBGRAPH_ROUND_TRIP_JS` on the loaded (basic) template."""
+    return browser.page.evaluate(SUBGRAPH_ROUND_TRIP_JS)
+
+
 def subgraph_texts(browser: Browser) -> dict:
     """:data:`SUBGRAPH_TEXTS_JS` on the loaded (basic) template; the subgraph stays open."""
     return browser.page.evaluate(SUBGRAPH_TEXTS_JS)
