@@ -608,9 +608,10 @@ def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(front
     assert lines and all(count == 1 for _, _, count in lines), lines
 
 
-def test_a_node_served_from_the_cache_says_so_where_it_showed_nothing(frontend):
+def test_a_node_served_from_the_cache_says_so(frontend):
     """A workflow opened afresh whose result ComfyUI had cached ran in 0.01 s, and the pack's nodes stayed blank (a
-    cached node sends no text). A node that shows the text of its own last run keeps it."""
+    cached node sends no text). A node that shows the text of its own last run keeps it, and says this run reused it
+    (the Control Expert, its seed fixed, showed its "done" line through every later Run as if each had made it)."""
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
@@ -623,6 +624,13 @@ def test_a_node_served_from_the_cache_says_so_where_it_showed_nothing(frontend):
         nodes: app.graph._nodes.map((n) => String(n.id))});
       await new Promise((r) => setTimeout(r, 300));
       const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
-      return [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts")];
+      const first = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts")];
+      api.dispatchCustomEvent("execution_start", {prompt_id: "cached again", timestamp: Date.now()});
+      api.dispatchCustomEvent("execution_cached", {prompt_id: "cached again", timestamp: Date.now(),
+        nodes: app.graph._nodes.map((n) => String(n.id))});
+      await new Promise((r) => setTimeout(r, 300));
+      return [...first, text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
     }""", done)
-    assert texts == [done, "done · from the cache (an earlier run made it)", None], texts
+    reused = f"{done}\nreused by this run (from the cache)"
+    cached = "done · from the cache (an earlier run made it)"
+    assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it

@@ -14,6 +14,8 @@
 //   each node's last text in memory, by graph and node id (a tab keeps its graph's id; two tabs of one template
 //   have two), and shows it again when that graph is loaded.
 //
+// * A node of the pack that a run takes from ComfyUI's cache says so: under its last run's "done" line, or where it
+//   showed nothing (a workflow opened afresh).
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
 //   "done" stays: a node served from the cache did finish, but not on a node muted or bypassed, which the run leaves
@@ -64,6 +66,10 @@ const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any 
 const WAITING = /^waiting for its turn/m;
 const CANVAS_PREVIEW = "$$canvas-image-preview"; // the frontend's widget that draws a node's preview images
 const CACHED = "done · from the cache (an earlier run made it)";
+// ... under the text of the run that made it (the Control Expert, its seed fixed, kept "done · ... 16.3 s" through
+// every later Run as if each had made it)
+const REUSED = "reused by this run (from the cache)";
+const DONE = /^done · /m; // (under any warning lines)
 // a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
 const FRESH_WIDTH = 430;
 // the nodes whose seed lays out the structure: "fixed" when added fresh
@@ -400,6 +406,8 @@ app.registerExtension({
         const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
         if (node && TEXT_NODES.has(node.comfyClass) && !text?.value) {
           api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: CACHED });
+        } else if (DONE.test(text?.value ?? "") && !text.value.includes(CACHED) && !text.value.includes(REUSED)) {
+          api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: `${text.value}\n${REUSED}` });
         }
       }
     });
