@@ -48,8 +48,8 @@
 //   the frontend 1.35 could not look up (it threw "Subgraph not found"), so none of their texts ever showed. Such an
 //   id now reaches its node where the canvas shows the subgraph, and texts that came while it showed another graph
 //   appear when the subgraph is opened. A graph shown again shows its text boxes: the frontend hid them all once a
-//   subgraph had been opened, the top graph's too. A failure inside one is named with the subgraph ("ConFiner Control Expert
-//   (in New Subgraph)"), where it was the class id.
+//   subgraph had been opened, the top graph's too. A failure inside one is named with the subgraph ("ConFiner
+//   Control Expert (in New Subgraph)"), where it was the class id.
 //
 // tests/test_comfy_browser.py checks these with progress text, a preview and a run's start dispatched as the server
 // sends them.
@@ -212,7 +212,7 @@ function settleLoadingBars() {
 // tab's "done" line before it had run (a trial).
 const KEPT = new Map();
 const keptKey = (nodeId) =>
-  `${app.extensionManager?.workflow?.activeWorkflow?.key ?? ""} ${(app.rootGraph ?? app.graph)?.id} ${nodeId}`;
+  `${app.extensionManager?.workflow?.activeWorkflow?.key ?? ""} ${rootGraph()?.id} ${nodeId}`;
 
 // Takes a node's preview off the canvas (the next preview that arrives shows as ever).
 function dropPreview(node) {
