@@ -373,8 +373,8 @@ def generate_command(a: argparse.Namespace) -> int:
     return 0
 
 
-#: the environment variables main() sets for its run where they are unset (the libraries' chatter and loading bars)
-#: (the loading bars are switched off and on again around the loading: library_bars.loading_bars)
+#: the environment variables main() sets for its run where they are unset: the libraries' notices (their loading
+#: bars are switched off and on again around the loading: library_bars.loading_bars)
 QUIETING = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")
 #: the libraries that read them at import: library -> its variable (their default level: WARNING)
 QUIETED_LIBRARIES = {"transformers": "TRANSFORMERS_VERBOSITY", "diffusers": "DIFFUSERS_VERBOSITY"}
