@@ -324,8 +324,8 @@ class GenerateRequest:
     image_mode: str = LATENT_FRAMES  # a Wan / Qwen-Image spatial expert: every latent frame, or every pixel frame
     chain: ChainConfig = field(default_factory=ChainConfig)
     long: LongConfig = field(default_factory=LongConfig)
-    # what validate() settled, path -> (as given, as settled); the settled values themselves are marked
-    # (:func:`marked_settled`). A field, so dataclasses.replace() copies it: a copy with other experts settles those
+    # the defaults validate() settles, path -> the value as given (the settled values themselves are marked:
+    # :func:`marked_settled`). A field, so dataclasses.replace() copies it: a copy with other experts settles those
     # defaults anew (a notebook validated an SD request, swapped in Wan checkpoints by replace() and ran at SD's
     # T_e 100 and 8 fps)
     _defaults: dict = field(default_factory=dict, repr=False, compare=False)
@@ -372,7 +372,7 @@ class GenerateRequest:
         as unset (unless the user wrote a value there since), so a copy by ``dataclasses.replace`` with other
         experts gets theirs."""
         with caller_spelling():
-            for path, (given, _) in self._defaults.items():
+            for path, given in self._defaults.items():
                 if isinstance(lookup(self, path), Settled):
                     self._assign(path, given)
             given = {path: lookup(self, path) for path in SETTLED_DEFAULTS}
@@ -382,11 +382,11 @@ class GenerateRequest:
                 for path in SETTLED_DEFAULTS:
                     if lookup(self, path) != given[path]:
                         self._assign(path, marked_settled(lookup(self, path)))
-                self._defaults = {path: (given[path], lookup(self, path)) for path in SETTLED_DEFAULTS}
+                self._defaults = given
 
     def requested(self, path: str):
         """A settled default's value as the request gave it (``chain.matching``: "auto" where validate() chose)."""
-        return self._defaults.get(path, (lookup(self, path),))[0]
+        return self._defaults.get(path, lookup(self, path))
 
     def _assign(self, path: str, value) -> None:
         """Sets a field by its path; a field of the frozen chain or long config gets a new config."""
@@ -932,7 +932,7 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
     from .diffusers_backend.families.registry import vae_providers
 
     inspections = getattr(experts, "inspections", {})
-    kept = {role: ins for role, ins in inspections.items() if role == "control" or role in req.roles()}
+    kept = {role: ins for role, ins in inspections.items() if role in req.roles()}
     if kept.keys() != inspections.keys():
         own, loaded = vae_providers(kept), vae_providers(inspections)
         for space, provider in own.items():

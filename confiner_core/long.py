@@ -540,10 +540,13 @@ def render_applied_schedule(plan: SegmentPlan, schedule: PromptSchedule) -> str 
     if applied is None:
         return None
     if plan.window_junctions:
-        written = iter(schedule.entries)   # the applied entries are the written ones, in order, some left out
-        moves = [(given.start, e.start) for e in applied.entries
-                 for given in [next((g for g in written if g.prompt == e.prompt), e)] if given.start != e.start]
-        # the keys it moved (every junction was listed: "16, 32, …, 592", where one key had moved)
+        # the keys it moved (every junction was listed: "16, 32, …, 592", where one key had moved); the applied
+        # entries are the written ones, in order, some left out
+        written, moves = iter(schedule.entries), []
+        for entry in applied.entries:
+            given = next((g for g in written if g.prompt == entry.prompt), entry)
+            if given.start != entry.start:
+                moves.append((given.start, entry.start))
         how = (f"each window of {plan.segment_length} frames is refined with the prompt at its centre frame, so a "
                f"prompt starts at the nearest window junction"
                + (": " + ", ".join(f"frame {a} → {b}" for a, b in moves) if moves else ""))
