@@ -31,6 +31,10 @@ class Prediction(NamedTuple):
     eps: torch.Tensor
 
 
+#: where a model a script has already loaded (a diffusers UNet or pipeline) goes instead of a path
+ALREADY_LOADED = ("a model already loaded runs as an expert of confiner_core.diffusers_backend (FrameExpert, "
+                  "MotionExpert, UNet3DExpert) through run_chain: see the README's 'Models you have already loaded'")
+
 #: what an :class:`EvaluationLog` counts, per stage (a long run carries these with each window and in its resume state)
 COUNTERS = ("evaluations", "forwards", "vae_calls")
 

@@ -38,7 +38,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
-from .experts import FP16_OVERFLOW, EvaluationLog, in_stage
+from .experts import ALREADY_LOADED, FP16_OVERFLOW, EvaluationLog, in_stage
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
                    prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text)
@@ -212,6 +212,14 @@ def with_dtype_option(text: str) -> str:
 def from_the_backend(text: str) -> str:
     """A diffusers-backend message names its keyword arguments (``base=``); on the command line, the options."""
     return text.replace("base=", "--base ") if _SPELLING.get() == "cli" else text
+
+
+def not_a_path(name: str, value) -> str:
+    """The message for a path field given something else: a model already loaded has its own way in."""
+    said = f"--{name.replace('_', '-')} must be a path (str or pathlib.Path), not {type(value).__name__}"
+    if name in ("control", "spatial", "temporal", "base"):
+        said += f"; {ALREADY_LOADED}"
+    return said
 
 
 @contextlib.contextmanager
@@ -397,9 +405,12 @@ class GenerateRequest:
             setattr(self, name, value)
 
     def _validate(self) -> None:
-        for name in PATHS:   # "~/videos" quoted in a shell, or written in Python, is the home folder's
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, os.path.expanduser(getattr(self, name)))
+        for name in PATHS:   # "~/videos" quoted in a shell, or written in Python (str or Path), is the home folder's
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                setattr(self, name, os.path.expanduser(value))
+            elif value is not None:
+                raise UsageError(not_a_path(name, value), f"--{name.replace('_', '-')}")
         if isinstance(self.seed, torch.Generator):   # the request is settings (kept for --resume): seeds are ints
             raise UsageError(f"--seed must be an integer, got a torch.Generator: pass its seed, "
                              f"{self.seed.initial_seed()} (generator.initial_seed())", "--seed")
@@ -917,9 +928,11 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
     :func:`load_experts` recorded them. Another checkpoint or device would run, and be reported, as this one."""
     asked = load_arguments(req)
     had = getattr(experts, "arguments", None)
-    if had is None:
+    if not had:   # (a LoadedExperts built by hand records no load to check against the request)
         raise UsageError(f"experts= must come from load_request_experts(request) or load_experts, got "
-                         f"{type(experts).__name__}", "experts")
+                         f"{type(experts).__name__}" + (" built by hand" if had is not None else "") +
+                         "; experts of your own run through run_chain or generate_long (README 'Models you have "
+                         "already loaded')", "experts")
     for name, value in asked.items():
         if name in ("spatial", "temporal") and value is None:
             continue   # loaded and left unused: a sweep over --mode (standard, the ablation) keeps its experts
@@ -1087,11 +1100,11 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
     bridged = bridge_line(req.spaces(), req.chain.mode) if announce is not None else None
     if bridged:
         announce(bridged)
-    if announce is not None and not req.embedded:
+    if lead and not req.embedded:   # a script gets it as a warning, as the command line as a line
         from .diffusers_backend import borrowed_vaes
 
         for line in borrowed_vaes(req._inspections):
-            announce(line)
+            (announce or warn_doubtful)(line)
     if announce is not None and plan is not None:
         announce(plan_line(plan, req.chain))
     unread = unread_words_line(req) if announce is not None and req.embedded else None
@@ -1135,10 +1148,11 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
                 store.clear()
             done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
             raise Interrupted(done, expected_evaluations(req.chain, plan), kept) from None
-        # Finished windows stay resumable after an interrupt (above), a failure to write (disk full) or another
-        # process's interruption or loss; any other failure would recur on resume, so its state goes.
-        keep = store is not None and store.exists() and (isinstance(e, OSError) or
-                                                          (failure is not None and failure.resumable))
+        # Finished windows stay resumable after an interrupt (above) and any failure but those of the settings
+        # themselves, which a rerun with them would meet again (refused, NaN; another process's likewise): a failure
+        # to write (disk full), running out of memory, an exception from a script's callback, a crash
+        keep = store is not None and store.exists() and not isinstance(e, (UsageError, NonFiniteError)) and \
+            (failure is None or failure.resumable)
         if req.resume and isinstance(e, UsageError):   # refused before a window ran: the state waits for its rerun
             raise
         if store is not None and not keep:
@@ -1146,11 +1160,14 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
         if failure is None:
             if isinstance(e, NonFiniteError):   # where it happened and why; here also that the outputs are intact
                 raise NonFiniteError(f"{with_dtype_option(str(e))}; nothing was written") from None
-            if keep:   # a failure to write (e.g. a full disk): the finished windows wait for a rerun with --resume
+            if keep and isinstance(e, OSError):   # a failure to write (e.g. a full disk)
                 raise OutputError(spelled(f"{e}; {windows_kept(store, plan)}: rerun with --resume once it can "
                                           f"write")) from e
             if out_of_memory(e) and hasattr(e, "add_note"):   # (Python 3.11+) the options that size the work
                 e.add_note(spelled(memory_note(req, plan)))
+            if keep and hasattr(e, "add_note"):
+                e.add_note(spelled(f"{windows_kept(store, plan)} in {store.folder}: rerun with --resume once "
+                                   f"this is fixed, or delete that folder to start over"))
             raise
         if keep:
             kept = spelled(f" ({windows_kept(store, plan)}: rerun with --resume)")

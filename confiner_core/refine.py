@@ -65,7 +65,9 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
     temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the temporal
-    expert's input V''_{t_k} (Eq. 9) as ``temporal_input``."""
+    expert's input V''_{t_k} (Eq. 9) as ``temporal_input``. ``t`` is a position on the spatial expert's schedule
+    (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts a network
+    timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     check_generator(generator, "coordinated_step")   # (before the spatial evaluation it would follow)
     with own_stage(spatial, "refine"):
@@ -88,7 +90,8 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     keys (``denoised``: the spatial x0 of line 14), the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its
     own latent space), its input ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule
     (Eq. 9, in the temporal expert's space), and ``renoised``, V'_{t_k}: the temporal x0 re-noised on the spatial
-    schedule (Eq. 11), the input of line 14."""
+    schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
+    :func:`coordinated_step` takes them."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     check_generator(generator, "refine_coordinated")
     with own_stage(spatial, "refine"):

@@ -67,7 +67,8 @@ def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def diffuse(schedule: NoiseSchedule, x0: torch.Tensor, t: float, eps: torch.Tensor) -> torch.Tensor:
-    """Forward process, Eq. 1: x_t = alpha_t x0 + sigma_t eps.
+    """Forward process, Eq. 1: x_t = alpha_t x0 + sigma_t eps, ``t`` a position on ``schedule``
+    (``schedule.index(timestep)`` of a network timestep: :mod:`~confiner_core.schedules`).
 
     Structure extraction (Eq. 6) and both re-noisings of coordinated denoising (Eq. 9, 11) are this function
     on the spatial or the temporal expert's schedule."""
@@ -123,8 +124,8 @@ def ddim_sigma(alpha_t: float, sigma_t: float, alpha_prev: float, sigma_prev: fl
 def ddim_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: float, eta: float = 0.0,
               noise: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step, Eq. 2-4: x_{t_prev} = alpha_prev x0 + sqrt(sigma_prev^2 - s^2) eps + s z, with s from
-    :func:`ddim_sigma`. eta = 0 is deterministic; on a flow schedule it is exactly a flow Euler step,
-    x + (s_prev - s_t) u."""
+    :func:`ddim_sigma`; ``t``, ``t_prev``: positions on ``schedule`` (-1: the clean end). eta = 0 is
+    deterministic; on a flow schedule it is exactly a flow Euler step, x + (s_prev - s_t) u."""
     alpha_prev, sigma_prev = schedule.coefficients(t_prev)
     if eta == 0.0:
         return alpha_prev * pred.x0 + sigma_prev * pred.eps

@@ -3,6 +3,12 @@
 Variance-preserving (VP) schedules have alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) (Eq. 1);
 flow-matching schedules have alpha_t = 1 - s_t, sigma_t = s_t. Every expert in a ConFiner chain carries its
 own schedule; the chain converts between them through x0 (Eq. 9 and 11), so nothing else needs to know the kind.
+
+Two units of time: a *position* t indexes the table (what :meth:`NoiseSchedule.coefficients`, the samplers' steps
+and an expert's ``forward`` take), a *network timestep* is what a model is conditioned on and what T_e and the
+refinement timesteps are given in. :meth:`NoiseSchedule.index` and :meth:`NoiseSchedule.timestep` convert. On a VP
+schedule of N steps they are the same number; on a flow schedule they are not (sigma = timestep / N: Wan's T_e 250
+is position 61.5 at shift 5), so a loop written with network timesteps runs a flow expert at other noise levels.
 """
 
 from __future__ import annotations

@@ -280,6 +280,11 @@ API_CASES = [
     Case("api-out-file", {"out": "{file}"}, "out: "),
     Case("api-missing-spatial", {"control": "{motion}", "spatial": "/nope/s", "temporal": "{motion}"}, "/nope/s"),
     Case("api-pickle-temporal", {"control": "{motion}", "spatial": "{sd}", "temporal": "{ckpt}"}, "model.ckpt"),
+    # a model already loaded, given where its path goes (it failed in os.stat, a TypeError naming no field)
+    Case("api-model-for-path", {"control": "{motion}", "spatial": torch.nn.Linear(1, 1), "temporal": "{motion}"},
+         "spatial must be a path (str or pathlib.Path), not Linear; a model already loaded runs as an expert of "
+         "confiner_core.diffusers_backend"),
+    Case("api-out-number", {"out": 7}, "out must be a path (str or pathlib.Path), not int"),
 ]
 
 

@@ -4,6 +4,7 @@ Each family's expert evaluation is checked against the family's own diffusers pi
 its UNet, loaded independently), and every bad input is refused before any weights load (counted)."""
 
 import json
+import os
 import logging
 import shutil
 import warnings
@@ -779,6 +780,23 @@ def test_a_motion_modules_frame_limit_is_refused_before_any_weights_load(paths, 
     assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"
 
 
+@pytest.mark.parametrize("control", ["ad", "adapter"])
+def test_a_bad_request_is_refused_before_diffusers_is_imported(paths, tmp_path, control):
+    """Checking a checkpoint request reads configs and headers, which needs no diffusers: importing it (seconds on
+    every run of the command line) waits for the weights to load, so a mistake is answered at once."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom confiner_core.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print('exit', e.code, 'diffusers' in sys.modules, 'transformers' in sys.modules)\n")
+    args = ["generate", "--control", str(paths[control]), "--spatial", str(paths["sd"]), "--temporal",
+            str(paths["t2v"]), "--te", "5000", "--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "te (T_e)=5000 lies outside the spatial expert's schedule" in done.stderr, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "exit 2 False False", done.stdout
+
+
 def test_a_motion_module_loads_without_a_notice_about_no_modules(paths):
     """diffusers warns of float32 modules on every cast of a UNetMotionModel, also when the list is empty: dropped
     (diffusers' warnings are let through here: other test files silence them)."""
@@ -918,6 +936,15 @@ def test_an_expert_without_vae_weights_is_told_whose_vae_serves_it(paths, tmp_pa
         f"expert ({paths['t2v']}), of the same SD 1.5 latent space, serves it\n" in capsys.readouterr().out
     experts = json.loads((out / "report.json").read_text())["experts"]
     assert experts["spatial"]["vae"] == experts["temporal"]["vae"] == str(paths["t2v"])
+    # a script is told by a warning at its own generate() line
+    from confiner_core.errors import ConFinerWarning
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(control=str(paths["ad"]), spatial=str(novae), temporal=str(paths["t2v"]), height=64,
+                              width=64, frames=8, out=str(out))
+    with pytest.warns(ConFinerWarning, match=r"the spatial expert \(.*sd_novae\) has no VAE of its own") as caught:
+        generate(request, show_progress=False)
+    assert [w.filename for w in caught if "no VAE" in str(w.message)] == [__file__]
     # an expert with its own VAE: nothing said, its own folder reported
     assert main(["generate", "--out", str(out), "--control", str(paths["ad"]), "--spatial", str(paths["sd"]),
                  "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--frames", "8", "--quiet"]) == 0

@@ -94,6 +94,14 @@ def test_a_quoted_tilde_is_the_home_folder_and_a_trailing_slash_prints_once(tmp_
     assert sorted(os.listdir(tmp_path / "home" / "videos")) == ["frames.png", "report.json", "video.mp4"]
     assert not (tmp_path / "~").exists()
     assert "wrote ~/videos/video.mp4, frames.png, report.json" in capsys.readouterr().out
+    # and a Path a script writes it in (only a str was expanded: Path("~/videos") made ./~/videos)
+    from pathlib import Path
+
+    from confiner_core.generate import GenerateRequest, generate
+
+    report = generate(GenerateRequest(out=Path("~/clips"), frames=8, height=64, width=64), show_progress=False)
+    assert sorted(os.listdir(tmp_path / "home" / "clips")) == ["frames.png", "report.json", "video.mp4"]
+    assert not (tmp_path / "~").exists() and report["settings"]["out"] == str(tmp_path / "home" / "clips")
 
 
 def test_generate_writes_video_sheet_and_report(tmp_path):

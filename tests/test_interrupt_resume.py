@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -391,6 +392,44 @@ def test_a_full_disk_mid_long_run_keeps_the_windows_and_says_so_in_one_line(tmp_
     monkeypatch.setattr(resume, "save_file", real)
     assert main(["generate", "--out", str(part), "--quiet", "--resume", *LONG]) == 0
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
+class Stop(Exception):
+    """A script's own way to stop a run from its callback."""
+
+
+@pytest.mark.parametrize("failure", ["callback", "nan"])
+def test_a_failure_mid_long_run_keeps_the_windows_unless_the_settings_would_meet_it_again(tmp_path, monkeypatch,
+                                                                                           failure):
+    """An exception from a script's callback after two finished windows deleted them and the output folder (a bug in
+    a preview, or a script's own stop, cost the work done); they are kept, the exception says so, and --resume
+    finishes the same bytes. NaN would come back on a resume with the same settings: its state goes."""
+    from confiner_core.errors import NonFiniteError
+    from confiner_core.generate import GenerateRequest, generate
+    from confiner_core.long import LongConfig
+
+    request = GenerateRequest(frames=48, height=64, width=64, seed=5, prompt="a red ball bouncing over grass",
+                              long=LongConfig(segment_length=8))
+    generate(replace(request, out=str(tmp_path / "full")), show_progress=False)
+    out = tmp_path / "part"
+    state = out / RESUME_FOLDER / "state.json"
+
+    def callback(info):
+        if state.is_file() and json.loads(state.read_text())["next_window"] >= 2:
+            if failure == "callback":
+                raise Stop("the script stopped it")
+            monkeypatch.setattr(PosteriorMeanExpert, "forward", lambda self, x, t, conds: [x * float("nan")])
+
+    with pytest.raises(Stop if failure == "callback" else NonFiniteError) as e:
+        generate(replace(request, out=str(out)), show_progress=False, callback=callback)
+    if failure == "nan":
+        assert not out.exists()   # the folder this run made, resume state and all
+        return
+    assert re.fullmatch(r"2 of 6 windows kept, with \d+ expert evaluations in \S+: rerun with resume=True once this "
+                        r"is fixed, or delete that folder to start over", e.value.__notes__[-1]), e.value.__notes__
+    assert state.is_file() and temp_files(out) == []
+    generate(replace(request, out=str(out), resume=True), show_progress=False)
+    assert outputs(out, MEDIA) == outputs(tmp_path / "full", MEDIA)
 
 
 def test_a_folder_turned_read_only_mid_run_gives_the_write_error_and_warns_of_the_temporary_file_left(

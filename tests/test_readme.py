@@ -58,3 +58,31 @@ def test_the_readmes_checkpoint_table_lists_every_kind_with_its_roles():
         for kind in kinds:
             expected.setdefault(kind, set()).add(role)
     assert rows == expected
+
+
+def test_the_readmes_loaded_models_example_makes_the_video_generate_makes(tmp_path):
+    """Section "Models you have already loaded": the block, on tiny checkpoints at 64x64, decodes the frames
+    ``generate`` makes of the same folders and seed, bit for bit."""
+    import numpy as np
+
+    import tiny_diffusers as T
+    from confiner_core.generate import GenerateRequest, generate
+
+    folders = {"animatediff-lightning": T.save_animatediff(tmp_path / "ad", T.tiny_motion_adapter()),
+               "sd15": T.save_sd(tmp_path / "sd"), "modelscope-t2v": T.save_t2v(tmp_path / "t2v")}
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Models you have already loaded**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for name, folder in folders.items():
+        code = code.replace(f'"path/to/{name}"', repr(str(folder)))
+    code = code.replace("512, 512", "64, 64") + "\nimport numpy; numpy.save('frames.npy', frames[0].numpy())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    generate(GenerateRequest(control=str(folders["animatediff-lightning"]), spatial=str(folders["sd15"]),
+                             temporal=str(folders["modelscope-t2v"]), prompt="a corgi running on a beach",
+                             frames=16, height=64, width=64, seed=0, save_frames=True, out=str(tmp_path / "out")),
+             show_progress=False)
+    ours = np.load(tmp_path / "out" / "frames.npy")
+    assert ours.shape == (16, 64, 64, 3) and np.array_equal(np.load(tmp_path / "frames.npy"), ours)

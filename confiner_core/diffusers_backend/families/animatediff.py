@@ -21,10 +21,9 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from safetensors.torch import load_file
 
 from ... import schedules as S
@@ -33,6 +32,9 @@ from ..experts import MotionExpert
 from . import files, unet_folders as U
 from .base import Context, Family, Inspection
 from .sd15 import SD15, SD_FILE
+
+if TYPE_CHECKING:   # diffusers is imported where weights load: checking a request's files needs none of it
+    from diffusers import MotionAdapter
 
 ANIMATEDIFF_FOLDER = "animatediff"
 MOTION_FOLDER = "motion-folder"
@@ -87,6 +89,8 @@ def to_diffusers_layout(state: dict) -> tuple[dict, dict]:
     """(state in diffusers key layout, the positional tables) of a motion module in either layout."""
     positional = {k: v for k, v in state.items() if k.endswith(".pe")}   # sequence length of original files
     if any(".temporal_transformer." in k for k in state):
+        from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
         state = convert_animatediff_checkpoint_to_diffusers(state)
     return state, positional
 
@@ -104,6 +108,8 @@ def given_motion_config(motion_config) -> dict:
 def motion_file_config(path: Path, header: dict, motion_config, who: str) -> dict:
     """The MotionAdapter config of a motion-module file, checked against the header's names and shapes (an
     adapter built on the meta device, so no memory and no weights)."""
+    from diffusers import MotionAdapter
+
     state, positional = to_diffusers_layout(header)
     config = given_motion_config(motion_config) if motion_config is not None else \
         infer_motion_config({**state, **positional})
@@ -125,6 +131,8 @@ def motion_file_config(path: Path, header: dict, motion_config, who: str) -> dic
 
 def load_motion_file(path, motion_config=None) -> MotionAdapter:
     """A motion module ``.safetensors`` in either key layout, as a MotionAdapter (on the CPU, float32)."""
+    from diffusers import MotionAdapter
+
     path = Path(path)
     config = motion_file_config(path, files.read_header(path, str(path)), motion_config, str(path))
     state, _ = to_diffusers_layout(load_file(str(path)))
@@ -133,12 +141,14 @@ def load_motion_file(path, motion_config=None) -> MotionAdapter:
     return adapter.eval()
 
 
-def motion_max_frames(config: dict, model_class) -> int:
+def motion_max_frames(config: dict, model_class: str) -> int:
     """The most frames a motion module attends over (its positional table), from a MotionAdapter or UNetMotionModel
-    config; a config that leaves it out gets ``model_class``'s own default, as loading it would."""
+    config; a config that leaves it out gets diffusers' ``model_class``'s own default, as loading it would."""
     value = config.get("motion_max_seq_length")
     if value is None:
-        value = inspect.signature(model_class.__init__).parameters["motion_max_seq_length"].default
+        import diffusers   # only here: checking a request's files needs no diffusers import (seconds) otherwise
+
+        value = inspect.signature(getattr(diffusers, model_class).__init__).parameters["motion_max_seq_length"].default
     return int(value)
 
 
@@ -197,8 +207,8 @@ class AnimateDiff(Family):
                 check_motion_adapter(who, adapter, facts["unet"], path)
                 facts["adapter"] = adapter
             space = U.space_of(who, facts["unet"], facts["vae"])
-            limit = motion_max_frames(facts["adapter"], MotionAdapter) if "adapter" in facts else \
-                motion_max_frames(facts["unet"], UNetMotionModel)
+            limit = motion_max_frames(facts["adapter"], "MotionAdapter") if "adapter" in facts else \
+                motion_max_frames(facts["unet"], "UNetMotionModel")
             return Inspection(self, kind, role, path, space, facts["has_vae"], facts, limit)
         if kind == MOTION_FOLDER:
             adapter = files.read_json(path / "config.json", who)
@@ -210,7 +220,7 @@ class AnimateDiff(Family):
         check_motion_adapter(who, adapter, base.facts["unet"], base.path)
         facts = {"adapter": adapter, "base": base}
         return Inspection(self, kind, role, path, base.latent_space, base.has_vae, facts,
-                          motion_max_frames(adapter, MotionAdapter))
+                          motion_max_frames(adapter, "MotionAdapter"))
 
     def base_inspection(self, who: str, role: str, context: Context) -> Inspection:
         """The SD 1.5 model a motion module goes on: ``base`` when it holds UNet weights, else the spatial expert."""
@@ -244,6 +254,8 @@ class AnimateDiff(Family):
     # ------------------------------------------------------------------------------------------ loading
 
     def load(self, inspection: Inspection, context: Context) -> MotionExpert:
+        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
         path, facts = inspection.path, inspection.facts
         key = str(Path(path).resolve())
         if inspection.kind == ANIMATEDIFF_FOLDER:

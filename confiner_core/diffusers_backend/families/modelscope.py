@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import UNet3DConditionModel
 
 from ...latent_spaces import VIDEO_FPS
 from ..experts import UNet3DExpert
@@ -38,6 +37,8 @@ class ModelScope(Family):
         return Inspection(self, kind, role, path, space, facts["has_vae"], facts)
 
     def load(self, inspection: Inspection, context: Context) -> UNet3DExpert:
+        from diffusers import UNet3DConditionModel
+
         path = inspection.path
         unet = context.cached(("unet", str(Path(path).resolve())),
                               lambda: U.load_model(UNet3DConditionModel, path, "unet", context.device, context.dtype))

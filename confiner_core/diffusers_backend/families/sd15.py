@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from ..experts import FrameExpert
 from ..text import PromptEncoder
@@ -89,6 +88,8 @@ class SD15(Family):
         return context.cached(key, lambda: self._load_parts(inspection, context))
 
     def _load_parts(self, inspection: Inspection, context: Context) -> dict:
+        from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
         path = inspection.path
         if inspection.kind == SD_FOLDER:
             return {"unet": U.load_model(UNet2DConditionModel, path, "unet", context.device, context.dtype),

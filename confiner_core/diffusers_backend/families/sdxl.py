@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
 from ...latent_spaces import SDXL as SDXL_SPACE
 from ..experts import SDXLExpert
@@ -127,6 +126,8 @@ class SDXL(Family):
                               lambda: self._load_parts(inspection, context))
 
     def _load_parts(self, inspection: Inspection, context: Context) -> dict:
+        from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
         path, facts = inspection.path, inspection.facts
         if inspection.kind == SDXL_FOLDER:
             encoders = [U.load_model(U.transformers_class(path, e, default), path, e, context.device, context.dtype)

@@ -9,7 +9,6 @@ import importlib
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ModelMixin
 
 from ...latent_spaces import FLUX, SD15, SDXL, LatentSpace
 from ..text import PromptEncoder
@@ -144,6 +143,8 @@ def transformers_class(folder: Path, component: str, default: str):
 def load_model(cls, folder: Path, subfolder: str, device, dtype) -> torch.nn.Module:
     """A model from a local folder, safetensors only, in ``dtype`` on ``device``. diffusers models load straight
     into ``dtype``; transformers models are cast afterwards (transformers renamed ``torch_dtype`` in 4.56)."""
+    from diffusers import ModelMixin
+
     folder = Path(folder)
     variant = files.weights_variant(folder / subfolder)
     if issubclass(cls, ModelMixin):
@@ -172,6 +173,8 @@ def load_vae_codec(folder: Path, inspection: Inspection, context: Context, upcas
     """The folder's ``vae/`` as a codec of the inspected latent space (loaded once per folder). ``upcast``: keep
     the VAE in float32 when the experts run in float16 (the SDXL VAE overflows in fp16; its config says
     ``force_upcast``, which ``StableDiffusionXLPipeline`` honours the same way)."""
+    from diffusers import AutoencoderKL
+
     folder = Path(folder)
     dtype = torch.float32 if upcast and context.dtype == torch.float16 else context.dtype
     vae = context.cached(("vae", str(folder.resolve()), dtype),

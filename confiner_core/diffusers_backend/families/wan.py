@@ -28,7 +28,6 @@ import math
 from pathlib import Path
 
 import torch
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ... import layout as L
 from ...experts import Expert, ExpertPair
@@ -140,6 +139,8 @@ class UMT5PromptEncoder(RecentPrompts):
 
     @torch.no_grad()
     def encode(self, prompt: str) -> torch.Tensor:
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
         prompts = [prompt_clean(prompt)]
         warn_if_truncated(self.tokenizer, prompts, self.max_sequence_length, self.text_encoder)
         tokens = self.tokenizer(prompts, padding="max_length",
