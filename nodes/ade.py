@@ -96,13 +96,16 @@ def few_step(name: str) -> bool:
 
 
 def motion_model_problems(control_model=None, control_steps: int | None = None, temporal_model=None,
-                          temporal_cfg: float | None = None, loaded: tuple = ()) -> list[tuple[str, str]]:
+                          temporal_cfg: float | None = None, loaded: tuple = (), spatial_model=None,
+                          spatial_cfg: float | None = None) -> list[tuple[str, str]]:
     """Motion models in the role the other one is made for, as (console warning, one-line note) pairs: an undistilled
     one sampling the control stage's few steps (its structure stays a blur), a few-step one refining at a cfg it
     burns at; both at once as the swapped pair they likely are. Names ADE did not record say nothing. ``loaded``:
     the motion model files of the graph's loaders (:func:`~.model_files.motion_model_files`): a node that sees one
     role (the Control Expert, the Refine Sampler) tells a swap from the other loader's file, where it said "load
-    Lightning" and "set cfg 1", and the second kept the wrong model."""
+    Lightning" and "set cfg 1", and the second kept the wrong model. A motion model on the ``spatial_model``, the
+    image model's role (a link reconnected to the wrong loader), is named too: it ran without a word, and a few-step
+    one at the spatial cfg burnt its colours."""
     slow = [n for n in motion_model_names(control_model) if not few_step(n)] \
         if control_model is not None and control_steps is not None and control_steps <= FEW_STEPS else []
     fast = [n for n in motion_model_names(temporal_model) if few_step(n)] \
@@ -118,6 +121,15 @@ def motion_model_problems(control_model=None, control_steps: int | None = None, 
                  f"{'cfg above 1' if temporal_cfg is None else f'cfg {temporal_cfg:g}'}); swap the files",
                  "warning: motion models look swapped: swap the two files")]
     problems = []
+    moving = motion_model_names(spatial_model) if spatial_model is not None else []
+    if moving:
+        burns = few_step(moving[0]) and spatial_cfg is not None and spatial_cfg > DISTILLED_CFG
+        problems.append((f"the spatial expert has the motion model '{moving[0]}' attached: the spatial expert is the "
+                         f"image model that adds each frame's detail (the temporal expert keeps the frames together)"
+                         + (f", and this few-step one burns its colours at spatial cfg {spatial_cfg:g}" if burns else "")
+                         + "; connect the checkpoint's own MODEL (before AnimateDiff's loader) to spatial model on "
+                           "ConFiner Refine Experts",
+                         "warning: spatial model has a motion model: use the image one"))
     if slow:
         problems.append((f"the control expert's motion model '{slow[0]}' is not distilled for few steps "
                          f"(AnimateDiff-Lightning, AnimateLCM) and samples {control_steps}: its structure stays "
@@ -126,8 +138,9 @@ def motion_model_problems(control_model=None, control_steps: int | None = None, 
     if fast:
         problems.append((f"the temporal expert's motion model '{fast[0]}' is distilled for a few steps at cfg 1 and "
                          f"refines at cfg {temporal_cfg:g}, where its colours burn: load an undistilled motion model "
-                         f"(e.g. AnimateDiff v3) for the temporal expert, or set its cfg to 1",
-                         "warning: temporal motion model is few-step: set cfg 1"))
+                         f"(e.g. AnimateDiff v3) for the temporal expert, or set temporal cfg to 1 on ConFiner Refine "
+                         f"Experts",
+                         "warning: few-step motion model: set temporal cfg 1"))
     return problems
 
 

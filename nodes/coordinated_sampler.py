@@ -61,7 +61,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, te, refine_steps):
+    def validate_inputs(cls, te=None, refine_steps=None):   # (None: missing from an API prompt, which ComfyUI names)
         return widget_problem(cls, te=te, refine_steps=refine_steps) or refine_problem(te, refine_steps) or True
 
     @classmethod
@@ -153,7 +153,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress.warn_unused(config, {"matching": MATCHING})
         if mode != STANDARD:
             progress.warn_motion_models(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg,
-                                        loaded=host.motion_model_files(cls))
+                                        loaded=host.motion_model_files(cls), **experts.spatial_role())
             experts.warn_halves(progress, host.loaded_files(cls))
         spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae,
                                                        cls.structure_space(structure, control_model), log, progress)

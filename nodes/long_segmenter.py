@@ -188,7 +188,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames, segment_prompts=None, fps=AUTO_FPS):
+    def validate_inputs(cls, frames=None, segment_prompts=None, fps=AUTO_FPS):
         # fps is read (ComfyUI then files the message under it too, hidden as it is; web/confiner.js keeps it once,
         # under the input it names): seconds keys count at it, and checked at the slowest model rate instead, '5s:'
         # on 32 frames was refused at fps 4, where it is frame 20
@@ -294,8 +294,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         progress.warn_motion_models(control_model=control_model, control_steps=control_steps,
-                                    **(dict(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg)
-                                       if mode != STANDARD else {}))
+                                    **(dict(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg,
+                                            **experts.spatial_role()) if mode != STANDARD else {}))
         progress.warn_halves("control", "ConFiner Long Video", "control model (control_model)",
                              "control low-noise model (control_low_noise_model)",
                              host.input_file(cls, "control_model"), host.input_file(cls, "control_low_noise_model"),

@@ -75,7 +75,7 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, segment_length, stride, method):
+    def validate_inputs(cls, segment_length=None, stride=None, method=None):
         problem = widget_problem(cls, segment_length=segment_length, stride=stride, method=method)
         if problem:
             return problem

@@ -64,6 +64,16 @@ class RefineExperts:
         progress.warn_halves("temporal", "ConFiner Refine Experts", "temporal model (temporal_model)",
                              "temporal low-noise model (temporal_low_noise_model)", *self.temporal_files, loaded)
 
+    def spatial_role(self) -> dict:
+        """The spatial expert's arguments of :func:`~.ade.motion_model_problems` (a motion model on the image model's
+        role), where the temporal expert relates frames: beside an image temporal model it is the swap
+        :func:`~.host.frames_alone` names already."""
+        from .host import relates_frames
+
+        if self.temporal_model is None or not relates_frames(self.temporal_model):
+            return {}
+        return {"spatial_model": self.spatial_model, "spatial_cfg": self.spatial_cfg}
+
     @property
     def models(self) -> dict:
         return {"spatial": self.spatial_model, "temporal": self.temporal_model}

@@ -157,6 +157,11 @@ CASES = [
     ("noise method unknown", "noise", "11", {"method": "pink"}, VALIDATION, ["method"],
      ["segment_length", "stride", "method"]),
     ("noise seed negative", "noise", "11", {"seed": -5}, VALIDATION, ["seed"]),
+    # an input its queue-time check reads, missing from an API prompt: ComfyUI's own words, not a TypeError of the
+    # check (filed under VAE Decode's samples, with a traceback)
+    ("sampler te missing", "chain", "7", {"te": None}, VALIDATION, ["Required input is missing te"]),
+    ("long frames missing", "long", "10", {"frames": None}, VALIDATION, ["Required input is missing frames"]),
+    ("noise method missing", "noise", "11", {"method": None}, VALIDATION, ["Required input is missing method"]),
 ]
 
 
@@ -238,7 +243,7 @@ def test_a_clip_above_the_motion_models_frame_limit_names_the_widget_that_sets_i
     ("long", ["mm_sd15_v3.safetensors"], 2.0, {"10": "warning: control motion model not few-step: load Lightning"}),
     # AnimateDiff-Lightning refining at cfg 7.5: on the refining node
     ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 7.5,
-     {"7": "warning: temporal motion model is few-step: set cfg 1"}),
+     {"7": "warning: few-step motion model: set temporal cfg 1"}),
     # each in its role, or a few-step one refining at cfg 2 (AnimateLCM's range): nothing said
     ("chain", ["animatediff_lightning_4step_comfyui.safetensors"], 2.0, {}),
     ("long", ["AnimateLCM_sd15_t2v.ckpt"], 2.0, {}),
@@ -253,6 +258,19 @@ def test_a_motion_model_in_the_other_ones_role_is_said_on_its_node(comfy_worker,
     warned = {node: line for node, text in r["texts"].items() for line in text.split("\n")
               if "motion model" in line}
     assert warned == said, r["texts"]
+
+
+def test_a_motion_model_on_the_spatial_expert_is_said_on_the_refine_sampler(comfy_worker):
+    """A trial reconnected the Lightning loader's MODEL to the bundle's spatial model: it ran at spatial cfg 7.5
+    without a word (the temporal role said its own)."""
+    prompt = GRAPHS["chain"](comfy_worker.checkpoint_name)
+    prompt["6"]["inputs"]["temporal_cfg"] = 1.0
+    r = comfy_worker.call("comfy_support.confiner_checks:run_with_motion_models", prompt,
+                          ["animatediff_lightning_4step_comfyui.safetensors"])
+    assert r["success"], r.get("error")
+    warned = [line for line in r["texts"]["7"].split("\n") if line.startswith("warning:")]
+    assert warned == ["warning: spatial model has a motion model: use the image one"], r["texts"]
+    assert not any(line.startswith("warning:") and "motion" in line for line in r["texts"]["5"].split("\n"))
 
 
 def test_a_motion_model_that_does_not_fit_the_checkpoint_is_said_as_such(comfy_worker):

@@ -102,7 +102,7 @@ def test_motion_models_in_each_others_roles_are_named_with_the_fix():
     assert [n for _, n in ade.motion_model_problems(v3, 4, v3, 7.5)] == [
         "warning: control motion model not few-step: load Lightning"]
     assert [n for _, n in ade.motion_model_problems(lightning, 4, lightning, 7.5)] == [
-        "warning: temporal motion model is few-step: set cfg 1"]
+        "warning: few-step motion model: set temporal cfg 1"]
     # each in its role; v3 given a full structure's steps; Lightning refining at cfg 1
     assert ade.motion_model_problems(lightning, 4, v3, 7.5) == []
     assert ade.motion_model_problems(v3, 25, lightning, 1.0) == []
@@ -120,8 +120,18 @@ def test_motion_models_in_each_others_roles_are_named_with_the_fix():
         "warning: control motion model not few-step: load Lightning"]
     assert [n for _, n in ade.motion_model_problems(temporal_model=lightning, temporal_cfg=7.5,
                                                     loaded=loaded[1:])] == [
-        "warning: temporal motion model is few-step: set cfg 1"]
+        "warning: few-step motion model: set temporal cfg 1"]
+    # a motion model on the spatial expert, the image model's role (a trial's link reconnected to the Lightning
+    # loader ran without a word): named, and a few-step one at the spatial cfg also burns
+    (spatial,) = ade.motion_model_problems(spatial_model=lightning, spatial_cfg=7.5)
+    assert spatial[1] == "warning: spatial model has a motion model: use the image one"
+    assert "'animatediff_lightning_4step_comfyui.safetensors' attached" in spatial[0] and \
+        "burns its colours at spatial cfg 7.5" in spatial[0], spatial[0]
+    (spatial,) = ade.motion_model_problems(spatial_model=v3, spatial_cfg=7.5)
+    assert "burns" not in spatial[0] and "connect the checkpoint's own MODEL" in spatial[0]
+    assert ade.motion_model_problems(spatial_model=FakePatcher(), spatial_cfg=7.5) == []
     assert all(len(note) <= 60 for _, note in ade.motion_model_problems(v3, 4, lightning, 7.5) +
+               ade.motion_model_problems(spatial_model=v3) +
                ade.motion_model_problems(v3, 4, v3, 7.5) + ade.motion_model_problems(lightning, 4, lightning, 7.5))
 
 

@@ -289,6 +289,18 @@ def run_with_motion_model_names(api_prompt: dict, names: list) -> dict:
         return _with_texts(run_counting_evaluations(api_prompt, fresh_cache=True))
 
 
+def run_with_motion_models(api_prompt: dict, names: list) -> dict:
+    """:func:`run_counting_evaluations` with ADE motion models of these file names attached to every model (as ADE
+    keeps them: ``additional_models``, each with its ``mm_info.mm_name``; their UNets stay as they are), and each
+    node's last progress text."""
+    from types import SimpleNamespace
+
+    ade = _pack_module(".nodes.ade")
+    attached = [SimpleNamespace(model=SimpleNamespace(mm_info=SimpleNamespace(mm_name=n))) for n in names]
+    with _replaced(ade, "motion_models", lambda model: list(attached)):
+        return _with_texts(run_counting_evaluations(api_prompt, fresh_cache=True))
+
+
 # AnimateDiff-Evolved's injection as it fails on a UNet of fewer blocks than its motion model (compiled under ADE's
 # file name: the pack recognises ADE's frames in a traceback by their file and function names)
 _ADE_INJECT = """
