@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -207,17 +208,18 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
     after = browser.run_starts(b, {"ConFinerCoordinatedSampler": "cancelled after evaluation 3/15"})
     assert after == {"ConFinerCoordinatedSampler": ""}, after
     # a sampler whose turn never came (Cancel during another node, an upstream error): its lazy check's "waiting"
-    # goes when the run ends, whichever way
+    # goes when the run ends, whichever way; a cancelled run says so (the waiting sampler went blank)
     waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
-    for end in ("execution_interrupted", "execution_error", "execution_success"):
+    cancelled = "not run: the run was cancelled before its turn"
+    for end, said in (("execution_interrupted", cancelled), ("execution_error", ""), ("execution_success", "")):
         browser.run_starts(b, {}, "execution_start")
         after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": waiting}, end,
                                    ran=("ConFinerControlExpert",))
-        assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": ""}, (end, after)
+        assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": said}, (end, after)
     # a run that failed or was cancelled before a node ran: that node's text was of another run (the warnings of
     # another model, after the artist switched back), so it goes; a finished run leaves a node it did not need
     warned = "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert evaluations in 0.5 s"
-    for end, kept in (("execution_error", ""), ("execution_interrupted", ""), ("execution_success", warned)):
+    for end, kept in (("execution_error", ""), ("execution_interrupted", cancelled), ("execution_success", warned)):
         browser.run_starts(b, {}, "execution_start")
         after = browser.run_starts(b, {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": warned}, end,
                                    ran=("ConFinerControlExpert",))
@@ -549,6 +551,51 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
     # the frontend's text box draws a loading bar until it sees the running nodes change: a box made while nothing
     # runs (these texts came with the queue idle) kept it for good beside its text
     assert loading_bars(b) == 0, "loading bars beside the texts of a Run that never started"
+
+
+def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_chain(frontend, screenshot_dir):
+    """A trial's two chains in one graph, one refused when queued (T_e 3 under 5 refine steps): ComfyUI ran the other
+    and showed no dialog, and the refused chain kept its last "done" (the reason on the console alone). Here the
+    template's chain is refused beside an image preview that runs. Queued through the frontend for real."""
+    from comfy_support import browser
+
+    server, b = frontend
+    queue_empty(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "partly")
+    done = "done · 4 expert evaluations in 1.2 s"
+    texts = b.page.evaluate("""async (done) => {
+      const api = window.comfyAPI.api.api;
+      const image = LiteGraph.createNode("EmptyImage"), preview = LiteGraph.createNode("PreviewImage");
+      app.graph.add(image);
+      app.graph.add(preview);
+      image.connect(0, preview, 0);
+      const ours = app.graph._nodes.filter((n) => ["ConFinerControlExpert", "ConFinerCoordinatedSampler"].includes(n.type));
+      const sampler = ours.find((n) => n.type === "ConFinerCoordinatedSampler");
+      sampler.widgets.find((w) => w.name === "te").value = 3;
+      sampler.widgets.find((w) => w.name === "refine_steps").value = 5;
+      for (const n of ours) api.dispatchCustomEvent("progress_text", {nodeId: String(n.id), text: done});
+      let ended = false;
+      api.addEventListener("execution_success", () => { ended = true; });
+      const answer = await app.queuePrompt(0);
+      for (let i = 0; i < 100 && !ended; i++) await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 300));
+      const refused = Object.keys(app.lastNodeErrors ?? {}).map((id) => app.graph.getNodeById(id)?.title);
+      return {ended, refused, ...Object.fromEntries(ours.map((n) => [n.type,
+        n.widgets.find((w) => w.name === "$$node-text-preview")?.value]))};
+    }""", done)
+    b.page.evaluate("""() => { const n = app.graph._nodes.find((n) => n.type === "ConFinerControlExpert");
+      app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [-n.pos[0] + 60, -n.pos[1] + 60]; app.canvas.draw(true, true); }""")
+    b.page.wait_for_timeout(300)
+    b.page.screenshot(path=str(screenshot_dir / "partly_refused.png"))
+    assert texts["ended"], texts   # the preview's output ran
+    # the server's message, at most 60 characters a line, broken between words (the box breaks a line anywhere)
+    assert texts["ConFinerCoordinatedSampler"] == "\n".join(textwrap.wrap(
+        "not run: refine steps (refine_steps) = 5 do not fit between T_e = 3 and 0: use at most 3 steps or raise the "
+        "structure timestep T_e (te)", 60)), texts
+    said = re.fullmatch(r"not run: this Run left it out, as\n(.+) was refused", texts["ConFinerControlExpert"])
+    assert said, texts
+    # (the server refused the loaders too: the template's files are not on it)
+    assert said[1] in texts["refused"] or said[1].startswith("ConFiner Refine Sampler"), texts
 
 
 def test_a_check_filed_under_every_input_it_reads_is_shown_once(frontend, screenshot_dir):

@@ -27,6 +27,9 @@
 //   failure each of them says which node stopped the run ("not run: ConFiner Refine Experts (bundle) stopped the
 //   run (see the error)"): a node without text of its own failed, and once its dialog was closed nothing on the
 //   canvas told of it.
+// * A Run queued with some of its outputs refused (an input failed its check) runs the others with no dialog: each
+//   refused node of the pack says why, and each the Run left out which node was refused (a refused chain kept its
+//   last "done" and preview as if this Run had made them). A cancelled run says so on the nodes it never reached.
 // * A Refine Sampler "waiting for its turn" shows no preview: the frontend keeps a node's last preview until a new one
 //   comes, and through the whole control stage the waiting sampler showed the run before's video as this run's.
 // * A message of the pack's nodes that ComfyUI files under every input its check reads is shown once, under the input
@@ -296,17 +299,66 @@ function clearTexts(pattern, also = () => false) {
 
 // After a failed run, each of the pack's nodes it never reached says which node stopped it: a failure in a node
 // without text of its own (the Refine Experts bundle, a loader) left the canvas blank once the dialog was closed.
-function notRun(detail) {
+// After a cancelled one, each says it was cancelled: a Refine Sampler "waiting for its turn" went blank.
+function notRun(detail, cancelled = false) {
   const failed = detail?.node_id != null ? nodeById(detail.node_id) : null;
   const name = detail?.node_id != null ? nodeName(detail.node_id, detail?.node_type) : detail?.node_type;
-  if (!name) return;
+  if (!name && !cancelled) return;
+  const text = cancelled ? "not run: the run was cancelled before its turn" : `not run: ${name} stopped the run (see the error)`;
+  sayOnUnreached(text, (node) => node !== failed);
+}
+
+// ``text`` on each of the pack's nodes the run neither reached nor leaves out, where ``also(node, id)``.
+function sayOnUnreached(text, also = () => true) {
   for (const [id, node, out] of allNodes()) {
     // (a Refine Sampler whose lazy check ran, "waiting for its turn", never ran its sampling either)
     const reached = RAN.has(id) && !WAITED.has(id);
-    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && node !== failed) {
-      api.dispatchCustomEvent("progress_text", { nodeId: id, text: `not run: ${name} stopped the run (see the error)` });
+    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && also(node, id)) {
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text });
     }
   }
+}
+
+// A message as lines of at most LINE characters, broken between words: the frontend breaks a text anywhere, also
+// inside a word (nodes/host.py keeps the server's lines as short).
+const LINE = 60;
+function wrapped(message) {
+  const lines = [];
+  for (const word of String(message).split(/\s+/).filter(Boolean)) {
+    if (lines.length && lines.at(-1).length + 1 + word.length <= LINE) lines[lines.length - 1] += ` ${word}`;
+    else lines.push(word);
+  }
+  return lines.join("\n");
+}
+
+// What ComfyUI said of a node's first refused input, as the pack words it ("te - T_e ..." filed under the input).
+function refusal(entry) {
+  const error = entry?.errors?.[0];
+  const input = error?.extra_info?.input_name;
+  const details = String(error?.details ?? "");
+  if (error?.type === "custom_validation_failed" && input && details.startsWith(`${input} - `)) {
+    return details.slice(input.length + 3);
+  }
+  return [error?.message, details].filter(Boolean).join(": ") || "an input was refused";
+}
+
+// A Run the server queued with some of its outputs refused (an input failed its check): ComfyUI runs the others and
+// shows no dialog, and a refused chain kept its last "done" and preview as if this Run had made them (the reason was
+// on the console alone). By prompt id, until that run ends; at its start each refused node of the pack says why, at
+// its end each it left out says which node was refused.
+const PARTLY_REFUSED = new Map();
+const STARTED = new Set(); // the prompt ids whose run started (the queue's answer may come after the start)
+function sayRefused(response) {
+  for (const [id, entry] of Object.entries(response.node_errors)) {
+    if (TEXT_NODES.has(entry?.class_type)) {
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text: wrapped(`not run: ${refusal(entry)}`) });
+    }
+  }
+}
+function sayLeftOut(response) {
+  const ids = Object.keys(response.node_errors);
+  const name = nodeName(ids[0], response.node_errors[ids[0]]?.class_type);
+  sayOnUnreached(`not run: this Run left it out, as\n${name} was refused`, (node, id) => !ids.includes(id));
 }
 
 // ComfyUI files a node's failed check under every input the check reads: the Long Video's schedule message came three
@@ -360,7 +412,13 @@ app.registerExtension({
     const queuePrompt = api.queuePrompt;
     api.queuePrompt = async function (...args) {
       try {
-        return await queuePrompt.apply(this, args);
+        const response = await queuePrompt.apply(this, args);
+        if (Object.keys(response?.node_errors ?? {}).length) {
+          fileOnce(response);
+          PARTLY_REFUSED.set(response.prompt_id, response);
+          if (STARTED.has(response.prompt_id)) sayRefused(response);   // (its run started before the answer came)
+        }
+        return response;
       } catch (error) {
         if (error?.response) {
           fileOnce(error.response);
@@ -391,11 +449,15 @@ app.registerExtension({
       const remaining = event.detail?.exec_info?.queue_remaining;
       if (remaining != null) running = remaining > 0;
     });
-    api.addEventListener("execution_start", () => {
+    api.addEventListener("execution_start", (event) => {
       running = true;
       RAN.clear();
       WAITED.clear();
       clearTexts(ENDED_BADLY, (id, out) => out);
+      const promptId = event.detail?.prompt_id;
+      STARTED.clear();
+      STARTED.add(promptId);
+      if (PARTLY_REFUSED.has(promptId)) sayRefused(PARTLY_REFUSED.get(promptId));
     });
     api.addEventListener("execution_cached", (event) => {
       for (const id of event.detail?.nodes ?? []) {
@@ -415,12 +477,18 @@ app.registerExtension({
       if (event.detail != null) RAN.add(String(event.detail?.node ?? event.detail));
     });
     for (const end of ["execution_success", "execution_error", "execution_interrupted"]) {
-      api.addEventListener(end, () => {
+      api.addEventListener(end, (event) => {
         running = false;
         clearTexts(WAITING);
+        const partly = PARTLY_REFUSED.get(event.detail?.prompt_id);
+        if (partly && end === "execution_success") sayLeftOut(partly);
+        PARTLY_REFUSED.delete(event.detail?.prompt_id);
       });
     }
-    api.addEventListener("execution_interrupted", () => clearTexts(NEVER, (id) => !RAN.has(id)));
+    api.addEventListener("execution_interrupted", (event) => {
+      clearTexts(NEVER, (id) => !RAN.has(id));
+      notRun(event.detail, true);
+    });
     api.addEventListener("execution_error", (event) => {
       clearTexts(NEVER, (id) => !RAN.has(id));
       notRun(event.detail);
