@@ -126,7 +126,8 @@ def motion_model_problems(control_model=None, control_steps: int | None = None, 
         burns = few_step(moving[0]) and spatial_cfg is not None and spatial_cfg > DISTILLED_CFG
         problems.append((f"the spatial expert has the motion model '{moving[0]}' attached: the spatial expert is the "
                          f"image model that adds each frame's detail (the temporal expert keeps the frames together)"
-                         + (f", and this few-step one burns its colours at spatial cfg {spatial_cfg:g}" if burns else "")
+                         + (f", and this few-step one burns its colours at spatial cfg {spatial_cfg:g}" if burns
+                            else "")
                          + "; connect the checkpoint's own MODEL (before AnimateDiff's loader) to spatial model on "
                            "ConFiner Refine Experts",
                          "warning: spatial model has a motion model: use the image one"))

@@ -304,7 +304,8 @@ function notRun(detail, cancelled = false) {
   const failed = detail?.node_id != null ? nodeById(detail.node_id) : null;
   const name = detail?.node_id != null ? nodeName(detail.node_id, detail?.node_type) : detail?.node_type;
   if (!name && !cancelled) return;
-  const text = cancelled ? "not run: the run was cancelled before its turn" : `not run: ${name} stopped the run (see the error)`;
+  const text = cancelled ? "not run: the run was cancelled before its turn"
+    : `not run: ${name} stopped the run (see the error)`;
   sayOnUnreached(text, (node) => node !== failed);
 }
 
