@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ...latent_spaces import VIDEO_FPS
 from ..experts import UNet3DExpert
 from . import files, unet_folders as U

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ..experts import FrameExpert
 from ..text import PromptEncoder
 from ..vae import DEFAULT_CHUNK_FRAMES, AutoencoderKLCodec
