@@ -106,7 +106,7 @@ def backends(device: torch.device) -> dict:
                 raise ValueError("a shape the flash4 route passes on to SDPA")
             return F4.flash4_sdpa(q, k, v)
         out["flash4"] = flash4   # the library's own route, without its SDPA fallback
-    if device.type == "cuda" and FA.frame_attention_op is not None:
+    if device.type == "cuda" and FA.registered_op() is not None:
         def frames(q, k, v):
             if not FA.covers(q, k, v):
                 raise ValueError(f"more than {FA.MAX_TOKENS} tokens, a head dim over {FA.MAX_HEAD_DIM} or a tile "

@@ -650,6 +650,7 @@ FRAME_ATTENTION_CHECK = textwrap.dedent("""
     calls = []
     kernel = FA.frame_attention_triton
     FA.frame_attention_triton = lambda *a: calls.append(tuple(a[0].shape)) or kernel(*a)
+    FA.registered_op()   # (the speed settings register it where they route attention over frames)
     g = torch.Generator().manual_seed(0)
     out = {"kernel": []}
     for (b, h, s, d), layout in (((3, 2, 16, 40), "bshd"), ((2, 3, 13, 80), "bhsd"), ((1, 2, 32, 160), "bshd"),
@@ -722,7 +723,7 @@ def test_the_frame_kernel_is_found_by_its_module_and_name():
     pytest.importorskip("triton")
     fn = FA.frame_attention_kernel.fn
     assert getattr(importlib.import_module(fn.__module__), fn.__name__) is FA.frame_attention_kernel
-    assert FA.frame_attention_op is not None
+    assert FA.registered_op() is not None and FA.frame_attention_op is FA.registered_op()
 
 
 def test_the_frames_context_routes_sdpa_with_the_memory_efficient_kernel_behind():
@@ -737,7 +738,7 @@ def test_the_frames_context_routes_sdpa_with_the_memory_efficient_kernel_behind(
     with S.attention_context("frames"):
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.EFFICIENT_ATTENTION)
         routed = functional.scaled_dot_product_attention is FA.frame_sdpa
-        assert routed == (FA.frame_attention_op is not None)
+        assert routed == (FA.registered_op() is not None)
     assert functional.scaled_dot_product_attention is plain and torch._C._get_sdp_priority_order() == order
 
 
@@ -768,6 +769,7 @@ def test_attention_over_frames_kernel_on_cuda_eager_and_compiled():
     eager output than compiling moves the model with PyTorch's attention, and a second call compiles nothing."""
     from confiner_core.diffusers_backend import frame_attention as FA
 
+    assert FA.registered_op() is not None   # (the speed settings register it where they route attention over frames)
     g = torch.Generator(device="cuda").manual_seed(0)
     for dtype, (tokens, dim) in ((torch.float16, (16, 40)), (torch.bfloat16, (16, 40)), (torch.float16, (32, 160)),
                                  (torch.float16, (64, 128))):   # the largest tiles too
@@ -984,7 +986,7 @@ def test_the_fastest_context_is_cudnn_without_flash4_and_the_long_route_with_it(
         assert len(seen) == 1 and rel(out, plain(q.float(), k.float(), v.float())) < 1e-2
         with S.attention_context("frames"):
             assert functional.scaled_dot_product_attention is (
-                FA.frame_sdpa if FA.frame_attention_op is not None else F4.long_flash4_sdpa)
+                FA.frame_sdpa if FA.registered_op() is not None else F4.long_flash4_sdpa)
         assert functional.scaled_dot_product_attention is F4.long_flash4_sdpa
     with S.attention_context("flash4"):
         assert functional.scaled_dot_product_attention is F4.flash4_sdpa

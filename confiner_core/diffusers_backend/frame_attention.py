@@ -91,10 +91,19 @@ def _frame_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 
 # :func:`frame_attention_triton` as the custom operator ``confiner::frame_attention``, which ``torch.compile`` traces
-# as one call and inductor keeps as the user kernel it is; registered on import (dynamo does not trace a
-# registration). Without Triton, or in PyTorch before 2.6 (no ``triton_op``), the kernel is not used.
-frame_attention_op = (torch.library.triton_op("confiner::frame_attention", _frame_attention, mutates_args=())
-                      if frame_attention_kernel is not None and hasattr(torch.library, "triton_op") else None)
+# as one call and inductor keeps as the user kernel it is; None until :func:`registered_op`.
+frame_attention_op = None
+
+
+def registered_op():
+    """The operator, registered on the first call: registering imports inductor (over a second), which checking a
+    request and every run without this kernel do without. The speed settings call it where they set attention over
+    frames, before any forward (dynamo does not trace a registration). None without Triton, or in PyTorch before 2.6
+    (no ``triton_op``): the kernel is not used."""
+    global frame_attention_op
+    if frame_attention_op is None and frame_attention_kernel is not None and hasattr(torch.library, "triton_op"):
+        frame_attention_op = torch.library.triton_op("confiner::frame_attention", _frame_attention, mutates_args=())
+    return frame_attention_op
 
 
 def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False) -> bool:
@@ -112,7 +121,8 @@ def covers(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, en
 
 
 def frame_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """``scaled_dot_product_attention`` through the frame kernel where :func:`covers` holds, else PyTorch's."""
+    """``scaled_dot_product_attention`` through the frame kernel where :func:`covers` holds (once
+    :func:`registered_op` registered it), else PyTorch's."""
     if (frame_attention_op is not None and covers(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
             and (query.is_cuda or _interpreted())):
         return frame_attention_op(query, key, value, query.shape[-1] ** -0.5 if scale is None else float(scale))

@@ -315,7 +315,7 @@ def attention_context(name: str):
         route = (F4.flash4_sdpa if name == "flash4" else F4.long_flash4_sdpa) if F4.usable() else None
         return routed_sdpa(route, attention_context("cudnn"))
     if name == "frames":  # PyTorch's memory-efficient kernel, the fastest of its own over frames, where it falls back
-        return routed_sdpa(FA.frame_sdpa if FA.frame_attention_op is not None else None,
+        return routed_sdpa(FA.frame_sdpa if FA.registered_op() is not None else None,
                            attention_context("efficient"))
     from torch.nn.attention import sdpa_kernel
 
@@ -337,6 +337,8 @@ class WithAttention:
 
 
 def set_attention(module: torch.nn.Module, name: str) -> None:
+    if name == "frames":
+        FA.registered_op()   # now, before a forward traces or a kept block that calls it loads
     forward = module.forward
     if isinstance(forward, WithAttention):
         forward.name = name
