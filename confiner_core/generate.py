@@ -1409,6 +1409,9 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
     # goes through json.dumps as the file's does
     settings = json.loads(json.dumps({k: v for k, v in req.fields().items() if k not in report_elsewhere(req)},
                                      default=str))
+    for name in PATHS:   # absolute: a request rebuilt from the report elsewhere than the run's folder reads the same
+        if settings.get(name):
+            settings[name] = os.path.abspath(settings[name])
     chain = req.chain.as_dict()
     spatial, temporal = backend.experts.get("spatial"), backend.experts.get("temporal")
     matched = {}

@@ -544,6 +544,15 @@ def test_the_returned_report_is_the_json_written(tmp_path):
     assert report["settings"]["out"] == str(tmp_path / "out") and report["settings"]["device"] == "cpu"
 
 
+def test_the_reports_paths_are_absolute(tmp_path, monkeypatch):
+    """A trial rebuilt a request from report.json in another folder: its relative paths named nothing there."""
+    from confiner_core.generate import GenerateRequest, generate
+
+    monkeypatch.chdir(tmp_path)
+    report = generate(GenerateRequest(frames=4, height=64, width=64, out="clips/a"), show_progress=False)
+    assert report["settings"]["out"] == str(tmp_path / "clips" / "a")
+
+
 def test_network_forwards_are_one_per_network_call(tmp_path):
     """The embedded experts evaluate each conditioning separately: with refinement cfg != 1 every refinement
     evaluation makes two calls, the cfg-1 control stage one."""
