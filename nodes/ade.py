@@ -130,7 +130,7 @@ def motion_model_problems(control_model=None, control_steps: int | None = None, 
                             else "")
                          + "; connect the checkpoint's own MODEL (before AnimateDiff's loader) to spatial model on "
                            "ConFiner Refine Experts",
-                         "warning: spatial model has a motion model: use the image one"))
+                         "warning: spatial model has AnimateDiff: use checkpoint MODEL"))
     if slow:
         problems.append((f"the control expert's motion model '{slow[0]}' is not distilled for few steps "
                          f"(AnimateDiff-Lightning, AnimateLCM) and samples {control_steps}: its structure stays "

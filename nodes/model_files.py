@@ -69,17 +69,26 @@ def title(node: dict) -> str:
     return node.get("_meta", {}).get("title") or node.get("class_type")
 
 
+def used_nodes(prompt: dict | None) -> dict:
+    """The queued ``prompt``'s nodes whose output some node takes: a loader left unconnected loads nothing (one beside
+    the loader feeding both roles was read as the other role's model, and the pair was told to swap)."""
+    taken = {str(link[0]) for node in (prompt or {}).values() for link in node.get("inputs", {}).values()
+             if isinstance(link, list) and len(link) == 2}
+    return {node_id: node for node_id, node in (prompt or {}).items() if str(node_id) in taken}
+
+
 def loaded_files(prompt: dict | None) -> tuple[tuple[str, str], ...]:
-    """(loader title, file) of every diffusion-model loader in the queued ``prompt``: where a file two nodes need
-    went instead (the other half of a pair in another loader)."""
+    """(loader title, file) of every diffusion-model loader in the queued ``prompt`` that feeds a node: where a file
+    two nodes need went instead (the other half of a pair in another loader)."""
     return tuple((title(node), node["inputs"][LOADERS[node["class_type"]]])
-                 for node in (prompt or {}).values() if node.get("class_type") in LOADERS and
+                 for node in used_nodes(prompt).values() if node.get("class_type") in LOADERS and
                  isinstance(node.get("inputs", {}).get(LOADERS[node["class_type"]]), str))
 
 
 def motion_model_files(prompt: dict | None) -> tuple[str, ...]:
-    """The motion model files of the queued ``prompt``'s AnimateDiff-Evolved loaders (their ``model_name``)."""
-    return tuple(node["inputs"]["model_name"] for node in (prompt or {}).values()
+    """The motion model files of the queued ``prompt``'s AnimateDiff-Evolved loaders (their ``model_name``) that
+    feed a node."""
+    return tuple(node["inputs"]["model_name"] for node in used_nodes(prompt).values()
                  if str(node.get("class_type", "")).startswith("ADE_")
                  and isinstance(node.get("inputs", {}).get("model_name"), str))
 

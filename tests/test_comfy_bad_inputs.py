@@ -269,7 +269,7 @@ def test_a_motion_model_on_the_spatial_expert_is_said_on_the_refine_sampler(comf
                           ["animatediff_lightning_4step_comfyui.safetensors"])
     assert r["success"], r.get("error")
     warned = [line for line in r["texts"]["7"].split("\n") if line.startswith("warning:")]
-    assert warned == ["warning: spatial model has a motion model: use the image one"], r["texts"]
+    assert warned == ["warning: spatial model has AnimateDiff: use checkpoint MODEL"], r["texts"]
     assert not any(line.startswith("warning:") and "motion" in line for line in r["texts"]["5"].split("\n"))
 
 

@@ -124,7 +124,7 @@ def test_motion_models_in_each_others_roles_are_named_with_the_fix():
     # a motion model on the spatial expert, the image model's role (a trial's link reconnected to the Lightning
     # loader ran without a word): named, and a few-step one at the spatial cfg also burns
     (spatial,) = ade.motion_model_problems(spatial_model=lightning, spatial_cfg=7.5)
-    assert spatial[1] == "warning: spatial model has a motion model: use the image one"
+    assert spatial[1] == "warning: spatial model has AnimateDiff: use checkpoint MODEL"
     assert "'animatediff_lightning_4step_comfyui.safetensors' attached" in spatial[0] and \
         "burns its colours at spatial cfg 7.5" in spatial[0], spatial[0]
     (spatial,) = ade.motion_model_problems(spatial_model=v3, spatial_cfg=7.5)
@@ -149,8 +149,11 @@ def test_the_queued_graph_names_its_loaders_files():
         "3": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model": ["1", 0], "model_name": ["9", 0]}},
         "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan2.2_low_noise.safetensors"},
               "_meta": {"title": "low noise (all roles)"}},
-        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0]}}}
-    assert model_files.motion_model_files(prompt) == ("mm_v3.ckpt",)   # a name from a link is not a file name
+        "5": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "x": ["4", 0]}},
+        "6": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model": ["1", 0], "model_name": "lightning.ckpt"}}}
+    # a name from a link is not a file name; a loader whose output no node takes loads nothing (a trial's unconnected
+    # v3 loader was read as the control expert's, beside Lightning feeding both roles)
+    assert model_files.motion_model_files(prompt) == ("mm_v3.ckpt",)
     assert model_files.loaded_files(prompt) == (("CheckpointLoaderSimple", "v1-5.safetensors"),
                                                 ("low noise (all roles)", "wan2.2_low_noise.safetensors"))
     assert model_files.motion_model_files(None) == model_files.loaded_files(None) == ()

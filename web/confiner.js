@@ -314,7 +314,9 @@ function sayOnUnreached(text, also = () => true) {
   for (const [id, node, out] of allNodes()) {
     // (a Refine Sampler whose lazy check ran, "waiting for its turn", never ran its sampling either)
     const reached = RAN.has(id) && !WAITED.has(id);
-    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && also(node, id)) {
+    const said = node.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value ?? "";
+    // (a node a partly refused Run left out already says so)
+    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && !said.startsWith("not run: ") && also(node, id)) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text });
     }
   }
@@ -345,21 +347,64 @@ function refusal(entry) {
 
 // A Run the server queued with some of its outputs refused (an input failed its check): ComfyUI runs the others and
 // shows no dialog, and a refused chain kept its last "done" and preview as if this Run had made them (the reason was
-// on the console alone). By prompt id, until that run ends; at its start each refused node of the pack says why, at
-// its end each it left out says which node was refused.
-const PARTLY_REFUSED = new Map();
+// on the console alone). By prompt id, until that run ends: when it starts, each refused node of the pack says why,
+// and each the Run leaves out (every output it feeds refused, also where ComfyUI's cache holds its result) which
+// refused node takes it out.
+const PARTLY_REFUSED = new Map(); // prompt id -> {response, prompt} (the queued prompt, API format)
 const STARTED = new Set(); // the prompt ids whose run started (the queue's answer may come after the start)
-function sayRefused(response) {
-  for (const [id, entry] of Object.entries(response.node_errors)) {
+function sayRefused({ response, prompt }) {
+  const errors = response.node_errors;
+  for (const [id, entry] of Object.entries(errors)) {
     if (TEXT_NODES.has(entry?.class_type)) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text: wrapped(`not run: ${refusal(entry)}`) });
     }
   }
+  const graph = promptGraph(prompt ?? {});
+  const refused = new Set(Object.values(errors).flatMap((entry) => (entry?.dependent_outputs ?? []).map(String)));
+  for (const [id, node, out] of allNodes()) {
+    const outputs = graph.outputsOf(id);
+    if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !outputs.size ||
+        ![...outputs].every((o) => refused.has(o))) continue;
+    // the refused node of the same output, the one it feeds first, else one that feeds it
+    const ids = Object.keys(errors)
+      .filter((e) => (errors[e]?.dependent_outputs ?? []).some((o) => outputs.has(String(o))));
+    const fed = ids.find((e) => graph.reaches(id, e));
+    const feeding = ids.find((e) => graph.reaches(e, id));
+    const by = fed ?? feeding ?? ids[0] ?? Object.keys(errors)[0];
+    const how = by === fed ? ", which it feeds," : by === feeding ? ", which feeds it," : "";
+    const text = `not run: this Run left it out, as\n${nodeName(by, errors[by]?.class_type)}${how} was refused`;
+    api.dispatchCustomEvent("progress_text", { nodeId: id, text });
+  }
 }
-function sayLeftOut(response) {
-  const ids = Object.keys(response.node_errors);
-  const name = nodeName(ids[0], response.node_errors[ids[0]]?.class_type);
-  sayOnUnreached(`not run: this Run left it out, as\n${name} was refused`, (node, id) => !ids.includes(id));
+
+// A queued prompt (API format) as a graph: the output nodes each node's result reaches, and whether one node's
+// result reaches another.
+function promptGraph(prompt) {
+  const takers = new Map(); // id -> the ids taking its output
+  for (const [id, node] of Object.entries(prompt)) {
+    for (const link of Object.values(node?.inputs ?? {})) {
+      if (Array.isArray(link) && link.length === 2) {
+        const from = String(link[0]);
+        if (!takers.has(from)) takers.set(from, []);
+        takers.get(from).push(id);
+      }
+    }
+  }
+  // (a node type's own flag; a node no other takes where the frontend does not say)
+  const isOutput = (id) => globalThis.LiteGraph?.registered_node_types?.[prompt[id]?.class_type]?.nodeData?.output_node
+    ?? !takers.has(id);
+  const below = new Map(); // id -> every id its result reaches, itself included
+  const reached = (id) => {
+    if (!below.has(id)) {
+      below.set(id, new Set([id]));
+      for (const taker of takers.get(id) ?? []) for (const r of reached(taker)) below.get(id).add(r);
+    }
+    return below.get(id);
+  };
+  return {
+    outputsOf: (id) => new Set(id in prompt ? [...reached(id)].filter(isOutput) : []),
+    reaches: (from, to) => from !== to && reached(from).has(to),
+  };
 }
 
 // ComfyUI files a node's failed check under every input the check reads: the Long Video's schedule message came three
@@ -416,8 +461,9 @@ app.registerExtension({
         const response = await queuePrompt.apply(this, args);
         if (Object.keys(response?.node_errors ?? {}).length) {
           fileOnce(response);
-          PARTLY_REFUSED.set(response.prompt_id, response);
-          if (STARTED.has(response.prompt_id)) sayRefused(response);   // (its run started before the answer came)
+          const partly = { response, prompt: args[1]?.output };
+          PARTLY_REFUSED.set(response.prompt_id, partly);
+          if (STARTED.has(response.prompt_id)) sayRefused(partly);   // (its run started before the answer came)
         }
         return response;
       } catch (error) {
@@ -481,8 +527,6 @@ app.registerExtension({
       api.addEventListener(end, (event) => {
         running = false;
         clearTexts(WAITING);
-        const partly = PARTLY_REFUSED.get(event.detail?.prompt_id);
-        if (partly && end === "execution_success") sayLeftOut(partly);
         PARTLY_REFUSED.delete(event.detail?.prompt_id);
       });
     }
