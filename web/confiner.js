@@ -351,7 +351,7 @@ function refusal(entry) {
 // and each the Run leaves out (every output it feeds refused, also where ComfyUI's cache holds its result) which
 // refused node takes it out.
 const PARTLY_REFUSED = new Map(); // prompt id -> {response, prompt} (the queued prompt, API format)
-const STARTED = new Set(); // the prompt ids whose run started (the queue's answer may come after the start)
+let started = null; // the prompt id of the run started last (the queue's answer may come after the start)
 function sayRefused({ response, prompt }) {
   const errors = response.node_errors;
   for (const [id, entry] of Object.entries(errors)) {
@@ -463,7 +463,7 @@ app.registerExtension({
           fileOnce(response);
           const partly = { response, prompt: args[1]?.output };
           PARTLY_REFUSED.set(response.prompt_id, partly);
-          if (STARTED.has(response.prompt_id)) sayRefused(partly);   // (its run started before the answer came)
+          if (started === response.prompt_id) sayRefused(partly);   // (its run started before the answer came)
         }
         return response;
       } catch (error) {
@@ -501,10 +501,8 @@ app.registerExtension({
       RAN.clear();
       WAITED.clear();
       clearTexts(ENDED_BADLY, (id, out) => out);
-      const promptId = event.detail?.prompt_id;
-      STARTED.clear();
-      STARTED.add(promptId);
-      if (PARTLY_REFUSED.has(promptId)) sayRefused(PARTLY_REFUSED.get(promptId));
+      started = event.detail?.prompt_id;
+      if (PARTLY_REFUSED.has(started)) sayRefused(PARTLY_REFUSED.get(started));
     });
     api.addEventListener("execution_cached", (event) => {
       for (const id of event.detail?.nodes ?? []) {
