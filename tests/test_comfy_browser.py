@@ -556,9 +556,8 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
 def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_chain(frontend, screenshot_dir):
     """A trial's two chains in one graph, one refused when queued (T_e 3 under 5 refine steps): ComfyUI ran the other
     and showed no dialog, and the refused chain kept its last "done" (the reason on the console alone). Here the
-    template's chain is refused beside an image preview that runs. Queued through the frontend for real."""
-    from comfy_support import browser
-
+    template's chain is refused beside an image preview that runs, then left out by muting its save node. Queued
+    through the frontend for real."""
     server, b = frontend
     queue_empty(b)
     open_template(frontend, "confiner_basic_sd15_animatediff", "partly")
@@ -566,38 +565,52 @@ def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_c
     texts = b.page.evaluate("""async (done) => {
       const api = window.comfyAPI.api.api;
       const image = LiteGraph.createNode("EmptyImage"), preview = LiteGraph.createNode("PreviewImage");
-      app.graph.add(image);
-      app.graph.add(preview);
+      const twin = LiteGraph.createNode("ConFinerCoordinatedSampler");   // a second sampler, feeding nothing
+      for (const n of [image, preview, twin]) app.graph.add(n);
       image.connect(0, preview, 0);
-      const ours = app.graph._nodes.filter((n) => ["ConFinerControlExpert", "ConFinerCoordinatedSampler"].includes(n.type));
+      const ours = app.graph._nodes.filter((n) => ["ConFinerControlExpert", "ConFinerCoordinatedSampler"].includes(n.type)
+                                                  && n !== twin);
       const sampler = ours.find((n) => n.type === "ConFinerCoordinatedSampler");
       sampler.widgets.find((w) => w.name === "te").value = 3;
       sampler.widgets.find((w) => w.name === "refine_steps").value = 5;
-      for (const n of ours) api.dispatchCustomEvent("progress_text", {nodeId: String(n.id), text: done});
-      let ended = false;
-      api.addEventListener("execution_success", () => { ended = true; });
-      const answer = await app.queuePrompt(0);
-      for (let i = 0; i < 100 && !ended; i++) await new Promise((r) => setTimeout(r, 100));
-      await new Promise((r) => setTimeout(r, 300));
+      const text = (n) => n.widgets.find((w) => w.name === "$$node-text-preview")?.value;
+      const run = async () => {
+        for (const n of ours) api.dispatchCustomEvent("progress_text", {nodeId: String(n.id), text: done});
+        let ended = false;
+        const end = () => { ended = true; };
+        api.addEventListener("execution_success", end);
+        await app.queuePrompt(0);
+        for (let i = 0; i < 100 && !ended; i++) await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 300));
+        api.removeEventListener("execution_success", end);
+        return {ended, ...Object.fromEntries(ours.map((n) => [n.type, text(n)])), twin: text(twin)};
+      };
+      const partly = await run();
       const refused = Object.keys(app.lastNodeErrors ?? {}).map((id) => app.graph.getNodeById(id)?.title);
-      return {ended, refused, sampler: sampler.title, ...Object.fromEntries(ours.map((n) => [n.type,
-        n.widgets.find((w) => w.name === "$$node-text-preview")?.value]))};
+      // then the chain's save node muted: the Run leaves it out, and nothing is refused
+      app.graph._nodes.find((n) => n.type === "SaveAnimatedWEBP").mode = 2;
+      const muted = await run();
+      return {partly, refused, muted, sampler: `${sampler.title} #${sampler.id}`};
     }""", done)
     b.page.evaluate("""() => { const n = app.graph._nodes.find((n) => n.type === "ConFinerControlExpert");
       app.canvas.ds.scale = 0.8; app.canvas.ds.offset = [-n.pos[0] + 60, -n.pos[1] + 60]; app.canvas.draw(true, true); }""")
     b.page.wait_for_timeout(300)
     b.page.screenshot(path=str(screenshot_dir / "partly_refused.png"))
-    assert texts["ended"], texts   # the preview's output ran
+    partly, muted = texts["partly"], texts["muted"]
+    assert partly["ended"] and muted["ended"], texts   # the preview's output ran
     # the server's message, at most 60 characters a line, broken between words (the box breaks a line anywhere)
-    assert texts["ConFinerCoordinatedSampler"] == "\n".join(textwrap.wrap(
+    assert partly["ConFinerCoordinatedSampler"] == "\n".join(textwrap.wrap(
         "not run: refine steps (refine_steps) = 5 do not fit between T_e = 3 and 0: use at most 3 steps or raise the "
         "structure timestep T_e (te)", 60)), texts
-    # the node left out names the refused node it feeds (of two chains of one template, the titles are the same)
-    # before those that feed it (the server refused the loaders too: the template's files are not on it)
-    sampler = texts["sampler"]
-    assert texts["ConFinerControlExpert"] == f"not run: this Run left it out, as\n{sampler}, which it feeds, was " \
-                                            f"refused", texts
-    assert sampler in texts["refused"] and len(texts["refused"]) > 1, texts
+    # the node left out names the refused node it feeds, with its id beside another of the same title, before those
+    # that feed it (the server refused the loaders too: the template's files are not on it)
+    assert partly["ConFinerControlExpert"] == f"not run: this Run left it out, as\n{texts['sampler']}, which it " \
+                                              f"feeds, was refused", texts
+    assert texts["sampler"].split(" #")[0] in texts["refused"] and len(texts["refused"]) > 1, texts
+    feeds_nothing = "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result"
+    assert partly["twin"] == feeds_nothing, texts
+    assert muted == {"ended": True, "ConFinerControlExpert": feeds_nothing, "ConFinerCoordinatedSampler": feeds_nothing,
+                     "twin": feeds_nothing}, texts
 
 
 def test_a_check_filed_under_every_input_it_reads_is_shown_once(frontend, screenshot_dir):

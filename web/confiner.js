@@ -29,7 +29,9 @@
 //   canvas told of it.
 // * A Run queued with some of its outputs refused (an input failed its check) runs the others with no dialog: each
 //   refused node of the pack says why, and each the Run left out which node was refused (a refused chain kept its
-//   last "done" and preview as if this Run had made them). A cancelled run says so on the nodes it never reached.
+//   last "done" and preview as if this Run had made them); a node whose result reaches no output (its save node
+//   muted) says so. A failure names a node by its title, with its id beside another of the same title (two pasted
+//   chains). A cancelled run says so on the nodes it never reached.
 // * A Refine Sampler "waiting for its turn" shows no preview: the frontend keeps a node's last preview until a new one
 //   comes, and through the whole control stage the waiting sampler showed the run before's video as this run's.
 // * A message of the pack's nodes that ComfyUI files under every input its check reads is shown once, under the input
@@ -141,7 +143,9 @@ function* allNodes(graph = rootGraph(), prefix = "", out = false) {
 // Subgraph)"); ``fallback`` where the id names no node.
 function nodeName(id, fallback) {
   const { holders, node } = nodePath(id);
-  const title = node?.title || fallback;
+  // (with its id where another node of its graph has the same title: two pasted chains' samplers read the same)
+  const twin = node?.title && (node.graph?._nodes ?? []).some((n) => n !== node && n.title === node.title);
+  const title = (node?.title || fallback) + (twin ? ` #${node.id}` : "");
   return holders.length ? `${title} (in ${holders.map((h) => h.title).join(" › ")})` : title;
 }
 // The frontend's id lookup for texts and previews (1.35: executionIdToCurrentId) throws "Subgraph not found" on any
@@ -345,26 +349,36 @@ function refusal(entry) {
   return [error?.message, details].filter(Boolean).join(": ") || "an input was refused";
 }
 
-// A Run the server queued with some of its outputs refused (an input failed its check): ComfyUI runs the others and
-// shows no dialog, and a refused chain kept its last "done" and preview as if this Run had made them (the reason was
-// on the console alone). By prompt id, until that run ends: when it starts, each refused node of the pack says why,
-// and each the Run leaves out (every output it feeds refused, also where ComfyUI's cache holds its result) which
-// refused node takes it out.
-const PARTLY_REFUSED = new Map(); // prompt id -> {response, prompt} (the queued prompt, API format)
+// The nodes of the pack a Run leaves out, said when it starts: ComfyUI runs only what its valid outputs need, and a
+// node it left out kept its last "done" (and its chain the preview) as if this Run had made them. A Run the server
+// queued with some of its outputs refused (an input failed its check) runs the others with no dialog, its reason on
+// the console alone: each refused node of the pack says why, and each node whose outputs are all refused (also where
+// ComfyUI's cache holds its result) which refused node takes it out; a node whose result reaches no output at all (its
+// save node muted, or none connected) says that. By prompt id, until that run ends.
+const QUEUED = new Map(); // prompt id -> {response, prompt, workflow} (the queued prompt, API format, and its tab)
+const activeWorkflow = () => app.extensionManager?.workflow?.activeWorkflow?.path;
 let started = null; // the prompt id of the run started last (the queue's answer may come after the start)
-function sayRefused({ response, prompt }) {
-  const errors = response.node_errors;
+const FEEDS_NO_OUTPUT =
+  "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result";
+function sayLeftOut({ response, prompt, workflow }) {
+  if (workflow !== activeWorkflow()) return;   // (the canvas shows another tab: its nodes have other ids)
+  const errors = response.node_errors ?? {};
   for (const [id, entry] of Object.entries(errors)) {
     if (TEXT_NODES.has(entry?.class_type)) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text: wrapped(`not run: ${refusal(entry)}`) });
     }
   }
-  const graph = promptGraph(prompt ?? {});
+  prompt = prompt ?? {};
+  const graph = promptGraph(prompt);
   const refused = new Set(Object.values(errors).flatMap((entry) => (entry?.dependent_outputs ?? []).map(String)));
   for (const [id, node, out] of allNodes()) {
+    if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !(id in prompt)) continue;
     const outputs = graph.outputsOf(id);
-    if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !outputs.size ||
-        ![...outputs].every((o) => refused.has(o))) continue;
+    if (!outputs.size) {
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text: FEEDS_NO_OUTPUT });
+      continue;
+    }
+    if (![...outputs].every((o) => refused.has(o))) continue;
     // the refused node of the same output, the one it feeds first, else one that feeds it
     const ids = Object.keys(errors)
       .filter((e) => (errors[e]?.dependent_outputs ?? []).some((o) => outputs.has(String(o))));
@@ -459,11 +473,11 @@ app.registerExtension({
     api.queuePrompt = async function (...args) {
       try {
         const response = await queuePrompt.apply(this, args);
-        if (Object.keys(response?.node_errors ?? {}).length) {
-          fileOnce(response);
-          const partly = { response, prompt: args[1]?.output };
-          PARTLY_REFUSED.set(response.prompt_id, partly);
-          if (started === response.prompt_id) sayRefused(partly);   // (its run started before the answer came)
+        fileOnce(response);
+        if (response?.prompt_id != null && args[1]?.output) {
+          const queued = { response, prompt: args[1].output, workflow: activeWorkflow() };
+          QUEUED.set(response.prompt_id, queued);
+          if (started === response.prompt_id) sayLeftOut(queued);   // (its run started before the answer came)
         }
         return response;
       } catch (error) {
@@ -502,7 +516,7 @@ app.registerExtension({
       WAITED.clear();
       clearTexts(ENDED_BADLY, (id, out) => out);
       started = event.detail?.prompt_id;
-      if (PARTLY_REFUSED.has(started)) sayRefused(PARTLY_REFUSED.get(started));
+      if (QUEUED.has(started)) sayLeftOut(QUEUED.get(started));
     });
     api.addEventListener("execution_cached", (event) => {
       for (const id of event.detail?.nodes ?? []) {
@@ -525,7 +539,7 @@ app.registerExtension({
       api.addEventListener(end, (event) => {
         running = false;
         clearTexts(WAITING);
-        PARTLY_REFUSED.delete(event.detail?.prompt_id);
+        QUEUED.delete(event.detail?.prompt_id);
       });
     }
     api.addEventListener("execution_interrupted", (event) => {
