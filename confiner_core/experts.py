@@ -35,6 +35,13 @@ class Prediction(NamedTuple):
 ALREADY_LOADED = ("a model already loaded runs as an expert of confiner_core.diffusers_backend (FrameExpert, "
                   "MotionExpert, UNet3DExpert) through run_chain: see the README's 'Models you have already loaded'")
 
+
+def not_a_path(name: str, value, model: bool = True) -> str:
+    """The message for ``name``, a path, given ``value`` of another type; a ``model``'s path says where a model
+    already loaded goes instead (:data:`ALREADY_LOADED`)."""
+    said = f"{name} must be a path (str or pathlib.Path), not {type(value).__name__}"
+    return f"{said}; {ALREADY_LOADED}" if model else said
+
 #: what an :class:`EvaluationLog` counts, per stage (a long run carries these with each window and in its resume state)
 COUNTERS = ("evaluations", "forwards", "vae_calls")
 

@@ -38,7 +38,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
-from .experts import ALREADY_LOADED, FP16_OVERFLOW, EvaluationLog, in_stage
+from .experts import FP16_OVERFLOW, EvaluationLog, in_stage, not_a_path
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
                    prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text)
@@ -212,14 +212,6 @@ def with_dtype_option(text: str) -> str:
 def from_the_backend(text: str) -> str:
     """A diffusers-backend message names its keyword arguments (``base=``); on the command line, the options."""
     return text.replace("base=", "--base ") if _SPELLING.get() == "cli" else text
-
-
-def not_a_path(name: str, value) -> str:
-    """The message for a path field given something else: a model already loaded has its own way in."""
-    said = f"--{name.replace('_', '-')} must be a path (str or pathlib.Path), not {type(value).__name__}"
-    if name in ("control", "spatial", "temporal", "base"):
-        said += f"; {ALREADY_LOADED}"
-    return said
 
 
 @contextlib.contextmanager
@@ -410,7 +402,9 @@ class GenerateRequest:
             if isinstance(value, (str, os.PathLike)):
                 setattr(self, name, os.path.expanduser(value))
             elif value is not None:
-                raise UsageError(not_a_path(name, value), f"--{name.replace('_', '-')}")
+                option = f"--{name.replace('_', '-')}"
+                raise UsageError(not_a_path(option, value, model=name in ("control", "spatial", "temporal", "base")),
+                                 option)
         if isinstance(self.seed, torch.Generator):   # the request is settings (kept for --resume): seeds are ints
             raise UsageError(f"--seed must be an integer, got a torch.Generator: pass its seed, "
                              f"{self.seed.initial_seed()} (generator.initial_seed())", "--seed")

@@ -587,6 +587,11 @@ def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_c
       };
       const partly = await run();
       const refused = Object.keys(app.lastNodeErrors ?? {}).map((id) => app.graph.getNodeById(id)?.title);
+      // the valid output failing in that run keeps the refusal's texts (it cleared them for "... stopped the run")
+      api.dispatchCustomEvent("execution_error", {prompt_id: "partly", node_id: String(preview.id),
+                                                  node_type: "PreviewImage"});
+      await new Promise((r) => setTimeout(r, 200));
+      partly.afterError = Object.fromEntries(ours.map((n) => [n.type, text(n)]));
       // then the chain's save node muted: the Run leaves it out, and nothing is refused
       app.graph._nodes.find((n) => n.type === "SaveAnimatedWEBP").mode = 2;
       const muted = await run();
@@ -607,6 +612,7 @@ def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_c
     assert partly["ConFinerControlExpert"] == f"not run: this Run left it out, as\n{texts['sampler']}, which it " \
                                               f"feeds, was refused", texts
     assert texts["sampler"].split(" #")[0] in texts["refused"] and len(texts["refused"]) > 1, texts
+    assert partly["afterError"] == {k: partly[k] for k in ("ConFinerControlExpert", "ConFinerCoordinatedSampler")}
     feeds_nothing = "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result"
     assert partly["twin"] == feeds_nothing, texts
     assert muted == {"ended": True, "ConFinerControlExpert": feeds_nothing, "ConFinerCoordinatedSampler": feeds_nothing,

@@ -170,6 +170,7 @@ function resolveSubgraphIds() {
   workflows.executionIdToCurrentId = patched;
 }
 const RAN = new Set(); // the ids of the nodes the current run executed or took from its cache
+const LEFT_OUT = new Set(); // ... of the pack's nodes its start said it leaves out (sayLeftOut): their text stays
 const WAITED = new Set(); // ... of those whose lazy check said "waiting for its turn" and that have not run since
 
 // The height a node's progress text needs at the node's width: its lines as the frontend wraps them, at most
@@ -318,9 +319,7 @@ function sayOnUnreached(text, also = () => true) {
   for (const [id, node, out] of allNodes()) {
     // (a Refine Sampler whose lazy check ran, "waiting for its turn", never ran its sampling either)
     const reached = RAN.has(id) && !WAITED.has(id);
-    const said = node.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value ?? "";
-    // (a node a partly refused Run left out already says so)
-    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && !said.startsWith("not run: ") && also(node, id)) {
+    if (TEXT_NODES.has(node.comfyClass) && !reached && !out && !LEFT_OUT.has(id) && also(node, id)) {
       api.dispatchCustomEvent("progress_text", { nodeId: id, text });
     }
   }
@@ -363,10 +362,12 @@ const FEEDS_NO_OUTPUT =
 function sayLeftOut({ response, prompt, workflow }) {
   if (workflow !== activeWorkflow()) return;   // (the canvas shows another tab: its nodes have other ids)
   const errors = response.node_errors ?? {};
+  const say = (id, text) => {
+    LEFT_OUT.add(id);
+    api.dispatchCustomEvent("progress_text", { nodeId: id, text });
+  };
   for (const [id, entry] of Object.entries(errors)) {
-    if (TEXT_NODES.has(entry?.class_type)) {
-      api.dispatchCustomEvent("progress_text", { nodeId: id, text: wrapped(`not run: ${refusal(entry)}`) });
-    }
+    if (TEXT_NODES.has(entry?.class_type)) say(id, wrapped(`not run: ${refusal(entry)}`));
   }
   prompt = prompt ?? {};
   const graph = promptGraph(prompt);
@@ -375,7 +376,7 @@ function sayLeftOut({ response, prompt, workflow }) {
     if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !(id in prompt)) continue;
     const outputs = graph.outputsOf(id);
     if (!outputs.size) {
-      api.dispatchCustomEvent("progress_text", { nodeId: id, text: FEEDS_NO_OUTPUT });
+      say(id, FEEDS_NO_OUTPUT);
       continue;
     }
     if (![...outputs].every((o) => refused.has(o))) continue;
@@ -386,8 +387,7 @@ function sayLeftOut({ response, prompt, workflow }) {
     const feeding = ids.find((e) => graph.reaches(e, id));
     const by = fed ?? feeding ?? ids[0] ?? Object.keys(errors)[0];
     const how = by === fed ? ", which it feeds," : by === feeding ? ", which feeds it," : "";
-    const text = `not run: this Run left it out, as\n${nodeName(by, errors[by]?.class_type)}${how} was refused`;
-    api.dispatchCustomEvent("progress_text", { nodeId: id, text });
+    say(id, `not run: this Run left it out, as\n${nodeName(by, errors[by]?.class_type)}${how} was refused`);
   }
 }
 
@@ -514,6 +514,7 @@ app.registerExtension({
       running = true;
       RAN.clear();
       WAITED.clear();
+      LEFT_OUT.clear();
       clearTexts(ENDED_BADLY, (id, out) => out);
       started = event.detail?.prompt_id;
       if (QUEUED.has(started)) sayLeftOut(QUEUED.get(started));
@@ -543,11 +544,11 @@ app.registerExtension({
       });
     }
     api.addEventListener("execution_interrupted", (event) => {
-      clearTexts(NEVER, (id) => !RAN.has(id));
+      clearTexts(NEVER, (id) => !RAN.has(id) && !LEFT_OUT.has(id));
       notRun(event.detail, true);
     });
     api.addEventListener("execution_error", (event) => {
-      clearTexts(NEVER, (id) => !RAN.has(id));
+      clearTexts(NEVER, (id) => !RAN.has(id) && !LEFT_OUT.has(id));
       notRun(event.detail);
     });
   },

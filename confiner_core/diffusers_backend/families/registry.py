@@ -22,7 +22,7 @@ import torch
 
 from ...devices import check_device
 from ...library_bars import loading_bars
-from ...experts import ALREADY_LOADED, Expert, ExpertPair
+from ...experts import Expert, ExpertPair, not_a_path
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
@@ -350,8 +350,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     check_device(device, "load_experts: device")   # before torch's "Torch not compiled with CUDA enabled"
     for name, path in (("control", control), ("spatial", spatial), ("temporal", temporal), ("base", base)):
         if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"load_experts: {name} must be a path (str or pathlib.Path), not {type(path).__name__}; "
-                            f"{ALREADY_LOADED}")
+            raise TypeError(f"load_experts: {not_a_path(name, path)}")
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
