@@ -955,11 +955,19 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
 
 def normalised(name: str, value, device):
     """A load argument as compared: a path resolved, a device as torch names it (cuda -> cuda:0 is not done), a
-    dtype as it loads (None, the request's 'auto': the device's default, float32 on the CPU)."""
+    dtype as it loads (None, the request's 'auto': the device's default, float32 on the CPU), and what
+    :func:`load_experts` leaves out as what it then loads (no speed settings: eager; no image mode: latent frames),
+    so experts it loaded with its defaults serve a request of the defaults."""
     if name == "dtype":
         from .diffusers_backend.families.registry import default_dtype
 
         return value if value is not None else default_dtype(device)
+    if name == "speed":
+        from .diffusers_backend.speed import EAGER
+
+        return EAGER if value is None else value
+    if name == "options":
+        return {"image_mode": LATENT_FRAMES, **(value or {})}
     if value is None:
         return None
     if name in ("control", "spatial", "temporal", "base"):

@@ -310,6 +310,20 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
     assert not (tmp_path / "other").exists() and not (tmp_path / "embedded").exists()
 
 
+def test_experts_load_experts_loaded_with_its_defaults_serve_a_request_of_the_defaults(paths, loaded, tmp_path):
+    """The refusal of experts of another load names load_experts as a way in, yet experts it loaded with its
+    defaults were refused as loaded with speed=None (the request's 'eager'), then options={} (its image mode,
+    latent frames, which an SD 1.5 spatial expert does not read): they are what the request loads."""
+    from confiner_core.generate import GenerateRequest, generate
+
+    request = GenerateRequest(control=str(paths["ad"]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]), frames=F,
+                              height=8 * H, width=8 * W, prompt="a cat", out=str(tmp_path / "given"))
+    given = generate(request, show_progress=False, experts=loaded)
+    own = generate(replace(request, out=str(tmp_path / "own")), show_progress=False)
+    assert (tmp_path / "given" / "frames.png").read_bytes() == (tmp_path / "own" / "frames.png").read_bytes()
+    assert given["experts"] == own["experts"]
+
+
 def test_a_request_loads_its_checkpoints_in_the_dtype_it_names(paths, tmp_path):
     """A NaN run's hint said to load the experts in bfloat16, which only load_experts(dtype=) could: the request
     (and --dtype) names it, the report says what each expert ran in, and experts loaded in another are refused."""
@@ -579,6 +593,13 @@ def _bad_config(p, d):
     return {"spatial": folder}
 
 
+def _cut_config(p, d, name, component):
+    folder = copy_without(p[name], d / f"{name}_cut_{component}")
+    config = folder / component / "config.json"
+    config.write_text(config.read_text()[:40])   # cut short, as a download stopped part-way leaves it
+    return folder
+
+
 def _refiner(p, d):
     folder = copy_without(p["sdxl"], d / "sdxl_refiner")
     edit_json(folder / "model_index.json", requires_aesthetics_score=True)
@@ -647,6 +668,13 @@ BAD_INPUTS = {
                                ValueError, r"temporal expert \(.*t2v_empty\): .* holds no weights \(the UNet"),
     "corrupt config": (_bad_config, ValueError,
                        r"spatial expert \(.*sd_badjson\): .*config\.json is not a readable JSON config.*restore"),
+    # the configs detection reads: a cut one was read as missing ("no model recognised in this folder")
+    "cut UNet config": (lambda p, d: {"spatial": _cut_config(p, d, "sd", "unet")}, ValueError,
+                        r"spatial expert \(.*sd_cut_unet\): .*unet/config\.json is not a readable JSON config "
+                        r"\(.*\); restore it"),
+    "cut text-to-video UNet config": (lambda p, d: {"temporal": _cut_config(p, d, "t2v", "unet")}, ValueError,
+                                      r"temporal expert \(.*t2v_cut_unet\): .*unet/config\.json is not a readable "
+                                      r"JSON config"),
     "missing tokenizer": (lambda p, d: {"spatial": copy_without(p["sd"], d / "sd_notok", "tokenizer")},
                           FileNotFoundError, r"spatial expert \(.*sd_notok\): .*sd_notok lacks tokenizer"),
     "8 latent channels": (lambda p, d: {"temporal": T.save_t2v(d / "t2v8", in_channels=8)}, ValueError,
