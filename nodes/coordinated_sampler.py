@@ -88,6 +88,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             validate_refinement(spatial, temporal, (1, source.expert.latent_space.channels, 1, 1, 1), config,
                                 source=source, control_schedule=cls.control_schedule(control_model),
                                 vae_fixes=fixes)
+            refiner = refining_denoiser(spatial, temporal, config.mode)
+            host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal)])
             # the frontend marks this node running from here, through the control stage and any node the queue runs
             # before this one (the other samplers of the compare template, after the structure is done: a reason
             # naming the control stage alone went stale there): not the last run's "done"

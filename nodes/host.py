@@ -765,17 +765,54 @@ def latent_out(model, x: torch.Tensor, template: dict | None = None, space: Late
     return out
 
 
+def output_denoiser(refiner: Denoiser, spatial: Denoiser) -> Denoiser:
+    """The expert in whose latent space a refinement's output is (:func:`to_spatial_space`), known before it runs:
+    the spatial expert's, but for a temporal-only refinement that no pair of VAEs hands over."""
+    if refiner.expert.latent_space == spatial.expert.latent_space or \
+            refiner.expert.codec is None or spatial.expert.codec is None:
+        return refiner
+    return spatial
+
+
 def to_spatial_space(latent: torch.Tensor, refiner: Denoiser, spatial: Denoiser,
                      log: EvaluationLog) -> tuple[torch.Tensor, Denoiser]:
     """A temporal-only refinement of a graph of two latent spaces, handed to the spatial expert's space through
     the VAEs (2 calls), where every other mode's output is, so the graph's decode reads it (the Flux template's
     Flux VAE made one frame of Wan latents, without an error). Unchanged where a VAE is missing
     (:func:`output_space_note` then says which VAE decodes it)."""
-    if refiner.expert.latent_space == spatial.expert.latent_space or \
-            refiner.expert.codec is None or spatial.expert.codec is None:
+    output = output_denoiser(refiner, spatial)
+    if output is refiner:
         return latent, refiner
     with log.stage("refine"):
         return hand_off(latent, refiner, spatial), spatial
+
+
+def decode_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: Denoiser | None) -> str | None:
+    """A node of the queued graph that decodes this node's output with the other expert's VAE, in a graph of two
+    latent spaces (its refine experts' VAEs, as wired to the bundle, or another loader of the same file): ComfyUI's
+    VAE Decode failed only after the whole run, with "tuple index out of range" (a trial: the Wan VAE of a one-space
+    graph left on the decode of an SD 1.5 spatial expert's output). None where none does, or the graph does not say."""
+    if temporal is None:
+        return None
+    spaces = {"spatial": spatial.expert.latent_space, "temporal": temporal.expert.latent_space}
+    role = "spatial" if output.expert.latent_space == spaces["spatial"] else "temporal"
+    other = "temporal" if role == "spatial" else "spatial"
+    if spaces[role] in (spaces[other], spaces[other].per_frame()) or spaces[other] == spaces[role].per_frame():
+        return None   # one VAE decodes both
+    prompt, here = queued_prompt(node_cls), node_id(node_cls)
+    bundle = model_files.link(prompt, here, "experts")
+    if bundle is None:
+        return None
+    wrong, right = (model_files.link(prompt, bundle[0], f"{r}_vae") for r in (other, role))
+    for taker in model_files.takers(prompt, here):
+        vae = model_files.link(prompt, taker, "vae")
+        if vae and wrong and model_files.same_output(prompt, vae, wrong) and \
+                not (right and model_files.same_output(prompt, vae, right)):
+            given = model_files.title(prompt[right[0]]) if right else f"the {role} model's"
+            return (f"{model_files.title(prompt[taker])} would decode this node's output, {spaces[role].title} "
+                    f"latents, with the {other} VAE ({spaces[other].title}): wire the {role} VAE ({given}) to its "
+                    f"vae input")
+    return None
 
 
 def output_space_note(refiner: Denoiser, spatial: Denoiser, structure_space: LatentSpace) -> str | None:

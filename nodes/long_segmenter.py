@@ -313,6 +313,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
+        host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal)])
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
         b, c, _, h, w = frame.shape
         if b != 1:   # the windows of b videos were joined into one: b videos back to back, one after the other

@@ -24,16 +24,15 @@ def model_loader(prompt: dict | None, node_id: str | None, input_name: str) -> t
     their input ``model``); None where the graph does not say (a node with no such input, an unknown loader)."""
     if not prompt or node_id is None:
         return None
-    link = (prompt.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    found = link(prompt, node_id, input_name)
     seen = set()
-    while isinstance(link, list) and len(link) == 2 and str(link[0]) not in seen:
-        seen.add(str(link[0]))
-        node = prompt.get(str(link[0])) or {}
-        inputs = node.get("inputs", {})
+    while found is not None and found[0] not in seen:
+        seen.add(found[0])
+        node = prompt.get(found[0]) or {}
         if node.get("class_type") in LOADERS:
-            name = inputs.get(LOADERS[node["class_type"]])
-            return (str(link[0]), name) if isinstance(name, str) else None
-        link = inputs.get("model")
+            name = node.get("inputs", {}).get(LOADERS[node["class_type"]])
+            return (found[0], name) if isinstance(name, str) else None
+        found = link(prompt, found[0], "model")
     return None
 
 
@@ -55,13 +54,36 @@ def feeds_control(prompt: dict | None, node_id: str | None, input_name: str) -> 
         for other, node in (prompt or {}).items() if node.get("class_type") in CONTROL_INPUTS)
 
 
+def link(prompt: dict | None, node_id: str | None, input_name: str) -> tuple[str, int] | None:
+    """(node id, output slot) wired to ``input_name`` of node ``node_id`` in the queued ``prompt``; None where that
+    input holds a value or nothing."""
+    found = ((prompt or {}).get(str(node_id)) or {}).get("inputs", {}).get(input_name) if node_id is not None else None
+    return (str(found[0]), found[1]) if isinstance(found, list) and len(found) == 2 else None
+
+
 def input_source(prompt: dict | None, node_id: str | None, input_name: str) -> dict | None:
     """The queued ``prompt``'s node whose output reaches ``input_name`` of node ``node_id`` (API format: a node
     bypassed on the canvas is left out, its input wired on in its place); None where the graph does not say."""
-    link = ((prompt or {}).get(str(node_id)) or {}).get("inputs", {}).get(input_name) if node_id is not None else None
-    if isinstance(link, list) and len(link) == 2:
-        return (prompt or {}).get(str(link[0]))
-    return None
+    found = link(prompt, node_id, input_name)
+    return (prompt or {}).get(found[0]) if found else None
+
+
+def takers(prompt: dict | None, node_id: str | None, slot: int = 0) -> list[str]:
+    """The ids of the queued ``prompt``'s nodes that take output ``slot`` of node ``node_id``."""
+    return [taker for taker, node in (prompt or {}).items()
+            if any(link(prompt, taker, name) == (str(node_id), slot) for name in node.get("inputs", {}))]
+
+
+def same_output(prompt: dict | None, a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two links carry the same thing: one output of one node, or that output of two nodes of one type
+    given the same values and no links (two loaders of one file)."""
+    if a == b:
+        return True
+    first, second = ((prompt or {}).get(node_id) or {} for node_id, _ in (a, b))
+    values = [node.get("inputs", {}) for node in (first, second)]
+    return a[1] == b[1] and first.get("class_type") is not None and \
+        first.get("class_type") == second.get("class_type") and values[0] == values[1] and \
+        not any(isinstance(value, list) for value in values[0].values())
 
 
 def title(node: dict) -> str:
@@ -72,8 +94,8 @@ def title(node: dict) -> str:
 def used_nodes(prompt: dict | None) -> dict:
     """The queued ``prompt``'s nodes whose output some node takes: a loader left unconnected loads nothing (one beside
     the loader feeding both roles was read as the other role's model, and the pair was told to swap)."""
-    taken = {str(link[0]) for node in (prompt or {}).values() for link in node.get("inputs", {}).values()
-             if isinstance(link, list) and len(link) == 2}
+    taken = {found[0] for node_id, node in (prompt or {}).items() for name in node.get("inputs", {})
+             if (found := link(prompt, node_id, name))}
     return {node_id: node for node_id, node in (prompt or {}).items() if str(node_id) in taken}
 
 

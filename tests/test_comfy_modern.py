@@ -753,6 +753,37 @@ def test_missing_vae_is_refused_before_any_evaluation(comfy_worker, modern, case
     assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
 
 
+def _sd_long(prompt: dict, ckpt: str) -> dict:
+    """The Long Video of the Wan template with an SD 1.5 spatial expert (two latent spaces)."""
+    sd = wan_graph(ckpt, "sd")
+    prompt.update({k: sd[k] for k in ("20", "21")})
+    prompt["10"] = sd["10"]
+    return prompt
+
+
+# (case, graph, words the message must contain): a decode given the other expert's VAE failed in ComfyUI's VAE
+# Decode after the whole run ("tuple index out of range")
+WRONG_DECODE_VAE = [
+    ("the temporal VAE on an SD 1.5 spatial expert's output",
+     lambda ckpt: {**(p := wan_graph(ckpt, "sd")), "12": {**p["12"], "inputs": {**p["12"]["inputs"], "vae": ["5", 0]}}},
+     ["VAEDecode would decode this node's output, SD 1.5 latents, with the temporal VAE (Wan 2.1): wire the spatial "
+      "VAE (CheckpointLoaderSimple) to its vae input"]),
+    ("another loader of the temporal VAE's file on a Flux spatial expert's output",
+     lambda ckpt: {**(p := wan_graph(ckpt, "flux")), "40": {"class_type": "VAELoader", "inputs": {"vae_name": WAN_VAE}},
+                   "12": {**p["12"], "inputs": {**p["12"]["inputs"], "vae": ["40", 0]}}},
+     ["FLUX.1 latents, with the temporal VAE (Wan 2.1): wire the spatial VAE (VAELoader)"]),
+    ("the temporal VAE on a Long Video of an SD 1.5 spatial expert",
+     lambda ckpt: _sd_long(long_wan_graph(ckpt), ckpt),
+     ["VAEDecode would decode this node's output, SD 1.5 latents, with the temporal VAE (Wan 2.1)"]),
+]
+
+
+@pytest.mark.parametrize("case, graph, words", WRONG_DECODE_VAE, ids=[c[0] for c in WRONG_DECODE_VAE])
+def test_a_decode_given_the_other_experts_vae_is_refused_before_any_evaluation(comfy_worker, modern, case, graph,
+                                                                                words):
+    assert_refused_before_any_evaluation(comfy_worker, graph(comfy_worker.checkpoint_name), case, words)
+
+
 def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, words: list) -> None:
     """The run fails with no expert evaluated, and its message is one line holding every word of ``words``."""
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
