@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import math
+import textwrap
 import time
 from collections import Counter
 
@@ -153,7 +154,7 @@ def pooled_width(model) -> int | None:
 
 # ComfyUI's model config class names (comfy/supported_models.py) by prefix, first match, as artists name the
 # families (Wan 2.2 A14B loads as WAN21_T2V, its 5B as WAN22_T2V)
-FAMILY_NAMES = (("WAN22_T2V", "Wan 2.2 5B"), ("WAN22", "Wan 2.2"), ("WAN21_T2V", "Wan 2.1 / 2.2 A14B"),
+FAMILY_NAMES = (("WAN22_T2V", "Wan 2.2 5B"), ("WAN22", "Wan 2.2"), ("WAN21_T2V", "Wan 2.1 / 2.2"),
                 ("WAN21", "Wan 2.1"), ("QwenImage", "Qwen-Image"), ("FluxSchnell", "FLUX.1-schnell"),
                 ("Flux2", "FLUX.2"), ("Flux", "FLUX.1"), ("SDXLRefiner", "SDXL refiner"), ("SDXL", "SDXL"),
                 ("SD15", "SD 1.5"), ("SD20", "SD 2"), ("SD3", "SD 3"), ("HunyuanVideo", "HunyuanVideo"))
@@ -166,7 +167,7 @@ def config_name(model) -> str:
 
 
 # Wan 2.1's text-to-video releases by their transformer's width: the 1.3B is no A14B half, which loads as WAN21_T2V
-# too (a trial's 1.3B file was called "Wan 2.1 / 2.2 A14B")
+# too (a trial's 1.3B file was called "Wan 2.1 / 2.2 A14B"); another width is named as neither
 WAN21_T2V_BY_WIDTH = {1536: "Wan 2.1 1.3B", 5120: "Wan 2.1 14B / 2.2 A14B"}
 
 
@@ -995,9 +996,10 @@ class Progress:
             e.confiner_text_shown = True   # for :func:`shows_refusals`
             raise
         except Exception as e:
-            self.show(f"stopped by an error after evaluation {self.done}/{self.total} (see the error)")
-            e.confiner_text_shown = True
             said = ade.injection_failure(e, self.files)
+            self.show(f"stopped by an error after evaluation {self.done}/{self.total}:\n"
+                      f"{error_lines(said or error_message(e))}")
+            e.confiner_text_shown = True
             if said is None:
                 raise
             mismatch = ValueError(said)
@@ -1022,9 +1024,23 @@ def shows_refusals(method):
         except Exception as e:
             if not getattr(e, "confiner_text_shown", False):
                 cancelled = isinstance(e, comfy.model_management.InterruptProcessingException)
-                show_text(node_id(cls), "cancelled" if cancelled else "stopped by an error (see the error)")
+                show_text(node_id(cls), "cancelled" if cancelled else
+                          f"stopped by an error:\n{error_lines(error_message(e))}")
             raise
     return wrapper
+
+
+def error_message(error: Exception) -> str:
+    """An error as ComfyUI's dialog says it: its message, or its type where it has none."""
+    return str(error) or type(error).__name__
+
+
+def error_lines(message: str, lines: int = 3) -> str:
+    """An error's message on a node: at most ``lines`` lines of :data:`LINE_WIDTH`, broken between words, the rest in
+    the error dialog. Once that dialog was closed, the failed node said only "stopped by an error (see the error)"
+    (a trial)."""
+    return "\n".join(textwrap.wrap(" ".join(message.split()), LINE_WIDTH, max_lines=lines, break_on_hyphens=False,
+                                   placeholder=" … (see the error)"))
 
 
 def node_id(node_cls) -> str | None:

@@ -13,6 +13,7 @@ import json
 import math
 
 import pytest
+from comfy_support.fixtures import assert_error_text
 
 pytestmark = pytest.mark.comfyui
 VALIDATION, EXECUTION = "validation", "execution"
@@ -208,7 +209,8 @@ def test_bad_input_is_refused_before_any_expert_evaluation(comfy_worker, host_ch
         failed = r["error"]["node_id"]
         if prompt[failed]["class_type"] in SAMPLING_NODES:   # its text says so, not a previous run's "done"
             texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == failed]
-            assert texts and texts[-1] == "stopped by an error (see the error)", (name, texts)
+            assert texts, name
+            assert_error_text(texts[-1], r["error"]["exception_message"])
 
 
 def test_refine_steps_that_do_not_fit_a_linked_te_are_told_as_when_typed(comfy_worker):
@@ -284,7 +286,9 @@ def test_a_motion_model_that_does_not_fit_the_checkpoint_is_said_as_such(comfy_w
         f"'{comfy_worker.checkpoint_name}' (IndexError: list index out of range): they do not fit each other; load a "
         f"checkpoint of the family the motion model was made for (SD 1.5 for AnimateDiff v3 and Lightning), or the "
         f"motion model made for this checkpoint")
-    assert r["texts"][r["error"]["node_id"]].endswith("stopped by an error after evaluation 0/2 (see the error)")
+    text = r["texts"][r["error"]["node_id"]]   # (under any warning lines)
+    assert_error_text(text[text.index("stopped by an error after"):], _messages(r),
+                      "stopped by an error after evaluation 0/2:")
 
 
 def test_the_table_graphs_run_when_nothing_is_wrong(comfy_worker):

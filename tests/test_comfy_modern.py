@@ -311,10 +311,11 @@ def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, mo
 
 def test_a_wan21_t2v_model_is_named_by_its_size(comfy_worker, modern):
     """ComfyUI loads Wan 2.1 1.3B, 14B and each Wan 2.2 A14B half as WAN21_T2V: a trial's 1.3B file was called
-    "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release keeps the family's name."""
+    "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release is named as neither (a
+    trial's tiny 1.3B stand-in was still called A14B)."""
     assert comfy_worker.call("comfy_support.modern_checks:wan21_t2v_names") == {
         "1536": "Wan 2.1 1.3B (WAN21_T2V)", "5120": "Wan 2.1 14B / 2.2 A14B (WAN21_T2V)",
-        "64": "Wan 2.1 / 2.2 A14B (WAN21_T2V)"}
+        "64": "Wan 2.1 / 2.2 (WAN21_T2V)"}
 
 
 def test_the_control_vae_of_a_structure_from_another_space_is_taken_without_the_control_model(comfy_worker, modern):

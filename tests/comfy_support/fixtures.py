@@ -73,6 +73,17 @@ def with_checkpoint(workflow: dict, ckpt_name: str) -> dict:
     return wf
 
 
+def assert_error_text(text: str, message: str, header: str = "stopped by an error:") -> None:
+    """A failed node's text: ``header``, then the start of the error's ``message`` (the dialog's) on at most three
+    lines of 60 characters broken between words, ending "… (see the error)" where the message goes on."""
+    assert text.startswith(header + "\n"), text
+    lines = text[len(header) + 1:].split("\n")
+    assert 1 <= len(lines) <= 3 and all(len(line) <= 60 for line in lines), text
+    shown, whole = " ".join(lines), " ".join(message.split())
+    cut = shown.endswith(" … (see the error)")
+    assert whole.startswith(shown.removesuffix(" … (see the error)")) if cut else shown == whole, (text, message)
+
+
 def require_comfy_path() -> Path:
     """The checkout, or skip (unset) / fail (invalid). Usable outside fixtures."""
     value = os.environ.get(harness.ENV_COMFYUI_PATH, "").strip()
