@@ -286,8 +286,9 @@ class Expert(ABC):
         :meth:`ExpertPair.checked_scale`); raises naming it."""
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
             raise TypeError(f"bind: guidance_scale must be {what} (1 = no cfg), got {guidance_scale!r}")
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"bind: guidance_scale must be a finite number (1 = no cfg), got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:   # (the settings' cfg lies in [0, 100] too)
+            raise ValueError(f"bind: guidance_scale must be a finite number >= 0 (1 = no cfg, 0 = the unconditional "
+                             f"prediction alone), got {guidance_scale!r}")
         return guidance_scale
 
     def bind(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 1.0,
@@ -456,10 +457,9 @@ class Denoiser:
 
     def failed_call(self, native: torch.Tensor, t: float) -> str:
         """Which expert and call raised (a note on the network's own error)."""
-        stage = self.log.current if self.log is not None else "unstaged"
-        stage = f" at stage {stage!r}," if stage != "unstaged" else " at"
+        stage = at_stage(self.log.current if self.log is not None else "unstaged")
         space = self.expert.latent_space
-        return (f"raised by expert {self.expert.name!r} ({type(self.expert).__name__}){stage} step "
+        return (f"raised by expert {self.expert.name!r} ({type(self.expert).__name__}) {stage}step "
                 f"t={self.schedule.timestep(t):.4g}, on an input of shape {tuple(native.shape)} ({native.dtype}, "
                 f"layout {self.expert.layout}): it declares latent space {space.name!r} ({space.channels} channels)")
 
@@ -484,10 +484,16 @@ class Denoiser:
 FP16_OVERFLOW = "fp16 overflow: load the experts in bfloat16 or float32"
 
 
+def at_stage(stage: str) -> str:
+    """Where in the chain a message's step is: "at stage 'refine', " where a log names the stage, else "at " (an
+    expert bound without a log said "at stage 'unstaged'" of a step of the refinement)."""
+    return f"at stage {stage!r}, " if stage != "unstaged" else "at "
+
+
 def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage: str, number: int | None) -> str:
     """Where NaN/inf appeared (expert, stage, step, the evaluation's number in its stage) and the likely cause."""
     evaluation = f", evaluation {number} of the stage" if number is not None else ""
-    where = (f"expert {denoiser.expert.name!r} ({denoiser.expert.describe().get('class')}) at stage {stage!r}, "
+    where = (f"expert {denoiser.expert.name!r} ({denoiser.expert.describe().get('class')}) {at_stage(stage)}"
              f"step t={denoiser.schedule.timestep(t):.4g}{evaluation}")
     if not bool(torch.isfinite(x_t).all()):
         return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "

@@ -412,13 +412,17 @@ class GenerateRequest:
             value = lookup(self, number.path)
             number.check(value)
             if value is not None and type(value) is not number.kind:   # NumPy's numbers: kept as Python's (the seed
-                self._assign(number.path, number.kind(value))          # seeds torch, the report is JSON)
+                # seeds torch, the report is JSON); a float32 as the decimal it shows: np.float32(0.1) widened is
+                # 0.10000000149, a gamma other than the default, refused on a single clip as set
+                decimal = number.kind is float and hasattr(value, "dtype")
+                self._assign(number.path, number.kind(str(value)) if decimal else number.kind(value))
         for option, path, choices in CHOICES:
             value = lookup(self, path)
             if value not in choices:
                 raise UsageError(f"{option} must be {one_of(choices)}, got {value!r}", option)
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise UsageError("--prompt and --negative-prompt must be text", "--prompt")
+        for option, value in (("--prompt", self.prompt), ("--negative-prompt", self.negative_prompt)):
+            if not isinstance(value, str):   # (which of the two, and what came: a researcher's None)
+                raise UsageError(f"{option} must be text, got {type(value).__name__}", option)
         for flag in ("resume", "save_frames"):   # (a "no" string is true: it would have resumed, saved)
             if not isinstance(getattr(self, flag), bool):
                 raise UsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}", flag)

@@ -651,6 +651,8 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         expert.bind("x", "", "7.5", log)
     with pytest.raises(ValueError, match="bind: guidance_scale must be a finite number"):   # a value, not a type
         expert.bind("x", "", float("nan"), log)
+    with pytest.raises(ValueError, match=r"bind: guidance_scale must be a finite number >= 0 .*, got -1.0"):
+        expert.bind("x", "", -1.0, log)   # (taken; the settings' cfg is refused outside [0, 100])
     with pytest.raises(TypeError, match="bind: prompt and negative_prompt must be text"):
         expert.bind(None, "", 7.5, log)
     # noise that is not float (int64 noise was run, 68 % of it zeros; float16 ran the whole chain in half precision),
@@ -759,6 +761,29 @@ def test_an_error_inside_an_experts_network_is_noted_with_the_expert_and_call():
     assert e.value.__notes__ == ["raised by expert 'mine' (WrongNet) at stage 'refine', step t=100, on an input of "
                                  "shape (1, 4, 3, 4, 4) (torch.float32, layout video): it declares latent space "
                                  "'sd15' (4 channels)"]
+
+
+def test_nan_from_an_expert_bound_without_a_log_names_no_stage():
+    """Experts bound without a log know no stage: their NaN was said to come "at stage 'unstaged'" of a refinement
+    step (a researcher's run_chain); with a log the stage is named."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    class NaNNet(OracleExpert):
+        def forward(self, x, t, conds):
+            return [torch.full_like(x, float("nan")) for _ in conds]
+
+    good = OracleExpert(x0, sd).bind()
+    with pytest.raises(NonFiniteError) as e:
+        run_chain(good, good, NaNNet(x0, sd, name="mine").bind(), torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
+    assert str(e.value).startswith("expert 'mine' (NaNNet) at step t=100 returned NaN or infinity"), str(e.value)
+    log = EvaluationLog()
+    with pytest.raises(NonFiniteError, match=r"^expert 'mine' \(NaNNet\) at stage 'refine', step t=100, evaluation 2 "
+                                             r"of the stage returned NaN"):
+        logged = OracleExpert(x0, sd).bind(log=log)
+        run_chain(logged, logged, NaNNet(x0, sd, name="mine").bind(log=log), torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
 
 
 def test_experts_no_vae_bridges_are_told_so_before_a_frame_count_one_of_them_cannot_hold():

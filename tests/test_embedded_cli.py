@@ -199,6 +199,19 @@ def test_a_numpy_seed_is_a_seed(tmp_path):
         cv2.imread(str(tmp_path / "int" / "frames.png")).tobytes()
 
 
+def test_a_numpy_float32_is_the_decimal_it_shows():
+    """np.float32(0.1) widened to Python's float is 0.10000000149: a gamma equal to the default was refused on a
+    single clip as set, and a report would carry the widened number. It is taken as the 0.1 it shows."""
+    from confiner_core.chain import ChainConfig
+    from confiner_core.generate import GenerateRequest
+    from confiner_core.long import LongConfig
+
+    request = GenerateRequest(frames=8, height=64, width=64, long=LongConfig(gamma=np.float32(0.1)),
+                              chain=ChainConfig(control_eta=np.float32(0.3), control_sampler="ddim"))
+    request.validate()
+    assert request.long.gamma == 0.1 and type(request.long.gamma) is float and request.chain.control_eta == 0.3
+
+
 def test_a_script_is_warned_of_a_prompt_the_video_never_shows(tmp_path):
     """The command line prints the unused entry with the applied schedule; a script gets a ConFinerWarning, and
     the report lists it."""
