@@ -556,7 +556,8 @@ class GenerateRequest:
         for role, inspection in self._inspections.items():   # a motion module's longest clip
             limit = inspection.max_frames
             if limit is not None and spaces[role].latent_frames(clip) > limit:
-                raise too_many_frames(TooManyFrames(role, role, spaces[role].pixel_frames(limit), clip), self.is_long)
+                raise too_many_frames(TooManyFrames(role, str(inspection.path), spaces[role].pixel_frames(limit),
+                                                    clip), self.is_long)   # (named by its path, as it was given)
 
     def _validate_long(self, plan: SegmentPlan) -> None:
         L = self.long
@@ -770,8 +771,9 @@ def bridged_hand_offs(spaces: dict, mode: str) -> list[tuple[str, str]]:
 
 
 def bridges(spaces: dict, mode: str) -> list[str]:
-    """The bridged hand-offs in words, as ``report.json`` lists them ("control Wan 2.1 -> spatial SD 1.5")."""
-    return [f"{a} {spaces[a].title} {CROSSINGS[a][0]} {b} {spaces[b].title}"
+    """The bridged hand-offs in words, as ``report.json`` lists them ("control in Wan 2.1 latents -> spatial in SD 1.5
+    latents": the spaces, which are not the experts' models, "temporal SD 1.5" was a ModelScope expert)."""
+    return [f"{a} in {spaces[a].title} latents {CROSSINGS[a][0]} {b} in {spaces[b].title} latents"
             for a, b in bridged_hand_offs(spaces, mode)]
 
 

@@ -6,6 +6,7 @@ its UNet, loaded independently), and every bad input is refused before any weigh
 import json
 import os
 import logging
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -797,12 +798,14 @@ def test_a_motion_modules_frame_limit_is_refused_before_any_weights_load(paths, 
     request = GenerateRequest(control=str(paths[control]), spatial=str(paths["sd"]), temporal=str(paths["t2v"]),
                               frames=40, height=64, width=64, out=str(tmp_path / "out"),
                               long=LongConfig(segment_length=40))   # one clip of 40 frames
-    with pytest.raises(UsageError, match=r"^frames: the control expert 'control' handles at most 32 frames at once "
+    # named by its path (its role alone, "the control expert 'control'", named no model)
+    with pytest.raises(UsageError, match=rf"^frames: the control expert '{re.escape(str(paths[control]))}' handles at "
+                                         r"most 32 frames at once "
                                          r"but 40 were asked; use frames 32 or fewer, or long.segment_length 32 or "
                                          r"fewer to make them ConFiner-Long segments$") as e:
         replace(request).validate()
     assert e.value.option == "frames"
-    with pytest.raises(UsageError, match=r"^long.segment_length: the control expert 'control' handles at most 32 "):
+    with pytest.raises(UsageError, match=r"^long.segment_length: the control expert '.*' handles at most 32 "):
         replace(request, frames=80).validate()                          # segments of 40
     replace(request, frames=32, long=LongConfig(segment_length=32)).validate()
     assert sum(weight_loads.values()) == 0, f"weights loaded before the error: {dict(weight_loads)}"

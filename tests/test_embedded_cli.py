@@ -486,14 +486,15 @@ def test_a_bridged_run_says_what_crosses_the_vaes_and_counts_the_calls(tmp_path,
                  "64", "--quiet"]) == 0
     printed = capsys.readouterr().out.splitlines()
     report = json.load(open(os.path.join(out, "report.json")))
-    assert printed[0] == ("bridged through the VAEs: control embedded-causal -> spatial embedded (the structure: 2 VAE "
-                          "calls); spatial embedded <-> temporal embedded-causal (the clean estimate over and back: 4 "
+    assert printed[0] == ("bridged through the VAEs: control in embedded-causal latents -> spatial in embedded latents "
+                          "(the structure: 2 VAE calls); spatial in embedded latents <-> temporal in embedded-causal "
+                          "latents (the clean estimate over and back: 4 "
                           "VAE calls a step)")
     assert report["vae_calls"] == {"refine": 2 + 4 * 5}
     assert printed[-1].endswith(f"(5 frames, 19 expert evaluations, 22 VAE calls between them in "
                                 f"{report['vae_seconds']['refine']:.1f} s, {report['seconds']['total']:.1f} s in all)")
-    assert report["bridges"] == ["control embedded-causal -> spatial embedded",
-                                 "spatial embedded <-> temporal embedded-causal"]
+    assert report["bridges"] == ["control in embedded-causal latents -> spatial in embedded latents",
+                                 "spatial in embedded latents <-> temporal in embedded-causal latents"]
     # one latent space: nothing said, nothing counted
     assert main(["generate", "--out", str(tmp_path / "one"), *SMALL, "--quiet"]) == 0
     printed = capsys.readouterr().out
