@@ -70,7 +70,9 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
             self.exit(2)   # under torchrun every process parses the same arguments: rank 0 says what is wrong
-        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)} (see --help)\n")
+        # worded as every other refusal ("error: --seed: ..."): argparse's own were "python -m confiner_core
+        # generate: error: argument --seed: ..."
+        self.exit(2, f"error: {message.removeprefix('argument ')}{self.suggestion(message)} (see --help)\n")
 
     def suggestion(self, message: str) -> str:
         """For options it does not know, the ones likely meant: ``--refine_steps`` is ``--refine-steps``, ``--seeds``
@@ -252,10 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("evaluate", parents=[common], help="offline quality metrics of a video file or a directory of frames")
     e.add_argument("video", help="an mp4 (or any video OpenCV/imageio reads), a directory of PNG/JPG frames, or a "
-                                 "generate output folder (its video.mp4 is read)")
+                                 "generate output folder (its lossless frames.npy where --save-frames wrote one, "
+                                 "else its video.mp4)")
     e.add_argument("--junctions", type=int, nargs="*", default=None,
-                   help="frame indices where segments meet, for the seam score (e.g. 16 32 48); by default a "
-                        "ConFiner-Long output folder's own, from its report.json (with a seam score per kind)")
+                   help="frame indices where segments meet, for the seam score (e.g. 16 32 48; any order, a repeat "
+                        "counts once); by default a ConFiner-Long output folder's own, from its report.json (with a "
+                        "seam score per kind); --junctions alone: none, and no seam score")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -293,7 +297,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
             scores = stats.summary(plan["window_junctions"], plan["structure_junctions"],
                                    plan.get("prompt_change_junctions", []))
         else:
-            scores = metrics.evaluate(frames, junctions=a.junctions)
+            try:
+                scores = metrics.evaluate(frames, junctions=a.junctions)
+            except ValueError as e:   # (the option, as every other error names its own)
+                raise ValueError(f"--junctions: {e}" if str(e).startswith("junctions") else str(e)) from None
             del scores["distance_to_nearest"]   # (needs reference clips, which a video file has none of)
         scores = metrics.strict_scores(scores)
     except (ValueError, FileNotFoundError) as e:

@@ -713,8 +713,8 @@ class GenerateRequest:
                              f"choose another --out (if process {busy} is no ConFiner run, delete "
                              f"{store.owner_file})", "--out")
         if self.resume and not store.exists():
-            raise UsageError(f"--resume: {store.folder} holds no interrupted ConFiner-Long run; run without --resume",
-                             "--resume")
+            raise UsageError(f"--resume: {self.out} holds no interrupted ConFiner-Long run (no "
+                             f"{os.path.basename(store.folder)} folder in it); run without --resume", "--resume")
         if self.resume:
             store.check()
         elif store.exists():

@@ -88,6 +88,9 @@ CLI_CASES = [
     Case("seed-negative", ["--seed", "-1"], "--seed"),
     Case("seed-too-big", ["--seed", str(2**64)], "--seed"),
     Case("seed-text", ["--seed", "x"], "--seed"),
+    # the folder it said held no run was the resume folder inside --out, which does not exist
+    Case("resume-nothing", ["--frames", "24", "--segment-length", "8", "--resume"],
+         "--resume: {prev} holds no interrupted ConFiner-Long run (no .confiner-resume folder in it)"),
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
     # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
     Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
@@ -341,7 +344,8 @@ def test_cli_refuses_bad_input(case, world, capsys):
     assert e.value.code == case.code
     captured = capsys.readouterr()
     err = captured.err.strip()
-    assert case.names in err, err
+    assert fill(case.names, {**paths, "prev": prev}) in err, err
+    assert err.startswith("error: "), err   # argparse's own said "python -m confiner_core generate: error: argument"
     assert len(err.splitlines()) == 1 and "Traceback" not in captured.err
     assert "wrote" not in captured.out
 

@@ -694,6 +694,20 @@ def test_evaluates_table_says_which_way_each_score_is_better(tmp_path, capsys):
         ["n/a", "-> 1 (needs junctions and ordinary frame pairs besides them)"]
 
 
+def test_evaluates_junctions_outside_the_video_are_refused_by_the_option(tmp_path, capsys):
+    """Every other error names its option; junctions past the video said "error: junctions must lie in ..."."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((16, 16, 3), 20 * i, np.uint8))
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(folder), "--junctions", "4", "9"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --junctions: junctions must lie in [1, 7] for 8 frames")
+    assert main(["evaluate", str(folder), "--junctions", "4", "4", "2", "--json"]) == 0   # any order, repeats once
+    assert json.loads(capsys.readouterr().out)["seam_score"] is not None
+
+
 def test_evaluate_of_a_truncated_video_says_one_line(tmp_path):
     """FFmpeg's own "moov atom not found" came on the terminal before evaluate's one-line error (a process of its
     own: FFmpeg writes to the file descriptor, and reads its log level when OpenCV opens its first video)."""
