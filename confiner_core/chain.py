@@ -328,8 +328,11 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
     if len(shape) != 5:
         raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
     if shape[1] != src.channels:
+        # a structure made by an expert of another space, given without it: refine_structure hands it over
+        made_elsewhere = "; a structure another expert made (the control expert's) is handed over by " \
+            "refine_structure(..., source=<that expert's denoiser>)" if source_label == "refining" else ""
         raise ValueError(f"the latent has {shape[1]} channels but the {source_label or source} expert's latent space "
-                         f"{src.name!r} has {src.channels}; use a latent of the experts' family")
+                         f"{src.name!r} has {src.channels}; use a latent of the experts' family{made_elsewhere}")
     _, frames, _, _ = src.pixel_shape(shape)
     for role, d in roles.items():
         if d is None:

@@ -671,8 +671,10 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         run_chain(control, control, control, x0, {"te": 100}, g)
     with pytest.raises(ValueError, match=r"^refine: x has shape \(4, 4, 4, 4\) but must be a video"):
         refine(control, control, x0[0], ChainConfig(), g)
-    with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space"):
-        refine(control, control, x0[:, :2], ChainConfig(), g)
+    with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space .*; "
+                                         r"a structure another expert made \(the control expert's\) is handed over by "
+                                         r"refine_structure\(\.\.\., source=<that expert's denoiser>\)$"):
+        refine(control, control, x0[:, :2], ChainConfig(), g)   # (a researcher's left out source=)
     for call in (lambda: refine(control, None, x0, ChainConfig(mode="temporal"), g),   # (an AttributeError on None)
                  lambda: run_chain(control, control, None, x0, ChainConfig(mode="temporal"), g)):
         with pytest.raises(ValueError, match=r"^mode 'temporal' needs a temporal expert"):
