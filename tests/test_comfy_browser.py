@@ -702,3 +702,77 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     reused = f"{done}\nreused by this run (from the cache)"
     cached = "done · from the cache (an earlier run made it)"
     assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it
+
+
+def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, screenshot_dir):
+    """A Refine Sampler behind another, its structure from ComfyUI's cache, stood blank until its turn came (its own
+    check says "waiting" only then), and a Control Expert kept the last Run's "done" while the loaders before it
+    loaded (30 s in a trial). Once ComfyUI names what its cache serves, each sampling node the Run will run says it
+    waits; one the cache serves says it reused its result, and a cancel before a node's turn says so. The queue's
+    answer is the server's as it would send it (the template's files are not on this server)."""
+    server, b = frontend
+    queue_empty(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "waiting")
+    b.page.route("**/api/prompt", lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body='{"prompt_id": "waits", "number": 1, "node_errors": {}}') if route.request.method == "POST"
+        else route.continue_())
+    try:
+        b.page.evaluate("""() => { window.confinerRun = (async () => {
+          const api = window.comfyAPI.api.api;
+          const node = (type) => app.graph._nodes.find((n) => n.type === type);
+          const ids = (...types) => app.graph._nodes.filter((n) => !types.includes(n.type)).map((n) => String(n.id));
+          const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+          const wait = () => new Promise((r) => setTimeout(r, 300));
+          const done = "done · 4 expert evaluations in 1.2 s";
+          const seen = {};
+          for (const type of ["ConFinerControlExpert", "ConFinerCoordinatedSampler"]) {
+            api.dispatchCustomEvent("progress_text", {nodeId: String(node(type).id), text: done});
+          }
+          await app.queuePrompt(0);
+          // the structure from the cache, the sampler to run
+          api.dispatchCustomEvent("execution_start", {prompt_id: "waits", timestamp: Date.now()});
+          api.dispatchCustomEvent("execution_cached", {prompt_id: "waits", timestamp: Date.now(),
+            nodes: ids("ConFinerCoordinatedSampler", "VAEDecode", "SaveAnimatedWEBP")});
+          await wait();
+          seen.structureCached = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
+          const sampler = node("ConFinerCoordinatedSampler");
+          app.canvas.ds.scale = 0.8;
+          app.canvas.ds.offset = [-sampler.pos[0] + 900, -sampler.pos[1] + 80];
+          app.canvas.draw(true, true);
+          window.confinerShot = true;
+          for (let i = 0; i < 100 && window.confinerShot; i++) await new Promise((r) => setTimeout(r, 100));
+          api.dispatchCustomEvent("execution_interrupted", {prompt_id: "waits", timestamp: Date.now()});
+          await wait();
+          seen.cancelled = text("ConFinerCoordinatedSampler");
+          // nothing from the cache: both wait, and the one whose turn comes says how it goes
+          await app.queuePrompt(0);
+          api.dispatchCustomEvent("execution_start", {prompt_id: "waits", timestamp: Date.now()});
+          api.dispatchCustomEvent("execution_cached", {prompt_id: "waits", timestamp: Date.now(), nodes: []});
+          await wait();
+          seen.nothingCached = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
+          const control = String(node("ConFinerControlExpert").id);
+          api.dispatchCustomEvent("executing", {node: control, display_node: control, prompt_id: "waits"});
+          api.dispatchCustomEvent("progress_text", {nodeId: control, text: "control stage · step 1/4"});
+          await wait();
+          seen.controlRuns = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
+          api.dispatchCustomEvent("execution_success", {prompt_id: "waits", timestamp: Date.now()});
+          await wait();
+          seen.ended = text("ConFinerCoordinatedSampler");
+          return seen;
+        })(); }""")
+        # what an artist sees while the structure comes from the cache: the Control Expert reused, the sampler waits
+        b.page.wait_for_function("() => window.confinerShot === true", timeout=20000)
+        b.page.wait_for_timeout(300)
+        b.page.screenshot(path=str(screenshot_dir / "waiting_for_its_turn.png"))
+        b.page.evaluate("() => { window.confinerShot = false; }")
+        texts = b.page.evaluate("() => window.confinerRun")
+    finally:
+        b.page.unroute("**/api/prompt")
+    waiting = "waiting for its turn\n(after the nodes queued before it)"
+    assert texts["structureCached"] == ["done · 4 expert evaluations in 1.2 s\nreused by this run (from the cache)",
+                                        waiting], texts
+    assert texts["cancelled"] == "not run: the run was cancelled before its turn", texts
+    assert texts["nothingCached"] == [waiting, waiting], texts
+    assert texts["controlRuns"] == ["control stage · step 1/4", waiting], texts
+    assert texts["ended"] == "", texts   # a wait that never ended is not left behind

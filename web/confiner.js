@@ -391,6 +391,24 @@ function sayLeftOut({ response, prompt, workflow }) {
   }
 }
 
+// The pack's sampling nodes a Run will run (queued from this tab, neither left out nor served from ComfyUI's cache),
+// said as soon as ComfyUI names what its cache serves: "waiting for its turn" until their own text comes. A Refine
+// Sampler behind another, its structure from the cache, stood blank (its own check says it only when its turn comes),
+// and a Control Expert kept the last Run's "done" (or nothing) while the loaders before it loaded, 30 s in a trial.
+const SAYS_WAITING = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter"]);
+const WAITING_TEXT = "waiting for its turn\n(after the nodes queued before it)";
+let cachedNow = null; // the ids ComfyUI's cache serves in the run started last (null until it says)
+function sayWaiting(promptId) {
+  const queued = QUEUED.get(promptId);
+  if (!queued || !cachedNow || queued.workflow !== activeWorkflow()) return;
+  for (const [id, node, out] of allNodes()) {
+    if (SAYS_WAITING.has(node.comfyClass) && !out && id in (queued.prompt ?? {}) && !cachedNow.has(id) &&
+        !LEFT_OUT.has(id) && !RAN.has(id)) {
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text: WAITING_TEXT });
+    }
+  }
+}
+
 // A queued prompt (API format) as a graph: the output nodes each node's result reaches, and whether one node's
 // result reaches another.
 function promptGraph(prompt) {
@@ -477,7 +495,10 @@ app.registerExtension({
         if (response?.prompt_id != null && args[1]?.output) {
           const queued = { response, prompt: args[1].output, workflow: activeWorkflow() };
           QUEUED.set(response.prompt_id, queued);
-          if (started === response.prompt_id) sayLeftOut(queued);   // (its run started before the answer came)
+          if (started === response.prompt_id) {   // (its run started before the answer came)
+            sayLeftOut(queued);
+            sayWaiting(started);
+          }
         }
         return response;
       } catch (error) {
@@ -515,11 +536,13 @@ app.registerExtension({
       RAN.clear();
       WAITED.clear();
       LEFT_OUT.clear();
+      cachedNow = null;
       clearTexts(ENDED_BADLY, (id, out) => out);
       started = event.detail?.prompt_id;
       if (QUEUED.has(started)) sayLeftOut(QUEUED.get(started));
     });
     api.addEventListener("execution_cached", (event) => {
+      cachedNow = new Set((event.detail?.nodes ?? []).map(String));
       for (const id of event.detail?.nodes ?? []) {
         RAN.add(String(id));
         // a node served from ComfyUI's cache sends no text: in a page that never ran it (a workflow opened afresh,
@@ -532,6 +555,7 @@ app.registerExtension({
           api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: `${text.value}\n${REUSED}` });
         }
       }
+      if (event.detail?.prompt_id === started) sayWaiting(started);
     });
     api.addEventListener("executing", (event) => {
       if (event.detail != null) RAN.add(String(event.detail?.node ?? event.detail));
