@@ -996,6 +996,7 @@ def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
             for line in d["text"].split("\n") if line.startswith("done · ")]
     assert done and done[-1].startswith(f"done · {3 * 2 + 2 * 3 * REFINE_STEPS} expert evaluations, 8 VAE calls in "), \
         done   # the console's count: the node's missed the final encode
+    assert done[-1].endswith(" s · 9 frames"), done   # the frames made
     assert len(_saved(r)) == 9
     bad = long_wan_graph(comfy_worker.checkpoint_name)
     bad["14"]["inputs"]["segment_length"] = 6

@@ -117,7 +117,8 @@ def test_example_workflow_executes(comfy_worker, name):
         # the run opens with the schedule, under any warnings (an image model, where AnimateDiff is not installed)
         opening = "prompts:\n0-3: a red ball\n4-11: a blue ball"
         assert re.fullmatch(r"(warning: [^\n]*\n)*" + re.escape(opening), mine[0]), mine[0]
-        done = rf"done · {4 * 4 + 3 * 15} expert evaluations in \d+\.\d s\nseed \d+\n"   # 4 structures, 3 windows
+        # 4 structures, 3 windows, and the frames made (which 'frames' sets, whatever the latent's length)
+        done = rf"done · {4 * 4 + 3 * 15} expert evaluations in \d+\.\d s · 12 frames\nseed \d+\n"
         assert re.fullmatch(r"(warning: [^\n]*\n)*" + done + re.escape(opening), mine[-1]), mine[-1]
 
 
