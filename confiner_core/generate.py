@@ -549,7 +549,7 @@ class GenerateRequest:
                 fix = pixel_frames_fix if role == "spatial" and packs_their_frames else ""
                 raise UsageError(f"{option}: {e}{fix}", option) from None
         if packs_their_frames:
-            warn_doubtful(spelled(f"the spatial expert refines {spaces['spatial'].title} latents (--image-mode "
+            warn_doubtful(spelled(f"the spatial expert refines {spaces['spatial'].latents} (--image-mode "
                                   f"latent_frames, the default), whose latent frames after the first pack "
                                   f"{spaces['spatial'].temporal_factor} of the video experts' frames each; "
                                   f"--image-mode pixel_frames refines every frame alone"))
@@ -713,8 +713,9 @@ class GenerateRequest:
                              f"choose another --out (if process {busy} is no ConFiner run, delete "
                              f"{store.owner_file})", "--out")
         if self.resume and not store.exists():
-            raise UsageError(f"--resume: {self.out} holds no interrupted ConFiner-Long run (no "
-                             f"{os.path.basename(store.folder)} folder in it); run without --resume", "--resume")
+            held = (f"holds no interrupted ConFiner-Long run (no {os.path.basename(store.folder)} folder in it)"
+                    if os.path.isdir(self.out) else "does not exist, so holds no interrupted ConFiner-Long run")
+            raise UsageError(f"--resume: {self.out} {held}; run without --resume", "--resume")
         if self.resume:
             store.check()
         elif store.exists():
@@ -773,7 +774,7 @@ def bridged_hand_offs(spaces: dict, mode: str) -> list[tuple[str, str]]:
 def bridges(spaces: dict, mode: str) -> list[str]:
     """The bridged hand-offs in words, as ``report.json`` lists them ("control in Wan 2.1 latents -> spatial in SD 1.5
     latents": the spaces, which are not the experts' models, "temporal SD 1.5" was a ModelScope expert)."""
-    return [f"{a} in {spaces[a].title} latents {CROSSINGS[a][0]} {b} in {spaces[b].title} latents"
+    return [f"{a} in {spaces[a].latents} {CROSSINGS[a][0]} {b} in {spaces[b].latents}"
             for a, b in bridged_hand_offs(spaces, mode)]
 
 
@@ -940,9 +941,13 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
         if name in ("spatial", "temporal") and value is None:
             continue   # loaded and left unused: a sweep over --mode (standard, the ablation) keeps its experts
         if normalised(name, value, asked["device"]) != normalised(name, had.get(name), had.get("device")):
-            raise UsageError(f"experts= were loaded with {name}={shown(name, had.get(name))}, and this request loads "
-                             f"{name}={shown(name, value)}: load its own with load_request_experts(request), or leave "
-                             f"experts out", "experts")
+            # (a setting of the request's own: asking for what they were loaded with is the simpler way)
+            named = shown(name, had.get(name))   # (a preset's name or a dtype; not custom settings' repr)
+            ask = f"ask for {name}={named} in the request, " if name in ("speed", "dtype") and \
+                named.startswith("'") else ""
+            raise UsageError(f"experts= were loaded with {name}={named}, and this request loads "
+                             f"{name}={shown(name, value)}: {ask}load its own with load_request_experts(request), or "
+                             f"leave experts out", "experts")
     # an expert left unused may have lent its VAE to the others (one serves a latent space): this request's own
     # load would take another's, and its video would differ
     from .diffusers_backend.families.registry import vae_providers
@@ -953,7 +958,7 @@ def check_loaded_for(experts, req: GenerateRequest) -> None:
         own, loaded = vae_providers(kept), vae_providers(inspections)
         for space, provider in own.items():
             if space in loaded and loaded[space].path != provider.path:
-                raise UsageError(f"experts= decode {space.title} latents with the {loaded[space].role} expert's VAE "
+                raise UsageError(f"experts= decode {space.latents} with the {loaded[space].role} expert's VAE "
                                  f"({loaded[space].path}), and this request, without that expert, would load the "
                                  f"{provider.role} expert's ({provider.path}): load its own with "
                                  f"load_request_experts(request), or leave experts out", "experts")

@@ -61,6 +61,13 @@ class LatentSpace:
         said = TITLES.get(base, base)
         return f"{said} (pixel frames)" if per_frame else said
 
+    @property
+    def latents(self) -> str:
+        """Its latents in words: "SD 1.5 latents", "Wan 2.1 latents (pixel frames)" (not "Wan 2.1 (pixel frames)
+        latents")."""
+        title, pixel_frames, _ = self.title.partition(" (pixel frames)")
+        return f"{title} latents" + (" (pixel frames)" if pixel_frames else "")
+
     # -- frames and sizes -----------------------------------------------------------------------------------------
     def latent_frames(self, pixel_frames: int) -> int:
         if self.causal:

@@ -86,7 +86,7 @@ class ComfyVAECodec(Codec):
             model = who.replace("_vae", "_model")
             label = f"{who.replace('_vae', ' VAE')} ({who})"
             held = f"{label} holds {vae_family(vae)}"
-            decode_too = f"; the refined video is then in {space.title} latents: decode it with that VAE too" \
+            decode_too = f"; the refined video is then in {space.latents}: decode it with that VAE too" \
                 if who == "spatial_vae" else ""
             own_vae = f"connect its own VAE ({vae_file(space)}) to {label}" + \
                 (" and decode the video with it" if who == "spatial_vae" else "")

@@ -810,8 +810,8 @@ def decode_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: 
         if vae and wrong and model_files.same_output(prompt, vae, wrong) and \
                 not (right and model_files.same_output(prompt, vae, right)):
             given = model_files.title(prompt[right[0]]) if right else f"the {role} model's"
-            return (f"{model_files.title(prompt[taker])} would decode this node's output, {spaces[role].title} "
-                    f"latents, with the {other} VAE ({spaces[other].title}): wire the {role} VAE ({given}) to its "
+            return (f"{model_files.title(prompt[taker])} would decode this node's output, {spaces[role].latents}, "
+                    f"with the {other} VAE ({spaces[other].title}): wire the {role} VAE ({given}) to its "
                     f"vae input")
     return None
 
@@ -824,7 +824,7 @@ def output_space_note(refiner: Denoiser, spatial: Denoiser, structure_space: Lat
     role = "spatial" if space == spatial.expert.latent_space else "temporal"
     if role == "spatial" and space in (structure_space, structure_space.per_frame()):   # (pixel frames: one VAE)
         return None
-    note = f"output in {space.title} latents: decode with the {role} VAE"
+    note = f"output in {space.latents}: decode with the {role} VAE"
     return note if len(note) <= LINE_WIDTH else f"output in the {role} expert's latents"
 
 

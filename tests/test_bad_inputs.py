@@ -91,6 +91,8 @@ CLI_CASES = [
     # the folder it said held no run was the resume folder inside --out, which does not exist
     Case("resume-nothing", ["--frames", "24", "--segment-length", "8", "--resume"],
          "--resume: {prev} holds no interrupted ConFiner-Long run (no .confiner-resume folder in it)"),
+    Case("resume-nowhere", ["--frames", "24", "--segment-length", "8", "--resume", "--out", "{prev}/nowhere"],
+         "--resume: {prev}/nowhere does not exist, so holds no interrupted ConFiner-Long run"),
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
     # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
     Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
@@ -337,6 +339,7 @@ def test_table_is_large_enough():
 @pytest.mark.parametrize("case", case_params(CLI_CASES))
 def test_cli_refuses_bad_input(case, world, capsys):
     paths, prev, _ = world
+    paths = {**paths, "prev": prev}
     args = [fill(a, paths) for a in case.args]
     argv = ["generate", "--out", prev, *(SMALL if case.defaults else []), *args]
     with pytest.raises(SystemExit) as e:
@@ -344,7 +347,7 @@ def test_cli_refuses_bad_input(case, world, capsys):
     assert e.value.code == case.code
     captured = capsys.readouterr()
     err = captured.err.strip()
-    assert fill(case.names, {**paths, "prev": prev}) in err, err
+    assert fill(case.names, paths) in err, err
     assert err.startswith("error: "), err   # argparse's own said "python -m confiner_core generate: error: argument"
     assert len(err.splitlines()) == 1 and "Traceback" not in captured.err
     assert "wrote" not in captured.out

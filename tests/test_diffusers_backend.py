@@ -303,8 +303,9 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
                                          r"and this request, without that expert, would load the temporal expert's"):
         generate(replace(base, chain=replace(base.chain, mode="temporal"), spatial=None, out=str(tmp_path / "other")),
                  show_progress=False, experts=experts)
+    # (each preset's whole repr was printed; the request's own setting is the simpler way)
     with pytest.raises(UsageError, match=r"^experts= were loaded with speed='eager', and this request loads "
-                                         r"speed='lean': load its own"):   # (each preset's whole repr was printed)
+                                         r"speed='lean': ask for speed='eager' in the request, load its own"):
         generate(replace(grid[0], speed="lean", out=str(tmp_path / "other")), show_progress=False, experts=experts)
     with pytest.raises(UsageError, match=r"^experts= are loaded checkpoints, and this request names none"):
         generate(GenerateRequest(frames=8, out=str(tmp_path / "embedded")), show_progress=False, experts=experts)
@@ -339,7 +340,7 @@ def test_a_request_loads_its_checkpoints_in_the_dtype_it_names(paths, tmp_path):
     assert report["settings"]["dtype"] == "bfloat16"
     assert {e["dtype"] for e in report["experts"].values()} == {"bfloat16"}
     with pytest.raises(UsageError, match=r"^experts= were loaded with dtype='bfloat16', and this request loads "
-                                         r"dtype='auto': load its own"):
+                                         r"dtype='auto': ask for dtype='bfloat16' in the request, load its own"):
         generate(replace(request, dtype="auto", out=str(tmp_path / "auto")), show_progress=False, experts=experts)
     # auto loads float32 on the CPU: experts loaded either way serve both
     auto = load_request_experts(replace(request, dtype="auto"), show_progress=False)
