@@ -809,10 +809,11 @@ def decode_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: 
         vae = model_files.link(prompt, taker, "vae")
         if vae and wrong and model_files.same_output(prompt, vae, wrong) and \
                 not (right and model_files.same_output(prompt, vae, right)):
-            given = model_files.title(prompt[right[0]]) if right else f"the {role} model's"
-            return (f"{model_files.title(prompt[taker])} would decode this node's output, {spaces[role].latents}, "
-                    f"with the {other} VAE ({spaces[other].title}): wire the {role} VAE ({given}) to its "
-                    f"vae input")
+            # the fix first: the node's text shows the first three lines (a trial's were cut before "to its vae")
+            given = f"the {role} VAE, from '{model_files.title(prompt[right[0]])}'," if right else \
+                f"the {role} model's VAE"
+            return (f"wire {given} to the vae input of '{model_files.title(prompt[taker])}': it would decode this "
+                    f"node's output, {spaces[role].latents}, with the {other} VAE ({spaces[other].title})")
     return None
 
 

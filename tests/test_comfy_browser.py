@@ -231,6 +231,18 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
                                "execution_error", ran=("ConFinerControlExpert",), failed="ConFinerRefineExperts")
     assert after == {"ConFinerControlExpert": done, "ConFinerCoordinatedSampler": "not run: ConFiner Refine Experts "
                      "(bundle) stopped the run (see the error)"}, after
+    # ... with the start of the reason the server gave, which the bundle cannot show (a trial closed the dialog and
+    # found nothing on the canvas saying what was wrong)
+    browser.run_starts(b, {}, "execution_start")
+    reason = ("the temporal expert's positive conditioning (temporal positive, temporal_positive) is 64 wide, but its "
+              "model, Wan 2.1 / 2.2 (WAN21_T2V), reads text 4096 wide: encode that prompt with this model's own text "
+              "encoder (Load CLIP with type wan)")
+    after = browser.run_starts(b, {"ConFinerCoordinatedSampler": warned}, "execution_error",
+                               failed="ConFinerRefineExperts", message=reason)
+    shown = after["ConFinerCoordinatedSampler"].split("\n")
+    assert shown[0] == "not run: ConFiner Refine Experts (bundle) stopped the run:", after
+    assert len(shown) == 4 and all(len(line) <= 60 for line in shown[1:]) and shown[-1].endswith(" … (see the error)")
+    assert reason.startswith(" ".join(shown[1:]).removesuffix(" … (see the error)")), after
     # ... also a Refine Sampler whose lazy check ran ("waiting for its turn") when the Control Expert failed: its
     # sampling never ran, and its text was left blank
     browser.run_starts(b, {}, "execution_start")

@@ -767,15 +767,17 @@ def _sd_long(prompt: dict, ckpt: str) -> dict:
 WRONG_DECODE_VAE = [
     ("the temporal VAE on an SD 1.5 spatial expert's output",
      lambda ckpt: {**(p := wan_graph(ckpt, "sd")), "12": {**p["12"], "inputs": {**p["12"]["inputs"], "vae": ["5", 0]}}},
-     ["VAEDecode would decode this node's output, SD 1.5 latents, with the temporal VAE (Wan 2.1): wire the spatial "
-      "VAE (CheckpointLoaderSimple) to its vae input"]),
+     ["wire the spatial VAE, from 'CheckpointLoaderSimple', to the vae input of 'VAEDecode': it would decode this "
+      "node's output, SD 1.5 latents, with the temporal VAE (Wan 2.1)"]),
     ("another loader of the temporal VAE's file on a Flux spatial expert's output",
      lambda ckpt: {**(p := wan_graph(ckpt, "flux")), "40": {"class_type": "VAELoader", "inputs": {"vae_name": WAN_VAE}},
                    "12": {**p["12"], "inputs": {**p["12"]["inputs"], "vae": ["40", 0]}}},
-     ["FLUX.1 latents, with the temporal VAE (Wan 2.1): wire the spatial VAE (VAELoader)"]),
+     ["wire the spatial VAE, from 'VAELoader', to the vae input of 'VAEDecode'", "FLUX.1 latents, with the temporal "
+      "VAE (Wan 2.1)"]),
     ("the temporal VAE on a Long Video of an SD 1.5 spatial expert",
      lambda ckpt: _sd_long(long_wan_graph(ckpt), ckpt),
-     ["VAEDecode would decode this node's output, SD 1.5 latents, with the temporal VAE (Wan 2.1)"]),
+     ["to the vae input of 'VAEDecode': it would decode this node's output, SD 1.5 latents, with the temporal VAE "
+      "(Wan 2.1)"]),
 ]
 
 

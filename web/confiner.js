@@ -305,13 +305,29 @@ function clearTexts(pattern, also = () => false) {
 // After a failed run, each of the pack's nodes it never reached says which node stopped it: a failure in a node
 // without text of its own (the Refine Experts bundle, a loader) left the canvas blank once the dialog was closed.
 // After a cancelled one, each says it was cancelled: a Refine Sampler "waiting for its turn" went blank.
+// Where the failed node has no text of its own (the bundle, a loader, ComfyUI's own nodes), they also give the start
+// of its reason: once the dialog was closed, nothing on the canvas said what went wrong there (a trial).
 function notRun(detail, cancelled = false) {
   const failed = detail?.node_id != null ? nodeById(detail.node_id) : null;
   const name = detail?.node_id != null ? nodeName(detail.node_id, detail?.node_type) : detail?.node_type;
   if (!name && !cancelled) return;
+  const said = !TEXT_NODES.has(failed?.comfyClass) && String(detail?.exception_message ?? "").trim();
   const text = cancelled ? "not run: the run was cancelled before its turn"
-    : `not run: ${name} stopped the run (see the error)`;
+    : `not run: ${name} stopped the run` + (said ? `:\n${firstLines(said)}` : " (see the error)");
   sayOnUnreached(text, (node) => node !== failed);
+}
+
+// The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on, as the server's
+// "stopped by an error:" (nodes/host.py error_lines).
+const MORE = " … (see the error)";
+function firstLines(message, count = 3) {
+  const lines = wrapped(message).split("\n");
+  if (lines.length <= count) return lines.join("\n");
+  const kept = lines.slice(0, count);
+  const words = kept[count - 1].split(" ");
+  while (words.length > 1 && (words.join(" ") + MORE).length > LINE) words.pop();
+  kept[count - 1] = words.join(" ") + MORE;
+  return kept.join("\n");
 }
 
 // ``text`` on each of the pack's nodes the run neither reached nor leaves out, where ``also(node, id)``.

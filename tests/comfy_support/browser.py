@@ -408,7 +408,7 @@ def leave_subgraph(browser: Browser) -> None:
 
 
 # Each node's progress text as the server sends it, then a run's start or end: what each node shows after it.
-RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
+RUN_STARTS_JS = """async ([texts, event, modes, ran, failed, message]) => {
   const api = window.comfyAPI.api.api;
   for (const [type, text] of Object.entries(texts)) {
     const node = app.graph._nodes.find((n) => n.type === type);
@@ -419,7 +419,8 @@ RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
   await new Promise((r) => setTimeout(r, 200));
   const stopper = failed && app.graph._nodes.find((n) => n.type === failed);
   api.dispatchCustomEvent(event, {prompt_id: "confiner-test", timestamp: Date.now(),
-                                  ...(stopper ? {node_id: String(stopper.id), node_type: failed} : {})});
+                                  ...(stopper ? {node_id: String(stopper.id), node_type: failed} : {}),
+                                  ...(message ? {exception_message: message} : {})});
   await new Promise((r) => setTimeout(r, 200));
   return Object.fromEntries(Object.keys(texts).map((type) => {
     const node = app.graph._nodes.find((n) => n.type === type);
@@ -429,12 +430,13 @@ RUN_STARTS_JS = """async ([texts, event, modes, ran, failed]) => {
 
 
 def run_starts(browser: Browser, texts: dict, event: str = "execution_start", modes: dict | None = None,
-               ran: tuple = (), failed: str | None = None) -> dict:
+               ran: tuple = (), failed: str | None = None, message: str | None = None) -> dict:
     """node type -> its text after ``texts`` arrived and then the server's ``event`` (a run's start, or its end:
     execution_success / _error / _interrupted), each node in LiteGraph mode ``modes[type]`` (0 always, 2 never, 4
     bypass; default 0), the types in ``ran`` executed by the run (the server's "executing"), an error's event naming
-    the first node of type ``failed`` as the server names the node that raised (:data:`RUN_STARTS_JS`)."""
-    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}, list(ran), failed])
+    the first node of type ``failed`` as the server names the node that raised, with its ``message``
+    (:data:`RUN_STARTS_JS`)."""
+    return browser.page.evaluate(RUN_STARTS_JS, [texts, event, modes or {}, list(ran), failed, message])
 
 
 # A fresh node of each type (as an artist adds one), its progress text then a preview as a run sends them: the height
