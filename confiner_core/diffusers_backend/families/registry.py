@@ -77,10 +77,10 @@ def detect(path, who: str | None = None, role: str | None = None) -> tuple[Famil
     pipeline = path.parent.parent if path.is_file() else path.parent
     if (pipeline / "model_index.json").is_file():
         raise ValueError(f"{who}: this is one component of the pipeline folder {pipeline}; pass that folder")
-    # a component config detection could not read (families peek at them, reading a corrupt one as missing)
-    for config in (path / "unet" / "config.json", path / "transformer" / "config.json", path / "config.json"):
-        if path.is_dir() and config.is_file():
-            files.read_json(config, who)
+    if path.is_dir():   # a component config detection could not read (families peek, reading a corrupt one as missing)
+        for config in (path / "unet" / "config.json", path / "transformer" / "config.json", path / "config.json"):
+            if config.is_file():
+                files.read_json(config, who)
     if path.is_file():
         raise ValueError(f"{who}: no model recognised in this file (its tensor names match no supported "
                          f"checkpoint layout); accepted: {accepted}")
