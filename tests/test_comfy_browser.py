@@ -725,9 +725,10 @@ def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, scree
     server, b = frontend
     queue_empty(b)
     open_template(frontend, "confiner_basic_sd15_animatediff", "waiting")
+    ids = iter(["waits", "waits again"])   # (the server's prompt ids: one a Run)
     b.page.route("**/api/prompt", lambda route: route.fulfill(
         status=200, content_type="application/json",
-        body='{"prompt_id": "waits", "number": 1, "node_errors": {}}') if route.request.method == "POST"
+        body=json.dumps({"prompt_id": next(ids), "number": 1, "node_errors": {}})) if route.request.method == "POST"
         else route.continue_())
     try:
         b.page.evaluate("""() => { window.confinerRun = (async () => {
@@ -759,16 +760,16 @@ def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, scree
           seen.cancelled = text("ConFinerCoordinatedSampler");
           // nothing from the cache: both wait, and the one whose turn comes says how it goes
           await app.queuePrompt(0);
-          api.dispatchCustomEvent("execution_start", {prompt_id: "waits", timestamp: Date.now()});
-          api.dispatchCustomEvent("execution_cached", {prompt_id: "waits", timestamp: Date.now(), nodes: []});
+          api.dispatchCustomEvent("execution_start", {prompt_id: "waits again", timestamp: Date.now()});
+          api.dispatchCustomEvent("execution_cached", {prompt_id: "waits again", timestamp: Date.now(), nodes: []});
           await wait();
           seen.nothingCached = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
           const control = String(node("ConFinerControlExpert").id);
-          api.dispatchCustomEvent("executing", {node: control, display_node: control, prompt_id: "waits"});
+          api.dispatchCustomEvent("executing", {node: control, display_node: control, prompt_id: "waits again"});
           api.dispatchCustomEvent("progress_text", {nodeId: control, text: "control stage · step 1/4"});
           await wait();
           seen.controlRuns = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
-          api.dispatchCustomEvent("execution_success", {prompt_id: "waits", timestamp: Date.now()});
+          api.dispatchCustomEvent("execution_success", {prompt_id: "waits again", timestamp: Date.now()});
           await wait();
           seen.ended = text("ConFinerCoordinatedSampler");
           return seen;
@@ -788,3 +789,46 @@ def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, scree
     assert texts["nothingCached"] == [waiting, waiting], texts
     assert texts["controlRuns"] == ["control stage · step 1/4", waiting], texts
     assert texts["ended"] == "", texts   # a wait that never ended is not left behind
+
+
+def test_a_run_that_ended_before_the_queues_answer_leaves_no_node_waiting(frontend):
+    """A run refused in its first node (a bundle given no VAE) can end before the server's answer to the Run is read:
+    in a trial, 5 of 10 such runs left the Refine Sampler "waiting for its turn" long after the run had ended, the
+    queue empty. Here the run starts and fails inside the Run's request, before its answer comes back."""
+    server, b = frontend
+    queue_empty(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "fast failure")
+    b.page.route("**/api/prompt", lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body='{"prompt_id": "fast", "number": 1, "node_errors": {}}') if route.request.method == "POST"
+        else route.continue_())
+    try:
+        texts = b.page.evaluate("""async () => {
+          const api = window.comfyAPI.api.api;
+          const node = (type) => app.graph._nodes.find((n) => n.type === type);
+          const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+          const fetchApi = api.fetchApi;
+          api.fetchApi = async function (route, options) {
+            const response = await fetchApi.call(this, route, options);
+            if (route === "/prompt" && options?.method === "POST") {   // the whole run, before the answer is read
+              const bundle = String(node("ConFinerRefineExperts").id);
+              api.dispatchCustomEvent("execution_start", {prompt_id: "fast", timestamp: Date.now()});
+              api.dispatchCustomEvent("execution_cached", {prompt_id: "fast", timestamp: Date.now(), nodes: []});
+              api.dispatchCustomEvent("executing", {node: bundle, display_node: bundle, prompt_id: "fast"});
+              api.dispatchCustomEvent("execution_error", {prompt_id: "fast", timestamp: Date.now(), node_id: bundle,
+                node_type: "ConFinerRefineExperts", exception_message: "connect the temporal VAE"});
+            }
+            return response;
+          };
+          try {
+            await app.queuePrompt(0);
+          } finally {
+            api.fetchApi = fetchApi;
+          }
+          await new Promise((r) => setTimeout(r, 300));
+          return [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
+        }""")
+    finally:
+        b.page.unroute("**/api/prompt")
+    stopped = "not run: ConFiner Refine Experts (bundle) stopped the run:\nconnect the temporal VAE"
+    assert texts == [stopped, stopped], texts

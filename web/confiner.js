@@ -373,6 +373,9 @@ function refusal(entry) {
 const QUEUED = new Map(); // prompt id -> {response, prompt, workflow} (the queued prompt, API format, and its tab)
 const activeWorkflow = () => app.extensionManager?.workflow?.activeWorkflow?.path;
 let started = null; // the prompt id of the run started last (the queue's answer may come after the start)
+// the prompt ids of the runs that ended, the last few: a run refused in its first node ends before the queue's answer
+// comes, and its nodes went on "waiting for its turn" after it (5 of 10 fast failures in a trial)
+const ENDED = new Set();
 const FEEDS_NO_OUTPUT =
   "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result";
 function sayLeftOut({ response, prompt, workflow }) {
@@ -510,10 +513,14 @@ app.registerExtension({
         fileOnce(response);
         if (response?.prompt_id != null && args[1]?.output) {
           const queued = { response, prompt: args[1].output, workflow: activeWorkflow() };
-          QUEUED.set(response.prompt_id, queued);
-          if (started === response.prompt_id) {   // (its run started before the answer came)
-            sayLeftOut(queued);
-            sayWaiting(started);
+          if (ENDED.has(response.prompt_id)) {
+            sayLeftOut(queued);   // (its run is over: no node of it waits)
+          } else {
+            QUEUED.set(response.prompt_id, queued);
+            if (started === response.prompt_id) {   // (its run started before the answer came)
+              sayLeftOut(queued);
+              sayWaiting(started);
+            }
           }
         }
         return response;
@@ -581,6 +588,8 @@ app.registerExtension({
         running = false;
         clearTexts(WAITING);
         QUEUED.delete(event.detail?.prompt_id);
+        ENDED.add(event.detail?.prompt_id);
+        if (ENDED.size > 32) ENDED.delete(ENDED.values().next().value);
       });
     }
     api.addEventListener("execution_interrupted", (event) => {
