@@ -43,6 +43,40 @@ def vae_shape(vae) -> tuple[int | None, int, int]:
             vae.temporal_compression_decode() or 1)
 
 
+#: a VAE file's keys that tell its family, as ``comfy.sd.VAE`` tells them (the first found decides): Wan's VAEs by
+#: their decoder's first norm (Wan 2.2's 5B VAE by an upsampling block 2.1's lacks), image VAEs (SD, SDXL, Flux) by
+#: their decoder's 2-D input convolution; their (latent channels, spatial, temporal compression) as ComfyUI sets them
+WAN_VAE_KEY, WAN22_VAE_KEY = "decoder.middle.0.residual.0.gamma", "decoder.upsamples.0.upsamples.0.residual.2.weight"
+IMAGE_VAE_KEY, VIDEO_DECODER_KEY = "decoder.conv_in.weight", "decoder.mid.block_1.mix_factor"   # (SVD's video decoder)
+TAESD_KEY = "taesd_decoder.1.weight"   # the tiny autoencoders of SD, SDXL, SD3 and Flux (TAESD, TAEF1)
+IMAGE_VAE_CHANNELS = (4, 16)   # SD 1.5 and SDXL, Flux and SD3 (ComfyUI gives others, e.g. 64, their own strides)
+
+
+def vae_file_shape(path: str | None) -> tuple[int, int, int] | None:
+    """The latent channels, spatial and temporal compression of the VAE that ComfyUI's VAE Loader makes of the
+    safetensors file at ``path``, read from its header alone (the tensors' names and shapes; no weights are read);
+    None for a file it does not tell (another format, another family, unreadable). A Load VAE left on its first file
+    (Flux's ``ae.safetensors``) decoded a Wan clip into one frame, without a word."""
+    if not path or not path.endswith(".safetensors"):
+        return None
+    try:
+        from safetensors import safe_open   # (ComfyUI's own dependency)
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            conv_in = next((f.get_slice(k).get_shape() for k in (TAESD_KEY, IMAGE_VAE_KEY) if k in keys), None)
+    except Exception:   # (a file ComfyUI cannot read either: its own loader says why)
+        return None
+    if TAESD_KEY in keys:
+        return conv_in[1], 8, 1
+    if WAN_VAE_KEY in keys:
+        return (48, 16, 4) if WAN22_VAE_KEY in keys else (16, 8, 4)
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] in IMAGE_VAE_CHANNELS and VIDEO_DECODER_KEY not in keys:
+        # (SD's x4 upscaler VAE has one downsampling less: 4x spatial)
+        four = not keys & {"encoder.down.2.downsample.conv.weight", "decoder.up.3.upsample.conv.weight"}
+        return conv_in[1], 4 if four else 8, 1
+    return None
+
+
 def likely_spaces(shape: tuple) -> list[str]:
     """The latent spaces a VAE of ``shape`` likely serves (SD 1.5 and SDXL look alike), by title."""
     return [k.title for k in KNOWN_SPACES if (k.channels, k.spatial_factor, k.temporal_factor) == shape]
@@ -54,9 +88,13 @@ def shape_said(shape: tuple) -> str:
 
 
 def vae_family(vae) -> str:
-    """The VAE as an artist knows it: its latent space's family where its shape tells ("Wan 2.1's VAE"), else its
-    shape ("a VAE of 16-channel latents, 8x spatial")."""
-    shape = vae_shape(vae)
+    """The VAE as an artist knows it (:func:`shape_family` of its shape)."""
+    return shape_family(vae_shape(vae))
+
+
+def shape_family(shape: tuple) -> str:
+    """A VAE of ``shape`` as an artist knows it: its latent space's family where its shape tells ("Wan 2.1's VAE"),
+    else its shape ("a VAE of 16-channel latents, 8x spatial")."""
     likely = likely_spaces(shape)
     return f"{' or '.join(likely)}'s VAE" if likely else f"a VAE of {shape_said(shape)}"
 

@@ -38,7 +38,7 @@ from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair,
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, model_files, sessions
-from .codecs import VAEShelf
+from .codecs import VAEShelf, shape_family, vae_file, vae_file_shape
 from .types import mismatch
 
 
@@ -789,6 +789,33 @@ def to_spatial_space(latent: torch.Tensor, refiner: Denoiser, spatial: Denoiser,
 
 
 def decode_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: Denoiser | None) -> str | None:
+    """A node of the queued graph that decodes this node's output with a VAE of another latent space: the other
+    expert's (:func:`other_experts_vae_problem`), or a VAE file of another family (:func:`vae_file_problem`). None
+    where none does, or the graph does not say."""
+    return other_experts_vae_problem(node_cls, output, spatial, temporal) or vae_file_problem(node_cls, output)
+
+
+def vae_file_problem(node_cls, output: Denoiser) -> str | None:
+    """A node of the queued graph that decodes this node's output with a VAE file (Load VAE) whose latents are not
+    its latent space's (:func:`~.codecs.vae_file_shape`), in any graph: a Load VAE left on its first file, Flux's
+    ``ae.safetensors``, decoded a trial's Wan clip into one frame, and the run said "done"."""
+    import folder_paths   # (ComfyUI's)
+
+    space = output.expert.latent_space
+    if space.name.partition("/")[2]:   # (a video space's frames one by one: left to the bridge's own checks)
+        return None
+    prompt, here = queued_prompt(node_cls), node_id(node_cls)
+    for taker in model_files.takers(prompt, here):
+        loader = model_files.vae_loader(prompt, taker)
+        shape = loader and vae_file_shape(folder_paths.get_full_path("vae", loader[1]))
+        if shape and shape != (space.channels, space.spatial_factor, space.temporal_factor):
+            return (f"decode with {vae_file(space)}: '{model_files.title(prompt[taker])}' decodes this node's "
+                    f"output, {space.latents}, with {loader[1]} from '{model_files.title(prompt[loader[0]])}', "
+                    f"{shape_family(shape)}")
+    return None
+
+
+def other_experts_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: Denoiser | None) -> str | None:
     """A node of the queued graph that decodes this node's output with the other expert's VAE, in a graph of two
     latent spaces (its refine experts' VAEs, as wired to the bundle, or another loader of the same file): ComfyUI's
     VAE Decode failed only after the whole run, with "tuple index out of range" (a trial: the Wan VAE of a one-space

@@ -10,6 +10,8 @@ import re
 #: loaders of diffusion models (ComfyUI's own and ComfyUI-GGUF's) -> the input that names the file
 LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "CheckpointLoaderSimple": "ckpt_name",
            "CheckpointLoader": "ckpt_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
+#: loaders of VAE files -> the input that names the file
+VAE_LOADERS = {"VAELoader": "vae_name"}
 HIGH, LOW = "high-noise", "low-noise"
 BOUNDARY_NOTE = "its boundary, sigma 0.875 for text-to-video"
 
@@ -34,6 +36,15 @@ def model_loader(prompt: dict | None, node_id: str | None, input_name: str) -> t
             return (found[0], name) if isinstance(name, str) else None
         found = link(prompt, found[0], "model")
     return None
+
+
+def vae_loader(prompt: dict | None, node_id: str | None, input_name: str = "vae") -> tuple[str, str] | None:
+    """(loader node id, file) of the VAE file wired to ``input_name`` of node ``node_id`` in the queued ``prompt``;
+    None where it comes from elsewhere (a checkpoint's VAE output) or the graph does not say."""
+    found = link(prompt, node_id, input_name)
+    node = ((prompt or {}).get(found[0]) or {}) if found else {}
+    name = node.get("inputs", {}).get(VAE_LOADERS.get(node.get("class_type"), ""))
+    return (found[0], name) if isinstance(name, str) else None
 
 
 def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str | None:

@@ -778,13 +778,40 @@ WRONG_DECODE_VAE = [
      lambda ckpt: _sd_long(long_wan_graph(ckpt), ckpt),
      ["to the vae input of 'VAEDecode': it would decode this node's output, SD 1.5 latents, with the temporal VAE "
       "(Wan 2.1)"]),
+    # ... and in a graph of one latent space, a VAE file of another family: a Load VAE left on its first file, Flux's,
+    # decoded a trial's Wan clip into one frame, and the run said "done"
+    ("the Flux VAE file on a Wan graph's output",
+     lambda ckpt: _flux_vae_on_decode(wan_graph(ckpt, "wan")),
+     [f"decode with wan_2.1_vae.safetensors in Load VAE: 'VAEDecode' decodes this node's output, Wan 2.1 latents, "
+      f"with {FLUX_VAE} from 'VAELoader', FLUX.1's VAE"]),
+    ("the Flux VAE file on a Long Video's output",
+     lambda ckpt: _flux_vae_on_decode(long_wan_graph(ckpt)),
+     [f"Wan 2.1 latents, with {FLUX_VAE} from 'VAELoader', FLUX.1's VAE"]),
 ]
 
 
+def _flux_vae_on_decode(prompt: dict) -> dict:
+    prompt["40"] = {"class_type": "VAELoader", "inputs": {"vae_name": FLUX_VAE}}
+    prompt["12"]["inputs"]["vae"] = ["40", 0]
+    return prompt
+
+
 @pytest.mark.parametrize("case, graph, words", WRONG_DECODE_VAE, ids=[c[0] for c in WRONG_DECODE_VAE])
-def test_a_decode_given_the_other_experts_vae_is_refused_before_any_evaluation(comfy_worker, modern, case, graph,
-                                                                                words):
+def test_a_decode_given_a_vae_of_another_latent_space_is_refused_before_any_evaluation(comfy_worker, modern, case,
+                                                                                       graph, words):
     assert_refused_before_any_evaluation(comfy_worker, graph(comfy_worker.checkpoint_name), case, words)
+
+
+def test_a_vae_files_header_reads_as_the_vae_comfys_loader_makes_of_it(comfy_worker, modern, tmp_path):
+    """The wrong-VAE check above reads a Load VAE's file before the loader runs (its header alone): what it reads is
+    the latent channels and compression of the VAE ComfyUI's own loader makes of the file, for Wan 2.1's VAE, Flux's
+    and SD 1.5's (the checkpoint's VAE as a file of its own)."""
+    shapes = comfy_worker.call("comfy_support.modern_checks:vae_file_shapes", comfy_worker.checkpoint_name,
+                               str(tmp_path))
+    assert set(shapes) == {WAN_VAE, FLUX_VAE, "sd15"}
+    for name, (read, loaded) in shapes.items():
+        assert read == loaded, (name, read, loaded)
+    assert {tuple(read) for read, _ in shapes.values()} == {(16, 8, 4), (16, 8, 1), (4, 8, 1)}
 
 
 def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, words: list) -> None:

@@ -348,3 +348,33 @@ def wan21_t2v_names() -> dict:
     config = type("WAN21_T2V", (), {})()
     return {width: host.family_name(SimpleNamespace(model=SimpleNamespace(
         model_config=config, diffusion_model=SimpleNamespace(dim=width)))) for width in (1536, 5120, 64)}
+
+
+def vae_file_shapes(ckpt_name: str, folder: str) -> dict:
+    """file -> [the pack's reading of its header (codecs.vae_file_shape), the shape of the VAE ComfyUI's VAE Loader
+    makes of it (codecs.vae_shape)], for the tiny Wan 2.1 and Flux VAE files and the SD 1.5 checkpoint's VAE saved
+    as a file of its own in ``folder`` (as repackaged VAE files hold it: no prefix)."""
+    import os
+
+    import comfy.utils
+    import folder_paths
+    import nodes
+    from safetensors.torch import save_file
+
+    codecs = _pack_module(".nodes.codecs")
+    sd = comfy.utils.load_torch_file(folder_paths.get_full_path("checkpoints", ckpt_name))
+    sd15 = os.path.join(folder, "sd15-vae.safetensors")
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in sd.items()
+               if k.startswith("first_stage_model.")}, sd15)
+    paths = {name: folder_paths.get_full_path("vae", name) for name in (WAN_VAE, FLUX_VAE)}
+    paths["sd15"] = sd15
+    return {name: [codecs.vae_file_shape(path), list(codecs.vae_shape(nodes.VAELoader().load_vae(name)[0] if
+                                                                      name != "sd15" else _vae_of_file(path)))]
+            for name, path in paths.items()}
+
+
+def _vae_of_file(path: str):
+    import comfy.sd
+    import comfy.utils
+
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
