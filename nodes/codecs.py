@@ -37,6 +37,13 @@ def vae_file(space: LatentSpace) -> str:
     return VAE_FILES.get(space.name.partition("/")[0], "its checkpoint loader's VAE output, or its family's VAE file")
 
 
+def own_vae_file(space: LatentSpace) -> str | None:
+    """The file a Load VAE of ``space`` holds ("wan_2.1_vae.safetensors"); None where the VAE comes with the
+    checkpoint (SD's)."""
+    said = vae_file(space)
+    return said.removesuffix(" in Load VAE") if said.endswith(" in Load VAE") else None
+
+
 def vae_shape(vae) -> tuple[int | None, int, int]:
     """A ComfyUI VAE's latent channels, spatial and temporal compression."""
     return (getattr(vae, "latent_channels", None), vae.spacial_compression_encode(),
@@ -115,9 +122,11 @@ def vae_space_problem(vae, space: LatentSpace) -> str | None:
 class ComfyVAECodec(Codec):
     """A ComfyUI VAE as the codec of ``space`` (checked to match: channels and compression)."""
 
-    def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None, fits: tuple = ()):
+    def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None, fits: tuple = (),
+                 loader: tuple[str, str] | None = None):
         """``progress``: told of each call (:meth:`~.host.Progress.coding`), None for none. ``fits``: the other VAE
-        inputs of the graph whose experts' space this VAE is of (where it belongs, if it is on the wrong one)."""
+        inputs of the graph whose experts' space this VAE is of (where it belongs, if it is on the wrong one).
+        ``loader``: (title, file) of the Load VAE it comes from, where the graph says."""
         super().__init__()
         problem = vae_space_problem(vae, space)
         if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
@@ -135,6 +144,12 @@ class ComfyVAECodec(Codec):
                                f"input is free, and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
                                f"{label}{decode_too}",
                                f"{held}, which belongs on {other}", own_vae)
+            if loader and own_vae_file(space):   # the file in its Load VAE is the likely mistake (a trial changed a
+                title, file = loader              # template's, and was told to rewire): said first
+                pick = f"pick {own_vae_file(space)} in '{title}'"
+                raise mismatch(f"{pick}, which feeds {label}: it holds {file}, {problem} that "
+                               f"{model.replace('_', ' ')} ({model}) works in", f"{label} holds {vae_family(vae)}, "
+                               f"{file}", pick)
             raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in: if that model "
                            f"is the one meant, connect its own VAE ({vae_file(space)}); else load the model this VAE "
                            f"belongs to", held, own_vae)
@@ -178,6 +193,7 @@ class VAEShelf:
     def __init__(self):
         self.entries: list = []   # (input label, vae, space or None)
         self.spaces: dict = {}    # input label -> the latent space of the expert it is for, connected or not
+        self.loaders: dict = {}   # input label -> (title, file) of its Load VAE
         self.progress = None
 
     def reporting_to(self, progress) -> "VAEShelf":
@@ -185,9 +201,12 @@ class VAEShelf:
         self.progress = progress
         return self
 
-    def add(self, label: str, vae, space: LatentSpace | None = None) -> "VAEShelf":
+    def add(self, label: str, vae, space: LatentSpace | None = None, loader: tuple | None = None) -> "VAEShelf":
+        """``loader``: (title, file) of the Load VAE wired to ``label``, where the graph says."""
         if space is not None:
             self.spaces[label] = space
+        if loader is not None:
+            self.loaders[label] = loader
         if vae is not None:
             self.entries.append((label, vae, space))
         return self
@@ -196,6 +215,7 @@ class VAEShelf:
         for entry in (other.entries if other is not None else ()):
             self.add(*entry)
         self.spaces.update(other.spaces if other is not None else {})
+        self.loaders.update(other.loaders if other is not None else {})
         return self
 
     def codec(self, space: LatentSpace, own: str | None = None) -> Codec | None:
@@ -206,7 +226,7 @@ class VAEShelf:
             if label == own:
                 fits = tuple(other for other, where in self.spaces.items()
                              if other != own and where != space and vae_space_problem(vae, where) is None)
-                return ComfyVAECodec(vae, space, label, self.progress, fits)
+                return ComfyVAECodec(vae, space, label, self.progress, fits, self.loaders.get(label))
         for label, vae, where in self.entries:
             if where == space:
                 return ComfyVAECodec(vae, space, label, self.progress)

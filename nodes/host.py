@@ -1086,6 +1086,14 @@ def input_loader(node_cls, input_name: str) -> str | None:
     return model_files.title(prompt.get(found[0], {}))
 
 
+def input_vae_loader(node_cls, input_name: str) -> tuple[str, str] | None:
+    """(title, file) of the Load VAE wired to the running node's ``input_name``, from the queued prompt
+    (:func:`~.model_files.vae_loader`); None where the VAE comes from elsewhere or the graph does not say."""
+    prompt = queued_prompt(node_cls)
+    found = model_files.vae_loader(prompt, node_id(node_cls), input_name)
+    return (model_files.title(prompt.get(found[0], {})), found[1]) if found else None
+
+
 def input_file(node_cls, input_name: str) -> str | None:
     """The file of the model reaching the running node's ``input_name``, from the queued prompt (V3 hidden input;
     :func:`~.model_files.model_file`); None outside ComfyUI's executor or where the graph does not say."""

@@ -95,7 +95,8 @@ class ConFinerRefineExperts(io.ComfyNode):
             temporal_positive if temporal_positive is not None else spatial_positive,
             temporal_negative if temporal_negative is not None else spatial_negative, temporal_cfg,
             spatial_vae, temporal_vae, spatial_frames, temporal_low_noise_model, temporal_low_noise_cfg,
-            temporal_boundary, (files["temporal_model"], files["temporal_low_noise_model"]))
+            temporal_boundary, (files["temporal_model"], files["temporal_low_noise_model"]),
+            {name: host.input_vae_loader(cls, name) for name in ("spatial_vae", "temporal_vae")})
         # what this node's inputs decide, in one message: an artist who swapped the spatial model's family met its
         # VAE here, then its text encoder on the Refine Sampler, a run each
         problems = [host.problem_of(experts.check_vaes)]

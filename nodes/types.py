@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_api.latest import io
@@ -55,6 +55,7 @@ class RefineExperts:
     temporal_low_noise_cfg: float = 1.0
     temporal_boundary: float = 0.875
     temporal_files: tuple = (None, None)   # the loaders' file names of temporal_model and its low-noise model
+    vae_loaders: dict = field(default_factory=dict)   # VAE input -> (title, file) of the Load VAE wired to it
 
     def warn_halves(self, progress, loaded: tuple = ()) -> None:
         """A Wan 2.2 A14B half in the temporal role where the other belongs (:meth:`~.host.Progress.warn_halves`).
@@ -86,7 +87,8 @@ class RefineExperts:
         shelf = VAEShelf()
         for role, model in self.models.items():
             vae = getattr(self, f"{role}_vae")
-            shelf.add(VAE_INPUTS[role][0], vae, space_of(model) if model is not None else None)
+            shelf.add(VAE_INPUTS[role][0], vae, space_of(model) if model is not None else None,
+                      self.vae_loaders.get(VAE_INPUTS[role][0]))
         return shelf
 
     def check_vaes(self) -> None:

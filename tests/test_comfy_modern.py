@@ -257,6 +257,17 @@ def test_swapping_flux_for_sd15_without_its_vae_names_the_vae_input(comfy_worker
                                           "connect its own VAE (the SD 1.5 checkpoint loader's VAE output)"])
 
 
+def test_another_file_in_a_templates_load_vae_is_told_to_pick_the_right_one(comfy_worker, modern):
+    """A trial set the Qwen-Image template's "Wan 2.1 VAE" loader to Flux's ae.safetensors: the message led with
+    "connect its own VAE (wan_2.1_vae.safetensors in Load VAE)", a rewiring, where the fix is the file in the loader
+    already wired."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    prompt["5"].update(inputs={"vae_name": FLUX_VAE}, _meta={"title": "Wan 2.1 VAE"})
+    prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux's VAE file in the Wan VAE loader",
+                                         ["pick wan_2.1_vae.safetensors in 'Wan 2.1 VAE'"])
+
+
 def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, modern):
     """The Qwen-Image template wires the Wan VAE to *spatial VAE* (Qwen shares Wan's space). An artist who swapped
     the spatial model for Flux met one problem a run: Flux's VAE on spatial VAE, then its text encoder, then the Wan
