@@ -405,6 +405,36 @@ def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, 
     assert not any(box["saved"] for box in boxes.values()), boxes
 
 
+def test_a_sampling_node_added_by_hand_has_room_for_its_first_runs_text_and_preview(frontend):
+    """A Refine Sampler added from the Node Library grew from 214 to 494 px at its first run, when its text and
+    preview came, over the VAE Decode an artist had placed under it. A fresh sampling node leaves the room the
+    templates leave (tools/build_example_workflows.py PREVIEW_ROOM) under its widgets, and a run's usual text and a
+    512x512 preview fit it."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from comfy_support import browser
+
+    spec = importlib.util.spec_from_file_location("build_example_workflows",
+                                                  REPO / "tools" / "build_example_workflows.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    server, b = frontend
+    png = base64.b64encode(cv2.imencode(".png", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()).decode()
+    boxes = browser.fresh_nodes_show_text(b, list(tool.PREVIEW_ROOM), "refinement · spatial expert\nstep 2/5 · "
+                                          "evaluation 4/15 · 1.2 s", png)
+    bare = b.page.evaluate("""(types) => Object.fromEntries(types.map((t) => {
+      const node = LiteGraph.createNode(t);
+      return [t, node.computeSize()[1]];
+    }))""", list(tool.PREVIEW_ROOM))
+    for type_, box in boxes.items():
+        assert box["created"][1] >= bare[type_] + tool.PREVIEW_ROOM[type_], (type_, box, bare)
+        assert box["size"][1] == box["created"][1], (type_, box)   # the run's text and preview did not grow it
+        assert box["needed"] <= box["shown"], (type_, box)
+
+
 def test_the_noise_reschedulers_warning_is_shown_whole_and_never_saved(frontend):
     """The Noise Rescheduler's warning was written into exported workflows and the next output's embedded one (the
     pack kept only the sampling nodes' text out of files), and its second line was cut at the node's size."""

@@ -77,6 +77,10 @@ const REUSED = "reused by this run (from the cache)";
 const DONE = /^done · /m; // (under any warning lines)
 // a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
 const FRESH_WIDTH = 430;
+// ... and under a sampling node's widgets the room the templates leave for its text and preview
+// (tools/build_example_workflows.py PREVIEW_ROOM): added by hand, a Refine Sampler grew by 280 px at its first run,
+// over the VAE Decode placed under it (a trial)
+const PREVIEW_ROOM = { ConFinerControlExpert: 280, ConFinerCoordinatedSampler: 280, ConFinerLongSegmenter: 400 };
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 // the widgets each node type declares advanced (nodes/schema.py), name -> default: hidden until the node menu's
@@ -634,23 +638,29 @@ app.registerExtension({
     const advanced = ADVANCED.get(node.comfyClass);
     hideUntilShown(node, (node.widgets ?? []).filter((widget) => advanced?.has(widget.name)));
     // "Hide Advanced" gives back the room "Show Advanced" took (the frontend grows the node and never shrinks it: a
-    // trial found 50-200 px of empty node under the widgets); the room under them (preview, text) stays
+    // trial found 50-200 px of empty node under the widgets); the room under them (preview, text) stays, also when
+    // they are shown (the frontend grows a node only past its widgets: they took the room of a fresh node's preview)
     const toggleAdvanced = node.toggleAdvanced;
     if (advanced?.size && toggleAdvanced) {
       node.toggleAdvanced = function (...args) {
         const before = this.computeSize()[1];
+        const height = this.size[1];
         const result = toggleAdvanced.apply(this, args);
         const after = this.computeSize()[1];
         if (!this.showAdvanced && after < before) {
           this.setSize([this.size[0], Math.max(after, this.size[1] - (before - after))]);
+        } else if (this.showAdvanced && after > before) {
+          this.setSize([this.size[0], Math.max(this.size[1], height + (after - before))]);
         }
         return result;
       };
     }
     // wide enough for its labels: the frontend's 210 px cut "control after genera…" and "temporal timestep
     // matchi…" on a node added by hand (the templates' are 430 px; a loaded node keeps its saved size)
-    // and as tall as its shown widgets (it was sized with the advanced ones)
-    if (node.computeSize) node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1]]);
+    // and as tall as its shown widgets (it was sized with the advanced ones), with room for its text and preview
+    if (node.computeSize) {
+      node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1] + (PREVIEW_ROOM[node.comfyClass] ?? 0)]);
+    }
     if (!TEXT_NODES.has(node.comfyClass)) return;
     if (STRUCTURE_SEED.has(node.comfyClass)) {
       const after = node.widgets?.find((w) => w.name === "control_after_generate");
@@ -670,6 +680,6 @@ app.registerExtension({
     box.options.getMinHeight = () => SCHEDULE_BOX.height;
     box.options.getMaxHeight = () => SCHEDULE_BOX.height;
     // the node was sized with the box's own minimum: a node added fresh ended above its last widgets
-    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1] + PREVIEW_ROOM[node.comfyClass])]);
   },
 });

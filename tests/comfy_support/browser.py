@@ -450,6 +450,7 @@ FRESH_TEXT_JS = """async ([types, text, png]) => {""" + ARRIVALS_JS + """
     node.pos = [x, 10];
     x += node.size[0] + 30;
     app.graph.add(node);
+    const created = Array.from(node.size);
     await sendText(node, text);
     if (png) await sendPreview(node, png);
     app.canvas.draw(true, true);
@@ -457,15 +458,16 @@ FRESH_TEXT_JS = """async ([types, text, png]) => {""" + ARRIVALS_JS + """
     const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
       .find((e) => (e.innerText || "").includes(last));
     out[type] = {needed: box?.scrollHeight ?? null, shown: box?.clientHeight ?? null, preview: !!node.imgs?.length,
-                 size: Array.from(node.size), saved: JSON.stringify(node.serialize()).includes(last)};
+                 size: Array.from(node.size), created, saved: JSON.stringify(node.serialize()).includes(last)};
   }
   return out;
 }"""
 
 
 def fresh_nodes_show_text(browser: Browser, types: list, text: str, png_base64: str) -> dict:
-    """node type -> the height its progress text needs and is shown at, on a fresh node under a preview, and
-    whether the text is in the node as a workflow saves it (:data:`FRESH_TEXT_JS`)."""
+    """node type -> the height its progress text needs and is shown at, on a fresh node under a preview, its size
+    once added (``created``) and after (``size``), and whether the text is in the node as a workflow saves it
+    (:data:`FRESH_TEXT_JS`)."""
     return browser.page.evaluate(FRESH_TEXT_JS, [types, text, png_base64])
 
 
