@@ -706,6 +706,17 @@ class GenerateRequest:
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
+        from .resume import RESUME_FOLDER
+
+        parts = os.path.abspath(self.out).split(os.sep)
+        if RESUME_FOLDER in parts:   # (a completed resume removes that folder whole, and a run's files with it)
+            run = os.sep.join(parts[:parts.index(RESUME_FOLDER)]) or os.sep
+            if self.resume:
+                raise UsageError(f"--out: {self.out} is inside the kept state of the interrupted run in {run}: "
+                                 f"continue that run with --out {run} --resume", "--out")
+            raise UsageError(f"--out: {self.out} is inside the kept state of the interrupted run in {run}, which its "
+                             f"--resume deletes when it completes; write elsewhere, or continue that run with --out "
+                             f"{run} --resume", "--out")
         store = self.resume_store()
         busy = store.working_process()
         if busy is not None:   # its folder is in use: resuming or starting over there would break both runs

@@ -93,6 +93,13 @@ CLI_CASES = [
          "--resume: {prev} holds no interrupted ConFiner-Long run (no .confiner-resume folder in it)"),
     Case("resume-nowhere", ["--frames", "24", "--segment-length", "8", "--resume", "--out", "{prev}/nowhere"],
          "--resume: {prev}/nowhere does not exist, so holds no interrupted ConFiner-Long run"),
+    # a run into an interrupted run's kept state: its --resume, completed, deleted that folder with the run's video
+    Case("out-inside-resume-state", ["--out", "{resumed}/.confiner-resume"],
+         "--out: {resumed}/.confiner-resume is inside the kept state of the interrupted run in {resumed}, which its "
+         "--resume deletes when it completes; write elsewhere, or continue that run with --out {resumed} --resume"),
+    Case("resume-inside-resume-state", [*LONG, "--resume", "--out", "{resumed}/.confiner-resume/x"],
+         "--out: {resumed}/.confiner-resume/x is inside the kept state of the interrupted run in {resumed}: continue "
+         "that run with --out {resumed} --resume"),
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
     # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
     Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
