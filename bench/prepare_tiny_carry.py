@@ -15,8 +15,13 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import tiny_diffusers  # noqa: E402
-import tiny_modern  # noqa: E402
+try:   # every package the builders use, before a folder is written (a trial's run stopped half-way, at a tokenizer)
+    import sentencepiece  # noqa: E402,F401  (the T5 and UMT5 tokenizers)
+    import tiny_diffusers  # noqa: E402
+    import tiny_modern  # noqa: E402
+except ImportError as e:
+    sys.exit(f"prepare_tiny_carry.py: no module {e.name!r}: the tests' builders need the tests' packages; install "
+             f"them first: pip install torch==2.13.0 -r requirements-test.txt")
 
 
 def main(out: Path = ROOT / ".whl" / "tiny") -> None:
