@@ -45,6 +45,12 @@ class NoiseSchedule:
         if self.alphas.shape != self.sigmas.shape or self.alphas.ndim != 1:
             raise ValueError("alphas and sigmas must be 1-D tensors of equal length")
 
+    def __repr__(self) -> str:   # (the dataclass's printed both 1000-entry tables: 22,000 characters)
+        ends = f"alpha {float(self.alphas[0]):.4g}..{float(self.alphas[-1]):.4g}, " \
+               f"sigma {float(self.sigmas[0]):.4g}..{float(self.sigmas[-1]):.4g}"
+        shift = f", shift {self.flow_shift:g}" if self.flow_shift is not None else ""
+        return f"NoiseSchedule({self.name or 'unnamed'!r}, {self.kind}, {self.num_timesteps} timesteps, {ends}{shift})"
+
     @property
     def num_timesteps(self) -> int:
         return self.alphas.shape[0]

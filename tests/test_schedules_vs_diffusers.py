@@ -170,3 +170,12 @@ def test_continuous_noise_level_match_is_exact():
 def test_bad_timestep_is_rejected():
     with pytest.raises(ValueError, match="outside schedule"):
         S.named("sd15").coefficients(1000)
+
+
+def test_a_schedule_prints_in_one_line_with_its_name_kind_ends_and_shift():
+    """print(expert.schedule) showed both 1000-entry tables (22,377 characters, a trial)."""
+    from confiner_core.schedules import flow_schedule, named
+
+    vp, flow = repr(named("sd15")), repr(flow_schedule(shift=3.0, name="wan"))
+    assert len(vp) < 120 and "\n" not in vp and vp.startswith("NoiseSchedule('sd15', vp, 1000 timesteps")
+    assert flow.startswith("NoiseSchedule('wan', flow, 1000 timesteps") and flow.endswith("shift 3)")
