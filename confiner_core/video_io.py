@@ -125,7 +125,7 @@ def mp4_complete(path: str) -> bool:
 
 def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -> np.ndarray:
     """Frames tiled left to right, top to bottom, on a black canvas; with ``numbers``, each frame's number in its
-    top-left corner (white on a dark outline, readable on any content)."""
+    top-left corner, white on a black box (an outline alone was unreadable on light frames at 64 px: a trial)."""
     frames = list(frames)
     columns = min(columns, len(frames))   # a clip shorter than a row: no black tiles
     rows = -(-len(frames) // columns)
@@ -137,9 +137,11 @@ def contact_sheet(frames: list, columns: int = 4, numbers: list | None = None) -
         tile = f
         if numbers is not None:
             tile = np.array(f, dtype=np.uint8, order="C")   # a copy: the caller's frame stays as it was
-            at = (max(2, round(4 * scale)), max(10, round(22 * scale)))
-            for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-                cv2.putText(tile, str(numbers[i]), at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
+            label, pad, stroke = str(numbers[i]), max(1, round(3 * scale)), max(1, round(scale))
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, stroke)
+            cv2.rectangle(tile, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+            cv2.putText(tile, label, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), stroke,
+                        cv2.LINE_AA)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
     return sheet
 

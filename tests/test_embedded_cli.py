@@ -625,6 +625,11 @@ def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):
     assert all((f == 90).all() for f in sink.sheet)   # drawn on copies
     assert contact_sheet(sink.sheet[:1]).shape == (64, 64, 3)         # one frame: one tile, no black ones
     assert contact_sheet(sink.sheet[:3]).shape == (64, 192, 3)
+    # readable on light frames too: white on a black box (an outline alone was lost on a trial's snow at 64 px)
+    for shade in (20, 235):
+        corner = contact_sheet([np.full((64, 64, 3), shade, np.uint8)], numbers=[45])[:10, :12].max(axis=2)
+        assert (corner[0] < 40).all() and (corner[:, 0] < 40).all(), corner   # the box's edges
+        assert (corner > 150).sum() >= 10, corner                              # its white ink
 
 
 def test_thumbnail_renderer_commands_pass_the_command_lines_checks(tmp_path, monkeypatch):
