@@ -1428,6 +1428,16 @@ def environment(req: GenerateRequest) -> dict:
     return {**versions, "device": str(req.device), "cpu_threads": torch.get_num_threads()}
 
 
+def described(expert) -> dict:
+    """An expert's :meth:`describe` as the report holds it: its paths (source, vae) absolute, as the settings' are
+    (a report held ``/tmp/tiny/ad`` in its settings beside ``../tiny/sd`` in its experts)."""
+    said = expert.describe()
+    for key in ("source", "vae"):
+        if isinstance(said.get(key), str) and said[key] and os.path.exists(said[key]):
+            said[key] = os.path.abspath(said[key])
+    return said
+
+
 def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, seconds: dict, **extra) -> dict:
     # as report.json holds them: a caller's Path (out) or torch.device (device) as text, so the returned report
     # goes through json.dumps as the file's does
@@ -1455,7 +1465,7 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
                             if role in EVALUATED_IN[req.chain.mode]}},
             "height": req.height, "width": req.width, "backend": backend.description,
             "speed_used": speed_used(req),   # settings.speed as asked; max without CUDA runs as fast
-            "experts": {k: e.describe() for k, e in backend.experts.items() if e is not None},
+            "experts": {k: described(e) for k, e in backend.experts.items() if e is not None},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
             "vae_calls": dict(log.vae_calls), "vae_seconds": log.vae_seconds(),   # this process's (of several)
             "bridges": bridges(req.spaces(), req.chain.mode),

@@ -785,3 +785,19 @@ def test_decode_frames_without_a_codec_says_what_it_needs():
     with pytest.raises(TypeError, match=r"^decode_frames needs the VAE of the latent's space, a Codec \(an expert's "
                                         r"\.codec.*got None$"):
         decode_frames(torch.zeros(1, 4, 2, 8, 8), None)
+
+
+def test_the_reports_expert_paths_are_absolute_as_its_settings_are(tmp_path, monkeypatch):
+    """report.json held settings.control absolute beside experts.spatial.source as typed (``../tiny/sd``)."""
+    from confiner_core.generate import described
+
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "vae").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    class Expert:
+        def describe(self):
+            return {"class": "X", "source": "sd", "vae": "vae", "name": "spatial"}
+
+    said = described(Expert())
+    assert said == {"class": "X", "source": str(tmp_path / "sd"), "vae": str(tmp_path / "vae"), "name": "spatial"}
