@@ -1451,8 +1451,9 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
     matched = {}
     if req.chain.mode == COORDINATED and temporal is not None:   # what the matching chose for the temporal expert
         chain["matching_requested"] = req.requested("chain.matching")
-        matched["temporal_timesteps"] = [round(t, 3) for t in temporal_timesteps(spatial.schedule, temporal.schedule,
-                                                                                  req.chain)]
+        # (whole ones as integers, as refine_timesteps holds them: a Wan report read [250, ...] beside [250.0, ...])
+        matched["temporal_timesteps"] = [int(t) if t.is_integer() else t for t in (
+            round(float(t), 3) for t in temporal_timesteps(spatial.schedule, temporal.schedule, req.chain))]
     else:
         chain["matching"] = None   # no mode but coordinated matches timesteps between two experts
     return {"settings": settings, "chain": chain, "seed": req.seed, "frames": req.frames,

@@ -279,9 +279,9 @@ def step_info(stage: str, i: int, t: float, denoiser: Denoiser, x: torch.Tensor,
     network timestep the user's T_e counts in (a flow expert's 1000 sigma, :meth:`NoiseSchedule.timestep`), the new
     sample ``x`` and the step's x0 estimate ``denoised``. A coordinated refinement step adds the hand-over's
     tensors (:func:`~confiner_core.refine.refine_coordinated`); ConFiner-Long adds the ``structure`` or ``window``
-    the step belongs to."""
-    return {"stage": stage, "i": i, "t": t, "timestep": denoiser.schedule.timestep(t), "x": x, "denoised": denoised,
-            **extra}
+    the step belongs to. (``timestep`` rounded to 9 decimals: a flow expert's 200 read 200.00000000000003.)"""
+    return {"stage": stage, "i": i, "t": t, "timestep": round(denoiser.schedule.timestep(t), 9), "x": x,
+            "denoised": denoised, **extra}
 
 
 def guided_prediction(denoiser: Denoiser, x_t: torch.Tensor, t: float, step: int, eps_hook: EpsHook | None) -> Prediction:

@@ -861,3 +861,17 @@ def test_the_chain_run_stage_by_stage_counts_its_evaluations_by_stage():
     assert dict(log.evaluations) == {"control": 4, "refine": 15}
     run_chain(control, spatial, temporal, noise, config, torch.Generator().manual_seed(3))
     assert dict(log.evaluations) == {"control": 8, "refine": 30}
+
+
+def test_a_callbacks_timestep_on_a_flow_schedule_is_the_timestep_asked_for():
+    """A Wan run's callback gave timestep 200.00000000000003 for the step at T = 200 (the table position's round
+    trip through sigma)."""
+    from types import SimpleNamespace
+
+    from confiner_core.sampling import step_info
+    from confiner_core.schedules import flow_schedule
+
+    schedule = flow_schedule(shift=3.0)
+    timesteps = [step_info("refine", 0, schedule.index(T), SimpleNamespace(schedule=schedule), None, None)["timestep"]
+                 for T in (250, 200, 150, 100, 50)]
+    assert timesteps == [250, 200, 150, 100, 50]
