@@ -1327,8 +1327,14 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     t0 = time.perf_counter()
     resume = None
     if req.resume:
-        resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
+        resume, info = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
+        threads = info.get("cpu_threads")
+        if lead and threads not in (None, torch.get_num_threads()) and torch.device(device).type == "cpu":
+            # (a trial resumed a 2-thread run on 1 thread without a word; the report then said 1 for the whole video)
+            warn_doubtful(f"--resume: the interrupted run used {threads} CPU threads and this one uses "
+                          f"{torch.get_num_threads()}: on the CPU its windows and this run's may round differently "
+                          f"(README, 'Same result'); OMP_NUM_THREADS={threads} resumes as it ran")
         if lead:
             store.claim()
             log.add_counts(resume.counts())

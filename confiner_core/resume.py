@@ -198,7 +198,7 @@ class ResumeStore:
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
-                "settled": self.settled}
+                "settled": self.settled, "cpu_threads": torch.get_num_threads()}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:

@@ -309,6 +309,19 @@ def test_a_resumed_run_keeps_the_frame_rate_it_started_with(tmp_path, monkeypatc
     assert json.loads((part / "report.json").read_text())["settings"]["fps"] == 12.0
 
 
+def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, capsys):
+    """A 2-thread run resumed on 1 thread went on without a word (its windows and the new ones may round
+    differently); the state keeps the thread count, and a resume on another warns, naming how to match it."""
+    args = ["--quiet", *LONG]
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
+    assert state["cpu_threads"] == torch.get_num_threads()
+    state["cpu_threads"] = torch.get_num_threads() + 3   # as a run on more threads stored it
+    path.write_text(json.dumps(state))
+    with pytest.warns(ConFinerWarning, match=rf"used {state['cpu_threads']} CPU threads and this one uses "
+                                             rf"{torch.get_num_threads()}.*OMP_NUM_THREADS={state['cpu_threads']}"):
+        assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+
+
 def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_given(tmp_path, monkeypatch, capsys):
     """A run that left --cfg to the experts' default resumes with that default given explicitly (it was refused as
     "refine_cfg: None -> 1.0"), and is refused with another scale, named as the expert's cfg; a state kept before
