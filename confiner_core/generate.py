@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import functools
 import json
 import math
 import numbers
@@ -25,6 +27,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -753,6 +756,37 @@ class GenerateRequest:
     def fields(self) -> dict:
         """The request's fields as a dict (asdict's), without what validate() keeps for itself."""
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+#: diffusers pipelines' argument names -> this request's field for the same setting (a trial wrote num_frames=8 and
+#: met the dataclass's bare "unexpected keyword argument")
+DIFFUSERS_NAMES = {"num_frames": "frames", "guidance_scale": "refine_cfg", "num_inference_steps": "chain.refine_steps",
+                   "strength": "chain.te", "generator": "seed", "output_dir": "out", "torch_dtype": "dtype"}
+
+
+def _named_fields(init):
+    """The dataclass's ``__init__``, refusing an unknown setting by name with the field meant (a diffusers name,
+    a close spelling) before the dataclass's own TypeError."""
+    names = [f.name for f in dataclass_fields(GenerateRequest) if not f.name.startswith("_")]
+    nested = {f.name: f"{part}.{f.name}" for part, config in (("long", LongConfig), ("chain", ChainConfig))
+              for f in dataclass_fields(config)}   # (a ChainConfig's te given to the request)
+
+    def field_meant(name: str) -> str:
+        return DIFFUSERS_NAMES.get(name) or nested.get(name) or \
+            next(iter(difflib.get_close_matches(name, names, 1)), "?")
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in names and k != "_defaults"]
+        if unknown:
+            meant = [f"{k} -> {field_meant(k)}" for k in unknown]
+            raise TypeError(f"GenerateRequest has no setting {', '.join(map(repr, unknown))} (meant: "
+                            f"{'; '.join(meant)}); its settings: {', '.join(names)}")
+        init(self, *args, **kwargs)
+    return checked
+
+
+GenerateRequest.__init__ = _named_fields(GenerateRequest.__init__)
 
 
 def too_many_frames(e: TooManyFrames, long: bool) -> UsageError:

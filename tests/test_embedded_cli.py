@@ -801,3 +801,19 @@ def test_the_reports_expert_paths_are_absolute_as_its_settings_are(tmp_path, mon
 
     said = described(Expert())
     assert said == {"class": "X", "source": str(tmp_path / "sd"), "vae": str(tmp_path / "vae"), "name": "spatial"}
+
+
+def test_a_request_given_a_diffusers_or_nested_settings_name_names_the_field_meant():
+    """GenerateRequest(num_frames=8) met the dataclass's bare "unexpected keyword argument" (a trial)."""
+    import dataclasses
+
+    from confiner_core.generate import GenerateRequest
+
+    for given, meant in (({"num_frames": 8}, "num_frames -> frames"), ({"guidance_scale": 5}, "-> refine_cfg"),
+                         ({"te": 250}, "te -> chain.te"), ({"segment_length": 8}, "-> long.segment_length"),
+                         ({"framse": 8}, "framse -> frames")):
+        with pytest.raises(TypeError, match="GenerateRequest has no setting") as e:
+            GenerateRequest(**given)
+        assert meant in str(e.value), (given, str(e.value))
+    request = GenerateRequest(frames=8)   # the fields themselves, and dataclasses' copies, as before
+    assert dataclasses.replace(request, height=64).frames == 8 and request.frames == 8
