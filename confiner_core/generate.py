@@ -714,6 +714,10 @@ class GenerateRequest:
         parts = os.path.abspath(self.out).split(os.sep)
         if RESUME_FOLDER in parts:   # (a completed resume removes that folder whole, and a run's files with it)
             run = os.sep.join(parts[:parts.index(RESUME_FOLDER)]) or os.sep
+            if not os.path.isdir(os.path.join(run, RESUME_FOLDER)):   # (no run interrupted there: the name alone)
+                raise UsageError(f"--out: {self.out} is inside a folder named {RESUME_FOLDER}, where a ConFiner-Long "
+                                 f"run in {run} would keep its state and delete it when it completes; choose "
+                                 f"another --out", "--out")
             if self.resume:
                 raise UsageError(f"--out: {self.out} is inside the kept state of the interrupted run in {run}: "
                                  f"continue that run with --out {run} --resume", "--out")

@@ -100,6 +100,9 @@ CLI_CASES = [
     Case("resume-inside-resume-state", [*LONG, "--resume", "--out", "{resumed}/.confiner-resume/x"],
          "--out: {resumed}/.confiner-resume/x is inside the kept state of the interrupted run in {resumed}: continue "
          "that run with --out {resumed} --resume"),
+    Case("out-inside-a-resume-folders-name", ["--out", "{prev}/.confiner-resume/x"],   # no run interrupted there
+         "--out: {prev}/.confiner-resume/x is inside a folder named .confiner-resume, where a ConFiner-Long run in "
+         "{prev} would keep its state and delete it when it completes; choose another --out"),
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
     # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
     Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
