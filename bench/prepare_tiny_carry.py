@@ -12,6 +12,10 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error")
                     ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):   # (before the libraries read them: one line of output)
     os.environ.setdefault(name, value)
 
+if {"-h", "--help"} & set(sys.argv[1:]):   # (before the imports it needs: a trial got the missing-module line)
+    print(__doc__)
+    sys.exit(0)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 

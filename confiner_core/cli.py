@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=number("--gamma"), default=0.1,
                    help="coherence guidance strength γ (Eq. 12; the paper gives no value: 0.1 is ours); 0 = off")
     g.add_argument("--coherence-memory", choices=COHERENCE_MEMORIES, default=LongConfig.coherence_memory,
-                   help="unguided (default): pull towards the previous segment's own noise prediction (the "
-                        "specification's stored eps-hat); guided: towards the guided prediction it stepped with")
+                   help="unguided (default): pull towards the previous segment's own noise prediction (Section 3.5's "
+                        "predicted noise, eps-hat); guided: towards the guided prediction it stepped with")
     g.add_argument("--no-stagger", action="store_true", help="refine each segment alone (ablation)")
     g.add_argument("--color-anchor", action="store_true",
                    help="long videos, opt-in: anchor each window's latent colour statistics to its predecessor's in "

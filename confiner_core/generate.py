@@ -709,15 +709,20 @@ class GenerateRequest:
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
         run or a single clip) is refused, so that the interrupted run's windows are not lost."""
-        from .resume import RESUME_FOLDER
+        from .resume import RESUME_FOLDER, ResumeStore
 
-        parts = os.path.abspath(self.out).split(os.sep)
-        if RESUME_FOLDER in parts:   # (a completed resume removes that folder whole, and a run's files with it)
+        # (a completed resume removes that folder whole, and a run's files with it; also reached through a link)
+        parts = os.path.realpath(self.out).split(os.sep)
+        if RESUME_FOLDER in parts:
             run = os.sep.join(parts[:parts.index(RESUME_FOLDER)]) or os.sep
             if not os.path.isdir(os.path.join(run, RESUME_FOLDER)):   # (no run interrupted there: the name alone)
                 raise UsageError(f"--out: {self.out} is inside a folder named {RESUME_FOLDER}, where a ConFiner-Long "
                                  f"run in {run} would keep its state and delete it when it completes; choose "
                                  f"another --out", "--out")
+            busy = ResumeStore(run, {}).working_process()
+            if busy is not None:
+                raise UsageError(f"--out: {self.out} is inside the state of the run working in {run} (process "
+                                 f"{busy}), which deletes it when it completes; choose another --out", "--out")
             if self.resume:
                 raise UsageError(f"--out: {self.out} is inside the kept state of the interrupted run in {run}: "
                                  f"continue that run with --out {run} --resume", "--out")
@@ -1365,14 +1370,15 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     t0 = time.perf_counter()
     resume = None
     if req.resume:
-        resume, info = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
+        resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
-        threads = info.get("cpu_threads")
-        if lead and threads not in (None, torch.get_num_threads()) and torch.device(device).type == "cpu":
+        threads = store.threads   # (the first process's: kept through every resume)
+        if lead and threads != torch.get_num_threads() and torch.device(device).type == "cpu":
             # (a trial resumed a 2-thread run on 1 thread without a word; the report then said 1 for the whole video)
-            warn_doubtful(f"--resume: the interrupted run used {threads} CPU threads and this one uses "
-                          f"{torch.get_num_threads()}: on the CPU its windows and this run's may round differently "
-                          f"(README, 'Same result'); OMP_NUM_THREADS={threads} resumes as it ran")
+            warn_doubtful(spelled(f"--resume: the interrupted run used {threads} CPU threads and this one uses "
+                                  f"{torch.get_num_threads()}: on the CPU its windows and this run's may round "
+                                  f"differently (README, 'Same result'); set OMP_NUM_THREADS={threads} (or "
+                                  f"torch.set_num_threads({threads})) to resume as it ran"))
         if lead:
             store.claim()
             log.add_counts(resume.counts())
@@ -1426,6 +1432,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     if resume is not None:   # the report counts the video's evaluations; these were made before the resume
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())
+        extra["cpu_threads_before_resume"] = store.threads   # (environment.cpu_threads is this process's)
     return extra
 
 

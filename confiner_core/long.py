@@ -238,8 +238,8 @@ def root_seed(seed) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Coherence guidance (Eq. 12)
 
-# What the next structure is pulled towards. The specification stores the previous segment's raw prediction
-# eps_hat^prev_t (unguided, the default), so guidance does not compound along the chain of segments. Eq. 12 writes
+# What the next structure is pulled towards. Section 3.5 pulls towards the previous segment's predicted noise,
+# its raw prediction eps_hat^prev_t (unguided, the default), so guidance does not compound along the chain of segments. Eq. 12 writes
 # the previous segment's noise without a hat, eps^prev_t, which can also be read as its *guided* prediction, the
 # eps_t the previous segment really stepped with (guided).
 GUIDED = "guided"
@@ -259,7 +259,7 @@ def coherence_guidance(eps_hat: torch.Tensor, eps_prev: torch.Tensor, gamma: flo
 class CoherenceGuidance:
     """An eps hook for :func:`confiner_core.sampling.sample_control` that keeps only the previous structure's
     prediction per control step (all the next structure needs): its raw prediction ε̂ (``memory='unguided'``, the
-    specification's "store the previous segment's ε̂ per timestep") or the guided one it stepped with (``'guided'``,
+    previous segment's "predicted noise" of Section 3.5) or the guided one it stepped with (``'guided'``,
     Eq. 12's ε^prev read as the previous segment's final ε)."""
 
     def __init__(self, gamma: float, memory: str = UNGUIDED):
@@ -303,7 +303,7 @@ class RelayedGuidance:
 class LongConfig:
     """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
     AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies
-    on, coherence guidance towards the previous segment's noise prediction ε̂ (the specification's memory).
+    on, coherence guidance towards the previous segment's noise prediction ε̂ (Section 3.5's "predicted noise").
 
     FreeNoise's window and stride count the noise's frames, which are latent frames: video frames for SD-family
     experts, while a Wan latent frame holds 4 (a 17-frame segment is 5). By default the window is one segment's
@@ -318,7 +318,7 @@ class LongConfig:
     freenoise_stride: int | None = None   # latent frames; None: a quarter of the window, at least 1
     gamma: float = 0.1
     staggered: bool = True
-    coherence_memory: str = UNGUIDED   # the specification: "store the previous segment's ε̂ per timestep"
+    coherence_memory: str = UNGUIDED   # Section 3.5: the previous segment's "predicted noise", ε̂
     color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:

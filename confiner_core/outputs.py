@@ -221,6 +221,8 @@ def check_output_folder(folder: str, names: tuple, option: str = "--out") -> str
             return f"{target} is a folder, so {name} cannot be written there; move it away or choose another {option}"
     parent = folder
     while not os.path.exists(parent):
+        if os.path.islink(parent):   # (creating the folder through it failed with a bare FileExistsError)
+            return f"{parent} is a link to {os.readlink(parent)}, which does not exist; choose another {option}"
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return f"{parent} is a file, so the folder {folder} cannot be created; choose another {option}"

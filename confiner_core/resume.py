@@ -61,6 +61,7 @@ class ResumeStore:
         the loaded experts take them (a guidance scale left to the expert's default, a negative prompt no expert
         reads at cfg 1): :meth:`settle` compares what the experts were given, :meth:`check` leaves them out."""
         self.folder = os.path.join(out, RESUME_FOLDER)
+        self.threads = torch.get_num_threads()   # the CPU threads of the run's first process (a resume keeps them)
         self.settings = flatten(json.loads(json.dumps(settings, default=str)))
         self.added = flatten(added or {})
         self.names = names or {}
@@ -198,7 +199,7 @@ class ResumeStore:
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
-                "settled": self.settled, "cpu_threads": torch.get_num_threads()}
+                "settled": self.settled, "cpu_threads": self.threads}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:
@@ -206,6 +207,7 @@ class ResumeStore:
 
     def load_state(self) -> tuple[LongState, dict]:
         info = self.check()
+        self.threads = info.get("cpu_threads", self.threads)
         tensors = load_file(self._path(info["tensors"]))
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},

@@ -115,7 +115,7 @@ def coherence_memory_input() -> io.Combo.Input:
     return advanced(io.Combo.Input("coherence_memory", display_name=COHERENCE_MEMORY, options=list(COHERENCE_MEMORIES),
                                    default="unguided", optional=True,
                                    tooltip="Only with gamma > 0: what each segment's layout is pulled towards. "
-                                           "unguided (default, the specification's reading of Eq. 12): the "
+                                           "unguided (default, Section 3.5's reading of Eq. 12): the "
                                            "previous segment's own noise prediction, so the pulls do not add up "
                                            "along a long video; guided: the previous segment as it was really "
                                            "made (after its own pull), so a look carries on from segment to "

@@ -64,6 +64,9 @@ def make_inputs(tmp) -> dict:
     store = ResumeStore(str(resumed), request.run_settings())
     store.start()
     store.save_state(LongState(1), 3)
+    os.symlink(tmp / "gone", tmp / "broken")
+    os.symlink(resumed / ".confiner-resume", tmp / "into_state")
+    paths.update(broken=str(tmp / "broken"), into_state=str(tmp / "into_state"))
     paths.update(motion=str(motion), sd=str(sd), truncated=str(tmp / "truncated.safetensors"),
                  junk=str(tmp / "junk.safetensors"), ckpt=str(tmp / "model.ckpt"), empty=str(tmp / "empty_folder"),
                  file=str(tmp / "a_file"), clash=str(tmp / "clash"), resumed=str(resumed))
@@ -103,6 +106,11 @@ CLI_CASES = [
     Case("out-inside-a-resume-folders-name", ["--out", "{prev}/.confiner-resume/x"],   # no run interrupted there
          "--out: {prev}/.confiner-resume/x is inside a folder named .confiner-resume, where a ConFiner-Long run in "
          "{prev} would keep its state and delete it when it completes; choose another --out"),
+    Case("out-through-a-link-into-resume-state", ["--out", "{into_state}/sub"],   # (it wrote there, and lost it)
+         "--out: {into_state}/sub is inside the kept state of the interrupted run in {resumed}, which its --resume "
+         "deletes when it completes"),
+    Case("out-through-a-broken-link", ["--out", "{broken}/c2"],   # it failed with a bare FileExistsError
+         "--out: {broken} is a link to {tmp}/gone, which does not exist; choose another --out"),
     # a library message's setting in the command line's spelling (it said "use mode 'coordinated'"), and an image
     # expert on pixel frames named as the other space (it read "they must share a latent space" for one model)
     Case("alternate-across-spaces", ["--embedded", "bridge", "--frames", "9", "--mode", "alternate"],
@@ -310,6 +318,9 @@ def snapshot(folder) -> dict:
     for root, _, files in os.walk(folder):
         for f in files:
             p = os.path.join(root, f)
+            if os.path.islink(p):   # (a link to nothing: its target)
+                out[os.path.relpath(p, folder)] = os.readlink(p)
+                continue
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, folder)] = fh.read()
     return out

@@ -315,11 +315,20 @@ def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, 
     args = ["--quiet", *LONG]
     part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
     assert state["cpu_threads"] == torch.get_num_threads()
-    state["cpu_threads"] = torch.get_num_threads() + 3   # as a run on more threads stored it
+    first = state["cpu_threads"] = torch.get_num_threads() + 3   # as a run on more threads stored it
     path.write_text(json.dumps(state))
-    with pytest.warns(ConFinerWarning, match=rf"used {state['cpu_threads']} CPU threads and this one uses "
-                                             rf"{torch.get_num_threads()}.*OMP_NUM_THREADS={state['cpu_threads']}"):
+    warned = rf"used {first} CPU threads and this one uses {torch.get_num_threads()}.*OMP_NUM_THREADS={first}"
+    # resumed and interrupted again after a window: the state keeps the first process's count, not this one's
+    real = _interrupt_at(monkeypatch, 45)
+    with pytest.warns(ConFinerWarning, match=warned), pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), "--resume", *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    resumed = json.loads(path.read_text())
+    assert resumed["next_window"] > state["next_window"] and resumed["cpu_threads"] == first
+    with pytest.warns(ConFinerWarning, match=warned):
         assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+    report = json.loads((part / "report.json").read_text())
+    assert report["cpu_threads_before_resume"] == first and report["environment"]["cpu_threads"] != first
 
 
 def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_given(tmp_path, monkeypatch, capsys):
