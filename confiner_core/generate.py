@@ -166,6 +166,9 @@ FIELDS = {**{n.option: n.path for n in NUMBERS}, **{option: path for option, pat
           "--color-anchor": "long.color_anchor=True"}
 # ... and the other way: a setting's option, to name it in messages (flags set to a value, e.g. --no-stagger, are not)
 OPTION_OF = {path: option for option, path in FIELDS.items() if "=" not in path}
+#: ... and as a resume's refusal names a changed setting: a flag's setting with its flag (it read "long.staggered")
+RESUME_NAMES = {**OPTION_OF, **{path.split("=")[0]: f"{path.split('=')[0]} ({option})"
+                                for option, path in FIELDS.items() if "=" in path and path.startswith("long.")}}
 _OPTION = re.compile(r"(?<![\w/.-])--[a-z][a-z0-9-]*")
 _SPELLING = contextvars.ContextVar("confiner_option_spelling", default="python")
 _DROP = re.compile(r"\bdrop (" + "|".join(re.escape(p) for p in sorted(OPTION_OF, key=len, reverse=True)) + r")\b")
@@ -704,7 +707,7 @@ class GenerateRequest:
         """The resume folder of ``out``, for this run's settings (named by their options in its messages)."""
         from .resume import ResumeStore
 
-        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, OPTION_OF, SETTLED_BY_EXPERTS)
+        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, RESUME_NAMES, SETTLED_BY_EXPERTS)
 
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long

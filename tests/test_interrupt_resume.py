@@ -331,6 +331,15 @@ def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, 
     assert report["cpu_threads_before_resume"] == first and report["environment"]["cpu_threads"] != first
 
 
+def test_a_resume_names_a_changed_flag_with_its_flag(tmp_path, monkeypatch, capsys):
+    """A resume with --no-stagger was refused naming "long.staggered", where every other setting has its option."""
+    args = ["--quiet", *LONG]
+    part, _, _ = _interrupted_state(tmp_path, monkeypatch, args)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--no-stagger", *args])
+    assert e.value.code == 2 and "(long.staggered (--no-stagger): True -> False)" in capsys.readouterr().err
+
+
 def test_a_resume_compares_the_guidance_the_experts_were_given_not_how_it_was_given(tmp_path, monkeypatch, capsys):
     """A run that left --cfg to the experts' default resumes with that default given explicitly (it was refused as
     "refine_cfg: None -> 1.0"), and is refused with another scale, named as the expert's cfg; a state kept before
