@@ -238,10 +238,10 @@ def root_seed(seed) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Coherence guidance (Eq. 12)
 
-# What the next structure is pulled towards. Section 3.5 pulls towards the previous segment's predicted noise,
-# its raw prediction eps_hat^prev_t (unguided, the default), so guidance does not compound along the chain of segments. Eq. 12 writes
-# the previous segment's noise without a hat, eps^prev_t, which can also be read as its *guided* prediction, the
-# eps_t the previous segment really stepped with (guided).
+# What the next structure is pulled towards. Section 3.5 pulls towards the previous segment's predicted noise, its
+# raw prediction eps_hat^prev_t (unguided, the default), so guidance does not compound along the chain of segments.
+# Eq. 12 writes the previous segment's noise without a hat, eps^prev_t, which can also be read as its *guided*
+# prediction, the eps_t the previous segment really stepped with (guided).
 GUIDED = "guided"
 UNGUIDED = "unguided"
 COHERENCE_MEMORIES = (GUIDED, UNGUIDED)

@@ -18,4 +18,8 @@ class ConFinerExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ConFinerExtension:
+    # (ComfyExtension.on_load is not called by ComfyUI 0.3.64 or 0.8.0; the server exists before packs load)
+    from .host import listen_to_prompts
+
+    listen_to_prompts()
     return ConFinerExtension()

@@ -107,14 +107,15 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
     def control_schedule(control_model):
         return host.schedule_of(control_model, "control") if control_model is not None else None
 
-    @staticmethod
-    def prepare(experts, config: ChainConfig, seed, control_model=None, control_vae=None, structure_space=None,
+    @classmethod
+    def prepare(cls, experts, config: ChainConfig, seed, control_model=None, control_vae=None, structure_space=None,
                 log=None, progress=None):
         """The refine experts and the structure's source as core denoisers, each with the codec the bridge needs
         (its own VAE input, or another of its latent space): the control model when connected (not evaluated),
         else the structure's space (``structure_space``; before the structure exists: the refining expert's)."""
         vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae,
-                                   host.space_of(control_model) if control_model is not None else None)
+                                   host.space_of(control_model) if control_model is not None else None,
+                                   host.input_vae_loader(cls, "control_vae"))
         spatial, temporal = experts.bind(seed, log, progress=progress, vaes=vaes)
         if control_model is not None:
             source = host.bind(control_model, None, None, 1.0, "control", seed, log, vaes=vaes,

@@ -815,6 +815,46 @@ def vae_file_problem(node_cls, output: Denoiser) -> str | None:
     return None
 
 
+#: the nodes whose output a VAE Decode reads, and the input, declared by none, under which a queued prompt gives each
+#: the latent shapes of the VAE files that decode it (:func:`key_decode_vaes`)
+DECODED_NODES = ("ConFinerCoordinatedSampler", "ConFinerLongSegmenter")
+DECODE_VAES = "confiner_decode_vaes"
+
+
+def key_decode_vaes(json_data: dict) -> dict:
+    """ComfyUI's on-prompt hook (``PromptServer.add_on_prompt_handler``, :func:`listen_to_prompts`): each sampling
+    node of a queued prompt gets the latent shapes of the VAE files that decode its output (:func:`~.codecs.
+    vae_file_shape`) as an input none declares, which ComfyUI's cache key of the node reads like any other. A Load
+    VAE changed to another family's file (Flux's on a Wan clip) then runs the node again, whose check refuses it
+    before any evaluation (:func:`vae_file_problem`); served from the cache, the node checked nothing and the clip
+    decoded into one frame (a trial). A file of the same family keeps the cache."""
+    import folder_paths   # (ComfyUI's)
+
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    for node_id, node in (prompt.items() if isinstance(prompt, dict) else ()):
+        if not isinstance(node, dict) or node.get("class_type") not in DECODED_NODES or \
+                not isinstance(node.get("inputs"), dict):
+            continue
+        loaders = filter(None, (model_files.vae_loader(prompt, taker) for taker in model_files.takers(prompt, node_id)))
+        shapes = sorted(set(filter(None, (vae_file_shape(folder_paths.get_full_path("vae", name))
+                                          for _, name in loaders))))
+        if shapes:
+            node["inputs"][DECODE_VAES] = " ".join("x".join(map(str, shape)) for shape in shapes)
+    return json_data
+
+
+def listen_to_prompts() -> None:
+    """:func:`key_decode_vaes` on every prompt the server queues (once; none without a server: a script)."""
+    try:
+        from server import PromptServer
+
+        handlers = PromptServer.instance.on_prompt_handlers
+        if key_decode_vaes not in handlers:
+            PromptServer.instance.add_on_prompt_handler(key_decode_vaes)
+    except Exception:  # noqa: BLE001 - the pack's nodes work without it (the decode is then checked when they run)
+        pass
+
+
 def other_experts_vae_problem(node_cls, output: Denoiser, spatial: Denoiser, temporal: Denoiser | None) -> str | None:
     """A node of the queued graph that decodes this node's output with the other expert's VAE, in a graph of two
     latent spaces (its refine experts' VAEs, as wired to the bundle, or another loader of the same file): ComfyUI's

@@ -303,7 +303,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if mode != STANDARD:
             experts.warn_halves(progress, host.loaded_files(cls))
         log = EvaluationLog()
-        vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model))
+        vaes = experts.shelf().reporting_to(progress).add("control_vae", control_vae, host.space_of(control_model),
+                                                          host.input_vae_loader(cls, "control_vae"))
         control = host.bind(control_model, control_positive, control_negative, control_cfg, "control", seed, log,
                             clip, progress, vaes=vaes, vae_input="control_vae",
                             low_noise=host.LowNoise.of(control_low_noise_model, control_low_noise_cfg,

@@ -268,6 +268,18 @@ def test_another_file_in_a_templates_load_vae_is_told_to_pick_the_right_one(comf
                                          ["pick wan_2.1_vae.safetensors in 'Wan 2.1 VAE'"])
 
 
+def test_another_file_in_the_long_videos_control_vae_loader_is_told_to_pick_the_right_one(comfy_worker, modern):
+    """The Long Video's control VAE, its loader set to Flux's file, still led with "connect its own VAE (... in Load
+    VAE)", naming a loader no node was titled (a re-check)."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["5"].update(inputs={"vae_name": FLUX_VAE}, _meta={"title": "Wan 2.1 VAE"})
+    prompt["12"]["inputs"]["vae"] = ["40", 0]   # (the decode on the right file: the control VAE is the mistake)
+    prompt["40"] = {"class_type": "VAELoader", "inputs": {"vae_name": WAN_VAE}}
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "Flux's VAE file in the Long Video's VAE loader",
+                                         ["pick wan_2.1_vae.safetensors in 'Wan 2.1 VAE', which feeds control VAE "
+                                          "(control_vae)"])
+
+
 def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, modern):
     """The Qwen-Image template wires the Wan VAE to *spatial VAE* (Qwen shares Wan's space). An artist who swapped
     the spatial model for Flux met one problem a run: Flux's VAE on spatial VAE, then its text encoder, then the Wan
@@ -811,6 +823,21 @@ def _flux_vae_on_decode(prompt: dict) -> dict:
 def test_a_decode_given_a_vae_of_another_latent_space_is_refused_before_any_evaluation(comfy_worker, modern, case,
                                                                                        graph, words):
     assert_refused_before_any_evaluation(comfy_worker, graph(comfy_worker.checkpoint_name), case, words)
+
+
+def test_a_decode_given_another_familys_vae_is_refused_also_when_the_sampler_is_cached(comfy_worker, modern):
+    """A trial's Wan run, then the same graph with only its Load VAE changed to Flux's file: the Refine Sampler came
+    from ComfyUI's cache, checked nothing, and the clip decoded into one frame. As the server queues it, the prompt
+    gives the sampler the decoding VAE's family (its cache key then changes): refused before any evaluation. Another
+    file of the same family keeps the cache."""
+    ckpt = comfy_worker.checkpoint_name
+    good = comfy_worker.call("comfy_support.modern_checks:run_as_queued", wan_graph(ckpt, "wan"), True)
+    assert good["success"] and good["evaluations"] > 0, good.get("error")
+    again = comfy_worker.call("comfy_support.modern_checks:run_as_queued", wan_graph(ckpt, "wan"))
+    assert again["success"] and again["evaluations"] == 0   # all from the cache
+    wrong = comfy_worker.call("comfy_support.modern_checks:run_as_queued", _flux_vae_on_decode(wan_graph(ckpt, "wan")))
+    assert not wrong["success"] and wrong["evaluations"] == 0
+    assert "decode with wan_2.1_vae.safetensors in Load VAE" in _message(wrong), _message(wrong)
 
 
 def test_a_vae_files_header_reads_as_the_vae_comfys_loader_makes_of_it(comfy_worker, modern, tmp_path):

@@ -659,7 +659,8 @@ app.registerExtension({
     // matchi…" on a node added by hand (the templates' are 430 px; a loaded node keeps its saved size)
     // and as tall as its shown widgets (it was sized with the advanced ones), with room for its text and preview
     if (node.computeSize) {
-      node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1] + (PREVIEW_ROOM[node.comfyClass] ?? 0)]);
+      const room = PREVIEW_ROOM[node.comfyClass] ?? 0;
+      node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1] + room]);
     }
     if (!TEXT_NODES.has(node.comfyClass)) return;
     if (STRUCTURE_SEED.has(node.comfyClass)) {

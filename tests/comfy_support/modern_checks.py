@@ -378,3 +378,12 @@ def _vae_of_file(path: str):
     import comfy.utils
 
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
+
+
+def run_as_queued(api_prompt: dict, fresh_cache: bool = False) -> dict:
+    """``api_prompt`` through the pack's on-prompt hook, as the server queues it (``host.key_decode_vaes``), then
+    run (with ComfyUI's cache kept from the run before unless ``fresh_cache``)."""
+    from comfy_support.confiner_checks import run_counting_evaluations
+
+    host = _pack_module(".nodes.host")
+    return run_counting_evaluations(host.key_decode_vaes({"prompt": api_prompt})["prompt"], fresh_cache)
