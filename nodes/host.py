@@ -38,7 +38,7 @@ from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair,
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from . import ade, model_files, sessions
-from .codecs import VAEShelf, shape_family, vae_file, vae_file_shape
+from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
 from .types import mismatch
 
 
@@ -809,9 +809,11 @@ def vae_file_problem(node_cls, output: Denoiser) -> str | None:
         loader = model_files.vae_loader(prompt, taker)
         shape = loader and vae_file_shape(folder_paths.get_full_path("vae", loader[1]))
         if shape and shape != (space.channels, space.spatial_factor, space.temporal_factor):
-            return (f"decode with {vae_file(space)}: '{model_files.title(prompt[taker])}' decodes this node's "
-                    f"output, {space.latents}, with {loader[1]} from '{model_files.title(prompt[loader[0]])}', "
-                    f"{shape_family(shape)}")
+            title = model_files.title(prompt[loader[0]])
+            # the fix first, in the loader as the canvas names it ("Load VAE" read as another node's title)
+            fix = f"pick {own_vae_file(space)} in '{title}'" if own_vae_file(space) else f"decode with {vae_file(space)}"
+            return (f"{fix}: '{model_files.title(prompt[taker])}' decodes this node's output, {space.latents}, with "
+                    f"{loader[1]} from '{title}', {shape_family(shape)}")
     return None
 
 

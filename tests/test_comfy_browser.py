@@ -516,7 +516,7 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
     heights = b.page.evaluate("""(types) => { app.graph.clear(); return Object.fromEntries(types.map((t) => {
         const n = LiteGraph.createNode(t); app.graph.add(n); const h = n.size[1];
         n.toggleAdvanced(); const shown = n.size[1]; n.toggleAdvanced();
-        return [t, [shown > h, n.size[1] <= h && n.size[1] >= n.computeSize()[1]]]; })); }""", NODE_IDS)
+        return [t, [shown > h, n.size[1] === h && n.size[1] >= n.computeSize()[1]]]; })); }""", NODE_IDS)
     assert heights == {t: [True, True] for t in NODE_IDS}, heights
     # from a file: boundary set (shown), boundary set but the file says hidden, defaults only (hidden)
     shown = b.page.evaluate("""async () => {

@@ -805,7 +805,7 @@ WRONG_DECODE_VAE = [
     # decoded a trial's Wan clip into one frame, and the run said "done"
     ("the Flux VAE file on a Wan graph's output",
      lambda ckpt: _flux_vae_on_decode(wan_graph(ckpt, "wan")),
-     [f"decode with wan_2.1_vae.safetensors in Load VAE: 'VAEDecode' decodes this node's output, Wan 2.1 latents, "
+     [f"pick wan_2.1_vae.safetensors in 'VAELoader': 'VAEDecode' decodes this node's output, Wan 2.1 latents, "
       f"with {FLUX_VAE} from 'VAELoader', FLUX.1's VAE"]),
     ("the Flux VAE file on a Long Video's output",
      lambda ckpt: _flux_vae_on_decode(long_wan_graph(ckpt)),
@@ -837,7 +837,7 @@ def test_a_decode_given_another_familys_vae_is_refused_also_when_the_sampler_is_
     assert again["success"] and again["evaluations"] == 0   # all from the cache
     wrong = comfy_worker.call("comfy_support.modern_checks:run_as_queued", _flux_vae_on_decode(wan_graph(ckpt, "wan")))
     assert not wrong["success"] and wrong["evaluations"] == 0
-    assert "decode with wan_2.1_vae.safetensors in Load VAE" in _message(wrong), _message(wrong)
+    assert "pick wan_2.1_vae.safetensors in 'VAELoader': 'VAEDecode' decodes" in _message(wrong), _message(wrong)
 
 
 def test_a_vae_files_header_reads_as_the_vae_comfys_loader_makes_of_it(comfy_worker, modern, tmp_path):
