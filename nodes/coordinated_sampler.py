@@ -168,6 +168,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                               source=model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "structure"))
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
+        # also here: ComfyUI 0.3.64 skips the lazy check where the structure comes from its cache
+        host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refining_denoiser(spatial, temporal, mode),
+                                                                           spatial), spatial, temporal)])
         host.plan_refinement(spatial, temporal, config)
         first = (temporal if mode == TEMPORAL else spatial).expert.latent_space
         if first != space:   # the seconds (minutes on a CPU) of decoding and encoding before the first evaluation
