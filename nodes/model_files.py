@@ -110,11 +110,14 @@ def used_nodes(prompt: dict | None) -> dict:
     return {node_id: node for node_id, node in (prompt or {}).items() if str(node_id) in taken}
 
 
-def loaded_files(prompt: dict | None) -> tuple[tuple[str, str], ...]:
-    """(loader title, file) of every diffusion-model loader in the queued ``prompt`` that feeds a node: where a file
-    two nodes need went instead (the other half of a pair in another loader)."""
-    return tuple((title(node), node["inputs"][LOADERS[node["class_type"]]])
-                 for node in used_nodes(prompt).values() if node.get("class_type") in LOADERS and
+def loaded_files(prompt: dict | None) -> tuple[tuple[str, str, bool], ...]:
+    """(loader title, file, whether it feeds a low-noise input) of every diffusion-model loader in the queued
+    ``prompt`` that feeds a node: where a file two nodes need went instead (the other half of a pair in another
+    loader), and whether it serves as a low-noise half there already (then no file is swapped)."""
+    low = {found[0] for node_id, node in (prompt or {}).items() for name in node.get("inputs", {})
+           if name.endswith("low_noise_model") and (found := model_loader(prompt, node_id, name))}
+    return tuple((title(node), node["inputs"][LOADERS[node["class_type"]]], node_id in low)
+                 for node_id, node in used_nodes(prompt).items() if node.get("class_type") in LOADERS and
                  isinstance(node.get("inputs", {}).get(LOADERS[node["class_type"]]), str))
 
 
@@ -137,7 +140,8 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
                   low_file: str | None, loaded: tuple = ()) -> list[tuple[str, str]]:
     """A Wan 2.2 A14B half where its other half belongs, as (console warning, one-line note) pairs, from the file
     names of the role's MODEL input (``high_input``: the high-noise half, or the only model) and its low-noise input;
-    ``loaded``: (loader title, file) of the graph's loaders (:func:`loaded_files`), where the other half may be.
+    ``loaded``: (loader title, file, feeds a low-noise input) of the graph's loaders (:func:`loaded_files`), where
+    the other half may be.
 
     * temporal, the high-noise half alone: the refinement runs from T_e (sigma 0.25) down, far below the boundary it
       was trained above (an artist swapped Wan 2.1's file for it; the run said nothing); with the low-noise file in
@@ -158,9 +162,15 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
                      f"warning: both halves {high}: load {other} file")]
         return []
     if role == "temporal" and high == HIGH:
-        elsewhere = [(title, name) for title, name in loaded if noise_half(name) == LOW]
+        elsewhere = [(title, name, as_low) for title, name, as_low in loaded if noise_half(name) == LOW]
+        if elsewhere and elsewhere[0][2]:   # it is a low-noise half elsewhere already (the control's): none swapped
+            title, name, _ = elsewhere[0]   # (a re-check's hand-built graph was told to swap two loaders' files)
+            return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
+                     f"{BOUNDARY_NOTE}, and refines alone far below it: connect '{title}', which holds its low-noise "
+                     f"half '{name}', to {low_input} on {node} too (the refinement then runs on it)",
+                     f"warning: high-noise half alone: add {low_label}")]
         if elsewhere:
-            title, name = elsewhere[0]
+            title, name, _ = elsewhere[0]
             return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
                      f"{BOUNDARY_NOTE}, and the low-noise file '{name}' is in {title}: the two loaders' files look "
                      f"swapped; swap them (the refinement runs below the boundary, on the low-noise half)",

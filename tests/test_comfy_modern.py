@@ -661,6 +661,15 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     # ... then only the control loader fixed to the high-noise file (both loaders now hold it): the bundle, whose
     # inputs did not change, comes from ComfyUI's cache, and the Refine Sampler said "swapped" still, naming a
     # low-noise file in a loader that no longer held it. It reads the graph at its own run.
+    # ... and a hand-built graph whose low-noise loader feeds the control's low-noise input, right, and no temporal
+    # one: no file is swapped (a re-check was told to swap the loaders' files, which broke the control expert)
+    handmade = copy.deepcopy(prompt)
+    handmade["9"]["inputs"].update(model=["1", 0], low_noise_model=["16", 0])
+    handmade["1"]["inputs"]["unet_name"], handmade["16"]["inputs"]["unet_name"] = HIGH, LOW
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", handmade)
+    assert _texts(r)["11"][-1].startswith("warning: high-noise half alone: add temporal low-noise model\n"), \
+        _texts(r)["11"][-1]
+    assert not any(t.startswith("warning: control") for t in _texts(r)["9"]), _texts(r)["9"]
     partly = copy.deepcopy(prompt)
     partly["16"]["inputs"]["unet_name"] = HIGH
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", partly)   # (cache kept)

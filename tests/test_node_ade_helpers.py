@@ -154,8 +154,12 @@ def test_the_queued_graph_names_its_loaders_files():
     # a name from a link is not a file name; a loader whose output no node takes loads nothing (a trial's unconnected
     # v3 loader was read as the control expert's, beside Lightning feeding both roles)
     assert model_files.motion_model_files(prompt) == ("mm_v3.ckpt",)
-    assert model_files.loaded_files(prompt) == (("CheckpointLoaderSimple", "v1-5.safetensors"),
-                                                ("low noise (all roles)", "wan2.2_low_noise.safetensors"))
+    assert model_files.loaded_files(prompt) == (("CheckpointLoaderSimple", "v1-5.safetensors", False),
+                                                ("low noise (all roles)", "wan2.2_low_noise.safetensors", False))
+    # ... and whether a loader serves a low-noise input already (through a node patching the model on its way)
+    prompt["7"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["4", 0], "shift": 8.0}}
+    prompt["8"] = {"class_type": "ConFinerControlExpert", "inputs": {"model": ["1", 0], "low_noise_model": ["7", 0]}}
+    assert [entry[2] for entry in model_files.loaded_files(prompt)] == [False, True]
     assert model_files.motion_model_files(None) == model_files.loaded_files(None) == ()
 
 
