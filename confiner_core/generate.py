@@ -779,6 +779,7 @@ DIFFUSERS_NAMES = {"num_frames": "frames", "guidance_scale": "refine_cfg", "num_
 def _named_fields(init):
     """The dataclass's ``__init__``, refusing an unknown setting by name with the field meant (a diffusers name,
     a close spelling) before the dataclass's own TypeError."""
+    known = {f.name for f in dataclass_fields(GenerateRequest) if f.init}   # (``_defaults`` too: replace() passes it)
     names = [f.name for f in dataclass_fields(GenerateRequest) if not f.name.startswith("_")]
     nested = {f.name: f"{part}.{f.name}" for part, config in (("long", LongConfig), ("chain", ChainConfig))
               for f in dataclass_fields(config)}   # (a ChainConfig's te given to the request)
@@ -789,7 +790,7 @@ def _named_fields(init):
 
     @functools.wraps(init)
     def checked(self, *args, **kwargs):
-        unknown = [k for k in kwargs if k not in names and k != "_defaults"]
+        unknown = [k for k in kwargs if k not in known]
         if unknown:
             meant = [f"{k} -> {field_meant(k)}" for k in unknown]
             raise TypeError(f"GenerateRequest has no setting {', '.join(map(repr, unknown))} (meant: "

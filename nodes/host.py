@@ -799,22 +799,30 @@ def vae_file_problem(node_cls, output: Denoiser) -> str | None:
     """A node of the queued graph that decodes this node's output with a VAE file (Load VAE) whose latents are not
     its latent space's (:func:`~.codecs.vae_file_shape`), in any graph: a Load VAE left on its first file, Flux's
     ``ae.safetensors``, decoded a trial's Wan clip into one frame, and the run said "done"."""
-    import folder_paths   # (ComfyUI's)
-
     space = output.expert.latent_space
     if space.name.partition("/")[2]:   # (a video space's frames one by one: left to the bridge's own checks)
         return None
-    prompt, here = queued_prompt(node_cls), node_id(node_cls)
-    for taker in model_files.takers(prompt, here):
-        loader = model_files.vae_loader(prompt, taker)
-        shape = loader and vae_file_shape(folder_paths.get_full_path("vae", loader[1]))
-        if shape and shape != (space.channels, space.spatial_factor, space.temporal_factor):
-            title = model_files.title(prompt[loader[0]])
+    prompt = queued_prompt(node_cls)
+    for taker, loader, file, shape in decoding_vae_files(prompt, node_id(node_cls)):
+        if shape != (space.channels, space.spatial_factor, space.temporal_factor):
+            title = model_files.title(prompt[loader])
             # the fix first, in the loader as the canvas names it ("Load VAE" read as another node's title)
             fix = f"pick {own_vae_file(space)} in '{title}'" if own_vae_file(space) else f"decode with {vae_file(space)}"
             return (f"{fix}: '{model_files.title(prompt[taker])}' decodes this node's output, {space.latents}, with "
-                    f"{loader[1]} from '{title}', {shape_family(shape)}")
+                    f"{file} from '{title}', {shape_family(shape)}")
     return None
+
+
+def decoding_vae_files(prompt: dict | None, node: str | None):
+    """(decoding node id, Load VAE id, file, latent shape) for each node of the queued ``prompt`` that takes
+    ``node``'s output with a VAE file whose header tells its family (:func:`~.codecs.vae_file_shape`)."""
+    import folder_paths   # (ComfyUI's)
+
+    for taker in model_files.takers(prompt, node):
+        loader = model_files.vae_loader(prompt, taker)
+        shape = loader and vae_file_shape(folder_paths.get_full_path("vae", loader[1]))
+        if shape:
+            yield taker, loader[0], loader[1], shape
 
 
 #: the nodes whose output a VAE Decode reads, and the input, declared by none, under which a queued prompt gives each
@@ -830,16 +838,12 @@ def key_decode_vaes(json_data: dict) -> dict:
     VAE changed to another family's file (Flux's on a Wan clip) then runs the node again, whose check refuses it
     before any evaluation (:func:`vae_file_problem`); served from the cache, the node checked nothing and the clip
     decoded into one frame (a trial). A file of the same family keeps the cache."""
-    import folder_paths   # (ComfyUI's)
-
     prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
     for node_id, node in (prompt.items() if isinstance(prompt, dict) else ()):
         if not isinstance(node, dict) or node.get("class_type") not in DECODED_NODES or \
                 not isinstance(node.get("inputs"), dict):
             continue
-        loaders = filter(None, (model_files.vae_loader(prompt, taker) for taker in model_files.takers(prompt, node_id)))
-        shapes = sorted(set(filter(None, (vae_file_shape(folder_paths.get_full_path("vae", name))
-                                          for _, name in loaders))))
+        shapes = sorted({shape for *_, shape in decoding_vae_files(prompt, node_id)})
         if shapes:
             node["inputs"][DECODE_VAES] = " ".join("x".join(map(str, shape)) for shape in shapes)
     return json_data
