@@ -21,7 +21,7 @@ import torch
 
 from . import layout as L
 from .errors import NonFiniteError
-from .latent_spaces import SD15, Codec, LatentSpace, bridge
+from .latent_spaces import KNOWN_SPACES, SD15, Codec, LatentSpace, bridge
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
 
@@ -544,6 +544,11 @@ def check_expert(expert: Expert, evaluated: bool = True) -> None:
                          f"supported: {PREDICTION_TYPES}")
     if expert.layout not in L.LAYOUTS:
         raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
+    if not isinstance(expert.latent_space, LatentSpace):   # (None failed later: no attribute 'channels')
+        raise ValueError(f"expert {expert.name!r} has latent_space {expert.latent_space!r}: set it to a "
+                         f"confiner_core.latent_spaces.LatentSpace, one of "
+                         f"{', '.join(s.name.upper().replace('.', '') for s in KNOWN_SPACES)} or your own "
+                         f"LatentSpace(name, channels, spatial factor, scale=...)")
     if not evaluated:
         return
     schedule = getattr(expert, "schedule", None)

@@ -709,7 +709,14 @@ def test_an_expert_breaking_the_interface_is_named():
         def forward(self, x, t, conds):
             return [out[..., :2] for out in super().forward(x, t, conds)]
 
+    class NoSpace(OracleExpert):
+        latent_space = None   # failed with "'NoneType' object has no attribute 'channels'"
+
     good = OracleExpert(x0, sd).bind()
+    with pytest.raises(ValueError, match="expert 'blank' has latent_space None: set it to a "
+                                         "confiner_core.latent_spaces.LatentSpace, one of SD15, SDXL, FLUX, WAN21"):
+        run_chain(good, NoSpace(x0, sd, name="blank").bind(), good, torch.randn(SHAPE), ChainConfig(),
+                  torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="expert 'late' .NoSchedule. has no noise schedule: set its 'schedule'"):
         run_chain(good, NoSchedule(x0, None, name="late").bind(), good, torch.randn(SHAPE), ChainConfig(),
                   torch.Generator().manual_seed(0))
