@@ -258,6 +258,14 @@ SETTLED_BY_EXPERTS = ("refine_cfg", "spatial_cfg", "temporal_cfg", "negative_pro
 SETTLED_DEFAULTS = ("frames", "fps", "chain.te", "chain.matching", "long.segment_length")
 
 
+def canonical_settings(settings: dict) -> dict:
+    """A run's flattened settings written one way: the embedded experts' empty prompt is their default scene, so a
+    resume that types :data:`~confiner_core.embedded.world.DEFAULT_PROMPT` out is the same run."""
+    if not any(settings.get(role) for role in ("control", "spatial", "temporal")) and not settings.get("prompt"):
+        return {**settings, "prompt": DEFAULT_PROMPT}
+    return settings
+
+
 class Settled:
     """The mark of a value :meth:`GenerateRequest.validate` settled: :func:`marked_settled` makes it a subclass of the
     value's type, equal to it and written as it, so a copy by ``dataclasses.replace`` keeps the mark and a value the
@@ -707,7 +715,8 @@ class GenerateRequest:
         """The resume folder of ``out``, for this run's settings (named by their options in its messages)."""
         from .resume import ResumeStore
 
-        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, RESUME_NAMES, SETTLED_BY_EXPERTS)
+        return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, RESUME_NAMES, SETTLED_BY_EXPERTS,
+                           canonical_settings)
 
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long

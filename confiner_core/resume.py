@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 from collections import Counter
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -54,15 +55,18 @@ class ResumeStore:
     result, JSON-serialisable)."""
 
     def __init__(self, out: str, settings: dict, added: dict | None = None, names: dict | None = None,
-                 settled_later: tuple[str, ...] = ()):
+                 settled_later: tuple[str, ...] = (), canonical: Callable[[dict], dict] = lambda s: s):
         """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
         made before it: a state stored without one was made with that value. ``names``: how messages name a
         setting (its flattened key, e.g. ``long.gamma``, by default). ``settled_later``: settings that matter only as
         the loaded experts take them (a guidance scale left to the expert's default, a negative prompt no expert
-        reads at cfg 1): :meth:`settle` compares what the experts were given, :meth:`check` leaves them out."""
+        reads at cfg 1): :meth:`settle` compares what the experts were given, :meth:`check` leaves them out.
+        ``canonical``: flattened settings -> the same run's settings written one way (a default typed out), applied to
+        the stored run's settings and to these alike."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.threads = torch.get_num_threads()   # the CPU threads of the run's first process (a resume keeps them)
-        self.settings = flatten(json.loads(json.dumps(settings, default=str)))
+        self.canonical = canonical
+        self.settings = canonical(flatten(json.loads(json.dumps(settings, default=str))))
         self.added = flatten(added or {})
         self.names = names or {}
         self.settled_later = settled_later
@@ -88,7 +92,7 @@ class ResumeStore:
         if info.get("format") != FORMAT:
             raise UsageError(f"--resume: {self.folder} was written by another version (format "
                              f"{info.get('format')}); delete it and start over", "--resume")
-        stored = {**self.added, **info.get("settings", {})}
+        stored = self.canonical({**self.added, **info.get("settings", {})})
         name = lambda k: self.names.get(k, k)  # noqa: E731
         later = "settled" in info   # the settings the experts settle are compared as settled (:meth:`settle`)
         changed = [f"{name(k)}: {stored.get(k)!r} -> {v!r}" for k, v in self.settings.items()

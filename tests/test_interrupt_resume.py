@@ -379,6 +379,25 @@ def test_a_negative_prompt_no_expert_reads_does_not_stop_a_resume(tmp_path, monk
     assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
 
 
+def test_the_embedded_default_prompt_typed_out_resumes_the_run_made_without_one(tmp_path, monkeypatch, capsys):
+    """The embedded experts draw their default scene for an empty prompt: a resume that typed it out was refused as
+    "--prompt: '' -> 'a red ball bouncing over green grass'". It is the same run, also for a state an earlier
+    version kept with the empty prompt; another prompt is still refused."""
+    from confiner_core.embedded.world import DEFAULT_PROMPT
+
+    args = ["--quiet", *LONG[:-2]]   # no --prompt
+    assert main(["generate", "--out", str(tmp_path / "full"), *args]) == 0
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), "--resume", "--prompt", "a blue ball bouncing over snow", *args])
+    assert e.value.code == 2
+    assert f"(--prompt: {DEFAULT_PROMPT!r} -> 'a blue ball bouncing over snow')" in capsys.readouterr().err
+    state["settings"]["prompt"] = ""   # as the version before wrote it
+    path.write_text(json.dumps(state))
+    assert main(["generate", "--out", str(part), "--resume", "--prompt", DEFAULT_PROMPT, *args]) == 0
+    assert outputs(part, MEDIA) == outputs(tmp_path / "full", MEDIA)
+
+
 def test_interrupt_before_the_first_window_leaves_nothing(tmp_path, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 3)
     out = tmp_path / "new"
