@@ -41,21 +41,50 @@ def device_to_host(t: torch.Tensor) -> torch.Tensor:
     return host
 
 
+class ItemGenerators:
+    """One seeded generator per item of a batch of clips: item b draws all its noise from its own generator, so it is
+    the clip batch size 1 makes with that generator. (One generator for the batch interleaves the items' draws from
+    the second draw on: the first item of a batch of two was not the batch-1 clip, as it is with ComfyUI's
+    KSampler.) Pass it wherever the chain takes a generator."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"ItemGenerators needs one seeded torch.Generator per batch item, got {generators!r}")
+        self.generators = list(generators)
+
+    @classmethod
+    def seeded(cls, seeds: list[int]) -> ItemGenerators:
+        """Item b's generator seeded with ``seeds[b]`` (ComfyUI: the seed plus the item's batch index)."""
+        return cls([torch.Generator().manual_seed(seed % 2 ** 64) for seed in seeds])
+
+    @property
+    def device(self) -> torch.device:
+        return self.generators[0].device
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
 def check_generator(generator, where: str) -> None:
     """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
     here, before any evaluation, rather than deep inside the first draw."""
-    if not isinstance(generator, torch.Generator):
+    if not isinstance(generator, (torch.Generator, ItemGenerators)):
         raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
                         f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
                         "gives one video")
 
 
-def randn(shape: tuple, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def randn(shape: tuple, generator: torch.Generator | ItemGenerators, device: torch.device) -> torch.Tensor:
     """float32 Gaussian noise of ``shape`` drawn on the generator's device, then moved to ``device``: the same seed
     gives the same noise on any device. Drawn on the host for a GPU, it is written straight into pinned memory
     (copying a fresh draw there cost 3-4 ms of host time per draw in H200 profiles, with the GPU idle when the
-    host was behind)."""
+    host was behind). :class:`ItemGenerators` draw item b of the batch (``shape[0]``) from generator b."""
     check_generator(generator, "drawing noise")   # (None failed here: "'NoneType' has no attribute 'device'")
+    if isinstance(generator, ItemGenerators):
+        if len(generator) != shape[0]:
+            raise ValueError(f"noise for a batch of {shape[0]} drawn from {len(generator)} item generators: give "
+                             f"ItemGenerators one generator per batch item")
+        return torch.cat([randn((1, *shape[1:]), g, device) for g in generator.generators])
     pin = torch.device(device).type == "cuda" and generator.device.type == "cpu"
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
     return host_to_device(noise, device)

@@ -79,7 +79,6 @@ class ConFinerControlExpert(io.ComfyNode):
         control = host.bind(model, positive, negative, cfg, "control", seed, log, progress=progress,
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
                                                        "model"))
-        generator = torch.Generator().manual_seed(seed)
         if latent_is_noise:
             noise = host.noise_in(model, latent)
             if not bool(torch.isfinite(noise).all()):
@@ -88,8 +87,11 @@ class ConFinerControlExpert(io.ComfyNode):
             if not bool(noise.abs().amax() > 0):
                 raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent is empty (all zeros): "
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
+            generator = host.item_generators(seed, noise.shape[0], latent)
         else:
-            noise = randn_like(host.latent_in(model, latent, "control"), generator)
+            start = host.latent_in(model, latent, "control")
+            generator = host.item_generators(seed, start.shape[0], latent)
+            noise = randn_like(start, generator)
         host.check_frames(control, noise.shape[2])
         # the frames the clip holds: a video latent's length rounds down to the space's (Wan: 4k+1, 16 -> 13)
         progress.about = f"{control.expert.latent_space.pixel_frames(noise.shape[2])} frames"

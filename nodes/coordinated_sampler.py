@@ -3,7 +3,6 @@ every mode (Eq. 8 / Algorithm 1 / Eq. 7)."""
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
@@ -179,7 +178,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             progress.opening += "\n" + (named if len(named) <= host.LINE_WIDTH else line)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
-            latent = refine_structure(spatial, temporal, x, config, torch.Generator().manual_seed(seed),
+            latent = refine_structure(spatial, temporal, x, config, host.item_generators(seed, x.shape[0], structure),
                                       source=source, control_schedule=control_schedule)
             latent, refiner = host.to_spatial_space(latent, refining_denoiser(spatial, temporal, mode), spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))

@@ -37,6 +37,7 @@ from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNUSED_BECAUSE, 
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
+from ..confiner_core.sampling import ItemGenerators
 from . import ade, model_files, sessions
 from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
 from .types import mismatch
@@ -713,6 +714,16 @@ def noise_in(model, latent: dict) -> torch.Tensor:
     return _canonical(model, _checked_samples(model, latent, "noise"))
 
 
+def item_generators(seed: int, batch: int, latent: dict) -> ItemGenerators:
+    """The generators of a sampling node's ``batch`` clips (the canonical latent's first axis): item b draws all its
+    noise from the seed plus its batch index, so the first item of a batch is the batch-1 clip, as with KSampler,
+    and every other one is the batch-1 clip of its own seed. A video LATENT's ``batch_index`` (Latent From Batch)
+    gives the indices, so an item picked from a batch is made again alone."""
+    index = latent.get("batch_index")
+    ok = latent["samples"].ndim == 5 and isinstance(index, (list, tuple)) and len(index) == batch
+    return ItemGenerators.seeded([seed + (int(index[b]) if ok else b) for b in range(batch)])
+
+
 # The key under which the pack notes in a LATENT dict the latent space its samples are in (a core LatentSpace), so
 # the Refine Sampler knows a structure's space without extra wiring.
 SPACE_KEY = "confiner_space"
@@ -754,13 +765,15 @@ def latent_out(model, x: torch.Tensor, template: dict | None = None, space: Late
     space = space or space_of(model)
     out = dict(template or {})
     out.pop("noise_mask", None)
-    out.pop("batch_index", None)
+    index = out.pop("batch_index", None)
     if getattr(fmt, "latent_dimensions", 2) == 2:
         samples = L.from_canonical(x, L.FRAMES)
     elif space.temporal_factor == 1 and space != space_of(model):
         samples = L.from_canonical(x, L.FRAMES).unsqueeze(2)
     else:
         samples = x
+        if isinstance(index, (list, tuple)) and len(index) == x.shape[0]:
+            out["batch_index"] = index   # the clips' seeds downstream (:func:`item_generators`)
     out["samples"] = fmt.process_out(samples).cpu()
     out[SPACE_KEY] = space
     return out

@@ -13,16 +13,20 @@ from . import host
 from .schema import CATEGORY, advanced, widget_problem
 
 
-def rescheduled_noise(samples: torch.Tensor, kind: str, segment_length: int, stride: int, seed: int) -> torch.Tensor:
-    """Noise shaped like ``samples`` ([F,C,h,w] frame batch or [B,C,T,h,w]): segments of ``segment_length``
-    frames that are frame permutations of one base noise (shuffle), or FreeNoise with window/stride."""
+def rescheduled_noise(latent: dict, kind: str, segment_length: int, stride: int, seed: int) -> torch.Tensor:
+    """Noise shaped like ``latent``'s samples ([F,C,h,w] frame batch or [B,C,T,h,w]): segments of ``segment_length``
+    frames that are frame permutations of one base noise (shuffle), or FreeNoise with window/stride. Each clip of a
+    batch has its own, from the seed plus its batch index (:func:`host.item_generators`, as the samplers draw)."""
+    samples = latent["samples"]
     layout = L.VIDEO if samples.ndim == 5 else L.FRAMES
     b, c, f, h, w = L.to_canonical(torch.empty(samples.shape, device="meta"), layout).shape
     n_segments = -(-f // segment_length)
-    source = StructureNoise(kind, (b, c, segment_length, h, w), n_segments, torch.Generator().manual_seed(seed),
-                            window=segment_length, stride=stride)
-    noise = torch.cat([source(i) for i in range(n_segments)], dim=2)[:, :, :f]
-    return L.from_canonical(noise, layout)
+    clips = []
+    for generator in host.item_generators(seed, b, latent).generators:
+        source = StructureNoise(kind, (1, c, segment_length, h, w), n_segments, generator, window=segment_length,
+                                stride=stride)
+        clips.append(torch.cat([source(i) for i in range(n_segments)], dim=2)[:, :, :f])
+    return L.from_canonical(torch.cat(clips), layout)
 
 
 class RescheduledNoise:
@@ -32,8 +36,8 @@ class RescheduledNoise:
         self.seed, self.kind, self.segment_length, self.stride = seed, kind, segment_length, stride
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
-        samples = input_latent["samples"]
-        return rescheduled_noise(samples, self.kind, self.segment_length, self.stride, self.seed).to(samples.dtype)
+        return rescheduled_noise(input_latent, self.kind, self.segment_length, self.stride,
+                                 self.seed).to(input_latent["samples"].dtype)
 
 
 class ConFinerNoiseRescheduler(io.ComfyNode):

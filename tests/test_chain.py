@@ -882,3 +882,33 @@ def test_a_callbacks_timestep_on_a_flow_schedule_is_the_timestep_asked_for():
     timesteps = [step_info("refine", 0, schedule.index(T), SimpleNamespace(schedule=schedule), None, None)["timestep"]
                  for T in (250, 200, 150, 100, 50)]
     assert timesteps == [250, 200, 150, 100, 50]
+
+
+def test_item_generators_make_each_clip_of_a_batch_the_clip_its_generator_makes_alone():
+    """One generator for a batch interleaves the items' draws from the second draw on (Eq. 6, 9, 11 each draw), so
+    the first clip of a batch of two was not the batch-1 clip. With one generator per item every clip is."""
+    from confiner_core.sampling import ItemGenerators, randn
+
+    class Shrink(Expert):   # an expert whose x0 follows its input, so every draw reaches the result
+        schedule, name = S.named("sd15"), "shrink"
+
+        def encode(self, prompt):
+            return prompt
+
+        def forward(self, x, t, conds):
+            return [0.5 * x + 0.1 for _ in conds]
+
+    def clips(seeds):
+        expert = Shrink().bind()
+        generator = ItemGenerators.seeded(seeds)
+        noise = randn((len(seeds), *SHAPE[1:]), generator, torch.device("cpu"))
+        return run_chain(expert, expert, expert, noise, ChainConfig(), generator).latent
+
+    batch, first, second = clips([3, 4]), clips([3]), clips([4])
+    assert torch.equal(batch[:1], first) and torch.equal(batch[1:], second)
+    assert not torch.allclose(first, second)
+    one = torch.Generator().manual_seed(3)   # a single generator draws the same for a batch of one
+    assert torch.equal(run_chain(Shrink().bind(), Shrink().bind(), Shrink().bind(), torch.randn(SHAPE, generator=one),
+                                 ChainConfig(), one).latent, first)
+    with pytest.raises(ValueError, match=r"^noise for a batch of 2 drawn from 1 item generators"):
+        randn((2, *SHAPE[1:]), ItemGenerators.seeded([3]), torch.device("cpu"))

@@ -332,6 +332,17 @@ def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, mo
         "1.5 (SD15), reads text 768 wide" in said[0]
 
 
+def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, modern):
+    """Batch size 2 on a Wan chain: the first clip is the batch-1 clip, as KSampler's first image is, and the second
+    is the clip that Latent From Batch's item 1 makes alone (the seed plus its batch index, in both sampling nodes).
+    One generator for the batch had interleaved the items' noise from the second draw on."""
+    r = comfy_worker.call("comfy_support.modern_checks:batch_items_against_batch_one",
+                          wan_graph(comfy_worker.checkpoint_name, "wan"), "11", "8")
+    assert r["shapes"] == [[2, 16, 2, 4, 4], [1, 16, 2, 4, 4], [1, 16, 2, 4, 4]]
+    assert r["item0_vs_batch1"] <= 1e-5 * r["max_abs"] and r["item1_vs_picked"] <= 1e-5 * r["max_abs"], r
+    assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
+
+
 def test_a_wan21_t2v_model_is_named_by_its_size(comfy_worker, modern):
     """ComfyUI loads Wan 2.1 1.3B, 14B and each Wan 2.2 A14B half as WAN21_T2V: a trial's 1.3B file was called
     "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release is named as neither (a

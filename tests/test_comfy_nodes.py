@@ -523,6 +523,14 @@ def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy
     assert result["success"], result.get("error") or result["status_messages"]
 
 
+@pytest.mark.parametrize("method", ["shuffle", "freenoise"])
+def test_each_clip_of_a_batch_gets_the_rescheduled_noise_of_its_own_seed(comfy_worker, method):
+    """As the samplers draw (a clip per seed plus batch index): the first clip of a batch has the batch-1 noise,
+    and Latent From Batch's item 1 has the second clip's."""
+    assert comfy_worker.call("comfy_support.confiner_checks:rescheduled_noise_items", method) == {
+        "item0_is_batch1": True, "item1_is_picked": True, "items_differ": True, "shape": [2, 16, 6, 4, 4]}
+
+
 def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_worker):
     """The Noise Rescheduler's noise_latent into a Control Expert whose 'use latent as noise' is off was read for its
     size alone, silently; one segment covering the whole latent was said on the console only."""

@@ -617,6 +617,20 @@ def noise_rescheduler_warnings(frames: int, segment_length: int) -> list:
     return [r for r in records if "Noise Rescheduler" in r]
 
 
+def rescheduled_noise_items(method: str) -> dict:
+    """The Noise Rescheduler's noise for a Wan-shaped video latent of batch 2, of batch 1, and of batch 1 as item 1
+    picked by Latent From Batch (``batch_index`` [1]): whether each clip's noise is its own seed's batch-1 noise."""
+    import torch
+
+    noise = _pack_module(".nodes.noise_rescheduler").rescheduled_noise
+    shape = (16, 6, 4, 4)
+    two = noise({"samples": torch.zeros(2, *shape)}, method, 3, 2, 7)
+    one = noise({"samples": torch.zeros(1, *shape)}, method, 3, 2, 7)
+    picked = noise({"samples": torch.zeros(1, *shape), "batch_index": [1]}, method, 3, 2, 7)
+    return {"item0_is_batch1": bool(torch.equal(two[:1], one)), "item1_is_picked": bool(torch.equal(two[1:], picked)),
+            "items_differ": not torch.allclose(two[0], two[1]), "shape": list(two.shape)}
+
+
 def control_expert_against_comfys_sampler(ckpt_name: str, sampler: str, steps: int, seed: int = 4) -> dict:
     """The Control Expert (cfg 1, trailing) against ComfyUI's own sampler of that name (``comfy.sample.sample_custom``,
     k-diffusion's code) over the same sigmas: ComfyUI's model_sampling at DPMSolverMultistepScheduler's trailing

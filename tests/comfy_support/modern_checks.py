@@ -387,3 +387,43 @@ def run_as_queued(api_prompt: dict, fresh_cache: bool = False) -> dict:
 
     host = _pack_module(".nodes.host")
     return run_counting_evaluations(host.key_decode_vaes({"prompt": api_prompt})["prompt"], fresh_cache)
+
+
+def batch_items_against_batch_one(api_prompt: dict, sampler: str, empty: str) -> dict:
+    """``api_prompt`` with its empty latent (node ``empty``) at batch size 2, at 1, and at 1 as item 1 of a batch of
+    two picked by ComfyUI's Latent From Batch (``batch_index`` [1]): the latent node ``sampler`` outputs in each
+    (SaveLatent), as float64 tensors; the max abs difference of item 0 against batch 1 and of item 1 against the
+    picked item, and between the two items."""
+    import copy
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    import folder_paths
+
+    from comfy_support import harness
+
+    def saved_latent(prompt: dict, prefix: str) -> torch.Tensor:
+        prompt = copy.deepcopy(prompt)
+        prompt["90"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": prefix}}
+        res = harness.run_prompt(prompt, fresh_cache=True)
+        assert res.success, res.to_json()
+        saved = res.outputs["90"]["latents"][0]
+        path = Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
+        return load_file(str(path))["latent_tensor"].to(torch.float64)
+
+    two = copy.deepcopy(api_prompt)
+    two[empty]["inputs"]["batch_size"] = 2
+    picked = copy.deepcopy(two)
+    picked["91"] = {"class_type": "LatentFromBatch", "inputs": {"samples": [empty, 0], "batch_index": 1, "length": 1}}
+    for node in picked.values():   # whatever read the empty latent reads the picked item
+        for name, value in node["inputs"].items():
+            if value == [empty, 0] and node is not picked["91"]:
+                node["inputs"][name] = ["91", 0]
+    batch, one, item1 = (saved_latent(p, f"batch_{n}") for n, p in (("two", two), ("one", api_prompt),
+                                                                       ("picked", picked)))
+    return {"shapes": [list(t.shape) for t in (batch, one, item1)],
+            "item0_vs_batch1": float((batch[:1] - one).abs().max()),
+            "item1_vs_picked": float((batch[1:] - item1).abs().max()),
+            "item0_vs_item1": float((batch[0] - batch[1]).abs().max()), "max_abs": float(batch.abs().max())}
