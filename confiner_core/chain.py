@@ -18,7 +18,7 @@ from . import refine as R
 from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
 from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
                       in_stage, own_stage)
-from .latent_spaces import check_bridges
+from .latent_spaces import LatentSpace, check_bridges
 from .layout import VIDEO, check_latent
 from .sampling import SAMPLERS, Callback, EpsHook, check_generator, control_timesteps as sampler_timesteps, diffuse, \
     randn_like, sample_control
@@ -94,6 +94,29 @@ def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None =
                 f"the noise level of T_e >= 300 on SD 1.5 with 4 control steps (best about 200{here}); lower T_e or "
                 f"use 8 control steps")
     return None
+
+
+#: the control stage ChainConfig and the nodes default to: AnimateDiff-Lightning's, a 4-step distilled model
+DISTILLED_CONTROL = (4, 1.0, "euler")
+#: the control stage an undistilled model of these latent spaces' families gets in the templates (Wan 2.1, Wan 2.2;
+#: diffusers' Wan pipelines sample with UniPC at guidance 5)
+UNDISTILLED_CONTROL = {"wan2.1": (8, 5.0, "unipc"), "wan2.2": (8, 5.0, "unipc")}
+
+
+def distilled_control_warning(space: LatentSpace, steps: int, cfg: float, sampler: str) -> str | None:
+    """A control expert of an undistilled family (:data:`UNDISTILLED_CONTROL`) left at the defaults, which are a
+    4-step distilled model's: so few steps at cfg 1 make a blurred structure that follows the prompt weakly (a graph
+    built by hand for Wan got them, where the Wan templates set their own). Not said for other settings: a
+    step-distilled Wan (a LoRA such as lightx2v) runs at 4 steps and cfg 1 on purpose."""
+    family = UNDISTILLED_CONTROL.get(space.name)
+    if family is None or (steps, cfg, sampler) != DISTILLED_CONTROL:
+        return None
+    good_steps, good_cfg, good_sampler = family
+    return (f"the {space.title} control expert at {steps} control steps, cfg {cfg:g} and the {sampler} sampler: these "
+            f"defaults are a 4-step distilled model's (AnimateDiff-Lightning); an undistilled {space.title} model "
+            f"makes a blurred structure that follows the prompt weakly in so few steps: use {good_steps} control "
+            f"steps, cfg {good_cfg:g} and the {good_sampler} sampler (the Wan templates'), or keep these with a "
+            f"step-distilled model")
 
 
 def table3_best_te(schedule: NoiseSchedule | None = None) -> int:
@@ -441,9 +464,11 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
-    message = table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode))
-    if message:
-        warn_doubtful(message)
+    for message in (table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode)),
+                    distilled_control_warning(control.expert.latent_space, config.control_steps,
+                                              control.guidance_scale, config.control_sampler)):
+        if message:
+            warn_doubtful(message)
     for message in (same_index_warning(spatial, temporal, config), moot_matching_warning(spatial, temporal, config),
                     control_noise_warning(spatial, temporal, config, control.schedule),
                     noise_floor_warning(config, evaluated_schedules(spatial, temporal, config))):

@@ -72,6 +72,7 @@ class ConFinerControlExpert(io.ComfyNode):
                              host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"),
                              host.loaded_files(cls))
         progress.warn_unused(config, {"control_eta": CONTROL_ETA})
+        progress.warn_distilled_control(model, steps, cfg, sampler)
         if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
             progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "
                           "(latent_is_noise) is off: only its size is used and the noise is drawn from the seed; "

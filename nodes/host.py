@@ -31,8 +31,9 @@ import latent_preview
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
-from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNUSED_BECAUSE, ChainConfig, control_noise_warning,
-                                   control_timesteps, extraction_schedule, refine_positions, same_index_warning,
+from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNDISTILLED_CONTROL, UNUSED_BECAUSE, ChainConfig,
+                                   control_noise_warning, control_timesteps, distilled_control_warning,
+                                   extraction_schedule, refine_positions, same_index_warning,
                                    settled, table3_best_te, table3_warning, unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
@@ -999,6 +1000,17 @@ class Progress:
     def warn_cfg_on_distilled_guidance(self, spatial_model, cfg: float) -> None:
         """:func:`cfg_on_distilled_guidance` for the spatial expert, as :meth:`warn_frames_alone` shows its own."""
         self.warn(cfg_on_distilled_guidance(spatial_model, cfg), cfg_on_distilled_guidance_note(cfg))
+
+    def warn_distilled_control(self, model, steps: int, cfg: float, sampler: str) -> None:
+        """:func:`~confiner_core.chain.distilled_control_warning` for a control model that carries no LoRA (a
+        step-distilled LoRA such as lightx2v runs at the 4-step defaults on purpose)."""
+        if getattr(model, "patches", None):
+            return
+        space = space_of(model)
+        warning = distilled_control_warning(space, steps, cfg, sampler)
+        if warning:
+            good_steps, good_cfg, good_sampler = UNDISTILLED_CONTROL[space.name]
+            self.warn(warning, f"warning: 4-step defaults: try {good_steps} steps, cfg {good_cfg:g}, {good_sampler}")
 
     def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
                     mode: str) -> None:

@@ -293,6 +293,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
                                    experts.spatial_model)
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
+        progress.warn_distilled_control(control_model, control_steps, control_cfg, control_sampler)
         progress.warn_motion_models(control_model=control_model, control_steps=control_steps,
                                     **(dict(temporal_model=experts.temporal_model, temporal_cfg=experts.temporal_cfg,
                                             **experts.spatial_role()) if mode != STANDARD else {}))

@@ -912,3 +912,32 @@ def test_item_generators_make_each_clip_of_a_batch_the_clip_its_generator_makes_
                                  ChainConfig(), one).latent, first)
     with pytest.raises(ValueError, match=r"^noise for a batch of 2 drawn from 1 item generators"):
         randn((2, *SHAPE[1:]), ItemGenerators.seeded([3]), torch.device("cpu"))
+
+
+def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templates_settings():
+    """ChainConfig's control stage is AnimateDiff-Lightning's (4 Euler steps, cfg 1); a Wan control expert left at it
+    makes a blurred structure, which the library now says, naming the Wan templates' 8 UniPC steps at cfg 5. Other
+    settings, or a control expert of another family, say nothing."""
+    from confiner_core.latent_spaces import WAN21
+
+    x0 = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(7))
+
+    class Wan(OracleExpert):
+        latent_space = WAN21
+
+    def warnings_of(expert, config, cfg):
+        control, refiner = expert.bind("", "", cfg), expert.bind()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            validate_chain(control, refiner, refiner, tuple(expert.x0.shape), config)
+        return [str(w.message) for w in caught if "distilled" in str(w.message)]
+
+    wan = Wan(x0, S.flow_schedule(shift=3.0), prediction="flow")
+    assert warnings_of(wan, ChainConfig(), 1.0) == [
+        "the Wan 2.1 control expert at 4 control steps, cfg 1 and the euler sampler: these defaults are a 4-step "
+        "distilled model's (AnimateDiff-Lightning); an undistilled Wan 2.1 model makes a blurred structure that "
+        "follows the prompt weakly in so few steps: use 8 control steps, cfg 5 and the unipc sampler (the Wan "
+        "templates'), or keep these with a step-distilled model"]
+    assert warnings_of(wan, ChainConfig(control_steps=8, control_sampler="unipc"), 5.0) == []
+    assert warnings_of(wan, ChainConfig(), 5.0) == []
+    assert warnings_of(OracleExpert(x0[:, :4], S.named("sd15")), ChainConfig(), 1.0) == []

@@ -343,6 +343,24 @@ def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, mod
     assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
 
 
+def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_settings(comfy_worker, modern):
+    """A Control Expert added by hand for Wan kept AnimateDiff-Lightning's defaults (4 euler steps at cfg 1), made for
+    a distilled model, without a word; the Wan templates set 8 unipc steps at cfg 5. Other settings, and the defaults
+    on a model carrying a LoRA (a step-distilled one runs at them), say nothing."""
+    notes = comfy_worker.call("comfy_support.modern_checks:distilled_control_notes",
+                              [(4, 1.0, "euler"), (8, 5.0, "unipc"), (4, 1.0, "unipc"), (2, 1.0, "euler")])
+    assert notes == {"4 1 euler": ["warning: 4-step defaults: try 8 steps, cfg 5, unipc"], "8 5 unipc": [],
+                     "4 1 unipc": [], "2 1 euler": [], "lora": []}
+    prompt = wan_graph(comfy_worker.checkpoint_name, "wan")
+    prompt["9"]["inputs"]["steps"] = 4
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "9"]
+    assert texts[-1].startswith("warning: 4-step defaults: try 8 steps, cfg 5, unipc\ndone"), texts[-1]
+    assert any("the Wan 2.1 control expert at 4 control steps, cfg 1 and the euler sampler: these defaults are a "
+               "4-step distilled model's" in line for line in r["console"]), r["console"]
+
+
 def test_a_wan21_t2v_model_is_named_by_its_size(comfy_worker, modern):
     """ComfyUI loads Wan 2.1 1.3B, 14B and each Wan 2.2 A14B half as WAN21_T2V: a trial's 1.3B file was called
     "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release is named as neither (a

@@ -427,3 +427,23 @@ def batch_items_against_batch_one(api_prompt: dict, sampler: str, empty: str) ->
             "item0_vs_batch1": float((batch[:1] - one).abs().max()),
             "item1_vs_picked": float((batch[1:] - item1).abs().max()),
             "item0_vs_item1": float((batch[0] - batch[1]).abs().max()), "max_abs": float(batch.abs().max())}
+
+
+def distilled_control_notes(settings: list) -> dict:
+    """The Control Expert's warning on the tiny Wan 2.1 model for each (steps, cfg, sampler) of ``settings``, and at
+    the defaults for the model carrying a LoRA's patch (a step-distilled LoRA runs at them on purpose): the node's
+    one-line notes per case."""
+    import torch
+
+    host = _pack_module(".nodes.host")
+    model = _unet(WAN)
+    patched = model.clone()
+    key = next(k for k, v in patched.model.state_dict().items() if v.ndim == 2)
+    patched.add_patches({key: (torch.zeros_like(patched.model.state_dict()[key]),)}, 1.0)
+    notes = {}
+    for name, m, (steps, cfg, sampler) in [*((f"{s[0]} {s[1]:g} {s[2]}", model, s) for s in settings),
+                                           ("lora", patched, (4, 1.0, "euler"))]:
+        progress = host.Progress(m, steps, None)
+        progress.warn_distilled_control(m, steps, cfg, sampler)
+        notes[name] = progress.warnings
+    return notes
