@@ -441,6 +441,9 @@ def run_command(args, parser, debug: bool) -> int:
         error, code, message = e, 130, "interrupted; nothing written"
     except OutputError as e:  # the disk or the folder, not a bug: the line says what to do, no traceback hint
         error, code, message = e, 1, f"error: {one_line(e)}"
+    except BrokenPipeError:   # the reader of the output left (``evaluate --json | head``): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (Python's flush at exit would fail too)
+        parser.exit(128 + signal.SIGPIPE)
     except RankFailed as e:  # another process of a torchrun run failed: its line says what and where
         error, code, message = e, e.code, f"error: {one_line(e)}"
     except Exception as e:  # a failure while running: one line, the traceback only on request

@@ -279,6 +279,7 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None, undecl
     one of one's own that forgot to declare the space it works in."""
     space = {role: end.space if isinstance(end, Codec) else end for role, end in ends.items() if end is not None}
     meetings, missing = [], {}   # missing: space title -> roles of that space without a VAE, in order
+    unjoinable: dict = {}   # VAEs of other pixels: each pair of experts once, as first handed off
     for a, b in hand_offs:
         if a not in space or b not in space or space[a] == space[b]:
             continue
@@ -286,6 +287,14 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None, undecl
         for role in (a, b):
             if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].title, []):
                 missing[space[role].title].append(role)
+        if isinstance(ends[a], Codec) and isinstance(ends[b], Codec) and ends[a].pixel_channels != ends[b].pixel_channels:
+            unjoinable.setdefault(frozenset((a, b)), f"the {a} expert's {space[a].title} VAE makes "
+                                                     f"{ends[a].pixel_channels}-channel pixels and the {b} expert's "
+                                                     f"{space[b].title} VAE takes {ends[b].pixel_channels}-channel ones")
+    if unjoinable:   # (found by the bridge itself only after the control stage had run)
+        raise ValueError(f"{'; '.join(unjoinable.values())}: no bridge joins VAEs of other pixels, so use experts "
+                         f"whose VAEs make the same pixels (the embedded experts' VAE makes toy pixels, not RGB: "
+                         f"mix them with one another only)")
     if not missing:
         return
     if fixes:

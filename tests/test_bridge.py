@@ -76,6 +76,40 @@ def test_only_an_expert_that_kept_the_default_latent_space_is_told_to_declare_on
     assert "declare" not in str(e.value)
 
 
+def test_vaes_of_other_pixels_are_refused_before_any_evaluation():
+    """An embedded control expert (toy 4-channel pixels) beside an RGB spatial expert: the bridge refused them only
+    once the control stage had run. The chain's check now does, before the first evaluation."""
+    class RGB(Codec):   # an RGB VAE of its own space (what SD 1.5's is, without weights)
+        space, pixel_channels = LatentSpace("rgb", 4, 8), 3
+
+        def encode_raw(self, pixels):
+            raise AssertionError("not reached")
+
+        decode_raw = encode_raw
+
+    with pytest.raises(ValueError, match=rf"^the control expert's {WORLD.title} VAE makes 4-channel pixels and the "
+                                         rf"spatial expert's rgb VAE takes 3-channel ones: no bridge joins VAEs of "
+                                         rf"other pixels"):
+        check_bridges([("control", "spatial"), ("spatial", "control")], {"control": WorldCodec(), "spatial": RGB()})
+
+    class Spatial(Expert):
+        schedule, latent_space, codec, name = S.named("sd15"), RGB.space, RGB(), "rgb"
+
+        def encode(self, prompt):
+            return prompt
+
+        def forward(self, x, t, conds):
+            return [torch.zeros_like(x) for _ in conds]
+
+    log = EvaluationLog()
+    control = embedded_experts("sd")["control"].bind("a red ball", "", 1.0, log)
+    spatial = Spatial().bind("a red ball", "", 1.0, log)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="no bridge joins VAEs of other pixels"):
+        run_chain(control, spatial, spatial, torch.randn(1, 4, 4, 8, 8, generator=g), ChainConfig(mode="standard"), g)
+    assert sum(log.evaluations.values()) == 0
+
+
 def test_every_missing_vae_is_named_in_one_message_once_per_latent_space():
     """Structure from a causal-space control expert, refined by a world-space spatial and a causal-space temporal
     expert, no VAE connected: one message asks for one VAE of each space (an artist used to fix one, run again and

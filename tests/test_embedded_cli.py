@@ -339,6 +339,22 @@ def test_embedded_experts_use_three_different_schedules():
     assert len({e.latent_space for e in ex.values()}) == 1
 
 
+def test_evaluate_into_a_reader_that_leaves_early_ends_quietly(tmp_path):
+    """``evaluate --json | head -2``: the pipe closed before the scores were written printed "error:
+    BrokenPipeError" and exited 1. It exits as a piped command does, 141 (128 + SIGPIPE), and says nothing."""
+    import subprocess
+    import sys
+
+    out, _ = run(tmp_path, "p")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    read, write = os.pipe()
+    os.close(read)   # the reader left before the first score
+    done = subprocess.run([sys.executable, "-m", "confiner_core", "evaluate", out, "--json"], stdout=write,
+                          stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root}, timeout=300)
+    os.close(write)
+    assert (done.returncode, done.stderr.decode()) == (141, "")
+
+
 def test_posterior_mean_is_exact_bayes():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(3, 5, generator=g)
