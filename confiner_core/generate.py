@@ -994,6 +994,20 @@ def loaded_experts(req: GenerateRequest, show_progress: bool = True):
         raise UsageError(from_the_backend(str(e)), "--spatial") from e
 
 
+def check_loaded_first(experts, req: GenerateRequest) -> None:
+    """:func:`check_loaded_for` before the request's own checks, which judge the checkpoints it names: experts= loaded
+    for another request were refused only after a frame count had been judged by an expert that never runs here (a
+    trial's frames=8, told of Wan's 4k+1 frames). Settings too broken to compare are left to ``validate()``."""
+    if experts is None or req.embedded:
+        return
+    try:
+        check_loaded_for(experts, req)
+    except UsageError:
+        raise
+    except Exception:   # (e.g. an unknown speed preset: validate() names it)
+        return
+
+
 def check_loaded_for(experts, req: GenerateRequest) -> None:
     """``experts`` (a LoadedExperts) must be what ``req`` loads: the same paths, device, speed and options, as
     :func:`load_experts` recorded them. Another checkpoint or device would run, and be reported, as this one."""
@@ -1171,7 +1185,7 @@ def generate(req: GenerateRequest, show_progress: bool = True,
 
 def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, experts=None,
                  callback=None) -> dict | None:
-    ranks.agree(lambda: (req.validate(), ranks.device_for(req.device)))
+    ranks.agree(lambda: (check_loaded_first(experts, req), req.validate(), ranks.device_for(req.device)))
     schedule = req.prompt_schedule()
     plan = req.plan()
     lead = ranks.rank == 0

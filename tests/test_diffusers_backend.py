@@ -297,6 +297,11 @@ def test_a_sweep_loads_its_experts_once_and_makes_the_same_videos(paths, tmp_pat
     with pytest.raises(UsageError, match=r"^experts= were loaded with spatial='.*/sd', and this request loads "
                                          r"spatial='.*/sd_copy': load its own with load_request_experts"):
         generate(other, show_progress=False, experts=experts)
+    # ... first: the request's own checks judged the checkpoints it names, which never run here (a trial was told of
+    # an unloaded Wan expert's frame counts before the mismatch)
+    with pytest.raises(UsageError, match=r"^experts= were loaded with spatial='.*/sd', and this request loads "
+                                         r"spatial='.*/nowhere'"):
+        generate(replace(other, spatial=str(tmp_path / "nowhere")), show_progress=False, experts=experts)
     # the temporal mode without the spatial expert, whose VAE served the SD 1.5 space: its own load takes the
     # temporal expert's VAE, so its video may differ
     with pytest.raises(UsageError, match=r"^experts= decode SD 1.5 latents with the spatial expert's VAE \(.*/sd\), "
