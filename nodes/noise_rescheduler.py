@@ -98,6 +98,9 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
                             "the noise is one segment of base noise and nothing is rescheduled; use fewer segment "
                             "latent frames (a Wan latent frame holds 4 video frames)", segment_length, frames)
             host.show_text(host.node_id(cls), "warning: nothing rescheduled: lower segment latent frames")
-        else:
-            host.show_text(host.node_id(cls), "")
+        else:   # what it made, as the sampling nodes end with "done" (it had said nothing)
+            segments = -(-frames // segment_length)
+            made = "FreeNoise windows" if method == FREENOISE else "shuffles of one base noise"
+            host.show_text(host.node_id(cls), f"done · {segments} segments of {segment_length} latent frames\n"
+                                              f"{made} · seed {seed}")
         return io.NodeOutput(noise, {"samples": noise.generate_noise(latent), host.NOISE_KEY: True})

@@ -539,6 +539,35 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
                     "ConFinerRefineExperts": [], "ConFinerCoordinatedSampler": []}, a14b
 
 
+def test_a_refusal_naming_an_advanced_widget_shows_it(frontend, screenshot_dir):
+    """The Noise Rescheduler's "FreeNoise stride (stride) = 8 must not exceed segment latent frames" named a widget the
+    node did not show (advanced): a trial looked for it. The node now shows its advanced widgets; a refusal naming
+    none leaves them hidden. Queued through the frontend for real."""
+    from comfy_support import browser
+
+    server, b = frontend
+    shown = {}
+    for stride in (8, 4):   # refused naming the stride; refused naming the segment latent frames alone
+        shown[stride] = b.page.evaluate("""async (stride) => {
+          app.graph.clear();
+          const latent = LiteGraph.createNode("EmptyLatentImage"); app.graph.add(latent);
+          const node = LiteGraph.createNode("ConFinerNoiseRescheduler"); app.graph.add(node);
+          const save = LiteGraph.createNode("SaveLatent"); app.graph.add(save);
+          latent.connect(0, node, 0); node.connect(1, save, 0);
+          const set = (name, value) => { node.widgets.find((w) => w.name === name).value = value; };
+          set("method", "freenoise"); set("segment_length", stride === 8 ? 4 : 1); set("stride", stride);
+          const widget = node.widgets.find((w) => w.name === "stride");
+          const before = node.isWidgetVisible(widget);
+          try { await app.queuePrompt(0); } catch (e) {}
+          await new Promise((r) => setTimeout(r, 500));
+          return [before, node.isWidgetVisible(widget), !!node.showAdvanced];
+        }""", stride)
+        if stride == 8:
+            b.page.screenshot(path=str(screenshot_dir / "refusal_shows_advanced.png"))
+        browser.close_dialogs(b)
+    assert shown == {8: [False, True, True], 4: [False, False, False]}, shown
+
+
 def queue_empty(b) -> None:
     """The server's status as it sends it when its queue empties (earlier tests here sent runs' starts alone)."""
     b.page.evaluate("""() => window.comfyAPI.api.api.dispatchCustomEvent("status",

@@ -335,6 +335,10 @@ def test_noise_rescheduler_drives_sampler_custom_advanced(comfy_worker, method):
     result = comfy_worker.run_prompt(_noise_prompt(comfy_worker.checkpoint_name, method), fresh_cache=True)
     assert result["success"], result.get("error") or result["status_messages"]
     assert len(saved_files(result)) == 8
+    # it ends with what it made, as the sampling nodes do (it had said nothing)
+    texts = [d["text"] for e, d in result["server_messages"] if e == "progress_text" and d["node_id"] == "5"]
+    made = "FreeNoise windows" if method == "freenoise" else "shuffles of one base noise"
+    assert texts == [f"done · 2 segments of 4 latent frames\n{made} · seed 3"], texts
 
 
 def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):

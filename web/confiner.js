@@ -491,6 +491,23 @@ function fileOnce(response) {
   }
 }
 
+// A refusal that names an advanced widget, hidden until "Show Advanced": its node shows them, so the input the
+// message asks to change is on screen (a trial's "FreeNoise stride (stride) = 8 must not exceed ..." named a widget
+// the Noise Rescheduler did not show). ``said``: node id -> the messages about it.
+function showNamedAdvanced(said) {
+  for (const [id, texts] of Object.entries(said)) {
+    const node = nodeById(id);
+    const advanced = ADVANCED.get(node?.comfyClass);
+    if (!advanced?.size || node.showAdvanced) continue;
+    if ([...advanced.keys()].some((name) => texts.some((text) => text.includes(`(${name})`)))) {
+      node.toggleAdvanced ? node.toggleAdvanced() : (node.showAdvanced = true);
+      node.setDirtyCanvas?.(true, true);
+    }
+  }
+}
+const refusalTexts = (response) => Object.fromEntries(Object.entries(response?.node_errors ?? {}).map(([id, entry]) =>
+  [id, (entry?.errors ?? []).map((error) => `${error?.details ?? ""} ${error?.message ?? ""}`)]));
+
 // A Run the server refused when queued (an input failed its check): nothing ran, and each of the pack's nodes says so
 // where its last run's "done" text stood as if this Run had made it.
 function refused(response) {
@@ -515,6 +532,7 @@ app.registerExtension({
       try {
         const response = await queuePrompt.apply(this, args);
         fileOnce(response);
+        showNamedAdvanced(refusalTexts(response));
         if (response?.prompt_id != null && args[1]?.output) {
           const queued = { response, prompt: args[1].output, workflow: activeWorkflow() };
           if (ENDED.has(response.prompt_id)) {
@@ -532,6 +550,7 @@ app.registerExtension({
         if (error?.response) {
           fileOnce(error.response);
           refused(error.response);
+          showNamedAdvanced(refusalTexts(error.response));
         }
         throw error;
       }
@@ -603,6 +622,9 @@ app.registerExtension({
     api.addEventListener("execution_error", (event) => {
       clearTexts(NEVER, (id) => !RAN.has(id) && !LEFT_OUT.has(id));
       notRun(event.detail);
+      if (event.detail?.node_id != null) {
+        showNamedAdvanced({ [event.detail.node_id]: [String(event.detail.exception_message ?? "")] });
+      }
     });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
