@@ -1091,7 +1091,7 @@ class Progress:
             yield
         except comfy.model_management.InterruptProcessingException as e:
             self.show((f"cancelled after evaluation {self.done}/{self.total}" if self.done else
-                       f"cancelled before the first of {self.total} evaluations") + self.cancel_note)
+                       f"cancelled before any of {self.total} evaluations finished") + self.cancel_note)
             e.confiner_text_shown = True   # for :func:`shows_refusals`
             raise
         except Exception as e:

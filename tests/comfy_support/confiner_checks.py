@@ -208,7 +208,9 @@ def interrupt_latency(api_prompt: dict, at_evaluation: int, staged: bool = False
     calls = {"done": 0, "after": 0}
 
     def predict(self, *args, **kwargs):
-        if calls["done"] >= at_evaluation:
+        if at_evaluation == 0 and calls["done"] == 0:   # (0: while the first evaluation runs, none finished)
+            mm.interrupt_current_processing(True)
+        elif calls["done"] >= at_evaluation:
             calls["after"] += 1
         out = original(self, *args, **kwargs)
         calls["done"] += 1
