@@ -341,6 +341,7 @@ def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, mod
     assert r["shapes"] == [[2, 16, 2, 4, 4], [1, 16, 2, 4, 4], [1, 16, 2, 4, 4]]
     assert r["item0_vs_batch1"] <= 1e-5 * r["max_abs"] and r["item1_vs_picked"] <= 1e-5 * r["max_abs"], r
     assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
+    assert r["openings"]["9"] == "starting · 2 expert evaluations · 2 clips of 5 frames", r["openings"]
 
 
 def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_settings(comfy_worker, modern):
