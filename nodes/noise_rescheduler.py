@@ -103,4 +103,6 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             made = "FreeNoise windows" if method == FREENOISE else "shuffles of one base noise"
             host.show_text(host.node_id(cls), f"done · {segments} segments of {segment_length} latent frames\n"
                                               f"{made} · seed {seed}")
-        return io.NodeOutput(noise, {"samples": noise.generate_noise(latent), host.NOISE_KEY: True})
+        # a picked clip's batch_index (Latent From Batch) goes on: the samplers draw that clip's noise from it too
+        index = {"batch_index": latent["batch_index"]} if "batch_index" in latent else {}
+        return io.NodeOutput(noise, {"samples": noise.generate_noise(latent), host.NOISE_KEY: True, **index})

@@ -534,7 +534,8 @@ def test_each_clip_of_a_batch_gets_the_rescheduled_noise_of_its_own_seed(comfy_w
     """As the samplers draw (a clip per seed plus batch index): the first clip of a batch has the batch-1 noise,
     and Latent From Batch's item 1 has the second clip's."""
     assert comfy_worker.call("comfy_support.confiner_checks:rescheduled_noise_items", method) == {
-        "item0_is_batch1": True, "item1_is_picked": True, "items_differ": True, "shape": [2, 16, 6, 4, 4]}
+        "item0_is_batch1": True, "item1_is_picked": True, "items_differ": True, "shape": [2, 16, 6, 4, 4],
+        "node_keeps_index": True}
 
 
 def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_worker):

@@ -624,13 +624,18 @@ def rescheduled_noise_items(method: str) -> dict:
     picked by Latent From Batch (``batch_index`` [1]): whether each clip's noise is its own seed's batch-1 noise."""
     import torch
 
-    noise = _pack_module(".nodes.noise_rescheduler").rescheduled_noise
+    module = _pack_module(".nodes.noise_rescheduler")
+    noise = module.rescheduled_noise
     shape = (16, 6, 4, 4)
     two = noise({"samples": torch.zeros(2, *shape)}, method, 3, 2, 7)
     one = noise({"samples": torch.zeros(1, *shape)}, method, 3, 2, 7)
     picked = noise({"samples": torch.zeros(1, *shape), "batch_index": [1]}, method, 3, 2, 7)
+    # the node's noise_latent keeps the picked clip's index, which the samplers draw that clip's noise from
+    out = module.ConFinerNoiseRescheduler.execute({"samples": torch.zeros(1, *shape), "batch_index": [1]}, 7, method,
+                                                  3, 2).args[1]
     return {"item0_is_batch1": bool(torch.equal(two[:1], one)), "item1_is_picked": bool(torch.equal(two[1:], picked)),
-            "items_differ": not torch.allclose(two[0], two[1]), "shape": list(two.shape)}
+            "items_differ": not torch.allclose(two[0], two[1]), "shape": list(two.shape),
+            "node_keeps_index": out.get("batch_index") == [1] and bool(torch.equal(out["samples"], picked))}
 
 
 def control_expert_against_comfys_sampler(ckpt_name: str, sampler: str, steps: int, seed: int = 4) -> dict:
