@@ -464,7 +464,8 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
         raise ValueError(f"control_steps={config.control_steps} exceeds the control schedule's "
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
-    for message in (table3_warning(config.control_steps, config.te, extraction_schedule(spatial, temporal, config.mode)),
+    refined_on = extraction_schedule(spatial, temporal, config.mode)
+    for message in (table3_warning(config.control_steps, config.te, refined_on),
                     distilled_control_warning(control.expert.latent_space, config.control_steps,
                                               control.guidance_scale, config.control_sampler)):
         if message:

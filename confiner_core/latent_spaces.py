@@ -287,10 +287,11 @@ def check_bridges(hand_offs: list, ends: dict, fixes: dict | None = None, undecl
         for role in (a, b):
             if not isinstance(ends[role], Codec) and role not in missing.setdefault(space[role].title, []):
                 missing[space[role].title].append(role)
-        if isinstance(ends[a], Codec) and isinstance(ends[b], Codec) and ends[a].pixel_channels != ends[b].pixel_channels:
-            unjoinable.setdefault(frozenset((a, b)), f"the {a} expert's {space[a].title} VAE makes "
-                                                     f"{ends[a].pixel_channels}-channel pixels and the {b} expert's "
-                                                     f"{space[b].title} VAE takes {ends[b].pixel_channels}-channel ones")
+        pixels = [end.pixel_channels if isinstance(end, Codec) else None for end in (ends[a], ends[b])]
+        if None not in pixels and pixels[0] != pixels[1]:
+            unjoinable.setdefault(frozenset((a, b)), f"the {a} expert's {space[a].title} VAE makes {pixels[0]}-channel "
+                                                     f"pixels and the {b} expert's {space[b].title} VAE takes "
+                                                     f"{pixels[1]}-channel ones")
     if unjoinable:   # (found by the bridge itself only after the control stage had run)
         raise ValueError(f"{'; '.join(unjoinable.values())}: no bridge joins VAEs of other pixels, so use experts "
                          f"whose VAEs make the same pixels (the embedded experts' VAE makes toy pixels, not RGB: "
