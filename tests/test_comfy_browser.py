@@ -560,12 +560,19 @@ def test_a_refusal_naming_an_advanced_widget_shows_it(frontend, screenshot_dir):
           const before = node.isWidgetVisible(widget);
           try { await app.queuePrompt(0); } catch (e) {}
           await new Promise((r) => setTimeout(r, 500));
-          return [before, node.isWidgetVisible(widget), !!node.showAdvanced];
+          const text = node.widgets.find((w) => w.name === "$$node-text-preview")?.value;
+          return [before, node.isWidgetVisible(widget), !!node.showAdvanced, text];
         }""", stride)
         if stride == 8:
             b.page.screenshot(path=str(screenshot_dir / "refusal_shows_advanced.png"))
         browser.close_dialogs(b)
+    # ... and the node says why where it stands (it said "see the error": the reason left with the dialog)
+    said = {stride: shown[stride].pop() for stride in shown}
     assert shown == {8: [False, True, True], 4: [False, False, False]}, shown
+    assert " ".join(said[8].split()) == ("not run: FreeNoise stride (stride) = 8 must not exceed segment latent frames "
+                                         "(segment_length) = 4"), said[8]
+    assert max(len(line) for line in said[8].split("\n")) <= 60, said[8]
+    assert said[4].startswith("not run: ") and "segment_length" in said[4], said[4]
 
 
 def queue_empty(b) -> None:

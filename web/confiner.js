@@ -509,7 +509,8 @@ const refusalTexts = (response) => Object.fromEntries(Object.entries(response?.n
   [id, (entry?.errors ?? []).map((error) => `${error?.details ?? ""} ${error?.message ?? ""}`)]));
 
 // A Run the server refused when queued (an input failed its check): nothing ran, and each of the pack's nodes says so
-// where its last run's "done" text stood as if this Run had made it.
+// where its last run's "done" text stood as if this Run had made it; a refused node says why (it said "see the
+// error", and once the dialog was closed the reason was gone from the canvas).
 function refused(response) {
   const ids = Object.keys(response?.node_errors ?? {});
   const more = ids.length > 1 ? ` and ${ids.length - 1} more` : "";
@@ -518,7 +519,7 @@ function refused(response) {
     if (!TEXT_NODES.has(node.comfyClass)) continue;
     // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
-    const text = out ? "" : ids.includes(id) ? "not run: an input of this node was refused (see the error)"
+    const text = out ? "" : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id])}`)
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   }
