@@ -89,6 +89,9 @@ class ConFinerControlExpert(io.ComfyNode):
                 raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent is empty (all zeros): "
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
             generator = host.item_generators(seed, noise.shape[0], latent)
+            if not (sampler == "ddim" and eta > 0):   # the only draw the seed serves here is DDIM's eta noise
+                progress.seed = None
+                progress.note("control seed unused: the noise is the latent's")
         else:
             start = host.latent_in(model, latent, "control")
             generator = host.item_generators(seed, start.shape[0], latent)

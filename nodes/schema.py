@@ -37,7 +37,9 @@ BOUNDARY = "high/low-noise boundary"
 SPATIAL_FRAMES = "spatial expert frames"
 
 SEED_TOOLTIPS = {
-    "control": "Seed of the structure's initial noise (the control stage). Same seed, same structure.",
+    "control": "Seed of the structure's initial noise (the control stage). Same seed, same structure. With 'use "
+               "latent as noise' the noise is the latent's (the Noise Rescheduler's seed), and this seed serves DDIM's "
+               "eta alone.",
     "refine": "Seed of the refinement's noise: noising the structure to T_e (Eq. 6) and the re-noisings between "
               "the experts (Eq. 9, 11). Keep it fixed and change the control seed to try new structures with the "
               "same refinement, or the other way round.",

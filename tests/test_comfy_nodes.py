@@ -559,6 +559,9 @@ def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_
     assert texts[False]["5"] == "warning: nothing rescheduled: lower segment latent frames"
     assert "\nwarning: noise latent read for its size only\ndone · 2 expert" in texts[False]["12"], texts[False]
     assert "noise latent" not in texts[True]["12"], texts[True]["12"]
+    # with it on, the seed draws nothing for Euler: said, and no "seed 1" under "done" (a trial changed it in vain)
+    assert "\ncontrol seed unused: the noise is the latent's\ndone" in texts[True]["12"], texts[True]["12"]
+    assert "seed 1" not in texts[True]["12"] and texts[False]["12"].endswith("\nseed 1"), texts
 
 
 def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker):
