@@ -602,7 +602,7 @@ def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConf
     check_denoisers("generate_structure", control=control)
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
-                        if generator is None else "generate_structure")
+                        if generator is None else "generate_structure", noise.shape[0])
     with own_stage(control, "control"):
         return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                               config.control_eta, generator, eps_hook, callback, config.control_spacing)
@@ -613,7 +613,7 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
     check_input(structure, "extract_structure: structure")
-    check_generator(generator, "extract_structure")
+    check_generator(generator, "extract_structure", structure.shape[0])
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"extract_structure: schedule must be a NoiseSchedule (an expert's, e.g. spatial.schedule, "
                         f"or extraction_schedule(...)), got {type(schedule).__name__}")
@@ -630,7 +630,7 @@ def refine(spatial: Denoiser | None, temporal: Denoiser | None, x: torch.Tensor,
     refining expert's space)."""
     check_input(x, "refine: x")
     check_config(config, "refine")
-    check_generator(generator, "refine")
+    check_generator(generator, "refine", x.shape[0])
     check_denoisers("refine", spatial=spatial, temporal=temporal)
     refiner = refining_denoiser(spatial, temporal, config.mode)
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
@@ -662,7 +662,7 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     default the source's) gives the T_e coefficients."""
     check_input(structure, "refine_structure: structure")
     check_config(config, "refine_structure")
-    check_generator(generator, "refine_structure")
+    check_generator(generator, "refine_structure", structure.shape[0])
     check_denoisers("refine_structure", spatial=spatial, temporal=temporal, source=source)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     refiner = refining_denoiser(spatial, temporal, config.mode)
@@ -708,7 +708,7 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")
     check_config(config, "run_chain")
-    check_generator(generator, "run_chain")
+    check_generator(generator, "run_chain", noise.shape[0])
     check_denoisers("run_chain", control=control, spatial=spatial, temporal=temporal)
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
         raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")

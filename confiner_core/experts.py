@@ -526,13 +526,26 @@ def check_denoisers(where: str, **denoisers) -> None:
     bound to their prompts (:class:`Denoiser`). An Expert not yet bound, or a plain function, failed inside with an
     AttributeError ('Toy' object has no attribute 'expert') that named neither the argument nor the fix."""
     for name, d in denoisers.items():
-        if d is None or isinstance(d, Denoiser):
+        if d is None:
+            continue
+        if isinstance(d, Denoiser):
+            check_latent_space(d.expert)
             continue
         how = ("bind it first: expert.bind(prompt, negative_prompt, guidance_scale, log)" if isinstance(d, Expert)
                else "make it an Expert (confiner_core.experts.Expert: encode, forward, schedule, latent_space) and "
                     "bind it: expert.bind(prompt, negative_prompt, guidance_scale, log)")
         raise TypeError(f"{where}: {name} must be an expert bound to its prompt (a Denoiser), got "
                         f"{type(d).__name__}: {how}")
+
+
+def check_latent_space(expert: Expert) -> None:
+    """An expert's ``latent_space`` is a :class:`LatentSpace` (None failed later, in any role, with "no attribute
+    'channels'" or "'title'")."""
+    if not isinstance(expert.latent_space, LatentSpace):
+        raise ValueError(f"expert {expert.name!r} has latent_space {expert.latent_space!r}: set it to a "
+                         f"confiner_core.latent_spaces.LatentSpace, one of "
+                         f"{', '.join(s.name.upper().replace('.', '') for s in KNOWN_SPACES)} or your own "
+                         f"LatentSpace(name, channels, spatial factor, scale=...)")
 
 
 def check_expert(expert: Expert, evaluated: bool = True) -> None:
@@ -544,11 +557,7 @@ def check_expert(expert: Expert, evaluated: bool = True) -> None:
                          f"supported: {PREDICTION_TYPES}")
     if expert.layout not in L.LAYOUTS:
         raise ValueError(f"expert {expert.name!r} has layout {expert.layout!r}; supported: {L.LAYOUTS}")
-    if not isinstance(expert.latent_space, LatentSpace):   # (None failed later: no attribute 'channels')
-        raise ValueError(f"expert {expert.name!r} has latent_space {expert.latent_space!r}: set it to a "
-                         f"confiner_core.latent_spaces.LatentSpace, one of "
-                         f"{', '.join(s.name.upper().replace('.', '') for s in KNOWN_SPACES)} or your own "
-                         f"LatentSpace(name, channels, spatial factor, scale=...)")
+    check_latent_space(expert)
     if not evaluated:
         return
     schedule = getattr(expert, "schedule", None)

@@ -69,7 +69,8 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts a network
     timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
-    check_generator(generator, "coordinated_step")   # (before the spatial evaluation it would follow)
+    # (before the spatial evaluation it would follow)
+    check_generator(generator, "coordinated_step", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
         x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
         t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
@@ -93,7 +94,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
     :func:`coordinated_step` takes them."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
-    check_generator(generator, "refine_coordinated")
+    check_generator(generator, "refine_coordinated", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
         for i, (t, t_prev) in enumerate(with_next(timesteps)):
             seen = {} if callback is not None else None

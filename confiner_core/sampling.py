@@ -65,13 +65,18 @@ class ItemGenerators:
         return len(self.generators)
 
 
-def check_generator(generator, where: str) -> None:
+def check_generator(generator, where: str, batch: int | None = None) -> None:
     """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
-    here, before any evaluation, rather than deep inside the first draw."""
+    here, before any evaluation, rather than deep inside the first draw. ``batch``: the clips of the latent it will
+    draw for, which :class:`ItemGenerators` must match (a wrong count was refused after the control stage, as if the
+    noise were wrong)."""
     if not isinstance(generator, (torch.Generator, ItemGenerators)):
         raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
                         f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
                         "gives one video")
+    if isinstance(generator, ItemGenerators) and batch is not None and len(generator) != batch:
+        raise ValueError(f"{where}: ItemGenerators of {len(generator)} generator(s) for a batch of {batch} clip(s): "
+                         f"give one generator per clip, ItemGenerators.seeded([...]) with {batch} seed(s)")
 
 
 def randn(shape: tuple, generator: torch.Generator | ItemGenerators, device: torch.device) -> torch.Tensor:
@@ -81,9 +86,7 @@ def randn(shape: tuple, generator: torch.Generator | ItemGenerators, device: tor
     host was behind). :class:`ItemGenerators` draw item b of the batch (``shape[0]``) from generator b."""
     check_generator(generator, "drawing noise")   # (None failed here: "'NoneType' has no attribute 'device'")
     if isinstance(generator, ItemGenerators):
-        if len(generator) != shape[0]:
-            raise ValueError(f"noise for a batch of {shape[0]} drawn from {len(generator)} item generators: give "
-                             f"ItemGenerators one generator per batch item")
+        check_generator(generator, "drawing noise", shape[0])
         return torch.cat([randn((1, *shape[1:]), g, device) for g in generator.generators])
     pin = torch.device(device).type == "cuda" and generator.device.type == "cpu"
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)

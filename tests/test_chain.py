@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from confiner_core import schedules as S
-from confiner_core.chain import ChainConfig, refine_timesteps, run_chain, validate_chain
+from confiner_core.chain import (ChainConfig, generate_structure, refine_structure, refine_timesteps, run_chain,
+                                  validate_chain)
 from confiner_core.errors import ConFinerWarning, NonFiniteError
 from confiner_core.experts import EvaluationLog, Expert
 from confiner_core.latent_spaces import SD15, SDXL
@@ -713,10 +714,16 @@ def test_an_expert_breaking_the_interface_is_named():
         latent_space = None   # failed with "'NoneType' object has no attribute 'channels'"
 
     good = OracleExpert(x0, sd).bind()
-    with pytest.raises(ValueError, match="expert 'blank' has latent_space None: set it to a "
-                                         "confiner_core.latent_spaces.LatentSpace, one of SD15, SDXL, FLUX, WAN21"):
-        run_chain(good, NoSpace(x0, sd, name="blank").bind(), good, torch.randn(SHAPE), ChainConfig(),
-                  torch.Generator().manual_seed(0))
+    blank = NoSpace(x0, sd, name="blank").bind()
+    g = torch.Generator().manual_seed(0)
+    # in every role, and wherever a chain function takes it (as control it failed on 'channels' and 'title')
+    for call in (lambda: run_chain(good, blank, good, torch.randn(SHAPE), ChainConfig(), g),
+                 lambda: run_chain(blank, good, good, torch.randn(SHAPE), ChainConfig(), g),
+                 lambda: refine_structure(good, good, x0, ChainConfig(), g, source=blank),
+                 lambda: generate_structure(blank, torch.randn(SHAPE), ChainConfig(), g)):
+        with pytest.raises(ValueError, match="expert 'blank' has latent_space None: set it to a "
+                                             "confiner_core.latent_spaces.LatentSpace, one of SD15, SDXL, FLUX, WAN21"):
+            call()
     with pytest.raises(ValueError, match="expert 'late' .NoSchedule. has no noise schedule: set its 'schedule'"):
         run_chain(good, NoSchedule(x0, None, name="late").bind(), good, torch.randn(SHAPE), ChainConfig(),
                   torch.Generator().manual_seed(0))
@@ -910,8 +917,16 @@ def test_item_generators_make_each_clip_of_a_batch_the_clip_its_generator_makes_
     one = torch.Generator().manual_seed(3)   # a single generator draws the same for a batch of one
     assert torch.equal(run_chain(Shrink().bind(), Shrink().bind(), Shrink().bind(), torch.randn(SHAPE, generator=one),
                                  ChainConfig(), one).latent, first)
-    with pytest.raises(ValueError, match=r"^noise for a batch of 2 drawn from 1 item generators"):
+    with pytest.raises(ValueError, match=r"^drawing noise: ItemGenerators of 1 generator\(s\) for a batch of 2 "
+                                         r"clip\(s\): give one generator per clip"):
         randn((2, *SHAPE[1:]), ItemGenerators.seeded([3]), torch.device("cpu"))
+    # ... and a chain given a count its noise does not have, before any evaluation (it was refused after the control
+    # stage, blaming the noise)
+    log = EvaluationLog()
+    expert = Shrink().bind(log=log)
+    with pytest.raises(ValueError, match=r"^run_chain: ItemGenerators of 3 generator\(s\) for a batch of 2 clip"):
+        run_chain(expert, expert, expert, torch.randn(2, *SHAPE[1:]), ChainConfig(), ItemGenerators.seeded([1, 2, 3]))
+    assert sum(log.evaluations.values()) == 0
 
 
 def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templates_settings():
