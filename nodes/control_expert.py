@@ -105,4 +105,4 @@ class ConFinerControlExpert(io.ComfyNode):
         with progress.running(), sessions.stage():
             structure = generate_structure(control, noise, config, generator)
         host.log_cost("ConFiner Control Expert", log, host.node_id(cls))
-        return io.NodeOutput({**host.latent_out(model, structure, latent), host.CONTROL_STEPS_KEY: steps})
+        return progress.output({**host.latent_out(model, structure, latent), host.CONTROL_STEPS_KEY: steps})

@@ -185,4 +185,4 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         note = host.output_space_note(refiner, spatial, source.expert.latent_space)
         if note:
             progress.show(f"{progress.summary}\n{note}")
-        return io.NodeOutput(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))
+        return progress.output(host.latent_out(host.model_of(refiner), latent, structure, refiner.expert.latent_space))

@@ -28,6 +28,7 @@ import comfy.model_sampling
 import comfy.sample
 import comfy.utils
 import latent_preview
+from comfy_api.latest import io
 
 from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
@@ -944,6 +945,7 @@ class Progress:
         self.where = where    # (role, counts) -> e.g. "structure 2/9 · " (ConFiner-Long)
         self.detail = detail  # (role, counts) -> a line under the step, e.g. "prompt: a dog" (ConFiner-Long)
         self.warnings: list[str] = []  # shown above every update of the node's text
+        self.shown = ""                # the text shown last
         self.summary = ""              # how the run ended (:meth:`running`)
         self.about = ""                # a fact of the run ("13 frames", "T_e 250"), after the opening and the summary
         self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
@@ -1076,7 +1078,14 @@ class Progress:
 
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
-        show_text(self.node_id, "\n".join([*self.warnings, text]))
+        self.shown = "\n".join([*self.warnings, text])
+        show_text(self.node_id, self.shown)
+
+    def output(self, *values) -> io.NodeOutput:
+        """The node's outputs, with the text it ended on as its UI output (``confiner_text``): ComfyUI keeps that in
+        the prompt's history, where an API client reads what the run said (the seed it used, its warnings); the
+        progress text itself reaches only the websocket of the client that queued the run."""
+        return io.NodeOutput(*values, ui={"confiner_text": [self.shown]})
 
     @contextlib.contextmanager
     def running(self):

@@ -356,7 +356,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                  node_schedule_text(prompts, plan) if prompts is not None else None]
         if lines[1] or lines[2]:   # what the video followed and where its output is, once the progress is over
             progress.show("\n".join(filter(None, lines)))
-        return io.NodeOutput(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
+        return progress.output(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
 
     @staticmethod
     def check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length, frame_shape) -> bool:

@@ -286,6 +286,35 @@ def test_a_sampler_waiting_for_its_turn_shows_no_preview_of_the_run_before(front
     b.page.screenshot(path=str(screenshot_dir / "waiting_without_preview.png"))
 
 
+def test_a_nodes_text_in_its_ui_output_leaves_its_preview_and_text_as_they_were(frontend):
+    """The sampling nodes return the text they ended on as their UI output (``confiner_text``, kept in the prompt's
+    history for API clients): the frontend stores a node's UI output as its outputs when the node finishes; the
+    Refine Sampler's preview and text must stay as the run left them."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 200, np.uint8))[1].tobytes()).decode()
+    done = "done · 15 expert evaluations in 1.0 s\nseed 3"
+    assert browser.preview_then_text(b, "ConFinerCoordinatedSampler", done, png)["text"] == {"images": 1,
+                                                                                             "widget": True}
+    after = b.page.evaluate("""async (done) => {
+      const api = window.comfyAPI.api.api;
+      const node = app.graph._nodes.find((n) => n.type === "ConFinerCoordinatedSampler");
+      api.dispatchCustomEvent("executed", {node: String(node.id), display_node: String(node.id),
+                                           output: {confiner_text: [done]}, prompt_id: "confiner-test"});
+      for (let i = 0; i < 2; i++) { app.canvas.draw(true, true); await new Promise((r) => setTimeout(r, 300)); }
+      return {images: node.imgs?.length ?? 0, text: node.widgets.find((w) => w.name === "$$node-text-preview")?.value,
+              widgets: node.widgets.map((w) => w.name).filter((n) => !n.startsWith("$$") && !/^[a-z_]+$/.test(n))};
+    }""", done)
+    assert after == {"images": 1, "text": done, "widgets": []}, after
+
+
 def test_the_texts_of_nodes_in_a_subgraph_show_when_it_is_opened(frontend, screenshot_dir):
     """ComfyUI runs a subgraph's nodes under ids "<subgraph node>:<node>": no text of the pack's nodes in a subgraph
     ever showed (the frontend's lookup of such an id throws), and after a failure the sampler named the class id

@@ -255,6 +255,9 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
         assert all(t.startswith(warning) for t in mine), mine    # and first in every update until the end
         assert sum(warning in t for t in mine[-1].split("\n")) == 1 and mine[-1].split("\n")[-2].startswith(last)
         assert re.fullmatch(r"seed \d+", mine[-1].split("\n")[-1]), mine[-1]
+        # ... and in the prompt's history (a node's UI output), where an API client reads it: the text had reached
+        # only the websocket of the client that queued the run
+        assert result["outputs"][node]["confiner_text"] == [mine[-1]], result["outputs"].get(node)
         # the frontend neither wraps nor scrolls this text: every line fits a node as the templates draw it
         assert max(len(line) for t in mine for line in t.split("\n")) <= 60, mine[-1]
     # to the client that queued the run (the harness's), as ComfyUI's own progress: broadcast, a text reached the node
