@@ -273,11 +273,13 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
     with stage sessions every long-lived sampling call ends through ComfyUI's clean-up."""
     api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker))
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation, staged)
-    assert r["interrupted"] and r["evaluations"] == at_evaluation
+    # (Cancel inside the first evaluation: ComfyUI 0.8 stops the model call; 0.3.64 lets it finish, and the pack's
+    # own check stops the run after it)
+    assert r["interrupted"] and r["evaluations"] in ({0, 1} if at_evaluation == 0 else {at_evaluation})
     assert r["evaluations_after_cancel"] == 0
     # the node says the run was cancelled (its last step's text stayed, as if the run were paused): the control
     # stage counts its own 4 evaluations, the refinement its 15
-    done = at_evaluation if at_evaluation <= 4 else at_evaluation - 4
+    done = r["evaluations"] if r["evaluations"] <= 4 else r["evaluations"] - 4
     # (Cancel inside the first evaluation said "cancelled before the first of 4", as if it had not started)
     said = f"cancelled after evaluation {done}/{4 if at_evaluation <= 4 else 15}" if done else \
         "cancelled before any of 4 evaluations finished"
