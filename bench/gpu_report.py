@@ -45,9 +45,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(HERE))
 
 import comfy_benchmark  # noqa: E402  (its figures: one definition of the comfy_* keys)
 import profiling as P  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 
 FILES = {"sd": "h200_sd.json", "sd_extra": "h200_sd_extra.json", "sd_graphs": "h200_sd_graphs.json",
          "sd_animatediff": "h200_sd_animatediff.json",  # an earlier call's eager/lean tables with the AnimateDiff runs
@@ -1403,8 +1405,7 @@ def main():
     md += attention_md + remeasured_md + decode_md + comfy_md + targets(fig) + multigpu_md
     md += ["## How it was run", "", "The device commands of `bench/README_GPU.md`, then `python bench/gpu_report.py`.", ""]
     for name, text in (("RESULTS.json", json.dumps(fig, indent=2, default=float)), ("RESULTS.md", "\n".join(md) + "\n")):
-        with open(os.path.join(a.out, name), "w") as f:
-            f.write(text)
+        write_atomic(os.path.join(a.out, name), text.encode())
     print("\n".join(md))
 
 

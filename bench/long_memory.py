@@ -52,8 +52,10 @@ def main():
         print(f"peak RSS ratio {rows[-1]['frames']}/{rows[0]['frames']} frames: "
               f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from confiner_core.outputs import write_atomic
+
+        write_atomic(a.json, json.dumps(rows, indent=2).encode())
 
 
 if __name__ == "__main__":

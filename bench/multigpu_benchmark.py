@@ -48,6 +48,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from confiner_core.outputs import write_atomic  # noqa: E402
+
 WORKLOADS = {  # frames, segment length, height, width (tiny: the CPU smoke's)
     "sd": {"frames": 600, "segment": 16, "size": (512, 512), "tiny": {"frames": 48, "size": (64, 64)}},
     "wan": {"frames": 161, "segment": 21, "size": (480, 832), "tiny": {"frames": 41, "segment": 9,
@@ -223,8 +225,7 @@ def worker(a) -> None:
                "device_used_gib_per_gpu": [r["device_used_gib"] for r in per_rank], "evaluations": total,
                "evaluations_per_rank": [r["evaluations"] for r in per_rank],
                **{k: result[k] for k in ("frames_written", "frames_sha256", "structures", "windows")}}
-        with open(os.path.join(a.out, f"multigpu_{a.model}_{ranks.world}.json"), "w") as f:
-            json.dump(out, f, indent=2)
+        write_atomic(os.path.join(a.out, f"multigpu_{a.model}_{ranks.world}.json"), json.dumps(out, indent=2).encode())
         print(f"[{a.model} x{ranks.world}] {frames} frames: {wall:.2f} s, peak "
               f"{', '.join(f'{p:.2f}' for p in out['peak_gib_per_gpu'] if p is not None) or '-'} GiB per GPU, "
               f"sha256 {out['frames_sha256'][:16]}", flush=True)
@@ -289,8 +290,7 @@ def launch(a) -> None:
                 continue
             runs.setdefault(model, {})[str(n)] = json.load(open(path))
             result = {"date": datetime.date.today().isoformat(), "tiny": a.tiny, "models": summary(runs)}
-            with open(os.path.join(a.out, "multigpu.json"), "w") as f:
-                json.dump(result, f, indent=2)
+            write_atomic(os.path.join(a.out, "multigpu.json"), json.dumps(result, indent=2).encode())
     if runs:
         print(markdown(summary(runs)))
 

@@ -31,6 +31,7 @@ from confiner_core.experts import EvaluationLog  # noqa: E402
 from confiner_core.generate import natural_frames  # noqa: E402
 from confiner_core.latent_spaces import to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 
 PROMPTS = ["a red ball bouncing over green grass", "a blue square sliding over snow",
            "a yellow diamond circling in the night sky"]
@@ -108,6 +109,17 @@ def table(title, label, cells, keys, note=""):
     return "\n".join(lines) + "\n"
 
 
+def results_path(out: str) -> str:
+    """The JSON beside the markdown ``out``: QUALITY.md -> quality_results.json (QUALITY_quick.md ->
+    quality_results_quick.json), another name -> its stem + .json. (The name was replaced in the whole path: a folder
+    named QUALITY_runs became quality_results_runs.)"""
+    folder, name = os.path.split(out)
+    stem = os.path.splitext(name)[0]
+    if stem.startswith("QUALITY"):
+        stem = "quality_results" + stem[len("QUALITY"):]
+    return os.path.join(folder, stem + ".json")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -117,6 +129,11 @@ def main():
     a = ap.parse_args()
     if a.out is None:
         a.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "QUALITY_quick.md" if a.quick else "QUALITY.md")
+    # before the minutes of sampling: the markdown's folder, and a name the JSON beside it does not take
+    if os.path.abspath(results_path(a.out)) == os.path.abspath(a.out):
+        ap.error(f"--out {a.out}: give the markdown file (e.g. results.md); the JSON is written beside it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+        ap.error(f"--out {a.out}: its folder does not exist")
     prompts = PROMPTS[:1] if a.quick else PROMPTS
     samples = [(p, s) for p in prompts for s in a.seeds]
     t0 = time.time()
@@ -209,10 +226,8 @@ def main():
               "mean CIE76 Delta E of each window's mean colour to the first window's (2.3 is a just-noticeable "
               "difference)."),
     ]
-    with open(a.out, "w") as f:
-        f.write("\n".join(doc))
-    with open(os.path.splitext(a.out)[0].replace("QUALITY", "quality_results") + ".json", "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomic(a.out, "\n".join(doc).encode())
+    write_atomic(results_path(a.out), json.dumps(results, indent=2).encode())
     print("\n".join(doc))
 
 

@@ -67,6 +67,7 @@ from confiner_core.diffusers_backend.vae import AutoencoderKLCodec  # noqa: E402
 from confiner_core.experts import EvaluationLog, hand_off  # noqa: E402
 from confiner_core.latent_spaces import FLUX, SD15, WAN21, to_uint8  # noqa: E402
 from confiner_core.long import LongConfig, generate_long, plan_segments  # noqa: E402
+from confiner_core.outputs import write_atomic  # noqa: E402
 from confiner_core.sampling import control_timesteps as sampler_timesteps, sample_control  # noqa: E402
 
 PROMPT = "a corgi running on a sunny beach, waves, golden hour, cinematic camera"
@@ -490,10 +491,7 @@ def main():
         res["figures"] = figures(res)
         for name, text in (("wan_results.json", json.dumps(res, indent=2, default=str)),
                            ("wan_results.md", markdown(res))):
-            tmp = os.path.join(a.out, name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(a.out, name))
+            write_atomic(os.path.join(a.out, name), text.encode())
 
     def fits(prior: float) -> bool:
         return elapsed() + scale * prior <= a.deadline
