@@ -310,8 +310,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
     else:
         undefined = scores.pop("undefined", {})
         width = max(map(len, scores))
+        saved = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(video)), "report.json"))
         print(f"{video}: {len(frames)} frame{'s' * (len(frames) != 1)}"   # (a run's frames.npy, or its video)
-              + (" (lossless, as the run saved them)" if video.endswith(".npy") else ""))
+              + ((" (lossless, as the run saved them)" if saved else " (lossless)") if video.endswith(".npy")
+                 else ""))
         print(f"{'metric':>{width}}  {'value':>9}  better")
         for k, v in scores.items():
             print(f"{k:>{width}}  {v:9.4f}  {metrics.BETTER[k]}" if v is not None else

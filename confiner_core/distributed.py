@@ -39,11 +39,12 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Callable
 
 import torch
 
-from .errors import RankFailed, UsageError, one_line
+from .errors import ConFinerWarning, RankFailed, UsageError, one_line
 from .long import RESULT, RING, Solo
 
 TIMEOUT_ENV = "CONFINER_DIST_TIMEOUT"
@@ -560,25 +561,28 @@ def session():
                     resumable=True, origin=-1)
             raise KeyboardInterrupt
         previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield ranks
-        ranks.close()
-    except BaseException as e:
-        ranks.stopping()
-        # a KeyboardInterrupt may be the watchdog stopping this rank for another's failure: report that one
-        failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else None
-        relayed = failure is not None or (isinstance(e, RankFailed) and e.origin is not None)
-        if not relayed:
-            ranks.announce(e)   # this rank's own failure (or a broken channel / timeout it noticed)
-        ranks.watchdog.stop()
-        ranks.linger()
-        ranks.exiting = True
-        if failure is not None:
-            raise failure from None
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with warnings.catch_warnings():
+        if ranks.rank != 0:   # every process checks the same settings: the first alone says what is doubtful
+            warnings.simplefilter("ignore", ConFinerWarning)
+        try:
+            yield ranks
+            ranks.close()
+        except BaseException as e:
+            ranks.stopping()
+            # a KeyboardInterrupt may be the watchdog stopping this rank for another's failure: report that one
+            failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else None
+            relayed = failure is not None or (isinstance(e, RankFailed) and e.origin is not None)
+            if not relayed:
+                ranks.announce(e)   # this rank's own failure (or a broken channel / timeout it noticed)
+            ranks.watchdog.stop()
+            ranks.linger()
+            ranks.exiting = True
+            if failure is not None:
+                raise failure from None
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def exit_if_failed(code: int) -> None:

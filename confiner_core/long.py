@@ -26,6 +26,7 @@ import torch
 
 from .chain import (ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure,
                     stand_in_spatial, validate_chain)
+from .errors import warn_doubtful
 from .experts import COUNTERS, Denoiser, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
 
@@ -127,6 +128,26 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Initial noise
+
+def unused_long_settings(config: LongConfig, structures: int, segment_latent_frames: int) -> list[str]:
+    """Settings of ``config`` that change nothing in a run of ``structures`` segments of ``segment_latent_frames``
+    latent frames, each as a sentence: the command line refuses them, :func:`generate_long` warns (it ran them
+    silently, a FreeNoise window longer than the noise making independent noise)."""
+    said = []
+    if config.noise_init != FREENOISE:
+        for name in ("freenoise_window", "freenoise_stride"):
+            if getattr(config, name) is not None:
+                said.append(f"{name}={getattr(config, name)} shapes FreeNoise's noise, and noise_init is "
+                            f"{config.noise_init!r}, so it changes nothing")
+    elif config.freenoise_window is not None and config.freenoise_window >= structures * segment_latent_frames:
+        said.append(f"freenoise_window={config.freenoise_window} covers all of this run's noise ({structures} "
+                    f"structures of {segment_latent_frames} latent frames), so nothing is rescheduled: every "
+                    f"structure's noise is independent; leave it None for one segment's")
+    if config.gamma == 0 and config.coherence_memory != LongConfig.coherence_memory:
+        said.append(f"coherence_memory={config.coherence_memory!r} chooses what coherence guidance pulls towards, "
+                    f"and gamma is 0 (off), so it changes nothing")
+    return said
+
 
 def shuffled_noise(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Consistency initialization: a random permutation of the frame axis (dim 2) of the base noise."""
@@ -709,6 +730,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     b, c, h, w = (*frame_shape[:2], *frame_shape[-2:])   # (a video shape's frames: the plan's)
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     validate_chain(control, spatial, temporal, shape, chain)
+    for sentence in unused_long_settings(config, plan.structures, shape[2]):
+        warn_doubtful(sentence)
     spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner)

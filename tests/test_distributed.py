@@ -269,6 +269,15 @@ def test_three_processes_write_the_same_files(tmp_path, single_process_files):
     assert sorted(os.listdir(out)) == sorted(PREVIOUS)   # no resume folder, no temporary files
 
 
+def test_a_doubtful_setting_is_said_once_not_by_every_process(tmp_path):
+    """Every process checks the same settings, and each printed the same warning (a benchmark's two ranks printed
+    the Wan defaults warning twice): the first process alone says it."""
+    args = ["--quiet", "--frames", "16", "--segment-length", "8", "--height", "64", "--width", "64", "--te", "300"]
+    code, lines, _ = torchrun(2, tmp_path / "out", *args, tmp=tmp_path)
+    assert code == 0, lines
+    assert sum(line.startswith("warning: T_e=300 with 4 control steps") for line in lines) == 1, lines
+
+
 def test_processes_of_a_bridged_run_report_their_vae_calls(tmp_path):
     """The report of a multi-process run counts what the finished windows cost, VAE calls included (they were
     left out: about half the one-process count). Each process decodes again the structures it did not make, so

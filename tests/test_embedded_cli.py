@@ -355,6 +355,19 @@ def test_evaluate_into_a_reader_that_leaves_early_ends_quietly(tmp_path):
     assert (done.returncode, done.stderr.decode()) == (141, "")
 
 
+def test_evaluate_says_frames_are_a_runs_own_only_beside_its_report(tmp_path, capsys):
+    """Any .npy was said to hold frames "(lossless, as the run saved them)", also one no run saved."""
+    import shutil
+
+    out, _ = run(tmp_path, "npy", "--save-frames")
+    elsewhere = shutil.copy(os.path.join(out, "frames.npy"), tmp_path / "mine.npy")
+    capsys.readouterr()
+    for path, said in ((os.path.join(out, "frames.npy"), "(lossless, as the run saved them)"),
+                       (str(elsewhere), "(lossless)")):
+        assert main(["evaluate", path]) == 0
+        assert capsys.readouterr().out.splitlines()[0].endswith(said)
+
+
 def test_posterior_mean_is_exact_bayes():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(3, 5, generator=g)

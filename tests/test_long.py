@@ -338,6 +338,36 @@ def test_long_loop_keeps_two_structures_and_counts():
     assert log.evaluations == {"control": 4 * plan.structures, "refine": 15 * len(plan.windows)}
 
 
+@pytest.mark.parametrize("config,said", [
+    (LongConfig(noise_init="shuffle", freenoise_window=8), "freenoise_window=8 shapes FreeNoise's noise, and "
+                                                           "noise_init is 'shuffle', so it changes nothing"),
+    (LongConfig(noise_init="freenoise", freenoise_window=100), "freenoise_window=100 covers all of this run's noise "
+                                                               "(3 structures of 8 latent frames), so nothing is "
+                                                               "rescheduled"),
+    (LongConfig(gamma=0.0, coherence_memory="guided"), "coherence_memory='guided' chooses what coherence guidance "
+                                                       "pulls towards, and gamma is 0 (off), so it changes nothing"),
+    (LongConfig(noise_init="freenoise", freenoise_window=8), None)])
+def test_generate_long_warns_of_settings_that_change_nothing(config, said):
+    """The command line refuses them; the library ran them silently (a FreeNoise window longer than the run's noise
+    made independent noise, a window beside shuffle was ignored)."""
+    import warnings
+
+    from confiner_core.errors import ConFinerWarning
+
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate_long(c, s, t, plan_segments(16, 8, True), (1, 4, 4, 4), ChainConfig(), config,
+                      torch.Generator().manual_seed(0), lambda lat, w: None)
+    mine = [str(w.message) for w in caught if issubclass(w.category, ConFinerWarning) and
+            ("changes nothing" in str(w.message) or "nothing is rescheduled" in str(w.message))]
+    if said is None:
+        assert mine == [], mine
+    else:
+        assert len(mine) == 1 and mine[0].startswith(said), mine
+
+
 def test_a_seed_generator_stands_for_its_seed_and_one_that_has_drawn_is_refused():
     """Every task's generator comes from the run's seed (so a resumed run is identical): a freshly seeded generator
     gives the int seed's video; one that has drawn since would be read as its seed all the same, so it is refused."""
