@@ -37,7 +37,7 @@ from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNDISTILLED_CONT
                                    extraction_schedule, refine_positions, same_index_warning,
                                    settled, table3_best_te, table3_warning, unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
-from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame
+from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame, wan22_space
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from ..confiner_core.sampling import ItemGenerators
 from . import ade, model_files, sessions
@@ -106,6 +106,8 @@ def space_of(model) -> LatentSpace:
                               space.shift, space.std)
         if _close(renamed, known):
             return known
+    if name == "Wan22" and space.channels == 48:   # the TI2V-5B VAE's: the core's space of its statistics
+        return wan22_space(space.shift, space.std)   # (named "Wan22", it missed its title, fps and VAE file)
     return space
 
 

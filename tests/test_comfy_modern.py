@@ -362,6 +362,14 @@ def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_setti
                "4-step distilled model's" in line for line in r["console"]), r["console"]
 
 
+def test_comfys_wan22_latent_format_is_the_cores_wan22_space(comfy_worker):
+    """ComfyUI's Wan 2.2 TI2V-5B format kept its class name, "Wan22", as a space of its own: messages called it
+    "Wan22", the Long Video counted seconds keys at 8 fps where the model makes 24, and no VAE file was named."""
+    assert comfy_worker.call("comfy_support.modern_checks:wan22_space_facts") == {
+        "name": "wan2.2", "title": "Wan 2.2 5B", "fps": 24.0, "vae": "wan2.2_vae.safetensors in Load VAE",
+        "same_as_diffusers": True}
+
+
 def test_a_wan21_t2v_model_is_named_by_its_size(comfy_worker, modern):
     """ComfyUI loads Wan 2.1 1.3B, 14B and each Wan 2.2 A14B half as WAN21_T2V: a trial's 1.3B file was called
     "Wan 2.1 / 2.2 A14B". The transformer's width tells them apart; a width of no release is named as neither (a

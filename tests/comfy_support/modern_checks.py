@@ -454,3 +454,27 @@ def distilled_control_notes(settings: list) -> dict:
         progress.warn_distilled_control(m, steps, cfg, sampler)
         notes[name] = progress.warnings
     return notes
+
+
+def wan22_space_facts() -> dict:
+    """What the pack makes of ComfyUI's Wan 2.2 TI2V-5B latent format (``latent_formats.Wan22``): the space's name and
+    title, the Long Video's frame rate for seconds keys, the VAE file it names, and whether it equals the diffusers
+    backend's space of the same statistics."""
+    import comfy.latent_formats
+
+    host = _pack_module(".nodes.host")
+    wan22_space = _pack_module(".confiner_core.latent_spaces").wan22_space
+    long_video = _pack_module(".nodes.long_segmenter")
+    codecs = _pack_module(".nodes.codecs")
+    fmt = comfy.latent_formats.Wan22()
+
+    class Model:   # the one thing space_of reads of a model
+        def get_model_object(self, name):
+            assert name == "latent_format"
+            return fmt
+
+    space = host.space_of(Model())
+    return {"name": space.name, "title": space.title, "fps": long_video.prompt_fps(0, space),
+            "vae": codecs.vae_file(space),
+            "same_as_diffusers": space == wan22_space(tuple(fmt.latents_mean.flatten().tolist()),
+                                                      tuple(fmt.latents_std.flatten().tolist()))}
