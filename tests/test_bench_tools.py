@@ -996,20 +996,20 @@ def test_the_quality_ablation_runs_long_videos_at_the_presets_clip():
     assert set(scores) == set(Q.LONG_KEYS) and all(v == v for v in scores.values())
 
 
-def test_the_quality_ablations_json_goes_beside_its_markdown_and_a_bad_out_is_refused_before_the_run(tmp_path):
+def test_the_quality_ablations_json_goes_beside_its_markdown_and_a_bad_out_is_refused_before_the_run(
+        tmp_path, monkeypatch, capsys):
     """The JSON's name was made by replacing "QUALITY" in the whole path (a folder QUALITY_runs became
     quality_results_runs, missing, after minutes of sampling), and --out x/results.json had the markdown overwritten
     by the JSON."""
-    import subprocess
-
     import quality_ablation as Q
 
     assert Q.results_path("bench/QUALITY.md") == os.path.join("bench", "quality_results.json")
     assert Q.results_path("bench/QUALITY_quick.md") == os.path.join("bench", "quality_results_quick.json")
     assert Q.results_path("/tmp/QUALITY_runs/a.md") == "/tmp/QUALITY_runs/a.json"
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "quality_ablation.py")
+    monkeypatch.setattr(Q, "short_run", lambda *a, **k: pytest.fail("sampled before refusing --out"))
     for out, said in ((tmp_path / "results.json", "give the markdown file"),
                       (tmp_path / "missing" / "a.md", "its folder does not exist")):
-        done = subprocess.run([sys.executable, script, "--quick", "--out", str(out)], capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 2 and said in done.stderr, done.stderr
+        monkeypatch.setattr(sys, "argv", ["quality_ablation.py", "--quick", "--out", str(out)])
+        with pytest.raises(SystemExit) as e:
+            Q.main()
+        assert e.value.code == 2 and said in capsys.readouterr().err
