@@ -404,7 +404,7 @@ def batch_items_against_batch_one(api_prompt: dict, sampler: str, empty: str) ->
 
     from comfy_support import harness
 
-    openings = {}   # node id -> its first text in the batch run
+    endings = {}   # node id -> its last text in the batch run
 
     def saved_latent(prompt: dict, prefix: str) -> torch.Tensor:
         prompt = copy.deepcopy(prompt)
@@ -414,7 +414,7 @@ def batch_items_against_batch_one(api_prompt: dict, sampler: str, empty: str) ->
         if prefix == "batch_two":
             for event, data in res.server_messages:
                 if event == "progress_text":
-                    openings.setdefault(data["node_id"], data["text"])
+                    endings[data["node_id"]] = data["text"]
         saved = res.outputs["90"]["latents"][0]
         path = Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
         return load_file(str(path))["latent_tensor"].to(torch.float64)
@@ -433,7 +433,7 @@ def batch_items_against_batch_one(api_prompt: dict, sampler: str, empty: str) ->
             "item0_vs_batch1": float((batch[:1] - one).abs().max()),
             "item1_vs_picked": float((batch[1:] - item1).abs().max()),
             "item0_vs_item1": float((batch[0] - batch[1]).abs().max()), "max_abs": float(batch.abs().max()),
-            "openings": openings}
+            "endings": endings}
 
 
 def distilled_control_notes(settings: list) -> dict:
