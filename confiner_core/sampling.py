@@ -57,10 +57,6 @@ class ItemGenerators:
         """Item b's generator seeded with ``seeds[b]`` (ComfyUI: the seed plus the item's batch index)."""
         return cls([torch.Generator().manual_seed(seed % 2 ** 64) for seed in seeds])
 
-    @property
-    def device(self) -> torch.device:
-        return self.generators[0].device
-
     def __len__(self) -> int:
         return len(self.generators)
 
@@ -84,9 +80,9 @@ def randn(shape: tuple, generator: torch.Generator | ItemGenerators, device: tor
     gives the same noise on any device. Drawn on the host for a GPU, it is written straight into pinned memory
     (copying a fresh draw there cost 3-4 ms of host time per draw in H200 profiles, with the GPU idle when the
     host was behind). :class:`ItemGenerators` draw item b of the batch (``shape[0]``) from generator b."""
-    check_generator(generator, "drawing noise")   # (None failed here: "'NoneType' has no attribute 'device'")
+    # (None failed here: "'NoneType' has no attribute 'device'")
+    check_generator(generator, "drawing noise", shape[0])
     if isinstance(generator, ItemGenerators):
-        check_generator(generator, "drawing noise", shape[0])
         return torch.cat([randn((1, *shape[1:]), g, device) for g in generator.generators])
     pin = torch.device(device).type == "cuda" and generator.device.type == "cpu"
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device, pin_memory=pin)
