@@ -9,8 +9,8 @@ from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, ref
                                    refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, model_files, sessions
-from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, refine_inputs, refine_problem, seed_input,
-                     structure_noise_input, te_setting, widget_problem)
+from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, host_converted, refine_inputs, refine_problem,
+                     seed_input, structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType
 
 NODE = "ConFiner Refine Sampler"
@@ -61,7 +61,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, te=None, refine_steps=None):   # (None: missing from an API prompt, which ComfyUI names)
-        return widget_problem(cls, te=te, refine_steps=refine_steps) or refine_problem(te, refine_steps) or True
+        values = host_converted(cls, te=te, refine_steps=refine_steps)
+        return widget_problem(cls, **values) or refine_problem(**values) or True
 
     @classmethod
     @host.shows_refusals

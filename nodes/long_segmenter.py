@@ -17,8 +17,8 @@ from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_wind
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
-                     control_sampling_inputs, low_noise_inputs, refine_inputs, refine_problem, seed_input,
-                     structure_noise_input, te_setting, widget_problem)
+                     control_sampling_inputs, host_converted, low_noise_inputs, refine_inputs, refine_problem,
+                     seed_input, structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
@@ -192,8 +192,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         # fps is read (ComfyUI then files the message under it too, hidden as it is; web/confiner.js keeps it once,
         # under the input it names): seconds keys count at it, and checked at the slowest model rate instead, '5s:'
         # on 32 frames was refused at fps 4, where it is frame 20
-        return widget_problem(cls, frames=frames, fps=fps) or prompt_schedule_problem(segment_prompts, frames, fps) \
-            or True
+        values = host_converted(cls, frames=frames, fps=fps)
+        return widget_problem(cls, **values) or prompt_schedule_problem(segment_prompts, **values) or True
 
     @classmethod
     @host.shows_refusals

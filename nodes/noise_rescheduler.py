@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..confiner_core import layout as L
 from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise
 from . import host
-from .schema import CATEGORY, advanced, widget_problem
+from .schema import CATEGORY, advanced, host_converted, widget_problem
 
 
 def rescheduled_noise(latent: dict, kind: str, segment_length: int, stride: int, seed: int) -> torch.Tensor:
@@ -80,7 +80,9 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, segment_length=None, stride=None, method=None):
-        problem = widget_problem(cls, segment_length=segment_length, stride=stride, method=method)
+        values = host_converted(cls, segment_length=segment_length, stride=stride, method=method)
+        problem = widget_problem(cls, **values)
+        segment_length, stride = values["segment_length"], values["stride"]
         if problem:
             return problem
         if method == FREENOISE and None not in (stride, segment_length) and stride > segment_length:

@@ -223,6 +223,19 @@ def widget_problem(node_cls, **values) -> str | None:
     return None
 
 
+def host_converted(node_cls, **values) -> dict:
+    """The values a ``validate_inputs`` should judge: a number input the host could not convert (``te`` = "abc" from an
+    API prompt, a NaN integer) becomes None, since the host files its own message under that input alone, and the
+    validation's would be filed again under every input the function names."""
+    specs = {i.id: i for i in node_cls.define_schema().inputs}
+
+    def converted(spec, value) -> bool:
+        if isinstance(spec, io.Int.Input):
+            return isinstance(value, int) and not isinstance(value, bool)
+        return not isinstance(spec, io.Float.Input) or isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {name: value if converted(specs[name], value) else None for name, value in values.items()}
+
+
 def check_widgets(node_cls, **values) -> None:
     """:func:`widget_problem` at the start of ``execute`` (or ``check_lazy_status``): a ValueError naming the input."""
     problem = widget_problem(node_cls, **values)

@@ -99,6 +99,9 @@ CASES = [
     ("latent_is_noise on an empty latent", "chain", "5", {"latent_is_noise": True}, EXECUTION, ["latent_is_noise"]),
     ("te below 0", "chain", "7", {"te": -1}, VALIDATION, ["te"], ["te", "refine_steps"]),   # (0: the model's own)
     ("te above the schedule", "chain", "7", {"te": 5000}, VALIDATION, ["te"], ["te", "refine_steps"]),
+    # a value the host cannot convert is its own message, filed under that input alone (the queue-time check
+    # filed a second one under every input it reads)
+    ("te not a number", "chain", "7", {"te": "abc"}, VALIDATION, ["te", "abc"]),
     ("refine steps 0", "chain", "7", {"refine_steps": 0}, VALIDATION, ["refine_steps"], ["te", "refine_steps"]),
     ("refine steps do not fit below te", "chain", "7", {"te": 10, "refine_steps": 50}, VALIDATION, ["refine_steps", "te"]),
     ("refine mode unknown", "chain", "7", {"mode": "bogus"}, COMBO, ["mode"]),
@@ -113,6 +116,7 @@ CASES = [
     ("coordinated without a temporal expert", "chain", "6", {"temporal_model": None}, EXECUTION,
      ["temporal_model", "coordinated"]),
     ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], ["frames", "segment_prompts"]),
+    ("long frames not a number", "long", "10", {"frames": "many"}, VALIDATION, ["frames", "many"]),
     ("long segment length below 2", "long", "10", {"segment_length": 1}, VALIDATION, ["segment_length"]),
     ("long clip shorter than a segment", "long", "10", {"frames": 3}, EXECUTION, ["segment_length", "frames = 3"]),
     ("long FreeNoise stride above segment", "long", "10", {"noise_init": "freenoise", "freenoise_stride": 9},
@@ -157,6 +161,7 @@ CASES = [
      ["segment_length", "stride", "method"]),
     ("noise method unknown", "noise", "11", {"method": "pink"}, VALIDATION, ["method"],
      ["segment_length", "stride", "method"]),
+    ("noise stride not a number", "noise", "11", {"stride": "two"}, VALIDATION, ["stride", "two"]),
     ("noise seed negative", "noise", "11", {"seed": -5}, VALIDATION, ["seed"]),
     # an input its queue-time check reads, missing from an API prompt: ComfyUI's own words, not a TypeError of the
     # check (filed under VAE Decode's samples, with a traceback)
