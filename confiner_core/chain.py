@@ -104,19 +104,21 @@ UNDISTILLED_CONTROL = {"wan2.1": (8, 5.0, "unipc"), "wan2.2": (8, 5.0, "unipc")}
 
 
 def distilled_control_warning(space: LatentSpace, steps: int, cfg: float, sampler: str) -> str | None:
-    """A control expert of an undistilled family (:data:`UNDISTILLED_CONTROL`) left at the defaults, which are a
-    4-step distilled model's: so few steps at cfg 1 make a blurred structure that follows the prompt weakly (a graph
-    built by hand for Wan got them, where the Wan templates set their own). Not said for other settings: a
-    step-distilled Wan (a LoRA such as lightx2v) runs at 4 steps and cfg 1 on purpose."""
+    """A control expert of an undistilled family (:data:`UNDISTILLED_CONTROL`) at a distilled model's settings: at
+    most the defaults' 4 steps at cfg 1 (whatever the sampler: a graph built by hand for Wan kept them, or changed
+    the sampler alone, where the Wan templates set their own) makes a blurred structure that follows the prompt
+    weakly. Not said at more steps or another cfg; a step-distilled Wan (a LoRA such as lightx2v) runs at 4 steps
+    and cfg 1 on purpose, which the message allows."""
     family = UNDISTILLED_CONTROL.get(space.name)
-    if family is None or (steps, cfg, sampler) != DISTILLED_CONTROL:
+    distilled_steps, distilled_cfg, _ = DISTILLED_CONTROL
+    if family is None or steps > distilled_steps or cfg != distilled_cfg:
         return None
     good_steps, good_cfg, good_sampler = family
-    return (f"the {space.title} control expert at {steps} control steps, cfg {cfg:g} and the {sampler} sampler: these "
-            f"defaults are a 4-step distilled model's (AnimateDiff-Lightning); an undistilled {space.title} model "
-            f"makes a blurred structure that follows the prompt weakly in so few steps: use {good_steps} control "
-            f"steps, cfg {good_cfg:g} and the {good_sampler} sampler (the Wan templates'), or keep these with a "
-            f"step-distilled model")
+    return (f"the {space.title} control expert at {steps} control steps and cfg {cfg:g} ({sampler} sampler): these "
+            f"are a step-distilled model's settings (AnimateDiff-Lightning's, the defaults); an undistilled "
+            f"{space.title} model makes a blurred structure that follows the prompt weakly in so few steps: use "
+            f"{good_steps} control steps, cfg {good_cfg:g} and the {good_sampler} sampler (the Wan templates'), or keep "
+            f"these with a step-distilled model")
 
 
 def table3_best_te(schedule: NoiseSchedule | None = None) -> int:

@@ -1007,14 +1007,15 @@ class Progress:
 
     def warn_distilled_control(self, model, steps: int, cfg: float, sampler: str) -> None:
         """:func:`~confiner_core.chain.distilled_control_warning` for a control model that carries no LoRA (a
-        step-distilled LoRA such as lightx2v runs at the 4-step defaults on purpose)."""
+        step-distilled LoRA such as lightx2v runs at 4 steps and cfg 1 on purpose)."""
         if getattr(model, "patches", None):
             return
         space = space_of(model)
         warning = distilled_control_warning(space, steps, cfg, sampler)
         if warning:
             good_steps, good_cfg, good_sampler = UNDISTILLED_CONTROL[space.name]
-            self.warn(warning, f"warning: 4-step defaults: try {good_steps} steps, cfg {good_cfg:g}, {good_sampler}")
+            self.warn(warning, f"warning: {steps} steps, cfg {cfg:g} are distilled settings: try {good_steps} steps, "
+                               f"cfg {good_cfg:g}, {good_sampler}")
 
     def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
                     mode: str) -> None:

@@ -931,8 +931,9 @@ def test_item_generators_make_each_clip_of_a_batch_the_clip_its_generator_makes_
 
 def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templates_settings():
     """ChainConfig's control stage is AnimateDiff-Lightning's (4 Euler steps, cfg 1); a Wan control expert left at it
-    makes a blurred structure, which the library now says, naming the Wan templates' 8 UniPC steps at cfg 5. Other
-    settings, or a control expert of another family, say nothing."""
+    makes a blurred structure, which the library now says, naming the Wan templates' 8 UniPC steps at cfg 5; as it
+    does with the sampler changed alone, or fewer steps. More steps or another cfg, or a control expert of another
+    family, say nothing."""
     from confiner_core.latent_spaces import WAN21
 
     x0 = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(7))
@@ -949,10 +950,14 @@ def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templ
 
     wan = Wan(x0, S.flow_schedule(shift=3.0), prediction="flow")
     assert warnings_of(wan, ChainConfig(), 1.0) == [
-        "the Wan 2.1 control expert at 4 control steps, cfg 1 and the euler sampler: these defaults are a 4-step "
-        "distilled model's (AnimateDiff-Lightning); an undistilled Wan 2.1 model makes a blurred structure that "
+        "the Wan 2.1 control expert at 4 control steps and cfg 1 (euler sampler): these are a step-distilled model's "
+        "settings (AnimateDiff-Lightning's, the defaults); an undistilled Wan 2.1 model makes a blurred structure that "
         "follows the prompt weakly in so few steps: use 8 control steps, cfg 5 and the unipc sampler (the Wan "
         "templates'), or keep these with a step-distilled model"]
+    assert [w[:58] for w in warnings_of(wan, ChainConfig(control_sampler="unipc"), 1.0)] == [
+        "the Wan 2.1 control expert at 4 control steps and cfg 1 (u"]
+    assert len(warnings_of(wan, ChainConfig(control_steps=2), 1.0)) == 1
     assert warnings_of(wan, ChainConfig(control_steps=8, control_sampler="unipc"), 5.0) == []
+    assert warnings_of(wan, ChainConfig(control_steps=8), 1.0) == []
     assert warnings_of(wan, ChainConfig(), 5.0) == []
     assert warnings_of(OracleExpert(x0[:, :4], S.named("sd15")), ChainConfig(), 1.0) == []

@@ -342,18 +342,23 @@ def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, mod
     assert r["shapes"] == [[2, 16, 2, 4, 4], [1, 16, 2, 4, 4], [1, 16, 2, 4, 4]]
     assert r["item0_vs_batch1"] <= 1e-5 * r["max_abs"] and r["item1_vs_picked"] <= 1e-5 * r["max_abs"], r
     assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
-    assert r["endings"]["9"].startswith("warning: 4-step defaults: try 8 steps, cfg 5, unipc\ndone"), r["endings"]
+    assert r["endings"]["9"].startswith("warning: 4 steps, cfg 1 are distilled settings: try 8 steps, cfg "
+                                            "5, unipc\ndone"), r["endings"]
     assert "· 2 clips of 5 frames\nseed 1" in r["endings"]["9"], r["endings"]
 
 
 def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_settings(comfy_worker, modern):
     """A Control Expert added by hand for Wan kept AnimateDiff-Lightning's defaults (4 euler steps at cfg 1), made for
-    a distilled model, without a word; the Wan templates set 8 unipc steps at cfg 5. Other settings, and the defaults
-    on a model carrying a LoRA (a step-distilled one runs at them), say nothing."""
+    a distilled model, without a word; the Wan templates set 8 unipc steps at cfg 5. Changing the sampler alone, or
+    fewer steps, left the structure as blurred and is told too; more steps or another cfg, and the defaults on a
+    model carrying a LoRA (a step-distilled one runs at them), say nothing."""
     notes = comfy_worker.call("comfy_support.modern_checks:distilled_control_notes",
-                              [(4, 1.0, "euler"), (8, 5.0, "unipc"), (4, 1.0, "unipc"), (2, 1.0, "euler")])
-    assert notes == {"4 1 euler": ["warning: 4-step defaults: try 8 steps, cfg 5, unipc"], "8 5 unipc": [],
-                     "4 1 unipc": [], "2 1 euler": [], "lora": []}
+                              [(4, 1.0, "euler"), (8, 5.0, "unipc"), (4, 1.0, "unipc"), (2, 1.0, "euler"),
+                               (8, 1.0, "unipc"), (4, 5.0, "euler")])
+    told = "are distilled settings: try 8 steps, cfg 5, unipc"
+    assert notes == {"4 1 euler": [f"warning: 4 steps, cfg 1 {told}"], "8 5 unipc": [],
+                     "4 1 unipc": [f"warning: 4 steps, cfg 1 {told}"], "2 1 euler": [f"warning: 2 steps, cfg 1 {told}"],
+                     "8 1 unipc": [], "4 5 euler": [], "lora": []}
     # (a run's node text: the batch test's Wan run above, at these defaults; the console's sentence: test_chain)
 
 
