@@ -1553,19 +1553,27 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
 
 
 def embedded_world(req: GenerateRequest) -> list[dict]:
-    """Per prompt of the run, what the embedded world draws for it and the words it did not read."""
-    return [{"prompt": entry.prompt or DEFAULT_PROMPT, "draws": drawn, "unknown_words": unknown}
-            for entry in req.prompt_schedule().entries for drawn, unknown in [read_prompt(entry.prompt)]]
+    """Per prompt of the run, what the embedded world draws for it, the words it does not know and the known words
+    it left unused (a second colour, shape, motion or background)."""
+    return [{"prompt": entry.prompt or DEFAULT_PROMPT, "draws": reading.draws, "unknown_words": reading.unknown,
+             "unused_words": reading.unused}
+            for entry in req.prompt_schedule().entries for reading in [read_prompt(entry.prompt)]]
 
 
 def unread_words_line(req: GenerateRequest) -> str | None:
     """The command line's note where the embedded world met words it does not know (it drew a red ball for "a
-    purple elephant dancing", without a word)."""
-    unread = [f"'{w['prompt']}' is drawn as {w['draws']} ({', '.join(w['unknown_words'])} not read)"
-              for w in embedded_world(req) if w["unknown_words"]]
-    if not unread:
+    purple elephant dancing", without a word) or left known words unused (a blue ball for "a blue ball over red
+    grass": one colour, the first)."""
+    def unread(world: dict) -> str:
+        parts = [f"{', '.join(world['unknown_words'])} not read"] if world["unknown_words"] else []
+        if world["unused_words"]:
+            parts.append(f"{', '.join(world['unused_words'])} unused: it draws the first colour, shape, motion and "
+                         f"background named")
+        return f"'{world['prompt']}' is drawn as {world['draws']} ({'; '.join(parts)})"
+    lines = [unread(w) for w in embedded_world(req) if w["unknown_words"] or w["unused_words"]]
+    if not lines:
         return None
-    return (f"embedded world: {'; '.join(unread)}. It knows a few colours, shapes, motions and backgrounds (README, "
+    return (f"embedded world: {'; '.join(lines)}. It knows a few colours, shapes, motions and backgrounds (README, "
             f"'The embedded default'); checkpoints read any prompt")
 
 

@@ -67,20 +67,28 @@ def test_a_video_longer_than_one_segment_says_it_runs_confiner_long_and_what_a_c
 
 def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_what_it_renders(tmp_path, capsys):
     """"a purple elephant dancing" was drawn as a purple ball bouncing, without a word: the command line names the
-    words not read and the report keeps them; the scene it names renders as the prompt does."""
+    words not read and the known words unused, and the report keeps them; the scene it names renders as the prompt
+    does."""
     from confiner_core.embedded.world import Scene, read_prompt
 
-    out, report = run(tmp_path, "elephant", "--prompt", "a purple elephant dancing")
-    assert "embedded world: 'a purple elephant dancing' is drawn as a purple ball bouncing over grass (elephant, " \
-           "dancing not read)" in capsys.readouterr().out
-    assert report["embedded_world"] == [{"prompt": "a purple elephant dancing",
+    # and the known words it leaves unused: it draws the first colour, shape, motion and background, and a background
+    # in its own colours ("red grass" was drawn as green grass, without a word)
+    out, report = run(tmp_path, "elephant", "--prompt", "a purple elephant dancing over red grass")
+    assert "embedded world: 'a purple elephant dancing over red grass' is drawn as a purple ball bouncing over " \
+           "grass (elephant, dancing not read; red unused: it draws the first colour, shape, motion and background " \
+           "named)" in capsys.readouterr().out
+    assert report["embedded_world"] == [{"prompt": "a purple elephant dancing over red grass",
                                          "draws": "a purple ball bouncing over grass",
-                                         "unknown_words": ["elephant", "dancing"]}]
+                                         "unknown_words": ["elephant", "dancing"], "unused_words": ["red"]}]
     run(tmp_path, "default")
     assert "embedded world" not in capsys.readouterr().out
-    for prompt in ("a purple elephant dancing", "", "a blue cube sliding left across the snow at night",
-                   "Green kite, drifting over the desert!", "一个红色的球"):
-        drawn, unknown = read_prompt(prompt)
+    for prompt, unused in (("a purple elephant dancing", []), ("", []), ("a red ball bouncing over green grass", []),
+                           ("a blue cube sliding left across the snow at night", ["night"]),
+                           ("a ball bouncing left", ["left"]), ("a red ball and a red sphere", []),
+                           ("Green kite, drifting over the desert!", []), ("a ball and a box", ["box"]),
+                           ("a white ball over blue sky", []), ("一个红色的球", [])):
+        drawn, unknown, not_used = read_prompt(prompt)
+        assert not_used == unused, prompt
         assert unknown == [] or prompt.strip(), prompt
         a, b = Scene.from_prompt(prompt), Scene.from_prompt(drawn)
         assert (a.colour, a.shape, a.background, a.motion) == (b.colour, b.shape, b.background, b.motion), prompt

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +29,11 @@ BACKGROUNDS = {  # keyword -> (base colour, texture colour)
     "night": ((0.05, 0.05, 0.15), (0.2, 0.2, 0.35)), "space": ((0.02, 0.02, 0.06), (0.6, 0.6, 0.7)),
     "floor": ((0.55, 0.4, 0.3), (0.45, 0.3, 0.2)),
 }
+# the colour words a background is drawn in: "green grass" describes what the world draws, "red grass" does not
+BACKGROUND_COLOURS = {"grass": {"green"}, "field": {"green", "yellow"}, "sky": {"blue", "cyan"},
+                      "ocean": {"blue", "cyan"}, "sea": {"blue", "cyan"}, "desert": {"yellow", "orange"},
+                      "sand": {"yellow", "orange"}, "snow": {"white"}, "night": {"black", "blue"},
+                      "space": {"black"}, "floor": {"orange"}}
 SHAPES = {"ball": "disc", "circle": "disc", "sphere": "disc", "moon": "disc", "sun": "disc", "square": "square",
           "box": "square", "cube": "square", "block": "square", "diamond": "diamond", "kite": "diamond"}
 MOTIONS = {"bouncing": "bounce", "bounces": "bounce", "jumping": "bounce", "rolling": "horizontal",
@@ -44,18 +50,32 @@ def prompt_words(prompt: str) -> list[str]:
     return [w.strip(".,;:!?") for w in (prompt or DEFAULT_PROMPT).lower().split()]
 
 
-def read_prompt(prompt: str) -> tuple[str, list[str]]:
-    """What the world draws for ``prompt``, in words (``'a purple ball bouncing over grass'``: the first colour,
-    shape, motion and background it names, the default for each it does not), and the words it does not know."""
+class PromptReading(NamedTuple):
+    """What the world draws for a prompt, in words (``'a purple ball bouncing over grass'``), the words it does not
+    know, and the known words it left unused: a second colour, shape, motion or background ("red" in "a blue ball
+    over red grass": the world draws the first of each kind, and grass has its own colour)."""
+
+    draws: str
+    unknown: list[str]
+    unused: list[str]
+
+
+KINDS = ((COLOURS, "red"), (SHAPES, "ball"), (MOTIONS, "bouncing"), (BACKGROUNDS, "grass"))
+
+
+def read_prompt(prompt: str) -> PromptReading:
+    """The first colour, shape, motion and background ``prompt`` names (the default for each it does not), and the
+    words that change nothing."""
     words = prompt_words(prompt)
-
-    def named(table, default):
-        return next((w for w in words if w in table), default)
-
-    drawn = (f"a {named(COLOURS, 'red')} {named(SHAPES, 'ball')} {named(MOTIONS, 'bouncing')} over "
-             f"{named(BACKGROUNDS, 'grass')}")
-    known = COLOURS.keys() | SHAPES.keys() | MOTIONS.keys() | BACKGROUNDS.keys() | FILLER
-    return drawn, list(dict.fromkeys(w for w in words if w and w not in known))
+    firsts = [next((w for w in words if w in table), default) for table, default in KINDS]
+    colour, shape, motion, background = firsts
+    known = FILLER.union(*(table.keys() for table, _ in KINDS))
+    def describes_background(i: int) -> bool:   # a colour word naming the colour the next word's background has
+        return i + 1 < len(words) and words[i] in BACKGROUND_COLOURS.get(words[i + 1], ())
+    unused = [w for i, w in enumerate(words) for (table, _), first in zip(KINDS, firsts)
+              if w in table and table[w] != table.get(first) and not describes_background(i)]
+    return PromptReading(f"a {colour} {shape} {motion} over {background}",
+                         list(dict.fromkeys(w for w in words if w and w not in known)), list(dict.fromkeys(unused)))
 
 
 @dataclass(frozen=True)
