@@ -1014,8 +1014,8 @@ class Progress:
         warning = distilled_control_warning(space, steps, cfg, sampler)
         if warning:
             good_steps, good_cfg, good_sampler = UNDISTILLED_CONTROL[space.name]
-            self.warn(warning, f"warning: {steps} steps, cfg {cfg:g} are distilled settings: try {good_steps} steps, "
-                               f"cfg {good_cfg:g}, {good_sampler}")
+            self.warn(warning, f"warning: {steps} steps at cfg {cfg:g}: try {good_steps} steps, cfg {good_cfg:g}, "
+                               f"{good_sampler}")
 
     def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
                     mode: str) -> None:

@@ -58,7 +58,7 @@ def wan_graph(ckpt: str, spatial: str = "qwen", frames: str = "latent frames", g
                                                                   "batch_size": 1}},
         "9": {"class_type": "ConFinerControlExpert", "inputs": {
             "model": ["1", 0], "positive": ["6", 0], "negative": ["6", 0], "latent": ["8", 0], "seed": 1,
-            "steps": 2, "cfg": 1.0, "sampler": "euler", "latent_is_noise": False}},
+            "steps": 2, "cfg": 2.0, "sampler": "euler", "latent_is_noise": False}},
         "10": {"class_type": "ConFinerRefineExperts", "inputs": {
             "spatial_model": ["2", 0], "spatial_positive": ["7", 0], "spatial_negative": ["7", 0], "spatial_cfg": 1.0,
             "temporal_model": ["1", 0], "temporal_positive": ["6", 0], "temporal_negative": ["6", 0],
@@ -96,7 +96,7 @@ def long_wan_graph(ckpt: str) -> dict:
     p["8"]["inputs"]["length"] = 1
     p["14"] = {"class_type": "ConFinerLongSegmenter", "inputs": {
         "control_model": ["1", 0], "control_positive": ["6", 0], "control_negative": ["6", 0], "experts": ["10", 0],
-        "latent": ["8", 0], "frames": 9, "segment_length": 5, "seed": 1, "control_steps": 2, "control_cfg": 1.0,
+        "latent": ["8", 0], "frames": 9, "segment_length": 5, "seed": 1, "control_steps": 2, "control_cfg": 2.0,
         "control_sampler": "euler", "te": 100, "refine_steps": REFINE_STEPS, "mode": "coordinated",
         "matching": "same_index", "noise_init": "shuffle", "freenoise_stride": 2, "gamma": 0.1, "staggered": True,
         "segment_prompts": "", "control_vae": ["5", 0]}}
@@ -337,13 +337,12 @@ def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, mod
     is the clip that Latent From Batch's item 1 makes alone (the seed plus its batch index, in both sampling nodes).
     One generator for the batch had interleaved the items' noise from the second draw on."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "wan")
-    prompt["9"]["inputs"]["steps"] = 4   # the Control Expert's defaults: the next test's warning, shown in this run
+    prompt["9"]["inputs"].update(steps=4, cfg=1.0)   # the Control Expert's defaults: the next test's warning, shown here
     r = comfy_worker.call("comfy_support.modern_checks:batch_items_against_batch_one", prompt, "11", "8")
     assert r["shapes"] == [[2, 16, 2, 4, 4], [1, 16, 2, 4, 4], [1, 16, 2, 4, 4]]
     assert r["item0_vs_batch1"] <= 1e-5 * r["max_abs"] and r["item1_vs_picked"] <= 1e-5 * r["max_abs"], r
     assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
-    assert r["endings"]["9"].startswith("warning: 4 steps, cfg 1 are distilled settings: try 8 steps, cfg "
-                                            "5, unipc\ndone"), r["endings"]
+    assert r["endings"]["9"].startswith("warning: 4 steps at cfg 1: try 8 steps, cfg 5, unipc\ndone"), r["endings"]
     assert "· 2 clips of 5 frames\nseed 1" in r["endings"]["9"], r["endings"]
 
 
@@ -355,9 +354,9 @@ def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_setti
     notes = comfy_worker.call("comfy_support.modern_checks:distilled_control_notes",
                               [(4, 1.0, "euler"), (8, 5.0, "unipc"), (4, 1.0, "unipc"), (2, 1.0, "euler"),
                                (8, 1.0, "unipc"), (4, 5.0, "euler")])
-    told = "are distilled settings: try 8 steps, cfg 5, unipc"
-    assert notes == {"4 1 euler": [f"warning: 4 steps, cfg 1 {told}"], "8 5 unipc": [],
-                     "4 1 unipc": [f"warning: 4 steps, cfg 1 {told}"], "2 1 euler": [f"warning: 2 steps, cfg 1 {told}"],
+    told = "at cfg 1: try 8 steps, cfg 5, unipc"
+    assert notes == {"4 1 euler": [f"warning: 4 steps {told}"], "8 5 unipc": [],
+                     "4 1 unipc": [f"warning: 4 steps {told}"], "2 1 euler": [f"warning: 2 steps {told}"],
                      "8 1 unipc": [], "4 5 euler": [], "lora": []}
     # (a run's node text: the batch test's Wan run above, at these defaults; the console's sentence: test_chain)
 
