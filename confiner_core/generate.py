@@ -474,6 +474,9 @@ class GenerateRequest:
         if plan is not None:
             self._validate_long(plan)
         elif self.resume:
+            # the folder's run first: its stored settings name what differs (a resume with the options left out
+            # was told only that it made a single clip)
+            self._validate_resume()
             raise UsageError(f"--resume continues an interrupted ConFiner-Long run; this is a single clip "
                              f"({self.frames} frames <= --segment-length {self.long.segment_length}, one prompt)",
                              "--resume")

@@ -96,6 +96,10 @@ CLI_CASES = [
          "--resume: {prev} holds no interrupted ConFiner-Long run (no .confiner-resume folder in it)"),
     Case("resume-nowhere", ["--frames", "24", "--segment-length", "8", "--resume", "--out", "{prev}/nowhere"],
          "--resume: {prev}/nowhere does not exist, so holds no interrupted ConFiner-Long run"),
+    # --resume without the run's options: the stored run names them (it said only "this is a single clip")
+    Case("resume-without-the-runs-options", ["--resume", "--out", "{resumed}"],
+         "--resume: the interrupted run in {resumed}/.confiner-resume used other settings (--frames: 24 -> 8; --seed: 7 "
+         "-> 0; --segment-length: 8 -> 16); resume with its settings"),
     # a run into an interrupted run's kept state: its --resume, completed, deleted that folder with the run's video
     Case("out-inside-resume-state", ["--out", "{resumed}/.confiner-resume"],
          "--out: {resumed}/.confiner-resume is inside the kept state of the interrupted run in {resumed}, which its "
@@ -282,7 +286,8 @@ API_CASES = [
     Case("api-height", {"height": 70}, "height must be a multiple of 8"),
     Case("api-seed-too-big", {"seed": 2**64}, "seed must be <="),
     Case("api-fps-nan", {"fps": math.nan}, "fps must be a finite number"),
-    Case("api-resume-single-clip", {"resume": True}, "resume=True continues an interrupted ConFiner-Long run"),
+    Case("api-resume-single-clip", {"resume": True}, "holds no interrupted ConFiner-Long run (no .confiner-resume "
+         "folder in it); run without resume=True"),
     Case("api-cfg-nan", {"refine_cfg": math.nan}, "refine_cfg must be a finite number"),
     Case("api-temporal-cfg-inf", {"temporal_cfg": math.inf}, "temporal_cfg must be a finite number"),
     Case("api-control-cfg-inf", {"control_cfg": math.inf}, "control_cfg must be"),
