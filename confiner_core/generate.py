@@ -330,7 +330,8 @@ class GenerateRequest:
     fps: float | None = None   # None: the video experts' own (video_fps: Wan 16, AnimateDiff and ModelScope 8)
     device: str = "cpu"
     speed: str = "eager"  # diffusers experts: a name of diffusers_backend.speed.PRESETS (SPEEDS)
-    dtype: str = "auto"   # diffusers experts: a name of DTYPES (auto: fp16 on accelerators, fp32 on the CPU)
+    dtype: str = "auto"   # diffusers experts: a name of DTYPES (auto: fp16 on accelerators, fp32 on the CPU), or a
+    #                       torch.dtype of them (load_experts' spelling)
     compile_dir: str | None = None  # --speed fast/max: compiled blocks kept here for later runs (SpeedSettings)
     resume: bool = False  # ConFiner-Long: continue the interrupted run in ``out``
     save_frames: bool = False  # also frames.npy: every frame, lossless (video.mp4's codec moves pixels)
@@ -345,6 +346,8 @@ class GenerateRequest:
     _defaults: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
+        if isinstance(self.dtype, torch.dtype):   # load_experts' spelling, taken as its name ("bfloat16")
+            self.dtype = str(self.dtype).removeprefix("torch.")
         for name, kind in (("chain", ChainConfig), ("long", LongConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise UsageError(f"{name} must be a {kind.__name__} (e.g. {kind.__name__}(...) from "

@@ -187,6 +187,17 @@ def test_a_dtype_that_is_not_a_float_dtype_is_refused_before_loading(paths, dtyp
         load_experts(control=paths["ad"], spatial=paths["sd"], dtype=dtype)
 
 
+def test_a_dtype_is_taken_in_either_entry_points_spelling(paths):
+    """GenerateRequest took dtype names ('bfloat16') and load_experts torch dtypes, each refusing the other's (a
+    researcher's trial): both take both."""
+    from confiner_core.generate import GenerateRequest
+
+    loaded = load_experts(control=paths["ad"], spatial=paths["sd"], dtype="bfloat16", show_progress=False)
+    assert {e.unet.dtype for e in loaded.experts.values() if e is not None} == {torch.bfloat16}
+    assert GenerateRequest(dtype=torch.bfloat16).dtype == "bfloat16"
+    assert replace(GenerateRequest(), dtype=torch.float32).dtype == "float32"
+
+
 @pytest.mark.parametrize("device, message", [
     ("gpu", r"^load_experts: device 'gpu' is not a device PyTorch knows; use cpu, cuda, cuda:N, mps or xpu$"),
     ("cpu:1", r"^load_experts: device cpu:1: the CPU has one device, cpu \(or cpu:0\); use device='cpu'"),

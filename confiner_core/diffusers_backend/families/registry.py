@@ -327,7 +327,7 @@ def check_image_mode(context: Context, inspections: dict) -> None:
                          f"{spatial.path if spatial is not None else '(none)'} is not one: drop the option")
 
 
-def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | None = None,
+def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | str | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
                  options: dict | None = None, show_progress: bool = True) -> LoadedExperts:
@@ -357,9 +357,12 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
             raise TypeError(f"load_experts: {not_a_path(name, path)}")
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
+    if isinstance(dtype, str) and dtype in ("auto", "float16", "bfloat16", "float32"):   # GenerateRequest's spelling
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, torch.float16) or None "
-                         f"(fp16 on accelerators, fp32 on the CPU), got {dtype!r}")
+        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, torch.float16), its "
+                         f"name ('float32', ...), or None or 'auto' (fp16 on accelerators, fp32 on the CPU), got "
+                         f"{dtype!r}")
     unknown = sorted(set(options or {}) - set(FAMILY_OPTIONS))
     if unknown:   # a misspelt option would be ignored, and the run made without it
         close = {name: difflib.get_close_matches(name, FAMILY_OPTIONS, n=1) for name in unknown}
