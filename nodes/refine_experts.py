@@ -114,6 +114,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                 negative = negative if negative is not None else positive
                 problems.append(host.problem_of(host.check_text_width, model, role, positive, negative, cfg, which,
                                                 sources))
+        if any(problems):   # a Run that fails here anyway also names the VAEs the mode will ask for next
+            problems.append(host.problem_of(experts.check_bridge) if not problems[0] else None)
         # one model all of them concern, whose file the graph names: the file may be the mistake
         roles = {min(("spatial", "temporal"), key=lambda r: str(problem).find(r) if r in str(problem)
                      else len(str(problem))) for problem in problems if problem}   # each about the expert it names first

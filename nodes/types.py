@@ -110,6 +110,24 @@ class RefineExperts:
                              f"of the {space.title} latent space ({vae_file(space)}) to spatial VAE (spatial_vae) on "
                              f"{REFINE_EXPERTS}, or use 'latent frames'")
 
+    def check_bridge(self) -> None:
+        """Spatial and temporal experts of different latent spaces hand the video over at every step of the
+        coordinated and alternate modes, through both VAEs. The mode is the sampler's (temporal mode needs no spatial
+        VAE), which checks it; :meth:`execute` asks this beside the bundle's other problems (an artist who put Wan in
+        the spatial role met its text encoder here, then the VAEs on the Refine Sampler, a Run each). The spatial
+        expert on pixel frames works in the temporal expert's pixels: the sampler checks that case."""
+        from ..confiner_core.latent_spaces import check_bridges
+        from .host import PIXEL_FRAMES, space_of
+
+        if self.temporal_model is None or self.spatial_frames == PIXEL_FRAMES:
+            return
+        shelf = self.shelf()
+        ends = {role: shelf.codec(space_of(model)) or space_of(model) for role, model in self.models.items()}
+        try:
+            check_bridges([("spatial", "temporal")], ends, self.vae_fixes())
+        except ValueError as e:
+            raise ValueError(f"in refine modes coordinated (the default) and alternate, {e}") from None
+
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""
         from .host import space_of

@@ -302,6 +302,21 @@ def test_a_swap_from_qwen_image_to_flux_is_told_every_fix_at_once(comfy_worker, 
                                           "flux). The console says more."])
 
 
+def test_a_swapped_spatial_model_is_told_its_prompts_and_the_bridges_vaes_at_once(comfy_worker, modern):
+    """An artist who put a model of another family in the spatial role, prompts and VAEs as they were, met its text
+    encoder on the Refine Experts, then on the next Run the two VAEs its latent space's bridge needs (the Refine
+    Sampler's check, which knows the mode). A Run failing on the bundle anyway names those VAEs too."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["10"]["inputs"].update(spatial_positive=["6", 0], spatial_negative=["6", 0])   # the Wan chain's prompt
+    del prompt["10"]["inputs"]["spatial_vae"], prompt["10"]["inputs"]["temporal_vae"]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with Wan's prompt, no VAEs", [
+        "2 problems: (1) ", "(spatial positive, spatial_positive) is 4096 wide", "(2) in refine modes coordinated (the "
+        "default) and alternate, experts of different latent spaces hand the video over (spatial SD 1.5 -> temporal "
+        "Wan 2.1): bridging them needs their VAEs, and 2 are missing; for SD 1.5 (the spatial expert): connect one "
+        "to spatial VAE (spatial_vae) on ConFiner Refine Experts; for Wan 2.1 (the temporal expert): connect one to "
+        "temporal VAE (temporal_vae) on ConFiner Refine Experts"])
+
+
 def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, modern):
     """An SD 1.5 checkpoint where Qwen-Image was: its VAE and prompts are another family's. The dialog held 7 lines
     (each problem in full); it says each short, and the console has the whole story. Both prompts at once: a trial's
