@@ -96,6 +96,29 @@ def table3_warning(control_steps: int, te: int, schedule: NoiseSchedule | None =
     return None
 
 
+#: the least share of the structure (alpha in Eq. 6's x = alpha V + sigma eps) a T_e may keep without a warning
+STRUCTURE_KEPT_MIN = 0.1
+
+
+def structure_kept(te: int, schedule: NoiseSchedule) -> float:
+    """alpha of Eq. 6 at T_e on the refining expert's ``schedule``: the structure's share of the noised latent."""
+    return schedule.coefficients(schedule.index(te))[0]
+
+
+def structure_lost_warning(te: int, schedule: NoiseSchedule | None) -> str | None:
+    """T_e so near the top of the schedule that the noised structure is almost pure noise (alpha below
+    :data:`STRUCTURE_KEPT_MIN`): the refinement then samples afresh and the control stage changes little, whatever its
+    steps (Table 3's collapse is about 4 steps; this holds at any count)."""
+    if schedule is None:
+        return None
+    alpha = structure_kept(te, schedule)
+    if alpha >= STRUCTURE_KEPT_MIN:
+        return None
+    return (f"T_e={te} keeps {alpha:.0%} of the structure (Eq. 6: x = {alpha:.2f} structure + "
+            f"{schedule.coefficients(schedule.index(te))[1]:.2f} noise): the refinement starts from almost pure noise "
+            f"and the control stage is lost; use a lower T_e (about {table3_best_te(schedule)}, the paper's best)")
+
+
 #: the control stage ChainConfig and the nodes default to: AnimateDiff-Lightning's, a 4-step distilled model
 DISTILLED_CONTROL = (4, 1.0, "euler")
 #: the control stage an undistilled model of these latent spaces' families gets in the templates (Wan 2.1, Wan 2.2;
@@ -467,7 +490,8 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
     refined_on = extraction_schedule(spatial, temporal, config.mode)
-    for message in (table3_warning(config.control_steps, config.te, refined_on),
+    lost = structure_lost_warning(config.te, refined_on)   # (Table 3's warning then says less)
+    for message in (lost or table3_warning(config.control_steps, config.te, refined_on),
                     distilled_control_warning(control.expert.latent_space, config.control_steps,
                                               control.guidance_scale, config.control_sampler)):
         if message:

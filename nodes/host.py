@@ -35,7 +35,8 @@ from ..confiner_core import schedules as S
 from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNDISTILLED_CONTROL, UNUSED_BECAUSE, ChainConfig,
                                    control_noise_warning, control_timesteps, distilled_control_warning,
                                    extraction_schedule, refine_positions, same_index_warning,
-                                   settled, table3_best_te, table3_warning, unused_settings)
+                                   settled, structure_kept, structure_lost_warning, table3_best_te,
+                                   table3_warning, unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame, wan22_space
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
@@ -1020,9 +1021,15 @@ class Progress:
     def warn_table3(self, control_steps: int | None, te: int, spatial: Denoiser, temporal: Denoiser | None,
                     mode: str) -> None:
         """The paper's Table 3 (:func:`~confiner_core.chain.table3_warning`): T_e at a noise level that collapses
-        image quality after a structure of few control steps (unknown, e.g. a structure of another node: none)."""
-        if control_steps is not None:
-            schedule = extraction_schedule(spatial, temporal, mode)
+        image quality after a structure of few control steps (unknown, e.g. a structure of another node: none); and
+        at any steps a T_e that keeps almost nothing of the structure
+        (:func:`~confiner_core.chain.structure_lost_warning`)."""
+        schedule = extraction_schedule(spatial, temporal, mode)
+        lost = structure_lost_warning(te, schedule)   # at any control steps, known or not
+        if lost:
+            self.warn(lost, f"warning: T_e {te} keeps {structure_kept(te, schedule):.0%} of the structure: use about "
+                            f"{table3_best_te(schedule)}")
+        elif control_steps is not None:
             self.warn(table3_warning(control_steps, te, schedule), table3_note(te, control_steps,
                                                                                table3_best_te(schedule)))
 

@@ -379,6 +379,37 @@ def test_table3_warning_only_where_the_paper_found_collapse():
         run_chain(c, s, s, noise, ChainConfig(te=300), torch.Generator().manual_seed(0))
 
 
+def test_a_te_that_keeps_almost_none_of_the_structure_is_warned_at_any_control_steps():
+    """T_e 999 with 8 control steps ran without a word (Table 3's warning is about 4 steps): Eq. 6 kept 0.1 % of the
+    structure on Wan, so the refinement sampled afresh. Judged by alpha, the structure's share, read here from
+    diffusers' own table (DDPMScheduler's alphas_cumprod) on SD 1.5, and as 1 - sigma on a flow schedule."""
+    from diffusers import DDPMScheduler
+
+    from confiner_core.chain import STRUCTURE_KEPT_MIN, ConFinerWarning, structure_lost_warning
+
+    ddpm = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sd_alpha = ddpm.alphas_cumprod.sqrt()
+    first_sd = int((sd_alpha < STRUCTURE_KEPT_MIN).nonzero()[0])   # the first SD 1.5 timestep warned
+    assert 900 < first_sd < 999
+    sd = S.named("sd15")
+    assert structure_lost_warning(first_sd - 1, sd) is None and structure_lost_warning(first_sd, sd) == (
+        f"T_e={first_sd} keeps {sd_alpha[first_sd]:.0%} of the structure (Eq. 6: x = {sd_alpha[first_sd]:.2f} "
+        f"structure + {(1 - ddpm.alphas_cumprod[first_sd]).sqrt():.2f} noise): the refinement starts from almost pure "
+        f"noise and the control stage is lost; use a lower T_e (about 200, the paper's best)")
+    flow = S.flow_schedule(5.0)   # a flow T_e is N sigma: alpha = 1 - sigma
+    assert structure_lost_warning(890, flow) is None and "T_e=950 keeps 5% of the structure" in \
+        structure_lost_warning(950, flow)
+    x0 = x0_star()
+    c, s = OracleExpert(x0, S.named("animatediff")).bind(), OracleExpert(x0, sd).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    for steps in (4, 8):   # said instead of Table 3's warning, which also holds at 4 steps
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            validate_chain(c, s, s, tuple(noise.shape), ChainConfig(te=999, control_steps=steps))
+        said = [str(w.message) for w in caught if w.category is ConFinerWarning and "T_e=999" in str(w.message)]
+        assert [m[:35] for m in said] == ["T_e=999 keeps 7% of the structure ("], said
+
+
 @pytest.mark.parametrize("matching", ["nearest", "continuous"])
 def test_matching_by_noise_level_on_one_shared_schedule_is_said_to_change_nothing(matching):
     """SD 1.5 and ModelScope share one schedule: a sweep over matchings made one video three times, and the option

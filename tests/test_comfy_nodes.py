@@ -370,10 +370,13 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     assert result["progress"] == []
 
 
-@pytest.mark.parametrize("te, warned", [(300, True), (200, False)])
-def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_worker, te, warned):
+@pytest.mark.parametrize("te, note", [(300, "warning: T_e 300 too high for 4 control steps: use about 200"),
+                                      (999, "warning: T_e 999 keeps 7% of the structure: use about 200")])
+def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_worker, te, note):
     """The paper's Table 3: after 4 control steps T_e >= 300 collapses image quality. The library warns; the Refine
-    Sampler knows the structure's control steps from the Control Expert and says so under the node for the run."""
+    Sampler knows the structure's control steps from the Control Expert and says so under the node for the run. A T_e
+    that keeps almost none of the structure is said instead (an artist's T_e 999 ran without a word at 8 steps; the
+    library's tests cover any step count, and T_e below either limit)."""
     workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
     sampler["widgets_values"][0] = te
@@ -381,8 +384,8 @@ def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_
     assert result["success"]
     texts = [m[1]["text"] for m in result["server_messages"]
              if m[0] == "progress_text" and m[1]["node_id"] == str(sampler["id"]) and "\nstep " in m[1]["text"]]
-    note = f"warning: T_e {te} too high for 4 control steps: use about 200"   # no "Table 3" an artist cannot look up
-    assert len(texts) == 15 and all((note in t.split("\n")) == warned for t in texts), texts[:2]
+    # (no "Table 3", which an artist cannot look up; one warning about T_e)
+    assert len(texts) == 15 and all(note in t.split("\n") and t.count("warning: T_e") == 1 for t in texts), texts[:2]
     assert all(len(line) <= 60 for t in texts for line in t.split("\n"))
 
 
