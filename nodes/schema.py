@@ -202,13 +202,12 @@ def _label(spec) -> str:
 
 
 def widget_problem(node_cls, **values) -> str | None:
-    """The first widget value of ``node_cls`` that is not finite, out of its declared range or not an option, as a
-    one-line message naming the input; None if all are fine. Linked values arrive as None and are skipped."""
+    """Every widget value of ``node_cls`` that is not finite, out of its declared range or not an option, in one
+    line naming each input (an API prompt's te -5 and refine steps -1 told only te's); None if all are fine. Linked
+    values arrive as None and are skipped."""
     specs = {i.id: i for i in node_cls.define_schema().inputs}
-    for name, value in values.items():
-        spec = specs[name]
-        if value is None:
-            continue
+
+    def problem(spec, value) -> str | None:
         if isinstance(spec, (io.Int.Input, io.Float.Input)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"{_label(spec)} must be a number, got {value!r}"
@@ -220,7 +219,9 @@ def widget_problem(node_cls, **values) -> str | None:
                 return f"{_label(spec)} = {value} is above its maximum {spec.max}"
         elif isinstance(spec, io.Combo.Input) and value not in spec.options:
             return f"{_label(spec)} = {value!r} is not one of {list(spec.options)}"
-    return None
+        return None
+    problems = [p for name, value in values.items() if value is not None for p in [problem(specs[name], value)] if p]
+    return "; ".join(problems) or None
 
 
 def host_converted(node_cls, **values) -> dict:

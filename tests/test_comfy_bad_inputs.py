@@ -102,6 +102,9 @@ CASES = [
     # a value the host cannot convert is its own message, filed under that input alone (the queue-time check
     # filed a second one under every input it reads)
     ("te not a number", "chain", "7", {"te": "abc"}, VALIDATION, ["te", "abc"]),
+    # both, where a check reads two (it told te's alone)
+    ("te and refine steps below 0", "chain", "7", {"te": -5, "refine_steps": -1}, VALIDATION,
+     ["te) = -5 is below its minimum 0; refine steps (refine_steps) = -1 is below its minimum 1"]),
     ("refine steps 0", "chain", "7", {"refine_steps": 0}, VALIDATION, ["refine_steps"], ["te", "refine_steps"]),
     ("refine steps do not fit below te", "chain", "7", {"te": 10, "refine_steps": 50}, VALIDATION, ["refine_steps", "te"]),
     ("refine mode unknown", "chain", "7", {"mode": "bogus"}, COMBO, ["mode"]),
