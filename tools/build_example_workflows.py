@@ -886,8 +886,9 @@ def long_wan21():
         "image model of another text encoder as the spatial expert (Qwen-Image, FLUX.1) leave them empty.",
         ["**segment prompts** on ConFiner Long Video (`0: prompt | 5s: prompt from 5 s`), or Positive/Negative when "
          "segment prompts is empty.",
-         "**frames** (4k+1: 161, 321) and **segment length** (4k+1: 33, 81) on ConFiner Long Video; the latent sets "
-         "only the frame size (width and height multiples of 16; Wan 2.1 1.3B is made for 832x480).",
+         "**frames** (4k+1: 161, 321; under 81 move the prompts' `5s` key inside them) and **segment length** (4k+1: "
+         "33, 81) on ConFiner Long Video; the latent sets only the frame size (width and height multiples of 16; Wan "
+         "2.1 1.3B is made for 832x480).",
          "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate; *Show Advanced* in "
          "its menu) only if the save node's differs.",
          LONG_SEED,
