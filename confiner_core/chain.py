@@ -700,7 +700,19 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     # to the first refinement timestep, as diffusers' img2img noises to the first timestep it keeps: T_e itself
     # except under "leading" spacing, whose timesteps start below it
     x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
-    return refine(spatial, temporal, x, config, generator, callback)
+    return refine(spatial, temporal, x, config, generator, with_noised_structure(callback, x))
+
+
+def with_noised_structure(callback: Callback | None, noised: torch.Tensor) -> Callback | None:
+    """``callback`` whose first call also carries ``noised_structure``, V'_{T_e} of Eq. 6: the refinement's start,
+    which no step's sample shows."""
+    if callback is None:
+        return None
+    pending = [noised]
+
+    def call(info: dict) -> None:
+        callback({**info, "noised_structure": pending.pop()} if pending else info)
+    return call
 
 
 def check_input(x, name: str) -> None:
@@ -729,7 +741,8 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     ``callback(info)`` is called after every control and refinement step with
     :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,
-    the step's x0 ``denoised``; in coordinated refinement also ``temporal_denoised`` and ``renoised``).
+    the step's x0 ``denoised``; in coordinated refinement also ``spatial_denoised``, ``temporal_input``,
+    ``temporal_denoised`` and ``renoised``; the first refinement step also ``noised_structure``, Eq. 6's V'_{T_e}).
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")

@@ -64,19 +64,21 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
 
     Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
-    temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the temporal
-    expert's input V''_{t_k} (Eq. 9) as ``temporal_input``. ``t`` is a position on the spatial expert's schedule
+    temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the spatial
+    expert's x0 of line 10 (in its own space, before any hand-off) as ``spatial_denoised`` and the temporal expert's
+    input V''_{t_k} (Eq. 9) as ``temporal_input``. ``t`` is a position on the spatial expert's schedule
     (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts a network
     timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     # (before the spatial evaluation it would follow)
     check_generator(generator, "coordinated_step", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
-        x0_spatial = hand_off(spatial(x, t).x0, spatial, temporal)                 # line 10
+        pred_spatial = spatial(x, t)                                               # line 10
+        x0_spatial = hand_off(pred_spatial.x0, spatial, temporal)
         t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
         x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
         if seen is not None:
-            seen["temporal_input"] = x_temporal
+            seen.update(spatial_denoised=pred_spatial.x0, temporal_input=x_temporal)
         pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
         x0_back = hand_off(pred_temporal.x0, temporal, spatial)
         x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
@@ -88,8 +90,9 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
                        callback: Callback | None = None) -> torch.Tensor:
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal). ``callback`` gets, besides :func:`step_info`'s
-    keys (``denoised``: the spatial x0 of line 14), the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its
-    own latent space), its input ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule
+    keys (``denoised``: the spatial x0 of line 14), the spatial x0 of line 10 ``spatial_denoised``, which Eq. 9
+    re-noises, the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its own latent space), its input
+    ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule
     (Eq. 9, in the temporal expert's space), and ``renoised``, V'_{t_k}: the temporal x0 re-noised on the spatial
     schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
     :func:`coordinated_step` takes them."""

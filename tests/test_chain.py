@@ -126,7 +126,9 @@ def test_run_chain_counts_and_reproduces():
 def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
     """``callback`` gets each control and refinement step; a coordinated step also its V' (``renoised``: what line
     14's spatial evaluation read, Eq. 11), the temporal expert's input V'' (``temporal_input``, Eq. 9) and its x0
-    (Eq. 10); the last step's ``x`` is the result, and the callback changes nothing."""
+    (Eq. 10), and the spatial x0 of line 10 (``spatial_denoised``), which Eq. 9 re-noises; the first refinement
+    step also V'_{T_e} of Eq. 6 (``noised_structure``); the last step's ``x`` is the result, and the callback
+    changes nothing. (A researcher found line 14's x0 alone, and the noised structure nowhere.)"""
     x0 = x0_star()
     control_e, spatial_e, temporal_e = (OracleExpert(x0, S.named("animatediff")), OracleExpert(x0, S.named("sd15")),
                                         OracleExpert(x0 * 0.5, S.named("lavie")))
@@ -143,6 +145,13 @@ def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
         assert torch.equal(info["temporal_input"], temporal_e.calls[k][1])      # what the temporal oracle read
         assert torch.allclose(info["temporal_denoised"], x0 * 0.5, atol=1e-5)   # the temporal oracle's own x0
         assert torch.allclose(info["denoised"], x0, atol=1e-5)                   # line 14: the spatial one's
+        assert torch.allclose(info["spatial_denoised"], x0, atol=1e-5)           # line 10: the spatial one's too
+        # Eq. 9 on the temporal (LaVie) schedule: V'' = alpha x0 + sigma eps, eps a unit Gaussian draw
+        alpha, sigma = temporal_e.schedule.coefficients(temporal_e.calls[k][0])
+        eps = (info["temporal_input"] - alpha * info["spatial_denoised"]) / sigma
+        assert abs(eps.std().item() - 1) < 0.15 and abs(eps.mean().item()) < 0.15
+    assert torch.equal(infos[4]["noised_structure"], refine_calls[0][1])   # line 10's first input: V'_{T_e}
+    assert not any("noised_structure" in i for i in infos[:4] + infos[5:])
     assert "renoised" not in infos[0] and torch.equal(infos[-1]["x"], result.latent)
     again = run_chain(c, s, t, noise, ChainConfig(), torch.Generator().manual_seed(3))
     assert torch.equal(again.latent, result.latent)
