@@ -643,8 +643,10 @@ class GenerateRequest:
         for role, given, alone in (("temporal", self.temporal, "the spatial expert refines alone"),
                                    ("spatial", self.spatial, "the temporal expert refines alone")):
             if given and role not in evaluated:   # it would be inspected, loaded, unused
-                raise UsageError(f"--{role} is not evaluated by --mode {self.chain.mode} ({alone}): drop it, or use "
-                                 f"--mode coordinated", f"--{role}")
+                sweep = "" if _SPELLING.get() == "cli" else (" (experts= loaded with it still serve the request "
+                                                             "without it: a sweep over modes loads once)")
+                raise UsageError(f"--{role} is not evaluated by --mode {self.chain.mode} ({alone}): drop it{sweep}, or "
+                                 f"use --mode coordinated", f"--{role}")
         if self.base and not os.path.isdir(self.base):
             what = "does not exist" if not os.path.exists(self.base) else "is not a folder"
             raise UsageError(f"--base: {self.base} {what}; give the local diffusers pipeline folder (SD 1.5, or SDXL "

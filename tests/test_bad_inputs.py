@@ -309,6 +309,12 @@ API_CASES = [
     Case("api-out-file", {"out": "{file}"}, "out: "),
     Case("api-missing-spatial", {"control": "{motion}", "spatial": "/nope/s", "temporal": "{motion}"}, "/nope/s"),
     Case("api-pickle-temporal", {"control": "{motion}", "spatial": "{sd}", "temporal": "{ckpt}"}, "model.ckpt"),
+    # a sweep over modes: the loaded experts serve the request without the expert it drops
+    Case("api-temporal-without-its-mode", {"control": "{motion}", "spatial": "{sd}", "temporal": "{motion}",
+                                           "chain": ChainConfig(mode="standard")},
+         "temporal is not evaluated by chain.mode standard (the spatial expert refines alone): drop it (experts= "
+         "loaded with it still serve the request without it: a sweep over modes loads once), or use chain.mode "
+         "coordinated"),
     # a model already loaded, given where its path goes (it failed in os.stat, a TypeError naming no field)
     Case("api-model-for-path", {"control": "{motion}", "spatial": torch.nn.Linear(1, 1), "temporal": "{motion}"},
          "spatial must be a path (str or pathlib.Path), not Linear; a model already loaded runs as an expert of "
