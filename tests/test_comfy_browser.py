@@ -77,6 +77,16 @@ def frontend(comfy_path):
         yield server, b
 
 
+def gray_png(size: int, value: int) -> str:
+    """A uniform gray PNG of ``size`` x ``size`` pixels, base64: a preview as the server sends one."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    return base64.b64encode(cv2.imencode(".png", np.full((size, size, 3), value, np.uint8))[1].tobytes()).decode()
+
+
 def open_template(frontend, name: str, tab: str | None = None) -> dict:
     """Loads template ``name`` into a tab (``tab``, default its name) as the template browser does and closes the
     missing-models dialog; returns the workflow as served."""
@@ -171,16 +181,11 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     all of it before a run (442 px on the template), then shrank to 207 px when the progress text arrived and to
     75 px with the first preview, and every widget below it jumped up. web/confiner.js holds it at one height, and
     keeps the progress text out of the saved workflow."""
-    import base64
-
-    import cv2
-    import numpy as np
-
     from comfy_support import browser
 
     server, b = frontend
     open_template(frontend, "confiner_long_sd15_animatediff", "long")
-    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()).decode()
+    png = gray_png(64, 128)
     text = "structure 1/3 · control stage · control expert\nstep 1/4 · evaluation 1/42\nprompt: a corgi"
     h = browser.progress_arrives(b, "ConFinerLongSegmenter", text, png)
     b.page.screenshot(path=str(screenshot_dir / "long_progress_arrived.png"))
@@ -264,16 +269,11 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
 def test_a_sampler_waiting_for_its_turn_shows_no_preview_of_the_run_before(frontend, screenshot_dir):
     """The frontend keeps a node's last preview until a new one comes: through the whole control stage the Refine
     Sampler, "waiting for its turn", showed the run before's video as this run's. A preview of its own shows again."""
-    import base64
-
-    import cv2
-    import numpy as np
-
     from comfy_support import browser
 
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
-    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 200, np.uint8))[1].tobytes()).decode()
+    png = gray_png(64, 200)
     waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
     seen = browser.preview_then_text(b, "ConFinerCoordinatedSampler", waiting, png)
     assert seen["first"] == {"images": 1, "widget": True}, seen   # the preview as the server sends it
@@ -290,16 +290,11 @@ def test_a_nodes_text_in_its_ui_output_leaves_its_preview_and_text_as_they_were(
     """The sampling nodes return the text they ended on as their UI output (``confiner_text``, kept in the prompt's
     history for API clients): the frontend stores a node's UI output as its outputs when the node finishes; the
     Refine Sampler's preview and text must stay as the run left them."""
-    import base64
-
-    import cv2
-    import numpy as np
-
     from comfy_support import browser
 
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
-    png = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 200, np.uint8))[1].tobytes()).decode()
+    png = gray_png(64, 200)
     done = "done · 15 expert evaluations in 1.0 s\nseed 3"
     assert browser.preview_then_text(b, "ConFinerCoordinatedSampler", done, png)["text"] == {"images": 1,
                                                                                              "widget": True}
@@ -349,7 +344,8 @@ def test_the_packs_texts_stay_on_screen_after_a_subgraph_was_opened(frontend, sc
 
 def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(frontend, screenshot_dir):
     """A tab switch reloads the graph from its saved state, which holds no progress text: every warning and "done"
-    line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id."""
+    line of the tab's last run was gone. web/confiner.js keeps each node's text in the page by graph and node id; and
+    its last preview, which went with the switch while the texts came back (a trial)."""
     from comfy_support import browser
 
     server, b = frontend
@@ -363,12 +359,15 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
     browser.switch_tab(b, "switch_a")
     shown_a = browser.node_texts(b, texts)
     assert sorted(t for t in shown_a.values() if t) == sorted(texts.values()), shown_a
+    assert browser.node_previews(b, gray_png(64, 128), ("ConFinerCoordinatedSampler",)) == ["ConFinerCoordinatedSampler"]
     browser.switch_tab(b, "switch_b")
     assert browser.node_texts(b) == shown_b, "a text of another tab's node of the same id"
+    assert browser.node_previews(b, gray_png(64, 128)) == [], "a preview of another tab's node of the same id"
     browser.switch_tab(b, "switch_a")
     back = browser.node_texts(b)
     b.page.screenshot(path=str(screenshot_dir / "tab_switched_back.png"))
     assert back == shown_a, (back, shown_a)
+    assert browser.node_previews(b, gray_png(64, 128)) == ["ConFinerCoordinatedSampler"], "the sampler's preview went with the switch"
     assert loading_bars(b) == 0, "loading bars beside the texts shown again"
     saved = b.page.evaluate("() => JSON.stringify(app.graph.serialize())")
     assert not any(line in saved for text in texts.values() for line in text.split("\n")), "text saved"
@@ -415,15 +414,10 @@ def test_a_fresh_nodes_progress_text_shows_every_line_under_a_preview(frontend, 
     """The frontend gives a node's progress text two lines' room whatever it holds: under a preview, on a node added
     by hand, the Long Video's applied prompts and a Refine Sampler's third line were cut. web/confiner.js asks room
     for every line (up to ten), and the node grows to hold them."""
-    import base64
-
-    import cv2
-    import numpy as np
-
     from comfy_support import browser
 
     server, b = frontend
-    png = base64.b64encode(cv2.imencode(".png", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()).decode()
+    png = gray_png(512, 128)
     text = ("warning: prompt not used: a blue ball\ndone · 61 expert evaluations in 12.8 s\nprompts as applied (each from "
             "a window junction):\n0-8: a red fox runs\n9-16: a grey fox runs")
     boxes = browser.fresh_nodes_show_text(b, ["ConFinerLongSegmenter", "ConFinerCoordinatedSampler",
@@ -439,11 +433,6 @@ def test_a_sampling_node_added_by_hand_has_room_for_its_first_runs_text_and_prev
     preview came, over the VAE Decode an artist had placed under it. A fresh sampling node leaves the room the
     templates leave (tools/build_example_workflows.py PREVIEW_ROOM) under its widgets, and a run's usual text and a
     512x512 preview fit it."""
-    import base64
-
-    import cv2
-    import numpy as np
-
     from comfy_support import browser
 
     spec = importlib.util.spec_from_file_location("build_example_workflows",
@@ -451,7 +440,7 @@ def test_a_sampling_node_added_by_hand_has_room_for_its_first_runs_text_and_prev
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     server, b = frontend
-    png = base64.b64encode(cv2.imencode(".png", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()).decode()
+    png = gray_png(512, 128)
     boxes = browser.fresh_nodes_show_text(b, list(tool.PREVIEW_ROOM), "refinement · spatial expert\nstep 2/5 · "
                                           "evaluation 4/15 · 1.2 s", png)
     bare = b.page.evaluate("""(types) => Object.fromEntries(types.map((t) => {

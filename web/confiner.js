@@ -12,7 +12,7 @@
 // * ... but it survives a switch of workflow tabs: the frontend reloads a tab's graph from its saved state, which
 //   holds no text, and every warning and "done" line was gone (the console was the only record). The page keeps
 //   each node's last text in memory, by graph and node id (a tab keeps its graph's id; two tabs of one template
-//   have two), and shows it again when that graph is loaded.
+//   have two), and shows it again when that graph is loaded; and the node's last preview with it.
 //
 // * A node of the pack that a run takes from ComfyUI's cache says so: under its last run's "done" line, or where it
 //   showed nothing (a workflow opened afresh).
@@ -246,6 +246,7 @@ function keepText(event) {
   if (WAITING.test(text ?? "")) {
     WAITED.add(String(nodeId));
     dropPreview(node);
+    KEPT_PREVIEWS.delete(keptKey(nodeId));
   } else {
     WAITED.delete(String(nodeId));
   }
@@ -262,14 +263,29 @@ function keepText(event) {
   }
 }
 
-// The kept texts of the graph just loaded (a tab switched back to, once it is the active tab), sent as the server
-// sends them.
+// A node's last preview in this page, kept as its text is (same keys): the frontend's previews went with a switch of
+// workflow tabs while the texts came back, and a finished video's last frames were gone from its sampler (a trial).
+const KEPT_PREVIEWS = new Map();
+function keepPreview(event) {
+  const { blob, displayNodeId } = event.detail ?? {};
+  const node = blob && displayNodeId && nodeById(displayNodeId);
+  if (node && TEXT_NODES.has(node.comfyClass)) KEPT_PREVIEWS.set(keptKey(displayNodeId), blob);
+}
+
+// The kept texts and previews of the graph just loaded (a tab switched back to, once it is the active tab), sent as
+// the server sends them.
 function showKeptTexts() {
   const prefix = keptKey("");
   for (const [key, text] of KEPT) {
     const nodeId = key.slice(prefix.length);
     if (key.startsWith(prefix) && nodeById(nodeId)) {
       api.dispatchCustomEvent("progress_text", { nodeId, text });
+    }
+  }
+  for (const [key, blob] of KEPT_PREVIEWS) {
+    const nodeId = key.slice(prefix.length);
+    if (key.startsWith(prefix) && nodeById(nodeId)) {
+      api.dispatchCustomEvent("b_preview_with_metadata", { blob, nodeId, displayNodeId: nodeId, promptId: null });
     }
   }
 }
@@ -557,6 +573,7 @@ app.registerExtension({
       }
     };
     api.addEventListener("progress_text", keepText);
+    api.addEventListener("b_preview_with_metadata", keepPreview);
     resolveSubgraphIds();
     // a subgraph opened (or left): its nodes' text boxes, and their kept texts, which came while the canvas showed
     // another graph (after the frontend's own handling of the switch)

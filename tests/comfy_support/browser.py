@@ -504,6 +504,28 @@ def node_texts(browser: Browser, send: dict | None = None) -> dict:
     return browser.page.evaluate(TEXTS_JS, send or {})
 
 
+# The loaded graph's ConFiner nodes that hold a preview (the frontend's previews by node), after a preview sent as the
+# server sends one to the first node of each type in ``types``.
+PREVIEWS_JS = """async ([types, png]) => {
+  const api = window.comfyAPI.api.api;
+  const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+  for (const type of types) {
+    const id = String(app.graph._nodes.find((n) => n.type === type).id);
+    api.dispatchCustomEvent("b_preview_with_metadata", {blob: new Blob([bytes], {type: "image/png"}), nodeId: id,
+                                                        displayNodeId: id, promptId: "confiner-test"});
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  return app.graph._nodes.filter((n) => n.type.startsWith("ConFiner") && app.nodePreviewImages?.[String(n.id)]?.length)
+    .map((n) => n.type).sort();
+}"""
+
+
+def node_previews(browser: Browser, png_base64: str, send: tuple = ()) -> list:
+    """The types of the loaded graph's ConFiner nodes that hold a preview, after sending one to the first node of each
+    type in ``send`` (:data:`PREVIEWS_JS`)."""
+    return browser.page.evaluate(PREVIEWS_JS, [list(send), png_base64])
+
+
 def switch_tab(browser: Browser, name: str) -> None:
     """Clicks the workflow tab ``name`` (as an artist switches between open workflows)."""
     browser.page.get_by_text(name, exact=True).first.click()
