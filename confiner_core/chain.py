@@ -111,12 +111,12 @@ def structure_lost_warning(te: int, schedule: NoiseSchedule | None) -> str | Non
     steps (Table 3's collapse is about 4 steps; this holds at any count)."""
     if schedule is None:
         return None
-    alpha = structure_kept(te, schedule)
+    alpha, sigma = schedule.coefficients(schedule.index(te))
     if alpha >= STRUCTURE_KEPT_MIN:
         return None
-    return (f"T_e={te} keeps {alpha:.0%} of the structure (Eq. 6: x = {alpha:.2f} structure + "
-            f"{schedule.coefficients(schedule.index(te))[1]:.2f} noise): the refinement starts from almost pure noise "
-            f"and the control stage is lost; use a lower T_e (about {table3_best_te(schedule)}, the paper's best)")
+    return (f"T_e={te} keeps {alpha:.0%} of the structure (Eq. 6: x = {alpha:.2f} structure + {sigma:.2f} noise): the "
+            f"refinement starts from almost pure noise and the control stage is lost; use a lower T_e (about "
+            f"{table3_best_te(schedule)}, the paper's best)")
 
 
 #: the control stage ChainConfig and the nodes default to: AnimateDiff-Lightning's, a 4-step distilled model
@@ -490,7 +490,7 @@ def validate_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denois
                          f"{control.schedule.num_timesteps} timesteps")
     control_timesteps(control, config)  # e.g. flow-match spacing on a table that has no shift
     refined_on = extraction_schedule(spatial, temporal, config.mode)
-    lost = structure_lost_warning(config.te, refined_on)   # (Table 3's warning then says less)
+    lost = structure_lost_warning(config.te, refined_on)   # (said in place of Table 3's, which it covers)
     for message in (lost or table3_warning(config.control_steps, config.te, refined_on),
                     distilled_control_warning(control.expert.latent_space, config.control_steps,
                                               control.guidance_scale, config.control_sampler)):
@@ -712,6 +712,7 @@ def with_noised_structure(callback: Callback | None, noised: torch.Tensor) -> Ca
 
     def call(info: dict) -> None:
         callback({**info, "noised_structure": pending.pop()} if pending else info)
+
     return call
 
 

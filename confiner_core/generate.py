@@ -1572,6 +1572,7 @@ def unread_words_line(req: GenerateRequest) -> str | None:
     """The command line's note where the embedded world met words it does not know (it drew a red ball for "a
     purple elephant dancing", without a word) or left known words unused (a blue ball for "a blue ball over red
     grass": one colour, the first)."""
+
     def unread(world: dict) -> str:
         parts = [f"{', '.join(world['unknown_words'])} not read"] if world["unknown_words"] else []
         if world["unused_words"]:

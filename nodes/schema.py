@@ -220,6 +220,7 @@ def widget_problem(node_cls, **values) -> str | None:
         elif isinstance(spec, io.Combo.Input) and value not in spec.options:
             return f"{_label(spec)} = {value!r} is not one of {list(spec.options)}"
         return None
+
     problems = [p for name, value in values.items() if value is not None for p in [problem(specs[name], value)] if p]
     return "; ".join(problems) or None
 
@@ -234,6 +235,7 @@ def host_converted(node_cls, **values) -> dict:
         if isinstance(spec, io.Int.Input):
             return isinstance(value, int) and not isinstance(value, bool)
         return not isinstance(spec, io.Float.Input) or isinstance(value, (int, float)) and not isinstance(value, bool)
+
     return {name: value if converted(specs[name], value) else None for name, value in values.items()}
 
 

@@ -70,6 +70,7 @@ def read_prompt(prompt: str) -> PromptReading:
     firsts = [next((w for w in words if w in table), default) for table, default in KINDS]
     colour, shape, motion, background = firsts
     known = FILLER.union(*(table.keys() for table, _ in KINDS))
+
     def describes_background(i: int) -> bool:   # a colour word naming the colour the next word's background has
         return i + 1 < len(words) and words[i] in BACKGROUND_COLOURS.get(words[i + 1], ())
     unused = [w for i, w in enumerate(words) for (table, _), first in zip(KINDS, firsts)
