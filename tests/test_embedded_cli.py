@@ -85,6 +85,9 @@ def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_w
     for prompt, unused in (("a purple elephant dancing", []), ("", []), ("a red ball bouncing over green grass", []),
                            ("a blue cube sliding left across the snow at night", ["night"]),
                            ("a ball bouncing left", ["left"]), ("a red ball and a red sphere", []),
+                           # a background's colour colours the background, not the object (a green ball was drawn)
+                           ("a ball over green grass", []), ("a square sliding over white snow", []),
+                           ("a red ball over red grass", ["red"]),
                            ("Green kite, drifting over the desert!", []), ("a ball and a box", ["box"]),
                            ("a white ball over blue sky", []), ("一个红色的球", [])):
         drawn, unknown, not_used = read_prompt(prompt)
@@ -92,6 +95,8 @@ def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_w
         assert unknown == [] or prompt.strip(), prompt
         a, b = Scene.from_prompt(prompt), Scene.from_prompt(drawn)
         assert (a.colour, a.shape, a.background, a.motion) == (b.colour, b.shape, b.background, b.motion), prompt
+    assert read_prompt("a ball over green grass").draws == "a red ball bouncing over grass"
+    assert read_prompt("a square sliding over white snow").draws == "a red square sliding over snow"
 
 
 def test_a_quoted_tilde_is_the_home_folder_and_a_trailing_slash_prints_once(tmp_path, monkeypatch, capsys):

@@ -63,20 +63,37 @@ class PromptReading(NamedTuple):
 KINDS = ((COLOURS, "red"), (SHAPES, "ball"), (MOTIONS, "bouncing"), (BACKGROUNDS, "grass"))
 
 
+def describes_background(words: list[str], i: int) -> bool:
+    """Whether word ``i`` is a colour that describes the background named next ("green" in "over green grass"): the
+    world draws a background in its own colours, so such a word does not colour the object."""
+    return words[i] in COLOURS and i + 1 < len(words) and words[i + 1] in BACKGROUNDS
+
+
+def firsts(words: list[str]) -> list[str]:
+    """The first word of each kind of :data:`KINDS` (the default where there is none), the object's colour among the
+    colours that do not describe the background: what the world draws."""
+    return [next((w for i, w in enumerate(words) if w in table and not (table is COLOURS and
+                                                                         describes_background(words, i))), default)
+            for table, default in KINDS]
+
+
 def read_prompt(prompt: str) -> PromptReading:
     """The first colour, shape, motion and background ``prompt`` names (the default for each it does not), and the
-    words that change nothing."""
+    words that change nothing: a second of a kind, and a background's colour other than its own ("red grass" is
+    drawn green)."""
     words = prompt_words(prompt)
-    firsts = [next((w for w in words if w in table), default) for table, default in KINDS]
-    colour, shape, motion, background = firsts
+    drawn = firsts(words)
     known = FILLER.union(*(table.keys() for table, _ in KINDS))
 
-    def describes_background(i: int) -> bool:   # a colour word naming the colour the next word's background has
-        return i + 1 < len(words) and words[i] in BACKGROUND_COLOURS.get(words[i + 1], ())
-    unused = [w for i, w in enumerate(words) for (table, _), first in zip(KINDS, firsts)
-              if w in table and table[w] != table.get(first) and not describes_background(i)]
+    def unused(i: int, w: str) -> bool:
+        if describes_background(words, i):
+            return w not in BACKGROUND_COLOURS.get(words[i + 1], ())
+        return any(w in table and table[w] != table.get(first) for (table, _), first in zip(KINDS, drawn))
+
+    colour, shape, motion, background = drawn
     return PromptReading(f"a {colour} {shape} {motion} over {background}",
-                         list(dict.fromkeys(w for w in words if w and w not in known)), list(dict.fromkeys(unused)))
+                         list(dict.fromkeys(w for w in words if w and w not in known)),
+                         list(dict.fromkeys(w for i, w in enumerate(words) if unused(i, w))))
 
 
 @dataclass(frozen=True)
@@ -91,14 +108,9 @@ class Scene:
 
     @classmethod
     def from_prompt(cls, prompt: str) -> "Scene":
-        words = prompt_words(prompt)
-
-        def first(table, default):
-            return next((table[w] for w in words if w in table), default)
-
+        colour, shape, motion, background = firsts(prompt_words(prompt))
         seed = int.from_bytes(hashlib.sha256((prompt or DEFAULT_PROMPT).encode()).digest()[:4], "little")
-        return cls(first(COLOURS, COLOURS["red"]), first(SHAPES, "disc"), first(BACKGROUNDS, BACKGROUNDS["grass"]),
-                   first(MOTIONS, "bounce"), seed)
+        return cls(COLOURS[colour], SHAPES[shape], BACKGROUNDS[background], MOTIONS[motion], seed)
 
 
 def trajectory(motion: str, frames: int, phase: float, speed: float, offset: float) -> np.ndarray:
