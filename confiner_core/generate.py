@@ -724,7 +724,7 @@ class GenerateRequest:
         from .resume import ResumeStore
 
         return ResumeStore(self.out, self.run_settings(), ADDED_SETTINGS, RESUME_NAMES, SETTLED_BY_EXPERTS,
-                           canonical_settings)
+                           canonical_settings, {"save_frames": self.save_frames})
 
     def _validate_resume(self) -> None:
         """--resume needs the folder's interrupted run and its settings; any other run into that folder (a long
@@ -760,7 +760,10 @@ class GenerateRequest:
                     if os.path.isdir(self.out) else "does not exist, so holds no interrupted ConFiner-Long run")
             raise UsageError(f"--resume: {self.out} {held}; run without --resume", "--resume")
         if self.resume:
-            store.check()
+            info = store.check()
+            if info.get("outputs", {}).get("save_frames") and not self.save_frames:   # (an output, not a setting)
+                warn_doubtful(spelled("--resume: the interrupted run was started with --save-frames, and this resume "
+                                      "writes no frames.npy: add --save-frames to write it"))
         elif store.exists():
             try:
                 info = store.info()

@@ -55,14 +55,16 @@ class ResumeStore:
     result, JSON-serialisable)."""
 
     def __init__(self, out: str, settings: dict, added: dict | None = None, names: dict | None = None,
-                 settled_later: tuple[str, ...] = (), canonical: Callable[[dict], dict] = lambda s: s):
+                 settled_later: tuple[str, ...] = (), canonical: Callable[[dict], dict] = lambda s: s,
+                 outputs: dict | None = None):
         """``added``: settings newer than the folders' :data:`FORMAT`, each with the value that reproduces the runs
         made before it: a state stored without one was made with that value. ``names``: how messages name a
         setting (its flattened key, e.g. ``long.gamma``, by default). ``settled_later``: settings that matter only as
         the loaded experts take them (a guidance scale left to the expert's default, a negative prompt no expert
         reads at cfg 1): :meth:`settle` compares what the experts were given, :meth:`check` leaves them out.
         ``canonical``: flattened settings -> the same run's settings written one way (a default typed out), applied to
-        the stored run's settings and to these alike."""
+        the stored run's settings and to these alike. ``outputs``: what the run writes besides its video (e.g.
+        ``{"save_frames": True}``), kept with the state but not compared: a resume may write more or less."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.threads = torch.get_num_threads()   # the CPU threads of the run's first process (a resume keeps them)
         self.canonical = canonical
@@ -71,6 +73,7 @@ class ResumeStore:
         self.names = names or {}
         self.settled_later = settled_later
         self.settled: dict = {}
+        self.outputs = outputs or {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -203,7 +206,7 @@ class ResumeStore:
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
-                "settled": self.settled, "cpu_threads": self.threads}
+                "settled": self.settled, "cpu_threads": self.threads, "outputs": self.outputs}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:

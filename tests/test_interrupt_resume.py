@@ -272,6 +272,32 @@ def _interrupted_state(tmp_path, monkeypatch, args: list) -> tuple:
     return part, path, json.loads(path.read_text())
 
 
+def test_a_resume_without_the_runs_save_frames_says_it_writes_no_frames_npy(tmp_path):
+    """--save-frames is an output, not a setting a resume must share: a resume that left it out finished without
+    frames.npy and without a word (a trial). It is kept with the state and the resume says so; one that adds it, or
+    keeps it, says nothing."""
+    import warnings
+
+    from confiner_core.generate import GenerateRequest
+    from confiner_core.long import LongConfig, LongState
+
+    def request(**extra) -> GenerateRequest:
+        return GenerateRequest(frames=24, height=64, width=64, long=LongConfig(segment_length=8), out=str(tmp_path),
+                               **extra)
+    started = request(save_frames=True)
+    started.validate()
+    store = started.resume_store()
+    store.start()
+    store.save_window(0, torch.zeros(1, 4, 2, 8, 8))
+    store.save_state(LongState(1), 3)
+    with pytest.warns(ConFinerWarning, match=r"^resume=True: the interrupted run was started with save_frames=True, "
+                                             r"and this resume writes no frames\.npy: add save_frames=True to write it"):
+        request(resume=True).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        request(resume=True, save_frames=True).validate()
+
+
 def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_default(tmp_path, monkeypatch):
     """A setting added later (``image_mode``, this version's) is absent from a state an earlier version stored: at
     the value those runs were made with the run resumes (it was refused as "other settings"); at another, refused."""
