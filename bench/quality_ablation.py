@@ -124,7 +124,8 @@ def results_path(out: str) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="the seeds of every setting (default 0 1 2): each cell is the mean ± std over the prompts × seeds")
     ap.add_argument("--quick", action="store_true", help="one prompt, fewer T_e values (a smoke run): written to "
                                                           "QUALITY_quick.md, never over the committed results")
     ap.add_argument("--out", default=None, help="default: bench/QUALITY.md (bench/QUALITY_quick.md with --quick)")

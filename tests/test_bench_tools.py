@@ -338,6 +338,18 @@ def test_strided_reasons():
         "mixed-layout"
 
 
+def test_a_tiny_smoke_runs_results_say_its_baselines_ran_a_tenth_of_their_steps():
+    """``--tiny`` runs the baselines at a tenth of their steps while the labels and ratio keys name 100, 50 and 25: a
+    trial read "ModelScope T2V, 100 steps" and its ratio for a 10-step run. The results say so; a full run does not."""
+    import gpu_benchmark as G
+
+    res = {"device_name": "cpu", "torch": "t", "diffusers": "d", "date": "today", "import_s": 1.0, "build_s": 1.0,
+           "tables": {}, "long": {}}
+    assert "(ModelScope 10 and 5, AnimateDiff 2, where the labels and ratio keys name 100, 50 and 25)" in \
+        G.markdown({**res, "tiny": True})
+    assert "Smoke run" not in G.markdown({**res, "tiny": False})
+
+
 def test_layout_audit_finds_what_the_lean_preset_fixes():
     """On the benchmark's tiny models (CPU): diffusers' GEGLU works on gapped halves, and with channels_last
     weights diffusers' temporal transformers return NCHW, so their residual add mixes layouts; the temporal
