@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
-from . import ade, host, sessions
+from . import ade, host, model_files, sessions
 from .schema import (CATEGORY, CONTROL_ETA, check_widgets, control_inputs, control_sampling_inputs, low_noise_inputs,
                      seed_input)
 
@@ -86,8 +86,14 @@ class ConFinerControlExpert(io.ComfyNode):
                 raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent holds NaN or infinity: "
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
             if not bool(noise.abs().amax() > 0):
-                raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent is empty (all zeros): "
-                                 "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
+                # a bypassed Noise Rescheduler passes its empty latent on: "connect the noise_latent output" was said
+                # of one connected (the queued prompt leaves a bypassed node out and wires its input on)
+                source = model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "latent")
+                came = f" (it comes from {model_files.title(source)})" if source and \
+                    source.get("class_type") != "ConFinerNoiseRescheduler" else ""
+                raise ValueError(f"'use latent as noise' (latent_is_noise) is on but the latent is empty (all "
+                                 f"zeros){came}: connect the noise_latent output of ConFiner Noise Rescheduler"
+                                 + (", and un-bypass it if it is connected" if came else "") + ", or switch it off")
             generator = host.item_generators(seed, noise.shape[0], latent)
             if not (sampler == "ddim" and eta > 0):   # the only draw the seed serves here is DDIM's eta noise
                 progress.seed = None

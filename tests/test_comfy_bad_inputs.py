@@ -96,7 +96,10 @@ CASES = [
     ("control cfg negative", "chain", "5", {"cfg": -1.0}, VALIDATION, ["cfg"]),
     ("control sampler unknown", "chain", "5", {"sampler": "heun"}, COMBO, ["sampler"]),
     ("control seed negative", "chain", "5", {"seed": -1}, VALIDATION, ["seed"]),
-    ("latent_is_noise on an empty latent", "chain", "5", {"latent_is_noise": True}, EXECUTION, ["latent_is_noise"]),
+    # (also what a bypassed Noise Rescheduler passes on: "connect the noise_latent output" was said of one connected)
+    ("latent_is_noise on an empty latent", "chain", "5", {"latent_is_noise": True}, EXECUTION,
+     ["latent_is_noise", "is empty (all zeros) (it comes from EmptyLatentImage): connect the noise_latent output of "
+      "ConFiner Noise Rescheduler, and un-bypass it if it is connected, or switch it off"]),
     ("te below 0", "chain", "7", {"te": -1}, VALIDATION, ["te"], ["te", "refine_steps"]),   # (0: the model's own)
     ("te above the schedule", "chain", "7", {"te": 5000}, VALIDATION, ["te"], ["te", "refine_steps"]),
     # a value the host cannot convert is its own message, filed under that input alone (the queue-time check
