@@ -102,7 +102,8 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
             host.show_text(host.node_id(cls), "warning: nothing rescheduled: lower segment latent frames")
         else:   # what it made, as the sampling nodes end with "done" (it had said nothing)
             segments = -(-frames // segment_length)
-            made = "FreeNoise windows" if method == FREENOISE else "shuffles of one base noise"
+            # (the stride too: a trial could not tell from the text what the windows overlapped by)
+            made = f"FreeNoise windows, stride {stride}" if method == FREENOISE else "shuffles of one base noise"
             host.show_text(host.node_id(cls), f"done · {segments} segments of {segment_length} latent frames\n"
                                               f"{made} · seed {seed}")
         # a picked clip's batch_index (Latent From Batch) goes on: the samplers draw that clip's noise from it too

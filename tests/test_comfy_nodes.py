@@ -344,7 +344,7 @@ def test_noise_rescheduler_drives_sampler_custom_advanced(comfy_worker, method):
     assert len(saved_files(result)) == 8
     # it ends with what it made, as the sampling nodes do (it had said nothing)
     texts = [d["text"] for e, d in result["server_messages"] if e == "progress_text" and d["node_id"] == "5"]
-    made = "FreeNoise windows" if method == "freenoise" else "shuffles of one base noise"
+    made = "FreeNoise windows, stride 2" if method == "freenoise" else "shuffles of one base noise"
     assert texts == [f"done · 2 segments of 4 latent frames\n{made} · seed 3"], texts
 
 
