@@ -586,7 +586,9 @@ def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, de
     if len(decodes) > 1:
         g.column()
     for i, (dec, prefix) in enumerate(zip(decodes, prefixes)):
-        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"], save_titles[i] if save_titles else None)
+        # (titled as the notes name it: untitled, four templates showed its class name, "SaveAnimatedWEBP")
+        save = g.node("SaveAnimatedWEBP", [prefix, fps, False, 90, "default"],
+                      save_titles[i] if save_titles else "Save Animated WEBP")
         g.link(dec, "IMAGE", save, "images")
 
 
@@ -674,8 +676,12 @@ WAN_CONTROL = ("Control steps/cfg/sampler: 8 steps at cfg 5 with unipc (UniPC, W
                "with a distilled 4-step LoRA (LightX2V) on the control model use 4 steps, cfg 1, euler.")
 
 
-def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.") -> list:
-    return ["**Positive** prompts (and Negative): each text encoder gets its own (same words).",
+def wan_change_first(made_for: str = "Wan 2.1 1.3B is made for 832x480.", encoders: int = 2) -> list:
+    """``encoders``: the text encoders whose prompts an artist changes (Wan's beside the image expert's; one where
+    Wan is every expert: the A14B note spoke of an encoder it does not have)."""
+    prompts = ("**Positive** prompts (and Negative): each text encoder gets its own (same words)." if encoders > 1
+               else "**Positive** prompt (and Negative).")
+    return [prompts,
             "Size and **length** on *Size and frame count*: length 4k+1 (33, 81); width and height multiples of 16 "
             f"(ComfyUI rounds other values to the nearest one without a word). {made_for}",
             SEEDS,
@@ -849,7 +855,7 @@ def wan22_a14b():
         "T_e = 250 (sigma 0.25, the paper's noise level for a flow model; 100 keeps more of the structure), where "
         "only the low-noise model works: it refines as the spatial expert at one frame "
         "(each latent frame an image, 1/9 of the attention of the clip) and as the temporal expert on the whole clip.",
-        wan_change_first("Wan 2.2 A14B is made for 1280x720 and 832x480.")[:3] +
+        wan_change_first("Wan 2.2 A14B is made for 1280x720 and 832x480.", encoders=1)[:3] +
         ["Control cfg 4 (high noise) and *low-noise cfg* 3, Wan 2.2's own; with LightX2V 4-step LoRAs on both "
          "models: 4 steps, cfg 1 and 1.",
          "Keep each file on its loader: **high noise** on *high noise (control)*, **low noise** on *low noise (all "
