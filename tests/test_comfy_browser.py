@@ -593,6 +593,23 @@ def test_a_refusal_naming_an_advanced_widget_shows_it(frontend, screenshot_dir):
     assert said[4].startswith("not run: ") and "segment_length" in said[4], said[4]
 
 
+def test_picking_freenoise_shows_its_stride(frontend):
+    """FreeNoise's stride is an advanced widget: picking "freenoise" left it hidden until a Run was refused over it (a
+    trial). The pick shows the node's advanced widgets, on the Noise Rescheduler and the Long Video; another pick
+    leaves them hidden. Picked as the canvas picks a combo's option (its value, then its callback)."""
+    server, b = frontend
+    shown = b.page.evaluate("""() => { app.graph.clear();
+        const pick = (type, name, value) => {
+          const node = LiteGraph.createNode(type); app.graph.add(node);
+          const combo = node.widgets.find((w) => w.name === name);
+          combo.value = value; combo.callback?.(value, app.canvas, node);
+          return !!node.showAdvanced; };
+        return [pick("ConFinerNoiseRescheduler", "method", "freenoise"), pick("ConFinerNoiseRescheduler", "method",
+                "shuffle"), pick("ConFinerLongSegmenter", "noise_init", "freenoise"),
+                pick("ConFinerLongSegmenter", "noise_init", "shuffle")]; }""")
+    assert shown == [True, False, True, False], shown
+
+
 def queue_empty(b) -> None:
     """The server's status as it sends it when its queue empties (earlier tests here sent runs' starts alone)."""
     b.page.evaluate("""() => window.comfyAPI.api.api.dispatchCustomEvent("status",

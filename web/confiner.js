@@ -87,6 +87,12 @@ const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter"
 // "Show Advanced". The frontend 1.35 copies the declaration into widget.options.advanced but hides by widget.advanced,
 // so every one showed on every node (boundary, low-noise cfg, matching, ...)
 const ADVANCED = new Map();
+// A choice that needs an advanced widget shows the node's advanced widgets when picked: FreeNoise's stride stayed
+// hidden after "freenoise" was picked, until a Run was refused over it (a trial). Node -> combo -> value.
+const SHOWN_BY_CHOICE = {
+  ConFinerNoiseRescheduler: { method: "freenoise" },
+  ConFinerLongSegmenter: { noise_init: "freenoise" },
+};
 // An advanced widget: hidden until its node's "Show Advanced". widget.advanced gives the menu item, the outline and
 // the hiding; the frontend 1.35 lays widgets out by widget.hidden alone, so a hidden advanced widget left a gap where
 // it would be (the Refine Sampler's matching, between refine mode and refine seed): there it is out of the layout as
@@ -677,6 +683,19 @@ app.registerExtension({
     if (!node.comfyClass?.startsWith("ConFiner")) return;
     const advanced = ADVANCED.get(node.comfyClass);
     hideUntilShown(node, (node.widgets ?? []).filter((widget) => advanced?.has(widget.name)));
+    for (const [name, value] of Object.entries(SHOWN_BY_CHOICE[node.comfyClass] ?? {})) {
+      const combo = node.widgets?.find((w) => w.name === name);
+      if (!combo) continue;
+      const picked = combo.callback;
+      combo.callback = function (chosen, ...rest) {
+        const result = picked?.apply(this, [chosen, ...rest]);
+        if (chosen === value && !node.showAdvanced) {
+          node.toggleAdvanced ? node.toggleAdvanced() : (node.showAdvanced = true);
+          node.setDirtyCanvas?.(true, true);
+        }
+        return result;
+      };
+    }
     // "Hide Advanced" gives back the room "Show Advanced" took (the frontend grows the node and never shrinks it: a
     // trial found 50-200 px of empty node under the widgets); the room under them (preview, text) stays, also when
     // they are shown (the frontend grows a node only past its widgets: they took the room of a fresh node's preview)
