@@ -593,6 +593,24 @@ def test_a_refusal_naming_an_advanced_widget_shows_it(frontend, screenshot_dir):
     assert said[4].startswith("not run: ") and "segment_length" in said[4], said[4]
 
 
+def test_a_run_with_every_output_muted_says_so_on_the_packs_nodes(frontend):
+    """With the only save node muted ComfyUI refuses the Run with "Prompt has no outputs:" and no more, and the
+    pack's nodes said "the Run was refused (see the error)": they say that no output takes their result."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "no outputs")
+    texts = b.page.evaluate("""async () => {
+        app.graph._nodes.find((n) => n.type === "SaveAnimatedWEBP").mode = 2;
+        try { await app.queuePrompt(0); } catch (e) {}
+        await new Promise((r) => setTimeout(r, 500));
+        return [...new Set(app.graph._nodes.filter((n) => n.type.startsWith("ConFiner") && n.type !== "ConFinerRefineExperts")
+          .map((n) => n.widgets.find((w) => w.name === "$$node-text-preview")?.value))]; }""")
+    browser.close_dialogs(b)
+    assert texts == ["not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result"], \
+        texts
+
+
 def test_picking_freenoise_shows_its_stride(frontend):
     """FreeNoise's stride is an advanced widget: picking "freenoise" left it hidden until a Run was refused over it (a
     trial). The pick shows the node's advanced widgets, on the Noise Rescheduler and the Long Video; another pick

@@ -541,7 +541,9 @@ function refused(response) {
     if (!TEXT_NODES.has(node.comfyClass)) continue;
     // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
+    // (a Run whose every output is muted: ComfyUI's dialog says "Prompt has no outputs:" and no more)
     const text = out ? "" : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id])}`)
+      : response?.error?.type === "prompt_no_outputs" ? FEEDS_NO_OUTPUT
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   }
