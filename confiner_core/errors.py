@@ -75,15 +75,17 @@ class OutputError(OSError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGINT) during a run. ``done`` of ``total`` expert evaluations had finished; ``resume`` says how
-    the run can continue (ConFiner-Long keeps its finished windows), or is empty."""
+    """Ctrl-C (or SIGINT) during a run. ``done`` of ``total`` expert evaluations had finished (``at_least``: those of
+    the finished windows only, where several processes shared the work and the others' windows in progress are not
+    counted); ``resume`` says how the run can continue (ConFiner-Long keeps its finished windows), or is empty."""
 
-    def __init__(self, done: int, total: int, resume: str = ""):
+    def __init__(self, done: int, total: int, resume: str = "", at_least: bool = False):
         super().__init__(done, total, resume)
-        self.done, self.total, self.resume = done, total, resume
+        self.done, self.total, self.resume, self.at_least = done, total, resume, at_least
 
     def __str__(self) -> str:
-        line = f"interrupted after {self.done} of {self.total} expert evaluations; nothing written"
+        line = (f"interrupted after {'at least ' if self.at_least else ''}{self.done} of {self.total} expert "
+                f"evaluations; nothing written")
         return f"{line} ({self.resume})" if self.resume else line
 
 

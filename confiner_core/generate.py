@@ -1254,8 +1254,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
                 kept = spelled(f"{windows_kept(store, plan)}: rerun with --resume")
             elif store is not None:
                 store.clear()
-            done = progress["done"] if progress["done"] is not None else sum(log.evaluations.values())
-            raise Interrupted(done, expected_evaluations(req.chain, plan), kept) from None
+            shared = progress["done"] is not None   # (several processes: the finished windows' evaluations)
+            done = progress["done"] if shared else sum(log.evaluations.values())
+            raise Interrupted(done, expected_evaluations(req.chain, plan), kept, at_least=shared) from None
         # Finished windows stay resumable after an interrupt (above) and any failure but those of the settings
         # themselves, which a rerun with them would meet again (refused, NaN; another process's likewise): a failure
         # to write (disk full), running out of memory, an exception from a script's callback, a crash
