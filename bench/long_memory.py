@@ -19,8 +19,7 @@ def measure(frames: int, extra: list[str]) -> dict:
                *extra]
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        # this child's own peak (os.wait4's rusage): RUSAGE_CHILDREN keeps the largest of every child so far, which
-        # gave a shorter run measured after a longer one the longer one's peak
+        # this child's own peak (os.wait4's rusage; RUSAGE_CHILDREN would keep the largest of every child so far)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t0
         child.returncode = os.waitstatus_to_exitcode(status)   # (reaped here: Popen must not wait for it again)
@@ -40,13 +39,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("extra", nargs="*", help="extra generate arguments after --")
     a = ap.parse_args()
-    # RUSAGE_CHILDREN's maxrss is the max over all children so far: run each length in its own interpreter
-    rows = []
-    for f in a.frames:
-        rows.append(json.loads(subprocess.run([sys.executable, "-c",
-                    f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-                    f"import long_memory as m; print(json.dumps(m.measure({f}, {a.extra!r})))"],
-                    check=True, capture_output=True, text=True).stdout))
+    rows = [measure(f, a.extra) for f in a.frames]   # (each its own child process, and that child's own peak)
     for r in rows:
         print(f"{r['frames']:>5} frames  wall {r['wall_s']:>7.2f} s  peak RSS {r['peak_rss_mib']:>7.1f} MiB  "
               f"seam {'n/a (one clip)' if r['seam_score'] is None else format(r['seam_score'], '.3f')}  "
