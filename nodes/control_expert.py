@@ -87,10 +87,10 @@ class ConFinerControlExpert(io.ComfyNode):
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
             if not bool(noise.abs().amax() > 0):
                 # a bypassed Noise Rescheduler passes its empty latent on: "connect the noise_latent output" was said
-                # of one connected (the queued prompt leaves a bypassed node out and wires its input on)
-                source = model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "latent")
-                came = f" (it comes from {model_files.title(source)})" if source and \
-                    source.get("class_type") != "ConFinerNoiseRescheduler" else ""
+                # of one connected
+                came = model_files.came_from_other(
+                    model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "latent"),
+                    "ConFinerNoiseRescheduler")
                 raise ValueError(f"'use latent as noise' (latent_is_noise) is on but the latent is empty (all "
                                  f"zeros){came}: connect the noise_latent output of ConFiner Noise Rescheduler"
                                  + (", and un-bypass it if it is connected" if came else "") + ", or switch it off")

@@ -751,8 +751,7 @@ def structure_in(latent: dict, space: LatentSpace, model=None, role: str = "stru
     if not bool(samples.abs().amax() > 0):   # an empty latent (e.g. the size-and-length one) wired here by mistake
         # a bypassed Control Expert passes its empty latent on: "connect the structure output" was said of one
         # connected (the queued prompt leaves a bypassed node out and wires its input on)
-        came = f" (it comes from {model_files.title(source)})" if source and \
-            source.get("class_type") != "ConFinerControlExpert" else ""
+        came = model_files.came_from_other(source, "ConFinerControlExpert")
         raise ValueError(f"the {role} latent is empty (all zeros), so there is no video to refine{came}: connect the "
                          f"structure output of ConFiner Control Expert" + (", and un-bypass it if it is "
                                                                           "connected" if came else ""))

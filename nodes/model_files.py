@@ -102,6 +102,13 @@ def title(node: dict) -> str:
     return node.get("_meta", {}).get("title") or node.get("class_type")
 
 
+def came_from_other(source: dict | None, meant: str) -> str:
+    """" (it comes from <title>)" where an input's ``source`` node is not of the class ``meant`` to feed it, else "":
+    a bypassed node is left out of the queued prompt and its input wired on, so an empty latent from it names the
+    node before it (the fix is then to un-bypass, not to connect)."""
+    return f" (it comes from {title(source)})" if source and source.get("class_type") != meant else ""
+
+
 def used_nodes(prompt: dict | None) -> dict:
     """The queued ``prompt``'s nodes whose output some node takes: a loader left unconnected loads nothing (one beside
     the loader feeding both roles was read as the other role's model, and the pair was told to swap)."""
