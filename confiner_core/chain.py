@@ -734,6 +734,15 @@ def check_config(config, where: str) -> None:
                         f"confiner_core.chain), got {type(config).__name__}")
 
 
+def check_channels(shape: tuple, control: Denoiser, what: str, fix: str) -> None:
+    """A latent given in the control expert's space (the initial noise, a frame shape) has that space's channels:
+    the check inside named neither the argument nor how to make one."""
+    space = control.expert.latent_space
+    if len(shape) > 1 and shape[1] != space.channels:
+        raise ValueError(f"{what} has {shape[1]} channels but the control expert {control.expert.name!r} denoises in "
+                         f"latent space {space.name!r} ({space.channels} channels): {fix}")
+
+
 def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, noise: torch.Tensor,
               config: ChainConfig, generator: torch.Generator, callback: Callback | None = None,
               hand_over: bool = False) -> ChainResult:
@@ -752,6 +761,9 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     check_denoisers("run_chain", control=control, spatial=spatial, temporal=temporal)
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
         raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")
+    check_channels(tuple(noise.shape), control, "run_chain: noise",
+                   "draw it there, torch.randn(control.expert.latent_space.latent_shape(batch, frames, height, "
+                   "width), generator=g)")
     validate_chain(control, spatial, temporal, tuple(noise.shape), config)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     log = control.log

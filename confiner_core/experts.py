@@ -205,8 +205,10 @@ class Expert(ABC):
     call it; ``schedule`` (required) its :class:`~confiner_core.schedules.NoiseSchedule`, e.g.
     ``schedules.named("sd15")`` or ``schedules.flow_schedule(shift=5.0)``; ``prediction`` what :meth:`forward`
     returns (``epsilon``, ``v_prediction``, ``flow`` or ``sample``, x0 itself; it must fit the schedule's kind).
-    ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE,
-    needed only where the chain bridges it to an expert of another space. ``layout`` says how the expert takes a
+    ``latent_space`` is the space the expert denoises in (:mod:`confiner_core.latent_spaces`); ``codec`` its VAE, a
+    :class:`~confiner_core.latent_spaces.Codec` of that space, needed where the chain bridges it to an expert of
+    another space and where ConFiner-Long joins staggered windows of a space that compresses time (Wan's), whose
+    latents cannot be cut at any frame. ``layout`` says how the expert takes a
     latent video: whole (``video``) or one (latent) frame at a time (``frames``, image models).
     ``max_frames`` is the longest clip (in latent frames) a temporal model accepts (None: any). The chain calls
     :meth:`forward` under ``torch.no_grad()``.
@@ -251,8 +253,10 @@ class Expert(ABC):
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: float, conds: list) -> list[torch.Tensor]:
-        """Raw outputs for latent ``x`` (native layout) at timestep ``t``, one per conditioning in ``conds``.
-        Backends may batch the conditionings into one network call.
+        """Raw outputs for latent ``x`` (native layout) at timestep ``t``, one per conditioning in ``conds``, each a
+        floating-point tensor of ``x``'s shape on ``x``'s device. Backends may batch the conditionings into one
+        network call. ``x`` may be the chain's own sample (a view of it in layout ``frames``): leave it unchanged, as
+        networks do (an in-place edit, ``x.mul_(...)``, would change the sample the step goes on from).
 
         ``t`` is the core's timestep: an index into this expert's :class:`~confiner_core.schedules.NoiseSchedule`
         (``schedule.coefficients(t)`` gives its alpha and sigma). For DDPM-trained UNets it is also the network's
@@ -307,9 +311,16 @@ class Expert(ABC):
         guidance_scale = self.checked_scale(guidance_scale)
 
         def encode() -> tuple:
-            if self.uses_negative(guidance_scale):
-                return tuple(self.encode_all([prompt, negative_prompt]))
-            return self.encode(prompt), None
+            try:
+                if self.uses_negative(guidance_scale):
+                    return tuple(self.encode_all([prompt, negative_prompt]))
+                return self.encode(prompt), None
+            except Exception as e:   # (the text encoder's own error names no expert)
+                if hasattr(e, "add_note"):
+                    e.add_note(f"raised by expert {self.name!r} ({type(self).__name__}) encoding its prompt "
+                               f"{prompt!r}" + (f" and negative prompt {negative_prompt!r}"
+                                                 if self.uses_negative(guidance_scale) else ""))
+                raise
 
         if deferred:
             return Denoiser(self, None, None, guidance_scale, log, encode_later=encode)
@@ -448,6 +459,10 @@ class Denoiser:
             raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned {got} for "
                              f"{len(conds)} conditioning(s) and an input of shape {tuple(native.shape)}: it must "
                              f"return a list of one tensor of the input's shape per conditioning")
+        if any(o.device != native.device for o in outs):   # (torch's own error came later and named no expert)
+            raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned tensors on "
+                             f"{[str(o.device) for o in outs]} for an input on {native.device}: return them on the "
+                             f"input's device (x.device)")
         if any(not o.is_floating_point() for o in outs):
             raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward returned "
                              f"{[str(o.dtype) for o in outs]} for an input of {native.dtype}: it must return "
@@ -480,6 +495,14 @@ class Denoiser:
                         self.log)
 
 
+def networks(expert: Expert) -> list:
+    """The modules of an expert with weights (its ``networks``: the UNet or transformer and text encoders of a
+    loaded one; both members of a pair), which speed settings apply to; none for an expert of one's own."""
+    if isinstance(expert, ExpertPair):
+        return networks(expert.high) + networks(expert.low)
+    return list(getattr(expert, "networks", ()))
+
+
 #: the likely cause of NaN from fp16 weights (load_experts(dtype=...); generate() names its own setting)
 FP16_OVERFLOW = "fp16 overflow: load the experts in bfloat16 or float32"
 
@@ -498,11 +521,13 @@ def non_finite_message(denoiser: "Denoiser", x_t: torch.Tensor, t: float, stage:
     if not bool(torch.isfinite(x_t).all()):
         return (f"the latent given to {where} holds NaN or infinity: the initial noise or input latent is not finite "
                 f"(or the previous step overflowed)")
-    network = getattr(denoiser.expert, "unet", None)   # the diffusers experts' network (absent for embedded ones)
-    if getattr(network, "dtype", None) == torch.float16:
+    loaded = networks(denoiser.expert)   # (none for the embedded experts and one's own)
+    if any(getattr(network, "dtype", None) == torch.float16 for network in loaded):
         weights = FP16_OVERFLOW
-    else:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
+    elif loaded:   # float32 and bfloat16 do not overflow at these scales: the weights themselves, then
         weights = "weights that are not finite: check the checkpoint"
+    else:   # no checkpoint to blame: an expert of one's own said "check the checkpoint"
+        weights = f"arithmetic in {type(denoiser.expert).__name__}.forward that is not finite"
     scale = denoiser.guidance_scale
     scale = "/".join(f"{s:g}" for s in scale) if isinstance(scale, tuple) else f"{scale:g}"
     return (f"{where} returned NaN or infinity (guidance scale {scale}); likely causes: a cfg "
@@ -540,12 +565,19 @@ def check_denoisers(where: str, **denoisers) -> None:
 
 def check_latent_space(expert: Expert) -> None:
     """An expert's ``latent_space`` is a :class:`LatentSpace` (None failed later, in any role, with "no attribute
-    'channels'" or "'title'")."""
+    'channels'" or "'title'"), and its ``codec`` one of that space: another's failed after the control stage, or
+    encoded the bridge's result into a space the expert does not declare."""
     if not isinstance(expert.latent_space, LatentSpace):
         raise ValueError(f"expert {expert.name!r} has latent_space {expert.latent_space!r}: set it to a "
                          f"confiner_core.latent_spaces.LatentSpace, one of "
                          f"{', '.join(s.name.upper().replace('.', '') for s in KNOWN_SPACES)} or your own "
                          f"LatentSpace(name, channels, spatial factor, scale=...)")
+    space = getattr(expert.codec, "space", None)
+    if expert.codec is not None and space != expert.latent_space:
+        named = space.name if isinstance(space, LatentSpace) else space
+        raise ValueError(f"expert {expert.name!r} declares latent space {expert.latent_space.name!r} but its codec "
+                         f"(VAE) belongs to latent space {named!r}: give it a codec of its own space, or set its "
+                         f"latent_space to the codec's (expert.latent_space = expert.codec.space)")
 
 
 def check_expert(expert: Expert, evaluated: bool = True) -> None:

@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .chain import (ChainConfig, frozen_settings, refining_denoiser, generate_structure, refine_structure,
-                    stand_in_spatial, validate_chain)
+from .chain import (ChainConfig, check_channels, frozen_settings, refining_denoiser, generate_structure,
+                    refine_structure, stand_in_spatial, validate_chain)
 from .errors import warn_doubtful
-from .experts import COUNTERS, Denoiser, counts_of, in_stage, counted_vae
+from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
 
 SHUFFLE = "shuffle"
@@ -112,6 +112,9 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True)
     for name, value in (("frames", frames), ("segment_length", segment_length)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"plan_segments: {name} must be an integer, got {value!r}")
+    if not isinstance(staggered, (bool, np.bool_)):   # ("yes" failed inside with "unsupported operand type(s)")
+        raise TypeError(f"plan_segments: staggered must be True or False, got {staggered!r}")
+    staggered = bool(staggered)
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if segment_length < 2:
@@ -399,10 +402,28 @@ def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
     return space == target.expert.latent_space and space.temporal_factor == 1
 
 
-def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None = None) -> None:
+def check_segment_length(segment_length: int, experts: dict, name: str = "segment_length") -> None:
+    """Before anything runs: a segment is a clip of ``segment_length`` pixel frames in the control expert's space
+    and, refined, in each refining expert's (``experts``: role -> Denoiser or None), so each space must hold that
+    count exactly (Wan's 4k+1: a causal space's 16 frames decode to 13, and each window gave 3 frames fewer than
+    the plan counted). ``name``: how messages call the setting."""
+    checked = []
+    for role, d in experts.items():
+        if d is None or d.expert.latent_space in checked:
+            continue
+        space = d.expert.latent_space
+        checked.append(space)
+        space.check_pixel_frames(segment_length, f"{name} = {segment_length}: the {role} expert's {space.title}",
+                                 least=2)
+
+
+def check_window_join(source: Denoiser, target: Denoiser, vae_fixes: dict | None = None,
+                      staggered: bool = True) -> None:
     """Before anything runs: windows that must be joined through pixels need both experts' VAEs. ``vae_fixes``:
-    role ("control", "refining") -> how the user gives that expert its VAE, for the message."""
-    if joins_in_latent_space(source, target):
+    role ("control", "refining") -> how the user gives that expert its VAE, for the message. Without staggering a
+    window is one whole structure, which needs no join (:func:`window_latent`) where both experts share a space."""
+    if joins_in_latent_space(source, target) or \
+            not staggered and source.expert.latent_space == target.expert.latent_space:
         return
     for role, d in (("control", source), ("refining", target)):
         if d.expert.codec is None:
@@ -718,6 +739,13 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
                          f"{plan.segment_length} frames: plan with plan_segments(frames, {config.segment_length}), or "
                          f"leave segment_length None")
+    if not config.staggered and plan.staggered:   # (the plan's windows were run, staggered, without a word)
+        raise ValueError(f"config.staggered is False but the plan's windows are staggered: generate_long follows its "
+                         f"plan, so plan with plan_segments(frames, {plan.segment_length}, staggered=False)")
+    if config.color_anchor and not plan.staggered:
+        raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, which "
+                         "only a staggered plan has: plan with plan_segments(..., staggered=True) or switch "
+                         "color_anchor off")
     ranks = ranks or SOLO
     me, world = ranks.rank, ranks.world
     seed = root_seed(seed)
@@ -729,12 +757,17 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                          f"for the plan's frames (parse_prompt(text, {plan.frames}))")
     b, c, h, w = (*frame_shape[:2], *frame_shape[-2:])   # (a video shape's frames: the plan's)
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
+    check_denoisers("generate_long", control=control, spatial=spatial, temporal=temporal)
+    check_channels(shape, control, "generate_long: frame_shape",
+                   "use control.expert.latent_space.latent_shape(batch, frames, height, width)")
+    check_segment_length(plan.segment_length, {"control": control, "spatial": spatial, "temporal": temporal},
+                         "the plan's segment_length")
     validate_chain(control, spatial, temporal, shape, chain)
     for sentence in unused_long_settings(config, plan.structures, shape[2]):
         warn_doubtful(sentence)
     spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
-    check_window_join(control, refiner)
+    check_window_join(control, refiner, staggered=plan.staggered)
     head, tail = window_split(plan, refiner)
     prepare_where_refined = prepare is not None and not config.color_anchor
     noise = StructureNoise(config.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),

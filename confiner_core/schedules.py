@@ -44,6 +44,18 @@ class NoiseSchedule:
             raise ValueError(f"schedule kind must be 'vp' or 'flow', got {self.kind!r}")
         if self.alphas.shape != self.sigmas.shape or self.alphas.ndim != 1:
             raise ValueError("alphas and sigmas must be 1-D tensors of equal length")
+        # the kind's identity, which the v and flow predictions and a flow expert's timesteps assume: a table that
+        # breaks it ran and gave a wrong x0 (a VE table declared 'vp': off by 30)
+        identity, rule, fix = ((self.alphas**2 + self.sigmas**2, "alpha^2 + sigma^2 = 1 (variance preserving)",
+                                "a table of sigma/alpha (k-diffusion's, ComfyUI's) is from_ve_sigmas(sigmas)")
+                               if self.kind == VP else
+                               (self.alphas + self.sigmas, "alpha + sigma = 1",
+                                "a table of sigmas is from_ve_sigmas(sigmas, 'flow'), or use flow_schedule(shift)"))
+        off = (identity.double() - 1).abs()
+        if off.numel() and not float(off.max()) <= 1e-4:   # (NaN fails too)
+            t = int(off.nan_to_num(float("inf")).argmax())
+            raise ValueError(f"schedule {self.name or 'unnamed'!r} is declared {self.kind!r}, whose tables hold {rule}, "
+                             f"but at t={t} it is {float(identity[t]):.4g}: {fix} (confiner_core.schedules)")
 
     def __repr__(self) -> str:   # (the dataclass's printed both 1000-entry tables: 22,000 characters)
         ends = f"alpha {float(self.alphas[0]):.4g}..{float(self.alphas[-1]):.4g}, " \

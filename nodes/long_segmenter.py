@@ -11,9 +11,9 @@ from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evalu
                                    validate_refinement, warned_already)
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.latent_spaces import VIDEO_FPS
-from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_window_join, generate_long,
-                                  layout_only_entries, moved_schedule, plan_segments, render_applied_schedule,
-                                  structure_centre, unused_entries, window_centre)
+from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_segment_length, check_window_join,
+                                  generate_long, layout_only_entries, moved_schedule, plan_segments,
+                                  render_applied_schedule, structure_centre, unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -365,9 +365,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         (the refiner's space compresses time, e.g. Wan), False when their latents are concatenated."""
         fixes = experts.vae_fixes(control=("control_vae", NODE))
         fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
-        control.expert.latent_space.check_pixel_frames(
-            segment_length, f"segment length (segment_length) = {segment_length}: the control expert's "
-                            f"{control.expert.latent_space.title}", least=2)
+        check_segment_length(segment_length, {"control": control, "spatial": spatial, "temporal": temporal},
+                             "segment length (segment_length)")
         b, c, h, w = frame_shape
         shape = (b, c, control.expert.latent_space.latent_frames(segment_length), h, w)
         validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)

@@ -796,6 +796,80 @@ def test_an_experts_output_dtype_is_held_to_the_latents():
         run_chain(good, returning(torch.int64), good, noise, ChainConfig(), torch.Generator().manual_seed(0))
 
 
+def test_an_experts_output_on_another_device_is_refused_naming_the_expert():
+    """Shape and dtype were held to the contract, the device was not: torch's own "Tensor on device meta is not on
+    the expected device cpu!" came later and named no expert (a researcher's trial; meta stands for another GPU)."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    class Elsewhere(OracleExpert):
+        def forward(self, x, t, conds):
+            return [out.to("meta") for out in super().forward(x, t, conds)]
+
+    good, far = OracleExpert(x0, sd).bind(), Elsewhere(x0, sd, name="far")
+    with pytest.raises(ValueError, match=r"^expert 'far' \(Elsewhere\).forward returned tensors on \['meta'\] for an "
+                                         r"input on cpu: return them on the input's device \(x.device\)$"):
+        run_chain(far.bind(), good, good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
+    assert len(far.calls) == 1   # at its first call, as every contract broken at forward
+
+
+def test_an_experts_codec_of_another_space_is_refused_before_any_evaluation():
+    """A VAE of another space on an expert failed after the control stage (6 channels against 4), or, on an expert
+    keeping the default space, encoded the bridge's result into a space the expert does not declare, silently."""
+    from confiner_core.latent_spaces import FLUX, Codec
+
+    class FluxVAE(Codec):
+        space = FLUX
+
+        def encode_raw(self, pixels):
+            raise AssertionError("never called")
+
+        def decode_raw(self, raw):
+            raise AssertionError("never called")
+
+    x0 = x0_star()
+    sd = S.named("sd15")
+    log = EvaluationLog()
+    good = OracleExpert(x0, sd).bind(log=log)
+    mine = OracleExpert(x0, sd, name="mine")
+    mine.codec = FluxVAE()
+    with pytest.raises(ValueError, match=r"^expert 'mine' declares latent space 'sd15' but its codec \(VAE\) belongs "
+                                         r"to latent space 'flux': give it a codec of its own space, or set its "
+                                         r"latent_space to the codec's \(expert.latent_space = expert.codec.space\)$"):
+        run_chain(good, mine.bind(log=log), good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
+    assert sum(log.evaluations.values()) == 0
+    mine.latent_space = FLUX   # as the message says: then it is an expert of that space (bridged, or refused so)
+    with pytest.raises(ValueError) as e:
+        run_chain(good, mine.bind(log=log), good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
+    assert "codec (VAE)" not in str(e.value) and sum(log.evaluations.values()) == 0
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+def test_an_error_encoding_a_prompt_is_noted_with_the_expert():
+    """The text encoder's own error ("tokenizer missing") named no expert; ``bind`` encodes, deferred or not."""
+    class NoTokenizer(OracleExpert):
+        def encode(self, prompt):
+            raise RuntimeError("tokenizer missing")
+
+    expert = NoTokenizer(x0_star(), S.named("sd15"), name="mine")
+    for deferred in (False, True):
+        with pytest.raises(RuntimeError, match="^tokenizer missing") as e:
+            expert.bind("a cat", "blurry", 7.5, deferred=deferred).encoded()
+        assert e.value.__notes__ == ["raised by expert 'mine' (NoTokenizer) encoding its prompt 'a cat' and "
+                                     "negative prompt 'blurry'"]
+
+
+def test_noise_of_other_channels_is_named_with_how_to_draw_it():
+    """The message said "the latent has 6 channels", naming neither run_chain's argument nor how to make one."""
+    x0 = x0_star()
+    good = OracleExpert(x0, S.named("sd15"), name="ctrl").bind()
+    with pytest.raises(ValueError, match=r"^run_chain: noise has 6 channels but the control expert 'ctrl' denoises in "
+                                         r"latent space 'sd15' \(4 channels\): draw it there, torch.randn\("
+                                         r"control.expert.latent_space.latent_shape\(batch, frames, height, width\), "
+                                         r"generator=g\)$"):
+        run_chain(good, good, good, torch.randn(1, 6, 3, 4, 4), ChainConfig(), torch.Generator().manual_seed(0))
+
+
 @pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
 def test_an_error_inside_an_experts_network_is_noted_with_the_expert_and_call():
     """A network of other channels than the latent space its expert declares failed with PyTorch's bare "expected

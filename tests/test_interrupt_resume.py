@@ -668,8 +668,12 @@ def test_the_non_finite_hint_suggests_another_dtype_only_for_fp16_networks():
     for dtype, hint in ((torch.float16, "fp16 overflow: load the experts in bfloat16 or float32"),
                         (torch.float32, "weights that are not finite: check the checkpoint"),
                         (torch.bfloat16, "weights that are not finite: check the checkpoint")):
-        expert.unet = SimpleNamespace(dtype=dtype)
+        expert.networks = [SimpleNamespace(dtype=torch.float32), SimpleNamespace(dtype=dtype)]   # a text encoder, a UNet
         assert hint in non_finite_message(expert.bind(), x, 500, "refine", 3), dtype
+    # an expert of one's own has no checkpoint to check (it was told to): its own arithmetic is named
+    del expert.networks
+    assert non_finite_message(expert.bind(), x, 500, "refine", 3).endswith(
+        "or arithmetic in OracleExpert.forward that is not finite")
 
 
 def test_the_fp16_hint_names_the_setting_that_loads_another_dtype():
@@ -710,8 +714,8 @@ def test_nan_mid_run_fails_with_one_line_and_keeps_outputs(tmp_path, monkeypatch
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: NonFiniteError:")
-    # stage, step and expert named, a cause suggested (these experts have no fp16 network to overflow)
-    assert where in err and "weights that are not finite" in err and "fp16" not in err
+    # stage, step and expert named, a cause suggested (these experts have no checkpoint: their own arithmetic)
+    assert where in err and "arithmetic in PosteriorMeanExpert.forward that is not finite" in err and "fp16" not in err
     assert outputs(out) == PREVIOUS and sorted(os.listdir(out)) == sorted(PREVIOUS)
 
 

@@ -543,3 +543,56 @@ def test_a_window_join_without_a_vae_says_the_fix_first():
                                          r"joins pieces of .+ structures into .+ windows through pixels: a causal "
                                          r"video VAE cannot cut latents at any frame\)$"):
         check_window_join(control, refiner, {"control": "connect one to control VAE"})
+
+
+def test_a_segment_length_a_causal_space_cannot_hold_is_refused_before_any_evaluation():
+    """generate_long took 16-frame segments in a 4k+1 space: each window promised 16 frames and decoded to 13. Both
+    experts' spaces are checked: a 4k+1 refiner of SD-family structures too."""
+    from confiner_core.embedded.experts import embedded_experts
+
+    wan, sd = embedded_experts("wan"), embedded_experts("sd")
+    log = EvaluationLog()
+    for control, refiner, role in ((wan, wan, "control"), (sd, wan, "spatial")):
+        denoisers = [control["control"].bind(log=log), refiner["spatial"].bind(log=log),
+                     refiner["temporal"].bind(log=log)]
+        with pytest.raises(ValueError, match=rf"^the plan's segment_length = 16: the {role} expert's .+ latent space "
+                                             r"holds 4k\+1 frames .+: use 13 or 17$"):
+            generate_long(*denoisers, plan_segments(32, 16), (1, control["control"].latent_space.channels, 8, 8),
+                          ChainConfig(), LongConfig(), 0, sink=lambda *a: None)
+    assert sum(log.evaluations.values()) == 0
+
+
+def test_an_unstaggered_plan_needs_no_vae_where_the_experts_share_a_space():
+    """Without staggering a window is one whole structure (no join), as the README says; generate_long refused the
+    missing VAE all the same. Staggered halves of a causal space still need it."""
+    from confiner_core.embedded.experts import embedded_experts
+
+    experts = embedded_experts("wan")
+    for expert in experts.values():
+        expert.codec = None
+    denoisers = [experts[role].bind() for role in ("control", "spatial", "temporal")]
+    shape = (1, experts["control"].latent_space.channels, 8, 8)
+    windows = []
+    generate_long(*denoisers, plan_segments(34, 17, staggered=False), shape, ChainConfig(),
+                  LongConfig(staggered=False), 0, sink=lambda latent, window: windows.append(latent.shape[2]))
+    assert windows == [5, 5]   # 17 frames each, 4k+1 latents
+    with pytest.raises(ValueError, match="^the control expert needs its VAE"):
+        generate_long(*denoisers, plan_segments(34, 17), shape, ChainConfig(), LongConfig(), 0, sink=print)
+
+
+def test_settings_that_disagree_with_the_plan_are_refused():
+    """LongConfig(staggered=False) ran a staggered plan's windows without a word; plan_segments took "yes"."""
+    from confiner_core.embedded.experts import embedded_experts
+
+    experts = embedded_experts("sd")
+    denoisers = [experts[role].bind() for role in ("control", "spatial", "temporal")]
+    with pytest.raises(ValueError, match=r"^config.staggered is False but the plan's windows are staggered: "
+                                         r"generate_long follows its plan, so plan with plan_segments\(frames, 8, "
+                                         r"staggered=False\)$"):
+        generate_long(*denoisers, plan_segments(16, 8), (1, 4, 8, 8), ChainConfig(), LongConfig(staggered=False), 0,
+                      sink=print)
+    with pytest.raises(ValueError, match="^color_anchor anchors a window .+ only a staggered plan has"):
+        generate_long(*denoisers, plan_segments(16, 8, False), (1, 4, 8, 8), ChainConfig(),
+                      LongConfig(color_anchor=True), 0, sink=print)
+    with pytest.raises(TypeError, match=r"^plan_segments: staggered must be True or False, got 'yes'$"):
+        plan_segments(24, 8, "yes")

@@ -179,3 +179,22 @@ def test_a_schedule_prints_in_one_line_with_its_name_kind_ends_and_shift():
     vp, flow = repr(named("sd15")), repr(flow_schedule(shift=3.0, name="wan"))
     assert len(vp) < 120 and "\n" not in vp and vp.startswith("NoiseSchedule('sd15', vp, 1000 timesteps")
     assert flow.startswith("NoiseSchedule('wan', flow, 1000 timesteps") and flow.endswith("shift 3)")
+
+
+@pytest.mark.parametrize("kind,alphas,sigmas,fix", [
+    # a k-diffusion/ComfyUI table of sigma/alpha given as sigmas of a 'vp' schedule: v's x0 was off by up to 30
+    ("vp", torch.ones(1000), torch.linspace(0.03, 80, 1000), r"from_ve_sigmas\(sigmas\)"),
+    ("flow", torch.linspace(1, 0.5, 1000), torch.linspace(0.001, 1, 1000), r"flow_schedule\(shift\)"),
+    ("vp", torch.full((10,), float("nan")), torch.zeros(10), r"from_ve_sigmas"),
+])
+def test_a_schedule_that_breaks_its_kinds_identity_is_refused(kind, alphas, sigmas, fix):
+    """The v and flow predictions and a flow expert's timesteps assume alpha^2 + sigma^2 = 1 (vp) or alpha + sigma = 1
+    (flow); a hand-made table that broke it was taken silently."""
+    with pytest.raises(ValueError, match=rf"^schedule 'mine' is declared '{kind}', whose tables hold .+ = 1.*, but at "
+                                         rf"t=\d+ it is .+: .*{fix}"):
+        S.NoiseSchedule(alphas.double(), sigmas.double(), kind, name="mine")
+    for named in ("sd15", "animatediff", "modelscope", "lavie"):   # (every built-in table holds its identity)
+        S.named(named)
+    S.flow_schedule(shift=5.0)
+    S.from_ve_sigmas(torch.linspace(0.03, 14.6, 1000))
+    S.from_ve_sigmas(torch.linspace(0.001, 1, 1000), "flow")

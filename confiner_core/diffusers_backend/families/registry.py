@@ -22,7 +22,7 @@ import torch
 
 from ...devices import check_device
 from ...library_bars import loading_bars
-from ...experts import Expert, ExpertPair, not_a_path
+from ...experts import Expert, ExpertPair, networks, not_a_path
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
@@ -250,13 +250,6 @@ def decoding_role(experts: dict) -> str:
     """The role whose latent space the video is in: the spatial expert's, or the temporal expert's where there is
     none (the temporal-only ablation refines without one)."""
     return "spatial" if experts.get("spatial") is not None else "temporal"
-
-
-def networks(expert: Expert) -> list:
-    """The modules of an expert that speed settings apply to (both members of a pair)."""
-    if isinstance(expert, ExpertPair):
-        return networks(expert.high) + networks(expert.low)
-    return list(getattr(expert, "networks", ()))
 
 
 def attach_refinement_caches(experts: dict, threshold: float):
