@@ -512,6 +512,32 @@ def test_a_fresh_node_holds_all_its_widgets(frontend):
         dict.fromkeys(NODE_IDS, True), widths
 
 
+def test_the_packs_inputs_read_in_words_on_fresh_and_loaded_nodes(frontend):
+    """The frontend 1.27 (ComfyUI 0.3.64) labelled inputs by their ids: a trial's Refine Sampler read "seed" and "te"
+    where the template's note spoke of the *refine seed* and the *structure timestep*, and a fresh node's sockets read
+    "low_noise_model". web/confiner.js labels them from the definitions where the frontend did not (1.35 does it
+    itself): every input whose definition has a display name reads it, on a node added fresh and after a load."""
+    server, b = frontend
+    info = server.get_json("/object_info")
+    worded = {t: {name: spec[1]["display_name"] for part in ("required", "optional")
+                  for name, spec in info[t]["input"].get(part, {}).items()
+                  if isinstance(spec, list) and len(spec) > 1 and spec[1].get("display_name", name) != name}
+              for t in NODE_IDS}
+    assert all(worded.values()), worded
+    drawn = b.page.evaluate("""async (types) => {
+        const read = (n) => Object.fromEntries([
+            ...n.inputs.filter((s) => !s.widget).map((s) => [s.name, s.label || s.localized_name || s.name]),
+            ...(n.widgets ?? []).map((w) => [w.name, w.label || w.name])]);
+        app.graph.clear();
+        const fresh = Object.fromEntries(types.map((t) => { const n = LiteGraph.createNode(t); app.graph.add(n);
+                                                           return [t, read(n)]; }));
+        await app.loadGraphData(app.graph.serialize());
+        const loaded = Object.fromEntries(app.graph._nodes.map((n) => [n.type, read(n)]));
+        return [fresh, loaded]; }""", NODE_IDS)
+    for nodes in drawn:
+        assert {t: {name: nodes[t][name] for name in worded[t]} for t in NODE_IDS} == worded
+
+
 def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(frontend):
     """The frontend 1.35 read the pack's "advanced" flag into widget.options but hides by widget.advanced: every
     node showed every advanced widget (low-noise cfg, boundary, matching, eta, ...). A fresh node now hides them until

@@ -42,7 +42,9 @@
 //   line of its text (at most 60 characters) wrapped inside a word (the frontend breaks its text anywhere).
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
-//   which had none, so one node mixed raw ids with worded labels.
+//   which had none, so one node mixed raw ids with worded labels. The frontend 1.27 (ComfyUI 0.3.64) labels neither
+//   sockets nor widgets from the definitions: there they read in the same words as on 1.35 ("refine seed", not
+//   "seed"; the templates' notes and the help pages name them so).
 // * The nodes whose seed lays out the structure keep it when added fresh (control after generate "fixed", where the
 //   frontend's default is "randomize"): the Control Expert, the Long Video and the Noise Rescheduler. The templates
 //   teach "control seed fixed, refine seed randomize: new detail on the same structure", and in a graph built by
@@ -198,16 +200,25 @@ function textHeight(node, value) {
 // The worded label of each input socket of the pack's nodes, from their definitions: type -> input id -> label.
 const SOCKET_LABELS = new Map();
 
-// Labels the sockets of the loaded graph's nodes of the pack that a file left unlabelled (saved before the pack
-// labelled them): as on a node added fresh.
-function labelOldSockets() {
-  for (const [, node] of allNodes()) {
-    const labels = SOCKET_LABELS.get(node.comfyClass);
-    for (const slot of (labels && node.inputs) || []) {
-      // (a widget's socket reads by its id on a fresh node too: the widget beside it shows the words)
-      if (!slot.label && !slot.widget && labels.has(slot.name)) slot.label = labels.get(slot.name);
+// Labels a node's sockets that a file left unlabelled (saved before the pack labelled them) and, where the frontend
+// labels a widget by its id (1.27 sets its label to its name), its widgets: as the frontend 1.35 labels a node added
+// fresh.
+function labelInputs(node) {
+  const labels = SOCKET_LABELS.get(node.comfyClass);
+  if (!labels) return;
+  for (const slot of node.inputs ?? []) {
+    // (a widget's socket reads by its id on a fresh node too: the widget beside it shows the words)
+    if (!slot.label && !slot.widget && labels.has(slot.name)) slot.label = labels.get(slot.name);
+  }
+  for (const widget of node.widgets ?? []) {
+    if ((!widget.label || widget.label === widget.name) && labels.has(widget.name)) {
+      widget.label = labels.get(widget.name);
     }
   }
+}
+
+function labelOldSockets() {
+  for (const [, node] of allNodes()) labelInputs(node);
 }
 
 // The frontend's text box draws a loading bar from when it is made until it sees the running nodes change (its watch
@@ -683,6 +694,7 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (!node.comfyClass?.startsWith("ConFiner")) return;
+    labelInputs(node);
     const advanced = ADVANCED.get(node.comfyClass);
     hideUntilShown(node, (node.widgets ?? []).filter((widget) => advanced?.has(widget.name)));
     for (const [name, value] of Object.entries(SHOWN_BY_CHOICE[node.comfyClass] ?? {})) {

@@ -1,8 +1,22 @@
 """Minimal ``torchvision.transforms.functional`` for the ConFiner test-only stub."""
 
+import enum
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+class InterpolationMode(enum.Enum):
+    """torchvision's interpolation names (spandrel, behind ComfyUI's upscale-model loader, imports them)."""
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+def rotate(*args, **kwargs):
+    raise NotImplementedError("rotate() is not part of the torchvision test stub")
 
 
 def _mode(interpolation):
