@@ -33,7 +33,10 @@
 //   muted) says so. A failure names a node by its title, with its id beside another of the same title (two pasted
 //   chains). A cancelled run says so on the nodes it never reached.
 // * A Refine Sampler "waiting for its turn" shows no preview: the frontend keeps a node's last preview until a new one
-//   comes, and through the whole control stage the waiting sampler showed the run before's video as this run's.
+//   comes, and through the whole control stage the waiting sampler showed the run before's video as this run's. Nor
+//   does a node saying "not run: ...".
+// * An input ComfyUI refuses as missing because the node it comes from is bypassed or muted ("Required input is
+//   missing: experts", the link there on the canvas) names that node and how to switch it back on.
 // * A message of the pack's nodes that ComfyUI files under every input its check reads is shown once, under the input
 //   it names: the Long Video's schedule messages came three times in one dialog.
 // * A text shown while no run goes on (a refused Run's "not run", a tab switched back to) has no loading bar beside
@@ -71,6 +74,9 @@ const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widg
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
 const WAITING = /^waiting for its turn/m;
+// A text saying this Run did not run the node (refused, left out, cancelled before its turn, stopped by another): the
+// preview beside it was a run before's video (a trial read it as this Run's).
+const NOT_RUN = /^not run:/;
 const CANVAS_PREVIEW = "$$canvas-image-preview"; // the frontend's widget that draws a node's preview images
 const CACHED = "done · from the cache (an earlier run made it)";
 // ... under the text of the run that made it (the Control Expert, its seed fixed, kept "done · ... 16.3 s" through
@@ -262,10 +268,12 @@ function keepText(event) {
   if (!node || !TEXT_NODES.has(node.comfyClass)) return;
   if (WAITING.test(text ?? "")) {
     WAITED.add(String(nodeId));
-    dropPreview(node);
-    KEPT_PREVIEWS.delete(keptKey(nodeId));
   } else {
     WAITED.delete(String(nodeId));
+  }
+  if (WAITING.test(text ?? "") || NOT_RUN.test(text ?? "")) {
+    dropPreview(node);
+    KEPT_PREVIEWS.delete(keptKey(nodeId));
   }
   if (text) {
     KEPT.set(keptKey(nodeId), text);
@@ -391,12 +399,25 @@ function wrapped(message) {
 }
 
 // What ComfyUI said of a node's first refused input, as the pack words it ("te - T_e ..." filed under the input).
-function refusal(entry) {
+// An input whose node is bypassed or muted is "missing" to ComfyUI while its link is there on the canvas: the node
+// says which node to switch back on (a trial's bypassed Refine Experts read "Required input is missing: experts").
+function refusal(entry, id) {
   const error = entry?.errors?.[0];
   const input = error?.extra_info?.input_name;
   const details = String(error?.details ?? "");
   if (error?.type === "custom_validation_failed" && input && details.startsWith(`${input} - `)) {
     return details.slice(input.length + 3);
+  }
+  if (error?.type === "required_input_missing" && input) {
+    const node = nodeById(id);
+    const slot = node?.inputs?.findIndex((s) => s.name === input) ?? -1;
+    const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+    if (source && WILL_NOT_RUN.has(source.mode)) {
+      const label = SOCKET_LABELS.get(node.comfyClass)?.get(input) ?? input;
+      return source.mode === 4
+        ? `${label}: its node ${source.title} is bypassed, which passes nothing on here: un-bypass it (Ctrl+B)`
+        : `${label}: its node ${source.title} is muted: unmute it (Ctrl+M)`;
+    }
   }
   return [error?.message, details].filter(Boolean).join(": ") || "an input was refused";
 }
@@ -423,7 +444,7 @@ function sayLeftOut({ response, prompt, workflow }) {
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   };
   for (const [id, entry] of Object.entries(errors)) {
-    if (TEXT_NODES.has(entry?.class_type)) say(id, wrapped(`not run: ${refusal(entry)}`));
+    if (TEXT_NODES.has(entry?.class_type)) say(id, wrapped(`not run: ${refusal(entry, id)}`));
   }
   prompt = prompt ?? {};
   const graph = promptGraph(prompt);
@@ -553,7 +574,7 @@ function refused(response) {
     // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
     // (a Run whose every output is muted: ComfyUI's dialog says "Prompt has no outputs:" and no more)
-    const text = out ? "" : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id])}`)
+    const text = out ? "" : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id], id)}`)
       : response?.error?.type === "prompt_no_outputs" ? FEEDS_NO_OUTPUT
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
