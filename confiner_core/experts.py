@@ -572,6 +572,9 @@ def check_latent_space(expert: Expert) -> None:
                          f"confiner_core.latent_spaces.LatentSpace, one of "
                          f"{', '.join(s.name.upper().replace('.', '') for s in KNOWN_SPACES)} or your own "
                          f"LatentSpace(name, channels, spatial factor, scale=...)")
+    if isinstance(expert, ExpertPair):   # (the member whose codec it is: the pair takes one member's)
+        for member in (expert.high, expert.low):
+            check_latent_space(member)
     space = getattr(expert.codec, "space", None)
     if expert.codec is not None and space != expert.latent_space:
         named = space.name if isinstance(space, LatentSpace) else space

@@ -51,11 +51,18 @@ class NoiseSchedule:
                                if self.kind == VP else
                                (self.alphas + self.sigmas, "alpha + sigma = 1",
                                 "a table of sigmas is from_ve_sigmas(sigmas, 'flow'), or use flow_schedule(shift)"))
+        final = (self.final_alpha**2 + self.final_sigma**2 if self.kind == VP else self.final_alpha + self.final_sigma)
         off = (identity.double() - 1).abs()
-        if off.numel() and not float(off.max()) <= 1e-4:   # (NaN fails too)
+        # the tables' own rounding passes (SD 1.5's in float16 is 1.001 at t=41)
+        tolerance = max(1e-4, 8 * torch.finfo(self.alphas.dtype).eps) if self.alphas.is_floating_point() else 1e-4
+        if off.numel() and not float(off.max()) <= tolerance:   # (NaN fails too)
             t = int(off.nan_to_num(float("inf")).argmax())
             raise ValueError(f"schedule {self.name or 'unnamed'!r} is declared {self.kind!r}, whose tables hold {rule}, "
                              f"but at t={t} it is {float(identity[t]):.4g}: {fix} (confiner_core.schedules)")
+        if not abs(final - 1) <= 1e-4:
+            raise ValueError(f"schedule {self.name or 'unnamed'!r} is declared {self.kind!r}, whose tables hold {rule}, "
+                             f"but its final_alpha {self.final_alpha:g} and final_sigma {self.final_sigma:g} give "
+                             f"{final:.4g}: use (1, 0), the clean sample (diffusers' set_alpha_to_one), or t = 0's")
 
     def __repr__(self) -> str:   # (the dataclass's printed both 1000-entry tables: 22,000 characters)
         ends = f"alpha {float(self.alphas[0]):.4g}..{float(self.alphas[-1]):.4g}, " \

@@ -838,6 +838,14 @@ def test_an_experts_codec_of_another_space_is_refused_before_any_evaluation():
                                          r"latent_space to the codec's \(expert.latent_space = expert.codec.space\)$"):
         run_chain(good, mine.bind(log=log), good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
     assert sum(log.evaluations.values()) == 0
+    # in a pair (Wan 2.2 A14B's two halves), the member whose codec it is: the pair takes one member's codec, and
+    # "set its latent_space" named the pair, which has no space of its own to set
+    from confiner_core.experts import ExpertPair
+
+    other = OracleExpert(x0, sd, name="other")
+    with pytest.raises(ValueError, match=r"^expert 'mine' declares latent space 'sd15' but its codec"):
+        run_chain(good, ExpertPair(mine, other, 0.875, name="pair").bind(log=log), good, torch.randn(SHAPE),
+                  ChainConfig(), torch.Generator().manual_seed(0))
     mine.latent_space = FLUX   # as the message says: then it is an expert of that space (bridged, or refused so)
     with pytest.raises(ValueError) as e:
         run_chain(good, mine.bind(log=log), good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))

@@ -1146,6 +1146,9 @@ def test_one_sdxl_evaluation_equals_the_sdxl_pipeline(paths, bridged, negative):
     pipeline zeroes the unconditional embeddings (force_zeros_for_empty_prompt), as the expert does for ""."""
     spatial = bridged["spatial"]
     assert isinstance(spatial, SDXLExpert) and spatial.prompt_encoder.width == sum(T.SDXL_WIDTHS)
+    # built by hand from its parts, as the README shows, it is in SDXL's space (it took SD 1.5's, the base default)
+    by_hand = SDXLExpert(spatial.unet, spatial.prompt_encoder, spatial.scheduler_config)
+    assert by_hand.latent_space == SDXL
     x = canonical()
     ours = spatial.bind("a cat", negative or "", CFG).raw(x, T_FLOAT)
     pipe = StableDiffusionXLPipeline.from_pretrained(paths["sdxl"], local_files_only=True)

@@ -198,3 +198,8 @@ def test_a_schedule_that_breaks_its_kinds_identity_is_refused(kind, alphas, sigm
     S.flow_schedule(shift=5.0)
     S.from_ve_sigmas(torch.linspace(0.03, 14.6, 1000))
     S.from_ve_sigmas(torch.linspace(0.001, 1, 1000), "flow")
+    sd = S.named("sd15")
+    for dtype in (torch.float16, torch.bfloat16):   # a table's own rounding is no contradiction (1.001 in float16)
+        S.NoiseSchedule(sd.alphas.to(dtype), sd.sigmas.to(dtype), "vp")
+    with pytest.raises(ValueError, match=r"final_alpha 0.5 and final_sigma 0 give 0.25: use \(1, 0\)"):
+        S.NoiseSchedule(sd.alphas, sd.sigmas, "vp", final_alpha=0.5, final_sigma=0.0)

@@ -22,7 +22,7 @@ import torch
 
 from .. import layout as L
 from ..experts import Expert
-from ..latent_spaces import SD15, LatentSpace
+from ..latent_spaces import SD15, SDXL, LatentSpace
 from ..sampling import host_to_device
 from ..schedules import NoiseSchedule, from_diffusers_config
 
@@ -122,6 +122,10 @@ class SDXLExpert(FrameExpert):
 
     family = "sdxl-frames"
     default_guidance = 5.0   # StableDiffusionXLPipeline's guidance_scale
+
+    def __init__(self, unet, prompt_encoder, scheduler_config: dict, name: str = "expert", source: str = "",
+                 latent_space: LatentSpace = SDXL):   # (one built by hand took SD 1.5's space, the base default)
+        super().__init__(unet, prompt_encoder, scheduler_config, name, source, latent_space)
 
     def unet_inputs(self, conds: list, rows: int, x: torch.Tensor) -> dict:
         device, dtype = placement(self.unet)
