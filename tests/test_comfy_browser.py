@@ -918,6 +918,41 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it
 
 
+def test_a_result_from_the_cache_names_the_seed_it_was_queued_with(frontend):
+    """A workflow opened from its WEBP, run again: ComfyUI's cache served both nodes, whose text said only "from the
+    cache", while the refine seed's widget already showed the next random seed; the note says to fix the seed the
+    node's text names (a trial). A cached result was made by the inputs queued, so by the seed queued: its text names
+    it. The queue's answer is the server's as it would send it (the template's files are not on this server)."""
+    server, b = frontend
+    queue_empty(b)
+    open_template(frontend, "confiner_basic_sd15_animatediff", "cached seed")
+    b.page.route("**/api/prompt", lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body=json.dumps({"prompt_id": "cached seed", "number": 1, "node_errors": {}}))
+        if route.request.method == "POST" else route.continue_())
+    try:
+        seen = b.page.evaluate("""async () => {
+          const api = window.comfyAPI.api.api;
+          const node = (type) => app.graph._nodes.find((n) => n.type === type);
+          const seed = (type) => node(type).widgets.find((w) => w.name === "seed");
+          seed("ConFinerControlExpert").value = 7;
+          seed("ConFinerCoordinatedSampler").value = 926422842002767;   // "randomize": the next one after the queue
+          await app.queuePrompt(0);
+          api.dispatchCustomEvent("execution_start", {prompt_id: "cached seed", timestamp: Date.now()});
+          api.dispatchCustomEvent("execution_cached", {prompt_id: "cached seed", timestamp: Date.now(),
+            nodes: app.graph._nodes.map((n) => String(n.id))});
+          await new Promise((r) => setTimeout(r, 300));
+          const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+          api.dispatchCustomEvent("execution_success", {prompt_id: "cached seed", timestamp: Date.now()});
+          return [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"),
+                  seed("ConFinerCoordinatedSampler").value]; }""")
+    finally:
+        b.page.unroute("**/api/prompt")
+    cached = "done · from the cache (an earlier run made it)"
+    assert seen[:2] == [f"{cached}\nseed 7", f"{cached}\nseed 926422842002767"], seen
+    assert seen[2] != 926422842002767, seen   # the widget moved on: the text is where the seed that made it is read
+
+
 def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, screenshot_dir):
     """A Refine Sampler behind another, its structure from ComfyUI's cache, stood blank until its turn came (its own
     check says "waiting" only then), and a Control Expert kept the last Run's "done" while the loaders before it

@@ -82,6 +82,16 @@ const CACHED = "done · from the cache (an earlier run made it)";
 // ... under the text of the run that made it (the Control Expert, its seed fixed, kept "done · ... 16.3 s" through
 // every later Run as if each had made it)
 const REUSED = "reused by this run (from the cache)";
+// The prompt this page queued last, until the server's answer files it under its id (QUEUED): a cached node's events
+// can come first.
+let sending = null;
+// The seed a node was queued with, as its own texts end ("seed 926..."): a result ComfyUI's cache serves was made by
+// the same inputs, so by that seed, while the widget already shows the next one ("randomize"), and the templates'
+// notes say to fix the seed the node's text names (a workflow opened from its WEBP said no seed).
+function queuedSeed(promptId, id) {
+  const seed = (QUEUED.get(promptId)?.prompt ?? sending)?.[id]?.inputs?.seed;
+  return typeof seed === "number" ? `\nseed ${seed}` : "";
+}
 const DONE = /^done · /m; // (under any warning lines)
 // a node added fresh: its width, as the templates' (a line of the pack's text, 60 characters, fits it unbroken)
 const FRESH_WIDTH = 430;
@@ -586,6 +596,7 @@ app.registerExtension({
   setup() {
     const queuePrompt = api.queuePrompt;
     api.queuePrompt = async function (...args) {
+      sending = args[1]?.output ?? null;
       try {
         const response = await queuePrompt.apply(this, args);
         fileOnce(response);
@@ -654,7 +665,8 @@ app.registerExtension({
         const node = nodeById(id);
         const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
         if (node && TEXT_NODES.has(node.comfyClass) && !text?.value) {
-          api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: CACHED });
+          api.dispatchCustomEvent("progress_text",
+                                  { nodeId: String(id), text: CACHED + queuedSeed(event.detail?.prompt_id, String(id)) });
         } else if (DONE.test(text?.value ?? "") && !text.value.includes(CACHED) && !text.value.includes(REUSED)) {
           api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: `${text.value}\n${REUSED}` });
         }
