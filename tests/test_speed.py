@@ -1229,6 +1229,30 @@ def test_temporal_transformers_keep_their_input_layout(name, channels_last):
     assert any(inp for inp, _ in seen) == channels_last
 
 
+@pytest.mark.parametrize("name", ["modelscope", "animatediff"])
+def test_temporal_transformers_of_one_sample_multiply_as_one_matrix(name, monkeypatch):
+    """A single sample (the control expert's stage has no cfg) in channels_last, behind a norm that keeps the layout
+    as the GPU kernels do, with weights needing no gradient (as benchmarks and many scripts load them): every linear
+    layer is one matrix multiply, never a batched one over [frames, C] tiles with the weight broadcast."""
+    def layout_keeping(x, num_groups, weight, bias, eps, add=None, silu=False):
+        out = torch.empty_like(x if FN.layout_strides(x) is not None else x.contiguous())
+        return out.copy_(FN.group_norm_reference(x, num_groups, weight, bias, eps, add, silu))
+
+    monkeypatch.setattr(FN, "kernels_take", lambda x: x.dim() >= 3)
+    monkeypatch.setattr(FN, "triton_available", lambda: True)
+    monkeypatch.setattr(FN, "group_norm_triton", layout_keeping)
+    build, call = MODELS[name]
+    model = build().requires_grad_(False)
+    before = call(model)
+    apply_speed_settings([model], replace(LEAN, attention="default", temporal_attention=None, cudnn_benchmark=None))
+    with torch.profiler.profile() as prof:
+        after = call(model)
+    ops = [e.name for e in prof.events()]
+    assert ops.count("aten::mm") + ops.count("aten::addmm") > 0
+    assert ops.count("aten::bmm") == 0, "a linear layer ran as a batched multiply"
+    assert rel(after, before) < 1e-4
+
+
 # -------------------------------------------------------------------------- compiled blocks kept on disk
 
 class TwoBlocks(torch.nn.Module):
