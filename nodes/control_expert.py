@@ -9,8 +9,8 @@ from ..confiner_core.chain import ChainConfig, generate_structure
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import ade, host, model_files, sessions
-from .schema import (CATEGORY, CONTROL_ETA, check_widgets, control_inputs, control_sampling_inputs, low_noise_inputs,
-                     seed_input)
+from .schema import (CATEGORY, CONTROL_ETA, check_widgets, control_inputs, control_sampling_inputs, input_place,
+                     low_noise_inputs, seed_input)
 
 
 class ConFinerControlExpert(io.ComfyNode):
@@ -58,7 +58,8 @@ class ConFinerControlExpert(io.ComfyNode):
         check_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler=sampler, spacing=spacing, eta=eta,
                       low_noise_cfg=low_noise_cfg, boundary=boundary)
         for video_model, name in ((model, "model"), (low_noise_model, "low_noise_model")):
-            host.check_video_role(video_model, "control", file=host.input_file(cls, name))
+            host.check_video_role(video_model, "control", file=host.input_file(cls, name),
+                                  where=input_place(cls, name))
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()

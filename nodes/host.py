@@ -358,13 +358,14 @@ def takes_no_motion_model(model) -> bool:
 
 
 def check_video_role(model, role: str, swapped: bool = False, file: str | None = None,
-                     spatial_file: str | None = None, shared: bool | None = None) -> None:
+                     spatial_file: str | None = None, shared: bool | None = None, where: str | None = None) -> None:
     """Refuses, before any other check, an image model that cannot relate frames in a video role (control,
     temporal): the command line refuses such a family there, and in a graph the first problem found used to be its
     text encoder, VAE or latent layout, whose fixes led nowhere. An SD-style image model is warned instead
     (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model;
     ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`);
-    ``shared``: whether this model's loader feeds the control expert too (None: the graph does not say).
+    ``shared``: whether this model's loader feeds the control expert too (None: the graph does not say); ``where``:
+    the input and node the model is connected to (:func:`~.schema.input_place`; default: the role's usual one).
 
     Files picked in each other's loaders (the loader feeds the control expert too) are told as such: an artist told
     to swap the two links did, and the Wan loader, which fed the Control Expert too, still held the image model (a
@@ -385,15 +386,16 @@ def check_video_role(model, role: str, swapped: bool = False, file: str | None =
     else:
         fix = ("pick the video model's file (Wan) in its loader, or connect a video model there if that loader serves "
                "another expert too")
-    raise ValueError(f"the {role} expert ({VIDEO_ROLES[role]}) is {name}, an image model: it makes every frame on "
-                     f"its own, with no motion, and no motion model attaches to it; {fix}")
+    raise ValueError(f"the {role} expert ({where or VIDEO_ROLES[role]}) is {name}, an image model: it makes every "
+                     f"frame on its own, with no motion, and no motion model attaches to it; {fix}")
 
 
-def frames_alone(model, role: str, swapped: bool = False) -> str | None:
+def frames_alone(model, role: str, swapped: bool = False, where: str | None = None) -> str | None:
     """A warning when the expert of a video role (control, temporal) cannot relate frames: an image model with no
     motion model attached (SD 1.5 whose AnimateDiff loader was bypassed, SDXL, Qwen-Image). Such a graph runs, and
     silently makes frames that do not belong together. None when the expert is a video model. ``swapped``: the
-    spatial model beside this temporal one is a video model, so the two were likely connected the other way round."""
+    spatial model beside this temporal one is a video model, so the two were likely connected the other way round.
+    ``where``: as :func:`check_video_role`'s."""
     if model is None or role not in VIDEO_ROLES or relates_frames(model):
         return None
     task = "lays out every frame on its own, so the structure has no motion" if role == "control" else \
@@ -401,7 +403,8 @@ def frames_alone(model, role: str, swapped: bool = False) -> str | None:
     fix = ("The spatial model is the video model: connect the two the other way round (spatial_model <-> "
            "temporal_model)") if swapped else \
         "Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)"
-    return f"the {role} expert ({VIDEO_ROLES[role]}) is an image model with no motion model attached: it {task}. {fix}"
+    return (f"the {role} expert ({where or VIDEO_ROLES[role]}) is an image model with no motion model attached: it "
+            f"{task}. {fix}")
 
 
 #: the characters of one line of a node's text that the frontend shows at the templates' node widths (it neither
@@ -959,12 +962,13 @@ class Progress:
         self.opening = opening if isinstance(opening, str) else \
             (f"starting · {total} expert evaluations" if opening else None)
 
-    def warn_frames_alone(self, models: dict, spatial_model=None) -> None:
+    def warn_frames_alone(self, models: dict, spatial_model=None, places: dict | None = None) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run. A
-        ``spatial_model`` that relates frames beside an image temporal model is named as the swap it likely is."""
+        ``spatial_model`` that relates frames beside an image temporal model is named as the swap it likely is;
+        ``places``: role -> where its model is connected, where not the role's usual input."""
         for role, model in models.items():
             swapped = role == "temporal" and spatial_model is not None and relates_frames(spatial_model)
-            self.warn(frames_alone(model, role, swapped), frames_alone_note(role, swapped))
+            self.warn(frames_alone(model, role, swapped, (places or {}).get(role)), frames_alone_note(role, swapped))
 
     def warn_ignored_noise(self, models: dict) -> None:
         """AnimateDiff-Evolved noise types ConFiner does not draw (:func:`~.ade.warn_ignored_noise`): on the

@@ -17,8 +17,8 @@ from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_segm
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
-                     control_sampling_inputs, host_converted, low_noise_inputs, refine_inputs, refine_problem,
-                     seed_input, structure_noise_input, te_setting, widget_problem)
+                     control_sampling_inputs, host_converted, input_place, low_noise_inputs, refine_inputs,
+                     refine_problem, seed_input, structure_noise_input, te_setting, widget_problem)
 from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
@@ -211,7 +211,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                       control_low_noise_cfg=control_low_noise_cfg, control_boundary=control_boundary, fps=fps)
         for video_model, name in ((control_model, "control_model"),
                                   (control_low_noise_model, "control_low_noise_model")):
-            host.check_video_role(video_model, "control", file=host.input_file(cls, name))
+            host.check_video_role(video_model, "control", file=host.input_file(cls, name),
+                                  where=input_place(cls, name))
         space = host.space_of(control_model)
         fps = prompt_fps(fps, space)
         # every problem the widgets alone show, in one message: one per run cost a model load each
@@ -291,7 +292,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress.warn_unused(chain, {"control_eta": CONTROL_ETA, "matching": MATCHING})
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
-                                   experts.spatial_model)
+                                   experts.spatial_model, {"control": input_place(cls, "control_model")})
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         progress.warn_distilled_control(control_model, control_steps, control_cfg, control_sampler)
         progress.warn_motion_models(control_model=control_model, control_steps=control_steps,

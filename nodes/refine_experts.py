@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from . import host
 from .host import FRAME_MODES, LATENT_FRAMES
-from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, low_noise_inputs
+from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, input_place, low_noise_inputs
 from .types import RefineExperts, RefineExpertsType
 
 
@@ -86,7 +86,7 @@ class ConFinerRefineExperts(io.ComfyNode):
                                   (temporal_low_noise_model, "temporal_low_noise_model")):
             host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model),
                                   file=files[name], spatial_file=files["spatial_model"],
-                                  shared=host.input_feeds_control(cls, name))
+                                  shared=host.input_feeds_control(cls, name), where=input_place(cls, name))
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")

@@ -9,6 +9,7 @@ frontend's widget label): the same concept carries the same label on every node,
 from __future__ import annotations
 
 import math
+import re
 
 from comfy_api.latest import io
 
@@ -74,7 +75,7 @@ def control_inputs(prefix: str = "") -> list:
         io.Float.Input(f"{prefix}cfg", display_name=CONTROL_CFG, default=1.0, min=0.0, max=100.0, step=0.1,
                        round=0.01, tooltip="Guidance of the control expert. 1.0 is our default, right for distilled "
                                            "Lightning models (the paper states no cfg value); undistilled experts "
-                                           "want ~7.5. Above 1.0 the negative prompt is used too."),
+                                           "want ~7.5. At any cfg other than 1.0 the negative prompt is used too."),
         io.Combo.Input(f"{prefix}sampler", display_name=CONTROL_SAMPLER, options=list(SAMPLERS), default="euler",
                        tooltip="euler: for distilled few-step experts (AnimateDiff-Lightning), what they were trained "
                                "for; ddim: the paper's control sampler, for undistilled experts (AnimateDiff v1-3, "
@@ -199,6 +200,14 @@ def refine_inputs() -> list:
 
 def _label(spec) -> str:
     return f"{spec.display_name} ({spec.id})" if spec.display_name and spec.display_name != spec.id else spec.id
+
+
+def input_place(node_cls, name: str) -> str:
+    """Where an artist finds input ``name``: its label on the node, by the node's title without a trailing remark
+    ("ConFiner Refine Experts (bundle)" is ConFiner Refine Experts, as every message names it)."""
+    schema = node_cls.define_schema()
+    spec = next(i for i in schema.inputs if i.id == name)
+    return f"{spec.display_name or spec.id} on {re.sub(r' [(][^()]*[)]$', '', schema.display_name)}"
 
 
 def widget_problem(node_cls, **values) -> str | None:

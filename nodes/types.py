@@ -112,8 +112,8 @@ class RefineExperts:
 
     def check_bridge(self) -> None:
         """Spatial and temporal experts of different latent spaces hand the video over at every step of the
-        coordinated and alternate modes, through both VAEs. The mode is the sampler's (temporal mode needs no spatial
-        VAE), which checks it; :meth:`execute` asks this beside the bundle's other problems (an artist who put Wan in
+        coordinated mode, through both VAEs (mode alternate, which steps both on one sample, refuses them). The mode is
+        the sampler's (temporal mode needs no spatial VAE), which checks it; :meth:`execute` asks this beside the bundle's other problems (an artist who put Wan in
         the spatial role met its text encoder here, then the VAEs on the Refine Sampler, a Run each). The spatial
         expert on pixel frames works in the temporal expert's pixels: the sampler checks that case."""
         from ..confiner_core.latent_spaces import check_bridges
@@ -126,7 +126,7 @@ class RefineExperts:
         try:
             check_bridges([("spatial", "temporal")], ends, self.vae_fixes())
         except ValueError as e:
-            raise ValueError(f"in refine modes coordinated (the default) and alternate, {e}") from None
+            raise ValueError(f"in refine mode coordinated (the default), {e}") from None
 
     def check_mode(self, mode: str) -> None:
         """Refine modes other than 'standard' evaluate the temporal expert."""

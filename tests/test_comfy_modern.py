@@ -310,8 +310,8 @@ def test_a_swapped_spatial_model_is_told_its_prompts_and_the_bridges_vaes_at_onc
     prompt["10"]["inputs"].update(spatial_positive=["6", 0], spatial_negative=["6", 0])   # the Wan chain's prompt
     del prompt["10"]["inputs"]["spatial_vae"], prompt["10"]["inputs"]["temporal_vae"]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 with Wan's prompt, no VAEs", [
-        "2 problems: (1) ", "(spatial positive, spatial_positive) is 4096 wide", "(2) in refine modes coordinated (the "
-        "default) and alternate, experts of different latent spaces hand the video over (spatial SD 1.5 -> temporal "
+        "2 problems: (1) ", "(spatial positive, spatial_positive) is 4096 wide", "(2) in refine mode coordinated (the "
+        "default), experts of different latent spaces hand the video over (spatial SD 1.5 -> temporal "
         "Wan 2.1): bridging them needs their VAEs, and 2 are missing; for SD 1.5 (the spatial expert): connect one "
         "to spatial VAE (spatial_vae) on ConFiner Refine Experts; for Wan 2.1 (the temporal expert): connect one to "
         "temporal VAE (temporal_vae) on ConFiner Refine Experts"])
@@ -583,6 +583,25 @@ def test_an_image_model_wired_into_the_control_expert_is_named_by_that_nodes_soc
     prompt["9"]["inputs"]["model"] = ["2", 0]
     assert_refused_before_any_evaluation(comfy_worker, prompt, "Qwen-Image into the Control Expert",
                                          ["the control expert (model on ConFiner Control Expert) is Qwen-Image"])
+
+
+@pytest.mark.parametrize("socket", ["long_control_model", "low_noise_model", "temporal_low_noise_model"])
+def test_an_image_model_in_a_video_role_is_named_by_the_socket_it_is_wired_into(comfy_worker, modern, socket):
+    """The refusal named the Control Expert's "model" also for Qwen-Image on the Long Video's control model (a node
+    the graph may not hold), and each role's first socket for a model on its low-noise one."""
+    if socket == "long_control_model":
+        prompt = long_wan_graph(comfy_worker.checkpoint_name)
+        prompt["14"]["inputs"]["control_model"] = ["2", 0]
+        place = "the control expert (control model on ConFiner Long Video) is Qwen-Image"
+    else:
+        prompt = wan_graph(comfy_worker.checkpoint_name, "wan")
+        if socket == "low_noise_model":
+            prompt["9"]["inputs"]["low_noise_model"] = ["2", 0]
+            place = "the control expert (low-noise model on ConFiner Control Expert) is Qwen-Image"
+        else:
+            prompt["10"]["inputs"]["temporal_low_noise_model"] = ["2", 0]
+            place = "the temporal expert (temporal low-noise model on ConFiner Refine Experts) is Qwen-Image"
+    assert_refused_before_any_evaluation(comfy_worker, prompt, f"Qwen-Image on {socket}", [place])
 
 
 def test_a_missing_temporal_model_in_a_wan_graph_suggests_a_wan_model(comfy_worker, modern):

@@ -72,6 +72,7 @@ WAN22_REPO = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolv
 QWEN_REPO = "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files"
 WAN21 = Model("wan2.1_t2v_1.3B_fp16.safetensors", f"{WAN_REPO}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
               "diffusion_models", "Wan 2.1 text-to-video 1.3B: the control and the temporal expert")
+WAN21_ALL = Model(WAN21.name, WAN21.url, WAN21.directory, "Wan 2.1 text-to-video 1.3B: all three experts")
 UMT5 = Model("umt5_xxl_fp8_e4m3fn_scaled.safetensors",
              f"{WAN_REPO}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders",
              "UMT5-XXL, Wan's text encoder (CLIPLoader type wan)")
@@ -780,7 +781,7 @@ def sd15_bridge_wan():
         "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
         "SD's (2 VAE calls), and every coordinated step hands the clean estimate over and back (4 VAE calls). The "
         "refined video is in SD 1.5's space: decode it with SD 1.5's VAE. At one timestep SD 1.5 and Wan are at "
-        "different noise levels (T_e 100: noise-to-signal 0.34 and 0.11), so the Refine Sampler's *matching* "
+        "different noise levels (T_e 100: noise-to-signal 0.34 and 0.11), so the Refine Sampler's *temporal timestep matching* "
         "(**auto**; an advanced input: *Show Advanced* in the node's menu) re-noises the temporal expert at the level of the spatial expert's step, not at its index: its "
         "text says \"matching nearest\".",
         wan_change_first()[:2] + ["SD 1.5 checkpoint: any SD 1.5 fine-tune works as the spatial expert (its own "
@@ -899,11 +900,11 @@ def long_wan21():
          "its menu) only if the save node's differs.",
          LONG_SEED,
          WAN_CONTROL],
-        (WAN21, UMT5, WAN_VAE))
+        (WAN21_ALL, UMT5, WAN_VAE))
     g.column("models", "1 · Models")
     umt5 = loader(g, UMT5, "UMT5 text encoder (Wan)", "CLIPLoader", "wan")
     g.column()
-    wan = loader(g, WAN21, "Wan 2.1 T2V 1.3B (all three experts)")
+    wan = loader(g, WAN21_ALL, "Wan 2.1 T2V 1.3B (all three experts)")
     vae = loader(g, WAN_VAE, "Wan 2.1 VAE", "VAELoader")
     g.group("prompts", "2 · Prompts and frame size")
     pos, neg = prompts(g, umt5, "Wan")

@@ -41,7 +41,7 @@
 //   it names: the Long Video's schedule messages came three times in one dialog.
 // * A text shown while no run goes on (a refused Run's "not run", a tab switched back to) has no loading bar beside
 //   it: the frontend drew one until the next run.
-// * A node added fresh is 400 px wide: at the frontend's 210 its labels were cut ("control after genera…"), and a
+// * A node added fresh is 430 px wide: at the frontend's 210 its labels were cut ("control after genera…"), and a
 //   line of its text (at most 60 characters) wrapped inside a word (the frontend breaks its text anywhere).
 // * The sockets of a workflow saved before the pack labelled them (the first release's files) read as on a node
 //   added fresh ("control model", not "control_model"): the frontend takes a loaded socket's label from the file,
