@@ -107,8 +107,9 @@ def structure_noise_input() -> io.Combo.Input:
     return advanced(io.Combo.Input("structure_noise", display_name=STRUCTURE_NOISE, options=list(STRUCTURE_NOISES),
                                    default="spatial", optional=True,
                                    tooltip="Whose noise schedule adds the noise to the structure before refining. "
-                                           "spatial (default): the spatial expert's, so T_e means the same noise "
-                                           "level as on its own sampler; control: the control expert's, which "
+                                           "spatial (default): the refining expert's (the spatial expert's; the "
+                                           "temporal expert's in refine mode temporal), so T_e means the same "
+                                           "noise level as on its own sampler; control: the control expert's, which "
                                            "adds more noise on AnimateDiff-style (linear) schedules, so the "
                                            "refiners change more (needs the control model). Paper: Eq. 6 / "
                                            "Algorithm 1, line 4."))
