@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "same noise level). With 4 control steps the paper's Table 3 finds T_e >= 300 collapses image "
                         "quality")
     g.add_argument("--structure-noise", choices=STRUCTURE_NOISES, default="spatial",
-                   help="schedule that noises the structure to T_e: the spatial expert's (Eq. 6, default) or the "
-                        "control expert's (Algorithm 1, line 4)")
+                   help="schedule that noises the structure to T_e: spatial, the refining expert's (Eq. 6, default: "
+                        "the spatial expert's, the temporal expert's with --mode temporal) or control, the control "
+                        "expert's (Algorithm 1, line 4)")
     g.add_argument("--control-steps", type=number("--control-steps"), default=4,
                    help="control expert steps (default 4, the paper's)")
     g.add_argument("--refine-steps", type=number("--refine-steps"), default=5,
