@@ -342,6 +342,11 @@ def refining_denoiser(spatial: Denoiser, temporal: Denoiser | None, mode: str) -
     return temporal if mode == TEMPORAL else spatial
 
 
+def evaluated_roles(spatial: Denoiser | None, temporal: Denoiser | None, mode: str) -> dict:
+    """The refining experts ``mode`` evaluates (role -> Denoiser): the ones whose clip rules a run must meet."""
+    return {role: d for role, d in (("spatial", spatial), ("temporal", temporal)) if role in EVALUATED_IN[mode]}
+
+
 def stand_in_spatial(spatial: Denoiser | None, temporal: Denoiser | None, mode: str) -> Denoiser:
     """The spatial expert, or for the temporal-only ablation, which evaluates none, the temporal expert in its place
     when it is left out (``None``): it then refines in its own space on its own schedule, as it does with one given.
@@ -427,7 +432,10 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
             check_expert(d.expert)
     config = settled(config, spatial, temporal)
     config.validate()
-    roles = {"control": source or spatial, "spatial": spatial, "temporal": temporal}
+    # the frame rules of the experts the mode evaluates: SD refining alone (standard) beside an unused Wan temporal
+    # expert was refused 16 frames for Wan's 4k+1
+    roles = {"control": source or spatial, "spatial": None, "temporal": None,
+             **evaluated_roles(spatial, temporal, config.mode)}
     source_is_refiner = source is None or source is spatial or source is temporal   # refine(): x in its space
     hand_offs = [("control", "temporal" if config.mode == TEMPORAL else "spatial")]
     if config.mode == COORDINATED:

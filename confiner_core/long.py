@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .chain import (ChainConfig, check_channels, frozen_settings, refining_denoiser, generate_structure,
-                    refine_structure, stand_in_spatial, validate_chain)
+from .chain import (ChainConfig, check_channels, evaluated_roles, frozen_settings, generate_structure,
+                    refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
 from .errors import warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
@@ -760,7 +760,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     check_denoisers("generate_long", control=control, spatial=spatial, temporal=temporal)
     check_channels(shape, control, "generate_long: frame_shape",
                    "use control.expert.latent_space.latent_shape(batch, frames, height, width)")
-    check_segment_length(plan.segment_length, {"control": control, "spatial": spatial, "temporal": temporal},
+    check_segment_length(plan.segment_length, {"control": control, **evaluated_roles(spatial, temporal, chain.mode)},
                          "the plan's segment_length")
     validate_chain(control, spatial, temporal, shape, chain)
     for sentence in unused_long_settings(config, plan.structures, shape[2]):

@@ -168,6 +168,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                               source=model_files.input_source(host.queued_prompt(cls), host.node_id(cls), "structure"))
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
+        host.check_output_frames(refining_denoiser(spatial, temporal, mode), spatial, space.pixel_shape(x.shape)[1])
         # also here: ComfyUI 0.3.64 skips the lazy check where the structure comes from its cache
         host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refining_denoiser(spatial, temporal, mode),
                                                                            spatial), spatial, temporal)])

@@ -795,6 +795,15 @@ def output_denoiser(refiner: Denoiser, spatial: Denoiser) -> Denoiser:
     return spatial
 
 
+def check_output_frames(refiner: Denoiser, spatial: Denoiser, frames: int) -> None:
+    """Before anything runs: a temporal-only refinement handed to the spatial expert's space (:func:`to_spatial_space`)
+    must be a clip that space holds (the library checks the experts a mode evaluates, and the spatial one is not)."""
+    output = output_denoiser(refiner, spatial)
+    if output is not refiner:
+        space = output.expert.latent_space
+        space.check_pixel_frames(frames, f"the output goes to the spatial expert's {space.title}, whose")
+
+
 def to_spatial_space(latent: torch.Tensor, refiner: Denoiser, spatial: Denoiser,
                      log: EvaluationLog) -> tuple[torch.Tensor, Denoiser]:
     """A temporal-only refinement of a graph of two latent spaces, handed to the spatial expert's space through

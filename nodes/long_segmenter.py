@@ -7,8 +7,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refining_denoiser,
-                                   validate_refinement, warned_already)
+from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, evaluated_roles, refine_evaluations,
+                                   refining_denoiser, validate_refinement, warned_already)
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.latent_spaces import VIDEO_FPS
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_segment_length, check_window_join,
@@ -366,11 +366,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
         (the refiner's space compresses time, e.g. Wan), False when their latents are concatenated."""
         fixes = experts.vae_fixes(control=("control_vae", NODE))
         fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
-        check_segment_length(segment_length, {"control": control, "spatial": spatial, "temporal": temporal},
+        check_segment_length(segment_length, {"control": control, **evaluated_roles(spatial, temporal, chain.mode)},
                              "segment length (segment_length)")
         b, c, h, w = frame_shape
         shape = (b, c, control.expert.latent_space.latent_frames(segment_length), h, w)
         validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)
+        host.check_output_frames(refiner, spatial, frames)
         check_window_join(control, refiner, {"control": connect_vae("control_vae", NODE),
                                              "refining": fixes["refining"]})
         if refiner.expert.latent_space.temporal_factor == 1:

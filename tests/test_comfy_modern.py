@@ -458,6 +458,29 @@ def test_temporal_only_refinement_of_a_bridged_graph_outputs_the_spatial_experts
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": REFINE_STEPS, "vae_calls": 2}
 
 
+def test_a_temporal_only_output_the_spatial_experts_space_cannot_hold_is_refused_before_any_evaluation(comfy_worker,
+                                                                                                      modern):
+    """Mode temporal refines in the temporal expert's space, and the node hands the result to the spatial expert's:
+    8 SD frames there would be cut by Wan's VAE. The library checks the experts a mode evaluates, so the node checks
+    where its output goes."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "sd")
+    prompt["8"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 8}}
+    prompt["9"]["inputs"].update(model=["20", 0], positive=["21", 0], negative=["21", 0])
+    prompt["10"]["inputs"].update(spatial_model=["1", 0], spatial_positive=["6", 0], spatial_negative=["6", 0],
+                                  spatial_vae=["5", 0], temporal_model=["20", 0], temporal_positive=["21", 0],
+                                  temporal_negative=["21", 0], temporal_vae=["20", 2])
+    prompt["11"]["inputs"]["mode"] = "temporal"
+    prompt["12"]["inputs"]["vae"] = ["5", 0]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    # (the clip's frames are the structure's: known once the control stage has run, as for every frame rule there)
+    assert not r["success"] and r["evaluations"] == prompt["9"]["inputs"]["steps"]
+    assert _message(r).strip() == ("the output goes to the spatial expert's Wan 2.1, whose latent space holds 4k+1 "
+                                   "frames (1, 5, 9, ...); 8 frames would be cut by its VAE: use 5 or 9"), _message(r)
+    prompt["8"]["inputs"]["batch_size"] = 9   # a count both spaces hold: runs
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert r["success"], r.get("error")
+
+
 def test_the_long_videos_temporal_only_output_is_the_spatial_experts_latents_too(comfy_worker, modern):
     """The Long Video in mode temporal with an SD 1.5 spatial expert beside Wan: its output, decoded with the SD VAE
     as after every other mode, holds every frame."""

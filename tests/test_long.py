@@ -562,6 +562,38 @@ def test_a_segment_length_a_causal_space_cannot_hold_is_refused_before_any_evalu
     assert sum(log.evaluations.values()) == 0
 
 
+@pytest.mark.parametrize("mode, unused", [("standard", "temporal"), ("temporal", "spatial")])
+def test_an_expert_the_mode_does_not_evaluate_sets_no_frame_rule(mode, unused):
+    """SD-like experts refining alone (mode standard: the spatial one; temporal: the temporal one) beside a 4k+1
+    expert the mode never calls: 16 frames were refused for that expert's space, in run_chain and generate_long. The
+    video is the one made without it, which is never evaluated."""
+    from confiner_core.chain import run_chain
+    from confiner_core.embedded.experts import embedded_experts
+    from confiner_core.sampling import randn
+
+    wan, sd = embedded_experts("wan"), embedded_experts("sd")
+    log = EvaluationLog()
+    roles = {role: sd[role].bind(log=log) for role in ("control", "spatial", "temporal")}
+    never = EvaluationLog()   # the unused expert's evaluations
+    with_unused = {**roles, unused: wan[unused].bind(log=never)}
+    without = {**roles, unused: None} if mode == "temporal" else roles
+    config = ChainConfig(mode=mode)
+
+    def chain(experts):
+        g = torch.Generator().manual_seed(1)
+        return run_chain(*experts.values(), randn((1, 4, 16, 8, 8), g, torch.device("cpu")), config, g).latent
+
+    assert torch.equal(chain(with_unused), chain(without))
+    windows = []
+    generate_long(*with_unused.values(), plan_segments(32, 16), (1, 4, 8, 8), config, LongConfig(), 0,
+                  sink=lambda latent, window: windows.append(latent.shape[2]))
+    assert windows == [16, 16]
+    assert log.evaluations.get("refine", 0) > 0 and sum(never.evaluations.values()) == 0
+    with pytest.raises(ValueError, match="the spatial expert's .+ holds 4k\\+1 frames"):   # evaluated: refused
+        run_chain(roles["control"], wan["spatial"].bind(), roles["temporal"], torch.zeros(1, 4, 16, 8, 8),
+                  ChainConfig(mode="coordinated"), torch.Generator().manual_seed(1))
+
+
 def test_an_unstaggered_plan_needs_no_vae_where_the_experts_share_a_space():
     """Without staggering a window is one whole structure (no join), as the README says; generate_long refused the
     missing VAE all the same. Staggered halves of a causal space still need it."""
