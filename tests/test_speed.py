@@ -1315,7 +1315,31 @@ def test_compiled_blocks_kept_on_disk_are_loaded_by_a_later_process(tmp_path, mo
     max(artifacts(), key=lambda f: f.stat().st_mtime_ns).write_bytes(b"not an artifact")  # the third's
     fourth = fresh_process(TwoBlocks(scale=2.0))                  # one artifact unreadable: that one compiled again
     assert (fourth.compiled, fourth.loaded) == (1, 1) and len(fourth.unloadable) == 1
+    monkeypatch.setattr(P, "code_key", lambda: "('0.0.0', 'another source')")
+    P.system_key.cache_clear()
+    try:
+        upgraded = fresh_process(TwoBlocks())                     # another library or diffusers: compiled again
+    finally:
+        P.system_key.cache_clear()
+    assert (upgraded.compiled, upgraded.loaded, len(artifacts())) == (2, 0, 5)
     S.block_store.cache_clear()
+
+
+def test_the_code_key_follows_the_backends_source(tmp_path):
+    """A kept block is a trace of this package's forwards: its key changes with any of their source files (an
+    edited forward loaded the blocks of the one before it), not with other files."""
+    import shutil
+
+    package = os.path.dirname(P.__file__)
+    copy = tmp_path / "backend"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = P.source_digest(str(copy))
+    assert before == P.source_digest(package) and P.code_key() == P.code_key()
+    (copy / "notes.txt").write_text("not code")
+    assert P.source_digest(str(copy)) == before
+    speed = copy / "speed.py"
+    speed.write_text(speed.read_text().replace(".contiguous()", ""))
+    assert P.source_digest(str(copy)) != before
 
 
 @pytest.mark.skipif(not P.aot_available(), reason="this PyTorch has no ahead-of-time compilation to a file")

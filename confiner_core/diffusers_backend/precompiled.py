@@ -13,8 +13,10 @@ An artifact is kept only with PyTorch's portable guards (tensor metadata and glo
 ``torch.compiler.keep_portable_guards_unsafe``), so everything else the graph was traced against is part of its key:
 the block's class and the classes, plain attributes (head counts, scales, flags) and replaced methods of each of its
 submodules, its weights' shapes, strides, dtypes and devices, the call's arguments, grad mode, the attention
-backends allowed and their priority order, the GroupNorm kernels chosen (:func:`.fused_norm.compiled_norms`), and
-the PyTorch, Triton and device versions. Blocks of one class and structure share one artifact,
+backends allowed and their priority order, the GroupNorm kernels chosen (:func:`.fused_norm.compiled_norms`), the
+PyTorch, Triton and device versions, and the code traced besides PyTorch's (:func:`code_key`: this package's source
+and diffusers' version; a kept block is a trace, so after an upgrade it is compiled again rather than run as the old
+code, as a test of call BY found it was). Blocks of one class and structure share one artifact,
 also across experts, as they share one graph under regional compilation. A block whose graph cannot be captured whole
 or saved (a graph break, a guard PyTorch cannot serialise) is compiled the ordinary way for that signature and said so
 in :attr:`Store.fallbacks`.
@@ -183,16 +185,40 @@ def attention_backends() -> tuple:
             getattr(b, "cudnn_sdp_enabled", lambda: None)(), tuple(order), routed)
 
 
+def source_digest(folder: str) -> str:
+    """A digest of the Python source under ``folder`` (file names and contents, in a fixed order)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def code_key() -> str:
+    """The code a kept block traced besides PyTorch's: this package's source (the forwards the speed settings put in,
+    the fused kernels, the attention routes) and diffusers' version (its blocks' forwards). A block's key holds it, so
+    a changed library or diffusers compiles its blocks again: its key held neither, and a block kept before a change
+    ran the code from before it (call BY: the temporal transformers' new forward loaded the old one's blocks)."""
+    import diffusers
+
+    return repr((diffusers.__version__, source_digest(os.path.dirname(os.path.abspath(__file__)))))
+
+
 @functools.lru_cache(maxsize=None)
 def system_key() -> str:
-    """The versions an artifact's code depends on: PyTorch, Triton, the GPU."""
+    """The versions an artifact's code depends on: PyTorch, Triton, the GPU, and the traced code (:func:`code_key`)."""
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return repr((torch.__version__, triton_version, device))
+    return repr((torch.__version__, triton_version, device, code_key()))
 
 
 # inductor's compile_threads while a kept block loads (None: inductor's own setting, a pool of compile workers)
