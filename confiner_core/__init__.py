@@ -13,3 +13,21 @@ Equation numbers refer to arXiv 2408.13423:
 """
 
 __version__ = "0.1.0"
+
+
+def source_digest(folder: str | None = None) -> str:
+    """A digest of the Python source under ``folder`` (default: this library's), its file names and contents in a
+    fixed order: what tells two commits apart where the version number does not."""
+    import hashlib
+    import os
+
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return digest.hexdigest()[:16]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, distributed, metrics
+from . import __version__, distributed, metrics, source_digest
 from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
                     default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
@@ -1408,6 +1408,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
     lead = ranks.rank == 0
     t0 = time.perf_counter()
     resume = None
+    code = {**versions(), "confiner_core source": source_digest()}
     if req.resume:
         resume, _ = store.load_state()   # every rank reads it; rank 0 changes the folder only after the barrier
         ranks.barrier()
@@ -1418,6 +1419,10 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
                                   f"{torch.get_num_threads()}: on the CPU its windows and this run's may round "
                                   f"differently (README, 'Same result'); set OMP_NUM_THREADS={threads} (or "
                                   f"torch.set_num_threads({threads})) to resume as it ran"))
+        changed = code_changes(store.versions, code)
+        if lead and changed:   # (the windows kept were made by the code before; this run's by this one)
+            warn_doubtful(spelled(f"--resume: the interrupted run ran other code ({'; '.join(changed)}): this run's "
+                                  f"windows may differ from the ones an uninterrupted run would have made"))
         if lead:
             store.claim()
             log.add_counts(resume.counts())
@@ -1431,6 +1436,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         write(frames)
         store.save_window(window.index, latent)
 
+    store.versions = store.versions or code   # the first process's, kept through every resume (as its threads)
     with tqdm(total=expected_evaluations(req.chain, plan), initial=sum(log.evaluations.values()),
               desc="ConFiner-Long", unit=" evaluations", disable=not show_progress, postfix=compile_note(req)) as bar:
         def window_done(state) -> None:
@@ -1507,15 +1513,28 @@ def speed_used(req: GenerateRequest) -> str:
     return "fast" if req.speed == "max" and not str(req.device).startswith("cuda") else req.speed
 
 
-def environment(req: GenerateRequest) -> dict:
-    """What a video's last bits depend on beyond its settings: the versions, the device and the CPU threads (the
-    same request at another thread count differs by a few values of 1 in 255, README "Reproducibility")."""
-    versions = {"confiner_core": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
+def versions() -> dict:
+    """The versions of the code a run uses: this library, Python, PyTorch, and diffusers and transformers where the
+    run imported them."""
+    said = {"confiner_core": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     for name in ("diffusers", "transformers"):
         module = sys.modules.get(name)   # the backend imported it, or the run did not need it
         if module is not None:
-            versions[name] = getattr(module, "__version__", None)
-    return {**versions, "device": str(req.device), "cpu_threads": torch.get_num_threads()}
+            said[name] = getattr(module, "__version__", None)
+    return said
+
+
+def environment(req: GenerateRequest) -> dict:
+    """What a video's last bits depend on beyond its settings: the versions, the device and the CPU threads (the
+    same request at another thread count differs by a few values of 1 in 255, README "Reproducibility")."""
+    return {**versions(), "device": str(req.device), "cpu_threads": torch.get_num_threads()}
+
+
+def code_changes(before: dict | None, now: dict) -> list[str]:
+    """What differs between the code of an interrupted long run (:func:`versions` and the library's source digest,
+    as its resume state keeps them) and a resume's: each as ``name before -> now``. None: a state kept before
+    versions were, unknown."""
+    return [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before is not None and before.get(k) != v]
 
 
 def described(expert) -> dict:

@@ -67,6 +67,7 @@ class ResumeStore:
         ``{"save_frames": True}``), kept with the state but not compared: a resume may write more or less."""
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.threads = torch.get_num_threads()   # the CPU threads of the run's first process (a resume keeps them)
+        self.versions: dict | None = None        # the code of the run's first process (None: a state from before)
         self.canonical = canonical
         self.settings = canonical(flatten(json.loads(json.dumps(settings, default=str))))
         self.added = flatten(added or {})
@@ -206,7 +207,8 @@ class ResumeStore:
         self._save_tensors(name, tensors)
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
-                "settled": self.settled, "cpu_threads": self.threads, "outputs": self.outputs}
+                "settled": self.settled, "cpu_threads": self.threads, "versions": self.versions,
+                "outputs": self.outputs}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
             if old.startswith("state-") and old != name:
@@ -215,6 +217,7 @@ class ResumeStore:
     def load_state(self) -> tuple[LongState, dict]:
         info = self.check()
         self.threads = info.get("cpu_threads", self.threads)
+        self.versions = info.get("versions")
         tensors = load_file(self._path(info["tensors"]))
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},

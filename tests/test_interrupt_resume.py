@@ -357,6 +357,33 @@ def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, 
     assert report["cpu_threads_before_resume"] == first and report["environment"]["cpu_threads"] != first
 
 
+def test_a_run_resumed_by_other_code_warns(tmp_path, monkeypatch, capsys):
+    """The windows an interrupted run kept were made by its code; a resume after an upgrade (another PyTorch, or
+    this library's source changed under one version number) made the rest with other code without a word. The state
+    keeps the first process's versions and source digest, and a resume by other code warns, naming the change; a
+    state from before versions were kept resumes in silence."""
+    import warnings
+
+    args = ["--quiet", *LONG]
+    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
+    assert state["versions"]["torch"] == torch.__version__ and state["versions"]["confiner_core source"]
+    first = dict(state["versions"], torch="2.0.0", **{"confiner_core source": "0123456789abcdef"})
+    state["versions"] = first
+    path.write_text(json.dumps(state))
+    warned = rf"other code \(torch 2\.0\.0 -> {re.escape(torch.__version__)}; confiner_core source 0123456789abcdef -> "
+    real = _interrupt_at(monkeypatch, 45)
+    with pytest.warns(ConFinerWarning, match=warned), pytest.raises(SystemExit):
+        main(["generate", "--out", str(part), "--resume", *args])
+    monkeypatch.setattr(EvaluationLog, "record", real)
+    resumed = json.loads(path.read_text())
+    assert resumed["next_window"] > state["next_window"] and resumed["versions"] == first   # the first process's
+    del resumed["versions"]   # as a state kept before versions were
+    path.write_text(json.dumps(resumed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        assert main(["generate", "--out", str(part), "--resume", *args]) == 0
+
+
 def test_a_resume_names_a_changed_flag_with_its_flag(tmp_path, monkeypatch, capsys):
     """A resume with --no-stagger was refused naming "long.staggered", where every other setting has its option."""
     args = ["--quiet", *LONG]

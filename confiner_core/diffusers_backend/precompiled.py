@@ -33,6 +33,7 @@ import types
 import torch
 from torch.utils._pytree import tree_flatten
 
+from .. import source_digest
 from . import fused_norm as FN
 
 PLAIN = (bool, int, float, str, type(None))
@@ -183,19 +184,6 @@ def attention_backends() -> tuple:
     routed = f"{sdpa.__module__}.{sdpa.__qualname__}"           # frames): the graph calls that one's kernels
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
             getattr(b, "cudnn_sdp_enabled", lambda: None)(), tuple(order), routed)
-
-
-def source_digest(folder: str) -> str:
-    """A digest of the Python source under ``folder`` (file names and contents, in a fixed order)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, folder).encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(f.read() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=None)
