@@ -1532,8 +1532,8 @@ def environment(req: GenerateRequest) -> dict:
 
 def code_changes(before: dict | None, now: dict) -> list[str]:
     """What differs between the code of an interrupted long run (:func:`versions` and the library's source digest,
-    as its resume state keeps them) and a resume's: each as ``name before -> now``. None: a state kept before
-    versions were, unknown."""
+    as its resume state keeps them) and a resume's: each as ``name before -> now``; nothing where ``before`` is None
+    (a state kept before versions were)."""
     return [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before is not None and before.get(k) != v]
 
 
