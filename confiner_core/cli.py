@@ -376,10 +376,12 @@ def generate_command(a: argparse.Namespace) -> int:
     vae_calls = sum(report["vae_calls"].values())   # between the experts: bridges, pixel frames, window joins
     timed = f"{sum(report['vae_seconds'].values()):.1f} s" + (" after the resume" if before is not None else "")
     vae = f", {vae_calls} VAE call{'s' * (vae_calls != 1)} between them in {timed}" if vae_calls else ""
+    blocks = report.get("compiled_blocks")   # (a compile folder's blocks: were they read, or compiled now?)
+    kept = f"; --compile-dir: {blocks['loaded']} blocks loaded, {blocks['compiled']} compiled" if blocks else ""
     print(f"wrote {os.path.join(a.out, 'video.mp4')}, frames.png, {'frames.npy, ' * a.save_frames}report.json  "
           f"({frames}, "
           f"{report['total_expert_evaluations']} expert evaluations{resumed}{vae}, {s['total']:.1f} s"
-          f"{' in all' * bool(vae)})")
+          f"{' in all' * bool(vae)}{kept})")
     return 0
 
 

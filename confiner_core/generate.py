@@ -1141,10 +1141,27 @@ def compile_note(req: GenerateRequest) -> str | None:
         return None
     from .diffusers_backend.precompiled import kept_blocks  # loaded with the experts already
 
-    if req.compile_dir and kept_blocks(req.compile_dir):
-        return f"the first steps load compiled blocks from {req.compile_dir}"
+    if req.compile_dir and kept_blocks(req.compile_dir):   # (those of other code or shapes are compiled again)
+        return f"the first steps load the blocks kept in {req.compile_dir}, or compile those it lacks"
     keep = "kept in --compile-dir for later runs" if req.compile_dir else "--compile-dir DIR keeps them for later runs"
     return f"the first steps compile every block (minutes; {keep})"
+
+
+def compiled_blocks(req: GenerateRequest) -> dict | None:
+    """What ``--compile-dir`` did in this process: blocks compiled and kept, loaded from the folder, compiled the
+    ordinary way (they could not be saved), and files found there but unreadable (another PyTorch). None where no
+    folder was given or nothing is compiled ahead of time."""
+    if not req.compile_dir or req.speed not in COMPILED_SPEEDS:
+        return None
+    from .diffusers_backend.precompiled import aot_available
+    from .diffusers_backend.speed import PRESETS, block_store
+
+    if not aot_available():
+        return None
+    preset = PRESETS[req.speed]
+    said = block_store(os.path.abspath(req.compile_dir), preset.compile_mode, preset.backend).summary()
+    return {"compiled": said["compiled"], "loaded": said["loaded"], "compiled_unkept": len(said["fallbacks"]),
+            "unreadable": len(said["unloadable"])}
 
 
 def progress_callback(bar: tqdm | None, log: EvaluationLog, user: Callable[[dict], None] | None = None):
@@ -1533,8 +1550,9 @@ def environment(req: GenerateRequest) -> dict:
 def code_changes(before: dict | None, now: dict) -> list[str]:
     """What differs between the code of an interrupted long run (:func:`versions` and the library's source digest,
     as its resume state keeps them) and a resume's: each as ``name before -> now``; nothing where ``before`` is None
-    (a state kept before versions were)."""
-    return [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before is not None and before.get(k) != v]
+    (a state kept before versions were). A package only one side imported is no change: whether diffusers was
+    imported says more about the process (a script that imported it for something else) than about the run."""
+    return [f"{k} {before[k]} -> {v}" for k, v in now.items() if before is not None and k in before and before[k] != v]
 
 
 def described(expert) -> dict:
@@ -1575,7 +1593,10 @@ def build_report(req: GenerateRequest, backend: Backend, log: EvaluationLog, sec
                             if role in EVALUATED_IN[req.chain.mode]}},
             "height": req.height, "width": req.width, "backend": backend.description,
             "speed_used": speed_used(req),   # settings.speed as asked; max without CUDA runs as fast
-            "experts": {k: described(e) for k, e in backend.experts.items() if e is not None},
+            **({"compiled_blocks": blocks} if (blocks := compiled_blocks(req)) is not None else {}),
+            # the experts that ran (the embedded presets hold all three whatever the mode, as checkpoints do not)
+            "experts": {k: described(e) for k, e in backend.experts.items()
+                        if e is not None and (k == "control" or k in EVALUATED_IN[req.chain.mode])},
             "expert_evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards),
             "vae_calls": dict(log.vae_calls), "vae_seconds": log.vae_seconds(),   # this process's (of several)
             "bridges": bridges(req.spaces(), req.chain.mode),

@@ -789,6 +789,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     costs: dict[tuple, dict] = {}              # ("structure", i) / ("window", w) -> what it cost (counts_of())
     finished: dict[int, _Finished] = {}        # rank 0: refined here, waiting for their turn to be sunk
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
+    evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls encodes nothing)
 
     def prompted(d: Denoiser | None, frame: int) -> Denoiser | None:
         if d is None or prompts is None:
@@ -836,8 +837,9 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         centre = window_centre(window)
         with _tally(log, costs, ("window", window.index)), in_stage(log, "refine"):
             latent = window_latent(structures, window.parts, control, refiner, pixels)
-            refined = refine_structure(prompted(spatial, centre), prompted(temporal, centre), latent, chain,
-                                       generator, tagged(callback, window=window.index),
+            refined = refine_structure(prompted(spatial, centre) if "spatial" in evaluated else spatial,
+                                       prompted(temporal, centre) if "temporal" in evaluated else temporal, latent,
+                                       chain, generator, tagged(callback, window=window.index),
                                        control_schedule=control.schedule)
         last = window.parts[-1][0]
         counts = costs.pop(("window", window.index))

@@ -649,7 +649,32 @@ def test_progress_bar_says_when_the_first_steps_compile(tmp_path):
     folder.mkdir()
     (folder / "0123abcd.pt").write_bytes(b"")
     assert compile_note(GenerateRequest(speed="fast", compile_dir=str(folder))) == \
-        f"the first steps load compiled blocks from {folder}"
+        f"the first steps load the blocks kept in {folder}, or compile those it lacks"   # (another code's: compiled)
+
+
+def test_the_report_says_what_the_compile_folder_did(tmp_path):
+    """A run with --compile-dir said nothing of its blocks: a researcher could not tell a warm start from blocks
+    compiled again (after an upgrade, whose kept blocks no longer match). The report holds the process's counts for
+    the folder, as the preset's compilation files them."""
+    import os
+
+    from confiner_core.diffusers_backend import precompiled as P
+    from confiner_core.diffusers_backend.speed import PRESETS, block_store
+    from confiner_core.generate import GenerateRequest, compiled_blocks
+
+    if not P.aot_available():
+        pytest.skip("this PyTorch has no ahead-of-time compilation to a file")
+    folder = str(tmp_path / "blocks")
+    assert compiled_blocks(GenerateRequest(speed="lean", compile_dir=folder)) is None
+    assert compiled_blocks(GenerateRequest(speed="fast")) is None
+    block_store.cache_clear()
+    try:
+        store = block_store(os.path.abspath(folder), PRESETS["max"].compile_mode, PRESETS["max"].backend)
+        store.compiled, store.loaded, store.fallbacks, store.unloadable = 2, 39, ["a block"], []
+        assert compiled_blocks(GenerateRequest(speed="max", compile_dir=folder)) == \
+            {"compiled": 2, "loaded": 39, "compiled_unkept": 1, "unreadable": 0}
+    finally:
+        block_store.cache_clear()
 
 
 def test_contact_sheet_numbers_each_frame_with_its_place_in_the_video(tmp_path):

@@ -364,6 +364,8 @@ def test_a_run_resumed_by_other_code_warns(tmp_path, monkeypatch, capsys):
     state from before versions were kept resumes in silence."""
     import warnings
 
+    from confiner_core.generate import code_changes
+
     args = ["--quiet", *LONG]
     part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
     assert state["versions"]["torch"] == torch.__version__ and state["versions"]["confiner_core source"]
@@ -377,6 +379,10 @@ def test_a_run_resumed_by_other_code_warns(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(EvaluationLog, "record", real)
     resumed = json.loads(path.read_text())
     assert resumed["next_window"] > state["next_window"] and resumed["versions"] == first   # the first process's
+    # a package only one process imported (a script around the resume imported diffusers for something else) is no
+    # change: it warned "diffusers None -> 0.42.1" for an embedded run that uses none
+    same = {"torch": torch.__version__, "confiner_core source": "0123456789abcdef"}
+    assert code_changes(same, {**same, "diffusers": "0.42.1"}) == [] == code_changes({**same, "diffusers": "1"}, same)
     del resumed["versions"]   # as a state kept before versions were
     path.write_text(json.dumps(resumed))
     with warnings.catch_warnings():

@@ -584,10 +584,15 @@ def test_an_expert_the_mode_does_not_evaluate_sets_no_frame_rule(mode, unused):
         return run_chain(*experts.values(), randn((1, 4, 16, 8, 8), g, torch.device("cpu")), config, g).latent
 
     assert torch.equal(chain(with_unused), chain(without))
-    windows = []
+    windows, encoded = [], []
+    unused_expert = with_unused[unused].expert
+    encode = unused_expert.encode
+    unused_expert.encode = lambda prompt: encoded.append(prompt) or encode(prompt)
     generate_long(*with_unused.values(), plan_segments(32, 16), (1, 4, 8, 8), config, LongConfig(), 0,
-                  sink=lambda latent, window: windows.append(latent.shape[2]))
+                  sink=lambda latent, window: windows.append(latent.shape[2]),
+                  prompts=parse_prompt("0: a red ball | 16: a blue ball", 32))
     assert windows == [16, 16]
+    assert encoded == []   # its text encoder ran for every prompt of a travelling schedule (a UMT5-XXL forward)
     assert log.evaluations.get("refine", 0) > 0 and sum(never.evaluations.values()) == 0
     with pytest.raises(ValueError, match="the spatial expert's .+ holds 4k\\+1 frames"):   # evaluated: refused
         run_chain(roles["control"], wan["spatial"].bind(), roles["temporal"], torch.zeros(1, 4, 16, 8, 8),
