@@ -335,22 +335,33 @@ def test_a_resumed_run_keeps_the_frame_rate_it_started_with(tmp_path, monkeypatc
     assert json.loads((part / "report.json").read_text())["settings"]["fps"] == 12.0
 
 
-def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, capsys):
-    """A 2-thread run resumed on 1 thread went on without a word (its windows and the new ones may round
-    differently); the state keeps the thread count, and a resume on another warns, naming how to match it."""
-    args = ["--quiet", *LONG]
+def _resumed_with_a_changed_state(tmp_path, monkeypatch, args, key, is_this_process, first, warned):
+    """An interrupted run whose state holds this process's value under ``key`` (``is_this_process(value)``), changed
+    to ``first`` (as a first process of other threads or code kept it), resumed and interrupted again after a window:
+    the resume warns (``warned``) and the state keeps the first process's value. Returns the folder, the state's path
+    and the state."""
     part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
-    assert state["cpu_threads"] == torch.get_num_threads()
-    first = state["cpu_threads"] = torch.get_num_threads() + 3   # as a run on more threads stored it
+    assert is_this_process(state[key]), state[key]
+    state[key] = first
     path.write_text(json.dumps(state))
-    warned = rf"used {first} CPU threads and this one uses {torch.get_num_threads()}.*OMP_NUM_THREADS={first}"
-    # resumed and interrupted again after a window: the state keeps the first process's count, not this one's
     real = _interrupt_at(monkeypatch, 45)
     with pytest.warns(ConFinerWarning, match=warned), pytest.raises(SystemExit):
         main(["generate", "--out", str(part), "--resume", *args])
     monkeypatch.setattr(EvaluationLog, "record", real)
     resumed = json.loads(path.read_text())
-    assert resumed["next_window"] > state["next_window"] and resumed["cpu_threads"] == first
+    assert resumed["next_window"] > state["next_window"] and resumed[key] == first
+    return part, path, resumed
+
+
+def test_a_run_resumed_on_another_cpu_thread_count_warns(tmp_path, monkeypatch, capsys):
+    """A 2-thread run resumed on 1 thread went on without a word (its windows and the new ones may round
+    differently); the state keeps the thread count, and a resume on another warns, naming how to match it."""
+    args = ["--quiet", *LONG]
+    first = torch.get_num_threads() + 3   # as a run on more threads stored it
+    warned = rf"used {first} CPU threads and this one uses {torch.get_num_threads()}.*OMP_NUM_THREADS={first}"
+    part, path, resumed = _resumed_with_a_changed_state(tmp_path, monkeypatch, args, "cpu_threads",
+                                                        lambda threads: threads == torch.get_num_threads(), first,
+                                                        warned)
     with pytest.warns(ConFinerWarning, match=warned):
         assert main(["generate", "--out", str(part), "--resume", *args]) == 0
     report = json.loads((part / "report.json").read_text())
@@ -364,21 +375,16 @@ def test_a_run_resumed_by_other_code_warns(tmp_path, monkeypatch, capsys):
     state from before versions were kept resumes in silence."""
     import warnings
 
-    from confiner_core.generate import code_changes
+    from confiner_core import source_digest
+    from confiner_core.generate import code_changes, versions
 
     args = ["--quiet", *LONG]
-    part, path, state = _interrupted_state(tmp_path, monkeypatch, args)
-    assert state["versions"]["torch"] == torch.__version__ and state["versions"]["confiner_core source"]
-    first = dict(state["versions"], torch="2.0.0", **{"confiner_core source": "0123456789abcdef"})
-    state["versions"] = first
-    path.write_text(json.dumps(state))
+    first = dict(versions(), torch="2.0.0", **{"confiner_core source": "0123456789abcdef"})
     warned = rf"other code \(torch 2\.0\.0 -> {re.escape(torch.__version__)}; confiner_core source 0123456789abcdef -> "
-    real = _interrupt_at(monkeypatch, 45)
-    with pytest.warns(ConFinerWarning, match=warned), pytest.raises(SystemExit):
-        main(["generate", "--out", str(part), "--resume", *args])
-    monkeypatch.setattr(EvaluationLog, "record", real)
-    resumed = json.loads(path.read_text())
-    assert resumed["next_window"] > state["next_window"] and resumed["versions"] == first   # the first process's
+    part, path, resumed = _resumed_with_a_changed_state(
+        tmp_path, monkeypatch, args, "versions",
+        lambda kept: kept["torch"] == torch.__version__ and kept["confiner_core source"] == source_digest(), first,
+        warned)
     # a package only one process imported (a script around the resume imported diffusers for something else) is no
     # change: it warned "diffusers None -> 0.42.1" for an embedded run that uses none
     same = {"torch": torch.__version__, "confiner_core source": "0123456789abcdef"}
