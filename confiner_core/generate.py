@@ -1154,12 +1154,11 @@ def compiled_blocks(req: GenerateRequest) -> dict | None:
     if not req.compile_dir or req.speed not in COMPILED_SPEEDS:
         return None
     from .diffusers_backend.precompiled import aot_available
-    from .diffusers_backend.speed import PRESETS, block_store
+    from .diffusers_backend.speed import settings_store
 
     if not aot_available():
         return None
-    preset = PRESETS[req.speed]
-    said = block_store(os.path.abspath(req.compile_dir), preset.compile_mode, preset.backend).summary()
+    said = settings_store(load_arguments(req)["speed"]).summary()   # the settings the experts were loaded with
     return {"compiled": said["compiled"], "loaded": said["loaded"], "compiled_unkept": len(said["fallbacks"]),
             "unreadable": len(said["unloadable"])}
 

@@ -760,8 +760,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     check_denoisers("generate_long", control=control, spatial=spatial, temporal=temporal)
     check_channels(shape, control, "generate_long: frame_shape",
                    "use control.expert.latent_space.latent_shape(batch, frames, height, width)")
-    check_segment_length(plan.segment_length, {"control": control, **evaluated_roles(spatial, temporal, chain.mode)},
-                         "the plan's segment_length")
+    evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls: no rule, no prompt)
+    check_segment_length(plan.segment_length, {"control": control, **evaluated}, "the plan's segment_length")
     validate_chain(control, spatial, temporal, shape, chain)
     for sentence in unused_long_settings(config, plan.structures, shape[2]):
         warn_doubtful(sentence)
@@ -789,7 +789,6 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     costs: dict[tuple, dict] = {}              # ("structure", i) / ("window", w) -> what it cost (counts_of())
     finished: dict[int, _Finished] = {}        # rank 0: refined here, waiting for their turn to be sunk
     bound: dict = {}  # (role, prompt) -> denoiser: each prompt is encoded once per expert, not once per window
-    evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls encodes nothing)
 
     def prompted(d: Denoiser | None, frame: int) -> Denoiser | None:
         if d is None or prompts is None:

@@ -390,6 +390,11 @@ def block_store(folder: str, mode: str | None, backend: str) -> Store:
     return Store(folder, mode, backend)
 
 
+def settings_store(settings: SpeedSettings) -> Store:
+    """The :func:`block_store` of ``settings``' ``compile_dir``: where its blocks are kept, and what a run did there."""
+    return block_store(os.path.abspath(settings.compile_dir), settings.compile_mode, settings.backend)
+
+
 def allow_recompiles(limit: int = 1024) -> None:
     """Blocks of one class at many shapes (every resolution, batch and channel count) are separate cache entries
     of one code object: raise dynamo's per-code limit above its default (8) so none falls back to eager."""
@@ -463,8 +468,7 @@ def apply_speed_settings(modules, settings: SpeedSettings, graph_pool: GraphPool
             if settings.compile_dir:
                 kernels = keep_kernels_in(settings.compile_dir)  # also for blocks compiled the ordinary way
                 if aot_available():
-                    store = done["block_store"] = block_store(os.path.abspath(settings.compile_dir),
-                                                              settings.compile_mode, settings.backend)
+                    store = done["block_store"] = settings_store(settings)
                     store.kernels = kernels
             done["compiled"] += compile_blocks(m, settings, store=store)
         elif settings.compile == "full":
