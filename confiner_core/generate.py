@@ -381,7 +381,8 @@ class GenerateRequest:
         return not (self.control or self.spatial or self.temporal)
 
     def plan(self) -> SegmentPlan | None:
-        return plan_segments(self.frames, self.long.segment_length, self.long.staggered) if self.is_long else None
+        return (plan_segments(self.frames, self.long.segment_length, self.long.staggered is not False)
+                if self.is_long else None)
 
     def validate(self) -> None:
         """Every check that needs no weights, in the order a user would fix them. Raises UsageError. Settles the
@@ -586,7 +587,7 @@ class GenerateRequest:
                              f"{L.segment_length}): ConFiner-Long would make and refine {L.segment_length}-frame "
                              f"windows and cut them to {self.frames}; lower --segment-length to at most "
                              f"{self.frames}, or give one prompt for a single clip", "--segment-length")
-        if L.color_anchor and not L.staggered:
+        if L.color_anchor and L.staggered is False:
             raise UsageError("--color-anchor anchors each window to the rest of the structure its predecessor ended "
                              "in, which only staggered refinement has: drop --no-stagger or --color-anchor",
                              "--color-anchor")

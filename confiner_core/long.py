@@ -341,14 +341,15 @@ class LongConfig:
     freenoise_window: int | None = None   # latent frames; None: one segment's
     freenoise_stride: int | None = None   # latent frames; None: a quarter of the window, at least 1
     gamma: float = 0.1
-    staggered: bool = True
+    staggered: bool | None = None   # None: the plan's (plan_segments staggers by default); a bool must match it
     coherence_memory: str = UNGUIDED   # Section 3.5: the previous segment's "predicted noise", ε̂
     color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
     def validate(self) -> None:
-        for name in ("staggered", "color_anchor"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"LongConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, none in (("staggered", " or None (the plan's)"), ("color_anchor", "")):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (none and value is None)):
+                raise TypeError(f"LongConfig.{name} must be True or False{none}, got {value!r}")
         for name in ("segment_length", "freenoise_window", "freenoise_stride"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
@@ -361,7 +362,7 @@ class LongConfig:
             raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
         if self.coherence_memory not in COHERENCE_MEMORIES:
             raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
-        if self.color_anchor and not self.staggered:
+        if self.color_anchor and self.staggered is False:
             raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, "
                              "which only staggered refinement has: switch staggered on or color_anchor off")
 
@@ -739,9 +740,11 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
                          f"{plan.segment_length} frames: plan with plan_segments(frames, {config.segment_length}), or "
                          f"leave segment_length None")
-    if not config.staggered and plan.staggered:   # (the plan's windows were run, staggered, without a word)
-        raise ValueError(f"config.staggered is False but the plan's windows are staggered: generate_long follows its "
-                         f"plan, so plan with plan_segments(frames, {plan.segment_length}, staggered=False)")
+    if config.staggered is not None and config.staggered != plan.staggered:   # (the plan's windows ran, without a word)
+        said = "staggered" if plan.staggered else "not staggered"
+        raise ValueError(f"config.staggered is {config.staggered} but the plan's windows are {said}: generate_long "
+                         f"follows its plan, so plan with plan_segments(frames, {plan.segment_length}, "
+                         f"staggered={config.staggered}), or leave config.staggered None")
     if config.color_anchor and not plan.staggered:
         raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, which "
                          "only a staggered plan has: plan with plan_segments(..., staggered=True) or switch "

@@ -316,7 +316,7 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
             generate_long(c, s, t, *args, 0, sink)
     with pytest.raises(TypeError, match="^generate_long: resume must be the LongState that on_window_done received"):
         generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, resume={"next_window": 1})
-    with pytest.raises(TypeError, match=r"^LongConfig.staggered must be True or False, got 'no'$"):
+    with pytest.raises(TypeError, match=r"^LongConfig.staggered must be True or False or None \(the plan's\), got 'no'$"):
         generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(staggered="no"), 0, sink)
     for window in (0, 4.5):
         with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_window must be a whole number >= 1 .*got "
@@ -625,9 +625,14 @@ def test_settings_that_disagree_with_the_plan_are_refused():
     denoisers = [experts[role].bind() for role in ("control", "spatial", "temporal")]
     with pytest.raises(ValueError, match=r"^config.staggered is False but the plan's windows are staggered: "
                                          r"generate_long follows its plan, so plan with plan_segments\(frames, 8, "
-                                         r"staggered=False\)$"):
+                                         r"staggered=False\), or leave config.staggered None$"):
         generate_long(*denoisers, plan_segments(16, 8), (1, 4, 8, 8), ChainConfig(), LongConfig(staggered=False), 0,
                       sink=print)
+    # and the other way: an explicit staggered=True (Eq. 13 asked for) beside an unstaggered plan
+    with pytest.raises(ValueError, match=r"^config.staggered is True but the plan's windows are not staggered: .+ "
+                                         r"staggered=True\), or leave config.staggered None$"):
+        generate_long(*denoisers, plan_segments(16, 8, False), (1, 4, 8, 8), ChainConfig(),
+                      LongConfig(staggered=True), 0, sink=print)
     with pytest.raises(ValueError, match="^color_anchor anchors a window .+ only a staggered plan has"):
         generate_long(*denoisers, plan_segments(16, 8, False), (1, 4, 8, 8), ChainConfig(),
                       LongConfig(color_anchor=True), 0, sink=print)
