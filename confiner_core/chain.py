@@ -15,7 +15,7 @@ from dataclasses import FrozenInstanceError, asdict, dataclass, field, fields, r
 import torch
 
 from . import refine as R
-from .errors import ConFinerWarning, NonFiniteError, warn_doubtful
+from .errors import ConFinerWarning, NonFiniteError, check_function, warn_doubtful
 from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
                       in_stage, own_stage)
 from .latent_spaces import LatentSpace, check_bridges
@@ -228,6 +228,18 @@ def control_noise_warning(spatial: Denoiser, temporal: Denoiser | None, config: 
             f"expert reads it as its own T_e: at T_e={config.te} the control expert's noise-to-signal is {here:.2f} "
             f"and the refining expert's {there:.2f}; structure_noise 'spatial' (Eq. 6) noises it at the refining "
             f"expert's level")
+
+
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys (``{"long": {"gamma": 0.1}}`` -> ``{"long.gamma": 0.1}``): what a
+    resume compares, and names when one changed."""
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def frozen_settings(cls):
@@ -767,6 +779,7 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     check_config(config, "run_chain")
     check_generator(generator, "run_chain", noise.shape[0])
     check_denoisers("run_chain", control=control, spatial=spatial, temporal=temporal)
+    check_function(callback, "run_chain", "callback(info)")
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
         raise NonFiniteError("run_chain: noise holds NaN or infinity; draw it with torch.randn(shape, generator=g)")
     check_channels(tuple(noise.shape), control, "run_chain: noise",

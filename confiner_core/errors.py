@@ -22,6 +22,7 @@ line (the command line prints it as one line).
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -55,6 +56,26 @@ def warn_doubtful(message: str) -> None:
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (its type's name when it has none), as the command line prints it."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def check_function(fn, where: str, call: str, optional: bool = True) -> None:
+    """Refuse, before any work, a ``fn`` that cannot be called as ``call`` (e.g. ``"sink(latent, window)"``): its
+    first call comes after minutes of sampling, and Python's message there names neither the argument nor how it is
+    called. None passes where ``optional``; a callable whose signature Python cannot read passes."""
+    name = call.split("(")[0]
+    if fn is None and optional:
+        return
+    if not callable(fn):
+        raise TypeError(f"{where}: {name} must be a function called as {call}, got {type(fn).__name__}")
+    arguments = call[len(name) + 1:-1].split(", ")
+    try:
+        inspect.signature(fn).bind(*arguments)
+    except ValueError:   # (no signature to read: a builtin of some C extensions)
+        return
+    except TypeError:
+        raise TypeError(f"{where}: {name} is called as {call}, with {len(arguments)} "
+                        f"argument{'s' if len(arguments) > 1 else ''}, which {getattr(fn, '__name__', 'it')} does "
+                        f"not take") from None
 
 
 class UsageError(ValueError):

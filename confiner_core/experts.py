@@ -288,6 +288,9 @@ class Expert(ABC):
     def checked_scale(self, guidance_scale, what: str = "a number"):
         """``guidance_scale`` as :meth:`bind` takes it: a finite number (an expert pair's may be a pair, see
         :meth:`ExpertPair.checked_scale`); raises naming it."""
+        if isinstance(guidance_scale, EvaluationLog):   # (the whole log's repr was shown as the value)
+            raise TypeError("bind: guidance_scale got an EvaluationLog, which goes fourth: bind(prompt, "
+                            "negative_prompt, guidance_scale, log), or log=log")
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
             raise TypeError(f"bind: guidance_scale must be {what} (1 = no cfg), got {guidance_scale!r}")
         if not math.isfinite(guidance_scale) or guidance_scale < 0:   # (the settings' cfg lies in [0, 100] too)

@@ -233,7 +233,7 @@ def caller_spelling():
 
 def long_options_set(long: LongConfig) -> list[str]:
     """The options of ``LONG_ONLY`` whose values differ from LongConfig's defaults."""
-    default = LongConfig()
+    default = LongConfig(staggered=True)   # (a settled request's: validate() staggers a None as plan_segments does)
     return [option for option, field_name in LONG_ONLY if getattr(long, field_name) != getattr(default, field_name)]
 
 
@@ -381,8 +381,7 @@ class GenerateRequest:
         return not (self.control or self.spatial or self.temporal)
 
     def plan(self) -> SegmentPlan | None:
-        return (plan_segments(self.frames, self.long.segment_length, self.long.staggered is not False)
-                if self.is_long else None)
+        return plan_segments(self.frames, self.long.segment_length, self.long.staggered) if self.is_long else None
 
     def validate(self) -> None:
         """Every check that needs no weights, in the order a user would fix them. Raises UsageError. Settles the
@@ -544,6 +543,8 @@ class GenerateRequest:
             self.frames = natural
         if self.long.segment_length is None:
             self.long = replace(self.long, segment_length=natural)
+        if self.long.staggered is None:   # (the plan's default, written out: the report and a resume compare it)
+            self.long = replace(self.long, staggered=True)
         # the spaces' factors, and where a network packs latent patches (Wan, Qwen-Image, Flux: 2x2) its multiple
         multiple = math.lcm(*(s.spatial_factor for s in spaces.values()),
                             *(ins.pixel_multiple for ins in self._inspections.values()))

@@ -18,15 +18,15 @@ from __future__ import annotations
 import contextlib
 import numbers
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .chain import (ChainConfig, check_channels, evaluated_roles, frozen_settings, generate_structure,
+from .chain import (ChainConfig, check_channels, evaluated_roles, flatten, frozen_settings, generate_structure,
                     refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
-from .errors import warn_doubtful
+from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
 
@@ -99,7 +99,7 @@ class SegmentPlan:
                 "window_junctions": self.window_junctions, "structure_junctions": self.structure_junctions}
 
 
-def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True) -> SegmentPlan:
+def plan_segments(frames: int, segment_length: int = 16, staggered: bool | None = True) -> SegmentPlan:
     """Structures of length L (pixel frames) and the refinement windows over them.
 
     Staggered (Eq. 13): window w is S_w[L/2:L] + S_{w+1}[0:L/2] (L/2 rounded down, so causal video spaces can use
@@ -108,13 +108,14 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool = True)
     last are never refined or shown (a 4-step control pass is cheap, and this keeps every window at full length L,
     the clip length temporal experts are trained on). Window junctions fall mid-structure, where the control expert
     already made the content continuous. Not staggered: window w is structure w alone.
-    In both cases every output frame comes from exactly one window."""
+    In both cases every output frame comes from exactly one window. ``staggered=None`` (LongConfig's default,
+    "the plan's") plans staggered."""
     for name, value in (("frames", frames), ("segment_length", segment_length)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"plan_segments: {name} must be an integer, got {value!r}")
-    if not isinstance(staggered, (bool, np.bool_)):   # ("yes" failed inside with "unsupported operand type(s)")
-        raise TypeError(f"plan_segments: staggered must be True or False, got {staggered!r}")
-    staggered = bool(staggered)
+    if not isinstance(staggered, (bool, np.bool_, type(None))):   # ("yes" failed inside: "unsupported operand")
+        raise TypeError(f"plan_segments: staggered must be True or False (None: True), got {staggered!r}")
+    staggered = staggered is None or bool(staggered)
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if segment_length < 2:
@@ -610,7 +611,9 @@ class LongState:
     guidance's memory of it (its eps per control step; empty when off); ``anchor``: colour anchoring's reference, the
     statistics of the last window's end as delivered (None when off); ``evaluations`` / ``forwards`` /
     ``vae_calls``: the expert evaluations, network forwards and VAE calls between experts (per stage) that the
-    finished windows and that structure cost (:meth:`counts`, as :class:`~confiner_core.experts.EvaluationLog`'s)."""
+    finished windows and that structure cost (:meth:`counts`, as :class:`~confiner_core.experts.EvaluationLog`'s).
+    ``settings``: what the run was asked (:func:`run_settings`), so that a resume with others is refused; empty in a
+    state read back from a resume folder, whose store compares the command's settings itself."""
 
     next_window: int
     structures: dict = field(default_factory=dict)
@@ -619,13 +622,25 @@ class LongState:
     evaluations: Counter = field(default_factory=Counter)
     forwards: Counter = field(default_factory=Counter)
     vae_calls: Counter = field(default_factory=Counter)
+    settings: dict = field(default_factory=dict)
 
     def counts(self) -> dict[str, Counter]:
         return counts_of(self)
 
 
-def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple) -> None:
-    """A state from another plan or other experts would fail deep in the loop (or finish nothing): refused first."""
+def run_settings(seed: int, plan: SegmentPlan, config: LongConfig, chain: ChainConfig,
+                 prompts: PromptSchedule | None) -> dict:
+    """What a long run was asked that its windows depend on, as flat keys (``"config.gamma": 0.1``)."""
+    return flatten({"seed": seed, "plan": {"frames": plan.frames, "segment_length": plan.segment_length,
+                                           "staggered": plan.staggered},
+                    "config": asdict(config), "chain": asdict(chain),
+                    "prompts": None if prompts is None else [[e.start, e.prompt] for e in prompts.entries]})
+
+
+def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple, settings: dict) -> None:
+    """A state from another plan or other experts would fail deep in the loop (or finish nothing), and one of a run
+    with other settings (``settings``: :func:`run_settings`) would go on as another video, joined to the first
+    one's windows without a word: refused first."""
     if not isinstance(state, LongState):
         raise TypeError(f"generate_long: resume must be the LongState that on_window_done received, got "
                         f"{type(state).__name__}")
@@ -637,6 +652,11 @@ def check_resume(state: LongState, plan: SegmentPlan, structure_shape: tuple) ->
             raise ValueError(f"resume holds structure {i} of shape {list(x.shape)}, but this plan makes "
                              f"{plan.structures} structures of shape {list(structure_shape)}: resume with the state "
                              f"of this plan's run (the same frames, segment length and experts)")
+    changed = [f"{k} {state.settings.get(k)!r} -> {v!r}" for k, v in settings.items()
+               if state.settings and state.settings.get(k) != v]
+    if changed:
+        raise ValueError(f"resume is the state of a run with other settings ({'; '.join(changed)}): its windows "
+                         f"would be joined to another video's; resume with that run's seed, plan, configs and prompts")
 
 
 class Solo:
@@ -736,6 +756,13 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
             raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
     config.validate()
+    for fn, call in ((sink, "sink(latent, window, prepared)" if prepare is not None else "sink(latent, window)"),
+                     (prepare, "prepare(latent, window)"), (callback, "callback(info)"),
+                     (on_window_done, "on_window_done(state)")):
+        check_function(fn, "generate_long", call, optional=fn is not sink)
+    if prompts is not None and not isinstance(prompts, PromptSchedule):   # (a str failed as "has no attribute")
+        raise TypeError(f"generate_long: prompts must be a PromptSchedule, e.g. "
+                        f"confiner_core.prompts.parse_prompt(text, {plan.frames}), got {type(prompts).__name__}")
     if config.segment_length is not None and config.segment_length != plan.segment_length:
         raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
                          f"{plan.segment_length} frames: plan with plan_segments(frames, {config.segment_length}), or "
@@ -778,8 +805,9 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     guided = config.gamma > 0
     log = control.log
     first = first_windows(plan)
+    asked = run_settings(seed, plan, config, chain, prompts)
     if resume is not None:
-        check_resume(resume, plan, shape)
+        check_resume(resume, plan, shape, asked)
     start = resume.next_window if resume is not None else 0
     if resume is not None:
         if start == len(plan.windows):   # every window was finished: nothing to do, the state is the whole video's
@@ -893,7 +921,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                 sink(result.latent, window)
             totals[0] = add_counts(totals[0], result.counts)
             state[0] = LongState(w + 1, {result.structure: result.kept}, dict(result.memory), anchor[0],
-                                 **totals[0])
+                                 **totals[0], settings=asked)
             next_sink[0] = w + 1
             if on_window_done is not None:
                 on_window_done(state[0])

@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .chain import flatten
 from .errors import UsageError, one_line, warn_doubtful
 from .experts import COUNTERS
 from .long import LongState
@@ -38,16 +39,6 @@ from .outputs import alive, process_identity, temp_name, write_atomic, writing
 RESUME_FOLDER = ".confiner-resume"
 FORMAT = 2  # 2: per-task generators, no generator state (format 1 folders are refused)
 OWNER = "owner.json"   # the host and process id of the run working in the folder (ResumeStore.working_process)
-
-
-def flatten(settings: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class ResumeStore:

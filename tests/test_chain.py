@@ -690,6 +690,9 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         ChainConfig(eta="0").validate()
     with pytest.raises(TypeError, match="bind: guidance_scale must be a number"):
         expert.bind("x", "", "7.5", log)
+    with pytest.raises(TypeError, match=r"^bind: guidance_scale got an EvaluationLog, which goes fourth: bind\(prompt, "
+                                        r"negative_prompt, guidance_scale, log\), or log=log$"):
+        expert.bind("x", "", log)   # (the message showed the whole log as the scale)
     with pytest.raises(ValueError, match="bind: guidance_scale must be a finite number"):   # a value, not a type
         expert.bind("x", "", float("nan"), log)
     with pytest.raises(ValueError, match=r"bind: guidance_scale must be a finite number >= 0 .*, got -1.0"):
@@ -722,6 +725,13 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
             call()
     with pytest.raises(NonFiniteError, match=r"^run_chain: noise holds NaN or infinity"):
         run_chain(control, control, control, x0.clone().fill_(float("nan")), ChainConfig(), g)
+    # a callback that cannot take the step's info failed after the first evaluation, in Python's words
+    with pytest.raises(TypeError, match=r"^run_chain: callback is called as callback\(info\), with 1 argument, "
+                                        r"which <lambda> does not take$"):
+        run_chain(control, control, control, x0, ChainConfig(), g, callback=lambda: None)
+    with pytest.raises(TypeError, match=r"^run_chain: callback must be a function called as callback\(info\), got "
+                                        r"list$"):
+        run_chain(control, control, control, x0, ChainConfig(), g, callback=[])
     assert sum(log.evaluations.values()) == 0
 
 

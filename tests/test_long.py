@@ -318,6 +318,19 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
         generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, resume={"next_window": 1})
     with pytest.raises(TypeError, match=r"^LongConfig.staggered must be True or False or None \(the plan's\), got 'no'$"):
         generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(staggered="no"), 0, sink)
+    # a sink, state hook or prompt text the loop cannot use failed after the first window's sampling (TypeError
+    # "'NoneType' object is not callable"), or as "'str' object has no attribute 'frames'"
+    for fn, kwargs, message in (
+            (None, {}, r"sink must be a function called as sink\(latent, window\), got NoneType"),
+            (lambda lat: None, {}, r"sink is called as sink\(latent, window\), with 2 arguments, which <lambda> "
+                                   r"does not take"),
+            (sink, {"on_window_done": lambda: None}, r"on_window_done is called as on_window_done\(state\), with 1 "
+                                                     r"argument, which <lambda> does not take"),
+            (sink, {"prepare": print}, r"sink is called as sink\(latent, window, prepared\), with 3 arguments"),
+            (sink, {"prompts": "0: a | 16: b"}, r"prompts must be a PromptSchedule, e.g. "
+                                                r"confiner_core.prompts.parse_prompt\(text, 32\), got str")):
+        with pytest.raises(TypeError, match=f"^generate_long: {message}"):
+            generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, fn, **kwargs)
     for window in (0, 4.5):
         with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_window must be a whole number >= 1 .*got "
                                              rf"{window}$"):
@@ -398,8 +411,8 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
     c, s, t = (OracleExpert(x0, S.named(n)).bind(log=log) for n in ("animatediff", "sd15", "lavie"))
     plan, states = plan_segments(24, 8, True), []
 
-    def run(config=LongConfig(), plan=plan, resume=None):
-        return generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), config, 0, lambda lat, w: None,
+    def run(config=LongConfig(), plan=plan, resume=None, seed=0, chain=ChainConfig()):
+        return generate_long(c, s, t, plan, (1, 4, 4, 4), chain, config, seed, lambda lat, w: None,
                              resume=resume, on_window_done=states.append)
 
     with pytest.raises(ValueError, match=r"config.segment_length is 16 but the plan's segments have 8 frames: plan "
@@ -415,6 +428,15 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
                                          r"5 structures of shape \[1, 4, 16, 4, 4\]"):
         generate_long(c, s, t, plan_segments(64, 16, True), (1, 4, 4, 4), ChainConfig(), LongConfig(), 0,
                       lambda lat, w: None, resume=states[0])
+    # a state of a run with another seed or other settings went on as another video, joined to the first one's
+    # windows without a word (found by a researcher's trial)
+    for kwargs, said in (({"seed": 5}, "seed 0 -> 5"), ({"config": LongConfig(gamma=0.3)}, "config.gamma 0.1 -> 0.3"),
+                         ({"chain": ChainConfig(refine_steps=4)}, "chain.refine_steps 5 -> 4"),
+                         ({"plan": plan_segments(32, 8, True)}, "plan.frames 24 -> 32")):
+        with pytest.raises(ValueError, match=rf"^resume is the state of a run with other settings \({said}\): its "
+                                             rf"windows would be joined to another video's; resume with that run's "
+                                             rf"seed, plan, configs and prompts$"):
+            run(resume=states[0], **kwargs)
     assert sum(log.evaluations.values()) == evaluated
 
 
@@ -636,5 +658,5 @@ def test_settings_that_disagree_with_the_plan_are_refused():
     with pytest.raises(ValueError, match="^color_anchor anchors a window .+ only a staggered plan has"):
         generate_long(*denoisers, plan_segments(16, 8, False), (1, 4, 8, 8), ChainConfig(),
                       LongConfig(color_anchor=True), 0, sink=print)
-    with pytest.raises(TypeError, match=r"^plan_segments: staggered must be True or False, got 'yes'$"):
+    with pytest.raises(TypeError, match=r"^plan_segments: staggered must be True or False \(None: True\), got 'yes'$"):
         plan_segments(24, 8, "yes")
