@@ -889,7 +889,9 @@ def fp8_linear_figures(data: dict | None) -> tuple[dict, list[str]]:
           "transformers (rows = tokens x batch), and in brackets the largest difference from the fp32 result "
           "relative to its largest value. `fp8 tensor` and `fp8 row` quantise the fp16 activation (one scale per "
           "tensor, per row) in a compiled kernel and multiply with `torch._scaled_mm` on weights quantised once; "
-          "`fp8 GEMM alone` is that multiply on activations already in fp8, the bound if producers wrote fp8.", "",
+          "`fp8 GEMM alone` is that multiply on activations already in fp8, the bound if producers wrote fp8."
+          + (" `fp16 acc16` is fp16 with cuBLAS accumulating in fp16 (ComfyUI's `--fast fp16_accumulation`)."
+             if "fp16 acc16" in ways else ""), "",
           "| where | rows x K -> N | " + " | ".join(ways) + " |", "|---|---|" + "---|" * len(ways)]
     for row in data["shapes"]:
         by_way = {w["way"]: w for w in row["ways"]}
