@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -630,7 +630,9 @@ class LongState:
 
 def run_settings(seed: int, plan: SegmentPlan, config: LongConfig, chain: ChainConfig,
                  prompts: PromptSchedule | None) -> dict:
-    """What a long run was asked that its windows depend on, as flat keys (``"config.gamma": 0.1``)."""
+    """What a long run was asked that its windows depend on, as flat keys (``"config.gamma": 0.1``). The config's
+    segment length and staggering are the plan's (None, "the plan's", and the plan's own value run alike)."""
+    config = replace(config, segment_length=plan.segment_length, staggered=plan.staggered)
     return flatten({"seed": seed, "plan": {"frames": plan.frames, "segment_length": plan.segment_length,
                                            "staggered": plan.staggered},
                     "config": asdict(config), "chain": asdict(chain),

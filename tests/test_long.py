@@ -438,6 +438,9 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
                                              rf"seed, plan, configs and prompts$"):
             run(resume=states[0], **kwargs)
     assert sum(log.evaluations.values()) == evaluated
+    # the plan's own values written out are the same run's
+    resumed = run(resume=states[0], config=LongConfig(segment_length=8, staggered=True))
+    assert resumed.next_window == 3 and resumed.counts() == final.counts()
 
 
 def test_long_cli_reports_plan_and_seams(tmp_path):
