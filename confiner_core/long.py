@@ -747,7 +747,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     ``sink(latent, window, prepared)`` (the command line decodes there). With colour anchoring, which shifts each
     window by what its predecessors became, windows are anchored on rank 0 in window order and prepared there. ``on_window_done(state)`` is called after
     each window's sink with the :class:`LongState` to continue from; passing such a state as ``resume`` skips the
-    finished windows.
+    finished windows (with the same seed, plan, configs and prompts: a state remembers its run's, and refuses others).
 
     ``ranks`` (default: one process) spreads the work over processes (:mod:`confiner_core.distributed`): structure
     i is made by rank i mod N, window w refined by the rank of its last structure, and rank 0 calls ``sink`` and
