@@ -935,6 +935,26 @@ def test_bridge_through_the_families_vaes_equals_the_vaes_called_directly(paths,
     assert (bridged.decode(x0)[0].int() - sd_own.int()).abs().max() > 1   # the SDXL VAE reads it as another video
 
 
+def test_a_latent_of_another_experts_space_is_told_which_role_decodes_it():
+    """A researcher decoded a Wan structure of a Wan -> SD chain as the video: the SD VAE's message named the shape
+    alone. The message now says whose space the latent's channels are, and the call that decodes it."""
+    from confiner_core.diffusers_backend.families.registry import LoadedExperts
+    from confiner_core.embedded.experts import embedded_experts
+
+    wan, sd = embedded_experts("wan"), embedded_experts("sd")
+    loaded = LoadedExperts({"control": wan["control"], "spatial": sd["spatial"], "temporal": wan["temporal"]},
+                           sd["spatial"].codec)
+    structure = torch.randn(wan["control"].latent_space.latent_shape(1, 9, 64, 64),
+                            generator=torch.Generator().manual_seed(0))
+    own, other = sd["spatial"].latent_space, wan["control"].latent_space
+    assert own.channels != other.channels
+    with pytest.raises(ValueError, match=rf"^decode\(\.\.\., 'spatial'\): the latent has {other.channels} channels, "
+                                         rf"the spatial expert's {own.latents} have {own.channels}; a latent of the "
+                                         rf"control expert's space decodes with decode\(latent, 'control'\)$"):
+        loaded.decode(structure)
+    assert loaded.decode(structure, "control").shape == (1, 9, 64, 64, 3)
+
+
 def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):
     """CLIP reads 77 tokens: a longer prompt was cut without a word (diffusers' pipelines log the part cut). The
     warning is the caller's line's (it was torch's no_grad decorator's), and transformers' own line on the length
