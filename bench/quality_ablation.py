@@ -82,7 +82,7 @@ def short_run(prompt, seed, config, frames=16, preset="sd", extra=None):
 
 def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
     d = bound(prompt, preset)
-    plan = plan_segments(frames, long.segment_length or natural(preset), long.staggered is not False)
+    plan = plan_segments(frames, long.segment_length or natural(preset), long.staggered)
     refiner = refining_denoiser(d["spatial"], d["temporal"], ChainConfig().mode)
     chunks = []
     shape = d["control"].expert.latent_space.latent_shape(1, 1, SIZE * 8, SIZE * 8)
