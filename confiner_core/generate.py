@@ -44,7 +44,8 @@ from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageE
 from .experts import FP16_OVERFLOW, EvaluationLog, in_stage, not_a_path
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
-                   prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text)
+                   prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text,
+                   video_frames_window)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
 from .refine import SAME_INDEX
@@ -606,6 +607,9 @@ class GenerateRequest:
             if stride > window:
                 raise UsageError(f"--freenoise-stride ({stride}) must be at most the FreeNoise window ({window}"
                                  f"{'' if L.freenoise_window else ': one segment'})", "--freenoise-stride")
+            doubtful = video_frames_window(L, L.segment_length, segment, "--freenoise-window")
+            if doubtful:   # (generate_long's own warning is not said again: warned_already)
+                warn_doubtful(spelled(doubtful))
             if window >= plan.structures * segment:
                 raise UsageError(f"--freenoise-window ({window}) must be shorter than this run's noise "
                                  f"({plan.structures} structures of {frames}, {plan.structures * segment} in all), "

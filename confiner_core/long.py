@@ -153,6 +153,20 @@ def unused_long_settings(config: LongConfig, structures: int, segment_latent_fra
     return said
 
 
+def video_frames_window(config: LongConfig, segment_length: int, segment_latent_frames: int,
+                        name: str = "freenoise_window") -> str | None:
+    """A FreeNoise window written as one segment's video frames where the latent space compresses time (Wan: 17
+    video frames are 5 latent frames): the window counts latent frames, so it spans more than 3 segments, not one.
+    A sentence to warn with, naming the setting ``name`` (the value is valid), or None."""
+    window = config.freenoise_window
+    if config.noise_init != FREENOISE or window is None or segment_latent_frames == segment_length or \
+            window != segment_length:
+        return None
+    return (f"{name} {window} is one segment's video frames, but FreeNoise's window counts latent frames: a segment "
+            f"here is {segment_latent_frames} latent frames ({segment_length} video frames), so the window spans "
+            f"{window / segment_latent_frames:.1f} segments; leave it out for one segment's")
+
+
 def shuffled_noise(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Consistency initialization: a random permutation of the frame axis (dim 2) of the base noise."""
     perm = torch.randperm(base.shape[2], generator=generator, device=generator.device).to(base.device)
@@ -795,8 +809,10 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls: no rule, no prompt)
     check_segment_length(plan.segment_length, {"control": control, **evaluated}, "the plan's segment_length")
     validate_chain(control, spatial, temporal, shape, chain)
-    for sentence in unused_long_settings(config, plan.structures, shape[2]):
-        warn_doubtful(sentence)
+    for sentence in unused_long_settings(config, plan.structures, shape[2]) + \
+            [video_frames_window(config, plan.segment_length, shape[2])]:
+        if sentence:
+            warn_doubtful(sentence)
     spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner, staggered=plan.staggered)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -663,3 +664,33 @@ def test_settings_that_disagree_with_the_plan_are_refused():
                       LongConfig(color_anchor=True), 0, sink=print)
     with pytest.raises(TypeError, match=r"^plan_segments: staggered must be True or False \(None: True\), got 'yes'$"):
         plan_segments(24, 8, "yes")
+
+
+def test_a_freenoise_window_of_one_segments_video_frames_is_warned_where_latents_pack_frames(tmp_path):
+    """FreeNoise's window counts latent frames; a researcher on Wan gave one segment's 17 video frames (5 latent
+    frames), a window more than 3 segments long, without a word. Warned by generate_long and, once, on the command
+    line; one segment's latent frames are not."""
+    from confiner_core.chain import ConFinerWarning
+    from confiner_core.embedded.experts import embedded_experts
+
+    said = (r" 17 is one segment's video frames, but FreeNoise's window counts latent frames: a segment here is 5 "
+            r"latent frames \(17 video frames\), so the window spans 3\.4 segments; leave it out for one segment's$")
+    experts = embedded_experts("wan")
+    denoisers = [experts[role].bind() for role in ("control", "spatial", "temporal")]
+    shape = experts["control"].latent_space.latent_shape(1, 1, 64, 64)
+    plan = plan_segments(85, 17)
+
+    def run(window):
+        generate_long(*denoisers, plan, shape, ChainConfig(), LongConfig(noise_init="freenoise",
+                                                                        freenoise_window=window), 0, sink=lambda x, w: None)
+
+    with pytest.warns(ConFinerWarning, match="^freenoise_window" + said):
+        run(17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConFinerWarning)
+        run(5)
+    with pytest.warns(ConFinerWarning, match="^--freenoise-window" + said) as said_once:
+        assert main(["generate", "--embedded", "wan", "--frames", "85", "--segment-length", "17", "--noise-init",
+                     "freenoise", "--freenoise-window", "17", "--height", "64", "--width", "64", "--quiet",
+                     "--out", str(tmp_path / "v")]) == 0
+    assert len(said_once) == 1   # (not by generate_long again)
