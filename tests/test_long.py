@@ -364,8 +364,6 @@ def test_long_loop_keeps_two_structures_and_counts():
 def test_generate_long_warns_of_settings_that_change_nothing(config, said):
     """The command line refuses them; the library ran them silently (a FreeNoise window longer than the run's noise
     made independent noise, a window beside shuffle was ignored)."""
-    import warnings
-
     from confiner_core.errors import ConFinerWarning
 
     x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
