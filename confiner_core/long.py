@@ -772,10 +772,11 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
             raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
     config.validate()
-    for fn, call in ((sink, "sink(latent, window, prepared)" if prepare is not None else "sink(latent, window)"),
-                     (prepare, "prepare(latent, window)"), (callback, "callback(info)"),
+    check_function(sink, "generate_long", "sink(latent, window, prepared)" if prepare is not None else
+                   "sink(latent, window)", optional=False)
+    for fn, call in ((prepare, "prepare(latent, window)"), (callback, "callback(info)"),
                      (on_window_done, "on_window_done(state)")):
-        check_function(fn, "generate_long", call, optional=fn is not sink)
+        check_function(fn, "generate_long", call)
     if prompts is not None and not isinstance(prompts, PromptSchedule):   # (a str failed as "has no attribute")
         raise TypeError(f"generate_long: prompts must be a PromptSchedule, e.g. "
                         f"confiner_core.prompts.parse_prompt(text, {plan.frames}), got {type(prompts).__name__}")

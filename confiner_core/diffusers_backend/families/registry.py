@@ -288,7 +288,8 @@ class LoadedExperts:
         control expert's: ``decode(structure, "control")`` shows the control stage alone (decoded with the spatial
         expert's VAE it read as another space's latents wherever the channels agreed, with no error). Without a
         spatial expert, "spatial" decodes the video: the temporal expert's space."""
-        own = decoding_role(self.experts) if role == "spatial" else role
+        video = decoding_role(self.experts)   # the role whose space the refined video is in
+        own = video if role == "spatial" else role
         space = getattr(self.experts.get(own), "latent_space", None)
         if space is not None and latent.dim() == 5 and latent.shape[1] != space.channels:
             # (the VAE's own message named its shape alone, for a structure decoded as the refined video)
@@ -298,7 +299,7 @@ class LoadedExperts:
                 raise ValueError(f"decode(..., {role!r}): the latent has {latent.shape[1]} channels, the {own} "
                                  f"expert's {space.latents} have {space.channels}; a latent of the {fits[0]} "
                                  f"expert's space decodes with decode(latent, {fits[0]!r})")
-        if role in ("spatial", decoding_role(self.experts)):
+        if own == video:
             return to_uint8(self.codec.decode(latent)).cpu()
         expert = self.experts.get(role)
         if expert is None or expert.codec is None:
