@@ -15,11 +15,16 @@ weights). Per shape (rows = frames x cfg halves x pixels of the level, K -> N as
 - ``fp16 acc16``: ``F.linear`` with cuBLAS accumulating in fp16 (``torch.backends.cuda.matmul.
   allow_fp16_accumulation``, ComfyUI's ``--fast fp16_accumulation``): call CA/CB found ``max`` 1.8 % faster with it on
   an H100; what it costs in precision, per layer.
+- ``bf16``: ``F.linear`` on the activation, weight and bias rounded to bf16 (fp32 accumulation), for scale: the
+  error every bf16 model (Wan) lives with.
+
+``--ways`` runs some of them, e.g. ``--device cpu --ways fp16 bf16`` for bf16's difference at every shape on a CPU.
 
 Each way's largest difference from an fp32 reference is given relative to the reference's largest magnitude.
 
     python bench/fp8_linear_probe.py --out $OUT/fp8        # on the GPU
     python bench/fp8_linear_probe.py --device cpu --tiny   # CPU smoke run
+    python bench/fp8_linear_probe.py --device cpu --ways fp16 bf16 --repeats 1   # bf16's difference, every shape
 """
 
 from __future__ import annotations
@@ -88,10 +93,13 @@ def level_shapes(prefix: str, batch: int) -> list[tuple[str, int, int, int]]:
 
 SHAPES = level_shapes("sd", 32) + level_shapes("control", 16)
 TINY = [("tiny", 64, 32, 48)]
+WAYS = ("fp16", "fp8 tensor", "fp8 row", "fp8 GEMM alone", "fp16 acc16", "bf16")
 
 
 def main():
-    a = probe_parser().parse_args()
+    ap = probe_parser()
+    ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="the ways to run (default: all)")
+    a = ap.parse_args()
     t_start = time.perf_counter()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -121,12 +129,15 @@ def main():
             return {"way": name, "ms": s * 1e3, "tflops": flop / s / 1e12,
                     "rel_diff": (got.float() - ref).abs().max().item() / peak}
 
-        ways = [row("fp16", lambda: F.linear(x, w, b)),
-                row("fp8 tensor", lambda: tensor_fn(x, w8_t, ws_t, b)),
-                row("fp8 row", lambda: row_fn(x, w8_r, ws_r, b)),
-                row("fp8 GEMM alone", lambda: torch._scaled_mm(x8, w8_t.t(), scale_a=xs, scale_b=ws_t, bias=b,
-                                                               out_dtype=dtype)),
-                row("fp16 acc16", lambda: fp16_accumulating_linear(x, w, b))]
+        xb, wb, bb = (t.to(torch.bfloat16) for t in (x, w, b))
+        calls = {"fp16": lambda: F.linear(x, w, b),
+                 "fp8 tensor": lambda: tensor_fn(x, w8_t, ws_t, b),
+                 "fp8 row": lambda: row_fn(x, w8_r, ws_r, b),
+                 "fp8 GEMM alone": lambda: torch._scaled_mm(x8, w8_t.t(), scale_a=xs, scale_b=ws_t, bias=b,
+                                                            out_dtype=dtype),
+                 "fp16 acc16": lambda: fp16_accumulating_linear(x, w, b),
+                 "bf16": lambda: F.linear(xb, wb, bb)}
+        ways = [row(name, calls[name]) for name in WAYS if name in a.ways]
         out["shapes"].append({"where": where, "rows": rows, "k": k, "n": n, "ways": ways})
         print(f"[{where}] {rows}x{k}->{n}: " + ", ".join(
             f"{r['way']} {r['ms']:.3f} ms ({r['tflops']:.0f}, {r['rel_diff']:.1e})" for r in ways), flush=True)

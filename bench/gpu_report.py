@@ -891,7 +891,9 @@ def fp8_linear_figures(data: dict | None) -> tuple[dict, list[str]]:
           "tensor, per row) in a compiled kernel and multiply with `torch._scaled_mm` on weights quantised once; "
           "`fp8 GEMM alone` is that multiply on activations already in fp8, the bound if producers wrote fp8."
           + (" `fp16 acc16` is fp16 with cuBLAS accumulating in fp16 (ComfyUI's `--fast fp16_accumulation`)."
-             if "fp16 acc16" in ways else ""), "",
+             if "fp16 acc16" in ways else "")
+          + (" `bf16` rounds the activation, weight and bias to bf16 (fp32 accumulation), for scale." if "bf16" in ways
+             else ""), "",
           "| where | rows x K -> N | " + " | ".join(ways) + " |", "|---|---|" + "---|" * len(ways)]
     for row in data["shapes"]:
         by_way = {w["way"]: w for w in row["ways"]}

@@ -317,7 +317,7 @@ class ChainConfig:
         room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
         if room is not None and self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
-                             f"use at most {room} steps or raise T_e")
+                             f"use at most {room} step{'s' if room > 1 else ''} or raise T_e")
 
     def as_dict(self) -> dict:
         return asdict(self)

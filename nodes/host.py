@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 import textwrap
 import time
 from collections import Counter
@@ -196,7 +197,22 @@ def _family(model) -> tuple[str, str]:
                                     "type")   # (Load Diffusion Model has no CLIP output: a trial read it so)
 
 
-def refuse_all(problems: list, model: str | None = None) -> None:
+# words by which a loader's title names a family (by ComfyUI's config name prefix), for titled_for_another_family
+TITLE_WORDS = (("WAN", r"\bwan"), ("QwenImage", r"\bqwen"), ("Flux", r"\bflux"), ("SDXL", r"\bsdxl"),
+               ("SD15", r"\bsd ?1\.?5\b"), ("SD3", r"\bsd ?3\b"), ("HunyuanVideo", r"\bhunyuan"))
+
+
+def titled_for_another_family(title: str | None, model) -> bool:
+    """Whether a loader's title names another family than the model it loaded and not the model's own ("Qwen-Image
+    (spatial expert)" holding Wan's file): then the file, not the prompt, is the likely mistake."""
+    if not title:
+        return False
+    name, said = config_name(model), title.lower()
+    named = [start for start, word in TITLE_WORDS if re.search(word, said)]
+    return bool(named) and not any(name.startswith(start) for start in named)
+
+
+def refuse_all(problems: list, model: str | None = None, file_first: bool = False) -> None:
     """Raises every problem found before anything ran in one message ("2 problems: (1) ...; (2) ..."): an artist
     who swapped a model met them one run at a time, each after the fix of the one before. Nothing if none.
 
@@ -204,7 +220,8 @@ def refuse_all(problems: list, model: str | None = None) -> None:
     its prompt and VAE then differ from it because the file may be the mistake, so where several do, that fix
     leads. An artist who picked the FLUX file in the Qwen-Image loader was told to rewire FLUX's VAE and text
     encoder, never to pick the Qwen-Image file. One mismatch alone is more likely the prompt or VAE: it leads, and
-    the file comes after."""
+    the file comes after, unless ``file_first`` (the loader is titled for another family:
+    :func:`titled_for_another_family`)."""
     problems = [p for p in problems if p]
     if not problems:
         return
@@ -217,7 +234,7 @@ def refuse_all(problems: list, model: str | None = None) -> None:
         raise ValueError(f"{model}, does not fit what is connected for it: {'; '.join(p.brief for p in problems)}. "
                          f"If another model was meant, pick its file there; if this one is, "
                          f"{'; '.join(p.fix for p in problems)}. The console says more.")
-    if model and len(problems) > 1:
+    if model and (len(problems) > 1 or file_first):
         said = (f"{model}, does not fit the prompt or VAE connected for it: if another model was meant, pick its "
                 f"file there; if this one is, {said}")
     elif model:   # one mismatch alone: more likely the prompt or VAE than the file, so the problem leads
@@ -383,6 +400,9 @@ def check_video_role(model, role: str, swapped: bool = False, file: str | None =
         fix = ("the spatial model is the video model: pick each file in the other's loader (the temporal model's "
                "may feed the Control Expert too), or, if the links were swapped rather than the files, connect the "
                "two the other way round (spatial model <-> temporal model)")
+    elif shared:   # an artist who changed the control model's file read only of the temporal expert
+        fix = ("its loader feeds the Control Expert too, so the control expert is this image model as well: pick the "
+               "video model's file (Wan) in that loader")
     else:
         fix = ("pick the video model's file (Wan) in its loader, or connect a video model there if that loader serves "
                "another expert too")

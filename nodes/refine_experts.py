@@ -123,5 +123,6 @@ class ConFinerRefineExperts(io.ComfyNode):
         file = files.get(f"{role}_model") if role else None
         loader = host.input_loader(cls, f"{role}_model") if file else None
         host.refuse_all(problems, f"the {role} model, {host.family_name(experts.models[role])}, file '{file}' in "
-                                  f"{loader}" if file else None)
+                                  f"loader '{loader}'" if file else None,
+                        file_first=bool(file) and host.titled_for_another_family(loader, experts.models[role]))
         return io.NodeOutput(experts)

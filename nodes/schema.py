@@ -260,5 +260,5 @@ def refine_problem(te, refine_steps) -> str | None:
     """Steps that do not fit below a T_e set (0, automatic, is checked once the refining model is known)."""
     if te and refine_steps is not None and refine_steps > te:
         return (f"refine steps (refine_steps) = {refine_steps} do not fit between T_e = {te} and 0: use at most "
-                f"{te} steps or raise the structure timestep T_e (te)")
+                f"{te} step{'s' if te > 1 else ''} or raise the structure timestep T_e (te)")
     return None

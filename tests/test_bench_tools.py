@@ -845,11 +845,23 @@ def test_fp8_linear_probe_quantises_within_fp8s_rounding(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "fp8_linear.json").read_text())
     (row,) = data["shapes"]
     diffs = {r["way"]: r["rel_diff"] for r in row["ways"]}
-    assert list(diffs) == ["fp16", "fp8 tensor", "fp8 row", "fp8 GEMM alone", "fp16 acc16"]
+    assert list(diffs) == ["fp16", "fp8 tensor", "fp8 row", "fp8 GEMM alone", "fp16 acc16", "bf16"]
     assert list(data["total_ms"]) == list(diffs)
     assert diffs["fp16"] < 1e-5 and diffs["fp16 acc16"] < 1e-5   # (cuBLAS's setting: none on the CPU)
     assert torch.backends.cuda.matmul.allow_fp16_accumulation is False   # set only around its own calls
     assert all(1e-3 < diffs[w] < 0.1 for w in ("fp8 tensor", "fp8 row", "fp8 GEMM alone")), diffs
+    # bf16 keeps 8 significant bits: its rounding (2^-9 = 2e-3 of a value) shows, an order below fp8's
+    assert 2e-4 < diffs["bf16"] < 1e-2 and diffs["bf16"] < min(diffs[w] for w in ("fp8 tensor", "fp8 row")) / 3
+
+
+def test_fp8_linear_probe_runs_the_ways_asked(tmp_path, monkeypatch):
+    import fp8_linear_probe as P
+    monkeypatch.setattr(sys, "argv", ["fp8_linear_probe.py", "--device", "cpu", "--tiny", "--repeats", "1",
+                                      "--ways", "bf16", "fp16", "--out", str(tmp_path)])
+    P.main()
+    data = json.loads((tmp_path / "fp8_linear.json").read_text())
+    assert [r["way"] for r in data["shapes"][0]["ways"]] == ["fp16", "bf16"]   # (in the probe's order)
+    assert list(data["total_ms"]) == ["fp16", "bf16"]
 
 
 def test_fp8_linear_section_counts_the_shapes_each_way_wins():

@@ -187,6 +187,8 @@ def test_validation_rejects_bad_chains():
         validate_chain(good, good, good, SHAPE, ChainConfig(te=1000))
     with pytest.raises(ValueError, match="do not fit"):
         validate_chain(good, good, good, SHAPE, ChainConfig(te=3, refine_steps=5))
+    with pytest.raises(ValueError, match="use at most 1 step or raise T_e"):   # (an artist read "1 steps")
+        ChainConfig(te=1, refine_steps=2).validate()
     other = OracleExpert(x0, sd)
     other.latent_space = SDXL
     with pytest.raises(ValueError, match="latent space"):

@@ -228,12 +228,12 @@ def test_refine_steps_that_do_not_fit_a_linked_te_are_told_as_when_typed(comfy_w
     """T_e driven by an Int node skips the check when queued (it reads typed values): the run failed later in the
     chain's own words ("20 refinement steps do not fit between T_e=10 and 0; ... raise T_e"), naming no widget."""
     prompt = chain_prompt(comfy_worker.checkpoint_name)
-    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 10}}
+    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 1}}
     prompt["7"]["inputs"].update(te=["20", 0], refine_steps=20)
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt)
     assert not r["success"] and r["evaluations"] == 0
-    assert _messages(r).strip() == "refine steps (refine_steps) = 20 do not fit between T_e = 10 and 0: use at most " \
-        "10 steps or raise the structure timestep T_e (te)"
+    assert _messages(r).strip() == "refine steps (refine_steps) = 20 do not fit between T_e = 1 and 0: use at most " \
+        "1 step or raise the structure timestep T_e (te)"   # (an artist read "1 steps")
 
 
 @pytest.mark.parametrize("graph, words", [

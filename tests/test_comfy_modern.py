@@ -329,8 +329,8 @@ def test_an_sd15_file_in_the_qwen_image_loader_is_told_in_short(comfy_worker, mo
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     message = _message(r)
     assert r["evaluations"] == 0 and message.strip() == (
-        "the spatial model, SD 1.5 (SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, does "
-        "not fit what is connected for it: spatial VAE (spatial_vae) holds Wan 2.1's VAE, which belongs on temporal "
+        "the spatial model, SD 1.5 (SD15), file 'confiner-tiny-sd15-r1.safetensors' in loader "
+        "'CheckpointLoaderSimple', does not fit what is connected for it: spatial VAE (spatial_vae) holds Wan 2.1's VAE, which belongs on temporal "
         "VAE (temporal_vae); its positive and negative prompts (spatial positive, spatial_positive; spatial negative, "
         "spatial_negative) are 64 wide where it reads text 768 wide. If another model was meant, pick its file "
         "there; if this one is, connect its own VAE (the SD 1.5 checkpoint loader's VAE output) to spatial VAE "
@@ -359,6 +359,8 @@ def test_each_clip_of_a_batch_is_the_clip_its_seed_makes_alone(comfy_worker, mod
     assert r["item0_vs_item1"] > 0.1 * r["max_abs"], r   # two clips, not one twice
     assert r["endings"]["9"].startswith("warning: 4 steps at cfg 1: try 8 steps, cfg 5, unipc\ndone"), r["endings"]
     assert "· 2 clips of 5 frames\nseed 1" in r["endings"]["9"], r["endings"]
+    # the Refine Sampler's too: an artist saw only the Control Expert say so, and one 10-frame video saved
+    assert "· 2 clips of 5 frames (a video save joins them)\nseed 2" in r["endings"]["11"], r["endings"]
 
 
 def test_a_wan_control_expert_at_the_4_step_defaults_is_told_the_templates_settings(comfy_worker, modern):
@@ -590,13 +592,16 @@ def test_files_picked_in_each_others_loaders_are_told_to_go_back_in_one_refusal(
 @pytest.mark.parametrize("loader", ["1", "2"], ids=["flux_in_the_wan_loader", "qwen_image_in_the_wan_loader"])
 def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_vae(comfy_worker, modern, loader):
     """An artist picks an image model's file in the Wan loader of a template (control and temporal): the first
-    refusal was its text width, its VAE or '[F, C, h, w]', whose fixes led nowhere; now it is the model."""
+    refusal was its text width, its VAE or '[F, C, h, w]', whose fixes led nowhere; now it is the model. It names the
+    control expert too: an artist who had changed the control model's file read only of the temporal expert."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux" if loader == "1" else "qwen")
     prompt["1"]["inputs"]["unet_name"] = FLUX if loader == "1" else QWEN
     name = f"FLUX.1 (Flux), file '{FLUX}'" if loader == "1" else f"Qwen-Image (QwenImage), file '{QWEN}'"
     assert_refused_before_any_evaluation(comfy_worker, prompt, f"{name} in the Wan loader",
                                          [f"is {name}, an image model: it makes every frame on its own, with no "
-                                          "motion", "pick the video model's file (Wan) in its loader"])
+                                          "motion", "its loader feeds the Control Expert too, so the control expert "
+                                          "is this image model as well: pick the video model's file (Wan) in that "
+                                          "loader"])
 
 
 def test_an_image_model_wired_into_the_control_expert_is_named_by_that_nodes_socket(comfy_worker, modern):
@@ -981,8 +986,8 @@ OTHER_TEXT_ENCODER = [
     ("Wan prompt into the SD 1.5 spatial expert",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_positive=["6", 0]),
      ["the spatial expert's positive conditioning", "SD15", "checkpoint loader", "; or, if the spatial model, SD 1.5 "
-      "(SD15), file 'confiner-tiny-sd15-r1.safetensors' in CheckpointLoaderSimple, is not the model meant, pick the "
-      "file meant there"]),
+      "(SD15), file 'confiner-tiny-sd15-r1.safetensors' in loader 'CheckpointLoaderSimple', is not the model meant, "
+      "pick the file meant there"]),
     ("Wan negative into the SD 1.5 spatial expert at cfg 2",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_negative=["6", 0], spatial_cfg=2.0),
      ["spatial expert's negative conditioning (spatial negative, spatial_negative)", "4096 wide", "SD15"]),
@@ -1015,6 +1020,20 @@ def test_one_prompt_of_another_family_leads_its_message_before_the_file(comfy_wo
     assert r["evaluations"] == 0 and message.startswith("the spatial expert's positive conditioning (spatial "
                                                         "positive, spatial_positive) is 4096 wide"), message
     assert message.endswith("is not the model meant, pick the file meant there"), message
+
+
+def test_a_file_in_a_loader_titled_for_another_family_leads_with_the_file(comfy_worker, modern):
+    """Wan's file in the template's loader titled "Qwen-Image (spatial expert)": its one mismatch (the Qwen prompts'
+    width) led, and the file, the likely mistake, came second, as "file '...' in Qwen-Image (spatial expert)"."""
+    prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
+    prompt["2"]["inputs"]["unet_name"] = WAN
+    prompt["2"]["_meta"] = {"title": "Qwen-Image (spatial expert)"}
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    message = _message(r).strip()
+    assert r["evaluations"] == 0 and message.startswith("the spatial model, Wan"), message
+    assert f"file '{WAN}' in loader 'Qwen-Image (spatial expert)', does not fit the prompt or VAE connected for it: " \
+           "if another model was meant, pick its file there; if this one is, the spatial expert's positive " \
+           "conditioning" in message, message
 
 
 def test_a_batch_of_videos_into_the_long_video_is_refused(comfy_worker, modern):
