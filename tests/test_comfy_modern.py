@@ -1024,7 +1024,7 @@ def test_one_prompt_of_another_family_leads_its_message_before_the_file(comfy_wo
 
 def test_a_file_in_a_loader_titled_for_another_family_leads_with_the_file(comfy_worker, modern):
     """Wan's file in the template's loader titled "Qwen-Image (spatial expert)": its one mismatch (the Qwen prompts'
-    width) led, and the file, the likely mistake, came second, as "file '...' in Qwen-Image (spatial expert)"."""
+    width) led, and the file, the likely mistake, came second, as "file ... in Qwen-Image (spatial expert)"."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "qwen")
     prompt["2"]["inputs"]["unet_name"] = WAN
     prompt["2"]["_meta"] = {"title": "Qwen-Image (spatial expert)"}
