@@ -84,11 +84,16 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             config = cls.config(te, refine_steps, mode, matching, structure_noise)
             experts.check_mode(config.mode)
             spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
-            # the frame count is not known yet: check everything else on a one-frame shape of the structure's space
-            validate_refinement(spatial, temporal, (1, source.expert.latent_space.channels, 1, 1, 1), config,
+            # the frames as the graph's empty latent sets them: a count the refine experts cannot take was refused
+            # only after the control stage had run; where the graph does not say, the rest on one frame
+            space = source.expert.latent_space
+            frames = host.planned_latent_frames(cls, "structure", space)
+            validate_refinement(spatial, temporal, (1, space.channels, frames or 1, 1, 1), config,
                                 source=source, control_schedule=cls.control_schedule(control_model),
                                 vae_fixes=fixes)
             refiner = refining_denoiser(spatial, temporal, config.mode)
+            if frames:
+                host.check_output_frames(refiner, spatial, space.pixel_frames(frames))
             host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal)])
             # the frontend marks this node running from here, through the control stage and any node the queue runs
             # before this one (the other samplers of the compare template, after the structure is done: a reason

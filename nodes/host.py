@@ -1228,6 +1228,16 @@ def input_feeds_control(node_cls, input_name: str) -> bool | None:
     return model_files.feeds_control(queued_prompt(node_cls), node_id(node_cls), input_name)
 
 
+def planned_latent_frames(node_cls, input_name: str, space) -> int | None:
+    """The latent frames, in ``space``, of the clip that will reach the running node's ``input_name``, as the queued
+    graph's empty latent sets them (:func:`~.model_files.planned_frames`); None where the graph does not say, or its
+    latent node counts frames as another space does (an image batch for Wan, which a Control Expert refuses)."""
+    planned = model_files.planned_frames(queued_prompt(node_cls), node_id(node_cls), input_name)
+    if planned is None or planned[1] != space.temporal_factor:
+        return None
+    return space.latent_frames(planned[0])
+
+
 def motion_model_files(node_cls) -> tuple:
     """The motion model files of the running node's queued graph (:func:`~.model_files.motion_model_files`)."""
     return model_files.motion_model_files(queued_prompt(node_cls))

@@ -79,6 +79,31 @@ def input_source(prompt: dict | None, node_id: str | None, input_name: str) -> d
     return (prompt or {}).get(found[0]) if found else None
 
 
+#: ComfyUI's empty latents whose clip length a widget sets, before anything runs: node type -> (widget, temporal
+#: factor of the frames it counts: an image batch's size is an SD-style clip's frames; the video node's length
+#: is pixel frames, packed 4k+1 as Wan's VAE packs them)
+FRAME_WIDGETS = {"EmptyLatentImage": ("batch_size", 1), "EmptyHunyuanLatentVideo": ("length", 4)}
+#: nodes a clip's frames pass through unchanged on its way to a structure (node type -> the input they come on)
+FRAMES_THROUGH = {"ConFinerControlExpert": "latent", "ConFinerNoiseRescheduler": "latent"}
+
+
+def planned_frames(prompt: dict | None, node_id: str | None, input_name: str) -> tuple[int, int] | None:
+    """(frames, temporal factor) of the clip reaching ``input_name``, as the queued graph sets them before anything
+    runs: back through the Control Expert (and a Noise Rescheduler) to an empty latent's frame widget
+    (:data:`FRAME_WIDGETS`). None where the graph does not say (a linked widget, a clip from elsewhere)."""
+    for _ in range(len(FRAMES_THROUGH) + 1):
+        source_id = (link(prompt, node_id, input_name) or (None,))[0]
+        node = (prompt or {}).get(source_id) or {}
+        kind = node.get("class_type")
+        if kind in FRAMES_THROUGH:
+            node_id, input_name = source_id, FRAMES_THROUGH[kind]
+            continue
+        widget, factor = FRAME_WIDGETS.get(kind, (None, None))
+        value = node.get("inputs", {}).get(widget) if widget else None
+        return (value, factor) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return None
+
+
 def takers(prompt: dict | None, node_id: str | None, slot: int = 0) -> list[str]:
     """The ids of the queued ``prompt``'s nodes that take output ``slot`` of node ``node_id``."""
     return [taker for taker, node in (prompt or {}).items()

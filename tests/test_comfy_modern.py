@@ -474,10 +474,16 @@ def test_a_temporal_only_output_the_spatial_experts_space_cannot_hold_is_refused
     prompt["11"]["inputs"]["mode"] = "temporal"
     prompt["12"]["inputs"]["vae"] = ["5", 0]
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
-    # (the clip's frames are the structure's: known once the control stage has run, as for every frame rule there)
-    assert not r["success"] and r["evaluations"] == prompt["9"]["inputs"]["steps"]
+    # the frames as the graph's Empty Latent Image sets them: refused before the control stage (it had run first)
+    assert not r["success"] and r["evaluations"] == 0
     assert _message(r).strip() == ("the output goes to the spatial expert's Wan 2.1, whose latent space holds 4k+1 "
                                    "frames (1, 5, 9, ...); 8 frames would be cut by its VAE: use 5 or 9"), _message(r)
+    # where the graph does not say (the batch size from another node), the control stage tells them, as before
+    prompt["22"] = {"class_type": "PrimitiveInt", "inputs": {"value": 8}}
+    prompt["8"]["inputs"]["batch_size"] = ["22", 0]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == prompt["9"]["inputs"]["steps"]
+    assert "8 frames would be cut by its VAE: use 5 or 9" in _message(r), _message(r)
     prompt["8"]["inputs"]["batch_size"] = 9   # a count both spaces hold: runs
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], r.get("error")
