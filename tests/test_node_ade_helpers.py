@@ -163,6 +163,32 @@ def test_the_queued_graph_names_its_loaders_files():
     assert model_files.motion_model_files(None) == model_files.loaded_files(None) == ()
 
 
+def test_the_queued_graph_says_the_frames_a_structure_will_hold():
+    """The Refine Sampler's lazy check reads the frames the graph's empty latent sets, back through the Control
+    Expert and a Noise Rescheduler; a linked widget or another source says nothing."""
+    spec = importlib.util.spec_from_file_location("confiner_nodes_model_files",
+                                                  Path(__file__).resolve().parents[1] / "nodes" / "model_files.py")
+    model_files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_files)
+    prompt = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 16}},
+        "2": {"class_type": "ConFinerNoiseRescheduler", "inputs": {"latent": ["1", 0]}},
+        "3": {"class_type": "ConFinerControlExpert", "inputs": {"latent": ["2", 1]}},
+        "4": {"class_type": "ConFinerCoordinatedSampler", "inputs": {"structure": ["3", 0]}},
+        "5": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"length": 33, "batch_size": 1}},
+        "6": {"class_type": "ConFinerControlExpert", "inputs": {"latent": ["5", 0]}},
+        "7": {"class_type": "ConFinerCoordinatedSampler", "inputs": {"structure": ["6", 0]}}}
+    assert model_files.planned_frames(prompt, "4", "structure") == (16, 1)   # an image batch: SD's frames
+    assert model_files.planned_frames(prompt, "7", "structure") == (33, 4)   # pixel frames, packed 4k+1
+    prompt["5"]["inputs"]["length"] = ["9", 0]                                # set by another node: not known
+    assert model_files.planned_frames(prompt, "7", "structure") is None
+    prompt["6"]["inputs"]["latent"] = ["8", 0]                               # a latent from elsewhere (VAE Encode)
+    prompt["8"] = {"class_type": "VAEEncode", "inputs": {}}
+    assert model_files.planned_frames(prompt, "7", "structure") is None
+    assert model_files.planned_frames(None, "4", "structure") is None
+    assert model_files.planned_frames(prompt, "4", "experts") is None
+
+
 def test_a_motion_model_that_does_not_fit_the_unet_is_said_as_such(tmp_path):
     """A motion model of 4 blocks injected into a UNet of 2 fails inside ADE's ``_inject`` with "index 2 is out of
     range" (a trial's dialog said only that): the traceback's ADE frames give the mismatch and the motion model's
