@@ -1135,9 +1135,9 @@ class Progress:
         (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
-        about = f" · {self.about}" if self.about else ""
+        about = self.about.split(" · ") if self.about else []
         if self.opening:   # (a schedule's lines are not followed by it: the summary has it)
-            self.show(self.opening + (about if "\n" not in self.opening else ""))
+            self.show(dotted_lines([self.opening, *about]) if "\n" not in self.opening else self.opening)
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
@@ -1156,10 +1156,22 @@ class Progress:
             mismatch.confiner_text_shown = True
             raise mismatch from e
         vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
-        self.summary = (f"done · {self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
-                        f"{time.perf_counter() - start:.1f} s{about}" +
+        self.summary = (dotted_lines(["done", f"{self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
+                                              f"{time.perf_counter() - start:.1f} s", *about]) +
                         (f"\nseed {self.seed}" if self.seed is not None else ""))
         self.show(self.summary)
+
+
+def dotted_lines(parts: list, width: int = LINE_WIDTH) -> str:
+    """``parts`` joined by " · ", a new line where the next would run past ``width``: the frontend breaks a node's
+    text where the box ends, inside a word (a batch's "... (a video save joins them)" read "jo" / "ins them")."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += f" · {part}"
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def shows_refusals(method):

@@ -914,7 +914,7 @@ def test_a_node_served_from_the_cache_says_so(frontend):
       return [...first, text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
     }""", done)
     reused = f"{done}\nreused by this run (from the cache)"
-    cached = "done · from the cache (an earlier run with the same inputs made it)"
+    cached = "done · from the cache\n(an earlier run with the same inputs made it)"
     assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it
 
 
@@ -948,7 +948,7 @@ def test_a_result_from_the_cache_names_the_seed_it_was_queued_with(frontend):
                   seed("ConFinerCoordinatedSampler").value]; }""")
     finally:
         b.page.unroute("**/api/prompt")
-    cached = "done · from the cache (an earlier run with the same inputs made it)"
+    cached = "done · from the cache\n(an earlier run with the same inputs made it)"
     assert seen[:2] == [f"{cached}\nseed 7", f"{cached}\nseed 926422842002767"], seen
     assert seen[2] != 926422842002767, seen   # the widget moved on: the text is where the seed that made it is read
 

@@ -78,7 +78,7 @@ const WAITING = /^waiting for its turn/m;
 // preview beside it was a run before's video (a trial read it as this Run's).
 const NOT_RUN = /^not run:/;
 const CANVAS_PREVIEW = "$$canvas-image-preview"; // the frontend's widget that draws a node's preview images
-const CACHED = "done · from the cache (an earlier run with the same inputs made it)";
+const CACHED = "done · from the cache\n(an earlier run with the same inputs made it)";
 // ... under the text of the run that made it (the Control Expert, its seed fixed, kept "done · ... 16.3 s" through
 // every later Run as if each had made it)
 const REUSED = "reused by this run (from the cache)";
