@@ -375,14 +375,16 @@ def takes_no_motion_model(model) -> bool:
 
 
 def check_video_role(model, role: str, swapped: bool = False, file: str | None = None,
-                     spatial_file: str | None = None, shared: bool | None = None, where: str | None = None) -> None:
+                     spatial_file: str | None = None, shared: bool | None = None, where: str | None = None,
+                     loader: str | None = None) -> None:
     """Refuses, before any other check, an image model that cannot relate frames in a video role (control,
     temporal): the command line refuses such a family there, and in a graph the first problem found used to be its
     text encoder, VAE or latent layout, whose fixes led nowhere. An SD-style image model is warned instead
     (:func:`frames_alone`): a motion model may be attached to it. ``swapped``: the spatial model is the video model;
     ``file``, ``spatial_file``: the loaders' file names, where the graph tells them (:func:`input_file`);
     ``shared``: whether this model's loader feeds the control expert too (None: the graph does not say); ``where``:
-    the input and node the model is connected to (:func:`~.schema.input_place`; default: the role's usual one).
+    the input and node the model is connected to (:func:`~.schema.input_place`; default: the role's usual one);
+    ``loader``: that loader's title (:func:`input_loader`), named where it feeds the control expert too.
 
     Files picked in each other's loaders (the loader feeds the control expert too) are told as such: an artist told
     to swap the two links did, and the Wan loader, which fed the Control Expert too, still held the image model (a
@@ -401,8 +403,8 @@ def check_video_role(model, role: str, swapped: bool = False, file: str | None =
                "may feed the Control Expert too), or, if the links were swapped rather than the files, connect the "
                "two the other way round (spatial model <-> temporal model)")
     elif shared:   # an artist who changed the control model's file read only of the temporal expert
-        fix = ("its loader feeds the Control Expert too, so the control expert is this image model as well: pick the "
-               "video model's file (Wan) in that loader")
+        fix = (f"its loader{f' {loader!r}' if loader else ''} feeds the Control Expert too, so the control expert is "
+               f"this image model as well: pick the video model's file (Wan) in that loader")
     else:
         fix = ("pick the video model's file (Wan) in its loader, or connect a video model there if that loader serves "
                "another expert too")

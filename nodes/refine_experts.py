@@ -86,7 +86,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                                   (temporal_low_noise_model, "temporal_low_noise_model")):
             host.check_video_role(video_model, "temporal", swapped=host.relates_frames(spatial_model),
                                   file=files[name], spatial_file=files["spatial_model"],
-                                  shared=host.input_feeds_control(cls, name), where=input_place(cls, name))
+                                  shared=host.input_feeds_control(cls, name), where=input_place(cls, name),
+                                  loader=host.input_loader(cls, name))
         if temporal_low_noise_model is not None and temporal_model is None:
             raise ValueError("temporal_low_noise_model on ConFiner Refine Experts is connected but temporal_model is "
                              "not: connect the high-noise model to temporal_model")

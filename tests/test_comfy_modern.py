@@ -604,12 +604,13 @@ def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_va
     control expert too: an artist who had changed the control model's file read only of the temporal expert."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux" if loader == "1" else "qwen")
     prompt["1"]["inputs"]["unet_name"] = FLUX if loader == "1" else QWEN
+    prompt["1"]["_meta"] = {"title": "Wan 2.1 T2V 1.3B (control + temporal)"}   # as the template titles it
     name = f"FLUX.1 (Flux), file '{FLUX}'" if loader == "1" else f"Qwen-Image (QwenImage), file '{QWEN}'"
     assert_refused_before_any_evaluation(comfy_worker, prompt, f"{name} in the Wan loader",
                                          [f"is {name}, an image model: it makes every frame on its own, with no "
-                                          "motion", "its loader feeds the Control Expert too, so the control expert "
-                                          "is this image model as well: pick the video model's file (Wan) in that "
-                                          "loader"])
+                                          "motion", "its loader 'Wan 2.1 T2V 1.3B (control + temporal)' feeds the "
+                                          "Control Expert too, so the control expert is this image model as well: "
+                                          "pick the video model's file (Wan) in that loader"])
 
 
 def test_an_image_model_wired_into_the_control_expert_is_named_by_that_nodes_socket(comfy_worker, modern):
