@@ -174,8 +174,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
         if x.shape[0] > 1:   # as the Control Expert says it: an artist saw one video of both, back to back, saved
-            clips = f"{x.shape[0]} clips of {space.pixel_frames(x.shape[2])} frames (a video save joins them)"
-            progress.about = " · ".join(filter(None, [clips, progress.about]))
+            progress.about.insert(0, f"{x.shape[0]} clips of {space.pixel_frames(x.shape[2])} frames (a video save "
+                                     f"joins them)")
         host.check_output_frames(refining_denoiser(spatial, temporal, mode), spatial, space.pixel_shape(x.shape)[1])
         # also here: ComfyUI 0.3.64 skips the lazy check where the structure comes from its cache
         host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refining_denoiser(spatial, temporal, mode),

@@ -983,7 +983,7 @@ class Progress:
         self.warnings: list[str] = []  # shown above every update of the node's text
         self.shown = ""                # the text shown last
         self.summary = ""              # how the run ended (:meth:`running`)
-        self.about = ""                # a fact of the run ("13 frames", "T_e 250"), after the opening and the summary
+        self.about: list[str] = []     # facts of the run ("13 frames", "T_e 250"), after the opening and the summary
         self.vae_calls = 0             # between the experts (:meth:`coding`), said in the summary
         self.cancel_note = ""          # under a Cancel's line: what a rerun does (the Long Video starts over)
         self.files: tuple = ()         # the files of the models the node runs, for its messages (where known)
@@ -1019,8 +1019,7 @@ class Progress:
         chosen = [f"T_e {done.te}"] if config.te is None else []
         if config.matching == AUTO and done.matching != SAME_INDEX:
             chosen.append(f"matching {done.matching}")
-        if chosen:
-            self.about = " · ".join(chosen)
+        self.about += chosen
         return done
 
     def warn_motion_models(self, **roles) -> None:
@@ -1137,9 +1136,8 @@ class Progress:
         (the frontend keeps a node's last text, and a cancelled run's read as if it were paused; it is also saved
         with the workflow). The finished line stays in :attr:`summary` for a node that shows more after the run."""
         start = time.perf_counter()
-        about = self.about.split(" · ") if self.about else []
         if self.opening:   # (a schedule's lines are not followed by it: the summary has it)
-            self.show(dotted_lines([self.opening, *about]) if "\n" not in self.opening else self.opening)
+            self.show(dotted_lines([self.opening, *self.about]) if "\n" not in self.opening else self.opening)
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
@@ -1159,7 +1157,7 @@ class Progress:
             raise mismatch from e
         vae = f", {self.vae_calls} VAE call{'' if self.vae_calls == 1 else 's'}" if self.vae_calls else ""
         self.summary = (dotted_lines(["done", f"{self.done} expert evaluation{'' if self.done == 1 else 's'}{vae} in "
-                                              f"{time.perf_counter() - start:.1f} s", *about]) +
+                                              f"{time.perf_counter() - start:.1f} s", *self.about]) +
                         (f"\nseed {self.seed}" if self.seed is not None else ""))
         self.show(self.summary)
 

@@ -314,7 +314,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
         chain = progress.settled(chain, spatial, temporal)
         # the frames made, which 'frames' sets whatever the latent's length (a trial's 65 made 33, said nowhere)
-        progress.about = " · ".join(filter(None, [f"{frames} frames", progress.about]))
+        progress.about.insert(0, f"{frames} frames")
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         refiner = refining_denoiser(spatial, temporal, mode)
