@@ -7,10 +7,13 @@ combinations before any expert runs; :func:`run_chain` executes the three stages
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import numbers
 import time
 import warnings
 from dataclasses import FrozenInstanceError, asdict, dataclass, field, fields, replace
+from typing import Callable
 
 import torch
 
@@ -242,23 +245,58 @@ def flatten(settings: dict, prefix: str = "") -> dict:
     return out
 
 
-def frozen_settings(cls):
-    """``cls`` as a frozen dataclass whose assignment says how to change a setting: a run keeps the settings it was
-    given, so a sweep makes one per value (``dataclasses.replace``); Python's own message says only "cannot assign
-    to field"."""
-    cls = dataclass(frozen=True)(cls)
+def named_settings(cls, meant: Callable[[str], str | None] | None = None):
+    """``cls.__init__`` refusing a keyword it has no setting for by name, with the setting meant (``meant(name)``:
+    another library's name for it, else the closest spelling) and the settings it has, in place of Python's bare
+    "unexpected keyword argument"."""
+    init = cls.__init__
+    known = {f.name for f in fields(cls) if f.init}
+    names = [f.name for f in fields(cls) if not f.name.startswith("_")]
 
-    def refuse(self, name, value):
-        settings = [f.name for f in fields(cls)]
-        if name not in settings:
-            raise AttributeError(f"{cls.__name__} has no setting {name!r}; its settings: {', '.join(settings)}")
-        raise FrozenInstanceError(f"{type(self).__name__} is frozen, so a run keeps the settings it was given: "
-                                  f"make another with dataclasses.replace(config, {name}={value!r})")
-    cls.__setattr__ = refuse
+    def setting_meant(name: str) -> str:
+        return (meant(name) if meant else None) or next(iter(difflib.get_close_matches(name, names, 1)), "?")
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            said = "; ".join(f"{k} -> {setting_meant(k)}" for k in unknown)
+            raise TypeError(f"{cls.__name__} has no setting {', '.join(map(repr, unknown))} (meant: {said}); its "
+                            f"settings: {', '.join(names)}")
+        init(self, *args, **kwargs)
+    cls.__init__ = checked
     return cls
 
 
-@frozen_settings
+def frozen_settings(other_names: dict | None = None):
+    """A class of settings as a frozen dataclass: each field checked when built (its ``check_fields``: a sweep that
+    builds its configs first hears of a misspelt choice there, not at the run), how the fields fit together and with
+    the experts left to ``validate`` and the run (``te=None`` is settled by the experts); a setting it lacks refused
+    by name (``other_names``: another library's name -> the setting); an assignment says how to change a setting: a
+    run keeps the settings it was given, so a sweep makes one per value (``dataclasses.replace``); Python's own
+    message says only "cannot assign to field"."""
+    def make(cls):
+        cls.__post_init__ = lambda self: self.check_fields()
+        cls = dataclass(frozen=True)(cls)
+
+        def refuse(self, name, value):
+            settings = [f.name for f in fields(cls)]
+            if name not in settings:
+                raise AttributeError(f"{cls.__name__} has no setting {name!r}; its settings: {', '.join(settings)}")
+            raise FrozenInstanceError(f"{type(self).__name__} is frozen, so a run keeps the settings it was given: "
+                                      f"make another with dataclasses.replace(config, {name}={value!r})")
+        cls.__setattr__ = refuse
+        return named_settings(cls, (other_names or {}).get)
+    return make
+
+
+#: diffusers' and the paper's names for ChainConfig's settings (a researcher's first guess)
+GUIDANCE_PLACE = "not a chain setting: each expert's bind(prompt, negative, guidance_scale)"
+CHAIN_OTHER_NAMES = {"T_e": "te", "t_e": "te", "strength": "te", "num_inference_steps": "refine_steps",
+                     "guidance_scale": GUIDANCE_PLACE, "cfg": GUIDANCE_PLACE}
+
+
+@frozen_settings(CHAIN_OTHER_NAMES)
 class ChainConfig:
     """Defaults are the paper's "9 steps": 4 control steps, T_e = 100 on the spatial expert's schedule (Eq. 6), 5
     coordinated refinement steps at uniform intervals (100, 80, 60, 40, 20). One is not the paper's: the control
@@ -289,9 +327,9 @@ class ChainConfig:
     eta: float = 0.0
     structure_noise: str = SPATIAL
 
-    def validate(self) -> None:
-        """The settings on their own (choices, step counts, T_e, eta), no expert needed; raises ValueError naming the
-        field. :func:`validate_chain` checks them against the experts' schedules."""
+    def check_fields(self) -> None:
+        """Each setting on its own (choices, step counts, T_e, eta), checked when the config is built; raises
+        ValueError naming the field."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.matching not in MATCHINGS:
@@ -313,6 +351,11 @@ class ChainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+    def validate(self) -> None:
+        """The settings on their own and together (the refinement steps fit under T_e), no expert needed; raises
+        ValueError naming the field. :func:`validate_chain` checks them against the experts' schedules."""
+        self.check_fields()
         # uniform: distinct timesteps in (0, T_e]; leading: its steps offset must keep the first within T_e
         room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
         if room is not None and self.refine_steps > room:

@@ -343,8 +343,10 @@ def plan_of(report: dict) -> dict | None:
 
 
 def request_from_args(a: argparse.Namespace):
-    from .generate import GenerateRequest
+    from .generate import NUMBERS, GenerateRequest
 
+    for number in NUMBERS:   # as the options (the configs check their own fields when built, in the library's words)
+        number.check(getattr(a, number.option.removeprefix("--").replace("-", "_")))
     chain = ChainConfig(control_steps=a.control_steps, control_sampler=a.control_sampler,
                         control_spacing=a.control_spacing, control_eta=a.control_eta, te=a.te,
                         refine_steps=a.refine_steps, refine_spacing=a.refine_spacing, mode=a.mode,

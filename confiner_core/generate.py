@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import difflib
-import functools
 import json
 import math
 import numbers
@@ -37,8 +35,8 @@ from tqdm.auto import tqdm
 from . import __version__, distributed, metrics, source_digest
 from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATCHINGS, MODES, REFINE_SPACINGS,
                     STRUCTURE_NOISES, TEMPORAL, ChainConfig, TooManyFrames, alternation_problem, clean_end_problem,
-                    default_te, refine_evaluations, refine_timesteps, refining_denoiser, run_chain, settled,
-                    temporal_timesteps, unused_settings, validate_chain, warned_already)
+                    default_te, named_settings, refine_evaluations, refine_timesteps, refining_denoiser, run_chain,
+                    settled, temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import FP16_OVERFLOW, EvaluationLog, in_stage, not_a_path
@@ -659,10 +657,14 @@ class GenerateRequest:
                              "for an SDXL single file) that supplies the configs, tokenizer and scheduler", "--base")
         try:
             with interrupts_held():   # Ctrl-C while diffusers imports: raised once it is in (errors.py)
-                from .diffusers_backend import preflight
+                from .diffusers_backend import missing_packages_said, preflight
         except ImportError as e:
-            raise RuntimeError(f"checkpoints need the diffusers extra ({e}): pip install -r "
-                               f"requirements-diffusers.txt") from None
+            raise UsageError(f"checkpoints need the diffusers extra ({e}): pip install -r "
+                             f"requirements-diffusers.txt") from None
+        missing = missing_packages_said()
+        if missing:   # before the headers are read: whatever they say, nothing loads without these
+            option = f"--{next(iter(self.roles()))}"
+            raise UsageError(f"{option}: {missing}", option)
         try:  # configs and safetensors headers only: no weights load
             self._inspections = preflight(self.control, self.spatial, self.temporal, self.base,
                                           image_mode=self.image_mode)
@@ -802,30 +804,10 @@ DIFFUSERS_NAMES = {"num_frames": "frames", "guidance_scale": "refine_cfg", "num_
                    "strength": "chain.te", "generator": "seed", "output_dir": "out", "torch_dtype": "dtype"}
 
 
-def _named_fields(init):
-    """The dataclass's ``__init__``, refusing an unknown setting by name with the field meant (a diffusers name,
-    a close spelling) before the dataclass's own TypeError."""
-    known = {f.name for f in dataclass_fields(GenerateRequest) if f.init}   # (``_defaults`` too: replace() passes it)
-    names = [f.name for f in dataclass_fields(GenerateRequest) if not f.name.startswith("_")]
-    nested = {f.name: f"{part}.{f.name}" for part, config in (("long", LongConfig), ("chain", ChainConfig))
-              for f in dataclass_fields(config)}   # (a ChainConfig's te given to the request)
-
-    def field_meant(name: str) -> str:
-        return DIFFUSERS_NAMES.get(name) or nested.get(name) or \
-            next(iter(difflib.get_close_matches(name, names, 1)), "?")
-
-    @functools.wraps(init)
-    def checked(self, *args, **kwargs):
-        unknown = [k for k in kwargs if k not in known]
-        if unknown:
-            meant = [f"{k} -> {field_meant(k)}" for k in unknown]
-            raise TypeError(f"GenerateRequest has no setting {', '.join(map(repr, unknown))} (meant: "
-                            f"{'; '.join(meant)}); its settings: {', '.join(names)}")
-        init(self, *args, **kwargs)
-    return checked
-
-
-GenerateRequest.__init__ = _named_fields(GenerateRequest.__init__)
+#: a ChainConfig's or LongConfig's setting given to the request (``te=100``) -> its path there (``chain.te``)
+NESTED_NAMES = {f.name: f"{part}.{f.name}" for part, config in (("long", LongConfig), ("chain", ChainConfig))
+                for f in dataclass_fields(config)}
+named_settings(GenerateRequest, lambda name: DIFFUSERS_NAMES.get(name) or NESTED_NAMES.get(name))
 
 
 def too_many_frames(e: TooManyFrames, long: bool) -> UsageError:

@@ -338,7 +338,12 @@ class RelayedGuidance:
 # ----------------------------------------------------------------------------------------------------------------
 # The long loop
 
-@frozen_settings
+#: the paper's and FreeNoise's names for LongConfig's settings
+LONG_OTHER_NAMES = {"L": "segment_length", "window": "freenoise_window", "stride": "freenoise_stride",
+                    "window_stride": "freenoise_stride", "noise": "noise_init"}
+
+
+@frozen_settings(LONG_OTHER_NAMES)
 class LongConfig:
     """Defaults: L = the experts' natural clip (``segment_length=None``: ``GenerateRequest`` picks 16, the clip of
     AnimateDiff/ModelScope, or 17 for 4k+1 latents; :func:`generate_long` takes its plan's), all three strategies
@@ -360,7 +365,8 @@ class LongConfig:
     coherence_memory: str = UNGUIDED   # Section 3.5: the previous segment's "predicted noise", ε̂
     color_anchor: bool = False  # opt-in: anchor each window's colour statistics to its predecessor's (colour drift)
 
-    def validate(self) -> None:
+    def check_fields(self) -> None:
+        """Each setting on its own, checked when the config is built; :meth:`validate` also checks them together."""
         for name, none in (("staggered", " or None (the plan's)"), ("color_anchor", "")):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (none and value is None)):
@@ -373,10 +379,13 @@ class LongConfig:
                                  f"None for the default, got {value!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
-        if not (0.0 <= self.gamma <= 0.5):
-            raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, numbers.Real) or not 0.0 <= self.gamma <= 0.5:
+            raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma!r}")
         if self.coherence_memory not in COHERENCE_MEMORIES:
             raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
+
+    def validate(self) -> None:
+        self.check_fields()
         if self.color_anchor and self.staggered is False:
             raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, "
                              "which only staggered refinement has: switch staggered on or color_anchor off")

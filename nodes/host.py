@@ -1147,8 +1147,8 @@ class Progress:
             raise
         except Exception as e:
             said = ade.injection_failure(e, self.files)
-            self.show(f"stopped by an error after evaluation {self.done}/{self.total}:\n"
-                      f"{error_lines(said or error_message(e))}")
+            when = f"after evaluation {self.done}/{self.total}" if self.done else "before the first evaluation"
+            self.show(f"stopped by an error {when}:\n{error_lines(said or error_message(e))}")
             e.confiner_text_shown = True
             if said is None:
                 raise

@@ -285,13 +285,17 @@ def test_a_flow_te_at_pure_noise_is_refused_and_steps_below_the_noise_floor_are_
 
 
 def test_a_misspelt_mode_is_named_by_every_stage_function():
-    """run_chain, refine and validate_chain looked the mode up before checking it: a bare KeyError: 'coord'."""
+    """run_chain, refine and validate_chain looked the mode up before checking it: a bare KeyError: 'coord'. The
+    config refuses it when built; one changed behind its back (object.__setattr__) is refused by each function."""
     from confiner_core.chain import refine
 
     structure, g = x0_star(), torch.Generator().manual_seed(0)
     expert = OracleExpert(structure, S.named("sd15"))
-    config = ChainConfig(mode="coord")
     message = r"^mode must be one of \('coordinated', 'standard', 'temporal', 'alternate'\), got 'coord'$"
+    with pytest.raises(ValueError, match=message):
+        ChainConfig(mode="coord")
+    config = ChainConfig()
+    object.__setattr__(config, "mode", "coord")
     for call in (lambda: refine(expert.bind(), expert.bind(), structure, config, g),
                  lambda: run_chain(expert.bind(), expert.bind(), expert.bind(), structure, config, g),
                  lambda: validate_chain(expert.bind(), expert.bind(), expert.bind(), tuple(structure.shape), config)):

@@ -181,6 +181,33 @@ def test_main_job_needs_only_the_cli_requirements(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["frames.png", "report.json", "video.mp4"]
 
 
+def test_checkpoints_without_the_diffusers_extra_are_refused_in_one_line_naming_the_install(tmp_path):
+    """The README's quick start installs requirements-cli.txt: a run with checkpoints there is refused before
+    anything loads (exit 2, the install that adds the packages), not a bare ModuleNotFoundError from a family's
+    load; the library's load_experts says the same."""
+    folders = [tmp_path / role for role in ("control", "spatial", "temporal")]
+    for folder in folders:
+        folder.mkdir()
+    blocked = {"diffusers", "transformers", "accelerate"}
+    r = run_blocking(blocked, "import runpy\n"
+                              "sys.argv = ['confiner_core', 'generate', '--quiet', '--control', sys.argv[1],\n"
+                              "            '--spatial', sys.argv[2], '--temporal', sys.argv[3], '--out', sys.argv[4]]\n"
+                              "runpy.run_module('confiner_core', run_name='__main__')\n",
+                     *map(str, folders), str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: --control: checkpoints need diffusers and transformers, which this Python does not have: pip install "
+        '-r requirements-diffusers.txt (or ".[diffusers]")')
+    assert not (tmp_path / "out").exists()
+    r = run_blocking({"transformers"}, "from confiner_core.diffusers_backend import load_experts\n"
+                                       "try:\n"
+                                       "    load_experts(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+                                       "except ModuleNotFoundError as e:\n"
+                                       "    print(e)\n", *map(str, folders))
+    assert r.stdout.strip() == ("load_experts: checkpoints need transformers, which this Python does not have: pip "
+                                'install -r requirements-diffusers.txt (or ".[diffusers]")'), r.stderr[-2000:]
+
+
 def test_the_library_installs_as_a_wheel_of_confiner_core_alone(tmp_path):
     """`pip install ".[cli]"` (a researcher's way in): the wheel holds the library and its subpackages, not the
     ComfyUI nodes, tests or benchmarks, and python -m confiner_core runs from it. Built offline from a copy of the

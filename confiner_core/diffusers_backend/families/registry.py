@@ -14,6 +14,7 @@ it. :func:`load_experts` runs in three phases so that nothing heavy happens befo
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,29 @@ def check_image_mode(context: Context, inspections: dict) -> None:
                          f"{spatial.path if spatial is not None else '(none)'} is not one: drop the option")
 
 
+#: what loading real checkpoints imports (requirements-diffusers.txt); reading their configs and headers
+#: (:func:`preflight`) needs neither
+LOAD_PACKAGES = ("diffusers", "transformers")
+
+
+def installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):   # a broken install (or an import hook that refuses it)
+        return False
+
+
+def missing_packages_said() -> str | None:
+    """The packages a checkpoint load needs that this Python lacks, with the install that adds them; None if none.
+    A quick start with the command line's requirements alone runs the embedded default, and a load would fail
+    deep inside a family's ``load`` with a bare ModuleNotFoundError."""
+    missing = [name for name in LOAD_PACKAGES if not installed(name)]
+    if not missing:
+        return None
+    return (f"checkpoints need {' and '.join(missing)}, which this Python does not have: pip install -r "
+            f"requirements-diffusers.txt (or \".[diffusers]\")")
+
+
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | str | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
@@ -356,6 +380,9 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     Raises FileNotFoundError for missing paths or configs and ValueError for unusable or mismatched experts,
     naming the role, the path and the fix; both before any weights load."""
     check_device(device, "load_experts: device")   # before torch's "Torch not compiled with CUDA enabled"
+    missing = missing_packages_said()
+    if missing:
+        raise ModuleNotFoundError(f"load_experts: {missing}")
     for name, path in (("control", control), ("spatial", spatial), ("temporal", temporal), ("base", base)):
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"load_experts: {not_a_path(name, path)}")
