@@ -23,11 +23,19 @@ from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, decla
                       in_stage, own_stage)
 from .latent_spaces import LatentSpace, check_bridges
 from .layout import VIDEO, check_latent
-from .sampling import SAMPLERS, Callback, EpsHook, check_generator, control_timesteps as sampler_timesteps, diffuse, \
+from .sampling import SAMPLERS, Callback, EpsHook, seeded, control_timesteps as sampler_timesteps, diffuse, \
     randn_like, sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
+
+#: what a researcher scripts the chain with (``help(confiner_core.chain)`` lists these); the checks and warnings
+#: the other modules share are importable by name too
+__all__ = ["ALTERNATE", "AUTO", "COORDINATED", "DEFAULT_TE", "MATCHINGS", "MODES", "STANDARD", "STRUCTURE_NOISES",
+           "TEMPORAL", "ChainConfig", "ChainResult", "auto_matching", "control_timesteps", "default_te",
+           "extract_structure", "extraction_schedule", "generate_structure", "refine", "refine_evaluations",
+           "refine_structure", "refine_timesteps", "refining_denoiser", "run_chain", "settled", "temporal_timesteps",
+           "validate_chain", "validate_refinement"]
 
 COORDINATED = "coordinated"
 STANDARD = "standard"
@@ -140,7 +148,8 @@ def distilled_control_warning(space: LatentSpace, steps: int, cfg: float, sample
     if family is None or steps > distilled_steps or cfg != distilled_cfg:
         return None
     good_steps, good_cfg, good_sampler = family
-    return (f"the {space.title} control expert at {steps} control steps and cfg {cfg:g} ({sampler} sampler): these "
+    return (f"the {space.title} control expert at {steps} control step{'s' * (steps != 1)} and cfg {cfg:g} "
+            f"({sampler} sampler): these "
             f"are a step-distilled model's settings (AnimateDiff-Lightning's, the defaults); an undistilled "
             f"{space.title} model makes a blurred structure that follows the prompt weakly in so few steps: use "
             f"{good_steps} control steps, cfg {good_cfg:g} and the {good_sampler} sampler (the Wan templates'), or keep "
@@ -604,12 +613,15 @@ def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[
 class ChainResult:
     """``latent`` is in the refining expert's latent space (``refiner``: decode it with that expert's codec);
     ``structure`` in the control expert's. ``seconds`` holds each stage's host time: on a GPU the control stage's
-    last forward, still running when the stage hands over, counts to the refinement."""
+    last forward, still running when the stage hands over, counts to the refinement. ``config`` is the run's, its
+    defaults settled as the experts decided them (T_e, matching): ``refine_timesteps(result.config)`` gives the
+    refinement's timesteps, :func:`temporal_timesteps` the temporal expert's."""
 
     latent: torch.Tensor
     structure: torch.Tensor
     refiner: Denoiser
     seconds: dict = field(default_factory=dict)
+    config: ChainConfig | None = None
 
 
 def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
@@ -683,26 +695,26 @@ def temporal_timesteps(spatial: NoiseSchedule, temporal: NoiseSchedule, config: 
 
 
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
-                       generator: torch.Generator | None = None, eps_hook: EpsHook | None = None,
+                       generator: torch.Generator | int | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:
     """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
     check_input(noise, "generate_structure: noise")
     check_config(config, "generate_structure")
     check_denoisers("generate_structure", control=control)
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
-        check_generator(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
-                        if generator is None else "generate_structure", noise.shape[0])
+        generator = seeded(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
+                           if generator is None else "generate_structure", noise.shape[0])
     with own_stage(control, "control"):
         return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                               config.control_eta, generator, eps_hook, callback, config.control_spacing)
 
 
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
-                      generator: torch.Generator) -> torch.Tensor:
+                      generator: torch.Generator | int) -> torch.Tensor:
     """Eq. 6: V'_{T_e} = sqrt(abar_{T_e}) V_0 + sqrt(1 - abar_{T_e}) eps on the given schedule
     (:func:`extraction_schedule`); T_e is a network timestep (for a flow schedule: sigma = T_e / N)."""
     check_input(structure, "extract_structure: structure")
-    check_generator(generator, "extract_structure", structure.shape[0])
+    generator = seeded(generator, "extract_structure", structure.shape[0])
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"extract_structure: schedule must be a NoiseSchedule (an expert's, e.g. spatial.schedule, "
                         f"or extraction_schedule(...)), got {type(schedule).__name__}")
@@ -713,13 +725,13 @@ def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
 
 
 def refine(spatial: Denoiser | None, temporal: Denoiser | None, x: torch.Tensor, config: ChainConfig,
-           generator: torch.Generator, callback: Callback | None = None) -> torch.Tensor:
+           generator: torch.Generator | int, callback: Callback | None = None) -> torch.Tensor:
     """Stage 2 in the configured mode, from the structure noised to the first refinement timestep (T_e, or 81 for
     T_e 100 at ``refine_spacing`` "leading": ``refine_timesteps(config)[0]``) to the refined video (``x`` in the
     refining expert's space)."""
     check_input(x, "refine: x")
     check_config(config, "refine")
-    check_generator(generator, "refine", x.shape[0])
+    generator = seeded(generator, "refine", x.shape[0])
     check_denoisers("refine", spatial=spatial, temporal=temporal)
     refiner = refining_denoiser(spatial, temporal, config.mode)
     validate_refinement(spatial, temporal, tuple(x.shape), config, source=refiner)
@@ -742,7 +754,7 @@ def refine_evaluations(config: ChainConfig) -> int:
 
 
 def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, structure: torch.Tensor, config: ChainConfig,
-                     generator: torch.Generator, callback: Callback | None = None,
+                     generator: torch.Generator | int, callback: Callback | None = None,
                      source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Eq. 6 (or Algorithm 1, line 4) then stage 2: what the chain does with a finished structure (also used by
     ConFiner-Long). A structure in the ``source`` (control) expert's latent space is handed to the refining expert's
@@ -751,7 +763,7 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     default the source's) gives the T_e coefficients."""
     check_input(structure, "refine_structure: structure")
     check_config(config, "refine_structure")
-    check_generator(generator, "refine_structure", structure.shape[0])
+    generator = seeded(generator, "refine_structure", structure.shape[0])
     check_denoisers("refine_structure", spatial=spatial, temporal=temporal, source=source)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     refiner = refining_denoiser(spatial, temporal, config.mode)
@@ -807,10 +819,12 @@ def check_channels(shape: tuple, control: Denoiser, what: str, fix: str) -> None
 
 
 def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, noise: torch.Tensor,
-              config: ChainConfig, generator: torch.Generator, callback: Callback | None = None,
+              config: ChainConfig, generator: torch.Generator | int, callback: Callback | None = None,
               hand_over: bool = False) -> ChainResult:
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
-    latent space. Stages are marked on
+    latent space. ``generator`` feeds every fresh draw of the chain (Eq. 6, 9, 11, eta): a seeded torch.Generator,
+    which the run continues from (the noise drawn from it first, as the README's example does), or an int seed, a
+    fresh CPU generator seeded with it (:func:`~confiner_core.sampling.seeded`). Stages are marked on
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     ``callback(info)`` is called after every control and refinement step with
     :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,
@@ -820,7 +834,7 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")
     check_config(config, "run_chain")
-    check_generator(generator, "run_chain", noise.shape[0])
+    generator = seeded(generator, "run_chain", noise.shape[0])
     check_denoisers("run_chain", control=control, spatial=spatial, temporal=temporal)
     check_function(callback, "run_chain", "callback(info)")
     if not torch.isfinite(noise).all():   # once per clip; inside, the first evaluation would say it
@@ -840,5 +854,5 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
         latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)
     t2 = time.perf_counter()
     return ChainResult(latent, structure, refining_denoiser(spatial, temporal, config.mode),
-                       {"control": t1 - t0, "refine": t2 - t1})
+                       {"control": t1 - t0, "refine": t2 - t1}, settled(config, spatial, temporal))
 

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--junctions", type=int, nargs="*", default=None,
                    help="frame indices where segments meet, for the seam score (e.g. 16 32 48; any order, a repeat "
                         "counts once); by default a ConFiner-Long output folder's own, from its report.json (with a "
-                        "seam score per kind); --junctions alone: none, and no seam score")
+                        "seam score per kind, the prompt changes of a travelling prompt apart); junctions given "
+                        "here are scored as one kind; --junctions alone: none, and no seam score")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 

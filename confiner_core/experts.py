@@ -402,8 +402,8 @@ class Denoiser:
     """An expert bound to its conditioning: ``denoiser(x_t, t)`` -> (x0_hat, eps_hat) with classifier-free guidance."""
 
     expert: Expert
-    positive: Any
-    negative: Any = None
+    positive: Any = field(repr=False)   # (encoded prompts: a print showed the text embedding's numbers)
+    negative: Any = field(default=None, repr=False)
     guidance_scale: float = 1.0
     log: EvaluationLog | None = None
     #: the prompts' encoding still to be done (``Expert.bind(deferred=True)``): (positive, negative) at first use
@@ -496,6 +496,31 @@ class Denoiser:
         """The same expert and guidance with another positive prompt (prompt travel)."""
         return Denoiser(self.expert, self.expert.encode(prompt), self.encoded().negative, self.guidance_scale,
                         self.log)
+
+
+def bind_chain(experts, prompt: str = "", negative_prompt: str = "", log: EvaluationLog | None = None,
+               control_cfg: float = 1.0, spatial_cfg: float | None = None,
+               temporal_cfg: float | None = None) -> dict:
+    """The chain's experts (role -> Expert: ``load_experts(...)`` or ``embedded_experts(...)``) bound as ``generate``
+    binds them, role -> Denoiser (None for a role absent): the control expert at ``control_cfg`` (1, what the
+    step-distilled AnimateDiff-Lightning takes), each refining expert at its own cfg or, None, its
+    :attr:`~Expert.default_guidance` (SD 1.5 7.5, Wan 5, FLUX.1-dev 3.5), all on one ``log``. The spatial expert is
+    bound first, so a control expert on the same text encoder finds the prompt encoded; the temporal expert, first
+    called in the refinement, encodes its prompts then (``bind(deferred=True)``)."""
+    def expert(role: str) -> Expert | None:
+        try:
+            return experts[role]
+        except KeyError:
+            return None
+
+    def scale(role: str, given: float | None) -> float:
+        return expert(role).default_guidance if given is None else given
+
+    spatial = expert("spatial") and expert("spatial").bind(prompt, negative_prompt, scale("spatial", spatial_cfg), log)
+    control = expert("control").bind(prompt, negative_prompt, control_cfg, log)
+    temporal = expert("temporal") and expert("temporal").bind(prompt, negative_prompt, scale("temporal", temporal_cfg),
+                                                              log, deferred=True)
+    return {"control": control, "spatial": spatial, "temporal": temporal}
 
 
 def networks(expert: Expert) -> list:

@@ -39,7 +39,7 @@ from .chain import (ALTERNATE, AUTO, COORDINATED, DEFAULT_TE, EVALUATED_IN, MATC
                     settled, temporal_timesteps, unused_settings, validate_chain, warned_already)
 from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
-from .experts import FP16_OVERFLOW, EvaluationLog, in_stage, not_a_path
+from .experts import FP16_OVERFLOW, EvaluationLog, bind_chain, in_stage, not_a_path
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
                    freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
                    prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text,
@@ -1082,6 +1082,14 @@ def shown(name: str, value) -> str:
     return repr(value)
 
 
+
+
+def reads_negative(bound: dict) -> bool:
+    """Whether an expert of ``bound`` (role -> Denoiser or None) reads the negative prompt (classifier-free guidance
+    above 1; FLUX.1-dev takes its guidance as an input and reads none)."""
+    return any(d.expert.uses_negative(d.guidance_scale) for d in bound.values() if d is not None)
+
+
 def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
     """Each refining expert's guidance scale: its own option (``--spatial-cfg``, ``--temporal-cfg``), else
     ``--cfg``, else the expert's own default (FLUX.1-dev 3.5 as its distilled guidance, Wan 5, SD 1.5 7.5)."""
@@ -1095,21 +1103,12 @@ def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
             if (expert := backend.experts.get(role)) is not None}
 
 
-def reads_negative(bound: dict) -> bool:
-    """Whether an expert of ``bound`` (role -> Denoiser or None) reads the negative prompt (classifier-free guidance
-    above 1; FLUX.1-dev takes its guidance as an input and reads none)."""
-    return any(d.expert.uses_negative(d.guidance_scale) for d in bound.values() if d is not None)
-
-
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
-    ex, cfg = backend.experts, refine_guidance(backend, req)
-    # the spatial expert first (its prompt, and its negative where it guides), and a control expert on the same
-    # encoder (AnimateDiff on SD 1.5) then finds the prompt encoded
-    spatial = ex["spatial"].bind(prompt, req.negative_prompt, cfg["spatial"], log) if "spatial" in cfg else None
-    bound = {"control": ex["control"].bind(prompt, req.negative_prompt, req.control_cfg, log), "spatial": spatial}
-    # the temporal expert is first called in the refinement: its prompts are encoded then, the control stage queued
-    bound["temporal"] = (ex["temporal"].bind(prompt, req.negative_prompt, cfg["temporal"], log, deferred=True)
-                         if "temporal" in cfg else None)
+    """The request's experts bound as :func:`~confiner_core.experts.bind_chain` binds them, at the scales of
+    :func:`refine_guidance`."""
+    cfg = refine_guidance(backend, req)
+    bound = bind_chain(backend.experts, prompt, req.negative_prompt, log, req.control_cfg, cfg.get("spatial"),
+                       cfg.get("temporal"))
     if req.negative_prompt.strip() and not reads_negative(bound):
         warn_doubtful(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
                               "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"))

@@ -29,6 +29,7 @@ from .chain import (ChainConfig, check_channels, evaluated_roles, flatten, froze
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
+from .sampling import MAX_SEED
 
 SHUFFLE = "shuffle"
 FREENOISE = "freenoise"
@@ -109,7 +110,8 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool | None 
     the clip length temporal experts are trained on). Window junctions fall mid-structure, where the control expert
     already made the content continuous. Not staggered: window w is structure w alone.
     In both cases every output frame comes from exactly one window. ``staggered=None`` (LongConfig's default,
-    "the plan's") plans staggered."""
+    "the plan's") plans staggered. A video shorter than one segment is one window cut short (a travelling prompt
+    on a short clip); without one, ``run_chain`` makes it as one clip with one control pass fewer."""
     for name, value in (("frames", frames), ("segment_length", segment_length)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"plan_segments: {name} must be an integer, got {value!r}")
@@ -117,9 +119,9 @@ def plan_segments(frames: int, segment_length: int = 16, staggered: bool | None 
         raise TypeError(f"plan_segments: staggered must be True or False (None: True), got {staggered!r}")
     staggered = staggered is None or bool(staggered)
     if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
+        raise ValueError(f"plan_segments: frames must be >= 1, got {frames}")
     if segment_length < 2:
-        raise ValueError(f"segment_length must be >= 2, got {segment_length}")
+        raise ValueError(f"plan_segments: segment_length must be >= 2, got {segment_length}")
     n_windows = -(-frames // segment_length)
     half = segment_length // 2
     windows = []
@@ -251,9 +253,6 @@ def task_generator(seed: int, kind: int, index: int = 0) -> torch.Generator:
     """A CPU generator for one task (see :func:`task_seed`); draws are moved to the latents' device, so the
     same seed gives the same noise on any device."""
     return torch.Generator().manual_seed(task_seed(seed, kind, index))
-
-
-MAX_SEED = 2**64 - 1       # ComfyUI's seed range
 
 
 def root_seed(seed) -> int:
@@ -762,6 +761,10 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     frame in the control expert's space, or a latent video's (B, C, F, h, w) there, e.g. its latent space's
     ``latent_shape(...)`` (the plan decides the frames). ``seed`` (an int, or a generator standing for its initial
     seed) seeds every task's own generator (:func:`task_generator`).
+
+    ``prompts`` (a schedule, ``parse_prompt("0: a cat | 8: a dog", frames)``): each structure and window is made
+    with the entry at its centre frame in place of the prompt the experts were bound to (their negative prompt and
+    guidance stay); None keeps the bound prompt throughout.
 
     ``callback(info)`` is called after every step, as :func:`~confiner_core.chain.run_chain`'s, with the
     ``structure`` or ``window`` the step belongs to added (on the process that made it).

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import math
+import numbers
 
 import torch
 
@@ -61,18 +62,33 @@ class ItemGenerators:
         return len(self.generators)
 
 
-def check_generator(generator, where: str, batch: int | None = None) -> None:
+MAX_SEED = 2**64 - 1       # ComfyUI's seed range
+
+
+def check_generator(generator, where: str, batch: int | None = None, seeds: bool = False) -> None:
     """The chain draws fresh noise (Eq. 6, 9, 11, DDIM's eta), so it needs the caller's seeded generator: refused
     here, before any evaluation, rather than deep inside the first draw. ``batch``: the clips of the latent it will
     draw for, which :class:`ItemGenerators` must match (a wrong count was refused after the control stage, as if the
-    noise were wrong)."""
+    noise were wrong). ``seeds``: the caller takes an int seed too (:func:`seeded`)."""
     if not isinstance(generator, (torch.Generator, ItemGenerators)):
-        raise TypeError(f"{where} needs a seeded torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
-                        f"{type(generator).__name__}: every random draw of the chain comes from it, so one seed "
-                        "gives one video")
+        raise TypeError(f"{where} needs {'a seed (an int) or ' if seeds else ''}a seeded torch.Generator (e.g. "
+                        f"torch.Generator().manual_seed(0)), got {type(generator).__name__}: every random draw of the "
+                        "chain comes from it, so one seed gives one video")
     if isinstance(generator, ItemGenerators) and batch is not None and len(generator) != batch:
         raise ValueError(f"{where}: ItemGenerators of {len(generator)} generator(s) for a batch of {batch} clip(s): "
                          f"give one generator per clip, ItemGenerators.seeded([...]) with {batch} seed(s)")
+
+
+def seeded(generator, where: str, batch: int | None = None):
+    """The generator a stage function draws from: ``generator`` as given, or for an int a CPU generator seeded with
+    it, as ``generate_long`` takes a seed (``run_chain(..., 0)`` equals ``run_chain(..., torch.Generator().
+    manual_seed(0))``); checked by :func:`check_generator`."""
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        if not 0 <= generator <= MAX_SEED:
+            raise ValueError(f"{where}: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range), got {generator}")
+        generator = torch.Generator().manual_seed(int(generator))
+    check_generator(generator, where, batch, seeds=True)
+    return generator
 
 
 def randn(shape: tuple, generator: torch.Generator | ItemGenerators, device: torch.device) -> torch.Tensor:

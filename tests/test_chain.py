@@ -116,11 +116,17 @@ def test_run_chain_counts_and_reproduces():
     assert not torch.equal(r1.latent, r3.latent)
     # Euler control with an exact oracle lands on x0* exactly
     assert torch.allclose(r1.structure, x0, atol=1e-4)
-    # no generator (or a seed where the generator goes): refused before any evaluation, saying what to pass
-    for wrong in (None, 3):
-        with pytest.raises(TypeError, match=r"run_chain needs a seeded torch\.Generator"):
+    # an int seed is a fresh CPU generator seeded with it, as generate_long takes one
+    assert torch.equal(run_chain(c, s, t, noise, ChainConfig(), 3).latent, r1.latent)
+    # the config as the run settled it: the refining expert's default T_e, the paper's timestep matching
+    assert r1.config == ChainConfig(te=100, matching="same_index")
+    # no generator, a seed as text, a seed out of range: refused before any evaluation, saying what to pass
+    for wrong, error, said in ((None, TypeError, r"^run_chain needs a seed \(an int\) or a seeded torch\.Generator"),
+                               ("3", TypeError, r"^run_chain needs a seed \(an int\) or a seeded torch\.Generator"),
+                               (-1, ValueError, r"^run_chain: seed must be an integer in 0\.\.18446744073709551615")):
+        with pytest.raises(error, match=said):
             run_chain(c, s, t, noise, ChainConfig(), wrong)
-    assert sum(log.evaluations.values()) == 3 * 19
+    assert sum(log.evaluations.values()) == 4 * 19
 
 
 def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
@@ -645,8 +651,9 @@ def test_an_expert_not_bound_to_its_prompt_is_named_with_the_fix():
 
 
 def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
-    """The stage-by-stage functions (the README's second snippet) refuse what run_chain refuses, by name: an int
-    where the generator goes (AttributeError: 'int' object has no attribute 'device'), a NumPy array as noise, T_e
+    """The stage-by-stage functions (the README's second snippet) refuse what run_chain refuses, by name: a float
+    where the generator goes (AttributeError: 'int' object has no attribute 'device' for an int, which is now a
+    seed), a NumPy array as noise, T_e
     as text or a float (ChainConfig.validate compared '100' < 1; GenerateRequest refused 100.0, it accepted it), a
     cfg as text (bind evaluated the expert, then failed converting the string)."""
 
@@ -656,20 +663,23 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     log = EvaluationLog()
     expert = OracleExpert(x0, S.named("sd15"))
     control = expert.bind(log=log)
-    with pytest.raises(TypeError, match="extract_structure needs a seeded torch.Generator"):
-        extract_structure(S.named("sd15"), x0, 100, 0)
+    with pytest.raises(TypeError, match=r"extract_structure needs a seed \(an int\) or a seeded torch.Generator"):
+        extract_structure(S.named("sd15"), x0, 100, 0.5)
+    # an int is a seed: a CPU generator seeded with it
+    assert torch.equal(extract_structure(S.named("sd15"), x0, 100, 0),
+                       extract_structure(S.named("sd15"), x0, 100, torch.Generator().manual_seed(0)))
     with pytest.raises(TypeError, match=r"generate_structure: noise must be a torch.Tensor \(a video \[B, C, F, h, w\]\), got "
                                          r"ndarray"):
         generate_structure(control, x0.numpy(), ChainConfig(), torch.Generator().manual_seed(0))
-    with pytest.raises(TypeError, match="generate_structure needs a seeded torch.Generator"):
-        generate_structure(control, x0, ChainConfig(), 3)
+    with pytest.raises(TypeError, match=r"generate_structure needs a seed \(an int\) or a seeded torch.Generator"):
+        generate_structure(control, x0, ChainConfig(), 3.0)
     # no generator is fine where nothing is drawn, and named where DDIM's eta draws (AttributeError on None before)
     ddim_eta = ChainConfig(control_sampler="ddim", control_eta=0.5)
     with pytest.raises(TypeError, match=r"generate_structure \(DDIM with control_eta > 0 draws noise\) needs a "
-                                        r"seeded torch.Generator"):
+                                        r"seed \(an int\) or a seeded torch.Generator"):
         generate_structure(control, x0, ddim_eta)
-    for generator in (None, 0):
-        with pytest.raises(TypeError, match="refine needs a seeded torch.Generator"):
+    for generator in (None, "0"):
+        with pytest.raises(TypeError, match=r"refine needs a seed \(an int\) or a seeded torch.Generator"):
             refine(control, control, x0, ChainConfig(), generator)
     for te in ("100", 100.0, True, 0):
         with pytest.raises(ValueError, match=re.escape(f"te (T_e) must be an integer >= 1, got {te!r}")):

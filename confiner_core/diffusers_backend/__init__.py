@@ -21,27 +21,9 @@ Accepted path kinds per role: :func:`role_kinds` and :func:`kind_descriptions`. 
 Face Hub: every load is local (``local_files_only=True`` with local configs).
 """
 
-import contextlib
-import logging
+from ..library_bars import torchvision_fallback_unsaid
 
-
-@contextlib.contextmanager
-def _torchvision_fallback_unsaid():
-    """diffusers' pipeline modules name transformers' CLIP and SigLIP image processors at import, and transformers
-    without torchvision says, once per process, that it falls back to their PIL versions. ConFiner runs no image
-    processor, so that notice would be the only thing a library user sees on importing the backend; it is held
-    back while the backend imports (the command line quiets transformers' import chatter altogether)."""
-    logger = logging.getLogger("transformers.utils.import_utils")
-    unsaid = logging.Filter()
-    unsaid.filter = lambda record: "requires torchvision (not installed); falling back" not in record.getMessage()
-    logger.addFilter(unsaid)
-    try:
-        yield
-    finally:
-        logger.removeFilter(unsaid)
-
-
-with _torchvision_fallback_unsaid():
+with torchvision_fallback_unsaid():
     from .experts import DiffusersExpert, FrameExpert, MotionExpert, SDXLExpert, UNet3DExpert
     from .families.animatediff import infer_motion_config, load_motion_file
     from .families.qwen_image import QwenImageExpert, QwenPromptEncoder

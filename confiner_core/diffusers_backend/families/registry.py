@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ...devices import check_device
-from ...library_bars import loading_bars
+from ...library_bars import loading_bars, torchvision_fallback_unsaid
 from ...experts import Expert, ExpertPair, networks, not_a_path
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
@@ -311,6 +311,13 @@ class LoadedExperts:
     def __getitem__(self, role: str) -> Expert | None:
         return self.experts[role]
 
+    def __repr__(self) -> str:
+        """Each role's expert class and path (the dataclass's own repr printed every network's config: 10 KB)."""
+        roles = ", ".join(f"{role}={type(e).__name__}" + (f" from {self.arguments[role]!r}"
+                                                          if self.arguments.get(role) else "")
+                          for role, e in self.experts.items() if e is not None)
+        return f"LoadedExperts({roles}; video decoded by {type(self.codec).__name__})"
+
 
 def default_dtype(device) -> torch.dtype:
     """fp16 on accelerators (SD 1.5 family weights are published in fp16), fp32 on the CPU."""
@@ -355,6 +362,7 @@ def missing_packages_said() -> str | None:
             f"requirements-diffusers.txt (or \".[diffusers]\")")
 
 
+@torchvision_fallback_unsaid()
 def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | str | None = None,
                  motion_config=None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
