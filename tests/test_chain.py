@@ -129,6 +129,29 @@ def test_run_chain_counts_and_reproduces():
     assert sum(log.evaluations.values()) == 4 * 19
 
 
+def test_bind_chain_binds_the_experts_as_generate_does():
+    """A researcher's expert.bind(prompt) ran the refining experts at cfg 1, where generate() binds them at their
+    default guidance (7.5 for SD 1.5): bind_chain binds all three as generate() does, which calls it."""
+    from confiner_core.experts import bind_chain
+
+    class Guided(OracleExpert):
+        default_guidance = 7.5
+
+    x0 = x0_star()
+    experts = {role: Guided(x0, S.named(schedule), name=role)
+               for role, schedule in (("control", "animatediff"), ("spatial", "sd15"), ("temporal", "lavie"))}
+    log = EvaluationLog()
+    bound = bind_chain(experts, "a corgi", "blurry", log)
+    assert {role: d.guidance_scale for role, d in bound.items()} == {"control": 1.0, "spatial": 7.5, "temporal": 7.5}
+    assert all(d.log is log and d.expert is experts[role] for role, d in bound.items())
+    assert (bound["spatial"].positive, bound["spatial"].negative) == ("a corgi", "blurry")
+    # the temporal expert, first called in the refinement, encodes its prompts then
+    assert bound["temporal"].encode_later is not None and bound["spatial"].encode_later is None
+    assert bound["temporal"].encoded().negative == "blurry"
+    bound = bind_chain({**experts, "temporal": None}, "a corgi", control_cfg=2.0, spatial_cfg=3.0)
+    assert bound["temporal"] is None and (bound["control"].guidance_scale, bound["spatial"].guidance_scale) == (2, 3)
+
+
 def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
     """``callback`` gets each control and refinement step; a coordinated step also its V' (``renoised``: what line
     14's spatial evaluation read, Eq. 11), the temporal expert's input V'' (``temporal_input``, Eq. 9) and its x0

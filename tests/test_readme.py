@@ -1,5 +1,4 @@
-"""The README's Python block (section "The library in Python") runs as written: its assertions hold and it prints
-the evaluation counts its comment gives."""
+"""The README's Python blocks run as written: their assertions hold and they print what their comments give."""
 
 from __future__ import annotations
 
@@ -12,15 +11,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_readmes_library_example_runs(tmp_path):
+def readme_block(heading: str) -> str:
+    """The first Python block of the README after ``heading``."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## The library in Python"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
+
+
+def run_block(code: str, folder: Path) -> str:
+    """``code`` run in a fresh interpreter in ``folder`` with the clone's root importable; its printed output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    printed = run.stdout.strip().splitlines()[-1]
+    return run.stdout
+
+
+def test_the_readmes_library_example_runs(tmp_path):
+    code = readme_block("## The library in Python")
+    printed = run_block(code, tmp_path).strip().splitlines()[-1]
     assert printed == re.search(r"print\(dict\(log\.evaluations\)\)\s*# (\{.*?\})", code).group(1)
     assert sorted(os.listdir(tmp_path / "out_lib")) == ["frames.png", "report.json", "video.mp4"]
 
@@ -28,14 +36,8 @@ def test_the_readmes_library_example_runs(tmp_path):
 def test_the_readmes_long_video_example_runs(tmp_path):
     """Section "ConFiner-Long in Python" (a researcher had no example and found sink's cut by trying): the block
     runs as written and prints the video's shape and the evaluations per stage its comment gives."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("**ConFiner-Long in Python**"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    printed = run.stdout.strip().splitlines()[-1]
+    code = readme_block("**ConFiner-Long in Python**")
+    printed = run_block(code, tmp_path).strip().splitlines()[-1]
     assert printed == re.search(r"print\(tuple\(video\.shape\), dict\(state\.evaluations\)\)\s*# (.*)", code).group(1)
 
 
@@ -43,19 +45,14 @@ def test_the_readmes_own_expert_example_runs(tmp_path):
     """Section "An expert of your own": the block runs as written, writes its video and prints the frames' shape and
     a flicker score that matches the metric computed here on the frames it decoded (read back from nothing else:
     the block is run again in this process)."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("**An expert of your own**"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code + "\nimport numpy; numpy.save('frames.npy', frames)"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    printed = run_block(readme_block("**An expert of your own**") + "\nimport numpy; numpy.save('frames.npy', frames)",
+                        tmp_path)
     import numpy as np
 
     from confiner_core.metrics import evaluate
 
     frames = np.load(tmp_path / "frames.npy")
-    assert run.stdout.strip().splitlines()[-1] == f"(16, 64, 64, 3) {round(evaluate(frames)['temporal_flicker'], 3)}"
+    assert printed.strip().splitlines()[-1] == f"(16, 64, 64, 3) {round(evaluate(frames)['temporal_flicker'], 3)}"
     assert (tmp_path / "mine.mp4").stat().st_size > 0 and frames.std() > 10   # a picture, not a flat frame
 
 
@@ -84,16 +81,11 @@ def test_the_readmes_loaded_models_example_makes_the_video_generate_makes(tmp_pa
 
     folders = {"animatediff-lightning": T.save_animatediff(tmp_path / "ad", T.tiny_motion_adapter()),
                "sd15": T.save_sd(tmp_path / "sd"), "modelscope-t2v": T.save_t2v(tmp_path / "t2v")}
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("**Models you have already loaded**"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = readme_block("**Models you have already loaded**")
     for name, folder in folders.items():
         code = code.replace(f'"path/to/{name}"', repr(str(folder)))
-    code = code.replace("512, 512", "64, 64") + "\nimport numpy; numpy.save('frames.npy', frames[0].numpy())"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_block(code.replace("512, 512", "64, 64") + "\nimport numpy; numpy.save('frames.npy', frames[0].numpy())",
+              tmp_path)
     generate(GenerateRequest(control=str(folders["animatediff-lightning"]), spatial=str(folders["sd15"]),
                              temporal=str(folders["modelscope-t2v"]), prompt="a corgi running on a beach",
                              frames=16, height=64, width=64, seed=0, save_frames=True, out=str(tmp_path / "out")),
