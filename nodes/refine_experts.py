@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import host
+from . import ade, host
 from .host import FRAME_MODES, LATENT_FRAMES
 from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, input_place, low_noise_inputs
 from .types import RefineExperts, RefineExpertsType
@@ -126,4 +126,27 @@ class ConFinerRefineExperts(io.ComfyNode):
         host.refuse_all(problems, f"the {role} model, {host.family_name(experts.models[role])}, file '{file}' in "
                                   f"loader '{loader}'" if file else None,
                         file_first=bool(file) and host.titled_for_another_family(loader, experts.models[role]))
+        host.show_text(host.node_id(cls), bundle_text(experts, list(borrowed)))
         return io.NodeOutput(experts)
+
+
+def bundle_text(experts: RefineExperts, borrowed: list) -> str:
+    """What the bundle holds, under the node: each expert's family (with its motion models), cfg, how it takes its
+    frames and the spatial prompts it reads where its own are unconnected (``borrowed``: "positive", "negative"), so
+    that an artist sees the bundle is the one meant before a Run spends minutes (it showed nothing)."""
+    def model(m) -> str:
+        motion = ade.motion_model_names(m)
+        return host.family_name(m) + (f" + {', '.join(motion)}" if motion else "")
+
+    lines = [host.dotted_lines([f"spatial: {model(experts.spatial_model)}", f"cfg {experts.spatial_cfg:g}",
+                                *(["each pixel frame"] if experts.spatial_frames != LATENT_FRAMES else [])])]
+    if experts.temporal_model is None:
+        lines.append("temporal: none (the Refine Sampler's standard mode)")
+    else:
+        lines.append(host.dotted_lines([f"temporal: {model(experts.temporal_model)}", f"cfg {experts.temporal_cfg:g}",
+                                        *([f"spatial {', '.join(borrowed)} prompt"] if borrowed else [])]))
+    if experts.temporal_low_noise_model is not None:
+        lines.append(host.dotted_lines([f"temporal low-noise: {model(experts.temporal_low_noise_model)}",
+                                        f"cfg {experts.temporal_low_noise_cfg:g}",
+                                        f"boundary {experts.temporal_boundary:g}"]))
+    return "\n".join(lines)

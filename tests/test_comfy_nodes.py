@@ -170,6 +170,13 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     last = [t["text"] for t in texts if t["node_id"] == sampler][-1]
     assert re.fullmatch(r"(.*\n)?done · 15 expert evaluations in \d+\.\d s\nseed \d+", last, re.S), last
     assert updates(control)[0].startswith("control stage · control expert")
+    # the bundle says what it holds (it showed nothing): each expert's family, any motion models, its cfg
+    (bundle,) = _node_ids(workflow, "ConFinerRefineExperts")
+    spatial_cfg, temporal_cfg = next(n for n in workflow["nodes"] if str(n["id"]) == bundle)["widgets_values"][:2]
+    said = [t["text"] for t in texts if t["node_id"] == bundle]
+    motion = r" \+ \S+\.safetensors" if has_motion_models(comfy_worker) else ""
+    assert len(said) == 1 and re.fullmatch(f"spatial: SD 1\\.5 \\(SD15\\) · cfg {spatial_cfg:g}\n"
+                                           f"temporal: SD 1\\.5 \\(SD15\\){motion} · cfg {temporal_cfg:g}", said[0]), said
     if has_motion_models(comfy_worker):   # video experts in the video roles: nothing to warn about
         assert not any("warning:" in t["text"] for t in texts), texts
 
