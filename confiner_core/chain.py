@@ -262,16 +262,18 @@ def named_settings(cls, meant: Callable[[str], str | None] | None = None):
     known = {f.name for f in fields(cls) if f.init}
     names = [f.name for f in fields(cls) if not f.name.startswith("_")]
 
-    def setting_meant(name: str) -> str:
-        return (meant(name) if meant else None) or next(iter(difflib.get_close_matches(name, names, 1)), "?")
+    def setting_meant(name: str) -> str | None:
+        lowered = {n.lower(): n for n in names}   # (Te, T_E: te)
+        return (meant(name) if meant else None) or \
+            next((lowered[m] for m in difflib.get_close_matches(name.lower(), lowered, 1)), None)
 
     @functools.wraps(init)
     def checked(self, *args, **kwargs):
         unknown = [k for k in kwargs if k not in known]
         if unknown:
-            said = "; ".join(f"{k} -> {setting_meant(k)}" for k in unknown)
-            raise TypeError(f"{cls.__name__} has no setting {', '.join(map(repr, unknown))} (meant: {said}); its "
-                            f"settings: {', '.join(names)}")
+            said = "; ".join(f"{k} -> {setting_meant(k)}" for k in unknown if setting_meant(k))
+            raise TypeError(f"{cls.__name__} has no setting {', '.join(map(repr, unknown))}"
+                            + (f" (meant: {said})" if said else "") + f"; its settings: {', '.join(names)}")
         init(self, *args, **kwargs)
     cls.__init__ = checked
     return cls
@@ -823,8 +825,9 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
               hand_over: bool = False) -> ChainResult:
     """The whole chain on one clip. ``noise`` is the canonical initial noise [B, C, F, h, w] in the control expert's
     latent space. ``generator`` feeds every fresh draw of the chain (Eq. 6, 9, 11, eta): a seeded torch.Generator,
-    which the run continues from (the noise drawn from it first, as the README's example does), or an int seed, a
-    fresh CPU generator seeded with it (:func:`~confiner_core.sampling.seeded`). Stages are marked on
+    which the run continues from (the noise drawn from it first, as ``generate`` and the README's example do), or
+    an int seed, whose draws are its own stream, never those of ``torch.Generator().manual_seed(seed)``, so noise
+    drawn with that is not drawn again (:func:`~confiner_core.sampling.seeded`). Stages are marked on
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     ``callback(info)`` is called after every control and refinement step with
     :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,

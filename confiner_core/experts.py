@@ -14,6 +14,7 @@ import numbers
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -498,7 +499,11 @@ class Denoiser:
                         self.log)
 
 
-def bind_chain(experts, prompt: str = "", negative_prompt: str = "", log: EvaluationLog | None = None,
+#: the chain's roles, as load_experts and embedded_experts name them
+ROLES = ("control", "spatial", "temporal")
+
+
+def bind_chain(experts, prompt: str = "", negative_prompt: str = "", *, log: EvaluationLog | None = None,
                control_cfg: float = 1.0, spatial_cfg: float | None = None,
                temporal_cfg: float | None = None) -> dict:
     """The chain's experts (role -> Expert: ``load_experts(...)`` or ``embedded_experts(...)``) bound as ``generate``
@@ -507,11 +512,22 @@ def bind_chain(experts, prompt: str = "", negative_prompt: str = "", log: Evalua
     :attr:`~Expert.default_guidance` (SD 1.5 7.5, Wan 5, FLUX.1-dev 3.5), all on one ``log``. The spatial expert is
     bound first, so a control expert on the same text encoder finds the prompt encoded; the temporal expert, first
     called in the refinement, encodes its prompts then (``bind(deferred=True)``)."""
+    given = getattr(experts, "experts", experts)   # (load_experts' LoadedExperts holds them in .experts)
+    if not isinstance(given, Mapping):
+        raise TypeError(f"bind_chain: experts must be role -> Expert (load_experts(...) or embedded_experts(...)), "
+                        f"got {type(experts).__name__}")
+    unknown = sorted(set(given) - set(ROLES))
+    if unknown or given.get("control") is None:
+        raise ValueError(f"bind_chain: experts has roles {', '.join(map(repr, given)) or 'none'}; it needs 'control' "
+                         f"and any of 'spatial', 'temporal'" + (f" (not {', '.join(map(repr, unknown))})" if unknown
+                                                                else ""))
+    bound = [role for role, e in given.items() if isinstance(e, Denoiser)]
+    if bound:
+        raise TypeError(f"bind_chain: the {', '.join(bound)} expert is bound already (a Denoiser): pass the experts "
+                        f"themselves, or use the Denoisers as they are")
+
     def expert(role: str) -> Expert | None:
-        try:
-            return experts[role]
-        except KeyError:
-            return None
+        return given.get(role)
 
     def scale(role: str, given: float | None) -> float:
         return expert(role).default_guidance if given is None else given

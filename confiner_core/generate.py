@@ -1107,8 +1107,8 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     """The request's experts bound as :func:`~confiner_core.experts.bind_chain` binds them, at the scales of
     :func:`refine_guidance`."""
     cfg = refine_guidance(backend, req)
-    bound = bind_chain(backend.experts, prompt, req.negative_prompt, log, req.control_cfg, cfg.get("spatial"),
-                       cfg.get("temporal"))
+    bound = bind_chain(backend.experts, prompt, req.negative_prompt, log=log, control_cfg=req.control_cfg,
+                       spatial_cfg=cfg.get("spatial"), temporal_cfg=cfg.get("temporal"))
     if req.negative_prompt.strip() and not reads_negative(bound):
         warn_doubtful(spelled("--negative-prompt changes nothing here: no expert of this run uses classifier-free "
                               "guidance (each is at cfg 1, or takes its guidance as an input, as FLUX.1-dev)"))

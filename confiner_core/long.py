@@ -29,7 +29,7 @@ from .chain import (ChainConfig, check_channels, evaluated_roles, flatten, froze
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
-from .sampling import MAX_SEED
+from .sampling import MAX_SEED, spawned_seed
 
 SHUFFLE = "shuffle"
 FREENOISE = "freenoise"
@@ -239,9 +239,9 @@ SHARED_NOISE_TASK, STRUCTURE_TASK, WINDOW_TASK = 0, 1, 2
 
 
 def task_seed(seed: int, kind: int, index: int = 0) -> int:
-    """The rule: the first 64-bit word of numpy's ``SeedSequence(seed, spawn_key=(kind, index))`` (kind 0 shared
-    noise, 1 structure ``index``, 2 window ``index``): NumPy's construction of independent streams from one seed."""
-    return int(np.random.SeedSequence(int(seed), spawn_key=(kind, index)).generate_state(1, dtype=np.uint64)[0])
+    """The rule: :func:`~confiner_core.sampling.spawned_seed` of the stream (kind, index) (kind 0 shared noise, 1
+    structure ``index``, 2 window ``index``): NumPy's construction of independent streams from one seed."""
+    return spawned_seed(seed, kind, index)
 
 
 def tagged(callback: Callable | None, **tags) -> Callable | None:

@@ -10,6 +10,7 @@ from typing import Callable
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from .experts import Denoiser, Prediction, check_finite
@@ -79,14 +80,26 @@ def check_generator(generator, where: str, batch: int | None = None, seeds: bool
                          f"give one generator per clip, ItemGenerators.seeded([...]) with {batch} seed(s)")
 
 
+def spawned_seed(seed: int, *key: int) -> int:
+    """A seed of its own for the stream ``key`` of ``seed``: the first 64-bit word of numpy's ``SeedSequence(seed,
+    spawn_key=key)``, NumPy's construction of independent streams from one seed."""
+    return int(np.random.SeedSequence(int(seed), spawn_key=key).generate_state(1, dtype=np.uint64)[0])
+
+
+#: the stream an int seed gives the chain's own draws (:func:`seeded`), apart from ConFiner-Long's task streams
+#: (``long.task_seed``'s kinds 0-2)
+CHAIN_DRAWS = 3
+
+
 def seeded(generator, where: str, batch: int | None = None):
-    """The generator a stage function draws from: ``generator`` as given, or for an int a CPU generator seeded with
-    it, as ``generate_long`` takes a seed (``run_chain(..., 0)`` equals ``run_chain(..., torch.Generator().
-    manual_seed(0))``); checked by :func:`check_generator`."""
+    """The generator a stage function draws from: ``generator`` as given (the run continues from its state), or for
+    an int a CPU generator of that seed's own stream (:data:`CHAIN_DRAWS`), as ``generate_long`` takes a seed. Not
+    ``torch.Generator().manual_seed(seed)``: noise a caller drew with that, passed with the same int, was drawn
+    again as Eq. 6's. Checked by :func:`check_generator`."""
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         if not 0 <= generator <= MAX_SEED:
             raise ValueError(f"{where}: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range), got {generator}")
-        generator = torch.Generator().manual_seed(int(generator))
+        generator = torch.Generator().manual_seed(spawned_seed(generator, CHAIN_DRAWS))
     check_generator(generator, where, batch, seeds=True)
     return generator
 

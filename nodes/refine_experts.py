@@ -74,6 +74,7 @@ class ConFinerRefineExperts(io.ComfyNode):
         )
 
     @classmethod
+    @host.shows_refusals   # (else an earlier bundle's text stood under a refused one)
     def execute(cls, spatial_model, spatial_positive, spatial_negative, spatial_cfg, temporal_model=None,
                 temporal_positive=None, temporal_negative=None, temporal_cfg=7.5, spatial_vae=None,
                 temporal_vae=None, spatial_frames=LATENT_FRAMES, temporal_low_noise_model=None,

@@ -389,11 +389,13 @@ def test_a_config_refuses_a_bad_setting_when_built_and_when_replaced(config, set
     (ChainConfig, "guidance_scale", "guidance_scale -> not a chain setting: each expert's bind(prompt, negative, "
                                     "guidance_scale)"),
     (LongConfig, "gama", "gama -> gamma"), (LongConfig, "window", "window -> freenoise_window"),
-    (GenerateRequest, "te", "te -> chain.te"), (GenerateRequest, "num_frames", "num_frames -> frames")])
+    (GenerateRequest, "te", "te -> chain.te"), (GenerateRequest, "num_frames", "num_frames -> frames"),
+    (ChainConfig, "Te", "Te -> te"), (ChainConfig, "xyzzy", None)])
 def test_a_setting_a_config_lacks_is_refused_with_the_one_meant(config, name, meant):
-    """Python's own "__init__() got an unexpected keyword argument 'tee'" named no setting it has."""
-    with pytest.raises(TypeError, match=f"^{config.__name__} has no setting '{name}' \\(meant: {re.escape(meant)}\\); "
-                                        "its settings: "):
+    """Python's own "__init__() got an unexpected keyword argument 'tee'" named no setting it has (and where no
+    setting is close, none is guessed: it said "xyzzy -> ?")."""
+    said = f" \\(meant: {re.escape(meant)}\\)" if meant else ""
+    with pytest.raises(TypeError, match=f"^{config.__name__} has no setting '{name}'{said}; its settings: "):
         config(**{name: 1})
 
 

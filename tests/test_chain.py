@@ -116,8 +116,9 @@ def test_run_chain_counts_and_reproduces():
     assert not torch.equal(r1.latent, r3.latent)
     # Euler control with an exact oracle lands on x0* exactly
     assert torch.allclose(r1.structure, x0, atol=1e-4)
-    # an int seed is a fresh CPU generator seeded with it, as generate_long takes one
-    assert torch.equal(run_chain(c, s, t, noise, ChainConfig(), 3).latent, r1.latent)
+    # an int seed, as generate_long takes one, reproduces its run
+    assert torch.equal(run_chain(c, s, t, noise, ChainConfig(), 3).latent, run_chain(c, s, t, noise, ChainConfig(),
+                                                                                      3).latent)
     # the config as the run settled it: the refining expert's default T_e, the paper's timestep matching
     assert r1.config == ChainConfig(te=100, matching="same_index")
     # no generator, a seed as text, a seed out of range: refused before any evaluation, saying what to pass
@@ -126,7 +127,25 @@ def test_run_chain_counts_and_reproduces():
                                (-1, ValueError, r"^run_chain: seed must be an integer in 0\.\.18446744073709551615")):
         with pytest.raises(error, match=said):
             run_chain(c, s, t, noise, ChainConfig(), wrong)
-    assert sum(log.evaluations.values()) == 4 * 19
+    assert sum(log.evaluations.values()) == 5 * 19
+
+
+def test_an_int_seed_never_draws_the_noise_its_caller_drew_with_that_seed_again():
+    """run_chain(..., noise, config, 0) with noise drawn by torch.Generator().manual_seed(0): an int read as that
+    generator drew the same numbers again as Eq. 6's noise (a re-check found the correlation 1.0)."""
+    x0 = x0_star()
+    c, s, t = (OracleExpert(x0, S.named(name)).bind() for name in ("animatediff", "sd15", "lavie"))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+
+    def eq6_noise(generator) -> torch.Tensor:   # Eq. 6: V'_{T_e} = a V_0 + s eps, read back from the callback
+        seen = {}
+        result = run_chain(c, s, t, noise, ChainConfig(te=100), generator, callback=lambda info: seen.setdefault(
+            "noised", info.get("noised_structure")) if info["stage"] == "refine" else None)
+        a, sigma = S.named("sd15").coefficients(S.named("sd15").index(100))
+        return (seen["noised"] - a * result.structure) / sigma
+
+    assert torch.allclose(eq6_noise(torch.Generator().manual_seed(0)), noise, atol=1e-4)   # the trap, as it was
+    assert not torch.allclose(eq6_noise(0), noise, atol=0.5)
 
 
 def test_bind_chain_binds_the_experts_as_generate_does():
@@ -141,7 +160,7 @@ def test_bind_chain_binds_the_experts_as_generate_does():
     experts = {role: Guided(x0, S.named(schedule), name=role)
                for role, schedule in (("control", "animatediff"), ("spatial", "sd15"), ("temporal", "lavie"))}
     log = EvaluationLog()
-    bound = bind_chain(experts, "a corgi", "blurry", log)
+    bound = bind_chain(experts, "a corgi", "blurry", log=log)
     assert {role: d.guidance_scale for role, d in bound.items()} == {"control": 1.0, "spatial": 7.5, "temporal": 7.5}
     assert all(d.log is log and d.expert is experts[role] for role, d in bound.items())
     assert (bound["spatial"].positive, bound["spatial"].negative) == ("a corgi", "blurry")
@@ -150,6 +169,14 @@ def test_bind_chain_binds_the_experts_as_generate_does():
     assert bound["temporal"].encoded().negative == "blurry"
     bound = bind_chain({**experts, "temporal": None}, "a corgi", control_cfg=2.0, spatial_cfg=3.0)
     assert bound["temporal"] is None and (bound["control"].guidance_scale, bound["spatial"].guidance_scale) == (2, 3)
+    # what it cannot bind, said by name (a re-check met 'NoneType' object has no attribute 'bind')
+    for wrong, error, said in (({"spatial": experts["spatial"]}, ValueError, "bind_chain: experts has roles 'spatial'; "
+                                "it needs 'control' and any of 'spatial', 'temporal'"),
+                               ({**experts, "contrl": experts["control"]}, ValueError, "(not 'contrl')"),
+                               (list(experts.values()), TypeError, "bind_chain: experts must be role -> Expert"),
+                               (bound, TypeError, "bind_chain: the control, spatial expert is bound already")):
+        with pytest.raises(error, match=re.escape(said)):
+            bind_chain(wrong, "a corgi")
 
 
 def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
@@ -688,9 +715,8 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     control = expert.bind(log=log)
     with pytest.raises(TypeError, match=r"extract_structure needs a seed \(an int\) or a seeded torch.Generator"):
         extract_structure(S.named("sd15"), x0, 100, 0.5)
-    # an int is a seed: a CPU generator seeded with it
-    assert torch.equal(extract_structure(S.named("sd15"), x0, 100, 0),
-                       extract_structure(S.named("sd15"), x0, 100, torch.Generator().manual_seed(0)))
+    # an int is a seed: its draws are its own, the same at every call
+    assert torch.equal(extract_structure(S.named("sd15"), x0, 100, 0), extract_structure(S.named("sd15"), x0, 100, 0))
     with pytest.raises(TypeError, match=r"generate_structure: noise must be a torch.Tensor \(a video \[B, C, F, h, w\]\), got "
                                          r"ndarray"):
         generate_structure(control, x0.numpy(), ChainConfig(), torch.Generator().manual_seed(0))

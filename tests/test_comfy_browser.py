@@ -494,6 +494,19 @@ def test_the_noise_reschedulers_warning_is_shown_whole_and_never_saved(frontend)
     # its next run, whose segments fit, sends an empty text: the frontend ignored it and the warning stayed
     assert list(browser.node_texts(b, {"ConFinerNoiseRescheduler": ""}).values()) == [""]
 
+def test_the_bundles_text_is_shown_whole_and_never_saved(frontend, screenshot_dir):
+    """The Refine Experts bundle says what it holds (it showed nothing); the frontend saves a text widget's value
+    with the node's widgets, where the bundle's own values would then be read shifted."""
+    from comfy_support import browser
+
+    server, b = frontend
+    text = "spatial: SD 1.5 (SD15) · cfg 7.5\ntemporal: SD 1.5 (SD15) + mm_sd15_v3.safetensors · cfg 7.5"
+    (box,) = browser.fresh_nodes_show_text(b, ["ConFinerRefineExperts"], text, None).values()
+    b.page.screenshot(path=str(screenshot_dir / "bundle_text.png"))
+    assert box["needed"] is not None and box["needed"] <= box["shown"], box
+    assert not box["saved"], box
+
+
 def test_the_nodes_whose_seed_lays_out_the_structure_keep_it_when_added_fresh(frontend):
     """A Control Expert added by hand redrew its seed at every Run (the frontend's "randomize"): the structure changed
     each time, where the templates teach "control seed fixed, refine seed randomize". So do the Long Video and the

@@ -70,6 +70,10 @@ import { api } from "../../scripts/api.js";
 // into workflows and output files, and its second line was cut)
 const TEXT_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler", "ConFinerLongSegmenter",
                             "ConFinerNoiseRescheduler"]);
+// the nodes whose text is sized to fit and never saved into a workflow (the frontend saves a text widget's value
+// with the node's widgets): the text nodes, and the Refine Experts bundle, whose text says what it holds and has no
+// run state to keep
+const SHOWS_TEXT = new Set([...TEXT_NODES, "ConFinerRefineExperts"]);
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
 const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
@@ -768,7 +772,7 @@ app.registerExtension({
       const room = PREVIEW_ROOM[node.comfyClass] ?? 0;
       node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1] + room]);
     }
-    if (!TEXT_NODES.has(node.comfyClass)) return;
+    if (!SHOWS_TEXT.has(node.comfyClass)) return;
     if (STRUCTURE_SEED.has(node.comfyClass)) {
       const after = node.widgets?.find((w) => w.name === "control_after_generate");
       if (after) after.value = "fixed";

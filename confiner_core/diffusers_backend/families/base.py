@@ -32,8 +32,6 @@ from ...experts import Expert
 from ...latent_spaces import Codec, LatentSpace
 from .files import pipeline_kind, who
 
-ROLES = ("control", "spatial", "temporal")
-
 
 @dataclass
 class Inspection:

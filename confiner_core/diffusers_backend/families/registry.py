@@ -23,13 +23,13 @@ import torch
 
 from ...devices import check_device
 from ...library_bars import loading_bars, torchvision_fallback_unsaid
-from ...experts import Expert, ExpertPair, networks, not_a_path
+from ...experts import ROLES, Expert, ExpertPair, networks, not_a_path
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
 from . import files
 from .animatediff import AnimateDiff
-from .base import ROLES, Context, Family, Inspection
+from .base import Context, Family, Inspection
 from .flux import Flux
 from .modelscope import ModelScope
 from .qwen_image import QwenImage

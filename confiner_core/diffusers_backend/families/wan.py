@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ... import layout as L
-from ...experts import Expert, ExpertPair
+from ...experts import ROLES, Expert, ExpertPair
 from ...latent_spaces import (IMAGE_MODES, LATENT_FRAMES, PIXEL_FRAMES, VIDEO_FPS, WAN21, Codec, LatentSpace,
                               per_frame, wan22_space)
 from ...sampling import host_to_device
@@ -39,7 +39,7 @@ from ..experts import _repeat_rows, placement
 from ..text import RecentPrompts, warn_if_truncated
 from . import files
 from . import unet_folders as U
-from .base import ROLES, Context, Family, Inspection
+from .base import Context, Family, Inspection
 
 #: shift when a folder's scheduler config names none: the Wan 2.1 / 2.2 reference code's T2V default
 #: (``generate.py`` sample_shift 5.0; TI2V-5B and I2V-A14B 5.0). ComfyUI gives every Wan model 8.0, diffusers'
