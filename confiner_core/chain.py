@@ -301,8 +301,8 @@ def frozen_settings(other_names: dict | None = None):
     return make
 
 
-#: diffusers' and the paper's names for ChainConfig's settings (a researcher's first guess)
 GUIDANCE_PLACE = "not a chain setting: each expert's bind(prompt, negative, guidance_scale)"
+#: diffusers' and the paper's names for ChainConfig's settings (a researcher's first guess)
 CHAIN_OTHER_NAMES = {"T_e": "te", "t_e": "te", "strength": "te", "num_inference_steps": "refine_steps",
                      "guidance_scale": GUIDANCE_PLACE, "cfg": GUIDANCE_PLACE}
 

@@ -521,22 +521,20 @@ def bind_chain(experts, prompt: str = "", negative_prompt: str = "", *, log: Eva
         raise ValueError(f"bind_chain: experts has roles {', '.join(map(repr, given)) or 'none'}; it needs 'control' "
                          f"and any of 'spatial', 'temporal'" + (f" (not {', '.join(map(repr, unknown))})" if unknown
                                                                 else ""))
-    bound = [role for role, e in given.items() if isinstance(e, Denoiser)]
-    if bound:
-        raise TypeError(f"bind_chain: the {', '.join(bound)} expert is bound already (a Denoiser): pass the experts "
-                        f"themselves, or use the Denoisers as they are")
+    already = [role for role, e in given.items() if isinstance(e, Denoiser)]
+    if already:
+        raise TypeError(f"bind_chain: the {', '.join(already)} expert is bound already (a Denoiser): pass the "
+                        f"experts themselves, or use the Denoisers as they are")
 
-    def expert(role: str) -> Expert | None:
-        return given.get(role)
+    def bound(role: str, cfg: float | None, deferred: bool = False) -> Denoiser | None:
+        expert = given.get(role)
+        if expert is None:
+            return None
+        return expert.bind(prompt, negative_prompt, expert.default_guidance if cfg is None else cfg, log, deferred)
 
-    def scale(role: str, given: float | None) -> float:
-        return expert(role).default_guidance if given is None else given
-
-    spatial = expert("spatial") and expert("spatial").bind(prompt, negative_prompt, scale("spatial", spatial_cfg), log)
-    control = expert("control").bind(prompt, negative_prompt, control_cfg, log)
-    temporal = expert("temporal") and expert("temporal").bind(prompt, negative_prompt, scale("temporal", temporal_cfg),
-                                                              log, deferred=True)
-    return {"control": control, "spatial": spatial, "temporal": temporal}
+    spatial = bound("spatial", spatial_cfg)
+    return {"control": bound("control", control_cfg), "spatial": spatial,
+            "temporal": bound("temporal", temporal_cfg, deferred=True)}
 
 
 def networks(expert: Expert) -> list:

@@ -1082,14 +1082,6 @@ def shown(name: str, value) -> str:
     return repr(value)
 
 
-
-
-def reads_negative(bound: dict) -> bool:
-    """Whether an expert of ``bound`` (role -> Denoiser or None) reads the negative prompt (classifier-free guidance
-    above 1; FLUX.1-dev takes its guidance as an input and reads none)."""
-    return any(d.expert.uses_negative(d.guidance_scale) for d in bound.values() if d is not None)
-
-
 def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
     """Each refining expert's guidance scale: its own option (``--spatial-cfg``, ``--temporal-cfg``), else
     ``--cfg``, else the expert's own default (FLUX.1-dev 3.5 as its distilled guidance, Wan 5, SD 1.5 7.5)."""
@@ -1101,6 +1093,12 @@ def refine_guidance(backend: Backend, req: GenerateRequest) -> dict:
 
     return {role: scale(role, expert) for role in ("spatial", "temporal")
             if (expert := backend.experts.get(role)) is not None}
+
+
+def reads_negative(bound: dict) -> bool:
+    """Whether an expert of ``bound`` (role -> Denoiser or None) reads the negative prompt (classifier-free guidance
+    above 1; FLUX.1-dev takes its guidance as an input and reads none)."""
+    return any(d.expert.uses_negative(d.guidance_scale) for d in bound.values() if d is not None)
 
 
 def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, prompt: str) -> dict:
