@@ -496,8 +496,13 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
     for d in (spatial, temporal):   # the refinement's experts, before their schedules are read
         if d is not None:
             check_expert(d.expert)
-    config = settled(config, spatial, temporal)
-    config.validate()
+    asked, config = config, settled(config, spatial, temporal)
+    try:
+        config.validate()
+    except ValueError as e:   # (a T_e the user never set was named as if set)
+        if asked.te is None:
+            raise ValueError(f"{e} (te=None: T_e {config.te} is the refining expert's default)") from None
+        raise
     # the frame rules of the experts the mode evaluates: SD refining alone (standard) beside an unused Wan temporal
     # expert was refused 16 frames for Wan's 4k+1
     roles = {"control": source or spatial, "spatial": None, "temporal": None,

@@ -262,12 +262,13 @@ def root_seed(seed) -> int:
     does continue from a generator's state)."""
     if not isinstance(seed, torch.Generator):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (ComfyUI's range) or a freshly seeded "
-                             f"torch.Generator, got {seed!r}")
+            raise ValueError(f"generate_long: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range) or a "
+                             f"freshly seeded torch.Generator, got {seed!r}")
         return int(seed)
     fresh = torch.Generator(device=seed.device).manual_seed(seed.initial_seed())
     if not torch.equal(seed.get_state(), fresh.get_state()):
-        raise ValueError(f"ConFiner-Long derives each structure's and window's generator from the run's seed, but "
+        raise ValueError(f"generate_long: ConFiner-Long derives each structure's and window's generator from the "
+                         f"run's seed, but "
                          f"this generator has drawn numbers since it was seeded with {seed.initial_seed()}; pass that "
                          f"seed as an int, or a freshly seeded generator")
     return seed.initial_seed()

@@ -148,6 +148,18 @@ def test_an_int_seed_never_draws_the_noise_its_caller_drew_with_that_seed_again(
     assert not torch.allclose(eq6_noise(0), noise, atol=0.5)
 
 
+def test_steps_beyond_a_default_te_say_where_te_came_from():
+    """ChainConfig(refine_steps=500) left T_e to the experts, and the refusal named "T_e=100" as if it were set."""
+    x0 = x0_star()
+    c, s, t = (OracleExpert(x0, S.named(name)).bind() for name in ("animatediff", "sd15", "lavie"))
+    with pytest.raises(ValueError, match=re.escape("500 refinement steps do not fit between T_e=100 and 0; use at most "
+                                                   "100 steps or raise T_e (te=None: T_e 100 is the refining expert's "
+                                                   "default)")):
+        run_chain(c, s, t, torch.randn(SHAPE), ChainConfig(refine_steps=500), 0)
+    with pytest.raises(ValueError, match=r"raise T_e$"):   # a T_e set is the user's own
+        run_chain(c, s, t, torch.randn(SHAPE), ChainConfig(te=100, refine_steps=500), 0)
+
+
 def test_bind_chain_binds_the_experts_as_generate_does():
     """A researcher's expert.bind(prompt) ran the refining experts at cfg 1, where generate() binds them at their
     default guidance (7.5 for SD 1.5): bind_chain binds all three as generate() does, which calls it."""
