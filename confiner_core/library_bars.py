@@ -12,12 +12,24 @@ import importlib.util
 import logging
 
 
+#: the libraries whose output this module governs, which loading real checkpoints needs (requirements-diffusers.txt)
+LIBRARIES = ("diffusers", "transformers")
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported here, without importing it."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):   # a broken install (or an import hook that refuses it)
+        return False
+
+
 @contextlib.contextmanager
 def loading_bars(shown: bool):
     """diffusers' and transformers' own progress bars while experts load (a single file's "Loading pipeline
     components", a text encoder's "Loading weights"), off with ``--quiet`` (``show_progress=False``) as the run's bar
     is; each library's setting is put back after."""
-    libraries = [] if shown else [name for name in ("diffusers", "transformers") if importlib.util.find_spec(name)]
+    libraries = [] if shown else [name for name in LIBRARIES if installed(name)]
     switched = []
     try:
         for name in libraries:

@@ -14,7 +14,6 @@ it. :func:`load_experts` runs in three phases so that nothing heavy happens befo
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ...devices import check_device
-from ...library_bars import loading_bars, torchvision_fallback_unsaid
+from ...library_bars import LIBRARIES, installed, loading_bars, torchvision_fallback_unsaid
 from ...experts import ROLES, Expert, ExpertPair, networks, not_a_path
 from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
@@ -339,23 +338,12 @@ def check_image_mode(context: Context, inspections: dict) -> None:
                          f"{spatial.path if spatial is not None else '(none)'} is not one: drop the option")
 
 
-#: what loading real checkpoints imports (requirements-diffusers.txt); reading their configs and headers
-#: (:func:`preflight`) needs neither
-LOAD_PACKAGES = ("diffusers", "transformers")
-
-
-def installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):   # a broken install (or an import hook that refuses it)
-        return False
-
-
 def missing_packages_said() -> str | None:
-    """The packages a checkpoint load needs that this Python lacks, with the install that adds them; None if none.
-    A quick start with the command line's requirements alone runs the embedded default, and a load would fail
+    """The packages a checkpoint load needs (:data:`~confiner_core.library_bars.LIBRARIES`; reading configs and
+    headers, :func:`preflight`, needs neither) that this Python lacks, with the install that adds them; None if
+    none. A quick start with the command line's requirements alone runs the embedded default, and a load would fail
     deep inside a family's ``load`` with a bare ModuleNotFoundError."""
-    missing = [name for name in LOAD_PACKAGES if not installed(name)]
+    missing = [name for name in LIBRARIES if not installed(name)]
     if not missing:
         return None
     return (f"checkpoints need {' and '.join(missing)}, which this Python does not have: pip install -r "
