@@ -76,7 +76,8 @@ class Parser(argparse.ArgumentParser):
 
     def suggestion(self, message: str) -> str:
         """For options it does not know, the ones likely meant: ``--refine_steps`` is ``--refine-steps``, ``--seeds``
-        ``--seed`` (argparse said only "unrecognized arguments")."""
+        ``--seed``, diffusers' ``--num-inference-steps`` ``--refine-steps``, and a word of options is each option of
+        it (``--steps``: ``--control-steps`` or ``--refine-steps``); argparse said only "unrecognized arguments"."""
         if not message.startswith("unrecognized arguments: "):
             return ""
         commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
@@ -84,21 +85,37 @@ class Parser(argparse.ArgumentParser):
         command = next((word for word in self.argv if word in commands), None)
         options = lambda p: sorted(o for o in p._option_string_actions if o.startswith("--"))  # noqa: E731
         known = options(commands[command]) if command else []
-        meant, elsewhere = [], []
+        meant, elsewhere = {}, []
         for word in message.split(": ", 1)[1].split():
             name = word.split("=", 1)[0]
             if not name.startswith("--"):
                 continue
-            dashed = name.replace("_", "-")
-            guess = dashed if dashed in known else next(iter(difflib.get_close_matches(dashed, known, n=1,
-                                                                                      cutoff=0.8)), None)
-            if guess:
-                meant.append(f"{guess} for {name}")
+            guesses = likely_options(name, known)
+            if guesses:
+                meant[name] = " or ".join(guesses)
             else:   # an option of another command ("generate --junctions")
+                dashed = name.replace("_", "-")
                 elsewhere += [f"{dashed} is an option of {other}" for other, p in commands.items()
                               if other != command and dashed in options(p)][:1]
-        said = [f"did you mean {', '.join(meant)}?"] if meant else []
+        said = [] if not meant else [f"did you mean {next(iter(meant.values()))}?"] if len(meant) == 1 else \
+            [f"did you mean {', '.join(f'{guess} for {name}' for name, guess in meant.items())}?"]
         return "".join(f": {part}" for part in said + elsewhere)
+
+
+def likely_options(name: str, known: list[str]) -> list[str]:
+    """The options of ``known`` likely meant by the unknown ``name``: its dashed spelling or a close one
+    (``--refine_steps``, ``--seeds``), the option of a diffusers pipeline's argument (``--num-frames``, ``--strength``),
+    else every option that has its words (``--steps``: ``--control-steps``, ``--refine-steps``)."""
+    from .generate import DIFFUSERS_NAMES, OPTION_OF
+
+    dashed = name.replace("_", "-")
+    guess = dashed if dashed in known else next(iter(difflib.get_close_matches(dashed, known, n=1, cutoff=0.8)), None)
+    guess = guess or OPTION_OF.get(DIFFUSERS_NAMES.get(dashed[2:].replace("-", "_"), ""))
+    if guess in known:
+        return [guess]
+    words = dashed[2:].split("-")
+    return [option for option in known if any(option[2:].split("-")[i:i + len(words)] == words
+                                              for i in range(len(option[2:].split("-"))))]
 
 
 def number(option: str):

@@ -259,7 +259,12 @@ SETTLED_DEFAULTS = ("frames", "fps", "chain.te", "chain.matching", "long.segment
 
 def canonical_settings(settings: dict) -> dict:
     """A run's flattened settings written one way: the embedded experts' empty prompt is their default scene, so a
-    resume that types :data:`~confiner_core.embedded.world.DEFAULT_PROMPT` out is the same run."""
+    resume that types :data:`~confiner_core.embedded.world.DEFAULT_PROMPT` out is the same run; a checkpoint path is
+    its real absolute path, so a resume that names the same folder another way (absolute where the run was started
+    with a relative path, a trailing slash, a link) is too (a trial was told to delete three finished windows). A
+    state kept before this holds the paths as typed: they are read from the folder the resume runs in."""
+    settings = {**settings, **{name: os.path.realpath(settings[name]) for name in PATHS
+                               if isinstance(settings.get(name), str) and settings[name]}}
     if not any(settings.get(role) for role in ("control", "spatial", "temporal")) and not settings.get("prompt"):
         return {**settings, "prompt": DEFAULT_PROMPT}
     return settings

@@ -122,8 +122,13 @@ CLI_CASES = [
     Case("alternate-on-pixel-frames", ["--embedded", "wan-pixel", "--frames", "9", "--mode", "alternate"],
          "an image expert on pixel frames refines each frame encoded alone, another latent space than the temporal "
          "expert's embedded-causal: use latent frames for the image expert, or --mode coordinated"),
-    Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3: did you mean --frames for "
-                                                "--fram?"),   # it ran 3 frames
+    Case("abbreviated-option", ["--fram", "3"], "unrecognized arguments: --fram 3: did you mean --frames? (see "
+                                                "--help)"),   # it ran 3 frames
+    # a word of several options, a diffusers pipeline's argument: argparse named none (a trial)
+    Case("option-word", ["--steps", "8"], "unrecognized arguments: --steps 8: did you mean --control-steps or "
+                                          "--refine-steps? (see --help)"),
+    Case("diffusers-argument", ["--num-inference-steps", "8"], "unrecognized arguments: --num-inference-steps 8: did "
+                                                               "you mean --refine-steps? (see --help)"),
     # a Python keyword's spelling, a plural: argparse named no option
     Case("underscored-option", ["--refine_steps", "3", "--seeds", "4"], "unrecognized arguments: --refine_steps 3 "
          "--seeds 4: did you mean --refine-steps for --refine_steps, --seed for --seeds?"),

@@ -298,6 +298,33 @@ def test_a_resume_without_the_runs_save_frames_says_it_writes_no_frames_npy(tmp_
         request(resume=True, save_frames=True).validate()
 
 
+def test_a_resume_naming_the_same_checkpoints_another_way_is_the_same_run(tmp_path, monkeypatch):
+    """A run started with relative checkpoint paths resumes with the same folders named absolutely, with a trailing
+    slash or through a link (a trial was refused as "other settings" and told to delete its finished windows); another
+    folder is still refused, by its option."""
+    from confiner_core.errors import UsageError
+    from confiner_core.generate import GenerateRequest
+    from confiner_core.long import LongConfig, LongState
+
+    for name in ("wan", "sd", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "wan")
+    monkeypatch.chdir(tmp_path)
+
+    def request(control, spatial="sd", **extra) -> GenerateRequest:   # (settings only: nothing is loaded)
+        return GenerateRequest(control=control, spatial=spatial, temporal=control, frames=24, height=64, width=64,
+                               long=LongConfig(segment_length=8), out=str(tmp_path / "out"), **extra)
+    store = request("wan").resume_store()
+    store.start()
+    store.save_window(0, torch.zeros(1, 4, 2, 8, 8))
+    store.save_state(LongState(1), 3)
+    for control, spatial in ((str(tmp_path / "wan"), str(tmp_path / "sd")), ("wan/", "./sd"), ("link", "sd")):
+        request(control, spatial, resume=True).resume_store().check()
+    with pytest.raises(UsageError, match=r"used other settings \(--control: '[^']*/wan' -> '[^']*/other'; "
+                                         r"--temporal: '[^']*/wan' -> '[^']*/other'\)"):
+        request("other", resume=True).resume_store().check()
+
+
 def test_a_run_interrupted_before_a_setting_existed_resumes_while_it_is_at_its_default(tmp_path, monkeypatch):
     """A setting added later (``image_mode``, this version's) is absent from a state an earlier version stored: at
     the value those runs were made with the run resumes (it was refused as "other settings"); at another, refused."""
