@@ -704,7 +704,24 @@ def temporal_timesteps(spatial: NoiseSchedule, temporal: NoiseSchedule, config: 
 def generate_structure(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
                        generator: torch.Generator | int | None = None, eps_hook: EpsHook | None = None,
                        callback: Callback | None = None) -> torch.Tensor:
-    """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none)."""
+    """Stage 1 (Eq. 5): the coarse video V_0. ``generator`` feeds DDIM's eta noise (Euler and eta 0 draw none). An
+    undistilled control expert at a distilled model's settings is warned, as :func:`run_chain` warns it (a trial's
+    stage-by-stage Wan run at 4 steps and cfg 1 was not)."""
+    check_config(config, "generate_structure")
+    check_denoisers("generate_structure", control=control)
+    check_expert(control.expert)
+    message = distilled_control_warning(control.expert.latent_space, config.control_steps, control.guidance_scale,
+                                        config.control_sampler)
+    if message:
+        warn_doubtful(message)
+    return control_stage(control, noise, config, generator, eps_hook, callback)
+
+
+def control_stage(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
+                  generator: torch.Generator | int | None = None, eps_hook: EpsHook | None = None,
+                  callback: Callback | None = None) -> torch.Tensor:
+    """:func:`generate_structure` less its warning, for the runs whose :func:`validate_chain` gave it (run_chain,
+    generate_long)."""
     check_input(noise, "generate_structure: noise")
     check_config(config, "generate_structure")
     check_denoisers("generate_structure", control=control)
@@ -856,7 +873,7 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     t0 = time.perf_counter()
     # the control stage's last finiteness check is read once the refinement's first forward is queued
     with in_stage(log, "control", hand_over=True):
-        structure = generate_structure(control, noise, config, generator, callback=callback)
+        structure = control_stage(control, noise, config, generator, callback=callback)
     t1 = time.perf_counter()
     with in_stage(log, "refine", hand_over=hand_over):
         latent = refine_structure(spatial, temporal, structure, config, generator, callback, source=control)

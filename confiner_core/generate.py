@@ -389,9 +389,9 @@ class GenerateRequest:
 
     def validate(self) -> None:
         """Every check that needs no weights, in the order a user would fix them. Raises UsageError. Settles the
-        defaults the experts decide (:data:`SETTLED_DEFAULTS`) in the request; one settled by an earlier call counts
-        as unset (unless the user wrote a value there since), so a copy by ``dataclasses.replace`` with other
-        experts gets theirs."""
+        defaults the experts decide (:data:`SETTLED_DEFAULTS`) in the request itself (it returns None); one settled
+        by an earlier call counts as unset (unless the user wrote a value there since), so a copy by
+        ``dataclasses.replace`` with other experts gets theirs."""
         with caller_spelling():
             for path, given in self._defaults.items():
                 if isinstance(lookup(self, path), Settled):

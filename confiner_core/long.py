@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .chain import (ChainConfig, check_channels, evaluated_roles, flatten, frozen_settings, generate_structure,
+from .chain import (ChainConfig, check_channels, control_stage, evaluated_roles, flatten, frozen_settings,
                     refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
@@ -885,8 +885,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                 send = lambda eps: ranks.send(owner(i + 1), RING, [eps])  # noqa: E731
             hook = RelayedGuidance(memory, receive, send)
         with _tally(log, costs, ("structure", i)), in_stage(log, "control"):
-            structures[i] = generate_structure(prompted(control, structure_centre(plan, i)), x_T, chain, generator,
-                                               hook, tagged(callback, structure=i))
+            structures[i] = control_stage(prompted(control, structure_centre(plan, i)), x_T, chain, generator,
+                                          hook, tagged(callback, structure=i))
         if guided:
             memories[i] = hook.guidance.current
         hand_on(i)

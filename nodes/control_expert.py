@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..confiner_core.chain import ChainConfig, generate_structure
+from ..confiner_core.chain import ChainConfig, control_stage
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.sampling import randn_like
 from . import ade, host, model_files, sessions
@@ -110,6 +110,6 @@ class ConFinerControlExpert(io.ComfyNode):
         host.plan_control(control, config)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
-            structure = generate_structure(control, noise, config, generator)
+            structure = control_stage(control, noise, config, generator)   # (warned above, under the node)
         host.log_cost("ConFiner Control Expert", log, host.node_id(cls))
         return progress.output({**host.latent_out(model, structure, latent), host.CONTROL_STEPS_KEY: steps})

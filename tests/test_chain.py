@@ -1170,3 +1170,30 @@ def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templ
     assert warnings_of(wan, ChainConfig(control_steps=8), 1.0) == []
     assert warnings_of(wan, ChainConfig(), 5.0) == []
     assert warnings_of(OracleExpert(x0[:, :4], S.named("sd15")), ChainConfig(), 1.0) == []
+
+
+def test_the_stage_by_stage_control_stage_warns_a_wan_control_expert_as_run_chain_does_once():
+    """The README's stage-by-stage example starts with generate_structure: a Wan control expert at the distilled
+    defaults was warned by run_chain and not there (a trial). Each says it once (run_chain's own control stage does
+    not say it again)."""
+    from confiner_core.chain import generate_structure
+    from confiner_core.latent_spaces import WAN21
+
+    x0 = torch.randn(1, 16, 5, 4, 4, generator=torch.Generator().manual_seed(7))
+
+    class Wan(OracleExpert):
+        latent_space = WAN21
+
+    wan = Wan(x0, S.flow_schedule(shift=3.0), prediction="flow")
+    control, refiner = wan.bind("", "", 1.0), wan.bind()
+
+    def distilled_warnings(run) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+        return sum("step-distilled model's settings" in str(w.message) for w in caught)
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    assert distilled_warnings(lambda: generate_structure(control, noise, ChainConfig())) == 1
+    assert distilled_warnings(lambda: run_chain(control, refiner, refiner, noise, ChainConfig(te=250), 3)) == 1
+    assert distilled_warnings(lambda: generate_structure(wan.bind("", "", 5.0), noise, ChainConfig())) == 0

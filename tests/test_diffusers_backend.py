@@ -954,6 +954,10 @@ def test_a_latent_of_another_experts_space_is_told_which_role_decodes_it():
                                          rf"decode\(latent, 'control'\)$"):
         loaded.decode(structure)
     assert loaded.decode(structure, "control").shape == (1, 9, 64, 64, 3)
+    # a misspelt role is named as one, with the role meant (it read "the spacial expert is absent")
+    with pytest.raises(ValueError, match=r"^decode\(\.\.\., 'spacial'\): the role is one of 'control', 'spatial', "
+                                         r"'temporal' \(meant: 'spatial'\?\)$"):
+        loaded.decode(structure, "spacial")
 
 
 def test_a_prompt_longer_than_its_text_encoder_reads_is_warned(paths):

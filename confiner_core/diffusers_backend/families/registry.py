@@ -288,6 +288,10 @@ class LoadedExperts:
         control expert's: ``decode(structure, "control")`` shows the control stage alone (decoded with the spatial
         expert's VAE it read as another space's latents wherever the channels agreed, with no error). Without a
         spatial expert, "spatial" decodes the video: the temporal expert's space."""
+        if role not in ROLES:   # (it read "the spacial expert is absent")
+            meant = difflib.get_close_matches(str(role), ROLES, n=1)
+            raise ValueError(f"decode(..., {role!r}): the role is one of {', '.join(map(repr, ROLES))}"
+                             + (f" (meant: {meant[0]!r}?)" if meant else ""))
         video = decoding_role(self.experts)   # the role whose space the refined video is in
         own = video if role == "spatial" else role
         space = getattr(self.experts.get(own), "latent_space", None)
