@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 import json
+import re
 import warnings
 
 import pytest
@@ -326,6 +327,39 @@ def test_qwen_image_is_refused_as_temporal_expert(modern_dirs):
     with pytest.raises(ValueError, match=rf"temporal expert \({qwen}\).*spatial expert only.*cannot serve as the "
                                          r"temporal expert; accepted: .*Wan"):
         load_experts(control=modern_dirs("wan21"), spatial=qwen, temporal=qwen)
+
+
+def test_a_transformer_file_alone_is_named_with_the_folder_its_family_is_read_from(modern_dirs, tmp_path):
+    """Wan, FLUX.1 and Qwen-Image are read from diffusers folders; their network alone in one file, as ComfyUI's
+    diffusion_models folder holds it (the original layout, ComfyUI's own detection marks) or copied out of its
+    folder (diffusers' layout), read "no model recognised in this file" (a trial). Other names still do."""
+    from safetensors.torch import save_file
+
+    def lone(name: str, keys) -> str:
+        path = tmp_path / f"{name}.safetensors"
+        save_file({key: torch.zeros(1) for key in keys}, str(path))
+        return str(path)
+
+    original = {"Wan 2.1 / 2.2 T2V": ["model.diffusion_model.head.modulation",
+                                      "model.diffusion_model.patch_embedding.weight",
+                                      "model.diffusion_model.blocks.0.self_attn.q.weight"],
+                "FLUX.1 dev / schnell": ["img_in.weight", "double_blocks.0.img_attn.norm.key_norm.scale",
+                                         "single_blocks.0.linear1.weight"]}
+    cases = {label: lone(label.split()[0], keys) for label, keys in original.items()}
+    for kind, label in (("wan21", "Wan 2.1 / 2.2 T2V"), ("flux_dev", "FLUX.1 dev / schnell"),
+                        ("qwen_image", "Qwen-Image")):
+        copied = tmp_path / f"{kind}_transformer.safetensors"
+        copied.write_bytes(next((modern_dirs(kind) / "transformer").glob("*.safetensors")).read_bytes())
+        cases[f"{label} (diffusers)"] = str(copied)
+    for label, path in cases.items():
+        family = label.removesuffix(" (diffusers)")
+        with pytest.raises(ValueError, match=rf"^--spatial: this file is a {re.escape(family)} network on its own "
+                                             rf"\(as ComfyUI's diffusion_models folder holds it\); the library reads "
+                                             rf"{re.escape(family)} from a diffusers .* folder \(.*\): pass that "
+                                             rf"folder \(the transformer with its text encoders and VAE\)$"):
+            detect(path, "--spatial", "spatial")
+    with pytest.raises(ValueError, match=r"no model recognised in this file"):   # (a Wan mark alone is not Wan)
+        detect(lone("other", ["patch_embedding.weight", "blocks.0.attn.weight"]), "--spatial", "spatial")
 
 
 @pytest.mark.parametrize("case,error,match", [

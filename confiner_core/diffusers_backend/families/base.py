@@ -124,6 +124,10 @@ class Family(ABC):
     #: frames per second of the videos its models were trained to make (None: image models); an inspection's
     #: ``facts["fps"]`` overrides it for one release. The output video's default rate (:attr:`Inspection.fps`)
     fps: float | None = None
+    #: the tensor names that mark this family's network saved alone, in each layout (all of one tuple's names
+    #: present), for a family read from folders only: a ComfyUI ``diffusion_models`` file, or a component copied out
+    #: of its folder, is refused naming the folder to pass (it read "no model recognised in this file")
+    lone_network_names: tuple[tuple[str, ...], ...] = ()
 
     def roles_for(self, kind: str) -> tuple[str, ...]:
         """The roles an expert of this kind can serve (default: :attr:`roles`)."""

@@ -150,6 +150,9 @@ class Flux(ImagePipelineFamily):
              FLUX_UNSUPPORTED: "a diffusers Flux Fill / Control / Kontext / FLUX.2 folder, which ConFiner does not use "
                                "(use a FLUX.1-dev or schnell FluxPipeline folder as the spatial expert)"}
     pipelines, transformer_class = T2I_PIPELINES, "FluxTransformer2DModel"
+    # Black Forest Labs' layout (flux1-dev.safetensors, ComfyUI's), diffusers'
+    lone_network_names = (("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight"),
+                          ("x_embedder.weight", "context_embedder.weight", "single_transformer_blocks.0.proj_out.weight"))
     folder_kind, other_kind = FLUX_FOLDER, FLUX_UNSUPPORTED
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:

@@ -184,6 +184,7 @@ class QwenImage(ImagePipelineFamily):
              QWEN_UNSUPPORTED: "a diffusers Qwen-Image edit / control / layered folder, which ConFiner does not use "
                                "(use a text-to-image QwenImagePipeline folder as the spatial expert)"}
     pipelines, transformer_class = ("QwenImagePipeline",), "QwenImageTransformer2DModel"
+    lone_network_names = (("txt_norm.weight", "img_in.weight", "txt_in.weight"),)   # (ComfyUI's files: diffusers')
     folder_kind, other_kind = QWEN_FOLDER, QWEN_UNSUPPORTED
 
     def inspect(self, path: Path, kind: str, role: str, context: Context) -> Inspection:

@@ -65,7 +65,15 @@ def detect(path, who: str | None = None, role: str | None = None) -> tuple[Famil
         if not path.name.endswith(".safetensors"):
             raise ValueError(f"{who}: only .safetensors single files are accepted, not {path.name}; pass a "
                              f".safetensors checkpoint or a diffusers folder")
-        files.read_header(path, who)     # readable and complete before any family reads it
+        header = files.read_header(path, who)     # readable and complete before any family reads it
+        # (before the families: under ComfyUI's prefix SD 1.5 read a Wan file as its own; a pipeline's component
+        # is named with its folder, below)
+        family = lone_network_family(header)
+        if family is not None and not (path.parent.parent / "model_index.json").is_file():
+            raise ValueError(f"{who}: this file is a {family.label} network on its own (as ComfyUI's "
+                             f"diffusion_models folder holds it); the library reads {family.label} from "
+                             f"{next(iter(family.kinds.values()))}: pass that folder (the transformer with its text "
+                             f"encoders and VAE)")
     for family in FAMILIES:
         kind = family.detect(path)
         if kind:
@@ -86,6 +94,14 @@ def detect(path, who: str | None = None, role: str | None = None) -> tuple[Famil
                          f"checkpoint layout); accepted: {accepted}")
     raise ValueError(f"{who}: no model recognised in this folder (no component config naming a supported model "
                      f"class, e.g. unet/config.json, and no MotionAdapter config.json); accepted: {accepted}")
+
+
+def lone_network_family(names) -> Family | None:
+    """The family whose network alone a file of these tensor names holds (:attr:`Family.lone_network_names`, also
+    under ComfyUI's ``model.diffusion_model.`` prefix), else None."""
+    names = {name.removeprefix("model.diffusion_model.") for name in names}
+    return next((family for family in FAMILIES for layout in family.lone_network_names if names.issuperset(layout)),
+                None)
 
 
 def detect_kind(path) -> str:

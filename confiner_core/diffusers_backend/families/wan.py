@@ -402,6 +402,9 @@ class Wan(Family):
                               "use (its Wan experts are text-to-video: use a WanPipeline folder)"}
     roles = ROLES
     fps = VIDEO_FPS[WAN21.name]   # Wan 2.1 and 2.2 A14B; a release of another VAE's space (TI2V-5B) has its own
+    # the original layout (Wan-AI's, ComfyUI's diffusion_models files: comfy/model_detection.py's marks), diffusers'
+    lone_network_names = (("head.modulation", "patch_embedding.weight"),
+                          ("scale_shift_table", "patch_embedding.weight", "condition_embedder.time_proj.weight"))
 
     def roles_for(self, kind: str) -> tuple[str, ...]:
         return ROLES if kind == WAN_FOLDER else ()
