@@ -1155,14 +1155,18 @@ def compiled_blocks(req: GenerateRequest) -> dict | None:
 
 def progress_callback(bar: tqdm | None, log: EvaluationLog, user: Callable[[dict], None] | None = None):
     """The bar at the run's expert evaluations after each step (the unit of every other count: the report, the
-    final line, an interrupt's message): a control step is one, a coordinated refinement step three. Then the
-    caller's own ``user`` callback, if any, with the step's dict."""
+    final line, an interrupt's message): a control step is one, a coordinated refinement step three; while VAE
+    calls between the experts run, it says so in place of the step's timestep. Then the caller's own ``user``
+    callback, if any, with the step's dict."""
     def callback(info: dict) -> None:
         if bar is not None:
             bar.set_postfix_str(f"{info['stage']} t={info['timestep']:.4g}")   # in T_e's units (flow: 1000 sigma)
             bar.update(sum(log.evaluations.values()) - bar.n)
         if user is not None:
             user(info)
+    if bar is not None and not bar.disable:   # (a closed bar is disabled: the decode after it says nothing there)
+        log.on_vae = lambda stage: bar.disable or bar.set_postfix_str(
+            f"{stage} · VAE between the experts ({sum(log.vae_calls.values())} calls so far)")
     return callback
 
 

@@ -438,6 +438,19 @@ def test_the_progress_bar_counts_expert_evaluations_as_the_report_does(tmp_path,
     assert re.search(rf"\| {evaluations}/{evaluations} \[", bar), bar[-600:]
 
 
+def test_the_bar_says_when_vae_calls_between_the_experts_run(tmp_path, capsys):
+    """Between two steps of a bridged run the VAEs work (a trial's long Wan run: 10.7 of 19.8 s), which the bar
+    showed only as slower steps: it says so, with the calls so far, up to the report's count."""
+    out = str(tmp_path / "bridge")
+    assert main(["generate", "--out", out, "--embedded", "bridge", "--frames", "9", "--height", "64",
+                 "--width", "64"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    report = json.load(open(os.path.join(out, "report.json")))
+    said = [(stage, int(n)) for stage, n in re.findall(r"(\w+) · VAE between the experts \((\d+) calls so far\)", bar)]
+    assert said and {stage for stage, _ in said} == set(report["vae_calls"]), bar[-600:]
+    assert max(n for _, n in said) == sum(report["vae_calls"].values()) > 0
+
+
 def test_the_bar_and_the_report_count_timesteps_in_te_units_on_a_flow_expert(tmp_path, capsys):
     """On a flow expert T_e = 250 is sigma 0.25: the bar shows the refinement at t=250, 200, ... (it showed the
     shifted table's positions, 94.47, 72.35, ..., as if --te were ignored) and the report lists them."""
