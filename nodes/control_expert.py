@@ -47,7 +47,8 @@ class ConFinerControlExpert(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="structure", tooltip="The coarse video (layout and motion) for "
                                                                         "ConFiner Refine Sampler's structure input.")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the models' file names (model_files)
+            # prompt: the models' file names (model_files); extra_pnginfo: the canvas, for a bypassed Refine Sampler
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -73,6 +74,14 @@ class ConFinerControlExpert(io.ComfyNode):
                              host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"),
                              host.loaded_files(cls))
         progress.warn_unused(config, {"control_eta": CONTROL_ETA})
+        for sampler_id, title in host.bypassed_takers(cls, "ConFinerCoordinatedSampler"):
+            # the run saved the structure, decoded, as if refined, and said nothing: a bypassed node never runs, so
+            # its text is set from here
+            progress.warn(f"'{title}' takes this structure but is bypassed: the video made from it is the control "
+                          f"expert's structure, unrefined; un-bypass it (Ctrl+B) to refine it",
+                          "warning: Refine Sampler bypassed: the video is unrefined")
+            host.show_text(sampler_id, "bypassed: the video after it is the Control Expert's\nstructure, unrefined "
+                                       "(Ctrl+B un-bypasses it)")
         progress.warn_distilled_control(model, steps, cfg, sampler)
         if latent.get(host.NOISE_KEY) and not latent_is_noise:   # read for its size alone: the noise is drawn anew
             progress.warn("the latent is ConFiner Noise Rescheduler's noise_latent, but 'use latent as noise' "

@@ -1261,6 +1261,14 @@ def loaded_files(node_cls) -> tuple:
     return model_files.loaded_files(queued_prompt(node_cls))
 
 
+def bypassed_takers(node_cls, class_type: str) -> list[tuple[str, str]]:
+    """(id, title) of the canvas's bypassed nodes of ``class_type`` that take the running node's output
+    (:func:`~.model_files.bypassed_takers`, from the workflow the frontend queued; V3 hidden input)."""
+    extra = getattr(getattr(node_cls, "hidden", None), "extra_pnginfo", None)
+    workflow = extra.get("workflow") if isinstance(extra, dict) else None
+    return model_files.bypassed_takers(workflow, node_id(node_cls), class_type)
+
+
 def queued_prompt(node_cls) -> dict | None:
     """The queued prompt (API format) of the running node (V3 hidden input), None outside ComfyUI's executor."""
     return getattr(getattr(node_cls, "hidden", None), "prompt", None)

@@ -134,6 +134,27 @@ def came_from_other(source: dict | None, meant: str) -> str:
     return f" (it comes from {title(source)})" if source and source.get("class_type") != meant else ""
 
 
+#: a canvas node's mode when bypassed (Ctrl+B): the queued prompt leaves it out and wires its input on
+BYPASSED = 4
+
+
+def bypassed_takers(workflow: dict | None, node: str | None, class_type: str) -> list[tuple[str, str]]:
+    """(id, title) of each bypassed node of ``class_type`` on the canvas that takes ``node``'s output, from the
+    workflow the frontend queues beside the prompt (``extra_pnginfo``; links as lists or as objects); [] where it is
+    not there (a prompt queued over the API). The queued prompt says nothing of them: it leaves them out."""
+    if not isinstance(workflow, dict) or node is None:
+        return []
+    origin = {}
+    for link in workflow.get("links") or []:
+        if isinstance(link, (list, tuple)) and len(link) >= 2:
+            origin[link[0]] = link[1]
+        elif isinstance(link, dict):
+            origin[link.get("id")] = link.get("origin_id")
+    return [(str(n.get("id")), n.get("title") or class_type) for n in workflow.get("nodes") or []
+            if isinstance(n, dict) and n.get("type") == class_type and n.get("mode") == BYPASSED
+            and any(isinstance(i, dict) and str(origin.get(i.get("link"))) == str(node) for i in n.get("inputs") or [])]
+
+
 def used_nodes(prompt: dict | None) -> dict:
     """The queued ``prompt``'s nodes whose output some node takes: a loader left unconnected loads nothing (one beside
     the loader feeding both roles was read as the other role's model, and the pair was told to swap)."""

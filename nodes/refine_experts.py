@@ -122,11 +122,16 @@ class ConFinerRefineExperts(io.ComfyNode):
         roles = {min(("spatial", "temporal"), key=lambda r: str(problem).find(r) if r in str(problem)
                      else len(str(problem))) for problem in problems if problem}   # each about the expert it names first
         role = next(iter(roles)) if len(roles) == 1 else None
+        # an image model with no motion model in the video role, its prompt or VAE unfit: the file is the likely
+        # mistake (a trial's SD 1.5 file in the Wan loader was told of the Wan prompt's width and the VAEs)
+        alone = "temporal" in roles and temporal_model is not None and not host.relates_frames(temporal_model)
+        role = "temporal" if alone else role
         file = files.get(f"{role}_model") if role else None
         loader = host.input_loader(cls, f"{role}_model") if file else None
         host.refuse_all(problems, f"the {role} model, {host.family_name(experts.models[role])}, file '{file}' in "
-                                  f"loader '{loader}'" if file else None,
-                        file_first=bool(file) and host.titled_for_another_family(loader, experts.models[role]))
+                                  f"loader '{loader}'" + (", an image model with no motion model attached" if alone
+                                                          else "") if file else None,
+                        file_first=alone or bool(file) and host.titled_for_another_family(loader, experts.models[role]))
         host.show_text(host.node_id(cls), bundle_text(experts, list(borrowed)))
         return io.NodeOutput(experts)
 

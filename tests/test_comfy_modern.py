@@ -613,6 +613,22 @@ def test_an_image_model_in_the_wan_loader_is_named_before_its_text_encoder_or_va
                                           "pick the video model's file (Wan) in that loader"])
 
 
+def test_an_sd_model_with_no_motion_model_in_the_wan_loader_leads_with_its_file(comfy_worker, modern):
+    """An SD 1.5 file picked in the template's Wan loader (control and temporal): a motion model may attach to an SD
+    model, so it is warned, not refused, and the first problems were the Wan prompt's width and a VAE, whose fixes
+    led away from the file (a trial). With no motion model attached and its prompt unfit, the file leads."""
+    ckpt = comfy_worker.checkpoint_name
+    prompt = wan_graph(ckpt, "qwen")
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt},
+                    "_meta": {"title": "Wan 2.1 T2V 1.3B (control + temporal)"}}
+    prompt["9"]["inputs"]["model"] = prompt["10"]["inputs"]["temporal_model"] = ["20", 0]
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "SD 1.5 in the Wan loader",
+                                         [f"the temporal model, SD 1.5 (SD15), file '{ckpt}' in loader 'Wan 2.1 T2V "
+                                          f"1.3B (control + temporal)', an image model with no motion model attached, "
+                                          f"does not fit the prompt or VAE connected for it: if another model was "
+                                          f"meant, pick its file there"])
+
+
 def test_an_image_model_wired_into_the_control_expert_is_named_by_that_nodes_socket(comfy_worker, modern):
     """Qwen-Image's MODEL into the Control Expert: the refusal named "the control model", which is a socket of the
     Refine Sampler; the Control Expert's socket is "model"."""

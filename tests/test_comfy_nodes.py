@@ -138,6 +138,27 @@ def _node_ids(workflow: dict, node_type: str) -> list:
     return [str(n["id"]) for n in workflow["nodes"] if n["type"] == node_type]
 
 
+def test_a_bypassed_refine_sampler_is_said_on_it_and_on_the_control_expert(comfy_worker):
+    """A bypassed Refine Sampler passes the structure on: the run saved the control stage's video, decoded, as if
+    refined, the sampler's text blank (a trial). The Control Expert, which reads the canvas the frontend queues
+    beside the prompt, says so under itself and under the bypassed node; a graph without it says nothing."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    (sampler,) = [n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler"]
+    (control,) = _node_ids(workflow, "ConFinerControlExpert")
+
+    def texts(result, node) -> list:
+        return [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == node]
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert result["success"] and not texts(result, str(sampler["id"]))[-1].startswith("bypassed")
+    assert not any("bypassed" in t for t in texts(result, control))
+    sampler["mode"] = 4
+    result = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    assert result["success"], result.get("error")
+    assert texts(result, str(sampler["id"])) == ["bypassed: the video after it is the Control Expert's\nstructure, "
+                                                 "unrefined (Ctrl+B un-bypasses it)"]
+    assert "\nwarning: Refine Sampler bypassed: the video is unrefined\ndone · " in "\n" + texts(result, control)[-1]
+
+
 def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
     workflow = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
