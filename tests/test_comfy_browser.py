@@ -507,6 +507,27 @@ def test_the_bundles_text_is_shown_whole_and_never_saved(frontend, screenshot_di
     assert not box["saved"], box
 
 
+def test_the_bundles_refusal_fits_the_node_in_a_template(frontend, screenshot_dir):
+    """A refused bundle's text ("stopped by an error:" and three lines of the message) ran past the bottom of its
+    node in a template, over the group's border (a trial): the templates leave it room (TEXT_ROOM)."""
+    from comfy_support import browser
+
+    _, b = frontend
+    open_template(frontend, "confiner_wan21_qwen_image", "bundle_refused")
+    text = ("stopped by an error:\nthe temporal expert (temporal model on ConFiner Refine\nExperts) is FLUX.1 (Flux), "
+            "file 'flux1-dev.safetensors', an\nimage model: it makes every frame on its ... (see the error)")
+    browser.node_texts(b, {"ConFinerRefineExperts": text})
+    fit = b.page.evaluate("""() => {
+      const node = app.graph._nodes.find((n) => n.type === "ConFinerRefineExperts");
+      app.canvas.draw(true, true);
+      const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
+        .find((e) => (e.innerText || "").includes("(see the error)"));
+      return {size: node.size[1], needed: node.computeSize()[1], box: [box?.scrollHeight, box?.clientHeight]};
+    }""")
+    b.page.screenshot(path=str(screenshot_dir / "bundle_refused.png"))
+    assert fit["size"] >= fit["needed"] and fit["box"][0] <= fit["box"][1], fit
+
+
 def test_the_nodes_whose_seed_lays_out_the_structure_keep_it_when_added_fresh(frontend):
     """A Control Expert added by hand redrew its seed at every Run (the frontend's "randomize"): the structure changed
     each time, where the templates teach "control seed fixed, refine seed randomize". So do the Long Video and the

@@ -182,13 +182,18 @@ STAGE_COLOURS = {"models": "#3f789e", "prompts": "#8a8a3f", "control": "#a1309b"
 # prompt schedule shows there before and after a run) and each evaluation's live preview: a node without that room
 # draws them over the node below it (and the frontend then grows it by 30 px, out of its group)
 PREVIEW_ROOM = {"ConFinerControlExpert": 280, "ConFinerCoordinatedSampler": 280, "ConFinerLongSegmenter": 400}
+# ... and the Refine Experts bundle its text: what it holds (two lines) or a refusal, "stopped by an error:" and three
+# lines of the message, which ran past the node's bottom over its group's border (a trial; the frontend drew the
+# template's bundle 44 px taller than its measured size, with its advanced inputs and the text's two lines, and the
+# refusal needed 12 more)
+TEXT_ROOM = {"ConFinerRefineExperts": 56}
 
 
 def size_of(type_: str) -> list:
     measured = MEASURED.get(type_) or [0, 0]
     wanted = WANTED.get(type_, (0, 0))
     return [int(max(measured[0], wanted[0]) + 0.999),
-            int(max(measured[1], wanted[1]) + PREVIEW_ROOM.get(type_, 0) + 0.999)]
+            int(max(measured[1], wanted[1]) + PREVIEW_ROOM.get(type_, 0) + TEXT_ROOM.get(type_, 0) + 0.999)]
 
 
 # Where the frontend (1.35) draws a link: from the output socket (9 left of the node's right edge, rows 20 apart

@@ -103,6 +103,8 @@ const FRESH_WIDTH = 430;
 // (tools/build_example_workflows.py PREVIEW_ROOM): added by hand, a Refine Sampler grew by 280 px at its first run,
 // over the VAE Decode placed under it (a trial)
 const PREVIEW_ROOM = { ConFinerControlExpert: 280, ConFinerCoordinatedSampler: 280, ConFinerLongSegmenter: 400 };
+// ... and the bundle's text room (TEXT_ROOM there): a refusal's four lines ran past the node's bottom
+const TEXT_ROOM = { ConFinerRefineExperts: 56 };
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 // the widgets each node type declares advanced (nodes/schema.py), name -> default: hidden until the node menu's
@@ -769,7 +771,7 @@ app.registerExtension({
     // matchi…" on a node added by hand (the templates' are 430 px; a loaded node keeps its saved size)
     // and as tall as its shown widgets (it was sized with the advanced ones), with room for its text and preview
     if (node.computeSize) {
-      const room = PREVIEW_ROOM[node.comfyClass] ?? 0;
+      const room = PREVIEW_ROOM[node.comfyClass] ?? TEXT_ROOM[node.comfyClass] ?? 0;
       node.setSize?.([Math.max(FRESH_WIDTH, node.size[0]), node.computeSize()[1] + room]);
     }
     if (!SHOWS_TEXT.has(node.comfyClass)) return;
