@@ -151,6 +151,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         config = cls.config(te, refine_steps, mode, matching, structure_noise)
         control_schedule = cls.control_schedule(control_model)
         experts.check_mode(mode)
+        host.show_bundle_text(cls, experts)
         ade.new_run()
         log = EvaluationLog()
         progress = host.Progress(experts.spatial_model, refine_evaluations(config), host.node_id(cls), seed=seed)

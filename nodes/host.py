@@ -1269,6 +1269,15 @@ def bypassed_takers(node_cls, class_type: str) -> list[tuple[str, str]]:
     return model_files.bypassed_takers(workflow, node_id(node_cls), class_type)
 
 
+def show_bundle_text(node_cls, experts) -> None:
+    """The text of the Refine Experts bundle at the running node's ``experts`` input, under the bundle again: one
+    ComfyUI serves from its cache runs nothing, and stood blank (a trial: a workflow opened from its video, its
+    bundle made in another tab)."""
+    found = model_files.link(queued_prompt(node_cls), node_id(node_cls), "experts")
+    if found and getattr(experts, "summary", ""):
+        show_text(found[0], experts.summary)
+
+
 def queued_prompt(node_cls) -> dict | None:
     """The queued prompt (API format) of the running node (V3 hidden input), None outside ComfyUI's executor."""
     return getattr(getattr(node_cls, "hidden", None), "prompt", None)

@@ -250,6 +250,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                           coherence_memory=coherence_memory)
         long.validate()
         experts.check_mode(mode)
+        host.show_bundle_text(cls, experts)
         plan = plan_segments(frames, segment_length, staggered)
         if prompts is not None and clip is None:
             raise ValueError("segment prompts (segment_prompts) need the 'clip' input to encode them; connect a CLIP "

@@ -132,7 +132,8 @@ class ConFinerRefineExperts(io.ComfyNode):
                                   f"loader '{loader}'" + (", an image model with no motion model attached" if alone
                                                           else "") if file else None,
                         file_first=alone or bool(file) and host.titled_for_another_family(loader, experts.models[role]))
-        host.show_text(host.node_id(cls), bundle_text(experts, list(borrowed)))
+        experts.summary = bundle_text(experts, list(borrowed))
+        host.show_text(host.node_id(cls), experts.summary)
         return io.NodeOutput(experts)
 
 

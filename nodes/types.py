@@ -56,6 +56,7 @@ class RefineExperts:
     temporal_boundary: float = 0.875
     temporal_files: tuple = (None, None)   # the loaders' file names of temporal_model and its low-noise model
     vae_loaders: dict = field(default_factory=dict)   # VAE input -> (title, file) of the Load VAE wired to it
+    summary: str = ""   # the text under the bundle (what it holds), shown again by the nodes that read it
 
     def warn_halves(self, progress, loaded: tuple = ()) -> None:
         """A Wan 2.2 A14B half in the temporal role where the other belongs (:meth:`~.host.Progress.warn_halves`).

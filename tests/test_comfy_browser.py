@@ -379,7 +379,9 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
     server, b = frontend
     texts = {"ConFinerControlExpert": "done · 2 expert evaluations in 0.2 s · 5 frames",
              "ConFinerCoordinatedSampler": "warning: spatial cfg 2.5 on a distilled model: use 1\ndone · 6 expert "
-                                           "evaluations in 0.5 s"}
+                                           "evaluations in 0.5 s",
+             # (what the bundle holds went too, and a bundle served from the cache does not say it again)
+             "ConFinerRefineExperts": "spatial: SD 1.5 (SD15) · cfg 7.5\ntemporal: SD 1.5 (SD15) · cfg 7.5"}
     queue_empty(b)
     for tab in ("switch_a", "switch_b"):   # the same template twice: the same node ids in two graphs
         open_template(frontend, "confiner_basic_sd15_animatediff", tab)

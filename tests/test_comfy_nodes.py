@@ -159,6 +159,25 @@ def test_a_bypassed_refine_sampler_is_said_on_it_and_on_the_control_expert(comfy
     assert "\nwarning: Refine Sampler bypassed: the video is unrefined\ndone · " in "\n" + texts(result, control)[-1]
 
 
+def test_a_bundle_served_from_the_cache_is_said_again_by_the_sampler_that_reads_it(comfy_worker):
+    """A bundle ComfyUI serves from its cache runs nothing, and stood blank under a Refine Sampler that ran (a trial:
+    a workflow opened from its video, its bundle made in another tab): the sampler says what the bundle holds."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    (bundle,) = _node_ids(workflow, "ConFinerRefineExperts")
+    (sampler,) = [n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler"]
+
+    def said(result) -> list:
+        return [m[1]["text"] for m in result["server_messages"]
+                if m[0] == "progress_text" and m[1]["node_id"] == bundle]
+    first = comfy_worker.run_workflow(workflow, fresh_cache=True)
+    sampler["widgets_values"][4] += 1   # another refine seed: the sampler runs again, the bundle is cached
+    again = comfy_worker.run_workflow(workflow)
+    assert first["success"] and again["success"]
+    # the first run's bundle said it and its sampler again; the second's cached bundle nothing, its sampler once
+    assert said(first)[0].startswith("spatial: SD 1.5") and said(first) == said(first)[:1] * 2, said(first)
+    assert said(again) == said(first)[:1], said(again)
+
+
 def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
     workflow = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
@@ -196,8 +215,10 @@ def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(
     spatial_cfg, temporal_cfg = next(n for n in workflow["nodes"] if str(n["id"]) == bundle)["widgets_values"][:2]
     said = [t["text"] for t in texts if t["node_id"] == bundle]
     motion = r" \+ \S+\.safetensors" if has_motion_models(comfy_worker) else ""
-    assert len(said) == 1 and re.fullmatch(f"spatial: SD 1\\.5 \\(SD15\\) · cfg {spatial_cfg:g}\n"
-                                           f"temporal: SD 1\\.5 \\(SD15\\){motion} · cfg {temporal_cfg:g}", said[0]), said
+    # (said by the bundle, and again by the sampler that reads it)
+    assert len(said) == 2 and len(set(said)) == 1 and re.fullmatch(
+        f"spatial: SD 1\\.5 \\(SD15\\) · cfg {spatial_cfg:g}\ntemporal: SD 1\\.5 \\(SD15\\){motion} · cfg {temporal_cfg:g}",
+        said[0]), said
     if has_motion_models(comfy_worker):   # video experts in the video roles: nothing to warn about
         assert not any("warning:" in t["text"] for t in texts), texts
 

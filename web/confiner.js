@@ -281,13 +281,13 @@ function dropPreview(node) {
 function keepText(event) {
   const { nodeId, text } = event.detail ?? {};
   const node = nodeId && nodeById(nodeId);
-  if (!node || !TEXT_NODES.has(node.comfyClass)) return;
-  if (WAITING.test(text ?? "")) {
+  if (!node || !SHOWS_TEXT.has(node.comfyClass)) return;   // (the bundle's too: it went with a switch of tabs)
+  if (TEXT_NODES.has(node.comfyClass) && WAITING.test(text ?? "")) {
     WAITED.add(String(nodeId));
   } else {
     WAITED.delete(String(nodeId));
   }
-  if (WAITING.test(text ?? "") || NOT_RUN.test(text ?? "")) {
+  if (TEXT_NODES.has(node.comfyClass) && (WAITING.test(text ?? "") || NOT_RUN.test(text ?? ""))) {
     dropPreview(node);
     KEPT_PREVIEWS.delete(keptKey(nodeId));
   }
