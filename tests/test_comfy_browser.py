@@ -196,6 +196,28 @@ def test_a_file_saved_before_sockets_were_labelled_reads_as_fresh_nodes(frontend
     assert browser.socket_labels_unlike_new_nodes(b, "ConFiner") == []
 
 
+def test_a_long_video_of_the_first_release_keeps_its_coherence_memory(frontend):
+    """A first-release file's Long Video has no coherence memory value: it pulled towards the guided prediction and
+    took today's default "unguided", so a shared file made another video without a word (a trial). It loads as
+    "guided"; a file that holds the value keeps it."""
+    import copy
+
+    from comfy_support import browser
+
+    server, b = frontend
+    template = server.get_json(f"/api/workflow_templates/{PACK}/confiner_long_sd15_animatediff.json")
+    old = copy.deepcopy(template)
+    (node,) = [n for n in old["nodes"] if n["type"] == "ConFinerLongSegmenter"]
+    del node["widgets_values"][16:]   # the first release's 16 values (the inputs added since come after them)
+    values = {}
+    for name, workflow in (("first_release", old), ("today", template)):
+        browser.load_template(b, workflow, name)
+        browser.close_dialogs(b)
+        values[name] = b.page.evaluate("""() => app.graph._nodes.find((n) => n.type === "ConFinerLongSegmenter")
+          .widgets.find((w) => w.name === "coherence_memory").value""")
+    assert values == {"first_release": "guided", "today": "unguided"}, values
+
+
 def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview_arrive(frontend, screenshot_dir):
     """The frontend shares a node's free height among its growable widgets: the Long Video's segment-prompts box took
     all of it before a run (442 px on the template), then shrank to 207 px when the progress text arrived and to

@@ -105,6 +105,10 @@ const FRESH_WIDTH = 430;
 const PREVIEW_ROOM = { ConFinerControlExpert: 280, ConFinerCoordinatedSampler: 280, ConFinerLongSegmenter: 400 };
 // ... and the bundle's text room (TEXT_ROOM there): a refusal's four lines ran past the node's bottom
 const TEXT_ROOM = { ConFinerRefineExperts: 56 };
+// A Long Video saved before it had a coherence memory (files of the first release, before 2026-12-01) pulled towards
+// the guided prediction; it took today's default, "unguided", and a shared file made another video without a word (a
+// trial): such a file loads as "guided" (the node then shows its advanced widgets, this one set)
+const FIRST_RELEASE = { node: "ConFinerLongSegmenter", widget: "coherence_memory", value: "guided" };
 // the nodes whose seed lays out the structure: "fixed" when added fresh
 const STRUCTURE_SEED = new Set(["ConFinerControlExpert", "ConFinerLongSegmenter", "ConFinerNoiseRescheduler"]);
 // the widgets each node type declares advanced (nodes/schema.py), name -> default: hidden until the node menu's
@@ -716,6 +720,17 @@ app.registerExtension({
     }
     SOCKET_LABELS.set(nodeData.name, labels);
     ADVANCED.set(nodeData.name, advanced);
+    if (nodeData.name === FIRST_RELEASE.node) {
+      const configure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function (info, ...rest) {
+        const result = configure?.apply(this, [info, ...rest]);
+        const at = this.widgets?.findIndex((w) => w.name === FIRST_RELEASE.widget) ?? -1;
+        if (at > -1 && Array.isArray(info?.widgets_values) && info.widgets_values.length <= at) {
+          this.widgets[at].value = FIRST_RELEASE.value;
+        }
+        return result;
+      };
+    }
   },
   loadedGraphNode(node) {
     // a value someone set is not hidden: a node from a file that does not say whether to show them (saved before
