@@ -915,6 +915,9 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     state = [None]
     next_sink = [start]
     anchor = [resume.anchor if resume is not None else None]
+    # the schedule entry each window is refined with: a window whose prompt is not its predecessor's starts a new
+    # reference (anchored across the change, a travelling prompt's red ball stayed red where it asked for blue)
+    entries = window_entries(plan, prompts) if prompts is not None else [0] * len(plan.windows)
 
     def receive_finished(w: int) -> _Finished:
         tensors, meta = ranks.recv(window_refiner(plan, w, world), RESULT)
@@ -942,7 +945,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                 return
             window = plan.windows[w]
             if config.color_anchor:  # a scan over the windows in order: each is shifted to what its predecessor became
-                if anchor[0] is not None:
+                if anchor[0] is not None and (w == 0 or entries[w] == entries[w - 1]):
                     result.latent = anchor_window(result.latent, head, anchor[0].to(result.latent.device))
                 anchor[0] = channel_statistics(result.latent[:, :, result.latent.shape[2] - tail:])
                 if prepare is not None:

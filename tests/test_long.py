@@ -527,6 +527,33 @@ def test_color_anchor_matches_the_junction_frames_and_is_opt_in():
         assert torch.allclose(channel_statistics(cur[:, :, :2])[0], channel_statistics(prev[:, :, -2:])[0], atol=1e-5)
 
 
+def test_color_anchor_keeps_the_change_a_travelling_prompt_asks_for():
+    """Anchored across a prompt change, a travelling prompt's red ball stayed red where the prompt asked for blue (a
+    trial): the first window of a new prompt is not shifted (it is the unanchored run's) and the next windows follow
+    it; before the change, windows are anchored as ever."""
+    from confiner_core.long import channel_statistics, window_entries
+    from confiner_core.prompts import parse_prompt
+
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    plan = plan_segments(48, 8, True)
+    prompts = parse_prompt("0: a red ball | 24: a blue ball", 48)
+    entries = window_entries(plan, prompts)
+    change = entries.index(1)
+    assert 1 < change < len(plan.windows) - 1, entries
+    runs = {}
+    for anchor in (False, True):
+        got = []
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(segment_length=8, color_anchor=anchor),
+                      torch.Generator().manual_seed(0), lambda lat, w: got.append(lat), prompts)
+        runs[anchor] = got
+    assert torch.equal(runs[True][change], runs[False][change])   # a new reference, not shifted
+    assert not torch.equal(runs[True][change - 1], runs[False][change - 1])
+    for w in [w for w in range(1, len(plan.windows)) if w != change]:   # each other window follows its predecessor
+        assert torch.allclose(channel_statistics(runs[True][w][:, :, :2])[0],
+                              channel_statistics(runs[True][w - 1][:, :, -2:])[0], atol=1e-5), w
+
+
 def test_plan_segments_names_a_count_of_the_wrong_type():
     """plan_segments("40", 16) and plan_segments(40, 16.0) raised Python's own TypeError from a comparison."""
     for frames, segment, name in (("40", 16, "frames"), (40, 16.0, "segment_length"), (True, 16, "frames")):
