@@ -1447,6 +1447,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         store.save_window(window.index, latent)
 
     store.versions = store.versions or code   # the first process's, kept through every resume (as its threads)
+    store.processes = store.processes or (ranks.world if resume is None else None)   # (unknown for an older state)
     with tqdm(total=expected_evaluations(req.chain, plan), initial=sum(log.evaluations.values()),
               desc="ConFiner-Long", unit=" evaluations", disable=not show_progress, postfix=compile_note(req)) as bar:
         def window_done(state) -> None:
@@ -1488,6 +1489,8 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
         extra["resumed_from_window"] = resume.next_window
         extra["evaluations_before_resume"] = sum(resume.evaluations.values())
         extra["cpu_threads_before_resume"] = store.threads   # (environment.cpu_threads is this process's)
+        # ("processes" are this start's: a run begun on 2 processes and resumed on 1 said 1, nothing of the 2)
+        extra["processes_before_resume"] = store.processes
     return extra
 
 

@@ -59,6 +59,7 @@ class ResumeStore:
         self.folder = os.path.join(out, RESUME_FOLDER)
         self.threads = torch.get_num_threads()   # the CPU threads of the run's first process (a resume keeps them)
         self.versions: dict | None = None        # the code of the run's first process (None: a state from before)
+        self.processes: int | None = None        # how many processes the run's first start had (None: from before)
         self.canonical = canonical
         self.settings = canonical(flatten(json.loads(json.dumps(settings, default=str))))
         self.added = flatten(added or {})
@@ -199,6 +200,7 @@ class ResumeStore:
         info = {"format": FORMAT, "next_window": state.next_window, "windows": windows, "tensors": name,
                 **{counter: dict(c) for counter, c in state.counts().items()}, "settings": self.settings,
                 "settled": self.settled, "cpu_threads": self.threads, "versions": self.versions,
+                "processes": self.processes,
                 "outputs": self.outputs}
         write_atomic(self._path("state.json"), json.dumps(info, indent=1).encode())
         for old in os.listdir(self.folder):
@@ -209,6 +211,7 @@ class ResumeStore:
         info = self.check()
         self.threads = info.get("cpu_threads", self.threads)
         self.versions = info.get("versions")
+        self.processes = info.get("processes")
         tensors = load_file(self._path(info["tensors"]))
         state = LongState(info["next_window"],
                           {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("structure.")},

@@ -339,4 +339,6 @@ def test_ctrl_c_stops_every_rank_and_one_process_resumes_the_run(tmp_path, singl
     assert files(out) == {n: single_process_files[n] for n in MEDIA}
     report = json.load(open(out / "report.json"))
     assert report["resumed_from_window"] == 2
+    # this start's one process, and the two that made the first windows (the report said 1, nothing of the 2)
+    assert report["processes"] == {"processes": 1} and report["processes_before_resume"] == 2, report["processes"]
     assert report["expert_evaluations"] == json.loads(single_process_files["report.json"])["expert_evaluations"]
