@@ -303,12 +303,10 @@ def evaluate_command(a: argparse.Namespace) -> int:
             raise ValueError(f"{video!r} is a generate output's contact sheet, one image of a few frames side by side: "
                              f"pass its folder or its video.mp4")
         frames = metrics.read_video(video)
-        if a.junctions is None:   # a long run's own junctions, from its report (read once)
-            plan = plan_of(report if report is not None else read_report(folder) or {})
-        else:
-            plan = None
-        if plan is not None and plan.get("frames") != len(frames):   # another video beside that run's report
-            plan = None
+        own = plan_of(report if report is not None else read_report(folder) or {})   # a long run's junctions
+        if own is not None and own.get("frames") != len(frames):   # another video beside that run's report
+            own = None
+        plan = own if a.junctions is None else None
         if plan is not None:   # a long run's own metrics, as generate scores them: each kind of junction, where a
             # travelling prompt changes apart, and the windows' colour drift
             stats = metrics.StreamingMetrics()
@@ -333,6 +331,13 @@ def evaluate_command(a: argparse.Namespace) -> int:
         print(f"{video}: {len(frames)} frame{'s' * (len(frames) != 1)}"   # (a run's frames.npy, or its video)
               + ((" (lossless, as the run saved them)" if saved else " (lossless)") if video.endswith(".npy")
                  else ""))
+        # where the seam score's junctions come from: evaluate OUT/video.mp4 reads the report beside it too, and
+        # --junctions replaces the report's without a word (a trial)
+        if plan is not None:
+            print(f"junctions: the run's report.json ({len(plan['window_junctions'])} between windows, "
+                  f"{len(plan['structure_junctions'])} between structures)")
+        elif a.junctions:
+            print("junctions: as given (--junctions)" + (", not the run's report.json's" if own is not None else ""))
         print(f"{'metric':>{width}}  {'value':>9}  better")
         for k, v in scores.items():
             print(f"{k:>{width}}  {v:9.4f}  {metrics.BETTER[k]}" if v is not None else

@@ -763,8 +763,9 @@ def test_evaluates_table_says_which_way_each_score_is_better(tmp_path, capsys):
     out, _ = run(tmp_path, "long", "--frames", "24", "--segment-length", "8")
     capsys.readouterr()
     assert main(["evaluate", out]) == 0
-    source, header, *rows = capsys.readouterr().out.splitlines()
+    source, junctions, header, *rows = capsys.readouterr().out.splitlines()
     assert source == f"{os.path.join(out, 'video.mp4')}: 24 frames"   # what was read: the run's video
+    assert junctions.startswith("junctions: the run's report.json (")
     assert header.split() == ["metric", "value", "better"]
     said = {row.split()[0]: row.split(None, 2)[2] for row in rows}
     readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
@@ -827,6 +828,14 @@ def test_evaluate_reads_a_long_runs_junctions_from_its_report(tmp_path, capsys):
     assert main(["evaluate", str(out), "--json", "--junctions", "8"]) == 0
     typed = json.loads(capsys.readouterr().out)
     assert typed["seam_score"] == pytest.approx(metrics.seam_score(frames, [8])) and "seam_score_windows" not in typed
+    # the text says where the junctions came from (the video beside the report reads it too; typed ones replace it)
+    for args, said in (([str(out)], f"junctions: the run's report.json ({len(plan['window_junctions'])} between "
+                                    f"windows, {len(plan['structure_junctions'])} between structures)"),
+                       ([str(out / "video.mp4")], "junctions: the run's report.json ("),
+                       ([str(out), "--junctions", "8"], "junctions: as given (--junctions), not the run's "
+                                                        "report.json's")):
+        assert main(["evaluate", *args]) == 0
+        assert capsys.readouterr().out.split("\n")[1].startswith(said), args
 
 
 def test_a_travelling_prompts_changes_are_scored_apart_in_the_report_and_by_evaluate(tmp_path, capsys):
