@@ -105,7 +105,8 @@ class Parser(argparse.ArgumentParser):
 def likely_options(name: str, known: list[str]) -> list[str]:
     """The options of ``known`` likely meant by the unknown ``name``: its dashed spelling or a close one
     (``--refine_steps``, ``--seeds``), the option of a diffusers pipeline's argument (``--num-frames``, ``--strength``),
-    else every option that has its words (``--steps``: ``--control-steps``, ``--refine-steps``)."""
+    else every option that has its words (``--steps``: ``--control-steps``, ``--refine-steps``), else the longest
+    options among its words (``--cfg-scale``: ``--cfg``)."""
     from .generate import DIFFUSERS_NAMES, OPTION_OF
 
     dashed = name.replace("_", "-")
@@ -114,8 +115,17 @@ def likely_options(name: str, known: list[str]) -> list[str]:
     if guess in known:
         return [guess]
     words = dashed[2:].split("-")
-    return [option for option in known if any(option[2:].split("-")[i:i + len(words)] == words
-                                              for i in range(len(option[2:].split("-"))))]
+    found = [option for option in known if contains(option[2:].split("-"), words)]
+    if found:
+        return found
+    inside = [option for option in known if contains(words, option[2:].split("-"))]   # --cfg-scale: --cfg
+    most = max((len(option.split("-")) for option in inside), default=0)
+    return [option for option in inside if len(option.split("-")) == most]
+
+
+def contains(words: list[str], run: list[str]) -> bool:
+    """Whether ``run`` stands in ``words`` as consecutive words."""
+    return any(words[i:i + len(run)] == run for i in range(len(words)))
 
 
 def number(option: str):

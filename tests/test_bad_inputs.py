@@ -127,6 +127,8 @@ CLI_CASES = [
     # a word of several options, a diffusers pipeline's argument: argparse named none (a trial)
     Case("option-word", ["--steps", "8"], "unrecognized arguments: --steps 8: did you mean --control-steps or "
                                           "--refine-steps? (see --help)"),
+    Case("option-among-its-words", ["--cfg-scale", "3"], "unrecognized arguments: --cfg-scale 3: did you mean --cfg? "
+                                                         "(see --help)"),
     Case("diffusers-argument", ["--num-inference-steps", "8"], "unrecognized arguments: --num-inference-steps 8: did "
                                                                "you mean --refine-steps? (see --help)"),
     # a Python keyword's spelling, a plural: argparse named no option
