@@ -114,13 +114,13 @@ def likely_options(name: str, known: list[str]) -> list[str]:
     guess = guess or OPTION_OF.get(DIFFUSERS_NAMES.get(dashed[2:].replace("-", "_"), ""))
     if guess in known:
         return [guess]
-    words = dashed[2:].split("-")
-    found = [option for option in known if contains(option[2:].split("-"), words)]
+    words, parts = dashed[2:].split("-"), {option: option[2:].split("-") for option in known}
+    found = [option for option, its in parts.items() if contains(its, words)]
     if found:
         return found
-    inside = [option for option in known if contains(words, option[2:].split("-"))]   # --cfg-scale: --cfg
-    most = max((len(option.split("-")) for option in inside), default=0)
-    return [option for option in inside if len(option.split("-")) == most]
+    inside = [option for option, its in parts.items() if contains(words, its)]   # --cfg-scale: --cfg
+    most = max((len(parts[option]) for option in inside), default=0)
+    return [option for option in inside if len(parts[option]) == most]
 
 
 def contains(words: list[str], run: list[str]) -> bool:

@@ -268,9 +268,8 @@ def root_seed(seed) -> int:
     fresh = torch.Generator(device=seed.device).manual_seed(seed.initial_seed())
     if not torch.equal(seed.get_state(), fresh.get_state()):
         raise ValueError(f"generate_long: ConFiner-Long derives each structure's and window's generator from the "
-                         f"run's seed, but "
-                         f"this generator has drawn numbers since it was seeded with {seed.initial_seed()}; pass that "
-                         f"seed as an int, or a freshly seeded generator")
+                         f"run's seed, but this generator has drawn numbers since it was seeded with "
+                         f"{seed.initial_seed()}; pass that seed as an int, or a freshly seeded generator")
     return seed.initial_seed()
 
 
