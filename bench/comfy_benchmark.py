@@ -479,10 +479,11 @@ def main():
            "null_forward": a.null_forward, "boot": info,
            "built": build_models(models_dir, files, a.models == "tiny"), "runs": {}, "figures": {}}
 
-    def save():
+    def save():   # after every figure: replaced whole, so a stopped benchmark keeps the figures it had
         res["elapsed_s"] = elapsed()
-        with open(out_dir / "comfy_results.json", "w") as f:
+        with open(out_dir / "comfy_results.json.tmp", "w") as f:
             json.dump(res, f, indent=1, default=str)
+        os.replace(out_dir / "comfy_results.json.tmp", out_dir / "comfy_results.json")
 
     save()
     probe = Probe(torch, device.type == "cuda")

@@ -288,7 +288,8 @@ def launch(a) -> None:
             if run.returncode != 0 or not os.path.isfile(path):
                 print(f"{model} x{n}: failed (exit {run.returncode})", flush=True)
                 continue
-            runs.setdefault(model, {})[str(n)] = json.load(open(path))
+            with open(path) as f:
+                runs.setdefault(model, {})[str(n)] = json.load(f)
             result = {"date": datetime.date.today().isoformat(), "tiny": a.tiny, "models": summary(runs)}
             write_atomic(os.path.join(a.out, "multigpu.json"), json.dumps(result, indent=2).encode())
     if runs:

@@ -23,8 +23,8 @@ from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, decla
                       in_stage, own_stage)
 from .latent_spaces import LatentSpace, check_bridges
 from .layout import VIDEO, check_latent
-from .sampling import SAMPLERS, Callback, EpsHook, seeded, control_timesteps as sampler_timesteps, diffuse, \
-    randn_like, sample_control
+from .sampling import CONTROL_DRAWS, SAMPLERS, Callback, EpsHook, seeded, control_timesteps as sampler_timesteps, \
+    diffuse, randn_like, sample_control
 from .schedules import VP, NoiseSchedule
 from .schedules import named as _named_schedule
 from .timesteps import SPACINGS, STEPS_OFFSET, spaced_timesteps, uniform_timesteps
@@ -367,11 +367,15 @@ class ChainConfig:
         """The settings on their own and together (the refinement steps fit under T_e), no expert needed; raises
         ValueError naming the field. :func:`validate_chain` checks them against the experts' schedules."""
         self.check_fields()
-        # uniform: distinct timesteps in (0, T_e]; leading: its steps offset must keep the first within T_e
-        room = None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
+        room = self.refine_room()
         if room is not None and self.refine_steps > room:
             raise ValueError(f"{self.refine_steps} refinement steps do not fit between T_e={self.te} and 0; "
                              f"use at most {room} step{'s' if room > 1 else ''} or raise T_e")
+
+    def refine_room(self) -> int | None:
+        """The most refinement steps that fit under T_e at this spacing (None: T_e not settled yet): uniform,
+        distinct timesteps in (0, T_e]; leading, its steps offset must keep the first within T_e."""
+        return None if self.te is None else self.te + (self.refine_spacing in ("trailing", "linspace"))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -619,7 +623,8 @@ def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[
 @dataclass
 class ChainResult:
     """``latent`` is in the refining expert's latent space (``refiner``: decode it with that expert's codec);
-    ``structure`` in the control expert's. ``seconds`` holds each stage's host time: on a GPU the control stage's
+    ``structure`` in the control expert's; both in the noise's dtype (float32, or float64 where the noise is: the
+    chain computes in it, whatever the experts' networks run in). ``seconds`` holds each stage's host time: on a GPU the control stage's
     last forward, still running when the stage hands over, counts to the refinement. ``config`` is the run's, its
     defaults settled as the experts decided them (T_e, matching): ``refine_timesteps(result.config)`` gives the
     refinement's timesteps, :func:`temporal_timesteps` the temporal expert's."""
@@ -727,7 +732,7 @@ def control_stage(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
     check_denoisers("generate_structure", control=control)
     if generator is not None or (config.control_sampler == "ddim" and config.control_eta):
         generator = seeded(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
-                           if generator is None else "generate_structure", noise.shape[0])
+                           if generator is None else "generate_structure", noise.shape[0], CONTROL_DRAWS)
     with own_stage(control, "control"):
         return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
                               config.control_eta, generator, eps_hook, callback, config.control_spacing)

@@ -454,6 +454,10 @@ class Denoiser:
         """:meth:`Expert.forward`, held to its contract: one output per conditioning, each of the input's shape.
         Without autograd, as diffusers' pipelines run: a custom expert's module with trainable weights kept one
         graph over every evaluation of the chain (a UNet's activations: out of memory)."""
+        # an edit in place of the input changed the sample the prediction is read against (and, as a view, the
+        # chain's own): a silently different video (a trial's x.clamp_). Inference tensors (ComfyUI's executor)
+        # keep no version counter.
+        version = None if native.is_inference() else native._version
         try:
             with torch.no_grad():
                 outs = self.expert.forward(native, t, conds)
@@ -461,6 +465,10 @@ class Denoiser:
             if hasattr(e, "add_note"):   # (Python 3.11+) which expert and call failed: the network's own error
                 e.add_note(self.failed_call(native, t))   # names neither (e.g. a conv of the wrong channels)
             raise
+        if version is not None and native._version != version:
+            raise ValueError(f"expert {self.expert.name!r} ({type(self.expert).__name__}).forward changed its input x "
+                             f"in place: x may be the chain's own sample, which the prediction is read against; "
+                             f"work on a copy (x = x.clone()) or with out-of-place operations")
         if not isinstance(outs, (list, tuple)) or len(outs) != len(conds) or \
                 any(not isinstance(o, torch.Tensor) or o.shape != native.shape for o in outs):
             got = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs] \

@@ -919,9 +919,9 @@ def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:
 
 
 def expected_evaluations(chain: ChainConfig, plan: SegmentPlan | None = None) -> int:
-    """Expert evaluations of a run: control steps per structure plus refinement evaluations per window."""
-    structures, windows = (plan.structures, len(plan.windows)) if plan is not None else (1, 1)
-    return structures * chain.control_steps + windows * refine_evaluations(chain)
+    """Expert evaluations of a run: a long run's plan's (:meth:`SegmentPlan.expected_evaluations`), or one clip's,
+    the control steps plus one refinement's."""
+    return plan.expected_evaluations(chain) if plan is not None else chain.control_steps + refine_evaluations(chain)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1225,9 +1225,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
             (announce or warn_doubtful)(line)
     if announce is not None and plan is not None:
         announce(plan_line(plan, req.chain))
-    unread = unread_words_line(req) if announce is not None and req.embedded else None
-    if unread:
-        announce(unread)
+    unread = unread_words_line(req) if lead and req.embedded else None
+    if unread:   # (a script's "a corgi running on a beach" drew a red ball, said only in report.json)
+        (announce or warn_doubtful)(unread)
     if announce is not None and schedule.scheduled:
         announce(f"prompt schedule ({req.frames} frames at {req.fps:g} fps):\n{render_schedule(schedule)}")
         moved = render_applied_schedule(plan, schedule) if plan is not None and schedule.travels else None

@@ -198,9 +198,17 @@ class Codec(ABC):
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """The VAE's own latent -> pixels."""
 
+    def check_tensor(self, x, what: str) -> None:
+        """Refuse what is no tensor, naming the VAE and the fix (a NumPy array passed the shape check and failed
+        inside each VAE differently: "no attribute 'double'", "... 'split'")."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the {self.space.title} VAE takes {what} as a torch.Tensor, got {type(x).__name__}"
+                            + (": torch.from_numpy(x)" if type(x).__module__ == "numpy" else ""))
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, P, F, H, W]`` in [-1, 1] -> the normalised latent ``[B, C, T, h, w]`` (``process_in``); F
         must be a count the space holds exactly."""
+        self.check_tensor(pixels, "pixels [B, P, F, H, W]")
         self.space.check_pixel_frames(pixels.shape[2], f"the {self.space.title} VAE's")
         self.calls["encode"] += 1
         return self.space.process_in(self.encode_raw(pixels))
@@ -208,6 +216,7 @@ class Codec(ABC):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """A normalised latent ``[B, C, T, h, w]`` -> pixels ``[B, P, F, H, W]`` in about [-1, 1] (``process_out``, then
         the VAE)."""
+        self.check_tensor(latent, f"latents [B, {self.space.channels}, T, h, w]")
         if latent.ndim != 5 or latent.shape[1] != self.space.channels:
             raise ValueError(f"the {self.space.title} VAE decodes latents [B, {self.space.channels}, T, h, w], got "
                              f"shape {tuple(latent.shape)}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .chain import (ChainConfig, check_channels, control_stage, evaluated_roles, flatten, frozen_settings,
-                    refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
+                    refine_evaluations, refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
@@ -61,6 +61,10 @@ class SegmentPlan:
 
     def window_frames(self, window: "Window") -> int:
         return window.out_stop - window.out_start
+
+    def expected_evaluations(self, chain: ChainConfig) -> int:
+        """Expert evaluations of the run: control steps per structure plus refinement evaluations per window."""
+        return self.structures * chain.control_steps + len(self.windows) * refine_evaluations(chain)
 
     @property
     def window_junctions(self) -> list[int]:
@@ -180,6 +184,21 @@ def freenoise_span(config: LongConfig, segment_latent_frames: int) -> tuple[int,
     ``segment_latent_frames`` (see :class:`LongConfig`)."""
     window = config.freenoise_window if config.freenoise_window is not None else segment_latent_frames
     return window, config.freenoise_stride if config.freenoise_stride is not None else max(1, window // 4)
+
+
+def check_freenoise_span(config: LongConfig, segment_latent_frames: int | None = None) -> None:
+    """FreeNoise's stride at most its window (:func:`freenoise_span`), naming the settings (:func:`freenoise` said
+    "window >= 1 and 1 <= stride <= window", naming neither, after the chain's checks). Without
+    ``segment_latent_frames`` only a window given is checked."""
+    if config.noise_init != FREENOISE or config.freenoise_stride is None or \
+            (config.freenoise_window is None and segment_latent_frames is None):
+        return
+    window, stride = freenoise_span(config, segment_latent_frames)
+    if stride > window:
+        raise ValueError(f"LongConfig.freenoise_stride={stride} must be at most the FreeNoise window, "
+                         + (f"freenoise_window={window}" if config.freenoise_window is not None else
+                            f"one segment's {window} latent frames (freenoise_window=None)")
+                         + f": use a stride of at most {window}")
 
 
 def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator) -> torch.Tensor:
@@ -385,6 +404,7 @@ class LongConfig:
 
     def validate(self) -> None:
         self.check_fields()
+        check_freenoise_span(self)
         if self.color_anchor and self.staggered is False:
             raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, "
                              "which only staggered refinement has: switch staggered on or color_anchor off")
@@ -821,6 +841,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                    "use control.expert.latent_space.latent_shape(batch, frames, height, width)")
     evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls: no rule, no prompt)
     check_segment_length(plan.segment_length, {"control": control, **evaluated}, "the plan's segment_length")
+    check_freenoise_span(config, shape[2])
     validate_chain(control, spatial, temporal, shape, chain)
     for sentence in unused_long_settings(config, plan.structures, shape[2]) + \
             [video_frames_window(config, plan.segment_length, shape[2])]:

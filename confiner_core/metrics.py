@@ -57,7 +57,10 @@ def as_uint8_frames(frames) -> np.ndarray:
     """
     x = np.asarray(frames)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"frames must have shape [F, H, W, 3] (channels last), got {x.shape}")
+        # (decode and decode_frames return a batch [B, F, H, W, 3]: evaluate(decode(latent)) was told the shape alone)
+        batch = (f": {x.shape[0]} clip{'s' if x.shape[0] > 1 else ''} [B, F, H, W, 3], as decode returns them; "
+                 f"score one at a time, frames[0]" if x.ndim == 5 and x.shape[-1] in (1, 3) else "")
+        raise ValueError(f"frames must have shape [F, H, W, 3] (channels last), got {x.shape}{batch}")
     if x.shape[0] == 0:
         raise ValueError("frames is empty (F = 0)")
     if x.dtype == np.uint8:

@@ -65,7 +65,7 @@ WORD_KEY = re.compile(rf"^\s*[^\W\d]\w*(?:\s+{NUMBER_WORD})?\s*:\s+(.+)$", re.DO
 # a numbered label alone ('scene 2: ...'): every entry of "scene 1: a cat | scene 2: a dog" (a schedule, its keys
 # labels) starts with one; "style: anime | film grain" stays a plain prompt
 NUMBERED_LABEL = re.compile(rf"^\s*([^\W\d]\w*\s+{NUMBER_WORD})\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
-# a '|' outside brackets (A1111's [a|b] alternation is no entry separator)
+# a '|' outside brackets: the separator of entries (A1111's [a|b] alternation stays inside its entry's prompt)
 TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
 QUOTED_ENTRY = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -116,10 +116,15 @@ def plain(prompt: str, frames: int, fps: float | None = None) -> PromptSchedule:
     return PromptSchedule((Entry(0, prompt.strip()),), frames, fps, scheduled=False)
 
 
+def split_entries(line: str) -> list[str]:
+    """A line of a schedule cut at its entry separators (:data:`TOP_LEVEL_BAR`), every parser's one reading."""
+    return TOP_LEVEL_BAR.split(line)
+
+
 def is_schedule(text: str) -> bool:
     """Whether ``text`` is written as a schedule (starts with ``<key>: ``)."""
     first = next((line for line in text.splitlines() if line.strip()), "")
-    return ENTRY.match(first.split("|", 1)[0]) is not None
+    return ENTRY.match(split_entries(first)[0]) is not None
 
 
 def misspelt_key(piece: str) -> str | None:
@@ -188,7 +193,7 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
     past the end is told how long the video lasts at each."""
     text = text or ""
     if not is_schedule(text):
-        pieces = [piece for line in text.splitlines() for piece in line.split("|") if piece.strip()]
+        pieces = [piece for line in text.splitlines() for piece in split_entries(line) if piece.strip()]
         if len(pieces) > 1 and all(UNSPACED_KEY.match(piece) for piece in pieces):
             # the text as meant ("or it stays one plain prompt" read as if it would be taken as one)
             spaced = " | ".join(UNSPACED_KEY.sub(lambda m: m.group(0).strip() + " ", piece.strip(), count=1)
@@ -227,8 +232,9 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
                 f"or '2.5s: ...' for seconds), or remove the ': ' after the number to keep one plain prompt", option)
         return plain(text, frames, fps)
     pieces = [(piece, line_no) for line_no, line in enumerate(text.splitlines(), 1) if line.strip()
-              for piece in line.split("|")]
+              for piece in split_entries(line)]
     entries: list[Entry] = []
+    written: dict[Entry, tuple[str, str]] = {}   # each entry as written, and where it starts (for the messages)
     for piece, line_no in pieces:
         where = f"entry {piece.strip()!r}" if piece.strip() else f"an empty entry (line {line_no}, between '|')"
         if not piece.strip():
@@ -281,6 +287,7 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
         if slowest_fps and seconds and entries and start <= entries[-1].start and \
                 later_at_some_rate(key, entries[-1].key):
             entries.append(Entry(start, prompt, key))   # at the model's rate it may fall after the entry before
+            written[entries[-1]] = (piece.strip(), at)
             continue
         if entries and start == entries[-1].start:
             raise UsageError(f"{option}: {where} starts at {at}, the same frame as entry "
@@ -292,12 +299,13 @@ def parse_prompt(text: str, frames: int, fps: float | None = None, option: str =
             raise UsageError(f"{option}: {where} starts at {at}, before the previous entry ({said}); list the "
                              f"entries in increasing order", option)
         entries.append(Entry(start, prompt, key))
-        if len(entries) == 1:
-            first = (piece.strip(), at)
+        written[entries[-1]] = (piece.strip(), at)
     if slowest_fps:   # entries left to the run's check may be out of order at the slowest rate
         entries.sort(key=lambda e: e.start)
     if entries[0].start != 0:   # checked last: "16: a | 0: b" is out of order, and the fix is the order
-        raise UsageError(f"{option}: the first entry {first[0]!r} starts at {first[1]}; a schedule starts at frame 0 "
+        # (the earliest entry, also where the sort above moved one first: it named the first written)
+        piece, at = written[entries[0]]
+        raise UsageError(f"{option}: the first entry {piece!r} starts at {at}; a schedule starts at frame 0 "
                          f"(e.g. '0: {entries[0].prompt} | ...')", option)
     return PromptSchedule(tuple(entries), frames, fps, scheduled=True)
 

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off, own_stage
-from .sampling import Callback, check_generator, ddim_step, diffuse, on_schedule, randn_like, step_info
+from .sampling import Callback, check_generator, ddim_step, diffuse, on_schedule, randn_like, seeded, step_info
 from .schedules import NoiseSchedule
 from .timesteps import with_next
 
@@ -71,6 +73,11 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     # (before the spatial evaluation it would follow)
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        # (the loops take an int: a step called with one int each time would draw the same noise at every step)
+        raise TypeError(f"coordinated_step draws fresh noise at every step (Eq. 9, 11), so it takes one seeded "
+                        f"torch.Generator for the whole loop, not a seed ({generator}): g = "
+                        f"torch.Generator().manual_seed({generator}) before the loop (refine_coordinated takes an int)")
     check_generator(generator, "coordinated_step", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
         pred_spatial = spatial(x, t)                                               # line 10
@@ -86,7 +93,7 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
 
 
 def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, timesteps: list,
-                       generator: torch.Generator, matching: str = SAME_INDEX, eta: float = 0.0,
+                       generator: torch.Generator | int, matching: str = SAME_INDEX, eta: float = 0.0,
                        callback: Callback | None = None) -> torch.Tensor:
     """Algorithm 1, lines 9-14: per refinement step, the coordinated hand-over then one spatial DDIM step (Eq. 8).
     Three expert evaluations per step (two spatial, one temporal). ``callback`` gets, besides :func:`step_info`'s
@@ -97,7 +104,7 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
     :func:`coordinated_step` takes them."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
-    check_generator(generator, "refine_coordinated", x.shape[0] if torch.is_tensor(x) else None)
+    generator = seeded(generator, "refine_coordinated", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
         for i, (t, t_prev) in enumerate(with_next(timesteps)):
             seen = {} if callback is not None else None

@@ -89,17 +89,20 @@ def spawned_seed(seed: int, *key: int) -> int:
 #: the stream an int seed gives the chain's own draws (:func:`seeded`), apart from ConFiner-Long's task streams
 #: (``long.task_seed``'s kinds 0-2)
 CHAIN_DRAWS = 3
+#: the stream of an int seed given to the control stage alone (``generate_structure``): its draws (DDIM's eta) were
+#: those of Eq. 6's noise where a script passed one int to both stages
+CONTROL_DRAWS = 4
 
 
-def seeded(generator, where: str, batch: int | None = None):
+def seeded(generator, where: str, batch: int | None = None, stream: int = CHAIN_DRAWS):
     """The generator a stage function draws from: ``generator`` as given (the run continues from its state), or for
-    an int a CPU generator of that seed's own stream (:data:`CHAIN_DRAWS`), as ``generate_long`` takes a seed. Not
-    ``torch.Generator().manual_seed(seed)``: noise a caller drew with that, passed with the same int, was drawn
-    again as Eq. 6's. Checked by :func:`check_generator`."""
+    an int a CPU generator of that seed's own ``stream`` (:data:`CHAIN_DRAWS`; :data:`CONTROL_DRAWS` for the control
+    stage alone), as ``generate_long`` takes a seed. Not ``torch.Generator().manual_seed(seed)``: noise a caller drew
+    with that, passed with the same int, was drawn again as Eq. 6's. Checked by :func:`check_generator`."""
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         if not 0 <= generator <= MAX_SEED:
             raise ValueError(f"{where}: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range), got {generator}")
-        generator = torch.Generator().manual_seed(spawned_seed(generator, CHAIN_DRAWS))
+        generator = torch.Generator().manual_seed(spawned_seed(generator, stream))
     check_generator(generator, where, batch, seeds=True)
     return generator
 

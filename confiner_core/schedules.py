@@ -155,6 +155,9 @@ class NoiseSchedule:
         log_ve = torch.log(self.ve_sigmas)
         hi = min(lo + 1, self.num_timesteps - 1)
         w = t - lo
+        if math.isinf(float(log_ve[hi])):   # a flow table's sigma 1 (alpha 0): log-linear is sigma 1 (NaN) at once
+            sigma = (1 - w) * float(self.sigmas[lo]) + w * float(self.sigmas[hi])
+            return 1.0 - sigma, sigma
         return alpha_sigma_from_ve(math.exp((1 - w) * float(log_ve[lo]) + w * float(log_ve[hi])), self.kind)
 
     def timestep_for_noise_level(self, ve_sigma: float, continuous: bool = False) -> float:
@@ -170,6 +173,9 @@ class NoiseSchedule:
             return float(self.num_timesteps - 1)
         hi = int(torch.searchsorted(log_ve, torch.tensor(target, dtype=log_ve.dtype)))
         lo = hi - 1
+        if math.isinf(float(log_ve[hi])):   # a flow table's top interval, linear in sigma (:meth:`coefficients`)
+            sigma = alpha_sigma_from_ve(ve_sigma, self.kind)[1]
+            return lo + (sigma - float(self.sigmas[lo])) / (float(self.sigmas[hi]) - float(self.sigmas[lo]))
         return lo + (target - float(log_ve[lo])) / (float(log_ve[hi]) - float(log_ve[lo]))
 
 

@@ -189,8 +189,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             progress.opening += "\n" + (named if len(named) <= host.LINE_WIDTH else line)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early
         with progress.running(), sessions.stage():
-            latent = refine_structure(spatial, temporal, x, config, host.item_generators(seed, x.shape[0], structure),
-                                      source=source, control_schedule=control_schedule)
+            generators = host.item_generators(seed, x.shape[0], structure, refine=True)
+            latent = refine_structure(spatial, temporal, x, config, generators, source=source,
+                                      control_schedule=control_schedule)
             latent, refiner = host.to_spatial_space(latent, refining_denoiser(spatial, temporal, mode), spatial, log)
         host.log_cost(NODE, log, host.node_id(cls))
         note = host.output_space_note(refiner, spatial, source.expert.latent_space)

@@ -41,7 +41,7 @@ from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNDISTILLED_CONT
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame, wan22_space
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
-from ..confiner_core.sampling import ItemGenerators
+from ..confiner_core.sampling import MAX_SEED, ItemGenerators, seeded
 from . import ade, model_files, sessions
 from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
 from .types import mismatch
@@ -744,14 +744,21 @@ def noise_in(model, latent: dict) -> torch.Tensor:
     return _canonical(model, _checked_samples(model, latent, "noise"))
 
 
-def item_generators(seed: int, batch: int, latent: dict) -> ItemGenerators:
+def item_generators(seed: int, batch: int, latent: dict, refine: bool = False) -> ItemGenerators:
     """The generators of a sampling node's ``batch`` clips (the canonical latent's first axis): item b draws all its
     noise from the seed plus its batch index, so the first item of a batch is the batch-1 clip, as with KSampler,
     and every other one is the batch-1 clip of its own seed. A video LATENT's ``batch_index`` (Latent From Batch)
-    gives the indices, so an item picked from a batch is made again alone."""
+    gives the indices, so an item picked from a batch is made again alone.
+
+    ``refine``: the Refine Sampler's, each seed drawn as the library's refinement draws an int seed (its own stream,
+    :func:`~confiner_core.sampling.seeded`), not as ``torch.Generator().manual_seed(seed)``: with the Control
+    Expert's seed equal (the templates' 0 and 0), Eq. 6's "fresh" noise was the control stage's starting noise."""
     index = latent.get("batch_index")
     ok = latent["samples"].ndim == 5 and isinstance(index, (list, tuple)) and len(index) == batch
-    return ItemGenerators.seeded([seed + (int(index[b]) if ok else b) for b in range(batch)])
+    seeds = [(seed + (int(index[b]) if ok else b)) % (MAX_SEED + 1) for b in range(batch)]
+    if refine:
+        return ItemGenerators([seeded(s, "refine seed") for s in seeds])
+    return ItemGenerators.seeded(seeds)
 
 
 # The key under which the pack notes in a LATENT dict the latent space its samples are in (a core LatentSpace), so
@@ -964,7 +971,8 @@ UNUSED_NOTE = {"control_eta": "warning: control eta unused: only ddim reads it",
 class Progress:
     """One ComfyUI progress bar per node, advanced once per expert evaluation in every stage, each update with a
     latent preview of that evaluation's x0, and once per VAE call between the experts, which the bar counts as it
-    comes (its total grows by one: a Wan VAE's call takes seconds to minutes, and the bar stood still through it).
+    comes (its total grows by one at its start, its value at the next update: a Wan VAE's call takes seconds to
+    minutes, and the bar stood still through it).
     Each update is also the real server's interruption check. The node's
     progress text shows the stage and the expert, then the step on a line of its own (the frontend wraps a long line
     anywhere, also inside "42/42"), under any warnings; the frontend's box shows about four lines."""
@@ -1117,7 +1125,9 @@ class Progress:
         self.vae_calls += 1
         when = f"after evaluation {self.done}/{self.total}" if self.done else f"before evaluation 1/{self.total}"
         self.show(f"between experts · {action} {frames} frames\nwith the {vae} · {when}")
-        self.bar.update_absolute(self.done + self.vae_calls, self.total + self.vae_calls)
+        # the call joins the total now and counts as done at the next update: counted at its start, the bar read
+        # 100 % through a long video's last join (seconds on a Wan VAE; a trial)
+        self.bar.update_absolute(self.done + self.vae_calls - 1, self.total + self.vae_calls)
 
     def show(self, text: str) -> None:
         # warnings first: the frontend cuts what does not fit the node, and they matter more than the step
@@ -1197,12 +1207,25 @@ def error_message(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+MORE = " … (see the error)"
+
+
 def error_lines(message: str, lines: int = 3) -> str:
     """An error's message on a node: at most ``lines`` lines of :data:`LINE_WIDTH`, broken between words, the rest in
     the error dialog. Once that dialog was closed, the failed node said only "stopped by an error (see the error)"
-    (a trial)."""
-    return "\n".join(textwrap.wrap(" ".join(message.split()), LINE_WIDTH, max_lines=lines, break_on_hyphens=False,
-                                   placeholder=" … (see the error)"))
+    (a trial). A message cut short keeps its fix, the clause after its last ": ", on the last line where it fits
+    there: the cut took "use 61 or 65" off a refusal and left the reason (a trial). ``web/confiner.js`` firstLines
+    is the same rule for the frontend's own lines."""
+    text = " ".join(message.split())
+    whole = textwrap.wrap(text, LINE_WIDTH, break_on_hyphens=False)
+    if len(whole) <= lines:
+        return "\n".join(whole)
+    head, colon, fix = text.rpartition(": ")
+    ending = f"{fix} (see the error)"
+    if colon and lines > 1 and len(ending) <= LINE_WIDTH:
+        return "\n".join([*textwrap.wrap(head + ":", LINE_WIDTH, max_lines=lines - 1, break_on_hyphens=False,
+                                          placeholder=" …"), ending])
+    return "\n".join(textwrap.wrap(text, LINE_WIDTH, max_lines=lines, break_on_hyphens=False, placeholder=MORE))
 
 
 def node_id(node_cls) -> str | None:

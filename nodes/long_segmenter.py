@@ -263,7 +263,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             logging.info("%s: %s", NODE, resolved_schedule_text(segment_prompts, frames, plan, fps))
         ade.new_run()
         per_window = refine_evaluations(chain)
-        total = plan.structures * control_steps + len(plan.windows) * per_window
+        total = plan.expected_evaluations(chain)
 
         def index(role, counts) -> int:   # the structure (control stage) or window this evaluation is in
             if role == "control":

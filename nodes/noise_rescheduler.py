@@ -85,13 +85,20 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
         segment_length, stride = values["segment_length"], values["stride"]
         if problem:
             return problem
+        return cls.stride_problem(method, segment_length, stride) or True
+
+    @staticmethod
+    def stride_problem(method, segment_length, stride) -> str | None:
         if method == FREENOISE and None not in (stride, segment_length) and stride > segment_length:
             return (f"FreeNoise stride (stride) = {stride} must not exceed segment latent frames (segment_length) = "
                     f"{segment_length}")
-        return True
+        return None
 
     @classmethod
     def execute(cls, latent, seed, method, segment_length, stride) -> io.NodeOutput:
+        problem = cls.stride_problem(method, segment_length, stride)
+        if problem:   # (values from links reach validate_inputs as None: the library's message named no input)
+            raise ValueError(problem)
         noise = RescheduledNoise(seed, method, segment_length, stride)
         samples = latent["samples"]
         frames = samples.shape[0] if samples.ndim == 4 else samples.shape[2]   # [F,C,h,w] or [B,C,T,h,w]

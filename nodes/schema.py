@@ -13,7 +13,7 @@ import re
 
 from comfy_api.latest import io
 
-from ..confiner_core.chain import AUTO, MATCHINGS, MODES, STRUCTURE_NOISES
+from ..confiner_core.chain import AUTO, MATCHINGS, MODES, STRUCTURE_NOISES, ChainConfig
 from ..confiner_core.long import COHERENCE_MEMORIES
 from ..confiner_core.sampling import SAMPLERS
 from ..confiner_core.timesteps import SPACINGS
@@ -257,8 +257,10 @@ def check_widgets(node_cls, **values) -> None:
 
 
 def refine_problem(te, refine_steps) -> str | None:
-    """Steps that do not fit below a T_e set (0, automatic, is checked once the refining model is known)."""
-    if te and refine_steps is not None and refine_steps > te:
+    """Steps that do not fit below a T_e set (0, automatic, is checked once the refining model is known), by the
+    library's rule at the nodes' spacing (:meth:`~confiner_core.chain.ChainConfig.refine_room`)."""
+    room = ChainConfig(te=te).refine_room() if te else None
+    if room is not None and refine_steps is not None and refine_steps > room:
         return (f"refine steps (refine_steps) = {refine_steps} do not fit between T_e = {te} and 0: use at most "
-                f"{te} step{'s' if te > 1 else ''} or raise the structure timestep T_e (te)")
+                f"{room} step{'s' if room > 1 else ''} or raise the structure timestep T_e (te)")
     return None

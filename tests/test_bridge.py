@@ -45,6 +45,21 @@ def test_bridge_refuses_without_vaes_and_checks_frames():
         CausalWorldCodec().encode(WorldCodec().decode(world_latent(6)))
 
 
+def test_a_codec_refuses_a_numpy_array_in_one_line_naming_the_fix():
+    """A NumPy latent passed the VAE's shape check and failed inside each VAE differently ("'numpy.ndarray' object
+    has no attribute 'double'" in the embedded one; 'dim', 'split' in diffusers' through LoadedExperts.decode) (a
+    researcher's trial)."""
+    import numpy as np
+
+    for codec, array in ((WorldCodec(), world_latent(5).numpy()), (CausalWorldCodec(), np.zeros((1, 4, 5, 6, 8)))):
+        with pytest.raises(TypeError, match=r"^the embedded(-causal)? VAE takes (latents|pixels) .* as a torch.Tensor, got "
+                                            r"ndarray: torch.from_numpy\(x\)$"):
+            codec.decode(array) if codec.space is WORLD else codec.encode(array)
+    with pytest.raises(TypeError, match=r"^the embedded VAE takes latents \[B, 4, T, h, w\] as a torch.Tensor, got "
+                                        r"list$"):
+        WorldCodec().decode(world_latent(5).tolist())
+
+
 def test_only_an_expert_that_kept_the_default_latent_space_is_told_to_declare_one():
     """An expert of one's own keeps Expert's default space (SD 1.5's) unless it declares its own: beside the embedded
     experts it is asked for a VAE, or to declare its space. The library's own experts (here the embedded bridge

@@ -16,7 +16,7 @@ from confiner_core.latent_spaces import SD15, SDXL
 from confiner_core.layout import FRAMES, VIDEO
 from confiner_core.prediction import from_x0_eps
 from confiner_core.refine import coordinated_step, matched_timestep, refine_coordinated
-from confiner_core.sampling import randn_like
+from confiner_core.sampling import randn_like, seeded
 
 SHAPE = (1, 4, 3, 4, 4)
 
@@ -75,6 +75,42 @@ def test_noise_level_matching_picks_equal_noise_timestep():
     t_T = temporal_e.calls[0][0]
     assert t_T == matched_timestep(sd, lavie, 600, "nearest")
     assert 415 <= t_T <= 430  # the method notes: SD t=600 ~ LaVie t=422
+
+
+def test_one_int_seed_to_both_stages_draws_eq6_apart_from_the_control_stage(monkeypatch):
+    """generate_structure and refine_structure took an int seed on one stream: with DDIM's eta the control stage's
+    first draw was Eq. 6's noise itself (a review). The control stage alone has a stream of its own; run_chain, one
+    generator through both stages, is unchanged."""
+    import confiner_core.chain as chain_module
+    import confiner_core.sampling as sampling_module
+
+    draws = []
+
+    def recording(original):
+        def draw(x, generator):
+            draws.append(original(x, generator))
+            return draws[-1]
+        return draw
+    monkeypatch.setattr(sampling_module, "randn_like", recording(sampling_module.randn_like))
+    monkeypatch.setattr(chain_module, "randn_like", recording(chain_module.randn_like))
+    d = OracleExpert(x0_star(), S.named("sd15")).bind()
+    config = ChainConfig(control_sampler="ddim", control_eta=1.0)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    structure = generate_structure(d, noise, config, 5)
+    control_draws = len(draws)
+    refine_structure(d, d, structure, config, 5)
+    assert control_draws == config.control_steps and not torch.equal(draws[0], draws[control_draws])   # Eq. 6: next
+
+
+def test_the_coordinated_loop_takes_an_int_seed_as_the_chains_stages_do():
+    """``refine_coordinated`` refused an int, which run_chain and the other stages take (a researcher's trial); its
+    draws are the int's own stream, as theirs (:func:`~confiner_core.sampling.seeded`). ``coordinated_step`` still
+    takes a generator: called with one int each step it would draw the same noise at every step."""
+    d = OracleExpert(x0_star(), S.named("sd15")).bind()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    by_int = refine_coordinated(d, d, x, [100, 60, 20], 4)
+    assert torch.equal(by_int, refine_coordinated(d, d, x, [100, 60, 20], seeded(4, "test")))
+    assert not torch.equal(by_int, refine_coordinated(d, d, x, [100, 60, 20], 5))
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
@@ -748,8 +784,13 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
     # the small functions of a loop of one's own (a researcher's 20 lines): named, with the fix
     with pytest.raises(TypeError, match=r"^coordinated_step needs a seeded torch.Generator"):
         coordinated_step(control, control, x0, 100, None)
-    with pytest.raises(TypeError, match=r"^refine_coordinated needs a seeded torch.Generator"):   # (named its step)
+    with pytest.raises(TypeError, match=r"^refine_coordinated needs a seed \(an int\) or a seeded "
+                                        r"torch.Generator"):   # (named its step)
         refine_coordinated(control, control, x0, [100, 50], None)
+    with pytest.raises(TypeError, match=r"^coordinated_step draws fresh noise at every step \(Eq. 9, 11\), so it "
+                                        r"takes one seeded torch.Generator for the whole loop, not a seed \(4\): g = "
+                                        r"torch.Generator\(\).manual_seed\(4\) before the loop"):
+        coordinated_step(control, control, x0, 100, 4)
     with pytest.raises(TypeError, match=r"^expert 'oracle.*': the sample must be a torch.Tensor, got ndarray: "
                                         r"torch.as_tensor\(x, dtype=torch.float32\)"):
         control(x0.numpy(), 100)
@@ -898,6 +939,34 @@ def test_an_experts_output_on_another_device_is_refused_naming_the_expert():
                                          r"input on cpu: return them on the input's device \(x.device\)$"):
         run_chain(far.bind(), good, good, torch.randn(SHAPE), ChainConfig(), torch.Generator().manual_seed(0))
     assert len(far.calls) == 1   # at its first call, as every contract broken at forward
+
+
+def test_an_expert_that_edits_its_input_in_place_is_refused_at_that_call():
+    """An expert whose forward ended with ``x.clamp_(...)`` made another video without a word (a researcher's trial:
+    up to 0.84 off): the prediction is read against the sample it changed, in the frames layout a view of the chain's
+    own. Refused at its first call, naming the expert, in either role; out of place the same clamp runs."""
+    x0 = x0_star()
+    sd = S.named("sd15")
+
+    def clamping(in_place, layout):
+        class Clamping(OracleExpert):
+            def forward(self, x, t, conds):
+                outs = super().forward(x, t, conds)
+                x.clamp_(-0.5, 0.5) if in_place else x.clamp(-0.5, 0.5)
+                return outs
+        return Clamping(x0, sd, layout=layout, name="clamp")
+
+    good = OracleExpert(x0, sd).bind()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    for layout in (VIDEO, FRAMES):
+        edits = clamping(True, layout)
+        with pytest.raises(ValueError, match=r"^expert 'clamp' \(Clamping\).forward changed its input x in place: "
+                                             r".*work on a copy \(x = x.clone\(\)\)"):
+            run_chain(good, edits.bind(), good, noise, ChainConfig(), torch.Generator().manual_seed(0))
+        assert len(edits.calls) == 1
+        run_chain(good, clamping(False, layout).bind(), good, noise, ChainConfig(), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"forward changed its input x in place"):
+        run_chain(good, good, clamping(True, VIDEO).bind(), noise, ChainConfig(), torch.Generator().manual_seed(0))
 
 
 def test_an_experts_codec_of_another_space_is_refused_before_any_evaluation():

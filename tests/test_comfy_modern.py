@@ -854,12 +854,14 @@ def test_bridged_graph_reports_its_vae_calls(comfy_worker, modern, spatial, fram
     assert all(e["has_preview"] for e in r["progress"] if e["node_id"] == "9")
     assert _cost(r, "ConFiner Refine Sampler") == {"evaluations": 3 * REFINE_STEPS, "vae_calls": 2 + 4 * REFINE_STEPS}
     # the bar moves at every evaluation, with its preview, and at every VAE call, its total growing as they come: it
-    # stood still through each VAE call before (seconds to minutes with a Wan VAE)
+    # stood still through each VAE call before (seconds to minutes with a Wan VAE). A call joins the total at its
+    # start and counts as done at the next update (counted at its start, a long video's last join read 100 %)
     bar = [e for e in r["progress"] if e["node_id"] == "11"]
     assert sum(e["has_preview"] for e in bar) == 3 * REFINE_STEPS and len(bar) == 3 * REFINE_STEPS + 2 + 4 * REFINE_STEPS
-    assert [e["value"] for e in bar] == list(range(1, len(bar) + 1)) and bar[-1]["total"] == len(bar), bar[-3:]
+    assert bar[-1]["total"] == len(bar) and all(b["total"] - a["total"] == (not b["has_preview"])
+                                                 for a, b in zip(bar, bar[1:])), bar
     assert all(e["total"] - e["value"] == 3 * REFINE_STEPS - sum(p["has_preview"] for p in bar[:i + 1])
-               for i, e in enumerate(bar)), bar   # what is left is the evaluations left
+               + (not e["has_preview"]) for i, e in enumerate(bar)), bar   # the evaluations left, and the VAE call
     assert len(_saved(r)) == LENGTH   # SD frames, or one-frame Wan latents: one image per pixel frame
     # each VAE call is said on the node in place of the step, which stood still meanwhile (seconds to minutes for a
     # Wan VAE): the structure's decode with the Wan VAE first (connected as temporal_vae, or spatial_vae for Qwen)

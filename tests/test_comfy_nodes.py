@@ -178,6 +178,18 @@ def test_a_bundle_served_from_the_cache_is_said_again_by_the_sampler_that_reads_
     assert said(again) == said(first)[:1], said(again)
 
 
+def test_eq6_draws_fresh_noise_when_the_control_and_refine_seeds_are_equal(comfy_worker):
+    """Eq. 6 noises the structure with fresh noise. Both sampling nodes seeded a torch.Generator with their seed, so
+    with equal seeds (the templates' 0 and 0) the Refine Sampler's Eq. 6 noise was the Control Expert's starting
+    noise itself (a review): the structure re-noised towards where it came from. The refine seed has its own stream."""
+    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    (control,), (sampler,) = _node_ids(workflow, "ConFinerControlExpert"), _node_ids(workflow, "ConFinerCoordinatedSampler")
+    seeds = {str(n["id"]): n["widgets_values"] for n in workflow["nodes"] if str(n["id"]) in (control, sampler)}
+    assert 0 in seeds[control] and 0 in seeds[sampler], seeds   # the template's seeds: equal
+    r = comfy_worker.call("comfy_support.confiner_checks:eq6_noise_against_control_noise", workflow)
+    assert r["shapes"][0] == r["shapes"][1] and not r["equal"] and abs(r["correlation"]) < 0.2, r
+
+
 def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
     workflow = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
@@ -621,12 +633,35 @@ def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_
     assert "seed 1" not in texts[True]["12"] and texts[False]["12"].endswith("\nseed 1"), texts
 
 
+def test_a_refusal_cut_short_under_its_node_keeps_its_fix(comfy_worker):
+    """Three lines of a long refusal kept its reason and cut its fix: "...; 64 … (see the error)", the "use 61 or 65"
+    left with the dialog (a trial). The fix, the last clause, ends the text where it fits a line; else the start."""
+    frames = ("frames = 64: the windows are joined into one clip of the refining expert's latent space, and the Wan "
+              "2.1 latent space holds 4k+1 frames (1, 5, 9, ...); 64 frames would be cut by its VAE: use 61 or 65")
+    said = comfy_worker.call("comfy_support.confiner_checks:error_lines", frames)
+    assert said == ("frames = 64: the windows are joined into one clip of the\nrefining expert's latent space, and "
+                    "the Wan 2.1 latent …\nuse 61 or 65 (see the error)")
+    assert_error_text("stopped by an error:\n" + said, frames)
+    long_fix = frames.replace("use 61 or 65", "use 61 or 65, the nearest counts of 4k+1 frames to the 64 asked")
+    said = comfy_worker.call("comfy_support.confiner_checks:error_lines", long_fix)
+    assert said.endswith(" … (see the error)") and "nearest" not in said
+    assert comfy_worker.call("comfy_support.confiner_checks:error_lines", "frames = 64: use 61") == "frames = 64: use 61"
+
+
 def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker):
     """Its default 16 segment latent frames on a 9-latent-frame Wan clip made one segment of base noise, silently
     (the node has no text of its own: the console says it)."""
     (warning,) = comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_warnings", 9, 16)
     assert "segment latent frames = 16 covers the latent's 9 frames" in warning and "nothing is rescheduled" in warning
     assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_warnings", 32, 16) == []
+
+
+def test_noise_rescheduler_refuses_a_linked_stride_above_its_window_naming_its_inputs(comfy_worker):
+    """Values from links reach validate_inputs as None, and the run failed with the library's "FreeNoise needs window
+    >= 1 and 1 <= stride <= window", which names no input of the node (a review)."""
+    assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_refusal", 4, 8) == \
+        "FreeNoise stride (stride) = 8 must not exceed segment latent frames (segment_length) = 4"
+    assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_refusal", 8, 4) is None
 
 
 @pytest.mark.parametrize("sampler,steps", [("dpmpp_2m", 4), ("dpmpp_2m", 7)])

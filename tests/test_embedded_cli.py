@@ -82,6 +82,15 @@ def test_words_the_embedded_world_does_not_read_are_named_and_what_it_draws_is_w
                                          "unknown_words": ["elephant", "dancing"], "unused_words": ["red"]}]
     run(tmp_path, "default")
     assert "embedded world" not in capsys.readouterr().out
+    # a script hears it as a warning (it was said only in report.json: a researcher's trial)
+    from confiner_core.errors import ConFinerWarning
+    from confiner_core.generate import GenerateRequest, generate
+
+    with pytest.warns(ConFinerWarning, match=r"^embedded world: 'a corgi running' is drawn as a red ball bouncing "
+                                             r"over grass \(corgi, running not read\)"):
+        generate(GenerateRequest(prompt="a corgi running", frames=4, height=64, width=64, out=str(tmp_path / "lib")),
+                 show_progress=False)
+    assert capsys.readouterr().out == ""
     for prompt, unused in (("a purple elephant dancing", []), ("", []), ("a red ball bouncing over green grass", []),
                            ("a blue cube sliding left across the snow at night", ["night"]),
                            ("a ball bouncing left", ["left"]), ("a red ball and a red sphere", []),

@@ -337,6 +337,17 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
                                              rf"{window}$"):
             generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(),
                           LongConfig(noise_init="freenoise", freenoise_window=window), 0, sink)
+    # a stride above the window: "FreeNoise needs window >= 1 and 1 <= stride <= window" named neither setting,
+    # after the chain's checks (a review); a given window at validate(), one segment's by the plan
+    for config, window in ((LongConfig(noise_init="freenoise", freenoise_window=4, freenoise_stride=6),
+                            "freenoise_window=4"),
+                           (LongConfig(noise_init="freenoise", freenoise_stride=20),
+                            r"one segment's 16 latent frames \(freenoise_window=None\)")):
+        with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_stride=\d+ must be at most the FreeNoise "
+                                             rf"window, {window}: use a stride of at most \d+$"):
+            generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), config, 0, sink)
+    with pytest.raises(ValueError, match=r"freenoise_stride=6 must be at most the FreeNoise window"):
+        LongConfig(noise_init="freenoise", freenoise_window=4, freenoise_stride=6).validate()
     assert sum(log.evaluations.values()) == 0
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -251,6 +252,10 @@ def test_bad_input_raises():
         m.as_uint8_frames(x.transpose(0, 3, 1, 2))  # channels first
     with pytest.raises(ValueError):
         m.as_uint8_frames(x[:0])
+    # a batch as decode returns it: told to score one clip (evaluate(decode(latent)) was told the shape alone)
+    with pytest.raises(ValueError, match=re.escape("got (1, 4, 64, 96, 3): 1 clip [B, F, H, W, 3], as decode returns "
+                                                   "them; score one at a time, frames[0]")):
+        m.evaluate(x[None])
 
 
 # --- reading videos ----------------------------------------------------------------------------------------------

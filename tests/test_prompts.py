@@ -84,6 +84,14 @@ def test_a_ratio_after_a_comma_stays_in_its_entry():
     assert [(e.start, e.prompt) for e in s.entries] == [(0, "a cat, 16:9 widescreen"), (32, "a dog")]
 
 
+def test_a1111_alternation_stays_inside_its_entry_in_every_parser():
+    """The field check read '[cat|dog]' as one entry's, the parser split it: '0: a [cat|dog] in a field | 16: a
+    bird' was refused with "entry 'dog] in a field' has no start key" (a review: one grammar, two tokenisers)."""
+    s = parse_prompt("0: a [cat|dog] in a field | 16: a bird", frames=32)
+    assert [(e.start, e.prompt) for e in s.entries] == [(0, "a [cat|dog] in a field"), (16, "a bird")]
+    assert is_schedule("0: a [cat|dog] | 16: b") and not parse_prompt("a [cat|dog] | grain", frames=8).scheduled
+
+
 def test_one_entry_schedule_does_not_travel():
     s = parse_prompt("0: a red ball", frames=16)
     assert s.scheduled and not s.travels and s.at(15) == "a red ball"
@@ -209,6 +217,12 @@ def test_seconds_keys_before_the_rate_is_known_refuse_only_what_every_faster_rat
                             "more frames")
     # on or before a frame key at 8 fps, but after it at Wan's 16: left to the run, which knows the rate
     parse_prompt("0: a | 16: b | 2s: c", 64, 8, slowest_fps=True)
+    # a schedule with no frame 0 names its earliest entry, also one written later (it named '8: a cat', the first
+    # written, and suggested 'a dog': a review)
+    with pytest.raises(UsageError, match=re.escape("the first entry '0.5s: a dog' starts at frame 4 or later (0.5s at "
+                                                   "8 fps, the slowest model rate); a schedule starts at frame 0 "
+                                                   "(e.g. '0: a dog | ...')")):
+        parse_prompt("8: a cat | 0.5s: a dog", 32, 8, slowest_fps=True)
     with pytest.raises(UsageError, match="the same frame as entry 16"):
         parse_prompt("0: a | 16: b | 2s: c", 64, 8)
     # a frame key on or before a seconds key at the slowest rate is before it at every rate

@@ -167,6 +167,19 @@ def test_continuous_noise_level_match_is_exact():
         assert s2 / a2 == pytest.approx(s / a, rel=1e-6)
 
 
+def test_a_flow_tables_top_interval_is_finite_and_its_inverse_exact():
+    """Between a flow table's last two entries (sigma 1 on top, alpha 0) log-linear interpolation gave NaN for every
+    fractional t, and the continuous inverse put every noise level in it at the lower entry (a review). There sigma is
+    interpolated linearly, finite up to sigma 1, and the inverse reads it back."""
+    flow = S.flow_schedule(shift=3.0)
+    low, top = flow.coefficients(998)[1], flow.coefficients(999)[1]
+    a, s = flow.coefficients(998.25)
+    assert a + s == pytest.approx(1.0) and s == pytest.approx(0.75 * low + 0.25 * top) and low < s < top == 1.0
+    assert flow.timestep_for_noise_level(s / a, continuous=True) == pytest.approx(998.25)
+    assert flow.timestep_for_noise_level(0.9999 / 0.0001, continuous=True) == pytest.approx(
+        998 + (0.9999 - low) / (1 - low))
+
+
 def test_bad_timestep_is_rejected():
     with pytest.raises(ValueError, match="outside schedule"):
         S.named("sd15").coefficients(1000)

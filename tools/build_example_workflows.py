@@ -25,7 +25,8 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "example_workflows")
-MEASURED = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend_node_sizes.json")))
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend_node_sizes.json")) as sizes:
+    MEASURED = json.load(sizes)
 
 TITLE_H = 30        # LiteGraph draws a node's title bar above its position
 GAP = 36            # between stacked nodes, below the title bar
@@ -451,8 +452,10 @@ class Graph:
         assert not crossings, f"{name}: links under nodes: {[(c[0], c[1]['type']) for c in crossings]}"
         wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
               "links": self.links, "groups": self.groups, "config": {}, "extra": extra, "version": 0.4}
-        with open(os.path.join(OUT, name + ".json"), "w") as f:
+        path = os.path.join(OUT, name + ".json")
+        with open(path + ".tmp", "w") as f:   # the shipped template is replaced whole, never left half-written
             json.dump(wf, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 ADE_NODES = ["- **ComfyUI-AnimateDiff-Evolved** (required): the two motion-model loaders.",

@@ -383,16 +383,29 @@ function notRun(detail, cancelled = false) {
 }
 
 // The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on, as the server's
-// "stopped by an error:" (nodes/host.py error_lines).
+// "stopped by an error:" (nodes/host.py error_lines): a message cut short keeps its fix, the clause after its last
+// ": ", on the last line where it fits there.
 const MORE = " … (see the error)";
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
+  const text = lines.join(" ");
+  const colon = text.lastIndexOf(": ");
+  const ending = `${text.slice(colon + 2)} (see the error)`;
+  if (colon >= 0 && count > 1 && ending.length <= LINE) {
+    return [...cut(wrapped(text.slice(0, colon + 1)).split("\n"), count - 1, " …"), ending].join("\n");
+  }
+  return cut(lines, count, MORE).join("\n");
+}
+
+// ``lines`` kept to ``count``, the last of them ending ``more`` (within LINE) where any were left out.
+function cut(lines, count, more) {
+  if (lines.length <= count) return lines;
   const kept = lines.slice(0, count);
   const words = kept[count - 1].split(" ");
-  while (words.length > 1 && (words.join(" ") + MORE).length > LINE) words.pop();
-  kept[count - 1] = words.join(" ") + MORE;
-  return kept.join("\n");
+  while (words.length > 1 && (words.join(" ") + more).length > LINE) words.pop();
+  kept[count - 1] = words.join(" ") + more;
+  return kept;
 }
 
 // ``text`` on each of the pack's nodes the run neither reached nor leaves out, where ``also(node, id)``.

@@ -253,6 +253,32 @@ def run_counting_evaluations(api_prompt: dict, fresh_cache: bool = False) -> dic
     return {**res.to_json(), "evaluations": calls["n"]}
 
 
+def eq6_noise_against_control_noise(workflow: dict) -> dict:
+    """Run a UI ``workflow`` and compare the Control Expert's starting noise V_T with the Refine Sampler's first draw,
+    Eq. 6's fresh noise (``extract_structure``'s): with equal seeds on the two nodes they were the same tensor."""
+    import torch
+
+    from comfy_support import harness
+
+    chain, control = _pack_module("confiner_core.chain"), _pack_module(".nodes.control_expert")
+    draws = {"control": [], "eq6": []}
+
+    def recording(name, original):
+        def draw(*args, **kwargs):
+            out = original(*args, **kwargs)
+            draws[name].append(out.clone())
+            return out
+        return draw
+
+    with _replaced(control, "randn_like", recording("control", control.randn_like)), \
+            _replaced(chain, "randn_like", recording("eq6", chain.randn_like)):
+        res = harness.run_workflow(workflow, fresh_cache=True)
+    assert res.success, res.to_json()
+    v_t, eps = draws["control"][0], draws["eq6"][0]
+    return {"shapes": [list(v_t.shape), list(eps.shape)], "equal": bool(torch.equal(v_t, eps)),
+            "correlation": float(torch.corrcoef(torch.stack([v_t.flatten(), eps.flatten()]))[0, 1])}
+
+
 def motion_models_make_a_video_expert(ckpt_name: str) -> dict:
     """SD 1.5 takes frame batches; with AnimateDiff's motion modules attached (where AnimateDiff-Evolved keeps them:
     the patcher's additional models under "ADE"; a stand-in here, as no tiny motion model exists) it relates them.
@@ -617,6 +643,24 @@ def noise_rescheduler_warnings(frames: int, segment_length: int) -> list:
     finally:
         logging.getLogger().removeHandler(handler)
     return [r for r in records if "Noise Rescheduler" in r]
+
+
+def error_lines(message: str) -> str:
+    """How a failed node shows ``message`` under itself (``host.error_lines``)."""
+    return _pack_module(".nodes.host").error_lines(message)
+
+
+def noise_rescheduler_refusal(segment_length: int, stride: int) -> str | None:
+    """The Noise Rescheduler run with these values (as links give them: queue-time validation sees None): its
+    refusal, or None."""
+    import torch
+
+    node = _pack_module(".nodes.noise_rescheduler").ConFinerNoiseRescheduler
+    try:
+        node.execute({"samples": torch.zeros(16, 4, 8, 8)}, 0, "freenoise", segment_length, stride)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def rescheduled_noise_items(method: str) -> dict:

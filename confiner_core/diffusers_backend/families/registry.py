@@ -311,7 +311,8 @@ class LoadedExperts:
         video = decoding_role(self.experts)   # the role whose space the refined video is in
         own = video if role == "spatial" else role
         space = getattr(self.experts.get(own), "latent_space", None)
-        if space is not None and latent.dim() == 5 and latent.shape[1] != space.channels:
+        if space is not None and isinstance(latent, torch.Tensor) and latent.dim() == 5 and \
+                latent.shape[1] != space.channels:
             # (the VAE's own message named its shape alone, for a structure decoded as the refined video)
             fits = [r for r, e in self.experts.items() if e is not None and r != own and e.codec is not None
                     and e.latent_space.channels == latent.shape[1]]
