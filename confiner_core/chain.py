@@ -624,10 +624,10 @@ def frames_alone_warnings(control: Denoiser, temporal: Denoiser | None) -> list[
 class ChainResult:
     """``latent`` is in the refining expert's latent space (``refiner``: decode it with that expert's codec);
     ``structure`` in the control expert's; both in the noise's dtype (float32, or float64 where the noise is: the
-    chain computes in it, whatever the experts' networks run in). ``seconds`` holds each stage's host time: on a GPU the control stage's
-    last forward, still running when the stage hands over, counts to the refinement. ``config`` is the run's, its
-    defaults settled as the experts decided them (T_e, matching): ``refine_timesteps(result.config)`` gives the
-    refinement's timesteps, :func:`temporal_timesteps` the temporal expert's."""
+    chain computes in it, whatever the experts' networks run in). ``seconds`` holds each stage's host time: on a GPU
+    the control stage's last forward, still running when the stage hands over, counts to the refinement. ``config``
+    is the run's, its defaults settled as the experts decided them (T_e, matching): ``refine_timesteps(
+    result.config)`` gives the refinement's timesteps, :func:`temporal_timesteps` the temporal expert's."""
 
     latent: torch.Tensor
     structure: torch.Tensor

@@ -431,12 +431,11 @@ def anchor_window(latent: torch.Tensor, head: int, reference: torch.Tensor) -> t
     return latent + (reference[0].to(latent) - mean).view(1, -1, 1, 1, 1)
 
 
-def window_split(plan: "SegmentPlan", refiner: Denoiser) -> tuple[int, int]:
-    """(head, tail): the latent frames at the start and at the end of a window whose statistics colour anchoring
-    matches across the junction (:data:`ANCHOR_FRAMES`, fewer for short windows)."""
+def anchor_frames(plan: "SegmentPlan", refiner: Denoiser) -> int:
+    """The latent frames at the start of a window, and at the end of the window before, whose statistics colour
+    anchoring matches across their junction (:data:`ANCHOR_FRAMES`, fewer for short windows)."""
     total = refiner.expert.latent_space.latent_frames(plan.segment_length)
-    n = max(1, min(ANCHOR_FRAMES, total // 4))
-    return n, n
+    return max(1, min(ANCHOR_FRAMES, total // 4))
 
 
 def joins_in_latent_space(source: Denoiser, target: Denoiser) -> bool:
@@ -850,7 +849,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner, staggered=plan.staggered)
-    head, tail = window_split(plan, refiner)
+    anchored = anchor_frames(plan, refiner)
     prepare_where_refined = prepare is not None and not config.color_anchor
     noise = StructureNoise(config.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),
                            *freenoise_span(config, shape[2]))
@@ -966,8 +965,8 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
             window = plan.windows[w]
             if config.color_anchor:  # a scan over the windows in order: each is shifted to what its predecessor became
                 if anchor[0] is not None and (w == 0 or entries[w] == entries[w - 1]):
-                    result.latent = anchor_window(result.latent, head, anchor[0].to(result.latent.device))
-                anchor[0] = channel_statistics(result.latent[:, :, result.latent.shape[2] - tail:])
+                    result.latent = anchor_window(result.latent, anchored, anchor[0].to(result.latent.device))
+                anchor[0] = channel_statistics(result.latent[:, :, result.latent.shape[2] - anchored:])
                 if prepare is not None:
                     result.prepared = prepare(result.latent, window)
             if prepare is not None:

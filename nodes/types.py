@@ -114,9 +114,10 @@ class RefineExperts:
     def check_bridge(self) -> None:
         """Spatial and temporal experts of different latent spaces hand the video over at every step of the
         coordinated mode, through both VAEs (mode alternate, which steps both on one sample, refuses them). The mode is
-        the sampler's (temporal mode needs no spatial VAE), which checks it; :meth:`execute` asks this beside the bundle's other problems (an artist who put Wan in
-        the spatial role met its text encoder here, then the VAEs on the Refine Sampler, a Run each). The spatial
-        expert on pixel frames works in the temporal expert's pixels: the sampler checks that case."""
+        the sampler's (temporal mode needs no spatial VAE), which checks it; the bundle node's ``execute`` asks this
+        beside its other problems (an artist who put Wan in the spatial role met its text encoder there, then the VAEs
+        on the Refine Sampler, a Run each). The spatial expert on pixel frames works in the temporal expert's pixels:
+        the sampler checks that case."""
         from ..confiner_core.latent_spaces import check_bridges
         from .host import PIXEL_FRAMES, space_of
 

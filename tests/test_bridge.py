@@ -52,8 +52,8 @@ def test_a_codec_refuses_a_numpy_array_in_one_line_naming_the_fix():
     import numpy as np
 
     for codec, array in ((WorldCodec(), world_latent(5).numpy()), (CausalWorldCodec(), np.zeros((1, 4, 5, 6, 8)))):
-        with pytest.raises(TypeError, match=r"^the embedded(-causal)? VAE takes (latents|pixels) .* as a torch.Tensor, got "
-                                            r"ndarray: torch.from_numpy\(x\)$"):
+        with pytest.raises(TypeError, match=r"^the embedded(-causal)? VAE takes (latents|pixels) .* as a "
+                                            r"torch.Tensor, got ndarray: torch.from_numpy\(x\)$"):
             codec.decode(array) if codec.space is WORLD else codec.encode(array)
     with pytest.raises(TypeError, match=r"^the embedded VAE takes latents \[B, 4, T, h, w\] as a torch.Tensor, got "
                                         r"list$"):

@@ -732,6 +732,29 @@ def test_an_input_from_a_bypassed_or_muted_node_says_which_node_to_switch_on(fro
     assert max(len(line) for text in (said[4][1], said[2][1]) for line in text.split("\n")) <= 60, said
 
 
+def test_a_bypassed_long_video_says_its_latent_passes_on_in_the_videos_place(frontend, screenshot_dir):
+    """A bypassed Long Video passes its frame-size latent on: the decode made one blank frame of it and the Run
+    "completed" without a word (a trial). The node says so at the Run, queued through the frontend for real."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_long_sd15_animatediff", "long bypassed")
+    said = b.page.evaluate("""async () => {
+        const long = app.graph._nodes.find((n) => n.type === "ConFinerLongSegmenter");
+        long.mode = 4;
+        try { await app.queuePrompt(0); } catch (e) {}
+        await new Promise((r) => setTimeout(r, 500));
+        app.canvas.ds.offset = [40 - long.pos[0], 60 - long.pos[1]];
+        app.canvas.setDirty(true, true);
+        return long.widgets.find((w) => w.name === "$$node-text-preview")?.value; }""")
+    browser.close_dialogs(b)
+    b.page.screenshot(path=str(screenshot_dir / "long_bypassed.png"))
+    b.page.evaluate("() => { app.graph._nodes.find((n) => n.type === 'ConFinerLongSegmenter').mode = 0; }")
+    assert " ".join(said.split()) == ("bypassed: no video is made here; its latent input passes on in the video's "
+                                      "place (a blank frame): un-bypass it (Ctrl+B)"), said
+    assert max(len(line) for line in said.split("\n")) <= 60, said
+
+
 def test_a_run_with_every_output_muted_says_so_on_the_packs_nodes(frontend):
     """With the only save node muted ComfyUI refuses the Run with "Prompt has no outputs:" and no more, and the
     pack's nodes said "the Run was refused (see the error)": they say that no output takes their result."""

@@ -183,7 +183,8 @@ def test_eq6_draws_fresh_noise_when_the_control_and_refine_seeds_are_equal(comfy
     with equal seeds (the templates' 0 and 0) the Refine Sampler's Eq. 6 noise was the Control Expert's starting
     noise itself (a review): the structure re-noised towards where it came from. The refine seed has its own stream."""
     workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
-    (control,), (sampler,) = _node_ids(workflow, "ConFinerControlExpert"), _node_ids(workflow, "ConFinerCoordinatedSampler")
+    (control,) = _node_ids(workflow, "ConFinerControlExpert")
+    (sampler,) = _node_ids(workflow, "ConFinerCoordinatedSampler")
     seeds = {str(n["id"]): n["widgets_values"] for n in workflow["nodes"] if str(n["id"]) in (control, sampler)}
     assert 0 in seeds[control] and 0 in seeds[sampler], seeds   # the template's seeds: equal
     r = comfy_worker.call("comfy_support.confiner_checks:eq6_noise_against_control_noise", workflow)
@@ -645,7 +646,8 @@ def test_a_refusal_cut_short_under_its_node_keeps_its_fix(comfy_worker):
     long_fix = frames.replace("use 61 or 65", "use 61 or 65, the nearest counts of 4k+1 frames to the 64 asked")
     said = comfy_worker.call("comfy_support.confiner_checks:error_lines", long_fix)
     assert said.endswith(" … (see the error)") and "nearest" not in said
-    assert comfy_worker.call("comfy_support.confiner_checks:error_lines", "frames = 64: use 61") == "frames = 64: use 61"
+    short = "frames = 64: use 61"
+    assert comfy_worker.call("comfy_support.confiner_checks:error_lines", short) == short
 
 
 def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker):

@@ -469,6 +469,13 @@ let started = null; // the prompt id of the run started last (the queue's answer
 const ENDED = new Set();
 const FEEDS_NO_OUTPUT =
   "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result";
+// A bypassed node passes an input of its output's type on: a bypassed Long Video its frame-size latent, which the
+// decode made one blank frame of, the Run "completed" without a word (a trial). Said on it at every Run.
+const BYPASSED = {
+  ConFinerLongSegmenter: "bypassed: no video is made here; its latent input passes on in the video's place (a " +
+    "blank frame): un-bypass it (Ctrl+B)",
+};
+const bypassNote = (node) => (node.mode === 4 && BYPASSED[node.comfyClass] ? wrapped(BYPASSED[node.comfyClass]) : "");
 function sayLeftOut({ response, prompt, workflow }) {
   if (workflow !== activeWorkflow()) return;   // (the canvas shows another tab: its nodes have other ids)
   const errors = response.node_errors ?? {};
@@ -483,6 +490,7 @@ function sayLeftOut({ response, prompt, workflow }) {
   const graph = promptGraph(prompt);
   const refused = new Set(Object.values(errors).flatMap((entry) => (entry?.dependent_outputs ?? []).map(String)));
   for (const [id, node, out] of allNodes()) {
+    if (bypassNote(node)) say(id, bypassNote(node));
     if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !(id in prompt)) continue;
     const outputs = graph.outputsOf(id);
     if (!outputs.size) {
@@ -607,7 +615,8 @@ function refused(response) {
     // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
     // (a Run whose every output is muted: ComfyUI's dialog says "Prompt has no outputs:" and no more)
-    const text = out ? "" : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id], id)}`)
+    const text = out ? bypassNote(node)
+      : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id], id)}`)
       : response?.error?.type === "prompt_no_outputs" ? FEEDS_NO_OUTPUT
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
