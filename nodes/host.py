@@ -44,6 +44,7 @@ from ..confiner_core.refine import SAME_INDEX, matched_timestep
 from ..confiner_core.sampling import MAX_SEED, ItemGenerators, seeded
 from . import ade, model_files, sessions
 from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
+from .families import FAMILIES, family_of
 from .types import mismatch
 
 
@@ -129,11 +130,6 @@ def _close(a: LatentSpace, b: LatentSpace) -> bool:
 # The first layer of a diffusion model that reads the text encoder's output (Wan's text_embedding, Flux's and
 # Qwen-Image's txt_in); SD-style UNets name the width in their config (context_dim, their cross-attention's input).
 TEXT_INPUT_LAYERS = ("text_embedding.0", "txt_in")
-# Where an artist gets a family's text encoder (by the start of ComfyUI's model config name); otherwise the CLIP
-# output of the model's checkpoint loader
-TEXT_ENCODER_LOADERS = (("WAN", "Load CLIP with type wan"), ("QwenImage", "Load CLIP with type qwen_image"),
-                        ("Flux2", "Load CLIP with type flux2"), ("Flux", "DualCLIPLoader with type flux"),
-                        ("Chroma", "Load CLIP with type chroma"))
 
 
 def text_width(model) -> int | None:
@@ -159,47 +155,29 @@ def pooled_width(model) -> int | None:
     return int(width) if width else None
 
 
-# ComfyUI's model config class names (comfy/supported_models.py) by prefix, first match, as artists name the
-# families (Wan 2.2 A14B loads as WAN21_T2V, its 5B as WAN22_T2V)
-FAMILY_NAMES = (("WAN22_T2V", "Wan 2.2 5B"), ("WAN22", "Wan 2.2"), ("WAN21_T2V", "Wan 2.1 / 2.2"),
-                ("WAN21", "Wan 2.1"), ("QwenImage", "Qwen-Image"), ("FluxSchnell", "FLUX.1-schnell"),
-                ("Flux2", "FLUX.2"), ("Flux", "FLUX.1"), ("SDXLRefiner", "SDXL refiner"), ("SDXL", "SDXL"),
-                ("SD15", "SD 1.5"), ("SD20", "SD 2"), ("SD3", "SD 3"), ("HunyuanVideo", "HunyuanVideo"))
-
-
 def config_name(model) -> str:
     """The model's family as ComfyUI's model config names it (``WAN21_T2V``, ``Flux``)."""
     config = getattr(model.model, "model_config", None)
     return type(config if config is not None else model.model).__name__
 
 
-# Wan 2.1's text-to-video releases by their transformer's width: the 1.3B is no A14B half, which loads as WAN21_T2V
-# too (a trial's 1.3B file was called "Wan 2.1 / 2.2 A14B"); another width is named as neither
-WAN21_T2V_BY_WIDTH = {1536: "Wan 2.1 1.3B", 5120: "Wan 2.1 14B / 2.2 A14B"}
-
-
 def family_name(model) -> str:
-    """The model's family as artists name it, with ComfyUI's model config name ("Wan 2.1 (WAN21_T2V)"); the config
-    name alone for a family not listed in :data:`FAMILY_NAMES`."""
+    """The model's family as artists name it (:data:`~.families.FAMILIES`), with ComfyUI's model config name ("Wan
+    2.1 (WAN21_T2V)"); the config name alone for a family the pack names not."""
     name = config_name(model)
-    friendly = next((said for start, said in FAMILY_NAMES if name.startswith(start)), None)
-    if name == "WAN21_T2V":
-        width = getattr(getattr(model.model, "diffusion_model", None), "dim", None)
-        friendly = WAN21_T2V_BY_WIDTH.get(width, friendly)
+    family = family_of(name)
+    friendly = family and family.name
+    if family and family.by_width:
+        friendly = family.by_width.get(getattr(getattr(model.model, "diffusion_model", None), "dim", None), friendly)
     return f"{friendly} ({name})" if friendly else name
 
 
 def _family(model) -> tuple[str, str]:
     """The model's family (:func:`family_name`), and where an artist gets its text encoder."""
-    name = config_name(model)
-    return family_name(model), next((how for start, how in TEXT_ENCODER_LOADERS if name.startswith(start)),
-                                    "the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its "
-                                    "type")   # (Load Diffusion Model has no CLIP output: a trial read it so)
-
-
-# words by which a loader's title names a family (by ComfyUI's config name prefix), for titled_for_another_family
-TITLE_WORDS = (("WAN", r"\bwan"), ("QwenImage", r"\bqwen"), ("Flux", r"\bflux"), ("SDXL", r"\bsdxl"),
-               ("SD15", r"\bsd ?1\.?5\b"), ("SD3", r"\bsd ?3\b"), ("HunyuanVideo", r"\bhunyuan"))
+    family = family_of(config_name(model))
+    # (otherwise its checkpoint loader's; Load Diffusion Model has no CLIP output: a trial read it so)
+    return family_name(model), (family and family.text_encoder) or \
+        "the CLIP output of its checkpoint loader; loaded alone, Load CLIP of its type"
 
 
 def titled_for_another_family(title: str | None, model) -> bool:
@@ -208,8 +186,8 @@ def titled_for_another_family(title: str | None, model) -> bool:
     if not title:
         return False
     name, said = config_name(model), title.lower()
-    named = [start for start, word in TITLE_WORDS if re.search(word, said)]
-    return bool(named) and not any(name.startswith(start) for start in named)
+    named = [f.prefix for f in FAMILIES if f.title_word and re.search(f.title_word, said)]
+    return bool(named) and not any(name.startswith(prefix) for prefix in named)
 
 
 def refuse_all(problems: list, model: str | None = None, file_first: bool = False) -> None:
@@ -331,10 +309,6 @@ def check_clip_width(clip, models: dict, node_input: str) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 # Image or video model, and how an expert takes its latents
 
-# Models whose latent format is a video one (latent_dimensions 3) but which are image models: they take one-frame
-# latents [N, C, 1, h, w] (Qwen-Image shares Wan 2.1's format). Named as in comfy.model_base.
-IMAGE_MODELS_IN_VIDEO_FORMATS = ("QwenImage",)
-
 # How an image expert refines a clip of a video latent space (Wan's causal 4x temporal compression):
 LATENT_FRAMES = "latent frames"   # every latent frame as an image, batched (no VAE; frames after the first pack 4
                                   # pixel frames, which an image model never saw)
@@ -352,7 +326,8 @@ def is_image_model(model) -> bool:
     Wan 2.1's)."""
     if latent_dimensions(model) == 2:
         return True
-    classes = tuple(c for c in (getattr(comfy.model_base, n, None) for n in IMAGE_MODELS_IN_VIDEO_FORMATS) if c)
+    classes = tuple(c for c in (getattr(comfy.model_base, f.prefix, None) for f in FAMILIES
+                                if f.image_in_video_format) if c)
     return isinstance(getattr(model, "model", None), classes)
 
 
