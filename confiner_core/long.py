@@ -197,7 +197,7 @@ def check_freenoise_span(config: LongConfig, segment_latent_frames: int | None =
     if stride > window:
         raise ValueError(f"LongConfig.freenoise_stride={stride} must be at most the FreeNoise window, "
                          + (f"freenoise_window={window}" if config.freenoise_window is not None else
-                            f"one segment's {window} latent frames (freenoise_window=None)")
+                            f"one segment's {window} latent frames (freenoise_window's default)")
                          + f": use a stride of at most {window}")
 
 

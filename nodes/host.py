@@ -1188,18 +1188,18 @@ MORE = " … (see the error)"
 def error_lines(message: str, lines: int = 3) -> str:
     """An error's message on a node: at most ``lines`` lines of :data:`LINE_WIDTH`, broken between words, the rest in
     the error dialog. Once that dialog was closed, the failed node said only "stopped by an error (see the error)"
-    (a trial). A message cut short keeps its fix, the clause after its last ": ", on the last line where it fits
-    there: the cut took "use 61 or 65" off a refusal and left the reason (a trial). ``web/confiner.js`` firstLines
-    is the same rule for the frontend's own lines."""
+    (a trial). A message cut short keeps its fix, the clause after its last ": ", on its last lines where it leaves
+    a line for the start: the cut took "use 61 or 65" (and "connect one to temporal VAE ...") off refusals and left
+    the reason (trials). ``web/confiner.js`` firstLines is the same rule for the frontend's own lines."""
     text = " ".join(message.split())
     whole = textwrap.wrap(text, LINE_WIDTH, break_on_hyphens=False)
     if len(whole) <= lines:
         return "\n".join(whole)
     head, colon, fix = text.rpartition(": ")
-    ending = f"{fix} (see the error)"
-    if colon and lines > 1 and len(ending) <= LINE_WIDTH:
-        return "\n".join([*textwrap.wrap(head + ":", LINE_WIDTH, max_lines=lines - 1, break_on_hyphens=False,
-                                          placeholder=" …"), ending])
+    ending = textwrap.wrap(f"{fix} (see the error)", LINE_WIDTH, break_on_hyphens=False)
+    if colon and len(ending) < lines:
+        return "\n".join([*textwrap.wrap(head + ":", LINE_WIDTH, max_lines=lines - len(ending),
+                                          break_on_hyphens=False, placeholder=" …"), *ending])
     return "\n".join(textwrap.wrap(text, LINE_WIDTH, max_lines=lines, break_on_hyphens=False, placeholder=MORE))
 
 

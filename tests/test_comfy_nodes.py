@@ -636,14 +636,24 @@ def test_a_rescheduled_noise_read_for_its_size_only_is_said_on_both_nodes(comfy_
 
 def test_a_refusal_cut_short_under_its_node_keeps_its_fix(comfy_worker):
     """Three lines of a long refusal kept its reason and cut its fix: "...; 64 … (see the error)", the "use 61 or 65"
-    left with the dialog (a trial). The fix, the last clause, ends the text where it fits a line; else the start."""
+    left with the dialog (a trial). The fix, the last clause, ends the text where it leaves a line for the start;
+    else the start."""
     frames = ("frames = 64: the windows are joined into one clip of the refining expert's latent space, and the Wan "
               "2.1 latent space holds 4k+1 frames (1, 5, 9, ...); 64 frames would be cut by its VAE: use 61 or 65")
     said = comfy_worker.call("comfy_support.confiner_checks:error_lines", frames)
     assert said == ("frames = 64: the windows are joined into one clip of the\nrefining expert's latent space, and "
                     "the Wan 2.1 latent …\nuse 61 or 65 (see the error)")
     assert_error_text("stopped by an error:\n" + said, frames)
-    long_fix = frames.replace("use 61 or 65", "use 61 or 65, the nearest counts of 4k+1 frames to the 64 asked")
+    # a fix of two lines leaves one for the start ("connect one to temporal VAE (temporal_vae) on ConFiner Refine
+    # Experts" was cut: a trial building a chain by hand)
+    bridge = ("the spatial and temporal experts work in different latent spaces (SD 1.5 latents and Wan 2.1 "
+              "latents), and bridging them needs their VAEs, and 1 is missing; for Wan 2.1 (the temporal expert): "
+              "connect one to temporal VAE (temporal_vae) on ConFiner Refine Experts")
+    said = comfy_worker.call("comfy_support.confiner_checks:error_lines", bridge)
+    assert said == ("the spatial and temporal experts work in different latent …\nconnect one to temporal VAE "
+                    "(temporal_vae) on ConFiner\nRefine Experts (see the error)")
+    assert_error_text("stopped by an error:\n" + said, bridge)
+    long_fix = frames.replace("use 61 or 65", "use 61 or 65, " + "the nearest counts of 4k+1 frames to it, " * 3)
     said = comfy_worker.call("comfy_support.confiner_checks:error_lines", long_fix)
     assert said.endswith(" … (see the error)") and "nearest" not in said
     short = "frames = 64: use 61"

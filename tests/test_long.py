@@ -342,7 +342,7 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
     for config, window in ((LongConfig(noise_init="freenoise", freenoise_window=4, freenoise_stride=6),
                             "freenoise_window=4"),
                            (LongConfig(noise_init="freenoise", freenoise_stride=20),
-                            r"one segment's 16 latent frames \(freenoise_window=None\)")):
+                            r"one segment's 16 latent frames \(freenoise_window's default\)")):
         with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_stride=\d+ must be at most the FreeNoise "
                                              rf"window, {window}: use a stride of at most \d+$"):
             generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), config, 0, sink)

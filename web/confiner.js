@@ -384,16 +384,16 @@ function notRun(detail, cancelled = false) {
 
 // The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on, as the server's
 // "stopped by an error:" (nodes/host.py error_lines): a message cut short keeps its fix, the clause after its last
-// ": ", on the last line where it fits there.
+// ": ", on its last lines where it leaves a line for the start.
 const MORE = " … (see the error)";
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
   const text = lines.join(" ");
   const colon = text.lastIndexOf(": ");
-  const ending = `${text.slice(colon + 2)} (see the error)`;
-  if (colon >= 0 && count > 1 && ending.length <= LINE) {
-    return [...cut(wrapped(text.slice(0, colon + 1)).split("\n"), count - 1, " …"), ending].join("\n");
+  const ending = wrapped(`${text.slice(colon + 2)} (see the error)`).split("\n");
+  if (colon >= 0 && ending.length < count) {
+    return [...cut(wrapped(text.slice(0, colon + 1)).split("\n"), count - ending.length, " …"), ...ending].join("\n");
   }
   return cut(lines, count, MORE).join("\n");
 }

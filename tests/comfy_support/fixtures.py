@@ -76,7 +76,8 @@ def with_checkpoint(workflow: dict, ckpt_name: str) -> dict:
 def assert_error_text(text: str, message: str, header: str = "stopped by an error:") -> None:
     """A failed node's text: ``header``, then the start of the error's ``message`` (the dialog's) on at most three
     lines of 60 characters broken between words, ending "… (see the error)" where the message goes on; or, where
-    the message's fix (its last clause, after ": ") fits one line, its start ending "…", then that fix."""
+    the message's fix (its last clause, after ": ") leaves a line for the start, its start ending "…", then that
+    fix."""
     assert text.startswith(header + "\n"), text
     lines = text[len(header) + 1:].split("\n")
     assert 1 <= len(lines) <= 3 and all(len(line) <= 60 for line in lines), text
@@ -84,8 +85,9 @@ def assert_error_text(text: str, message: str, header: str = "stopped by an erro
     if shown.endswith(" … (see the error)"):
         assert whole.startswith(shown.removesuffix(" … (see the error)")), (text, message)
     elif lines[-1].endswith(" (see the error)"):
-        start, fix = " ".join(lines[:-1]), lines[-1].removesuffix(" (see the error)")
-        assert start.endswith(" …") and whole.startswith(start.removesuffix(" …")), (text, message)
+        cut = next(i for i, line in enumerate(lines) if line.endswith(" …"))
+        start, fix = " ".join(lines[:cut + 1]), " ".join(lines[cut + 1:]).removesuffix(" (see the error)")
+        assert whole.startswith(start.removesuffix(" …")), (text, message)
         assert whole.endswith(": " + fix) and ": " not in fix, (text, message)
     else:
         assert shown == whole, (text, message)
