@@ -65,8 +65,6 @@ WORD_KEY = re.compile(rf"^\s*[^\W\d]\w*(?:\s+{NUMBER_WORD})?\s*:\s+(.+)$", re.DO
 # a numbered label alone ('scene 2: ...'): every entry of "scene 1: a cat | scene 2: a dog" (a schedule, its keys
 # labels) starts with one; "style: anime | film grain" stays a plain prompt
 NUMBERED_LABEL = re.compile(rf"^\s*([^\W\d]\w*\s+{NUMBER_WORD})\s*:\s+(.+)$", re.DOTALL | re.IGNORECASE)
-# a '|' outside brackets: the separator of entries (A1111's [a|b] alternation stays inside its entry's prompt)
-TOP_LEVEL_BAR = re.compile(r"\|(?![^\[]*\])")
 # FizzNodes' / JSON's schedule ('"0": "a cat", "16": "a dog"'), common in ComfyUI graphs
 QUOTED_ENTRY = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 EXAMPLE = "0: a red ball | 64: a blue ball"
@@ -117,8 +115,24 @@ def plain(prompt: str, frames: int, fps: float | None = None) -> PromptSchedule:
 
 
 def split_entries(line: str) -> list[str]:
-    """A line of a schedule cut at its entry separators (:data:`TOP_LEVEL_BAR`), every parser's one reading."""
-    return TOP_LEVEL_BAR.split(line)
+    """A line of a schedule cut at its entry separators, every parser's one reading: each '|' outside a matched pair
+    of brackets (A1111's [a|b] alternation, also nested, stays inside its entry's prompt; a stray ']' or '[' protects
+    nothing: a look-ahead for ']' read "0: a | 16: b | 24: c]" as one entry)."""
+    inside, opened = [0] * (len(line) + 1), []
+    for i, ch in enumerate(line):
+        if ch == "[":
+            opened.append(i)
+        elif ch == "]" and opened:
+            start = opened.pop()
+            inside[start] += 1
+            inside[i] -= 1
+    pieces, depth, last = [], 0, 0
+    for i, ch in enumerate(line):
+        depth += inside[i]
+        if ch == "|" and depth == 0:
+            pieces.append(line[last:i])
+            last = i + 1
+    return pieces + [line[last:]]
 
 
 def is_schedule(text: str) -> bool:
@@ -166,7 +180,8 @@ def unkeyed_entries(text: str, option: str = "prompt") -> str | None:
     """Where text that is meant as a schedule (the Long Video's segment prompts) separates entries with '|' but
     keys none, why it is refused; None otherwise. A plain prompt may hold a '|' ("35mm | film grain"): only a field
     that exists for schedules reads it as a mistake (it ran as one prompt, the '|' and all)."""
-    if text and not is_schedule(text) and not EMBEDDED_KEY.search(text) and TOP_LEVEL_BAR.search(text):
+    if text and not is_schedule(text) and not EMBEDDED_KEY.search(text) and \
+            any(len(split_entries(line)) > 1 for line in text.splitlines()):
         return (f"{option} {text!r} separates entries with '|' but gives none a start key: write a frame or seconds "
                 f"key on every entry, starting at 0 (e.g. '{EXAMPLE}'), or remove the '|' for one prompt")
     return None

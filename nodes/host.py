@@ -17,7 +17,6 @@ import functools
 import logging
 import math
 import re
-import textwrap
 import time
 from collections import Counter
 
@@ -45,6 +44,7 @@ from ..confiner_core.sampling import MAX_SEED, ItemGenerators, seeded
 from . import ade, model_files, sessions
 from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
 from .families import FAMILIES, family_of
+from .texts import LINE_WIDTH, error_lines
 from .types import mismatch
 
 
@@ -402,11 +402,6 @@ def frames_alone(model, role: str, swapped: bool = False, where: str | None = No
         "Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)"
     return (f"the {role} expert ({where or VIDEO_ROLES[role]}) is an image model with no motion model attached: it "
             f"{task}. {fix}")
-
-
-#: the characters of one line of a node's text that the frontend shows at the templates' node widths (it neither
-#: wraps nor scrolls that text)
-LINE_WIDTH = 60
 
 
 def frames_alone_note(role: str, swapped: bool = False) -> str:
@@ -1180,27 +1175,6 @@ def shows_refusals(method):
 def error_message(error: Exception) -> str:
     """An error as ComfyUI's dialog says it: its message, or its type where it has none."""
     return str(error) or type(error).__name__
-
-
-MORE = " … (see the error)"
-
-
-def error_lines(message: str, lines: int = 3) -> str:
-    """An error's message on a node: at most ``lines`` lines of :data:`LINE_WIDTH`, broken between words, the rest in
-    the error dialog. Once that dialog was closed, the failed node said only "stopped by an error (see the error)"
-    (a trial). A message cut short keeps its fix, the clause after its last ": ", on its last lines where it leaves
-    a line for the start: the cut took "use 61 or 65" (and "connect one to temporal VAE ...") off refusals and left
-    the reason (trials). ``web/confiner.js`` firstLines is the same rule for the frontend's own lines."""
-    text = " ".join(message.split())
-    whole = textwrap.wrap(text, LINE_WIDTH, break_on_hyphens=False)
-    if len(whole) <= lines:
-        return "\n".join(whole)
-    head, colon, fix = text.rpartition(": ")
-    ending = textwrap.wrap(f"{fix} (see the error)", LINE_WIDTH, break_on_hyphens=False)
-    if colon and len(ending) < lines:
-        return "\n".join([*textwrap.wrap(head + ":", LINE_WIDTH, max_lines=lines - len(ending),
-                                          break_on_hyphens=False, placeholder=" …"), *ending])
-    return "\n".join(textwrap.wrap(text, LINE_WIDTH, max_lines=lines, break_on_hyphens=False, placeholder=MORE))
 
 
 def node_id(node_cls) -> str | None:

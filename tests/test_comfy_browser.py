@@ -752,8 +752,8 @@ def test_a_bypassed_long_video_says_its_latent_passes_on_in_the_videos_place(fro
     browser.close_dialogs(b)
     b.page.screenshot(path=str(screenshot_dir / "long_bypassed.png"))
     b.page.evaluate("() => { app.graph._nodes.find((n) => n.type === 'ConFinerLongSegmenter').mode = 0; }")
-    assert " ".join(said.split()) == ("bypassed: no video is made here; its latent input passes on in the video's "
-                                      "place (a blank frame): un-bypass it (Ctrl+B)"), said
+    assert " ".join(said.split()) == ("bypassed: no video is made here; its latent input passes on unsampled in the "
+                                      "video's place: un-bypass it (Ctrl+B)"), said
     assert max(len(line) for line in said.split("\n")) <= 60, said
 
 

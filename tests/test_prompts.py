@@ -90,6 +90,10 @@ def test_a1111_alternation_stays_inside_its_entry_in_every_parser():
     s = parse_prompt("0: a [cat|dog] in a field | 16: a bird", frames=32)
     assert [(e.start, e.prompt) for e in s.entries] == [(0, "a [cat|dog] in a field"), (16, "a bird")]
     assert is_schedule("0: a [cat|dog] | 16: b") and not parse_prompt("a [cat|dog] | grain", frames=8).scheduled
+    # nested, and a stray bracket that closes or opens nothing (a look-ahead for ']' made one entry of three)
+    assert [e.prompt for e in parse_prompt("0: a [x|[y|z]] | 8: b", frames=16).entries] == ["a [x|[y|z]]", "b"]
+    assert [e.start for e in parse_prompt("0: a cat | 16: a dog | 24: x]", frames=32).entries] == [0, 16, 24]
+    assert [e.start for e in parse_prompt("0: a [cat | 16: a dog", frames=32).entries] == [0, 16]
 
 
 def test_one_entry_schedule_does_not_travel():

@@ -382,23 +382,24 @@ function notRun(detail, cancelled = false) {
   sayOnUnreached(text, (node) => node !== failed);
 }
 
-// The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on, as the server's
-// "stopped by an error:" (nodes/host.py error_lines): a message cut short keeps its fix, the clause after its last
-// ": ", on its last lines where it leaves a line for the start.
+// The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on: the server's
+// "stopped by an error:" lines by the same rules (nodes/texts.py error_lines; tests/test_node_texts.py runs both). A
+// message cut short keeps its fix (fixAt) on its last lines where that leaves a line for its start.
 const MORE = " … (see the error)";
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
   const text = lines.join(" ");
-  const colon = text.lastIndexOf(": ");
-  const ending = wrapped(`${text.slice(colon + 2)} (see the error)`).split("\n");
-  if (colon >= 0 && ending.length < count) {
-    return [...cut(wrapped(text.slice(0, colon + 1)).split("\n"), count - ending.length, " …"), ...ending].join("\n");
+  const at = fixAt(text);
+  const ending = at >= 0 ? wrapped(`${text.slice(at + 2)} (see the error)`).split("\n") : [];
+  if (at >= 0 && ending.length < count) {
+    return [...cut(wrapped(text.slice(0, at + 1)).split("\n"), count - ending.length, " …"), ...ending].join("\n");
   }
   return cut(lines, count, MORE).join("\n");
 }
 
-// ``lines`` kept to ``count``, the last of them ending ``more`` (within LINE) where any were left out.
+// ``lines`` kept to ``count``, the last of them ending ``more`` (within LINE, keeping one word at least) where any
+// were left out.
 function cut(lines, count, more) {
   if (lines.length <= count) return lines;
   const kept = lines.slice(0, count);
@@ -406,6 +407,27 @@ function cut(lines, count, more) {
   while (words.length > 1 && (words.join(" ") + more).length > LINE) words.pop();
   kept[count - 1] = words.join(" ") + more;
   return kept;
+}
+
+// Where a message's fix begins: the index of its last ": " outside parentheses and quotes ("(e.g. '0: a dog | ...')"
+// holds an example's), -1 where it has none; a quote opens after a non-word character and closes before one.
+function fixAt(text) {
+  const word = (ch) => /[A-Za-z0-9]/.test(ch);
+  let depth = 0;
+  let quoted = false;
+  let at = -1;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    const before = i > 0 ? text[i - 1] : " ";
+    const after = i + 1 < text.length ? text[i + 1] : " ";
+    if (ch === "'" && !quoted && !word(before)) quoted = true;
+    else if (ch === "'" && quoted && !word(after)) quoted = false;
+    else if (quoted) continue;
+    else if (ch === "(") depth += 1;
+    else if (ch === ")") depth = Math.max(0, depth - 1);
+    else if (ch === ":" && after === " " && depth === 0) at = i;
+  }
+  return at;
 }
 
 // ``text`` on each of the pack's nodes the run neither reached nor leaves out, where ``also(node, id)``.
@@ -419,8 +441,8 @@ function sayOnUnreached(text, also = () => true) {
   }
 }
 
-// A message as lines of at most LINE characters, broken between words: the frontend breaks a text anywhere, also
-// inside a word (nodes/host.py keeps the server's lines as short).
+// A message as lines of at most LINE characters, broken between words, a longer word on a line of its own: the
+// frontend breaks a text anywhere, also inside a word (nodes/texts.py wraps the server's lines alike).
 const LINE = 60;
 function wrapped(message) {
   const lines = [];
@@ -472,8 +494,8 @@ const FEEDS_NO_OUTPUT =
 // A bypassed node passes an input of its output's type on: a bypassed Long Video its frame-size latent, which the
 // decode made one blank frame of, the Run "completed" without a word (a trial). Said on it at every Run.
 const BYPASSED = {
-  ConFinerLongSegmenter: "bypassed: no video is made here; its latent input passes on in the video's place (a " +
-    "blank frame): un-bypass it (Ctrl+B)",
+  ConFinerLongSegmenter: "bypassed: no video is made here; its latent input passes on unsampled in the video's " +
+    "place: un-bypass it (Ctrl+B)",
 };
 const bypassNote = (node) => (node.mode === 4 && BYPASSED[node.comfyClass] ? wrapped(BYPASSED[node.comfyClass]) : "");
 function sayLeftOut({ response, prompt, workflow }) {

@@ -645,11 +645,6 @@ def noise_rescheduler_warnings(frames: int, segment_length: int) -> list:
     return [r for r in records if "Noise Rescheduler" in r]
 
 
-def error_lines(message: str) -> str:
-    """How a failed node shows ``message`` under itself (``host.error_lines``)."""
-    return _pack_module(".nodes.host").error_lines(message)
-
-
 def noise_rescheduler_refusal(segment_length: int, stride: int) -> str | None:
     """The Noise Rescheduler run with these values (as links give them: queue-time validation sees None): its
     refusal, or None."""
