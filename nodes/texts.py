@@ -11,7 +11,6 @@ from __future__ import annotations
 #: the characters of one line of a node's text that the frontend shows at the templates' node widths (it neither
 #: wraps nor scrolls that text)
 LINE_WIDTH = 60
-MORE = " … (see the error)"   # ends a message cut short: the rest is in ComfyUI's error dialog
 
 
 def wrapped(text: str, width: int = LINE_WIDTH) -> list[str]:
@@ -25,10 +24,10 @@ def wrapped(text: str, width: int = LINE_WIDTH) -> list[str]:
     return lines
 
 
-def cut(lines: list[str], count: int, more: str, width: int = LINE_WIDTH) -> list[str]:
+def cut(lines: list[str], count: int, more: str, force: bool = False, width: int = LINE_WIDTH) -> list[str]:
     """``lines`` kept to ``count``, the last of them ending ``more`` (within ``width``, keeping one word at least)
-    where any were left out."""
-    if len(lines) <= count:
+    where any were left out, or (``force``) where they are just ``count``."""
+    if len(lines) < count or (len(lines) == count and not force):
         return lines
     words = lines[count - 1].split(" ")
     while len(words) > 1 and len(" ".join(words) + more) > width:
@@ -63,17 +62,33 @@ def fix_at(text: str) -> int:
     return at
 
 
+def first_problem(text: str) -> tuple[str, int]:
+    """A refusal of several problems ("2 problems: (1) ...; (2) ...", ``host.refuse_all``) as its first problem
+    alone, and how many more it has; any other message as it is, and 0."""
+    count, sep, rest = text.partition(" problems: (1) ")
+    second = rest.find("; (2) ")
+    if not sep or not (count.isascii() and count.isdigit()) or second < 0:
+        return text, 0
+    return f"{count} problems: (1) {rest[:second]}", int(count) - 1
+
+
 def error_lines(message: str, lines: int = 3) -> str:
     """An error's message on a node: at most ``lines`` lines, the rest in the error dialog. Once that dialog was
     closed, the failed node said only "stopped by an error (see the error)" (a trial). A message cut short keeps its
     fix (:func:`fix_at`) on its last lines where that leaves a line for its start: the cut took "use 61 or 65" and
-    "connect one to temporal VAE ..." off refusals and kept the reasons (trials)."""
+    "connect one to temporal VAE ..." off refusals and kept the reasons (trials). A refusal of several problems
+    shows its first, with its fix, and says how many more the dialog holds (the Wan template's 64 frames and 5 s
+    key ended "(1, 5, 9, … (see the error)")."""
     whole = wrapped(message)
     if len(whole) <= lines:
         return "\n".join(whole)
-    text = " ".join(whole)
+    text, more = first_problem(" ".join(whole))
+    tail = f" (and {more} more: see the error)" if more else " (see the error)"
+    if len(wrapped(text + tail)) <= lines:
+        return "\n".join(wrapped(text + tail))
     at = fix_at(text)
-    ending = wrapped(text[at + 2:] + " (see the error)") if at >= 0 else []
+    ending = wrapped(text[at + 2:] + tail) if at >= 0 else []
     if at >= 0 and len(ending) < lines:
         return "\n".join([*cut(wrapped(text[:at + 1]), lines - len(ending), " …"), *ending])
-    return "\n".join(cut(whole, lines, MORE))
+    # (the first problem alone may just fill the lines: its end gives way to the tail)
+    return "\n".join(cut(wrapped(text), lines, " …" + tail, force=True))

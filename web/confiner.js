@@ -385,23 +385,35 @@ function notRun(detail, cancelled = false) {
 // The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on: the server's
 // "stopped by an error:" lines by the same rules (nodes/texts.py error_lines; tests/test_node_texts.py runs both). A
 // message cut short keeps its fix (fixAt) on its last lines where that leaves a line for its start.
-const MORE = " … (see the error)";
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
-  const text = lines.join(" ");
+  const [text, more] = firstProblem(lines.join(" "));
+  const tail = more ? ` (and ${more} more: see the error)` : " (see the error)";
+  if (wrapped(text + tail).split("\n").length <= count) return wrapped(text + tail);
   const at = fixAt(text);
-  const ending = at >= 0 ? wrapped(`${text.slice(at + 2)} (see the error)`).split("\n") : [];
+  const ending = at >= 0 ? wrapped(`${text.slice(at + 2)}${tail}`).split("\n") : [];
   if (at >= 0 && ending.length < count) {
     return [...cut(wrapped(text.slice(0, at + 1)).split("\n"), count - ending.length, " …"), ...ending].join("\n");
   }
-  return cut(lines, count, MORE).join("\n");
+  return cut(wrapped(text).split("\n"), count, ` …${tail}`, true).join("\n");
+}
+
+// A refusal of several problems ("2 problems: (1) ...; (2) ...") as its first problem alone, and how many more it
+// has; any other message as it is, and 0 (nodes/texts.py first_problem).
+function firstProblem(text) {
+  const sep = text.indexOf(" problems: (1) ");
+  const count = sep >= 0 ? text.slice(0, sep) : "";
+  const rest = text.slice(sep + " problems: (1) ".length);
+  const second = rest.indexOf("; (2) ");
+  if (sep < 0 || !/^\d+$/.test(count) || second < 0) return [text, 0];
+  return [`${count} problems: (1) ${rest.slice(0, second)}`, Number(count) - 1];
 }
 
 // ``lines`` kept to ``count``, the last of them ending ``more`` (within LINE, keeping one word at least) where any
-// were left out.
-function cut(lines, count, more) {
-  if (lines.length <= count) return lines;
+// were left out, or (``force``) where they are just ``count``.
+function cut(lines, count, more, force = false) {
+  if (lines.length < count || (lines.length === count && !force)) return lines;
   const kept = lines.slice(0, count);
   const words = kept[count - 1].split(" ");
   while (words.length > 1 && (words.join(" ") + more).length > LINE) words.pop();
