@@ -384,7 +384,8 @@ function notRun(detail, cancelled = false) {
 
 // The first ``count`` lines of a message (wrapped), ending "… (see the error)" where it goes on: the server's
 // "stopped by an error:" lines by the same rules (nodes/texts.py error_lines; tests/test_node_texts.py runs both). A
-// message cut short keeps its fix (fixAt) on its last lines where that leaves a line for its start.
+// message cut short keeps its fix (fixAt) on its last lines where that leaves a line for its start; a refusal of
+// several problems shows its first so, and "(and 1 more: see the error)".
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
