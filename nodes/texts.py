@@ -84,8 +84,9 @@ def error_lines(message: str, lines: int = 3) -> str:
         return "\n".join(whole)
     text, more = first_problem(" ".join(whole))
     tail = f" (and {more} more: see the error)" if more else " (see the error)"
-    if len(wrapped(text + tail)) <= lines:
-        return "\n".join(wrapped(text + tail))
+    first = wrapped(text + tail)
+    if len(first) <= lines:
+        return "\n".join(first)
     at = fix_at(text)
     ending = wrapped(text[at + 2:] + tail) if at >= 0 else []
     if at >= 0 and len(ending) < lines:

@@ -391,7 +391,8 @@ function firstLines(message, count = 3) {
   if (lines.length <= count) return lines.join("\n");
   const [text, more] = firstProblem(lines.join(" "));
   const tail = more ? ` (and ${more} more: see the error)` : " (see the error)";
-  if (wrapped(text + tail).split("\n").length <= count) return wrapped(text + tail);
+  const first = wrapped(text + tail);
+  if (first.split("\n").length <= count) return first;
   const at = fixAt(text);
   const ending = at >= 0 ? wrapped(`${text.slice(at + 2)}${tail}`).split("\n") : [];
   if (at >= 0 && ending.length < count) {
@@ -525,7 +526,8 @@ function sayLeftOut({ response, prompt, workflow }) {
   const graph = promptGraph(prompt);
   const refused = new Set(Object.values(errors).flatMap((entry) => (entry?.dependent_outputs ?? []).map(String)));
   for (const [id, node, out] of allNodes()) {
-    if (bypassNote(node)) say(id, bypassNote(node));
+    const bypassed = bypassNote(node);
+    if (bypassed) say(id, bypassed);
     if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !(id in prompt)) continue;
     const outputs = graph.outputsOf(id);
     if (!outputs.size) {
