@@ -84,17 +84,24 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             config = cls.config(te, refine_steps, mode, matching, structure_noise)
             experts.check_mode(config.mode)
             spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
-            # the frames as the graph's empty latent sets them: a count the refine experts cannot take was refused
-            # only after the control stage had run; where the graph does not say, the rest on one frame
+            # the frames as the graph's empty latent sets them: a count the refine experts (or the spatial one,
+            # where the output goes) cannot take was refused only after the control stage had run; where the graph
+            # does not say, the rest on one frame. Every problem in one refusal: a trial's hand-made swap took a Run
+            # for each (the experts, then the decode's VAE, then the frames)
             space = source.expert.latent_space
-            frames = host.planned_latent_frames(cls, "structure", space)
-            validate_refinement(spatial, temporal, (1, space.channels, frames or 1, 1, 1), config,
-                                source=source, control_schedule=cls.control_schedule(control_model),
-                                vae_fixes=fixes)
+            planned = host.planned_frames(cls, "structure")
+            problems = [host.planned_frames_problem(
+                planned, {"spatial": spatial, "temporal": temporal if config.mode != STANDARD else None})]
+            frames = None if problems[0] else host.planned_latent_frames(planned, space)
+            try:
+                validate_refinement(spatial, temporal, (1, space.channels, frames or 1, 1, 1), config,
+                                    source=source, control_schedule=cls.control_schedule(control_model),
+                                    vae_fixes=fixes)
+            except ValueError as e:
+                problems.insert(0, str(e))
             refiner = refining_denoiser(spatial, temporal, config.mode)
-            if frames:
-                host.check_output_frames(refiner, spatial, space.pixel_frames(frames))
-            host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal)])
+            problems.append(host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal))
+            host.refuse_all(problems)
             # the frontend marks this node running from here, through the control stage and any node the queue runs
             # before this one (the other samplers of the compare template, after the structure is done: a reason
             # naming the control stage alone went stale there): not the last run's "done"

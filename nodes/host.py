@@ -1212,14 +1212,34 @@ def input_feeds_control(node_cls, input_name: str) -> bool | None:
     return model_files.feeds_control(queued_prompt(node_cls), node_id(node_cls), input_name)
 
 
-def planned_latent_frames(node_cls, input_name: str, space) -> int | None:
-    """The latent frames, in ``space``, of the clip that will reach the running node's ``input_name``, as the queued
-    graph's empty latent sets them (:func:`~.model_files.planned_frames`); None where the graph does not say, or its
-    latent node counts frames as another space does (an image batch for Wan, which a Control Expert refuses)."""
-    planned = model_files.planned_frames(queued_prompt(node_cls), node_id(node_cls), input_name)
-    if planned is None or planned[1] != space.temporal_factor:
+def planned_frames(node_cls, input_name: str) -> model_files.PlannedFrames | None:
+    """The frames of the clip that will reach the running node's ``input_name``, as the queued graph's empty latent
+    sets them (:func:`~.model_files.planned_frames`); None where the graph does not say."""
+    return model_files.planned_frames(queued_prompt(node_cls), node_id(node_cls), input_name)
+
+
+def planned_latent_frames(planned: model_files.PlannedFrames | None, space) -> int | None:
+    """``planned``'s latent frames in ``space``; None where the graph does not say, or its latent node counts frames
+    as another space does (an image batch for Wan, which a Control Expert refuses)."""
+    if planned is None or planned.factor != space.temporal_factor:
         return None
-    return space.latent_frames(planned[0])
+    return space.latent_frames(planned.frames)
+
+
+def planned_frames_problem(planned: model_files.PlannedFrames | None, experts: dict) -> str | None:
+    """A frame count the graph's empty latent sets that an expert's latent space cannot hold (``experts``: role ->
+    Denoiser or None), naming the widget that sets it. A clip is the same pixel frames in every space the bridge
+    takes it through, so this holds before the structure exists, in whatever space it is made: a trial's SD 1.5
+    image batch of 4 for a Wan spatial expert was refused only after the control stage had run."""
+    for role, denoiser in experts.items():
+        if planned is None or denoiser is None:
+            continue
+        space = denoiser.expert.latent_space
+        try:
+            space.check_pixel_frames(planned.frames, f"{planned.said()}: the {role} expert's {space.title}")
+        except ValueError as e:
+            return str(e)
+    return None
 
 
 def motion_model_files(node_cls) -> tuple:

@@ -6,6 +6,7 @@ records its motion model's name itself: :func:`~.ade.motion_model_names`.)"""
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 #: loaders of diffusion models (ComfyUI's own and ComfyUI-GGUF's) -> the input that names the file
 LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "CheckpointLoaderSimple": "ckpt_name",
@@ -87,8 +88,22 @@ FRAME_WIDGETS = {"EmptyLatentImage": ("batch_size", 1), "EmptyHunyuanLatentVideo
 FRAMES_THROUGH = {"ConFinerControlExpert": "latent", "ConFinerNoiseRescheduler": "latent"}
 
 
-def planned_frames(prompt: dict | None, node_id: str | None, input_name: str) -> tuple[int, int] | None:
-    """(frames, temporal factor) of the clip reaching ``input_name``, as the queued graph sets them before anything
+class PlannedFrames(NamedTuple):
+    """A clip's frames as a queued graph's empty latent sets them: ``frames`` (pixel frames), ``factor`` (the
+    temporal factor of the space the node counts them for: :data:`FRAME_WIDGETS`), and the ``widget`` that sets them
+    on the node the canvas titles ``node``."""
+    frames: int
+    factor: int
+    widget: str
+    node: str
+
+    def said(self) -> str:
+        """The widget and its value as an artist finds them: "batch_size = 4 on 'Size and frame count'"."""
+        return f"{self.widget} = {self.frames} on '{self.node}'"
+
+
+def planned_frames(prompt: dict | None, node_id: str | None, input_name: str) -> PlannedFrames | None:
+    """The :class:`PlannedFrames` of the clip reaching ``input_name``, as the queued graph sets them before anything
     runs: back through the Control Expert (and a Noise Rescheduler) to an empty latent's frame widget
     (:data:`FRAME_WIDGETS`). None where the graph does not say (a linked widget, a clip from elsewhere)."""
     for _ in range(len(FRAMES_THROUGH) + 1):
@@ -100,7 +115,9 @@ def planned_frames(prompt: dict | None, node_id: str | None, input_name: str) ->
             continue
         widget, factor = FRAME_WIDGETS.get(kind, (None, None))
         value = node.get("inputs", {}).get(widget) if widget else None
-        return (value, factor) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return PlannedFrames(value, factor, widget, title(node))
+        return None
     return None
 
 

@@ -477,8 +477,24 @@ def test_a_temporal_only_output_the_spatial_experts_space_cannot_hold_is_refused
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     # the frames as the graph's Empty Latent Image sets them: refused before the control stage (it had run first)
     assert not r["success"] and r["evaluations"] == 0
-    assert _message(r).strip() == ("the output goes to the spatial expert's Wan 2.1, whose latent space holds 4k+1 "
-                                   "frames (1, 5, 9, ...); 8 frames would be cut by its VAE: use 5 or 9"), _message(r)
+    # (naming the widget that sets the frames: the trial's message said what to use, not where)
+    assert _message(r).strip() == ("batch_size = 8 on 'EmptyLatentImage': the spatial expert's Wan 2.1 latent space "
+                                   "holds 4k+1 frames (1, 5, 9, ...); 8 frames would be cut by its VAE: use 5 or 9"), \
+        _message(r)
+    # a trial's swap: Wan as the spatial expert of an SD 1.5 chain, refining coordinated, its output decoded with the
+    # SD VAE. The frames were refused only after the control stage, and each problem took a Run of its own: now
+    # both in one refusal, before any evaluation
+    prompt["11"]["inputs"]["mode"] = "coordinated"
+    prompt["12"]["inputs"]["vae"] = ["20", 2]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    assert not r["success"] and r["evaluations"] == 0
+    message = _message(r).strip()
+    assert message.startswith("2 problems: (1) batch_size = 8 on 'EmptyLatentImage': the spatial expert's Wan 2.1 "
+                              "latent space holds 4k+1 frames"), message
+    assert message.endswith("; (2) wire the spatial VAE, from 'VAELoader', to the vae input of 'VAEDecode': it would "
+                            "decode this node's output, Wan 2.1 latents, with the temporal VAE (SD 1.5)"), message
+    prompt["11"]["inputs"]["mode"] = "temporal"
+    prompt["12"]["inputs"]["vae"] = ["5", 0]
     # where the graph does not say (the batch size from another node), the control stage tells them, as before
     prompt["22"] = {"class_type": "PrimitiveInt", "inputs": {"value": 8}}
     prompt["8"]["inputs"]["batch_size"] = ["22", 0]

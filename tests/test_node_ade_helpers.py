@@ -178,8 +178,13 @@ def test_the_queued_graph_says_the_frames_a_structure_will_hold():
         "5": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"length": 33, "batch_size": 1}},
         "6": {"class_type": "ConFinerControlExpert", "inputs": {"latent": ["5", 0]}},
         "7": {"class_type": "ConFinerCoordinatedSampler", "inputs": {"structure": ["6", 0]}}}
-    assert model_files.planned_frames(prompt, "4", "structure") == (16, 1)   # an image batch: SD's frames
-    assert model_files.planned_frames(prompt, "7", "structure") == (33, 4)   # pixel frames, packed 4k+1
+    prompt["1"]["_meta"] = {"title": "Size and frame count"}
+    # an image batch: SD's frames; the widget as the canvas names it, for a refusal to say what to change
+    planned = model_files.planned_frames(prompt, "4", "structure")
+    assert planned == (16, 1, "batch_size", "Size and frame count")
+    assert planned.said() == "batch_size = 16 on 'Size and frame count'"
+    # pixel frames, packed 4k+1 (a node without a title goes by its type)
+    assert model_files.planned_frames(prompt, "7", "structure") == (33, 4, "length", "EmptyHunyuanLatentVideo")
     prompt["5"]["inputs"]["length"] = ["9", 0]                                # set by another node: not known
     assert model_files.planned_frames(prompt, "7", "structure") is None
     prompt["6"]["inputs"]["latent"] = ["8", 0]                               # a latent from elsewhere (VAE Encode)
