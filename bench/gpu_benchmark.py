@@ -626,7 +626,7 @@ class Bench:
         temp = self.experts["ms"].bind(PROMPT, NEGATIVE, 7.5, log, deferred=True)  # as generate binds it
         plan = plan_segments(frames, 16, True)
         generate_long(control, spatial, temp, plan, (1, 4, self.h, self.h), ChainConfig(), LongConfig(),
-                      torch.Generator().manual_seed(0), lambda x, w: self.decode(x[:, :, :plan.window_frames(w)]),
+                      torch.Generator().manual_seed(0), lambda x, w: self.decode(x[:, :, :w.frames]),
                       device=self.device)
         return {"evaluations": dict(log.evaluations), "network_forwards": dict(log.forwards)}
 

@@ -153,7 +153,7 @@ def video(experts: dict, codec, guidance: dict, frames: int, segment: int, size:
     digest, written = hashlib.sha256(), [0]
 
     def prepare(latent, window):   # on the rank that refined the window, as the command line decodes
-        return to_uint8(codec.decode(latent))[0, :plan.window_frames(window)].cpu()
+        return to_uint8(codec.decode(latent))[0, :window.frames].cpu()
 
     def sink(latent, window, frames):
         digest.update(frames.numpy().tobytes())

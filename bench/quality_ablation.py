@@ -88,7 +88,7 @@ def long_run(prompt, seed, long, frames=64, preset="sd", keys=LONG_KEYS):
     shape = d["control"].expert.latent_space.latent_shape(1, 1, SIZE * 8, SIZE * 8)
     generate_long(d["control"], d["spatial"], d["temporal"], plan, shape[:2] + shape[3:], ChainConfig(), long,
                   torch.Generator().manual_seed(seed),
-                  lambda x, w: chunks.append(frames_of(x, refiner)[:plan.window_frames(w)]))
+                  lambda x, w: chunks.append(frames_of(x, refiner)[:w.frames]))
     video = np.concatenate(chunks)
     scores = metrics.evaluate(video)
     # every junction, and each kind alone: without staggering they coincide; with it a window junction lies inside a

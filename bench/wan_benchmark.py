@@ -419,7 +419,7 @@ class WanBench:
         shape = (1, WAN21.channels, self.h, self.w)
 
         def sink(latent, window):  # the whole window decoded (causal latents cannot be cut), its frames kept
-            self.decode(latent)[:, :plan.window_frames(window)]
+            self.decode(latent)[:, :window.frames]
 
         generate_long(control, spatial, temporal, plan, shape, ChainConfig(), LongConfig(segment_length=self.frames),
                       torch.Generator().manual_seed(0), sink, device=self.device)

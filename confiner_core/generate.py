@@ -910,11 +910,11 @@ def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:
     line = (f"ConFiner-Long: {plan.frames} frames in {windows} window{'s' * (windows > 1)} of {plan.segment_length} "
             f"on {structures} structure{'s' * (structures > 1)} ({expected_evaluations(chain, plan)} expert "
             f"evaluations)")
-    last = plan.window_frames(plan.windows[-1])
-    if last < plan.segment_length:
-        shorter, longer = plan.frames - last, plan.frames - last + plan.segment_length
-        line += (f"; the last window is refined whole for its {last} frame{'s' * (last > 1)}: --frames {shorter} "
-                 f"or {longer} would use every refined frame")
+    whole = plan.whole_window_frames()
+    if whole:
+        last = plan.windows[-1].frames
+        line += (f"; the last window is refined whole for its {last} frame{'s' * (last > 1)}: --frames "
+                 f"{' or '.join(map(str, whole))} would use every refined frame")
     return line
 
 
@@ -1438,7 +1438,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
             log.add_counts(resume.counts())
             finished = plan.windows[:resume.next_window]
             for window in finished:
-                write(decode(store.window(window.index).to(device), plan.window_frames(window)))
+                write(decode(store.window(window.index).to(device), window.frames))
     elif lead:
         store.start()
 
@@ -1463,7 +1463,7 @@ def run_long(req: GenerateRequest, d: dict, write, show_progress: bool, plan: Se
                                   progress_callback(bar if ranks.world == 1 else None, log, callback), device,
                                   resume=resume,
                                   on_window_done=window_done if lead else None,
-                                  prepare=lambda latent, window: decode(latent, plan.window_frames(window)),
+                                  prepare=lambda latent, window: decode(latent, window.frames),
                                   ranks=ranks)
     if not lead:
         return {}

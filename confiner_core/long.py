@@ -50,6 +50,11 @@ class Window:
     out_start: int
     out_stop: int
 
+    @property
+    def frames(self) -> int:
+        """The output frames the window keeps (fewer than it refines where the video ends inside it)."""
+        return self.out_stop - self.out_start
+
 
 @dataclass(frozen=True)
 class SegmentPlan:
@@ -59,8 +64,16 @@ class SegmentPlan:
     structures: int
     windows: tuple
 
-    def window_frames(self, window: "Window") -> int:
-        return window.out_stop - window.out_start
+    def whole_window_frames(self, holds=None) -> tuple[int, ...]:
+        """Where the video ends inside its last window, which is refined whole for fewer frames: the frame counts
+        nearest ``frames`` that end on a whole window, one window fewer and the same windows (the same cost), those
+        ``holds`` takes (a frame rule: where the windows are joined in Wan's latent space, 4k+1); () where nothing
+        is cut."""
+        last = self.windows[-1].frames
+        if last >= self.segment_length:
+            return ()
+        counts = (self.frames - last, self.frames - last + self.segment_length)
+        return tuple(n for n in counts if n >= self.segment_length and (holds is None or holds(n)))
 
     def expected_evaluations(self, chain: ChainConfig) -> int:
         """Expert evaluations of the run: control steps per structure plus refinement evaluations per window."""
@@ -498,7 +511,8 @@ def window_latent(structures: dict, parts: tuple, source: Denoiser, target: Deno
 
 def structure_centre(plan: SegmentPlan, i: int) -> int:
     """Output frame at the middle of structure i (for picking its prompt). Staggered, structure i covers output
-    frames [i L - L/2, i L + L/2); otherwise [i L, (i + 1) L)."""
+    frames [i L - floor(L/2), i L + ceil(L/2)) (its first half closes window i - 1, its second half opens window i;
+    Wan's odd segments split 8 + 9 at L = 17); otherwise [i L, (i + 1) L)."""
     L = plan.segment_length
     return max(0, min(plan.frames - 1, i * L + (0 if plan.staggered else L // 2)))
 

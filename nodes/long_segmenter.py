@@ -95,6 +95,22 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
     return lines
 
 
+def cut_window_notes(plan, joined_space) -> list[str]:
+    """A line where the video ends inside its last window, which is refined whole for fewer frames, with the frame
+    counts that keep every refined frame (:meth:`~confiner_core.long.SegmentPlan.whole_window_frames`; the command
+    line says it before a run, the node said nothing: the Wan template's 161 frames kept 29 of its last 33). Counts
+    the joined clip's space holds (``joined_space``: Wan's 4k+1), where the windows are joined in one."""
+    whole = plan.whole_window_frames(joined_space.valid_pixel_frames if joined_space is not None else None)
+    if not whole:
+        return []
+    last, length = plan.windows[-1].frames, plan.segment_length
+    logging.info("%s: the last window is refined whole (%d frames) for its %d; frames %s would use every refined "
+                 "frame", NODE, length, last, " or ".join(map(str, whole)))
+    same = whole[-1] > plan.frames   # the same windows, every frame kept
+    return [f"note: last window keeps {last} of {length} frames; {whole[-1]} "
+            + ("cost the same" if same else "cost a window less")]
+
+
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
     """Seconds keys counted at an ``fps`` set to other than the rate of the control model's videos (a workflow saved
     when the widget's default was 8, AnimateDiff's, on Wan, which makes 16): an artist's "1s:" then started at half a
@@ -229,8 +245,11 @@ class ConFinerLongSegmenter(io.ComfyNode):
                             f"and cut to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
                             + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
         refining = experts.temporal_model if mode == TEMPORAL else experts.spatial_model
-        if refining is not None and (mode == TEMPORAL or experts.spatial_frames != host.PIXEL_FRAMES):
-            problems.append(cls.joined_frames_problem(frames, host.space_of(refining)))   # (pixel frames: any count)
+        # the windows are joined into one clip of the refining expert's space (pixel frames: any count)
+        joined_space = host.space_of(refining) if refining is not None and (
+            mode == TEMPORAL or experts.spatial_frames != host.PIXEL_FRAMES) else None
+        if joined_space is not None:
+            problems.append(cls.joined_frames_problem(frames, joined_space))
         window = space.latent_frames(segment_length)   # FreeNoise's, in latent frames
         if noise_init == FREENOISE and freenoise_stride > window:
             problems.append(f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
@@ -286,6 +305,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         # ComfyUI caches a node's result, not its finished windows: an artist who cancelled expected a rerun to go on
         progress.cancel_note = "\nqueued again, it starts over (no window is kept)"
         progress.files = (host.input_file(cls, "control_model"), *experts.temporal_files)
+        progress.note(*cut_window_notes(plan, joined_space))
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
             progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))
@@ -334,7 +354,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         codec = refiner.expert.codec if joined_as_pixels else None  # windows of a causal space are joined as pixels
 
         def sink(x, window):
-            n = plan.window_frames(window)
+            n = window.frames
             if codec is None:
                 windows.append(x[:, :, :n].cpu())
             else:

@@ -564,6 +564,25 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
         assert texts and all(note in t.split("\n") for t in texts if "\nstep " in t), texts[:3]
 
 
+def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_every_refined_frame(comfy_worker, modern):
+    """The Wan template's 161 frames at segment length 33 refined its last window whole for 29 frames, said on the
+    command line and not on the node. 9 frames at 5 keep 4 of the last 5; the joined clip holds Wan's 4k+1 frames
+    only, so 10 (a whole window more, the same cost) is not offered, and 5 is, one window less. 13 frames keep 3 of
+    5, and neither 10 nor 15 is a count Wan holds: no note."""
+    for frames, note in ((9, "note: last window keeps 4 of 5 frames; 5 cost a window less"), (13, None)):
+        prompt = long_wan_graph(comfy_worker.checkpoint_name)
+        prompt["14"]["inputs"]["frames"] = frames
+        r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+        assert r["success"], r.get("error")
+        texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
+        steps = [t for t in texts if "\nstep " in t]
+        assert steps, texts[:3]
+        assert all(any(line.startswith("note: last window") for line in t.split("\n")) == (note is not None)
+                   for t in steps), steps[0]
+        if note:
+            assert note in steps[0].split("\n") and len(note) <= 60, steps[0]
+
+
 def test_structure_noise_on_a_wan_control_schedule_before_an_sd_spatial_expert_is_warned(comfy_worker, modern):
     """structure noise 'control' noises the structure on Wan's schedule (T_e 100: noise-to-signal 0.11) for SD 1.5 to
     read as its own T_e (0.34): said under the Refine Sampler, as the library and command line say it."""
@@ -1287,7 +1306,7 @@ def test_the_wan_long_video_template_runs_headless_with_tiny_models(comfy_worker
     long = next(n for n in workflow["nodes"] if n["type"] == "ConFinerLongSegmenter")
     values = long["widgets_values"]
     (save,) = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
-    assert (values[0], values[1], values[7], values[-1], save["widgets_values"][1]) == (161, 33, 250, 0.0, 16.0)
+    assert (values[0], values[1], values[7], values[-1], save["widgets_values"][1]) == (165, 33, 250, 0.0, 16.0)
     assert "| 5s: " in values[15]
     values[0], values[1], values[4], values[8] = 17, 9, 2, REFINE_STEPS
     values[15] = "0: a red fox runs | 0.5s: a grey fox runs"

@@ -730,3 +730,18 @@ def test_a_freenoise_window_of_one_segments_video_frames_is_warned_where_latents
                      "freenoise", "--freenoise-window", "17", "--height", "64", "--width", "64", "--quiet",
                      "--out", str(tmp_path / "v")]) == 0
     assert len(said_once) == 1   # (not by generate_long again)
+
+
+def test_whole_window_frames_are_the_counts_that_end_on_a_whole_window():
+    """The counts nearest a video that ends inside its last window (refined whole for fewer frames) that end on a
+    whole one: one window fewer, and the same windows. The Wan template's 161 frames at 33 kept 29 of its last 33:
+    132 or 165, of which Wan's 4k+1 joined clip holds 165 only; a whole number of windows needs none."""
+    plan = plan_segments(161, 33, True)
+    assert [w.frames for w in plan.windows] == [33, 33, 33, 33, 29]
+    assert plan.whole_window_frames() == (132, 165)
+    assert plan.whole_window_frames(lambda n: n % 4 == 1) == (165,)
+    for frames in (132, 165):   # each is as promised: every window whole, the same windows for 165
+        assert all(w.frames == 33 for w in plan_segments(frames, 33, True).windows)
+    assert len(plan_segments(165, 33, True).windows) == len(plan.windows)
+    assert plan_segments(165, 33, True).whole_window_frames() == ()
+    assert plan_segments(40, 16, False).whole_window_frames() == (32, 48)   # unstaggered: 16 + 16 + 8

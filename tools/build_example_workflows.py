@@ -890,8 +890,8 @@ def wan22_a14b():
 def long_wan21():
     g = Graph()
     modern_readme(
-        g, "ConFiner-Long: Wan 2.1, 161 frames",
-        "161 frames (10 s at 16 fps) as staggered 33-frame segments of Wan 2.1 1.3B, which is all three experts "
+        g, "ConFiner-Long: Wan 2.1, 165 frames",
+        "165 frames (10.3 s at 16 fps) as staggered 33-frame segments of Wan 2.1 1.3B, which is all three experts "
         "(control; spatial at one frame, each latent frame an image; temporal), with consistency initialization, "
         "coherence guidance (gamma 0.1) and staggered refinement from T_e = 250 (sigma 0.25, a flow model's "
         "default). The prompt travels from the beach to the snow at 5 s: seconds keys count at the node's *fps*, "
@@ -901,7 +901,7 @@ def long_wan21():
         "image model of another text encoder as the spatial expert (Qwen-Image, FLUX.1) leave them empty.",
         ["**segment prompts** on ConFiner Long Video (`0: prompt | 5s: prompt from 5 s`), or Positive/Negative when "
          "segment prompts is empty.",
-         "**frames** (4k+1: 161, 321; under 81 move the prompts' `5s` key inside them) and **segment length** (4k+1: "
+         "**frames** (4k+1; at segment length 33, 165 and 297 refine no frame that is cut; under 81 move the prompts' `5s` key inside them) and **segment length** (4k+1: "
          "33, 81) on ConFiner Long Video; the latent sets only the frame size (width and height multiples of 16; Wan "
          "2.1 1.3B is made for 832x480).",
          "**fps** on the save node (Wan makes 16); ConFiner Long Video's fps (0: the model's rate; *Show Advanced* in "
@@ -921,7 +921,7 @@ def long_wan21():
     g.column()
     experts = refine_experts(g, [5.0, 5.0, "latent frames", 5.0, 0.875],
                              bundle_links(wan, (pos, neg), wan, (pos, neg)))
-    seg = long_video_node(g, 161, 33, 8, 5.0, 250, "0: a corgi running on a sunny beach, golden hour | 5s: a corgi "
+    seg = long_video_node(g, 165, 33, 8, 5.0, 250, "0: a corgi running on a sunny beach, golden hour | 5s: a corgi "
                           "running through deep snow, winter",
                           dict(control_model=(wan, "MODEL"), control_positive=(pos, "CONDITIONING"),
                                control_negative=(neg, "CONDITIONING"), experts=(experts, "experts"),
@@ -929,7 +929,7 @@ def long_wan21():
                           sampler="unipc")
     g.column("output", "5 · Decode and save")
     outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
-    g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 161 frames, all three strategies, prompt travel.")
+    g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 165 frames, all three strategies, prompt travel.")
 
 
 if __name__ == "__main__":

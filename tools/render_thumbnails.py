@@ -162,11 +162,11 @@ def wan22_a14b(tmp: str) -> str:
 
 def long_wan21(tmp: str) -> str:
     # sand to snow at 5 s of 16 fps, as the template's prompt travels from a beach to snow
-    video = generate(os.path.join(tmp, "long_wan"), "--embedded", "wan", "--frames", "161", "--segment-length", "33",
+    video = generate(os.path.join(tmp, "long_wan"), "--embedded", "wan", "--frames", "165", "--segment-length", "33",
                      "--control-steps", "8", "--fps", "16", "--prompt",
                      "0: a red ball bouncing over desert sand | 5s: a red ball bouncing over snow", *SIZE_ARGS)
-    return thumbnail("confiner_long_wan21", "Long, Wan-like: 161 frames, sand to snow at 5 s",
-                     [video[i] for i in (0, 53, 107, 160)], 2)
+    return thumbnail("confiner_long_wan21", "Long, Wan-like: 165 frames, sand to snow at 5 s",
+                     [video[i] for i in (0, 55, 109, 164)], 2)
 
 
 RENDERERS = {f.__name__: f for f in (basic, compare_modes, long_128, wan_qwen_image, sd15_bridge_wan, wan21_flux1_dev,
