@@ -41,8 +41,8 @@ from .devices import check_device
 from .errors import Interrupted, NonFiniteError, OutputError, RankFailed, UsageError, interrupts_held, warn_doubtful
 from .experts import FP16_OVERFLOW, EvaluationLog, bind_chain, in_stage, not_a_path
 from .long import (COHERENCE_MEMORIES, FREENOISE, MAX_SEED, NOISE_INITS, LongConfig, SegmentPlan, applied_schedule,
-                   freenoise_span, generate_long, given_entries, layout_only_entries, plan_segments,
-                   prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text,
+                   freenoise_span, freenoise_stride_problem, generate_long, given_entries, layout_only_entries,
+                   plan_segments, prompt_change_junctions, render_applied_schedule, unused_entries, unused_entries_text,
                    video_frames_window)
 from .outputs import AtomicOutputs, check_output_folder, writing
 from .prompts import PromptSchedule, parse_prompt, render_schedule
@@ -607,9 +607,11 @@ class GenerateRequest:
             window, stride = freenoise_span(L, segment)
             frames = (f"{segment} latent frames = {L.segment_length} video frames" if segment != L.segment_length
                       else f"{segment} frames")
-            if stride > window:
-                raise UsageError(f"--freenoise-stride ({stride}) must be at most the FreeNoise window ({window}"
-                                 f"{'' if L.freenoise_window else ': one segment'})", "--freenoise-stride")
+            problem = freenoise_stride_problem(stride, window, "--freenoise-stride",
+                                               f"--freenoise-window {window}" if L.freenoise_window else
+                                               f"one segment's {frames}")
+            if problem:
+                raise UsageError(problem, "--freenoise-stride")
             doubtful = video_frames_window(L, L.segment_length, segment, "--freenoise-window")
             if doubtful:   # (generate_long's own warning is not said again: warned_already)
                 warn_doubtful(spelled(doubtful))

@@ -199,19 +199,28 @@ def freenoise_span(config: LongConfig, segment_latent_frames: int) -> tuple[int,
     return window, config.freenoise_stride if config.freenoise_stride is not None else max(1, window // 4)
 
 
+def freenoise_stride_problem(stride: int, window: int, stride_said: str, window_said: str) -> str | None:
+    """FreeNoise's stride at most its window (:func:`freenoise` said "window >= 1 and 1 <= stride <= window", naming
+    neither): the one rule, said with each caller's names of the two (a node's widgets, the library's fields)."""
+    if stride <= window:
+        return None
+    return (f"{stride_said} = {stride} must be at most the FreeNoise window, {window_said}: use a stride of at most "
+            f"{window}")
+
+
 def check_freenoise_span(config: LongConfig, segment_latent_frames: int | None = None) -> None:
-    """FreeNoise's stride at most its window (:func:`freenoise_span`), naming the settings (:func:`freenoise` said
-    "window >= 1 and 1 <= stride <= window", naming neither, after the chain's checks). Without
+    """:func:`freenoise_stride_problem` for a config's span (:func:`freenoise_span`), naming its fields. Without
     ``segment_latent_frames`` only a window given is checked."""
     if config.noise_init != FREENOISE or config.freenoise_stride is None or \
             (config.freenoise_window is None and segment_latent_frames is None):
         return
     window, stride = freenoise_span(config, segment_latent_frames)
-    if stride > window:
-        raise ValueError(f"LongConfig.freenoise_stride={stride} must be at most the FreeNoise window, "
-                         + (f"freenoise_window={window}" if config.freenoise_window is not None else
-                            f"one segment's {window} latent frames (freenoise_window's default)")
-                         + f": use a stride of at most {window}")
+    problem = freenoise_stride_problem(
+        stride, window, "LongConfig.freenoise_stride",
+        f"freenoise_window={window}" if config.freenoise_window is not None else
+        f"one segment's {window} latent frames (freenoise_window's default)")
+    if problem:
+        raise ValueError(problem)
 
 
 def freenoise(shape: tuple, window: int, stride: int, generator: torch.Generator) -> torch.Tensor:

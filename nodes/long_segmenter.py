@@ -12,8 +12,9 @@ from ..confiner_core.chain import (STANDARD, TEMPORAL, ChainConfig, evaluated_ro
 from ..confiner_core.experts import EvaluationLog
 from ..confiner_core.latent_spaces import VIDEO_FPS
 from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_segment_length, check_window_join,
-                                  generate_long, layout_only_entries, moved_schedule, plan_segments,
-                                  render_applied_schedule, structure_centre, unused_entries, window_centre)
+                                  freenoise_span, freenoise_stride_problem, generate_long, layout_only_entries,
+                                  moved_schedule, plan_segments, render_applied_schedule, structure_centre,
+                                  unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
 from . import ade, host, sessions
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
@@ -162,10 +163,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
                 io.Combo.Input("noise_init", display_name="noise init", options=list(NOISE_INITS), default="shuffle",
                                tooltip="shuffle: consistency initialization (frame-shuffled base noise); freenoise: "
                                        "FreeNoise rescheduling; independent: fresh noise per segment (off)."),
-                advanced(io.Int.Input("freenoise_stride", display_name="FreeNoise stride", default=4, min=1, max=256,
+                advanced(io.Int.Input("freenoise_stride", display_name="FreeNoise stride", default=0, min=0, max=256,
                                       tooltip="Only for noise init 'freenoise': latent frames between FreeNoise "
                                               "windows (window = one segment's latent frames; a Wan latent frame "
-                                              "holds 4 video frames, so an 81-frame segment is 21).")),
+                                              "holds 4 video frames, so an 81-frame segment is 21). 0: a quarter "
+                                              "of the window, as the library and command line default (4 for a "
+                                              "16-frame segment, 2 for Wan's 33, 5 for its 81).")),
                 io.Float.Input("gamma", display_name="coherence gamma", default=0.1, min=0.0, max=0.5, step=0.01,
                                tooltip="Coherence guidance strength (Eq. 12): pulls each control step's noise "
                                        "prediction towards the previous segment's. 0 switches it off."),
@@ -250,11 +253,16 @@ class ConFinerLongSegmenter(io.ComfyNode):
             mode == TEMPORAL or experts.spatial_frames != host.PIXEL_FRAMES) else None
         if joined_space is not None:
             problems.append(cls.joined_frames_problem(frames, joined_space))
-        window = space.latent_frames(segment_length)   # FreeNoise's, in latent frames
-        if noise_init == FREENOISE and freenoise_stride > window:
-            problems.append(f"FreeNoise stride (freenoise_stride) = {freenoise_stride} must not exceed the FreeNoise "
-                            f"window, one segment's {window} latent frames"
-                            + (f" ({segment_length} frames)" if window != segment_length else ""))
+        # FreeNoise's settings only where it runs (on every other run the library built a warning of them unused,
+        # only ever suppressed); the window one segment's latent frames, the stride 0 the library's default (a
+        # quarter of the window: the widget's fixed 4 gave Wan's 33-frame segments another noise than the library)
+        freenoise = dict(freenoise_window=space.latent_frames(segment_length),
+                         freenoise_stride=freenoise_stride or None) if noise_init == FREENOISE else {}
+        if freenoise:
+            window, stride = freenoise_span(LongConfig(**freenoise), freenoise["freenoise_window"])
+            problems.append(freenoise_stride_problem(
+                stride, window, "FreeNoise stride (freenoise_stride)", f"one segment's {window} latent frames"
+                + (f" ({segment_length} frames)" if window != segment_length else "")))
         try:
             prompts = (segment_schedule(segment_prompts, frames, fps)
                        if segment_prompts and segment_prompts.strip() else None)
@@ -264,9 +272,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
         chain = ChainConfig(control_steps=control_steps, control_sampler=control_sampler,
                             control_spacing=control_spacing, control_eta=control_eta, te=te_setting(te),
                             refine_steps=refine_steps, mode=mode, matching=matching, structure_noise=structure_noise)
-        long = LongConfig(segment_length=segment_length, noise_init=noise_init, freenoise_window=window,
-                          freenoise_stride=freenoise_stride, gamma=gamma, staggered=staggered,
-                          coherence_memory=coherence_memory)
+        long = LongConfig(segment_length=segment_length, noise_init=noise_init, gamma=gamma, staggered=staggered,
+                          coherence_memory=coherence_memory, **freenoise)
         long.validate()
         experts.check_mode(mode)
         host.show_bundle_text(cls, experts)

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..confiner_core import layout as L
-from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise
+from ..confiner_core.long import FREENOISE, SHUFFLE, StructureNoise, freenoise_stride_problem
 from . import host
 from .schema import CATEGORY, advanced, host_converted, widget_problem
 
@@ -89,10 +89,10 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
 
     @staticmethod
     def stride_problem(method, segment_length, stride) -> str | None:
-        if method == FREENOISE and None not in (stride, segment_length) and stride > segment_length:
-            return (f"FreeNoise stride (stride) = {stride} must not exceed segment latent frames (segment_length) = "
-                    f"{segment_length}")
-        return None
+        if method != FREENOISE or None in (stride, segment_length):
+            return None
+        return freenoise_stride_problem(stride, segment_length, "FreeNoise stride (stride)",
+                                        f"segment latent frames (segment_length) = {segment_length}")
 
     @classmethod
     def execute(cls, latent, seed, method, segment_length, stride) -> io.NodeOutput:

@@ -703,8 +703,9 @@ def test_a_refusal_naming_an_advanced_widget_shows_it(frontend, screenshot_dir):
     # ... and the node says why where it stands (it said "see the error": the reason left with the dialog)
     said = {stride: shown[stride].pop() for stride in shown}
     assert shown == {8: [False, True, True], 4: [False, False, False]}, shown
-    assert " ".join(said[8].split()) == ("not run: FreeNoise stride (stride) = 8 must not exceed segment latent frames "
-                                         "(segment_length) = 4"), said[8]
+    assert " ".join(said[8].split()) == ("not run: FreeNoise stride (stride) = 8 must be at most the FreeNoise window, "
+                                         "segment latent frames (segment_length) = 4: use a stride of at most 4"), \
+        said[8]
     assert max(len(line) for line in said[8].split("\n")) <= 60, said[8]
     assert said[4].startswith("not run: ") and "segment_length" in said[4], said[4]
 

@@ -583,6 +583,26 @@ def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_ever
             assert note in steps[0].split("\n") and len(note) <= 60, steps[0]
 
 
+def test_the_long_videos_freenoise_stride_0_is_the_librarys_default(comfy_worker, modern):
+    """The widget's fixed default 4 gave Wan segments another FreeNoise than the library's default, a quarter of the
+    window (a review): 0 is that default now. Segments of 5 frames are windows of 2 latent frames, whose quarter is
+    1 (at least 1): stride 0 makes stride 1's video, and stride 2's differs (the stride shapes the noise)."""
+    import numpy as np
+    from PIL import Image
+
+    frames = {}
+    for stride in (0, 1, 2):
+        prompt = long_wan_graph(comfy_worker.checkpoint_name)
+        prompt["14"]["inputs"].update(noise_init="freenoise", freenoise_stride=stride, frames=13)
+        r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+        assert r["success"], r.get("error")
+        frames[stride] = np.stack([np.asarray(Image.open(Path(comfy_worker.output_dir) / i["subfolder"] / i["filename"]))
+                                   for i in _saved(r)])
+    assert frames[0].shape[0] == 13
+    assert np.array_equal(frames[0], frames[1])
+    assert not np.array_equal(frames[0], frames[2])
+
+
 def test_structure_noise_on_a_wan_control_schedule_before_an_sd_spatial_expert_is_warned(comfy_worker, modern):
     """structure noise 'control' noises the structure on Wan's schedule (T_e 100: noise-to-signal 0.11) for SD 1.5 to
     read as its own T_e (0.34): said under the Refine Sampler, as the library and command line say it."""

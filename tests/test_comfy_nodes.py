@@ -647,8 +647,9 @@ def test_noise_rescheduler_says_when_one_segment_covers_the_latent(comfy_worker)
 def test_noise_rescheduler_refuses_a_linked_stride_above_its_window_naming_its_inputs(comfy_worker):
     """Values from links reach validate_inputs as None, and the run failed with the library's "FreeNoise needs window
     >= 1 and 1 <= stride <= window", which names no input of the node (a review)."""
-    assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_refusal", 4, 8) == \
-        "FreeNoise stride (stride) = 8 must not exceed segment latent frames (segment_length) = 4"
+    assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_refusal", 4, 8) == (
+        "FreeNoise stride (stride) = 8 must be at most the FreeNoise window, segment latent frames (segment_length) = "
+        "4: use a stride of at most 4")
     assert comfy_worker.call("comfy_support.confiner_checks:noise_rescheduler_refusal", 8, 4) is None
 
 

@@ -645,7 +645,7 @@ def long_video_node(g, frames: int, segment_length: int, control_steps: int, con
     g.group("control", "4 · ConFiner-Long (segments)")
     seg = g.node("ConFinerLongSegmenter",
                  [frames, segment_length, 0, "fixed", control_steps, control_cfg, sampler, te, 5, "coordinated",
-                  "auto", "shuffle", 4, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
+                  "auto", "shuffle", 0, 0.1, True, segment_prompts, "trailing", 0.0, "spatial", "unguided", 1.0,
                   0.875, 0.0],
                  None)
     for name, (node, out) in links.items():
