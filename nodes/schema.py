@@ -183,7 +183,8 @@ def refine_inputs() -> list:
                                         "nearest / continuous: the same noise level (an alternative reading of the "
                                         "paper, for comparing the two). auto (default): same_index, or nearest "
                                         "where one expert is a flow model (Wan, Qwen-Image, Flux) and the other is "
-                                        "not (SD 1.5), whose one timestep number is a very different noise level; "
+                                        "not (SD 1.5), or where their schedules put T_e at noise levels more than "
+                                        "1.5x apart: there one timestep number is a very different noise level; "
                                         "the node's text then says 'matching nearest'.")),
     ]
 

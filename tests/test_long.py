@@ -138,10 +138,10 @@ def test_prompt_schedule():
 
 
 @pytest.mark.parametrize("staggered", [True, False])
-def test_structure_centre_is_the_middle_of_the_frames_it_covers(staggered):
+@pytest.mark.parametrize("L", [16, 17, 33])   # (Wan's odd segments split 8 + 9, 16 + 17)
+def test_structure_centre_is_the_middle_of_the_frames_it_covers(staggered, L):
     from confiner_core.long import structure_centre
 
-    L = 16
     plan = plan_segments(200, L, staggered)
     first_frame = {}  # structure -> output frame its frame 0 would occupy
     for w in plan.windows:
@@ -351,7 +351,13 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
     assert sum(log.evaluations.values()) == 0
 
 
-def test_long_loop_keeps_two_structures_and_counts():
+def test_long_loop_keeps_two_structures_and_counts(monkeypatch):
+    import confiner_core.long as long_module
+
+    held = []   # the structures the loop holds when each window is joined (README: two at a time)
+    join = long_module.window_latent
+    monkeypatch.setattr(long_module, "window_latent",
+                        lambda structures, *args: held.append(sorted(structures)) or join(structures, *args))
     x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
     log = EvaluationLog()
     c, s, t = (OracleExpert(x0, S.named(n)).bind(log=log) for n in ("animatediff", "sd15", "lavie"))
@@ -361,6 +367,104 @@ def test_long_loop_keeps_two_structures_and_counts():
                   torch.Generator().manual_seed(0), lambda lat, w: got.append((w.index, lat.shape[2])))
     assert got == [(0, 8), (1, 8), (2, 8), (3, 8), (4, 8)]
     assert log.evaluations == {"control": 4 * plan.structures, "refine": 15 * len(plan.windows)}
+    assert held == [[w, w + 1] for w in range(len(plan.windows))]   # window w's two, and no other
+
+
+def _control_calls(expert, plan, steps):
+    """(timesteps, inputs) of each structure's control steps, from the oracle's record (structures are made in
+    order, ``steps`` evaluations each, and only the control expert is this one)."""
+    calls = expert.calls
+    assert len(calls) == plan.structures * steps
+    return [calls[i * steps:(i + 1) * steps] for i in range(plan.structures)]
+
+
+def test_the_long_loop_pulls_each_structure_towards_the_previous_ones_predicted_noise():
+    """Eq. 12 inside generate_long: structure i steps with (1 - 2 gamma) eps_hat_i + 2 gamma eps_hat_(i-1) at each
+    step k, eps_hat_(i-1) the previous structure's prediction at the same step (the unguided memory, the
+    specification's). Read back from what the control expert saw: its predictions are the oracle's (x - a x0) / s,
+    and the eps a step used follows from two consecutive inputs, x_k / a_k + (sigma_(k+1) - sigma_k) eps = x_(k+1) /
+    a_(k+1) (a DDIM / Euler step, sigma = s / a). Turning the hand-over off in the loop (a review's mutation) passed
+    every test of this file."""
+    gamma, steps = 0.2, 4
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    schedule = S.named("animatediff")
+    oracle = OracleExpert(x0, schedule)
+    c = oracle.bind()
+    s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("sd15", "lavie"))
+    plan = plan_segments(24, 8, True)
+    generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(control_steps=steps), LongConfig(segment_length=8,
+                  gamma=gamma), 3, lambda lat, w: None)
+
+    def eps_hat(t, x):
+        a, sigma = schedule.coefficients(t)
+        return (x - a * x0) / sigma
+
+    def stepped(call, following):
+        (t0, x0_), (t1, x1) = call, following
+        (a0, s0), (a1, s1) = schedule.coefficients(t0), schedule.coefficients(t1)
+        return (x1 / a1 - x0_ / a0) / (s1 / a1 - s0 / a0)
+
+    structures = _control_calls(oracle, plan, steps)
+    assert plan.structures == 4
+    for i in range(plan.structures):
+        for k in range(steps - 1):   # (the last step's result is no expert's input)
+            used = stepped(structures[i][k], structures[i][k + 1])
+            own = eps_hat(*structures[i][k])
+            if i == 0:   # nothing to pull towards
+                assert torch.allclose(used, own, atol=2e-4, rtol=1e-4), (i, k)
+                continue
+            previous = eps_hat(*structures[i - 1][k])
+            assert torch.allclose(used, (1 - 2 * gamma) * own + 2 * gamma * previous, atol=2e-4, rtol=1e-4), (i, k)
+            assert not torch.allclose(used, own, atol=1e-2)   # (the pull is there to see)
+
+
+def test_each_structure_starts_from_its_own_frame_shuffle_of_one_base_noise():
+    """Consistency initialization inside generate_long: every structure's starting noise is a permutation of the
+    frames of one base noise, and no two structures share a permutation. A review's mutation (every structure
+    reusing structure 0's noise) passed every test of this file."""
+    steps = 2
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    oracle = OracleExpert(x0, S.named("animatediff"))
+    s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("sd15", "lavie"))
+    plan = plan_segments(40, 8, True)
+    generate_long(oracle.bind(), s, t, plan, (1, 4, 4, 4), ChainConfig(control_steps=steps),
+                  LongConfig(segment_length=8, gamma=0.0), 11, lambda lat, w: None)
+    starts = [calls[0][1] for calls in _control_calls(oracle, plan, steps)]   # the same scale at the same timestep
+    base = sorted(starts[0][0, :, f].flatten().tolist() for f in range(8))
+    for i, x in enumerate(starts):
+        assert sorted(x[0, :, f].flatten().tolist() for f in range(8)) == base, i   # the base's frames, reordered
+    assert len({tuple(x.flatten().tolist()) for x in starts}) == plan.structures   # each its own order
+
+
+def test_a_staggered_window_is_the_second_half_of_one_structure_then_the_first_half_of_the_next():
+    """Eq. 13's S_w[L/2:L] + S_(w+1)[0:L/2] as window_latent builds it, read from structures whose every frame holds
+    its (structure, frame) number: the plan tests check the window's parts, not the clip made of them (a review's
+    mutation joining them in reverse passed every test of this file)."""
+    from confiner_core.long import window_latent
+
+    L = 9
+    d = OracleExpert(torch.zeros(1, 4, L, 2, 2), S.named("sd15")).bind()
+    plan = plan_segments(3 * L, L, True)
+    structures = {i: torch.arange(L, dtype=torch.float32).add(100 * i).view(1, 1, L, 1, 1).expand(1, 4, L, 2, 2)
+                  for i in range(plan.structures)}
+    for w in plan.windows:
+        clip = window_latent(structures, w.parts, d, d, {})
+        i = w.index
+        expected = [100 * i + f for f in range(L // 2, L)] + [100 * (i + 1) + f for f in range(L // 2)]
+        assert clip[0, 0, :, 0, 0].tolist() == expected, w
+
+
+def test_every_task_of_a_run_draws_from_a_stream_of_its_own():
+    """The shared noise, each structure and each window have their own generator seed (the docstring's rule), and
+    the refinement draws from the window's: a review's mutation drawing window w from structure w's stream passed
+    every test of this file."""
+    from confiner_core import long as long_module
+
+    seeds = [long_module.task_seed(5, kind, index) for kind in (long_module.SHARED_NOISE_TASK,
+                                                                long_module.STRUCTURE_TASK, long_module.WINDOW_TASK)
+             for index in range(50)]
+    assert len(set(seeds)) == len(seeds)
+    assert long_module.task_seed(5, long_module.STRUCTURE_TASK, 0) != long_module.task_seed(6, long_module.STRUCTURE_TASK, 0)
 
 
 @pytest.mark.parametrize("config,said", [
