@@ -14,5 +14,8 @@ except KeyboardInterrupt:  # nothing has started yet
 try:
     code = main()
 finally:   # the run is over (its files written or left as they were): a Ctrl-C now could only break Python's exit,
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # as a traceback from an atexit callback or a silent kill
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # as a traceback from an atexit callback or a silent kill,
+    # and a SIGTERM could only make it 143 ("no output replaced") after the outputs were written (a trial's
+    # `timeout` after "wrote ...", 3 times of 3: the interpreter's shutdown takes a while after torch)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 raise SystemExit(code)

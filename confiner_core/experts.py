@@ -538,6 +538,11 @@ def bind_chain(experts, prompt: str = "", negative_prompt: str = "", *, log: Eva
     if already:
         raise TypeError(f"bind_chain: the {', '.join(already)} expert is bound already (a Denoiser): pass the "
                         f"experts themselves, or use the Denoisers as they are")
+    for role, e in given.items():   # (a plain function failed with "'function' object has no attribute 'bind'")
+        if e is not None and not isinstance(e, Expert):
+            raise TypeError(f"bind_chain: the {role} expert must be an Expert, got {type(e).__name__}: make it one "
+                            f"(confiner_core.experts.Expert: encode, forward, schedule, latent_space; README, \"An "
+                            f"expert of your own\")")
 
     def bound(role: str, cfg: float | None, deferred: bool = False) -> Denoiser | None:
         expert = given.get(role)

@@ -184,8 +184,10 @@ def ddim_sigma(alpha_t: float, sigma_t: float, alpha_prev: float, sigma_prev: fl
 def ddim_step(schedule: NoiseSchedule, pred: Prediction, t: float, t_prev: float, eta: float = 0.0,
               noise: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step, Eq. 2-4: x_{t_prev} = alpha_prev x0 + sqrt(sigma_prev^2 - s^2) eps + s z, with s from
-    :func:`ddim_sigma`; ``t``, ``t_prev``: positions on ``schedule`` (-1: the clean end). eta = 0 is
-    deterministic; on a flow schedule it is exactly a flow Euler step, x + (s_prev - s_t) u."""
+    :func:`ddim_sigma`; ``t``, ``t_prev``: positions on ``schedule`` (-1: its end, ``final_alpha`` and
+    ``final_sigma``: sigma 0 where diffusers sets alpha to one, else t = 0's level, as SD 1.5's DDIM ends at alpha-bar
+    0.99915, not at x0 itself). eta = 0 is deterministic; on a flow schedule it is exactly a flow Euler step,
+    x + (s_prev - s_t) u."""
     alpha_prev, sigma_prev = schedule.coefficients(t_prev)
     if eta == 0.0:
         return alpha_prev * pred.x0 + sigma_prev * pred.eps

@@ -144,7 +144,8 @@ class NoiseSchedule:
             )
 
     def coefficients(self, t: float) -> tuple[float, float]:
-        """(alpha_t, sigma_t). Integer t reads the table, t = -1 is the clean end, fractional t interpolates
+        """(alpha_t, sigma_t). Integer t reads the table, t = -1 is the end (``final_alpha``, ``final_sigma``: the
+        clean sample, or t = 0's level where diffusers does not set alpha to one), fractional t interpolates
         log(sigma/alpha) linearly between neighbours (as ComfyUI's ModelSamplingDiscrete.sigma does)."""
         self.check_timestep(t)
         if t < 0:

@@ -222,7 +222,13 @@ def test_bind_chain_binds_the_experts_as_generate_does():
                                 "it needs 'control' and any of 'spatial', 'temporal'"),
                                ({**experts, "contrl": experts["control"]}, ValueError, "(not 'contrl')"),
                                (list(experts.values()), TypeError, "bind_chain: experts must be role -> Expert"),
-                               (bound, TypeError, "bind_chain: the control, spatial expert is bound already")):
+                               (bound, TypeError, "bind_chain: the control, spatial expert is bound already"),
+                               # (a trial's function met "'function' object has no attribute 'bind'")
+                               ({**experts, "temporal": lambda x, t, c: x}, TypeError,
+                                "bind_chain: the temporal expert must be an Expert, got function: make it one "
+                                "(confiner_core.experts.Expert:"),
+                               ({**experts, "temporal": torch.nn.Conv3d(4, 4, 1)}, TypeError,
+                                "bind_chain: the temporal expert must be an Expert, got Conv3d")):
         with pytest.raises(error, match=re.escape(said)):
             bind_chain(wrong, "a corgi")
 

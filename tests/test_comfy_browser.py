@@ -758,6 +758,92 @@ def test_a_bypassed_long_video_says_its_latent_passes_on_in_the_videos_place(fro
     assert max(len(line) for line in said.split("\n")) <= 60, said
 
 
+def test_a_bypassed_refine_sampler_says_the_structure_passes_on_unrefined(frontend, screenshot_dir):
+    """A bypassed Refine Sampler passes its structure on: the save node saved the rough video, unrefined, and the Run
+    "succeeded" without a word (a trial). Queued through the frontend for real."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "sampler bypassed")
+    said = b.page.evaluate("""async () => {
+        const sampler = app.graph._nodes.find((n) => n.type === "ConFinerCoordinatedSampler");
+        sampler.mode = 4;
+        try { await app.queuePrompt(0); } catch (e) {}
+        await new Promise((r) => setTimeout(r, 500));
+        const said = sampler.widgets.find((w) => w.name === "$$node-text-preview")?.value;
+        sampler.mode = 0;
+        return said; }""")
+    browser.close_dialogs(b)
+    assert " ".join(said.split()) == ("bypassed: nothing is refined here; the structure passes on unrefined in the "
+                                      "video's place: un-bypass it (Ctrl+B)"), said
+    assert max(len(line) for line in said.split("\n")) <= 60, said
+
+
+@SUBGRAPH_API
+def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_does(frontend, screenshot_dir):
+    """A trial put the basic template's ConFiner nodes into a subgraph. Bypassed, the subgraph node saved a black video
+    and nothing said why; with the Positive prompt outside it muted, the Control Expert inside said only "Required
+    input is missing: positive", and the Refine Experts bundle, outlined red, kept its last Run's text. Now the
+    subgraph node says what its bypass leaves out, and the nodes inside name the muted node outside."""
+    from comfy_support import browser
+
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "subgraph modes")
+    said = b.page.evaluate("""async () => {
+        const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+        const text = (node) => node.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+        const control = app.rootGraph.nodes.find((n) => n.type === "ConFinerControlExpert");
+        const positive = control.getInputNode(control.inputs.findIndex((s) => s.name === "positive"));
+        const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
+        const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
+        await wait(300);
+        const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
+        const out = {holder: holder.title, positive: positive.title, sampler: inner("ConFinerCoordinatedSampler").title};
+        // (the texts of the nodes inside show once it is opened)
+        const opened = async (read) => {
+            app.canvas.setGraph(holder.subgraph);
+            await wait(400);
+            const got = read();
+            app.canvas.setGraph(app.rootGraph);
+            await wait(300);
+            return got;
+        };
+        holder.mode = 4;
+        try { await app.queuePrompt(0); } catch (e) {}
+        await wait(500);
+        out.bypassed = [text(holder), await opened(() => text(inner("ConFinerCoordinatedSampler")))];
+        holder.mode = 0;
+        positive.mode = 2;
+        try { await app.queuePrompt(0); } catch (e) {}
+        await wait(500);
+        out.muted = [text(holder), ...await opened(() => [text(inner("ConFinerControlExpert")),
+                                                          text(inner("ConFinerRefineExperts"))])];
+        positive.mode = 0;
+        holder.mode = 4;   // (again, for the picture, where no node covers it: the frontend put it over two)
+        holder.pos = [Math.max(...app.rootGraph.nodes.map((n) => n.pos[0] + n.size[0])) + 80, holder.pos[1]];
+        try { await app.queuePrompt(0); } catch (e) {}
+        await wait(500);
+        app.canvas.ds.scale = 1;
+        app.canvas.ds.offset = [300 - holder.pos[0], 200 - holder.pos[1]];
+        app.canvas.setDirty(true, true);
+        return out; }""")
+    browser.close_dialogs(b)
+    b.page.wait_for_timeout(300)
+    b.page.screenshot(path=str(screenshot_dir / "subgraph_bypassed.png"))
+    flat = lambda text: " ".join((text or "").split())   # noqa: E731
+    holder_said, sampler_said = said["bypassed"]
+    assert flat(holder_said) == (f"bypassed: {said['sampler']} in it makes no video; its input passes on in the "
+                                 f"video's place: un-bypass it (Ctrl+B)"), said
+    assert flat(sampler_said) == (f"bypassed with its subgraph: nothing is refined here; the structure passes on "
+                                  f"unrefined in the video's place: un-bypass {said['holder']} (Ctrl+B)"), said
+    holder_said, control_said, bundle_said = said["muted"]
+    assert not holder_said, said   # (the bypass note went with the bypass)
+    assert flat(control_said) == f"not run: positive: its node {said['positive']} is muted: unmute it (Ctrl+M)", said
+    assert flat(bundle_said).startswith("not run: spatial positive: its node ") and \
+        flat(bundle_said).endswith("is muted: unmute it (Ctrl+M)"), said
+    assert max(len(line) for text in (*said["bypassed"], control_said, bundle_said) for line in text.split("\n")) <= 60
+
+
 def test_a_run_with_every_output_muted_says_so_on_the_packs_nodes(frontend):
     """With the only save node muted ComfyUI refuses the Run with "Prompt has no outputs:" and no more, and the
     pack's nodes said "the Run was refused (see the error)": they say that no output takes their result."""

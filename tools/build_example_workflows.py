@@ -480,7 +480,8 @@ def note_text(title: str, what: str, change_first: list, models=MODELS, custom_n
 # the refine seed draws again on every Run (new detail on the kept, cached structure), as ComfyUI's own templates do;
 # the control seed stays until changed (a Run with nothing changed would otherwise give a new video's structure)
 SEEDS = ("The seeds: **control** seed (fixed) = a new structure when changed; **refine** seed (randomize) = new "
-         "detail on the same structure at every Run; to keep a video, fix it at the seed its node's text names.")
+         "detail on the same structure at every Run; to keep a video, fix it at the seed its node's text names. To "
+         "share one, share its output file: it holds the seed that made it.")
 LONG_SEED = ("The seed on ConFiner Long Video: fixed, so a Run with nothing changed returns the video made before; "
              "set its *control after generate* to randomize for a new one at every Run.")
 CHANGE_FIRST = ["**Positive** prompt (and Negative).",

@@ -148,6 +148,7 @@ function hideUntilShown(node, widgets) {
   }
 }
 const WILL_NOT_RUN = new Set([2, 4]); // LiteGraph's node modes "never" (muted) and bypass: a run leaves them out
+const SUBGRAPH_INPUT = -10; // the origin id of a link from a subgraph's inputs (LiteGraph's SUBGRAPH_INPUT_ID)
 const NEVER = /$^/;
 
 // The nodes by the ids a run gives them: ComfyUI runs a subgraph's nodes as "<subgraph node id>:<node id>" (nested:
@@ -168,14 +169,35 @@ function nodePath(id) {
   return { holders, node: graph?.getNodeById?.(parts.at(-1)) ?? null };
 }
 const nodeById = (id) => nodePath(id).node;
-// Every node with its run id, and whether a run leaves it out (it, or a subgraph node holding it, muted or bypassed).
-function* allNodes(graph = rootGraph(), prefix = "", out = false) {
+// Every node with its run id, and whether a run leaves it out: 0 where it does not, else the mode that does, its
+// own or that of the outermost subgraph node holding it (2 muted, 4 bypassed).
+function* allNodes(graph = rootGraph(), prefix = "", out = 0) {
   for (const node of graph?._nodes ?? graph?.nodes ?? []) {
     const id = prefix + String(node.id);
-    const left = out || WILL_NOT_RUN.has(node.mode);
+    const left = out || (WILL_NOT_RUN.has(node.mode) ? node.mode : 0);
     yield [id, node, left];
     if (node.isSubgraphNode?.()) yield* allNodes(node.subgraph, `${id}:`, left);
   }
+}
+// The node an input's link comes from, followed out of subgraphs: a link from a subgraph's input goes on at the input
+// of that index on the subgraph node, in the graph around it (a node muted outside a subgraph was "Required input is
+// missing: positive" inside, naming no node). Null where no node feeds it.
+function inputSource(id, input) {
+  const { holders, node } = nodePath(id);
+  let current = node;
+  let name = input;
+  for (let depth = holders.length; current; ) {
+    const slot = current.inputs?.findIndex((s) => s.name === name) ?? -1;
+    // (the graph's own record: a subgraph node's getInputLink reads its subgraph's outputs instead)
+    const linked = slot >= 0 ? current.inputs[slot].link : null;
+    const link = linked != null ? current.graph?.getLink?.(linked) ?? current.graph?._links?.get?.(linked) : null;
+    if (!link) return null;
+    if (link.origin_id !== SUBGRAPH_INPUT) return current.graph?.getNodeById?.(link.origin_id) ?? null;
+    if (!depth) return null;
+    current = holders[--depth];
+    name = current.inputs?.[link.origin_slot]?.name;
+  }
+  return null;
 }
 // A node as an artist finds it: its title, and the subgraph nodes it sits in ("ConFiner Control Expert (in New
 // Subgraph)"); ``fallback`` where the id names no node.
@@ -358,8 +380,10 @@ function showTextBoxes(graph) {
 // ``also(id, out)`` (its run id; whether a run leaves it out).
 function clearTexts(pattern, also = () => false) {
   for (const [id, node, out] of allNodes()) {
-    const text = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-    if (text && text.value && (pattern.test(text.value) || also(id, out))) {
+    // (the bundle's text says what it holds, which stays true: only its refusal goes)
+    const text = SHOWS_TEXT.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    const sampling = TEXT_NODES.has(node.comfyClass);
+    if (text && text.value && (pattern.test(text.value) || (sampling && also(id, out)))) {
       text.value = "";
       KEPT.delete(keptKey(id));
       node.setDirtyCanvas?.(true, true);
@@ -479,10 +503,9 @@ function refusal(entry, id) {
   }
   if (error?.type === "required_input_missing" && input) {
     const node = nodeById(id);
-    const slot = node?.inputs?.findIndex((s) => s.name === input) ?? -1;
-    const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+    const source = inputSource(id, input);
     if (source && WILL_NOT_RUN.has(source.mode)) {
-      const label = SOCKET_LABELS.get(node.comfyClass)?.get(input) ?? input;
+      const label = SOCKET_LABELS.get(node?.comfyClass)?.get(input) ?? input;
       return source.mode === 4
         ? `${label}: its node ${source.title} is bypassed, which passes nothing on here: un-bypass it (Ctrl+B)`
         : `${label}: its node ${source.title} is muted: unmute it (Ctrl+M)`;
@@ -507,11 +530,68 @@ const FEEDS_NO_OUTPUT =
   "not run: this Run left it out: no output node\n(a save or preview, not muted) takes its result";
 // A bypassed node passes an input of its output's type on: a bypassed Long Video its frame-size latent, which the
 // decode made one blank frame of, the Run "completed" without a word (a trial). Said on it at every Run.
+// A bypassed Refine Sampler passes its structure on: the save node saved the rough video, unrefined, without a word.
 const BYPASSED = {
   ConFinerLongSegmenter: "bypassed: no video is made here; its latent input passes on unsampled in the video's " +
     "place: un-bypass it (Ctrl+B)",
+  ConFinerCoordinatedSampler: "bypassed: nothing is refined here; the structure passes on unrefined in the video's " +
+    "place: un-bypass it (Ctrl+B)",
 };
-const bypassNote = (node) => (node.mode === 4 && BYPASSED[node.comfyClass] ? wrapped(BYPASSED[node.comfyClass]) : "");
+// ``out``: the mode that leaves it out (allNodes); a node in a bypassed subgraph says which subgraph node to switch on
+function bypassNote(node, out, id) {
+  if (out !== 4 || !BYPASSED[node.comfyClass]) return "";
+  if (node.mode === 4) return wrapped(BYPASSED[node.comfyClass]);
+  const holder = nodePath(id).holders.find((h) => h.mode === 4);
+  return wrapped(BYPASSED[node.comfyClass].replace("un-bypass it", `un-bypass ${holder?.title ?? "its subgraph"}`)
+    .replace("bypassed:", "bypassed with its subgraph:"));
+}
+// What a subgraph node left out says of the pack's nodes in it, where the artist sees it: a bypassed one whose video
+// was not made (a trial: a black video saved, nothing said), a muted one whose nodes the frontend 1.35 queued anyway
+// (a trial: it ran and saved a video). Cleared at each Run's start.
+const HOLDER_NOTES = new Set();
+function holderNote(holder, inside, queued) {
+  const pack = inside.filter(([, node]) => TEXT_NODES.has(node.comfyClass));
+  if (holder.mode === 4) {
+    const sampler = pack.find(([, node]) => BYPASSED[node.comfyClass]);
+    return sampler ? wrapped(`bypassed: ${sampler[1].title} in it makes no video; its input passes on in the ` +
+                             `video's place: un-bypass it (Ctrl+B)`) : "";
+  }
+  if (holder.mode === 2 && pack.some(([id]) => id in queued)) {
+    return wrapped("muted, yet the frontend queued the ConFiner nodes in it, and they run: open it and mute them " +
+                   "(Ctrl+M)");
+  }
+  return "";
+}
+function sayHolderNotes(prompt) {
+  for (const [id, node] of allNodes()) {
+    if (!node.isSubgraphNode?.() || !WILL_NOT_RUN.has(node.mode)) continue;
+    const inside = [...allNodes(node.subgraph, `${id}:`)];
+    const text = holderNote(node, inside, prompt ?? {});
+    if (text) {
+      HOLDER_NOTES.add(id);
+      api.dispatchCustomEvent("progress_text", { nodeId: id, text });
+      // room for it: a subgraph node is as tall as its promoted widgets, and the note's box showed none of it
+      setTimeout(() => {
+        const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+        if (widget?.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
+        const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
+        if (state && !state.active) state.active = true;   // (as showTextBoxes: the frontend left it hidden)
+        node.setSize?.([Math.max(node.size[0], FRESH_WIDTH), Math.max(node.size[1], node.computeSize?.()[1] ?? 0)]);
+        node.setDirtyCanvas?.(true, true);
+      }, 0);
+    }
+  }
+}
+function clearHolderNotes() {
+  for (const id of HOLDER_NOTES) {   // (as clearTexts: the frontend keeps a text an empty one would replace)
+    const node = nodeById(id);
+    const text = node?.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    if (text) text.value = "";
+    KEPT.delete(keptKey(id));
+    node?.setDirtyCanvas?.(true, true);
+  }
+  HOLDER_NOTES.clear();
+}
 function sayLeftOut({ response, prompt, workflow }) {
   if (workflow !== activeWorkflow()) return;   // (the canvas shows another tab: its nodes have other ids)
   const errors = response.node_errors ?? {};
@@ -519,14 +599,16 @@ function sayLeftOut({ response, prompt, workflow }) {
     LEFT_OUT.add(id);
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   };
+  // (the Refine Experts bundle too, outlined red: it kept the last Run's "spatial: ..." as if it had run)
   for (const [id, entry] of Object.entries(errors)) {
-    if (TEXT_NODES.has(entry?.class_type)) say(id, wrapped(`not run: ${refusal(entry, id)}`));
+    if (SHOWS_TEXT.has(entry?.class_type)) say(id, wrapped(`not run: ${refusal(entry, id)}`));
   }
   prompt = prompt ?? {};
+  sayHolderNotes(prompt);
   const graph = promptGraph(prompt);
   const refused = new Set(Object.values(errors).flatMap((entry) => (entry?.dependent_outputs ?? []).map(String)));
   for (const [id, node, out] of allNodes()) {
-    const bypassed = bypassNote(node);
+    const bypassed = bypassNote(node, out, id);
     if (bypassed) say(id, bypassed);
     if (!TEXT_NODES.has(node.comfyClass) || out || id in errors || !(id in prompt)) continue;
     const outputs = graph.outputsOf(id);
@@ -647,12 +729,23 @@ function refused(response) {
   const ids = Object.keys(response?.node_errors ?? {});
   const more = ids.length > 1 ? ` and ${ids.length - 1} more` : "";
   const name = ids.length ? nodeName(ids[0], response?.node_errors?.[ids[0]]?.class_type) + more : "";
+  clearHolderNotes();
+  sayHolderNotes({});   // (a bypass's: nothing of a muted one runs either)
   for (const [id, node, out] of allNodes()) {
+    // the bundle says its own refusal (it kept the last Run's "spatial: ...", outlined red), and keeps what it holds
+    // where another node was refused
+    if (SHOWS_TEXT.has(node.comfyClass) && !TEXT_NODES.has(node.comfyClass)) {
+      if (ids.includes(id)) {
+        api.dispatchCustomEvent("progress_text",
+                                { nodeId: id, text: wrapped(`not run: ${refusal(response.node_errors[id], id)}`) });
+      }
+      continue;
+    }
     if (!TEXT_NODES.has(node.comfyClass)) continue;
     // one the Run leaves out keeps no text of an earlier Run (a muted sampler went on saying its input was refused)
     // (the node named on a line of its own: the box breaks a line anywhere, also inside a long title's words)
     // (a Run whose every output is muted: ComfyUI's dialog says "Prompt has no outputs:" and no more)
-    const text = out ? bypassNote(node)
+    const text = out ? bypassNote(node, out, id)
       : ids.includes(id) ? wrapped(`not run: ${refusal(response.node_errors[id], id)}`)
       : response?.error?.type === "prompt_no_outputs" ? FEEDS_NO_OUTPUT
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
@@ -720,6 +813,7 @@ app.registerExtension({
       RAN.clear();
       WAITED.clear();
       LEFT_OUT.clear();
+      clearHolderNotes();
       cachedNow = null;
       clearTexts(ENDED_BADLY, (id, out) => out);
       started = event.detail?.prompt_id;
