@@ -1088,6 +1088,36 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it
 
 
+@SUBGRAPH_API
+def test_a_node_in_a_closed_subgraph_served_from_the_cache_keeps_its_warning(frontend):
+    """A trial's Control Expert in a subgraph, its run served from the cache, read "done · from the cache" once the
+    subgraph was opened: its text is kept, not shown, while the subgraph is closed, and was read as blank, so its
+    warning went. It keeps its text, and says this run reused it."""
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "cached in subgraph")
+    said = "warning: image model, no motion: add AnimateDiff or use Wan\ndone · 4 expert evaluations in 1.2 s"
+    text = b.page.evaluate("""async (said) => {
+      const api = window.comfyAPI.api.api;
+      const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+      const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
+      const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
+      await wait(300);
+      const control = holder.subgraph.nodes.find((n) => n.type === "ConFinerControlExpert");
+      const id = `${holder.id}:${control.id}`;
+      api.dispatchCustomEvent("progress_text", {nodeId: id, text: said});
+      await wait(200);
+      api.dispatchCustomEvent("execution_start", {prompt_id: "cached", timestamp: Date.now()});
+      api.dispatchCustomEvent("execution_cached", {prompt_id: "cached", timestamp: Date.now(), nodes: [id]});
+      await wait(300);
+      app.canvas.setGraph(holder.subgraph);
+      await wait(400);
+      const text = control.widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+      app.canvas.setGraph(app.rootGraph);
+      await wait(200);
+      return text; }""", said)
+    assert text == f"{said}\nreused by this run (from the cache)", text
+
+
 def test_a_result_from_the_cache_names_the_seed_it_was_queued_with(frontend):
     """A workflow opened from its WEBP, run again: ComfyUI's cache served both nodes, whose text said only "from the
     cache", while the refine seed's widget already showed the next random seed; the note says to fix the seed the

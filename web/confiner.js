@@ -827,11 +827,13 @@ app.registerExtension({
         // its result cached), the pack's nodes stayed blank while the video appeared in 0.01 s
         const node = nodeById(id);
         const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-        if (node && TEXT_NODES.has(node.comfyClass) && !text?.value) {
+        // (a node in a closed subgraph holds its text as kept, not shown: read as blank, its warnings were replaced)
+        const said = text?.value || (node && TEXT_NODES.has(node.comfyClass) && KEPT.get(keptKey(String(id)))) || "";
+        if (node && TEXT_NODES.has(node.comfyClass) && !said) {
           api.dispatchCustomEvent("progress_text",
                                   { nodeId: String(id), text: CACHED + queuedSeed(event.detail?.prompt_id, String(id)) });
-        } else if (DONE.test(text?.value ?? "") && !text.value.includes(CACHED) && !text.value.includes(REUSED)) {
-          api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: `${text.value}\n${REUSED}` });
+        } else if (DONE.test(said) && !said.includes(CACHED) && !said.includes(REUSED)) {
+          api.dispatchCustomEvent("progress_text", { nodeId: String(id), text: `${said}\n${REUSED}` });
         }
       }
       if (event.detail?.prompt_id === started) sayWaiting(started);
