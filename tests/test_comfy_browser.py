@@ -1089,6 +1089,49 @@ def test_a_node_served_from_the_cache_says_so(frontend):
 
 
 @SUBGRAPH_API
+def test_the_warnings_of_the_packs_nodes_in_a_subgraph_show_on_the_subgraph_node(frontend, screenshot_dir):
+    """A trial's warnings ("temporal is an image model") showed only once the subgraph was opened. At a Run's end
+    the subgraph node lists each of the pack's nodes in it that warned or failed, and a new Run clears it."""
+    server, b = frontend
+    open_template(frontend, "confiner_basic_sd15_animatediff", "warnings in subgraph")
+    warned = "warning: temporal is an image model: add AnimateDiff or Wan"
+    said = b.page.evaluate("""async (warned) => {
+      const api = window.comfyAPI.api.api;
+      const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+      const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
+      const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
+      await wait(300);
+      const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
+      const id = (type) => `${holder.id}:${inner(type).id}`;
+      const text = () => holder.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
+      api.dispatchCustomEvent("execution_start", {prompt_id: "run", timestamp: Date.now()});
+      await wait(100);
+      api.dispatchCustomEvent("progress_text", {nodeId: id("ConFinerControlExpert"),
+                                                text: "done · 4 expert evaluations in 1.2 s"});
+      api.dispatchCustomEvent("progress_text", {nodeId: id("ConFinerCoordinatedSampler"),
+                                                text: `${warned}\ndone · 15 expert evaluations in 3.0 s`});
+      await wait(200);
+      api.dispatchCustomEvent("execution_success", {prompt_id: "run", timestamp: Date.now()});
+      await wait(300);
+      const after = text();
+      holder.pos = [Math.max(...app.rootGraph.nodes.map((n) => n.pos[0] + n.size[0])) + 80, holder.pos[1]];
+      app.canvas.ds.scale = 1;
+      app.canvas.ds.offset = [300 - holder.pos[0], 200 - holder.pos[1]];
+      app.canvas.setDirty(true, true);
+      await wait(300);
+      return {after, title: inner("ConFinerCoordinatedSampler").title}; }""", warned)
+    b.page.screenshot(path=str(screenshot_dir / "subgraph_warnings.png"))
+    cleared = b.page.evaluate("""async () => {
+      window.comfyAPI.api.api.dispatchCustomEvent("execution_start", {prompt_id: "next", timestamp: Date.now()});
+      await new Promise((r) => setTimeout(r, 200));
+      const holder = app.rootGraph.nodes.find((n) => n.isSubgraphNode?.());
+      return holder.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null; }""")
+    assert " ".join(said["after"].split()) == f"{said['title']}: {warned}", said   # the one that warned, only
+    assert max(len(line) for line in said["after"].split("\n")) <= 60, said
+    assert not cleared, cleared
+
+
+@SUBGRAPH_API
 def test_a_node_in_a_closed_subgraph_served_from_the_cache_keeps_its_warning(frontend):
     """A trial's Control Expert in a subgraph, its run served from the cache, read "done · from the cache" once the
     subgraph was opened: its text is kept, not shown, while the subgraph is closed, and was read as blank, so its

@@ -565,22 +565,38 @@ function holderNote(holder, inside, queued) {
 function sayHolderNotes(prompt) {
   for (const [id, node] of allNodes()) {
     if (!node.isSubgraphNode?.() || !WILL_NOT_RUN.has(node.mode)) continue;
-    const inside = [...allNodes(node.subgraph, `${id}:`)];
-    const text = holderNote(node, inside, prompt ?? {});
-    if (text) {
-      HOLDER_NOTES.add(id);
-      api.dispatchCustomEvent("progress_text", { nodeId: id, text });
-      // room for it: a subgraph node is as tall as its promoted widgets, and the note's box showed none of it
-      setTimeout(() => {
-        const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-        if (widget?.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
-        const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
-        if (state && !state.active) state.active = true;   // (as showTextBoxes: the frontend left it hidden)
-        node.setSize?.([Math.max(node.size[0], FRESH_WIDTH), Math.max(node.size[1], node.computeSize?.()[1] ?? 0)]);
-        node.setDirtyCanvas?.(true, true);
-      }, 0);
-    }
+    const text = holderNote(node, [...allNodes(node.subgraph, `${id}:`)], prompt ?? {});
+    if (text) sayOnHolder(id, node, text);
   }
+}
+// At a Run's end, the warnings and failures of the pack's nodes in a subgraph, on the subgraph node: they showed only
+// once it was opened (a trial: "warning: temporal is an image model" unseen from the top graph).
+const FLAGGED = /^(warning|stopped by an error|cancelled|not run)/;
+function sayInnerWarnings() {
+  for (const [id, node, out] of allNodes()) {
+    if (!node.isSubgraphNode?.() || id.includes(":") || out || HOLDER_NOTES.has(id)) continue;   // (outermost)
+    const lines = [];
+    for (const [innerId, inner] of allNodes(node.subgraph, `${id}:`)) {
+      if (!TEXT_NODES.has(inner.comfyClass)) continue;
+      const text = inner.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value || KEPT.get(keptKey(innerId)) || "";
+      const flagged = text.split("\n").filter((line) => FLAGGED.test(line));
+      if (flagged.length) lines.push(wrapped(`${inner.title}: ${flagged.join("; ")}`));
+    }
+    if (lines.length) sayOnHolder(id, node, lines.join("\n"));
+  }
+}
+function sayOnHolder(id, node, text) {
+  HOLDER_NOTES.add(id);
+  api.dispatchCustomEvent("progress_text", { nodeId: id, text });
+  // room for it: a subgraph node is as tall as its promoted widgets, and the note's box showed none of it
+  setTimeout(() => {
+    const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    if (widget?.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
+    const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
+    if (state && !state.active) state.active = true;   // (as showTextBoxes: the frontend left it hidden)
+    node.setSize?.([Math.max(node.size[0], FRESH_WIDTH), Math.max(node.size[1], node.computeSize?.()[1] ?? 0)]);
+    node.setDirtyCanvas?.(true, true);
+  }, 0);
 }
 function clearHolderNotes() {
   for (const id of HOLDER_NOTES) {   // (as clearTexts: the frontend keeps a text an empty one would replace)
@@ -853,10 +869,13 @@ app.registerExtension({
     api.addEventListener("execution_interrupted", (event) => {
       clearTexts(NEVER, (id) => !RAN.has(id) && !LEFT_OUT.has(id));
       notRun(event.detail, true);
+      sayInnerWarnings();
     });
+    api.addEventListener("execution_success", () => sayInnerWarnings());
     api.addEventListener("execution_error", (event) => {
       clearTexts(NEVER, (id) => !RAN.has(id) && !LEFT_OUT.has(id));
       notRun(event.detail);
+      sayInnerWarnings();
       if (event.detail?.node_id != null) {
         showNamedAdvanced({ [event.detail.node_id]: [String(event.detail.exception_message ?? "")] });
       }
