@@ -607,7 +607,7 @@ class GenerateRequest:
             window, stride = freenoise_span(L, segment)
             frames = (f"{segment} latent frames = {L.segment_length} video frames" if segment != L.segment_length
                       else f"{segment} frames")
-            problem = freenoise_stride_problem(stride, window, "--freenoise-stride",
+            problem = freenoise_stride_problem(stride, window, f"--freenoise-stride {stride}",
                                                f"--freenoise-window {window}" if L.freenoise_window else
                                                f"one segment's {frames}")
             if problem:

@@ -64,16 +64,24 @@ class SegmentPlan:
     structures: int
     windows: tuple
 
-    def whole_window_frames(self, holds=None) -> tuple[int, ...]:
+    def window_frames(self, window: Window) -> int:
+        """``window.frames`` (kept for scripts written before it)."""
+        return window.frames
+
+    def whole_window_frames(self, holds=None, reach: int = 8) -> tuple[int, ...]:
         """Where the video ends inside its last window, which is refined whole for fewer frames: the frame counts
-        nearest ``frames`` that end on a whole window, one window fewer and the same windows (the same cost), those
-        ``holds`` takes (a frame rule: where the windows are joined in Wan's latent space, 4k+1); () where nothing
-        is cut."""
-        last = self.windows[-1].frames
-        if last >= self.segment_length:
+        nearest ``frames`` below and above that end on a whole window (windows start every ``segment_length``
+        frames), each the nearest that ``holds`` takes (a frame rule: where the windows are joined in Wan's latent
+        space, 4k+1, which at 33-frame windows only every fourth count of windows meets), within ``reach`` windows;
+        () where nothing is cut. Without ``holds``: one window fewer, and the same windows (the same cost)."""
+        L, last = self.segment_length, self.windows[-1].frames
+        if last >= L:
             return ()
-        counts = (self.frames - last, self.frames - last + self.segment_length)
-        return tuple(n for n in counts if n >= self.segment_length and (holds is None or holds(n)))
+        whole = len(self.windows) - 1   # windows kept whole now
+        below = next((m * L for m in range(whole, max(whole - reach, 0), -1) if holds is None or holds(m * L)),
+                     None)
+        above = next((m * L for m in range(whole + 1, whole + 1 + reach) if holds is None or holds(m * L)), None)
+        return tuple(n for n in (below, above) if n is not None)
 
     def expected_evaluations(self, chain: ChainConfig) -> int:
         """Expert evaluations of the run: control steps per structure plus refinement evaluations per window."""
@@ -201,11 +209,12 @@ def freenoise_span(config: LongConfig, segment_latent_frames: int) -> tuple[int,
 
 def freenoise_stride_problem(stride: int, window: int, stride_said: str, window_said: str) -> str | None:
     """FreeNoise's stride at most its window (:func:`freenoise` said "window >= 1 and 1 <= stride <= window", naming
-    neither): the one rule, said with each caller's names of the two (a node's widgets, the library's fields)."""
+    neither): the one rule, said with each caller's names of the two and their values as it writes them (a node's
+    widgets "FreeNoise stride (stride) = 8", the library's fields "freenoise_stride=8", an option "--freenoise-stride
+    8")."""
     if stride <= window:
         return None
-    return (f"{stride_said} = {stride} must be at most the FreeNoise window, {window_said}: use a stride of at most "
-            f"{window}")
+    return f"{stride_said} must be at most the FreeNoise window, {window_said}: use a stride of at most {window}"
 
 
 def check_freenoise_span(config: LongConfig, segment_latent_frames: int | None = None) -> None:
@@ -216,7 +225,7 @@ def check_freenoise_span(config: LongConfig, segment_latent_frames: int | None =
         return
     window, stride = freenoise_span(config, segment_latent_frames)
     problem = freenoise_stride_problem(
-        stride, window, "LongConfig.freenoise_stride",
+        stride, window, f"LongConfig.freenoise_stride={stride}",
         f"freenoise_window={window}" if config.freenoise_window is not None else
         f"one segment's {window} latent frames (freenoise_window's default)")
     if problem:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, refine_evaluations, refine_structure,
-                                   refining_denoiser, validate_refinement)
+from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, evaluated_roles, refine_evaluations,
+                                   refine_structure, refining_denoiser, validate_refinement)
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, model_files, sessions
 from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, host_converted, refine_inputs, refine_problem,
@@ -84,23 +84,25 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             config = cls.config(te, refine_steps, mode, matching, structure_noise)
             experts.check_mode(config.mode)
             spatial, temporal, source, fixes = cls.prepare(experts, config, seed, control_model, control_vae)
-            # the frames as the graph's empty latent sets them: a count the refine experts (or the spatial one,
-            # where the output goes) cannot take was refused only after the control stage had run; where the graph
-            # does not say, the rest on one frame. Every problem in one refusal: a trial's hand-made swap took a Run
-            # for each (the experts, then the decode's VAE, then the frames)
+            # the frames as the graph's empty latent sets them: a count the experts the mode evaluates, or the one
+            # its output goes to, cannot take was refused only after the control stage had run; where the graph
+            # does not say, the rest on one frame. The frames, the bridge and the decode's VAE in one refusal: a
+            # trial's hand-made swap took a Run for each
             space = source.expert.latent_space
+            refiner = refining_denoiser(spatial, temporal, config.mode)
+            output = host.output_denoiser(refiner, spatial)
+            held = {**evaluated_roles(spatial, temporal, config.mode), **({"spatial": output} if output is spatial
+                                                                          else {})}
             planned = host.planned_frames(cls, "structure")
-            problems = [host.planned_frames_problem(
-                planned, {"spatial": spatial, "temporal": temporal if config.mode != STANDARD else None})]
+            problems = [host.planned_frames_problem(planned, held)]
             frames = None if problems[0] else host.planned_latent_frames(planned, space)
             try:
                 validate_refinement(spatial, temporal, (1, space.channels, frames or 1, 1, 1), config,
                                     source=source, control_schedule=cls.control_schedule(control_model),
                                     vae_fixes=fixes)
-            except ValueError as e:
+            except ValueError as e:   # (said with the rest: a TypeError, a bug's, still raises alone)
                 problems.insert(0, str(e))
-            refiner = refining_denoiser(spatial, temporal, config.mode)
-            problems.append(host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal))
+            problems.append(host.decode_vae_problem(cls, output, spatial, temporal))
             host.refuse_all(problems)
             # the frontend marks this node running from here, through the control stage and any node the queue runs
             # before this one (the other samplers of the compare template, after the structure is done: a reason

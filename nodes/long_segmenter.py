@@ -16,7 +16,7 @@ from ..confiner_core.long import (FREENOISE, NOISE_INITS, LongConfig, check_segm
                                   moved_schedule, plan_segments, render_applied_schedule, structure_centre,
                                   unused_entries, window_centre)
 from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entries
-from . import ade, host, sessions
+from . import ade, host, sessions, texts
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
                      control_sampling_inputs, host_converted, input_place, low_noise_inputs, refine_inputs,
                      refine_problem, seed_input, structure_noise_input, te_setting, widget_problem)
@@ -97,19 +97,21 @@ def unused_prompt_notes(schedule, plan) -> list[str]:
 
 
 def cut_window_notes(plan, joined_space) -> list[str]:
-    """A line where the video ends inside its last window, which is refined whole for fewer frames, with the frame
-    counts that keep every refined frame (:meth:`~confiner_core.long.SegmentPlan.whole_window_frames`; the command
-    line says it before a run, the node said nothing: the Wan template's 161 frames kept 29 of its last 33). Counts
-    the joined clip's space holds (``joined_space``: Wan's 4k+1), where the windows are joined in one."""
+    """Lines where the video ends inside its last window, which is refined whole for fewer frames, with the nearest
+    frame counts that keep every refined frame (:meth:`~confiner_core.long.SegmentPlan.whole_window_frames`; the
+    command line says it before a run, the node said nothing: the Wan template's 161 frames kept 29 of its last 33).
+    Counts the joined clip's space holds (``joined_space``: Wan's 4k+1), where the windows are joined in one."""
     whole = plan.whole_window_frames(joined_space.valid_pixel_frames if joined_space is not None else None)
-    if not whole:
-        return []
     last, length = plan.windows[-1].frames, plan.segment_length
-    logging.info("%s: the last window is refined whole (%d frames) for its %d; frames %s would use every refined "
-                 "frame", NODE, length, last, " or ".join(map(str, whole)))
-    same = whole[-1] > plan.frames   # the same windows, every frame kept
-    return [f"note: last window keeps {last} of {length} frames; {whole[-1]} "
-            + ("cost the same" if same else "cost a window less")]
+    if last >= length:
+        return []
+    counts = " or ".join(map(str, whole))
+    logging.info("%s: the last window is refined whole (%d frames) for its %d%s", NODE, length, last,
+                 f"; frames {counts} would use every refined frame" if whole else "")
+    same = len(plan.windows) * length in whole   # (the same windows: the same cost)
+    return texts.wrapped(f"note: last window keeps {last} of its {length} frames"
+                         + (f"; {counts} frames keep all" + (f" ({whole[-1]}: same cost)" if same else "")
+                            if whole else ""))
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
@@ -152,7 +154,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                   "the frame count comes from 'frames'."),
                 io.Int.Input("frames", default=128, min=1, max=100000,
                              tooltip="Frames to generate (pixel frames). Refiners in a causal video latent space "
-                                     "(Wan) need 4k+1 (e.g. 161, 321): the windows are joined as one clip."),
+                                     "(Wan) need 4k+1 (e.g. 165, 297 at 33-frame segments): the windows are "
+                                     "joined as one clip."),
                 io.Int.Input("segment_length", display_name="segment length", default=16, min=2, max=256,
                              tooltip="Pixel frames per segment L (16 for AnimateDiff / ModelScope; 4k+1 for Wan, "
                                      "e.g. 33 or 81). Staggered windows join its halves (L/2 rounded down); with Wan "
@@ -261,8 +264,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
         if freenoise:
             window, stride = freenoise_span(LongConfig(**freenoise), freenoise["freenoise_window"])
             problems.append(freenoise_stride_problem(
-                stride, window, "FreeNoise stride (freenoise_stride)", f"one segment's {window} latent frames"
-                + (f" ({segment_length} frames)" if window != segment_length else "")))
+                stride, window, f"FreeNoise stride (freenoise_stride) = {stride}",
+                f"one segment's {window} latent frames" + (f" ({segment_length} frames)" if window != segment_length
+                                                           else "")))
         try:
             prompts = (segment_schedule(segment_prompts, frames, fps)
                        if segment_prompts and segment_prompts.strip() else None)

@@ -91,7 +91,7 @@ class ConFinerNoiseRescheduler(io.ComfyNode):
     def stride_problem(method, segment_length, stride) -> str | None:
         if method != FREENOISE or None in (stride, segment_length):
             return None
-        return freenoise_stride_problem(stride, segment_length, "FreeNoise stride (stride)",
+        return freenoise_stride_problem(stride, segment_length, f"FreeNoise stride (stride) = {stride}",
                                         f"segment latent frames (segment_length) = {segment_length}")
 
     @classmethod

@@ -495,6 +495,13 @@ def test_a_temporal_only_output_the_spatial_experts_space_cannot_hold_is_refused
                             "decode this node's output, Wan 2.1 latents, with the temporal VAE (SD 1.5)"), message
     prompt["11"]["inputs"]["mode"] = "temporal"
     prompt["12"]["inputs"]["vae"] = ["5", 0]
+    # without a spatial VAE a temporal-only output stays in the temporal expert's space (SD here): the spatial
+    # expert's frame rule is no rule of this run (a review: the first version of the early check refused it)
+    alone = copy.deepcopy(prompt)
+    alone["10"]["inputs"].pop("spatial_vae")
+    alone["12"]["inputs"]["vae"] = ["20", 2]
+    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", alone, fresh_cache=True)
+    assert r["success"], _message(r)
     # where the graph does not say (the batch size from another node), the control stage tells them, as before
     prompt["22"] = {"class_type": "PrimitiveInt", "inputs": {"value": 8}}
     prompt["8"]["inputs"]["batch_size"] = ["22", 0]
@@ -567,9 +574,10 @@ def test_same_index_across_a_vp_and_a_flow_expert_is_warned_under_the_refine_sam
 def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_every_refined_frame(comfy_worker, modern):
     """The Wan template's 161 frames at segment length 33 refined its last window whole for 29 frames, said on the
     command line and not on the node. 9 frames at 5 keep 4 of the last 5; the joined clip holds Wan's 4k+1 frames
-    only, so 10 (a whole window more, the same cost) is not offered, and 5 is, one window less. 13 frames keep 3 of
-    5, and neither 10 nor 15 is a count Wan holds: no note."""
-    for frames, note in ((9, "note: last window keeps 4 of 5 frames; 5 cost a window less"), (13, None)):
+    only, so 10 (a whole window more, the same cost) is not offered: the nearest below and above that are, 5 and 25.
+    13 frames keep 3 of 5, the same nearest counts; 25 frames keep every frame: no note."""
+    for frames, note in ((9, "note: last window keeps 4 of its 5 frames; 5 or 25 frames keep all"),
+                         (13, "note: last window keeps 3 of its 5 frames; 5 or 25 frames keep all"), (25, None)):
         prompt = long_wan_graph(comfy_worker.checkpoint_name)
         prompt["14"]["inputs"]["frames"] = frames
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
@@ -579,8 +587,10 @@ def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_ever
         assert steps, texts[:3]
         assert all(any(line.startswith("note: last window") for line in t.split("\n")) == (note is not None)
                    for t in steps), steps[0]
-        if note:
-            assert note in steps[0].split("\n") and len(note) <= 60, steps[0]
+        if note:   # (on lines of at most 60 characters)
+            lines = steps[0].split("\n")
+            at = next(i for i, line in enumerate(lines) if line.startswith("note: last window"))
+            assert " ".join(lines[at:at + 2]) == note and max(map(len, lines[at:at + 2])) <= 60, steps[0]
 
 
 def test_the_long_videos_freenoise_stride_0_is_the_librarys_default(comfy_worker, modern):

@@ -454,17 +454,28 @@ def test_a_staggered_window_is_the_second_half_of_one_structure_then_the_first_h
         assert clip[0, 0, :, 0, 0].tolist() == expected, w
 
 
-def test_every_task_of_a_run_draws_from_a_stream_of_its_own():
-    """The shared noise, each structure and each window have their own generator seed (the docstring's rule), and
-    the refinement draws from the window's: a review's mutation drawing window w from structure w's stream passed
-    every test of this file."""
+def test_every_task_of_a_run_draws_from_a_stream_of_its_own(monkeypatch):
+    """The shared noise, each structure and each window have their own generator seed (the docstring's rule), and a
+    run asks for exactly those streams, each once: a review's mutation drawing window w from structure w's stream
+    passed every test of this file."""
     from confiner_core import long as long_module
 
-    seeds = [long_module.task_seed(5, kind, index) for kind in (long_module.SHARED_NOISE_TASK,
-                                                                long_module.STRUCTURE_TASK, long_module.WINDOW_TASK)
-             for index in range(50)]
+    kinds = (long_module.SHARED_NOISE_TASK, long_module.STRUCTURE_TASK, long_module.WINDOW_TASK)
+    seeds = [long_module.task_seed(5, kind, index) for kind in kinds for index in range(50)]
     assert len(set(seeds)) == len(seeds)
     assert long_module.task_seed(5, long_module.STRUCTURE_TASK, 0) != long_module.task_seed(6, long_module.STRUCTURE_TASK, 0)
+    asked = []
+    make = long_module.task_generator
+    monkeypatch.setattr(long_module, "task_generator",
+                        lambda seed, kind, index=0: asked.append((kind, index)) or make(seed, kind, index))
+    x0 = torch.randn(1, 4, 8, 4, 4, generator=torch.Generator().manual_seed(7))
+    c, s, t = (OracleExpert(x0, S.named(n)).bind() for n in ("animatediff", "sd15", "lavie"))
+    plan = plan_segments(24, 8, True)
+    generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(control_steps=2, eta=0.5), LongConfig(segment_length=8),
+                  5, lambda lat, w: None)
+    assert sorted(asked) == sorted([(long_module.SHARED_NOISE_TASK, 0)]
+                                   + [(long_module.STRUCTURE_TASK, i) for i in range(plan.structures)]
+                                   + [(long_module.WINDOW_TASK, w) for w in range(len(plan.windows))])
 
 
 @pytest.mark.parametrize("config,said", [
@@ -843,9 +854,13 @@ def test_whole_window_frames_are_the_counts_that_end_on_a_whole_window():
     plan = plan_segments(161, 33, True)
     assert [w.frames for w in plan.windows] == [33, 33, 33, 33, 29]
     assert plan.whole_window_frames() == (132, 165)
-    assert plan.whole_window_frames(lambda n: n % 4 == 1) == (165,)
+    assert plan.whole_window_frames(lambda n: n % 4 == 1) == (33, 165)   # the nearest 4k+1 counts
     for frames in (132, 165):   # each is as promised: every window whole, the same windows for 165
         assert all(w.frames == 33 for w in plan_segments(frames, 33, True).windows)
     assert len(plan_segments(165, 33, True).windows) == len(plan.windows)
     assert plan_segments(165, 33, True).whole_window_frames() == ()
     assert plan_segments(40, 16, False).whole_window_frames() == (32, 48)   # unstaggered: 16 + 16 + 8
+    # 81 frames keep 15 of their last 33, and neither 66 nor 99 is 4k+1: the nearest that are, 33 and 165 (33 m is
+    # 4k+1 for m = 1, 5, 9, ...); a review found the note silent there
+    assert plan_segments(81, 33, True).whole_window_frames() == (66, 99)
+    assert plan_segments(81, 33, True).whole_window_frames(lambda n: n % 4 == 1) == (33, 165)

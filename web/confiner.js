@@ -190,7 +190,9 @@ function inputSource(id, input) {
     const slot = current.inputs?.findIndex((s) => s.name === name) ?? -1;
     // (the graph's own record: a subgraph node's getInputLink reads its subgraph's outputs instead)
     const linked = slot >= 0 ? current.inputs[slot].link : null;
-    const link = linked != null ? current.graph?.getLink?.(linked) ?? current.graph?._links?.get?.(linked) : null;
+    const graph = current.graph;   // (1.35 keeps links in a Map; 1.27, without subgraphs, in an object)
+    const link = linked != null ? graph?.getLink?.(linked) ?? graph?._links?.get?.(linked) ?? graph?.links?.[linked]
+      : null;
     if (!link) return null;
     if (link.origin_id !== SUBGRAPH_INPUT) return current.graph?.getNodeById?.(link.origin_id) ?? null;
     if (!depth) return null;
@@ -539,7 +541,8 @@ const BYPASSED = {
 };
 // ``out``: the mode that leaves it out (allNodes); a node in a bypassed subgraph says which subgraph node to switch on
 function bypassNote(node, out, id) {
-  if (out !== 4 || !BYPASSED[node.comfyClass]) return "";
+  // (one muted itself stays muted when its subgraph is un-bypassed: nothing to say of the bypass)
+  if (out !== 4 || !BYPASSED[node.comfyClass] || node.mode === 2) return "";
   if (node.mode === 4) return wrapped(BYPASSED[node.comfyClass]);
   const holder = nodePath(id).holders.find((h) => h.mode === 4);
   return wrapped(BYPASSED[node.comfyClass].replace("un-bypass it", `un-bypass ${holder?.title ?? "its subgraph"}`)
@@ -548,7 +551,7 @@ function bypassNote(node, out, id) {
 // What a subgraph node left out says of the pack's nodes in it, where the artist sees it: a bypassed one whose video
 // was not made (a trial: a black video saved, nothing said), a muted one whose nodes the frontend 1.35 queued anyway
 // (a trial: it ran and saved a video). Cleared at each Run's start.
-const HOLDER_NOTES = new Set();
+const HOLDER_NOTES = new Map(); // run id -> {node, key, size}: the node said on, its kept text's key, its size before
 function holderNote(holder, inside, queued) {
   const pack = inside.filter(([, node]) => TEXT_NODES.has(node.comfyClass));
   if (holder.mode === 4) {
@@ -586,11 +589,12 @@ function sayInnerWarnings() {
   }
 }
 function sayOnHolder(id, node, text) {
-  HOLDER_NOTES.add(id);
+  if (!HOLDER_NOTES.has(id)) HOLDER_NOTES.set(id, { node, key: keptKey(id), size: [...node.size] });
   api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   // room for it: a subgraph node is as tall as its promoted widgets, and the note's box showed none of it
   setTimeout(() => {
     const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    if (widget) widget.serialize = false;   // (as the pack's nodes' texts: never saved into a workflow)
     if (widget?.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
     const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
     if (state && !state.active) state.active = true;   // (as showTextBoxes: the frontend left it hidden)
@@ -599,12 +603,13 @@ function sayOnHolder(id, node, text) {
   }, 0);
 }
 function clearHolderNotes() {
-  for (const id of HOLDER_NOTES) {   // (as clearTexts: the frontend keeps a text an empty one would replace)
-    const node = nodeById(id);
-    const text = node?.widgets?.find((w) => w.name === PROGRESS_TEXT);
-    if (text) text.value = "";
-    KEPT.delete(keptKey(id));
-    node?.setDirtyCanvas?.(true, true);
+  // (the node itself, not its id: after a switch of tabs an id names another workflow's node)
+  for (const { node, key, size } of HOLDER_NOTES.values()) {
+    const text = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+    if (text) text.value = "";   // (as clearTexts: the frontend keeps a text an empty one would replace)
+    KEPT.delete(key);
+    node.setSize?.(size);
+    node.setDirtyCanvas?.(true, true);
   }
   HOLDER_NOTES.clear();
 }
@@ -751,9 +756,12 @@ function refused(response) {
     // the bundle says its own refusal (it kept the last Run's "spatial: ...", outlined red), and keeps what it holds
     // where another node was refused
     if (SHOWS_TEXT.has(node.comfyClass) && !TEXT_NODES.has(node.comfyClass)) {
+      const shown = node.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value ?? "";
       if (ids.includes(id)) {
         api.dispatchCustomEvent("progress_text",
                                 { nodeId: id, text: wrapped(`not run: ${refusal(response.node_errors[id], id)}`) });
+      } else if (NOT_RUN.test(shown)) {   // (its refusal of an earlier Run, no longer true: a run start clears it)
+        api.dispatchCustomEvent("progress_text", { nodeId: id, text: "" });
       }
       continue;
     }
@@ -799,6 +807,8 @@ app.registerExtension({
           showNamedAdvanced(refusalTexts(error.response));
         }
         throw error;
+      } finally {   // (filed under its id, or refused: a later run's cached nodes named a refused prompt's seed)
+        sending = null;
       }
     };
     api.addEventListener("progress_text", keepText);
@@ -844,7 +854,8 @@ app.registerExtension({
         const node = nodeById(id);
         const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
         // (a node in a closed subgraph holds its text as kept, not shown: read as blank, its warnings were replaced)
-        const said = text?.value || (node && TEXT_NODES.has(node.comfyClass) && KEPT.get(keptKey(String(id)))) || "";
+        const inside = String(id).includes(":") && node && TEXT_NODES.has(node.comfyClass);
+        const said = text?.value || (inside && KEPT.get(keptKey(String(id)))) || "";
         if (node && TEXT_NODES.has(node.comfyClass) && !said) {
           api.dispatchCustomEvent("progress_text",
                                   { nodeId: String(id), text: CACHED + queuedSeed(event.detail?.prompt_id, String(id)) });
