@@ -93,7 +93,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             output = host.output_denoiser(refiner, spatial)
             held = {**evaluated_roles(spatial, temporal, config.mode), **({"spatial": output} if output is spatial
                                                                           else {})}
-            planned = host.planned_frames(cls, "structure")
+            planned = host.planned_structure_frames(cls, {"spatial": spatial, "temporal": temporal})
             problems = [host.planned_frames_problem(planned, held)]
             frames = None if problems[0] else host.planned_latent_frames(planned, space)
             try:

@@ -1218,6 +1218,28 @@ def planned_frames(node_cls, input_name: str) -> model_files.PlannedFrames | Non
     return model_files.planned_frames(queued_prompt(node_cls), node_id(node_cls), input_name)
 
 
+def planned_structure_frames(node_cls, experts: dict) -> model_files.PlannedFrames | None:
+    """:func:`planned_frames` of the running Refine Sampler's structure, but None where the Control Expert making it
+    will refuse that latent itself: its model comes from the loader of a refine expert (``experts``: role -> Denoiser
+    or None), so its latent space is known, and the latent counts frames as another space does (an image batch for
+    a Wan control expert, which it refuses with the fix, another latent node: a frame count for Wan's VAE was the
+    wrong fix there)."""
+    planned = planned_frames(node_cls, "structure")
+    prompt, me = queued_prompt(node_cls), node_id(node_cls)
+    source = model_files.link(prompt, me, "structure")
+    bundle = model_files.link(prompt, me, "experts")
+    if planned is None or source is None or bundle is None or \
+            (prompt.get(source[0]) or {}).get("class_type") != "ConFinerControlExpert":
+        return planned
+    control = model_files.model_loader(prompt, source[0], "model")
+    for role, denoiser in experts.items():
+        loader = model_files.model_loader(prompt, bundle[0], f"{role}_model")
+        if control and denoiser is not None and loader and loader[0] == control[0] and \
+                denoiser.expert.latent_space.temporal_factor != planned.factor:
+            return None
+    return planned
+
+
 def planned_latent_frames(planned: model_files.PlannedFrames | None, space) -> int | None:
     """``planned``'s latent frames in ``space``; None where the graph does not say, or its latent node counts frames
     as another space does (an image batch for Wan, which a Control Expert refuses)."""

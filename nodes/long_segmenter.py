@@ -109,9 +109,8 @@ def cut_window_notes(plan, joined_space) -> list[str]:
     logging.info("%s: the last window is refined whole (%d frames) for its %d%s", NODE, length, last,
                  f"; frames {counts} would use every refined frame" if whole else "")
     same = len(plan.windows) * length in whole   # (the same windows: the same cost)
-    return texts.wrapped(f"note: last window keeps {last} of its {length} frames"
-                         + (f"; {counts} frames keep all" + (f" ({whole[-1]}: same cost)" if same else "")
-                            if whole else ""))
+    return texts.wrapped(f"note: last window keeps {last} of {length} frames"
+                         + (f"; {counts} keep all" + (f" ({whole[-1]}: same cost)" if same else "") if whole else ""))
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
@@ -316,7 +315,6 @@ class ConFinerLongSegmenter(io.ComfyNode):
         # ComfyUI caches a node's result, not its finished windows: an artist who cancelled expected a rerun to go on
         progress.cancel_note = "\nqueued again, it starts over (no window is kept)"
         progress.files = (host.input_file(cls, "control_model"), *experts.temporal_files)
-        progress.note(*cut_window_notes(plan, joined_space))
         if prompts is not None:   # above the schedule, every step and the summary (the console's schedule says why)
             progress.warn(*seconds_at_another_rate(prompts, fps, space))   # first: it may be why a prompt is unused
             progress.note(*unused_prompt_notes(prompts, plan))
@@ -349,6 +347,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress.about.insert(0, f"{frames} frames")
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
+        progress.note(*cut_window_notes(plan, joined_space))   # (under the warnings: a cost, not a fault)
         refiner = refining_denoiser(spatial, temporal, mode)
         host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refiner, spatial), spatial, temporal)])
         frame = host.latent_in(control_model, latent, "latent")[:, :, :1]
