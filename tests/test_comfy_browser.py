@@ -790,14 +790,10 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "subgraph modes")
     said = b.page.evaluate("""async () => {
-        const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-        const text = (node) => node.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
         const control = app.rootGraph.nodes.find((n) => n.type === "ConFinerControlExpert");
-        const positive = control.getInputNode(control.inputs.findIndex((s) => s.name === "positive"));
-        const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
-        const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
-        await wait(300);
-        const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
+        const positive = control.getInputNode(control.inputs.findIndex((s) => s.name === "positive"));""" +
+                           browser.OURS_TO_SUBGRAPH + """
+        const text = (node) => node.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
         const out = {holder: holder.title, positive: positive.title, sampler: inner("ConFinerCoordinatedSampler").title};
         // (the texts of the nodes inside show once it is opened)
         const opened = async (read) => {
@@ -1092,17 +1088,12 @@ def test_a_node_served_from_the_cache_says_so(frontend):
 def test_the_warnings_of_the_packs_nodes_in_a_subgraph_show_on_the_subgraph_node(frontend, screenshot_dir):
     """A trial's warnings ("temporal is an image model") showed only once the subgraph was opened. At a Run's end
     the subgraph node lists each of the pack's nodes in it that warned or failed, and a new Run clears it."""
+    from comfy_support import browser
+
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "warnings in subgraph")
     warned = "warning: temporal is an image model: add AnimateDiff or Wan"
-    said = b.page.evaluate("""async (warned) => {
-      const api = window.comfyAPI.api.api;
-      const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-      const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
-      const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
-      await wait(300);
-      const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
-      const id = (type) => `${holder.id}:${inner(type).id}`;
+    said = b.page.evaluate("""async (warned) => {""" + browser.OURS_TO_SUBGRAPH + """
       const text = () => holder.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
       api.dispatchCustomEvent("execution_start", {prompt_id: "run", timestamp: Date.now()});
       await wait(100);
@@ -1136,21 +1127,18 @@ def test_a_node_in_a_closed_subgraph_served_from_the_cache_keeps_its_warning(fro
     """A trial's Control Expert in a subgraph, its run served from the cache, read "done · from the cache" once the
     subgraph was opened: its text is kept, not shown, while the subgraph is closed, and was read as blank, so its
     warning went. It keeps its text, and says this run reused it."""
+    from comfy_support import browser
+
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "cached in subgraph")
     said = "warning: image model, no motion: add AnimateDiff or use Wan\ndone · 4 expert evaluations in 1.2 s"
-    text = b.page.evaluate("""async (said) => {
-      const api = window.comfyAPI.api.api;
-      const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-      const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
-      const {node: holder} = app.rootGraph.convertToSubgraph(new Set(ours));
-      await wait(300);
-      const control = holder.subgraph.nodes.find((n) => n.type === "ConFinerControlExpert");
-      const id = `${holder.id}:${control.id}`;
-      api.dispatchCustomEvent("progress_text", {nodeId: id, text: said});
+    text = b.page.evaluate("""async (said) => {""" + browser.OURS_TO_SUBGRAPH + """
+      const control = inner("ConFinerControlExpert");
+      api.dispatchCustomEvent("progress_text", {nodeId: id("ConFinerControlExpert"), text: said});
       await wait(200);
       api.dispatchCustomEvent("execution_start", {prompt_id: "cached", timestamp: Date.now()});
-      api.dispatchCustomEvent("execution_cached", {prompt_id: "cached", timestamp: Date.now(), nodes: [id]});
+      api.dispatchCustomEvent("execution_cached", {prompt_id: "cached", timestamp: Date.now(),
+                                                   nodes: [id("ConFinerControlExpert")]});
       await wait(300);
       app.canvas.setGraph(holder.subgraph);
       await wait(400);

@@ -323,7 +323,9 @@ def preview_then_text(browser: Browser, node_type: str, text: str, png_base64: s
 
 # The basic template's ConFiner nodes made a subgraph (as "Convert to Subgraph" does), then texts sent under the ids
 # a run gives its nodes ("<subgraph node>:<node>"): what each inner node shows, at the top graph and inside.
-SUBGRAPH_TEXTS_JS = """async () => {
+# The body's start of a script that puts the loaded template's ConFiner nodes in a subgraph: ``holder`` (the subgraph
+# node), ``inner(type)`` (a node in it), ``id(type)`` (its run id "<holder>:<node>"), ``api`` and ``wait(ms)``.
+OURS_TO_SUBGRAPH = """
   const api = window.comfyAPI.api.api;
   const wait = (ms) => new Promise((r) => setTimeout(r, ms));
   const ours = app.rootGraph.nodes.filter((n) => n.type.startsWith("ConFiner"));
@@ -331,6 +333,8 @@ SUBGRAPH_TEXTS_JS = """async () => {
   await wait(300);
   const inner = (type) => holder.subgraph.nodes.find((n) => n.type === type);
   const id = (type) => `${holder.id}:${inner(type).id}`;
+"""
+SUBGRAPH_TEXTS_JS = """async () => {""" + OURS_TO_SUBGRAPH + """
   const text = (type) => inner(type).widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
   const send = async (type, value) => {
     api.dispatchCustomEvent("progress_text", {nodeId: id(type), text: value});
