@@ -799,7 +799,7 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
         const opened = async (read) => {
             app.canvas.setGraph(holder.subgraph);
             await wait(400);
-            const got = read();
+            const got = await read();
             app.canvas.setGraph(app.rootGraph);
             await wait(300);
             return got;
@@ -815,6 +815,20 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
         out.muted = [text(holder), ...await opened(() => [text(inner("ConFinerControlExpert")),
                                                           text(inner("ConFinerRefineExperts"))])];
         positive.mode = 0;
+        // the next Run's start: the bypass note inside, of a Run before, goes (its node from the cache kept it), and
+        // the bundle's own text, emptied, is on screen again when it comes
+        api.dispatchCustomEvent("execution_start", {prompt_id: "next", timestamp: Date.now()});
+        await wait(200);
+        out.next = await opened(async () => {
+            api.dispatchCustomEvent("progress_text", {nodeId: id("ConFinerRefineExperts"), text: ""});
+            await wait(100);
+            api.dispatchCustomEvent("progress_text", {nodeId: id("ConFinerRefineExperts"), text: "spatial: SD 1.5"});
+            await wait(200);
+            const bundle = inner("ConFinerRefineExperts").widgets.find((w) => w.name === "$$node-text-preview");
+            const store = document.getElementById("vue-app").__vue_app__.config.globalProperties.$pinia._s
+                .get("domWidget");
+            return [text(inner("ConFinerCoordinatedSampler")), store.widgetStates.get(bundle.id)?.active ?? null];
+        });
         holder.mode = 4;   // (again, for the picture, where no node covers it: the frontend put it over two)
         holder.pos = [Math.max(...app.rootGraph.nodes.map((n) => n.pos[0] + n.size[0])) + 80, holder.pos[1]];
         try { await app.queuePrompt(0); } catch (e) {}
@@ -833,7 +847,12 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
     assert flat(sampler_said) == (f"bypassed with its subgraph: nothing is refined here; the structure passes on "
                                   f"unrefined in the video's place: un-bypass {said['holder']} (Ctrl+B)"), said
     holder_said, control_said, bundle_said = said["muted"]
-    assert not holder_said, said   # (the bypass note went with the bypass)
+    # (the bypass note went with the bypass; the subgraph node, outlined red, says what was refused in it)
+    assert f"ConFiner Control Expert: not run: positive: its node {said['positive']} is muted: unmute it (Ctrl+M)" \
+        in flat(holder_said), said
+    assert "ConFiner Refine Experts (bundle): not run: spatial positive:" in flat(holder_said), said
+    assert not said["next"][0], said   # no "bypassed with its subgraph" left inside
+    assert said["next"][1] is True, said   # the bundle's text box shown
     assert flat(control_said) == f"not run: positive: its node {said['positive']} is muted: unmute it (Ctrl+M)", said
     assert flat(bundle_said).startswith("not run: spatial positive: its node ") and \
         flat(bundle_said).endswith("is muted: unmute it (Ctrl+M)"), said

@@ -76,7 +76,9 @@ const TEXT_NODES = new Set(["ConFinerControlExpert", "ConFinerCoordinatedSampler
 const SHOWS_TEXT = new Set([...TEXT_NODES, "ConFinerRefineExperts"]);
 const PROGRESS_TEXT = "$$node-text-preview"; // the frontend's name for the widget that shows a node's progress text
 const SCHEDULE_BOX = { node: "ConFinerLongSegmenter", widget: "segment_prompts", height: 160 };
-const ENDED_BADLY = /^(stopped by an error|cancelled|not run: )/m; // under any warning lines
+// under any warning lines; a bypass note too, said again at the start where it still holds (one kept saying "bypassed
+// with its subgraph" after the un-bypass, its node served from the cache)
+const ENDED_BADLY = /^(stopped by an error|cancelled|not run: |bypassed)/m;
 const WAITING = /^waiting for its turn/m;
 // A text saying this Run did not run the node (refused, left out, cancelled before its turn, stopped by another): the
 // preview beside it was a run before's video (a trial read it as this Run's).
@@ -322,6 +324,8 @@ function keepText(event) {
   if (text) {
     KEPT.set(keptKey(nodeId), text);
     settleLoadingBars();
+    // (after the frontend's own handling; a node of a graph not on screen stays as it is: its box would float there)
+    setTimeout(() => node.graph === app.canvas?.graph && showTextBox(node), 0);
     return;
   }
   KEPT.delete(keptKey(nodeId));
@@ -370,12 +374,16 @@ function domWidgetStore() {
 // the widgets that are HTML elements (DOMWidgetImpl): a progress text is a component, so once a subgraph had been
 // opened every text of the pack's nodes stayed hidden, also on the top graph, until a switch of workflow tabs.
 function showTextBoxes(graph) {
-  const states = domWidgetStore()?.widgetStates;
-  for (const node of (states && (graph?._nodes ?? graph?.nodes)) || []) {
-    const widget = TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-    const state = widget && states.get(widget.id);
-    if (state && !state.active) state.active = true;
+  for (const node of graph?._nodes ?? graph?.nodes ?? []) {
+    if (SHOWS_TEXT.has(node.comfyClass)) showTextBox(node);
   }
+}
+// One node's text box shown (the bundle's stayed hidden once its text had been emptied, a re-check: its next text
+// came back as a value, never on screen).
+function showTextBox(node) {
+  const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
+  const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
+  if (state && !state.active) state.active = true;
 }
 
 // Empties the progress text of every node of the pack whose text matches ``pattern``, or for which
@@ -575,14 +583,17 @@ function sayHolderNotes(prompt) {
 // At a Run's end, the warnings and failures of the pack's nodes in a subgraph, on the subgraph node: they showed only
 // once it was opened (a trial: "warning: temporal is an image model" unseen from the top graph).
 const FLAGGED = /^(warning|stopped by an error|cancelled|not run)/;
-function sayInnerWarnings() {
+// ``only``: the run ids to list (a refused Run: its refused nodes; the others' "the Run was refused" says nothing)
+function sayInnerWarnings(only = null) {
   for (const [id, node, out] of allNodes()) {
     if (!node.isSubgraphNode?.() || id.includes(":") || out || HOLDER_NOTES.has(id)) continue;   // (outermost)
     const lines = [];
     for (const [innerId, inner] of allNodes(node.subgraph, `${id}:`)) {
-      if (!TEXT_NODES.has(inner.comfyClass)) continue;
+      if (!SHOWS_TEXT.has(inner.comfyClass) || (only && !only.has(innerId))) continue;
       const text = inner.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value || KEPT.get(keptKey(innerId)) || "";
-      const flagged = text.split("\n").filter((line) => FLAGGED.test(line));
+      // a failure is its whole text (wrapped over lines); a warning, a line of its own
+      const flagged = ENDED_BADLY.test(text) && !/^warning/.test(text) ? [text.split("\n").join(" ")]
+        : text.split("\n").filter((line) => FLAGGED.test(line));
       if (flagged.length) lines.push(wrapped(`${inner.title}: ${flagged.join("; ")}`));
     }
     if (lines.length) sayOnHolder(id, node, lines.join("\n"));
@@ -596,8 +607,7 @@ function sayOnHolder(id, node, text) {
     const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT);
     if (widget) widget.serialize = false;   // (as the pack's nodes' texts: never saved into a workflow)
     if (widget?.options) widget.options.getMinHeight = () => textHeight(node, widget.value);
-    const state = widget && domWidgetStore()?.widgetStates?.get(widget.id);
-    if (state && !state.active) state.active = true;   // (as showTextBoxes: the frontend left it hidden)
+    showTextBox(node);   // (the frontend left it hidden)
     node.setSize?.([Math.max(node.size[0], FRESH_WIDTH), Math.max(node.size[1], node.computeSize?.()[1] ?? 0)]);
     node.setDirtyCanvas?.(true, true);
   }, 0);
@@ -775,6 +785,7 @@ function refused(response) {
       : `not run: the Run was refused (see the error)${ids.length ? `\nat ${name}` : ""}`;
     api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   }
+  sayInnerWarnings(new Set(ids));   // (a subgraph node outlined red said nothing: a re-check)
 }
 
 app.registerExtension({
