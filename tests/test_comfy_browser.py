@@ -735,47 +735,34 @@ def test_an_input_from_a_bypassed_or_muted_node_says_which_node_to_switch_on(fro
     assert max(len(line) for text in (said[4][1], said[2][1]) for line in text.split("\n")) <= 60, said
 
 
-def test_a_bypassed_long_video_says_its_latent_passes_on_in_the_videos_place(frontend, screenshot_dir):
-    """A bypassed Long Video passes its frame-size latent on: the decode made one blank frame of it and the Run
-    "completed" without a word (a trial). The node says so at the Run, queued through the frontend for real."""
+@pytest.mark.parametrize("template,node_type,note", [
+    ("confiner_long_sd15_animatediff", "ConFinerLongSegmenter",
+     "bypassed: no video is made here; its latent input passes on unsampled in the video's place: un-bypass it "
+     "(Ctrl+B)"),
+    ("confiner_basic_sd15_animatediff", "ConFinerCoordinatedSampler",
+     "bypassed: nothing is refined here; the structure passes on unrefined in the video's place: un-bypass it "
+     "(Ctrl+B)")])
+def test_a_bypassed_sampling_node_says_what_passes_on_in_the_videos_place(frontend, screenshot_dir, template, node_type,
+                                                                          note):
+    """A bypassed Long Video passes its frame-size latent on (the decode made one blank frame of it), a bypassed
+    Refine Sampler its structure (the save node saved the rough video, unrefined), and the Run "completed" without a
+    word (trials). The node says so at the Run, queued through the frontend for real."""
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_long_sd15_animatediff", "long bypassed")
-    said = b.page.evaluate("""async () => {
-        const long = app.graph._nodes.find((n) => n.type === "ConFinerLongSegmenter");
-        long.mode = 4;
+    open_template(frontend, template, f"{node_type} bypassed")
+    said = b.page.evaluate("""async (type) => {
+        const node = app.graph._nodes.find((n) => n.type === type);
+        node.mode = 4;
         try { await app.queuePrompt(0); } catch (e) {}
         await new Promise((r) => setTimeout(r, 500));
-        app.canvas.ds.offset = [40 - long.pos[0], 60 - long.pos[1]];
+        app.canvas.ds.offset = [40 - node.pos[0], 60 - node.pos[1]];
         app.canvas.setDirty(true, true);
-        return long.widgets.find((w) => w.name === "$$node-text-preview")?.value; }""")
+        return node.widgets.find((w) => w.name === "$$node-text-preview")?.value; }""", node_type)
     browser.close_dialogs(b)
-    b.page.screenshot(path=str(screenshot_dir / "long_bypassed.png"))
-    b.page.evaluate("() => { app.graph._nodes.find((n) => n.type === 'ConFinerLongSegmenter').mode = 0; }")
-    assert " ".join(said.split()) == ("bypassed: no video is made here; its latent input passes on unsampled in the "
-                                      "video's place: un-bypass it (Ctrl+B)"), said
-    assert max(len(line) for line in said.split("\n")) <= 60, said
-
-
-def test_a_bypassed_refine_sampler_says_the_structure_passes_on_unrefined(frontend, screenshot_dir):
-    """A bypassed Refine Sampler passes its structure on: the save node saved the rough video, unrefined, and the Run
-    "succeeded" without a word (a trial). Queued through the frontend for real."""
-    from comfy_support import browser
-
-    server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "sampler bypassed")
-    said = b.page.evaluate("""async () => {
-        const sampler = app.graph._nodes.find((n) => n.type === "ConFinerCoordinatedSampler");
-        sampler.mode = 4;
-        try { await app.queuePrompt(0); } catch (e) {}
-        await new Promise((r) => setTimeout(r, 500));
-        const said = sampler.widgets.find((w) => w.name === "$$node-text-preview")?.value;
-        sampler.mode = 0;
-        return said; }""")
-    browser.close_dialogs(b)
-    assert " ".join(said.split()) == ("bypassed: nothing is refined here; the structure passes on unrefined in the "
-                                      "video's place: un-bypass it (Ctrl+B)"), said
+    b.page.screenshot(path=str(screenshot_dir / f"{node_type}_bypassed.png"))
+    b.page.evaluate("(type) => { app.graph._nodes.find((n) => n.type === type).mode = 0; }", node_type)
+    assert " ".join(said.split()) == note, said
     assert max(len(line) for line in said.split("\n")) <= 60, said
 
 

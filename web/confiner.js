@@ -542,19 +542,17 @@ const FEEDS_NO_OUTPUT =
 // decode made one blank frame of, the Run "completed" without a word (a trial). Said on it at every Run.
 // A bypassed Refine Sampler passes its structure on: the save node saved the rough video, unrefined, without a word.
 const BYPASSED = {
-  ConFinerLongSegmenter: "bypassed: no video is made here; its latent input passes on unsampled in the video's " +
-    "place: un-bypass it (Ctrl+B)",
-  ConFinerCoordinatedSampler: "bypassed: nothing is refined here; the structure passes on unrefined in the video's " +
-    "place: un-bypass it (Ctrl+B)",
+  ConFinerLongSegmenter: "no video is made here; its latent input passes on unsampled in the video's place",
+  ConFinerCoordinatedSampler: "nothing is refined here; the structure passes on unrefined in the video's place",
 };
 // ``out``: the mode that leaves it out (allNodes); a node in a bypassed subgraph says which subgraph node to switch on
 function bypassNote(node, out, id) {
   // (one muted itself stays muted when its subgraph is un-bypassed: nothing to say of the bypass)
   if (out !== 4 || !BYPASSED[node.comfyClass] || node.mode === 2) return "";
-  if (node.mode === 4) return wrapped(BYPASSED[node.comfyClass]);
+  if (node.mode === 4) return wrapped(`bypassed: ${BYPASSED[node.comfyClass]}: un-bypass it (Ctrl+B)`);
   const holder = nodePath(id).holders.find((h) => h.mode === 4);
-  return wrapped(BYPASSED[node.comfyClass].replace("un-bypass it", `un-bypass ${holder?.title ?? "its subgraph"}`)
-    .replace("bypassed:", "bypassed with its subgraph:"));
+  return wrapped(`bypassed with its subgraph: ${BYPASSED[node.comfyClass]}: un-bypass ` +
+                 `${holder?.title ?? "its subgraph"} (Ctrl+B)`);
 }
 // What a subgraph node left out says of the pack's nodes in it, where the artist sees it: a bypassed one whose video
 // was not made (a trial: a black video saved, nothing said), a muted one whose nodes the frontend 1.35 queued anyway
