@@ -792,9 +792,13 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
             return got;
         };
         holder.mode = 4;
+        const size = [...holder.size];
         try { await app.queuePrompt(0); } catch (e) {}
         await wait(500);
         out.bypassed = [text(holder), await opened(() => text(inner("ConFinerCoordinatedSampler")))];
+        // saved meanwhile: as before the note (a re-check's export held the note's widget among the promoted ones)
+        const saved = app.rootGraph.serialize().nodes.find((n) => n.id === holder.id);
+        out.saved = {size: [size, saved.size, [...holder.size]], promoted: saved.properties.proxyWidgets};
         holder.mode = 0;
         positive.mode = 2;
         try { await app.queuePrompt(0); } catch (e) {}
@@ -833,6 +837,9 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
                                  f"video's place: un-bypass it (Ctrl+B)"), said
     assert flat(sampler_said) == (f"bypassed with its subgraph: nothing is refined here; the structure passes on "
                                   f"unrefined in the video's place: un-bypass {said['holder']} (Ctrl+B)"), said
+    before, saved_size, shown_size = said["saved"]["size"]
+    assert saved_size == before and shown_size != before, said["saved"]   # grown for the note on screen only
+    assert said["saved"]["promoted"] and all(name != "$$node-text-preview" for _, name in said["saved"]["promoted"])
     holder_said, control_said, bundle_said = said["muted"]
     # (the bypass note went with the bypass; the subgraph node, outlined red, says what was refused in it)
     assert f"ConFiner Control Expert: not run: positive: its node {said['positive']} is muted: unmute it (Ctrl+M)" \

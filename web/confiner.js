@@ -599,6 +599,7 @@ function sayInnerWarnings(only = null) {
 }
 function sayOnHolder(id, node, text) {
   if (!HOLDER_NOTES.has(id)) HOLDER_NOTES.set(id, { node, key: keptKey(id), size: [...node.size] });
+  keepNoteOutOfSaves(node);
   api.dispatchCustomEvent("progress_text", { nodeId: id, text });
   // room for it: a subgraph node is as tall as its promoted widgets, and the note's box showed none of it
   setTimeout(() => {
@@ -609,6 +610,23 @@ function sayOnHolder(id, node, text) {
     node.setSize?.([Math.max(node.size[0], FRESH_WIDTH), Math.max(node.size[1], node.computeSize?.()[1] ?? 0)]);
     node.setDirtyCanvas?.(true, true);
   }, 0);
+}
+// A saved or exported workflow has the subgraph node as it was before its note: the frontend lists a subgraph node's
+// own widgets among its promoted ones (a trial's export held ["-1", "$$node-text-preview"]) and it was grown to show it
+function keepNoteOutOfSaves(node) {
+  if (node.confinerSavesClean) return;
+  node.confinerSavesClean = true;
+  const onSerialize = node.onSerialize;
+  node.onSerialize = function (o) {
+    onSerialize?.call(this, o);
+    const note = [...HOLDER_NOTES.values()].find((n) => n.node === this);
+    if (!note) return;
+    o.size = [...note.size];
+    const promoted = o.properties?.proxyWidgets;
+    if (Array.isArray(promoted)) {
+      o.properties = { ...o.properties, proxyWidgets: promoted.filter(([, name]) => name !== PROGRESS_TEXT) };
+    }
+  };
 }
 function clearHolderNotes() {
   // (the node itself, not its id: after a switch of tabs an id names another workflow's node)
