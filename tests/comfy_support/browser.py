@@ -88,7 +88,8 @@ class ComfyServer:
         self.root = Path(comfy_root)
         self.base = Path(tempfile.mkdtemp(prefix="confiner-frontend-"))
         (self.base / "custom_nodes").mkdir()
-        for path, name in packs:
+        # (with the stand-ins for the core nodes that did not import here: stub_nodes says why)
+        for path, name in [*packs, (Path(__file__).parent / "stub_nodes", "confiner-test-stand-ins")]:
             (self.base / "custom_nodes" / name).symlink_to(Path(path).resolve(), target_is_directory=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
