@@ -148,10 +148,11 @@ def distilled_control_warning(space: LatentSpace, steps: int, cfg: float, sample
     if family is None or steps > distilled_steps or cfg != distilled_cfg:
         return None
     good_steps, good_cfg, good_sampler = family
-    return (f"the {space.title} control expert at {steps} control step{'s' * (steps != 1)} and cfg {cfg:g} "
-            f"({sampler} sampler): these "
-            f"are a step-distilled model's settings (AnimateDiff-Lightning's, the defaults); an undistilled "
-            f"{space.title} model makes a blurred structure that follows the prompt weakly in so few steps: use "
+    # (named by its latent space, which is all this knows of it: Wan 2.2 A14B works in Wan 2.1's)
+    return (f"the control expert ({space.title} latent space) at {steps} control step{'s' * (steps != 1)} and cfg "
+            f"{cfg:g} ({sampler} sampler): these "
+            f"are a step-distilled model's settings (AnimateDiff-Lightning's, the defaults); an undistilled model "
+            f"of that space makes a blurred structure that follows the prompt weakly in so few steps: use "
             f"{good_steps} control steps, cfg {good_cfg:g} and the {good_sampler} sampler (the Wan templates'), or keep "
             f"these with a step-distilled model")
 
@@ -450,19 +451,31 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
     src = roles[source].expert.latent_space
     if len(shape) != 5:
         raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
+    # a structure made by an expert of another space, given without it: refine_structure hands it over (where the
+    # channels agree, Flux's and Wan's 16, a forgotten source= showed as a frame count the experts cannot hold)
+    made_elsewhere = "; a structure another expert made (the control expert's) is handed over by " \
+        "refine_structure(..., source=<that expert's denoiser>)" if source_label == "refining" else ""
     if shape[1] != src.channels:
-        # a structure made by an expert of another space, given without it: refine_structure hands it over
-        made_elsewhere = "; a structure another expert made (the control expert's) is handed over by " \
-            "refine_structure(..., source=<that expert's denoiser>)" if source_label == "refining" else ""
         raise ValueError(f"the latent has {shape[1]} channels but the {source_label or source} expert's latent space "
                          f"{src.name!r} has {src.channels}; use a latent of the experts' family{made_elsewhere}")
-    _, frames, _, _ = src.pixel_shape(shape)
+    _, frames, height, width = src.pixel_shape(shape)
     for role, d in roles.items():
         if d is None:
             continue
         e = d.expert
         check_expert(e, evaluated=False)   # schedules: validate_refinement, validate_chain (a source has none)
-        e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.title}")
+        try:
+            e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.title}")
+        except ValueError as error:
+            if not made_elsewhere:
+                raise
+            raise ValueError(f"{error}{made_elsewhere}") from None
+        # the size too: a Flux spatial expert's odd latent size was refused after the whole control stage
+        factor = e.latent_space.spatial_factor
+        if height % factor or width % factor:
+            raise ValueError(f"the video is {width}x{height} pixels, but the {role} expert's {e.latent_space.title} "
+                             f"latent space takes multiples of {factor}: make both multiples of {factor}")
+        e.check_size(height // factor, width // factor)
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
             raise TooManyFrames(role, e.name, e.latent_space.pixel_frames(e.max_frames), frames)
@@ -858,8 +871,8 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     the control denoiser's EvaluationLog: bind all three experts to one log to count every evaluation per stage.
     ``callback(info)`` is called after every control and refinement step with
     :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,
-    the step's x0 ``denoised``; in coordinated refinement also ``spatial_denoised``, ``temporal_input``,
-    ``temporal_denoised`` and ``renoised``; the first refinement step also ``noised_structure``, Eq. 6's V'_{T_e}).
+    the step's x0 ``denoised``; in coordinated refinement also ``spatial_denoised``, ``temporal_input`` (at
+    ``temporal_t``, ``temporal_timestep``), ``temporal_denoised`` and ``renoised``; the first refinement step also ``noised_structure``, Eq. 6's V'_{T_e}).
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")

@@ -269,6 +269,11 @@ class Expert(ABC):
         timestep; a flow expert converts it to what its network takes (Wan: ``1000 * sigma(t)`` with the shifted
         sigma; Qwen-Image: ``sigma(t)``), as its ``model_timestep`` does."""
 
+    def check_size(self, height: int, width: int) -> None:
+        """Raise (naming the expert and the pixel multiple to use) where the network cannot take latents of
+        ``height x width`` (transformers that take 2x2 patches need even sizes). Called by the chain's checks before
+        any evaluation, and by backends' forwards. Default: any size."""
+
     def forwards_per_call(self, n_conds: int) -> int:
         """Network forwards (see :class:`EvaluationLog`) the last :meth:`forward` made for ``n_conds``
         conditionings. Default: one call per conditioning; backends that batch them, or that can count the calls
@@ -366,6 +371,10 @@ class ExpertPair(Expert):
         self.default_guidance = tuple(guidance) if guidance is not None else high.default_guidance
         self.last = 1  # the member the last forward used (its network forwards are the ones counted)
         self.member_calls = [0, 0]   # evaluations per member (high, low), for the report: which one ran where
+
+    def check_size(self, height: int, width: int) -> None:
+        self.high.check_size(height, width)
+        self.low.check_size(height, width)
 
     def member(self, t: float) -> int:
         """0 (high-noise expert) or 1 (low-noise expert) for timestep ``t``."""

@@ -879,30 +879,14 @@ def video_fps(inspections: dict) -> float:
 
 
 def expert_schedules(req: GenerateRequest) -> dict:
-    """role -> NoiseSchedule, known without loading weights: the embedded experts' own, or the diffusers scheduler
-    config of a folder (single files and motion modules use the base's or the spatial folder's)."""
+    """role -> NoiseSchedule, known without loading weights: the embedded experts' own, or the schedules the loaded
+    experts will have, from the checkpoints' inspection (:meth:`~.diffusers_backend.families.base.Family.schedule`;
+    reading the scheduler configs here settled a Wan folder without one on the spatial folder's SD table)."""
     if req.embedded:
         from .embedded.experts import embedded_experts
 
         return {role: e.schedule for role, e in embedded_experts(req.embedded_preset).items()}
-    from . import schedules as S
-
-    out = {}
-    fallback = [p for p in (req.base, req.spatial) if p and os.path.isdir(p)]
-    for role, path in req.roles().items():
-        for folder in ([path] if os.path.isdir(path) else []) + fallback:
-            config = os.path.join(folder, "scheduler", "scheduler_config.json")
-            if os.path.isfile(config):
-                try:
-                    with open(config, encoding="utf-8") as f:
-                        out[role] = S.from_diffusers_config(json.load(f), name=f"{role} expert ({folder})")
-                except NotImplementedError as e:   # found here, before any weights load
-                    raise UsageError(f"--{role}: {config}: {e}; use another checkpoint for the {role} expert",
-                                     f"--{role}") from None
-                except (ValueError, OSError):
-                    pass  # the loader reports unreadable configs with their path
-                break
-    return out
+    return {role: inspection.schedule for role, inspection in req._inspections.items()}
 
 
 def plan_line(plan: SegmentPlan, chain: ChainConfig) -> str:

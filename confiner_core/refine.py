@@ -67,8 +67,9 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     Experts in different latent spaces meet through :func:`~confiner_core.experts.hand_off` (the bridge through
     their VAEs); within one space it is the identity. Returns the new V'_{t_k} (on the spatial schedule) and the
     temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the spatial
-    expert's x0 of line 10 (in its own space, before any hand-off) as ``spatial_denoised`` and the temporal expert's
-    input V''_{t_k} (Eq. 9) as ``temporal_input``. ``t`` is a position on the spatial expert's schedule
+    expert's x0 of line 10 (in its own space, before any hand-off) as ``spatial_denoised``, the temporal expert's
+    input V''_{t_k} (Eq. 9) as ``temporal_input``, and where on its schedule that is: ``temporal_t`` (a position)
+    and ``temporal_timestep`` (its network timestep, as ``timestep``). ``t`` is a position on the spatial expert's schedule
     (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts a network
     timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
@@ -84,8 +85,9 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
         x0_spatial = hand_off(pred_spatial.x0, spatial, temporal)
         t_temporal = matched_timestep(spatial.schedule, temporal.schedule, t, matching)
         x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
-        if seen is not None:
-            seen.update(spatial_denoised=pred_spatial.x0, temporal_input=x_temporal)
+        if seen is not None:   # (the matched timestep too: a researcher regressed it out of the tensors)
+            seen.update(spatial_denoised=pred_spatial.x0, temporal_input=x_temporal, temporal_t=t_temporal,
+                        temporal_timestep=round(temporal.schedule.timestep(t_temporal), 9))
         pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
         x0_back = hand_off(pred_temporal.x0, temporal, spatial)
         x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11
@@ -100,7 +102,8 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     keys (``denoised``: the spatial x0 of line 14), the spatial x0 of line 10 ``spatial_denoised``, which Eq. 9
     re-noises, the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its own latent space), its input
     ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule
-    (Eq. 9, in the temporal expert's space), and ``renoised``, V'_{t_k}: the temporal x0 re-noised on the spatial
+    (Eq. 9, in the temporal expert's space) at ``temporal_t`` (``temporal_timestep``), and ``renoised``, V'_{t_k}: the
+    temporal x0 re-noised on the spatial
     schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
     :func:`coordinated_step` takes them."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)

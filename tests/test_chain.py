@@ -253,6 +253,7 @@ def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
     for k, info in enumerate(infos[4:]):
         assert torch.equal(info["renoised"], refine_calls[2 * k + 1][1])
         assert torch.equal(info["temporal_input"], temporal_e.calls[k][1])      # what the temporal oracle read
+        assert info["temporal_t"] == temporal_e.calls[k][0] == info["temporal_timestep"]   # where (VP: one number)
         assert torch.allclose(info["temporal_denoised"], x0 * 0.5, atol=1e-5)   # the temporal oracle's own x0
         assert torch.allclose(info["denoised"], x0, atol=1e-5)                   # line 14: the spatial one's
         assert torch.allclose(info["spatial_denoised"], x0, atol=1e-5)           # line 10: the spatial one's too
@@ -1234,12 +1235,12 @@ def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templ
 
     wan = Wan(x0, S.flow_schedule(shift=3.0), prediction="flow")
     assert warnings_of(wan, ChainConfig(), 1.0) == [
-        "the Wan 2.1 control expert at 4 control steps and cfg 1 (euler sampler): these are a step-distilled model's "
-        "settings (AnimateDiff-Lightning's, the defaults); an undistilled Wan 2.1 model makes a blurred structure that "
-        "follows the prompt weakly in so few steps: use 8 control steps, cfg 5 and the unipc sampler (the Wan "
-        "templates'), or keep these with a step-distilled model"]
-    assert [w[:58] for w in warnings_of(wan, ChainConfig(control_sampler="unipc"), 1.0)] == [
-        "the Wan 2.1 control expert at 4 control steps and cfg 1 (u"]
+        "the control expert (Wan 2.1 latent space) at 4 control steps and cfg 1 (euler sampler): these are a "
+        "step-distilled model's settings (AnimateDiff-Lightning's, the defaults); an undistilled model of that space "
+        "makes a blurred structure that follows the prompt weakly in so few steps: use 8 control steps, cfg 5 and the "
+        "unipc sampler (the Wan templates'), or keep these with a step-distilled model"]
+    assert [w[:76] for w in warnings_of(wan, ChainConfig(control_sampler="unipc"), 1.0)] == [
+        "the control expert (Wan 2.1 latent space) at 4 control steps and cfg 1 (unip"]
     assert len(warnings_of(wan, ChainConfig(control_steps=2), 1.0)) == 1
     assert warnings_of(wan, ChainConfig(control_steps=8, control_sampler="unipc"), 5.0) == []
     assert warnings_of(wan, ChainConfig(control_steps=8), 1.0) == []

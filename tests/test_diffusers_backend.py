@@ -1010,9 +1010,12 @@ def test_a_zero_terminal_snr_scheduler_is_refused_before_the_weights_load(paths,
               "--temporal", str(paths["t2v"]), "--height", "64", "--width", "64", "--quiet"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and last == (
-        f"error: --spatial: {zsnr / 'scheduler' / 'scheduler_config.json'}: its schedule is zero-terminal-SNR "
-        f"(rescale_betas_zero_snr), which ConFiner does not support yet; use another checkpoint for the spatial "
-        f"expert"), last
+        f"error: --spatial: spatial expert ({zsnr}): its schedule is zero-terminal-SNR (rescale_betas_zero_snr), "
+        f"which ConFiner does not support yet; use another checkpoint for the spatial expert"), last
+    # the library's too: a ValueError, as load_experts promises for an unusable expert (it was NotImplementedError)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"^spatial expert \(.*zero-terminal-SNR.*use another checkpoint"):
+        backend.load_experts(paths["ad"], zsnr, paths["t2v"])
 
 
 def test_an_expert_without_vae_weights_is_told_whose_vae_serves_it(paths, tmp_path, capsys):
@@ -1312,3 +1315,29 @@ def test_placement_agrees_with_diffusers_device_and_dtype():
         param.data = param.data.float()
     wan._keep_in_fp32_modules = [*keep, "patch_embedding"]
     assert placement(wan) == (wan.device, wan.dtype) == (torch.device("cpu"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", ["folders", "motion module on the spatial file", "sdxl file"])
+def test_the_schedules_settled_before_loading_are_the_loaded_experts(paths, case):
+    """The settings that hang on the schedules (T_e's default, 'auto' matching, the checks of T_e and the steps) are
+    settled before any weights load, on each inspection's schedule; a command line that read the scheduler configs
+    itself settled otherwise than the loaded experts (a trial). Each inspection's schedule is the loaded expert's,
+    and the motion module's, with no scheduler of its own, is AnimateDiff's linear betas as diffusers computes them."""
+    from diffusers import DDIMScheduler
+
+    from confiner_core.diffusers_backend import load_experts
+
+    roles = {"folders": dict(control=paths["ad"], spatial=paths["sd"], temporal=paths["t2v"]),
+             "motion module on the spatial file": dict(control=paths["adapter"], spatial=paths["sd_file"],
+                                                       temporal=paths["adapter"], base=paths["sd_configs"]),
+             "sdxl file": dict(control=paths["ad"], spatial=paths["sdxl_file"], temporal=paths["t2v"],
+                               base=paths["sdxl_configs"])}[case]
+    experts = load_experts(**roles)
+    for role, inspection in experts.inspections.items():
+        loaded = experts[role].schedule
+        assert torch.equal(inspection.schedule.alphas, loaded.alphas), role
+        assert torch.equal(inspection.schedule.sigmas, loaded.sigmas), role
+        assert (inspection.schedule.final_alpha, inspection.schedule.kind) == (loaded.final_alpha, loaded.kind), role
+    if case == "motion module on the spatial file":
+        theirs = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod.double()
+        assert torch.allclose(experts.inspections["control"].schedule.alphas ** 2, theirs, rtol=1e-6, atol=0)

@@ -636,6 +636,31 @@ def test_chain_bridges_flux_to_wan_through_the_vaes(modern_dirs):
     assert not torch.equal(run(1.0)[0].latent, result.latent)  # the guidance reaches the refinement
 
 
+def test_a_size_or_structure_the_flux_expert_cannot_take_is_refused_before_any_evaluation(modern_dirs, tmp_path):
+    """A trial: a Flux spatial expert (2x2 latent patches) beside an AnimateDiff control expert at 72x72 pixels was
+    refused only after the whole control stage and its VAE calls; and a Wan structure handed to refine_structure
+    without source= (Flux's and Wan's latents both have 16 channels) was refused as a frame count, naming nothing of
+    source=."""
+    import tiny_diffusers as T
+
+    from confiner_core.chain import refine_structure
+    from confiner_core.latent_spaces import SD15
+
+    experts = load_experts(control=T.save_animatediff(tmp_path / "ad", T.tiny_motion_adapter()),
+                           spatial=modern_dirs("flux_dev"), temporal=modern_dirs("wan21"))
+    log = EvaluationLog()
+    control, spatial, temporal = (experts[role].bind(PROMPT, log=log) for role in ("control", "spatial", "temporal"))
+    with pytest.raises(ValueError, match=r"spatial expert \(.*\): Flux packs 2x2 latent patches, so the latent height "
+                                         r"and width must be even \(pixel multiples of 16\), got 9x9"):
+        run_chain(control, spatial, temporal, latent(SD15.latent_shape(1, 9, 72, 72)),
+                  ChainConfig(control_steps=2, refine_steps=2, te=250), torch.Generator().manual_seed(0))
+    assert log.as_dict()["total_evaluations"] == 0 and sum(log.as_dict()["vae_calls"].values()) == 0
+    structure = latent(WAN21.latent_shape(1, 9, 32, 32))   # 3 latent frames of Wan: read as 3 Flux frames
+    with pytest.raises(ValueError, match=r"3 frames would be cut by its VAE.*handed over by refine_structure\(\.\.\., "
+                                         r"source=<that expert's denoiser>\)"):
+        refine_structure(spatial, temporal, structure, ChainConfig(refine_steps=2, te=250), 1)
+
+
 def test_regional_compile_takes_the_flux_blocks():
     """The ``fast`` preset compiles FLUX.1's double- and single-stream blocks one by one (as Wan's and Qwen-Image's)."""
     from confiner_core.diffusers_backend import speed as S
@@ -703,6 +728,47 @@ def test_the_report_records_the_temporal_experts_matched_timesteps_and_the_envir
     assert report["environment"]["diffusers"] == diffusers.__version__
     assert report["environment"]["cpu_threads"] == torch.get_num_threads()
     assert report["settings"]["speed"] == report["speed_used"] == "eager"
+
+
+def test_a_request_settles_on_the_schedules_its_experts_will_have(modern_dirs, tmp_path):
+    """A trial: a Wan folder without scheduler/ next to an SD spatial expert was settled on the SD folder's table
+    (same_index matching, and the warning for a same_index asked for), and a Wan spatial folder shipping a DDIM
+    config settled T_e 100; run_chain, on the loaded experts, settles nearest and 250. The Wan expert runs the
+    reference code's shift 5 there, as diffusers' FlowMatchEuler table at shift 5."""
+    import diffusers
+    import tiny_diffusers as T
+
+    from confiner_core.generate import GenerateRequest
+
+    wan, sd = modern_dirs("wan21"), str(T.save_sd(tmp_path / "sd"))
+    bare = copy_folder(wan, tmp_path / "wan_bare", remove=("scheduler",))
+    request = GenerateRequest(control=str(wan), spatial=sd, temporal=str(bare), frames=5, height=64, width=64,
+                              out=str(tmp_path / "o"))
+    request.validate()
+    assert request.chain.matching == "nearest"
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0).sigmas.double().flip(0)
+    assert torch.allclose(request._inspections["temporal"].schedule.sigmas, theirs, atol=1e-6)
+    ddim = copy_folder(wan, tmp_path / "wan_ddim", remove=("scheduler",))
+    (ddim / "scheduler").mkdir()
+    (ddim / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}))
+    request = GenerateRequest(control=str(wan), spatial=str(ddim), temporal=str(wan), frames=5, height=64, width=64,
+                              out=str(tmp_path / "o2"))
+    request.validate()
+    assert request.chain.te == 250
+
+
+def test_scheduler_overrides_that_would_change_nothing_are_refused(modern_dirs):
+    """scheduler_overrides changes a diffusers scheduler config: for a Wan expert (a shift, not a config) or a
+    misspelt role it was ignored without a word, where a misspelt option is refused."""
+    wan = modern_dirs("wan21")
+    with pytest.raises(ValueError, match=r"scheduler_overrides\['control'\]: the control expert \(.*\) is a Wan "
+                                         r".* flow model, whose schedule is its shift.*options=\{'flow_shift'"):
+        load_experts(wan, wan, wan, scheduler_overrides={"control": {"flow_shift": 7.0}})
+    with pytest.raises(ValueError, match=r"scheduler_overrides: 'contrl' is not a role \(did you mean 'control'\?\)"):
+        load_experts(wan, wan, wan, scheduler_overrides={"contrl": {"beta_end": 0.02}})
+    with pytest.raises(ValueError, match=r"scheduler_overrides\['temporal'\]: this call loads no temporal expert"):
+        load_experts(wan, wan, scheduler_overrides={"temporal": {"beta_end": 0.02}})
 
 
 def test_the_report_names_each_a14b_member_and_counts_its_evaluations(modern_dirs, tmp_path):

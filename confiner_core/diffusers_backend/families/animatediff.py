@@ -251,6 +251,14 @@ class AnimateDiff(Family):
                              f"and scheduler (weights may be absent from that folder)")
         return _SD.inspect(Path(path), kind, role, context)
 
+    def scheduler_config(self, inspection: Inspection, context: Context) -> dict:
+        """A pipeline folder's own config, else AnimateDiff's training schedule; a motion module's base's config
+        with AnimateDiff's betas over it (both unless the user's ``scheduler_overrides`` say otherwise)."""
+        facts = inspection.facts
+        if inspection.kind == ANIMATEDIFF_FOLDER:
+            return context.scheduler_config(inspection.role, facts["scheduler"] or ANIMATEDIFF_SCHEDULE)
+        return context.scheduler_config(inspection.role, facts["base"].facts["scheduler"], ANIMATEDIFF_SCHEDULE)
+
     # ------------------------------------------------------------------------------------------ loading
 
     def load(self, inspection: Inspection, context: Context) -> MotionExpert:
@@ -270,7 +278,6 @@ class AnimateDiff(Family):
 
             unet = context.cached(("unet", key), folder_unet)
             encoder = U.load_prompt_encoder(path, context)
-            scheduler = context.scheduler_config(inspection.role, facts["scheduler"] or ANIMATEDIFF_SCHEDULE)
         else:
             base = _SD.parts(facts["base"], context)
 
@@ -284,8 +291,8 @@ class AnimateDiff(Family):
 
             unet = context.cached(("motion-unet", key, str(Path(facts["base"].path).resolve())), motion_unet)
             encoder = base["prompt_encoder"]
-            scheduler = context.scheduler_config(inspection.role, base["scheduler"], ANIMATEDIFF_SCHEDULE)
-        return MotionExpert(unet, encoder, scheduler, name=inspection.role, source=str(path),
+        return MotionExpert(unet, encoder, self.scheduler_config(inspection, context), name=inspection.role,
+                            source=str(path),
                             latent_space=inspection.latent_space,
                             base=None if inspection.kind == ANIMATEDIFF_FOLDER else str(facts["base"].path))
 

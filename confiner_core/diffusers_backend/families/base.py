@@ -30,6 +30,7 @@ import torch
 
 from ...experts import Expert
 from ...latent_spaces import Codec, LatentSpace
+from ...schedules import NoiseSchedule, flow_schedule, from_diffusers_config
 from .files import pipeline_kind, who
 
 
@@ -43,7 +44,8 @@ class Inspection:
     pixels a network token covers along each side (2 for Wan, Qwen-Image and FLUX.1, whose transformers take 2x2
     patches), so pixel sizes must be multiples of ``patch x`` the space's spatial factor. ``facts``: the family's own
     findings (configs read, header shapes, the base's inspection...), passed back to :meth:`Family.load` so nothing
-    is read twice."""
+    is read twice. ``schedule``: the loaded expert's noise schedule (:meth:`Family.schedule`), set by the
+    registry."""
 
     family: "Family"
     kind: str
@@ -54,6 +56,7 @@ class Inspection:
     facts: dict = field(default_factory=dict)
     max_frames: int | None = None
     patch: int = 1
+    schedule: NoiseSchedule | None = None
 
     @property
     def who(self) -> str:
@@ -149,6 +152,26 @@ class Family(ABC):
     def load_codec(self, inspection: Inspection, context: Context) -> Codec:
         """The expert's VAE as a codec of ``inspection.latent_space`` (only called when ``has_vae``)."""
         raise ValueError(f"{inspection.who}: the {self.name} family has no VAE loader")
+
+    def scheduler_config(self, inspection: Inspection, context: Context) -> dict:
+        """The diffusers scheduler config its loaded expert takes: the one it read (its folder's, a single file's
+        base's) with the user's ``scheduler_overrides`` (flow families set a shift instead: ``facts["shift"]``)."""
+        return context.scheduler_config(inspection.role, inspection.facts["scheduler"])
+
+    def schedule(self, inspection: Inspection, context: Context) -> NoiseSchedule:
+        """The noise schedule the loaded expert will have, from the inspection alone: what the settings that hang on
+        it are settled on before any weights load (T_e's default, 'auto' matching, the checks of T_e and the steps).
+        A command line that read the scheduler configs itself settled a Wan folder without one on the spatial
+        expert's SD table (a trial: same_index matching where the loaded experts gave nearest)."""
+        shift = inspection.facts.get("shift")
+        if shift is not None:
+            return flow_schedule(shift, name=f"{inspection.role} ({self.name} flow shift {shift:g})")
+        try:
+            return from_diffusers_config(self.scheduler_config(inspection, context),
+                                         name=f"{inspection.role} ({self.name})")
+        except NotImplementedError as e:   # (load_experts promises a ValueError for an unusable expert)
+            raise ValueError(f"{inspection.who}: {e}; use another checkpoint for the {inspection.role} expert") \
+                from None
 
 
 class ImagePipelineFamily(Family):

@@ -107,9 +107,12 @@ class FluxExpert(FlowTransformerExpert):
     def model_timestep(self, t: float) -> float:
         return self.sigma(t)
 
+    def check_size(self, height: int, width: int) -> None:
+        check_packable(self, height, width, "Flux")
+
     def call(self, sample: torch.Tensor, timestep: torch.Tensor, conds: list) -> torch.Tensor:
         n, _, height, width = sample.shape
-        check_packable(self, height, width, "Flux")
+        self.check_size(height, width)
         guidance = None
         if self.distilled_guidance:   # (conditioning, scale) pairs: the scale is the network's guidance input
             conds, scales = zip(*conds)

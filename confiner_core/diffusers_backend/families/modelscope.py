@@ -42,7 +42,7 @@ class ModelScope(Family):
         unet = context.cached(("unet", str(Path(path).resolve())),
                               lambda: U.load_model(UNet3DConditionModel, path, "unet", context.device, context.dtype))
         return UNet3DExpert(unet, U.load_prompt_encoder(path, context),
-                            context.scheduler_config(inspection.role, inspection.facts["scheduler"]),
+                            self.scheduler_config(inspection, context),
                             name=inspection.role, source=str(path), latent_space=inspection.latent_space)
 
     def load_codec(self, inspection: Inspection, context: Context):

@@ -144,9 +144,12 @@ class QwenImageExpert(FlowTransformerExpert):
     def model_timestep(self, t: float) -> float:
         return self.sigma(t)
 
+    def check_size(self, height: int, width: int) -> None:
+        check_packable(self, height, width, "Qwen-Image")
+
     def call(self, sample: torch.Tensor, timestep: torch.Tensor, conds: list) -> torch.Tensor:
         n, _, height, width = sample.shape
-        check_packable(self, height, width, "Qwen-Image")
+        self.check_size(height, width)
         embeds, mask = pad_conditionings(conds, n // len(conds))
         out = self.transformer(hidden_states=pack(sample), timestep=timestep,
                                encoder_hidden_states=embeds.to(sample.device, sample.dtype),

@@ -171,7 +171,9 @@ def inspect_all(paths: dict, context: Context) -> dict[str, Inspection]:
                     check_role(role, path, *detected[role])
                 else:
                     family, kind = detected[role]
-                    inspections[role] = family.inspect(Path(path), kind, role, context)
+                    inspection = family.inspect(Path(path), kind, role, context)
+                    inspection.schedule = family.schedule(inspection, context)
+                    inspections[role] = inspection
             except ValueError as e:
                 other = swapped_with(role, detected) if step == "check" else None
                 if other:   # two paths the other way round: the fix is to swap them, not to find other models
@@ -344,6 +346,30 @@ def default_dtype(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
 
 
+def check_scheduler_overrides(overrides: dict, inspections: dict) -> None:
+    """``scheduler_overrides`` (role -> scheduler-config entries) changes a VP expert's diffusers config; for a
+    misspelt role, an absent one, or a flow expert (whose schedule is its shift) it did nothing, without a word."""
+    if not isinstance(overrides, dict):
+        raise TypeError(f"scheduler_overrides must be a dict of role -> scheduler-config entries, got "
+                        f"{type(overrides).__name__}")
+    for role, entries in overrides.items():
+        if role not in ROLES:
+            close = difflib.get_close_matches(str(role), ROLES, n=1)
+            raise ValueError(f"scheduler_overrides: {role!r} is not a role" + (f" (did you mean {close[0]!r}?)" if
+                                                                                close else "") +
+                             f"; the roles are {', '.join(ROLES)}")
+        if not isinstance(entries, dict):
+            raise TypeError(f"scheduler_overrides[{role!r}] must be a dict of scheduler-config entries, got "
+                            f"{type(entries).__name__}")
+        if role not in inspections:
+            raise ValueError(f"scheduler_overrides[{role!r}]: this call loads no {role} expert: drop it")
+        inspection = inspections[role]
+        if inspection.facts.get("shift") is not None:
+            raise ValueError(f"scheduler_overrides[{role!r}]: the {inspection.who} is a {inspection.family.label} "
+                             f"flow model, whose schedule is its shift, not a scheduler config: use "
+                             f"options={{'flow_shift': {{'{role}': ...}}}}")
+
+
 def check_image_mode(context: Context, inspections: dict) -> None:
     """The ``image_mode`` option is read by a Wan or Qwen-Image spatial expert alone (its facts hold the mode):
     given for any other spatial expert, or with a value no family takes, it would be ignored, so it is refused."""
@@ -387,7 +413,8 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     expert's). ``dtype``: default fp16 on accelerators, fp32 on the CPU. ``motion_config``: MotionAdapter config
     (folder or json) for motion-module files whose heads or norm groups differ from AnimateDiff's.
     ``scheduler_overrides``: role -> scheduler-config entries that replace the family's default override
-    (motion modules without a scheduler of their own get AnimateDiff's linear betas). ``decode_chunk_frames``:
+    (motion modules without a scheduler of their own get AnimateDiff's linear betas); for the UNet families: a flow
+    expert's schedule is its shift (``options={"flow_shift": ...}``), and overrides for it are refused. ``decode_chunk_frames``:
     frames per VAE call (None: each codec's default, :data:`~..vae.DEFAULT_CHUNK_FRAMES` for image VAEs).
     ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
     ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
@@ -422,6 +449,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     inspections = inspect_all(paths, context)
     check_image_mode(context, inspections)
+    check_scheduler_overrides(scheduler_overrides or {}, inspections)
     with loading_bars(show_progress):
         experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
                    for role in ROLES}

@@ -81,7 +81,7 @@ class SD15(Family):
     # ------------------------------------------------------------------------------------------ loading
 
     def parts(self, inspection: Inspection, context: Context) -> dict:
-        """The UNet, prompt encoder and scheduler config (and, for a single file, the VAE), loaded once per
+        """The UNet and prompt encoder (and, for a single file, the VAE), loaded once per
         path however many roles use them (motion modules go on these)."""
         key = ("sd15-parts", str(Path(inspection.path).resolve()))
         return context.cached(key, lambda: self._load_parts(inspection, context))
@@ -92,19 +92,18 @@ class SD15(Family):
         path = inspection.path
         if inspection.kind == SD_FOLDER:
             return {"unet": U.load_model(UNet2DConditionModel, path, "unet", context.device, context.dtype),
-                    "prompt_encoder": U.load_prompt_encoder(path, context),
-                    "scheduler": inspection.facts["scheduler"]}
+                    "prompt_encoder": U.load_prompt_encoder(path, context)}
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(inspection.facts["base"]), local_files_only=True, torch_dtype=context.dtype,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         return {"unet": pipe.unet.to(context.device).eval(),
                 "prompt_encoder": PromptEncoder(pipe.tokenizer, pipe.text_encoder.to(context.device).eval()),
-                "scheduler": dict(pipe.scheduler.config), "vae": pipe.vae.to(context.device).eval()}
+                "vae": pipe.vae.to(context.device).eval()}
 
     def load(self, inspection: Inspection, context: Context) -> FrameExpert:
         parts = self.parts(inspection, context)
         return FrameExpert(parts["unet"], parts["prompt_encoder"],
-                           context.scheduler_config(inspection.role, parts["scheduler"]), name=inspection.role,
+                           self.scheduler_config(inspection, context), name=inspection.role,
                            source=str(inspection.path), latent_space=inspection.latent_space)
 
     def load_codec(self, inspection: Inspection, context: Context) -> AutoencoderKLCodec:

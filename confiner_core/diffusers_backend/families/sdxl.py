@@ -121,7 +121,7 @@ class SDXL(Family):
     # ------------------------------------------------------------------------------------------ loading
 
     def parts(self, inspection: Inspection, context: Context) -> dict:
-        """UNet, prompt encoder and scheduler config (and, for a single file, the VAE), loaded once per path."""
+        """UNet and prompt encoder (and, for a single file, the VAE), loaded once per path."""
         return context.cached(("sdxl-parts", str(Path(inspection.path).resolve())),
                               lambda: self._load_parts(inspection, context))
 
@@ -134,20 +134,19 @@ class SDXL(Family):
                         for e, default in zip(ENCODERS, ("CLIPTextModel", "CLIPTextModelWithProjection"))]
             tokenizers = [U.load_tokenizer(path, t) for t in TOKENIZERS]
             return {"unet": U.load_model(UNet2DConditionModel, path, "unet", context.device, context.dtype),
-                    "prompt_encoder": SDXLPromptEncoder(tokenizers, encoders, zero_empty=facts["zero_empty"]),
-                    "scheduler": facts["scheduler"]}
+                    "prompt_encoder": SDXLPromptEncoder(tokenizers, encoders, zero_empty=facts["zero_empty"])}
         pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(facts["base"]), local_files_only=True,
                                                           torch_dtype=context.dtype)
         encoders = [pipe.text_encoder.to(context.device).eval(), pipe.text_encoder_2.to(context.device).eval()]
         return {"unet": pipe.unet.to(context.device).eval(),
                 "prompt_encoder": SDXLPromptEncoder([pipe.tokenizer, pipe.tokenizer_2], encoders,
                                                     zero_empty=facts["zero_empty"]),
-                "scheduler": dict(pipe.scheduler.config), "vae": pipe.vae}
+                "vae": pipe.vae}
 
     def load(self, inspection: Inspection, context: Context) -> SDXLExpert:
         parts = self.parts(inspection, context)
         return SDXLExpert(parts["unet"], parts["prompt_encoder"],
-                          context.scheduler_config(inspection.role, parts["scheduler"]), name=inspection.role,
+                          self.scheduler_config(inspection, context), name=inspection.role,
                           source=str(inspection.path), latent_space=inspection.latent_space)
 
     def load_codec(self, inspection: Inspection, context: Context) -> AutoencoderKLCodec:
