@@ -862,10 +862,11 @@ def bridge_line(spaces: dict, mode: str) -> str | None:
 def natural_frames(spaces) -> int:
     """The clip length the experts are made for: 16 frames, rounded up to the next count every space holds
     (17 for causal 4k+1 video latents such as Wan's)."""
-    frames = NATURAL_FRAMES
-    while not all(s.valid_pixel_frames(frames) for s in spaces):
-        frames += 1
-    return frames
+    for frames in range(NATURAL_FRAMES, NATURAL_FRAMES + 1000):   # (spaces' rules k*n + 1 meet within their lcm:
+        if all(s.valid_pixel_frames(frames) for s in spaces):      # bounded, so a broken rule fails, never hangs)
+            return frames
+    raise ValueError(f"no clip length from {NATURAL_FRAMES} frames on suits every latent space of these experts "
+                     f"({', '.join(s.title for s in spaces)}): give the frame count")
 
 
 def video_fps(inspections: dict) -> float:

@@ -286,3 +286,67 @@ def test_the_log_times_vae_calls_per_stage_without_waiting_on_the_device(device)
     seconds = log.vae_seconds()
     assert log.vae_calls == {"refine": 2, "control": 1} and set(seconds) == {"refine", "control"}
     assert seconds["refine"] > seconds["control"] >= 0 and (device == "cuda" or seconds["refine"] >= 0.05)
+
+
+def test_frames_to_uint8_as_diffusers_image_processor():
+    """Decoded pixels outside [-1, 1] are clamped (a VAE overshoots: white wrapped to black without it), and the
+    rest mapped as diffusers' VaeImageProcessor (denormalize, then numpy_to_pil's (x * 255).round())."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from confiner_core.latent_spaces import to_uint8
+
+    row = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+    pixels = row.view(1, 1, 1, 1, 7).expand(1, 3, 1, 1, 7)               # [B, P, F, H, W]
+    theirs = (VaeImageProcessor.pt_to_numpy(VaeImageProcessor.denormalize(pixels[:, :, 0])) * 255).round()
+    ours = to_uint8(pixels)
+    assert ours.dtype == torch.uint8 and ours.shape == (1, 1, 1, 7, 3)
+    assert ours[0, 0].numpy().tolist() == theirs.astype("uint8")[0].tolist()
+    assert ours[0, 0, 0, :, 0].tolist() == [0, 0, 64, 128, 191, 255, 255]
+
+
+class PoolingVideoCodec(Codec):
+    """A toy video codec of the CAUSAL space: each latent frame from its own frames only, so a frame encoded in a
+    batch must equal it encoded alone."""
+
+    space = CAUSAL
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.randn(CAUSAL.channels, 3, generator=torch.Generator().manual_seed(0))
+
+    def encode_raw(self, pixels):
+        f = CAUSAL.spatial_factor
+        pooled = torch.nn.functional.avg_pool3d(pixels, (1, f, f))
+        return torch.einsum("cp,bpthw->bcthw", self.mix, pooled)[:, :, :1]
+
+    def decode_raw(self, raw):
+        f = CAUSAL.spatial_factor
+        return raw[:, :3].repeat_interleave(f, -1).repeat_interleave(f, -2)
+
+
+def test_a_per_frame_codec_keeps_each_clip_of_a_batch_its_own_frames():
+    """The per-frame codec folds a batch's frames into one batch of one-frame videos and back: two clips encoded
+    (and decoded) together equal each frame of each clip alone, in order (the tests had batch 1 only)."""
+    video = PoolingVideoCodec()
+    codec = per_frame(video)
+    f = CAUSAL.spatial_factor
+    pixels = torch.randn(2, 3, 3, 2 * f, 2 * f, generator=torch.Generator().manual_seed(1))
+    raw = codec.encode_raw(pixels)
+    for b in range(2):
+        for k in range(3):
+            alone = video.encode_raw(pixels[b:b + 1, :, k:k + 1])[0, :, 0]
+            assert torch.equal(raw[b, :, k], alone), (b, k)
+    back = codec.decode_raw(raw)
+    for b in range(2):
+        for k in range(3):
+            assert torch.equal(back[b, :, k], video.decode_raw(raw[b:b + 1, :, k:k + 1])[0, :, 0]), (b, k)
+
+
+def test_the_natural_clip_length_is_16_frames_or_the_next_count_wan_holds():
+    """Wan's VAE compresses time 4x causally: 4k + 1 frames (WanPipeline's 81 make 21 latent frames). The command
+    line's default clip, 16 frames, becomes 17 beside a Wan expert; a broken rule fails here (it hung the suite)."""
+    from confiner_core.generate import natural_frames
+    from confiner_core.latent_spaces import SD15, WAN21
+
+    assert WAN21.latent_frames(81) == 21 and WAN21.pixel_frames(21) == 81
+    assert (natural_frames([SD15]), natural_frames([WAN21]), natural_frames([SD15, WAN21])) == (16, 17, 17)

@@ -1144,6 +1144,25 @@ def test_auto_matching_matches_noise_levels_across_schedule_kinds_even_where_the
     assert auto_matching(sd, S.named("lavie"), 100) == "same_index"   # the paper's own pair, as printed
 
 
+def test_auto_matching_turns_to_nearest_where_the_noise_levels_at_te_part_by_more_than_one_and_a_half():
+    """SD 1.5 and LaVie (the paper's pair) at T_e: "auto" keeps the paper's same_index up to noise-to-signal ratios
+    1.5x apart and matches by noise level beyond (a threshold of 2 went unnoticed). The ratios from diffusers'
+    DDIMScheduler tables: 1.49x at T_e 300, 1.61x at 350."""
+    from diffusers import DDIMScheduler
+
+    from confiner_core.chain import auto_matching
+
+    sd = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod.double()
+    lavie = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).alphas_cumprod.double()
+    chosen = {}
+    for te in (100, 200, 300, 350, 400, 500):
+        ratios = [((1 - abar[te]) / abar[te]).sqrt().item() for abar in (sd, lavie)]
+        expected = "nearest" if max(ratios) > 1.5 * min(ratios) else "same_index"
+        chosen[te] = auto_matching(S.named("sd15"), S.named("lavie"), te)
+        assert chosen[te] == expected, (te, ratios)
+    assert chosen[300] == "same_index" and chosen[350] == "nearest"
+
+
 def test_the_chain_run_stage_by_stage_counts_its_evaluations_by_stage():
     """generate_structure and refine called on their own counted their evaluations "unstaged" (a researcher's
     control-only baseline read as none spent on the control stage); run_chain's stages are unchanged."""

@@ -915,3 +915,14 @@ def test_a_request_given_a_diffusers_or_nested_settings_name_names_the_field_mea
         assert meant in str(e.value), (given, str(e.value))
     request = GenerateRequest(frames=8)   # the fields themselves, and dataclasses' copies, as before
     assert dataclasses.replace(request, height=64).frames == 8 and request.frames == 8
+
+
+def test_a_video_wider_than_it_is_tall_keeps_its_height_and_width(tmp_path):
+    """Every other test size is square: a swapped height and width in the noise's shape would pass them all."""
+    import numpy as np
+
+    from confiner_core.generate import GenerateRequest, generate
+
+    generate(GenerateRequest(out=str(tmp_path / "o"), frames=8, height=64, width=96, save_frames=True),
+             show_progress=False)
+    assert np.load(tmp_path / "o" / "frames.npy").shape == (8, 64, 96, 3)
