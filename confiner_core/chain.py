@@ -443,21 +443,27 @@ def extraction_schedule(spatial: Denoiser, temporal: Denoiser | None, mode: str,
     return refining_denoiser(spatial, temporal, mode).schedule
 
 
-def validate_experts(roles: dict, shape: tuple, source: str, source_label: str | None = None) -> None:
+def validate_experts(roles: dict, shape: tuple, source: str, source_label: str | None = None,
+                     sizes: bool = True) -> None:
     """Every expert must hold the clip that a latent of ``shape`` in the ``source`` role's space stands for (frame
-    count rules of causal spaces, longest clip), and experts that hand samples to each other must share a latent
-    space or have the VAEs that bridge them. ``roles``: role -> Denoiser (or None); ``source_label``: how messages
-    name the source expert (default its role)."""
+    count rules of causal spaces, its size, longest clip), and experts that hand samples to each other must share a
+    latent space or have the VAEs that bridge them. ``roles``: role -> Denoiser (or None); ``source_label``: how
+    messages name the source expert (default its role); ``sizes=False``: ``shape``'s height and width are
+    placeholders (a host's check before the structure exists), not checked."""
     src = roles[source].expert.latent_space
     if len(shape) != 5:
         raise ValueError(f"latent shape {tuple(shape)} is not a canonical video [B, C, F, h, w]")
-    # a structure made by an expert of another space, given without it: refine_structure hands it over (where the
-    # channels agree, Flux's and Wan's 16, a forgotten source= showed as a frame count the experts cannot hold)
-    made_elsewhere = "; a structure another expert made (the control expert's) is handed over by " \
-        "refine_structure(..., source=<that expert's denoiser>)" if source_label == "refining" else ""
+    # a structure made by an expert of another space, given without it: refine_structure hands it over
+    made_elsewhere = "; a structure another expert made (the control expert's) is handed over by passing that " \
+        "expert as source= to refine_structure" if source_label == "refining" else ""
     if shape[1] != src.channels:
         raise ValueError(f"the latent has {shape[1]} channels but the {source_label or source} expert's latent space "
                          f"{src.name!r} has {src.channels}; use a latent of the experts' family{made_elsewhere}")
+    # where another expert's space has as many channels (Flux's and Wan's 16), a forgotten source= showed as a frame
+    # count the experts cannot hold; elsewhere the hint would lead away from the frame count itself
+    if not any(d is not None and d.expert.latent_space != src and d.expert.latent_space.channels == src.channels
+               for d in roles.values()):
+        made_elsewhere = ""
     _, frames, height, width = src.pixel_shape(shape)
     for role, d in roles.items():
         if d is None:
@@ -472,10 +478,11 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
             raise ValueError(f"{error}{made_elsewhere}") from None
         # the size too: a Flux spatial expert's odd latent size was refused after the whole control stage
         factor = e.latent_space.spatial_factor
-        if height % factor or width % factor:
+        if sizes and (height % factor or width % factor):
             raise ValueError(f"the video is {width}x{height} pixels, but the {role} expert's {e.latent_space.title} "
                              f"latent space takes multiples of {factor}: make both multiples of {factor}")
-        e.check_size(height // factor, width // factor)
+        if sizes:
+            e.check_size(height // factor, width // factor)
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
             raise TooManyFrames(role, e.name, e.latent_space.pixel_frames(e.max_frames), frames)
@@ -501,10 +508,11 @@ def check_hand_offs(roles: dict, hand_offs: list, vae_fixes: dict | None = None)
 
 def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, shape: tuple, config: ChainConfig,
                         source: Denoiser | None = None, control_schedule: NoiseSchedule | None = None,
-                        vae_fixes: dict | None = None) -> None:
+                        vae_fixes: dict | None = None, sizes: bool = True) -> None:
     """Checks for stage 2 alone (Eq. 6 onwards), before any expert is evaluated. ``shape`` is the structure's
     latent shape in the ``source`` (control) expert's space, or the spatial expert's when there is no source.
-    ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one."""
+    ``vae_fixes``: role -> how the user gives that expert its VAE, named when a bridge lacks one; ``sizes``: as
+    :func:`validate_experts`."""
     config.validate()   # its choices first: a misspelt mode is named, not a KeyError below
     check_denoisers("validate_refinement", spatial=spatial, temporal=temporal, source=source)
     if "temporal" in EVALUATED_IN[config.mode] and temporal is None:
@@ -531,7 +539,7 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
     # experts of spaces no VAE bridges first: a frame count one of them cannot hold ("use 5 or 9") hid that they
     # could never work together
     check_hand_offs(roles, hand_offs, vae_fixes)
-    validate_experts(roles, shape, "control", "refining" if source_is_refiner else "control")
+    validate_experts(roles, shape, "control", "refining" if source_is_refiner else "control", sizes)
     problem = alternation_problem(config.mode, spatial.expert.latent_space,
                                   temporal.expert.latent_space if temporal is not None else None)
     if problem:
@@ -872,7 +880,8 @@ def run_chain(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | 
     ``callback(info)`` is called after every control and refinement step with
     :func:`~confiner_core.sampling.step_info`'s dict (``stage``, ``i``, ``t``, ``timestep``, the new sample ``x``,
     the step's x0 ``denoised``; in coordinated refinement also ``spatial_denoised``, ``temporal_input`` (at
-    ``temporal_t``, ``temporal_timestep``), ``temporal_denoised`` and ``renoised``; the first refinement step also ``noised_structure``, Eq. 6's V'_{T_e}).
+    ``temporal_t``, ``temporal_timestep``), ``temporal_denoised`` and ``renoised``; the first refinement step also
+    ``noised_structure``, Eq. 6's V'_{T_e}).
     With ``hand_over`` the refinement's last finiteness check stays queued on that log for the caller's next stage
     to read (``generate`` decodes in a ``decode`` stage: the decode is queued before the host waits for the GPU)."""
     check_input(noise, "run_chain: noise")

@@ -13,7 +13,8 @@ import numbers
 import torch
 
 from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off, own_stage
-from .sampling import Callback, check_generator, ddim_step, diffuse, on_schedule, randn_like, seeded, step_info
+from .sampling import (Callback, check_generator, ddim_step, diffuse, network_timestep, on_schedule, randn_like, seeded,
+                       step_info)
 from .schedules import NoiseSchedule
 from .timesteps import with_next
 
@@ -69,9 +70,9 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
     temporal expert's prediction (in its own space); ``seen`` (a dict), where given, also receives the spatial
     expert's x0 of line 10 (in its own space, before any hand-off) as ``spatial_denoised``, the temporal expert's
     input V''_{t_k} (Eq. 9) as ``temporal_input``, and where on its schedule that is: ``temporal_t`` (a position)
-    and ``temporal_timestep`` (its network timestep, as ``timestep``). ``t`` is a position on the spatial expert's schedule
-    (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts a network
-    timestep, the same number only on VP schedules)."""
+    and ``temporal_timestep`` (its network timestep, as ``timestep``). ``t`` is a position on the spatial expert's
+    schedule (:func:`~confiner_core.chain.refine_positions` gives the chain's; ``schedule.index(timestep)`` converts
+    a network timestep, the same number only on VP schedules)."""
     check_denoisers("coordinated_step", spatial=spatial, temporal=temporal)
     # (before the spatial evaluation it would follow)
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
@@ -87,7 +88,7 @@ def coordinated_step(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t: 
         x_temporal = diffuse(temporal.schedule, x0_spatial, t_temporal, randn_like(x0_spatial, generator))  # Eq. 9
         if seen is not None:   # (the matched timestep too: a researcher regressed it out of the tensors)
             seen.update(spatial_denoised=pred_spatial.x0, temporal_input=x_temporal, temporal_t=t_temporal,
-                        temporal_timestep=round(temporal.schedule.timestep(t_temporal), 9))
+                        temporal_timestep=network_timestep(temporal.schedule, t_temporal))
         pred_temporal = temporal(x_temporal, t_temporal)                           # Eq. 10
         x0_back = hand_off(pred_temporal.x0, temporal, spatial)
         x_back = diffuse(spatial.schedule, x0_back, t, randn_like(x, generator))                           # Eq. 11

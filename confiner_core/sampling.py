@@ -335,14 +335,20 @@ EpsHook = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
 
 
+def network_timestep(schedule: NoiseSchedule, t: float) -> float:
+    """The network timestep the user's T_e counts in at table position ``t`` (:meth:`NoiseSchedule.timestep`),
+    rounded to 9 decimals: a flow expert's 200 read 200.00000000000003."""
+    return round(schedule.timestep(t), 9)
+
+
 def step_info(stage: str, i: int, t: float, denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor,
               **extra) -> dict:
     """What a :data:`Callback` gets after step ``i`` of ``stage``: ``t`` the table position, ``timestep`` the
     network timestep the user's T_e counts in (a flow expert's 1000 sigma, :meth:`NoiseSchedule.timestep`), the new
     sample ``x`` and the step's x0 estimate ``denoised``. A coordinated refinement step adds the hand-over's
     tensors (:func:`~confiner_core.refine.refine_coordinated`); ConFiner-Long adds the ``structure`` or ``window``
-    the step belongs to. (``timestep`` rounded to 9 decimals: a flow expert's 200 read 200.00000000000003.)"""
-    return {"stage": stage, "i": i, "t": t, "timestep": round(denoiser.schedule.timestep(t), 9), "x": x,
+    the step belongs to (``timestep``: :func:`network_timestep`)."""
+    return {"stage": stage, "i": i, "t": t, "timestep": network_timestep(denoiser.schedule, t), "x": x,
             "denoised": denoised, **extra}
 
 

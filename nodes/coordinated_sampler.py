@@ -99,7 +99,7 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
             try:
                 validate_refinement(spatial, temporal, (1, space.channels, frames or 1, 1, 1), config,
                                     source=source, control_schedule=cls.control_schedule(control_model),
-                                    vae_fixes=fixes)
+                                    vae_fixes=fixes, sizes=False)   # (its size is not known here)
             except ValueError as e:   # (said with the rest: a TypeError, a bug's, still raises alone)
                 problems.insert(0, str(e))
             problems.append(host.decode_vae_problem(cls, output, spatial, temporal))

@@ -268,6 +268,50 @@ def test_the_callback_sees_every_step_and_the_coordinated_hand_over():
     assert torch.equal(again.latent, result.latent)
 
 
+def test_a_coordinated_step_says_where_on_a_flow_schedule_the_temporal_expert_was_evaluated():
+    """``temporal_t`` (a table position) and ``temporal_timestep`` (the network timestep, 1000 sigma for a flow
+    expert): SD 1.5 refining beside a flow expert of shift 5 at T_e 400, matched by noise level; the sigma read from
+    diffusers' FlowMatchEuler table at shift 5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    x0 = x0_star()
+    spatial_e, temporal_e = OracleExpert(x0, S.named("sd15")), OracleExpert(x0, S.flow_schedule(5.0),
+                                                                            prediction="flow")
+    seen = {}
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    coordinated_step(spatial_e.bind(), temporal_e.bind(), x, 400, torch.Generator().manual_seed(5), "nearest", seen)
+    (t_seen, _), = temporal_e.calls
+    assert seen["temporal_t"] == t_seen and float(t_seen).is_integer() and t_seen != 400
+    sigmas = FlowMatchEulerDiscreteScheduler(shift=5.0).sigmas.double().flip(0)   # ascending with the position
+    assert seen["temporal_timestep"] == pytest.approx(1000 * sigmas[int(t_seen)].item(), abs=1e-4)   # (fp32 table)
+
+
+def test_a_size_is_checked_against_every_experts_factor_and_a_hosts_placeholder_size_is_not():
+    """An SD-space structure (8x) beside a Wan 2.2 5B expert (16x): 8x8 pixels cannot be encoded there, 16x16 can.
+    The Refine Sampler checks before its structure exists with a placeholder latent of 1x1 (sizes=False): the size
+    check refused every such graph there (a review)."""
+    from confiner_core.chain import validate_experts
+    from confiner_core.latent_spaces import WAN21, wan22_space
+
+    x0 = x0_star()
+    sd = OracleExpert(x0, S.named("sd15")).bind()
+    wan22 = OracleExpert(torch.zeros(1, 48, 2, 1, 1), S.flow_schedule(5.0), prediction="flow")
+    wan22.latent_space = wan22_space([0.0] * 48, [1.0] * 48)
+    roles = {"control": sd, "spatial": sd, "temporal": wan22.bind()}
+    with pytest.raises(ValueError, match=r"^the video is 8x8 pixels, but the temporal expert's Wan 2\.2 5B latent "
+                                         r"space takes multiples of 16: make both multiples of 16$"):
+        validate_experts(roles, (1, 4, 5, 1, 1), "control")
+    validate_experts(roles, (1, 4, 5, 2, 2), "control")
+    validate_experts(roles, (1, 4, 5, 1, 1), "control", sizes=False)
+    # the source= hint only where another space has as many channels (a 16-frame SD structure and a Wan temporal
+    # expert: the frame count is the fault, source= would lead away from it)
+    wan21 = OracleExpert(torch.zeros(1, 16, 2, 1, 1), S.flow_schedule(3.0), prediction="flow")
+    wan21.latent_space = WAN21
+    with pytest.raises(ValueError, match=r"16 frames would be cut by its VAE: use 13 or 17$"):
+        validate_experts({"control": sd, "spatial": sd, "temporal": wan21.bind()}, (1, 4, 16, 2, 2), "control",
+                         "refining")
+
+
 def test_the_temporal_only_ablation_needs_no_spatial_expert_and_makes_the_same_video():
     """Mode 'temporal' evaluates no spatial expert: left out (None), the video is the one made with a spatial expert
     given (which is never called); every other mode refuses None by name, before any evaluation."""
@@ -842,7 +886,7 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         refine(control, control, x0[0], ChainConfig(), g)
     with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space .*; "
                                          r"a structure another expert made \(the control expert's\) is handed over by "
-                                         r"refine_structure\(\.\.\., source=<that expert's denoiser>\)$"):
+                                         r"passing that expert as source= to refine_structure$"):
         refine(control, control, x0[:, :2], ChainConfig(), g)   # (a researcher's left out source=)
     for call in (lambda: refine(control, None, x0, ChainConfig(mode="temporal"), g),   # (an AttributeError on None)
                  lambda: run_chain(control, control, None, x0, ChainConfig(mode="temporal"), g)):

@@ -546,6 +546,23 @@ def test_scheduler_overrides_replace_the_animatediff_default(paths):
     torch.testing.assert_close(kept.schedule.alphas, S.from_diffusers_config(T.sd_scheduler().config).alphas)
 
 
+def test_scheduler_overrides_are_checked_and_named_before_any_weights_load(paths, monkeypatch):
+    """A review: an entry that was not a dict failed inside the inspection as "'str' object is not a mapping", and
+    a value no schedule takes was refused without naming scheduler_overrides."""
+    import confiner_core.diffusers_backend.families.registry as registry
+
+    def loading(*_):
+        raise AssertionError("the weights began to load")
+
+    monkeypatch.setattr(registry, "loading_bars", loading)   # (entered where the loading begins)
+    with pytest.raises(TypeError, match=r"^scheduler_overrides\['spatial'\] must be a dict of scheduler-config "
+                                        r"entries, got str$"):
+        load_experts(paths["ad"], paths["sd"], paths["t2v"], scheduler_overrides={"spatial": "beta_end=0.02"})
+    with pytest.raises(ValueError, match=r"^scheduler_overrides\['spatial'\]: .*cosine"):
+        load_experts(paths["ad"], paths["sd"], paths["t2v"], scheduler_overrides={"spatial": {"beta_schedule":
+                                                                                             "cosine"}})
+
+
 def test_fp16_variant_weights_are_found(paths, tmp_path):
     folder = shutil.copytree(paths["t2v"], tmp_path / "t2v_fp16")
     for weights in folder.glob("*/*.safetensors"):
@@ -1317,27 +1334,61 @@ def test_placement_agrees_with_diffusers_device_and_dtype():
     assert placement(wan) == (wan.device, wan.dtype) == (torch.device("cpu"), torch.bfloat16)
 
 
-@pytest.mark.parametrize("case", ["folders", "motion module on the spatial file", "sdxl file"])
-def test_the_schedules_settled_before_loading_are_the_loaded_experts(paths, case):
+@pytest.mark.parametrize("case", ["folders", "motion module on the spatial file", "sdxl file", "pndm base"])
+def test_the_schedules_settled_before_loading_are_the_loaded_experts_and_diffusers(paths, tmp_path, case):
     """The settings that hang on the schedules (T_e's default, 'auto' matching, the checks of T_e and the steps) are
     settled before any weights load, on each inspection's schedule; a command line that read the scheduler configs
     itself settled otherwise than the loaded experts (a trial). Each inspection's schedule is the loaded expert's,
-    and the motion module's, with no scheduler of its own, is AnimateDiff's linear betas as diffusers computes them."""
-    from diffusers import DDIMScheduler
+    and what diffusers makes of the same files: the folder's scheduler class from its config, a single file's
+    pipeline scheduler, a PNDM base that leaves set_alpha_to_one out (diffusers' default False: the last step ends at
+    alpha_cumprod[0], not 1), and a motion module without a scheduler of its own on AnimateDiff's linear betas."""
+    import diffusers
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from confiner_core.diffusers_backend import load_experts
 
+    def pipeline_scheduler(folder):
+        config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
+        return getattr(diffusers, config["_class_name"]).from_pretrained(folder, subfolder="scheduler")
+
+    if case == "pndm base":
+        base = copy_without(paths["sd_configs"], tmp_path / "pndm_base")
+        config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+        config.pop("set_alpha_to_one")
+        (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config,
+                                                                              "_class_name": "PNDMScheduler"}))
+        edit_json(base / "model_index.json", scheduler=["diffusers", "PNDMScheduler"])   # (as SD 1.5's own base)
+    else:
+        base = paths["sdxl_configs"] if case == "sdxl file" else paths["sd_configs"]
     roles = {"folders": dict(control=paths["ad"], spatial=paths["sd"], temporal=paths["t2v"]),
              "motion module on the spatial file": dict(control=paths["adapter"], spatial=paths["sd_file"],
-                                                       temporal=paths["adapter"], base=paths["sd_configs"]),
-             "sdxl file": dict(control=paths["ad"], spatial=paths["sdxl_file"], temporal=paths["t2v"],
-                               base=paths["sdxl_configs"])}[case]
+                                                       temporal=paths["adapter"], base=base),
+             "sdxl file": dict(control=paths["ad"], spatial=paths["sdxl_file"], temporal=paths["t2v"], base=base),
+             "pndm base": dict(control=paths["ad"], spatial=paths["sd_file"], temporal=paths["t2v"], base=base)}[case]
     experts = load_experts(**roles)
     for role, inspection in experts.inspections.items():
         loaded = experts[role].schedule
         assert torch.equal(inspection.schedule.alphas, loaded.alphas), role
         assert torch.equal(inspection.schedule.sigmas, loaded.sigmas), role
         assert (inspection.schedule.final_alpha, inspection.schedule.kind) == (loaded.final_alpha, loaded.kind), role
+    theirs = {"control": None if "adapter" in str(roles["control"]) else pipeline_scheduler(roles["control"]),
+              "temporal": None if "adapter" in str(roles["temporal"]) else pipeline_scheduler(roles["temporal"])}
+    if case == "folders":
+        theirs["spatial"] = pipeline_scheduler(paths["sd"])
+    else:
+        pipeline = StableDiffusionXLPipeline if case == "sdxl file" else StableDiffusionPipeline
+        theirs["spatial"] = pipeline.from_single_file(str(roles["spatial"]), config=str(base),
+                                                      local_files_only=True).scheduler
     if case == "motion module on the spatial file":
-        theirs = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod.double()
-        assert torch.allclose(experts.inspections["control"].schedule.alphas ** 2, theirs, rtol=1e-6, atol=0)
+        theirs["control"] = theirs["temporal"] = DDIMScheduler(beta_schedule="linear", beta_start=0.00085,
+                                                               beta_end=0.012, set_alpha_to_one=False)
+    for role, scheduler in theirs.items():
+        if scheduler is None:
+            continue
+        ours = experts.inspections[role].schedule
+        assert torch.allclose(ours.alphas ** 2, scheduler.alphas_cumprod.double(), rtol=1e-6, atol=0), role
+        final = getattr(scheduler, "final_alpha_cumprod", None)
+        if final is not None:
+            assert ours.final_alpha ** 2 == pytest.approx(float(final), rel=1e-6), (role, case)
+    if case == "pndm base":
+        assert experts.inspections["spatial"].schedule.final_alpha < 1

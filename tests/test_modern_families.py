@@ -656,8 +656,9 @@ def test_a_size_or_structure_the_flux_expert_cannot_take_is_refused_before_any_e
                   ChainConfig(control_steps=2, refine_steps=2, te=250), torch.Generator().manual_seed(0))
     assert log.as_dict()["total_evaluations"] == 0 and sum(log.as_dict()["vae_calls"].values()) == 0
     structure = latent(WAN21.latent_shape(1, 9, 32, 32))   # 3 latent frames of Wan: read as 3 Flux frames
-    with pytest.raises(ValueError, match=r"3 frames would be cut by its VAE.*handed over by refine_structure\(\.\.\., "
-                                         r"source=<that expert's denoiser>\)"):
+    with pytest.raises(ValueError, match=r"3 frames would be cut by its VAE: use 1 or 5; a structure another expert "
+                                         r"made \(the control expert's\) is handed over by passing that expert as "
+                                         r"source= to refine_structure$"):
         refine_structure(spatial, temporal, structure, ChainConfig(refine_steps=2, te=250), 1)
 
 

@@ -216,3 +216,38 @@ def test_a_schedule_that_breaks_its_kinds_identity_is_refused(kind, alphas, sigm
         S.NoiseSchedule(sd.alphas.to(dtype), sd.sigmas.to(dtype), "vp")
     with pytest.raises(ValueError, match=r"final_alpha 0.5 and final_sigma 0 give 0.25: use \(1, 0\)"):
         S.NoiseSchedule(sd.alphas, sd.sigmas, "vp", final_alpha=0.5, final_sigma=0.0)
+
+
+#: schedulers of models no family loads, whose tables take more than betas (CogVideoX's SNR shift, unCLIP's cosine)
+NOT_OURS = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler", "UnCLIPScheduler")
+
+
+def test_a_config_that_leaves_keys_out_takes_its_scheduler_classs_defaults():
+    """A scheduler config that leaves a key out takes its class's default in diffusers (PNDM: set_alpha_to_one
+    False). For every diffusers scheduler of a beta schedule, a config naming the class alone gives the schedule and
+    the end the class itself gives with its defaults (alphas_cumprod, final_alpha_cumprod where it has one)."""
+    import inspect
+
+    import diffusers
+
+    from confiner_core.diffusers_backend.families.base import with_class_defaults
+
+    checked = []
+    for name in dir(diffusers):
+        cls = getattr(diffusers, name)
+        if not (name.endswith("Scheduler") and isinstance(cls, type) and hasattr(cls, "from_config")):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters
+        if "beta_schedule" not in parameters or "FlowMatch" in name or name in NOT_OURS:
+            continue
+        try:
+            scheduler = cls()
+        except Exception:   # noqa: BLE001 - a scheduler that needs arguments (none of the beta ones here)
+            continue
+        ours = S.from_diffusers_config(with_class_defaults({"_class_name": name}))
+        assert torch.allclose(ours.alphas ** 2, scheduler.alphas_cumprod.double(), rtol=1e-6, atol=0), name
+        final = getattr(scheduler, "final_alpha_cumprod", None)
+        if final is not None:
+            assert ours.final_alpha ** 2 == pytest.approx(float(final), rel=1e-6), name
+        checked.append(name)
+    assert {"DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler"} <= set(checked), checked

@@ -622,10 +622,17 @@ function keepNoteOutOfSaves(node) {
     const note = [...HOLDER_NOTES.values()].find((n) => n.node === this);
     if (!note) return;
     o.size = [...note.size];
-    const promoted = o.properties?.proxyWidgets;
-    if (Array.isArray(promoted)) {
-      o.properties = { ...o.properties, proxyWidgets: promoted.filter(([, name]) => name !== PROGRESS_TEXT) };
+    // its own entry only (an inner node's text promoted on purpose stays); some frontends keep the list as JSON
+    const saved = o.properties?.proxyWidgets;
+    let promoted = saved;
+    try {
+      if (typeof saved === "string") promoted = JSON.parse(saved);
+    } catch (e) {
+      return;
     }
+    if (!Array.isArray(promoted)) return;
+    const kept = promoted.filter(([id, name]) => !(String(id) === "-1" && name === PROGRESS_TEXT));
+    o.properties = { ...o.properties, proxyWidgets: typeof saved === "string" ? JSON.stringify(kept) : kept };
   };
 }
 function clearHolderNotes() {

@@ -30,7 +30,7 @@ from ... import schedules as S
 from ...latent_spaces import VIDEO_FPS
 from ..experts import MotionExpert
 from . import files, unet_folders as U
-from .base import Context, Family, Inspection
+from .base import Context, Family, Inspection, with_class_defaults
 from .sd15 import SD15, SD_FILE
 
 if TYPE_CHECKING:   # diffusers is imported where weights load: checking a request's files needs none of it
@@ -256,8 +256,10 @@ class AnimateDiff(Family):
         with AnimateDiff's betas over it (both unless the user's ``scheduler_overrides`` say otherwise)."""
         facts = inspection.facts
         if inspection.kind == ANIMATEDIFF_FOLDER:
-            return context.scheduler_config(inspection.role, facts["scheduler"] or ANIMATEDIFF_SCHEDULE)
-        return context.scheduler_config(inspection.role, facts["base"].facts["scheduler"], ANIMATEDIFF_SCHEDULE)
+            return context.scheduler_config(inspection.role, with_class_defaults(facts["scheduler"]) if
+                                            facts["scheduler"] else ANIMATEDIFF_SCHEDULE)
+        return context.scheduler_config(inspection.role, with_class_defaults(facts["base"].facts["scheduler"]),
+                                        ANIMATEDIFF_SCHEDULE)
 
     # ------------------------------------------------------------------------------------------ loading
 

@@ -113,6 +113,22 @@ class Context:
         return {**config, **(overrides[role] if role in overrides else default_override or {})}
 
 
+#: scheduler class -> the keys :func:`~confiner_core.schedules.from_diffusers_config` reads whose class default differs
+#: from its own: a config that leaves one out takes its class's, as diffusers loads it. Data, not an import of
+#: diffusers (seconds, where checking a request needs none); the tests hold it against every diffusers scheduler
+_SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012}
+CLASS_DEFAULTS = {"PNDMScheduler": {"set_alpha_to_one": False},
+                  **dict.fromkeys(("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                                   "DPMSolverSDEScheduler"), _SD_BETAS),
+                  **dict.fromkeys(("LCMScheduler", "TCDScheduler"), {**_SD_BETAS, "beta_schedule": "scaled_linear"})}
+
+
+def with_class_defaults(config: dict) -> dict:
+    """A scheduler config with the keys it leaves out at its diffusers class's defaults (:data:`CLASS_DEFAULTS`): a
+    PNDM config without ``set_alpha_to_one`` ends its last step at alpha_cumprod[0] in diffusers, not at 1."""
+    return {**CLASS_DEFAULTS.get(config.get("_class_name"), {}), **config}
+
+
 class Family(ABC):
     """One model family (SD 1.5, SDXL, AnimateDiff, ModelScope, Wan...): its path kinds, roles and loaders."""
 
@@ -155,8 +171,9 @@ class Family(ABC):
 
     def scheduler_config(self, inspection: Inspection, context: Context) -> dict:
         """The diffusers scheduler config its loaded expert takes: the one it read (its folder's, a single file's
-        base's) with the user's ``scheduler_overrides`` (flow families set a shift instead: ``facts["shift"]``)."""
-        return context.scheduler_config(inspection.role, inspection.facts["scheduler"])
+        base's, either filled with its class's defaults as diffusers loads it) with the user's ``scheduler_overrides``
+        (flow families set a shift instead: ``facts["shift"]``)."""
+        return context.scheduler_config(inspection.role, with_class_defaults(inspection.facts["scheduler"]))
 
     def schedule(self, inspection: Inspection, context: Context) -> NoiseSchedule:
         """The noise schedule the loaded expert will have, from the inspection alone: what the settings that hang on
@@ -172,6 +189,10 @@ class Family(ABC):
         except NotImplementedError as e:   # (load_experts promises a ValueError for an unusable expert)
             raise ValueError(f"{inspection.who}: {e}; use another checkpoint for the {inspection.role} expert") \
                 from None
+        except ValueError as e:   # a value the user's overrides put there is named as theirs
+            if inspection.role in (context.options.get("scheduler_overrides") or {}):
+                raise ValueError(f"scheduler_overrides[{inspection.role!r}]: {e}") from None
+            raise
 
 
 class ImagePipelineFamily(Family):

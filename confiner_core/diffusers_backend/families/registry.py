@@ -346,9 +346,10 @@ def default_dtype(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "cpu" else torch.float16
 
 
-def check_scheduler_overrides(overrides: dict, inspections: dict) -> None:
+def check_scheduler_overrides(overrides: dict, paths: dict) -> None:
     """``scheduler_overrides`` (role -> scheduler-config entries) changes a VP expert's diffusers config; for a
-    misspelt role, an absent one, or a flow expert (whose schedule is its shift) it did nothing, without a word."""
+    misspelt role or an absent one it did nothing, without a word. Before the inspections, which apply it (a flow
+    expert's: :func:`check_flow_overrides`)."""
     if not isinstance(overrides, dict):
         raise TypeError(f"scheduler_overrides must be a dict of role -> scheduler-config entries, got "
                         f"{type(overrides).__name__}")
@@ -361,8 +362,13 @@ def check_scheduler_overrides(overrides: dict, inspections: dict) -> None:
         if not isinstance(entries, dict):
             raise TypeError(f"scheduler_overrides[{role!r}] must be a dict of scheduler-config entries, got "
                             f"{type(entries).__name__}")
-        if role not in inspections:
+        if paths.get(role) is None:
             raise ValueError(f"scheduler_overrides[{role!r}]: this call loads no {role} expert: drop it")
+
+
+def check_flow_overrides(overrides: dict, inspections: dict) -> None:
+    """A flow expert's schedule is its shift: ``scheduler_overrides`` for one changed nothing, without a word."""
+    for role in overrides:
         inspection = inspections[role]
         if inspection.facts.get("shift") is not None:
             raise ValueError(f"scheduler_overrides[{role!r}]: the {inspection.who} is a {inspection.family.label} "
@@ -413,9 +419,10 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     expert's). ``dtype``: default fp16 on accelerators, fp32 on the CPU. ``motion_config``: MotionAdapter config
     (folder or json) for motion-module files whose heads or norm groups differ from AnimateDiff's.
     ``scheduler_overrides``: role -> scheduler-config entries that replace the family's default override
-    (motion modules without a scheduler of their own get AnimateDiff's linear betas); for the UNet families: a flow
-    expert's schedule is its shift (``options={"flow_shift": ...}``), and overrides for it are refused. ``decode_chunk_frames``:
-    frames per VAE call (None: each codec's default, :data:`~..vae.DEFAULT_CHUNK_FRAMES` for image VAEs).
+    (motion modules without a scheduler of their own get AnimateDiff's linear betas), for the UNet (VP) families: a
+    flow expert's schedule is its shift (``options={"flow_shift": ...}``), and overrides for one are refused.
+    ``decode_chunk_frames``: frames per VAE call (None: each codec's default, :data:`~..vae.DEFAULT_CHUNK_FRAMES` for
+    image VAEs).
     ``speed``: speed settings for every network and decoding VAE (``speed.FAST``).
     ``options``: family options by name (the flow families': :data:`.wan.OPTIONS`, e.g. ``flow_shift``,
     ``image_mode``, ``pair_guidance``). ``show_progress``: diffusers' and transformers' own loading bars
@@ -447,9 +454,10 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
     paths, context = make_context(control, spatial, temporal, base, device=device, dtype=dtype, options={
         "motion_config": motion_config, "scheduler_overrides": scheduler_overrides or {},
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
+    check_scheduler_overrides(scheduler_overrides or {}, paths)
     inspections = inspect_all(paths, context)
     check_image_mode(context, inspections)
-    check_scheduler_overrides(scheduler_overrides or {}, inspections)
+    check_flow_overrides(scheduler_overrides or {}, inspections)
     with loading_bars(show_progress):
         experts = {role: inspections[role].family.load(inspections[role], context) if role in inspections else None
                    for role in ROLES}
