@@ -846,6 +846,8 @@ def check_input(x, name: str) -> None:
     graph. The experts are evaluated without one (as diffusers' pipelines run), so a gradient of the output would
     leave every expert out: refused rather than silently wrong (noise optimisation, say)."""
     check_latent(x, VIDEO, name=name)
+    if x.device.type == "meta":   # (it failed deep inside the first step, in torch's meta registrations)
+        raise ValueError(f"{name} is on the meta device, which holds no values: make it on the experts' device")
     if x.requires_grad:
         raise ValueError(f"{name} requires grad, but the chain evaluates its experts without autograd: a gradient "
                          f"through it would leave them out; pass it detached (.detach()), or take gradients inside "

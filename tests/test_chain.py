@@ -882,6 +882,8 @@ def test_the_stage_functions_name_a_wrong_argument_before_any_evaluation():
         run_chain(control, control, control, x0[..., :0, :], ChainConfig(), g)
     with pytest.raises(TypeError, match=r"^run_chain: config must be a ChainConfig .*, got dict$"):
         run_chain(control, control, control, x0, {"te": 100}, g)
+    with pytest.raises(ValueError, match=r"^run_chain: noise is on the meta device, which holds no values"):
+        run_chain(control, control, control, x0.to("meta"), ChainConfig(), g)
     with pytest.raises(ValueError, match=r"^refine: x has shape \(4, 4, 4, 4\) but must be a video"):
         refine(control, control, x0[0], ChainConfig(), g)
     with pytest.raises(ValueError, match=r"^the latent has 2 channels but the refining expert's latent space .*; "
