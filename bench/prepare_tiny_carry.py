@@ -1,4 +1,5 @@
-"""Writes tiny random-weight model folders: SD 1.5, AnimateDiff, ModelScope, Wan 2.1, FLUX.1-dev and Qwen-Image,
+"""Writes tiny random-weight model folders: SD 1.5, SDXL, AnimateDiff, ModelScope, Wan 2.1, Wan 2.2 A14B and TI2V-5B,
+FLUX.1-dev and schnell, and Qwen-Image (every family the README lists; a researcher had to build the rest),
 built by the tests' own builders (local tokenizers included), for trying checkpoint runs without weights (README
 "Real checkpoints") and for the device calls' command-line checks (``.whl/tiny/``, the default folder, ignored by
 git; bench/README_GPU.md). Usage, from the repository root:
@@ -31,9 +32,10 @@ except ImportError as e:
 def main(out: Path = ROOT / ".whl" / "tiny") -> None:
     out.mkdir(parents=True, exist_ok=True)
     tiny_diffusers.save_sd(out / "sd")
+    tiny_diffusers.save_sdxl(out / "sdxl")
     tiny_diffusers.save_animatediff(out / "ad")
     tiny_diffusers.save_t2v(out / "t2v")
-    for kind in ("wan21", "flux_dev", "qwen_image"):
+    for kind in tiny_modern.BUILDERS:   # wan21, wan22_a14b, wan22_ti2v, qwen_image, flux_dev, flux_schnell
         tiny_modern.save(kind, out / kind)
     print("wrote", ", ".join(sorted(p.name for p in out.iterdir())), "in", out)
 
