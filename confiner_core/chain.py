@@ -461,9 +461,8 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
                          f"{src.name!r} has {src.channels}; use a latent of the experts' family{made_elsewhere}")
     # where another expert's space has as many channels (Flux's and Wan's 16), a forgotten source= showed as a frame
     # count the experts cannot hold; elsewhere the hint would lead away from the frame count itself
-    if not any(d is not None and d.expert.latent_space != src and d.expert.latent_space.channels == src.channels
-               for d in roles.values()):
-        made_elsewhere = ""
+    alike = any(d is not None and d.expert.latent_space != src and d.expert.latent_space.channels == src.channels
+                for d in roles.values())
     _, frames, height, width = src.pixel_shape(shape)
     for role, d in roles.items():
         if d is None:
@@ -473,15 +472,15 @@ def validate_experts(roles: dict, shape: tuple, source: str, source_label: str |
         try:
             e.latent_space.check_pixel_frames(frames, f"the {role} expert's {e.latent_space.title}")
         except ValueError as error:
-            if not made_elsewhere:
+            if not (made_elsewhere and alike):
                 raise
             raise ValueError(f"{error}{made_elsewhere}") from None
-        # the size too: a Flux spatial expert's odd latent size was refused after the whole control stage
-        factor = e.latent_space.spatial_factor
-        if sizes and (height % factor or width % factor):
-            raise ValueError(f"the video is {width}x{height} pixels, but the {role} expert's {e.latent_space.title} "
-                             f"latent space takes multiples of {factor}: make both multiples of {factor}")
-        if sizes:
+        if sizes:   # (a Flux spatial expert's odd latent size was refused after the whole control stage)
+            factor = e.latent_space.spatial_factor
+            if height % factor or width % factor:
+                raise ValueError(f"the video is {width}x{height} pixels, but the {role} expert's "
+                                 f"{e.latent_space.title} latent space takes multiples of {factor}: make both "
+                                 f"multiples of {factor}")
             e.check_size(height // factor, width // factor)
         latent_frames = e.latent_space.latent_frames(frames) if e.layout == VIDEO else None
         if e.max_frames is not None and latent_frames is not None and latent_frames > e.max_frames:
