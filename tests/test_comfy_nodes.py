@@ -89,6 +89,29 @@ def test_schedules_equal_comfys_model_sampling(comfy_worker):
     assert abs(r["sigma_max"] - 14.6146) < 1e-3 and r["layout"] == "frames" and r["latent_space"] == "sd15"
 
 
+#: the paper's experts' beta schedules as ComfyUI's make_beta_schedule takes them: its "linear" is diffusers'
+#: scaled_linear, its "sqrt_linear" diffusers' linear
+COMFY_BETAS = {"sd15": dict(beta_schedule="linear", linear_start=0.00085, linear_end=0.012),
+               "animatediff": dict(beta_schedule="sqrt_linear", linear_start=0.00085, linear_end=0.012),
+               "lavie": dict(beta_schedule="sqrt_linear", linear_start=0.0001, linear_end=0.02)}
+
+
+def test_nearest_matching_picks_the_timestep_comfys_model_sampling_picks(comfy_worker):
+    """``nearest`` matching is the entry nearest in log noise level, which ComfyUI's model_sampling.timestep also
+    takes: every timestep of SD 1.5 -> LaVie (the paper's pair) and between SD 1.5 and AnimateDiff matches it."""
+    from confiner_core.refine import matched_timestep
+    from confiner_core.schedules import named
+
+    pairs = [("sd15", "lavie"), ("lavie", "sd15"), ("sd15", "animatediff"), ("animatediff", "sd15")]
+    theirs = comfy_worker.call("comfy_support.confiner_checks:comfy_nearest_timesteps",
+                               [(f"{a}->{b}", (COMFY_BETAS[a], COMFY_BETAS[b])) for a, b in pairs])
+    for a, b in pairs:
+        ours = [matched_timestep(named(a), named(b), t, "nearest") for t in range(1000)]
+        differ = [(t, ours[t], theirs[f"{a}->{b}"][t]) for t in range(1000) if ours[t] != theirs[f"{a}->{b}"][t]]
+        assert not differ, (a, b, differ[:5])
+        assert ours != list(range(1000)), (a, b)   # the pair's noise levels differ: matching moves timesteps
+
+
 # On further versions the basic template stands for all three: the compare-modes template's nodes are the basic
 # one's, and the Long Video runs on every version in test_comfy_modern and the bad-input tests.
 @pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff",

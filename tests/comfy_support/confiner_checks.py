@@ -30,6 +30,21 @@ def schedule_matches_comfy(ckpt_name: str) -> dict:
             "layout": expert.layout, "latent_space": expert.latent_space.name}
 
 
+def comfy_nearest_timesteps(pairs: list) -> dict:
+    """ComfyUI's own noise-level matching, for the core's ``nearest`` (ModelSamplingDiscrete.timestep: the table
+    entry nearest in log sigma): for each (source, target) pair of beta schedules, given as ComfyUI's
+    make_beta_schedule arguments, the target timestep of each source timestep's sigma."""
+    import comfy.model_sampling
+
+    def sampling(schedule: dict):
+        ms = comfy.model_sampling.ModelSamplingDiscrete()
+        ms._register_schedule(**schedule)
+        return ms
+
+    return {name: [int(t) for t in sampling(target).timestep(sampling(source).sigmas)]
+            for name, (source, target) in pairs}
+
+
 def all_models_unpatched() -> dict:
     """After a run (or an interruption) no loaded model may keep patches applied by a sampling call."""
     import comfy.model_management as mm
