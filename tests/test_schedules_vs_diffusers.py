@@ -14,6 +14,9 @@ EXPERTS = {
     "sd15": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
     "animatediff": dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
     "modelscope": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+    # LaVie's base/sample.py: DDIMScheduler.from_pretrained(SD 1.4, subfolder="scheduler") with these betas, so
+    # SD's own config (set_alpha_to_one false, steps_offset 1) gives the rest
+    "lavie": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, steps_offset=1),
 }
 
 
@@ -28,6 +31,7 @@ def test_alphas_cumprod_match(name):
     assert torch.allclose(ours.alphas_cumprod, ref, atol=1e-7)
     assert ours.final_alpha ** 2 == pytest.approx(float(ref[0]))  # set_alpha_to_one=False
     assert torch.allclose(S.named(name).alphas_cumprod, ref, atol=1e-7)
+    assert S.named(name).final_alpha ** 2 == pytest.approx(float(ddim(name).final_alpha_cumprod))   # the last step
 
 
 def test_known_noise_levels():
