@@ -5,9 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import ade, host
+from .bundle import RefineExperts
 from .host import FRAME_MODES, LATENT_FRAMES
 from .schema import CATEGORY, SPATIAL_FRAMES, check_widgets, input_place, low_noise_inputs
-from .types import RefineExperts, RefineExpertsType
+from .types import RefineExpertsType
 
 
 class ConFinerRefineExperts(io.ComfyNode):
