@@ -457,6 +457,11 @@ def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_di
     b.page.wait_for_timeout(4000)
     b.page.screenshot(path=str(screenshot_dir / "template_browser.png"))
     print(f"screenshot: {screenshot_dir / 'template_browser.png'}")
+    # closed, as an artist closes it (left open, it covered the later tests' screenshots)
+    b.page.locator("[role=dialog] button:has(i.pi-times), [role=dialog] button.p-dialog-close-button").first.click(
+        timeout=10000)   # (1.35's close button, 1.27's)
+    b.page.wait_for_timeout(500)
+    assert not b.page.get_by_text(PACK, exact=False).first.is_visible()
     ours = [(status, url) for status, url in b.responses if f"/{PACK}/" in url]
     assert [r for r in ours if r[0] >= 400] == []
     for name in TEMPLATES:
@@ -546,6 +551,7 @@ def test_the_bundles_refusal_fits_the_node_in_a_template(frontend, screenshot_di
     browser.node_texts(b, {"ConFinerRefineExperts": text})
     fit = b.page.evaluate("""() => {
       const node = app.graph._nodes.find((n) => n.type === "ConFinerRefineExperts");
+      app.canvas.centerOnNode?.(node);   // (the screenshot shows it whole)
       app.canvas.draw(true, true);
       const box = Array.from(document.querySelectorAll(".dom-widget .overflow-y-auto"))
         .find((e) => (e.innerText || "").includes("(see the error)"));
