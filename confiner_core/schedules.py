@@ -270,12 +270,13 @@ def flow_schedule(shift: float = 1.0, num_train_timesteps: int = 1000, name: str
     return from_ve_sigmas(shifted(u, shift), FLOW, name or f"flow shift {shift}")
 
 
-# The experts of the paper, as data (diffusers names; ComfyUI calls scaled_linear "linear").
+# The experts of the paper, as data (diffusers names; ComfyUI calls scaled_linear "linear", linear "sqrt_linear").
 SD15 = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
 ANIMATEDIFF = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
 MODELSCOPE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
-# LaVie samples with SD 1.4's scheduler config, its betas overridden (base/sample.py: DDIMScheduler.from_pretrained(
-# sd_path, subfolder="scheduler", beta_start=..., beta_end=..., beta_schedule=...)): SD's set_alpha_to_one false stays
+# LaVie's DDIM sampler is SD 1.4's scheduler config with its betas overridden (base/sample.py: DDIMScheduler
+# .from_pretrained(sd_path, subfolder="scheduler", beta_start=..., beta_end=..., beta_schedule=...)), so SD's
+# set_alpha_to_one false stays: the chain steps its experts with DDIM (LaVie's default, DDPM, ends at the clean sample)
 LAVIE = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, set_alpha_to_one=False)
 KNOWN_SCHEDULES = {"sd15": SD15, "animatediff": ANIMATEDIFF, "modelscope": MODELSCOPE, "lavie": LAVIE}
 

@@ -9,7 +9,6 @@ from typing import Any
 from ..confiner_core.latent_spaces import SD15, WAN21, check_bridges
 from . import host
 from .codecs import VAEShelf, vae_file
-from .host import PIXEL_FRAMES, relates_frames, space_of
 from .types import REFINE_EXPERTS, VAE_INPUTS, connect_vae
 
 
@@ -52,7 +51,7 @@ class RefineExperts:
         """The spatial expert's arguments of :func:`~.ade.motion_model_problems` (a motion model on the image model's
         role), where the temporal expert relates frames: beside an image temporal model it is the swap
         :func:`~.host.frames_alone` names already."""
-        if self.temporal_model is None or not relates_frames(self.temporal_model):
+        if self.temporal_model is None or not host.relates_frames(self.temporal_model):
             return {}
         return {"spatial_model": self.spatial_model, "spatial_cfg": self.spatial_cfg}
 
@@ -65,7 +64,7 @@ class RefineExperts:
         shelf = VAEShelf()
         for role, model in self.models.items():
             vae = getattr(self, f"{role}_vae")
-            shelf.add(VAE_INPUTS[role][0], vae, space_of(model) if model is not None else None,
+            shelf.add(VAE_INPUTS[role][0], vae, host.space_of(model) if model is not None else None,
                       self.vae_loaders.get(VAE_INPUTS[role][0]))
         return shelf
 
@@ -77,9 +76,9 @@ class RefineExperts:
                 if model is None:
                     raise ValueError(f"{role} VAE ({role}_vae) on {REFINE_EXPERTS} is connected but {role} model "
                                      f"({role}_model) is not: connect the {role} expert's MODEL, or remove the VAE")
-                shelf.codec(space_of(model), VAE_INPUTS[role][0])
-        space = space_of(self.spatial_model)
-        if self.spatial_frames == PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
+                shelf.codec(host.space_of(model), VAE_INPUTS[role][0])
+        space = host.space_of(self.spatial_model)
+        if self.spatial_frames == host.PIXEL_FRAMES and space.temporal_factor > 1 and shelf.codec(space) is None:
             raise ValueError(f"spatial expert frames (spatial_frames) 'pixel frames' decodes the clip and encodes "
                              f"every pixel frame with the spatial expert's VAE, but none is connected: connect a VAE "
                              f"of the {space.title} latent space ({vae_file(space)}) to spatial VAE (spatial_vae) on "
@@ -92,10 +91,10 @@ class RefineExperts:
         beside its other problems (an artist who put Wan in the spatial role met its text encoder there, then the VAEs
         on the Refine Sampler, a Run each). The spatial expert on pixel frames works in the temporal expert's pixels:
         the sampler checks that case."""
-        if self.temporal_model is None or self.spatial_frames == PIXEL_FRAMES:
+        if self.temporal_model is None or self.spatial_frames == host.PIXEL_FRAMES:
             return
         shelf = self.shelf()
-        ends = {role: shelf.codec(space_of(model)) or space_of(model) for role, model in self.models.items()}
+        ends = {role: shelf.codec(host.space_of(model)) or host.space_of(model) for role, model in self.models.items()}
         try:
             check_bridges([("spatial", "temporal")], ends, self.vae_fixes())
         except ValueError as e:
@@ -107,7 +106,7 @@ class RefineExperts:
             # the video model an artist has at hand: AnimateDiff beside SD 1.5, the Wan of the control stage beside
             # a model of Wan's space (Qwen-Image), else the control stage's
             example = {SD15: "SD 1.5 + AnimateDiff", WAN21: "Wan, e.g. the control expert's model"}.get(
-                space_of(self.spatial_model), "a video model, e.g. the control expert's")
+                host.space_of(self.spatial_model), "a video model, e.g. the control expert's")
             raise ValueError(f"refine mode '{mode}' needs a temporal expert, but temporal model (temporal_model) on "
                              f"ConFiner Refine Experts is not connected: connect a text-to-video MODEL ({example}) "
                              f"or set refine mode to 'standard'")

@@ -14,10 +14,13 @@ EXPERTS = {
     "sd15": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
     "animatediff": dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
     "modelscope": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
-    # LaVie's base/sample.py: DDIMScheduler.from_pretrained(SD 1.4, subfolder="scheduler") with these betas, so
-    # SD's own config (set_alpha_to_one false, steps_offset 1) gives the rest
-    "lavie": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, steps_offset=1),
+    "lavie": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, steps_offset=1),   # its DDIM sampler
 }
+
+#: CompVis/stable-diffusion-v1-4's scheduler/scheduler_config.json, which LaVie's samplers start from
+SD14_SCHEDULER_CONFIG = {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                         "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                         "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False}
 
 
 def ddim(name, **kw):
@@ -32,6 +35,16 @@ def test_alphas_cumprod_match(name):
     assert ours.final_alpha ** 2 == pytest.approx(float(ref[0]))  # set_alpha_to_one=False
     assert torch.allclose(S.named(name).alphas_cumprod, ref, atol=1e-7)
     assert S.named(name).final_alpha ** 2 == pytest.approx(float(ddim(name).final_alpha_cumprod))   # the last step
+
+
+def test_lavies_schedule_is_its_ddim_samplers():
+    """LaVie (base/sample.py) builds DDIMScheduler.from_pretrained(SD 1.4, subfolder="scheduler", beta_start=0.0001,
+    beta_end=0.02, beta_schedule="linear"): SD 1.4's config gives the rest, its last step ending at abar_0."""
+    ref = DDIMScheduler.from_config(SD14_SCHEDULER_CONFIG, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    lavie = S.named("lavie")
+    assert torch.allclose(lavie.alphas_cumprod, ref.alphas_cumprod.double(), atol=1e-7)
+    assert lavie.final_alpha ** 2 == pytest.approx(float(ref.final_alpha_cumprod))
+    assert float(ref.final_alpha_cumprod) < 1   # (diffusers' DDIM default would end at the clean sample)
 
 
 def test_known_noise_levels():
