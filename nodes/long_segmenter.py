@@ -356,7 +356,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
             raise ValueError(f"latent is a batch of {b} videos; the Long Video makes one (its frames come from "
                              f"'frames'): use batch size 1")
         joined_as_pixels = cls.check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length,
-                                      (b, c, h, w))
+                                      (b, c, h, w), plan.staggered)
         host.check_frames(control, segment_length, segment=True)
         host.plan_control(control, chain)
         host.plan_refinement(spatial, temporal, chain)
@@ -391,10 +391,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
         return progress.output(host.latent_out(host.model_of(refiner), out, latent, refiner.expert.latent_space))
 
     @staticmethod
-    def check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length, frame_shape) -> bool:
+    def check_spaces(control, spatial, temporal, refiner, chain, experts, frames, segment_length, frame_shape,
+                     staggered: bool) -> bool:
         """Before any evaluation: segments and the whole clip fit the experts' latent spaces, and every bridge and
         pixel join has its VAEs (naming the input to connect). True when the refined windows are joined as pixels
-        (the refiner's space compresses time, e.g. Wan), False when their latents are concatenated."""
+        (the refiner's space compresses time, e.g. Wan), False when their latents are concatenated. ``staggered``: the
+        plan's (unstaggered windows are whole structures, which need no VAE to be made)."""
         fixes = experts.vae_fixes(control=("control_vae", NODE))
         fixes["refining"] = fixes["temporal" if chain.mode == "temporal" else "spatial"]
         check_segment_length(segment_length, {"control": control, **evaluated_roles(spatial, temporal, chain.mode)},
@@ -404,12 +406,17 @@ class ConFinerLongSegmenter(io.ComfyNode):
         validate_refinement(spatial, temporal, shape, chain, source=control, vae_fixes=fixes)
         host.check_output_frames(refiner, spatial, frames)
         check_window_join(control, refiner, {"control": connect_vae("control_vae", NODE),
-                                             "refining": fixes["refining"]})
-        if refiner.expert.latent_space.temporal_factor == 1:
+                                             "refining": fixes["refining"]}, staggered=staggered)
+        space = refiner.expert.latent_space
+        if space.temporal_factor == 1:
             return False
-        problem = ConFinerLongSegmenter.joined_frames_problem(frames, refiner.expert.latent_space)
+        problem = ConFinerLongSegmenter.joined_frames_problem(frames, space)
         if problem:
             raise ValueError(problem)
+        if refiner.expert.codec is None:   # (unstaggered, check_window_join asks none: a window is a whole structure)
+            raise ValueError(f"the refining expert needs its VAE: {fixes['refining']}, or to control VAE "
+                             f"(control_vae) on {NODE} (the refined windows are joined into one {space.title} clip "
+                             f"through pixels: a causal video VAE cannot cut latents at any frame)")
         return True
 
     @staticmethod

@@ -1286,6 +1286,24 @@ def test_long_segmenter_joins_wan_windows_through_the_vae(comfy_worker, modern):
     assert "segment_length" in _message(r) and "5 or 9" in _message(r)
 
 
+def test_unstaggered_wan_windows_need_no_control_vae_but_a_vae_to_join(comfy_worker, modern):
+    """Unstaggered, a window is one whole structure of the refiner's own space: no structure is cut or round-tripped
+    (with the bundle's Wan VAE alone: 2 window decodes and 1 encode). The refined windows are still joined through
+    pixels, so with no VAE at all the run is refused before any evaluation, for that reason (the node's message was
+    the staggered one, about pieces of structures)."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["14"]["inputs"].update(staggered=False)
+    prompt["14"]["inputs"].pop("control_vae")
+    prompt["10"]["inputs"]["spatial_vae"] = ["5", 0]
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert r["success"], r.get("error")
+    assert _cost(r, "ConFiner Long Video") == {"evaluations": 2 * 2 + 2 * 3 * REFINE_STEPS, "vae_calls": 3}
+    assert len(_saved(r)) == 9
+    prompt["10"]["inputs"].pop("spatial_vae")
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "unstaggered Wan windows without a VAE",
+                                         ["refining expert needs its VAE", "spatial_vae", "control_vae"])
+
+
 # ------------------------------------------------------------------------------------------------- templates
 
 TINY = {"wan2.2_t2v_high": HIGH, "wan2.2_t2v_low": LOW, "wan2.1_t2v": WAN, "qwen_image_vae": WAN_VAE, "qwen_image": QWEN,
