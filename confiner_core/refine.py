@@ -104,8 +104,8 @@ def refine_coordinated(spatial: Denoiser, temporal: Denoiser, x: torch.Tensor, t
     re-noises, the temporal expert's x0 ``temporal_denoised`` (Eq. 10, in its own latent space), its input
     ``temporal_input``, V''_{t_k}: the spatial x0 re-noised on the temporal schedule (Eq. 9, in the temporal
     expert's space) at ``temporal_t`` (``temporal_timestep``), and ``renoised``, V'_{t_k}: the temporal x0 re-noised
-    on the spatial schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's schedule, as
-    :func:`coordinated_step` takes them."""
+    on the spatial schedule (Eq. 11), the input of line 14. ``timesteps``: positions on the spatial expert's
+    schedule, as :func:`coordinated_step` takes them."""
     check_denoisers("refine_coordinated", spatial=spatial, temporal=temporal)
     generator = seeded(generator, "refine_coordinated", x.shape[0] if torch.is_tensor(x) else None)
     with own_stage(spatial, "refine"):
