@@ -123,10 +123,11 @@ class ComfyVAECodec(Codec):
     """A ComfyUI VAE as the codec of ``space`` (checked to match: channels and compression)."""
 
     def __init__(self, vae, space: LatentSpace, who: str = "the VAE", progress=None, fits: tuple = (),
-                 loader: tuple[str, str] | None = None):
+                 loader: tuple[str, str] | None = None, taken: tuple = ()):
         """``progress``: told of each call (:meth:`~.host.Progress.coding`), None for none. ``fits``: the other VAE
-        inputs of the graph whose experts' space this VAE is of (where it belongs, if it is on the wrong one).
-        ``loader``: (title, file) of the Load VAE it comes from, where the graph says."""
+        inputs of the graph whose experts' space this VAE is of, left free (where it belongs, if it is on the wrong
+        one); ``taken``: those with a VAE connected already. ``loader``: (title, file) of the Load VAE it comes from,
+        where the graph says and that loader feeds no other of those inputs (else another file there breaks it)."""
         super().__init__()
         problem = vae_space_problem(vae, space)
         if problem and who.endswith("_vae"):   # the VAE, or the model beside it, may be the one swapped by mistake
@@ -140,16 +141,20 @@ class ComfyVAECodec(Codec):
             if fits:   # e.g. the Wan VAE a template wired to spatial VAE, after the spatial model became Flux
                 other = f"{fits[0].replace('_vae', ' VAE')} ({fits[0]})"
                 raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in; it is the "
-                               f"VAE of {fits[0].replace('_vae', ' model')}'s space: connect it to {other} if that "
-                               f"input is free, and {model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to "
-                               f"{label}{decode_too}",
+                               f"VAE of {fits[0].replace('_vae', ' model')}'s space: connect it to {other}, and "
+                               f"{model.replace('_', ' ')}'s own VAE ({vae_file(space)}) to {label}{decode_too}",
                                f"{held}, which belongs on {other}", own_vae)
             if loader and own_vae_file(space):   # the file in its Load VAE is the likely mistake (a trial changed a
-                title, file = loader              # template's, and was told to rewire): said first
-                pick = f"pick {own_vae_file(space)} in '{title}'"
+                title, file = loader              # template's, and was told to rewire): said first; so where the
+                pick = f"pick {own_vae_file(space)} in '{title}'"   # input it belongs on has its VAE (a trial)
                 raise mismatch(f"{pick}, which feeds {label}: it holds {file}, {problem} that "
                                f"{model.replace('_', ' ')} ({model}) works in", f"{label} holds {vae_family(vae)}, "
                                f"{file}", pick)
+            if taken:   # one Load VAE wired to both inputs: its file is right for the other one
+                other = f"{taken[0].replace('_vae', ' VAE')} ({taken[0]})"
+                raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in; it is the "
+                               f"VAE of {taken[0].replace('_vae', ' model')}'s space, as on {other}: "
+                               f"{own_vae}", f"{held}, which belongs on {other}", own_vae)
             raise mismatch(f"{label} is {problem} that {model.replace('_', ' ')} ({model}) works in: if that model "
                            f"is the one meant, connect its own VAE ({vae_file(space)}); else load the model this VAE "
                            f"belongs to", held, own_vae)
@@ -218,15 +223,29 @@ class VAEShelf:
         self.loaders.update(other.loaders if other is not None else {})
         return self
 
+    def _one_loader(self, label: str, other: str) -> bool:
+        """Whether one Load VAE feeds both inputs: by the graph's (title, file) where it says, else by the VAE (two
+        loaders of one file give one VAE object: ComfyUI caches a node's output by its inputs)."""
+        mine, theirs = self.loaders.get(label), self.loaders.get(other)
+        if mine is not None and theirs is not None:
+            return mine == theirs
+        vaes = {name: vae for name, vae, _ in self.entries}
+        return vaes.get(label) is vaes.get(other)
+
     def codec(self, space: LatentSpace, own: str | None = None) -> Codec | None:
         """The codec of ``space``: the VAE on the ``own`` input if connected (it must fit, else the error names the
         input), else a VAE connected for another expert of the same space, else one of unknown space that fits;
         None when there is none."""
+        connected = {label: vae for label, vae, _ in self.entries}
         for label, vae, _ in self.entries:
             if label == own:
-                fits = tuple(other for other, where in self.spaces.items()
-                             if other != own and where != space and vae_space_problem(vae, where) is None)
-                return ComfyVAECodec(vae, space, label, self.progress, fits, self.loaders.get(label))
+                fits = [other for other, where in self.spaces.items()
+                        if other != own and where != space and vae_space_problem(vae, where) is None]
+                free = tuple(other for other in fits if other not in connected)
+                taken = tuple(other for other in fits if other in connected)
+                shared = any(self._one_loader(label, other) for other in taken)
+                return ComfyVAECodec(vae, space, label, self.progress, free,
+                                     None if shared else self.loaders.get(label), taken)
         for label, vae, where in self.entries:
             if where == space:
                 return ComfyVAECodec(vae, space, label, self.progress)

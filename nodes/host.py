@@ -1258,7 +1258,7 @@ def planned_frames_problem(planned: model_files.PlannedFrames | None, experts: d
             continue
         space = denoiser.expert.latent_space
         try:
-            space.check_pixel_frames(planned.frames, f"{planned.said()}: the {role} expert's {space.title}")
+            space.check_pixel_frames(planned.made(), f"{planned.said()}: the {role} expert's {space.title}")
         except ValueError as e:
             return str(e)
     return None

@@ -245,10 +245,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
             problems.append(str(e))
         if frames < segment_length:  # every window is made and refined at full length, then cut
             fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
+            fix = (f"lower the segment length to {fits} (or make one clip: ConFiner Control Expert and Refine "
+                   f"Sampler)" if fits else "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+            # (the fix after the last ": ": the canvas keeps a cut message's fix, :func:`~.texts.error_lines`)
             problems.append(f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
-                            f"{segment_length}): its windows would be made and refined at {segment_length} frames "
-                            f"and cut to {frames}; " + (f"lower the segment length to {fits}, or " if fits else "")
-                            + "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+                            f"{segment_length}), whose windows would be made and refined at {segment_length} "
+                            f"frames and cut to {frames}: {fix}")
         refining = experts.temporal_model if mode == TEMPORAL else experts.spatial_model
         # the windows are joined into one clip of the refining expert's space (pixel frames: any count)
         joined_space = host.space_of(refining) if refining is not None and (

@@ -97,6 +97,12 @@ class PlannedFrames(NamedTuple):
     widget: str
     node: str
 
+    def made(self) -> int:
+        """The pixel frames the node's latent holds: a video latent node packs ``factor`` frames into each latent
+        frame after the first (EmptyHunyuanLatentVideo makes ``(length - 1) // 4 + 1``), so length 10 makes 9, as
+        in ComfyUI's own Wan workflows (a trial's 10 was refused, "10 frames would be cut by its VAE")."""
+        return self.frames if self.factor == 1 else self.factor * ((self.frames - 1) // self.factor) + 1
+
     def said(self) -> str:
         """The widget and its value as an artist finds them: "batch_size = 4 on 'Size and frame count'"."""
         return f"{self.widget} = {self.frames} on '{self.node}'"

@@ -185,6 +185,10 @@ def test_the_queued_graph_says_the_frames_a_structure_will_hold():
     assert planned.said() == "batch_size = 16 on 'Size and frame count'"
     # pixel frames, packed 4k+1 (a node without a title goes by its type)
     assert model_files.planned_frames(prompt, "7", "structure") == (33, 4, "length", "EmptyHunyuanLatentVideo")
+    # what the latent holds: ComfyUI's own count, ((length - 1) // 4 + 1) latent frames (10 makes 9)
+    assert [model_files.PlannedFrames(n, 4, "length", "x").made() for n in (1, 4, 5, 9, 10, 12, 13)] == \
+        [1, 1, 5, 9, 9, 9, 13]
+    assert model_files.PlannedFrames(10, 1, "batch_size", "x").made() == 10   # an image batch: each its frame
     prompt["5"]["inputs"]["length"] = ["9", 0]                                # set by another node: not known
     assert model_files.planned_frames(prompt, "7", "structure") is None
     prompt["6"]["inputs"]["latent"] = ["8", 0]                               # a latent from elsewhere (VAE Encode)
