@@ -68,7 +68,8 @@ class ConFinerControlExpert(io.ComfyNode):
         progress = host.Progress(model, steps, host.node_id(cls), seed=seed)
         progress.files = (host.input_file(cls, "model"),)
         progress.warn_ignored_noise({"control": model})
-        progress.warn_frames_alone({"control": model})
+        progress.warn_frames_alone({"control": model},
+                                   bypassed=host.bypassed_motion_nodes(cls, {"control": ("model",)}))
         progress.warn_motion_models(control_model=model, control_steps=steps, loaded=host.motion_model_files(cls))
         progress.warn_halves("control", "ConFiner Control Expert", "model", "low-noise model (low_noise_model)",
                              host.input_file(cls, "model"), host.input_file(cls, "low_noise_model"),

@@ -56,7 +56,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
                                               "spatial VAE it stays in the temporal expert's, and the node says so). "
                                               "Swapping the spatial expert for one of another family (Flux for SD "
                                               "1.5) changes the VAE to decode with.")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the graph's model files (model_files)
+            # prompt: the graph's model files (model_files); extra_pnginfo: the canvas, for a bypassed AnimateDiff loader
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -166,7 +167,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         progress = host.Progress(experts.spatial_model, refine_evaluations(config), host.node_id(cls), seed=seed)
         progress.files = experts.temporal_files
         progress.warn_frames_alone({"temporal": experts.temporal_model if mode != STANDARD else None},
-                                   experts.spatial_model)
+                                   experts.spatial_model, bypassed=host.bypassed_motion_nodes(
+                                       cls, {"temporal": ("experts", "temporal_model")}))
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         progress.warn_unused(config, {"matching": MATCHING})
         if mode != STANDARD:

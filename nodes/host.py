@@ -387,27 +387,37 @@ def check_video_role(model, role: str, swapped: bool = False, file: str | None =
                      f"frame on its own, with no motion, and no motion model attaches to it; {fix}")
 
 
-def frames_alone(model, role: str, swapped: bool = False, where: str | None = None) -> str | None:
+def frames_alone(model, role: str, swapped: bool = False, where: str | None = None,
+                 bypassed: str | None = None) -> str | None:
     """A warning when the expert of a video role (control, temporal) cannot relate frames: an image model with no
     motion model attached (SD 1.5 whose AnimateDiff loader was bypassed, SDXL, Qwen-Image). Such a graph runs, and
     silently makes frames that do not belong together. None when the expert is a video model. ``swapped``: the
     spatial model beside this temporal one is a video model, so the two were likely connected the other way round.
-    ``where``: as :func:`check_video_role`'s."""
+    ``where``: as :func:`check_video_role`'s. ``bypassed``: the title of a bypassed AnimateDiff node on the canvas
+    between the model and this role (:func:`bypassed_motion_nodes`): "attach a motion model" sent a trial's artist
+    looking for the one the canvas had."""
     if model is None or role not in VIDEO_ROLES or relates_frames(model):
         return None
     task = "lays out every frame on its own, so the structure has no motion" if role == "control" else \
         "refines every frame on its own, so it cannot keep them coherent"
-    fix = ("The spatial model is the video model: connect the two the other way round (spatial_model <-> "
-           "temporal_model)") if swapped else \
-        "Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)"
+    if bypassed:
+        fix = f"Its AnimateDiff node '{bypassed}' is bypassed on the canvas: un-bypass it (select it, Ctrl+B)"
+    elif swapped:
+        fix = ("The spatial model is the video model: connect the two the other way round (spatial_model <-> "
+               "temporal_model)")
+    else:
+        fix = "Attach a motion model (AnimateDiff-Evolved's loader) or use a video model (Wan)"
     return (f"the {role} expert ({where or VIDEO_ROLES[role]}) is an image model with no motion model attached: it "
             f"{task}. {fix}")
 
 
-def frames_alone_note(role: str, swapped: bool = False) -> str:
+def frames_alone_note(role: str, swapped: bool = False, bypassed: bool = False) -> str:
     """:func:`frames_alone` as the node's text shows it: one line that fits a node's width, with the fix (the frontend
     neither wraps nor scrolls that text, and with a preview it gives the sampling nodes' text two lines; the console
-    has the whole sentence)."""
+    has the whole sentence, with the bypassed node's title)."""
+    if bypassed:
+        return "warning: AnimateDiff bypassed, no motion: un-bypass it" if role == "control" else \
+            "warning: temporal's AnimateDiff bypassed: un-bypass it"
     if swapped:
         return "warning: image model as temporal, video as spatial: swap"
     if role == "control":   # the Control Expert has one model: its effect, then the fix
@@ -971,13 +981,17 @@ class Progress:
         self.opening = opening if isinstance(opening, str) else \
             (f"starting · {total} expert evaluations" if opening else None)
 
-    def warn_frames_alone(self, models: dict, spatial_model=None, places: dict | None = None) -> None:
+    def warn_frames_alone(self, models: dict, spatial_model=None, places: dict | None = None,
+                          bypassed: dict | None = None) -> None:
         """:func:`frames_alone` for each role's model: logged once, and kept on the node's text for the run. A
         ``spatial_model`` that relates frames beside an image temporal model is named as the swap it likely is;
-        ``places``: role -> where its model is connected, where not the role's usual input."""
+        ``places``: role -> where its model is connected, where not the role's usual input; ``bypassed``: role ->
+        the title of a bypassed AnimateDiff node before it (:func:`bypassed_motion_nodes`)."""
         for role, model in models.items():
             swapped = role == "temporal" and spatial_model is not None and relates_frames(spatial_model)
-            self.warn(frames_alone(model, role, swapped, (places or {}).get(role)), frames_alone_note(role, swapped))
+            title = (bypassed or {}).get(role)
+            self.warn(frames_alone(model, role, swapped, (places or {}).get(role), title),
+                      frames_alone_note(role, swapped, bool(title)))
 
     def warn_ignored_noise(self, models: dict) -> None:
         """AnimateDiff-Evolved noise types ConFiner does not draw (:func:`~.ade.warn_ignored_noise`): on the
@@ -1275,12 +1289,27 @@ def loaded_files(node_cls) -> tuple:
     return model_files.loaded_files(queued_prompt(node_cls))
 
 
-def bypassed_takers(node_cls, class_type: str) -> list[tuple[str, str]]:
-    """(id, title) of the canvas's bypassed nodes of ``class_type`` that take the running node's output
-    (:func:`~.model_files.bypassed_takers`, from the workflow the frontend queued; V3 hidden input)."""
+def canvas_workflow(node_cls) -> dict | None:
+    """The workflow the frontend queued beside the prompt (V3 hidden input ``extra_pnginfo``): the canvas, with the
+    nodes the queued prompt leaves out (bypassed, muted); None where the run came over the API without it."""
     extra = getattr(getattr(node_cls, "hidden", None), "extra_pnginfo", None)
     workflow = extra.get("workflow") if isinstance(extra, dict) else None
-    return model_files.bypassed_takers(workflow, node_id(node_cls), class_type)
+    return workflow if isinstance(workflow, dict) else None
+
+
+def bypassed_takers(node_cls, class_type: str) -> list[tuple[str, str]]:
+    """(id, title) of the canvas's bypassed nodes of ``class_type`` that take the running node's output
+    (:func:`~.model_files.bypassed_takers`)."""
+    return model_files.bypassed_takers(canvas_workflow(node_cls), node_id(node_cls), class_type)
+
+
+def bypassed_motion_nodes(node_cls, paths: dict) -> dict:
+    """role -> the title of a bypassed AnimateDiff-Evolved node on the canvas's model links into the running node
+    along ``paths`` (role -> input names, one node each: ``("experts", "temporal_model")`` is the bundle's temporal
+    model), for the roles that have one (:func:`~.model_files.bypassed_upstream`)."""
+    workflow, me = canvas_workflow(node_cls), node_id(node_cls)
+    found = {role: model_files.bypassed_upstream(workflow, me, path) for role, path in paths.items()}
+    return {role: title for role, title in found.items() if title}
 
 
 def show_bundle_text(node_cls, experts) -> None:

@@ -205,7 +205,8 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                 "if it differs.")),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="All frames (decode with VAE Decode).")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt],   # prompt: the control models' file names
+            # prompt: the control models' file names; extra_pnginfo: the canvas, for a bypassed AnimateDiff loader
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -324,7 +325,9 @@ class ConFinerLongSegmenter(io.ComfyNode):
         progress.warn_unused(chain, {"control_eta": CONTROL_ETA, "matching": MATCHING})
         progress.warn_frames_alone({"control": control_model,
                                     "temporal": experts.temporal_model if mode != STANDARD else None},
-                                   experts.spatial_model, {"control": input_place(cls, "control_model")})
+                                   experts.spatial_model, {"control": input_place(cls, "control_model")},
+                                   host.bypassed_motion_nodes(cls, {"control": ("control_model",),
+                                                                    "temporal": ("experts", "temporal_model")}))
         progress.warn_cfg_on_distilled_guidance(experts.spatial_model, experts.spatial_cfg)
         progress.warn_distilled_control(control_model, control_steps, control_cfg, control_sampler)
         progress.warn_motion_models(control_model=control_model, control_steps=control_steps,

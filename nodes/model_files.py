@@ -178,6 +178,47 @@ def bypassed_takers(workflow: dict | None, node: str | None, class_type: str) ->
             and any(isinstance(i, dict) and str(origin.get(i.get("link"))) == str(node) for i in n.get("inputs") or [])]
 
 
+#: the links a motion model reaches a model by: AnimateDiff-Evolved's loaders take and give MODEL, its evolved
+#: sampling takes its motion models as M_MODELS
+MOTION_LINK_TYPES = ("MODEL", "M_MODELS", "MOTION_MODEL_ADE")
+
+
+def bypassed_upstream(workflow: dict | None, node: str | None, path: tuple, prefix: str = "ADE_") -> str | None:
+    """The title of a bypassed canvas node whose type starts with ``prefix`` (AnimateDiff-Evolved's) on the model
+    links into ``node``: ``path``'s inputs followed one node each (``("experts", "temporal_model")``: the bundle's
+    temporal model), then every model link (:data:`MOTION_LINK_TYPES`) up from there. From the workflow the frontend
+    queues (:func:`bypassed_takers`); None where it is not there, or no such node is."""
+    if not isinstance(workflow, dict) or node is None or not path:
+        return None
+    nodes = {str(n.get("id")): n for n in workflow.get("nodes") or [] if isinstance(n, dict)}
+    links = {}   # link id -> (origin node id, type)
+    for link in workflow.get("links") or []:
+        if isinstance(link, (list, tuple)) and len(link) >= 6:
+            links[link[0]] = (str(link[1]), link[5])
+        elif isinstance(link, dict):
+            links[link.get("id")] = (str(link.get("origin_id")), link.get("type"))
+
+    def origins(node_id: str, names=None, types=None) -> list[str]:
+        return [links[i["link"]][0] for i in (nodes.get(node_id) or {}).get("inputs") or []
+                if isinstance(i, dict) and i.get("link") in links and (names is None or i.get("name") in names)
+                and (types is None or i.get("type") in types)]
+
+    here = [str(node)]
+    for name in path:
+        here = [up for n in here for up in origins(n, names=(name,))]
+    seen: set = set()
+    while here:
+        current = here.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        entry = nodes.get(current) or {}
+        if entry.get("mode") == BYPASSED and str(entry.get("type", "")).startswith(prefix):
+            return entry.get("title") or entry.get("type")
+        here += origins(current, types=MOTION_LINK_TYPES)
+    return None
+
+
 def used_nodes(prompt: dict | None) -> dict:
     """The queued ``prompt``'s nodes whose output some node takes: a loader left unconnected loads nothing (one beside
     the loader feeding both roles was read as the other role's model, and the pair was told to swap)."""

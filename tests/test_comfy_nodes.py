@@ -330,10 +330,11 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert result["success"]
     texts = [m[1] for m in result["server_messages"] if m[0] == "progress_text"]
+    # the bypassed loader named: "add AnimateDiff" sent a trial's artist looking for the one on the canvas
     for node_type, warning, last in (
-            ("ConFinerControlExpert", "warning: image model, no motion: add AnimateDiff or use Wan",
+            ("ConFinerControlExpert", "warning: AnimateDiff bypassed, no motion: un-bypass it",
              "done · 4 expert evaluations"),
-            ("ConFinerCoordinatedSampler", "warning: temporal is an image model: add AnimateDiff or Wan",
+            ("ConFinerCoordinatedSampler", "warning: temporal's AnimateDiff bypassed: un-bypass it",
              "done · 15 expert evaluations")):
         (node,) = _node_ids(workflow, node_type)
         # (the Refine Sampler's lazy check says it waits for its turn before the node's own run begins)
@@ -350,6 +351,11 @@ def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_r
     # to the client that queued the run (the harness's), as ComfyUI's own progress: broadcast, a text reached the node
     # of the same id in every open tab, and was saved with that workflow
     assert texts and {t["sid"] for t in texts} == {"confiner-harness"}
+    # queued over the API, without the canvas: the warning as before (nothing tells the loaders were there)
+    api = comfy_worker.run_prompt(comfy_worker.convert(workflow), fresh_cache=True)
+    (control,) = _node_ids(workflow, "ConFinerControlExpert")
+    said = [m[1]["text"] for m in api["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == control]
+    assert said[-1].startswith("warning: image model, no motion: add AnimateDiff or use Wan"), said[-1]
 
 
 # control stage; a coordinated step's 2nd and 3rd evaluation; with stage sessions (the default) and without

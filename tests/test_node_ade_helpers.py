@@ -4,6 +4,7 @@ it is tested here on stand-ins shaped like ADE's objects (attribute names as in 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -229,3 +230,35 @@ def test_a_motion_model_that_does_not_fit_the_unet_is_said_as_such(tmp_path):
     with pytest.raises(IndexError) as other:   # the same error anywhere else is not ADE's injection
         [][2]
     assert ade.injection_failure(other.value) is None
+
+
+def test_a_bypassed_animatediff_loader_is_found_on_the_model_links_into_a_node():
+    """The basic template with its AnimateDiff loaders bypassed: the Control Expert's model and the bundle's temporal
+    model each come through one, which the warning names (its "add AnimateDiff" sent a trial's artist looking for
+    the loader the canvas had); the spatial model comes through none."""
+    spec = importlib.util.spec_from_file_location("confiner_model_files",
+                                                  Path(__file__).resolve().parents[1] / "nodes" / "model_files.py")
+    model_files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_files)
+    workflow = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" /
+                           "confiner_basic_sd15_animatediff.json").read_text())
+    ids = {n["type"]: str(n["id"]) for n in workflow["nodes"]}
+    loaders = {n["title"]: n for n in workflow["nodes"] if n["type"] == "ADE_AnimateDiffLoaderGen1"}
+    control, temporal = "Control expert: AnimateDiff-Lightning 4-step", "Temporal expert: AnimateDiff v3"
+    assert set(loaders) == {control, temporal}
+    find = model_files.bypassed_upstream
+    sampler = ids["ConFinerCoordinatedSampler"]
+    assert find(workflow, ids["ConFinerControlExpert"], ("model",)) is None   # switched on: nothing to say
+    loaders[control]["mode"] = 4
+    assert find(workflow, ids["ConFinerControlExpert"], ("model",)) == control
+    assert find(workflow, sampler, ("experts", "temporal_model")) is None     # the other loader is on
+    loaders[temporal]["mode"] = 4
+    assert find(workflow, sampler, ("experts", "temporal_model")) == temporal
+    assert find(workflow, sampler, ("experts", "spatial_model")) is None
+    loaders[control]["mode"] = 2   # muted: the prompt cannot run at all (ComfyUI says which input is missing)
+    assert find(workflow, ids["ConFinerControlExpert"], ("model",)) is None
+    # links as objects (the frontend's newer workflow format), and no workflow at all (a prompt over the API)
+    objects = {**workflow, "links": [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"),
+                                              link)) for link in workflow["links"]]}
+    assert find(objects, sampler, ("experts", "temporal_model")) == temporal
+    assert find(None, sampler, ("experts", "temporal_model")) is None
