@@ -269,9 +269,16 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
     high_label, low_label = (name.split(" (")[0] for name in (high_input, low_input))   # as the node shows them
     if low_file is not None:
         if high == LOW and low == HIGH:
+            # the files are picked in loaders, which the canvas names by their titles: a trial's artist was sent to
+            # the Control Expert, where no file is picked
+            holders = [next((title for title, name, _ in loaded if name == file), None) for file in (high_file,
+                                                                                                      low_file)]
+            where = (f"pick '{low_file}' in '{holders[0]}' and '{high_file}' in '{holders[1]}'"
+                     if None not in holders and holders[0] != holders[1] else
+                     f"swap the files of the loaders of {high_input} and {low_input} on {node}")
             return [(f"the {role} model '{high_file}' is Wan 2.2 A14B's low-noise half and its low-noise model "
-                     f"'{low_file}' the high-noise one: swap the two files on {node} ({high_input}, {low_input})",
-                     f"warning: {role} high/low-noise files swapped")]
+                     f"'{low_file}' the high-noise one: {where}",
+                     f"warning: {role} high/low-noise files swapped: swap them")]
         if high is not None and high == low:   # one half in both inputs: the other side of the boundary has none
             other, fix = (LOW, low_input) if high == HIGH else (HIGH, high_input)
             return [(f"the {role} model '{high_file}' and its low-noise model '{low_file}' are both Wan 2.2 A14B's "

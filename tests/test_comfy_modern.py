@@ -876,14 +876,19 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     prompt["9"]["inputs"].update(model=["16", 0], low_noise_model=["1", 0])
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert r["success"], r.get("error")
-    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
+    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped: swap them\n")
+    # the loaders named by their titles, where the files are picked (a trial was sent to the Control Expert)
+    prompt["1"]["_meta"], prompt["16"]["_meta"] = {"title": "high noise (control)"}, {"title": "low noise (all roles)"}
+    r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
+    assert any(f"pick '{HIGH}' in 'low noise (all roles)' and '{LOW}' in 'high noise (control)'" in line
+               for line in r["console"]), r["console"]
     # ... as a trial swapped them, in the two loaders of the A14B template ("high noise (control)" feeds the control
     # model, "low noise (all roles)" its low-noise model and the temporal one): the Refine Sampler said "add temporal
     # low-noise model", which wires around the swap instead of undoing it
     prompt["10"]["inputs"]["temporal_model"] = ["1", 0]
     del prompt["10"]["inputs"]["temporal_low_noise_model"]
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
-    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped\n")
+    assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped: swap them\n")
     assert _texts(r)["11"][-1].startswith("warning: high/low-noise files swapped in loaders\n"), _texts(r)["11"][-1]
     # ... then only the control loader fixed to the high-noise file (both loaders now hold it): the bundle, whose
     # inputs did not change, comes from ComfyUI's cache, and the Refine Sampler said "swapped" still, naming a
