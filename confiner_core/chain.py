@@ -21,7 +21,7 @@ from . import refine as R
 from .errors import ConFinerWarning, NonFiniteError, check_function, warn_doubtful
 from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
                       in_stage, own_stage)
-from .latent_spaces import LatentSpace, check_bridges
+from .latent_spaces import LatentSpace, check_bridges, in_space, noted_space
 from .layout import VIDEO, check_latent
 from .sampling import CONTROL_DRAWS, SAMPLERS, Callback, EpsHook, seeded, control_timesteps as sampler_timesteps, \
     diffuse, randn_like, sample_control
@@ -754,8 +754,9 @@ def control_stage(control: Denoiser, noise: torch.Tensor, config: ChainConfig,
         generator = seeded(generator, "generate_structure (DDIM with control_eta > 0 draws noise)"
                            if generator is None else "generate_structure", noise.shape[0], CONTROL_DRAWS)
     with own_stage(control, "control"):
-        return sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
-                              config.control_eta, generator, eps_hook, callback, config.control_spacing)
+        return in_space(sample_control(control, noise, control_timesteps(control, config), config.control_sampler,
+                                       config.control_eta, generator, eps_hook, callback, config.control_spacing),
+                        control.expert.latent_space)
 
 
 def extract_structure(schedule: NoiseSchedule, structure: torch.Tensor, te: int,
@@ -789,12 +790,14 @@ def refine(spatial: Denoiser | None, temporal: Denoiser | None, x: torch.Tensor,
     ts = refine_positions(refiner.schedule, config)
     with own_stage(refiner, "refine"):
         if config.mode == COORDINATED:
-            return R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
-        if config.mode == STANDARD:
-            return R.refine_standard(spatial, x, ts, config.eta, generator, callback)
-        if config.mode == TEMPORAL:
-            return R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
-        return R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
+            out = R.refine_coordinated(spatial, temporal, x, ts, generator, config.matching, config.eta, callback)
+        elif config.mode == STANDARD:
+            out = R.refine_standard(spatial, x, ts, config.eta, generator, callback)
+        elif config.mode == TEMPORAL:
+            out = R.refine_temporal_only(temporal, x, ts, config.eta, generator, callback)
+        else:
+            out = R.refine_naive_alternation(spatial, temporal, x, ts, config.eta, generator, callback)
+    return in_space(out, refiner.expert.latent_space)
 
 
 def refine_evaluations(config: ChainConfig) -> int:
@@ -816,6 +819,7 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     check_denoisers("refine_structure", spatial=spatial, temporal=temporal, source=source)
     spatial = stand_in_spatial(spatial, temporal, config.mode)
     refiner = refining_denoiser(spatial, temporal, config.mode)
+    check_structure_space(structure, source, refiner)
     config = config.with_default_te(refiner.schedule)
     if source is not None:
         structure = hand_off(structure, source, refiner)
@@ -825,6 +829,22 @@ def refine_structure(spatial: Denoiser | None, temporal: Denoiser | None, struct
     # except under "leading" spacing, whose timesteps start below it
     x = extract_structure(schedule, structure, refine_timesteps(config)[0], generator)
     return refine(spatial, temporal, x, config, generator, with_noised_structure(callback, x))
+
+
+def check_structure_space(structure: torch.Tensor, source: Denoiser | None, refiner: Denoiser) -> None:
+    """A structure the chain made (:func:`generate_structure`: noted in the control expert's space) must be in the
+    space :func:`refine_structure` takes it in: the ``source`` expert's, else the refining expert's. Two spaces of
+    one channel count read each other's latents without an error (a trial's Wan structure, refined without
+    ``source`` by FLUX.1, made 5 frames of 17); a tensor with no note is taken as it is."""
+    noted, meant = noted_space(structure), (source or refiner).expert.latent_space
+    if noted is None or noted == meant:
+        return
+    if source is None:
+        raise ValueError(f"refine_structure: structure is in {noted.latents} (generate_structure made it with the "
+                         f"control expert), and the refining expert works in {meant.latents}: pass "
+                         f"source=<the control Denoiser> to hand it over through their VAEs")
+    raise ValueError(f"refine_structure: structure is in {noted.latents}, not in the source expert's {meant.latents}: "
+                     f"pass as source the expert whose space it is in (the one that made it)")
 
 
 def with_noised_structure(callback: Callback | None, noised: torch.Tensor) -> Callback | None:

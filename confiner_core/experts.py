@@ -22,7 +22,7 @@ import torch
 
 from . import layout as L
 from .errors import NonFiniteError
-from .latent_spaces import KNOWN_SPACES, SD15, Codec, LatentSpace, bridge
+from .latent_spaces import KNOWN_SPACES, SD15, Codec, LatentSpace, bridge, in_space
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
 
@@ -705,4 +705,4 @@ def hand_off(x0: torch.Tensor, source: Denoiser, target: Denoiser) -> torch.Tens
         return x0
     # one decode with the source's VAE, one encode with the target's
     with counted_vae(source.log or target.log, 2, x0.device):
-        return bridge(x0, bridge_end(source.expert), bridge_end(target.expert))
+        return in_space(bridge(x0, bridge_end(source.expert), bridge_end(target.expert)), target.expert.latent_space)

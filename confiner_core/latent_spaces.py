@@ -245,6 +245,26 @@ class PerFrameCodec(Codec):
         return rearrange(pixels, "(b f) p 1 h w -> b p f h w", b=b)
 
 
+#: the attribute that carries a latent's space on the tensors the chain returns (:func:`in_space`)
+SPACE_ATTRIBUTE = "confiner_latent_space"
+
+
+def in_space(latent: torch.Tensor, space: LatentSpace) -> torch.Tensor:
+    """``latent``, noted as ``space``'s: the chain's outputs (a structure, a hand-off, a refined video) carry their
+    space for the checks that take them in (:func:`noted_space`). A tensor holds no space, and two spaces of one
+    channel count read each other's latents without an error: a trial's Wan structure, refined as FLUX.1 latents
+    (16 channels both), made a video of 5 frames for 17. The note is on this tensor alone (what is computed from it,
+    a copy, a slice, a move to another device, has none), so a check that finds none checks nothing."""
+    setattr(latent, SPACE_ATTRIBUTE, space)
+    return latent
+
+
+def noted_space(latent) -> LatentSpace | None:
+    """The space :func:`in_space` noted on ``latent``; None where none was."""
+    space = getattr(latent, SPACE_ATTRIBUTE, None)
+    return space if isinstance(space, LatentSpace) else None
+
+
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Codec pixels [B, P, F, H, W] in [-1, 1] -> uint8 RGB frames [B, F, H, W, 3] (channels after RGB dropped)."""
     rgb = ((pixels[:, :3].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -26,6 +26,7 @@ import torch
 
 from .chain import (ChainConfig, check_channels, control_stage, evaluated_roles, flatten, frozen_settings,
                     refine_evaluations, refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
+from .devices import check_device
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
@@ -835,6 +836,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
             raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
     config.validate()
+    check_device(device, "generate_long: device")   # (torch's "Torch not compiled with CUDA enabled", at the noise)
     check_function(sink, "generate_long", "sink(latent, window, prepared)" if prepare is not None else
                    "sink(latent, window)", optional=False)
     for fn, call in ((prepare, "prepare(latent, window)"), (callback, "callback(info)"),
@@ -866,6 +868,9 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         raise ValueError(f"prompts cover {prompts.frames} frames but the plan has {plan.frames}: parse the schedule "
                          f"for the plan's frames (parse_prompt(text, {plan.frames}))")
     b, c, h, w = (*frame_shape[:2], *frame_shape[-2:])   # (a video shape's frames: the plan's)
+    if b != 1:   # (a batch drew its clips from one task generator each: clip 0 was not its seed's video alone)
+        raise ValueError(f"generate_long makes one video, but frame_shape has a batch of {b}: use batch 1 and call it "
+                         f"once per seed (as the Long Video node takes one)")
     shape = (b, c, control.expert.latent_space.latent_frames(plan.segment_length), h, w)
     check_denoisers("generate_long", control=control, spatial=spatial, temporal=temporal)
     check_channels(shape, control, "generate_long: frame_shape",

@@ -257,6 +257,43 @@ def test_embedded_bridged_chain_runs_and_counts_vae_calls(preset):
     assert log.evaluations == {"control": 4, "refine": 15}
 
 
+def test_a_structure_in_another_space_of_its_channels_is_refused_where_it_would_be_misread():
+    """A trial's Wan structure, refined by FLUX.1 without ``source`` (16 channels both), made a video of 5 frames for
+    17; decoded as the video, the Flux VAE read it without a word. The chain's outputs now say their space: the
+    embedded Wan-like control expert beside the image expert on its pixel frames (64 channels both, 4x temporal
+    against none)."""
+    from confiner_core.chain import generate_structure, refine_structure
+    from confiner_core.diffusers_backend.families.registry import LoadedExperts
+
+    experts = embedded_experts("wan-pixel")
+    log = EvaluationLog()
+    d = {k: e.bind("a red ball bouncing over green grass", log=log) for k, e in experts.items()}
+    control, spatial = experts["control"].latent_space, experts["spatial"].latent_space
+    assert control.channels == spatial.channels and control != spatial
+    config = ChainConfig(control_steps=2, refine_steps=2)
+    g = torch.Generator().manual_seed(0)
+    structure = generate_structure(d["control"], torch.randn(control.latent_shape(1, 17, 64, 64), generator=g),
+                                   config, g)
+    with pytest.raises(ValueError, match=r"^refine_structure: structure is in embedded-causal latents \(generate_"
+                                         r"structure made it with the control expert\), and the refining expert "
+                                         r"works in embedded-causal latents \(pixel frames\): pass source="):
+        refine_structure(d["spatial"], d["temporal"], structure, config, 1)
+    with pytest.raises(ValueError, match=r"not in the source expert's embedded-causal latents \(pixel frames\)"):
+        refine_structure(d["spatial"], d["temporal"], structure, config, 1, source=d["spatial"])
+    assert log.evaluations == {"control": 2}   # both refused before any evaluation
+    video = refine_structure(d["spatial"], d["temporal"], structure, config, 1, source=d["control"])
+    assert video.shape[2] == 17   # pixel frames: the 5 latent frames' 17
+    loaded = LoadedExperts(dict(experts), experts["spatial"].codec)
+    with pytest.raises(ValueError, match=r"^decode\(\.\.\., 'spatial'\): the latent is in embedded-causal latents, the "
+                                         r"spatial expert's are embedded-causal latents \(pixel frames\): "
+                                         r"decode\(latent, 'control'\)$"):
+        loaded.decode(structure)
+    assert loaded.decode(structure, "control").shape == (1, 17, 64, 64, 3)
+    assert loaded.decode(video).shape == (1, 17, 64, 64, 3)
+    with pytest.raises(ValueError, match=r"decode\(latent, 'spatial'\)$"):
+        loaded.decode(video, "control")
+
+
 def test_image_expert_latent_frames_vs_pixel_frames_differ_only_in_their_space():
     """The same image expert refines latent frames (fast) or pixel frames (through the bridge): different spaces,
     both decode to the same frame count."""

@@ -179,12 +179,20 @@ def test_forward_casts_to_the_unet_dtype_and_returns_float32(paths, loaded):
     torch.testing.assert_close(out64, expert32.forward(x, 100, [expert32.encode("a cat")])[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", torch.int8])
+@pytest.mark.parametrize("dtype", ["bf16", torch.int8, "int8", "Tensor"])
 def test_a_dtype_that_is_not_a_float_dtype_is_refused_before_loading(paths, dtype):
     """'bf16' gave transformers' "torch.float32 is not a torch.dtype" warning, then a raw TypeError from a model's
     .to() after a text encoder had loaded."""
-    with pytest.raises(ValueError, match=r"dtype must be a floating torch.dtype \(torch.float32, torch.bfloat16"):
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch.dtype \(torch.float16, torch.bfloat16, "
+                                         r"torch.float32, torch.float64\)"):
         load_experts(control=paths["ad"], spatial=paths["sd"], dtype=dtype)
+
+
+def test_a_float_dtypes_name_is_taken_as_the_dtype_is(paths):
+    """torch.float64 loaded and 'float64' was refused, naming three dtypes (a researcher's trial)."""
+    for dtype in ("float64", "torch.float64"):
+        assert load_experts(control=paths["ad"], spatial=paths["sd"], dtype=dtype)["spatial"].unet.dtype == \
+            torch.float64
 
 
 def test_a_dtype_is_taken_in_either_entry_points_spelling(paths):

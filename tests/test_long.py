@@ -299,6 +299,10 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
         run(prompts=parse_prompt("0: a | 32: b", frames=48))
     with pytest.raises(ValueError, match=r"frame_shape is \(B, C, h, w\) of one latent frame.*, got \(4, 4, 4\)"):
         run(shape=(4, 4, 4))
+    # a batch: its clip 0 was not the video its seed makes alone (a trial); one video a call, as the node takes
+    with pytest.raises(ValueError, match=r"^generate_long makes one video, but frame_shape has a batch of 2: use "
+                                         r"batch 1 and call it once per seed"):
+        run(shape=(2, 4, 4, 4))
     # a latent video's shape, as latent_shape() gives it, stands for its frames' (a researcher sliced it by hand)
     windows = {}
     x16 = torch.randn(1, 4, 16, 4, 4, generator=torch.Generator().manual_seed(7))
@@ -315,6 +319,15 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
                           ((40, (1, 4, 4, 4), ChainConfig(), LongConfig()), "plan must be a SegmentPlan, got int")):
         with pytest.raises(TypeError, match=f"^generate_long: {message}"):
             generate_long(c, s, t, *args, 0, sink)
+    # a device this machine lacks, or none PyTorch knows: as load_experts says it (torch's "Torch not compiled with
+    # CUDA enabled" came from the first noise)
+    missing = next(d for d in ("cuda", "mps", "xpu")
+                   if not (torch.backends.mps if d == "mps" else getattr(torch, d)).is_available())
+    with pytest.raises(ValueError, match=rf"^generate_long: device {missing}: PyTorch sees no {missing} device on "
+                                         rf"this machine .*; use device='cpu'"):
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, device=missing)
+    with pytest.raises(ValueError, match=r"^generate_long: device 'gpu' is not a device PyTorch knows; use cpu, cuda"):
+        generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, device="gpu")
     with pytest.raises(TypeError, match="^generate_long: resume must be the LongState that on_window_done received"):
         generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, sink, resume={"next_window": 1})
     with pytest.raises(TypeError, match=r"^LongConfig.staggered must be True or False or None \(the plan's\), got 'no'$"):

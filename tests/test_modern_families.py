@@ -772,6 +772,26 @@ def test_scheduler_overrides_that_would_change_nothing_are_refused(modern_dirs):
         load_experts(wan, wan, scheduler_overrides={"temporal": {"beta_end": 0.02}})
 
 
+def test_family_options_that_would_change_nothing_are_refused(modern_dirs):
+    """A trial's options={"flow_shift": {"spatail": 7}} loaded with every default shift, and pair_guidance for experts
+    that are no A14B pair changed nothing, both without a word (a misspelt option name was refused already)."""
+    wan, flux = modern_dirs("wan21"), modern_dirs("flux_dev")
+    with pytest.raises(ValueError, match=r"^options: flow_shift\['spatail'\]: 'spatail' is not a role \(did you "
+                                         r"mean 'spatial'\?\); the roles are control, spatial, temporal$"):
+        load_experts(wan, wan, wan, options={"flow_shift": {"spatail": 7.0}})
+    with pytest.raises(ValueError, match=r"^options: image_mode\['temporal'\]: this call loads no temporal expert"):
+        load_experts(wan, wan, options={"image_mode": {"temporal": "pixel_frames"}})
+    with pytest.raises(ValueError, match=r"^options: pair_guidance applies to Wan 2.2 A14B expert pairs, and no "
+                                         r"expert of this call is one: drop it$"):
+        load_experts(wan, flux, wan, options={"pair_guidance": (4.0, 3.0)})
+    with pytest.raises(ValueError, match=r"^options: vae_tiling\['spatial'\] applies to experts with Wan's VAE "
+                                         r"\(Wan, Qwen-Image\); the spatial expert .* is a FLUX.1 .*model: drop it$"):
+        load_experts(wan, flux, wan, options={"vae_tiling": {"spatial": True}})
+    # given once, an option reaches the experts that read it (the Wan VAE's tiling; Flux's VAE has none)
+    loaded = load_experts(wan, flux, wan, options={"vae_tiling": True, "flow_shift": {"spatial": 2.0}})
+    assert loaded["spatial"].schedule.flow_shift == pytest.approx(2.0) and loaded["control"].schedule.flow_shift == 3.0
+
+
 def test_the_report_names_each_a14b_member_and_counts_its_evaluations(modern_dirs, tmp_path):
     """The report listed an A14B pair's two transformers identically (same name, class and source), with no count
     of which ran where: now each member is named and counted. The refinement from T_e 250 (sigma 0.25) lies below

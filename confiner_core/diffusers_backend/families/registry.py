@@ -23,7 +23,7 @@ import torch
 from ...devices import check_device
 from ...library_bars import LIBRARIES, installed, loading_bars, torchvision_fallback_unsaid
 from ...experts import ROLES, Expert, ExpertPair, networks, not_a_path
-from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, to_uint8
+from ...latent_spaces import IMAGE_MODES, LATENT_FRAMES, Codec, noted_space, to_uint8
 from ..speed import SpeedSettings, apply_speed_settings
 from ..step_cache import attach_step_cache
 from . import files
@@ -34,6 +34,7 @@ from .modelscope import ModelScope
 from .qwen_image import QwenImage
 from .sd15 import SD15
 from .sdxl import SDXL
+from .wan import OPTION_READERS
 from .wan import OPTIONS as FAMILY_OPTIONS
 from .wan import Wan, option_for
 
@@ -303,9 +304,11 @@ class LoadedExperts:
     def decode(self, latent: torch.Tensor, role: str = "spatial") -> torch.Tensor:
         """Canonical latent [B, C, F, h, w] of ``role``'s expert's latent space -> uint8 frames [B, F, H, W, 3]
         (CPU). The refined video is in the spatial expert's space; a structure (``generate_structure``) in the
-        control expert's: ``decode(structure, "control")`` shows the control stage alone (decoded with the spatial
-        expert's VAE it read as another space's latents wherever the channels agreed, with no error). Without a
-        spatial expert, "spatial" decodes the video: the temporal expert's space."""
+        control expert's: ``decode(structure, "control")`` shows the control stage alone. A latent the chain made
+        says its space (:func:`~confiner_core.latent_spaces.in_space`), and one of another role's space is refused
+        naming that role (the spatial expert's VAE read a structure as its own latents wherever the channels
+        agreed); a latent made elsewhere is decoded as given. Without a spatial expert, "spatial" decodes the
+        video: the temporal expert's space."""
         if role not in ROLES:   # (it read "the spacial expert is absent")
             meant = difflib.get_close_matches(str(role), ROLES, n=1)
             raise ValueError(f"decode(..., {role!r}): the role is one of {', '.join(map(repr, ROLES))}"
@@ -313,6 +316,12 @@ class LoadedExperts:
         video = decoding_role(self.experts)   # the role whose space the refined video is in
         own = video if role == "spatial" else role
         space = getattr(self.experts.get(own), "latent_space", None)
+        noted = noted_space(latent)   # (the chain's outputs say their space: a trial decoded a Wan structure with
+        if space is not None and noted is not None and noted != space:   # the Flux VAE, 16 channels both)
+            fits = [r for r, e in self.experts.items() if e is not None and e.latent_space == noted]
+            raise ValueError(f"decode(..., {role!r}): the latent is in {noted.latents}, the {own} expert's are "
+                             f"{space.latents}: " + (f"decode(latent, {fits[0]!r})" if fits else
+                                                     "hand it to this expert's space first (hand_off)"))
         if space is not None and isinstance(latent, torch.Tensor) and latent.dim() == 5 and \
                 latent.shape[1] != space.channels:
             # (the VAE's own message named its shape alone, for a structure decoded as the refined video)
@@ -374,6 +383,33 @@ def check_flow_overrides(overrides: dict, inspections: dict) -> None:
             raise ValueError(f"scheduler_overrides[{role!r}]: the {inspection.who} is a {inspection.family.label} "
                              f"flow model, whose schedule is its shift, not a scheduler config: use "
                              f"options={{'flow_shift': {{'{role}': ...}}}}")
+
+
+def check_option_readers(options: dict, inspections: dict) -> None:
+    """Family options given per role name roles this call loads, and each option reaches an expert that reads it
+    (:data:`~.wan.OPTION_READERS`): ``{"flow_shift": {"spatail": 7}}``, or ``flow_shift`` for SD-family experts,
+    loaded without a word and changed nothing (a trial). Checked from the inspections, before any weights load."""
+    for name, value in options.items():
+        if isinstance(value, dict):   # per role
+            for role in value:
+                if role not in ROLES:
+                    close = difflib.get_close_matches(str(role), ROLES, n=1)
+                    raise ValueError(f"options: {name}[{role!r}]: {role!r} is not a role" +
+                                     (f" (did you mean {close[0]!r}?)" if close else "") + f"; the roles are "
+                                     f"{', '.join(ROLES)}")
+                if role not in inspections:
+                    raise ValueError(f"options: {name}[{role!r}]: this call loads no {role} expert: drop it")
+        if name not in OPTION_READERS or value is None:
+            continue
+        fact, readers = OPTION_READERS[name]
+        roles = list(value) if isinstance(value, dict) else list(inspections)
+        deaf = [role for role in roles if inspections[role].facts.get(fact) is None]
+        if isinstance(value, dict) and deaf:
+            inspection = inspections[deaf[0]]
+            raise ValueError(f"options: {name}[{deaf[0]!r}] applies to {readers}; the {deaf[0]} expert "
+                             f"{inspection.path} is a {inspection.family.label} model: drop it")
+        if len(deaf) == len(roles):
+            raise ValueError(f"options: {name} applies to {readers}, and no expert of this call is one: drop it")
 
 
 def check_image_mode(context: Context, inspections: dict) -> None:
@@ -439,12 +475,13 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
             raise TypeError(f"load_experts: {not_a_path(name, path)}")
     if decode_chunk_frames is not None and decode_chunk_frames < 1:
         raise ValueError(f"decode_chunk_frames must be >= 1, got {decode_chunk_frames}")
-    if isinstance(dtype, str) and dtype in ("auto", "float16", "bfloat16", "float32"):   # GenerateRequest's spelling
-        dtype = None if dtype == "auto" else getattr(torch, dtype)
+    if isinstance(dtype, str):   # GenerateRequest's spelling, and any floating dtype's name as its object is taken
+        named = getattr(torch, dtype.removeprefix("torch."), None)   # ('float64' was refused, torch.float64 taken)
+        dtype = None if dtype == "auto" else named if isinstance(named, torch.dtype) else dtype
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, torch.float16), its "
-                         f"name ('float32', ...), or None or 'auto' (fp16 on accelerators, fp32 on the CPU), got "
-                         f"{dtype!r}")
+        raise ValueError(f"dtype must be a floating torch.dtype (torch.float16, torch.bfloat16, torch.float32, "
+                         f"torch.float64), its name ('float32', ...), or None or 'auto' (fp16 on accelerators, fp32 on "
+                         f"the CPU), got {dtype!r}")
     unknown = sorted(set(options or {}) - set(FAMILY_OPTIONS))
     if unknown:   # a misspelt option would be ignored, and the run made without it
         close = {name: difflib.get_close_matches(name, FAMILY_OPTIONS, n=1) for name in unknown}
@@ -456,6 +493,7 @@ def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dt
         "decode_chunk_frames": decode_chunk_frames, **(options or {})})
     check_scheduler_overrides(scheduler_overrides or {}, paths)
     inspections = inspect_all(paths, context)
+    check_option_readers(options or {}, inspections)
     check_image_mode(context, inspections)
     check_flow_overrides(scheduler_overrides or {}, inspections)
     with loading_bars(show_progress):

@@ -318,6 +318,13 @@ OPTIONS = {
                      "the pair's own default guidance (a scale given to bind(), --cfg / --temporal-cfg, wins)",
     "vae_tiling": "Wan VAE: spatial tiling for large frames (approximate at tile seams; default off)",
 }
+#: the experts that read a family option: the fact their inspection holds, and who they are in words (an option no
+#: expert of a call reads changed nothing, without a word; ``image_mode`` has a check of its own)
+OPTION_READERS = {
+    "flow_shift": ("shift", "flow experts (Wan, Qwen-Image, FLUX.1)"),
+    "pair_guidance": ("boundary", "Wan 2.2 A14B expert pairs"),
+    "vae_tiling": ("video_space", "experts with Wan's VAE (Wan, Qwen-Image)"),
+}
 
 
 def modern_dtype(context: Context) -> torch.dtype:
