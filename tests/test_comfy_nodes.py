@@ -173,7 +173,7 @@ def test_a_bypassed_refine_sampler_is_said_on_it_and_on_the_control_expert(comfy
         return [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == node]
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert result["success"] and not texts(result, str(sampler["id"]))[-1].startswith("bypassed")
-    assert not any("bypassed" in t for t in texts(result, control))
+    assert not any("Refine Sampler bypassed" in t for t in texts(result, control))   # (AnimateDiff's may be)
     sampler["mode"] = 4
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert result["success"], result.get("error")
