@@ -100,11 +100,14 @@ class Interrupted(KeyboardInterrupt):
     the finished windows only, where several processes shared the work and the others' windows in progress are not
     counted); ``resume`` says how the run can continue (ConFiner-Long keeps its finished windows), or is empty."""
 
-    def __init__(self, done: int, total: int, resume: str = "", at_least: bool = False):
+    def __init__(self, done: int, total: int, resume: str = "", at_least: bool = False, written: str = ""):
         super().__init__(done, total, resume)
         self.done, self.total, self.resume, self.at_least = done, total, resume, at_least
+        self.written = written   # the folder, where the run's outputs were in place when the interrupt came
 
     def __str__(self) -> str:
+        if self.written:   # (after the commit: "nothing written" sent a trial's script to rerun a finished run)
+            return f"interrupted once the run had finished: {self.written} holds its outputs"
         line = (f"interrupted after {'at least ' if self.at_least else ''}{self.done} of {self.total} expert "
                 f"evaluations; nothing written")
         return f"{line} ({self.resume})" if self.resume else line
@@ -142,18 +145,21 @@ def interrupts_held():
     numpy half-imported (an AttributeError later), aborted the process from torch's C++ (pybind11's ``terminate
     called``) or printed a traceback, in 6 of 40 tries in the first seconds of a run. A Python-level handler runs
     in the main thread whichever thread the signal reached, so it only notes the key press. Off the main thread, or
-    where the handler in place was set outside Python, the block runs as it is."""
+    where the handler in place was set outside Python, the block runs as it is. SIGTERM is held too where a Python
+    handler takes it (:func:`sigterm_as_interrupt`): the outputs' commit is held so (:mod:`.outputs`)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     pressed = []
-    before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    held = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))
+    before = {signum: signal.signal(signum, lambda signum, frame: pressed.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     if pressed:   # once more, to the handler in place again (Python's raises KeyboardInterrupt from this call)
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(pressed[0])
 
 
 @contextmanager

@@ -1246,6 +1246,9 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
         failure = ranks.peer_failure() if isinstance(e, KeyboardInterrupt) else e if isinstance(e, RankFailed) \
             else None
         kept = ""
+        if isinstance(e, KeyboardInterrupt) and failure is None and progress.get("written"):
+            raise Interrupted(sum(log.evaluations.values()), expected_evaluations(req.chain, plan),
+                              written=progress["written"]) from None
         if isinstance(e, KeyboardInterrupt) and failure is None:
             if store is not None and store.exists():
                 kept = spelled(f"{windows_kept(store, plan)}: rerun with --resume")
@@ -1387,9 +1390,15 @@ def _generate(req: GenerateRequest, schedule: PromptSchedule, plan: SegmentPlan 
                           segments.get("prompt_change_junctions", ())))
         report = build_report(req, backend, log, seconds, **extra)
         write_report(outputs.path("report.json"), report)
-        outputs.commit()
-    if store is not None:
-        store.clear()
+        # the files move into place and the resume store goes at once, as Ctrl-C sees it: an interrupt between two
+        # moves left a trial's folder with this run's video beside the last run's report, and said "nothing
+        # written"; one held until the end says the run finished (:class:`~.errors.Interrupted`)
+        with interrupts_held():
+            outputs.commit()
+            if progress is not None:
+                progress["written"] = req.out
+            if store is not None:
+                store.clear()
     return report
 
 

@@ -157,6 +157,39 @@ def test_a_signal_during_long_run_then_resume_is_bit_identical(tmp_path, sig, co
     assert a["metrics"] == b["metrics"] and a["expert_evaluations"] == b["expert_evaluations"]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("long", [False, True])
+def test_a_signal_during_the_outputs_commit_is_held_until_every_file_is_this_runs(tmp_path, monkeypatch, capsys,
+                                                                                  sig, long):
+    """Ctrl-C between two of the commit's moves left a trial's folder with this run's video beside the last run's
+    report, said "nothing written", and (ConFiner-Long) kept the resume state of a finished run. The commit and the
+    state's removal are held as one step: every file is this run's, no state is left, and the line says so."""
+    import confiner_core.outputs as O
+
+    args = ["--quiet", "--seed", "7"] + (LONG[:-4] + ["--prompt", "0: a red ball | 24: a blue ball"] if long else [])
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["generate", "--out", str(full), *args]) == 0
+    assert main(["generate", "--out", str(part), *[a if a != "7" else "8" for a in args]]) == 0   # another run's
+    real, moves = os.replace, []
+
+    def replace_then_signal(src, dst):
+        real(src, dst)
+        if os.path.dirname(dst) == str(part):   # (not the resume state's own files)
+            moves.append(dst)
+            if len(moves) == 1:   # after the first output: the others still the last run's
+                signal.raise_signal(sig)
+
+    monkeypatch.setattr(O.os, "replace", replace_then_signal)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(part), *args])
+    assert e.value.code == (130 if sig == signal.SIGINT else 143) and len(moves) == 3   # video, sheet, report
+    said = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+    assert capsys.readouterr().err.strip().endswith(f"{said} once the run had finished: {part} holds its outputs")
+    assert outputs(part, MEDIA) == outputs(full, MEDIA)
+    assert json.loads((part / "report.json").read_text())["seed"] == 7
+    assert sorted(os.listdir(part)) == sorted(os.listdir(full)) and temp_files(part) == []   # no resume state
+
+
 def _interrupt_at(monkeypatch, evaluation: int):
     real = EvaluationLog.record
 
