@@ -271,8 +271,8 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
         if high == LOW and low == HIGH:
             # the files are picked in loaders, which the canvas names by their titles: a trial's artist was sent to
             # the Control Expert, where no file is picked
-            holders = [next((title for title, name, _ in loaded if name == file), None) for file in (high_file,
-                                                                                                      low_file)]
+            holders = [next((title for title, name, _ in loaded if name == file), None)
+                       for file in (high_file, low_file)]
             where = (f"pick '{low_file}' in '{holders[0]}' and '{high_file}' in '{holders[1]}'"
                      if None not in holders and holders[0] != holders[1] else
                      f"swap the files of the loaders of {high_input} and {low_input} on {node}")
