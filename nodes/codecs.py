@@ -223,14 +223,14 @@ class VAEShelf:
         self.loaders.update(other.loaders if other is not None else {})
         return self
 
-    def _one_loader(self, label: str, other: str) -> bool:
-        """Whether one Load VAE feeds both inputs: by the graph's (title, file) where it says, else by the VAE (two
-        loaders of one file give one VAE object: ComfyUI caches a node's output by its inputs)."""
+    def _one_loader(self, label: str, other: str, connected: dict) -> bool:
+        """Whether one Load VAE feeds both inputs: by the graph's (title, file) where it says, else by the VAE
+        (``connected``: input -> VAE; two loaders of one file give one VAE object: ComfyUI caches a node's output by
+        its inputs)."""
         mine, theirs = self.loaders.get(label), self.loaders.get(other)
         if mine is not None and theirs is not None:
             return mine == theirs
-        vaes = {name: vae for name, vae, _ in self.entries}
-        return vaes.get(label) is vaes.get(other)
+        return connected.get(label) is connected.get(other)
 
     def codec(self, space: LatentSpace, own: str | None = None) -> Codec | None:
         """The codec of ``space``: the VAE on the ``own`` input if connected (it must fit, else the error names the
@@ -243,7 +243,7 @@ class VAEShelf:
                         if other != own and where != space and vae_space_problem(vae, where) is None]
                 free = tuple(other for other in fits if other not in connected)
                 taken = tuple(other for other in fits if other in connected)
-                shared = any(self._one_loader(label, other) for other in taken)
+                shared = any(self._one_loader(label, other, connected) for other in taken)
                 return ComfyVAECodec(vae, space, label, self.progress, free,
                                      None if shared else self.loaders.get(label), taken)
         for label, vae, where in self.entries:

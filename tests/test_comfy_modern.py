@@ -276,9 +276,9 @@ def test_the_wan_file_in_the_flux_templates_vae_loader_is_told_to_pick_flux_s(co
     a node no title names, the canvas's three lines ended before any fix."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "flux")
     prompt["32"].update(inputs={"vae_name": WAN_VAE}, _meta={"title": "FLUX.1 VAE"})
-    message = assert_refused_before_any_evaluation(comfy_worker, prompt, "the Wan file in the Flux VAE loader",
-                                                   ["pick ae.safetensors in 'FLUX.1 VAE', which feeds spatial VAE "
-                                                    "(spatial_vae): it holds " + WAN_VAE])
+    message = _message(assert_refused_before_any_evaluation(
+        comfy_worker, prompt, "the Wan file in the Flux VAE loader",
+        ["pick ae.safetensors in 'FLUX.1 VAE', which feeds spatial VAE (spatial_vae): it holds " + WAN_VAE]))
     assert "if that input is free" not in message and "connect it to temporal VAE" not in message
 
 
@@ -461,13 +461,12 @@ def test_a_long_video_shorter_than_a_segment_keeps_its_fix_on_the_canvas(comfy_w
     fix after a "; " where the canvas keeps what follows the last ": "."""
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
     prompt["14"]["inputs"].update(frames=5, segment_length=9)
-    message = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 5 frames",
-                                                   ["frames = 5 is shorter than one segment", "cut to 5: lower the "
-                                                    "segment length to 5 (or make one clip: "])
-    r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
+    r = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 5 frames",
+                                             ["frames = 5 is shorter than one segment", "cut to 5: lower the segment "
+                                              "length to 5 (or make one clip: "])
     (text,) = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
     assert "lower the segment length to 5" in " ".join(text.split()), text
-    assert_error_text(text, message)
+    assert_error_text(text, _message(r))
 
 
 def test_a_wan_long_video_of_a_frame_count_its_vae_cannot_hold_is_refused_in_one_sentence(comfy_worker, modern):
@@ -1095,9 +1094,9 @@ def test_a_vae_files_header_reads_as_the_vae_comfys_loader_makes_of_it(comfy_wor
     assert {tuple(read) for read, _ in shapes.values()} == {(16, 8, 4), (16, 8, 1), (4, 8, 1)}
 
 
-def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, words: list) -> str:
-    """The run fails with no expert evaluated, and its message is one line holding every word of ``words``: that
-    message."""
+def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, words: list) -> dict:
+    """The run fails with no expert evaluated, and its message is one line holding every word of ``words``: the run
+    (its message: ``_message``)."""
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert not r["success"]
     assert r["evaluations"] == 0, f"{case}: {r['evaluations']} expert evaluations ran before the refusal"
@@ -1105,7 +1104,7 @@ def assert_refused_before_any_evaluation(comfy_worker, prompt: dict, case: str, 
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
     assert "Traceback" not in message and "\n" not in message.strip() and "mat1" not in message
-    return message
+    return r
 
 
 def _sd_prompt_into_wan_control(prompt: dict, ckpt: str) -> None:

@@ -363,16 +363,22 @@ def check_scheduler_overrides(overrides: dict, paths: dict) -> None:
         raise TypeError(f"scheduler_overrides must be a dict of role -> scheduler-config entries, got "
                         f"{type(overrides).__name__}")
     for role, entries in overrides.items():
-        if role not in ROLES:
-            close = difflib.get_close_matches(str(role), ROLES, n=1)
-            raise ValueError(f"scheduler_overrides: {role!r} is not a role" + (f" (did you mean {close[0]!r}?)" if
-                                                                                close else "") +
-                             f"; the roles are {', '.join(ROLES)}")
         if not isinstance(entries, dict):
             raise TypeError(f"scheduler_overrides[{role!r}] must be a dict of scheduler-config entries, got "
                             f"{type(entries).__name__}")
-        if paths.get(role) is None:
-            raise ValueError(f"scheduler_overrides[{role!r}]: this call loads no {role} expert: drop it")
+    check_roles(overrides, "scheduler_overrides", {role for role, path in paths.items() if path is not None})
+
+
+def check_roles(given, setting: str, loaded) -> None:
+    """Each key of a per-role ``setting`` (``given``) is a role this call loads (``loaded``): a misspelt role, or
+    one with no expert, did nothing, without a word."""
+    for role in given:
+        if role not in ROLES:
+            close = difflib.get_close_matches(str(role), ROLES, n=1)
+            raise ValueError(f"{setting}: {role!r} is not a role" + (f" (did you mean {close[0]!r}?)" if close
+                                                                      else "") + f"; the roles are {', '.join(ROLES)}")
+        if role not in loaded:
+            raise ValueError(f"{setting}[{role!r}]: this call loads no {role} expert: drop it")
 
 
 def check_flow_overrides(overrides: dict, inspections: dict) -> None:
@@ -391,14 +397,7 @@ def check_option_readers(options: dict, inspections: dict) -> None:
     loaded without a word and changed nothing (a trial). Checked from the inspections, before any weights load."""
     for name, value in options.items():
         if isinstance(value, dict):   # per role
-            for role in value:
-                if role not in ROLES:
-                    close = difflib.get_close_matches(str(role), ROLES, n=1)
-                    raise ValueError(f"options: {name}[{role!r}]: {role!r} is not a role" +
-                                     (f" (did you mean {close[0]!r}?)" if close else "") + f"; the roles are "
-                                     f"{', '.join(ROLES)}")
-                if role not in inspections:
-                    raise ValueError(f"options: {name}[{role!r}]: this call loads no {role} expert: drop it")
+            check_roles(value, f"options: {name}", inspections)
         if name not in OPTION_READERS or value is None:
             continue
         fact, readers = OPTION_READERS[name]
