@@ -126,8 +126,15 @@ def structure_lost_warning(te: int, schedule: NoiseSchedule | None) -> str | Non
     if alpha >= STRUCTURE_KEPT_MIN - 1e-9:   # (a flow T_e of 900 keeps 1 - 0.9, rounded below 0.1)
         return None
     return (f"T_e={te} keeps {alpha:.0%} of the structure (Eq. 6: x = {alpha:.2f} structure + {sigma:.2f} noise): the "
-            f"refinement starts from almost pure noise and the control stage is lost; use a lower T_e, such as "
-            f"{table3_best_te(schedule)} (Table 3's best after 4 control steps)")
+            f"refinement starts from almost pure noise and the control stage is lost; use a lower T_e, "
+            f"{good_te_range(schedule)} (the default, up to Table 3's best after 4 control steps)")
+
+
+def good_te_range(schedule: NoiseSchedule) -> str:
+    """The T_e to advise on ``schedule``: from the default (:func:`default_te`) to Table 3's best after 4 control
+    steps (:func:`table3_best_te`), "100-200" on SD's (advice of 200 alone read as contradicting the default)."""
+    low, high = sorted((default_te(schedule), table3_best_te(schedule)))
+    return f"{low}-{high}"
 
 
 #: the control stage ChainConfig and the nodes default to: AnimateDiff-Lightning's, a 4-step distilled model
@@ -525,7 +532,9 @@ def validate_refinement(spatial: Denoiser | None, temporal: Denoiser | None, sha
         config.validate()
     except ValueError as e:   # (a T_e the user never set was named as if set)
         if asked.te is None:
-            raise ValueError(f"{e} (te=None: T_e {config.te} is the refining expert's default)") from None
+            # ("te=None" is the library's name of it, where the nodes' widget reads 0 and the command line's --te is
+            # left out)
+            raise ValueError(f"{e} (T_e automatic: {config.te} is the refining expert's default)") from None
         raise
     # the frame rules of the experts the mode evaluates: SD refining alone (standard) beside an unused Wan temporal
     # expert was refused 16 frames for Wan's 4k+1
@@ -657,18 +666,23 @@ class ChainResult:
 
 
 def control_timesteps(control: Denoiser, config: ChainConfig) -> list:
-    """The control stage's timesteps on the control expert's schedule, for ``config``'s steps, sampler and spacing
-    (:func:`~confiner_core.sampling.control_timesteps`, as diffusers' schedulers lay them out)."""
+    """The control stage's timesteps for ``config``'s steps, sampler and spacing
+    (:func:`~confiner_core.sampling.control_timesteps`, as diffusers' schedulers lay them out), as positions on the
+    control expert's schedule table: the ``t`` of ``control(x, t)`` and of the steps of :mod:`~confiner_core.sampling`.
+    On a VP schedule they are its network timesteps; on a flow schedule the network timestep of position t is
+    ``control.schedule.timestep(t)`` (Wan's 999 is 1000, sigma 1), where :func:`refine_timesteps` gives network
+    timesteps (:func:`refine_positions` gives them as positions)."""
     return sampler_timesteps(control.schedule, config.control_steps, config.control_sampler, config.control_spacing)
 
 
 def refine_timesteps(config: ChainConfig) -> list[int]:
-    """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`): the paper's uniform intervals
-    (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or one of diffusers' spacings over [0, T_e] as the SD family's
-    scheduler configs set them (steps offset 1: "leading" gives 81, 61, 41, 21, 1; "trailing" 100, 80, 60, 39, 19;
-    "linspace" 100, 75, 50, 25, 0, its last step at the clean end as in diffusers). The structure is noised to the
-    first of them (:func:`refine_structure`). ``config.te`` must be set (:func:`refine_positions` settles a default
-    one on its schedule)."""
+    """From T_e towards 0, as network timesteps (:meth:`NoiseSchedule.timestep`; what :func:`extract_structure`
+    takes; a denoiser is evaluated at their positions, :func:`refine_positions`, which differ on a flow schedule):
+    the paper's uniform intervals (T_e = 100, 5 steps: 100, 80, 60, 40, 20) or one of diffusers' spacings over
+    [0, T_e] as the SD family's scheduler configs set them (steps offset 1: "leading" gives 81, 61, 41, 21, 1;
+    "trailing" 100, 80, 60, 39, 19; "linspace" 100, 75, 50, 25, 0, its last step at the clean end as in diffusers).
+    The structure is noised to the first of them (:func:`refine_structure`). ``config.te`` must be set
+    (:func:`refine_positions` settles a default one on its schedule)."""
     if config.te is None:   # (it failed with "'>' not supported between ... 'NoneType'")
         raise ValueError("refine_timesteps: config.te is None, the refining expert's default: settle it first, "
                          "config.with_default_te(expert.schedule), or set ChainConfig(te=...)")
@@ -713,8 +727,8 @@ def noise_floor_warning(config: ChainConfig, schedules: dict) -> str | None:
 
 
 def refine_positions(schedule: NoiseSchedule, config: ChainConfig) -> list[float]:
-    """The refinement timesteps as positions on the refining expert's schedule table (the same numbers for VP
-    experts; for flow experts where sigma = T / N)."""
+    """The refinement timesteps as positions on the refining expert's schedule table, the ``t`` a denoiser is
+    evaluated at (the same numbers for VP experts; for flow experts where sigma = T / N)."""
     return [schedule.index(t) for t in refine_timesteps(config.with_default_te(schedule))]
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 from einops import rearrange
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 #: How an image expert refines a video of a temporally compressed space (Wan's 4 pixel frames per latent frame):
@@ -246,23 +247,26 @@ class PerFrameCodec(Codec):
 
 
 #: the attribute that carries a latent's space on the tensors the chain returns (:func:`in_space`)
-SPACE_ATTRIBUTE = "confiner_latent_space"
+# The chain's outputs and their spaces, by the tensor's identity: a table beside the tensors, not an attribute on them,
+# since torch.save pickles a tensor's attributes and torch.load (weights_only, its default since torch 2.6) refused a
+# saved chain output ("Unsupported global: LatentSpace").
+_NOTED = WeakIdKeyDictionary()
 
 
 def in_space(latent: torch.Tensor, space: LatentSpace) -> torch.Tensor:
     """``latent``, noted as ``space``'s: the chain's outputs (a structure, a hand-off, a refined video) carry their
     space for the checks that take them in (:func:`noted_space`). A tensor holds no space, and two spaces of one
     channel count read each other's latents without an error: a trial's Wan structure, refined as FLUX.1 latents
-    (16 channels both), made a video of 5 frames for 17. The note is on this tensor alone (what is computed from it,
-    a copy, a slice, a move to another device, has none), so a check that finds none checks nothing."""
-    setattr(latent, SPACE_ATTRIBUTE, space)
+    (16 channels both), made a video of 5 frames for 17. The note is on this tensor object alone (what is computed
+    from it, a copy, a slice, a ``detach()``, a saved and loaded file, has none), so a check that finds none checks
+    nothing."""
+    _NOTED[latent] = space
     return latent
 
 
 def noted_space(latent) -> LatentSpace | None:
     """The space :func:`in_space` noted on ``latent``; None where none was."""
-    space = getattr(latent, SPACE_ATTRIBUTE, None)
-    return space if isinstance(space, LatentSpace) else None
+    return _NOTED.get(latent) if isinstance(latent, torch.Tensor) else None
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .chain import (ChainConfig, check_channels, control_stage, evaluated_roles, flatten, frozen_settings,
-                    refine_evaluations, refine_structure, refining_denoiser, stand_in_spatial, validate_chain)
+                    refine_evaluations, refine_structure, refining_denoiser, settled, stand_in_spatial,
+                    validate_chain)
 from .devices import check_device
 from .errors import check_function, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
@@ -421,12 +422,14 @@ class LongConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (none and value is None)):
                 raise TypeError(f"LongConfig.{name} must be True or False{none}, got {value!r}")
-        for name in ("segment_length", "freenoise_window", "freenoise_stride"):
+        # a segment is a clip of 2 frames or more (plan_segments' and GenerateRequest's rule: 1 was taken here)
+        for name, least in (("segment_length", 2), ("freenoise_window", 1), ("freenoise_stride", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
-                                      value < 1):
-                raise ValueError(f"LongConfig.{name} must be a whole number >= 1 (latent frames for FreeNoise), or "
-                                 f"None for the default, got {value!r}")
+                                      value < least):
+                unit = " frames" if name == "segment_length" else " (latent frames)"
+                raise ValueError(f"LongConfig.{name} must be a whole number >= {least}{unit}, or None for the default, "
+                                 f"got {value!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, numbers.Real) or not 0.0 <= self.gamma <= 0.5:
@@ -702,14 +705,14 @@ class LongState:
         return counts_of(self)
 
 
-def run_settings(seed: int, plan: SegmentPlan, config: LongConfig, chain: ChainConfig,
+def run_settings(seed: int, plan: SegmentPlan, long: LongConfig, chain: ChainConfig,
                  prompts: PromptSchedule | None) -> dict:
-    """What a long run was asked that its windows depend on, as flat keys (``"config.gamma": 0.1``). The config's
+    """What a long run was asked that its windows depend on, as flat keys (``"long.gamma": 0.1``). The long config's
     segment length and staggering are the plan's (None, "the plan's", and the plan's own value run alike)."""
-    config = replace(config, segment_length=plan.segment_length, staggered=plan.staggered)
+    long = replace(long, segment_length=plan.segment_length, staggered=plan.staggered)
     return flatten({"seed": seed, "plan": {"frames": plan.frames, "segment_length": plan.segment_length,
                                            "staggered": plan.staggered},
-                    "config": asdict(config), "chain": asdict(chain),
+                    "long": asdict(long), "chain": asdict(chain),
                     "prompts": None if prompts is None else [[e.start, e.prompt] for e in prompts.entries]})
 
 
@@ -802,7 +805,7 @@ class _Finished:
 
 
 def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, plan: SegmentPlan,
-                  frame_shape: tuple, chain: ChainConfig, config: LongConfig, seed, sink: Callable,
+                  frame_shape: tuple, chain: ChainConfig, long: LongConfig, seed, sink: Callable,
                   prompts: PromptSchedule | None = None, callback: Callable | None = None,
                   device: str | torch.device = "cpu", resume: LongState | None = None,
                   on_window_done: Callable[[LongState], None] | None = None, prepare: Callable | None = None,
@@ -831,11 +834,11 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     i is made by rank i mod N, window w refined by the rank of its last structure, and rank 0 calls ``sink`` and
     ``on_window_done`` in window order. Every rank calls this with the same arguments (``sink`` matters on rank 0
     only). Returns, on rank 0, the state after the last window (its counts are the whole video's)."""
-    for name, value, kind in (("plan", plan, SegmentPlan), ("config", config, LongConfig),
+    for name, value, kind in (("plan", plan, SegmentPlan), ("long", long, LongConfig),
                               ("chain", chain, ChainConfig)):
         if not isinstance(value, kind):   # (a dict of settings failed later, inside, without naming the argument)
             raise TypeError(f"generate_long: {name} must be a {kind.__name__}, got {type(value).__name__}")
-    config.validate()
+    long.validate()
     check_device(device, "generate_long: device")   # (torch's "Torch not compiled with CUDA enabled", at the noise)
     check_function(sink, "generate_long", "sink(latent, window, prepared)" if prepare is not None else
                    "sink(latent, window)", optional=False)
@@ -845,16 +848,16 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
     if prompts is not None and not isinstance(prompts, PromptSchedule):   # (a str failed as "has no attribute")
         raise TypeError(f"generate_long: prompts must be a PromptSchedule, e.g. "
                         f"confiner_core.prompts.parse_prompt(text, {plan.frames}), got {type(prompts).__name__}")
-    if config.segment_length is not None and config.segment_length != plan.segment_length:
-        raise ValueError(f"config.segment_length is {config.segment_length} but the plan's segments have "
-                         f"{plan.segment_length} frames: plan with plan_segments(frames, {config.segment_length}), or "
+    if long.segment_length is not None and long.segment_length != plan.segment_length:
+        raise ValueError(f"long.segment_length is {long.segment_length} but the plan's segments have "
+                         f"{plan.segment_length} frames: plan with plan_segments(frames, {long.segment_length}), or "
                          f"leave segment_length None")
-    if config.staggered is not None and config.staggered != plan.staggered:   # (the plan's windows ran, without a word)
+    if long.staggered is not None and long.staggered != plan.staggered:   # (the plan's windows ran, without a word)
         said = "staggered" if plan.staggered else "not staggered"
-        raise ValueError(f"config.staggered is {config.staggered} but the plan's windows are {said}: generate_long "
+        raise ValueError(f"long.staggered is {long.staggered} but the plan's windows are {said}: generate_long "
                          f"follows its plan, so plan with plan_segments(frames, {plan.segment_length}, "
-                         f"staggered={config.staggered}), or leave config.staggered None")
-    if config.color_anchor and not plan.staggered:
+                         f"staggered={long.staggered}), or leave long.staggered None")
+    if long.color_anchor and not plan.staggered:
         raise ValueError("color_anchor anchors a window to the rest of the structure its predecessor ended in, which "
                          "only a staggered plan has: plan with plan_segments(..., staggered=True) or switch "
                          "color_anchor off")
@@ -877,23 +880,28 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
                    "use control.expert.latent_space.latent_shape(batch, frames, height, width)")
     evaluated = evaluated_roles(spatial, temporal, chain.mode)   # (an expert the mode never calls: no rule, no prompt)
     check_segment_length(plan.segment_length, {"control": control, **evaluated}, "the plan's segment_length")
-    check_freenoise_span(config, shape[2])
+    check_freenoise_span(long, shape[2])
     validate_chain(control, spatial, temporal, shape, chain)
-    for sentence in unused_long_settings(config, plan.structures, shape[2]) + \
-            [video_frames_window(config, plan.segment_length, shape[2])]:
+    for sentence in unused_long_settings(long, plan.structures, shape[2]) + \
+            [video_frames_window(long, plan.segment_length, shape[2])]:
         if sentence:
             warn_doubtful(sentence)
+    unused = unused_entries_text(plan, prompts) if prompts is not None and prompts.travels else None
+    if unused:   # (as generate() warns: a script's "20: a blue ball" never reached the video, and nothing said so)
+        warn_doubtful(unused.removeprefix("warning: "))
     spatial = stand_in_spatial(spatial, temporal, chain.mode)
     refiner = refining_denoiser(spatial, temporal, chain.mode)
     check_window_join(control, refiner, staggered=plan.staggered)
     anchored = anchor_frames(plan, refiner)
-    prepare_where_refined = prepare is not None and not config.color_anchor
-    noise = StructureNoise(config.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),
-                           *freenoise_span(config, shape[2]))
-    guided = config.gamma > 0
+    prepare_where_refined = prepare is not None and not long.color_anchor
+    noise = StructureNoise(long.noise_init, shape, plan.structures, task_generator(seed, SHARED_NOISE_TASK),
+                           *freenoise_span(long, shape[2]))
+    guided = long.gamma > 0
     log = control.log
     first = first_windows(plan)
-    asked = run_settings(seed, plan, config, chain, prompts)
+    # the chain's defaults as the experts settle them: T_e None and 100 (SD's default) make one video, and a resume
+    # that gave it was refused as "other settings"
+    asked = run_settings(seed, plan, long, settled(chain, spatial, temporal), prompts)
     if resume is not None:
         check_resume(resume, plan, shape, asked)
     start = resume.next_window if resume is not None else 0
@@ -931,7 +939,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
         x_T = noise(i, generator).to(device)
         hook = None
         if guided:
-            memory = CoherenceGuidance(config.gamma, config.coherence_memory)
+            memory = CoherenceGuidance(long.gamma, long.coherence_memory)
             receive = send = None
             if i - 1 in memories:
                 memory.previous = memories[i - 1]
@@ -1000,7 +1008,7 @@ def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoise
             else:
                 return
             window = plan.windows[w]
-            if config.color_anchor:  # a scan over the windows in order: each is shifted to what its predecessor became
+            if long.color_anchor:  # a scan over the windows in order: each is shifted to what its predecessor became
                 if anchor[0] is not None and (w == 0 or entries[w] == entries[w - 1]):
                     result.latent = anchor_window(result.latent, anchored, anchor[0].to(result.latent.device))
                 anchor[0] = channel_statistics(result.latent[:, :, result.latent.shape[2] - anchored:])

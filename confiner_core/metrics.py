@@ -19,9 +19,9 @@ Each metric is a per-frame (or per-frame-pair) quantity and a score over those; 
 The numbers are proxies: they rank clips the same way as VBench on gross failures (flicker, jumps, blur, drift),
 but are not comparable with the values in the ConFiner paper. One difference is by construction: DINO features
 barely move under a small translation, the subject feature's thumbnail correlation does, so subject consistency
-here scores layout stability: a camera pan lowers it (1 px/frame at 128 px, 8 px features: 0.80) as much as a cut
-to another scene of the same colours does (0.84). Compare it between clips of similar motion (the chain's
-ablations), not across a pan and a static shot.
+here scores layout stability: a camera pan lowers it (1 px/frame at 128 px over blurred noise: 0.8 to 0.95 by the
+blur) as much as a cut to another scene of the same colours does (0.84). Compare it between clips of similar motion
+(the chain's ablations), not across a pan and a static shot.
 
 Frames are ``[F, H, W, 3]`` RGB, uint8 or float in [0, 1]; :func:`as_uint8_frames` converts once, and every
 metric is defined on the 8-bit frames (as VBench, which decodes videos to uint8). Differences are in 0-255 units.
@@ -30,6 +30,7 @@ metric is defined on the 8-bit frames (as VBench, which decodes videos to uint8)
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -51,10 +52,14 @@ FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, po
 def as_uint8_frames(frames) -> np.ndarray:
     """Returns frames as a C-contiguous uint8 array [F, H, W, 3].
 
-    Accepts uint8, or float in [0, 1] (scaled by 255 and rounded), and [F, H, W, 1] grey (repeated to RGB).
-    Anything array-like works (lists of frames, CPU torch tensors). Float input outside [0, 1] is an error rather
-    than silently clipped: it usually means 0-255 floats or [-1, 1] model output that needs converting first.
+    Accepts uint8, or float in [0, 1] (scaled by 255 and rounded), bool (a mask: True is 255), and [F, H, W, 1]
+    grey (repeated to RGB). Anything array-like works (lists of frames, torch tensors on any device and in any
+    dtype). Float input outside [0, 1] is an error rather than silently clipped: it usually means 0-255 floats or
+    [-1, 1] model output that needs converting first.
     """
+    if hasattr(frames, "detach") and hasattr(frames, "cpu"):   # a torch tensor (bfloat16: numpy's "unsupported
+        frames = frames.detach().cpu()                          # ScalarType", a GPU one: "can't convert cuda")
+        frames = frames.float() if frames.is_floating_point() else frames
     x = np.asarray(frames)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         # (decode and decode_frames return a batch [B, F, H, W, 3]: evaluate(decode(latent)) was told the shape alone)
@@ -72,7 +77,9 @@ def as_uint8_frames(frames) -> np.ndarray:
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ValueError(f"float frames must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
         x = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-    elif np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+    elif x.dtype == np.bool_:   # (read as grey levels 0 and 1: a mask scored as a black video)
+        x = x.astype(np.uint8) * 255
+    elif np.issubdtype(x.dtype, np.integer):
         if x.min() < 0 or x.max() > 255:
             raise ValueError(f"integer frames must lie in [0, 255], got values in [{x.min()}, {x.max()}]")
         x = x.astype(np.uint8)
@@ -83,18 +90,37 @@ def as_uint8_frames(frames) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def to_gray(frames: np.ndarray) -> np.ndarray:
-    """Returns BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of uint8 RGB frames as uint8 [F, H, W]."""
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+def to_gray(frames) -> np.ndarray:
+    """Returns BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of RGB frames (any :func:`as_uint8_frames` takes) as
+    uint8 [F, H, W]."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in as_uint8_frames(frames)])
 
 
-def to_lab(frames: np.ndarray) -> np.ndarray:
-    """Returns CIE L*a*b* (D65) of uint8 RGB frames as float32 [F, H, W, 3]: L in [0, 100], a, b about +-127.
+def to_lab(frames) -> np.ndarray:
+    """Returns CIE L*a*b* (D65) of RGB frames (any :func:`as_uint8_frames` takes: float frames in [0, 1] were
+    divided by 255 a second time) as float32 [F, H, W, 3]: L in [0, 100], a, b about +-127.
 
     Converting float32 RGB in [0, 1] (not uint8) makes OpenCV return true Lab values, with the sRGB gamma undone
     (through tables: within ~0.3 per channel of the exact formula, far below a just-noticeable Delta E of ~2.3).
     """
-    return np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in frames])
+    return np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in as_uint8_frames(frames)])
+
+
+def frame_indices(values, name: str, low: int, high: int) -> list[int]:
+    """``values`` (junctions, window starts) as whole frame indices in [low, high]: a float index was truncated
+    (4.5 scored as 4), an int alone failed as "'int' object is not iterable"."""
+    if values is None:
+        return []
+    if isinstance(values, (numbers.Number, str)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of frame indices, e.g. [8, 16], got {values!r}")
+    indices = list(values)
+    for v in indices:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be whole frame indices, got {v!r} in {indices}")
+    if indices and (min(indices) < low or max(indices) > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}] for {high + 1} frames, got "
+                         f"{[int(v) for v in indices]}")
+    return [int(v) for v in indices]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,7 +150,7 @@ def flicker_from_mae(d) -> float:
 
 def mean_luma(frames) -> np.ndarray:
     """Returns each frame's mean BT.601 luma Y ([F], grey levels)."""
-    g = to_gray(as_uint8_frames(frames))
+    g = to_gray(frames)
     return g.reshape(g.shape[0], -1).mean(axis=1)
 
 
@@ -163,11 +189,8 @@ def seam_ratio(d: np.ndarray, junctions: Iterable[int] | None, eps: float = 1e-3
     another kind, left out of the ordinary transitions, so a score of one kind compares its cuts with motion alone
     (:func:`seam_scores_by_kind`)."""
     d = np.asarray(d, dtype=np.float64)
-    j = np.unique(np.asarray(list(junctions) if junctions is not None else [], dtype=np.int64))
-    other = np.unique(np.asarray(list(other_junctions), dtype=np.int64))
-    for cuts in (j, other):
-        if cuts.size and (cuts.min() < 1 or cuts.max() > d.size):
-            raise ValueError(f"junctions must lie in [1, {d.size}] for {d.size + 1} frames, got {cuts.tolist()}")
+    j = np.unique(np.asarray(frame_indices(junctions, "junctions", 1, d.size), dtype=np.int64))
+    other = np.unique(np.asarray(frame_indices(other_junctions, "junctions", 1, d.size), dtype=np.int64))
     elsewhere = np.ones(d.size, dtype=bool)
     elsewhere[j - 1] = False
     elsewhere[other - 1] = False
@@ -306,7 +329,9 @@ def motion_smoothness(frames) -> float:
 
 
 def midpoint_error(x_prev: np.ndarray, x: np.ndarray, x_next: np.ndarray) -> float:
-    """Mean |interpolate_midpoint(x_prev, x_next) - x| over pixels and channels (0-255 units)."""
+    """Mean |interpolate_midpoint(x_prev, x_next) - x| over pixels and channels (0-255 units) of three RGB frames
+    [H, W, 3] (as :func:`as_uint8_frames` takes frames)."""
+    x_prev, x, x_next = as_uint8_frames([x_prev, x, x_next])
     return float(np.abs(interpolate_midpoint(x_prev, x_next) - x.astype(np.float32)).mean())
 
 
@@ -335,7 +360,7 @@ def sharpness(frames) -> float:
 
 def frame_sharpness(frames) -> np.ndarray:
     """Returns :func:`laplacian_variance` of every frame's luma ([F])."""
-    return np.array([laplacian_variance(g) for g in to_gray(as_uint8_frames(frames))])
+    return np.array([laplacian_variance(g) for g in to_gray(frames)])
 
 
 def delta_e_from_first(frames) -> np.ndarray:
@@ -391,7 +416,9 @@ def window_color_from_stats(means, contrasts, window_starts: Iterable[int],
     prompt's, :func:`~confiner_core.long.prompt_change_junctions`) begin a new reference: each window is compared with
     the first window of its prompt, and those first windows are not scored (NaN where every window is one)."""
     means, contrasts = np.asarray(means, np.float64), np.asarray(contrasts, np.float64)
-    bounds = [0, *sorted(b for b in window_starts if 0 < b < len(means)), len(means)]
+    # (a start past the frames was dropped, and the one window left scored NaN without a word)
+    bounds = [0, *sorted(b for b in frame_indices(window_starts, "window_starts", 0, len(means) - 1) if b > 0),
+              len(means)]
     spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
     colour = np.stack([means[a:b].mean(0) for a, b in spans])
     contrast = np.array([np.linalg.norm(contrasts[a:b].mean(0)) for a, b in spans])
@@ -436,6 +463,9 @@ def distance_to_nearest(frames, references: Sequence) -> float:
     """
     if len(references) == 0:
         raise ValueError("references is empty")
+    if getattr(references, "ndim", None) == 4:   # (its frames were read as videos: "frames must have shape ...")
+        raise ValueError(f"references is one video {tuple(references.shape)}; pass a list of videos, references="
+                         f"[video], or an array [N, F, H, W, 3]")
     return min(rmse(frames, r) for r in references)
 
 

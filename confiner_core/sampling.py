@@ -56,14 +56,23 @@ class ItemGenerators:
 
     @classmethod
     def seeded(cls, seeds: list[int]) -> ItemGenerators:
-        """Item b's generator seeded with ``seeds[b]`` (ComfyUI: the seed plus the item's batch index)."""
-        return cls([torch.Generator().manual_seed(seed % 2 ** 64) for seed in seeds])
+        """Item b's generator seeded with ``seeds[b]`` (ComfyUI: the seed plus the item's batch index), each an
+        integer in ComfyUI's range (-1 became 2**64 - 1 here, where the chain refuses it)."""
+        for seed in seeds:
+            check_seed(seed, "ItemGenerators.seeded")
+        return cls([torch.Generator().manual_seed(seed) for seed in seeds])
 
     def __len__(self) -> int:
         return len(self.generators)
 
 
 MAX_SEED = 2**64 - 1       # ComfyUI's seed range
+
+
+def check_seed(seed, where: str) -> None:
+    """An int seed in ComfyUI's range, 0..2**64 - 1 (a float was torch's "manual_seed expected a long")."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{where}: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range), got {seed!r}")
 
 
 def check_generator(generator, where: str, batch: int | None = None, seeds: bool = False) -> None:
@@ -100,8 +109,7 @@ def seeded(generator, where: str, batch: int | None = None, stream: int = CHAIN_
     stage alone), as ``generate_long`` takes a seed. Not ``torch.Generator().manual_seed(seed)``: noise a caller drew
     with that, passed with the same int, was drawn again as Eq. 6's. Checked by :func:`check_generator`."""
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
-        if not 0 <= generator <= MAX_SEED:
-            raise ValueError(f"{where}: seed must be an integer in 0..{MAX_SEED} (ComfyUI's range), got {generator}")
+        check_seed(generator, where)
         generator = torch.Generator().manual_seed(spawned_seed(generator, stream))
     check_generator(generator, where, batch, seeds=True)
     return generator
@@ -284,7 +292,9 @@ def unipc_correct(schedule: NoiseSchedule, x_last: torch.Tensor, x0_last: torch.
 
 def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "euler",
                       spacing: str = "trailing") -> list:
-    """The control stage's timesteps as diffusers lays them out for this sampler and schedule:
+    """The control stage's timesteps as diffusers lays them out for this sampler and schedule, as positions on the
+    schedule's table (the ``t`` a denoiser and the steps below take; on a flow schedule the network timestep is
+    ``schedule.timestep(t)``):
 
     * ddim: DDIMScheduler (integer timesteps, steps_offset 1 for "leading");
     * euler on a VP schedule: EulerDiscreteScheduler ("linspace" keeps fractional timesteps);

@@ -1,9 +1,11 @@
 """The bridge between latent spaces: exact codecs round-trip, and a coordinated step across two spaces equals the
 same step written out by hand (codecs, noising, re-noising and the DDIM step spelled out here, not called)."""
 
+import io
 import math
 
 import pytest
+
 import torch
 from diffusers import DDIMScheduler
 
@@ -292,6 +294,13 @@ def test_a_structure_in_another_space_of_its_channels_is_refused_where_it_would_
     assert loaded.decode(video).shape == (1, 17, 64, 64, 3)
     with pytest.raises(ValueError, match=r"decode\(latent, 'spatial'\)$"):
         loaded.decode(video, "control")
+    # the note is beside the tensor, not in it: a saved chain output loads with torch.load's defaults (weights only;
+    # the trial's note as an attribute made it "Unsupported global: LatentSpace"), as the plain tensor it is
+    buffer = io.BytesIO()
+    torch.save(structure, buffer)
+    buffer.seek(0)
+    reloaded = torch.load(buffer)
+    assert torch.equal(reloaded, structure) and type(reloaded) is torch.Tensor and not vars(reloaded)
 
 
 def test_image_expert_latent_frames_vs_pixel_frames_differ_only_in_their_space():

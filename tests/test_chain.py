@@ -189,7 +189,7 @@ def test_steps_beyond_a_default_te_say_where_te_came_from():
     x0 = x0_star()
     c, s, t = (OracleExpert(x0, S.named(name)).bind() for name in ("animatediff", "sd15", "lavie"))
     with pytest.raises(ValueError, match=re.escape("500 refinement steps do not fit between T_e=100 and 0; use at most "
-                                                   "100 steps or raise T_e (te=None: T_e 100 is the refining expert's "
+                                                   "100 steps or raise T_e (T_e automatic: 100 is the refining expert's "
                                                    "default)")):
         run_chain(c, s, t, torch.randn(SHAPE), ChainConfig(refine_steps=500), 0)
     with pytest.raises(ValueError, match=r"raise T_e$"):   # a T_e set is the user's own
@@ -565,7 +565,8 @@ def test_a_te_that_keeps_almost_none_of_the_structure_is_warned_at_any_control_s
     assert structure_lost_warning(first_sd - 1, sd) is None and structure_lost_warning(first_sd, sd) == (
         f"T_e={first_sd} keeps {sd_alpha[first_sd]:.0%} of the structure (Eq. 6: x = {sd_alpha[first_sd]:.2f} "
         f"structure + {(1 - ddpm.alphas_cumprod[first_sd]).sqrt():.2f} noise): the refinement starts from almost pure "
-        f"noise and the control stage is lost; use a lower T_e, such as 200 (Table 3's best after 4 control steps)")
+        f"noise and the control stage is lost; use a lower T_e, 100-200 (the default, up to Table 3's best after 4 "
+        f"control steps)")
     flow = S.flow_schedule(5.0)   # a flow T_e is N sigma: alpha = 1 - sigma
     assert structure_lost_warning(900, flow) is None and "T_e=950 keeps 5% of the structure" in \
         structure_lost_warning(950, flow)   # (900 keeps 1 - 0.9: not below 10 %)
@@ -1277,6 +1278,13 @@ def test_item_generators_make_each_clip_of_a_batch_the_clip_its_generator_makes_
     with pytest.raises(ValueError, match=r"^run_chain: ItemGenerators of 3 generator\(s\) for a batch of 2 clip"):
         run_chain(expert, expert, expert, torch.randn(2, *SHAPE[1:]), ChainConfig(), ItemGenerators.seeded([1, 2, 3]))
     assert sum(log.evaluations.values()) == 0
+    # seeds as the chain takes them: -1 became 2**64 - 1 here (run_chain refuses it), 0.5 failed in torch
+    for seed in (-1, 0.5, 2 ** 64):
+        with pytest.raises(ValueError, match=rf"^ItemGenerators.seeded: seed must be an integer in 0..{2 ** 64 - 1} "
+                                             rf"\(ComfyUI's range\), got {seed}$"):
+            ItemGenerators.seeded([3, seed])
+    assert torch.equal(torch.randn(3, generator=ItemGenerators.seeded([2 ** 64 - 1]).generators[0]),
+                       torch.randn(3, generator=torch.Generator().manual_seed(2 ** 64 - 1)))
 
 
 def test_a_wan_control_expert_at_the_distilled_defaults_is_warned_with_the_templates_settings():

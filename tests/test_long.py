@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from confiner_core import schedules as S
-from confiner_core.chain import ChainConfig
+from confiner_core.chain import ChainConfig, default_te
 from confiner_core.cli import main
 from confiner_core.experts import EvaluationLog
 from confiner_core.long import (CoherenceGuidance, LongConfig, StructureNoise, coherence_guidance, freenoise,
@@ -314,7 +314,7 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
     # settings as dicts, a resume that is no LongState, LongConfig fields of the wrong kind: each was an
     # AttributeError or TypeError from inside (freenoise_window=0 ran with the default window, without a word)
     sink = lambda lat, w: None   # noqa: E731
-    for args, message in (((plan, (1, 4, 4, 4), ChainConfig(), {"gamma": 0.1}), "config must be a LongConfig"),
+    for args, message in (((plan, (1, 4, 4, 4), ChainConfig(), {"gamma": 0.1}), "long must be a LongConfig"),
                           ((plan, (1, 4, 4, 4), {"mode": "standard"}, LongConfig()), "chain must be a ChainConfig"),
                           ((40, (1, 4, 4, 4), ChainConfig(), LongConfig()), "plan must be a SegmentPlan, got int")):
         with pytest.raises(TypeError, match=f"^generate_long: {message}"):
@@ -345,6 +345,9 @@ def test_generate_long_refuses_bad_arguments_before_any_evaluation():
                                                 r"confiner_core.prompts.parse_prompt\(text, 32\), got str")):
         with pytest.raises(TypeError, match=f"^generate_long: {message}"):
             generate_long(c, s, t, plan, (1, 4, 4, 4), ChainConfig(), LongConfig(), 0, fn, **kwargs)
+    with pytest.raises(ValueError, match=r"^LongConfig.segment_length must be a whole number >= 2 frames, or None "
+                                         r"for the default, got 1$"):   # (plan_segments' rule; 1 was taken here)
+        LongConfig(segment_length=1)
     for window in (0, 4.5):
         with pytest.raises(ValueError, match=rf"^LongConfig.freenoise_window must be a whole number >= 1 .*got "
                                              rf"{window}$"):
@@ -519,6 +522,28 @@ def test_generate_long_warns_of_settings_that_change_nothing(config, said):
         assert len(mine) == 1 and mine[0].startswith(said), mine
 
 
+def test_generate_long_warns_of_prompts_no_window_is_refined_with():
+    """generate() warned of a schedule's entries the video never shows; generate_long, called by a script, made the
+    video without them and said nothing (a trial's "20: a blue ball" over 32 frames in segments of 16)."""
+    from confiner_core.embedded.experts import embedded_experts
+    from confiner_core.errors import ConFinerWarning
+
+    experts = embedded_experts("sd")
+    denoisers = [experts[role].bind("a red ball") for role in ("control", "spatial", "temporal")]
+    for text, unused in (("0: a red ball | 20: a blue ball | 24: a cat", "1 prompt of the schedule is not used"),
+                         ("0: a red ball | 16: a cat", None)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate_long(*denoisers, plan_segments(32, 16), (1, 4, 8, 8), ChainConfig(control_steps=1, refine_steps=1,
+                          te=20), LongConfig(), 0, lambda lat, w: None, prompts=parse_prompt(text, 32))
+        said = [str(w.message) for w in caught if issubclass(w.category, ConFinerWarning) and "schedule" in
+                str(w.message)]
+        if unused is None:
+            assert said == [], said
+        else:
+            assert len(said) == 1 and said[0].startswith(unused) and "frames 20-23: 'a blue ball'" in said[0], said
+
+
 def test_a_seed_generator_stands_for_its_seed_and_one_that_has_drawn_is_refused():
     """Every task's generator comes from the run's seed (so a resumed run is identical): a freshly seeded generator
     gives the int seed's video; one that has drawn since would be read as its seed all the same, so it is refused."""
@@ -549,11 +574,11 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
     c, s, t = (OracleExpert(x0, S.named(n)).bind(log=log) for n in ("animatediff", "sd15", "lavie"))
     plan, states = plan_segments(24, 8, True), []
 
-    def run(config=LongConfig(), plan=plan, resume=None, seed=0, chain=ChainConfig()):
-        return generate_long(c, s, t, plan, (1, 4, 4, 4), chain, config, seed, lambda lat, w: None,
+    def run(long=LongConfig(), plan=plan, resume=None, seed=0, chain=ChainConfig()):
+        return generate_long(c, s, t, plan, (1, 4, 4, 4), chain, long, seed, lambda lat, w: None,
                              resume=resume, on_window_done=states.append)
 
-    with pytest.raises(ValueError, match=r"config.segment_length is 16 but the plan's segments have 8 frames: plan "
+    with pytest.raises(ValueError, match=r"long.segment_length is 16 but the plan's segments have 8 frames: plan "
                                          r"with plan_segments\(frames, 16\)"):
         run(LongConfig(segment_length=16))
     final = run()   # segment_length None: the plan's
@@ -568,7 +593,7 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
                       lambda lat, w: None, resume=states[0])
     # a state of a run with another seed or other settings went on as another video, joined to the first one's
     # windows without a word (found by a researcher's trial)
-    for kwargs, said in (({"seed": 5}, "seed 0 -> 5"), ({"config": LongConfig(gamma=0.3)}, "config.gamma 0.1 -> 0.3"),
+    for kwargs, said in (({"seed": 5}, "seed 0 -> 5"), ({"long": LongConfig(gamma=0.3)}, "long.gamma 0.1 -> 0.3"),
                          ({"chain": ChainConfig(refine_steps=4)}, "chain.refine_steps 5 -> 4"),
                          ({"plan": plan_segments(32, 8, True)}, "plan.frames 24 -> 32")):
         with pytest.raises(ValueError, match=rf"^resume is the state of a run with other settings \({said}\): its "
@@ -576,8 +601,13 @@ def test_generate_long_refuses_a_config_or_a_resume_state_of_another_plan():
                                              rf"seed, plan, configs and prompts$"):
             run(resume=states[0], **kwargs)
     assert sum(log.evaluations.values()) == evaluated
-    # the plan's own values written out are the same run's
-    resumed = run(resume=states[0], config=LongConfig(segment_length=8, staggered=True))
+    # the plan's own values written out are the same run's, and so are the chain's defaults the experts settle
+    # (T_e None is SD's 100; a trial's resume with ChainConfig(te=100) was refused as "chain.te None -> 100")
+    resumed = run(resume=states[0], long=LongConfig(segment_length=8, staggered=True))
+    assert resumed.next_window == 3 and resumed.counts() == final.counts()
+    written_out = ChainConfig(te=default_te(s.schedule)).with_matching(s.schedule, t.schedule)
+    assert (written_out.te, written_out.matching) != (ChainConfig().te, ChainConfig().matching) == (None, "auto")
+    resumed = run(resume=states[0], chain=written_out)
     assert resumed.next_window == 3 and resumed.counts() == final.counts()
 
 
@@ -813,14 +843,14 @@ def test_settings_that_disagree_with_the_plan_are_refused():
 
     experts = embedded_experts("sd")
     denoisers = [experts[role].bind() for role in ("control", "spatial", "temporal")]
-    with pytest.raises(ValueError, match=r"^config.staggered is False but the plan's windows are staggered: "
+    with pytest.raises(ValueError, match=r"^long.staggered is False but the plan's windows are staggered: "
                                          r"generate_long follows its plan, so plan with plan_segments\(frames, 8, "
-                                         r"staggered=False\), or leave config.staggered None$"):
+                                         r"staggered=False\), or leave long.staggered None$"):
         generate_long(*denoisers, plan_segments(16, 8), (1, 4, 8, 8), ChainConfig(), LongConfig(staggered=False), 0,
                       sink=print)
     # and the other way: an explicit staggered=True (Eq. 13 asked for) beside an unstaggered plan
-    with pytest.raises(ValueError, match=r"^config.staggered is True but the plan's windows are not staggered: .+ "
-                                         r"staggered=True\), or leave config.staggered None$"):
+    with pytest.raises(ValueError, match=r"^long.staggered is True but the plan's windows are not staggered: .+ "
+                                         r"staggered=True\), or leave long.staggered None$"):
         generate_long(*denoisers, plan_segments(16, 8, False), (1, 4, 8, 8), ChainConfig(),
                       LongConfig(staggered=True), 0, sink=print)
     with pytest.raises(ValueError, match="^color_anchor anchors a window .+ only a staggered plan has"):

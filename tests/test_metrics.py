@@ -258,6 +258,42 @@ def test_bad_input_raises():
         m.evaluate(x[None])
 
 
+def test_the_helpers_take_the_frames_the_metrics_take():
+    """A trial's float frames in [0, 1] gave to_lab an L of 0.02 (divided by 255 twice), to_gray float grey levels
+    and midpoint_error 0-1 units; a bool mask scored as grey levels 0 and 1; a bfloat16 tensor failed in numpy."""
+    torch = pytest.importorskip("torch")
+    x = pan(step=2, frames=4)
+    f = x / 255.0
+    np.testing.assert_array_equal(m.to_lab(f), m.to_lab(x))
+    # L of the first pixel by the CIE formula (sRGB gamma undone, D65): the units are Lab's, not a 255th of them
+    assert m.to_lab(f)[0, 0, 0, 0] == pytest.approx(srgb_to_lab(x[:1, :1, :1] / 255.0)[0, 0, 0, 0], abs=0.3)
+    assert m.to_gray(f).dtype == np.uint8 and np.array_equal(m.to_gray(f), m.to_gray(x))
+    a, b, c = (static(seed=k)[0] for k in (1, 2, 3))   # three unrelated frames: an error of tens of grey levels
+    assert m.midpoint_error(a / 255.0, b / 255.0, c / 255.0) == m.midpoint_error(a, b, c) > 10
+    mask = x > 128
+    assert m.evaluate(mask) == m.evaluate(np.where(mask, 255, 0).astype(np.uint8))
+    t = torch.from_numpy(f)
+    assert m.evaluate(t.to(torch.bfloat16)) == m.evaluate(t.to(torch.bfloat16).float().numpy())
+
+
+def test_junctions_window_starts_and_references_are_refused_with_what_they_must_be():
+    """A float junction was truncated (4.5 scored as 4), an int alone failed as "'int' object is not iterable", a
+    window start past the frames left one window and a NaN without a word, and one video as references was read as
+    videos of its frames ("frames must have shape ...")."""
+    x = pan(step=2, frames=8)
+    with pytest.raises(ValueError, match=re.escape("junctions must be whole frame indices, got 4.5 in [4.5]")):
+        m.seam_score(x, [4.5])
+    with pytest.raises(TypeError, match=re.escape("junctions must be a list of frame indices, e.g. [8, 16], got 4")):
+        m.evaluate(x, junctions=4)
+    assert m.seam_score(x, np.array([4])) == m.seam_score(x, [4])   # numpy's integers are whole indices
+    with pytest.raises(ValueError, match=re.escape("window_starts must lie in [0, 7] for 8 frames, got [20]")):
+        m.window_color_drift(x, [20])
+    with pytest.raises(ValueError, match=re.escape("references is one video (8, 64, 96, 3); pass a list of videos, "
+                                                   "references=[video], or an array [N, F, H, W, 3]")):
+        m.evaluate(x, references=x)
+    assert m.evaluate(x, references=[x])["distance_to_nearest"] == 0.0
+
+
 # --- reading videos ----------------------------------------------------------------------------------------------
 
 
