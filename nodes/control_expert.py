@@ -115,7 +115,8 @@ class ConFinerControlExpert(io.ComfyNode):
             noise = randn_like(start, generator)
         host.check_frames(control, noise.shape[2])
         # the frames the clip holds: a video latent's length rounds down to the space's (Wan: 4k+1, 16 -> 13)
-        frames = f"{control.expert.latent_space.pixel_frames(noise.shape[2])} frames"
+        n = control.expert.latent_space.pixel_frames(noise.shape[2])
+        frames = f"{n} frame{'s' if n != 1 else ''}"
         progress.about = [f"{noise.shape[0]} clips of {frames}" if noise.shape[0] > 1 else frames]
         host.plan_control(control, config)
         # one sampling call per expert for the stage (CONFINER_STAGE_SESSIONS); the node's text says if it stops early

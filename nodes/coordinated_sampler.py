@@ -186,8 +186,9 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
         validate_refinement(spatial, temporal, tuple(x.shape), config, source=source,
                             control_schedule=control_schedule, vae_fixes=fixes)
         if x.shape[0] > 1:   # as the Control Expert says it: an artist saw one video of both, back to back, saved
-            progress.about.insert(0, f"{x.shape[0]} clips of {space.pixel_frames(x.shape[2])} frames (a video save "
-                                     f"joins them)")
+            n = space.pixel_frames(x.shape[2])
+            progress.about.insert(0, f"{x.shape[0]} clips of {n} frame{'s' if n != 1 else ''} (a video save joins "
+                                     f"them)")
         host.check_output_frames(refining_denoiser(spatial, temporal, mode), spatial, space.pixel_shape(x.shape)[1])
         # also here: ComfyUI 0.3.64 skips the lazy check where the structure comes from its cache
         host.refuse_all([host.decode_vae_problem(cls, host.output_denoiser(refining_denoiser(spatial, temporal, mode),

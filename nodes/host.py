@@ -34,9 +34,9 @@ from ..confiner_core import layout as L
 from ..confiner_core import schedules as S
 from ..confiner_core.chain import (AUTO, COORDINATED, TEMPORAL, UNDISTILLED_CONTROL, UNUSED_BECAUSE, ChainConfig,
                                    control_noise_warning, control_timesteps, distilled_control_warning,
-                                   extraction_schedule, refine_positions, same_index_warning,
-                                   settled, structure_kept, structure_lost_warning, table3_best_te,
-                                   table3_warning, unused_settings)
+                                   extraction_schedule, good_te_range, refine_positions, same_index_warning,
+                                   settled, structure_kept, structure_lost_warning, table3_warning,
+                                   unused_settings)
 from ..confiner_core.experts import Denoiser, EvaluationLog, Expert, ExpertPair, hand_off
 from ..confiner_core.latent_spaces import KNOWN_SPACES, Codec, LatentSpace, per_frame, wan22_space
 from ..confiner_core.refine import SAME_INDEX, matched_timestep
@@ -438,11 +438,12 @@ def cfg_on_distilled_guidance(model, cfg: float) -> str | None:
             f"the cost) and guides twice. Set spatial cfg to 1 on ConFiner Refine Experts unless that is meant")
 
 
-def table3_note(te: int, control_steps: int, best: int) -> str:
+def table3_note(te: int, control_steps: int, advice: str) -> str:
     """:func:`~confiner_core.chain.table3_warning` in one line the node's width shows: with a preview the frontend
     gives the Refine Sampler's text two lines, and two lines of this advice hid every step (the console has the
-    sentence, with the paper's table, which the line named to artists who do not know it)."""
-    return f"warning: T_e {te} too high for {control_steps} control steps: use about {best}"
+    sentence, with the paper's table, which the line named to artists who do not know it). ``advice``: the T_e to
+    use (:func:`~confiner_core.chain.good_te_range`: "use about 200" read as contradicting the default, 100)."""
+    return f"warning: T_e {te} too high for {control_steps} control steps: use {advice}"
 
 
 def cfg_on_distilled_guidance_note(cfg: float) -> str:
@@ -1052,11 +1053,11 @@ class Progress:
         schedule = extraction_schedule(spatial, temporal, mode)
         lost = structure_lost_warning(te, schedule)   # at any control steps, known or not
         if lost:
-            self.warn(lost, f"warning: T_e {te} keeps {structure_kept(te, schedule):.0%} of the structure: use about "
-                            f"{table3_best_te(schedule)}")
+            self.warn(lost, f"warning: T_e {te} keeps {structure_kept(te, schedule):.0%} of the structure: use "
+                            f"{good_te_range(schedule)}")
         elif control_steps is not None:
             self.warn(table3_warning(control_steps, te, schedule), table3_note(te, control_steps,
-                                                                               table3_best_te(schedule)))
+                                                                               good_te_range(schedule)))
 
     def warn_unequal_noise(self, spatial: Denoiser, temporal: Denoiser | None, config: ChainConfig,
                            control_schedule=None) -> None:

@@ -85,15 +85,39 @@ def node_schedule_text(schedule, plan) -> str:
 
 def unused_prompt_notes(schedule, plan) -> list[str]:
     """A line per prompt the video never shows (:func:`~confiner_core.long.unused_entries`) or shows in a structure's
-    layout alone (:func:`~confiner_core.long.layout_only_entries`), for the top of the
+    layout alone (:func:`~confiner_core.long.layout_only_entries`: its motion and composition), for the top of the
     node's text: under a preview the frontend shows its first two lines only, and below the schedule they were
     hidden. Each fits a line (the frontend neither wraps nor scrolls it), with its fix: a prompt needs a segment's
-    frames (the console says it whole, and that a shorter segment length also does). Named by its frames, which the
-    schedule under it lists: cut to the line, the prompt itself was lost ("...lays out a structure: a …")."""
-    fix = f"give it {plan.segment_length}+ frames"
-    lines = [f"warning: prompt {a}-{b - 1} unused: {fix}" for a, b, _ in unused_entries(plan, schedule)]
-    lines += [f"warning: prompt {a}-{b - 1} only lays out: {fix}" for a, b, _ in layout_only_entries(plan, schedule)]
+    frames (the console says it whole, and that a shorter segment length also does). Named by its text, cut to the
+    room the fix leaves: by its frames alone ("prompt 8-8 only lays out"), an artist could not tell which prompt
+    it was, as the schedule under it lists the prompts the video follows, which leave it out."""
+    fix = f": give it {plan.segment_length}+ frames"
+    said = [(p, "never shows") for _, _, p in unused_entries(plan, schedule)]
+    said += [(p, "only shapes motion") for _, _, p in layout_only_entries(plan, schedule)]
+    lines = []
+    for prompt, what in said:
+        room = max(texts.LINE_WIDTH - len(f"warning: '' {what}{fix}"), 8)
+        shown = prompt if len(prompt) <= room else prompt[:room - 1].rstrip() + "…"
+        lines.append(f"warning: '{shown}' {what}{fix}")
     return lines
+
+
+def short_video_problem(frames: int | None, segment_length: int | None, space=None) -> str | None:
+    """A video shorter than one segment, whose windows would be made at full length and cut. Its fix: the segment
+    length the control model's ``space`` holds (Wan: 4k+1), where it is known; when queued, before the model is,
+    the frames (one segment's: no lower segment length may be the model's, as none below 5 is Wan's)."""
+    if frames is None or segment_length is None or frames >= segment_length:
+        return None
+    one_clip = "ConFiner Control Expert and Refine Sampler"
+    if space is None:
+        fix = f"raise frames to {segment_length}, or make one clip with {one_clip}"
+    else:
+        fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
+        fix = (f"lower the segment length to {fits} (or make one clip: {one_clip})" if fits else
+               "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+    # (the fix after the last ": ": the canvas keeps a cut message's fix, :func:`~.texts.error_lines`)
+    return (f"frames = {frames} is shorter than one segment (segment length (segment_length) = {segment_length}), "
+            f"whose windows would be made and refined at {segment_length} frames and cut to {frames}: {fix}")
 
 
 def cut_window_notes(plan, joined_space) -> list[str]:
@@ -109,8 +133,9 @@ def cut_window_notes(plan, joined_space) -> list[str]:
     logging.info("%s: the last window is refined whole (%d frames) for its %d%s", NODE, length, last,
                  f"; frames {counts} would use every refined frame" if whole else "")
     same = len(plan.windows) * length in whole   # (the same windows: the same cost)
-    return texts.wrapped(f"note: last window keeps {last} of {length} frames"
-                         + (f"; {counts} keep all" + (f" ({whole[-1]}: same cost)" if same else "") if whole else ""))
+    # ("frames": the counts are the frames widget's; "18 or 24 keep all" did not say what they counted)
+    return texts.wrapped(f"note: last window keeps {last} of {length}" + (
+        f"; frames {counts} keep all" + (f" ({whole[-1]}: same cost)" if same else "") if whole else " frames"))
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:
@@ -210,12 +235,17 @@ class ConFinerLongSegmenter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames=None, segment_prompts=None, fps=AUTO_FPS):
+    def validate_inputs(cls, frames=None, segment_prompts=None, fps=AUTO_FPS, segment_length=None, te=None,
+                        refine_steps=None):
         # fps is read (ComfyUI then files the message under it too, hidden as it is; web/confiner.js keeps it once,
         # under the input it names): seconds keys count at it, and checked at the slowest model rate instead, '5s:'
-        # on 32 frames was refused at fps 4, where it is frame 20
-        values = host_converted(cls, frames=frames, fps=fps)
-        return widget_problem(cls, **values) or prompt_schedule_problem(segment_prompts, **values) or True
+        # on 32 frames was refused at fps 4, where it is frame 20. The widgets' own problems too, as the Refine
+        # Sampler's: T_e 1 with 5 steps, or 12 frames in segments of 16, ran the loaders first and then stopped.
+        values = host_converted(cls, frames=frames, fps=fps, segment_length=segment_length, te=te,
+                                refine_steps=refine_steps)
+        return (widget_problem(cls, **values) or refine_problem(values["te"], values["refine_steps"]) or
+                short_video_problem(values["frames"], values["segment_length"]) or
+                prompt_schedule_problem(segment_prompts, values["frames"], values["fps"]) or True)
 
     @classmethod
     @host.shows_refusals
@@ -244,14 +274,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                                      f"control expert's {space.title}", least=2)
         except ValueError as e:
             problems.append(str(e))
-        if frames < segment_length:  # every window is made and refined at full length, then cut
-            fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
-            fix = (f"lower the segment length to {fits} (or make one clip: ConFiner Control Expert and Refine "
-                   f"Sampler)" if fits else "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
-            # (the fix after the last ": ": the canvas keeps a cut message's fix, :func:`~.texts.error_lines`)
-            problems.append(f"frames = {frames} is shorter than one segment (segment length (segment_length) = "
-                            f"{segment_length}), whose windows would be made and refined at {segment_length} "
-                            f"frames and cut to {frames}: {fix}")
+        problems.append(short_video_problem(frames, segment_length, space))
         refining = experts.temporal_model if mode == TEMPORAL else experts.spatial_model
         # the windows are joined into one clip of the refining expert's space (pixel frames: any count)
         joined_space = host.space_of(refining) if refining is not None and (
@@ -349,7 +372,7 @@ class ConFinerLongSegmenter(io.ComfyNode):
         spatial, temporal = experts.bind(seed, log, clip, progress, vaes=vaes)
         chain = progress.settled(chain, spatial, temporal)
         # the frames made, which 'frames' sets whatever the latent's length (a trial's 65 made 33, said nowhere)
-        progress.about.insert(0, f"{frames} frames")
+        progress.about.insert(0, f"{frames} frame{'s' if frames != 1 else ''}")
         progress.warn_table3(control_steps, chain.te, spatial, temporal, mode)
         progress.warn_unequal_noise(spatial, temporal, chain, control.schedule)
         progress.note(*cut_window_notes(plan, joined_space))   # (under the warnings: a cost, not a fault)

@@ -13,7 +13,7 @@ import re
 
 from comfy_api.latest import io
 
-from ..confiner_core.chain import AUTO, MATCHINGS, MODES, STRUCTURE_NOISES, ChainConfig
+from ..confiner_core.chain import AUTO, DEFAULT_TE, MATCHINGS, MODES, STRUCTURE_NOISES, ChainConfig
 from ..confiner_core.long import COHERENCE_MEMORIES
 from ..confiner_core.sampling import SAMPLERS
 from ..confiner_core.timesteps import SPACINGS
@@ -258,10 +258,20 @@ def check_widgets(node_cls, **values) -> None:
 
 
 def refine_problem(te, refine_steps) -> str | None:
-    """Steps that do not fit below a T_e set (0, automatic, is checked once the refining model is known), by the
-    library's rule at the nodes' spacing (:meth:`~confiner_core.chain.ChainConfig.refine_room`)."""
-    room = ChainConfig(te=te).refine_room() if te else None
-    if room is not None and refine_steps is not None and refine_steps > room:
-        return (f"refine steps (refine_steps) = {refine_steps} do not fit between T_e = {te} and 0: use at most "
-                f"{room} step{'s' if room > 1 else ''} or raise the structure timestep T_e (te)")
+    """Steps that do not fit below a T_e set, by the library's rule at the nodes' spacing
+    (:meth:`~confiner_core.chain.ChainConfig.refine_room`); below T_e 0, automatic, where they fit under no model's
+    default (between the defaults, once the refining model is known: 999 steps were refused only then)."""
+    if refine_steps is None or te is None:
+        return None
+    if te:
+        room = ChainConfig(te=te).refine_room()
+        if refine_steps > room:
+            return (f"refine steps (refine_steps) = {refine_steps} do not fit between T_e = {te} and 0: use at most "
+                    f"{room} step{'s' if room > 1 else ''} or raise the structure timestep T_e (te)")
+        return None
+    rooms = {kind: ChainConfig(te=t).refine_room() for kind, t in DEFAULT_TE.items()}
+    if refine_steps > max(rooms.values()):
+        return (f"refine steps (refine_steps) = {refine_steps} do not fit below the automatic T_e (0: "
+                f"{DEFAULT_TE['vp']} for SD models, {DEFAULT_TE['flow']} for flow models such as Wan): use at most "
+                f"{rooms['vp']} steps ({rooms['flow']} with a flow model), or set the structure timestep T_e (te)")
     return None

@@ -88,6 +88,10 @@ def host_checks_v3_combos(comfy_path) -> bool:
 
 # (case id, graph, node, {input: value} (None removes the input), stage, words the message must contain,
 #  [the inputs a validation error is filed under; default: the changed ones])
+# what the Long Video's check when queued reads, under each of which ComfyUI files its message (web/confiner.js shows it
+# once, under the input it names)
+LONG_CHECKED = ["frames", "segment_length", "te", "refine_steps", "segment_prompts"]
+
 CASES = [
     ("control steps 0", "chain", "5", {"steps": 0}, VALIDATION, ["steps"]),
     ("control steps above max", "chain", "5", {"steps": 5000}, VALIDATION, ["steps"]),
@@ -121,10 +125,12 @@ CASES = [
       "structure output of ConFiner Control Expert, and un-bypass it if it is connected"]),
     ("coordinated without a temporal expert", "chain", "6", {"temporal_model": None}, EXECUTION,
      ["temporal_model", "coordinated"]),
-    ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], ["frames", "segment_prompts"]),
+    ("long frames 0", "long", "10", {"frames": 0}, VALIDATION, ["frames"], LONG_CHECKED),
     ("long frames not a number", "long", "10", {"frames": "many"}, VALIDATION, ["frames", "many"]),
-    ("long segment length below 2", "long", "10", {"segment_length": 1}, VALIDATION, ["segment_length"]),
-    ("long clip shorter than a segment", "long", "10", {"frames": 3}, EXECUTION, ["segment_length", "frames = 3"]),
+    ("long segment length below 2", "long", "10", {"segment_length": 1}, VALIDATION, ["segment_length"], LONG_CHECKED),
+    # typed, these two were refused only when the node ran, after the loaders and text encoders (a trial)
+    ("long clip shorter than a segment", "long", "10", {"frames": 3}, VALIDATION, ["segment_length", "frames = 3",
+                                                                                   "raise frames to 4"], LONG_CHECKED),
     ("long FreeNoise stride above segment", "long", "10", {"noise_init": "freenoise", "freenoise_stride": 9},
      EXECUTION, ["freenoise_stride"]),
     ("long gamma above 0.5", "long", "10", {"gamma": 0.7}, VALIDATION, ["gamma"]),
@@ -133,10 +139,15 @@ CASES = [
     ("long control sampler unknown", "long", "10", {"control_sampler": "heun"}, COMBO, ["control_sampler"]),
     ("long gamma nan", "long", "10", {"gamma": math.nan}, EXECUTION, ["gamma", "finite"]),
     ("long control cfg inf", "long", "10", {"control_cfg": math.inf}, VALIDATION, ["control_cfg", "inf"]),
-    ("long te above the schedule", "long", "10", {"te": 4000}, VALIDATION, ["te"]),
-    ("long refine steps do not fit", "long", "10", {"te": 3, "refine_steps": 9}, EXECUTION, ["refine_steps"]),
+    ("long te above the schedule", "long", "10", {"te": 4000}, VALIDATION, ["te"], LONG_CHECKED),
+    ("long refine steps do not fit", "long", "10", {"te": 3, "refine_steps": 9}, VALIDATION, ["refine_steps"],
+     LONG_CHECKED),
+    ("long refine steps above any automatic T_e", "long", "10", {"te": 0, "refine_steps": 300}, VALIDATION,
+     ["refine steps (refine_steps) = 300 do not fit below the automatic T_e"], LONG_CHECKED),
+    ("refine steps above any automatic T_e", "chain", "7", {"te": 0, "refine_steps": 300}, VALIDATION,
+     ["use at most 100 steps (250 with a flow model), or set the structure timestep T_e (te)"]),
     ("long prompt schedule past the last frame", "long", "10", {"segment_prompts": "0: a red ball | 64: a blue ball"},
-     VALIDATION, ["segment_prompts", "64"], ["frames", "segment_prompts"]),
+     VALIDATION, ["segment_prompts", "64"], LONG_CHECKED),
     # a seconds key counts at the fps set: at 4 fps '5s' is frame 20 of 32 (checked at 8 fps, the slowest model
     # rate, it was refused when an artist set fps 4); and past the end at the rate set, refused when queued
     ("long seconds key inside the video at the fps set (queued; refused for the clip it lacks)", "long", "10",
@@ -144,19 +155,18 @@ CASES = [
      ["segment_prompts", "clip"]),
     ("long seconds key past the end at the fps set", "long", "10",
      {"frames": 12, "segment_prompts": "0: a red ball | 2s: a blue ball", "fps": 6.0}, VALIDATION,
-     ["segment_prompts", "starts at frame 12 (2s at 6 fps), beyond the video's 12 frames"],
-     ["frames", "segment_prompts", "fps"]),
+     ["segment_prompts", "starts at frame 12 (2s at 6 fps), beyond the video's 12 frames"], [*LONG_CHECKED, "fps"]),
     ("long prompt schedule ambiguous (no key on its first entry)", "long", "10",
      {"segment_prompts": "a red ball | 4: a blue ball"}, VALIDATION, ["segment_prompts", "ambiguous"],
-     ["frames", "segment_prompts"]),
+     LONG_CHECKED),
     ("long prompt schedule with a comma for a separator", "long", "10",
      {"segment_prompts": "0: a red ball, 4: a blue ball"}, VALIDATION, ["segment_prompts", "'0: a red ball | 4: a blue "
-                                                                        "ball'"], ["frames", "segment_prompts"]),
+                                                                        "ball'"], LONG_CHECKED),
     # entries without keys ran as one prompt, the '|' and all
     ("long prompt schedule without keys", "long", "10", {"segment_prompts": "a red ball | a blue ball"}, VALIDATION,
-     ["segment_prompts", "separates entries with '|' but gives none a start key"], ["frames", "segment_prompts"]),
+     ["segment_prompts", "separates entries with '|' but gives none a start key"], LONG_CHECKED),
     ("long prompt schedule in FizzNodes' format", "long", "10", {"segment_prompts": '"0": "a red ball", "4": "a dog"'},
-     VALIDATION, ["segment_prompts", "FizzNodes", "'0: a red ball | 4: a dog'"], ["frames", "segment_prompts"]),
+     VALIDATION, ["segment_prompts", "FizzNodes", "'0: a red ball | 4: a dog'"], LONG_CHECKED),
     ("long segment prompts without clip", "long", "10", {"segment_prompts": "0: a red ball | 4: a blue ball",
                                                           "clip": None}, EXECUTION, ["segment_prompts", "clip"]),
     ("long coordinated without a temporal expert", "long", "6", {"temporal_model": None}, EXECUTION,

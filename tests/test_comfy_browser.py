@@ -1088,7 +1088,8 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     server, b = frontend
     open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
     done = "done · 4 expert evaluations in 1.2 s"
-    texts = b.page.evaluate("""async (done) => {
+    warned = "warning: AnimateDiff bypassed, no motion: un-bypass it"
+    texts = b.page.evaluate("""async ([done, warned]) => {
       const api = window.comfyAPI.api.api;
       const node = (type) => app.graph._nodes.find((n) => n.type === type);
       api.dispatchCustomEvent("progress_text", {nodeId: String(node("ConFinerControlExpert").id), text: done});
@@ -1098,15 +1099,24 @@ def test_a_node_served_from_the_cache_says_so(frontend):
       await new Promise((r) => setTimeout(r, 300));
       const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
       const first = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts")];
+      // then ComfyUI sends the cached node's UI output: the text its run ended on, warnings and all
+      api.dispatchCustomEvent("executed", {node: String(node("ConFinerCoordinatedSampler").id), prompt_id: "cached",
+        output: {confiner_text: [warned + "\\n" + done + "\\nseed 7"]}});
+      await new Promise((r) => setTimeout(r, 300));
+      first.push(text("ConFinerCoordinatedSampler"));
       api.dispatchCustomEvent("execution_start", {prompt_id: "cached again", timestamp: Date.now()});
       api.dispatchCustomEvent("execution_cached", {prompt_id: "cached again", timestamp: Date.now(),
         nodes: app.graph._nodes.map((n) => String(n.id))});
+      api.dispatchCustomEvent("executed", {node: String(node("ConFinerCoordinatedSampler").id),
+        prompt_id: "cached again", output: {confiner_text: [warned + "\\n" + done + "\\nseed 7"]}});
       await new Promise((r) => setTimeout(r, 300));
       return [...first, text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler")];
-    }""", done)
+    }""", [done, warned])
     reused = f"{done}\nreused by this run (from the cache)"
     cached = "done · from the cache\n(an earlier run with the same inputs made it)"
-    assert texts == [reused, cached, None, reused, cached], texts   # said once, however many Runs reuse it
+    # a trial's reopened template showed the sampler's "from the cache" alone, its warning gone as if fixed
+    kept = f"{warned}\n{done}\nseed 7\nreused by this run (from the cache)"
+    assert texts == [reused, cached, None, kept, reused, kept], texts   # said once, however many Runs reuse it
 
 
 @SUBGRAPH_API

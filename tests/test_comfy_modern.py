@@ -448,19 +448,29 @@ def test_a_wan_segment_length_it_cannot_hold_is_told_the_lengths_the_widget_take
 
 def test_a_wan_long_video_shorter_than_a_segment_is_told_only_what_is_possible(comfy_worker, modern):
     """frames 4 below Wan segments of 5: it was told to lower the segment length to at most 4 (4k+1 for Wan), and
-    no 4k+1 length from 2 to 4 exists."""
+    no 4k+1 length from 2 to 4 exists. Typed, it is refused when queued (a trial's ran the loaders first), before the
+    model is known: its fix is the frames; a frame count from another node is told the model's segment lengths."""
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
     prompt["14"]["inputs"]["frames"] = 4
-    assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 4 frames",
-                                         ["frames = 4 is shorter than one segment", "cut to 4: make one clip with "
-                                          "ConFiner Control Expert and ConFiner Refine Sampler"])
+    r = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 4 frames",
+                                             ["frames = 4 is shorter than one segment", "cut to 4: raise frames to 5, "
+                                              "or make one clip with ConFiner Control Expert and Refine Sampler"])
+    assert r["valid"] is False
+    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 4}}
+    prompt["14"]["inputs"]["frames"] = ["20", 0]
+    r = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 4 linked frames",
+                                             ["frames = 4 is shorter than one segment", "cut to 4: make one clip with "
+                                              "ConFiner Control Expert and ConFiner Refine Sampler"])
+    assert r["valid"] is not False
 
 
 def test_a_long_video_shorter_than_a_segment_keeps_its_fix_on_the_canvas(comfy_worker, modern):
-    """frames 5 below segments of 9: the node's three lines ended "cut to 5; lower … (see the error)" (a trial), the
-    fix after a "; " where the canvas keeps what follows the last ": "."""
+    """frames 5 (from another node: typed, it is refused when queued) below segments of 9: the node's three lines
+    ended "cut to 5; lower … (see the error)" (a trial), the fix after a "; " where the canvas keeps what follows the
+    last ": "."""
     prompt = long_wan_graph(comfy_worker.checkpoint_name)
-    prompt["14"]["inputs"].update(frames=5, segment_length=9)
+    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 5}}
+    prompt["14"]["inputs"].update(frames=["20", 0], segment_length=9)
     r = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 5 frames",
                                              ["frames = 5 is shorter than one segment", "cut to 5: lower the segment "
                                               "length to 5 (or make one clip: "])
@@ -615,8 +625,8 @@ def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_ever
     command line and not on the node. 9 frames at 5 keep 4 of the last 5; the joined clip holds Wan's 4k+1 frames
     only, so 10 (a whole window more, the same cost) is not offered: the nearest below and above that are, 5 and 25.
     13 frames keep 3 of 5, the same nearest counts; 25 frames keep every frame: no note."""
-    for frames, note in ((9, "note: last window keeps 4 of 5 frames; 5 or 25 keep all"),
-                         (13, "note: last window keeps 3 of 5 frames; 5 or 25 keep all"), (25, None)):
+    for frames, note in ((9, "note: last window keeps 4 of 5; frames 5 or 25 keep all"),
+                         (13, "note: last window keeps 3 of 5; frames 5 or 25 keep all"), (25, None)):
         prompt = long_wan_graph(comfy_worker.checkpoint_name)
         prompt["14"]["inputs"]["frames"] = frames
         r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
@@ -1213,8 +1223,9 @@ def test_a_segment_prompt_the_video_never_shows_is_warned_at_the_top_of_the_long
     r = comfy_worker.call("comfy_support.confiner_checks:run_counting_evaluations", prompt, fresh_cache=True)
     assert r["success"], _message(r)
     texts = [d["text"] for e, d in r["server_messages"] if e == "progress_text" and d["node_id"] == "14"]
-    # (named by its frames, with the fix: cut to the node's width, the prompt and the fix were lost, "... a r…")
-    assert texts and all(t.split("\n")[0] == "warning: prompt 0-0 only lays out: give it 5+ frames"
+    # (named by its text, with the fix, in one line of the node's width: by its frames alone, "prompt 0-0 only lays
+    # out", an artist could not tell which prompt it was)
+    assert texts and all(t.split("\n")[0] == "warning: 'a red fox' only shapes motion: give it 5+ frames"
                          for t in texts), texts[:2]
     last = [line for line in texts[-1].split("\n") if not line.startswith("note: last window")]   # (9 frames at 5)
     assert last[1].startswith("done · ") and "not used" not in "\n".join(last[2:]), last

@@ -463,8 +463,8 @@ def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
     assert result["progress"] == []
 
 
-@pytest.mark.parametrize("te, note", [(300, "warning: T_e 300 too high for 4 control steps: use about 200"),
-                                      (999, "warning: T_e 999 keeps 7% of the structure: use about 200")])
+@pytest.mark.parametrize("te, note", [(300, "warning: T_e 300 too high for 4 control steps: use 100-200"),
+                                      (999, "warning: T_e 999 keeps 7% of the structure: use 100-200")])
 def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_worker, te, note):
     """The paper's Table 3: after 4 control steps T_e >= 300 collapses image quality. The library warns; the Refine
     Sampler knows the structure's control steps from the Control Expert and says so under the node for the run. A T_e
