@@ -77,7 +77,13 @@ class Parser(argparse.ArgumentParser):
     def suggestion(self, message: str) -> str:
         """For options it does not know, the ones likely meant: ``--refine_steps`` is ``--refine-steps``, ``--seeds``
         ``--seed``, diffusers' ``--num-inference-steps`` ``--refine-steps``, and a word of options is each option of
-        it (``--steps``: ``--control-steps`` or ``--refine-steps``); argparse said only "unrecognized arguments"."""
+        it (``--steps``: ``--control-steps`` or ``--refine-steps``); argparse said only "unrecognized arguments". For a
+        value not among an option's choices, the choice likely meant (``--mode coordinate``: 'coordinated')."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:   # (Python 3.12.8+ lists the choices without quotes)
+            choices = [c.strip().strip("'") for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), choices, n=1, cutoff=0.6)
+            return f": did you mean '{close[0]}'?" if close else ""
         if not message.startswith("unrecognized arguments: "):
             return ""
         commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)

@@ -154,7 +154,7 @@ def test_same_seed_same_video_other_seed_differs(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--frames", "0"], "--frames must be >= 1"),
     (["--height", "70"], "multiple of 8"),
-    (["--te", "1000"], "te (T_e)=1000 lies outside"),
+    (["--te", "1000"], "--te 1000 lies outside"),
     (["--te", "3", "--refine-steps", "9"], "do not fit"),
     (["--spatial", "/nonexistent/sd15"], "--spatial: the spatial expert's path /nonexistent/sd15 does not exist"),
     (["--spatial", "."], "need --control and --spatial"),   # a path that exists, without the other roles
@@ -926,3 +926,16 @@ def test_a_video_wider_than_it_is_tall_keeps_its_height_and_width(tmp_path):
     generate(GenerateRequest(out=str(tmp_path / "o"), frames=8, height=64, width=96, save_frames=True),
              show_progress=False)
     assert np.load(tmp_path / "o" / "frames.npy").shape == (8, 64, 96, 3)
+
+
+@pytest.mark.parametrize("height, width", [(96, 192), (192, 96)])
+def test_the_embedded_ball_is_round_in_a_frame_of_any_shape(tmp_path, height, width):
+    """The world drew its disc in fractions of the height and of the width: a trial's ball at 128x256 was 30x59 px, at
+    256x128 57x28 (61x60 at 256x256). Measured on the lossless frames: the red pixels' extent in each direction."""
+    out, _ = run(tmp_path, f"{height}x{width}", "--height", str(height), "--width", str(width), "--save-frames")
+    frame = np.load(os.path.join(out, "frames.npy"))[0].astype(int)
+    red = (frame[..., 0] > frame[..., 1] + 25) & (frame[..., 0] > frame[..., 2] + 40)   # (over green grass)
+    rows, cols = np.nonzero(red)
+    tall, wide = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    # (before: 27x53 and 49x26 px; now 22x21 and 24x22, a disc of about 0.28 of the shorter side, blurred)
+    assert abs(tall - wide) <= 0.2 * max(tall, wide) and min(tall, wide) >= 0.15 * min(height, width), (tall, wide)

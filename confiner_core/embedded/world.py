@@ -148,18 +148,22 @@ SHADES = (1.0, 0.7, 1.25)  # appearance variants of the prompt's colour: what se
 
 
 def _object(scene: Scene, yy, xx, cy: float, cx: float, radius: float, variant: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rgb [3,h,w], soft mask [h,w]) of the object at (cy, cx). ``variant`` picks its appearance: the stripe
+    """(rgb [3,h,w], soft mask [h,w]) of the object at (cy, cx) (fractions of the height and width), ``radius`` a
+    fraction of the shorter side. ``variant`` picks its appearance: the stripe
     phase (variant % 2) and the shade of its colour (variant // 2), fixed within a clip, free across clips."""
-    dy, dx = yy - cy, xx - cx
+    # distances in units of the frame's shorter side, so a disc stays round in a frame of any shape (a trial's ball
+    # at 128x256 was 30x59 px); the same numbers as before in a square frame
+    h, w = yy.shape
+    side = min(h, w)
+    dy, dx = (yy - cy) * (h / side), (xx - cx) * (w / side)
     if scene.shape == "square":
         dist = torch.maximum(dy.abs(), dx.abs())
     elif scene.shape == "diamond":
         dist = (dy.abs() + dx.abs()) / 1.3
     else:
         dist = torch.sqrt(dy**2 + dx**2)
-    h = yy.shape[0]
-    mask = torch.sigmoid((radius - dist) * h * 2.0)
-    stripes = 0.5 + 0.5 * torch.sign(torch.sin(2 * math.pi * ((dy + dx) * h / 4.0 + (variant % 2) / 2.0)))
+    mask = torch.sigmoid((radius - dist) * side * 2.0)
+    stripes = 0.5 + 0.5 * torch.sign(torch.sin(2 * math.pi * ((dy + dx) * side / 4.0 + (variant % 2) / 2.0)))
     colour = (torch.tensor(scene.colour) * SHADES[(variant // 2) % len(SHADES)]).clamp(0, 1).view(3, 1, 1)
     shade = 1.0 - 0.35 * stripes - 0.25 * (dist / radius).clamp(0, 1)
     return colour * shade.unsqueeze(0), mask
