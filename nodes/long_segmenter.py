@@ -108,13 +108,13 @@ def short_video_problem(frames: int | None, segment_length: int | None, space=No
     the frames (one segment's: no lower segment length may be the model's, as none below 5 is Wan's)."""
     if frames is None or segment_length is None or frames >= segment_length:
         return None
-    one_clip = "ConFiner Control Expert and Refine Sampler"
+    one_clip = "ConFiner Control Expert and ConFiner Refine Sampler"
     if space is None:
         fix = f"raise frames to {segment_length}, or make one clip with {one_clip}"
     else:
         fits = next((n for n in range(frames, 1, -1) if space.valid_pixel_frames(n)), None)  # (segments >= 2)
         fix = (f"lower the segment length to {fits} (or make one clip: {one_clip})" if fits else
-               "make one clip with ConFiner Control Expert and ConFiner Refine Sampler")
+               f"make one clip with {one_clip}")
     # (the fix after the last ": ": the canvas keeps a cut message's fix, :func:`~.texts.error_lines`)
     return (f"frames = {frames} is shorter than one segment (segment length (segment_length) = {segment_length}), "
             f"whose windows would be made and refined at {segment_length} frames and cut to {frames}: {fix}")

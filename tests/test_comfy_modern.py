@@ -454,7 +454,8 @@ def test_a_wan_long_video_shorter_than_a_segment_is_told_only_what_is_possible(c
     prompt["14"]["inputs"]["frames"] = 4
     r = assert_refused_before_any_evaluation(comfy_worker, prompt, "Wan long video of 4 frames",
                                              ["frames = 4 is shorter than one segment", "cut to 4: raise frames to 5, "
-                                              "or make one clip with ConFiner Control Expert and Refine Sampler"])
+                                              "or make one clip with ConFiner Control Expert and ConFiner Refine "
+                                              "Sampler"])
     assert r["valid"] is False
     prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 4}}
     prompt["14"]["inputs"]["frames"] = ["20", 0]
