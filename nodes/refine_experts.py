@@ -135,7 +135,9 @@ class ConFinerRefineExperts(io.ComfyNode):
                         file_first=alone or bool(file) and host.titled_for_another_family(loader, experts.models[role]))
         experts.summary = bundle_text(experts, list(borrowed))
         host.show_text(host.node_id(cls), experts.summary)
-        return io.NodeOutput(experts)
+        # (also as its UI output, which ComfyUI sends again when it serves the bundle from its cache: a rerun whose
+        # every node was cached left the bundle blank in a reopened template, no sampler running to say it)
+        return io.NodeOutput(experts, ui={"confiner_text": [experts.summary]})
 
 
 def bundle_text(experts: RefineExperts, borrowed: list) -> str:

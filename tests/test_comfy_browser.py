@@ -1099,11 +1099,14 @@ def test_a_node_served_from_the_cache_says_so(frontend):
       await new Promise((r) => setTimeout(r, 300));
       const text = (type) => node(type).widgets.find((w) => w.name === "$$node-text-preview")?.value ?? null;
       const first = [text("ConFinerControlExpert"), text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts")];
-      // then ComfyUI sends the cached node's UI output: the text its run ended on, warnings and all
+      // then ComfyUI sends the cached node's UI output: the text its run ended on, warnings and all; the bundle's,
+      // what it holds
       api.dispatchCustomEvent("executed", {node: String(node("ConFinerCoordinatedSampler").id), prompt_id: "cached",
         output: {confiner_text: [warned + "\\n" + done + "\\nseed 7"]}});
+      api.dispatchCustomEvent("executed", {node: String(node("ConFinerRefineExperts").id), prompt_id: "cached",
+        output: {confiner_text: ["spatial: SD 1.5 · cfg 7.5"]}});
       await new Promise((r) => setTimeout(r, 300));
-      first.push(text("ConFinerCoordinatedSampler"));
+      first.push(text("ConFinerCoordinatedSampler"), text("ConFinerRefineExperts"));
       api.dispatchCustomEvent("execution_start", {prompt_id: "cached again", timestamp: Date.now()});
       api.dispatchCustomEvent("execution_cached", {prompt_id: "cached again", timestamp: Date.now(),
         nodes: app.graph._nodes.map((n) => String(n.id))});
@@ -1116,7 +1119,7 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     cached = "done · from the cache\n(an earlier run with the same inputs made it)"
     # a trial's reopened template showed the sampler's "from the cache" alone, its warning gone as if fixed
     kept = f"{warned}\n{done}\nseed 7\nreused by this run (from the cache)"
-    assert texts == [reused, cached, None, kept, reused, kept], texts   # said once, however many Runs reuse it
+    assert texts == [reused, cached, None, kept, "spatial: SD 1.5 · cfg 7.5", reused, kept], texts   # said once
 
 
 @SUBGRAPH_API

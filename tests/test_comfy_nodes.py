@@ -199,6 +199,9 @@ def test_a_bundle_served_from_the_cache_is_said_again_by_the_sampler_that_reads_
     # the first run's bundle said it and its sampler again; the second's cached bundle nothing, its sampler once
     assert said(first)[0].startswith("spatial: SD 1.5") and said(first) == said(first)[:1] * 2, said(first)
     assert said(again) == said(first)[:1], said(again)
+    # and as its UI output, which ComfyUI sends again for a cached bundle (a rerun with every node cached left it
+    # blank: no sampler ran to say it); web/confiner.js shows it
+    assert first["outputs"][bundle]["confiner_text"] == said(first)[:1], first["outputs"].get(bundle)
 
 
 def test_eq6_draws_fresh_noise_when_the_control_and_refine_seeds_are_equal(comfy_worker):

@@ -18,6 +18,7 @@
 //   showed nothing (a workflow opened afresh). There the server's copy of the text that run ended on (its UI output,
 //   which ComfyUI sends again for a cached node) takes the place of "from the cache" once it comes: a trial's
 //   reopened template showed "done · from the cache" alone, its "AnimateDiff bypassed" warning gone as if fixed.
+//   The Refine Experts bundle, blank there, says what it holds the same way.
 // * A run's start clears a sampling node's "stopped by an error" or "cancelled" from the run before. A node that runs
 //   says how it goes at once; one that does not (an upstream node failed) kept blaming itself for the old error. A
 //   "done" stays: a node served from the cache did finish, but not on a node muted or bypassed, which the run leaves
@@ -902,14 +903,16 @@ app.registerExtension({
       if (event.detail?.prompt_id === started) sayWaiting(started);
     });
     api.addEventListener("executed", (event) => {
-      // a cached node's UI output, sent after "execution_cached": the text its run ended on (warnings, seed)
+      // a cached node's UI output, sent after "execution_cached": the text its run ended on (warnings, seed), or
+      // what the Refine Experts bundle holds (no run state: said as it is, where the bundle stood blank)
       const id = String(event.detail?.node ?? "");
       const kept = event.detail?.output?.confiner_text?.[0];
-      if (!kept || !cachedNow?.has(id)) return;
-      const node = nodeById(id);
-      const text = node && TEXT_NODES.has(node.comfyClass) && node.widgets?.find((w) => w.name === PROGRESS_TEXT);
-      if (text?.value?.startsWith(CACHED)) {
-        api.dispatchCustomEvent("progress_text", { nodeId: id, text: `${kept}\n${REUSED}` });
+      const node = kept && cachedNow?.has(id) && nodeById(id);
+      if (!node || !SHOWS_TEXT.has(node.comfyClass)) return;
+      const said = node.widgets?.find((w) => w.name === PROGRESS_TEXT)?.value ?? "";
+      if (TEXT_NODES.has(node.comfyClass) ? said.startsWith(CACHED) : !said) {
+        const text = TEXT_NODES.has(node.comfyClass) ? `${kept}\n${REUSED}` : kept;
+        api.dispatchCustomEvent("progress_text", { nodeId: id, text });
       }
     });
     api.addEventListener("executing", (event) => {
