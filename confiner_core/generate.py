@@ -708,10 +708,10 @@ class GenerateRequest:
         roles = [extraction] + (["temporal"] if same_index else [])
         for role in roles:
             if role in schedules:
-                try:   # (named once: "--te: te (T_e)=5000 lies ..." said it twice)
+                try:   # (named once, as the option: "--te: te (T_e)=5000 lies ..." said it twice)
                     schedules[role].check_te(c.te, "--te", owner=f"the {role} expert's schedule")
                 except ValueError as e:
-                    raise UsageError(str(e).replace("--te=", "--te ", 1), "--te") from None
+                    raise UsageError(str(e), "--te") from None
         problem = clean_end_problem(c, {role: schedules.get(role) for role in roles})
         if problem:
             option = "--refine-spacing" if c.refine_spacing == "linspace" else "--refine-steps"

@@ -156,7 +156,7 @@ CLI_CASES = [
     Case("refine-steps-zero", ["--refine-steps", "0"], "--refine-steps"),
     Case("te-zero", ["--te", "0"], "--te"),
     Case("te-outside-schedule", ["--te", "1000"],   # the expert by its role (it said "schedule 'sd15'" too)
-         "--te 1000 lies outside the spatial expert's schedule: valid 1..999; choose a value in that range"),
+         "--te=1000 lies outside the spatial expert's schedule: valid 1..999; choose a value in that range"),
     Case("steps-do-not-fit", ["--te", "3", "--refine-steps", "9"], "--refine-steps: 9 refinement steps do not fit"),
     # flow experts are never evaluated at sigma 0 (linspace ended there: NaN from the embedded Wan-like experts)
     Case("linspace-ends-at-flow-sigma-0", ["--embedded", "wan", "--frames", "9", "--refine-spacing", "linspace"],
@@ -300,7 +300,7 @@ API_CASES = [
     Case("api-cfg-nan", {"refine_cfg": math.nan}, "refine_cfg must be a finite number"),
     Case("api-temporal-cfg-inf", {"temporal_cfg": math.inf}, "temporal_cfg must be a finite number"),
     Case("api-control-cfg-inf", {"control_cfg": math.inf}, "control_cfg must be"),
-    Case("api-te-outside", {"chain": ChainConfig(te=5000)}, "chain.te 5000 lies outside"),
+    Case("api-te-outside", {"chain": ChainConfig(te=5000)}, "chain.te=5000 lies outside"),
     Case("api-matching-unread", {"chain": ChainConfig(mode="standard", matching="nearest")},
          "this run is chain.mode standard: leave chain.matching at 'auto'"),
     Case("api-device", {"device": "tpu"}, "device 'tpu' is not"),

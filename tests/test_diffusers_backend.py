@@ -869,7 +869,7 @@ def test_a_bad_request_is_refused_before_diffusers_is_imported(paths, tmp_path):
             "--te", "5000", "--out", str(tmp_path / "out")]
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.stderr.count("--te 5000 lies outside the spatial expert's schedule") == 2, done.stderr[-2000:]
+    assert done.stderr.count("--te=5000 lies outside the spatial expert's schedule") == 2, done.stderr[-2000:]
     assert done.stdout.splitlines()[-2:] == ["exit 2 False False False"] * 2, done.stdout
 
 

@@ -154,7 +154,7 @@ def test_same_seed_same_video_other_seed_differs(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--frames", "0"], "--frames must be >= 1"),
     (["--height", "70"], "multiple of 8"),
-    (["--te", "1000"], "--te 1000 lies outside"),
+    (["--te", "1000"], "--te=1000 lies outside"),
     (["--te", "3", "--refine-steps", "9"], "do not fit"),
     (["--spatial", "/nonexistent/sd15"], "--spatial: the spatial expert's path /nonexistent/sd15 does not exist"),
     (["--spatial", "."], "need --control and --spatial"),   # a path that exists, without the other roles
