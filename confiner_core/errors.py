@@ -108,8 +108,9 @@ class Interrupted(KeyboardInterrupt):
     def __str__(self) -> str:
         if self.written:   # (after the commit: "nothing written" sent a trial's script to rerun a finished run)
             return f"interrupted once the run had finished: {self.written} holds its outputs"
+        # (with a resume state kept in the folder, "nothing written" was not so: no video is)
         line = (f"interrupted after {'at least ' if self.at_least else ''}{self.done} of {self.total} expert "
-                f"evaluations; nothing written")
+                f"evaluations; {'no video' if self.resume else 'nothing'} written")
         return f"{line} ({self.resume})" if self.resume else line
 
 

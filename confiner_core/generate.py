@@ -517,6 +517,8 @@ class GenerateRequest:
         if self.dtype == "float16" and torch.device(self.device).type == "cpu":   # (5x on a trial's CPU)
             warn_doubtful(spelled("--dtype float16 on the CPU runs several times slower than float32 (most CPUs have "
                                   "no fast float16 arithmetic; it saves memory only): leave --dtype out for float32"))
+        if torch.device(self.device).type == "cpu" and cpu_size_note(self):
+            warn_doubtful(spelled(cpu_size_note(self)))
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
             warn_doubtful(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
                                   "samples); give --prompt \"...\" to describe the video"))
@@ -1105,6 +1107,23 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     return bound
 
 
+CPU_SIZE_FACTOR = 16   # times the default run's pixels over all frames, from which a CPU run is worth a word
+
+
+def cpu_size_note(req: GenerateRequest) -> str | None:
+    """A line for a CPU run far larger than the default one, or None. (A trial's 8192x8192 sat at 0 of 19
+    evaluations for minutes with no word of its cost: the progress bar has nothing to say before the first.)"""
+    default = GenerateRequest.height * GenerateRequest.width * 16
+    factor = req.height * req.width * req.frames / default
+    if factor < CPU_SIZE_FACTOR:
+        return None
+    gpu = "--device cuda" if _SPELLING.get() == "cli" else "device='cuda'"
+    # (at least: time grows with the frames and faster than the pixels of a frame, as attention does)
+    return (f"{req.width}x{req.height} at {req.frames} frames on the CPU is {factor:.0f} times the default run's "
+            f"pixels (256x256 at 16 frames): expect at least {factor:.0f} times its time; a GPU ({gpu}) suits this "
+            f"size, or lower --height, --width or --frames")
+
+
 def latent_shape(req: GenerateRequest, control, frames: int) -> tuple:
     """The initial noise of a clip of ``frames`` frames, in the control expert's latent space."""
     return control.expert.latent_space.latent_shape(1, frames, req.height, req.width)
@@ -1280,8 +1299,8 @@ def _generate_on(ranks, req: GenerateRequest, show_progress: bool, announce, exp
             raise
         if keep:
             kept = spelled(f" ({windows_kept(store, plan)}: rerun with --resume)")
-        raise RankFailed(f"{failure}; nothing written{kept}", failure.code, failure.resumable,
-                         failure.origin) from None
+        raise RankFailed(f"{failure}; {'no video' if kept else 'nothing'} written{kept}", failure.code,
+                         failure.resumable, failure.origin) from None
     finally:
         if created and not os.listdir(req.out):
             os.rmdir(req.out)

@@ -231,5 +231,8 @@ def check_output_folder(folder: str, names: tuple, option: str = "--out") -> str
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        return f"cannot write in {parent} ({e.strerror or e}); choose a writable folder"
+        # (ENOENT from a folder that exists: a file system that takes no new files, such as /proc)
+        why = "it takes no new files" if e.errno == errno.ENOENT else e.strerror or e
+        made = "" if parent == folder else f", so {folder} cannot be created"
+        return f"cannot write in {parent} ({why}){made}; choose a writable folder"
     return None

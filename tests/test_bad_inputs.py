@@ -239,7 +239,9 @@ CLI_CASES = [
     # files
     Case("out-is-a-file", ["--out", "{file}"], "--out"),
     Case("out-below-a-file", ["--out", "{file}/sub"], "--out"),
-    Case("out-not-writable", ["--out", "/proc/confiner-out"], "--out"),
+    # (it once read "cannot write in /proc (No such file or directory)", where /proc exists)
+    Case("out-not-writable", ["--out", "/proc/confiner-out"],
+         "--out: cannot write in /proc (it takes no new files), so /proc/confiner-out cannot be created"),
     Case("out-name-taken-by-folder", ["--out", "{clash}"], "video.mp4"),
     Case("spatial-without-control", ["--spatial", "{sd}"], "--control and --temporal missing: real checkpoints need"),
     Case("control-without-temporal", ["--control", "{motion}", "--spatial", "{sd}"], "--temporal missing"),
@@ -552,3 +554,29 @@ def test_cpu_0_is_the_cpu():
 
     check_device("cpu:0")
     check_device("cpu")
+
+
+def test_a_cpu_run_far_larger_than_the_default_is_warned_of_before_it_starts(tmp_path):
+    """A trial's 8192x8192 run sat at 0 of 19 evaluations for minutes with no word of its cost (the progress bar has
+    nothing to say before the first evaluation): a CPU run of 16 or more times the default's pixels is warned of at
+    validation, in the caller's spelling; the default, 4 times it and a GPU run are not."""
+    import warnings
+
+    from confiner_core.errors import ConFinerWarning
+
+    def said(**sizes):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            GenerateRequest(out=str(tmp_path / "out"), **sizes).validate()
+        return [str(w.message) for w in caught if issubclass(w.category, ConFinerWarning)]
+
+    assert said() == [] and said(height=512, width=512) == [] and said(frames=255) == []
+    assert said(height=8192, width=8192) == [
+        "8192x8192 at 16 frames on the CPU is 1024 times the default run's pixels (256x256 at 16 frames): expect at "
+        "least 1024 times its time; a GPU (device='cuda') suits this size, or lower height, width or frames"]
+    assert said(frames=257)[0].startswith("256x256 at 257 frames on the CPU is 16 times the default run's pixels")
+    with G.in_command_line_spelling():
+        assert "; a GPU (--device cuda) suits this size, or lower --height, --width or --frames" in \
+            said(height=1024, width=1024)[0]
+    if torch.cuda.is_available():
+        assert said(height=1024, width=1024, device="cuda") == []

@@ -331,7 +331,7 @@ def test_ctrl_c_stops_every_rank_and_one_process_resumes_the_run(tmp_path, singl
     lines = [line for line in lines if not line.startswith(("prompt schedule", "  frames", "ConFiner-Long: "))]
     assert len(lines) == 1, lines   # rank 0 reports; rank 1 stops quietly
     # (at least: the finished windows' evaluations, those the other process had under way not counted)
-    m = re.fullmatch(rf"interrupted after at least (\d+) of {EVALUATIONS} expert evaluations; nothing written \(2 of 4 "
+    m = re.fullmatch(rf"interrupted after at least (\d+) of {EVALUATIONS} expert evaluations; no video written \(2 of 4 "
                      r"windows kept, with \d+ expert evaluations: rerun with --resume\)", lines[0])
     assert m, lines
     assert sorted(os.listdir(out)) == [RESUME_FOLDER] and leftovers(out) == []

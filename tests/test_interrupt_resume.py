@@ -134,7 +134,7 @@ def test_a_signal_during_long_run_then_resume_is_bit_identical(tmp_path, sig, co
     rc, stdout, stderr = run.interrupt(sig)
     assert rc == code, stderr
     last = stderr.strip().splitlines()[-1]
-    m = re.fullmatch(said + r" after (\d+) of (\d+) expert evaluations; nothing written "
+    m = re.fullmatch(said + r" after (\d+) of (\d+) expert evaluations; no video written "
                      r"\((\d) of 6 windows kept, with (\d+) expert evaluations: rerun with --resume\)", last)
     assert m and int(m.group(2)) == 7 * 4 + 6 * 15 and 2 <= int(m.group(3)) < 6, last
     assert "Traceback" not in stderr
