@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from . import layout as L
-from .errors import NonFiniteError
+from .errors import NonFiniteError, warn_doubtful
 from .latent_spaces import KNOWN_SPACES, SD15, Codec, LatentSpace, bridge, in_space
 from .prediction import PREDICTION_TYPES, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
@@ -559,6 +559,14 @@ def bind_chain(experts, prompt: str = "", negative_prompt: str = "", *, log: Eva
             return None
         return expert.bind(prompt, negative_prompt, expert.default_guidance if cfg is None else cfg, log, deferred)
 
+    control = given["control"]   # (a trial's pair_guidance never reached the control stage, and nothing said so)
+    pair = control_cfg if isinstance(control_cfg, (tuple, list)) else (control_cfg, control_cfg)
+    if isinstance(control, ExpertPair) and control.guidance is not None and control_cfg is not None and \
+            tuple(pair) != tuple(control.guidance):
+        warn_doubtful(f"the control expert's pair_guidance {tuple(control.guidance)} is not used: the control stage "
+                      f"runs at control_cfg {control_cfg} (by default 1, a step-distilled model's); set control_cfg "
+                      f"(a number, or (high, low)) to guide it, or give pair_guidance per role "
+                      f"({{'spatial': ..., 'temporal': ...}})")
     spatial = bound("spatial", spatial_cfg)
     return {"control": bound("control", control_cfg), "spatial": spatial,
             "temporal": bound("temporal", temporal_cfg, deferred=True)}

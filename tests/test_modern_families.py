@@ -29,7 +29,7 @@ from confiner_core.diffusers_backend.families import qwen_image as Q
 from confiner_core.diffusers_backend.families import registry
 from confiner_core.diffusers_backend.families import wan as W
 from confiner_core.diffusers_backend.families.base import Context
-from confiner_core.experts import EvaluationLog, ExpertPair
+from confiner_core.experts import EvaluationLog, ExpertPair, bind_chain
 from confiner_core.latent_spaces import FLUX, WAN21, PerFrameCodec, per_frame, wan22_space
 from confiner_core.schedules import flow_schedule
 import tiny_modern as tm
@@ -481,6 +481,20 @@ def test_loaded_experts(pipes, loaded):
         temporal.bind(PROMPT, NEGATIVE, (5.0, 2.0))
     pixels = loaded.decode(latent((1, 16, 3, 4, 4)))
     assert pixels.dtype == torch.uint8 and pixels.shape == (1, 9, 32, 32, 3)
+
+
+def test_pair_guidance_that_the_control_stage_does_not_use_is_said(loaded):
+    """A trial's pair_guidance (4, 3) reached the refiners, while the A14B control expert ran both its members at
+    bind_chain's control_cfg 1, without a word."""
+    from confiner_core.errors import ConFinerWarning
+
+    with pytest.warns(ConFinerWarning, match=r"^the control expert's pair_guidance \(5.0, 2.0\) is not used: the "
+                                             r"control stage runs at control_cfg 1.0 \(by default 1, "):
+        bound = bind_chain(loaded, PROMPT)
+    assert bound["control"].guidance_scale == 1.0 and bound["temporal"].guidance_scale == 5.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bind_chain(loaded, PROMPT, control_cfg=(5.0, 2.0))["control"].guidance_scale == (5.0, 2.0)
 
 
 def test_pixel_frames_mode(modern_dirs):
