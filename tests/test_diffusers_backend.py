@@ -105,6 +105,51 @@ def test_detects_every_path_kind(paths, tmp_path):
         detect_kind(pickle)
 
 
+def test_a_family_of_ones_own_is_registered_and_loads(paths, tmp_path):
+    """A researcher's family (here: SD 1.5 folders marked by a file, loaded through SD 1.5's code) joins the
+    registry through register_family, before the family that would claim its paths too; load_experts then reads
+    it. A trial found the registry's docstring saying families add themselves, with no way to do so."""
+    from confiner_core.diffusers_backend import register_family
+    from confiner_core.diffusers_backend.families.sd15 import SD15, SD_FOLDER
+
+    loads = []
+
+    class MarkedSD(SD15):
+        name, label = "marked-sd", "SD 1.5 marked"
+        kinds = {"marked-sd-folder": "an SD 1.5 folder holding a MARKED file"}
+
+        def detect(self, path):
+            return "marked-sd-folder" if (Path(path) / "MARKED").is_file() else None
+
+        def inspect(self, path, kind, role, context):
+            return super().inspect(path, SD_FOLDER, role, context)
+
+        def load(self, inspection, context):
+            loads.append(inspection.role)
+            return super().load(inspection, context)
+
+    marked = tmp_path / "marked"
+    shutil.copytree(paths["sd"], marked)
+    (marked / "MARKED").write_text("")
+    before = list(FAMILIES)
+    try:
+        family = register_family(MarkedSD(), before="sd15")
+        assert FAMILIES.index(family) == before.index(next(f for f in before if f.name == "sd15"))
+        assert detect_kind(marked) == "marked-sd-folder" and detect_kind(paths["sd"]) == "sd-folder"
+        experts = load_experts(paths["ad"], marked, paths["t2v"])
+        assert loads == ["spatial"] and isinstance(experts["spatial"], FrameExpert)
+        for again, said in [(MarkedSD(), r"a family named 'marked-sd' is registered already"),
+                            (type("Other", (MarkedSD,), {"name": "other"})(), r"the kind 'marked-sd-folder' is SD "
+                                                                               r"1.5 marked's already"),
+                            ("sd15", r"give an instance of a Family subclass")]:
+            with pytest.raises((ValueError, TypeError), match=said):
+                register_family(again)
+        with pytest.raises(ValueError, match=r"before='sd1.5' names no family; known: sdxl, marked-sd, sd15, "):
+            register_family(type("Third", (MarkedSD,), {"name": "third", "kinds": {"third": "x"}})(), "sd1.5")
+    finally:
+        FAMILIES[:] = before
+
+
 def test_loaded_experts_have_their_families_attributes(loaded, paths):
     control, spatial, temporal = (loaded[r] for r in ("control", "spatial", "temporal"))
     assert (type(control), type(spatial), type(temporal)) == (MotionExpert, FrameExpert, UNet3DExpert)

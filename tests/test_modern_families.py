@@ -454,6 +454,9 @@ def test_loaded_experts(pipes, loaded):
     a14b = pipes("wan22_a14b")
     wan21 = pipes("wan21")
     control, spatial, temporal = loaded["control"], loaded["spatial"], loaded["temporal"]
+    # role -> expert as a mapping is (a trial's "'control' in experts" raised KeyError: 0)
+    assert list(loaded) == ["control", "spatial", "temporal"] and len(loaded) == 3 and "control" in loaded
+    assert "spacial" not in loaded and loaded.get("spacial") is None and dict(loaded.items())["temporal"] is temporal
     assert isinstance(control, ExpertPair) and control.boundary == tm.A14B_BOUNDARY
     assert control.guidance == (5.0, 2.0) and control.high.shift == tm.A14B_SHIFT
     assert [m["shift"] for m in control.describe()["members"]] == [tm.A14B_SHIFT] * 2

@@ -31,7 +31,7 @@ with torchvision_fallback_unsaid():
     from .families.wan import UMT5PromptEncoder, WanExpert, WanImageExpert, WanVAECodec
     from .families.registry import (FAMILIES, LoadedExperts, borrowed_vaes, detect, detect_kind, inspect_all,
                                     kind_descriptions, load_experts, missing_packages_said, preflight,
-                                    role_kinds)
+                                    register_family, role_kinds)
     from .speed import EAGER, FAST, LEAN, MAX, PRESETS, SpeedSettings, apply_speed_settings
     from .text import PromptEncoder, SDXLPromptEncoder
     from .vae import AutoencoderKLCodec
@@ -41,4 +41,4 @@ __all__ = ["EAGER", "FAMILIES", "FAST", "FLOW_OPTIONS", "LEAN", "MAX", "PRESETS"
            "QwenPromptEncoder", "SDXLExpert", "SDXLPromptEncoder", "SpeedSettings", "UMT5PromptEncoder",
            "UNet3DExpert", "WanExpert", "WanImageExpert", "WanVAECodec", "apply_speed_settings", "borrowed_vaes",
            "detect", "detect_kind", "infer_motion_config", "inspect_all", "kind_descriptions", "load_experts",
-           "load_motion_file", "missing_packages_said", "preflight", "role_kinds"]
+           "load_motion_file", "missing_packages_said", "preflight", "register_family", "role_kinds"]

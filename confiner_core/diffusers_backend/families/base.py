@@ -12,7 +12,8 @@
 
 The registry (:mod:`.registry`) runs step 1 and 2 for every role, checks the experts against each other (latent
 spaces that meet need VAEs), and only then runs step 3. A family is one module holding its configuration as data
-(kinds, roles, classes, scheduler defaults); it adds itself to :data:`.registry.FAMILIES`.
+(kinds, roles, classes, scheduler defaults); the package's own are listed in :data:`.registry.FAMILIES`, and one of
+your own joins them through :func:`.registry.register_family`.
 
 Experts a family returns expose ``networks``: the torch modules speed settings apply to (UNets, transformers, the
 CLIP text encoders).

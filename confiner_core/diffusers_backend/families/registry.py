@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,37 @@ from .wan import OPTION_READERS
 from .wan import OPTIONS as FAMILY_OPTIONS
 from .wan import Wan, option_for
 
-#: every family, in detection order (add a family here)
+#: every family, in detection order (the package's own here; one of your own through :func:`register_family`)
 FAMILIES: list[Family] = [SDXL(), SD15(), AnimateDiff(), ModelScope(), Wan(), QwenImage(), Flux()]
+
+
+def register_family(family: Family, before: str | None = None) -> Family:
+    """Adds a model family of one's own (an instance of a :class:`~.base.Family` subclass) to :data:`FAMILIES`, so
+    that :func:`load_experts` and ``generate`` read its paths. It is asked last, or just before the family named
+    ``before`` where that one would claim its paths too (e.g. ``"sd15"`` for an SD 1.5 folder of a special kind).
+    Its name and kinds must be new: a kind names one loader. Returns the family."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family: give an instance of a Family subclass (confiner_core.diffusers_backend."
+                        f"families.base.Family), got {type(family).__name__}")
+    if not family.name or not family.kinds:
+        raise ValueError(f"register_family: {type(family).__name__} needs a name and at least one kind "
+                         f"(kinds = {{'my-kind': 'what such a path is'}})")
+    by_name = {f.name: f for f in FAMILIES}
+    if family.name in by_name:
+        raise ValueError(f"register_family: a family named {family.name!r} is registered already "
+                         f"({by_name[family.name].label}); give yours another name")
+    taken = {kind: f for f in FAMILIES for kind in f.kinds}
+    clash = [kind for kind in family.kinds if kind in taken]
+    if clash:
+        raise ValueError(f"register_family: the kind {clash[0]!r} is {taken[clash[0]].label}'s already; give "
+                         f"{family.name}'s kinds names of their own")
+    if before is None:
+        FAMILIES.append(family)
+    elif before in by_name:
+        FAMILIES.insert(FAMILIES.index(by_name[before]), family)
+    else:
+        raise ValueError(f"register_family: before={before!r} names no family; known: {', '.join(by_name)}")
+    return family
 
 
 def kind_descriptions() -> dict[str, str]:
@@ -285,10 +315,11 @@ def attach_refinement_caches(experts: dict, threshold: float):
 
 
 @dataclass
-class LoadedExperts:
+class LoadedExperts(Mapping):
     """``experts``: role -> expert (``None`` for an absent temporal expert, or spatial expert: the temporal-only
     ablation); ``codec``: the VAE of the spatial expert's latent space (the temporal expert's without one), which
-    decodes the video; ``inspections``: what was read before loading."""
+    decodes the video; ``inspections``: what was read before loading. It is itself that mapping (``ex["control"]``,
+    ``"temporal" in ex``, ``ex.items()``)."""
 
     experts: dict
     codec: Codec
@@ -341,6 +372,12 @@ class LoadedExperts:
 
     def __getitem__(self, role: str) -> Expert | None:
         return self.experts[role]
+
+    def __iter__(self):   # (a trial's "'control' in experts" raised KeyError: 0, iterating by index)
+        return iter(self.experts)
+
+    def __len__(self) -> int:
+        return len(self.experts)
 
     def __repr__(self) -> str:
         """Each role's expert class and path (the dataclass's own repr printed every network's config: 10 KB)."""
