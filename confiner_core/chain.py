@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import refine as R
-from .errors import ConFinerWarning, NonFiniteError, check_function, warn_doubtful
+from .errors import ConFinerWarning, NonFiniteError, check_function, not_a_choice, warn_doubtful
 from .experts import (Denoiser, bridge_end, check_denoisers, check_expert, declares_latent_space, hand_off,
                       in_stage, own_stage)
 from .latent_spaces import LatentSpace, check_bridges, in_space, noted_space
@@ -272,7 +272,8 @@ def named_settings(cls, meant: Callable[[str], str | None] | None = None):
 
     def setting_meant(name: str) -> str | None:
         lowered = {n.lower(): n for n in names}   # (Te, T_E: te)
-        return (meant(name) if meant else None) or \
+        ends = [n for n in names if n.endswith(f"_{name.lower()}")]   # (steps: control_steps or refine_steps)
+        return (meant(name) if meant else None) or " or ".join(ends) or \
             next((lowered[m] for m in difflib.get_close_matches(name.lower(), lowered, 1)), None)
 
     @functools.wraps(init)
@@ -350,17 +351,17 @@ class ChainConfig:
         """Each setting on its own (choices, step counts, T_e, eta), checked when the config is built; raises
         ValueError naming the field."""
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(not_a_choice("mode", self.mode, MODES))
         if self.matching not in MATCHINGS:
-            raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
+            raise ValueError(not_a_choice("matching", self.matching, MATCHINGS))
         if self.control_spacing not in SPACINGS:
-            raise ValueError(f"control_spacing must be one of {SPACINGS}, got {self.control_spacing!r}")
+            raise ValueError(not_a_choice("control_spacing", self.control_spacing, SPACINGS))
         if self.refine_spacing not in REFINE_SPACINGS:
-            raise ValueError(f"refine_spacing must be one of {REFINE_SPACINGS}, got {self.refine_spacing!r}")
+            raise ValueError(not_a_choice("refine_spacing", self.refine_spacing, REFINE_SPACINGS))
         if self.control_sampler not in SAMPLERS:
-            raise ValueError(f"control_sampler must be one of {SAMPLERS}, got {self.control_sampler!r}")
+            raise ValueError(not_a_choice("control_sampler", self.control_sampler, SAMPLERS))
         if self.structure_noise not in STRUCTURE_NOISES:
-            raise ValueError(f"structure_noise must be one of {STRUCTURE_NOISES}, got {self.structure_noise!r}")
+            raise ValueError(not_a_choice("structure_noise", self.structure_noise, STRUCTURE_NOISES))
         for name in ("control_steps", "refine_steps", "te"):
             value = getattr(self, name)
             if (value is not None or name != "te") and \

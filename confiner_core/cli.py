@@ -22,7 +22,7 @@ import warnings
 from . import __version__
 from .chain import MATCHINGS, MODES, REFINE_SPACINGS, STRUCTURE_NOISES, ChainConfig
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
-from .errors import Interrupted, OutputError, RankFailed, UsageError, one_line, sigterm_as_interrupt
+from .errors import Interrupted, OutputError, RankFailed, UsageError, meant_choice, one_line, sigterm_as_interrupt
 from .latent_spaces import IMAGE_MODES, LATENT_FRAMES
 from .long import COHERENCE_MEMORIES, LongConfig
 from .timesteps import SPACINGS
@@ -82,8 +82,8 @@ class Parser(argparse.ArgumentParser):
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if choice:   # (Python 3.12.8+ lists the choices without quotes)
             choices = [c.strip().strip("'") for c in choice.group(2).split(",")]
-            close = difflib.get_close_matches(choice.group(1), choices, n=1, cutoff=0.6)
-            return f": did you mean '{close[0]}'?" if close else ""
+            meant = meant_choice(choice.group(1), choices)
+            return f": did you mean '{meant}'?" if meant else ""
         if not message.startswith("unrecognized arguments: "):
             return ""
         commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)

@@ -22,6 +22,7 @@ line (the command line prints it as one line).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import signal
@@ -51,6 +52,23 @@ def warn_doubtful(message: str) -> None:
                                  frame.f_code.co_filename.endswith(PASSED_THROUGH)):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ConFinerWarning, stacklevel=level)
+
+
+def meant_choice(value, options) -> str | None:
+    """The option of ``options`` likely meant by ``value``, which is none of them: the same but for case ('DDIM':
+    'ddim'), else the closest spelling ('coordinate': 'coordinated'); None where none is close. One reading for the
+    command line, the library's settings and the nodes' widgets."""
+    if not isinstance(value, str):
+        return None
+    lowered = {str(o).lower(): str(o) for o in options}
+    close = difflib.get_close_matches(value.strip().lower(), lowered, n=1, cutoff=0.6)
+    return lowered.get(value.strip().lower()) or (lowered[close[0]] if close else None)
+
+
+def not_a_choice(name: str, value, options) -> str:
+    """"``name`` must be one of ``options``, got ``value``", with the option likely meant (:func:`meant_choice`)."""
+    meant = meant_choice(value, options)
+    return f"{name} must be one of {options}, got {value!r}" + (f": did you mean {meant!r}?" if meant else "")
 
 
 def one_line(e: BaseException) -> str:

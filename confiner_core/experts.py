@@ -525,8 +525,8 @@ class Denoiser:
 ROLES = ("control", "spatial", "temporal")
 
 
-def bind_chain(experts, prompt: str = "", negative_prompt: str = "", *, log: EvaluationLog | None = None,
-               control_cfg: float = 1.0, spatial_cfg: float | None = None,
+def bind_chain(experts: Mapping, prompt: str = "", negative_prompt: str = "", *, log: EvaluationLog | None = None,
+               control_cfg: float | tuple = 1.0, spatial_cfg: float | None = None,
                temporal_cfg: float | None = None) -> dict:
     """The chain's experts (role -> Expert: ``load_experts(...)`` or ``embedded_experts(...)``) bound as ``generate``
     binds them, role -> Denoiser (None for a role absent): the control expert at ``control_cfg`` (1, what the

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -52,7 +53,7 @@ from .timesteps import SPACINGS
 from .video_io import FramesFile, VideoSink, contact_sheet, write_png
 from .embedded.experts import PRESET_HELP as EMBEDDED_PRESETS
 from .embedded.world import DEFAULT_PROMPT, read_prompt
-from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, LatentSpace, to_uint8
+from .latent_spaces import IMAGE_MODES, LATENT_FRAMES, VIDEO_FPS, Codec, LatentSpace, to_uint8
 
 if TYPE_CHECKING:   # resume's safetensors is imported where a resume folder is used
     from .resume import ResumeStore
@@ -922,7 +923,7 @@ class Backend:
     description: str
 
 
-def decode_frames(latent: torch.Tensor, codec) -> torch.Tensor:
+def decode_frames(latent: torch.Tensor, codec: Codec) -> torch.Tensor:
     """A latent in ``codec``'s space (an expert's VAE) -> uint8 frames [B, F, H, W, 3] in host memory."""
     if not callable(getattr(codec, "decode", None)):
         raise TypeError(f"decode_frames needs the VAE of the latent's space, a Codec (an expert's .codec, e.g. of an "
@@ -1180,7 +1181,7 @@ def progress_callback(bar: tqdm | None, log: EvaluationLog, user: Callable[[dict
 # The run
 
 def generate(req: GenerateRequest, show_progress: bool = True,
-             announce: Callable[[str], None] | None = None, experts=None,
+             announce: Callable[[str], None] | None = None, experts: Mapping | None = None,
              callback: Callable[[dict], None] | None = None) -> dict | None:
     """Run the request and write ``video.mp4``, ``frames.png`` and ``report.json`` under ``req.out``; returns the
     report. ``announce(text)`` receives the resolved prompt schedule before sampling (the command line prints it).

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from .errors import not_a_choice
+
 FRAMES = "frames"
 VIDEO = "video"
 LAYOUTS = (FRAMES, VIDEO)
@@ -20,7 +22,7 @@ def to_canonical(x: torch.Tensor, layout: str, batch: int = 1) -> torch.Tensor:
         return x
     if layout == FRAMES:
         return rearrange(x, "(b f) c h w -> b c f h w", b=batch)
-    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    raise ValueError(not_a_choice("layout", layout, LAYOUTS))
 
 
 def from_canonical(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -28,7 +30,7 @@ def from_canonical(x: torch.Tensor, layout: str) -> torch.Tensor:
         return x
     if layout == FRAMES:
         return rearrange(x, "b c f h w -> (b f) c h w")
-    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    raise ValueError(not_a_choice("layout", layout, LAYOUTS))
 
 
 def check_latent(x: torch.Tensor, layout: str, channels: int | None = None, name: str = "latent") -> None:

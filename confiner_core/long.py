@@ -28,7 +28,7 @@ from .chain import (ChainConfig, check_channels, control_stage, evaluated_roles,
                     refine_evaluations, refine_structure, refining_denoiser, settled, stand_in_spatial,
                     validate_chain)
 from .devices import check_device
-from .errors import check_function, warn_doubtful
+from .errors import check_function, not_a_choice, warn_doubtful
 from .experts import COUNTERS, Denoiser, check_denoisers, counts_of, in_stage, counted_vae
 from .prompts import Entry, PromptSchedule, render_schedule
 from .sampling import MAX_SEED, spawned_seed
@@ -262,7 +262,7 @@ class StructureNoise:
     def __init__(self, kind: str, shape: tuple, structures: int, generator: torch.Generator,
                  window: int = 16, stride: int = 4):
         if kind not in NOISE_INITS:
-            raise ValueError(f"noise init must be one of {NOISE_INITS}, got {kind!r}")
+            raise ValueError(not_a_choice("noise init", kind, NOISE_INITS))
         self.kind, self.shape, self.generator = kind, shape, generator
         if kind == SHUFFLE:
             self.base = torch.randn(shape, generator=generator, device=generator.device)
@@ -354,7 +354,7 @@ class CoherenceGuidance:
 
     def __init__(self, gamma: float, memory: str = UNGUIDED):
         if memory not in COHERENCE_MEMORIES:
-            raise ValueError(f"coherence memory must be one of {COHERENCE_MEMORIES}, got {memory!r}")
+            raise ValueError(not_a_choice("coherence memory", memory, COHERENCE_MEMORIES))
         self.gamma, self.memory = gamma, memory
         self.previous: dict[int, torch.Tensor] = {}
         self.current: dict[int, torch.Tensor] = {}
@@ -431,11 +431,11 @@ class LongConfig:
                 raise ValueError(f"LongConfig.{name} must be a whole number >= {least}{unit}, or None for the default, "
                                  f"got {value!r}")
         if self.noise_init not in NOISE_INITS:
-            raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
+            raise ValueError(not_a_choice("noise_init", self.noise_init, NOISE_INITS))
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, numbers.Real) or not 0.0 <= self.gamma <= 0.5:
             raise ValueError(f"gamma must lie in [0, 0.5] (0.5 copies the previous eps outright), got {self.gamma!r}")
         if self.coherence_memory not in COHERENCE_MEMORIES:
-            raise ValueError(f"coherence_memory must be one of {COHERENCE_MEMORIES}, got {self.coherence_memory!r}")
+            raise ValueError(not_a_choice("coherence_memory", self.coherence_memory, COHERENCE_MEMORIES))
 
     def validate(self) -> None:
         self.check_fields()
@@ -805,11 +805,12 @@ class _Finished:
 
 
 def generate_long(control: Denoiser, spatial: Denoiser | None, temporal: Denoiser | None, plan: SegmentPlan,
-                  frame_shape: tuple, chain: ChainConfig, long: LongConfig, seed, sink: Callable,
+                  frame_shape: tuple, chain: ChainConfig, long: LongConfig, seed: int | torch.Generator,
+                  sink: Callable,
                   prompts: PromptSchedule | None = None, callback: Callable | None = None,
                   device: str | torch.device = "cpu", resume: LongState | None = None,
                   on_window_done: Callable[[LongState], None] | None = None, prepare: Callable | None = None,
-                  ranks=None) -> LongState | None:
+                  ranks: Solo | None = None) -> LongState | None:
     """Generate ``plan`` window by window. ``sink(latent, window)`` receives each finished window as a whole clip
     in the refining expert's latent space, in window order; the first ``window.out_stop - window.out_start`` frames
     of its decode are output frames (the last window may be cut short). ``frame_shape`` is (B, C, h, w) of one latent

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -49,7 +50,12 @@ FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, po
 # Input conversion
 
 
-def as_uint8_frames(frames) -> np.ndarray:
+#: what the metrics take as frames (:func:`as_uint8_frames`): an array [F, H, W, 3] (or [F, H, W, 1]) in numpy or torch
+#: (which numpy reads as an array), or a sequence of frames
+Frames = ArrayLike
+
+
+def as_uint8_frames(frames: Frames) -> np.ndarray:
     """Returns frames as a C-contiguous uint8 array [F, H, W, 3].
 
     Accepts uint8, or float in [0, 1] (scaled by 255 and rounded), bool (a mask: True is 255), and [F, H, W, 1]
@@ -90,13 +96,13 @@ def as_uint8_frames(frames) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def to_gray(frames) -> np.ndarray:
+def to_gray(frames: Frames) -> np.ndarray:
     """Returns BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of RGB frames (any :func:`as_uint8_frames` takes) as
     uint8 [F, H, W]."""
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in as_uint8_frames(frames)])
 
 
-def to_lab(frames) -> np.ndarray:
+def to_lab(frames: Frames) -> np.ndarray:
     """Returns CIE L*a*b* (D65) of RGB frames (any :func:`as_uint8_frames` takes: float frames in [0, 1] were
     divided by 255 a second time) as float32 [F, H, W, 3]: L in [0, 100], a, b about +-127.
 
@@ -127,13 +133,13 @@ def frame_indices(values, name: str, low: int, high: int) -> list[int]:
 # Frame differences
 
 
-def consecutive_mae(frames) -> np.ndarray:
+def consecutive_mae(frames: Frames) -> np.ndarray:
     """Returns d_t = mean |x_t - x_{t-1}| over pixels and channels, for t = 1 .. F-1 (0-255 units, [F-1])."""
     x = as_uint8_frames(frames).astype(np.float32)
     return np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
 
 
-def temporal_flicker(frames) -> float:
+def temporal_flicker(frames: Frames) -> float:
     """VBench temporal_flickering: (255 - mean_t d_t) / 255, with d_t the consecutive-frame MAE.
 
     Range [0, 1], higher is better; exactly 1.0 for a static clip. It charges any change, motion included, so it is
@@ -148,13 +154,13 @@ def flicker_from_mae(d) -> float:
     return float((255.0 - d.mean()) / 255.0) if d.size else math.nan
 
 
-def mean_luma(frames) -> np.ndarray:
+def mean_luma(frames: Frames) -> np.ndarray:
     """Returns each frame's mean BT.601 luma Y ([F], grey levels)."""
     g = to_gray(frames)
     return g.reshape(g.shape[0], -1).mean(axis=1)
 
 
-def flicker_index(frames) -> float:
+def flicker_index(frames: Frames) -> float:
     """Mean |Y_t - Y_{t-1}| of the frames' mean luma Y, t = 1 .. F-1.
 
     Range [0, 255] grey levels, lower is better. Unlike :func:`temporal_flicker` it ignores motion that keeps the
@@ -169,7 +175,7 @@ def flicker_index_from_luma(y) -> float:
     return float(np.abs(np.diff(y)).mean()) if y.size > 1 else math.nan
 
 
-def seam_score(frames, junctions: Iterable[int] | None, eps: float = 1e-3) -> float:
+def seam_score(frames: Frames, junctions: Iterable[int] | None, eps: float = 1e-3) -> float:
     """Visibility of junctions: (mean_{j in J} d_j + eps) / (mean_{t not in J} d_t + eps).
 
     Junction j marks the cut between frames j-1 and j (1 <= j <= F-1), e.g. the first frame of a new segment or
@@ -222,7 +228,7 @@ def seam_scores_by_kind(d: np.ndarray, window_junctions: Iterable[int], structur
 # Subject consistency
 
 
-def frame_features(frames, size: int = 32, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def frame_features(frames: Frames, size: int = 32, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Returns the two unit-norm halves of the subject feature: structure [F, size*size] and colour [F, 3*bins].
 
     structure: the grey thumbnail (INTER_AREA, i.e. anti-aliased) minus its own mean, L2-normalised. Centering is
@@ -262,7 +268,7 @@ def feature_cosine(fa: tuple[np.ndarray, np.ndarray], fb: tuple[np.ndarray, np.n
     return 0.5 * (_row_cosine(fa[0], fb[0]) + _row_cosine(fa[1], fb[1]))
 
 
-def subject_consistency(frames) -> float:
+def subject_consistency(frames: Frames) -> float:
     """VBench subject consistency with a cheap feature f (:func:`frame_features`) instead of DINO:
 
         mean_{i=1..F-1} (max(0, cos(f_{i-1}, f_i)) + max(0, cos(f_0, f_i))) / 2.
@@ -315,7 +321,7 @@ def interpolate_midpoint(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     return 0.5 * (backward_warp(x0, ft0) + backward_warp(x1, ft1))
 
 
-def motion_smoothness(frames) -> float:
+def motion_smoothness(frames: Frames) -> float:
     """VBench motion smoothness with Farneback midpoint interpolation (:func:`interpolate_midpoint`) for AMT-S:
     keep the even frames, predict each odd frame i from frames i-1 and i+1, and score
 
@@ -349,7 +355,7 @@ def laplacian_variance(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def sharpness(frames) -> float:
+def sharpness(frames: Frames) -> float:
     """Mean over frames of the variance of the Laplacian of the luma (grey levels squared).
 
     Higher is sharper. Unbounded and resolution-dependent (downscaling sharpens, upscaling blurs), so compare only
@@ -358,12 +364,12 @@ def sharpness(frames) -> float:
     return float(np.mean(frame_sharpness(frames)))
 
 
-def frame_sharpness(frames) -> np.ndarray:
+def frame_sharpness(frames: Frames) -> np.ndarray:
     """Returns :func:`laplacian_variance` of every frame's luma ([F])."""
     return np.array([laplacian_variance(g) for g in to_gray(frames)])
 
 
-def delta_e_from_first(frames) -> np.ndarray:
+def delta_e_from_first(frames: Frames) -> np.ndarray:
     """Returns CIE76 Delta E_t = ||mean Lab(x_t) - mean Lab(x_0)||_2 for every frame t ([F], first entry 0).
 
     The mean is over the per-pixel Lab values, i.e. the average perceived colour, not the Lab of the mean RGB.
@@ -372,7 +378,7 @@ def delta_e_from_first(frames) -> np.ndarray:
     return delta_e(means, means[0])
 
 
-def mean_lab(frames) -> np.ndarray:
+def mean_lab(frames: Frames) -> np.ndarray:
     """Returns each frame's mean CIE Lab colour ([F, 3], float64): the mean of the per-pixel Lab values."""
     x = as_uint8_frames(frames)
     return to_lab(x).reshape(len(x), -1, 3).mean(axis=1, dtype=np.float64)
@@ -383,7 +389,7 @@ def delta_e(means: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(means - reference, axis=1)
 
 
-def color_drift(frames) -> float:
+def color_drift(frames: Frames) -> float:
     """Mean over t = 1 .. F-1 of Delta E_t (:func:`delta_e_from_first`). Lower is better; 0 for a static clip
     (or a single frame). A Delta E76 of ~2.3 is a just-noticeable difference."""
     return color_drift_from_delta_e(delta_e_from_first(frames))
@@ -395,13 +401,13 @@ def color_drift_from_delta_e(de) -> float:
     return float(de[1:].mean()) if de.size > 1 else 0.0
 
 
-def lab_contrast(frames) -> np.ndarray:
+def lab_contrast(frames: Frames) -> np.ndarray:
     """Returns each frame's per-channel standard deviation of its Lab pixels ([F, 3], float64): its contrast."""
     x = as_uint8_frames(frames)
     return to_lab(x).reshape(len(x), -1, 3).std(axis=1, dtype=np.float64)
 
 
-def window_color_drift(frames, window_starts: Iterable[int], prompt_changes: Iterable[int] = ()) -> dict:
+def window_color_drift(frames: Frames, window_starts: Iterable[int], prompt_changes: Iterable[int] = ()) -> dict:
     """Colour drift across refinement windows (what users of long videos see as a tint that changes at every
     context-window join): :func:`window_color_from_stats` of the frames' mean Lab colours and contrasts."""
     return window_color_from_stats(mean_lab(frames), lab_contrast(frames), window_starts, prompt_changes)
@@ -437,7 +443,7 @@ def window_color_from_stats(means, contrasts, window_starts: Iterable[int],
             "window_contrast_change": float(change.mean())}
 
 
-def color_drift_max(frames) -> float:
+def color_drift_max(frames: Frames) -> float:
     """Max over t of Delta E_t (:func:`delta_e_from_first`): the worst departure from frame 0's colour.
     Lower is better."""
     return float(delta_e_from_first(frames).max())
@@ -455,7 +461,7 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def distance_to_nearest(frames, references: Sequence) -> float:
+def distance_to_nearest(frames: Frames, references: Sequence) -> float:
     """min over reference videos r of RMSE(frames, r), in 0-255 units; lower is better, 0 for an exact match.
 
     For synthetic worlds whose possible ground-truth videos are known; every reference must have the frames' shape.
@@ -485,7 +491,7 @@ METRIC_KEYS = (
 )
 
 
-def evaluate(frames, junctions: Iterable[int] | None = None, references: Sequence | None = None) -> dict:
+def evaluate(frames: Frames, junctions: Iterable[int] | None = None, references: Sequence | None = None) -> dict:
     """Returns {key: float} for every key in METRIC_KEYS, always all of them and in that order.
 
     Undefined values are NaN (seam_score without junctions, distance_to_nearest without references, frame-pair

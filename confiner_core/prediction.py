@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import not_a_choice
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 
 
@@ -28,7 +30,7 @@ def to_x0_eps(output: torch.Tensor, x_t: torch.Tensor, alpha: float, sigma: floa
         return x_t - sigma * output, x_t + alpha * output
     if prediction == "sample":
         return output, (x_t - alpha * output) / sigma
-    raise ValueError(f"prediction type must be one of {PREDICTION_TYPES}, got {prediction!r}")
+    raise ValueError(not_a_choice("prediction type", prediction, PREDICTION_TYPES))
 
 
 def from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, alpha: float, sigma: float, prediction: str) -> torch.Tensor:
@@ -41,4 +43,4 @@ def from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, alpha: float, sigma: float,
         return eps - x0
     if prediction == "sample":
         return x0
-    raise ValueError(f"prediction type must be one of {PREDICTION_TYPES}, got {prediction!r}")
+    raise ValueError(not_a_choice("prediction type", prediction, PREDICTION_TYPES))

@@ -12,6 +12,7 @@ import numbers
 
 import torch
 
+from .errors import not_a_choice
 from .experts import Denoiser, Prediction, check_denoisers, check_finite, hand_off, own_stage
 from .sampling import (Callback, check_generator, ddim_step, diffuse, network_timestep, on_schedule, randn_like, seeded,
                        step_info)
@@ -35,7 +36,7 @@ def matched_timestep(source: NoiseSchedule, target: NoiseSchedule, t: float, mat
     if matching == SAME_INDEX:
         return target.index(source.timestep(t))
     if matching not in TIMESTEP_MATCHING:
-        raise ValueError(f"timestep matching must be one of {TIMESTEP_MATCHING}, got {matching!r}")
+        raise ValueError(not_a_choice("timestep matching", matching, TIMESTEP_MATCHING))
     alpha, sigma = source.coefficients(t)
     return target.timestep_for_noise_level(sigma / alpha, continuous=matching == CONTINUOUS)
 

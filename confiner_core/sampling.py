@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 import torch
 
+from .errors import not_a_choice
 from .experts import Denoiser, Prediction, check_finite
 from .prediction import from_x0_eps, to_x0_eps
 from .schedules import FLOW, VP, NoiseSchedule
@@ -307,7 +308,7 @@ def control_timesteps(schedule: NoiseSchedule, num_steps: int, sampler: str = "e
     * unipc: UniPCMultistepScheduler (:func:`unipc_timesteps`: DPM-Solver's, but its flow sigmas start at 1)."""
     t_max = schedule.num_timesteps - 1
     if sampler not in SAMPLERS:
-        raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(not_a_choice("control sampler", sampler, SAMPLERS))
     if sampler == "ddim":
         ts = spaced_timesteps(num_steps, t_max, spacing, STEPS_OFFSET)
     elif sampler == "dpmpp_2m":
@@ -386,7 +387,7 @@ def sample_control(denoiser: Denoiser, x_T: torch.Tensor, timesteps: list, sampl
     Wan's own sampler, is DPM-Solver++ 2M corrected by UniC at every step after the first).
     ``eps_hook`` may replace each step's derivative (coherence guidance)."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"control sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(not_a_choice("control sampler", sampler, SAMPLERS))
     schedule = denoiser.schedule
     x = initial_latent(schedule, x_T, timesteps[0], sampler, spacing)
     previous, history, x_last = None, [], None

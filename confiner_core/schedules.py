@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import not_a_choice
+
 VP = "vp"
 FLOW = "flow"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -202,7 +204,7 @@ def betas_for(beta_schedule: str, beta_start: float, beta_end: float, num_train_
         betas = [min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), 0.999)
                  for i in range(num_train_timesteps)]
         return torch.tensor(betas, dtype=torch.float32)
-    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+    raise ValueError(not_a_choice("beta_schedule", beta_schedule, BETA_SCHEDULES))
 
 
 def vp_schedule(alphas_cumprod: torch.Tensor, set_alpha_to_one: bool = True, name: str = "") -> NoiseSchedule:

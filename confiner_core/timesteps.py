@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import not_a_choice
 from .schedules import FLOW, NoiseSchedule, shifted
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -44,7 +45,7 @@ def spaced_timesteps(num_steps: int, t_max: int = 999, spacing: str = "trailing"
     elif spacing == "linspace":
         ts = np.linspace(0, t_max, num_steps).round()[::-1]
     else:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        raise ValueError(not_a_choice("spacing", spacing, SPACINGS))
     return [int(t) for t in ts]
 
 

@@ -59,18 +59,29 @@ TAESD_KEY = "taesd_decoder.1.weight"   # the tiny autoencoders of SD, SDXL, SD3 
 IMAGE_VAE_CHANNELS = (4, 16)   # SD 1.5 and SDXL, Flux and SD3 (ComfyUI gives others, e.g. 64, their own strides)
 
 
-def vae_file_shape(path: str | None) -> tuple[int, int, int] | None:
+#: where a checkpoint keeps its VAE's tensors (ComfyUI's ``vae_key_prefix``: SD's, and that of all-in-one files)
+CHECKPOINT_VAE_PREFIXES = ("first_stage_model.", "vae.")
+
+
+def vae_file_shape(path: str | None, checkpoint: bool = False) -> tuple[int, int, int] | None:
     """The latent channels, spatial and temporal compression of the VAE that ComfyUI's VAE Loader makes of the
-    safetensors file at ``path``, read from its header alone (the tensors' names and shapes; no weights are read);
-    None for a file it does not tell (another format, another family, unreadable). A Load VAE left on its first file
-    (Flux's ``ae.safetensors``) decoded a Wan clip into one frame, without a word."""
+    safetensors file at ``path`` (``checkpoint``: the VAE output of a checkpoint loader given that file), read from
+    its header alone (the tensors' names and shapes; no weights are read); None for a file it does not tell
+    (another format, another family, no VAE, unreadable). A Load VAE left on its first file (Flux's
+    ``ae.safetensors``) decoded a Wan clip into one frame, without a word; an SD checkpoint's VAE on a Wan clip's
+    decode failed after the whole run."""
     if not path or not path.endswith(".safetensors"):
         return None
     try:
         from safetensors import safe_open   # (ComfyUI's own dependency)
         with safe_open(path, framework="pt") as f:
-            keys = set(f.keys())
-            conv_in = next((f.get_slice(k).get_shape() for k in (TAESD_KEY, IMAGE_VAE_KEY) if k in keys), None)
+            names = {k: k for k in f.keys()}
+            if checkpoint:
+                prefix = next((p for p in CHECKPOINT_VAE_PREFIXES if any(k.startswith(p) for k in names)), None)
+                names = {k.removeprefix(prefix): k for k in names if prefix and k.startswith(prefix)}
+            keys = set(names)
+            conv_in = next((f.get_slice(names[k]).get_shape() for k in (TAESD_KEY, IMAGE_VAE_KEY) if k in keys),
+                           None)
     except Exception:   # (a file ComfyUI cannot read either: its own loader says why)
         return None
     if TAESD_KEY in keys:

@@ -61,6 +61,12 @@ class ConFinerControlExpert(io.ComfyNode):
         for video_model, name in ((model, "model"), (low_noise_model, "low_noise_model")):
             host.check_video_role(video_model, "control", file=host.input_file(cls, name),
                                   where=input_place(cls, name))
+        # what the inputs show, in one message, the model's prompt first: a trial's Wan model on the SD template was
+        # told of its prompt, then (a Run later) of its latent
+        negative_used = negative if negative is not None else positive
+        host.refuse_all([host.problem_of(host.check_text_width, model, "control", positive, negative_used, cfg),
+                         host.problem_of(host.noise_in, model, latent) if latent_is_noise else
+                         host.problem_of(host.latent_in, model, latent, "control")])
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()

@@ -844,22 +844,31 @@ def vae_file_problem(node_cls, output: Denoiser) -> str | None:
     prompt = queued_prompt(node_cls)
     for taker, loader, file, shape in decoding_vae_files(prompt, node_id(node_cls)):
         if shape != (space.channels, space.spatial_factor, space.temporal_factor):
-            title = model_files.title(prompt[loader])
+            title, decoder = model_files.title(prompt[loader]), model_files.title(prompt[taker])
+            own = own_vae_file(space)
+            if prompt[loader].get("class_type") in model_files.CHECKPOINT_VAES:   # (its file picks the model too)
+                fix = f"wire a Load VAE of {own} to '{decoder}'" if own else f"decode with {vae_file(space)}"
+                return (f"{fix}: it decodes this node's output, {space.latents}, with the VAE of {file} from "
+                        f"'{title}', {shape_family(shape)}")
             # the fix first, in the loader as the canvas names it ("Load VAE" read as another node's title)
-            fix = f"pick {own_vae_file(space)} in '{title}'" if own_vae_file(space) else f"decode with {vae_file(space)}"
-            return (f"{fix}: '{model_files.title(prompt[taker])}' decodes this node's output, {space.latents}, with "
-                    f"{file} from '{title}', {shape_family(shape)}")
+            fix = f"pick {own} in '{title}'" if own else f"decode with {vae_file(space)}"
+            return (f"{fix}: '{decoder}' decodes this node's output, {space.latents}, with {file} from '{title}', "
+                    f"{shape_family(shape)}")
     return None
 
 
 def decoding_vae_files(prompt: dict | None, node: str | None):
-    """(decoding node id, Load VAE id, file, latent shape) for each node of the queued ``prompt`` that takes
-    ``node``'s output with a VAE file whose header tells its family (:func:`~.codecs.vae_file_shape`)."""
+    """(decoding node id, loader id, file, latent shape) for each node of the queued ``prompt`` that takes
+    ``node``'s output with a VAE whose file's header tells its family (:func:`~.codecs.vae_file_shape`): a Load
+    VAE's file, or a checkpoint loader's VAE output."""
     import folder_paths   # (ComfyUI's)
 
     for taker in model_files.takers(prompt, node):
         loader = model_files.vae_loader(prompt, taker)
         shape = loader and vae_file_shape(folder_paths.get_full_path("vae", loader[1]))
+        if not loader:
+            loader = model_files.checkpoint_vae(prompt, taker)
+            shape = loader and vae_file_shape(folder_paths.get_full_path("checkpoints", loader[1]), checkpoint=True)
         if shape:
             yield taker, loader[0], loader[1], shape
 

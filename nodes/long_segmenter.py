@@ -267,8 +267,13 @@ class ConFinerLongSegmenter(io.ComfyNode):
                                   where=input_place(cls, name))
         space = host.space_of(control_model)
         fps = prompt_fps(fps, space)
-        # every problem the widgets alone show, in one message: one per run cost a model load each
-        problems = [refine_problem(te, refine_steps)]
+        # every problem the widgets alone show, in one message: one per run cost a model load each; the control
+        # model's prompt first (a trial's Wan model on the SD template was told of the segment length, then of the
+        # prompt, a Run each)
+        problems = [host.problem_of(host.check_text_width, control_model, "control", control_positive,
+                                    control_negative if control_negative is not None else control_positive,
+                                    control_cfg),
+                    refine_problem(te, refine_steps)]
         try:
             space.check_pixel_frames(segment_length, f"segment length (segment_length) = {segment_length}: the "
                                                      f"control expert's {space.title}", least=2)

@@ -13,6 +13,8 @@ LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "Checkpoint
            "CheckpointLoader": "ckpt_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
 #: loaders of VAE files -> the input that names the file
 VAE_LOADERS = {"VAELoader": "vae_name"}
+#: checkpoint loaders -> the input that names the file and their VAE output's slot
+CHECKPOINT_VAES = {"CheckpointLoaderSimple": ("ckpt_name", 2), "CheckpointLoader": ("ckpt_name", 2)}
 HIGH, LOW = "high-noise", "low-noise"
 BOUNDARY_NOTE = "its boundary, sigma 0.875 for text-to-video"
 
@@ -46,6 +48,16 @@ def vae_loader(prompt: dict | None, node_id: str | None, input_name: str = "vae"
     node = ((prompt or {}).get(found[0]) or {}) if found else {}
     name = node.get("inputs", {}).get(VAE_LOADERS.get(node.get("class_type"), ""))
     return (found[0], name) if isinstance(name, str) else None
+
+
+def checkpoint_vae(prompt: dict | None, node_id: str | None, input_name: str = "vae") -> tuple[str, str] | None:
+    """(loader node id, checkpoint file) where ``input_name`` of node ``node_id`` takes a checkpoint loader's VAE
+    output (an SD checkpoint's VAE wired to a Wan clip's decode); None elsewhere."""
+    found = link(prompt, node_id, input_name)
+    node = ((prompt or {}).get(found[0]) or {}) if found else {}
+    name_input, slot = CHECKPOINT_VAES.get(node.get("class_type"), (None, None))
+    name = node.get("inputs", {}).get(name_input) if name_input else None
+    return (found[0], name) if isinstance(name, str) and found[1] == slot else None
 
 
 def model_file(prompt: dict | None, node_id: str | None, input_name: str) -> str | None:

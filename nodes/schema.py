@@ -14,6 +14,7 @@ import re
 from comfy_api.latest import io
 
 from ..confiner_core.chain import AUTO, DEFAULT_TE, MATCHINGS, MODES, STRUCTURE_NOISES, ChainConfig
+from ..confiner_core.errors import meant_choice
 from ..confiner_core.long import COHERENCE_MEMORIES
 from ..confiner_core.sampling import SAMPLERS
 from ..confiner_core.timesteps import SPACINGS
@@ -229,7 +230,9 @@ def widget_problem(node_cls, **values) -> str | None:
             if spec.max is not None and value > spec.max:
                 return f"{_label(spec)} = {value} is above its maximum {spec.max}"
         elif isinstance(spec, io.Combo.Input) and value not in spec.options:
-            return f"{_label(spec)} = {value!r} is not one of {list(spec.options)}"
+            meant = meant_choice(value, spec.options)   # (a workflow edited by hand: 'Coordinated', 'DDIM')
+            return f"{_label(spec)} = {value!r} is not one of {list(spec.options)}" + \
+                (f": did you mean {meant!r}?" if meant else "")
         return None
 
     problems = [p for name, value in values.items() if value is not None for p in [problem(specs[name], value)] if p]

@@ -217,6 +217,7 @@ CLI_CASES = [
     Case("mode-unknown", ["--mode", "bogus"], "--mode"),
     # a misspelt value is told the choice likely meant, as a misspelt option is (a trial's "coordinate")
     Case("mode-misspelt", ["--mode", "coordinate"], "did you mean 'coordinated'? (see --help)"),
+    Case("sampler-in-capitals", ["--control-sampler", "DDIM"], "did you mean 'ddim'? (see --help)"),
     Case("matching-unknown", ["--matching", "bogus"], "--matching"),
     Case("noise-init-unknown", ["--noise-init", "bogus"], "--noise-init"),
     Case("speed-unknown", ["--speed", "FAST"], "--speed"),
@@ -382,6 +383,13 @@ CONFIG_CASES = [
     (LongConfig, {"noise_init": "pink"}, "noise_init must be one of ('shuffle', 'freenoise', 'independent'), got "
                                          "'pink'"),
     (LongConfig, {"staggered": "yes"}, "LongConfig.staggered must be True or False or None (the plan's), got 'yes'"),
+    # the option likely meant, as the command line says it (a trial's library calls got none)
+    (ChainConfig, {"mode": "coordinate"}, "mode must be one of ('coordinated', 'standard', 'temporal', 'alternate'), "
+                                          "got 'coordinate': did you mean 'coordinated'?"),
+    (ChainConfig, {"control_sampler": "DDIM"}, "control_sampler must be one of ('euler', 'ddim', 'dpmpp_2m', "
+                                               "'unipc'), got 'DDIM': did you mean 'ddim'?"),
+    (LongConfig, {"noise_init": "FreeNoise"}, "noise_init must be one of ('shuffle', 'freenoise', 'independent'), got "
+                                              "'FreeNoise': did you mean 'freenoise'?"),
 ]
 
 
@@ -401,7 +409,8 @@ def test_a_config_refuses_a_bad_setting_when_built_and_when_replaced(config, set
                                     "guidance_scale)"),
     (LongConfig, "gama", "gama -> gamma"), (LongConfig, "window", "window -> freenoise_window"),
     (GenerateRequest, "te", "te -> chain.te"), (GenerateRequest, "num_frames", "num_frames -> frames"),
-    (ChainConfig, "Te", "Te -> te"), (ChainConfig, "xyzzy", None)])
+    (ChainConfig, "Te", "Te -> te"), (ChainConfig, "xyzzy", None),
+    (ChainConfig, "steps", "steps -> control_steps or refine_steps")])
 def test_a_setting_a_config_lacks_is_refused_with_the_one_meant(config, name, meant):
     """Python's own "__init__() got an unexpected keyword argument 'tee'" named no setting it has (and where no
     setting is close, none is guessed: it said "xyzzy -> ?")."""

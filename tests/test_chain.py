@@ -446,7 +446,7 @@ def test_a_misspelt_mode_is_named_by_every_stage_function():
 
     structure, g = x0_star(), torch.Generator().manual_seed(0)
     expert = OracleExpert(structure, S.named("sd15"))
-    message = r"^mode must be one of \('coordinated', 'standard', 'temporal', 'alternate'\), got 'coord'$"
+    message = r"^mode must be one of \('coordinated', 'standard', 'temporal', 'alternate'\), got 'coord': did you mean 'coordinated'\?$"
     with pytest.raises(ValueError, match=message):
         ChainConfig(mode="coord")
     config = ChainConfig()

@@ -1063,7 +1063,23 @@ WRONG_DECODE_VAE = [
     ("the Flux VAE file on a Long Video's output",
      lambda ckpt: _flux_vae_on_decode(long_wan_graph(ckpt)),
      [f"Wan 2.1 latents, with {FLUX_VAE} from 'VAELoader', FLUX.1's VAE"]),
+    # ... or an SD checkpoint's VAE output (a trial's run of the Qwen-Image template finished, then its decode failed
+    # on "Expected 3D (unbatched) or 4D (batched) input to conv2d")
+    ("an SD checkpoint's VAE on a Qwen-Image graph's output",
+     lambda ckpt: _checkpoint_vae_on_decode(wan_graph(ckpt, "qwen"), ckpt),
+     ["wire a Load VAE of wan_2.1_vae.safetensors to 'VAEDecode': it decodes this node's output, Wan 2.1 latents, "
+      "with the VAE of ", " from 'CheckpointLoaderSimple', SD 1.5"]),
+    ("an SD checkpoint's VAE on a Flux spatial expert's output",
+     lambda ckpt: _checkpoint_vae_on_decode(wan_graph(ckpt, "flux"), ckpt),
+     ["wire a Load VAE of ae.safetensors to 'VAEDecode': it decodes this node's output, FLUX.1 latents, with the VAE "
+      "of ", " from 'CheckpointLoaderSimple', SD 1.5 or SDXL's VAE"]),
 ]
+
+
+def _checkpoint_vae_on_decode(prompt: dict, ckpt: str) -> dict:
+    prompt["41"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+    prompt["12"]["inputs"]["vae"] = ["41", 2]
+    return prompt
 
 
 def _flux_vae_on_decode(prompt: dict) -> dict:
@@ -1096,10 +1112,10 @@ def test_a_decode_given_another_familys_vae_is_refused_also_when_the_sampler_is_
 def test_a_vae_files_header_reads_as_the_vae_comfys_loader_makes_of_it(comfy_worker, modern, tmp_path):
     """The wrong-VAE check above reads a Load VAE's file before the loader runs (its header alone): what it reads is
     the latent channels and compression of the VAE ComfyUI's own loader makes of the file, for Wan 2.1's VAE, Flux's
-    and SD 1.5's (the checkpoint's VAE as a file of its own)."""
+    and SD 1.5's (the checkpoint's VAE as a file of its own, and the checkpoint as its loader's VAE output)."""
     shapes = comfy_worker.call("comfy_support.modern_checks:vae_file_shapes", comfy_worker.checkpoint_name,
                                str(tmp_path))
-    assert set(shapes) == {WAN_VAE, FLUX_VAE, "sd15"}
+    assert set(shapes) == {WAN_VAE, FLUX_VAE, "sd15", "sd15 checkpoint"}
     for name, (read, loaded) in shapes.items():
         assert read == loaded, (name, read, loaded)
     assert {tuple(read) for read, _ in shapes.values()} == {(16, 8, 4), (16, 8, 1), (4, 8, 1)}
@@ -1129,6 +1145,13 @@ def _sd_prompt_into_wan_control(prompt: dict, ckpt: str) -> None:
 OTHER_TEXT_ENCODER = [
     ("SD 1.5 prompt into the Wan control expert", _sd_prompt_into_wan_control,
      ["control expert's positive conditioning", "768 wide", "WAN21", "Load CLIP with type wan"]),
+    # ... with an image latent too: both in one message, the prompt first (a trial was told of the prompt, then a Run
+    # later of the latent)
+    ("SD 1.5 prompt and image latent into the Wan control expert",
+     lambda p, ckpt: (_sd_prompt_into_wan_control(p, ckpt), p.update({"8": {
+         "class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 4}}})),
+     ["2 problems: (1) the control expert's positive conditioning", "768 wide", "; (2) control latent is a batch of 4 "
+      "images"]),
     # one mismatch: the prompt more likely than the file, so it leads (the file's way out comes after)
     ("Wan prompt into the SD 1.5 spatial expert",
      lambda p, ckpt: p["10"]["inputs"].update(spatial_positive=["6", 0]),
@@ -1155,6 +1178,18 @@ def test_a_prompt_from_another_familys_text_encoder_is_refused_before_any_evalua
     prompt = wan_graph(ckpt, "sd")
     change(prompt, ckpt)
     assert_refused_before_any_evaluation(comfy_worker, prompt, case, words)
+
+
+def test_a_long_video_names_its_control_models_prompt_with_its_segment_length_in_one_message(comfy_worker, modern):
+    """A trial's Wan control model on the Long SD template was told of the segment length Wan cannot hold, then, a
+    Run (and a model load) later, of the SD prompt it cannot read: both now, the prompt first."""
+    prompt = long_wan_graph(comfy_worker.checkpoint_name)
+    prompt["20"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": comfy_worker.checkpoint_name}}
+    prompt["21"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["20", 1]}}
+    prompt["14"]["inputs"].update(control_positive=["21", 0], control_negative=["21", 0], segment_length=4)
+    assert_refused_before_any_evaluation(comfy_worker, prompt, "long", [
+        "2 problems: (1) the control expert's positive conditioning is 768 wide",
+        "; (2) segment length (segment_length) = 4: the control expert's Wan 2.1"])
 
 
 def test_one_prompt_of_another_family_leads_its_message_before_the_file(comfy_worker, modern):

@@ -368,9 +368,14 @@ def vae_file_shapes(ckpt_name: str, folder: str) -> dict:
                if k.startswith("first_stage_model.")}, sd15)
     paths = {name: folder_paths.get_full_path("vae", name) for name in (WAN_VAE, FLUX_VAE)}
     paths["sd15"] = sd15
-    return {name: [codecs.vae_file_shape(path), list(codecs.vae_shape(nodes.VAELoader().load_vae(name)[0] if
-                                                                      name != "sd15" else _vae_of_file(path)))]
-            for name, path in paths.items()}
+    shapes = {name: [codecs.vae_file_shape(path), list(codecs.vae_shape(nodes.VAELoader().load_vae(name)[0] if
+                                                                        name != "sd15" else _vae_of_file(path)))]
+              for name, path in paths.items()}
+    # and the checkpoint itself, as a checkpoint loader's VAE output
+    checkpoint = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[2]
+    shapes["sd15 checkpoint"] = [codecs.vae_file_shape(folder_paths.get_full_path("checkpoints", ckpt_name),
+                                                       checkpoint=True), list(codecs.vae_shape(checkpoint))]
+    return shapes
 
 
 def _vae_of_file(path: str):

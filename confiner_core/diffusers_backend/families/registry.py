@@ -476,8 +476,10 @@ def missing_packages_said() -> str | None:
 
 
 @torchvision_fallback_unsaid()
-def load_experts(control, spatial, temporal=None, base=None, *, device="cpu", dtype: torch.dtype | str | None = None,
-                 motion_config=None, scheduler_overrides: dict | None = None,
+def load_experts(control: str | os.PathLike, spatial: str | os.PathLike | None,
+                 temporal: str | os.PathLike | None = None, base: str | os.PathLike | None = None, *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                 motion_config: str | os.PathLike | None = None, scheduler_overrides: dict | None = None,
                  decode_chunk_frames: int | None = None, speed: SpeedSettings | None = None,
                  options: dict | None = None, show_progress: bool = True) -> LoadedExperts:
     """Load the chain's experts from local paths, after checking from configs and headers alone that every
