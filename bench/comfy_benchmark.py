@@ -9,7 +9,7 @@ mid block, as AnimateDiff-Lightning is, and a v3 module without). Weights do not
 
 Runs, each through ComfyUI's executor like a queued prompt (the loaders cached, the prompts re-encoded every run):
 
-* ``example_workflows/confiner_basic_sd15_animatediff.json``, converted UI -> API as the frontend does: 4 control evaluations
+* ``example_workflows/ConFiner 1 - start here - SD 1.5 and AnimateDiff.json``, converted UI -> API as the frontend does: 4 control evaluations
   (AnimateDiff-Lightning, cfg 1) + 15 refinement evaluations (SD 1.5 and AnimateDiff v3, cfg 7.5), decode, save;
   once per evaluation mechanism of the pack (``session``: one long-lived sampling call per expert and stage, the
   default; ``per-evaluation``: one sampling call per evaluation, ``CONFINER_STAGE_SESSIONS=0``);
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_support import harness  # noqa: E402  (stdlib only until boot)
 
-TEMPLATE = ROOT / "example_workflows" / "confiner_basic_sd15_animatediff.json"
+TEMPLATE = ROOT / "example_workflows" / "ConFiner 1 - start here - SD 1.5 and AnimateDiff.json"
 MECHANISMS = ("session", "per-evaluation")
 CONFINER_NODES = ("ConFinerControlExpert", "ConFinerCoordinatedSampler")
 SAVE_NODES = ("SaveAnimatedWEBP", "SaveImage", "VHS_VideoCombine")

@@ -406,7 +406,7 @@ def comfy_figures(data: dict | None, library: dict, variants: dict | None = None
         out["comfy_ratio_off_library"] = ratio / lib - 1
     md = ["## Inside ComfyUI (`comfy_benchmark.py`)", "",
           f"ComfyUI {data['comfy_version']}, {data['device_name']}, torch {data['torch']}, {data['date']}: "
-          f"`example_workflows/confiner_basic_sd15_animatediff.json` at {data['size']}×{data['size']}×{data['frames']} with full-size "
+          f"`example_workflows/ConFiner 1 - start here - SD 1.5 and AnimateDiff.json` at {data['size']}×{data['size']}×{data['frames']} with full-size "
           "random-weight SD 1.5 and AnimateDiff motion modules through AnimateDiff-Evolved, run by ComfyUI's executor "
           "as a queued prompt, against its AnimateDiff-25 KSampler counterpart (same checkpoint, motion model, "
           "prompts, decode and save nodes). Medians of the runs after one warm-up. Host overhead: a sampling node's "

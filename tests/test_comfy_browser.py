@@ -19,10 +19,12 @@ import os
 import re
 import textwrap
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from comfy_support.fixtures import comfy_path  # noqa: F401  (pytest fixture)
+from comfy_support.templates import A14B, BASIC, LONG_SD, LONG_WAN, WAN_QWEN
 
 pytestmark = pytest.mark.comfyui
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +115,7 @@ def open_template(frontend, name: str, tab: str | None = None) -> dict:
     from comfy_support import browser
 
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{quote(name)}.json")
     browser.load_template(b, workflow, tab or name)
     browser.close_dialogs(b)
     return workflow
@@ -130,7 +132,7 @@ def test_templates_are_listed_with_their_thumbnails(frontend):
     server, _ = frontend
     assert sorted(server.get_json("/api/workflow_templates")[PACK]) == TEMPLATES
     for name in TEMPLATES:
-        status, kind, body = server.get(f"/api/workflow_templates/{PACK}/{name}.jpg")
+        status, kind, body = server.get(f"/api/workflow_templates/{PACK}/{quote(name)}.jpg")
         assert status == 200 and kind == "image/jpeg" and body[:3] == b"\xff\xd8\xff", (name, status, kind)
 
 
@@ -153,7 +155,7 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     from comfy_support import browser
 
     server, b = frontend
-    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{name}.json")
+    workflow = server.get_json(f"/api/workflow_templates/{PACK}/{quote(name)}.json")
     nodes = browser.load_template(b, workflow, name)
     b.page.screenshot(path=str(screenshot_dir / f"{name}_missing_models.png"))
     dialog = browser.missing_nodes_dialog(b)
@@ -178,7 +180,7 @@ def test_template_loads_cleanly_in_the_frontend(frontend, screenshot_dir, name):
     assert too_small == []
 
 
-@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_sd15_animatediff"])
+@pytest.mark.parametrize("name", [BASIC, LONG_SD])
 def test_a_file_saved_before_sockets_were_labelled_reads_as_fresh_nodes(frontend, name):
     """Files of the first release carry no socket labels: their nodes showed raw ids (control_model) beside the
     worded labels of sockets added since (control VAE)."""
@@ -187,7 +189,7 @@ def test_a_file_saved_before_sockets_were_labelled_reads_as_fresh_nodes(frontend
     from comfy_support import browser
 
     server, b = frontend
-    old = copy.deepcopy(server.get_json(f"/api/workflow_templates/{PACK}/{name}.json"))
+    old = copy.deepcopy(server.get_json(f"/api/workflow_templates/{PACK}/{quote(name)}.json"))
     for node in old["nodes"]:
         for slot in node.get("inputs", []):
             slot.pop("label", None)
@@ -205,7 +207,7 @@ def test_a_long_video_of_the_first_release_keeps_its_coherence_memory(frontend):
     from comfy_support import browser
 
     server, b = frontend
-    template = server.get_json(f"/api/workflow_templates/{PACK}/confiner_long_sd15_animatediff.json")
+    template = server.get_json(f"/api/workflow_templates/{PACK}/{quote(LONG_SD)}.json")
     old = copy.deepcopy(template)
     (node,) = [n for n in old["nodes"] if n["type"] == "ConFinerLongSegmenter"]
     del node["widgets_values"][16:]   # the first release's 16 values (the inputs added since come after them)
@@ -226,7 +228,7 @@ def test_the_long_videos_schedule_box_keeps_its_height_when_progress_and_preview
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_long_sd15_animatediff", "long")
+    open_template(frontend, LONG_SD, "long")
     png = gray_png(64, 128)
     text = "structure 1/3 · control stage · control expert\nstep 1/4 · evaluation 1/42\nprompt: a corgi"
     h = browser.progress_arrives(b, "ConFinerLongSegmenter", text, png)
@@ -246,7 +248,7 @@ def test_a_run_start_clears_the_last_runs_error_text_and_its_end_a_wait_that_nev
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    open_template(frontend, BASIC, "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     after = browser.run_starts(b, {"ConFinerControlExpert": done,
                                    "ConFinerCoordinatedSampler": "warning: the temporal expert is an image model: no "
@@ -317,7 +319,7 @@ def test_a_sampler_waiting_for_its_turn_or_not_run_shows_no_preview_of_the_run_b
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    open_template(frontend, BASIC, "basic")
     png = gray_png(64, 200)
     waiting = "waiting for its turn\n(after the structure and the nodes queued before it)"
     seen = browser.preview_then_text(b, "ConFinerCoordinatedSampler", waiting, png)
@@ -343,7 +345,7 @@ def test_a_nodes_text_in_its_ui_output_leaves_its_preview_and_text_as_they_were(
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    open_template(frontend, BASIC, "basic")
     png = gray_png(64, 200)
     done = "done · 15 expert evaluations in 1.0 s\nseed 3"
     assert browser.preview_then_text(b, "ConFinerCoordinatedSampler", done, png)["text"] == {"images": 1,
@@ -368,7 +370,7 @@ def test_the_texts_of_nodes_in_a_subgraph_show_when_it_is_opened(frontend, scree
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "subgraph")
+    open_template(frontend, BASIC, "subgraph")
     seen = browser.subgraph_texts(b)
     b.page.evaluate("() => { app.canvas.ds.scale = 0.6; app.canvas.ds.offset = [0, 0]; app.canvas.fitViewToSelectionAnimated?.(); app.canvas.setDirty(true, true); }")
     b.page.wait_for_timeout(600)
@@ -388,7 +390,7 @@ def test_the_packs_texts_stay_on_screen_after_a_subgraph_was_opened(frontend, sc
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "round trip")
+    open_template(frontend, BASIC, "round trip")
     seen = browser.subgraph_round_trip(b)
     b.page.screenshot(path=str(screenshot_dir / "subgraph_round_trip.png"))
     assert seen == {"top": True, "inside": True, "top_again": True, "inside_again": True}, seen
@@ -408,7 +410,7 @@ def test_a_runs_text_survives_a_switch_of_workflow_tabs_and_stays_out_of_files(f
              "ConFinerRefineExperts": "spatial: SD 1.5 (SD15) · cfg 7.5\ntemporal: SD 1.5 (SD15) · cfg 7.5"}
     queue_empty(b)
     for tab in ("switch_a", "switch_b"):   # the same template twice: the same node ids in two graphs
-        open_template(frontend, "confiner_basic_sd15_animatediff", tab)
+        open_template(frontend, BASIC, tab)
     shown_b = browser.node_texts(b)
     browser.switch_tab(b, "switch_a")
     shown_a = browser.node_texts(b, texts)
@@ -434,7 +436,7 @@ def test_a_shared_copy_of_a_workflow_opens_without_the_originals_texts(frontend,
 
     server, b = frontend
     queue_empty(b)
-    open_template(frontend, "confiner_basic_sd15_animatediff", "share_original")
+    open_template(frontend, BASIC, "share_original")
     shown = browser.node_texts(b, {"ConFinerControlExpert": "done · 2 expert evaluations in 0.2 s · 5 frames"})
     assert "done · 2 expert evaluations in 0.2 s · 5 frames" in shown.values(), shown
     exported = json.loads(b.page.evaluate("() => JSON.stringify(app.graph.serialize())"))   # as Export writes it
@@ -470,7 +472,7 @@ def test_template_browser_shows_the_pack_with_thumbnails(frontend, screenshot_di
     ours = [(status, url) for status, url in b.responses if f"/{PACK}/" in url]
     assert [r for r in ours if r[0] >= 400] == []
     for name in TEMPLATES:
-        assert any(status == 200 and url.endswith(f"/{PACK}/{name}.jpg") for status, url in ours), name
+        assert any(status == 200 and url.endswith(f"/{PACK}/{quote(name)}.jpg") for status, url in ours), name
 
 
 
@@ -550,7 +552,7 @@ def test_the_bundles_refusal_fits_the_node_in_a_template(frontend, screenshot_di
     from comfy_support import browser
 
     _, b = frontend
-    open_template(frontend, "confiner_wan21_qwen_image", "bundle_refused")
+    open_template(frontend, WAN_QWEN, "bundle_refused")
     text = ("stopped by an error:\nthe temporal expert (temporal model on ConFiner Refine\nExperts) is FLUX.1 (Flux), "
             "file 'flux1-dev.safetensors', an\nimage model: it makes every frame on its ... (see the error)")
     browser.node_texts(b, {"ConFinerRefineExperts": text})
@@ -677,7 +679,7 @@ def test_advanced_widgets_are_hidden_until_asked_for_unless_a_file_sets_one(fron
       }""")
     assert [s[1:] for s in sorted(shown)] == [[True, True], [False, False], [False, False]], shown
     # the A14B template's Control Expert, whose note names its low-noise cfg, shows it; its other nodes do not
-    open_template(frontend, "confiner_wan22_a14b")
+    open_template(frontend, A14B)
     a14b = b.page.evaluate("""() => Object.fromEntries(app.graph._nodes.filter((n) => n.comfyClass?.startsWith("ConFiner"))
         .map((n) => [n.comfyClass, n.widgets.filter((w) => w.advanced && n.isWidgetVisible(w)).map((w) => w.name)]))""")
     assert a14b == {"ConFinerControlExpert": ["spacing", "eta", "low_noise_cfg", "boundary"],
@@ -731,7 +733,7 @@ def test_an_input_from_a_bypassed_or_muted_node_says_which_node_to_switch_on(fro
     server, b = frontend
     said = {}
     for mode in (4, 2):   # LiteGraph's bypass, "never" (muted)
-        open_template(frontend, "confiner_basic_sd15_animatediff", f"bundle mode {mode}")
+        open_template(frontend, BASIC, f"bundle mode {mode}")
         said[mode] = b.page.evaluate("""async (mode) => {
             const bundle = app.graph._nodes.find((n) => n.type === "ConFinerRefineExperts");
             bundle.mode = mode;
@@ -748,10 +750,10 @@ def test_an_input_from_a_bypassed_or_muted_node_says_which_node_to_switch_on(fro
 
 
 @pytest.mark.parametrize("template,node_type,note", [
-    ("confiner_long_sd15_animatediff", "ConFinerLongSegmenter",
+    (LONG_SD, "ConFinerLongSegmenter",
      "bypassed: no video is made here; its latent input passes on unsampled in the video's place: un-bypass it "
      "(Ctrl+B)"),
-    ("confiner_basic_sd15_animatediff", "ConFinerCoordinatedSampler",
+    (BASIC, "ConFinerCoordinatedSampler",
      "bypassed: nothing is refined here; the structure passes on unrefined in the video's place: un-bypass it "
      "(Ctrl+B)")])
 def test_a_bypassed_sampling_node_says_what_passes_on_in_the_videos_place(frontend, screenshot_dir, template, node_type,
@@ -787,7 +789,7 @@ def test_a_subgraph_of_the_packs_nodes_says_what_bypassing_or_muting_around_it_d
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "subgraph modes")
+    open_template(frontend, BASIC, "subgraph modes")
     said = b.page.evaluate("""async () => {
         const control = app.rootGraph.nodes.find((n) => n.type === "ConFinerControlExpert");
         const positive = control.getInputNode(control.inputs.findIndex((s) => s.name === "positive"));""" +
@@ -871,7 +873,7 @@ def test_a_run_with_every_output_muted_says_so_on_the_packs_nodes(frontend):
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "no outputs")
+    open_template(frontend, BASIC, "no outputs")
     texts = b.page.evaluate("""async () => {
         app.graph._nodes.find((n) => n.type === "SaveAnimatedWEBP").mode = 2;
         try { await app.queuePrompt(0); } catch (e) {}
@@ -923,7 +925,7 @@ def test_a_run_refused_when_queued_says_so_under_each_node(frontend):
 
     server, b = frontend
     queue_empty(b)
-    workflow = open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    workflow = open_template(frontend, BASIC, "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     texts = b.page.evaluate("""async (done) => {
       const api = window.comfyAPI.api.api;
@@ -964,7 +966,7 @@ def test_a_run_whose_chain_was_refused_while_another_output_ran_says_so_on_the_c
     through the frontend for real."""
     server, b = frontend
     queue_empty(b)
-    open_template(frontend, "confiner_basic_sd15_animatediff", "partly")
+    open_template(frontend, BASIC, "partly")
     done = "done · 4 expert evaluations in 1.2 s"
     texts = b.page.evaluate("""async (done) => {
       const api = window.comfyAPI.api.api;
@@ -1029,7 +1031,7 @@ def test_a_check_filed_under_every_input_it_reads_is_shown_once(frontend, screen
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_long_sd15_animatediff", "long_refused")
+    open_template(frontend, LONG_SD, "long_refused")
     browser.close_dialogs(b)
     filed = b.page.evaluate("""async () => {
       const node = app.graph._nodes.find((n) => n.type === "ConFinerLongSegmenter");
@@ -1047,7 +1049,7 @@ def test_a_check_filed_under_every_input_it_reads_is_shown_once(frontend, screen
 
 
 @needs_frontend_1_35("its text box wraps a line of 60 characters on the pack's nodes (ComfyUI 0.3.x)")
-@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff", "confiner_long_wan21"])
+@pytest.mark.parametrize("name", [BASIC, LONG_WAN])
 def test_a_line_of_the_packs_text_is_shown_unbroken_on_the_templates_nodes(frontend, name):
     """The nodes' lines are at most 60 characters (nodes/host.py LINE_WIDTH) so that each fits one line of the box:
     on the templates' 380 px nodes, a trial read "load Lightnin / g" and "stopped the ru / n". A node added fresh is
@@ -1086,7 +1088,7 @@ def test_a_node_served_from_the_cache_says_so(frontend):
     cached node sends no text). A node that shows the text of its own last run keeps it, and says this run reused it
     (the Control Expert, its seed fixed, showed its "done" line through every later Run as if each had made it)."""
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "basic")
+    open_template(frontend, BASIC, "basic")
     done = "done · 4 expert evaluations in 1.2 s"
     warned = "warning: AnimateDiff bypassed, no motion: un-bypass it"
     texts = b.page.evaluate("""async ([done, warned]) => {
@@ -1129,7 +1131,7 @@ def test_the_warnings_of_the_packs_nodes_in_a_subgraph_show_on_the_subgraph_node
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "warnings in subgraph")
+    open_template(frontend, BASIC, "warnings in subgraph")
     warned = "warning: temporal is an image model: add AnimateDiff or Wan"
     said = b.page.evaluate("""async (warned) => {""" + browser.OURS_TO_SUBGRAPH + """
       const text = () => holder.widgets?.find((w) => w.name === "$$node-text-preview")?.value ?? null;
@@ -1168,7 +1170,7 @@ def test_a_node_in_a_closed_subgraph_served_from_the_cache_keeps_its_warning(fro
     from comfy_support import browser
 
     server, b = frontend
-    open_template(frontend, "confiner_basic_sd15_animatediff", "cached in subgraph")
+    open_template(frontend, BASIC, "cached in subgraph")
     said = "warning: image model, no motion: add AnimateDiff or use Wan\ndone · 4 expert evaluations in 1.2 s"
     text = b.page.evaluate("""async (said) => {""" + browser.OURS_TO_SUBGRAPH + """
       const control = inner("ConFinerControlExpert");
@@ -1194,7 +1196,7 @@ def test_a_result_from_the_cache_names_the_seed_it_was_queued_with(frontend):
     it. The queue's answer is the server's as it would send it (the template's files are not on this server)."""
     server, b = frontend
     queue_empty(b)
-    open_template(frontend, "confiner_basic_sd15_animatediff", "cached seed")
+    open_template(frontend, BASIC, "cached seed")
     b.page.route("**/api/prompt", lambda route: route.fulfill(
         status=200, content_type="application/json",
         body=json.dumps({"prompt_id": "cached seed", "number": 1, "node_errors": {}}))
@@ -1230,7 +1232,7 @@ def test_the_nodes_a_run_will_run_say_they_wait_until_their_turn(frontend, scree
     answer is the server's as it would send it (the template's files are not on this server)."""
     server, b = frontend
     queue_empty(b)
-    open_template(frontend, "confiner_basic_sd15_animatediff", "waiting")
+    open_template(frontend, BASIC, "waiting")
     ids = iter(["waits", "waits again"])   # (the server's prompt ids: one a Run)
     b.page.route("**/api/prompt", lambda route: route.fulfill(
         status=200, content_type="application/json",
@@ -1303,7 +1305,7 @@ def test_a_run_that_ended_before_the_queues_answer_leaves_no_node_waiting(fronte
     queue empty. Here the run starts and fails inside the Run's request, before its answer comes back."""
     server, b = frontend
     queue_empty(b)
-    open_template(frontend, "confiner_basic_sd15_animatediff", "fast failure")
+    open_template(frontend, BASIC, "fast failure")
     b.page.route("**/api/prompt", lambda route: route.fulfill(
         status=200, content_type="application/json",
         body='{"prompt_id": "fast", "number": 1, "node_errors": {}}') if route.request.method == "POST"

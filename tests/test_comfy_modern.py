@@ -21,12 +21,13 @@ import pytest
 
 from comfy_support.modern_checks import CLIP_L, FLUX, FLUX_VAE, HIGH, LOW, QWEN, QWEN_VL, T5XXL, UMT5, WAN, WAN_VAE
 from comfy_support.fixtures import assert_error_text
+from comfy_support.templates import A14B, LONG_WAN, SD_BRIDGE, WAN_FLUX, WAN_QWEN
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
-MODERN_TEMPLATES = ["confiner_wan21_qwen_image", "confiner_sd15_bridge_wan21", "confiner_wan21_flux1_dev",
-                    "confiner_wan22_a14b"]
-BRIDGED_TEMPLATES = ("confiner_sd15_bridge_wan21", "confiner_wan21_flux1_dev")
+MODERN_TEMPLATES = [WAN_QWEN, SD_BRIDGE, WAN_FLUX,
+                    A14B]
+BRIDGED_TEMPLATES = (SD_BRIDGE, WAN_FLUX)
 REFINE_STEPS = 2
 SIZE, LENGTH = 32, 5   # 32x32 pixels, 5 frames: 2 Wan latent frames of 4x4
 
@@ -1441,7 +1442,7 @@ def test_the_wan_long_video_template_runs_headless_with_tiny_models(comfy_worker
     T_e 100, fps 8): Wan lengths, T_e 250, and seconds keys at the model's rate (fps 0), the save node's 16 fps. Run
     CPU-sized: 17 frames in segments of 9, 2 control and 2 refinement steps, the prompt travelling at 0.5 s (frame
     8)."""
-    workflow = json.loads((EXAMPLES / "confiner_long_wan21.json").read_text())
+    workflow = json.loads((EXAMPLES / f"{LONG_WAN}.json").read_text())
     long = next(n for n in workflow["nodes"] if n["type"] == "ConFinerLongSegmenter")
     values = long["widgets_values"]
     (save,) = [n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP"]
@@ -1494,7 +1495,7 @@ def test_a_templates_models_are_freed_once_comfyui_lets_them_go(comfy_worker, mo
     workers, which live on between prompts, hold nothing of the sessions they served. (They held the last one, and
     through it the models: an artist switching templates read "WARNING, memory leak with model QwenImage" before
     every prompt, each after a full garbage collection.)"""
-    for name in ("confiner_wan21_qwen_image", "confiner_wan22_a14b"):
+    for name in (WAN_QWEN, A14B):
         workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
         api = comfy_worker.convert(tiny_sized(workflow, comfy_worker.checkpoint_name))
         assert comfy_worker.call("comfy_support.modern_checks:run_logging_cost", api)["success"]

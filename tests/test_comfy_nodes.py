@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from comfy_support.fixtures import assert_error_text, with_checkpoint
+from comfy_support.templates import BASIC, COMPARE, LONG_SD
 
 pytestmark = pytest.mark.comfyui
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -114,9 +115,9 @@ def test_nearest_matching_picks_the_timestep_comfys_model_sampling_picks(comfy_w
 
 # On further versions the basic template stands for all three: the compare-modes template's nodes are the basic
 # one's, and the Long Video runs on every version in test_comfy_modern and the bad-input tests.
-@pytest.mark.parametrize("name", ["confiner_basic_sd15_animatediff",
-                                  pytest.param("confiner_compare_modes_sd15", marks=pytest.mark.first_version_only),
-                                  pytest.param("confiner_long_sd15_animatediff", marks=pytest.mark.first_version_only)])
+@pytest.mark.parametrize("name", [BASIC,
+                                  pytest.param(COMPARE, marks=pytest.mark.first_version_only),
+                                  pytest.param(LONG_SD, marks=pytest.mark.first_version_only)])
 def test_example_workflow_executes(comfy_worker, name):
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
@@ -126,7 +127,7 @@ def test_example_workflow_executes(comfy_worker, name):
     # one progress bar per ConFiner node, advancing once per stage step, ending at its total
     confiner_steps = [e for e in result["progress"] if e.get("total") and e["value"] == e["total"]]
     assert confiner_steps, result["progress"][:5]
-    if name == "confiner_long_sd15_animatediff":   # the prompt of each structure and window, then the schedule
+    if name == LONG_SD:   # the prompt of each structure and window, then the schedule
         (node,) = _node_ids(workflow, "ConFinerLongSegmenter")
         mine = [m[1]["text"] for m in result["server_messages"] if m[0] == "progress_text" and m[1]["node_id"] == node]
         steps = [t.split("\n")[-3:] for t in mine if "\nstep " in t]
@@ -165,7 +166,7 @@ def test_a_bypassed_refine_sampler_is_said_on_it_and_on_the_control_expert(comfy
     """A bypassed Refine Sampler passes the structure on: the run saved the control stage's video, decoded, as if
     refined, the sampler's text blank (a trial). The Control Expert, which reads the canvas the frontend queues
     beside the prompt, says so under itself and under the bypassed node; a graph without it says nothing."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     (sampler,) = [n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler"]
     (control,) = _node_ids(workflow, "ConFinerControlExpert")
 
@@ -185,7 +186,7 @@ def test_a_bypassed_refine_sampler_is_said_on_it_and_on_the_control_expert(comfy
 def test_a_bundle_served_from_the_cache_is_said_again_by_the_sampler_that_reads_it(comfy_worker):
     """A bundle ComfyUI serves from its cache runs nothing, and stood blank under a Refine Sampler that ran (a trial:
     a workflow opened from its video, its bundle made in another tab): the sampler says what the bundle holds."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     (bundle,) = _node_ids(workflow, "ConFinerRefineExperts")
     (sampler,) = [n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler"]
 
@@ -208,7 +209,7 @@ def test_eq6_draws_fresh_noise_when_the_control_and_refine_seeds_are_equal(comfy
     """Eq. 6 noises the structure with fresh noise. Both sampling nodes seeded a torch.Generator with their seed, so
     with equal seeds (the templates' 0 and 0) the Refine Sampler's Eq. 6 noise was the Control Expert's starting
     noise itself (a review): the structure re-noised towards where it came from. The refine seed has its own stream."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     (control,) = _node_ids(workflow, "ConFinerControlExpert")
     (sampler,) = _node_ids(workflow, "ConFinerCoordinatedSampler")
     values = {str(n["id"]): n["widgets_values"] for n in workflow["nodes"] if str(n["id"]) in (control, sampler)}
@@ -220,7 +221,7 @@ def test_eq6_draws_fresh_noise_when_the_control_and_refine_seeds_are_equal(comfy
 
 
 def test_progress_moves_once_per_expert_evaluation_with_previews_and_stage_text(comfy_worker):
-    workflow = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
+    workflow = json.loads((EXAMPLES / f"{BASIC}.json").read_text())
     comfy_worker.call("comfy_support.confiner_checks:use_latent2rgb_previews", True)
     try:
         result = comfy_worker.run_workflow(cpu_sized(workflow, comfy_worker), fresh_cache=True)
@@ -326,7 +327,7 @@ def has_motion_models(worker) -> bool:
 def test_an_image_model_in_a_video_role_is_warned_under_the_node_for_the_whole_run(comfy_worker):
     """The basic template with its AnimateDiff loaders bypassed (what an artist does when the motion models are
     missing) runs SD 1.5 alone as control and temporal expert: every frame on its own. It still runs, and says so."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     for n in workflow["nodes"]:
         if n["type"] == "ADE_AnimateDiffLoaderGen1":
             n["mode"] = 4   # bypassed: the checkpoint's MODEL goes straight through
@@ -367,7 +368,7 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
     """Cancel arrives while evaluation N runs (the flag is set when its model call returns, before any progress
     update, and the progress hook itself does not check): no further evaluation may start, on every version, and
     with stage sessions every long-lived sampling call ends through ComfyUI's clean-up."""
-    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker))
+    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker))
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, at_evaluation, staged)
     # (Cancel inside the first evaluation: ComfyUI 0.8 stops the model call; 0.3.64 lets it finish, and the pack's
     # own check stops the run after it)
@@ -387,7 +388,7 @@ def test_cancel_is_honoured_within_one_expert_evaluation(comfy_worker, at_evalua
 def test_a_cancelled_long_video_says_a_rerun_starts_over(comfy_worker):
     """The Long Video keeps none of its finished windows when cancelled (ComfyUI caches a node's result alone): its
     text said only "cancelled after evaluation 9/42", and the artist expected the next run to go on."""
-    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / "confiner_long_sd15_animatediff.json").read_text()),
+    api = comfy_worker.convert(cpu_sized(json.loads((EXAMPLES / f"{LONG_SD}.json").read_text()),
                                          comfy_worker))
     r = comfy_worker.call("comfy_support.confiner_checks:interrupt_latency", api, 3, True)
     assert r["interrupted"] and r["evaluations_after_cancel"] == 0
@@ -398,7 +399,7 @@ def test_a_cancelled_long_video_says_a_rerun_starts_over(comfy_worker):
 
 @pytest.mark.first_version_only   # Cancel on every version: test_cancel_is_honoured_within_one_expert_evaluation
 def test_interruption_ends_cleanly_and_reruns_identically(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     first = comfy_worker.run_workflow(workflow, fresh_cache=True)
     assert first["success"]
     stopped = comfy_worker.run_workflow(workflow, fresh_cache=True, interrupt_at_step=2)  # mid control stage (its bar counts 1..4)
@@ -445,7 +446,7 @@ def test_noise_rescheduler_drives_sampler_custom_advanced(comfy_worker, method):
 
 
 def test_missing_temporal_expert_fails_early_with_a_clear_message(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     refine = next(n for n in workflow["nodes"] if n["type"] == "ConFinerRefineExperts")
     temporal = next(i for i in refine["inputs"] if i["name"] == "temporal_model")
     workflow["links"] = [l for l in workflow["links"] if l[0] != temporal["link"]]
@@ -473,7 +474,7 @@ def test_a_te_table_3_finds_collapsing_is_warned_under_the_refine_sampler(comfy_
     Sampler knows the structure's control steps from the Control Expert and says so under the node for the run. A T_e
     that keeps almost none of the structure is said instead (an artist's T_e 999 ran without a word at 8 steps; the
     library's tests cover any step count, and T_e below either limit)."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
     sampler["widgets_values"][0] = te
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
@@ -493,7 +494,7 @@ def test_half_precision_latents_are_read_as_float32(comfy_worker):
 
 
 def test_impossible_te_is_rejected_by_validation(comfy_worker):
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "ConFinerCoordinatedSampler")
     sampler["widgets_values"][0] = 5000
     result = comfy_worker.run_workflow(workflow, fresh_cache=True)
@@ -584,7 +585,7 @@ def test_comfys_torch_compile_node_composes(comfy_worker):
 def test_structure_noise_control_needs_and_uses_the_control_model(comfy_worker):
     """Algorithm 1, line 4 as an option: without a control model the sampler says what to connect; with one it noises
     the structure on that model's schedule (here SD 1.5 rescaled to zero terminal SNR, so it differs from Eq. 6)."""
-    workflow = cpu_sized(json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text()), comfy_worker)
+    workflow = cpu_sized(json.loads((EXAMPLES / f"{BASIC}.json").read_text()), comfy_worker)
     prompt = comfy_worker.convert(workflow)
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "ConFinerCoordinatedSampler")
     ckpt = next(k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
@@ -617,7 +618,7 @@ def test_workflow_saved_before_the_widget_relabelling_still_loads_and_runs(comfy
     from comfy_support.fixtures import load_workflow
 
     old = load_workflow("confiner_basic_v0.1")
-    new = json.loads((EXAMPLES / "confiner_basic_sd15_animatediff.json").read_text())
+    new = json.loads((EXAMPLES / f"{BASIC}.json").read_text())
     api_old, api_new = (comfy_worker.convert(cpu_sized(w, comfy_worker)) for w in (old, new))
     inputs = lambda api, t: next(v["inputs"] for v in api.values() if v["class_type"] == t)  # noqa: E731
     for node_type in NODE_IDS:

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from comfy_support.templates import BASIC
+
 _spec = importlib.util.spec_from_file_location("confiner_nodes_ade", Path(__file__).resolve().parents[1] / "nodes" / "ade.py")
 ade = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ade)
@@ -241,7 +243,7 @@ def test_a_bypassed_animatediff_loader_is_found_on_the_model_links_into_a_node()
     model_files = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(model_files)
     workflow = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" /
-                           "confiner_basic_sd15_animatediff.json").read_text())
+                           f"{BASIC}.json").read_text())
     ids = {n["type"]: str(n["id"]) for n in workflow["nodes"]}
     loaders = {n["title"]: n for n in workflow["nodes"] if n["type"] == "ADE_AnimateDiffLoaderGen1"}
     control, temporal = "Control expert: AnimateDiff-Lightning 4-step", "Temporal expert: AnimateDiff v3"

@@ -615,7 +615,7 @@ def basic():
     g.column("output", "5 · Refine, decode and save")
     sampler = refine_sampler(g, ctrl, experts)
     outputs(g, ckpt, [sampler], ["ConFiner/basic"])
-    g.save("confiner_basic_sd15_animatediff", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
+    g.save("ConFiner 1 - start here - SD 1.5 and AnimateDiff", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
 
 
 def compare_modes():
@@ -636,7 +636,7 @@ def compare_modes():
     modes = ("coordinated", "standard", "temporal")
     outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in modes], titles=[f"VAE Decode ({m})" for m in modes],
             save_titles=[f"Save ({m})" for m in modes])
-    g.save("confiner_compare_modes_sd15", "Coordinated vs standard vs temporal-only refinement of one structure.")
+    g.save("ConFiner 3 - compare refine modes - SD 1.5", "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
 def long_video_node(g, frames: int, segment_length: int, control_steps: int, control_cfg: float, te: int,
@@ -675,7 +675,7 @@ def long_video():
                                latent=(empty, "LATENT"), clip=(ckpt, "CLIP")))
     g.column("output", "5 · Decode and save")
     outputs(g, ckpt, [seg], ["ConFiner/long"])
-    g.save("confiner_long_sd15_animatediff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
+    g.save("ConFiner 2 - long video - SD 1.5 and AnimateDiff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -778,7 +778,7 @@ def wan_qwen_image():
                                           spatial_vae=(vae, "VAE")))
     ctrl = wan_control(g, wan, wan_pos, wan_neg, MODERN_SHAPE)
     refinement(g, ctrl, experts, vae, "ConFiner/wan_qwen_image", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
-    g.save("confiner_wan21_qwen_image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
+    g.save("ConFiner 4 - Wan 2.1 and Qwen-Image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
 def sd15_bridge_wan():
@@ -812,7 +812,7 @@ def sd15_bridge_wan():
     ctrl = wan_control(g, wan, wan_pos, wan_neg, [512, 512, 33, 1])
     refinement(g, ctrl, experts, ckpt, "ConFiner/sd15_bridge_wan", title="VAE Decode (SD 1.5 VAE)",
                decode=IMAGE_DECODE)
-    g.save("confiner_sd15_bridge_wan21", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
+    g.save("ConFiner 6 - SD 1.5 refining Wan 2.1 - two latent spaces", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
 def wan21_flux_dev():
@@ -853,7 +853,7 @@ def wan21_flux_dev():
                              title="4 · Refine experts")
     refinement(g, ctrl, experts, flux_vae, "ConFiner/wan_flux_dev", te=250, title="VAE Decode (FLUX.1 VAE)",
                decode=IMAGE_DECODE)
-    g.save("confiner_wan21_flux1_dev", "Wan 2.1 control and temporal, FLUX.1-dev spatial: two latent spaces bridged.")
+    g.save("ConFiner 5 - Wan 2.1 and FLUX.1-dev", "Wan 2.1 control and temporal, FLUX.1-dev spatial: two latent spaces bridged.")
 
 
 def wan22_a14b():
@@ -885,7 +885,7 @@ def wan22_a14b():
                              bundle_links(low, (pos, neg), low, (pos, neg)))
     ctrl = wan_control(g, high, pos, neg, MODERN_SHAPE, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
     refinement(g, ctrl, experts, vae, "ConFiner/wan22_a14b", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
-    g.save("confiner_wan22_a14b", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
+    g.save("ConFiner 8 - Wan 2.2 A14B", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
 
 def long_wan21():
@@ -930,7 +930,7 @@ def long_wan21():
                           sampler="unipc")
     g.column("output", "5 · Decode and save")
     outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
-    g.save("confiner_long_wan21", "ConFiner-Long with Wan 2.1: 165 frames, all three strategies, prompt travel.")
+    g.save("ConFiner 7 - long video - Wan 2.1", "ConFiner-Long with Wan 2.1: 165 frames, all three strategies, prompt travel.")
 
 
 if __name__ == "__main__":

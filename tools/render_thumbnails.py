@@ -115,14 +115,14 @@ WAN_PICKS = (0, 11, 22, 32)
 
 def basic(tmp: str) -> str:
     video = generate(os.path.join(tmp, "basic"), "--prompt", BALL, *SIZE_ARGS)
-    return thumbnail("confiner_basic_sd15_animatediff", "ConFiner basic: 4 control + 5 coordinated steps",
+    return thumbnail("ConFiner 1 - start here - SD 1.5 and AnimateDiff", "ConFiner basic: 4 control + 5 coordinated steps",
                      [video[i] for i in (0, 5, 10, 15)], 2)
 
 
 def compare_modes(tmp: str) -> str:
     modes = {m: generate(os.path.join(tmp, m), "--prompt", "a yellow diamond sliding over desert sand",
                          "--mode", m, *SIZE_ARGS) for m in ("coordinated", "standard", "temporal")}
-    return thumbnail("confiner_compare_modes_sd15", "One structure, three refinement modes",
+    return thumbnail("ConFiner 3 - compare refine modes - SD 1.5", "One structure, three refinement modes",
                      [modes[m][i] for i in (0, 8) for m in modes], 3, list(modes))
 
 
@@ -130,33 +130,33 @@ def long_128(tmp: str) -> str:
     # sand to snow, as the template's prompt travels from a beach to snow
     video = generate(os.path.join(tmp, "long"), "--frames", "128", "--prompt",
                      "0: a red ball bouncing over desert sand | 64: a red ball bouncing over snow", *SIZE_ARGS)
-    return thumbnail("confiner_long_sd15_animatediff", "ConFiner-Long: 128 frames, sand to snow at 64",
+    return thumbnail("ConFiner 2 - long video - SD 1.5 and AnimateDiff", "ConFiner-Long: 128 frames, sand to snow at 64",
                      [video[i] for i in (0, 42, 85, 127)], 2)
 
 
 def wan_qwen_image(tmp: str) -> str:
     video = generate(os.path.join(tmp, "wan"), "--embedded", "wan", "--prompt", BALL, *WAN_ARGS)
-    return thumbnail("confiner_wan21_qwen_image", "Wan control, image expert, Wan temporal",
+    return thumbnail("ConFiner 4 - Wan 2.1 and Qwen-Image", "Wan control, image expert, Wan temporal",
                      [video[i] for i in WAN_PICKS], 2)
 
 
 def sd15_bridge_wan(tmp: str) -> str:
     video = generate(os.path.join(tmp, "bridge"), "--embedded", "bridge", "--prompt",
                      "a yellow diamond sliding over desert sand", *WAN_ARGS)   # matching auto: nearest
-    return thumbnail("confiner_sd15_bridge_wan21", "SD-like spatial bridged to Wan-like experts",
+    return thumbnail("ConFiner 6 - SD 1.5 refining Wan 2.1 - two latent spaces", "SD-like spatial bridged to Wan-like experts",
                      [video[i] for i in WAN_PICKS], 2)
 
 
 def wan21_flux1_dev(tmp: str) -> str:
     video = generate(os.path.join(tmp, "flux"), "--embedded", "bridge", "--prompt",
                      "a red ball rolling across green grass", "--seed", "4", *WAN_ARGS)
-    return thumbnail("confiner_wan21_flux1_dev", "Image expert bridged to Wan-like experts",
+    return thumbnail("ConFiner 5 - Wan 2.1 and FLUX.1-dev", "Image expert bridged to Wan-like experts",
                      [video[i] for i in WAN_PICKS], 2)
 
 
 def wan22_a14b(tmp: str) -> str:
     video = embedded_a14b("a red ball bouncing over snow", 33, 256, 3)
-    return thumbnail("confiner_wan22_a14b", "High/low-noise pair as control, low noise refines",
+    return thumbnail("ConFiner 8 - Wan 2.2 A14B", "High/low-noise pair as control, low noise refines",
                      [video[i] for i in WAN_PICKS], 2)
 
 
@@ -165,7 +165,7 @@ def long_wan21(tmp: str) -> str:
     video = generate(os.path.join(tmp, "long_wan"), "--embedded", "wan", "--frames", "165", "--segment-length", "33",
                      "--control-steps", "8", "--fps", "16", "--prompt",
                      "0: a red ball bouncing over desert sand | 5s: a red ball bouncing over snow", *SIZE_ARGS)
-    return thumbnail("confiner_long_wan21", "Long, Wan-like: 165 frames, sand to snow at 5 s",
+    return thumbnail("ConFiner 7 - long video - Wan 2.1", "Long, Wan-like: 165 frames, sand to snow at 5 s",
                      [video[i] for i in (0, 55, 109, 164)], 2)
 
 
