@@ -10,7 +10,8 @@ from ..confiner_core.chain import (CONTROL, STANDARD, TEMPORAL, ChainConfig, eva
 from ..confiner_core.experts import Denoiser, EvaluationLog
 from . import ade, host, model_files, sessions
 from .schema import (CATEGORY, MATCHING, STRUCTURE_NOISE, check_widgets, host_converted, refine_inputs, refine_problem,
-                     seed_input, structure_noise_input, te_setting, widget_problem)
+                     seed_input, structure_noise_input, te_setting, widget_checked)
+from .texts import numbered_problems
 from .types import RefineExpertsType
 
 NODE = "ConFiner Refine Sampler"
@@ -62,8 +63,8 @@ class ConFinerCoordinatedSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, te=None, refine_steps=None):   # (None: missing from an API prompt, which ComfyUI names)
-        values = host_converted(cls, te=te, refine_steps=refine_steps)
-        return widget_problem(cls, **values) or refine_problem(**values) or True
+        problems, ok = widget_checked(cls, **host_converted(cls, te=te, refine_steps=refine_steps))
+        return numbered_problems([*problems, refine_problem(**ok)]) or True
 
     @classmethod
     @host.shows_refusals

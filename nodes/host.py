@@ -44,7 +44,7 @@ from ..confiner_core.sampling import MAX_SEED, ItemGenerators, seeded
 from . import ade, model_files, sessions
 from .codecs import VAEShelf, own_vae_file, shape_family, vae_file, vae_file_shape
 from .families import FAMILIES, family_of
-from .texts import LINE_WIDTH, error_lines
+from .texts import FILE_FIRST, IF_THIS_ONE, LINE_WIDTH, error_lines, numbered_problems
 from .types import mismatch
 
 
@@ -203,18 +203,16 @@ def refuse_all(problems: list, model: str | None = None, file_first: bool = Fals
     problems = [p for p in problems if p]
     if not problems:
         return
-    said = f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) \
-        if len(problems) > 1 else str(problems[0])
+    said = numbered_problems(problems)
     if model and len(problems) > 1 and all(getattr(p, "brief", None) for p in problems):
         # several inputs of another family (a swapped model): each said short, the whole story on the console
         # (a trial's dialog held 7 lines for an SD 1.5 file in the Wan + Qwen-Image graph's spatial loader)
         logging.warning("ConFiner: %s, does not fit the prompt or VAE connected for it: %s", model, said)
         raise ValueError(f"{model}, does not fit what is connected for it: {'; '.join(p.brief for p in problems)}. "
-                         f"If another model was meant, pick its file there; if this one is, "
-                         f"{'; '.join(p.fix for p in problems)}. The console says more.")
+                         f"{FILE_FIRST.capitalize()}{IF_THIS_ONE}{'; '.join(p.fix for p in problems)}. The console "
+                         f"says more.")
     if model and (len(problems) > 1 or file_first):
-        said = (f"{model}, does not fit the prompt or VAE connected for it: if another model was meant, pick its "
-                f"file there; if this one is, {said}")
+        said = f"{model}, does not fit the prompt or VAE connected for it: {FILE_FIRST}{IF_THIS_ONE}{said}"
     elif model:   # one mismatch alone: more likely the prompt or VAE than the file, so the problem leads
         said = f"{said}; or, if {model}, is not the model meant, pick the file meant there"
     raise ValueError(said)
@@ -674,6 +672,16 @@ def layout_of(model) -> str:
     return L.FRAMES if latent_dimensions(model) == 2 else L.VIDEO
 
 
+def core_node(class_type: str) -> str:
+    """A ComfyUI node as this host's node library lists it: its display name, with its id where they differ
+    ("Empty HunyuanVideo 1.0 Latent (EmptyHunyuanLatentVideo)" on 0.8; on 0.3.64, which lists it by its id, the id
+    alone: a trial searched for the name a message gave and found nothing)."""
+    import nodes   # (ComfyUI's)
+
+    shown = getattr(nodes, "NODE_DISPLAY_NAME_MAPPINGS", {}).get(class_type)
+    return f"{shown} ({class_type})" if shown and shown != class_type else class_type
+
+
 def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
     raw = latent["samples"]
     what = role if role.endswith("latent") else f"{role} latent"
@@ -682,15 +690,16 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
         n = raw.shape[0]
         raise ValueError(f"{what} is a batch of {n} images {list(raw.shape)} (Empty Latent Image's batch size "
                          f"is SD's frame count), but {family_name(model)} is a video model: it would make "
-                         f"{n} one-frame videos with no motion between them; use Empty HunyuanVideo 1.0 Latent "
-                         f"(EmptyHunyuanLatentVideo) with length {4 * ((n + 2) // 4) + 1} (4k+1 frames) and batch "
-                         f"size 1")
+                         f"{n} one-frame videos with no motion between them; use "
+                         f"{core_node('EmptyHunyuanLatentVideo')} with length {4 * ((n + 2) // 4) + 1} (4k+1 frames) "
+                         f"and batch size 1")
     samples = comfy.sample.fix_empty_latent_channels(model, raw)
     layout = layout_of(model)
     if samples.ndim != (5 if layout == L.VIDEO else 4):
-        want = ("a video latent [B, C, T, h, w] (e.g. Empty HunyuanVideo 1.0 Latent, EmptyHunyuanLatentVideo: its "
-                "length is the frame count)" if layout == L.VIDEO else
-                "an image-batch latent [F, C, h, w] (Empty Latent Image: its batch size is the frame count)")
+        want = (f"a video latent [B, C, T, h, w] (e.g. {core_node('EmptyHunyuanLatentVideo')}: its length is the "
+                f"frame count)" if layout == L.VIDEO else
+                f"an image-batch latent [F, C, h, w] ({core_node('EmptyLatentImage')}: its batch size is the frame "
+                f"count)")
         name = family_name(model)
         raise ValueError(f"{what} has shape {tuple(samples.shape)}, but {name} takes {want}; "
                          f"connect a latent made for this model family")

@@ -19,7 +19,8 @@ from ..confiner_core.prompts import parse_prompt, render_schedule, unkeyed_entri
 from . import ade, host, sessions, texts
 from .schema import (CATEGORY, CONTROL_ETA, MATCHING, advanced, check_widgets, coherence_memory_input, control_inputs,
                      control_sampling_inputs, host_converted, input_place, low_noise_inputs, refine_inputs,
-                     refine_problem, seed_input, structure_noise_input, te_setting, widget_problem)
+                     refine_problem, seed_input, structure_noise_input, te_setting, widget_checked)
+from .texts import numbered_problems
 from .types import RefineExpertsType, connect_vae
 
 NODE = "ConFiner Long Video"
@@ -241,11 +242,12 @@ class ConFinerLongSegmenter(io.ComfyNode):
         # under the input it names): seconds keys count at it, and checked at the slowest model rate instead, '5s:'
         # on 32 frames was refused at fps 4, where it is frame 20. The widgets' own problems too, as the Refine
         # Sampler's: T_e 1 with 5 steps, or 12 frames in segments of 16, ran the loaders first and then stopped.
-        values = host_converted(cls, frames=frames, fps=fps, segment_length=segment_length, te=te,
-                                refine_steps=refine_steps)
-        return (widget_problem(cls, **values) or refine_problem(values["te"], values["refine_steps"]) or
-                short_video_problem(values["frames"], values["segment_length"]) or
-                prompt_schedule_problem(segment_prompts, values["frames"], values["fps"]) or True)
+        # Every problem at once (a trial's refine steps were named, then a Run later the schedule's typo).
+        problems, ok = widget_checked(cls, **host_converted(cls, frames=frames, fps=fps, segment_length=segment_length,
+                                                            te=te, refine_steps=refine_steps))
+        return numbered_problems([*problems, refine_problem(ok["te"], ok["refine_steps"]),
+                                  short_video_problem(ok["frames"], ok["segment_length"]),
+                                  prompt_schedule_problem(segment_prompts, ok["frames"], ok["fps"])]) or True
 
     @classmethod
     @host.shows_refusals

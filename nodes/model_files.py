@@ -310,7 +310,7 @@ def pair_problems(role: str, node: str, high_input: str, low_input: str, high_fi
             return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
                      f"{BOUNDARY_NOTE}, and the low-noise file '{name}' is in {title}: the two loaders' files look "
                      f"swapped; swap them (the refinement runs below the boundary, on the low-noise half)",
-                     "warning: high/low-noise files swapped in loaders")]
+                     "warning: high/low-noise files swapped in loaders: swap them")]
         return [(f"the temporal model '{high_file}' is Wan 2.2 A14B's high-noise half, trained for noise above "
                  f"{BOUNDARY_NOTE}, and refines alone far below it: connect its low-noise half to {low_input} on "
                  f"{node} (the refinement then runs on it), or load the low-noise file as {high_input}",

@@ -239,6 +239,14 @@ def widget_problem(node_cls, **values) -> str | None:
     return "; ".join(problems) or None
 
 
+def widget_checked(node_cls, **values) -> tuple[list, dict]:
+    """For a ``validate_inputs`` that names every problem at once: each widget's own problem
+    (:func:`widget_problem`), and the values with those in a problem set to None, which the checks of several
+    widgets then skip (T_e -5 made no refine-steps check, only an error of its own)."""
+    problems = {name: widget_problem(node_cls, **{name: value}) for name, value in values.items()}
+    return [p for p in problems.values() if p], {name: None if problems[name] else v for name, v in values.items()}
+
+
 def host_converted(node_cls, **values) -> dict:
     """The values a ``validate_inputs`` should judge: a number input the host could not convert (``te`` = "abc" from an
     API prompt, a NaN integer) becomes None, since the host files its own message under that input alone, and the

@@ -62,6 +62,21 @@ def fix_at(text: str) -> int:
     return at
 
 
+#: how a refusal of several problems that one model's file may explain leads (``host.refuse_all``): the file first,
+#: then the fixes if the file is the one meant
+FILE_FIRST, IF_THIS_ONE = "if another model was meant, pick its file there", "; if this one is, "
+
+
+def numbered_problems(problems) -> str | None:
+    """The problems found (None and empty ones left out) in one message: one as it is, several as "2 problems: (1)
+    ...; (2) ..." (:func:`first_problem` reads it back); None where there are none. An artist who made two mistakes
+    met them one Run at a time, each after the fix of the one before."""
+    problems = [str(p) for p in problems if p]
+    if len(problems) < 2:
+        return problems[0] if problems else None
+    return f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+
+
 def first_problem(text: str) -> tuple[str, int]:
     """A refusal of several problems ("2 problems: (1) ...; (2) ...", ``host.refuse_all``) as its first problem
     alone, and how many more it has; any other message as it is, and 0."""
@@ -84,6 +99,9 @@ def error_lines(message: str, lines: int = 3) -> str:
         return "\n".join(whole)
     text, more = first_problem(" ".join(whole))
     tail = f" (and {more} more: see the error)" if more else " (see the error)"
+    lead, sep, _ = text.partition(IF_THIS_ONE)
+    if sep and lead.lower().endswith(FILE_FIRST):   # a model's file that may be the mistake: its fix, not the last problem's
+        text, tail = lead, " (if this one is, see the error)"   # (a trial read a VAE's fix for a file in the wrong slot)
     first = wrapped(text + tail)
     if len(first) <= lines:
         return "\n".join(first)

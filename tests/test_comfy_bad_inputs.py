@@ -111,7 +111,8 @@ CASES = [
     ("te not a number", "chain", "7", {"te": "abc"}, VALIDATION, ["te", "abc"]),
     # both, where a check reads two (it told te's alone)
     ("te and refine steps below 0", "chain", "7", {"te": -5, "refine_steps": -1}, VALIDATION,
-     ["te) = -5 is below its minimum 0; refine steps (refine_steps) = -1 is below its minimum 1"]),
+     ["2 problems: (1) structure timestep T_e (0: auto) (te) = -5 is below its minimum 0; (2) refine steps "
+      "(refine_steps) = -1 is below its minimum 1"]),
     ("refine steps 0", "chain", "7", {"refine_steps": 0}, VALIDATION, ["refine_steps"], ["te", "refine_steps"]),
     ("refine steps do not fit below te", "chain", "7", {"te": 10, "refine_steps": 50}, VALIDATION, ["refine_steps", "te"]),
     ("refine mode unknown", "chain", "7", {"mode": "bogus"}, COMBO, ["mode"]),
@@ -148,6 +149,11 @@ CASES = [
      ["use at most 100 steps (250 with a flow model), or set the structure timestep T_e (te)"]),
     ("long prompt schedule past the last frame", "long", "10", {"segment_prompts": "0: a red ball | 64: a blue ball"},
      VALIDATION, ["segment_prompts", "64"], LONG_CHECKED),
+    # every problem the check sees, at once (a trial's refine steps were named, then a Run later the schedule's typo)
+    ("long refine steps and a prompt schedule typo", "long", "10",
+     {"te": 3, "refine_steps": 9, "segment_prompts": "0: a red ball | 64: a blue ball"}, VALIDATION,
+     ["2 problems: (1) refine steps (refine_steps) = 9 do not fit between T_e = 3 and 0", "; (2) segment prompts",
+      "64"], LONG_CHECKED),
     # a seconds key counts at the fps set: at 4 fps '5s' is frame 20 of 32 (checked at 8 fps, the slowest model
     # rate, it was refused when an artist set fps 4); and past the end at the rate set, refused when queued
     ("long seconds key inside the video at the fps set (queued; refused for the clip it lacks)", "long", "10",

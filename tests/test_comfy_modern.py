@@ -780,14 +780,18 @@ def test_a_missing_temporal_model_in_a_wan_graph_suggests_a_wan_model(comfy_work
                                          ["needs a temporal expert", "(Wan, e.g. the control expert's model)"])
 
 
-def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern):
+def test_an_image_batch_into_a_wan_control_expert_is_refused_before_any_evaluation(comfy_worker, modern, comfy_path):
     """Empty Latent Image with batch size = frames (the SD way) into a Wan control expert became 16 one-frame
-    videos, each made alone: 16 stills and no warning. It is refused, with the Wan latent to use."""
+    videos, each made alone: 16 stills and no warning. It is refused, with the Wan latent to use, named as the
+    host's node library lists it (0.3.64 by its id alone: a trial searched for 0.8's name there)."""
     prompt = wan_graph(comfy_worker.checkpoint_name, "wan")
     prompt["8"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 16}}
+    hunyuan = (comfy_path / "comfy_extras" / "nodes_hunyuan.py").read_text()
+    named = 'display_name="Empty HunyuanVideo 1.0 Latent"' in hunyuan
     assert_refused_before_any_evaluation(comfy_worker, prompt, "image batch into Wan",
                                          ["control latent is a batch of 16 images", "one-frame videos",
-                                          "Empty HunyuanVideo 1.0 Latent (EmptyHunyuanLatentVideo)", "length 17"])
+                                          "use Empty HunyuanVideo 1.0 Latent (EmptyHunyuanLatentVideo) with" if named
+                                          else "use EmptyHunyuanLatentVideo with", "length 17"])
 
 
 def test_a_video_latent_into_an_sd_control_expert_names_the_latent_it_takes(comfy_worker, modern):
@@ -900,7 +904,8 @@ def test_a_wan22_half_where_the_other_belongs_is_warned_by_its_file_name(comfy_w
     del prompt["10"]["inputs"]["temporal_low_noise_model"]
     r = comfy_worker.call("comfy_support.modern_checks:run_logging_cost", prompt)
     assert _texts(r)["9"][-1].startswith("warning: control high/low-noise files swapped: swap them\n")
-    assert _texts(r)["11"][-1].startswith("warning: high/low-noise files swapped in loaders\n"), _texts(r)["11"][-1]
+    assert _texts(r)["11"][-1].startswith("warning: high/low-noise files swapped in loaders: swap them\n"), \
+        _texts(r)["11"][-1]
     # ... then only the control loader fixed to the high-noise file (both loaders now hold it): the bundle, whose
     # inputs did not change, comes from ComfyUI's cache, and the Refine Sampler said "swapped" still, naming a
     # low-noise file in a loader that no longer held it. It reads the graph at its own run.

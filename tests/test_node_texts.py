@@ -27,7 +27,13 @@ FIRST_ENTRY = ("segment prompts (segment_prompts): the first entry '0.5s: a dog 
 MORE = " … (see the error)"
 TWO = ("2 problems: (1) " + FRAMES + "; (2) segment prompts (segment_prompts): entry '5s: a corgi in snow' starts at "
        "frame 80 (5s at 16 fps), beyond the video's 64 frames (0..63); use a smaller key or more frames")
-REAL = [TWO, FRAMES, BRIDGE, FIRST_ENTRY, "short: fix", "no colon at all " * 8,
+# a refusal that leads with the model's file (host.refuse_all): its node showed the last problem's fix, a VAE's, for
+# a Wan file in the SD template's spatial loader (a trial)
+FILE = ("the spatial model, Wan 2.1 / 2.2 (WAN21_T2V), file 'wan2.1_t2v_1.3B_fp16.safetensors' in loader 'Load "
+        "Diffusion Model', does not fit the prompt or VAE connected for it: " + texts.FILE_FIRST + texts.IF_THIS_ONE +
+        "2 problems: (1) the spatial expert's positive conditioning is 4096 wide: encode it with its CLIP; (2) " +
+        BRIDGE)
+REAL = [TWO, FRAMES, BRIDGE, FIRST_ENTRY, FILE, "short: fix", "no colon at all " * 8,
         "the file '/models/diffusion_models/wan2.1_t2v_1.3B_fp16_with_a_very_long_name_indeed.safetensors' is no "
         "model: pick another file in its loader"]
 
@@ -47,6 +53,8 @@ def test_a_message_cut_short_keeps_its_fix():
     assert texts.fix_at(FIRST_ENTRY) == FIRST_ENTRY.index(": the first entry")
     assert texts.fix_at("the model's file 'a: b': use c") == len("the model's file 'a: b'")
     assert texts.error_lines("short: fix") == "short: fix"
+    assert texts.error_lines(FILE) == ("the spatial model, Wan 2.1 / 2.2 (WAN21_T2V), file …\nif another model was "
+                                       "meant, pick its file there (if this one\nis, see the error)")
     # several problems: the first, with its fix, and how many more (the Wan template at 64 frames, its 5 s key past
     # the end too, ended "(1, 5, 9, … (see the error)": a trial)
     assert texts.error_lines(TWO) == ("2 problems: (1) frames = 64: the windows are joined into one\nclip of the "
@@ -94,7 +102,7 @@ def test_the_frontend_lays_out_messages_as_the_server_does(tmp_path):
     messages = REAL + random_messages(400)
     script = tmp_path / "lines.mjs"
     script.write_text("\n".join([line, *(function(f) for f in ("wrapped", "cut", "fixAt", "firstProblem",
-                                                                 "firstLines")),
+                                                                 "fileFirst", "firstLines")),
                                  f"const messages = {json.dumps(messages)};",
                                  "console.log(JSON.stringify(messages.map((m) => firstLines(m))));"]),
                       encoding="utf-8")

@@ -464,6 +464,17 @@ NATIVE_NODES = ["- None besides this pack: the models load with ComfyUI's own lo
                 "- **ComfyUI-VideoHelperSuite** (optional): replace *Save Animated WEBP* with *Video Combine* for MP4."]
 
 
+#: the templates' file names, which the template browser shows as their titles (and each note's heading)
+BASIC = "ConFiner 1 - start here - SD 1.5 and AnimateDiff"
+LONG_SD = "ConFiner 2 - long video - SD 1.5 and AnimateDiff"
+COMPARE = "ConFiner 3 - compare refine modes - SD 1.5"
+WAN_QWEN = "ConFiner 4 - Wan 2.1 and Qwen-Image"
+WAN_FLUX = "ConFiner 5 - Wan 2.1 and FLUX.1-dev"
+SD_BRIDGE = "ConFiner 6 - SD 1.5 and Wan 2.1 bridged"
+LONG_WAN = "ConFiner 7 - long video - Wan 2.1"
+A14B = "ConFiner 8 - Wan 2.2 A14B"
+
+
 def note_text(title: str, what: str, change_first: list, models=MODELS, custom_nodes=ADE_NODES) -> str:
     lines = [f"# {title}", "", what, "", "## Models (file -> folder)"]
     lines += [f"- `{m.name}` -> `ComfyUI/models/{m.directory}/` ({m.what})" for m in models]
@@ -605,7 +616,7 @@ def outputs(g, vae, latents, prefixes, fps=8.0, vae_output="VAE", title=None, de
 def basic():
     g = Graph()
     ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
-        "ConFiner basic",
+        BASIC,
         "AnimateDiff-Lightning lays out a 16-frame structure in 4 steps (control stage); it is noised to T_e = 100 "
         "and refined in 5 coordinated steps by SD 1.5 (spatial expert) and AnimateDiff v3 (temporal expert): "
         "19 expert evaluations in all, the paper's default.", CHANGE_FIRST))
@@ -615,13 +626,13 @@ def basic():
     g.column("output", "5 · Refine, decode and save")
     sampler = refine_sampler(g, ctrl, experts)
     outputs(g, ckpt, [sampler], ["ConFiner/basic"])
-    g.save("ConFiner 1 - start here - SD 1.5 and AnimateDiff", "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
+    g.save(BASIC, "AnimateDiff-Lightning control, SD 1.5 spatial, AnimateDiff v3 temporal, coordinated.")
 
 
 def compare_modes():
     g = Graph()
     ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
-        "ConFiner: compare refinement modes",
+        COMPARE,
         "One structure, refined three ways side by side with the same seeds: coordinated (the paper's Algorithm 1), "
         "standard (spatial expert only, Eq. 8) and temporal expert only.",
         CHANGE_FIRST[:2] + ["The seeds: **control** seed = a new structure; each Refine Sampler has its own **refine** "
@@ -636,7 +647,7 @@ def compare_modes():
     modes = ("coordinated", "standard", "temporal")
     outputs(g, ckpt, samplers, [f"ConFiner/compare_{m}" for m in modes], titles=[f"VAE Decode ({m})" for m in modes],
             save_titles=[f"Save ({m})" for m in modes])
-    g.save("ConFiner 3 - compare refine modes - SD 1.5", "Coordinated vs standard vs temporal-only refinement of one structure.")
+    g.save(COMPARE, "Coordinated vs standard vs temporal-only refinement of one structure.")
 
 
 def long_video_node(g, frames: int, segment_length: int, control_steps: int, control_cfg: float, te: int,
@@ -657,7 +668,7 @@ def long_video_node(g, frames: int, segment_length: int, control_steps: int, con
 def long_video():
     g = Graph()
     ckpt, pos, neg, control, temporal = experts_graph(g, note_text(
-        "ConFiner-Long, 128 frames",
+        LONG_SD,
         "128 frames as staggered 16-frame segments with consistency initialization, coherence guidance (gamma 0.1) "
         "and staggered refinement; the prompt travels from the beach to the snow at frame 64. The schedule's start "
         "frames must stay below **frames** (the node refuses one past the end).",
@@ -675,7 +686,7 @@ def long_video():
                                latent=(empty, "LATENT"), clip=(ckpt, "CLIP")))
     g.column("output", "5 · Decode and save")
     outputs(g, ckpt, [seg], ["ConFiner/long"])
-    g.save("ConFiner 2 - long video - SD 1.5 and AnimateDiff", "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
+    g.save(LONG_SD, "ConFiner-Long, 128 frames, all three strategies, per-segment prompts.")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -751,7 +762,7 @@ def refinement(g, ctrl, experts, vae, prefix: str, te: int = 100, vae_output="VA
 def wan_qwen_image():
     g = Graph()
     modern_readme(
-        g, "ConFiner: Wan 2.1 + Qwen-Image in one latent space",
+        g, WAN_QWEN,
         "Wan 2.1 1.3B lays out a 33-frame structure (control stage); it is noised to T_e = 250 (sigma 0.25, the "
         "paper's noise level for a flow model) and refined in 5 coordinated steps by Qwen-Image (spatial expert, "
         "every frame as an image) and Wan 2.1 (temporal expert). "
@@ -778,13 +789,13 @@ def wan_qwen_image():
                                           spatial_vae=(vae, "VAE")))
     ctrl = wan_control(g, wan, wan_pos, wan_neg, MODERN_SHAPE)
     refinement(g, ctrl, experts, vae, "ConFiner/wan_qwen_image", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
-    g.save("ConFiner 4 - Wan 2.1 and Qwen-Image", "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
+    g.save(WAN_QWEN, "Wan 2.1 control, Qwen-Image spatial, Wan 2.1 temporal: one latent space.")
 
 
 def sd15_bridge_wan():
     g = Graph()
     modern_readme(
-        g, "ConFiner: SD 1.5 bridged to Wan 2.1",
+        g, SD_BRIDGE,
         "Wan 2.1 1.3B makes the 33-frame structure and is the temporal expert; SD 1.5 is the spatial expert. They "
         "work in different latent spaces (SD: 4 channels per frame; Wan: 16 channels, 4 frames per latent frame), "
         "so ConFiner bridges them through their VAEs: the structure is decoded with the Wan VAE and encoded with "
@@ -812,13 +823,13 @@ def sd15_bridge_wan():
     ctrl = wan_control(g, wan, wan_pos, wan_neg, [512, 512, 33, 1])
     refinement(g, ctrl, experts, ckpt, "ConFiner/sd15_bridge_wan", title="VAE Decode (SD 1.5 VAE)",
                decode=IMAGE_DECODE)
-    g.save("ConFiner 6 - SD 1.5 refining Wan 2.1 - two latent spaces", "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
+    g.save(SD_BRIDGE, "Wan 2.1 control and temporal, SD 1.5 spatial: two latent spaces bridged.")
 
 
 def wan21_flux_dev():
     g = Graph()
     modern_readme(
-        g, "ConFiner: FLUX.1-dev bridged to Wan 2.1",
+        g, WAN_FLUX,
         "Wan 2.1 1.3B makes the 33-frame structure and is the temporal expert; FLUX.1-dev, the spatial expert, "
         "refines each of the 33 frames as an image. Flux has a latent space of its own, so ConFiner bridges the "
         "experts through their VAEs (2 VAE calls for the structure, 4 per step); decode with the Flux VAE. "
@@ -853,13 +864,13 @@ def wan21_flux_dev():
                              title="4 · Refine experts")
     refinement(g, ctrl, experts, flux_vae, "ConFiner/wan_flux_dev", te=250, title="VAE Decode (FLUX.1 VAE)",
                decode=IMAGE_DECODE)
-    g.save("ConFiner 5 - Wan 2.1 and FLUX.1-dev", "Wan 2.1 control and temporal, FLUX.1-dev spatial: two latent spaces bridged.")
+    g.save(WAN_FLUX, "Wan 2.1 control and temporal, FLUX.1-dev spatial: two latent spaces bridged.")
 
 
 def wan22_a14b():
     g = Graph()
     modern_readme(
-        g, "ConFiner: Wan 2.2 A14B",
+        g, A14B,
         "Wan 2.2 A14B is two experts: the high-noise model up to the boundary (sigma 0.875), the low-noise model "
         "below. Both make the structure as one control expert (8 steps, the switch inside); refinement starts at "
         "T_e = 250 (sigma 0.25, the paper's noise level for a flow model; 100 keeps more of the structure), where "
@@ -885,13 +896,13 @@ def wan22_a14b():
                              bundle_links(low, (pos, neg), low, (pos, neg)))
     ctrl = wan_control(g, high, pos, neg, MODERN_SHAPE, steps=8, cfg=4.0, low_noise=low, low_cfg=3.0)
     refinement(g, ctrl, experts, vae, "ConFiner/wan22_a14b", te=250, title="VAE Decode tiled (Wan 2.1 VAE)")
-    g.save("ConFiner 8 - Wan 2.2 A14B", "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
+    g.save(A14B, "Wan 2.2 A14B: the high/low-noise pair as the control expert, low noise refining.")
 
 
 def long_wan21():
     g = Graph()
     modern_readme(
-        g, "ConFiner-Long: Wan 2.1, 165 frames",
+        g, LONG_WAN,
         "165 frames (10.3 s at 16 fps) as staggered 33-frame segments of Wan 2.1 1.3B, which is all three experts "
         "(control; spatial at one frame, each latent frame an image; temporal), with consistency initialization, "
         "coherence guidance (gamma 0.1) and staggered refinement from T_e = 250 (sigma 0.25, a flow model's "
@@ -930,7 +941,7 @@ def long_wan21():
                           sampler="unipc")
     g.column("output", "5 · Decode and save")
     outputs(g, vae, [seg], ["ConFiner/long_wan21"], WAN_FPS, "VAE", "VAE Decode tiled (Wan 2.1 VAE)", VIDEO_DECODE)
-    g.save("ConFiner 7 - long video - Wan 2.1", "ConFiner-Long with Wan 2.1: 165 frames, all three strategies, prompt travel.")
+    g.save(LONG_WAN, "ConFiner-Long with Wan 2.1: 165 frames, all three strategies, prompt travel.")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def wan_qwen_image(tmp: str) -> str:
 def sd15_bridge_wan(tmp: str) -> str:
     video = generate(os.path.join(tmp, "bridge"), "--embedded", "bridge", "--prompt",
                      "a yellow diamond sliding over desert sand", *WAN_ARGS)   # matching auto: nearest
-    return thumbnail("ConFiner 6 - SD 1.5 refining Wan 2.1 - two latent spaces", "SD-like spatial bridged to Wan-like experts",
+    return thumbnail("ConFiner 6 - SD 1.5 and Wan 2.1 bridged", "SD-like spatial bridged to Wan-like experts",
                      [video[i] for i in WAN_PICKS], 2)
 
 

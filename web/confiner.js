@@ -426,8 +426,8 @@ function notRun(detail, cancelled = false) {
 function firstLines(message, count = 3) {
   const lines = wrapped(message).split("\n");
   if (lines.length <= count) return lines.join("\n");
-  const [text, more] = firstProblem(lines.join(" "));
-  const tail = more ? ` (and ${more} more: see the error)` : " (see the error)";
+  const [problem, more] = firstProblem(lines.join(" "));
+  const [text, tail] = fileFirst(problem, more ? ` (and ${more} more: see the error)` : " (see the error)");
   const first = wrapped(text + tail);
   if (first.split("\n").length <= count) return first;
   const at = fixAt(text);
@@ -436,6 +436,16 @@ function firstLines(message, count = 3) {
     return [...cut(wrapped(text.slice(0, at + 1)).split("\n"), count - ending.length, " …"), ...ending].join("\n");
   }
   return cut(wrapped(text).split("\n"), count, ` …${tail}`, true).join("\n");
+}
+
+// A refusal that leads with a model's file ("... if another model was meant, pick its file there; if this one is,
+// ..."): that fix and a tail pointing to the rest (a trial read a VAE's fix for a file in the wrong slot); any other
+// text and tail as they are (nodes/texts.py FILE_FIRST).
+function fileFirst(text, tail) {
+  const at = text.indexOf("; if this one is, ");
+  const lead = at >= 0 ? text.slice(0, at) : "";
+  return lead.toLowerCase().endsWith("if another model was meant, pick its file there")
+    ? [lead, " (if this one is, see the error)"] : [text, tail];
 }
 
 // A refusal of several problems ("2 problems: (1) ...; (2) ...") as its first problem alone, and how many more it
