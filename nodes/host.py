@@ -698,8 +698,7 @@ def _checked_samples(model, latent: dict, role: str) -> torch.Tensor:
     if samples.ndim != (5 if layout == L.VIDEO else 4):
         want = (f"a video latent [B, C, T, h, w] (e.g. {core_node('EmptyHunyuanLatentVideo')}: its length is the "
                 f"frame count)" if layout == L.VIDEO else
-                f"an image-batch latent [F, C, h, w] ({core_node('EmptyLatentImage')}: its batch size is the frame "
-                f"count)")
+                "an image-batch latent [F, C, h, w] (Empty Latent Image: its batch size is the frame count)")
         name = family_name(model)
         raise ValueError(f"{what} has shape {tuple(samples.shape)}, but {name} takes {want}; "
                          f"connect a latent made for this model family")
