@@ -135,8 +135,12 @@ def cut_window_notes(plan, joined_space) -> list[str]:
                  f"; frames {counts} would use every refined frame" if whole else "")
     same = len(plan.windows) * length in whole   # (the same windows: the same cost)
     # ("frames": the counts are the frames widget's; "18 or 24 keep all" did not say what they counted)
-    return texts.wrapped(f"note: last window keeps {last} of {length}" + (
+    lines = texts.wrapped(f"note: last window keeps {last} of {length}" + (
         f"; frames {counts} keep all" + (f" ({whole[-1]}: same cost)" if same else "") if whole else " frames"))
+    if whole and whole != plan.whole_window_frames(None):   # (a trial asked why not 18 or 27 for Wan's 9)
+        lines += texts.wrapped(f"(whole windows, and {joined_space.temporal_factor}k+1 frames for "
+                               f"{joined_space.title}'s VAE)")
+    return lines
 
 
 def seconds_at_another_rate(schedule, fps: float, space) -> tuple[str | None, str]:

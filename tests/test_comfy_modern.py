@@ -638,8 +638,10 @@ def test_a_long_video_whose_last_window_is_cut_says_which_frame_counts_keep_ever
         assert steps, texts[:3]
         assert all(any(line.startswith("note: last window") for line in t.split("\n")) == (note is not None)
                    for t in steps), steps[0]
-        if note:   # (a line of at most 60 characters)
+        if note:   # (a line of at most 60 characters), and why those counts (a trial asked why not 10 or 15)
             assert note in steps[0].split("\n") and len(note) <= 60, steps[0]
+            lines = steps[0].split("\n")
+            assert lines[lines.index(note) + 1] == "(whole windows, and 4k+1 frames for Wan 2.1's VAE)", steps[0]
 
 
 def test_the_long_videos_freenoise_stride_0_is_the_librarys_default(comfy_worker, modern):
