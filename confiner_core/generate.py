@@ -1108,7 +1108,7 @@ def bind_experts(backend: Backend, req: GenerateRequest, log: EvaluationLog, pro
     return bound
 
 
-CPU_SIZE_FACTOR = 16   # times the default run's pixels over all frames, from which a CPU run is worth a word
+CPU_SIZE_FACTOR = 16   # times the pixels of 256x256 at 16 frames, from which a CPU run is worth a word
 
 
 def cpu_size_note(req: GenerateRequest) -> str | None:
@@ -1120,9 +1120,9 @@ def cpu_size_note(req: GenerateRequest) -> str | None:
         return None
     gpu = "--device cuda" if _SPELLING.get() == "cli" else "device='cuda'"
     # (at least: time grows with the frames and faster than the pixels of a frame, as attention does)
-    return (f"{req.width}x{req.height} at {req.frames} frames on the CPU is {factor:.0f} times the default run's "
-            f"pixels (256x256 at 16 frames): expect at least {factor:.0f} times its time; a GPU ({gpu}) suits this "
-            f"size, or lower --height, --width or --frames")
+    return (f"{req.width}x{req.height} at {req.frames} frames on the CPU is {factor:.0f} times the pixels of 256x256 "
+            f"at 16 frames (the default size): expect at least {factor:.0f} times that run's time; a GPU ({gpu}) "
+            f"suits this size, or lower --height, --width or --frames")
 
 
 def latent_shape(req: GenerateRequest, control, frames: int) -> tuple:

@@ -581,9 +581,11 @@ def test_a_cpu_run_far_larger_than_the_default_is_warned_of_before_it_starts(tmp
 
     assert said() == [] and said(height=512, width=512) == [] and said(frames=255) == []
     assert said(height=8192, width=8192) == [
-        "8192x8192 at 16 frames on the CPU is 1024 times the default run's pixels (256x256 at 16 frames): expect at "
-        "least 1024 times its time; a GPU (device='cuda') suits this size, or lower height, width or frames"]
-    assert said(frames=257)[0].startswith("256x256 at 257 frames on the CPU is 16 times the default run's pixels")
+        "8192x8192 at 16 frames on the CPU is 1024 times the pixels of 256x256 at 16 frames (the default size): "
+        "expect at least 1024 times that run's time; a GPU (device='cuda') suits this size, or lower height, width or "
+        "frames"]
+    assert said(frames=257)[0].startswith("256x256 at 257 frames on the CPU is 16 times the pixels of 256x256 at 16 "
+                                          "frames")
     with G.in_command_line_spelling():
         assert "; a GPU (--device cuda) suits this size, or lower --height, --width or --frames" in \
             said(height=1024, width=1024)[0]
