@@ -60,9 +60,11 @@ def meant_choice(value, options) -> str | None:
     command line, the library's settings and the nodes' widgets."""
     if not isinstance(value, str):
         return None
-    lowered = {str(o).lower(): str(o) for o in options}
-    close = difflib.get_close_matches(value.strip().lower(), lowered, n=1, cutoff=0.6)
-    return lowered.get(value.strip().lower()) or (lowered[close[0]] if close else None)
+    lowered, said = {str(o).lower(): str(o) for o in options}, value.strip().lower()
+    if said in lowered:
+        return lowered[said]
+    close = difflib.get_close_matches(said, lowered, n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
 
 
 def not_a_choice(name: str, value, options) -> str:

@@ -518,8 +518,9 @@ class GenerateRequest:
         if self.dtype == "float16" and torch.device(self.device).type == "cpu":   # (5x on a trial's CPU)
             warn_doubtful(spelled("--dtype float16 on the CPU runs several times slower than float32 (most CPUs have "
                                   "no fast float16 arithmetic; it saves memory only): leave --dtype out for float32"))
-        if torch.device(self.device).type == "cpu" and cpu_size_note(self):
-            warn_doubtful(spelled(cpu_size_note(self)))
+        cpu_note = cpu_size_note(self) if torch.device(self.device).type == "cpu" else None
+        if cpu_note:
+            warn_doubtful(spelled(cpu_note))
         if not self.embedded and not self.prompt.strip():   # (the embedded world has a default scene)
             warn_doubtful(spelled("no --prompt: the experts are conditioned on the empty prompt (unconditional "
                                   "samples); give --prompt \"...\" to describe the video"))

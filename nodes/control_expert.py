@@ -64,9 +64,13 @@ class ConFinerControlExpert(io.ComfyNode):
         # what the inputs show, in one message, the model's prompt first: a trial's Wan model on the SD template was
         # told of its prompt, then (a Run later) of its latent
         negative_used = negative if negative is not None else positive
+        try:   # (read once: the noise itself, or the latent whose size the noise takes)
+            given, latent_problem = (host.noise_in(model, latent) if latent_is_noise else
+                                     host.latent_in(model, latent, "control")), None
+        except ValueError as e:
+            given, latent_problem = None, e
         host.refuse_all([host.problem_of(host.check_text_width, model, "control", positive, negative_used, cfg),
-                         host.problem_of(host.noise_in, model, latent) if latent_is_noise else
-                         host.problem_of(host.latent_in, model, latent, "control")])
+                         latent_problem])
         config = ChainConfig(control_steps=steps, control_sampler=sampler, control_spacing=spacing, control_eta=eta)
         config.validate()
         ade.new_run()
@@ -98,7 +102,7 @@ class ConFinerControlExpert(io.ComfyNode):
                             low_noise=host.LowNoise.of(low_noise_model, low_noise_cfg, boundary, "low_noise_model",
                                                        "model"))
         if latent_is_noise:
-            noise = host.noise_in(model, latent)
+            noise = given
             if not bool(torch.isfinite(noise).all()):
                 raise ValueError("'use latent as noise' (latent_is_noise) is on but the latent holds NaN or infinity: "
                                  "connect the noise_latent output of ConFiner Noise Rescheduler, or switch it off")
@@ -116,9 +120,8 @@ class ConFinerControlExpert(io.ComfyNode):
                 progress.seed = None
                 progress.note("control seed unused: the noise is the latent's")
         else:
-            start = host.latent_in(model, latent, "control")
-            generator = host.item_generators(seed, start.shape[0], latent)
-            noise = randn_like(start, generator)
+            generator = host.item_generators(seed, given.shape[0], latent)
+            noise = randn_like(given, generator)
         host.check_frames(control, noise.shape[2])
         # the frames the clip holds: a video latent's length rounds down to the space's (Wan: 4k+1, 16 -> 13)
         n = control.expert.latent_space.pixel_frames(noise.shape[2])

@@ -213,10 +213,9 @@ def input_place(node_cls, name: str) -> str:
     return f"{spec.display_name or spec.id} on {re.sub(r' [(][^()]*[)]$', '', schema.display_name)}"
 
 
-def widget_problem(node_cls, **values) -> str | None:
-    """Every widget value of ``node_cls`` that is not finite, out of its declared range or not an option, in one
-    line naming each input (an API prompt's te -5 and refine steps -1 told only te's); None if all are fine. Linked
-    values arrive as None and are skipped."""
+def widget_problems(node_cls, **values) -> dict:
+    """Input -> the problem of its widget value (not finite, out of its declared range, not an option), for each
+    value with one. Linked values arrive as None and are skipped."""
     specs = {i.id: i for i in node_cls.define_schema().inputs}
 
     def problem(spec, value) -> str | None:
@@ -235,16 +234,22 @@ def widget_problem(node_cls, **values) -> str | None:
                 (f": did you mean {meant!r}?" if meant else "")
         return None
 
-    problems = [p for name, value in values.items() if value is not None for p in [problem(specs[name], value)] if p]
-    return "; ".join(problems) or None
+    return {name: p for name, value in values.items() if value is not None for p in [problem(specs[name], value)]
+            if p}
+
+
+def widget_problem(node_cls, **values) -> str | None:
+    """Every problem of :func:`widget_problems` in one line naming each input (an API prompt's te -5 and refine steps
+    -1 told only te's); None if all are fine."""
+    return "; ".join(widget_problems(node_cls, **values).values()) or None
 
 
 def widget_checked(node_cls, **values) -> tuple[list, dict]:
     """For a ``validate_inputs`` that names every problem at once: each widget's own problem
-    (:func:`widget_problem`), and the values with those in a problem set to None, which the checks of several
+    (:func:`widget_problems`), and the values with those in a problem set to None, which the checks of several
     widgets then skip (T_e -5 made no refine-steps check, only an error of its own)."""
-    problems = {name: widget_problem(node_cls, **{name: value}) for name, value in values.items()}
-    return [p for p in problems.values() if p], {name: None if problems[name] else v for name, v in values.items()}
+    problems = widget_problems(node_cls, **values)
+    return list(problems.values()), {name: None if name in problems else v for name, v in values.items()}
 
 
 def host_converted(node_cls, **values) -> dict:
